@@ -1,0 +1,156 @@
+"""Actions ``handle`` returns: what the shim must do, in order.
+
+Reprs stay short (targets and texts are cut) so a failing hypothesis example
+prints a list a person can read.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Hashable, Mapping
+from typing import TypeAlias, final
+
+import attrs
+
+from ._values import Member, RosterEntry
+
+__all__ = [
+    "Action",
+    "CloseConnection",
+    "CloseHubLink",
+    "ConnectHub",
+    "Deliver",
+    "Log",
+    "LogLevel",
+    "RosterDelete",
+    "RosterPut",
+    "RosterRefresh",
+    "ScheduleReconnect",
+    "SendHubFrame",
+]
+
+
+def short_text(text: str | bytes, limit: int = 48) -> str:
+    """``text`` cut to ``limit`` characters, with its full length when cut."""
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}…({len(text)})"
+
+
+def short_conns(conns: tuple[Hashable, ...], limit: int = 4) -> str:
+    if len(conns) <= limit:
+        return repr(conns)
+    shown = ", ".join(repr(conn) for conn in conns[:limit])
+    return f"({shown}, …+{len(conns) - limit})"
+
+
+@final
+@attrs.frozen(kw_only=True)
+class Deliver:
+    """Write ``text`` to every connection in ``conns``: framed once, written N times."""
+
+    conns: tuple[Hashable, ...] = attrs.field(repr=short_conns)
+    text: str = attrs.field(repr=short_text)
+
+
+@final
+@attrs.frozen(kw_only=True)
+class CloseConnection:
+    """Close one client connection with a code and a reason already cut to 123 bytes."""
+
+    conn: Hashable
+    code: int
+    reason: str
+
+
+@final
+@attrs.frozen(kw_only=True)
+class ConnectHub:
+    """Open the hub transport; report ``HubConnected`` or ``HubLost``."""
+
+
+@final
+@attrs.frozen(kw_only=True)
+class SendHubFrame:
+    """Send one encoded frame on the hub link."""
+
+    data: str = attrs.field(repr=short_text)
+
+
+@final
+@attrs.frozen(kw_only=True)
+class CloseHubLink:
+    """Close the hub transport; report ``HubLost`` once it is closed."""
+
+    code: int
+    reason: str
+
+
+@final
+@attrs.frozen(kw_only=True)
+class ScheduleReconnect:
+    """Send a ``Tick`` after ``delay`` seconds; the reconnect happens on that tick."""
+
+    delay: float
+
+
+@final
+@attrs.frozen(kw_only=True)
+class RosterPut:
+    """Add or refresh a member of a shared channel roster for ``ttl`` seconds."""
+
+    channel: str
+    session_id: str
+    member: Member
+    ttl: float
+
+
+@final
+@attrs.frozen(kw_only=True)
+class RosterRefresh:
+    """Re-put every member of this process for ``ttl`` more seconds (the roster heartbeat)."""
+
+    entries: tuple[RosterEntry, ...] = attrs.field(repr=lambda entries: f"<{len(entries)} entries>")
+    ttl: float
+
+
+@final
+@attrs.frozen(kw_only=True)
+class RosterDelete:
+    """Remove a member of this process from a shared channel roster."""
+
+    channel: str
+    session_id: str
+
+
+class LogLevel(enum.IntEnum):
+    """Levels with the numeric values of the ``logging`` module."""
+
+    DEBUG = 10
+    INFO = 20
+    WARNING = 30
+    ERROR = 40
+
+
+@final
+@attrs.frozen(kw_only=True)
+class Log:
+    """Something worth a line in the server's log; ``event`` is a stable dotted name."""
+
+    level: LogLevel
+    event: str
+    fields: Mapping[str, object] = attrs.field(factory=dict, hash=False)
+
+
+Action: TypeAlias = (
+    Deliver
+    | CloseConnection
+    | ConnectHub
+    | SendHubFrame
+    | CloseHubLink
+    | ScheduleReconnect
+    | RosterPut
+    | RosterRefresh
+    | RosterDelete
+    | Log
+)

@@ -1,0 +1,233 @@
+"""Events the shim feeds to ``Presence.handle``.
+
+Each event validates itself when built, so a bad value fails where the shim
+or the embedding program creates it, with a ``LocalUsageError`` naming the
+field, and the machine never sees it. Connections are opaque hashable ids
+chosen by the shim. ``now`` is monotonic seconds, read by the shim.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from typing import Any, Final, TypeAlias, final
+
+import attrs
+
+from ._errors import LocalUsageError
+from ._json import JsonObject, freeze_json
+from ._values import Message, non_empty_str, str_tuple
+
+__all__ = [
+    "BroadcastRequested",
+    "ConnectionClosed",
+    "ConnectionOpened",
+    "DirectRequested",
+    "Event",
+    "HubConnected",
+    "HubFrameReceived",
+    "HubLinkStarted",
+    "HubLost",
+    "KickRequested",
+    "MetadataUpdated",
+    "SessionJoined",
+    "ShutdownRequested",
+    "Tick",
+]
+
+#: Metadata and messages are checked against the configured limits inside
+#: ``handle``; this bound only stops a runaway value before it is copied.
+_ABSOLUTE_MAX_JSON_BYTES: Final = 16 * 1024 * 1024
+
+
+def _conn(instance: object, attribute: attrs.Attribute[object], value: object) -> None:
+    if value is None or not isinstance(value, Hashable):
+        raise LocalUsageError(
+            f"{type(instance).__name__}: conn must be a hashable id, not {value!r}"
+        )
+
+
+def _name(instance: object, attribute: attrs.Attribute[str], value: object) -> None:
+    non_empty_str(type(instance).__name__, attribute.name, value)
+
+
+def _time(instance: object, attribute: attrs.Attribute[float], value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        raise LocalUsageError(
+            f"{type(instance).__name__}: {attribute.name} must be monotonic seconds, got {value!r}"
+        )
+
+
+def _channels(value: Any) -> tuple[str, ...]:
+    return str_tuple("SessionJoined", "channels", value)
+
+
+def _except_ids(value: Any) -> frozenset[str]:
+    return frozenset(str_tuple("BroadcastRequested", "except_session_ids", value))
+
+
+def _metadata(owner: str, value: object) -> tuple[JsonObject | None, int]:
+    if value is None:
+        return None, 0
+    if not isinstance(value, Mapping):
+        raise LocalUsageError(f"{owner}: metadata must be a mapping, not {type(value).__name__}")
+    frozen, text = freeze_json(
+        dict(value), what=f"{owner}: metadata", max_bytes=_ABSOLUTE_MAX_JSON_BYTES
+    )
+    return frozen, len(text.encode("utf-8"))
+
+
+@final
+@attrs.frozen(kw_only=True)
+class ConnectionOpened:
+    """A WebSocket was accepted on path ``ns``; it receives broadcasts of that ns."""
+
+    conn: Hashable = attrs.field(validator=_conn)
+    ns: str = attrs.field(validator=_name)
+
+
+@final
+@attrs.frozen(kw_only=True)
+class SessionJoined:
+    """The embedding program authenticated ``conn`` as ``user_id``/``session_id``."""
+
+    conn: Hashable = attrs.field(validator=_conn)
+    user_id: str = attrs.field(validator=_name)
+    session_id: str = attrs.field(validator=_name)
+    channels: tuple[str, ...] = attrs.field(default=(), converter=_channels)
+    metadata: JsonObject | None = attrs.field(default=None, hash=False)
+    metadata_bytes: int = attrs.field(init=False, repr=False, eq=False)
+
+    def __attrs_post_init__(self) -> None:
+        frozen, size = _metadata("SessionJoined", self.metadata)
+        object.__setattr__(self, "metadata", frozen)
+        object.__setattr__(self, "metadata_bytes", size)
+
+
+@final
+@attrs.frozen(kw_only=True)
+class ConnectionClosed:
+    """The socket is gone (either side closed it, or a write failed)."""
+
+    conn: Hashable = attrs.field(validator=_conn)
+
+
+def _message(value: Message | Mapping[str, Any]) -> Message:
+    return Message.coerce(value)
+
+
+@final
+@attrs.frozen(kw_only=True)
+class BroadcastRequested:
+    """Send ``message`` to every connection of ``ns``, here and on every peer."""
+
+    ns: str = attrs.field(validator=_name)
+    channel: str = attrs.field(validator=_name)
+    message: Message = attrs.field(converter=_message)
+    except_session_ids: frozenset[str] = attrs.field(
+        default=frozenset(),
+        converter=_except_ids,
+    )
+
+
+@final
+@attrs.frozen(kw_only=True)
+class DirectRequested:
+    """Send ``message`` to every connection of ``user_id``, here and on every peer."""
+
+    user_id: str = attrs.field(validator=_name)
+    message: Message = attrs.field(converter=_message)
+
+
+@final
+@attrs.frozen(kw_only=True)
+class MetadataUpdated:
+    """Replace the metadata of a local session (kept for resync, sent to peers)."""
+
+    session_id: str = attrs.field(validator=_name)
+    metadata: JsonObject = attrs.field(hash=False)
+    metadata_bytes: int = attrs.field(init=False, repr=False, eq=False)
+
+    def __attrs_post_init__(self) -> None:
+        if self.metadata is None:
+            raise LocalUsageError("MetadataUpdated: metadata must be a mapping, not None")
+        frozen, size = _metadata("MetadataUpdated", self.metadata)
+        object.__setattr__(self, "metadata", frozen)
+        object.__setattr__(self, "metadata_bytes", size)
+
+
+@final
+@attrs.frozen(kw_only=True)
+class KickRequested:
+    """Close a session wherever it lives: 1008 (do not return) or 4503 (requeue)."""
+
+    session_id: str = attrs.field(validator=_name)
+    reason: str | None = attrs.field(
+        default=None, validator=attrs.validators.optional(attrs.validators.instance_of(str))
+    )
+    requeue: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+
+
+@final
+@attrs.frozen(kw_only=True)
+class HubLinkStarted:
+    """Start the hub link: the machine answers with ``ConnectHub``."""
+
+    now: float = attrs.field(validator=_time)
+
+
+@final
+@attrs.frozen(kw_only=True)
+class HubConnected:
+    """The hub transport is open (the upgrade was accepted)."""
+
+    now: float = attrs.field(validator=_time)
+
+
+@final
+@attrs.frozen(kw_only=True)
+class HubFrameReceived:
+    """A text frame arrived on the hub link; the machine validates it."""
+
+    data: str | bytes = attrs.field(repr=lambda data: f"<{len(data)} chars>")
+    now: float = attrs.field(validator=_time)
+
+
+@final
+@attrs.frozen(kw_only=True)
+class HubLost:
+    """The hub transport closed or could not be opened; ``code`` is None without a close frame."""
+
+    now: float = attrs.field(validator=_time)
+    code: int | None = None
+    reason: str = ""
+
+
+@final
+@attrs.frozen(kw_only=True)
+class Tick:
+    """Time passed: heartbeats, timeouts and reconnects are due on ticks."""
+
+    now: float = attrs.field(validator=_time)
+
+
+@final
+@attrs.frozen(kw_only=True)
+class ShutdownRequested:
+    """Stop in order: hub link, cluster, roster, then the client connections (1001)."""
+
+
+Event: TypeAlias = (
+    ConnectionOpened
+    | SessionJoined
+    | ConnectionClosed
+    | BroadcastRequested
+    | DirectRequested
+    | MetadataUpdated
+    | KickRequested
+    | HubLinkStarted
+    | HubConnected
+    | HubFrameReceived
+    | HubLost
+    | Tick
+    | ShutdownRequested
+)

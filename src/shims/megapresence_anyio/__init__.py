@@ -1,0 +1,1 @@
+"""megapresence_anyio: reserved for the anyio shim; nothing is exported yet."""

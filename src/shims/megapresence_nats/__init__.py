@@ -1,0 +1,1 @@
+"""megapresence_nats: reserved for the nats shim; nothing is exported yet."""

@@ -1,0 +1,1 @@
+"""megapresence_redis: reserved for the redis shim; nothing is exported yet."""

@@ -1,0 +1,85 @@
+"""Test helpers: drive machines, build and read frames, collect what was delivered."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Hashable, Iterable
+from typing import Any
+
+from megapresence_core import (
+    Action,
+    ConnectionOpened,
+    Deliver,
+    Event,
+    HubConnected,
+    HubFrameReceived,
+    HubLinkConfig,
+    HubLinkStarted,
+    Presence,
+    PresenceConfig,
+    RegisteredFrame,
+    SendHubFrame,
+    SessionJoined,
+    encode_hub_frame,
+)
+
+
+def drive(machine: Presence, *events: Event) -> list[Action]:
+    """Feed ``events`` in order, checking invariants after each; return every action."""
+    actions: list[Action] = []
+    for event in events:
+        actions += machine.handle(event)
+        machine.check_invariants()
+    return actions
+
+
+def hub_frame(kind: str, **payload: Any) -> str:
+    """A hub frame as the wire carries it, fields given in wire (camelCase) names."""
+    return json.dumps({"type": kind, "payload": payload})
+
+
+def sent_frames(actions: Iterable[object]) -> list[dict[str, Any]]:
+    """The hub frames among ``actions``, decoded."""
+    return [json.loads(a.data) for a in actions if isinstance(a, SendHubFrame)]
+
+
+def deliveries(actions: Iterable[object]) -> dict[Hashable, list[dict[str, Any]]]:
+    """conn -> the client frames written to it, decoded, in order."""
+    out: dict[Hashable, list[dict[str, Any]]] = {}
+    for action in actions:
+        if isinstance(action, Deliver):
+            message = json.loads(action.text)
+            for conn in action.conns:
+                out.setdefault(conn, []).append(message)
+    return out
+
+
+def registered_frame(hub_id: str = "hub-1", interval: float = 5.0) -> str:
+    return encode_hub_frame(RegisteredFrame(hub_id=hub_id, heartbeat_interval=interval))
+
+
+def hub_presence(
+    bridge_id: str = "b1", channels: Iterable[str] = (), **config: Any
+) -> Presence:
+    """A ``Presence`` whose hub link is registered, its start-up actions discarded."""
+    link = HubLinkConfig(bridge_id=bridge_id, instance_id=f"{bridge_id}-i1", channels=channels)
+    presence = Presence(PresenceConfig(hub=link, **config))
+    drive(
+        presence,
+        HubLinkStarted(now=0.0),
+        HubConnected(now=0.0),
+        HubFrameReceived(data=registered_frame(), now=0.0),
+    )
+    return presence
+
+
+def open_joined(
+    presence: Presence, conn: Hashable, user: str, session: str, ns: str = "/ws",
+    channels: Iterable[str] = (), metadata: dict[str, Any] | None = None,
+) -> list[Action]:
+    return drive(
+        presence,
+        ConnectionOpened(conn=conn, ns=ns),
+        SessionJoined(conn=conn, user_id=user, session_id=session, channels=channels,
+                      metadata=metadata),
+    )

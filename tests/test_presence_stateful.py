@@ -1,0 +1,241 @@
+"""Hypothesis drives ``Presence`` with random events and checks it against a plain model.
+
+The model is deliberately naive (dicts of sets rebuilt by the simplest rules
+in DESIGN.md) so that a disagreement points at the machine, not the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from typing import Any
+
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+
+from megapresence_core import (
+    BroadcastRequested,
+    CloseConnection,
+    ConnectionClosed,
+    ConnectionOpened,
+    DirectRequested,
+    DuplicateSessionPolicy,
+    HubConnected,
+    HubFrameReceived,
+    HubLinkConfig,
+    HubLinkStarted,
+    HubLost,
+    KickRequested,
+    MetadataUpdated,
+    Presence,
+    PresenceConfig,
+    SessionJoined,
+    Tick,
+)
+
+from .helpers import deliveries, hub_frame, registered_frame, sent_frames
+
+CONNS = st.integers(min_value=0, max_value=7)
+NAMESPACES = st.sampled_from(["/a", "/b"])
+USERS = st.sampled_from(["ann", "bob", "cid"])
+SESSIONS = st.sampled_from(["s1", "s2", "s3", "s4"])
+CHANNELS = st.lists(st.sampled_from(["x", "y", "z"]), max_size=3, unique=True)
+METADATA = st.none() | st.dictionaries(st.sampled_from(["status", "n"]), st.integers(0, 3))
+
+
+class PresenceMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        self.now = 0.0
+        self.ns: dict[Hashable, str] = {}  # open connections -> ns
+        self.identity: dict[Hashable, tuple[str, str]] = {}  # joined conn -> (user, session)
+        self.detached: set[Hashable] = set()
+        self.sessions: dict[str, Hashable] = {}  # session -> owning conn (dict order = join order)
+        self.channels: dict[str, list[str]] = {}
+        self.metadata: dict[str, Any] = {}
+        self.registered = True
+
+    @initialize(policy=st.sampled_from([DuplicateSessionPolicy.DETACH_PRIOR,
+                                        DuplicateSessionPolicy.CLOSE_PRIOR]))
+    def start(self, policy: DuplicateSessionPolicy) -> None:
+        self.policy = policy
+        link = HubLinkConfig(bridge_id="b", instance_id="i", channels=["lobby"])
+        self.presence = Presence(PresenceConfig(hub=link, duplicate_session=policy))
+        for event in (HubLinkStarted(now=0), HubConnected(now=0)):
+            self.presence.handle(event)
+        self.presence.handle(HubFrameReceived(data=registered_frame(interval=1000), now=0))
+
+    def handle(self, event: Any) -> list[Any]:
+        actions = self.presence.handle(event)
+        presence_frames = [f for f in sent_frames(actions) if f["type"] != "REGISTER"]
+        if not self.registered:
+            assert presence_frames == [], "sent to the hub while not registered"
+        return actions
+
+    # ----------------------------------------------------------------- rules
+
+    @rule(conn=CONNS, ns=NAMESPACES)
+    def open(self, conn: int, ns: str) -> None:
+        if conn in self.ns:
+            return
+        assert self.handle(ConnectionOpened(conn=conn, ns=ns)) == []
+        self.ns[conn] = ns
+
+    @rule(conn=CONNS, user=USERS, session=SESSIONS, channels=CHANNELS, metadata=METADATA)
+    def join(self, conn: int, user: str, session: str, channels: list[str], metadata: Any) -> None:
+        if conn not in self.ns or conn in self.identity or conn in self.detached:
+            return
+        actions = self.handle(SessionJoined(conn=conn, user_id=user, session_id=session,
+                                            channels=channels, metadata=metadata))
+        closes = [a for a in actions if isinstance(a, CloseConnection)]
+        prior = self.sessions.get(session)
+        if prior is not None:
+            del self.identity[prior]
+            self.detached.add(prior)
+            expected_closes = [prior] if self.policy is DuplicateSessionPolicy.CLOSE_PRIOR else []
+        else:
+            expected_closes = []
+        assert [c.conn for c in closes] == expected_closes
+        self.identity[conn] = (user, session)
+        self.sessions[session] = conn
+        self.channels[session] = channels
+        self.metadata[session] = metadata
+        joins = [f["payload"] for f in sent_frames(actions) if f["type"] == "JOIN"]
+        if self.registered:
+            assert joins == [self.expected_join(session)]
+
+    @rule(conn=CONNS)
+    def close(self, conn: int) -> None:
+        if conn not in self.ns:
+            return
+        actions = self.handle(ConnectionClosed(conn=conn))
+        leaves = [f["payload"]["sessionId"] for f in sent_frames(actions) if f["type"] == "LEAVE"]
+        del self.ns[conn]
+        self.detached.discard(conn)
+        identity = self.identity.pop(conn, None)
+        expected = []
+        if identity is not None:
+            session = identity[1]
+            assert self.sessions[session] == conn
+            del self.sessions[session]
+            expected = [session]
+        if self.registered:
+            assert leaves == expected  # never a LEAVE for a session another conn owns
+
+    def session_of(self, conn: Hashable) -> str | None:
+        identity = self.identity.get(conn)
+        return identity[1] if identity else None
+
+    @rule(ns=NAMESPACES, excepted=st.sets(SESSIONS, max_size=2), remote=st.booleans())
+    def broadcast(self, ns: str, excepted: set[str], remote: bool) -> None:
+        if remote and self.registered:
+            data = hub_frame("BROADCAST", ns=ns, channel="x", message={"type": "t"},
+                             exceptSessionIds=sorted(excepted))
+            actions = self.handle(HubFrameReceived(data=data, now=self.now))
+        else:
+            actions = self.handle(BroadcastRequested(ns=ns, channel="x", message={"type": "t"},
+                                                     except_session_ids=excepted))
+        expected = {
+            conn for conn, conn_ns in self.ns.items()
+            if conn_ns == ns and conn not in self.detached and self.session_of(conn) not in excepted
+        }
+        got = deliveries(actions)
+        assert set(got) == expected
+        assert all(len(messages) == 1 for messages in got.values())
+
+    @rule(user=USERS, remote=st.booleans())
+    def direct(self, user: str, remote: bool) -> None:
+        if remote and self.registered:
+            data = hub_frame("DIRECT", userId=user, message={"type": "d"})
+            actions = self.handle(HubFrameReceived(data=data, now=self.now))
+        else:
+            actions = self.handle(DirectRequested(user_id=user, message={"type": "d"}))
+        expected = {conn for conn, (owner, _) in self.identity.items() if owner == user}
+        got = deliveries(actions)
+        assert set(got) == expected
+        assert all(len(messages) == 1 for messages in got.values())
+
+    @rule(session=SESSIONS, metadata=st.dictionaries(st.sampled_from(["a", "b"]), st.booleans()))
+    def update_metadata(self, session: str, metadata: dict[str, bool]) -> None:
+        self.handle(MetadataUpdated(session_id=session, metadata=metadata))
+        if session in self.sessions:
+            self.metadata[session] = metadata
+
+    @rule(session=SESSIONS, requeue=st.booleans(), remote=st.booleans())
+    def kick(self, session: str, requeue: bool, remote: bool) -> None:
+        if remote and self.registered:
+            data = hub_frame("DISCONNECT", sessionId=session, requeue=requeue)
+            actions = self.handle(HubFrameReceived(data=data, now=self.now))
+        else:
+            actions = self.handle(KickRequested(session_id=session, requeue=requeue))
+        closes = [(a.conn, a.code) for a in actions if isinstance(a, CloseConnection)]
+        owner = self.sessions.get(session)
+        assert closes == ([(owner, 4503 if requeue else 1008)] if owner is not None else [])
+
+    @precondition(lambda self: self.registered)
+    @rule()
+    def drop_link(self) -> None:
+        self.now += 1
+        self.handle(HubLost(now=self.now, code=1006, reason="gone"))
+        self.registered = False
+
+    @precondition(lambda self: not self.registered)
+    @rule(hub_id=st.sampled_from(["h1", "h2"]))
+    def relink(self, hub_id: str) -> None:
+        self.now += 1000  # past any backoff delay
+        self.handle(Tick(now=self.now))
+        self.handle(HubConnected(now=self.now))
+        self.registered = True
+        data = registered_frame(hub_id, interval=1000)
+        actions = self.handle(HubFrameReceived(data=data, now=self.now))
+        joins = [f["payload"] for f in sent_frames(actions) if f["type"] == "JOIN"]
+        subscriber = {"userId": "bridge:b", "sessionId": "bridge:b#lobby", "channels": ["lobby"]}
+        assert joins == [subscriber] + [self.expected_join(s) for s in self.sessions]
+
+    def expected_join(self, session: str) -> dict[str, Any]:
+        conn = self.sessions[session]
+        payload = {"userId": self.identity[conn][0], "sessionId": session,
+                   "channels": self.channels[session]}
+        if self.metadata[session] is not None:
+            payload["metadata"] = self.metadata[session]
+        return payload
+
+    # ------------------------------------------------------------ invariants
+
+    @invariant()
+    def indexes_match_the_model(self) -> None:
+        self.presence.check_invariants()
+        indexes = self.presence._indexes
+        expected_ns: dict[str, set[Hashable]] = {}
+        for conn, ns in self.ns.items():
+            if conn not in self.detached:
+                expected_ns.setdefault(ns, set()).add(conn)
+        expected_users: dict[str, set[Hashable]] = {}
+        for conn, (user, _) in self.identity.items():
+            expected_users.setdefault(user, set()).add(conn)
+        assert {k: set(v) for k, v in indexes.by_ns.items()} == expected_ns
+        assert {k: set(v) for k, v in indexes.by_user.items()} == expected_users
+        assert {s: r.conn for s, r in indexes.by_session.items()} == self.sessions
+        assert set(indexes.records) == set(self.ns)
+
+    @invariant()
+    def roster_matches_the_model(self) -> None:
+        for ns in ("/a", "/b"):
+            roster = {m.session_id: (m.user_id, m.metadata) for m in self.presence.roster(ns)}
+            expected = {
+                session: (self.identity[conn][0], self.metadata[session])
+                for session, conn in self.sessions.items() if self.ns[conn] == ns
+            }
+            assert roster == expected
+
+    def teardown(self) -> None:
+        # Once every connection has closed, every index is empty.
+        if not hasattr(self, "presence"):
+            return
+        for conn in list(self.ns):
+            self.close(conn)
+        indexes = self.presence._indexes
+        assert (indexes.records, indexes.by_ns, indexes.by_user, indexes.by_session) == (
+            {}, {}, {}, {})
+
+
+TestPresenceMachine = PresenceMachine.TestCase

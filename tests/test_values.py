@@ -1,0 +1,125 @@
+"""Close reasons, JSON rules, value classes, configuration and reprs."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from megapresence_core import (
+    MAX_CLOSE_REASON_BYTES,
+    ConnectionOpened,
+    Deliver,
+    HubConfig,
+    HubFrameReceived,
+    HubLinkConfig,
+    Limits,
+    LocalUsageError,
+    Message,
+    RosterConfig,
+    RosterEntry,
+    RosterRefresh,
+    SendHubFrame,
+    SessionJoined,
+    Tick,
+    truncate_reason,
+)
+from megapresence_core._json import freeze_json
+
+
+@given(st.text())
+def test_truncated_reason_is_a_whole_character_prefix_within_the_limit(reason: str) -> None:
+    cut = truncate_reason(reason)
+    encoded = cut.encode("utf-8")
+    assert len(encoded) <= MAX_CLOSE_REASON_BYTES
+    full = reason.encode("utf-8", "replace")
+    assert full.startswith(encoded)
+    if len(full) <= MAX_CLOSE_REASON_BYTES:
+        assert encoded == full
+    else:  # as long as possible: the next character would not have fitted
+        assert len(encoded) > MAX_CLOSE_REASON_BYTES - 4
+
+
+@pytest.mark.parametrize(
+    ("reason", "expected"),
+    [
+        ("a" * 200, "a" * 123),
+        ("é" * 100, "é" * 61),  # 2 bytes each: 122 bytes, the 62nd would make 124
+        ("😀" * 40, "😀" * 30),  # 4 bytes each: 120 bytes
+        ("x" + "가" * 50, "x" + "가" * 40),  # 1 + 120 bytes; the 41st Hangul would make 124
+        ("short", "short"),
+        ("\ud800bad", "?bad"),  # a lone surrogate cannot travel in UTF-8
+    ],
+)
+def test_truncate_reason_examples(reason: str, expected: str) -> None:
+    assert truncate_reason(reason) == expected
+
+
+def test_freeze_json_copies_containers_and_keeps_scalars() -> None:
+    value = {"a": [1, 2]}
+    frozen, text = freeze_json(value, what="x", max_bytes=100)
+    assert frozen == value and frozen is not value and text == '{"a":[1,2]}'
+    assert freeze_json("s", what="x", max_bytes=100) == ("s", '"s"')
+    assert freeze_json((1, 2), what="x", max_bytes=100) == ([1, 2], "[1,2]")
+    with pytest.raises(LocalUsageError, match="x is 11 bytes of JSON; the limit is 10"):
+        freeze_json(value, what="x", max_bytes=10)
+
+
+def test_message_coerce_accepts_a_message_as_is() -> None:
+    message = Message(type="t", payload=[1])
+    assert Message.coerce(message) is message
+    assert Message.coerce({"type": "t", "payload": [1]}) == message
+    assert message.to_json() == {"type": "t", "payload": [1]}
+    assert Message(type="t").to_json() == {"type": "t"}
+
+
+@pytest.mark.parametrize(
+    ("build", "match"),
+    [
+        (lambda: Limits(max_message_bytes=0), "max_message_bytes must be a positive number"),
+        (lambda: Limits(max_message_bytes=True), "max_message_bytes must be a positive number"),
+        (lambda: HubLinkConfig(bridge_id="", instance_id="i"), "bridge_id must be a non-empty"),
+        (lambda: HubLinkConfig(bridge_id="b", instance_id="i", channels="lobby"),
+         "channels must be an iterable of strings"),
+        (lambda: HubLinkConfig(bridge_id="b", instance_id="i", capabilities=[""]),
+         "each of capabilities"),
+        (lambda: HubLinkConfig(bridge_id="b", instance_id="i", backoff_initial=5, backoff_max=1),
+         "backoff_max must be >= backoff_initial"),
+        (lambda: HubLinkConfig(bridge_id="b", instance_id="i", backoff_multiplier=0.5),
+         "backoff_multiplier must be >= 1"),
+        (lambda: RosterConfig(ttl=10, refresh_interval=10), "refresh_interval must be shorter"),
+        (lambda: HubConfig(hub_id="h", tokens=[]), "at least one token"),
+        (lambda: HubConfig(hub_id="h", tokens=[""]), "each token must be a non-empty string"),
+        (lambda: HubConfig(hub_id="", tokens=["t"]), "hub_id must be a non-empty string"),
+        (lambda: ConnectionOpened(conn=None, ns="/ws"), "conn must be a hashable id"),
+        (lambda: ConnectionOpened(conn=[1], ns="/ws"), "conn must be a hashable id"),
+        (lambda: ConnectionOpened(conn=1, ns=""), "ns must be a non-empty string"),
+        (lambda: Tick(now=float("nan")), "now must be monotonic seconds"),
+        (lambda: Tick(now=True), "now must be monotonic seconds"),
+    ],
+)
+def test_bad_configuration_and_events_fail_when_built(build: object, match: str) -> None:
+    with pytest.raises(LocalUsageError, match=match):
+        build()  # type: ignore[operator]
+
+
+def test_reprs_are_short_and_readable() -> None:
+    deliver = Deliver(conns=tuple(range(100)), text="x" * 1000)
+    assert repr(deliver) == f"Deliver(conns=(0, 1, 2, 3, …+96), text='{'x' * 48}'…(1000))"
+    assert repr(Deliver(conns=(1,), text="hi")) == "Deliver(conns=(1,), text='hi')"
+    assert repr(SendHubFrame(data="y" * 60)).endswith("…(60))")
+    assert repr(HubFrameReceived(data="z" * 500, now=1.0)) == (
+        "HubFrameReceived(data=<500 chars>, now=1.0)"
+    )
+    assert repr(Message(type="t", payload="p" * 100)).startswith('Message(type=\'t\', payload="ppp')
+    assert len(repr(Message(type="t", payload="p" * 100))) < 70
+    assert repr(Message(type="t")) == "Message(type='t')"
+    entry = RosterEntry(channel="c", session_id="s", member=None)  # type: ignore[arg-type]
+    assert repr(RosterRefresh(entries=(entry,) * 3, ttl=1.0)) == (
+        "RosterRefresh(entries=<3 entries>, ttl=1.0)"
+    )
+
+
+def test_session_joined_dedups_channels_in_first_seen_order() -> None:
+    event = SessionJoined(conn=1, user_id="u", session_id="s", channels=["b", "a", "b"])
+    assert event.channels == ("b", "a")
