@@ -93,6 +93,11 @@ def test_a_missing_payload_means_an_empty_one() -> None:
     assert decode_hub_frame('{"type":"HEARTBEAT"}', max_bytes=100) == HeartbeatFrame()
 
 
+def test_escaped_surrogate_pairs_are_fine() -> None:
+    data = '{"type":"LEAVE","payload":{"sessionId":"\\ud83d\\ude00","n":[1,null]}}'
+    assert decode_hub_frame(data, max_bytes=1000) == LeaveFrame(session_id="😀")
+
+
 def test_duplicate_names_in_a_list_are_folded() -> None:
     data = hub_frame("JOIN", userId="u", sessionId="s", channels=["a", "b", "a"])
     assert decode_hub_frame(data, max_bytes=1000) == JoinFrame(
@@ -107,6 +112,8 @@ def test_duplicate_names_in_a_list_are_folded() -> None:
         ('{"type":"LEAVE","type":"JOIN"}', "bad_json", None, "duplicate key 'type'"),
         ('{"type":"HEARTBEAT","payload":{"x":NaN}}', "bad_json", None, "NaN is not valid JSON"),
         ('{"type":"LEAVE","payload":{"sessionId":"\\ud800"}}', "bad_json", None, "surrogate"),
+        ('{"type":"HEARTBEAT","payload":{"x":[1,"\\udfff"]}}', "bad_json", None, "surrogate"),
+        ('{"type":"HEARTBEAT","payload":{"\\uDBFF":1}}', "bad_json", None, "surrogate"),
         ('{"payload":{}}', "bad_frame", "type", "needs a string 'type'"),
         ('{"type":"NOPE"}', "unknown_type", "type", "unknown hub frame type 'NOPE'"),
         ('{"type":"LEAVE","payload":[]}', "bad_frame", "payload", "payload must be an object"),

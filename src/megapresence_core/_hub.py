@@ -181,14 +181,14 @@ class Hub:
 
     def _forget(self, record: _Bridge, *, notify: bool) -> list[HubAction]:
         """Drop a registered bridge's sessions; tell the bridges that shared a channel."""
-        if self._by_bridge_id.get(record.bridge_id or "") is record:
-            del self._by_bridge_id[record.bridge_id or ""]
+        assert record.bridge_id is not None  # set by REGISTER
+        del self._by_bridge_id[record.bridge_id]
         sessions = self._presence.remove_bridge(record.bridge)
         if not sessions or not notify:
             return []
         channels = {channel for session in sessions for channel in session.channels}
         frame = BulkLeaveFrame(
-            bridge_id=record.bridge_id or "", session_ids=tuple(s.session_id for s in sessions)
+            bridge_id=record.bridge_id, session_ids=tuple(s.session_id for s in sessions)
         )
         return self._route(self._presence.bridges_in(channels, besides=record.bridge), frame)
 

@@ -83,6 +83,7 @@ class HubLink:
             seed=seed,
         )
         self._state = LinkState.IDLE
+        #: The epoch of the hub we last registered with (new at every hub start).
         self._hub_id: str | None = None
         self._heartbeat_interval = config.heartbeat_interval
         self._connect_deadline = 0.0
@@ -93,15 +94,6 @@ class HubLink:
     @property
     def state(self) -> LinkState:
         return self._state
-
-    @property
-    def is_registered(self) -> bool:
-        return self._state is LinkState.REGISTERED
-
-    @property
-    def hub_id(self) -> str | None:
-        """The epoch of the hub we last registered with (new at every hub start)."""
-        return self._hub_id
 
     def _advance(self, event: LinkInput) -> LinkState:
         self._state = advance(LINK_TRANSITIONS, self._state, event, what="hub link")

@@ -51,11 +51,10 @@ def _add(index: dict[str, dict[Hashable, None]], key: str, conn: Hashable) -> No
 
 
 def _remove(index: dict[str, dict[Hashable, None]], key: str, conn: Hashable) -> None:
-    members = index.get(key)
-    if members is not None:
-        members.pop(conn, None)
-        if not members:
-            del index[key]
+    members = index[key]
+    del members[conn]
+    if not members:
+        del index[key]
 
 
 @final
@@ -109,9 +108,11 @@ class Indexes:
         record.channels, record.metadata = (), None
 
     def close(self, record: ConnRecord) -> None:
+        attached = record.state is not ConnState.DETACHED
         record.state = self.check_transition(record, ConnInput.CLOSE)
         del self.records[record.conn]
-        _remove(self.by_ns, record.ns, record.conn)
+        if attached:
+            _remove(self.by_ns, record.ns, record.conn)
         if record.user_id is not None:
             _remove(self.by_user, record.user_id, record.conn)
         # A detached record has no identity left, so its close cannot unmap or

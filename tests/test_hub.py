@@ -1,0 +1,368 @@
+"""The hub machine: authentication, registration, routing, limits, incarnations, drain."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Hashable
+from typing import Any
+
+import pytest
+
+from megapresence_core import (
+    AcceptBridge,
+    BridgeClosed,
+    BridgeConnecting,
+    BridgeFrameReceived,
+    BridgeState,
+    CloseBridge,
+    Hub,
+    HubConfig,
+    HubMember,
+    LocalUsageError,
+    Log,
+    RefuseBridge,
+    SendBridgeFrame,
+    ShutdownRequested,
+    Tick,
+)
+
+from .helpers import hub_frame
+
+TOKEN = "secret-token"
+
+
+def new_hub(**config: Any) -> Hub:
+    return Hub(HubConfig(hub_id="hub-1", tokens=[TOKEN, "rotated-token"], **config))
+
+
+def frames_to(actions: list[Any]) -> dict[Hashable, list[dict[str, Any]]]:
+    """bridge -> the frames sent to it, decoded."""
+    out: dict[Hashable, list[dict[str, Any]]] = {}
+    for action in actions:
+        if isinstance(action, SendBridgeFrame):
+            for bridge in action.bridges:
+                out.setdefault(bridge, []).append(json.loads(action.data))
+    return out
+
+
+def send(hub: Hub, bridge: Hashable, kind: str, now: float = 0.0, **payload: Any) -> list[Any]:
+    actions = hub.handle(BridgeFrameReceived(bridge=bridge, data=hub_frame(kind, **payload),
+                                             now=now))
+    hub.check_invariants()
+    return actions
+
+
+def connect(hub: Hub, bridge: Hashable, bridge_id: str | None = None, instance: str = "i1",
+            now: float = 0.0) -> list[Any]:
+    assert hub.handle(BridgeConnecting(bridge=bridge, authorization=f"Bearer {TOKEN}",
+                                       now=now)) == [AcceptBridge(bridge=bridge)]
+    return send(hub, bridge, "REGISTER", now, bridgeId=bridge_id or str(bridge),
+                instanceId=instance, protocol=1)
+
+
+def join(hub: Hub, bridge: Hashable, user: str, session: str, *channels: str,
+         **extra: Any) -> list[Any]:
+    return send(hub, bridge, "JOIN", userId=user, sessionId=session, channels=list(channels),
+                **extra)
+
+
+def three_bridges() -> Hub:
+    hub = new_hub()
+    for bridge in ("A", "B", "C"):
+        connect(hub, bridge)
+    join(hub, "A", "ann", "a1", "room")
+    join(hub, "B", "bob", "b1", "room")
+    join(hub, "C", "cid", "c1", "other")
+    return hub
+
+
+# --------------------------------------------------------------- auth
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [None, "", "Bearer", "Bearer ", "Bearer wrong", "Basic secret-token", f"Bearer {TOKEN}x",
+     "Bearer \udcff"],
+)
+def test_a_bad_token_is_refused_with_401_and_no_state(authorization: str | None) -> None:
+    hub = new_hub()
+    actions = hub.handle(BridgeConnecting(bridge="X", authorization=authorization, now=0))
+    assert actions[-1] == RefuseBridge(bridge="X", status=401, reason="bad or missing bearer token")
+    assert hub.bridge_state("X") is BridgeState.GONE
+    with pytest.raises(LocalUsageError, match="unknown bridge"):
+        hub.handle(BridgeFrameReceived(bridge="X", data="{}", now=0))
+
+
+@pytest.mark.parametrize("authorization", [f"Bearer {TOKEN}", "bearer rotated-token",
+                                           f"  Bearer   {TOKEN}  "])
+def test_every_configured_token_is_accepted(authorization: str) -> None:
+    hub = new_hub()
+    assert hub.handle(BridgeConnecting(bridge="X", authorization=authorization, now=0)) == [
+        AcceptBridge(bridge="X")]
+    assert hub.bridge_state("X") is BridgeState.AWAITING_REGISTER
+
+
+def test_connecting_the_same_bridge_twice_is_misuse() -> None:
+    hub = new_hub()
+    connect(hub, "A")
+    with pytest.raises(LocalUsageError, match="already connected"):
+        hub.handle(BridgeConnecting(bridge="A", authorization=f"Bearer {TOKEN}", now=0))
+
+
+# ------------------------------------------------------- registration
+
+
+def test_register_answers_registered_with_the_hub_epoch_and_interval() -> None:
+    hub = new_hub(heartbeat_interval=7)
+    actions = connect(hub, "A", "bridge-a")
+    assert frames_to(actions) == {"A": [{"type": "REGISTERED", "payload": {
+        "hubId": "hub-1", "heartbeatInterval": 7.0}}]}
+    assert hub.registered_bridges() == {"bridge-a": "A"}
+    assert hub.hub_id == "hub-1"
+
+
+@pytest.mark.parametrize(
+    ("kind", "payload", "code"),
+    [
+        ("HEARTBEAT", {}, "not_registered"),
+        ("REGISTER", {"bridgeId": "a", "instanceId": "i", "protocol": 2}, "unsupported_protocol"),
+    ],
+)
+def test_protocol_violations_before_registration_close_with_1008(
+    kind: str, payload: dict[str, Any], code: str
+) -> None:
+    hub = new_hub()
+    hub.handle(BridgeConnecting(bridge="A", authorization=f"Bearer {TOKEN}", now=0))
+    actions = send(hub, "A", kind, **payload)
+    assert frames_to(actions)["A"][0]["payload"]["code"] == code
+    assert [(a.code) for a in actions if isinstance(a, CloseBridge)] == [1008]
+    assert hub.bridge_state("A") is BridgeState.CLOSING
+    assert send(hub, "A", "HEARTBEAT") == []  # ignored while closing
+
+
+def test_register_twice_on_one_link_is_fatal() -> None:
+    hub = new_hub()
+    connect(hub, "A")
+    actions = send(hub, "A", "REGISTER", bridgeId="A", instanceId="i1", protocol=1)
+    assert frames_to(actions)["A"][0]["payload"]["code"] == "already_registered"
+    assert hub.bridge_state("A") is BridgeState.CLOSING
+
+
+def test_a_bridge_that_never_registers_is_closed_after_the_timeout() -> None:
+    hub = new_hub(register_timeout=5)
+    hub.handle(BridgeConnecting(bridge="A", authorization=f"Bearer {TOKEN}", now=0))
+    assert hub.next_deadline() == 5
+    assert hub.handle(Tick(now=4)) == []
+    assert hub.handle(Tick(now=5)) == [CloseBridge(bridge="A", code=1008,
+                                                   reason="no REGISTER in time")]
+    assert hub.handle(BridgeClosed(bridge="A", now=6)) == []
+    assert hub.next_deadline() is None
+
+
+# ------------------------------------------------------------ routing
+
+
+def test_broadcast_goes_to_other_bridges_with_a_member_in_the_channel_never_the_origin() -> None:
+    hub = three_bridges()
+    actions = send(hub, "A", "BROADCAST", ns="/ws", channel="room", message={"type": "t"})
+    assert frames_to(actions) == {"B": [{"type": "BROADCAST", "payload": {
+        "ns": "/ws", "channel": "room", "message": {"type": "t"}}}]}
+    assert send(hub, "C", "BROADCAST", ns="/ws", channel="nobody", message={"type": "t"}) == []
+
+
+def test_bridge_subscriber_sessions_make_a_bridge_receive_its_channels() -> None:
+    hub = three_bridges()
+    join(hub, "C", "bridge:C", "bridge:C#room", "room")
+    actions = send(hub, "A", "BROADCAST", ns="/ws", channel="room", message={"type": "t"})
+    assert set(frames_to(actions)) == {"B", "C"}
+
+
+def test_direct_goes_to_other_bridges_holding_a_session_of_the_user() -> None:
+    hub = three_bridges()
+    join(hub, "C", "bob", "b2", "other")
+    actions = send(hub, "A", "DIRECT", userId="bob", message={"type": "dm"})
+    assert set(frames_to(actions)) == {"B", "C"}
+    assert send(hub, "B", "DIRECT", userId="ann", message={"type": "dm"}) != []
+    assert send(hub, "A", "DIRECT", userId="ann", message={"type": "dm"}) == []  # no echo
+    assert send(hub, "A", "DIRECT", userId="nobody", message={"type": "dm"}) == []
+
+
+def test_disconnect_goes_to_the_sessions_owner_only() -> None:
+    hub = three_bridges()
+    actions = send(hub, "A", "DISCONNECT", sessionId="c1", reason="bye", requeue=True)
+    assert frames_to(actions) == {"C": [{"type": "DISCONNECT", "payload": {
+        "sessionId": "c1", "reason": "bye", "requeue": True}}]}
+    assert send(hub, "A", "DISCONNECT", sessionId="a1") == []  # its own: nothing to route
+    assert send(hub, "A", "DISCONNECT", sessionId="ghost") == []
+
+
+def test_join_leave_metadata_go_to_bridges_sharing_a_channel() -> None:
+    hub = three_bridges()
+    actions = join(hub, "C", "dan", "d1", "room", "other", metadata={"s": 1})
+    assert set(frames_to(actions)) == {"A", "B"}
+    actions = send(hub, "C", "METADATA", sessionId="d1", metadata={"s": 2})
+    assert set(frames_to(actions)) == {"A", "B"}
+    assert {m.session_id: m.metadata for m in hub.members()}["d1"] == {"s": 2}
+    actions = send(hub, "C", "LEAVE", sessionId="d1")
+    assert set(frames_to(actions)) == {"A", "B"}
+    assert "d1" not in {m.session_id for m in hub.members()}
+
+
+def test_only_the_owner_can_leave_or_update_a_session() -> None:
+    hub = three_bridges()
+    assert send(hub, "B", "LEAVE", sessionId="a1") == []
+    assert send(hub, "B", "METADATA", sessionId="a1", metadata={"x": 1}) == []
+    assert {m.session_id: m.metadata for m in hub.members()}["a1"] is None
+
+
+def test_a_session_joining_on_another_bridge_moves_and_a_stale_leave_cannot_remove_it() -> None:
+    hub = three_bridges()
+    join(hub, "B", "ann", "a1", "room")
+    assert {m.session_id: m.bridge_id for m in hub.members()}["a1"] == "B"
+    assert send(hub, "A", "LEAVE", sessionId="a1") == []
+    assert {m.session_id: m.bridge_id for m in hub.members()}["a1"] == "B"
+
+
+def test_a_rejoin_replaces_channels_and_metadata() -> None:
+    hub = three_bridges()
+    join(hub, "A", "ann", "a1", "other", metadata={"v": 2})
+    assert [m for m in hub.members() if m.session_id == "a1"] == [
+        HubMember(bridge_id="A", session_id="a1", user_id="ann", channels=("other",),
+                  metadata={"v": 2})]
+    actions = send(hub, "B", "BROADCAST", ns="/ws", channel="room", message={"type": "t"})
+    assert frames_to(actions) == {}
+
+
+# ---------------------------------------------------- bridges going away
+
+
+def test_a_closed_bridge_loses_its_sessions_with_one_bulk_leave_to_channel_peers() -> None:
+    hub = three_bridges()
+    join(hub, "A", "ann", "a2", "other")
+    actions = hub.handle(BridgeClosed(bridge="A", now=1))
+    assert frames_to(actions) == {
+        "B": [{"type": "BULK_LEAVE", "payload": {"bridgeId": "A", "sessionIds": ["a1", "a2"]}}],
+        "C": [{"type": "BULK_LEAVE", "payload": {"bridgeId": "A", "sessionIds": ["a1", "a2"]}}],
+    }
+    assert {m.bridge_id for m in hub.members()} == {"B", "C"}
+    hub.check_invariants()
+
+
+def test_a_bridge_without_sessions_goes_quietly() -> None:
+    hub = new_hub()
+    connect(hub, "A")
+    actions = hub.handle(BridgeClosed(bridge="A", now=1))
+    assert [a.event for a in actions if isinstance(a, Log)] == ["hub.bridge.gone"]
+    assert frames_to(actions) == {}
+
+
+def test_a_silent_bridge_is_closed_and_purged_at_once() -> None:
+    hub = new_hub(heartbeat_interval=10, dead_after_intervals=3)
+    connect(hub, "A")
+    connect(hub, "B")
+    join(hub, "A", "ann", "a1", "room")
+    join(hub, "B", "bob", "b1", "room")
+    for now in (10, 20):
+        send(hub, "B", "HEARTBEAT", now=now)
+        actions = hub.handle(Tick(now=now))
+        assert frames_to(actions) == {"A": [{"type": "HEARTBEAT", "payload": {}}],
+                                      "B": [{"type": "HEARTBEAT", "payload": {}}]}
+    send(hub, "B", "HEARTBEAT", now=29)
+    actions = hub.handle(Tick(now=30))
+    assert CloseBridge(bridge="A", code=1001, reason="bridge silent") in actions
+    assert frames_to(actions)["B"] == [
+        {"type": "BULK_LEAVE", "payload": {"bridgeId": "A", "sessionIds": ["a1"]}},
+        {"type": "HEARTBEAT", "payload": {}},
+    ]
+    assert [m.session_id for m in hub.members()] == ["b1"]
+    assert hub.handle(BridgeClosed(bridge="A", now=31)) == []
+    assert hub.next_deadline() == 40  # the next heartbeat to B
+
+
+def test_a_new_incarnation_replaces_and_purges_the_old_one_at_once() -> None:
+    hub = new_hub()
+    connect(hub, "old", "bridge-a", instance="boot-1")
+    connect(hub, "B")
+    join(hub, "old", "ann", "a1", "room")
+    join(hub, "B", "bob", "b1", "room")
+    actions = connect(hub, "new", "bridge-a", instance="boot-2")
+    assert [a.fields for a in actions if isinstance(a, Log)] == [
+        {"bridge_id": "bridge-a", "new_incarnation": True}]
+    assert CloseBridge(bridge="old", code=1008, reason="replaced by a newer connection") in actions
+    assert frames_to(actions)["B"] == [
+        {"type": "BULK_LEAVE", "payload": {"bridgeId": "bridge-a", "sessionIds": ["a1"]}}]
+    assert hub.registered_bridges() == {"bridge-a": "new", "B": "B"}
+    assert [m.session_id for m in hub.members()] == ["b1"]
+    # The old link's late close changes nothing for the new one.
+    assert hub.handle(BridgeClosed(bridge="old", now=1)) == []
+    assert hub.registered_bridges()["bridge-a"] == "new"
+
+
+def test_drain_closes_every_bridge_with_4503_and_refuses_newcomers() -> None:
+    hub = three_bridges()
+    actions = hub.handle(ShutdownRequested())
+    assert sorted((a.bridge, a.code) for a in actions if isinstance(a, CloseBridge)) == [
+        ("A", 4503), ("B", 4503), ("C", 4503)]
+    assert frames_to(actions) == {}  # no BULK_LEAVE to bridges that are all leaving
+    assert hub.members() == []
+    assert hub.handle(BridgeConnecting(bridge="D", authorization=f"Bearer {TOKEN}", now=0)) == [
+        RefuseBridge(bridge="D", status=503, reason="hub is draining")]
+    assert hub.handle(ShutdownRequested()) == []
+
+
+# --------------------------------------------------------------- limits
+
+
+def strikes(actions: list[Any]) -> list[str]:
+    return [f["payload"]["code"] for frames in frames_to(actions).values() for f in frames
+            if f["type"] == "ERROR"]
+
+
+def test_bad_frames_get_error_and_the_third_closes_only_that_bridge() -> None:
+    hub = three_bridges()
+    assert strikes(hub.handle(BridgeFrameReceived(bridge="A", data="nope", now=0))) == ["bad_json"]
+    assert strikes(send(hub, "A", "BULK_LEAVE", bridgeId="x", sessionIds=[])) == [
+        "unexpected_type"]
+    assert hub.bridge_state("A") is BridgeState.REGISTERED
+    actions = send(hub, "A", "WHAT")
+    assert strikes(actions) == ["unknown_type"]
+    assert CloseBridge(bridge="A", code=1008, reason="too many errors (last: unknown_type)") in (
+        actions)
+    assert hub.bridge_state("B") is BridgeState.REGISTERED
+    assert "a1" not in {m.session_id for m in hub.members()}
+
+
+def test_frame_size_limit() -> None:
+    hub = new_hub(max_frame_bytes=100)
+    connect(hub, "A")
+    actions = send(hub, "A", "DIRECT", userId="u", message={"type": "t", "payload": "x" * 100})
+    assert strikes(actions) == ["too_big"]
+
+
+def test_channels_metadata_and_sessions_limits() -> None:
+    hub = new_hub(max_channels_per_session=2, max_metadata_bytes=10, max_sessions_per_bridge=2,
+                  max_errors=10)
+    connect(hub, "A")
+    assert strikes(join(hub, "A", "u", "s1", "a", "b", "c")) == ["too_many_channels"]
+    assert strikes(join(hub, "A", "u", "s1", metadata={"k": "0123456789"})) == ["metadata_too_big"]
+    join(hub, "A", "u", "s1")
+    join(hub, "A", "u", "s2")
+    assert strikes(join(hub, "A", "u", "s3")) == ["too_many_sessions"]
+    assert strikes(join(hub, "A", "u", "s2", "a")) == []  # a re-join is not a new session
+    assert strikes(send(hub, "A", "METADATA", sessionId="s1", metadata={"k": "0123456789"})) == [
+        "metadata_too_big"]
+    assert sorted(m.session_id for m in hub.members()) == ["s1", "s2"]
+
+
+def test_frames_per_second_limit_with_burst() -> None:
+    hub = new_hub(max_frames_per_second=10, frame_burst=3, max_errors=100)
+    connect(hub, "A")  # the REGISTER used one of the three
+    assert strikes(send(hub, "A", "HEARTBEAT", now=0)) == []
+    assert strikes(send(hub, "A", "HEARTBEAT", now=0)) == []
+    assert strikes(send(hub, "A", "HEARTBEAT", now=0)) == ["rate_limited"]
+    assert strikes(send(hub, "A", "HEARTBEAT", now=0.1)) == []  # one more token after 0.1 s
+
+
+def test_handle_refuses_what_is_not_a_hub_event() -> None:
+    with pytest.raises(LocalUsageError, match="not a hub event"):
+        new_hub().handle("tick")  # type: ignore[arg-type]

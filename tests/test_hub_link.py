@@ -1,0 +1,181 @@
+"""The bridge's hub link: register, heartbeat, detect silence, time out, stop when refused."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from megapresence_core import (
+    CloseHubLink,
+    ConnectHub,
+    HubConnected,
+    HubFrameReceived,
+    HubLinkConfig,
+    HubLinkStarted,
+    HubLost,
+    LinkState,
+    Log,
+    LogLevel,
+    Presence,
+    PresenceConfig,
+    ScheduleReconnect,
+    SendHubFrame,
+    ShutdownRequested,
+    Tick,
+)
+
+from .helpers import drive, hub_frame, registered_frame, sent_frames
+
+
+def new_presence(**config: object) -> Presence:
+    link = HubLinkConfig(bridge_id="b1", instance_id="i1", channels=["lobby"], **config)
+    return Presence(PresenceConfig(hub=link))
+
+
+def registered(interval: float = 10.0, **config: object) -> Presence:
+    presence = new_presence(**config)
+    drive(presence, HubLinkStarted(now=0), HubConnected(now=0),
+          HubFrameReceived(data=registered_frame(interval=interval), now=0))
+    return presence
+
+
+def test_start_asks_the_shim_to_connect_then_registers() -> None:
+    presence = new_presence(capabilities=["broadcast"])
+    assert drive(presence, HubLinkStarted(now=0)) == [ConnectHub()]
+    assert presence.hub_link_state is LinkState.CONNECTING
+    actions = drive(presence, HubConnected(now=0.2))
+    assert sent_frames(actions) == [{"type": "REGISTER", "payload": {
+        "bridgeId": "b1", "instanceId": "i1", "capabilities": ["broadcast"], "protocol": 1}}]
+    assert presence.hub_link_state is LinkState.REGISTERING
+    actions = drive(presence, HubFrameReceived(data=registered_frame("h-9"), now=0.3))
+    assert presence.hub_link_state is LinkState.REGISTERED
+    assert [(a.event, a.fields) for a in actions if isinstance(a, Log)] == [
+        ("hub.link.registered", {"hub_id": "h-9", "new_incarnation": True})]
+
+
+def test_a_new_hub_incarnation_is_reported_and_a_same_one_is_not() -> None:
+    presence = registered()
+    events = [HubLost(now=1, code=1006), Tick(now=100), HubConnected(now=100)]
+    drive(presence, *events)
+    actions = drive(presence, HubFrameReceived(data=registered_frame("hub-1"), now=100))
+    assert [a.fields["new_incarnation"] for a in actions if isinstance(a, Log)] == [False]
+
+
+def test_heartbeat_is_sent_when_due_using_the_hubs_interval() -> None:
+    presence = registered(interval=10.0, heartbeat_interval=99.0)
+    assert drive(presence, Tick(now=9.9)) == []
+    assert presence.next_deadline() == 10.0
+    assert sent_frames(drive(presence, Tick(now=10.0))) == [{"type": "HEARTBEAT", "payload": {}}]
+    assert drive(presence, Tick(now=15)) == []
+    assert presence.next_deadline() == 20.0
+
+
+def test_any_frame_from_the_hub_keeps_the_link_alive() -> None:
+    presence = registered(interval=10.0)
+    for now in (10, 20, 29):
+        drive(presence, HubFrameReceived(data=hub_frame("HEARTBEAT"), now=now), Tick(now=now))
+    assert presence.hub_link_state is LinkState.REGISTERED
+    assert presence.next_deadline() == 30.0  # next heartbeat to send
+
+
+def test_a_silent_hub_is_declared_dead_closed_and_retried() -> None:
+    presence = registered(interval=10.0, dead_after_intervals=3)
+    drive(presence, Tick(now=10), Tick(now=20))
+    actions = drive(presence, Tick(now=30))
+    assert [type(a) for a in actions] == [Log, CloseHubLink]
+    assert actions[0].event == "hub.link.dead"  # type: ignore[union-attr]
+    assert presence.hub_link_state is LinkState.CLOSING
+    # Frames that still arrive on a link being torn down mean nothing.
+    assert drive(presence, HubFrameReceived(data=hub_frame("DIRECT", userId="u",
+                                                           message={"type": "t"}), now=31)) == []
+    actions = drive(presence, HubLost(now=31, code=1000))
+    assert presence.hub_link_state is LinkState.BACKING_OFF
+    assert [type(a) for a in actions] == [Log, ScheduleReconnect]
+
+
+def test_connect_and_register_are_bounded_by_the_connect_timeout() -> None:
+    presence = new_presence(connect_timeout=5.0)
+    drive(presence, HubLinkStarted(now=0))
+    assert presence.next_deadline() == 5.0
+    assert drive(presence, Tick(now=4.9)) == []
+    actions = drive(presence, Tick(now=5.0))
+    assert [a.event for a in actions if isinstance(a, Log)] == ["hub.link.timeout"]
+    assert presence.hub_link_state is LinkState.CLOSING
+    presence = new_presence(connect_timeout=5.0)
+    drive(presence, HubLinkStarted(now=0), HubConnected(now=1))
+    drive(presence, Tick(now=5.0))
+    assert presence.hub_link_state is LinkState.CLOSING
+
+
+def test_the_reconnect_happens_on_the_first_tick_after_the_delay() -> None:
+    presence = registered()
+    [schedule] = [a for a in drive(presence, HubLost(now=50, code=4503, reason="hub draining"))
+                  if isinstance(a, ScheduleReconnect)]
+    assert presence.next_deadline() == pytest.approx(50 + schedule.delay)
+    assert schedule.delay > 0
+    assert drive(presence, Tick(now=50 + schedule.delay / 2)) == []
+    assert drive(presence, Tick(now=50 + schedule.delay)) == [ConnectHub()]
+    assert presence.hub_link_state is LinkState.CONNECTING
+
+
+def test_drain_4503_reconnects_but_1008_stops_and_says_why() -> None:
+    presence = registered()
+    drive(presence, HubLost(now=1, code=4503))
+    assert presence.hub_link_state is LinkState.BACKING_OFF
+    presence = registered()
+    actions = drive(presence, HubLost(now=1, code=1008, reason="bad token"))
+    assert presence.hub_link_state is LinkState.CLOSED
+    assert actions == [Log(level=LogLevel.ERROR, event="hub.link.refused",
+                           fields={"code": 1008, "reason": "bad token"})]
+    assert presence.next_deadline() is None
+
+
+def test_registering_ignores_other_frames_with_a_warning() -> None:
+    presence = new_presence()
+    drive(presence, HubLinkStarted(now=0), HubConnected(now=0))
+    actions = drive(
+        presence,
+        HubFrameReceived(data=hub_frame("ERROR", code="unsupported_protocol", message="v9"), now=0),
+        HubFrameReceived(data=hub_frame("HEARTBEAT"), now=0),
+        HubFrameReceived(data="garbage", now=0),
+    )
+    assert [a.event for a in actions if isinstance(a, Log)] == [
+        "hub.error", "hub.frame.before_registered", "hub.frame.invalid"]
+    assert presence.hub_link_state is LinkState.REGISTERING
+
+
+@pytest.mark.parametrize(
+    ("setup", "expected_actions", "state"),
+    [
+        ([], [], LinkState.CLOSED),
+        ([HubLinkStarted(now=0)], [CloseHubLink], LinkState.DRAINING),
+        ([HubLinkStarted(now=0), HubLost(now=0)], [], LinkState.CLOSED),
+    ],
+)
+def test_shutdown_closes_an_open_link_and_stops_timers(
+    setup: list[object], expected_actions: list[type], state: LinkState
+) -> None:
+    presence = new_presence()
+    drive(presence, *setup)  # type: ignore[arg-type]
+    actions = drive(presence, ShutdownRequested())
+    assert [type(a) for a in actions if not hasattr(a, "conn")] == expected_actions
+    assert presence.hub_link_state is state
+    assert presence.next_deadline() is None
+
+
+def test_a_draining_link_ends_closed_and_ignores_late_frames() -> None:
+    presence = registered()
+    [close] = drive(presence, ShutdownRequested())
+    assert close == CloseHubLink(code=1001, reason="bridge shutting down")
+    assert drive(presence, HubFrameReceived(data=hub_frame("HEARTBEAT"), now=1)) == []
+    actions = drive(presence, HubLost(now=1, code=1001))
+    assert [a.event for a in actions if isinstance(a, Log)] == ["hub.link.closed"]
+    assert presence.hub_link_state is LinkState.CLOSED
+
+
+def test_register_frame_carries_the_protocol_version() -> None:
+    presence = new_presence()
+    drive(presence, HubLinkStarted(now=0))
+    [frame] = [a for a in drive(presence, HubConnected(now=0)) if isinstance(a, SendHubFrame)]
+    assert json.loads(frame.data)["payload"]["protocol"] == 1
