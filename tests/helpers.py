@@ -58,9 +58,7 @@ def registered_frame(hub_id: str = "hub-1", interval: float = 5.0) -> str:
     return encode_hub_frame(RegisteredFrame(hub_id=hub_id, heartbeat_interval=interval))
 
 
-def hub_presence(
-    bridge_id: str = "b1", channels: Iterable[str] = (), **config: Any
-) -> Presence:
+def hub_presence(bridge_id: str = "b1", channels: Iterable[str] = (), **config: Any) -> Presence:
     """A ``Presence`` whose hub link is registered, its start-up actions discarded."""
     link = HubLinkConfig(bridge_id=bridge_id, instance_id=f"{bridge_id}-i1", channels=channels)
     presence = Presence(PresenceConfig(hub=link, **config))
@@ -74,12 +72,18 @@ def hub_presence(
 
 
 def open_joined(
-    presence: Presence, conn: Hashable, user: str, session: str, ns: str = "/ws",
-    channels: Iterable[str] = (), metadata: dict[str, Any] | None = None,
+    presence: Presence,
+    conn: Hashable,
+    user: str,
+    session: str,
+    ns: str = "/ws",
+    channels: Iterable[str] = (),
+    metadata: dict[str, Any] | None = None,
 ) -> list[Action]:
     return drive(
         presence,
         ConnectionOpened(conn=conn, ns=ns),
-        SessionJoined(conn=conn, user_id=user, session_id=session, channels=channels,
-                      metadata=metadata),
+        SessionJoined(
+            conn=conn, user_id=user, session_id=session, channels=channels, metadata=metadata
+        ),
     )

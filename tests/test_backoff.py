@@ -25,8 +25,11 @@ def delays_after_failures(seed: int, failures: int, **config: float) -> list[flo
     presence.handle(HubLinkStarted(now=now))
     delays = []
     for _ in range(failures):
-        [schedule] = [a for a in presence.handle(HubLost(now=now, code=None, reason="refused"))
-                      if isinstance(a, ScheduleReconnect)]
+        [schedule] = [
+            a
+            for a in presence.handle(HubLost(now=now, code=None, reason="refused"))
+            if isinstance(a, ScheduleReconnect)
+        ]
         delays.append(schedule.delay)
         now += schedule.delay
         presence.handle(Tick(now=now))  # the reconnect attempt

@@ -46,24 +46,36 @@ def frames_to(actions: list[Any]) -> dict[Hashable, list[dict[str, Any]]]:
 
 
 def send(hub: Hub, bridge: Hashable, kind: str, now: float = 0.0, **payload: Any) -> list[Any]:
-    actions = hub.handle(BridgeFrameReceived(bridge=bridge, data=hub_frame(kind, **payload),
-                                             now=now))
+    actions = hub.handle(
+        BridgeFrameReceived(bridge=bridge, data=hub_frame(kind, **payload), now=now)
+    )
     hub.check_invariants()
     return actions
 
 
-def connect(hub: Hub, bridge: Hashable, bridge_id: str | None = None, instance: str = "i1",
-            now: float = 0.0) -> list[Any]:
-    assert hub.handle(BridgeConnecting(bridge=bridge, authorization=f"Bearer {TOKEN}",
-                                       now=now)) == [AcceptBridge(bridge=bridge)]
-    return send(hub, bridge, "REGISTER", now, bridgeId=bridge_id or str(bridge),
-                instanceId=instance, protocol=1)
+def connect(
+    hub: Hub, bridge: Hashable, bridge_id: str | None = None, instance: str = "i1", now: float = 0.0
+) -> list[Any]:
+    assert hub.handle(
+        BridgeConnecting(bridge=bridge, authorization=f"Bearer {TOKEN}", now=now)
+    ) == [AcceptBridge(bridge=bridge)]
+    return send(
+        hub,
+        bridge,
+        "REGISTER",
+        now,
+        bridgeId=bridge_id or str(bridge),
+        instanceId=instance,
+        protocol=1,
+    )
 
 
-def join(hub: Hub, bridge: Hashable, user: str, session: str, *channels: str,
-         **extra: Any) -> list[Any]:
-    return send(hub, bridge, "JOIN", userId=user, sessionId=session, channels=list(channels),
-                **extra)
+def join(
+    hub: Hub, bridge: Hashable, user: str, session: str, *channels: str, **extra: Any
+) -> list[Any]:
+    return send(
+        hub, bridge, "JOIN", userId=user, sessionId=session, channels=list(channels), **extra
+    )
 
 
 def three_bridges() -> Hub:
@@ -81,8 +93,16 @@ def three_bridges() -> Hub:
 
 @pytest.mark.parametrize(
     "authorization",
-    [None, "", "Bearer", "Bearer ", "Bearer wrong", "Basic secret-token", f"Bearer {TOKEN}x",
-     "Bearer \udcff"],
+    [
+        None,
+        "",
+        "Bearer",
+        "Bearer ",
+        "Bearer wrong",
+        "Basic secret-token",
+        f"Bearer {TOKEN}x",
+        "Bearer \udcff",
+    ],
 )
 def test_a_bad_token_is_refused_with_401_and_no_state(authorization: str | None) -> None:
     hub = new_hub()
@@ -93,12 +113,14 @@ def test_a_bad_token_is_refused_with_401_and_no_state(authorization: str | None)
         hub.handle(BridgeFrameReceived(bridge="X", data="{}", now=0))
 
 
-@pytest.mark.parametrize("authorization", [f"Bearer {TOKEN}", "bearer rotated-token",
-                                           f"  Bearer   {TOKEN}  "])
+@pytest.mark.parametrize(
+    "authorization", [f"Bearer {TOKEN}", "bearer rotated-token", f"  Bearer   {TOKEN}  "]
+)
 def test_every_configured_token_is_accepted(authorization: str) -> None:
     hub = new_hub()
     assert hub.handle(BridgeConnecting(bridge="X", authorization=authorization, now=0)) == [
-        AcceptBridge(bridge="X")]
+        AcceptBridge(bridge="X")
+    ]
     assert hub.bridge_state("X") is BridgeState.AWAITING_REGISTER
 
 
@@ -115,8 +137,9 @@ def test_connecting_the_same_bridge_twice_is_misuse() -> None:
 def test_register_answers_registered_with_the_hub_epoch_and_interval() -> None:
     hub = new_hub(heartbeat_interval=7)
     actions = connect(hub, "A", "bridge-a")
-    assert frames_to(actions) == {"A": [{"type": "REGISTERED", "payload": {
-        "hubId": "hub-1", "heartbeatInterval": 7.0}}]}
+    assert frames_to(actions) == {
+        "A": [{"type": "REGISTERED", "payload": {"hubId": "hub-1", "heartbeatInterval": 7.0}}]
+    }
     assert hub.registered_bridges() == {"bridge-a": "A"}
     assert hub.hub_id == "hub-1"
 
@@ -153,8 +176,9 @@ def test_a_bridge_that_never_registers_is_closed_after_the_timeout() -> None:
     hub.handle(BridgeConnecting(bridge="A", authorization=f"Bearer {TOKEN}", now=0))
     assert hub.next_deadline() == 5
     assert hub.handle(Tick(now=4)) == []
-    assert hub.handle(Tick(now=5)) == [CloseBridge(bridge="A", code=1008,
-                                                   reason="no REGISTER in time")]
+    assert hub.handle(Tick(now=5)) == [
+        CloseBridge(bridge="A", code=1008, reason="no REGISTER in time")
+    ]
     assert hub.handle(BridgeClosed(bridge="A", now=6)) == []
     assert hub.next_deadline() is None
 
@@ -165,8 +189,14 @@ def test_a_bridge_that_never_registers_is_closed_after_the_timeout() -> None:
 def test_broadcast_goes_to_other_bridges_with_a_member_in_the_channel_never_the_origin() -> None:
     hub = three_bridges()
     actions = send(hub, "A", "BROADCAST", ns="/ws", channel="room", message={"type": "t"})
-    assert frames_to(actions) == {"B": [{"type": "BROADCAST", "payload": {
-        "ns": "/ws", "channel": "room", "message": {"type": "t"}}}]}
+    assert frames_to(actions) == {
+        "B": [
+            {
+                "type": "BROADCAST",
+                "payload": {"ns": "/ws", "channel": "room", "message": {"type": "t"}},
+            }
+        ]
+    }
     assert send(hub, "C", "BROADCAST", ns="/ws", channel="nobody", message={"type": "t"}) == []
 
 
@@ -190,8 +220,11 @@ def test_direct_goes_to_other_bridges_holding_a_session_of_the_user() -> None:
 def test_disconnect_goes_to_the_sessions_owner_only() -> None:
     hub = three_bridges()
     actions = send(hub, "A", "DISCONNECT", sessionId="c1", reason="bye", requeue=True)
-    assert frames_to(actions) == {"C": [{"type": "DISCONNECT", "payload": {
-        "sessionId": "c1", "reason": "bye", "requeue": True}}]}
+    assert frames_to(actions) == {
+        "C": [
+            {"type": "DISCONNECT", "payload": {"sessionId": "c1", "reason": "bye", "requeue": True}}
+        ]
+    }
     assert send(hub, "A", "DISCONNECT", sessionId="a1") == []  # its own: nothing to route
     assert send(hub, "A", "DISCONNECT", sessionId="ghost") == []
 
@@ -227,8 +260,10 @@ def test_a_rejoin_replaces_channels_and_metadata() -> None:
     hub = three_bridges()
     join(hub, "A", "ann", "a1", "other", metadata={"v": 2})
     assert [m for m in hub.members() if m.session_id == "a1"] == [
-        HubMember(bridge_id="A", session_id="a1", user_id="ann", channels=("other",),
-                  metadata={"v": 2})]
+        HubMember(
+            bridge_id="A", session_id="a1", user_id="ann", channels=("other",), metadata={"v": 2}
+        )
+    ]
     actions = send(hub, "B", "BROADCAST", ns="/ws", channel="room", message={"type": "t"})
     assert frames_to(actions) == {}
 
@@ -265,8 +300,10 @@ def test_a_silent_bridge_is_closed_and_purged_at_once() -> None:
     for now in (10, 20):
         send(hub, "B", "HEARTBEAT", now=now)
         actions = hub.handle(Tick(now=now))
-        assert frames_to(actions) == {"A": [{"type": "HEARTBEAT", "payload": {}}],
-                                      "B": [{"type": "HEARTBEAT", "payload": {}}]}
+        assert frames_to(actions) == {
+            "A": [{"type": "HEARTBEAT", "payload": {}}],
+            "B": [{"type": "HEARTBEAT", "payload": {}}],
+        }
     send(hub, "B", "HEARTBEAT", now=29)
     actions = hub.handle(Tick(now=30))
     assert CloseBridge(bridge="A", code=1001, reason="bridge silent") in actions
@@ -287,10 +324,12 @@ def test_a_new_incarnation_replaces_and_purges_the_old_one_at_once() -> None:
     join(hub, "B", "bob", "b1", "room")
     actions = connect(hub, "new", "bridge-a", instance="boot-2")
     assert [a.fields for a in actions if isinstance(a, Log)] == [
-        {"bridge_id": "bridge-a", "new_incarnation": True}]
+        {"bridge_id": "bridge-a", "new_incarnation": True}
+    ]
     assert CloseBridge(bridge="old", code=1008, reason="replaced by a newer connection") in actions
     assert frames_to(actions)["B"] == [
-        {"type": "BULK_LEAVE", "payload": {"bridgeId": "bridge-a", "sessionIds": ["a1"]}}]
+        {"type": "BULK_LEAVE", "payload": {"bridgeId": "bridge-a", "sessionIds": ["a1"]}}
+    ]
     assert hub.registered_bridges() == {"bridge-a": "new", "B": "B"}
     assert [m.session_id for m in hub.members()] == ["b1"]
     # The old link's late close changes nothing for the new one.
@@ -302,11 +341,15 @@ def test_drain_closes_every_bridge_with_4503_and_refuses_newcomers() -> None:
     hub = three_bridges()
     actions = hub.handle(ShutdownRequested())
     assert sorted((a.bridge, a.code) for a in actions if isinstance(a, CloseBridge)) == [
-        ("A", 4503), ("B", 4503), ("C", 4503)]
+        ("A", 4503),
+        ("B", 4503),
+        ("C", 4503),
+    ]
     assert frames_to(actions) == {}  # no BULK_LEAVE to bridges that are all leaving
     assert hub.members() == []
     assert hub.handle(BridgeConnecting(bridge="D", authorization=f"Bearer {TOKEN}", now=0)) == [
-        RefuseBridge(bridge="D", status=503, reason="hub is draining")]
+        RefuseBridge(bridge="D", status=503, reason="hub is draining")
+    ]
     assert hub.handle(ShutdownRequested()) == []
 
 
@@ -314,20 +357,24 @@ def test_drain_closes_every_bridge_with_4503_and_refuses_newcomers() -> None:
 
 
 def strikes(actions: list[Any]) -> list[str]:
-    return [f["payload"]["code"] for frames in frames_to(actions).values() for f in frames
-            if f["type"] == "ERROR"]
+    return [
+        f["payload"]["code"]
+        for frames in frames_to(actions).values()
+        for f in frames
+        if f["type"] == "ERROR"
+    ]
 
 
 def test_bad_frames_get_error_and_the_third_closes_only_that_bridge() -> None:
     hub = three_bridges()
     assert strikes(hub.handle(BridgeFrameReceived(bridge="A", data="nope", now=0))) == ["bad_json"]
-    assert strikes(send(hub, "A", "BULK_LEAVE", bridgeId="x", sessionIds=[])) == [
-        "unexpected_type"]
+    assert strikes(send(hub, "A", "BULK_LEAVE", bridgeId="x", sessionIds=[])) == ["unexpected_type"]
     assert hub.bridge_state("A") is BridgeState.REGISTERED
     actions = send(hub, "A", "WHAT")
     assert strikes(actions) == ["unknown_type"]
     assert CloseBridge(bridge="A", code=1008, reason="too many errors (last: unknown_type)") in (
-        actions)
+        actions
+    )
     assert hub.bridge_state("B") is BridgeState.REGISTERED
     assert "a1" not in {m.session_id for m in hub.members()}
 
@@ -340,8 +387,9 @@ def test_frame_size_limit() -> None:
 
 
 def test_channels_metadata_and_sessions_limits() -> None:
-    hub = new_hub(max_channels_per_session=2, max_metadata_bytes=10, max_sessions_per_bridge=2,
-                  max_errors=10)
+    hub = new_hub(
+        max_channels_per_session=2, max_metadata_bytes=10, max_sessions_per_bridge=2, max_errors=10
+    )
     connect(hub, "A")
     assert strikes(join(hub, "A", "u", "s1", "a", "b", "c")) == ["too_many_channels"]
     assert strikes(join(hub, "A", "u", "s1", metadata={"k": "0123456789"})) == ["metadata_too_big"]
@@ -350,7 +398,8 @@ def test_channels_metadata_and_sessions_limits() -> None:
     assert strikes(join(hub, "A", "u", "s3")) == ["too_many_sessions"]
     assert strikes(join(hub, "A", "u", "s2", "a")) == []  # a re-join is not a new session
     assert strikes(send(hub, "A", "METADATA", sessionId="s1", metadata={"k": "0123456789"})) == [
-        "metadata_too_big"]
+        "metadata_too_big"
+    ]
     assert sorted(m.session_id for m in hub.members()) == ["s1", "s2"]
 
 

@@ -33,29 +33,50 @@ from .helpers import hub_frame
 names = st.text(min_size=1, max_size=8)
 name_tuples = st.lists(names, max_size=4, unique=True).map(tuple)
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=8)
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**53), 2**53)
+    | st.text(max_size=8)
     | st.floats(allow_nan=False, allow_infinity=False),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+    ),
     max_leaves=8,
 )
 objects = st.dictionaries(st.text(max_size=4), json_values, max_size=3)
 messages = st.builds(Message, type=names) | st.builds(Message, type=names, payload=json_values)
 
 frames: st.SearchStrategy[HubFrame] = st.one_of(
-    st.builds(RegisterFrame, bridge_id=names, instance_id=names, capabilities=name_tuples,
-              protocol=st.integers(1, 5)),
-    st.builds(RegisteredFrame, hub_id=names,
-              heartbeat_interval=st.floats(0.001, 1e6, allow_nan=False)),
-    st.builds(JoinFrame, user_id=names, session_id=names, channels=name_tuples,
-              metadata=st.none() | objects),
+    st.builds(
+        RegisterFrame,
+        bridge_id=names,
+        instance_id=names,
+        capabilities=name_tuples,
+        protocol=st.integers(1, 5),
+    ),
+    st.builds(
+        RegisteredFrame, hub_id=names, heartbeat_interval=st.floats(0.001, 1e6, allow_nan=False)
+    ),
+    st.builds(
+        JoinFrame,
+        user_id=names,
+        session_id=names,
+        channels=name_tuples,
+        metadata=st.none() | objects,
+    ),
     st.builds(LeaveFrame, session_id=names),
     st.builds(BulkLeaveFrame, bridge_id=names, session_ids=name_tuples),
     st.builds(MetadataFrame, session_id=names, metadata=objects),
-    st.builds(BroadcastFrame, ns=names, channel=names, message=messages,
-              except_session_ids=name_tuples),
+    st.builds(
+        BroadcastFrame, ns=names, channel=names, message=messages, except_session_ids=name_tuples
+    ),
     st.builds(DirectFrame, user_id=names, message=messages),
-    st.builds(DisconnectFrame, session_id=names, reason=st.none() | st.text(max_size=10),
-              requeue=st.booleans()),
+    st.builds(
+        DisconnectFrame,
+        session_id=names,
+        reason=st.none() | st.text(max_size=10),
+        requeue=st.booleans(),
+    ),
     st.just(HeartbeatFrame()),
     st.builds(ErrorFrame, code=names, message=st.text(max_size=10)),
 )
@@ -70,17 +91,30 @@ def test_every_frame_round_trips(frame: HubFrame) -> None:
 
 def test_every_frame_type_is_covered_by_the_strategy() -> None:
     assert set(FRAME_TYPES) == {
-        "REGISTER", "REGISTERED", "JOIN", "LEAVE", "BULK_LEAVE", "METADATA", "BROADCAST",
-        "DIRECT", "DISCONNECT", "HEARTBEAT", "ERROR",
+        "REGISTER",
+        "REGISTERED",
+        "JOIN",
+        "LEAVE",
+        "BULK_LEAVE",
+        "METADATA",
+        "BROADCAST",
+        "DIRECT",
+        "DISCONNECT",
+        "HEARTBEAT",
+        "ERROR",
     }
 
 
 def test_optional_fields_at_their_default_are_left_out() -> None:
     frame = BroadcastFrame(ns="/ws", channel="c", message=Message(type="t"))
     assert json.loads(encode_hub_frame(frame)) == {
-        "type": "BROADCAST", "payload": {"ns": "/ws", "channel": "c", "message": {"type": "t"}}}
+        "type": "BROADCAST",
+        "payload": {"ns": "/ws", "channel": "c", "message": {"type": "t"}},
+    }
     assert json.loads(encode_hub_frame(DisconnectFrame(session_id="s"))) == {
-        "type": "DISCONNECT", "payload": {"sessionId": "s"}}
+        "type": "DISCONNECT",
+        "payload": {"sessionId": "s"},
+    }
     assert encode_hub_frame(HeartbeatFrame()) == '{"type":"HEARTBEAT","payload":{}}'
 
 
@@ -101,7 +135,8 @@ def test_escaped_surrogate_pairs_are_fine() -> None:
 def test_duplicate_names_in_a_list_are_folded() -> None:
     data = hub_frame("JOIN", userId="u", sessionId="s", channels=["a", "b", "a"])
     assert decode_hub_frame(data, max_bytes=1000) == JoinFrame(
-        user_id="u", session_id="s", channels=("a", "b"))
+        user_id="u", session_id="s", channels=("a", "b")
+    )
 
 
 @pytest.mark.parametrize(
@@ -119,26 +154,66 @@ def test_duplicate_names_in_a_list_are_folded() -> None:
         ('{"type":"LEAVE","payload":[]}', "bad_frame", "payload", "payload must be an object"),
         (hub_frame("LEAVE"), "bad_frame", "sessionId", "LEAVE is missing sessionId"),
         (hub_frame("LEAVE", sessionId=""), "bad_frame", "sessionId", "must be a non-empty string"),
-        (hub_frame("JOIN", userId="u", sessionId="s", channels="c"), "bad_frame", "channels",
-         "must be a list of non-empty strings"),
-        (hub_frame("JOIN", userId="u", sessionId="s", channels=[1]), "bad_frame", "channels",
-         "must be a list of non-empty strings"),
-        (hub_frame("JOIN", userId="u", sessionId="s", channels=[], metadata=[]), "bad_frame",
-         "metadata", "must be an object"),
-        (hub_frame("DISCONNECT", sessionId="s", requeue="yes"), "bad_frame", "requeue",
-         "must be true or false"),
-        (hub_frame("DISCONNECT", sessionId="s", reason=5), "bad_frame", "reason",
-         "must be a string"),
-        (hub_frame("REGISTER", bridgeId="b", instanceId="i", protocol=0), "bad_frame", "protocol",
-         "must be a positive integer"),
-        (hub_frame("REGISTER", bridgeId="b", instanceId="i", protocol=True), "bad_frame",
-         "protocol", "must be a positive integer"),
-        (hub_frame("REGISTERED", hubId="h", heartbeatInterval=-1), "bad_frame",
-         "heartbeatInterval", "must be a positive number"),
-        (hub_frame("DIRECT", userId="u", message="hi"), "bad_frame", "message",
-         "must be an object with a 'type'"),
-        (hub_frame("DIRECT", userId="u", message={"type": ""}), "bad_frame", "message",
-         "must have a non-empty string 'type'"),
+        (
+            hub_frame("JOIN", userId="u", sessionId="s", channels="c"),
+            "bad_frame",
+            "channels",
+            "must be a list of non-empty strings",
+        ),
+        (
+            hub_frame("JOIN", userId="u", sessionId="s", channels=[1]),
+            "bad_frame",
+            "channels",
+            "must be a list of non-empty strings",
+        ),
+        (
+            hub_frame("JOIN", userId="u", sessionId="s", channels=[], metadata=[]),
+            "bad_frame",
+            "metadata",
+            "must be an object",
+        ),
+        (
+            hub_frame("DISCONNECT", sessionId="s", requeue="yes"),
+            "bad_frame",
+            "requeue",
+            "must be true or false",
+        ),
+        (
+            hub_frame("DISCONNECT", sessionId="s", reason=5),
+            "bad_frame",
+            "reason",
+            "must be a string",
+        ),
+        (
+            hub_frame("REGISTER", bridgeId="b", instanceId="i", protocol=0),
+            "bad_frame",
+            "protocol",
+            "must be a positive integer",
+        ),
+        (
+            hub_frame("REGISTER", bridgeId="b", instanceId="i", protocol=True),
+            "bad_frame",
+            "protocol",
+            "must be a positive integer",
+        ),
+        (
+            hub_frame("REGISTERED", hubId="h", heartbeatInterval=-1),
+            "bad_frame",
+            "heartbeatInterval",
+            "must be a positive number",
+        ),
+        (
+            hub_frame("DIRECT", userId="u", message="hi"),
+            "bad_frame",
+            "message",
+            "must be an object with a 'type'",
+        ),
+        (
+            hub_frame("DIRECT", userId="u", message={"type": ""}),
+            "bad_frame",
+            "message",
+            "must have a non-empty string 'type'",
+        ),
     ],
 )
 def test_bad_frames_are_refused_naming_the_field(

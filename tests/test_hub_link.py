@@ -35,8 +35,12 @@ def new_presence(**config: object) -> Presence:
 
 def registered(interval: float = 10.0, **config: object) -> Presence:
     presence = new_presence(**config)
-    drive(presence, HubLinkStarted(now=0), HubConnected(now=0),
-          HubFrameReceived(data=registered_frame(interval=interval), now=0))
+    drive(
+        presence,
+        HubLinkStarted(now=0),
+        HubConnected(now=0),
+        HubFrameReceived(data=registered_frame(interval=interval), now=0),
+    )
     return presence
 
 
@@ -45,13 +49,23 @@ def test_start_asks_the_shim_to_connect_then_registers() -> None:
     assert drive(presence, HubLinkStarted(now=0)) == [ConnectHub()]
     assert presence.hub_link_state is LinkState.CONNECTING
     actions = drive(presence, HubConnected(now=0.2))
-    assert sent_frames(actions) == [{"type": "REGISTER", "payload": {
-        "bridgeId": "b1", "instanceId": "i1", "capabilities": ["broadcast"], "protocol": 1}}]
+    assert sent_frames(actions) == [
+        {
+            "type": "REGISTER",
+            "payload": {
+                "bridgeId": "b1",
+                "instanceId": "i1",
+                "capabilities": ["broadcast"],
+                "protocol": 1,
+            },
+        }
+    ]
     assert presence.hub_link_state is LinkState.REGISTERING
     actions = drive(presence, HubFrameReceived(data=registered_frame("h-9"), now=0.3))
     assert presence.hub_link_state is LinkState.REGISTERED
     assert [(a.event, a.fields) for a in actions if isinstance(a, Log)] == [
-        ("hub.link.registered", {"hub_id": "h-9", "new_incarnation": True})]
+        ("hub.link.registered", {"hub_id": "h-9", "new_incarnation": True})
+    ]
 
 
 def test_a_new_hub_incarnation_is_reported_and_a_same_one_is_not() -> None:
@@ -87,8 +101,13 @@ def test_a_silent_hub_is_declared_dead_closed_and_retried() -> None:
     assert actions[0].event == "hub.link.dead"  # type: ignore[union-attr]
     assert presence.hub_link_state is LinkState.CLOSING
     # Frames that still arrive on a link being torn down mean nothing.
-    assert drive(presence, HubFrameReceived(data=hub_frame("DIRECT", userId="u",
-                                                           message={"type": "t"}), now=31)) == []
+    assert (
+        drive(
+            presence,
+            HubFrameReceived(data=hub_frame("DIRECT", userId="u", message={"type": "t"}), now=31),
+        )
+        == []
+    )
     actions = drive(presence, HubLost(now=31, code=1000))
     assert presence.hub_link_state is LinkState.BACKING_OFF
     assert [type(a) for a in actions] == [Log, ScheduleReconnect]
@@ -110,8 +129,11 @@ def test_connect_and_register_are_bounded_by_the_connect_timeout() -> None:
 
 def test_the_reconnect_happens_on_the_first_tick_after_the_delay() -> None:
     presence = registered()
-    [schedule] = [a for a in drive(presence, HubLost(now=50, code=4503, reason="hub draining"))
-                  if isinstance(a, ScheduleReconnect)]
+    [schedule] = [
+        a
+        for a in drive(presence, HubLost(now=50, code=4503, reason="hub draining"))
+        if isinstance(a, ScheduleReconnect)
+    ]
     assert presence.next_deadline() == pytest.approx(50 + schedule.delay)
     assert schedule.delay > 0
     assert drive(presence, Tick(now=50 + schedule.delay / 2)) == []
@@ -126,8 +148,13 @@ def test_drain_4503_reconnects_but_1008_stops_and_says_why() -> None:
     presence = registered()
     actions = drive(presence, HubLost(now=1, code=1008, reason="bad token"))
     assert presence.hub_link_state is LinkState.CLOSED
-    assert actions == [Log(level=LogLevel.ERROR, event="hub.link.refused",
-                           fields={"code": 1008, "reason": "bad token"})]
+    assert actions == [
+        Log(
+            level=LogLevel.ERROR,
+            event="hub.link.refused",
+            fields={"code": 1008, "reason": "bad token"},
+        )
+    ]
     assert presence.next_deadline() is None
 
 
@@ -141,7 +168,10 @@ def test_registering_ignores_other_frames_with_a_warning() -> None:
         HubFrameReceived(data="garbage", now=0),
     )
     assert [a.event for a in actions if isinstance(a, Log)] == [
-        "hub.error", "hub.frame.before_registered", "hub.frame.invalid"]
+        "hub.error",
+        "hub.frame.before_registered",
+        "hub.frame.invalid",
+    ]
     assert presence.hub_link_state is LinkState.REGISTERING
 
 

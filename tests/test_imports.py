@@ -11,9 +11,27 @@ import megapresence_core
 
 CORE = pathlib.Path(megapresence_core.__file__).parent
 FORBIDDEN = {
-    "socket", "select", "selectors", "asyncio", "trio", "anyio", "threading", "time", "ssl",
-    "subprocess", "multiprocessing", "os", "io", "logging.handlers", "signal", "datetime",
-    "megapresence_anyio", "megapresence_nats", "megapresence_redis", "uuid", "secrets",
+    "socket",
+    "select",
+    "selectors",
+    "asyncio",
+    "trio",
+    "anyio",
+    "threading",
+    "time",
+    "ssl",
+    "subprocess",
+    "multiprocessing",
+    "os",
+    "io",
+    "logging.handlers",
+    "signal",
+    "datetime",
+    "megapresence_anyio",
+    "megapresence_nats",
+    "megapresence_redis",
+    "uuid",
+    "secrets",
 }
 
 
@@ -31,8 +49,7 @@ def imported_modules(path: pathlib.Path) -> set[str]:
 def test_core_sources_import_nothing_that_does_io() -> None:
     offenders = {}
     for path in sorted(CORE.glob("*.py")):
-        bad = {m for m in imported_modules(path)
-               if m in FORBIDDEN or m.split(".")[0] in FORBIDDEN}
+        bad = {m for m in imported_modules(path) if m in FORBIDDEN or m.split(".")[0] in FORBIDDEN}
         if bad:
             offenders[path.name] = sorted(bad)
     assert offenders == {}
@@ -47,8 +64,21 @@ def test_importing_the_core_loads_no_io_module() -> None:
     )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     loaded = set(ast.literal_eval(out.stdout))
-    assert loaded & {"socket", "select", "selectors", "asyncio", "trio", "anyio", "threading",
-                     "ssl", "logging.handlers"} == set()
+    assert (
+        loaded
+        & {
+            "socket",
+            "select",
+            "selectors",
+            "asyncio",
+            "trio",
+            "anyio",
+            "threading",
+            "ssl",
+            "logging.handlers",
+        }
+        == set()
+    )
 
 
 def test_checker_would_notice_a_forbidden_import(tmp_path: pathlib.Path) -> None:

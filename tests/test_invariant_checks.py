@@ -50,8 +50,14 @@ def _wrong_key(indexes: Indexes) -> None:
     [
         (_detach_state_only, "disagrees with its state"),
         (_wrong_key, "disagrees with its state or key"),
-        (lambda ix: ix.by_ns["/ghost"].update({9: None}) if "/ghost" in ix.by_ns
-         else ix.by_ns.setdefault("/ghost", {}), "ns index"),
+        (
+            lambda ix: (
+                ix.by_ns["/ghost"].update({9: None})
+                if "/ghost" in ix.by_ns
+                else ix.by_ns.setdefault("/ghost", {})
+            ),
+            "ns index",
+        ),
         (lambda ix: ix.by_user.setdefault("ann", {}).pop(2), "user index"),
         (lambda ix: ix.by_session.pop("s1"), "session index"),
     ],
@@ -155,6 +161,9 @@ def test_small_reprs_and_conversions() -> None:
     assert repr(ABSENT) == "ABSENT"
     assert Member(session_id="s", user_id="u").to_json() == {"sessionId": "s", "userId": "u"}
     assert Member(session_id="s", user_id="u", metadata={"a": 1}).to_json() == {
-        "sessionId": "s", "userId": "u", "metadata": {"a": 1}}
+        "sessionId": "s",
+        "userId": "u",
+        "metadata": {"a": 1},
+    }
     config = PresenceConfig()
     assert Presence(config).config is config

@@ -81,8 +81,13 @@ def test_hypothesis_walk_reaches_every_pair() -> None:
 
 def test_refusals_explain_the_common_mistakes() -> None:
     with pytest.raises(LocalUsageError, match="already joined a session"):
-        advance(CONN_TRANSITIONS, ConnState.JOINED, ConnInput.JOIN, what="connection",
-                refusals=CONN_REFUSALS)
+        advance(
+            CONN_TRANSITIONS,
+            ConnState.JOINED,
+            ConnInput.JOIN,
+            what="connection",
+            refusals=CONN_REFUSALS,
+        )
     for pair in CONN_REFUSALS:
         assert pair not in CONN_TRANSITIONS
 
@@ -90,20 +95,25 @@ def test_refusals_explain_the_common_mistakes() -> None:
 def test_terminal_states_have_no_way_out() -> None:
     assert not [pair for pair in CONN_TRANSITIONS if pair[0] is ConnState.CLOSED]
     assert not [pair for pair in BRIDGE_TRANSITIONS if pair[0] is BridgeState.GONE]
-    assert {target for (state, _), target in LINK_TRANSITIONS.items()
-            if state is LinkState.CLOSED} == {LinkState.CLOSED}
+    assert {
+        target for (state, _), target in LINK_TRANSITIONS.items() if state is LinkState.CLOSED
+    } == {LinkState.CLOSED}
 
 
 # ------------------------------------------------------- connection, via Presence
 
 CONN_SETUPS: dict[ConnState, list[Event]] = {
     ConnState.OPENED: [ConnectionOpened(conn=1, ns="/ws")],
-    ConnState.JOINED: [ConnectionOpened(conn=1, ns="/ws"),
-                       SessionJoined(conn=1, user_id="u", session_id="s")],
-    ConnState.DETACHED: [ConnectionOpened(conn=1, ns="/ws"),
-                         SessionJoined(conn=1, user_id="u", session_id="s"),
-                         ConnectionOpened(conn=2, ns="/ws"),
-                         SessionJoined(conn=2, user_id="u", session_id="s")],
+    ConnState.JOINED: [
+        ConnectionOpened(conn=1, ns="/ws"),
+        SessionJoined(conn=1, user_id="u", session_id="s"),
+    ],
+    ConnState.DETACHED: [
+        ConnectionOpened(conn=1, ns="/ws"),
+        SessionJoined(conn=1, user_id="u", session_id="s"),
+        ConnectionOpened(conn=2, ns="/ws"),
+        SessionJoined(conn=2, user_id="u", session_id="s"),
+    ],
     ConnState.CLOSED: [ConnectionOpened(conn=1, ns="/ws"), ConnectionClosed(conn=1)],
 }
 CONN_EVENTS: dict[ConnInput, Event] = {
@@ -112,9 +122,12 @@ CONN_EVENTS: dict[ConnInput, Event] = {
 }
 
 
-@pytest.mark.parametrize(("state", "event_input"),
-                         list(itertools.product(CONN_SETUPS, CONN_EVENTS)))
-def test_presence_agrees_with_the_connection_table(state: ConnState, event_input: ConnInput) -> None:
+@pytest.mark.parametrize(
+    ("state", "event_input"), list(itertools.product(CONN_SETUPS, CONN_EVENTS))
+)
+def test_presence_agrees_with_the_connection_table(
+    state: ConnState, event_input: ConnInput
+) -> None:
     presence = Presence()
     for event in CONN_SETUPS[state]:
         presence.handle(event)
@@ -155,8 +168,10 @@ def _tick_input(state: LinkState) -> LinkInput | None:
 LINK_EVENTS: dict[str, tuple[Event, Callable[[LinkState], LinkInput | None]]] = {
     "start": (HubLinkStarted(now=5000), lambda s: LinkInput.START),
     "connected": (HubConnected(now=5000), lambda s: LinkInput.CONNECTED),
-    "registered": (HubFrameReceived(data=registered_frame(), now=5000),
-                   lambda s: LinkInput.REGISTERED if s is LinkState.REGISTERING else LinkInput.FRAME),
+    "registered": (
+        HubFrameReceived(data=registered_frame(), now=5000),
+        lambda s: LinkInput.REGISTERED if s is LinkState.REGISTERING else LinkInput.FRAME,
+    ),
     "frame": (HubFrameReceived(data=hub_frame("HEARTBEAT"), now=5000), lambda s: LinkInput.FRAME),
     "late tick": (Tick(now=5000), _tick_input),
     "lost": (HubLost(now=5000, code=1006), lambda s: LinkInput.LOST),

@@ -144,7 +144,9 @@ def test_join_over_the_channel_limit_is_misuse_and_changes_nothing() -> None:
     presence = Presence(PresenceConfig(limits=Limits(max_channels_per_session=2)))
     drive(presence, ConnectionOpened(conn=1, ns="/ws"))
     with pytest.raises(LocalUsageError, match="3 channels; the limit is 2"):
-        presence.handle(SessionJoined(conn=1, user_id="u", session_id="s", channels=["a", "b", "c"]))
+        presence.handle(
+            SessionJoined(conn=1, user_id="u", session_id="s", channels=["a", "b", "c"])
+        )
     assert presence.connection_state(1) is ConnState.OPENED
 
 
@@ -152,8 +154,9 @@ def test_join_over_the_metadata_limit_is_misuse() -> None:
     presence = Presence(PresenceConfig(limits=Limits(max_metadata_bytes=10)))
     drive(presence, ConnectionOpened(conn=1, ns="/ws"))
     with pytest.raises(LocalUsageError, match="metadata is 15 bytes of JSON; the limit is 10"):
-        presence.handle(SessionJoined(conn=1, user_id="u", session_id="s",
-                                      metadata={"k": "0123456"}))
+        presence.handle(
+            SessionJoined(conn=1, user_id="u", session_id="s", metadata={"k": "0123456"})
+        )
     assert presence.connection_state(1) is ConnState.OPENED
 
 
@@ -224,10 +227,15 @@ def test_broadcast_reaches_joined_and_unjoined_connections_of_the_ns_except_sess
     open_joined(presence, "a", "ann", "s1")
     open_joined(presence, "b", "bob", "s2")
     open_joined(presence, "elsewhere", "cid", "s3", ns="/other")
-    actions = drive(presence, BroadcastRequested(
-        ns="/ws", channel="c", message={"type": "chat", "payload": {"text": "hi"}},
-        except_session_ids=["s2"],
-    ))
+    actions = drive(
+        presence,
+        BroadcastRequested(
+            ns="/ws",
+            channel="c",
+            message={"type": "chat", "payload": {"text": "hi"}},
+            except_session_ids=["s2"],
+        ),
+    )
     expected = {"type": "chat", "ns": "/ws", "payload": {"text": "hi"}}
     assert deliveries(actions) == {"anon": [expected], "a": [expected]}
 
@@ -258,8 +266,15 @@ def test_broadcast_to_an_empty_ns_or_all_excepted_delivers_nothing() -> None:
     presence = Presence()
     open_joined(presence, 1, "ann", "s1")
     assert drive(presence, BroadcastRequested(ns="/none", channel="c", message={"type": "t"})) == []
-    assert drive(presence, BroadcastRequested(
-        ns="/ws", channel="c", message={"type": "t"}, except_session_ids=["s1"])) == []
+    assert (
+        drive(
+            presence,
+            BroadcastRequested(
+                ns="/ws", channel="c", message={"type": "t"}, except_session_ids=["s1"]
+            ),
+        )
+        == []
+    )
 
 
 @pytest.mark.parametrize(
@@ -294,15 +309,24 @@ def test_broadcast_fans_out_to_the_hub_omitting_an_empty_except_list() -> None:
     actions = drive(
         presence,
         BroadcastRequested(ns="/ws", channel="c", message={"type": "t", "payload": [1]}),
-        BroadcastRequested(ns="/ws", channel="c", message={"type": "t"},
-                           except_session_ids=["s2", "s1"]),
+        BroadcastRequested(
+            ns="/ws", channel="c", message={"type": "t"}, except_session_ids=["s2", "s1"]
+        ),
     )
     assert sent_frames(actions) == [
-        {"type": "BROADCAST", "payload": {
-            "ns": "/ws", "channel": "c", "message": {"type": "t", "payload": [1]}}},
-        {"type": "BROADCAST", "payload": {
-            "ns": "/ws", "channel": "c", "message": {"type": "t"},
-            "exceptSessionIds": ["s1", "s2"]}},
+        {
+            "type": "BROADCAST",
+            "payload": {"ns": "/ws", "channel": "c", "message": {"type": "t", "payload": [1]}},
+        },
+        {
+            "type": "BROADCAST",
+            "payload": {
+                "ns": "/ws",
+                "channel": "c",
+                "message": {"type": "t"},
+                "exceptSessionIds": ["s1", "s2"],
+            },
+        },
     ]
 
 
@@ -341,7 +365,10 @@ def test_direct_reaches_only_that_users_connections() -> None:
     open_joined(presence, 3, "bob", "s3")
     drive(presence, ConnectionOpened(conn=4, ns="/ws"))
     actions = drive(presence, DirectRequested(user_id="ann", message={"type": "dm", "payload": 1}))
-    assert deliveries(actions) == {1: [{"type": "dm", "payload": 1}], 2: [{"type": "dm", "payload": 1}]}
+    assert deliveries(actions) == {
+        1: [{"type": "dm", "payload": 1}],
+        2: [{"type": "dm", "payload": 1}],
+    }
 
 
 def test_direct_to_an_unknown_user_is_a_local_no_op_but_still_fans_out() -> None:
@@ -374,8 +401,13 @@ def test_metadata_update_is_stored_sent_to_the_hub_and_the_roster() -> None:
 def test_metadata_update_of_an_unknown_session_is_a_logged_no_op() -> None:
     presence = hub_presence()
     actions = drive(presence, MetadataUpdated(session_id="ghost", metadata={"a": 1}))
-    assert actions == [Log(level=LogLevel.DEBUG, event="presence.metadata.unknown_session",
-                           fields={"session_id": "ghost"})]
+    assert actions == [
+        Log(
+            level=LogLevel.DEBUG,
+            event="presence.metadata.unknown_session",
+            fields={"session_id": "ghost"},
+        )
+    ]
 
 
 def test_metadata_update_must_be_a_mapping_within_the_limit() -> None:
@@ -423,9 +455,7 @@ def test_kick_of_an_unknown_session_without_a_hub_is_a_logged_no_op() -> None:
 # -------------------------------------------------------------- hub frames
 
 
-@pytest.mark.parametrize(
-    ("requeue", "code"), [(None, 1008), (False, 1008), (True, 4503)]
-)
+@pytest.mark.parametrize(("requeue", "code"), [(None, 1008), (False, 1008), (True, 4503)])
 def test_hub_disconnect_closes_the_local_session(requeue: bool | None, code: int) -> None:
     presence = hub_presence()
     open_joined(presence, 1, "ann", "s1")
@@ -446,7 +476,8 @@ def test_hub_disconnect_default_reasons() -> None:
         HubFrameReceived(data=hub_frame("DISCONNECT", sessionId="s2", requeue=True), now=1),
     )
     assert [(a.code, a.reason) for a in actions if isinstance(a, CloseConnection)] == [
-        (1008, "kicked"), (4503, "requeued: reconnect")
+        (1008, "kicked"),
+        (4503, "requeued: reconnect"),
     ]
 
 
@@ -454,8 +485,10 @@ def test_hub_disconnect_reason_is_cut_to_123_bytes_without_splitting_a_character
     presence = hub_presence()
     open_joined(presence, 1, "ann", "s1")
     reason = "가" * 60  # 180 bytes of UTF-8, three per character
-    actions = drive(presence, HubFrameReceived(
-        data=hub_frame("DISCONNECT", sessionId="s1", reason=reason), now=1))
+    actions = drive(
+        presence,
+        HubFrameReceived(data=hub_frame("DISCONNECT", sessionId="s1", reason=reason), now=1),
+    )
     [close] = actions
     assert isinstance(close, CloseConnection)
     assert close.reason == "가" * 41
@@ -476,9 +509,16 @@ def test_hub_broadcast_and_direct_are_delivered_locally_and_not_echoed() -> None
     open_joined(presence, 2, "bob", "s2")
     actions = drive(
         presence,
-        HubFrameReceived(data=hub_frame(
-            "BROADCAST", ns="/ws", channel="c", message={"type": "b", "payload": {"x": 1}},
-            exceptSessionIds=["s2"]), now=1),
+        HubFrameReceived(
+            data=hub_frame(
+                "BROADCAST",
+                ns="/ws",
+                channel="c",
+                message={"type": "b", "payload": {"x": 1}},
+                exceptSessionIds=["s2"],
+            ),
+            now=1,
+        ),
         HubFrameReceived(data=hub_frame("DIRECT", userId="bob", message={"type": "d"}), now=1),
     )
     assert deliveries(actions) == {
@@ -514,7 +554,9 @@ def test_hub_presence_frames_are_accepted_silently(frame: str) -> None:
         (b"\xff\xfe", "bad_json"),
     ],
 )
-def test_a_bad_hub_frame_gives_one_warning_and_changes_nothing(data: str | bytes, code: str) -> None:
+def test_a_bad_hub_frame_gives_one_warning_and_changes_nothing(
+    data: str | bytes, code: str
+) -> None:
     presence = hub_presence()
     open_joined(presence, 1, "ann", "s1")
     actions = drive(presence, HubFrameReceived(data=data, now=1))
@@ -522,7 +564,10 @@ def test_a_bad_hub_frame_gives_one_warning_and_changes_nothing(data: str | bytes
     [warning] = actions
     assert isinstance(warning, Log)
     assert (warning.level, warning.event, warning.fields["code"]) == (
-        LogLevel.WARNING, "hub.frame.invalid", code)
+        LogLevel.WARNING,
+        "hub.frame.invalid",
+        code,
+    )
     assert presence.roster("/ws") == [Member(session_id="s1", user_id="ann")]
 
 
@@ -537,8 +582,9 @@ def test_hub_error_and_unexpected_frames_are_logged() -> None:
     actions = drive(
         presence,
         HubFrameReceived(data=hub_frame("ERROR", code="rate_limited", message="slow"), now=1),
-        HubFrameReceived(data=hub_frame("REGISTER", bridgeId="x", instanceId="y", protocol=1),
-                         now=1),
+        HubFrameReceived(
+            data=hub_frame("REGISTER", bridgeId="x", instanceId="y", protocol=1), now=1
+        ),
         HubFrameReceived(data=registered_frame(), now=1),
     )
     assert [(a.event, a.fields) for a in actions if isinstance(a, Log)] == [
@@ -565,8 +611,12 @@ def test_registration_resyncs_subscribers_then_open_sessions_with_latest_metadat
     open_joined(presence, 2, "bob", "s2")
     open_joined(presence, 3, "cid", "s3")
     drive(presence, MetadataUpdated(session_id="s1", metadata={"v": 2}), ConnectionClosed(conn=3))
-    actions = drive(presence, HubLinkStarted(now=0), HubConnected(now=0),
-                    HubFrameReceived(data=registered_frame(), now=0))
+    actions = drive(
+        presence,
+        HubLinkStarted(now=0),
+        HubConnected(now=0),
+        HubFrameReceived(data=registered_frame(), now=0),
+    )
     assert [f["payload"] for f in sent_frames(actions) if f["type"] == "JOIN"] == [
         {"userId": "bridge:b1", "sessionId": "bridge:b1#lobby", "channels": ["lobby"]},
         {"userId": "bridge:b1", "sessionId": "bridge:b1#ops", "channels": ["ops"]},
@@ -578,10 +628,17 @@ def test_registration_resyncs_subscribers_then_open_sessions_with_latest_metadat
 def test_re_registration_after_a_lost_link_resyncs_again() -> None:
     presence = hub_presence(channels=["lobby"])
     open_joined(presence, 1, "ann", "s1")
-    actions = drive(presence, HubLost(now=1, code=1006), Tick(now=100), HubConnected(now=100),
-                    HubFrameReceived(data=registered_frame("hub-2"), now=100))
+    actions = drive(
+        presence,
+        HubLost(now=1, code=1006),
+        Tick(now=100),
+        HubConnected(now=100),
+        HubFrameReceived(data=registered_frame("hub-2"), now=100),
+    )
     assert [f["payload"]["sessionId"] for f in sent_frames(actions) if f["type"] == "JOIN"] == [
-        "bridge:b1#lobby", "s1"]
+        "bridge:b1#lobby",
+        "s1",
+    ]
 
 
 # ------------------------------------------------------------ roster, queries
@@ -596,7 +653,8 @@ def test_roster_actions_follow_joins_and_closes() -> None:
         RosterPut(channel="b", session_id="s1", member=member, ttl=60),
     ]
     assert drive(presence, ConnectionClosed(conn=1)) == [
-        RosterDelete(channel="a", session_id="s1"), RosterDelete(channel="b", session_id="s1"),
+        RosterDelete(channel="a", session_id="s1"),
+        RosterDelete(channel="b", session_id="s1"),
     ]
 
 
@@ -661,9 +719,15 @@ def test_shutdown_closes_hub_then_roster_then_clients_then_clears_indexes() -> N
     drive(presence, ConnectionOpened(conn=2, ns="/ws"))
     actions = drive(presence, ShutdownRequested())
     assert [type(a).__name__ for a in actions] == [
-        "CloseHubLink", "RosterDelete", "CloseConnection", "CloseConnection"]
+        "CloseHubLink",
+        "RosterDelete",
+        "CloseConnection",
+        "CloseConnection",
+    ]
     assert [(a.conn, a.code) for a in actions if isinstance(a, CloseConnection)] == [
-        (1, 1001), (2, 1001)]
+        (1, 1001),
+        (2, 1001),
+    ]
     assert presence.is_shut_down
     assert presence.roster("/ws") == []
 
@@ -674,7 +738,8 @@ def test_after_shutdown_only_due_closes_hub_drain_and_ticks_are_accepted() -> No
     drive(presence, ShutdownRequested())
     assert drive(presence, ShutdownRequested()) == []  # idempotent
     assert drive(presence, ConnectionClosed(conn=1), HubLost(now=2, code=1001), Tick(now=3)) != [
-        "unreachable"]
+        "unreachable"
+    ]
     with pytest.raises(LocalUsageError, match="unknown connection 1"):
         presence.handle(ConnectionClosed(conn=1))
     with pytest.raises(LocalUsageError, match="shut down"):

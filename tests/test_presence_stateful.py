@@ -54,8 +54,11 @@ class PresenceMachine(RuleBasedStateMachine):
         self.metadata: dict[str, Any] = {}
         self.registered = True
 
-    @initialize(policy=st.sampled_from([DuplicateSessionPolicy.DETACH_PRIOR,
-                                        DuplicateSessionPolicy.CLOSE_PRIOR]))
+    @initialize(
+        policy=st.sampled_from(
+            [DuplicateSessionPolicy.DETACH_PRIOR, DuplicateSessionPolicy.CLOSE_PRIOR]
+        )
+    )
     def start(self, policy: DuplicateSessionPolicy) -> None:
         self.policy = policy
         link = HubLinkConfig(bridge_id="b", instance_id="i", channels=["lobby"])
@@ -84,8 +87,11 @@ class PresenceMachine(RuleBasedStateMachine):
     def join(self, conn: int, user: str, session: str, channels: list[str], metadata: Any) -> None:
         if conn not in self.ns or conn in self.identity or conn in self.detached:
             return
-        actions = self.handle(SessionJoined(conn=conn, user_id=user, session_id=session,
-                                            channels=channels, metadata=metadata))
+        actions = self.handle(
+            SessionJoined(
+                conn=conn, user_id=user, session_id=session, channels=channels, metadata=metadata
+            )
+        )
         closes = [a for a in actions if isinstance(a, CloseConnection)]
         prior = self.sessions.get(session)
         if prior is not None:
@@ -128,14 +134,23 @@ class PresenceMachine(RuleBasedStateMachine):
     @rule(ns=NAMESPACES, excepted=st.sets(SESSIONS, max_size=2), remote=st.booleans())
     def broadcast(self, ns: str, excepted: set[str], remote: bool) -> None:
         if remote and self.registered:
-            data = hub_frame("BROADCAST", ns=ns, channel="x", message={"type": "t"},
-                             exceptSessionIds=sorted(excepted))
+            data = hub_frame(
+                "BROADCAST",
+                ns=ns,
+                channel="x",
+                message={"type": "t"},
+                exceptSessionIds=sorted(excepted),
+            )
             actions = self.handle(HubFrameReceived(data=data, now=self.now))
         else:
-            actions = self.handle(BroadcastRequested(ns=ns, channel="x", message={"type": "t"},
-                                                     except_session_ids=excepted))
+            actions = self.handle(
+                BroadcastRequested(
+                    ns=ns, channel="x", message={"type": "t"}, except_session_ids=excepted
+                )
+            )
         expected = {
-            conn for conn, conn_ns in self.ns.items()
+            conn
+            for conn, conn_ns in self.ns.items()
             if conn_ns == ns and conn not in self.detached and self.session_of(conn) not in excepted
         }
         got = deliveries(actions)
@@ -193,8 +208,11 @@ class PresenceMachine(RuleBasedStateMachine):
 
     def expected_join(self, session: str) -> dict[str, Any]:
         conn = self.sessions[session]
-        payload = {"userId": self.identity[conn][0], "sessionId": session,
-                   "channels": self.channels[session]}
+        payload = {
+            "userId": self.identity[conn][0],
+            "sessionId": session,
+            "channels": self.channels[session],
+        }
         if self.metadata[session] is not None:
             payload["metadata"] = self.metadata[session]
         return payload
@@ -223,7 +241,8 @@ class PresenceMachine(RuleBasedStateMachine):
             roster = {m.session_id: (m.user_id, m.metadata) for m in self.presence.roster(ns)}
             expected = {
                 session: (self.identity[conn][0], self.metadata[session])
-                for session, conn in self.sessions.items() if self.ns[conn] == ns
+                for session, conn in self.sessions.items()
+                if self.ns[conn] == ns
             }
             assert roster == expected
 
@@ -235,7 +254,11 @@ class PresenceMachine(RuleBasedStateMachine):
             self.close(conn)
         indexes = self.presence._indexes
         assert (indexes.records, indexes.by_ns, indexes.by_user, indexes.by_session) == (
-            {}, {}, {}, {})
+            {},
+            {},
+            {},
+            {},
+        )
 
 
 TestPresenceMachine = PresenceMachine.TestCase

@@ -58,7 +58,9 @@ def test_truncate_reason_examples(reason: str, expected: str) -> None:
 def test_freeze_json_copies_containers_and_keeps_scalars() -> None:
     value = {"a": [1, 2]}
     frozen, text = freeze_json(value, what="x", max_bytes=100)
-    assert frozen == value and frozen is not value and text == '{"a":[1,2]}'
+    assert frozen == value
+    assert frozen is not value
+    assert text == '{"a":[1,2]}'
     assert freeze_json("s", what="x", max_bytes=100) == ("s", '"s"')
     assert freeze_json((1, 2), what="x", max_bytes=100) == ([1, 2], "[1,2]")
     with pytest.raises(LocalUsageError, match="x is 11 bytes of JSON; the limit is 10"):
@@ -79,14 +81,22 @@ def test_message_coerce_accepts_a_message_as_is() -> None:
         (lambda: Limits(max_message_bytes=0), "max_message_bytes must be a positive number"),
         (lambda: Limits(max_message_bytes=True), "max_message_bytes must be a positive number"),
         (lambda: HubLinkConfig(bridge_id="", instance_id="i"), "bridge_id must be a non-empty"),
-        (lambda: HubLinkConfig(bridge_id="b", instance_id="i", channels="lobby"),
-         "channels must be an iterable of strings"),
-        (lambda: HubLinkConfig(bridge_id="b", instance_id="i", capabilities=[""]),
-         "each of capabilities"),
-        (lambda: HubLinkConfig(bridge_id="b", instance_id="i", backoff_initial=5, backoff_max=1),
-         "backoff_max must be >= backoff_initial"),
-        (lambda: HubLinkConfig(bridge_id="b", instance_id="i", backoff_multiplier=0.5),
-         "backoff_multiplier must be >= 1"),
+        (
+            lambda: HubLinkConfig(bridge_id="b", instance_id="i", channels="lobby"),
+            "channels must be an iterable of strings",
+        ),
+        (
+            lambda: HubLinkConfig(bridge_id="b", instance_id="i", capabilities=[""]),
+            "each of capabilities",
+        ),
+        (
+            lambda: HubLinkConfig(bridge_id="b", instance_id="i", backoff_initial=5, backoff_max=1),
+            "backoff_max must be >= backoff_initial",
+        ),
+        (
+            lambda: HubLinkConfig(bridge_id="b", instance_id="i", backoff_multiplier=0.5),
+            "backoff_multiplier must be >= 1",
+        ),
         (lambda: RosterConfig(ttl=10, refresh_interval=10), "refresh_interval must be shorter"),
         (lambda: HubConfig(hub_id="h", tokens=[]), "at least one token"),
         (lambda: HubConfig(hub_id="h", tokens=[""]), "each token must be a non-empty string"),
@@ -111,7 +121,7 @@ def test_reprs_are_short_and_readable() -> None:
     assert repr(HubFrameReceived(data="z" * 500, now=1.0)) == (
         "HubFrameReceived(data=<500 chars>, now=1.0)"
     )
-    assert repr(Message(type="t", payload="p" * 100)).startswith('Message(type=\'t\', payload="ppp')
+    assert repr(Message(type="t", payload="p" * 100)).startswith("Message(type='t', payload=\"ppp")
     assert len(repr(Message(type="t", payload="p" * 100))) < 70
     assert repr(Message(type="t")) == "Message(type='t')"
     entry = RosterEntry(channel="c", session_id="s", member=None)  # type: ignore[arg-type]
