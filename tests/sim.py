@@ -1,0 +1,375 @@
+"""An in-memory network: one ``Hub``, several bridges (``Presence`` + hub link) and clients.
+
+Frames travel through one FIFO queue, so every run is deterministic. Faults are
+explicit: a link can drop (both ends notice), a bridge can die with or without
+the hub noticing (a half-open link that only the hub's heartbeat timeout or a
+newer incarnation can clear), the hub can die and restart empty with a new
+epoch, or drain. ``settle`` advances time in small steps, ticking every
+machine, until the cluster is quiet and every live bridge is registered.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections import deque
+from collections.abc import Callable, Hashable
+from typing import Any
+
+from megapresence_core import (
+    AcceptBridge,
+    BridgeClosed,
+    BridgeConnecting,
+    BridgeFrameReceived,
+    CloseBridge,
+    CloseConnection,
+    CloseHubLink,
+    ConnectHub,
+    ConnectionClosed,
+    ConnectionOpened,
+    Deliver,
+    Event,
+    Hub,
+    HubAction,
+    HubConfig,
+    HubConnected,
+    HubFrameReceived,
+    HubLinkConfig,
+    HubLinkStarted,
+    HubLost,
+    LinkState,
+    Log,
+    Presence,
+    PresenceConfig,
+    RefuseBridge,
+    SendBridgeFrame,
+    SendHubFrame,
+    SessionJoined,
+    ShutdownRequested,
+    Tick,
+)
+
+TOKEN = "sim-token"
+STEP = 5.0  # seconds of simulated time per settle step
+
+
+class Link:
+    """One hub transport; each end knows only whether its own side is still open."""
+
+    def __init__(self, link_id: int, bridge: SimBridge) -> None:
+        self.id = link_id
+        self.bridge = bridge
+        self.hub_open = True
+        self.bridge_open = True
+
+
+class SimBridge:
+    """A bridge process: its ``Presence``, its current link and its clients' inboxes."""
+
+    def __init__(self, cluster: Cluster, bridge_id: str, channels: tuple[str, ...]) -> None:
+        self.cluster = cluster
+        self.bridge_id = bridge_id
+        self.channels = channels
+        self.boot = 0
+        self.alive = False
+        self.presence: Presence
+        self.link: Link | None = None
+        self.inbox: dict[Hashable, list[dict[str, Any]]] = {}
+        self.closed: list[tuple[Hashable, int, str]] = []
+        self.logs: list[Log] = []
+        self.start()
+
+    def start(self) -> None:
+        self.boot += 1
+        self.alive = True
+        config = HubLinkConfig(
+            bridge_id=self.bridge_id,
+            instance_id=f"{self.bridge_id}-boot{self.boot}",
+            channels=self.channels,
+            backoff_initial=0.5,
+            backoff_max=2.0,
+            connect_timeout=10.0,
+        )
+        self.presence = Presence(PresenceConfig(hub=config))
+        self.handle(HubLinkStarted(now=self.cluster.now))
+
+    def handle(self, event: Event) -> None:
+        if not self.alive:
+            return
+        actions = self.presence.handle(event)
+        self.presence.check_invariants()
+        for action in actions:
+            self.perform(action)
+
+    def perform(self, action: object) -> None:
+        cluster = self.cluster
+        if isinstance(action, Deliver):
+            message = json.loads(action.text)
+            for conn in action.conns:
+                self.inbox.setdefault(conn, []).append(message)
+        elif isinstance(action, CloseConnection):
+            self.closed.append((action.conn, action.code, action.reason))
+            cluster.later(lambda: self.handle(ConnectionClosed(conn=action.conn)))
+        elif isinstance(action, ConnectHub):
+            cluster.later(self.connect)
+        elif isinstance(action, SendHubFrame):
+            link = self.link
+            if link is not None and link.bridge_open:
+                cluster.later(lambda: cluster.to_hub(link, action.data))
+        elif isinstance(action, CloseHubLink):
+            link = self.link
+            assert link is not None
+            self.close_link(link, action.code, action.reason)
+        elif isinstance(action, Log):
+            self.logs.append(action)
+        # ScheduleReconnect needs nothing: settle() ticks every STEP seconds.
+
+    def connect(self) -> None:
+        cluster = self.cluster
+        if not self.alive or self.presence.hub_link_state is not LinkState.CONNECTING:
+            return
+        if cluster.hub is None:
+            self.handle(HubLost(now=cluster.now, code=None, reason="connection refused"))
+            return
+        link = Link(next(cluster.link_ids), self)
+        cluster.links[link.id] = link
+        self.link = link
+        cluster.hub_handle(
+            BridgeConnecting(bridge=link.id, authorization=f"Bearer {TOKEN}", now=cluster.now)
+        )
+
+    def close_link(self, link: Link, code: int | None, reason: str) -> None:
+        """This end closed (or lost) the link: tell the hub's end, then ourselves."""
+        if not link.bridge_open:
+            return
+        link.bridge_open = False
+        cluster = self.cluster
+        if link.hub_open:
+            cluster.later(lambda: cluster.hub_closed(link))
+        cluster.later(lambda: self.handle(HubLost(now=cluster.now, code=code, reason=reason)))
+
+
+class Cluster:
+    def __init__(self, bridges: dict[str, tuple[str, ...]]) -> None:
+        self.now = 0.0
+        self.queue: deque[Callable[[], None]] = deque()
+        self.link_ids = itertools.count(1)
+        self.links: dict[int, Link] = {}
+        self.hub_epoch = 0
+        self.hub: Hub | None = None
+        self.hub_logs: list[Log] = []
+        self.conn_ids = itertools.count(1)
+        self.start_hub()
+        self.bridges = {name: SimBridge(self, name, channels) for name, channels in bridges.items()}
+
+    # ------------------------------------------------------------ plumbing
+
+    def later(self, thunk: Callable[[], None]) -> None:
+        self.queue.append(thunk)
+
+    def run(self) -> None:
+        steps = 0
+        while self.queue:
+            steps += 1
+            assert steps < 100_000, "the cluster never went quiet"
+            self.queue.popleft()()
+
+    def hub_handle(self, event: Any) -> None:
+        if self.hub is None:
+            return
+        actions = self.hub.handle(event)
+        self.hub.check_invariants()
+        for action in actions:
+            self.hub_perform(action)
+
+    def hub_perform(self, action: HubAction) -> None:
+        if isinstance(action, AcceptBridge):
+            link = self.links[action.bridge]  # type: ignore[index]
+            self.later(lambda: link.bridge.handle(HubConnected(now=self.now)))
+        elif isinstance(action, RefuseBridge):
+            link = self.links[action.bridge]  # type: ignore[index]
+            link.hub_open = False
+            link.bridge.close_link(link, 1008, f"HTTP {action.status}")
+        elif isinstance(action, SendBridgeFrame):
+            for link_id in action.bridges:
+                link = self.links[link_id]  # type: ignore[index]
+                self.later(lambda link=link: self.to_bridge(link, action.data))
+        elif isinstance(action, CloseBridge):
+            link = self.links[action.bridge]  # type: ignore[index]
+            self.later(lambda: self.hub_closed(link))
+            if link.bridge_open:
+                link.bridge_open = False
+                bridge = link.bridge
+                self.later(
+                    lambda: bridge.handle(
+                        HubLost(now=self.now, code=action.code, reason=action.reason)
+                    )
+                )
+        elif isinstance(action, Log):
+            self.hub_logs.append(action)
+
+    def to_hub(self, link: Link, data: str) -> None:
+        if link.hub_open:
+            self.hub_handle(BridgeFrameReceived(bridge=link.id, data=data, now=self.now))
+
+    def to_bridge(self, link: Link, data: str) -> None:
+        if link.bridge_open and link.bridge.link is link:
+            link.bridge.handle(HubFrameReceived(data=data, now=self.now))
+
+    def hub_closed(self, link: Link) -> None:
+        if link.hub_open:
+            link.hub_open = False
+            self.hub_handle(BridgeClosed(bridge=link.id, now=self.now))
+
+    # ------------------------------------------------------------- faults
+
+    def start_hub(self) -> None:
+        self.hub_epoch += 1
+        self.hub = Hub(
+            HubConfig(
+                hub_id=f"hub-{self.hub_epoch}",
+                tokens=[TOKEN],
+                heartbeat_interval=10.0,
+                dead_after_intervals=3.0,
+            )
+        )
+
+    def kill_hub(self) -> None:
+        """The hub process dies: every link breaks, its state is gone."""
+        self.hub = None
+        for link in self.links.values():
+            link.hub_open = False
+            if link.bridge_open:
+                link.bridge.close_link(link, None, "connection reset")
+        self.run()
+
+    def drain_hub(self) -> None:
+        """A graceful hub restart: drain (4503), then a new incarnation."""
+        self.hub_handle(ShutdownRequested())
+        self.run()
+        self.kill_hub()
+        self.start_hub()
+
+    def drop_link(self, name: str) -> None:
+        bridge = self.bridges[name]
+        link = bridge.link
+        if link is not None and link.bridge_open:
+            bridge.close_link(link, 1006, "network")
+            self.run()
+
+    def kill_bridge(self, name: str, *, hub_notices: bool) -> None:
+        """The bridge process dies; it restarts at once with a new instance id."""
+        bridge = self.bridges[name]
+        link = bridge.link
+        bridge.alive = False
+        if link is not None:
+            link.bridge_open = False
+            if hub_notices and link.hub_open:
+                self.later(lambda: self.hub_closed(link))
+        self.run()
+        bridge.link = None
+        bridge.inbox.clear()
+        bridge.start()
+        self.run()
+
+    # ------------------------------------------------------------ clients
+
+    def open(
+        self,
+        name: str,
+        ns: str,
+        user: str | None = None,
+        session: str | None = None,
+        channels: tuple[str, ...] = (),
+        metadata: dict[str, Any] | None = None,
+    ) -> int:
+        bridge = self.bridges[name]
+        conn = next(self.conn_ids)
+        bridge.handle(ConnectionOpened(conn=conn, ns=ns))
+        if user is not None and session is not None:
+            bridge.handle(
+                SessionJoined(
+                    conn=conn,
+                    user_id=user,
+                    session_id=session,
+                    channels=channels,
+                    metadata=metadata,
+                )
+            )
+        self.run()
+        return conn
+
+    def act(self, name: str, event: Event) -> None:
+        self.bridges[name].handle(event)
+        self.run()
+
+    # ---------------------------------------------------------------- time
+
+    def tick(self) -> None:
+        self.now += STEP
+        for bridge in self.bridges.values():
+            bridge.handle(Tick(now=self.now))
+        self.run()
+        self.hub_handle(Tick(now=self.now))
+        self.run()
+
+    def converged(self) -> bool:
+        if self.queue or self.hub is None:
+            return False
+        registered = self.hub.registered_bridges()
+        for bridge in self.bridges.values():
+            link = bridge.link
+            if bridge.presence.hub_link_state is not LinkState.REGISTERED or link is None:
+                return False
+            if registered.get(bridge.bridge_id) != link.id:
+                return False
+        return len(registered) == len(self.bridges)
+
+    def settle(self, max_steps: int = 60) -> int:
+        """Tick until every bridge is registered with the live hub; return the steps taken."""
+        self.run()
+        for step in range(max_steps):
+            if self.converged():
+                return step
+            self.tick()
+        raise AssertionError("the cluster did not converge")
+
+    # ------------------------------------------------------------- views
+
+    def expected_hub_members(self) -> set[tuple[str, str, str, tuple[str, ...], str]]:
+        """What the hub must hold: every bridge's subscribers and open mapped sessions."""
+        members = set()
+        for bridge in self.bridges.values():
+            for channel in bridge.channels:
+                user = f"bridge:{bridge.bridge_id}"
+                members.add((bridge.bridge_id, f"{user}#{channel}", user, (channel,), "null"))
+            for record in bridge.presence._indexes.joined():
+                assert record.session_id is not None and record.user_id is not None
+                members.add(
+                    (
+                        bridge.bridge_id,
+                        record.session_id,
+                        record.user_id,
+                        record.channels,
+                        json.dumps(record.metadata, sort_keys=True),
+                    )
+                )
+        return members
+
+    def hub_members(self) -> set[tuple[str, str, str, tuple[str, ...], str]]:
+        assert self.hub is not None
+        return {
+            (
+                m.bridge_id,
+                m.session_id,
+                m.user_id,
+                m.channels,
+                json.dumps(m.metadata, sort_keys=True),
+            )
+            for m in self.hub.members()
+        }
+
+    def clear_inboxes(self) -> None:
+        for bridge in self.bridges.values():
+            bridge.inbox.clear()
+            bridge.closed.clear()
