@@ -344,7 +344,8 @@ class Cluster:
                 user = f"bridge:{bridge.bridge_id}"
                 members.add((bridge.bridge_id, f"{user}#{channel}", user, (channel,), "null"))
             for record in bridge.presence._indexes.joined():
-                assert record.session_id is not None and record.user_id is not None
+                assert record.session_id is not None
+                assert record.user_id is not None
                 members.add(
                     (
                         bridge.bridge_id,

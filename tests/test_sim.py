@@ -52,7 +52,8 @@ def test_hub_restart_loses_everything_and_the_bridges_resync() -> None:
     assert sim.hub_members() == set()
     sim.settle()
     assert sim.hub_members() == sim.expected_hub_members()
-    assert sim.hub is not None and sim.hub.hub_id == "hub-2"
+    assert sim.hub is not None
+    assert sim.hub.hub_id == "hub-2"
 
 
 def test_drain_reconnects_every_bridge_to_the_new_hub() -> None:
