@@ -137,7 +137,7 @@ class LogLevel(enum.IntEnum):
 class Log:
     """Something worth a line in the server's log; ``event`` is a stable dotted name."""
 
-    level: LogLevel
+    level: LogLevel = attrs.field(repr=lambda level: level.name)
     event: str
     fields: Mapping[str, object] = attrs.field(factory=dict, hash=False)
 

@@ -24,6 +24,9 @@ class CloseCode(enum.IntEnum):
     TRY_AGAIN_LATER = 1013  #: slow consumer: send buffer over its limit
     REQUEUE = 4503  #: reconnect now; the session is kept (drain, rebalancing)
 
+    def __repr__(self) -> str:
+        return f"CloseCode.{self.name}"
+
 
 def truncate_reason(reason: str, limit: int = MAX_CLOSE_REASON_BYTES) -> str:
     """Cut ``reason`` to ``limit`` bytes of UTF-8 without splitting a character.
