@@ -8,6 +8,8 @@ from hypothesis import strategies as st
 
 from megapresence_core import (
     MAX_CLOSE_REASON_BYTES,
+    CloseCode,
+    CloseConnection,
     ConnectionOpened,
     Deliver,
     HubConfig,
@@ -15,6 +17,8 @@ from megapresence_core import (
     HubLinkConfig,
     Limits,
     LocalUsageError,
+    Log,
+    LogLevel,
     Message,
     RosterConfig,
     RosterEntry,
@@ -128,6 +132,14 @@ def test_reprs_are_short_and_readable() -> None:
     assert repr(RosterRefresh(entries=(entry,) * 3, ttl=1.0)) == (
         "RosterRefresh(entries=<3 entries>, ttl=1.0)"
     )
+
+
+def test_codes_and_levels_print_by_name() -> None:
+    close = CloseConnection(conn=1, code=CloseCode.REQUEUE, reason="r")
+    assert repr(close) == "CloseConnection(conn=1, code=CloseCode.REQUEUE, reason='r')"
+    assert close.code == 4503
+    log = Log(level=LogLevel.WARNING, event="e", fields={"k": 1})
+    assert repr(log) == "Log(level=WARNING, event='e', fields={'k': 1})"
 
 
 def test_session_joined_dedups_channels_in_first_seen_order() -> None:
