@@ -39,10 +39,11 @@ __all__ = [
 _ABSOLUTE_MAX_JSON_BYTES: Final = 16 * 1024 * 1024
 
 
-def _conn(instance: object, attribute: attrs.Attribute[object], value: object) -> None:
+def hashable_id(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    """Validator: connection and bridge ids are any hashable value but None."""
     if value is None or not isinstance(value, Hashable):
         raise LocalUsageError(
-            f"{type(instance).__name__}: conn must be a hashable id, not {value!r}"
+            f"{type(instance).__name__}: {attribute.name} must be a hashable id, not {value!r}"
         )
 
 
@@ -50,7 +51,8 @@ def _name(instance: object, attribute: attrs.Attribute[str], value: object) -> N
     non_empty_str(type(instance).__name__, attribute.name, value)
 
 
-def _time(instance: object, attribute: attrs.Attribute[float], value: object) -> None:
+def monotonic_seconds(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    """Validator: a number of seconds, never NaN or a bool."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
         raise LocalUsageError(
             f"{type(instance).__name__}: {attribute.name} must be monotonic seconds, got {value!r}"
@@ -81,7 +83,7 @@ def _metadata(owner: str, value: object) -> tuple[JsonObject | None, int]:
 class ConnectionOpened:
     """A WebSocket was accepted on path ``ns``; it receives broadcasts of that ns."""
 
-    conn: Hashable = attrs.field(validator=_conn)
+    conn: Hashable = attrs.field(validator=hashable_id)
     ns: str = attrs.field(validator=_name)
 
 
@@ -90,7 +92,7 @@ class ConnectionOpened:
 class SessionJoined:
     """The embedding program authenticated ``conn`` as ``user_id``/``session_id``."""
 
-    conn: Hashable = attrs.field(validator=_conn)
+    conn: Hashable = attrs.field(validator=hashable_id)
     user_id: str = attrs.field(validator=_name)
     session_id: str = attrs.field(validator=_name)
     channels: tuple[str, ...] = attrs.field(default=(), converter=_channels)
@@ -108,7 +110,7 @@ class SessionJoined:
 class ConnectionClosed:
     """The socket is gone (either side closed it, or a write failed)."""
 
-    conn: Hashable = attrs.field(validator=_conn)
+    conn: Hashable = attrs.field(validator=hashable_id)
 
 
 def _message(value: Message | Mapping[str, Any]) -> Message:
@@ -172,7 +174,7 @@ class KickRequested:
 class HubLinkStarted:
     """Start the hub link: the machine answers with ``ConnectHub``."""
 
-    now: float = attrs.field(validator=_time)
+    now: float = attrs.field(validator=monotonic_seconds)
 
 
 @final
@@ -180,7 +182,7 @@ class HubLinkStarted:
 class HubConnected:
     """The hub transport is open (the upgrade was accepted)."""
 
-    now: float = attrs.field(validator=_time)
+    now: float = attrs.field(validator=monotonic_seconds)
 
 
 @final
@@ -189,7 +191,7 @@ class HubFrameReceived:
     """A text frame arrived on the hub link; the machine validates it."""
 
     data: str | bytes = attrs.field(repr=lambda data: f"<{len(data)} chars>")
-    now: float = attrs.field(validator=_time)
+    now: float = attrs.field(validator=monotonic_seconds)
 
 
 @final
@@ -197,7 +199,7 @@ class HubFrameReceived:
 class HubLost:
     """The hub transport closed or could not be opened; ``code`` is None without a close frame."""
 
-    now: float = attrs.field(validator=_time)
+    now: float = attrs.field(validator=monotonic_seconds)
     code: int | None = None
     reason: str = ""
 
@@ -207,7 +209,7 @@ class HubLost:
 class Tick:
     """Time passed: heartbeats, timeouts and reconnects are due on ticks."""
 
-    now: float = attrs.field(validator=_time)
+    now: float = attrs.field(validator=monotonic_seconds)
 
 
 @final

@@ -7,13 +7,12 @@ Bridge connections are opaque hashable ids chosen by the shim. ``Tick`` and
 from __future__ import annotations
 
 from collections.abc import Hashable
-from typing import Any, TypeAlias, final
+from typing import TypeAlias, final
 
 import attrs
 
 from ._actions import Log, short_conns, short_text
-from ._errors import LocalUsageError
-from ._events import ShutdownRequested, Tick
+from ._events import ShutdownRequested, Tick, hashable_id, monotonic_seconds
 
 __all__ = [
     "AcceptBridge",
@@ -28,32 +27,22 @@ __all__ = [
 ]
 
 
-def _bridge(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if value is None or not isinstance(value, Hashable):
-        raise LocalUsageError(f"{type(instance).__name__}: bridge must be a hashable id")
-
-
-def _time(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-        raise LocalUsageError(f"{type(instance).__name__}: now must be monotonic seconds")
-
-
 @final
 @attrs.frozen(kw_only=True)
 class BridgeConnecting:
     """An upgrade request reached the hub; ``authorization`` is its header, if any."""
 
-    bridge: Hashable = attrs.field(validator=_bridge)
+    bridge: Hashable = attrs.field(validator=hashable_id)
     authorization: str | None = attrs.field(repr=False)
-    now: float = attrs.field(validator=_time)
+    now: float = attrs.field(validator=monotonic_seconds)
 
 
 @final
 @attrs.frozen(kw_only=True)
 class BridgeFrameReceived:
-    bridge: Hashable = attrs.field(validator=_bridge)
+    bridge: Hashable = attrs.field(validator=hashable_id)
     data: str | bytes = attrs.field(repr=lambda data: f"<{len(data)} chars>")
-    now: float = attrs.field(validator=_time)
+    now: float = attrs.field(validator=monotonic_seconds)
 
 
 @final
@@ -61,8 +50,8 @@ class BridgeFrameReceived:
 class BridgeClosed:
     """The bridge's transport is gone, whoever closed it."""
 
-    bridge: Hashable = attrs.field(validator=_bridge)
-    now: float = attrs.field(validator=_time)
+    bridge: Hashable = attrs.field(validator=hashable_id)
+    now: float = attrs.field(validator=monotonic_seconds)
 
 
 HubEvent: TypeAlias = (
