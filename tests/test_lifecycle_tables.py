@@ -15,10 +15,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from megapresence_core import (
+    BridgeClosed,
+    BridgeConnecting,
+    BridgeFrameReceived,
     ConnectionClosed,
     ConnectionOpened,
     ConnState,
     Event,
+    Hub,
+    HubConfig,
     HubConnected,
     HubFrameReceived,
     HubLinkConfig,
@@ -196,3 +201,86 @@ def test_presence_agrees_with_the_link_table(state: LinkState, name: str) -> Non
     else:
         presence.handle(event)
         assert presence.hub_link_state is target
+
+
+# ------------------------------------------------------------- bridges, via Hub
+
+AUTH = "Bearer t"
+REGISTER = hub_frame("REGISTER", bridgeId="b", instanceId="i", protocol=1)
+
+
+def _hub_event(name: str) -> Any:
+    return {
+        "connecting": BridgeConnecting(bridge="X", authorization=AUTH, now=1),
+        "register": BridgeFrameReceived(bridge="X", data=REGISTER, now=1),
+        "frame": BridgeFrameReceived(bridge="X", data=hub_frame("HEARTBEAT"), now=1),
+        "closed": BridgeClosed(bridge="X", now=1),
+        "late tick": Tick(now=1000),
+        "shutdown": ShutdownRequested(),
+    }[name]
+
+
+BRIDGE_SETUPS: dict[BridgeState, list[str]] = {
+    BridgeState.AWAITING_REGISTER: ["connecting"],
+    BridgeState.REGISTERED: ["connecting", "register"],
+    BridgeState.CLOSING: ["connecting", "register", "register"],  # REGISTER twice is fatal
+    BridgeState.GONE: ["connecting", "closed"],
+}
+_A, _R, _C, _G = (
+    BridgeState.AWAITING_REGISTER,
+    BridgeState.REGISTERED,
+    BridgeState.CLOSING,
+    BridgeState.GONE,
+)
+RAISES = None
+#: (state, event) -> the state after it, or RAISES for misuse by the shim. Bad
+#: input from the bridge itself never raises: it closes that bridge instead.
+HUB_EXPECTED: dict[tuple[BridgeState, str], BridgeState | None] = {
+    (_A, "connecting"): RAISES,
+    (_A, "register"): _R,
+    (_A, "frame"): _C,
+    (_A, "closed"): _G,
+    (_A, "late tick"): _C,
+    (_A, "shutdown"): _C,
+    (_R, "connecting"): RAISES,
+    (_R, "register"): _C,
+    (_R, "frame"): _R,
+    (_R, "closed"): _G,
+    (_R, "late tick"): _C,
+    (_R, "shutdown"): _C,
+    (_C, "connecting"): RAISES,
+    (_C, "register"): _C,
+    (_C, "frame"): _C,
+    (_C, "closed"): _G,
+    (_C, "late tick"): _C,
+    (_C, "shutdown"): _C,
+    (_G, "connecting"): _A,
+    (_G, "register"): RAISES,
+    (_G, "frame"): RAISES,
+    (_G, "closed"): RAISES,
+    (_G, "late tick"): _G,
+    (_G, "shutdown"): _G,
+}
+
+
+@given(st.sampled_from(sorted(HUB_EXPECTED, key=lambda pair: (pair[0].value, pair[1]))))
+def test_hub_agrees_with_its_expected_table(pair: tuple[BridgeState, str]) -> None:
+    state, name = pair
+    hub = Hub(HubConfig(hub_id="h", tokens=["t"]))
+    for step in BRIDGE_SETUPS[state]:
+        hub.handle(_hub_event(step))
+    assert hub.bridge_state("X") is state
+    expected = HUB_EXPECTED[pair]
+    if expected is RAISES:
+        with pytest.raises(LocalUsageError):
+            hub.handle(_hub_event(name))
+        assert hub.bridge_state("X") is state
+    else:
+        hub.handle(_hub_event(name))
+        assert hub.bridge_state("X") is expected
+    hub.check_invariants()
+
+
+def test_the_hub_expectations_cover_every_state_and_event() -> None:
+    assert {state for state, _ in HUB_EXPECTED} == set(BridgeState)
+    assert len(HUB_EXPECTED) == len(BridgeState) * 6
