@@ -17,6 +17,7 @@ class CloseCode(enum.IntEnum):
     NORMAL = 1000
     GOING_AWAY = 1001
     PROTOCOL_ERROR = 1002
+    UNSUPPORTED_DATA = 1003  #: a binary message where only text is spoken
     INVALID_DATA = 1007
     POLICY = 1008  #: kicked, refused or broke a rule: do not reconnect as is
     MESSAGE_TOO_BIG = 1009

@@ -14,7 +14,7 @@ from typing import Any, Final, TypeAlias, final
 import attrs
 
 from ._errors import LocalUsageError
-from ._json import JsonObject, freeze_json
+from ._json import JsonObject, dumps, freeze_json, utf8_len
 from ._values import Message, non_empty_str, str_tuple
 
 __all__ = [
@@ -67,15 +67,31 @@ def _except_ids(value: Any) -> frozenset[str]:
     return frozenset(str_tuple("BroadcastRequested", "except_session_ids", value))
 
 
-def _metadata(owner: str, value: object) -> tuple[JsonObject | None, int]:
+def _freeze_metadata(owner: str, value: object) -> JsonObject | None:
     if value is None:
-        return None, 0
+        return None
     if not isinstance(value, Mapping):
         raise LocalUsageError(f"{owner}: metadata must be a mapping, not {type(value).__name__}")
-    frozen, text = freeze_json(
+    frozen, _ = freeze_json(
         dict(value), what=f"{owner}: metadata", max_bytes=_ABSOLUTE_MAX_JSON_BYTES
     )
-    return frozen, len(text.encode("utf-8"))
+    return frozen  # type: ignore[no-any-return]
+
+
+def _joined_metadata(value: Mapping[str, Any] | None) -> JsonObject | None:
+    return _freeze_metadata("SessionJoined", value)
+
+
+def _updated_metadata(value: Mapping[str, Any]) -> JsonObject:
+    if value is None:
+        raise LocalUsageError("MetadataUpdated: metadata must be a mapping, not None")
+    frozen = _freeze_metadata("MetadataUpdated", value)
+    assert frozen is not None
+    return frozen
+
+
+def _json_bytes(value: JsonObject | None) -> int:
+    return 0 if value is None else utf8_len(dumps(value))
 
 
 @final
@@ -96,13 +112,11 @@ class SessionJoined:
     user_id: str = attrs.field(validator=_name)
     session_id: str = attrs.field(validator=_name)
     channels: tuple[str, ...] = attrs.field(default=(), converter=_channels)
-    metadata: JsonObject | None = attrs.field(default=None, hash=False)
+    metadata: JsonObject | None = attrs.field(default=None, hash=False, converter=_joined_metadata)
     metadata_bytes: int = attrs.field(init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
-        frozen, size = _metadata("SessionJoined", self.metadata)
-        object.__setattr__(self, "metadata", frozen)
-        object.__setattr__(self, "metadata_bytes", size)
+        object.__setattr__(self, "metadata_bytes", _json_bytes(self.metadata))
 
 
 @final
@@ -146,15 +160,11 @@ class MetadataUpdated:
     """Replace the metadata of a local session (kept for resync, sent to peers)."""
 
     session_id: str = attrs.field(validator=_name)
-    metadata: JsonObject = attrs.field(hash=False)
+    metadata: JsonObject = attrs.field(hash=False, converter=_updated_metadata)
     metadata_bytes: int = attrs.field(init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
-        if self.metadata is None:
-            raise LocalUsageError("MetadataUpdated: metadata must be a mapping, not None")
-        frozen, size = _metadata("MetadataUpdated", self.metadata)
-        object.__setattr__(self, "metadata", frozen)
-        object.__setattr__(self, "metadata_bytes", size)
+        object.__setattr__(self, "metadata_bytes", _json_bytes(self.metadata))
 
 
 @final

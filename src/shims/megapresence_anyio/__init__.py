@@ -1,1 +1,21 @@
-"""megapresence_anyio: reserved for the anyio shim; nothing is exported yet."""
+"""megapresence_anyio: presence over real WebSockets on asyncio and trio (anyio + wsproto).
+
+``PresenceServer`` serves client sockets, ``HubServer`` is the hub, and the
+``megapresence`` command runs either from a shell.
+"""
+
+from ._config import DEFAULT_SOCKET_LIMITS, SocketLimits
+from ._http import HandshakeRequest
+from ._hub_server import HubServer
+from ._server import Client, Identity, PresenceServer, Refusal
+
+__all__ = [
+    "DEFAULT_SOCKET_LIMITS",
+    "Client",
+    "HandshakeRequest",
+    "HubServer",
+    "Identity",
+    "PresenceServer",
+    "Refusal",
+    "SocketLimits",
+]

@@ -1,0 +1,63 @@
+"""Socket-level limits, each a named setting with a default and the close code it leads to."""
+
+from __future__ import annotations
+
+from typing import Any, Final, final
+
+import attrs
+
+from megapresence_core import LocalUsageError
+
+__all__ = ["DEFAULT_SOCKET_LIMITS", "SocketLimits"]
+
+
+def _positive(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise LocalUsageError(
+            f"{type(instance).__name__}: {attribute.name} must be a positive number, got {value!r}"
+        )
+
+
+def _origins(value: Any) -> frozenset[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        raise LocalUsageError("SocketLimits: allowed_origins must be a collection of origins")
+    return frozenset(str(origin).rstrip("/").lower() for origin in value)
+
+
+@final
+@attrs.frozen(kw_only=True)
+class SocketLimits:
+    """What one peer may cost this server, and what happens past each limit."""
+
+    #: A message (all its fragments) above this is refused with 1009 before it
+    #: is buffered whole.
+    max_message_bytes: int = attrs.field(default=64 * 1024, validator=_positive)
+    #: Fragments per message; more is a protocol abuse, closed with 1008.
+    max_fragments: int = attrs.field(default=64, validator=_positive)
+    #: Bytes queued for a peer that does not read; past it, 1013 (slow consumer).
+    max_send_buffer: int = attrs.field(default=1024 * 1024, validator=_positive)
+    #: Silence after which a Ping is sent...
+    ping_interval: float = attrs.field(default=20.0, validator=_positive)
+    #: ...and how long the Pong (or anything) may take before 1011.
+    ping_timeout: float = attrs.field(default=20.0, validator=_positive)
+    #: From accept to a complete upgrade request; then the socket is dropped.
+    handshake_timeout: float = attrs.field(default=10.0, validator=_positive)
+    #: Request line plus headers; larger gets HTTP 431.
+    max_header_bytes: int = attrs.field(default=16 * 1024, validator=_positive)
+    #: After our close frame, how long the peer has to answer before we drop it.
+    close_timeout: float = attrs.field(default=5.0, validator=_positive)
+    #: Open sockets at once; more get HTTP 503.
+    max_connections: int = attrs.field(default=10_000, validator=_positive)
+    #: Origins allowed to open a socket (HTTP 403 otherwise); None allows any,
+    #: which suits non-browser clients only.
+    allowed_origins: frozenset[str] | None = attrs.field(default=None, converter=_origins)
+
+    def origin_allowed(self, origin: str | None) -> bool:
+        if self.allowed_origins is None:
+            return True
+        return origin is not None and origin.rstrip("/").lower() in self.allowed_origins
+
+
+DEFAULT_SOCKET_LIMITS: Final = SocketLimits()

@@ -1,0 +1,118 @@
+"""The demo application behind ``megapresence serve``: a page, a demo login, and its commands.
+
+The authenticator here trusts the query string (``?user=ann``): anyone can be
+anyone. It exists so the page works with no set-up and says so in the log.
+A real deployment passes its own ``authenticate(request)`` to
+``PresenceServer``: read a session cookie or a bearer token from
+``request.header(...)``, look the user up, and return an ``Identity`` (or a
+``Refusal(status=401)``).
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+import logging
+import secrets
+from collections.abc import Collection
+
+from megapresence_core import (
+    CommandRefused,
+    FrameError,
+    LocalUsageError,
+    RosterCommand,
+    command_event,
+    decode_client_command,
+    error_reply,
+    roster_reply,
+)
+
+from ._http import HandshakeRequest
+from ._server import Client, Identity, PresenceServer, Refusal
+
+__all__ = ["DemoApp"]
+
+logger = logging.getLogger("megapresence.demo")
+
+
+def _page() -> bytes:
+    return importlib.resources.files(__package__).joinpath("static/index.html").read_bytes()
+
+
+class DemoApp:
+    """Hooks for ``PresenceServer`` that make the demo page work."""
+
+    def __init__(
+        self, *, admins: Collection[str] = (), default_channels: tuple[str, ...] = ("lobby",)
+    ) -> None:
+        self.admins = frozenset(admins)
+        self.default_channels = default_channels
+        self.server: PresenceServer | None = None
+        logger.warning(
+            "demo authenticator: the user name comes from the query string, so anyone can be "
+            "anyone; pass your own authenticate() to PresenceServer for real use"
+        )
+
+    @property
+    def pages(self) -> dict[str, tuple[str, bytes]]:
+        return {"/": ("text/html; charset=utf-8", _page())}
+
+    def authenticate(self, request: HandshakeRequest) -> Identity | Refusal:
+        user = request.query.get("user", "").strip()
+        if not user:
+            return Refusal(status=401, reason="demo: add ?user=NAME")
+        channels = tuple(ch for ch in request.query.get("channels", "").split(",") if ch)
+        session = request.query.get("session") or f"{user}-{secrets.token_hex(4)}"
+        return Identity(
+            user_id=user,
+            session_id=session,
+            channels=channels or self.default_channels,
+            metadata={"status": "online", "admin": user in self.admins},
+        )
+
+    def _server(self) -> PresenceServer:
+        assert self.server is not None, "set DemoApp.server before serving"
+        return self.server
+
+    def on_open(self, client: Client) -> None:
+        client.send(
+            json.dumps(
+                {
+                    "type": "welcome",
+                    "payload": {
+                        "userId": client.user_id,
+                        "sessionId": client.session_id,
+                        "ns": client.ns,
+                        "admin": client.user_id in self.admins,
+                    },
+                }
+            )
+        )
+        self._announce(client)
+
+    def on_close(self, client: Client) -> None:
+        if not self._server().presence.is_shut_down:
+            self._announce(client)
+
+    def _announce(self, client: Client) -> None:
+        self._server().broadcast(client.ns, "presence", {"type": "presence.changed"})
+
+    def on_message(self, client: Client, text: str) -> None:
+        server = self._server()
+        try:
+            outcome = command_event(
+                decode_client_command(text),
+                ns=client.ns,
+                session_id=client.session_id,
+                is_admin=client.user_id in self.admins,
+            )
+            if isinstance(outcome, CommandRefused):
+                client.send(error_reply(outcome.code, outcome.message))
+            elif isinstance(outcome, RosterCommand):
+                client.send(roster_reply(server.roster(client.ns)))
+            else:
+                server.dispatch(outcome)
+        except FrameError as exc:
+            client.send(error_reply(exc.code, str(exc)))
+        except LocalUsageError as exc:  # over a configured limit, say
+            client.send(error_reply("refused", str(exc)))

@@ -1,0 +1,140 @@
+"""The HTTP side of a connection: read one request (bounded), answer it or hand it to wsproto.
+
+megapresence does not offer permessage-deflate: wsproto would inflate a
+compressed message without any bound (a 200 KB frame became 200 MiB when this
+was measured), and presence traffic is small. A client that offers it simply
+gets an uncompressed connection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import final
+from urllib.parse import parse_qsl, urlsplit
+
+import anyio
+import attrs
+import h11
+from wsproto import ConnectionType, WSConnection
+from wsproto.events import AcceptConnection, Request
+from wsproto.utilities import RemoteProtocolError
+
+from ._transport import Transport
+
+__all__ = ["HandshakeRequest", "accept_websocket", "read_request", "respond"]
+
+_REASONS: Mapping[int, bytes] = {
+    200: b"OK",
+    400: b"Bad Request",
+    401: b"Unauthorized",
+    403: b"Forbidden",
+    404: b"Not Found",
+    405: b"Method Not Allowed",
+    408: b"Request Timeout",
+    426: b"Upgrade Required",
+    431: b"Request Header Fields Too Large",
+    503: b"Service Unavailable",
+}
+
+
+@final
+@attrs.frozen(kw_only=True)
+class HandshakeRequest:
+    """The request that opened a connection, as the ``authenticate`` hook sees it."""
+
+    method: str
+    path: str
+    query: Mapping[str, str] = attrs.field(hash=False)
+    #: Header names lower-cased, in the order received.
+    headers: tuple[tuple[str, str], ...]
+    remote: tuple[str, int] | None = None
+
+    def header(self, name: str) -> str | None:
+        """The first value of header ``name`` (any case), or None."""
+        wanted = name.lower()
+        return next((value for key, value in self.headers if key == wanted), None)
+
+    @property
+    def is_websocket(self) -> bool:
+        upgrade = (self.header("upgrade") or "").lower()
+        return upgrade == "websocket"
+
+
+async def read_request(
+    transport: Transport,
+    *,
+    max_header_bytes: int,
+    timeout: float,
+    remote: tuple[str, int] | None,
+) -> tuple[HandshakeRequest, bytes] | int:
+    """Read one request; return it with every byte read so far, or an HTTP status to refuse."""
+    parser = h11.Connection(h11.SERVER, max_incomplete_event_size=max_header_bytes)
+    raw = bytearray()
+    with anyio.move_on_after(timeout):
+        while True:
+            try:
+                event = parser.next_event()
+            except h11.RemoteProtocolError as exc:
+                return exc.error_status_hint
+            if isinstance(event, h11.Request):
+                target = event.target.decode("latin-1")
+                parts = urlsplit(target)
+                headers = tuple(
+                    (name.decode("latin-1").lower(), value.decode("latin-1"))
+                    for name, value in event.headers
+                )
+                request = HandshakeRequest(
+                    method=event.method.decode("latin-1"),
+                    path=parts.path or "/",
+                    query=dict(parse_qsl(parts.query)),
+                    headers=headers,
+                    remote=remote,
+                )
+                return request, bytes(raw)
+            if event is h11.NEED_DATA:
+                data = await transport.receive()
+                if not data:
+                    return 400
+                raw += data
+                parser.receive_data(data)
+            else:  # ConnectionClosed and the like: nothing sensible to answer
+                return 400
+    return 408
+
+
+def respond(
+    transport: Transport,
+    status: int,
+    body: bytes = b"",
+    content_type: str = "text/plain",
+    *,
+    head: bool = False,
+) -> None:
+    """Write a complete HTTP/1.1 response that closes the connection."""
+    if not body and status != 200:
+        body = _REASONS.get(status, b"Error") + b"\n"
+    head_lines = [
+        f"HTTP/1.1 {status} {_REASONS.get(status, b'Error').decode()}",
+        f"content-type: {content_type}",
+        f"content-length: {len(body)}",
+        "connection: close",
+        "cache-control: no-store",
+    ]
+    data = ("\r\n".join(head_lines) + "\r\n\r\n").encode("latin-1")
+    transport.write(data if head else data + body)
+
+
+def accept_websocket(transport: Transport, raw: bytes) -> WSConnection | None:
+    """Complete the upgrade for the request in ``raw``; None if wsproto finds it invalid
+    (a 400 has then been written)."""
+    ws = WSConnection(ConnectionType.SERVER)
+    try:
+        ws.receive_data(raw)
+        for event in ws.events():
+            if isinstance(event, Request):
+                transport.write(ws.send(AcceptConnection()))
+                return ws
+    except RemoteProtocolError:
+        pass
+    respond(transport, 400, b"not a valid WebSocket upgrade\n")
+    return None

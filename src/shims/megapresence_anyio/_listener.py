@@ -1,0 +1,51 @@
+"""Listening sockets owned by megapresence, so every accepted socket can be written in place."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Awaitable, Callable
+
+import anyio
+
+__all__ = ["accept_forever", "open_listener"]
+
+Handler = Callable[[socket.socket, tuple[str, int] | None], Awaitable[None]]
+
+
+def open_listener(
+    host: str, port: int, *, reuse_port: bool = False, backlog: int = 1024
+) -> socket.socket:
+    """A non-blocking listening TCP socket (port 0 picks a free one)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def accept_forever(sock: socket.socket, handle: Handler, spawn: Callable[..., None]) -> None:
+    """Accept connections until cancelled, starting ``handle(conn, address)`` for each."""
+    try:
+        while True:
+            try:
+                conn, address = sock.accept()
+            except BlockingIOError:
+                await anyio.wait_readable(sock)
+                continue
+            except OSError:  # e.g. EMFILE: back off instead of spinning
+                await anyio.sleep(0.1)
+                continue
+            conn.setblocking(False)
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            spawn(handle, conn, address[:2] if isinstance(address, tuple) else None)
+    finally:
+        anyio.notify_closing(sock)
+        sock.close()

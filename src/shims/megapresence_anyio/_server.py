@@ -1,0 +1,454 @@
+"""``PresenceServer``: client WebSockets on asyncio or trio, driven by ``megapresence_core``.
+
+The server translates and nothing more: sockets become core events, core
+actions become writes. Every presence decision (who receives what, who is
+kicked, what the hub hears) is the core's. Methods for the embedding program
+(``broadcast``, ``direct_to_user``, ``kick``, ...) are synchronous and can be
+called from any task on the server's event loop: writes happen in place.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import socket
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Hashable, Iterable, Mapping
+from typing import Any, final
+
+import anyio
+import anyio.abc
+import attrs
+
+from megapresence_core import (
+    BroadcastRequested,
+    CloseConnection,
+    CloseHubLink,
+    ConnectHub,
+    ConnectionClosed,
+    ConnectionOpened,
+    Deliver,
+    DirectRequested,
+    Event,
+    HubLinkStarted,
+    KickRequested,
+    LocalUsageError,
+    Log,
+    Member,
+    Message,
+    MetadataUpdated,
+    Presence,
+    PresenceConfig,
+    ScheduleReconnect,
+    SendHubFrame,
+    SessionJoined,
+    ShutdownRequested,
+    Tick,
+)
+
+from ._config import DEFAULT_SOCKET_LIMITS, SocketLimits
+from ._http import HandshakeRequest, accept_websocket, read_request, respond
+from ._hub_client import HubClient
+from ._listener import accept_forever, open_listener
+from ._session import WebSocketSession, text_frame
+from ._ticker import Ticker
+from ._transport import SocketTransport, StreamTransport, Transport
+
+__all__ = ["Client", "Identity", "PresenceServer", "Refusal", "log_action"]
+
+logger = logging.getLogger("megapresence")
+
+
+def _str_tuple(value: Iterable[str]) -> tuple[str, ...]:
+    return tuple(value)
+
+
+@final
+@attrs.frozen(kw_only=True)
+class Identity:
+    """Who an authenticated connection is; becomes the core's ``SessionJoined``."""
+
+    user_id: str
+    session_id: str
+    channels: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
+    metadata: Mapping[str, Any] | None = attrs.field(default=None, hash=False)
+
+
+@final
+@attrs.frozen(kw_only=True)
+class Refusal:
+    """Refuse the upgrade with an HTTP status (401, 403, ...) and a short body."""
+
+    status: int = 403
+    reason: str = "forbidden"
+
+
+AuthResult = Identity | Refusal | None
+Authenticator = Callable[[HandshakeRequest], AuthResult | Awaitable[AuthResult]]
+
+
+@final
+class Client:
+    """One client socket. It is also the connection id the core sees."""
+
+    __slots__ = ("_server", "identity", "ns", "request", "session")
+
+    def __init__(
+        self,
+        server: PresenceServer,
+        request: HandshakeRequest,
+        identity: Identity | None,
+        session: WebSocketSession,
+    ) -> None:
+        self._server = server
+        self.request = request
+        self.ns = request.path
+        self.identity = identity
+        self.session = session
+
+    @property
+    def user_id(self) -> str | None:
+        return self.identity.user_id if self.identity is not None else None
+
+    @property
+    def session_id(self) -> str | None:
+        return self.identity.session_id if self.identity is not None else None
+
+    def send(self, text: str) -> None:
+        """Send one text message to this socket only (a reply, not presence traffic)."""
+        self.session.send_frame(text_frame(text.encode("utf-8")))
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        self.session.close(code, reason)
+
+    def __repr__(self) -> str:
+        who = f" {self.user_id}/{self.session_id}" if self.identity else ""
+        return f"<Client {self.ns}{who} at {id(self):#x}>"
+
+
+OnMessage = Callable[[Client, str], Awaitable[None] | None]
+OnClose = Callable[[Client], Awaitable[None] | None]
+
+
+def log_action(log: Log, target: logging.Logger = logger) -> None:
+    """Write a core ``Log`` action to the standard ``logging`` module."""
+    if target.isEnabledFor(log.level):
+        fields = " ".join(f"{key}={value!r}" for key, value in log.fields.items())
+        target.log(log.level, "%s %s", log.event, fields)
+
+
+def _matches(path: str, paths: Collection[str] | None) -> bool:
+    if paths is None:
+        return True
+    return any(path == p or (p.endswith("/") and path.startswith(p)) for p in paths)
+
+
+@final
+class PresenceServer:
+    """Serve WebSocket paths (each path an ns) with presence, on asyncio or trio.
+
+    Use as ``async with PresenceServer(...) as server: await server.listen(...)``
+    (or ``await server.serve(host, port)``); a framework with its own listener
+    hands accepted streams to :meth:`handle_stream` instead.
+    """
+
+    def __init__(
+        self,
+        authenticate: Authenticator,
+        *,
+        paths: Collection[str] | None = ("/ws/",),
+        on_open: OnClose | None = None,
+        on_message: OnMessage | None = None,
+        on_close: OnClose | None = None,
+        presence: PresenceConfig | None = None,
+        limits: SocketLimits = DEFAULT_SOCKET_LIMITS,
+        hub_url: str | None = None,
+        hub_token: str | None = None,
+        pages: Mapping[str, tuple[str, bytes]] | None = None,
+    ) -> None:
+        config = presence if presence is not None else PresenceConfig()
+        if config.roster is not None:
+            raise LocalUsageError(
+                "PresenceServer: PresenceConfig.roster needs a roster backend "
+                "(megapresence_redis); leave it None here"
+            )
+        if (config.hub is None) != (hub_url is None):
+            raise LocalUsageError(
+                "PresenceServer: give hub_url together with PresenceConfig.hub (bridge id, "
+                "instance id, channels), or neither"
+            )
+        self._authenticate = authenticate
+        self._paths = paths
+        self._on_open = on_open
+        self._on_message = on_message
+        self._on_close = on_close
+        self._limits = limits
+        self._pages = dict(pages or {})
+        self._presence = Presence(config)
+        self._clients: set[Client] = set()
+        self._sockets = 0
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self._hub = (
+            HubClient(
+                hub_url,
+                hub_token or "",
+                dispatch=self.dispatch,
+                spawn=self._spawn,
+                limits=attrs.evolve(limits, max_message_bytes=config.limits.max_hub_frame_bytes),
+            )
+            if hub_url is not None
+            else None
+        )
+        period = max(0.05, min(limits.ping_interval, limits.ping_timeout, limits.close_timeout) / 4)
+        self._ticker = Ticker(self._presence.next_deadline, self._on_tick, period)
+        self._performers: dict[type[Any], Callable[[Any], None]] = {
+            Deliver: self._deliver,
+            CloseConnection: self._close_connection,
+            ConnectHub: self._connect_hub,
+            SendHubFrame: self._send_hub_frame,
+            CloseHubLink: self._close_hub_link,
+            ScheduleReconnect: lambda action: self._ticker.wake(),
+            Log: log_action,
+        }
+        self.port: int | None = None
+
+    # ------------------------------------------------------------- lifecycle
+
+    async def __aenter__(self) -> PresenceServer:
+        self._task_group = anyio.create_task_group()
+        await self._task_group.__aenter__()
+        self._task_group.start_soon(self._ticker.run)
+        if self._hub is not None:
+            self.dispatch(HubLinkStarted(now=anyio.current_time()))
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> bool | None:
+        task_group = self._task_group
+        assert task_group is not None
+        with anyio.CancelScope(shield=True):
+            await self.shutdown()
+        task_group.cancel_scope.cancel()
+        return await task_group.__aexit__(*exc_info)  # type: ignore[arg-type]
+
+    async def shutdown(self) -> None:
+        """Hub link, then roster, then every client closed with 1001; wait for the sockets."""
+        if self._presence.is_shut_down:
+            return
+        self.dispatch(ShutdownRequested())
+        with anyio.move_on_after(self._limits.close_timeout + 0.5):
+            while self._clients or (self._hub is not None and self._hub.active):
+                await anyio.sleep(0.02)
+
+    def _spawn(self, function: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
+        if self._task_group is None:
+            raise LocalUsageError("PresenceServer: use it inside 'async with server:'")
+        self._task_group.start_soon(function, *args)
+
+    async def listen(
+        self, host: str = "127.0.0.1", port: int = 0, *, reuse_port: bool = False
+    ) -> int:
+        """Accept connections on ``host:port`` in the background; return the bound port."""
+        sock = open_listener(host, port, reuse_port=reuse_port)
+        self.port = sock.getsockname()[1]
+        self._spawn(accept_forever, sock, self._handle_socket, self._spawn)
+        return self.port
+
+    async def serve(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
+    ) -> None:
+        """Listen and run until cancelled; ``task_status.started`` gets the bound port."""
+        async with self:
+            task_status.started(await self.listen(host, port))
+            await anyio.sleep_forever()
+
+    # ----------------------------------------------------------- connections
+
+    async def _handle_socket(self, sock: socket.socket, remote: tuple[str, int] | None) -> None:
+        transport = SocketTransport(
+            sock, spawn=self._spawn, max_buffer=self._limits.max_send_buffer
+        )
+        await self._handle(transport, remote)
+
+    async def handle_stream(self, stream: anyio.abc.ByteStream) -> None:
+        """Serve one connection accepted elsewhere (it is written through a queue)."""
+        transport = StreamTransport(
+            stream, spawn=self._spawn, max_buffer=self._limits.max_send_buffer
+        )
+        await self._handle(transport, None)
+
+    async def _handle(self, transport: Transport, remote: tuple[str, int] | None) -> None:
+        limits = self._limits
+        self._sockets += 1
+        try:
+            result = await read_request(
+                transport,
+                max_header_bytes=limits.max_header_bytes,
+                timeout=limits.handshake_timeout,
+                remote=remote,
+            )
+            if isinstance(result, int):
+                respond(transport, result)
+                return
+            request, raw = result
+            if not request.is_websocket:
+                self._serve_page(transport, request)
+                return
+            refusal = self._check(request)
+            identity = None
+            if refusal is None:
+                outcome = self._authenticate(request)
+                if inspect.isawaitable(outcome):
+                    outcome = await outcome
+                if isinstance(outcome, Refusal):
+                    refusal = outcome
+                else:
+                    identity = outcome
+            if refusal is not None:
+                respond(transport, refusal.status, (refusal.reason + "\n").encode())
+                return
+            ws = accept_websocket(transport, raw)
+            if ws is None:
+                return
+            session = WebSocketSession(transport, ws, limits, anyio.current_time())
+            await self._run_client(Client(self, request, identity, session))
+        finally:
+            self._sockets -= 1
+            await transport.drain_and_close(limits.close_timeout)
+
+    def _check(self, request: HandshakeRequest) -> Refusal | None:
+        if not _matches(request.path, self._paths):
+            return Refusal(status=404, reason="no WebSocket at this path")
+        if not self._limits.origin_allowed(request.header("origin")):
+            return Refusal(status=403, reason="origin not allowed")
+        if self._sockets > self._limits.max_connections:
+            return Refusal(status=503, reason="too many connections")
+        if self._presence.is_shut_down:
+            return Refusal(status=503, reason="server shutting down")
+        return None
+
+    def _serve_page(self, transport: Transport, request: HandshakeRequest) -> None:
+        page = self._pages.get(request.path)
+        if request.method not in ("GET", "HEAD"):
+            respond(transport, 405)
+        elif page is None:
+            respond(transport, 426 if _matches(request.path, self._paths) else 404)
+        else:
+            respond(transport, 200, page[1], page[0], head=request.method == "HEAD")
+
+    async def _run_client(self, client: Client) -> None:
+        self._clients.add(client)
+        self.dispatch(ConnectionOpened(conn=client, ns=client.ns))
+        try:
+            identity = client.identity
+            if identity is not None:
+                self.dispatch(
+                    SessionJoined(
+                        conn=client,
+                        user_id=identity.user_id,
+                        session_id=identity.session_id,
+                        channels=identity.channels,
+                        metadata=identity.metadata,
+                    )
+                )
+            if self._on_open is not None:
+                await _call(self._on_open, client)
+            on_message = self._on_message
+            await client.session.run(
+                (lambda text: on_message(client, text)) if on_message is not None else _ignore
+            )
+        finally:
+            self._clients.discard(client)
+            self.dispatch(ConnectionClosed(conn=client))
+            if self._on_close is not None:
+                with anyio.CancelScope(shield=True):
+                    await _call(self._on_close, client)
+
+    # ---------------------------------------------------------- core driving
+
+    def dispatch(self, event: Event) -> None:
+        """Feed one event to the core and perform its actions, in order."""
+        for action in self._presence.handle(event):
+            self._performers[type(action)](action)
+
+    def _on_tick(self, now: float) -> None:
+        self.dispatch(Tick(now=now))
+        for client in list(self._clients):
+            client.session.keepalive(now)
+        if self._hub is not None:
+            self._hub.keepalive(now)
+
+    def _deliver(self, action: Deliver) -> None:
+        frame = text_frame(action.text.encode("utf-8"))
+        for client in action.conns:
+            client.session.send_frame(frame)  # type: ignore[attr-defined]
+
+    def _close_connection(self, action: CloseConnection) -> None:
+        action.conn.session.close(action.code, action.reason)  # type: ignore[attr-defined]
+
+    def _connect_hub(self, action: ConnectHub) -> None:
+        assert self._hub is not None
+        self._hub.connect()
+
+    def _send_hub_frame(self, action: SendHubFrame) -> None:
+        assert self._hub is not None
+        self._hub.send(action.data)
+
+    def _close_hub_link(self, action: CloseHubLink) -> None:
+        assert self._hub is not None
+        self._hub.close(action.code, action.reason)
+
+    # ------------------------------------------------------- embedding API
+
+    def broadcast(
+        self,
+        ns: str,
+        channel: str,
+        message: Message | Mapping[str, Any],
+        except_session_ids: Iterable[str] = (),
+    ) -> None:
+        """Deliver to every connection of ``ns`` here and on every peer, except those sessions."""
+        self.dispatch(
+            BroadcastRequested(
+                ns=ns, channel=channel, message=message, except_session_ids=except_session_ids
+            )
+        )
+
+    def direct_to_user(self, user_id: str, message: Message | Mapping[str, Any]) -> None:
+        """Deliver to every connection of ``user_id``, here and on every peer."""
+        self.dispatch(DirectRequested(user_id=user_id, message=message))
+
+    def update_metadata(self, session_id: str, metadata: Mapping[str, Any]) -> None:
+        self.dispatch(MetadataUpdated(session_id=session_id, metadata=metadata))
+
+    def kick(self, session_id: str, reason: str | None = None, *, requeue: bool = False) -> None:
+        """Close a session wherever it is: 1008 (kick) or, with ``requeue``, 4503."""
+        self.dispatch(KickRequested(session_id=session_id, reason=reason, requeue=requeue))
+
+    def roster(self, ns: str) -> list[Member]:
+        return self._presence.roster(ns)
+
+    async def presence_list(self, channels: Iterable[str]) -> list[Member]:
+        """Members of ``channels`` (this process; a shared roster joins in with its backend)."""
+        return self._presence.presence_list(channels)
+
+    @property
+    def presence(self) -> Presence:
+        """The core machine, for queries (``hub_link_state``, ``connection_state``...)."""
+        return self._presence
+
+    @property
+    def clients(self) -> frozenset[Client]:
+        return frozenset(self._clients)
+
+
+def _ignore(text: str) -> None:
+    return None
+
+
+async def _call(hook: Callable[..., Awaitable[None] | None], *args: Hashable) -> None:
+    result = hook(*args)
+    if result is not None:
+        await result

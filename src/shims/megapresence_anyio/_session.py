@@ -1,0 +1,192 @@
+"""One open WebSocket over a transport: message limits, keepalive and the close handshake.
+
+Used for client sockets, for bridges on the hub, and (as the client side) for
+the hub link. Outgoing text is framed by the caller when one frame serves many
+sockets (:func:`text_frame`, server frames are never masked); a client-side
+session frames through wsproto, which masks.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Awaitable, Callable
+from typing import final
+
+import anyio
+from wsproto import WSConnection
+from wsproto.connection import ConnectionState
+from wsproto.events import (
+    BytesMessage,
+    CloseConnection,
+    Message,
+    Ping,
+    Pong,
+    TextMessage,
+)
+
+from megapresence_core import CloseCode, truncate_reason
+
+from ._config import SocketLimits
+from ._transport import Transport
+
+__all__ = ["WebSocketSession", "text_frame"]
+
+_FIN_TEXT = 0x81
+
+
+def text_frame(payload: bytes) -> bytes:
+    """One unmasked, final text frame carrying ``payload`` (UTF-8)."""
+    size = len(payload)
+    if size < 126:
+        return bytes((_FIN_TEXT, size)) + payload
+    if size < 65536:
+        return struct.pack("!BBH", _FIN_TEXT, 126, size) + payload
+    return struct.pack("!BBQ", _FIN_TEXT, 127, size) + payload
+
+
+OnText = Callable[[str], Awaitable[None] | None]
+
+
+@final
+class WebSocketSession:
+    """The life of one WebSocket after its handshake."""
+
+    __slots__ = (
+        "_fragments",
+        "_limits",
+        "_parts",
+        "_size",
+        "_ws",
+        "close_code",
+        "close_reason",
+        "closing_since",
+        "last_heard",
+        "ping_sent_at",
+        "transport",
+    )
+
+    def __init__(
+        self, transport: Transport, ws: WSConnection, limits: SocketLimits, now: float
+    ) -> None:
+        self.transport = transport
+        self._ws = ws
+        self._limits = limits
+        self._parts: list[str] = []
+        self._size = 0
+        self._fragments = 0
+        self.last_heard = now
+        self.ping_sent_at: float | None = None
+        self.closing_since: float | None = None
+        #: The close code that ended the session: the peer's, ours, or 1006.
+        self.close_code: int | None = None
+        self.close_reason = ""
+
+    @property
+    def is_open(self) -> bool:
+        return self.closing_since is None
+
+    def send_frame(self, frame: bytes) -> None:
+        """Write an already framed message; a peer that cannot keep up is closed with 1013."""
+        if self.closing_since is None and not self.transport.write(frame):
+            self.transport.truncate()
+            self.close(CloseCode.TRY_AGAIN_LATER, "slow consumer: send buffer full")
+
+    def send_text(self, text: str) -> None:
+        """Frame and write one text message (masked if this is the client side)."""
+        if self.closing_since is None:
+            self.send_frame(bytes(self._ws.send(Message(data=text))))
+
+    def close(self, code: int, reason: str = "") -> None:
+        """Start the close handshake; the peer has ``close_timeout`` to answer."""
+        if self.closing_since is not None:
+            return
+        self.closing_since = anyio.current_time()
+        self.close_code, self.close_reason = code, reason
+        if self._ws.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
+            self.transport.write(
+                bytes(self._ws.send(CloseConnection(code=code, reason=truncate_reason(reason))))
+            )
+
+    def keepalive(self, now: float) -> None:
+        """Called periodically: ping a quiet peer, close a silent one, drop a stuck close."""
+        limits = self._limits
+        if self.closing_since is not None:
+            if now - self.closing_since >= limits.close_timeout:
+                self.transport.abort()
+        elif self.ping_sent_at is not None:
+            if now - self.ping_sent_at >= limits.ping_timeout:
+                self.close(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
+        elif now - self.last_heard >= limits.ping_interval:
+            self.ping_sent_at = now
+            self.transport.write(bytes(self._ws.send(Ping())))
+
+    async def run(self, on_text: OnText) -> None:
+        """Read until the session ends, passing each complete text message to ``on_text``."""
+        ws, transport = self._ws, self.transport
+        try:
+            while True:
+                # Events first: the handshake may have left frames in wsproto's buffer.
+                for event in ws.events():
+                    if isinstance(event, TextMessage):
+                        text = self._collect(event)
+                        if text is not None:
+                            result = on_text(text)
+                            if result is not None:
+                                await result
+                    elif isinstance(event, Ping):
+                        transport.write(bytes(ws.send(event.response())))
+                    elif isinstance(event, CloseConnection):
+                        if self._on_close_frame(event):
+                            return
+                    elif isinstance(event, BytesMessage):
+                        self.close(CloseCode.UNSUPPORTED_DATA, "binary messages are not accepted")
+                    elif not isinstance(event, Pong):  # pragma: no cover - wsproto has no other
+                        raise AssertionError(f"unexpected wsproto event {event!r}")
+                data = await transport.receive()
+                if not data:
+                    if self.close_code is None:
+                        self.close_code = 1006
+                    return
+                self.last_heard = anyio.current_time()
+                self.ping_sent_at = None
+                ws.receive_data(data)
+        finally:
+            await transport.drain_and_close(self._limits.close_timeout)
+
+    def _collect(self, event: TextMessage) -> str | None:
+        if self.closing_since is not None:
+            return None  # nothing counts once we are closing
+        limits = self._limits
+        self._size += len(event.data)
+        if self._size > limits.max_message_bytes:
+            self._parts.clear()
+            self.close(CloseCode.MESSAGE_TOO_BIG, f"message over {limits.max_message_bytes} bytes")
+            return None
+        self._parts.append(event.data)
+        if event.frame_finished and not event.message_finished:
+            self._fragments += 1
+            if self._fragments >= limits.max_fragments:
+                self._parts.clear()
+                self.close(CloseCode.POLICY, f"more than {limits.max_fragments} fragments")
+                return None
+        if not event.message_finished:
+            return None
+        text = self._parts[0] if len(self._parts) == 1 else "".join(self._parts)
+        self._parts.clear()
+        self._size = self._fragments = 0
+        return text
+
+    def _on_close_frame(self, event: CloseConnection) -> bool:
+        """Answer a close frame; True once the handshake is complete."""
+        ws = self._ws
+        if ws.state is ConnectionState.REMOTE_CLOSING:  # the peer started it: echo and end
+            if self.close_code is None:
+                self.close_code, self.close_reason = event.code, event.reason or ""
+            self.transport.write(bytes(ws.send(event.response())))
+            return True
+        if ws.state is ConnectionState.CLOSED:  # the answer to our close
+            return True
+        # wsproto reports bad input (invalid UTF-8: 1007, protocol errors: 1002)
+        # as a close event while the connection is still open: close with it.
+        self.close(event.code, event.reason or "")
+        return False

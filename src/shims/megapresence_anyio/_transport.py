@@ -1,0 +1,272 @@
+"""Byte transports with a synchronous write path.
+
+The write path decides the speed of fan-out (DESIGN.md, measured on 2 cores:
+awaiting a send per connection reaches half of ``websockets.broadcast()``,
+writing in place reaches 1.5x of it). So :meth:`SocketTransport.write` is
+synchronous: it tries a non-blocking ``send()`` on the socket right away and
+queues only what the kernel did not take; a writer task is spawned for that
+connection only while something is queued, so order per connection is kept
+and an idle connection costs no task. The queue is bounded: past
+``max_buffer`` bytes ``write`` reports overflow and the caller closes the
+slow consumer (1013) without slowing anyone else.
+
+:class:`StreamTransport` gives the same interface over any anyio byte stream,
+for frameworks that accept connections themselves; its writes always go
+through the queue (it cannot write in place).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+from collections import deque
+from collections.abc import Callable, Coroutine
+from typing import Any, Protocol, final
+
+import anyio
+import anyio.abc
+
+__all__ = ["SocketTransport", "Spawn", "StreamTransport", "Transport"]
+
+#: Starts a background task; the server passes its task group's ``start_soon``.
+Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
+
+_RECV_BYTES = 65536
+
+
+class Transport(Protocol):
+    """What a WebSocket session needs from the bytes underneath it."""
+
+    @property
+    def pending(self) -> int: ...
+
+    def write(self, data: bytes) -> bool: ...
+
+    async def receive(self) -> bytes: ...
+
+    def abort(self) -> None: ...
+
+    def truncate(self) -> None: ...
+
+    async def drain_and_close(self, timeout: float) -> None: ...
+
+
+@final
+class SocketTransport:
+    """A connected non-blocking socket, owned by this object."""
+
+    __slots__ = (
+        "_closed",
+        "_flushed",
+        "_max_buffer",
+        "_partial",
+        "_pending",
+        "_queue",
+        "_sock",
+        "_spawn",
+        "_writing",
+    )
+
+    def __init__(self, sock: socket.socket, *, spawn: Spawn, max_buffer: int) -> None:
+        sock.setblocking(False)
+        self._sock = sock
+        self._spawn = spawn
+        self._max_buffer = max_buffer
+        self._queue: deque[memoryview] = deque()
+        self._pending = 0
+        #: The head of the queue is the rest of a frame the kernel took in part.
+        self._partial = False
+        self._writing = False
+        self._closed = False
+        self._flushed: anyio.Event | None = None
+
+    @property
+    def pending(self) -> int:
+        """Bytes accepted by ``write`` but not yet taken by the kernel."""
+        return self._pending
+
+    def write(self, data: bytes) -> bool:
+        """Send ``data`` now as far as the kernel takes it; queue the rest.
+
+        Returns False when the queue is past ``max_buffer``: the peer is not
+        reading. A frame the kernel took in part is always queued whole, so the
+        stream stays well-formed; a new frame that does not fit is not queued.
+        """
+        if self._closed:
+            return True
+        if not self._queue:
+            try:
+                sent = self._sock.send(data)
+            except BlockingIOError:
+                sent = 0
+            except OSError:
+                self.abort()  # the reader will see the end of the stream
+                return True
+            if sent == len(data):
+                return True
+            self._partial = sent > 0
+            self._enqueue(memoryview(data)[sent:])
+            return self._pending <= self._max_buffer
+        if self._pending + len(data) > self._max_buffer:
+            return False
+        self._enqueue(memoryview(data))
+        return True
+
+    def _enqueue(self, data: memoryview) -> None:
+        self._queue.append(data)
+        self._pending += len(data)
+        if not self._writing:
+            self._writing = True
+            self._spawn(self._flush)
+
+    async def _flush(self) -> None:
+        sock, queue = self._sock, self._queue
+        try:
+            while queue and not self._closed:
+                chunk = queue[0]
+                try:
+                    sent = sock.send(chunk)
+                except BlockingIOError:
+                    await anyio.wait_writable(sock)
+                    continue
+                self._pending -= sent
+                if sent == len(chunk):
+                    queue.popleft()
+                    self._partial = False
+                else:
+                    queue[0] = chunk[sent:]
+                    self._partial = True
+        except (OSError, anyio.ClosedResourceError):
+            self.abort()
+        finally:
+            self._writing = False
+            if self._flushed is not None:
+                self._flushed.set()
+
+    async def receive(self) -> bytes:
+        """The next bytes from the peer; ``b""`` at the end of the stream or once aborted."""
+        sock = self._sock
+        while not self._closed:
+            try:
+                return sock.recv(_RECV_BYTES)
+            except BlockingIOError:
+                try:
+                    await anyio.wait_readable(sock)
+                except anyio.ClosedResourceError:
+                    return b""
+            except OSError:
+                return b""
+        return b""
+
+    def truncate(self) -> None:
+        """Drop every queued frame but the one the kernel has begun, so a close frame
+        can follow it at once and the stream stays well-formed."""
+        keep = self._queue[0] if self._partial and self._queue else None
+        self._queue.clear()
+        if keep is not None:
+            self._queue.append(keep)
+        self._pending = len(keep) if keep is not None else 0
+
+    def abort(self) -> None:
+        """Close now, dropping anything queued; wakes a task blocked in ``receive``."""
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.clear()
+        self._pending = 0
+        anyio.notify_closing(self._sock)
+        self._sock.close()
+
+    async def drain_and_close(self, timeout: float) -> None:
+        """Let queued bytes go out (within ``timeout``), then close."""
+        if self._writing and not self._closed:
+            self._flushed = anyio.Event()
+            with anyio.move_on_after(timeout):
+                await self._flushed.wait()
+        if not self._closed:
+            with contextlib.suppress(OSError):
+                self._sock.shutdown(socket.SHUT_WR)
+        self.abort()
+
+
+@final
+class StreamTransport:
+    """Any anyio byte stream; every write is queued for one writer task."""
+
+    __slots__ = (
+        "_closed",
+        "_flushed",
+        "_max_buffer",
+        "_pending",
+        "_queue",
+        "_spawn",
+        "_stream",
+        "_writing",
+    )
+
+    def __init__(self, stream: anyio.abc.ByteStream, *, spawn: Spawn, max_buffer: int) -> None:
+        self._stream = stream
+        self._spawn = spawn
+        self._max_buffer = max_buffer
+        self._queue: deque[bytes] = deque()
+        self._pending = 0
+        self._writing = False
+        self._closed = False
+        self._flushed: anyio.Event | None = None
+
+    @property
+    def pending(self) -> int:
+        return self._pending
+
+    def write(self, data: bytes) -> bool:
+        if self._closed:
+            return True
+        if self._pending + len(data) > self._max_buffer:
+            return False
+        self._queue.append(data)
+        self._pending += len(data)
+        if not self._writing:
+            self._writing = True
+            self._spawn(self._flush)
+        return True
+
+    async def _flush(self) -> None:
+        try:
+            while self._queue and not self._closed:
+                chunk = self._queue.popleft()
+                await self._stream.send(chunk)
+                self._pending -= len(chunk)
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            self.abort()
+        finally:
+            self._writing = False
+            if self._flushed is not None:
+                self._flushed.set()
+
+    async def receive(self) -> bytes:
+        if self._closed:
+            return b""
+        try:
+            return await self._stream.receive()
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            return b""
+
+    def truncate(self) -> None:
+        """Drop every queued chunk; chunks go out whole, so no frame is cut."""
+        self._queue.clear()
+        self._pending = 0
+
+    def abort(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._queue.clear()
+        self._pending = 0
+        self._spawn(self._stream.aclose)
+
+    async def drain_and_close(self, timeout: float) -> None:
+        if self._writing and not self._closed:
+            self._flushed = anyio.Event()
+            with anyio.move_on_after(timeout):
+                await self._flushed.wait()
+        self.abort()
