@@ -137,7 +137,8 @@ class Hub:
 
     # ------------------------------------------------------------ lifecycle
 
-    def _authorized(self, authorization: str | None) -> bool:
+    def authorized(self, authorization: str | None) -> bool:
+        """Whether an ``Authorization`` header carries one of the configured tokens."""
         presented = _bearer(authorization)
         # Compare with every token, always, so timing says nothing about which
         # token (if any) matched or how much of it did.
@@ -151,7 +152,7 @@ class Hub:
             raise LocalUsageError(f"BridgeConnecting: bridge {event.bridge!r} is already connected")
         if self._draining:
             return [RefuseBridge(bridge=event.bridge, status=503, reason="hub is draining")]
-        if not self._authorized(event.authorization):
+        if not self.authorized(event.authorization):
             return [
                 Log(level=LogLevel.WARNING, event="hub.auth.refused", fields={}),
                 RefuseBridge(bridge=event.bridge, status=401, reason="bad or missing bearer token"),

@@ -77,6 +77,10 @@ async def read_request(
             except h11.RemoteProtocolError as exc:
                 return exc.error_status_hint
             if isinstance(event, h11.Request):
+                # h11 bounds only an incomplete head; a complete one read in a
+                # single chunk must be measured here.
+                if raw.find(b"\r\n\r\n") + 4 > max_header_bytes:
+                    return 431
                 target = event.target.decode("latin-1")
                 parts = urlsplit(target)
                 headers = tuple(

@@ -8,6 +8,7 @@ and leaves no state behind. On shutdown the core drains every bridge with
 
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import Callable, Coroutine
 from typing import Any, final
@@ -32,7 +33,7 @@ from megapresence_core import (
 )
 
 from ._config import DEFAULT_SOCKET_LIMITS, SocketLimits
-from ._http import accept_websocket, read_request, respond
+from ._http import HandshakeRequest, accept_websocket, read_request, respond
 from ._listener import accept_forever, open_listener
 from ._server import log_action
 from ._session import WebSocketSession, text_frame
@@ -139,7 +140,7 @@ class HubServer:
                 return
             request, raw = result
             if not request.is_websocket:
-                respond(transport, 426, b"this is a megapresence hub: connect with WebSocket\n")
+                self._answer_http(transport, request)
                 return
             self.dispatch(
                 BridgeConnecting(
@@ -154,6 +155,26 @@ class HubServer:
             await self._run_bridge(bridge, raw)
         finally:
             await transport.drain_and_close(limits.close_timeout)
+
+    def _answer_http(self, transport: Transport, request: HandshakeRequest) -> None:
+        """``GET /presence`` (with a hub token) lists every session the hub holds, as JSON."""
+        if request.path != "/presence":
+            respond(transport, 426, b"this is a megapresence hub: connect with WebSocket\n")
+        elif not self._hub.authorized(request.header("authorization")):
+            respond(transport, 401)
+        else:
+            members = [
+                {
+                    "bridgeId": m.bridge_id,
+                    "sessionId": m.session_id,
+                    "userId": m.user_id,
+                    "channels": list(m.channels),
+                    "metadata": m.metadata,
+                }
+                for m in self._hub.members()
+            ]
+            body = json.dumps({"hubId": self._hub.hub_id, "members": members}).encode()
+            respond(transport, 200, body, "application/json")
 
     async def _run_bridge(self, bridge: _Bridge, raw: bytes) -> None:
         ws = accept_websocket(bridge.transport, raw)

@@ -187,6 +187,8 @@ class WebSocketSession:
         if ws.state is ConnectionState.CLOSED:  # the answer to our close
             return True
         # wsproto reports bad input (invalid UTF-8: 1007, protocol errors: 1002)
-        # as a close event while the connection is still open: close with it.
+        # as a close event while the connection is still open. The stream cannot
+        # be parsed any further, so this is a failure, not a handshake: send our
+        # close frame and end without waiting for an answer we could not read.
         self.close(event.code, event.reason or "")
-        return False
+        return True

@@ -1,0 +1,280 @@
+"""PresenceServer over real sockets, on asyncio and trio, with ``websockets`` as the client."""
+
+from __future__ import annotations
+
+import contextlib
+
+import anyio
+import pytest
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+
+from megapresence_anyio import PresenceServer, SocketLimits
+from megapresence_core import Member
+
+from .socket_helpers import (
+    Client,
+    RawClient,
+    http_status,
+    query_login,
+    running_server,
+    wait_for,
+)
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_join_broadcast_with_except_direct_and_roster() -> None:
+    async with running_server() as (server, url):
+        ann = await Client.connect(f"{url}/ws/chat?user=ann&channels=lobby")
+        bob = await Client.connect(f"{url}/ws/chat?user=bob")
+        anon = await Client.connect(f"{url}/ws/chat")
+        other = await Client.connect(f"{url}/ws/other?user=cid")
+        await wait_for(lambda: len(server.roster("/ws/chat")) == 2)
+        assert server.roster("/ws/chat") == [
+            Member(session_id="ann-s", user_id="ann"),
+            Member(session_id="bob-s", user_id="bob"),
+        ]
+
+        server.broadcast(
+            "/ws/chat",
+            "lobby",
+            {"type": "chat", "payload": {"t": "hi"}},
+            except_session_ids=["bob-s"],
+        )
+        expected = {"type": "chat", "ns": "/ws/chat", "payload": {"t": "hi"}}
+        assert await ann.recv_json() == expected
+        assert await anon.recv_json() == expected  # unjoined connections get broadcasts
+        assert await bob.silent()
+        assert await other.silent()
+
+        server.direct_to_user("bob", {"type": "dm", "payload": 1})
+        assert await bob.recv_json() == {"type": "dm", "payload": 1}
+        assert await ann.silent()
+
+        server.update_metadata("ann-s", {"status": "away"})
+        assert (await server.presence_list(["lobby"]))[0].metadata == {"status": "away"}
+
+        await bob.close()
+        await wait_for(lambda: [m.user_id for m in server.roster("/ws/chat")] == ["ann"])
+        for client in (ann, anon, other):
+            await client.close()
+        await wait_for(lambda: not server.clients)
+
+
+@pytest.mark.parametrize(("requeue", "code"), [(False, 1008), (True, 4503)])
+async def test_kick_closes_with_its_code_and_reason(requeue: bool, code: int) -> None:
+    async with running_server() as (server, url):
+        ann = await Client.connect(f"{url}/ws?user=ann")
+        await wait_for(lambda: bool(server.roster("/ws")))
+        server.kick("ann-s", "가" * 50, requeue=requeue)  # 150 bytes: cut to 123
+        got_code, reason = await ann.closed()
+        assert got_code == code
+        assert reason == "가" * 41
+        await wait_for(lambda: not server.roster("/ws"))
+
+
+async def test_refused_and_unknown_paths_get_http_errors() -> None:
+    async with running_server(paths=("/ws/",)) as (server, url):
+        with pytest.raises(InvalidStatus) as refused:
+            await Client.connect(f"{url}/ws/chat?user=refused")
+        assert refused.value.response.status_code == 401
+        with pytest.raises(InvalidStatus) as missing:
+            await Client.connect(f"{url}/elsewhere")
+        assert missing.value.response.status_code == 404
+        port = server.port
+        assert port is not None
+        assert await http_status(port, b"GET /ws/x HTTP/1.1\r\nHost: x\r\n\r\n") == (
+            b"HTTP/1.1 426 Upgrade Required"
+        )
+        assert await http_status(port, b"POST / HTTP/1.1\r\nHost: x\r\n\r\n") == (
+            b"HTTP/1.1 405 Method Not Allowed"
+        )
+
+
+async def test_pages_are_served_over_plain_http() -> None:
+    pages = {"/": ("text/html", b"<h1>hi</h1>")}
+    async with running_server(pages=pages) as (server, _):
+        assert server.port is not None
+        async with await anyio.connect_tcp("127.0.0.1", server.port) as stream:
+            await stream.send(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            data = b""
+            with anyio.fail_after(5):
+                while not data.endswith(b"<h1>hi</h1>"):
+                    data += await stream.receive()
+        assert data.startswith(b"HTTP/1.1 200 OK")
+
+
+# --------------------------------------------------------------------- limits
+
+
+async def test_oversized_message_is_closed_with_1009() -> None:
+    async with running_server(limits=SocketLimits(max_message_bytes=1000)) as (_, url):
+        client = await Client.connect(f"{url}/ws")
+        await client.send("x" * 2000)
+        assert (await client.closed())[0] == 1009
+
+
+async def test_oversized_fragmented_message_is_closed_before_it_is_whole() -> None:
+    async with running_server(limits=SocketLimits(max_message_bytes=1000)) as (_, url):
+        client = await Client.connect(f"{url}/ws")
+        with contextlib.suppress(ConnectionClosed):  # the close may cut the send short
+            await client.send(["x" * 400] * 3)  # 1200 bytes in three fragments
+        assert (await client.closed())[0] == 1009
+
+
+async def test_too_many_fragments_is_closed_with_1008() -> None:
+    async with running_server(limits=SocketLimits(max_fragments=4)) as (_, url):
+        client = await Client.connect(f"{url}/ws")
+        with contextlib.suppress(ConnectionClosed):
+            await client.send(["a"] * 10)
+        assert (await client.closed())[0] == 1008
+
+
+async def test_invalid_utf8_is_closed_with_1007() -> None:
+    async with running_server() as (_, url):
+        client = await Client.connect(f"{url}/ws")
+        await client.send(b"\xff\xfe", text=True)
+        assert (await client.closed())[0] == 1007
+
+
+async def test_binary_is_closed_with_1003() -> None:
+    async with running_server() as (_, url):
+        client = await Client.connect(f"{url}/ws")
+        await client.send(b"\x00\x01")
+        assert (await client.closed())[0] == 1003
+
+
+async def test_protocol_error_is_closed_with_1002() -> None:
+    async with running_server() as (server, _):
+        assert server.port is not None
+        async with await RawClient.connect(server.port) as raw:
+            await raw.send_frame(0xC1, b"hi")  # RSV1 set with no extension negotiated
+            with anyio.fail_after(5):
+                assert await raw.close_code() == 1002
+
+
+async def test_slow_consumer_is_closed_with_1013_and_others_keep_receiving() -> None:
+    limits = SocketLimits(max_send_buffer=64 * 1024, close_timeout=30)
+    async with running_server(limits=limits) as (server, url):
+        slow = await Client.connect(f"{url}/ws?user=slow", max_queue=1)
+        fast = await Client.connect(f"{url}/ws?user=fast")
+        await wait_for(lambda: len(server.clients) == 2)
+        [slow_side] = [c for c in server.clients if c.user_id == "slow"]
+        payload = "x" * 32 * 1024
+        sent = 0
+        with anyio.fail_after(60):
+            while slow_side.session.is_open:
+                server.broadcast("/ws", "c", {"type": "t", "payload": payload})
+                sent += 1
+                message = await fast.recv_json()  # the fast client never falls behind
+                assert message["payload"] == payload
+        assert slow_side.session.close_code == 1013
+        server.broadcast("/ws", "c", {"type": "after"})
+        assert (await fast.recv_json())["type"] == "after"
+        assert (await slow.closed(timeout=30))[0] == 1013
+        assert sent > 2  # the kernel buffers filled before the limit was reached
+
+
+async def test_silent_peer_is_pinged_then_closed_with_1011() -> None:
+    limits = SocketLimits(ping_interval=0.2, ping_timeout=0.3, close_timeout=0.3)
+    async with running_server(limits=limits) as (server, _):
+        assert server.port is not None
+        async with await RawClient.connect(server.port) as raw:
+            with anyio.fail_after(5):
+                opcode, _ = await raw.frame()
+                assert opcode == 0x9  # a ping, which this client never answers
+                assert await raw.close_code() == 1011
+        await wait_for(lambda: not server.clients)
+
+
+async def test_a_peer_that_answers_pings_stays_open() -> None:
+    limits = SocketLimits(ping_interval=0.1, ping_timeout=0.2)
+    async with running_server(limits=limits) as (server, url):
+        client = await Client.connect(f"{url}/ws")  # websockets answers pings
+        await anyio.sleep(0.8)
+        assert len(server.clients) == 1
+        await client.close()
+
+
+async def test_bad_origin_is_refused_with_403_before_the_upgrade() -> None:
+    limits = SocketLimits(allowed_origins=["http://good.example"])
+    async with running_server(limits=limits) as (_, url):
+        with pytest.raises(InvalidStatus) as refused:
+            await Client.connect(f"{url}/ws", origin="http://evil.example")
+        assert refused.value.response.status_code == 403
+        with pytest.raises(InvalidStatus):
+            await Client.connect(f"{url}/ws")  # no Origin at all
+        good = await Client.connect(f"{url}/ws", origin="http://GOOD.example/")
+        await good.close()
+
+
+async def test_max_connections_is_refused_with_503() -> None:
+    async with running_server(limits=SocketLimits(max_connections=1)) as (_, url):
+        first = await Client.connect(f"{url}/ws")
+        with pytest.raises(InvalidStatus) as refused:
+            await Client.connect(f"{url}/ws")
+        assert refused.value.response.status_code == 503
+        await first.close()
+
+
+async def test_handshake_timeout_and_header_limit() -> None:
+    limits = SocketLimits(handshake_timeout=0.3, max_header_bytes=1024)
+    async with running_server(limits=limits) as (server, _):
+        assert server.port is not None
+        big = b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 4000 + b"\r\n\r\n"
+        assert (
+            await http_status(server.port, big) == b"HTTP/1.1 431 Request Header Fields Too Large"
+        )
+        assert await http_status(server.port, b"GET / HTTP/1.1\r\n") == (
+            b"HTTP/1.1 408 Request Timeout"
+        )
+        assert await http_status(server.port, b"NONSENSE\r\n\r\n") == b"HTTP/1.1 400 Bad Request"
+
+
+# ------------------------------------------------------------ entry points
+
+
+async def test_handle_stream_serves_connections_accepted_elsewhere() -> None:
+    async with PresenceServer(query_login, paths=None) as server:
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(listener.serve, server.handle_stream)
+            ann = await Client.connect(f"ws://127.0.0.1:{port}/ws?user=ann")
+            await wait_for(lambda: bool(server.roster("/ws")))
+            server.broadcast("/ws", "c", {"type": "hello"})
+            assert await ann.recv_json() == {"type": "hello", "ns": "/ws"}
+            await ann.close()
+            tg.cancel_scope.cancel()
+        await listener.aclose()
+
+
+async def test_hooks_see_messages_and_closes() -> None:
+    seen: list[str] = []
+
+    async def on_message(client: object, text: str) -> None:
+        seen.append(text)
+        client.send("echo " + text)  # type: ignore[attr-defined]
+
+    closed = anyio.Event()
+    async with running_server(on_message=on_message, on_close=lambda client: closed.set()) as (
+        _,
+        url,
+    ):
+        client = await Client.connect(f"{url}/ws?user=ann")
+        await client.send("ping")
+        assert await client.recv() == "echo ping"
+        await client.close()
+        with anyio.fail_after(5):
+            await closed.wait()
+    assert seen == ["ping"]
+
+
+async def test_shutdown_closes_clients_with_1001() -> None:
+    async with running_server() as (server, url):
+        client = await Client.connect(f"{url}/ws?user=ann")
+        await wait_for(lambda: bool(server.clients))
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(server.shutdown)
+            assert (await client.closed())[0] == 1001
+        assert server.presence.is_shut_down
