@@ -1,0 +1,117 @@
+"""The demo application of ``megapresence serve``, spoken to over real sockets."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+
+from megapresence_anyio import PresenceServer
+from megapresence_anyio._demo import DemoApp
+from megapresence_core import Limits, PresenceConfig
+
+from .socket_helpers import Client, wait_for
+
+pytestmark = pytest.mark.anyio
+
+
+@asynccontextmanager
+async def demo() -> AsyncIterator[tuple[PresenceServer, str]]:
+    app = DemoApp(admins=["root"])
+    server = PresenceServer(app.authenticate, on_open=app.on_open, on_message=app.on_message,
+                            on_close=app.on_close, pages=app.pages,
+                            presence=PresenceConfig(limits=Limits(max_metadata_bytes=64)))
+    app.server = server
+    async with server:
+        port = await server.listen()
+        yield server, f"ws://127.0.0.1:{port}/ws/chat"
+
+
+async def join(url: str, user: str) -> tuple[Client, dict[str, Any]]:
+    client = await Client.connect(f"{url}?user={user}&channels=lobby")
+    welcome = await client.recv_json()
+    assert welcome["type"] == "welcome"
+    return client, welcome["payload"]
+
+
+async def next_of(client: Client, kind: str, skipped: list[str] | None = None
+                  ) -> dict[str, Any]:
+    """The next message of type ``kind``; the types passed over go to ``skipped``."""
+    while True:
+        message: dict[str, Any] = await client.recv_json()
+        if message["type"] == kind:
+            return message
+        if skipped is not None:
+            skipped.append(message["type"])
+
+
+async def test_welcome_roster_and_presence_notices() -> None:
+    async with demo() as (_, url):
+        ann, me = await join(url, "ann")
+        assert me["userId"] == "ann"
+        assert me["admin"] is False
+        assert me["sessionId"].startswith("ann-")
+        assert (await ann.recv_json())["type"] == "presence.changed"  # her own arrival
+        bob, _ = await join(url, "bob")
+        assert (await ann.recv_json())["type"] == "presence.changed"
+        await ann.send('{"op":"roster"}')
+        roster = await next_of(ann, "roster")
+        assert sorted(m["userId"] for m in roster["payload"]["members"]) == ["ann", "bob"]
+        await bob.close()
+        assert (await ann.recv_json())["type"] == "presence.changed"
+        await ann.close()
+
+
+async def test_broadcast_excluding_self_direct_and_metadata() -> None:
+    async with demo() as (server, url):
+        ann, me = await join(url, "ann")
+        bob, _ = await join(url, "bob")
+        await ann.send('{"op":"broadcast","channel":"lobby","excludeSelf":true,'
+                       '"payload":{"text":"hi"}}')
+        assert (await next_of(bob, "chat"))["payload"] == {"text": "hi"}
+        await ann.send('{"op":"direct","userId":"bob","payload":"psst"}')
+        assert (await next_of(bob, "direct"))["payload"] == "psst"
+        await ann.send('{"op":"metadata","metadata":{"status":"away"}}')
+        await wait_for(lambda: any(m.metadata == {"status": "away"}
+                                   for m in server.roster("/ws/chat")))
+        await ann.send('{"op":"roster"}')
+        skipped: list[str] = []
+        await next_of(ann, "roster", skipped)
+        assert "chat" not in skipped  # excludeSelf kept her own broadcast from her
+        await ann.close()
+        await bob.close()
+
+
+async def test_errors_are_answered_not_fatal() -> None:
+    async with demo() as (_, url):
+        ann, _ = await join(url, "ann")
+        await ann.send("not json")
+        assert (await next_of(ann, "error"))["payload"]["code"] == "bad_json"
+        await ann.send('{"op":"kick","sessionId":"x"}')
+        assert (await next_of(ann, "error"))["payload"]["code"] == "forbidden"
+        await ann.send('{"op":"metadata","metadata":{"big":"' + "x" * 100 + '"}}')
+        assert (await next_of(ann, "error"))["payload"]["code"] == "refused"
+        await ann.send('{"op":"roster"}')
+        assert (await next_of(ann, "roster"))["type"] == "roster"  # still connected
+        await ann.close()
+
+
+async def test_admins_kick() -> None:
+    async with demo() as (_, url):
+        root, me = await join(url, "root")
+        assert me["admin"] is True
+        bob, bob_me = await join(url, "bob")
+        await root.send('{"op":"kick","sessionId":"%s","reason":"bye"}' % bob_me["sessionId"])
+        assert await bob.closed() == (1008, "bye")
+        await root.close()
+
+
+async def test_the_demo_login_needs_a_user_name() -> None:
+    from websockets.exceptions import InvalidStatus
+
+    async with demo() as (_, url):
+        with pytest.raises(InvalidStatus) as refused:
+            await Client.connect(url)
+        assert refused.value.response.status_code == 401
