@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Set up and run megapresence from a fresh clone: ``python3 dev.py demo|test``.
+"""Set up and run megapresence from a fresh clone: ``python3 dev.py serve|test``.
 
 Creates ``.venv`` on first use (and again whenever pyproject.toml changes),
 installs the project into it in editable mode, then runs the command there.
@@ -59,11 +59,9 @@ def run(command: list[str]) -> int:
 
 def main(argv: list[str]) -> int:
     task = argv[0] if argv else ""
-    if task == "demo":
-        ensure_venv("")
-        return subprocess.run(
-            [str(PYTHON), str(ROOT / "examples" / "scripted_scenario.py"), *argv[1:]], cwd=ROOT
-        ).returncode
+    if task == "serve":
+        ensure_venv("trio")
+        return subprocess.run([str(BIN / "megapresence"), "serve", *argv[1:]], cwd=ROOT).returncode
     if task == "test":
         ensure_venv("test")
         for step in TEST_STEPS:

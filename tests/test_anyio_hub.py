@@ -22,10 +22,20 @@ TOKEN = "hub-secret"
 
 
 def bridge(hub_port: int, bridge_id: str, token: str = TOKEN) -> PresenceServer:
-    link = HubLinkConfig(bridge_id=bridge_id, instance_id=f"{bridge_id}-1", channels=["lobby"],
-                         backoff_initial=0.05, backoff_max=0.2)
-    return PresenceServer(query_login, paths=None, presence=PresenceConfig(hub=link),
-                          hub_url=f"ws://127.0.0.1:{hub_port}/any/path", hub_token=token)
+    link = HubLinkConfig(
+        bridge_id=bridge_id,
+        instance_id=f"{bridge_id}-1",
+        channels=["lobby"],
+        backoff_initial=0.05,
+        backoff_max=0.2,
+    )
+    return PresenceServer(
+        query_login,
+        paths=None,
+        presence=PresenceConfig(hub=link),
+        hub_url=f"ws://127.0.0.1:{hub_port}/any/path",
+        hub_token=token,
+    )
 
 
 @asynccontextmanager
@@ -37,18 +47,20 @@ async def cluster() -> AsyncIterator[tuple[HubServer, list[tuple[PresenceServer,
         for name in ("A", "B"):
             server = await stack.enter_async_context(bridge(hub_port, name))
             servers.append((server, f"ws://127.0.0.1:{await server.listen()}"))
-        await wait_for(lambda: all(s.presence.hub_link_state is LinkState.REGISTERED
-                                   for s, _ in servers))
+        await wait_for(
+            lambda: all(s.presence.hub_link_state is LinkState.REGISTERED for s, _ in servers)
+        )
         yield hub, servers
 
 
 async def test_broadcast_direct_and_kick_cross_servers_exactly_once() -> None:
-    async with cluster() as (hub, [(a, url_a), (b, url_b)]):
+    async with cluster() as (hub, [(a, url_a), (_, url_b)]):
         ann = await Client.connect(f"{url_a}/ws?user=ann&channels=lobby")
         bob = await Client.connect(f"{url_b}/ws?user=bob&channels=lobby")
         bob2 = await Client.connect(f"{url_b}/ws?user=bob&session=bob-2")
-        await wait_for(lambda: {m.session_id for m in hub.hub.members()} >= {
-            "ann-s", "bob-s", "bob-2"})
+        await wait_for(
+            lambda: {m.session_id for m in hub.hub.members()} >= {"ann-s", "bob-s", "bob-2"}
+        )
 
         a.broadcast("/ws", "lobby", {"type": "chat", "payload": "hi"})
         expected = {"type": "chat", "ns": "/ws", "payload": "hi"}
@@ -71,22 +83,28 @@ async def test_broadcast_direct_and_kick_cross_servers_exactly_once() -> None:
 
 
 async def test_the_hub_lists_its_presence_to_token_holders() -> None:
-    async with cluster() as (hub, [(a, url_a), _]):
+    async with cluster() as (hub, [(_, url_a), _]):
         ann = await Client.connect(f"{url_a}/ws?user=ann")
         await wait_for(lambda: len(hub.hub.members()) == 3)
         assert hub.port is not None
         async with await anyio.connect_tcp("127.0.0.1", hub.port) as stream:
-            await stream.send(f"GET /presence HTTP/1.1\r\nHost: x\r\n"
-                              f"Authorization: Bearer {TOKEN}\r\n\r\n".encode())
+            await stream.send(
+                f"GET /presence HTTP/1.1\r\nHost: x\r\n"
+                f"Authorization: Bearer {TOKEN}\r\n\r\n".encode()
+            )
             data = b""
             with anyio.fail_after(5):
                 while not data.endswith(b"}"):
                     data += await stream.receive()
         body = json.loads(data.split(b"\r\n\r\n", 1)[1])
         assert {(m["bridgeId"], m["sessionId"]) for m in body["members"]} == {
-            ("A", "bridge:A#lobby"), ("B", "bridge:B#lobby"), ("A", "ann-s")}
+            ("A", "bridge:A#lobby"),
+            ("B", "bridge:B#lobby"),
+            ("A", "ann-s"),
+        }
         assert await http_status(hub.port, b"GET /presence HTTP/1.1\r\nHost: x\r\n\r\n") == (
-            b"HTTP/1.1 401 Unauthorized")
+            b"HTTP/1.1 401 Unauthorized"
+        )
         await ann.close()
 
 
@@ -94,16 +112,22 @@ async def test_a_bad_token_is_refused_with_401_and_the_link_stops() -> None:
     async with HubServer(HubConfig(hub_id="h1", tokens=[TOKEN])) as hub:
         hub_port = await hub.listen()
         with pytest.raises(InvalidStatus) as refused:
-            await Client.connect(f"ws://127.0.0.1:{hub_port}/",
-                                 additional_headers={"Authorization": "Bearer wrong"})
+            await Client.connect(
+                f"ws://127.0.0.1:{hub_port}/", additional_headers={"Authorization": "Bearer wrong"}
+            )
         assert refused.value.response.status_code == 401
         async with bridge(hub_port, "A", token="wrong") as server:
             await wait_for(lambda: server.presence.hub_link_state is LinkState.CLOSED)
         assert hub.hub.members() == []
 
 
-async def run_hub(hub: HubServer, stop: anyio.Event, done: anyio.Event, *,
-                  task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED) -> None:
+async def run_hub(
+    hub: HubServer,
+    stop: anyio.Event,
+    done: anyio.Event,
+    *,
+    task_status: anyio.abc.TaskStatus[int] = anyio.TASK_STATUS_IGNORED,
+) -> None:
     """Serve ``hub`` in its own task until ``stop`` is set, then drain it."""
     async with hub:
         task_status.started(await hub.listen())
@@ -137,7 +161,10 @@ async def test_hub_drain_closes_with_4503_and_bridges_come_back_to_a_new_hub() -
             await done.wait()
             async with HubServer(HubConfig(hub_id="h2", tokens=[TOKEN])) as hub2:
                 assert await hub2.listen(port=hub_port) == hub_port
-                await wait_for(lambda: {m.session_id for m in hub2.hub.members()} == {
-                    "bridge:A#lobby", "ann-s"})
+                await wait_for(
+                    lambda: (
+                        {m.session_id for m in hub2.hub.members()} == {"bridge:A#lobby", "ann-s"}
+                    )
+                )
                 assert await ann.silent(0.05)  # the client socket stayed open throughout
                 await ann.close()

@@ -30,17 +30,27 @@ from megapresence_core import (
 @pytest.mark.parametrize(
     ("text", "command"),
     [
-        ('{"op":"broadcast","channel":"lobby","payload":{"t":1}}',
-         BroadcastCommand(channel="lobby", message=Message(type="chat", payload={"t": 1}))),
-        ('{"op":"broadcast","channel":"c","type":"x","excludeSelf":true}',
-         BroadcastCommand(channel="c", message=Message(type="x"), exclude_self=True)),
-        ('{"op":"direct","userId":"bob","payload":"hi"}',
-         DirectCommand(user_id="bob", message=Message(type="direct", payload="hi"))),
-        ('{"op":"metadata","metadata":{"status":"away"}}',
-         MetadataCommand(metadata={"status": "away"})),
+        (
+            '{"op":"broadcast","channel":"lobby","payload":{"t":1}}',
+            BroadcastCommand(channel="lobby", message=Message(type="chat", payload={"t": 1})),
+        ),
+        (
+            '{"op":"broadcast","channel":"c","type":"x","excludeSelf":true}',
+            BroadcastCommand(channel="c", message=Message(type="x"), exclude_self=True),
+        ),
+        (
+            '{"op":"direct","userId":"bob","payload":"hi"}',
+            DirectCommand(user_id="bob", message=Message(type="direct", payload="hi")),
+        ),
+        (
+            '{"op":"metadata","metadata":{"status":"away"}}',
+            MetadataCommand(metadata={"status": "away"}),
+        ),
         ('{"op":"roster"}', RosterCommand()),
-        ('{"op":"kick","sessionId":"s","reason":"r","requeue":true}',
-         KickCommand(session_id="s", reason="r", requeue=True)),
+        (
+            '{"op":"kick","sessionId":"s","reason":"r","requeue":true}',
+            KickCommand(session_id="s", reason="r", requeue=True),
+        ),
         ('{"op":"kick","sessionId":"s"}', KickCommand(session_id="s")),
     ],
 )
@@ -73,33 +83,48 @@ def test_bad_commands_are_refused_with_a_reason(text: str, code: str, match: str
 
 def test_commands_become_core_events_for_this_connection() -> None:
     message = Message(type="chat", payload=1)
-    assert command_event(BroadcastCommand(channel="c", message=message, exclude_self=True),
-                         ns="/ws", session_id="me", is_admin=False) == BroadcastRequested(
-        ns="/ws", channel="c", message=message, except_session_ids=["me"])
-    assert command_event(BroadcastCommand(channel="c", message=message, exclude_self=True),
-                         ns="/ws", session_id=None, is_admin=False) == BroadcastRequested(
-        ns="/ws", channel="c", message=message)
-    assert command_event(DirectCommand(user_id="u", message=message), ns="/ws", session_id=None,
-                         is_admin=False) == DirectRequested(user_id="u", message=message)
-    assert command_event(MetadataCommand(metadata={"a": 1}), ns="/ws", session_id="me",
-                         is_admin=False) == MetadataUpdated(session_id="me", metadata={"a": 1})
+    assert command_event(
+        BroadcastCommand(channel="c", message=message, exclude_self=True),
+        ns="/ws",
+        session_id="me",
+        is_admin=False,
+    ) == BroadcastRequested(ns="/ws", channel="c", message=message, except_session_ids=["me"])
+    assert command_event(
+        BroadcastCommand(channel="c", message=message, exclude_self=True),
+        ns="/ws",
+        session_id=None,
+        is_admin=False,
+    ) == BroadcastRequested(ns="/ws", channel="c", message=message)
+    assert command_event(
+        DirectCommand(user_id="u", message=message), ns="/ws", session_id=None, is_admin=False
+    ) == DirectRequested(user_id="u", message=message)
+    assert command_event(
+        MetadataCommand(metadata={"a": 1}), ns="/ws", session_id="me", is_admin=False
+    ) == MetadataUpdated(session_id="me", metadata={"a": 1})
     assert command_event(RosterCommand(), ns="/ws", session_id=None, is_admin=False) == (
-        RosterCommand())
+        RosterCommand()
+    )
 
 
 def test_only_admins_kick_and_only_joined_connections_set_metadata() -> None:
     kick = KickCommand(session_id="s", reason="r")
     assert command_event(kick, ns="/ws", session_id="me", is_admin=False) == CommandRefused(
-        code="forbidden", message="only admins may kick")
+        code="forbidden", message="only admins may kick"
+    )
     assert command_event(kick, ns="/ws", session_id="me", is_admin=True) == KickRequested(
-        session_id="s", reason="r")
-    assert command_event(MetadataCommand(metadata={}), ns="/ws", session_id=None,
-                         is_admin=True) == CommandRefused(
-        code="not_joined", message="join a session to set metadata")
+        session_id="s", reason="r"
+    )
+    assert command_event(
+        MetadataCommand(metadata={}), ns="/ws", session_id=None, is_admin=True
+    ) == CommandRefused(code="not_joined", message="join a session to set metadata")
 
 
 def test_replies() -> None:
     assert json.loads(error_reply("forbidden", "no")) == {
-        "type": "error", "payload": {"code": "forbidden", "message": "no"}}
+        "type": "error",
+        "payload": {"code": "forbidden", "message": "no"},
+    }
     assert json.loads(roster_reply([Member(session_id="s", user_id="u")])) == {
-        "type": "roster", "payload": {"members": [{"sessionId": "s", "userId": "u"}]}}
+        "type": "roster",
+        "payload": {"members": [{"sessionId": "s", "userId": "u"}]},
+    }

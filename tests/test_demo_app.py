@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -20,9 +21,14 @@ pytestmark = pytest.mark.anyio
 @asynccontextmanager
 async def demo() -> AsyncIterator[tuple[PresenceServer, str]]:
     app = DemoApp(admins=["root"])
-    server = PresenceServer(app.authenticate, on_open=app.on_open, on_message=app.on_message,
-                            on_close=app.on_close, pages=app.pages,
-                            presence=PresenceConfig(limits=Limits(max_metadata_bytes=64)))
+    server = PresenceServer(
+        app.authenticate,
+        on_open=app.on_open,
+        on_message=app.on_message,
+        on_close=app.on_close,
+        pages=app.pages,
+        presence=PresenceConfig(limits=Limits(max_metadata_bytes=64)),
+    )
     app.server = server
     async with server:
         port = await server.listen()
@@ -36,8 +42,7 @@ async def join(url: str, user: str) -> tuple[Client, dict[str, Any]]:
     return client, welcome["payload"]
 
 
-async def next_of(client: Client, kind: str, skipped: list[str] | None = None
-                  ) -> dict[str, Any]:
+async def next_of(client: Client, kind: str, skipped: list[str] | None = None) -> dict[str, Any]:
     """The next message of type ``kind``; the types passed over go to ``skipped``."""
     while True:
         message: dict[str, Any] = await client.recv_json()
@@ -66,16 +71,18 @@ async def test_welcome_roster_and_presence_notices() -> None:
 
 async def test_broadcast_excluding_self_direct_and_metadata() -> None:
     async with demo() as (server, url):
-        ann, me = await join(url, "ann")
+        ann, _ = await join(url, "ann")
         bob, _ = await join(url, "bob")
-        await ann.send('{"op":"broadcast","channel":"lobby","excludeSelf":true,'
-                       '"payload":{"text":"hi"}}')
+        await ann.send(
+            '{"op":"broadcast","channel":"lobby","excludeSelf":true,"payload":{"text":"hi"}}'
+        )
         assert (await next_of(bob, "chat"))["payload"] == {"text": "hi"}
         await ann.send('{"op":"direct","userId":"bob","payload":"psst"}')
         assert (await next_of(bob, "direct"))["payload"] == "psst"
         await ann.send('{"op":"metadata","metadata":{"status":"away"}}')
-        await wait_for(lambda: any(m.metadata == {"status": "away"}
-                                   for m in server.roster("/ws/chat")))
+        await wait_for(
+            lambda: any(m.metadata == {"status": "away"} for m in server.roster("/ws/chat"))
+        )
         await ann.send('{"op":"roster"}')
         skipped: list[str] = []
         await next_of(ann, "roster", skipped)
@@ -103,7 +110,9 @@ async def test_admins_kick() -> None:
         root, me = await join(url, "root")
         assert me["admin"] is True
         bob, bob_me = await join(url, "bob")
-        await root.send('{"op":"kick","sessionId":"%s","reason":"bye"}' % bob_me["sessionId"])
+        await root.send(
+            json.dumps({"op": "kick", "sessionId": bob_me["sessionId"], "reason": "bye"})
+        )
         assert await bob.closed() == (1008, "bye")
         await root.close()
 

@@ -1,0 +1,51 @@
+"""Run ``megapresence`` commands as processes, the way a user would."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+TOKEN = "process-test-token"
+
+
+class Command:
+    """One ``megapresence`` process; its banner gives the bound port."""
+
+    def __init__(self, log_dir: Path, name: str, *args: str) -> None:
+        self.log = log_dir / f"{name}.log"
+        env = {**os.environ, "MEGAPRESENCE_HUB_TOKEN": TOKEN, "MEGAPRESENCE_HUB_TOKENS": TOKEN}
+        with self.log.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "megapresence_anyio", *args],
+                stdout=subprocess.PIPE,
+                stderr=log,
+                env=env,
+                text=True,
+            )
+        assert self.process.stdout is not None
+        banner = self.process.stdout.readline()
+        match = re.search(r":(\d+)/", banner)
+        assert match, f"no banner from {name}: {banner!r}; log: {self.log.read_text()}"
+        self.port = int(match.group(1))
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+        code = self.process.wait(timeout=15)
+        assert self.process.stdout is not None
+        self.process.stdout.close()
+        return code
+
+
+def eventually(check: Callable[[], bool], timeout: float = 15, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what or check}")
+        time.sleep(0.05)

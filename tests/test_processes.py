@@ -1,0 +1,134 @@
+"""``megapresence serve`` and ``megapresence hub`` as separate processes on loopback.
+
+Two servers and a hub, each run as the command a user would type. The servers
+run on different backends (asyncio and trio) so one run also shows both
+speak the same hub protocol.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from websockets.sync.client import ClientConnection, connect
+
+from .process_helpers import TOKEN, Command, eventually
+
+
+def hub_sessions(port: int) -> set[tuple[str, str]]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/presence", headers={"Authorization": f"Bearer {TOKEN}"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=2) as response:
+            body: dict[str, Any] = json.load(response)
+    except OSError:
+        return set()
+    return {(m["bridgeId"], m["sessionId"]) for m in body["members"]}
+
+
+def recv_type(ws: ClientConnection, kind: str, timeout: float = 5) -> dict[str, Any]:
+    while True:
+        message: dict[str, Any] = json.loads(ws.recv(timeout))
+        if message["type"] == kind:
+            return message
+
+
+def nothing_of(ws: ClientConnection, kind: str, timeout: float = 0.5) -> bool:
+    try:
+        recv_type(ws, kind, timeout)
+    except TimeoutError:
+        return True
+    return False
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[dict[str, Command]]:
+    hub_backend, other = request.param
+    commands = {"hub": Command(tmp_path, "hub", "--backend", hub_backend, "hub", "--port", "0")}
+    hub_url = f"ws://127.0.0.1:{commands['hub'].port}/"
+    for name, backend in (("A", hub_backend), ("B", other)):
+        commands[name] = Command(
+            tmp_path,
+            name,
+            "--backend",
+            backend,
+            "serve",
+            "--port",
+            "0",
+            "--hub",
+            hub_url,
+            "--bridge-id",
+            name,
+            "--channels",
+            "lobby",
+        )
+    yield commands
+    for command in commands.values():
+        command.stop(signal.SIGKILL)
+
+
+@pytest.mark.parametrize(
+    "cluster",
+    [("asyncio", "trio"), ("trio", "asyncio")],
+    indirect=True,
+    ids=["hub-asyncio", "hub-trio"],
+)
+def test_two_servers_and_a_hub_survive_a_hub_crash_and_a_drain(
+    cluster: dict[str, Command], tmp_path: Path
+) -> None:
+    hub, a, b = cluster["hub"], cluster["A"], cluster["B"]
+    base = {("A", "bridge:A#lobby"), ("B", "bridge:B#lobby")}
+    with (
+        connect(f"ws://127.0.0.1:{a.port}/ws/chat?user=ann") as ann,
+        connect(f"ws://127.0.0.1:{b.port}/ws/chat?user=bob") as bob,
+    ):
+        ann_id = recv_type(ann, "welcome")["payload"]["sessionId"]
+        bob_id = recv_type(bob, "welcome")["payload"]["sessionId"]
+        everyone = base | {("A", ann_id), ("B", bob_id)}
+        eventually(lambda: hub_sessions(hub.port) == everyone, what="the hub to see both")
+
+        ann.send(
+            json.dumps(
+                {
+                    "op": "broadcast",
+                    "channel": "lobby",
+                    "excludeSelf": True,
+                    "payload": {"text": "hello"},
+                }
+            )
+        )
+        assert recv_type(bob, "chat")["payload"] == {"text": "hello"}
+        assert nothing_of(bob, "chat")  # exactly once
+        assert nothing_of(ann, "chat")  # and not back to the sender
+        bob.send(json.dumps({"op": "direct", "userId": "ann", "payload": "psst"}))
+        assert recv_type(ann, "direct")["payload"] == "psst"
+        assert nothing_of(ann, "direct")
+
+        # kill -9: the hub loses everything; the servers reconnect and resync.
+        port = hub.port
+        hub.stop(signal.SIGKILL)
+        cluster["hub"] = hub = Command(tmp_path, "hub2", "hub", "--port", str(port))
+        eventually(lambda: hub_sessions(port) == everyone, what="the new hub to converge")
+        for ws in (ann, bob):  # the client sockets stayed open
+            ws.send('{"op":"roster"}')
+            assert recv_type(ws, "roster")["type"] == "roster"
+        ann.send(json.dumps({"op": "broadcast", "channel": "lobby", "payload": "again"}))
+        assert recv_type(bob, "chat")["payload"] == "again"
+
+        # SIGTERM: the hub drains its bridges with 4503; they come back to the next one.
+        assert hub.stop() == 0
+        for server in (a, b):
+            eventually(
+                lambda server=server: "code=4503" in server.log.read_text(),
+                what="4503 in the server log",
+            )
+        cluster["hub"] = hub = Command(tmp_path, "hub3", "hub", "--port", str(port))
+        eventually(lambda: hub_sessions(port) == everyone, what="the bridges to come back")
+    assert a.stop() == 0
+    assert b.stop() == 0
