@@ -20,6 +20,7 @@ from megapresence_core import (
     MetadataCommand,
     MetadataUpdated,
     RosterCommand,
+    RosterEntry,
     command_event,
     decode_client_command,
     error_reply,
@@ -124,7 +125,18 @@ def test_replies() -> None:
         "type": "error",
         "payload": {"code": "forbidden", "message": "no"},
     }
-    assert json.loads(roster_reply([Member(session_id="s", user_id="u")])) == {
+    ann, bob = Member(session_id="s1", user_id="ann"), Member(session_id="s2", user_id="bob")
+    entries = [
+        RosterEntry(channel="a", session_id="s1", member=ann),
+        RosterEntry(channel="b", session_id="s1", member=ann),
+        RosterEntry(channel="a", session_id="s2", member=bob),
+        RosterEntry(channel="a", session_id="elsewhere", member=bob),
+    ]
+    assert json.loads(roster_reply([ann, bob], entries)) == {
         "type": "roster",
-        "payload": {"members": [{"sessionId": "s", "userId": "u"}]},
+        "payload": {
+            "members": [{"sessionId": "s1", "userId": "ann"}, {"sessionId": "s2", "userId": "bob"}],
+            "channels": {"a": ["s1", "s2"], "b": ["s1"]},
+        },
     }
+    assert json.loads(roster_reply([]))["payload"] == {"members": [], "channels": {}}

@@ -8,7 +8,8 @@ Client to server, one JSON object per text message, ``op`` naming the command:
 ``direct``              ``userId``, ``payload``, ``type`` (default "direct")
 ``metadata``            ``metadata``: replaces this session's metadata
 ``roster``              ask for the members of this path; answered with
-                        ``{"type": "roster", "payload": {"members": [...]}}``
+                        ``{"type": "roster", "payload": {"members": [...],
+                        "channels": {channel: [sessionId, ...]}}}``
 ``kick``                ``sessionId``, ``reason``, ``requeue``: admins only
 ======================  ====================================================
 
@@ -27,8 +28,8 @@ import attrs
 
 from ._errors import FrameError
 from ._events import BroadcastRequested, DirectRequested, KickRequested, MetadataUpdated
-from ._json import JsonObject, decode_object, dumps
-from ._values import ABSENT, Member, Message
+from ._json import Json, JsonObject, decode_object, dumps
+from ._values import ABSENT, Member, Message, RosterEntry
 
 __all__ = [
     "MAX_CLIENT_COMMAND_BYTES",
@@ -187,5 +188,12 @@ def error_reply(code: str, message: str) -> str:
     return dumps({"type": "error", "payload": {"code": code, "message": message}})
 
 
-def roster_reply(members: Iterable[Member]) -> str:
-    return dumps({"type": "roster", "payload": {"members": [m.to_json() for m in members]}})
+def roster_reply(members: Iterable[Member], entries: Iterable[RosterEntry] = ()) -> str:
+    """The members of a path, and which of them is in each channel (from ``entries``)."""
+    listed = [m.to_json() for m in members]
+    sessions = {m["sessionId"] for m in listed}
+    channels: dict[str, list[Json]] = {}
+    for entry in entries:
+        if entry.session_id in sessions:
+            channels.setdefault(entry.channel, []).append(entry.session_id)
+    return dumps({"type": "roster", "payload": {"members": listed, "channels": channels}})
