@@ -8,6 +8,7 @@ from ._actions import (
     Action,
     CloseConnection,
     CloseHubLink,
+    ClusterPublish,
     ConnectHub,
     Deliver,
     Log,
@@ -33,12 +34,20 @@ from ._client_commands import (
     roster_reply,
 )
 from ._close import MAX_CLOSE_REASON_BYTES, CloseCode, truncate_reason
+from ._cluster_codec import (
+    CLUSTER_KINDS,
+    CLUSTER_PROTOCOL_VERSION,
+    RemoteMember,
+    decode_cluster_message,
+    encode_cluster_message,
+)
 from ._config import (
     DEFAULT_MAX_CHANNELS_PER_SESSION,
     DEFAULT_MAX_HUB_FRAME_BYTES,
     DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_MAX_METADATA_BYTES,
     HUB_PROTOCOL_VERSION,
+    ClusterConfig,
     DuplicateSessionPolicy,
     HubConfig,
     HubLinkConfig,
@@ -49,6 +58,9 @@ from ._config import (
 from ._errors import FrameError, LocalUsageError
 from ._events import (
     BroadcastRequested,
+    ClusterConnected,
+    ClusterLost,
+    ClusterMessageReceived,
     ConnectionClosed,
     ConnectionOpened,
     DirectRequested,
@@ -99,6 +111,8 @@ from ._values import ABSENT, Member, Message, RosterEntry
 
 __all__ = [
     "ABSENT",
+    "CLUSTER_KINDS",
+    "CLUSTER_PROTOCOL_VERSION",
     "DEFAULT_MAX_CHANNELS_PER_SESSION",
     "DEFAULT_MAX_HUB_FRAME_BYTES",
     "DEFAULT_MAX_MESSAGE_BYTES",
@@ -122,6 +136,11 @@ __all__ = [
     "CloseCode",
     "CloseConnection",
     "CloseHubLink",
+    "ClusterConfig",
+    "ClusterConnected",
+    "ClusterLost",
+    "ClusterMessageReceived",
+    "ClusterPublish",
     "CommandRefused",
     "ConnState",
     "ConnectHub",
@@ -169,6 +188,7 @@ __all__ = [
     "RefuseBridge",
     "RegisterFrame",
     "RegisteredFrame",
+    "RemoteMember",
     "RosterCommand",
     "RosterConfig",
     "RosterDelete",
@@ -183,7 +203,9 @@ __all__ = [
     "Tick",
     "command_event",
     "decode_client_command",
+    "decode_cluster_message",
     "decode_hub_frame",
+    "encode_cluster_message",
     "encode_hub_frame",
     "error_reply",
     "roster_reply",

@@ -18,6 +18,7 @@ __all__ = [
     "Action",
     "CloseConnection",
     "CloseHubLink",
+    "ClusterPublish",
     "ConnectHub",
     "Deliver",
     "Log",
@@ -96,6 +97,15 @@ class ScheduleReconnect:
 
 @final
 @attrs.frozen(kw_only=True)
+class ClusterPublish:
+    """Publish one encoded cluster message on ``subject`` (best-effort, at most once)."""
+
+    subject: str
+    data: str = attrs.field(repr=short_text)
+
+
+@final
+@attrs.frozen(kw_only=True)
 class RosterPut:
     """Add or refresh a member of a shared channel roster for ``ttl`` seconds."""
 
@@ -149,6 +159,7 @@ Action: TypeAlias = (
     | SendHubFrame
     | CloseHubLink
     | ScheduleReconnect
+    | ClusterPublish
     | RosterPut
     | RosterRefresh
     | RosterDelete

@@ -7,6 +7,7 @@ misconfigured server fails at start, not on its first peer.
 from __future__ import annotations
 
 import enum
+import re
 from typing import Any, Final, final
 
 import attrs
@@ -20,6 +21,7 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
     "DEFAULT_MAX_METADATA_BYTES",
     "HUB_PROTOCOL_VERSION",
+    "ClusterConfig",
     "DuplicateSessionPolicy",
     "HubConfig",
     "HubLinkConfig",
@@ -121,6 +123,49 @@ class HubLinkConfig:
             raise LocalUsageError("HubLinkConfig: backoff_multiplier must be >= 1")
 
 
+_SUBJECT_TOKEN = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _app_name(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, str) or not _SUBJECT_TOKEN.fullmatch(value):
+        raise LocalUsageError(
+            f"ClusterConfig: app must be letters, digits, '_' or '-' (a NATS subject token), "
+            f"got {value!r}"
+        )
+
+
+def _epoch(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise LocalUsageError(f"ClusterConfig: epoch must be a non-negative int, got {value!r}")
+
+
+@final
+@attrs.frozen(kw_only=True)
+class ClusterConfig:
+    """This instance's place in a cluster of instances of one app (over NATS)."""
+
+    #: Names the subjects: ``megapresence.<app>.fanout`` and ``.roster``.
+    app: str = attrs.field(validator=_app_name)
+    instance_id: str = attrs.field(validator=_non_empty)
+    #: The boot of this instance (milliseconds since the epoch is a good choice):
+    #: a larger epoch under the same instance id means a restart.
+    epoch: int = attrs.field(validator=_epoch)
+    #: Keep a cluster-wide roster; False fans out messages only.
+    roster: bool = True
+    #: Often enough that a lost add/remove is healed within seconds, rarely
+    #: enough to cost nothing: one small message per instance per interval.
+    heartbeat_interval: float = attrs.field(default=5.0, validator=_positive)
+    #: Three heartbeats: one may be lost, and a crashed instance's members go
+    #: from every roster within this many seconds.
+    ttl: float = attrs.field(default=15.0, validator=_positive)
+    #: Snapshots are sent in parts well under NATS's 1 MiB default payload.
+    max_message_bytes: int = attrs.field(default=1024 * 1024, validator=_positive)
+
+    def __attrs_post_init__(self) -> None:
+        if self.ttl <= self.heartbeat_interval:
+            raise LocalUsageError("ClusterConfig: ttl must be longer than heartbeat_interval")
+
+
 @final
 @attrs.frozen(kw_only=True)
 class RosterConfig:
@@ -143,6 +188,7 @@ class PresenceConfig:
     """Everything ``Presence`` needs to know about its place in the system."""
 
     hub: HubLinkConfig | None = None
+    cluster: ClusterConfig | None = None
     roster: RosterConfig | None = None
     duplicate_session: DuplicateSessionPolicy = DuplicateSessionPolicy.DETACH_PRIOR
     limits: Limits = Limits()

@@ -19,6 +19,9 @@ from ._values import Message, non_empty_str, str_tuple
 
 __all__ = [
     "BroadcastRequested",
+    "ClusterConnected",
+    "ClusterLost",
+    "ClusterMessageReceived",
     "ConnectionClosed",
     "ConnectionOpened",
     "DirectRequested",
@@ -216,6 +219,31 @@ class HubLost:
 
 @final
 @attrs.frozen(kw_only=True)
+class ClusterConnected:
+    """The cluster client connected or reconnected: treated as a possible gap."""
+
+    now: float = attrs.field(validator=monotonic_seconds)
+
+
+@final
+@attrs.frozen(kw_only=True)
+class ClusterLost:
+    """The cluster client lost its connection (it keeps trying on its own)."""
+
+    now: float = attrs.field(validator=monotonic_seconds)
+
+
+@final
+@attrs.frozen(kw_only=True)
+class ClusterMessageReceived:
+    """A message arrived on one of the cluster's subjects; the machine validates it."""
+
+    data: str | bytes = attrs.field(repr=lambda data: f"<{len(data)} chars>")
+    now: float = attrs.field(validator=monotonic_seconds)
+
+
+@final
+@attrs.frozen(kw_only=True)
 class Tick:
     """Time passed: heartbeats, timeouts and reconnects are due on ticks."""
 
@@ -240,6 +268,9 @@ Event: TypeAlias = (
     | HubConnected
     | HubFrameReceived
     | HubLost
+    | ClusterConnected
+    | ClusterLost
+    | ClusterMessageReceived
     | Tick
     | ShutdownRequested
 )

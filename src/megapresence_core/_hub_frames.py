@@ -141,19 +141,19 @@ HubFrame: TypeAlias = (
 _Check: TypeAlias = Callable[[Any], Any]
 
 
-def _name(value: Any) -> str:
+def check_name(value: Any) -> str:
     if isinstance(value, str) and value:
         return value
     raise ValueError("must be a non-empty string")
 
 
-def _text(value: Any) -> str:
+def check_text(value: Any) -> str:
     if isinstance(value, str):
         return value
     raise ValueError("must be a string")
 
 
-def _names(value: Any) -> tuple[str, ...]:
+def check_names(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list):
         raise ValueError("must be a list of non-empty strings")
     for item in value:
@@ -162,13 +162,13 @@ def _names(value: Any) -> tuple[str, ...]:
     return tuple(dict.fromkeys(value))
 
 
-def _object(value: Any) -> JsonObject:
+def check_object(value: Any) -> JsonObject:
     if isinstance(value, dict):
         return value
     raise ValueError("must be an object")
 
 
-def _flag(value: Any) -> bool:
+def check_flag(value: Any) -> bool:
     if isinstance(value, bool):
         return value
     raise ValueError("must be true or false")
@@ -186,7 +186,7 @@ def _seconds(value: Any) -> float:
     raise ValueError("must be a positive number")
 
 
-def _message(value: Any) -> Message:
+def check_message(value: Any) -> Message:
     if not isinstance(value, dict):
         raise ValueError("must be an object with a 'type'")
     kind = value.get("type")
@@ -223,73 +223,73 @@ _SCHEMAS: Final[dict[type[Any], tuple[str, tuple[_Field, ...]]]] = {
     RegisterFrame: (
         "REGISTER",
         (
-            _Field("bridgeId", "bridge_id", _name, _REQUIRED),
-            _Field("instanceId", "instance_id", _name, _REQUIRED),
-            _Field("capabilities", "capabilities", _names, ()),
+            _Field("bridgeId", "bridge_id", check_name, _REQUIRED),
+            _Field("instanceId", "instance_id", check_name, _REQUIRED),
+            _Field("capabilities", "capabilities", check_names, ()),
             _Field("protocol", "protocol", _protocol, _REQUIRED),
         ),
     ),
     RegisteredFrame: (
         "REGISTERED",
         (
-            _Field("hubId", "hub_id", _name, _REQUIRED),
+            _Field("hubId", "hub_id", check_name, _REQUIRED),
             _Field("heartbeatInterval", "heartbeat_interval", _seconds, _REQUIRED),
         ),
     ),
     JoinFrame: (
         "JOIN",
         (
-            _Field("userId", "user_id", _name, _REQUIRED),
-            _Field("sessionId", "session_id", _name, _REQUIRED),
-            _Field("channels", "channels", _names, _REQUIRED),
-            _Field("metadata", "metadata", _object, None),
+            _Field("userId", "user_id", check_name, _REQUIRED),
+            _Field("sessionId", "session_id", check_name, _REQUIRED),
+            _Field("channels", "channels", check_names, _REQUIRED),
+            _Field("metadata", "metadata", check_object, None),
         ),
     ),
-    LeaveFrame: ("LEAVE", (_Field("sessionId", "session_id", _name, _REQUIRED),)),
+    LeaveFrame: ("LEAVE", (_Field("sessionId", "session_id", check_name, _REQUIRED),)),
     BulkLeaveFrame: (
         "BULK_LEAVE",
         (
-            _Field("bridgeId", "bridge_id", _name, _REQUIRED),
-            _Field("sessionIds", "session_ids", _names, _REQUIRED),
+            _Field("bridgeId", "bridge_id", check_name, _REQUIRED),
+            _Field("sessionIds", "session_ids", check_names, _REQUIRED),
         ),
     ),
     MetadataFrame: (
         "METADATA",
         (
-            _Field("sessionId", "session_id", _name, _REQUIRED),
-            _Field("metadata", "metadata", _object, _REQUIRED),
+            _Field("sessionId", "session_id", check_name, _REQUIRED),
+            _Field("metadata", "metadata", check_object, _REQUIRED),
         ),
     ),
     BroadcastFrame: (
         "BROADCAST",
         (
-            _Field("ns", "ns", _name, _REQUIRED),
-            _Field("channel", "channel", _name, _REQUIRED),
-            _Field("message", "message", _message, _REQUIRED),
-            _Field("exceptSessionIds", "except_session_ids", _names, ()),
+            _Field("ns", "ns", check_name, _REQUIRED),
+            _Field("channel", "channel", check_name, _REQUIRED),
+            _Field("message", "message", check_message, _REQUIRED),
+            _Field("exceptSessionIds", "except_session_ids", check_names, ()),
         ),
     ),
     DirectFrame: (
         "DIRECT",
         (
-            _Field("userId", "user_id", _name, _REQUIRED),
-            _Field("message", "message", _message, _REQUIRED),
+            _Field("userId", "user_id", check_name, _REQUIRED),
+            _Field("message", "message", check_message, _REQUIRED),
         ),
     ),
     DisconnectFrame: (
         "DISCONNECT",
         (
-            _Field("sessionId", "session_id", _name, _REQUIRED),
-            _Field("reason", "reason", _text, None),
-            _Field("requeue", "requeue", _flag, False),
+            _Field("sessionId", "session_id", check_name, _REQUIRED),
+            _Field("reason", "reason", check_text, None),
+            _Field("requeue", "requeue", check_flag, False),
         ),
     ),
     HeartbeatFrame: ("HEARTBEAT", ()),
     ErrorFrame: (
         "ERROR",
         (
-            _Field("code", "code", _name, _REQUIRED),
-            _Field("message", "message", _text, ""),
+            _Field("code", "code", check_name, _REQUIRED),
+            _Field("message", "message", check_text, ""),
         ),
     ),
 }

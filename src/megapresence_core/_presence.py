@@ -28,10 +28,15 @@ from ._actions import (
     RosterRefresh,
 )
 from ._close import CloseCode, truncate_reason
+from ._cluster import Cluster
+from ._cluster_codec import RemoteMember
 from ._config import DuplicateSessionPolicy, PresenceConfig
 from ._errors import LocalUsageError
 from ._events import (
     BroadcastRequested,
+    ClusterConnected,
+    ClusterLost,
+    ClusterMessageReceived,
     ConnectionClosed,
     ConnectionOpened,
     DirectRequested,
@@ -107,6 +112,8 @@ class Presence:
             if hub is not None
             else None
         )
+        cluster = self._config.cluster
+        self._cluster = Cluster(cluster) if cluster is not None else None
         self._roster_refresh_at: float | None = None
         #: None while running; after shutdown, the connections whose close is still due.
         self._closing: set[Hashable] | None = None
@@ -172,6 +179,7 @@ class Presence:
             actions += self._roster_delete(event.session_id, stale)
         indexes.join(record, event.user_id, event.session_id, event.channels, event.metadata)
         actions += self._to_hub(_join_frame(record))
+        actions += self._to_cluster_add(record)
         actions += self._roster_put(record)
         return actions
 
@@ -186,27 +194,32 @@ class Presence:
         self._indexes.close(record)
         if session_id is None:
             return []
-        return self._to_hub(LeaveFrame(session_id=session_id)) + self._roster_delete(
-            session_id, channels
-        )
+        actions = self._to_hub(LeaveFrame(session_id=session_id))
+        if self._cluster is not None:
+            actions += self._cluster.publish_remove(session_id)
+        return actions + self._roster_delete(session_id, channels)
 
     def _on_broadcast(self, event: BroadcastRequested) -> list[Action]:
         message = event.message
         _check_message("BroadcastRequested", message, self._config.limits.max_message_bytes)
         actions = self._deliver_broadcast(event.ns, message, event.except_session_ids)
-        return actions + self._to_hub(
+        excepted = tuple(sorted(event.except_session_ids))
+        actions += self._to_hub(
             BroadcastFrame(
-                ns=event.ns,
-                channel=event.channel,
-                message=message,
-                except_session_ids=tuple(sorted(event.except_session_ids)),
+                ns=event.ns, channel=event.channel, message=message, except_session_ids=excepted
             )
         )
+        if self._cluster is not None:
+            actions += self._cluster.publish_broadcast(event.ns, event.channel, message, excepted)
+        return actions
 
     def _on_direct(self, event: DirectRequested) -> list[Action]:
         _check_message("DirectRequested", event.message, self._config.limits.max_message_bytes)
         actions = self._deliver_direct(event.user_id, event.message)
-        return actions + self._to_hub(DirectFrame(user_id=event.user_id, message=event.message))
+        actions += self._to_hub(DirectFrame(user_id=event.user_id, message=event.message))
+        if self._cluster is not None:
+            actions += self._cluster.publish_direct(event.user_id, event.message)
+        return actions
 
     def _on_metadata(self, event: MetadataUpdated) -> list[Action]:
         _check_metadata(
@@ -223,7 +236,7 @@ class Presence:
             ]
         record.metadata = event.metadata
         frame = MetadataFrame(session_id=event.session_id, metadata=event.metadata)
-        return self._to_hub(frame) + self._roster_put(record)
+        return self._to_hub(frame) + self._to_cluster_add(record) + self._roster_put(record)
 
     def _on_kick(self, event: KickRequested) -> list[Action]:
         record = self._indexes.by_session.get(event.session_id)
@@ -233,6 +246,8 @@ class Presence:
             session_id=event.session_id, reason=event.reason, requeue=event.requeue
         )
         actions = self._to_hub(frame)
+        if self._cluster is not None:
+            actions += self._cluster.publish_kick(event.session_id, event.reason, event.requeue)
         return actions or [
             Log(
                 level=LogLevel.DEBUG,
@@ -266,8 +281,44 @@ class Presence:
             actions += _HUB_FRAME_HANDLERS[type(receipt.frame)](self, receipt.frame)
         return actions
 
+    def _require_cluster(self, event: Event) -> Cluster:
+        if self._cluster is None:
+            raise LocalUsageError(
+                f"{type(event).__name__}: no cluster is configured (PresenceConfig.cluster is None)"
+            )
+        return self._cluster
+
+    def _local_members(self) -> list[RemoteMember]:
+        return [RemoteMember(ns=r.ns, member=r.member()) for r in self._indexes.joined()]
+
+    def _on_cluster_connected(self, event: ClusterConnected) -> list[Action]:
+        return self._require_cluster(event).connected(event.now, self._local_members())
+
+    def _on_cluster_lost(self, event: ClusterLost) -> list[Action]:
+        return self._require_cluster(event).lost(event.now)
+
+    def _on_cluster_message(self, event: ClusterMessageReceived) -> list[Action]:
+        cluster = self._require_cluster(event)
+        receipt = cluster.receive(event.data, event.now, self._local_members())
+        message = receipt.fanout
+        if message is None:
+            return receipt.actions
+        fields = message.fields
+        if message.kind == "broadcast":
+            return self._deliver_broadcast(
+                fields["ns"], fields["message"], frozenset(fields["except"])
+            )
+        if message.kind == "direct":
+            return self._deliver_direct(fields["userId"], fields["message"])
+        record = self._indexes.by_session.get(fields["sessionId"])  # a kick
+        if record is None:
+            return []  # the session lives on another instance
+        return [_kick(record, fields["reason"], fields["requeue"])]
+
     def _on_tick(self, event: Tick) -> list[Action]:
         actions = self._link.tick(event.now) if self._link is not None else []
+        if self._cluster is not None:
+            actions += self._cluster.tick(event.now, self._local_members())
         roster = self._config.roster
         if roster is not None and self._closing is None:
             if self._roster_refresh_at is None:
@@ -285,6 +336,8 @@ class Presence:
         # The seed's order: hub link, cluster, roster (while the indexes still
         # say whose members are ours), then the clients, then the indexes.
         actions = self._link.shutdown() if self._link is not None else []
+        if self._cluster is not None:
+            actions += self._cluster.shutdown()
         if self._config.roster is not None:
             actions += [
                 RosterDelete(channel=entry.channel, session_id=entry.session_id)
@@ -372,6 +425,11 @@ class Presence:
     def _to_hub(self, frame: HubFrame) -> list[Action]:
         return self._link.send(frame) if self._link is not None else []
 
+    def _to_cluster_add(self, record: ConnRecord) -> list[Action]:
+        if self._cluster is None:
+            return []
+        return self._cluster.publish_add(record.ns, record.member())
+
     def _resync(self) -> list[Action]:
         """The hub lost all presence: subscribe our channels, then re-JOIN every session."""
         hub = self._config.hub
@@ -409,8 +467,13 @@ class Presence:
     # --------------------------------------------------------------- queries
 
     def roster(self, ns: str) -> list[Member]:
-        """The joined sessions on path ``ns`` of this process."""
-        return [record.member() for record in self._indexes.joined() if record.ns == ns]
+        """The joined sessions on path ``ns``: this process's first, then (with a cluster
+        roster) every other instance's, without repeating a session id."""
+        found = {r.session_id: r.member() for r in self._indexes.joined() if r.ns == ns}
+        if self._cluster is not None:
+            for member in self._cluster.remote_members(ns):
+                found.setdefault(member.session_id, member)
+        return list(found.values())
 
     def presence_list(
         self, channels: Iterable[str], remote_members: Iterable[Member] = ()
@@ -454,6 +517,7 @@ class Presence:
         deadlines = [
             self._roster_refresh_at,
             self._link.next_deadline() if self._link is not None else None,
+            self._cluster.next_deadline() if self._cluster is not None else None,
         ]
         due = [deadline for deadline in deadlines if deadline is not None]
         return min(due) if due else None
@@ -510,6 +574,9 @@ _HANDLERS: Final[dict[type[Any], Callable[[Presence, Any], list[Action]]]] = {
     HubConnected: Presence._on_hub_connected,
     HubFrameReceived: Presence._on_hub_frame,
     HubLost: Presence._on_hub_lost,
+    ClusterConnected: Presence._on_cluster_connected,
+    ClusterLost: Presence._on_cluster_lost,
+    ClusterMessageReceived: Presence._on_cluster_message,
     Tick: Presence._on_tick,
     ShutdownRequested: Presence._on_shutdown,
 }
@@ -521,6 +588,8 @@ _AFTER_SHUTDOWN: Final = frozenset(
         HubConnected,
         HubFrameReceived,
         HubLost,
+        ClusterLost,
+        ClusterMessageReceived,
         Tick,
         ShutdownRequested,
     }

@@ -109,8 +109,9 @@ class DemoApp:
             if isinstance(outcome, CommandRefused):
                 client.send(error_reply(outcome.code, outcome.message))
             elif isinstance(outcome, RosterCommand):
-                client.send(roster_reply(server.roster(client.ns),
-                                         server.presence.local_roster_members()))
+                client.send(
+                    roster_reply(server.roster(client.ns), server.presence.local_roster_members())
+                )
             else:
                 server.dispatch(outcome)
         except FrameError as exc:
