@@ -84,17 +84,13 @@ class Cluster:
         self._subjects = (f"{prefix}.fanout", f"{prefix}.roster")
         self._peers: dict[str, _Peer] = {}
         self._connected = False
-        self._next_heartbeat: float | None = None
+        self._next_heartbeat = 0.0
         self._snap = 0
 
     @property
     def subjects(self) -> tuple[str, ...]:
         """The subjects to subscribe to (the roster one only with a cluster roster)."""
         return self._subjects if self._config.roster else self._subjects[:1]
-
-    @property
-    def is_connected(self) -> bool:
-        return self._connected
 
     # ------------------------------------------------------------ publishing
 
@@ -182,7 +178,7 @@ class Cluster:
                         fields={"instance_id": instance, "members": len(peer.members)},
                     )
                 )
-        if self._next_heartbeat is not None and now >= self._next_heartbeat:
+        if now >= self._next_heartbeat:
             self._next_heartbeat = now + config.heartbeat_interval
             actions += self._publish(
                 "heartbeat", count=len(local), digest=digest(m.member.session_id for m in local)
@@ -192,10 +188,9 @@ class Cluster:
     def next_deadline(self) -> float | None:
         if not self._connected:
             return None
-        deadlines = [peer.last_heard + self._config.ttl for peer in self._peers.values()]
-        if self._next_heartbeat is not None:
-            deadlines.append(self._next_heartbeat)
-        return min(deadlines) if deadlines else None
+        return min(
+            [self._next_heartbeat, *(p.last_heard + self._config.ttl for p in self._peers.values())]
+        )
 
     # ------------------------------------------------------------- receiving
 
@@ -292,7 +287,3 @@ class Cluster:
             for remote in peer.members.values()
             if remote.ns == ns
         ]
-
-    def peers(self) -> dict[str, int]:
-        """instance id -> how many members we hold of it."""
-        return {instance: len(peer.members) for instance, peer in self._peers.items()}

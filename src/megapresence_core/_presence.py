@@ -505,6 +505,11 @@ class Presence:
         return record.state if record is not None else ConnState.CLOSED
 
     @property
+    def cluster_subjects(self) -> tuple[str, ...]:
+        """The subjects a cluster shim subscribes to (none without a cluster)."""
+        return self._cluster.subjects if self._cluster is not None else ()
+
+    @property
     def hub_link_state(self) -> LinkState | None:
         return self._link.state if self._link is not None else None
 

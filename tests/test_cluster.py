@@ -1,0 +1,419 @@
+"""The cluster protocol in the core: codec, fan-out, and a roster that heals its own gaps."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+
+from megapresence_core import (
+    CLUSTER_KINDS,
+    BroadcastRequested,
+    ClusterConfig,
+    ClusterConnected,
+    ClusterMessageReceived,
+    ClusterPublish,
+    ConnectionOpened,
+    DirectRequested,
+    FrameError,
+    KickRequested,
+    LocalUsageError,
+    Log,
+    Member,
+    Message,
+    MetadataUpdated,
+    Presence,
+    PresenceConfig,
+    RemoteMember,
+    SessionJoined,
+    ShutdownRequested,
+    Tick,
+    decode_cluster_message,
+    encode_cluster_message,
+)
+
+from .cluster_sim import TTL, Bus
+
+# ------------------------------------------------------------------- codec
+
+
+@pytest.mark.parametrize(
+    ("kind", "fields"),
+    [
+        (
+            "broadcast",
+            {
+                "ns": "/ws",
+                "channel": "c",
+                "message": Message(type="t", payload=[1]),
+                "except": ("s1",),
+            },
+        ),
+        ("direct", {"userId": "u", "message": Message(type="t")}),
+        ("kick", {"sessionId": "s", "reason": "r", "requeue": True}),
+        ("add", {"ns": "/ws", "member": Member(session_id="s", user_id="u", metadata={"a": 1})}),
+        ("remove", {"sessionId": "s"}),
+        ("heartbeat", {"count": 2, "digest": 12345}),
+        (
+            "snapshot",
+            {
+                "snap": 1,
+                "part": 0,
+                "parts": 1,
+                "members": (RemoteMember(ns="/ws", member=Member(session_id="s", user_id="u")),),
+            },
+        ),
+        ("resync", {"target": "*"}),
+        ("bye", {}),
+    ],
+)
+def test_every_kind_round_trips(kind: str, fields: dict[str, object]) -> None:
+    text = encode_cluster_message(kind, "i1", 7, **fields)
+    message = decode_cluster_message(text, max_bytes=10_000)
+    assert (message.kind, message.sender, message.epoch) == (kind, "i1", 7)
+    for key, value in fields.items():
+        assert message.fields[key] == value
+
+
+def test_the_kinds_are_all_covered() -> None:
+    assert set(CLUSTER_KINDS) == {
+        "broadcast",
+        "direct",
+        "kick",
+        "add",
+        "remove",
+        "heartbeat",
+        "snapshot",
+        "resync",
+        "bye",
+    }
+
+
+def test_defaults_are_left_out_on_the_wire() -> None:
+    text = encode_cluster_message("kick", "i1", 1, sessionId="s")
+    assert json.loads(text) == {"v": 1, "kind": "kick", "from": "i1", "epoch": 1, "sessionId": "s"}
+
+
+@pytest.mark.parametrize(
+    ("data", "code", "match"),
+    [
+        ('{"v":2,"kind":"bye","from":"i","epoch":1}', "unsupported_protocol", "protocol 2"),
+        ('{"v":1,"kind":"party","from":"i","epoch":1}', "unknown_type", "unknown cluster"),
+        ('{"v":1,"kind":"bye","from":"","epoch":1}', "bad_frame", "sender"),
+        ('{"v":1,"kind":"bye","from":"i","epoch":-1}', "bad_frame", "sender"),
+        ('{"v":1,"kind":"remove","from":"i","epoch":1}', "bad_frame", "missing sessionId"),
+        (
+            '{"v":1,"kind":"heartbeat","from":"i","epoch":1,"count":true,"digest":1}',
+            "bad_frame",
+            "count must be",
+        ),
+        (
+            '{"v":1,"kind":"snapshot","from":"i","epoch":1,"snap":1,"part":0,"parts":1,'
+            '"members":{}}',
+            "bad_frame",
+            "members must be a list",
+        ),
+        (
+            '{"v":1,"kind":"add","from":"i","epoch":1,"ns":"/ws","member":{"sessionId":"s"}}',
+            "bad_frame",
+            "member must be a non-empty string",
+        ),
+        ("[]", "bad_json", "JSON object"),
+    ],
+)
+def test_bad_messages_are_refused(data: str, code: str, match: str) -> None:
+    with pytest.raises(FrameError, match=match) as info:
+        decode_cluster_message(data, max_bytes=10_000)
+    assert info.value.code == code
+
+
+def test_config_is_validated() -> None:
+    with pytest.raises(LocalUsageError, match="NATS subject token"):
+        ClusterConfig(app="a.b", instance_id="i", epoch=1)
+    with pytest.raises(LocalUsageError, match="epoch must be"):
+        ClusterConfig(app="a", instance_id="i", epoch=-1)
+    with pytest.raises(LocalUsageError, match="ttl must be longer"):
+        ClusterConfig(app="a", instance_id="i", epoch=1, heartbeat_interval=5, ttl=5)
+
+
+# ------------------------------------------------------------------ fan-out
+
+
+def test_fan_out_reaches_peers_once_and_never_echoes() -> None:
+    bus = Bus()
+    a, b = bus.add("A"), bus.add("B")
+    ann = bus.join("A", "/ws", "ann", "s-ann")
+    bob = bus.join("B", "/ws", "bob", "s-bob")
+    a.handle(BroadcastRequested(ns="/ws", channel="c", message={"type": "hi"}))
+    bus.run()
+    assert a.inbox == {ann: [{"type": "hi", "ns": "/ws"}]}
+    assert b.inbox == {bob: [{"type": "hi", "ns": "/ws"}]}
+    a.handle(DirectRequested(user_id="bob", message={"type": "dm"}))
+    bus.run()
+    assert b.inbox[bob][-1] == {"type": "dm"}
+    assert len(a.inbox[ann]) == 1
+
+
+def test_broadcast_except_and_kick_cross_instances() -> None:
+    bus = Bus()
+    a, b = bus.add("A"), bus.add("B")
+    bob = bus.join("B", "/ws", "bob", "s-bob")
+    bus.join("B", "/ws", "cid", "s-cid")
+    a.handle(
+        BroadcastRequested(
+            ns="/ws", channel="c", message={"type": "x"}, except_session_ids=["s-cid"]
+        )
+    )
+    bus.run()
+    assert set(b.inbox) == {bob}
+    actions = b.presence.handle(
+        ClusterMessageReceived(
+            data=encode_cluster_message(
+                "kick", "A", 1, sessionId="s-bob", reason="out", requeue=True
+            ),
+            now=bus.now,
+        )
+    )
+    assert [(a.conn, a.code, a.reason) for a in actions] == [(bob, 4503, "out")]  # type: ignore[union-attr]
+    assert (
+        b.presence.handle(
+            ClusterMessageReceived(
+                data=encode_cluster_message("kick", "A", 1, sessionId="elsewhere"), now=bus.now
+            )
+        )
+        == []
+    )
+    kick = a.presence.handle(KickRequested(session_id="s-bob"))
+    assert [json.loads(x.data)["kind"] for x in kick if isinstance(x, ClusterPublish)] == ["kick"]
+
+
+def test_roster_is_cluster_wide_and_follows_metadata() -> None:
+    bus = Bus()
+    a, b = bus.add("A"), bus.add("B")
+    bus.join("A", "/ws", "ann", "s-ann")
+    bus.join("B", "/ws", "bob", "s-bob")
+    assert bus.roster("A", "/ws") == bus.roster("B", "/ws") == {("ann", "s-ann"), ("bob", "s-bob")}
+    b.handle(MetadataUpdated(session_id="s-bob", metadata={"status": "away"}))
+    bus.run()
+    assert {m.session_id: m.metadata for m in a.presence.roster("/ws")}["s-bob"] == {
+        "status": "away"
+    }
+
+
+def test_fan_out_only_cluster_keeps_rosters_local() -> None:
+    bus = Bus()
+    a, _ = bus.add("A", roster=False), bus.add("B", roster=False)
+    bus.join("B", "/ws", "bob", "s-bob")
+    assert bus.roster("A", "/ws") == set()
+    assert not [x for x in a.presence.handle(Tick(now=100)) if isinstance(x, ClusterPublish)]
+
+
+# --------------------------------------------------------------- healing
+
+
+def test_a_silent_instance_is_swept_after_the_ttl_and_not_before() -> None:
+    bus = Bus()
+    bus.add("A")
+    b = bus.add("B")
+    bus.join("B", "/ws", "bob", "s-bob")
+    b.alive = False  # crashed without a word
+    bus.advance(TTL - 2)
+    assert bus.roster("A", "/ws") == {("bob", "s-bob")}
+    bus.advance(3)
+    assert bus.roster("A", "/ws") == set()
+
+
+def test_nobody_is_swept_while_we_are_disconnected_then_we_heal() -> None:
+    bus = Bus()
+    a = bus.add("A")
+    bus.add("B")
+    bus.join("B", "/ws", "bob", "s-bob")
+    a.disconnect()
+    bus.advance(TTL * 3)
+    assert bus.roster("A", "/ws") == {("bob", "s-bob")}  # stale, not gone
+    bus.join("B", "/ws", "cid", "s-cid")  # missed by A
+    a.connect()
+    bus.run()
+    assert bus.roster("A", "/ws") == {("bob", "s-bob"), ("cid", "s-cid")}
+
+
+def test_a_lost_add_is_healed_by_the_next_heartbeat() -> None:
+    bus = Bus()
+    a = bus.add("A")
+    bus.add("B")
+    bus.drop = lambda receiver, message: message["kind"] == "add"
+    bus.join("B", "/ws", "bob", "s-bob")
+    assert bus.roster("A", "/ws") == set()
+    bus.drop = lambda receiver, message: False
+    bus.advance(6)
+    assert bus.roster("A", "/ws") == {("bob", "s-bob")}
+    del a
+
+
+def test_a_restart_with_a_new_epoch_purges_the_old_incarnation_at_once() -> None:
+    bus = Bus()
+    bus.add("A")
+    bus.add("B", epoch=1)
+    bus.join("B", "/ws", "bob", "s-bob")
+    bus.instances["B"].alive = False
+    bus.sessions.clear()
+    bus.add("B", epoch=2)  # same id, new boot
+    assert bus.roster("A", "/ws") == set()
+    old = encode_cluster_message(
+        "add", "B", 1, ns="/ws", member=Member(session_id="ghost", user_id="g")
+    )
+    bus.instances["A"].handle(ClusterMessageReceived(data=old, now=bus.now))
+    assert bus.roster("A", "/ws") == set()  # a late message of the old boot is ignored
+
+
+def test_bye_forgets_a_peer_now() -> None:
+    bus = Bus()
+    bus.add("A")
+    b = bus.add("B")
+    bus.join("B", "/ws", "bob", "s-bob")
+    b.handle(ShutdownRequested())
+    bus.run()
+    assert bus.roster("A", "/ws") == set()
+
+
+def test_large_snapshots_go_in_parts_and_apply_only_when_complete() -> None:
+    bus = Bus()
+    a = bus.add("A")
+    bus.add("B")
+    for n in range(1200):
+        bus.join("B", "/ws", f"u{n}", f"s{n}")
+    assert len(bus.roster("A", "/ws")) == 1200
+    parts: list[str] = []
+    bus.drop = lambda receiver, message: (
+        message["kind"] == "snapshot" and (parts.append(message) or message["part"] == 1)
+    )  # type: ignore[func-returns-value]
+    a.disconnect()
+    bus.close(next(iter(bus.sessions)))
+    a.connect()
+    bus.run()
+    assert {p["parts"] for p in parts if p["from"] == "B"} == {3}  # type: ignore[index]
+    assert len(bus.roster("A", "/ws")) == 1200  # the incomplete snapshot was not applied
+    bus.drop = lambda receiver, message: False
+    bus.advance(6)  # the heartbeat digest disagrees: A asks B again
+    assert len(bus.roster("A", "/ws")) == 1199
+
+
+def test_bad_cluster_messages_are_warnings() -> None:
+    bus = Bus()
+    a = bus.add("A")
+    actions = a.presence.handle(ClusterMessageReceived(data="{", now=0))
+    assert [x.event for x in actions if isinstance(x, Log)] == ["cluster.message.invalid"]
+    bad_part = encode_cluster_message("snapshot", "B", 1, snap=1, part=5, parts=2, members=())
+    a.handle(ClusterMessageReceived(data=bad_part, now=0))
+    assert bus.roster("A", "/ws") == set()
+
+
+def test_cluster_events_need_a_cluster() -> None:
+    with pytest.raises(LocalUsageError, match="no cluster is configured"):
+        Presence().handle(ClusterConnected(now=0))
+
+
+def test_cluster_publishes_nothing_until_connected() -> None:
+    config = ClusterConfig(app="t", instance_id="i", epoch=1)
+    presence = Presence(PresenceConfig(cluster=config))
+    presence.handle(ConnectionOpened(conn=1, ns="/ws"))
+    actions = presence.handle(SessionJoined(conn=1, user_id="u", session_id="s"))
+    assert actions == []
+    assert presence.next_deadline() is None
+
+
+# ------------------------------------------------- a stateful test over the bus
+
+
+class ClusterBusMachine(RuleBasedStateMachine):
+    """Random joins, closes, losses and faults; after healing, every roster is the truth."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bus = Bus()
+        self.epochs = {name: 1 for name in "ABC"}
+        for name in "ABC":
+            self.bus.add(name)
+
+    @rule(
+        instance=st.sampled_from("ABC"),
+        ns=st.sampled_from(["/a", "/b"]),
+        user=st.sampled_from(["u1", "u2"]),
+        slot=st.integers(0, 3),
+    )
+    def join(self, instance: str, ns: str, user: str, slot: int) -> None:
+        if not self.bus.instances[instance].alive:
+            return
+        session = f"{instance}-{slot}"
+        for conn, (_, _, _, sid) in list(self.bus.sessions.items()):
+            if sid == session:
+                self.bus.close(conn)
+        self.bus.join(instance, ns, user, session)
+
+    @rule(data=st.data())
+    def close(self, data: st.DataObject) -> None:
+        if self.bus.sessions:
+            self.bus.close(data.draw(st.sampled_from(sorted(self.bus.sessions))))
+
+    @rule(lossy=st.booleans())
+    def lose_messages(self, lossy: bool) -> None:
+        counter = iter(range(1_000_000))
+        self.bus.drop = (lambda r, m: next(counter) % 3 == 0) if lossy else (lambda r, m: False)
+
+    @rule(instance=st.sampled_from("ABC"))
+    def blip(self, instance: str) -> None:
+        target = self.bus.instances[instance]
+        if target.alive:
+            target.disconnect()
+            self.bus.advance(2)
+            target.connect()
+            self.bus.run()
+
+    @rule(instance=st.sampled_from("ABC"), restart=st.booleans())
+    def crash(self, instance: str, restart: bool) -> None:
+        self.bus.instances[instance].alive = False
+        for conn, info in list(self.bus.sessions.items()):
+            if info[0] == instance:
+                del self.bus.sessions[conn]
+        if restart:
+            self.epochs[instance] += 1
+            self.bus.add(instance, epoch=self.epochs[instance])
+
+    @invariant()
+    def rosters_converge_once_messages_flow(self) -> None:
+        self.bus.drop = lambda r, m: False
+        self.bus.advance(TTL + 6)  # a sweep and a heartbeat round
+        for ns in ("/a", "/b"):
+            for name, instance in self.bus.instances.items():
+                if instance.alive:
+                    assert self.bus.roster(name, ns) == self.bus.expected(ns), (name, ns)
+
+
+TestClusterBus = ClusterBusMachine.TestCase
+
+
+def test_subjects_deadlines_and_ignored_messages() -> None:
+    assert Presence().cluster_subjects == ()
+    bus = Bus()
+    a = bus.add("A")
+    assert a.presence.cluster_subjects == ("megapresence.test.fanout", "megapresence.test.roster")
+    assert a.presence.next_deadline() == 5.0  # the first heartbeat
+    bus.add("B")
+    bus.advance(5)
+    assert a.presence.next_deadline() == 10.0
+    fanout_only = bus.add("C", roster=False)
+    assert fanout_only.presence.cluster_subjects == ("megapresence.test.fanout",)
+    add = encode_cluster_message(
+        "add", "B", 1, ns="/ws", member=Member(session_id="s", user_id="u")
+    )
+    assert fanout_only.presence.handle(ClusterMessageReceived(data=add, now=bus.now)) == []
+    stranger_bye = encode_cluster_message("bye", "Z", 1)
+    assert [
+        x.event
+        for x in a.presence.handle(ClusterMessageReceived(data=stranger_bye, now=bus.now))
+        if isinstance(x, Log)
+    ] == ["cluster.peer.left"]
+    not_for_us = encode_cluster_message("resync", "B", 1, target="C")
+    assert a.presence.handle(ClusterMessageReceived(data=not_for_us, now=bus.now)) == []
