@@ -333,7 +333,7 @@ class ClusterBusMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.bus = Bus()
-        self.epochs = {name: 1 for name in "ABC"}
+        self.epochs = dict.fromkeys("ABC", 1)
         for name in "ABC":
             self.bus.add(name)
 
