@@ -12,12 +12,20 @@ import logging
 import os
 import signal
 import sys
+import time
 import uuid
 from collections.abc import Sequence
 
 import anyio
 
-from megapresence_core import HubConfig, HubLinkConfig, LocalUsageError, PresenceConfig
+from megapresence_core import (
+    ClusterConfig,
+    HubConfig,
+    HubLinkConfig,
+    LocalUsageError,
+    PresenceConfig,
+    RosterConfig,
+)
 
 from ._config import SocketLimits
 from ._demo import DemoApp
@@ -69,6 +77,57 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("MEGAPRESENCE_HUB_TOKEN"),
         help="bearer token for the hub (or MEGAPRESENCE_HUB_TOKEN)",
     )
+    cluster = serve.add_argument_group("cluster (asyncio backend only)")
+    cluster.add_argument(
+        "--nats",
+        metavar="URL",
+        help="fan-out and cluster roster over NATS, e.g. nats://127.0.0.1:4222",
+    )
+    cluster.add_argument(
+        "--redis", metavar="URL", help="per-channel roster in Redis, e.g. redis://127.0.0.1:6379/0"
+    )
+    cluster.add_argument(
+        "--app",
+        default="megapresence",
+        help="names the NATS subjects and Redis keys shared by one app",
+    )
+    cluster.add_argument("--instance-id", help="this instance's id (default: random per boot)")
+    cluster.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="share --port with other serve processes (SO_REUSEPORT)",
+    )
+    cluster.add_argument(
+        "--fanout-only", action="store_true", help="NATS fan-out without a cluster roster"
+    )
+    cluster.add_argument(
+        "--cluster-heartbeat",
+        type=float,
+        default=5.0,
+        metavar="S",
+        help="seconds between cluster heartbeats (default 5)",
+    )
+    cluster.add_argument(
+        "--cluster-ttl",
+        type=float,
+        default=15.0,
+        metavar="S",
+        help="a silent instance's members go after this (default 15)",
+    )
+    cluster.add_argument(
+        "--roster-ttl",
+        type=float,
+        default=60.0,
+        metavar="S",
+        help="a Redis member expires after this without refresh (default 60)",
+    )
+    cluster.add_argument(
+        "--roster-refresh",
+        type=float,
+        default=20.0,
+        metavar="S",
+        help="seconds between Redis roster refreshes (default 20)",
+    )
 
     hub = commands.add_parser("hub", help="the hub that bridges servers")
     hub.add_argument("--host", default="127.0.0.1")
@@ -102,21 +161,43 @@ async def _serve(args: argparse.Namespace) -> None:
             channels=args.channels,
             jitter_seed=uuid.uuid4().int & 0xFFFFFFFF,
         )
+    instance_id = args.instance_id or uuid.uuid4().hex
+    epoch = time.time_ns() // 1_000_000  # a later boot of the same instance id is larger
+    cluster_config, cluster, roster_config, roster = None, None, None, None
+    if args.nats:
+        from megapresence_nats import NatsCluster
+
+        cluster_config = ClusterConfig(
+            app=args.app,
+            instance_id=instance_id,
+            epoch=epoch,
+            roster=not args.fanout_only,
+            heartbeat_interval=args.cluster_heartbeat,
+            ttl=args.cluster_ttl,
+        )
+        cluster = NatsCluster(args.nats, name=f"megapresence-{args.app}-{instance_id}")
+    if args.redis:
+        from megapresence_redis import RedisRoster
+
+        roster_config = RosterConfig(ttl=args.roster_ttl, refresh_interval=args.roster_refresh)
+        roster = RedisRoster(args.redis, app=args.app, instance_id=instance_id, epoch=epoch)
     server = PresenceServer(
         app.authenticate,
         paths=("/ws/",),
         on_open=app.on_open,
         on_message=app.on_message,
         on_close=app.on_close,
-        presence=PresenceConfig(hub=hub_config),
+        presence=PresenceConfig(hub=hub_config, cluster=cluster_config, roster=roster_config),
         limits=SocketLimits(allowed_origins=args.allowed_origin),
         hub_url=args.hub,
         hub_token=args.hub_token,
+        cluster=cluster,
+        roster=roster,
         pages=app.pages,
     )
     app.server = server
     async with server:
-        port = await server.listen(args.host, args.port)
+        port = await server.listen(args.host, args.port, reuse_port=args.reuse_port)
         print(f"megapresence serving on http://{args.host}:{port}/", flush=True)
         await _until_signal()
 

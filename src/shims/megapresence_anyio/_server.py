@@ -13,7 +13,7 @@ import inspect
 import logging
 import socket
 from collections.abc import Awaitable, Callable, Collection, Coroutine, Hashable, Iterable, Mapping
-from typing import Any, final
+from typing import Any, Protocol, final
 
 import anyio
 import anyio.abc
@@ -23,6 +23,7 @@ from megapresence_core import (
     BroadcastRequested,
     CloseConnection,
     CloseHubLink,
+    ClusterPublish,
     ConnectHub,
     ConnectionClosed,
     ConnectionOpened,
@@ -38,6 +39,10 @@ from megapresence_core import (
     MetadataUpdated,
     Presence,
     PresenceConfig,
+    RosterDelete,
+    RosterEntry,
+    RosterPut,
+    RosterRefresh,
     ScheduleReconnect,
     SendHubFrame,
     SessionJoined,
@@ -125,6 +130,36 @@ class Client:
         return f"<Client {self.ns}{who} at {id(self):#x}>"
 
 
+class ClusterBackend(Protocol):
+    """What the server needs from a cluster transport (``megapresence_nats.NatsCluster``)."""
+
+    async def start(self, dispatch: Callable[[Event], None], subjects: tuple[str, ...]) -> None: ...
+
+    async def run(self) -> None: ...
+
+    def publish(self, subject: str, data: str) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class RosterBackend(Protocol):
+    """What the server needs from a shared roster (``megapresence_redis.RedisRoster``)."""
+
+    async def start(self) -> None: ...
+
+    async def run(self) -> None: ...
+
+    def put(self, channel: str, session_id: str, member: Member, ttl: float) -> None: ...
+
+    def refresh(self, entries: Iterable[RosterEntry], ttl: float) -> None: ...
+
+    def delete(self, channel: str, session_id: str) -> None: ...
+
+    async def members(self, channels: Iterable[str]) -> list[Member]: ...
+
+    async def aclose(self) -> None: ...
+
+
 OnMessage = Callable[[Client, str], Awaitable[None] | None]
 OnClose = Callable[[Client], Awaitable[None] | None]
 
@@ -163,13 +198,20 @@ class PresenceServer:
         limits: SocketLimits = DEFAULT_SOCKET_LIMITS,
         hub_url: str | None = None,
         hub_token: str | None = None,
+        cluster: ClusterBackend | None = None,
+        roster: RosterBackend | None = None,
         pages: Mapping[str, tuple[str, bytes]] | None = None,
     ) -> None:
         config = presence if presence is not None else PresenceConfig()
-        if config.roster is not None:
+        if (config.roster is None) != (roster is None):
             raise LocalUsageError(
-                "PresenceServer: PresenceConfig.roster needs a roster backend "
-                "(megapresence_redis); leave it None here"
+                "PresenceServer: give a roster backend (megapresence_redis.RedisRoster) together "
+                "with PresenceConfig.roster, or neither"
+            )
+        if (config.cluster is None) != (cluster is None):
+            raise LocalUsageError(
+                "PresenceServer: give a cluster backend (megapresence_nats.NatsCluster) together "
+                "with PresenceConfig.cluster, or neither"
             )
         if (config.hub is None) != (hub_url is None):
             raise LocalUsageError(
@@ -177,6 +219,8 @@ class PresenceServer:
                 "instance id, channels), or neither"
             )
         self._authenticate = authenticate
+        self._cluster = cluster
+        self._roster = roster
         self._paths = paths
         self._on_open = on_open
         self._on_message = on_message
@@ -207,6 +251,10 @@ class PresenceServer:
             SendHubFrame: self._send_hub_frame,
             CloseHubLink: self._close_hub_link,
             ScheduleReconnect: lambda action: self._ticker.wake(),
+            ClusterPublish: self._publish,
+            RosterPut: self._roster_put,
+            RosterRefresh: self._roster_refresh,
+            RosterDelete: self._roster_delete,
             Log: log_action,
         }
         self.port: int | None = None
@@ -214,9 +262,22 @@ class PresenceServer:
     # ------------------------------------------------------------- lifecycle
 
     async def __aenter__(self) -> PresenceServer:
+        # Shared backends first, so a wrong URL fails the start, not the first join.
+        if self._roster is not None:
+            await self._roster.start()
+        if self._cluster is not None:
+            try:
+                await self._cluster.start(self.dispatch, self._presence.cluster_subjects)
+            except BaseException:
+                if self._roster is not None:
+                    await self._roster.aclose()
+                raise
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
         self._task_group.start_soon(self._ticker.run)
+        for backend in (self._cluster, self._roster):
+            if backend is not None:
+                self._task_group.start_soon(backend.run)
         if self._hub is not None:
             self.dispatch(HubLinkStarted(now=anyio.current_time()))
         return self
@@ -226,6 +287,12 @@ class PresenceServer:
         assert task_group is not None
         with anyio.CancelScope(shield=True):
             await self.shutdown()
+            # In the core's order: the hub link is closed, the cluster has said
+            # goodbye, the roster removals are queued; now let them out.
+            if self._cluster is not None:
+                await self._cluster.aclose()
+            if self._roster is not None:
+                await self._roster.aclose()
         task_group.cancel_scope.cancel()
         return await task_group.__aexit__(*exc_info)  # type: ignore[arg-type]
 
@@ -400,6 +467,22 @@ class PresenceServer:
         assert self._hub is not None
         self._hub.close(action.code, action.reason)
 
+    def _publish(self, action: ClusterPublish) -> None:
+        assert self._cluster is not None
+        self._cluster.publish(action.subject, action.data)
+
+    def _roster_put(self, action: RosterPut) -> None:
+        assert self._roster is not None
+        self._roster.put(action.channel, action.session_id, action.member, action.ttl)
+
+    def _roster_refresh(self, action: RosterRefresh) -> None:
+        assert self._roster is not None
+        self._roster.refresh(action.entries, action.ttl)
+
+    def _roster_delete(self, action: RosterDelete) -> None:
+        assert self._roster is not None
+        self._roster.delete(action.channel, action.session_id)
+
     # ------------------------------------------------------- embedding API
 
     def broadcast(
@@ -431,8 +514,12 @@ class PresenceServer:
         return self._presence.roster(ns)
 
     async def presence_list(self, channels: Iterable[str]) -> list[Member]:
-        """Members of ``channels`` (this process; a shared roster joins in with its backend)."""
-        return self._presence.presence_list(channels)
+        """Members of ``channels``: this process's (always fresh) first, then the shared
+        roster's, read concurrently. With a roster backend that is down this raises its
+        error (``RosterUnavailableError``) rather than answer with local members only."""
+        wanted = tuple(channels)
+        remote = await self._roster.members(wanted) if self._roster is not None else []
+        return self._presence.presence_list(wanted, remote)
 
     @property
     def presence(self) -> Presence:

@@ -1,1 +1,8 @@
-"""megapresence_redis: reserved for the redis shim; nothing is exported yet."""
+"""megapresence_redis: per-channel rosters in Redis (or Valkey), expiring member by member.
+
+Requires the asyncio backend (redis-py's asyncio client).
+"""
+
+from ._roster import RedisRoster, RosterUnavailableError
+
+__all__ = ["RedisRoster", "RosterUnavailableError"]
