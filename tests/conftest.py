@@ -14,3 +14,7 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.ge
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     """Every socket test runs on both backends."""
     return str(request.param)
+
+
+# Real servers, started per test on free loopback ports (see servers.py).
+from .servers import nats_server, redis_server  # noqa: E402, F401

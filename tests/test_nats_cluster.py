@@ -13,7 +13,7 @@ from megapresence_anyio import PresenceServer
 from megapresence_core import ClusterConfig, LocalUsageError, PresenceConfig
 from megapresence_nats import ClusterUnavailableError, NatsCluster
 
-from .servers import Server, free_port, nats_server  # noqa: F401 - a fixture
+from .servers import Server, free_port
 from .socket_helpers import Client, query_login, wait_for
 
 pytestmark = pytest.mark.anyio

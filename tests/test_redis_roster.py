@@ -9,7 +9,7 @@ import redis.asyncio as aioredis
 from megapresence_core import LocalUsageError, Member, RosterEntry
 from megapresence_redis import RedisRoster, RosterUnavailableError
 
-from .servers import Server, redis_server  # noqa: F401 - a fixture
+from .servers import Server
 
 pytestmark = pytest.mark.anyio
 
