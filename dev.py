@@ -20,13 +20,15 @@ VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
 
+CHECKED = ["src", "tests", "examples", "fuzz", "benchmarks", "dev.py"]
 TEST_STEPS = [
-    ["ruff", "check", "src", "tests", "examples", "dev.py"],
-    ["ruff", "format", "--check", "src", "tests", "examples", "dev.py"],
+    ["ruff", "check", *CHECKED],
+    ["ruff", "format", "--check", *CHECKED],
     ["mypy"],
     ["coverage", "erase"],
     ["coverage", "run", "-m", "pytest"],
     ["coverage", "report"],
+    ["python", "fuzz/run.py", "--seconds", "6"],  # the fuzz smoke: every target, 6 s each
 ]
 
 

@@ -1,0 +1,37 @@
+"""Fuzz the browser protocol of ``megapresence serve``.
+
+Invariant: for any bytes, ``decode_client_command`` either raises ``FrameError``
+or returns a command, and ``command_event`` turns that command into an event,
+a roster request or a refusal, for admins and others alike; nothing else escapes.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from megapresence_core import (
+    CommandRefused,
+    Event,
+    FrameError,
+    RosterCommand,
+    command_event,
+    decode_client_command,
+)
+
+
+def test_one_input(data: bytes) -> None:
+    try:
+        command = decode_client_command(data)
+    except FrameError:
+        return
+    for is_admin in (False, True):
+        for session in (None, "s1"):
+            outcome = command_event(command, ns="/ws", session_id=session, is_admin=is_admin)
+            if not isinstance(outcome, (CommandRefused, RosterCommand, *Event.__args__)):
+                raise AssertionError(f"unexpected outcome {outcome!r}")
+
+
+if __name__ == "__main__":
+    from _driver import fuzz
+
+    fuzz(test_one_input, sys.argv)
