@@ -8,6 +8,7 @@ gets an uncompressed connection.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from typing import final
 from urllib.parse import parse_qsl, urlsplit
@@ -16,6 +17,7 @@ import anyio
 import attrs
 import h11
 from wsproto import ConnectionType, WSConnection
+from wsproto.connection import Connection
 from wsproto.events import AcceptConnection, Request
 from wsproto.utilities import RemoteProtocolError
 
@@ -44,10 +46,17 @@ class HandshakeRequest:
 
     method: str
     path: str
-    query: Mapping[str, str] = attrs.field(hash=False)
+    #: The raw query string; ``query`` parses it when asked (an open socket keeps
+    #: its request, so it keeps the short form).
+    query_string: str = ""
     #: Header names lower-cased, in the order received.
     headers: tuple[tuple[str, str], ...]
     remote: tuple[str, int] | None = None
+
+    @property
+    def query(self) -> Mapping[str, str]:
+        """The query parameters, first value of each."""
+        return dict(parse_qsl(self.query_string))
 
     def header(self, name: str) -> str | None:
         """The first value of header ``name`` (any case), or None."""
@@ -84,13 +93,15 @@ async def read_request(
                 target = event.target.decode("latin-1")
                 parts = urlsplit(target)
                 headers = tuple(
-                    (name.decode("latin-1").lower(), value.decode("latin-1"))
+                    # Interned: every open socket keeps its request, and the
+                    # same dozen header names would otherwise be stored per socket.
+                    (sys.intern(name.decode("latin-1").lower()), value.decode("latin-1"))
                     for name, value in event.headers
                 )
                 request = HandshakeRequest(
                     method=event.method.decode("latin-1"),
                     path=parts.path or "/",
-                    query=dict(parse_qsl(parts.query)),
+                    query_string=parts.query,
                     headers=headers,
                     remote=remote,
                 )
@@ -128,16 +139,18 @@ def respond(
     transport.write(data if head else data + body)
 
 
-def accept_websocket(transport: Transport, raw: bytes) -> WSConnection | None:
+def accept_websocket(transport: Transport, raw: bytes) -> Connection | None:
     """Complete the upgrade for the request in ``raw``; None if wsproto finds it invalid
-    (a 400 has then been written)."""
+    (a 400 has then been written). Only the post-handshake connection is kept: the
+    handshake's parser would cost every open socket a few more KiB."""
     ws = WSConnection(ConnectionType.SERVER)
     try:
         ws.receive_data(raw)
         for event in ws.events():
             if isinstance(event, Request):
                 transport.write(ws.send(AcceptConnection()))
-                return ws
+                assert ws.connection is not None
+                return ws.connection
     except RemoteProtocolError:
         pass
     respond(transport, 400, b"not a valid WebSocket upgrade\n")

@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 
 import anyio
 from wsproto import ConnectionType, WSConnection
+from wsproto.connection import Connection
 from wsproto.events import AcceptConnection, RejectConnection, Request
 
 from megapresence_core import (
@@ -150,7 +151,8 @@ class HubClient:
                     ws.receive_data(data)
                     for event in ws.events():
                         if isinstance(event, AcceptConnection):
-                            return await self._run_session(transport, ws)
+                            assert ws.connection is not None
+                            return await self._run_session(transport, ws.connection)
                         if isinstance(event, RejectConnection):
                             refused = event.status_code in (401, 403)
                             return (
@@ -162,7 +164,7 @@ class HubClient:
             transport.abort()
 
     async def _run_session(
-        self, transport: SocketTransport, ws: WSConnection
+        self, transport: SocketTransport, ws: Connection
     ) -> tuple[int | None, str]:
         session = WebSocketSession(transport, ws, self._limits, anyio.current_time())
         self._session = session

@@ -111,7 +111,11 @@ class HubServer:
     async def listen(self, host: str = "127.0.0.1", port: int = 0) -> int:
         sock = open_listener(host, port)
         self.port = sock.getsockname()[1]
-        self._spawn(accept_forever, sock, self._handle_socket, self._spawn)
+        self._spawn(
+            accept_forever,
+            sock,
+            lambda conn, remote: self._spawn(self._handle_socket, conn, remote),
+        )
         return self.port
 
     def dispatch(self, event: HubEvent) -> None:

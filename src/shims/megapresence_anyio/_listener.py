@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 import anyio
 
 __all__ = ["accept_forever", "open_listener"]
 
-Handler = Callable[[socket.socket, tuple[str, int] | None], Awaitable[None]]
+#: Called for each accepted socket; it starts whatever serves it.
+OnAccept = Callable[[socket.socket, tuple[str, int] | None], None]
 
 
 def open_listener(
@@ -31,8 +32,8 @@ def open_listener(
     return sock
 
 
-async def accept_forever(sock: socket.socket, handle: Handler, spawn: Callable[..., None]) -> None:
-    """Accept connections until cancelled, starting ``handle(conn, address)`` for each."""
+async def accept_forever(sock: socket.socket, on_accept: OnAccept) -> None:
+    """Accept connections until cancelled, calling ``on_accept(conn, address)`` for each."""
     try:
         while True:
             try:
@@ -45,7 +46,7 @@ async def accept_forever(sock: socket.socket, handle: Handler, spawn: Callable[.
                 continue
             conn.setblocking(False)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            spawn(handle, conn, address[:2] if isinstance(address, tuple) else None)
+            on_accept(conn, address[:2] if isinstance(address, tuple) else None)
     finally:
         anyio.notify_closing(sock)
         sock.close()

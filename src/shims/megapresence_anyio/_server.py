@@ -9,6 +9,7 @@ called from any task on the server's event loop: writes happen in place.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import socket
@@ -18,6 +19,7 @@ from typing import Any, Protocol, final
 import anyio
 import anyio.abc
 import attrs
+import sniffio
 
 from megapresence_core import (
     BroadcastRequested,
@@ -231,6 +233,8 @@ class PresenceServer:
         self._clients: set[Client] = set()
         self._sockets = 0
         self._task_group: anyio.abc.TaskGroup | None = None
+        #: On asyncio, the connections' tasks (see _spawn_connection); None on trio.
+        self._connection_tasks: set[asyncio.Task[Any]] | None = None
         self._hub = (
             HubClient(
                 hub_url,
@@ -272,6 +276,8 @@ class PresenceServer:
                 if self._roster is not None:
                     await self._roster.aclose()
                 raise
+        if sniffio.current_async_library() == "asyncio":
+            self._connection_tasks = set()
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
         self._task_group.start_soon(self._ticker.run)
@@ -287,6 +293,7 @@ class PresenceServer:
         assert task_group is not None
         with anyio.CancelScope(shield=True):
             await self.shutdown()
+            await self._stop_connection_tasks()
             # In the core's order: the hub link is closed, the cluster has said
             # goodbye, the roster removals are queued; now let them out.
             if self._cluster is not None:
@@ -295,6 +302,13 @@ class PresenceServer:
                 await self._roster.aclose()
         task_group.cancel_scope.cancel()
         return await task_group.__aexit__(*exc_info)  # type: ignore[arg-type]
+
+    async def _stop_connection_tasks(self) -> None:
+        tasks = self._connection_tasks
+        if tasks:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def shutdown(self) -> None:
         """Hub link, then roster, then every client closed with 1001; wait for the sockets."""
@@ -310,13 +324,36 @@ class PresenceServer:
             raise LocalUsageError("PresenceServer: use it inside 'async with server:'")
         self._task_group.start_soon(function, *args)
 
+    def _spawn_connection(
+        self, function: Callable[..., Coroutine[Any, Any, Any]], *args: Any
+    ) -> None:
+        """Start a connection's task as cheaply as the backend allows.
+
+        anyio's ``start_soon`` gives each task a handle, an event and a cancel scope:
+        more than an idle WebSocket should cost on asyncio. There the task is a plain
+        ``asyncio.Task``, tracked here and cancelled when the server exits; on trio
+        the nursery's own tasks are already cheap.
+        """
+        if self._connection_tasks is None:
+            self._spawn(function, *args)
+            return
+        task = asyncio.get_running_loop().create_task(function(*args))
+        self._connection_tasks.add(task)
+        task.add_done_callback(self._connection_done)
+
+    def _connection_done(self, task: asyncio.Task[Any]) -> None:
+        assert self._connection_tasks is not None
+        self._connection_tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            logger.error("connection task failed", exc_info=task.exception())
+
     async def listen(
         self, host: str = "127.0.0.1", port: int = 0, *, reuse_port: bool = False
     ) -> int:
         """Accept connections on ``host:port`` in the background; return the bound port."""
         sock = open_listener(host, port, reuse_port=reuse_port)
         self.port = sock.getsockname()[1]
-        self._spawn(accept_forever, sock, self._handle_socket, self._spawn)
+        self._spawn(accept_forever, sock, self._on_accept)
         return self.port
 
     async def serve(
@@ -333,57 +370,78 @@ class PresenceServer:
 
     # ----------------------------------------------------------- connections
 
-    async def _handle_socket(self, sock: socket.socket, remote: tuple[str, int] | None) -> None:
+    def _on_accept(self, sock: socket.socket, remote: tuple[str, int] | None) -> None:
         transport = SocketTransport(
             sock, spawn=self._spawn, max_buffer=self._limits.max_send_buffer
         )
-        await self._handle(transport, remote)
+        self._spawn_connection(self._serve, transport, remote)
 
     async def handle_stream(self, stream: anyio.abc.ByteStream) -> None:
         """Serve one connection accepted elsewhere (it is written through a queue)."""
         transport = StreamTransport(
             stream, spawn=self._spawn, max_buffer=self._limits.max_send_buffer
         )
-        await self._handle(transport, None)
+        await self._serve(transport, None)
 
-    async def _handle(self, transport: Transport, remote: tuple[str, int] | None) -> None:
-        limits = self._limits
+    async def _serve(self, transport: Transport, remote: tuple[str, int] | None) -> None:
+        """One connection, from its request to its close. While the socket is open this is
+        the only frame above the session's, so an idle connection costs little memory."""
         self._sockets += 1
+        client = None
         try:
-            result = await read_request(
-                transport,
-                max_header_bytes=limits.max_header_bytes,
-                timeout=limits.handshake_timeout,
-                remote=remote,
-            )
-            if isinstance(result, int):
-                respond(transport, result)
-                return
-            request, raw = result
-            if not request.is_websocket:
-                self._serve_page(transport, request)
-                return
-            refusal = self._check(request)
-            identity = None
-            if refusal is None:
-                outcome = self._authenticate(request)
-                if inspect.isawaitable(outcome):
-                    outcome = await outcome
-                if isinstance(outcome, Refusal):
-                    refusal = outcome
-                else:
-                    identity = outcome
-            if refusal is not None:
-                respond(transport, refusal.status, (refusal.reason + "\n").encode())
-                return
-            ws = accept_websocket(transport, raw)
-            if ws is None:
-                return
-            session = WebSocketSession(transport, ws, limits, anyio.current_time())
-            await self._run_client(Client(self, request, identity, session))
+            client = await self._open(transport, remote)
+            if client is not None:
+                self._opened(client)
+                if self._on_open is not None:
+                    await _call(self._on_open, client)
+                on_message = self._on_message
+                await client.session.run(
+                    (lambda text: on_message(client, text)) if on_message is not None else _ignore
+                )
         finally:
             self._sockets -= 1
-            await transport.drain_and_close(limits.close_timeout)
+            if client is not None:
+                self._clients.discard(client)
+                self.dispatch(ConnectionClosed(conn=client))
+                if self._on_close is not None:
+                    with anyio.CancelScope(shield=True):
+                        await _call(self._on_close, client)
+            await transport.drain_and_close(self._limits.close_timeout)
+
+    async def _open(self, transport: Transport, remote: tuple[str, int] | None) -> Client | None:
+        """Read the request; answer it over HTTP, refuse it, or upgrade it into a ``Client``."""
+        limits = self._limits
+        result = await read_request(
+            transport,
+            max_header_bytes=limits.max_header_bytes,
+            timeout=limits.handshake_timeout,
+            remote=remote,
+        )
+        if isinstance(result, int):
+            respond(transport, result)
+            return None
+        request, raw = result
+        if not request.is_websocket:
+            self._serve_page(transport, request)
+            return None
+        refusal = self._check(request)
+        identity = None
+        if refusal is None:
+            outcome = self._authenticate(request)
+            if inspect.isawaitable(outcome):
+                outcome = await outcome
+            if isinstance(outcome, Refusal):
+                refusal = outcome
+            else:
+                identity = outcome
+        if refusal is not None:
+            respond(transport, refusal.status, (refusal.reason + "\n").encode())
+            return None
+        ws = accept_websocket(transport, raw)
+        if ws is None:
+            return None
+        session = WebSocketSession(transport, ws, limits, anyio.current_time())
+        return Client(self, request, identity, session)
 
     def _check(self, request: HandshakeRequest) -> Refusal | None:
         if not _matches(request.path, self._paths):
@@ -405,33 +463,20 @@ class PresenceServer:
         else:
             respond(transport, 200, page[1], page[0], head=request.method == "HEAD")
 
-    async def _run_client(self, client: Client) -> None:
+    def _opened(self, client: Client) -> None:
         self._clients.add(client)
         self.dispatch(ConnectionOpened(conn=client, ns=client.ns))
-        try:
-            identity = client.identity
-            if identity is not None:
-                self.dispatch(
-                    SessionJoined(
-                        conn=client,
-                        user_id=identity.user_id,
-                        session_id=identity.session_id,
-                        channels=identity.channels,
-                        metadata=identity.metadata,
-                    )
+        identity = client.identity
+        if identity is not None:
+            self.dispatch(
+                SessionJoined(
+                    conn=client,
+                    user_id=identity.user_id,
+                    session_id=identity.session_id,
+                    channels=identity.channels,
+                    metadata=identity.metadata,
                 )
-            if self._on_open is not None:
-                await _call(self._on_open, client)
-            on_message = self._on_message
-            await client.session.run(
-                (lambda text: on_message(client, text)) if on_message is not None else _ignore
             )
-        finally:
-            self._clients.discard(client)
-            self.dispatch(ConnectionClosed(conn=client))
-            if self._on_close is not None:
-                with anyio.CancelScope(shield=True):
-                    await _call(self._on_close, client)
 
     # ---------------------------------------------------------- core driving
 

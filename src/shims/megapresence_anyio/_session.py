@@ -13,8 +13,7 @@ from collections.abc import Awaitable, Callable
 from typing import final
 
 import anyio
-from wsproto import WSConnection
-from wsproto.connection import ConnectionState
+from wsproto.connection import Connection, ConnectionState
 from wsproto.events import (
     BytesMessage,
     CloseConnection,
@@ -66,7 +65,7 @@ class WebSocketSession:
     )
 
     def __init__(
-        self, transport: Transport, ws: WSConnection, limits: SocketLimits, now: float
+        self, transport: Transport, ws: Connection, limits: SocketLimits, now: float
     ) -> None:
         self.transport = transport
         self._ws = ws

@@ -72,7 +72,8 @@ class SocketTransport:
         self._sock = sock
         self._spawn = spawn
         self._max_buffer = max_buffer
-        self._queue: deque[memoryview] = deque()
+        #: Only while the kernel does not take everything: an idle socket holds no deque.
+        self._queue: deque[memoryview] | None = None
         self._pending = 0
         #: The head of the queue is the rest of a frame the kernel took in part.
         self._partial = False
@@ -113,6 +114,8 @@ class SocketTransport:
         return True
 
     def _enqueue(self, data: memoryview) -> None:
+        if self._queue is None:
+            self._queue = deque()
         self._queue.append(data)
         self._pending += len(data)
         if not self._writing:
@@ -121,6 +124,7 @@ class SocketTransport:
 
     async def _flush(self) -> None:
         sock, queue = self._sock, self._queue
+        assert queue is not None
         try:
             while queue and not self._closed:
                 chunk = queue[0]
@@ -140,6 +144,8 @@ class SocketTransport:
             self.abort()
         finally:
             self._writing = False
+            if not queue:
+                self._queue = None
             if self._flushed is not None:
                 self._flushed.set()
 
@@ -161,10 +167,13 @@ class SocketTransport:
     def truncate(self) -> None:
         """Drop every queued frame but the one the kernel has begun, so a close frame
         can follow it at once and the stream stays well-formed."""
-        keep = self._queue[0] if self._partial and self._queue else None
-        self._queue.clear()
+        queue = self._queue
+        if not queue:
+            return
+        keep = queue[0] if self._partial else None
+        queue.clear()
         if keep is not None:
-            self._queue.append(keep)
+            queue.append(keep)
         self._pending = len(keep) if keep is not None else 0
 
     def abort(self) -> None:
@@ -172,7 +181,7 @@ class SocketTransport:
         if self._closed:
             return
         self._closed = True
-        self._queue.clear()
+        self._queue = None
         self._pending = 0
         anyio.notify_closing(self._sock)
         self._sock.close()

@@ -1,0 +1,237 @@
+"""The load side of the benchmarks: raw sockets on one selector loop, the same for every system.
+
+    fanout --port P --clients N --messages M [--socketio]
+        open N WebSockets, print CONNECTED, then count bytes until every client has
+        all M broadcasts; print DONE <monotonic time of the last byte>.
+    churn --port P --seconds S --concurrency C
+        open, upgrade and close sockets in C parallel lanes for S seconds; print CYCLES <n>.
+    hub --port P --token T --frames M
+        two bridges on a hub: A sends M BROADCAST frames, B counts them; print RATE <frames/s>.
+
+It parses as little as it can (all broadcast frames of a run have one size, so
+it counts bytes), so that on a 2-core machine it leaves the other core to the server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import selectors
+import socket
+import sys
+import time
+
+
+def upgrade_request(port: int, path: str, headers: str = "") -> bytes:
+    key = base64.b64encode(os.urandom(16)).decode()
+    return (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+            f"{headers}\r\n").encode()
+
+
+def masked_text(text: str) -> bytes:
+    """A client frame; the zero mask leaves the payload as is (and is a valid mask)."""
+    data = text.encode()
+    size = len(data)
+    if size < 126:
+        head = bytes((0x81, 0x80 | size))
+    elif size < 65536:
+        head = bytes((0x81, 0x80 | 126)) + size.to_bytes(2, "big")
+    else:
+        head = bytes((0x81, 0x80 | 127)) + size.to_bytes(8, "big")
+    return head + b"\x00\x00\x00\x00" + data
+
+
+def frame_length(buffer: bytes) -> int | None:
+    """Length of the first whole server frame in ``buffer`` (header and payload)."""
+    if len(buffer) < 2:
+        return None
+    size = buffer[1] & 0x7F
+    if size == 126:
+        return None if len(buffer) < 4 else 4 + int.from_bytes(buffer[2:4], "big")
+    if size == 127:
+        return None if len(buffer) < 10 else 10 + int.from_bytes(buffer[2:10], "big")
+    return 2 + size
+
+
+def read_frames(sock: socket.socket, buffer: bytearray, count: int) -> list[bytes]:
+    """Blocking: read ``count`` whole server frames (used during handshakes only)."""
+    out = []
+    while len(out) < count:
+        length = frame_length(bytes(buffer[:10]))
+        if length is not None and len(buffer) >= length:
+            out.append(bytes(buffer[:length]))
+            del buffer[:length]
+            continue
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("closed during the handshake")
+        buffer += chunk
+    return out
+
+
+def open_clients(port: int, count: int, path: str, socketio: bool) -> list[socket.socket]:
+    """Open and upgrade ``count`` sockets, in waves so the listen backlog never overflows."""
+    clients: list[socket.socket] = []
+    wave = 200
+    for start in range(0, count, wave):
+        batch = []
+        for _ in range(min(wave, count - start)):
+            sock = socket.create_connection(("127.0.0.1", port))
+            sock.sendall(upgrade_request(port, path))
+            batch.append(sock)
+        for sock in batch:
+            buffer = bytearray()
+            while b"\r\n\r\n" not in buffer:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    raise ConnectionError("refused during the upgrade")
+                buffer += chunk
+            head, _, rest = bytes(buffer).partition(b"\r\n\r\n")
+            if not head.startswith(b"HTTP/1.1 101"):
+                raise ConnectionError(head.decode(errors="replace"))
+            leftover = bytearray(rest)
+            if socketio:
+                read_frames(sock, leftover, 1)  # Engine.IO open packet
+                sock.sendall(masked_text("40"))  # connect to the default namespace
+                read_frames(sock, leftover, 1)  # its answer
+            if leftover:
+                raise ConnectionError("unexpected data before the benchmark started")
+            sock.setblocking(False)
+            clients.append(sock)
+    return clients
+
+
+def fanout(args: argparse.Namespace) -> None:
+    path = "/socket.io/?EIO=4&transport=websocket" if args.socketio else "/ws/bench"
+    clients = open_clients(args.port, args.clients, path, args.socketio)
+    selector = selectors.DefaultSelector()
+    for sock in clients:
+        selector.register(sock, selectors.EVENT_READ)
+    print("CONNECTED", flush=True)
+    received = 0
+    expected: int | None = None
+    first = b""
+    deadline = time.monotonic() + args.timeout
+    while expected is None or received < expected:
+        if time.monotonic() > deadline:
+            print("PARTIAL", received, expected, flush=True)
+            return
+        for key, _ in selector.select(timeout=1):
+            data = key.fileobj.recv(1 << 20)  # type: ignore[union-attr]
+            if not data:
+                print("CLOSED", flush=True)
+                return
+            received += len(data)
+            if expected is None:
+                first += data
+                length = frame_length(first)
+                if length is not None:
+                    expected = length * args.clients * args.messages
+    print("DONE", time.monotonic(), flush=True)
+
+
+def churn(args: argparse.Namespace) -> None:
+    """Sequential lanes of connect, upgrade, close: the server joins and leaves each one."""
+    selector = selectors.DefaultSelector()
+    close_frame = bytes((0x88, 0x82)) + b"\x00\x00\x00\x00" + (1000).to_bytes(2, "big")
+    cycles = 0
+    end = time.monotonic() + args.seconds
+
+    def start_lane() -> None:
+        sock = socket.socket()
+        sock.setblocking(False)
+        sock.connect_ex(("127.0.0.1", args.port))
+        selector.register(sock, selectors.EVENT_WRITE, ["connecting", bytearray()])
+
+    for _ in range(args.concurrency):
+        start_lane()
+    while selector.get_map():
+        for key, _ in selector.select(timeout=1):
+            sock, state = key.fileobj, key.data
+            assert isinstance(sock, socket.socket)
+            if state[0] == "connecting":
+                sock.send(upgrade_request(args.port, "/ws/bench"))
+                state[0] = "upgrading"
+                selector.modify(sock, selectors.EVENT_READ, state)
+                continue
+            data = sock.recv(65536)
+            state[1] += data
+            if state[0] == "upgrading" and b"\r\n\r\n" in state[1]:
+                sock.send(close_frame)
+                state[0] = "closing"
+            elif not data:  # the server finished the close: one cycle done
+                selector.unregister(sock)
+                sock.close()
+                cycles += 1
+                if time.monotonic() < end:
+                    start_lane()
+    print("CYCLES", cycles, flush=True)
+
+
+def hub(args: argparse.Namespace) -> None:
+    auth = f"Authorization: Bearer {args.token}\r\n"
+    bridges = []
+    for name in ("a", "b"):
+        sock = socket.create_connection(("127.0.0.1", args.port))
+        sock.sendall(upgrade_request(args.port, "/", auth))
+        buffer = bytearray()
+        while b"\r\n\r\n" not in buffer:
+            buffer += sock.recv(65536)
+        rest = bytearray(bytes(buffer).partition(b"\r\n\r\n")[2])
+        sock.sendall(masked_text(json.dumps({"type": "REGISTER", "payload": {
+            "bridgeId": name, "instanceId": name, "protocol": 1}})))
+        read_frames(sock, rest, 1)
+        bridges.append((sock, rest))
+    (a, _), (b, rest_b) = bridges
+    b.sendall(masked_text(json.dumps({"type": "JOIN", "payload": {
+        "userId": "bridge:b", "sessionId": "bridge:b#c", "channels": ["c"]}})))
+    time.sleep(0.2)
+    frame = masked_text(json.dumps({"type": "BROADCAST", "payload": {
+        "ns": "/ws", "channel": "c", "message": {"type": "m", "payload": "x" * 60}}}))
+    a.setblocking(False)
+    b.setblocking(False)
+    pending = frame * args.frames
+    start = time.monotonic()
+    received = len(rest_b)
+    first = bytes(rest_b)
+    total: int | None = None
+    while total is None or received < total:
+        if pending:
+            try:
+                pending = pending[a.send(pending[:1 << 20]):]
+            except BlockingIOError:
+                pass
+        try:
+            data = b.recv(1 << 20)
+        except BlockingIOError:
+            continue
+        received += len(data)
+        if total is None:
+            first += data
+            length = frame_length(first)
+            if length is not None:
+                total = length * args.frames
+    print("RATE", args.frames / (time.monotonic() - start), flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("mode", choices=["fanout", "churn", "hub"])
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--clients", type=int, default=0)
+    parser.add_argument("--messages", type=int, default=0)
+    parser.add_argument("--socketio", action="store_true")
+    parser.add_argument("--timeout", type=float, default=120)
+    parser.add_argument("--seconds", type=float, default=3)
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--token", default="")
+    parser.add_argument("--frames", type=int, default=20000)
+    args = parser.parse_args()
+    {"fanout": fanout, "churn": churn, "hub": hub}[args.mode](args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,358 @@
+"""One benchmark server, driven over stdin/stdout by run.py.
+
+    python benchmarks/bench_server.py SYSTEM --clients N --messages M
+
+Prints ``READY <port> <rss KiB>``, then ``CONNECTED <rss KiB>`` once N clients
+are open; on ``GO`` it prints ``START <monotonic>`` and broadcasts M messages
+of 100 bytes to all of them as fast as the system allows; on ``STOP`` it prints
+``CPU <seconds of process CPU since GO>`` and exits. ``ops`` (megapresence
+only) times direct messages and broadcasts with an except list instead.
+
+Systems: megapresence-asyncio, megapresence-uvloop, megapresence-trio,
+websockets (its broadcast()), socketio (python-socketio emit to a room, aiohttp),
+bare-asyncio and bare-trio (wsproto handshakes, then one frame written to each
+socket in place: the ceiling a Python server can reach).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import resource
+import socket
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+PAYLOAD_BYTES = 100
+PATH = "/ws/bench"
+
+
+def rss_kib() -> int:
+    with open("/proc/self/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def say(*words: object) -> None:
+    print(*words, flush=True)
+
+
+def text_of_size(prefix: str, suffix: str) -> str:
+    """A payload making ``prefix + payload + suffix`` exactly PAYLOAD_BYTES long."""
+    return "x" * (PAYLOAD_BYTES - len(prefix) - len(suffix))
+
+
+# ------------------------------------------------------------------ megapresence
+
+
+async def megapresence(args: argparse.Namespace, readline: Callable[[], Awaitable[str]]) -> None:
+    import anyio
+
+    from megapresence_anyio import Identity, PresenceServer
+    from megapresence_core import Message
+
+    counter = iter(range(10**9))
+
+    def login(request: Any) -> Identity:
+        n = next(counter)
+        return Identity(user_id=f"u{n}", session_id=f"s{n}", channels=("c",))
+
+    prefix = '{"type":"m","ns":"' + PATH + '","payload":"'
+    message = Message(type="m", payload=text_of_size(prefix, '"}'))
+    async with PresenceServer(login, paths=None) as server:
+        say("READY", await server.listen(port=0), rss_kib())
+        while len(server.clients) < args.clients:
+            await anyio.sleep(0.01)
+        say("CONNECTED", rss_kib())
+        await readline()
+        if args.mode == "ops":
+            await operations(server, args)
+        else:
+            cpu = cpu_seconds()
+            say("START", time.monotonic())
+            for _ in range(args.messages):
+                server.broadcast(PATH, "c", message)
+                await anyio.sleep(0)
+            await readline()
+            say("CPU", cpu_seconds() - cpu)
+
+
+async def operations(server: Any, args: argparse.Namespace) -> None:
+    """Cost per call of a direct message and of a broadcast excepting 10% of sessions."""
+    import anyio
+
+    rng = random.Random(1)
+    users = [f"u{n}" for n in range(args.clients)]
+    calls = 2000
+    start = time.perf_counter()
+    for _ in range(calls):
+        server.direct_to_user(rng.choice(users), {"type": "d", "payload": "x" * 60})
+    direct = (time.perf_counter() - start) / calls
+    await anyio.sleep(0.5)
+    excepted = [f"s{n}" for n in rng.sample(range(args.clients), args.clients // 10)]
+    calls = 50
+    start = time.perf_counter()
+    for _ in range(calls):
+        server.broadcast(PATH, "c", {"type": "b", "payload": "x" * 60}, except_session_ids=excepted)
+    excepting = (time.perf_counter() - start) / calls
+    say("OPS", direct, excepting)
+
+
+# -------------------------------------------------------------------- websockets
+
+
+async def websockets_server(args: argparse.Namespace,
+                            readline: Callable[[], Awaitable[str]]) -> None:
+    from websockets.asyncio.server import broadcast, serve
+
+    connections: set[Any] = set()
+
+    async def handler(ws: Any) -> None:
+        connections.add(ws)
+        try:
+            await ws.wait_closed()
+        finally:
+            connections.discard(ws)
+
+    message = text_of_size("", "")
+    async with serve(handler, "127.0.0.1", 0, ping_interval=None, max_queue=None) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        say("READY", port, rss_kib())
+        while len(connections) < args.clients:
+            await asyncio.sleep(0.01)
+        say("CONNECTED", rss_kib())
+        await readline()
+        cpu = cpu_seconds()
+        say("START", time.monotonic())
+        for _ in range(args.messages):
+            broadcast(connections, message)
+            await asyncio.sleep(0)
+        await readline()
+        say("CPU", cpu_seconds() - cpu)
+
+
+# --------------------------------------------------------------------- socket.io
+
+
+async def socketio_server(args: argparse.Namespace,
+                          readline: Callable[[], Awaitable[str]]) -> None:
+    import socketio
+    from aiohttp import web
+
+    sio = socketio.AsyncServer(async_mode="aiohttp", ping_interval=600, ping_timeout=600)
+    app = web.Application()
+    sio.attach(app)
+    joined = 0
+
+    @sio.event  # type: ignore[misc]
+    async def connect(sid: str, environ: Any) -> None:
+        nonlocal joined
+        await sio.enter_room(sid, "r")
+        joined += 1
+
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, backlog=4096)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    say("READY", port, rss_kib())
+    while joined < args.clients:
+        await asyncio.sleep(0.01)
+    say("CONNECTED", rss_kib())
+    await readline()
+    message = text_of_size('42["m","', '"]')
+    cpu = cpu_seconds()
+    say("START", time.monotonic())
+    for _ in range(args.messages):
+        await sio.emit("m", message, room="r")
+    await readline()
+    say("CPU", cpu_seconds() - cpu)
+    await runner.cleanup()
+
+
+# ------------------------------------------------------------- bare wsproto ceilings
+
+
+def _frame(text: str) -> bytes:
+    data = text.encode()
+    return bytes((0x81, len(data))) + data if len(data) < 126 else (
+        bytes((0x81, 126)) + len(data).to_bytes(2, "big") + data)
+
+
+async def bare_asyncio(args: argparse.Namespace, readline: Callable[[], Awaitable[str]]) -> None:
+    from wsproto import ConnectionType, WSConnection
+    from wsproto.events import AcceptConnection, Request
+
+    transports: list[asyncio.Transport] = []
+
+    class Protocol(asyncio.Protocol):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            self.transport = transport
+            self.ws = WSConnection(ConnectionType.SERVER)
+            self.open = False
+
+        def data_received(self, data: bytes) -> None:
+            if self.open:
+                return  # the clients send nothing after the handshake
+            self.ws.receive_data(data)
+            for event in self.ws.events():
+                if isinstance(event, Request):
+                    self.transport.write(self.ws.send(AcceptConnection()))  # type: ignore[attr-defined]
+                    self.open = True
+                    transports.append(self.transport)  # type: ignore[arg-type]
+
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(Protocol, "127.0.0.1", 0, backlog=4096)
+    say("READY", server.sockets[0].getsockname()[1], rss_kib())
+    while len(transports) < args.clients:
+        await asyncio.sleep(0.01)
+    say("CONNECTED", rss_kib())
+    await readline()
+    frame = _frame(text_of_size("", ""))
+    cpu = cpu_seconds()
+    say("START", time.monotonic())
+    for _ in range(args.messages):
+        for transport in transports:
+            transport.write(frame)
+        await asyncio.sleep(0)
+    await readline()
+    say("CPU", cpu_seconds() - cpu)
+
+
+async def bare_trio(args: argparse.Namespace, readline: Callable[[], Awaitable[str]]) -> None:
+    import trio
+    from wsproto import ConnectionType, WSConnection
+    from wsproto.events import AcceptConnection, Request
+
+    sockets: list[socket.socket] = []
+    backlog: dict[socket.socket, bytearray] = {}
+
+    async def handshake(sock: socket.socket) -> None:
+        ws = WSConnection(ConnectionType.SERVER)
+        while True:
+            await trio.lowlevel.wait_readable(sock)
+            ws.receive_data(sock.recv(65536))
+            for event in ws.events():
+                if isinstance(event, Request):
+                    sock.sendall(ws.send(AcceptConnection()))
+                    sockets.append(sock)
+                    return
+
+    async def flush(sock: socket.socket) -> None:
+        pending = backlog[sock]
+        while pending:
+            await trio.lowlevel.wait_writable(sock)
+            sent = sock.send(pending)
+            del pending[:sent]
+        del backlog[sock]
+
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4096)
+    listener.setblocking(False)
+    say("READY", listener.getsockname()[1], rss_kib())
+    async with trio.open_nursery() as nursery:
+        accepted = 0
+        while accepted < args.clients:
+            try:
+                conn, _ = listener.accept()
+            except BlockingIOError:
+                await trio.lowlevel.wait_readable(listener)
+                continue
+            accepted += 1
+            conn.setblocking(False)
+            nursery.start_soon(handshake, conn)
+        while len(sockets) < args.clients:
+            await trio.sleep(0.01)
+        say("CONNECTED", rss_kib())
+        await readline()
+        frame = _frame(text_of_size("", ""))
+        cpu = cpu_seconds()
+        say("START", time.monotonic())
+        for _ in range(args.messages):
+            for sock in sockets:
+                if sock in backlog:
+                    backlog[sock] += frame
+                    continue
+                try:
+                    sent = sock.send(frame)
+                except BlockingIOError:
+                    sent = 0
+                if sent < len(frame):
+                    backlog[sock] = bytearray(frame[sent:])
+                    nursery.start_soon(flush, sock)
+            await trio.lowlevel.checkpoint()
+        await readline()
+        say("CPU", cpu_seconds() - cpu)
+
+
+# --------------------------------------------------------------------------- hub
+
+
+async def hub_server(args: argparse.Namespace, readline: Callable[[], Awaitable[str]]) -> None:
+    """The hub, unthrottled (the per-bridge rate limit would otherwise be what is measured)."""
+    from megapresence_anyio import HubServer
+    from megapresence_core import HubConfig
+
+    config = HubConfig(hub_id="bench", tokens=["bench"], max_frames_per_second=1e9,
+                       frame_burst=1e9)
+    async with HubServer(config) as hub:
+        say("READY", await hub.listen(), rss_kib())
+        await readline()
+
+
+# ----------------------------------------------------------------------------- main
+
+ASYNCIO_SYSTEMS: dict[str, Callable[..., Awaitable[None]]] = {
+    "websockets": websockets_server,
+    "socketio": socketio_server,
+    "bare-asyncio": bare_asyncio,
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("system")
+    parser.add_argument("--clients", type=int, default=0)
+    parser.add_argument("--messages", type=int, default=0)
+    parser.add_argument("--mode", choices=["fanout", "ops"], default="fanout")
+    args = parser.parse_args()
+    system = args.system
+    if system.startswith("megapresence"):
+        import anyio
+
+        backend = "trio" if system.endswith("trio") else "asyncio"
+        options = {"use_uvloop": True} if system.endswith("uvloop") else {}
+
+        async def readline() -> str:
+            return await anyio.to_thread.run_sync(sys.stdin.readline)
+
+        main_task = hub_server if system == "megapresence-hub" else megapresence
+        anyio.run(main_task, args, readline, backend=backend, backend_options=options)
+    elif system == "bare-trio":
+        import trio
+
+        async def trio_readline() -> str:
+            return await trio.to_thread.run_sync(sys.stdin.readline)
+
+        trio.run(bare_trio, args, trio_readline)
+    else:
+        async def asyncio_readline() -> str:
+            return await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+
+        asyncio.run(ASYNCIO_SYSTEMS[system](args, asyncio_readline))
+
+
+if __name__ == "__main__":
+    main()
