@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import os
 import selectors
@@ -26,9 +27,11 @@ import time
 
 def upgrade_request(port: int, path: str, headers: str = "") -> bytes:
     key = base64.b64encode(os.urandom(16)).decode()
-    return (f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
-            f"{headers}\r\n").encode()
+    return (
+        f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+        f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
+        f"{headers}\r\n"
+    ).encode()
 
 
 def masked_text(text: str) -> bytes:
@@ -181,16 +184,42 @@ def hub(args: argparse.Namespace) -> None:
         while b"\r\n\r\n" not in buffer:
             buffer += sock.recv(65536)
         rest = bytearray(bytes(buffer).partition(b"\r\n\r\n")[2])
-        sock.sendall(masked_text(json.dumps({"type": "REGISTER", "payload": {
-            "bridgeId": name, "instanceId": name, "protocol": 1}})))
+        sock.sendall(
+            masked_text(
+                json.dumps(
+                    {
+                        "type": "REGISTER",
+                        "payload": {"bridgeId": name, "instanceId": name, "protocol": 1},
+                    }
+                )
+            )
+        )
         read_frames(sock, rest, 1)
         bridges.append((sock, rest))
     (a, _), (b, rest_b) = bridges
-    b.sendall(masked_text(json.dumps({"type": "JOIN", "payload": {
-        "userId": "bridge:b", "sessionId": "bridge:b#c", "channels": ["c"]}})))
+    b.sendall(
+        masked_text(
+            json.dumps(
+                {
+                    "type": "JOIN",
+                    "payload": {"userId": "bridge:b", "sessionId": "bridge:b#c", "channels": ["c"]},
+                }
+            )
+        )
+    )
     time.sleep(0.2)
-    frame = masked_text(json.dumps({"type": "BROADCAST", "payload": {
-        "ns": "/ws", "channel": "c", "message": {"type": "m", "payload": "x" * 60}}}))
+    frame = masked_text(
+        json.dumps(
+            {
+                "type": "BROADCAST",
+                "payload": {
+                    "ns": "/ws",
+                    "channel": "c",
+                    "message": {"type": "m", "payload": "x" * 60},
+                },
+            }
+        )
+    )
     a.setblocking(False)
     b.setblocking(False)
     pending = frame * args.frames
@@ -200,10 +229,8 @@ def hub(args: argparse.Namespace) -> None:
     total: int | None = None
     while total is None or received < total:
         if pending:
-            try:
-                pending = pending[a.send(pending[:1 << 20]):]
-            except BlockingIOError:
-                pass
+            with contextlib.suppress(BlockingIOError):
+                pending = pending[a.send(pending[: 1 << 20]) :]
         try:
             data = b.recv(1 << 20)
         except BlockingIOError:

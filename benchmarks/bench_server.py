@@ -75,6 +75,8 @@ async def megapresence(args: argparse.Namespace, readline: Callable[[], Awaitabl
             await anyio.sleep(0.01)
         say("CONNECTED", rss_kib())
         await readline()
+        if args.mode == "serve":
+            return
         if args.mode == "ops":
             await operations(server, args)
         else:
@@ -111,8 +113,9 @@ async def operations(server: Any, args: argparse.Namespace) -> None:
 # -------------------------------------------------------------------- websockets
 
 
-async def websockets_server(args: argparse.Namespace,
-                            readline: Callable[[], Awaitable[str]]) -> None:
+async def websockets_server(
+    args: argparse.Namespace, readline: Callable[[], Awaitable[str]]
+) -> None:
     from websockets.asyncio.server import broadcast, serve
 
     connections: set[Any] = set()
@@ -132,6 +135,8 @@ async def websockets_server(args: argparse.Namespace,
             await asyncio.sleep(0.01)
         say("CONNECTED", rss_kib())
         await readline()
+        if args.mode == "serve":
+            return
         cpu = cpu_seconds()
         say("START", time.monotonic())
         for _ in range(args.messages):
@@ -144,8 +149,7 @@ async def websockets_server(args: argparse.Namespace,
 # --------------------------------------------------------------------- socket.io
 
 
-async def socketio_server(args: argparse.Namespace,
-                          readline: Callable[[], Awaitable[str]]) -> None:
+async def socketio_server(args: argparse.Namespace, readline: Callable[[], Awaitable[str]]) -> None:
     import socketio
     from aiohttp import web
 
@@ -185,8 +189,11 @@ async def socketio_server(args: argparse.Namespace,
 
 def _frame(text: str) -> bytes:
     data = text.encode()
-    return bytes((0x81, len(data))) + data if len(data) < 126 else (
-        bytes((0x81, 126)) + len(data).to_bytes(2, "big") + data)
+    return (
+        bytes((0x81, len(data))) + data
+        if len(data) < 126
+        else (bytes((0x81, 126)) + len(data).to_bytes(2, "big") + data)
+    )
 
 
 async def bare_asyncio(args: argparse.Namespace, readline: Callable[[], Awaitable[str]]) -> None:
@@ -305,8 +312,7 @@ async def hub_server(args: argparse.Namespace, readline: Callable[[], Awaitable[
     from megapresence_anyio import HubServer
     from megapresence_core import HubConfig
 
-    config = HubConfig(hub_id="bench", tokens=["bench"], max_frames_per_second=1e9,
-                       frame_burst=1e9)
+    config = HubConfig(hub_id="bench", tokens=["bench"], max_frames_per_second=1e9, frame_burst=1e9)
     async with HubServer(config) as hub:
         say("READY", await hub.listen(), rss_kib())
         await readline()
@@ -326,7 +332,12 @@ def main() -> None:
     parser.add_argument("system")
     parser.add_argument("--clients", type=int, default=0)
     parser.add_argument("--messages", type=int, default=0)
-    parser.add_argument("--mode", choices=["fanout", "ops"], default="fanout")
+    parser.add_argument(
+        "--mode",
+        choices=["fanout", "ops", "serve"],
+        default="fanout",
+        help="serve: accept connections until a line arrives (churn)",
+    )
     args = parser.parse_args()
     system = args.system
     if system.startswith("megapresence"):
@@ -348,6 +359,7 @@ def main() -> None:
 
         trio.run(bare_trio, args, trio_readline)
     else:
+
         async def asyncio_readline() -> str:
             return await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
 

@@ -1,0 +1,402 @@
+"""Run the benchmark suite; write a Markdown table, a JSON file and a PNG chart.
+
+    python benchmarks/run.py                 # the full suite, 3 runs per figure
+    python benchmarks/run.py --quick         # smaller, for a first look
+
+Every figure is the median of ``--runs`` runs, with min and max, and every
+system runs in the same invocation on the same machine, so the ratios between
+them are what to read; the absolute numbers move with the machine's load.
+Servers and the load client are separate processes (bench_server.py,
+bench_client.py); the core figures run in this process (core_bench.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import core_bench
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+PYTHON = sys.executable
+
+FANOUT_SYSTEMS = (
+    "megapresence-asyncio",
+    "megapresence-uvloop",
+    "megapresence-trio",
+    "websockets",
+    "socketio",
+    "bare-asyncio",
+    "bare-trio",
+)
+CHURN_SYSTEMS = ("megapresence-asyncio", "megapresence-trio", "websockets")
+#: The encode-once ceiling each system is compared with, by event loop.
+CEILING = {
+    "megapresence-asyncio": "bare-asyncio",
+    "megapresence-uvloop": "bare-asyncio",
+    "megapresence-trio": "bare-trio",
+    "websockets": "bare-asyncio",
+    "socketio": "bare-asyncio",
+    "bare-asyncio": "bare-asyncio",
+    "bare-trio": "bare-trio",
+}
+
+
+class Process:
+    def __init__(self, *args: str) -> None:
+        self.popen = subprocess.Popen(
+            [PYTHON, *args], cwd=HERE, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+
+    def expect(self, word: str, timeout: float = 180) -> list[str]:
+        assert self.popen.stdout is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.popen.stdout.readline()
+            if not line:
+                raise RuntimeError(f"process ended waiting for {word}")
+            parts = line.split()
+            if parts and parts[0] == word:
+                return parts[1:]
+            if parts and parts[0] in ("PARTIAL", "CLOSED"):
+                raise RuntimeError(line.strip())
+        raise TimeoutError(word)
+
+    def send(self, line: str) -> None:
+        assert self.popen.stdin is not None
+        self.popen.stdin.write(line + "\n")
+        self.popen.stdin.flush()
+
+    def close(self) -> None:
+        if self.popen.poll() is None:
+            self.popen.kill()
+        self.popen.wait()
+        for stream in (self.popen.stdin, self.popen.stdout):
+            if stream is not None:
+                stream.close()
+
+
+def fanout_once(system: str, clients: int, messages: int) -> dict[str, float]:
+    server = Process(
+        "bench_server.py", system, "--clients", str(clients), "--messages", str(messages)
+    )
+    client = None
+    try:
+        port, base_rss = server.expect("READY")
+        client = Process(
+            "bench_client.py",
+            "fanout",
+            "--port",
+            port,
+            "--clients",
+            str(clients),
+            "--messages",
+            str(messages),
+            *(["--socketio"] if system == "socketio" else []),
+        )
+        client.expect("CONNECTED")
+        (rss,) = server.expect("CONNECTED")
+        time.sleep(0.5)  # let both sides go idle
+        server.send("GO")
+        (start,) = server.expect("START")
+        (done,) = client.expect("DONE")
+        server.send("STOP")
+        (cpu,) = server.expect("CPU")
+        deliveries = clients * messages
+        return {
+            "deliveries_per_s": deliveries / (float(done) - float(start)),
+            "cpu_us_per_delivery": float(cpu) / deliveries * 1e6,
+            "rss_kib_per_conn": (int(rss) - int(base_rss)) / clients,
+        }
+    finally:
+        for process in (client, server):
+            if process is not None:
+                process.close()
+
+
+def ops_once(clients: int) -> dict[str, float]:
+    server = Process(
+        "bench_server.py", "megapresence-asyncio", "--clients", str(clients), "--mode", "ops"
+    )
+    client = None
+    try:
+        (port, _) = server.expect("READY")
+        client = Process(
+            "bench_client.py",
+            "fanout",
+            "--port",
+            port,
+            "--clients",
+            str(clients),
+            "--messages",
+            "1000000",
+            "--timeout",
+            "30",
+        )
+        client.expect("CONNECTED")
+        server.expect("CONNECTED")
+        server.send("GO")
+        direct, excepting = server.expect("OPS")
+        return {"direct_us": float(direct) * 1e6, "except_us": float(excepting) * 1e6}
+    finally:
+        for process in (client, server):
+            if process is not None:
+                process.close()
+
+
+def churn_once(system: str, seconds: float) -> dict[str, float]:
+    server = Process("bench_server.py", system, "--clients", "0", "--mode", "serve")
+    client = None
+    try:
+        (port, _) = server.expect("READY")
+        client = Process(
+            "bench_client.py",
+            "churn",
+            "--port",
+            port,
+            "--seconds",
+            str(seconds),
+            "--concurrency",
+            "32",
+        )
+        (cycles,) = client.expect("CYCLES", timeout=seconds + 60)
+        return {"cycles_per_s": int(cycles) / seconds}
+    finally:
+        for process in (client, server):
+            if process is not None:
+                process.close()
+
+
+def hub_once(frames: int) -> dict[str, float]:
+    server = Process("bench_server.py", "megapresence-hub")
+    client = None
+    try:
+        (port, _) = server.expect("READY")
+        client = Process(
+            "bench_client.py", "hub", "--port", port, "--token", "bench", "--frames", str(frames)
+        )
+        (rate,) = client.expect("RATE")
+        return {"frames_per_s": float(rate)}
+    finally:
+        for process in (client, server):
+            if process is not None:
+                process.close()
+
+
+def summary(runs: Sequence[dict[str, float]]) -> dict[str, dict[str, float]]:
+    """Per metric: the median, min and max over the runs."""
+    return {
+        key: {
+            "median": statistics.median(r[key] for r in runs),
+            "min": min(r[key] for r in runs),
+            "max": max(r[key] for r in runs),
+        }
+        for key in runs[0]
+    }
+
+
+def repeat(
+    label: str, runs: int, once: Callable[[], dict[str, float]]
+) -> dict[str, dict[str, float]] | None:
+    results = []
+    for attempt in range(runs):
+        try:
+            results.append(once())
+        except (RuntimeError, TimeoutError) as exc:
+            print(f"  {label} run {attempt + 1} failed: {exc}", flush=True)
+    if not results:
+        return None
+    found = summary(results)
+    shown = ", ".join(f"{k}={v['median']:,.2f}" for k, v in found.items())
+    print(f"  {label}: {shown}", flush=True)
+    return found
+
+
+def fmt(stat: dict[str, float] | None, digits: int = 0) -> str:
+    if stat is None:
+        return "failed"
+    return f"{stat['median']:,.{digits}f} ({stat['min']:,.{digits}f}-{stat['max']:,.{digits}f})"
+
+
+def markdown(results: dict[str, Any]) -> str:
+    lines = [
+        f"Measured {results['when']} on {results['machine']}; "
+        f"{results['runs']} runs per figure: median (min-max).",
+        "",
+    ]
+    lines += [
+        "### Fan-out: one 100-byte broadcast to N WebSocket clients",
+        "",
+        "| N | system | deliveries/s | x websockets | server CPU µs/delivery | "
+        "x encode-once ceiling | RSS KiB per idle socket |",
+        "|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for n, by_system in results["fanout"].items():
+        base = by_system.get("websockets")
+        for system, stat in by_system.items():
+            if stat is None:
+                lines.append(f"| {n} | {system} | failed | | | | |")
+                continue
+            ratio = (
+                stat["deliveries_per_s"]["median"] / base["deliveries_per_s"]["median"]
+                if base
+                else float("nan")
+            )
+            ceiling = by_system.get(CEILING[system])
+            cpu_ratio = (
+                stat["cpu_us_per_delivery"]["median"] / ceiling["cpu_us_per_delivery"]["median"]
+                if ceiling
+                else float("nan")
+            )
+            lines.append(
+                f"| {n} | {system} | {fmt(stat['deliveries_per_s'])} | {ratio:.2f} | "
+                f"{fmt(stat['cpu_us_per_delivery'], 2)} | {cpu_ratio:.2f} | "
+                f"{stat['rss_kib_per_conn']['median']:.1f} |"
+            )
+    lines += [
+        "",
+        "### Direct to one user, and broadcast excepting 10% of sessions (megapresence on asyncio)",
+        "",
+        "| N | direct µs/call | broadcast with except µs/call |",
+        "|---:|---:|---:|",
+    ]
+    for n, stat in results["ops"].items():
+        if stat is None:
+            lines.append(f"| {n} | failed | failed |")
+        else:
+            lines.append(f"| {n} | {fmt(stat['direct_us'], 2)} | {fmt(stat['except_us'], 0)} |")
+    lines += [
+        "",
+        "### Churn: connect, upgrade, join, close (32 lanes)",
+        "",
+        "| system | cycles/s |",
+        "|---|---:|",
+    ]
+    for system, stat in results["churn"].items():
+        lines.append(f"| {system} | {fmt(stat['cycles_per_s']) if stat else 'failed'} |")
+    core = results["core"]
+    lines += [
+        "",
+        "### The machines alone, and the hub over sockets",
+        "",
+        "| what | per second |",
+        "|---|---:|",
+        f"| `Presence.handle`, seeded mix of events | {fmt(core['presence_events'])} |",
+        f"| `Hub.handle`, BROADCAST routed to one bridge | {fmt(core['hub_frames'])} |",
+        f"| `megapresence hub`, BROADCAST frames between two bridges over sockets | "
+        f"{fmt(results['hub']['frames_per_s']) if results['hub'] else 'failed'} |",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def chart(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sizes = list(results["fanout"])
+    systems = [s for s in FANOUT_SYSTEMS if any(results["fanout"][n].get(s) for n in sizes)]
+    fig, ax = plt.subplots(figsize=(10, 5))
+    width = 0.8 / len(systems)
+    for index, system in enumerate(systems):
+        medians, lows, highs = [], [], []
+        for n in sizes:
+            stat = results["fanout"][n].get(system)
+            value = stat["deliveries_per_s"] if stat else {"median": 0, "min": 0, "max": 0}
+            medians.append(value["median"] / 1000)
+            lows.append((value["median"] - value["min"]) / 1000)
+            highs.append((value["max"] - value["median"]) / 1000)
+        xs = [i + index * width for i in range(len(sizes))]
+        ax.bar(xs, medians, width, yerr=[lows, highs], capsize=2, label=system)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(sizes))], [f"N = {n}" for n in sizes])
+    ax.set_ylabel("thousand deliveries per second (median, min-max)")
+    ax.set_title("Fan-out of a 100-byte broadcast, same machine, same run")
+    ax.legend(fontsize=8, ncols=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def update_readme(table: str) -> None:
+    readme = HERE / "README.md"
+    text = readme.read_text(encoding="utf-8")
+    start, end = "<!-- results:start -->", "<!-- results:end -->"
+    head, _, rest = text.partition(start)
+    _, _, tail = rest.partition(end)
+    readme.write_text(f"{head}{start}\n{table}{end}{tail}", encoding="utf-8")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--sizes", default="100,1000,5000")
+    parser.add_argument(
+        "--deliveries",
+        type=int,
+        default=150_000,
+        help="deliveries per fan-out run (messages = this / N)",
+    )
+    parser.add_argument("--quick", action="store_true", help="sizes 100,1000 and fewer messages")
+    parser.add_argument("--no-readme", action="store_true", help="leave README.md as it is")
+    args = parser.parse_args()
+    sizes = [100, 1000] if args.quick else [int(n) for n in args.sizes.split(",")]
+    deliveries = 30_000 if args.quick else args.deliveries
+    results: dict[str, Any] = {
+        "when": time.strftime("%Y-%m-%d"),
+        "runs": args.runs,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}",
+        "fanout": {},
+        "ops": {},
+        "churn": {},
+    }
+    for n in sizes:
+        messages = max(10, deliveries // n)
+        print(f"fan-out N={n}, {messages} messages", flush=True)
+        results["fanout"][n] = {
+            system: repeat(
+                system,
+                args.runs,
+                lambda system=system, n=n, messages=messages: fanout_once(system, n, messages),
+            )
+            for system in FANOUT_SYSTEMS
+        }
+        results["ops"][n] = repeat(f"ops N={n}", args.runs, lambda n=n: ops_once(n))
+    print("churn", flush=True)
+    results["churn"] = {
+        system: repeat(system, args.runs, lambda system=system: churn_once(system, 3.0))
+        for system in CHURN_SYSTEMS
+    }
+    print("core and hub", flush=True)
+    results["core"] = {
+        "presence_events": summary(
+            [{"v": core_bench.presence_events_per_second()} for _ in range(args.runs)]
+        )["v"],
+        "hub_frames": summary(
+            [{"v": core_bench.hub_frames_per_second()} for _ in range(args.runs)]
+        )["v"],
+    }
+    results["hub"] = repeat("hub", args.runs, lambda: hub_once(20_000))
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "latest.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
+    table = markdown(results)
+    (RESULTS / "latest.md").write_text(table, encoding="utf-8")
+    chart(results, RESULTS / "fanout.png")
+    if not args.no_readme:
+        update_readme(table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
