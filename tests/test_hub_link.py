@@ -209,3 +209,18 @@ def test_register_frame_carries_the_protocol_version() -> None:
     drive(presence, HubLinkStarted(now=0))
     [frame] = [a for a in drive(presence, HubConnected(now=0)) if isinstance(a, SendHubFrame)]
     assert json.loads(frame.data)["payload"]["protocol"] == 1
+
+
+def test_an_outage_warns_once_then_retries_quietly() -> None:
+    presence = registered()
+    levels = []
+    now = 1.0
+    for _ in range(4):
+        actions = drive(presence, HubLost(now=now, code=1006 if not levels else None))
+        levels += [a.level for a in actions if isinstance(a, Log)]
+        now += 100
+        drive(presence, Tick(now=now))
+    assert levels == [LogLevel.WARNING, LogLevel.DEBUG, LogLevel.DEBUG, LogLevel.DEBUG]
+    drive(presence, HubConnected(now=now), HubFrameReceived(data=registered_frame(), now=now))
+    actions = drive(presence, HubLost(now=now, code=1006))
+    assert [a.level for a in actions if isinstance(a, Log)] == [LogLevel.WARNING]

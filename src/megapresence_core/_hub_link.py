@@ -58,6 +58,7 @@ class LinkReceipt:
 @final
 class HubLink:
     __slots__ = (
+        "_attempts",
         "_backoff",
         "_config",
         "_connect_deadline",
@@ -90,6 +91,8 @@ class HubLink:
         self._retry_at = 0.0
         self._last_heard = 0.0
         self._last_sent = 0.0
+        #: Failed attempts since the link last registered.
+        self._attempts = 0
 
     @property
     def state(self) -> LinkState:
@@ -174,6 +177,7 @@ class HubLink:
         self._heartbeat_interval = frame.heartbeat_interval
         self._last_sent = now
         self._backoff.reset()
+        self._attempts = 0
         fields: dict[str, object] = {
             "hub_id": frame.hub_id,
             "new_incarnation": previous != frame.hub_id,
@@ -187,11 +191,15 @@ class HubLink:
         state = self._advance(LinkInput.REFUSED if refused else LinkInput.LOST)
         fields: dict[str, object] = {"code": code, "reason": reason}
         if state is LinkState.BACKING_OFF:
+            # One warning per outage: the loss itself, then each failed retry at debug.
+            level = LogLevel.WARNING if self._attempts == 0 else LogLevel.DEBUG
+            self._attempts += 1
             delay = self._backoff.next_delay()
             self._retry_at = now + delay
             fields["retry_in"] = delay
+            fields["attempt"] = self._attempts
             return [
-                Log(level=LogLevel.WARNING, event="hub.link.lost", fields=fields),
+                Log(level=level, event="hub.link.lost", fields=fields),
                 ScheduleReconnect(delay=delay),
             ]
         if refused:
