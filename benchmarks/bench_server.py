@@ -47,6 +47,24 @@ def say(*words: object) -> None:
     print(*words, flush=True)
 
 
+async def measure(
+    args: argparse.Namespace,
+    readline: Callable[[], Awaitable[str]],
+    broadcast_once: Callable[[], Awaitable[None]],
+) -> None:
+    """The protocol every system follows once its N clients are connected."""
+    say("CONNECTED", rss_kib())
+    await readline()
+    if args.mode == "serve":
+        return
+    cpu = cpu_seconds()
+    say("START", time.monotonic())
+    for _ in range(args.messages):
+        await broadcast_once()
+    await readline()
+    say("CPU", cpu_seconds() - cpu)
+
+
 def text_of_size(prefix: str, suffix: str) -> str:
     """A payload making ``prefix + payload + suffix`` exactly PAYLOAD_BYTES long."""
     return "x" * (PAYLOAD_BYTES - len(prefix) - len(suffix))
@@ -73,20 +91,17 @@ async def megapresence(args: argparse.Namespace, readline: Callable[[], Awaitabl
         say("READY", await server.listen(port=0), rss_kib())
         while len(server.clients) < args.clients:
             await anyio.sleep(0.01)
-        say("CONNECTED", rss_kib())
-        await readline()
-        if args.mode == "serve":
-            return
         if args.mode == "ops":
-            await operations(server, args)
-        else:
-            cpu = cpu_seconds()
-            say("START", time.monotonic())
-            for _ in range(args.messages):
-                server.broadcast(PATH, "c", message)
-                await anyio.sleep(0)
+            say("CONNECTED", rss_kib())
             await readline()
-            say("CPU", cpu_seconds() - cpu)
+            await operations(server, args)
+            return
+
+        async def broadcast_once() -> None:
+            server.broadcast(PATH, "c", message)
+            await anyio.sleep(0)
+
+        await measure(args, readline, broadcast_once)
 
 
 async def operations(server: Any, args: argparse.Namespace) -> None:
@@ -133,17 +148,12 @@ async def websockets_server(
         say("READY", port, rss_kib())
         while len(connections) < args.clients:
             await asyncio.sleep(0.01)
-        say("CONNECTED", rss_kib())
-        await readline()
-        if args.mode == "serve":
-            return
-        cpu = cpu_seconds()
-        say("START", time.monotonic())
-        for _ in range(args.messages):
+
+        async def broadcast_once() -> None:
             broadcast(connections, message)
             await asyncio.sleep(0)
-        await readline()
-        say("CPU", cpu_seconds() - cpu)
+
+        await measure(args, readline, broadcast_once)
 
 
 # --------------------------------------------------------------------- socket.io
@@ -172,15 +182,12 @@ async def socketio_server(args: argparse.Namespace, readline: Callable[[], Await
     say("READY", port, rss_kib())
     while joined < args.clients:
         await asyncio.sleep(0.01)
-    say("CONNECTED", rss_kib())
-    await readline()
     message = text_of_size('42["m","', '"]')
-    cpu = cpu_seconds()
-    say("START", time.monotonic())
-    for _ in range(args.messages):
+
+    async def broadcast_once() -> None:
         await sio.emit("m", message, room="r")
-    await readline()
-    say("CPU", cpu_seconds() - cpu)
+
+    await measure(args, readline, broadcast_once)
     await runner.cleanup()
 
 
@@ -223,17 +230,14 @@ async def bare_asyncio(args: argparse.Namespace, readline: Callable[[], Awaitabl
     say("READY", server.sockets[0].getsockname()[1], rss_kib())
     while len(transports) < args.clients:
         await asyncio.sleep(0.01)
-    say("CONNECTED", rss_kib())
-    await readline()
     frame = _frame(text_of_size("", ""))
-    cpu = cpu_seconds()
-    say("START", time.monotonic())
-    for _ in range(args.messages):
+
+    async def broadcast_once() -> None:
         for transport in transports:
             transport.write(frame)
         await asyncio.sleep(0)
-    await readline()
-    say("CPU", cpu_seconds() - cpu)
+
+    await measure(args, readline, broadcast_once)
 
 
 async def bare_trio(args: argparse.Namespace, readline: Callable[[], Awaitable[str]]) -> None:
@@ -282,12 +286,9 @@ async def bare_trio(args: argparse.Namespace, readline: Callable[[], Awaitable[s
             nursery.start_soon(handshake, conn)
         while len(sockets) < args.clients:
             await trio.sleep(0.01)
-        say("CONNECTED", rss_kib())
-        await readline()
         frame = _frame(text_of_size("", ""))
-        cpu = cpu_seconds()
-        say("START", time.monotonic())
-        for _ in range(args.messages):
+
+        async def broadcast_once() -> None:
             for sock in sockets:
                 if sock in backlog:
                     backlog[sock] += frame
@@ -300,8 +301,8 @@ async def bare_trio(args: argparse.Namespace, readline: Callable[[], Awaitable[s
                     backlog[sock] = bytearray(frame[sent:])
                     nursery.start_soon(flush, sock)
             await trio.lowlevel.checkpoint()
-        await readline()
-        say("CPU", cpu_seconds() - cpu)
+
+        await measure(args, readline, broadcast_once)
 
 
 # --------------------------------------------------------------------------- hub

@@ -77,6 +77,12 @@ class Process:
         self.popen.stdin.write(line + "\n")
         self.popen.stdin.flush()
 
+    def __enter__(self) -> Process:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
     def close(self) -> None:
         if self.popen.poll() is None:
             self.popen.kill()
@@ -87,13 +93,12 @@ class Process:
 
 
 def fanout_once(system: str, clients: int, messages: int) -> dict[str, float]:
-    server = Process(
+    with Process(
         "bench_server.py", system, "--clients", str(clients), "--messages", str(messages)
-    )
-    client = None
-    try:
+    ) as server:
         port, base_rss = server.expect("READY")
-        client = Process(
+        extra = ["--socketio"] if system == "socketio" else []
+        with Process(
             "bench_client.py",
             "fanout",
             "--port",
@@ -102,36 +107,30 @@ def fanout_once(system: str, clients: int, messages: int) -> dict[str, float]:
             str(clients),
             "--messages",
             str(messages),
-            *(["--socketio"] if system == "socketio" else []),
-        )
-        client.expect("CONNECTED")
-        (rss,) = server.expect("CONNECTED")
-        time.sleep(0.5)  # let both sides go idle
-        server.send("GO")
-        (start,) = server.expect("START")
-        (done,) = client.expect("DONE")
-        server.send("STOP")
-        (cpu,) = server.expect("CPU")
-        deliveries = clients * messages
-        return {
-            "deliveries_per_s": deliveries / (float(done) - float(start)),
-            "cpu_us_per_delivery": float(cpu) / deliveries * 1e6,
-            "rss_kib_per_conn": (int(rss) - int(base_rss)) / clients,
-        }
-    finally:
-        for process in (client, server):
-            if process is not None:
-                process.close()
+            *extra,
+        ) as client:
+            client.expect("CONNECTED")
+            (rss,) = server.expect("CONNECTED")
+            time.sleep(0.5)  # let both sides go idle
+            server.send("GO")
+            (start,) = server.expect("START")
+            (done,) = client.expect("DONE")
+            server.send("STOP")
+            (cpu,) = server.expect("CPU")
+    deliveries = clients * messages
+    return {
+        "deliveries_per_s": deliveries / (float(done) - float(start)),
+        "cpu_us_per_delivery": float(cpu) / deliveries * 1e6,
+        "rss_kib_per_conn": (int(rss) - int(base_rss)) / clients,
+    }
 
 
 def ops_once(clients: int) -> dict[str, float]:
-    server = Process(
+    with Process(
         "bench_server.py", "megapresence-asyncio", "--clients", str(clients), "--mode", "ops"
-    )
-    client = None
-    try:
+    ) as server:
         (port, _) = server.expect("READY")
-        client = Process(
+        with Process(
             "bench_client.py",
             "fanout",
             "--port",
@@ -142,24 +141,18 @@ def ops_once(clients: int) -> dict[str, float]:
             "1000000",
             "--timeout",
             "30",
-        )
-        client.expect("CONNECTED")
-        server.expect("CONNECTED")
-        server.send("GO")
-        direct, excepting = server.expect("OPS")
-        return {"direct_us": float(direct) * 1e6, "except_us": float(excepting) * 1e6}
-    finally:
-        for process in (client, server):
-            if process is not None:
-                process.close()
+        ) as client:
+            client.expect("CONNECTED")
+            server.expect("CONNECTED")
+            server.send("GO")
+            direct, excepting = server.expect("OPS")
+    return {"direct_us": float(direct) * 1e6, "except_us": float(excepting) * 1e6}
 
 
 def churn_once(system: str, seconds: float) -> dict[str, float]:
-    server = Process("bench_server.py", system, "--clients", "0", "--mode", "serve")
-    client = None
-    try:
+    with Process("bench_server.py", system, "--clients", "0", "--mode", "serve") as server:
         (port, _) = server.expect("READY")
-        client = Process(
+        with Process(
             "bench_client.py",
             "churn",
             "--port",
@@ -168,29 +161,19 @@ def churn_once(system: str, seconds: float) -> dict[str, float]:
             str(seconds),
             "--concurrency",
             "32",
-        )
-        (cycles,) = client.expect("CYCLES", timeout=seconds + 60)
-        return {"cycles_per_s": int(cycles) / seconds}
-    finally:
-        for process in (client, server):
-            if process is not None:
-                process.close()
+        ) as client:
+            (cycles,) = client.expect("CYCLES", timeout=seconds + 60)
+    return {"cycles_per_s": int(cycles) / seconds}
 
 
 def hub_once(frames: int) -> dict[str, float]:
-    server = Process("bench_server.py", "megapresence-hub")
-    client = None
-    try:
+    with Process("bench_server.py", "megapresence-hub") as server:
         (port, _) = server.expect("READY")
-        client = Process(
+        with Process(
             "bench_client.py", "hub", "--port", port, "--token", "bench", "--frames", str(frames)
-        )
-        (rate,) = client.expect("RATE")
-        return {"frames_per_s": float(rate)}
-    finally:
-        for process in (client, server):
-            if process is not None:
-                process.close()
+        ) as client:
+            (rate,) = client.expect("RATE")
+    return {"frames_per_s": float(rate)}
 
 
 def summary(runs: Sequence[dict[str, float]]) -> dict[str, dict[str, float]]:

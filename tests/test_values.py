@@ -26,6 +26,7 @@ from megapresence_core import (
     SendHubFrame,
     SessionJoined,
     Tick,
+    redact_url,
     truncate_reason,
 )
 from megapresence_core._json import freeze_json
@@ -145,3 +146,16 @@ def test_codes_and_levels_print_by_name() -> None:
 def test_session_joined_dedups_channels_in_first_seen_order() -> None:
     event = SessionJoined(conn=1, user_id="u", session_id="s", channels=["b", "a", "b"])
     assert event.channels == ("b", "a")
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+        ("redis://user:hunter2@db:6379/0", "redis://user:***@db:6379/0"),
+        ("nats://s3cret-token@nats", "nats://***@nats"),
+        ("redis://:pw@db", "redis://:***@db"),
+    ],
+)
+def test_urls_are_logged_without_their_secret(url: str, shown: str) -> None:
+    assert redact_url(url) == shown

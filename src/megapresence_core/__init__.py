@@ -107,6 +107,7 @@ from ._hub_frames import (
 from ._json import Json, JsonObject
 from ._lifecycle import BridgeState, ConnState, LinkState
 from ._presence import Presence
+from ._url import redact_url
 from ._values import ABSENT, Member, Message, RosterEntry
 
 __all__ = [
@@ -208,6 +209,7 @@ __all__ = [
     "encode_cluster_message",
     "encode_hub_frame",
     "error_reply",
+    "redact_url",
     "roster_reply",
     "truncate_reason",
 ]

@@ -21,6 +21,7 @@ from wsproto.connection import Connection
 from wsproto.events import AcceptConnection, Request
 from wsproto.utilities import RemoteProtocolError
 
+from ._config import SocketLimits
 from ._transport import Transport
 
 __all__ = ["HandshakeRequest", "accept_websocket", "read_request", "respond"]
@@ -70,13 +71,20 @@ class HandshakeRequest:
 
 
 async def read_request(
-    transport: Transport,
-    *,
-    max_header_bytes: int,
-    timeout: float,
-    remote: tuple[str, int] | None,
+    transport: Transport, limits: SocketLimits, remote: tuple[str, int] | None
+) -> tuple[HandshakeRequest, bytes] | None:
+    """Read one request and return it with every byte read so far; or answer it with an
+    HTTP error (400, 408, 431) and return None."""
+    status = await _read(transport, limits.max_header_bytes, limits.handshake_timeout, remote)
+    if isinstance(status, int):
+        respond(transport, status)
+        return None
+    return status
+
+
+async def _read(
+    transport: Transport, max_header_bytes: int, timeout: float, remote: tuple[str, int] | None
 ) -> tuple[HandshakeRequest, bytes] | int:
-    """Read one request; return it with every byte read so far, or an HTTP status to refuse."""
     parser = h11.Connection(h11.SERVER, max_incomplete_event_size=max_header_bytes)
     raw = bytearray()
     with anyio.move_on_after(timeout):

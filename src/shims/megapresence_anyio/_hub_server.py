@@ -133,14 +133,8 @@ class HubServer:
         transport = SocketTransport(sock, spawn=self._spawn, max_buffer=limits.max_send_buffer)
         bridge = _Bridge(transport)
         try:
-            result = await read_request(
-                transport,
-                max_header_bytes=limits.max_header_bytes,
-                timeout=limits.handshake_timeout,
-                remote=remote,
-            )
-            if isinstance(result, int):
-                respond(transport, result)
+            result = await read_request(transport, limits, remote)
+            if result is None:
                 return
             request, raw = result
             if not request.is_websocket:

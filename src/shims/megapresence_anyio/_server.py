@@ -411,14 +411,8 @@ class PresenceServer:
     async def _open(self, transport: Transport, remote: tuple[str, int] | None) -> Client | None:
         """Read the request; answer it over HTTP, refuse it, or upgrade it into a ``Client``."""
         limits = self._limits
-        result = await read_request(
-            transport,
-            max_header_bytes=limits.max_header_bytes,
-            timeout=limits.handshake_timeout,
-            remote=remote,
-        )
-        if isinstance(result, int):
-            respond(transport, result)
+        result = await read_request(transport, limits, remote)
+        if result is None:
             return None
         request, raw = result
         if not request.is_websocket:

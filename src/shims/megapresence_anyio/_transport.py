@@ -37,9 +37,6 @@ _RECV_BYTES = 65536
 class Transport(Protocol):
     """What a WebSocket session needs from the bytes underneath it."""
 
-    @property
-    def pending(self) -> int: ...
-
     def write(self, data: bytes) -> bool: ...
 
     async def receive(self) -> bytes: ...
@@ -51,40 +48,48 @@ class Transport(Protocol):
     async def drain_and_close(self, timeout: float) -> None: ...
 
 
-@final
-class SocketTransport:
-    """A connected non-blocking socket, owned by this object."""
+class _QueuedWriter:
+    """What both transports share: the bound on queued bytes and waiting for the flush."""
 
-    __slots__ = (
-        "_closed",
-        "_flushed",
-        "_max_buffer",
-        "_partial",
-        "_pending",
-        "_queue",
-        "_sock",
-        "_spawn",
-        "_writing",
-    )
+    __slots__ = ("_closed", "_flushed", "_max_buffer", "_pending", "_spawn", "_writing")
 
-    def __init__(self, sock: socket.socket, *, spawn: Spawn, max_buffer: int) -> None:
-        sock.setblocking(False)
-        self._sock = sock
+    def __init__(self, spawn: Spawn, max_buffer: int) -> None:
         self._spawn = spawn
         self._max_buffer = max_buffer
+        #: Bytes accepted by ``write`` but not yet taken by the kernel or the stream.
+        self._pending = 0
+        self._writing = False
+        self._closed = False
+        self._flushed: anyio.Event | None = None
+
+    def _flush_done(self) -> None:
+        self._writing = False
+        if self._flushed is not None:
+            self._flushed.set()
+
+    async def _wait_flushed(self, timeout: float) -> None:
+        """Let the writer task finish what is queued, for at most ``timeout`` seconds."""
+        if self._writing and not self._closed:
+            self._flushed = anyio.Event()
+            with anyio.move_on_after(timeout):
+                await self._flushed.wait()
+
+
+@final
+class SocketTransport(_QueuedWriter):
+    """A connected non-blocking socket, owned by this object."""
+
+    __slots__ = ("_partial", "_queue", "_sock")
+
+    def __init__(self, sock: socket.socket, *, spawn: Spawn, max_buffer: int) -> None:
+        super().__init__(spawn, max_buffer)
+        sock.setblocking(False)
+        self._sock = sock
         #: Only while the kernel does not take everything: an idle socket holds no deque.
         self._queue: deque[memoryview] | None = None
         self._pending = 0
         #: The head of the queue is the rest of a frame the kernel took in part.
         self._partial = False
-        self._writing = False
-        self._closed = False
-        self._flushed: anyio.Event | None = None
-
-    @property
-    def pending(self) -> int:
-        """Bytes accepted by ``write`` but not yet taken by the kernel."""
-        return self._pending
 
     def write(self, data: bytes) -> bool:
         """Send ``data`` now as far as the kernel takes it; queue the rest.
@@ -143,11 +148,9 @@ class SocketTransport:
         except (OSError, anyio.ClosedResourceError):
             self.abort()
         finally:
-            self._writing = False
             if not queue:
                 self._queue = None
-            if self._flushed is not None:
-                self._flushed.set()
+            self._flush_done()
 
     async def receive(self) -> bytes:
         """The next bytes from the peer; ``b""`` at the end of the stream or once aborted."""
@@ -188,10 +191,7 @@ class SocketTransport:
 
     async def drain_and_close(self, timeout: float) -> None:
         """Let queued bytes go out (within ``timeout``), then close."""
-        if self._writing and not self._closed:
-            self._flushed = anyio.Event()
-            with anyio.move_on_after(timeout):
-                await self._flushed.wait()
+        await self._wait_flushed(timeout)
         if not self._closed:
             with contextlib.suppress(OSError):
                 self._sock.shutdown(socket.SHUT_WR)
@@ -199,33 +199,15 @@ class SocketTransport:
 
 
 @final
-class StreamTransport:
+class StreamTransport(_QueuedWriter):
     """Any anyio byte stream; every write is queued for one writer task."""
 
-    __slots__ = (
-        "_closed",
-        "_flushed",
-        "_max_buffer",
-        "_pending",
-        "_queue",
-        "_spawn",
-        "_stream",
-        "_writing",
-    )
+    __slots__ = ("_queue", "_stream")
 
     def __init__(self, stream: anyio.abc.ByteStream, *, spawn: Spawn, max_buffer: int) -> None:
+        super().__init__(spawn, max_buffer)
         self._stream = stream
-        self._spawn = spawn
-        self._max_buffer = max_buffer
         self._queue: deque[bytes] = deque()
-        self._pending = 0
-        self._writing = False
-        self._closed = False
-        self._flushed: anyio.Event | None = None
-
-    @property
-    def pending(self) -> int:
-        return self._pending
 
     def write(self, data: bytes) -> bool:
         if self._closed:
@@ -248,9 +230,7 @@ class StreamTransport:
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             self.abort()
         finally:
-            self._writing = False
-            if self._flushed is not None:
-                self._flushed.set()
+            self._flush_done()
 
     async def receive(self) -> bytes:
         if self._closed:
@@ -274,8 +254,5 @@ class StreamTransport:
         self._spawn(self._stream.aclose)
 
     async def drain_and_close(self, timeout: float) -> None:
-        if self._writing and not self._closed:
-            self._flushed = anyio.Event()
-            with anyio.move_on_after(timeout):
-                await self._flushed.wait()
+        await self._wait_flushed(timeout)
         self.abort()

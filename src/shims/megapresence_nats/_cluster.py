@@ -26,9 +26,8 @@ from megapresence_core import (
     ClusterMessageReceived,
     Event,
     LocalUsageError,
+    redact_url,
 )
-
-from ._url import redact
 
 __all__ = ["ClusterUnavailableError", "NatsCluster"]
 
@@ -66,7 +65,7 @@ class NatsCluster:
     @property
     def url(self) -> str:
         """The server URL, password redacted: safe to log."""
-        return redact(self._url)
+        return redact_url(self._url)
 
     async def start(self, dispatch: Callable[[Event], None], subjects: tuple[str, ...]) -> None:
         """Connect and subscribe, or raise ``ClusterUnavailableError`` within the timeout."""

@@ -28,9 +28,7 @@ import redis.asyncio as aioredis
 import sniffio
 from redis.exceptions import RedisError
 
-from megapresence_core import LocalUsageError, Member, RosterEntry
-
-from ._url import redact
+from megapresence_core import LocalUsageError, Member, RosterEntry, redact_url
 
 __all__ = ["RedisRoster", "RosterUnavailableError"]
 
@@ -98,7 +96,7 @@ class RedisRoster:
 
     @property
     def url(self) -> str:
-        return redact(self._url)
+        return redact_url(self._url)
 
     def _keys(self, channel: str) -> list[str]:
         base = f"megapresence:roster:{{{self._app}:{channel}}}"

@@ -1,13 +1,13 @@
-"""Printing a server URL without its secret."""
+"""Printing a server URL without its secret (for the shims' logs and errors)."""
 
 from __future__ import annotations
 
 from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["redact"]
+__all__ = ["redact_url"]
 
 
-def redact(url: str) -> str:
+def redact_url(url: str) -> str:
     """``url`` with any password (or token in the user part) replaced by ``***``."""
     parts = urlsplit(url)
     if parts.password is None and not (parts.username and "@" in parts.netloc):
