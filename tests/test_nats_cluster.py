@@ -98,7 +98,7 @@ async def test_a_silent_instance_is_swept_within_the_ttl(nats_server: Server) ->
         cluster.publish = lambda subject, data: None  # type: ignore[method-assign]
         start = time.monotonic()
         await wait_for(lambda: names(a) == set(), timeout=5)
-        assert time.monotonic() - start < 1.0 + 0.5  # the TTL, plus a tick
+        assert time.monotonic() - start < 1.0 + 1.0  # the TTL, plus a tick and slack
         await bob.close()
 
 
