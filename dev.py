@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Set up and run megapresence from a fresh clone: ``python3 dev.py serve|test``.
+"""Set up and run megapresence from a fresh clone: ``python3 dev.py serve|test|bench``.
 
 Creates ``.venv`` on first use (and again whenever pyproject.toml changes),
 installs the project into it in editable mode, then runs the command there.
@@ -64,6 +64,11 @@ def main(argv: list[str]) -> int:
     if task == "serve":
         ensure_venv("trio")
         return subprocess.run([str(BIN / "megapresence"), "serve", *argv[1:]], cwd=ROOT).returncode
+    if task == "bench":
+        ensure_venv("bench")
+        return subprocess.run(
+            [str(PYTHON), str(ROOT / "benchmarks" / "run.py"), *argv[1:]], cwd=ROOT
+        ).returncode
     if task == "test":
         ensure_venv("test")
         for step in TEST_STEPS:
