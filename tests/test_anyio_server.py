@@ -278,3 +278,30 @@ async def test_shutdown_closes_clients_with_1001() -> None:
             tg.start_soon(server.shutdown)
             assert (await client.closed())[0] == 1001
         assert server.presence.is_shut_down
+
+
+async def test_a_failing_hook_closes_that_socket_with_1011_and_the_server_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    def on_message(client: object, text: str) -> None:
+        if text == "boom":
+            raise RuntimeError("application bug")
+        client.send("ok")  # type: ignore[attr-defined]
+
+    async def on_open(client: object) -> None:
+        if client.user_id == "cursed":  # type: ignore[attr-defined]
+            raise RuntimeError("open hook bug")
+
+    async with running_server(on_message=on_message, on_open=on_open) as (server, url):
+        victim = await Client.connect(f"{url}/ws?user=ann")
+        other = await Client.connect(f"{url}/ws?user=bob")
+        await victim.send("boom")
+        assert await victim.closed() == (1011, "internal error")
+        await other.send("still there?")
+        assert await other.recv() == "ok"
+        cursed = await Client.connect(f"{url}/ws?user=cursed")
+        assert (await cursed.closed())[0] == 1011
+        await other.close()
+        await wait_for(lambda: not server.clients)
+    assert "application bug" in caplog.text
+    assert "open hook bug" in caplog.text

@@ -13,7 +13,7 @@ import asyncio
 import inspect
 import logging
 import socket
-from collections.abc import Awaitable, Callable, Collection, Coroutine, Hashable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable, Mapping
 from typing import Any, Protocol, final
 
 import anyio
@@ -23,6 +23,7 @@ import sniffio
 
 from megapresence_core import (
     BroadcastRequested,
+    CloseCode,
     CloseConnection,
     CloseHubLink,
     ClusterPublish,
@@ -392,20 +393,20 @@ class PresenceServer:
             client = await self._open(transport, remote)
             if client is not None:
                 self._opened(client)
-                if self._on_open is not None:
-                    await _call(self._on_open, client)
-                on_message = self._on_message
-                await client.session.run(
-                    (lambda text: on_message(client, text)) if on_message is not None else _ignore
-                )
+                if await _hook(self._on_open, client):
+                    on_message = self._on_message
+                    await client.session.run(
+                        (lambda text: on_message(client, text))
+                        if on_message is not None
+                        else _ignore
+                    )
         finally:
             self._sockets -= 1
             if client is not None:
                 self._clients.discard(client)
                 self.dispatch(ConnectionClosed(conn=client))
-                if self._on_close is not None:
-                    with anyio.CancelScope(shield=True):
-                        await _call(self._on_close, client)
+                with anyio.CancelScope(shield=True):
+                    await _hook(self._on_close, client)
             await transport.drain_and_close(self._limits.close_timeout)
 
     async def _open(self, transport: Transport, remote: tuple[str, int] | None) -> Client | None:
@@ -574,7 +575,20 @@ def _ignore(text: str) -> None:
     return None
 
 
-async def _call(hook: Callable[..., Awaitable[None] | None], *args: Hashable) -> None:
-    result = hook(*args)
-    if result is not None:
-        await result
+async def _hook(hook: OnClose | None, client: Client) -> bool:
+    """Run an open or close hook; if it fails, log it and close that socket with 1011."""
+    if hook is None:
+        return True
+    try:
+        result = hook(client)
+        if result is not None:
+            await result
+    except Exception:
+        logger.exception(
+            "the %s hook failed for %r; closing it with 1011",
+            getattr(hook, "__name__", "connection"),
+            client,
+        )
+        client.session.close(CloseCode.INTERNAL_ERROR, "internal error")
+        return False
+    return True

@@ -8,6 +8,7 @@ session frames through wsproto, which masks.
 
 from __future__ import annotations
 
+import logging
 import struct
 from collections.abc import Awaitable, Callable
 from typing import final
@@ -29,6 +30,8 @@ from ._config import SocketLimits
 from ._transport import Transport
 
 __all__ = ["WebSocketSession", "text_frame"]
+
+logger = logging.getLogger("megapresence")
 
 _FIN_TEXT = 0x81
 
@@ -128,10 +131,8 @@ class WebSocketSession:
                 for event in ws.events():
                     if isinstance(event, TextMessage):
                         text = self._collect(event)
-                        if text is not None:
-                            result = on_text(text)
-                            if result is not None:
-                                await result
+                        if text is not None and not await self._deliver(on_text, text):
+                            return
                     elif isinstance(event, Ping):
                         transport.write(bytes(ws.send(event.response())))
                     elif isinstance(event, CloseConnection):
@@ -151,6 +152,19 @@ class WebSocketSession:
                 ws.receive_data(data)
         finally:
             await transport.drain_and_close(self._limits.close_timeout)
+
+    async def _deliver(self, on_text: OnText, text: str) -> bool:
+        """Hand one message to the application; a hook that fails costs this socket only
+        (1011), never the server."""
+        try:
+            result = on_text(text)
+            if result is not None:
+                await result
+        except Exception:
+            logger.exception("the message hook failed; closing this socket with 1011")
+            self.close(CloseCode.INTERNAL_ERROR, "internal error")
+            return False
+        return True
 
     def _collect(self, event: TextMessage) -> str | None:
         if self.closing_since is not None:
