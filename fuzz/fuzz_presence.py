@@ -18,6 +18,8 @@ from typing import Any
 from _reader import ByteReader
 
 from megapresence_core import (
+    CLUSTER_KINDS,
+    FRAME_TYPES,
     BroadcastRequested,
     ClusterConfig,
     ClusterConnected,
@@ -50,31 +52,8 @@ USERS = ("ann", "bob", "cid")
 SESSIONS = ("s1", "s2", "s3", "s4")
 CHANNELS = ("lobby", "ops", "x")
 NAMESPACES = ("/a", "/b")
-HUB_TYPES = (
-    "REGISTERED",
-    "BROADCAST",
-    "DIRECT",
-    "DISCONNECT",
-    "JOIN",
-    "LEAVE",
-    "BULK_LEAVE",
-    "METADATA",
-    "HEARTBEAT",
-    "ERROR",
-    "REGISTER",
-    "NOPE",
-)
-CLUSTER_KINDS = (
-    "broadcast",
-    "direct",
-    "kick",
-    "add",
-    "remove",
-    "heartbeat",
-    "snapshot",
-    "resync",
-    "bye",
-)
+#: Every frame type, and one that does not exist.
+HUB_TYPES = (*FRAME_TYPES, "NOPE")
 
 
 def new_presence(policy: DuplicateSessionPolicy) -> Presence:
