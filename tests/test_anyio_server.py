@@ -305,3 +305,71 @@ async def test_a_failing_hook_closes_that_socket_with_1011_and_the_server_goes_o
         await wait_for(lambda: not server.clients)
     assert "application bug" in caplog.text
     assert "open hook bug" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("request_head", "status"),
+    [
+        (
+            b"POST /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            b"HTTP/1.1 400 Bad Request",
+        ),
+        (
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+            b"HTTP/1.1 400 Bad Request",
+        ),
+        (
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Version: 13\r\n\r\n",
+            b"HTTP/1.1 400 Bad Request",
+        ),
+        (
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+            b"HTTP/1.1 400 Bad Request",
+        ),
+        (
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 8\r\n\r\n",
+            b"HTTP/1.1 426 Upgrade Required",
+        ),
+    ],
+)
+async def test_invalid_upgrades_are_refused_over_http(request_head: bytes, status: bytes) -> None:
+    async with running_server() as (server, _):
+        assert server.port is not None
+        assert await http_status(server.port, request_head) == status
+
+
+async def test_the_upgrade_answer_follows_rfc_6455() -> None:
+    async with running_server() as (server, _):
+        assert server.port is not None
+        async with await anyio.connect_tcp("127.0.0.1", server.port) as stream:
+            await stream.send(
+                b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: keep-alive, "
+                b"Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+                b"Sec-WebSocket-Version: 13\r\n\r\n"
+            )
+            head = b""
+            with anyio.fail_after(5):
+                while b"\r\n\r\n" not in head:
+                    head += await stream.receive()
+        # The key and answer of RFC 6455, section 1.3.
+        assert head.startswith(b"HTTP/1.1 101 Switching Protocols\r\n")
+        assert b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n" in head
+
+
+async def test_frames_sent_right_behind_the_request_are_not_lost() -> None:
+    seen: list[str] = []
+    async with running_server(on_message=lambda client, text: seen.append(text)) as (server, _):
+        assert server.port is not None
+        async with await anyio.connect_tcp("127.0.0.1", server.port) as stream:
+            masked = bytes((0x81, 0x82)) + b"\x00\x00\x00\x00" + b"hi"
+            await stream.send(
+                b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+                + masked
+            )
+            await wait_for(lambda: seen == ["hi"])

@@ -16,10 +16,8 @@ from urllib.parse import parse_qsl, urlsplit
 import anyio
 import attrs
 import h11
-from wsproto import ConnectionType, WSConnection
-from wsproto.connection import Connection
-from wsproto.events import AcceptConnection, Request
-from wsproto.utilities import RemoteProtocolError
+from wsproto.connection import Connection, ConnectionType
+from wsproto.utilities import generate_accept_token
 
 from ._config import SocketLimits
 from ._transport import Transport
@@ -132,6 +130,7 @@ def respond(
     content_type: str = "text/plain",
     *,
     head: bool = False,
+    headers: tuple[tuple[str, str], ...] = (),
 ) -> None:
     """Write a complete HTTP/1.1 response that closes the connection."""
     if not body and status != 200:
@@ -142,24 +141,43 @@ def respond(
         f"content-length: {len(body)}",
         "connection: close",
         "cache-control: no-store",
+        *(f"{name}: {value}" for name, value in headers),
     ]
     data = ("\r\n".join(head_lines) + "\r\n\r\n").encode("latin-1")
     transport.write(data if head else data + body)
 
 
-def accept_websocket(transport: Transport, raw: bytes) -> Connection | None:
-    """Complete the upgrade for the request in ``raw``; None if wsproto finds it invalid
-    (a 400 has then been written). Only the post-handshake connection is kept: the
-    handshake's parser would cost every open socket a few more KiB."""
-    ws = WSConnection(ConnectionType.SERVER)
-    try:
-        ws.receive_data(raw)
-        for event in ws.events():
-            if isinstance(event, Request):
-                transport.write(ws.send(AcceptConnection()))
-                assert ws.connection is not None
-                return ws.connection
-    except RemoteProtocolError:
-        pass
-    respond(transport, 400, b"not a valid WebSocket upgrade\n")
+def _upgrade_refusal(request: HandshakeRequest) -> tuple[int, bytes] | None:
+    """RFC 6455 4.2.1, the checks wsproto's handshake makes: an HTTP status and a reason,
+    or None for a valid upgrade request."""
+    if request.method != "GET":
+        return 400, b"a WebSocket upgrade must be a GET\n"
+    tokens = {t.strip().lower() for t in (request.header("connection") or "").split(",")}
+    if "upgrade" not in tokens:
+        return 400, b"missing header 'Connection: Upgrade'\n"
+    version = request.header("sec-websocket-version")
+    if version != "13":
+        return (426 if version else 400), b"WebSocket version 13 only\n"
+    if not request.header("sec-websocket-key"):
+        return 400, b"missing header 'Sec-WebSocket-Key'\n"
     return None
+
+
+def accept_websocket(
+    transport: Transport, request: HandshakeRequest, raw: bytes
+) -> Connection | None:
+    """Complete the upgrade; None if the request is not a valid one (an HTTP error has
+    then been written). The request was parsed once, by h11, to route and authenticate
+    it; this answers it directly rather than have wsproto parse it again."""
+    refusal = _upgrade_refusal(request)
+    if refusal is not None:
+        status, reason = refusal
+        respond(transport, status, reason, headers=(("sec-websocket-version", "13"),))
+        return None
+    key = request.header("sec-websocket-key") or ""
+    transport.write(
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: " + generate_accept_token(key.encode("latin-1")) + b"\r\n\r\n"
+    )
+    # Frames a client sent right behind its request belong to the connection.
+    return Connection(ConnectionType.SERVER, trailing_data=raw[raw.find(b"\r\n\r\n") + 4 :])

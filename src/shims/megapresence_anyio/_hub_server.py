@@ -150,7 +150,7 @@ class HubServer:
             if isinstance(bridge.verdict, RefuseBridge):
                 respond(transport, bridge.verdict.status, (bridge.verdict.reason + "\n").encode())
                 return
-            await self._run_bridge(bridge, raw)
+            await self._run_bridge(bridge, request, raw)
         finally:
             await transport.drain_and_close(limits.close_timeout)
 
@@ -174,8 +174,8 @@ class HubServer:
             body = json.dumps({"hubId": self._hub.hub_id, "members": members}).encode()
             respond(transport, 200, body, "application/json")
 
-    async def _run_bridge(self, bridge: _Bridge, raw: bytes) -> None:
-        ws = accept_websocket(bridge.transport, raw)
+    async def _run_bridge(self, bridge: _Bridge, request: HandshakeRequest, raw: bytes) -> None:
+        ws = accept_websocket(bridge.transport, request, raw)
         if ws is not None:
             bridge.session = WebSocketSession(
                 bridge.transport, ws, self._limits, anyio.current_time()

@@ -432,7 +432,7 @@ class PresenceServer:
         if refusal is not None:
             respond(transport, refusal.status, (refusal.reason + "\n").encode())
             return None
-        ws = accept_websocket(transport, raw)
+        ws = accept_websocket(transport, request, raw)
         if ws is None:
             return None
         session = WebSocketSession(transport, ws, limits, anyio.current_time())
