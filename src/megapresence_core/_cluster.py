@@ -20,7 +20,7 @@ what we hold of its sender only once every part has arrived.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, Final, final
 
 import attrs
@@ -36,7 +36,11 @@ from ._config import ClusterConfig
 from ._errors import FrameError
 from ._values import Member, Message
 
-__all__ = ["Cluster", "ClusterReceipt"]
+__all__ = ["Cluster", "ClusterReceipt", "LocalMembers"]
+
+#: This instance's members, asked for only when a snapshot or a heartbeat needs
+#: them: receiving a broadcast or ticking must not cost a walk over every session.
+LocalMembers = Callable[[], list[RemoteMember]]
 
 #: Members per snapshot part: about 100 bytes each keeps a part far below
 #: NATS's default 1 MiB payload limit.
@@ -123,8 +127,9 @@ class Cluster:
     def publish_remove(self, session_id: str) -> list[Action]:
         return self._publish("remove", sessionId=session_id)
 
-    def _snapshot(self, local: list[RemoteMember]) -> list[Action]:
+    def _snapshot(self, local_members: LocalMembers) -> list[Action]:
         self._snap += 1
+        local = local_members()
         parts = [
             tuple(local[i : i + SNAPSHOT_PART_MEMBERS])
             for i in range(0, len(local), SNAPSHOT_PART_MEMBERS)
@@ -138,7 +143,7 @@ class Cluster:
 
     # ------------------------------------------------------------- lifecycle
 
-    def connected(self, now: float, local: list[RemoteMember]) -> list[Action]:
+    def connected(self, now: float, local: LocalMembers) -> list[Action]:
         """The client (re)connected: a possible gap. Publish ourselves, ask for everyone."""
         self._connected = True
         for peer in self._peers.values():
@@ -163,7 +168,7 @@ class Cluster:
         self._connected = False
         return actions
 
-    def tick(self, now: float, local: list[RemoteMember]) -> list[Action]:
+    def tick(self, now: float, local: LocalMembers) -> list[Action]:
         if not self._connected:
             return []  # stale, not gone: nobody is swept while we cannot hear
         config = self._config
@@ -180,8 +185,9 @@ class Cluster:
                 )
         if now >= self._next_heartbeat:
             self._next_heartbeat = now + config.heartbeat_interval
+            members = local()
             actions += self._publish(
-                "heartbeat", count=len(local), digest=digest(m.member.session_id for m in local)
+                "heartbeat", count=len(members), digest=digest(m.member.session_id for m in members)
             )
         return actions
 
@@ -194,7 +200,7 @@ class Cluster:
 
     # ------------------------------------------------------------- receiving
 
-    def receive(self, data: str | bytes, now: float, local: list[RemoteMember]) -> ClusterReceipt:
+    def receive(self, data: str | bytes, now: float, local: LocalMembers) -> ClusterReceipt:
         try:
             message = decode_cluster_message(data, max_bytes=self._config.max_message_bytes)
         except FrameError as exc:
@@ -216,7 +222,7 @@ class Cluster:
         return ClusterReceipt(self._roster_message(message, now, local))
 
     def _roster_message(
-        self, message: ClusterEnvelope, now: float, local: list[RemoteMember]
+        self, message: ClusterEnvelope, now: float, local: LocalMembers
     ) -> list[Action]:
         actions: list[Action] = []
         peer = self._peers.get(message.sender)

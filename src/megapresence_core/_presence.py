@@ -292,14 +292,14 @@ class Presence:
         return [RemoteMember(ns=r.ns, member=r.member()) for r in self._indexes.joined()]
 
     def _on_cluster_connected(self, event: ClusterConnected) -> list[Action]:
-        return self._require_cluster(event).connected(event.now, self._local_members())
+        return self._require_cluster(event).connected(event.now, self._local_members)
 
     def _on_cluster_lost(self, event: ClusterLost) -> list[Action]:
         return self._require_cluster(event).lost(event.now)
 
     def _on_cluster_message(self, event: ClusterMessageReceived) -> list[Action]:
         cluster = self._require_cluster(event)
-        receipt = cluster.receive(event.data, event.now, self._local_members())
+        receipt = cluster.receive(event.data, event.now, self._local_members)
         message = receipt.fanout
         if message is None:
             return receipt.actions
@@ -318,7 +318,7 @@ class Presence:
     def _on_tick(self, event: Tick) -> list[Action]:
         actions = self._link.tick(event.now) if self._link is not None else []
         if self._cluster is not None:
-            actions += self._cluster.tick(event.now, self._local_members())
+            actions += self._cluster.tick(event.now, self._local_members)
         roster = self._config.roster
         if roster is not None and self._closing is None:
             if self._roster_refresh_at is None:
