@@ -109,6 +109,7 @@ from ._lifecycle import BridgeState, ConnState, LinkState
 from ._presence import Presence
 from ._url import redact_url
 from ._values import ABSENT, Member, Message, RosterEntry
+from ._version import __version__ as __version__
 
 __all__ = [
     "ABSENT",

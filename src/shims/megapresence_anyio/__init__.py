@@ -4,6 +4,8 @@
 ``megapresence`` command runs either from a shell.
 """
 
+from megapresence_core import __version__ as __version__
+
 from ._config import DEFAULT_SOCKET_LIMITS, SocketLimits
 from ._http import HandshakeRequest
 from ._hub_server import HubServer

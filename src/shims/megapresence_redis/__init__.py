@@ -3,6 +3,8 @@
 Requires the asyncio backend (redis-py's asyncio client).
 """
 
+from megapresence_core import __version__ as __version__
+
 from ._roster import RedisRoster, RosterUnavailableError
 
 __all__ = ["RedisRoster", "RosterUnavailableError"]
