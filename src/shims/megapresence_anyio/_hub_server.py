@@ -35,7 +35,7 @@ from megapresence_core import (
 from ._config import DEFAULT_SOCKET_LIMITS, SocketLimits
 from ._http import HandshakeRequest, accept_websocket, read_request, respond
 from ._listener import accept_forever, open_listener
-from ._server import log_action
+from ._logging import log_action
 from ._session import WebSocketSession, text_frame
 from ._ticker import Ticker
 from ._transport import SocketTransport, Transport

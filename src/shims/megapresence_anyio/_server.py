@@ -57,11 +57,12 @@ from ._config import DEFAULT_SOCKET_LIMITS, SocketLimits
 from ._http import HandshakeRequest, accept_websocket, read_request, respond
 from ._hub_client import HubClient
 from ._listener import accept_forever, open_listener
+from ._logging import log_action
 from ._session import WebSocketSession, text_frame
 from ._ticker import Ticker
 from ._transport import SocketTransport, StreamTransport, Transport
 
-__all__ = ["Client", "Identity", "PresenceServer", "Refusal", "log_action"]
+__all__ = ["Client", "Identity", "PresenceServer", "Refusal"]
 
 logger = logging.getLogger("megapresence")
 
@@ -165,13 +166,6 @@ class RosterBackend(Protocol):
 
 OnMessage = Callable[[Client, str], Awaitable[None] | None]
 OnClose = Callable[[Client], Awaitable[None] | None]
-
-
-def log_action(log: Log, target: logging.Logger = logger) -> None:
-    """Write a core ``Log`` action to the standard ``logging`` module."""
-    if target.isEnabledFor(log.level):
-        fields = " ".join(f"{key}={value!r}" for key, value in log.fields.items())
-        target.log(log.level, "%s %s", log.event, fields)
 
 
 def _matches(path: str, paths: Collection[str] | None) -> bool:
