@@ -1,20 +1,32 @@
-"""The ``megapresence`` command: ``serve`` (the demo server) and ``hub``.
+"""The ``megapresence`` command: ``serve`` (a presence server with a demo page) and ``hub``.
 
-Tokens stay out of process listings when given through the environment:
-``MEGAPRESENCE_HUB_TOKENS`` (comma-separated) for ``hub``, and
+The global flags (``--backend``, ``--log-level``, ``--log-format``) may come before
+or after the command. Tokens stay out of process listings when given through the
+environment: ``MEGAPRESENCE_HUB_TOKENS`` (comma-separated) for ``hub``, and
 ``MEGAPRESENCE_HUB_TOKEN`` for ``serve --hub``.
+
+A process that cannot start says why in one line on stderr (one JSON object with
+``--log-format json``) and exits with a code of its own (``ExitCode``, listed by
+``--help``); SIGTERM or SIGINT drains it and it exits 0. The listening options of
+both commands live in ``_listen_options`` and their failures in ``_cannot_listen``.
 """
 
 from __future__ import annotations
 
 import argparse
+import enum
+import errno
 import logging
+import math
 import os
 import signal
+import socket
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import AsyncExitStack, contextmanager
+from typing import NamedTuple, NoReturn
 
 import anyio
 
@@ -23,33 +35,182 @@ from megapresence_core import (
     HubConfig,
     HubLinkConfig,
     LocalUsageError,
+    LogLevel,
     PresenceConfig,
     RosterConfig,
+    __version__,
 )
 
 from ._config import SocketLimits
 from ._demo import DemoApp
 from ._hub_server import HubServer
-from ._server import PresenceServer
+from ._logging import FORMATTERS, configure_logging, log_event
+from ._server import ClusterBackend, PresenceServer, RosterBackend
 
-__all__ = ["main"]
+__all__ = ["ExitCode", "main"]
 
 logger = logging.getLogger("megapresence")
+
+
+class ExitCode(enum.IntEnum):
+    """How ``megapresence`` ended; each failure to start has its own code."""
+
+    OK = 0
+    INTERNAL = 1
+    USAGE = 2
+    CONFIG = 3
+    ADDRESS_IN_USE = 4
+    CANNOT_LISTEN = 5
+    UNKNOWN_HOST = 6
+    NATS_UNREACHABLE = 7
+    REDIS_UNREACHABLE = 8
+    MISSING_EXTRA = 9
+    INTERRUPTED = 130
+
+
+#: What each exit code means: printed by ``--help``, and the README's table.
+EXIT_CODES = {
+    ExitCode.OK: "stopped by SIGTERM or SIGINT, after draining",
+    ExitCode.INTERNAL: "a bug: the traceback is in the log",
+    ExitCode.USAGE: "an unknown flag or a bad value (a port past 65535, an unknown --log-level)",
+    ExitCode.CONFIG: "flags that make no valid configuration (no hub token, a bad --hub URL)",
+    ExitCode.ADDRESS_IN_USE: "another process listens on --host:--port",
+    ExitCode.CANNOT_LISTEN: "--host is not an address of this machine, or the port needs "
+    "privileges",
+    ExitCode.UNKNOWN_HOST: "--host does not resolve",
+    ExitCode.NATS_UNREACHABLE: "--nats: no NATS server answered in time",
+    ExitCode.REDIS_UNREACHABLE: "--redis: no Redis server answered in time",
+    ExitCode.MISSING_EXTRA: "--nats or --redis without its extra: pip install "
+    "'megapresence[nats,redis]'",
+    ExitCode.INTERRUPTED: "SIGINT before the signal handlers were installed",
+}
+
+
+class StartupError(Exception):
+    """The process cannot start; ``str(error)`` says why and what to change."""
+
+    def __init__(self, code: ExitCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# ------------------------------------------------------------------- flags
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        """One line, not the usage block: the usage is one ``--help`` away."""
+        self.exit(ExitCode.USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = -1
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number (0 to 65535)")
+    return port
+
+
+def _host(text: str) -> str:
+    try:
+        text.encode("idna")  # what the resolver will be given
+    except UnicodeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a host name or address") from None
+    return text
+
+
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return seconds
 
 
 def _channels(text: str) -> tuple[str, ...]:
     return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="megapresence", description=__doc__.splitlines()[0])
-    parser.add_argument("--backend", choices=["asyncio", "trio"], default="asyncio")
-    parser.add_argument("--log-level", default="INFO")
-    commands = parser.add_subparsers(dest="command", required=True)
+def _exit_codes_help() -> str:
+    lines = [f"  {int(code):>3}  {meaning}" for code, meaning in EXIT_CODES.items()]
+    return "exit codes:\n" + "\n".join(lines)
 
-    serve = commands.add_parser("serve", help="presence server with a demo page at /")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8000, help="0 picks a free port")
+
+def _global_options(parser: argparse.ArgumentParser, *, defaults: bool) -> None:
+    """The flags every command takes, before or after its name.
+
+    After the command they default to ``SUPPRESS``, so a value given before it stands.
+    """
+
+    def default(value: str) -> str:
+        return value if defaults else argparse.SUPPRESS
+
+    group = parser.add_argument_group("global options (before or after the command)")
+    group.add_argument(
+        "--backend",
+        choices=("asyncio", "trio"),
+        default=default("asyncio"),
+        help="event loop (default asyncio; --nats and --redis need asyncio)",
+    )
+    group.add_argument(
+        "--log-level",
+        type=str.lower,
+        choices=("debug", "info", "warning", "error"),
+        default=default("info"),
+        help="least severe level logged (default info)",
+    )
+    group.add_argument(
+        "--log-format",
+        choices=tuple(FORMATTERS),
+        default=default("text"),
+        help="text: key=value lines; json: one JSON object a line (default text)",
+    )
+
+
+def _listen_options(parser: argparse.ArgumentParser, *, port: int) -> None:
+    group = parser.add_argument_group("listening")
+    group.add_argument(
+        "--host", type=_host, default="127.0.0.1", help="address or name to listen on"
+    )
+    group.add_argument(
+        "--port", type=_port, default=port, help=f"port (default {port}; 0 picks a free one)"
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    epilog = _exit_codes_help()
+    parser = _Parser(
+        prog="megapresence",
+        description="WebSocket presence: serve clients (serve) and link servers (hub).",
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"megapresence {__version__}")
+    _global_options(parser, defaults=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def command(name: str, summary: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(
+            name,
+            help=summary,
+            description=summary,
+            epilog=epilog,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        _global_options(sub, defaults=False)
+        sub.add_argument(
+            "--app",
+            default="megapresence",
+            help="the app's name, in every log line (serve: also its NATS subjects and Redis keys)",
+        )
+        return sub
+
+    serve = command("serve", "a presence server, with a demo page at /")
+    _listen_options(serve, port=8000)
     serve.add_argument(
         "--admin",
         action="append",
@@ -62,17 +223,18 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=None,
         metavar="ORIGIN",
-        help="browser origins allowed to connect (default: any)",
+        help="browser origins allowed to connect (repeatable; default: any)",
     )
-    serve.add_argument("--hub", metavar="URL", help="join a hub, e.g. ws://127.0.0.1:9000/")
-    serve.add_argument("--bridge-id", help="this server's id at the hub (default: host:port)")
     serve.add_argument(
         "--channels",
         type=_channels,
         default=("lobby",),
-        help="channels this bridge subscribes at the hub (comma-separated)",
+        help="channels this server subscribes at the hub (comma-separated; default lobby)",
     )
-    serve.add_argument(
+    hub_link = serve.add_argument_group("hub link")
+    hub_link.add_argument("--hub", metavar="URL", help="join a hub, e.g. ws://127.0.0.1:9000/")
+    hub_link.add_argument("--bridge-id", help="this server's id at the hub (default host:port)")
+    hub_link.add_argument(
         "--hub-token",
         default=os.environ.get("MEGAPRESENCE_HUB_TOKEN"),
         help="bearer token for the hub (or MEGAPRESENCE_HUB_TOKEN)",
@@ -86,11 +248,6 @@ def _parser() -> argparse.ArgumentParser:
     cluster.add_argument(
         "--redis", metavar="URL", help="per-channel roster in Redis, e.g. redis://127.0.0.1:6379/0"
     )
-    cluster.add_argument(
-        "--app",
-        default="megapresence",
-        help="names the NATS subjects and Redis keys shared by one app",
-    )
     cluster.add_argument("--instance-id", help="this instance's id (default: random per boot)")
     cluster.add_argument(
         "--reuse-port",
@@ -100,73 +257,98 @@ def _parser() -> argparse.ArgumentParser:
     cluster.add_argument(
         "--fanout-only", action="store_true", help="NATS fan-out without a cluster roster"
     )
-    cluster.add_argument(
-        "--cluster-heartbeat",
-        type=float,
-        default=5.0,
-        metavar="S",
-        help="seconds between cluster heartbeats (default 5)",
-    )
-    cluster.add_argument(
-        "--cluster-ttl",
-        type=float,
-        default=15.0,
-        metavar="S",
-        help="a silent instance's members go after this (default 15)",
-    )
-    cluster.add_argument(
-        "--roster-ttl",
-        type=float,
-        default=60.0,
-        metavar="S",
-        help="a Redis member expires after this without refresh (default 60)",
-    )
-    cluster.add_argument(
-        "--roster-refresh",
-        type=float,
-        default=20.0,
-        metavar="S",
-        help="seconds between Redis roster refreshes (default 20)",
-    )
+    for flag, default, meaning in (
+        ("--cluster-heartbeat", 5.0, "seconds between cluster heartbeats"),
+        ("--cluster-ttl", 15.0, "a silent instance's members go after this many seconds"),
+        ("--roster-ttl", 60.0, "a Redis member expires after this many seconds unrefreshed"),
+        ("--roster-refresh", 20.0, "seconds between Redis roster refreshes"),
+    ):
+        cluster.add_argument(
+            flag,
+            type=_seconds,
+            default=default,
+            metavar="S",
+            help=f"{meaning} (default {default:g})",
+        )
 
-    hub = commands.add_parser("hub", help="the hub that bridges servers")
-    hub.add_argument("--host", default="127.0.0.1")
-    hub.add_argument("--port", type=int, default=9000, help="0 picks a free port")
+    hub = command("hub", "the hub that links servers")
+    _listen_options(hub, port=9000)
     hub.add_argument(
         "--token",
         action="append",
         default=[],
-        help="an accepted bearer token (repeatable; or MEGAPRESENCE_HUB_TOKENS)",
+        help="an accepted bearer token (repeatable; or MEGAPRESENCE_HUB_TOKENS, comma-separated)",
     )
-    hub.add_argument("--heartbeat", type=float, default=15.0, help="heartbeat interval, s")
+    hub.add_argument(
+        "--heartbeat",
+        type=_seconds,
+        default=15.0,
+        metavar="S",
+        help="heartbeat interval (default 15)",
+    )
     return parser
 
 
-async def _until_signal() -> None:
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async for received in signals:
-            logger.info("received %s: shutting down", signal.Signals(received).name)
-            return
+# ------------------------------------------------------------ starting up
 
 
-async def _serve(args: argparse.Namespace) -> None:
-    app = DemoApp(admins=args.admin, default_channels=args.channels)
-    hub_config = None
-    if args.hub:
-        if not args.hub_token:
-            raise LocalUsageError("serve --hub needs --hub-token or MEGAPRESENCE_HUB_TOKEN")
-        hub_config = HubLinkConfig(
-            bridge_id=args.bridge_id or f"{args.host}:{args.port}",
-            instance_id=uuid.uuid4().hex,
-            channels=args.channels,
-            jitter_seed=uuid.uuid4().int & 0xFFFFFFFF,
+@contextmanager
+def _config_errors() -> Iterator[None]:
+    """A ``LocalUsageError`` while building from flags is a configuration error."""
+    try:
+        yield
+    except LocalUsageError as exc:
+        raise StartupError(ExitCode.CONFIG, str(exc)) from None
+
+
+@contextmanager
+def _needs_extra(flag: str, extra: str) -> Iterator[None]:
+    try:
+        yield
+    except ModuleNotFoundError as exc:
+        raise StartupError(
+            ExitCode.MISSING_EXTRA,
+            f"{flag} needs {exc.name}, which is not installed: pip install 'megapresence[{extra}]'",
+        ) from None
+
+
+def _cannot_listen(exc: OSError, host: str, port: int) -> StartupError:
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if isinstance(exc, socket.gaierror):
+        return StartupError(
+            ExitCode.UNKNOWN_HOST, f"cannot listen on {where}: --host does not resolve ({exc})"
         )
-    instance_id = args.instance_id or uuid.uuid4().hex
-    epoch = time.time_ns() // 1_000_000  # a later boot of the same instance id is larger
-    cluster_config, cluster, roster_config, roster = None, None, None, None
-    if args.nats:
-        from megapresence_nats import NatsCluster
+    if exc.errno == errno.EADDRINUSE:
+        return StartupError(
+            ExitCode.ADDRESS_IN_USE,
+            f"cannot listen on {where}: another process is listening there (choose another --port)",
+        )
+    return StartupError(ExitCode.CANNOT_LISTEN, f"cannot listen on {where}: {exc.strerror or exc}")
 
+
+async def _listen(
+    listen: Callable[..., Awaitable[int]], args: argparse.Namespace, **options: bool
+) -> int:
+    try:
+        return await listen(args.host, args.port, **options)
+    except OSError as exc:
+        raise _cannot_listen(exc, args.host, args.port) from None
+
+
+class _Backends(NamedTuple):
+    cluster_config: ClusterConfig | None = None
+    cluster: ClusterBackend | None = None
+    roster_config: RosterConfig | None = None
+    roster: RosterBackend | None = None
+    #: The error each backend raises when its server cannot be reached at start.
+    unreachable: tuple[tuple[type[Exception], ExitCode], ...] = ()
+
+
+def _serve_backends(args: argparse.Namespace, instance_id: str, epoch: int) -> _Backends:
+    backends = _Backends()
+    if args.nats:
+        with _needs_extra("--nats", "nats"):
+            from megapresence_nats import ClusterUnavailableError, NatsCluster
         cluster_config = ClusterConfig(
             app=args.app,
             instance_id=instance_id,
@@ -175,58 +357,159 @@ async def _serve(args: argparse.Namespace) -> None:
             heartbeat_interval=args.cluster_heartbeat,
             ttl=args.cluster_ttl,
         )
-        cluster = NatsCluster(args.nats, name=f"megapresence-{args.app}-{instance_id}")
+        backends = backends._replace(
+            cluster_config=cluster_config,
+            cluster=NatsCluster(args.nats, name=f"megapresence-{args.app}-{instance_id}"),
+            unreachable=((ClusterUnavailableError, ExitCode.NATS_UNREACHABLE),),
+        )
     if args.redis:
-        from megapresence_redis import RedisRoster
+        with _needs_extra("--redis", "redis"):
+            from megapresence_redis import RedisRoster, RosterUnavailableError
+        backends = backends._replace(
+            roster_config=RosterConfig(ttl=args.roster_ttl, refresh_interval=args.roster_refresh),
+            roster=RedisRoster(args.redis, app=args.app, instance_id=instance_id, epoch=epoch),
+            unreachable=(
+                *backends.unreachable,
+                (RosterUnavailableError, ExitCode.REDIS_UNREACHABLE),
+            ),
+        )
+    return backends
 
-        roster_config = RosterConfig(ttl=args.roster_ttl, refresh_interval=args.roster_refresh)
-        roster = RedisRoster(args.redis, app=args.app, instance_id=instance_id, epoch=epoch)
-    server = PresenceServer(
-        app.authenticate,
-        paths=("/ws/",),
-        on_open=app.on_open,
-        on_message=app.on_message,
-        on_close=app.on_close,
-        presence=PresenceConfig(hub=hub_config, cluster=cluster_config, roster=roster_config),
-        limits=SocketLimits(allowed_origins=args.allowed_origin),
-        hub_url=args.hub,
-        hub_token=args.hub_token,
-        cluster=cluster,
-        roster=roster,
-        pages=app.pages,
+
+async def _start_serve(args: argparse.Namespace, instance_id: str, stack: AsyncExitStack) -> str:
+    with _config_errors():
+        hub_config = None
+        if args.hub:
+            if not args.hub_token:
+                raise LocalUsageError("serve --hub needs --hub-token or MEGAPRESENCE_HUB_TOKEN")
+            hub_config = HubLinkConfig(
+                bridge_id=args.bridge_id or f"{args.host}:{args.port}",
+                instance_id=uuid.uuid4().hex,  # new at every boot: the hub's incarnation check
+                channels=args.channels,
+                jitter_seed=uuid.uuid4().int & 0xFFFFFFFF,
+            )
+        epoch = time.time_ns() // 1_000_000  # a later boot of the same instance id is larger
+        backends = _serve_backends(args, instance_id, epoch)
+        app = DemoApp(admins=args.admin, default_channels=args.channels)
+        server = PresenceServer(
+            app.authenticate,
+            paths=("/ws/",),
+            on_open=app.on_open,
+            on_message=app.on_message,
+            on_close=app.on_close,
+            presence=PresenceConfig(
+                hub=hub_config, cluster=backends.cluster_config, roster=backends.roster_config
+            ),
+            limits=SocketLimits(allowed_origins=args.allowed_origin),
+            hub_url=args.hub,
+            hub_token=args.hub_token,
+            cluster=backends.cluster,
+            roster=backends.roster,
+            pages=app.pages,
+        )
+        app.server = server
+    try:
+        with _config_errors():  # a backend that cannot run on this event loop
+            await stack.enter_async_context(server)  # connects to NATS and Redis first
+    except Exception as exc:
+        for kind, code in backends.unreachable:
+            if isinstance(exc, kind):
+                raise StartupError(code, str(exc)) from None
+        raise
+    port = await _listen(server.listen, args, reuse_port=args.reuse_port)
+    url = f"http://{args.host}:{port}/"
+    log_event(
+        logger,
+        LogLevel.INFO,
+        "server.listening",
+        {"url": url, "backend": args.backend, "version": __version__},
     )
-    app.server = server
-    async with server:
-        port = await server.listen(args.host, args.port, reuse_port=args.reuse_port)
-        print(f"megapresence serving on http://{args.host}:{port}/", flush=True)
-        await _until_signal()
+    return f"megapresence serving on {url}"
 
 
-async def _hub(args: argparse.Namespace) -> None:
+async def _start_hub(args: argparse.Namespace, hub_id: str, stack: AsyncExitStack) -> str:
     env = os.environ.get("MEGAPRESENCE_HUB_TOKENS", "")
     tokens = [*args.token, *(t.strip() for t in env.split(",") if t.strip())]
-    if not tokens:
-        raise LocalUsageError("hub needs at least one --token or MEGAPRESENCE_HUB_TOKENS")
-    config = HubConfig(hub_id=uuid.uuid4().hex, tokens=tokens, heartbeat_interval=args.heartbeat)
-    async with HubServer(config) as hub:
-        port = await hub.listen(args.host, args.port)
-        print(f"megapresence hub on ws://{args.host}:{port}/ (hub id {config.hub_id})", flush=True)
-        await _until_signal()
-        logger.info("draining bridges with 4503")
+    with _config_errors():
+        if not tokens:
+            raise LocalUsageError("hub needs at least one --token or MEGAPRESENCE_HUB_TOKENS")
+        config = HubConfig(hub_id=hub_id, tokens=tokens, heartbeat_interval=args.heartbeat)
+    hub = await stack.enter_async_context(HubServer(config))
+    port = await _listen(hub.listen, args)
+    url = f"ws://{args.host}:{port}/"
+    log_event(
+        logger,
+        LogLevel.INFO,
+        "hub.listening",
+        {"url": url, "hub_id": hub_id, "backend": args.backend, "version": __version__},
+    )
+    return f"megapresence hub on {url} (hub id {hub_id})"
+
+
+Start = Callable[[argparse.Namespace, str, AsyncExitStack], Awaitable[str]]
+
+
+async def _run(start: Start, args: argparse.Namespace, instance: str) -> None:
+    """Start, print the banner (stdout), run until SIGTERM or SIGINT, then drain.
+
+    Signals are watched from the first moment: one that arrives while the server is
+    starting stops it as soon as it is up, and one during the drain changes nothing.
+    """
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        async with AsyncExitStack() as stack:  # leaving it drains the server
+            banner = await start(args, instance, stack)
+            print(banner, flush=True)
+            async for received in signals:
+                name = signal.Signals(received).name
+                log_event(logger, LogLevel.INFO, "shutdown.started", {"signal": name})
+                break
+        log_event(logger, LogLevel.INFO, "shutdown.done", {})
+
+
+def _startup_error(exc: BaseException) -> StartupError | None:
+    """The ``StartupError`` in ``exc``, which a task group may have wrapped in a group."""
+    if isinstance(exc, StartupError):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _startup_error(inner)
+            if found is not None:
+                return found
+    return None
+
+
+def _fail(failure: StartupError, log_format: str) -> int:
+    if log_format == "json":
+        log_event(
+            logger,
+            LogLevel.ERROR,
+            "startup.failed",
+            {"exit_code": failure.code, "error": str(failure)},
+        )
+    else:
+        print(f"megapresence: {failure}", file=sys.stderr, flush=True)
+    return failure.code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    instance = (
+        args.instance_id if args.command == "serve" and args.instance_id else uuid.uuid4().hex
     )
-    run = _serve if args.command == "serve" else _hub
+    configure_logging(
+        level=args.log_level, log_format=args.log_format, app=args.app, instance=instance
+    )
+    start: Start = _start_serve if args.command == "serve" else _start_hub
     try:
-        anyio.run(run, args, backend=args.backend)
-    except LocalUsageError as exc:
-        print(f"megapresence: {exc}", file=sys.stderr)
-        return 2
-    except OSError as exc:
-        print(f"megapresence: {exc}", file=sys.stderr)
-        return 1
-    return 0
+        anyio.run(_run, start, args, instance, backend=args.backend)
+    except KeyboardInterrupt:
+        return _fail(
+            StartupError(ExitCode.INTERRUPTED, "interrupted while starting"), args.log_format
+        )
+    except BaseException as exc:
+        failure = _startup_error(exc)
+        if failure is None:
+            logger.critical("megapresence stopped on an unexpected error", exc_info=exc)
+            return ExitCode.INTERNAL
+        return _fail(failure, args.log_format)
+    return ExitCode.OK

@@ -1,0 +1,291 @@
+"""The ``megapresence`` command as a user meets it: flags, failures to start, signals, logs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import megapresence_anyio._cli as cli
+from megapresence_anyio._cli import EXIT_CODES, ExitCode, StartupError
+from megapresence_core import __version__
+
+from .process_helpers import Command
+from .servers import free_port
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def megapresence(
+    *args: str, env: dict[str, str] | None = None, prelude: str = ""
+) -> subprocess.CompletedProcess[str]:
+    """Run the command to its end (it is expected to fail to start, or to print and exit)."""
+    environment = {
+        key: value for key, value in os.environ.items() if not key.startswith("MEGAPRESENCE_")
+    }
+    code = f"{prelude}import sys; from megapresence_anyio._cli import main; sys.exit(main())"
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**environment, **(env or {})},
+    )
+
+
+def subcommands() -> dict[str, argparse.ArgumentParser]:
+    parser = cli._parser()
+    (action,) = (a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(action.choices)
+
+
+def test_version_is_the_package_version() -> None:
+    result = megapresence("--version")
+    assert (result.returncode, result.stdout) == (0, f"megapresence {__version__}\n")
+
+
+@pytest.mark.parametrize("command", ["serve", "hub"])
+def test_help_lists_every_flag_and_the_exit_codes(command: str) -> None:
+    result = megapresence(command, "--help")
+    assert result.returncode == 0
+    flags = {
+        option
+        for action in subcommands()[command]._actions
+        for option in action.option_strings
+        if option.startswith("--")
+    }
+    assert {"--backend", "--log-level", "--log-format", "--host", "--port", "--app"} <= flags
+    missing = {flag for flag in flags if flag not in result.stdout}
+    assert missing == set()
+    for code in ExitCode:
+        assert re.search(rf"^\s+{int(code)}  ", result.stdout, re.MULTILINE), code
+
+
+def test_the_readme_documents_every_exit_code() -> None:
+    rows = dict(re.findall(r"^\| (\d+) \| (.+?) \|$", README.read_text(), re.MULTILINE))
+    assert {int(code) for code in rows} == {int(code) for code in ExitCode}
+    assert set(EXIT_CODES) == set(ExitCode)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["serve", "--port", "70000"], "argument --port: '70000' is not a port number"),
+        (["hub", "--port", "http"], "argument --port: 'http' is not a port number"),
+        (["serve", "--log-level", "verbose"], "argument --log-level: invalid choice: 'verbose'"),
+        (["--log-format", "xml", "hub"], "argument --log-format: invalid choice: 'xml'"),
+        (["serve", "--backend", "curio"], "argument --backend: invalid choice: 'curio'"),
+        (["serve", "--cluster-ttl", "-1"], "argument --cluster-ttl: '-1' is not a positive"),
+        (["hub", "--heartbeat", "nan"], "argument --heartbeat: 'nan' is not a positive"),
+        (["serve", "--host", "a..b"], "argument --host: 'a..b' is not a host name"),
+        (["serve", "--verbose"], "unrecognized arguments: --verbose"),
+        ([], "the following arguments are required: COMMAND"),
+    ],
+)
+def test_usage_errors_are_one_line_and_exit_2(args: list[str], message: str) -> None:
+    result = megapresence(*args)
+    assert result.returncode == ExitCode.USAGE
+    (line,) = result.stderr.splitlines()
+    assert "error: " + message in line
+    assert line.endswith("--help)")
+
+
+def test_global_flags_are_taken_before_or_after_the_command() -> None:
+    parse = cli._parser().parse_args
+    after = parse(["serve", "--backend", "trio", "--log-level", "DEBUG", "--log-format", "json"])
+    before = parse(["--backend", "trio", "--log-level", "DEBUG", "--log-format", "json", "serve"])
+    for args in (after, before):
+        assert (args.backend, args.log_level, args.log_format) == ("trio", "debug", "json")
+    defaults = parse(["hub"])
+    assert (defaults.backend, defaults.log_level, defaults.log_format) == (
+        "asyncio",
+        "info",
+        "text",
+    )
+    assert parse(["--backend", "trio", "hub"]).backend == "trio"  # not reset by the command
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+def closed_port() -> str:
+    return str(free_port())  # nothing listens there
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["hub", "--port", "0"], ExitCode.CONFIG, "hub needs at least one --token"),
+        (
+            ["serve", "--port", "0", "--hub", "ws://127.0.0.1:9/"],
+            ExitCode.CONFIG,
+            "serve --hub needs --hub-token",
+        ),
+        (
+            ["serve", "--port", "0", "--hub", "http://x/", "--hub-token", "t"],
+            ExitCode.CONFIG,
+            "hub URL must look like ws://",
+        ),
+        (
+            ["serve", "--nats", "nats://127.0.0.1:9", "--cluster-heartbeat=20", "--cluster-ttl=10"],
+            ExitCode.CONFIG,
+            "ClusterConfig",
+        ),
+        (
+            ["serve", "--backend", "trio", "--port", "0", "--redis", "redis://127.0.0.1:9"],
+            ExitCode.CONFIG,
+            "needs the asyncio backend",
+        ),
+        (["serve", "--host", "no_such_host!"], ExitCode.UNKNOWN_HOST, "--host does not resolve"),
+        (["hub", "--host", "192.0.2.1", "--token", "t"], ExitCode.CANNOT_LISTEN, "192.0.2.1"),
+        (
+            ["serve", "--port", "0", "--redis", "redis://127.0.0.1:{closed}/0"],
+            ExitCode.REDIS_UNREACHABLE,
+            "cannot reach Redis at redis://127.0.0.1:",
+        ),
+        (
+            ["serve", "--port", "0", "--nats", "nats://u:secret@127.0.0.1:{closed}"],
+            ExitCode.NATS_UNREACHABLE,
+            "cannot reach NATS at nats://u:***@127.0.0.1:",
+        ),
+    ],
+    ids=lambda value: value.name.lower() if isinstance(value, ExitCode) else None,
+)
+def test_each_failure_to_start_is_one_line_with_its_exit_code(
+    args: list[str], code: ExitCode, message: str
+) -> None:
+    closed = closed_port()
+    result = megapresence(*(a.format(closed=closed) for a in args), "--log-level", "error")
+    assert result.returncode == code, result.stderr
+    (line,) = result.stderr.splitlines()
+    assert line.startswith("megapresence: ")
+    assert message in line
+    assert "secret" not in line
+
+
+@pytest.mark.parametrize("command", ["serve", "hub"])
+def test_a_port_in_use_is_its_own_failure(busy_port: int, command: str) -> None:
+    result = megapresence(
+        command,
+        "--port",
+        str(busy_port),
+        "--log-level",
+        "error",
+        env={"MEGAPRESENCE_HUB_TOKENS": "t"},
+    )
+    assert result.returncode == ExitCode.ADDRESS_IN_USE
+    (line,) = result.stderr.splitlines()
+    assert f"cannot listen on 127.0.0.1:{busy_port}: another process is listening" in line
+
+
+@pytest.mark.parametrize(("flag", "module"), [("--nats", "nats"), ("--redis", "redis")])
+def test_a_missing_extra_names_the_package_to_install(flag: str, module: str) -> None:
+    hidden = f"import sys; sys.modules[{module!r}] = None; "  # as if it were not installed
+    result = megapresence(
+        "serve", "--port", "0", flag, "x://127.0.0.1", "--log-level", "error", prelude=hidden
+    )
+    assert result.returncode == ExitCode.MISSING_EXTRA
+    (line,) = result.stderr.splitlines()
+    assert f"{flag} needs {module}" in line
+    assert f"pip install 'megapresence[{module}]'" in line
+
+
+def test_with_json_logs_a_failure_to_start_is_one_json_line(busy_port: int) -> None:
+    result = megapresence(
+        "hub", "--port", str(busy_port), "--token", "t", "--log-format", "json", "--app", "chat"
+    )
+    assert result.returncode == ExitCode.ADDRESS_IN_USE
+    (line,) = result.stderr.splitlines()
+    failure = json.loads(line)
+    assert failure["event"] == "startup.failed"
+    assert failure["exit_code"] == ExitCode.ADDRESS_IN_USE
+    assert failure["app"] == "chat"
+    assert "another process is listening" in failure["error"]
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_drains_and_exits_0_even_when_sent_twice(
+    tmp_path: Path, backend: str, sig: signal.Signals
+) -> None:
+    # Flags after the command: the form dev.py passes on.
+    server = Command(
+        tmp_path,
+        "serve",
+        "serve",
+        "--port",
+        "0",
+        "--backend",
+        backend,
+        "--log-format",
+        "json",
+        "--app",
+        "chat",
+        "--instance-id",
+        "i-1",
+    )
+    server.process.send_signal(sig)
+    server.process.send_signal(sig)  # a second one during the drain changes nothing
+    assert server.stop(sig) == 0
+    lines = [json.loads(line) for line in server.log.read_text().splitlines()]
+    assert all((line["app"], line["instance"]) == ("chat", "i-1") for line in lines)
+    events = {line.get("event"): line for line in lines}
+    assert events["server.listening"]["backend"] == backend
+    assert events["server.listening"]["version"] == __version__
+    assert events["shutdown.started"]["signal"] == sig.name
+    assert "shutdown.done" in events
+    with socket.socket() as sock:  # the port is free again
+        sock.bind(("127.0.0.1", server.port))
+
+
+def test_the_hub_logs_its_id_as_the_instance(tmp_path: Path) -> None:
+    hub = Command(tmp_path, "hub", "hub", "--port", "0", "--log-format", "json")
+    assert hub.stop() == 0
+    lines = [json.loads(line) for line in hub.log.read_text().splitlines()]
+    listening = next(line for line in lines if line.get("event") == "hub.listening")
+    assert listening["instance"] == listening["hub_id"]
+    assert listening["app"] == "megapresence"
+
+
+def test_a_bug_exits_1_with_its_traceback_in_the_log(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def broken(*args: object) -> str:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(cli, "_start_hub", broken)
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        code = cli.main(["hub", "--token", "t", "--log-format", "json"])
+    finally:
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])
+    assert code == ExitCode.INTERNAL
+    (line,) = capsys.readouterr().err.splitlines()
+    crash = json.loads(line)
+    assert crash["level"] == "critical"
+    assert crash["exc_type"] == "RuntimeError"
+    assert "a bug" in crash["exc"]
+
+
+def test_a_startup_error_is_found_inside_exception_groups() -> None:
+    failure = StartupError(ExitCode.ADDRESS_IN_USE, "busy")
+    nested = BaseExceptionGroup("outer", [KeyError("x"), ExceptionGroup("inner", [failure])])
+    assert cli._startup_error(nested) is failure
+    assert cli._startup_error(ExceptionGroup("other", [KeyError("x")])) is None
