@@ -1,0 +1,161 @@
+"""The README's Python examples, run as written: they cannot rot.
+
+Each ```python block is executed as a module (not as ``__main__``, so its
+``anyio.run(main)`` stays put) and then driven as a user would: the serving
+example with real clients on both backends, the cluster example against real
+NATS and Redis servers. Only the listening address is changed (to a free port).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+
+from megapresence_anyio import PresenceServer
+
+from .servers import Server
+from .socket_helpers import Client, http_status, wait_for
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+SERVING = "Serving WebSockets (asyncio or trio)"
+CLUSTER = "A cluster of servers: NATS and Redis"
+CORE = "Using the core"
+
+
+def python_blocks() -> dict[str, str]:
+    """Section title -> the one Python block under it."""
+    blocks: dict[str, str] = {}
+    title = ""
+    for heading, code in re.findall(
+        r"^## ([^\n]+)$|^```python\n(.*?)^```$", README.read_text(), re.MULTILINE | re.DOTALL
+    ):
+        if heading:
+            title = heading
+        else:
+            assert title not in blocks, f"two Python blocks under {title!r}: give each a test"
+            blocks[title] = code
+    return blocks
+
+
+def run_block(title: str, **overrides: object) -> dict[str, Any]:
+    namespace: dict[str, Any] = {"__name__": "readme_example"}
+    exec(compile(python_blocks()[title], f"README.md: {title}", "exec"), namespace)
+    namespace.update(overrides)  # module globals the example's functions read when called
+    return namespace
+
+
+def test_every_python_block_of_the_readme_has_a_test() -> None:
+    assert set(python_blocks()) == {SERVING, CLUSTER, CORE}
+
+
+@pytest.fixture
+def started(monkeypatch: pytest.MonkeyPatch) -> list[PresenceServer]:
+    """The servers the examples start, each listening on a free loopback port."""
+    servers: list[PresenceServer] = []
+    listen = PresenceServer.listen
+
+    async def on_a_free_port(self: PresenceServer, *args: Any, **options: Any) -> int:
+        port = await listen(self, "127.0.0.1", 0)
+        servers.append(self)
+        return port
+
+    monkeypatch.setattr(PresenceServer, "listen", on_a_free_port)
+    return servers
+
+
+@asynccontextmanager
+async def running(
+    main: Callable[[], Any], servers: list[PresenceServer], count: int = 1
+) -> AsyncIterator[list[PresenceServer]]:
+    async with anyio.create_task_group() as group:
+        for _ in range(count):
+            group.start_soon(main)
+        await wait_for(lambda: len(servers) == count, timeout=15)
+        yield servers
+        group.cancel_scope.cancel()
+
+
+def url(server: PresenceServer, path: str) -> str:
+    return f"ws://127.0.0.1:{server.port}{path}"
+
+
+async def recv_type(client: Client, kind: str) -> dict[str, Any]:
+    while True:
+        message: dict[str, Any] = await client.recv_json()
+        if message["type"] == kind:
+            return message
+
+
+@pytest.mark.anyio
+async def test_the_serving_example_authenticates_chats_and_moderates(
+    started: list[PresenceServer],
+) -> None:
+    example = run_block(SERVING)
+    async with running(example["main"], started) as (server,):
+        assert server.port is not None
+        no_cookie = b"GET /ws/chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade"
+        request = no_cookie + b"\r\nSec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\n"
+        request += b"Sec-WebSocket-Version: 13\r\n\r\n"
+        assert (await http_status(server.port, request)).startswith(b"HTTP/1.1 401")
+
+        ann = await Client.connect(
+            url(server, "/ws/chat"), additional_headers={"Cookie": "sid=6f1c"}
+        )
+        bob = await Client.connect(
+            url(server, "/ws/chat"), additional_headers={"Cookie": "sid=9b2e"}
+        )
+        await wait_for(lambda: len(server.roster("/ws/chat")) == 2)
+        await ann.send("hi")  # on_message returns None: no 1011, a chat to the lobby
+        for client in (ann, bob):
+            chat = await recv_type(client, "chat")
+            assert chat["payload"] == {"from": "ann", "text": "hi"}
+
+        example["moderate"](server)
+        assert (await recv_type(bob, "notice"))["payload"] == "closing at 6"
+        assert (await recv_type(ann, "ping"))["type"] == "ping"
+        assert await bob.closed() == (1008, "bye")
+        assert await ann.silent()  # ann was excepted from the notice
+        await ann.close()
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # nats-py and redis-py need it
+@pytest.mark.anyio
+async def test_the_cluster_example_runs_against_real_nats_and_redis(
+    started: list[PresenceServer], nats_server: Server, redis_server: Server
+) -> None:
+    example = run_block(
+        CLUSTER,
+        NATS_URL=f"nats://127.0.0.1:{nats_server.port}",
+        REDIS_URL=f"redis://127.0.0.1:{redis_server.port}/0",
+    )
+    async with running(example["main"], started, count=2) as (a, b):
+        ann = await Client.connect(url(a, "/ws/chat?user=ann"))
+        bob = await Client.connect(url(b, "/ws/chat?user=bob"))
+
+        def users(members: Iterator[Any] | list[Any]) -> set[str]:
+            return {member.user_id for member in members}
+
+        # NATS carries the roster and the fan-out, Redis the per-channel roster.
+        await wait_for(lambda: users(b.roster("/ws/chat")) == {"ann", "bob"}, timeout=10)
+        assert users(await b.presence_list(["lobby"])) == {"ann", "bob"}
+        a.broadcast("/ws/chat", "lobby", {"type": "hello", "payload": 1})
+        assert (await recv_type(bob, "hello"))["payload"] == 1
+        for client in (ann, bob):
+            await client.close()
+
+
+def test_the_core_example_delivers_to_the_joined_connection() -> None:
+    example = run_block(CORE)
+    presence = example["presence"]
+    assert [m.user_id for m in presence.roster("/ws/chat")] == ["ann"]
+    action = example["action"]  # the loop's last action: the delivery to connection 17
+    assert action.conns == (17,)
+    assert json.loads(action.text)["payload"] == {"text": "hi"}
