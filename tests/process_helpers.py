@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 TOKEN = "process-test-token"
@@ -17,12 +17,18 @@ TOKEN = "process-test-token"
 class Command:
     """One ``megapresence`` process; its banner gives the bound port."""
 
-    def __init__(self, log_dir: Path, name: str, *args: str) -> None:
+    def __init__(
+        self,
+        log_dir: Path,
+        name: str,
+        *args: str,
+        program: Sequence[str] = (sys.executable, "-m", "megapresence_anyio"),
+    ) -> None:
         self.log = log_dir / f"{name}.log"
         env = {**os.environ, "MEGAPRESENCE_HUB_TOKEN": TOKEN, "MEGAPRESENCE_HUB_TOKENS": TOKEN}
         with self.log.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "megapresence_anyio", *args],
+                [*program, *args],
                 stdout=subprocess.PIPE,
                 stderr=log,
                 env=env,

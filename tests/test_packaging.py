@@ -36,7 +36,7 @@ import megapresence_core
 import megapresence_nats
 import megapresence_redis
 
-from .process_helpers import eventually
+from .process_helpers import TOKEN, Command, eventually
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
@@ -46,7 +46,6 @@ PACKAGES = {
     megapresence_nats: ("nats",),
     megapresence_redis: ("redis",),
 }
-TOKEN = "packaging-test-token"
 
 
 def normalized(name: str) -> str:
@@ -213,42 +212,9 @@ def test_the_bare_install_has_no_extra(bare_venv: Path) -> None:
         check=True,
         capture_output=True,
         text=True,
-        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
     ).stdout.split()
     assert Path(out[0]).is_relative_to(bare_venv)
     assert out[1:] == ["[]"]
-
-
-class Process:
-    """An installed ``megapresence`` command; its banner (stdout) gives the port."""
-
-    def __init__(self, home: Path, log: Path, *args: str) -> None:
-        self.log = log
-        env = {
-            **{k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
-            "MEGAPRESENCE_HUB_TOKEN": TOKEN,
-            "MEGAPRESENCE_HUB_TOKENS": TOKEN,
-        }
-        with log.open("ab") as stderr:
-            self.process = subprocess.Popen(
-                [str(home / "bin" / "megapresence"), *args],
-                stdout=subprocess.PIPE,
-                stderr=stderr,
-                env=env,
-                text=True,
-            )
-        assert self.process.stdout is not None
-        banner = self.process.stdout.readline()
-        match = re.search(r":(\d+)/", banner)
-        assert match, f"no banner: {banner!r}; log: {log.read_text()}"
-        self.port = int(match.group(1))
-
-    def stop(self) -> int:
-        self.process.terminate()
-        code = self.process.wait(timeout=30)
-        assert self.process.stdout is not None
-        self.process.stdout.close()
-        return code
 
 
 class StdlibWebSocket:
@@ -313,18 +279,21 @@ class StdlibWebSocket:
 
 
 @pytest.fixture
-def installed(bare_venv: Path, tmp_path: Path) -> Iterator[tuple[Process, Process]]:
-    hub = Process(bare_venv, tmp_path / "hub.log", "hub", "--port", "0")
-    serve = Process(
-        bare_venv,
-        tmp_path / "serve.log",
+def installed(bare_venv: Path, tmp_path: Path) -> Iterator[tuple[Command, Command]]:
+    program = [str(bare_venv / "bin" / "megapresence")]
+    hub = Command(tmp_path, "hub", "hub", "--port", "0", program=program)
+    hub_url = f"ws://127.0.0.1:{hub.port}/"
+    serve = Command(
+        tmp_path,
+        "serve",
         "serve",
         "--port",
         "0",
         "--hub",
-        f"ws://127.0.0.1:{hub.port}/",
+        hub_url,
         "--bridge-id",
         "smoke",
+        program=program,
     )
     yield hub, serve
     assert serve.stop() == 0
@@ -332,7 +301,7 @@ def installed(bare_venv: Path, tmp_path: Path) -> Iterator[tuple[Process, Proces
 
 
 def test_the_wheel_without_extras_runs_serve_and_hub(
-    bare_venv: Path, installed: tuple[Process, Process]
+    bare_venv: Path, installed: tuple[Command, Command]
 ) -> None:
     hub, serve = installed
     version = subprocess.run(
