@@ -7,8 +7,6 @@ import random
 import time
 
 from megapresence_core import (
-    BridgeConnecting,
-    BridgeFrameReceived,
     BroadcastRequested,
     ConnectionClosed,
     ConnectionOpened,
@@ -18,6 +16,10 @@ from megapresence_core import (
     HubConfig,
     Presence,
     SessionJoined,
+)
+from megapresence_core.events import (
+    BridgeConnecting,
+    BridgeFrameReceived,
 )
 
 

@@ -1,6 +1,6 @@
 """Fuzz the browser protocol of ``megapresence serve``.
 
-Invariant: for any bytes, ``decode_client_command`` either raises ``FrameError``
+Invariant: for any bytes, ``decode_client_command`` either raises ``PeerError``
 or returns a command, and ``command_event`` turns that command into an event,
 a roster request or a refusal, for admins and others alike; nothing else escapes.
 """
@@ -10,9 +10,11 @@ from __future__ import annotations
 import sys
 
 from megapresence_core import (
-    CommandRefused,
     Event,
-    FrameError,
+    PeerError,
+)
+from megapresence_core.wire import (
+    CommandRefused,
     RosterCommand,
     command_event,
     decode_client_command,
@@ -22,7 +24,7 @@ from megapresence_core import (
 def test_one_input(data: bytes) -> None:
     try:
         command = decode_client_command(data)
-    except FrameError:
+    except PeerError:
         return
     for is_admin in (False, True):
         for session in (None, "s1"):

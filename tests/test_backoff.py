@@ -2,25 +2,30 @@
 
 from __future__ import annotations
 
+from megapresence_core._timers import Backoff
+
 from megapresence_core import (
-    HubConnected,
-    HubFrameReceived,
     HubLinkConfig,
-    HubLinkStarted,
-    HubLost,
     Presence,
     PresenceConfig,
-    ScheduleReconnect,
     Tick,
 )
-from megapresence_core._backoff import Backoff
+from megapresence_core.actions import (
+    ScheduleReconnect,
+)
+from megapresence_core.events import (
+    HubConnected,
+    HubFrameReceived,
+    HubLinkStarted,
+    HubLost,
+)
 
 from .helpers import registered_frame
 
 
 def delays_after_failures(seed: int, failures: int, **config: float) -> list[float]:
     link = HubLinkConfig(bridge_id="b", instance_id="i", jitter_seed=seed, **config)
-    presence = Presence(PresenceConfig(hub=link))
+    presence = Presence(PresenceConfig(hub_link=link))
     now = 0.0
     presence.handle(HubLinkStarted(now=now))
     delays = []
@@ -64,7 +69,7 @@ def test_same_seed_same_delays() -> None:
 
 def test_backoff_resets_after_a_successful_registration() -> None:
     link = HubLinkConfig(bridge_id="b", instance_id="i", backoff_initial=1, backoff_max=64)
-    presence = Presence(PresenceConfig(hub=link))
+    presence = Presence(PresenceConfig(hub_link=link))
     now = 0.0
     presence.handle(HubLinkStarted(now=now))
     for _ in range(6):

@@ -11,7 +11,10 @@ import pytest
 
 from megapresence_anyio import PresenceServer
 from megapresence_anyio._demo import DemoApp
-from megapresence_core import Limits, PresenceConfig
+from megapresence_core import (
+    Limits,
+    PresenceConfig,
+)
 
 from .socket_helpers import Client, wait_for
 

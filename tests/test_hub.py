@@ -9,21 +9,29 @@ from typing import Any
 import pytest
 
 from megapresence_core import (
+    Hub,
+    HubConfig,
+    LocalUsageError,
+    Log,
+    ShutdownRequested,
+    Tick,
+)
+from megapresence_core.actions import (
     AcceptBridge,
+    CloseBridge,
+    RefuseBridge,
+    SendBridgeFrame,
+)
+from megapresence_core.events import (
     BridgeClosed,
     BridgeConnecting,
     BridgeFrameReceived,
-    BridgeState,
-    CloseBridge,
-    Hub,
-    HubConfig,
+)
+from megapresence_core.hub import (
     HubMember,
-    LocalUsageError,
-    Log,
-    RefuseBridge,
-    SendBridgeFrame,
-    ShutdownRequested,
-    Tick,
+)
+from megapresence_core.lifecycle import (
+    BridgeState,
 )
 
 from .helpers import hub_frame

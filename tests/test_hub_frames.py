@@ -9,23 +9,25 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from megapresence_core import (
+    Message,
+    PeerError,
+)
+from megapresence_core.wire import (
     FRAME_TYPES,
     BroadcastFrame,
     BulkLeaveFrame,
     DirectFrame,
     DisconnectFrame,
     ErrorFrame,
-    FrameError,
     HeartbeatFrame,
     HubFrame,
     JoinFrame,
     LeaveFrame,
-    Message,
     MetadataFrame,
     RegisteredFrame,
     RegisterFrame,
     decode_hub_frame,
-    encode_hub_frame,
+    encode,
 )
 
 from .helpers import hub_frame
@@ -55,7 +57,7 @@ frames: st.SearchStrategy[HubFrame] = st.one_of(
         protocol=st.integers(1, 5),
     ),
     st.builds(
-        RegisteredFrame, hub_id=names, heartbeat_interval=st.floats(0.001, 1e6, allow_nan=False)
+        RegisteredFrame, hub_id=names, heartbeat_interval=st.floats(0.05, 3600)
     ),
     st.builds(
         JoinFrame,
@@ -84,7 +86,7 @@ frames: st.SearchStrategy[HubFrame] = st.one_of(
 
 @given(frames)
 def test_every_frame_round_trips(frame: HubFrame) -> None:
-    text = encode_hub_frame(frame)
+    text = encode(frame)
     assert decode_hub_frame(text, max_bytes=1 << 20) == frame
     assert decode_hub_frame(text.encode(), max_bytes=1 << 20) == frame
 
@@ -107,15 +109,15 @@ def test_every_frame_type_is_covered_by_the_strategy() -> None:
 
 def test_optional_fields_at_their_default_are_left_out() -> None:
     frame = BroadcastFrame(ns="/ws", channel="c", message=Message(type="t"))
-    assert json.loads(encode_hub_frame(frame)) == {
+    assert json.loads(encode(frame)) == {
         "type": "BROADCAST",
         "payload": {"ns": "/ws", "channel": "c", "message": {"type": "t"}},
     }
-    assert json.loads(encode_hub_frame(DisconnectFrame(session_id="s"))) == {
+    assert json.loads(encode(DisconnectFrame(session_id="s"))) == {
         "type": "DISCONNECT",
         "payload": {"sessionId": "s"},
     }
-    assert encode_hub_frame(HeartbeatFrame()) == '{"type":"HEARTBEAT","payload":{}}'
+    assert encode(HeartbeatFrame()) == '{"type":"HEARTBEAT","payload":{}}'
 
 
 def test_unknown_fields_are_ignored_for_forward_compatibility() -> None:
@@ -200,7 +202,7 @@ def test_duplicate_names_in_a_list_are_folded() -> None:
             hub_frame("REGISTERED", hubId="h", heartbeatInterval=-1),
             "bad_frame",
             "heartbeatInterval",
-            "must be a positive number",
+            "must be a number of seconds from 0.05 to 3600",
         ),
         (
             hub_frame("DIRECT", userId="u", message="hi"),
@@ -219,26 +221,26 @@ def test_duplicate_names_in_a_list_are_folded() -> None:
 def test_bad_frames_are_refused_naming_the_field(
     data: str, code: str, field: str | None, match: str
 ) -> None:
-    with pytest.raises(FrameError, match=match) as info:
+    with pytest.raises(PeerError, match=match) as info:
         decode_hub_frame(data, max_bytes=10_000)
     assert (info.value.code, info.value.field) == (code, field)
 
 
 def test_the_size_limit_is_checked_before_parsing_and_counts_bytes() -> None:
-    with pytest.raises(FrameError, match="4 bytes is over the 3-byte limit") as info:
+    with pytest.raises(PeerError, match="4 bytes is over the 3-byte limit") as info:
         decode_hub_frame("éé", max_bytes=3)  # two characters, four bytes
     assert (info.value.code, info.value.close_code) == ("too_big", 1009)
-    with pytest.raises(FrameError, match="over the 3-byte limit"):
+    with pytest.raises(PeerError, match="over the 3-byte limit"):
         decode_hub_frame(b"{}  ", max_bytes=3)
 
 
 def test_invalid_utf8_bytes_are_refused() -> None:
-    with pytest.raises(FrameError, match="not valid JSON") as info:
+    with pytest.raises(PeerError, match="not valid JSON") as info:
         decode_hub_frame(b'{"type":"\xff"}', max_bytes=100)
     assert info.value.code == "bad_json"
 
 
 def test_deep_nesting_is_refused_not_a_crash() -> None:
     data = '{"type":"HEARTBEAT","payload":{"x":' + "[" * 100_000 + "]" * 100_000 + "}}"
-    with pytest.raises(FrameError):
+    with pytest.raises(PeerError):
         decode_hub_frame(data, max_bytes=1 << 20)

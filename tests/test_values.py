@@ -7,29 +7,37 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from megapresence_core import (
-    MAX_CLOSE_REASON_BYTES,
     CloseCode,
     CloseConnection,
     ConnectionOpened,
     Deliver,
     HubConfig,
-    HubFrameReceived,
     HubLinkConfig,
     Limits,
     LocalUsageError,
     Log,
     LogLevel,
     Message,
-    RosterConfig,
-    RosterEntry,
-    RosterRefresh,
-    SendHubFrame,
     SessionJoined,
+    StoreConfig,
     Tick,
-    redact_url,
-    truncate_reason,
 )
 from megapresence_core._json import freeze_json
+from megapresence_core.actions import (
+    SendHubFrame,
+    StoreEntry,
+    StoreRefresh,
+)
+from megapresence_core.config import (
+    redact_url,
+)
+from megapresence_core.errors import (
+    MAX_CLOSE_REASON_BYTES,
+    truncate_reason,
+)
+from megapresence_core.events import (
+    HubFrameReceived,
+)
 
 
 @given(st.text())
@@ -76,8 +84,9 @@ def test_message_coerce_accepts_a_message_as_is() -> None:
     message = Message(type="t", payload=[1])
     assert Message.coerce(message) is message
     assert Message.coerce({"type": "t", "payload": [1]}) == message
-    assert message.to_json() == {"type": "t", "payload": [1]}
-    assert Message(type="t").to_json() == {"type": "t"}
+    assert message.json == '{"type":"t","payload":[1]}'
+    assert (message.payload_json, message.size) == ("[1]", 26)
+    assert Message(type="t").json == '{"type":"t"}'
 
 
 @pytest.mark.parametrize(
@@ -102,7 +111,7 @@ def test_message_coerce_accepts_a_message_as_is() -> None:
             lambda: HubLinkConfig(bridge_id="b", instance_id="i", backoff_multiplier=0.5),
             "backoff_multiplier must be >= 1",
         ),
-        (lambda: RosterConfig(ttl=10, refresh_interval=10), "refresh_interval must be shorter"),
+        (lambda: StoreConfig(ttl=10, refresh_interval=10), "refresh_interval must be shorter"),
         (lambda: HubConfig(hub_id="h", tokens=[]), "at least one token"),
         (lambda: HubConfig(hub_id="h", tokens=[""]), "each token must be a non-empty string"),
         (lambda: HubConfig(hub_id="", tokens=["t"]), "hub_id must be a non-empty string"),
@@ -129,9 +138,9 @@ def test_reprs_are_short_and_readable() -> None:
     assert repr(Message(type="t", payload="p" * 100)).startswith("Message(type='t', payload=\"ppp")
     assert len(repr(Message(type="t", payload="p" * 100))) < 70
     assert repr(Message(type="t")) == "Message(type='t')"
-    entry = RosterEntry(channel="c", session_id="s", member=None)  # type: ignore[arg-type]
-    assert repr(RosterRefresh(entries=(entry,) * 3, ttl=1.0)) == (
-        "RosterRefresh(entries=<3 entries>, ttl=1.0)"
+    entry = StoreEntry(channel="c", session_id="s", member=None)  # type: ignore[arg-type]
+    assert repr(StoreRefresh(entries=(entry,) * 3, ttl=1.0)) == (
+        "StoreRefresh(entries=<3 entries>, ttl=1.0)"
     )
 
 

@@ -1,18 +1,22 @@
-"""Strict JSON: one encoder and one decoder for every wire format.
+"""Strict JSON: the text rules under every wire format.
 
-The encoder is compact and refuses NaN and non-JSON values; the decoder checks
-the size before it parses, refuses NaN/Infinity and duplicate keys (two
-readers could disagree on which value wins), and reports failures as
-``FrameError`` so no caller has to know what ``json`` raises.
+The encoder is compact and refuses NaN, infinities, integers too long to
+print and non-JSON values; the decoder checks the size before it parses, and
+refuses NaN/Infinity literals, numbers that only fit as an infinity (``1e999``),
+integers past Python's digit limit, duplicate keys (two readers could disagree
+on which value wins) and unpaired surrogates, and reports failures as
+``PeerError`` so no caller has to know what ``json`` raises. Whatever it
+returns re-encodes: a value read from one peer can always be sent to another.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any, NoReturn, TypeAlias
 
-from ._errors import FrameError, LocalUsageError
+from .errors import CloseCode, LocalUsageError, PeerError
 
 __all__ = ["Json", "JsonObject", "decode_object", "dumps", "freeze_json", "utf8_len"]
 
@@ -58,6 +62,13 @@ def _reject_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is out of range (it would be an infinity)")
+    return value
+
+
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     result = dict(pairs)
     if len(result) != len(pairs):
@@ -69,17 +80,20 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
-_decoder = json.JSONDecoder(object_pairs_hook=_unique_keys, parse_constant=_reject_constant)
+_decoder = json.JSONDecoder(
+    object_pairs_hook=_unique_keys, parse_constant=_reject_constant, parse_float=_finite_float
+)
 
 
 def decode_object(data: str | bytes, *, max_bytes: int, what: str) -> JsonObject:
-    """Decode one JSON object of at most ``max_bytes`` bytes, or raise ``FrameError``."""
+    """Decode one JSON object of at most ``max_bytes`` bytes, or raise ``PeerError``."""
     size = len(data) if isinstance(data, bytes) else utf8_len(data)
     if size > max_bytes:
-        raise FrameError(
+        raise PeerError(
             f"{what} of {size} bytes is over the {max_bytes}-byte limit",
             code="too_big",
-            close_code=1009,
+            close_code=CloseCode.MESSAGE_TOO_BIG,
+            http_status=413,
         )
     try:
         text = data.decode("utf-8") if isinstance(data, bytes) else data
@@ -87,9 +101,9 @@ def decode_object(data: str | bytes, *, max_bytes: int, what: str) -> JsonObject
         if _SURROGATE_ESCAPE.search(text):
             _check_encodable(value)
     except (UnicodeError, ValueError, RecursionError) as exc:
-        raise FrameError(f"{what} is not valid JSON: {exc}", code="bad_json") from None
+        raise PeerError(f"{what} is not valid JSON: {exc}", code="bad_json") from None
     if not isinstance(value, dict):
-        raise FrameError(
+        raise PeerError(
             f"{what} must be a JSON object, not {type(value).__name__}", code="bad_json"
         )
     return value
@@ -105,7 +119,9 @@ def freeze_json(value: object, *, what: str, max_bytes: int) -> tuple[Any, str]:
         text = dumps(value)
         size = len(text.encode("utf-8"))
     except (TypeError, ValueError) as exc:  # UnicodeEncodeError is a ValueError
-        raise LocalUsageError(f"{what} must be JSON-serializable text: {exc}") from None
+        raise LocalUsageError(
+            f"{what} must be JSON-serializable text with finite numbers: {exc}"
+        ) from None
     if size > max_bytes:
         raise LocalUsageError(f"{what} is {size} bytes of JSON; the limit is {max_bytes}")
     if value is None or isinstance(value, (str, int, float)):

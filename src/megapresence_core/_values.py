@@ -1,4 +1,4 @@
-"""Value classes shared by events, actions and frames: messages and members."""
+"""Value classes shared by events, actions and wire forms: messages, members, store entries."""
 
 from __future__ import annotations
 
@@ -8,10 +8,19 @@ from typing import Any, Final, final
 
 import attrs
 
-from ._errors import LocalUsageError
 from ._json import Json, JsonObject, dumps
+from .errors import LocalUsageError
 
-__all__ = ["ABSENT", "Absent", "Member", "Message", "RosterEntry", "non_empty_str", "str_tuple"]
+__all__ = [
+    "ABSENT",
+    "Absent",
+    "Member",
+    "Message",
+    "RemoteMember",
+    "StoreEntry",
+    "non_empty_str",
+    "str_tuple",
+]
 
 
 class Absent(enum.Enum):
@@ -52,29 +61,38 @@ def _short(text: str, limit: int = 40) -> str:
 @final
 @attrs.frozen(kw_only=True, repr=False)
 class Message:
-    """An application message ``{"type", "payload"?}``, encoded once when built.
+    """An application message ``{"type", "payload"?}``, JSON-encoded once, when built.
 
-    ``payload_json`` is the payload's JSON text (``None`` when absent), reused
-    for every client frame so a broadcast to N sockets encodes it once.
+    ``payload_json`` is the payload's JSON text (``None`` when absent) and
+    ``json`` the whole message's; every wire form (the client frame, the hub
+    frame, the cluster message) splices these texts in instead of encoding the
+    payload again, so a broadcast's payload is encoded exactly once however
+    many sockets, bridges and instances it reaches. ``size`` is ``json`` in
+    UTF-8 bytes: what ``Limits.max_message_bytes`` counts.
     """
 
     type: str
     payload: Json | Absent = ABSENT
     payload_json: str | None = attrs.field(init=False, eq=False)
+    json: str = attrs.field(init=False, eq=False)
+    size: int = attrs.field(init=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
         non_empty_str("Message", "type", self.type)
-        if self.payload is ABSENT:
-            encoded = None
-        else:
-            try:
-                encoded = dumps(self.payload)
-                encoded.encode("utf-8")
-            except (TypeError, ValueError) as exc:
-                raise LocalUsageError(
-                    f"Message: payload must be JSON-serializable text: {exc}"
-                ) from None
+        try:
+            head = '{"type":' + dumps(self.type)
+            encoded = None if self.payload is ABSENT else dumps(self.payload)
+            text = head + "}" if encoded is None else f'{head},"payload":{encoded}}}'
+            # A lone surrogate cannot travel in UTF-8: encoding says so.
+            size = len(text) if text.isascii() else len(text.encode("utf-8"))
+        except (TypeError, ValueError) as exc:
+            raise LocalUsageError(
+                f"Message: type and payload must be JSON-serializable text with finite "
+                f"numbers: {exc}"
+            ) from None
         object.__setattr__(self, "payload_json", encoded)
+        object.__setattr__(self, "json", text)
+        object.__setattr__(self, "size", size)
 
     @classmethod
     def coerce(cls, value: Message | Mapping[str, Any]) -> Message:
@@ -91,12 +109,6 @@ class Message:
         if "type" not in value:
             raise LocalUsageError("message needs a 'type' (a non-empty string)")
         return cls(type=value["type"], payload=value.get("payload", ABSENT))
-
-    def to_json(self) -> JsonObject:
-        """The message as it travels inside hub and cluster frames."""
-        if self.payload is ABSENT:
-            return {"type": self.type}
-        return {"type": self.type, "payload": self.payload}
 
     def __repr__(self) -> str:
         payload = "" if self.payload_json is None else f", payload={_short(self.payload_json)}"
@@ -121,9 +133,21 @@ class Member:
 
 @final
 @attrs.frozen(kw_only=True)
-class RosterEntry:
-    """One (channel, session) membership of this process, as a shared roster holds it."""
+class StoreEntry:
+    """One (channel, session) membership of this process, as the shared store holds it."""
 
     channel: str
     session_id: str
     member: Member
+
+
+@final
+@attrs.frozen(kw_only=True)
+class RemoteMember:
+    """A member of another instance of the cluster, with the ns it joined on."""
+
+    ns: str
+    member: Member
+
+    def to_json(self) -> JsonObject:
+        return {"ns": self.ns, **self.member.to_json()}

@@ -24,7 +24,7 @@ from megapresence_core import (
     HubLinkConfig,
     LocalUsageError,
     PresenceConfig,
-    RosterConfig,
+    StoreConfig,
 )
 
 from ._config import SocketLimits
@@ -171,7 +171,7 @@ async def _serve(args: argparse.Namespace) -> None:
             app=args.app,
             instance_id=instance_id,
             epoch=epoch,
-            roster=not args.fanout_only,
+            sync_members=not args.fanout_only,
             heartbeat_interval=args.cluster_heartbeat,
             ttl=args.cluster_ttl,
         )
@@ -179,7 +179,7 @@ async def _serve(args: argparse.Namespace) -> None:
     if args.redis:
         from megapresence_redis import RedisRoster
 
-        roster_config = RosterConfig(ttl=args.roster_ttl, refresh_interval=args.roster_refresh)
+        roster_config = StoreConfig(ttl=args.roster_ttl, refresh_interval=args.roster_refresh)
         roster = RedisRoster(args.redis, app=args.app, instance_id=instance_id, epoch=epoch)
     server = PresenceServer(
         app.authenticate,
@@ -187,7 +187,7 @@ async def _serve(args: argparse.Namespace) -> None:
         on_open=app.on_open,
         on_message=app.on_message,
         on_close=app.on_close,
-        presence=PresenceConfig(hub=hub_config, cluster=cluster_config, roster=roster_config),
+        presence=PresenceConfig(hub_link=hub_config, cluster=cluster_config, store=roster_config),
         limits=SocketLimits(allowed_origins=args.allowed_origin),
         hub_url=args.hub,
         hub_token=args.hub_token,

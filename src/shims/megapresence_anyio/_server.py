@@ -25,15 +25,11 @@ from megapresence_core import (
     BroadcastRequested,
     CloseCode,
     CloseConnection,
-    CloseHubLink,
-    ClusterPublish,
-    ConnectHub,
     ConnectionClosed,
     ConnectionOpened,
     Deliver,
     DirectRequested,
     Event,
-    HubLinkStarted,
     KickRequested,
     LocalUsageError,
     Log,
@@ -42,16 +38,22 @@ from megapresence_core import (
     MetadataUpdated,
     Presence,
     PresenceConfig,
-    RosterDelete,
-    RosterEntry,
-    RosterPut,
-    RosterRefresh,
-    ScheduleReconnect,
-    SendHubFrame,
     SessionJoined,
     ShutdownRequested,
     Tick,
 )
+from megapresence_core.actions import (
+    CloseHubLink,
+    ClusterPublish,
+    ConnectHub,
+    ScheduleReconnect,
+    SendHubFrame,
+    StoreDelete,
+    StoreEntry,
+    StorePut,
+    StoreRefresh,
+)
+from megapresence_core.events import HubLinkStarted
 
 from ._config import DEFAULT_SOCKET_LIMITS, SocketLimits
 from ._http import HandshakeRequest, accept_websocket, read_request, respond
@@ -154,7 +156,7 @@ class RosterBackend(Protocol):
 
     def put(self, channel: str, session_id: str, member: Member, ttl: float) -> None: ...
 
-    def refresh(self, entries: Iterable[RosterEntry], ttl: float) -> None: ...
+    def refresh(self, entries: Iterable[StoreEntry], ttl: float) -> None: ...
 
     def delete(self, channel: str, session_id: str) -> None: ...
 
@@ -206,19 +208,19 @@ class PresenceServer:
         pages: Mapping[str, tuple[str, bytes]] | None = None,
     ) -> None:
         config = presence if presence is not None else PresenceConfig()
-        if (config.roster is None) != (roster is None):
+        if (config.store is None) != (roster is None):
             raise LocalUsageError(
                 "PresenceServer: give a roster backend (megapresence_redis.RedisRoster) together "
-                "with PresenceConfig.roster, or neither"
+                "with PresenceConfig.store, or neither"
             )
         if (config.cluster is None) != (cluster is None):
             raise LocalUsageError(
                 "PresenceServer: give a cluster backend (megapresence_nats.NatsCluster) together "
                 "with PresenceConfig.cluster, or neither"
             )
-        if (config.hub is None) != (hub_url is None):
+        if (config.hub_link is None) != (hub_url is None):
             raise LocalUsageError(
-                "PresenceServer: give hub_url together with PresenceConfig.hub (bridge id, "
+                "PresenceServer: give hub_url together with PresenceConfig.hub_link (bridge id, "
                 "instance id, channels), or neither"
             )
         self._authenticate = authenticate
@@ -257,9 +259,9 @@ class PresenceServer:
             CloseHubLink: self._close_hub_link,
             ScheduleReconnect: lambda action: self._ticker.wake(),
             ClusterPublish: self._publish,
-            RosterPut: self._roster_put,
-            RosterRefresh: self._roster_refresh,
-            RosterDelete: self._roster_delete,
+            StorePut: self._roster_put,
+            StoreRefresh: self._roster_refresh,
+            StoreDelete: self._roster_delete,
             Log: log_action,
         }
         self.port: int | None = None
@@ -511,15 +513,15 @@ class PresenceServer:
         assert self._cluster is not None
         self._cluster.publish(action.subject, action.data)
 
-    def _roster_put(self, action: RosterPut) -> None:
+    def _roster_put(self, action: StorePut) -> None:
         assert self._roster is not None
         self._roster.put(action.channel, action.session_id, action.member, action.ttl)
 
-    def _roster_refresh(self, action: RosterRefresh) -> None:
+    def _roster_refresh(self, action: StoreRefresh) -> None:
         assert self._roster is not None
         self._roster.refresh(action.entries, action.ttl)
 
-    def _roster_delete(self, action: RosterDelete) -> None:
+    def _roster_delete(self, action: StoreDelete) -> None:
         assert self._roster is not None
         self._roster.delete(action.channel, action.session_id)
 

@@ -1,9 +1,9 @@
-"""The hub's view of presence: every session of every bridge, and who shares a channel.
+"""The hub's session table: every session of every bridge, and who shares a channel.
 
 Routing asks two questions on every frame, "which bridges have a member in
 channel C" and "which bridges hold a session of user U", so both are kept as
 counted indexes rather than computed by scanning sessions. As with the
-bridge's indexes, no empty entry is kept and :meth:`HubPresence.check` states
+bridge's indexes, no empty entry is kept and :meth:`HubSessions.check` states
 the invariant by recomputing everything from the sessions.
 """
 
@@ -14,7 +14,7 @@ from typing import final
 
 from ._json import JsonObject
 
-__all__ = ["HubPresence", "HubSession"]
+__all__ = ["HubSession", "HubSessions"]
 
 
 @final
@@ -55,7 +55,7 @@ def _count_down(index: dict[str, dict[Hashable, int]], key: str, bridge: Hashabl
 
 
 @final
-class HubPresence:
+class HubSessions:
     __slots__ = ("by_bridge", "channel_bridges", "sessions", "user_bridges")
 
     def __init__(self) -> None:

@@ -1,23 +1,29 @@
-"""Events the shim feeds to ``Presence.handle``.
+"""Events: what the shim feeds to ``Presence.handle`` and ``Hub.handle``.
 
 Each event validates itself when built, so a bad value fails where the shim
 or the embedding program creates it, with a ``LocalUsageError`` naming the
-field, and the machine never sees it. Connections are opaque hashable ids
-chosen by the shim. ``now`` is monotonic seconds, read by the shim.
+field, and the machine never sees it. Connections and bridges are opaque
+hashable ids chosen by the shim. ``now`` is monotonic seconds read by the
+shim: a finite number. Bytes from the network (``data``) must be ``str`` or
+``bytes``; what they say is checked by the machine, never here.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Mapping
 from typing import Any, Final, TypeAlias, final
 
 import attrs
 
-from ._errors import LocalUsageError
 from ._json import JsonObject, dumps, freeze_json, utf8_len
 from ._values import Message, non_empty_str, str_tuple
+from .errors import LocalUsageError
 
 __all__ = [
+    "BridgeClosed",
+    "BridgeConnecting",
+    "BridgeFrameReceived",
     "BroadcastRequested",
     "ClusterConnected",
     "ClusterLost",
@@ -27,6 +33,7 @@ __all__ = [
     "DirectRequested",
     "Event",
     "HubConnected",
+    "HubEvent",
     "HubFrameReceived",
     "HubLinkStarted",
     "HubLost",
@@ -55,11 +62,24 @@ def _name(instance: object, attribute: attrs.Attribute[str], value: object) -> N
 
 
 def monotonic_seconds(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    """Validator: a number of seconds, never NaN or a bool."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+    """Validator: a finite number of seconds, never NaN, an infinity or a bool."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise LocalUsageError(
             f"{type(instance).__name__}: {attribute.name} must be monotonic seconds, got {value!r}"
         )
+
+
+def received_data(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    """Validator: what arrived from the network, as text or bytes (checked later)."""
+    if not isinstance(value, (str, bytes)):
+        raise LocalUsageError(
+            f"{type(instance).__name__}: {attribute.name} must be str or bytes, "
+            f"not {type(value).__name__}"
+        )
+
+
+def _data_repr(data: str | bytes) -> str:
+    return f"<{len(data)} chars>"
 
 
 def _channels(value: Any) -> tuple[str, ...]:
@@ -130,6 +150,11 @@ class ConnectionClosed:
     conn: Hashable = attrs.field(validator=hashable_id)
 
 
+def _close_code(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+        raise LocalUsageError(f"HubLost: code must be an int or None, got {value!r}")
+
+
 def _message(value: Message | Mapping[str, Any]) -> Message:
     return Message.coerce(value)
 
@@ -137,7 +162,14 @@ def _message(value: Message | Mapping[str, Any]) -> Message:
 @final
 @attrs.frozen(kw_only=True)
 class BroadcastRequested:
-    """Send ``message`` to every connection of ``ns``, here and on every peer."""
+    """Send ``message`` to every connection of ``ns``, here and on every peer.
+
+    ``channel`` routes the broadcast between processes (the hub sends it to
+    the bridges with a member in the channel, the cluster to every instance);
+    it does not filter local delivery, which reaches every connection of
+    ``ns``, joined or not (the seed's rule: channel-scoped delivery is a
+    separate request).
+    """
 
     ns: str = attrs.field(validator=_name)
     channel: str = attrs.field(validator=_name)
@@ -203,7 +235,7 @@ class HubConnected:
 class HubFrameReceived:
     """A text frame arrived on the hub link; the machine validates it."""
 
-    data: str | bytes = attrs.field(repr=lambda data: f"<{len(data)} chars>")
+    data: str | bytes = attrs.field(repr=_data_repr, validator=received_data)
     now: float = attrs.field(validator=monotonic_seconds)
 
 
@@ -213,8 +245,8 @@ class HubLost:
     """The hub transport closed or could not be opened; ``code`` is None without a close frame."""
 
     now: float = attrs.field(validator=monotonic_seconds)
-    code: int | None = None
-    reason: str = ""
+    code: int | None = attrs.field(default=None, validator=_close_code)
+    reason: str = attrs.field(default="", validator=attrs.validators.instance_of(str))
 
 
 @final
@@ -238,7 +270,7 @@ class ClusterLost:
 class ClusterMessageReceived:
     """A message arrived on one of the cluster's subjects; the machine validates it."""
 
-    data: str | bytes = attrs.field(repr=lambda data: f"<{len(data)} chars>")
+    data: str | bytes = attrs.field(repr=_data_repr, validator=received_data)
     now: float = attrs.field(validator=monotonic_seconds)
 
 
@@ -273,4 +305,40 @@ Event: TypeAlias = (
     | ClusterMessageReceived
     | Tick
     | ShutdownRequested
+)
+
+
+@final
+@attrs.frozen(kw_only=True)
+class BridgeConnecting:
+    """An upgrade request reached the hub; ``authorization`` is its header, if any."""
+
+    bridge: Hashable = attrs.field(validator=hashable_id)
+    authorization: str | None = attrs.field(
+        repr=False, validator=attrs.validators.optional(attrs.validators.instance_of(str))
+    )
+    now: float = attrs.field(validator=monotonic_seconds)
+
+
+@final
+@attrs.frozen(kw_only=True)
+class BridgeFrameReceived:
+    """A text frame arrived from a bridge; the hub validates it."""
+
+    bridge: Hashable = attrs.field(validator=hashable_id)
+    data: str | bytes = attrs.field(repr=_data_repr, validator=received_data)
+    now: float = attrs.field(validator=monotonic_seconds)
+
+
+@final
+@attrs.frozen(kw_only=True)
+class BridgeClosed:
+    """The bridge's transport is gone, whoever closed it."""
+
+    bridge: Hashable = attrs.field(validator=hashable_id)
+    now: float = attrs.field(validator=monotonic_seconds)
+
+
+HubEvent: TypeAlias = (
+    BridgeConnecting | BridgeFrameReceived | BridgeClosed | Tick | ShutdownRequested
 )

@@ -12,6 +12,15 @@ one BULK_LEAVE to the bridges that shared a channel with it.
 
 A bad frame from one bridge costs that bridge only: an ERROR frame and a
 strike; ``max_errors`` strikes, or one protocol violation, close it with 1008.
+A session moves between bridges only under its own user id: a JOIN for a
+session held under another user is refused (a strike) and changes nothing.
+
+Lifecycles: each bridge follows the ``BRIDGE`` table and the hub itself the
+``HUB`` table (accepting, then draining); their rows name what each
+transition does (``"forget"`` a registered bridge's sessions, ``"ignore"``
+what a closing bridge still says...). Timers (``REGISTER`` while awaiting
+REGISTER, ``HEARTBEAT`` and ``SILENCE`` while registered) live in one
+``Timers`` keyed by bridge, and entering a state cancels those it does not allow.
 """
 
 from __future__ import annotations
@@ -22,23 +31,31 @@ from typing import Any, Final, final
 
 import attrs
 
-from ._actions import Log, LogLevel
-from ._close import CloseCode, truncate_reason
-from ._config import HUB_PROTOCOL_VERSION, HubConfig
-from ._errors import FrameError, LocalUsageError
-from ._events import ShutdownRequested, Tick
-from ._hub_events import (
+from ._hub_sessions import HubSession, HubSessions
+from ._json import JsonObject, dumps, utf8_len
+from ._timers import Timer, Timers
+from .actions import (
     AcceptBridge,
-    BridgeClosed,
-    BridgeConnecting,
-    BridgeFrameReceived,
     CloseBridge,
     HubAction,
-    HubEvent,
+    Log,
+    LogLevel,
     RefuseBridge,
     SendBridgeFrame,
 )
-from ._hub_frames import (
+from .config import HubConfig
+from .errors import CloseCode, LocalUsageError, PeerError, truncate_reason
+from .events import (
+    BridgeClosed,
+    BridgeConnecting,
+    BridgeFrameReceived,
+    HubEvent,
+    ShutdownRequested,
+    Tick,
+)
+from .lifecycle import BRIDGE, HUB, BridgeInput, BridgeState, HubInput, HubState, Machine
+from .wire import (
+    HUB_PROTOCOL_VERSION,
     BroadcastFrame,
     BulkLeaveFrame,
     DirectFrame,
@@ -52,15 +69,13 @@ from ._hub_frames import (
     RegisteredFrame,
     RegisterFrame,
     decode_hub_frame,
-    encode_hub_frame,
+    encode,
 )
-from ._hub_presence import HubPresence, HubSession
-from ._json import JsonObject, dumps, utf8_len
-from ._lifecycle import BRIDGE_TRANSITIONS, BridgeInput, BridgeState, advance
 
-__all__ = ["Hub", "HubMember"]
+__all__ = ["Bridge", "Hub", "HubConfig", "HubMember"]
 
-_HEARTBEAT_TEXT: Final = encode_hub_frame(HeartbeatFrame())
+_HEARTBEAT_TEXT: Final = encode(HeartbeatFrame())
+_BI = BridgeInput
 
 
 @final
@@ -76,31 +91,31 @@ class HubMember:
 
 
 @final
-class _Bridge:
+class Bridge:
+    """A presence server linked to this hub, as the hub sees it."""
+
     __slots__ = (
         "allowance",
         "allowance_at",
         "bridge",
         "bridge_id",
-        "connected_at",
         "errors",
         "instance_id",
-        "last_heard",
-        "last_sent",
-        "state",
+        "lifecycle",
     )
 
-    def __init__(self, bridge: Hashable, now: float, burst: float) -> None:
+    def __init__(self, bridge: Hashable, now: float, burst: float, timers: Timers) -> None:
         self.bridge = bridge
-        self.state = BridgeState.AWAITING_REGISTER
+        self.lifecycle: Machine[BridgeState, BridgeInput] = Machine(BRIDGE, timers, owner=bridge)
         self.bridge_id: str | None = None
         self.instance_id: str | None = None
-        self.connected_at = now
-        self.last_heard = now
-        self.last_sent = now
         self.errors = 0
         self.allowance = burst
         self.allowance_at = now
+
+    @property
+    def state(self) -> BridgeState:
+        return self.lifecycle.state
 
 
 def _bearer(authorization: str | None) -> bytes:
@@ -119,10 +134,11 @@ class Hub:
     def __init__(self, config: HubConfig) -> None:
         self._config = config
         self._tokens = tuple(token.encode("utf-8") for token in config.tokens)
-        self._bridges: dict[Hashable, _Bridge] = {}
-        self._by_bridge_id: dict[str, _Bridge] = {}
-        self._presence = HubPresence()
-        self._draining = False
+        self._bridges: dict[Hashable, Bridge] = {}
+        self._by_bridge_id: dict[str, Bridge] = {}
+        self._sessions = HubSessions()
+        self._timers = Timers()
+        self._lifecycle: Machine[HubState, HubInput] = Machine(HUB)
 
     @property
     def hub_id(self) -> str:
@@ -150,17 +166,21 @@ class Hub:
     def _on_connecting(self, event: BridgeConnecting) -> list[HubAction]:
         if event.bridge in self._bridges:
             raise LocalUsageError(f"BridgeConnecting: bridge {event.bridge!r} is already connected")
-        if self._draining:
+        if self._lifecycle.fire(HubInput.CONNECT) == "refuse":
             return [RefuseBridge(bridge=event.bridge, status=503, reason="hub is draining")]
         if not self.authorized(event.authorization):
             return [
                 Log(level=LogLevel.WARNING, event="hub.auth.refused", fields={}),
                 RefuseBridge(bridge=event.bridge, status=401, reason="bad or missing bearer token"),
             ]
-        self._bridges[event.bridge] = _Bridge(event.bridge, event.now, self._config.frame_burst)
+        config = self._config
+        self._bridges[event.bridge] = Bridge(
+            event.bridge, event.now, config.frame_burst, self._timers
+        )
+        self._timers.arm(Timer.REGISTER, event.now + config.register_timeout, event.bridge)
         return [AcceptBridge(bridge=event.bridge)]
 
-    def _get(self, bridge: Hashable, what: str) -> _Bridge:
+    def _get(self, bridge: Hashable, what: str) -> Bridge:
         record = self._bridges.get(bridge)
         if record is None:
             raise LocalUsageError(f"{what}: unknown bridge {bridge!r}; accept it first")
@@ -168,10 +188,9 @@ class Hub:
 
     def _on_closed(self, event: BridgeClosed) -> list[HubAction]:
         record = self._get(event.bridge, "BridgeClosed")
-        was_registered = record.state is BridgeState.REGISTERED
-        record.state = advance(BRIDGE_TRANSITIONS, record.state, BridgeInput.CLOSED, what="bridge")
+        effect = record.lifecycle.fire(_BI.CLOSED)
         del self._bridges[event.bridge]
-        if not was_registered:
+        if effect != "gone":
             return []
         return [
             Log(
@@ -180,85 +199,106 @@ class Hub:
             *self._forget(record, notify=True),
         ]
 
-    def _forget(self, record: _Bridge, *, notify: bool) -> list[HubAction]:
+    def _forget(self, record: Bridge, *, notify: bool) -> list[HubAction]:
         """Drop a registered bridge's sessions; tell the bridges that shared a channel."""
         assert record.bridge_id is not None  # set by REGISTER
         del self._by_bridge_id[record.bridge_id]
-        sessions = self._presence.remove_bridge(record.bridge)
+        sessions = self._sessions.remove_bridge(record.bridge)
         if not sessions or not notify:
             return []
         channels = {channel for session in sessions for channel in session.channels}
         frame = BulkLeaveFrame(
             bridge_id=record.bridge_id, session_ids=tuple(s.session_id for s in sessions)
         )
-        return self._route(self._presence.bridges_in(channels, besides=record.bridge), frame)
+        return self._route(self._sessions.bridges_in(channels, besides=record.bridge), frame)
 
     def _close(
-        self, record: _Bridge, code: int, reason: str, *, notify: bool = True
+        self, record: Bridge, code: int, reason: str, *, event: BridgeInput = _BI.CLOSE
     ) -> list[HubAction]:
-        was_registered = record.state is BridgeState.REGISTERED
-        record.state = advance(BRIDGE_TRANSITIONS, record.state, BridgeInput.CLOSE, what="bridge")
+        effect = record.lifecycle.fire(event)
+        if not effect:
+            return []  # already closing
         actions: list[HubAction] = [
             CloseBridge(bridge=record.bridge, code=code, reason=truncate_reason(reason))
         ]
-        if was_registered:
-            actions += self._forget(record, notify=notify)
+        if effect != "close":
+            actions += self._forget(record, notify=effect == "forget")
         return actions
 
     def _on_tick(self, event: Tick) -> list[HubAction]:
         config, now = self._config, event.now
-        silence = config.heartbeat_interval * config.dead_after_intervals
         actions: list[HubAction] = []
-        due: list[Hashable] = []
-        for record in list(self._bridges.values()):
-            if record.state is BridgeState.AWAITING_REGISTER:
-                if now - record.connected_at >= config.register_timeout:
-                    actions += self._close(record, CloseCode.POLICY, "no REGISTER in time")
-            elif record.state is BridgeState.REGISTERED:
-                if now - record.last_heard >= silence:
-                    actions.append(
-                        Log(
-                            level=LogLevel.WARNING,
-                            event="hub.bridge.dead",
-                            fields={"bridge_id": record.bridge_id},
-                        )
+        beats: list[Hashable] = []
+        while (due := self._timers.pop_due(now)) is not None:
+            kind, bridge = due
+            record = self._bridges[bridge]
+            if kind is Timer.HEARTBEAT:
+                self._timers.arm(Timer.HEARTBEAT, now + config.heartbeat_interval, bridge)
+                beats.append(bridge)
+            elif kind is Timer.SILENCE:
+                actions.append(
+                    Log(
+                        level=LogLevel.WARNING,
+                        event="hub.bridge.dead",
+                        fields={"bridge_id": record.bridge_id},
                     )
-                    actions += self._close(record, CloseCode.GOING_AWAY, "bridge silent")
-                elif now - record.last_sent >= config.heartbeat_interval:
-                    record.last_sent = now
-                    due.append(record.bridge)
-        if due:
-            actions.append(SendBridgeFrame(bridges=tuple(due), data=_HEARTBEAT_TEXT))
+                )
+                actions += self._close(record, CloseCode.GOING_AWAY, "bridge silent")
+            else:  # Timer.REGISTER
+                actions += self._close(record, CloseCode.POLICY, "no REGISTER in time")
+        if beats:
+            actions.append(SendBridgeFrame(bridges=tuple(beats), data=_HEARTBEAT_TEXT))
         return actions
 
+    def _silence(self) -> float:
+        return self._config.heartbeat_interval * self._config.dead_after_intervals
+
     def _on_shutdown(self, event: ShutdownRequested) -> list[HubAction]:
-        self._draining = True
+        if not self._lifecycle.fire(HubInput.SHUTDOWN):
+            return []  # already draining
         actions: list[HubAction] = []
         for record in list(self._bridges.values()):
-            if record.state is not BridgeState.CLOSING:
-                actions += self._close(record, CloseCode.REQUEUE, "hub draining", notify=False)
+            actions += self._close(record, CloseCode.REQUEUE, "hub draining", event=_BI.DRAIN)
         return actions
 
     # ---------------------------------------------------------------- frames
 
     def _on_frame(self, event: BridgeFrameReceived) -> list[HubAction]:
         record = self._get(event.bridge, "BridgeFrameReceived")
-        if record.state is BridgeState.CLOSING:
+        if record.lifecycle.fire(_BI.ARRIVAL) == "ignore":
             return []  # it is on its way out; nothing it says counts any more
         if not self._within_rate(record, event.now):
             return self._strike(record, "rate_limited", "over the frames-per-second limit")
-        record.last_heard = event.now
+        self._timers.postpone(Timer.SILENCE, event.now + self._silence(), record.bridge)
         try:
             frame = decode_hub_frame(event.data, max_bytes=self._config.max_frame_bytes)
-        except FrameError as exc:
+        except PeerError as exc:
             return self._strike(record, exc.code, str(exc))
-        if record.state is BridgeState.AWAITING_REGISTER:
-            if isinstance(frame, RegisterFrame):
-                return self._register(record, frame, event.now)
-            return self._fatal(record, "not_registered", "the first frame must be REGISTER")
+        if isinstance(frame, RegisterFrame):
+            supported = frame.protocol == HUB_PROTOCOL_VERSION
+            effect = record.lifecycle.fire(_BI.REGISTER if supported else _BI.BAD_REGISTER)
+        else:
+            effect = record.lifecycle.fire(_BI.FRAME)
+        return _FRAME_EFFECTS[effect](self, record, frame, event.now)
+
+    def _not_registered(self, record: Bridge, frame: HubFrame, now: float) -> list[HubAction]:
+        return self._fatal(record, "not_registered", "the first frame must be REGISTER")
+
+    def _unsupported(self, record: Bridge, frame: HubFrame, now: float) -> list[HubAction]:
+        assert isinstance(frame, RegisterFrame)
+        return self._fatal(
+            record,
+            "unsupported_protocol",
+            f"protocol {frame.protocol} is not supported; this hub speaks {HUB_PROTOCOL_VERSION}",
+        )
+
+    def _second_register(self, record: Bridge, frame: HubFrame, now: float) -> list[HubAction]:
+        return self._fatal(record, "already_registered", "REGISTER sent twice on one link")
+
+    def _dispatch(self, record: Bridge, frame: HubFrame, now: float) -> list[HubAction]:
         return _FRAME_HANDLERS[type(frame)](self, record, frame)
 
-    def _within_rate(self, record: _Bridge, now: float) -> bool:
+    def _within_rate(self, record: Bridge, now: float) -> bool:
         config = self._config
         elapsed = max(0.0, now - record.allowance_at)
         record.allowance = min(
@@ -270,11 +310,11 @@ class Hub:
         record.allowance -= 1.0
         return True
 
-    def _error_frame(self, record: _Bridge, code: str, message: str) -> SendBridgeFrame:
-        text = encode_hub_frame(ErrorFrame(code=code, message=message[:200]))
+    def _error_frame(self, record: Bridge, code: str, message: str) -> SendBridgeFrame:
+        text = encode(ErrorFrame(code=code, message=message[:200]))
         return SendBridgeFrame(bridges=(record.bridge,), data=text)
 
-    def _strike(self, record: _Bridge, code: str, message: str) -> list[HubAction]:
+    def _strike(self, record: Bridge, code: str, message: str) -> list[HubAction]:
         record.errors += 1
         actions: list[HubAction] = [
             Log(
@@ -288,7 +328,7 @@ class Hub:
             actions += self._close(record, CloseCode.POLICY, f"too many errors (last: {code})")
         return actions
 
-    def _fatal(self, record: _Bridge, code: str, message: str) -> list[HubAction]:
+    def _fatal(self, record: Bridge, code: str, message: str) -> list[HubAction]:
         return [
             Log(
                 level=LogLevel.WARNING,
@@ -299,14 +339,9 @@ class Hub:
             *self._close(record, CloseCode.POLICY, message),
         ]
 
-    def _register(self, record: _Bridge, frame: RegisterFrame, now: float) -> list[HubAction]:
-        if frame.protocol != HUB_PROTOCOL_VERSION:
-            return self._fatal(
-                record,
-                "unsupported_protocol",
-                f"protocol {frame.protocol} is not supported; this hub speaks "
-                f"{HUB_PROTOCOL_VERSION}",
-            )
+    def _register(self, record: Bridge, frame: HubFrame, now: float) -> list[HubAction]:
+        assert isinstance(frame, RegisterFrame)
+        config = self._config
         actions: list[HubAction] = []
         previous = self._by_bridge_id.get(frame.bridge_id)
         if previous is not None:
@@ -324,31 +359,29 @@ class Hub:
                 )
             )
             actions += self._close(previous, CloseCode.POLICY, "replaced by a newer connection")
-        record.state = advance(
-            BRIDGE_TRANSITIONS, record.state, BridgeInput.REGISTER, what="bridge"
-        )
         record.bridge_id, record.instance_id = frame.bridge_id, frame.instance_id
-        record.last_sent = now
         self._by_bridge_id[frame.bridge_id] = record
+        self._timers.arm(Timer.HEARTBEAT, now + config.heartbeat_interval, record.bridge)
+        self._timers.arm(Timer.SILENCE, now + self._silence(), record.bridge)
         registered = RegisteredFrame(
-            hub_id=self._config.hub_id, heartbeat_interval=self._config.heartbeat_interval
+            hub_id=config.hub_id, heartbeat_interval=config.heartbeat_interval
         )
-        actions.append(SendBridgeFrame(bridges=(record.bridge,), data=encode_hub_frame(registered)))
+        actions.append(SendBridgeFrame(bridges=(record.bridge,), data=encode(registered)))
         return actions
 
     def _route(self, bridges: tuple[Hashable, ...], frame: HubFrame) -> list[HubAction]:
         if not bridges:
             return []
-        return [SendBridgeFrame(bridges=bridges, data=encode_hub_frame(frame))]
+        return [SendBridgeFrame(bridges=bridges, data=encode(frame))]
 
-    def _owned(self, record: _Bridge, session_id: str) -> HubSession | None:
-        session = self._presence.sessions.get(session_id)
+    def _owned(self, record: Bridge, session_id: str) -> HubSession | None:
+        session = self._sessions.sessions.get(session_id)
         return session if session is not None and session.bridge == record.bridge else None
 
     def _metadata_too_big(self, metadata: JsonObject | None) -> bool:
         return metadata is not None and utf8_len(dumps(metadata)) > self._config.max_metadata_bytes
 
-    def _join(self, record: _Bridge, frame: JoinFrame) -> list[HubAction]:
+    def _join(self, record: Bridge, frame: JoinFrame) -> list[HubAction]:
         config = self._config
         if len(frame.channels) > config.max_channels_per_session:
             return self._strike(
@@ -360,15 +393,22 @@ class Hub:
             return self._strike(
                 record, "metadata_too_big", f"metadata over {config.max_metadata_bytes} bytes"
             )
+        held = self._sessions.sessions.get(frame.session_id)
+        if held is not None and held.user_id != frame.user_id:
+            return self._strike(
+                record,
+                "session_taken",
+                f"session {frame.session_id[:40]!r} is held by another user",
+            )
         if self._owned(record, frame.session_id) is None and (
-            self._presence.session_count(record.bridge) >= config.max_sessions_per_bridge
+            self._sessions.session_count(record.bridge) >= config.max_sessions_per_bridge
         ):
             return self._strike(
                 record,
                 "too_many_sessions",
                 f"the limit is {config.max_sessions_per_bridge} per bridge",
             )
-        self._presence.put(
+        self._sessions.put(
             HubSession(
                 frame.session_id,
                 frame.user_id,
@@ -377,19 +417,19 @@ class Hub:
                 frame.metadata,
             )
         )
-        return self._route(self._presence.bridges_in(frame.channels, besides=record.bridge), frame)
+        return self._route(self._sessions.bridges_in(frame.channels, besides=record.bridge), frame)
 
-    def _leave(self, record: _Bridge, frame: LeaveFrame) -> list[HubAction]:
+    def _leave(self, record: Bridge, frame: LeaveFrame) -> list[HubAction]:
         # Only the owner may remove a session: a stale LEAVE from the bridge it
         # moved away from must not remove it from its new bridge.
         if self._owned(record, frame.session_id) is None:
             return []
-        session = self._presence.remove(frame.session_id)
+        session = self._sessions.remove(frame.session_id)
         return self._route(
-            self._presence.bridges_in(session.channels, besides=record.bridge), frame
+            self._sessions.bridges_in(session.channels, besides=record.bridge), frame
         )
 
-    def _metadata(self, record: _Bridge, frame: MetadataFrame) -> list[HubAction]:
+    def _metadata(self, record: Bridge, frame: MetadataFrame) -> list[HubAction]:
         session = self._owned(record, frame.session_id)
         if session is None:
             return []
@@ -399,32 +439,29 @@ class Hub:
             )
         session.metadata = frame.metadata
         return self._route(
-            self._presence.bridges_in(session.channels, besides=record.bridge), frame
+            self._sessions.bridges_in(session.channels, besides=record.bridge), frame
         )
 
-    def _broadcast(self, record: _Bridge, frame: BroadcastFrame) -> list[HubAction]:
+    def _broadcast(self, record: Bridge, frame: BroadcastFrame) -> list[HubAction]:
         return self._route(
-            self._presence.bridges_in((frame.channel,), besides=record.bridge), frame
+            self._sessions.bridges_in((frame.channel,), besides=record.bridge), frame
         )
 
-    def _direct(self, record: _Bridge, frame: DirectFrame) -> list[HubAction]:
+    def _direct(self, record: Bridge, frame: DirectFrame) -> list[HubAction]:
         return self._route(
-            self._presence.bridges_of_user(frame.user_id, besides=record.bridge), frame
+            self._sessions.bridges_of_user(frame.user_id, besides=record.bridge), frame
         )
 
-    def _disconnect(self, record: _Bridge, frame: DisconnectFrame) -> list[HubAction]:
-        session = self._presence.sessions.get(frame.session_id)
+    def _disconnect(self, record: Bridge, frame: DisconnectFrame) -> list[HubAction]:
+        session = self._sessions.sessions.get(frame.session_id)
         if session is None or session.bridge == record.bridge:
             return []
         return self._route((session.bridge,), frame)
 
-    def _heartbeat(self, record: _Bridge, frame: HeartbeatFrame) -> list[HubAction]:
+    def _heartbeat(self, record: Bridge, frame: HeartbeatFrame) -> list[HubAction]:
         return []
 
-    def _second_register(self, record: _Bridge, frame: RegisterFrame) -> list[HubAction]:
-        return self._fatal(record, "already_registered", "REGISTER sent twice on one link")
-
-    def _unexpected(self, record: _Bridge, frame: HubFrame) -> list[HubAction]:
+    def _unexpected(self, record: Bridge, frame: HubFrame) -> list[HubAction]:
         return self._strike(
             record, "unexpected_type", f"{type(frame).__name__} is not sent by bridges"
         )
@@ -441,8 +478,12 @@ class Hub:
                 channels=s.channels,
                 metadata=s.metadata,
             )
-            for s in self._presence.sessions.values()
+            for s in self._sessions.sessions.values()
         ]
+
+    @property
+    def state(self) -> HubState:
+        return self._lifecycle.state
 
     def bridge_state(self, bridge: Hashable) -> BridgeState:
         record = self._bridges.get(bridge)
@@ -453,23 +494,13 @@ class Hub:
         return {bridge_id: record.bridge for bridge_id, record in self._by_bridge_id.items()}
 
     def next_deadline(self) -> float | None:
-        """When the shim should send the next ``Tick``, or None with no bridge."""
-        config = self._config
-        silence = config.heartbeat_interval * config.dead_after_intervals
-        deadlines = []
-        for record in self._bridges.values():
-            if record.state is BridgeState.AWAITING_REGISTER:
-                deadlines.append(record.connected_at + config.register_timeout)
-            elif record.state is BridgeState.REGISTERED:
-                deadlines.append(
-                    min(record.last_sent + config.heartbeat_interval, record.last_heard + silence)
-                )
-        return min(deadlines) if deadlines else None
+        """When the shim should send the next ``Tick``, or None with no timer running."""
+        return self._timers.next_deadline()
 
     def check_invariants(self) -> None:
         """Raise ``AssertionError`` if presence or registrations are inconsistent."""
-        self._presence.check()
-        for bridge in self._presence.by_bridge:
+        self._sessions.check()
+        for bridge in self._sessions.by_bridge:
             record = self._bridges.get(bridge)
             if record is None or record.state is not BridgeState.REGISTERED:
                 raise AssertionError(f"sessions kept for bridge {bridge!r} that is not registered")
@@ -486,7 +517,15 @@ _HANDLERS: Final[dict[type[Any], Callable[[Hub, Any], list[HubAction]]]] = {
     ShutdownRequested: Hub._on_shutdown,
 }
 
-_FRAME_HANDLERS: Final[dict[type[Any], Callable[[Hub, _Bridge, Any], list[HubAction]]]] = {
+_FRAME_EFFECTS: Final[dict[str, Callable[[Hub, Bridge, HubFrame, float], list[HubAction]]]] = {
+    "registered": Hub._register,
+    "unsupported": Hub._unsupported,
+    "not_registered": Hub._not_registered,
+    "second_register": Hub._second_register,
+    "route": Hub._dispatch,
+}
+
+_FRAME_HANDLERS: Final[dict[type[Any], Callable[[Hub, Bridge, Any], list[HubAction]]]] = {
     JoinFrame: Hub._join,
     LeaveFrame: Hub._leave,
     MetadataFrame: Hub._metadata,
@@ -494,7 +533,6 @@ _FRAME_HANDLERS: Final[dict[type[Any], Callable[[Hub, _Bridge, Any], list[HubAct
     DirectFrame: Hub._direct,
     DisconnectFrame: Hub._disconnect,
     HeartbeatFrame: Hub._heartbeat,
-    RegisterFrame: Hub._second_register,
     RegisteredFrame: Hub._unexpected,
     BulkLeaveFrame: Hub._unexpected,
     ErrorFrame: Hub._unexpected,
