@@ -11,11 +11,8 @@ import sys
 
 from megapresence_core import (
     PeerError,
-    encode_cluster_message,
 )
-from megapresence_core.wire import (
-    decode_cluster_message,
-)
+from megapresence_core.wire import decode_cluster_message, encode
 
 MAX_BYTES = 64 * 1024
 
@@ -25,7 +22,7 @@ def test_one_input(data: bytes) -> None:
         message = decode_cluster_message(data, max_bytes=MAX_BYTES)
     except PeerError:
         return
-    text = encode_cluster_message(message.kind, message.sender, message.epoch, **message.fields)
+    text = encode(message)
     again = decode_cluster_message(text, max_bytes=MAX_BYTES * 4)
     if again != message:
         raise AssertionError(f"round trip changed {message!r} into {again!r}")

@@ -36,7 +36,6 @@ from megapresence_core import (
     ShutdownRequested,
     StoreConfig,
     Tick,
-    encode_cluster_message,
 )
 from megapresence_core.events import (
     ClusterConnected,
@@ -47,10 +46,7 @@ from megapresence_core.events import (
     HubLinkStarted,
     HubLost,
 )
-from megapresence_core.wire import (
-    CLUSTER_KINDS,
-    FRAME_TYPES,
-)
+from megapresence_core.wire import CLUSTER_KINDS, FRAME_TYPES, ClusterBye, encode
 
 USERS = ("ann", "bob", "cid")
 SESSIONS = ("s1", "s2", "s3", "s4")
@@ -118,7 +114,8 @@ def _cluster_message(reader: ByteReader) -> str | bytes:
         "members": [{"ns": reader.pick(NAMESPACES), **member}],
         "target": reader.pick(("*", "me")),
     }
-    data = json.loads(encode_cluster_message("bye", reader.pick(("p1", "p2")), reader.below(3)))
+    sender = reader.pick(("p1", "p2"))
+    data = json.loads(encode(ClusterBye(sender=sender, epoch=reader.below(3))))
     data["kind"] = kind
     data.update(fields)
     return json.dumps(data)

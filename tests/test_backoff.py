@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from megapresence_core._timers import Backoff
-
 from megapresence_core import (
     HubLinkConfig,
     Presence,
     PresenceConfig,
     Tick,
 )
+from megapresence_core._timers import Backoff
 from megapresence_core.actions import (
     ScheduleReconnect,
 )

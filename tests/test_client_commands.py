@@ -27,6 +27,7 @@ from megapresence_core.wire import (
     RosterCommand,
     command_event,
     decode_client_command,
+    encode,
     error_reply,
     roster_reply,
 )
@@ -61,6 +62,7 @@ from megapresence_core.wire import (
 )
 def test_commands_parse(text: str, command: object) -> None:
     assert decode_client_command(text) == command
+    assert decode_client_command(encode(command)) == command  # one engine both ways
 
 
 @pytest.mark.parametrize(
@@ -101,7 +103,10 @@ def test_commands_become_core_events_for_this_connection() -> None:
         is_admin=False,
     ) == BroadcastRequested(ns="/ws", channel="c", message=message)
     assert command_event(
-        DirectCommand(user_id="u", type="chat", payload=1), ns="/ws", session_id=None, is_admin=False
+        DirectCommand(user_id="u", type="chat", payload=1),
+        ns="/ws",
+        session_id=None,
+        is_admin=False,
     ) == DirectRequested(user_id="u", message=message)
     assert command_event(
         MetadataCommand(metadata={"a": 1}), ns="/ws", session_id="me", is_admin=False

@@ -92,17 +92,21 @@ def test_every_kind_round_trips(message: ClusterMessage) -> None:
 
 
 def test_the_kinds_are_all_covered() -> None:
-    assert set(CLUSTER_KINDS) == {wire_name(message) for message in MESSAGES} == {
-        "broadcast",
-        "direct",
-        "kick",
-        "add",
-        "remove",
-        "heartbeat",
-        "snapshot",
-        "resync",
-        "bye",
-    }
+    assert (
+        set(CLUSTER_KINDS)
+        == {wire_name(message) for message in MESSAGES}
+        == {
+            "broadcast",
+            "direct",
+            "kick",
+            "add",
+            "remove",
+            "heartbeat",
+            "snapshot",
+            "resync",
+            "bye",
+        }
+    )
 
 
 def test_defaults_are_left_out_on_the_wire() -> None:
@@ -433,3 +437,32 @@ def test_subjects_deadlines_and_ignored_messages() -> None:
     ] == ["cluster.instance.left"]
     not_for_us = encode(ClusterResync(sender="B", epoch=1, target="C"))
     assert a.presence.handle(ClusterMessageReceived(data=not_for_us, now=bus.now)) == []
+
+
+def test_another_users_claim_on_a_local_session_is_logged_and_never_shown() -> None:
+    bus = Bus()
+    a = bus.add("A")
+    bus.join("A", "/ws", "ann", "s-ann")
+    claim = ClusterAdd(
+        sender="B", epoch=1, ns="/ws", member=Member(session_id="s-ann", user_id="mallory")
+    )
+    actions = a.presence.handle(ClusterMessageReceived(data=encode(claim), now=bus.now))
+    assert [(x.event, x.fields["their_user_id"]) for x in actions if isinstance(x, Log)] == [
+        ("cluster.session.conflict", "mallory")
+    ]
+    assert bus.roster("A", "/ws") == {("ann", "s-ann")}  # the local member is never replaced
+    snapshot = ClusterSnapshot(
+        sender="B",
+        epoch=1,
+        snap=1,
+        part=0,
+        parts=1,
+        members=(RemoteMember(ns="/ws", member=claim.member),),
+    )
+    actions = a.presence.handle(ClusterMessageReceived(data=encode(snapshot), now=bus.now))
+    assert [x.event for x in actions if isinstance(x, Log)] == ["cluster.session.conflict"]
+    assert bus.roster("A", "/ws") == {("ann", "s-ann")}
+    same_user = ClusterAdd(
+        sender="B", epoch=1, ns="/ws", member=Member(session_id="s-ann", user_id="ann")
+    )
+    assert a.presence.handle(ClusterMessageReceived(data=encode(same_user), now=bus.now)) == []

@@ -56,9 +56,7 @@ frames: st.SearchStrategy[HubFrame] = st.one_of(
         capabilities=name_tuples,
         protocol=st.integers(1, 5),
     ),
-    st.builds(
-        RegisteredFrame, hub_id=names, heartbeat_interval=st.floats(0.05, 3600)
-    ),
+    st.builds(RegisteredFrame, hub_id=names, heartbeat_interval=st.floats(0.05, 3600)),
     st.builds(
         JoinFrame,
         user_id=names,
@@ -244,3 +242,56 @@ def test_deep_nesting_is_refused_not_a_crash() -> None:
     data = '{"type":"HEARTBEAT","payload":{"x":' + "[" * 100_000 + "]" * 100_000 + "}}"
     with pytest.raises(PeerError):
         decode_hub_frame(data, max_bytes=1 << 20)
+
+
+# ------------------------------------------------- numbers at the edges of JSON
+
+HUGE = "9" * 5000  # past Python's default 4300-digit limit for int <-> str
+
+
+@pytest.mark.parametrize(
+    ("number", "value"),
+    [
+        ("-0", 0),
+        ("-0.0", -0.0),
+        ("1e308", 1e308),
+        ("5e-324", 5e-324),
+        ("9" * 4000, int("9" * 4000)),
+    ],
+)
+def test_finite_numbers_decode_and_re_encode(number: str, value: object) -> None:
+    data = '{"type":"METADATA","payload":{"sessionId":"s","metadata":{"n":NUM}}}'.replace(
+        "NUM", number
+    )
+    frame = decode_hub_frame(data, max_bytes=1 << 20)
+    assert isinstance(frame, MetadataFrame)
+    assert frame.metadata["n"] == value
+    assert decode_hub_frame(encode(frame), max_bytes=1 << 20) == frame
+
+
+@pytest.mark.parametrize("number", ["1e309", "-1e999", "1e999", "1E400", HUGE, "-" + HUGE])
+@pytest.mark.parametrize(
+    "template",
+    [
+        '{"type":"METADATA","payload":{"sessionId":"s","metadata":{"n":NUM}}}',
+        '{"type":"JOIN","payload":{"userId":"u","sessionId":"s","channels":[],"metadata":[NUM]}}',
+        '{"type":"HEARTBEAT","payload":{"unknown":NUM}}',
+        '{"type":"REGISTERED","payload":{"hubId":"h","heartbeatInterval":NUM}}',
+    ],
+)
+def test_numbers_that_are_not_finite_are_refused_wherever_they_appear(
+    number: str, template: str
+) -> None:
+    with pytest.raises(PeerError, match="not valid JSON") as info:
+        decode_hub_frame(template.replace("NUM", number), max_bytes=1 << 20)
+    assert info.value.code == "bad_json"
+
+
+@pytest.mark.parametrize("interval", ["0", "0.01", "3601", "1e30", "-5"])
+def test_a_registered_heartbeat_interval_out_of_bounds_is_a_bad_frame(interval: str) -> None:
+    data = '{"type":"REGISTERED","payload":{"hubId":"h","heartbeatInterval":NUM}}'.replace(
+        "NUM", interval
+    )
+    with pytest.raises(PeerError, match=r"from 0\.05 to 3600") as info:
+        decode_hub_frame(data, max_bytes=1000)
+    assert info.value.field == "heartbeatInterval"

@@ -230,3 +230,21 @@ def test_an_outage_warns_once_then_retries_quietly() -> None:
     drive(presence, HubConnected(now=now), HubFrameReceived(data=registered_frame(), now=now))
     actions = drive(presence, HubLost(now=now, code=1006))
     assert [a.level for a in actions if isinstance(a, Log)] == [LogLevel.WARNING]
+
+
+@pytest.mark.parametrize("interval", ["1e999", "0", "86400"])
+def test_a_registered_frame_with_an_unusable_heartbeat_interval_is_refused(interval: str) -> None:
+    presence = new_presence(connect_timeout=5.0)
+    drive(presence, HubLinkStarted(now=0), HubConnected(now=0))
+    data = '{"type":"REGISTERED","payload":{"hubId":"h","heartbeatInterval":NUM}}'.replace(
+        "NUM", interval
+    )
+    actions = drive(presence, HubFrameReceived(data=data, now=1))
+    assert [(a.event, a.fields["code"]) for a in actions if isinstance(a, Log)] == [
+        ("hub.frame.invalid", "bad_json" if interval == "1e999" else "bad_frame")
+    ]
+    # Liveness is not switched off: the attempt still times out and is retried.
+    assert presence.hub_link_state is HubLinkState.REGISTERING
+    assert presence.next_deadline() == 5.0
+    drive(presence, Tick(now=5.0))
+    assert presence.hub_link_state is HubLinkState.CLOSING

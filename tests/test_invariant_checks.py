@@ -8,11 +8,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from megapresence_core._timers import Timers
-from megapresence_core.hub import Bridge
-from megapresence_core._hub_sessions import HubSession, HubSessions
-from megapresence_core._local import ConnectionRecord, LocalIndexes
-from megapresence_core.lifecycle import BridgeState, ConnectionState
 
 from megapresence_core import (
     Hub,
@@ -23,11 +18,16 @@ from megapresence_core import (
     PresenceConfig,
     Tick,
 )
+from megapresence_core._hub_sessions import HubSession, HubSessions
+from megapresence_core._local import ConnectionRecord, LocalIndexes
+from megapresence_core._timers import Timers
 from megapresence_core.events import (
     BridgeClosed,
     BridgeConnecting,
     BridgeFrameReceived,
 )
+from megapresence_core.hub import Bridge
+from megapresence_core.lifecycle import BridgeState, ConnectionState
 from megapresence_core.wire import (
     ABSENT,
 )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from megapresence_core import (
@@ -36,6 +38,9 @@ from megapresence_core.actions import (
     StoreRefresh,
 )
 from megapresence_core.events import (
+    ClusterConnected,
+    ClusterLost,
+    ClusterMessageReceived,
     HubConnected,
     HubFrameReceived,
     HubLinkStarted,
@@ -636,11 +641,23 @@ def test_hub_error_and_unexpected_frames_are_logged() -> None:
     ]
 
 
-def test_hub_events_without_a_configured_hub_are_misuse() -> None:
-    with pytest.raises(LocalUsageError, match="no hub is configured"):
-        Presence().handle(HubFrameReceived(data="{}", now=0))
-    with pytest.raises(LocalUsageError, match="no hub is configured"):
-        Presence().handle(HubLinkStarted(now=0))
+@pytest.mark.parametrize(
+    ("event", "match"),
+    [
+        (HubLinkStarted(now=0), "HubLinkStarted: no hub is configured"),
+        (HubConnected(now=0), "HubConnected: no hub is configured"),
+        (HubFrameReceived(data="{}", now=0), "HubFrameReceived: no hub is configured"),
+        (HubLost(now=0), "HubLost: no hub is configured"),
+        (ClusterConnected(now=0), "ClusterConnected: no cluster is configured"),
+        (ClusterLost(now=0), "ClusterLost: no cluster is configured"),
+        (ClusterMessageReceived(data="{}", now=0), "ClusterMessageReceived: no cluster"),
+    ],
+)
+def test_link_events_without_that_link_configured_are_misuse(event: Any, match: str) -> None:
+    presence = Presence()
+    with pytest.raises(LocalUsageError, match=match):
+        presence.handle(event)
+    assert presence.next_deadline() is None
 
 
 # ----------------------------------------------------------------- resync

@@ -18,6 +18,7 @@ from megapresence_core import (
     Log,
     LogLevel,
     Message,
+    MetadataUpdated,
     SessionJoined,
     StoreConfig,
     Tick,
@@ -36,7 +37,11 @@ from megapresence_core.errors import (
     truncate_reason,
 )
 from megapresence_core.events import (
+    BridgeConnecting,
+    BridgeFrameReceived,
+    ClusterMessageReceived,
     HubFrameReceived,
+    HubLost,
 )
 
 
@@ -115,6 +120,10 @@ def test_message_coerce_accepts_a_message_as_is() -> None:
         (lambda: HubConfig(hub_id="h", tokens=[]), "at least one token"),
         (lambda: HubConfig(hub_id="h", tokens=[""]), "each token must be a non-empty string"),
         (lambda: HubConfig(hub_id="", tokens=["t"]), "hub_id must be a non-empty string"),
+        (
+            lambda: HubConfig(hub_id="h", tokens=["t"], heartbeat_interval=7200),
+            "heartbeat_interval must be from 0.05 to 3600 seconds",
+        ),
         (lambda: ConnectionOpened(conn=None, ns="/ws"), "conn must be a hashable id"),
         (lambda: ConnectionOpened(conn=[1], ns="/ws"), "conn must be a hashable id"),
         (lambda: ConnectionOpened(conn=1, ns=""), "ns must be a non-empty string"),
@@ -168,3 +177,49 @@ def test_session_joined_dedups_channels_in_first_seen_order() -> None:
 )
 def test_urls_are_logged_without_their_secret(url: str, shown: str) -> None:
     assert redact_url(url) == shown
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        float("inf"),
+        float("-inf"),
+        float("nan"),
+        1e309,
+        [1, {"x": float("inf")}],
+        pytest.param(10**5000, id="past-the-int-digits-limit"),
+    ],
+)
+def test_values_from_the_embedder_must_be_finite_json(value: object) -> None:
+    with pytest.raises(LocalUsageError, match="JSON-serializable text with finite numbers"):
+        Message(type="t", payload=value)  # type: ignore[arg-type]
+    with pytest.raises(LocalUsageError, match="finite numbers"):
+        SessionJoined(conn=1, user_id="u", session_id="s", metadata={"x": value})
+    with pytest.raises(LocalUsageError, match="finite numbers"):
+        MetadataUpdated(session_id="s", metadata={"x": value})
+
+
+@pytest.mark.parametrize("value", [-0.0, 1e308, 5e-324, pytest.param(10**4000, id="4001-digits")])
+def test_finite_edge_numbers_from_the_embedder_are_accepted(value: object) -> None:
+    assert Message(type="t", payload=value).payload == value  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("build", "match"),
+    [
+        (lambda: HubFrameReceived(data=None, now=1), "data must be str or bytes, not NoneType"),
+        (lambda: HubFrameReceived(data=["x"], now=1), "data must be str or bytes"),
+        (lambda: ClusterMessageReceived(data=3, now=1), "data must be str or bytes"),
+        (lambda: BridgeFrameReceived(bridge=1, data=None, now=1), "data must be str or bytes"),
+        (lambda: HubFrameReceived(data="{}", now=float("inf")), "now must be monotonic"),
+        (lambda: Tick(now=float("-inf")), "now must be monotonic seconds"),
+        (lambda: Tick(now="1"), "now must be monotonic seconds"),
+        (lambda: HubLost(now=1, code="1000"), "code must be an int or None"),
+        (lambda: HubLost(now=1, reason=None), "must be <class 'str'>"),
+        (lambda: BridgeConnecting(bridge=1, authorization=b"x", now=1), "must be <class 'str'>"),
+        (lambda: Limits(max_message_bytes=float("inf")), "must be a positive number"),
+    ],
+)
+def test_wrong_typed_event_fields_are_misuse_when_built(build: object, match: str) -> None:
+    with pytest.raises((LocalUsageError, TypeError), match=match):
+        build()  # type: ignore[operator]

@@ -77,9 +77,6 @@ class Timers:
         else:
             self._deadlines.pop((kind, owner), None)
 
-    def deadline(self, kind: Timer, owner: Hashable = None) -> float | None:
-        return self._deadlines.get((kind, owner))
-
     def next_deadline(self) -> float | None:
         """The earliest deadline, or None when no timer is armed."""
         return min(self._deadlines.values(), default=None)
@@ -92,12 +89,6 @@ class Timers:
         key = min(due, key=lambda item: (item[0], item[1]))[2]
         del self._deadlines[key]
         return key
-
-    def __repr__(self) -> str:
-        timers = ", ".join(
-            f"{kind.value}:{owner!r}@{at:g}" for (kind, owner), at in self._deadlines.items()
-        )
-        return f"<Timers {timers}>"
 
 
 @final

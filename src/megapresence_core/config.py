@@ -265,6 +265,16 @@ class PresenceConfig:
     duplicate_session: DuplicateSessionPolicy = DuplicateSessionPolicy.DETACH_PRIOR
     limits: Limits = Limits()
 
+    def __attrs_post_init__(self) -> None:
+        # A cluster message carries what a hub frame carries, with a shorter envelope.
+        cluster, limits = self.cluster, self.limits
+        if cluster is not None and cluster.max_message_bytes < limits.max_hub_frame_bytes:
+            raise LocalUsageError(
+                f"PresenceConfig: cluster.max_message_bytes ({cluster.max_message_bytes}) must "
+                f"hold what a hub frame holds: at least limits.max_hub_frame_bytes "
+                f"({limits.max_hub_frame_bytes})"
+            )
+
 
 @final
 @attrs.frozen(kw_only=True)

@@ -102,13 +102,8 @@ def check_message(value: Any) -> Message:
     return Message(type=kind, payload=value.get("payload", ABSENT))
 
 
-class _Required:
-    def __repr__(self) -> str:
-        return "REQUIRED"
-
-
 #: The default of a field that must be present.
-REQUIRED: Final = _Required()
+REQUIRED: Final = object()
 
 
 @final
