@@ -1,8 +1,10 @@
 """Fuzz the browser protocol of ``megapresence serve``.
 
 Invariant: for any bytes, ``decode_client_command`` either raises ``PeerError``
-or returns a command, and ``command_event`` turns that command into an event,
-a roster request or a refusal, for admins and others alike; nothing else escapes.
+or returns a command that encodes and decodes back to itself (the same engine
+as hub frames and cluster messages), and ``command_event`` turns that command
+into an event, a roster request or a refusal, for admins and others alike;
+nothing else escapes.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from megapresence_core.wire import (
     RosterCommand,
     command_event,
     decode_client_command,
+    encode,
 )
 
 
@@ -26,6 +29,9 @@ def test_one_input(data: bytes) -> None:
         command = decode_client_command(data)
     except PeerError:
         return
+    again = decode_client_command(encode(command))
+    if again != command:
+        raise AssertionError(f"round trip changed {command!r} into {again!r}")
     for is_admin in (False, True):
         for session in (None, "s1"):
             outcome = command_event(command, ns="/ws", session_id=session, is_admin=is_admin)

@@ -128,7 +128,7 @@ class SimBridge:
             self.close_link(link, action.code, action.reason)
         elif isinstance(action, Log):
             self.logs.append(action)
-        # ScheduleReconnect needs nothing: settle() ticks every STEP seconds.
+        # The reconnect is a timer: settle() ticks every STEP seconds.
 
     def connect(self) -> None:
         network = self.network

@@ -1,23 +1,18 @@
-"""Reconnect backoff: grows, is capped, is jittered, resets; all on emitted actions."""
+"""Reconnect backoff: grows, is capped, is jittered, resets; all seen through the retry timer."""
 
 from __future__ import annotations
 
-from megapresence_core import (
-    HubLinkConfig,
-    Presence,
-    PresenceConfig,
-    Tick,
-)
-from megapresence_core._timers import Backoff
-from megapresence_core.actions import (
-    ScheduleReconnect,
-)
+import pytest
+
+from megapresence_core import HubLinkConfig, Log, Presence, PresenceConfig, Tick
+from megapresence_core.actions import ConnectHub
 from megapresence_core.events import (
     HubConnected,
     HubFrameReceived,
     HubLinkStarted,
     HubLost,
 )
+from megapresence_core.lifecycle import Backoff
 
 from .helpers import registered_frame
 
@@ -29,14 +24,12 @@ def delays_after_failures(seed: int, failures: int, **config: float) -> list[flo
     presence.handle(HubLinkStarted(now=now))
     delays = []
     for _ in range(failures):
-        [schedule] = [
-            a
-            for a in presence.handle(HubLost(now=now, code=None, reason="refused"))
-            if isinstance(a, ScheduleReconnect)
-        ]
-        delays.append(schedule.delay)
-        now += schedule.delay
-        presence.handle(Tick(now=now))  # the reconnect attempt
+        presence.handle(HubLost(now=now, code=None, reason="refused"))
+        retry_at = presence.next_deadline()  # the retry timer, the only one while backing off
+        assert retry_at is not None
+        delays.append(retry_at - now)
+        now = retry_at
+        assert presence.handle(Tick(now=now)) == [ConnectHub()]  # the reconnect attempt
     return delays
 
 
@@ -77,9 +70,10 @@ def test_backoff_resets_after_a_successful_registration() -> None:
         presence.handle(Tick(now=now))
     presence.handle(HubConnected(now=now))
     presence.handle(HubFrameReceived(data=registered_frame(), now=now))
-    actions = presence.handle(HubLost(now=now, code=1006))
-    [schedule] = [a for a in actions if isinstance(a, ScheduleReconnect)]
-    assert schedule.delay <= 1.0  # back to the initial ceiling
+    [lost] = presence.handle(HubLost(now=now, code=1006))
+    assert isinstance(lost, Log)
+    assert lost.fields["retry_in"] <= 1.0  # type: ignore[operator]  # back to the initial ceiling
+    assert presence.next_deadline() == pytest.approx(now + lost.fields["retry_in"])  # type: ignore[operator]
 
 
 def test_the_exponent_stops_growing_at_the_cap() -> None:

@@ -18,7 +18,6 @@ from megapresence_core import (
 from megapresence_core.actions import (
     CloseHubLink,
     ConnectHub,
-    ScheduleReconnect,
     SendHubFrame,
 )
 from megapresence_core.events import (
@@ -116,7 +115,10 @@ def test_a_silent_hub_is_declared_dead_closed_and_retried() -> None:
     )
     actions = drive(presence, HubLost(now=31, code=1000))
     assert presence.hub_link_state is HubLinkState.BACKING_OFF
-    assert [type(a) for a in actions] == [Log, ScheduleReconnect]
+    [lost] = actions
+    assert isinstance(lost, Log)
+    assert lost.event == "hub.link.lost"
+    assert presence.next_deadline() == pytest.approx(31 + lost.fields["retry_in"])  # type: ignore[operator]
 
 
 def test_connect_and_register_are_bounded_by_the_connect_timeout() -> None:
@@ -135,15 +137,15 @@ def test_connect_and_register_are_bounded_by_the_connect_timeout() -> None:
 
 def test_the_reconnect_happens_on_the_first_tick_after_the_delay() -> None:
     presence = registered()
-    [schedule] = [
-        a
-        for a in drive(presence, HubLost(now=50, code=4503, reason="hub draining"))
-        if isinstance(a, ScheduleReconnect)
-    ]
-    assert presence.next_deadline() == pytest.approx(50 + schedule.delay)
-    assert schedule.delay > 0
-    assert drive(presence, Tick(now=50 + schedule.delay / 2)) == []
-    assert drive(presence, Tick(now=50 + schedule.delay)) == [ConnectHub()]
+    [lost] = drive(presence, HubLost(now=50, code=4503, reason="hub draining"))
+    assert isinstance(lost, Log)
+    delay = lost.fields["retry_in"]
+    assert isinstance(delay, float)
+    assert delay > 0
+    # The delay is a timer, not an action: next_deadline() is when to reconnect.
+    assert presence.next_deadline() == pytest.approx(50 + delay)
+    assert drive(presence, Tick(now=50 + delay / 2)) == []
+    assert drive(presence, Tick(now=50 + delay)) == [ConnectHub()]
     assert presence.hub_link_state is HubLinkState.CONNECTING
 
 

@@ -157,7 +157,6 @@ def test_every_name_the_old_top_level_had_is_still_importable() -> None:
             "ConnectHub",
             "CloseHubLink",
             "SendHubFrame",
-            "ScheduleReconnect",
             "StorePut",
             "StoreRefresh",
             "StoreDelete",

@@ -18,16 +18,14 @@ from megapresence_core import (
     PresenceConfig,
     Tick,
 )
-from megapresence_core._hub_sessions import HubSession, HubSessions
 from megapresence_core._local import ConnectionRecord, LocalIndexes
-from megapresence_core._timers import Timers
 from megapresence_core.events import (
     BridgeClosed,
     BridgeConnecting,
     BridgeFrameReceived,
 )
-from megapresence_core.hub import Bridge
-from megapresence_core.lifecycle import BridgeState, ConnectionState
+from megapresence_core.hub import Bridge, HubSession, HubSessions
+from megapresence_core.lifecycle import BridgeState, ConnectionState, Timers
 from megapresence_core.wire import (
     ABSENT,
 )

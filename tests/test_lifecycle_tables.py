@@ -35,7 +35,6 @@ from megapresence_core import (
     ShutdownRequested,
     Tick,
 )
-from megapresence_core._timers import Timer, Timers
 from megapresence_core.events import (
     BridgeClosed,
     BridgeConnecting,
@@ -65,6 +64,8 @@ from megapresence_core.lifecycle import (
     Lifecycle,
     Machine,
     PresenceInput,
+    Timer,
+    Timers,
 )
 from megapresence_core.wire import ClusterAdd, ClusterResync, encode
 

@@ -23,7 +23,7 @@ from megapresence_core import (
     StoreConfig,
     Tick,
 )
-from megapresence_core._json import freeze_json
+from megapresence_core._values import freeze_json
 from megapresence_core.actions import (
     SendHubFrame,
     StoreEntry,

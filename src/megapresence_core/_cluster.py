@@ -34,12 +34,11 @@ from typing import Any, Final, final
 
 import attrs
 
-from ._timers import ALL, Timer, Timers
 from ._values import Member, Message, RemoteMember
 from .actions import Action, ClusterPublish, Log, LogLevel
 from .config import ClusterConfig
 from .errors import CloseCode, LocalUsageError, PeerError, over_limit
-from .lifecycle import CLUSTER_LINK, ClusterLinkInput, ClusterLinkState, Machine
+from .lifecycle import ALL, CLUSTER_LINK, ClusterLinkInput, ClusterLinkState, Machine, Timer, Timers
 from .wire import (
     ClusterAdd,
     ClusterBroadcast,

@@ -25,19 +25,17 @@ from typing import Final, final
 
 import attrs
 
-from ._timers import Backoff, Timer, Timers
 from .actions import (
     Action,
     CloseHubLink,
     ConnectHub,
     Log,
     LogLevel,
-    ScheduleReconnect,
     SendHubFrame,
 )
 from .config import HubLinkConfig
 from .errors import CloseCode, LocalUsageError, PeerError, over_limit, truncate_reason
-from .lifecycle import HUB_LINK, HubLinkInput, HubLinkState, Machine
+from .lifecycle import HUB_LINK, Backoff, HubLinkInput, HubLinkState, Machine, Timer, Timers
 from .wire import (
     HUB_PROTOCOL_VERSION,
     ErrorFrame,
@@ -211,10 +209,8 @@ class HubLink:
             self._timers.arm(Timer.RETRY, now + delay)
             fields["retry_in"] = delay
             fields["attempt"] = self._attempts
-            return [
-                Log(level=level, event="hub.link.lost", fields=fields),
-                ScheduleReconnect(delay=delay),
-            ]
+            # The retry is a timer: next_deadline() says when, no action needed.
+            return [Log(level=level, event="hub.link.lost", fields=fields)]
         if effect == "refused":
             return [Log(level=LogLevel.ERROR, event="hub.link.refused", fields=fields)]
         return [Log(level=LogLevel.INFO, event="hub.link.closed", fields=fields)]

@@ -15,13 +15,11 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from typing import Final, final
 
-from ._json import JsonObject
-from ._timers import Timer, Timers
-from ._values import Member, StoreEntry
+from ._values import JsonObject, Member, StoreEntry
 from .actions import Action, StoreDelete, StorePut, StoreRefresh
 from .config import StoreConfig
 from .errors import LocalUsageError
-from .lifecycle import CONNECTION, ConnectionInput, ConnectionState, Machine
+from .lifecycle import CONNECTION, ConnectionInput, ConnectionState, Machine, Timer, Timers
 
 __all__ = ["ConnectionRecord", "LocalIndexes", "NoStore", "SharedStore"]
 

@@ -33,7 +33,6 @@ from typing import Any, Final, final
 from ._cluster import ClusterLink, ClusterReceipt, NoCluster
 from ._hub_link import HubLink, NoHubLink
 from ._local import ConnectionRecord, LocalIndexes, NoStore, SharedStore
-from ._timers import Timer, Timers
 from ._values import Member, Message, RemoteMember, StoreEntry
 from .actions import Action, CloseConnection, Deliver, Log, LogLevel
 from .config import DuplicateSessionPolicy, PresenceConfig
@@ -68,6 +67,8 @@ from .lifecycle import (
     Machine,
     PresenceInput,
     PresenceState,
+    Timer,
+    Timers,
 )
 from .wire import (
     BroadcastFrame,

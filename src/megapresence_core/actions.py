@@ -27,7 +27,6 @@ __all__ = [
     "Log",
     "LogLevel",
     "RefuseBridge",
-    "ScheduleReconnect",
     "SendBridgeFrame",
     "SendHubFrame",
     "StoreDelete",
@@ -95,19 +94,6 @@ class CloseHubLink:
 
 @final
 @attrs.frozen(kw_only=True)
-class ScheduleReconnect:
-    """The hub link will reconnect in ``delay`` seconds, on the first ``Tick`` from then.
-
-    ``next_deadline()`` already says when; a shim that sleeps until the next
-    deadline needs to wake now and look again (the new deadline may be earlier
-    than the one it is sleeping towards). ``delay`` is for logs and tests.
-    """
-
-    delay: float
-
-
-@final
-@attrs.frozen(kw_only=True)
 class ClusterPublish:
     """Publish one encoded cluster message on ``subject`` (best-effort, at most once)."""
 
@@ -169,7 +155,6 @@ Action: TypeAlias = (
     | ConnectHub
     | SendHubFrame
     | CloseHubLink
-    | ScheduleReconnect
     | ClusterPublish
     | StorePut
     | StoreRefresh

@@ -18,8 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import attrs
 
-from ._json import utf8_len
-from ._values import Message, non_empty_str, str_tuple
+from ._values import Message, non_empty_str, str_tuple, utf8_len
 from .errors import CloseCode, LocalUsageError, over_limit
 from .wire import MAX_HEARTBEAT_INTERVAL, MIN_HEARTBEAT_INTERVAL
 

@@ -16,8 +16,7 @@ from typing import Any, Final, TypeAlias, final
 
 import attrs
 
-from ._json import JsonObject, dumps, freeze_json, utf8_len
-from ._values import Message, non_empty_str, str_tuple
+from ._values import JsonObject, Message, dumps, freeze_json, non_empty_str, str_tuple, utf8_len
 from .errors import LocalUsageError
 
 __all__ = [

@@ -14,8 +14,7 @@ fields are ignored, so a newer peer may add optional ones.
 
 from __future__ import annotations
 
-from .._json import Json, JsonObject
-from .._values import ABSENT, RemoteMember
+from .._values import ABSENT, Json, JsonObject, RemoteMember
 from ._client import (
     COMMAND_OPS,
     MAX_CLIENT_COMMAND_BYTES,

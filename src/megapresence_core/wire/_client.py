@@ -34,8 +34,7 @@ from typing import Final, TypeAlias, final
 
 import attrs
 
-from .._json import Json, JsonObject, dumps
-from .._values import ABSENT, Absent, Member, Message, StoreEntry
+from .._values import ABSENT, Absent, Json, JsonObject, Member, Message, StoreEntry, dumps
 from ..events import BroadcastRequested, DirectRequested, KickRequested, MetadataUpdated
 from ._codec import (
     Dialect,

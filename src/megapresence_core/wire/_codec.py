@@ -24,8 +24,7 @@ from typing import Any, Final, TypeAlias, final
 
 import attrs
 
-from .._json import Json, JsonObject, decode_object, dumps
-from .._values import ABSENT, Member, Message, RemoteMember
+from .._values import ABSENT, Json, JsonObject, Member, Message, RemoteMember, decode_object, dumps
 from ..errors import PeerError
 
 __all__ = [

@@ -29,8 +29,7 @@ from typing import Any, Final, TypeAlias, final
 
 import attrs
 
-from .._json import JsonObject
-from .._values import Member, Message, RemoteMember
+from .._values import JsonObject, Member, Message, RemoteMember
 from ._codec import (
     Dialect,
     Field,

@@ -109,6 +109,7 @@ class HubServer:
     def dispatch(self, event: HubEvent) -> None:
         for action in self._hub.handle(event):
             self._performers[type(action)](action)
+        self._ticker.reschedule()
 
     def _on_tick(self, now: float) -> None:
         self.dispatch(Tick(now=now))

@@ -46,7 +46,6 @@ from megapresence_core.actions import (
     CloseHubLink,
     ClusterPublish,
     ConnectHub,
-    ScheduleReconnect,
     SendHubFrame,
     StoreDelete,
     StoreEntry,
@@ -257,7 +256,6 @@ class PresenceServer:
             ConnectHub: self._connect_hub,
             SendHubFrame: self._send_hub_frame,
             CloseHubLink: self._close_hub_link,
-            ScheduleReconnect: lambda action: self._ticker.wake(),
             ClusterPublish: self._publish,
             StorePut: self._roster_put,
             StoreRefresh: self._roster_refresh,
@@ -481,6 +479,7 @@ class PresenceServer:
         """Feed one event to the core and perform its actions, in order."""
         for action in self._presence.handle(event):
             self._performers[type(action)](action)
+        self._ticker.reschedule()
 
     def _on_tick(self, now: float) -> None:
         self.dispatch(Tick(now=now))
