@@ -6,7 +6,7 @@ import json
 
 import pytest
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from megapresence_core import (
     BroadcastRequested,
@@ -357,39 +357,42 @@ class ClusterBusMachine(RuleBasedStateMachine):
         for name in "ABC":
             self.bus.add(name)
 
+    def alive(self) -> list[str]:
+        return sorted(name for name, instance in self.bus.instances.items() if instance.alive)
+
+    @precondition(lambda self: self.alive())
     @rule(
-        instance=st.sampled_from("ABC"),
+        data=st.data(),
         ns=st.sampled_from(["/a", "/b"]),
         user=st.sampled_from(["u1", "u2"]),
         slot=st.integers(0, 3),
     )
-    def join(self, instance: str, ns: str, user: str, slot: int) -> None:
-        if not self.bus.instances[instance].alive:
-            return
+    def join(self, data: st.DataObject, ns: str, user: str, slot: int) -> None:
+        instance = data.draw(st.sampled_from(self.alive()))
         session = f"{instance}-{slot}"
         for conn, (_, _, _, sid) in list(self.bus.sessions.items()):
             if sid == session:
                 self.bus.close(conn)
         self.bus.join(instance, ns, user, session)
 
+    @precondition(lambda self: self.bus.sessions)
     @rule(data=st.data())
     def close(self, data: st.DataObject) -> None:
-        if self.bus.sessions:
-            self.bus.close(data.draw(st.sampled_from(sorted(self.bus.sessions))))
+        self.bus.close(data.draw(st.sampled_from(sorted(self.bus.sessions))))
 
     @rule(lossy=st.booleans())
     def lose_messages(self, lossy: bool) -> None:
         counter = iter(range(1_000_000))
         self.bus.drop = (lambda r, m: next(counter) % 3 == 0) if lossy else (lambda r, m: False)
 
-    @rule(instance=st.sampled_from("ABC"))
-    def blip(self, instance: str) -> None:
-        target = self.bus.instances[instance]
-        if target.alive:
-            target.disconnect()
-            self.bus.advance(2)
-            target.connect()
-            self.bus.run()
+    @precondition(lambda self: self.alive())
+    @rule(data=st.data())
+    def blip(self, data: st.DataObject) -> None:
+        target = self.bus.instances[data.draw(st.sampled_from(self.alive()))]
+        target.disconnect()
+        self.bus.advance(2)
+        target.connect()
+        self.bus.run()
 
     @rule(instance=st.sampled_from("ABC"), restart=st.booleans())
     def crash(self, instance: str, restart: bool) -> None:

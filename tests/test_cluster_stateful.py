@@ -1,6 +1,6 @@
-"""Hypothesis drives a simulated cluster (one hub, three bridges) through joins, traffic and faults.
+"""Hypothesis drives a simulated hub network (one hub, three bridges) through joins and faults.
 
-After every step the cluster is settled (quiet, every bridge registered) and
+After every step the network is settled (quiet, every bridge registered) and
 checked against a plain model of the clients: the hub's presence is exactly
 the bridges' open sessions plus their channel subscribers, broadcasts and
 directs reach exactly the eligible connections once, and kicks close exactly
@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from megapresence_core import (
     BroadcastRequested,
@@ -121,10 +121,9 @@ class ClusterMachine(RuleBasedStateMachine):
         }
         self.sim.settle()
 
+    @precondition(lambda self: self.conns)
     @rule(data=st.data())
     def close(self, data: st.DataObject) -> None:
-        if not self.conns:
-            return
         conn = data.draw(st.sampled_from(sorted(self.conns)))
         self.sim.act(self.conns.pop(conn)["bridge"], ConnectionClosed(conn=conn))
         self.sim.settle()

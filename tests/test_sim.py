@@ -1,4 +1,4 @@
-"""The in-memory cluster is itself tested: its faults happen, and it converges after each."""
+"""The in-memory hub network is itself tested: its faults happen, and it converges after each."""
 
 from __future__ import annotations
 

@@ -172,7 +172,7 @@ class ClusterLink:
         return self.publish_text(encode(message), fanout=type(message) in _FANOUT)
 
     def broadcast(
-        self, ns: str, channel: str, message: Message, except_session_ids: tuple[str, ...]
+        self, ns: str, channel: str, message: Message, except_session_ids: frozenset[str]
     ) -> str:
         return self.encode(
             ClusterBroadcast(
@@ -180,7 +180,7 @@ class ClusterLink:
                 ns=ns,
                 channel=channel,
                 message=message,
-                except_session_ids=except_session_ids,
+                except_session_ids=tuple(sorted(except_session_ids)),
             )
         )
 
@@ -413,7 +413,7 @@ class NoCluster:
         return []
 
     def broadcast(
-        self, ns: str, channel: str, message: Message, except_session_ids: tuple[str, ...]
+        self, ns: str, channel: str, message: Message, except_session_ids: frozenset[str]
     ) -> str:
         return ""
 

@@ -25,6 +25,7 @@ from typing import Final, final
 
 import attrs
 
+from ._values import Message
 from .actions import (
     Action,
     CloseHubLink,
@@ -38,6 +39,8 @@ from .errors import CloseCode, LocalUsageError, PeerError, over_limit, truncate_
 from .lifecycle import HUB_LINK, Backoff, HubLinkInput, HubLinkState, Machine, Timer, Timers
 from .wire import (
     HUB_PROTOCOL_VERSION,
+    BroadcastFrame,
+    DirectFrame,
     ErrorFrame,
     HeartbeatFrame,
     HubFrame,
@@ -238,6 +241,18 @@ class HubLink:
             return [CloseHubLink(code=CloseCode.GOING_AWAY, reason="bridge shutting down")]
         return []
 
+    def broadcast(
+        self, ns: str, channel: str, message: Message, except_session_ids: frozenset[str]
+    ) -> str:
+        """The BROADCAST frame's text (measured: see :meth:`encode`)."""
+        excepted = tuple(sorted(except_session_ids))
+        return self.encode(
+            BroadcastFrame(ns=ns, channel=channel, message=message, except_session_ids=excepted)
+        )
+
+    def direct(self, user_id: str, message: Message) -> str:
+        return self.encode(DirectFrame(user_id=user_id, message=message))
+
     def encode(self, frame: HubFrame) -> str:
         """The frame's text, or ``LocalUsageError`` if it would not fit the hub's frame limit."""
         text = encode(frame)
@@ -299,8 +314,13 @@ class NoHubLink:
     def shutdown(self) -> list[Action]:
         return []
 
-    def encode(self, frame: HubFrame) -> str:
+    def broadcast(
+        self, ns: str, channel: str, message: Message, except_session_ids: frozenset[str]
+    ) -> str:
         return ""  # nothing travels, so nothing is too big
+
+    def direct(self, user_id: str, message: Message) -> str:
+        return ""
 
     def send_text(self, text: str) -> list[Action]:
         return []

@@ -145,7 +145,7 @@ class Presence:
         return []
 
     def _on_open(self, event: ConnectionOpened) -> list[Action]:
-        self._limits.check_names("ConnectionOpened", ns=event.ns)
+        self._limits.check_name("ConnectionOpened", "ns", event.ns)
         self._local.open(event.conn, event.ns)
         return []
 
@@ -153,7 +153,8 @@ class Presence:
         local, limits = self._local, self._limits
         record = local.get(event.conn, what="SessionJoined")
         record.lifecycle.check(ConnectionInput.JOIN)
-        limits.check_names("SessionJoined", user_id=event.user_id, session_id=event.session_id)
+        limits.check_name("SessionJoined", "user_id", event.user_id)
+        limits.check_name("SessionJoined", "session_id", event.session_id)
         limits.check_channels("SessionJoined", event.channels)
         limits.check_metadata("SessionJoined", event.metadata_bytes)
         actions: list[Action] = []
@@ -204,23 +205,29 @@ class Presence:
         )
 
     def _on_broadcast(self, event: BroadcastRequested) -> list[Action]:
-        ns, channel, message = event.ns, event.channel, event.message
-        self._limits.check_names("BroadcastRequested", ns=ns, channel=channel)
-        self._limits.check_message("BroadcastRequested", message)
-        excepted = tuple(sorted(event.except_session_ids))
-        frame = BroadcastFrame(ns=ns, channel=channel, message=message, except_session_ids=excepted)
-        hub_text = self._hub_link.encode(frame)
+        ns, channel, message, excepted = (
+            event.ns,
+            event.channel,
+            event.message,
+            event.except_session_ids,
+        )
+        limits = self._limits
+        limits.check_name("BroadcastRequested", "ns", ns)
+        limits.check_name("BroadcastRequested", "channel", channel)
+        limits.check_message("BroadcastRequested", message)
+        # Every hop's text is built (and measured) before anything happens.
+        hub_text = self._hub_link.broadcast(ns, channel, message, excepted)
         cluster_text = self._cluster.broadcast(ns, channel, message, excepted)
-        actions = self._deliver_broadcast(ns, message, event.except_session_ids)
+        actions = self._deliver_broadcast(ns, message, excepted)
         return (
             actions + self._hub_link.send_text(hub_text) + self._cluster.publish_text(cluster_text)
         )
 
     def _on_direct(self, event: DirectRequested) -> list[Action]:
         user_id, message = event.user_id, event.message
-        self._limits.check_names("DirectRequested", user_id=user_id)
+        self._limits.check_name("DirectRequested", "user_id", user_id)
         self._limits.check_message("DirectRequested", message)
-        hub_text = self._hub_link.encode(DirectFrame(user_id=user_id, message=message))
+        hub_text = self._hub_link.direct(user_id, message)
         cluster_text = self._cluster.direct(user_id, message)
         actions = self._deliver_direct(user_id, message)
         return (

@@ -121,15 +121,16 @@ class Limits:
                 f"max_name_bytes {self.max_name_bytes})"
             )
 
-    def check_names(self, owner: str, **names: str) -> None:
-        """Refuse any name (ns, channel, user or session id) longer than ``max_name_bytes``."""
-        for field, name in names.items():
-            size = utf8_len(name)
-            if size > self.max_name_bytes:
-                raise over_limit(
-                    f"{owner}: {field} is {size} bytes; the limit is {self.max_name_bytes} "
-                    "(Limits.max_name_bytes)"
-                )
+    def check_name(self, owner: str, field: str, name: str) -> None:
+        """Refuse a name (ns, channel, user or session id) longer than ``max_name_bytes``."""
+        if len(name) * 4 <= self.max_name_bytes:
+            return  # no character takes more than four bytes: surely within the limit
+        size = utf8_len(name)
+        if size > self.max_name_bytes:
+            raise over_limit(
+                f"{owner}: {field} is {size} bytes; the limit is {self.max_name_bytes} "
+                "(Limits.max_name_bytes)"
+            )
 
     def check_channels(self, owner: str, channels: tuple[str, ...]) -> None:
         if len(channels) > self.max_channels_per_session:
@@ -138,7 +139,7 @@ class Limits:
                 f"{self.max_channels_per_session} (Limits.max_channels_per_session)"
             )
         for channel in channels:
-            self.check_names(owner, channel=channel)
+            self.check_name(owner, "channel", channel)
 
     def check_metadata(self, owner: str, size: int) -> None:
         if size > self.max_metadata_bytes:

@@ -338,7 +338,9 @@ class Hub:
         frame = BulkLeaveFrame(
             bridge_id=record.bridge_id, session_ids=tuple(s.session_id for s in sessions)
         )
-        return self._route(self._sessions.bridges_in(channels, besides=record.bridge), frame)
+        return self._route(
+            self._sessions.bridges_in(channels, besides=record.bridge), encode(frame)
+        )
 
     def _close(
         self, record: Bridge, code: int, reason: str, *, event: BridgeInput = _BI.CLOSE
@@ -407,12 +409,16 @@ class Hub:
             effect = record.lifecycle.fire(_BI.REGISTER if supported else _BI.BAD_REGISTER)
         else:
             effect = record.lifecycle.fire(_BI.FRAME)
-        return _FRAME_EFFECTS[effect](self, record, frame, event.now)
+        return _FRAME_EFFECTS[effect](self, record, frame, event)
 
-    def _not_registered(self, record: Bridge, frame: HubFrame, now: float) -> list[HubAction]:
+    def _not_registered(
+        self, record: Bridge, frame: HubFrame, event: BridgeFrameReceived
+    ) -> list[HubAction]:
         return self._fatal(record, "not_registered", "the first frame must be REGISTER")
 
-    def _unsupported(self, record: Bridge, frame: HubFrame, now: float) -> list[HubAction]:
+    def _unsupported(
+        self, record: Bridge, frame: HubFrame, event: BridgeFrameReceived
+    ) -> list[HubAction]:
         assert isinstance(frame, RegisterFrame)
         return self._fatal(
             record,
@@ -420,11 +426,19 @@ class Hub:
             f"protocol {frame.protocol} is not supported; this hub speaks {HUB_PROTOCOL_VERSION}",
         )
 
-    def _second_register(self, record: Bridge, frame: HubFrame, now: float) -> list[HubAction]:
+    def _second_register(
+        self, record: Bridge, frame: HubFrame, event: BridgeFrameReceived
+    ) -> list[HubAction]:
         return self._fatal(record, "already_registered", "REGISTER sent twice on one link")
 
-    def _dispatch(self, record: Bridge, frame: HubFrame, now: float) -> list[HubAction]:
-        return _FRAME_HANDLERS[type(frame)](self, record, frame)
+    def _dispatch(
+        self, record: Bridge, frame: HubFrame, event: BridgeFrameReceived
+    ) -> list[HubAction]:
+        # A routed frame travels on as it arrived: validated, within the frame limit,
+        # and never encoded again (unknown fields go along, for newer bridges).
+        data = event.data
+        text = data if isinstance(data, str) else data.decode("utf-8")
+        return _FRAME_HANDLERS[type(frame)](self, record, frame, text)
 
     def _within_rate(self, record: Bridge, now: float) -> bool:
         config = self._config
@@ -467,7 +481,9 @@ class Hub:
             *self._close(record, CloseCode.POLICY, message),
         ]
 
-    def _register(self, record: Bridge, frame: HubFrame, now: float) -> list[HubAction]:
+    def _register(
+        self, record: Bridge, frame: HubFrame, event: BridgeFrameReceived
+    ) -> list[HubAction]:
         assert isinstance(frame, RegisterFrame)
         config = self._config
         actions: list[HubAction] = []
@@ -489,6 +505,7 @@ class Hub:
             actions += self._close(previous, CloseCode.POLICY, "replaced by a newer connection")
         record.bridge_id, record.instance_id = frame.bridge_id, frame.instance_id
         self._by_bridge_id[frame.bridge_id] = record
+        now = event.now
         self._timers.arm(Timer.HEARTBEAT, now + config.heartbeat_interval, record.bridge)
         self._timers.arm(Timer.SILENCE, now + self._silence(), record.bridge)
         registered = RegisteredFrame(
@@ -497,10 +514,10 @@ class Hub:
         actions.append(SendBridgeFrame(bridges=(record.bridge,), data=encode(registered)))
         return actions
 
-    def _route(self, bridges: tuple[Hashable, ...], frame: HubFrame) -> list[HubAction]:
+    def _route(self, bridges: tuple[Hashable, ...], text: str) -> list[HubAction]:
         if not bridges:
             return []
-        return [SendBridgeFrame(bridges=bridges, data=encode(frame))]
+        return [SendBridgeFrame(bridges=bridges, data=text)]
 
     def _owned(self, record: Bridge, session_id: str) -> HubSession | None:
         session = self._sessions.sessions.get(session_id)
@@ -509,7 +526,7 @@ class Hub:
     def _metadata_too_big(self, metadata: JsonObject | None) -> bool:
         return metadata is not None and utf8_len(dumps(metadata)) > self._config.max_metadata_bytes
 
-    def _join(self, record: Bridge, frame: JoinFrame) -> list[HubAction]:
+    def _join(self, record: Bridge, frame: JoinFrame, text: str) -> list[HubAction]:
         config = self._config
         if len(frame.channels) > config.max_channels_per_session:
             return self._strike(
@@ -545,19 +562,17 @@ class Hub:
                 frame.metadata,
             )
         )
-        return self._route(self._sessions.bridges_in(frame.channels, besides=record.bridge), frame)
+        return self._route(self._sessions.bridges_in(frame.channels, besides=record.bridge), text)
 
-    def _leave(self, record: Bridge, frame: LeaveFrame) -> list[HubAction]:
+    def _leave(self, record: Bridge, frame: LeaveFrame, text: str) -> list[HubAction]:
         # Only the owner may remove a session: a stale LEAVE from the bridge it
         # moved away from must not remove it from its new bridge.
         if self._owned(record, frame.session_id) is None:
             return []
         session = self._sessions.remove(frame.session_id)
-        return self._route(
-            self._sessions.bridges_in(session.channels, besides=record.bridge), frame
-        )
+        return self._route(self._sessions.bridges_in(session.channels, besides=record.bridge), text)
 
-    def _metadata(self, record: Bridge, frame: MetadataFrame) -> list[HubAction]:
+    def _metadata(self, record: Bridge, frame: MetadataFrame, text: str) -> list[HubAction]:
         session = self._owned(record, frame.session_id)
         if session is None:
             return []
@@ -566,30 +581,26 @@ class Hub:
                 record, "metadata_too_big", f"metadata over {self._config.max_metadata_bytes} bytes"
             )
         session.metadata = frame.metadata
+        return self._route(self._sessions.bridges_in(session.channels, besides=record.bridge), text)
+
+    def _broadcast(self, record: Bridge, frame: BroadcastFrame, text: str) -> list[HubAction]:
+        return self._route(self._sessions.bridges_in((frame.channel,), besides=record.bridge), text)
+
+    def _direct(self, record: Bridge, frame: DirectFrame, text: str) -> list[HubAction]:
         return self._route(
-            self._sessions.bridges_in(session.channels, besides=record.bridge), frame
+            self._sessions.bridges_of_user(frame.user_id, besides=record.bridge), text
         )
 
-    def _broadcast(self, record: Bridge, frame: BroadcastFrame) -> list[HubAction]:
-        return self._route(
-            self._sessions.bridges_in((frame.channel,), besides=record.bridge), frame
-        )
-
-    def _direct(self, record: Bridge, frame: DirectFrame) -> list[HubAction]:
-        return self._route(
-            self._sessions.bridges_of_user(frame.user_id, besides=record.bridge), frame
-        )
-
-    def _disconnect(self, record: Bridge, frame: DisconnectFrame) -> list[HubAction]:
+    def _disconnect(self, record: Bridge, frame: DisconnectFrame, text: str) -> list[HubAction]:
         session = self._sessions.sessions.get(frame.session_id)
         if session is None or session.bridge == record.bridge:
             return []
-        return self._route((session.bridge,), frame)
+        return self._route((session.bridge,), text)
 
-    def _heartbeat(self, record: Bridge, frame: HeartbeatFrame) -> list[HubAction]:
+    def _heartbeat(self, record: Bridge, frame: HeartbeatFrame, text: str) -> list[HubAction]:
         return []
 
-    def _unexpected(self, record: Bridge, frame: HubFrame) -> list[HubAction]:
+    def _unexpected(self, record: Bridge, frame: HubFrame, text: str) -> list[HubAction]:
         return self._strike(
             record, "unexpected_type", f"{type(frame).__name__} is not sent by bridges"
         )
@@ -645,7 +656,9 @@ _HANDLERS: Final[dict[type[Any], Callable[[Hub, Any], list[HubAction]]]] = {
     ShutdownRequested: Hub._on_shutdown,
 }
 
-_FRAME_EFFECTS: Final[dict[str, Callable[[Hub, Bridge, HubFrame, float], list[HubAction]]]] = {
+_FRAME_EFFECTS: Final[
+    dict[str, Callable[[Hub, Bridge, HubFrame, BridgeFrameReceived], list[HubAction]]]
+] = {
     "registered": Hub._register,
     "unsupported": Hub._unsupported,
     "not_registered": Hub._not_registered,
@@ -653,7 +666,7 @@ _FRAME_EFFECTS: Final[dict[str, Callable[[Hub, Bridge, HubFrame, float], list[Hu
     "route": Hub._dispatch,
 }
 
-_FRAME_HANDLERS: Final[dict[type[Any], Callable[[Hub, Bridge, Any], list[HubAction]]]] = {
+_FRAME_HANDLERS: Final[dict[type[Any], Callable[[Hub, Bridge, Any, str], list[HubAction]]]] = {
     JoinFrame: Hub._join,
     LeaveFrame: Hub._leave,
     MetadataFrame: Hub._metadata,

@@ -78,7 +78,15 @@ __all__ = [
 # ------------------------------------------------------------------- timers
 
 
-class Timer(enum.Enum):
+class _Enum(enum.Enum):
+    """An enum hashed by identity (members are singletons, equality is identity):
+    every transition looks up a ``(state, input)`` pair, and ``Enum.__hash__``
+    (a Python-level hash of the name) was the largest cost of a table lookup."""
+
+    __hash__ = object.__hash__
+
+
+class Timer(_Enum):
     """Every kind of timer; on a tie, the earlier member fires first."""
 
     CONNECT = "connect"  #: the hub link: from ConnectHub to REGISTERED
@@ -266,7 +274,9 @@ class Machine(Generic[S, I]):
 
     def fire(self, event: I) -> str:
         """Apply ``event``: assign the row's target and return its effect."""
-        row = self._spec.row(self._state, event)
+        row = self._spec.rows.get((self._state, event))
+        if row is None:
+            row = self._spec.row(self._state, event)  # raises, saying why
         if row.target is not self._state:
             self._state = row.target
             if self._timers is not None:
@@ -286,7 +296,7 @@ def _rows(table: Mapping[tuple[S, I], S | tuple[S, str]]) -> Mapping[tuple[S, I]
 # ------------------------------------------------------------ a connection
 
 
-class ConnectionState(enum.Enum):
+class ConnectionState(_Enum):
     """A client connection, from the core's point of view."""
 
     OPENED = "opened"  #: in the ns index; receives broadcasts; no session yet
@@ -296,7 +306,7 @@ class ConnectionState(enum.Enum):
     CLOSED = "closed"  #: forgotten; the id may be reused
 
 
-class ConnectionInput(enum.Enum):
+class ConnectionInput(_Enum):
     JOIN = "join"
     DETACH = "detach"  #: another connection of the same user took its session id
     SHUTDOWN = "shutdown"
@@ -338,12 +348,12 @@ CONNECTION: Final = Lifecycle(
 # -------------------------------------------------------- a presence process
 
 
-class PresenceState(enum.Enum):
+class PresenceState(_Enum):
     RUNNING = "running"
     SHUT_DOWN = "shut_down"  #: only the closes it asked for, the hub link's drain and time remain
 
 
-class PresenceInput(enum.Enum):
+class PresenceInput(_Enum):
     EVENT = "event"  #: opens, joins, sends, kicks, link starts: refused after shutdown
     WIND_DOWN = "wind_down"  #: closes, link losses, frames, messages and ticks
     SHUTDOWN = "shutdown"
@@ -373,7 +383,7 @@ PRESENCE: Final = Lifecycle(
 # ------------------------------------------------------------- the hub link
 
 
-class HubLinkState(enum.Enum):
+class HubLinkState(_Enum):
     """The bridge's link to the hub."""
 
     IDLE = "idle"  #: configured, not started
@@ -386,7 +396,7 @@ class HubLinkState(enum.Enum):
     CLOSED = "closed"  #: stopped for good (shutdown, or refused with 1008)
 
 
-class HubLinkInput(enum.Enum):
+class HubLinkInput(_Enum):
     START = "start"
     CONNECTED = "connected"
     REGISTERED = "registered"  #: a valid REGISTERED frame
@@ -472,7 +482,7 @@ HUB_LINK: Final = Lifecycle(
 # ---------------------------------------------------------- the cluster link
 
 
-class ClusterLinkState(enum.Enum):
+class ClusterLinkState(_Enum):
     """This instance's link to the other instances of its app (NATS)."""
 
     DISCONNECTED = "disconnected"  #: stale, not gone: nobody is swept while we cannot hear
@@ -480,7 +490,7 @@ class ClusterLinkState(enum.Enum):
     STOPPED = "stopped"  #: said goodbye at shutdown
 
 
-class ClusterLinkInput(enum.Enum):
+class ClusterLinkInput(_Enum):
     CONNECTED = "connected"
     LOST = "lost"
     PUBLISH = "publish"
@@ -518,7 +528,7 @@ CLUSTER_LINK: Final = Lifecycle(
 # ---------------------------------------------------- a bridge, at the hub
 
 
-class BridgeState(enum.Enum):
+class BridgeState(_Enum):
     """A bridge connection, as the hub sees it."""
 
     AWAITING_REGISTER = "awaiting_register"  #: authenticated, no REGISTER yet
@@ -527,7 +537,7 @@ class BridgeState(enum.Enum):
     GONE = "gone"
 
 
-class BridgeInput(enum.Enum):
+class BridgeInput(_Enum):
     ARRIVAL = "arrival"  #: a frame arrived, not yet read
     REGISTER = "register"  #: a valid REGISTER in a protocol we speak
     BAD_REGISTER = "bad_register"  #: a valid REGISTER in a protocol we do not speak
@@ -575,12 +585,12 @@ BRIDGE: Final = Lifecycle(
 # ------------------------------------------------------------------ the hub
 
 
-class HubState(enum.Enum):
+class HubState(_Enum):
     ACCEPTING = "accepting"
     DRAINING = "draining"  #: every bridge closed with 4503; newcomers get 503
 
 
-class HubInput(enum.Enum):
+class HubInput(_Enum):
     CONNECT = "connect"  #: an authenticated-or-not upgrade request
     SHUTDOWN = "shutdown"
 

@@ -20,6 +20,7 @@ where it matters for evolution: unknown fields are ignored.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from json.encoder import encode_basestring
 from typing import Any, Final, TypeAlias, final
 
 import attrs
@@ -141,6 +142,23 @@ class Schema:
     name: str
     cls: type[Any]
     fields: tuple[Field, ...]
+    #: Per field: (attribute, '"wire":', how to encode the value, default, required).
+    plan: tuple[tuple[str, str, Callable[[Any], str], Any, bool], ...] = attrs.field(
+        init=False, eq=False, repr=False
+    )
+
+    def __attrs_post_init__(self) -> None:
+        plan = tuple(
+            (
+                field.attr,
+                f'"{field.wire}":',
+                _VALUE_ENCODERS.get(field.check, _encode_value),
+                field.default,
+                field.default is REQUIRED,
+            )
+            for field in self.fields
+        )
+        object.__setattr__(self, "plan", plan)
 
 
 _BY_TYPE: dict[type[Any], Schema] = {}
@@ -166,8 +184,6 @@ def names(dialect: Dialect) -> tuple[str, ...]:
 
 
 def _encode_value(value: Any) -> str:
-    if isinstance(value, Message):
-        return value.json  # spliced: encoded once, when the message was built
     if isinstance(value, tuple):
         return "[" + ",".join(map(_encode_value, value)) + "]"
     if isinstance(value, Member | RemoteMember):
@@ -175,12 +191,35 @@ def _encode_value(value: Any) -> str:
     return dumps(value)
 
 
-def _encode_fields(fields: tuple[Field, ...], obj: Any, head: str) -> str:
-    parts = [head] if head else []
-    for field in fields:
-        value = getattr(obj, field.attr)
-        if field.default is REQUIRED or value != field.default:
-            parts.append(f'"{field.wire}":{_encode_value(value)}')
+def _encode_message(message: Message) -> str:
+    return message.json  # spliced: encoded once, when the message was built
+
+
+def _encode_names(names: tuple[str, ...]) -> str:
+    return "[" + ",".join(map(encode_basestring, names)) + "]"
+
+
+def _encode_flag(flag: bool) -> str:
+    return "true" if flag else "false"
+
+
+#: How a field's value is written, by the check that reads it: the common cases
+#: skip the general encoder (names and flags are most of every frame).
+_VALUE_ENCODERS: Final[dict[Check, Callable[[Any], str]]] = {
+    check_name: encode_basestring,
+    check_text: encode_basestring,
+    check_names: _encode_names,
+    check_message: _encode_message,
+    check_flag: _encode_flag,
+    check_count: int.__repr__,
+}
+
+
+def _encode_fields(schema: Schema, obj: Any, parts: list[str]) -> str:
+    for attr, prefix, encode_value, default, required in schema.plan:
+        value = getattr(obj, attr)
+        if required or value != default:
+            parts.append(prefix + encode_value(value))
     return "{" + ",".join(parts) + "}"
 
 
@@ -188,13 +227,13 @@ def encode(obj: Any) -> str:
     """The wire text of a frame, cluster message or command (compact JSON)."""
     schema = _BY_TYPE[type(obj)]
     dialect = schema.dialect
-    head = f'"{dialect.tag}":{dumps(schema.name)}'
+    head = f'"{dialect.tag}":{encode_basestring(schema.name)}'
     if dialect.nested is not None:
-        return "{" + head + f',"{dialect.nested}":' + _encode_fields(schema.fields, obj, "") + "}"
+        return "{" + head + f',"{dialect.nested}":' + _encode_fields(schema, obj, []) + "}"
     if dialect.version is not None:
         key, version = dialect.version
         head = f'"{key}":{version},{head}'
-    return _encode_fields(schema.fields, obj, head)
+    return _encode_fields(schema, obj, [head])
 
 
 def decode_fields(
