@@ -73,13 +73,15 @@ def presence_events(count: int, seed: int = 1) -> list[Event]:
     return events
 
 
-def presence_events_per_second(count: int = 100_000) -> float:
-    events = presence_events(count)
-    presence = Presence()
+def events_per_second(presence: Presence, events: list[Event]) -> float:
     start = time.perf_counter()
     for event in events:
         presence.handle(event)
     return len(events) / (time.perf_counter() - start)
+
+
+def presence_events_per_second(count: int = 100_000) -> float:
+    return events_per_second(Presence(), presence_events(count))
 
 
 def linked_presence() -> Presence:
@@ -103,12 +105,7 @@ def linked_presence() -> Presence:
 
 def linked_events_per_second(count: int = 100_000) -> float:
     """The same mix, with every join, broadcast and direct fanned out to the hub and cluster."""
-    events = presence_events(count)
-    presence = linked_presence()
-    start = time.perf_counter()
-    for event in events:
-        presence.handle(event)
-    return len(events) / (time.perf_counter() - start)
+    return events_per_second(linked_presence(), presence_events(count))
 
 
 def fanout_broadcasts_per_second(count: int = 50_000) -> float:
@@ -117,14 +114,11 @@ def fanout_broadcasts_per_second(count: int = 50_000) -> float:
     for conn in range(100):
         presence.handle(ConnectionOpened(conn=conn, ns="/ws"))
     payload = {"text": "x" * 1000, "n": list(range(20))}
-    events = [
+    events: list[Event] = [
         BroadcastRequested(ns="/ws", channel="lobby", message={"type": "m", "payload": payload})
         for _ in range(count)
     ]
-    start = time.perf_counter()
-    for event in events:
-        presence.handle(event)
-    return count / (time.perf_counter() - start)
+    return events_per_second(presence, events)
 
 
 def hub_frames_per_second(count: int = 100_000) -> float:

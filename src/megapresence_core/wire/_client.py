@@ -113,10 +113,6 @@ class BroadcastCommand:
     payload: Json | Absent = ABSENT
     exclude_self: bool = False
 
-    @property
-    def message(self) -> Message:
-        return Message(type=self.type, payload=self.payload)
-
 
 @final
 @attrs.frozen(kw_only=True)
@@ -124,10 +120,6 @@ class DirectCommand:
     user_id: str
     type: str = "direct"
     payload: Json | Absent = ABSENT
-
-    @property
-    def message(self) -> Message:
-        return Message(type=self.type, payload=self.payload)
 
 
 @final
@@ -209,6 +201,10 @@ class CommandRefused:
     message: str
 
 
+def _message(command: BroadcastCommand | DirectCommand) -> Message:
+    return Message(type=command.type, payload=command.payload)
+
+
 CommandEvent: TypeAlias = BroadcastRequested | DirectRequested | MetadataUpdated | KickRequested
 
 
@@ -222,10 +218,10 @@ def command_event(
     if isinstance(command, BroadcastCommand):
         excluded = (session_id,) if command.exclude_self and session_id is not None else ()
         return BroadcastRequested(
-            ns=ns, channel=command.channel, message=command.message, except_session_ids=excluded
+            ns=ns, channel=command.channel, message=_message(command), except_session_ids=excluded
         )
     if isinstance(command, DirectCommand):
-        return DirectRequested(user_id=command.user_id, message=command.message)
+        return DirectRequested(user_id=command.user_id, message=_message(command))
     if isinstance(command, MetadataCommand):
         if session_id is None:
             return CommandRefused(code="not_joined", message="join a session to set metadata")

@@ -205,9 +205,14 @@ def _interval(value: Any) -> float:
 
 HUB_DIALECT: Final = Dialect(what="hub frame", tag="type", nested="payload")
 _H = HUB_DIALECT
+# Fields both protocols carry, declared once.
 _SESSION = Field("sessionId", "session_id", check_name)
 _USER = Field("userId", "user_id", check_name)
+_NS = Field("ns", "ns", check_name)
+_CHANNEL = Field("channel", "channel", check_name)
 _MESSAGE = Field("message", "message", check_message)
+_REASON = Field("reason", "reason", check_text, None)
+_REQUEUE = Field("requeue", "requeue", check_flag, False)
 
 register(
     _H,
@@ -247,20 +252,13 @@ register(
     _H,
     "BROADCAST",
     BroadcastFrame,
-    Field("ns", "ns", check_name),
-    Field("channel", "channel", check_name),
+    _NS,
+    _CHANNEL,
     _MESSAGE,
     Field("exceptSessionIds", "except_session_ids", check_names, ()),
 )
 register(_H, "DIRECT", DirectFrame, _USER, _MESSAGE)
-register(
-    _H,
-    "DISCONNECT",
-    DisconnectFrame,
-    _SESSION,
-    Field("reason", "reason", check_text, None),
-    Field("requeue", "requeue", check_flag, False),
-)
+register(_H, "DISCONNECT", DisconnectFrame, _SESSION, _REASON, _REQUEUE)
 register(_H, "HEARTBEAT", HeartbeatFrame)
 register(
     _H,
@@ -399,28 +397,20 @@ CLUSTER_DIALECT: Final = Dialect(
     header=(Field("from", "sender", check_name), Field("epoch", "epoch", check_count)),
 )
 _K = CLUSTER_DIALECT
-_K_SESSION = Field("sessionId", "session_id", check_name)
 
 register(
     _K,
     "broadcast",
     ClusterBroadcast,
-    Field("ns", "ns", check_name),
-    Field("channel", "channel", check_name),
+    _NS,
+    _CHANNEL,
     _MESSAGE,
     Field("except", "except_session_ids", check_names, ()),
 )
 register(_K, "direct", ClusterDirect, _USER, _MESSAGE)
-register(
-    _K,
-    "kick",
-    ClusterKick,
-    _K_SESSION,
-    Field("reason", "reason", check_text, None),
-    Field("requeue", "requeue", check_flag, False),
-)
-register(_K, "add", ClusterAdd, Field("ns", "ns", check_name), Field("member", "member", _member))
-register(_K, "remove", ClusterRemove, _K_SESSION)
+register(_K, "kick", ClusterKick, _SESSION, _REASON, _REQUEUE)
+register(_K, "add", ClusterAdd, _NS, Field("member", "member", _member))
+register(_K, "remove", ClusterRemove, _SESSION)
 register(
     _K,
     "heartbeat",

@@ -463,15 +463,19 @@ class PresenceServer:
         self.dispatch(ConnectionOpened(conn=client, ns=client.ns))
         identity = client.identity
         if identity is not None:
-            self.dispatch(
-                SessionJoined(
-                    conn=client,
-                    user_id=identity.user_id,
-                    session_id=identity.session_id,
-                    channels=identity.channels,
-                    metadata=identity.metadata,
+            try:
+                self.dispatch(
+                    SessionJoined(
+                        conn=client,
+                        user_id=identity.user_id,
+                        session_id=identity.session_id,
+                        channels=identity.channels,
+                        metadata=identity.metadata,
+                    )
                 )
-            )
+            except LocalUsageError as exc:  # the core refused the identity: its hint says how
+                logger.warning("join refused for %r: %s", client, exc)
+                client.close(exc.close_code, str(exc))
 
     # ---------------------------------------------------------- core driving
 
