@@ -11,7 +11,7 @@ shim: a finite number. Bytes from the network (``data``) must be ``str`` or
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any, Final, TypeAlias, final
 
 import attrs
@@ -66,6 +66,23 @@ def monotonic_seconds(instance: object, attribute: attrs.Attribute[Any], value: 
         raise LocalUsageError(
             f"{type(instance).__name__}: {attribute.name} must be monotonic seconds, got {value!r}"
         )
+
+
+def _of_type(kind: type, *, optional: bool = False) -> Callable[[Any, Any, Any], None]:
+    """Validator: an instance of ``kind`` (or None when ``optional``), else ``LocalUsageError``."""
+
+    def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if (value is None and optional) or (
+            isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+        ):
+            return
+        wanted = f"{kind.__name__} or None" if optional else kind.__name__
+        raise LocalUsageError(
+            f"{type(instance).__name__}: {attribute.name} must be {wanted}, "
+            f"not {type(value).__name__}"
+        )
+
+    return check
 
 
 def received_data(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
@@ -149,11 +166,6 @@ class ConnectionClosed:
     conn: Hashable = attrs.field(validator=hashable_id)
 
 
-def _close_code(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-        raise LocalUsageError(f"HubLost: code must be an int or None, got {value!r}")
-
-
 def _message(value: Message | Mapping[str, Any]) -> Message:
     return Message.coerce(value)
 
@@ -207,10 +219,8 @@ class KickRequested:
     """Close a session wherever it lives: 1008 (do not return) or 4503 (requeue)."""
 
     session_id: str = attrs.field(validator=_name)
-    reason: str | None = attrs.field(
-        default=None, validator=attrs.validators.optional(attrs.validators.instance_of(str))
-    )
-    requeue: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+    reason: str | None = attrs.field(default=None, validator=_of_type(str, optional=True))
+    requeue: bool = attrs.field(default=False, validator=_of_type(bool))
 
 
 @final
@@ -244,8 +254,8 @@ class HubLost:
     """The hub transport closed or could not be opened; ``code`` is None without a close frame."""
 
     now: float = attrs.field(validator=monotonic_seconds)
-    code: int | None = attrs.field(default=None, validator=_close_code)
-    reason: str = attrs.field(default="", validator=attrs.validators.instance_of(str))
+    code: int | None = attrs.field(default=None, validator=_of_type(int, optional=True))
+    reason: str = attrs.field(default="", validator=_of_type(str))
 
 
 @final
@@ -313,9 +323,7 @@ class BridgeConnecting:
     """An upgrade request reached the hub; ``authorization`` is its header, if any."""
 
     bridge: Hashable = attrs.field(validator=hashable_id)
-    authorization: str | None = attrs.field(
-        repr=False, validator=attrs.validators.optional(attrs.validators.instance_of(str))
-    )
+    authorization: str | None = attrs.field(repr=False, validator=_of_type(str, optional=True))
     now: float = attrs.field(validator=monotonic_seconds)
 
 
