@@ -199,7 +199,7 @@ def test_closing_the_detached_connection_neither_unmaps_nor_leaves_the_new_owner
     assert set(deliveries(actions)) == {2}
 
 
-def test_duplicate_session_removes_roster_channels_the_new_owner_does_not_join() -> None:
+def test_duplicate_session_removes_store_entries_of_channels_the_new_owner_does_not_join() -> None:
     presence = Presence(PresenceConfig(store=StoreConfig()))
     open_joined(presence, 1, "ann", "s1", channels=["a", "b"])
     actions = open_joined(presence, 2, "ann", "s1", channels=["b", "c"])
@@ -430,7 +430,7 @@ def test_direct_to_an_unknown_user_is_a_local_no_op_but_still_fans_out() -> None
 # --------------------------------------------------------------- metadata
 
 
-def test_metadata_update_is_stored_sent_to_the_hub_and_the_roster() -> None:
+def test_metadata_update_is_kept_and_sent_to_the_hub_and_the_store() -> None:
     presence = hub_presence(store=StoreConfig(ttl=30, refresh_interval=10))
     open_joined(presence, 1, "ann", "s1", channels=["c"])
     actions = drive(presence, MetadataUpdated(session_id="s1", metadata={"status": "busy"}))
@@ -703,7 +703,7 @@ def test_re_registration_after_a_lost_link_resyncs_again() -> None:
 # ------------------------------------------------------------ roster, queries
 
 
-def test_roster_actions_follow_joins_and_closes() -> None:
+def test_store_actions_follow_joins_and_closes() -> None:
     presence = Presence(PresenceConfig(store=StoreConfig(ttl=60)))
     actions = open_joined(presence, 1, "ann", "s1", channels=["a", "b"], metadata={"m": 1})
     member = Member(session_id="s1", user_id="ann", metadata={"m": 1})
@@ -717,14 +717,14 @@ def test_roster_actions_follow_joins_and_closes() -> None:
     ]
 
 
-def test_no_roster_actions_without_a_roster() -> None:
+def test_no_store_actions_without_a_store() -> None:
     presence = Presence()
     actions = open_joined(presence, 1, "ann", "s1", channels=["a"])
     actions += drive(presence, ConnectionClosed(conn=1))
     assert actions == []
 
 
-def test_roster_refresh_is_due_every_refresh_interval_on_ticks() -> None:
+def test_store_refresh_is_due_every_refresh_interval_on_ticks() -> None:
     presence = Presence(PresenceConfig(store=StoreConfig(ttl=30, refresh_interval=10)))
     assert drive(presence, Tick(now=100)) == []  # the first tick starts the clock
     assert presence.next_deadline() == 110
@@ -772,7 +772,7 @@ def test_local_store_entries_lists_one_entry_per_channel_and_session() -> None:
 # --------------------------------------------------------------- shutdown
 
 
-def test_shutdown_closes_hub_then_roster_then_clients_then_clears_indexes() -> None:
+def test_shutdown_closes_hub_then_store_then_clients_then_clears_indexes() -> None:
     presence = hub_presence(store=StoreConfig())
     open_joined(presence, 1, "ann", "s1", channels=["a"])
     drive(presence, ConnectionOpened(conn=2, ns="/ws"))

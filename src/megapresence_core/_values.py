@@ -1,9 +1,7 @@
 """Strict JSON, and the value classes built on it: messages, members, store entries.
 
-Strict JSON: the text rules under every wire format.
-
-The encoder is compact and refuses NaN, infinities, integers too long to
-print and non-JSON values; the decoder checks the size before it parses, and
+Strict JSON is the text rule under every wire form. The encoder is compact
+and refuses NaN, infinities, integers too long to print and non-JSON values; the decoder checks the size before it parses, and
 refuses NaN/Infinity literals, numbers that only fit as an infinity (``1e999``),
 integers past Python's digit limit, duplicate keys (two readers could disagree
 on which value wins) and unpaired surrogates, and reports failures as

@@ -21,8 +21,7 @@ A pair missing from a table is misuse by the shim or the embedding program:
 generic one) and changes nothing. The tests walk every pair of every table
 and drive the real machines through every row: no row is dead, none missing.
 
-Timers as data.
-Theory of operation: a machine keeps every deadline it has in one
+Timers as data: a machine keeps every deadline it has in one
 :class:`Timers`, keyed by ``(kind, owner)`` (the owner tells apart, say, the
 heartbeats of two bridges). Both questions a shim asks are derived from that
 one structure: :meth:`Timers.next_deadline` (when to send the next ``Tick``)

@@ -5,8 +5,10 @@ reconnect delay) in one structure and says when the earliest is due with
 ``next_deadline()``; the ticker sleeps until then and sends ``Tick``. After
 each event the server calls :meth:`Ticker.reschedule`, which wakes the ticker
 at once if the event set an earlier deadline (a reconnect delay, say) than the
-one it is sleeping towards. Socket keepalive (pings, close timeouts) is the
-shim's own periodic check, run at least every ``period`` on the same task.
+one it is sleeping towards, and it sleeps again until that one (a tick comes
+only when a deadline does, never early). Socket keepalive (pings, close
+timeouts) is the shim's own periodic check, run at least every ``period`` on
+the same task.
 """
 
 from __future__ import annotations
@@ -55,8 +57,10 @@ class Ticker:
             deadline = self._next_deadline()
             wake_at = now + self._period
             self._target = wake_at if deadline is None else min(deadline, wake_at)
-            with anyio.move_on_after(max(0.0, self._target - now)):
+            with anyio.move_on_after(max(0.0, self._target - now)) as sleep:
                 await self._wake.wait()
             self._target = -math.inf
             self._wake = anyio.Event()
-            self._on_tick(anyio.current_time())
+            if sleep.cancelled_caught:  # the deadline (or the keepalive period) came
+                self._on_tick(anyio.current_time())
+            # else: woken by an earlier deadline; sleep again, until it
