@@ -1,12 +1,13 @@
 """Strict JSON, and the value classes built on it: messages, members, store entries.
 
-Strict JSON is the text rule under every wire form. The encoder is compact
-and refuses NaN, infinities, integers too long to print and non-JSON values; the decoder checks the size before it parses, and
-refuses NaN/Infinity literals, numbers that only fit as an infinity (``1e999``),
-integers past Python's digit limit, duplicate keys (two readers could disagree
-on which value wins) and unpaired surrogates, and reports failures as
-``PeerError`` so no caller has to know what ``json`` raises. Whatever it
-returns re-encodes: a value read from one peer can always be sent to another.
+Strict JSON is the text rule under every wire form. The encoder is compact and
+refuses NaN, infinities, integers too long to print and non-JSON values; the
+decoder checks the size before it parses, and refuses NaN/Infinity literals,
+numbers that only fit as an infinity (``1e999``), integers past Python's digit
+limit, duplicate keys (two readers could disagree on which value wins) and
+unpaired surrogates, and reports failures as ``PeerError`` so no caller has to
+know what ``json`` raises. Whatever it returns re-encodes: a value read from
+one peer can always be sent to another.
 """
 
 from __future__ import annotations
