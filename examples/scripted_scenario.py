@@ -17,24 +17,28 @@ from megapresence_core import (
     ConnectionOpened,
     DirectRequested,
     Event,
-    HubConnected,
-    HubFrameReceived,
     HubLinkConfig,
-    HubLinkStarted,
     MetadataUpdated,
     Presence,
     PresenceConfig,
-    RegisteredFrame,
-    RosterConfig,
     SessionJoined,
     ShutdownRequested,
+    StoreConfig,
     Tick,
-    encode_hub_frame,
+)
+from megapresence_core.events import (
+    HubConnected,
+    HubFrameReceived,
+    HubLinkStarted,
+)
+from megapresence_core.wire import (
+    RegisteredFrame,
+    encode,
 )
 
 
 def scenario() -> list[tuple[str, Event]]:
-    registered = encode_hub_frame(RegisteredFrame(hub_id="demo-hub", heartbeat_interval=15.0))
+    registered = encode(RegisteredFrame(hub_id="demo-hub", heartbeat_interval=15.0))
     kick = json.dumps(
         {"type": "DISCONNECT", "payload": {"sessionId": "s-bob", "reason": "flooding"}}
     )
@@ -80,8 +84,8 @@ def scenario() -> list[tuple[str, Event]]:
 def main() -> None:
     presence = Presence(
         PresenceConfig(
-            hub=HubLinkConfig(bridge_id="demo", instance_id="demo-1", channels=["lobby"]),
-            roster=RosterConfig(),
+            hub_link=HubLinkConfig(bridge_id="demo", instance_id="demo-1", channels=["lobby"]),
+            store=StoreConfig(),
         )
     )
     for title, event in scenario():

@@ -1,8 +1,10 @@
 """Fuzz the browser protocol of ``megapresence serve``.
 
-Invariant: for any bytes, ``decode_client_command`` either raises ``FrameError``
-or returns a command, and ``command_event`` turns that command into an event,
-a roster request or a refusal, for admins and others alike; nothing else escapes.
+Invariant: for any bytes, ``decode_client_command`` either raises ``PeerError``
+or returns a command that encodes and decodes back to itself (the same engine
+as hub frames and cluster messages), and ``command_event`` turns that command
+into an event, a roster request or a refusal, for admins and others alike;
+nothing else escapes.
 """
 
 from __future__ import annotations
@@ -10,20 +12,26 @@ from __future__ import annotations
 import sys
 
 from megapresence_core import (
-    CommandRefused,
     Event,
-    FrameError,
+    PeerError,
+)
+from megapresence_core.wire import (
+    CommandRefused,
     RosterCommand,
     command_event,
     decode_client_command,
+    encode,
 )
 
 
 def test_one_input(data: bytes) -> None:
     try:
         command = decode_client_command(data)
-    except FrameError:
+    except PeerError:
         return
+    again = decode_client_command(encode(command))
+    if again != command:
+        raise AssertionError(f"round trip changed {command!r} into {again!r}")
     for is_admin in (False, True):
         for session in (None, "s1"):
             outcome = command_event(command, ns="/ws", session_id=session, is_admin=is_admin)

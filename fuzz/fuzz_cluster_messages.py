@@ -1,6 +1,6 @@
 """Fuzz the cluster message decoder.
 
-Invariant: for any bytes, ``decode_cluster_message`` either raises ``FrameError``
+Invariant: for any bytes, ``decode_cluster_message`` either raises ``PeerError``
 or returns a message that encodes and decodes back to the same kind, sender,
 epoch and fields; nothing else escapes.
 """
@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import sys
 
-from megapresence_core import FrameError, decode_cluster_message, encode_cluster_message
+from megapresence_core import (
+    PeerError,
+)
+from megapresence_core.wire import decode_cluster_message, encode
 
 MAX_BYTES = 64 * 1024
 
@@ -17,9 +20,9 @@ MAX_BYTES = 64 * 1024
 def test_one_input(data: bytes) -> None:
     try:
         message = decode_cluster_message(data, max_bytes=MAX_BYTES)
-    except FrameError:
+    except PeerError:
         return
-    text = encode_cluster_message(message.kind, message.sender, message.epoch, **message.fields)
+    text = encode(message)
     again = decode_cluster_message(text, max_bytes=MAX_BYTES * 4)
     if again != message:
         raise AssertionError(f"round trip changed {message!r} into {again!r}")

@@ -15,16 +15,20 @@ from _reader import ByteReader
 from fuzz_presence import CHANNELS, SESSIONS, USERS, _hub_frame
 
 from megapresence_core import (
+    Hub,
+    HubConfig,
+    LocalUsageError,
+    ShutdownRequested,
+    Tick,
+)
+from megapresence_core.actions import (
+    SendBridgeFrame,
+)
+from megapresence_core.events import (
     BridgeClosed,
     BridgeConnecting,
     BridgeFrameReceived,
-    Hub,
-    HubConfig,
     HubEvent,
-    LocalUsageError,
-    SendBridgeFrame,
-    ShutdownRequested,
-    Tick,
 )
 
 

@@ -1,6 +1,6 @@
 """Fuzz the hub frame decoder.
 
-Invariant: for any bytes, ``decode_hub_frame`` either raises ``FrameError`` or
+Invariant: for any bytes, ``decode_hub_frame`` either raises ``PeerError`` or
 returns a frame that encodes and decodes back to itself; nothing else escapes.
 """
 
@@ -8,7 +8,13 @@ from __future__ import annotations
 
 import sys
 
-from megapresence_core import FrameError, decode_hub_frame, encode_hub_frame
+from megapresence_core import (
+    PeerError,
+)
+from megapresence_core.wire import (
+    decode_hub_frame,
+    encode,
+)
 
 MAX_BYTES = 64 * 1024
 
@@ -16,9 +22,9 @@ MAX_BYTES = 64 * 1024
 def test_one_input(data: bytes) -> None:
     try:
         frame = decode_hub_frame(data, max_bytes=MAX_BYTES)
-    except FrameError:
+    except PeerError:
         return
-    again = decode_hub_frame(encode_hub_frame(frame), max_bytes=MAX_BYTES * 4)
+    again = decode_hub_frame(encode(frame), max_bytes=MAX_BYTES * 4)
     if again != frame:
         raise AssertionError(f"round trip changed {frame!r} into {again!r}")
 

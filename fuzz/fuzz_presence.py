@@ -18,35 +18,35 @@ from typing import Any
 from _reader import ByteReader
 
 from megapresence_core import (
-    CLUSTER_KINDS,
-    FRAME_TYPES,
     BroadcastRequested,
     ClusterConfig,
-    ClusterConnected,
-    ClusterLost,
-    ClusterMessageReceived,
     ConnectionClosed,
     ConnectionOpened,
     DirectRequested,
     DuplicateSessionPolicy,
     Event,
-    HubConnected,
-    HubFrameReceived,
     HubLinkConfig,
-    HubLinkStarted,
-    HubLost,
     KickRequested,
     Limits,
     LocalUsageError,
     MetadataUpdated,
     Presence,
     PresenceConfig,
-    RosterConfig,
     SessionJoined,
     ShutdownRequested,
+    StoreConfig,
     Tick,
-    encode_cluster_message,
 )
+from megapresence_core.events import (
+    ClusterConnected,
+    ClusterLost,
+    ClusterMessageReceived,
+    HubConnected,
+    HubFrameReceived,
+    HubLinkStarted,
+    HubLost,
+)
+from megapresence_core.wire import CLUSTER_KINDS, FRAME_TYPES, ClusterBye, encode
 
 USERS = ("ann", "bob", "cid")
 SESSIONS = ("s1", "s2", "s3", "s4")
@@ -59,9 +59,9 @@ HUB_TYPES = (*FRAME_TYPES, "NOPE")
 def new_presence(policy: DuplicateSessionPolicy) -> Presence:
     return Presence(
         PresenceConfig(
-            hub=HubLinkConfig(bridge_id="b", instance_id="i", channels=["lobby"]),
+            hub_link=HubLinkConfig(bridge_id="b", instance_id="i", channels=["lobby"]),
             cluster=ClusterConfig(app="f", instance_id="me", epoch=1, heartbeat_interval=1, ttl=3),
-            roster=RosterConfig(ttl=10, refresh_interval=2),
+            store=StoreConfig(ttl=10, refresh_interval=2),
             duplicate_session=policy,
             limits=Limits(max_channels_per_session=2, max_metadata_bytes=40, max_message_bytes=200),
         )
@@ -114,7 +114,8 @@ def _cluster_message(reader: ByteReader) -> str | bytes:
         "members": [{"ns": reader.pick(NAMESPACES), **member}],
         "target": reader.pick(("*", "me")),
     }
-    data = json.loads(encode_cluster_message("bye", reader.pick(("p1", "p2")), reader.below(3)))
+    sender = reader.pick(("p1", "p2"))
+    data = json.loads(encode(ClusterBye(sender=sender, epoch=reader.below(3))))
     data["kind"] = kind
     data.update(fields)
     return json.dumps(data)
@@ -205,7 +206,7 @@ def run(events: list[Event], policy: DuplicateSessionPolicy) -> list[str]:
 
 
 def _state(presence: Presence) -> str:
-    indexes = presence._indexes
+    indexes = presence._local
     return repr(
         (
             sorted(map(repr, indexes.records.values())),

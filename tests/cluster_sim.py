@@ -11,10 +11,6 @@ from typing import Any
 
 from megapresence_core import (
     ClusterConfig,
-    ClusterConnected,
-    ClusterLost,
-    ClusterMessageReceived,
-    ClusterPublish,
     ConnectionClosed,
     ConnectionOpened,
     Deliver,
@@ -24,19 +20,27 @@ from megapresence_core import (
     SessionJoined,
     Tick,
 )
+from megapresence_core.actions import (
+    ClusterPublish,
+)
+from megapresence_core.events import (
+    ClusterConnected,
+    ClusterLost,
+    ClusterMessageReceived,
+)
 
 HEARTBEAT, TTL = 5.0, 15.0
 
 
 class Instance:
-    def __init__(self, bus: Bus, instance_id: str, epoch: int, roster: bool = True) -> None:
+    def __init__(self, bus: Bus, instance_id: str, epoch: int, sync_members: bool = True) -> None:
         self.bus = bus
         self.instance_id = instance_id
         config = ClusterConfig(
             app="test",
             instance_id=instance_id,
             epoch=epoch,
-            roster=roster,
+            sync_members=sync_members,
             heartbeat_interval=HEARTBEAT,
             ttl=TTL,
         )
@@ -75,8 +79,8 @@ class Bus:
         self.conns = itertools.count(1)
         self.sessions: dict[int, tuple[str, str, str, str]] = {}  # conn -> instance, ns, user, sid
 
-    def add(self, instance_id: str, epoch: int = 1, roster: bool = True) -> Instance:
-        instance = self.instances[instance_id] = Instance(self, instance_id, epoch, roster)
+    def add(self, instance_id: str, epoch: int = 1, sync_members: bool = True) -> Instance:
+        instance = self.instances[instance_id] = Instance(self, instance_id, epoch, sync_members)
         instance.connect()
         self.run()
         return instance

@@ -11,16 +11,22 @@ from megapresence_core import (
     ConnectionOpened,
     Deliver,
     Event,
-    HubConnected,
-    HubFrameReceived,
     HubLinkConfig,
-    HubLinkStarted,
     Presence,
     PresenceConfig,
-    RegisteredFrame,
-    SendHubFrame,
     SessionJoined,
-    encode_hub_frame,
+)
+from megapresence_core.actions import (
+    SendHubFrame,
+)
+from megapresence_core.events import (
+    HubConnected,
+    HubFrameReceived,
+    HubLinkStarted,
+)
+from megapresence_core.wire import (
+    RegisteredFrame,
+    encode,
 )
 
 
@@ -55,13 +61,13 @@ def deliveries(actions: Iterable[object]) -> dict[Hashable, list[dict[str, Any]]
 
 
 def registered_frame(hub_id: str = "hub-1", interval: float = 5.0) -> str:
-    return encode_hub_frame(RegisteredFrame(hub_id=hub_id, heartbeat_interval=interval))
+    return encode(RegisteredFrame(hub_id=hub_id, heartbeat_interval=interval))
 
 
 def hub_presence(bridge_id: str = "b1", channels: Iterable[str] = (), **config: Any) -> Presence:
     """A ``Presence`` whose hub link is registered, its start-up actions discarded."""
     link = HubLinkConfig(bridge_id=bridge_id, instance_id=f"{bridge_id}-i1", channels=channels)
-    presence = Presence(PresenceConfig(hub=link, **config))
+    presence = Presence(PresenceConfig(hub_link=link, **config))
     drive(
         presence,
         HubLinkStarted(now=0.0),

@@ -1,11 +1,11 @@
-"""An in-memory network: one ``Hub``, several bridges (``Presence`` + hub link) and clients.
+"""An in-memory hub network: one ``Hub``, several bridges (``Presence`` + hub link), clients.
 
 Frames travel through one FIFO queue, so every run is deterministic. Faults are
 explicit: a link can drop (both ends notice), a bridge can die with or without
 the hub noticing (a half-open link that only the hub's heartbeat timeout or a
 newer incarnation can clear), the hub can die and restart empty with a new
 epoch, or drain. ``settle`` advances time in small steps, ticking every
-machine, until the cluster is quiet and every live bridge is registered.
+machine, until the network is quiet and every live bridge is registered.
 """
 
 from __future__ import annotations
@@ -17,36 +17,42 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 from megapresence_core import (
-    AcceptBridge,
-    BridgeClosed,
-    BridgeConnecting,
-    BridgeFrameReceived,
-    CloseBridge,
     CloseConnection,
-    CloseHubLink,
-    ConnectHub,
     ConnectionClosed,
     ConnectionOpened,
     Deliver,
     Event,
     Hub,
-    HubAction,
     HubConfig,
-    HubConnected,
-    HubFrameReceived,
     HubLinkConfig,
-    HubLinkStarted,
-    HubLost,
-    LinkState,
     Log,
     Presence,
     PresenceConfig,
-    RefuseBridge,
-    SendBridgeFrame,
-    SendHubFrame,
     SessionJoined,
     ShutdownRequested,
     Tick,
+)
+from megapresence_core.actions import (
+    AcceptBridge,
+    CloseBridge,
+    CloseHubLink,
+    ConnectHub,
+    HubAction,
+    RefuseBridge,
+    SendBridgeFrame,
+    SendHubFrame,
+)
+from megapresence_core.events import (
+    BridgeClosed,
+    BridgeConnecting,
+    BridgeFrameReceived,
+    HubConnected,
+    HubFrameReceived,
+    HubLinkStarted,
+    HubLost,
+)
+from megapresence_core.lifecycle import (
+    HubLinkState,
 )
 
 TOKEN = "sim-token"
@@ -66,8 +72,8 @@ class Link:
 class SimBridge:
     """A bridge process: its ``Presence``, its current link and its clients' inboxes."""
 
-    def __init__(self, cluster: Cluster, bridge_id: str, channels: tuple[str, ...]) -> None:
-        self.cluster = cluster
+    def __init__(self, network: HubNetwork, bridge_id: str, channels: tuple[str, ...]) -> None:
+        self.network = network
         self.bridge_id = bridge_id
         self.channels = channels
         self.boot = 0
@@ -90,8 +96,8 @@ class SimBridge:
             backoff_max=2.0,
             connect_timeout=10.0,
         )
-        self.presence = Presence(PresenceConfig(hub=config))
-        self.handle(HubLinkStarted(now=self.cluster.now))
+        self.presence = Presence(PresenceConfig(hub_link=config))
+        self.handle(HubLinkStarted(now=self.network.now))
 
     def handle(self, event: Event) -> None:
         if not self.alive:
@@ -102,40 +108,40 @@ class SimBridge:
             self.perform(action)
 
     def perform(self, action: object) -> None:
-        cluster = self.cluster
+        network = self.network
         if isinstance(action, Deliver):
             message = json.loads(action.text)
             for conn in action.conns:
                 self.inbox.setdefault(conn, []).append(message)
         elif isinstance(action, CloseConnection):
             self.closed.append((action.conn, action.code, action.reason))
-            cluster.later(lambda: self.handle(ConnectionClosed(conn=action.conn)))
+            network.later(lambda: self.handle(ConnectionClosed(conn=action.conn)))
         elif isinstance(action, ConnectHub):
-            cluster.later(self.connect)
+            network.later(self.connect)
         elif isinstance(action, SendHubFrame):
             link = self.link
             if link is not None and link.bridge_open:
-                cluster.later(lambda: cluster.to_hub(link, action.data))
+                network.later(lambda: network.to_hub(link, action.data))
         elif isinstance(action, CloseHubLink):
             link = self.link
             assert link is not None
             self.close_link(link, action.code, action.reason)
         elif isinstance(action, Log):
             self.logs.append(action)
-        # ScheduleReconnect needs nothing: settle() ticks every STEP seconds.
+        # The reconnect is a timer: settle() ticks every STEP seconds.
 
     def connect(self) -> None:
-        cluster = self.cluster
-        if not self.alive or self.presence.hub_link_state is not LinkState.CONNECTING:
+        network = self.network
+        if not self.alive or self.presence.hub_link_state is not HubLinkState.CONNECTING:
             return
-        if cluster.hub is None:
-            self.handle(HubLost(now=cluster.now, code=None, reason="connection refused"))
+        if network.hub is None:
+            self.handle(HubLost(now=network.now, code=None, reason="connection refused"))
             return
-        link = Link(next(cluster.link_ids), self)
-        cluster.links[link.id] = link
+        link = Link(next(network.link_ids), self)
+        network.links[link.id] = link
         self.link = link
-        cluster.hub_handle(
-            BridgeConnecting(bridge=link.id, authorization=f"Bearer {TOKEN}", now=cluster.now)
+        network.hub_handle(
+            BridgeConnecting(bridge=link.id, authorization=f"Bearer {TOKEN}", now=network.now)
         )
 
     def close_link(self, link: Link, code: int | None, reason: str) -> None:
@@ -143,13 +149,13 @@ class SimBridge:
         if not link.bridge_open:
             return
         link.bridge_open = False
-        cluster = self.cluster
+        network = self.network
         if link.hub_open:
-            cluster.later(lambda: cluster.hub_closed(link))
-        cluster.later(lambda: self.handle(HubLost(now=cluster.now, code=code, reason=reason)))
+            network.later(lambda: network.hub_closed(link))
+        network.later(lambda: self.handle(HubLost(now=network.now, code=code, reason=reason)))
 
 
-class Cluster:
+class HubNetwork:
     def __init__(self, bridges: dict[str, tuple[str, ...]]) -> None:
         self.now = 0.0
         self.queue: deque[Callable[[], None]] = deque()
@@ -171,7 +177,7 @@ class Cluster:
         steps = 0
         while self.queue:
             steps += 1
-            assert steps < 100_000, "the cluster never went quiet"
+            assert steps < 100_000, "the network never went quiet"
             self.queue.popleft()()
 
     def hub_handle(self, event: Any) -> None:
@@ -319,7 +325,7 @@ class Cluster:
         registered = self.hub.registered_bridges()
         for bridge in self.bridges.values():
             link = bridge.link
-            if bridge.presence.hub_link_state is not LinkState.REGISTERED or link is None:
+            if bridge.presence.hub_link_state is not HubLinkState.REGISTERED or link is None:
                 return False
             if registered.get(bridge.bridge_id) != link.id:
                 return False
@@ -332,7 +338,7 @@ class Cluster:
             if self.converged():
                 return step
             self.tick()
-        raise AssertionError("the cluster did not converge")
+        raise AssertionError("the network did not converge")
 
     # ------------------------------------------------------------- views
 
@@ -343,7 +349,7 @@ class Cluster:
             for channel in bridge.channels:
                 user = f"bridge:{bridge.bridge_id}"
                 members.add((bridge.bridge_id, f"{user}#{channel}", user, (channel,), "null"))
-            for record in bridge.presence._indexes.joined():
+            for record in bridge.presence._local.joined():
                 assert record.session_id is not None
                 assert record.user_id is not None
                 members.add(

@@ -12,7 +12,17 @@ import pytest
 from websockets.exceptions import InvalidStatus
 
 from megapresence_anyio import HubServer, PresenceServer, SocketLimits
-from megapresence_core import HubConfig, HubLinkConfig, HubLost, LinkState, PresenceConfig
+from megapresence_core import (
+    HubConfig,
+    HubLinkConfig,
+    PresenceConfig,
+)
+from megapresence_core.events import (
+    HubLost,
+)
+from megapresence_core.lifecycle import (
+    HubLinkState,
+)
 
 from .socket_helpers import Client, http_status, query_login, wait_for
 
@@ -32,7 +42,7 @@ def bridge(hub_port: int, bridge_id: str, token: str = TOKEN) -> PresenceServer:
     return PresenceServer(
         query_login,
         paths=None,
-        presence=PresenceConfig(hub=link),
+        presence=PresenceConfig(hub_link=link),
         hub_url=f"ws://127.0.0.1:{hub_port}/any/path",
         hub_token=token,
     )
@@ -48,7 +58,7 @@ async def cluster() -> AsyncIterator[tuple[HubServer, list[tuple[PresenceServer,
             server = await stack.enter_async_context(bridge(hub_port, name))
             servers.append((server, f"ws://127.0.0.1:{await server.listen()}"))
         await wait_for(
-            lambda: all(s.presence.hub_link_state is LinkState.REGISTERED for s, _ in servers)
+            lambda: all(s.presence.hub_link_state is HubLinkState.REGISTERED for s, _ in servers)
         )
         yield hub, servers
 
@@ -117,7 +127,7 @@ async def test_a_bad_token_is_refused_with_401_and_the_link_stops() -> None:
             )
         assert refused.value.response.status_code == 401
         async with bridge(hub_port, "A", token="wrong") as server:
-            await wait_for(lambda: server.presence.hub_link_state is LinkState.CLOSED)
+            await wait_for(lambda: server.presence.hub_link_state is HubLinkState.CLOSED)
         assert hub.hub.members() == []
 
 

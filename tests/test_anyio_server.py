@@ -9,7 +9,9 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from megapresence_anyio import PresenceServer, SocketLimits
-from megapresence_core import Member
+from megapresence_core import (
+    Member,
+)
 
 from .socket_helpers import (
     Client,

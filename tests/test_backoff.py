@@ -1,38 +1,35 @@
-"""Reconnect backoff: grows, is capped, is jittered, resets; all on emitted actions."""
+"""Reconnect backoff: grows, is capped, is jittered, resets; all seen through the retry timer."""
 
 from __future__ import annotations
 
-from megapresence_core import (
+import pytest
+
+from megapresence_core import HubLinkConfig, Log, Presence, PresenceConfig, Tick
+from megapresence_core.actions import ConnectHub
+from megapresence_core.events import (
     HubConnected,
     HubFrameReceived,
-    HubLinkConfig,
     HubLinkStarted,
     HubLost,
-    Presence,
-    PresenceConfig,
-    ScheduleReconnect,
-    Tick,
 )
-from megapresence_core._backoff import Backoff
+from megapresence_core.lifecycle import Backoff
 
 from .helpers import registered_frame
 
 
 def delays_after_failures(seed: int, failures: int, **config: float) -> list[float]:
     link = HubLinkConfig(bridge_id="b", instance_id="i", jitter_seed=seed, **config)
-    presence = Presence(PresenceConfig(hub=link))
+    presence = Presence(PresenceConfig(hub_link=link))
     now = 0.0
     presence.handle(HubLinkStarted(now=now))
     delays = []
     for _ in range(failures):
-        [schedule] = [
-            a
-            for a in presence.handle(HubLost(now=now, code=None, reason="refused"))
-            if isinstance(a, ScheduleReconnect)
-        ]
-        delays.append(schedule.delay)
-        now += schedule.delay
-        presence.handle(Tick(now=now))  # the reconnect attempt
+        presence.handle(HubLost(now=now, code=None, reason="refused"))
+        retry_at = presence.next_deadline()  # the retry timer, the only one while backing off
+        assert retry_at is not None
+        delays.append(retry_at - now)
+        now = retry_at
+        assert presence.handle(Tick(now=now)) == [ConnectHub()]  # the reconnect attempt
     return delays
 
 
@@ -64,7 +61,7 @@ def test_same_seed_same_delays() -> None:
 
 def test_backoff_resets_after_a_successful_registration() -> None:
     link = HubLinkConfig(bridge_id="b", instance_id="i", backoff_initial=1, backoff_max=64)
-    presence = Presence(PresenceConfig(hub=link))
+    presence = Presence(PresenceConfig(hub_link=link))
     now = 0.0
     presence.handle(HubLinkStarted(now=now))
     for _ in range(6):
@@ -73,9 +70,10 @@ def test_backoff_resets_after_a_successful_registration() -> None:
         presence.handle(Tick(now=now))
     presence.handle(HubConnected(now=now))
     presence.handle(HubFrameReceived(data=registered_frame(), now=now))
-    actions = presence.handle(HubLost(now=now, code=1006))
-    [schedule] = [a for a in actions if isinstance(a, ScheduleReconnect)]
-    assert schedule.delay <= 1.0  # back to the initial ceiling
+    [lost] = presence.handle(HubLost(now=now, code=1006))
+    assert isinstance(lost, Log)
+    assert lost.fields["retry_in"] <= 1.0  # type: ignore[operator]  # back to the initial ceiling
+    assert presence.next_deadline() == pytest.approx(now + lost.fields["retry_in"])  # type: ignore[operator]
 
 
 def test_the_exponent_stops_growing_at_the_cap() -> None:

@@ -7,22 +7,27 @@ import json
 import pytest
 
 from megapresence_core import (
-    BroadcastCommand,
     BroadcastRequested,
-    CommandRefused,
-    DirectCommand,
     DirectRequested,
-    FrameError,
-    KickCommand,
     KickRequested,
     Member,
     Message,
-    MetadataCommand,
     MetadataUpdated,
+    PeerError,
+)
+from megapresence_core.actions import (
+    StoreEntry,
+)
+from megapresence_core.wire import (
+    BroadcastCommand,
+    CommandRefused,
+    DirectCommand,
+    KickCommand,
+    MetadataCommand,
     RosterCommand,
-    RosterEntry,
     command_event,
     decode_client_command,
+    encode,
     error_reply,
     roster_reply,
 )
@@ -33,15 +38,15 @@ from megapresence_core import (
     [
         (
             '{"op":"broadcast","channel":"lobby","payload":{"t":1}}',
-            BroadcastCommand(channel="lobby", message=Message(type="chat", payload={"t": 1})),
+            BroadcastCommand(channel="lobby", payload={"t": 1}),
         ),
         (
             '{"op":"broadcast","channel":"c","type":"x","excludeSelf":true}',
-            BroadcastCommand(channel="c", message=Message(type="x"), exclude_self=True),
+            BroadcastCommand(channel="c", type="x", exclude_self=True),
         ),
         (
             '{"op":"direct","userId":"bob","payload":"hi"}',
-            DirectCommand(user_id="bob", message=Message(type="direct", payload="hi")),
+            DirectCommand(user_id="bob", payload="hi"),
         ),
         (
             '{"op":"metadata","metadata":{"status":"away"}}',
@@ -57,15 +62,16 @@ from megapresence_core import (
 )
 def test_commands_parse(text: str, command: object) -> None:
     assert decode_client_command(text) == command
+    assert decode_client_command(encode(command)) == command  # one engine both ways
 
 
 @pytest.mark.parametrize(
     ("text", "code", "match"),
     [
         ("nope", "bad_json", "not valid JSON"),
-        ('{"op":"dance"}', "unknown_op", "unknown op 'dance'"),
-        ("{}", "unknown_op", "unknown op 'None'"),
-        ('{"op":"broadcast"}', "bad_frame", "broadcast needs channel"),
+        ('{"op":"dance"}', "unknown_op", "unknown command op 'dance'; expected broadcast"),
+        ("{}", "bad_frame", "command needs a string 'op'"),
+        ('{"op":"broadcast"}', "bad_frame", "broadcast is missing channel"),
         ('{"op":"broadcast","channel":""}', "bad_frame", "channel must be a non-empty string"),
         ('{"op":"broadcast","channel":"c","excludeSelf":1}', "bad_frame", "true or false"),
         ('{"op":"broadcast","channel":"c","type":7}', "bad_frame", "type must be"),
@@ -77,7 +83,7 @@ def test_commands_parse(text: str, command: object) -> None:
     ],
 )
 def test_bad_commands_are_refused_with_a_reason(text: str, code: str, match: str) -> None:
-    with pytest.raises(FrameError, match=match) as info:
+    with pytest.raises(PeerError, match=match) as info:
         decode_client_command(text)
     assert info.value.code == code
 
@@ -85,19 +91,22 @@ def test_bad_commands_are_refused_with_a_reason(text: str, code: str, match: str
 def test_commands_become_core_events_for_this_connection() -> None:
     message = Message(type="chat", payload=1)
     assert command_event(
-        BroadcastCommand(channel="c", message=message, exclude_self=True),
+        BroadcastCommand(channel="c", payload=1, exclude_self=True),
         ns="/ws",
         session_id="me",
         is_admin=False,
     ) == BroadcastRequested(ns="/ws", channel="c", message=message, except_session_ids=["me"])
     assert command_event(
-        BroadcastCommand(channel="c", message=message, exclude_self=True),
+        BroadcastCommand(channel="c", payload=1, exclude_self=True),
         ns="/ws",
         session_id=None,
         is_admin=False,
     ) == BroadcastRequested(ns="/ws", channel="c", message=message)
     assert command_event(
-        DirectCommand(user_id="u", message=message), ns="/ws", session_id=None, is_admin=False
+        DirectCommand(user_id="u", type="chat", payload=1),
+        ns="/ws",
+        session_id=None,
+        is_admin=False,
     ) == DirectRequested(user_id="u", message=message)
     assert command_event(
         MetadataCommand(metadata={"a": 1}), ns="/ws", session_id="me", is_admin=False
@@ -127,10 +136,10 @@ def test_replies() -> None:
     }
     ann, bob = Member(session_id="s1", user_id="ann"), Member(session_id="s2", user_id="bob")
     entries = [
-        RosterEntry(channel="a", session_id="s1", member=ann),
-        RosterEntry(channel="b", session_id="s1", member=ann),
-        RosterEntry(channel="a", session_id="s2", member=bob),
-        RosterEntry(channel="a", session_id="elsewhere", member=bob),
+        StoreEntry(channel="a", session_id="s1", member=ann),
+        StoreEntry(channel="b", session_id="s1", member=ann),
+        StoreEntry(channel="a", session_id="s2", member=bob),
+        StoreEntry(channel="a", session_id="elsewhere", member=bob),
     ]
     assert json.loads(roster_reply([ann, bob], entries)) == {
         "type": "roster",

@@ -6,32 +6,49 @@ import json
 
 import pytest
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from megapresence_core import (
-    CLUSTER_KINDS,
     BroadcastRequested,
     ClusterConfig,
-    ClusterConnected,
-    ClusterMessageReceived,
-    ClusterPublish,
     ConnectionOpened,
     DirectRequested,
-    FrameError,
     KickRequested,
     LocalUsageError,
     Log,
     Member,
     Message,
     MetadataUpdated,
+    PeerError,
     Presence,
     PresenceConfig,
-    RemoteMember,
     SessionJoined,
     ShutdownRequested,
     Tick,
+)
+from megapresence_core.actions import (
+    ClusterPublish,
+)
+from megapresence_core.events import (
+    ClusterConnected,
+    ClusterMessageReceived,
+)
+from megapresence_core.wire import (
+    CLUSTER_KINDS,
+    ClusterAdd,
+    ClusterBroadcast,
+    ClusterBye,
+    ClusterDirect,
+    ClusterHeartbeat,
+    ClusterKick,
+    ClusterMessage,
+    ClusterRemove,
+    ClusterResync,
+    ClusterSnapshot,
+    RemoteMember,
     decode_cluster_message,
-    encode_cluster_message,
+    encode,
+    wire_name,
 )
 
 from .cluster_sim import TTL, Bus
@@ -39,60 +56,61 @@ from .cluster_sim import TTL, Bus
 # ------------------------------------------------------------------- codec
 
 
-@pytest.mark.parametrize(
-    ("kind", "fields"),
-    [
-        (
-            "broadcast",
-            {
-                "ns": "/ws",
-                "channel": "c",
-                "message": Message(type="t", payload=[1]),
-                "except": ("s1",),
-            },
-        ),
-        ("direct", {"userId": "u", "message": Message(type="t")}),
-        ("kick", {"sessionId": "s", "reason": "r", "requeue": True}),
-        ("add", {"ns": "/ws", "member": Member(session_id="s", user_id="u", metadata={"a": 1})}),
-        ("remove", {"sessionId": "s"}),
-        ("heartbeat", {"count": 2, "digest": 12345}),
-        (
-            "snapshot",
-            {
-                "snap": 1,
-                "part": 0,
-                "parts": 1,
-                "members": (RemoteMember(ns="/ws", member=Member(session_id="s", user_id="u")),),
-            },
-        ),
-        ("resync", {"target": "*"}),
-        ("bye", {}),
-    ],
-)
-def test_every_kind_round_trips(kind: str, fields: dict[str, object]) -> None:
-    text = encode_cluster_message(kind, "i1", 7, **fields)
-    message = decode_cluster_message(text, max_bytes=10_000)
-    assert (message.kind, message.sender, message.epoch) == (kind, "i1", 7)
-    for key, value in fields.items():
-        assert message.fields[key] == value
+MEMBER = Member(session_id="s", user_id="u", metadata={"a": 1})
+MESSAGES = [
+    ClusterBroadcast(
+        sender="i1",
+        epoch=7,
+        ns="/ws",
+        channel="c",
+        message=Message(type="t", payload=[1]),
+        except_session_ids=("s1",),
+    ),
+    ClusterDirect(sender="i1", epoch=7, user_id="u", message=Message(type="t")),
+    ClusterKick(sender="i1", epoch=7, session_id="s", reason="r", requeue=True),
+    ClusterAdd(sender="i1", epoch=7, ns="/ws", member=MEMBER),
+    ClusterRemove(sender="i1", epoch=7, session_id="s"),
+    ClusterHeartbeat(sender="i1", epoch=7, count=2, digest=12345),
+    ClusterSnapshot(
+        sender="i1",
+        epoch=7,
+        snap=1,
+        part=0,
+        parts=1,
+        members=(RemoteMember(ns="/ws", member=MEMBER),),
+    ),
+    ClusterResync(sender="i1", epoch=7, target="*"),
+    ClusterBye(sender="i1", epoch=7),
+]
+
+
+@pytest.mark.parametrize("message", MESSAGES, ids=wire_name)
+def test_every_kind_round_trips(message: ClusterMessage) -> None:
+    text = encode(message)
+    assert json.loads(text)["kind"] == wire_name(message)
+    assert decode_cluster_message(text, max_bytes=10_000) == message
 
 
 def test_the_kinds_are_all_covered() -> None:
-    assert set(CLUSTER_KINDS) == {
-        "broadcast",
-        "direct",
-        "kick",
-        "add",
-        "remove",
-        "heartbeat",
-        "snapshot",
-        "resync",
-        "bye",
-    }
+    assert (
+        set(CLUSTER_KINDS)
+        == {wire_name(message) for message in MESSAGES}
+        == {
+            "broadcast",
+            "direct",
+            "kick",
+            "add",
+            "remove",
+            "heartbeat",
+            "snapshot",
+            "resync",
+            "bye",
+        }
+    )
 
 
 def test_defaults_are_left_out_on_the_wire() -> None:
-    text = encode_cluster_message("kick", "i1", 1, sessionId="s")
+    text = encode(ClusterKick(sender="i1", epoch=1, session_id="s"))
     assert json.loads(text) == {"v": 1, "kind": "kick", "from": "i1", "epoch": 1, "sessionId": "s"}
 
 
@@ -101,8 +119,10 @@ def test_defaults_are_left_out_on_the_wire() -> None:
     [
         ('{"v":2,"kind":"bye","from":"i","epoch":1}', "unsupported_protocol", "protocol 2"),
         ('{"v":1,"kind":"party","from":"i","epoch":1}', "unknown_type", "unknown cluster"),
-        ('{"v":1,"kind":"bye","from":"","epoch":1}', "bad_frame", "sender"),
-        ('{"v":1,"kind":"bye","from":"i","epoch":-1}', "bad_frame", "sender"),
+        ('{"v":1,"kind":"bye","from":"","epoch":1}', "bad_frame", "field from must be"),
+        ('{"v":1,"kind":"bye","from":"i","epoch":-1}', "bad_frame", "field epoch must be"),
+        ('{"v":true,"kind":"bye","from":"i","epoch":1}', "unsupported_protocol", "True"),
+        ('{"v":1,"kind":5,"from":"i","epoch":1}', "bad_frame", "needs a string 'kind'"),
         ('{"v":1,"kind":"remove","from":"i","epoch":1}', "bad_frame", "missing sessionId"),
         (
             '{"v":1,"kind":"heartbeat","from":"i","epoch":1,"count":true,"digest":1}',
@@ -124,7 +144,7 @@ def test_defaults_are_left_out_on_the_wire() -> None:
     ],
 )
 def test_bad_messages_are_refused(data: str, code: str, match: str) -> None:
-    with pytest.raises(FrameError, match=match) as info:
+    with pytest.raises(PeerError, match=match) as info:
         decode_cluster_message(data, max_bytes=10_000)
     assert info.value.code == code
 
@@ -170,8 +190,8 @@ def test_broadcast_except_and_kick_cross_instances() -> None:
     assert set(b.inbox) == {bob}
     actions = b.presence.handle(
         ClusterMessageReceived(
-            data=encode_cluster_message(
-                "kick", "A", 1, sessionId="s-bob", reason="out", requeue=True
+            data=encode(
+                ClusterKick(sender="A", epoch=1, session_id="s-bob", reason="out", requeue=True)
             ),
             now=bus.now,
         )
@@ -180,7 +200,7 @@ def test_broadcast_except_and_kick_cross_instances() -> None:
     assert (
         b.presence.handle(
             ClusterMessageReceived(
-                data=encode_cluster_message("kick", "A", 1, sessionId="elsewhere"), now=bus.now
+                data=encode(ClusterKick(sender="A", epoch=1, session_id="elsewhere")), now=bus.now
             )
         )
         == []
@@ -204,7 +224,7 @@ def test_roster_is_cluster_wide_and_follows_metadata() -> None:
 
 def test_fan_out_only_cluster_keeps_rosters_local() -> None:
     bus = Bus()
-    a, _ = bus.add("A", roster=False), bus.add("B", roster=False)
+    a, _ = bus.add("A", sync_members=False), bus.add("B", sync_members=False)
     bus.join("B", "/ws", "bob", "s-bob")
     assert bus.roster("A", "/ws") == set()
     assert not [x for x in a.presence.handle(Tick(now=100)) if isinstance(x, ClusterPublish)]
@@ -261,8 +281,8 @@ def test_a_restart_with_a_new_epoch_purges_the_old_incarnation_at_once() -> None
     bus.sessions.clear()
     bus.add("B", epoch=2)  # same id, new boot
     assert bus.roster("A", "/ws") == set()
-    old = encode_cluster_message(
-        "add", "B", 1, ns="/ws", member=Member(session_id="ghost", user_id="g")
+    old = encode(
+        ClusterAdd(sender="B", epoch=1, ns="/ws", member=Member(session_id="ghost", user_id="g"))
     )
     bus.instances["A"].handle(ClusterMessageReceived(data=old, now=bus.now))
     assert bus.roster("A", "/ws") == set()  # a late message of the old boot is ignored
@@ -305,7 +325,7 @@ def test_bad_cluster_messages_are_warnings() -> None:
     a = bus.add("A")
     actions = a.presence.handle(ClusterMessageReceived(data="{", now=0))
     assert [x.event for x in actions if isinstance(x, Log)] == ["cluster.message.invalid"]
-    bad_part = encode_cluster_message("snapshot", "B", 1, snap=1, part=5, parts=2, members=())
+    bad_part = encode(ClusterSnapshot(sender="B", epoch=1, snap=1, part=5, parts=2, members=()))
     a.handle(ClusterMessageReceived(data=bad_part, now=0))
     assert bus.roster("A", "/ws") == set()
 
@@ -337,39 +357,42 @@ class ClusterBusMachine(RuleBasedStateMachine):
         for name in "ABC":
             self.bus.add(name)
 
+    def alive(self) -> list[str]:
+        return sorted(name for name, instance in self.bus.instances.items() if instance.alive)
+
+    @precondition(lambda self: self.alive())
     @rule(
-        instance=st.sampled_from("ABC"),
+        data=st.data(),
         ns=st.sampled_from(["/a", "/b"]),
         user=st.sampled_from(["u1", "u2"]),
         slot=st.integers(0, 3),
     )
-    def join(self, instance: str, ns: str, user: str, slot: int) -> None:
-        if not self.bus.instances[instance].alive:
-            return
+    def join(self, data: st.DataObject, ns: str, user: str, slot: int) -> None:
+        instance = data.draw(st.sampled_from(self.alive()))
         session = f"{instance}-{slot}"
         for conn, (_, _, _, sid) in list(self.bus.sessions.items()):
             if sid == session:
                 self.bus.close(conn)
         self.bus.join(instance, ns, user, session)
 
+    @precondition(lambda self: self.bus.sessions)
     @rule(data=st.data())
     def close(self, data: st.DataObject) -> None:
-        if self.bus.sessions:
-            self.bus.close(data.draw(st.sampled_from(sorted(self.bus.sessions))))
+        self.bus.close(data.draw(st.sampled_from(sorted(self.bus.sessions))))
 
     @rule(lossy=st.booleans())
     def lose_messages(self, lossy: bool) -> None:
         counter = iter(range(1_000_000))
         self.bus.drop = (lambda r, m: next(counter) % 3 == 0) if lossy else (lambda r, m: False)
 
-    @rule(instance=st.sampled_from("ABC"))
-    def blip(self, instance: str) -> None:
-        target = self.bus.instances[instance]
-        if target.alive:
-            target.disconnect()
-            self.bus.advance(2)
-            target.connect()
-            self.bus.run()
+    @precondition(lambda self: self.alive())
+    @rule(data=st.data())
+    def blip(self, data: st.DataObject) -> None:
+        target = self.bus.instances[data.draw(st.sampled_from(self.alive()))]
+        target.disconnect()
+        self.bus.advance(2)
+        target.connect()
+        self.bus.run()
 
     @rule(instance=st.sampled_from("ABC"), restart=st.booleans())
     def crash(self, instance: str, restart: bool) -> None:
@@ -398,22 +421,51 @@ def test_subjects_deadlines_and_ignored_messages() -> None:
     assert Presence().cluster_subjects == ()
     bus = Bus()
     a = bus.add("A")
-    assert a.presence.cluster_subjects == ("megapresence.test.fanout", "megapresence.test.roster")
+    assert a.presence.cluster_subjects == ("megapresence.test.fanout", "megapresence.test.members")
     assert a.presence.next_deadline() == 5.0  # the first heartbeat
     bus.add("B")
     bus.advance(5)
     assert a.presence.next_deadline() == 10.0
-    fanout_only = bus.add("C", roster=False)
+    fanout_only = bus.add("C", sync_members=False)
     assert fanout_only.presence.cluster_subjects == ("megapresence.test.fanout",)
-    add = encode_cluster_message(
-        "add", "B", 1, ns="/ws", member=Member(session_id="s", user_id="u")
+    add = encode(
+        ClusterAdd(sender="B", epoch=1, ns="/ws", member=Member(session_id="s", user_id="u"))
     )
     assert fanout_only.presence.handle(ClusterMessageReceived(data=add, now=bus.now)) == []
-    stranger_bye = encode_cluster_message("bye", "Z", 1)
+    stranger_bye = encode(ClusterBye(sender="Z", epoch=1))
     assert [
         x.event
         for x in a.presence.handle(ClusterMessageReceived(data=stranger_bye, now=bus.now))
         if isinstance(x, Log)
-    ] == ["cluster.peer.left"]
-    not_for_us = encode_cluster_message("resync", "B", 1, target="C")
+    ] == ["cluster.instance.left"]
+    not_for_us = encode(ClusterResync(sender="B", epoch=1, target="C"))
     assert a.presence.handle(ClusterMessageReceived(data=not_for_us, now=bus.now)) == []
+
+
+def test_another_users_claim_on_a_local_session_is_logged_and_never_shown() -> None:
+    bus = Bus()
+    a = bus.add("A")
+    bus.join("A", "/ws", "ann", "s-ann")
+    claim = ClusterAdd(
+        sender="B", epoch=1, ns="/ws", member=Member(session_id="s-ann", user_id="mallory")
+    )
+    actions = a.presence.handle(ClusterMessageReceived(data=encode(claim), now=bus.now))
+    assert [(x.event, x.fields["their_user_id"]) for x in actions if isinstance(x, Log)] == [
+        ("cluster.session.conflict", "mallory")
+    ]
+    assert bus.roster("A", "/ws") == {("ann", "s-ann")}  # the local member is never replaced
+    snapshot = ClusterSnapshot(
+        sender="B",
+        epoch=1,
+        snap=1,
+        part=0,
+        parts=1,
+        members=(RemoteMember(ns="/ws", member=claim.member),),
+    )
+    actions = a.presence.handle(ClusterMessageReceived(data=encode(snapshot), now=bus.now))
+    assert [x.event for x in actions if isinstance(x, Log)] == ["cluster.session.conflict"]
+    assert bus.roster("A", "/ws") == {("ann", "s-ann")}
+    same_user = ClusterAdd(
+        sender="B", epoch=1, ns="/ws", member=Member(session_id="s-ann", user_id="ann")
+    )
+    assert a.presence.handle(ClusterMessageReceived(data=encode(same_user), now=bus.now)) == []

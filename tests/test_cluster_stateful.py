@@ -1,6 +1,6 @@
-"""Hypothesis drives a simulated cluster (one hub, three bridges) through joins, traffic and faults.
+"""Hypothesis drives a simulated hub network (one hub, three bridges) through joins and faults.
 
-After every step the cluster is settled (quiet, every bridge registered) and
+After every step the network is settled (quiet, every bridge registered) and
 checked against a plain model of the clients: the hub's presence is exactly
 the bridges' open sessions plus their channel subscribers, broadcasts and
 directs reach exactly the eligible connections once, and kicks close exactly
@@ -13,7 +13,7 @@ import json
 from typing import Any
 
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from megapresence_core import (
     BroadcastRequested,
@@ -23,7 +23,7 @@ from megapresence_core import (
     MetadataUpdated,
 )
 
-from .sim import Cluster
+from .sim import HubNetwork
 
 SUBSCRIPTIONS = {"A": ("room",), "B": (), "C": ("room", "ops")}
 BRIDGES = st.sampled_from(sorted(SUBSCRIPTIONS))
@@ -36,7 +36,7 @@ CHANNELS = st.lists(st.sampled_from(["room", "ops", "misc"]), max_size=2, unique
 class ClusterMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.sim = Cluster(SUBSCRIPTIONS)
+        self.sim = HubNetwork(SUBSCRIPTIONS)
         self.sim.settle()
         # conn -> its bridge, ns, and identity while it holds one
         self.conns: dict[int, dict[str, Any]] = {}
@@ -99,6 +99,13 @@ class ClusterMachine(RuleBasedStateMachine):
         if joins:
             prior = self.owner(session)
             conn = self.sim.open(bridge, ns, user, session, tuple(channels), metadata)
+            if prior is not None and self.conns[prior]["user"] != user:
+                # Another user's session id: refused (closed 1008), the holder untouched.
+                closed = (conn, 1008, "session id belongs to another user")
+                assert closed in self.sim.bridges[bridge].closed
+                self.forget_closed()
+                self.sim.settle()
+                return
             if prior is not None:
                 self.conns[prior]["detached"] = True
         else:
@@ -114,10 +121,9 @@ class ClusterMachine(RuleBasedStateMachine):
         }
         self.sim.settle()
 
+    @precondition(lambda self: self.conns)
     @rule(data=st.data())
     def close(self, data: st.DataObject) -> None:
-        if not self.conns:
-            return
         conn = data.draw(st.sampled_from(sorted(self.conns)))
         self.sim.act(self.conns.pop(conn)["bridge"], ConnectionClosed(conn=conn))
         self.sim.settle()

@@ -11,7 +11,10 @@ import pytest
 
 from megapresence_anyio import PresenceServer
 from megapresence_anyio._demo import DemoApp
-from megapresence_core import Limits, PresenceConfig
+from megapresence_core import (
+    Limits,
+    PresenceConfig,
+)
 
 from .socket_helpers import Client, wait_for
 
@@ -124,3 +127,14 @@ async def test_the_demo_login_needs_a_user_name() -> None:
         with pytest.raises(InvalidStatus) as refused:
             await Client.connect(url)
         assert refused.value.response.status_code == 401
+
+
+async def test_an_identity_the_core_refuses_closes_that_socket_with_the_errors_close_code() -> None:
+    async with demo() as (_, url):
+        channels = ",".join(f"c{n}" for n in range(65))  # Limits.max_channels_per_session is 64
+        client = await Client.connect(f"{url}?user=ann&channels={channels}")  # upgraded...
+        code, reason = await client.closed()
+        assert code == 1008
+        assert "65 channels; the limit is 64" in reason
+        ann, _ = await join(url, "ann")  # the server goes on
+        await ann.close()

@@ -44,12 +44,12 @@ def test_every_target_has_seeds() -> None:
 def test_the_presence_harness_notices_a_broken_invariant(monkeypatch: pytest.MonkeyPatch) -> None:
     sys.path.insert(0, str(FUZZ))
     module = importlib.import_module("fuzz_presence")
-    from megapresence_core._indexes import Indexes
+    from megapresence_core._local import LocalIndexes
 
-    def corrupt(self: Indexes) -> None:
+    def corrupt(self: LocalIndexes) -> None:
         raise AssertionError("corrupted")
 
-    monkeypatch.setattr(Indexes, "check", corrupt)
+    monkeypatch.setattr(LocalIndexes, "check", corrupt)
     seed = (FUZZ / "corpus" / "presence" / "seed0.bin").read_bytes()
     with pytest.raises(AssertionError, match="corrupted"):
         module.test_one_input(seed)

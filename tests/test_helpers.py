@@ -6,8 +6,12 @@ from megapresence_core import (
     CloseConnection,
     ConnectionOpened,
     Deliver,
-    LinkState,
+)
+from megapresence_core.actions import (
     SendHubFrame,
+)
+from megapresence_core.lifecycle import (
+    HubLinkState,
 )
 
 from .helpers import deliveries, drive, hub_frame, hub_presence, open_joined, sent_frames
@@ -29,7 +33,7 @@ def test_sent_frames_decodes_only_hub_frames() -> None:
 
 def test_hub_presence_is_registered_and_open_joined_maps_the_session() -> None:
     presence = hub_presence()
-    assert presence.hub_link_state is LinkState.REGISTERED
+    assert presence.hub_link_state is HubLinkState.REGISTERED
     actions = open_joined(presence, "c1", "ann", "s1", channels=["room"])
     assert sent_frames(actions) == [
         {"type": "JOIN", "payload": {"userId": "ann", "sessionId": "s1", "channels": ["room"]}}
@@ -40,6 +44,6 @@ def test_hub_presence_is_registered_and_open_joined_maps_the_session() -> None:
 def test_drive_checks_invariants_after_each_event() -> None:
     presence = hub_presence()
     drive(presence, ConnectionOpened(conn="x", ns="/ws"))
-    presence._indexes.by_ns.clear()  # corrupt on purpose
+    presence._local.by_ns.clear()  # corrupt on purpose
     with pytest.raises(AssertionError, match="ns index"):
         drive(presence, ConnectionOpened(conn="y", ns="/other"))

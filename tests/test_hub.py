@@ -6,27 +6,44 @@ import json
 from collections.abc import Hashable
 from typing import Any
 
+import attrs
 import pytest
 
 from megapresence_core import (
-    AcceptBridge,
-    BridgeClosed,
-    BridgeConnecting,
-    BridgeFrameReceived,
-    BridgeState,
-    CloseBridge,
+    BroadcastRequested,
+    ClusterConfig,
+    ConnectionOpened,
+    Deliver,
+    DirectRequested,
     Hub,
     HubConfig,
-    HubMember,
+    Limits,
     LocalUsageError,
     Log,
-    RefuseBridge,
-    SendBridgeFrame,
+    Message,
+    Presence,
+    PresenceConfig,
+    SessionJoined,
     ShutdownRequested,
     Tick,
 )
+from megapresence_core.actions import (
+    AcceptBridge,
+    CloseBridge,
+    RefuseBridge,
+    SendBridgeFrame,
+    SendHubFrame,
+)
+from megapresence_core.events import (
+    BridgeClosed,
+    BridgeConnecting,
+    BridgeFrameReceived,
+    HubFrameReceived,
+)
+from megapresence_core.hub import HubMember
+from megapresence_core.lifecycle import BridgeState
 
-from .helpers import hub_frame
+from .helpers import hub_frame, hub_presence, open_joined, sent_frames
 
 TOKEN = "secret-token"
 
@@ -212,7 +229,7 @@ def test_direct_goes_to_other_bridges_holding_a_session_of_the_user() -> None:
     join(hub, "C", "bob", "b2", "other")
     actions = send(hub, "A", "DIRECT", userId="bob", message={"type": "dm"})
     assert set(frames_to(actions)) == {"B", "C"}
-    assert send(hub, "B", "DIRECT", userId="ann", message={"type": "dm"}) != []
+    assert set(frames_to(send(hub, "B", "DIRECT", userId="ann", message={"type": "dm"}))) == {"A"}
     assert send(hub, "A", "DIRECT", userId="ann", message={"type": "dm"}) == []  # no echo
     assert send(hub, "A", "DIRECT", userId="nobody", message={"type": "dm"}) == []
 
@@ -415,3 +432,137 @@ def test_frames_per_second_limit_with_burst() -> None:
 def test_handle_refuses_what_is_not_a_hub_event() -> None:
     with pytest.raises(LocalUsageError, match="not a hub event"):
         new_hub().handle("tick")  # type: ignore[arg-type]
+
+
+# ------------------------------------------------- one chain of limits, in bytes
+
+
+def test_a_session_held_by_another_user_cannot_be_joined_from_any_bridge() -> None:
+    hub = three_bridges()
+    before = hub.members()
+    for bridge in ("A", "B"):  # its own bridge or another
+        actions = join(hub, bridge, "mallory", "a1", "room")
+        assert strikes(actions) == ["session_taken"]
+        assert [a.event for a in actions if isinstance(a, Log)] == ["hub.frame.refused"]
+        assert not [a for a in actions if isinstance(a, SendBridgeFrame) and a.bridges != (bridge,)]
+    assert hub.members() == before
+    # The same user may still move the session to another bridge.
+    join(hub, "B", "ann", "a1", "room")
+    assert {m.session_id: m.bridge_id for m in hub.members()}["a1"] == "B"
+
+
+def _chain() -> tuple[Presence, Hub, Presence]:
+    sender, receiver = hub_presence("A"), hub_presence("B")
+    hub = new_hub(max_frames_per_second=1e9, frame_burst=1e9)
+    connect(hub, "A")
+    connect(hub, "B")
+    [joined] = sent_frames(
+        open_joined(receiver, "listener", "bob", "b1", ns=NS, channels=[CHANNEL])
+    )
+    send(hub, "B", "JOIN", **joined["payload"])
+    return sender, hub, receiver
+
+
+#: Names at Limits.max_name_bytes, each byte a control character: six bytes once escaped.
+NS = "/" + "\x01" * 255
+CHANNEL = "\x02" * 256
+
+
+def _message_of(size: int) -> Message:
+    overhead = Message(type="t", payload="").size
+    message = Message(type="t", payload="x" * (size - overhead))
+    assert message.size == size
+    return message
+
+
+def _relay(sender: Presence, hub: Hub, receiver: Presence, event: Any) -> list[Any]:
+    """Send through every hop: bridge A's core, the hub's core, bridge B's core."""
+    [frame] = [a for a in sender.handle(event) if isinstance(a, SendHubFrame)]
+    routed = hub.handle(BridgeFrameReceived(bridge="A", data=frame.data, now=1))
+    [forward] = [a for a in routed if isinstance(a, SendBridgeFrame)]
+    assert forward.bridges == ("B",)
+    return receiver.handle(HubFrameReceived(data=forward.data, now=1))
+
+
+def test_the_largest_legal_message_crosses_every_hop_and_one_byte_more_is_refused_first() -> None:
+    limits = Limits()
+    assert HubConfig(hub_id="h", tokens=["t"]).max_frame_bytes == limits.max_hub_frame_bytes
+    sender, hub, receiver = _chain()
+    largest = _message_of(limits.max_message_bytes)
+    delivered = _relay(
+        sender, hub, receiver, BroadcastRequested(ns=NS, channel=CHANNEL, message=largest)
+    )
+    [deliver] = delivered
+    assert isinstance(deliver, Deliver)
+    assert deliver.conns == ("listener",)
+    assert json.loads(deliver.text)["payload"] == largest.payload
+    # One byte more is refused by the first hop, naming the limit, and nothing is sent.
+    too_big = _message_of(limits.max_message_bytes + 1)
+    with pytest.raises(LocalUsageError, match=r"Limits\.max_message_bytes") as info:
+        sender.handle(BroadcastRequested(ns=NS, channel=CHANNEL, message=too_big))
+    assert (info.value.close_code, info.value.http_status) == (1009, 413)
+    with pytest.raises(LocalUsageError, match=r"Limits\.max_message_bytes"):
+        sender.handle(DirectRequested(user_id="bob", message=too_big))
+
+
+def test_a_request_whose_hub_frame_would_not_fit_is_refused_before_anything_happens() -> None:
+    sender, hub, receiver = _chain()
+    open_joined(sender, "here", "ann", "a1", ns=NS)
+    excepted = [f"s{n:05}" for n in range(3000)]  # 24 KB of routing on top of the message
+    event = BroadcastRequested(
+        ns=NS, channel=CHANNEL, message=_message_of(60_000), except_session_ids=excepted
+    )
+    with pytest.raises(LocalUsageError, match=r"hub frame would be \d+ bytes.*max_hub_frame_bytes"):
+        sender.handle(event)
+    assert _relay(sender, hub, receiver, attrs.evolve(event, except_session_ids=excepted[:100]))
+
+
+def test_names_over_max_name_bytes_are_refused() -> None:
+    presence = hub_presence("A")
+    with pytest.raises(LocalUsageError, match=r"ns is 257 bytes.*Limits\.max_name_bytes"):
+        presence.handle(ConnectionOpened(conn=1, ns="/" + "x" * 256))
+    with pytest.raises(LocalUsageError, match=r"channel is 258 bytes"):
+        presence.handle(BroadcastRequested(ns="/ws", channel="é" * 129, message={"type": "t"}))
+    presence.handle(ConnectionOpened(conn=1, ns="/ws"))
+    with pytest.raises(LocalUsageError, match=r"session_id is 300 bytes"):
+        presence.handle(SessionJoined(conn=1, user_id="u", session_id="s" * 300))
+    with pytest.raises(LocalUsageError, match=r"channel is 257 bytes"):
+        presence.handle(SessionJoined(conn=1, user_id="u", session_id="s", channels=["c" * 257]))
+
+
+@pytest.mark.parametrize(
+    ("build", "match"),
+    [
+        (
+            lambda: Limits(max_message_bytes=80_000),
+            r"max_hub_frame_bytes \(81920\) must hold the largest message plus its routing",
+        ),
+        (
+            lambda: Limits(max_name_bytes=4096),
+            r"at least 114756 \(max_message_bytes 65536 \+ 49220",
+        ),
+        (
+            lambda: PresenceConfig(
+                cluster=ClusterConfig(app="a", instance_id="i", epoch=1, max_message_bytes=70_000)
+            ),
+            r"cluster.max_message_bytes \(70000\) must hold what a hub frame holds",
+        ),
+    ],
+)
+def test_limits_that_do_not_chain_fail_when_the_config_is_built(build: Any, match: str) -> None:
+    with pytest.raises(LocalUsageError, match=match):
+        build()
+
+
+def test_a_cluster_message_over_its_limit_is_refused_naming_it() -> None:
+    limits = Limits(max_message_bytes=1000, max_name_bytes=16, max_hub_frame_bytes=2000)
+    cluster = ClusterConfig(app="a", instance_id="i", epoch=1, max_message_bytes=2000)
+    presence = Presence(PresenceConfig(cluster=cluster, limits=limits))
+    event = BroadcastRequested(
+        ns="/ws",
+        channel="c",
+        message=_message_of(1000),
+        except_session_ids=[f"s{n:04}" for n in range(200)],
+    )
+    with pytest.raises(LocalUsageError, match=r"ClusterConfig\.max_message_bytes"):
+        presence.handle(event)

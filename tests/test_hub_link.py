@@ -7,22 +7,27 @@ import json
 import pytest
 
 from megapresence_core import (
-    CloseHubLink,
-    ConnectHub,
-    HubConnected,
-    HubFrameReceived,
     HubLinkConfig,
-    HubLinkStarted,
-    HubLost,
-    LinkState,
     Log,
     LogLevel,
     Presence,
     PresenceConfig,
-    ScheduleReconnect,
-    SendHubFrame,
     ShutdownRequested,
     Tick,
+)
+from megapresence_core.actions import (
+    CloseHubLink,
+    ConnectHub,
+    SendHubFrame,
+)
+from megapresence_core.events import (
+    HubConnected,
+    HubFrameReceived,
+    HubLinkStarted,
+    HubLost,
+)
+from megapresence_core.lifecycle import (
+    HubLinkState,
 )
 
 from .helpers import drive, hub_frame, registered_frame, sent_frames
@@ -30,7 +35,7 @@ from .helpers import drive, hub_frame, registered_frame, sent_frames
 
 def new_presence(**config: object) -> Presence:
     link = HubLinkConfig(bridge_id="b1", instance_id="i1", channels=["lobby"], **config)
-    return Presence(PresenceConfig(hub=link))
+    return Presence(PresenceConfig(hub_link=link))
 
 
 def registered(interval: float = 10.0, **config: object) -> Presence:
@@ -47,7 +52,7 @@ def registered(interval: float = 10.0, **config: object) -> Presence:
 def test_start_asks_the_shim_to_connect_then_registers() -> None:
     presence = new_presence(capabilities=["broadcast"])
     assert drive(presence, HubLinkStarted(now=0)) == [ConnectHub()]
-    assert presence.hub_link_state is LinkState.CONNECTING
+    assert presence.hub_link_state is HubLinkState.CONNECTING
     actions = drive(presence, HubConnected(now=0.2))
     assert sent_frames(actions) == [
         {
@@ -60,9 +65,9 @@ def test_start_asks_the_shim_to_connect_then_registers() -> None:
             },
         }
     ]
-    assert presence.hub_link_state is LinkState.REGISTERING
+    assert presence.hub_link_state is HubLinkState.REGISTERING
     actions = drive(presence, HubFrameReceived(data=registered_frame("h-9"), now=0.3))
-    assert presence.hub_link_state is LinkState.REGISTERED
+    assert presence.hub_link_state is HubLinkState.REGISTERED
     assert [(a.event, a.fields) for a in actions if isinstance(a, Log)] == [
         ("hub.link.registered", {"hub_id": "h-9", "new_incarnation": True})
     ]
@@ -89,7 +94,7 @@ def test_any_frame_from_the_hub_keeps_the_link_alive() -> None:
     presence = registered(interval=10.0)
     for now in (10, 20, 29):
         drive(presence, HubFrameReceived(data=hub_frame("HEARTBEAT"), now=now), Tick(now=now))
-    assert presence.hub_link_state is LinkState.REGISTERED
+    assert presence.hub_link_state is HubLinkState.REGISTERED
     assert presence.next_deadline() == 30.0  # next heartbeat to send
 
 
@@ -99,7 +104,7 @@ def test_a_silent_hub_is_declared_dead_closed_and_retried() -> None:
     actions = drive(presence, Tick(now=30))
     assert [type(a) for a in actions] == [Log, CloseHubLink]
     assert actions[0].event == "hub.link.dead"  # type: ignore[union-attr]
-    assert presence.hub_link_state is LinkState.CLOSING
+    assert presence.hub_link_state is HubLinkState.CLOSING
     # Frames that still arrive on a link being torn down mean nothing.
     assert (
         drive(
@@ -109,8 +114,11 @@ def test_a_silent_hub_is_declared_dead_closed_and_retried() -> None:
         == []
     )
     actions = drive(presence, HubLost(now=31, code=1000))
-    assert presence.hub_link_state is LinkState.BACKING_OFF
-    assert [type(a) for a in actions] == [Log, ScheduleReconnect]
+    assert presence.hub_link_state is HubLinkState.BACKING_OFF
+    [lost] = actions
+    assert isinstance(lost, Log)
+    assert lost.event == "hub.link.lost"
+    assert presence.next_deadline() == pytest.approx(31 + lost.fields["retry_in"])  # type: ignore[operator]
 
 
 def test_connect_and_register_are_bounded_by_the_connect_timeout() -> None:
@@ -120,34 +128,34 @@ def test_connect_and_register_are_bounded_by_the_connect_timeout() -> None:
     assert drive(presence, Tick(now=4.9)) == []
     actions = drive(presence, Tick(now=5.0))
     assert [a.event for a in actions if isinstance(a, Log)] == ["hub.link.timeout"]
-    assert presence.hub_link_state is LinkState.CLOSING
+    assert presence.hub_link_state is HubLinkState.CLOSING
     presence = new_presence(connect_timeout=5.0)
     drive(presence, HubLinkStarted(now=0), HubConnected(now=1))
     drive(presence, Tick(now=5.0))
-    assert presence.hub_link_state is LinkState.CLOSING
+    assert presence.hub_link_state is HubLinkState.CLOSING
 
 
 def test_the_reconnect_happens_on_the_first_tick_after_the_delay() -> None:
     presence = registered()
-    [schedule] = [
-        a
-        for a in drive(presence, HubLost(now=50, code=4503, reason="hub draining"))
-        if isinstance(a, ScheduleReconnect)
-    ]
-    assert presence.next_deadline() == pytest.approx(50 + schedule.delay)
-    assert schedule.delay > 0
-    assert drive(presence, Tick(now=50 + schedule.delay / 2)) == []
-    assert drive(presence, Tick(now=50 + schedule.delay)) == [ConnectHub()]
-    assert presence.hub_link_state is LinkState.CONNECTING
+    [lost] = drive(presence, HubLost(now=50, code=4503, reason="hub draining"))
+    assert isinstance(lost, Log)
+    delay = lost.fields["retry_in"]
+    assert isinstance(delay, float)
+    assert delay > 0
+    # The delay is a timer, not an action: next_deadline() is when to reconnect.
+    assert presence.next_deadline() == pytest.approx(50 + delay)
+    assert drive(presence, Tick(now=50 + delay / 2)) == []
+    assert drive(presence, Tick(now=50 + delay)) == [ConnectHub()]
+    assert presence.hub_link_state is HubLinkState.CONNECTING
 
 
 def test_drain_4503_reconnects_but_1008_stops_and_says_why() -> None:
     presence = registered()
     drive(presence, HubLost(now=1, code=4503))
-    assert presence.hub_link_state is LinkState.BACKING_OFF
+    assert presence.hub_link_state is HubLinkState.BACKING_OFF
     presence = registered()
     actions = drive(presence, HubLost(now=1, code=1008, reason="bad token"))
-    assert presence.hub_link_state is LinkState.CLOSED
+    assert presence.hub_link_state is HubLinkState.CLOSED
     assert actions == [
         Log(
             level=LogLevel.ERROR,
@@ -172,19 +180,19 @@ def test_registering_ignores_other_frames_with_a_warning() -> None:
         "hub.frame.before_registered",
         "hub.frame.invalid",
     ]
-    assert presence.hub_link_state is LinkState.REGISTERING
+    assert presence.hub_link_state is HubLinkState.REGISTERING
 
 
 @pytest.mark.parametrize(
     ("setup", "expected_actions", "state"),
     [
-        ([], [], LinkState.CLOSED),
-        ([HubLinkStarted(now=0)], [CloseHubLink], LinkState.DRAINING),
-        ([HubLinkStarted(now=0), HubLost(now=0)], [], LinkState.CLOSED),
+        ([], [], HubLinkState.CLOSED),
+        ([HubLinkStarted(now=0)], [CloseHubLink], HubLinkState.DRAINING),
+        ([HubLinkStarted(now=0), HubLost(now=0)], [], HubLinkState.CLOSED),
     ],
 )
 def test_shutdown_closes_an_open_link_and_stops_timers(
-    setup: list[object], expected_actions: list[type], state: LinkState
+    setup: list[object], expected_actions: list[type], state: HubLinkState
 ) -> None:
     presence = new_presence()
     drive(presence, *setup)  # type: ignore[arg-type]
@@ -201,7 +209,7 @@ def test_a_draining_link_ends_closed_and_ignores_late_frames() -> None:
     assert drive(presence, HubFrameReceived(data=hub_frame("HEARTBEAT"), now=1)) == []
     actions = drive(presence, HubLost(now=1, code=1001))
     assert [a.event for a in actions if isinstance(a, Log)] == ["hub.link.closed"]
-    assert presence.hub_link_state is LinkState.CLOSED
+    assert presence.hub_link_state is HubLinkState.CLOSED
 
 
 def test_register_frame_carries_the_protocol_version() -> None:
@@ -224,3 +232,21 @@ def test_an_outage_warns_once_then_retries_quietly() -> None:
     drive(presence, HubConnected(now=now), HubFrameReceived(data=registered_frame(), now=now))
     actions = drive(presence, HubLost(now=now, code=1006))
     assert [a.level for a in actions if isinstance(a, Log)] == [LogLevel.WARNING]
+
+
+@pytest.mark.parametrize("interval", ["1e999", "0", "86400"])
+def test_a_registered_frame_with_an_unusable_heartbeat_interval_is_refused(interval: str) -> None:
+    presence = new_presence(connect_timeout=5.0)
+    drive(presence, HubLinkStarted(now=0), HubConnected(now=0))
+    data = '{"type":"REGISTERED","payload":{"hubId":"h","heartbeatInterval":NUM}}'.replace(
+        "NUM", interval
+    )
+    actions = drive(presence, HubFrameReceived(data=data, now=1))
+    assert [(a.event, a.fields["code"]) for a in actions if isinstance(a, Log)] == [
+        ("hub.frame.invalid", "bad_json" if interval == "1e999" else "bad_frame")
+    ]
+    # Liveness is not switched off: the attempt still times out and is retried.
+    assert presence.hub_link_state is HubLinkState.REGISTERING
+    assert presence.next_deadline() == 5.0
+    drive(presence, Tick(now=5.0))
+    assert presence.hub_link_state is HubLinkState.CLOSING

@@ -10,10 +10,6 @@ from collections.abc import Callable
 import pytest
 
 from megapresence_core import (
-    ABSENT,
-    BridgeClosed,
-    BridgeConnecting,
-    BridgeFrameReceived,
     Hub,
     HubConfig,
     LocalUsageError,
@@ -22,26 +18,33 @@ from megapresence_core import (
     PresenceConfig,
     Tick,
 )
-from megapresence_core._hub import _Bridge
-from megapresence_core._hub_presence import HubPresence, HubSession
-from megapresence_core._indexes import ConnRecord, Indexes
-from megapresence_core._lifecycle import BridgeState, ConnState
+from megapresence_core._local import ConnectionRecord, LocalIndexes
+from megapresence_core.events import (
+    BridgeClosed,
+    BridgeConnecting,
+    BridgeFrameReceived,
+)
+from megapresence_core.hub import Bridge, HubSession, HubSessions
+from megapresence_core.lifecycle import BridgeState, ConnectionState, Timers
+from megapresence_core.wire import (
+    ABSENT,
+)
 
 from .helpers import hub_frame, open_joined
 
 
-def populated_indexes() -> Indexes:
+def populated_indexes() -> LocalIndexes:
     presence = Presence()
     open_joined(presence, 1, "ann", "s1")
     open_joined(presence, 2, "ann", "s2")
-    return presence._indexes
+    return presence._local
 
 
-def _detach_state_only(indexes: Indexes) -> None:
-    indexes.records[1].state = ConnState.DETACHED
+def _detach_state_only(indexes: LocalIndexes) -> None:
+    indexes.records[1].lifecycle._state = ConnectionState.DETACHED
 
 
-def _wrong_key(indexes: Indexes) -> None:
+def _wrong_key(indexes: LocalIndexes) -> None:
     indexes.records[3] = indexes.records.pop(1)
 
 
@@ -62,7 +65,7 @@ def _wrong_key(indexes: Indexes) -> None:
         (lambda ix: ix.by_session.pop("s1"), "session index"),
     ],
 )
-def test_index_check_notices(corrupt: Callable[[Indexes], object], match: str) -> None:
+def test_index_check_notices(corrupt: Callable[[LocalIndexes], object], match: str) -> None:
     indexes = populated_indexes()
     indexes.check()
     corrupt(indexes)
@@ -70,8 +73,8 @@ def test_index_check_notices(corrupt: Callable[[Indexes], object], match: str) -
         indexes.check()
 
 
-def populated_hub_presence() -> HubPresence:
-    presence = HubPresence()
+def populated_hub_presence() -> HubSessions:
+    presence = HubSessions()
     presence.put(HubSession("s1", "ann", "A", ("x", "y"), None))
     presence.put(HubSession("s2", "bob", "B", ("x",), {"m": 1}))
     return presence
@@ -86,7 +89,7 @@ def populated_hub_presence() -> HubPresence:
         (lambda p: p.user_bridges.pop("bob"), "user index"),
     ],
 )
-def test_hub_presence_check_notices(corrupt: Callable[[HubPresence], object], match: str) -> None:
+def test_hub_presence_check_notices(corrupt: Callable[[HubSessions], object], match: str) -> None:
     presence = populated_hub_presence()
     presence.check()
     corrupt(presence)
@@ -116,14 +119,14 @@ def registered_hub() -> Hub:
 def test_hub_check_notices_sessions_of_an_unregistered_bridge() -> None:
     hub = registered_hub()
     hub.check_invariants()
-    hub._bridges["A"].state = BridgeState.CLOSING
+    hub._bridges["A"].lifecycle._state = BridgeState.CLOSING
     with pytest.raises(AssertionError, match="not registered"):
         hub.check_invariants()
 
 
 def test_hub_check_notices_a_wrong_bridge_id_mapping() -> None:
     hub = registered_hub()
-    hub._by_bridge_id["other"] = _Bridge("B", 0, 1)
+    hub._by_bridge_id["other"] = Bridge("B", 0, 1, Timers())
     with pytest.raises(AssertionError, match="maps to"):
         hub.check_invariants()
 
@@ -153,10 +156,10 @@ def test_hub_events_validate_when_built(build: Callable[[], object]) -> None:
 
 
 def test_small_reprs_and_conversions() -> None:
-    record = ConnRecord("c", "/ws")
-    assert repr(record) == "<ConnRecord 'c' opened ns='/ws'>"
+    record = ConnectionRecord("c", "/ws")
+    assert repr(record) == "<ConnectionRecord 'c' opened ns='/ws'>"
     record.user_id, record.session_id = "u", "s"
-    assert repr(record) == "<ConnRecord 'c' opened ns='/ws' u/s>"
+    assert repr(record) == "<ConnectionRecord 'c' opened ns='/ws' u/s>"
     assert repr(HubSession("s", "u", "A", (), None)) == "<HubSession 's' of 'u' on 'A'>"
     assert repr(ABSENT) == "ABSENT"
     assert Member(session_id="s", user_id="u").to_json() == {"sessionId": "s", "userId": "u"}

@@ -25,13 +25,12 @@ from megapresence_anyio._logging import (
 from megapresence_core import (
     CloseCode,
     HubLinkConfig,
-    HubLinkStarted,
-    HubLost,
     Log,
     LogLevel,
     Presence,
     PresenceConfig,
 )
+from megapresence_core.events import HubLinkStarted, HubLost
 
 from .helpers import drive
 
@@ -125,7 +124,7 @@ def test_the_hub_link_log_of_the_issue_has_no_python_reprs(
     # The line the issue quoted: hub.link.lost with a retry_in of many decimals.
     target, handler = captured
     config = HubLinkConfig(bridge_id="b", instance_id="i", jitter_seed=7)
-    presence = Presence(PresenceConfig(hub=config))
+    presence = Presence(PresenceConfig(hub_link=config))
     drive(presence, HubLinkStarted(now=0))
     for action in drive(presence, HubLost(now=0, code=CloseCode.POLICY, reason="bad token")):
         if isinstance(action, Log):

@@ -10,7 +10,11 @@ import anyio
 import pytest
 
 from megapresence_anyio import PresenceServer
-from megapresence_core import ClusterConfig, LocalUsageError, PresenceConfig
+from megapresence_core import (
+    ClusterConfig,
+    LocalUsageError,
+    PresenceConfig,
+)
 from megapresence_nats import ClusterUnavailableError, NatsCluster
 
 from .servers import Server, free_port

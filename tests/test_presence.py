@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from megapresence_core import (
@@ -10,15 +12,10 @@ from megapresence_core import (
     CloseConnection,
     ConnectionClosed,
     ConnectionOpened,
-    ConnState,
     Deliver,
     DirectRequested,
     DuplicateSessionPolicy,
-    HubConnected,
-    HubFrameReceived,
     HubLinkConfig,
-    HubLinkStarted,
-    HubLost,
     KickRequested,
     Limits,
     LocalUsageError,
@@ -29,14 +26,29 @@ from megapresence_core import (
     MetadataUpdated,
     Presence,
     PresenceConfig,
-    RosterConfig,
-    RosterDelete,
-    RosterEntry,
-    RosterPut,
-    RosterRefresh,
     SessionJoined,
     ShutdownRequested,
+    StoreConfig,
     Tick,
+)
+from megapresence_core.actions import (
+    StoreDelete,
+    StoreEntry,
+    StorePut,
+    StoreRefresh,
+)
+from megapresence_core.events import (
+    ClusterConnected,
+    ClusterLost,
+    ClusterMessageReceived,
+    HubConnected,
+    HubFrameReceived,
+    HubLinkStarted,
+    HubLost,
+)
+from megapresence_core.lifecycle import (
+    ConnectionState,
+    HubLinkState,
 )
 
 from .helpers import (
@@ -55,7 +67,7 @@ from .helpers import (
 def test_open_puts_the_connection_in_its_ns_only() -> None:
     presence = Presence()
     drive(presence, ConnectionOpened(conn=1, ns="/a"), ConnectionOpened(conn=2, ns="/b"))
-    assert presence.connection_state(1) is ConnState.OPENED
+    assert presence.connection_state(1) is ConnectionState.OPENED
     actions = drive(presence, BroadcastRequested(ns="/a", channel="c", message={"type": "t"}))
     assert deliveries(actions) == {1: [{"type": "t", "ns": "/a"}]}
 
@@ -71,8 +83,8 @@ def test_close_removes_the_connection_from_every_index() -> None:
     presence = Presence()
     open_joined(presence, 1, "ann", "s1", channels=["c"])
     drive(presence, ConnectionClosed(conn=1))
-    assert presence.connection_state(1) is ConnState.CLOSED
-    indexes = presence._indexes
+    assert presence.connection_state(1) is ConnectionState.CLOSED
+    indexes = presence._local
     assert (indexes.records, indexes.by_ns, indexes.by_user, indexes.by_session) == ({}, {}, {}, {})
 
 
@@ -94,7 +106,7 @@ def test_unknown_connection_is_misuse(event: object) -> None:
 def test_join_maps_user_and_session_and_keeps_metadata() -> None:
     presence = Presence()
     open_joined(presence, 1, "ann", "s1", channels=["c", "d"], metadata={"status": "away"})
-    assert presence.connection_state(1) is ConnState.JOINED
+    assert presence.connection_state(1) is ConnectionState.JOINED
     assert presence.roster("/ws") == [
         Member(session_id="s1", user_id="ann", metadata={"status": "away"})
     ]
@@ -147,7 +159,7 @@ def test_join_over_the_channel_limit_is_misuse_and_changes_nothing() -> None:
         presence.handle(
             SessionJoined(conn=1, user_id="u", session_id="s", channels=["a", "b", "c"])
         )
-    assert presence.connection_state(1) is ConnState.OPENED
+    assert presence.connection_state(1) is ConnectionState.OPENED
 
 
 def test_join_over_the_metadata_limit_is_misuse() -> None:
@@ -157,7 +169,7 @@ def test_join_over_the_metadata_limit_is_misuse() -> None:
         presence.handle(
             SessionJoined(conn=1, user_id="u", session_id="s", metadata={"k": "0123456"})
         )
-    assert presence.connection_state(1) is ConnState.OPENED
+    assert presence.connection_state(1) is ConnectionState.OPENED
 
 
 def test_duplicate_session_detaches_the_prior_connection_without_closing_it() -> None:
@@ -166,7 +178,7 @@ def test_duplicate_session_detaches_the_prior_connection_without_closing_it() ->
     actions = open_joined(presence, 2, "ann", "s1")
     assert not [a for a in actions if isinstance(a, CloseConnection)]
     assert [a.event for a in actions if isinstance(a, Log)] == ["presence.session.duplicate"]
-    assert presence.connection_state(1) is ConnState.DETACHED
+    assert presence.connection_state(1) is ConnectionState.DETACHED
     # The detached connection is in no index: no broadcast, no direct reaches it.
     actions = drive(
         presence,
@@ -177,7 +189,7 @@ def test_duplicate_session_detaches_the_prior_connection_without_closing_it() ->
 
 
 def test_closing_the_detached_connection_neither_unmaps_nor_leaves_the_new_owner() -> None:
-    presence = hub_presence(roster=RosterConfig())
+    presence = hub_presence(store=StoreConfig())
     open_joined(presence, 1, "ann", "s1", channels=["c"])
     open_joined(presence, 2, "ann", "s1", channels=["c"])
     actions = drive(presence, ConnectionClosed(conn=1))
@@ -187,35 +199,63 @@ def test_closing_the_detached_connection_neither_unmaps_nor_leaves_the_new_owner
     assert set(deliveries(actions)) == {2}
 
 
-def test_duplicate_session_removes_roster_channels_the_new_owner_does_not_join() -> None:
-    presence = Presence(PresenceConfig(roster=RosterConfig()))
+def test_duplicate_session_removes_store_entries_of_channels_the_new_owner_does_not_join() -> None:
+    presence = Presence(PresenceConfig(store=StoreConfig()))
     open_joined(presence, 1, "ann", "s1", channels=["a", "b"])
     actions = open_joined(presence, 2, "ann", "s1", channels=["b", "c"])
-    assert [a for a in actions if isinstance(a, RosterDelete)] == [
-        RosterDelete(channel="a", session_id="s1")
+    assert [a for a in actions if isinstance(a, StoreDelete)] == [
+        StoreDelete(channel="a", session_id="s1")
     ]
-    assert [a.channel for a in actions if isinstance(a, RosterPut)] == ["b", "c"]
+    assert [a.channel for a in actions if isinstance(a, StorePut)] == ["b", "c"]
 
 
 def test_duplicate_session_close_prior_policy_closes_it_with_1008() -> None:
     presence = Presence(PresenceConfig(duplicate_session=DuplicateSessionPolicy.CLOSE_PRIOR))
     open_joined(presence, 1, "ann", "s1")
-    actions = open_joined(presence, 2, "bob", "s1")
+    actions = open_joined(presence, 2, "ann", "s1", metadata={"tab": 2})
     assert CloseConnection(conn=1, code=1008, reason="session taken over by a new connection") in (
         actions
     )
-    assert presence.connection_state(1) is ConnState.DETACHED
-    assert presence.roster("/ws") == [Member(session_id="s1", user_id="bob")]
+    assert presence.connection_state(1) is ConnectionState.DETACHED
+    assert presence.roster("/ws") == [Member(session_id="s1", user_id="ann", metadata={"tab": 2})]
 
 
 def test_duplicate_session_refuse_new_policy_closes_the_new_one_and_keeps_the_prior() -> None:
     presence = hub_presence(duplicate_session=DuplicateSessionPolicy.REFUSE_NEW)
     open_joined(presence, 1, "ann", "s1")
-    actions = open_joined(presence, 2, "bob", "s1")
+    actions = open_joined(presence, 2, "ann", "s1")
     assert CloseConnection(conn=2, code=1008, reason="session id already connected") in actions
     assert sent_frames(actions) == []
-    assert presence.connection_state(2) is ConnState.OPENED
+    assert presence.connection_state(2) is ConnectionState.OPENED
     assert presence.roster("/ws") == [Member(session_id="s1", user_id="ann")]
+
+
+@pytest.mark.parametrize("policy", list(DuplicateSessionPolicy))
+def test_another_users_session_id_is_refused_under_every_policy(
+    policy: DuplicateSessionPolicy,
+) -> None:
+    presence = hub_presence(duplicate_session=policy, store=StoreConfig())
+    open_joined(presence, 1, "ann", "s1", channels=["c"], metadata={"m": 1})
+    actions = open_joined(presence, 2, "mallory", "s1", channels=["c"])
+    assert actions == [
+        Log(
+            level=LogLevel.WARNING,
+            event="presence.session.foreign",
+            fields={
+                "session_id": "s1",
+                "prior_user_id": "ann",
+                "user_id": "mallory",
+                "policy": "refuse_new",
+            },
+        ),
+        CloseConnection(conn=2, code=1008, reason="session id belongs to another user"),
+    ]
+    # The holder is untouched: still joined, still reached, still the roster's.
+    assert presence.connection_state(1) is ConnectionState.JOINED
+    assert presence.connection_state(2) is ConnectionState.OPENED
+    assert presence.roster("/ws") == [Member(session_id="s1", user_id="ann", metadata={"m": 1})]
+    reached = drive(presence, DirectRequested(user_id="ann", message={"type": "d"}))
+    assert set(deliveries(reached)) == {1}
 
 
 # -------------------------------------------------------------- broadcast
@@ -295,13 +335,19 @@ def test_broadcast_message_is_validated_when_built(message: object, match: str) 
 
 
 def test_message_over_the_size_limit_is_misuse_and_nothing_is_sent() -> None:
-    presence = hub_presence(limits=Limits(max_message_bytes=20))
+    presence = hub_presence(limits=Limits(max_message_bytes=44))
     open_joined(presence, 1, "ann", "s1")
-    big = Message(type="t", payload="é" * 10)  # 1 + 22 bytes of UTF-8
-    with pytest.raises(LocalUsageError, match="message is 23 bytes; the limit is 20"):
+    # {"type":"t","payload":"éééééééééé"}: 23 ASCII bytes and ten 2-byte characters.
+    big = Message(type="t", payload="é" * 10)
+    assert big.size == 45
+    with pytest.raises(
+        LocalUsageError, match="message is 45 bytes of JSON; the limit is 44"
+    ) as info:
         presence.handle(BroadcastRequested(ns="/ws", channel="c", message=big))
-    with pytest.raises(LocalUsageError, match="message is 23 bytes"):
+    assert (info.value.close_code, info.value.http_status) == (1009, 413)
+    with pytest.raises(LocalUsageError, match=r"45 bytes .* \(Limits.max_message_bytes\)"):
         presence.handle(DirectRequested(user_id="ann", message=big))
+    assert deliveries(drive(presence, DirectRequested(user_id="ann", message={"type": "t"})))
 
 
 def test_broadcast_fans_out_to_the_hub_omitting_an_empty_except_list() -> None:
@@ -339,7 +385,7 @@ def test_local_delivery_comes_before_fan_out() -> None:
 
 def test_nothing_is_sent_to_the_hub_while_the_link_is_not_registered() -> None:
     link = HubLinkConfig(bridge_id="b", instance_id="i")
-    presence = Presence(PresenceConfig(hub=link))
+    presence = Presence(PresenceConfig(hub_link=link))
     events = [
         ConnectionOpened(conn=1, ns="/ws"),
         SessionJoined(conn=1, user_id="u", session_id="s"),
@@ -384,16 +430,16 @@ def test_direct_to_an_unknown_user_is_a_local_no_op_but_still_fans_out() -> None
 # --------------------------------------------------------------- metadata
 
 
-def test_metadata_update_is_stored_sent_to_the_hub_and_the_roster() -> None:
-    presence = hub_presence(roster=RosterConfig(ttl=30, refresh_interval=10))
+def test_metadata_update_is_kept_and_sent_to_the_hub_and_the_store() -> None:
+    presence = hub_presence(store=StoreConfig(ttl=30, refresh_interval=10))
     open_joined(presence, 1, "ann", "s1", channels=["c"])
     actions = drive(presence, MetadataUpdated(session_id="s1", metadata={"status": "busy"}))
     assert sent_frames(actions) == [
         {"type": "METADATA", "payload": {"sessionId": "s1", "metadata": {"status": "busy"}}}
     ]
     member = Member(session_id="s1", user_id="ann", metadata={"status": "busy"})
-    assert [a for a in actions if isinstance(a, RosterPut)] == [
-        RosterPut(channel="c", session_id="s1", member=member, ttl=30)
+    assert [a for a in actions if isinstance(a, StorePut)] == [
+        StorePut(channel="c", session_id="s1", member=member, ttl=30)
     ]
     assert presence.roster("/ws") == [member]
 
@@ -436,7 +482,7 @@ def test_kick_of_a_local_session_closes_its_connection(
         CloseConnection(conn=1, code=code, reason=default_reason)
     ]
     # The core does not believe the socket closed until the shim says so.
-    assert presence.connection_state(1) is ConnState.JOINED
+    assert presence.connection_state(1) is ConnectionState.JOINED
 
 
 def test_kick_of_a_remote_session_goes_to_the_hub() -> None:
@@ -572,8 +618,9 @@ def test_a_bad_hub_frame_gives_one_warning_and_changes_nothing(
 
 
 def test_hub_frame_over_the_size_limit_is_refused_before_parsing() -> None:
-    presence = hub_presence(limits=Limits(max_hub_frame_bytes=64))
-    actions = drive(presence, HubFrameReceived(data="x" * 65, now=1))
+    limits = Limits(max_message_bytes=100, max_name_bytes=8, max_hub_frame_bytes=264)
+    presence = hub_presence(limits=limits)
+    actions = drive(presence, HubFrameReceived(data="x" * 265, now=1))
     assert [a.fields["code"] for a in actions if isinstance(a, Log)] == ["too_big"]
 
 
@@ -589,16 +636,28 @@ def test_hub_error_and_unexpected_frames_are_logged() -> None:
     )
     assert [(a.event, a.fields) for a in actions if isinstance(a, Log)] == [
         ("hub.error", {"code": "rate_limited", "message": "slow"}),
-        ("hub.frame.unexpected", {"type": "RegisterFrame"}),
+        ("hub.frame.unexpected", {"type": "REGISTER"}),
         ("hub.frame.unexpected", {"type": "REGISTERED"}),
     ]
 
 
-def test_hub_events_without_a_configured_hub_are_misuse() -> None:
-    with pytest.raises(LocalUsageError, match="no hub is configured"):
-        Presence().handle(HubFrameReceived(data="{}", now=0))
-    with pytest.raises(LocalUsageError, match="no hub is configured"):
-        Presence().handle(HubLinkStarted(now=0))
+@pytest.mark.parametrize(
+    ("event", "match"),
+    [
+        (HubLinkStarted(now=0), "HubLinkStarted: no hub is configured"),
+        (HubConnected(now=0), "HubConnected: no hub is configured"),
+        (HubFrameReceived(data="{}", now=0), "HubFrameReceived: no hub is configured"),
+        (HubLost(now=0), "HubLost: no hub is configured"),
+        (ClusterConnected(now=0), "ClusterConnected: no cluster is configured"),
+        (ClusterLost(now=0), "ClusterLost: no cluster is configured"),
+        (ClusterMessageReceived(data="{}", now=0), "ClusterMessageReceived: no cluster"),
+    ],
+)
+def test_link_events_without_that_link_configured_are_misuse(event: Any, match: str) -> None:
+    presence = Presence()
+    with pytest.raises(LocalUsageError, match=match):
+        presence.handle(event)
+    assert presence.next_deadline() is None
 
 
 # ----------------------------------------------------------------- resync
@@ -606,7 +665,7 @@ def test_hub_events_without_a_configured_hub_are_misuse() -> None:
 
 def test_registration_resyncs_subscribers_then_open_sessions_with_latest_metadata() -> None:
     link = HubLinkConfig(bridge_id="b1", instance_id="i1", channels=["lobby", "ops"])
-    presence = Presence(PresenceConfig(hub=link))
+    presence = Presence(PresenceConfig(hub_link=link))
     open_joined(presence, 1, "ann", "s1", channels=["lobby"], metadata={"v": 1})
     open_joined(presence, 2, "bob", "s2")
     open_joined(presence, 3, "cid", "s3")
@@ -644,37 +703,37 @@ def test_re_registration_after_a_lost_link_resyncs_again() -> None:
 # ------------------------------------------------------------ roster, queries
 
 
-def test_roster_actions_follow_joins_and_closes() -> None:
-    presence = Presence(PresenceConfig(roster=RosterConfig(ttl=60)))
+def test_store_actions_follow_joins_and_closes() -> None:
+    presence = Presence(PresenceConfig(store=StoreConfig(ttl=60)))
     actions = open_joined(presence, 1, "ann", "s1", channels=["a", "b"], metadata={"m": 1})
     member = Member(session_id="s1", user_id="ann", metadata={"m": 1})
     assert actions == [
-        RosterPut(channel="a", session_id="s1", member=member, ttl=60),
-        RosterPut(channel="b", session_id="s1", member=member, ttl=60),
+        StorePut(channel="a", session_id="s1", member=member, ttl=60),
+        StorePut(channel="b", session_id="s1", member=member, ttl=60),
     ]
     assert drive(presence, ConnectionClosed(conn=1)) == [
-        RosterDelete(channel="a", session_id="s1"),
-        RosterDelete(channel="b", session_id="s1"),
+        StoreDelete(channel="a", session_id="s1"),
+        StoreDelete(channel="b", session_id="s1"),
     ]
 
 
-def test_no_roster_actions_without_a_roster() -> None:
+def test_no_store_actions_without_a_store() -> None:
     presence = Presence()
     actions = open_joined(presence, 1, "ann", "s1", channels=["a"])
     actions += drive(presence, ConnectionClosed(conn=1))
     assert actions == []
 
 
-def test_roster_refresh_is_due_every_refresh_interval_on_ticks() -> None:
-    presence = Presence(PresenceConfig(roster=RosterConfig(ttl=30, refresh_interval=10)))
+def test_store_refresh_is_due_every_refresh_interval_on_ticks() -> None:
+    presence = Presence(PresenceConfig(store=StoreConfig(ttl=30, refresh_interval=10)))
     assert drive(presence, Tick(now=100)) == []  # the first tick starts the clock
     assert presence.next_deadline() == 110
     assert drive(presence, Tick(now=109)) == []
     assert drive(presence, Tick(now=110)) == []  # due, but nobody to refresh
     open_joined(presence, 1, "ann", "s1", channels=["a"])
     actions = drive(presence, Tick(now=120))
-    entry = RosterEntry(channel="a", session_id="s1", member=Member(session_id="s1", user_id="ann"))
-    assert actions == [RosterRefresh(entries=(entry,), ttl=30)]
+    entry = StoreEntry(channel="a", session_id="s1", member=Member(session_id="s1", user_id="ann"))
+    assert actions == [StoreRefresh(entries=(entry,), ttl=30)]
     assert presence.next_deadline() == 130
 
 
@@ -699,28 +758,28 @@ def test_presence_list_puts_fresh_local_members_first_and_dedups() -> None:
     ]
 
 
-def test_local_roster_members_lists_one_entry_per_channel_and_session() -> None:
+def test_local_store_entries_lists_one_entry_per_channel_and_session() -> None:
     presence = Presence()
     open_joined(presence, 1, "ann", "s1", channels=["a", "b"])
     open_joined(presence, 2, "bob", "s2")
     ann = Member(session_id="s1", user_id="ann")
-    assert presence.local_roster_members() == [
-        RosterEntry(channel="a", session_id="s1", member=ann),
-        RosterEntry(channel="b", session_id="s1", member=ann),
+    assert presence.local_store_entries() == [
+        StoreEntry(channel="a", session_id="s1", member=ann),
+        StoreEntry(channel="b", session_id="s1", member=ann),
     ]
 
 
 # --------------------------------------------------------------- shutdown
 
 
-def test_shutdown_closes_hub_then_roster_then_clients_then_clears_indexes() -> None:
-    presence = hub_presence(roster=RosterConfig())
+def test_shutdown_closes_hub_then_store_then_clients_then_clears_indexes() -> None:
+    presence = hub_presence(store=StoreConfig())
     open_joined(presence, 1, "ann", "s1", channels=["a"])
     drive(presence, ConnectionOpened(conn=2, ns="/ws"))
     actions = drive(presence, ShutdownRequested())
     assert [type(a).__name__ for a in actions] == [
         "CloseHubLink",
-        "RosterDelete",
+        "StoreDelete",
         "CloseConnection",
         "CloseConnection",
     ]
@@ -737,9 +796,15 @@ def test_after_shutdown_only_due_closes_hub_drain_and_ticks_are_accepted() -> No
     open_joined(presence, 1, "ann", "s1")
     drive(presence, ShutdownRequested())
     assert drive(presence, ShutdownRequested()) == []  # idempotent
-    assert drive(presence, ConnectionClosed(conn=1), HubLost(now=2, code=1001), Tick(now=3)) != [
-        "unreachable"
-    ]
+    assert presence.connection_state(1) is ConnectionState.CLOSING  # its close is due
+    assert drive(presence, ConnectionClosed(conn=1)) == []  # no LEAVE: the hub link is gone
+    assert presence.connection_state(1) is ConnectionState.CLOSED
+    [closed] = drive(presence, HubLost(now=2, code=1001))
+    assert isinstance(closed, Log)
+    assert closed.event == "hub.link.closed"
+    assert presence.hub_link_state is HubLinkState.CLOSED
+    assert drive(presence, Tick(now=3)) == []
+    assert presence.next_deadline() is None
     with pytest.raises(LocalUsageError, match="unknown connection 1"):
         presence.handle(ConnectionClosed(conn=1))
     with pytest.raises(LocalUsageError, match="shut down"):

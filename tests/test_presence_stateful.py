@@ -6,6 +6,7 @@ in DESIGN.md) so that a disagreement points at the machine, not the model.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Hashable
 from typing import Any
 
@@ -19,11 +20,7 @@ from megapresence_core import (
     ConnectionOpened,
     DirectRequested,
     DuplicateSessionPolicy,
-    HubConnected,
-    HubFrameReceived,
     HubLinkConfig,
-    HubLinkStarted,
-    HubLost,
     KickRequested,
     MetadataUpdated,
     Presence,
@@ -31,10 +28,15 @@ from megapresence_core import (
     SessionJoined,
     Tick,
 )
+from megapresence_core.events import (
+    HubConnected,
+    HubFrameReceived,
+    HubLinkStarted,
+    HubLost,
+)
 
 from .helpers import deliveries, hub_frame, registered_frame, sent_frames
 
-CONNS = st.integers(min_value=0, max_value=7)
 NAMESPACES = st.sampled_from(["/a", "/b"])
 USERS = st.sampled_from(["ann", "bob", "cid"])
 SESSIONS = st.sampled_from(["s1", "s2", "s3", "s4"])
@@ -53,16 +55,13 @@ class PresenceMachine(RuleBasedStateMachine):
         self.channels: dict[str, list[str]] = {}
         self.metadata: dict[str, Any] = {}
         self.registered = True
+        self.conn_ids = itertools.count()
 
-    @initialize(
-        policy=st.sampled_from(
-            [DuplicateSessionPolicy.DETACH_PRIOR, DuplicateSessionPolicy.CLOSE_PRIOR]
-        )
-    )
+    @initialize(policy=st.sampled_from(list(DuplicateSessionPolicy)))
     def start(self, policy: DuplicateSessionPolicy) -> None:
         self.policy = policy
         link = HubLinkConfig(bridge_id="b", instance_id="i", channels=["lobby"])
-        self.presence = Presence(PresenceConfig(hub=link, duplicate_session=policy))
+        self.presence = Presence(PresenceConfig(hub_link=link, duplicate_session=policy))
         for event in (HubLinkStarted(now=0), HubConnected(now=0)):
             self.presence.handle(event)
         self.presence.handle(HubFrameReceived(data=registered_frame(interval=1000), now=0))
@@ -76,43 +75,61 @@ class PresenceMachine(RuleBasedStateMachine):
 
     # ----------------------------------------------------------------- rules
 
-    @rule(conn=CONNS, ns=NAMESPACES)
-    def open(self, conn: int, ns: str) -> None:
-        if conn in self.ns:
-            return
+    def unjoined(self) -> list[Hashable]:
+        """Open connections that may still join: neither joined nor detached."""
+        return sorted(c for c in self.ns if c not in self.identity and c not in self.detached)
+
+    @precondition(lambda self: len(self.ns) < 8)
+    @rule(ns=NAMESPACES)
+    def open(self, ns: str) -> None:
+        conn = next(self.conn_ids)
         assert self.handle(ConnectionOpened(conn=conn, ns=ns)) == []
         self.ns[conn] = ns
 
-    @rule(conn=CONNS, user=USERS, session=SESSIONS, channels=CHANNELS, metadata=METADATA)
-    def join(self, conn: int, user: str, session: str, channels: list[str], metadata: Any) -> None:
-        if conn not in self.ns or conn in self.identity or conn in self.detached:
-            return
+    @precondition(lambda self: self.unjoined())
+    @rule(data=st.data(), user=USERS, session=SESSIONS, channels=CHANNELS, metadata=METADATA)
+    def join(
+        self, data: st.DataObject, user: str, session: str, channels: list[str], metadata: Any
+    ) -> None:
+        conn = data.draw(st.sampled_from(self.unjoined()))
         actions = self.handle(
             SessionJoined(
                 conn=conn, user_id=user, session_id=session, channels=channels, metadata=metadata
             )
         )
-        closes = [a for a in actions if isinstance(a, CloseConnection)]
+        closes = [(a.conn, a.reason) for a in actions if isinstance(a, CloseConnection)]
         prior = self.sessions.get(session)
+        if prior is not None and self.identity[prior][0] != user:
+            # Another user's session id: refused under every policy, the holder untouched.
+            assert closes == [(conn, "session id belongs to another user")]
+            assert sent_frames(actions) == []
+            return
+        if prior is not None and self.policy is DuplicateSessionPolicy.REFUSE_NEW:
+            assert closes == [(conn, "session id already connected")]
+            assert sent_frames(actions) == []
+            return
         if prior is not None:
             del self.identity[prior]
             self.detached.add(prior)
-            expected_closes = [prior] if self.policy is DuplicateSessionPolicy.CLOSE_PRIOR else []
-        else:
-            expected_closes = []
-        assert [c.conn for c in closes] == expected_closes
+        expected_closes = (
+            [(prior, "session taken over by a new connection")]
+            if prior is not None and self.policy is DuplicateSessionPolicy.CLOSE_PRIOR
+            else []
+        )
+        assert closes == expected_closes
         self.identity[conn] = (user, session)
         self.sessions[session] = conn
         self.channels[session] = channels
         self.metadata[session] = metadata
         joins = [f["payload"] for f in sent_frames(actions) if f["type"] == "JOIN"]
-        if self.registered:
-            assert joins == [self.expected_join(session)]
+        assert joins == ([self.expected_join(session)] if self.registered else [])
 
-    @rule(conn=CONNS)
-    def close(self, conn: int) -> None:
-        if conn not in self.ns:
-            return
+    @precondition(lambda self: self.ns)
+    @rule(data=st.data())
+    def close(self, data: st.DataObject) -> None:
+        self.close_conn(data.draw(st.sampled_from(sorted(self.ns))))
+
+    def close_conn(self, conn: Hashable) -> None:
         actions = self.handle(ConnectionClosed(conn=conn))
         leaves = [f["payload"]["sessionId"] for f in sent_frames(actions) if f["type"] == "LEAVE"]
         del self.ns[conn]
@@ -124,8 +141,8 @@ class PresenceMachine(RuleBasedStateMachine):
             assert self.sessions[session] == conn
             del self.sessions[session]
             expected = [session]
-        if self.registered:
-            assert leaves == expected  # never a LEAVE for a session another conn owns
+        # Never a LEAVE for a session another connection owns.
+        assert leaves == (expected if self.registered else [])
 
     def session_of(self, conn: Hashable) -> str | None:
         identity = self.identity.get(conn)
@@ -171,9 +188,13 @@ class PresenceMachine(RuleBasedStateMachine):
 
     @rule(session=SESSIONS, metadata=st.dictionaries(st.sampled_from(["a", "b"]), st.booleans()))
     def update_metadata(self, session: str, metadata: dict[str, bool]) -> None:
-        self.handle(MetadataUpdated(session_id=session, metadata=metadata))
+        actions = self.handle(MetadataUpdated(session_id=session, metadata=metadata))
         if session in self.sessions:
             self.metadata[session] = metadata
+            expected = [{"sessionId": session, "metadata": metadata}] if self.registered else []
+            assert [f["payload"] for f in sent_frames(actions)] == expected
+        else:
+            assert [type(a).__name__ for a in actions] == ["Log"]
 
     @rule(session=SESSIONS, requeue=st.booleans(), remote=st.booleans())
     def kick(self, session: str, requeue: bool, remote: bool) -> None:
@@ -222,7 +243,7 @@ class PresenceMachine(RuleBasedStateMachine):
     @invariant()
     def indexes_match_the_model(self) -> None:
         self.presence.check_invariants()
-        indexes = self.presence._indexes
+        indexes = self.presence._local
         expected_ns: dict[str, set[Hashable]] = {}
         for conn, ns in self.ns.items():
             if conn not in self.detached:
@@ -251,8 +272,8 @@ class PresenceMachine(RuleBasedStateMachine):
         if not hasattr(self, "presence"):
             return
         for conn in list(self.ns):
-            self.close(conn)
-        indexes = self.presence._indexes
+            self.close_conn(conn)
+        indexes = self.presence._local
         assert (indexes.records, indexes.by_ns, indexes.by_user, indexes.by_session) == (
             {},
             {},

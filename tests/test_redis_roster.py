@@ -8,7 +8,13 @@ import anyio
 import pytest
 import redis.asyncio as aioredis
 
-from megapresence_core import LocalUsageError, Member, RosterEntry
+from megapresence_core import (
+    LocalUsageError,
+    Member,
+)
+from megapresence_core.actions import (
+    StoreEntry,
+)
 from megapresence_redis import RedisRoster, RosterUnavailableError
 
 from .servers import Server
@@ -78,7 +84,7 @@ async def test_a_crashed_instances_members_expire_while_another_refreshes(
     crashed.put("lobby", "s-ann", ANN, ttl=0.5)
     await flushed(crashed)
     for _ in range(5):  # the other instance keeps the same channel busy
-        alive.refresh([RosterEntry(channel="lobby", session_id="s-bob", member=BOB)], ttl=0.5)
+        alive.refresh([StoreEntry(channel="lobby", session_id="s-bob", member=BOB)], ttl=0.5)
         await flushed(alive)
         await anyio.sleep(0.2)
     assert await alive.members(["lobby"]) == [BOB]
@@ -104,7 +110,7 @@ async def test_after_a_restart_with_no_data_the_refresh_reasserts(
     redis_server: Server, caplog: pytest.LogCaptureFixture
 ) -> None:
     roster = await started(redis_server)
-    entries = [RosterEntry(channel="lobby", session_id="s-ann", member=ANN)]
+    entries = [StoreEntry(channel="lobby", session_id="s-ann", member=ANN)]
     roster.refresh(entries, ttl=30)
     await flushed(roster)
     redis_server.kill()

@@ -1,20 +1,27 @@
-"""The in-memory cluster is itself tested: its faults happen, and it converges after each."""
+"""The in-memory hub network is itself tested: its faults happen, and it converges after each."""
 
 from __future__ import annotations
 
-from megapresence_core import BroadcastRequested, DirectRequested, KickRequested, LinkState
+from megapresence_core import (
+    BroadcastRequested,
+    DirectRequested,
+    KickRequested,
+)
+from megapresence_core.lifecycle import (
+    HubLinkState,
+)
 
-from .sim import Cluster
+from .sim import HubNetwork
 
 
-def cluster() -> Cluster:
-    sim = Cluster({"A": ("room",), "B": ("room",), "C": ()})
+def network() -> HubNetwork:
+    sim = HubNetwork({"A": ("room",), "B": ("room",), "C": ()})
     sim.settle()
     return sim
 
 
 def test_bridges_register_and_the_hub_holds_their_subscribers() -> None:
-    sim = cluster()
+    sim = network()
     assert sim.hub is not None
     assert set(sim.hub.registered_bridges()) == {"A", "B", "C"}
     assert sim.hub_members() == sim.expected_hub_members()
@@ -22,7 +29,7 @@ def test_bridges_register_and_the_hub_holds_their_subscribers() -> None:
 
 
 def test_a_broadcast_crosses_bridges_subscribed_to_the_channel() -> None:
-    sim = cluster()
+    sim = network()
     a = sim.open("A", "/ws", "ann", "a1", ("room",))
     b = sim.open("B", "/ws")
     c = sim.open("C", "/ws")
@@ -34,7 +41,7 @@ def test_a_broadcast_crosses_bridges_subscribed_to_the_channel() -> None:
 
 
 def test_a_direct_and_a_kick_cross_bridges() -> None:
-    sim = cluster()
+    sim = network()
     c = sim.open("C", "/ws", "cid", "c1")
     sim.act("A", DirectRequested(user_id="cid", message={"type": "dm"}))
     assert sim.bridges["C"].inbox == {c: [{"type": "dm"}]}
@@ -44,10 +51,10 @@ def test_a_direct_and_a_kick_cross_bridges() -> None:
 
 
 def test_hub_restart_loses_everything_and_the_bridges_resync() -> None:
-    sim = cluster()
+    sim = network()
     sim.open("A", "/ws", "ann", "a1", ("room",), {"s": 1})
     sim.kill_hub()
-    assert sim.bridges["A"].presence.hub_link_state is LinkState.BACKING_OFF
+    assert sim.bridges["A"].presence.hub_link_state is HubLinkState.BACKING_OFF
     sim.start_hub()
     assert sim.hub_members() == set()
     sim.settle()
@@ -57,16 +64,16 @@ def test_hub_restart_loses_everything_and_the_bridges_resync() -> None:
 
 
 def test_drain_reconnects_every_bridge_to_the_new_hub() -> None:
-    sim = cluster()
+    sim = network()
     sim.open("B", "/ws", "bob", "b1")
     sim.drain_hub()
-    assert all(b.presence.hub_link_state is LinkState.BACKING_OFF for b in sim.bridges.values())
+    assert all(b.presence.hub_link_state is HubLinkState.BACKING_OFF for b in sim.bridges.values())
     sim.settle()
     assert sim.hub_members() == sim.expected_hub_members()
 
 
 def test_a_dropped_link_is_purged_and_rebuilt() -> None:
-    sim = cluster()
+    sim = network()
     sim.open("A", "/ws", "ann", "a1", ("room",))
     sim.drop_link("A")
     assert "a1" not in {m[1] for m in sim.hub_members()}
@@ -75,7 +82,7 @@ def test_a_dropped_link_is_purged_and_rebuilt() -> None:
 
 
 def test_a_bridge_killed_silently_is_replaced_by_its_new_incarnation() -> None:
-    sim = cluster()
+    sim = network()
     sim.open("A", "/ws", "ann", "a1", ("room",))
     sim.kill_bridge("A", hub_notices=False)
     sim.settle()
@@ -85,7 +92,7 @@ def test_a_bridge_killed_silently_is_replaced_by_its_new_incarnation() -> None:
 
 
 def test_a_silent_half_open_link_is_purged_by_the_hubs_heartbeat_timeout() -> None:
-    sim = cluster()
+    sim = network()
     sim.open("C", "/ws", "cid", "c1")
     bridge = sim.bridges["C"]
     bridge.alive = False  # dead without a word, and it does not come back

@@ -7,29 +7,43 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from megapresence_core import (
-    MAX_CLOSE_REASON_BYTES,
     CloseCode,
     CloseConnection,
     ConnectionOpened,
     Deliver,
     HubConfig,
-    HubFrameReceived,
     HubLinkConfig,
+    KickRequested,
     Limits,
     LocalUsageError,
     Log,
     LogLevel,
     Message,
-    RosterConfig,
-    RosterEntry,
-    RosterRefresh,
-    SendHubFrame,
+    MetadataUpdated,
     SessionJoined,
+    StoreConfig,
     Tick,
+)
+from megapresence_core._values import freeze_json
+from megapresence_core.actions import (
+    SendHubFrame,
+    StoreEntry,
+    StoreRefresh,
+)
+from megapresence_core.config import (
     redact_url,
+)
+from megapresence_core.errors import (
+    MAX_CLOSE_REASON_BYTES,
     truncate_reason,
 )
-from megapresence_core._json import freeze_json
+from megapresence_core.events import (
+    BridgeConnecting,
+    BridgeFrameReceived,
+    ClusterMessageReceived,
+    HubFrameReceived,
+    HubLost,
+)
 
 
 @given(st.text())
@@ -76,8 +90,9 @@ def test_message_coerce_accepts_a_message_as_is() -> None:
     message = Message(type="t", payload=[1])
     assert Message.coerce(message) is message
     assert Message.coerce({"type": "t", "payload": [1]}) == message
-    assert message.to_json() == {"type": "t", "payload": [1]}
-    assert Message(type="t").to_json() == {"type": "t"}
+    assert message.json == '{"type":"t","payload":[1]}'
+    assert (message.payload_json, message.size) == ("[1]", 26)
+    assert Message(type="t").json == '{"type":"t"}'
 
 
 @pytest.mark.parametrize(
@@ -102,10 +117,14 @@ def test_message_coerce_accepts_a_message_as_is() -> None:
             lambda: HubLinkConfig(bridge_id="b", instance_id="i", backoff_multiplier=0.5),
             "backoff_multiplier must be >= 1",
         ),
-        (lambda: RosterConfig(ttl=10, refresh_interval=10), "refresh_interval must be shorter"),
+        (lambda: StoreConfig(ttl=10, refresh_interval=10), "refresh_interval must be shorter"),
         (lambda: HubConfig(hub_id="h", tokens=[]), "at least one token"),
         (lambda: HubConfig(hub_id="h", tokens=[""]), "each token must be a non-empty string"),
         (lambda: HubConfig(hub_id="", tokens=["t"]), "hub_id must be a non-empty string"),
+        (
+            lambda: HubConfig(hub_id="h", tokens=["t"], heartbeat_interval=7200),
+            "heartbeat_interval must be from 0.05 to 3600 seconds",
+        ),
         (lambda: ConnectionOpened(conn=None, ns="/ws"), "conn must be a hashable id"),
         (lambda: ConnectionOpened(conn=[1], ns="/ws"), "conn must be a hashable id"),
         (lambda: ConnectionOpened(conn=1, ns=""), "ns must be a non-empty string"),
@@ -129,9 +148,9 @@ def test_reprs_are_short_and_readable() -> None:
     assert repr(Message(type="t", payload="p" * 100)).startswith("Message(type='t', payload=\"ppp")
     assert len(repr(Message(type="t", payload="p" * 100))) < 70
     assert repr(Message(type="t")) == "Message(type='t')"
-    entry = RosterEntry(channel="c", session_id="s", member=None)  # type: ignore[arg-type]
-    assert repr(RosterRefresh(entries=(entry,) * 3, ttl=1.0)) == (
-        "RosterRefresh(entries=<3 entries>, ttl=1.0)"
+    entry = StoreEntry(channel="c", session_id="s", member=None)  # type: ignore[arg-type]
+    assert repr(StoreRefresh(entries=(entry,) * 3, ttl=1.0)) == (
+        "StoreRefresh(entries=<3 entries>, ttl=1.0)"
     )
 
 
@@ -159,3 +178,52 @@ def test_session_joined_dedups_channels_in_first_seen_order() -> None:
 )
 def test_urls_are_logged_without_their_secret(url: str, shown: str) -> None:
     assert redact_url(url) == shown
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        float("inf"),
+        float("-inf"),
+        float("nan"),
+        1e309,
+        [1, {"x": float("inf")}],
+        pytest.param(10**5000, id="past-the-int-digits-limit"),
+    ],
+)
+def test_values_from_the_embedder_must_be_finite_json(value: object) -> None:
+    with pytest.raises(LocalUsageError, match="JSON-serializable text with finite numbers"):
+        Message(type="t", payload=value)  # type: ignore[arg-type]
+    with pytest.raises(LocalUsageError, match="finite numbers"):
+        SessionJoined(conn=1, user_id="u", session_id="s", metadata={"x": value})
+    with pytest.raises(LocalUsageError, match="finite numbers"):
+        MetadataUpdated(session_id="s", metadata={"x": value})
+
+
+@pytest.mark.parametrize("value", [-0.0, 1e308, 5e-324, pytest.param(10**4000, id="4001-digits")])
+def test_finite_edge_numbers_from_the_embedder_are_accepted(value: object) -> None:
+    assert Message(type="t", payload=value).payload == value  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("build", "match"),
+    [
+        (lambda: HubFrameReceived(data=None, now=1), "data must be str or bytes, not NoneType"),
+        (lambda: HubFrameReceived(data=["x"], now=1), "data must be str or bytes"),
+        (lambda: ClusterMessageReceived(data=3, now=1), "data must be str or bytes"),
+        (lambda: BridgeFrameReceived(bridge=1, data=None, now=1), "data must be str or bytes"),
+        (lambda: HubFrameReceived(data="{}", now=float("inf")), "now must be monotonic"),
+        (lambda: Tick(now=float("-inf")), "now must be monotonic seconds"),
+        (lambda: Tick(now="1"), "now must be monotonic seconds"),
+        (lambda: HubLost(now=1, code="1000"), "code must be int or None, not str"),
+        (lambda: HubLost(now=1, code=True), "code must be int or None, not bool"),
+        (lambda: HubLost(now=1, reason=None), "reason must be str, not NoneType"),
+        (lambda: BridgeConnecting(bridge=1, authorization=b"x", now=1), "must be str or None"),
+        (lambda: KickRequested(session_id="s", requeue=1), "requeue must be bool, not int"),
+        (lambda: KickRequested(session_id="s", reason=5), "reason must be str or None, not int"),
+        (lambda: Limits(max_message_bytes=float("inf")), "must be a positive number"),
+    ],
+)
+def test_wrong_typed_event_fields_are_misuse_when_built(build: object, match: str) -> None:
+    with pytest.raises(LocalUsageError, match=match):
+        build()  # type: ignore[operator]

@@ -1,216 +1,116 @@
 """megapresence_core: the sans-IO heart of megapresence.
 
 Pure state machines (no sockets, clocks, threads or event loops): events in,
-actions out. See ``Presence`` for a server process, ``Hub`` for the hub.
+actions out. ``Presence`` is a server process's machine, ``Hub`` the hub's.
+This module exports what an embedding program needs; the rest lives in named
+public submodules: ``megapresence_core.events`` and ``.actions`` (every event
+and action, including the hub link's, the cluster's and the hub's),
+``.wire`` (frames, cluster messages, browser commands and their codec),
+``.config``, ``.errors``, ``.lifecycle`` (every state) and ``.hub``.
+
+Glossary (one word, one meaning, in the code and the docs):
+
+ns
+    A WebSocket path; every open connection belongs to exactly one.
+channel
+    A named group of sessions: the unit of hub routing and of the shared store.
+connection
+    One open WebSocket, known to the core by an opaque hashable id (``conn``).
+user
+    Who is connected, as the embedding program authenticated them (``user_id``).
+session
+    A joined connection's globally unique id (``session_id``); it may move to
+    another connection of the SAME user, never to another user's.
+member
+    A session as presence reports it: session id, user id, metadata.
+roster
+    The members of an ns or a channel: a query's answer, and nothing else.
+store
+    The shared per-channel record of members kept outside the process (Redis):
+    this process writes its own entries there, a roster read merges them.
+hub
+    The hub server machine (``Hub``), which routes between bridges.
+hub link
+    A bridge's link to the hub (``PresenceConfig.hub_link``).
+bridge
+    A presence server as the hub sees it (``hub.Bridge``).
+subscriber
+    A bridge's placeholder session in one of its configured channels, so the
+    hub routes that channel's broadcasts to it.
+cluster
+    The instances of one app linked by NATS; the cluster link is one
+    instance's part in it.
+instance
+    One server process in a cluster.
+epoch
+    An incarnation: an instance's boot epoch, a hub's id. A newer epoch means
+    the old incarnation's state is gone.
+frame, message, command, client frame
+    What travels: a hub protocol frame; a cluster message (and, inside both,
+    an application ``Message``); a browser's command to its server; a
+    server's text frame to a browser.
+peer
+    Whatever is at the other end of a socket or link (a browser, a bridge,
+    the hub, another instance); ``PeerError`` is its bad input.
 """
 
-from ._actions import (
-    Action,
-    CloseConnection,
-    CloseHubLink,
-    ClusterPublish,
-    ConnectHub,
-    Deliver,
-    Log,
-    LogLevel,
-    RosterDelete,
-    RosterPut,
-    RosterRefresh,
-    ScheduleReconnect,
-    SendHubFrame,
-)
-from ._client_commands import (
-    MAX_CLIENT_COMMAND_BYTES,
-    BroadcastCommand,
-    ClientCommand,
-    CommandRefused,
-    DirectCommand,
-    KickCommand,
-    MetadataCommand,
-    RosterCommand,
-    command_event,
-    decode_client_command,
-    error_reply,
-    roster_reply,
-)
-from ._close import MAX_CLOSE_REASON_BYTES, CloseCode, truncate_reason
-from ._cluster_codec import (
-    CLUSTER_KINDS,
-    CLUSTER_PROTOCOL_VERSION,
-    RemoteMember,
-    decode_cluster_message,
-    encode_cluster_message,
-)
-from ._config import (
-    DEFAULT_MAX_CHANNELS_PER_SESSION,
-    DEFAULT_MAX_HUB_FRAME_BYTES,
-    DEFAULT_MAX_MESSAGE_BYTES,
-    DEFAULT_MAX_METADATA_BYTES,
-    HUB_PROTOCOL_VERSION,
+from ._presence import Presence
+from ._values import Member, Message
+from ._version import __version__ as __version__
+from .actions import Action, CloseConnection, Deliver, Log, LogLevel
+from .config import (
     ClusterConfig,
     DuplicateSessionPolicy,
     HubConfig,
     HubLinkConfig,
     Limits,
     PresenceConfig,
-    RosterConfig,
+    StoreConfig,
 )
-from ._errors import FrameError, LocalUsageError
-from ._events import (
+from .errors import CloseCode, LocalUsageError, PeerError, PresenceError
+from .events import (
     BroadcastRequested,
-    ClusterConnected,
-    ClusterLost,
-    ClusterMessageReceived,
     ConnectionClosed,
     ConnectionOpened,
     DirectRequested,
     Event,
-    HubConnected,
-    HubFrameReceived,
-    HubLinkStarted,
-    HubLost,
     KickRequested,
     MetadataUpdated,
     SessionJoined,
     ShutdownRequested,
     Tick,
 )
-from ._hub import Hub, HubMember
-from ._hub_events import (
-    AcceptBridge,
-    BridgeClosed,
-    BridgeConnecting,
-    BridgeFrameReceived,
-    CloseBridge,
-    HubAction,
-    HubEvent,
-    RefuseBridge,
-    SendBridgeFrame,
-)
-from ._hub_frames import (
-    FRAME_TYPES,
-    BroadcastFrame,
-    BulkLeaveFrame,
-    DirectFrame,
-    DisconnectFrame,
-    ErrorFrame,
-    HeartbeatFrame,
-    HubFrame,
-    JoinFrame,
-    LeaveFrame,
-    MetadataFrame,
-    RegisteredFrame,
-    RegisterFrame,
-    decode_hub_frame,
-    encode_hub_frame,
-)
-from ._json import Json, JsonObject
-from ._lifecycle import BridgeState, ConnState, LinkState
-from ._presence import Presence
-from ._url import redact_url
-from ._values import ABSENT, Member, Message, RosterEntry
-from ._version import __version__ as __version__
+from .hub import Hub
 
 __all__ = [
-    "ABSENT",
-    "CLUSTER_KINDS",
-    "CLUSTER_PROTOCOL_VERSION",
-    "DEFAULT_MAX_CHANNELS_PER_SESSION",
-    "DEFAULT_MAX_HUB_FRAME_BYTES",
-    "DEFAULT_MAX_MESSAGE_BYTES",
-    "DEFAULT_MAX_METADATA_BYTES",
-    "FRAME_TYPES",
-    "HUB_PROTOCOL_VERSION",
-    "MAX_CLIENT_COMMAND_BYTES",
-    "MAX_CLOSE_REASON_BYTES",
-    "AcceptBridge",
     "Action",
-    "BridgeClosed",
-    "BridgeConnecting",
-    "BridgeFrameReceived",
-    "BridgeState",
-    "BroadcastCommand",
-    "BroadcastFrame",
     "BroadcastRequested",
-    "BulkLeaveFrame",
-    "ClientCommand",
-    "CloseBridge",
     "CloseCode",
     "CloseConnection",
-    "CloseHubLink",
     "ClusterConfig",
-    "ClusterConnected",
-    "ClusterLost",
-    "ClusterMessageReceived",
-    "ClusterPublish",
-    "CommandRefused",
-    "ConnState",
-    "ConnectHub",
     "ConnectionClosed",
     "ConnectionOpened",
     "Deliver",
-    "DirectCommand",
-    "DirectFrame",
     "DirectRequested",
-    "DisconnectFrame",
     "DuplicateSessionPolicy",
-    "ErrorFrame",
     "Event",
-    "FrameError",
-    "HeartbeatFrame",
     "Hub",
-    "HubAction",
     "HubConfig",
-    "HubConnected",
-    "HubEvent",
-    "HubFrame",
-    "HubFrameReceived",
     "HubLinkConfig",
-    "HubLinkStarted",
-    "HubLost",
-    "HubMember",
-    "JoinFrame",
-    "Json",
-    "JsonObject",
-    "KickCommand",
     "KickRequested",
-    "LeaveFrame",
     "Limits",
-    "LinkState",
     "LocalUsageError",
     "Log",
     "LogLevel",
     "Member",
     "Message",
-    "MetadataCommand",
-    "MetadataFrame",
     "MetadataUpdated",
+    "PeerError",
     "Presence",
     "PresenceConfig",
-    "RefuseBridge",
-    "RegisterFrame",
-    "RegisteredFrame",
-    "RemoteMember",
-    "RosterCommand",
-    "RosterConfig",
-    "RosterDelete",
-    "RosterEntry",
-    "RosterPut",
-    "RosterRefresh",
-    "ScheduleReconnect",
-    "SendBridgeFrame",
-    "SendHubFrame",
+    "PresenceError",
     "SessionJoined",
     "ShutdownRequested",
+    "StoreConfig",
     "Tick",
-    "command_event",
-    "decode_client_command",
-    "decode_cluster_message",
-    "decode_hub_frame",
-    "encode_cluster_message",
-    "encode_hub_frame",
-    "error_reply",
-    "redact_url",
-    "roster_reply",
-    "truncate_reason",
 ]

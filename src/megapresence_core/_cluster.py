@@ -1,50 +1,73 @@
-"""The cluster view of one instance: its peers, their members, and what to publish when.
+"""The cluster link: this instance's view of the other instances of its app.
 
 Theory of operation. NATS is at-most-once, so every gap is expected and healed
 rather than prevented:
 
 - each instance publishes its members' adds and removes as they happen, and a
   heartbeat carrying how many members it holds and a digest of their ids;
-- a peer whose heartbeat disagrees with what we hold of it is asked for a
-  snapshot (``resync``), at most once per heartbeat interval;
-- a peer seen for the first time, or with a newer epoch (it restarted), gets
-  our snapshot; a newer epoch also purges its old incarnation at once;
+- an instance whose heartbeat disagrees with what we hold of it is asked for
+  a snapshot (``resync``), at most once per heartbeat interval;
+- an instance seen for the first time, or with a newer epoch (it restarted),
+  gets our snapshot; a newer epoch also purges its old incarnation at once;
 - after our own (re)connection we publish our snapshot and ask everyone for
-  theirs; while we are disconnected nobody is swept (stale, not gone);
-- a peer silent for ``ttl`` is swept; one that says ``bye`` is forgotten now.
+  theirs; while we are disconnected nobody is swept (stale, not gone: the
+  ``CLUSTER_LINK`` table allows the ``INSTANCE_TTL`` timers only while
+  connected, and entering ``DISCONNECTED`` cancels them);
+- an instance silent for ``ttl`` is swept; one that says ``bye`` is forgotten now.
 
 Snapshots travel in parts (NATS caps a message's size); a snapshot replaces
 what we hold of its sender only once every part has arrived.
+
+A session id held here by one user and announced by another instance under a
+different user is a conflict: it is logged, kept in that instance's table
+(so heartbeat digests still agree and no resync loop starts), and never
+shown in place of the local member (``roster`` lists local members first).
+
+Without a configured cluster, ``Presence`` holds :class:`NoCluster`.
 """
 
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from typing import Any, Final, final
 
 import attrs
 
-from ._actions import Action, ClusterPublish, Log, LogLevel
-from ._cluster_codec import (
-    ClusterEnvelope,
-    RemoteMember,
+from ._values import Member, Message, RemoteMember
+from .actions import Action, ClusterPublish, Log, LogLevel
+from .config import ClusterConfig
+from .errors import CloseCode, LocalUsageError, PeerError, over_limit
+from .lifecycle import ALL, CLUSTER_LINK, ClusterLinkInput, ClusterLinkState, Machine, Timer, Timers
+from .wire import (
+    ClusterAdd,
+    ClusterBroadcast,
+    ClusterBye,
+    ClusterDirect,
+    ClusterHeartbeat,
+    ClusterKick,
+    ClusterMessage,
+    ClusterRemove,
+    ClusterResync,
+    ClusterSnapshot,
     decode_cluster_message,
-    encode_cluster_message,
+    encode,
 )
-from ._config import ClusterConfig
-from ._errors import FrameError
-from ._values import Member, Message
 
-__all__ = ["Cluster", "ClusterReceipt", "LocalMembers"]
+__all__ = ["ClusterLink", "ClusterReceipt", "LocalMembers", "NoCluster"]
 
 #: This instance's members, asked for only when a snapshot or a heartbeat needs
 #: them: receiving a broadcast or ticking must not cost a walk over every session.
 LocalMembers = Callable[[], list[RemoteMember]]
+#: The user holding a session id here, or None.
+LocalUser = Callable[[str], str | None]
 
 #: Members per snapshot part: about 100 bytes each keeps a part far below
 #: NATS's default 1 MiB payload limit.
 SNAPSHOT_PART_MEMBERS: Final = 500
+
+_FANOUT: Final = frozenset({ClusterBroadcast, ClusterDirect, ClusterKick})
+_I = ClusterLinkInput
 
 
 def digest(session_ids: Iterable[str]) -> int:
@@ -61,17 +84,18 @@ class ClusterReceipt:
     """What a received message means for ``Presence``: actions, and maybe something to deliver."""
 
     actions: list[Action]
-    #: A fan-out message for local delivery: kind "broadcast", "direct" or "kick".
-    fanout: ClusterEnvelope | None = None
+    #: A fan-out message for local delivery.
+    fanout: ClusterBroadcast | ClusterDirect | ClusterKick | None = None
 
 
 @final
-class _Peer:
-    __slots__ = ("epoch", "last_heard", "last_resync", "members", "snapshot")
+class _Instance:
+    """Another instance of the cluster, as we know it."""
 
-    def __init__(self, epoch: int, now: float) -> None:
+    __slots__ = ("epoch", "last_resync", "members", "snapshot")
+
+    def __init__(self, epoch: int) -> None:
         self.epoch = epoch
-        self.last_heard = now
         self.last_resync: float | None = None
         self.members: dict[str, RemoteMember] = {}
         #: (snap, parts) -> the parts received so far
@@ -79,57 +103,104 @@ class _Peer:
 
 
 @final
-class Cluster:
-    __slots__ = ("_config", "_connected", "_next_heartbeat", "_peers", "_snap", "_subjects")
+class ClusterLink:
+    __slots__ = (
+        "_config",
+        "_instances",
+        "_lifecycle",
+        "_local",
+        "_local_user",
+        "_snap",
+        "_subjects",
+        "_timers",
+    )
 
-    def __init__(self, config: ClusterConfig) -> None:
+    def __init__(
+        self, config: ClusterConfig, timers: Timers, local: LocalMembers, local_user: LocalUser
+    ) -> None:
         self._config = config
+        self._timers = timers
+        self._local = local
+        self._local_user = local_user
         prefix = f"megapresence.{config.app}"
-        self._subjects = (f"{prefix}.fanout", f"{prefix}.roster")
-        self._peers: dict[str, _Peer] = {}
-        self._connected = False
-        self._next_heartbeat = 0.0
+        self._subjects = (f"{prefix}.fanout", f"{prefix}.members")
+        self._instances: dict[str, _Instance] = {}
+        self._lifecycle: Machine[ClusterLinkState, ClusterLinkInput] = Machine(
+            CLUSTER_LINK, timers, owner=ALL
+        )
         self._snap = 0
 
     @property
+    def state(self) -> ClusterLinkState:
+        return self._lifecycle.state
+
+    @property
     def subjects(self) -> tuple[str, ...]:
-        """The subjects to subscribe to (the roster one only with a cluster roster)."""
-        return self._subjects if self._config.roster else self._subjects[:1]
+        """The subjects to subscribe to (the members one only when members are shared)."""
+        return self._subjects if self._config.sync_members else self._subjects[:1]
 
     # ------------------------------------------------------------ publishing
 
-    def _publish(self, kind: str, **fields: Any) -> list[Action]:
-        if not self._connected:
-            return []
-        roster_kind = kind not in ("broadcast", "direct", "kick")
-        if roster_kind and not self._config.roster:
-            return []
-        subject = self._subjects[1] if roster_kind else self._subjects[0]
-        data = encode_cluster_message(kind, self._config.instance_id, self._config.epoch, **fields)
-        return [ClusterPublish(subject=subject, data=data)]
+    def _header(self) -> dict[str, Any]:
+        return {"sender": self._config.instance_id, "epoch": self._config.epoch}
 
-    def publish_broadcast(
-        self, ns: str, channel: str, message: Message, except_session_ids: tuple[str, ...]
-    ) -> list[Action]:
-        return self._publish(
-            "broadcast", ns=ns, channel=channel, message=message, **{"except": except_session_ids}
+    def encode(self, message: ClusterMessage) -> str:
+        """The message's text, or ``LocalUsageError`` if it would not fit a cluster message."""
+        text = encode(message)
+        size = len(text) if text.isascii() else len(text.encode("utf-8"))
+        limit = self._config.max_message_bytes
+        if size > limit:
+            raise over_limit(
+                f"the cluster message would be {size} bytes; the limit is {limit} "
+                "(ClusterConfig.max_message_bytes)",
+                close_code=CloseCode.MESSAGE_TOO_BIG,
+            )
+        return text
+
+    def publish_text(self, text: str, *, fanout: bool = True) -> list[Action]:
+        if fanout:
+            subject = self._subjects[0]
+        elif self._config.sync_members:
+            subject = self._subjects[1]
+        else:
+            return []
+        if self._lifecycle.fire(_I.PUBLISH) == "send":
+            return [ClusterPublish(subject=subject, data=text)]
+        return []
+
+    def _publish(self, message: ClusterMessage) -> list[Action]:
+        return self.publish_text(encode(message), fanout=type(message) in _FANOUT)
+
+    def broadcast(
+        self, ns: str, channel: str, message: Message, except_session_ids: frozenset[str]
+    ) -> str:
+        return self.encode(
+            ClusterBroadcast(
+                **self._header(),
+                ns=ns,
+                channel=channel,
+                message=message,
+                except_session_ids=tuple(sorted(except_session_ids)),
+            )
         )
 
-    def publish_direct(self, user_id: str, message: Message) -> list[Action]:
-        return self._publish("direct", userId=user_id, message=message)
+    def direct(self, user_id: str, message: Message) -> str:
+        return self.encode(ClusterDirect(**self._header(), user_id=user_id, message=message))
 
-    def publish_kick(self, session_id: str, reason: str | None, requeue: bool) -> list[Action]:
-        return self._publish("kick", sessionId=session_id, reason=reason, requeue=requeue)
+    def kick(self, session_id: str, reason: str | None, requeue: bool) -> list[Action]:
+        return self._publish(
+            ClusterKick(**self._header(), session_id=session_id, reason=reason, requeue=requeue)
+        )
 
-    def publish_add(self, ns: str, member: Member) -> list[Action]:
-        return self._publish("add", ns=ns, member=member)
+    def add(self, ns: str, member: Member) -> list[Action]:
+        return self._publish(ClusterAdd(**self._header(), ns=ns, member=member))
 
-    def publish_remove(self, session_id: str) -> list[Action]:
-        return self._publish("remove", sessionId=session_id)
+    def remove(self, session_id: str) -> list[Action]:
+        return self._publish(ClusterRemove(**self._header(), session_id=session_id))
 
-    def _snapshot(self, local_members: LocalMembers) -> list[Action]:
+    def _snapshot(self) -> list[Action]:
         self._snap += 1
-        local = local_members()
+        local = self._local()
         parts = [
             tuple(local[i : i + SNAPSHOT_PART_MEMBERS])
             for i in range(0, len(local), SNAPSHOT_PART_MEMBERS)
@@ -137,159 +208,226 @@ class Cluster:
         actions: list[Action] = []
         for index, members in enumerate(parts):
             actions += self._publish(
-                "snapshot", snap=self._snap, part=index, parts=len(parts), members=members
+                ClusterSnapshot(
+                    **self._header(), snap=self._snap, part=index, parts=len(parts), members=members
+                )
             )
         return actions
 
     # ------------------------------------------------------------- lifecycle
 
-    def connected(self, now: float, local: LocalMembers) -> list[Action]:
+    def connected(self, now: float) -> list[Action]:
         """The client (re)connected: a possible gap. Publish ourselves, ask for everyone."""
-        self._connected = True
-        for peer in self._peers.values():
-            peer.last_heard = now  # a grace period: their heartbeats resume now
-        self._next_heartbeat = now + self._config.heartbeat_interval
-        return [Log(level=LogLevel.INFO, event="cluster.connected", fields={})] + (
-            self._snapshot(local) + self._publish("resync", target="*")
-        )
+        self._lifecycle.fire(_I.CONNECTED)
+        config = self._config
+        for instance in self._instances:
+            # A grace period: their heartbeats resume now.
+            self._timers.arm(Timer.INSTANCE_TTL, now + config.ttl, instance)
+        self._timers.arm(Timer.CLUSTER_HEARTBEAT, now + config.heartbeat_interval)
+        return [
+            Log(level=LogLevel.INFO, event="cluster.connected", fields={}),
+            *self._snapshot(),
+            *self._publish(ClusterResync(**self._header(), target="*")),
+        ]
 
     def lost(self, now: float) -> list[Action]:
-        self._connected = False
+        self._lifecycle.fire(_I.LOST)
         return [
             Log(
                 level=LogLevel.WARNING,
                 event="cluster.lost",
-                fields={"peers_kept": len(self._peers)},
+                fields={"instances_kept": len(self._instances)},
             )
         ]
 
     def shutdown(self) -> list[Action]:
-        actions = self._publish("bye")
-        self._connected = False
-        return actions
+        bye = self._publish(ClusterBye(**self._header()))
+        self._lifecycle.fire(_I.STOP)
+        return bye
 
-    def tick(self, now: float, local: LocalMembers) -> list[Action]:
-        if not self._connected:
-            return []  # stale, not gone: nobody is swept while we cannot hear
-        config = self._config
-        actions: list[Action] = []
-        for instance, peer in list(self._peers.items()):
-            if now - peer.last_heard >= config.ttl:
-                del self._peers[instance]
-                actions.append(
-                    Log(
-                        level=LogLevel.INFO,
-                        event="cluster.peer.expired",
-                        fields={"instance_id": instance, "members": len(peer.members)},
-                    )
-                )
-        if now >= self._next_heartbeat:
-            self._next_heartbeat = now + config.heartbeat_interval
-            members = local()
-            actions += self._publish(
-                "heartbeat", count=len(members), digest=digest(m.member.session_id for m in members)
+    def on_timer(self, kind: Timer, owner: Hashable, now: float) -> list[Action]:
+        if kind is Timer.INSTANCE_TTL:
+            assert isinstance(owner, str)
+            gone = self._instances.pop(owner)
+            fields = {"instance_id": owner, "members": len(gone.members)}
+            return [Log(level=LogLevel.INFO, event="cluster.instance.expired", fields=fields)]
+        config = self._config  # Timer.CLUSTER_HEARTBEAT
+        self._timers.arm(Timer.CLUSTER_HEARTBEAT, now + config.heartbeat_interval)
+        members = self._local()
+        return self._publish(
+            ClusterHeartbeat(
+                **self._header(),
+                count=len(members),
+                digest=digest(m.member.session_id for m in members),
             )
-        return actions
-
-    def next_deadline(self) -> float | None:
-        if not self._connected:
-            return None
-        return min(
-            [self._next_heartbeat, *(p.last_heard + self._config.ttl for p in self._peers.values())]
         )
 
     # ------------------------------------------------------------- receiving
 
-    def receive(self, data: str | bytes, now: float, local: LocalMembers) -> ClusterReceipt:
+    def receive(self, data: str | bytes, now: float) -> ClusterReceipt:
         try:
             message = decode_cluster_message(data, max_bytes=self._config.max_message_bytes)
-        except FrameError as exc:
+        except PeerError as exc:
+            fields = {"code": exc.code, "error": str(exc)}
             return ClusterReceipt(
-                [
-                    Log(
-                        level=LogLevel.WARNING,
-                        event="cluster.message.invalid",
-                        fields={"code": exc.code, "error": str(exc)},
-                    )
-                ]
+                [Log(level=LogLevel.WARNING, event="cluster.message.invalid", fields=fields)]
             )
         if message.sender == self._config.instance_id:
             return ClusterReceipt([])  # our own echo
-        if message.kind in ("broadcast", "direct", "kick"):
+        if isinstance(message, ClusterBroadcast | ClusterDirect | ClusterKick):
             return ClusterReceipt([], message)
-        if not self._config.roster:
+        if not self._config.sync_members:
             return ClusterReceipt([])
-        return ClusterReceipt(self._roster_message(message, now, local))
+        return ClusterReceipt(self._member_message(message, now))
 
-    def _roster_message(
-        self, message: ClusterEnvelope, now: float, local: LocalMembers
-    ) -> list[Action]:
+    def _member_message(self, message: ClusterMessage, now: float) -> list[Action]:
+        sender = message.sender
+        instance = self._instances.get(sender)
+        if isinstance(message, ClusterBye):
+            if instance is not None:
+                del self._instances[sender]
+                self._timers.cancel(Timer.INSTANCE_TTL, sender)
+            fields = {"instance_id": sender}
+            return [Log(level=LogLevel.INFO, event="cluster.instance.left", fields=fields)]
         actions: list[Action] = []
-        peer = self._peers.get(message.sender)
-        if message.kind == "bye":
-            if peer is not None:
-                del self._peers[message.sender]
-            return [
-                Log(
-                    level=LogLevel.INFO,
-                    event="cluster.peer.left",
-                    fields={"instance_id": message.sender},
-                )
-            ]
-        if peer is not None and message.epoch < peer.epoch:
+        if instance is not None and message.epoch < instance.epoch:
             return []  # a late message from an incarnation that is gone
-        if peer is None or message.epoch > peer.epoch:
-            if peer is not None:
+        if instance is None or message.epoch > instance.epoch:
+            if instance is not None:
                 actions.append(
                     Log(
                         level=LogLevel.INFO,
-                        event="cluster.peer.new_incarnation",
-                        fields={"instance_id": message.sender, "purged": len(peer.members)},
+                        event="cluster.instance.new_incarnation",
+                        fields={"instance_id": sender, "purged": len(instance.members)},
                     )
                 )
-            peer = self._peers[message.sender] = _Peer(message.epoch, now)
-            actions += self._snapshot(local)  # introduce ourselves to the newcomer
-        peer.last_heard = now
-        fields = message.fields
-        if message.kind == "add":
-            remote = RemoteMember(ns=fields["ns"], member=fields["member"])
-            peer.members[remote.member.session_id] = remote
-        elif message.kind == "remove":
-            peer.members.pop(fields["sessionId"], None)
-        elif message.kind == "heartbeat":
-            held = digest(peer.members)
-            if (fields["count"], fields["digest"]) != (len(peer.members), held) and (
-                peer.last_resync is None
-                or now - peer.last_resync >= self._config.heartbeat_interval
-            ):
-                peer.last_resync = now
-                actions += self._publish("resync", target=message.sender)
-        elif message.kind == "snapshot":
-            self._snapshot_part(peer, fields)
-        elif fields["target"] in ("*", self._config.instance_id):  # resync
-            actions += self._snapshot(local)
+            instance = self._instances[sender] = _Instance(message.epoch)
+            actions += self._snapshot()  # introduce ourselves to the newcomer
+        if self._lifecycle.fire(_I.HEARD) == "arm":
+            self._timers.arm(Timer.INSTANCE_TTL, now + self._config.ttl, sender)
+        return actions + _MEMBER_HANDLERS[type(message)](self, instance, message, now)
+
+    def _conflicts(self, members: Iterable[RemoteMember], sender: str) -> list[Action]:
+        actions: list[Action] = []
+        for remote in members:
+            local_user = self._local_user(remote.member.session_id)
+            if local_user is not None and local_user != remote.member.user_id:
+                fields = {
+                    "session_id": remote.member.session_id,
+                    "user_id": local_user,
+                    "instance_id": sender,
+                    "their_user_id": remote.member.user_id,
+                }
+                actions.append(
+                    Log(level=LogLevel.WARNING, event="cluster.session.conflict", fields=fields)
+                )
         return actions
 
-    def _snapshot_part(self, peer: _Peer, fields: dict[str, Any]) -> None:
-        snap, part, parts = fields["snap"], fields["part"], fields["parts"]
+    def _on_add(self, instance: _Instance, message: Any, now: float) -> list[Action]:
+        remote = RemoteMember(ns=message.ns, member=message.member)
+        instance.members[remote.member.session_id] = remote
+        return self._conflicts((remote,), message.sender)
+
+    def _on_remove(self, instance: _Instance, message: Any, now: float) -> list[Action]:
+        instance.members.pop(message.session_id, None)
+        return []
+
+    def _on_heartbeat(self, instance: _Instance, message: Any, now: float) -> list[Action]:
+        held = (len(instance.members), digest(instance.members))
+        if (message.count, message.digest) == held or (
+            instance.last_resync is not None
+            and now - instance.last_resync < self._config.heartbeat_interval
+        ):
+            return []
+        instance.last_resync = now
+        return self._publish(ClusterResync(**self._header(), target=message.sender))
+
+    def _on_snapshot(self, instance: _Instance, message: Any, now: float) -> list[Action]:
+        snap, part, parts = message.snap, message.part, message.parts
         if part >= parts:
-            return  # malformed numbering: ignore the part
-        if peer.snapshot is None or peer.snapshot[:2] != (snap, parts):
-            peer.snapshot = (snap, parts, {})
-        received = peer.snapshot[2]
-        received[part] = fields["members"]
-        if len(received) == parts:
-            peer.members = {
-                m.member.session_id: m for index in range(parts) for m in received[index]
-            }
-            peer.snapshot = None
+            return []  # malformed numbering: ignore the part
+        if instance.snapshot is None or instance.snapshot[:2] != (snap, parts):
+            instance.snapshot = (snap, parts, {})
+        received = instance.snapshot[2]
+        received[part] = message.members
+        if len(received) < parts:
+            return []
+        instance.members = {
+            m.member.session_id: m for index in range(parts) for m in received[index]
+        }
+        instance.snapshot = None
+        return self._conflicts(instance.members.values(), message.sender)
+
+    def _on_resync(self, instance: _Instance, message: Any, now: float) -> list[Action]:
+        if message.target in ("*", self._config.instance_id):
+            return self._snapshot()
+        return []
 
     # ----------------------------------------------------------------- views
 
     def remote_members(self, ns: str) -> list[Member]:
         return [
             remote.member
-            for peer in self._peers.values()
-            for remote in peer.members.values()
+            for instance in self._instances.values()
+            for remote in instance.members.values()
             if remote.ns == ns
         ]
+
+
+_MEMBER_HANDLERS: Final[
+    dict[type[Any], Callable[[ClusterLink, _Instance, Any, float], list[Action]]]
+] = {
+    ClusterAdd: ClusterLink._on_add,
+    ClusterRemove: ClusterLink._on_remove,
+    ClusterHeartbeat: ClusterLink._on_heartbeat,
+    ClusterSnapshot: ClusterLink._on_snapshot,
+    ClusterResync: ClusterLink._on_resync,
+}
+
+
+@final
+class NoCluster:
+    """The cluster link of a ``Presence`` without a cluster: publishes nothing, knows no one."""
+
+    __slots__ = ()
+
+    state: Final = None
+    subjects: Final[tuple[str, ...]] = ()
+
+    def _misuse(self, what: str) -> LocalUsageError:
+        return LocalUsageError(f"{what}: no cluster is configured (PresenceConfig.cluster is None)")
+
+    def connected(self, now: float) -> list[Action]:
+        raise self._misuse("ClusterConnected")
+
+    def lost(self, now: float) -> list[Action]:
+        raise self._misuse("ClusterLost")
+
+    def receive(self, data: str | bytes, now: float) -> ClusterReceipt:
+        raise self._misuse("ClusterMessageReceived")
+
+    def shutdown(self) -> list[Action]:
+        return []
+
+    def publish_text(self, text: str, *, fanout: bool = True) -> list[Action]:
+        return []
+
+    def broadcast(
+        self, ns: str, channel: str, message: Message, except_session_ids: frozenset[str]
+    ) -> str:
+        return ""
+
+    def direct(self, user_id: str, message: Message) -> str:
+        return ""
+
+    def kick(self, session_id: str, reason: str | None, requeue: bool) -> list[Action]:
+        return []
+
+    def add(self, ns: str, member: Member) -> list[Action]:
+        return []
+
+    def remove(self, session_id: str) -> list[Action]:
+        return []
+
+    def remote_members(self, ns: str) -> list[Member]:
+        return []

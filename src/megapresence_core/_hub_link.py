@@ -1,46 +1,73 @@
 """The bridge's end of the hub link: register, heartbeat, time out, back off.
 
-``HubLink`` owns only the link's lifecycle; ``Presence`` owns it and decides
-what the frames mean. The link tells ``Presence`` two things through
-:class:`LinkReceipt`: a frame to act on, and that a (re)registration just
-completed, which is when the hub has lost everything and needs a resync.
-Nothing reaches the hub unless the link is registered (:meth:`HubLink.send`).
+Theory of operation. ``HubLink`` owns the link's lifecycle (the ``HUB_LINK``
+table) and its timers; ``Presence`` owns the link and decides what the frames
+mean. Every input goes through the table, whose row names the effect: a
+frame is delivered to ``Presence`` only in ``REGISTERED`` (effect
+``"deliver"``), and the registration itself says that the hub has lost
+everything and needs a resync (``"registered"``). Nothing reaches the hub
+unless the table lets ``SEND`` through (``"send"``, only while registered).
+
+Timers: ``CONNECT`` bounds an attempt from ``ConnectHub`` to REGISTERED,
+``HEARTBEAT`` and ``SILENCE`` run while registered (any frame heard postpones
+``SILENCE``), ``RETRY`` ends the backoff delay. Entering a state cancels the
+timers it does not allow, so no timer needs to ask which state it is in.
+
+Without a configured hub, ``Presence`` holds :class:`NoHubLink`: sending is a
+no-op and the link's events are misuse.
 """
 
 from __future__ import annotations
 
 import zlib
-from typing import final
+from collections.abc import Callable, Hashable
+from typing import Final, final
 
 import attrs
 
-from ._actions import (
+from ._values import Message
+from .actions import (
     Action,
     CloseHubLink,
     ConnectHub,
     Log,
     LogLevel,
-    ScheduleReconnect,
     SendHubFrame,
 )
-from ._backoff import Backoff
-from ._close import CloseCode, truncate_reason
-from ._config import HUB_PROTOCOL_VERSION, HubLinkConfig
-from ._errors import FrameError
-from ._hub_frames import (
+from .config import HubLinkConfig
+from .errors import CloseCode, LocalUsageError, PeerError, over_limit, truncate_reason
+from .lifecycle import HUB_LINK, Backoff, HubLinkInput, HubLinkState, Machine, Timer, Timers
+from .wire import (
+    HUB_PROTOCOL_VERSION,
+    BroadcastFrame,
+    DirectFrame,
     ErrorFrame,
     HeartbeatFrame,
     HubFrame,
     RegisteredFrame,
     RegisterFrame,
     decode_hub_frame,
-    encode_hub_frame,
+    encode,
+    wire_name,
 )
-from ._lifecycle import LINK_TRANSITIONS, LinkInput, LinkState, advance
 
-__all__ = ["HubLink", "LinkReceipt"]
+__all__ = ["HubLink", "LinkReceipt", "NoHubLink"]
 
-_HEARTBEAT_TEXT = encode_hub_frame(HeartbeatFrame())
+_HEARTBEAT_TEXT: Final = encode(HeartbeatFrame())
+_I = HubLinkInput
+
+#: Which input a valid frame is, by its exact type; any other frame is FRAME.
+_FRAME_INPUTS: Final[dict[type[object], HubLinkInput]] = {
+    RegisteredFrame: _I.REGISTERED,
+    ErrorFrame: _I.ERROR,
+    RegisterFrame: _I.UNEXPECTED,
+}
+
+
+def _frame_warning(event: str, frame: HubFrame | PeerError) -> LinkReceipt:
+    assert not isinstance(frame, PeerError)
+    fields = {"type": wire_name(frame)}
+    return LinkReceipt([Log(level=LogLevel.WARNING, event=event, fields=fields)])
 
 
 @final
@@ -61,18 +88,16 @@ class HubLink:
         "_attempts",
         "_backoff",
         "_config",
-        "_connect_deadline",
         "_heartbeat_interval",
         "_hub_id",
-        "_last_heard",
-        "_last_sent",
+        "_lifecycle",
         "_max_frame_bytes",
-        "_retry_at",
-        "_state",
+        "_timers",
     )
 
-    def __init__(self, config: HubLinkConfig, *, max_frame_bytes: int) -> None:
+    def __init__(self, config: HubLinkConfig, timers: Timers, *, max_frame_bytes: int) -> None:
         self._config = config
+        self._timers = timers
         self._max_frame_bytes = max_frame_bytes
         seed = config.jitter_seed
         if seed is None:
@@ -83,35 +108,38 @@ class HubLink:
             multiplier=config.backoff_multiplier,
             seed=seed,
         )
-        self._state = LinkState.IDLE
+        self._lifecycle: Machine[HubLinkState, HubLinkInput] = Machine(HUB_LINK, timers)
         #: The epoch of the hub we last registered with (new at every hub start).
         self._hub_id: str | None = None
         self._heartbeat_interval = config.heartbeat_interval
-        self._connect_deadline = 0.0
-        self._retry_at = 0.0
-        self._last_heard = 0.0
-        self._last_sent = 0.0
         #: Failed attempts since the link last registered.
         self._attempts = 0
 
     @property
-    def state(self) -> LinkState:
-        return self._state
+    def state(self) -> HubLinkState:
+        return self._lifecycle.state
 
-    def _advance(self, event: LinkInput) -> LinkState:
-        self._state = advance(LINK_TRANSITIONS, self._state, event, what="hub link")
-        return self._state
+    @property
+    def bridge_id(self) -> str:
+        return self._config.bridge_id
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        return self._config.channels
+
+    def _silence(self) -> float:
+        return self._heartbeat_interval * self._config.dead_after_intervals
 
     def _open_attempt(self, now: float) -> list[Action]:
-        self._connect_deadline = now + self._config.connect_timeout
+        self._timers.arm(Timer.CONNECT, now + self._config.connect_timeout)
         return [ConnectHub()]
 
     def start(self, now: float) -> list[Action]:
-        self._advance(LinkInput.START)
+        self._lifecycle.fire(_I.START)
         return self._open_attempt(now)
 
     def connected(self, now: float) -> list[Action]:
-        self._advance(LinkInput.CONNECTED)
+        self._lifecycle.fire(_I.CONNECTED)
         config = self._config
         register = RegisterFrame(
             bridge_id=config.bridge_id,
@@ -119,63 +147,50 @@ class HubLink:
             capabilities=config.capabilities,
             protocol=HUB_PROTOCOL_VERSION,
         )
-        return [SendHubFrame(data=encode_hub_frame(register))]
+        return [SendHubFrame(data=encode(register))]
 
     def receive(self, data: str | bytes, now: float) -> LinkReceipt:
-        state = self._advance_frame()
-        if state in (LinkState.CLOSING, LinkState.DRAINING):
-            return LinkReceipt([])  # the link is being torn down; late frames mean nothing
-        self._last_heard = now
+        self._lifecycle.check(_I.INVALID)  # a frame at all, in this state: or misuse
         try:
-            frame = decode_hub_frame(data, max_bytes=self._max_frame_bytes)
-        except FrameError as exc:
-            return LinkReceipt([_warning("hub.frame.invalid", exc)])
-        if state is LinkState.REGISTERING:
-            return self._receive_registering(frame, now)
-        if isinstance(frame, RegisteredFrame):
-            return LinkReceipt(
-                [
-                    Log(
-                        level=LogLevel.WARNING,
-                        event="hub.frame.unexpected",
-                        fields={"type": "REGISTERED"},
-                    )
-                ]
-            )
+            frame: HubFrame | PeerError = decode_hub_frame(data, max_bytes=self._max_frame_bytes)
+        except PeerError as exc:
+            frame = exc
+        if isinstance(frame, PeerError):
+            effect = self._lifecycle.fire(_I.INVALID)
+        else:
+            effect = self._lifecycle.fire(_FRAME_INPUTS.get(type(frame), _I.FRAME))
+        self._timers.postpone(Timer.SILENCE, now + self._silence())
+        return _RECEIVERS[effect](self, frame, now)
+
+    def _deliver(self, frame: HubFrame | PeerError, now: float) -> LinkReceipt:
+        assert not isinstance(frame, PeerError)
         return LinkReceipt([], frame)
 
-    def _advance_frame(self) -> LinkState:
-        # REGISTERED is a distinct input only while registering; elsewhere a
-        # REGISTERED frame is one more frame (and a warning once decoded).
-        if self._state is LinkState.REGISTERING:
-            return self._state  # decided once the frame is decoded
-        return self._advance(LinkInput.FRAME)
+    def _ignore(self, frame: HubFrame | PeerError, now: float) -> LinkReceipt:
+        return LinkReceipt([])  # the link is being torn down; late frames mean nothing
 
-    def _receive_registering(self, frame: HubFrame, now: float) -> LinkReceipt:
-        if isinstance(frame, ErrorFrame):
-            return LinkReceipt(
-                [
-                    Log(
-                        level=LogLevel.WARNING,
-                        event="hub.error",
-                        fields={"code": frame.code, "message": frame.message},
-                    )
-                ]
-            )
-        if not isinstance(frame, RegisteredFrame):
-            return LinkReceipt(
-                [
-                    Log(
-                        level=LogLevel.WARNING,
-                        event="hub.frame.before_registered",
-                        fields={"type": type(frame).__name__},
-                    )
-                ]
-            )
-        self._advance(LinkInput.REGISTERED)
+    def _invalid(self, frame: HubFrame | PeerError, now: float) -> LinkReceipt:
+        assert isinstance(frame, PeerError)
+        fields = {"code": frame.code, "field": frame.field, "error": str(frame)}
+        return LinkReceipt([Log(level=LogLevel.WARNING, event="hub.frame.invalid", fields=fields)])
+
+    def _hub_error(self, frame: HubFrame | PeerError, now: float) -> LinkReceipt:
+        assert isinstance(frame, ErrorFrame)
+        fields = {"code": frame.code, "message": frame.message}
+        return LinkReceipt([Log(level=LogLevel.WARNING, event="hub.error", fields=fields)])
+
+    def _too_early(self, frame: HubFrame | PeerError, now: float) -> LinkReceipt:
+        return _frame_warning("hub.frame.before_registered", frame)
+
+    def _unexpected(self, frame: HubFrame | PeerError, now: float) -> LinkReceipt:
+        return _frame_warning("hub.frame.unexpected", frame)
+
+    def _registered(self, frame: HubFrame | PeerError, now: float) -> LinkReceipt:
+        assert isinstance(frame, RegisteredFrame)
         previous, self._hub_id = self._hub_id, frame.hub_id
         self._heartbeat_interval = frame.heartbeat_interval
-        self._last_sent = now
+        self._timers.arm(Timer.HEARTBEAT, now + frame.heartbeat_interval)
+        self._timers.arm(Timer.SILENCE, now + self._silence())
         self._backoff.reset()
         self._attempts = 0
         fields: dict[str, object] = {
@@ -187,78 +202,128 @@ class HubLink:
         )
 
     def lost(self, now: float, code: int | None, reason: str) -> list[Action]:
-        refused = code == CloseCode.POLICY
-        state = self._advance(LinkInput.REFUSED if refused else LinkInput.LOST)
+        effect = self._lifecycle.fire(_I.REFUSED if code == CloseCode.POLICY else _I.LOST)
         fields: dict[str, object] = {"code": code, "reason": reason}
-        if state is LinkState.BACKING_OFF:
+        if effect == "retry":
             # One warning per outage: the loss itself, then each failed retry at debug.
             level = LogLevel.WARNING if self._attempts == 0 else LogLevel.DEBUG
             self._attempts += 1
             delay = self._backoff.next_delay()
-            self._retry_at = now + delay
+            self._timers.arm(Timer.RETRY, now + delay)
             fields["retry_in"] = delay
             fields["attempt"] = self._attempts
-            return [
-                Log(level=level, event="hub.link.lost", fields=fields),
-                ScheduleReconnect(delay=delay),
-            ]
-        if refused:
+            # The retry is a timer: next_deadline() says when, no action needed.
+            return [Log(level=level, event="hub.link.lost", fields=fields)]
+        if effect == "refused":
             return [Log(level=LogLevel.ERROR, event="hub.link.refused", fields=fields)]
         return [Log(level=LogLevel.INFO, event="hub.link.closed", fields=fields)]
 
-    def tick(self, now: float) -> list[Action]:
-        state = self._state
-        if state is LinkState.REGISTERED:
-            silence = self._heartbeat_interval * self._config.dead_after_intervals
-            if now - self._last_heard >= silence:
-                return self._drop(f"hub silent for {silence:g}s", "hub.link.dead")
-            if now - self._last_sent >= self._heartbeat_interval:
-                self._last_sent = now
-                return [SendHubFrame(data=_HEARTBEAT_TEXT)]
-        elif state in (LinkState.CONNECTING, LinkState.REGISTERING):
-            if now >= self._connect_deadline:
-                return self._drop("no REGISTERED in time", "hub.link.timeout")
-        elif state is LinkState.BACKING_OFF and now >= self._retry_at:
-            self._advance(LinkInput.RETRY_DUE)
+    def on_timer(self, kind: Timer, owner: Hashable, now: float) -> list[Action]:
+        if kind is Timer.HEARTBEAT:
+            self._timers.arm(Timer.HEARTBEAT, now + self._heartbeat_interval)
+            return [SendHubFrame(data=_HEARTBEAT_TEXT)]
+        if kind is Timer.RETRY:
+            self._lifecycle.fire(_I.RETRY_DUE)
             return self._open_attempt(now)
-        return []
+        if kind is Timer.SILENCE:
+            return self._drop(f"hub silent for {self._silence():g}s", "hub.link.dead")
+        return self._drop("no REGISTERED in time", "hub.link.timeout")  # Timer.CONNECT
 
     def _drop(self, reason: str, event: str) -> list[Action]:
-        self._advance(LinkInput.TIMEOUT)
+        self._lifecycle.fire(_I.TIMEOUT)
         return [
             Log(level=LogLevel.WARNING, event=event, fields={"reason": reason}),
             CloseHubLink(code=CloseCode.NORMAL, reason=truncate_reason(reason)),
         ]
 
     def shutdown(self) -> list[Action]:
-        before = self._state
-        self._advance(LinkInput.SHUTDOWN)
-        if before in (LinkState.CONNECTING, LinkState.REGISTERING, LinkState.REGISTERED):
+        if self._lifecycle.fire(_I.SHUTDOWN) == "close":
             return [CloseHubLink(code=CloseCode.GOING_AWAY, reason="bridge shutting down")]
         return []
 
-    def send(self, frame: HubFrame) -> list[Action]:
+    def broadcast(
+        self, ns: str, channel: str, message: Message, except_session_ids: frozenset[str]
+    ) -> str:
+        """The BROADCAST frame's text (measured: see :meth:`encode`)."""
+        excepted = tuple(sorted(except_session_ids))
+        return self.encode(
+            BroadcastFrame(ns=ns, channel=channel, message=message, except_session_ids=excepted)
+        )
+
+    def direct(self, user_id: str, message: Message) -> str:
+        return self.encode(DirectFrame(user_id=user_id, message=message))
+
+    def encode(self, frame: HubFrame) -> str:
+        """The frame's text, or ``LocalUsageError`` if it would not fit the hub's frame limit."""
+        text = encode(frame)
+        size = len(text) if text.isascii() else len(text.encode("utf-8"))
+        if size > self._max_frame_bytes:
+            raise over_limit(
+                f"the hub frame would be {size} bytes; the limit is {self._max_frame_bytes} "
+                "(Limits.max_hub_frame_bytes)",
+                close_code=CloseCode.MESSAGE_TOO_BIG,
+            )
+        return text
+
+    def send_text(self, text: str) -> list[Action]:
         """The frame as an action if the link is registered, else nothing."""
-        if self._state is LinkState.REGISTERED:
-            return [SendHubFrame(data=encode_hub_frame(frame))]
+        if self._lifecycle.fire(_I.SEND) == "send":
+            return [SendHubFrame(data=text)]
         return []
 
-    def next_deadline(self) -> float | None:
-        """When the shim should send the next ``Tick``, or None if no timer runs."""
-        state = self._state
-        if state is LinkState.REGISTERED:
-            silence = self._heartbeat_interval * self._config.dead_after_intervals
-            return min(self._last_sent + self._heartbeat_interval, self._last_heard + silence)
-        if state in (LinkState.CONNECTING, LinkState.REGISTERING):
-            return self._connect_deadline
-        if state is LinkState.BACKING_OFF:
-            return self._retry_at
-        return None
+    def send(self, frame: HubFrame) -> list[Action]:
+        return self.send_text(encode(frame))
 
 
-def _warning(event: str, exc: FrameError) -> Log:
-    return Log(
-        level=LogLevel.WARNING,
-        event=event,
-        fields={"code": exc.code, "field": exc.field, "error": str(exc)},
-    )
+_RECEIVERS: Final[dict[str, Callable[[HubLink, HubFrame | PeerError, float], LinkReceipt]]] = {
+    "deliver": HubLink._deliver,
+    "ignore": HubLink._ignore,
+    "invalid": HubLink._invalid,
+    "hub_error": HubLink._hub_error,
+    "too_early": HubLink._too_early,
+    "unexpected": HubLink._unexpected,
+    "registered": HubLink._registered,
+}
+
+
+@final
+class NoHubLink:
+    """The hub link of a ``Presence`` without a hub: nothing to send, nothing to start."""
+
+    __slots__ = ()
+
+    state: Final = None
+    bridge_id: Final = ""
+    channels: Final[tuple[str, ...]] = ()
+
+    def _misuse(self, what: str) -> LocalUsageError:
+        return LocalUsageError(f"{what}: no hub is configured (PresenceConfig.hub_link is None)")
+
+    def start(self, now: float) -> list[Action]:
+        raise self._misuse("HubLinkStarted")
+
+    def connected(self, now: float) -> list[Action]:
+        raise self._misuse("HubConnected")
+
+    def receive(self, data: str | bytes, now: float) -> LinkReceipt:
+        raise self._misuse("HubFrameReceived")
+
+    def lost(self, now: float, code: int | None, reason: str) -> list[Action]:
+        raise self._misuse("HubLost")
+
+    def shutdown(self) -> list[Action]:
+        return []
+
+    def broadcast(
+        self, ns: str, channel: str, message: Message, except_session_ids: frozenset[str]
+    ) -> str:
+        return ""  # nothing travels, so nothing is too big
+
+    def direct(self, user_id: str, message: Message) -> str:
+        return ""
+
+    def send_text(self, text: str) -> list[Action]:
+        return []
+
+    def send(self, frame: HubFrame) -> list[Action]:
+        return []

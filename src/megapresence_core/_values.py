@@ -1,17 +1,152 @@
-"""Value classes shared by events, actions and frames: messages and members."""
+"""Strict JSON, and the value classes built on it: messages, members, store entries.
+
+Strict JSON is the text rule under every wire form. The encoder is compact and
+refuses NaN, infinities, integers too long to print and non-JSON values; the
+decoder checks the size before it parses, and refuses NaN/Infinity literals,
+numbers that only fit as an infinity (``1e999``), integers past Python's digit
+limit, duplicate keys (two readers could disagree on which value wins) and
+unpaired surrogates, and reports failures as ``PeerError`` so no caller has to
+know what ``json`` raises. Whatever it returns re-encodes: a value read from
+one peer can always be sent to another.
+"""
 
 from __future__ import annotations
 
 import enum
+import json
+import math
+import re
 from collections.abc import Iterable, Mapping
-from typing import Any, Final, final
+from typing import Any, Final, NoReturn, TypeAlias, final
 
 import attrs
 
-from ._errors import LocalUsageError
-from ._json import Json, JsonObject, dumps
+from .errors import CloseCode, LocalUsageError, PeerError
 
-__all__ = ["ABSENT", "Absent", "Member", "Message", "RosterEntry", "non_empty_str", "str_tuple"]
+__all__ = [
+    "ABSENT",
+    "Absent",
+    "Json",
+    "JsonObject",
+    "Member",
+    "Message",
+    "RemoteMember",
+    "StoreEntry",
+    "decode_object",
+    "dumps",
+    "freeze_json",
+    "non_empty_str",
+    "str_tuple",
+    "utf8_len",
+]
+
+Json: TypeAlias = "bool | int | float | str | list[Json] | dict[str, Json] | None"
+JsonObject: TypeAlias = "dict[str, Json]"
+
+_encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+
+
+def dumps(value: object) -> str:
+    """Encode ``value`` compactly; raise ``TypeError``/``ValueError`` if it is not JSON."""
+    return _encoder.encode(value)
+
+
+def utf8_len(text: str) -> int:
+    """Bytes of ``text`` in UTF-8, without encoding when the answer is obvious.
+
+    Lone surrogates count as three bytes here; they are refused elsewhere.
+    """
+    if text.isascii():
+        return len(text)
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+# A JSON escape of a surrogate; only text containing one can decode to a string
+# that UTF-8 cannot carry, so only that text pays for the full check.
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _check_encodable(value: object) -> None:
+    if isinstance(value, str):
+        value.encode("utf-8")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            key.encode("utf-8")
+            _check_encodable(item)
+    elif isinstance(value, list):
+        for item in value:
+            _check_encodable(item)
+
+
+def _reject_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text[:40]} is out of range (it would be an infinity)")
+    return value
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:  # pragma: no branch - a duplicate is always found
+            if key in seen:
+                raise ValueError(f"duplicate key {key!r}")
+            seen.add(key)
+    return result
+
+
+_decoder = json.JSONDecoder(
+    object_pairs_hook=_unique_keys, parse_constant=_reject_constant, parse_float=_finite_float
+)
+
+
+def decode_object(data: str | bytes, *, max_bytes: int, what: str) -> JsonObject:
+    """Decode one JSON object of at most ``max_bytes`` bytes, or raise ``PeerError``."""
+    size = len(data) if isinstance(data, bytes) else utf8_len(data)
+    if size > max_bytes:
+        raise PeerError(
+            f"{what} of {size} bytes is over the {max_bytes}-byte limit",
+            code="too_big",
+            close_code=CloseCode.MESSAGE_TOO_BIG,
+            http_status=413,
+        )
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        value = _decoder.decode(text)
+        if _SURROGATE_ESCAPE.search(text):
+            _check_encodable(value)
+    except (UnicodeError, ValueError, RecursionError) as exc:
+        raise PeerError(f"{what} is not valid JSON: {exc}", code="bad_json") from None
+    if not isinstance(value, dict):
+        raise PeerError(
+            f"{what} must be a JSON object, not {type(value).__name__}", code="bad_json"
+        )
+    return value
+
+
+def freeze_json(value: object, *, what: str, max_bytes: int) -> tuple[Any, str]:
+    """Validate a JSON value given by the embedding program.
+
+    Returns a private copy (so later mutation by the caller cannot reach our
+    state) and its encoding; raises ``LocalUsageError`` naming ``what``.
+    """
+    try:
+        text = dumps(value)
+        size = len(text.encode("utf-8"))
+    except (TypeError, ValueError) as exc:  # UnicodeEncodeError is a ValueError
+        raise LocalUsageError(
+            f"{what} must be JSON-serializable text with finite numbers: {exc}"
+        ) from None
+    if size > max_bytes:
+        raise LocalUsageError(f"{what} is {size} bytes of JSON; the limit is {max_bytes}")
+    if value is None or isinstance(value, (str, int, float)):
+        return value, text
+    return json.loads(text), text
 
 
 class Absent(enum.Enum):
@@ -52,29 +187,38 @@ def _short(text: str, limit: int = 40) -> str:
 @final
 @attrs.frozen(kw_only=True, repr=False)
 class Message:
-    """An application message ``{"type", "payload"?}``, encoded once when built.
+    """An application message ``{"type", "payload"?}``, JSON-encoded once, when built.
 
-    ``payload_json`` is the payload's JSON text (``None`` when absent), reused
-    for every client frame so a broadcast to N sockets encodes it once.
+    ``payload_json`` is the payload's JSON text (``None`` when absent) and
+    ``json`` the whole message's; every wire form (the client frame, the hub
+    frame, the cluster message) splices these texts in instead of encoding the
+    payload again, so a broadcast's payload is encoded exactly once however
+    many sockets, bridges and instances it reaches. ``size`` is ``json`` in
+    UTF-8 bytes: what ``Limits.max_message_bytes`` counts.
     """
 
     type: str
     payload: Json | Absent = ABSENT
     payload_json: str | None = attrs.field(init=False, eq=False)
+    json: str = attrs.field(init=False, eq=False)
+    size: int = attrs.field(init=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
         non_empty_str("Message", "type", self.type)
-        if self.payload is ABSENT:
-            encoded = None
-        else:
-            try:
-                encoded = dumps(self.payload)
-                encoded.encode("utf-8")
-            except (TypeError, ValueError) as exc:
-                raise LocalUsageError(
-                    f"Message: payload must be JSON-serializable text: {exc}"
-                ) from None
+        try:
+            head = '{"type":' + dumps(self.type)
+            encoded = None if self.payload is ABSENT else dumps(self.payload)
+            text = head + "}" if encoded is None else f'{head},"payload":{encoded}}}'
+            # A lone surrogate cannot travel in UTF-8: encoding says so.
+            size = len(text) if text.isascii() else len(text.encode("utf-8"))
+        except (TypeError, ValueError) as exc:
+            raise LocalUsageError(
+                f"Message: type and payload must be JSON-serializable text with finite "
+                f"numbers: {exc}"
+            ) from None
         object.__setattr__(self, "payload_json", encoded)
+        object.__setattr__(self, "json", text)
+        object.__setattr__(self, "size", size)
 
     @classmethod
     def coerce(cls, value: Message | Mapping[str, Any]) -> Message:
@@ -91,12 +235,6 @@ class Message:
         if "type" not in value:
             raise LocalUsageError("message needs a 'type' (a non-empty string)")
         return cls(type=value["type"], payload=value.get("payload", ABSENT))
-
-    def to_json(self) -> JsonObject:
-        """The message as it travels inside hub and cluster frames."""
-        if self.payload is ABSENT:
-            return {"type": self.type}
-        return {"type": self.type, "payload": self.payload}
 
     def __repr__(self) -> str:
         payload = "" if self.payload_json is None else f", payload={_short(self.payload_json)}"
@@ -121,9 +259,21 @@ class Member:
 
 @final
 @attrs.frozen(kw_only=True)
-class RosterEntry:
-    """One (channel, session) membership of this process, as a shared roster holds it."""
+class StoreEntry:
+    """One (channel, session) membership of this process, as the shared store holds it."""
 
     channel: str
     session_id: str
     member: Member
+
+
+@final
+@attrs.frozen(kw_only=True)
+class RemoteMember:
+    """A member of another instance of the cluster, with the ns it joined on."""
+
+    ns: str
+    member: Member
+
+    def to_json(self) -> JsonObject:
+        return {"ns": self.ns, **self.member.to_json()}

@@ -37,7 +37,7 @@ from megapresence_core import (
     LocalUsageError,
     LogLevel,
     PresenceConfig,
-    RosterConfig,
+    StoreConfig,
     __version__,
 )
 
@@ -338,7 +338,7 @@ async def _listen(
 class _Backends(NamedTuple):
     cluster_config: ClusterConfig | None = None
     cluster: ClusterBackend | None = None
-    roster_config: RosterConfig | None = None
+    roster_config: StoreConfig | None = None
     roster: RosterBackend | None = None
     #: The error each backend raises when its server cannot be reached at start.
     unreachable: tuple[tuple[type[Exception], ExitCode], ...] = ()
@@ -353,7 +353,7 @@ def _serve_backends(args: argparse.Namespace, instance_id: str, epoch: int) -> _
             app=args.app,
             instance_id=instance_id,
             epoch=epoch,
-            roster=not args.fanout_only,
+            sync_members=not args.fanout_only,
             heartbeat_interval=args.cluster_heartbeat,
             ttl=args.cluster_ttl,
         )
@@ -366,7 +366,7 @@ def _serve_backends(args: argparse.Namespace, instance_id: str, epoch: int) -> _
         with _needs_extra("--redis", "redis"):
             from megapresence_redis import RedisRoster, RosterUnavailableError
         backends = backends._replace(
-            roster_config=RosterConfig(ttl=args.roster_ttl, refresh_interval=args.roster_refresh),
+            roster_config=StoreConfig(ttl=args.roster_ttl, refresh_interval=args.roster_refresh),
             roster=RedisRoster(args.redis, app=args.app, instance_id=instance_id, epoch=epoch),
             unreachable=(
                 *backends.unreachable,
@@ -398,7 +398,7 @@ async def _start_serve(args: argparse.Namespace, instance_id: str, stack: AsyncE
             on_message=app.on_message,
             on_close=app.on_close,
             presence=PresenceConfig(
-                hub=hub_config, cluster=backends.cluster_config, roster=backends.roster_config
+                hub_link=hub_config, cluster=backends.cluster_config, store=backends.roster_config
             ),
             limits=SocketLimits(allowed_origins=args.allowed_origin),
             hub_url=args.hub,

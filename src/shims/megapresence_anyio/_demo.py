@@ -16,10 +16,9 @@ import logging
 import secrets
 from collections.abc import Collection
 
-from megapresence_core import (
+from megapresence_core import LocalUsageError, PeerError
+from megapresence_core.wire import (
     CommandRefused,
-    FrameError,
-    LocalUsageError,
     RosterCommand,
     command_event,
     decode_client_command,
@@ -110,11 +109,11 @@ class DemoApp:
                 client.send(error_reply(outcome.code, outcome.message))
             elif isinstance(outcome, RosterCommand):
                 client.send(
-                    roster_reply(server.roster(client.ns), server.presence.local_roster_members())
+                    roster_reply(server.roster(client.ns), server.presence.local_store_entries())
                 )
             else:
                 server.dispatch(outcome)
-        except FrameError as exc:
+        except PeerError as exc:
             client.send(error_reply(exc.code, str(exc)))
         except LocalUsageError as exc:  # over a configured limit, say
             client.send(error_reply("refused", str(exc)))

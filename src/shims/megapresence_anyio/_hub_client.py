@@ -18,14 +18,8 @@ from wsproto import ConnectionType, WSConnection
 from wsproto.connection import Connection
 from wsproto.events import AcceptConnection, RejectConnection, Request
 
-from megapresence_core import (
-    CloseCode,
-    Event,
-    HubConnected,
-    HubFrameReceived,
-    HubLost,
-    LocalUsageError,
-)
+from megapresence_core import CloseCode, Event, LocalUsageError
+from megapresence_core.events import HubConnected, HubFrameReceived, HubLost
 
 from ._config import SocketLimits
 from ._session import WebSocketSession

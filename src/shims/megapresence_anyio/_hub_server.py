@@ -16,21 +16,9 @@ from typing import Any, final
 import anyio
 import anyio.abc
 
-from megapresence_core import (
-    AcceptBridge,
-    BridgeClosed,
-    BridgeConnecting,
-    BridgeFrameReceived,
-    CloseBridge,
-    Hub,
-    HubConfig,
-    HubEvent,
-    Log,
-    RefuseBridge,
-    SendBridgeFrame,
-    ShutdownRequested,
-    Tick,
-)
+from megapresence_core import Hub, HubConfig, Log, ShutdownRequested, Tick
+from megapresence_core.actions import AcceptBridge, CloseBridge, RefuseBridge, SendBridgeFrame
+from megapresence_core.events import BridgeClosed, BridgeConnecting, BridgeFrameReceived, HubEvent
 
 from ._config import DEFAULT_SOCKET_LIMITS, SocketLimits
 from ._http import HandshakeRequest, accept_websocket, read_request, respond
@@ -44,7 +32,7 @@ __all__ = ["HubServer"]
 
 
 @final
-class _Bridge:
+class _BridgeSocket:
     """One bridge connection: the core's id for it, and what the shim needs to answer."""
 
     __slots__ = ("session", "transport", "verdict")
@@ -60,7 +48,7 @@ class HubServer:
     def __init__(self, config: HubConfig, *, limits: SocketLimits = DEFAULT_SOCKET_LIMITS) -> None:
         self._hub = Hub(config)
         self._limits = limits
-        self._bridges: set[_Bridge] = set()
+        self._bridges: set[_BridgeSocket] = set()
         self._task_group: anyio.abc.TaskGroup | None = None
         self._ticker = Ticker(
             self._hub.next_deadline,
@@ -121,6 +109,7 @@ class HubServer:
     def dispatch(self, event: HubEvent) -> None:
         for action in self._hub.handle(event):
             self._performers[type(action)](action)
+        self._ticker.reschedule()
 
     def _on_tick(self, now: float) -> None:
         self.dispatch(Tick(now=now))
@@ -131,7 +120,7 @@ class HubServer:
     async def _handle_socket(self, sock: socket.socket, remote: tuple[str, int] | None) -> None:
         limits = self._limits
         transport = SocketTransport(sock, spawn=self._spawn, max_buffer=limits.max_send_buffer)
-        bridge = _Bridge(transport)
+        bridge = _BridgeSocket(transport)
         try:
             result = await read_request(transport, limits, remote)
             if result is None:
@@ -174,7 +163,9 @@ class HubServer:
             body = json.dumps({"hubId": self._hub.hub_id, "members": members}).encode()
             respond(transport, 200, body, "application/json")
 
-    async def _run_bridge(self, bridge: _Bridge, request: HandshakeRequest, raw: bytes) -> None:
+    async def _run_bridge(
+        self, bridge: _BridgeSocket, request: HandshakeRequest, raw: bytes
+    ) -> None:
         ws = accept_websocket(bridge.transport, request, raw)
         if ws is not None:
             bridge.session = WebSocketSession(

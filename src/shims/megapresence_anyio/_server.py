@@ -25,15 +25,11 @@ from megapresence_core import (
     BroadcastRequested,
     CloseCode,
     CloseConnection,
-    CloseHubLink,
-    ClusterPublish,
-    ConnectHub,
     ConnectionClosed,
     ConnectionOpened,
     Deliver,
     DirectRequested,
     Event,
-    HubLinkStarted,
     KickRequested,
     LocalUsageError,
     Log,
@@ -42,16 +38,21 @@ from megapresence_core import (
     MetadataUpdated,
     Presence,
     PresenceConfig,
-    RosterDelete,
-    RosterEntry,
-    RosterPut,
-    RosterRefresh,
-    ScheduleReconnect,
-    SendHubFrame,
     SessionJoined,
     ShutdownRequested,
     Tick,
 )
+from megapresence_core.actions import (
+    CloseHubLink,
+    ClusterPublish,
+    ConnectHub,
+    SendHubFrame,
+    StoreDelete,
+    StoreEntry,
+    StorePut,
+    StoreRefresh,
+)
+from megapresence_core.events import HubLinkStarted
 
 from ._config import DEFAULT_SOCKET_LIMITS, SocketLimits
 from ._http import HandshakeRequest, accept_websocket, read_request, respond
@@ -155,7 +156,7 @@ class RosterBackend(Protocol):
 
     def put(self, channel: str, session_id: str, member: Member, ttl: float) -> None: ...
 
-    def refresh(self, entries: Iterable[RosterEntry], ttl: float) -> None: ...
+    def refresh(self, entries: Iterable[StoreEntry], ttl: float) -> None: ...
 
     def delete(self, channel: str, session_id: str) -> None: ...
 
@@ -200,19 +201,19 @@ class PresenceServer:
         pages: Mapping[str, tuple[str, bytes]] | None = None,
     ) -> None:
         config = presence if presence is not None else PresenceConfig()
-        if (config.roster is None) != (roster is None):
+        if (config.store is None) != (roster is None):
             raise LocalUsageError(
                 "PresenceServer: give a roster backend (megapresence_redis.RedisRoster) together "
-                "with PresenceConfig.roster, or neither"
+                "with PresenceConfig.store, or neither"
             )
         if (config.cluster is None) != (cluster is None):
             raise LocalUsageError(
                 "PresenceServer: give a cluster backend (megapresence_nats.NatsCluster) together "
                 "with PresenceConfig.cluster, or neither"
             )
-        if (config.hub is None) != (hub_url is None):
+        if (config.hub_link is None) != (hub_url is None):
             raise LocalUsageError(
-                "PresenceServer: give hub_url together with PresenceConfig.hub (bridge id, "
+                "PresenceServer: give hub_url together with PresenceConfig.hub_link (bridge id, "
                 "instance id, channels), or neither"
             )
         self._authenticate = authenticate
@@ -249,11 +250,10 @@ class PresenceServer:
             ConnectHub: self._connect_hub,
             SendHubFrame: self._send_hub_frame,
             CloseHubLink: self._close_hub_link,
-            ScheduleReconnect: lambda action: self._ticker.wake(),
             ClusterPublish: self._publish,
-            RosterPut: self._roster_put,
-            RosterRefresh: self._roster_refresh,
-            RosterDelete: self._roster_delete,
+            StorePut: self._roster_put,
+            StoreRefresh: self._roster_refresh,
+            StoreDelete: self._roster_delete,
             Log: log_action,
         }
         self.port: int | None = None
@@ -457,15 +457,19 @@ class PresenceServer:
         self.dispatch(ConnectionOpened(conn=client, ns=client.ns))
         identity = client.identity
         if identity is not None:
-            self.dispatch(
-                SessionJoined(
-                    conn=client,
-                    user_id=identity.user_id,
-                    session_id=identity.session_id,
-                    channels=identity.channels,
-                    metadata=identity.metadata,
+            try:
+                self.dispatch(
+                    SessionJoined(
+                        conn=client,
+                        user_id=identity.user_id,
+                        session_id=identity.session_id,
+                        channels=identity.channels,
+                        metadata=identity.metadata,
+                    )
                 )
-            )
+            except LocalUsageError as exc:  # the core refused the identity: its hint says how
+                logger.warning("join refused for %r: %s", client, exc)
+                client.close(exc.close_code, str(exc))
 
     # ---------------------------------------------------------- core driving
 
@@ -473,6 +477,7 @@ class PresenceServer:
         """Feed one event to the core and perform its actions, in order."""
         for action in self._presence.handle(event):
             self._performers[type(action)](action)
+        self._ticker.reschedule()
 
     def _on_tick(self, now: float) -> None:
         self.dispatch(Tick(now=now))
@@ -505,15 +510,15 @@ class PresenceServer:
         assert self._cluster is not None
         self._cluster.publish(action.subject, action.data)
 
-    def _roster_put(self, action: RosterPut) -> None:
+    def _roster_put(self, action: StorePut) -> None:
         assert self._roster is not None
         self._roster.put(action.channel, action.session_id, action.member, action.ttl)
 
-    def _roster_refresh(self, action: RosterRefresh) -> None:
+    def _roster_refresh(self, action: StoreRefresh) -> None:
         assert self._roster is not None
         self._roster.refresh(action.entries, action.ttl)
 
-    def _roster_delete(self, action: RosterDelete) -> None:
+    def _roster_delete(self, action: StoreDelete) -> None:
         assert self._roster is not None
         self._roster.delete(action.channel, action.session_id)
 

@@ -24,7 +24,7 @@ from wsproto.events import (
     TextMessage,
 )
 
-from megapresence_core import CloseCode, truncate_reason
+from megapresence_core.errors import CloseCode, truncate_reason
 
 from ._config import SocketLimits
 from ._transport import Transport

@@ -1,7 +1,19 @@
-"""One timer task per server: core deadlines and socket keepalive share it."""
+"""One timer task per server: it sleeps until the core's next deadline, exactly.
+
+The core keeps every deadline (heartbeats, timeouts, the hub link's
+reconnect delay) in one structure and says when the earliest is due with
+``next_deadline()``; the ticker sleeps until then and sends ``Tick``. After
+each event the server calls :meth:`Ticker.reschedule`, which wakes the ticker
+at once if the event set an earlier deadline (a reconnect delay, say) than the
+one it is sleeping towards, and it sleeps again until that one (a tick comes
+only when a deadline does, never early). Socket keepalive (pings, close
+timeouts) is the shim's own periodic check, run at least every ``period`` on
+the same task.
+"""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import final
 
@@ -12,11 +24,7 @@ __all__ = ["Ticker"]
 
 @final
 class Ticker:
-    """Calls ``on_tick(now)`` at the core's next deadline and at least every ``period``.
-
-    ``wake()`` makes it recompute at once, for when an action set an earlier
-    deadline (a reconnect delay, say) than the one it is sleeping towards.
-    """
+    """Calls ``on_tick(now)`` at the core's next deadline and at least every ``period``."""
 
     def __init__(
         self,
@@ -28,18 +36,31 @@ class Ticker:
         self._on_tick = on_tick
         self._period = period
         self._wake = anyio.Event()
+        #: When the current sleep ends; -inf while awake (the next sleep is computed after
+        #: the tick, so nothing that happens during it needs to wake the ticker again).
+        self._target = -math.inf
 
-    def wake(self) -> None:
-        self._wake.set()
+    @property
+    def target(self) -> float:
+        """When the ticker will next wake (monotonic seconds); -inf while it is awake."""
+        return self._target
+
+    def reschedule(self) -> None:
+        """Wake now if the core's next deadline is earlier than the current sleep's end."""
+        deadline = self._next_deadline()
+        if deadline is not None and deadline < self._target:
+            self._wake.set()
 
     async def run(self) -> None:
         while True:
             now = anyio.current_time()
-            wake_at = now + self._period
             deadline = self._next_deadline()
-            if deadline is not None:
-                wake_at = min(wake_at, deadline)
-            with anyio.move_on_after(max(0.0, wake_at - now)):
+            wake_at = now + self._period
+            self._target = wake_at if deadline is None else min(deadline, wake_at)
+            with anyio.move_on_after(max(0.0, self._target - now)) as sleep:
                 await self._wake.wait()
+            self._target = -math.inf
             self._wake = anyio.Event()
-            self._on_tick(anyio.current_time())
+            if sleep.cancelled_caught:  # the deadline (or the keepalive period) came
+                self._on_tick(anyio.current_time())
+            # else: woken by an earlier deadline; sleep again, until it

@@ -1,7 +1,7 @@
 """``NatsCluster``: moves the core's cluster messages over NATS, and nothing more.
 
 What to publish, what a message means, when to heartbeat, snapshot or sweep:
-all of that is the core's (``megapresence_core._cluster``). This shim
+all of that is the core's (its cluster link). This shim
 publishes what it is told, subscribes to the subjects it is given, and turns
 connection changes into events: every reconnect is reported as
 ``ClusterConnected``, which the core treats as a possible gap.
@@ -20,14 +20,9 @@ import sniffio
 from nats.aio.client import Client as NatsClient
 from nats.aio.msg import Msg
 
-from megapresence_core import (
-    ClusterConnected,
-    ClusterLost,
-    ClusterMessageReceived,
-    Event,
-    LocalUsageError,
-    redact_url,
-)
+from megapresence_core import Event, LocalUsageError
+from megapresence_core.config import redact_url
+from megapresence_core.events import ClusterConnected, ClusterLost, ClusterMessageReceived
 
 __all__ = ["ClusterUnavailableError", "NatsCluster"]
 

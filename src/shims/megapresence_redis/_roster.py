@@ -28,7 +28,9 @@ import redis.asyncio as aioredis
 import sniffio
 from redis.exceptions import RedisError
 
-from megapresence_core import LocalUsageError, Member, RosterEntry, redact_url
+from megapresence_core import LocalUsageError, Member
+from megapresence_core.actions import StoreEntry
+from megapresence_core.config import redact_url
 
 __all__ = ["RedisRoster", "RosterUnavailableError"]
 
@@ -139,7 +141,7 @@ class RedisRoster:
     def put(self, channel: str, session_id: str, member: Member, ttl: float) -> None:
         self._enqueue("put", (channel, session_id, self._value(member), int(ttl * 1000)))
 
-    def refresh(self, entries: Iterable[RosterEntry], ttl: float) -> None:
+    def refresh(self, entries: Iterable[StoreEntry], ttl: float) -> None:
         ms = int(ttl * 1000)
         for entry in entries:
             self._enqueue("put", (entry.channel, entry.session_id, self._value(entry.member), ms))

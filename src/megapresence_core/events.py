@@ -1,23 +1,28 @@
-"""Events the shim feeds to ``Presence.handle``.
+"""Events: what the shim feeds to ``Presence.handle`` and ``Hub.handle``.
 
 Each event validates itself when built, so a bad value fails where the shim
 or the embedding program creates it, with a ``LocalUsageError`` naming the
-field, and the machine never sees it. Connections are opaque hashable ids
-chosen by the shim. ``now`` is monotonic seconds, read by the shim.
+field, and the machine never sees it. Connections and bridges are opaque
+hashable ids chosen by the shim. ``now`` is monotonic seconds read by the
+shim: a finite number. Bytes from the network (``data``) must be ``str`` or
+``bytes``; what they say is checked by the machine, never here.
 """
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+import math
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any, Final, TypeAlias, final
 
 import attrs
 
-from ._errors import LocalUsageError
-from ._json import JsonObject, dumps, freeze_json, utf8_len
-from ._values import Message, non_empty_str, str_tuple
+from ._values import JsonObject, Message, dumps, freeze_json, non_empty_str, str_tuple, utf8_len
+from .errors import LocalUsageError
 
 __all__ = [
+    "BridgeClosed",
+    "BridgeConnecting",
+    "BridgeFrameReceived",
     "BroadcastRequested",
     "ClusterConnected",
     "ClusterLost",
@@ -27,6 +32,7 @@ __all__ = [
     "DirectRequested",
     "Event",
     "HubConnected",
+    "HubEvent",
     "HubFrameReceived",
     "HubLinkStarted",
     "HubLost",
@@ -55,11 +61,41 @@ def _name(instance: object, attribute: attrs.Attribute[str], value: object) -> N
 
 
 def monotonic_seconds(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
-    """Validator: a number of seconds, never NaN or a bool."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+    """Validator: a finite number of seconds, never NaN, an infinity or a bool."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise LocalUsageError(
             f"{type(instance).__name__}: {attribute.name} must be monotonic seconds, got {value!r}"
         )
+
+
+def _of_type(kind: type, *, optional: bool = False) -> Callable[[Any, Any, Any], None]:
+    """Validator: an instance of ``kind`` (or None when ``optional``), else ``LocalUsageError``."""
+
+    def check(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if (value is None and optional) or (
+            isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+        ):
+            return
+        wanted = f"{kind.__name__} or None" if optional else kind.__name__
+        raise LocalUsageError(
+            f"{type(instance).__name__}: {attribute.name} must be {wanted}, "
+            f"not {type(value).__name__}"
+        )
+
+    return check
+
+
+def received_data(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    """Validator: what arrived from the network, as text or bytes (checked later)."""
+    if not isinstance(value, (str, bytes)):
+        raise LocalUsageError(
+            f"{type(instance).__name__}: {attribute.name} must be str or bytes, "
+            f"not {type(value).__name__}"
+        )
+
+
+def _data_repr(data: str | bytes) -> str:
+    return f"<{len(data)} chars>"
 
 
 def _channels(value: Any) -> tuple[str, ...]:
@@ -137,7 +173,14 @@ def _message(value: Message | Mapping[str, Any]) -> Message:
 @final
 @attrs.frozen(kw_only=True)
 class BroadcastRequested:
-    """Send ``message`` to every connection of ``ns``, here and on every peer."""
+    """Send ``message`` to every connection of ``ns``, here and on every peer.
+
+    ``channel`` routes the broadcast between processes (the hub sends it to
+    the bridges with a member in the channel, the cluster to every instance);
+    it does not filter local delivery, which reaches every connection of
+    ``ns``, joined or not (the seed's rule: channel-scoped delivery is a
+    separate request).
+    """
 
     ns: str = attrs.field(validator=_name)
     channel: str = attrs.field(validator=_name)
@@ -176,10 +219,8 @@ class KickRequested:
     """Close a session wherever it lives: 1008 (do not return) or 4503 (requeue)."""
 
     session_id: str = attrs.field(validator=_name)
-    reason: str | None = attrs.field(
-        default=None, validator=attrs.validators.optional(attrs.validators.instance_of(str))
-    )
-    requeue: bool = attrs.field(default=False, validator=attrs.validators.instance_of(bool))
+    reason: str | None = attrs.field(default=None, validator=_of_type(str, optional=True))
+    requeue: bool = attrs.field(default=False, validator=_of_type(bool))
 
 
 @final
@@ -203,7 +244,7 @@ class HubConnected:
 class HubFrameReceived:
     """A text frame arrived on the hub link; the machine validates it."""
 
-    data: str | bytes = attrs.field(repr=lambda data: f"<{len(data)} chars>")
+    data: str | bytes = attrs.field(repr=_data_repr, validator=received_data)
     now: float = attrs.field(validator=monotonic_seconds)
 
 
@@ -213,8 +254,8 @@ class HubLost:
     """The hub transport closed or could not be opened; ``code`` is None without a close frame."""
 
     now: float = attrs.field(validator=monotonic_seconds)
-    code: int | None = None
-    reason: str = ""
+    code: int | None = attrs.field(default=None, validator=_of_type(int, optional=True))
+    reason: str = attrs.field(default="", validator=_of_type(str))
 
 
 @final
@@ -238,7 +279,7 @@ class ClusterLost:
 class ClusterMessageReceived:
     """A message arrived on one of the cluster's subjects; the machine validates it."""
 
-    data: str | bytes = attrs.field(repr=lambda data: f"<{len(data)} chars>")
+    data: str | bytes = attrs.field(repr=_data_repr, validator=received_data)
     now: float = attrs.field(validator=monotonic_seconds)
 
 
@@ -273,4 +314,38 @@ Event: TypeAlias = (
     | ClusterMessageReceived
     | Tick
     | ShutdownRequested
+)
+
+
+@final
+@attrs.frozen(kw_only=True)
+class BridgeConnecting:
+    """An upgrade request reached the hub; ``authorization`` is its header, if any."""
+
+    bridge: Hashable = attrs.field(validator=hashable_id)
+    authorization: str | None = attrs.field(repr=False, validator=_of_type(str, optional=True))
+    now: float = attrs.field(validator=monotonic_seconds)
+
+
+@final
+@attrs.frozen(kw_only=True)
+class BridgeFrameReceived:
+    """A text frame arrived from a bridge; the hub validates it."""
+
+    bridge: Hashable = attrs.field(validator=hashable_id)
+    data: str | bytes = attrs.field(repr=_data_repr, validator=received_data)
+    now: float = attrs.field(validator=monotonic_seconds)
+
+
+@final
+@attrs.frozen(kw_only=True)
+class BridgeClosed:
+    """The bridge's transport is gone, whoever closed it."""
+
+    bridge: Hashable = attrs.field(validator=hashable_id)
+    now: float = attrs.field(validator=monotonic_seconds)
+
+
+HubEvent: TypeAlias = (
+    BridgeConnecting | BridgeFrameReceived | BridgeClosed | Tick | ShutdownRequested
 )

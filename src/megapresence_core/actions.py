@@ -1,4 +1,4 @@
-"""Actions ``handle`` returns: what the shim must do, in order.
+"""Actions: what ``Presence.handle`` and ``Hub.handle`` return for the shim to do, in order.
 
 Reprs stay short (targets and texts are cut) so a failing hypothesis example
 prints a list a person can read.
@@ -12,22 +12,27 @@ from typing import TypeAlias, final
 
 import attrs
 
-from ._values import Member, RosterEntry
+from ._values import Member, StoreEntry
 
 __all__ = [
+    "AcceptBridge",
     "Action",
+    "CloseBridge",
     "CloseConnection",
     "CloseHubLink",
     "ClusterPublish",
     "ConnectHub",
     "Deliver",
+    "HubAction",
     "Log",
     "LogLevel",
-    "RosterDelete",
-    "RosterPut",
-    "RosterRefresh",
-    "ScheduleReconnect",
+    "RefuseBridge",
+    "SendBridgeFrame",
     "SendHubFrame",
+    "StoreDelete",
+    "StoreEntry",
+    "StorePut",
+    "StoreRefresh",
 ]
 
 
@@ -89,14 +94,6 @@ class CloseHubLink:
 
 @final
 @attrs.frozen(kw_only=True)
-class ScheduleReconnect:
-    """Send a ``Tick`` after ``delay`` seconds; the reconnect happens on that tick."""
-
-    delay: float
-
-
-@final
-@attrs.frozen(kw_only=True)
 class ClusterPublish:
     """Publish one encoded cluster message on ``subject`` (best-effort, at most once)."""
 
@@ -106,8 +103,8 @@ class ClusterPublish:
 
 @final
 @attrs.frozen(kw_only=True)
-class RosterPut:
-    """Add or refresh a member of a shared channel roster for ``ttl`` seconds."""
+class StorePut:
+    """Add or refresh a member of a channel in the shared store for ``ttl`` seconds."""
 
     channel: str
     session_id: str
@@ -117,17 +114,17 @@ class RosterPut:
 
 @final
 @attrs.frozen(kw_only=True)
-class RosterRefresh:
-    """Re-put every member of this process for ``ttl`` more seconds (the roster heartbeat)."""
+class StoreRefresh:
+    """Re-put every member of this process for ``ttl`` more seconds (the store's heartbeat)."""
 
-    entries: tuple[RosterEntry, ...] = attrs.field(repr=lambda entries: f"<{len(entries)} entries>")
+    entries: tuple[StoreEntry, ...] = attrs.field(repr=lambda entries: f"<{len(entries)} entries>")
     ttl: float
 
 
 @final
 @attrs.frozen(kw_only=True)
-class RosterDelete:
-    """Remove a member of this process from a shared channel roster."""
+class StoreDelete:
+    """Remove a member of this process from a channel in the shared store."""
 
     channel: str
     session_id: str
@@ -158,10 +155,49 @@ Action: TypeAlias = (
     | ConnectHub
     | SendHubFrame
     | CloseHubLink
-    | ScheduleReconnect
     | ClusterPublish
-    | RosterPut
-    | RosterRefresh
-    | RosterDelete
+    | StorePut
+    | StoreRefresh
+    | StoreDelete
     | Log
 )
+
+
+@final
+@attrs.frozen(kw_only=True)
+class AcceptBridge:
+    """Complete the upgrade; frames may flow."""
+
+    bridge: Hashable
+
+
+@final
+@attrs.frozen(kw_only=True)
+class RefuseBridge:
+    """Answer the upgrade with an HTTP error; no state was created."""
+
+    bridge: Hashable
+    status: int
+    reason: str
+
+
+@final
+@attrs.frozen(kw_only=True)
+class SendBridgeFrame:
+    """Send one encoded frame to each bridge in ``bridges``."""
+
+    bridges: tuple[Hashable, ...] = attrs.field(repr=short_conns)
+    data: str = attrs.field(repr=short_text)
+
+
+@final
+@attrs.frozen(kw_only=True)
+class CloseBridge:
+    """Close a bridge's transport, then report ``BridgeClosed``."""
+
+    bridge: Hashable
+    code: int
+    reason: str
+
+
+HubAction: TypeAlias = AcceptBridge | RefuseBridge | SendBridgeFrame | CloseBridge | Log

@@ -1,37 +1,42 @@
 """Validated configuration: every limit is named, has a default and a reason.
 
 A bad value raises ``LocalUsageError`` when the config is built, so a
-misconfigured server fails at start, not on its first peer.
+misconfigured server fails at start, not on its first peer. The limits form
+one chain counted in bytes: whatever ``Presence`` accepts from the embedding
+program fits the hub frame and the cluster message that carry it
+(:class:`Limits` checks its own numbers agree; ``Presence`` measures each
+frame it builds), and the hub's frame limit defaults to the bridges'.
 """
 
 from __future__ import annotations
 
 import enum
+import math
 import re
 from typing import Any, Final, final
+from urllib.parse import urlsplit, urlunsplit
 
 import attrs
 
-from ._errors import LocalUsageError
-from ._values import non_empty_str, str_tuple
+from ._values import Message, non_empty_str, str_tuple, utf8_len
+from .errors import CloseCode, LocalUsageError, over_limit
+from .wire import MAX_HEARTBEAT_INTERVAL, MIN_HEARTBEAT_INTERVAL
 
 __all__ = [
     "DEFAULT_MAX_CHANNELS_PER_SESSION",
     "DEFAULT_MAX_HUB_FRAME_BYTES",
     "DEFAULT_MAX_MESSAGE_BYTES",
     "DEFAULT_MAX_METADATA_BYTES",
-    "HUB_PROTOCOL_VERSION",
+    "DEFAULT_MAX_NAME_BYTES",
     "ClusterConfig",
     "DuplicateSessionPolicy",
     "HubConfig",
     "HubLinkConfig",
     "Limits",
     "PresenceConfig",
-    "RosterConfig",
+    "StoreConfig",
+    "redact_url",
 ]
-
-#: The hub protocol spoken by this release (REGISTER ``protocol``).
-HUB_PROTOCOL_VERSION: Final = 1
 
 #: A chat line or a game event fits many times over; a document does not
 #: belong in a presence broadcast.
@@ -40,12 +45,29 @@ DEFAULT_MAX_MESSAGE_BYTES: Final = 64 * 1024
 DEFAULT_MAX_METADATA_BYTES: Final = 4 * 1024
 #: Each channel costs an index entry here and on the hub for the session's life.
 DEFAULT_MAX_CHANNELS_PER_SESSION: Final = 64
+#: ns, channel, user and session ids travel in every frame: an id, not a text.
+DEFAULT_MAX_NAME_BYTES: Final = 256
 #: A hub frame carries one message plus routing: the message limit plus headroom.
 DEFAULT_MAX_HUB_FRAME_BYTES: Final = DEFAULT_MAX_MESSAGE_BYTES + 16 * 1024
 
 
+def routing_bytes(max_name_bytes: int) -> int:
+    """The most a BROADCAST frame adds to its message, but for its except list.
+
+    ``{"type":"BROADCAST","payload":{"ns":N,"channel":C,"message":M}}`` is 55
+    bytes of JSON around two names, and a name of n bytes takes at most 6n + 2
+    once escaped (a control character becomes a six-byte escape).
+    """
+    return 64 + 2 * (6 * max_name_bytes + 2)
+
+
 def _positive(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not value > 0
+        or not math.isfinite(value)
+    ):
         owner = type(instance).__name__
         raise LocalUsageError(f"{owner}: {attribute.name} must be a positive number, got {value!r}")
 
@@ -84,7 +106,55 @@ class Limits:
     max_channels_per_session: int = attrs.field(
         default=DEFAULT_MAX_CHANNELS_PER_SESSION, validator=_positive
     )
+    #: Every hub frame this bridge sends or accepts; must hold the largest message.
     max_hub_frame_bytes: int = attrs.field(default=DEFAULT_MAX_HUB_FRAME_BYTES, validator=_positive)
+    #: ns, channel, user id and session id, each in UTF-8 bytes.
+    max_name_bytes: int = attrs.field(default=DEFAULT_MAX_NAME_BYTES, validator=_positive)
+
+    def __attrs_post_init__(self) -> None:
+        needed = self.max_message_bytes + routing_bytes(self.max_name_bytes)
+        if self.max_hub_frame_bytes < needed:
+            raise LocalUsageError(
+                f"Limits: max_hub_frame_bytes ({self.max_hub_frame_bytes}) must hold the largest "
+                f"message plus its routing: at least {needed} (max_message_bytes "
+                f"{self.max_message_bytes} + {needed - self.max_message_bytes} for two names of "
+                f"max_name_bytes {self.max_name_bytes})"
+            )
+
+    def check_name(self, owner: str, field: str, name: str) -> None:
+        """Refuse a name (ns, channel, user or session id) longer than ``max_name_bytes``."""
+        if len(name) * 4 <= self.max_name_bytes:
+            return  # no character takes more than four bytes: surely within the limit
+        size = utf8_len(name)
+        if size > self.max_name_bytes:
+            raise over_limit(
+                f"{owner}: {field} is {size} bytes; the limit is {self.max_name_bytes} "
+                "(Limits.max_name_bytes)"
+            )
+
+    def check_channels(self, owner: str, channels: tuple[str, ...]) -> None:
+        if len(channels) > self.max_channels_per_session:
+            raise over_limit(
+                f"{owner}: {len(channels)} channels; the limit is "
+                f"{self.max_channels_per_session} (Limits.max_channels_per_session)"
+            )
+        for channel in channels:
+            self.check_name(owner, "channel", channel)
+
+    def check_metadata(self, owner: str, size: int) -> None:
+        if size > self.max_metadata_bytes:
+            raise over_limit(
+                f"{owner}: metadata is {size} bytes of JSON; the limit is "
+                f"{self.max_metadata_bytes} (Limits.max_metadata_bytes)"
+            )
+
+    def check_message(self, owner: str, message: Message) -> None:
+        if message.size > self.max_message_bytes:
+            raise over_limit(
+                f"{owner}: message is {message.size} bytes of JSON; the limit is "
+                f"{self.max_message_bytes} (Limits.max_message_bytes)",
+                close_code=CloseCode.MESSAGE_TOO_BIG,
+            )
 
 
 @final
@@ -102,7 +172,8 @@ class HubLinkConfig:
         default=("broadcast", "direct", "disconnect", "metadata"),
         converter=_capabilities,
     )
-    #: Used until REGISTERED says otherwise.
+    #: Used until REGISTERED says otherwise (the hub's value must lie within
+    #: MIN_HEARTBEAT_INTERVAL..MAX_HEARTBEAT_INTERVAL, 0.05 s to an hour).
     heartbeat_interval: float = attrs.field(default=15.0, validator=_positive)
     #: A link that hears nothing for this many heartbeat intervals is dead.
     #: Three tolerates one lost heartbeat and a slow one.
@@ -144,14 +215,15 @@ def _epoch(instance: object, attribute: attrs.Attribute[Any], value: Any) -> Non
 class ClusterConfig:
     """This instance's place in a cluster of instances of one app (over NATS)."""
 
-    #: Names the subjects: ``megapresence.<app>.fanout`` and ``.roster``.
+    #: Names the subjects: ``megapresence.<app>.fanout`` and ``.members``.
     app: str = attrs.field(validator=_app_name)
     instance_id: str = attrs.field(validator=_non_empty)
     #: The boot of this instance (milliseconds since the epoch is a good choice):
     #: a larger epoch under the same instance id means a restart.
     epoch: int = attrs.field(validator=_epoch)
-    #: Keep a cluster-wide roster; False fans out messages only.
-    roster: bool = True
+    #: Share members with the other instances (a cluster-wide roster); False
+    #: fans out messages only and each instance lists its own members.
+    sync_members: bool = True
     #: Often enough that a lost add/remove is healed within seconds, rarely
     #: enough to cost nothing: one small message per instance per interval.
     heartbeat_interval: float = attrs.field(default=5.0, validator=_positive)
@@ -168,10 +240,10 @@ class ClusterConfig:
 
 @final
 @attrs.frozen(kw_only=True)
-class RosterConfig:
-    """A shared per-channel roster (Redis) wired to this process."""
+class StoreConfig:
+    """A shared per-channel member store (Redis) wired to this process."""
 
-    #: Seconds a member stays in the shared roster without a refresh: how long
+    #: Seconds a member stays in the shared store without a refresh: how long
     #: a crashed process's members can linger.
     ttl: float = attrs.field(default=60.0, validator=_positive)
     #: A third of the TTL: two refreshes may be lost before a live member expires.
@@ -179,7 +251,7 @@ class RosterConfig:
 
     def __attrs_post_init__(self) -> None:
         if self.refresh_interval >= self.ttl:
-            raise LocalUsageError("RosterConfig: refresh_interval must be shorter than ttl")
+            raise LocalUsageError("StoreConfig: refresh_interval must be shorter than ttl")
 
 
 @final
@@ -187,11 +259,21 @@ class RosterConfig:
 class PresenceConfig:
     """Everything ``Presence`` needs to know about its place in the system."""
 
-    hub: HubLinkConfig | None = None
+    hub_link: HubLinkConfig | None = None
     cluster: ClusterConfig | None = None
-    roster: RosterConfig | None = None
+    store: StoreConfig | None = None
     duplicate_session: DuplicateSessionPolicy = DuplicateSessionPolicy.DETACH_PRIOR
     limits: Limits = Limits()
+
+    def __attrs_post_init__(self) -> None:
+        # A cluster message carries what a hub frame carries, with a shorter envelope.
+        cluster, limits = self.cluster, self.limits
+        if cluster is not None and cluster.max_message_bytes < limits.max_hub_frame_bytes:
+            raise LocalUsageError(
+                f"PresenceConfig: cluster.max_message_bytes ({cluster.max_message_bytes}) must "
+                f"hold what a hub frame holds: at least limits.max_hub_frame_bytes "
+                f"({limits.max_hub_frame_bytes})"
+            )
 
 
 @final
@@ -201,10 +283,13 @@ class HubConfig:
 
     hub_id: str = attrs.field(validator=_non_empty)
     tokens: tuple[str, ...] = attrs.field(converter=tuple)
+    #: Sent to every bridge in REGISTERED; within MIN/MAX_HEARTBEAT_INTERVAL.
     heartbeat_interval: float = attrs.field(default=15.0, validator=_positive)
     dead_after_intervals: float = attrs.field(default=3.0, validator=_positive)
     #: A bridge must REGISTER this soon after the upgrade.
     register_timeout: float = attrs.field(default=10.0, validator=_positive)
+    #: The same default as the bridges' ``Limits.max_hub_frame_bytes``: what a
+    #: bridge may send, the hub accepts and forwards.
     max_frame_bytes: int = attrs.field(default=DEFAULT_MAX_HUB_FRAME_BYTES, validator=_positive)
     max_sessions_per_bridge: int = attrs.field(default=100_000, validator=_positive)
     max_channels_per_session: int = attrs.field(
@@ -222,3 +307,25 @@ class HubConfig:
             raise LocalUsageError("HubConfig: tokens must hold at least one token")
         for token in self.tokens:
             non_empty_str("HubConfig", "each token", token)
+        if not MIN_HEARTBEAT_INTERVAL <= self.heartbeat_interval <= MAX_HEARTBEAT_INTERVAL:
+            raise LocalUsageError(
+                f"HubConfig: heartbeat_interval must be from {MIN_HEARTBEAT_INTERVAL:g} to "
+                f"{MAX_HEARTBEAT_INTERVAL:g} seconds, got {self.heartbeat_interval!r}"
+            )
+
+
+def redact_url(url: str) -> str:
+    """``url`` with any password (or token in the user part) replaced by ``***``.
+
+    For the shims' logs and errors: a server URL may be printed, its secret not.
+    """
+    parts = urlsplit(url)
+    if parts.password is None and not (parts.username and "@" in parts.netloc):
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    user = parts.username or ""
+    secret = "***" if parts.password is not None else ""
+    netloc = f"{user}:{secret}@{host}" if secret else f"***@{host}"
+    return urlunsplit(parts._replace(netloc=netloc))

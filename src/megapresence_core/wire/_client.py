@@ -1,0 +1,235 @@
+"""The browser's side of the wire: the commands it sends and the frames it receives.
+
+Server to client, one JSON object per text message:
+
+======================  ====================================================
+broadcast               ``{"type", "ns", "payload"?}``: a message to a path
+direct                  ``{"type", "payload"?}``: a message to a user
+``roster``              ``{"type": "roster", "payload": {"members": [...],
+                        "channels": {channel: [sessionId, ...]}}}``
+``error``               ``{"type": "error", "payload": {"code", "message"}}``
+======================  ====================================================
+
+Client to server (the protocol of ``megapresence serve``), ``op`` naming the
+command:
+
+======================  ====================================================
+``broadcast``           ``channel``, ``payload``, ``type`` (default "chat"),
+                        ``excludeSelf`` (default false)
+``direct``              ``userId``, ``payload``, ``type`` (default "direct")
+``metadata``            ``metadata``: replaces this session's metadata
+``roster``              ask for the members of this path
+``kick``                ``sessionId``, ``reason``, ``requeue``: admins only
+======================  ====================================================
+
+A bad command is answered with an error frame and changes nothing. Who may
+do what is decided here, with the rest of the rules: :func:`command_event`
+turns a command from a given connection into a core event, or refuses it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Final, TypeAlias, final
+
+import attrs
+
+from .._values import ABSENT, Absent, Json, JsonObject, Member, Message, StoreEntry, dumps
+from ..events import BroadcastRequested, DirectRequested, KickRequested, MetadataUpdated
+from ._codec import (
+    Dialect,
+    Field,
+    check_flag,
+    check_json,
+    check_name,
+    check_object,
+    check_text,
+    names,
+    register,
+)
+from ._codec import decode as _decode
+
+__all__ = [
+    "COMMAND_OPS",
+    "MAX_CLIENT_COMMAND_BYTES",
+    "BroadcastCommand",
+    "ClientCommand",
+    "CommandRefused",
+    "DirectCommand",
+    "KickCommand",
+    "MetadataCommand",
+    "RosterCommand",
+    "broadcast_text",
+    "command_event",
+    "decode_client_command",
+    "direct_text",
+    "error_reply",
+    "roster_reply",
+]
+
+#: A browser command is a chat line or a status; anything bigger is abuse.
+MAX_CLIENT_COMMAND_BYTES: Final = 16 * 1024
+
+
+# ------------------------------------------------------------- server -> client
+
+
+def broadcast_text(ns: str, message: Message) -> str:
+    """The client frame ``{"type", "ns", "payload"?}``, spliced around the encoded payload."""
+    head = f'{{"type":{dumps(message.type)},"ns":{dumps(ns)}'
+    if message.payload_json is None:
+        return head + "}"
+    return f'{head},"payload":{message.payload_json}}}'
+
+
+def direct_text(message: Message) -> str:
+    """The client frame ``{"type", "payload"?}`` of a direct message: the message itself."""
+    return message.json
+
+
+def error_reply(code: str, message: str) -> str:
+    return dumps({"type": "error", "payload": {"code": code, "message": message}})
+
+
+def roster_reply(members: Iterable[Member], entries: Iterable[StoreEntry] = ()) -> str:
+    """The members of a path, and which of them is in each channel (from ``entries``)."""
+    listed = [m.to_json() for m in members]
+    sessions = {m["sessionId"] for m in listed}
+    channels: dict[str, list[Json]] = {}
+    for entry in entries:
+        if entry.session_id in sessions:
+            channels.setdefault(entry.channel, []).append(entry.session_id)
+    return dumps({"type": "roster", "payload": {"members": listed, "channels": channels}})
+
+
+# ------------------------------------------------------------- client -> server
+
+
+@final
+@attrs.frozen(kw_only=True)
+class BroadcastCommand:
+    channel: str
+    type: str = "chat"
+    payload: Json | Absent = ABSENT
+    exclude_self: bool = False
+
+
+@final
+@attrs.frozen(kw_only=True)
+class DirectCommand:
+    user_id: str
+    type: str = "direct"
+    payload: Json | Absent = ABSENT
+
+
+@final
+@attrs.frozen(kw_only=True)
+class MetadataCommand:
+    metadata: JsonObject = attrs.field(hash=False)
+
+
+@final
+@attrs.frozen(kw_only=True)
+class RosterCommand:
+    pass
+
+
+@final
+@attrs.frozen(kw_only=True)
+class KickCommand:
+    session_id: str
+    reason: str | None = None
+    requeue: bool = False
+
+
+ClientCommand: TypeAlias = (
+    BroadcastCommand | DirectCommand | MetadataCommand | RosterCommand | KickCommand
+)
+
+_C: Final = Dialect(
+    what="command",
+    tag="op",
+    unknown_hint="; expected broadcast, direct, metadata, roster or kick",
+    unknown_code="unknown_op",
+)
+_PAYLOAD = Field("payload", "payload", check_json, ABSENT)
+register(
+    _C,
+    "broadcast",
+    BroadcastCommand,
+    Field("channel", "channel", check_name),
+    Field("type", "type", check_name, "chat"),
+    _PAYLOAD,
+    Field("excludeSelf", "exclude_self", check_flag, False),
+)
+register(
+    _C,
+    "direct",
+    DirectCommand,
+    Field("userId", "user_id", check_name),
+    Field("type", "type", check_name, "direct"),
+    _PAYLOAD,
+)
+register(_C, "metadata", MetadataCommand, Field("metadata", "metadata", check_object))
+register(_C, "roster", RosterCommand)
+register(
+    _C,
+    "kick",
+    KickCommand,
+    Field("sessionId", "session_id", check_name),
+    Field("reason", "reason", check_text, None),
+    Field("requeue", "requeue", check_flag, False),
+)
+
+#: The command names, for fuzz dictionaries and tests.
+COMMAND_OPS: Final = names(_C)
+COMMAND_DIALECT: Final = _C
+
+
+def decode_client_command(data: str | bytes) -> ClientCommand:
+    """Parse one command, or raise ``PeerError`` saying what is wrong."""
+    command: ClientCommand = _decode(_C, data, max_bytes=MAX_CLIENT_COMMAND_BYTES)
+    return command
+
+
+@final
+@attrs.frozen(kw_only=True)
+class CommandRefused:
+    """The command is well-formed but not allowed from this connection."""
+
+    code: str
+    message: str
+
+
+def _message(command: BroadcastCommand | DirectCommand) -> Message:
+    return Message(type=command.type, payload=command.payload)
+
+
+CommandEvent: TypeAlias = BroadcastRequested | DirectRequested | MetadataUpdated | KickRequested
+
+
+def command_event(
+    command: ClientCommand, *, ns: str, session_id: str | None, is_admin: bool
+) -> CommandEvent | RosterCommand | CommandRefused:
+    """What ``command`` from a connection on ``ns`` means, or why it is refused.
+
+    A roster request is returned as is: answering it is a query, not an event.
+    """
+    if isinstance(command, BroadcastCommand):
+        excluded = (session_id,) if command.exclude_self and session_id is not None else ()
+        return BroadcastRequested(
+            ns=ns, channel=command.channel, message=_message(command), except_session_ids=excluded
+        )
+    if isinstance(command, DirectCommand):
+        return DirectRequested(user_id=command.user_id, message=_message(command))
+    if isinstance(command, MetadataCommand):
+        if session_id is None:
+            return CommandRefused(code="not_joined", message="join a session to set metadata")
+        return MetadataUpdated(session_id=session_id, metadata=command.metadata)
+    if isinstance(command, KickCommand):
+        if not is_admin:
+            return CommandRefused(code="forbidden", message="only admins may kick")
+        return KickRequested(
+            session_id=command.session_id, reason=command.reason, requeue=command.requeue
+        )
+    return command

@@ -1,0 +1,434 @@
+"""Hub frames and cluster messages: typed frozen classes and their schemas.
+
+Hub protocol (version 1): JSON text frames ``{"type": T, "payload": {...}}``
+with camelCase fields, between a bridge and the hub.
+
+Cluster protocol (version 1), between instances of one app over NATS: one
+JSON object ``{"v": 1, "kind": K, "from": instanceId, "epoch": bootEpoch,
+...}``. ``from`` lets the sender skip its own echo; ``epoch`` tells a
+restarted instance from its previous incarnation. Fan-out kinds travel on the
+app's ``fanout`` subject, member kinds on its ``members`` subject.
+
+==============  =====================================================
+``broadcast``   ``ns``, ``channel``, ``message``, ``except?``
+``direct``      ``userId``, ``message``
+``kick``        ``sessionId``, ``reason?``, ``requeue?``
+``add``         ``ns``, ``member: {sessionId, userId, metadata?}`` (also an update)
+``remove``      ``sessionId``
+``heartbeat``   ``count``, ``digest``: what the sender holds, to spot a gap
+``snapshot``    ``snap``, ``part``, ``parts``, ``members: [{ns, sessionId, userId,
+                metadata?}]``: every member of the sender, in parts
+``resync``      ``target``: an instance id, or ``"*"``: please send a snapshot
+``bye``         the sender is stopping: forget its members now
+==============  =====================================================
+"""
+
+from __future__ import annotations
+
+from typing import Any, Final, TypeAlias, final
+
+import attrs
+
+from .._values import JsonObject, Member, Message, RemoteMember
+from ._codec import (
+    Dialect,
+    Field,
+    check_count,
+    check_flag,
+    check_message,
+    check_name,
+    check_names,
+    check_object,
+    check_text,
+    names,
+    register,
+)
+
+__all__ = [
+    "CLUSTER_DIALECT",
+    "CLUSTER_KINDS",
+    "CLUSTER_PROTOCOL_VERSION",
+    "FRAME_TYPES",
+    "HUB_DIALECT",
+    "HUB_PROTOCOL_VERSION",
+    "BroadcastFrame",
+    "BulkLeaveFrame",
+    "ClusterAdd",
+    "ClusterBroadcast",
+    "ClusterBye",
+    "ClusterDirect",
+    "ClusterHeartbeat",
+    "ClusterKick",
+    "ClusterMessage",
+    "ClusterRemove",
+    "ClusterResync",
+    "ClusterSnapshot",
+    "DirectFrame",
+    "DisconnectFrame",
+    "ErrorFrame",
+    "HeartbeatFrame",
+    "HubFrame",
+    "JoinFrame",
+    "LeaveFrame",
+    "MetadataFrame",
+    "RegisterFrame",
+    "RegisteredFrame",
+]
+
+#: The hub protocol spoken by this release (REGISTER ``protocol``).
+HUB_PROTOCOL_VERSION: Final = 1
+CLUSTER_PROTOCOL_VERSION: Final = 1
+
+# ---------------------------------------------------------------- hub frames
+
+
+@final
+@attrs.frozen(kw_only=True)
+class RegisterFrame:
+    bridge_id: str
+    instance_id: str
+    capabilities: tuple[str, ...] = ()
+    protocol: int
+
+
+@final
+@attrs.frozen(kw_only=True)
+class RegisteredFrame:
+    hub_id: str
+    heartbeat_interval: float
+
+
+@final
+@attrs.frozen(kw_only=True)
+class JoinFrame:
+    user_id: str
+    session_id: str
+    channels: tuple[str, ...]
+    metadata: JsonObject | None = attrs.field(default=None, hash=False)
+
+
+@final
+@attrs.frozen(kw_only=True)
+class LeaveFrame:
+    session_id: str
+
+
+@final
+@attrs.frozen(kw_only=True)
+class BulkLeaveFrame:
+    bridge_id: str
+    session_ids: tuple[str, ...]
+
+
+@final
+@attrs.frozen(kw_only=True)
+class MetadataFrame:
+    session_id: str
+    metadata: JsonObject = attrs.field(hash=False)
+
+
+@final
+@attrs.frozen(kw_only=True)
+class BroadcastFrame:
+    ns: str
+    channel: str
+    message: Message
+    except_session_ids: tuple[str, ...] = ()
+
+
+@final
+@attrs.frozen(kw_only=True)
+class DirectFrame:
+    user_id: str
+    message: Message
+
+
+@final
+@attrs.frozen(kw_only=True)
+class DisconnectFrame:
+    session_id: str
+    reason: str | None = None
+    requeue: bool = False
+
+
+@final
+@attrs.frozen(kw_only=True)
+class HeartbeatFrame:
+    pass
+
+
+@final
+@attrs.frozen(kw_only=True)
+class ErrorFrame:
+    code: str
+    message: str = ""
+
+
+HubFrame: TypeAlias = (
+    RegisterFrame
+    | RegisteredFrame
+    | JoinFrame
+    | LeaveFrame
+    | BulkLeaveFrame
+    | MetadataFrame
+    | BroadcastFrame
+    | DirectFrame
+    | DisconnectFrame
+    | HeartbeatFrame
+    | ErrorFrame
+)
+
+#: Bounds of REGISTERED's ``heartbeatInterval`` (seconds): a hub asking for
+#: beats faster than 50 ms would flood every bridge, one slower than an hour
+#: would switch liveness off. Outside them the frame is refused as bad.
+MIN_HEARTBEAT_INTERVAL: Final = 0.05
+MAX_HEARTBEAT_INTERVAL: Final = 3600.0
+
+
+def _protocol(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    raise ValueError("must be a positive integer")
+
+
+def _interval(value: Any) -> float:
+    if (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and MIN_HEARTBEAT_INTERVAL <= value <= MAX_HEARTBEAT_INTERVAL
+    ):
+        return float(value)
+    raise ValueError(
+        f"must be a number of seconds from {MIN_HEARTBEAT_INTERVAL:g} to {MAX_HEARTBEAT_INTERVAL:g}"
+    )
+
+
+HUB_DIALECT: Final = Dialect(what="hub frame", tag="type", nested="payload")
+_H = HUB_DIALECT
+# Fields both protocols carry, declared once.
+_SESSION = Field("sessionId", "session_id", check_name)
+_USER = Field("userId", "user_id", check_name)
+_NS = Field("ns", "ns", check_name)
+_CHANNEL = Field("channel", "channel", check_name)
+_MESSAGE = Field("message", "message", check_message)
+_REASON = Field("reason", "reason", check_text, None)
+_REQUEUE = Field("requeue", "requeue", check_flag, False)
+
+register(
+    _H,
+    "REGISTER",
+    RegisterFrame,
+    Field("bridgeId", "bridge_id", check_name),
+    Field("instanceId", "instance_id", check_name),
+    Field("capabilities", "capabilities", check_names, ()),
+    Field("protocol", "protocol", _protocol),
+)
+register(
+    _H,
+    "REGISTERED",
+    RegisteredFrame,
+    Field("hubId", "hub_id", check_name),
+    Field("heartbeatInterval", "heartbeat_interval", _interval),
+)
+register(
+    _H,
+    "JOIN",
+    JoinFrame,
+    _USER,
+    _SESSION,
+    Field("channels", "channels", check_names),
+    Field("metadata", "metadata", check_object, None),
+)
+register(_H, "LEAVE", LeaveFrame, _SESSION)
+register(
+    _H,
+    "BULK_LEAVE",
+    BulkLeaveFrame,
+    Field("bridgeId", "bridge_id", check_name),
+    Field("sessionIds", "session_ids", check_names),
+)
+register(_H, "METADATA", MetadataFrame, _SESSION, Field("metadata", "metadata", check_object))
+register(
+    _H,
+    "BROADCAST",
+    BroadcastFrame,
+    _NS,
+    _CHANNEL,
+    _MESSAGE,
+    Field("exceptSessionIds", "except_session_ids", check_names, ()),
+)
+register(_H, "DIRECT", DirectFrame, _USER, _MESSAGE)
+register(_H, "DISCONNECT", DisconnectFrame, _SESSION, _REASON, _REQUEUE)
+register(_H, "HEARTBEAT", HeartbeatFrame)
+register(
+    _H,
+    "ERROR",
+    ErrorFrame,
+    Field("code", "code", check_name),
+    Field("message", "message", check_text, ""),
+)
+
+#: The frame type names, for fuzz dictionaries and error messages.
+FRAME_TYPES: Final = names(_H)
+
+# ---------------------------------------------------------- cluster messages
+
+
+@final
+@attrs.frozen(kw_only=True)
+class ClusterBroadcast:
+    sender: str
+    epoch: int
+    ns: str
+    channel: str
+    message: Message
+    except_session_ids: tuple[str, ...] = ()
+
+
+@final
+@attrs.frozen(kw_only=True)
+class ClusterDirect:
+    sender: str
+    epoch: int
+    user_id: str
+    message: Message
+
+
+@final
+@attrs.frozen(kw_only=True)
+class ClusterKick:
+    sender: str
+    epoch: int
+    session_id: str
+    reason: str | None = None
+    requeue: bool = False
+
+
+@final
+@attrs.frozen(kw_only=True)
+class ClusterAdd:
+    """A member joined the sender, or changed its metadata."""
+
+    sender: str
+    epoch: int
+    ns: str
+    member: Member
+
+
+@final
+@attrs.frozen(kw_only=True)
+class ClusterRemove:
+    sender: str
+    epoch: int
+    session_id: str
+
+
+@final
+@attrs.frozen(kw_only=True)
+class ClusterHeartbeat:
+    sender: str
+    epoch: int
+    count: int
+    digest: int
+
+
+@final
+@attrs.frozen(kw_only=True)
+class ClusterSnapshot:
+    sender: str
+    epoch: int
+    snap: int
+    part: int
+    parts: int
+    members: tuple[RemoteMember, ...]
+
+
+@final
+@attrs.frozen(kw_only=True)
+class ClusterResync:
+    sender: str
+    epoch: int
+    target: str  #: an instance id, or "*" for everyone
+
+
+@final
+@attrs.frozen(kw_only=True)
+class ClusterBye:
+    sender: str
+    epoch: int
+
+
+ClusterMessage: TypeAlias = (
+    ClusterBroadcast
+    | ClusterDirect
+    | ClusterKick
+    | ClusterAdd
+    | ClusterRemove
+    | ClusterHeartbeat
+    | ClusterSnapshot
+    | ClusterResync
+    | ClusterBye
+)
+
+
+def _member(value: Any) -> Member:
+    obj = check_object(value)
+    metadata = obj.get("metadata")
+    return Member(
+        session_id=check_name(obj.get("sessionId")),
+        user_id=check_name(obj.get("userId")),
+        metadata=None if metadata is None else check_object(metadata),
+    )
+
+
+def _members(value: Any) -> tuple[RemoteMember, ...]:
+    if not isinstance(value, list):
+        raise ValueError("must be a list of members")
+    return tuple(
+        RemoteMember(ns=check_name(check_object(item).get("ns")), member=_member(item))
+        for item in value
+    )
+
+
+CLUSTER_DIALECT: Final = Dialect(
+    what="cluster message",
+    tag="kind",
+    version=("v", CLUSTER_PROTOCOL_VERSION),
+    header=(Field("from", "sender", check_name), Field("epoch", "epoch", check_count)),
+)
+_K = CLUSTER_DIALECT
+
+register(
+    _K,
+    "broadcast",
+    ClusterBroadcast,
+    _NS,
+    _CHANNEL,
+    _MESSAGE,
+    Field("except", "except_session_ids", check_names, ()),
+)
+register(_K, "direct", ClusterDirect, _USER, _MESSAGE)
+register(_K, "kick", ClusterKick, _SESSION, _REASON, _REQUEUE)
+register(_K, "add", ClusterAdd, _NS, Field("member", "member", _member))
+register(_K, "remove", ClusterRemove, _SESSION)
+register(
+    _K,
+    "heartbeat",
+    ClusterHeartbeat,
+    Field("count", "count", check_count),
+    Field("digest", "digest", check_count),
+)
+register(
+    _K,
+    "snapshot",
+    ClusterSnapshot,
+    Field("snap", "snap", check_count),
+    Field("part", "part", check_count),
+    Field("parts", "parts", check_count),
+    Field("members", "members", _members),
+)
+register(_K, "resync", ClusterResync, Field("target", "target", check_name))
+register(_K, "bye", ClusterBye)
+
+#: The kinds, for fuzz dictionaries and tests.
+CLUSTER_KINDS: Final = names(_K)
