@@ -4,12 +4,13 @@
 ``megapresence`` command runs either from a shell.
 """
 
-from ._config import DEFAULT_SOCKET_LIMITS, SocketLimits
+from ._config import DEFAULT_HUB_LIMITS, DEFAULT_SOCKET_LIMITS, SocketLimits
 from ._http import HandshakeRequest
 from ._hub_server import HubServer
 from ._server import Client, Identity, PresenceServer, Refusal
 
 __all__ = [
+    "DEFAULT_HUB_LIMITS",
     "DEFAULT_SOCKET_LIMITS",
     "Client",
     "HandshakeRequest",
