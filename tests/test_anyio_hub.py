@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -27,6 +26,7 @@ from megapresence_core import (
     PresenceConfig,
 )
 
+from .hostile import BAD_HUB_ANSWERS, FakeHub
 from .socket_helpers import Client, http_status, query_login, upgrade_answer, wait_for
 
 pytestmark = pytest.mark.anyio
@@ -233,77 +233,17 @@ async def test_a_healthy_link_outlives_many_handshake_timeouts_with_traffic_both
 # --------------------------------------------------- a hub address that lies
 
 
-def _accept_token(request: bytes) -> bytes:
-    import base64
-    import hashlib
-
-    key = next(
-        line.split(b":", 1)[1].strip()
-        for line in request.split(b"\r\n")
-        if line.lower().startswith(b"sec-websocket-key:")
-    )
-    digest = hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest()
-    return base64.b64encode(digest)
-
-
-#: What a broken or hostile address answers to the hub link's upgrade.
-BAD_HUB_ANSWERS: list[bytes | None] = [
-    b"garbage\r\n\r\n",
-    b"\x16\x03\x01\x00\xa5\x01\x00\x00\xa1\x03\x03",  # a TLS record
-    b"HTTP/1.1 101 Switching Protocols\r\n\r\n",  # no Upgrade, no accept token
-    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-    b"Sec-WebSocket-Accept: d3Jvbmc=\r\n\r\n",  # the wrong accept token
-    b"HTTP/1.1 200 OK\r\nX: " + b"a" * 70_000 + b"\r\n\r\n",  # a head over h11's bound
-    b"HTTP/1.1 500 Oops\r\ncontent-length: 0\r\n\r\n",
-    None,  # a valid 101, then bytes that are no WebSocket frame
-    b"",  # the connection closed without a word
-]
-
-
-async def fake_hub(seen: list[bytes], *, task_status: anyio.abc.TaskStatus[int]) -> None:
-    """Answers the n-th upgrade with BAD_HUB_ANSWERS[n % len]."""
-
-    async def answer(stream: anyio.abc.SocketStream) -> None:
-        with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
-            async with stream:
-                request = b""
-                while b"\r\n\r\n" not in request:
-                    request += await stream.receive()
-                reply = BAD_HUB_ANSWERS[len(seen) % len(BAD_HUB_ANSWERS)]
-                seen.append(request)
-                if reply is None:
-                    reply = (
-                        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                        b"Connection: Upgrade\r\nSec-WebSocket-Accept: "
-                        + _accept_token(request)
-                        + b"\r\n\r\n\xff\xff\xff\xff garbage"
-                    )
-                if reply:
-                    await stream.send(reply)
-                with anyio.move_on_after(1):
-                    while await stream.receive():
-                        pass
-
-    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
-    async with listener:
-        task_status.started(listener.extra(anyio.abc.SocketAttribute.local_port))
-        await listener.serve(answer)
-
-
 async def test_an_address_answering_garbage_costs_retries_never_the_server(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    seen: list[bytes] = []
-    async with anyio.create_task_group() as tg:
-        port = await tg.start(fake_hub, seen)
-        async with bridge(port, "A") as server:
+    with FakeHub().running() as fake:
+        async with bridge(fake.port, "A") as server:
             url = f"ws://127.0.0.1:{await server.listen()}"
             lost = count_link_events(server)
-            await wait_for(lambda: len(seen) >= 2 * len(BAD_HUB_ANSWERS), timeout=30)
+            await wait_for(lambda: fake.seen >= 2 * len(BAD_HUB_ANSWERS), timeout=30)
             assert lost["HubLost"] >= 2 * len(BAD_HUB_ANSWERS) - 1
             ann = await Client.connect(f"{url}/ws?user=ann")  # still serving
             await ann.close()
-        tg.cancel_scope.cancel()
     reasons = " ".join(r.getMessage() for r in caplog.records if "hub.link.lost" in r.getMessage())
     assert "bad response" in reasons
     assert "Traceback" not in caplog.text

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from websockets.sync.client import ClientConnection, connect
 
+from .hostile import FakeHub, answer, corpus
 from .process_helpers import TOKEN, Command, eventually
 
 
@@ -132,3 +133,87 @@ def test_two_servers_and_a_hub_survive_a_hub_crash_and_a_drain(
         eventually(lambda: hub_sessions(port) == everyone, what="the bridges to come back")
     assert a.stop() == 0
     assert b.stop() == 0
+
+
+# ------------------------------------------------------------ hostile peers
+
+
+def served_by(command: Command) -> bool:
+    """A legitimate client still gets in: a demo page socket on ``serve``."""
+    with connect(f"ws://127.0.0.1:{command.port}/ws/chat?user=legit", open_timeout=10) as ws:
+        return recv_type(ws, "welcome")["payload"]["userId"] == "legit"
+
+
+def hub_answers(hub: Command) -> bool:
+    """A legitimate client of the hub: its presence listing, with a token."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{hub.port}/presence", headers={"Authorization": f"Bearer {TOKEN}"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return bool(response.status == 200)
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_the_hostile_corpus_costs_serve_and_hub_nothing(backend: str, tmp_path: Path) -> None:
+    hub = Command(tmp_path, "hub", "--backend", backend, "hub", "--port", "0")
+    a = Command(
+        tmp_path,
+        "A",
+        "--backend",
+        backend,
+        "serve",
+        "--port",
+        "0",
+        "--hub",
+        f"ws://127.0.0.1:{hub.port}/",
+        "--bridge-id",
+        "A",
+    )
+    try:
+        eventually(lambda: ("A", "bridge:A#lobby") in hub_sessions(hub.port), what="A registered")
+        targets = [
+            (a, corpus("/ws/chat?user=eve"), served_by),
+            (hub, corpus("/", f"Authorization: Bearer {TOKEN}\r\n"), hub_answers),
+        ]
+        for command, cases, legitimate in targets:
+            for case in cases:
+                assert answer(command.port, case) == case.expect, case.name
+                assert legitimate(command), f"not served after {case.name}"
+        assert ("A", "bridge:A#lobby") in hub_sessions(hub.port)  # the link held throughout
+        for command in (hub, a):
+            assert command.process.poll() is None
+            assert "Traceback" not in command.log.read_text()
+    finally:
+        for command in (a, hub):
+            command.stop(signal.SIGKILL)
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_serve_keeps_running_when_its_hub_address_answers_garbage(
+    backend: str, tmp_path: Path
+) -> None:
+    with FakeHub().running() as fake:
+        a = Command(
+            tmp_path,
+            "A",
+            "--backend",
+            backend,
+            "--log-level",
+            "DEBUG",
+            "serve",
+            "--port",
+            "0",
+            "--hub",
+            f"ws://127.0.0.1:{fake.port}/",
+        )
+        try:
+            # The answers that ended the process before; the socket tests try them all
+            # with a shorter backoff than the command's (0.5 s, doubling).
+            eventually(lambda: fake.seen >= 3, timeout=60, what="three retries")
+            assert a.process.poll() is None
+            assert served_by(a)
+            log = a.log.read_text()
+            assert "hub.link.lost" in log
+            assert "Traceback" not in log
+        finally:
+            a.stop(signal.SIGKILL)

@@ -163,6 +163,9 @@ class RequestReader:
         return status
 
     def _request(self, event: h11.Request) -> HandshakeRequest | int:
+        version = event.http_version.decode("latin-1")
+        if not version.startswith("1."):  # h11 reads "HTTP/2.0" in a 1.x request line
+            return self._refuse(505, f"HTTP/{version} in an HTTP/1 request")
         target = event.target.decode("latin-1")
         split = _split_target(target)
         if split is None:
@@ -183,7 +186,7 @@ class RequestReader:
                 for name, (_, value) in zip(names, event.headers, strict=True)
             ),
             remote=self._remote,
-            http_version=event.http_version.decode("latin-1"),
+            http_version=version,
         )
 
 
