@@ -9,14 +9,14 @@ from __future__ import annotations
 import resource
 import socket
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 import anyio
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from megapresence_anyio import SocketLimits
+from megapresence_anyio import PresenceServer, SocketLimits
 
 from .socket_helpers import Client, running_server, upgrade_answer, wait_for
 
@@ -64,52 +64,53 @@ def answer_of(sock: socket.socket, timeout: float = 5) -> bytes:
     return data.split(b"\r\n", 1)[0]
 
 
+@asynccontextmanager
+async def half_open_against(
+    limits: SocketLimits, count: int, sources: list[str]
+) -> AsyncIterator[tuple[PresenceServer, str, list[socket.socket]]]:
+    """A server with ``count`` half-open sockets from ``sources`` in its handshake."""
+    async with running_server(limits=limits) as (server, url):
+        assert server.port is not None
+        with half_open_sockets(server.port, count, sources) as socks:
+            await wait_for(lambda: server._admission.pending == count)
+            yield server, url, socks
+
+
 async def connect_from(url: str, source: str) -> Client:
     return await Client.connect(url, source_address=(source, 0))
 
 
 async def test_pending_handshakes_per_address_are_capped_with_429() -> None:
     limits = SocketLimits(max_pending_per_address=3)
-    async with running_server(limits=limits) as (server, url):
-        assert server.port is not None
-        port = server.port
-        with half_open_sockets(port, 3, ["127.0.0.1"]):
-            await wait_for(lambda: server._admission.pending == 3)
-            refused = await anyio.to_thread.run_sync(answer_to_new_half_open, port)
-            assert refused == b"HTTP/1.1 429 Too Many Requests"
-            other = await connect_from(f"{url}/ws?user=ann", "127.0.0.2")  # another address
-            await other.close()
+    async with half_open_against(limits, 3, ["127.0.0.1"]) as (server, url, _):
+        refused = await anyio.to_thread.run_sync(answer_to_new_half_open, server.port)
+        assert refused == b"HTTP/1.1 429 Too Many Requests"
+        other = await connect_from(f"{url}/ws?user=ann", "127.0.0.2")  # another address
+        await other.close()
 
 
 async def test_at_the_pending_cap_the_oldest_handshake_makes_room_with_503() -> None:
     limits = SocketLimits(max_pending_handshakes=3)
-    async with running_server(limits=limits) as (server, url):
-        assert server.port is not None
-        port = server.port
-        with half_open_sockets(port, 3, ["127.0.0.2", "127.0.0.3", "127.0.0.4"]) as socks:
-            await wait_for(lambda: server._admission.pending == 3)
-            client = await Client.connect(f"{url}/ws?user=ann")  # pushes the oldest out
-            oldest = await anyio.to_thread.run_sync(lambda: answer_of(socks[0]))
-            assert oldest == b"HTTP/1.1 503 Service Unavailable"
-            assert server._admission.pending == 2  # the other two wait on
-            await client.close()
+    sources = ["127.0.0.2", "127.0.0.3", "127.0.0.4"]
+    async with half_open_against(limits, 3, sources) as (server, url, socks):
+        client = await Client.connect(f"{url}/ws?user=ann")  # pushes the oldest out
+        oldest = await anyio.to_thread.run_sync(answer_of, socks[0])
+        assert oldest == b"HTTP/1.1 503 Service Unavailable"
+        assert server._admission.pending == 2  # the other two wait on
+        await client.close()
 
 
 async def test_connections_count_from_the_upgrade_and_are_capped_with_503() -> None:
     limits = SocketLimits(max_connections=1)
-    async with running_server(limits=limits) as (server, url):
-        assert server.port is not None
-        port = server.port
-        with half_open_sockets(port, 5, ["127.0.0.2"]):
-            await wait_for(lambda: server._admission.pending == 5)
-            first = await Client.connect(f"{url}/ws?user=ann")  # half-open sockets hold no slot
-            with pytest.raises(InvalidStatus) as refused:
-                await Client.connect(f"{url}/ws?user=bob")
-            assert refused.value.response.status_code == 503
-            await first.close()
-            await wait_for(lambda: server._admission.open == 0)
-            again = await Client.connect(f"{url}/ws?user=bob")
-            await again.close()
+    async with half_open_against(limits, 5, ["127.0.0.2"]) as (server, url, _):
+        first = await Client.connect(f"{url}/ws?user=ann")  # half-open sockets hold no slot
+        with pytest.raises(InvalidStatus) as refused:
+            await Client.connect(f"{url}/ws?user=bob")
+        assert refused.value.response.status_code == 503
+        await first.close()
+        await wait_for(lambda: server._admission.open == 0)
+        again = await Client.connect(f"{url}/ws?user=bob")
+        await again.close()
 
 
 async def test_open_connections_per_address_are_capped_with_429() -> None:

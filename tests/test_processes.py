@@ -18,7 +18,7 @@ import pytest
 from websockets.sync.client import ClientConnection, connect
 
 from .hostile import FakeHub, answer, corpus
-from .process_helpers import TOKEN, Command, eventually
+from .process_helpers import TOKEN, Command, bridge_command, eventually
 
 
 def hub_sessions(port: int) -> set[tuple[str, str]]:
@@ -54,21 +54,7 @@ def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[dict[str
     commands = {"hub": Command(tmp_path, "hub", "--backend", hub_backend, "hub", "--port", "0")}
     hub_url = f"ws://127.0.0.1:{commands['hub'].port}/"
     for name, backend in (("A", hub_backend), ("B", other)):
-        commands[name] = Command(
-            tmp_path,
-            name,
-            "--backend",
-            backend,
-            "serve",
-            "--port",
-            "0",
-            "--hub",
-            hub_url,
-            "--bridge-id",
-            name,
-            "--channels",
-            "lobby",
-        )
+        commands[name] = bridge_command(tmp_path, name, backend, hub_url)
     yield commands
     for command in commands.values():
         command.stop(signal.SIGKILL)
@@ -156,19 +142,7 @@ def hub_answers(hub: Command) -> bool:
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 def test_the_hostile_corpus_costs_serve_and_hub_nothing(backend: str, tmp_path: Path) -> None:
     hub = Command(tmp_path, "hub", "--backend", backend, "hub", "--port", "0")
-    a = Command(
-        tmp_path,
-        "A",
-        "--backend",
-        backend,
-        "serve",
-        "--port",
-        "0",
-        "--hub",
-        f"ws://127.0.0.1:{hub.port}/",
-        "--bridge-id",
-        "A",
-    )
+    a = bridge_command(tmp_path, "A", backend, f"ws://127.0.0.1:{hub.port}/")
     try:
         eventually(lambda: ("A", "bridge:A#lobby") in hub_sessions(hub.port), what="A registered")
         targets = [

@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Final, final
 
 import anyio
@@ -237,8 +237,23 @@ class Admission:
     def open(self) -> int:
         return self._open
 
+    async def finish(self, guard: Guard, cleanup: Callable[[], Awaitable[None]]) -> None:
+        """The end of a connection's task: it counts nowhere, ``cleanup`` (the core and the
+        close hook) runs, and the socket is closed, whatever ``cleanup`` raises."""
+        self.leave(guard)
+        with anyio.CancelScope(shield=True):
+            try:
+                await cleanup()
+            except Exception as exc:
+                logger.error(
+                    "%s: cleaning up failed: %s: %s", guard, type(exc).__name__, exc, exc_info=exc
+                )
+            finally:
+                await guard.transport.drain_and_close(self._limits.close_timeout)
+
     def begin(self, guard: Guard) -> int | None:
-        """A new socket enters its handshake; or the status that refuses it (429)."""
+        """A new socket enters its handshake; or the status that refuses it (429). Called
+        at accept, so "oldest" is in the order the listener accepted."""
         limits, address = self._limits, guard.address
         pending_here = self._pending_by_address[address] if address is not None else 0
         if pending_here >= limits.max_pending_per_address:

@@ -51,6 +51,7 @@ _REASONS: Mapping[int, bytes] = {
     429: b"Too Many Requests",
     431: b"Request Header Fields Too Large",
     500: b"Internal Server Error",
+    501: b"Not Implemented",
     503: b"Service Unavailable",
     505: b"HTTP Version Not Supported",
 }
@@ -224,8 +225,10 @@ def respond(
 
 def _valid_key(key: str | None) -> bool:
     """RFC 6455 4.1: the key is 16 random bytes, base64-encoded."""
+    if key is None:
+        return False
     try:
-        return key is not None and len(base64.b64decode(key, validate=True)) == 16
+        return len(base64.b64decode(key.encode("latin-1"), validate=True)) == 16
     except binascii.Error:
         return False
 

@@ -99,7 +99,8 @@ class UpgradeReader:
                     return ws.connection
                 if isinstance(event, RejectConnection):
                     return event.status_code
-        except (ProtocolError, h11.ProtocolError) as exc:
+        except (ProtocolError, h11.ProtocolError, ValueError) as exc:
+            # ValueError: wsproto decodes some header values as ASCII, unchecked.
             raise HandshakeError(f"hub answered the upgrade with a bad response: {exc}") from None
         return None
 

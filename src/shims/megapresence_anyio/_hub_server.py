@@ -130,7 +130,8 @@ class HubServer:
         transport = SocketTransport(
             sock, spawn=self._spawn, max_buffer=self._limits.max_send_buffer
         )
-        self._spawn(self._serve, Guard(transport, remote))
+        guard = Guard(transport, remote)
+        self._spawn(self._serve, guard, self._admission.begin(guard))
 
     def dispatch(self, event: HubEvent) -> None:
         for action in self._hub.handle(event):
@@ -142,31 +143,29 @@ class HubServer:
             if bridge.session is not None:
                 bridge.session.keepalive(now)
 
-    async def _serve(self, guard: Guard) -> None:
+    async def _serve(self, guard: Guard, refused: int | None) -> None:
         """One bridge link behind its fault boundary: nothing it raises reaches the hub."""
         try:
-            status = self._admission.begin(guard)
-            if status is not None:
-                guard.respond(status)
-                return
-            bridge = await self._handshake(guard)
-            if bridge is not None and bridge.session is not None:
-                await bridge.session.run(
-                    lambda text: self.dispatch(
-                        BridgeFrameReceived(bridge=bridge, data=text, now=anyio.current_time())
+            if refused is not None:
+                guard.respond(refused)  # over a handshake cap (logged by the admission)
+            else:
+                bridge = await self._handshake(guard)
+                if bridge is not None and bridge.session is not None:
+                    await bridge.session.run(
+                        lambda text: self.dispatch(
+                            BridgeFrameReceived(bridge=bridge, data=text, now=anyio.current_time())
+                        )
                     )
-                )
         except Exception as exc:
             guard.fault(exc)
         finally:
-            self._admission.leave(guard)
-            with anyio.CancelScope(shield=True):
-                try:
-                    if guard.conn is not None:
-                        self._bridges.discard(guard.conn)
-                        self.dispatch(BridgeClosed(bridge=guard.conn, now=anyio.current_time()))
-                finally:
-                    await guard.transport.drain_and_close(self._limits.close_timeout)
+            await self._admission.finish(guard, lambda: self._closed(guard))
+
+    async def _closed(self, guard: Guard) -> None:
+        bridge = guard.conn
+        if isinstance(bridge, _Bridge):
+            self._bridges.discard(bridge)
+            self.dispatch(BridgeClosed(bridge=bridge, now=anyio.current_time()))
 
     async def _handshake(self, guard: Guard) -> _Bridge | None:
         """Read the request; answer it over HTTP, refuse it, or accept the bridge."""

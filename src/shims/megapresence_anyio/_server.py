@@ -371,59 +371,57 @@ class PresenceServer:
         transport = SocketTransport(
             sock, spawn=self._spawn, max_buffer=self._limits.max_send_buffer
         )
-        self._spawn_connection(self._serve, Guard(transport, remote))
+        guard = Guard(transport, remote)
+        self._spawn_connection(self._serve, guard, self._admission.begin(guard))
 
     async def handle_stream(self, stream: anyio.abc.ByteStream) -> None:
         """Serve one connection accepted elsewhere (it is written through a queue)."""
         transport = StreamTransport(
             stream, spawn=self._spawn, max_buffer=self._limits.max_send_buffer
         )
-        await self._serve(Guard(transport, None))
+        guard = Guard(transport, None)
+        await self._serve(guard, self._admission.begin(guard))
 
-    async def _serve(self, guard: Guard) -> None:
+    async def _serve(self, guard: Guard, refused: int | None) -> None:
         """One connection, from its request to its close, behind its fault boundary:
         nothing it raises reaches the server (see ``_guard.py`` for what it becomes).
         While the socket is open this is the only frame above the session's, so an
         idle connection costs little memory."""
-        client: Client | None = None
         try:
-            status = self._admission.begin(guard)
-            if status is not None:
-                guard.respond(status)
-                return
-            client = await self._handshake(guard)
-            if client is not None:
-                await _run_hook(self._on_open, client)
-                on_message = self._on_message
-                await client.session.run(
-                    (lambda text: on_message(client, text)) if on_message is not None else _ignore
-                )
+            if refused is not None:
+                guard.respond(refused)  # over a handshake cap (logged by the admission)
+            else:
+                client = await self._handshake(guard)
+                if client is not None:
+                    await _run_hook(self._on_open, client)
+                    on_message = self._on_message
+                    await client.session.run(
+                        (lambda text: on_message(client, text))
+                        if on_message is not None
+                        else _ignore
+                    )
         except Exception as exc:
             guard.fault(exc)
         finally:
-            self._admission.leave(guard)
-            with anyio.CancelScope(shield=True):
-                await self._finish(guard, client)
+            await self._admission.finish(guard, lambda: self._closed(guard))
 
-    async def _finish(self, guard: Guard, client: Client | None) -> None:
-        """The socket is done: out of the core, through ``on_close``, then closed."""
-        try:
-            if guard.conn is not None:
-                self._clients.discard(guard.conn)
-                self.dispatch(ConnectionClosed(conn=guard.conn))
-                if client is not None:
-                    try:
-                        await _run_hook(self._on_close, client)
-                    except Exception as exc:
-                        logger.error(
-                            "%s: the on_close hook failed: %s: %s",
-                            guard,
-                            type(exc).__name__,
-                            exc,
-                            exc_info=exc,
-                        )
-        finally:
-            await guard.transport.drain_and_close(self._limits.close_timeout)
+    async def _closed(self, guard: Guard) -> None:
+        """Out of the core, then through ``on_close`` if it was open."""
+        client = guard.conn
+        if isinstance(client, Client):
+            self._clients.discard(client)
+            self.dispatch(ConnectionClosed(conn=client))
+            if guard.session is not None:
+                try:
+                    await _run_hook(self._on_close, client)
+                except Exception as exc:
+                    logger.error(
+                        "%s: the on_close hook failed: %s: %s",
+                        guard,
+                        type(exc).__name__,
+                        exc,
+                        exc_info=exc,
+                    )
 
     async def _handshake(self, guard: Guard) -> Client | None:
         """Read the request; answer it over HTTP, refuse it, or upgrade it into a ``Client``."""
