@@ -169,3 +169,16 @@ async def test_a_slowloris_past_the_pending_cap_does_not_lock_a_client_out() -> 
             for sock in socks:
                 sock.close()
     print(f"slowloris: {len(socks)} half-open sockets; a client connected in {elapsed:.3f} s")
+
+
+async def test_the_hub_caps_handshakes_per_address_too() -> None:
+    from megapresence_anyio import HubServer
+    from megapresence_core import HubConfig
+
+    limits = SocketLimits(max_pending_per_address=2)
+    async with HubServer(HubConfig(hub_id="h", tokens=["t"]), limits=limits) as hub:
+        port = await hub.listen()
+        with half_open_sockets(port, 2, ["127.0.0.1"]):
+            await wait_for(lambda: hub._admission.pending == 2)
+            refused = await anyio.to_thread.run_sync(answer_to_new_half_open, port)
+            assert refused == b"HTTP/1.1 429 Too Many Requests"
