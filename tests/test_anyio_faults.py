@@ -209,3 +209,17 @@ async def test_an_unroutable_target_is_400_and_the_server_goes_on(
             status = await http_status(server.port, b"GET //[x HTTP/1.1\r\nHost: x\r\n\r\n")
         assert status == b"HTTP/1.1 400 Bad Request"
     assert logged_about(caplog, "HTTP 400", "//[x")
+
+
+async def test_a_close_for_the_peers_doing_is_one_log_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with with_bystander() as (_, url, _):
+        with caplog.at_level(logging.INFO, logger="megapresence"):
+            big = await Client.connect(f"{url}/ws?user=big")
+            await big.send("x" * (64 * 1024 + 1))
+            assert (await big.closed())[0] == 1009
+            await wait_for(lambda: bool(logged_about(caplog, "closed with 1009")))
+    [line] = logged_about(caplog, "closed with 1009")
+    assert "user='big'" in line
+    assert "message over 65536 bytes" in line

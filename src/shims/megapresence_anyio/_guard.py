@@ -47,6 +47,18 @@ _AFTER: Final[tuple[tuple[type[Exception], int], ...]] = (
     (LocalUsageError, CloseCode.POLICY),
     (Exception, CloseCode.INTERNAL_ERROR),
 )
+#: Closes the session makes for what the peer did or did not do (bad frames,
+#: binary, invalid UTF-8, too big, silent, not reading): logged when it ends.
+_PEER_CLOSES: Final = frozenset(
+    {
+        CloseCode.PROTOCOL_ERROR,
+        CloseCode.UNSUPPORTED_DATA,
+        CloseCode.INVALID_DATA,
+        CloseCode.MESSAGE_TOO_BIG,
+        CloseCode.INTERNAL_ERROR,
+        CloseCode.TRY_AGAIN_LATER,
+    }
+)
 _REASONS: Final[dict[int, str]] = {
     CloseCode.POLICY: "refused",
     CloseCode.INTERNAL_ERROR: "internal error",
@@ -161,6 +173,16 @@ class Guard:
             exc_info=exc if code == CloseCode.INTERNAL_ERROR else None,
         )
         session.close(code, _REASONS[code], anyio.current_time())
+
+    def ended(self) -> None:
+        """The session ended without a fault: one line if we closed it for the peer's doing."""
+        session = self.session
+        if (
+            session is not None
+            and session.closing_since is not None
+            and session.close_code in _PEER_CLOSES
+        ):
+            logger.info("%s closed with %d: %s", self, session.close_code, session.close_reason)
 
     def evict(self) -> None:
         """Pushed out of the handshake caps by a newer socket: 503, and drop it."""

@@ -156,6 +156,7 @@ class HubServer:
                             BridgeFrameReceived(bridge=bridge, data=text, now=anyio.current_time())
                         )
                     )
+                    guard.ended()
         except Exception as exc:
             guard.fault(exc)
         finally:

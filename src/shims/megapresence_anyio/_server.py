@@ -400,6 +400,7 @@ class PresenceServer:
                         if on_message is not None
                         else _ignore
                     )
+                    guard.ended()
         except Exception as exc:
             guard.fault(exc)
         finally:
