@@ -177,11 +177,7 @@ class Guard:
     def ended(self) -> None:
         """The session ended without a fault: one line if we closed it for the peer's doing."""
         session = self.session
-        if (
-            session is not None
-            and session.closing_since is not None
-            and session.close_code in _PEER_CLOSES
-        ):
+        if session is not None and session.closed_here and session.close_code in _PEER_CLOSES:
             logger.info("%s closed with %d: %s", self, session.close_code, session.close_reason)
 
     def evict(self) -> None:

@@ -71,6 +71,7 @@ class WebSocketSession:
         "_ws",
         "close_code",
         "close_reason",
+        "closed_here",
         "closing_since",
         "heard",
         "last_heard",
@@ -92,13 +93,16 @@ class WebSocketSession:
         self.heard = False
         self.ping_sent_at: float | None = None
         self.closing_since: float | None = None
+        #: The close was started on this side (``close``), not by the peer.
+        self.closed_here = False
         #: The close code that ended the session: the peer's, ours, or 1006.
         self.close_code: int | None = None
         self.close_reason = ""
 
     @property
     def is_open(self) -> bool:
-        return self.closing_since is None and self._ws.state is ConnectionState.OPEN
+        """Neither side has started closing (the fan-out path checks only this)."""
+        return self.closing_since is None
 
     def send_frame(self, frame: bytes, now: float) -> None:
         """Write an already framed message; a peer that cannot keep up is closed with 1013."""
@@ -108,7 +112,7 @@ class WebSocketSession:
 
     def send_text(self, text: str, now: float) -> None:
         """Frame and write one text message (masked if this is the client side)."""
-        if self.is_open:
+        if self.is_open and self._ws.state is ConnectionState.OPEN:
             self.send_frame(bytes(self._ws.send(Message(data=text))), now)
 
     def close(self, code: int, reason: str, now: float) -> None:
@@ -116,6 +120,7 @@ class WebSocketSession:
         if self.closing_since is not None:
             return
         self.closing_since = now
+        self.closed_here = True
         if self.close_code is None:
             self.close_code, self.close_reason = code, reason
         if self._ws.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
@@ -175,8 +180,7 @@ class WebSocketSession:
             data = await transport.receive()
             if not data:
                 ws.receive_data(None)  # wsproto's state becomes CLOSED: nothing more is sent
-                if self.close_code is None:
-                    self.close_code = 1006
+                self._ended(1006, "")
                 return
             self.heard = True
             ws.receive_data(data)
@@ -212,13 +216,19 @@ class WebSocketSession:
         self._size = self._fragments = 0
         return text
 
+    def _ended(self, code: int, reason: str) -> None:
+        """The peer ended the session (its close frame, or the end of the stream)."""
+        if self.close_code is None:
+            self.close_code, self.close_reason = code, reason
+        if self.closing_since is None:
+            self.closing_since = anyio.current_time()
+
     def _on_close_frame(self, event: CloseConnection) -> bool:
         """Answer a close frame; True once the handshake is complete."""
         ws = self._ws
         if ws.state is ConnectionState.REMOTE_CLOSING:  # the peer started it: echo and end
-            if self.close_code is None:
-                self.close_code, self.close_reason = event.code, event.reason or ""
             self.transport.write(bytes(ws.send(event.response())), force=True)
+            self._ended(event.code, event.reason or "")
             return True
         if ws.state is ConnectionState.CLOSED:  # the answer to our close
             return True
