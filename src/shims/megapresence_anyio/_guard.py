@@ -192,10 +192,11 @@ class _Overload:
     """One warning per cap per ``interval`` with the count, not one line per socket:
     a flood of refusals must not also flood the log."""
 
-    __slots__ = ("_interval", "_next", "_setting", "_suppressed")
+    __slots__ = ("_hint", "_interval", "_next", "_setting", "_suppressed")
 
-    def __init__(self, setting: str, interval: float = 10.0) -> None:
+    def __init__(self, setting: str, hint: str = "", interval: float = 10.0) -> None:
         self._setting = setting
+        self._hint = hint
         self._interval = interval
         self._next = float("-inf")
         self._suppressed = 0
@@ -207,10 +208,11 @@ class _Overload:
             self._suppressed += 1
             return
         logger.warning(
-            "%s %s (SocketLimits.%s)%s",
+            "%s %s (SocketLimits.%s%s)%s",
             guard,
             what,
             self._setting,
+            self._hint,
             f"; {self._suppressed} more since the last warning" if self._suppressed else "",
         )
         self._next = now + self._interval
@@ -237,14 +239,12 @@ class Admission:
         self._pending_by_address: Counter[str | None] = Counter()
         self._open = 0
         self._open_by_address: Counter[str | None] = Counter()
+        proxied = "; behind a proxy every socket has the proxy's address: raise it"
         self._overload = {
-            name: _Overload(name)
-            for name in (
-                "max_pending_handshakes",
-                "max_pending_per_address",
-                "max_connections",
-                "max_connections_per_address",
-            )
+            "max_pending_handshakes": _Overload("max_pending_handshakes"),
+            "max_pending_per_address": _Overload("max_pending_per_address", proxied),
+            "max_connections": _Overload("max_connections"),
+            "max_connections_per_address": _Overload("max_connections_per_address", proxied),
         }
 
     @property

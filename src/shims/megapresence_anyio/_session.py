@@ -106,7 +106,7 @@ class WebSocketSession:
 
     def send_frame(self, frame: bytes, now: float) -> None:
         """Write an already framed message; a peer that cannot keep up is closed with 1013."""
-        if self.is_open and not self.transport.write(frame):
+        if self.closing_since is None and not self.transport.write(frame):  # the hot path
             self.transport.truncate()
             self.close(CloseCode.TRY_AGAIN_LATER, "slow consumer: send buffer full", now)
 
