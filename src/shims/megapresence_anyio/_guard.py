@@ -4,7 +4,7 @@ Every connection's task (a client socket, a bridge link on the hub) runs
 inside one ``try`` in its server, and whatever escapes the work inside it ends
 in :meth:`Guard.fault`: before the upgrade an HTTP status, after it a close
 code, and one log line naming the peer. The mapping is data (``_BEFORE`` and
-``_AFTER``) and the README's table is written from it.
+``_AFTER``); the README's fault table states it for users.
 
 :class:`Admission` applies the ``SocketLimits`` caps: sockets in their
 handshake are bounded apart from open sockets, globally and per address, and
