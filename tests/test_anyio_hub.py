@@ -306,7 +306,7 @@ async def test_the_largest_legal_message_crosses_every_hop_one_byte_more_stops_a
 @pytest.mark.xfail(
     strict=True,
     reason="needs the core to refuse a broadcast whose hub frame is over "
-    "Limits.max_hub_frame_bytes, before local delivery (issue 9, item 5, core side)",
+    "Limits.max_hub_frame_bytes, before local delivery (the core side of the limits chain)",
 )
 async def test_a_broadcast_whose_hub_frame_would_not_fit_is_refused_by_the_core() -> None:
     """A message the core takes, with routing that makes its hub frame too big."""
