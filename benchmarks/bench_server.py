@@ -76,8 +76,12 @@ def text_of_size(prefix: str, suffix: str) -> str:
 async def megapresence(args: argparse.Namespace, readline: Callable[[], Awaitable[str]]) -> None:
     import anyio
 
-    from megapresence_anyio import Identity, PresenceServer
+    from megapresence_anyio import Identity, PresenceServer, SocketLimits
     from megapresence_core import Message
+
+    # Every client of the load process comes from 127.0.0.1: the per-address caps
+    # (made for clients on their own addresses) would refuse most of them.
+    limits = SocketLimits(max_pending_per_address=512, max_connections_per_address=10_000)
 
     counter = iter(range(10**9))
 
@@ -87,7 +91,7 @@ async def megapresence(args: argparse.Namespace, readline: Callable[[], Awaitabl
 
     prefix = '{"type":"m","ns":"' + PATH + '","payload":"'
     message = Message(type="m", payload=text_of_size(prefix, '"}'))
-    async with PresenceServer(login, paths=None) as server:
+    async with PresenceServer(login, paths=None, limits=limits) as server:
         say("READY", await server.listen(port=0), rss_kib())
         while len(server.clients) < args.clients:
             await anyio.sleep(0.01)

@@ -17,7 +17,15 @@ import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-TARGETS = ("hub_frames", "cluster_messages", "client_commands", "presence", "hub")
+TARGETS = (
+    "hub_frames",
+    "cluster_messages",
+    "client_commands",
+    "presence",
+    "hub",
+    "http_request",
+    "hub_upgrade",
+)
 
 
 def main() -> int:

@@ -49,6 +49,25 @@ class Command:
         return code
 
 
+def bridge_command(log_dir: Path, name: str, backend: str, hub_url: str) -> Command:
+    """``megapresence serve`` on ``backend``, bridged to the hub at ``hub_url`` as ``name``."""
+    return Command(
+        log_dir,
+        name,
+        "--backend",
+        backend,
+        "serve",
+        "--port",
+        "0",
+        "--hub",
+        hub_url,
+        "--bridge-id",
+        name,
+        "--channels",
+        "lobby",
+    )
+
+
 def eventually(check: Callable[[], bool], timeout: float = 15, what: str = "") -> None:
     deadline = time.monotonic() + timeout
     while not check():

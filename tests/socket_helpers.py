@@ -176,3 +176,14 @@ async def http_status(port: int, request: bytes) -> bytes:
                 chunk = await stream.receive()
                 data += chunk
         return data.split(b"\r\n", 1)[0]
+
+
+UPGRADE = (
+    "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{headers}\r\n"
+)
+
+
+async def upgrade_answer(port: int, headers: str = "", path: str = "/ws") -> bytes:
+    """The status line answering a valid upgrade request with ``headers`` added."""
+    return await http_status(port, UPGRADE.format(path=path, headers=headers).encode())

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
 
 import anyio
 import anyio.abc
@@ -13,25 +15,25 @@ from websockets.exceptions import InvalidStatus
 
 from megapresence_anyio import HubServer, PresenceServer, SocketLimits
 from megapresence_core import (
+    Event,
     HubConfig,
     HubLinkConfig,
+    LocalUsageError,
     PresenceConfig,
 )
-from megapresence_core.events import (
-    HubLost,
-)
-from megapresence_core.lifecycle import (
-    HubLinkState,
-)
+from megapresence_core.config import DEFAULT_MAX_MESSAGE_BYTES
+from megapresence_core.events import HubConnected, HubLost
+from megapresence_core.lifecycle import HubLinkState
 
-from .socket_helpers import Client, http_status, query_login, wait_for
+from .hostile import BAD_HUB_ANSWERS, FakeHub
+from .socket_helpers import Client, http_status, query_login, upgrade_answer, wait_for
 
 pytestmark = pytest.mark.anyio
 
 TOKEN = "hub-secret"
 
 
-def bridge(hub_port: int, bridge_id: str, token: str = TOKEN) -> PresenceServer:
+def bridge(hub_port: int, bridge_id: str, token: str = TOKEN, **options: Any) -> PresenceServer:
     link = HubLinkConfig(
         bridge_id=bridge_id,
         instance_id=f"{bridge_id}-1",
@@ -45,17 +47,37 @@ def bridge(hub_port: int, bridge_id: str, token: str = TOKEN) -> PresenceServer:
         presence=PresenceConfig(hub_link=link),
         hub_url=f"ws://127.0.0.1:{hub_port}/any/path",
         hub_token=token,
+        **options,
     )
 
 
+def count_link_events(server: PresenceServer) -> Counter[str]:
+    """Counts the hub link's HubConnected and HubLost events from now on."""
+    seen: Counter[str] = Counter()
+    link = server._hub
+    assert link is not None
+    original = link._dispatch
+
+    def spy(event: Event) -> None:
+        if isinstance(event, HubConnected | HubLost):
+            seen[type(event).__name__] += 1
+        original(event)
+
+    link._dispatch = spy
+    return seen
+
+
 @asynccontextmanager
-async def cluster() -> AsyncIterator[tuple[HubServer, list[tuple[PresenceServer, str]]]]:
+async def cluster(
+    hub_config: HubConfig | None = None, **options: Any
+) -> AsyncIterator[tuple[HubServer, list[tuple[PresenceServer, str]]]]:
     async with AsyncExitStack() as stack:
-        hub = await stack.enter_async_context(HubServer(HubConfig(hub_id="h1", tokens=[TOKEN])))
+        config = hub_config or HubConfig(hub_id="h1", tokens=[TOKEN])
+        hub = await stack.enter_async_context(HubServer(config))
         hub_port = await hub.listen()
         servers = []
         for name in ("A", "B"):
-            server = await stack.enter_async_context(bridge(hub_port, name))
+            server = await stack.enter_async_context(bridge(hub_port, name, **options))
             servers.append((server, f"ws://127.0.0.1:{await server.listen()}"))
         await wait_for(
             lambda: all(s.presence.hub_link_state is HubLinkState.REGISTERED for s, _ in servers)
@@ -178,3 +200,140 @@ async def test_hub_drain_closes_with_4503_and_bridges_come_back_to_a_new_hub() -
                 )
                 assert await ann.silent(0.05)  # the client socket stayed open throughout
                 await ann.close()
+
+
+# ------------------------------------------------------------ the link holds
+
+
+async def test_a_healthy_link_outlives_many_handshake_timeouts_with_traffic_both_ways() -> None:
+    timeout = 0.2  # the upgrade's bound, not the link's
+    hub_config = HubConfig(hub_id="h1", tokens=[TOKEN], heartbeat_interval=0.05)
+    limits = SocketLimits(handshake_timeout=timeout)
+    async with cluster(hub_config, limits=limits) as (_, [(a, url_a), (b, url_b)]):
+        counts = [count_link_events(a), count_link_events(b)]
+        ann = await Client.connect(f"{url_a}/ws?user=ann&channels=lobby")
+        bob = await Client.connect(f"{url_b}/ws?user=bob&channels=lobby")
+        start = anyio.current_time()
+        sent = 0
+        while anyio.current_time() - start < 4 * timeout:
+            a.broadcast("/ws", "lobby", {"type": "n", "payload": sent})  # ann here, bob via the hub
+            b.broadcast("/ws", "lobby", {"type": "n", "payload": sent + 1})  # and the other way
+            for client in (ann, bob):
+                got = {(await client.recv_json())["payload"] for _ in range(2)}
+                assert got == {sent, sent + 1}
+            sent += 2
+            await anyio.sleep(timeout / 4)
+        assert counts == [Counter(), Counter()]  # no HubLost, and so no reconnect
+        assert a.presence.hub_link_state is b.presence.hub_link_state is HubLinkState.REGISTERED
+        for client in (ann, bob):
+            await client.close()
+
+
+# --------------------------------------------------- a hub address that lies
+
+
+async def test_an_address_answering_garbage_costs_retries_never_the_server(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with FakeHub().running() as fake:
+        async with bridge(fake.port, "A") as server:
+            url = f"ws://127.0.0.1:{await server.listen()}"
+            lost = count_link_events(server)
+            await wait_for(lambda: fake.seen >= 2 * len(BAD_HUB_ANSWERS), timeout=30)
+            assert lost["HubLost"] >= 2 * len(BAD_HUB_ANSWERS) - 1
+            ann = await Client.connect(f"{url}/ws?user=ann")  # still serving
+            await ann.close()
+    reasons = " ".join(r.getMessage() for r in caplog.records if "hub.link.lost" in r.getMessage())
+    assert "bad response" in reasons
+    assert "Traceback" not in caplog.text
+
+
+# ------------------------------------------------------ limits as one chain
+
+
+def relay(client: Any, text: str) -> None:
+    """The sender's text, broadcast as the payload of a message of type "m"."""
+    client._server.broadcast(client.ns, "lobby", {"type": "m", "payload": text})
+
+
+#: The core counts a message as its JSON ``{"type", "payload"}``, in bytes. This
+#: is the longest text whose message the core takes.
+LARGEST_TEXT = DEFAULT_MAX_MESSAGE_BYTES - len('{"type":"m","payload":""}')
+
+
+async def test_the_largest_legal_message_crosses_every_hop_one_byte_more_stops_at_the_core() -> (
+    None
+):
+    """The chain, with default limits everywhere:
+
+    client -> server socket: SocketLimits.max_message_bytes (64 KiB of UTF-8), else 1009;
+    server -> core: Limits.max_message_bytes (64 KiB of the message's JSON), else the core
+      refuses it (LocalUsageError, hinting 1009) and the sender is closed with 1009,
+      nothing delivered;
+    core -> hub frame -> bridge link -> hub: Limits.max_hub_frame_bytes and
+      HubConfig.max_frame_bytes (80 KiB each) carry any message the core took;
+    hub -> other bridge: the same 80 KiB; other bridge -> its clients: no limit of ours.
+    """
+    async with cluster(on_message=relay) as (hub, [(a, url_a), (b, url_b)]):
+        counts = [count_link_events(a), count_link_events(b)]
+        sender = await Client.connect(f"{url_a}/ws?user=sender")
+        here = await Client.connect(f"{url_a}/ws?user=here&channels=lobby")
+        there = await Client.connect(f"{url_b}/ws?user=there&channels=lobby", max_size=None)
+        await wait_for(lambda: len(hub.hub.members()) == 5)
+
+        largest = "x" * LARGEST_TEXT
+        await sender.send(largest)
+        for receiver in (here, there):
+            assert (await receiver.recv_json())["payload"] == largest
+
+        await sender.send(largest + "x")  # one byte more: the core refuses the broadcast
+        assert (await sender.closed())[0] == 1009  # the core's hint: message too big
+        assert await here.silent()
+        assert await there.silent()
+
+        over_socket = await Client.connect(f"{url_a}/ws?user=big")
+        await over_socket.send("x" * (64 * 1024 + 1))  # past the socket: 1009, before the core
+        assert (await over_socket.closed())[0] == 1009
+        wide = await Client.connect(f"{url_a}/ws?user=wide")
+        await wide.send("\U0001d11e" * 65_536)  # 64 Ki characters, 256 KiB of UTF-8
+        assert (await wide.closed())[0] == 1009
+
+        assert counts == [Counter(), Counter()]  # no link was lost on the way
+        for client in (here, there):
+            await client.close()
+
+
+async def test_a_broadcast_whose_hub_frame_would_not_fit_is_refused_by_the_core() -> None:
+    """A message the core takes, with routing that makes its hub frame too big."""
+    refused: LocalUsageError | None = None
+    async with cluster() as (hub, [(a, url_a), (b, _)]):
+        counts = [count_link_events(a), count_link_events(b)]
+        here = await Client.connect(f"{url_a}/ws?user=here&channels=lobby")
+        await wait_for(lambda: len(hub.hub.members()) == 3)
+        excepted = [f"s-{i:06}" for i in range(4_000)]  # 40 KB of routing
+        try:
+            a.broadcast("/ws", "lobby", {"type": "m", "payload": "x" * 60_000}, excepted)
+        except LocalUsageError as exc:
+            refused = exc
+        delivered = not await here.silent()
+        lost = [dict(count) for count in counts]  # before the servers stop and drop their links
+        await here.close()
+    # Asserted outside the servers' task groups, so a failure reads plainly.
+    assert refused is not None
+    assert "max_hub_frame_bytes" in str(refused)
+    assert not delivered
+    assert lost == [{}, {}]
+
+
+async def test_bridge_links_over_the_hub_cap_get_503_and_retry() -> None:
+    limits = SocketLimits(max_connections=1)
+    async with HubServer(HubConfig(hub_id="h1", tokens=[TOKEN]), limits=limits) as hub:
+        hub_port = await hub.listen()
+        async with bridge(hub_port, "A") as a:
+            await wait_for(lambda: a.presence.hub_link_state is HubLinkState.REGISTERED)
+            status = await upgrade_answer(hub_port, f"Authorization: Bearer {TOKEN}\r\n")
+            assert status.startswith(b"HTTP/1.1 503")
+            async with bridge(hub_port, "B") as b:
+                lost = count_link_events(b)
+                await wait_for(lambda: lost["HubLost"] >= 2)  # refused, and retrying
+                assert b.presence.hub_link_state is not HubLinkState.CLOSED

@@ -9,9 +9,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from megapresence_anyio import PresenceServer, SocketLimits
-from megapresence_core import (
-    Member,
-)
+from megapresence_core import Limits, Member, PresenceConfig
 
 from .socket_helpers import (
     Client,
@@ -177,25 +175,81 @@ async def test_slow_consumer_is_closed_with_1013_and_others_keep_receiving() -> 
         assert sent > 2  # the kernel buffers filled before the limit was reached
 
 
-async def test_silent_peer_is_pinged_then_closed_with_1011() -> None:
-    limits = SocketLimits(ping_interval=0.2, ping_timeout=0.3, close_timeout=0.3)
-    async with running_server(limits=limits) as (server, _):
+async def test_one_frame_bigger_than_the_send_buffer_reaches_a_peer_that_reads() -> None:
+    limits = SocketLimits(max_send_buffer=64 * 1024)
+    big = Limits(max_message_bytes=8 * 1024 * 1024, max_hub_frame_bytes=9 * 1024 * 1024)
+    async with running_server(limits=limits, presence=PresenceConfig(limits=big)) as (server, url):
+        client = await Client.connect(f"{url}/ws", max_size=None)
+        await wait_for(lambda: len(server.clients) == 1)
+        payload = "x" * (4 * 1024 * 1024)  # more than the kernel takes at once, too
+        for _ in range(2):
+            server.broadcast("/ws", "c", {"type": "big", "payload": payload})
+            assert (await client.recv_json(timeout=30))["payload"] == payload
+        [side] = server.clients
+        assert side.session.is_open
+        await client.close()
+
+
+async def test_a_slow_consumer_gets_its_1013_close_frame() -> None:
+    limits = SocketLimits(max_send_buffer=64 * 1024, close_timeout=5)
+    big = Limits(max_message_bytes=4 * 1024 * 1024, max_hub_frame_bytes=5 * 1024 * 1024)
+    async with running_server(limits=limits, presence=PresenceConfig(limits=big)) as (server, _):
         assert server.port is not None
-        async with await RawClient.connect(server.port) as raw:
-            with anyio.fail_after(5):
-                opcode, _ = await raw.frame()
-                assert opcode == 0x9  # a ping, which this client never answers
-                assert await raw.close_code() == 1011
-        await wait_for(lambda: not server.clients)
+        async with await RawClient.connect(server.port) as raw:  # reads nothing for now
+            await wait_for(lambda: len(server.clients) == 1)
+            [side] = server.clients
+            payload = "x" * (2 * 1024 * 1024)
+            while side.session.is_open:
+                server.broadcast("/ws", "c", {"type": "big", "payload": payload})
+                await anyio.sleep(0)
+            assert side.session.close_code == 1013
+            with anyio.fail_after(30):  # generous: it reads megabytes first
+                assert await raw.close_code() == 1013  # not a bare end of stream
 
 
-async def test_a_peer_that_answers_pings_stays_open() -> None:
-    limits = SocketLimits(ping_interval=0.1, ping_timeout=0.2)
+async def test_keepalive_pings_a_quiet_peer_and_keeps_it_while_it_answers() -> None:
+    # Huge intervals, so the server's own timer does not act; time is driven by hand.
+    limits = SocketLimits(ping_interval=100, ping_timeout=100, close_timeout=100)
     async with running_server(limits=limits) as (server, url):
         client = await Client.connect(f"{url}/ws")  # websockets answers pings
-        await anyio.sleep(0.8)
-        assert len(server.clients) == 1
+        await wait_for(lambda: len(server.clients) == 1)
+        [side] = server.clients
+        session, t = side.session, side.session.last_heard
+        session.keepalive(t + 99)
+        assert session.ping_sent_at is None  # not quiet for long enough yet
+        session.keepalive(t + 100)
+        assert session.ping_sent_at == t + 100
+        # The pong (the server's own tick, every 25 s here, may have noted it first).
+        await wait_for(lambda: session.heard or session.ping_sent_at is None)
+        session.keepalive(t + 150)
+        assert session.ping_sent_at is None
+        session.keepalive(t + 250)  # past the first ping's timeout: a new ping, no close
+        assert session.is_open
+        assert session.ping_sent_at == t + 250
         await client.close()
+
+
+async def test_keepalive_closes_a_silent_peer_with_1011_then_drops_it() -> None:
+    limits = SocketLimits(ping_interval=100, ping_timeout=100, close_timeout=100)
+    async with running_server(limits=limits) as (server, _):
+        assert server.port is not None
+        async with await RawClient.connect(server.port) as raw:  # never answers a ping
+            await wait_for(lambda: len(server.clients) == 1)
+            [side] = server.clients
+            session, t = side.session, side.session.last_heard
+            session.keepalive(t + 100)
+            with anyio.fail_after(5):
+                assert (await raw.frame())[0] == 0x9  # the ping
+            session.keepalive(t + 199)
+            assert session.is_open
+            session.keepalive(t + 200)
+            assert session.close_code == 1011
+            with anyio.fail_after(5):
+                assert await raw.close_code() == 1011
+            session.keepalive(t + 299)
+            assert side in server.clients  # the close handshake may still end well...
+            session.keepalive(t + 300)  # ...until close_timeout: then the socket is dropped
+            await wait_for(lambda: not server.clients)
 
 
 async def test_bad_origin_is_refused_with_403_before_the_upgrade() -> None:

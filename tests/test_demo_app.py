@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import pytest
+from websockets.exceptions import InvalidStatus
 
 from megapresence_anyio import PresenceServer
 from megapresence_anyio._demo import DemoApp
@@ -129,12 +130,12 @@ async def test_the_demo_login_needs_a_user_name() -> None:
         assert refused.value.response.status_code == 401
 
 
-async def test_an_identity_the_core_refuses_closes_that_socket_with_the_errors_close_code() -> None:
+async def test_an_identity_the_core_refuses_gets_the_errors_status_before_the_upgrade() -> None:
     async with demo() as (_, url):
         channels = ",".join(f"c{n}" for n in range(65))  # Limits.max_channels_per_session is 64
-        client = await Client.connect(f"{url}?user=ann&channels={channels}")  # upgraded...
-        code, reason = await client.closed()
-        assert code == 1008
-        assert "65 channels; the limit is 64" in reason
+        with pytest.raises(InvalidStatus) as refused:
+            await Client.connect(f"{url}?user=ann&channels={channels}")
+        assert refused.value.response.status_code == 400
+        assert b"65 channels; the limit is 64" in refused.value.response.body
         ann, _ = await join(url, "ann")  # the server goes on
         await ann.close()

@@ -7,13 +7,17 @@ fuzzer ever found (saved under fuzz/regressions/<target>/) into a regression tes
 from __future__ import annotations
 
 import importlib
+import runpy
 import sys
 from pathlib import Path
 
 import pytest
 
 FUZZ = Path(__file__).resolve().parent.parent / "fuzz"
-TARGETS = ("hub_frames", "cluster_messages", "client_commands", "presence", "hub")
+
+
+#: What fuzz/run.py runs: one list for the smoke and for these replays.
+TARGETS: tuple[str, ...] = runpy.run_path(str(FUZZ / "run.py"))["TARGETS"]
 
 
 def inputs() -> list[tuple[str, Path]]:

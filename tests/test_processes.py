@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 from websockets.sync.client import ClientConnection, connect
 
-from .process_helpers import TOKEN, Command, eventually
+from .hostile import FakeHub, answer, corpus
+from .process_helpers import TOKEN, Command, bridge_command, eventually
 
 
 def hub_sessions(port: int) -> set[tuple[str, str]]:
@@ -53,21 +54,7 @@ def cluster(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[dict[str
     commands = {"hub": Command(tmp_path, "hub", "--backend", hub_backend, "hub", "--port", "0")}
     hub_url = f"ws://127.0.0.1:{commands['hub'].port}/"
     for name, backend in (("A", hub_backend), ("B", other)):
-        commands[name] = Command(
-            tmp_path,
-            name,
-            "--backend",
-            backend,
-            "serve",
-            "--port",
-            "0",
-            "--hub",
-            hub_url,
-            "--bridge-id",
-            name,
-            "--channels",
-            "lobby",
-        )
+        commands[name] = bridge_command(tmp_path, name, backend, hub_url)
     yield commands
     for command in commands.values():
         command.stop(signal.SIGKILL)
@@ -132,3 +119,75 @@ def test_two_servers_and_a_hub_survive_a_hub_crash_and_a_drain(
         eventually(lambda: hub_sessions(port) == everyone, what="the bridges to come back")
     assert a.stop() == 0
     assert b.stop() == 0
+
+
+# ------------------------------------------------------------ hostile peers
+
+
+def served_by(command: Command) -> bool:
+    """A legitimate client still gets in: a demo page socket on ``serve``."""
+    with connect(f"ws://127.0.0.1:{command.port}/ws/chat?user=legit", open_timeout=10) as ws:
+        return recv_type(ws, "welcome")["payload"]["userId"] == "legit"
+
+
+def hub_answers(hub: Command) -> bool:
+    """A legitimate client of the hub: its presence listing, with a token."""
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{hub.port}/presence", headers={"Authorization": f"Bearer {TOKEN}"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return bool(response.status == 200)
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_the_hostile_corpus_costs_serve_and_hub_nothing(backend: str, tmp_path: Path) -> None:
+    hub = Command(tmp_path, "hub", "--backend", backend, "hub", "--port", "0")
+    a = bridge_command(tmp_path, "A", backend, f"ws://127.0.0.1:{hub.port}/")
+    try:
+        eventually(lambda: ("A", "bridge:A#lobby") in hub_sessions(hub.port), what="A registered")
+        targets = [
+            (a, corpus("/ws/chat?user=eve"), served_by),
+            (hub, corpus("/", f"Authorization: Bearer {TOKEN}\r\n"), hub_answers),
+        ]
+        for command, cases, legitimate in targets:
+            for case in cases:
+                assert answer(command.port, case) == case.expect, case.name
+                assert legitimate(command), f"not served after {case.name}"
+        assert ("A", "bridge:A#lobby") in hub_sessions(hub.port)  # the link held throughout
+        for command in (hub, a):
+            assert command.process.poll() is None
+            assert "Traceback" not in command.log.read_text()
+    finally:
+        for command in (a, hub):
+            command.stop(signal.SIGKILL)
+
+
+@pytest.mark.parametrize("backend", ["asyncio", "trio"])
+def test_serve_keeps_running_when_its_hub_address_answers_garbage(
+    backend: str, tmp_path: Path
+) -> None:
+    with FakeHub().running() as fake:
+        a = Command(
+            tmp_path,
+            "A",
+            "--backend",
+            backend,
+            "--log-level",
+            "DEBUG",
+            "serve",
+            "--port",
+            "0",
+            "--hub",
+            f"ws://127.0.0.1:{fake.port}/",
+        )
+        try:
+            # The answers that ended the process before; the socket tests try them all
+            # with a shorter backoff than the command's (0.5 s, doubling).
+            eventually(lambda: fake.seen >= 3, timeout=60, what="three retries")
+            assert a.process.poll() is None
+            assert served_by(a)
+            log = a.log.read_text()
+            assert "hub.link.lost" in log
+            assert "Traceback" not in log
+        finally:
+            a.stop(signal.SIGKILL)

@@ -6,12 +6,13 @@
 
 from megapresence_core import __version__ as __version__
 
-from ._config import DEFAULT_SOCKET_LIMITS, SocketLimits
+from ._config import DEFAULT_HUB_LIMITS, DEFAULT_SOCKET_LIMITS, SocketLimits
 from ._http import HandshakeRequest
 from ._hub_server import HubServer
 from ._server import Client, Identity, PresenceServer, Refusal
 
 __all__ = [
+    "DEFAULT_HUB_LIMITS",
     "DEFAULT_SOCKET_LIMITS",
     "Client",
     "HandshakeRequest",

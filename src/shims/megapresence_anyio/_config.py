@@ -8,7 +8,7 @@ import attrs
 
 from megapresence_core import LocalUsageError
 
-__all__ = ["DEFAULT_SOCKET_LIMITS", "SocketLimits"]
+__all__ = ["DEFAULT_HUB_LIMITS", "DEFAULT_SOCKET_LIMITS", "SocketLimits"]
 
 
 def _positive(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -31,25 +31,38 @@ def _origins(value: Any) -> frozenset[str] | None:
 class SocketLimits:
     """What one peer may cost this server, and what happens past each limit."""
 
-    #: A message (all its fragments) above this is refused with 1009 before it
-    #: is buffered whole.
+    #: A message (all its fragments), in bytes of UTF-8, above this is refused
+    #: with 1009 before it is buffered whole.
     max_message_bytes: int = attrs.field(default=64 * 1024, validator=_positive)
     #: Fragments per message; more is a protocol abuse, closed with 1008.
     max_fragments: int = attrs.field(default=64, validator=_positive)
-    #: Bytes queued for a peer that does not read; past it, 1013 (slow consumer).
+    #: Bytes queued for a peer behind the frame it is being sent; past it, 1013
+    #: (slow consumer). The frame in flight does not count, so one frame larger
+    #: than this still reaches a peer that reads.
     max_send_buffer: int = attrs.field(default=1024 * 1024, validator=_positive)
     #: Silence after which a Ping is sent...
     ping_interval: float = attrs.field(default=20.0, validator=_positive)
     #: ...and how long the Pong (or anything) may take before 1011.
     ping_timeout: float = attrs.field(default=20.0, validator=_positive)
-    #: From accept to a complete upgrade request; then the socket is dropped.
-    handshake_timeout: float = attrs.field(default=10.0, validator=_positive)
+    #: From accept to the upgrade: reading the request (HTTP 408 past it) and
+    #: ``authenticate`` (HTTP 503 past it). Browsers need milliseconds.
+    handshake_timeout: float = attrs.field(default=5.0, validator=_positive)
     #: Request line plus headers; larger gets HTTP 431.
     max_header_bytes: int = attrs.field(default=16 * 1024, validator=_positive)
     #: After our close frame, how long the peer has to answer before we drop it.
     close_timeout: float = attrs.field(default=5.0, validator=_positive)
-    #: Open sockets at once; more get HTTP 503.
+    #: Sockets still in their handshake, from every address. At the cap a new
+    #: socket pushes out the oldest pending one (HTTP 503), so half-open
+    #: sockets can delay a client but never lock it out.
+    max_pending_handshakes: int = attrs.field(default=512, validator=_positive)
+    #: Sockets in their handshake from one address; past it a new socket from
+    #: that address gets HTTP 429 at once and pushes out nobody.
+    max_pending_per_address: int = attrs.field(default=64, validator=_positive)
+    #: Open (upgraded) sockets at once; more get HTTP 503. Counted at the
+    #: upgrade, not at accept: a socket in its handshake holds none of these.
     max_connections: int = attrs.field(default=10_000, validator=_positive)
+    #: Open sockets from one address; more get HTTP 429.
+    max_connections_per_address: int = attrs.field(default=1_000, validator=_positive)
     #: Origins allowed to open a socket (HTTP 403 otherwise); None allows any,
     #: which suits non-browser clients only.
     allowed_origins: frozenset[str] | None = attrs.field(default=None, converter=_origins)
@@ -61,3 +74,8 @@ class SocketLimits:
 
 
 DEFAULT_SOCKET_LIMITS: Final = SocketLimits()
+
+#: ``HubServer``'s default: its open sockets are bridge links (server
+#: processes), so the connection caps are those of a cluster, not of a crowd.
+#: The hub reads ``max_message_bytes`` from ``HubConfig.max_frame_bytes``.
+DEFAULT_HUB_LIMITS: Final = SocketLimits(max_connections=1_000, max_connections_per_address=256)

@@ -1,4 +1,10 @@
-"""The HTTP side of a connection: read one request (bounded), answer it or hand it to wsproto.
+"""The HTTP side of a connection: read one request (bounded), answer it or upgrade it.
+
+:class:`RequestReader` is sans-IO (bytes in, a request or the status that
+refuses it out), so the fuzzer drives exactly what a socket does. Everything
+a peer can send maps to a status here: h11's errors carry their own hint, a
+target h11 accepts but we cannot route (``GET //[x``, ``*``, ``host:443``) is
+400, and so is a header that must appear once and appears twice.
 
 megapresence does not offer permessage-deflate: wsproto would inflate a
 compressed message without any bound (a 200 KB frame became 200 MiB when this
@@ -8,21 +14,30 @@ gets an uncompressed connection.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import re
 import sys
 from collections.abc import Mapping
-from typing import final
+from typing import Final, final
 from urllib.parse import parse_qsl, urlsplit
 
-import anyio
 import attrs
 import h11
 from wsproto.connection import Connection, ConnectionType
 from wsproto.utilities import generate_accept_token
 
-from ._config import SocketLimits
 from ._transport import Transport
 
-__all__ = ["HandshakeRequest", "accept_websocket", "read_request", "respond"]
+__all__ = [
+    "HandshakeRequest",
+    "RequestReader",
+    "read_request",
+    "respond",
+    "server_connection",
+    "upgrade_refusal",
+    "write_upgrade",
+]
 
 _REASONS: Mapping[int, bytes] = {
     200: b"OK",
@@ -33,9 +48,26 @@ _REASONS: Mapping[int, bytes] = {
     405: b"Method Not Allowed",
     408: b"Request Timeout",
     426: b"Upgrade Required",
+    429: b"Too Many Requests",
     431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
+    501: b"Not Implemented",
     503: b"Service Unavailable",
+    505: b"HTTP Version Not Supported",
 }
+
+#: Headers that mean one thing only once. A second Origin could pass the
+#: origin check with one value and be read with the other; RFC 6455 4.1 and
+#: RFC 9110 say each of these appears once.
+_SINGLE_HEADERS: Final = frozenset(
+    {"host", "upgrade", "origin", "authorization", "sec-websocket-key", "sec-websocket-version"}
+)
+
+
+#: RFC 3986 3.3: a path is segments of pchar (unreserved, sub-delims, ':', '@',
+#: percent-escapes). ``[``, ``]``, ``#``, ``%`` without two hex digits and the
+#: like are not a path; the query is left to the application's parser.
+_PATH: Final = re.compile(r"(?:/(?:[A-Za-z0-9\-._~!$&'()*+,;=:@]|%[0-9A-Fa-f]{2})*)+")
 
 
 @final
@@ -51,6 +83,7 @@ class HandshakeRequest:
     #: Header names lower-cased, in the order received.
     headers: tuple[tuple[str, str], ...]
     remote: tuple[str, int] | None = None
+    http_version: str = "1.1"
 
     @property
     def query(self) -> Mapping[str, str]:
@@ -68,59 +101,102 @@ class HandshakeRequest:
         return upgrade == "websocket"
 
 
-async def read_request(
-    transport: Transport, limits: SocketLimits, remote: tuple[str, int] | None
-) -> tuple[HandshakeRequest, bytes] | None:
-    """Read one request and return it with every byte read so far; or answer it with an
-    HTTP error (400, 408, 431) and return None."""
-    status = await _read(transport, limits.max_header_bytes, limits.handshake_timeout, remote)
-    if isinstance(status, int):
-        respond(transport, status)
-        return None
-    return status
+def _split_target(target: str) -> tuple[str, str] | None:
+    """(path, query) of a request target, or None if it names no path on this server.
+
+    Origin-form (``/path?q``) is split by hand: ``urlsplit`` would read
+    ``//host/x`` as a host and raises on ``//[x``. Absolute-form, which
+    RFC 9112 3.2.2 says a server must accept, goes through ``urlsplit``.
+    """
+    if target.startswith("/"):
+        path, _, query = target.partition("?")
+    elif target.partition(":")[0].lower() in ("http", "https", "ws", "wss"):
+        try:
+            parts = urlsplit(target)
+        except ValueError:  # e.g. an unbalanced '[' in the host
+            return None
+        path, query = (parts.path or "/"), parts.query
+    else:
+        return None  # asterisk-form, authority-form, or nonsense
+    return (path, query) if _PATH.fullmatch(path) else None
 
 
-async def _read(
-    transport: Transport, max_header_bytes: int, timeout: float, remote: tuple[str, int] | None
-) -> tuple[HandshakeRequest, bytes] | int:
-    parser = h11.Connection(h11.SERVER, max_incomplete_event_size=max_header_bytes)
-    raw = bytearray()
-    with anyio.move_on_after(timeout):
-        while True:
-            try:
-                event = parser.next_event()
-            except h11.RemoteProtocolError as exc:
-                return exc.error_status_hint
-            if isinstance(event, h11.Request):
-                # h11 bounds only an incomplete head; a complete one read in a
-                # single chunk must be measured here.
-                if raw.find(b"\r\n\r\n") + 4 > max_header_bytes:
-                    return 431
-                target = event.target.decode("latin-1")
-                parts = urlsplit(target)
-                headers = tuple(
-                    # Interned: every open socket keeps its request, and the
-                    # same dozen header names would otherwise be stored per socket.
-                    (sys.intern(name.decode("latin-1").lower()), value.decode("latin-1"))
-                    for name, value in event.headers
-                )
-                request = HandshakeRequest(
-                    method=event.method.decode("latin-1"),
-                    path=parts.path or "/",
-                    query_string=parts.query,
-                    headers=headers,
-                    remote=remote,
-                )
-                return request, bytes(raw)
-            if event is h11.NEED_DATA:
-                data = await transport.receive()
-                if not data:
-                    return 400
-                raw += data
-                parser.receive_data(data)
-            else:  # ConnectionClosed and the like: nothing sensible to answer
-                return 400
-    return 408
+@final
+class RequestReader:
+    """Reads one request head: feed it bytes until it returns a request or a status."""
+
+    __slots__ = ("_max_header_bytes", "_parser", "_remote", "_size", "error", "trailing")
+
+    def __init__(self, max_header_bytes: int, remote: tuple[str, int] | None = None) -> None:
+        self._parser = h11.Connection(h11.SERVER, max_incomplete_event_size=max_header_bytes)
+        self._max_header_bytes = max_header_bytes
+        self._remote = remote
+        self._size = 0
+        #: Bytes received after the head (frames a client sent right behind its
+        #: upgrade request); set with the request.
+        self.trailing = b""
+        #: Why the request was refused, for the log.
+        self.error = ""
+
+    def feed(self, data: bytes) -> HandshakeRequest | int | None:
+        """Add bytes received (``b""`` at the end of the stream). Returns the request once
+        its head is complete, the HTTP status that refuses it, or None for more."""
+        parser = self._parser
+        self._size += len(data)
+        parser.receive_data(data)
+        try:
+            event = parser.next_event()
+        except h11.RemoteProtocolError as exc:
+            return self._refuse(exc.error_status_hint, str(exc))
+        if event is h11.NEED_DATA:
+            return self._refuse(400, "the peer ended a half request") if not data else None
+        if not isinstance(event, h11.Request):
+            return self._refuse(400, "the stream ended before a request")
+        self.trailing = parser.trailing_data[0]
+        # h11 bounds only an incomplete head; a complete one read in a single
+        # chunk must be measured here.
+        if self._size - len(self.trailing) > self._max_header_bytes:
+            return self._refuse(431, "request head too large")
+        return self._request(event)
+
+    def _refuse(self, status: int, error: str) -> int:
+        self.error = error
+        return status
+
+    def _request(self, event: h11.Request) -> HandshakeRequest | int:
+        version = event.http_version.decode("latin-1")
+        if not version.startswith("1."):  # h11 reads "HTTP/2.0" in a 1.x request line
+            return self._refuse(505, f"HTTP/{version} in an HTTP/1 request")
+        target = event.target.decode("latin-1")
+        split = _split_target(target)
+        if split is None:
+            return self._refuse(400, f"no path in the request target {target[:64]!r}")
+        names = [name.decode("latin-1").lower() for name, _ in event.headers]
+        repeated = sorted(n for n in _SINGLE_HEADERS.intersection(names) if names.count(n) > 1)
+        if repeated:
+            return self._refuse(400, f"repeated header {repeated[0]!r}")
+        path, query = split
+        return HandshakeRequest(
+            method=event.method.decode("latin-1"),
+            path=path,
+            query_string=query,
+            # Interned: every open socket keeps its request, and the same dozen
+            # header names would otherwise be stored once per socket.
+            headers=tuple(
+                (sys.intern(name), value.decode("latin-1"))
+                for name, (_, value) in zip(names, event.headers, strict=True)
+            ),
+            remote=self._remote,
+            http_version=version,
+        )
+
+
+async def read_request(transport: Transport, reader: RequestReader) -> HandshakeRequest | int:
+    """Read until ``reader`` has a request or a refusal (the caller bounds the time)."""
+    while True:
+        outcome = reader.feed(await transport.receive())
+        if outcome is not None:
+            return outcome
 
 
 def respond(
@@ -147,37 +223,56 @@ def respond(
     transport.write(data if head else data + body)
 
 
-def _upgrade_refusal(request: HandshakeRequest) -> tuple[int, bytes] | None:
-    """RFC 6455 4.2.1, the checks wsproto's handshake makes: an HTTP status and a reason,
-    or None for a valid upgrade request."""
+def _valid_key(key: str | None) -> bool:
+    """RFC 6455 4.1: the key is 16 random bytes, base64-encoded."""
+    if key is None:
+        return False
+    try:
+        return len(base64.b64decode(key.encode("latin-1"), validate=True)) == 16
+    except binascii.Error:
+        return False
+
+
+def upgrade_refusal(request: HandshakeRequest) -> tuple[int, str] | None:
+    """RFC 6455 4.2.1, the checks wsproto's handshake makes and a few it does not: an
+    HTTP status and a reason, or None for a valid upgrade request."""
     if request.method != "GET":
-        return 400, b"a WebSocket upgrade must be a GET\n"
-    tokens = {t.strip().lower() for t in (request.header("connection") or "").split(",")}
+        return 400, "a WebSocket upgrade must be a GET"
+    if request.http_version < "1.1":
+        # RFC 6455 4.1: HTTP/1.1 or later. Upgrade is a 1.1 mechanism that a
+        # 1.0 intermediary would forward blindly; 505 would claim the major
+        # version is unsupported, which it is not, so this is a bad request.
+        return 400, "a WebSocket upgrade needs HTTP/1.1"
+    tokens = {
+        t.strip().lower()
+        for name, value in request.headers
+        if name == "connection"
+        for t in value.split(",")
+    }
     if "upgrade" not in tokens:
-        return 400, b"missing header 'Connection: Upgrade'\n"
+        return 400, "missing header 'Connection: Upgrade'"
     version = request.header("sec-websocket-version")
     if version != "13":
-        return (426 if version else 400), b"WebSocket version 13 only\n"
-    if not request.header("sec-websocket-key"):
-        return 400, b"missing header 'Sec-WebSocket-Key'\n"
+        return (426 if version else 400), "WebSocket version 13 only"
+    if not _valid_key(request.header("sec-websocket-key")):
+        return 400, "missing or malformed header 'Sec-WebSocket-Key'"
+    if request.header("transfer-encoding") or request.header("content-length") not in (None, "0"):
+        # What follows the head is WebSocket frames: a body would be read as one.
+        return 400, "an upgrade request has no body"
     return None
 
 
-def accept_websocket(
-    transport: Transport, request: HandshakeRequest, raw: bytes
-) -> Connection | None:
-    """Complete the upgrade; None if the request is not a valid one (an HTTP error has
-    then been written). The request was parsed once, by h11, to route and authenticate
+def server_connection(trailing: bytes) -> Connection:
+    """The server side of a WebSocket whose request :func:`upgrade_refusal` passed.
+    Frames a client sent right behind its request belong to it."""
+    return Connection(ConnectionType.SERVER, trailing_data=trailing)
+
+
+def write_upgrade(transport: Transport, request: HandshakeRequest) -> None:
+    """Write the 101. The request was parsed once, by h11, to route and authenticate
     it; this answers it directly rather than have wsproto parse it again."""
-    refusal = _upgrade_refusal(request)
-    if refusal is not None:
-        status, reason = refusal
-        respond(transport, status, reason, headers=(("sec-websocket-version", "13"),))
-        return None
     key = request.header("sec-websocket-key") or ""
     transport.write(
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
         b"Sec-WebSocket-Accept: " + generate_accept_token(key.encode("latin-1")) + b"\r\n\r\n"
     )
-    # Frames a client sent right behind its request belong to the connection.
-    return Connection(ConnectionType.SERVER, trailing_data=raw[raw.find(b"\r\n\r\n") + 4 :])

@@ -4,19 +4,29 @@
 ``HubLost`` follows (after a ``HubConnected`` if the upgrade succeeded), so the
 core's link state can never disagree with the socket. A refused upgrade
 (HTTP 401/403) is reported as close code 1008: the core then stops retrying.
+Anything else that goes wrong (an address that answers garbage or a bad 101,
+a hook or a bug raising) is one lost link: the core logs it and retries with
+backoff, and the process goes on.
+
+``handshake_timeout`` bounds the upgrade only. Once the hub has answered 101
+the link lives as long as the core wants it (the core's own deadlines, a
+``REGISTERED`` in time and heartbeats, decide when it is dead).
 """
 
 from __future__ import annotations
 
+import logging
 import socket
 from collections.abc import Callable
 from typing import final
 from urllib.parse import urlsplit
 
 import anyio
+import h11
 from wsproto import ConnectionType, WSConnection
 from wsproto.connection import Connection
 from wsproto.events import AcceptConnection, RejectConnection, Request
+from wsproto.utilities import ProtocolError
 
 from megapresence_core import CloseCode, Event, LocalUsageError
 from megapresence_core.events import HubConnected, HubFrameReceived, HubLost
@@ -25,18 +35,68 @@ from ._config import SocketLimits
 from ._session import WebSocketSession
 from ._transport import SocketTransport, Spawn
 
-__all__ = ["HubClient", "parse_ws_url"]
+__all__ = ["HandshakeError", "HubClient", "UpgradeReader", "parse_ws_url"]
+
+logger = logging.getLogger("megapresence")
 
 
 def parse_ws_url(url: str) -> tuple[str, int, str]:
     """``ws://host:port/path`` -> (host, port, path); anything else is misuse."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise LocalUsageError(f"hub URL must look like ws://host:port/path, got {url!r}") from exc
     if parts.scheme != "ws" or not parts.hostname:
         raise LocalUsageError(f"hub URL must look like ws://host:port/path, got {url!r}")
     path = parts.path or "/"
     if parts.query:
         path += "?" + parts.query
-    return parts.hostname, parts.port or 80, path
+    return parts.hostname, port or 80, path
+
+
+class HandshakeError(Exception):
+    """The hub's answer to the upgrade is not an HTTP response we can act on."""
+
+
+@final
+class UpgradeReader:
+    """Sans-IO: our upgrade request, and the hub's answer read as it arrives.
+
+    ``feed`` returns the open connection once the hub accepts, the HTTP
+    status if it refuses, or None for more; anything else (garbage, a bad
+    101, the end of the stream) raises :class:`HandshakeError`, and nothing
+    but that escapes.
+    """
+
+    __slots__ = ("_ws", "request")
+
+    def __init__(self, host: str, port: int, path: str, token: str) -> None:
+        self._ws = WSConnection(ConnectionType.CLIENT)
+        self.request = self._ws.send(
+            Request(
+                host=f"{host}:{port}",
+                target=path,
+                extra_headers=[(b"authorization", f"Bearer {token}".encode())],
+            )
+        )
+
+    def feed(self, data: bytes) -> Connection | int | None:
+        if not data:
+            raise HandshakeError("hub closed the connection during the upgrade")
+        ws = self._ws
+        try:
+            ws.receive_data(data)
+            for event in ws.events():
+                if isinstance(event, AcceptConnection):
+                    assert ws.connection is not None
+                    return ws.connection
+                if isinstance(event, RejectConnection):
+                    return event.status_code
+        except (ProtocolError, h11.ProtocolError, ValueError) as exc:
+            # ValueError: wsproto decodes some header values as ASCII, unchecked.
+            raise HandshakeError(f"hub answered the upgrade with a bad response: {exc}") from None
+        return None
 
 
 async def _connect(host: str, port: int) -> socket.socket:
@@ -93,11 +153,11 @@ class HubClient:
 
     def send(self, data: str) -> None:
         if self._session is not None:
-            self._session.send_text(data)
+            self._session.send_text(data, anyio.current_time())
 
     def close(self, code: int, reason: str) -> None:
         if self._session is not None:
-            self._session.close(code, reason)
+            self._session.close(code, reason, anyio.current_time())
         elif self._attempt is not None:
             self._attempt.cancel()  # still connecting: give up on this attempt
 
@@ -106,56 +166,58 @@ class HubClient:
             self._session.keepalive(now)
 
     async def _run(self) -> None:
+        """One attempt, behind the link's fault boundary: whatever it raises is one
+        ``HubLost`` (and a retry, as the core decides), never the process."""
         code: int | None = None
-        reason = ""
+        reason = "connection attempt abandoned"
         with anyio.CancelScope() as self._attempt:
             try:
                 sock = await _connect(self._host, self._port)
             except OSError as exc:
                 reason = f"connect failed: {exc}"
             else:
-                code, reason = await self._handshake_and_run(sock)
+                transport = SocketTransport(
+                    sock, spawn=self._spawn, max_buffer=self._limits.max_send_buffer
+                )
+                try:
+                    code, reason = await self._handshake_and_run(transport)
+                except HandshakeError as exc:
+                    reason = str(exc)
+                except Exception as exc:  # a bug: say so loudly, then retry as for a bad peer
+                    logger.error(
+                        "hub link to %s:%d%s closed with 1011: %s: %s",
+                        self._host,
+                        self._port,
+                        self._path,
+                        type(exc).__name__,
+                        exc,
+                        exc_info=exc,
+                    )
+                    if self._session is not None:
+                        now = anyio.current_time()
+                        self._session.close(CloseCode.INTERNAL_ERROR, "internal error", now)
+                    code, reason = CloseCode.INTERNAL_ERROR, f"internal error: {type(exc).__name__}"
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await transport.drain_and_close(self._limits.close_timeout)
         self._attempt = None
         self._session = None
         with anyio.CancelScope(shield=True):
-            if reason == "" and code is None:
-                reason = "connection attempt abandoned"
             self._dispatch(HubLost(now=anyio.current_time(), code=code, reason=reason))
 
-    async def _handshake_and_run(self, sock: socket.socket) -> tuple[int | None, str]:
-        transport = SocketTransport(
-            sock, spawn=self._spawn, max_buffer=self._limits.max_send_buffer
-        )
-        try:
-            ws = WSConnection(ConnectionType.CLIENT)
-            transport.write(
-                ws.send(
-                    Request(
-                        host=f"{self._host}:{self._port}",
-                        target=self._path,
-                        extra_headers=[(b"authorization", f"Bearer {self._token}".encode())],
-                    )
-                )
-            )
-            with anyio.move_on_after(self._limits.handshake_timeout):
-                while True:
-                    data = await transport.receive()
-                    if not data:
-                        return None, "hub closed the connection during the upgrade"
-                    ws.receive_data(data)
-                    for event in ws.events():
-                        if isinstance(event, AcceptConnection):
-                            assert ws.connection is not None
-                            return await self._run_session(transport, ws.connection)
-                        if isinstance(event, RejectConnection):
-                            refused = event.status_code in (401, 403)
-                            return (
-                                CloseCode.POLICY if refused else None,
-                                f"hub refused the upgrade: HTTP {event.status_code}",
-                            )
+    async def _handshake_and_run(self, transport: SocketTransport) -> tuple[int | None, str]:
+        reader = UpgradeReader(self._host, self._port, self._path, self._token)
+        transport.write(reader.request)
+        answer: Connection | int | None = None
+        with anyio.move_on_after(self._limits.handshake_timeout):
+            while answer is None:
+                answer = reader.feed(await transport.receive())
+        if answer is None:
             return None, "hub upgrade timed out"
-        finally:
-            transport.abort()
+        if isinstance(answer, int):
+            code = CloseCode.POLICY if answer in (401, 403) else None
+            return code, f"hub refused the upgrade: HTTP {answer}"
+        return await self._run_session(transport, answer)
 
     async def _run_session(
         self, transport: SocketTransport, ws: Connection

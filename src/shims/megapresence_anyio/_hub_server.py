@@ -15,18 +15,20 @@ from typing import Any, final
 
 import anyio
 import anyio.abc
+import attrs
 
 from megapresence_core import Hub, HubConfig, Log, ShutdownRequested, Tick
 from megapresence_core.actions import AcceptBridge, CloseBridge, RefuseBridge, SendBridgeFrame
 from megapresence_core.events import BridgeClosed, BridgeConnecting, BridgeFrameReceived, HubEvent
 
-from ._config import DEFAULT_SOCKET_LIMITS, SocketLimits
-from ._http import HandshakeRequest, accept_websocket, read_request, respond
+from ._config import DEFAULT_HUB_LIMITS, SocketLimits
+from ._guard import Admission, Guard, read_upgrade
+from ._http import HandshakeRequest, server_connection, write_upgrade
 from ._listener import accept_forever, open_listener
 from ._logging import log_action
 from ._session import WebSocketSession, text_frame
 from ._ticker import Ticker
-from ._transport import SocketTransport, Transport
+from ._transport import SocketTransport
 
 __all__ = ["HubServer"]
 
@@ -35,19 +37,29 @@ __all__ = ["HubServer"]
 class _BridgeSocket:
     """One bridge connection: the core's id for it, and what the shim needs to answer."""
 
-    __slots__ = ("session", "transport", "verdict")
+    __slots__ = ("session", "verdict")
 
-    def __init__(self, transport: Transport) -> None:
-        self.transport = transport
+    def __init__(self) -> None:
+        #: Set at the upgrade, in the same step as the core's AcceptBridge.
         self.session: WebSocketSession | None = None
         self.verdict: AcceptBridge | RefuseBridge | None = None
 
 
 @final
 class HubServer:
-    def __init__(self, config: HubConfig, *, limits: SocketLimits = DEFAULT_SOCKET_LIMITS) -> None:
+    """The hub over real sockets.
+
+    Bridge links get ``HubConfig.max_frame_bytes`` as their message limit (a hub
+    frame is a client message plus routing, so the client socket limit would
+    refuse legal broadcasts); every other cap comes from ``limits``, whose
+    ``max_connections`` counts bridge links.
+    """
+
+    def __init__(self, config: HubConfig, *, limits: SocketLimits = DEFAULT_HUB_LIMITS) -> None:
         self._hub = Hub(config)
         self._limits = limits
+        self._bridge_limits = attrs.evolve(limits, max_message_bytes=config.max_frame_bytes)
+        self._admission = Admission(limits)
         self._bridges: set[_BridgeSocket] = set()
         self._task_group: anyio.abc.TaskGroup | None = None
         self._ticker = Ticker(
@@ -99,12 +111,15 @@ class HubServer:
     async def listen(self, host: str = "127.0.0.1", port: int = 0) -> int:
         sock = open_listener(host, port)
         self.port = sock.getsockname()[1]
-        self._spawn(
-            accept_forever,
-            sock,
-            lambda conn, remote: self._spawn(self._handle_socket, conn, remote),
-        )
+        self._spawn(accept_forever, sock, self._on_accept)
         return self.port
+
+    def _on_accept(self, sock: socket.socket, remote: tuple[str, int] | None) -> None:
+        transport = SocketTransport(
+            sock, spawn=self._spawn, max_buffer=self._limits.max_send_buffer
+        )
+        guard = Guard(transport, remote)
+        self._spawn(self._serve, guard, self._admission.begin(guard))
 
     def dispatch(self, event: HubEvent) -> None:
         for action in self._hub.handle(event):
@@ -117,38 +132,69 @@ class HubServer:
             if bridge.session is not None:
                 bridge.session.keepalive(now)
 
-    async def _handle_socket(self, sock: socket.socket, remote: tuple[str, int] | None) -> None:
-        limits = self._limits
-        transport = SocketTransport(sock, spawn=self._spawn, max_buffer=limits.max_send_buffer)
-        bridge = _BridgeSocket(transport)
+    async def _serve(self, guard: Guard, refused: int | None) -> None:
+        """One bridge link behind its fault boundary: nothing it raises reaches the hub."""
         try:
-            result = await read_request(transport, limits, remote)
-            if result is None:
-                return
-            request, raw = result
-            if not request.is_websocket:
-                self._answer_http(transport, request)
-                return
-            self.dispatch(
-                BridgeConnecting(
-                    bridge=bridge,
-                    authorization=request.header("authorization"),
-                    now=anyio.current_time(),
-                )
-            )
-            if isinstance(bridge.verdict, RefuseBridge):
-                respond(transport, bridge.verdict.status, (bridge.verdict.reason + "\n").encode())
-                return
-            await self._run_bridge(bridge, request, raw)
+            if refused is not None:
+                guard.respond(refused)  # over a handshake cap (logged by the admission)
+            else:
+                bridge = await self._handshake(guard)
+                if bridge is not None and bridge.session is not None:
+                    await bridge.session.run(
+                        lambda text: self.dispatch(
+                            BridgeFrameReceived(bridge=bridge, data=text, now=anyio.current_time())
+                        )
+                    )
+                    guard.ended()
+        except Exception as exc:
+            guard.fault(exc)
         finally:
-            await transport.drain_and_close(limits.close_timeout)
+            await self._admission.finish(guard, lambda: self._closed(guard))
 
-    def _answer_http(self, transport: Transport, request: HandshakeRequest) -> None:
+    async def _closed(self, guard: Guard) -> None:
+        bridge = guard.conn
+        if isinstance(bridge, _BridgeSocket):
+            self._bridges.discard(bridge)
+            self.dispatch(BridgeClosed(bridge=bridge, now=anyio.current_time()))
+
+    async def _handshake(self, guard: Guard) -> _BridgeSocket | None:
+        """Read the request; answer it over HTTP, refuse it, or accept the bridge."""
+        read = await read_upgrade(guard, self._limits, self._answer_http)
+        if read is None:
+            return None
+        request, trailing = read
+        status = self._admission.refusal(guard)
+        if status is not None:
+            guard.respond(status)
+            return None
+        bridge = _BridgeSocket()
+        # The token goes to the core before anything else; a refusal leaves no state.
+        self.dispatch(
+            BridgeConnecting(
+                bridge=bridge,
+                authorization=request.header("authorization"),
+                now=anyio.current_time(),
+            )
+        )
+        verdict = bridge.verdict
+        if isinstance(verdict, RefuseBridge):
+            guard.refuse(verdict.status, verdict.reason)
+            return None
+        guard.conn = bridge
+        self._bridges.add(bridge)
+        self._admission.upgrade(guard)
+        write_upgrade(guard.transport, request)
+        bridge.session = guard.session = WebSocketSession(
+            guard.transport, server_connection(trailing), self._bridge_limits, anyio.current_time()
+        )
+        return bridge
+
+    def _answer_http(self, guard: Guard, request: HandshakeRequest) -> None:
         """``GET /presence`` (with a hub token) lists every session the hub holds, as JSON."""
         if request.path != "/presence":
-            respond(transport, 426, b"this is a megapresence hub: connect with WebSocket\n")
+            guard.respond(426, b"this is a megapresence hub: connect with WebSocket\n")
         elif not self._hub.authorized(request.header("authorization")):
-            respond(transport, 401)
+            guard.respond(401)
         else:
             members = [
                 {
@@ -161,41 +207,20 @@ class HubServer:
                 for m in self._hub.members()
             ]
             body = json.dumps({"hubId": self._hub.hub_id, "members": members}).encode()
-            respond(transport, 200, body, "application/json")
-
-    async def _run_bridge(
-        self, bridge: _BridgeSocket, request: HandshakeRequest, raw: bytes
-    ) -> None:
-        ws = accept_websocket(bridge.transport, request, raw)
-        if ws is not None:
-            bridge.session = WebSocketSession(
-                bridge.transport, ws, self._limits, anyio.current_time()
-            )
-        self._bridges.add(bridge)
-        try:
-            if bridge.session is not None:
-                await bridge.session.run(
-                    lambda text: self.dispatch(
-                        BridgeFrameReceived(bridge=bridge, data=text, now=anyio.current_time())
-                    )
-                )
-        finally:
-            self._bridges.discard(bridge)
-            self.dispatch(BridgeClosed(bridge=bridge, now=anyio.current_time()))
+            guard.respond(200, body, "application/json")
 
     def _verdict(self, action: AcceptBridge | RefuseBridge) -> None:
         action.bridge.verdict = action  # type: ignore[attr-defined]
 
     def _send(self, action: SendBridgeFrame) -> None:
         frame = text_frame(action.data.encode("utf-8"))
+        now = anyio.current_time()
         for bridge in action.bridges:
             session = bridge.session  # type: ignore[attr-defined]
             if session is not None:
-                session.send_frame(frame)
+                session.send_frame(frame, now)
 
     def _close(self, action: CloseBridge) -> None:
         session = action.bridge.session  # type: ignore[attr-defined]
         if session is not None:
-            session.close(action.code, action.reason)
-        else:
-            action.bridge.transport.abort()  # type: ignore[attr-defined]
+            session.close(action.code, action.reason, anyio.current_time())

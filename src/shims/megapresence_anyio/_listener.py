@@ -6,6 +6,7 @@ import socket
 from collections.abc import Callable
 
 import anyio
+import anyio.lowlevel
 
 __all__ = ["accept_forever", "open_listener"]
 
@@ -32,18 +33,30 @@ def open_listener(
     return sock
 
 
+#: Accepted sockets between two yields to the tasks serving them. Their requests
+#: are usually in the kernel already: read them before a flood of newer sockets
+#: pushes them out of the pending-handshake cap.
+ACCEPT_BATCH = 64
+
+
 async def accept_forever(sock: socket.socket, on_accept: OnAccept) -> None:
     """Accept connections until cancelled, calling ``on_accept(conn, address)`` for each."""
+    batch = 0
     try:
         while True:
+            if batch >= ACCEPT_BATCH:
+                batch = 0
+                await anyio.lowlevel.checkpoint()
             try:
                 conn, address = sock.accept()
             except BlockingIOError:
+                batch = 0
                 await anyio.wait_readable(sock)
                 continue
             except OSError:  # e.g. EMFILE: back off instead of spinning
                 await anyio.sleep(0.1)
                 continue
+            batch += 1
             conn.setblocking(False)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             on_accept(conn, address[:2] if isinstance(address, tuple) else None)

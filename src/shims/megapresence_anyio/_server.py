@@ -22,8 +22,8 @@ import attrs
 import sniffio
 
 from megapresence_core import (
+    Action,
     BroadcastRequested,
-    CloseCode,
     CloseConnection,
     ConnectionClosed,
     ConnectionOpened,
@@ -55,13 +55,14 @@ from megapresence_core.actions import (
 from megapresence_core.events import HubLinkStarted
 
 from ._config import DEFAULT_SOCKET_LIMITS, SocketLimits
-from ._http import HandshakeRequest, accept_websocket, read_request, respond
+from ._guard import Admission, Guard, read_upgrade
+from ._http import HandshakeRequest, server_connection, write_upgrade
 from ._hub_client import HubClient
 from ._listener import accept_forever, open_listener
 from ._logging import log_action
 from ._session import WebSocketSession, text_frame
 from ._ticker import Ticker
-from ._transport import SocketTransport, StreamTransport, Transport
+from ._transport import SocketTransport, StreamTransport
 
 __all__ = ["Client", "Identity", "PresenceServer", "Refusal"]
 
@@ -125,10 +126,10 @@ class Client:
 
     def send(self, text: str) -> None:
         """Send one text message to this socket only (a reply, not presence traffic)."""
-        self.session.send_frame(text_frame(text.encode("utf-8")))
+        self.session.send_frame(text_frame(text.encode("utf-8")), anyio.current_time())
 
     def close(self, code: int = 1000, reason: str = "") -> None:
-        self.session.close(code, reason)
+        self.session.close(code, reason, anyio.current_time())
 
     def __repr__(self) -> str:
         who = f" {self.user_id}/{self.session_id}" if self.identity else ""
@@ -227,7 +228,7 @@ class PresenceServer:
         self._pages = dict(pages or {})
         self._presence = Presence(config)
         self._clients: set[Client] = set()
-        self._sockets = 0
+        self._admission = Admission(limits)
         self._task_group: anyio.abc.TaskGroup | None = None
         #: On asyncio, the connections' tasks (see _spawn_connection); None on trio.
         self._connection_tasks: set[asyncio.Task[Any]] | None = None
@@ -334,13 +335,8 @@ class PresenceServer:
             return
         task = asyncio.get_running_loop().create_task(function(*args))
         self._connection_tasks.add(task)
-        task.add_done_callback(self._connection_done)
-
-    def _connection_done(self, task: asyncio.Task[Any]) -> None:
-        assert self._connection_tasks is not None
-        self._connection_tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            logger.error("connection task failed", exc_info=task.exception())
+        # Nothing but cancellation leaves _serve: its boundary catches the rest.
+        task.add_done_callback(self._connection_tasks.discard)
 
     async def listen(
         self, host: str = "127.0.0.1", port: int = 0, *, reuse_port: bool = False
@@ -369,114 +365,149 @@ class PresenceServer:
         transport = SocketTransport(
             sock, spawn=self._spawn, max_buffer=self._limits.max_send_buffer
         )
-        self._spawn_connection(self._serve, transport, remote)
+        guard = Guard(transport, remote)
+        self._spawn_connection(self._serve, guard, self._admission.begin(guard))
 
     async def handle_stream(self, stream: anyio.abc.ByteStream) -> None:
         """Serve one connection accepted elsewhere (it is written through a queue)."""
         transport = StreamTransport(
             stream, spawn=self._spawn, max_buffer=self._limits.max_send_buffer
         )
-        await self._serve(transport, None)
+        guard = Guard(transport, None)
+        await self._serve(guard, self._admission.begin(guard))
 
-    async def _serve(self, transport: Transport, remote: tuple[str, int] | None) -> None:
-        """One connection, from its request to its close. While the socket is open this is
-        the only frame above the session's, so an idle connection costs little memory."""
-        self._sockets += 1
-        client = None
+    async def _serve(self, guard: Guard, refused: int | None) -> None:
+        """One connection, from its request to its close, behind its fault boundary:
+        nothing it raises reaches the server (see ``_guard.py`` for what it becomes).
+        While the socket is open this is the only frame above the session's, so an
+        idle connection costs little memory."""
         try:
-            client = await self._open(transport, remote)
-            if client is not None:
-                self._opened(client)
-                if await _hook(self._on_open, client):
+            if refused is not None:
+                guard.respond(refused)  # over a handshake cap (logged by the admission)
+            else:
+                client = await self._handshake(guard)
+                if client is not None:
+                    await _run_hook(self._on_open, client)
                     on_message = self._on_message
                     await client.session.run(
                         (lambda text: on_message(client, text))
                         if on_message is not None
                         else _ignore
                     )
+                    guard.ended()
+        except Exception as exc:
+            guard.fault(exc)
         finally:
-            self._sockets -= 1
-            if client is not None:
-                self._clients.discard(client)
-                self.dispatch(ConnectionClosed(conn=client))
-                with anyio.CancelScope(shield=True):
-                    await _hook(self._on_close, client)
-            await transport.drain_and_close(self._limits.close_timeout)
+            await self._admission.finish(guard, lambda: self._closed(guard))
 
-    async def _open(self, transport: Transport, remote: tuple[str, int] | None) -> Client | None:
+    async def _closed(self, guard: Guard) -> None:
+        """Out of the core, then through ``on_close`` if it was open."""
+        client = guard.conn
+        if isinstance(client, Client):
+            self._clients.discard(client)
+            self.dispatch(ConnectionClosed(conn=client))
+            if guard.session is not None:
+                try:
+                    await _run_hook(self._on_close, client)
+                except Exception as exc:
+                    logger.error(
+                        "%s: the on_close hook failed: %s: %s",
+                        guard,
+                        type(exc).__name__,
+                        exc,
+                        exc_info=exc,
+                    )
+
+    async def _handshake(self, guard: Guard) -> Client | None:
         """Read the request; answer it over HTTP, refuse it, or upgrade it into a ``Client``."""
-        limits = self._limits
-        result = await read_request(transport, limits, remote)
-        if result is None:
+        read = await read_upgrade(guard, self._limits, self._serve_page)
+        if read is None:
             return None
-        request, raw = result
-        if not request.is_websocket:
-            self._serve_page(transport, request)
+        request, trailing = read
+        refusal = self._check(guard, request)
+        if refusal is not None:
+            guard.refuse(refusal.status, refusal.reason)
             return None
-        refusal = self._check(request)
-        identity = None
-        if refusal is None:
+        outcome: object = None
+        with anyio.CancelScope(deadline=guard.deadline) as timer:
             outcome = self._authenticate(request)
             if inspect.isawaitable(outcome):
                 outcome = await outcome
-            if isinstance(outcome, Refusal):
-                refusal = outcome
-            else:
-                identity = outcome
-        if refusal is not None:
-            respond(transport, refusal.status, (refusal.reason + "\n").encode())
+        if timer.cancelled_caught:
+            guard.refuse(503, "authenticate did not answer within the handshake timeout")
             return None
-        ws = accept_websocket(transport, request, raw)
-        if ws is None:
+        if isinstance(outcome, Refusal):
+            guard.refuse(outcome.status, outcome.reason)
             return None
-        session = WebSocketSession(transport, ws, limits, anyio.current_time())
-        return Client(self, request, identity, session)
+        if outcome is not None and not isinstance(outcome, Identity):
+            raise TypeError(f"authenticate returned {outcome!r}: an Identity, a Refusal or None")
+        return self._upgrade(guard, request, trailing, outcome)
 
-    def _check(self, request: HandshakeRequest) -> Refusal | None:
+    def _check(self, guard: Guard, request: HandshakeRequest) -> Refusal | None:
+        """What refuses an upgrade before ``authenticate`` runs and again before the 101
+        (``authenticate`` may take a while): path, origin, shutdown, connection caps."""
         if not _matches(request.path, self._paths):
             return Refusal(status=404, reason="no WebSocket at this path")
         if not self._limits.origin_allowed(request.header("origin")):
             return Refusal(status=403, reason="origin not allowed")
-        if self._sockets > self._limits.max_connections:
-            return Refusal(status=503, reason="too many connections")
         if self._presence.is_shut_down:
             return Refusal(status=503, reason="server shutting down")
+        status = self._admission.refusal(guard)
+        if status is not None:
+            return Refusal(status=status, reason="too many connections")
         return None
 
-    def _serve_page(self, transport: Transport, request: HandshakeRequest) -> None:
+    def _upgrade(
+        self, guard: Guard, request: HandshakeRequest, trailing: bytes, identity: Identity | None
+    ) -> Client | None:
+        """Join the core, then answer 101, in one step with no await: an identity the core
+        refuses gets an HTTP status (the boundary's 403), never a 101 and a close."""
+        refusal = self._check(guard, request)
+        if refusal is not None:
+            guard.refuse(refusal.status, refusal.reason)
+            return None
+        now = anyio.current_time()
+        session = WebSocketSession(guard.transport, server_connection(trailing), self._limits, now)
+        client = Client(self, request, identity, session)
+        joined = None
+        if identity is not None:
+            guard.user = identity.user_id
+            joined = SessionJoined(
+                conn=client,
+                user_id=identity.user_id,
+                session_id=identity.session_id,
+                channels=identity.channels,
+                metadata=identity.metadata,
+            )
+        self.dispatch(ConnectionOpened(conn=client, ns=client.ns))
+        guard.conn = client
+        self._clients.add(client)
+        actions = self._presence.handle(joined) if joined is not None else []
+        self._admission.upgrade(guard)
+        write_upgrade(guard.transport, request)
+        guard.session = session
+        self._perform(actions)
+        return client
+
+    def _serve_page(self, guard: Guard, request: HandshakeRequest) -> None:
         page = self._pages.get(request.path)
         if request.method not in ("GET", "HEAD"):
-            respond(transport, 405)
+            guard.respond(405)
         elif page is None:
-            respond(transport, 426 if _matches(request.path, self._paths) else 404)
+            guard.respond(426 if _matches(request.path, self._paths) else 404)
         else:
-            respond(transport, 200, page[1], page[0], head=request.method == "HEAD")
-
-    def _opened(self, client: Client) -> None:
-        self._clients.add(client)
-        self.dispatch(ConnectionOpened(conn=client, ns=client.ns))
-        identity = client.identity
-        if identity is not None:
-            try:
-                self.dispatch(
-                    SessionJoined(
-                        conn=client,
-                        user_id=identity.user_id,
-                        session_id=identity.session_id,
-                        channels=identity.channels,
-                        metadata=identity.metadata,
-                    )
-                )
-            except LocalUsageError as exc:  # the core refused the identity: its hint says how
-                logger.warning("join refused for %r: %s", client, exc)
-                client.close(exc.close_code, str(exc))
+            guard.respond(200, page[1], page[0], head=request.method == "HEAD")
 
     # ---------------------------------------------------------- core driving
 
     def dispatch(self, event: Event) -> None:
         """Feed one event to the core and perform its actions, in order."""
-        for action in self._presence.handle(event):
-            self._performers[type(action)](action)
+        self._perform(self._presence.handle(event))
+
+    def _perform(self, actions: list[Action]) -> None:
+        performers = self._performers
+        for action in actions:
+            performers[type(action)](action)
         self._ticker.reschedule()
 
     def _on_tick(self, now: float) -> None:
@@ -488,11 +519,13 @@ class PresenceServer:
 
     def _deliver(self, action: Deliver) -> None:
         frame = text_frame(action.text.encode("utf-8"))
+        now = anyio.current_time()
         for client in action.conns:
-            client.session.send_frame(frame)  # type: ignore[attr-defined]
+            client.session.send_frame(frame, now)  # type: ignore[attr-defined]
 
     def _close_connection(self, action: CloseConnection) -> None:
-        action.conn.session.close(action.code, action.reason)  # type: ignore[attr-defined]
+        session = action.conn.session  # type: ignore[attr-defined]
+        session.close(action.code, action.reason, anyio.current_time())
 
     def _connect_hub(self, action: ConnectHub) -> None:
         assert self._hub is not None
@@ -574,20 +607,9 @@ def _ignore(text: str) -> None:
     return None
 
 
-async def _hook(hook: OnClose | None, client: Client) -> bool:
-    """Run an open or close hook; if it fails, log it and close that socket with 1011."""
-    if hook is None:
-        return True
-    try:
+async def _run_hook(hook: OnClose | None, client: Client) -> None:
+    """Run an open or close hook, sync or async; what it raises is the boundary's."""
+    if hook is not None:
         result = hook(client)
         if result is not None:
             await result
-    except Exception:
-        logger.exception(
-            "the %s hook failed for %r; closing it with 1011",
-            getattr(hook, "__name__", "connection"),
-            client,
-        )
-        client.session.close(CloseCode.INTERNAL_ERROR, "internal error")
-        return False
-    return True

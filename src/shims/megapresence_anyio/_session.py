@@ -4,11 +4,18 @@ Used for client sockets, for bridges on the hub, and (as the client side) for
 the hub link. Outgoing text is framed by the caller when one frame serves many
 sockets (:func:`text_frame`, server frames are never masked); a client-side
 session frames through wsproto, which masks.
+
+The session reads no clock: whoever acts passes ``now`` in, and the reader
+only notes that the peer spoke; :meth:`WebSocketSession.keepalive` turns that
+into time. So keepalive can be driven with any clock, real or fake.
+
+What the peer sends that breaks a rule closes the session with the code for
+that rule, here. What the ``on_text`` hook raises is not caught here: it goes
+up to the connection's fault boundary (``_guard.py``), which picks the code.
 """
 
 from __future__ import annotations
 
-import logging
 import struct
 from collections.abc import Awaitable, Callable
 from typing import final
@@ -31,8 +38,6 @@ from ._transport import Transport
 
 __all__ = ["WebSocketSession", "text_frame"]
 
-logger = logging.getLogger("megapresence")
-
 _FIN_TEXT = 0x81
 
 
@@ -44,6 +49,11 @@ def text_frame(payload: bytes) -> bytes:
     if size < 65536:
         return struct.pack("!BBH", _FIN_TEXT, 126, size) + payload
     return struct.pack("!BBQ", _FIN_TEXT, 127, size) + payload
+
+
+def _utf8_len(text: str) -> int:
+    # str.isascii() is O(1) in CPython: most messages are measured for free.
+    return len(text) if text.isascii() else len(text.encode("utf-8"))
 
 
 OnText = Callable[[str], Awaitable[None] | None]
@@ -61,7 +71,9 @@ class WebSocketSession:
         "_ws",
         "close_code",
         "close_reason",
+        "closed_here",
         "closing_since",
+        "heard",
         "last_heard",
         "ping_sent_at",
         "transport",
@@ -77,110 +89,125 @@ class WebSocketSession:
         self._size = 0
         self._fragments = 0
         self.last_heard = now
+        #: The peer sent something since the last ``keepalive``.
+        self.heard = False
         self.ping_sent_at: float | None = None
         self.closing_since: float | None = None
+        #: The close was started on this side (``close``), not by the peer.
+        self.closed_here = False
         #: The close code that ended the session: the peer's, ours, or 1006.
         self.close_code: int | None = None
         self.close_reason = ""
 
     @property
     def is_open(self) -> bool:
+        """Neither side has started closing (the fan-out path checks only this)."""
         return self.closing_since is None
 
-    def send_frame(self, frame: bytes) -> None:
+    def send_frame(self, frame: bytes, now: float) -> None:
         """Write an already framed message; a peer that cannot keep up is closed with 1013."""
-        if self.closing_since is None and not self.transport.write(frame):
+        if self.closing_since is None and not self.transport.write(frame):  # the hot path
             self.transport.truncate()
-            self.close(CloseCode.TRY_AGAIN_LATER, "slow consumer: send buffer full")
+            self.close(CloseCode.TRY_AGAIN_LATER, "slow consumer: send buffer full", now)
 
-    def send_text(self, text: str) -> None:
+    def send_text(self, text: str, now: float) -> None:
         """Frame and write one text message (masked if this is the client side)."""
-        if self.closing_since is None:
-            self.send_frame(bytes(self._ws.send(Message(data=text))))
+        if self.is_open and self._ws.state is ConnectionState.OPEN:
+            self.send_frame(bytes(self._ws.send(Message(data=text))), now)
 
-    def close(self, code: int, reason: str = "") -> None:
+    def close(self, code: int, reason: str, now: float) -> None:
         """Start the close handshake; the peer has ``close_timeout`` to answer."""
         if self.closing_since is not None:
             return
-        self.closing_since = anyio.current_time()
-        self.close_code, self.close_reason = code, reason
+        self.closing_since = now
+        self.closed_here = True
+        if self.close_code is None:
+            self.close_code, self.close_reason = code, reason
         if self._ws.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
-            self.transport.write(
-                bytes(self._ws.send(CloseConnection(code=code, reason=truncate_reason(reason))))
-            )
+            frame = self._ws.send(CloseConnection(code=code, reason=truncate_reason(reason)))
+            # Past the send-buffer bound too: a slow consumer must learn why it goes.
+            self.transport.write(bytes(frame), force=True)
 
     def keepalive(self, now: float) -> None:
         """Called periodically: ping a quiet peer, close a silent one, drop a stuck close."""
         limits = self._limits
+        if self.heard:
+            self.heard = False
+            self.last_heard = now
+            self.ping_sent_at = None
         if self.closing_since is not None:
             if now - self.closing_since >= limits.close_timeout:
                 self.transport.abort()
+        elif self._ws.state is not ConnectionState.OPEN:
+            return  # the peer is closing: its close, not silence, ends this
         elif self.ping_sent_at is not None:
             if now - self.ping_sent_at >= limits.ping_timeout:
-                self.close(CloseCode.INTERNAL_ERROR, "keepalive ping timeout")
+                self.close(CloseCode.INTERNAL_ERROR, "keepalive ping timeout", now)
         elif now - self.last_heard >= limits.ping_interval:
             self.ping_sent_at = now
-            self.transport.write(bytes(self._ws.send(Ping())))
+            self.send_frame(bytes(self._ws.send(Ping())), now)
 
     async def run(self, on_text: OnText) -> None:
-        """Read until the session ends, passing each complete text message to ``on_text``."""
-        ws, transport = self._ws, self.transport
-        try:
-            while True:
-                # Events first: the handshake may have left frames in wsproto's buffer.
-                for event in ws.events():
-                    if isinstance(event, TextMessage):
-                        text = self._collect(event)
-                        if text is not None and not await self._deliver(on_text, text):
-                            return
-                    elif isinstance(event, Ping):
-                        transport.write(bytes(ws.send(event.response())))
-                    elif isinstance(event, CloseConnection):
-                        if self._on_close_frame(event):
-                            return
-                    elif isinstance(event, BytesMessage):
-                        self.close(CloseCode.UNSUPPORTED_DATA, "binary messages are not accepted")
-                    elif not isinstance(event, Pong):  # pragma: no cover - wsproto has no other
-                        raise AssertionError(f"unexpected wsproto event {event!r}")
-                data = await transport.receive()
-                if not data:
-                    if self.close_code is None:
-                        self.close_code = 1006
-                    return
-                self.last_heard = anyio.current_time()
-                self.ping_sent_at = None
-                ws.receive_data(data)
-        finally:
-            await transport.drain_and_close(self._limits.close_timeout)
+        """Read until the session ends, passing each complete text message to ``on_text``.
 
-    async def _deliver(self, on_text: OnText, text: str) -> bool:
-        """Hand one message to the application; a hook that fails costs this socket only
-        (1011), never the server."""
-        try:
-            result = on_text(text)
-            if result is not None:
-                await result
-        except Exception:
-            logger.exception("the message hook failed; closing this socket with 1011")
-            self.close(CloseCode.INTERNAL_ERROR, "internal error")
-            return False
-        return True
+        Returns when the close handshake is over or the stream ends; what
+        ``on_text`` raises propagates (the session is left open for the caller
+        to close with the code it chooses)."""
+        ws, transport = self._ws, self.transport
+        while True:
+            # Events first: the handshake may have left frames in wsproto's buffer.
+            for event in ws.events():
+                if isinstance(event, TextMessage):
+                    text = self._collect(event)
+                    if text is not None:
+                        result = on_text(text)
+                        if result is not None:
+                            await result
+                elif isinstance(event, Ping):
+                    if ws.state is ConnectionState.OPEN:
+                        self.send_frame(bytes(ws.send(event.response())), anyio.current_time())
+                elif isinstance(event, CloseConnection):
+                    if self._on_close_frame(event):
+                        return
+                elif isinstance(event, BytesMessage):
+                    self.close(
+                        CloseCode.UNSUPPORTED_DATA,
+                        "binary messages are not accepted",
+                        anyio.current_time(),
+                    )
+                elif not isinstance(event, Pong):  # pragma: no cover - wsproto has no other
+                    raise AssertionError(f"unexpected wsproto event {event!r}")
+            data = await transport.receive()
+            if not data:
+                ws.receive_data(None)  # wsproto's state becomes CLOSED: nothing more is sent
+                self._ended(1006, "")
+                return
+            self.heard = True
+            ws.receive_data(data)
 
     def _collect(self, event: TextMessage) -> str | None:
         if self.closing_since is not None:
             return None  # nothing counts once we are closing
         limits = self._limits
-        self._size += len(event.data)
+        self._size += _utf8_len(event.data)
         if self._size > limits.max_message_bytes:
             self._parts.clear()
-            self.close(CloseCode.MESSAGE_TOO_BIG, f"message over {limits.max_message_bytes} bytes")
+            self.close(
+                CloseCode.MESSAGE_TOO_BIG,
+                f"message over {limits.max_message_bytes} bytes",
+                anyio.current_time(),
+            )
             return None
         self._parts.append(event.data)
         if event.frame_finished and not event.message_finished:
             self._fragments += 1
             if self._fragments >= limits.max_fragments:
                 self._parts.clear()
-                self.close(CloseCode.POLICY, f"more than {limits.max_fragments} fragments")
+                self.close(
+                    CloseCode.POLICY,
+                    f"more than {limits.max_fragments} fragments",
+                    anyio.current_time(),
+                )
                 return None
         if not event.message_finished:
             return None
@@ -189,13 +216,19 @@ class WebSocketSession:
         self._size = self._fragments = 0
         return text
 
+    def _ended(self, code: int, reason: str) -> None:
+        """The peer ended the session (its close frame, or the end of the stream)."""
+        if self.close_code is None:
+            self.close_code, self.close_reason = code, reason
+        if self.closing_since is None:
+            self.closing_since = anyio.current_time()
+
     def _on_close_frame(self, event: CloseConnection) -> bool:
         """Answer a close frame; True once the handshake is complete."""
         ws = self._ws
         if ws.state is ConnectionState.REMOTE_CLOSING:  # the peer started it: echo and end
-            if self.close_code is None:
-                self.close_code, self.close_reason = event.code, event.reason or ""
-            self.transport.write(bytes(ws.send(event.response())))
+            self.transport.write(bytes(ws.send(event.response())), force=True)
+            self._ended(event.code, event.reason or "")
             return True
         if ws.state is ConnectionState.CLOSED:  # the answer to our close
             return True
@@ -203,5 +236,5 @@ class WebSocketSession:
         # as a close event while the connection is still open. The stream cannot
         # be parsed any further, so this is a failure, not a handshake: send our
         # close frame and end without waiting for an answer we could not read.
-        self.close(event.code, event.reason or "")
+        self.close(event.code, event.reason or "", anyio.current_time())
         return True

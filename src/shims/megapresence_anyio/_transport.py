@@ -6,9 +6,14 @@ writing in place reaches 1.5x of it). So :meth:`SocketTransport.write` is
 synchronous: it tries a non-blocking ``send()`` on the socket right away and
 queues only what the kernel did not take; a writer task is spawned for that
 connection only while something is queued, so order per connection is kept
-and an idle connection costs no task. The queue is bounded: past
-``max_buffer`` bytes ``write`` reports overflow and the caller closes the
-slow consumer (1013) without slowing anyone else.
+and an idle connection costs no task. The queue is bounded: when what waits
+behind the frame in flight would pass ``max_buffer`` bytes, ``write`` reports
+overflow and the caller closes the slow consumer (1013) without slowing anyone
+else. The frame in flight is not counted, so a single frame larger than the
+bound still reaches a peer that reads (frames are bounded by the message
+limits, so a peer costs at most one frame plus ``max_buffer``); and a close
+frame is written with ``force``, past the bound, so a slow consumer is told
+why it is dropped.
 
 :class:`StreamTransport` gives the same interface over any anyio byte stream,
 for frameworks that accept connections themselves; its writes always go
@@ -37,7 +42,7 @@ _RECV_BYTES = 65536
 class Transport(Protocol):
     """What a WebSocket session needs from the bytes underneath it."""
 
-    def write(self, data: bytes) -> bool: ...
+    def write(self, data: bytes, *, force: bool = False) -> bool: ...
 
     async def receive(self) -> bytes: ...
 
@@ -67,6 +72,10 @@ class _QueuedWriter:
         if self._flushed is not None:
             self._flushed.set()
 
+    def _accepts(self, size: int, in_flight: int) -> bool:
+        """Whether ``size`` more bytes fit behind the frame in flight."""
+        return self._pending - in_flight + size <= self._max_buffer
+
     async def _wait_flushed(self, timeout: float) -> None:
         """Let the writer task finish what is queued, for at most ``timeout`` seconds."""
         if self._writing and not self._closed:
@@ -91,16 +100,18 @@ class SocketTransport(_QueuedWriter):
         #: The head of the queue is the rest of a frame the kernel took in part.
         self._partial = False
 
-    def write(self, data: bytes) -> bool:
+    def write(self, data: bytes, *, force: bool = False) -> bool:
         """Send ``data`` now as far as the kernel takes it; queue the rest.
 
-        Returns False when the queue is past ``max_buffer``: the peer is not
-        reading. A frame the kernel took in part is always queued whole, so the
-        stream stays well-formed; a new frame that does not fit is not queued.
+        Returns False when ``data`` would not fit behind the frame in flight
+        (the peer is not reading); it is then not queued, unless ``force``. A
+        frame the kernel took in part is always queued whole, so the stream
+        stays well-formed.
         """
         if self._closed:
             return True
-        if not self._queue:
+        queue = self._queue
+        if not queue:
             try:
                 sent = self._sock.send(data)
             except BlockingIOError:
@@ -108,12 +119,11 @@ class SocketTransport(_QueuedWriter):
             except OSError:
                 self.abort()  # the reader will see the end of the stream
                 return True
-            if sent == len(data):
-                return True
-            self._partial = sent > 0
-            self._enqueue(memoryview(data)[sent:])
-            return self._pending <= self._max_buffer
-        if self._pending + len(data) > self._max_buffer:
+            if sent < len(data):  # the rest is the frame in flight, whatever its size
+                self._partial = sent > 0
+                self._enqueue(memoryview(data)[sent:])
+            return True
+        if not (force or self._accepts(len(data), len(queue[0]))):
             return False
         self._enqueue(memoryview(data))
         return True
@@ -202,19 +212,24 @@ class SocketTransport(_QueuedWriter):
 class StreamTransport(_QueuedWriter):
     """Any anyio byte stream; every write is queued for one writer task."""
 
-    __slots__ = ("_queue", "_stream")
+    __slots__ = ("_in_flight", "_queue", "_stream")
 
     def __init__(self, stream: anyio.abc.ByteStream, *, spawn: Spawn, max_buffer: int) -> None:
         super().__init__(spawn, max_buffer)
         self._stream = stream
         self._queue: deque[bytes] = deque()
+        #: The size of the chunk being sent, 0 between chunks.
+        self._in_flight = 0
 
-    def write(self, data: bytes) -> bool:
+    def write(self, data: bytes, *, force: bool = False) -> bool:
         if self._closed:
             return True
-        if self._pending + len(data) > self._max_buffer:
-            return False
-        self._queue.append(data)
+        queue = self._queue
+        if self._writing and not force:
+            in_flight = self._in_flight or (len(queue[0]) if queue else 0)
+            if not self._accepts(len(data), in_flight):
+                return False
+        queue.append(data)
         self._pending += len(data)
         if not self._writing:
             self._writing = True
@@ -225,8 +240,10 @@ class StreamTransport(_QueuedWriter):
         try:
             while self._queue and not self._closed:
                 chunk = self._queue.popleft()
+                self._in_flight = len(chunk)
                 await self._stream.send(chunk)
                 self._pending -= len(chunk)
+                self._in_flight = 0
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             self.abort()
         finally:
@@ -243,7 +260,7 @@ class StreamTransport(_QueuedWriter):
     def truncate(self) -> None:
         """Drop every queued chunk; chunks go out whole, so no frame is cut."""
         self._queue.clear()
-        self._pending = 0
+        self._pending = self._in_flight
 
     def abort(self) -> None:
         if self._closed:

@@ -1,0 +1,357 @@
+"""The fault boundary of one connection, and the caps on how many a peer may hold.
+
+Every connection's task (a client socket, a bridge link on the hub) runs
+inside one ``try`` in its server, and whatever escapes the work inside it ends
+in :meth:`Guard.fault`: before the upgrade an HTTP status, after it a close
+code, and one log line naming the peer. The core's errors carry the status and
+the close code to use (their hints); anything else is a bug, 500 or 1011. The
+README's fault table states the mapping for users.
+
+:class:`Admission` applies the ``SocketLimits`` caps: sockets in their
+handshake are bounded apart from open sockets, globally and per address, and
+a socket counts as open from its upgrade, not from its accept.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from typing import Final, final
+
+import anyio
+
+from megapresence_core import CloseCode, PresenceError
+
+from ._config import SocketLimits
+from ._http import HandshakeRequest, RequestReader, read_request, respond, upgrade_refusal
+from ._session import WebSocketSession
+from ._transport import Transport
+
+__all__ = ["Admission", "Guard", "read_upgrade"]
+
+logger = logging.getLogger("megapresence")
+
+
+def _status(exc: Exception) -> int:
+    """What escapes a connection's work before its upgrade, as an HTTP status: the
+    core's hint for its own errors (400 or 413 for an identity over a limit, 500 for
+    an identity no one should have built), 500 for anything else (a hook's bug)."""
+    return exc.http_status if isinstance(exc, PresenceError) else 500
+
+
+def _close_code(exc: Exception) -> int:
+    """... and after it, as a close code: the core's hint (1008 or 1009 for what a hook
+    asked over a limit, 1011 for misuse), 1011 for anything else."""
+    return exc.close_code if isinstance(exc, PresenceError) else CloseCode.INTERNAL_ERROR
+
+
+#: Closes the session makes for what the peer did or did not do (bad frames,
+#: binary, invalid UTF-8, too big, silent, not reading): logged when it ends.
+_PEER_CLOSES: Final = frozenset(
+    {
+        CloseCode.PROTOCOL_ERROR,
+        CloseCode.UNSUPPORTED_DATA,
+        CloseCode.INVALID_DATA,
+        CloseCode.MESSAGE_TOO_BIG,
+        CloseCode.INTERNAL_ERROR,
+        CloseCode.TRY_AGAIN_LATER,
+    }
+)
+_REASONS: Final[dict[int, str]] = {
+    CloseCode.POLICY: "refused",
+    CloseCode.MESSAGE_TOO_BIG: "too big",
+}
+
+
+class Stage(enum.Enum):
+    PENDING = "pending"  #: counted in the handshake caps
+    OPEN = "open"  #: upgraded: counted in the connection caps
+    DONE = "done"  #: counted nowhere
+
+
+@final
+class Guard:
+    """One connection as its fault boundary sees it: who (for the log line) and how far
+    it got (for an HTTP status or a close code)."""
+
+    __slots__ = (
+        "answered",
+        "conn",
+        "deadline",
+        "path",
+        "remote",
+        "session",
+        "stage",
+        "transport",
+        "user",
+    )
+
+    def __init__(self, transport: Transport, remote: tuple[str, int] | None) -> None:
+        self.transport = transport
+        self.remote = remote
+        self.path: str | None = None
+        self.user: str | None = None
+        #: Set at the upgrade: from then on, faults are close codes.
+        self.session: WebSocketSession | None = None
+        #: An HTTP response has been written: a later fault writes no other.
+        self.answered = False
+        self.stage = Stage.DONE
+        #: The id the core knows this connection by, once the core has it.
+        self.conn: object | None = None
+        #: When the handshake (reading the request, authenticating) must be over.
+        self.deadline = float("inf")
+
+    @property
+    def address(self) -> str | None:
+        return self.remote[0] if self.remote is not None else None
+
+    def __str__(self) -> str:
+        where = f"{self.remote[0]}:{self.remote[1]}" if self.remote is not None else "stream"
+        path = f" {self.path}" if self.path is not None else ""
+        user = f" user={self.user!r}" if self.user is not None else ""
+        return f"peer {where}{path}{user}"
+
+    def respond(
+        self,
+        status: int,
+        body: bytes = b"",
+        content_type: str = "text/plain",
+        *,
+        head: bool = False,
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        """Answer over HTTP, once."""
+        if not self.answered:
+            self.answered = True
+            respond(self.transport, status, body, content_type, head=head, headers=headers)
+
+    def refuse(
+        self,
+        status: int,
+        why: str,
+        *,
+        level: int = logging.INFO,
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        """Refuse before the upgrade, with one log line (unless it was answered already)."""
+        if not self.answered:
+            logger.log(level, "%s refused with HTTP %d: %s", self, status, why)
+            self.respond(status, (why + "\n").encode(), headers=headers)
+
+    def fault(self, exc: Exception) -> None:
+        """Whatever escaped this connection's work: a status or a close code, and a line."""
+        session = self.session
+        if session is None:
+            status = _status(exc)
+            level = logging.WARNING if status < 500 else logging.ERROR
+            logger.log(
+                level,
+                "%s refused with HTTP %d: %s: %s",
+                self,
+                status,
+                type(exc).__name__,
+                exc,
+                exc_info=exc if status >= 500 else None,
+            )
+            # A refusal the client caused may say why; a 500 says nothing of our insides.
+            self.respond(status, f"{exc}\n".encode() if status < 500 else b"")
+            return
+        code = _close_code(exc)
+        level = logging.ERROR if code == CloseCode.INTERNAL_ERROR else logging.WARNING
+        logger.log(
+            level,
+            "%s closed with %d: %s: %s",
+            self,
+            code,
+            type(exc).__name__,
+            exc,
+            exc_info=exc if code == CloseCode.INTERNAL_ERROR else None,
+        )
+        session.close(code, _REASONS.get(code, "internal error"), anyio.current_time())
+
+    def ended(self) -> None:
+        """The session ended without a fault: one line if we closed it for the peer's doing."""
+        session = self.session
+        if session is not None and session.closed_here and session.close_code in _PEER_CLOSES:
+            logger.info("%s closed with %d: %s", self, session.close_code, session.close_reason)
+
+    def evict(self) -> None:
+        """Pushed out of the handshake caps by a newer socket: 503, and drop it."""
+        logger.debug("%s dropped in its handshake: too many pending handshakes", self)
+        self.respond(503, b"too many pending handshakes\n")
+        self.transport.abort()
+
+
+@final
+class _Overload:
+    """One warning per cap per ``interval`` with the count, not one line per socket:
+    a flood of refusals must not also flood the log."""
+
+    __slots__ = ("_hint", "_interval", "_next", "_setting", "_suppressed")
+
+    def __init__(self, setting: str, hint: str = "", interval: float = 10.0) -> None:
+        self._setting = setting
+        self._hint = hint
+        self._interval = interval
+        self._next = float("-inf")
+        self._suppressed = 0
+
+    def note(self, guard: Guard, what: str) -> None:
+        now = anyio.current_time()
+        logger.debug("%s %s (SocketLimits.%s)", guard, what, self._setting)
+        if now < self._next:
+            self._suppressed += 1
+            return
+        logger.warning(
+            "%s %s (SocketLimits.%s%s)%s",
+            guard,
+            what,
+            self._setting,
+            self._hint,
+            f"; {self._suppressed} more since the last warning" if self._suppressed else "",
+        )
+        self._next = now + self._interval
+        self._suppressed = 0
+
+
+@final
+class Admission:
+    """The caps of ``SocketLimits`` on sockets in their handshake and on open sockets."""
+
+    __slots__ = (
+        "_limits",
+        "_open",
+        "_open_by_address",
+        "_overload",
+        "_pending",
+        "_pending_by_address",
+    )
+
+    def __init__(self, limits: SocketLimits) -> None:
+        self._limits = limits
+        #: In accept order (dicts keep it): the first is the oldest.
+        self._pending: dict[Guard, None] = {}
+        self._pending_by_address: Counter[str | None] = Counter()
+        self._open = 0
+        self._open_by_address: Counter[str | None] = Counter()
+        proxied = "; behind a proxy every socket has the proxy's address: raise it"
+        self._overload = {
+            "max_pending_handshakes": _Overload("max_pending_handshakes"),
+            "max_pending_per_address": _Overload("max_pending_per_address", proxied),
+            "max_connections": _Overload("max_connections"),
+            "max_connections_per_address": _Overload("max_connections_per_address", proxied),
+        }
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    @property
+    def open(self) -> int:
+        return self._open
+
+    async def finish(self, guard: Guard, cleanup: Callable[[], Awaitable[None]]) -> None:
+        """The end of a connection's task: it counts nowhere, ``cleanup`` (the core and the
+        close hook) runs, and the socket is closed, whatever ``cleanup`` raises."""
+        self.leave(guard)
+        with anyio.CancelScope(shield=True):
+            try:
+                await cleanup()
+            except Exception as exc:
+                logger.error(
+                    "%s: cleaning up failed: %s: %s", guard, type(exc).__name__, exc, exc_info=exc
+                )
+            finally:
+                await guard.transport.drain_and_close(self._limits.close_timeout)
+
+    def begin(self, guard: Guard) -> int | None:
+        """A new socket enters its handshake; or the status that refuses it (429). Called
+        at accept, so "oldest" is in the order the listener accepted."""
+        limits, address = self._limits, guard.address
+        pending_here = self._pending_by_address[address] if address is not None else 0
+        if pending_here >= limits.max_pending_per_address:
+            self._overload["max_pending_per_address"].note(guard, "refused: too many handshakes")
+            return 429
+        if len(self._pending) >= limits.max_pending_handshakes:
+            oldest = next(iter(self._pending))
+            self._overload["max_pending_handshakes"].note(oldest, "dropped for a newer socket")
+            self.leave(oldest)
+            oldest.evict()
+        self._pending[guard] = None
+        self._pending_by_address[address] += 1
+        guard.stage = Stage.PENDING
+        guard.deadline = anyio.current_time() + limits.handshake_timeout
+        return None
+
+    def refusal(self, guard: Guard) -> int | None:
+        """The status that refuses ``guard`` an open socket (503 for the server, 429 for
+        its address), or None if :meth:`upgrade` may count it."""
+        limits, address = self._limits, guard.address
+        if self._open >= limits.max_connections:
+            self._overload["max_connections"].note(guard, "refused: too many connections")
+            return 503
+        if (
+            address is not None
+            and self._open_by_address[address] >= limits.max_connections_per_address
+        ):
+            self._overload["max_connections_per_address"].note(
+                guard, "refused: too many connections from its address"
+            )
+            return 429
+        return None
+
+    def upgrade(self, guard: Guard) -> None:
+        """Count ``guard`` as open from now (its :meth:`refusal` was None just before)."""
+        self.leave(guard)
+        self._open += 1
+        self._open_by_address[guard.address] += 1
+        guard.stage = Stage.OPEN
+
+    def leave(self, guard: Guard) -> None:
+        """The socket counts nowhere any more (idempotent)."""
+        address = guard.address
+        if guard.stage is Stage.PENDING:
+            del self._pending[guard]
+            _decrement(self._pending_by_address, address)
+        elif guard.stage is Stage.OPEN:
+            self._open -= 1
+            _decrement(self._open_by_address, address)
+        guard.stage = Stage.DONE
+
+
+def _decrement(counter: Counter[str | None], key: str | None) -> None:
+    """No zero entries are kept: a map a peer can grow holds only live addresses."""
+    if counter[key] <= 1:
+        del counter[key]
+    else:
+        counter[key] -= 1
+
+
+async def read_upgrade(
+    guard: Guard, limits: SocketLimits, serve_http: Callable[[Guard, HandshakeRequest], None]
+) -> tuple[HandshakeRequest, bytes] | None:
+    """Read the request by the handshake deadline and answer it unless it is a valid
+    upgrade: plain HTTP goes to ``serve_http``, the rest gets its status. Returns the
+    upgrade request and the bytes read behind it, or None once answered."""
+    reader = RequestReader(limits.max_header_bytes, guard.remote)
+    outcome: HandshakeRequest | int | None = None
+    with anyio.CancelScope(deadline=guard.deadline):
+        outcome = await read_request(guard.transport, reader)
+    if outcome is None:
+        guard.refuse(408, f"no complete request within {limits.handshake_timeout:g}s")
+        return None
+    if isinstance(outcome, int):
+        guard.refuse(outcome, reader.error)
+        return None
+    guard.path = outcome.path
+    if not outcome.is_websocket:
+        serve_http(guard, outcome)
+        return None
+    refusal = upgrade_refusal(outcome)
+    if refusal is not None:
+        status, why = refusal
+        guard.refuse(status, why, headers=(("sec-websocket-version", "13"),))
+        return None
+    return outcome, reader.trailing
