@@ -1,24 +1,33 @@
 """megapresence_anyio: presence over real WebSockets on asyncio and trio (anyio + wsproto).
 
-``PresenceServer`` serves client sockets, ``HubServer`` is the hub, and the
+``PresenceServer`` serves client sockets (on its own port, or mounted in an
+ASGI app as ``PresenceASGI``), ``HubServer`` is the hub, and the
 ``megapresence`` command runs either from a shell.
 """
 
 from megapresence_core import __version__ as __version__
 
+from ._asgi import PresenceASGI
 from ._config import DEFAULT_HUB_LIMITS, DEFAULT_SOCKET_LIMITS, SocketLimits
 from ._http import HandshakeRequest
 from ._hub_server import HubServer
+from ._ops import DEFAULT_METRICS_ACCESS, MetricsAccess
 from ._server import Client, Identity, PresenceServer, Refusal
+from ._tls import client_context, server_context
 
 __all__ = [
     "DEFAULT_HUB_LIMITS",
+    "DEFAULT_METRICS_ACCESS",
     "DEFAULT_SOCKET_LIMITS",
     "Client",
     "HandshakeRequest",
     "HubServer",
     "Identity",
+    "MetricsAccess",
+    "PresenceASGI",
     "PresenceServer",
     "Refusal",
     "SocketLimits",
+    "client_context",
+    "server_context",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any, Final, final
 
 import attrs
@@ -24,6 +25,24 @@ def _origins(value: Any) -> frozenset[str] | None:
     if isinstance(value, str):
         raise LocalUsageError("SocketLimits: allowed_origins must be a collection of origins")
     return frozenset(str(origin).rstrip("/").lower() for origin in value)
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def networks(value: Any, *, what: str = "SocketLimits: trusted_proxies") -> frozenset[Network]:
+    """Addresses and CIDR ranges (``"10.0.0.0/8"``, ``"::1"``) as networks; misuse raises."""
+    if isinstance(value, str):
+        raise LocalUsageError(f"{what} must be a collection of addresses or ranges")
+    found = set()
+    for item in value:
+        try:
+            found.add(ipaddress.ip_network(str(item), strict=False))
+        except ValueError:
+            raise LocalUsageError(
+                f"{what}: {item!r} is not an address or a CIDR range (10.0.0.0/8, ::1)"
+            ) from None
+    return frozenset(found)
 
 
 @final
@@ -66,6 +85,11 @@ class SocketLimits:
     #: Origins allowed to open a socket (HTTP 403 otherwise); None allows any,
     #: which suits non-browser clients only.
     allowed_origins: frozenset[str] | None = attrs.field(default=None, converter=_origins)
+    #: Reverse proxies (addresses or CIDR ranges) whose ``Forwarded`` or
+    #: ``X-Forwarded-For`` header is believed: a socket from one of them counts
+    #: under its client's address in the open-connection caps, is logged with
+    #: it, and ``HandshakeRequest.remote`` is that client. Empty: believe no one.
+    trusted_proxies: frozenset[Network] = attrs.field(default=frozenset(), converter=networks)
 
     def origin_allowed(self, origin: str | None) -> bool:
         if self.allowed_origins is None:

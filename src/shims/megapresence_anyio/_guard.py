@@ -9,27 +9,37 @@ README's fault table states the mapping for users.
 
 :class:`Admission` applies the ``SocketLimits`` caps: sockets in their
 handshake are bounded apart from open sockets, globally and per address, and
-a socket counts as open from its upgrade, not from its accept.
+a socket counts as open from its upgrade, not from its accept. A socket from a
+trusted proxy (``SocketLimits.trusted_proxies``) is counted, once its request
+is read, under the client address its ``Forwarded`` or ``X-Forwarded-For``
+header gives (:func:`forwarded_for`); its handshake, before any header is read,
+counts under the proxy's.
+
+The guard is generic in what it writes through: a socket's transport, or an
+ASGI connection (``_asgi.py``), which answers a refusal in its own way.
 """
 
 from __future__ import annotations
 
 import enum
+import ipaddress
 import logging
 from collections import Counter
-from collections.abc import Awaitable, Callable
-from typing import Final, final
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Final, Generic, TypeVar, final
 
 import anyio
+import attrs
 
 from megapresence_core import CloseCode, PresenceError
 
 from ._config import SocketLimits
 from ._http import HandshakeRequest, RequestReader, read_request, respond, upgrade_refusal
-from ._session import WebSocketSession
-from ._transport import Transport
+from ._session import Session
+from ._stats import Stats
+from ._transport import Outlet, Transport
 
-__all__ = ["Admission", "Guard", "read_upgrade"]
+__all__ = ["Admission", "Background", "Guard", "forwarded_for", "read_upgrade"]
 
 logger = logging.getLogger("megapresence")
 
@@ -71,13 +81,16 @@ class Stage(enum.Enum):
     DONE = "done"  #: counted nowhere
 
 
-@final
-class Guard:
+_O = TypeVar("_O", bound=Outlet)
+
+
+class Guard(Generic[_O]):
     """One connection as its fault boundary sees it: who (for the log line) and how far
     it got (for an HTTP status or a close code)."""
 
     __slots__ = (
         "answered",
+        "client",
         "conn",
         "deadline",
         "path",
@@ -88,15 +101,18 @@ class Guard:
         "user",
     )
 
-    def __init__(self, transport: Transport, remote: tuple[str, int] | None) -> None:
+    def __init__(self, transport: _O, remote: tuple[str, int] | None) -> None:
         self.transport = transport
+        #: The peer of the socket (a proxy's address behind a proxy).
         self.remote = remote
+        #: The client a trusted proxy forwarded for, once its request is read.
+        self.client: tuple[str, int] | None = None
         self.path: str | None = None
         self.user: str | None = None
         #: Set at the upgrade: from then on, faults are close codes.
-        self.session: WebSocketSession | None = None
-        #: An HTTP response has been written: a later fault writes no other.
-        self.answered = False
+        self.session: Session | None = None
+        #: The HTTP status answered, if any: a later fault writes no other.
+        self.answered: int | None = None
         self.stage = Stage.DONE
         #: The id the core knows this connection by, once the core has it.
         self.conn: object | None = None
@@ -105,10 +121,18 @@ class Guard:
 
     @property
     def address(self) -> str | None:
+        """The socket's peer address: what the handshake caps count."""
         return self.remote[0] if self.remote is not None else None
+
+    @property
+    def client_address(self) -> str | None:
+        """The client's address: what the open-connection caps count."""
+        return self.client[0] if self.client is not None else self.address
 
     def __str__(self) -> str:
         where = f"{self.remote[0]}:{self.remote[1]}" if self.remote is not None else "stream"
+        if self.client is not None:
+            where = f"{self.client[0]}:{self.client[1]} via {where}"
         path = f" {self.path}" if self.path is not None else ""
         user = f" user={self.user!r}" if self.user is not None else ""
         return f"peer {where}{path}{user}"
@@ -123,9 +147,21 @@ class Guard:
         headers: tuple[tuple[str, str], ...] = (),
     ) -> None:
         """Answer over HTTP, once."""
-        if not self.answered:
-            self.answered = True
-            respond(self.transport, status, body, content_type, head=head, headers=headers)
+        if self.answered is None:
+            self.answered = status
+            self._answer(status, body, content_type, head=head, headers=headers)
+
+    def _answer(
+        self,
+        status: int,
+        body: bytes,
+        content_type: str,
+        *,
+        head: bool,
+        headers: tuple[tuple[str, str], ...],
+    ) -> None:
+        """Write the response; an ASGI connection answers through its server instead."""
+        respond(self.transport, status, body, content_type, head=head, headers=headers)
 
     def refuse(
         self,
@@ -136,7 +172,7 @@ class Guard:
         headers: tuple[tuple[str, str], ...] = (),
     ) -> None:
         """Refuse before the upgrade, with one log line (unless it was answered already)."""
-        if not self.answered:
+        if self.answered is None:
             logger.log(level, "%s refused with HTTP %d: %s", self, status, why)
             self.respond(status, (why + "\n").encode(), headers=headers)
 
@@ -185,6 +221,42 @@ class Guard:
 
 
 @final
+class Background:
+    """The boundary of a server's background tasks (a writer, the ticker, the listener):
+    a fault is logged with its traceback and counted, and the process goes on. A task
+    started as a service (one the server cannot do without) that ends on a fault is
+    remembered in :attr:`failed`, and the server says it is not ready."""
+
+    __slots__ = ("_stats", "failed")
+
+    def __init__(self, stats: Stats) -> None:
+        self._stats = stats
+        self.failed: set[str] = set()
+
+    async def run(
+        self,
+        service: str | None,
+        function: Callable[..., Coroutine[Any, Any, Any]],
+        *args: Any,
+    ) -> None:
+        try:
+            await function(*args)
+        except Exception as exc:
+            name = service or str(getattr(function, "__qualname__", type(function).__name__))
+            self._stats.faults[name] += 1
+            if service is not None:
+                self.failed.add(service)
+            logger.error(
+                "background task %s failed%s: %s: %s",
+                name,
+                " (not ready from now on)" if service is not None else "",
+                type(exc).__name__,
+                exc,
+                exc_info=exc,
+            )
+
+
+@final
 class _Overload:
     """One warning per cap per ``interval`` with the count, not one line per socket:
     a flood of refusals must not also flood the log."""
@@ -198,7 +270,7 @@ class _Overload:
         self._next = float("-inf")
         self._suppressed = 0
 
-    def note(self, guard: Guard, what: str) -> None:
+    def note(self, guard: Guard[Any], what: str) -> None:
         now = anyio.current_time()
         logger.debug("%s %s (SocketLimits.%s)", guard, what, self._setting)
         if now < self._next:
@@ -227,12 +299,14 @@ class Admission:
         "_overload",
         "_pending",
         "_pending_by_address",
+        "_stats",
     )
 
-    def __init__(self, limits: SocketLimits) -> None:
+    def __init__(self, limits: SocketLimits, stats: Stats) -> None:
         self._limits = limits
+        self._stats = stats
         #: In accept order (dicts keep it): the first is the oldest.
-        self._pending: dict[Guard, None] = {}
+        self._pending: dict[Guard[Any], None] = {}
         self._pending_by_address: Counter[str | None] = Counter()
         self._open = 0
         self._open_by_address: Counter[str | None] = Counter()
@@ -252,10 +326,11 @@ class Admission:
     def open(self) -> int:
         return self._open
 
-    async def finish(self, guard: Guard, cleanup: Callable[[], Awaitable[None]]) -> None:
+    async def finish(self, guard: Guard[Any], cleanup: Callable[[], Awaitable[None]]) -> None:
         """The end of a connection's task: it counts nowhere, ``cleanup`` (the core and the
         close hook) runs, and the socket is closed, whatever ``cleanup`` raises."""
         self.leave(guard)
+        self._stats.ended(guard.answered, guard.session)
         with anyio.CancelScope(shield=True):
             try:
                 await cleanup()
@@ -266,7 +341,7 @@ class Admission:
             finally:
                 await guard.transport.drain_and_close(self._limits.close_timeout)
 
-    def begin(self, guard: Guard) -> int | None:
+    def begin(self, guard: Guard[Any]) -> int | None:
         """A new socket enters its handshake; or the status that refuses it (429). Called
         at accept, so "oldest" is in the order the listener accepted."""
         limits, address = self._limits, guard.address
@@ -285,10 +360,10 @@ class Admission:
         guard.deadline = anyio.current_time() + limits.handshake_timeout
         return None
 
-    def refusal(self, guard: Guard) -> int | None:
+    def refusal(self, guard: Guard[Any]) -> int | None:
         """The status that refuses ``guard`` an open socket (503 for the server, 429 for
         its address), or None if :meth:`upgrade` may count it."""
-        limits, address = self._limits, guard.address
+        limits, address = self._limits, guard.client_address
         if self._open >= limits.max_connections:
             self._overload["max_connections"].note(guard, "refused: too many connections")
             return 503
@@ -302,22 +377,21 @@ class Admission:
             return 429
         return None
 
-    def upgrade(self, guard: Guard) -> None:
+    def upgrade(self, guard: Guard[Any]) -> None:
         """Count ``guard`` as open from now (its :meth:`refusal` was None just before)."""
         self.leave(guard)
         self._open += 1
-        self._open_by_address[guard.address] += 1
+        self._open_by_address[guard.client_address] += 1
         guard.stage = Stage.OPEN
 
-    def leave(self, guard: Guard) -> None:
+    def leave(self, guard: Guard[Any]) -> None:
         """The socket counts nowhere any more (idempotent)."""
-        address = guard.address
         if guard.stage is Stage.PENDING:
             del self._pending[guard]
-            _decrement(self._pending_by_address, address)
+            _decrement(self._pending_by_address, guard.address)
         elif guard.stage is Stage.OPEN:
             self._open -= 1
-            _decrement(self._open_by_address, address)
+            _decrement(self._open_by_address, guard.client_address)
         guard.stage = Stage.DONE
 
 
@@ -330,11 +404,14 @@ def _decrement(counter: Counter[str | None], key: str | None) -> None:
 
 
 async def read_upgrade(
-    guard: Guard, limits: SocketLimits, serve_http: Callable[[Guard, HandshakeRequest], None]
+    guard: Guard[Transport],
+    limits: SocketLimits,
+    serve_http: Callable[[Guard[Transport], HandshakeRequest], None],
 ) -> tuple[HandshakeRequest, bytes] | None:
     """Read the request by the handshake deadline and answer it unless it is a valid
     upgrade: plain HTTP goes to ``serve_http``, the rest gets its status. Returns the
-    upgrade request and the bytes read behind it, or None once answered."""
+    upgrade request and the bytes read behind it, or None once answered. Behind a
+    trusted proxy, the request's ``remote`` is the client the proxy forwarded for."""
     reader = RequestReader(limits.max_header_bytes, guard.remote)
     outcome: HandshakeRequest | int | None = None
     with anyio.CancelScope(deadline=guard.deadline):
@@ -346,6 +423,10 @@ async def read_upgrade(
         guard.refuse(outcome, reader.error)
         return None
     guard.path = outcome.path
+    if guard.remote is not None and limits.trusted_proxies:
+        guard.client = forwarded_for(outcome, guard.remote, limits.trusted_proxies)
+        if guard.client is not None:
+            outcome = attrs.evolve(outcome, remote=guard.client)
     if not outcome.is_websocket:
         serve_http(guard, outcome)
         return None
@@ -355,3 +436,70 @@ async def read_upgrade(
         guard.refuse(status, why, headers=(("sec-websocket-version", "13"),))
         return None
     return outcome, reader.trailing
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def _forwarded_nodes(request: HandshakeRequest) -> list[str]:
+    """The addresses a chain of proxies listed, the client first: ``Forwarded``'s
+    ``for=`` (RFC 7239) if present, else ``X-Forwarded-For``; every header line counts."""
+    forwarded = [value for name, value in request.headers if name == "forwarded"]
+    if forwarded:
+        return [
+            pair.partition("=")[2].strip().strip('"')
+            for value in forwarded
+            for element in value.split(",")
+            for pair in element.split(";")
+            if pair.strip().lower().startswith("for=")
+        ]
+    return [
+        node.strip()
+        for name, value in request.headers
+        if name == "x-forwarded-for"
+        for node in value.split(",")
+    ]
+
+
+def _node(text: str) -> tuple[str, int] | None:
+    """``1.2.3.4``, ``1.2.3.4:80``, ``[2001:db8::1]:80`` or ``2001:db8::1`` as (address, port)."""
+    host, port = text, ""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest.removeprefix(":")
+    elif text.count(":") == 1:
+        host, _, port = text.partition(":")
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return None  # "unknown", an obfuscated "_name", or garbage
+    return str(address), int(port) if port.isdigit() and int(port) < 65536 else 0
+
+
+def forwarded_for(
+    request: HandshakeRequest, peer: tuple[str, int], trusted: frozenset[Network]
+) -> tuple[str, int] | None:
+    """The client a trusted proxy forwarded ``request`` for, or None to keep the peer.
+
+    Only a peer in ``trusted`` is believed. The chain is read from the right (the
+    nearest proxy's entry) and trusted proxies are skipped, as uvicorn's
+    ``--forwarded-allow-ips`` does: the first other address is the client, since
+    what lies left of it was written by the client itself. An entry that is no
+    address (``unknown``) ends the search with the nearest proxy's word.
+    """
+
+    def is_trusted(address: str) -> bool:
+        ip = ipaddress.ip_address(address)
+        return any(ip in network for network in trusted)
+
+    if not is_trusted(peer[0]):
+        return None
+    client = None
+    for text in reversed(_forwarded_nodes(request)):
+        node = _node(text)
+        if node is None:
+            break
+        client = node
+        if not is_trusted(node[0]):
+            break
+    return client

@@ -27,12 +27,13 @@ import h11
 from wsproto.connection import Connection, ConnectionType
 from wsproto.utilities import generate_accept_token
 
-from ._transport import Transport
+from ._transport import Outlet, Transport
 
 __all__ = [
     "HandshakeRequest",
     "RequestReader",
     "read_request",
+    "reason_phrase",
     "respond",
     "server_connection",
     "upgrade_refusal",
@@ -199,8 +200,13 @@ async def read_request(transport: Transport, reader: RequestReader) -> Handshake
             return outcome
 
 
+def reason_phrase(status: int) -> bytes:
+    """The reason phrase of ``status`` (``b"Error"`` for one not listed)."""
+    return _REASONS.get(status, b"Error")
+
+
 def respond(
-    transport: Transport,
+    transport: Outlet,
     status: int,
     body: bytes = b"",
     content_type: str = "text/plain",
@@ -210,9 +216,9 @@ def respond(
 ) -> None:
     """Write a complete HTTP/1.1 response that closes the connection."""
     if not body and status != 200:
-        body = _REASONS.get(status, b"Error") + b"\n"
+        body = reason_phrase(status) + b"\n"
     head_lines = [
-        f"HTTP/1.1 {status} {_REASONS.get(status, b'Error').decode()}",
+        f"HTTP/1.1 {status} {reason_phrase(status).decode()}",
         f"content-type: {content_type}",
         f"content-length: {len(body)}",
         "connection: close",
@@ -268,7 +274,7 @@ def server_connection(trailing: bytes) -> Connection:
     return Connection(ConnectionType.SERVER, trailing_data=trailing)
 
 
-def write_upgrade(transport: Transport, request: HandshakeRequest) -> None:
+def write_upgrade(transport: Outlet, request: HandshakeRequest) -> None:
     """Write the 101. The request was parsed once, by h11, to route and authenticate
     it; this answers it directly rather than have wsproto parse it again."""
     key = request.header("sec-websocket-key") or ""

@@ -8,6 +8,13 @@ Anything else that goes wrong (an address that answers garbage or a bad 101,
 a hook or a bug raising) is one lost link: the core logs it and retries with
 backoff, and the process goes on.
 
+A ``wss://`` hub is reached over TLS (the system's trust store unless an
+``ssl_context`` is given), through the queued writer: see ``_tls.py``.
+
+If the core refuses the final ``HubLost`` (a bug), the link cannot come back on
+its own: that is logged with its traceback, :attr:`HubClient.faulted` says so
+(``/readyz`` is not ready) and the process serves on.
+
 ``handshake_timeout`` bounds the upgrade only. Once the hub has answered 101
 the link lives as long as the core wants it (the core's own deadlines, a
 ``REGISTERED`` in time and heartbeats, decide when it is dead).
@@ -17,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import ssl
 from collections.abc import Callable
 from typing import final
 from urllib.parse import urlsplit
@@ -33,26 +41,33 @@ from megapresence_core.events import HubConnected, HubFrameReceived, HubLost
 
 from ._config import SocketLimits
 from ._session import WebSocketSession
-from ._transport import SocketTransport, Spawn
+from ._tls import client_context
+from ._transport import SocketTransport, Spawn, StreamTransport, Transport
 
 __all__ = ["HandshakeError", "HubClient", "UpgradeReader", "parse_ws_url"]
 
 logger = logging.getLogger("megapresence")
 
 
-def parse_ws_url(url: str) -> tuple[str, int, str]:
-    """``ws://host:port/path`` -> (host, port, path); anything else is misuse."""
+def parse_ws_url(url: str) -> tuple[str, int, str, bool]:
+    """``ws://host:port/path`` or ``wss://...`` -> (host, port, path, tls); anything else
+    is misuse."""
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:
-        raise LocalUsageError(f"hub URL must look like ws://host:port/path, got {url!r}") from exc
-    if parts.scheme != "ws" or not parts.hostname:
-        raise LocalUsageError(f"hub URL must look like ws://host:port/path, got {url!r}")
+        raise LocalUsageError(
+            f"hub URL must look like ws://host:port/path or wss://..., got {url!r}"
+        ) from exc
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise LocalUsageError(
+            f"hub URL must look like ws://host:port/path or wss://..., got {url!r}"
+        )
     path = parts.path or "/"
     if parts.query:
         path += "?" + parts.query
-    return parts.hostname, port or 80, path
+    tls = parts.scheme == "wss"
+    return parts.hostname, port or (443 if tls else 80), path, tls
 
 
 class HandshakeError(Exception):
@@ -134,8 +149,14 @@ class HubClient:
         dispatch: Callable[[Event], None],
         spawn: Spawn,
         limits: SocketLimits,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        self._host, self._port, self._path = parse_ws_url(url)
+        self._host, self._port, self._path, tls = parse_ws_url(url)
+        if ssl_context is not None and not tls:
+            raise LocalUsageError(f"a TLS context for the hub link needs a wss:// URL, got {url!r}")
+        self._ssl = (ssl_context or client_context()) if tls else None
+        #: The core refused the link's last event: it will not come back by itself.
+        self.faulted = False
         self._token = token
         self._dispatch = dispatch
         self._spawn = spawn
@@ -165,6 +186,28 @@ class HubClient:
         if self._session is not None:
             self._session.keepalive(now)
 
+    async def _open(self) -> Transport:
+        """Connect (and, for wss://, do the TLS handshake) within the handshake timeout."""
+        spawn, max_buffer = self._spawn, self._limits.max_send_buffer
+        if self._ssl is None:
+            sock = await _connect(self._host, self._port)
+            return SocketTransport(sock, spawn=spawn, max_buffer=max_buffer)
+        try:
+            with anyio.fail_after(self._limits.handshake_timeout):
+                stream = await anyio.connect_tcp(
+                    self._host,
+                    self._port,
+                    tls=True,
+                    ssl_context=self._ssl,
+                    tls_hostname=self._host,
+                    tls_standard_compatible=False,
+                )
+        except TimeoutError:
+            raise OSError(f"TLS connect to {self._host}:{self._port} timed out") from None
+        except (ssl.SSLError, anyio.BrokenResourceError) as exc:
+            raise OSError(f"TLS handshake with {self._host}:{self._port} failed: {exc}") from exc
+        return StreamTransport(stream, spawn=spawn, max_buffer=max_buffer)
+
     async def _run(self) -> None:
         """One attempt, behind the link's fault boundary: whatever it raises is one
         ``HubLost`` (and a retry, as the core decides), never the process."""
@@ -172,13 +215,10 @@ class HubClient:
         reason = "connection attempt abandoned"
         with anyio.CancelScope() as self._attempt:
             try:
-                sock = await _connect(self._host, self._port)
+                transport = await self._open()
             except OSError as exc:
                 reason = f"connect failed: {exc}"
             else:
-                transport = SocketTransport(
-                    sock, spawn=self._spawn, max_buffer=self._limits.max_send_buffer
-                )
                 try:
                     code, reason = await self._handshake_and_run(transport)
                 except HandshakeError as exc:
@@ -203,9 +243,19 @@ class HubClient:
         self._attempt = None
         self._session = None
         with anyio.CancelScope(shield=True):
-            self._dispatch(HubLost(now=anyio.current_time(), code=code, reason=reason))
+            try:
+                self._dispatch(HubLost(now=anyio.current_time(), code=code, reason=reason))
+            except Exception as exc:
+                self.faulted = True
+                logger.error(
+                    "the hub link's loss could not be handled; it will not reconnect by "
+                    "itself (not ready): %s: %s",
+                    type(exc).__name__,
+                    exc,
+                    exc_info=exc,
+                )
 
-    async def _handshake_and_run(self, transport: SocketTransport) -> tuple[int | None, str]:
+    async def _handshake_and_run(self, transport: Transport) -> tuple[int | None, str]:
         reader = UpgradeReader(self._host, self._port, self._path, self._token)
         transport.write(reader.request)
         answer: Connection | int | None = None
@@ -219,11 +269,10 @@ class HubClient:
             return code, f"hub refused the upgrade: HTTP {answer}"
         return await self._run_session(transport, answer)
 
-    async def _run_session(
-        self, transport: SocketTransport, ws: Connection
-    ) -> tuple[int | None, str]:
+    async def _run_session(self, transport: Transport, ws: Connection) -> tuple[int | None, str]:
         session = WebSocketSession(transport, ws, self._limits, anyio.current_time())
         self._session = session
+        self.faulted = False
         self._dispatch(HubConnected(now=anyio.current_time()))
         await session.run(
             lambda text: self._dispatch(HubFrameReceived(data=text, now=anyio.current_time()))

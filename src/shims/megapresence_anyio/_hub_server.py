@@ -3,13 +3,16 @@
 It accepts bridges on any path of its port. The upgrade's Authorization header
 goes to the core before anything else; a refusal is an HTTP response (401)
 and leaves no state behind. On shutdown the core drains every bridge with
-4503 and the server waits (bounded) for them to go.
+4503 and the server waits (bounded) for them to go. Like ``PresenceServer``, it
+answers ``/metrics``, ``/healthz`` and ``/readyz`` (``_ops.py``), can listen with
+TLS, and runs its background tasks behind a boundary each.
 """
 
 from __future__ import annotations
 
 import json
 import socket
+import ssl
 from collections.abc import Callable, Coroutine
 from typing import Any, final
 
@@ -22,13 +25,23 @@ from megapresence_core.actions import AcceptBridge, CloseBridge, RefuseBridge, S
 from megapresence_core.events import BridgeClosed, BridgeConnecting, BridgeFrameReceived, HubEvent
 
 from ._config import DEFAULT_HUB_LIMITS, SocketLimits
-from ._guard import Admission, Guard, read_upgrade
+from ._guard import Admission, Background, Guard, read_upgrade
 from ._http import HandshakeRequest, server_connection, write_upgrade
 from ._listener import accept_forever, open_listener
 from ._logging import log_action
+from ._ops import (
+    DEFAULT_METRICS_ACCESS,
+    MetricsAccess,
+    OpsEndpoints,
+    OpsListener,
+    Readiness,
+    respond_with,
+)
 from ._session import WebSocketSession, text_frame
+from ._stats import Metric, Stats, gauge
 from ._ticker import Ticker
-from ._transport import SocketTransport
+from ._tls import TlsServerStream
+from ._transport import SocketTransport, StreamTransport, Transport
 
 __all__ = ["HubServer"]
 
@@ -55,18 +68,28 @@ class HubServer:
     ``max_connections`` counts bridge links.
     """
 
-    def __init__(self, config: HubConfig, *, limits: SocketLimits = DEFAULT_HUB_LIMITS) -> None:
+    def __init__(
+        self,
+        config: HubConfig,
+        *,
+        limits: SocketLimits = DEFAULT_HUB_LIMITS,
+        metrics_access: MetricsAccess = DEFAULT_METRICS_ACCESS,
+    ) -> None:
         self._hub = Hub(config)
         self._limits = limits
         self._bridge_limits = attrs.evolve(limits, max_message_bytes=config.max_frame_bytes)
-        self._admission = Admission(limits)
+        self._stats = Stats()
+        self._admission = Admission(limits, self._stats)
+        self._background = Background(self._stats)
         self._bridges: set[_BridgeSocket] = set()
         self._task_group: anyio.abc.TaskGroup | None = None
         self._ticker = Ticker(
             self._hub.next_deadline,
             self._on_tick,
             max(0.05, min(limits.close_timeout, config.heartbeat_interval) / 4),
+            self._stats,
         )
+        self._ops = OpsEndpoints(metrics_access, self._metrics, self.readiness)
         self._performers: dict[type[Any], Callable[[Any], None]] = {
             AcceptBridge: self._verdict,
             RefuseBridge: self._verdict,
@@ -84,7 +107,7 @@ class HubServer:
     async def __aenter__(self) -> HubServer:
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
-        self._task_group.start_soon(self._ticker.run)
+        self._start_service("ticker", self._ticker.run)
         return self
 
     async def __aexit__(self, *exc_info: object) -> bool | None:
@@ -104,22 +127,59 @@ class HubServer:
             while self._bridges:
                 await anyio.sleep(0.02)
 
-    def _spawn(self, function: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
+    def _group(self) -> anyio.abc.TaskGroup:
         assert self._task_group is not None, "use HubServer inside 'async with'"
-        self._task_group.start_soon(function, *args)
+        return self._task_group
 
-    async def listen(self, host: str = "127.0.0.1", port: int = 0) -> int:
+    def _spawn(self, function: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
+        """A background task, behind a boundary of its own."""
+        self._group().start_soon(self._background.run, None, function, *args)
+
+    def _start_service(
+        self, name: str, function: Callable[..., Coroutine[Any, Any, Any]], *args: Any
+    ) -> None:
+        self._group().start_soon(self._background.run, name, function, *args)
+
+    async def listen(
+        self, host: str = "127.0.0.1", port: int = 0, *, ssl_context: ssl.SSLContext | None = None
+    ) -> int:
+        """Accept bridges on ``host:port`` (TLS with ``ssl_context``); return the port."""
         sock = open_listener(host, port)
         self.port = sock.getsockname()[1]
-        self._spawn(accept_forever, sock, self._on_accept)
+        on_accept = (
+            self._on_accept
+            if ssl_context is None
+            else lambda conn, remote: self._on_accept_tls(ssl_context, conn, remote)
+        )
+        self._start_service("listener", accept_forever, sock, on_accept)
         return self.port
+
+    async def listen_metrics(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        """``/metrics``, ``/healthz`` and ``/readyz`` on a port of their own (plain HTTP)."""
+        sock = open_listener(host, port)
+        listener = OpsListener(self._ops, self._limits, self._spawn)
+        self._start_service("metrics listener", accept_forever, sock, listener.on_accept)
+        return int(sock.getsockname()[1])
 
     def _on_accept(self, sock: socket.socket, remote: tuple[str, int] | None) -> None:
         transport = SocketTransport(
             sock, spawn=self._spawn, max_buffer=self._limits.max_send_buffer
         )
-        guard = Guard(transport, remote)
-        self._spawn(self._serve, guard, self._admission.begin(guard))
+        self._accepted(transport, remote)
+
+    def _on_accept_tls(
+        self, context: ssl.SSLContext, sock: socket.socket, remote: tuple[str, int] | None
+    ) -> None:
+        stream = TlsServerStream(sock, context)
+        transport = StreamTransport(
+            stream, spawn=self._spawn, max_buffer=self._limits.max_send_buffer
+        )
+        self._accepted(transport, remote)
+
+    def _accepted(self, transport: Transport, remote: tuple[str, int] | None) -> None:
+        guard: Guard[Transport] = Guard(transport, remote)
+        # No boundary task around it: the connection's task has its own (_serve).
+        self._group().start_soon(self._serve, guard, self._admission.begin(guard))
 
     def dispatch(self, event: HubEvent) -> None:
         for action in self._hub.handle(event):
@@ -132,7 +192,7 @@ class HubServer:
             if bridge.session is not None:
                 bridge.session.keepalive(now)
 
-    async def _serve(self, guard: Guard, refused: int | None) -> None:
+    async def _serve(self, guard: Guard[Transport], refused: int | None) -> None:
         """One bridge link behind its fault boundary: nothing it raises reaches the hub."""
         try:
             if refused is not None:
@@ -151,13 +211,13 @@ class HubServer:
         finally:
             await self._admission.finish(guard, lambda: self._closed(guard))
 
-    async def _closed(self, guard: Guard) -> None:
+    async def _closed(self, guard: Guard[Transport]) -> None:
         bridge = guard.conn
         if isinstance(bridge, _BridgeSocket):
             self._bridges.discard(bridge)
             self.dispatch(BridgeClosed(bridge=bridge, now=anyio.current_time()))
 
-    async def _handshake(self, guard: Guard) -> _BridgeSocket | None:
+    async def _handshake(self, guard: Guard[Transport]) -> _BridgeSocket | None:
         """Read the request; answer it over HTTP, refuse it, or accept the bridge."""
         read = await read_upgrade(guard, self._limits, self._answer_http)
         if read is None:
@@ -189,9 +249,13 @@ class HubServer:
         )
         return bridge
 
-    def _answer_http(self, guard: Guard, request: HandshakeRequest) -> None:
-        """``GET /presence`` (with a hub token) lists every session the hub holds, as JSON."""
-        if request.path != "/presence":
+    def _answer_http(self, guard: Guard[Transport], request: HandshakeRequest) -> None:
+        """``GET /presence`` (with a hub token) lists every session the hub holds, as JSON;
+        ``/metrics``, ``/healthz`` and ``/readyz`` answer as on a presence server."""
+        ops = self._ops.answer(request)
+        if ops is not None:
+            respond_with(guard, request, ops)
+        elif request.path != "/presence":
             guard.respond(426, b"this is a megapresence hub: connect with WebSocket\n")
         elif not self._hub.authorized(request.header("authorization")):
             guard.respond(401)
@@ -215,6 +279,7 @@ class HubServer:
     def _send(self, action: SendBridgeFrame) -> None:
         frame = text_frame(action.data.encode("utf-8"))
         now = anyio.current_time()
+        self._stats.delivered(len(action.bridges), len(frame))
         for bridge in action.bridges:
             session = bridge.session  # type: ignore[attr-defined]
             if session is not None:
@@ -224,3 +289,42 @@ class HubServer:
         session = action.bridge.session  # type: ignore[attr-defined]
         if session is not None:
             session.close(action.code, action.reason, anyio.current_time())
+
+    # ------------------------------------------------------------- health
+
+    def readiness(self) -> Readiness:
+        """Ready while running and not draining, with no essential task failed."""
+        running = self._task_group is not None and not self._draining
+        checks = {"server": "running" if running else "stopped"}
+        ready = running
+        if self._ticker.failing:
+            checks["ticker"] = "failing"
+            ready = False
+        for service in sorted(self._background.failed):
+            checks[service] = "failed"
+            ready = False
+        return Readiness(ready, checks)
+
+    def _metrics(self) -> list[Metric]:
+        metrics = self._stats.metrics(
+            connections=self._admission.open,
+            pending=self._admission.pending,
+            queued=sum(
+                bridge.session.transport.queued
+                for bridge in self._bridges
+                if bridge.session is not None
+            ),
+        )
+        metrics += [
+            gauge(
+                "megapresence_hub_bridges",
+                "Bridges registered at this hub.",
+                len(self._hub.registered_bridges()),
+            ),
+            gauge("megapresence_hub_sessions", "Sessions the hub holds.", len(self._hub.members())),
+        ]
+        return metrics
+
+    @property
+    def stats(self) -> Stats:
+        return self._stats

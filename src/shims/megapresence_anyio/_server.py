@@ -5,15 +5,34 @@ actions become writes. Every presence decision (who receives what, who is
 kicked, what the hub hears) is the core's. Methods for the embedding program
 (``broadcast``, ``direct_to_user``, ``kick``, ...) are synchronous and can be
 called from any task on the server's event loop: writes happen in place.
+
+A connection reaches the server from its own listener (:meth:`PresenceServer.listen`,
+plain or TLS), as an anyio stream (:meth:`~PresenceServer.handle_stream`), or from an
+ASGI server (:meth:`~PresenceServer.asgi`, ``_asgi.py``). All three go through one
+path, ``_serve``: the same caps, checks, ``authenticate`` hook, core events and
+fault boundary; only how the request is read and how the upgrade is answered
+differ. Every background task has a boundary of its own (``_background``): a
+fault there is logged with its traceback and the process serves on, and
+``/readyz`` says not ready when the task was one the server cannot do without.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import socket
-from collections.abc import Awaitable, Callable, Collection, Coroutine, Iterable, Mapping
+import ssl
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Coroutine,
+    Iterable,
+    Mapping,
+)
 from typing import Any, Protocol, final
 
 import anyio
@@ -53,16 +72,29 @@ from megapresence_core.actions import (
     StoreRefresh,
 )
 from megapresence_core.events import HubLinkStarted
+from megapresence_core.lifecycle import ClusterLinkState, ConnectionState, HubLinkState
 
+from ._asgi import ASGIApp, FrameText, PresenceASGI, Receive, Scope, Send, serve_asgi
 from ._config import DEFAULT_SOCKET_LIMITS, SocketLimits
-from ._guard import Admission, Guard, read_upgrade
+from ._guard import Admission, Background, Guard, read_upgrade
 from ._http import HandshakeRequest, server_connection, write_upgrade
 from ._hub_client import HubClient
 from ._listener import accept_forever, open_listener
 from ._logging import log_action
-from ._session import WebSocketSession, text_frame
+from ._ops import (
+    DEFAULT_METRICS_ACCESS,
+    MetricsAccess,
+    OpsEndpoints,
+    OpsListener,
+    Readiness,
+    Response,
+    respond_with,
+)
+from ._session import Session, WebSocketSession, text_frame
+from ._stats import Metric, Stats, counter, gauge, state_gauge
 from ._ticker import Ticker
-from ._transport import SocketTransport, StreamTransport
+from ._tls import TlsServerStream
+from ._transport import SocketTransport, StreamTransport, Transport
 
 __all__ = ["Client", "Identity", "PresenceServer", "Refusal"]
 
@@ -108,7 +140,7 @@ class Client:
         server: PresenceServer,
         request: HandshakeRequest,
         identity: Identity | None,
-        session: WebSocketSession,
+        session: Session,
     ) -> None:
         self._server = server
         self.request = request
@@ -168,6 +200,10 @@ class RosterBackend(Protocol):
 
 OnMessage = Callable[[Client, str], Awaitable[None] | None]
 OnClose = Callable[[Client], Awaitable[None] | None]
+#: ``on_link_state(link, state)``: "hub", "cluster" or "roster", and its new state.
+OnLinkState = Callable[[str, str], None]
+#: Opens a connection whose request is known: reads it, checks it, upgrades it.
+Opening = Callable[[Any], Awaitable["Client | None"]]
 
 
 def _matches(path: str, paths: Collection[str] | None) -> bool:
@@ -200,6 +236,9 @@ class PresenceServer:
         cluster: ClusterBackend | None = None,
         roster: RosterBackend | None = None,
         pages: Mapping[str, tuple[str, bytes]] | None = None,
+        hub_ssl_context: ssl.SSLContext | None = None,
+        metrics_access: MetricsAccess = DEFAULT_METRICS_ACCESS,
+        on_link_state: OnLinkState | None = None,
     ) -> None:
         config = presence if presence is not None else PresenceConfig()
         if (config.store is None) != (roster is None):
@@ -228,7 +267,8 @@ class PresenceServer:
         self._pages = dict(pages or {})
         self._presence = Presence(config)
         self._clients: set[Client] = set()
-        self._admission = Admission(limits)
+        self._stats = Stats()
+        self._admission = Admission(limits, self._stats)
         self._task_group: anyio.abc.TaskGroup | None = None
         #: On asyncio, the connections' tasks (see _spawn_connection); None on trio.
         self._connection_tasks: set[asyncio.Task[Any]] | None = None
@@ -236,15 +276,23 @@ class PresenceServer:
             HubClient(
                 hub_url,
                 hub_token or "",
-                dispatch=self.dispatch,
+                dispatch=self._dispatch_link,
                 spawn=self._spawn,
                 limits=attrs.evolve(limits, max_message_bytes=config.limits.max_hub_frame_bytes),
+                ssl_context=hub_ssl_context,
             )
             if hub_url is not None
             else None
         )
+        self._hub_attempts = 0
         period = max(0.05, min(limits.ping_interval, limits.ping_timeout, limits.close_timeout) / 4)
-        self._ticker = Ticker(self._presence.next_deadline, self._on_tick, period)
+        self._ticker = Ticker(self._presence.next_deadline, self._on_tick, period, self._stats)
+        self._ops = OpsEndpoints(metrics_access, self._metrics, self.readiness)
+        #: ASGI connections send text: a broadcast's frame is decoded once for all of them.
+        self._texts = FrameText()
+        self._on_link_state = on_link_state
+        self._links: dict[str, str] = {}
+        self._background = Background(self._stats)
         self._performers: dict[type[Any], Callable[[Any], None]] = {
             Deliver: self._deliver,
             CloseConnection: self._close_connection,
@@ -262,12 +310,14 @@ class PresenceServer:
     # ------------------------------------------------------------- lifecycle
 
     async def __aenter__(self) -> PresenceServer:
+        if self._task_group is not None:
+            raise LocalUsageError("PresenceServer: already running; enter it once")
         # Shared backends first, so a wrong URL fails the start, not the first join.
         if self._roster is not None:
             await self._roster.start()
         if self._cluster is not None:
             try:
-                await self._cluster.start(self.dispatch, self._presence.cluster_subjects)
+                await self._cluster.start(self._dispatch_link, self._presence.cluster_subjects)
             except BaseException:
                 if self._roster is not None:
                     await self._roster.aclose()
@@ -276,12 +326,14 @@ class PresenceServer:
             self._connection_tasks = set()
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
-        self._task_group.start_soon(self._ticker.run)
-        for backend in (self._cluster, self._roster):
-            if backend is not None:
-                self._task_group.start_soon(backend.run)
+        self._start_service("ticker", self._ticker.run)
+        if self._cluster is not None:
+            self._start_service("cluster", self._cluster.run)
+        if self._roster is not None:
+            self._start_service("roster", self._roster.run)
         if self._hub is not None:
-            self.dispatch(HubLinkStarted(now=anyio.current_time()))
+            self._dispatch_link(HubLinkStarted(now=anyio.current_time()))
+        self._check_links()
         return self
 
     async def __aexit__(self, *exc_info: object) -> bool | None:
@@ -297,7 +349,23 @@ class PresenceServer:
             if self._roster is not None:
                 await self._roster.aclose()
         task_group.cancel_scope.cancel()
-        return await task_group.__aexit__(*exc_info)  # type: ignore[arg-type]
+        try:
+            return await task_group.__aexit__(*exc_info)  # type: ignore[arg-type]
+        finally:
+            self._task_group = None
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: object = None) -> AsyncIterator[None]:
+        """Run the server for an app's lifetime: ``FastAPI(lifespan=server.lifespan)``
+        (or ``Starlette(lifespan=...)``); inside a lifespan of your own, ``async with
+        server:`` does the same."""
+        async with self:
+            yield
+
+    @property
+    def running(self) -> bool:
+        """Entered (``async with server``) and not shut down."""
+        return self._task_group is not None and not self._presence.is_shut_down
 
     async def _stop_connection_tasks(self) -> None:
         tasks = self._connection_tasks
@@ -315,10 +383,20 @@ class PresenceServer:
             while self._clients or (self._hub is not None and self._hub.active):
                 await anyio.sleep(0.02)
 
-    def _spawn(self, function: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
+    def _group(self) -> anyio.abc.TaskGroup:
         if self._task_group is None:
             raise LocalUsageError("PresenceServer: use it inside 'async with server:'")
-        self._task_group.start_soon(function, *args)
+        return self._task_group
+
+    def _spawn(self, function: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
+        """Start a background task behind a boundary of its own."""
+        self._group().start_soon(self._background.run, None, function, *args)
+
+    def _start_service(
+        self, name: str, function: Callable[..., Coroutine[Any, Any, Any]], *args: Any
+    ) -> None:
+        """Start a task the server cannot do without: if a fault ends it, not ready."""
+        self._group().start_soon(self._background.run, name, function, *args)
 
     def _spawn_connection(
         self, function: Callable[..., Coroutine[Any, Any, Any]], *args: Any
@@ -331,7 +409,8 @@ class PresenceServer:
         the nursery's own tasks are already cheap.
         """
         if self._connection_tasks is None:
-            self._spawn(function, *args)
+            # No boundary task around it: a connection's task has its own (_serve).
+            self._group().start_soon(function, *args)
             return
         task = asyncio.get_running_loop().create_task(function(*args))
         self._connection_tasks.add(task)
@@ -339,13 +418,34 @@ class PresenceServer:
         task.add_done_callback(self._connection_tasks.discard)
 
     async def listen(
-        self, host: str = "127.0.0.1", port: int = 0, *, reuse_port: bool = False
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        reuse_port: bool = False,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> int:
-        """Accept connections on ``host:port`` in the background; return the bound port."""
+        """Accept connections on ``host:port`` in the background; return the bound port.
+        With ``ssl_context`` (a server context: ``megapresence_anyio.server_context``)
+        the port speaks TLS (``wss://`` and ``https://``)."""
+        self._group()
         sock = open_listener(host, port, reuse_port=reuse_port)
         self.port = sock.getsockname()[1]
-        self._spawn(accept_forever, sock, self._on_accept)
+        on_accept = (
+            self._on_accept
+            if ssl_context is None
+            else lambda conn, remote: self._on_accept_tls(ssl_context, conn, remote)
+        )
+        self._start_service("listener", accept_forever, sock, on_accept)
         return self.port
+
+    async def listen_metrics(self, host: str = "127.0.0.1", port: int = 0) -> int:
+        """Answer ``/metrics``, ``/healthz`` and ``/readyz`` (nothing else) on a port of their
+        own, in plain HTTP; return the bound port."""
+        sock = open_listener(host, port)
+        listener = OpsListener(self._ops, self._limits, self._spawn)
+        self._start_service("metrics listener", accept_forever, sock, listener.on_accept)
+        return int(sock.getsockname()[1])
 
     async def serve(
         self,
@@ -365,18 +465,42 @@ class PresenceServer:
         transport = SocketTransport(
             sock, spawn=self._spawn, max_buffer=self._limits.max_send_buffer
         )
-        guard = Guard(transport, remote)
-        self._spawn_connection(self._serve, guard, self._admission.begin(guard))
+        guard: Guard[Transport] = Guard(transport, remote)
+        self._spawn_connection(self._serve, guard, self._admission.begin(guard), self._handshake)
+
+    def _on_accept_tls(
+        self, context: ssl.SSLContext, sock: socket.socket, remote: tuple[str, int] | None
+    ) -> None:
+        transport = StreamTransport(
+            TlsServerStream(sock, context),
+            spawn=self._spawn,
+            max_buffer=self._limits.max_send_buffer,
+        )
+        guard: Guard[Transport] = Guard(transport, remote)
+        self._spawn_connection(self._serve, guard, self._admission.begin(guard), self._handshake)
 
     async def handle_stream(self, stream: anyio.abc.ByteStream) -> None:
         """Serve one connection accepted elsewhere (it is written through a queue)."""
         transport = StreamTransport(
             stream, spawn=self._spawn, max_buffer=self._limits.max_send_buffer
         )
-        guard = Guard(transport, None)
-        await self._serve(guard, self._admission.begin(guard))
+        guard: Guard[Transport] = Guard(transport, None)
+        await self._serve(guard, self._admission.begin(guard), self._handshake)
 
-    async def _serve(self, guard: Guard, refused: int | None) -> None:
+    def asgi(self, other_app: ASGIApp | None = None, **options: Any) -> PresenceASGI:
+        """This server as an ASGI app (``megapresence_anyio.PresenceASGI``): give it to
+        uvicorn or Hypercorn, or mount it in Starlette or FastAPI."""
+        return PresenceASGI(self, other_app, **options)
+
+    async def handle_asgi(self, scope: Scope, receive: Receive, send: Send, **options: Any) -> None:
+        """Serve one ASGI WebSocket connection (a route of your own hands it over)."""
+        await serve_asgi(self, scope, receive, send, **options)
+
+    def serves_path(self, path: str) -> bool:
+        """Whether ``path`` is one of this server's WebSocket paths."""
+        return _matches(path, self._paths)
+
+    async def _serve(self, guard: Guard[Any], refused: int | None, opening: Opening) -> None:
         """One connection, from its request to its close, behind its fault boundary:
         nothing it raises reaches the server (see ``_guard.py`` for what it becomes).
         While the socket is open this is the only frame above the session's, so an
@@ -385,7 +509,7 @@ class PresenceServer:
             if refused is not None:
                 guard.respond(refused)  # over a handshake cap (logged by the admission)
             else:
-                client = await self._handshake(guard)
+                client = await opening(guard)
                 if client is not None:
                     await _run_hook(self._on_open, client)
                     on_message = self._on_message
@@ -400,7 +524,7 @@ class PresenceServer:
         finally:
             await self._admission.finish(guard, lambda: self._closed(guard))
 
-    async def _closed(self, guard: Guard) -> None:
+    async def _closed(self, guard: Guard[Any]) -> None:
         """Out of the core, then through ``on_close`` if it was open."""
         client = guard.conn
         if isinstance(client, Client):
@@ -418,12 +542,33 @@ class PresenceServer:
                         exc_info=exc,
                     )
 
-    async def _handshake(self, guard: Guard) -> Client | None:
+    async def _handshake(self, guard: Guard[Transport]) -> Client | None:
         """Read the request; answer it over HTTP, refuse it, or upgrade it into a ``Client``."""
         read = await read_upgrade(guard, self._limits, self._serve_page)
         if read is None:
             return None
         request, trailing = read
+        transport = guard.transport
+
+        def session(now: float) -> Session:
+            return WebSocketSession(transport, server_connection(trailing), self._limits, now)
+
+        return await self._admit(guard, request, session, lambda: write_upgrade(transport, request))
+
+    async def _serve_connection(self, guard: Guard[Any], opening: Opening) -> None:
+        """Serve a connection that arrived elsewhere (an ASGI server's)."""
+        await self._serve(guard, self._admission.begin(guard), opening)
+
+    async def _admit(
+        self,
+        guard: Guard[Any],
+        request: HandshakeRequest,
+        session: Callable[[float], Session],
+        accept: Callable[[], None],
+    ) -> Client | None:
+        """Check, authenticate and upgrade a request that has been read: the one path of
+        every kind of connection. ``session(now)`` makes its session and ``accept()``
+        answers the upgrade (a 101, an ASGI accept)."""
         refusal = self._check(guard, request)
         if refusal is not None:
             guard.refuse(refusal.status, refusal.reason)
@@ -441,9 +586,9 @@ class PresenceServer:
             return None
         if outcome is not None and not isinstance(outcome, Identity):
             raise TypeError(f"authenticate returned {outcome!r}: an Identity, a Refusal or None")
-        return self._upgrade(guard, request, trailing, outcome)
+        return self._upgrade(guard, request, outcome, session, accept)
 
-    def _check(self, guard: Guard, request: HandshakeRequest) -> Refusal | None:
+    def _check(self, guard: Guard[Any], request: HandshakeRequest) -> Refusal | None:
         """What refuses an upgrade before ``authenticate`` runs and again before the 101
         (``authenticate`` may take a while): path, origin, shutdown, connection caps."""
         if not _matches(request.path, self._paths):
@@ -458,16 +603,22 @@ class PresenceServer:
         return None
 
     def _upgrade(
-        self, guard: Guard, request: HandshakeRequest, trailing: bytes, identity: Identity | None
+        self,
+        guard: Guard[Any],
+        request: HandshakeRequest,
+        identity: Identity | None,
+        make_session: Callable[[float], Session],
+        accept: Callable[[], None],
     ) -> Client | None:
         """Join the core, then answer 101, in one step with no await: an identity the core
         refuses gets an HTTP status (the boundary's 403), never a 101 and a close."""
+        if guard.answered is not None:
+            return None  # pushed out of the handshake caps while it authenticated
         refusal = self._check(guard, request)
         if refusal is not None:
             guard.refuse(refusal.status, refusal.reason)
             return None
-        now = anyio.current_time()
-        session = WebSocketSession(guard.transport, server_connection(trailing), self._limits, now)
+        session = make_session(anyio.current_time())
         client = Client(self, request, identity, session)
         joined = None
         if identity is not None:
@@ -484,19 +635,31 @@ class PresenceServer:
         self._clients.add(client)
         actions = self._presence.handle(joined) if joined is not None else []
         self._admission.upgrade(guard)
-        write_upgrade(guard.transport, request)
+        accept()
         guard.session = session
         self._perform(actions)
         return client
 
-    def _serve_page(self, guard: Guard, request: HandshakeRequest) -> None:
+    def _serve_page(self, guard: Guard[Transport], request: HandshakeRequest) -> None:
+        respond_with(guard, request, self.http_answer(request))
+
+    def answers_http(self, path: str) -> bool:
+        """Whether a plain HTTP request for ``path`` is this server's (a page, or
+        ``/metrics``, ``/healthz``, ``/readyz``) rather than an app's it is mounted with."""
+        return path in self._pages or path in OpsEndpoints.PATHS
+
+    def http_answer(self, request: HandshakeRequest) -> Response:
+        """The answer to a plain HTTP request: a page, ``/metrics``, ``/healthz``,
+        ``/readyz``, or the status saying there is nothing else here."""
+        answer = self._ops.answer(request)
+        if answer is not None:
+            return answer
         page = self._pages.get(request.path)
         if request.method not in ("GET", "HEAD"):
-            guard.respond(405)
-        elif page is None:
-            guard.respond(426 if _matches(request.path, self._paths) else 404)
-        else:
-            guard.respond(200, page[1], page[0], head=request.method == "HEAD")
+            return Response(405, b"")
+        if page is None:
+            return Response(426 if _matches(request.path, self._paths) else 404, b"")
+        return Response(200, page[1], page[0])
 
     # ---------------------------------------------------------- core driving
 
@@ -510,8 +673,13 @@ class PresenceServer:
             performers[type(action)](action)
         self._ticker.reschedule()
 
+    def _dispatch_link(self, event: Event) -> None:
+        """An event from the hub link or the cluster: it may change a link's state."""
+        self.dispatch(event)
+        self._check_links()
+
     def _on_tick(self, now: float) -> None:
-        self.dispatch(Tick(now=now))
+        self._dispatch_link(Tick(now=now))
         for client in list(self._clients):
             client.session.keepalive(now)
         if self._hub is not None:
@@ -520,7 +688,9 @@ class PresenceServer:
     def _deliver(self, action: Deliver) -> None:
         frame = text_frame(action.text.encode("utf-8"))
         now = anyio.current_time()
-        for client in action.conns:
+        conns = action.conns
+        self._stats.delivered(len(conns), len(frame))  # per delivery, not per socket
+        for client in conns:
             client.session.send_frame(frame, now)  # type: ignore[attr-defined]
 
     def _close_connection(self, action: CloseConnection) -> None:
@@ -529,6 +699,7 @@ class PresenceServer:
 
     def _connect_hub(self, action: ConnectHub) -> None:
         assert self._hub is not None
+        self._hub_attempts += 1
         self._hub.connect()
 
     def _send_hub_frame(self, action: SendHubFrame) -> None:
@@ -592,6 +763,129 @@ class PresenceServer:
         wanted = tuple(channels)
         remote = await self._roster.members(wanted) if self._roster is not None else []
         return self._presence.presence_list(wanted, remote)
+
+    # ------------------------------------------------------ links and health
+
+    def link_states(self) -> dict[str, str]:
+        """The state of each link this server has: ``hub`` (the core's hub link state),
+        ``cluster`` (NATS) and ``roster`` (Redis: ``ok`` or ``failing``)."""
+        links: dict[str, str] = {}
+        hub_state = self._presence.hub_link_state
+        if hub_state is not None:
+            faulted = self._hub is not None and self._hub.faulted
+            links["hub"] = "faulted" if faulted else hub_state.value
+        cluster_state = self._presence.cluster_link_state
+        if cluster_state is not None:
+            links["cluster"] = cluster_state.value
+        if self._roster is not None:
+            links["roster"] = "ok" if getattr(self._roster, "healthy", True) else "failing"
+        return links
+
+    def _check_links(self) -> None:
+        """Tell ``on_link_state`` of every link whose state changed since last asked."""
+        links = self.link_states()
+        if links == self._links:
+            return
+        changed = [(name, state) for name, state in links.items() if self._links.get(name) != state]
+        self._links = links
+        if self._on_link_state is None:
+            return
+        for name, state in changed:
+            try:
+                self._on_link_state(name, state)
+            except Exception as exc:
+                logger.error(
+                    "the on_link_state hook failed: %s: %s", type(exc).__name__, exc, exc_info=exc
+                )
+
+    def readiness(self) -> Readiness:
+        """Whether to send this server traffic: running, its hub link registered (or no
+        hub), NATS connected and Redis answering (when used), no essential task failed."""
+        checks: dict[str, str] = {
+            "server": "running" if self.running else ("stopping" if self._task_group else "stopped")
+        }
+        ready = self.running
+        wanted = {
+            "hub": HubLinkState.REGISTERED.value,
+            "cluster": ClusterLinkState.CONNECTED.value,
+            "roster": "ok",
+        }
+        for name, state in self.link_states().items():
+            checks[name] = state
+            ready = ready and state == wanted[name]
+        if self._ticker.failing:
+            checks["ticker"] = "failing"
+            ready = False
+        for service in sorted(self._background.failed):
+            checks[service] = "failed"
+            ready = False
+        return Readiness(ready, checks)
+
+    def _metrics(self) -> list[Metric]:
+        clients = list(self._clients)
+        presence = self._presence
+        metrics = self._stats.metrics(
+            connections=self._admission.open,
+            pending=self._admission.pending,
+            queued=sum(client.session.transport.queued for client in clients),
+        )
+        joined = sum(
+            1
+            for client in clients
+            if client.identity is not None
+            and presence.connection_state(client) is ConnectionState.JOINED
+        )
+        metrics.append(gauge("megapresence_sessions", "Sessions joined on this process.", joined))
+        links = self.link_states()
+        if "hub" in links:
+            metrics += [
+                state_gauge(
+                    "megapresence_hub_link_state",
+                    "The hub link's state (1 for the current one).",
+                    [*(s.value for s in HubLinkState), "faulted"],
+                    links["hub"],
+                ),
+                counter(
+                    "megapresence_hub_link_connects",
+                    "Connection attempts to the hub (the first, then every reconnect).",
+                    self._hub_attempts,
+                ),
+            ]
+        for name, backend, states in (
+            ("cluster", self._cluster, [s.value for s in ClusterLinkState]),
+            ("roster", self._roster, ["ok", "failing"]),
+        ):
+            if name not in links:
+                continue
+            metrics.append(
+                state_gauge(
+                    f"megapresence_{name}_link_state",
+                    f"The {name} link's state (1 for the current one).",
+                    states,
+                    links[name],
+                )
+            )
+            for attribute, kind, help_text in (
+                ("errors", "counter", f"Errors the {name} backend met (connects, writes, reads)."),
+                ("queued", "gauge", f"Writes queued for the {name} backend."),
+            ):
+                value = getattr(backend, attribute, None)
+                if isinstance(value, int):
+                    metrics.append(
+                        Metric(
+                            f"megapresence_{name}_{attribute}", kind, help_text, (), (((), value),)
+                        )
+                    )
+        return metrics
+
+    @property
+    def stats(self) -> Stats:
+        """The server's counters (what ``/metrics`` shows)."""
+        return self._stats
+
+    @property
+    def limits(self) -> SocketLimits:
+        return self._limits
 
     @property
     def presence(self) -> Presence:

@@ -1,9 +1,13 @@
 """One open WebSocket over a transport: message limits, keepalive and the close handshake.
 
 Used for client sockets, for bridges on the hub, and (as the client side) for
-the hub link. Outgoing text is framed by the caller when one frame serves many
-sockets (:func:`text_frame`, server frames are never masked); a client-side
-session frames through wsproto, which masks.
+the hub link. :class:`Session` is what the servers drive of any open WebSocket;
+:class:`SessionBase` holds what every kind shares (the send-buffer rule and the
+keepalive clock), and an ASGI connection (``_asgi.py``) is the other kind.
+
+Outgoing text is framed by the caller when one frame serves many sockets
+(:func:`text_frame`, server frames are never masked); a client-side session
+frames through wsproto, which masks.
 
 The session reads no clock: whoever acts passes ``now`` in, and the reader
 only notes that the peer spoke; :meth:`WebSocketSession.keepalive` turns that
@@ -16,9 +20,10 @@ up to the connection's fault boundary (``_guard.py``), which picks the code.
 
 from __future__ import annotations
 
+import abc
 import struct
 from collections.abc import Awaitable, Callable
-from typing import final
+from typing import Protocol, final
 
 import anyio
 from wsproto.connection import Connection, ConnectionState
@@ -34,9 +39,9 @@ from wsproto.events import (
 from megapresence_core.errors import CloseCode, truncate_reason
 
 from ._config import SocketLimits
-from ._transport import Transport
+from ._transport import Outlet, Transport
 
-__all__ = ["WebSocketSession", "text_frame"]
+__all__ = ["Session", "SessionBase", "WebSocketSession", "text_frame"]
 
 _FIN_TEXT = 0x81
 
@@ -51,7 +56,7 @@ def text_frame(payload: bytes) -> bytes:
     return struct.pack("!BBQ", _FIN_TEXT, 127, size) + payload
 
 
-def _utf8_len(text: str) -> int:
+def utf8_len(text: str) -> int:
     # str.isascii() is O(1) in CPython: most messages are measured for free.
     return len(text) if text.isascii() else len(text.encode("utf-8"))
 
@@ -59,16 +64,37 @@ def _utf8_len(text: str) -> int:
 OnText = Callable[[str], Awaitable[None] | None]
 
 
-@final
-class WebSocketSession:
-    """The life of one WebSocket after its handshake."""
+class Session(Protocol):
+    """One open WebSocket as a server drives it, whatever carries it."""
+
+    closed_here: bool
+    close_code: int | None
+    close_reason: str
+
+    @property
+    def is_open(self) -> bool: ...
+
+    @property
+    def transport(self) -> Outlet: ...
+
+    def send_frame(self, frame: bytes, now: float) -> None: ...
+
+    def close(self, code: int, reason: str, now: float) -> None: ...
+
+    def keepalive(self, now: float) -> None: ...
+
+    async def run(self, on_text: OnText) -> None: ...
+
+
+class SessionBase(abc.ABC):
+    """What every session shares: the send-buffer rule and the keepalive clock.
+
+    A subclass says how a ping goes out (``_ping``), whether one may now
+    (``_pingable``), and how its close frame or message is written (``close``)."""
 
     __slots__ = (
-        "_fragments",
         "_limits",
-        "_parts",
-        "_size",
-        "_ws",
+        "_outlet",
         "close_code",
         "close_reason",
         "closed_here",
@@ -76,18 +102,11 @@ class WebSocketSession:
         "heard",
         "last_heard",
         "ping_sent_at",
-        "transport",
     )
 
-    def __init__(
-        self, transport: Transport, ws: Connection, limits: SocketLimits, now: float
-    ) -> None:
-        self.transport = transport
-        self._ws = ws
+    def __init__(self, outlet: Outlet, limits: SocketLimits, now: float) -> None:
+        self._outlet = outlet
         self._limits = limits
-        self._parts: list[str] = []
-        self._size = 0
-        self._fragments = 0
         self.last_heard = now
         #: The peer sent something since the last ``keepalive``.
         self.heard = False
@@ -100,20 +119,19 @@ class WebSocketSession:
         self.close_reason = ""
 
     @property
+    def transport(self) -> Outlet:
+        return self._outlet
+
+    @property
     def is_open(self) -> bool:
         """Neither side has started closing (the fan-out path checks only this)."""
         return self.closing_since is None
 
     def send_frame(self, frame: bytes, now: float) -> None:
         """Write an already framed message; a peer that cannot keep up is closed with 1013."""
-        if self.closing_since is None and not self.transport.write(frame):  # the hot path
-            self.transport.truncate()
+        if self.closing_since is None and not self._outlet.write(frame):  # the hot path
+            self._outlet.truncate()
             self.close(CloseCode.TRY_AGAIN_LATER, "slow consumer: send buffer full", now)
-
-    def send_text(self, text: str, now: float) -> None:
-        """Frame and write one text message (masked if this is the client side)."""
-        if self.is_open and self._ws.state is ConnectionState.OPEN:
-            self.send_frame(bytes(self._ws.send(Message(data=text))), now)
 
     def close(self, code: int, reason: str, now: float) -> None:
         """Start the close handshake; the peer has ``close_timeout`` to answer."""
@@ -123,10 +141,19 @@ class WebSocketSession:
         self.closed_here = True
         if self.close_code is None:
             self.close_code, self.close_reason = code, reason
-        if self._ws.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
-            frame = self._ws.send(CloseConnection(code=code, reason=truncate_reason(reason)))
-            # Past the send-buffer bound too: a slow consumer must learn why it goes.
-            self.transport.write(bytes(frame), force=True)
+        self._send_close(code, reason)
+
+    @abc.abstractmethod
+    def _send_close(self, code: int, reason: str) -> None:
+        """Write the close frame (or message); past the send-buffer bound too."""
+
+    @abc.abstractmethod
+    def _pingable(self) -> bool:
+        """Whether silence may be answered with a ping now."""
+
+    @abc.abstractmethod
+    def _ping(self, now: float) -> None:
+        """Send one ping."""
 
     def keepalive(self, now: float) -> None:
         """Called periodically: ping a quiet peer, close a silent one, drop a stuck close."""
@@ -137,15 +164,65 @@ class WebSocketSession:
             self.ping_sent_at = None
         if self.closing_since is not None:
             if now - self.closing_since >= limits.close_timeout:
-                self.transport.abort()
-        elif self._ws.state is not ConnectionState.OPEN:
-            return  # the peer is closing: its close, not silence, ends this
+                self._outlet.abort()
+        elif not self._pingable():
+            return
         elif self.ping_sent_at is not None:
             if now - self.ping_sent_at >= limits.ping_timeout:
                 self.close(CloseCode.INTERNAL_ERROR, "keepalive ping timeout", now)
         elif now - self.last_heard >= limits.ping_interval:
             self.ping_sent_at = now
-            self.send_frame(bytes(self._ws.send(Ping())), now)
+            self._ping(now)
+
+    def _too_big(self, size: int) -> bool:
+        """Past ``max_message_bytes``: close with 1009 and say so."""
+        limit = self._limits.max_message_bytes
+        if size <= limit:
+            return False
+        self.close(CloseCode.MESSAGE_TOO_BIG, f"message over {limit} bytes", anyio.current_time())
+        return True
+
+    def _ended(self, code: int, reason: str) -> None:
+        """The peer ended the session (its close, or the end of the stream)."""
+        if self.close_code is None:
+            self.close_code, self.close_reason = code, reason
+        if self.closing_since is None:
+            self.closing_since = anyio.current_time()
+
+
+@final
+class WebSocketSession(SessionBase):
+    """The life of one WebSocket after its handshake, over a byte transport."""
+
+    __slots__ = ("_fragments", "_parts", "_size", "_transport", "_ws")
+
+    def __init__(
+        self, transport: Transport, ws: Connection, limits: SocketLimits, now: float
+    ) -> None:
+        super().__init__(transport, limits, now)
+        self._transport = transport
+        self._ws = ws
+        self._parts: list[str] = []
+        self._size = 0
+        self._fragments = 0
+
+    def send_text(self, text: str, now: float) -> None:
+        """Frame and write one text message (masked if this is the client side)."""
+        if self.is_open and self._ws.state is ConnectionState.OPEN:
+            self.send_frame(bytes(self._ws.send(Message(data=text))), now)
+
+    def _send_close(self, code: int, reason: str) -> None:
+        if self._ws.state in (ConnectionState.OPEN, ConnectionState.REMOTE_CLOSING):
+            frame = self._ws.send(CloseConnection(code=code, reason=truncate_reason(reason)))
+            # Past the send-buffer bound too: a slow consumer must learn why it goes.
+            self._outlet.write(bytes(frame), force=True)
+
+    def _pingable(self) -> bool:
+        # Once the peer is closing, its close, not silence, ends this.
+        return self._ws.state is ConnectionState.OPEN
+
+    def _ping(self, now: float) -> None:
+        self.send_frame(bytes(self._ws.send(Ping())), now)
 
     async def run(self, on_text: OnText) -> None:
         """Read until the session ends, passing each complete text message to ``on_text``.
@@ -153,7 +230,7 @@ class WebSocketSession:
         Returns when the close handshake is over or the stream ends; what
         ``on_text`` raises propagates (the session is left open for the caller
         to close with the code it chooses)."""
-        ws, transport = self._ws, self.transport
+        ws, transport = self._ws, self._transport
         while True:
             # Events first: the handshake may have left frames in wsproto's buffer.
             for event in ws.events():
@@ -189,14 +266,9 @@ class WebSocketSession:
         if self.closing_since is not None:
             return None  # nothing counts once we are closing
         limits = self._limits
-        self._size += _utf8_len(event.data)
-        if self._size > limits.max_message_bytes:
+        self._size += utf8_len(event.data)
+        if self._too_big(self._size):
             self._parts.clear()
-            self.close(
-                CloseCode.MESSAGE_TOO_BIG,
-                f"message over {limits.max_message_bytes} bytes",
-                anyio.current_time(),
-            )
             return None
         self._parts.append(event.data)
         if event.frame_finished and not event.message_finished:
@@ -216,18 +288,11 @@ class WebSocketSession:
         self._size = self._fragments = 0
         return text
 
-    def _ended(self, code: int, reason: str) -> None:
-        """The peer ended the session (its close frame, or the end of the stream)."""
-        if self.close_code is None:
-            self.close_code, self.close_reason = code, reason
-        if self.closing_since is None:
-            self.closing_since = anyio.current_time()
-
     def _on_close_frame(self, event: CloseConnection) -> bool:
         """Answer a close frame; True once the handshake is complete."""
         ws = self._ws
         if ws.state is ConnectionState.REMOTE_CLOSING:  # the peer started it: echo and end
-            self.transport.write(bytes(ws.send(event.response())), force=True)
+            self._transport.write(bytes(ws.send(event.response())), force=True)
             self._ended(event.code, event.reason or "")
             return True
         if ws.state is ConnectionState.CLOSED:  # the answer to our close

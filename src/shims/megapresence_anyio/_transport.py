@@ -16,8 +16,12 @@ frame is written with ``force``, past the bound, so a slow consumer is told
 why it is dropped.
 
 :class:`StreamTransport` gives the same interface over any anyio byte stream,
-for frameworks that accept connections themselves; its writes always go
-through the queue (it cannot write in place).
+for frameworks that accept connections themselves and for TLS; its writes
+always go through the queue (it cannot write in place).
+
+An :class:`Outlet` is the sending half alone: what a session writes through and
+what a connection's fault boundary ends. An ASGI connection (``_asgi.py``),
+whose server reads the socket, is an outlet and not a transport.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from typing import Any, Protocol, final
 import anyio
 import anyio.abc
 
-__all__ = ["SocketTransport", "Spawn", "StreamTransport", "Transport"]
+__all__ = ["Outlet", "SocketTransport", "Spawn", "StreamTransport", "Transport"]
 
 #: Starts a background task; the server passes its task group's ``start_soon``.
 Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
@@ -39,18 +43,25 @@ Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
 _RECV_BYTES = 65536
 
 
-class Transport(Protocol):
-    """What a WebSocket session needs from the bytes underneath it."""
+class Outlet(Protocol):
+    """The sending half of a connection."""
 
     def write(self, data: bytes, *, force: bool = False) -> bool: ...
-
-    async def receive(self) -> bytes: ...
 
     def abort(self) -> None: ...
 
     def truncate(self) -> None: ...
 
     async def drain_and_close(self, timeout: float) -> None: ...
+
+    @property
+    def queued(self) -> int: ...
+
+
+class Transport(Outlet, Protocol):
+    """What a WebSocket session needs from the bytes underneath it."""
+
+    async def receive(self) -> bytes: ...
 
 
 class _QueuedWriter:
@@ -66,6 +77,11 @@ class _QueuedWriter:
         self._writing = False
         self._closed = False
         self._flushed: anyio.Event | None = None
+
+    @property
+    def queued(self) -> int:
+        """Bytes accepted by ``write`` and not yet written (the send queue's depth)."""
+        return self._pending
 
     def _flush_done(self) -> None:
         self._writing = False
@@ -268,7 +284,13 @@ class StreamTransport(_QueuedWriter):
         self._closed = True
         self._queue.clear()
         self._pending = 0
-        self._spawn(self._stream.aclose)
+        self._spawn(self._aclose)
+
+    async def _aclose(self) -> None:
+        """Close the stream in the background. A peer that is gone makes closing fail
+        (a TLS close_notify to a reset socket): that is its end, not a fault."""
+        with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+            await self._stream.aclose()
 
     async def drain_and_close(self, timeout: float) -> None:
         await self._wait_flushed(timeout)

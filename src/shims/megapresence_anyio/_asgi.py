@@ -1,0 +1,505 @@
+"""Mount a ``PresenceServer`` in an ASGI app (Starlette, FastAPI, ...) on uvicorn or Hypercorn.
+
+An ASGI connection is one more kind of connection for the server: it goes
+through the same path as a socket of its own listener (``PresenceServer._serve``:
+the caps, the path and origin checks, ``authenticate``, the core, the fault
+boundary) with an :class:`AsgiChannel` for its sending half and an
+:class:`AsgiSession` for its life after the upgrade. What the ASGI server keeps
+to itself is rebuilt here, at the message level (the ASGI spec gives an app no
+control of pings, buffers or frames):
+
+- **Refusals.** With the ``websocket.http.response`` extension (uvicorn,
+  Hypercorn) a refusal is the documented HTTP status and body; without it
+  (Daphne) a close before the accept, which the server answers with 403.
+- **Close reasons** are sent only to a server of ASGI spec 2.3 or later
+  (``scope["asgi"]["spec_version"]``); an older one gets the code alone.
+- **Limits.** The ASGI server reassembles messages (up to its own 16 MiB);
+  ``SocketLimits.max_message_bytes`` is checked here, 1009 past it.
+- **The send queue.** ``websocket.send`` has no flow control, so each
+  connection has its own bounded queue and one writer task: a message that
+  would pass ``max_send_buffer`` behind the one in flight closes the slow
+  consumer with 1013, as on the server's own sockets. Broadcast frames are
+  turned back into text once per broadcast, not once per socket.
+- **Keepalive.** uvicorn pings every 20 s by default and reports a dead peer as
+  a disconnect; Hypercorn never pings unless its ``websocket_ping_interval``
+  is set. An app cannot send a WebSocket ping through ASGI, so for a server
+  that does not ping, ``heartbeat`` sends an application message after
+  ``ping_interval`` of silence, and a client that says nothing within
+  ``ping_timeout`` of it is closed with 1011 (any message from the client
+  counts as an answer). Without ``heartbeat`` the ASGI server's pings are
+  relied on.
+
+The ASGI server owns the connection's task; its writer task lives in a task
+group of that connection, so nothing of a connection outlives it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+from collections import deque
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import TYPE_CHECKING, Any, Final, final
+
+import anyio
+
+from megapresence_core import CloseCode, LocalUsageError
+from megapresence_core.errors import truncate_reason
+
+from ._config import SocketLimits
+from ._guard import Guard
+from ._http import HandshakeRequest, reason_phrase
+from ._ops import Response
+from ._session import OnText, SessionBase, text_frame, utf8_len
+
+if TYPE_CHECKING:
+    from ._server import Client, PresenceServer
+
+__all__ = ["ASGIApp", "AsgiChannel", "AsgiSession", "PresenceASGI", "serve_asgi"]
+
+logger = logging.getLogger("megapresence")
+
+Scope = MutableMapping[str, Any]
+AsgiMessage = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[AsgiMessage]]
+Send = Callable[[AsgiMessage], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+#: Close reasons on ``websocket.close`` came with ASGI spec 2.3.
+_REASONS_SINCE: Final = (2, 3)
+
+
+def _spec_version(scope: Scope) -> tuple[int, ...]:
+    text = str((scope.get("asgi") or {}).get("spec_version") or "2.0")
+    try:
+        return tuple(int(part) for part in text.split("."))
+    except ValueError:
+        return (2, 0)
+
+
+def request_of(scope: Scope) -> HandshakeRequest:
+    """The request of an ``http`` or ``websocket`` scope, as ``authenticate`` sees it.
+
+    The path is the one the client sent (``raw_path`` when the server gives it,
+    so an ns is the same whether served by ``listen`` or by ASGI, mounted under a
+    prefix or not); ``remote`` is the scope's ``client``, which the ASGI server
+    has already taken from a trusted proxy's headers if told to."""
+    raw = scope.get("raw_path")
+    path = raw.decode("latin-1").partition("?")[0] if raw else scope["path"]
+    client = scope.get("client")
+    return HandshakeRequest(
+        method=scope.get("method", "GET"),
+        path=path,
+        query_string=bytes(scope.get("query_string", b"")).decode("latin-1"),
+        headers=tuple(
+            (sys.intern(bytes(name).decode("latin-1").lower()), bytes(value).decode("latin-1"))
+            for name, value in scope.get("headers", ())
+        ),
+        remote=(str(client[0]), int(client[1])) if client else None,
+        http_version=str(scope.get("http_version", "1.1")),
+    )
+
+
+@final
+class FrameText:
+    """A server frame's text, decoded once for all the sockets one broadcast reaches."""
+
+    __slots__ = ("_frame", "_text")
+
+    def __init__(self) -> None:
+        self._frame = b""
+        self._text = ""
+
+    def __call__(self, frame: bytes) -> str:
+        if frame is not self._frame:
+            size = frame[1] & 0x7F
+            start = 2 if size < 126 else 4 if size == 126 else 10
+            self._text = str(memoryview(frame)[start:], "utf-8")
+            self._frame = frame  # held, so its id cannot be reused by another frame
+        return self._text
+
+
+@final
+class AsgiChannel:
+    """The sending half of one ASGI WebSocket: a bounded queue and its writer task.
+
+    The queue holds server frames (``write``; sent as text messages, counted
+    against ``max_buffer``) and control messages (``post``: the accept, a
+    refusal, the close; never counted, never dropped by :meth:`truncate`).
+    """
+
+    __slots__ = (
+        "_closed",
+        "_flushed",
+        "_idle",
+        "_in_flight",
+        "_max_buffer",
+        "_pending",
+        "_queue",
+        "_send",
+        "_texts",
+        "_wake",
+        "on_abort",
+    )
+
+    def __init__(self, send: Send, texts: FrameText, max_buffer: int) -> None:
+        self._send = send
+        self._texts = texts
+        self._max_buffer = max_buffer
+        self._queue: deque[bytes | AsgiMessage] = deque()
+        self._pending = 0
+        self._in_flight = 0
+        self._closed = False
+        self._idle = False
+        self._wake = anyio.Event()
+        self._flushed: anyio.Event | None = None
+        #: Called by :meth:`abort`: the session stops reading.
+        self.on_abort: Callable[[], None] | None = None
+
+    @property
+    def queued(self) -> int:
+        return self._pending
+
+    def write(self, data: bytes, *, force: bool = False) -> bool:
+        """Queue one server frame; False if it would pass the bound behind the one in
+        flight (the first frame of an idle connection always fits)."""
+        if self._closed:
+            return True
+        busy = self._pending - self._in_flight
+        if not force and (busy or self._in_flight) and busy + len(data) > self._max_buffer:
+            return False
+        self._queue.append(data)
+        self._pending += len(data)
+        self._wake_writer()
+        return True
+
+    def post(self, message: AsgiMessage) -> None:
+        """Queue a control message, in order with the frames."""
+        if not self._closed:
+            self._queue.append(message)
+            self._wake_writer()
+
+    def deny(
+        self, status: int, body: bytes, content_type: str, headers: tuple[tuple[str, str], ...]
+    ) -> None:
+        """Refuse the upgrade with ``status`` (the ``websocket.http.response`` extension)."""
+        self.post(
+            {
+                "type": "websocket.http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", content_type.encode("latin-1")),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"cache-control", b"no-store"),
+                    *((name.encode("latin-1"), value.encode("latin-1")) for name, value in headers),
+                ],
+            }
+        )
+        self.post({"type": "websocket.http.response.body", "body": body})
+
+    def _wake_writer(self) -> None:
+        if self._idle:
+            self._idle = False
+            self._wake.set()
+
+    def truncate(self) -> None:
+        """Drop every queued frame (the one in flight is the ASGI server's already);
+        control messages stay."""
+        self._queue = deque(item for item in self._queue if not isinstance(item, bytes))
+        self._pending = self._in_flight
+
+    def abort(self) -> None:
+        """Stop: queued frames are dropped, control messages already queued still go
+        out (a refusal, a close), and the session stops reading."""
+        if self._closed:
+            return
+        self.truncate()
+        self._closed = True
+        self._wake_writer()
+        if self.on_abort is not None:
+            self.on_abort()
+
+    async def drain_and_close(self, timeout: float) -> None:
+        """Let the queue go out (within ``timeout``), then stop the writer."""
+        if self._queue or self._in_flight:
+            self._flushed = anyio.Event()
+            with anyio.move_on_after(timeout):
+                await self._flushed.wait()
+        self._closed = True
+        self._queue.clear()
+        self._wake_writer()
+
+    async def run_writer(self) -> None:
+        """Send what is queued, in order, until closed. A send the ASGI server refuses
+        means the client is gone: the channel stops."""
+        send, queue, texts = self._send, self._queue, self._texts
+        try:
+            while True:
+                while self._queue:
+                    queue = self._queue  # truncate() may have replaced it
+                    item = queue.popleft()
+                    if isinstance(item, bytes):
+                        self._in_flight = len(item)
+                        await send({"type": "websocket.send", "text": texts(item)})
+                        self._pending -= self._in_flight
+                        self._in_flight = 0
+                    else:
+                        await send(item)
+                if self._flushed is not None:
+                    self._flushed.set()
+                if self._closed:
+                    return
+                self._wake = anyio.Event()
+                self._idle = True
+                await self._wake.wait()
+        except Exception as exc:  # the ASGI server's word that the client is gone
+            logger.debug("ASGI send failed, the client is gone: %s: %s", type(exc).__name__, exc)
+            self._in_flight = 0
+            self.abort()
+
+
+@final
+class AsgiSession(SessionBase):
+    """The life of one ASGI WebSocket after its accept."""
+
+    __slots__ = ("_channel", "_heartbeat", "_reading", "_reasons", "_receive")
+
+    def __init__(
+        self,
+        channel: AsgiChannel,
+        receive: Receive,
+        limits: SocketLimits,
+        now: float,
+        *,
+        reasons: bool,
+        heartbeat: bytes | None,
+    ) -> None:
+        super().__init__(channel, limits, now)
+        self._channel = channel
+        self._receive = receive
+        self._reasons = reasons
+        self._heartbeat = heartbeat
+        self._reading: anyio.CancelScope | None = None
+        channel.on_abort = self._stop
+
+    def _send_close(self, code: int, reason: str) -> None:
+        message: AsgiMessage = {"type": "websocket.close", "code": code}
+        if self._reasons:
+            message["reason"] = truncate_reason(reason)
+        self._channel.post(message)
+
+    def _pingable(self) -> bool:
+        return self._heartbeat is not None
+
+    def _ping(self, now: float) -> None:
+        assert self._heartbeat is not None
+        self.send_frame(self._heartbeat, now)
+
+    def _stop(self) -> None:
+        if self._reading is not None:
+            self._reading.cancel()
+
+    async def run(self, on_text: OnText) -> None:
+        """Receive until the client disconnects (or the channel is aborted)."""
+        receive = self._receive
+        with anyio.CancelScope() as self._reading:
+            while True:
+                message = await receive()
+                kind = message["type"]
+                if kind == "websocket.disconnect":
+                    self._ended(int(message.get("code") or 1005), message.get("reason") or "")
+                    return
+                self.heard = True
+                if kind != "websocket.receive" or self.closing_since is not None:
+                    continue  # nothing counts once we are closing
+                text = message.get("text")
+                if text is None:
+                    self.close(
+                        CloseCode.UNSUPPORTED_DATA,
+                        "binary messages are not accepted",
+                        anyio.current_time(),
+                    )
+                elif not self._too_big(utf8_len(text)):
+                    result = on_text(text)
+                    if result is not None:
+                        await result
+        self._ended(1006, "")  # aborted: the close timed out, or the client is gone
+
+
+class AsgiGuard(Guard[AsgiChannel]):
+    """A guard whose HTTP answers are ASGI refusals."""
+
+    __slots__ = ("_extension",)
+
+    def __init__(self, channel: AsgiChannel, scope: Scope) -> None:
+        client = scope.get("client")
+        super().__init__(channel, (str(client[0]), int(client[1])) if client else None)
+        self._extension = "websocket.http.response" in (scope.get("extensions") or {})
+
+    def _answer(
+        self,
+        status: int,
+        body: bytes,
+        content_type: str,
+        *,
+        head: bool,
+        headers: tuple[tuple[str, str], ...],
+    ) -> None:
+        if self._extension:
+            self.transport.deny(
+                status, body or reason_phrase(status) + b"\n", content_type, headers
+            )
+        else:  # the server turns a close before the accept into 403
+            self.transport.post({"type": "websocket.close", "code": CloseCode.POLICY})
+
+
+NOT_RUNNING: Final = (
+    "PresenceServer is not running: run it for the app's lifetime with "
+    "server.asgi(app) given to the ASGI server, FastAPI(lifespan=server.lifespan), or "
+    "'async with server:' in your own lifespan"
+)
+
+
+async def serve_asgi(
+    server: PresenceServer,
+    scope: Scope,
+    receive: Receive,
+    send: Send,
+    *,
+    heartbeat: str | None = None,
+) -> None:
+    """Serve one ASGI WebSocket connection with ``server`` (see the module docstring)."""
+    if scope["type"] != "websocket":
+        raise LocalUsageError(f"serve_asgi serves WebSocket scopes, not {scope['type']!r}")
+    if (await receive())["type"] != "websocket.connect":
+        return  # gone before it asked
+    channel = AsgiChannel(send, server._texts, server.limits.max_send_buffer)
+    guard = AsgiGuard(channel, scope)
+    request = request_of(scope)
+    guard.path = request.path
+    reasons = _spec_version(scope) >= _REASONS_SINCE
+    beat = text_frame(heartbeat.encode("utf-8")) if heartbeat is not None else None
+
+    def session(now: float) -> AsgiSession:
+        return AsgiSession(channel, receive, server.limits, now, reasons=reasons, heartbeat=beat)
+
+    async def opening(guard: AsgiGuard) -> Client | None:
+        return await server._admit(
+            guard, request, session, lambda: channel.post({"type": "websocket.accept"})
+        )
+
+    async with anyio.create_task_group() as writer:
+        writer.start_soon(channel.run_writer)
+        if not server.running:
+            guard.respond(503, b"megapresence is not running\n")
+            await channel.drain_and_close(server.limits.close_timeout)
+            raise LocalUsageError(NOT_RUNNING)
+        await server._serve_connection(guard, opening)
+
+
+async def _lifespan_only(scope: Scope, receive: Receive, send: Send) -> None:
+    """The lifespan of an app that has nothing to start but the server."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+@final
+class PresenceASGI:
+    """A ``PresenceServer`` as an ASGI app, optionally in front of another one.
+
+    WebSocket connections on the server's ``paths`` are served by it; plain
+    HTTP requests for its pages and for ``/metrics``, ``/healthz``, ``/readyz``
+    are answered by it; everything else goes to ``other_app`` (404, or 403 for
+    a WebSocket, without one). Given to the ASGI server as the app, it runs the
+    ``PresenceServer`` from the ASGI lifespan, around ``other_app``'s own
+    (started before it, stopped after it). Mounted inside another app (whose
+    sub-apps get no lifespan), run the server from that app's lifespan:
+    ``FastAPI(lifespan=server.lifespan)``.
+    """
+
+    def __init__(
+        self,
+        server: PresenceServer,
+        other_app: ASGIApp | None = None,
+        *,
+        heartbeat: str | None = None,
+    ) -> None:
+        self.server = server
+        self.other_app = other_app
+        self.heartbeat = heartbeat
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "lifespan":
+            await self._lifespan(scope, receive, send)
+            return
+        request = request_of(scope)
+        server, other = self.server, self.other_app
+        if kind == "websocket" and (server.serves_path(request.path) or other is None):
+            await serve_asgi(server, scope, receive, send, heartbeat=self.heartbeat)
+        elif kind == "http" and (other is None or server.answers_http(request.path)):
+            await _respond(send, request, server.http_answer(request))
+        elif other is not None:
+            await other(scope, receive, send)
+        else:
+            raise LocalUsageError(f"PresenceASGI: no app for {kind!r} scopes")
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Run the server around the other app's lifespan: entered at startup, before the
+        other app's startup; left after its shutdown."""
+        server = self.server
+        stack = contextlib.AsyncExitStack()
+
+        async def receive_() -> AsgiMessage:
+            message = await receive()
+            if message["type"] == "lifespan.startup" and not server.running:
+                try:
+                    await stack.enter_async_context(server)
+                except Exception as exc:
+                    await send(
+                        {
+                            "type": "lifespan.startup.failed",
+                            "message": f"megapresence: {type(exc).__name__}: {exc}",
+                        }
+                    )
+                    raise
+            return message
+
+        async def send_(message: AsgiMessage) -> None:
+            if message["type"] in ("lifespan.shutdown.complete", "lifespan.shutdown.failed"):
+                await stack.aclose()
+            await send(message)
+
+        try:
+            await (self.other_app or _lifespan_only)(scope, receive_, send_)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await stack.aclose()
+
+
+async def _respond(send: Send, request: HandshakeRequest, response: Response) -> None:
+    body = response.body or (
+        b"" if response.status == 200 else reason_phrase(response.status) + b"\n"
+    )
+    await send(
+        {
+            "type": "http.response.start",
+            "status": response.status,
+            "headers": [
+                (b"content-type", response.content_type.encode("latin-1")),
+                (b"content-length", str(len(body)).encode()),
+                (b"cache-control", b"no-store"),
+                *(
+                    (name.encode("latin-1"), value.encode("latin-1"))
+                    for name, value in response.headers
+                ),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": b"" if request.method == "HEAD" else body})
