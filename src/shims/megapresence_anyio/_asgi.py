@@ -163,12 +163,15 @@ class AsgiChannel:
 
     def write(self, data: bytes, *, force: bool = False) -> bool:
         """Queue one server frame; False if it would pass the bound behind the one in
-        flight (the first frame of an idle connection always fits)."""
+        flight (the first frame of an idle connection always fits). The head of the
+        queue counts as in flight: the writer takes it next, whole."""
         if self._closed:
             return True
-        busy = self._pending - self._in_flight
-        if not force and (busy or self._in_flight) and busy + len(data) > self._max_buffer:
-            return False
+        if not force and self._pending:
+            queue = self._queue
+            head = self._in_flight or (len(queue[0]) if queue and type(queue[0]) is bytes else 0)
+            if self._pending - head + len(data) > self._max_buffer:
+                return False
         self._queue.append(data)
         self._pending += len(data)
         self._wake_writer()
@@ -389,13 +392,17 @@ async def serve_asgi(
             guard, request, session, lambda: channel.post({"type": "websocket.accept"})
         )
 
+    running = server.running
     async with anyio.create_task_group() as writer:
         writer.start_soon(channel.run_writer)
-        if not server.running:
+        if running:
+            await server._serve_connection(guard, opening)  # drains the channel at its end
+        else:
             guard.respond(503, b"megapresence is not running\n")
             await channel.drain_and_close(server.limits.close_timeout)
-            raise LocalUsageError(NOT_RUNNING)
-        await server._serve_connection(guard, opening)
+        writer.cancel_scope.cancel()  # a send still blocked after the drain's timeout
+    if not running:
+        raise LocalUsageError(NOT_RUNNING)
 
 
 async def _lifespan_only(scope: Scope, receive: Receive, send: Send) -> None:

@@ -21,6 +21,7 @@ import math
 import os
 import signal
 import socket
+import ssl
 import sys
 import time
 import uuid
@@ -29,6 +30,7 @@ from contextlib import AsyncExitStack, contextmanager
 from typing import NamedTuple, NoReturn
 
 import anyio
+import attrs
 
 from megapresence_core import (
     ClusterConfig,
@@ -41,11 +43,13 @@ from megapresence_core import (
     __version__,
 )
 
-from ._config import SocketLimits
+from ._config import DEFAULT_HUB_LIMITS, SocketLimits
 from ._demo import DemoApp
 from ._hub_server import HubServer
 from ._logging import FORMATTERS, configure_logging, log_event
+from ._ops import MetricsAccess
 from ._server import ClusterBackend, PresenceServer, RosterBackend
+from ._tls import client_context, server_context
 
 __all__ = ["ExitCode", "main"]
 
@@ -179,6 +183,35 @@ def _listen_options(parser: argparse.ArgumentParser, *, port: int) -> None:
     group.add_argument(
         "--port", type=_port, default=port, help=f"port (default {port}; 0 picks a free one)"
     )
+    group.add_argument("--certfile", help="serve TLS with this certificate chain (PEM)")
+    group.add_argument("--keyfile", help="its private key (PEM), if not in --certfile")
+    group.add_argument(
+        "--trusted-proxy",
+        action="append",
+        default=[],
+        metavar="ADDRESS",
+        help="a reverse proxy (address or CIDR range) whose X-Forwarded-For or Forwarded "
+        "header is believed for the per-address caps and the logs (repeatable)",
+    )
+    ops = parser.add_argument_group("metrics and health (/metrics, /healthz, /readyz)")
+    ops.add_argument(
+        "--metrics-port",
+        type=_port,
+        help="answer them on this port (plain HTTP) instead of the main one",
+    )
+    ops.add_argument(
+        "--metrics-token",
+        default=os.environ.get("MEGAPRESENCE_METRICS_TOKEN"),
+        help="a bearer token that may read /metrics from anywhere (or MEGAPRESENCE_METRICS_TOKEN)",
+    )
+    ops.add_argument(
+        "--metrics-allow",
+        action="append",
+        default=None,
+        metavar="ADDRESS",
+        help="addresses or CIDR ranges that may read /metrics without the token "
+        "(repeatable; default loopback only)",
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -239,6 +272,13 @@ def _parser() -> argparse.ArgumentParser:
         default=os.environ.get("MEGAPRESENCE_HUB_TOKEN"),
         help="bearer token for the hub (or MEGAPRESENCE_HUB_TOKEN)",
     )
+    hub_link.add_argument(
+        "--hub-cafile", help="wss:// hubs: trust this CA (PEM) instead of the system's"
+    )
+    hub_link.add_argument(
+        "--hub-certfile", help="wss:// hubs: present this client certificate (PEM)"
+    )
+    hub_link.add_argument("--hub-keyfile", help="its private key, if not in --hub-certfile")
     cluster = serve.add_argument_group("cluster (asyncio backend only)")
     cluster.add_argument(
         "--nats",
@@ -278,6 +318,10 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         help="an accepted bearer token (repeatable; or MEGAPRESENCE_HUB_TOKENS, comma-separated)",
+    )
+    hub.add_argument(
+        "--client-cafile",
+        help="with --certfile: require bridges to present a certificate signed by this CA",
     )
     hub.add_argument(
         "--heartbeat",
@@ -327,12 +371,59 @@ def _cannot_listen(exc: OSError, host: str, port: int) -> StartupError:
 
 
 async def _listen(
-    listen: Callable[..., Awaitable[int]], args: argparse.Namespace, **options: bool
+    listen: Callable[..., Awaitable[int]], args: argparse.Namespace, **options: object
 ) -> int:
     try:
         return await listen(args.host, args.port, **options)
     except OSError as exc:
         raise _cannot_listen(exc, args.host, args.port) from None
+
+
+def _tls(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The listener's TLS context from --certfile/--keyfile (misuse if they cannot load)."""
+    if args.certfile is None:
+        if args.keyfile is not None or getattr(args, "client_cafile", None) is not None:
+            raise LocalUsageError("--keyfile and --client-cafile need --certfile")
+        return None
+    context = server_context(args.certfile, args.keyfile)
+    cafile = getattr(args, "client_cafile", None)
+    if cafile is not None:
+        try:
+            context.load_verify_locations(cafile)
+        except (OSError, ssl.SSLError) as exc:
+            raise LocalUsageError(f"cannot load --client-cafile {cafile!r}: {exc}") from None
+        context.verify_mode = ssl.CERT_REQUIRED
+    return context
+
+
+def _metrics_access(args: argparse.Namespace) -> MetricsAccess:
+    if args.metrics_allow is None:
+        return MetricsAccess(token=args.metrics_token)
+    return MetricsAccess(token=args.metrics_token, allow=args.metrics_allow)
+
+
+async def _listen_all(
+    listen: Callable[..., Awaitable[int]],
+    listen_metrics: Callable[..., Awaitable[int]],
+    args: argparse.Namespace,
+    context: ssl.SSLContext | None,
+    **options: object,
+) -> tuple[str, str]:
+    """Open the main port (and the metrics port): (the main URL's scheme and address,
+    the metrics URL)."""
+    port = await _listen(listen, args, ssl_context=context, **options)
+    where = f"[{args.host}]" if ":" in args.host else args.host
+    metrics = f"{where}:{port}"
+    if args.metrics_port is not None:
+        try:
+            metrics_port = await listen_metrics(args.host, args.metrics_port)
+        except OSError as exc:
+            raise _cannot_listen(exc, args.host, args.metrics_port) from None
+        metrics = f"{where}:{metrics_port}"
+    return (
+        f"{where}:{port}",
+        f"{'https' if context and args.metrics_port is None else 'http'}://{metrics}/metrics",
+    )
 
 
 class _Backends(NamedTuple):
@@ -379,9 +470,17 @@ def _serve_backends(args: argparse.Namespace, instance_id: str, epoch: int) -> _
 async def _start_serve(args: argparse.Namespace, instance_id: str, stack: AsyncExitStack) -> str:
     with _config_errors():
         hub_config = None
+        hub_tls = None
         if args.hub:
             if not args.hub_token:
                 raise LocalUsageError("serve --hub needs --hub-token or MEGAPRESENCE_HUB_TOKEN")
+            hub_tls = None
+            if args.hub.startswith("wss:"):
+                hub_tls = client_context(args.hub_cafile, args.hub_certfile, args.hub_keyfile)
+            elif args.hub_cafile or args.hub_certfile or args.hub_keyfile:
+                raise LocalUsageError(
+                    "--hub-cafile, --hub-certfile and --hub-keyfile need a wss:// hub"
+                )
             hub_config = HubLinkConfig(
                 bridge_id=args.bridge_id or f"{args.host}:{args.port}",
                 instance_id=uuid.uuid4().hex,  # new at every boot: the hub's incarnation check
@@ -400,14 +499,19 @@ async def _start_serve(args: argparse.Namespace, instance_id: str, stack: AsyncE
             presence=PresenceConfig(
                 hub_link=hub_config, cluster=backends.cluster_config, store=backends.roster_config
             ),
-            limits=SocketLimits(allowed_origins=args.allowed_origin),
+            limits=SocketLimits(
+                allowed_origins=args.allowed_origin, trusted_proxies=args.trusted_proxy
+            ),
             hub_url=args.hub,
             hub_token=args.hub_token,
             cluster=backends.cluster,
             roster=backends.roster,
             pages=app.pages,
+            hub_ssl_context=hub_tls,
+            metrics_access=_metrics_access(args),
         )
         app.server = server
+        context = _tls(args)
     try:
         with _config_errors():  # a backend that cannot run on this event loop
             await stack.enter_async_context(server)  # connects to NATS and Redis first
@@ -416,13 +520,15 @@ async def _start_serve(args: argparse.Namespace, instance_id: str, stack: AsyncE
             if isinstance(exc, kind):
                 raise StartupError(code, str(exc)) from None
         raise
-    port = await _listen(server.listen, args, reuse_port=args.reuse_port)
-    url = f"http://{args.host}:{port}/"
+    address, metrics = await _listen_all(
+        server.listen, server.listen_metrics, args, context, reuse_port=args.reuse_port
+    )
+    url = f"{'https' if context else 'http'}://{address}/"
     log_event(
         logger,
         LogLevel.INFO,
         "server.listening",
-        {"url": url, "backend": args.backend, "version": __version__},
+        {"url": url, "metrics": metrics, "backend": args.backend, "version": __version__},
     )
     return f"megapresence serving on {url}"
 
@@ -434,14 +540,26 @@ async def _start_hub(args: argparse.Namespace, hub_id: str, stack: AsyncExitStac
         if not tokens:
             raise LocalUsageError("hub needs at least one --token or MEGAPRESENCE_HUB_TOKENS")
         config = HubConfig(hub_id=hub_id, tokens=tokens, heartbeat_interval=args.heartbeat)
-    hub = await stack.enter_async_context(HubServer(config))
-    port = await _listen(hub.listen, args)
-    url = f"ws://{args.host}:{port}/"
+        context = _tls(args)
+        server = HubServer(
+            config,
+            limits=attrs.evolve(DEFAULT_HUB_LIMITS, trusted_proxies=args.trusted_proxy),
+            metrics_access=_metrics_access(args),
+        )
+    hub = await stack.enter_async_context(server)
+    address, metrics = await _listen_all(hub.listen, hub.listen_metrics, args, context)
+    url = f"{'wss' if context else 'ws'}://{address}/"
     log_event(
         logger,
         LogLevel.INFO,
         "hub.listening",
-        {"url": url, "hub_id": hub_id, "backend": args.backend, "version": __version__},
+        {
+            "url": url,
+            "metrics": metrics,
+            "hub_id": hub_id,
+            "backend": args.backend,
+            "version": __version__,
+        },
     )
     return f"megapresence hub on {url} (hub id {hub_id})"
 

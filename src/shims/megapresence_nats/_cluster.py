@@ -56,6 +56,13 @@ class NatsCluster:
         self._failing = False
         self._closing = False
         self._last_error: BaseException | None = None
+        #: Errors met since start (nats-py's error callbacks, failed publishes): a metric.
+        self.errors = 0
+
+    @property
+    def queued(self) -> int:
+        """Messages waiting for the publisher task: a metric."""
+        return len(self._queue)
 
     @property
     def url(self) -> str:
@@ -105,6 +112,7 @@ class NatsCluster:
         try:
             await self._nc.publish(subject, data)
         except Exception as exc:
+            self.errors += 1
             if not self._failing:
                 self._failing = True
                 logger.warning("cluster publish failing (local delivery continues): %r", exc)
@@ -143,6 +151,7 @@ class NatsCluster:
         self._dispatch(ClusterMessageReceived(data=msg.data, now=self._now()))
 
     async def _on_error(self, error: Any) -> None:
+        self.errors += 1
         if self._last_error is None or type(error) is not type(self._last_error):
             logger.warning("NATS %s: %r", self.url, error)
         self._last_error = error

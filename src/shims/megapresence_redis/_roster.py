@@ -150,10 +150,22 @@ class RedisRoster:
         self._failing = False
         #: Removals given up on during this outage (past MAX_KEPT_REMOVALS).
         self._dropped_removals = 0
+        #: Failed writes and reads since start: a metric.
+        self.errors = 0
 
     @property
     def url(self) -> str:
         return redact_url(self._url)
+
+    @property
+    def healthy(self) -> bool:
+        """False from a failed write until one succeeds again (``/readyz`` reads it)."""
+        return not self._failing
+
+    @property
+    def queued(self) -> int:
+        """Writes waiting for the writer task (kept removals included): a metric."""
+        return len(self._queue)
 
     def _base(self, channel: str) -> str:
         return f"megapresence:roster:{{{self._app}:{channel}}}"
@@ -272,6 +284,7 @@ class RedisRoster:
                     await pipe.execute()
                 applied = True
             except (RedisError, OSError) as exc:
+                self.errors += 1
                 if not self._failing:
                     self._failing = True
                     logger.warning(
@@ -326,6 +339,7 @@ class RedisRoster:
                     for channel in dict.fromkeys(channels):
                         tg.start_soon(one, channel)
         except (RedisError, OSError, TimeoutError, ExceptionGroup) as exc:
+            self.errors += 1
             raise RosterUnavailableError(
                 f"the roster at {self.url} is unavailable: {_describe(exc)}"
             ) from None
