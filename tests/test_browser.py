@@ -1,5 +1,8 @@
 """A real browser on the demo page: headless Chromium driven by selenium.
 
+The page is served by ``megapresence serve`` (asyncio and trio) and, mounted in a
+Starlette app, by uvicorn and Hypercorn (``asgi_apps.demo_app``).
+
 Needs Debian's ``chromium`` and ``chromium-driver`` (``.ci/run`` installs them).
 Outside CI, a machine without them skips these tests and says why; under CI
 they must run.
@@ -11,11 +14,13 @@ import json
 import os
 import shutil
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from websockets.sync.client import connect
 
+from .asgi_process import SERVERS, asgi_server
 from .process_helpers import Command
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -57,20 +62,31 @@ def browser() -> Iterator[webdriver.Chrome]:
         driver.quit()
 
 
-@pytest.mark.parametrize("backend", ["asyncio", "trio"])
-def test_the_page_shows_roster_messages_and_the_kick(
-    browser: webdriver.Chrome, tmp_path: Path, backend: str
-) -> None:
-    server = Command(
-        tmp_path, "serve", "--backend", backend, "serve", "--port", "0", "--admin", "root"
-    )
+@contextmanager
+def demo_server(how: str, tmp_path: Path) -> Iterator[int]:
+    """The demo on a port: ``megapresence serve`` on a backend, or mounted in an ASGI app."""
+    if how in SERVERS:
+        with asgi_server(how, "tests.asgi_apps:demo_app", tmp_path) as (port, _):
+            yield port
+        return
+    server = Command(tmp_path, "serve", "--backend", how, "serve", "--port", "0", "--admin", "root")
     try:
-        base = f"http://127.0.0.1:{server.port}"
+        yield server.port
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("how", ["asyncio", "trio", *SERVERS])
+def test_the_page_shows_roster_messages_and_the_kick(
+    browser: webdriver.Chrome, tmp_path: Path, how: str
+) -> None:
+    with demo_server(how, tmp_path) as port:
+        base = f"http://127.0.0.1:{port}"
         wait = WebDriverWait(browser, 10)
         browser.get(f"{base}/?user=ann&channels=lobby")
         wait.until(lambda d: "ann (you)" in d.find_element(By.ID, "roster").text)
 
-        with connect(f"ws://127.0.0.1:{server.port}/ws/chat?user=bob&channels=lobby") as bob:
+        with connect(f"ws://127.0.0.1:{port}/ws/chat?user=bob&channels=lobby") as bob:
             bob.send(
                 json.dumps(
                     {
@@ -84,7 +100,7 @@ def test_the_page_shows_roster_messages_and_the_kick(
             wait.until(lambda d: "bob: hello from bob" in d.find_element(By.ID, "log").text)
             wait.until(lambda d: "bob" in d.find_element(By.ID, "roster").text)
 
-        with connect(f"ws://127.0.0.1:{server.port}/ws/chat?user=root") as root:
+        with connect(f"ws://127.0.0.1:{port}/ws/chat?user=root") as root:
             root.send('{"op":"roster"}')
             while True:
                 message = json.loads(root.recv(5))
@@ -100,5 +116,3 @@ def test_the_page_shows_roster_messages_and_the_kick(
                 )
             )
             assert "closed: 1008 bye ann" in browser.find_element(By.ID, "log").text
-    finally:
-        server.stop()
