@@ -469,6 +469,7 @@ def _serve_backends(args: argparse.Namespace, instance_id: str, epoch: int) -> _
 
 async def _start_serve(args: argparse.Namespace, instance_id: str, stack: AsyncExitStack) -> str:
     with _config_errors():
+        context = _tls(args)  # before anything is logged: a bad file is a one-line failure
         hub_config = None
         hub_tls = None
         if args.hub:
@@ -511,7 +512,6 @@ async def _start_serve(args: argparse.Namespace, instance_id: str, stack: AsyncE
             metrics_access=_metrics_access(args),
         )
         app.server = server
-        context = _tls(args)
     try:
         with _config_errors():  # a backend that cannot run on this event loop
             await stack.enter_async_context(server)  # connects to NATS and Redis first
