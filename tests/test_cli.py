@@ -11,6 +11,8 @@ import signal
 import socket
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -152,6 +154,41 @@ def closed_port() -> str:
             ExitCode.CONFIG,
             "needs the asyncio backend",
         ),
+        (
+            ["serve", "--port", "0", "--metrics-allow", "everyone"],
+            ExitCode.CONFIG,
+            "MetricsAccess: allow: 'everyone' is not an address",
+        ),
+        (
+            ["serve", "--port", "0", "--trusted-proxy", "the-proxy"],
+            ExitCode.CONFIG,
+            "trusted_proxies: 'the-proxy' is not an address",
+        ),
+        (
+            ["serve", "--port", "0", "--hub", "ws://h:1/", "--hub-token", "t", "--hub-cafile", "c"],
+            ExitCode.CONFIG,
+            "need a wss:// hub",
+        ),
+        (
+            ["hub", "--port", "0", "--token", "t", "--client-cafile", "ca.pem"],
+            ExitCode.CONFIG,
+            "--keyfile and --client-cafile need --certfile",
+        ),
+        (
+            [
+                "serve",
+                "--port",
+                "0",
+                "--hub",
+                "wss://h:1/",
+                "--hub-token",
+                "t",
+                "--hub-cafile",
+                "/no/such/ca.pem",
+            ],
+            ExitCode.CONFIG,
+            "cannot load the CA file",
+        ),
         (["serve", "--host", "no_such_host!"], ExitCode.UNKNOWN_HOST, "--host does not resolve"),
         (["hub", "--host", "192.0.2.1", "--token", "t"], ExitCode.CANNOT_LISTEN, "192.0.2.1"),
         (
@@ -290,3 +327,34 @@ def test_a_startup_error_is_found_inside_exception_groups() -> None:
     nested = BaseExceptionGroup("outer", [KeyError("x"), ExceptionGroup("inner", [failure])])
     assert cli._startup_error(nested) is failure
     assert cli._startup_error(ExceptionGroup("other", [KeyError("x")])) is None
+
+
+def test_metrics_on_a_port_of_their_own_with_a_token(tmp_path: Path) -> None:
+    metrics_port = closed_port()
+    server = Command(
+        tmp_path,
+        "serve",
+        "serve",
+        "--port",
+        "0",
+        "--metrics-port",
+        str(metrics_port),
+        "--metrics-token",
+        "s3cret",
+        "--metrics-allow",
+        "192.0.2.0/24",
+    )
+    try:
+        base = f"http://127.0.0.1:{metrics_port}"
+        with urllib.request.urlopen(f"{base}/healthz", timeout=5) as response:
+            assert response.read() == b"ok\n"
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{base}/metrics", timeout=5)
+        assert refused.value.code == 403
+        request = urllib.request.Request(
+            f"{base}/metrics", headers={"Authorization": "Bearer s3cret"}
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:
+            assert b"megapresence_connections 0.0" in response.read()
+    finally:
+        assert server.stop() == 0
