@@ -11,7 +11,11 @@ only) times direct messages and broadcasts with an except list instead.
 Systems: megapresence-asyncio, megapresence-uvloop, megapresence-trio,
 websockets (its broadcast()), socketio (python-socketio emit to a room, aiohttp),
 bare-asyncio and bare-trio (wsproto handshakes, then one frame written to each
-socket in place: the ceiling a Python server can reach).
+socket in place: the ceiling a Python server can reach). For the deployment
+figures (``deploy_bench.py``): megapresence-asgi (the same server mounted as an
+ASGI app under uvicorn), megapresence-tls (its own listener with TLS: the
+queued writer over anyio's TLS stream) and megapresence-uncounted (the counters
+of ``/metrics`` switched off, to show what counting costs).
 """
 
 from __future__ import annotations
@@ -91,8 +95,18 @@ async def megapresence(args: argparse.Namespace, readline: Callable[[], Awaitabl
 
     prefix = '{"type":"m","ns":"' + PATH + '","payload":"'
     message = Message(type="m", payload=text_of_size(prefix, '"}'))
+    if args.system == "megapresence-uncounted":
+        from megapresence_anyio._stats import Stats
+
+        Stats.delivered = lambda self, targets, size: None  # type: ignore[method-assign]
     async with PresenceServer(login, paths=None, limits=limits) as server:
-        say("READY", await server.listen(port=0), rss_kib())
+        if args.system == "megapresence-asgi":
+            port = await asgi_listen(server)
+        elif args.system == "megapresence-tls":
+            port = await server.listen(port=0, ssl_context=tls_context())
+        else:
+            port = await server.listen(port=0)
+        say("READY", port, rss_kib())
         while len(server.clients) < args.clients:
             await anyio.sleep(0.01)
         if args.mode == "ops":
@@ -106,6 +120,38 @@ async def megapresence(args: argparse.Namespace, readline: Callable[[], Awaitabl
             await anyio.sleep(0)
 
         await measure(args, readline, broadcast_once)
+
+
+async def asgi_listen(server: Any) -> int:
+    """Serve ``server`` as an ASGI app under uvicorn, in this event loop; return the port."""
+    import anyio
+    import uvicorn
+
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    config = uvicorn.Config(
+        server.asgi(), lifespan="off", log_level="warning", backlog=4096, ws_max_queue=1024
+    )
+    runner = uvicorn.Server(config)
+    asyncio.get_running_loop().create_task(runner.serve(sockets=[sock]))
+    while not runner.started:
+        await anyio.sleep(0.01)
+    return int(sock.getsockname()[1])
+
+
+def tls_context() -> Any:
+    """A server context with a certificate made now (the client does not verify it)."""
+    import tempfile
+
+    import trustme
+
+    from megapresence_anyio import server_context
+
+    cert = trustme.CA().issue_cert("127.0.0.1")
+    path = tempfile.mkdtemp() + "/server.pem"
+    cert.private_key_and_cert_chain_pem.write_to_path(path)
+    return server_context(path)
 
 
 async def operations(server: Any, args: argparse.Namespace) -> None:

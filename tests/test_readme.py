@@ -2,16 +2,22 @@
 
 Each ```python block is executed as a module (not as ``__main__``, so its
 ``anyio.run(main)`` stays put) and then driven as a user would: the serving
-example with real clients on both backends, the cluster example against real
-NATS and Redis servers. Only the listening address is changed (to a free port).
+example with real clients on both backends, the mount example under uvicorn,
+the deploy example with certificates made here and a wss hub, the cluster
+example against real NATS and Redis servers. Only the listening addresses (to
+free ports) and the example's file names and URLs are changed.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import socket
+import ssl
+import urllib.request
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +32,9 @@ from .socket_helpers import Client, http_status, wait_for
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 SERVING = "Serving WebSockets (asyncio or trio)"
+MOUNT = "Mount in FastAPI/Starlette"
 CLUSTER = "A cluster of servers: NATS and Redis"
+DEPLOY = "Deploy"
 CORE = "Using the core"
 
 
@@ -53,7 +61,7 @@ def run_block(title: str, **overrides: object) -> dict[str, Any]:
 
 
 def test_every_python_block_of_the_readme_has_a_test() -> None:
-    assert set(python_blocks()) == {SERVING, CLUSTER, CORE}
+    assert set(python_blocks()) == {SERVING, MOUNT, CLUSTER, DEPLOY, CORE}
 
 
 @pytest.fixture
@@ -62,12 +70,21 @@ def started(monkeypatch: pytest.MonkeyPatch) -> list[PresenceServer]:
     servers: list[PresenceServer] = []
     listen = PresenceServer.listen
 
+    listen_metrics = PresenceServer.listen_metrics
+
     async def on_a_free_port(self: PresenceServer, *args: Any, **options: Any) -> int:
-        port = await listen(self, "127.0.0.1", 0)
+        options.pop("reuse_port", None)
+        port = await listen(self, "127.0.0.1", 0, **options)
         servers.append(self)
         return port
 
+    async def metrics_on_a_free_port(self: PresenceServer, *args: Any) -> int:
+        port = await listen_metrics(self, "127.0.0.1", 0)
+        self.metrics_port = port  # type: ignore[attr-defined]
+        return port
+
     monkeypatch.setattr(PresenceServer, "listen", on_a_free_port)
+    monkeypatch.setattr(PresenceServer, "listen_metrics", metrics_on_a_free_port)
     return servers
 
 
@@ -164,3 +181,82 @@ def test_the_core_example_delivers_to_the_joined_connection() -> None:
     action = example["action"]  # the loop's last action: the delivery to connection 17
     assert action.conns == (17,)
     assert json.loads(action.text)["payload"] == {"text": "hi"}
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # uvicorn runs on asyncio
+@pytest.mark.anyio
+async def test_the_mount_example_runs_under_uvicorn() -> None:
+    import uvicorn
+
+    example = run_block(MOUNT)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    runner = uvicorn.Server(uvicorn.Config(example["app"], log_level="warning"))
+    async with anyio.create_task_group() as group:
+        group.start_soon(partial(runner.serve, sockets=[sock]))
+        await wait_for(lambda: runner.started, timeout=15)
+        presence = example["presence"]
+        assert presence.running  # FastAPI(lifespan=presence.lifespan)
+        request = b"GET /ws/chat HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+        request += b"Connection: Upgrade\r\nSec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\n"
+        request += b"Sec-WebSocket-Version: 13\r\n\r\n"
+        assert (await http_status(port, request)).startswith(b"HTTP/1.1 401")
+        ann = await Client.connect(
+            f"ws://127.0.0.1:{port}/ws/chat", additional_headers={"Cookie": "sid=6f1c"}
+        )
+        await wait_for(lambda: [m.user_id for m in presence.roster("/ws/chat")] == ["ann"])
+
+        def post() -> bytes:
+            url = f"http://127.0.0.1:{port}/announce?text=hi"
+            with urllib.request.urlopen(urllib.request.Request(url, method="POST")) as answer:
+                return bytes(answer.read())
+
+        assert json.loads(await anyio.to_thread.run_sync(post)) == {"sent": "hi"}
+        assert (await recv_type(ann, "notice"))["payload"] == "hi"
+        healthz = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+        assert (await http_status(port, healthz)).startswith(b"HTTP/1.1 200")
+        await ann.close()
+        runner.should_exit = True
+    assert not presence.running
+
+
+@pytest.mark.anyio
+async def test_the_deploy_example_serves_tls_metrics_and_a_wss_hub_link(
+    started: list[PresenceServer],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import trustme
+
+    from megapresence_anyio import HubServer, server_context
+    from megapresence_core import HubConfig
+
+    ca = trustme.CA()
+    ca_file, cert_file = tmp_path / "ca.pem", tmp_path / "cert.pem"
+    ca.cert_pem.write_to_path(ca_file)
+    ca.issue_cert("127.0.0.1").private_key_and_cert_chain_pem.write_to_path(cert_file)
+    monkeypatch.setenv("HUB_TOKEN", "hub-token")
+    monkeypatch.setenv("METRICS_TOKEN", "metrics-token")
+    async with HubServer(HubConfig(hub_id="h", tokens=["hub-token"])) as hub:
+        hub_port = await hub.listen(ssl_context=server_context(str(cert_file)))
+        example = run_block(
+            DEPLOY,
+            CERTFILE=str(cert_file),
+            KEYFILE=None,
+            HUB_URL=f"wss://127.0.0.1:{hub_port}/",
+            HUB_CA=str(ca_file),
+        )
+        async with running(example["main"], started) as (server,):
+            await wait_for(lambda: server.readiness().ready, timeout=10)
+            assert "hub is registered" in capsys.readouterr().out
+            tls = ssl.create_default_context(cafile=str(ca_file))
+            ann = await Client.connect(f"wss://127.0.0.1:{server.port}/ws/x?user=ann", ssl=tls)
+            metrics = b"GET /metrics HTTP/1.1\r\nHost: x\r\n"
+            port = server.metrics_port  # type: ignore[attr-defined]
+            # Loopback may read metrics (the default list); the token works too.
+            assert (await http_status(port, metrics + b"\r\n")).startswith(b"HTTP/1.1 200")
+            with_token = metrics + b"Authorization: Bearer metrics-token\r\n\r\n"
+            assert (await http_status(port, with_token)).startswith(b"HTTP/1.1 200")
+            await ann.close()
