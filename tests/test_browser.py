@@ -22,6 +22,8 @@ from websockets.sync.client import connect
 
 from .asgi_process import SERVERS, asgi_server
 from .process_helpers import Command
+from .test_example_fastapi import log_in as example_log_in
+from .test_example_fastapi import socket as example_socket
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver")
@@ -116,3 +118,27 @@ def test_the_page_shows_roster_messages_and_the_kick(
                 )
             )
             assert "closed: 1008 bye ann" in browser.find_element(By.ID, "log").text
+
+
+def test_the_fastapi_example_logs_in_with_its_form_and_chats(
+    browser: webdriver.Chrome, tmp_path: Path
+) -> None:
+    with asgi_server("uvicorn", "examples.fastapi_chat:app", tmp_path) as (port, _):
+        wait = WebDriverWait(browser, 10)
+        browser.get(f"http://127.0.0.1:{port}/")  # no cookie yet: to the login form
+        wait.until(lambda d: d.current_url.endswith("/login"))
+        browser.find_element(By.NAME, "user").send_keys("ann")
+        browser.find_element(By.TAG_NAME, "button").click()
+        wait.until(lambda d: "ann (you)" in d.find_element(By.ID, "roster").text)
+        with example_socket(port, example_log_in(port, "bob", "lobby")) as bob:
+            wait.until(lambda d: "bob" in d.find_element(By.ID, "roster").text)
+            payload = {"from": "bob", "channel": "lobby", "text": "hello ann"}
+            bob.send(json.dumps({"op": "broadcast", "channel": "lobby", "payload": payload}))
+            wait.until(lambda d: "#lobby bob: hello ann" in d.find_element(By.ID, "log").text)
+            browser.find_element(By.ID, "text").send_keys("hi bob")
+            browser.find_element(By.CSS_SELECTOR, "#say button").click()
+            while True:
+                message = json.loads(bob.recv(5))
+                if message["type"] == "chat" and message["payload"]["from"] == "ann":
+                    break
+            assert message["payload"] == {"from": "ann", "channel": "lobby", "text": "hi bob"}
