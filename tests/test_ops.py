@@ -15,10 +15,20 @@ import pytest
 import megapresence_anyio._server as server_module
 from megapresence_anyio import HubServer, MetricsAccess, PresenceServer, SocketLimits
 from megapresence_anyio._transport import StreamTransport
-from megapresence_core import HubConfig, HubLinkConfig, PresenceConfig, Tick
+from megapresence_core import (
+    ClusterConfig,
+    HubConfig,
+    HubLinkConfig,
+    PresenceConfig,
+    StoreConfig,
+    Tick,
+)
 from megapresence_core.events import HubLost
+from megapresence_nats import NatsCluster
+from megapresence_redis import RedisRoster
 
 from .process_helpers import TOKEN
+from .servers import Server
 from .socket_helpers import Client, query_login, upgrade_answer, wait_for
 
 pytestmark = pytest.mark.anyio
@@ -290,3 +300,58 @@ async def test_a_listener_that_fails_makes_the_server_not_ready(
             assert "background task listener failed (not ready from now on)" in caplog.text
         status, body = await http_get(port, "/readyz")
         assert (status, json.loads(body)["checks"]["listener"]) == (503, "failed")
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # nats-py and redis-py need it
+async def test_readyz_follows_nats_and_redis_through_an_outage(
+    nats_server: Server, redis_server: Server
+) -> None:
+    seen: list[tuple[str, str]] = []
+    config = PresenceConfig(
+        cluster=ClusterConfig(app="ops", instance_id="i", epoch=1),
+        store=StoreConfig(ttl=2, refresh_interval=0.2),
+    )
+    server = PresenceServer(
+        query_login,
+        presence=config,
+        cluster=NatsCluster(f"nats://127.0.0.1:{nats_server.port}", reconnect_wait=0.1),
+        roster=RedisRoster(
+            f"redis://127.0.0.1:{redis_server.port}/0",
+            app="ops",
+            instance_id="i",
+            epoch=1,
+            timeout=0.5,
+        ),
+        on_link_state=lambda link, state: seen.append((link, state)),
+    )
+    async with server:
+        port = await server.listen()
+        ann = await Client.connect(f"ws://127.0.0.1:{port}/ws/chat?user=ann&channels=lobby")
+        await wait_for(lambda: server.readiness().ready)
+        assert server.readiness().checks == {
+            "server": "running",
+            "cluster": "connected",
+            "roster": "ok",
+        }
+        redis_server.kill()
+        nats_server.kill()
+        await wait_for(
+            lambda: ("roster", "failing") in seen and ("cluster", "disconnected") in seen
+        )
+        status, body = await http_get(port, "/readyz")
+        assert status == 503
+        assert json.loads(body)["checks"] | {"server": "running"} == {
+            "server": "running",
+            "cluster": "disconnected",
+            "roster": "failing",
+        }
+        metrics = samples((await http_get(port, "/metrics"))[1])
+        assert metrics["megapresence_roster_errors_total"] >= 1
+        assert metrics['megapresence_roster_link_state{state="failing"}'] == 1
+        assert metrics['megapresence_cluster_link_state{state="disconnected"}'] == 1
+        redis_server.start()
+        nats_server.start()
+        await wait_for(lambda: server.readiness().ready, timeout=15)
+        # on_link_state hears of Redis at the next tick (it has no event of its own).
+        await wait_for(lambda: dict(seen) == {"cluster": "connected", "roster": "ok"})
+        await ann.close()
