@@ -19,7 +19,7 @@ import statistics
 import time
 from pathlib import Path
 
-from run import Process
+from run import fanout_once
 
 HERE = Path(__file__).resolve().parent
 SYSTEMS = {
@@ -28,35 +28,6 @@ SYSTEMS = {
     "megapresence-asgi": "ASGI under uvicorn",
     "megapresence-tls": "listen with TLS",
 }
-
-
-def once(system: str, clients: int, messages: int) -> tuple[float, float]:
-    with Process(
-        "bench_server.py", system, "--clients", str(clients), "--messages", str(messages)
-    ) as server:
-        port, _ = server.expect("READY")
-        tls = ["--tls"] if system == "megapresence-tls" else []
-        with Process(
-            "bench_client.py",
-            "fanout",
-            "--port",
-            port,
-            "--clients",
-            str(clients),
-            "--messages",
-            str(messages),
-            *tls,
-        ) as client:
-            client.expect("CONNECTED")
-            server.expect("CONNECTED")
-            time.sleep(0.5)
-            server.send("GO")
-            (start,) = server.expect("START")
-            (done,) = client.expect("DONE")
-            server.send("STOP")
-            (cpu,) = server.expect("CPU")
-    deliveries = clients * messages
-    return deliveries / (float(done) - float(start)), float(cpu) / deliveries * 1e6
 
 
 def figure(values: list[float], digits: int) -> str:
@@ -76,7 +47,8 @@ def main() -> None:
     results: dict[str, list[tuple[float, float]]] = {system: [] for system in SYSTEMS}
     for _ in range(args.runs):  # interleaved, so a busy moment hits every system alike
         for system in SYSTEMS:
-            results[system].append(once(system, args.clients, messages))
+            run = fanout_once(system, args.clients, messages)
+            results[system].append((run["deliveries_per_s"], run["cpu_us_per_delivery"]))
     base = statistics.median(rate for rate, _ in results["megapresence-asyncio"])
     for system, label in SYSTEMS.items():
         rates = [rate for rate, _ in results[system]]

@@ -97,7 +97,7 @@ def fanout_once(system: str, clients: int, messages: int) -> dict[str, float]:
         "bench_server.py", system, "--clients", str(clients), "--messages", str(messages)
     ) as server:
         port, base_rss = server.expect("READY")
-        extra = ["--socketio"] if system == "socketio" else []
+        extra = {"socketio": ["--socketio"], "megapresence-tls": ["--tls"]}.get(system, [])
         with Process(
             "bench_client.py",
             "fanout",

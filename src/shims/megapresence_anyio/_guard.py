@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, Final, Generic, TypeVar, final
 
 import anyio
+import anyio.abc
 import attrs
 
 from megapresence_core import CloseCode, PresenceError
@@ -227,13 +228,32 @@ class Background:
     started as a service (one the server cannot do without) that ends on a fault is
     remembered in :attr:`failed`, and the server says it is not ready."""
 
-    __slots__ = ("_stats", "failed")
+    __slots__ = ("_group", "_stats", "failed")
 
-    def __init__(self, stats: Stats) -> None:
+    def __init__(self, stats: Stats, group: Callable[[], anyio.abc.TaskGroup]) -> None:
         self._stats = stats
+        self._group = group
         self.failed: set[str] = set()
 
-    async def run(
+    def spawn(self, function: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
+        """Start a background task in the server's task group, behind its boundary."""
+        self._group().start_soon(self._run, None, function, *args)
+
+    def service(
+        self, name: str, function: Callable[..., Coroutine[Any, Any, Any]], *args: Any
+    ) -> None:
+        """Start a task the server cannot do without: if a fault ends it, not ready."""
+        self._group().start_soon(self._run, name, function, *args)
+
+    def check(self, checks: dict[str, str], *, ticker_failing: bool) -> bool:
+        """Add the background tasks' words to a readiness report; True if all is well."""
+        if ticker_failing:
+            checks["ticker"] = "failing"
+        for service in sorted(self.failed):
+            checks[service] = "failed"
+        return not (ticker_failing or self.failed)
+
+    async def _run(
         self,
         service: str | None,
         function: Callable[..., Coroutine[Any, Any, Any]],

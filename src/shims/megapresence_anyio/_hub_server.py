@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import socket
 import ssl
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Any, final
 
 import anyio
@@ -80,7 +80,7 @@ class HubServer:
         self._bridge_limits = attrs.evolve(limits, max_message_bytes=config.max_frame_bytes)
         self._stats = Stats()
         self._admission = Admission(limits, self._stats)
-        self._background = Background(self._stats)
+        self._background = Background(self._stats, self._group)
         self._bridges: set[_BridgeSocket] = set()
         self._task_group: anyio.abc.TaskGroup | None = None
         self._ticker = Ticker(
@@ -107,7 +107,7 @@ class HubServer:
     async def __aenter__(self) -> HubServer:
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
-        self._start_service("ticker", self._ticker.run)
+        self._background.service("ticker", self._ticker.run)
         return self
 
     async def __aexit__(self, *exc_info: object) -> bool | None:
@@ -131,15 +131,6 @@ class HubServer:
         assert self._task_group is not None, "use HubServer inside 'async with'"
         return self._task_group
 
-    def _spawn(self, function: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
-        """A background task, behind a boundary of its own."""
-        self._group().start_soon(self._background.run, None, function, *args)
-
-    def _start_service(
-        self, name: str, function: Callable[..., Coroutine[Any, Any, Any]], *args: Any
-    ) -> None:
-        self._group().start_soon(self._background.run, name, function, *args)
-
     async def listen(
         self, host: str = "127.0.0.1", port: int = 0, *, ssl_context: ssl.SSLContext | None = None
     ) -> int:
@@ -151,19 +142,19 @@ class HubServer:
             if ssl_context is None
             else lambda conn, remote: self._on_accept_tls(ssl_context, conn, remote)
         )
-        self._start_service("listener", accept_forever, sock, on_accept)
+        self._background.service("listener", accept_forever, sock, on_accept)
         return self.port
 
     async def listen_metrics(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """``/metrics``, ``/healthz`` and ``/readyz`` on a port of their own (plain HTTP)."""
         sock = open_listener(host, port)
-        listener = OpsListener(self._ops, self._limits, self._spawn)
-        self._start_service("metrics listener", accept_forever, sock, listener.on_accept)
+        listener = OpsListener(self._ops, self._limits, self._background.spawn)
+        self._background.service("metrics listener", accept_forever, sock, listener.on_accept)
         return int(sock.getsockname()[1])
 
     def _on_accept(self, sock: socket.socket, remote: tuple[str, int] | None) -> None:
         transport = SocketTransport(
-            sock, spawn=self._spawn, max_buffer=self._limits.max_send_buffer
+            sock, spawn=self._background.spawn, max_buffer=self._limits.max_send_buffer
         )
         self._accepted(transport, remote)
 
@@ -172,7 +163,7 @@ class HubServer:
     ) -> None:
         stream = TlsServerStream(sock, context)
         transport = StreamTransport(
-            stream, spawn=self._spawn, max_buffer=self._limits.max_send_buffer
+            stream, spawn=self._background.spawn, max_buffer=self._limits.max_send_buffer
         )
         self._accepted(transport, remote)
 
@@ -297,13 +288,8 @@ class HubServer:
         running = self._task_group is not None and not self._draining
         checks = {"server": "running" if running else "stopped"}
         ready = running
-        if self._ticker.failing:
-            checks["ticker"] = "failing"
-            ready = False
-        for service in sorted(self._background.failed):
-            checks[service] = "failed"
-            ready = False
-        return Readiness(ready, checks)
+        tasks_well = self._background.check(checks, ticker_failing=self._ticker.failing)
+        return Readiness(ready and tasks_well, checks)
 
     def _metrics(self) -> list[Metric]:
         metrics = self._stats.metrics(

@@ -11,7 +11,7 @@ plain or TLS), as an anyio stream (:meth:`~PresenceServer.handle_stream`), or fr
 ASGI server (:meth:`~PresenceServer.asgi`, ``_asgi.py``). All three go through one
 path, ``_serve``: the same caps, checks, ``authenticate`` hook, core events and
 fault boundary; only how the request is read and how the upgrade is answered
-differ. Every background task has a boundary of its own (``_background``): a
+differ. Every background task has a boundary of its own (``Background``): a
 fault there is logged with its traceback and the process serves on, and
 ``/readyz`` says not ready when the task was one the server cannot do without.
 """
@@ -269,6 +269,7 @@ class PresenceServer:
         self._clients: set[Client] = set()
         self._stats = Stats()
         self._admission = Admission(limits, self._stats)
+        self._background = Background(self._stats, self._group)
         self._task_group: anyio.abc.TaskGroup | None = None
         #: On asyncio, the connections' tasks (see _spawn_connection); None on trio.
         self._connection_tasks: set[asyncio.Task[Any]] | None = None
@@ -277,7 +278,7 @@ class PresenceServer:
                 hub_url,
                 hub_token or "",
                 dispatch=self._dispatch_link,
-                spawn=self._spawn,
+                spawn=self._background.spawn,
                 limits=attrs.evolve(limits, max_message_bytes=config.limits.max_hub_frame_bytes),
                 ssl_context=hub_ssl_context,
             )
@@ -292,7 +293,6 @@ class PresenceServer:
         self._texts = FrameText()
         self._on_link_state = on_link_state
         self._links: dict[str, str] = {}
-        self._background = Background(self._stats)
         self._performers: dict[type[Any], Callable[[Any], None]] = {
             Deliver: self._deliver,
             CloseConnection: self._close_connection,
@@ -326,11 +326,11 @@ class PresenceServer:
             self._connection_tasks = set()
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
-        self._start_service("ticker", self._ticker.run)
+        self._background.service("ticker", self._ticker.run)
         if self._cluster is not None:
-            self._start_service("cluster", self._cluster.run)
+            self._background.service("cluster", self._cluster.run)
         if self._roster is not None:
-            self._start_service("roster", self._roster.run)
+            self._background.service("roster", self._roster.run)
         if self._hub is not None:
             self._dispatch_link(HubLinkStarted(now=anyio.current_time()))
         self._check_links()
@@ -388,16 +388,6 @@ class PresenceServer:
             raise LocalUsageError("PresenceServer: use it inside 'async with server:'")
         return self._task_group
 
-    def _spawn(self, function: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
-        """Start a background task behind a boundary of its own."""
-        self._group().start_soon(self._background.run, None, function, *args)
-
-    def _start_service(
-        self, name: str, function: Callable[..., Coroutine[Any, Any, Any]], *args: Any
-    ) -> None:
-        """Start a task the server cannot do without: if a fault ends it, not ready."""
-        self._group().start_soon(self._background.run, name, function, *args)
-
     def _spawn_connection(
         self, function: Callable[..., Coroutine[Any, Any, Any]], *args: Any
     ) -> None:
@@ -436,15 +426,15 @@ class PresenceServer:
             if ssl_context is None
             else lambda conn, remote: self._on_accept_tls(ssl_context, conn, remote)
         )
-        self._start_service("listener", accept_forever, sock, on_accept)
+        self._background.service("listener", accept_forever, sock, on_accept)
         return self.port
 
     async def listen_metrics(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """Answer ``/metrics``, ``/healthz`` and ``/readyz`` (nothing else) on a port of their
         own, in plain HTTP; return the bound port."""
         sock = open_listener(host, port)
-        listener = OpsListener(self._ops, self._limits, self._spawn)
-        self._start_service("metrics listener", accept_forever, sock, listener.on_accept)
+        listener = OpsListener(self._ops, self._limits, self._background.spawn)
+        self._background.service("metrics listener", accept_forever, sock, listener.on_accept)
         return int(sock.getsockname()[1])
 
     async def serve(
@@ -463,7 +453,7 @@ class PresenceServer:
 
     def _on_accept(self, sock: socket.socket, remote: tuple[str, int] | None) -> None:
         transport = SocketTransport(
-            sock, spawn=self._spawn, max_buffer=self._limits.max_send_buffer
+            sock, spawn=self._background.spawn, max_buffer=self._limits.max_send_buffer
         )
         guard: Guard[Transport] = Guard(transport, remote)
         self._spawn_connection(self._serve, guard, self._admission.begin(guard), self._handshake)
@@ -473,7 +463,7 @@ class PresenceServer:
     ) -> None:
         transport = StreamTransport(
             TlsServerStream(sock, context),
-            spawn=self._spawn,
+            spawn=self._background.spawn,
             max_buffer=self._limits.max_send_buffer,
         )
         guard: Guard[Transport] = Guard(transport, remote)
@@ -482,7 +472,7 @@ class PresenceServer:
     async def handle_stream(self, stream: anyio.abc.ByteStream) -> None:
         """Serve one connection accepted elsewhere (it is written through a queue)."""
         transport = StreamTransport(
-            stream, spawn=self._spawn, max_buffer=self._limits.max_send_buffer
+            stream, spawn=self._background.spawn, max_buffer=self._limits.max_send_buffer
         )
         guard: Guard[Transport] = Guard(transport, None)
         await self._serve(guard, self._admission.begin(guard), self._handshake)
@@ -813,13 +803,8 @@ class PresenceServer:
         for name, state in self.link_states().items():
             checks[name] = state
             ready = ready and state == wanted[name]
-        if self._ticker.failing:
-            checks["ticker"] = "failing"
-            ready = False
-        for service in sorted(self._background.failed):
-            checks[service] = "failed"
-            ready = False
-        return Readiness(ready, checks)
+        tasks_well = self._background.check(checks, ticker_failing=self._ticker.failing)
+        return Readiness(ready and tasks_well, checks)
 
     def _metrics(self) -> list[Metric]:
         clients = list(self._clients)

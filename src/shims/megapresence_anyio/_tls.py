@@ -27,15 +27,19 @@ from megapresence_core import LocalUsageError
 __all__ = ["TlsServerStream", "client_context", "server_context"]
 
 
-def server_context(certfile: str, keyfile: str | None = None) -> ssl.SSLContext:
-    """A server context with a certificate chain (misuse if it cannot be loaded)."""
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+def _load_chain(context: ssl.SSLContext, what: str, certfile: str, keyfile: str | None) -> None:
     try:
         context.load_cert_chain(certfile, keyfile)
     except (OSError, ssl.SSLError) as exc:
         raise LocalUsageError(
-            f"cannot load the TLS certificate {certfile!r} (key {keyfile!r}): {exc}"
+            f"cannot load the {what} {certfile!r} (key {keyfile!r}): {exc}"
         ) from None
+
+
+def server_context(certfile: str, keyfile: str | None = None) -> ssl.SSLContext:
+    """A server context with a certificate chain (misuse if it cannot be loaded)."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    _load_chain(context, "TLS certificate", certfile, keyfile)
     return context
 
 
@@ -49,12 +53,7 @@ def client_context(
     except (OSError, ssl.SSLError) as exc:
         raise LocalUsageError(f"cannot load the CA file {cafile!r}: {exc}") from None
     if certfile is not None:
-        try:
-            context.load_cert_chain(certfile, keyfile)
-        except (OSError, ssl.SSLError) as exc:
-            raise LocalUsageError(
-                f"cannot load the client certificate {certfile!r} (key {keyfile!r}): {exc}"
-            ) from None
+        _load_chain(context, "client certificate", certfile, keyfile)
     elif keyfile is not None:
         raise LocalUsageError("a client key needs its certificate (certfile) too")
     return context
