@@ -351,6 +351,7 @@ def test_metrics_on_a_port_of_their_own_with_a_token(tmp_path: Path) -> None:
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(f"{base}/metrics", timeout=5)
         assert refused.value.code == 403
+        refused.value.close()  # it holds the response's socket
         request = urllib.request.Request(
             f"{base}/metrics", headers={"Authorization": "Bearer s3cret"}
         )

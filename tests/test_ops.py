@@ -355,3 +355,35 @@ async def test_readyz_follows_nats_and_redis_through_an_outage(
         # on_link_state hears of Redis at the next tick (it has no event of its own).
         await wait_for(lambda: dict(seen) == {"cluster": "connected", "roster": "ok"})
         await ann.close()
+
+
+async def test_the_hub_answers_metrics_and_readyz_for_its_bridges(anyio_backend: str) -> None:
+    async with HubServer(HubConfig(hub_id="h", tokens=[TOKEN])) as hub:
+        hub_port = await hub.listen()
+
+        def bridge(name: str) -> PresenceServer:
+            config = PresenceConfig(
+                hub_link=HubLinkConfig(bridge_id=name, instance_id=name, channels=["lobby"])
+            )
+            return PresenceServer(
+                query_login, presence=config, hub_url=f"ws://127.0.0.1:{hub_port}/", hub_token=TOKEN
+            )
+
+        async with bridge("a") as a, bridge("b") as b:
+            b_port = await b.listen()
+            bob = await Client.connect(f"ws://127.0.0.1:{b_port}/ws/chat?user=bob&channels=lobby")
+            await wait_for(lambda: a.readiness().ready and b.readiness().ready)
+            await wait_for(lambda: len(hub.hub.members()) == 3)  # two bridge subscribers, bob
+            a.broadcast("/ws/chat", "lobby", {"type": "across"})
+            assert json.loads(await bob.recv())["type"] == "across"
+            metrics = samples((await http_get(hub_port, "/metrics"))[1])
+            assert metrics["megapresence_hub_bridges"] == 2
+            assert metrics["megapresence_hub_sessions"] == 3
+            assert metrics["megapresence_connections"] == 2
+            assert metrics["megapresence_deliveries_total"] >= 1  # the BROADCAST routed to b
+            status, body = await http_get(hub_port, "/readyz")
+            assert (status, json.loads(body)["ready"]) == (200, True)
+            await bob.close()
+        await hub.drain()
+        status, body = await http_get(hub_port, "/readyz")
+        assert (status, json.loads(body)["checks"]["server"]) == (503, "stopped")

@@ -111,6 +111,7 @@ class PresenceMachine(RuleBasedStateMachine):
         if prior is not None:
             del self.identity[prior]
             self.detached.add(prior)
+            del self.sessions[session]  # mapped again now: last in the join order, as the core
         expected_closes = (
             [(prior, "session taken over by a new connection")]
             if prior is not None and self.policy is DuplicateSessionPolicy.CLOSE_PRIOR

@@ -12,6 +12,7 @@ import anyio
 import trio
 import trio.testing
 
+from megapresence_anyio._stats import Stats
 from megapresence_anyio._ticker import Ticker
 
 
@@ -29,7 +30,7 @@ def test_the_ticker_ticks_at_the_deadline_and_wakes_early_when_it_moves_earlier(
             ticks.append(now - start)
             deadline[0] = None  # the core's timer fired; nothing else is due
 
-        ticker = Ticker(lambda: deadline[0], on_tick, period=1000.0)
+        ticker = Ticker(lambda: deadline[0], on_tick, period=1000.0, stats=Stats())
         async with anyio.create_task_group() as group:
             group.start_soon(ticker.run)
             await anyio.sleep(10)
@@ -58,11 +59,36 @@ def test_a_deadline_already_due_ticks_at_once_and_only_once() -> None:
             ticks.append(now - start)
             deadline[0] = now + 50.0
 
-        ticker = Ticker(lambda: deadline[0], on_tick, period=1000.0)
+        ticker = Ticker(lambda: deadline[0], on_tick, period=1000.0, stats=Stats())
         async with anyio.create_task_group() as group:
             group.start_soon(ticker.run)
             await anyio.sleep(120)
             group.cancel_scope.cancel()
         assert ticks == [0.0, 50.0, 100.0]
+
+    run(main)
+
+
+def test_a_failing_tick_is_counted_and_the_ticker_goes_on() -> None:
+    async def main() -> None:
+        start = anyio.current_time()
+        ticks: list[float] = []
+
+        def on_tick(now: float) -> None:
+            ticks.append(now - start)
+            if len(ticks) <= 2:
+                raise RuntimeError("injected fault")
+
+        stats = Stats()
+        ticker = Ticker(lambda: None, on_tick, period=10.0, stats=stats)
+        async with anyio.create_task_group() as group:
+            group.start_soon(ticker.run)
+            await anyio.sleep(25)
+            assert ticker.failing  # the last tick failed
+            await anyio.sleep(10)
+            assert not ticker.failing  # and this one passed
+            group.cancel_scope.cancel()
+        assert ticks == [10.0, 20.0, 30.0]
+        assert stats.faults == {"ticker": 2}
 
     run(main)
