@@ -52,12 +52,15 @@ def presence_events(count: int, seed: int = 1) -> list[Event]:
                     user_id=f"u{next_conn % 97}",
                     session_id=f"s{next_conn}",
                     channels=("lobby",),
+                    now=0.0,
                 )
             )
             open_conns.append(next_conn)
             next_conn += 1
         elif roll < 0.55 and len(open_conns) > 500:
-            events.append(ConnectionClosed(conn=open_conns.pop(rng.randrange(len(open_conns)))))
+            events.append(
+                ConnectionClosed(conn=open_conns.pop(rng.randrange(len(open_conns))), now=0.0)
+            )
         elif roll < 0.8:
             events.append(
                 BroadcastRequested(

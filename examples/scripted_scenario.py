@@ -52,10 +52,16 @@ def scenario() -> list[tuple[str, Event]]:
                 session_id="s-ann",
                 channels=["lobby"],
                 metadata={"status": "online"},
+                now=0.0,
             ),
         ),
         ("bob opens and joins", ConnectionOpened(conn="bob-1", ns="/ws/chat")),
-        ("", SessionJoined(conn="bob-1", user_id="bob", session_id="s-bob", channels=["lobby"])),
+        (
+            "",
+            SessionJoined(
+                conn="bob-1", user_id="bob", session_id="s-bob", channels=["lobby"], now=0.0
+            ),
+        ),
         ("an anonymous viewer opens", ConnectionOpened(conn="viewer", ns="/ws/chat")),
         ("the hub link starts", HubLinkStarted(now=0.0)),
         ("its transport opens", HubConnected(now=0.1)),
@@ -70,12 +76,20 @@ def scenario() -> list[tuple[str, Event]]:
             ),
         ),
         ("a direct message to bob", DirectRequested(user_id="bob", message={"type": "ping"})),
-        ("ann goes away", MetadataUpdated(session_id="s-ann", metadata={"status": "away"})),
+        (
+            "ann goes away",
+            MetadataUpdated(session_id="s-ann", metadata={"status": "away"}, now=0.0),
+        ),
         ("ann's session joins again elsewhere", ConnectionOpened(conn="ann-2", ns="/ws/chat")),
-        ("", SessionJoined(conn="ann-2", user_id="ann", session_id="s-ann", channels=["lobby"])),
-        ("the old tab closes (no LEAVE)", ConnectionClosed(conn="ann-1")),
+        (
+            "",
+            SessionJoined(
+                conn="ann-2", user_id="ann", session_id="s-ann", channels=["lobby"], now=0.0
+            ),
+        ),
+        ("the old tab closes (no LEAVE)", ConnectionClosed(conn="ann-1", now=0.0)),
         ("the hub kicks bob", HubFrameReceived(data=kick, now=1.0)),
-        ("bob's socket closes", ConnectionClosed(conn="bob-1")),
+        ("bob's socket closes", ConnectionClosed(conn="bob-1", now=0.0)),
         ("time passes", Tick(now=15.2)),
         ("the server stops", ShutdownRequested()),
     ]

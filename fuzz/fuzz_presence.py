@@ -139,10 +139,11 @@ def read_events(reader: ByteReader) -> list[Event]:
                     session_id=reader.pick(SESSIONS),
                     channels=channels,
                     metadata=metadata,
+                    now=0.0,
                 )
             )
         elif op == 2:
-            events.append(ConnectionClosed(conn=conn))
+            events.append(ConnectionClosed(conn=conn, now=0.0))
         elif op == 3:
             events.append(
                 BroadcastRequested(
@@ -156,7 +157,9 @@ def read_events(reader: ByteReader) -> list[Event]:
             events.append(DirectRequested(user_id=reader.pick(USERS), message={"type": "d"}))
         elif op == 5:
             events.append(
-                MetadataUpdated(session_id=reader.pick(SESSIONS), metadata={"s": reader.below(9)})
+                MetadataUpdated(
+                    session_id=reader.pick(SESSIONS), metadata={"s": reader.below(9)}, now=0.0
+                )
             )
         elif op == 6:
             events.append(

@@ -163,7 +163,7 @@ def test_codes_and_levels_print_by_name() -> None:
 
 
 def test_session_joined_dedups_channels_in_first_seen_order() -> None:
-    event = SessionJoined(conn=1, user_id="u", session_id="s", channels=["b", "a", "b"])
+    event = SessionJoined(conn=1, user_id="u", session_id="s", channels=["b", "a", "b"], now=0.0)
     assert event.channels == ("b", "a")
 
 
@@ -195,9 +195,9 @@ def test_values_from_the_embedder_must_be_finite_json(value: object) -> None:
     with pytest.raises(LocalUsageError, match="JSON-serializable text with finite numbers"):
         Message(type="t", payload=value)  # type: ignore[arg-type]
     with pytest.raises(LocalUsageError, match="finite numbers"):
-        SessionJoined(conn=1, user_id="u", session_id="s", metadata={"x": value})
+        SessionJoined(conn=1, user_id="u", session_id="s", metadata={"x": value}, now=0.0)
     with pytest.raises(LocalUsageError, match="finite numbers"):
-        MetadataUpdated(session_id="s", metadata={"x": value})
+        MetadataUpdated(session_id="s", metadata={"x": value}, now=0.0)
 
 
 @pytest.mark.parametrize("value", [-0.0, 1e308, 5e-324, pytest.param(10**4000, id="4001-digits")])

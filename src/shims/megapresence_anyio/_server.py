@@ -46,6 +46,7 @@ from megapresence_core.actions import (
     CloseHubLink,
     ClusterPublish,
     ConnectHub,
+    RequestRefused,
     SendHubFrame,
     StoreDelete,
     StoreEntry,
@@ -246,6 +247,7 @@ class PresenceServer:
         self._ticker = Ticker(self._presence.next_deadline, self._on_tick, period)
         self._performers: dict[type[Any], Callable[[Any], None]] = {
             Deliver: self._deliver,
+            RequestRefused: self._refused,
             CloseConnection: self._close_connection,
             ConnectHub: self._connect_hub,
             SendHubFrame: self._send_hub_frame,
@@ -398,7 +400,7 @@ class PresenceServer:
             self._sockets -= 1
             if client is not None:
                 self._clients.discard(client)
-                self.dispatch(ConnectionClosed(conn=client))
+                self.dispatch(ConnectionClosed(conn=client, now=anyio.current_time()))
                 with anyio.CancelScope(shield=True):
                     await _hook(self._on_close, client)
             await transport.drain_and_close(self._limits.close_timeout)
@@ -465,6 +467,7 @@ class PresenceServer:
                         session_id=identity.session_id,
                         channels=identity.channels,
                         metadata=identity.metadata,
+                        now=anyio.current_time(),
                     )
                 )
             except LocalUsageError as exc:  # the core refused the identity: its hint says how
@@ -490,6 +493,9 @@ class PresenceServer:
         frame = text_frame(action.text.encode("utf-8"))
         for client in action.conns:
             client.session.send_frame(frame)  # type: ignore[attr-defined]
+
+    def _refused(self, action: RequestRefused) -> None:
+        action.conn.send(action.text)  # type: ignore[attr-defined]
 
     def _close_connection(self, action: CloseConnection) -> None:
         action.conn.session.close(action.code, action.reason)  # type: ignore[attr-defined]
@@ -543,7 +549,9 @@ class PresenceServer:
         self.dispatch(DirectRequested(user_id=user_id, message=message))
 
     def update_metadata(self, session_id: str, metadata: Mapping[str, Any]) -> None:
-        self.dispatch(MetadataUpdated(session_id=session_id, metadata=metadata))
+        self.dispatch(
+            MetadataUpdated(session_id=session_id, metadata=metadata, now=anyio.current_time())
+        )
 
     def kick(self, session_id: str, reason: str | None = None, *, requeue: bool = False) -> None:
         """Close a session wherever it is: 1008 (kick) or, with ``requeue``, 4503."""
