@@ -191,6 +191,18 @@ def test_duplicate_names_in_a_list_are_folded() -> None:
         (hub_frame("LEAVE"), "bad_frame", "sessionId", "LEAVE is missing sessionId"),
         (hub_frame("LEAVE", sessionId=""), "bad_frame", "sessionId", "must be a non-empty string"),
         (
+            hub_frame("MEMBERS", channel="c", part=0, parts=1, members={}),
+            "bad_frame",
+            "members",
+            "must be a list of members",
+        ),
+        (
+            hub_frame("PUBLISH", channel="c", message={"type": "t"}, **{"from": {"userId": "u"}}),
+            "bad_frame",
+            "from",
+            "must be a non-empty string",
+        ),
+        (
             hub_frame("JOIN", userId="u", sessionId="s", channels="c"),
             "bad_frame",
             "channels",

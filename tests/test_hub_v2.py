@@ -311,6 +311,36 @@ def test_interest_channels_are_tracked_without_a_member() -> None:
     assert presence.presence_stats("lobby") == (1, 1)  # still tracked: the interest holds
 
 
+def test_a_lingering_resync_never_takes_a_session_from_the_bridge_holding_it() -> None:
+    hub = new_hub()
+    register(hub, "A")
+    register(hub, "B")
+    join(hub, "B", "ann", "a1", "room")  # it came back on B while A's link was down
+    assert join(hub, "A", "ann", "a1", "room", lingering=True) == []
+    [held] = hub.members()
+    assert held.bridge_id == "B"
+    # A's other sessions resync as usual, and A learns from MEMBERS where a1 is.
+    actions = join(hub, "A", "bob", "b1", "room")
+    assert [m["sessionId"] for p in members_of(actions, "A") for m in p["members"]] == ["a1"]
+
+
+def test_a_bridge_s_view_tolerates_repeated_and_unknown_changes() -> None:
+    presence = tracked()
+    hub_says(presence, "SUBSCRIBE", sessionId="c1", userId="cid", channel="room")
+    assert hub_says(presence, "SUBSCRIBE", sessionId="c1", userId="cid", channel="room") == {}
+    assert hub_says(presence, "UNSUBSCRIBE", sessionId="nobody", channel="room") == {}
+    assert hub_says(presence, "UNSUBSCRIBE", sessionId="c1", channel="other") == {}
+    hub_says(
+        presence,
+        "MEMBERS",
+        channel="room",
+        part=1,
+        parts=2,
+        members=[{"sessionId": "c1", "userId": "cid"}],
+    )
+    assert presence.presence_stats("room") == (2, 2)
+
+
 @pytest.mark.parametrize("protocol", [1, 2])
 def test_the_hub_accepts_both_protocols(protocol: int) -> None:
     hub = new_hub()

@@ -687,7 +687,7 @@ def test_registration_says_the_interest_then_resyncs_every_session_with_latest_m
     assert [f["payload"] for f in sent_frames(actions) if f["type"] == "JOIN"] == [
         {"userId": "ann", "sessionId": "s1", "channels": ["lobby"], "metadata": {"v": 2}},
         {"userId": "bob", "sessionId": "s2", "channels": []},
-        {"userId": "cid", "sessionId": "s3", "channels": []},
+        {"userId": "cid", "sessionId": "s3", "channels": [], "lingering": True},
     ]
 
 

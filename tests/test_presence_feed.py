@@ -70,8 +70,9 @@ def test_changes_wait_for_the_window_then_go_out_as_one_diff() -> None:
     assert presence.next_deadline() is None
 
 
-def test_a_join_then_a_leave_in_one_window_cancel_out() -> None:
-    presence = feed()
+@pytest.mark.parametrize("mode", ["users", "sessions"])
+def test_a_join_then_a_leave_in_one_window_cancel_out(mode: str) -> None:
+    presence = feed(mode=mode)
     join(presence, 2, "bob", "b1", now=1.0)
     drive(presence, ConnectionClosed(conn=2, now=1.01))
     assert drive(presence, Tick(now=2)) == []  # nothing changed, as far as a watcher can tell

@@ -129,6 +129,7 @@ class PresenceMachine(RuleBasedStateMachine):
         )
         assert closes == expected_closes
         self.identity[conn] = (user, session)
+        self.sessions.pop(session, None)  # the resync sends sessions in the order they joined
         self.sessions[session] = conn
         self.channels[session] = channels
         self.metadata[session] = metadata

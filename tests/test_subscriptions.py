@@ -357,6 +357,22 @@ def test_a_publish_over_the_message_limit_is_refused_before_anything_happens() -
         )
 
 
+def test_a_publish_reaches_the_cluster_too() -> None:
+    presence = Presence(PresenceConfig(cluster=ClusterConfig(app="t", instance_id="me", epoch=1)))
+    drive(presence, ClusterConnected(now=0))
+    open_joined(presence, 1, "ann", "a1", channels=["lobby"])
+    actions = drive(
+        presence,
+        PublishRequested(channel="lobby", message={"type": "t"}, conn=1, except_session_ids=["x"]),
+    )
+    [published] = [json.loads(a.data) for a in actions if isinstance(a, ClusterPublish)]
+    assert (published["kind"], published["by"], published["except"]) == (
+        "publish",
+        {"userId": "ann", "sessionId": "a1"},
+        ["x"],
+    )
+
+
 def test_publishes_from_the_hub_and_the_cluster_are_delivered_here() -> None:
     cluster = ClusterConfig(app="t", instance_id="me", epoch=1)
     presence = hub_presence(cluster=cluster)

@@ -121,10 +121,6 @@ class HubLink:
         return self._lifecycle.state
 
     @property
-    def bridge_id(self) -> str:
-        return self._config.bridge_id
-
-    @property
     def channels(self) -> tuple[str, ...]:
         return self._config.channels
 
@@ -310,7 +306,6 @@ class NoHubLink:
     __slots__ = ()
 
     state: Final = None
-    bridge_id: Final = ""
     channels: Final[tuple[str, ...]] = ()
 
     def _misuse(self, what: str) -> LocalUsageError:

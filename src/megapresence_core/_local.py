@@ -218,10 +218,6 @@ class LocalIndexes:
         "linger": _linger,
     }
 
-    def joined(self) -> Iterator[ConnectionRecord]:
-        """Joined connections, in the order their sessions were mapped."""
-        return iter(self.by_session.values())
-
     def members(self) -> Iterator[ConnectionRecord]:
         """Every session of this process: joined, then lingering."""
         return chain(self.by_session.values(), self.lingering.values())

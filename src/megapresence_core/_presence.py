@@ -245,6 +245,9 @@ class Presence:
                 else:
                     refusals.append(refusal)
         local.join(record, event.user_id, event.session_id, subscriptions, event.metadata)
+        # If the session was another bridge's, the hub now moves it here and will not echo
+        # that to us: what it told us of the session is stale.
+        self._hub_members.remove(event.session_id)
         self._show(record, subscriptions)
         actions += refusals
         actions += self._hub_link.send(_join_frame(record))
@@ -737,8 +740,9 @@ class Presence:
         (Our interest travelled in REGISTER; the hub answers both with MEMBERS.)"""
         link = self._hub_link
         actions: list[Action] = []
+        lingering = self._local.lingering
         for record in self._local.members():
-            actions += link.send(_join_frame(record))
+            actions += link.send(_join_frame(record, lingering=record.session_id in lingering))
         return actions
 
     # --------------------------------------------------------------- queries
@@ -901,13 +905,14 @@ def _duplicate_log(
     return Log(level=LogLevel.WARNING, event=name, fields=fields)
 
 
-def _join_frame(record: ConnectionRecord) -> JoinFrame:
+def _join_frame(record: ConnectionRecord, *, lingering: bool = False) -> JoinFrame:
     member = record.member()
     return JoinFrame(
         user_id=member.user_id,
         session_id=member.session_id,
         channels=record.channels,
         metadata=record.metadata,
+        lingering=lingering,
     )
 
 

@@ -504,6 +504,10 @@ class Hub:
                 "session_taken",
                 f"session {frame.session_id[:40]!r} is held by another user",
             )
+        if frame.lingering and held is not None and held.bridge != record.bridge:
+            # A resync of a session that returned on another bridge meanwhile: the
+            # other bridge holds it now, and this one will hear so and drop its copy.
+            return []
         if self._owned(record, frame.session_id) is None and (
             sessions.session_count(record.bridge) >= config.max_sessions_per_bridge
         ):

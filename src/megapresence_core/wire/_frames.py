@@ -123,6 +123,9 @@ class JoinFrame:
     session_id: str
     channels: tuple[str, ...]
     metadata: JsonObject | None = attrs.field(default=None, hash=False)
+    #: Version 2, on a resync: the session's socket closed and the bridge holds it for
+    #: its leave grace; it never takes the session from a bridge that holds it now.
+    lingering: bool = False
 
 
 @final
@@ -328,6 +331,7 @@ register(
     _SESSION,
     Field("channels", "channels", check_names),
     Field("metadata", "metadata", check_object, None),
+    Field("lingering", "lingering", check_flag, False),
 )
 register(_H, "LEAVE", LeaveFrame, _SESSION)
 register(
