@@ -79,15 +79,15 @@ CORRUPTIONS: list[tuple[Callable[[Presence], object], str]] = [
     (lambda p: _roster(p).by_user.pop("ann"), "disagrees with its holders"),
     (lambda p: setattr(_roster(p), "local", 9), "disagrees with its holders"),
     # the hub's table
-    (lambda p: p._hub_members.users.__setitem__("cid", 2), "user index"),
+    (lambda p: p._hub_members.table.users.__setitem__("cid", 2), "user index"),
     (
-        lambda p: p._hub_members.sessions.__setitem__(
+        lambda p: p._hub_members.table.sessions.__setitem__(
             "zz", RemoteMember(ns="", member=ANN, channels=("room",))
         ),
         "is filed under",
     ),
     (
-        lambda p: p._hub_members.sessions.__setitem__(
+        lambda p: p._hub_members.table.sessions.__setitem__(
             "a1", RemoteMember(ns="", member=ANN, channels=())
         ),
         "is filed under",
@@ -119,7 +119,7 @@ def test_presence_check_notices(corrupt: Callable[[Presence], object], match: st
 
 def test_presence_check_notices_the_hub_s_members_of_an_untracked_channel() -> None:
     presence = live()
-    presence._hub_members.put(RemoteMember(ns="", member=ANN, channels=("elsewhere",)))
+    presence._hub_members.table.put(RemoteMember(ns="", member=ANN, channels=("elsewhere",)))
     with pytest.raises(AssertionError, match="untracked channels"):
         presence.check_invariants()
 

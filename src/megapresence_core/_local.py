@@ -218,6 +218,17 @@ class LocalIndexes:
         "linger": _linger,
     }
 
+    def targets(
+        self, conns: dict[Hashable, None] | None, except_session_ids: frozenset[str]
+    ) -> tuple[Hashable, ...]:
+        """``conns`` (an index's entry) without those holding one of ``except_session_ids``."""
+        if not conns:
+            return ()
+        if not except_session_ids:
+            return tuple(conns)
+        records = self.records
+        return tuple(conn for conn in conns if records[conn].session_id not in except_session_ids)
+
     def members(self) -> Iterator[ConnectionRecord]:
         """Every session of this process: joined, then lingering."""
         return chain(self.by_session.values(), self.lingering.values())

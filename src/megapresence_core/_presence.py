@@ -9,7 +9,10 @@ calls :meth:`Presence.handle`, which returns the actions to perform, in order.
   sessions linger in their leave grace, who is subscribed to what;
 - the channel rosters (``_rosters.Rosters``): every channel's members as this
   process knows them, cluster-wide, with O(1) counts; remote members arrive in
-  source tables (the hub's here, each instance's in the cluster link);
+  source tables (the hub's in ``_hub_members.HubMembers``, each instance's in
+  the cluster link);
+- the channels (``_channels.Channels``): subscribe, unsubscribe, sync, publish,
+  and the one way a local session's membership changes reach every part;
 - the presence feed (``_feed.PresenceFeed``): snapshots and coalesced diffs
   and counts for the watchers of each channel;
 - the hub link (``_hub_link.HubLink``), the cluster link
@@ -33,14 +36,11 @@ the network never raise: the links turn them into warnings. At the end of
 every event that carries ``now``, the feed starts the presence windows the
 event opened (or, with a window of 0, flushes them).
 
-A local session's changes reach every part through one set of helpers
-(``_joined``, ``_left``...): the rosters (source ``LOCAL``), the hub
-(JOIN, LEAVE, SUBSCRIBE...), the cluster (an ``add`` with the session's whole
-state) and the store (a put or delete per channel). A session whose socket
-closes lingers for ``leave_grace``: still listed, counted and announced as
-present; it leaves when the grace ends (timer ``GRACE``), or is restored if
-it joins again, here (the new connection takes it over) or elsewhere (the
-hub or the cluster tells us, and we drop our copy without a leave).
+A session whose socket closes lingers for ``leave_grace``: still listed,
+counted and announced as present; it leaves when the grace ends (timer
+``GRACE``), or is restored if it joins again, here (the new connection takes
+it over, subscriptions and all) or elsewhere (the hub or the cluster tells
+us, and we drop our copy without a leave).
 """
 
 from __future__ import annotations
@@ -48,13 +48,15 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any, Final, final
 
+from ._channels import Channels, Parts
 from ._cluster import ClusterLink, ClusterReceipt, NoCluster
 from ._feed import PresenceFeed
 from ._hub_link import HubLink, NoHubLink
+from ._hub_members import PRESENCE_FRAMES, HubMembers
 from ._local import ConnectionRecord, LocalIndexes, NoStore, SharedStore
-from ._rosters import HUB, LOCAL, SourceTable
-from ._values import Member, Message, PresenceMode, RemoteMember, Sender, StoreEntry
-from .actions import Action, CloseConnection, Deliver, Log, LogLevel, RequestRefused
+from ._rosters import LOCAL
+from ._values import Member, Message, PresenceMode, RemoteMember, StoreEntry
+from .actions import Action, CloseConnection, Deliver, Log, LogLevel
 from .config import DuplicateSessionPolicy, PresenceConfig
 from .errors import CloseCode, LocalUsageError, truncate_reason
 from .events import (
@@ -96,7 +98,6 @@ from .lifecycle import (
 )
 from .wire import (
     BroadcastFrame,
-    BulkLeaveFrame,
     ClusterBroadcast,
     ClusterChannelPublish,
     ClusterDirect,
@@ -107,19 +108,11 @@ from .wire import (
     HeartbeatFrame,
     HubFrame,
     JoinFrame,
-    LeaveFrame,
-    MembersFrame,
     MetadataFrame,
     PublishFrame,
-    Subscribed,
-    SubscribeFrame,
-    Unsubscribed,
-    UnsubscribeFrame,
     broadcast_text,
-    channel_text,
     direct_text,
     encode,
-    error_reply,
 )
 
 __all__ = ["Presence"]
@@ -143,30 +136,30 @@ class Presence:
         self._config = config = config if config is not None else PresenceConfig()
         self._limits = config.limits
         self._lifecycle: Machine[PresenceState, PresenceInput] = Machine(PRESENCE)
-        self._timers = Timers()
-        self._local = LocalIndexes(self._timers)
-        self._feed = PresenceFeed(self._timers, config.presence_window)
+        self._timers = timers = Timers()
+        self._local = LocalIndexes(timers)
+        self._feed = PresenceFeed(timers, config.presence_window)
         self._rosters = self._feed.rosters
-        self._hub_members = SourceTable(HUB, self._rosters, self._arrived, keep_channelless=False)
         self._on_timer: dict[Timer, _TimerHandler] = {
             Timer.GRACE: self._grace_over,
             Timer.FLUSH: self._feed.on_timer,
         }
         self._hub_link: HubLink | NoHubLink = NoHubLink()
         self._cluster: ClusterLink | NoCluster = NoCluster()
-        self._store: SharedStore | NoStore = NoStore()
+        store: SharedStore | NoStore = NoStore()
         if config.hub_link is not None:
             link = HubLink(
-                config.hub_link, self._timers, max_frame_bytes=self._limits.max_hub_frame_bytes
+                config.hub_link, timers, max_frame_bytes=self._limits.max_hub_frame_bytes
             )
             self._hub_link = link
             self._on_timer.update(dict.fromkeys(HUB_LINK.timer_kinds, link.on_timer))
-        #: Channels the hub routes to us without a member here.
-        self._interest = frozenset(self._hub_link.channels)
+        self._hub_members = HubMembers(
+            self._rosters, self._arrived, frozenset(self._hub_link.channels)
+        )
         if config.cluster is not None:
             cluster = ClusterLink(
                 config.cluster,
-                self._timers,
+                timers,
                 self._local_members,
                 self._user_of,
                 self._rosters,
@@ -175,9 +168,19 @@ class Presence:
             self._cluster = cluster
             self._on_timer.update(dict.fromkeys(CLUSTER_LINK.timer_kinds, cluster.on_timer))
         if config.store is not None:
-            store = SharedStore(config.store, self._timers, self.local_store_entries)
-            self._store = store
+            store = SharedStore(config.store, timers, self.local_store_entries)
             self._on_timer[Timer.STORE_REFRESH] = store.on_timer
+        #: What this module and ``_channels`` share (the store is swapped at shutdown).
+        self._parts = Parts(
+            local=self._local,
+            feed=self._feed,
+            hub_members=self._hub_members,
+            limits=self._limits,
+            hub_link=self._hub_link,
+            cluster=self._cluster,
+            store=store,
+        )
+        self._channels = Channels(self._parts)
 
     @property
     def config(self) -> PresenceConfig:
@@ -213,33 +216,39 @@ class Presence:
         limits.check_channels("SessionJoined", event.channels)
         limits.check_metadata("SessionJoined", event.metadata_bytes)
         actions: list[Action] = []
-        prior = local.session(event.session_id)
-        inherited: Iterable[str] = ()
-        if prior is not None:
-            # A session may move between connections of its own user only.
+        held = local.by_session.get(event.session_id)
+        lingering = local.lingering.get(event.session_id)
+        prior = held or lingering
+        if prior is not None and (held is not None or prior.user_id != event.user_id):
+            # One connection at a time holds a session, and only its own user's.
             foreign = prior.user_id != event.user_id
             policy = (
                 DuplicateSessionPolicy.REFUSE_NEW if foreign else self._config.duplicate_session
             )
-            if prior.state is not ConnectionState.LINGERING or foreign:
-                actions.append(_duplicate_log(event, prior, policy, foreign))
-            if policy is DuplicateSessionPolicy.REFUSE_NEW and (
-                foreign or prior.state is not ConnectionState.LINGERING
-            ):
+            actions.append(_duplicate_log(event, prior, policy, foreign))
+            if policy is DuplicateSessionPolicy.REFUSE_NEW:
                 reason = FOREIGN_REASON if foreign else DUPLICATE_REASON
                 actions.append(
                     CloseConnection(conn=event.conn, code=CloseCode.POLICY, reason=reason)
                 )
                 return actions
-            inherited = prior.channels
-            actions += self._hand_over(prior, policy)
+            if policy is DuplicateSessionPolicy.CLOSE_PRIOR:
+                actions.append(
+                    CloseConnection(conn=prior.conn, code=CloseCode.POLICY, reason=REPLACED_REASON)
+                )
+        inherited = prior.channels if prior is not None else ()
+        if held is not None:  # taken over: it stays open, without its session
+            self._channels.unwatch(held)
+            local.detach(held)
+        if lingering is not None:  # restored: no leave, no join
+            local.end(lingering, ConnectionInput.RETURN)
         # The session keeps its subscriptions (as present-only: this connection has
         # seen no snapshot) and gains the join's channels, unless one is refused.
         subscriptions = dict.fromkeys(inherited, _NONE)
         refusals: list[Action] = []
         for channel in event.channels:
             if channel not in subscriptions:
-                refusal = self._refusal(event.conn, channel, len(subscriptions))
+                refusal = self._channels.refusal(event.conn, channel, len(subscriptions))
                 if refusal is None:
                     subscriptions[channel] = _NONE
                 else:
@@ -247,64 +256,31 @@ class Presence:
         local.join(record, event.user_id, event.session_id, subscriptions, event.metadata)
         # If the session was another bridge's, the hub now moves it here and will not echo
         # that to us: what it told us of the session is stale.
-        self._hub_members.remove(event.session_id)
-        self._show(record, subscriptions)
+        self._hub_members.table.remove(event.session_id)
+        self._channels.show(record, subscriptions)
         actions += refusals
         actions += self._hub_link.send(_join_frame(record))
-        return actions + self._cluster.add(record.remote()) + self._store.put(record, subscriptions)
-
-    def _hand_over(self, prior: ConnectionRecord, policy: DuplicateSessionPolicy) -> list[Action]:
-        """``prior`` gives its session to a connection joining with it: a lingering session
-        is restored, an open one detached (and, by policy, closed)."""
-        if prior.state is ConnectionState.LINGERING:
-            self._local.end(prior, ConnectionInput.RETURN)
-            return []
-        self._unwatch(prior)
-        self._local.detach(prior)
-        if policy is DuplicateSessionPolicy.CLOSE_PRIOR:
-            return [CloseConnection(conn=prior.conn, code=CloseCode.POLICY, reason=REPLACED_REASON)]
-        return []
-
-    def _refusal(self, conn: Hashable, channel: str, held: int) -> RequestRefused | None:
-        """Why a session holding ``held`` channels may not subscribe to ``channel``, if so."""
-        limits = self._limits
-        if held >= limits.max_channels_per_session:
-            return _refused(
-                conn,
-                "too_many_channels",
-                f"the session is in {held} channels, the limit "
-                f"(max_channels_per_session {limits.max_channels_per_session})",
-                channel,
-            )
-        sessions, _ = self._rosters.counts(channel)
-        if sessions >= limits.max_members_per_channel:
-            return _refused(
-                conn,
-                "channel_full",
-                f"{channel!r} has {sessions} members, the limit "
-                f"(max_members_per_channel {limits.max_members_per_channel})",
-                channel,
-            )
-        return None
+        store = self._parts.store.put(record, subscriptions)
+        return actions + self._cluster.add(record.remote()) + store
 
     def _on_close(self, event: ConnectionClosed) -> list[Action]:
         record, effect = self._local.close(event.conn, event.now)
-        self._unwatch(record)
+        self._channels.unwatch(record)
         if effect == "leave":  # it was kicked: no grace
-            return self._left(record)
+            return self._channels.left(record)
         if effect != "linger":  # it held no session (or lost it, or the server shut down)
             return []
         grace = self._config.leave_grace
         if not grace:
             self._local.end(record, ConnectionInput.EXPIRE)
-            return self._left(record)
+            return self._channels.left(record)
         self._timers.arm(Timer.GRACE, event.now + grace, record)
         return []
 
     def _grace_over(self, kind: Timer, owner: Hashable, now: float) -> list[Action]:
         assert isinstance(owner, ConnectionRecord)
         self._local.end(owner, ConnectionInput.EXPIRE)
-        return self._left(owner)
+        return self._channels.left(owner)
 
     def _arrived(self, session_id: str) -> list[Action]:
         """Another process now holds ``session_id``: a lingering copy here is dropped, with
@@ -313,82 +289,9 @@ class Presence:
         if record is None:
             return []
         self._local.end(record, ConnectionInput.SUPERSEDE)
-        self._hide(record, record.channels)
-        return self._cluster.remove(session_id) + self._store.delete(session_id, record.channels)
-
-    def _on_subscribe(self, event: Subscribe) -> list[Action]:
-        channel, mode, conn = event.channel, event.mode, event.conn
-        record = self._local.get(conn, what="Subscribe")
-        self._limits.check_name("Subscribe", "channel", channel)
-        if record.session_id is None:
-            return [_refused(conn, "not_joined", "join a session to subscribe", channel)]
-        reply = Deliver(
-            conns=(conn,), text=encode(Subscribed(channel=channel, presence=mode.value))
-        )
-        old = record.subscriptions.get(channel)
-        if old is None:
-            refusal = self._refusal(conn, channel, len(record.subscriptions))
-            if refusal is not None:
-                return [refusal]
-        elif old is not _NONE:
-            self._feed.unwatch(conn, channel, old)
-        self._local.subscribe(record, channel, mode)
-        # The snapshot comes first: a new member then sees itself join, in the next diff.
-        snapshot = self._feed.watch(conn, channel, mode) if mode is not _NONE else []
-        if old is not None:
-            return [reply, *snapshot]
-        self._show(record, (channel,))
-        frame = SubscribeFrame(
-            session_id=record.session_id,
-            user_id=record.member().user_id,
-            channel=channel,
-            metadata=record.metadata,
-        )
-        return [
-            reply,
-            *snapshot,
-            *self._hub_link.send(frame),
-            *self._cluster.add(record.remote()),
-            *self._store.put(record, (channel,)),
-        ]
-
-    def _on_unsubscribe(self, event: Unsubscribe) -> list[Action]:
-        channel, conn = event.channel, event.conn
-        record = self._local.get(conn, what="Unsubscribe")
-        self._limits.check_name("Unsubscribe", "channel", channel)
-        session_id = record.session_id
-        if session_id is None:
-            return [_refused(conn, "not_joined", "join a session to unsubscribe", channel)]
-        actions: list[Action] = [Deliver(conns=(conn,), text=encode(Unsubscribed(channel=channel)))]
-        mode = record.subscriptions.get(channel)
-        if mode is None:
-            return actions  # idempotent: it is not subscribed, as asked
-        if mode is not _NONE:
-            self._feed.unwatch(conn, channel, mode)
-        self._local.unsubscribe(record, channel)
-        self._hide(record, (channel,))
-        frame = UnsubscribeFrame(session_id=session_id, channel=channel)
-        return (
-            actions
-            + self._hub_link.send(frame)
-            + self._cluster.add(record.remote())
-            + self._store.delete(session_id, (channel,))
-        )
-
-    def _on_sync(self, event: PresenceSync) -> list[Action]:
-        channel, conn = event.channel, event.conn
-        record = self._local.get(conn, what="PresenceSync")
-        self._limits.check_name("PresenceSync", "channel", channel)
-        if record.session_id is None:
-            return [_refused(conn, "not_joined", "join a session to sync", channel)]
-        mode = record.subscriptions.get(channel)
-        if mode is None:
-            return [_refused(conn, "not_subscribed", "subscribe to the channel first", channel)]
-        if mode is _NONE:
-            return [
-                _refused(conn, "not_watching", "the subscription has no presence mode", channel)
-            ]
-        return [self._feed.snapshot(conn, channel, mode)]
+        self._channels.hide(record, record.channels)
+        store = self._parts.store.delete(session_id, record.channels)
+        return self._cluster.remove(session_id) + store
 
     def _on_broadcast(self, event: BroadcastRequested) -> list[Action]:
         ns, channel, message, excepted = (
@@ -405,30 +308,6 @@ class Presence:
         hub_text = self._hub_link.broadcast(ns, channel, message, excepted)
         cluster_text = self._cluster.broadcast(ns, channel, message, excepted)
         actions = self._deliver_broadcast(ns, message, excepted)
-        return (
-            actions + self._hub_link.send_text(hub_text) + self._cluster.publish_text(cluster_text)
-        )
-
-    def _on_publish(self, event: PublishRequested) -> list[Action]:
-        channel, message, excepted = event.channel, event.message, event.except_session_ids
-        limits = self._limits
-        limits.check_name("PublishRequested", "channel", channel)
-        limits.check_message("PublishRequested", message)
-        author = event.sender
-        if event.conn is not None:
-            record = self._local.get(event.conn, what="PublishRequested")
-            if record.session_id is None:
-                return [_refused(event.conn, "not_joined", "join a session to publish", channel)]
-            if channel not in record.subscriptions:
-                return [
-                    _refused(
-                        event.conn, "not_subscribed", "subscribe to the channel first", channel
-                    )
-                ]
-            author = Sender(user_id=record.member().user_id, session_id=record.session_id)
-        hub_text = self._hub_link.publish(channel, message, excepted, author)
-        cluster_text = self._cluster.publish(channel, message, excepted, author)
-        actions = self._deliver_publish(channel, message, excepted, author)
         return (
             actions + self._hub_link.send_text(hub_text) + self._cluster.publish_text(cluster_text)
         )
@@ -462,12 +341,12 @@ class Presence:
                 )
             ]
         record.metadata = event.metadata
-        self._show(record, record.subscriptions)
+        self._channels.show(record, record.subscriptions)
         frame = MetadataFrame(session_id=event.session_id, metadata=event.metadata)
         return (
             self._hub_link.send(frame)
             + self._cluster.add(record.remote())
-            + self._store.put(record, record.subscriptions)
+            + self._parts.store.put(record, record.subscriptions)
         )
 
     def _on_kick(self, event: KickRequested) -> list[Action]:
@@ -545,7 +424,9 @@ class Presence:
             return self._deliver_broadcast(message.ns, message.message, excepted)
         if isinstance(message, ClusterChannelPublish):
             excepted = frozenset(message.except_session_ids)
-            return self._deliver_publish(message.channel, message.message, excepted, message.author)
+            return self._channels.deliver(
+                message.channel, message.message, excepted, message.author
+            )
         if isinstance(message, ClusterDirect):
             return self._deliver_direct(message.user_id, message.message)
         if isinstance(message, ClusterKick):
@@ -554,7 +435,7 @@ class Presence:
 
     def _on_tick(self, event: Tick) -> list[Action]:
         now = event.now
-        self._store.on_tick(now)
+        self._parts.store.on_tick(now)
         actions: list[Action] = []
         while (due := self._timers.pop_due(now)) is not None:
             kind, owner = due
@@ -565,59 +446,18 @@ class Presence:
         # The seed's order: hub link, cluster, store (while the indexes still say whose
         # members are ours), then the clients. Nobody watches any more, and what other
         # processes told us will not be kept up to date: the rosters empty.
-        actions = self._hub_link.shutdown() + self._cluster.shutdown() + self._store.shutdown()
-        self._store = NoStore()
+        parts = self._parts
+        actions = self._hub_link.shutdown() + self._cluster.shutdown() + parts.store.shutdown()
+        parts.store = NoStore()
         self._feed.shutdown()
         for record in list(self._local.members()):
-            self._hide(record, record.channels)
-        self._hub_members.clear()
+            self._channels.hide(record, record.channels)
+        self._hub_members.table.clear()
         actions += [
             CloseConnection(conn=record.conn, code=CloseCode.GOING_AWAY, reason=SHUTDOWN_REASON)
             for record in self._local.shut_down()
         ]
         return actions
-
-    # ----------------------------------------------- a local session's membership
-
-    def _show(self, record: ConnectionRecord, channels: Iterable[str]) -> None:
-        """``record``'s session, as it is now, is in ``channels`` (for the rosters)."""
-        member = record.member()
-        for channel in channels:
-            self._rosters.put(channel, LOCAL, member)
-
-    def _hide(self, record: ConnectionRecord, channels: Iterable[str]) -> None:
-        """``record``'s session is no longer in ``channels`` here. A channel with no local
-        member left and no interest is no longer routed to us by the hub: what the hub
-        told us of it would go stale, so it is forgotten."""
-        session_id = record.session_id
-        assert session_id is not None
-        rosters = self._rosters
-        for channel in channels:
-            rosters.remove(channel, LOCAL, session_id)
-            if not self._tracks(channel):
-                self._hub_members.drop_channel(channel)
-
-    def _tracks(self, channel: str) -> bool:
-        return channel in self._interest or self._rosters.tracked_locally(channel)
-
-    def _left(self, record: ConnectionRecord) -> list[Action]:
-        """``record``'s session has left for good: tell everyone."""
-        session_id = record.session_id
-        assert session_id is not None
-        channels = record.channels
-        self._hide(record, channels)
-        return (
-            self._hub_link.send(LeaveFrame(session_id=session_id))
-            + self._cluster.remove(session_id)
-            + self._store.delete(session_id, channels)
-        )
-
-    def _unwatch(self, record: ConnectionRecord) -> None:
-        """``record``'s connection watches nothing any more (it closed or lost its session)."""
-        for channel, mode in record.subscriptions.items():
-            if mode is not _NONE:
-                self._feed.unwatch(record.conn, channel, mode)
-                record.subscriptions[channel] = _NONE
 
     # --------------------------------------------------------- hub frames in
 
@@ -626,7 +466,7 @@ class Presence:
 
     def _hub_publish(self, frame: PublishFrame) -> list[Action]:
         excepted = frozenset(frame.except_session_ids)
-        return self._deliver_publish(frame.channel, frame.message, excepted, frame.author)
+        return self._channels.deliver(frame.channel, frame.message, excepted, frame.author)
 
     def _hub_direct(self, frame: DirectFrame) -> list[Action]:
         return self._deliver_direct(frame.user_id, frame.message)
@@ -643,54 +483,8 @@ class Presence:
             ]
         return here
 
-    # Other bridges' members, as the hub routes them: only the channels this bridge
-    # tracks (a local member or interest) are kept, since only those stay up to date.
-
-    def _hub_join(self, frame: JoinFrame) -> list[Action]:
-        member = Member(session_id=frame.session_id, user_id=frame.user_id, metadata=frame.metadata)
-        channels = tuple(channel for channel in frame.channels if self._tracks(channel))
-        return self._hub_members.put(RemoteMember(ns="", member=member, channels=channels))
-
-    def _hub_leave(self, frame: LeaveFrame) -> list[Action]:
-        self._hub_members.remove(frame.session_id)
-        return []
-
-    def _hub_bulk_leave(self, frame: BulkLeaveFrame) -> list[Action]:
-        for session_id in frame.session_ids:
-            self._hub_members.remove(session_id)
-        return []
-
-    def _hub_metadata(self, frame: MetadataFrame) -> list[Action]:
-        held = self._hub_members.sessions.get(frame.session_id)
-        if held is None:
-            return []
-        member = Member(
-            session_id=frame.session_id, user_id=held.member.user_id, metadata=frame.metadata
-        )
-        return self._hub_members.put(RemoteMember(ns="", member=member, channels=held.channels))
-
-    def _hub_subscribe(self, frame: SubscribeFrame) -> list[Action]:
-        if not self._tracks(frame.channel):
-            return []
-        member = Member(session_id=frame.session_id, user_id=frame.user_id, metadata=frame.metadata)
-        return self._hub_members.with_channel(frame.session_id, frame.channel, member=member)
-
-    def _hub_unsubscribe(self, frame: UnsubscribeFrame) -> list[Action]:
-        self._hub_members.without_channel(frame.session_id, frame.channel)
-        return []
-
-    def _hub_members_frame(self, frame: MembersFrame) -> list[Action]:
-        """The channel's members on other bridges, in parts: the first part replaces what we
-        held of the channel (maybe stale, from before a reconnect), the others add to it."""
-        channel, table = frame.channel, self._hub_members
-        if not self._tracks(channel):
-            return []
-        if frame.part == 0:
-            table.drop_channel(channel)
-        actions: list[Action] = []
-        for member in frame.members:
-            actions += table.with_channel(member.session_id, channel, member=member)
-        return actions
+    def _hub_presence(self, frame: HubFrame) -> list[Action]:
+        return self._hub_members.receive(frame)
 
     def _hub_ignored(self, frame: HubFrame) -> list[Action]:
         return []
@@ -700,34 +494,9 @@ class Presence:
     def _deliver_broadcast(
         self, ns: str, message: Message, except_session_ids: frozenset[str]
     ) -> list[Action]:
-        conns = self._local.by_ns.get(ns)
-        if not conns:
-            return []
-        targets = self._targets(conns, except_session_ids)
+        local = self._local
+        targets = local.targets(local.by_ns.get(ns), except_session_ids)
         return [Deliver(conns=targets, text=broadcast_text(ns, message))] if targets else []
-
-    def _deliver_publish(
-        self,
-        channel: str,
-        message: Message,
-        except_session_ids: frozenset[str],
-        author: Sender | None,
-    ) -> list[Action]:
-        conns = self._local.by_channel.get(channel)
-        if not conns:
-            return []
-        targets = self._targets(conns, except_session_ids)
-        return (
-            [Deliver(conns=targets, text=channel_text(channel, message, author))] if targets else []
-        )
-
-    def _targets(
-        self, conns: dict[Hashable, None], except_session_ids: frozenset[str]
-    ) -> tuple[Hashable, ...]:
-        if not except_session_ids:
-            return tuple(conns)
-        records = self._local.records
-        return tuple(conn for conn in conns if records[conn].session_id not in except_session_ids)
 
     def _deliver_direct(self, user_id: str, message: Message) -> list[Action]:
         conns = self._local.by_user.get(user_id)
@@ -800,7 +569,7 @@ class Presence:
         member of another instance of the cluster."""
         return (
             user_id in self._local.by_user
-            or self._hub_members.knows_user(user_id)
+            or self._hub_members.table.knows_user(user_id)
             or self._cluster.knows_user(user_id)
         )
 
@@ -863,15 +632,12 @@ class Presence:
             member = record.member()
             for channel in record.subscriptions:
                 expected.setdefault(channel, {}).setdefault(member.session_id, {})[LOCAL] = member
-        tables = [self._hub_members, *self._cluster.tables()]
-        for table in tables:
+        self._hub_members.check()
+        for table in (self._hub_members.table, *self._cluster.tables()):
             table.check()
             for channel, session_id, member in table.holdings():
                 expected.setdefault(channel, {}).setdefault(session_id, {})[table.source] = member
         self._rosters.check(expected)
-        untracked = {c for c, _, _ in self._hub_members.holdings() if not self._tracks(c)}
-        if untracked:
-            raise AssertionError(f"the hub's members of untracked channels {untracked} are kept")
         watchers: dict[str, dict[PresenceMode, set[Hashable]]] = {}
         for record in local.members():
             for channel, mode in record.subscriptions.items():
@@ -880,16 +646,6 @@ class Presence:
         self._feed.check(watchers)
         if set(self._timers.owners(Timer.GRACE)) != set(local.lingering.values()):
             raise AssertionError("the grace timers disagree with the lingering sessions")
-
-
-def _refused(conn: Hashable, code: str, message: str, channel: str | None) -> RequestRefused:
-    return RequestRefused(
-        conn=conn,
-        code=code,
-        message=message,
-        channel=channel,
-        text=error_reply(code, message, channel),
-    )
 
 
 def _duplicate_log(
@@ -923,11 +679,11 @@ _HANDLERS: Final[dict[type[Any], tuple[PresenceInput, Callable[[Presence, Any], 
     ConnectionOpened: (_E, Presence._on_open),
     SessionJoined: (_E, Presence._on_join),
     ConnectionClosed: (_W, Presence._on_close),
-    Subscribe: (_E, Presence._on_subscribe),
-    Unsubscribe: (_E, Presence._on_unsubscribe),
-    PresenceSync: (_E, Presence._on_sync),
+    Subscribe: (_E, lambda p, e: p._channels.subscribe(e)),
+    Unsubscribe: (_E, lambda p, e: p._channels.unsubscribe(e)),
+    PresenceSync: (_E, lambda p, e: p._channels.sync(e)),
     BroadcastRequested: (_E, Presence._on_broadcast),
-    PublishRequested: (_E, Presence._on_publish),
+    PublishRequested: (_E, lambda p, e: p._channels.publish(e)),
     DirectRequested: (_E, Presence._on_direct),
     MetadataUpdated: (_E, Presence._on_metadata),
     KickRequested: (_E, Presence._on_kick),
@@ -947,12 +703,6 @@ _HUB_FRAME_HANDLERS: Final[dict[type[Any], Callable[[Presence, Any], list[Action
     PublishFrame: Presence._hub_publish,
     DirectFrame: Presence._hub_direct,
     DisconnectFrame: Presence._hub_disconnect,
-    JoinFrame: Presence._hub_join,
-    LeaveFrame: Presence._hub_leave,
-    BulkLeaveFrame: Presence._hub_bulk_leave,
-    MetadataFrame: Presence._hub_metadata,
-    SubscribeFrame: Presence._hub_subscribe,
-    UnsubscribeFrame: Presence._hub_unsubscribe,
-    MembersFrame: Presence._hub_members_frame,
     HeartbeatFrame: Presence._hub_ignored,
+    **dict.fromkeys(PRESENCE_FRAMES, Presence._hub_presence),
 }
