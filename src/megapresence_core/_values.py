@@ -13,6 +13,7 @@ one peer can always be sent to another.
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import math
 import re
@@ -284,9 +285,10 @@ class RemoteMember:
     ns: str
     member: Member
     channels: tuple[str, ...] = ()
-    fingerprint: int = attrs.field(init=False, eq=False, repr=False)
 
-    def __attrs_post_init__(self) -> None:
+    @functools.cached_property
+    def fingerprint(self) -> int:
+        """Computed once, when a digest first needs it (a join without a cluster never does)."""
         member = self.member
         text = "\0".join(
             (
@@ -296,7 +298,7 @@ class RemoteMember:
                 dumps(member.metadata),
             )
         )
-        object.__setattr__(self, "fingerprint", zlib.crc32(text.encode("utf-8", "surrogatepass")))
+        return zlib.crc32(text.encode("utf-8", "surrogatepass"))
 
     def to_json(self) -> JsonObject:
         out: JsonObject = {"ns": self.ns, **self.member.to_json()}
