@@ -14,8 +14,9 @@ from typing import Any
 import attrs
 
 USERS = ("ann", "bob", "cid")
-#: Session ids, each always of the same user (a session never changes user).
-SESSIONS = {f"s{i}": USERS[i % len(USERS)] for i in range(6)}
+#: Session ids, each always of the same user (a session never changes user); each process
+#: starts with a watcher session ``w<home>`` of user ``eve``.
+SESSIONS = {f"s{i}": USERS[i % len(USERS)] for i in range(6)} | {f"w{h}": "eve" for h in "ABC"}
 CHANNELS = ("room", "dev")
 MODES = ("none", "users", "sessions", "count")
 

@@ -20,7 +20,7 @@ from collections.abc import Callable, Hashable
 from typing import Any
 
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, precondition, rule
+from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule
 
 from megapresence_core import (
     ConnectionOpened,
@@ -86,6 +86,19 @@ class LiveMachine(RuleBasedStateMachine):
         action()
 
     # ----------------------------------------------------------------- rules
+
+    @initialize()
+    def watch_everywhere(self) -> None:
+        """Each process starts with a watcher of both channels, in different views, so
+        that most changes anywhere are watched somewhere else."""
+        views = {"A": ("users", "sessions"), "B": ("sessions", "count"), "C": ("count", "users")}
+        for home, modes in views.items():
+            self.join(home, f"w{home}", set(), None)
+            conn = self.open_conns()[-1]
+            for channel, mode in zip(CHANNELS, modes, strict=True):
+                self.act(home, Subscribe(conn=conn, channel=channel, mode=mode, now=self.now))
+                self.model.sessions[f"w{home}"].channels.add(channel)
+                self.model.modes[conn][channel] = mode
 
     def open_conns(self) -> list[Hashable]:
         return sorted(c for c, (_, sid) in self.model.conns.items() if sid is not None)
