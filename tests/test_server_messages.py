@@ -112,6 +112,15 @@ def test_a_channel_message_carries_the_sender_stamped_by_the_server() -> None:
     }
 
 
+def test_presence_modes_have_short_reprs() -> None:
+    from megapresence_core import PresenceMode, Subscribe
+
+    assert repr(Subscribe(conn=1, channel="c", mode="users", now=0)) == (
+        "Subscribe(conn=1, channel='c', mode=PresenceMode.USERS, now=0)"
+    )
+    assert PresenceMode.coerce("x", PresenceMode.COUNT) is PresenceMode.COUNT
+
+
 def test_every_error_code_says_what_a_client_should_do() -> None:
     assert {"forbidden", "channel_full", "too_many_channels", "not_joined", "bad_command"} <= set(
         CLIENT_ERROR_CODES

@@ -323,6 +323,9 @@ class PresenceMode(enum.Enum):
 
     __hash__ = object.__hash__
 
+    def __repr__(self) -> str:
+        return f"PresenceMode.{self.name}"
+
     @classmethod
     def coerce(cls, owner: str, value: object) -> PresenceMode:
         """A ``PresenceMode`` or its wire name, else ``LocalUsageError`` naming ``owner``."""
