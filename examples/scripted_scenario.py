@@ -3,8 +3,10 @@
 Nothing here opens a socket: each line is an event fed to ``Presence.handle``,
 followed by the actions it returned. It shows the rules in order: clients
 connecting and joining, a hub link registering (and the resync it triggers),
-a broadcast that skips one session, a direct message, a duplicate session, a
-kick arriving from the hub, and an orderly shutdown.
+a broadcast that skips one session, a direct message, a watcher of a channel
+and its coalesced diff, a message published to a channel, a duplicate session,
+a kick arriving from the hub (no leave grace: its session leaves at once), and
+an orderly shutdown.
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ from megapresence_core import (
     MetadataUpdated,
     Presence,
     PresenceConfig,
+    PublishRequested,
     SessionJoined,
     ShutdownRequested,
     StoreConfig,
+    Subscribe,
     Tick,
 )
 from megapresence_core.events import (
@@ -52,10 +56,16 @@ def scenario() -> list[tuple[str, Event]]:
                 session_id="s-ann",
                 channels=["lobby"],
                 metadata={"status": "online"},
+                now=0.0,
             ),
         ),
         ("bob opens and joins", ConnectionOpened(conn="bob-1", ns="/ws/chat")),
-        ("", SessionJoined(conn="bob-1", user_id="bob", session_id="s-bob", channels=["lobby"])),
+        (
+            "",
+            SessionJoined(
+                conn="bob-1", user_id="bob", session_id="s-bob", channels=["lobby"], now=0.0
+            ),
+        ),
         ("an anonymous viewer opens", ConnectionOpened(conn="viewer", ns="/ws/chat")),
         ("the hub link starts", HubLinkStarted(now=0.0)),
         ("its transport opens", HubConnected(now=0.1)),
@@ -70,12 +80,31 @@ def scenario() -> list[tuple[str, Event]]:
             ),
         ),
         ("a direct message to bob", DirectRequested(user_id="bob", message={"type": "ping"})),
-        ("ann goes away", MetadataUpdated(session_id="s-ann", metadata={"status": "away"})),
+        (
+            "bob watches lobby, per user: subscribed, then a snapshot",
+            Subscribe(conn="bob-1", channel="lobby", mode="users", now=0.3),
+        ),
+        (
+            "ann goes away: one update, at the end of the 50 ms window",
+            MetadataUpdated(session_id="s-ann", metadata={"status": "away"}, now=0.3),
+        ),
+        ("the window is over", Tick(now=0.35)),
+        (
+            "bob publishes to lobby: its subscribers get it, stamped with bob",
+            PublishRequested(
+                channel="lobby", message={"type": "chat", "payload": "hi"}, conn="bob-1"
+            ),
+        ),
         ("ann's session joins again elsewhere", ConnectionOpened(conn="ann-2", ns="/ws/chat")),
-        ("", SessionJoined(conn="ann-2", user_id="ann", session_id="s-ann", channels=["lobby"])),
-        ("the old tab closes (no LEAVE)", ConnectionClosed(conn="ann-1")),
+        (
+            "",
+            SessionJoined(
+                conn="ann-2", user_id="ann", session_id="s-ann", channels=["lobby"], now=0.5
+            ),
+        ),
+        ("the old tab closes (no LEAVE)", ConnectionClosed(conn="ann-1", now=0.6)),
         ("the hub kicks bob", HubFrameReceived(data=kick, now=1.0)),
-        ("bob's socket closes", ConnectionClosed(conn="bob-1")),
+        ("bob's socket closes: a kick leaves at once", ConnectionClosed(conn="bob-1", now=1.1)),
         ("time passes", Tick(now=15.2)),
         ("the server stops", ShutdownRequested()),
     ]

@@ -34,7 +34,9 @@ def test_one_input(data: bytes) -> None:
         raise AssertionError(f"round trip changed {command!r} into {again!r}")
     for is_admin in (False, True):
         for session in (None, "s1"):
-            outcome = command_event(command, ns="/ws", session_id=session, is_admin=is_admin)
+            outcome = command_event(
+                command, conn=1, ns="/ws", session_id=session, is_admin=is_admin, now=0.0
+            )
             if not isinstance(outcome, (CommandRefused, RosterCommand, *Event.__args__)):
                 raise AssertionError(f"unexpected outcome {outcome!r}")
 

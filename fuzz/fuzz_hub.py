@@ -3,7 +3,8 @@
 Invariants, after every event: only ``LocalUsageError`` escapes (the shim's
 misuse, such as a frame from an unknown bridge), the hub's presence passes its
 invariant check, no frame is ever sent back to the bridge it came from except
-that bridge's own REGISTERED or ERROR, and a replay gives the same actions.
+that bridge's own REGISTERED, ERROR or MEMBERS, no version 2 frame ever reaches a
+version 1 bridge, and a replay gives the same actions.
 """
 
 from __future__ import annotations
@@ -31,12 +32,15 @@ from megapresence_core.events import (
     HubEvent,
 )
 
+#: Frames a hub never sends to a version 1 bridge.
+V2_ONLY = frozenset({"SUBSCRIBE", "UNSUBSCRIBE", "PUBLISH", "MEMBERS"})
+
 
 def read_events(reader: ByteReader) -> list[HubEvent]:
     now = 0.0
     events: list[HubEvent] = []
     while not reader.exhausted and len(events) < 200:
-        op = reader.below(7)
+        op = reader.below(8)
         bridge = reader.below(4)
         if op == 0:
             auth = reader.pick(("Bearer t", "Bearer x", None, "bearer t"))
@@ -48,7 +52,8 @@ def read_events(reader: ByteReader) -> list[HubEvent]:
                     "payload": {
                         "bridgeId": reader.pick(("b1", "b2")),
                         "instanceId": reader.pick(("i1", "i2")),
-                        "protocol": reader.pick((1, 1, 2)),
+                        "protocol": reader.pick((1, 2, 2, 3)),
+                        "channels": [reader.pick(CHANNELS) for _ in range(reader.below(3))],
                     },
                 }
             )
@@ -72,6 +77,16 @@ def read_events(reader: ByteReader) -> list[HubEvent]:
         elif op == 5:
             now += reader.below(40)
             events.append(Tick(now=now))
+        elif op == 6:
+            kind = reader.pick(("SUBSCRIBE", "UNSUBSCRIBE", "PUBLISH"))
+            payload = {
+                "sessionId": reader.pick(SESSIONS),
+                "userId": reader.pick(USERS),
+                "channel": reader.pick(CHANNELS),
+                "message": {"type": "t"},
+            }
+            data = json.dumps({"type": kind, "payload": payload})
+            events.append(BridgeFrameReceived(bridge=bridge, data=data, now=now))
         else:
             events.append(ShutdownRequested())
     return events
@@ -84,6 +99,7 @@ def run(events: list[HubEvent]) -> list[str]:
             tokens=["t"],
             max_channels_per_session=2,
             max_sessions_per_bridge=3,
+            max_interest_channels=2,
             heartbeat_interval=5,
         )
     )
@@ -95,12 +111,15 @@ def run(events: list[HubEvent]) -> list[str]:
             transcript.append(f"refused {type(event).__name__}")
             continue
         hub.check_invariants()
-        if isinstance(event, BridgeFrameReceived):
-            for action in actions:
-                if isinstance(action, SendBridgeFrame) and event.bridge in action.bridges:
-                    kind = json.loads(action.data)["type"]
-                    if kind not in ("REGISTERED", "ERROR"):
-                        raise AssertionError(f"{kind} echoed to its origin")
+        for action in actions:
+            if not isinstance(action, SendBridgeFrame):
+                continue
+            kind = json.loads(action.data)["type"]
+            origin = event.bridge if isinstance(event, BridgeFrameReceived) else None
+            if origin in action.bridges and kind not in ("REGISTERED", "ERROR", "MEMBERS"):
+                raise AssertionError(f"{kind} echoed to its origin")
+            if kind in V2_ONLY and any(hub._bridges[b].protocol < 2 for b in action.bridges):
+                raise AssertionError(f"{kind} sent to a version 1 bridge")
         transcript.append(repr(actions))
     return transcript
 

@@ -4,7 +4,9 @@ Invariants, after every event:
 - only ``LocalUsageError`` escapes ``handle`` (misuse such as an unknown
   connection is expected from random sequences), and it changes nothing: the
   state before and after a refused event is the same;
-- the indexes pass the same check the property tests use;
+- every index passes the same check the property tests use (the local
+  indexes, the channel rosters and their counts, the source tables, the
+  watchers, the open windows, the lingering sessions and their timers);
 - the machine is replayable: a second machine fed the same events returns the
   same actions, so hub frames fed one by one or as a batch of events agree.
 """
@@ -32,10 +34,14 @@ from megapresence_core import (
     MetadataUpdated,
     Presence,
     PresenceConfig,
+    PublishRequested,
+    Sender,
     SessionJoined,
     ShutdownRequested,
     StoreConfig,
+    Subscribe,
     Tick,
+    Unsubscribe,
 )
 from megapresence_core.events import (
     ClusterConnected,
@@ -45,6 +51,7 @@ from megapresence_core.events import (
     HubFrameReceived,
     HubLinkStarted,
     HubLost,
+    PresenceSync,
 )
 from megapresence_core.wire import CLUSTER_KINDS, FRAME_TYPES, ClusterBye, encode
 
@@ -63,7 +70,14 @@ def new_presence(policy: DuplicateSessionPolicy) -> Presence:
             cluster=ClusterConfig(app="f", instance_id="me", epoch=1, heartbeat_interval=1, ttl=3),
             store=StoreConfig(ttl=10, refresh_interval=2),
             duplicate_session=policy,
-            limits=Limits(max_channels_per_session=2, max_metadata_bytes=40, max_message_bytes=200),
+            limits=Limits(
+                max_channels_per_session=2,
+                max_metadata_bytes=40,
+                max_message_bytes=200,
+                max_members_per_channel=3,
+            ),
+            presence_window=0.25,
+            leave_grace=1.0,
         )
     )
 
@@ -85,8 +99,13 @@ def _hub_frame(reader: ByteReader) -> str | bytes:
         "code": "c",
         "bridgeId": "b2",
         "sessionIds": ["s1"],
-        "channels": ["lobby"],
+        "channels": [reader.pick(CHANNELS) for _ in range(reader.below(3))],
         "metadata": {"k": reader.below(3)},
+        "lingering": reader.pick((False, True)),
+        "part": reader.below(3),
+        "parts": reader.below(3),
+        "members": [{"sessionId": reader.pick((*SESSIONS, "r1")), "userId": reader.pick(USERS)}],
+        "from": {"userId": reader.pick(USERS), "sessionId": reader.pick(SESSIONS)},
     }
     for key in list(payload):
         if reader.below(6) == 0:
@@ -111,8 +130,10 @@ def _cluster_message(reader: ByteReader) -> str | bytes:
         "snap": reader.below(3),
         "part": reader.below(3),
         "parts": reader.below(3),
-        "members": [{"ns": reader.pick(NAMESPACES), **member}],
+        "members": [{"ns": reader.pick(NAMESPACES), "channels": ["lobby"], **member}],
         "target": reader.pick(("*", "me")),
+        "channels": [reader.pick(CHANNELS) for _ in range(reader.below(3))],
+        "by": {"userId": reader.pick(USERS), "sessionId": reader.pick(SESSIONS)},
     }
     sender = reader.pick(("p1", "p2"))
     data = json.loads(encode(ClusterBye(sender=sender, epoch=reader.below(3))))
@@ -125,7 +146,7 @@ def read_events(reader: ByteReader) -> list[Event]:
     now = 0.0
     events: list[Event] = []
     while not reader.exhausted and len(events) < 200:
-        op = reader.below(17)
+        op = reader.below(22)
         conn = reader.below(6)
         if op == 0:
             events.append(ConnectionOpened(conn=conn, ns=reader.pick(NAMESPACES)))
@@ -139,10 +160,11 @@ def read_events(reader: ByteReader) -> list[Event]:
                     session_id=reader.pick(SESSIONS),
                     channels=channels,
                     metadata=metadata,
+                    now=now,
                 )
             )
         elif op == 2:
-            events.append(ConnectionClosed(conn=conn))
+            events.append(ConnectionClosed(conn=conn, now=now))
         elif op == 3:
             events.append(
                 BroadcastRequested(
@@ -153,11 +175,17 @@ def read_events(reader: ByteReader) -> list[Event]:
                 )
             )
         elif op == 4:
-            events.append(DirectRequested(user_id=reader.pick(USERS), message={"type": "d"}))
-        elif op == 5:
             events.append(
-                MetadataUpdated(session_id=reader.pick(SESSIONS), metadata={"s": reader.below(9)})
+                DirectRequested(
+                    user_id=reader.pick(USERS),
+                    message={"type": "d"},
+                    conn=reader.pick((None, conn)),
+                )
             )
+        elif op == 5:
+            metadata = {"s": reader.below(9)}
+            session = reader.pick(SESSIONS)
+            events.append(MetadataUpdated(session_id=session, metadata=metadata, now=now))
         elif op == 6:
             events.append(
                 KickRequested(
@@ -175,7 +203,7 @@ def read_events(reader: ByteReader) -> list[Event]:
         elif op == 11:
             events.append(HubLost(now=now, code=reader.pick((None, 1006, 1008, 4503))))
         elif op == 12:
-            now += reader.below(40) / 4
+            now += reader.below(40) / 8
             events.append(Tick(now=now))
         elif op == 13:
             events.append(ClusterConnected(now=now))
@@ -183,6 +211,27 @@ def read_events(reader: ByteReader) -> list[Event]:
             events.append(ClusterLost(now=now))
         elif op == 15:
             events.append(ClusterMessageReceived(data=_cluster_message(reader), now=now))
+        elif op == 16:
+            mode = reader.pick(("none", "users", "sessions", "count"))
+            events.append(Subscribe(conn=conn, channel=reader.pick(CHANNELS), mode=mode, now=now))
+        elif op == 17:
+            events.append(Unsubscribe(conn=conn, channel=reader.pick(CHANNELS), now=now))
+        elif op == 18:
+            events.append(PresenceSync(conn=conn, channel=reader.pick(CHANNELS)))
+        elif op == 19:
+            by_conn = reader.below(2) == 0
+            events.append(
+                PublishRequested(
+                    channel=reader.pick(CHANNELS),
+                    message={"type": "p", "payload": reader.text(40 * reader.below(8))},
+                    except_session_ids=[reader.pick(SESSIONS)] if reader.below(2) else [],
+                    conn=conn if by_conn else None,
+                    sender=None if by_conn else Sender(user_id="srv", session_id="srv-1"),
+                )
+            )
+        elif op == 20:
+            now += reader.below(4) / 16  # within a presence window
+            events.append(Tick(now=now))
         else:
             events.append(ShutdownRequested())
     return events
@@ -210,6 +259,10 @@ def _state(presence: Presence) -> str:
     return repr(
         (
             sorted(map(repr, indexes.records.values())),
+            sorted((r.session_id, r.subscriptions) for r in indexes.members()),
+            {c: (r.holders, r.members) for c, r in presence._rosters.channels.items()},
+            {c: (f.watchers, f.versions) for c, f in presence._feed.channels.items()},
+            presence.next_deadline(),
             presence.hub_link_state,
             presence.is_shut_down,
         )

@@ -1,5 +1,8 @@
 """An in-memory NATS for cluster tests: every published message reaches every connected
-subscriber of its subject, except those the test chooses to drop (NATS is at-most-once)."""
+subscriber of its subject, except those the test chooses to drop (NATS is at-most-once).
+
+Each instance's clients keep what they were sent (``sim.Clients``: inboxes, and the
+presence maps built only from the snapshots and diffs received)."""
 
 from __future__ import annotations
 
@@ -21,13 +24,17 @@ from megapresence_core import (
     Tick,
 )
 from megapresence_core.actions import (
+    CloseConnection,
     ClusterPublish,
+    RequestRefused,
 )
 from megapresence_core.events import (
     ClusterConnected,
     ClusterLost,
     ClusterMessageReceived,
 )
+
+from .sim import Clients
 
 HEARTBEAT, TTL = 5.0, 15.0
 
@@ -44,10 +51,21 @@ class Instance:
             heartbeat_interval=HEARTBEAT,
             ttl=TTL,
         )
-        self.presence = Presence(PresenceConfig(cluster=config))
+        self.presence = Presence(
+            PresenceConfig(
+                cluster=config,
+                leave_grace=bus.leave_grace,
+                presence_window=bus.presence_window,
+            )
+        )
         self.connected = False
         self.alive = True
-        self.inbox: dict[Hashable, list[dict[str, Any]]] = {}
+        self.clients = Clients()
+        self.closed: list[tuple[Hashable, int, str]] = []
+
+    @property
+    def inbox(self) -> dict[Hashable, list[dict[str, Any]]]:
+        return self.clients.inbox
 
     def handle(self, event: Event) -> None:
         if not self.alive:
@@ -57,8 +75,12 @@ class Instance:
                 if self.connected:
                     self.bus.publish(self, action.data)
             elif isinstance(action, Deliver):
-                for conn in action.conns:
-                    self.inbox.setdefault(conn, []).append(json.loads(action.text))
+                self.clients.deliver(action)
+            elif isinstance(action, RequestRefused):
+                self.inbox.setdefault(action.conn, []).append(json.loads(action.text))
+            elif isinstance(action, CloseConnection):
+                self.closed.append((action.conn, action.code, action.reason))
+                self.bus.queue.append(lambda conn=action.conn: self.bus.close(conn))
         self.presence.check_invariants()
 
     def connect(self) -> None:
@@ -71,7 +93,9 @@ class Instance:
 
 
 class Bus:
-    def __init__(self) -> None:
+    def __init__(self, *, leave_grace: float = 0.0, presence_window: float = 0.0) -> None:
+        self.leave_grace = leave_grace
+        self.presence_window = presence_window
         self.now = 0.0
         self.instances: dict[str, Instance] = {}
         self.queue: deque[Callable[[], None]] = deque()
@@ -110,18 +134,43 @@ class Bus:
                 instance.handle(Tick(now=self.now))
             self.run()
 
-    def join(self, instance_id: str, ns: str, user: str, session: str) -> int:
+    def join(
+        self,
+        instance_id: str,
+        ns: str,
+        user: str,
+        session: str,
+        channels: tuple[str, ...] = (),
+        metadata: dict[str, Any] | None = None,
+    ) -> int:
         conn = next(self.conns)
         instance = self.instances[instance_id]
         instance.handle(ConnectionOpened(conn=conn, ns=ns))
-        instance.handle(SessionJoined(conn=conn, user_id=user, session_id=session))
         self.sessions[conn] = (instance_id, ns, user, session)
+        instance.handle(
+            SessionJoined(
+                conn=conn,
+                user_id=user,
+                session_id=session,
+                channels=channels,
+                metadata=metadata,
+                now=self.now,
+            )
+        )
         self.run()
         return conn
 
     def close(self, conn: int) -> None:
-        instance_id = self.sessions.pop(conn)[0]
-        self.instances[instance_id].handle(ConnectionClosed(conn=conn))
+        """The client's socket is gone (a no-op if it already was)."""
+        if conn not in self.sessions:
+            return
+        instance = self.instances[self.sessions.pop(conn)[0]]
+        instance.clients.forget(conn)
+        instance.handle(ConnectionClosed(conn=conn, now=self.now))
+        self.run()
+
+    def act(self, instance_id: str, event: Event) -> None:
+        self.instances[instance_id].handle(event)
         self.run()
 
     def expected(self, ns: str) -> set[tuple[str, str]]:

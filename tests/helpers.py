@@ -14,6 +14,7 @@ from megapresence_core import (
     HubLinkConfig,
     Presence,
     PresenceConfig,
+    RequestRefused,
     SessionJoined,
 )
 from megapresence_core.actions import (
@@ -85,11 +86,31 @@ def open_joined(
     ns: str = "/ws",
     channels: Iterable[str] = (),
     metadata: dict[str, Any] | None = None,
+    now: float = 0.0,
 ) -> list[Action]:
     return drive(
         presence,
         ConnectionOpened(conn=conn, ns=ns),
         SessionJoined(
-            conn=conn, user_id=user, session_id=session, channels=channels, metadata=metadata
+            conn=conn,
+            user_id=user,
+            session_id=session,
+            channels=channels,
+            metadata=metadata,
+            now=now,
         ),
     )
+
+
+def presence_messages(actions: Iterable[object], conn: Hashable) -> list[dict[str, Any]]:
+    """The presence messages (snapshots, diffs, counts) written to ``conn``, decoded."""
+    return [
+        message
+        for message in deliveries(actions).get(conn, [])
+        if message["type"].startswith("presence.")
+    ]
+
+
+def refusals(actions: Iterable[object]) -> list[tuple[Hashable, str, str | None]]:
+    """(conn, code, channel) of every ``RequestRefused`` among ``actions``."""
+    return [(a.conn, a.code, a.channel) for a in actions if isinstance(a, RequestRefused)]

@@ -4,8 +4,14 @@ Frames travel through one FIFO queue, so every run is deterministic. Faults are
 explicit: a link can drop (both ends notice), a bridge can die with or without
 the hub noticing (a half-open link that only the hub's heartbeat timeout or a
 newer incarnation can clear), the hub can die and restart empty with a new
-epoch, or drain. ``settle`` advances time in small steps, ticking every
-machine, until the network is quiet and every live bridge is registered.
+epoch, or drain. ``settle`` advances time in steps, ticking every machine,
+until the network is quiet and every live bridge is registered; ``advance``
+moves time on by a given amount in finer steps (presence windows, graces).
+
+Every client keeps what it was sent: ``inbox`` (cleared by tests) and, for
+the presence messages, one ``PresenceMap`` per (connection, channel, view)
+built only from the snapshots and diffs it received, plus its last count per
+channel (``Clients``, shared with the cluster simulation).
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from megapresence_core import (
     Log,
     Presence,
     PresenceConfig,
+    RequestRefused,
     SessionJoined,
     ShutdownRequested,
     Tick,
@@ -54,9 +61,50 @@ from megapresence_core.events import (
 from megapresence_core.lifecycle import (
     HubLinkState,
 )
+from megapresence_core.wire import (
+    PresenceCount,
+    PresenceDiff,
+    PresenceMap,
+    PresenceState,
+    decode_server_message,
+)
 
 TOKEN = "sim-token"
 STEP = 5.0  # seconds of simulated time per settle step
+
+
+class Clients:
+    """What the clients of one process were sent: inboxes, presence maps, counts."""
+
+    def __init__(self) -> None:
+        self.inbox: dict[Hashable, list[dict[str, Any]]] = {}
+        self.maps: dict[tuple[Hashable, str, str], PresenceMap] = {}
+        self.counts: dict[tuple[Hashable, str], tuple[int, int]] = {}
+        #: (conn, channel, view, version) of every diff that did not fit its map
+        self.gaps: list[tuple[Hashable, str, str, int]] = []
+
+    def deliver(self, action: Deliver) -> None:
+        message = json.loads(action.text)
+        presence = message.get("type") in ("presence.state", "presence.diff", "presence.count")
+        typed = decode_server_message(action.text) if presence else None
+        for conn in action.conns:
+            self.inbox.setdefault(conn, []).append(message)
+            if isinstance(typed, PresenceCount):
+                self.counts[(conn, typed.channel)] = (typed.sessions, typed.users)
+            elif isinstance(typed, PresenceState | PresenceDiff):
+                key = (conn, typed.channel, typed.view)
+                watched = self.maps.setdefault(key, PresenceMap(typed.channel, typed.view))
+                if not watched.apply(typed):
+                    assert isinstance(typed, PresenceDiff)
+                    self.gaps.append((conn, typed.channel, typed.view, typed.version))
+
+    def forget(self, conn: Hashable) -> None:
+        """``conn`` closed: what it was sent no longer matters."""
+        self.inbox.pop(conn, None)
+        for key in [key for key in self.maps if key[0] == conn]:
+            del self.maps[key]
+        for count in [key for key in self.counts if key[0] == conn]:
+            del self.counts[count]
 
 
 class Link:
@@ -80,10 +128,14 @@ class SimBridge:
         self.alive = False
         self.presence: Presence
         self.link: Link | None = None
-        self.inbox: dict[Hashable, list[dict[str, Any]]] = {}
+        self.clients = Clients()
         self.closed: list[tuple[Hashable, int, str]] = []
         self.logs: list[Log] = []
         self.start()
+
+    @property
+    def inbox(self) -> dict[Hashable, list[dict[str, Any]]]:
+        return self.clients.inbox
 
     def start(self) -> None:
         self.boot += 1
@@ -96,7 +148,13 @@ class SimBridge:
             backoff_max=2.0,
             connect_timeout=10.0,
         )
-        self.presence = Presence(PresenceConfig(hub_link=config))
+        self.presence = Presence(
+            PresenceConfig(
+                hub_link=config,
+                leave_grace=self.network.leave_grace,
+                presence_window=self.network.presence_window,
+            )
+        )
         self.handle(HubLinkStarted(now=self.network.now))
 
     def handle(self, event: Event) -> None:
@@ -110,12 +168,12 @@ class SimBridge:
     def perform(self, action: object) -> None:
         network = self.network
         if isinstance(action, Deliver):
-            message = json.loads(action.text)
-            for conn in action.conns:
-                self.inbox.setdefault(conn, []).append(message)
+            self.clients.deliver(action)
+        elif isinstance(action, RequestRefused):
+            self.inbox.setdefault(action.conn, []).append(json.loads(action.text))
         elif isinstance(action, CloseConnection):
             self.closed.append((action.conn, action.code, action.reason))
-            network.later(lambda: self.handle(ConnectionClosed(conn=action.conn)))
+            network.later(lambda: self.close(action.conn))
         elif isinstance(action, ConnectHub):
             network.later(self.connect)
         elif isinstance(action, SendHubFrame):
@@ -129,6 +187,13 @@ class SimBridge:
         elif isinstance(action, Log):
             self.logs.append(action)
         # The reconnect is a timer: settle() ticks every STEP seconds.
+
+    def close(self, conn: Hashable) -> None:
+        """The client's socket is gone (it closed, or we closed it)."""
+        if conn in self.network.open_conns.get(self.bridge_id, {}):
+            del self.network.open_conns[self.bridge_id][conn]
+            self.clients.forget(conn)
+            self.handle(ConnectionClosed(conn=conn, now=self.network.now))
 
     def connect(self) -> None:
         network = self.network
@@ -156,7 +221,17 @@ class SimBridge:
 
 
 class HubNetwork:
-    def __init__(self, bridges: dict[str, tuple[str, ...]]) -> None:
+    def __init__(
+        self,
+        bridges: dict[str, tuple[str, ...]],
+        *,
+        leave_grace: float = 0.0,
+        presence_window: float = 0.0,
+    ) -> None:
+        self.leave_grace = leave_grace
+        self.presence_window = presence_window
+        #: bridge -> its open client connections
+        self.open_conns: dict[str, dict[Hashable, None]] = {name: {} for name in bridges}
         self.now = 0.0
         self.queue: deque[Callable[[], None]] = deque()
         self.link_ids = itertools.count(1)
@@ -274,7 +349,8 @@ class HubNetwork:
                 self.later(lambda: self.hub_closed(link))
         self.run()
         bridge.link = None
-        bridge.inbox.clear()
+        bridge.clients = Clients()
+        self.open_conns[name] = {}
         bridge.start()
         self.run()
 
@@ -291,6 +367,7 @@ class HubNetwork:
     ) -> int:
         bridge = self.bridges[name]
         conn = next(self.conn_ids)
+        self.open_conns[name][conn] = None
         bridge.handle(ConnectionOpened(conn=conn, ns=ns))
         if user is not None and session is not None:
             bridge.handle(
@@ -300,10 +377,16 @@ class HubNetwork:
                     session_id=session,
                     channels=channels,
                     metadata=metadata,
+                    now=self.now,
                 )
             )
         self.run()
         return conn
+
+    def close(self, name: str, conn: Hashable) -> None:
+        """The client closes its socket."""
+        self.bridges[name].close(conn)
+        self.run()
 
     def act(self, name: str, event: Event) -> None:
         self.bridges[name].handle(event)
@@ -311,13 +394,19 @@ class HubNetwork:
 
     # ---------------------------------------------------------------- time
 
-    def tick(self) -> None:
-        self.now += STEP
+    def tick(self, step: float = STEP) -> None:
+        self.now += step
         for bridge in self.bridges.values():
             bridge.handle(Tick(now=self.now))
         self.run()
         self.hub_handle(Tick(now=self.now))
         self.run()
+
+    def advance(self, seconds: float, step: float = 0.05) -> None:
+        """Let ``seconds`` pass in steps of ``step``, ticking every machine each step."""
+        end = self.now + seconds
+        while self.now < end - 1e-9:
+            self.tick(min(step, end - self.now))
 
     def converged(self) -> bool:
         if self.queue or self.hub is None:
@@ -343,13 +432,10 @@ class HubNetwork:
     # ------------------------------------------------------------- views
 
     def expected_hub_members(self) -> set[tuple[str, str, str, tuple[str, ...], str]]:
-        """What the hub must hold: every bridge's subscribers and open mapped sessions."""
+        """What the hub must hold: every bridge's sessions (lingering ones too)."""
         members = set()
         for bridge in self.bridges.values():
-            for channel in bridge.channels:
-                user = f"bridge:{bridge.bridge_id}"
-                members.add((bridge.bridge_id, f"{user}#{channel}", user, (channel,), "null"))
-            for record in bridge.presence._local.joined():
+            for record in bridge.presence._local.members():
                 assert record.session_id is not None
                 assert record.user_id is not None
                 members.add(
@@ -362,6 +448,9 @@ class HubNetwork:
                     )
                 )
         return members
+
+    def expected_interests(self) -> dict[str, tuple[str, ...]]:
+        return {name: b.channels for name, b in self.bridges.items() if b.channels}
 
     def hub_members(self) -> set[tuple[str, str, str, tuple[str, ...], str]]:
         assert self.hub is not None

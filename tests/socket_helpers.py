@@ -20,6 +20,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import ClientConnection, connect
 
 from megapresence_anyio import HandshakeRequest, Identity, PresenceServer, Refusal
+from megapresence_core import PresenceConfig
 
 
 def query_login(request: HandshakeRequest) -> Identity | Refusal | None:
@@ -38,6 +39,9 @@ def query_login(request: HandshakeRequest) -> Identity | Refusal | None:
 @asynccontextmanager
 async def running_server(**options: Any) -> AsyncIterator[tuple[PresenceServer, str]]:
     options.setdefault("paths", None)
+    # These tests watch sockets, deliveries and closes: a closed session leaves at once
+    # here (the core's tests cover the leave grace).
+    options.setdefault("presence", PresenceConfig(leave_grace=0))
     async with PresenceServer(options.pop("authenticate", query_login), **options) as server:
         port = await server.listen()
         yield server, f"ws://127.0.0.1:{port}"

@@ -14,17 +14,27 @@ from megapresence_core import (
     Message,
     MetadataUpdated,
     PeerError,
+    PresenceMode,
+    PublishRequested,
+    Subscribe,
+    Unsubscribe,
 )
 from megapresence_core.actions import (
     StoreEntry,
 )
+from megapresence_core.events import PresenceSync
 from megapresence_core.wire import (
     BroadcastCommand,
+    ClientCommand,
     CommandRefused,
     DirectCommand,
     KickCommand,
     MetadataCommand,
+    PublishCommand,
     RosterCommand,
+    SubscribeCommand,
+    SyncCommand,
+    UnsubscribeCommand,
     command_event,
     decode_client_command,
     encode,
@@ -58,6 +68,17 @@ from megapresence_core.wire import (
             KickCommand(session_id="s", reason="r", requeue=True),
         ),
         ('{"op":"kick","sessionId":"s"}', KickCommand(session_id="s")),
+        ('{"op":"subscribe","channel":"c"}', SubscribeCommand(channel="c")),
+        (
+            '{"op":"subscribe","channel":"c","presence":"users"}',
+            SubscribeCommand(channel="c", presence=PresenceMode.USERS),
+        ),
+        ('{"op":"unsubscribe","channel":"c"}', UnsubscribeCommand(channel="c")),
+        (
+            '{"op":"publish","channel":"c","type":"t","payload":[1],"excludeSelf":true}',
+            PublishCommand(channel="c", type="t", payload=[1], exclude_self=True),
+        ),
+        ('{"op":"sync","channel":"c"}', SyncCommand(channel="c")),
     ],
 )
 def test_commands_parse(text: str, command: object) -> None:
@@ -70,15 +91,18 @@ def test_commands_parse(text: str, command: object) -> None:
     [
         ("nope", "bad_json", "not valid JSON"),
         ('{"op":"dance"}', "unknown_op", "unknown command op 'dance'; expected broadcast"),
-        ("{}", "bad_frame", "command needs a string 'op'"),
-        ('{"op":"broadcast"}', "bad_frame", "broadcast is missing channel"),
-        ('{"op":"broadcast","channel":""}', "bad_frame", "channel must be a non-empty string"),
-        ('{"op":"broadcast","channel":"c","excludeSelf":1}', "bad_frame", "true or false"),
-        ('{"op":"broadcast","channel":"c","type":7}', "bad_frame", "type must be"),
-        ('{"op":"direct","userId":true}', "bad_frame", "userId must be"),
-        ('{"op":"metadata","metadata":[]}', "bad_frame", "metadata must be an object"),
-        ('{"op":"kick","sessionId":"s","requeue":"yes"}', "bad_frame", "requeue must be"),
-        ('{"op":"kick","sessionId":"s","reason":5}', "bad_frame", "reason must be a string"),
+        ("{}", "bad_command", "command needs a string 'op'"),
+        ('{"op":"broadcast"}', "bad_command", "broadcast is missing channel"),
+        ('{"op":"broadcast","channel":""}', "bad_command", "channel must be a non-empty string"),
+        ('{"op":"broadcast","channel":"c","excludeSelf":1}', "bad_command", "true or false"),
+        ('{"op":"broadcast","channel":"c","type":7}', "bad_command", "type must be"),
+        ('{"op":"direct","userId":true}', "bad_command", "userId must be"),
+        ('{"op":"metadata","metadata":[]}', "bad_command", "metadata must be an object"),
+        ('{"op":"kick","sessionId":"s","requeue":"yes"}', "bad_command", "requeue must be"),
+        ('{"op":"kick","sessionId":"s","reason":5}', "bad_command", "reason must be a string"),
+        ('{"op":"subscribe","channel":"c","presence":"all"}', "bad_command", "presence must be"),
+        ('{"op":"publish","channel":"c"}', "bad_command", "publish is missing type"),
+        ('{"op":"sync"}', "bad_command", "sync is missing channel"),
         ('{"op":"roster","pad":"' + "x" * 17000 + '"}', "too_big", "over the 16384-byte"),
     ],
 )
@@ -88,45 +112,53 @@ def test_bad_commands_are_refused_with_a_reason(text: str, code: str, match: str
     assert info.value.code == code
 
 
+def event_of(command: ClientCommand, session_id: str | None = "me", admin: bool = False) -> object:
+    return command_event(command, conn=7, ns="/ws", session_id=session_id, is_admin=admin, now=3.0)
+
+
 def test_commands_become_core_events_for_this_connection() -> None:
     message = Message(type="chat", payload=1)
-    assert command_event(
-        BroadcastCommand(channel="c", payload=1, exclude_self=True),
-        ns="/ws",
-        session_id="me",
-        is_admin=False,
+    assert event_of(
+        BroadcastCommand(channel="c", payload=1, exclude_self=True)
     ) == BroadcastRequested(ns="/ws", channel="c", message=message, except_session_ids=["me"])
-    assert command_event(
-        BroadcastCommand(channel="c", payload=1, exclude_self=True),
-        ns="/ws",
-        session_id=None,
-        is_admin=False,
+    assert event_of(
+        BroadcastCommand(channel="c", payload=1, exclude_self=True), session_id=None
     ) == BroadcastRequested(ns="/ws", channel="c", message=message)
-    assert command_event(
-        DirectCommand(user_id="u", type="chat", payload=1),
-        ns="/ws",
-        session_id=None,
-        is_admin=False,
-    ) == DirectRequested(user_id="u", message=message)
-    assert command_event(
-        MetadataCommand(metadata={"a": 1}), ns="/ws", session_id="me", is_admin=False
-    ) == MetadataUpdated(session_id="me", metadata={"a": 1})
-    assert command_event(RosterCommand(), ns="/ws", session_id=None, is_admin=False) == (
-        RosterCommand()
+    assert event_of(
+        DirectCommand(user_id="u", type="chat", payload=1), session_id=None
+    ) == DirectRequested(user_id="u", message=message, conn=7)
+    assert event_of(MetadataCommand(metadata={"a": 1})) == MetadataUpdated(
+        session_id="me", metadata={"a": 1}, now=3.0
+    )
+    assert event_of(RosterCommand(), session_id=None) == RosterCommand()
+    assert event_of(SubscribeCommand(channel="c", presence=PresenceMode.COUNT)) == Subscribe(
+        conn=7, channel="c", mode="count", now=3.0
+    )
+    assert event_of(UnsubscribeCommand(channel="c")) == Unsubscribe(conn=7, channel="c", now=3.0)
+    assert event_of(SyncCommand(channel="c")) == PresenceSync(conn=7, channel="c")
+    # The sender is never taken from the browser: the core stamps it from the connection.
+    assert event_of(
+        PublishCommand(channel="c", type="chat", payload=1, exclude_self=True)
+    ) == PublishRequested(channel="c", message=message, except_session_ids=["me"], conn=7)
+    assert event_of(PublishCommand(channel="c", type="chat", payload=1)) == PublishRequested(
+        channel="c", message=message, conn=7
     )
 
 
-def test_only_admins_kick_and_only_joined_connections_set_metadata() -> None:
+def test_only_admins_kick_and_only_joined_connections_use_a_session() -> None:
     kick = KickCommand(session_id="s", reason="r")
-    assert command_event(kick, ns="/ws", session_id="me", is_admin=False) == CommandRefused(
-        code="forbidden", message="only admins may kick"
-    )
-    assert command_event(kick, ns="/ws", session_id="me", is_admin=True) == KickRequested(
-        session_id="s", reason="r"
-    )
-    assert command_event(
-        MetadataCommand(metadata={}), ns="/ws", session_id=None, is_admin=True
-    ) == CommandRefused(code="not_joined", message="join a session to set metadata")
+    assert event_of(kick) == CommandRefused(code="forbidden", message="only admins may kick")
+    assert event_of(kick, admin=True) == KickRequested(session_id="s", reason="r")
+    for command, what in [
+        (MetadataCommand(metadata={}), "set metadata"),
+        (SubscribeCommand(channel="c"), "subscribe"),
+        (UnsubscribeCommand(channel="c"), "unsubscribe"),
+        (PublishCommand(channel="c", type="t"), "publish"),
+        (SyncCommand(channel="c"), "sync"),
+    ]:
+        assert event_of(command, session_id=None, admin=True) == CommandRefused(
+            code="not_joined", message=f"join a session to {what}"
+        )
 
 
 def test_replies() -> None:
@@ -134,6 +166,7 @@ def test_replies() -> None:
         "type": "error",
         "payload": {"code": "forbidden", "message": "no"},
     }
+    assert json.loads(error_reply("channel_full", "full", "c"))["payload"]["channel"] == "c"
     ann, bob = Member(session_id="s1", user_id="ann"), Member(session_id="s2", user_id="bob")
     entries = [
         StoreEntry(channel="a", session_id="s1", member=ann),

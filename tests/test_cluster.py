@@ -38,6 +38,7 @@ from megapresence_core.wire import (
     ClusterAdd,
     ClusterBroadcast,
     ClusterBye,
+    ClusterChannelPublish,
     ClusterDirect,
     ClusterHeartbeat,
     ClusterKick,
@@ -46,6 +47,7 @@ from megapresence_core.wire import (
     ClusterResync,
     ClusterSnapshot,
     RemoteMember,
+    Sender,
     decode_cluster_message,
     encode,
     wire_name,
@@ -66,9 +68,17 @@ MESSAGES = [
         message=Message(type="t", payload=[1]),
         except_session_ids=("s1",),
     ),
+    ClusterChannelPublish(
+        sender="i1",
+        epoch=7,
+        channel="c",
+        message=Message(type="t", payload={"x": 1}),
+        except_session_ids=("s1",),
+        author=Sender(user_id="u", session_id="s"),
+    ),
     ClusterDirect(sender="i1", epoch=7, user_id="u", message=Message(type="t")),
     ClusterKick(sender="i1", epoch=7, session_id="s", reason="r", requeue=True),
-    ClusterAdd(sender="i1", epoch=7, ns="/ws", member=MEMBER),
+    ClusterAdd(sender="i1", epoch=7, ns="/ws", member=MEMBER, channels=("c", "d")),
     ClusterRemove(sender="i1", epoch=7, session_id="s"),
     ClusterHeartbeat(sender="i1", epoch=7, count=2, digest=12345),
     ClusterSnapshot(
@@ -77,7 +87,10 @@ MESSAGES = [
         snap=1,
         part=0,
         parts=1,
-        members=(RemoteMember(ns="/ws", member=MEMBER),),
+        members=(
+            RemoteMember(ns="/ws", member=MEMBER, channels=("c",)),
+            RemoteMember(ns="/ws", member=MEMBER),
+        ),
     ),
     ClusterResync(sender="i1", epoch=7, target="*"),
     ClusterBye(sender="i1", epoch=7),
@@ -97,6 +110,7 @@ def test_the_kinds_are_all_covered() -> None:
         == {wire_name(message) for message in MESSAGES}
         == {
             "broadcast",
+            "publish",
             "direct",
             "kick",
             "add",
@@ -215,7 +229,7 @@ def test_roster_is_cluster_wide_and_follows_metadata() -> None:
     bus.join("A", "/ws", "ann", "s-ann")
     bus.join("B", "/ws", "bob", "s-bob")
     assert bus.roster("A", "/ws") == bus.roster("B", "/ws") == {("ann", "s-ann"), ("bob", "s-bob")}
-    b.handle(MetadataUpdated(session_id="s-bob", metadata={"status": "away"}))
+    b.handle(MetadataUpdated(session_id="s-bob", metadata={"status": "away"}, now=0.0))
     bus.run()
     assert {m.session_id: m.metadata for m in a.presence.roster("/ws")}["s-bob"] == {
         "status": "away"
@@ -339,7 +353,7 @@ def test_cluster_publishes_nothing_until_connected() -> None:
     config = ClusterConfig(app="t", instance_id="i", epoch=1)
     presence = Presence(PresenceConfig(cluster=config))
     presence.handle(ConnectionOpened(conn=1, ns="/ws"))
-    actions = presence.handle(SessionJoined(conn=1, user_id="u", session_id="s"))
+    actions = presence.handle(SessionJoined(conn=1, user_id="u", session_id="s", now=0.0))
     assert actions == []
     assert presence.next_deadline() is None
 

@@ -165,7 +165,17 @@ def test_register_answers_registered_with_the_hub_epoch_and_interval() -> None:
     ("kind", "payload", "code"),
     [
         ("HEARTBEAT", {}, "not_registered"),
-        ("REGISTER", {"bridgeId": "a", "instanceId": "i", "protocol": 2}, "unsupported_protocol"),
+        ("REGISTER", {"bridgeId": "a", "instanceId": "i", "protocol": 3}, "unsupported_protocol"),
+        (
+            "REGISTER",
+            {
+                "bridgeId": "a",
+                "instanceId": "i",
+                "protocol": 2,
+                "channels": [f"c{i}" for i in range(1001)],
+            },
+            "too_many_channels",
+        ),
     ],
 )
 def test_protocol_violations_before_registration_close_with_1008(
@@ -525,9 +535,11 @@ def test_names_over_max_name_bytes_are_refused() -> None:
         presence.handle(BroadcastRequested(ns="/ws", channel="é" * 129, message={"type": "t"}))
     presence.handle(ConnectionOpened(conn=1, ns="/ws"))
     with pytest.raises(LocalUsageError, match=r"session_id is 300 bytes"):
-        presence.handle(SessionJoined(conn=1, user_id="u", session_id="s" * 300))
+        presence.handle(SessionJoined(conn=1, user_id="u", session_id="s" * 300, now=0.0))
     with pytest.raises(LocalUsageError, match=r"channel is 257 bytes"):
-        presence.handle(SessionJoined(conn=1, user_id="u", session_id="s", channels=["c" * 257]))
+        presence.handle(
+            SessionJoined(conn=1, user_id="u", session_id="s", channels=["c" * 257], now=0.0)
+        )
 
 
 @pytest.mark.parametrize(

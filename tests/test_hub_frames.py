@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from megapresence_core import (
+    Member,
     Message,
     PeerError,
 )
@@ -23,9 +24,14 @@ from megapresence_core.wire import (
     HubFrame,
     JoinFrame,
     LeaveFrame,
+    MembersFrame,
     MetadataFrame,
+    PublishFrame,
     RegisteredFrame,
     RegisterFrame,
+    Sender,
+    SubscribeFrame,
+    UnsubscribeFrame,
     decode_hub_frame,
     encode,
 )
@@ -55,6 +61,7 @@ frames: st.SearchStrategy[HubFrame] = st.one_of(
         instance_id=names,
         capabilities=name_tuples,
         protocol=st.integers(1, 5),
+        channels=name_tuples,
     ),
     st.builds(RegisteredFrame, hub_id=names, heartbeat_interval=st.floats(0.05, 3600)),
     st.builds(
@@ -79,6 +86,31 @@ frames: st.SearchStrategy[HubFrame] = st.one_of(
     ),
     st.just(HeartbeatFrame()),
     st.builds(ErrorFrame, code=names, message=st.text(max_size=10)),
+    st.builds(
+        SubscribeFrame,
+        session_id=names,
+        user_id=names,
+        channel=names,
+        metadata=st.none() | objects,
+    ),
+    st.builds(UnsubscribeFrame, session_id=names, channel=names),
+    st.builds(
+        PublishFrame,
+        channel=names,
+        message=messages,
+        except_session_ids=name_tuples,
+        author=st.none() | st.builds(Sender, user_id=names, session_id=names),
+    ),
+    st.builds(
+        MembersFrame,
+        channel=names,
+        part=st.integers(0, 3),
+        parts=st.integers(0, 3),
+        members=st.lists(
+            st.builds(Member, session_id=names, user_id=names, metadata=st.none() | objects),
+            max_size=3,
+        ).map(tuple),
+    ),
 )
 
 
@@ -102,6 +134,10 @@ def test_every_frame_type_is_covered_by_the_strategy() -> None:
         "DISCONNECT",
         "HEARTBEAT",
         "ERROR",
+        "SUBSCRIBE",
+        "UNSUBSCRIBE",
+        "PUBLISH",
+        "MEMBERS",
     }
 
 
@@ -154,6 +190,18 @@ def test_duplicate_names_in_a_list_are_folded() -> None:
         ('{"type":"LEAVE","payload":[]}', "bad_frame", "payload", "payload must be an object"),
         (hub_frame("LEAVE"), "bad_frame", "sessionId", "LEAVE is missing sessionId"),
         (hub_frame("LEAVE", sessionId=""), "bad_frame", "sessionId", "must be a non-empty string"),
+        (
+            hub_frame("MEMBERS", channel="c", part=0, parts=1, members={}),
+            "bad_frame",
+            "members",
+            "must be a list of members",
+        ),
+        (
+            hub_frame("PUBLISH", channel="c", message={"type": "t"}, **{"from": {"userId": "u"}}),
+            "bad_frame",
+            "from",
+            "must be a non-empty string",
+        ),
         (
             hub_frame("JOIN", userId="u", sessionId="s", channels="c"),
             "bad_frame",

@@ -61,7 +61,8 @@ def test_start_asks_the_shim_to_connect_then_registers() -> None:
                 "bridgeId": "b1",
                 "instanceId": "i1",
                 "capabilities": ["broadcast"],
-                "protocol": 1,
+                "protocol": 2,
+                "channels": ["lobby"],
             },
         }
     ]
@@ -216,7 +217,7 @@ def test_register_frame_carries_the_protocol_version() -> None:
     presence = new_presence()
     drive(presence, HubLinkStarted(now=0))
     [frame] = [a for a in drive(presence, HubConnected(now=0)) if isinstance(a, SendHubFrame)]
-    assert json.loads(frame.data)["payload"]["protocol"] == 1
+    assert json.loads(frame.data)["payload"]["protocol"] == 2
 
 
 def test_an_outage_warns_once_then_retries_quietly() -> None:

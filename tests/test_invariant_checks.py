@@ -156,7 +156,7 @@ def test_hub_events_validate_when_built(build: Callable[[], object]) -> None:
 
 
 def test_small_reprs_and_conversions() -> None:
-    record = ConnectionRecord("c", "/ws")
+    record = ConnectionRecord("c", "/ws", Timers())
     assert repr(record) == "<ConnectionRecord 'c' opened ns='/ws'>"
     record.user_id, record.session_id = "u", "s"
     assert repr(record) == "<ConnectionRecord 'c' opened ns='/ws' u/s>"

@@ -27,6 +27,7 @@ from megapresence_core import (
     Hub,
     HubConfig,
     HubLinkConfig,
+    KickRequested,
     LocalUsageError,
     Member,
     Presence,
@@ -154,7 +155,7 @@ class Driver:
 def _open_join(conn: int, user: str = "u", session: str = "s") -> list[Any]:
     return [
         ConnectionOpened(conn=conn, ns="/ws"),
-        SessionJoined(conn=conn, user_id=user, session_id=session),
+        SessionJoined(conn=conn, user_id=user, session_id=session, now=0.0),
     ]
 
 
@@ -184,22 +185,43 @@ _C, _P, _L, _K, _B, _H = (
 )
 _S = {spec.what: {s.value: s for s in spec.states} for spec in LIFECYCLES}
 
+
+def _connection_state(presence: Presence) -> Any:
+    """Connection 1's state, or once it closed, the state of its lingering session."""
+    state = presence.connection_state(1)
+    return state if state is not ConnectionState.CLOSED else presence.session_state("s")
+
+
+#: Another instance says it holds session "s" now: the session returned there.
+ELSEWHERE = ClusterMessageReceived(
+    data=encode(
+        ClusterAdd(sender="B", epoch=1, ns="/ws", member=Member(session_id="s", user_id="u"))
+    ),
+    now=1,
+)
+
 DRIVERS = [
     Driver(
         CONNECTION,
-        Presence,
-        lambda p: p.connection_state(1),
+        lambda: Presence(PresenceConfig(cluster=CLUSTER)),
+        _connection_state,
         {
             _S["connection"]["opened"]: [ConnectionOpened(conn=1, ns="/ws")],
             _S["connection"]["joined"]: _open_join(1),
+            _S["connection"]["kicked"]: [*_open_join(1), KickRequested(session_id="s")],
             _S["connection"]["detached"]: _open_join(1) + _open_join(2),
             _S["connection"]["closing"]: [ConnectionOpened(conn=1, ns="/ws"), SHUTDOWN],
+            _S["connection"]["lingering"]: [*_open_join(1), ConnectionClosed(conn=1, now=0.0)],
         },
         {
-            _C.JOIN: [SessionJoined(conn=1, user_id="u", session_id="s")],
+            _C.JOIN: [SessionJoined(conn=1, user_id="u", session_id="s", now=0.0)],
             _C.DETACH: _open_join(2),
+            _C.KICK: [KickRequested(session_id="s")],
             _C.SHUTDOWN: [SHUTDOWN],
-            _C.CLOSE: [ConnectionClosed(conn=1)],
+            _C.CLOSE: [ConnectionClosed(conn=1, now=0.0)],
+            _C.RETURN: _open_join(2),
+            _C.SUPERSEDE: [ELSEWHERE],
+            _C.EXPIRE: [LATE],
         },
     ),
     Driver(
@@ -282,7 +304,7 @@ DRIVERS = [
             _B.ARRIVAL: [_frame(hub_frame("HEARTBEAT"))],
             _B.REGISTER: [_frame(REGISTER)],
             _B.BAD_REGISTER: [
-                _frame(hub_frame("REGISTER", bridgeId="b", instanceId="i", protocol=2))
+                _frame(hub_frame("REGISTER", bridgeId="b", instanceId="i", protocol=3))
             ],
             _B.FRAME: [_frame(hub_frame("HEARTBEAT"))],
             _B.CLOSE: [LATE],  # the register timeout, or a silent bridge

@@ -37,9 +37,9 @@ def instance(port: int, name: str) -> PresenceServer:
         ttl=1.0,
     )
     cluster = NatsCluster(f"nats://127.0.0.1:{port}", reconnect_wait=0.1)
-    return PresenceServer(
-        query_login, paths=None, presence=PresenceConfig(cluster=config), cluster=cluster
-    )
+    # A kicked or closed session leaves at once (the core's tests cover the grace).
+    presence = PresenceConfig(cluster=config, leave_grace=0)
+    return PresenceServer(query_login, paths=None, presence=presence, cluster=cluster)
 
 
 @asynccontextmanager

@@ -26,6 +26,7 @@ from megapresence_core import (
     MetadataUpdated,
     Presence,
     PresenceConfig,
+    PresenceMode,
     SessionJoined,
     ShutdownRequested,
     StoreConfig,
@@ -37,6 +38,7 @@ from megapresence_core.actions import (
     StorePut,
     StoreRefresh,
 )
+from megapresence_core.config import DEFAULT_LEAVE_GRACE
 from megapresence_core.events import (
     ClusterConnected,
     ClusterLost,
@@ -82,7 +84,7 @@ def test_opening_the_same_connection_twice_is_misuse() -> None:
 def test_close_removes_the_connection_from_every_index() -> None:
     presence = Presence()
     open_joined(presence, 1, "ann", "s1", channels=["c"])
-    drive(presence, ConnectionClosed(conn=1))
+    drive(presence, ConnectionClosed(conn=1, now=0.0))
     assert presence.connection_state(1) is ConnectionState.CLOSED
     indexes = presence._local
     assert (indexes.records, indexes.by_ns, indexes.by_user, indexes.by_session) == ({}, {}, {}, {})
@@ -91,8 +93,8 @@ def test_close_removes_the_connection_from_every_index() -> None:
 @pytest.mark.parametrize(
     "event",
     [
-        SessionJoined(conn=9, user_id="u", session_id="s"),
-        ConnectionClosed(conn=9),
+        SessionJoined(conn=9, user_id="u", session_id="s", now=0.0),
+        ConnectionClosed(conn=9, now=0.0),
     ],
 )
 def test_unknown_connection_is_misuse(event: object) -> None:
@@ -134,7 +136,7 @@ def test_join_copies_metadata_so_later_mutation_by_the_caller_does_not_leak_in()
     ],
 )
 def test_join_validates_its_arguments_when_built(field: str, value: object, match: str) -> None:
-    arguments: dict[str, object] = {"conn": 1, "user_id": "u", "session_id": "s"}
+    arguments: dict[str, object] = {"conn": 1, "user_id": "u", "session_id": "s", "now": 0.0}
     arguments[field] = value
     with pytest.raises(LocalUsageError, match=match):
         SessionJoined(**arguments)  # type: ignore[arg-type]
@@ -148,7 +150,7 @@ def test_join_twice_on_one_connection_is_misuse_and_changes_nothing() -> None:
     presence = Presence()
     open_joined(presence, 1, "ann", "s1")
     with pytest.raises(LocalUsageError, match="already joined"):
-        presence.handle(SessionJoined(conn=1, user_id="bob", session_id="s2"))
+        presence.handle(SessionJoined(conn=1, user_id="bob", session_id="s2", now=0.0))
     assert presence.roster("/ws") == [Member(session_id="s1", user_id="ann")]
 
 
@@ -157,7 +159,7 @@ def test_join_over_the_channel_limit_is_misuse_and_changes_nothing() -> None:
     drive(presence, ConnectionOpened(conn=1, ns="/ws"))
     with pytest.raises(LocalUsageError, match="3 channels; the limit is 2"):
         presence.handle(
-            SessionJoined(conn=1, user_id="u", session_id="s", channels=["a", "b", "c"])
+            SessionJoined(conn=1, user_id="u", session_id="s", channels=["a", "b", "c"], now=0.0)
         )
     assert presence.connection_state(1) is ConnectionState.OPENED
 
@@ -167,7 +169,7 @@ def test_join_over_the_metadata_limit_is_misuse() -> None:
     drive(presence, ConnectionOpened(conn=1, ns="/ws"))
     with pytest.raises(LocalUsageError, match="metadata is 15 bytes of JSON; the limit is 10"):
         presence.handle(
-            SessionJoined(conn=1, user_id="u", session_id="s", metadata={"k": "0123456"})
+            SessionJoined(conn=1, user_id="u", session_id="s", metadata={"k": "0123456"}, now=0.0)
         )
     assert presence.connection_state(1) is ConnectionState.OPENED
 
@@ -192,21 +194,21 @@ def test_closing_the_detached_connection_neither_unmaps_nor_leaves_the_new_owner
     presence = hub_presence(store=StoreConfig())
     open_joined(presence, 1, "ann", "s1", channels=["c"])
     open_joined(presence, 2, "ann", "s1", channels=["c"])
-    actions = drive(presence, ConnectionClosed(conn=1))
+    actions = drive(presence, ConnectionClosed(conn=1, now=0.0))
     assert actions == []  # no LEAVE, no roster removal for s1
     assert presence.roster("/ws") == [Member(session_id="s1", user_id="ann")]
     actions = drive(presence, DirectRequested(user_id="ann", message={"type": "d"}))
     assert set(deliveries(actions)) == {2}
 
 
-def test_duplicate_session_removes_store_entries_of_channels_the_new_owner_does_not_join() -> None:
+def test_duplicate_session_keeps_its_channels_and_gains_the_new_join_s() -> None:
     presence = Presence(PresenceConfig(store=StoreConfig()))
     open_joined(presence, 1, "ann", "s1", channels=["a", "b"])
     actions = open_joined(presence, 2, "ann", "s1", channels=["b", "c"])
-    assert [a for a in actions if isinstance(a, StoreDelete)] == [
-        StoreDelete(channel="a", session_id="s1")
-    ]
-    assert [a.channel for a in actions if isinstance(a, StorePut)] == ["b", "c"]
+    # The subscriptions belong to the session, not to the connection that carried it.
+    assert [a for a in actions if isinstance(a, StoreDelete)] == []
+    assert [a.channel for a in actions if isinstance(a, StorePut)] == ["a", "b", "c"]
+    assert presence.subscriptions(2) == dict.fromkeys("abc", PresenceMode.NONE)
 
 
 def test_duplicate_session_close_prior_policy_closes_it_with_1008() -> None:
@@ -388,12 +390,12 @@ def test_nothing_is_sent_to_the_hub_while_the_link_is_not_registered() -> None:
     presence = Presence(PresenceConfig(hub_link=link))
     events = [
         ConnectionOpened(conn=1, ns="/ws"),
-        SessionJoined(conn=1, user_id="u", session_id="s"),
+        SessionJoined(conn=1, user_id="u", session_id="s", now=0.0),
         BroadcastRequested(ns="/ws", channel="c", message={"type": "t"}),
         DirectRequested(user_id="u", message={"type": "t"}),
-        MetadataUpdated(session_id="s", metadata={}),
+        MetadataUpdated(session_id="s", metadata={}, now=0.0),
         KickRequested(session_id="elsewhere"),
-        ConnectionClosed(conn=1),
+        ConnectionClosed(conn=1, now=0.0),
         HubLinkStarted(now=0),
         HubConnected(now=0),
     ]
@@ -433,7 +435,9 @@ def test_direct_to_an_unknown_user_is_a_local_no_op_but_still_fans_out() -> None
 def test_metadata_update_is_kept_and_sent_to_the_hub_and_the_store() -> None:
     presence = hub_presence(store=StoreConfig(ttl=30, refresh_interval=10))
     open_joined(presence, 1, "ann", "s1", channels=["c"])
-    actions = drive(presence, MetadataUpdated(session_id="s1", metadata={"status": "busy"}))
+    actions = drive(
+        presence, MetadataUpdated(session_id="s1", metadata={"status": "busy"}, now=0.0)
+    )
     assert sent_frames(actions) == [
         {"type": "METADATA", "payload": {"sessionId": "s1", "metadata": {"status": "busy"}}}
     ]
@@ -446,7 +450,7 @@ def test_metadata_update_is_kept_and_sent_to_the_hub_and_the_store() -> None:
 
 def test_metadata_update_of_an_unknown_session_is_a_logged_no_op() -> None:
     presence = hub_presence()
-    actions = drive(presence, MetadataUpdated(session_id="ghost", metadata={"a": 1}))
+    actions = drive(presence, MetadataUpdated(session_id="ghost", metadata={"a": 1}, now=0.0))
     assert actions == [
         Log(
             level=LogLevel.DEBUG,
@@ -458,11 +462,11 @@ def test_metadata_update_of_an_unknown_session_is_a_logged_no_op() -> None:
 
 def test_metadata_update_must_be_a_mapping_within_the_limit() -> None:
     with pytest.raises(LocalUsageError, match="metadata must be a mapping"):
-        MetadataUpdated(session_id="s", metadata=None)  # type: ignore[arg-type]
+        MetadataUpdated(session_id="s", metadata=None, now=0.0)  # type: ignore[arg-type]
     presence = Presence(PresenceConfig(limits=Limits(max_metadata_bytes=8)))
     open_joined(presence, 1, "ann", "s1")
     with pytest.raises(LocalUsageError, match="the limit is 8"):
-        presence.handle(MetadataUpdated(session_id="s1", metadata={"long": "value"}))
+        presence.handle(MetadataUpdated(session_id="s1", metadata={"long": "value"}, now=0.0))
     assert presence.roster("/ws")[0].metadata is None
 
 
@@ -481,8 +485,10 @@ def test_kick_of_a_local_session_closes_its_connection(
     assert drive(presence, KickRequested(session_id="s1", requeue=requeue)) == [
         CloseConnection(conn=1, code=code, reason=default_reason)
     ]
-    # The core does not believe the socket closed until the shim says so.
-    assert presence.connection_state(1) is ConnectionState.JOINED
+    # The core does not believe the socket closed until the shim says so; a kick's
+    # session will leave at once then, a requeued one will linger for its grace.
+    expected = ConnectionState.JOINED if requeue else ConnectionState.KICKED
+    assert presence.connection_state(1) is expected
 
 
 def test_kick_of_a_remote_session_goes_to_the_hub() -> None:
@@ -663,24 +669,25 @@ def test_link_events_without_that_link_configured_are_misuse(event: Any, match: 
 # ----------------------------------------------------------------- resync
 
 
-def test_registration_resyncs_subscribers_then_open_sessions_with_latest_metadata() -> None:
+def test_registration_says_the_interest_then_resyncs_every_session_with_latest_metadata() -> None:
     link = HubLinkConfig(bridge_id="b1", instance_id="i1", channels=["lobby", "ops"])
     presence = Presence(PresenceConfig(hub_link=link))
     open_joined(presence, 1, "ann", "s1", channels=["lobby"], metadata={"v": 1})
     open_joined(presence, 2, "bob", "s2")
     open_joined(presence, 3, "cid", "s3")
-    drive(presence, MetadataUpdated(session_id="s1", metadata={"v": 2}), ConnectionClosed(conn=3))
-    actions = drive(
+    drive(
         presence,
-        HubLinkStarted(now=0),
-        HubConnected(now=0),
-        HubFrameReceived(data=registered_frame(), now=0),
+        MetadataUpdated(session_id="s1", metadata={"v": 2}, now=0.0),
+        ConnectionClosed(conn=3, now=0.0),
     )
+    actions = drive(presence, HubLinkStarted(now=0), HubConnected(now=0))
+    assert sent_frames(actions)[0]["payload"]["channels"] == ["lobby", "ops"]
+    actions = drive(presence, HubFrameReceived(data=registered_frame(), now=0))
+    # cid's socket closed, but its session lingers for the grace: still announced.
     assert [f["payload"] for f in sent_frames(actions) if f["type"] == "JOIN"] == [
-        {"userId": "bridge:b1", "sessionId": "bridge:b1#lobby", "channels": ["lobby"]},
-        {"userId": "bridge:b1", "sessionId": "bridge:b1#ops", "channels": ["ops"]},
         {"userId": "ann", "sessionId": "s1", "channels": ["lobby"], "metadata": {"v": 2}},
         {"userId": "bob", "sessionId": "s2", "channels": []},
+        {"userId": "cid", "sessionId": "s3", "channels": [], "lingering": True},
     ]
 
 
@@ -695,8 +702,7 @@ def test_re_registration_after_a_lost_link_resyncs_again() -> None:
         HubFrameReceived(data=registered_frame("hub-2"), now=100),
     )
     assert [f["payload"]["sessionId"] for f in sent_frames(actions) if f["type"] == "JOIN"] == [
-        "bridge:b1#lobby",
-        "s1",
+        "s1"
     ]
 
 
@@ -711,7 +717,8 @@ def test_store_actions_follow_joins_and_closes() -> None:
         StorePut(channel="a", session_id="s1", member=member, ttl=60),
         StorePut(channel="b", session_id="s1", member=member, ttl=60),
     ]
-    assert drive(presence, ConnectionClosed(conn=1)) == [
+    assert drive(presence, ConnectionClosed(conn=1, now=0.0)) == []  # the grace
+    assert drive(presence, Tick(now=DEFAULT_LEAVE_GRACE)) == [
         StoreDelete(channel="a", session_id="s1"),
         StoreDelete(channel="b", session_id="s1"),
     ]
@@ -720,7 +727,7 @@ def test_store_actions_follow_joins_and_closes() -> None:
 def test_no_store_actions_without_a_store() -> None:
     presence = Presence()
     actions = open_joined(presence, 1, "ann", "s1", channels=["a"])
-    actions += drive(presence, ConnectionClosed(conn=1))
+    actions += drive(presence, ConnectionClosed(conn=1, now=0.0))
     assert actions == []
 
 
@@ -797,7 +804,9 @@ def test_after_shutdown_only_due_closes_hub_drain_and_ticks_are_accepted() -> No
     drive(presence, ShutdownRequested())
     assert drive(presence, ShutdownRequested()) == []  # idempotent
     assert presence.connection_state(1) is ConnectionState.CLOSING  # its close is due
-    assert drive(presence, ConnectionClosed(conn=1)) == []  # no LEAVE: the hub link is gone
+    assert (
+        drive(presence, ConnectionClosed(conn=1, now=0.0)) == []
+    )  # no LEAVE: the hub link is gone
     assert presence.connection_state(1) is ConnectionState.CLOSED
     [closed] = drive(presence, HubLost(now=2, code=1001))
     assert isinstance(closed, Log)
@@ -806,7 +815,7 @@ def test_after_shutdown_only_due_closes_hub_drain_and_ticks_are_accepted() -> No
     assert drive(presence, Tick(now=3)) == []
     assert presence.next_deadline() is None
     with pytest.raises(LocalUsageError, match="unknown connection 1"):
-        presence.handle(ConnectionClosed(conn=1))
+        presence.handle(ConnectionClosed(conn=1, now=0.0))
     with pytest.raises(LocalUsageError, match="shut down"):
         presence.handle(ConnectionOpened(conn=5, ns="/ws"))
 

@@ -174,13 +174,15 @@ async def test_the_cluster_example_runs_against_real_nats_and_redis(
                 await anyio.sleep(0.02)
 
 
-def test_the_core_example_delivers_to_the_joined_connection() -> None:
+def test_the_core_example_watches_a_channel() -> None:
     example = run_block(CORE)
     presence = example["presence"]
-    assert [m.user_id for m in presence.roster("/ws/chat")] == ["ann"]
-    action = example["action"]  # the loop's last action: the delivery to connection 17
+    assert [m.user_id for m in presence.roster("/ws/chat")] == ["ann", "bob"]
+    assert presence.presence_stats("lobby") == (2, 2)
+    action = example["action"]  # the tick's one action: the window's diff, to the watcher
     assert action.conns == (17,)
-    assert json.loads(action.text)["payload"] == {"text": "hi"}
+    diff = json.loads(action.text)
+    assert (diff["type"], diff["version"], list(diff["joins"])) == ("presence.diff", 1, ["bob"])
 
 
 @pytest.mark.parametrize("anyio_backend", ["asyncio"])  # uvicorn runs on asyncio

@@ -20,12 +20,12 @@ def network() -> HubNetwork:
     return sim
 
 
-def test_bridges_register_and_the_hub_holds_their_subscribers() -> None:
+def test_bridges_register_and_the_hub_holds_their_interests() -> None:
     sim = network()
     assert sim.hub is not None
     assert set(sim.hub.registered_bridges()) == {"A", "B", "C"}
-    assert sim.hub_members() == sim.expected_hub_members()
-    assert {m[1] for m in sim.hub_members()} == {"bridge:A#room", "bridge:B#room"}
+    assert sim.hub_members() == sim.expected_hub_members() == set()
+    assert sim.hub.interests() == sim.expected_interests() == {"A": ("room",), "B": ("room",)}
 
 
 def test_a_broadcast_crosses_bridges_subscribed_to_the_channel() -> None:

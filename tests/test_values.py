@@ -20,6 +20,7 @@ from megapresence_core import (
     LogLevel,
     Message,
     MetadataUpdated,
+    PresenceConfig,
     SessionJoined,
     StoreConfig,
     Tick,
@@ -118,6 +119,13 @@ def test_message_coerce_accepts_a_message_as_is() -> None:
             "backoff_multiplier must be >= 1",
         ),
         (lambda: StoreConfig(ttl=10, refresh_interval=10), "refresh_interval must be shorter"),
+        (lambda: PresenceConfig(presence_window=-1), "presence_window must be a number of seconds"),
+        (
+            lambda: PresenceConfig(leave_grace=float("inf")),
+            "leave_grace must be a number of seconds",
+        ),
+        (lambda: PresenceConfig(leave_grace=True), "leave_grace must be a number of seconds"),
+        (lambda: Limits(max_members_per_channel=0), "max_members_per_channel must be a positive"),
         (lambda: HubConfig(hub_id="h", tokens=[]), "at least one token"),
         (lambda: HubConfig(hub_id="h", tokens=[""]), "each token must be a non-empty string"),
         (lambda: HubConfig(hub_id="", tokens=["t"]), "hub_id must be a non-empty string"),
@@ -163,7 +171,7 @@ def test_codes_and_levels_print_by_name() -> None:
 
 
 def test_session_joined_dedups_channels_in_first_seen_order() -> None:
-    event = SessionJoined(conn=1, user_id="u", session_id="s", channels=["b", "a", "b"])
+    event = SessionJoined(conn=1, user_id="u", session_id="s", channels=["b", "a", "b"], now=0.0)
     assert event.channels == ("b", "a")
 
 
@@ -195,9 +203,9 @@ def test_values_from_the_embedder_must_be_finite_json(value: object) -> None:
     with pytest.raises(LocalUsageError, match="JSON-serializable text with finite numbers"):
         Message(type="t", payload=value)  # type: ignore[arg-type]
     with pytest.raises(LocalUsageError, match="finite numbers"):
-        SessionJoined(conn=1, user_id="u", session_id="s", metadata={"x": value})
+        SessionJoined(conn=1, user_id="u", session_id="s", metadata={"x": value}, now=0.0)
     with pytest.raises(LocalUsageError, match="finite numbers"):
-        MetadataUpdated(session_id="s", metadata={"x": value})
+        MetadataUpdated(session_id="s", metadata={"x": value}, now=0.0)
 
 
 @pytest.mark.parametrize("value", [-0.0, 1e308, 5e-324, pytest.param(10**4000, id="4001-digits")])

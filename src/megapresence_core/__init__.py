@@ -13,7 +13,16 @@ Glossary (one word, one meaning, in the code and the docs):
 ns
     A WebSocket path; every open connection belongs to exactly one.
 channel
-    A named group of sessions: the unit of hub routing and of the shared store.
+    A named group of sessions: the unit of hub routing, of the shared store,
+    of channel-scoped delivery (publish) and of presence to watchers.
+subscription
+    A session's membership of a channel, with a presence mode (``none``,
+    ``users``, ``sessions`` or ``count``). The channels of a join are its
+    first subscriptions, in mode ``none``; subscriptions belong to the session,
+    not to the connection carrying it.
+watcher
+    A connection subscribed in mode users, sessions or count: it gets a
+    snapshot, then coalesced diffs (or counts), of that channel.
 connection
     One open WebSocket, known to the core by an opaque hashable id (``conn``).
 user
@@ -24,7 +33,16 @@ session
 member
     A session as presence reports it: session id, user id, metadata.
 roster
-    The members of an ns or a channel: a query's answer, and nothing else.
+    The members of an ns or a channel: a query's answer. A channel roster is
+    also what this process knows of a channel's members, cluster-wide (local
+    sessions, plus remote ones learnt through the hub link or the cluster),
+    with counts kept as it changes.
+grace
+    How long a session whose socket closed stays listed (lingering) before
+    it leaves; a return within it is no leave and no join.
+window
+    The time over which a channel's presence changes are coalesced into one
+    diff per watcher.
 store
     The shared per-channel record of members kept outside the process (Redis):
     this process writes its own entries there, a roster read merges them.
@@ -34,9 +52,10 @@ hub link
     A bridge's link to the hub (``PresenceConfig.hub_link``).
 bridge
     A presence server as the hub sees it (``hub.Bridge``).
-subscriber
-    A bridge's placeholder session in one of its configured channels, so the
-    hub routes that channel's broadcasts to it.
+interest
+    A channel a bridge follows without a member in it (``HubLinkConfig.channels``,
+    sent in REGISTER), so the hub routes that channel's traffic to it. (Version
+    1 bridges said so with a placeholder session the hub now reads as interest.)
 cluster
     The instances of one app linked by NATS; the cluster link is one
     instance's part in it.
@@ -55,9 +74,9 @@ peer
 """
 
 from ._presence import Presence
-from ._values import Member, Message
+from ._values import Member, Message, PresenceMode, Sender
 from ._version import __version__ as __version__
-from .actions import Action, CloseConnection, Deliver, Log, LogLevel
+from .actions import Action, CloseConnection, Deliver, Log, LogLevel, RequestRefused
 from .config import (
     ClusterConfig,
     DuplicateSessionPolicy,
@@ -76,9 +95,12 @@ from .events import (
     Event,
     KickRequested,
     MetadataUpdated,
+    PublishRequested,
     SessionJoined,
     ShutdownRequested,
+    Subscribe,
     Tick,
+    Unsubscribe,
 )
 from .hub import Hub
 
@@ -109,8 +131,14 @@ __all__ = [
     "Presence",
     "PresenceConfig",
     "PresenceError",
+    "PresenceMode",
+    "PublishRequested",
+    "RequestRefused",
+    "Sender",
     "SessionJoined",
     "ShutdownRequested",
     "StoreConfig",
+    "Subscribe",
     "Tick",
+    "Unsubscribe",
 ]

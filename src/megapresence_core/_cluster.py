@@ -18,6 +18,13 @@ rather than prevented:
 Snapshots travel in parts (NATS caps a message's size); a snapshot replaces
 what we hold of its sender only once every part has arrived.
 
+Members carry their channels, and an ``add`` is a member's whole state (sent
+on a join, a metadata change, a subscribe and an unsubscribe), so every
+instance knows every channel's roster. What we hold of each instance is a
+:class:`~megapresence_core._rosters.SourceTable` keyed by its instance id,
+which keeps the channel rosters in step; the heartbeat digest covers channels
+and metadata, so a lost ``add`` of either kind is noticed and healed too.
+
 A session id held here by one user and announced by another instance under a
 different user is a conflict: it is logged, kept in that instance's table
 (so heartbeat digests still agree and no resync loop starts), and never
@@ -28,13 +35,13 @@ Without a configured cluster, ``Presence`` holds :class:`NoCluster`.
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any, Final, final
 
 import attrs
 
-from ._values import Member, Message, RemoteMember
+from ._rosters import Arrival, Rosters, SourceTable
+from ._values import Member, Message, RemoteMember, Sender
 from .actions import Action, ClusterPublish, Log, LogLevel
 from .config import ClusterConfig
 from .errors import CloseCode, LocalUsageError, PeerError, over_limit
@@ -43,6 +50,7 @@ from .wire import (
     ClusterAdd,
     ClusterBroadcast,
     ClusterBye,
+    ClusterChannelPublish,
     ClusterDirect,
     ClusterHeartbeat,
     ClusterKick,
@@ -66,15 +74,16 @@ LocalUser = Callable[[str], str | None]
 #: NATS's default 1 MiB payload limit.
 SNAPSHOT_PART_MEMBERS: Final = 500
 
-_FANOUT: Final = frozenset({ClusterBroadcast, ClusterDirect, ClusterKick})
+_FANOUT: Final = frozenset({ClusterBroadcast, ClusterChannelPublish, ClusterDirect, ClusterKick})
 _I = ClusterLinkInput
+Fanout = ClusterBroadcast | ClusterChannelPublish | ClusterDirect | ClusterKick
 
 
-def digest(session_ids: Iterable[str]) -> int:
-    """An order-independent fingerprint of a set of session ids."""
+def digest(members: Iterable[RemoteMember]) -> int:
+    """An order-independent fingerprint of a set of members, channels and metadata included."""
     value = 0
-    for session_id in session_ids:
-        value ^= zlib.crc32(session_id.encode("utf-8", "surrogatepass"))
+    for remote in members:
+        value ^= remote.fingerprint
     return value
 
 
@@ -85,43 +94,58 @@ class ClusterReceipt:
 
     actions: list[Action]
     #: A fan-out message for local delivery.
-    fanout: ClusterBroadcast | ClusterDirect | ClusterKick | None = None
+    fanout: Fanout | None = None
 
 
 @final
 class _Instance:
     """Another instance of the cluster, as we know it."""
 
-    __slots__ = ("epoch", "last_resync", "members", "snapshot")
+    __slots__ = ("epoch", "last_resync", "snapshot", "table")
 
-    def __init__(self, epoch: int) -> None:
+    def __init__(self, epoch: int, table: SourceTable) -> None:
         self.epoch = epoch
         self.last_resync: float | None = None
-        self.members: dict[str, RemoteMember] = {}
+        #: Its members, mirrored into the channel rosters.
+        self.table = table
         #: (snap, parts) -> the parts received so far
         self.snapshot: tuple[int, int, dict[int, tuple[RemoteMember, ...]]] | None = None
+
+    @property
+    def members(self) -> dict[str, RemoteMember]:
+        return self.table.sessions
 
 
 @final
 class ClusterLink:
     __slots__ = (
+        "_arrived",
         "_config",
         "_instances",
         "_lifecycle",
         "_local",
         "_local_user",
+        "_rosters",
         "_snap",
         "_subjects",
         "_timers",
     )
 
     def __init__(
-        self, config: ClusterConfig, timers: Timers, local: LocalMembers, local_user: LocalUser
+        self,
+        config: ClusterConfig,
+        timers: Timers,
+        local: LocalMembers,
+        local_user: LocalUser,
+        rosters: Rosters,
+        arrived: Arrival,
     ) -> None:
         self._config = config
         self._timers = timers
         self._local = local
         self._local_user = local_user
+        self._rosters = rosters
+        self._arrived = arrived
         prefix = f"megapresence.{config.app}"
         self._subjects = (f"{prefix}.fanout", f"{prefix}.members")
         self._instances: dict[str, _Instance] = {}
@@ -184,6 +208,23 @@ class ClusterLink:
             )
         )
 
+    def publish(
+        self,
+        channel: str,
+        message: Message,
+        except_session_ids: frozenset[str],
+        author: Sender | None,
+    ) -> str:
+        return self.encode(
+            ClusterChannelPublish(
+                **self._header(),
+                channel=channel,
+                message=message,
+                except_session_ids=tuple(sorted(except_session_ids)),
+                author=author,
+            )
+        )
+
     def direct(self, user_id: str, message: Message) -> str:
         return self.encode(ClusterDirect(**self._header(), user_id=user_id, message=message))
 
@@ -192,8 +233,13 @@ class ClusterLink:
             ClusterKick(**self._header(), session_id=session_id, reason=reason, requeue=requeue)
         )
 
-    def add(self, ns: str, member: Member) -> list[Action]:
-        return self._publish(ClusterAdd(**self._header(), ns=ns, member=member))
+    def add(self, remote: RemoteMember) -> list[Action]:
+        """A local member's whole state: it joined, changed metadata, or (un)subscribed."""
+        return self._publish(
+            ClusterAdd(
+                **self._header(), ns=remote.ns, member=remote.member, channels=remote.channels
+            )
+        )
 
     def remove(self, session_id: str) -> list[Action]:
         return self._publish(ClusterRemove(**self._header(), session_id=session_id))
@@ -250,6 +296,7 @@ class ClusterLink:
             assert isinstance(owner, str)
             gone = self._instances.pop(owner)
             fields = {"instance_id": owner, "members": len(gone.members)}
+            gone.table.clear()
             return [Log(level=LogLevel.INFO, event="cluster.instance.expired", fields=fields)]
         config = self._config  # Timer.CLUSTER_HEARTBEAT
         self._timers.arm(Timer.CLUSTER_HEARTBEAT, now + config.heartbeat_interval)
@@ -258,7 +305,7 @@ class ClusterLink:
             ClusterHeartbeat(
                 **self._header(),
                 count=len(members),
-                digest=digest(m.member.session_id for m in members),
+                digest=digest(members),
             )
         )
 
@@ -274,7 +321,7 @@ class ClusterLink:
             )
         if message.sender == self._config.instance_id:
             return ClusterReceipt([])  # our own echo
-        if isinstance(message, ClusterBroadcast | ClusterDirect | ClusterKick):
+        if isinstance(message, Fanout):
             return ClusterReceipt([], message)
         if not self._config.sync_members:
             return ClusterReceipt([])
@@ -287,6 +334,7 @@ class ClusterLink:
             if instance is not None:
                 del self._instances[sender]
                 self._timers.cancel(Timer.INSTANCE_TTL, sender)
+                instance.table.clear()
             fields = {"instance_id": sender}
             return [Log(level=LogLevel.INFO, event="cluster.instance.left", fields=fields)]
         actions: list[Action] = []
@@ -301,7 +349,9 @@ class ClusterLink:
                         fields={"instance_id": sender, "purged": len(instance.members)},
                     )
                 )
-            instance = self._instances[sender] = _Instance(message.epoch)
+                instance.table.clear()
+            table = SourceTable(sender, self._rosters, self._arrived, keep_channelless=True)
+            instance = self._instances[sender] = _Instance(message.epoch, table)
             actions += self._snapshot()  # introduce ourselves to the newcomer
         if self._lifecycle.fire(_I.HEARD) == "arm":
             self._timers.arm(Timer.INSTANCE_TTL, now + self._config.ttl, sender)
@@ -324,16 +374,15 @@ class ClusterLink:
         return actions
 
     def _on_add(self, instance: _Instance, message: Any, now: float) -> list[Action]:
-        remote = RemoteMember(ns=message.ns, member=message.member)
-        instance.members[remote.member.session_id] = remote
-        return self._conflicts((remote,), message.sender)
+        remote = RemoteMember(ns=message.ns, member=message.member, channels=message.channels)
+        return self._conflicts((remote,), message.sender) + instance.table.put(remote)
 
     def _on_remove(self, instance: _Instance, message: Any, now: float) -> list[Action]:
-        instance.members.pop(message.session_id, None)
+        instance.table.remove(message.session_id)
         return []
 
     def _on_heartbeat(self, instance: _Instance, message: Any, now: float) -> list[Action]:
-        held = (len(instance.members), digest(instance.members))
+        held = (len(instance.members), digest(instance.members.values()))
         if (message.count, message.digest) == held or (
             instance.last_resync is not None
             and now - instance.last_resync < self._config.heartbeat_interval
@@ -352,11 +401,9 @@ class ClusterLink:
         received[part] = message.members
         if len(received) < parts:
             return []
-        instance.members = {
-            m.member.session_id: m for index in range(parts) for m in received[index]
-        }
+        members = [m for index in range(parts) for m in received[index]]
         instance.snapshot = None
-        return self._conflicts(instance.members.values(), message.sender)
+        return self._conflicts(members, message.sender) + instance.table.replace(members)
 
     def _on_resync(self, instance: _Instance, message: Any, now: float) -> list[Action]:
         if message.target in ("*", self._config.instance_id):
@@ -372,6 +419,12 @@ class ClusterLink:
             for remote in instance.members.values()
             if remote.ns == ns
         ]
+
+    def knows_user(self, user_id: str) -> bool:
+        return any(instance.table.knows_user(user_id) for instance in self._instances.values())
+
+    def tables(self) -> list[SourceTable]:
+        return [instance.table for instance in self._instances.values()]
 
 
 _MEMBER_HANDLERS: Final[
@@ -417,17 +470,32 @@ class NoCluster:
     ) -> str:
         return ""
 
+    def publish(
+        self,
+        channel: str,
+        message: Message,
+        except_session_ids: frozenset[str],
+        author: Sender | None,
+    ) -> str:
+        return ""
+
     def direct(self, user_id: str, message: Message) -> str:
         return ""
 
     def kick(self, session_id: str, reason: str | None, requeue: bool) -> list[Action]:
         return []
 
-    def add(self, ns: str, member: Member) -> list[Action]:
+    def add(self, remote: RemoteMember) -> list[Action]:
         return []
 
     def remove(self, session_id: str) -> list[Action]:
         return []
 
     def remote_members(self, ns: str) -> list[Member]:
+        return []
+
+    def knows_user(self, user_id: str) -> bool:
+        return False
+
+    def tables(self) -> list[SourceTable]:
         return []

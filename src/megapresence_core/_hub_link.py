@@ -25,7 +25,7 @@ from typing import Final, final
 
 import attrs
 
-from ._values import Message
+from ._values import Message, Sender
 from .actions import (
     Action,
     CloseHubLink,
@@ -44,6 +44,7 @@ from .wire import (
     ErrorFrame,
     HeartbeatFrame,
     HubFrame,
+    PublishFrame,
     RegisteredFrame,
     RegisterFrame,
     decode_hub_frame,
@@ -120,10 +121,6 @@ class HubLink:
         return self._lifecycle.state
 
     @property
-    def bridge_id(self) -> str:
-        return self._config.bridge_id
-
-    @property
     def channels(self) -> tuple[str, ...]:
         return self._config.channels
 
@@ -146,6 +143,7 @@ class HubLink:
             instance_id=config.instance_id,
             capabilities=config.capabilities,
             protocol=HUB_PROTOCOL_VERSION,
+            channels=config.channels,
         )
         return [SendHubFrame(data=encode(register))]
 
@@ -250,6 +248,21 @@ class HubLink:
             BroadcastFrame(ns=ns, channel=channel, message=message, except_session_ids=excepted)
         )
 
+    def publish(
+        self,
+        channel: str,
+        message: Message,
+        except_session_ids: frozenset[str],
+        author: Sender | None,
+    ) -> str:
+        """The PUBLISH frame's text (measured: see :meth:`encode`)."""
+        excepted = tuple(sorted(except_session_ids))
+        return self.encode(
+            PublishFrame(
+                channel=channel, message=message, except_session_ids=excepted, author=author
+            )
+        )
+
     def direct(self, user_id: str, message: Message) -> str:
         return self.encode(DirectFrame(user_id=user_id, message=message))
 
@@ -293,7 +306,6 @@ class NoHubLink:
     __slots__ = ()
 
     state: Final = None
-    bridge_id: Final = ""
     channels: Final[tuple[str, ...]] = ()
 
     def _misuse(self, what: str) -> LocalUsageError:
@@ -318,6 +330,15 @@ class NoHubLink:
         self, ns: str, channel: str, message: Message, except_session_ids: frozenset[str]
     ) -> str:
         return ""  # nothing travels, so nothing is too big
+
+    def publish(
+        self,
+        channel: str,
+        message: Message,
+        except_session_ids: frozenset[str],
+        author: Sender | None,
+    ) -> str:
+        return ""
 
     def direct(self, user_id: str, message: Message) -> str:
         return ""

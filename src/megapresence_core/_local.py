@@ -1,21 +1,31 @@
-"""This process's connections: their records and the three local indexes over them.
+"""This process's connections and sessions: their records and the indexes over them.
 
 ``by_ns`` maps an ns to its open, attached connections; ``by_user`` and
-``by_session`` map the users and sessions of joined connections. Sets are
-dicts (ordered by insertion) so every replay of the same events yields
-targets in the same order. No empty set is kept and a closed connection is
-in no index: :meth:`LocalIndexes.check` states the invariant by rebuilding
-every index from the records, and the property tests and fuzz targets call it
-after every event. A record's lifecycle is the ``CONNECTION`` table's; the
-index changes of each transition are the row's effect.
+``by_session`` map the users and sessions of joined connections;
+``by_channel`` maps a channel to the joined connections subscribed to it
+(whom a channel message reaches); ``lingering`` holds, by session id, the
+records of sessions whose socket closed and who stay listed for the leave
+grace. Sets are dicts (ordered by insertion) so every replay of the same
+events yields targets in the same order. No empty set is kept and a closed
+connection is in no index: :meth:`LocalIndexes.check` states the invariant by
+rebuilding every index from the records, and the property tests and fuzz
+targets call it after every event. A record's lifecycle is the
+``CONNECTION`` table's; the index changes of each transition are the row's
+effect, and the ``GRACE`` timer of a lingering record is keyed by the record.
+
+A session's subscriptions (channel -> presence mode) belong to the session:
+a connection that takes a session over (a duplicate join, or a return within
+the grace) inherits them in mode ``none``; it watches nothing until it
+subscribes again, because it has seen no snapshot.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Iterable, Iterator
+from itertools import chain
 from typing import Final, final
 
-from ._values import JsonObject, Member, StoreEntry
+from ._values import JsonObject, Member, PresenceMode, RemoteMember, StoreEntry
 from .actions import Action, StoreDelete, StorePut, StoreRefresh
 from .config import StoreConfig
 from .errors import LocalUsageError
@@ -26,27 +36,49 @@ __all__ = ["ConnectionRecord", "LocalIndexes", "NoStore", "SharedStore"]
 
 @final
 class ConnectionRecord:
-    """What the core knows of one open connection."""
+    """What the core knows of one connection, and of its session while that lingers."""
 
-    __slots__ = ("channels", "conn", "lifecycle", "metadata", "ns", "session_id", "user_id")
+    __slots__ = (
+        "closed_at",
+        "conn",
+        "lifecycle",
+        "metadata",
+        "ns",
+        "session_id",
+        "subscriptions",
+        "user_id",
+    )
 
-    def __init__(self, conn: Hashable, ns: str) -> None:
+    def __init__(self, conn: Hashable, ns: str, timers: Timers) -> None:
         self.conn = conn
         self.ns = ns
-        self.lifecycle: Machine[ConnectionState, ConnectionInput] = Machine(CONNECTION)
+        self.lifecycle: Machine[ConnectionState, ConnectionInput] = Machine(
+            CONNECTION, timers, owner=self
+        )
         self.user_id: str | None = None
         self.session_id: str | None = None
-        self.channels: tuple[str, ...] = ()
+        #: channel -> presence mode, in subscription order
+        self.subscriptions: dict[str, PresenceMode] = {}
         self.metadata: JsonObject | None = None
+        #: When the socket closed (a lingering session's grace started).
+        self.closed_at = 0.0
 
     @property
     def state(self) -> ConnectionState:
         return self.lifecycle.state
 
+    @property
+    def channels(self) -> tuple[str, ...]:
+        return tuple(self.subscriptions)
+
     def member(self) -> Member:
         assert self.user_id is not None
         assert self.session_id is not None
         return Member(session_id=self.session_id, user_id=self.user_id, metadata=self.metadata)
+
+    def remote(self) -> RemoteMember:
+        """The session as another process holds it."""
+        return RemoteMember(ns=self.ns, member=self.member(), channels=self.channels)
 
     def __repr__(self) -> str:
         who = f" {self.user_id}/{self.session_id}" if self.session_id else ""
@@ -66,15 +98,18 @@ def _remove(index: dict[str, dict[Hashable, None]], key: str, conn: Hashable) ->
 
 @final
 class LocalIndexes:
-    """Connection records plus the ns, user and session indexes over them."""
+    """Connection records plus the ns, user, session and channel indexes over them."""
 
-    __slots__ = ("by_ns", "by_session", "by_user", "records")
+    __slots__ = ("_timers", "by_channel", "by_ns", "by_session", "by_user", "lingering", "records")
 
-    def __init__(self) -> None:
+    def __init__(self, timers: Timers) -> None:
+        self._timers = timers
         self.records: dict[Hashable, ConnectionRecord] = {}
         self.by_ns: dict[str, dict[Hashable, None]] = {}
         self.by_user: dict[str, dict[Hashable, None]] = {}
         self.by_session: dict[str, ConnectionRecord] = {}
+        self.by_channel: dict[str, dict[Hashable, None]] = {}
+        self.lingering: dict[str, ConnectionRecord] = {}
 
     def get(self, conn: Hashable, *, what: str) -> ConnectionRecord:
         record = self.records.get(conn)
@@ -85,7 +120,7 @@ class LocalIndexes:
     def open(self, conn: Hashable, ns: str) -> None:
         if conn in self.records:
             raise LocalUsageError(f"ConnectionOpened: connection {conn!r} is already open")
-        self.records[conn] = ConnectionRecord(conn, ns)
+        self.records[conn] = ConnectionRecord(conn, ns, self._timers)
         _add(self.by_ns, ns, conn)
 
     def join(
@@ -93,29 +128,56 @@ class LocalIndexes:
         record: ConnectionRecord,
         user_id: str,
         session_id: str,
-        channels: tuple[str, ...],
+        subscriptions: dict[str, PresenceMode],
         metadata: JsonObject | None,
     ) -> None:
         record.lifecycle.fire(ConnectionInput.JOIN)
         record.user_id, record.session_id = user_id, session_id
-        record.channels, record.metadata = channels, metadata
+        record.subscriptions, record.metadata = subscriptions, metadata
         _add(self.by_user, user_id, record.conn)
         self.by_session[session_id] = record
+        for channel in subscriptions:
+            _add(self.by_channel, channel, record.conn)
+
+    def subscribe(self, record: ConnectionRecord, channel: str, mode: PresenceMode) -> None:
+        if channel not in record.subscriptions:
+            _add(self.by_channel, channel, record.conn)
+        record.subscriptions[channel] = mode
+
+    def unsubscribe(self, record: ConnectionRecord, channel: str) -> None:
+        del record.subscriptions[channel]
+        _remove(self.by_channel, channel, record.conn)
 
     def detach(self, record: ConnectionRecord) -> None:
         """Strip ``record`` of its session and take it out of every index; it stays open."""
         self._effects[record.lifecycle.fire(ConnectionInput.DETACH)](self, record)
 
-    def close(self, conn: Hashable) -> ConnectionRecord | None:
-        """Forget ``conn``; return its record if its session has just left."""
+    def kick(self, record: ConnectionRecord) -> str:
+        """Mark ``record`` kicked: its session will leave at once when it closes."""
+        return record.lifecycle.fire(ConnectionInput.KICK)
+
+    def close(self, conn: Hashable, now: float) -> tuple[ConnectionRecord, str]:
+        """Forget ``conn``; return its record and the effect: ``"linger"`` (its session
+        stays listed), ``"leave"`` (its session has left), or another (it held none)."""
         record = self.get(conn, what="ConnectionClosed")
         effect = record.lifecycle.fire(ConnectionInput.CLOSE)
         del self.records[conn]
+        record.closed_at = now
         self._effects[effect](self, record)
-        return record if effect == "leave" else None
+        return record, effect
+
+    def end(self, record: ConnectionRecord, event: ConnectionInput) -> str:
+        """End a lingering session (returned, superseded, expired, shut down)."""
+        effect = record.lifecycle.fire(event)
+        assert record.session_id is not None
+        del self.lingering[record.session_id]
+        return effect
 
     def shut_down(self) -> list[ConnectionRecord]:
-        """Take every connection out of every index; their closes are still due."""
+        """Take every connection out of every index and forget every lingering session;
+        return the open connections, whose closes are still due."""
+        for record in list(self.lingering.values()):
+            self.end(record, ConnectionInput.SHUTDOWN)
         records = list(self.records.values())
         for record in records:
             self._effects[record.lifecycle.fire(ConnectionInput.SHUTDOWN)](self, record)
@@ -127,13 +189,9 @@ class LocalIndexes:
     def _unmap(self, record: ConnectionRecord) -> None:
         """Out of every index; a record without its session cannot unmap or announce the
         session that a newer connection now owns when it closes later."""
-        assert record.user_id is not None
-        assert record.session_id is not None
-        _remove(self.by_ns, record.ns, record.conn)
-        _remove(self.by_user, record.user_id, record.conn)
-        del self.by_session[record.session_id]
+        self._leave(record)
         record.user_id = record.session_id = None
-        record.channels, record.metadata = (), None
+        record.subscriptions, record.metadata = {}, None
 
     def _leave(self, record: ConnectionRecord) -> None:
         assert record.user_id is not None
@@ -141,6 +199,13 @@ class LocalIndexes:
         _remove(self.by_ns, record.ns, record.conn)
         _remove(self.by_user, record.user_id, record.conn)
         del self.by_session[record.session_id]
+        for channel in record.subscriptions:
+            _remove(self.by_channel, channel, record.conn)
+
+    def _linger(self, record: ConnectionRecord) -> None:
+        self._leave(record)
+        assert record.session_id is not None
+        self.lingering[record.session_id] = record
 
     def _nothing(self, record: ConnectionRecord) -> None:
         pass
@@ -150,23 +215,41 @@ class LocalIndexes:
         "unindex": _unindex,
         "unmap": _unmap,
         "leave": _leave,
+        "linger": _linger,
     }
 
-    def joined(self) -> Iterator[ConnectionRecord]:
-        """Joined connections, in the order their sessions were mapped."""
-        return iter(self.by_session.values())
+    def targets(
+        self, conns: dict[Hashable, None] | None, except_session_ids: frozenset[str]
+    ) -> tuple[Hashable, ...]:
+        """``conns`` (an index's entry) without those holding one of ``except_session_ids``."""
+        if not conns:
+            return ()
+        if not except_session_ids:
+            return tuple(conns)
+        records = self.records
+        return tuple(conn for conn in conns if records[conn].session_id not in except_session_ids)
+
+    def members(self) -> Iterator[ConnectionRecord]:
+        """Every session of this process: joined, then lingering."""
+        return chain(self.by_session.values(), self.lingering.values())
+
+    def session(self, session_id: str) -> ConnectionRecord | None:
+        """The record holding ``session_id``, joined or lingering."""
+        return self.by_session.get(session_id) or self.lingering.get(session_id)
 
     def check(self) -> None:
         """Raise ``AssertionError`` unless the indexes are exactly what the records imply."""
         ns: dict[str, set[Hashable]] = {}
         users: dict[str, set[Hashable]] = {}
         sessions: dict[str, ConnectionRecord] = {}
+        channels: dict[str, set[Hashable]] = {}
         for conn, record in self.records.items():
-            joined = record.state is ConnectionState.JOINED
+            joined = record.state in _JOINED
             if (
                 record.conn != conn
                 or joined != (record.session_id is not None)
                 or (joined != (record.user_id is not None))
+                or (not joined and record.subscriptions)
             ):
                 raise AssertionError(f"{record!r} disagrees with its state or key {conn!r}")
             if record.state in _IN_NS_INDEX:
@@ -174,18 +257,33 @@ class LocalIndexes:
             if record.user_id is not None and record.session_id is not None:
                 users.setdefault(record.user_id, set()).add(conn)
                 sessions[record.session_id] = record
+                for channel in record.subscriptions:
+                    channels.setdefault(channel, set()).add(conn)
+        for session_id, record in self.lingering.items():
+            if (
+                record.state is not ConnectionState.LINGERING
+                or record.session_id != session_id
+                or session_id in sessions
+            ):
+                raise AssertionError(f"lingering {record!r} is filed under {session_id!r}")
         actual_ns = {key: set(conns) for key, conns in self.by_ns.items()}
         actual_users = {key: set(conns) for key, conns in self.by_user.items()}
+        actual_channels = {key: set(conns) for key, conns in self.by_channel.items()}
         if actual_ns != ns:
             raise AssertionError(f"ns index {actual_ns!r} should be {ns!r}")
         if actual_users != users:
             raise AssertionError(f"user index {actual_users!r} should be {users!r}")
         if self.by_session != sessions:
             raise AssertionError(f"session index {self.by_session!r} should be {sessions!r}")
+        if actual_channels != channels:
+            raise AssertionError(f"channel index {actual_channels!r} should be {channels!r}")
 
 
 #: The invariant check states, independently of the table, where each state belongs.
-_IN_NS_INDEX: Final = frozenset({ConnectionState.OPENED, ConnectionState.JOINED})
+_IN_NS_INDEX: Final = frozenset(
+    {ConnectionState.OPENED, ConnectionState.JOINED, ConnectionState.KICKED}
+)
+_JOINED: Final = frozenset({ConnectionState.JOINED, ConnectionState.KICKED})
 
 
 @final
@@ -206,13 +304,13 @@ class SharedStore:
         self._timers = timers
         self._entries = entries
 
-    def put(self, record: ConnectionRecord) -> list[Action]:
+    def put(self, record: ConnectionRecord, channels: Iterable[str]) -> list[Action]:
         member = record.member()
         return [
             StorePut(
                 channel=channel, session_id=member.session_id, member=member, ttl=self._config.ttl
             )
-            for channel in record.channels
+            for channel in channels
         ]
 
     def delete(self, session_id: str, channels: Iterable[str]) -> list[Action]:
@@ -238,7 +336,7 @@ class NoStore:
 
     __slots__ = ()
 
-    def put(self, record: ConnectionRecord) -> list[Action]:
+    def put(self, record: ConnectionRecord, channels: Iterable[str]) -> list[Action]:
         return []
 
     def delete(self, session_id: str, channels: Iterable[str]) -> list[Action]:

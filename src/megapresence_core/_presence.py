@@ -1,11 +1,20 @@
 """``Presence``: the bridge-side machine, one per application process.
 
 Theory of operation: the shim turns everything that happens (a socket opened,
-a join, a frame from the hub, time passing) into an event and calls
-:meth:`Presence.handle`, which returns the actions to perform, in order.
+a join, a subscribe, a frame from the hub, time passing) into an event and
+calls :meth:`Presence.handle`, which returns the actions to perform, in order.
 ``Presence`` is a facade over its parts, each with one job:
 
-- the local indexes (``_local.LocalIndexes``): who is connected here;
+- the local indexes (``_local.LocalIndexes``): who is connected here, which
+  sessions linger in their leave grace, who is subscribed to what;
+- the channel rosters (``_rosters.Rosters``): every channel's members as this
+  process knows them, cluster-wide, with O(1) counts; remote members arrive in
+  source tables (the hub's in ``_hub_members.HubMembers``, each instance's in
+  the cluster link);
+- the channels (``_channels.Channels``): subscribe, unsubscribe, sync, publish,
+  and the one way a local session's membership changes reach every part;
+- the presence feed (``_feed.PresenceFeed``): snapshots and coalesced diffs
+  and counts for the watchers of each channel;
 - the hub link (``_hub_link.HubLink``), the cluster link
   (``_cluster.ClusterLink``) and the shared store (``_local.SharedStore``):
   where presence and messages go beyond this process; when one is not
@@ -21,8 +30,17 @@ and ticks are accepted). Local delivery always comes first and fan-out (hub,
 cluster, store) after it, so a failing fan-out can neither delay nor undo
 what was delivered here. Misuse raises ``LocalUsageError`` before any state
 changes: every handler validates first (and builds every frame it will send,
-so a frame too big is refused) and mutates after. Bytes from the network
-never raise: the links turn them into warnings.
+so a frame too big is refused) and mutates after. A refusal nobody could
+check beforehand (a full channel) is a ``RequestRefused`` action. Bytes from
+the network never raise: the links turn them into warnings. At the end of
+every event that carries ``now``, the feed starts the presence windows the
+event opened (or, with a window of 0, flushes them).
+
+A session whose socket closes lingers for ``leave_grace``: still listed,
+counted and announced as present; it leaves when the grace ends (timer
+``GRACE``), or is restored if it joins again, here (the new connection takes
+it over, subscriptions and all) or elsewhere (the hub or the cluster tells
+us, and we drop our copy without a leave).
 """
 
 from __future__ import annotations
@@ -30,10 +48,14 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any, Final, final
 
+from ._channels import Channels, Parts
 from ._cluster import ClusterLink, ClusterReceipt, NoCluster
+from ._feed import PresenceFeed
 from ._hub_link import HubLink, NoHubLink
+from ._hub_members import PRESENCE_FRAMES, HubMembers
 from ._local import ConnectionRecord, LocalIndexes, NoStore, SharedStore
-from ._values import Member, Message, RemoteMember, StoreEntry
+from ._rosters import LOCAL
+from ._values import Member, Message, PresenceMode, RemoteMember, StoreEntry
 from .actions import Action, CloseConnection, Deliver, Log, LogLevel
 from .config import DuplicateSessionPolicy, PresenceConfig
 from .errors import CloseCode, LocalUsageError, truncate_reason
@@ -52,9 +74,13 @@ from .events import (
     HubLost,
     KickRequested,
     MetadataUpdated,
+    PresenceSync,
+    PublishRequested,
     SessionJoined,
     ShutdownRequested,
+    Subscribe,
     Tick,
+    Unsubscribe,
 )
 from .lifecycle import (
     CLUSTER_LINK,
@@ -72,19 +98,21 @@ from .lifecycle import (
 )
 from .wire import (
     BroadcastFrame,
-    BulkLeaveFrame,
     ClusterBroadcast,
+    ClusterChannelPublish,
     ClusterDirect,
     ClusterKick,
     DirectFrame,
+    DirectResult,
     DisconnectFrame,
     HeartbeatFrame,
     HubFrame,
     JoinFrame,
-    LeaveFrame,
     MetadataFrame,
+    PublishFrame,
     broadcast_text,
     direct_text,
+    encode,
 )
 
 __all__ = ["Presence"]
@@ -97,6 +125,7 @@ REPLACED_REASON: Final = "session taken over by a new connection"
 SHUTDOWN_REASON: Final = "server shutting down"
 
 _TimerHandler = Callable[[Timer, Hashable, float], list[Action]]
+_NONE = PresenceMode.NONE
 
 
 @final
@@ -107,26 +136,51 @@ class Presence:
         self._config = config = config if config is not None else PresenceConfig()
         self._limits = config.limits
         self._lifecycle: Machine[PresenceState, PresenceInput] = Machine(PRESENCE)
-        self._timers = Timers()
-        self._local = LocalIndexes()
-        self._on_timer: dict[Timer, _TimerHandler] = {}
+        self._timers = timers = Timers()
+        self._local = LocalIndexes(timers)
+        self._feed = PresenceFeed(timers, config.presence_window)
+        self._rosters = self._feed.rosters
+        self._on_timer: dict[Timer, _TimerHandler] = {
+            Timer.GRACE: self._grace_over,
+            Timer.FLUSH: self._feed.on_timer,
+        }
         self._hub_link: HubLink | NoHubLink = NoHubLink()
         self._cluster: ClusterLink | NoCluster = NoCluster()
-        self._store: SharedStore | NoStore = NoStore()
+        store: SharedStore | NoStore = NoStore()
         if config.hub_link is not None:
             link = HubLink(
-                config.hub_link, self._timers, max_frame_bytes=self._limits.max_hub_frame_bytes
+                config.hub_link, timers, max_frame_bytes=self._limits.max_hub_frame_bytes
             )
             self._hub_link = link
             self._on_timer.update(dict.fromkeys(HUB_LINK.timer_kinds, link.on_timer))
+        self._hub_members = HubMembers(
+            self._rosters, self._arrived, frozenset(self._hub_link.channels)
+        )
         if config.cluster is not None:
-            cluster = ClusterLink(config.cluster, self._timers, self._local_members, self._user_of)
+            cluster = ClusterLink(
+                config.cluster,
+                timers,
+                self._local_members,
+                self._user_of,
+                self._rosters,
+                self._arrived,
+            )
             self._cluster = cluster
             self._on_timer.update(dict.fromkeys(CLUSTER_LINK.timer_kinds, cluster.on_timer))
         if config.store is not None:
-            store = SharedStore(config.store, self._timers, self.local_store_entries)
-            self._store = store
+            store = SharedStore(config.store, timers, self.local_store_entries)
             self._on_timer[Timer.STORE_REFRESH] = store.on_timer
+        #: What this module and ``_channels`` share (the store is swapped at shutdown).
+        self._parts = Parts(
+            local=self._local,
+            feed=self._feed,
+            hub_members=self._hub_members,
+            limits=self._limits,
+            hub_link=self._hub_link,
+            cluster=self._cluster,
+            store=store,
+        )
+        self._channels = Channels(self._parts)
 
     @property
     def config(self) -> PresenceConfig:
@@ -140,9 +194,13 @@ class Presence:
         if entry is None:
             raise LocalUsageError(f"Presence.handle: not an event: {event!r}")
         kind, handler = entry
-        if self._lifecycle.fire(kind) == "handle":
-            return handler(self, event)
-        return []
+        if self._lifecycle.fire(kind) != "handle":
+            return []
+        actions = handler(self, event)
+        now = getattr(event, "now", None)
+        if now is not None:
+            actions += self._feed.settle(now)
+        return actions
 
     def _on_open(self, event: ConnectionOpened) -> list[Action]:
         self._limits.check_name("ConnectionOpened", "ns", event.ns)
@@ -158,51 +216,82 @@ class Presence:
         limits.check_channels("SessionJoined", event.channels)
         limits.check_metadata("SessionJoined", event.metadata_bytes)
         actions: list[Action] = []
-        prior = local.by_session.get(event.session_id)
-        if prior is not None:
-            # A session may move between connections of its own user only.
+        held = local.by_session.get(event.session_id)
+        lingering = local.lingering.get(event.session_id)
+        prior = held or lingering
+        if prior is not None and (held is not None or prior.user_id != event.user_id):
+            # One connection at a time holds a session, and only its own user's.
             foreign = prior.user_id != event.user_id
             policy = (
                 DuplicateSessionPolicy.REFUSE_NEW if foreign else self._config.duplicate_session
             )
-            fields = {
-                "session_id": event.session_id,
-                "prior_user_id": prior.user_id,
-                "user_id": event.user_id,
-                "policy": policy.value,
-            }
-            event_name = "presence.session.foreign" if foreign else "presence.session.duplicate"
-            actions.append(Log(level=LogLevel.WARNING, event=event_name, fields=fields))
+            actions.append(_duplicate_log(event, prior, policy, foreign))
             if policy is DuplicateSessionPolicy.REFUSE_NEW:
                 reason = FOREIGN_REASON if foreign else DUPLICATE_REASON
                 actions.append(
                     CloseConnection(conn=event.conn, code=CloseCode.POLICY, reason=reason)
                 )
                 return actions
-            stale = [channel for channel in prior.channels if channel not in event.channels]
-            local.detach(prior)
             if policy is DuplicateSessionPolicy.CLOSE_PRIOR:
                 actions.append(
                     CloseConnection(conn=prior.conn, code=CloseCode.POLICY, reason=REPLACED_REASON)
                 )
-            actions += self._store.delete(event.session_id, stale)
-        local.join(record, event.user_id, event.session_id, event.channels, event.metadata)
+        inherited = prior.channels if prior is not None else ()
+        if held is not None:  # taken over: it stays open, without its session
+            self._channels.unwatch(held)
+            local.detach(held)
+        if lingering is not None:  # restored: no leave, no join
+            local.end(lingering, ConnectionInput.RETURN)
+        # The session keeps its subscriptions (as present-only: this connection has
+        # seen no snapshot) and gains the join's channels, unless one is refused.
+        subscriptions = dict.fromkeys(inherited, _NONE)
+        refusals: list[Action] = []
+        for channel in event.channels:
+            if channel not in subscriptions:
+                refusal = self._channels.refusal(event.conn, channel, len(subscriptions))
+                if refusal is None:
+                    subscriptions[channel] = _NONE
+                else:
+                    refusals.append(refusal)
+        local.join(record, event.user_id, event.session_id, subscriptions, event.metadata)
+        # If the session was another bridge's, the hub now moves it here and will not echo
+        # that to us: what it told us of the session is stale.
+        self._hub_members.table.remove(event.session_id)
+        self._channels.show(record, subscriptions)
+        actions += refusals
         actions += self._hub_link.send(_join_frame(record))
-        actions += self._cluster.add(record.ns, record.member())
-        actions += self._store.put(record)
-        return actions
+        store = self._parts.store.put(record, subscriptions)
+        return actions + self._cluster.add(record.remote()) + store
 
     def _on_close(self, event: ConnectionClosed) -> list[Action]:
-        record = self._local.close(event.conn)
-        if record is None:  # it held no session (or lost it, or the server shut down)
+        record, effect = self._local.close(event.conn, event.now)
+        self._channels.unwatch(record)
+        if effect == "leave":  # it was kicked: no grace
+            return self._channels.left(record)
+        if effect != "linger":  # it held no session (or lost it, or the server shut down)
             return []
-        session_id = record.session_id
-        assert session_id is not None
-        return (
-            self._hub_link.send(LeaveFrame(session_id=session_id))
-            + self._cluster.remove(session_id)
-            + self._store.delete(session_id, record.channels)
-        )
+        grace = self._config.leave_grace
+        if not grace:
+            self._local.end(record, ConnectionInput.EXPIRE)
+            return self._channels.left(record)
+        self._timers.arm(Timer.GRACE, event.now + grace, record)
+        return []
+
+    def _grace_over(self, kind: Timer, owner: Hashable, now: float) -> list[Action]:
+        assert isinstance(owner, ConnectionRecord)
+        self._local.end(owner, ConnectionInput.EXPIRE)
+        return self._channels.left(owner)
+
+    def _arrived(self, session_id: str) -> list[Action]:
+        """Another process now holds ``session_id``: a lingering copy here is dropped, with
+        no leave (its new home announces it); the cluster and the store forget our copy."""
+        record = self._local.lingering.get(session_id)
+        if record is None:
+            return []
+        self._local.end(record, ConnectionInput.SUPERSEDE)
+        self._channels.hide(record, record.channels)
+        store = self._parts.store.delete(session_id, record.channels)
+        return self._cluster.remove(session_id) + store
 
     def _on_broadcast(self, event: BroadcastRequested) -> list[Action]:
         ns, channel, message, excepted = (
@@ -227,9 +316,15 @@ class Presence:
         user_id, message = event.user_id, event.message
         self._limits.check_name("DirectRequested", "user_id", user_id)
         self._limits.check_message("DirectRequested", message)
+        if event.conn is not None:
+            self._local.get(event.conn, what="DirectRequested")
         hub_text = self._hub_link.direct(user_id, message)
         cluster_text = self._cluster.direct(user_id, message)
         actions = self._deliver_direct(user_id, message)
+        if event.conn is not None:
+            found = self.knows_user(user_id)
+            text = encode(DirectResult(user_id=user_id, found=found))
+            actions.append(Deliver(conns=(event.conn,), text=text))
         return (
             actions + self._hub_link.send_text(hub_text) + self._cluster.publish_text(cluster_text)
         )
@@ -246,17 +341,18 @@ class Presence:
                 )
             ]
         record.metadata = event.metadata
+        self._channels.show(record, record.subscriptions)
         frame = MetadataFrame(session_id=event.session_id, metadata=event.metadata)
         return (
             self._hub_link.send(frame)
-            + self._cluster.add(record.ns, record.member())
-            + self._store.put(record)
+            + self._cluster.add(record.remote())
+            + self._parts.store.put(record, record.subscriptions)
         )
 
     def _on_kick(self, event: KickRequested) -> list[Action]:
-        record = self._local.by_session.get(event.session_id)
-        if record is not None:
-            return [_kick(record, event.reason, event.requeue)]
+        here = self._kick_here(event.session_id, event.reason, event.requeue)
+        if here is not None:
+            return here
         frame = DisconnectFrame(
             session_id=event.session_id, reason=event.reason, requeue=event.requeue
         )
@@ -271,6 +367,29 @@ class Presence:
             )
         ]
 
+    def _kick_here(self, session_id: str, reason: str | None, requeue: bool) -> list[Action] | None:
+        """Kick a session of this process: close its socket, or (it lingers, so it has
+        none) end its grace at the next tick, unless asked to requeue. None if not ours."""
+        record = self._local.by_session.get(session_id)
+        if record is not None:
+            return [self._kick(record, reason, requeue)]
+        lingering = self._local.lingering.get(session_id)
+        if lingering is None:
+            return None
+        if not requeue:
+            self._local.kick(lingering)
+            self._timers.arm(Timer.GRACE, lingering.closed_at, lingering)
+        return []
+
+    def _kick(self, record: ConnectionRecord, reason: str | None, requeue: bool) -> CloseConnection:
+        """Close a local session's socket: 1008 leaves at once; 4503 (requeue: come back
+        now) keeps the session for its grace, like any other lost socket."""
+        if not requeue:
+            self._local.kick(record)
+        code = CloseCode.REQUEUE if requeue else CloseCode.POLICY
+        text = reason if reason is not None else (REQUEUE_REASON if requeue else KICK_REASON)
+        return CloseConnection(conn=record.conn, code=code, reason=truncate_reason(text))
+
     def _on_hub_start(self, event: HubLinkStarted) -> list[Action]:
         return self._hub_link.start(event.now)
 
@@ -278,6 +397,8 @@ class Presence:
         return self._hub_link.connected(event.now)
 
     def _on_hub_lost(self, event: HubLost) -> list[Action]:
+        # What the hub told us stays (stale, not gone) until the MEMBERS of the next
+        # registration replace it, channel by channel.
         return self._hub_link.lost(event.now, event.code, event.reason)
 
     def _on_hub_frame(self, event: HubFrameReceived) -> list[Action]:
@@ -301,17 +422,20 @@ class Presence:
         if isinstance(message, ClusterBroadcast):
             excepted = frozenset(message.except_session_ids)
             return self._deliver_broadcast(message.ns, message.message, excepted)
+        if isinstance(message, ClusterChannelPublish):
+            excepted = frozenset(message.except_session_ids)
+            return self._channels.deliver(
+                message.channel, message.message, excepted, message.author
+            )
         if isinstance(message, ClusterDirect):
             return self._deliver_direct(message.user_id, message.message)
         if isinstance(message, ClusterKick):
-            record = self._local.by_session.get(message.session_id)
-            if record is not None:
-                return [_kick(record, message.reason, message.requeue)]
-        return receipt.actions  # a member message, or a kick for another instance
+            return self._kick_here(message.session_id, message.reason, message.requeue) or []
+        return receipt.actions  # a member message
 
     def _on_tick(self, event: Tick) -> list[Action]:
         now = event.now
-        self._store.on_tick(now)
+        self._parts.store.on_tick(now)
         actions: list[Action] = []
         while (due := self._timers.pop_due(now)) is not None:
             kind, owner = due
@@ -319,10 +443,16 @@ class Presence:
         return actions
 
     def _on_shutdown(self, event: ShutdownRequested) -> list[Action]:
-        # The seed's order: hub link, cluster, store (while the indexes still
-        # say whose members are ours), then the clients.
-        actions = self._hub_link.shutdown() + self._cluster.shutdown() + self._store.shutdown()
-        self._store = NoStore()
+        # The seed's order: hub link, cluster, store (while the indexes still say whose
+        # members are ours), then the clients. Nobody watches any more, and what other
+        # processes told us will not be kept up to date: the rosters empty.
+        parts = self._parts
+        actions = self._hub_link.shutdown() + self._cluster.shutdown() + parts.store.shutdown()
+        parts.store = NoStore()
+        self._feed.shutdown()
+        for record in list(self._local.members()):
+            self._channels.hide(record, record.channels)
+        self._hub_members.table.clear()
         actions += [
             CloseConnection(conn=record.conn, code=CloseCode.GOING_AWAY, reason=SHUTDOWN_REASON)
             for record in self._local.shut_down()
@@ -334,12 +464,16 @@ class Presence:
     def _hub_broadcast(self, frame: BroadcastFrame) -> list[Action]:
         return self._deliver_broadcast(frame.ns, frame.message, frozenset(frame.except_session_ids))
 
+    def _hub_publish(self, frame: PublishFrame) -> list[Action]:
+        excepted = frozenset(frame.except_session_ids)
+        return self._channels.deliver(frame.channel, frame.message, excepted, frame.author)
+
     def _hub_direct(self, frame: DirectFrame) -> list[Action]:
         return self._deliver_direct(frame.user_id, frame.message)
 
     def _hub_disconnect(self, frame: DisconnectFrame) -> list[Action]:
-        record = self._local.by_session.get(frame.session_id)
-        if record is None:  # closed meanwhile, or moved to another bridge
+        here = self._kick_here(frame.session_id, frame.reason, frame.requeue)
+        if here is None:  # gone meanwhile, or moved to another bridge
             return [
                 Log(
                     level=LogLevel.DEBUG,
@@ -347,11 +481,12 @@ class Presence:
                     fields={"session_id": frame.session_id},
                 )
             ]
-        return [_kick(record, frame.reason, frame.requeue)]
+        return here
+
+    def _hub_presence(self, frame: HubFrame) -> list[Action]:
+        return self._hub_members.receive(frame)
 
     def _hub_ignored(self, frame: HubFrame) -> list[Action]:
-        # Other bridges' presence reaches us for channel membership only; the
-        # roster lives in the cluster and the store, so these are not noise.
         return []
 
     # ------------------------------------------------------------- delivery
@@ -359,19 +494,9 @@ class Presence:
     def _deliver_broadcast(
         self, ns: str, message: Message, except_session_ids: frozenset[str]
     ) -> list[Action]:
-        conns = self._local.by_ns.get(ns)
-        if not conns:
-            return []
-        if except_session_ids:
-            records = self._local.records
-            targets = tuple(
-                conn for conn in conns if records[conn].session_id not in except_session_ids
-            )
-            if not targets:
-                return []
-        else:
-            targets = tuple(conns)
-        return [Deliver(conns=targets, text=broadcast_text(ns, message))]
+        local = self._local
+        targets = local.targets(local.by_ns.get(ns), except_session_ids)
+        return [Deliver(conns=targets, text=broadcast_text(ns, message))] if targets else []
 
     def _deliver_direct(self, user_id: str, message: Message) -> list[Action]:
         conns = self._local.by_user.get(user_id)
@@ -380,33 +505,28 @@ class Presence:
         return [Deliver(conns=tuple(conns), text=direct_text(message))]
 
     def _resync(self) -> list[Action]:
-        """The hub lost all presence: subscribe our channels, then re-JOIN every session."""
+        """The hub lost our presence: JOIN every local session again, with its channels.
+        (Our interest travelled in REGISTER; the hub answers both with MEMBERS.)"""
         link = self._hub_link
-        subscriber = f"bridge:{link.bridge_id}"
         actions: list[Action] = []
-        for channel in link.channels:
-            actions += link.send(
-                JoinFrame(
-                    user_id=subscriber, session_id=f"{subscriber}#{channel}", channels=(channel,)
-                )
-            )
-        for record in self._local.joined():
-            actions += link.send(_join_frame(record))
+        lingering = self._local.lingering
+        for record in self._local.members():
+            actions += link.send(_join_frame(record, lingering=record.session_id in lingering))
         return actions
 
     # --------------------------------------------------------------- queries
 
     def _local_members(self) -> list[RemoteMember]:
-        return [RemoteMember(ns=r.ns, member=r.member()) for r in self._local.joined()]
+        return [record.remote() for record in self._local.members()]
 
     def _user_of(self, session_id: str) -> str | None:
-        record = self._local.by_session.get(session_id)
+        record = self._local.session(session_id)
         return record.user_id if record is not None else None
 
     def roster(self, ns: str) -> list[Member]:
-        """The joined sessions on ``ns``: this process's first, then (when the cluster shares
-        members) every other instance's, without repeating a session id."""
-        found = {r.session_id: r.member() for r in self._local.joined() if r.ns == ns}
+        """The sessions on ``ns`` (lingering ones included): this process's first, then (when
+        the cluster shares members) every other instance's, without repeating a session id."""
+        found = {r.session_id: r.member() for r in self._local.members() if r.ns == ns}
         for member in self._cluster.remote_members(ns):
             found.setdefault(member.session_id, member)
         return list(found.values())
@@ -418,26 +538,59 @@ class Presence:
         (read by the shim from the shared store), without repeating a session id."""
         wanted = set(channels)
         found: dict[str, Member] = {}
-        for record in self._local.joined():
-            if not wanted.isdisjoint(record.channels):
+        for record in self._local.members():
+            if not wanted.isdisjoint(record.subscriptions):
                 member = record.member()
                 found[member.session_id] = member
         for member in remote_members:
             found.setdefault(member.session_id, member)
         return list(found.values())
 
+    def channel_members(self, channel: str) -> list[Member]:
+        """The members of ``channel`` as this process knows them: its own, and, for a channel
+        it tracks, every bridge's (through the hub) or every instance's (through the cluster)."""
+        roster = self._rosters.get(channel)
+        return list(roster.members.values()) if roster is not None else []
+
+    def presence_stats(self, channel: str) -> tuple[int, int]:
+        """``(sessions, users)`` of ``channel``, in O(1): cluster-wide for a channel this
+        process has a subscriber in or an interest in (the hub routes only those), and
+        through the cluster for every channel; local only with neither."""
+        return self._rosters.counts(channel)
+
+    def subscriptions(self, conn: Hashable) -> dict[str, PresenceMode]:
+        """The channels of ``conn``'s session and its presence mode in each (empty when
+        it holds no session)."""
+        return dict(self._local.get(conn, what="subscriptions").subscriptions)
+
+    def knows_user(self, user_id: str) -> bool:
+        """Whether ``user_id`` has a session that a direct message would reach, as far as
+        this process knows: a connection here, a member of a channel tracked here, or a
+        member of another instance of the cluster."""
+        return (
+            user_id in self._local.by_user
+            or self._hub_members.table.knows_user(user_id)
+            or self._cluster.knows_user(user_id)
+        )
+
     def local_store_entries(self) -> list[StoreEntry]:
         """One entry per (channel, session) of this process: what the shared store holds of us."""
         return [
             StoreEntry(channel=channel, session_id=member.session_id, member=member)
-            for record in self._local.joined()
+            for record in self._local.members()
             for member in (record.member(),)
-            for channel in record.channels
+            for channel in record.subscriptions
         ]
 
     def connection_state(self, conn: Hashable) -> ConnectionState:
         """The lifecycle state of ``conn``; CLOSED for an id the core does not hold."""
         record = self._local.records.get(conn)
+        return record.state if record is not None else ConnectionState.CLOSED
+
+    def session_state(self, session_id: str) -> ConnectionState:
+        """The state of the connection holding ``session_id`` (LINGERING during its leave
+        grace); CLOSED for a session this process does not hold."""
+        record = self._local.session(session_id)
         return record.state if record is not None else ConnectionState.CLOSED
 
     @property
@@ -468,24 +621,54 @@ class Presence:
         return self._timers.next_deadline()
 
     def check_invariants(self) -> None:
-        """Raise ``AssertionError`` if the indexes are inconsistent (for tests and fuzzers)."""
-        self._local.check()
+        """Raise ``AssertionError`` if any index disagrees with what it is built from:
+        the local indexes with the records, the rosters with the local sessions and the
+        sources' tables, the watchers with the subscriptions, the timers with the
+        lingering sessions and open windows (for tests and fuzzers)."""
+        local = self._local
+        local.check()
+        expected: dict[str, dict[str, dict[Hashable, Member]]] = {}
+        for record in local.members():
+            member = record.member()
+            for channel in record.subscriptions:
+                expected.setdefault(channel, {}).setdefault(member.session_id, {})[LOCAL] = member
+        self._hub_members.check()
+        for table in (self._hub_members.table, *self._cluster.tables()):
+            table.check()
+            for channel, session_id, member in table.holdings():
+                expected.setdefault(channel, {}).setdefault(session_id, {})[table.source] = member
+        self._rosters.check(expected)
+        watchers: dict[str, dict[PresenceMode, set[Hashable]]] = {}
+        for record in local.members():
+            for channel, mode in record.subscriptions.items():
+                if mode is not _NONE:
+                    watchers.setdefault(channel, {}).setdefault(mode, set()).add(record.conn)
+        self._feed.check(watchers)
+        if set(self._timers.owners(Timer.GRACE)) != set(local.lingering.values()):
+            raise AssertionError("the grace timers disagree with the lingering sessions")
 
 
-def _kick(record: ConnectionRecord, reason: str | None, requeue: bool) -> CloseConnection:
-    code = CloseCode.REQUEUE if requeue else CloseCode.POLICY
-    text = reason if reason is not None else (REQUEUE_REASON if requeue else KICK_REASON)
-    return CloseConnection(conn=record.conn, code=code, reason=truncate_reason(text))
+def _duplicate_log(
+    event: SessionJoined, prior: ConnectionRecord, policy: DuplicateSessionPolicy, foreign: bool
+) -> Log:
+    fields = {
+        "session_id": event.session_id,
+        "prior_user_id": prior.user_id,
+        "user_id": event.user_id,
+        "policy": policy.value,
+    }
+    name = "presence.session.foreign" if foreign else "presence.session.duplicate"
+    return Log(level=LogLevel.WARNING, event=name, fields=fields)
 
 
-def _join_frame(record: ConnectionRecord) -> JoinFrame:
-    assert record.user_id is not None
-    assert record.session_id is not None
+def _join_frame(record: ConnectionRecord, *, lingering: bool = False) -> JoinFrame:
+    member = record.member()
     return JoinFrame(
-        user_id=record.user_id,
-        session_id=record.session_id,
+        user_id=member.user_id,
+        session_id=member.session_id,
         channels=record.channels,
         metadata=record.metadata,
+        lingering=lingering,
     )
 
 
@@ -496,7 +679,11 @@ _HANDLERS: Final[dict[type[Any], tuple[PresenceInput, Callable[[Presence, Any], 
     ConnectionOpened: (_E, Presence._on_open),
     SessionJoined: (_E, Presence._on_join),
     ConnectionClosed: (_W, Presence._on_close),
+    Subscribe: (_E, lambda p, e: p._channels.subscribe(e)),
+    Unsubscribe: (_E, lambda p, e: p._channels.unsubscribe(e)),
+    PresenceSync: (_E, lambda p, e: p._channels.sync(e)),
     BroadcastRequested: (_E, Presence._on_broadcast),
+    PublishRequested: (_E, lambda p, e: p._channels.publish(e)),
     DirectRequested: (_E, Presence._on_direct),
     MetadataUpdated: (_E, Presence._on_metadata),
     KickRequested: (_E, Presence._on_kick),
@@ -513,11 +700,9 @@ _HANDLERS: Final[dict[type[Any], tuple[PresenceInput, Callable[[Presence, Any], 
 
 _HUB_FRAME_HANDLERS: Final[dict[type[Any], Callable[[Presence, Any], list[Action]]]] = {
     BroadcastFrame: Presence._hub_broadcast,
+    PublishFrame: Presence._hub_publish,
     DirectFrame: Presence._hub_direct,
     DisconnectFrame: Presence._hub_disconnect,
-    JoinFrame: Presence._hub_ignored,
-    LeaveFrame: Presence._hub_ignored,
-    BulkLeaveFrame: Presence._hub_ignored,
-    MetadataFrame: Presence._hub_ignored,
     HeartbeatFrame: Presence._hub_ignored,
+    **dict.fromkeys(PRESENCE_FRAMES, Presence._hub_presence),
 }

@@ -13,9 +13,11 @@ one peer can always be sent to another.
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import math
 import re
+import zlib
 from collections.abc import Iterable, Mapping
 from typing import Any, Final, NoReturn, TypeAlias, final
 
@@ -30,7 +32,9 @@ __all__ = [
     "JsonObject",
     "Member",
     "Message",
+    "PresenceMode",
     "RemoteMember",
+    "Sender",
     "StoreEntry",
     "decode_object",
     "dumps",
@@ -270,10 +274,77 @@ class StoreEntry:
 @final
 @attrs.frozen(kw_only=True)
 class RemoteMember:
-    """A member of another instance of the cluster, with the ns it joined on."""
+    """A member of another process (an instance of the cluster, or a bridge behind the hub),
+    with the ns it joined on (empty when the hub, which does not say, told us) and its channels.
+
+    ``fingerprint`` is a CRC of everything a peer could disagree about (session, user,
+    channels in any order, metadata): the cluster's heartbeat digest XORs them, so a
+    lost subscribe or metadata change is noticed, not only a lost join.
+    """
 
     ns: str
     member: Member
+    channels: tuple[str, ...] = ()
+
+    @functools.cached_property
+    def fingerprint(self) -> int:
+        """Computed once, when a digest first needs it (a join without a cluster never does)."""
+        member = self.member
+        text = "\0".join(
+            (
+                member.session_id,
+                member.user_id,
+                ",".join(sorted(self.channels)),
+                dumps(member.metadata),
+            )
+        )
+        return zlib.crc32(text.encode("utf-8", "surrogatepass"))
 
     def to_json(self) -> JsonObject:
-        return {"ns": self.ns, **self.member.to_json()}
+        out: JsonObject = {"ns": self.ns, **self.member.to_json()}
+        if self.channels:
+            out["channels"] = list(self.channels)
+        return out
+
+
+class PresenceMode(enum.Enum):
+    """What a subscription receives about the channel's members.
+
+    ``NONE`` is present only: counted and listed, told nothing (the default, and
+    the way out of n-squared traffic in big channels); ``USERS`` and ``SESSIONS``
+    get a snapshot then diffs, one member per user or per session; ``COUNT`` gets
+    coalesced ``{sessions, users}`` counts.
+    """
+
+    NONE = "none"
+    USERS = "users"
+    SESSIONS = "sessions"
+    COUNT = "count"
+
+    __hash__ = object.__hash__
+
+    def __repr__(self) -> str:
+        return f"PresenceMode.{self.name}"
+
+    @classmethod
+    def coerce(cls, owner: str, value: object) -> PresenceMode:
+        """A ``PresenceMode`` or its wire name, else ``LocalUsageError`` naming ``owner``."""
+        if isinstance(value, PresenceMode):
+            return value
+        try:
+            return cls(value)
+        except ValueError:
+            names = ", ".join(mode.value for mode in cls)
+            raise LocalUsageError(f"{owner}: mode must be one of {names}, not {value!r}") from None
+
+
+@final
+@attrs.frozen(kw_only=True)
+class Sender:
+    """Who published a channel message, stamped by the server (never taken from a browser)."""
+
+    user_id: str
+    session_id: str
+
+    def to_json(self) -> JsonObject:
+        return {"userId": self.user_id, "sessionId": self.session_id}

@@ -27,6 +27,7 @@ __all__ = [
     "Log",
     "LogLevel",
     "RefuseBridge",
+    "RequestRefused",
     "SendBridgeFrame",
     "SendHubFrame",
     "StoreDelete",
@@ -67,6 +68,25 @@ class CloseConnection:
     conn: Hashable
     code: int
     reason: str
+
+
+@final
+@attrs.frozen(kw_only=True)
+class RequestRefused:
+    """A client's (or the embedding program's) request could not be done, for a reason
+    nobody could check beforehand (``channel_full``, ``too_many_channels``,
+    ``not_joined``, ``not_subscribed``...): nothing changed.
+
+    ``text`` is the client error message ``{"type": "error", "payload": {"code",
+    "message", "channel"?}}``, already encoded: a shim writes it to ``conn``, and
+    an embedding API may also return the refusal to its caller.
+    """
+
+    conn: Hashable
+    code: str
+    message: str
+    channel: str | None = None
+    text: str = attrs.field(repr=False)
 
 
 @final
@@ -151,6 +171,7 @@ class Log:
 
 Action: TypeAlias = (
     Deliver
+    | RequestRefused
     | CloseConnection
     | ConnectHub
     | SendHubFrame

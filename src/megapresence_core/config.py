@@ -23,11 +23,14 @@ from .errors import CloseCode, LocalUsageError, over_limit
 from .wire import MAX_HEARTBEAT_INTERVAL, MIN_HEARTBEAT_INTERVAL
 
 __all__ = [
+    "DEFAULT_LEAVE_GRACE",
     "DEFAULT_MAX_CHANNELS_PER_SESSION",
     "DEFAULT_MAX_HUB_FRAME_BYTES",
+    "DEFAULT_MAX_MEMBERS_PER_CHANNEL",
     "DEFAULT_MAX_MESSAGE_BYTES",
     "DEFAULT_MAX_METADATA_BYTES",
     "DEFAULT_MAX_NAME_BYTES",
+    "DEFAULT_PRESENCE_WINDOW",
     "ClusterConfig",
     "DuplicateSessionPolicy",
     "HubConfig",
@@ -49,6 +52,17 @@ DEFAULT_MAX_CHANNELS_PER_SESSION: Final = 64
 DEFAULT_MAX_NAME_BYTES: Final = 256
 #: A hub frame carries one message plus routing: the message limit plus headroom.
 DEFAULT_MAX_HUB_FRAME_BYTES: Final = DEFAULT_MAX_MESSAGE_BYTES + 16 * 1024
+#: A users or sessions snapshot of 10,000 members with small metadata is about
+#: 1 MB: as much as a browser should parse at once. Bigger channels want counts.
+DEFAULT_MAX_MEMBERS_PER_CHANNEL: Final = 10_000
+#: Seconds of presence changes coalesced into one diff per watcher: below what a
+#: person notices (about 100 ms), long enough that a join storm costs each
+#: watcher 20 messages a second instead of one per join.
+DEFAULT_PRESENCE_WINDOW: Final = 0.05
+#: Seconds a session whose socket closed stays listed: a browser reload
+#: reconnects in 1-3 s and the JS client's first retry waits 0.5-1 s, so 5 s
+#: covers a reload plus one retry, while a real departure shows within seconds.
+DEFAULT_LEAVE_GRACE: Final = 5.0
 
 
 def routing_bytes(max_name_bytes: int) -> int:
@@ -70,6 +84,19 @@ def _positive(instance: object, attribute: attrs.Attribute[Any], value: Any) -> 
     ):
         owner = type(instance).__name__
         raise LocalUsageError(f"{owner}: {attribute.name} must be a positive number, got {value!r}")
+
+
+def _not_negative(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, (int, float))
+        or not value >= 0
+        or not math.isfinite(value)
+    ):
+        owner = type(instance).__name__
+        raise LocalUsageError(
+            f"{owner}: {attribute.name} must be a number of seconds >= 0, got {value!r}"
+        )
 
 
 def _non_empty(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -110,6 +137,11 @@ class Limits:
     max_hub_frame_bytes: int = attrs.field(default=DEFAULT_MAX_HUB_FRAME_BYTES, validator=_positive)
     #: ns, channel, user id and session id, each in UTF-8 bytes.
     max_name_bytes: int = attrs.field(default=DEFAULT_MAX_NAME_BYTES, validator=_positive)
+    #: Members of one channel (as this process knows them, cluster-wide) past
+    #: which a new subscription is refused with ``channel_full``.
+    max_members_per_channel: int = attrs.field(
+        default=DEFAULT_MAX_MEMBERS_PER_CHANNEL, validator=_positive
+    )
 
     def __attrs_post_init__(self) -> None:
         needed = self.max_message_bytes + routing_bytes(self.max_name_bytes)
@@ -167,6 +199,8 @@ class HubLinkConfig:
 
     bridge_id: str = attrs.field(validator=_non_empty)
     instance_id: str = attrs.field(validator=_non_empty)
+    #: Channels this bridge follows without a member in them (REGISTER ``channels``):
+    #: their broadcasts, publishes and rosters reach it, so their counts are known here.
     channels: tuple[str, ...] = attrs.field(default=(), converter=_channels)
     capabilities: tuple[str, ...] = attrs.field(
         default=("broadcast", "direct", "disconnect", "metadata"),
@@ -264,6 +298,12 @@ class PresenceConfig:
     store: StoreConfig | None = None
     duplicate_session: DuplicateSessionPolicy = DuplicateSessionPolicy.DETACH_PRIOR
     limits: Limits = Limits()
+    #: Presence changes to a channel are sent to its watchers at most once per
+    #: window (seconds); 0 sends them at the end of the event that made them.
+    presence_window: float = attrs.field(default=DEFAULT_PRESENCE_WINDOW, validator=_not_negative)
+    #: A session whose socket closed (not a kick, an unsubscribe or a shutdown)
+    #: stays listed this long and is restored if it joins again; 0 disables it.
+    leave_grace: float = attrs.field(default=DEFAULT_LEAVE_GRACE, validator=_not_negative)
 
     def __attrs_post_init__(self) -> None:
         # A cluster message carries what a hub frame carries, with a shorter envelope.
@@ -301,6 +341,9 @@ class HubConfig:
     frame_burst: float = attrs.field(default=4_000.0, validator=_positive)
     #: Errors (bad or over-limit frames) a bridge may cause before it is closed.
     max_errors: int = attrs.field(default=3, validator=_positive)
+    #: Channels one bridge may track without a member (REGISTER ``channels``);
+    #: each is an index entry and a MEMBERS reply.
+    max_interest_channels: int = attrs.field(default=1_000, validator=_positive)
 
     def __attrs_post_init__(self) -> None:
         if not self.tokens:

@@ -16,7 +16,17 @@ from typing import Any, Final, TypeAlias, final
 
 import attrs
 
-from ._values import JsonObject, Message, dumps, freeze_json, non_empty_str, str_tuple, utf8_len
+from ._values import (
+    JsonObject,
+    Message,
+    PresenceMode,
+    Sender,
+    dumps,
+    freeze_json,
+    non_empty_str,
+    str_tuple,
+    utf8_len,
+)
 from .errors import LocalUsageError
 
 __all__ = [
@@ -38,9 +48,13 @@ __all__ = [
     "HubLost",
     "KickRequested",
     "MetadataUpdated",
+    "PresenceSync",
+    "PublishRequested",
     "SessionJoined",
     "ShutdownRequested",
+    "Subscribe",
     "Tick",
+    "Unsubscribe",
 ]
 
 #: Metadata and messages are checked against the configured limits inside
@@ -54,6 +68,12 @@ def hashable_id(instance: object, attribute: attrs.Attribute[Any], value: object
         raise LocalUsageError(
             f"{type(instance).__name__}: {attribute.name} must be a hashable id, not {value!r}"
         )
+
+
+def optional_conn(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    """Validator: a hashable id, or None."""
+    if value is not None:
+        hashable_id(instance, attribute, value)
 
 
 def _name(instance: object, attribute: attrs.Attribute[str], value: object) -> None:
@@ -106,6 +126,14 @@ def _except_ids(value: Any) -> frozenset[str]:
     return frozenset(str_tuple("BroadcastRequested", "except_session_ids", value))
 
 
+def _publish_except_ids(value: Any) -> frozenset[str]:
+    return frozenset(str_tuple("PublishRequested", "except_session_ids", value))
+
+
+def _mode(value: Any) -> PresenceMode:
+    return PresenceMode.coerce("Subscribe", value)
+
+
 def _freeze_metadata(owner: str, value: object) -> JsonObject | None:
     if value is None:
         return None
@@ -152,6 +180,7 @@ class SessionJoined:
     session_id: str = attrs.field(validator=_name)
     channels: tuple[str, ...] = attrs.field(default=(), converter=_channels)
     metadata: JsonObject | None = attrs.field(default=None, hash=False, converter=_joined_metadata)
+    now: float = attrs.field(validator=monotonic_seconds)
     metadata_bytes: int = attrs.field(init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
@@ -161,9 +190,14 @@ class SessionJoined:
 @final
 @attrs.frozen(kw_only=True)
 class ConnectionClosed:
-    """The socket is gone (either side closed it, or a write failed)."""
+    """The socket is gone (either side closed it, or a write failed).
+
+    A joined session whose socket closed on its own stays listed for the leave
+    grace (``PresenceConfig.leave_grace``); one that was kicked leaves at once.
+    """
 
     conn: Hashable = attrs.field(validator=hashable_id)
+    now: float = attrs.field(validator=monotonic_seconds)
 
 
 def _message(value: Message | Mapping[str, Any]) -> Message:
@@ -194,10 +228,81 @@ class BroadcastRequested:
 @final
 @attrs.frozen(kw_only=True)
 class DirectRequested:
-    """Send ``message`` to every connection of ``user_id``, here and on every peer."""
+    """Send ``message`` to every connection of ``user_id``, here and on every peer.
+
+    ``conn``, when a client asked, gets a ``direct.result`` reply saying whether
+    the user was found (as far as this process knows: its own sessions, the
+    channel rosters it holds, the cluster's roster).
+    """
 
     user_id: str = attrs.field(validator=_name)
     message: Message = attrs.field(converter=_message)
+    conn: Hashable | None = attrs.field(default=None, validator=optional_conn)
+
+
+@final
+@attrs.frozen(kw_only=True)
+class PublishRequested:
+    """Send ``message`` to exactly the subscribers of ``channel``, here and on every peer.
+
+    Unlike a broadcast, this reaches sessions subscribed to the channel (in any
+    presence mode), whatever their path, and nobody else. The message carries
+    its sender when there is one: with ``conn`` (a client published) the sender
+    is that connection's session, and the session must be subscribed to the
+    channel, else the client is told ``not_subscribed``; the embedding program
+    may instead name a ``sender`` itself, or none.
+    """
+
+    channel: str = attrs.field(validator=_name)
+    message: Message = attrs.field(converter=_message)
+    except_session_ids: frozenset[str] = attrs.field(
+        default=frozenset(), converter=_publish_except_ids
+    )
+    sender: Sender | None = attrs.field(default=None, validator=_of_type(Sender, optional=True))
+    conn: Hashable | None = attrs.field(default=None, validator=optional_conn)
+
+    def __attrs_post_init__(self) -> None:
+        if self.sender is not None and self.conn is not None:
+            raise LocalUsageError(
+                "PublishRequested: give sender or conn, not both (with conn the sender is "
+                "that connection's session)"
+            )
+
+
+@final
+@attrs.frozen(kw_only=True)
+class Subscribe:
+    """Subscribe the session of ``conn`` to ``channel``, or change its presence ``mode``.
+
+    The connection is told ``subscribed``, then (mode users or sessions) a
+    snapshot or (mode count) the counts. Refusals a caller cannot check
+    beforehand (the channel is full, the session has too many channels, the
+    connection holds no session) are a ``RequestRefused`` action, not an error.
+    """
+
+    conn: Hashable = attrs.field(validator=hashable_id)
+    channel: str = attrs.field(validator=_name)
+    mode: PresenceMode = attrs.field(default=PresenceMode.NONE, converter=_mode)
+    now: float = attrs.field(validator=monotonic_seconds)
+
+
+@final
+@attrs.frozen(kw_only=True)
+class Unsubscribe:
+    """The session of ``conn`` leaves ``channel`` at once (no grace); it is told so."""
+
+    conn: Hashable = attrs.field(validator=hashable_id)
+    channel: str = attrs.field(validator=_name)
+    now: float = attrs.field(validator=monotonic_seconds)
+
+
+@final
+@attrs.frozen(kw_only=True)
+class PresenceSync:
+    """A watcher asks for a fresh snapshot (or count) of ``channel``."""
+
+    conn: Hashable = attrs.field(validator=hashable_id)
+    channel: str = attrs.field(validator=_name)
 
 
 @final
@@ -207,6 +312,7 @@ class MetadataUpdated:
 
     session_id: str = attrs.field(validator=_name)
     metadata: JsonObject = attrs.field(hash=False, converter=_updated_metadata)
+    now: float = attrs.field(validator=monotonic_seconds)
     metadata_bytes: int = attrs.field(init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
@@ -302,8 +408,12 @@ Event: TypeAlias = (
     | SessionJoined
     | ConnectionClosed
     | BroadcastRequested
+    | PublishRequested
     | DirectRequested
     | MetadataUpdated
+    | Subscribe
+    | Unsubscribe
+    | PresenceSync
     | KickRequested
     | HubLinkStarted
     | HubConnected

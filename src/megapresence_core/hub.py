@@ -1,14 +1,22 @@
 """``Hub``: the server every bridge links to, one sans-IO machine for all of them.
 
 Theory of operation: a bridge is authenticated before any state exists for
-it (the shim passes the upgrade's Authorization header), must REGISTER first,
-and is then a member of the hub's presence through the sessions it JOINs.
-Frames are routed, never echoed to their origin: BROADCAST to the bridges
-with a member in the channel, DIRECT to those holding a session of the user,
-DISCONNECT to the session's owner, JOIN/LEAVE/METADATA to the bridges
-sharing a channel. A bridge that goes (closed, silent, replaced by a newer
-incarnation, or closed for errors) loses its sessions at once, announced by
-one BULK_LEAVE to the bridges that shared a channel with it.
+it (the shim passes the upgrade's Authorization header), must REGISTER first
+(protocol 1 or 2), and is then a member of the hub's presence through the
+sessions it JOINs. A bridge *tracks* a channel while it has a member in it or
+an interest in it (REGISTER ``channels``; a version 1 bridge's subscriber
+session ``bridge:<id>#<channel>`` is read as an interest and never listed).
+Frames are routed, never echoed to their origin: BROADCAST and PUBLISH to the
+bridges tracking the channel, DIRECT to those holding a session of the user,
+DISCONNECT to the session's owner, JOIN/LEAVE/METADATA/SUBSCRIBE/UNSUBSCRIBE
+to the bridges tracking one of the session's channels (and a JOIN that moves
+a session also to the bridge it moved from, which drops its lingering copy).
+When a bridge starts to track a channel, it gets the channel's members on
+the other bridges in MEMBERS frames, so its watchers can see them. Version 2
+frames (SUBSCRIBE, UNSUBSCRIBE, PUBLISH, MEMBERS) never go to a version 1
+bridge. A bridge that goes (closed, silent, replaced by a newer incarnation,
+or closed for errors) loses its sessions at once, announced by one
+BULK_LEAVE to the bridges that tracked one of their channels.
 
 A bad frame from one bridge costs that bridge only: an ERROR frame and a
 strike; ``max_errors`` strikes, or one protocol violation, close it with 1008.
@@ -22,12 +30,8 @@ what a closing bridge still says...). Timers (``REGISTER`` while awaiting
 REGISTER, ``HEARTBEAT`` and ``SILENCE`` while registered) live in one
 ``Timers`` keyed by bridge, and entering a state cancels those it does not allow.
 
-The session table (:class:`HubSessions`). Routing asks two questions on every
-frame, "which bridges have a member in channel C" and "which bridges hold a
-session of user U", so both are kept as counted indexes rather than computed
-by scanning sessions. As with the bridge's indexes, no empty entry is kept and
-:meth:`HubSessions.check` states the invariant by recomputing everything from
-the sessions.
+The session table (:class:`HubSessions`, in ``_hub_sessions``) keeps the
+indexes routing asks about.
 """
 
 from __future__ import annotations
@@ -38,7 +42,8 @@ from typing import Any, Final, final
 
 import attrs
 
-from ._values import JsonObject, dumps, utf8_len
+from ._hub_sessions import HubSession, HubSessions
+from ._values import JsonObject, Member, dumps, utf8_len
 from .actions import (
     AcceptBridge,
     CloseBridge,
@@ -71,6 +76,7 @@ from .lifecycle import (
 )
 from .wire import (
     HUB_PROTOCOL_VERSION,
+    SUPPORTED_HUB_PROTOCOLS,
     BroadcastFrame,
     BulkLeaveFrame,
     DirectFrame,
@@ -80,9 +86,13 @@ from .wire import (
     HubFrame,
     JoinFrame,
     LeaveFrame,
+    MembersFrame,
     MetadataFrame,
+    PublishFrame,
     RegisteredFrame,
     RegisterFrame,
+    SubscribeFrame,
+    UnsubscribeFrame,
     decode_hub_frame,
     encode,
 )
@@ -91,116 +101,6 @@ __all__ = ["Bridge", "Hub", "HubConfig", "HubMember", "HubSession", "HubSessions
 
 _HEARTBEAT_TEXT: Final = encode(HeartbeatFrame())
 _BI = BridgeInput
-
-
-# ------------------------------------------------------------ session table
-
-
-@final
-class HubSession:
-    __slots__ = ("bridge", "channels", "metadata", "session_id", "user_id")
-
-    def __init__(
-        self,
-        session_id: str,
-        user_id: str,
-        bridge: Hashable,
-        channels: tuple[str, ...],
-        metadata: JsonObject | None,
-    ) -> None:
-        self.session_id = session_id
-        self.user_id = user_id
-        self.bridge = bridge
-        self.channels = channels
-        self.metadata = metadata
-
-    def __repr__(self) -> str:
-        return f"<HubSession {self.session_id!r} of {self.user_id!r} on {self.bridge!r}>"
-
-
-def _count_up(index: dict[str, dict[Hashable, int]], key: str, bridge: Hashable) -> None:
-    counts = index.setdefault(key, {})
-    counts[bridge] = counts.get(bridge, 0) + 1
-
-
-def _count_down(index: dict[str, dict[Hashable, int]], key: str, bridge: Hashable) -> None:
-    counts = index[key]
-    if counts[bridge] == 1:
-        del counts[bridge]
-        if not counts:
-            del index[key]
-    else:
-        counts[bridge] -= 1
-
-
-@final
-class HubSessions:
-    __slots__ = ("by_bridge", "channel_bridges", "sessions", "user_bridges")
-
-    def __init__(self) -> None:
-        self.sessions: dict[str, HubSession] = {}
-        self.by_bridge: dict[Hashable, dict[str, None]] = {}
-        self.channel_bridges: dict[str, dict[Hashable, int]] = {}
-        self.user_bridges: dict[str, dict[Hashable, int]] = {}
-
-    def put(self, session: HubSession) -> None:
-        """Add ``session``, replacing any session with its id (wherever it was)."""
-        if session.session_id in self.sessions:
-            self.remove(session.session_id)
-        self.sessions[session.session_id] = session
-        self.by_bridge.setdefault(session.bridge, {})[session.session_id] = None
-        for channel in session.channels:
-            _count_up(self.channel_bridges, channel, session.bridge)
-        _count_up(self.user_bridges, session.user_id, session.bridge)
-
-    def remove(self, session_id: str) -> HubSession:
-        session = self.sessions.pop(session_id)
-        owned = self.by_bridge[session.bridge]
-        del owned[session_id]
-        if not owned:
-            del self.by_bridge[session.bridge]
-        for channel in session.channels:
-            _count_down(self.channel_bridges, channel, session.bridge)
-        _count_down(self.user_bridges, session.user_id, session.bridge)
-        return session
-
-    def remove_bridge(self, bridge: Hashable) -> list[HubSession]:
-        """Remove every session of ``bridge``; return them in join order."""
-        return [self.remove(session_id) for session_id in list(self.by_bridge.get(bridge, ()))]
-
-    def session_count(self, bridge: Hashable) -> int:
-        return len(self.by_bridge.get(bridge, ()))
-
-    def bridges_in(self, channels: Iterable[str], *, besides: Hashable) -> tuple[Hashable, ...]:
-        """Bridges other than ``besides`` with a member in any of ``channels``."""
-        found: dict[Hashable, None] = {}
-        for channel in channels:
-            found.update(dict.fromkeys(self.channel_bridges.get(channel, ())))
-        found.pop(besides, None)
-        return tuple(found)
-
-    def bridges_of_user(self, user_id: str, *, besides: Hashable) -> tuple[Hashable, ...]:
-        return tuple(bridge for bridge in self.user_bridges.get(user_id, ()) if bridge != besides)
-
-    def check(self) -> None:
-        """Raise ``AssertionError`` unless every index is what the sessions imply."""
-        by_bridge: dict[Hashable, set[str]] = {}
-        channels: dict[str, dict[Hashable, int]] = {}
-        users: dict[str, dict[Hashable, int]] = {}
-        for session_id, session in self.sessions.items():
-            if session.session_id != session_id:
-                raise AssertionError(f"{session!r} is filed under {session_id!r}")
-            by_bridge.setdefault(session.bridge, set()).add(session_id)
-            for channel in session.channels:
-                _count_up(channels, channel, session.bridge)
-            _count_up(users, session.user_id, session.bridge)
-        actual = {bridge: set(ids) for bridge, ids in self.by_bridge.items()}
-        if actual != by_bridge:
-            raise AssertionError(f"bridge index {actual!r} should be {by_bridge!r}")
-        if self.channel_bridges != channels:
-            raise AssertionError(f"channel index {self.channel_bridges!r} should be {channels!r}")
-        if self.user_bridges != users:
-            raise AssertionError(f"user index {self.user_bridges!r} should be {users!r}")
 
 
 # ---------------------------------------------------------------------- hub
@@ -230,6 +130,7 @@ class Bridge:
         "errors",
         "instance_id",
         "lifecycle",
+        "protocol",
     )
 
     def __init__(self, bridge: Hashable, now: float, burst: float, timers: Timers) -> None:
@@ -237,6 +138,8 @@ class Bridge:
         self.lifecycle: Machine[BridgeState, BridgeInput] = Machine(BRIDGE, timers, owner=bridge)
         self.bridge_id: str | None = None
         self.instance_id: str | None = None
+        #: The hub protocol it registered with.
+        self.protocol = 1
         self.errors = 0
         self.allowance = burst
         self.allowance_at = now
@@ -328,7 +231,8 @@ class Hub:
         ]
 
     def _forget(self, record: Bridge, *, notify: bool) -> list[HubAction]:
-        """Drop a registered bridge's sessions; tell the bridges that shared a channel."""
+        """Drop a registered bridge's sessions and interests; tell the bridges tracking one
+        of their channels."""
         assert record.bridge_id is not None  # set by REGISTER
         del self._by_bridge_id[record.bridge_id]
         sessions = self._sessions.remove_bridge(record.bridge)
@@ -405,8 +309,8 @@ class Hub:
         except PeerError as exc:
             return self._strike(record, exc.code, str(exc))
         if isinstance(frame, RegisterFrame):
-            supported = frame.protocol == HUB_PROTOCOL_VERSION
-            effect = record.lifecycle.fire(_BI.REGISTER if supported else _BI.BAD_REGISTER)
+            acceptable = self._register_problem(frame) is None
+            effect = record.lifecycle.fire(_BI.REGISTER if acceptable else _BI.BAD_REGISTER)
         else:
             effect = record.lifecycle.fire(_BI.FRAME)
         return _FRAME_EFFECTS[effect](self, record, frame, event)
@@ -416,15 +320,29 @@ class Hub:
     ) -> list[HubAction]:
         return self._fatal(record, "not_registered", "the first frame must be REGISTER")
 
-    def _unsupported(
+    def _register_problem(self, frame: RegisterFrame) -> tuple[str, str] | None:
+        """Why the hub cannot accept this REGISTER (a code and a sentence), if it cannot."""
+        if frame.protocol not in SUPPORTED_HUB_PROTOCOLS:
+            return (
+                "unsupported_protocol",
+                f"protocol {frame.protocol} is not supported; this hub speaks 1 and "
+                f"{HUB_PROTOCOL_VERSION}",
+            )
+        limit = self._config.max_interest_channels
+        if len(frame.channels) > limit:
+            return (
+                "too_many_channels",
+                f"{len(frame.channels)} interest channels; the limit is {limit}",
+            )
+        return None
+
+    def _refuse_register(
         self, record: Bridge, frame: HubFrame, event: BridgeFrameReceived
     ) -> list[HubAction]:
         assert isinstance(frame, RegisterFrame)
-        return self._fatal(
-            record,
-            "unsupported_protocol",
-            f"protocol {frame.protocol} is not supported; this hub speaks {HUB_PROTOCOL_VERSION}",
-        )
+        problem = self._register_problem(frame)
+        assert problem is not None
+        return self._fatal(record, *problem)
 
     def _second_register(
         self, record: Bridge, frame: HubFrame, event: BridgeFrameReceived
@@ -504,7 +422,10 @@ class Hub:
             )
             actions += self._close(previous, CloseCode.POLICY, "replaced by a newer connection")
         record.bridge_id, record.instance_id = frame.bridge_id, frame.instance_id
+        record.protocol = frame.protocol
         self._by_bridge_id[frame.bridge_id] = record
+        for channel in frame.channels:
+            self._sessions.add_interest(record.bridge, channel)
         now = event.now
         self._timers.arm(Timer.HEARTBEAT, now + config.heartbeat_interval, record.bridge)
         self._timers.arm(Timer.SILENCE, now + self._silence(), record.bridge)
@@ -512,12 +433,48 @@ class Hub:
             hub_id=config.hub_id, heartbeat_interval=config.heartbeat_interval
         )
         actions.append(SendBridgeFrame(bridges=(record.bridge,), data=encode(registered)))
+        return actions + self._members_for(record, frame.channels)
+
+    def _route(
+        self, bridges: Iterable[Hashable], text: str, *, v2: bool = False
+    ) -> list[HubAction]:
+        """``text`` to ``bridges``; a version 2 frame only to those that speak version 2."""
+        if v2:
+            known = self._bridges
+            bridges = [bridge for bridge in bridges if known[bridge].protocol >= 2]
+        targets = tuple(bridges)
+        if not targets:
+            return []
+        return [SendBridgeFrame(bridges=targets, data=text)]
+
+    def _members_for(self, record: Bridge, channels: Iterable[str]) -> list[HubAction]:
+        """MEMBERS frames of ``channels`` for a bridge that starts to track them: each
+        channel's members on the other bridges, in parts that fit the frame limit."""
+        if record.protocol < 2:
+            return []
+        actions: list[HubAction] = []
+        for channel in channels:
+            members = self._sessions.members_of(channel, besides=record.bridge)
+            for text in self._members_frames(channel, members):
+                actions.append(SendBridgeFrame(bridges=(record.bridge,), data=text))
         return actions
 
-    def _route(self, bridges: tuple[Hashable, ...], text: str) -> list[HubAction]:
-        if not bridges:
-            return []
-        return [SendBridgeFrame(bridges=bridges, data=text)]
+    def _members_frames(self, channel: str, members: list[Member]) -> list[str]:
+        empty = MembersFrame(channel=channel, part=10**9, parts=10**9, members=())
+        budget = self._config.max_frame_bytes - utf8_len(encode(empty))
+        parts: list[list[Member]] = [[]]
+        size = 0
+        for member in members:
+            cost = utf8_len(dumps(member.to_json())) + 1
+            if parts[-1] and size + cost > budget:
+                parts.append([])
+                size = 0
+            parts[-1].append(member)
+            size += cost
+        return [
+            encode(MembersFrame(channel=channel, part=i, parts=len(parts), members=tuple(part)))
+            for i, part in enumerate(parts)
+        ]
 
     def _owned(self, record: Bridge, session_id: str) -> HubSession | None:
         session = self._sessions.sessions.get(session_id)
@@ -527,7 +484,9 @@ class Hub:
         return metadata is not None and utf8_len(dumps(metadata)) > self._config.max_metadata_bytes
 
     def _join(self, record: Bridge, frame: JoinFrame, text: str) -> list[HubAction]:
-        config = self._config
+        config, sessions = self._config, self._sessions
+        if record.protocol == 1 and _subscriber_channel(record, frame) is not None:
+            return self._v1_interest(record, frame)
         if len(frame.channels) > config.max_channels_per_session:
             return self._strike(
                 record,
@@ -538,22 +497,33 @@ class Hub:
             return self._strike(
                 record, "metadata_too_big", f"metadata over {config.max_metadata_bytes} bytes"
             )
-        held = self._sessions.sessions.get(frame.session_id)
+        held = sessions.sessions.get(frame.session_id)
         if held is not None and held.user_id != frame.user_id:
             return self._strike(
                 record,
                 "session_taken",
                 f"session {frame.session_id[:40]!r} is held by another user",
             )
+        if frame.lingering and held is not None and held.bridge != record.bridge:
+            # A resync of a session that returned on another bridge meanwhile: the
+            # other bridge holds it now, and this one will hear so and drop its copy.
+            return []
         if self._owned(record, frame.session_id) is None and (
-            self._sessions.session_count(record.bridge) >= config.max_sessions_per_bridge
+            sessions.session_count(record.bridge) >= config.max_sessions_per_bridge
         ):
             return self._strike(
                 record,
                 "too_many_sessions",
                 f"the limit is {config.max_sessions_per_bridge} per bridge",
             )
-        self._sessions.put(
+        # Whoever saw the session before (its old channels, the bridge it moved from)
+        # and whoever sees it now hear the JOIN; the JOIN says its channels from now on.
+        targets: dict[Hashable, None] = {}
+        if held is not None:
+            targets = sessions.bridges_in(held.channels, besides=record.bridge)
+            targets[held.bridge] = None
+        gained = [c for c in frame.channels if not sessions.tracks(record.bridge, c)]
+        sessions.put(
             HubSession(
                 frame.session_id,
                 frame.user_id,
@@ -562,7 +532,20 @@ class Hub:
                 frame.metadata,
             )
         )
-        return self._route(self._sessions.bridges_in(frame.channels, besides=record.bridge), text)
+        targets.update(sessions.bridges_in(frame.channels, besides=record.bridge))
+        targets.pop(record.bridge, None)
+        return self._route(targets, text) + self._members_for(record, gained)
+
+    def _v1_interest(self, record: Bridge, frame: JoinFrame) -> list[HubAction]:
+        """A version 1 bridge's subscriber session (``bridge:<id>#<channel>``): an interest
+        in the channel, never a member that other bridges would list."""
+        channel = _subscriber_channel(record, frame)
+        assert channel is not None
+        limit = self._config.max_interest_channels
+        if self._sessions.interest_count(record.bridge) >= limit:
+            return self._strike(record, "too_many_channels", f"the interest limit is {limit}")
+        self._sessions.add_interest(record.bridge, channel)
+        return []
 
     def _leave(self, record: Bridge, frame: LeaveFrame, text: str) -> list[HubAction]:
         # Only the owner may remove a session: a stale LEAVE from the bridge it
@@ -583,8 +566,37 @@ class Hub:
         session.metadata = frame.metadata
         return self._route(self._sessions.bridges_in(session.channels, besides=record.bridge), text)
 
+    def _subscribe(self, record: Bridge, frame: SubscribeFrame, text: str) -> list[HubAction]:
+        sessions, channel = self._sessions, frame.channel
+        session = self._owned(record, frame.session_id)
+        if session is None or channel in session.channels:
+            return []
+        if session.user_id != frame.user_id:
+            return self._strike(
+                record, "session_taken", f"session {frame.session_id[:40]!r} is another user's"
+            )
+        limit = self._config.max_channels_per_session
+        if len(session.channels) >= limit:
+            return self._strike(record, "too_many_channels", f"the limit is {limit} per session")
+        gained = not sessions.tracks(record.bridge, channel)
+        sessions.subscribe(session, channel)
+        actions = self._route(sessions.bridges_in((channel,), besides=record.bridge), text, v2=True)
+        return actions + (self._members_for(record, (channel,)) if gained else [])
+
+    def _unsubscribe(self, record: Bridge, frame: UnsubscribeFrame, text: str) -> list[HubAction]:
+        session = self._owned(record, frame.session_id)
+        if session is None or frame.channel not in session.channels:
+            return []
+        self._sessions.unsubscribe(session, frame.channel)
+        bridges = self._sessions.bridges_in((frame.channel,), besides=record.bridge)
+        return self._route(bridges, text, v2=True)
+
     def _broadcast(self, record: Bridge, frame: BroadcastFrame, text: str) -> list[HubAction]:
         return self._route(self._sessions.bridges_in((frame.channel,), besides=record.bridge), text)
+
+    def _publish(self, record: Bridge, frame: PublishFrame, text: str) -> list[HubAction]:
+        bridges = self._sessions.bridges_in((frame.channel,), besides=record.bridge)
+        return self._route(bridges, text, v2=True)
 
     def _direct(self, record: Bridge, frame: DirectFrame, text: str) -> list[HubAction]:
         return self._route(
@@ -620,6 +632,14 @@ class Hub:
             for s in self._sessions.sessions.values()
         ]
 
+    def interests(self) -> dict[str, tuple[str, ...]]:
+        """bridge id -> the channels it tracks without a member."""
+        return {
+            bridge_id: tuple(self._sessions.interests.get(record.bridge, ()))
+            for bridge_id, record in self._by_bridge_id.items()
+            if record.bridge in self._sessions.interests
+        }
+
     @property
     def state(self) -> HubState:
         return self._lifecycle.state
@@ -639,7 +659,7 @@ class Hub:
     def check_invariants(self) -> None:
         """Raise ``AssertionError`` if presence or registrations are inconsistent."""
         self._sessions.check()
-        for bridge in self._sessions.by_bridge:
+        for bridge in (*self._sessions.by_bridge, *self._sessions.interests):
             record = self._bridges.get(bridge)
             if record is None or record.state is not BridgeState.REGISTERED:
                 raise AssertionError(f"sessions kept for bridge {bridge!r} that is not registered")
@@ -660,7 +680,7 @@ _FRAME_EFFECTS: Final[
     dict[str, Callable[[Hub, Bridge, HubFrame, BridgeFrameReceived], list[HubAction]]]
 ] = {
     "registered": Hub._register,
-    "unsupported": Hub._unsupported,
+    "refuse_register": Hub._refuse_register,
     "not_registered": Hub._not_registered,
     "second_register": Hub._second_register,
     "route": Hub._dispatch,
@@ -674,7 +694,21 @@ _FRAME_HANDLERS: Final[dict[type[Any], Callable[[Hub, Bridge, Any, str], list[Hu
     DirectFrame: Hub._direct,
     DisconnectFrame: Hub._disconnect,
     HeartbeatFrame: Hub._heartbeat,
+    SubscribeFrame: Hub._subscribe,
+    UnsubscribeFrame: Hub._unsubscribe,
+    PublishFrame: Hub._publish,
     RegisteredFrame: Hub._unexpected,
     BulkLeaveFrame: Hub._unexpected,
     ErrorFrame: Hub._unexpected,
+    MembersFrame: Hub._unexpected,
 }
+
+
+def _subscriber_channel(record: Bridge, frame: JoinFrame) -> str | None:
+    """The channel of a version 1 subscriber session (``bridge:<id>#<channel>`` of user
+    ``bridge:<id>``, in that one channel), or None for any other JOIN."""
+    user = f"bridge:{record.bridge_id}"
+    if frame.user_id != user or len(frame.channels) != 1:
+        return None
+    channel = frame.channels[0]
+    return channel if frame.session_id == f"{user}#{channel}" else None

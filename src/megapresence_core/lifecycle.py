@@ -96,6 +96,8 @@ class Timer(_Enum):
     INSTANCE_TTL = "instance_ttl"  #: a silent instance of the cluster is swept
     CLUSTER_HEARTBEAT = "cluster_heartbeat"
     STORE_REFRESH = "store_refresh"  #: re-put this process's members in the shared store
+    GRACE = "grace"  #: a lingering session's leave grace is over
+    FLUSH = "flush"  #: a channel's presence window is over: send its diffs
 
 
 _ORDER: Final = {kind: index for index, kind in enumerate(Timer)}
@@ -142,6 +144,10 @@ class Timers:
     def next_deadline(self) -> float | None:
         """The earliest deadline, or None when no timer is armed."""
         return min(self._deadlines.values(), default=None)
+
+    def owners(self, kind: Timer) -> dict[Hashable, float]:
+        """Every owner with a ``kind`` timer armed, and its deadline (for invariant checks)."""
+        return {key[1]: at for key, at in self._deadlines.items() if key[0] is kind}
 
     def pop_due(self, now: float) -> tuple[Timer, Hashable] | None:
         """Remove and return the earliest timer due at ``now``, or None."""
@@ -296,26 +302,38 @@ def _rows(table: Mapping[tuple[S, I], S | tuple[S, str]]) -> Mapping[tuple[S, I]
 
 
 class ConnectionState(_Enum):
-    """A client connection, from the core's point of view."""
+    """A client connection (and, once it closed, its lingering session), as the core sees it."""
 
     OPENED = "opened"  #: in the ns index; receives broadcasts; no session yet
-    JOINED = "joined"  #: also mapped by user and session id
+    JOINED = "joined"  #: also mapped by user and session id, subscribed to its channels
+    KICKED = "kicked"  #: joined, and we asked for its close: its session leaves at once
     DETACHED = "detached"  #: lost its session to a newer connection; in no index
     CLOSING = "closing"  #: the server shut down and asked for its close; in no index
+    #: The socket closed, the session is still listed for the leave grace; the
+    #: connection id is forgotten (and may be reused), the record is kept by session id.
+    LINGERING = "lingering"
     CLOSED = "closed"  #: forgotten; the id may be reused
 
 
 class ConnectionInput(_Enum):
     JOIN = "join"
     DETACH = "detach"  #: another connection of the same user took its session id
+    KICK = "kick"  #: we asked for its close (1008): no grace for its session
     SHUTDOWN = "shutdown"
     CLOSE = "close"
+    RETURN = "return"  #: its lingering session joined again (here): restored
+    SUPERSEDE = "supersede"  #: its lingering session joined again on another process
+    EXPIRE = "expire"  #: the leave grace is over
 
 
 _C, _CI = ConnectionState, ConnectionInput
 
 #: Effects: "unindex" (leave the ns index), "unmap" (leave every index and lose
-#: the session), "leave" (unmap, and the session has left: announce it).
+#: the session), "linger" (leave every index, keep the session listed for the
+#: grace), "leave" (the session has left: announce it), "hasten" (end a
+#: grace at the next tick), "restore" (hand the session to the connection that
+#: joined it again), "drop" (forget the session without announcing a leave:
+#: its new home does), "forget" (shutdown: nothing is announced any more).
 CONNECTION: Final = Lifecycle(
     "connection",
     _C.OPENED,
@@ -326,21 +344,35 @@ CONNECTION: Final = Lifecycle(
             (_C.OPENED, _CI.SHUTDOWN): (_C.CLOSING, "unindex"),
             (_C.OPENED, _CI.CLOSE): (_C.CLOSED, "unindex"),
             (_C.JOINED, _CI.DETACH): (_C.DETACHED, "unmap"),
+            (_C.JOINED, _CI.KICK): _C.KICKED,
             (_C.JOINED, _CI.SHUTDOWN): (_C.CLOSING, "unmap"),
-            (_C.JOINED, _CI.CLOSE): (_C.CLOSED, "leave"),
+            (_C.JOINED, _CI.CLOSE): (_C.LINGERING, "linger"),
+            (_C.KICKED, _CI.DETACH): (_C.DETACHED, "unmap"),
+            (_C.KICKED, _CI.KICK): _C.KICKED,
+            (_C.KICKED, _CI.SHUTDOWN): (_C.CLOSING, "unmap"),
+            (_C.KICKED, _CI.CLOSE): (_C.CLOSED, "leave"),
             (_C.DETACHED, _CI.SHUTDOWN): _C.CLOSING,
             (_C.DETACHED, _CI.CLOSE): _C.CLOSED,
             (_C.CLOSING, _CI.CLOSE): _C.CLOSED,
+            (_C.LINGERING, _CI.KICK): (_C.LINGERING, "hasten"),
+            (_C.LINGERING, _CI.RETURN): (_C.CLOSED, "restore"),
+            (_C.LINGERING, _CI.SUPERSEDE): (_C.CLOSED, "drop"),
+            (_C.LINGERING, _CI.EXPIRE): (_C.CLOSED, "leave"),
+            (_C.LINGERING, _CI.SHUTDOWN): (_C.CLOSED, "forget"),
         }
     ),
     refusals={
         (_C.JOINED, _CI.JOIN): (
             "connection has already joined a session; close it and join on a new connection"
         ),
+        (_C.KICKED, _CI.JOIN): (
+            "connection has already joined a session; close it and join on a new connection"
+        ),
         (_C.DETACHED, _CI.JOIN): (
             "connection lost its session to a newer connection with the same session id; close it"
         ),
     },
+    timers={_C.LINGERING: frozenset({Timer.GRACE})},
 )
 
 
@@ -538,8 +570,9 @@ class BridgeState(_Enum):
 
 class BridgeInput(_Enum):
     ARRIVAL = "arrival"  #: a frame arrived, not yet read
-    REGISTER = "register"  #: a valid REGISTER in a protocol we speak
-    BAD_REGISTER = "bad_register"  #: a valid REGISTER in a protocol we do not speak
+    REGISTER = "register"  #: a valid REGISTER the hub can accept
+    #: a valid REGISTER the hub cannot accept (its protocol, too many interest channels)
+    BAD_REGISTER = "bad_register"
     FRAME = "frame"  #: any other valid frame
     CLOSE = "close"  #: the hub decided to close it (errors, timeout, replaced)
     DRAIN = "drain"  #: the hub is shutting down
@@ -556,7 +589,7 @@ BRIDGE: Final = Lifecycle(
         {
             (_B.AWAITING_REGISTER, _BI.ARRIVAL): (_B.AWAITING_REGISTER, "read"),
             (_B.AWAITING_REGISTER, _BI.REGISTER): (_B.REGISTERED, "registered"),
-            (_B.AWAITING_REGISTER, _BI.BAD_REGISTER): (_B.AWAITING_REGISTER, "unsupported"),
+            (_B.AWAITING_REGISTER, _BI.BAD_REGISTER): (_B.AWAITING_REGISTER, "refuse_register"),
             (_B.AWAITING_REGISTER, _BI.FRAME): (_B.AWAITING_REGISTER, "not_registered"),
             (_B.AWAITING_REGISTER, _BI.CLOSE): (_B.CLOSING, "close"),
             (_B.AWAITING_REGISTER, _BI.DRAIN): (_B.CLOSING, "close"),

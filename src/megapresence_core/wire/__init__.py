@@ -1,7 +1,8 @@
 """Everything that travels: hub frames, cluster messages, browser commands and client frames.
 
-One engine (:mod:`._codec`) encodes and decodes all of them from their
-schemas; this package is their public home::
+One engine (:mod:`._codec`) encodes and decodes all of them (and the typed
+server-to-browser presence messages of :mod:`._messages`) from their schemas;
+this package is their public home::
 
     from megapresence_core.wire import BroadcastFrame, decode_hub_frame, encode
 
@@ -14,7 +15,7 @@ fields are ignored, so a newer peer may add optional ones.
 
 from __future__ import annotations
 
-from .._values import ABSENT, Json, JsonObject, RemoteMember
+from .._values import ABSENT, Json, JsonObject, RemoteMember, Sender
 from ._client import (
     COMMAND_OPS,
     MAX_CLIENT_COMMAND_BYTES,
@@ -24,12 +25,15 @@ from ._client import (
     DirectCommand,
     KickCommand,
     MetadataCommand,
+    PublishCommand,
     RosterCommand,
+    SubscribeCommand,
+    SyncCommand,
+    UnsubscribeCommand,
     broadcast_text,
     command_event,
     decode_client_command,
     direct_text,
-    error_reply,
     roster_reply,
 )
 from ._codec import decode, encode, wire_name
@@ -42,11 +46,13 @@ from ._frames import (
     HUB_PROTOCOL_VERSION,
     MAX_HEARTBEAT_INTERVAL,
     MIN_HEARTBEAT_INTERVAL,
+    SUPPORTED_HUB_PROTOCOLS,
     BroadcastFrame,
     BulkLeaveFrame,
     ClusterAdd,
     ClusterBroadcast,
     ClusterBye,
+    ClusterChannelPublish,
     ClusterDirect,
     ClusterHeartbeat,
     ClusterKick,
@@ -61,13 +67,35 @@ from ._frames import (
     HubFrame,
     JoinFrame,
     LeaveFrame,
+    MembersFrame,
     MetadataFrame,
+    PublishFrame,
     RegisteredFrame,
     RegisterFrame,
+    SubscribeFrame,
+    UnsubscribeFrame,
+)
+from ._messages import (
+    CLIENT_ERROR_CODES,
+    MAX_SERVER_MESSAGE_BYTES,
+    DirectResult,
+    PresenceCount,
+    PresenceDiff,
+    PresenceMap,
+    PresenceState,
+    ServerMessage,
+    Subscribed,
+    Unsubscribed,
+    channel_text,
+    decode_server_message,
+    error_reply,
+    session_json,
+    user_json,
 )
 
 __all__ = [
     "ABSENT",
+    "CLIENT_ERROR_CODES",
     "CLUSTER_KINDS",
     "CLUSTER_PROTOCOL_VERSION",
     "COMMAND_OPS",
@@ -75,7 +103,9 @@ __all__ = [
     "HUB_PROTOCOL_VERSION",
     "MAX_CLIENT_COMMAND_BYTES",
     "MAX_HEARTBEAT_INTERVAL",
+    "MAX_SERVER_MESSAGE_BYTES",
     "MIN_HEARTBEAT_INTERVAL",
+    "SUPPORTED_HUB_PROTOCOLS",
     "BroadcastCommand",
     "BroadcastFrame",
     "BulkLeaveFrame",
@@ -83,6 +113,7 @@ __all__ = [
     "ClusterAdd",
     "ClusterBroadcast",
     "ClusterBye",
+    "ClusterChannelPublish",
     "ClusterDirect",
     "ClusterHeartbeat",
     "ClusterKick",
@@ -93,6 +124,7 @@ __all__ = [
     "CommandRefused",
     "DirectCommand",
     "DirectFrame",
+    "DirectResult",
     "DisconnectFrame",
     "ErrorFrame",
     "HeartbeatFrame",
@@ -102,21 +134,41 @@ __all__ = [
     "JsonObject",
     "KickCommand",
     "LeaveFrame",
+    "MembersFrame",
     "MetadataCommand",
     "MetadataFrame",
+    "PresenceCount",
+    "PresenceDiff",
+    "PresenceMap",
+    "PresenceState",
+    "PublishCommand",
+    "PublishFrame",
     "RegisterFrame",
     "RegisteredFrame",
     "RemoteMember",
     "RosterCommand",
+    "Sender",
+    "ServerMessage",
+    "SubscribeCommand",
+    "SubscribeFrame",
+    "Subscribed",
+    "SyncCommand",
+    "UnsubscribeCommand",
+    "UnsubscribeFrame",
+    "Unsubscribed",
     "broadcast_text",
+    "channel_text",
     "command_event",
     "decode_client_command",
     "decode_cluster_message",
     "decode_hub_frame",
+    "decode_server_message",
     "direct_text",
     "encode",
     "error_reply",
     "roster_reply",
+    "session_json",
+    "user_json",
     "wire_name",
 ]
 

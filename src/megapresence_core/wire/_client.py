@@ -1,13 +1,13 @@
-"""The browser's side of the wire: the commands it sends and the frames it receives.
+"""The browser's side of the wire: the commands it sends, and the plain frames it receives.
 
-Server to client, one JSON object per text message:
+Server to client, one JSON object per text message (presence and channel
+messages, replies and errors are in :mod:`._messages`):
 
 ======================  ====================================================
 broadcast               ``{"type", "ns", "payload"?}``: a message to a path
 direct                  ``{"type", "payload"?}``: a message to a user
 ``roster``              ``{"type": "roster", "payload": {"members": [...],
                         "channels": {channel: [sessionId, ...]}}}``
-``error``               ``{"type": "error", "payload": {"code", "message"}}``
 ======================  ====================================================
 
 Client to server (the protocol of ``megapresence serve``), ``op`` naming the
@@ -15,27 +15,59 @@ command:
 
 ======================  ====================================================
 ``broadcast``           ``channel``, ``payload``, ``type`` (default "chat"),
-                        ``excludeSelf`` (default false)
-``direct``              ``userId``, ``payload``, ``type`` (default "direct")
+                        ``excludeSelf`` (default false): to every connection
+                        of this path, on every server
+``subscribe``           ``channel``, ``presence`` ("none", the default,
+                        "users", "sessions" or "count"); again on a channel
+                        already subscribed changes the mode
+``unsubscribe``         ``channel``
+``publish``             ``channel``, ``type``, ``payload``, ``excludeSelf``
+                        (default false): to the channel's subscribers, on
+                        every server, stamped with the sender
+``sync``                ``channel``: a fresh snapshot (or count), after a gap
+``direct``              ``userId``, ``payload``, ``type`` (default "direct");
+                        answered with ``direct.result``
 ``metadata``            ``metadata``: replaces this session's metadata
 ``roster``              ask for the members of this path
 ``kick``                ``sessionId``, ``reason``, ``requeue``: admins only
 ======================  ====================================================
 
-A bad command is answered with an error frame and changes nothing. Who may
-do what is decided here, with the rest of the rules: :func:`command_event`
-turns a command from a given connection into a core event, or refuses it.
+A bad command is answered with an error message (``bad_json``, ``too_big``,
+``unknown_op`` or ``bad_command``) and changes nothing. Who may do what is
+decided here, with the rest of the rules: :func:`command_event` turns a
+command from a given connection into a core event, or refuses it. A shim's
+per-channel permission hook (may this user subscribe to or publish in this
+channel?) runs on the event before it is handled.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Hashable, Iterable
 from typing import Final, TypeAlias, final
 
 import attrs
 
-from .._values import ABSENT, Absent, Json, JsonObject, Member, Message, StoreEntry, dumps
-from ..events import BroadcastRequested, DirectRequested, KickRequested, MetadataUpdated
+from .._values import (
+    ABSENT,
+    Absent,
+    Json,
+    JsonObject,
+    Member,
+    Message,
+    PresenceMode,
+    StoreEntry,
+    dumps,
+)
+from ..events import (
+    BroadcastRequested,
+    DirectRequested,
+    KickRequested,
+    MetadataUpdated,
+    PresenceSync,
+    PublishRequested,
+    Subscribe,
+    Unsubscribe,
+)
 from ._codec import (
     Dialect,
     Field,
@@ -58,12 +90,15 @@ __all__ = [
     "DirectCommand",
     "KickCommand",
     "MetadataCommand",
+    "PublishCommand",
     "RosterCommand",
+    "SubscribeCommand",
+    "SyncCommand",
+    "UnsubscribeCommand",
     "broadcast_text",
     "command_event",
     "decode_client_command",
     "direct_text",
-    "error_reply",
     "roster_reply",
 ]
 
@@ -85,10 +120,6 @@ def broadcast_text(ns: str, message: Message) -> str:
 def direct_text(message: Message) -> str:
     """The client frame ``{"type", "payload"?}`` of a direct message: the message itself."""
     return message.json
-
-
-def error_reply(code: str, message: str) -> str:
-    return dumps({"type": "error", "payload": {"code": code, "message": message}})
 
 
 def roster_reply(members: Iterable[Member], entries: Iterable[StoreEntry] = ()) -> str:
@@ -142,16 +173,65 @@ class KickCommand:
     requeue: bool = False
 
 
+@final
+@attrs.frozen(kw_only=True)
+class SubscribeCommand:
+    channel: str
+    presence: PresenceMode = PresenceMode.NONE
+
+
+@final
+@attrs.frozen(kw_only=True)
+class UnsubscribeCommand:
+    channel: str
+
+
+@final
+@attrs.frozen(kw_only=True)
+class PublishCommand:
+    channel: str
+    type: str
+    payload: Json | Absent = ABSENT
+    exclude_self: bool = False
+
+
+@final
+@attrs.frozen(kw_only=True)
+class SyncCommand:
+    channel: str
+
+
 ClientCommand: TypeAlias = (
-    BroadcastCommand | DirectCommand | MetadataCommand | RosterCommand | KickCommand
+    BroadcastCommand
+    | DirectCommand
+    | MetadataCommand
+    | RosterCommand
+    | KickCommand
+    | SubscribeCommand
+    | UnsubscribeCommand
+    | PublishCommand
+    | SyncCommand
 )
 
 _C: Final = Dialect(
     what="command",
     tag="op",
-    unknown_hint="; expected broadcast, direct, metadata, roster or kick",
+    unknown_hint=(
+        "; expected broadcast, subscribe, unsubscribe, publish, sync, direct, metadata, "
+        "roster or kick"
+    ),
     unknown_code="unknown_op",
+    bad_code="bad_command",
 )
+
+
+def _presence_mode(value: object) -> PresenceMode:
+    for mode in PresenceMode:
+        if value == mode.value:
+            return mode
+    raise ValueError('must be "none", "users", "sessions" or "count"')
+
+
 _PAYLOAD = Field("payload", "payload", check_json, ABSENT)
 register(
     _C,
@@ -162,6 +242,24 @@ register(
     _PAYLOAD,
     Field("excludeSelf", "exclude_self", check_flag, False),
 )
+register(
+    _C,
+    "subscribe",
+    SubscribeCommand,
+    Field("channel", "channel", check_name),
+    Field("presence", "presence", _presence_mode, PresenceMode.NONE),
+)
+register(_C, "unsubscribe", UnsubscribeCommand, Field("channel", "channel", check_name))
+register(
+    _C,
+    "publish",
+    PublishCommand,
+    Field("channel", "channel", check_name),
+    Field("type", "type", check_name),
+    _PAYLOAD,
+    Field("excludeSelf", "exclude_self", check_flag, False),
+)
+register(_C, "sync", SyncCommand, Field("channel", "channel", check_name))
 register(
     _C,
     "direct",
@@ -201,31 +299,73 @@ class CommandRefused:
     message: str
 
 
-def _message(command: BroadcastCommand | DirectCommand) -> Message:
+def _message(command: BroadcastCommand | DirectCommand | PublishCommand) -> Message:
     return Message(type=command.type, payload=command.payload)
 
 
-CommandEvent: TypeAlias = BroadcastRequested | DirectRequested | MetadataUpdated | KickRequested
+CommandEvent: TypeAlias = (
+    BroadcastRequested
+    | DirectRequested
+    | MetadataUpdated
+    | KickRequested
+    | Subscribe
+    | Unsubscribe
+    | PublishRequested
+    | PresenceSync
+)
+
+#: Commands that need a session, with what to tell a connection that holds none.
+_NEEDS_SESSION: Final[dict[type[object], str]] = {
+    MetadataCommand: "join a session to set metadata",
+    SubscribeCommand: "join a session to subscribe",
+    UnsubscribeCommand: "join a session to unsubscribe",
+    PublishCommand: "join a session to publish",
+    SyncCommand: "join a session to sync",
+}
 
 
 def command_event(
-    command: ClientCommand, *, ns: str, session_id: str | None, is_admin: bool
+    command: ClientCommand,
+    *,
+    conn: Hashable,
+    ns: str,
+    session_id: str | None,
+    is_admin: bool,
+    now: float,
 ) -> CommandEvent | RosterCommand | CommandRefused:
-    """What ``command`` from a connection on ``ns`` means, or why it is refused.
+    """What ``command`` from connection ``conn`` on ``ns`` means, or why it is refused.
 
-    A roster request is returned as is: answering it is a query, not an event.
+    ``now`` is the shim's monotonic clock. A roster request is returned as is:
+    answering it is a query, not an event. The events name ``conn``, so the
+    core answers that connection (``subscribed``, a snapshot, ``direct.result``,
+    an error) and stamps a publish with its session.
     """
+    if session_id is None and type(command) in _NEEDS_SESSION:
+        return CommandRefused(code="not_joined", message=_NEEDS_SESSION[type(command)])
     if isinstance(command, BroadcastCommand):
         excluded = (session_id,) if command.exclude_self and session_id is not None else ()
         return BroadcastRequested(
             ns=ns, channel=command.channel, message=_message(command), except_session_ids=excluded
         )
+    if isinstance(command, SubscribeCommand):
+        return Subscribe(conn=conn, channel=command.channel, mode=command.presence, now=now)
+    if isinstance(command, UnsubscribeCommand):
+        return Unsubscribe(conn=conn, channel=command.channel, now=now)
+    if isinstance(command, PublishCommand):
+        assert session_id is not None
+        return PublishRequested(
+            channel=command.channel,
+            message=_message(command),
+            except_session_ids=(session_id,) if command.exclude_self else (),
+            conn=conn,
+        )
+    if isinstance(command, SyncCommand):
+        return PresenceSync(conn=conn, channel=command.channel)
     if isinstance(command, DirectCommand):
-        return DirectRequested(user_id=command.user_id, message=_message(command))
+        return DirectRequested(user_id=command.user_id, message=_message(command), conn=conn)
     if isinstance(command, MetadataCommand):
-        if session_id is None:
-            return CommandRefused(code="not_joined", message="join a session to set metadata")
-        return MetadataUpdated(session_id=session_id, metadata=command.metadata)
+        assert session_id is not None
+        return MetadataUpdated(session_id=session_id, metadata=command.metadata, now=now)
     if isinstance(command, KickCommand):
         if not is_admin:
             return CommandRefused(code="forbidden", message="only admins may kick")

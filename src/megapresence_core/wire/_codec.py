@@ -25,7 +25,18 @@ from typing import Any, Final, TypeAlias, final
 
 import attrs
 
-from .._values import ABSENT, Json, JsonObject, Member, Message, RemoteMember, decode_object, dumps
+from .._values import (
+    ABSENT,
+    Json,
+    JsonObject,
+    Member,
+    Message,
+    PresenceMode,
+    RemoteMember,
+    Sender,
+    decode_object,
+    dumps,
+)
 from ..errors import PeerError
 
 __all__ = [
@@ -133,6 +144,8 @@ class Dialect:
     #: How an unknown name is described, e.g. "; expected broadcast, ...".
     unknown_hint: str = ""
     unknown_code: str = "unknown_type"
+    #: The error code of a known object with a field missing or wrong.
+    bad_code: str = "bad_frame"
 
 
 @final
@@ -186,8 +199,10 @@ def names(dialect: Dialect) -> tuple[str, ...]:
 def _encode_value(value: Any) -> str:
     if isinstance(value, tuple):
         return "[" + ",".join(map(_encode_value, value)) + "]"
-    if isinstance(value, Member | RemoteMember):
+    if isinstance(value, Member | RemoteMember | Sender):
         return dumps(value.to_json())
+    if isinstance(value, PresenceMode):
+        return dumps(value.value)
     return dumps(value)
 
 
@@ -237,19 +252,21 @@ def encode(obj: Any) -> str:
 
 
 def decode_fields(
-    fields: tuple[Field, ...], source: Mapping[str, Any], name: str
+    fields: tuple[Field, ...], source: Mapping[str, Any], name: str, code: str
 ) -> dict[str, Any]:
     values: dict[str, Any] = {}
     for field in fields:
         if field.wire not in source:
             if field.default is REQUIRED:
-                raise PeerError(f"{name} is missing {field.wire}", field=field.wire)
+                raise PeerError(f"{name} is missing {field.wire}", code=code, field=field.wire)
             values[field.attr] = field.default
             continue
         try:
             values[field.attr] = field.check(source[field.wire])
         except ValueError as exc:
-            raise PeerError(f"{name} field {field.wire} {exc}", field=field.wire) from None
+            raise PeerError(
+                f"{name} field {field.wire} {exc}", code=code, field=field.wire
+            ) from None
     return values
 
 
@@ -266,7 +283,11 @@ def decode(dialect: Dialect, data: str | bytes, *, max_bytes: int) -> Any:
             )
     name = obj.get(dialect.tag)
     if not isinstance(name, str):
-        raise PeerError(f"{dialect.what} needs a string {dialect.tag!r}", field=dialect.tag)
+        raise PeerError(
+            f"{dialect.what} needs a string {dialect.tag!r}",
+            code=dialect.bad_code,
+            field=dialect.tag,
+        )
     schema = _BY_NAME.get((id(dialect), name))
     if schema is None:
         raise PeerError(
@@ -278,5 +299,9 @@ def decode(dialect: Dialect, data: str | bytes, *, max_bytes: int) -> Any:
     if dialect.nested is not None:
         source = obj.get(dialect.nested, {})
         if not isinstance(source, dict):
-            raise PeerError(f"{name} {dialect.nested} must be an object", field=dialect.nested)
-    return schema.cls(**decode_fields(schema.fields, source, name))
+            raise PeerError(
+                f"{name} {dialect.nested} must be an object",
+                code=dialect.bad_code,
+                field=dialect.nested,
+            )
+    return schema.cls(**decode_fields(schema.fields, source, name, dialect.bad_code))

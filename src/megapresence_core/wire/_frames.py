@@ -1,7 +1,10 @@
 """Hub frames and cluster messages: typed frozen classes and their schemas.
 
-Hub protocol (version 1): JSON text frames ``{"type": T, "payload": {...}}``
-with camelCase fields, between a bridge and the hub.
+Hub protocol (version 2; a hub still accepts version 1 bridges): JSON text
+frames ``{"type": T, "payload": {...}}`` with camelCase fields, between a
+bridge and the hub. Version 2 adds REGISTER ``channels`` (interest without a
+member), SUBSCRIBE, UNSUBSCRIBE, PUBLISH and MEMBERS (never sent to a
+version 1 bridge).
 
 Cluster protocol (version 1), between instances of one app over NATS: one
 JSON object ``{"v": 1, "kind": K, "from": instanceId, "epoch": bootEpoch,
@@ -11,13 +14,18 @@ app's ``fanout`` subject, member kinds on its ``members`` subject.
 
 ==============  =====================================================
 ``broadcast``   ``ns``, ``channel``, ``message``, ``except?``
+``publish``     ``channel``, ``message``, ``except?``, ``by?: {userId, sessionId}``:
+                to the channel's subscribers on every instance
 ``direct``      ``userId``, ``message``
 ``kick``        ``sessionId``, ``reason?``, ``requeue?``
-``add``         ``ns``, ``member: {sessionId, userId, metadata?}`` (also an update)
+``add``         ``ns``, ``member: {sessionId, userId, metadata?}``, ``channels?``: the
+                member's whole state (a join, a metadata change, a subscribe or
+                an unsubscribe), so a lost one is healed by the next
 ``remove``      ``sessionId``
-``heartbeat``   ``count``, ``digest``: what the sender holds, to spot a gap
+``heartbeat``   ``count``, ``digest``: what the sender holds (sessions, their channels
+                and metadata), to spot a gap
 ``snapshot``    ``snap``, ``part``, ``parts``, ``members: [{ns, sessionId, userId,
-                metadata?}]``: every member of the sender, in parts
+                metadata?, channels?}]``: every member of the sender, in parts
 ``resync``      ``target``: an instance id, or ``"*"``: please send a snapshot
 ``bye``         the sender is stopping: forget its members now
 ==============  =====================================================
@@ -29,7 +37,7 @@ from typing import Any, Final, TypeAlias, final
 
 import attrs
 
-from .._values import JsonObject, Member, Message, RemoteMember
+from .._values import JsonObject, Member, Message, RemoteMember, Sender
 from ._codec import (
     Dialect,
     Field,
@@ -51,11 +59,13 @@ __all__ = [
     "FRAME_TYPES",
     "HUB_DIALECT",
     "HUB_PROTOCOL_VERSION",
+    "SUPPORTED_HUB_PROTOCOLS",
     "BroadcastFrame",
     "BulkLeaveFrame",
     "ClusterAdd",
     "ClusterBroadcast",
     "ClusterBye",
+    "ClusterChannelPublish",
     "ClusterDirect",
     "ClusterHeartbeat",
     "ClusterKick",
@@ -70,13 +80,19 @@ __all__ = [
     "HubFrame",
     "JoinFrame",
     "LeaveFrame",
+    "MembersFrame",
     "MetadataFrame",
+    "PublishFrame",
     "RegisterFrame",
     "RegisteredFrame",
+    "SubscribeFrame",
+    "UnsubscribeFrame",
 ]
 
-#: The hub protocol spoken by this release (REGISTER ``protocol``).
-HUB_PROTOCOL_VERSION: Final = 1
+#: The hub protocol spoken by this release's bridges (REGISTER ``protocol``).
+HUB_PROTOCOL_VERSION: Final = 2
+#: The protocols a hub of this release accepts.
+SUPPORTED_HUB_PROTOCOLS: Final = frozenset({1, 2})
 CLUSTER_PROTOCOL_VERSION: Final = 1
 
 # ---------------------------------------------------------------- hub frames
@@ -89,6 +105,8 @@ class RegisterFrame:
     instance_id: str
     capabilities: tuple[str, ...] = ()
     protocol: int
+    #: Channels whose traffic the bridge wants without a member in them (version 2).
+    channels: tuple[str, ...] = ()
 
 
 @final
@@ -105,6 +123,9 @@ class JoinFrame:
     session_id: str
     channels: tuple[str, ...]
     metadata: JsonObject | None = attrs.field(default=None, hash=False)
+    #: Version 2, on a resync: the session's socket closed and the bridge holds it for
+    #: its leave grace; it never takes the session from a bridge that holds it now.
+    lingering: bool = False
 
 
 @final
@@ -153,6 +174,49 @@ class DisconnectFrame:
 
 @final
 @attrs.frozen(kw_only=True)
+class SubscribeFrame:
+    """A session of the sender's subscribed to one more channel (version 2)."""
+
+    session_id: str
+    user_id: str
+    channel: str
+    metadata: JsonObject | None = attrs.field(default=None, hash=False)
+
+
+@final
+@attrs.frozen(kw_only=True)
+class UnsubscribeFrame:
+    """A session of the sender's left one channel, and is still joined (version 2)."""
+
+    session_id: str
+    channel: str
+
+
+@final
+@attrs.frozen(kw_only=True)
+class PublishFrame:
+    """A message to a channel's subscribers on every bridge (version 2)."""
+
+    channel: str
+    message: Message
+    except_session_ids: tuple[str, ...] = ()
+    author: Sender | None = None
+
+
+@final
+@attrs.frozen(kw_only=True)
+class MembersFrame:
+    """Hub to bridge: part ``part`` of ``parts`` of a channel's members on other bridges,
+    sent when the bridge starts to track the channel (version 2)."""
+
+    channel: str
+    part: int
+    parts: int
+    members: tuple[Member, ...]
+
+
+@final
+@attrs.frozen(kw_only=True)
 class HeartbeatFrame:
     pass
 
@@ -176,8 +240,11 @@ HubFrame: TypeAlias = (
     | DisconnectFrame
     | HeartbeatFrame
     | ErrorFrame
+    | SubscribeFrame
+    | UnsubscribeFrame
+    | PublishFrame
+    | MembersFrame
 )
-
 #: Bounds of REGISTERED's ``heartbeatInterval`` (seconds): a hub asking for
 #: beats faster than 50 ms would flood every bridge, one slower than an hour
 #: would switch liveness off. Outside them the frame is refused as bad.
@@ -203,6 +270,29 @@ def _interval(value: Any) -> float:
     )
 
 
+def _member(value: Any) -> Member:
+    obj = check_object(value)
+    metadata = obj.get("metadata")
+    return Member(
+        session_id=check_name(obj.get("sessionId")),
+        user_id=check_name(obj.get("userId")),
+        metadata=None if metadata is None else check_object(metadata),
+    )
+
+
+def _member_list(value: Any) -> tuple[Member, ...]:
+    if not isinstance(value, list):
+        raise ValueError("must be a list of members")
+    return tuple(_member(item) for item in value)
+
+
+def _sender(value: Any) -> Sender:
+    obj = check_object(value)
+    return Sender(
+        user_id=check_name(obj.get("userId")), session_id=check_name(obj.get("sessionId"))
+    )
+
+
 HUB_DIALECT: Final = Dialect(what="hub frame", tag="type", nested="payload")
 _H = HUB_DIALECT
 # Fields both protocols carry, declared once.
@@ -213,6 +303,8 @@ _CHANNEL = Field("channel", "channel", check_name)
 _MESSAGE = Field("message", "message", check_message)
 _REASON = Field("reason", "reason", check_text, None)
 _REQUEUE = Field("requeue", "requeue", check_flag, False)
+_CHANNELS = Field("channels", "channels", check_names, ())
+_AUTHOR = Field("from", "author", _sender, None)
 
 register(
     _H,
@@ -222,6 +314,7 @@ register(
     Field("instanceId", "instance_id", check_name),
     Field("capabilities", "capabilities", check_names, ()),
     Field("protocol", "protocol", _protocol),
+    _CHANNELS,
 )
 register(
     _H,
@@ -238,6 +331,7 @@ register(
     _SESSION,
     Field("channels", "channels", check_names),
     Field("metadata", "metadata", check_object, None),
+    Field("lingering", "lingering", check_flag, False),
 )
 register(_H, "LEAVE", LeaveFrame, _SESSION)
 register(
@@ -267,6 +361,34 @@ register(
     Field("code", "code", check_name),
     Field("message", "message", check_text, ""),
 )
+register(
+    _H,
+    "SUBSCRIBE",
+    SubscribeFrame,
+    _SESSION,
+    _USER,
+    _CHANNEL,
+    Field("metadata", "metadata", check_object, None),
+)
+register(_H, "UNSUBSCRIBE", UnsubscribeFrame, _SESSION, _CHANNEL)
+register(
+    _H,
+    "PUBLISH",
+    PublishFrame,
+    _CHANNEL,
+    _MESSAGE,
+    Field("exceptSessionIds", "except_session_ids", check_names, ()),
+    _AUTHOR,
+)
+register(
+    _H,
+    "MEMBERS",
+    MembersFrame,
+    _CHANNEL,
+    Field("part", "part", check_count),
+    Field("parts", "parts", check_count),
+    Field("members", "members", _member_list),
+)
 
 #: The frame type names, for fuzz dictionaries and error messages.
 FRAME_TYPES: Final = names(_H)
@@ -283,6 +405,18 @@ class ClusterBroadcast:
     channel: str
     message: Message
     except_session_ids: tuple[str, ...] = ()
+
+
+@final
+@attrs.frozen(kw_only=True)
+class ClusterChannelPublish:
+    sender: str
+    epoch: int
+    channel: str
+    message: Message
+    except_session_ids: tuple[str, ...] = ()
+    #: Who published it (``by`` on the wire: ``from`` is the instance).
+    author: Sender | None = None
 
 
 @final
@@ -313,6 +447,7 @@ class ClusterAdd:
     epoch: int
     ns: str
     member: Member
+    channels: tuple[str, ...] = ()
 
 
 @final
@@ -360,6 +495,7 @@ class ClusterBye:
 
 ClusterMessage: TypeAlias = (
     ClusterBroadcast
+    | ClusterChannelPublish
     | ClusterDirect
     | ClusterKick
     | ClusterAdd
@@ -371,23 +507,19 @@ ClusterMessage: TypeAlias = (
 )
 
 
-def _member(value: Any) -> Member:
+def _remote_member(value: Any) -> RemoteMember:
     obj = check_object(value)
-    metadata = obj.get("metadata")
-    return Member(
-        session_id=check_name(obj.get("sessionId")),
-        user_id=check_name(obj.get("userId")),
-        metadata=None if metadata is None else check_object(metadata),
+    return RemoteMember(
+        ns=check_name(obj.get("ns")),
+        member=_member(obj),
+        channels=check_names(obj.get("channels", [])),
     )
 
 
 def _members(value: Any) -> tuple[RemoteMember, ...]:
     if not isinstance(value, list):
         raise ValueError("must be a list of members")
-    return tuple(
-        RemoteMember(ns=check_name(check_object(item).get("ns")), member=_member(item))
-        for item in value
-    )
+    return tuple(_remote_member(item) for item in value)
 
 
 CLUSTER_DIALECT: Final = Dialect(
@@ -407,9 +539,18 @@ register(
     _MESSAGE,
     Field("except", "except_session_ids", check_names, ()),
 )
+register(
+    _K,
+    "publish",
+    ClusterChannelPublish,
+    _CHANNEL,
+    _MESSAGE,
+    Field("except", "except_session_ids", check_names, ()),
+    Field("by", "author", _sender, None),
+)
 register(_K, "direct", ClusterDirect, _USER, _MESSAGE)
 register(_K, "kick", ClusterKick, _SESSION, _REASON, _REQUEUE)
-register(_K, "add", ClusterAdd, _NS, Field("member", "member", _member))
+register(_K, "add", ClusterAdd, _NS, Field("member", "member", _member), _CHANNELS)
 register(_K, "remove", ClusterRemove, _SESSION)
 register(
     _K,

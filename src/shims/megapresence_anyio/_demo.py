@@ -16,6 +16,8 @@ import logging
 import secrets
 from collections.abc import Collection
 
+import anyio
+
 from megapresence_core import LocalUsageError, PeerError
 from megapresence_core.wire import (
     CommandRefused,
@@ -101,9 +103,11 @@ class DemoApp:
         try:
             outcome = command_event(
                 decode_client_command(text),
+                conn=client,
                 ns=client.ns,
                 session_id=client.session_id,
                 is_admin=client.user_id in self.admins,
+                now=anyio.current_time(),
             )
             if isinstance(outcome, CommandRefused):
                 client.send(error_reply(outcome.code, outcome.message))

@@ -65,6 +65,7 @@ from megapresence_core.actions import (
     CloseHubLink,
     ClusterPublish,
     ConnectHub,
+    RequestRefused,
     SendHubFrame,
     StoreDelete,
     StoreEntry,
@@ -295,6 +296,7 @@ class PresenceServer:
         self._links: dict[str, str] = {}
         self._performers: dict[type[Any], Callable[[Any], None]] = {
             Deliver: self._deliver,
+            RequestRefused: self._refused,
             CloseConnection: self._close_connection,
             ConnectHub: self._connect_hub,
             SendHubFrame: self._send_hub_frame,
@@ -519,7 +521,7 @@ class PresenceServer:
         client = guard.conn
         if isinstance(client, Client):
             self._clients.discard(client)
-            self.dispatch(ConnectionClosed(conn=client))
+            self.dispatch(ConnectionClosed(conn=client, now=anyio.current_time()))
             if guard.session is not None:
                 try:
                     await _run_hook(self._on_close, client)
@@ -608,7 +610,8 @@ class PresenceServer:
         if refusal is not None:
             guard.refuse(refusal.status, refusal.reason)
             return None
-        session = make_session(anyio.current_time())
+        now = anyio.current_time()
+        session = make_session(now)
         client = Client(self, request, identity, session)
         joined = None
         if identity is not None:
@@ -619,6 +622,7 @@ class PresenceServer:
                 session_id=identity.session_id,
                 channels=identity.channels,
                 metadata=identity.metadata,
+                now=now,
             )
         self.dispatch(ConnectionOpened(conn=client, ns=client.ns))
         guard.conn = client
@@ -683,6 +687,9 @@ class PresenceServer:
         for client in conns:
             client.session.send_frame(frame, now)  # type: ignore[attr-defined]
 
+    def _refused(self, action: RequestRefused) -> None:
+        action.conn.send(action.text)  # type: ignore[attr-defined]
+
     def _close_connection(self, action: CloseConnection) -> None:
         session = action.conn.session  # type: ignore[attr-defined]
         session.close(action.code, action.reason, anyio.current_time())
@@ -737,7 +744,9 @@ class PresenceServer:
         self.dispatch(DirectRequested(user_id=user_id, message=message))
 
     def update_metadata(self, session_id: str, metadata: Mapping[str, Any]) -> None:
-        self.dispatch(MetadataUpdated(session_id=session_id, metadata=metadata))
+        self.dispatch(
+            MetadataUpdated(session_id=session_id, metadata=metadata, now=anyio.current_time())
+        )
 
     def kick(self, session_id: str, reason: str | None = None, *, requeue: bool = False) -> None:
         """Close a session wherever it is: 1008 (kick) or, with ``requeue``, 4503."""

@@ -1,0 +1,274 @@
+"""A session's channels: subscribe, unsubscribe, sync and publish, and what every change of a
+local session's membership tells the rosters, the watchers, the hub, the cluster and the store.
+
+Theory of operation. A local session's channels are its subscriptions (channel
+-> presence mode). Every change goes through the helpers here, so the rosters
+(source ``LOCAL``), the feed's watchers and the fan-out (SUBSCRIBE,
+UNSUBSCRIBE, LEAVE to the hub; the session's whole state as a cluster
+``add``; a store put or delete per channel) never disagree. Refusals nobody
+could check beforehand (the channel is full, the session holds too many
+channels, the connection holds no session) are ``RequestRefused`` actions and
+change nothing; misuse raises before anything changes. A subscriber first
+gets ``subscribed``, then its snapshot, and then, like every watcher, sees
+itself join in the next diff.
+
+:class:`Parts` is what ``Presence`` and this module share; the store is the
+one part replaced (by ``NoStore``) when the process shuts down.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterable
+from typing import final
+
+from ._cluster import ClusterLink, NoCluster
+from ._feed import PresenceFeed
+from ._hub_link import HubLink, NoHubLink
+from ._hub_members import HubMembers
+from ._local import ConnectionRecord, LocalIndexes, NoStore, SharedStore
+from ._rosters import LOCAL, Rosters
+from ._values import Message, PresenceMode, Sender
+from .actions import Action, Deliver, RequestRefused
+from .config import Limits
+from .events import PresenceSync, PublishRequested, Subscribe, Unsubscribe
+from .wire import (
+    LeaveFrame,
+    Subscribed,
+    SubscribeFrame,
+    Unsubscribed,
+    UnsubscribeFrame,
+    channel_text,
+    encode,
+    error_reply,
+)
+
+__all__ = ["Channels", "Parts", "refused"]
+
+_NONE = PresenceMode.NONE
+
+
+@final
+class Parts:
+    """The parts of one ``Presence`` that more than one of its modules acts on."""
+
+    __slots__ = (
+        "cluster",
+        "feed",
+        "hub_link",
+        "hub_members",
+        "limits",
+        "local",
+        "rosters",
+        "store",
+    )
+
+    def __init__(
+        self,
+        *,
+        local: LocalIndexes,
+        feed: PresenceFeed,
+        hub_members: HubMembers,
+        limits: Limits,
+        hub_link: HubLink | NoHubLink,
+        cluster: ClusterLink | NoCluster,
+        store: SharedStore | NoStore,
+    ) -> None:
+        self.local = local
+        self.feed = feed
+        self.rosters: Rosters = feed.rosters
+        self.hub_members = hub_members
+        self.limits = limits
+        self.hub_link = hub_link
+        self.cluster = cluster
+        self.store = store
+
+
+def refused(conn: Hashable, code: str, message: str, channel: str | None) -> RequestRefused:
+    return RequestRefused(
+        conn=conn,
+        code=code,
+        message=message,
+        channel=channel,
+        text=error_reply(code, message, channel),
+    )
+
+
+@final
+class Channels:
+    """Subscriptions of the local sessions, and channel-scoped delivery."""
+
+    __slots__ = ("_parts",)
+
+    def __init__(self, parts: Parts) -> None:
+        self._parts = parts
+
+    # -------------------------------------------------------------- requests
+
+    def subscribe(self, event: Subscribe) -> list[Action]:
+        parts, channel, mode, conn = self._parts, event.channel, event.mode, event.conn
+        record = parts.local.get(conn, what="Subscribe")
+        parts.limits.check_name("Subscribe", "channel", channel)
+        if record.session_id is None:
+            return [refused(conn, "not_joined", "join a session to subscribe", channel)]
+        reply = Deliver(
+            conns=(conn,), text=encode(Subscribed(channel=channel, presence=mode.value))
+        )
+        old = record.subscriptions.get(channel)
+        if old is None:
+            refusal = self.refusal(conn, channel, len(record.subscriptions))
+            if refusal is not None:
+                return [refusal]
+        elif old is not _NONE:
+            parts.feed.unwatch(conn, channel, old)
+        parts.local.subscribe(record, channel, mode)
+        # The snapshot comes first: a new member then sees itself join, in the next diff.
+        snapshot = parts.feed.watch(conn, channel, mode) if mode is not _NONE else []
+        if old is not None:
+            return [reply, *snapshot]
+        self.show(record, (channel,))
+        frame = SubscribeFrame(
+            session_id=record.session_id,
+            user_id=record.member().user_id,
+            channel=channel,
+            metadata=record.metadata,
+        )
+        return [
+            reply,
+            *snapshot,
+            *parts.hub_link.send(frame),
+            *parts.cluster.add(record.remote()),
+            *parts.store.put(record, (channel,)),
+        ]
+
+    def unsubscribe(self, event: Unsubscribe) -> list[Action]:
+        parts, channel, conn = self._parts, event.channel, event.conn
+        record = parts.local.get(conn, what="Unsubscribe")
+        parts.limits.check_name("Unsubscribe", "channel", channel)
+        session_id = record.session_id
+        if session_id is None:
+            return [refused(conn, "not_joined", "join a session to unsubscribe", channel)]
+        actions: list[Action] = [Deliver(conns=(conn,), text=encode(Unsubscribed(channel=channel)))]
+        mode = record.subscriptions.get(channel)
+        if mode is None:
+            return actions  # idempotent: it is not subscribed, as asked
+        if mode is not _NONE:
+            parts.feed.unwatch(conn, channel, mode)
+        parts.local.unsubscribe(record, channel)
+        self.hide(record, (channel,))
+        frame = UnsubscribeFrame(session_id=session_id, channel=channel)
+        return (
+            actions
+            + parts.hub_link.send(frame)
+            + parts.cluster.add(record.remote())
+            + parts.store.delete(session_id, (channel,))
+        )
+
+    def sync(self, event: PresenceSync) -> list[Action]:
+        parts, channel, conn = self._parts, event.channel, event.conn
+        record = parts.local.get(conn, what="PresenceSync")
+        parts.limits.check_name("PresenceSync", "channel", channel)
+        if record.session_id is None:
+            return [refused(conn, "not_joined", "join a session to sync", channel)]
+        mode = record.subscriptions.get(channel)
+        if mode is None:
+            return [refused(conn, "not_subscribed", "subscribe to the channel first", channel)]
+        if mode is _NONE:
+            message = "the subscription has no presence mode"
+            return [refused(conn, "not_watching", message, channel)]
+        return [parts.feed.snapshot(conn, channel, mode)]
+
+    def publish(self, event: PublishRequested) -> list[Action]:
+        parts, channel, message = self._parts, event.channel, event.message
+        excepted = event.except_session_ids
+        parts.limits.check_name("PublishRequested", "channel", channel)
+        parts.limits.check_message("PublishRequested", message)
+        author = event.sender
+        if event.conn is not None:
+            record = parts.local.get(event.conn, what="PublishRequested")
+            if record.session_id is None:
+                return [refused(event.conn, "not_joined", "join a session to publish", channel)]
+            if channel not in record.subscriptions:
+                text = "subscribe to the channel first"
+                return [refused(event.conn, "not_subscribed", text, channel)]
+            author = Sender(user_id=record.member().user_id, session_id=record.session_id)
+        # Every hop's text is built (and measured) before anything happens.
+        hub_text = parts.hub_link.publish(channel, message, excepted, author)
+        cluster_text = parts.cluster.publish(channel, message, excepted, author)
+        return (
+            self.deliver(channel, message, excepted, author)
+            + parts.hub_link.send_text(hub_text)
+            + parts.cluster.publish_text(cluster_text)
+        )
+
+    def deliver(
+        self,
+        channel: str,
+        message: Message,
+        except_session_ids: frozenset[str],
+        author: Sender | None,
+    ) -> list[Action]:
+        """A channel message to this process's subscribers of ``channel``."""
+        local = self._parts.local
+        targets = local.targets(local.by_channel.get(channel), except_session_ids)
+        if not targets:
+            return []
+        return [Deliver(conns=targets, text=channel_text(channel, message, author))]
+
+    def refusal(self, conn: Hashable, channel: str, held: int) -> RequestRefused | None:
+        """Why a session holding ``held`` channels may not subscribe to ``channel``, if so."""
+        limits = self._parts.limits
+        if held >= limits.max_channels_per_session:
+            return refused(
+                conn,
+                "too_many_channels",
+                f"the session is in {held} channels, the limit "
+                f"(max_channels_per_session {limits.max_channels_per_session})",
+                channel,
+            )
+        sessions, _ = self._parts.rosters.counts(channel)
+        if sessions >= limits.max_members_per_channel:
+            return refused(
+                conn,
+                "channel_full",
+                f"{channel!r} has {sessions} members, the limit "
+                f"(max_members_per_channel {limits.max_members_per_channel})",
+                channel,
+            )
+        return None
+
+    # ----------------------------------------------- a local session's membership
+
+    def show(self, record: ConnectionRecord, channels: Iterable[str]) -> None:
+        """``record``'s session, as it is now, is in ``channels`` (for the rosters)."""
+        member, rosters = record.member(), self._parts.rosters
+        for channel in channels:
+            rosters.put(channel, LOCAL, member)
+
+    def hide(self, record: ConnectionRecord, channels: Iterable[str]) -> None:
+        """``record``'s session is no longer in ``channels`` here (a channel the bridge then
+        stops tracking is forgotten: see ``HubMembers``)."""
+        session_id = record.session_id
+        assert session_id is not None
+        rosters, hub_members = self._parts.rosters, self._parts.hub_members
+        for channel in channels:
+            rosters.remove(channel, LOCAL, session_id)
+            hub_members.untrack(channel)
+
+    def left(self, record: ConnectionRecord) -> list[Action]:
+        """``record``'s session has left for good: tell everyone."""
+        parts, session_id, channels = self._parts, record.session_id, record.channels
+        assert session_id is not None
+        self.hide(record, channels)
+        return (
+            parts.hub_link.send(LeaveFrame(session_id=session_id))
+            + parts.cluster.remove(session_id)
+            + parts.store.delete(session_id, channels)
+        )
+
+    def unwatch(self, record: ConnectionRecord) -> None:
+        """``record``'s connection watches nothing any more (it closed or lost its session)."""
+        feed = self._parts.feed
+        for channel, mode in record.subscriptions.items():
+            if mode is not _NONE:
+                feed.unwatch(record.conn, channel, mode)
+                record.subscriptions[channel] = _NONE

@@ -1,0 +1,274 @@
+"""What a server sends a browser about channels and presence, and a client's map built from it.
+
+Server to client, one JSON object per text message:
+
+====================  ======================================================
+``presence.state``    ``channel``, ``view`` ("users" or "sessions"), ``version``,
+                      ``members: {key: member}``: a snapshot
+``presence.diff``     ``channel``, ``view``, ``version``, ``joins``, ``leaves``,
+                      ``updates``: each ``{key: member}``, full member values
+``presence.count``    ``channel``, ``sessions``, ``users``
+``subscribed``        ``channel``, ``presence`` (the subscription's mode)
+``unsubscribed``      ``channel``
+``direct.result``     ``userId``, ``found``: whether the server knew the user
+channel message       ``{"type": T, "channel", "from"?: {userId, sessionId},
+                      "payload"?}``: a message published to a channel
+``error``             ``{"type": "error", "payload": {"code", "message",
+                      "channel"?}}`` (codes in :data:`CLIENT_ERROR_CODES`)
+====================  ======================================================
+
+Keys and members: in the users view the key is the user id and a member is
+``{"userId", "sessions": [{"sessionId", "metadata"}]}`` (sessions sorted by
+id); in the sessions view the key is the session id and a member is
+``{"sessionId", "userId", "metadata"}``. ``metadata`` is null when unset.
+
+Versions are per (channel, view) on one connection and consecutive: applying
+diff ``v + 1`` to the state of version ``v`` gives the state of ``v + 1``
+exactly. A client that sees any other version (it cannot happen on one
+connection, but a client library should not trust that) asks for a ``sync``
+and gets a fresh ``presence.state``. :class:`PresenceMap` is that client
+logic, for Python clients and for the tests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any, Final, TypeAlias, final
+
+import attrs
+
+from .._values import Json, JsonObject, Member, Message, Sender, dumps
+from ..errors import PeerError
+from ._codec import Dialect, Field, check_count, check_flag, check_name, check_object, register
+from ._codec import decode as _decode
+
+__all__ = [
+    "CLIENT_ERROR_CODES",
+    "MAX_SERVER_MESSAGE_BYTES",
+    "DirectResult",
+    "PresenceCount",
+    "PresenceDiff",
+    "PresenceMap",
+    "PresenceState",
+    "ServerMessage",
+    "Subscribed",
+    "Unsubscribed",
+    "channel_text",
+    "decode_server_message",
+    "error_reply",
+    "session_json",
+    "user_json",
+]
+
+#: Every error code a client can receive, and what it should do about it.
+CLIENT_ERROR_CODES: Final[dict[str, str]] = {
+    "bad_json": "the command was not one JSON object: fix the client",
+    "too_big": "the command was over the size limit: send less",
+    "unknown_op": "no such command: fix the client (or it is newer than the server)",
+    "bad_command": "a field of the command was missing or wrong: fix the client",
+    "over_limit": "a name, message or metadata was over a configured limit: send less",
+    "not_joined": "the connection holds no session: join (authenticate) first",
+    "not_subscribed": "the session is not subscribed to that channel: subscribe first",
+    "not_watching": "the subscription is in mode none: subscribe with a presence mode to sync",
+    "forbidden": "the server does not allow this (a kick by a non-admin, a refused channel)",
+    "channel_full": "the channel is at its member cap: try later, or watch counts elsewhere",
+    "too_many_channels": "the session is at its channel cap: unsubscribe from one first",
+}
+
+#: What a client should accept: the largest snapshot a member cap allows, and more.
+MAX_SERVER_MESSAGE_BYTES: Final = 16 * 1024 * 1024
+
+VIEWS: Final = ("users", "sessions")
+
+
+def _view(value: Any) -> str:
+    if value in VIEWS:
+        return str(value)
+    raise ValueError('must be "users" or "sessions"')
+
+
+@final
+@attrs.frozen(kw_only=True)
+class PresenceState:
+    channel: str
+    view: str
+    version: int
+    members: JsonObject = attrs.field(hash=False)
+
+
+@final
+@attrs.frozen(kw_only=True)
+class PresenceDiff:
+    channel: str
+    view: str
+    version: int
+    joins: JsonObject = attrs.field(hash=False)
+    leaves: JsonObject = attrs.field(hash=False)
+    updates: JsonObject = attrs.field(hash=False)
+
+
+@final
+@attrs.frozen(kw_only=True)
+class PresenceCount:
+    channel: str
+    sessions: int
+    users: int
+
+
+@final
+@attrs.frozen(kw_only=True)
+class Subscribed:
+    channel: str
+    presence: str
+
+
+@final
+@attrs.frozen(kw_only=True)
+class Unsubscribed:
+    channel: str
+
+
+@final
+@attrs.frozen(kw_only=True)
+class DirectResult:
+    user_id: str
+    found: bool
+
+
+ServerMessage: TypeAlias = (
+    PresenceState | PresenceDiff | PresenceCount | Subscribed | Unsubscribed | DirectResult
+)
+
+_S: Final = Dialect(what="server message", tag="type")
+_CHANNEL = Field("channel", "channel", check_name)
+_VIEW = Field("view", "view", _view)
+_VERSION = Field("version", "version", check_count)
+register(
+    _S,
+    "presence.state",
+    PresenceState,
+    _CHANNEL,
+    _VIEW,
+    _VERSION,
+    Field("members", "members", check_object),
+)
+register(
+    _S,
+    "presence.diff",
+    PresenceDiff,
+    _CHANNEL,
+    _VIEW,
+    _VERSION,
+    Field("joins", "joins", check_object),
+    Field("leaves", "leaves", check_object),
+    Field("updates", "updates", check_object),
+)
+register(
+    _S,
+    "presence.count",
+    PresenceCount,
+    _CHANNEL,
+    Field("sessions", "sessions", check_count),
+    Field("users", "users", check_count),
+)
+register(
+    _S,
+    "subscribed",
+    Subscribed,
+    _CHANNEL,
+    Field("presence", "presence", check_name),
+)
+register(_S, "unsubscribed", Unsubscribed, _CHANNEL)
+register(
+    _S,
+    "direct.result",
+    DirectResult,
+    Field("userId", "user_id", check_name),
+    Field("found", "found", check_flag),
+)
+
+
+def decode_server_message(data: str | bytes) -> ServerMessage:
+    """Parse one of the typed server messages above, or raise ``PeerError``."""
+    message: ServerMessage = _decode(_S, data, max_bytes=MAX_SERVER_MESSAGE_BYTES)
+    return message
+
+
+def session_json(member: Member) -> JsonObject:
+    """A member of the sessions view."""
+    return {"sessionId": member.session_id, "userId": member.user_id, "metadata": member.metadata}
+
+
+def user_json(user_id: str, members: Iterable[Member]) -> JsonObject:
+    """A member of the users view: the user and its sessions, sorted by session id."""
+    sessions: list[Json] = [
+        {"sessionId": m.session_id, "metadata": m.metadata}
+        for m in sorted(members, key=lambda m: m.session_id)
+    ]
+    return {"userId": user_id, "sessions": sessions}
+
+
+def channel_text(channel: str, message: Message, author: Sender | None) -> str:
+    """``{"type", "channel", "from"?, "payload"?}``, spliced around the encoded payload."""
+    head = f'{{"type":{dumps(message.type)},"channel":{dumps(channel)}'
+    if author is not None:
+        head += f',"from":{dumps(author.to_json())}'
+    if message.payload_json is None:
+        return head + "}"
+    return f'{head},"payload":{message.payload_json}}}'
+
+
+def error_reply(code: str, message: str, channel: str | None = None) -> str:
+    payload: JsonObject = {"code": code, "message": message}
+    if channel is not None:
+        payload["channel"] = channel
+    return dumps({"type": "error", "payload": payload})
+
+
+@final
+class PresenceMap:
+    """One watcher's map of one channel's members, built only from what it received.
+
+    :meth:`apply` takes the channel's ``presence.state`` and ``presence.diff``
+    messages of one view; it returns False when the map is out of step (a diff
+    that does not follow, or does not fit the map), and the client should then
+    ask for a ``sync``. Until the next snapshot, ``in_sync`` stays False.
+    """
+
+    __slots__ = ("channel", "in_sync", "members", "version", "view")
+
+    def __init__(self, channel: str, view: str) -> None:
+        self.channel = channel
+        self.view = view
+        self.members: dict[str, Json] = {}
+        self.version: int | None = None
+        self.in_sync = False
+
+    def apply(self, message: PresenceState | PresenceDiff) -> bool:
+        if (message.channel, message.view) != (self.channel, self.view):
+            raise PeerError(
+                f"a {message.view} message of {message.channel!r} is not for this map",
+                code="bad_message",
+            )
+        if isinstance(message, PresenceState):
+            self.members = dict(message.members)
+            self.version = message.version
+            self.in_sync = True
+            return True
+        members = self.members
+        fits = (
+            self.in_sync
+            and message.version == (self.version or 0) + 1
+            and all(members.get(key) == value for key, value in message.leaves.items())
+            and all(key in members for key in message.updates)
+            and not any(key in members for key in message.joins)
+        )
+        if not fits:
+            self.in_sync = False
+            return False
+        for key in message.leaves:
+            del members[key]
+        members.update(message.updates)
+        members.update(message.joins)
+        self.version = message.version
+        return True

@@ -1,0 +1,347 @@
+"""Hub protocol version 2: interests, SUBSCRIBE/UNSUBSCRIBE/PUBLISH, MEMBERS, version 1 bridges.
+
+The hub side first (frames in, frames out), then a bridge's side: what the hub
+tells it of other bridges becomes its channel rosters, for the channels it tracks.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Hashable
+from typing import Any
+
+import pytest
+
+from megapresence_core import (
+    ConnectionClosed,
+    Hub,
+    HubConfig,
+    Subscribe,
+    Unsubscribe,
+)
+from megapresence_core.actions import AcceptBridge
+from megapresence_core.events import BridgeClosed, BridgeConnecting, HubFrameReceived, HubLost, Tick
+from megapresence_core.events import HubConnected as _HubConnected
+
+from .helpers import (
+    drive,
+    hub_frame,
+    hub_presence,
+    open_joined,
+    presence_messages,
+    registered_frame,
+)
+from .test_hub import TOKEN, frames_to, join, new_hub, send
+
+
+def register(hub: Hub, bridge: str, protocol: int = 2, **payload: Any) -> list[Any]:
+    assert hub.handle(BridgeConnecting(bridge=bridge, authorization=f"Bearer {TOKEN}", now=0)) == [
+        AcceptBridge(bridge=bridge)
+    ]
+    return send(
+        hub, bridge, "REGISTER", bridgeId=bridge, instanceId="i", protocol=protocol, **payload
+    )
+
+
+def types_to(actions: list[Any]) -> dict[Hashable, list[str]]:
+    return {bridge: [f["type"] for f in frames] for bridge, frames in frames_to(actions).items()}
+
+
+def members_of(actions: list[Any], bridge: str) -> list[dict[str, Any]]:
+    return [f["payload"] for f in frames_to(actions).get(bridge, []) if f["type"] == "MEMBERS"]
+
+
+# ------------------------------------------------------------------ the hub
+
+
+def test_register_with_channels_is_an_interest_answered_with_their_members() -> None:
+    hub = new_hub()
+    register(hub, "A")
+    join(hub, "A", "ann", "a1", "room", metadata={"s": 1})
+    actions = register(hub, "B", channels=["room", "empty"])
+    assert types_to(actions) == {"B": ["REGISTERED", "MEMBERS", "MEMBERS"]}
+    assert members_of(actions, "B") == [
+        {
+            "channel": "room",
+            "part": 0,
+            "parts": 1,
+            "members": [{"sessionId": "a1", "userId": "ann", "metadata": {"s": 1}}],
+        },
+        {"channel": "empty", "part": 0, "parts": 1, "members": []},
+    ]
+    assert hub.interests() == {"B": ("room", "empty")}
+    assert [m.session_id for m in hub.members()] == ["a1"]  # an interest is never a member
+    # B tracks room: it hears the channel's presence and traffic.
+    assert types_to(join(hub, "A", "amy", "a2", "room")) == {"B": ["JOIN"]}
+    publish = send(hub, "A", "PUBLISH", channel="room", message={"type": "t"})
+    assert types_to(publish) == {"B": ["PUBLISH"]}
+    broadcast = send(hub, "A", "BROADCAST", ns="/ws", channel="room", message={"type": "t"})
+    assert types_to(broadcast) == {"B": ["BROADCAST"]}
+
+
+def test_a_bridge_gaining_its_first_member_of_a_channel_gets_the_members_once() -> None:
+    hub = new_hub()
+    register(hub, "A")
+    register(hub, "B")
+    join(hub, "A", "ann", "a1", "room")
+    actions = join(hub, "B", "bob", "b1", "room", "solo")
+    assert types_to(actions) == {"A": ["JOIN"], "B": ["MEMBERS", "MEMBERS"]}
+    assert [m["members"] for m in members_of(actions, "B")] == [
+        [{"sessionId": "a1", "userId": "ann"}],
+        [],  # nobody else in "solo", but any stale roster of it must go
+    ]
+    assert types_to(join(hub, "B", "bea", "b2", "room")) == {"A": ["JOIN"]}  # no MEMBERS again
+
+
+def test_subscribe_and_unsubscribe_are_routed_to_the_channel_s_bridges() -> None:
+    hub = new_hub()
+    register(hub, "A")
+    register(hub, "B")
+    register(hub, "C")
+    join(hub, "A", "ann", "a1")
+    join(hub, "B", "bob", "b1", "room")
+    actions = send(hub, "A", "SUBSCRIBE", sessionId="a1", userId="ann", channel="room")
+    assert types_to(actions) == {"B": ["SUBSCRIBE"], "A": ["MEMBERS"]}
+    assert hub.members()[0].channels == ("room",)
+    # Idempotent, and only the owner may change its session.
+    assert send(hub, "A", "SUBSCRIBE", sessionId="a1", userId="ann", channel="room") == []
+    assert send(hub, "C", "SUBSCRIBE", sessionId="a1", userId="ann", channel="x") == []
+    assert send(hub, "C", "UNSUBSCRIBE", sessionId="a1", channel="room") == []
+    assert send(hub, "A", "UNSUBSCRIBE", sessionId="a1", channel="nope") == []
+    assert types_to(send(hub, "A", "UNSUBSCRIBE", sessionId="a1", channel="room")) == {
+        "B": ["UNSUBSCRIBE"]
+    }
+    assert hub.members()[0].channels == ()
+
+
+def test_a_subscribe_under_another_user_or_past_the_channel_limit_is_a_strike() -> None:
+    hub = new_hub(max_channels_per_session=1)
+    register(hub, "A")
+    join(hub, "A", "ann", "a1", "room")
+    actions = send(hub, "A", "SUBSCRIBE", sessionId="a1", userId="eve", channel="x")
+    assert frames_to(actions)["A"][0]["payload"]["code"] == "session_taken"
+    actions = send(hub, "A", "SUBSCRIBE", sessionId="a1", userId="ann", channel="x")
+    assert frames_to(actions)["A"][0]["payload"]["code"] == "too_many_channels"
+    assert hub.members()[0].channels == ("room",)
+
+
+def test_a_join_that_moves_a_session_reaches_its_old_bridge_and_its_old_channels() -> None:
+    hub = new_hub()
+    for bridge in ("A", "B", "C", "D"):
+        register(hub, bridge)
+    join(hub, "A", "ann", "a1", "old")
+    join(hub, "C", "cid", "c1", "old")
+    join(hub, "D", "dan", "d1", "new")
+    # a1 comes back on B, in "new" only: A drops its lingering copy, C learns it left "old".
+    actions = join(hub, "B", "ann", "a1", "new")
+    assert types_to(actions) == {"C": ["JOIN"], "A": ["JOIN"], "D": ["JOIN"], "B": ["MEMBERS"]}
+    [moved] = hub.members()[2:]
+    assert (moved.bridge_id, moved.channels) == ("B", ("new",))
+    assert send(hub, "A", "LEAVE", sessionId="a1") == []  # a late LEAVE from A changes nothing
+
+
+def test_version_1_bridges_keep_working_and_never_see_version_2_frames() -> None:
+    hub = new_hub()
+    register(hub, "old", protocol=1)
+    register(hub, "new")
+    # The version 1 subscriber session is read as an interest, never listed.
+    assert (
+        send(
+            hub, "old", "JOIN", userId="bridge:old", sessionId="bridge:old#room", channels=["room"]
+        )
+        == []
+    )
+    assert hub.interests() == {"old": ("room",)}
+    assert hub.members() == []
+    join(hub, "old", "ann", "a1", "room")
+    actions = join(hub, "new", "bob", "b1", "room")
+    assert types_to(actions) == {"old": ["JOIN"], "new": ["MEMBERS"]}
+    assert send(hub, "new", "PUBLISH", channel="room", message={"type": "t"}) == []
+    subscribe = send(hub, "new", "SUBSCRIBE", sessionId="b1", userId="bob", channel="room2")
+    assert types_to(subscribe) == {"new": ["MEMBERS"]}
+    assert types_to(send(hub, "new", "UNSUBSCRIBE", sessionId="b1", channel="room")) == {}
+    # Its broadcasts, directs and presence go on as in version 1.
+    broadcast = send(hub, "new", "BROADCAST", ns="/ws", channel="room", message={"type": "t"})
+    assert types_to(broadcast) == {"old": ["BROADCAST"]}
+    # A look-alike from another bridge id is a plain session.
+    join(hub, "old", "bridge:x", "bridge:x#room", "room")
+    assert "bridge:x#room" in {m.session_id for m in hub.members()}
+    join(hub, "old", "bridge:old", "bridge:old#a", "a", "b")
+    join(hub, "old", "bridge:old", "bridge:old#zz", "room")
+    assert {"bridge:old#a", "bridge:old#zz"} <= {m.session_id for m in hub.members()}
+
+
+def test_version_1_interests_are_capped() -> None:
+    hub = new_hub(max_interest_channels=1)
+    register(hub, "old", protocol=1)
+    send(hub, "old", "JOIN", userId="bridge:old", sessionId="bridge:old#a", channels=["a"])
+    actions = send(
+        hub, "old", "JOIN", userId="bridge:old", sessionId="bridge:old#b", channels=["b"]
+    )
+    assert frames_to(actions)["old"][0]["payload"]["code"] == "too_many_channels"
+    assert hub.interests() == {"old": ("a",)}
+
+
+def test_members_come_in_parts_under_the_frame_limit() -> None:
+    hub = Hub(
+        HubConfig(
+            hub_id="h",
+            tokens=[TOKEN],
+            max_frame_bytes=2_000,
+            max_frames_per_second=1e9,
+            frame_burst=1e9,
+        )
+    )
+    register(hub, "A")
+    for i in range(60):
+        join(hub, "A", f"user-{i}", f"session-{i:04d}", "room")
+    actions = register(hub, "B", channels=["room"])
+    parts = members_of(actions, "B")
+    assert len(parts) > 1
+    assert all(len(f.data.encode()) <= 2_000 for f in actions if "MEMBERS" in f.data)  # type: ignore[union-attr]
+    assert [p["part"] for p in parts] == list(range(len(parts)))
+    assert {p["parts"] for p in parts} == {len(parts)}
+    assert [m["sessionId"] for p in parts for m in p["members"]] == [
+        f"session-{i:04d}" for i in range(60)
+    ]
+
+
+def test_a_bridge_that_goes_loses_its_interests_and_those_tracking_its_channels_hear_it() -> None:
+    hub = new_hub()
+    register(hub, "A", channels=["room"])
+    register(hub, "B", channels=["room"])
+    join(hub, "A", "ann", "a1", "room")
+    actions = hub.handle(BridgeClosed(bridge="A", now=1))
+    hub.check_invariants()
+    assert types_to(actions) == {"B": ["BULK_LEAVE"]}
+    assert hub.interests() == {"B": ("room",)}
+
+
+# ------------------------------------------------------------ a bridge's side
+
+
+def tracked() -> Any:
+    """A registered bridge with a watcher (conn 1, sessions view) of ``room``."""
+    presence = hub_presence(presence_window=0)
+    open_joined(presence, 1, "ann", "a1", channels=["room"])
+    drive(presence, Subscribe(conn=1, channel="room", mode="sessions", now=0))
+    return presence
+
+
+def hub_says(presence: Any, kind: str, **payload: Any) -> dict[str, Any]:
+    """What watcher 1 is told when the hub sends this frame (its one diff, or {})."""
+    actions = drive(presence, HubFrameReceived(data=hub_frame(kind, **payload), now=1))
+    messages = presence_messages(actions, 1)
+    assert len(messages) <= 1
+    return messages[0] if messages else {}
+
+
+def test_other_bridges_members_reach_the_watchers_for_tracked_channels_only() -> None:
+    presence = tracked()
+    diff = hub_says(presence, "JOIN", userId="bob", sessionId="b1", channels=["room", "elsewhere"])
+    assert list(diff["joins"]) == ["b1"]
+    assert presence.presence_stats("room") == (2, 2)
+    assert presence.presence_stats("elsewhere") == (0, 0)  # not tracked here: not kept
+    diff = hub_says(presence, "METADATA", sessionId="b1", metadata={"s": 2})
+    assert diff["updates"]["b1"]["metadata"] == {"s": 2}
+    assert hub_says(presence, "METADATA", sessionId="nobody", metadata={}) == {}
+    diff = hub_says(presence, "SUBSCRIBE", sessionId="c1", userId="cid", channel="room")
+    assert list(diff["joins"]) == ["c1"]
+    assert hub_says(presence, "SUBSCRIBE", sessionId="c1", userId="cid", channel="untracked") == {}
+    diff = hub_says(presence, "UNSUBSCRIBE", sessionId="c1", channel="room")
+    assert list(diff["leaves"]) == ["c1"]
+    diff = hub_says(presence, "LEAVE", sessionId="b1")
+    assert list(diff["leaves"]) == ["b1"]
+    hub_says(presence, "JOIN", userId="bob", sessionId="b2", channels=["room"])
+    hub_says(presence, "JOIN", userId="bob", sessionId="b3", channels=["room"])
+    diff = hub_says(presence, "BULK_LEAVE", bridgeId="B", sessionIds=["b2", "b3", "zz"])
+    assert sorted(diff["leaves"]) == ["b2", "b3"]
+    assert hub_says(presence, "HEARTBEAT") == {}
+
+
+def test_members_replace_what_the_bridge_held_of_the_channel() -> None:
+    presence = tracked()
+    hub_says(presence, "JOIN", userId="bob", sessionId="b1", channels=["room"])
+    hub_says(presence, "JOIN", userId="cid", sessionId="c1", channels=["room"])
+    one = {"sessionId": "c1", "userId": "cid", "metadata": {"s": 9}}
+    diff = hub_says(presence, "MEMBERS", channel="room", part=0, parts=2, members=[one])
+    assert (list(diff["leaves"]), list(diff["updates"])) == (["b1"], ["c1"])
+    two = {"sessionId": "d1", "userId": "dan"}
+    diff = hub_says(presence, "MEMBERS", channel="room", part=1, parts=2, members=[two])
+    assert list(diff["joins"]) == ["d1"]
+    assert hub_says(presence, "MEMBERS", channel="other", part=0, parts=1, members=[two]) == {}
+
+
+def test_a_bridge_forgets_what_it_no_longer_tracks_and_keeps_what_is_stale() -> None:
+    presence = tracked()
+    hub_says(presence, "JOIN", userId="bob", sessionId="b1", channels=["room"])
+    # The link drops: what the hub told us stays (stale, not gone).
+    actions = drive(presence, HubLost(now=2, code=1006))
+    assert presence_messages(actions, 1) == []
+    assert presence.presence_stats("room") == (2, 2)
+    # The last local member leaves room: the hub no longer routes it to us, so it goes.
+    drive(presence, Unsubscribe(conn=1, channel="room", now=3))
+    assert presence.presence_stats("room") == (0, 0)
+    assert presence.channel_members("room") == []
+
+
+def test_after_a_reconnect_the_hub_s_members_replace_the_stale_roster() -> None:
+    presence = tracked()
+    hub_says(presence, "JOIN", userId="bob", sessionId="b1", channels=["room"])
+    drive(presence, HubLost(now=2, code=1006), Tick(now=100), _HubConnected(now=100))
+    actions = drive(presence, HubFrameReceived(data=registered_frame("hub-2"), now=100))
+    assert [json.loads(a.data)["type"] for a in actions if hasattr(a, "data")] == ["JOIN"]
+    # The new hub says who is in room now: bob is gone.
+    diff = hub_says(presence, "MEMBERS", channel="room", part=0, parts=1, members=[])
+    assert list(diff["leaves"]) == ["b1"]
+
+
+def test_interest_channels_are_tracked_without_a_member() -> None:
+    presence = hub_presence(channels=["lobby"], presence_window=0)
+    drive(
+        presence,
+        HubFrameReceived(
+            data=hub_frame("JOIN", userId="bob", sessionId="b1", channels=["lobby"]), now=1
+        ),
+    )
+    assert presence.presence_stats("lobby") == (1, 1)
+    assert [m.user_id for m in presence.channel_members("lobby")] == ["bob"]
+    open_joined(presence, 1, "ann", "a1", channels=["lobby"])
+    drive(presence, ConnectionClosed(conn=1, now=2), Tick(now=10))
+    assert presence.presence_stats("lobby") == (1, 1)  # still tracked: the interest holds
+
+
+def test_a_lingering_resync_never_takes_a_session_from_the_bridge_holding_it() -> None:
+    hub = new_hub()
+    register(hub, "A")
+    register(hub, "B")
+    join(hub, "B", "ann", "a1", "room")  # it came back on B while A's link was down
+    assert join(hub, "A", "ann", "a1", "room", lingering=True) == []
+    [held] = hub.members()
+    assert held.bridge_id == "B"
+    # A's other sessions resync as usual, and A learns from MEMBERS where a1 is.
+    actions = join(hub, "A", "bob", "b1", "room")
+    assert [m["sessionId"] for p in members_of(actions, "A") for m in p["members"]] == ["a1"]
+
+
+def test_a_bridge_s_view_tolerates_repeated_and_unknown_changes() -> None:
+    presence = tracked()
+    hub_says(presence, "SUBSCRIBE", sessionId="c1", userId="cid", channel="room")
+    assert hub_says(presence, "SUBSCRIBE", sessionId="c1", userId="cid", channel="room") == {}
+    assert hub_says(presence, "UNSUBSCRIBE", sessionId="nobody", channel="room") == {}
+    assert hub_says(presence, "UNSUBSCRIBE", sessionId="c1", channel="other") == {}
+    hub_says(
+        presence,
+        "MEMBERS",
+        channel="room",
+        part=1,
+        parts=2,
+        members=[{"sessionId": "c1", "userId": "cid"}],
+    )
+    assert presence.presence_stats("room") == (2, 2)
+
+
+@pytest.mark.parametrize("protocol", [1, 2])
+def test_the_hub_accepts_both_protocols(protocol: int) -> None:
+    hub = new_hub()
+    assert types_to(register(hub, "A", protocol=protocol)) == {"A": ["REGISTERED"]}
