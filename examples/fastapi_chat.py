@@ -28,6 +28,7 @@ import secrets
 import time
 from urllib.parse import parse_qs
 
+import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
@@ -115,7 +116,12 @@ def on_close(client: Client) -> None:
 def on_message(client: Client, text: str) -> None:
     try:
         outcome = command_event(
-            decode_client_command(text), ns=client.ns, session_id=client.session_id, is_admin=False
+            decode_client_command(text),
+            conn=client,
+            ns=client.ns,
+            session_id=client.session_id,
+            is_admin=False,
+            now=anyio.current_time(),
         )
         if isinstance(outcome, CommandRefused):
             client.send(error_reply(outcome.code, outcome.message))
@@ -127,7 +133,7 @@ def on_message(client: Client, text: str) -> None:
     except PeerError as exc:
         client.send(error_reply(exc.code, str(exc)))
     except LocalUsageError as exc:  # over a limit, say
-        client.send(error_reply("refused", str(exc)))
+        client.send(error_reply(exc.code, str(exc)))
 
 
 presence = PresenceServer(

@@ -28,12 +28,16 @@ from megapresence_anyio import (
     SocketLimits,
 )
 from megapresence_anyio._demo import DemoApp
+from megapresence_core import PresenceConfig
 
 USERS = {"t-ann": "ann", "t-bob": "bob", "t-cat": "cat"}
 
 PING = float(os.environ.get("MP_PING", "20"))
 HEARTBEAT = os.environ.get("MP_HEARTBEAT") or None
 LIMITS = SocketLimits(ping_interval=PING, ping_timeout=PING, max_message_bytes=1000)
+#: The tests read ``/members`` right after a socket closes: it leaves at once here
+#: (the leave grace has tests of its own).
+NO_GRACE = PresenceConfig(leave_grace=0)
 
 
 def authenticate(request: HandshakeRequest) -> Identity | Refusal:
@@ -54,7 +58,11 @@ def make_server() -> PresenceServer:
             server.broadcast(client.ns, "lobby", {"type": "chat", "payload": text})
 
     server = PresenceServer(
-        authenticate, paths=("/ws/", "/rooms/"), on_message=on_message, limits=LIMITS
+        authenticate,
+        paths=("/ws/", "/rooms/"),
+        on_message=on_message,
+        limits=LIMITS,
+        presence=NO_GRACE,
     )
     return server
 

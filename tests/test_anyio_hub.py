@@ -132,6 +132,7 @@ async def test_the_hub_lists_its_presence_to_token_holders() -> None:
         body = json.loads(data.split(b"\r\n\r\n", 1)[1])
         # The bridges' channels are interests (REGISTER channels), never members.
         assert {(m["bridgeId"], m["sessionId"]) for m in body["members"]} == {("A", "ann-s")}
+        assert body["interests"] == {"A": ["lobby"], "B": ["lobby"]}
         assert await http_status(hub.port, b"GET /presence HTTP/1.1\r\nHost: x\r\n\r\n") == (
             b"HTTP/1.1 401 Unauthorized"
         )
@@ -273,7 +274,8 @@ async def test_the_largest_legal_message_crosses_every_hop_one_byte_more_stops_a
         sender = await Client.connect(f"{url_a}/ws?user=sender")
         here = await Client.connect(f"{url_a}/ws?user=here&channels=lobby")
         there = await Client.connect(f"{url_b}/ws?user=there&channels=lobby", max_size=None)
-        await wait_for(lambda: len(hub.hub.members()) == 3)  # sender, here, there: interests are not members
+        # sender, here, there: the bridges' channels are interests, not members
+        await wait_for(lambda: len(hub.hub.members()) == 3)
 
         largest = "x" * LARGEST_TEXT
         await sender.send(largest)

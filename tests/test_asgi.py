@@ -24,7 +24,7 @@ from megapresence_anyio import (
     Refusal,
     SocketLimits,
 )
-from megapresence_core import LocalUsageError
+from megapresence_core import LocalUsageError, PresenceConfig
 
 from .asgi_harness import FakeConnection, asgi_connection, websocket_scope
 from .socket_helpers import wait_for
@@ -53,6 +53,9 @@ async def mounted(**options: Any) -> AsyncIterator[tuple[PresenceServer, Presenc
         server.broadcast(client.ns, "lobby", {"type": "chat", "payload": text})
 
     options.setdefault("on_message", chat)
+    # These tests watch the adapter's sockets: a closed session leaves at once here
+    # (the core's tests cover the leave grace).
+    options.setdefault("presence", PresenceConfig(leave_grace=0))
     server = PresenceServer(options.pop("authenticate", cookie_login), **options)
     async with server, anyio.create_task_group() as group:
         yield server, server.asgi(heartbeat=heartbeat), group

@@ -90,6 +90,8 @@ def test_the_readme_documents_every_exit_code() -> None:
         (["serve", "--backend", "curio"], "argument --backend: invalid choice: 'curio'"),
         (["serve", "--cluster-ttl", "-1"], "argument --cluster-ttl: '-1' is not a positive"),
         (["hub", "--heartbeat", "nan"], "argument --heartbeat: 'nan' is not a positive"),
+        (["serve", "--leave-grace", "-1"], "argument --leave-grace: '-1' is not a number of"),
+        (["serve", "--presence-window", "inf"], "argument --presence-window: 'inf' is not a"),
         (["serve", "--host", "a..b"], "argument --host: 'a..b' is not a host name"),
         (["serve", "--verbose"], "unrecognized arguments: --verbose"),
         ([], "the following arguments are required: COMMAND"),

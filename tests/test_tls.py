@@ -55,7 +55,8 @@ pytestmark = pytest.mark.anyio
 async def test_a_tls_listener_serves_wss_and_drops_a_plain_peer(
     anyio_backend: str, files: dict[str, str]
 ) -> None:
-    async with PresenceServer(query_login, paths=None) as server:
+    no_grace = PresenceConfig(leave_grace=0)  # a closed session leaves the roster at once
+    async with PresenceServer(query_login, paths=None, presence=no_grace) as server:
         port = await server.listen(HOST, 0, ssl_context=server_context(files["server"]))
         # A peer that speaks plain HTTP to the TLS port is dropped, and counts nowhere.
         async with await anyio.connect_tcp(HOST, port) as plain:

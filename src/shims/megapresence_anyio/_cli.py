@@ -42,6 +42,7 @@ from megapresence_core import (
     StoreConfig,
     __version__,
 )
+from megapresence_core.config import DEFAULT_LEAVE_GRACE, DEFAULT_PRESENCE_WINDOW
 
 from ._config import DEFAULT_HUB_LIMITS, SocketLimits
 from ._demo import DemoApp
@@ -125,14 +126,19 @@ def _host(text: str) -> str:
     return text
 
 
-def _seconds(text: str) -> float:
+def _seconds(text: str, *, zero: bool = False) -> float:
     try:
         seconds = float(text)
     except ValueError:
         seconds = math.nan
-    if not (math.isfinite(seconds) and seconds > 0):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    if not (math.isfinite(seconds) and (seconds > 0 or (zero and seconds == 0))):
+        kind = "a number of seconds, 0 or more" if zero else "a positive number of seconds"
+        raise argparse.ArgumentTypeError(f"{text!r} is not {kind}")
     return seconds
+
+
+def _seconds_or_zero(text: str) -> float:
+    return _seconds(text, zero=True)
 
 
 def _channels(text: str) -> tuple[str, ...]:
@@ -264,6 +270,27 @@ def _parser() -> argparse.ArgumentParser:
         default=("lobby",),
         help="channels this server subscribes at the hub (comma-separated; default lobby)",
     )
+    live = serve.add_argument_group("live presence")
+    for flag, default, meaning in (
+        (
+            "--presence-window",
+            DEFAULT_PRESENCE_WINDOW,
+            "a channel's changes reach its watchers at most once per window; 0 sends them at once",
+        ),
+        (
+            "--leave-grace",
+            DEFAULT_LEAVE_GRACE,
+            "a session whose socket closed stays listed this long, so a reload does not flap; "
+            "0 disables it",
+        ),
+    ):
+        live.add_argument(
+            flag,
+            type=_seconds_or_zero,
+            default=default,
+            metavar="S",
+            help=f"{meaning} (default {default:g})",
+        )
     hub_link = serve.add_argument_group("hub link")
     hub_link.add_argument("--hub", metavar="URL", help="join a hub, e.g. ws://127.0.0.1:9000/")
     hub_link.add_argument("--bridge-id", help="this server's id at the hub (default host:port)")
@@ -498,7 +525,11 @@ async def _start_serve(args: argparse.Namespace, instance_id: str, stack: AsyncE
             on_message=app.on_message,
             on_close=app.on_close,
             presence=PresenceConfig(
-                hub_link=hub_config, cluster=backends.cluster_config, store=backends.roster_config
+                hub_link=hub_config,
+                cluster=backends.cluster_config,
+                store=backends.roster_config,
+                presence_window=args.presence_window,
+                leave_grace=args.leave_grace,
             ),
             limits=SocketLimits(
                 allowed_origins=args.allowed_origin, trusted_proxies=args.trusted_proxy

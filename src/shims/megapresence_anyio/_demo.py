@@ -120,4 +120,4 @@ class DemoApp:
         except PeerError as exc:
             client.send(error_reply(exc.code, str(exc)))
         except LocalUsageError as exc:  # over a configured limit, say
-            client.send(error_reply("refused", str(exc)))
+            client.send(error_reply(exc.code, str(exc)))

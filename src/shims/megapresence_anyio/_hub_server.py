@@ -241,7 +241,8 @@ class HubServer:
         return bridge
 
     def _answer_http(self, guard: Guard[Transport], request: HandshakeRequest) -> None:
-        """``GET /presence`` (with a hub token) lists every session the hub holds, as JSON;
+        """``GET /presence`` (with a hub token) lists every session the hub holds and each
+        bridge's interests (channels it tracks without a member), as JSON;
         ``/metrics``, ``/healthz`` and ``/readyz`` answer as on a presence server."""
         ops = self._ops.answer(request)
         if ops is not None:
@@ -261,7 +262,12 @@ class HubServer:
                 }
                 for m in self._hub.members()
             ]
-            body = json.dumps({"hubId": self._hub.hub_id, "members": members}).encode()
+            listing = {
+                "hubId": self._hub.hub_id,
+                "members": members,
+                "interests": {bridge: list(ch) for bridge, ch in self._hub.interests().items()},
+            }
+            body = json.dumps(listing).encode()
             guard.respond(200, body, "application/json")
 
     def _verdict(self, action: AcceptBridge | RefuseBridge) -> None:
