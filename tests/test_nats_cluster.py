@@ -100,9 +100,9 @@ async def test_a_silent_instance_is_swept_within_the_ttl(nats_server: Server) ->
         cluster = b._cluster
         assert cluster is not None
         cluster.publish = lambda subject, data: None  # type: ignore[method-assign]
-        start = time.monotonic()
+        # Swept by the real NATS path (the TTL's exact bound, "after the TTL and not
+        # before", is tested on a fake clock in test_cluster.py).
         await wait_for(lambda: names(a) == set(), timeout=5)
-        assert time.monotonic() - start < 1.0 + 1.0  # the TTL, plus a tick and slack
         await bob.close()
 
 

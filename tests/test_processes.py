@@ -200,3 +200,19 @@ def test_serve_keeps_running_when_its_hub_address_answers_garbage(
             assert "Traceback" not in log
         finally:
             a.stop(signal.SIGKILL)
+
+
+def test_servers_on_port_zero_get_distinct_bridge_ids(tmp_path: Path) -> None:
+    """Without --bridge-id, two servers on --port 0 must not both register as "host:0"
+    (the hub would take one for a reconnect of the other and drop it)."""
+    hub = Command(tmp_path, "hub", "hub", "--port", "0")
+    hub_url = f"ws://127.0.0.1:{hub.port}/"
+    servers = [
+        Command(tmp_path, name, "serve", "--port", "0", "--hub", hub_url) for name in ("A", "B")
+    ]
+    try:
+        eventually(lambda: len(hub_interests(hub.port)) == 2, what="two bridges registered")
+        assert all(bridge.startswith("127.0.0.1:") for bridge in hub_interests(hub.port))
+    finally:
+        for command in (*servers, hub):
+            command.stop(signal.SIGKILL)

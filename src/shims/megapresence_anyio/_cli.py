@@ -293,7 +293,10 @@ def _parser() -> argparse.ArgumentParser:
         )
     hub_link = serve.add_argument_group("hub link")
     hub_link.add_argument("--hub", metavar="URL", help="join a hub, e.g. ws://127.0.0.1:9000/")
-    hub_link.add_argument("--bridge-id", help="this server's id at the hub (default host:port)")
+    hub_link.add_argument(
+        "--bridge-id",
+        help="this server's id at the hub (default host:port; host:instance-id with --port 0)",
+    )
     hub_link.add_argument(
         "--hub-token",
         default=os.environ.get("MEGAPRESENCE_HUB_TOKEN"),
@@ -510,7 +513,8 @@ async def _start_serve(args: argparse.Namespace, instance_id: str, stack: AsyncE
                     "--hub-cafile, --hub-certfile and --hub-keyfile need a wss:// hub"
                 )
             hub_config = HubLinkConfig(
-                bridge_id=args.bridge_id or f"{args.host}:{args.port}",
+                # Unique per server: two servers on --port 0 must not share "host:0".
+                bridge_id=args.bridge_id or f"{args.host}:{args.port or instance_id}",
                 instance_id=uuid.uuid4().hex,  # new at every boot: the hub's incarnation check
                 channels=args.channels,
                 jitter_seed=uuid.uuid4().int & 0xFFFFFFFF,
