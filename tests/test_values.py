@@ -25,7 +25,13 @@ from megapresence_core import (
     StoreConfig,
     Tick,
 )
-from megapresence_core._values import freeze_json
+from megapresence_core._values import (
+    ENVELOPE_DEPTH,
+    MAX_JSON_DEPTH,
+    decode_object,
+    dumps,
+    freeze_json,
+)
 from megapresence_core.actions import (
     SendHubFrame,
     StoreEntry,
@@ -36,6 +42,7 @@ from megapresence_core.config import (
 )
 from megapresence_core.errors import (
     MAX_CLOSE_REASON_BYTES,
+    PeerError,
     truncate_reason,
 )
 from megapresence_core.events import (
@@ -235,3 +242,52 @@ def test_finite_edge_numbers_from_the_embedder_are_accepted(value: object) -> No
 def test_wrong_typed_event_fields_are_misuse_when_built(build: object, match: str) -> None:
     with pytest.raises(LocalUsageError, match=match):
         build()  # type: ignore[operator]
+
+
+# ------------------------------------------------------------ nesting depth
+
+
+def nested(depth: int, leaf: object = "x") -> object:
+    """``leaf`` inside ``depth`` arrays and objects, alternating."""
+    value = leaf
+    for level in range(depth):
+        value = [value] if level % 2 else {"k": value}
+    return value
+
+
+def test_decoded_objects_nest_at_most_max_json_depth() -> None:
+    deepest = dumps({"op": nested(MAX_JSON_DEPTH - 1)})
+    assert decode_object(deepest, max_bytes=1 << 20, what="command")["op"]
+    with pytest.raises(
+        PeerError, match=f"command nests deeper than {MAX_JSON_DEPTH} levels"
+    ) as info:
+        decode_object(dumps({"op": nested(MAX_JSON_DEPTH)}), max_bytes=1 << 20, what="command")
+    assert info.value.code == "bad_json"
+    # Many brackets but shallow: the walk runs and finds nothing too deep.
+    wide = {"a": [[1]] * 100, "b": {"c": [{}] * 100}}
+    assert decode_object(dumps(wide), max_bytes=1 << 20, what="command") == wide
+
+
+def test_a_dialect_adds_its_envelope_to_the_depth() -> None:
+    envelope = MAX_JSON_DEPTH + ENVELOPE_DEPTH
+    text = dumps({"frame": nested(envelope - 1)})
+    assert decode_object(text, max_bytes=1 << 20, what="f", max_depth=envelope)
+    with pytest.raises(PeerError, match="nests deeper"):
+        decode_object(text, max_bytes=1 << 20, what="f")
+
+
+@pytest.mark.parametrize("depth", [MAX_JSON_DEPTH + 1, 970, 100_000])
+def test_values_from_the_embedder_nest_at_most_max_json_depth(depth: int) -> None:
+    """970 levels once passed, then failed to re-encode inside a hub frame or a snapshot;
+    100,000 is past the encoder's own recursion limit."""
+    too_deep = f"nests deeper than {MAX_JSON_DEPTH} levels"
+    with pytest.raises(LocalUsageError, match=too_deep):
+        Message(type="t", payload=nested(depth))  # type: ignore[arg-type]
+    with pytest.raises(LocalUsageError, match=too_deep):
+        MetadataUpdated(session_id="s", metadata={"x": nested(depth)}, now=0.0)  # type: ignore[dict-item]
+
+
+def test_the_deepest_embedder_value_and_bracket_text_are_accepted() -> None:
+    deepest = nested(MAX_JSON_DEPTH)
+    assert freeze_json(deepest, what="payload", max_bytes=1 << 20)[0] == deepest
+    assert freeze_json("[" * 1000, what="payload", max_bytes=1 << 20)[0] == "[" * 1000

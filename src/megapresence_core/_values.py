@@ -4,10 +4,11 @@ Strict JSON is the text rule under every wire form. The encoder is compact and
 refuses NaN, infinities, integers too long to print and non-JSON values; the
 decoder checks the size before it parses, and refuses NaN/Infinity literals,
 numbers that only fit as an infinity (``1e999``), integers past Python's digit
-limit, duplicate keys (two readers could disagree on which value wins) and
-unpaired surrogates, and reports failures as ``PeerError`` so no caller has to
-know what ``json`` raises. Whatever it returns re-encodes: a value read from
-one peer can always be sent to another.
+limit, duplicate keys (two readers could disagree on which value wins),
+unpaired surrogates and values nested deeper than ``MAX_JSON_DEPTH``, and
+reports failures as ``PeerError`` so no caller has to know what ``json``
+raises. Whatever it returns re-encodes: a value read from one peer can always
+be sent to another, inside any frame, from any call depth.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from .errors import CloseCode, LocalUsageError, PeerError
 
 __all__ = [
     "ABSENT",
+    "ENVELOPE_DEPTH",
+    "MAX_JSON_DEPTH",
     "Absent",
     "Json",
     "JsonObject",
@@ -82,6 +85,44 @@ def _check_encodable(value: object) -> None:
             _check_encodable(item)
 
 
+#: Arrays and objects nest at most this deep, counting the outermost as 1, in
+#: everything decoded from a peer or given by the embedder. Python's C encoder
+#: recurses once per level and fails near 1,000 levels, fewer from deep in a call
+#: stack; a value that decoded at 970 levels once failed to re-encode at the hub
+#: (inside a hub frame) and in a watcher's snapshot. Messages need a handful.
+MAX_JSON_DEPTH: Final = 64
+
+
+#: What a hub frame or a cluster message adds around a client's value: the
+#: frame, its payload, the message, a member, its sessions... so that whatever a
+#: client or an embedder may send, every hop after it carries (the limits chain).
+ENVELOPE_DEPTH: Final = 8
+
+
+def _too_deep(text: str, value: object, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether ``value`` (which ``text`` encodes) nests deeper than ``limit``."""
+    if text.count("[") + text.count("{") <= limit:
+        return False  # the common case, at C speed: not enough brackets to be that deep
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = (
+            item.values() if isinstance(item, dict) else item if isinstance(item, list) else ()
+        )
+        for child in children:
+            if isinstance(child, (dict, list)):
+                if depth == limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
+
+
+def _nested_too_deep(what: str) -> LocalUsageError:
+    return LocalUsageError(
+        f"{what} nests deeper than {MAX_JSON_DEPTH} levels of arrays and objects"
+    )
+
+
 def _reject_constant(name: str) -> NoReturn:
     raise ValueError(f"{name} is not valid JSON")
 
@@ -109,8 +150,11 @@ _decoder = json.JSONDecoder(
 )
 
 
-def decode_object(data: str | bytes, *, max_bytes: int, what: str) -> JsonObject:
-    """Decode one JSON object of at most ``max_bytes`` bytes, or raise ``PeerError``."""
+def decode_object(
+    data: str | bytes, *, max_bytes: int, what: str, max_depth: int = MAX_JSON_DEPTH
+) -> JsonObject:
+    """Decode one JSON object of at most ``max_bytes`` bytes nesting at most
+    ``max_depth`` deep, or raise ``PeerError``."""
     size = len(data) if isinstance(data, bytes) else utf8_len(data)
     if size > max_bytes:
         raise PeerError(
@@ -130,6 +174,8 @@ def decode_object(data: str | bytes, *, max_bytes: int, what: str) -> JsonObject
         raise PeerError(
             f"{what} must be a JSON object, not {type(value).__name__}", code="bad_json"
         )
+    if _too_deep(text, value, max_depth):
+        raise PeerError(f"{what} nests deeper than {max_depth} levels", code="bad_json")
     return value
 
 
@@ -146,6 +192,10 @@ def freeze_json(value: object, *, what: str, max_bytes: int) -> tuple[Any, str]:
         raise LocalUsageError(
             f"{what} must be JSON-serializable text with finite numbers: {exc}"
         ) from None
+    except RecursionError:  # nested past the encoder's reach
+        raise _nested_too_deep(what) from None
+    if _too_deep(text, value):
+        raise _nested_too_deep(what)
     if size > max_bytes:
         raise LocalUsageError(f"{what} is {size} bytes of JSON; the limit is {max_bytes}")
     if value is None or isinstance(value, (str, int, float)):
@@ -220,6 +270,10 @@ class Message:
                 f"Message: type and payload must be JSON-serializable text with finite "
                 f"numbers: {exc}"
             ) from None
+        except RecursionError:  # nested past the encoder's reach
+            raise _nested_too_deep("Message: payload") from None
+        if encoded is not None and _too_deep(encoded, self.payload):
+            raise _nested_too_deep("Message: payload")
         object.__setattr__(self, "payload_json", encoded)
         object.__setattr__(self, "json", text)
         object.__setattr__(self, "size", size)

@@ -27,6 +27,7 @@ import attrs
 
 from .._values import (
     ABSENT,
+    MAX_JSON_DEPTH,
     Json,
     JsonObject,
     Member,
@@ -146,6 +147,9 @@ class Dialect:
     unknown_code: str = "unknown_type"
     #: The error code of a known object with a field missing or wrong.
     bad_code: str = "bad_frame"
+    #: How deep an object may nest: what a client or an embedder may give
+    #: (``MAX_JSON_DEPTH``), plus the levels this dialect's envelope wraps it in.
+    max_depth: int = MAX_JSON_DEPTH
 
 
 @final
@@ -272,7 +276,7 @@ def decode_fields(
 
 def decode(dialect: Dialect, data: str | bytes, *, max_bytes: int) -> Any:
     """Parse and validate one object of ``dialect``, or raise ``PeerError`` naming the fault."""
-    obj = decode_object(data, max_bytes=max_bytes, what=dialect.what)
+    obj = decode_object(data, max_bytes=max_bytes, max_depth=dialect.max_depth, what=dialect.what)
     if dialect.version is not None:
         key, version = dialect.version
         if obj.get(key) != version or isinstance(obj.get(key), bool):

@@ -37,7 +37,15 @@ from typing import Any, Final, TypeAlias, final
 
 import attrs
 
-from .._values import JsonObject, Member, Message, RemoteMember, Sender
+from .._values import (
+    ENVELOPE_DEPTH,
+    MAX_JSON_DEPTH,
+    JsonObject,
+    Member,
+    Message,
+    RemoteMember,
+    Sender,
+)
 from ._codec import (
     Dialect,
     Field,
@@ -293,7 +301,9 @@ def _sender(value: Any) -> Sender:
     )
 
 
-HUB_DIALECT: Final = Dialect(what="hub frame", tag="type", nested="payload")
+HUB_DIALECT: Final = Dialect(
+    what="hub frame", tag="type", nested="payload", max_depth=MAX_JSON_DEPTH + ENVELOPE_DEPTH
+)
 _H = HUB_DIALECT
 # Fields both protocols carry, declared once.
 _SESSION = Field("sessionId", "session_id", check_name)
@@ -527,6 +537,7 @@ CLUSTER_DIALECT: Final = Dialect(
     tag="kind",
     version=("v", CLUSTER_PROTOCOL_VERSION),
     header=(Field("from", "sender", check_name), Field("epoch", "epoch", check_count)),
+    max_depth=MAX_JSON_DEPTH + ENVELOPE_DEPTH,
 )
 _K = CLUSTER_DIALECT
 

@@ -37,7 +37,16 @@ from typing import Any, Final, TypeAlias, final
 
 import attrs
 
-from .._values import Json, JsonObject, Member, Message, Sender, dumps
+from .._values import (
+    ENVELOPE_DEPTH,
+    MAX_JSON_DEPTH,
+    Json,
+    JsonObject,
+    Member,
+    Message,
+    Sender,
+    dumps,
+)
 from ..errors import PeerError
 from ._codec import Dialect, Field, check_count, check_flag, check_name, check_object, register
 from ._codec import decode as _decode
@@ -139,7 +148,9 @@ ServerMessage: TypeAlias = (
     PresenceState | PresenceDiff | PresenceCount | Subscribed | Unsubscribed | DirectResult
 )
 
-_S: Final = Dialect(what="server message", tag="type")
+#: A snapshot wraps each member's metadata in the message, members, member,
+#: sessions and session: the envelope's levels come on top of what a client may send.
+_S: Final = Dialect(what="server message", tag="type", max_depth=MAX_JSON_DEPTH + ENVELOPE_DEPTH)
 _CHANNEL = Field("channel", "channel", check_name)
 _VIEW = Field("view", "view", _view)
 _VERSION = Field("version", "version", check_count)
