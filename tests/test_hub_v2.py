@@ -114,6 +114,22 @@ def test_subscribe_and_unsubscribe_are_routed_to_the_channel_s_bridges() -> None
     assert hub.members()[0].channels == ()
 
 
+def test_a_publish_speaks_for_a_session_only_from_its_bridge_under_its_user() -> None:
+    hub = new_hub()
+    for bridge in ("A", "B", "C"):
+        register(hub, bridge)
+    join(hub, "A", "ann", "a1", "room")
+    join(hub, "B", "bob", "b1", "room")
+    signed = {"channel": "room", "message": {"type": "t"}}
+    ann = {"userId": "ann", "sessionId": "a1"}
+    assert types_to(send(hub, "A", "PUBLISH", **signed, **{"from": ann})) == {"B": ["PUBLISH"]}
+    assert send(hub, "C", "PUBLISH", **signed, **{"from": ann}) == []  # not C's session
+    forged = send(hub, "A", "PUBLISH", **signed, **{"from": {"userId": "eve", "sessionId": "a1"}})
+    assert frames_to(forged) == {"A": [frames_to(forged)["A"][0]]}  # the error, to A only
+    assert frames_to(forged)["A"][0]["payload"]["code"] == "session_taken"
+    assert types_to(send(hub, "C", "PUBLISH", **signed)) == {"A": ["PUBLISH"], "B": ["PUBLISH"]}
+
+
 def test_a_subscribe_under_another_user_or_past_the_channel_limit_is_a_strike() -> None:
     hub = new_hub(max_channels_per_session=1)
     register(hub, "A")

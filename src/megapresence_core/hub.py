@@ -595,6 +595,17 @@ class Hub:
         return self._route(self._sessions.bridges_in((frame.channel,), besides=record.bridge), text)
 
     def _publish(self, record: Bridge, frame: PublishFrame, text: str) -> list[HubAction]:
+        """Routed to the channel's bridges; a message signed by a session speaks for it
+        only from the bridge holding that session, under its user (as SUBSCRIBE)."""
+        author = frame.author
+        if author is not None:
+            session = self._owned(record, author.session_id)
+            if session is None:
+                return []  # not this bridge's session (or it just moved): not its to sign
+            if session.user_id != author.user_id:
+                return self._strike(
+                    record, "session_taken", f"session {author.session_id[:40]!r} is another user's"
+                )
         bridges = self._sessions.bridges_in((frame.channel,), besides=record.bridge)
         return self._route(bridges, text, v2=True)
 
