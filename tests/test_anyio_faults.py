@@ -234,3 +234,13 @@ async def test_a_close_for_the_peers_doing_is_one_log_line(
     [line] = logged_about(caplog, "closed with 1009")
     assert "user='big'" in line
     assert "message over 65536 bytes" in line
+
+
+@pytest.mark.parametrize("channels", ["lobby", b"lobby"])
+def test_identity_channels_given_as_one_string_are_misuse(channels: object) -> None:
+    """A string is iterable: it would have become one channel per character."""
+    with pytest.raises(
+        LocalUsageError, match=r"channels must be a list of channel names.*write \["
+    ):
+        Identity(user_id="u", session_id="s", channels=channels)  # type: ignore[arg-type]
+    assert Identity(user_id="u", session_id="s", channels={"lobby"}).channels == ("lobby",)

@@ -103,6 +103,11 @@ logger = logging.getLogger("megapresence")
 
 
 def _str_tuple(value: Iterable[str]) -> tuple[str, ...]:
+    if isinstance(value, (str, bytes)):  # would become one channel per character
+        raise LocalUsageError(
+            f"Identity: channels must be a list of channel names, not {type(value).__name__} "
+            f"{value!r}; write [{value!r}]"
+        )
     return tuple(value)
 
 
