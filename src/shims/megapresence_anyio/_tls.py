@@ -31,8 +31,9 @@ def _load_chain(context: ssl.SSLContext, what: str, certfile: str, keyfile: str 
     try:
         context.load_cert_chain(certfile, keyfile)
     except (OSError, ssl.SSLError) as exc:
+        key = f"with the key {keyfile!r}" if keyfile else "(no keyfile: the key must be in it too)"
         raise LocalUsageError(
-            f"cannot load the {what} {certfile!r} (key {keyfile!r}): {exc}"
+            f"cannot load the {what} {certfile!r} {key}: {exc} (PEM certificates expected)"
         ) from None
 
 
