@@ -22,6 +22,7 @@ from megapresence_anyio import (
     PresenceServer,
     Refusal,
     Sender,
+    SocketLimits,
 )
 from megapresence_anyio import Client as ServerClient
 from megapresence_anyio._demo import DemoApp
@@ -330,3 +331,24 @@ async def test_a_publish_carries_a_given_sender() -> None:
             "from": {"userId": "ops", "sessionId": "bot"},
         }
         await ann.close()
+
+
+async def test_a_snapshot_larger_than_the_send_buffer_reaches_a_watcher_that_reads() -> None:
+    # A full channel's snapshot (about 1 MB at the default member cap) is one frame, as
+    # large as the default send buffer: here 40 members' snapshot is over 8 KiB, twice
+    # the buffer, and it arrives right behind the ``subscribed`` reply.
+    limits = SocketLimits(max_send_buffer=4096)
+    async with live_server(limits=limits) as (server, url):
+        members = []
+        for i in range(40):
+            members.append(await Client.connect(f"{url}/ws?user=u{i}&session=s{i}&channels=room"))
+            await members[-1].send(json.dumps({"op": "metadata", "metadata": {"bio": "x" * 200}}))
+        await wait_for(lambda: sum(bool(m.metadata) for m in server.channel_members("room")) == 40)
+        watcher = await Watcher.connect(f"{url}/ws?user=ann&session=a1")
+        await watcher.command(op="subscribe", channel="room", presence="sessions")
+        assert (await watcher.next())["type"] == "subscribed"
+        snapshot = await watcher.client.recv()
+        assert len(snapshot) > 2 * 4096
+        assert len(json.loads(snapshot)["members"]) == 40
+        for client in (*members, watcher.client):
+            await client.close()
