@@ -352,3 +352,31 @@ async def test_a_snapshot_larger_than_the_send_buffer_reaches_a_watcher_that_rea
         assert len(json.loads(snapshot)["members"]) == 40
         for client in (*members, watcher.client):
             await client.close()
+
+
+async def test_an_async_verdict_after_the_socket_closed_is_dropped_and_limits_still_hold() -> None:
+    release = anyio.Event()
+    asked: list[str] = []
+
+    async def authorize(client: ServerClient, channel: str, mode: PresenceMode) -> bool:
+        asked.append(channel)
+        if channel == "slow":
+            await release.wait()
+        return True
+
+    async with live_server(authorize_subscription=authorize) as (server, url):
+        ann = await Client.connect(f"{url}/ws?user=ann&session=a1")
+        await ann.send(json.dumps({"op": "subscribe", "channel": "c" * 300}))
+        refused = await ann.recv_json()
+        assert refused["payload"]["code"] == "over_limit"
+        await ann.send(json.dumps({"op": "subscribe", "channel": "slow"}))
+        await wait_for(lambda: "slow" in asked)
+        await ann.close()
+        await wait_for(lambda: not server.clients)
+        release.set()
+        bob = await Client.connect(f"{url}/ws?user=bob&session=b1")
+        await bob.send(json.dumps({"op": "subscribe", "channel": "room"}))
+        assert (await bob.recv_json())["type"] == "subscribed"
+        assert server.presence_stats("slow") == (0, 0)
+        assert server.readiness().ready  # no task failed
+        await bob.close()

@@ -39,12 +39,22 @@ import attrs
 
 from .._values import Json, JsonObject, Member, Message, Sender, dumps
 from ..errors import PeerError
-from ._codec import Dialect, Field, check_count, check_flag, check_name, check_object, register
+from ._codec import (
+    Dialect,
+    Field,
+    check_count,
+    check_flag,
+    check_name,
+    check_object,
+    names,
+    register,
+)
 from ._codec import decode as _decode
 
 __all__ = [
     "CLIENT_ERROR_CODES",
     "MAX_SERVER_MESSAGE_BYTES",
+    "SERVER_MESSAGE_TYPES",
     "DirectResult",
     "PresenceCount",
     "PresenceDiff",
@@ -186,6 +196,10 @@ register(
     Field("userId", "user_id", check_name),
     Field("found", "found", check_flag),
 )
+
+
+#: The typed server messages' names (the others: channel messages, ``error``, broadcasts).
+SERVER_MESSAGE_TYPES: Final = names(_S)
 
 
 def decode_server_message(data: str | bytes) -> ServerMessage:

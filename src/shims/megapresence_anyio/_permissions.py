@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, final
 
 import attrs
 
-from megapresence_core import Subscribe
+from megapresence_core import PresenceError, Subscribe
+from megapresence_core.wire import error_reply
 
 if TYPE_CHECKING:
     from ._server import Client, Refusal, SubscriptionHook, Verdict
@@ -91,5 +92,9 @@ class SubscriptionGate:
         except Exception as exc:
             client.fault(exc)
             return
-        if self._is_open(client):
+        if not self._is_open(client):
+            return
+        try:
             self._handle(attrs.evolve(event, denied=denied))
+        except PresenceError as exc:  # a channel name over a limit, say: as if in its task
+            client.send(error_reply(exc.code, str(exc), event.channel))
