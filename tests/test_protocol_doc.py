@@ -1,0 +1,52 @@
+"""docs/protocol.md names everything the core's wire package defines, so it cannot rot."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from megapresence_core import CloseCode
+from megapresence_core.wire import CLIENT_ERROR_CODES, COMMAND_OPS, SERVER_MESSAGE_TYPES
+from megapresence_core.wire._codec import _BY_TYPE
+
+DOC = (Path(__file__).resolve().parent.parent / "docs" / "protocol.md").read_text()
+
+
+def _section(title: str) -> str:
+    """The text under the ``### `title` `` heading, up to the next heading."""
+    match = re.search(rf"^### `{re.escape(title)}`\n(.*?)(?=^##)", DOC, re.M | re.S)
+    assert match, f"docs/protocol.md has no section ### `{title}`"
+    return match.group(1)
+
+
+def _wire_fields(name: str, tag: str) -> list[str]:
+    [schema] = [s for s in _BY_TYPE.values() if s.name == name and s.dialect.tag == tag]
+    return [field.wire for field in schema.fields if field.wire != tag]
+
+
+@pytest.mark.parametrize("op", COMMAND_OPS)
+def test_every_command_has_a_section_naming_its_fields_with_an_example(op: str) -> None:
+    section = _section(op)
+    for field in _wire_fields(op, "op"):
+        assert f"`{field}`" in section, f"{op}: field {field} is not described"
+    assert f'"op": "{op}"' in section, f"{op}: no example"
+
+
+@pytest.mark.parametrize("kind", SERVER_MESSAGE_TYPES)
+def test_every_server_message_has_a_section_naming_its_fields_with_an_example(kind: str) -> None:
+    section = _section(kind)
+    for field in _wire_fields(kind, "type"):
+        assert f"`{field}`" in section, f"{kind}: field {field} is not described"
+    assert f'"type": "{kind}"' in section, f"{kind}: no example"
+
+
+@pytest.mark.parametrize("code", CLIENT_ERROR_CODES)
+def test_every_error_code_has_a_row(code: str) -> None:
+    assert re.search(rf"^\| `{code}` \|", DOC, re.M), f"error code {code} has no row"
+
+
+@pytest.mark.parametrize("code", [int(code) for code in CloseCode])
+def test_every_close_code_has_a_row(code: int) -> None:
+    assert re.search(rf"^\| {code} \|", DOC, re.M), f"close code {code} has no row"
