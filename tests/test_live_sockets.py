@@ -1,7 +1,7 @@
 """Live presence through ``PresenceServer`` over real sockets, on asyncio and trio.
 
-Clients speak the browser protocol (``subscribe``, ``publish``, ...) through the
-demo's command handler; every watcher's map is built only from what it received
+Clients speak the browser protocol (``subscribe``, ``publish``, ...) through
+``handle_command``; every watcher's map is built only from what it received
 (``PresenceMap``, the core's model of a client) and checked against the server's
 own roster of the channel.
 """
@@ -23,9 +23,9 @@ from megapresence_anyio import (
     Refusal,
     Sender,
     SocketLimits,
+    handle_command,
 )
 from megapresence_anyio import Client as ServerClient
-from megapresence_anyio._demo import DemoApp
 from megapresence_core import Limits, LocalUsageError, Member, PresenceConfig
 from megapresence_core.wire import (
     PresenceDiff,
@@ -43,10 +43,9 @@ pytestmark = pytest.mark.anyio
 
 @asynccontextmanager
 async def live_server(**options: Any) -> AsyncIterator[tuple[PresenceServer, str]]:
-    """A server whose clients' commands go through the demo's handler (``command_event``)."""
-    app = DemoApp()
-    async with running_server(on_message=app.on_message, **options) as (server, url):
-        app.server = server
+    """A server that speaks the browser protocol (``handle_command``)."""
+    options.setdefault("on_message", handle_command)
+    async with running_server(**options) as (server, url):
         yield server, url
 
 
@@ -380,3 +379,25 @@ async def test_an_async_verdict_after_the_socket_closed_is_dropped_and_limits_st
         assert server.presence_stats("slow") == (0, 0)
         assert server.readiness().ready  # no task failed
         await bob.close()
+
+
+async def test_handle_command_answers_bad_commands_rosters_and_admin_kicks() -> None:
+    def on_message(client: ServerClient, text: str) -> None:
+        handle_command(client, text, is_admin=client.user_id == "root")
+
+    async with live_server(on_message=on_message) as (server, url):
+        ann = await Client.connect(f"{url}/ws?user=ann&session=a1&channels=lobby")
+        root = await Client.connect(f"{url}/ws?user=root&session=r1")
+        await ann.send("nope")
+        assert (await ann.recv_json())["payload"]["code"] == "bad_json"
+        await ann.send(json.dumps({"op": "metadata", "metadata": {"x": "y" * 5000}}))
+        assert (await ann.recv_json())["payload"]["code"] == "over_limit"
+        await ann.send(json.dumps({"op": "roster"}))
+        roster = await ann.recv_json()
+        assert roster["payload"]["channels"] == {"lobby": ["a1"]}
+        await ann.send(json.dumps({"op": "kick", "sessionId": "r1"}))
+        assert (await ann.recv_json())["payload"]["code"] == "forbidden"
+        await root.send(json.dumps({"op": "kick", "sessionId": "a1", "reason": "bye"}))
+        assert await ann.closed() == (1008, "bye")
+        await root.close()
+        assert server.presence_stats("lobby") == (0, 0)

@@ -9,6 +9,7 @@ from megapresence_core import PresenceMode, Sender
 from megapresence_core import __version__ as __version__
 
 from ._asgi import PresenceASGI
+from ._commands import handle_command
 from ._config import DEFAULT_HUB_LIMITS, DEFAULT_SOCKET_LIMITS, SocketLimits
 from ._http import HandshakeRequest
 from ._hub_server import HubServer
@@ -43,5 +44,6 @@ __all__ = [
     "SubscriptionHook",
     "Verdict",
     "client_context",
+    "handle_command",
     "server_context",
 ]

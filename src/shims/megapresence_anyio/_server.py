@@ -169,6 +169,11 @@ class Client:
         self.session = session
 
     @property
+    def server(self) -> PresenceServer:
+        """The server this client is connected to."""
+        return self._server
+
+    @property
     def user_id(self) -> str | None:
         return self.identity.user_id if self.identity is not None else None
 
