@@ -246,7 +246,7 @@ def main() -> None:
     if args.role == "joiners":
         joiners(args)
         return
-    sizes = [(args.joins, args.watchers)] if args.joins else [(2_000, 200), (10_000, 100)]
+    sizes = [(args.joins, args.watchers)] if args.joins else [(2_000, 200), (10_000, 1_000)]
     windows = [args.window] if args.window is not None else [0.05, 0.0]
     print(
         "| joins | watchers | window | messages per watcher (max) | KiB per watcher "
