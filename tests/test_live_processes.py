@@ -1,6 +1,6 @@
 """Live presence across processes, as a user runs them: a hub and two ``serve``, and two
 ``serve --nats``. A watcher on one server sees a member on the other join, update and
-leave, and count watchers on both servers agree."""
+leave, and count watchers on both servers agree (with NATS, Redis holds the lists too)."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from megapresence_core.wire import PresenceDiff, PresenceMap, PresenceState, dec
 
 from .process_helpers import Command, bridge_command
 from .servers import Server
+from .test_cluster_processes import serve
 
 _GRACE = ("--leave-grace", "0.3")
 
@@ -119,26 +120,10 @@ def test_a_watcher_sees_a_member_of_another_bridge_through_the_hub(tmp_path: Pat
 
 
 def test_a_watcher_sees_a_member_of_another_instance_through_nats(
-    tmp_path: Path, nats_server: Server
+    tmp_path: Path, nats_server: Server, redis_server: Server
 ) -> None:
-    nats = f"nats://127.0.0.1:{nats_server.port}"
-
-    def serve(name: str) -> Command:  # nats-py is asyncio only
-        return Command(
-            tmp_path,
-            name,
-            "serve",
-            "--port",
-            "0",
-            "--instance-id",
-            name,
-            "--nats",
-            nats,
-            *_GRACE,
-        )
-
-    a = serve("A")
+    a = serve(tmp_path, "A", nats_server, redis_server, *_GRACE)
     with _commands(a):
-        b = serve("B")
+        b = serve(tmp_path, "B", nats_server, redis_server, *_GRACE)
         with _commands(b):
             _check_live(a.port, b.port)

@@ -26,20 +26,17 @@ def _wire_fields(name: str, tag: str) -> list[str]:
     return [field.wire for field in schema.fields if field.wire != tag]
 
 
-@pytest.mark.parametrize("op", COMMAND_OPS)
-def test_every_command_has_a_section_naming_its_fields_with_an_example(op: str) -> None:
-    section = _section(op)
-    for field in _wire_fields(op, "op"):
-        assert f"`{field}`" in section, f"{op}: field {field} is not described"
-    assert f'"op": "{op}"' in section, f"{op}: no example"
-
-
-@pytest.mark.parametrize("kind", SERVER_MESSAGE_TYPES)
-def test_every_server_message_has_a_section_naming_its_fields_with_an_example(kind: str) -> None:
-    section = _section(kind)
-    for field in _wire_fields(kind, "type"):
-        assert f"`{field}`" in section, f"{kind}: field {field} is not described"
-    assert f'"type": "{kind}"' in section, f"{kind}: no example"
+@pytest.mark.parametrize(
+    ("name", "tag"),
+    [*((op, "op") for op in COMMAND_OPS), *((kind, "type") for kind in SERVER_MESSAGE_TYPES)],
+)
+def test_every_command_and_message_has_a_section_naming_its_fields_with_an_example(
+    name: str, tag: str
+) -> None:
+    section = _section(name)
+    for field in _wire_fields(name, tag):
+        assert f"`{field}`" in section, f"{name}: field {field} is not described"
+    assert f'"{tag}": "{name}"' in section, f"{name}: no example"
 
 
 @pytest.mark.parametrize("code", CLIENT_ERROR_CODES)
