@@ -28,19 +28,16 @@ import secrets
 import time
 from urllib.parse import parse_qs
 
-import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
 
-from megapresence_anyio import Client, HandshakeRequest, Identity, PresenceServer, Refusal
-from megapresence_core import LocalUsageError, PeerError
-from megapresence_core.wire import (
-    CommandRefused,
-    RosterCommand,
-    command_event,
-    decode_client_command,
-    error_reply,
-    roster_reply,
+from megapresence_anyio import (
+    Client,
+    HandshakeRequest,
+    Identity,
+    PresenceServer,
+    Refusal,
+    handle_command,
 )
 
 SECRET = (os.environ.get("CHAT_SECRET") or secrets.token_hex(32)).encode()
@@ -113,31 +110,8 @@ def on_close(client: Client) -> None:
         presence.broadcast(client.ns, "presence", {"type": "presence.changed"})
 
 
-def on_message(client: Client, text: str) -> None:
-    try:
-        outcome = command_event(
-            decode_client_command(text),
-            conn=client,
-            ns=client.ns,
-            session_id=client.session_id,
-            is_admin=False,
-            now=anyio.current_time(),
-        )
-        if isinstance(outcome, CommandRefused):
-            client.send(error_reply(outcome.code, outcome.message))
-        elif isinstance(outcome, RosterCommand):
-            entries = presence.presence.local_store_entries()
-            client.send(roster_reply(presence.roster(client.ns), entries))
-        else:
-            presence.dispatch(outcome)
-    except PeerError as exc:
-        client.send(error_reply(exc.code, str(exc)))
-    except LocalUsageError as exc:  # over a limit, say
-        client.send(error_reply(exc.code, str(exc)))
-
-
 presence = PresenceServer(
-    authenticate, paths=["/ws/"], on_open=on_open, on_message=on_message, on_close=on_close
+    authenticate, paths=["/ws/"], on_open=on_open, on_message=handle_command, on_close=on_close
 )
 
 # ------------------------------------------------------------------ the app

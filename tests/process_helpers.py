@@ -49,8 +49,9 @@ class Command:
         return code
 
 
-def bridge_command(log_dir: Path, name: str, backend: str, hub_url: str) -> Command:
-    """``megapresence serve`` on ``backend``, bridged to the hub at ``hub_url`` as ``name``."""
+def bridge_command(log_dir: Path, name: str, backend: str, hub_url: str, *extra: str) -> Command:
+    """``megapresence serve`` on ``backend``, bridged to the hub at ``hub_url`` as ``name``
+    (``extra``: more flags of ``serve``)."""
     return Command(
         log_dir,
         name,
@@ -65,6 +66,7 @@ def bridge_command(log_dir: Path, name: str, backend: str, hub_url: str) -> Comm
         name,
         "--channels",
         "lobby",
+        *extra,
     )
 
 

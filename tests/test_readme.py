@@ -35,6 +35,7 @@ SERVING = "Serving WebSockets (asyncio or trio)"
 MOUNT = "Mount in FastAPI/Starlette"
 CLUSTER = "A cluster of servers: NATS and Redis"
 DEPLOY = "Deploy"
+LIVE = "Live presence in a server"
 CORE = "Using the core"
 
 
@@ -61,7 +62,7 @@ def run_block(title: str, **overrides: object) -> dict[str, Any]:
 
 
 def test_every_python_block_of_the_readme_has_a_test() -> None:
-    assert set(python_blocks()) == {SERVING, MOUNT, CLUSTER, DEPLOY, CORE}
+    assert set(python_blocks()) == {SERVING, LIVE, MOUNT, CLUSTER, DEPLOY, CORE}
 
 
 @pytest.fixture
@@ -140,6 +141,29 @@ async def test_the_serving_example_authenticates_chats_and_moderates(
         assert (await recv_type(ann, "ping"))["type"] == "ping"
         assert await bob.closed() == (1008, "bye")
         assert await ann.silent()  # ann was excepted from the notice
+        await ann.close()
+
+
+@pytest.mark.anyio
+async def test_the_live_example_watches_a_room_and_asks_the_hook(
+    started: list[PresenceServer],
+) -> None:
+    example = run_block(LIVE)
+    async with running(example["main"], started) as (server,):
+        ann = await Client.connect(url(server, "/ws/chat?user=ann&session=a1"))
+        assert (await recv_type(ann, "subscribed"))["presence"] == "users"
+        assert (await recv_type(ann, "presence.diff"))["joins"]["ann"]["userId"] == "ann"
+        bob = await Client.connect(url(server, "/ws/chat?user=bob&session=b1"))
+        assert list((await recv_type(ann, "presence.diff"))["joins"]) == ["bob"]
+        await bob.send(json.dumps({"op": "subscribe", "channel": "staff"}))
+        refused = await recv_type(bob, "error")
+        assert refused["payload"]["message"] == "staff only"
+        await ann.send(json.dumps({"op": "subscribe", "channel": "staff"}))
+        assert (await recv_type(ann, "subscribed"))["channel"] == "staff"
+        assert server.presence_stats("room") == (2, 2)
+        server.kick("b1")  # at once: a closed socket would linger for the 5 s grace
+        assert list((await recv_type(ann, "presence.diff"))["leaves"]) == ["bob"]
+        await bob.close()
         await ann.close()
 
 

@@ -194,6 +194,8 @@ def test_unsubscribing_a_watcher_stops_its_feed() -> None:
         (Subscribe(conn=3, channel="lobby", now=1), "not_joined"),
         (Unsubscribe(conn=3, channel="lobby", now=1), "not_joined"),
         (PresenceSync(conn=3, channel="lobby"), "not_joined"),
+        (Subscribe(conn=2, channel="lobby", now=1, denied="members only"), "forbidden"),
+        (Subscribe(conn=1, channel="lobby", mode="users", now=1, denied="no"), "forbidden"),
         (PresenceSync(conn=2, channel="lobby"), "not_subscribed"),
         (PresenceSync(conn=1, channel="lobby"), "not_watching"),
         (PublishRequested(channel="lobby", message={"type": "t"}, conn=3), "not_joined"),
@@ -214,6 +216,18 @@ def test_requests_nobody_could_check_beforehand_are_refused_as_actions(
     }
     assert code in CLIENT_ERROR_CODES
     assert presence.presence_stats("lobby") == (1, 1)
+
+
+def test_a_denied_subscription_changes_nothing_and_says_why() -> None:
+    presence = watching()
+    actions = drive(presence, Subscribe(conn=1, channel="lobby", mode="users", now=1, denied="no"))
+    assert [a.message for a in actions if isinstance(a, RequestRefused)] == ["no"]
+    assert presence.subscriptions(1) == {"lobby": PresenceMode.NONE}  # the mode is kept
+
+
+def test_the_connection_of_a_session_is_its_joined_one() -> None:
+    presence = watching()
+    assert (presence.connection_of("a1"), presence.connection_of("zz")) == (1, None)
 
 
 def test_a_channel_at_its_member_cap_refuses_subscriptions_and_joins() -> None:

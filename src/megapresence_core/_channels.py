@@ -110,6 +110,8 @@ class Channels:
         parts.limits.check_name("Subscribe", "channel", channel)
         if record.session_id is None:
             return [refused(conn, "not_joined", "join a session to subscribe", channel)]
+        if event.denied is not None:
+            return [refused(conn, "forbidden", event.denied, channel)]
         reply = Deliver(
             conns=(conn,), text=encode(Subscribed(channel=channel, presence=mode.value))
         )

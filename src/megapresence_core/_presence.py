@@ -587,6 +587,12 @@ class Presence:
         record = self._local.records.get(conn)
         return record.state if record is not None else ConnectionState.CLOSED
 
+    def connection_of(self, session_id: str) -> Hashable | None:
+        """The connection holding ``session_id`` on this process, joined (a lingering
+        session has none); None for a session this process does not hold."""
+        record = self._local.by_session.get(session_id)
+        return record.conn if record is not None else None
+
     def session_state(self, session_id: str) -> ConnectionState:
         """The state of the connection holding ``session_id`` (LINGERING during its leave
         grace); CLOSED for a session this process does not hold."""

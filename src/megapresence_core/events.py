@@ -278,12 +278,15 @@ class Subscribe:
     snapshot or (mode count) the counts. Refusals a caller cannot check
     beforehand (the channel is full, the session has too many channels, the
     connection holds no session) are a ``RequestRefused`` action, not an error.
+    ``denied`` is the shim's permission hook's verdict: with a reason there, the
+    connection is refused ``forbidden`` with it and nothing changes.
     """
 
     conn: Hashable = attrs.field(validator=hashable_id)
     channel: str = attrs.field(validator=_name)
     mode: PresenceMode = attrs.field(default=PresenceMode.NONE, converter=_mode)
     now: float = attrs.field(validator=monotonic_seconds)
+    denied: str | None = attrs.field(default=None, validator=_of_type(str, optional=True))
 
 
 @final

@@ -37,6 +37,7 @@ re-arm at ``now`` plus a positive interval, so a tick always ends.
 from __future__ import annotations
 
 import enum
+import heapq
 import random
 from collections.abc import Hashable, Mapping
 from typing import Any, Final, Generic, TypeVar, final
@@ -113,25 +114,41 @@ ALL: Final = _All.ALL
 
 @final
 class Timers:
-    """Deadlines by ``(kind, owner)``, in monotonic seconds."""
+    """Deadlines by ``(kind, owner)``, in monotonic seconds.
 
-    __slots__ = ("_deadlines",)
+    ``_deadlines`` is the truth; ``_heap`` orders it, with lazy deletion: an entry
+    whose key is no longer armed at that time (cancelled, moved or popped) is
+    stale and dropped when it reaches the top, and the heap is rebuilt when stale
+    entries outnumber live ones. So arming, cancelling, ``next_deadline`` and
+    ``pop_due`` cost O(log n), and a storm of n grace timers costs O(n log n).
+    Ties go by the order of :class:`Timer`, then the order of arming.
+    """
+
+    __slots__ = ("_armed", "_deadlines", "_heap")
 
     def __init__(self) -> None:
         self._deadlines: dict[tuple[Timer, Hashable], float] = {}
+        self._heap: list[tuple[float, int, int, tuple[Timer, Hashable]]] = []
+        #: How many times a timer was armed: the last tie-break, never equal twice.
+        self._armed = 0
 
     def arm(self, kind: Timer, at: float, owner: Hashable = None) -> None:
         """Set (or move) the deadline of ``(kind, owner)``."""
-        self._deadlines[(kind, owner)] = at
+        key = (kind, owner)
+        self._deadlines[key] = at
+        self._armed += 1
+        heapq.heappush(self._heap, (at, _ORDER[kind], self._armed, key))
+        if len(self._heap) > 2 * len(self._deadlines) + 16:
+            self._rebuild()
 
     def arm_unless_armed(self, kind: Timer, at: float, owner: Hashable = None) -> None:
-        self._deadlines.setdefault((kind, owner), at)
+        if (kind, owner) not in self._deadlines:
+            self.arm(kind, at, owner)
 
     def postpone(self, kind: Timer, at: float, owner: Hashable = None) -> None:
         """Move an armed timer to ``at``; a timer that is not armed stays so."""
-        key = (kind, owner)
-        if key in self._deadlines:
-            self._deadlines[key] = at
+        if (kind, owner) in self._deadlines:
+            self.arm(kind, at, owner)
 
     def cancel(self, kind: Timer, owner: Hashable = None) -> None:
         """Forget ``(kind, owner)``, or with ``owner=ALL`` every timer of ``kind``."""
@@ -143,7 +160,8 @@ class Timers:
 
     def next_deadline(self) -> float | None:
         """The earliest deadline, or None when no timer is armed."""
-        return min(self._deadlines.values(), default=None)
+        heap = self._top()
+        return heap[0][0] if heap else None
 
     def owners(self, kind: Timer) -> dict[Hashable, float]:
         """Every owner with a ``kind`` timer armed, and its deadline (for invariant checks)."""
@@ -151,12 +169,29 @@ class Timers:
 
     def pop_due(self, now: float) -> tuple[Timer, Hashable] | None:
         """Remove and return the earliest timer due at ``now``, or None."""
-        due = [(at, _ORDER[key[0]], key) for key, at in self._deadlines.items() if at <= now]
-        if not due:
+        heap = self._top()
+        if not heap or heap[0][0] > now:
             return None
-        key = min(due, key=lambda item: (item[0], item[1]))[2]
+        key = heapq.heappop(heap)[3]
         del self._deadlines[key]
         return key
+
+    def _top(self) -> list[tuple[float, int, int, tuple[Timer, Hashable]]]:
+        """The heap, its stale top entries dropped: its first entry is the earliest."""
+        heap, deadlines = self._heap, self._deadlines
+        while heap and deadlines.get(heap[0][3]) != heap[0][0]:
+            heapq.heappop(heap)
+        return heap
+
+    def _rebuild(self) -> None:
+        """One live entry per armed timer (its earliest), stale ones dropped. A sorted
+        list is a heap, and the dict keeps the sorted order."""
+        deadlines = self._deadlines
+        live: dict[tuple[Timer, Hashable], tuple[float, int, int, tuple[Timer, Hashable]]] = {}
+        for entry in sorted(self._heap):
+            if deadlines.get(entry[3]) == entry[0]:
+                live.setdefault(entry[3], entry)
+        self._heap = list(live.values())
 
 
 @final

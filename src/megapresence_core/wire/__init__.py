@@ -78,6 +78,7 @@ from ._frames import (
 from ._messages import (
     CLIENT_ERROR_CODES,
     MAX_SERVER_MESSAGE_BYTES,
+    SERVER_MESSAGE_TYPES,
     DirectResult,
     PresenceCount,
     PresenceDiff,
@@ -105,6 +106,7 @@ __all__ = [
     "MAX_HEARTBEAT_INTERVAL",
     "MAX_SERVER_MESSAGE_BYTES",
     "MIN_HEARTBEAT_INTERVAL",
+    "SERVER_MESSAGE_TYPES",
     "SUPPORTED_HUB_PROTOCOLS",
     "BroadcastCommand",
     "BroadcastFrame",

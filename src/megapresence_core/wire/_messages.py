@@ -48,12 +48,22 @@ from .._values import (
     dumps,
 )
 from ..errors import PeerError
-from ._codec import Dialect, Field, check_count, check_flag, check_name, check_object, register
+from ._codec import (
+    Dialect,
+    Field,
+    check_count,
+    check_flag,
+    check_name,
+    check_object,
+    names,
+    register,
+)
 from ._codec import decode as _decode
 
 __all__ = [
     "CLIENT_ERROR_CODES",
     "MAX_SERVER_MESSAGE_BYTES",
+    "SERVER_MESSAGE_TYPES",
     "DirectResult",
     "PresenceCount",
     "PresenceDiff",
@@ -197,6 +207,10 @@ register(
     Field("userId", "user_id", check_name),
     Field("found", "found", check_flag),
 )
+
+
+#: The typed server messages' names (the others: channel messages, ``error``, broadcasts).
+SERVER_MESSAGE_TYPES: Final = names(_S)
 
 
 def decode_server_message(data: str | bytes) -> ServerMessage:

@@ -5,29 +5,45 @@ ASGI app as ``PresenceASGI``), ``HubServer`` is the hub, and the
 ``megapresence`` command runs either from a shell.
 """
 
+from megapresence_core import PresenceMode, Sender
 from megapresence_core import __version__ as __version__
 
 from ._asgi import PresenceASGI
+from ._commands import handle_command
 from ._config import DEFAULT_HUB_LIMITS, DEFAULT_SOCKET_LIMITS, SocketLimits
 from ._http import HandshakeRequest
 from ._hub_server import HubServer
 from ._ops import DEFAULT_METRICS_ACCESS, MetricsAccess
-from ._server import Client, Identity, PresenceServer, Refusal
+from ._server import (
+    ChannelStats,
+    Client,
+    Identity,
+    PresenceServer,
+    Refusal,
+    SubscriptionHook,
+    Verdict,
+)
 from ._tls import client_context, server_context
 
 __all__ = [
     "DEFAULT_HUB_LIMITS",
     "DEFAULT_METRICS_ACCESS",
     "DEFAULT_SOCKET_LIMITS",
+    "ChannelStats",
     "Client",
     "HandshakeRequest",
     "HubServer",
     "Identity",
     "MetricsAccess",
     "PresenceASGI",
+    "PresenceMode",
     "PresenceServer",
     "Refusal",
+    "Sender",
     "SocketLimits",
+    "SubscriptionHook",
+    "Verdict",
     "client_context",
+    "handle_command",
     "server_context",
 ]

@@ -33,7 +33,7 @@ from collections.abc import (
     Iterable,
     Mapping,
 )
-from typing import Any, Protocol, final
+from typing import Any, NamedTuple, Protocol, final
 
 import anyio
 import anyio.abc
@@ -57,9 +57,14 @@ from megapresence_core import (
     MetadataUpdated,
     Presence,
     PresenceConfig,
+    PresenceMode,
+    PublishRequested,
+    Sender,
     SessionJoined,
     ShutdownRequested,
+    Subscribe,
     Tick,
+    Unsubscribe,
 )
 from megapresence_core.actions import (
     CloseHubLink,
@@ -91,13 +96,22 @@ from ._ops import (
     Response,
     respond_with,
 )
+from ._permissions import SubscriptionGate
 from ._session import Session, WebSocketSession, text_frame
 from ._stats import Metric, Stats, counter, gauge, state_gauge
 from ._ticker import Ticker
 from ._tls import TlsServerStream
 from ._transport import SocketTransport, StreamTransport, Transport
 
-__all__ = ["Client", "Identity", "PresenceServer", "Refusal"]
+__all__ = [
+    "ChannelStats",
+    "Client",
+    "Identity",
+    "PresenceServer",
+    "Refusal",
+    "SubscriptionHook",
+    "Verdict",
+]
 
 logger = logging.getLogger("megapresence")
 
@@ -125,12 +139,15 @@ class Identity:
 @final
 @attrs.frozen(kw_only=True)
 class Refusal:
-    """Refuse the upgrade with an HTTP status (401, 403, ...) and a short body."""
+    """Refuse the upgrade with an HTTP status (401, 403, ...) and a short body; from
+    ``authorize_subscription``, refuse a subscription with ``reason`` (the status is unused)."""
 
     status: int = 403
     reason: str = "forbidden"
 
 
+#: What ``authorize_subscription`` answers: allow, refuse, or refuse saying why.
+Verdict = bool | Refusal
 AuthResult = Identity | Refusal | None
 Authenticator = Callable[[HandshakeRequest], AuthResult | Awaitable[AuthResult]]
 
@@ -139,7 +156,7 @@ Authenticator = Callable[[HandshakeRequest], AuthResult | Awaitable[AuthResult]]
 class Client:
     """One client socket. It is also the connection id the core sees."""
 
-    __slots__ = ("_server", "identity", "ns", "request", "session")
+    __slots__ = ("_guard", "_server", "identity", "ns", "request", "session")
 
     def __init__(
         self,
@@ -147,12 +164,19 @@ class Client:
         request: HandshakeRequest,
         identity: Identity | None,
         session: Session,
+        guard: Guard[Any],
     ) -> None:
         self._server = server
+        self._guard = guard
         self.request = request
         self.ns = request.path
         self.identity = identity
         self.session = session
+
+    @property
+    def server(self) -> PresenceServer:
+        """The server this client is connected to."""
+        return self._server
 
     @property
     def user_id(self) -> str | None:
@@ -168,6 +192,11 @@ class Client:
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         self.session.close(code, reason, anyio.current_time())
+
+    def fault(self, exc: Exception) -> None:
+        """What this connection's work raised outside its task (an async hook's verdict):
+        its boundary's close code (1011 for a bug) and a logged line, as if in its task."""
+        self._guard.fault(exc)
 
     def __repr__(self) -> str:
         who = f" {self.user_id}/{self.session_id}" if self.identity else ""
@@ -202,6 +231,17 @@ class RosterBackend(Protocol):
     async def members(self, channels: Iterable[str]) -> list[Member]: ...
 
     async def aclose(self) -> None: ...
+
+
+#: ``authorize_subscription(client, channel, mode)``, sync or async (see ``_permissions.py``).
+SubscriptionHook = Callable[[Client, str, PresenceMode], Verdict | Awaitable[Verdict]]
+
+
+class ChannelStats(NamedTuple):
+    """``presence_stats(channel)``: sessions and distinct users in the channel."""
+
+    sessions: int
+    users: int
 
 
 OnMessage = Callable[[Client, str], Awaitable[None] | None]
@@ -245,6 +285,7 @@ class PresenceServer:
         hub_ssl_context: ssl.SSLContext | None = None,
         metrics_access: MetricsAccess = DEFAULT_METRICS_ACCESS,
         on_link_state: OnLinkState | None = None,
+        authorize_subscription: SubscriptionHook | None = None,
     ) -> None:
         config = presence if presence is not None else PresenceConfig()
         if (config.store is None) != (roster is None):
@@ -299,6 +340,17 @@ class PresenceServer:
         self._texts = FrameText()
         self._on_link_state = on_link_state
         self._links: dict[str, str] = {}
+        self._gate = (
+            SubscriptionGate(
+                authorize_subscription,
+                refusal_type=Refusal,
+                handle=self._handle,
+                spawn=self._background.spawn,
+                is_open=self._clients.__contains__,
+            )
+            if authorize_subscription is not None
+            else None
+        )
         self._performers: dict[type[Any], Callable[[Any], None]] = {
             Deliver: self._deliver,
             RequestRefused: self._refused,
@@ -617,7 +669,7 @@ class PresenceServer:
             return None
         now = anyio.current_time()
         session = make_session(now)
-        client = Client(self, request, identity, session)
+        client = Client(self, request, identity, session, guard)
         joined = None
         if identity is not None:
             guard.user = identity.user_id
@@ -663,7 +715,14 @@ class PresenceServer:
     # ---------------------------------------------------------- core driving
 
     def dispatch(self, event: Event) -> None:
-        """Feed one event to the core and perform its actions, in order."""
+        """Feed one event to the core and perform its actions, in order. A client's
+        ``Subscribe`` goes through ``authorize_subscription`` first, when there is one."""
+        if self._gate is not None and type(event) is Subscribe and isinstance(event.conn, Client):
+            self._gate.ask(event, event.conn)
+            return
+        self._handle(event)
+
+    def _handle(self, event: Event) -> None:
         self._perform(self._presence.handle(event))
 
     def _perform(self, actions: list[Action]) -> None:
@@ -756,6 +815,88 @@ class PresenceServer:
     def kick(self, session_id: str, reason: str | None = None, *, requeue: bool = False) -> None:
         """Close a session wherever it is: 1008 (kick) or, with ``requeue``, 4503."""
         self.dispatch(KickRequested(session_id=session_id, reason=reason, requeue=requeue))
+
+    # ---------------------------------------------------------------- channels
+
+    def subscribe(
+        self,
+        session: Client | str,
+        channel: str,
+        mode: PresenceMode | str = PresenceMode.NONE,
+    ) -> RequestRefused | None:
+        """Subscribe a session joined here (its ``Client`` or its session id) to ``channel``,
+        or change its presence ``mode`` there: "none" (present only), "users", "sessions"
+        or "count". The client is told ``subscribed``, then gets its snapshot or counts.
+        The embedding program decides, so ``authorize_subscription`` is not asked. A
+        refusal nobody could check beforehand (``channel_full``, ``too_many_channels``)
+        is returned, not sent to the client; None means subscribed."""
+        conn = self._conn("subscribe", session)
+        return self._request(Subscribe(conn=conn, channel=channel, mode=mode, now=self._now()))
+
+    def unsubscribe(self, session: Client | str, channel: str) -> None:
+        """The session leaves ``channel`` at once (no grace); the client is told
+        ``unsubscribed``. A channel it is not in is no error."""
+        conn = self._conn("unsubscribe", session)
+        self._request(Unsubscribe(conn=conn, channel=channel, now=self._now()))
+
+    def publish(
+        self,
+        channel: str,
+        message: Message | Mapping[str, Any],
+        except_session_ids: Iterable[str] = (),
+        *,
+        sender: Client | Sender | None = None,
+    ) -> None:
+        """Deliver ``message`` (``{"type", "payload"?}``) to exactly the subscribers of
+        ``channel``, here and on every bridge and instance, except those sessions. With
+        ``sender`` (a joined ``Client`` or a ``Sender``) it arrives ``from`` that session."""
+        self._group()
+        if isinstance(sender, Client):
+            if sender.identity is None:
+                raise LocalUsageError(
+                    f"PresenceServer.publish: sender {sender!r} holds no session; give a "
+                    "joined Client, a Sender(user_id=, session_id=) or None"
+                )
+            sender = Sender(user_id=sender.identity.user_id, session_id=sender.identity.session_id)
+        self.dispatch(
+            PublishRequested(
+                channel=channel,
+                message=message,
+                except_session_ids=except_session_ids,
+                sender=sender,
+            )
+        )
+
+    def presence_stats(self, channel: str) -> ChannelStats:
+        """Sessions and distinct users in ``channel``, in O(1): cluster-wide through NATS,
+        and through the hub for a channel this server has a member or an interest in."""
+        return ChannelStats(*self._presence.presence_stats(channel))
+
+    def channel_members(self, channel: str) -> list[Member]:
+        """The members of ``channel`` as this server knows them (as ``presence_stats``)."""
+        return self._presence.channel_members(channel)
+
+    def _now(self) -> float:
+        return anyio.current_time()
+
+    def _conn(self, what: str, session: Client | str) -> Client:
+        self._group()
+        if isinstance(session, Client):
+            return session
+        conn = self._presence.connection_of(session)
+        if not isinstance(conn, Client):
+            raise LocalUsageError(
+                f"PresenceServer.{what}: no session {session!r} is connected to this server; "
+                "give a Client or the id of a session joined here"
+            )
+        return conn
+
+    def _request(self, event: Event) -> RequestRefused | None:
+        """Handle an embedder's request; its refusal (if any) is returned, not sent."""
+        actions = self._presence.handle(event)
+        refusal = next((a for a in actions if isinstance(a, RequestRefused)), None)
+        self._perform([a for a in actions if a is not refusal])
+        return refusal
 
     def roster(self, ns: str) -> list[Member]:
         return self._presence.roster(ns)

@@ -1,0 +1,54 @@
+"""The browser protocol (docs/protocol.md) as an ``on_message`` hook: ``handle_command``.
+
+``PresenceServer(authenticate, on_message=handle_command)`` makes a server speak
+what the JavaScript client speaks: ``subscribe`` (through ``authorize_subscription``),
+``unsubscribe``, ``publish``, ``sync``, ``broadcast``, ``direct``, ``metadata``,
+``roster`` and ``kick`` (admins only: wrap it, ``lambda client, text:
+handle_command(client, text, is_admin=client.user_id in ADMINS)``). The core
+decides what each command means (``command_event``); a command that is wrong or
+refused is answered with an ``error`` message and changes nothing.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import anyio
+
+from megapresence_core import PresenceError
+from megapresence_core.wire import (
+    CommandRefused,
+    RosterCommand,
+    command_event,
+    decode_client_command,
+    error_reply,
+    roster_reply,
+)
+
+if TYPE_CHECKING:
+    from ._server import Client
+
+__all__ = ["handle_command"]
+
+
+def handle_command(client: Client, text: str, *, is_admin: bool = False) -> None:
+    """Do what the browser command ``text`` from ``client`` asks, or tell it why not."""
+    server = client.server
+    try:
+        outcome = command_event(
+            decode_client_command(text),
+            conn=client,
+            ns=client.ns,
+            session_id=client.session_id,
+            is_admin=is_admin,
+            now=anyio.current_time(),
+        )
+        if isinstance(outcome, CommandRefused):
+            client.send(error_reply(outcome.code, outcome.message))
+        elif isinstance(outcome, RosterCommand):
+            members = server.roster(client.ns)
+            client.send(roster_reply(members, server.presence.local_store_entries()))
+        else:
+            server.dispatch(outcome)
+    except PresenceError as exc:  # bad JSON, a field, a limit: the code says which
+        client.send(error_reply(exc.code, str(exc)))
