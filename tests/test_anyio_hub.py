@@ -13,7 +13,7 @@ import anyio.abc
 import pytest
 from websockets.exceptions import InvalidStatus
 
-from megapresence_anyio import HubServer, PresenceServer, SocketLimits
+from megapresence_anyio import HubServer, PresenceServer, SocketLimits, handle_command
 from megapresence_core import (
     Event,
     HubConfig,
@@ -21,12 +21,14 @@ from megapresence_core import (
     LocalUsageError,
     PresenceConfig,
 )
+from megapresence_core._values import MAX_JSON_DEPTH
 from megapresence_core.config import DEFAULT_MAX_MESSAGE_BYTES
 from megapresence_core.events import HubConnected, HubLost
 from megapresence_core.lifecycle import HubLinkState
 
 from .hostile import BAD_HUB_ANSWERS, FakeHub
 from .socket_helpers import Client, http_status, query_login, upgrade_answer, wait_for
+from .test_live_sockets import Watcher
 
 pytestmark = pytest.mark.anyio
 
@@ -333,3 +335,52 @@ async def test_bridge_links_over_the_hub_cap_get_503_and_retry() -> None:
                 lost = count_link_events(b)
                 await wait_for(lambda: lost["HubLost"] >= 2)  # refused, and retrying
                 assert b.presence.hub_link_state is not HubLinkState.CLOSED
+
+
+def nested(depth: int) -> Any:
+    """A value ``depth`` objects and arrays deep (an object outermost when depth is odd)."""
+    value: Any = "x"
+    for level in range(depth):
+        value = [value] if level % 2 else {"k": value}
+    return value
+
+
+async def test_the_deepest_legal_value_crosses_every_hop_one_level_more_stops_at_the_sender() -> (
+    None
+):
+    """Nesting is a chain like size: a command nests at most MAX_JSON_DEPTH deep (its
+    metadata or payload one less), and the hub frame, the other bridge and the watcher's
+    snapshot wrap it in their envelopes and still carry it. 970 levels once reached the
+    hub, failed to re-encode there and cost the sender's bridge its link for good."""
+    deepest = MAX_JSON_DEPTH - 1  # inside the command object
+    async with cluster(on_message=handle_command) as (_, [(a, url_a), (b, url_b)]):
+        counts = [count_link_events(a), count_link_events(b)]
+        watcher = await Watcher.connect(f"{url_b}/ws?user=wat", view="sessions")
+        await watcher.command(op="subscribe", channel="room", presence="sessions")
+        await watcher.until(lambda m: m["type"] == "presence.diff")  # its own join
+        deep = Watcher(await Client.connect(f"{url_a}/ws?user=deep&session=d1"))
+        await deep.command(op="subscribe", channel="room")
+        await deep.command(op="metadata", metadata=nested(deepest))
+        await deep.command(op="publish", channel="room", type="t", payload=nested(deepest))
+        await watcher.until(lambda m: m["type"] == "t" and m["payload"] == nested(deepest))
+        await watcher.until(  # the join and the update, coalesced or not
+            lambda _: watcher.members("room").get("d1", {}).get("metadata") == nested(deepest)
+        )
+
+        for command in (
+            {"op": "metadata", "metadata": nested(deepest + 1)},
+            {"op": "publish", "channel": "room", "type": "t", "payload": nested(deepest + 1)},
+        ):
+            await deep.command(**command)
+            error = await deep.until(lambda m: m["type"] == "error")
+            assert error["payload"]["code"] == "bad_json"
+            assert f"deeper than {MAX_JSON_DEPTH} levels" in error["payload"]["message"]
+        assert await watcher.client.silent()
+        # A new watcher's snapshot carries the deepest metadata too.
+        late = Watcher(await Client.connect(f"{url_b}/ws?user=late"), view="sessions")
+        await late.command(op="subscribe", channel="room", presence="sessions")
+        await late.until(lambda m: m["type"] == "presence.state")
+        assert late.members("room")["d1"]["metadata"] == nested(deepest)
+        assert counts == [Counter(), Counter()]  # no link was lost on the way
+        for client in (watcher.client, deep.client, late.client):
+            await client.close()
