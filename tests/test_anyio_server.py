@@ -214,7 +214,9 @@ async def test_keepalive_pings_a_quiet_peer_and_keeps_it_while_it_answers() -> N
         client = await Client.connect(f"{url}/ws")  # websockets answers pings
         await wait_for(lambda: len(server.clients) == 1)
         [side] = server.clients
-        session, t = side.session, side.session.last_heard
+        session = side.session
+        # Whole seconds, so t + 250 - (t + 150) is exactly 100 (not 99.99999999999818).
+        t = session.last_heard = float(int(session.last_heard))
         session.keepalive(t + 99)
         assert session.ping_sent_at is None  # not quiet for long enough yet
         session.keepalive(t + 100)
@@ -236,7 +238,8 @@ async def test_keepalive_closes_a_silent_peer_with_1011_then_drops_it() -> None:
         async with await RawClient.connect(server.port) as raw:  # never answers a ping
             await wait_for(lambda: len(server.clients) == 1)
             [side] = server.clients
-            session, t = side.session, side.session.last_heard
+            session = side.session
+            t = session.last_heard = float(int(session.last_heard))  # exact sums, as above
             session.keepalive(t + 100)
             with anyio.fail_after(5):
                 assert (await raw.frame())[0] == 0x9  # the ping
