@@ -166,11 +166,19 @@ def churn_once(system: str, seconds: float) -> dict[str, float]:
     return {"cycles_per_s": int(cycles) / seconds}
 
 
-def hub_once(frames: int) -> dict[str, float]:
+def hub_once(frames: int, *batch: str) -> dict[str, float]:
     with Process("bench_server.py", "megapresence-hub") as server:
         (port, _) = server.expect("READY")
         with Process(
-            "bench_client.py", "hub", "--port", port, "--token", "bench", "--frames", str(frames)
+            "bench_client.py",
+            "hub",
+            "--port",
+            port,
+            "--token",
+            "bench",
+            "--frames",
+            str(frames),
+            *batch,
         ) as client:
             (rate,) = client.expect("RATE")
     return {"frames_per_s": float(rate)}

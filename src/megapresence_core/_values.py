@@ -109,8 +109,8 @@ _decoder = json.JSONDecoder(
 )
 
 
-def decode_object(data: str | bytes, *, max_bytes: int, what: str) -> JsonObject:
-    """Decode one JSON object of at most ``max_bytes`` bytes, or raise ``PeerError``."""
+def check_size(data: str | bytes, *, max_bytes: int, what: str) -> None:
+    """Raise ``PeerError`` (``too_big``) if ``data`` is over ``max_bytes`` bytes of UTF-8."""
     size = len(data) if isinstance(data, bytes) else utf8_len(data)
     if size > max_bytes:
         raise PeerError(
@@ -119,6 +119,11 @@ def decode_object(data: str | bytes, *, max_bytes: int, what: str) -> JsonObject
             close_code=CloseCode.MESSAGE_TOO_BIG,
             http_status=413,
         )
+
+
+def decode_object(data: str | bytes, *, max_bytes: int, what: str) -> JsonObject:
+    """Decode one JSON object of at most ``max_bytes`` bytes, or raise ``PeerError``."""
+    check_size(data, max_bytes=max_bytes, what=what)
     try:
         text = data.decode("utf-8") if isinstance(data, bytes) else data
         value = _decoder.decode(text)
