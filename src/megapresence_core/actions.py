@@ -104,8 +104,8 @@ class SendHubFrame:
     the frames sent after it in the same turn (joined by a line feed, up to the
     frame limit in all, order kept); otherwise it travels alone, after them."""
 
-    data: str = attrs.field(repr=short_text)
     batch: bool = False
+    data: str = attrs.field(repr=short_text)
 
 
 @final
@@ -214,8 +214,8 @@ class SendBridgeFrame:
     :class:`SendHubFrame` (every bridge of the action batches, or none does)."""
 
     bridges: tuple[Hashable, ...] = attrs.field(repr=short_conns)
-    data: str = attrs.field(repr=short_text)
     batch: bool = False
+    data: str = attrs.field(repr=short_text)
 
 
 @final
