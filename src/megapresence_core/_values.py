@@ -196,7 +196,7 @@ def _short(text: str, limit: int = 40) -> str:
 @final
 @attrs.frozen(kw_only=True, repr=False)
 class Message:
-    """An application message ``{"type", "payload"?}``, JSON-encoded once, when built.
+    """An application message ``{"type", "payload"?}``, JSON-encoded once.
 
     ``payload_json`` is the payload's JSON text (``None`` when absent) and
     ``json`` the whole message's; every wire form (the client frame, the hub
@@ -204,30 +204,49 @@ class Message:
     payload again, so a broadcast's payload is encoded exactly once however
     many sockets, bridges and instances it reaches. ``size`` is ``json`` in
     UTF-8 bytes: what ``Limits.max_message_bytes`` counts.
+
+    A message the program builds is encoded when built, so a payload that is not
+    JSON fails there; one read from the wire (:meth:`decoded`) is encoded when
+    first needed, since the hub, which only routes it, never needs it.
     """
 
     type: str
     payload: Json | Absent = ABSENT
-    payload_json: str | None = attrs.field(init=False, eq=False)
-    json: str = attrs.field(init=False, eq=False)
-    size: int = attrs.field(init=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
         non_empty_str("Message", "type", self.type)
         try:
-            head = '{"type":' + dumps(self.type)
-            encoded = None if self.payload is ABSENT else dumps(self.payload)
-            text = head + "}" if encoded is None else f'{head},"payload":{encoded}}}'
-            # A lone surrogate cannot travel in UTF-8: encoding says so.
-            size = len(text) if text.isascii() else len(text.encode("utf-8"))
+            # A lone surrogate cannot travel in UTF-8: measuring says so.
+            self.size  # noqa: B018 - encodes now, so misuse fails here
         except (TypeError, ValueError) as exc:
             raise LocalUsageError(
                 f"Message: type and payload must be JSON-serializable text with finite "
                 f"numbers: {exc}"
             ) from None
-        object.__setattr__(self, "payload_json", encoded)
-        object.__setattr__(self, "json", text)
-        object.__setattr__(self, "size", size)
+
+    @classmethod
+    def decoded(cls, kind: str, payload: Json | Absent) -> Message:
+        """A message read by the strict decoder (a non-empty ``kind``, JSON that encodes
+        again), not encoded until its text is first needed."""
+        message = object.__new__(cls)
+        object.__setattr__(message, "type", kind)
+        object.__setattr__(message, "payload", payload)
+        return message
+
+    @functools.cached_property
+    def payload_json(self) -> str | None:
+        return None if self.payload is ABSENT else dumps(self.payload)
+
+    @functools.cached_property
+    def json(self) -> str:
+        head = '{"type":' + dumps(self.type)
+        encoded = self.payload_json
+        return head + "}" if encoded is None else f'{head},"payload":{encoded}}}'
+
+    @functools.cached_property
+    def size(self) -> int:
+        text = self.json
+        return len(text) if text.isascii() else len(text.encode("utf-8"))
 
     @classmethod
     def coerce(cls, value: Message | Mapping[str, Any]) -> Message:
