@@ -38,7 +38,7 @@ from ._ops import (
     Readiness,
     respond_with,
 )
-from ._session import WebSocketSession, text_frame
+from ._session import WebSocketSession, text_frame, utf8_len
 from ._stats import Metric, Stats, gauge
 from ._ticker import Ticker
 from ._tls import TlsServerStream
@@ -287,13 +287,14 @@ class HubServer:
 
     def _send(self, action: SendBridgeFrame) -> None:
         bridges: tuple[_BridgeSocket, ...] = action.bridges  # type: ignore[assignment]
-        data = action.data.encode("utf-8")
-        self._stats.delivered(len(bridges), len(data))
         if action.batch:
+            self._stats.delivered(len(bridges), utf8_len(action.data))
             for bridge in bridges:
                 if bridge.batch is not None:
                     bridge.batch.add(action.data)
             return
+        data = action.data.encode("utf-8")
+        self._stats.delivered(len(bridges), len(data))
         frame = text_frame(data)
         now = anyio.current_time()
         for bridge in bridges:
