@@ -385,12 +385,13 @@ class Hub:
         return _FRAME_HANDLERS[type(frame)](self, record, frame, text)
 
     def _within_rate(self, record: Bridge, now: float) -> bool:
-        config = self._config
-        elapsed = max(0.0, now - record.allowance_at)
-        record.allowance = min(
-            config.frame_burst, record.allowance + elapsed * config.max_frames_per_second
-        )
-        record.allowance_at = now
+        elapsed = now - record.allowance_at
+        if elapsed > 0:  # the frames of one batch share their arrival: no refill between them
+            config = self._config
+            record.allowance = min(
+                config.frame_burst, record.allowance + elapsed * config.max_frames_per_second
+            )
+            record.allowance_at = now
         if record.allowance < 1.0:
             return False
         record.allowance -= 1.0
