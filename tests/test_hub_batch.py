@@ -281,7 +281,7 @@ def test_the_bridge_refuses_one_bad_frame_of_a_batch_and_a_batch_over_the_limit(
     assert (log.event, log.fields["code"]) == ("hub.frame.invalid", "too_big")
 
 
-def test_a_new_link_starts_unbatched_until_its_registered() -> None:
+def test_a_new_link_starts_unbatched_until_registered_again() -> None:
     presence = bridge()
     link_up(presence, registered("batch"))
     drive(presence, HubLost(now=1, code=1001, reason="gone"))
