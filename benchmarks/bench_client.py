@@ -5,8 +5,9 @@
         all M broadcasts; print DONE <monotonic time of the last byte>.
     churn --port P --seconds S --concurrency C
         open, upgrade and close sockets in C parallel lanes for S seconds; print CYCLES <n>.
-    hub --port P --token T --frames M
+    hub --port P --token T --frames M [--batch]
         two bridges on a hub: A sends M BROADCAST frames, B counts them; print RATE <frames/s>.
+        --batch: both bridges offer the batch capability, and A packs its frames.
 
 It parses as little as it can (all broadcast frames of a run have one size, so
 it counts bytes), so that on a 2-core machine it leaves the other core to the server.
@@ -190,8 +191,28 @@ def churn(args: argparse.Namespace) -> None:
     print("CYCLES", cycles, flush=True)
 
 
+def count_frames(buffer: bytearray) -> int:
+    """Hub frames in the whole server messages at the start of ``buffer`` (removed from
+    it): one per message, plus one per line feed in a batch."""
+    count = pos = 0
+    end = len(buffer)
+    while end - pos >= 2:
+        size, head = buffer[pos + 1] & 0x7F, 2
+        if size == 126:
+            size, head = int.from_bytes(buffer[pos + 2 : pos + 4], "big"), 4
+        elif size == 127:
+            size, head = int.from_bytes(buffer[pos + 2 : pos + 10], "big"), 10
+        if end - pos < head + size:
+            break
+        count += buffer.count(b"\n", pos + head, pos + head + size) + 1
+        pos += head + size
+    del buffer[:pos]
+    return count
+
+
 def hub(args: argparse.Namespace) -> None:
     auth = f"Authorization: Bearer {args.token}\r\n"
+    capabilities = ["batch"] if args.batch else []
     bridges = []
     for name in ("a", "b"):
         sock = socket.create_connection(("127.0.0.1", args.port))
@@ -200,13 +221,11 @@ def hub(args: argparse.Namespace) -> None:
         while b"\r\n\r\n" not in buffer:
             buffer += sock.recv(65536)
         rest = bytearray(bytes(buffer).partition(b"\r\n\r\n")[2])
+        register = {"bridgeId": name, "instanceId": name, "protocol": 1}
         sock.sendall(
             masked_text(
                 json.dumps(
-                    {
-                        "type": "REGISTER",
-                        "payload": {"bridgeId": name, "instanceId": name, "protocol": 1},
-                    }
+                    {"type": "REGISTER", "payload": {**register, "capabilities": capabilities}}
                 )
             )
         )
@@ -224,26 +243,24 @@ def hub(args: argparse.Namespace) -> None:
         )
     )
     time.sleep(0.2)
-    frame = masked_text(
-        json.dumps(
-            {
-                "type": "BROADCAST",
-                "payload": {
-                    "ns": "/ws",
-                    "channel": "c",
-                    "message": {"type": "m", "payload": "x" * 60},
-                },
-            }
-        )
+    text = json.dumps(
+        {
+            "type": "BROADCAST",
+            "payload": {"ns": "/ws", "channel": "c", "message": {"type": "m", "payload": "x" * 60}},
+        }
     )
+    # A batching bridge packs as many frames as the hub's frame limit (80 KiB) holds.
+    per_message = (80 * 1024 + 1) // (len(text) + 1) if args.batch else 1
+    messages = []
+    for first in range(0, args.frames, per_message):
+        messages.append(masked_text("\n".join([text] * min(per_message, args.frames - first))))
+    pending = b"".join(messages)
     a.setblocking(False)
     b.setblocking(False)
-    pending = frame * args.frames
     start = time.monotonic()
-    received = len(rest_b)
-    first = bytes(rest_b)
-    total: int | None = None
-    while total is None or received < total:
+    buffer = rest_b
+    received = count_frames(buffer)
+    while received < args.frames:
         if pending:
             with contextlib.suppress(BlockingIOError):
                 pending = pending[a.send(pending[: 1 << 20]) :]
@@ -251,12 +268,8 @@ def hub(args: argparse.Namespace) -> None:
             data = b.recv(1 << 20)
         except BlockingIOError:
             continue
-        received += len(data)
-        if total is None:
-            first += data
-            length = frame_length(first)
-            if length is not None:
-                total = length * args.frames
+        buffer += data
+        received += count_frames(buffer)
     print("RATE", args.frames / (time.monotonic() - start), flush=True)
 
 
@@ -273,6 +286,7 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--token", default="")
     parser.add_argument("--frames", type=int, default=20000)
+    parser.add_argument("--batch", action="store_true")
     args = parser.parse_args()
     {"fanout": fanout, "churn": churn, "hub": hub}[args.mode](args)
 

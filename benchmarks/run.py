@@ -166,11 +166,19 @@ def churn_once(system: str, seconds: float) -> dict[str, float]:
     return {"cycles_per_s": int(cycles) / seconds}
 
 
-def hub_once(frames: int) -> dict[str, float]:
+def hub_once(frames: int, *batch: str) -> dict[str, float]:
     with Process("bench_server.py", "megapresence-hub") as server:
         (port, _) = server.expect("READY")
         with Process(
-            "bench_client.py", "hub", "--port", port, "--token", "bench", "--frames", str(frames)
+            "bench_client.py",
+            "hub",
+            "--port",
+            port,
+            "--token",
+            "bench",
+            "--frames",
+            str(frames),
+            *batch,
         ) as client:
             (rate,) = client.expect("RATE")
     return {"frames_per_s": float(rate)}
@@ -278,6 +286,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"| `Hub.handle`, BROADCAST routed to one bridge | {fmt(core['hub_frames'])} |",
         f"| `megapresence hub`, BROADCAST frames between two bridges over sockets | "
         f"{fmt(results['hub']['frames_per_s']) if results['hub'] else 'failed'} |",
+        f"| the same, both bridges batching (`batch` capability, up to 80 KiB a message) | "
+        f"{fmt(results['hub_batched']['frames_per_s']) if results['hub_batched'] else 'failed'} |",
     ]
     return "\n".join(lines) + "\n"
 
@@ -370,6 +380,7 @@ def main() -> int:
         )["v"],
     }
     results["hub"] = repeat("hub", args.runs, lambda: hub_once(20_000))
+    results["hub_batched"] = repeat("hub batched", args.runs, lambda: hub_once(100_000, "--batch"))
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "latest.json").write_text(json.dumps(results, indent=1), encoding="utf-8")
     table = markdown(results)

@@ -8,6 +8,13 @@ epoch, or drain. ``settle`` advances time in steps, ticking every machine,
 until the network is quiet and every live bridge is registered; ``advance``
 moves time on by a given amount in finer steps (presence windows, graces).
 
+Frames marked ``batch`` travel as the shims send them: held on their end of
+the link from the first until the queue reaches the flush queued with it (the
+simulation's end of a turn), then delivered as one message joined by line
+feeds; a frame that travels alone first closes the batch before it, so order
+holds. Bridges named in ``unbatched`` do not offer ``batch``, so batching and
+unbatched links mix on one hub.
+
 Every client keeps what it was sent: ``inbox`` (cleared by tests) and, for
 the presence messages, one ``PresenceMap`` per (connection, channel, view)
 built only from the snapshots and diffs it received, plus its last count per
@@ -49,6 +56,7 @@ from megapresence_core.actions import (
     SendBridgeFrame,
     SendHubFrame,
 )
+from megapresence_core.config import DEFAULT_MAX_HUB_FRAME_BYTES
 from megapresence_core.events import (
     BridgeClosed,
     BridgeConnecting,
@@ -107,6 +115,38 @@ class Clients:
             del self.counts[count]
 
 
+class Outbox:
+    """One end of a link: frames marked ``batch`` leave together, in order."""
+
+    def __init__(self, network: HubNetwork, deliver: Callable[[str], None]) -> None:
+        self.network = network
+        self.deliver = deliver
+        self.parts: list[str] = []
+        self.size = 0
+        #: Messages sent, and how many held more than one frame.
+        self.messages = self.batches = 0
+
+    def send(self, data: str, batch: bool) -> None:
+        size = len(data.encode("utf-8"))
+        if not batch or self.size + size > DEFAULT_MAX_HUB_FRAME_BYTES:
+            self.parts, self.size = [], 0  # the flush already queued takes what it holds
+        if not batch:
+            self.network.later(lambda: self.flush([data]))
+            return
+        parts = self.parts
+        if not parts:
+            self.network.later(lambda: self.flush(parts))
+        parts.append(data)
+        self.size += size + 1
+
+    def flush(self, parts: list[str]) -> None:
+        if parts is self.parts:
+            self.parts, self.size = [], 0
+        self.messages += 1
+        self.batches += len(parts) > 1
+        self.deliver("\n".join(parts))
+
+
 class Link:
     """One hub transport; each end knows only whether its own side is still open."""
 
@@ -115,6 +155,9 @@ class Link:
         self.bridge = bridge
         self.hub_open = True
         self.bridge_open = True
+        network = bridge.network
+        self.up = Outbox(network, lambda data: network.to_hub(self, data))
+        self.down = Outbox(network, lambda data: network.to_bridge(self, data))
 
 
 class SimBridge:
@@ -147,6 +190,7 @@ class SimBridge:
             backoff_initial=0.5,
             backoff_max=2.0,
             connect_timeout=10.0,
+            capabilities=("broadcast",) if self.bridge_id in self.network.unbatched else ("batch",),
         )
         self.presence = Presence(
             PresenceConfig(
@@ -179,7 +223,7 @@ class SimBridge:
         elif isinstance(action, SendHubFrame):
             link = self.link
             if link is not None and link.bridge_open:
-                network.later(lambda: network.to_hub(link, action.data))
+                link.up.send(action.data, action.batch)
         elif isinstance(action, CloseHubLink):
             link = self.link
             assert link is not None
@@ -227,7 +271,9 @@ class HubNetwork:
         *,
         leave_grace: float = 0.0,
         presence_window: float = 0.0,
+        unbatched: tuple[str, ...] = (),
     ) -> None:
+        self.unbatched = unbatched
         self.leave_grace = leave_grace
         self.presence_window = presence_window
         #: bridge -> its open client connections
@@ -273,8 +319,7 @@ class HubNetwork:
             link.bridge.close_link(link, 1008, f"HTTP {action.status}")
         elif isinstance(action, SendBridgeFrame):
             for link_id in action.bridges:
-                link = self.links[link_id]  # type: ignore[index]
-                self.later(lambda link=link: self.to_bridge(link, action.data))
+                self.links[link_id].down.send(action.data, action.batch)  # type: ignore[index]
         elif isinstance(action, CloseBridge):
             link = self.links[action.bridge]  # type: ignore[index]
             self.later(lambda: self.hub_closed(link))

@@ -23,11 +23,18 @@ from megapresence_core import (
 )
 from megapresence_core._values import MAX_JSON_DEPTH
 from megapresence_core.config import DEFAULT_MAX_MESSAGE_BYTES
-from megapresence_core.events import HubConnected, HubLost
+from megapresence_core.events import BridgeFrameReceived, HubConnected, HubLost
 from megapresence_core.lifecycle import HubLinkState
 
 from .hostile import BAD_HUB_ANSWERS, FakeHub
-from .socket_helpers import Client, http_status, query_login, upgrade_answer, wait_for
+from .socket_helpers import (
+    Client,
+    RawClient,
+    http_status,
+    query_login,
+    upgrade_answer,
+    wait_for,
+)
 from .test_live_sockets import Watcher
 
 pytestmark = pytest.mark.anyio
@@ -35,13 +42,20 @@ pytestmark = pytest.mark.anyio
 TOKEN = "hub-secret"
 
 
-def bridge(hub_port: int, bridge_id: str, token: str = TOKEN, **options: Any) -> PresenceServer:
+def bridge(
+    hub_port: int,
+    bridge_id: str,
+    token: str = TOKEN,
+    capabilities: tuple[str, ...] = HubLinkConfig.__attrs_attrs__.capabilities.default,
+    **options: Any,
+) -> PresenceServer:
     link = HubLinkConfig(
         bridge_id=bridge_id,
         instance_id=f"{bridge_id}-1",
         channels=["lobby"],
         backoff_initial=0.05,
         backoff_max=0.2,
+        capabilities=capabilities,
     )
     return PresenceServer(
         query_login,
@@ -384,3 +398,116 @@ async def test_the_deepest_legal_value_crosses_every_hop_one_level_more_stops_at
         assert counts == [Counter(), Counter()]  # no link was lost on the way
         for client in (watcher.client, deep.client, late.client):
             await client.close()
+
+
+# ------------------------------------------------------------------ batching
+
+
+async def test_frames_of_one_turn_cross_the_hub_in_one_message_each_hop() -> None:
+    """A's five broadcasts of one turn leave A in one message; the hub sends them on to a
+    batching bridge (a raw socket here, to see the messages) in one message, in order."""
+    async with HubServer(HubConfig(hub_id="h1", tokens=[TOKEN])) as hub:
+        hub_port = await hub.listen()
+        async with (
+            bridge(hub_port, "A") as a,
+            await RawClient.connect(hub_port, "/", f"Authorization: Bearer {TOKEN}\r\n") as raw,
+        ):
+            register = {
+                "bridgeId": "R",
+                "instanceId": "R",
+                "protocol": 1,
+                "capabilities": ["batch"],
+            }
+            await raw.send_frame(
+                0x81, json.dumps({"type": "REGISTER", "payload": register}).encode()
+            )
+            _, registered = await raw.frame()
+            assert json.loads(registered)["payload"]["capabilities"] == ["batch"]
+            subscriber = {
+                "userId": "bridge:R",
+                "sessionId": "bridge:R#lobby",
+                "channels": ["lobby"],
+            }
+            await raw.send_frame(0x81, json.dumps({"type": "JOIN", "payload": subscriber}).encode())
+            await wait_for(lambda: hub.hub.interests().get("R") == ("lobby",))
+            await wait_for(lambda: a.presence.hub_link_state is HubLinkState.REGISTERED)
+
+            arrived: list[str] = []
+            dispatch = hub.dispatch
+
+            def spy(event: Any) -> None:
+                if isinstance(event, BridgeFrameReceived) and event.bridge != raw_bridge:
+                    arrived.append(event.data)
+                dispatch(event)
+
+            raw_bridge = hub.hub.registered_bridges()["R"]
+            hub.dispatch = spy  # type: ignore[method-assign]
+            for n in range(5):
+                a.broadcast("/ws", "lobby", {"type": "m", "payload": n})
+            _, message = await raw.frame()
+            assert [text.count("\n") for text in arrived] == [4]  # one message from A
+            frames = [json.loads(line) for line in message.decode().split("\n")]
+            assert [f["payload"]["message"]["payload"] for f in frames] == [0, 1, 2, 3, 4]
+
+            a.broadcast("/ws", "lobby", {"type": "m", "payload": "alone"})  # light traffic
+            _, message = await raw.frame()
+            assert json.loads(message)["payload"]["message"]["payload"] == "alone"
+
+
+@pytest.mark.parametrize(
+    ("batch_frames", "capabilities_b"),
+    [(True, ("broadcast", "direct")), (False, HubLinkConfig.__attrs_attrs__.capabilities.default)],
+    ids=["old-bridge-new-hub", "new-bridge-old-hub"],
+)
+async def test_a_peer_without_batch_still_works_both_ways(
+    batch_frames: bool, capabilities_b: tuple[str, ...]
+) -> None:
+    config = HubConfig(hub_id="h1", tokens=[TOKEN], batch_frames=batch_frames)
+    async with HubServer(config) as hub:
+        hub_port = await hub.listen()
+        async with (
+            bridge(hub_port, "A") as a,
+            bridge(hub_port, "B", capabilities=capabilities_b) as b,
+        ):
+            url_a = f"ws://127.0.0.1:{await a.listen()}"
+            url_b = f"ws://127.0.0.1:{await b.listen()}"
+            await wait_for(
+                lambda: all(s.presence.hub_link_state is HubLinkState.REGISTERED for s in (a, b))
+            )
+            ann = await Client.connect(f"{url_a}/ws?user=ann&channels=lobby")
+            bob = await Client.connect(f"{url_b}/ws?user=bob&channels=lobby")
+            await wait_for(lambda: len(hub.hub.members()) == 2)
+            for sender, n in ((a, 0), (b, 1), (a, 2), (a, 3), (b, 4), (b, 5)):
+                sender.broadcast("/ws", "lobby", {"type": "m", "payload": n})
+            got_ann = [(await ann.recv_json())["payload"] for _ in range(6)]
+            got_bob = [(await bob.recv_json())["payload"] for _ in range(6)]
+            # Each sees its own server's at once and the other's through the hub, in order.
+            for got in (got_ann, got_bob):
+                assert sorted(got) == [0, 1, 2, 3, 4, 5]
+            assert [n for n in got_bob if n in (0, 2, 3)] == [0, 2, 3]
+            assert [n for n in got_ann if n in (1, 4, 5)] == [1, 4, 5]
+            b.direct_to_user("ann", {"type": "dm"})
+            a.direct_to_user("bob", {"type": "dm"})
+            assert await ann.recv_json() == {"type": "dm"}
+            assert await bob.recv_json() == {"type": "dm"}
+            assert await ann.silent()
+            assert await bob.silent()
+            for client in (ann, bob):
+                await client.close()
+
+
+async def test_largest_messages_of_one_turn_cross_in_separate_batches() -> None:
+    """Three of the largest legal messages and a small one in one turn: the batch bound
+    (the frame limit) sends each large frame in a message of its own, all arrive, in order,
+    and no link is lost."""
+    async with cluster() as (hub, [(a, _), (b, url_b)]):
+        counts = [count_link_events(a), count_link_events(b)]
+        there = await Client.connect(f"{url_b}/ws?user=there&channels=lobby", max_size=None)
+        await wait_for(lambda: len(hub.hub.members()) == 1)
+        largest = "x" * LARGEST_TEXT
+        for text in (largest, "small", largest, largest):
+            a.broadcast("/ws", "lobby", {"type": "m", "payload": text})
+        got = [(await there.recv_json())["payload"] for _ in range(4)]
+        assert got == [largest, "small", largest, largest]
+        assert counts == [Counter(), Counter()]
+        await there.close()

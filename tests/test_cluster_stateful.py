@@ -35,7 +35,7 @@ CHANNELS = st.lists(st.sampled_from(["room", "ops", "misc"]), max_size=2, unique
 class ClusterMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.sim = HubNetwork(SUBSCRIPTIONS)
+        self.sim = HubNetwork(SUBSCRIPTIONS, unbatched=("B",))  # batching and not, mixed
         self.sim.settle()
         # conn -> its bridge, ns, and identity while it holds one
         self.conns: dict[int, dict[str, Any]] = {}

@@ -155,7 +155,12 @@ def test_register_answers_registered_with_the_hub_epoch_and_interval() -> None:
     hub = new_hub(heartbeat_interval=7)
     actions = connect(hub, "A", "bridge-a")
     assert frames_to(actions) == {
-        "A": [{"type": "REGISTERED", "payload": {"hubId": "hub-1", "heartbeatInterval": 7.0}}]
+        "A": [
+            {
+                "type": "REGISTERED",
+                "payload": {"hubId": "hub-1", "heartbeatInterval": 7.0, "capabilities": ["batch"]},
+            }
+        ]
     }
     assert hub.registered_bridges() == {"bridge-a": "A"}
     assert hub.hub_id == "hub-1"

@@ -216,7 +216,7 @@ class LiveMachine(RuleBasedStateMachine):
 class HubLive(LiveMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.sim = HubNetwork(INTEREST, leave_grace=GRACE, presence_window=WINDOW)
+        self.sim = HubNetwork(INTEREST, leave_grace=GRACE, presence_window=WINDOW, unbatched=("C",))
         self.sim.settle()
 
     @property

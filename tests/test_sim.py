@@ -103,3 +103,24 @@ def test_a_silent_half_open_link_is_purged_by_the_hubs_heartbeat_timeout() -> No
         sim.tick()
     assert any(log.event == "hub.bridge.dead" for log in sim.hub_logs)
     assert "c1" not in {m[1] for m in sim.hub_members()}
+
+
+def test_batching_links_carry_several_frames_per_message_and_unbatched_ones_never() -> None:
+    sim = HubNetwork({"A": ("room",), "B": ("room",), "C": ("room",)}, unbatched=("C",))
+    sim.settle()
+    b = sim.open("B", "/ws")
+    c = sim.open("C", "/ws")
+    links = {link.bridge.bridge_id: link for link in sim.links.values() if link.bridge_open}
+    for link in links.values():
+        link.up.messages = link.up.batches = link.down.messages = link.down.batches = 0
+    for n in range(5):  # one turn: nothing travels until the queue runs
+        sim.bridges["A"].handle(
+            BroadcastRequested(ns="/ws", channel="room", message={"type": "m", "payload": n})
+        )
+    sim.run()
+    expected = [{"type": "m", "ns": "/ws", "payload": n} for n in range(5)]
+    assert sim.bridges["B"].inbox[b] == sim.bridges["C"].inbox[c] == expected
+    assert (links["A"].up.messages, links["A"].up.batches) == (1, 1)
+    assert (links["B"].down.messages, links["B"].down.batches) == (1, 1)
+    assert links["C"].down.messages == 5
+    assert links["C"].up.batches == links["C"].down.batches == 0

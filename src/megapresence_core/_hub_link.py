@@ -13,6 +13,12 @@ Timers: ``CONNECT`` bounds an attempt from ``ConnectHub`` to REGISTERED,
 ``SILENCE``), ``RETRY`` ends the backoff delay. Entering a state cancels the
 timers it does not allow, so no timer needs to ask which state it is in.
 
+Batching: when REGISTER and REGISTERED both name ``batch``, the frames after
+REGISTERED may share WebSocket messages both ways. :meth:`HubLink.split` cuts
+what arrives into frames (a message over the frame limit is refused whole), and
+every frame sent from then on says ``batch`` (the shim packs them). A new link
+starts unbatched.
+
 Without a configured hub, ``Presence`` holds :class:`NoHubLink`: sending is a
 no-op and the link's events are misuse.
 """
@@ -20,7 +26,7 @@ no-op and the link's events are misuse.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from typing import Final, final
 
 import attrs
@@ -38,6 +44,7 @@ from .config import HubLinkConfig
 from .errors import CloseCode, LocalUsageError, PeerError, over_limit, truncate_reason
 from .lifecycle import HUB_LINK, Backoff, HubLinkInput, HubLinkState, Machine, Timer, Timers
 from .wire import (
+    HUB_BATCH,
     HUB_PROTOCOL_VERSION,
     BroadcastFrame,
     DirectFrame,
@@ -49,6 +56,7 @@ from .wire import (
     RegisterFrame,
     decode_hub_frame,
     encode,
+    split_hub_batch,
     wire_name,
 )
 
@@ -88,6 +96,7 @@ class HubLink:
     __slots__ = (
         "_attempts",
         "_backoff",
+        "_batch",
         "_config",
         "_heartbeat_interval",
         "_hub_id",
@@ -115,6 +124,8 @@ class HubLink:
         self._heartbeat_interval = config.heartbeat_interval
         #: Failed attempts since the link last registered.
         self._attempts = 0
+        #: Both ends named ``batch`` and REGISTERED has arrived on this link.
+        self._batch = False
 
     @property
     def state(self) -> HubLinkState:
@@ -146,6 +157,16 @@ class HubLink:
             channels=config.channels,
         )
         return [SendHubFrame(data=encode(register))]
+
+    def split(self, data: str | bytes, now: float) -> tuple[list[Action], Sequence[str | bytes]]:
+        """The frames of one message (several once the link batches), and a warning if
+        the message is refused whole."""
+        if not self._batch:
+            return [], (data,)
+        try:
+            return [], split_hub_batch(data, max_bytes=self._max_frame_bytes)
+        except PeerError as exc:
+            return self._invalid(exc, now).actions, ()
 
     def receive(self, data: str | bytes, now: float) -> LinkReceipt:
         self._lifecycle.check(_I.INVALID)  # a frame at all, in this state: or misuse
@@ -186,6 +207,7 @@ class HubLink:
     def _registered(self, frame: HubFrame | PeerError, now: float) -> LinkReceipt:
         assert isinstance(frame, RegisteredFrame)
         previous, self._hub_id = self._hub_id, frame.hub_id
+        self._batch = HUB_BATCH in frame.capabilities and HUB_BATCH in self._config.capabilities
         self._heartbeat_interval = frame.heartbeat_interval
         self._timers.arm(Timer.HEARTBEAT, now + frame.heartbeat_interval)
         self._timers.arm(Timer.SILENCE, now + self._silence())
@@ -201,6 +223,7 @@ class HubLink:
 
     def lost(self, now: float, code: int | None, reason: str) -> list[Action]:
         effect = self._lifecycle.fire(_I.REFUSED if code == CloseCode.POLICY else _I.LOST)
+        self._batch = False  # a new link starts unbatched
         fields: dict[str, object] = {"code": code, "reason": reason}
         if effect == "retry":
             # One warning per outage: the loss itself, then each failed retry at debug.
@@ -219,7 +242,7 @@ class HubLink:
     def on_timer(self, kind: Timer, owner: Hashable, now: float) -> list[Action]:
         if kind is Timer.HEARTBEAT:
             self._timers.arm(Timer.HEARTBEAT, now + self._heartbeat_interval)
-            return [SendHubFrame(data=_HEARTBEAT_TEXT)]
+            return [SendHubFrame(data=_HEARTBEAT_TEXT, batch=self._batch)]
         if kind is Timer.RETRY:
             self._lifecycle.fire(_I.RETRY_DUE)
             return self._open_attempt(now)
@@ -281,7 +304,7 @@ class HubLink:
     def send_text(self, text: str) -> list[Action]:
         """The frame as an action if the link is registered, else nothing."""
         if self._lifecycle.fire(_I.SEND) == "send":
-            return [SendHubFrame(data=text)]
+            return [SendHubFrame(data=text, batch=self._batch)]
         return []
 
     def send(self, frame: HubFrame) -> list[Action]:
@@ -316,6 +339,9 @@ class NoHubLink:
 
     def connected(self, now: float) -> list[Action]:
         raise self._misuse("HubConnected")
+
+    def split(self, data: str | bytes, now: float) -> tuple[list[Action], Sequence[str | bytes]]:
+        return [], (data,)  # for receive() to refuse
 
     def receive(self, data: str | bytes, now: float) -> LinkReceipt:
         raise self._misuse("HubFrameReceived")

@@ -402,12 +402,15 @@ class Presence:
         return self._hub_link.lost(event.now, event.code, event.reason)
 
     def _on_hub_frame(self, event: HubFrameReceived) -> list[Action]:
-        receipt = self._hub_link.receive(event.data, event.now)
-        actions = receipt.actions
-        if receipt.registered:
-            actions += self._resync()
-        if receipt.frame is not None:
-            actions += _HUB_FRAME_HANDLERS[type(receipt.frame)](self, receipt.frame)
+        link = self._hub_link
+        actions, frames = link.split(event.data, event.now)
+        for data in frames:
+            receipt = link.receive(data, event.now)
+            actions += receipt.actions
+            if receipt.registered:
+                actions += self._resync()
+            if receipt.frame is not None:
+                actions += _HUB_FRAME_HANDLERS[type(receipt.frame)](self, receipt.frame)
         return actions
 
     def _on_cluster_connected(self, event: ClusterConnected) -> list[Action]:

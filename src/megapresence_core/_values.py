@@ -150,11 +150,8 @@ _decoder = json.JSONDecoder(
 )
 
 
-def decode_object(
-    data: str | bytes, *, max_bytes: int, what: str, max_depth: int = MAX_JSON_DEPTH
-) -> JsonObject:
-    """Decode one JSON object of at most ``max_bytes`` bytes nesting at most
-    ``max_depth`` deep, or raise ``PeerError``."""
+def check_size(data: str | bytes, *, max_bytes: int, what: str) -> None:
+    """Raise ``PeerError`` (``too_big``) if ``data`` is over ``max_bytes`` bytes of UTF-8."""
     size = len(data) if isinstance(data, bytes) else utf8_len(data)
     if size > max_bytes:
         raise PeerError(
@@ -163,6 +160,14 @@ def decode_object(
             close_code=CloseCode.MESSAGE_TOO_BIG,
             http_status=413,
         )
+
+
+def decode_object(
+    data: str | bytes, *, max_bytes: int, what: str, max_depth: int = MAX_JSON_DEPTH
+) -> JsonObject:
+    """Decode one JSON object of at most ``max_bytes`` bytes nesting at most
+    ``max_depth`` deep, or raise ``PeerError``."""
+    check_size(data, max_bytes=max_bytes, what=what)
     try:
         text = data.decode("utf-8") if isinstance(data, bytes) else data
         value = _decoder.decode(text)
@@ -241,7 +246,7 @@ def _short(text: str, limit: int = 40) -> str:
 @final
 @attrs.frozen(kw_only=True, repr=False)
 class Message:
-    """An application message ``{"type", "payload"?}``, JSON-encoded once, when built.
+    """An application message ``{"type", "payload"?}``, JSON-encoded once.
 
     ``payload_json`` is the payload's JSON text (``None`` when absent) and
     ``json`` the whole message's; every wire form (the client frame, the hub
@@ -249,22 +254,20 @@ class Message:
     payload again, so a broadcast's payload is encoded exactly once however
     many sockets, bridges and instances it reaches. ``size`` is ``json`` in
     UTF-8 bytes: what ``Limits.max_message_bytes`` counts.
+
+    A message the program builds is encoded when built, so a payload that is not
+    JSON fails there; one read from the wire (:meth:`decoded`) is encoded when
+    first needed, since the hub, which only routes it, never needs it.
     """
 
     type: str
     payload: Json | Absent = ABSENT
-    payload_json: str | None = attrs.field(init=False, eq=False)
-    json: str = attrs.field(init=False, eq=False)
-    size: int = attrs.field(init=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
         non_empty_str("Message", "type", self.type)
         try:
-            head = '{"type":' + dumps(self.type)
-            encoded = None if self.payload is ABSENT else dumps(self.payload)
-            text = head + "}" if encoded is None else f'{head},"payload":{encoded}}}'
-            # A lone surrogate cannot travel in UTF-8: encoding says so.
-            size = len(text) if text.isascii() else len(text.encode("utf-8"))
+            # A lone surrogate cannot travel in UTF-8: measuring says so.
+            self.size  # noqa: B018 - encodes now, so misuse fails here
         except (TypeError, ValueError) as exc:
             raise LocalUsageError(
                 f"Message: type and payload must be JSON-serializable text with finite "
@@ -272,11 +275,33 @@ class Message:
             ) from None
         except RecursionError:  # nested past the encoder's reach
             raise _nested_too_deep("Message: payload") from None
+        encoded = self.payload_json
         if encoded is not None and _too_deep(encoded, self.payload):
             raise _nested_too_deep("Message: payload")
-        object.__setattr__(self, "payload_json", encoded)
-        object.__setattr__(self, "json", text)
-        object.__setattr__(self, "size", size)
+
+    @classmethod
+    def decoded(cls, kind: str, payload: Json | Absent) -> Message:
+        """A message read by the strict decoder (a non-empty ``kind``, JSON that encodes
+        again), not encoded until its text is first needed."""
+        message = object.__new__(cls)
+        object.__setattr__(message, "type", kind)
+        object.__setattr__(message, "payload", payload)
+        return message
+
+    @functools.cached_property
+    def payload_json(self) -> str | None:
+        return None if self.payload is ABSENT else dumps(self.payload)
+
+    @functools.cached_property
+    def json(self) -> str:
+        head = '{"type":' + dumps(self.type)
+        encoded = self.payload_json
+        return head + "}" if encoded is None else f'{head},"payload":{encoded}}}'
+
+    @functools.cached_property
+    def size(self) -> int:
+        text = self.json
+        return len(text) if text.isascii() else len(text.encode("utf-8"))
 
     @classmethod
     def coerce(cls, value: Message | Mapping[str, Any]) -> Message:

@@ -98,8 +98,13 @@ class ConnectHub:
 @final
 @attrs.frozen(kw_only=True)
 class SendHubFrame:
-    """Send one encoded frame on the hub link."""
+    """Send one encoded frame on the hub link.
 
+    ``batch``: the link batches, so the frame may share one WebSocket message with
+    the frames sent after it in the same turn (joined by a line feed, up to the
+    frame limit in all, order kept); otherwise it travels alone, after them."""
+
+    batch: bool = False
     data: str = attrs.field(repr=short_text)
 
 
@@ -205,9 +210,11 @@ class RefuseBridge:
 @final
 @attrs.frozen(kw_only=True)
 class SendBridgeFrame:
-    """Send one encoded frame to each bridge in ``bridges``."""
+    """Send one encoded frame to each bridge in ``bridges``; ``batch`` as for
+    :class:`SendHubFrame` (every bridge of the action batches, or none does)."""
 
     bridges: tuple[Hashable, ...] = attrs.field(repr=short_conns)
+    batch: bool = False
     data: str = attrs.field(repr=short_text)
 
 

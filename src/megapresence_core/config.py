@@ -202,8 +202,10 @@ class HubLinkConfig:
     #: Channels this bridge follows without a member in them (REGISTER ``channels``):
     #: their broadcasts, publishes and rosters reach it, so their counts are known here.
     channels: tuple[str, ...] = attrs.field(default=(), converter=_channels)
+    #: Named in REGISTER; ``batch`` (several frames per WebSocket message) is used when
+    #: the hub names it too.
     capabilities: tuple[str, ...] = attrs.field(
-        default=("broadcast", "direct", "disconnect", "metadata"),
+        default=("broadcast", "direct", "disconnect", "metadata", "batch"),
         converter=_capabilities,
     )
     #: Used until REGISTERED says otherwise (the hub's value must lie within
@@ -344,6 +346,9 @@ class HubConfig:
     #: Channels one bridge may track without a member (REGISTER ``channels``);
     #: each is an index entry and a MEMBERS reply.
     max_interest_channels: int = attrs.field(default=1_000, validator=_positive)
+    #: Offer ``batch`` in REGISTERED: with a bridge that offers it too, several frames
+    #: travel in one WebSocket message each way (at most ``max_frame_bytes`` in all).
+    batch_frames: bool = True
 
     def __attrs_post_init__(self) -> None:
         if not self.tokens:

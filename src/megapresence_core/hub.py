@@ -30,6 +30,13 @@ what a closing bridge still says...). Timers (``REGISTER`` while awaiting
 REGISTER, ``HEARTBEAT`` and ``SILENCE`` while registered) live in one
 ``Timers`` keyed by bridge, and entering a state cancels those it does not allow.
 
+Batching: a bridge whose REGISTER names ``batch``, at a hub whose config
+offers it (``batch_frames``), gets REGISTERED naming it too, alone in its
+message; from then on what it sends is split into frames, each read as if it
+had arrived alone (the rate limit, strikes and limits count frames), and what
+it is sent says ``batch`` so the shim may pack it. A message over the frame
+limit is refused whole, with one strike.
+
 The session table (:class:`HubSessions`, in ``_hub_sessions``) keeps the
 indexes routing asks about.
 """
@@ -75,6 +82,7 @@ from .lifecycle import (
     Timers,
 )
 from .wire import (
+    HUB_BATCH,
     HUB_PROTOCOL_VERSION,
     SUPPORTED_HUB_PROTOCOLS,
     BroadcastFrame,
@@ -95,6 +103,8 @@ from .wire import (
     UnsubscribeFrame,
     decode_hub_frame,
     encode,
+    split_hub_batch,
+    unbroken_frame,
 )
 
 __all__ = ["Bridge", "Hub", "HubConfig", "HubMember", "HubSession", "HubSessions"]
@@ -125,6 +135,7 @@ class Bridge:
     __slots__ = (
         "allowance",
         "allowance_at",
+        "batch",
         "bridge",
         "bridge_id",
         "errors",
@@ -140,6 +151,8 @@ class Bridge:
         self.instance_id: str | None = None
         #: The hub protocol it registered with.
         self.protocol = 1
+        #: Both ends named ``batch``: frames from and to it may share a message.
+        self.batch = False
         self.errors = 0
         self.allowance = burst
         self.allowance_at = now
@@ -280,9 +293,7 @@ class Hub:
                 actions += self._close(record, CloseCode.GOING_AWAY, "bridge silent")
             else:  # Timer.REGISTER
                 actions += self._close(record, CloseCode.POLICY, "no REGISTER in time")
-        if beats:
-            actions.append(SendBridgeFrame(bridges=tuple(beats), data=_HEARTBEAT_TEXT))
-        return actions
+        return actions + self._route(beats, _HEARTBEAT_TEXT)
 
     def _silence(self) -> float:
         return self._config.heartbeat_interval * self._config.dead_after_intervals
@@ -299,13 +310,28 @@ class Hub:
 
     def _on_frame(self, event: BridgeFrameReceived) -> list[HubAction]:
         record = self._get(event.bridge, "BridgeFrameReceived")
+        if not record.batch:
+            return self._read(record, event.data, event.now)
+        try:
+            frames = split_hub_batch(event.data, max_bytes=self._config.max_frame_bytes)
+        except PeerError as exc:
+            if record.lifecycle.fire(_BI.ARRIVAL) == "ignore":
+                return []
+            return self._strike(record, exc.code, str(exc))
+        actions: list[HubAction] = []
+        for data in frames:
+            actions += self._read(record, data, event.now)
+        return actions
+
+    def _read(self, record: Bridge, data: str | bytes, now: float) -> list[HubAction]:
+        """One frame from ``record``, as if it had arrived alone."""
         if record.lifecycle.fire(_BI.ARRIVAL) == "ignore":
             return []  # it is on its way out; nothing it says counts any more
-        if not self._within_rate(record, event.now):
+        if not self._within_rate(record, now):
             return self._strike(record, "rate_limited", "over the frames-per-second limit")
-        self._timers.postpone(Timer.SILENCE, event.now + self._silence(), record.bridge)
+        self._timers.postpone(Timer.SILENCE, now + self._silence(), record.bridge)
         try:
-            frame = decode_hub_frame(event.data, max_bytes=self._config.max_frame_bytes)
+            frame = decode_hub_frame(data, max_bytes=self._config.max_frame_bytes)
         except PeerError as exc:
             return self._strike(record, exc.code, str(exc))
         if isinstance(frame, RegisterFrame):
@@ -313,10 +339,10 @@ class Hub:
             effect = record.lifecycle.fire(_BI.REGISTER if acceptable else _BI.BAD_REGISTER)
         else:
             effect = record.lifecycle.fire(_BI.FRAME)
-        return _FRAME_EFFECTS[effect](self, record, frame, event)
+        return _FRAME_EFFECTS[effect](self, record, frame, data, now)
 
     def _not_registered(
-        self, record: Bridge, frame: HubFrame, event: BridgeFrameReceived
+        self, record: Bridge, frame: HubFrame, data: str | bytes, now: float
     ) -> list[HubAction]:
         return self._fatal(record, "not_registered", "the first frame must be REGISTER")
 
@@ -337,7 +363,7 @@ class Hub:
         return None
 
     def _refuse_register(
-        self, record: Bridge, frame: HubFrame, event: BridgeFrameReceived
+        self, record: Bridge, frame: HubFrame, data: str | bytes, now: float
     ) -> list[HubAction]:
         assert isinstance(frame, RegisterFrame)
         problem = self._register_problem(frame)
@@ -345,26 +371,27 @@ class Hub:
         return self._fatal(record, *problem)
 
     def _second_register(
-        self, record: Bridge, frame: HubFrame, event: BridgeFrameReceived
+        self, record: Bridge, frame: HubFrame, data: str | bytes, now: float
     ) -> list[HubAction]:
         return self._fatal(record, "already_registered", "REGISTER sent twice on one link")
 
     def _dispatch(
-        self, record: Bridge, frame: HubFrame, event: BridgeFrameReceived
+        self, record: Bridge, frame: HubFrame, data: str | bytes, now: float
     ) -> list[HubAction]:
         # A routed frame travels on as it arrived: validated, within the frame limit,
-        # and never encoded again (unknown fields go along, for newer bridges).
-        data = event.data
-        text = data if isinstance(data, str) else data.decode("utf-8")
+        # and never encoded again (unknown fields go along, for newer bridges), but
+        # with any line feed (JSON whitespace) made a space, so it fits in a batch.
+        text = unbroken_frame(data if isinstance(data, str) else data.decode("utf-8"))
         return _FRAME_HANDLERS[type(frame)](self, record, frame, text)
 
     def _within_rate(self, record: Bridge, now: float) -> bool:
-        config = self._config
-        elapsed = max(0.0, now - record.allowance_at)
-        record.allowance = min(
-            config.frame_burst, record.allowance + elapsed * config.max_frames_per_second
-        )
-        record.allowance_at = now
+        elapsed = now - record.allowance_at
+        if elapsed > 0:  # the frames of one batch share their arrival: no refill between them
+            config = self._config
+            record.allowance = min(
+                config.frame_burst, record.allowance + elapsed * config.max_frames_per_second
+            )
+            record.allowance_at = now
         if record.allowance < 1.0:
             return False
         record.allowance -= 1.0
@@ -372,7 +399,7 @@ class Hub:
 
     def _error_frame(self, record: Bridge, code: str, message: str) -> SendBridgeFrame:
         text = encode(ErrorFrame(code=code, message=message[:200]))
-        return SendBridgeFrame(bridges=(record.bridge,), data=text)
+        return _send(record, text)
 
     def _strike(self, record: Bridge, code: str, message: str) -> list[HubAction]:
         record.errors += 1
@@ -400,7 +427,7 @@ class Hub:
         ]
 
     def _register(
-        self, record: Bridge, frame: HubFrame, event: BridgeFrameReceived
+        self, record: Bridge, frame: HubFrame, data: str | bytes, now: float
     ) -> list[HubAction]:
         assert isinstance(frame, RegisterFrame)
         config = self._config
@@ -426,26 +453,36 @@ class Hub:
         self._by_bridge_id[frame.bridge_id] = record
         for channel in frame.channels:
             self._sessions.add_interest(record.bridge, channel)
-        now = event.now
         self._timers.arm(Timer.HEARTBEAT, now + config.heartbeat_interval, record.bridge)
         self._timers.arm(Timer.SILENCE, now + self._silence(), record.bridge)
         registered = RegisteredFrame(
-            hub_id=config.hub_id, heartbeat_interval=config.heartbeat_interval
+            hub_id=config.hub_id,
+            heartbeat_interval=config.heartbeat_interval,
+            capabilities=(HUB_BATCH,) if config.batch_frames else (),
         )
-        actions.append(SendBridgeFrame(bridges=(record.bridge,), data=encode(registered)))
+        # REGISTERED travels alone: the bridge learns from it that the link batches.
+        actions.append(_send(record, encode(registered)))
+        record.batch = config.batch_frames and HUB_BATCH in frame.capabilities
         return actions + self._members_for(record, frame.channels)
 
     def _route(
         self, bridges: Iterable[Hashable], text: str, *, v2: bool = False
     ) -> list[HubAction]:
-        """``text`` to ``bridges``; a version 2 frame only to those that speak version 2."""
-        if v2:
-            known = self._bridges
-            bridges = [bridge for bridge in bridges if known[bridge].protocol >= 2]
-        targets = tuple(bridges)
-        if not targets:
-            return []
-        return [SendBridgeFrame(bridges=targets, data=text)]
+        """``text`` to ``bridges``; a version 2 frame only to those that speak version 2.
+        One action for the bridges that batch, one for those that do not."""
+        known = self._bridges
+        batched: list[Hashable] = []
+        alone: list[Hashable] = []
+        for bridge in bridges:
+            record = known[bridge]
+            if record.protocol >= 2 or not v2:
+                (batched if record.batch else alone).append(bridge)
+        actions: list[HubAction] = []
+        if batched:
+            actions.append(SendBridgeFrame(bridges=tuple(batched), data=text, batch=True))
+        if alone:
+            actions.append(SendBridgeFrame(bridges=tuple(alone), data=text))
+        return actions
 
     def _members_for(self, record: Bridge, channels: Iterable[str]) -> list[HubAction]:
         """MEMBERS frames of ``channels`` for a bridge that starts to track them: each
@@ -456,7 +493,7 @@ class Hub:
         for channel in channels:
             members = self._sessions.members_of(channel, besides=record.bridge)
             for text in self._members_frames(channel, members):
-                actions.append(SendBridgeFrame(bridges=(record.bridge,), data=text))
+                actions.append(_send(record, text))
         return actions
 
     def _members_frames(self, channel: str, members: list[Member]) -> list[str]:
@@ -688,7 +725,7 @@ _HANDLERS: Final[dict[type[Any], Callable[[Hub, Any], list[HubAction]]]] = {
 }
 
 _FRAME_EFFECTS: Final[
-    dict[str, Callable[[Hub, Bridge, HubFrame, BridgeFrameReceived], list[HubAction]]]
+    dict[str, Callable[[Hub, Bridge, HubFrame, str | bytes, float], list[HubAction]]]
 ] = {
     "registered": Hub._register,
     "refuse_register": Hub._refuse_register,
@@ -713,6 +750,11 @@ _FRAME_HANDLERS: Final[dict[type[Any], Callable[[Hub, Bridge, Any, str], list[Hu
     ErrorFrame: Hub._unexpected,
     MembersFrame: Hub._unexpected,
 }
+
+
+def _send(record: Bridge, text: str) -> SendBridgeFrame:
+    """``text`` to the one bridge of ``record``."""
+    return SendBridgeFrame(bridges=(record.bridge,), data=text, batch=record.batch)
 
 
 def _subscriber_channel(record: Bridge, frame: JoinFrame) -> str | None:

@@ -15,7 +15,9 @@ fields are ignored, so a newer peer may add optional ones.
 
 from __future__ import annotations
 
-from .._values import ABSENT, Json, JsonObject, RemoteMember, Sender
+from collections.abc import Sequence
+
+from .._values import ABSENT, Json, JsonObject, RemoteMember, Sender, check_size
 from ._client import (
     COMMAND_OPS,
     MAX_CLIENT_COMMAND_BYTES,
@@ -42,6 +44,8 @@ from ._frames import (
     CLUSTER_KINDS,
     CLUSTER_PROTOCOL_VERSION,
     FRAME_TYPES,
+    HUB_BATCH,
+    HUB_BATCH_SEPARATOR,
     HUB_DIALECT,
     HUB_PROTOCOL_VERSION,
     MAX_HEARTBEAT_INTERVAL,
@@ -101,6 +105,8 @@ __all__ = [
     "CLUSTER_PROTOCOL_VERSION",
     "COMMAND_OPS",
     "FRAME_TYPES",
+    "HUB_BATCH",
+    "HUB_BATCH_SEPARATOR",
     "HUB_PROTOCOL_VERSION",
     "MAX_CLIENT_COMMAND_BYTES",
     "MAX_HEARTBEAT_INTERVAL",
@@ -170,6 +176,8 @@ __all__ = [
     "error_reply",
     "roster_reply",
     "session_json",
+    "split_hub_batch",
+    "unbroken_frame",
     "user_json",
     "wire_name",
 ]
@@ -185,3 +193,18 @@ def decode_cluster_message(data: str | bytes, *, max_bytes: int) -> ClusterMessa
     """Parse and validate one cluster message, or raise ``PeerError`` naming the fault."""
     message: ClusterMessage = decode(CLUSTER_DIALECT, data, max_bytes=max_bytes)
     return message
+
+
+def split_hub_batch(data: str | bytes, *, max_bytes: int) -> Sequence[str | bytes]:
+    """The frames of one message on a batching link, in order, or ``PeerError`` if the
+    message is over ``max_bytes``: a batch is no larger than one frame may be."""
+    check_size(data, max_bytes=max_bytes, what="hub batch")
+    if isinstance(data, bytes):
+        return data.split(HUB_BATCH_SEPARATOR.encode())
+    return data.split(HUB_BATCH_SEPARATOR)
+
+
+def unbroken_frame(text: str) -> str:
+    """``text`` fit to travel in a batch: a valid frame's line feed can only be JSON
+    whitespace (a string holds it escaped), so a space means the same."""
+    return text.replace(HUB_BATCH_SEPARATOR, " ") if HUB_BATCH_SEPARATOR in text else text

@@ -111,7 +111,7 @@ def check_message(value: Any) -> Message:
     if not isinstance(kind, str) or not kind:
         raise ValueError("must have a non-empty string 'type'")
     # Decoded JSON always re-encodes (the decoder refuses what UTF-8 cannot carry).
-    return Message(type=kind, payload=value.get("payload", ABSENT))
+    return Message.decoded(kind, value.get("payload", ABSENT))
 
 
 #: The default of a field that must be present.

@@ -6,6 +6,13 @@ bridge and the hub. Version 2 adds REGISTER ``channels`` (interest without a
 member), SUBSCRIBE, UNSUBSCRIBE, PUBLISH and MEMBERS (never sent to a
 version 1 bridge).
 
+Batching is a capability, not a version: a link whose REGISTER and REGISTERED
+both name ``batch`` may carry several frames in one WebSocket message after
+REGISTERED (which travels alone), joined by a line feed. Compact JSON never
+holds one (a line feed is only ever JSON whitespace, so a frame that holds one
+travels with it replaced by a space), so splitting needs no parsing; every frame
+keeps its own limit, and a whole batch is no larger than one frame may be.
+
 Cluster protocol (version 1), between instances of one app over NATS: one
 JSON object ``{"v": 1, "kind": K, "from": instanceId, "epoch": bootEpoch,
 ...}``. ``from`` lets the sender skip its own echo; ``epoch`` tells a
@@ -65,6 +72,8 @@ __all__ = [
     "CLUSTER_KINDS",
     "CLUSTER_PROTOCOL_VERSION",
     "FRAME_TYPES",
+    "HUB_BATCH",
+    "HUB_BATCH_SEPARATOR",
     "HUB_DIALECT",
     "HUB_PROTOCOL_VERSION",
     "SUPPORTED_HUB_PROTOCOLS",
@@ -101,6 +110,10 @@ __all__ = [
 HUB_PROTOCOL_VERSION: Final = 2
 #: The protocols a hub of this release accepts.
 SUPPORTED_HUB_PROTOCOLS: Final = frozenset({1, 2})
+#: The capability (REGISTER and REGISTERED ``capabilities``) of a link end that reads
+#: several frames in one message, joined by :data:`HUB_BATCH_SEPARATOR`.
+HUB_BATCH: Final = "batch"
+HUB_BATCH_SEPARATOR: Final = "\n"
 CLUSTER_PROTOCOL_VERSION: Final = 1
 
 # ---------------------------------------------------------------- hub frames
@@ -122,6 +135,8 @@ class RegisterFrame:
 class RegisteredFrame:
     hub_id: str
     heartbeat_interval: float
+    #: What the hub can do beyond its protocol (``batch``); old bridges ignore it.
+    capabilities: tuple[str, ...] = ()
 
 
 @final
@@ -332,6 +347,7 @@ register(
     RegisteredFrame,
     Field("hubId", "hub_id", check_name),
     Field("heartbeatInterval", "heartbeat_interval", _interval),
+    Field("capabilities", "capabilities", check_names, ()),
 )
 register(
     _H,

@@ -40,6 +40,7 @@ from megapresence_core import CloseCode, Event, LocalUsageError
 from megapresence_core.events import HubConnected, HubFrameReceived, HubLost
 
 from ._config import SocketLimits
+from ._hub_batch import FrameBatch
 from ._session import WebSocketSession
 from ._tls import client_context
 from ._transport import SocketTransport, Spawn, StreamTransport, Transport
@@ -162,6 +163,8 @@ class HubClient:
         self._spawn = spawn
         self._limits = limits
         self._session: WebSocketSession | None = None
+        #: Frames marked ``batch`` in this turn (set with the session).
+        self._batch: FrameBatch | None = None
         self._attempt: anyio.CancelScope | None = None
 
     @property
@@ -172,12 +175,19 @@ class HubClient:
     def connect(self) -> None:
         self._spawn(self._run)
 
-    def send(self, data: str) -> None:
-        if self._session is not None:
+    def send(self, data: str, *, batch: bool = False) -> None:
+        """Send a frame now, or (``batch``) with the others of this turn."""
+        if self._session is None or self._batch is None:
+            return
+        if batch:
+            self._batch.add(data)
+        else:
+            self._batch.flush()  # what this turn held goes first
             self._session.send_text(data, anyio.current_time())
 
     def close(self, code: int, reason: str) -> None:
-        if self._session is not None:
+        if self._session is not None and self._batch is not None:
+            self._batch.flush()
             self._session.close(code, reason, anyio.current_time())
         elif self._attempt is not None:
             self._attempt.cancel()  # still connecting: give up on this attempt
@@ -241,7 +251,7 @@ class HubClient:
                     with anyio.CancelScope(shield=True):
                         await transport.drain_and_close(self._limits.close_timeout)
         self._attempt = None
-        self._session = None
+        self._session = self._batch = None
         with anyio.CancelScope(shield=True):
             try:
                 self._dispatch(HubLost(now=anyio.current_time(), code=code, reason=reason))
@@ -272,6 +282,11 @@ class HubClient:
     async def _run_session(self, transport: Transport, ws: Connection) -> tuple[int | None, str]:
         session = WebSocketSession(transport, ws, self._limits, anyio.current_time())
         self._session = session
+        self._batch = FrameBatch(
+            lambda text: session.send_text(text, anyio.current_time()),
+            self._limits.max_message_bytes,
+            self._spawn,
+        )
         self.faulted = False
         self._dispatch(HubConnected(now=anyio.current_time()))
         await session.run(

@@ -27,6 +27,7 @@ from megapresence_core.events import BridgeClosed, BridgeConnecting, BridgeFrame
 from ._config import DEFAULT_HUB_LIMITS, SocketLimits
 from ._guard import Admission, Background, Guard, read_upgrade
 from ._http import HandshakeRequest, server_connection, write_upgrade
+from ._hub_batch import FrameBatch
 from ._listener import accept_forever, open_listener
 from ._logging import log_action
 from ._ops import (
@@ -37,11 +38,11 @@ from ._ops import (
     Readiness,
     respond_with,
 )
-from ._session import WebSocketSession, text_frame
+from ._session import WebSocketSession, text_frame, utf8_len
 from ._stats import Metric, Stats, gauge
 from ._ticker import Ticker
 from ._tls import TlsServerStream
-from ._transport import SocketTransport, StreamTransport, Transport
+from ._transport import SocketTransport, Spawn, StreamTransport, Transport
 
 __all__ = ["HubServer"]
 
@@ -50,12 +51,22 @@ __all__ = ["HubServer"]
 class _BridgeSocket:
     """One bridge connection: the core's id for it, and what the shim needs to answer."""
 
-    __slots__ = ("session", "verdict")
+    __slots__ = ("batch", "session", "verdict")
 
     def __init__(self) -> None:
         #: Set at the upgrade, in the same step as the core's AcceptBridge.
         self.session: WebSocketSession | None = None
+        #: Frames marked ``batch`` for this bridge in this turn (set with the session).
+        self.batch: FrameBatch | None = None
         self.verdict: AcceptBridge | RefuseBridge | None = None
+
+    def open(self, session: WebSocketSession, max_bytes: int, spawn: Spawn) -> None:
+        self.session = session
+        self.batch = FrameBatch(self._send_batch, max_bytes, spawn)
+
+    def _send_batch(self, text: str) -> None:
+        assert self.session is not None
+        self.session.send_frame(text_frame(text.encode("utf-8")), anyio.current_time())
 
 
 @final
@@ -235,9 +246,10 @@ class HubServer:
         self._bridges.add(bridge)
         self._admission.upgrade(guard)
         write_upgrade(guard.transport, request)
-        bridge.session = guard.session = WebSocketSession(
+        guard.session = session = WebSocketSession(
             guard.transport, server_connection(trailing), self._bridge_limits, anyio.current_time()
         )
+        bridge.open(session, self._bridge_limits.max_message_bytes, self._background.spawn)
         return bridge
 
     def _answer_http(self, guard: Guard[Transport], request: HandshakeRequest) -> None:
@@ -274,18 +286,27 @@ class HubServer:
         action.bridge.verdict = action  # type: ignore[attr-defined]
 
     def _send(self, action: SendBridgeFrame) -> None:
-        frame = text_frame(action.data.encode("utf-8"))
+        bridges: tuple[_BridgeSocket, ...] = action.bridges  # type: ignore[assignment]
+        if action.batch:
+            self._stats.delivered(len(bridges), utf8_len(action.data))
+            for bridge in bridges:
+                if bridge.batch is not None:
+                    bridge.batch.add(action.data)
+            return
+        data = action.data.encode("utf-8")
+        self._stats.delivered(len(bridges), len(data))
+        frame = text_frame(data)
         now = anyio.current_time()
-        self._stats.delivered(len(action.bridges), len(frame))
-        for bridge in action.bridges:
-            session = bridge.session  # type: ignore[attr-defined]
-            if session is not None:
-                session.send_frame(frame, now)
+        for bridge in bridges:
+            if bridge.session is not None and bridge.batch is not None:
+                bridge.batch.flush()  # what this turn held for it goes first
+                bridge.session.send_frame(frame, now)
 
     def _close(self, action: CloseBridge) -> None:
-        session = action.bridge.session  # type: ignore[attr-defined]
-        if session is not None:
-            session.close(action.code, action.reason, anyio.current_time())
+        bridge: _BridgeSocket = action.bridge  # type: ignore[assignment]
+        if bridge.session is not None and bridge.batch is not None:
+            bridge.batch.flush()  # an ERROR frame before the close says why
+            bridge.session.close(action.code, action.reason, anyio.current_time())
 
     # ------------------------------------------------------------- health
 

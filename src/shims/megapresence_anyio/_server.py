@@ -765,7 +765,7 @@ class PresenceServer:
 
     def _send_hub_frame(self, action: SendHubFrame) -> None:
         assert self._hub is not None
-        self._hub.send(action.data)
+        self._hub.send(action.data, batch=action.batch)
 
     def _close_hub_link(self, action: CloseHubLink) -> None:
         assert self._hub is not None
