@@ -218,7 +218,9 @@ async def test_hub_drain_closes_with_4503_and_bridges_come_back_to_a_new_hub() -
 
 async def test_a_healthy_link_outlives_many_handshake_timeouts_with_traffic_both_ways() -> None:
     timeout = 0.2  # the upgrade's bound, not the link's
-    hub_config = HubConfig(hub_id="h1", tokens=[TOKEN], heartbeat_interval=0.05)
+    hub_config = HubConfig(
+        hub_id="h1", tokens=[TOKEN], heartbeat_interval=0.1
+    )  # dead after 0.3 s silent
     limits = SocketLimits(handshake_timeout=timeout)
     async with cluster(hub_config, limits=limits) as (_, [(a, url_a), (b, url_b)]):
         counts = [count_link_events(a), count_link_events(b)]
