@@ -1,8 +1,9 @@
 """The load side of the benchmarks: raw sockets on one selector loop, the same for every system.
 
-    fanout --port P --clients N --messages M [--socketio]
+    fanout --port P --clients N --messages M [--socketio] [--sentinel TEXT]
         open N WebSockets, print CONNECTED, then count bytes until every client has
-        all M broadcasts; print DONE <monotonic time of the last byte>.
+        all M broadcasts (or, with --sentinel, until every client's stream ends
+        with TEXT and the frame's end); print DONE <monotonic time of the last byte>.
     churn --port P --seconds S --concurrency C
         open, upgrade and close sockets in C parallel lanes for S seconds; print CYCLES <n>.
     hub --port P --token T --frames M
@@ -128,6 +129,9 @@ def fanout(args: argparse.Namespace) -> None:
     expected: int | None = None
     first = b""
     deadline = time.monotonic() + args.timeout
+    if args.sentinel:
+        until_sentinel(selector, len(clients), args.sentinel.encode() + b'"}', deadline)
+        return
     while expected is None or received < expected:
         if time.monotonic() > deadline:
             print("PARTIAL", received, expected, flush=True)
@@ -149,6 +153,30 @@ def fanout(args: argparse.Namespace) -> None:
                 length = frame_length(first)
                 if length is not None:
                     expected = length * args.clients * args.messages
+    print("DONE", time.monotonic(), flush=True)
+
+
+def until_sentinel(
+    selector: selectors.BaseSelector, count: int, ending: bytes, deadline: float
+) -> None:
+    """Read every socket until its stream ends with ``ending`` (frames vary in size)."""
+    tails: dict[int, bytes] = {}
+    done = 0
+    while done < count:
+        if time.monotonic() > deadline:
+            print("PARTIAL", done, count, flush=True)
+            return
+        for key, _ in selector.select(timeout=1):
+            sock = key.fileobj
+            data = sock.recv(1 << 20)  # type: ignore[union-attr]
+            if not data:
+                print("CLOSED", flush=True)
+                return
+            tail = (tails.get(key.fd, b"") + data)[-len(ending) :]
+            tails[key.fd] = tail
+            if tail == ending:
+                done += 1
+                selector.unregister(sock)
     print("DONE", time.monotonic(), flush=True)
 
 
@@ -268,6 +296,7 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=0)
     parser.add_argument("--socketio", action="store_true")
     parser.add_argument("--tls", action="store_true")
+    parser.add_argument("--sentinel", default="")
     parser.add_argument("--timeout", type=float, default=120)
     parser.add_argument("--seconds", type=float, default=3)
     parser.add_argument("--concurrency", type=int, default=32)

@@ -8,6 +8,14 @@ of 100 bytes to all of them as fast as the system allows; on ``STOP`` it prints
 ``CPU <seconds of process CPU since GO>`` and exits. ``ops`` (megapresence
 only) times direct messages and broadcasts with an except list instead.
 
+``--burst K`` makes each turn of the event loop K broadcasts back to back (M
+in all). ``--mode storm`` (megapresence and websockets): every client watches
+channel ``c`` (mode users, window 0: every change is a diff at once), and each
+turn makes K/2 metadata updates (a diff to every watcher each) and K/2
+messages published to ``c``; websockets broadcasts the same kinds of JSON. A
+storm ends with a sentinel message (``SENTINEL``), and the server prints
+``DELIVERIES <n>`` before ``CPU``.
+
 Systems: megapresence-asyncio, megapresence-uvloop, megapresence-trio,
 websockets (its broadcast()), socketio (python-socketio emit to a room, aiohttp),
 bare-asyncio and bare-trio (wsproto handshakes, then one frame written to each
@@ -32,6 +40,8 @@ from typing import Any
 
 PAYLOAD_BYTES = 100
 PATH = "/ws/bench"
+#: The last message of a storm: the load client stops when every socket has it.
+SENTINEL = "END-OF-RUN"
 
 
 def rss_kib() -> int:
@@ -55,18 +65,36 @@ async def measure(
     args: argparse.Namespace,
     readline: Callable[[], Awaitable[str]],
     broadcast_once: Callable[[], Awaitable[None]],
+    finish: Callable[[], None] | None = None,
 ) -> None:
-    """The protocol every system follows once its N clients are connected."""
+    """The protocol every system follows once its N clients are connected; ``finish``
+    sends a storm's sentinel."""
     say("CONNECTED", rss_kib())
     await readline()
     if args.mode == "serve":
         return
     cpu = cpu_seconds()
     say("START", time.monotonic())
-    for _ in range(args.messages):
+    for _ in range(args.messages // args.burst):
         await broadcast_once()
+    if finish is not None:
+        finish()
     await readline()
     say("CPU", cpu_seconds() - cpu)
+
+
+def storm_texts(step: int, half: int) -> list[str]:
+    """What websockets broadcasts in a storm turn: the JSON a presence diff and a
+    channel message of the same shapes as megapresence's, encoded per message."""
+    import json
+
+    texts = []
+    for k in range(half):
+        member = {"sessionId": f"s{k}", "userId": f"u{k}", "metadata": {"n": step}}
+        diff = {"type": "presence_diff", "channel": "c", "version": step * half + k}
+        texts.append(json.dumps({**diff, "joins": [], "leaves": [], "updates": [member]}))
+        texts.append(json.dumps({"type": "m", "channel": "c", "payload": "x" * 60}))
+    return texts
 
 
 def text_of_size(prefix: str, suffix: str) -> str:
@@ -81,7 +109,8 @@ async def megapresence(args: argparse.Namespace, readline: Callable[[], Awaitabl
     import anyio
 
     from megapresence_anyio import Identity, PresenceServer, SocketLimits
-    from megapresence_core import Message
+    from megapresence_core import Message, PresenceConfig
+    from megapresence_core.events import PublishRequested, Subscribe
 
     # Every client of the load process comes from 127.0.0.1: the per-address caps
     # (made for clients on their own addresses) would refuse most of them.
@@ -99,7 +128,8 @@ async def megapresence(args: argparse.Namespace, readline: Callable[[], Awaitabl
         from megapresence_anyio._stats import Stats
 
         Stats.delivered = lambda self, targets, size: None  # type: ignore[method-assign]
-    async with PresenceServer(login, paths=None, limits=limits) as server:
+    presence = PresenceConfig(presence_window=0) if args.mode == "storm" else None
+    async with PresenceServer(login, paths=None, limits=limits, presence=presence) as server:
         if args.system == "megapresence-asgi":
             port = await asgi_listen(server)
         elif args.system == "megapresence-tls":
@@ -114,12 +144,41 @@ async def megapresence(args: argparse.Namespace, readline: Callable[[], Awaitabl
             await readline()
             await operations(server, args)
             return
+        burst = args.burst
 
         async def broadcast_once() -> None:
-            server.broadcast(PATH, "c", message)
+            for _ in range(burst):
+                server.broadcast(PATH, "c", message)
             await anyio.sleep(0)
 
-        await measure(args, readline, broadcast_once)
+        if args.mode != "storm":
+            await measure(args, readline, broadcast_once)
+            return
+        clients = sorted(server.clients, key=lambda c: int(c.user_id[1:]))
+        for client in clients:
+            server.dispatch(Subscribe(conn=client, channel="c", mode="users", now=0.0))
+        while any(client.session.transport.queued for client in clients):  # the snapshots
+            await anyio.sleep(0.05)
+        await anyio.sleep(0.5)
+        delivered = server.stats.deliveries
+        half, step = burst // 2, 0
+        published = Message(type="m", payload="x" * 60)
+
+        async def storm_once() -> None:
+            nonlocal step
+            step += 1
+            for k in range(half):
+                server.update_metadata(f"s{k}", {"n": step})
+                server.dispatch(PublishRequested(channel="c", message=published))
+            await anyio.sleep(0)
+
+        await measure(
+            args,
+            readline,
+            storm_once,
+            lambda: server.broadcast(PATH, "c", Message(type="end", payload=SENTINEL)),
+        )
+        say("DELIVERIES", server.stats.deliveries - delivered)
 
 
 async def asgi_listen(server: Any) -> int:
@@ -199,11 +258,33 @@ async def websockets_server(
         while len(connections) < args.clients:
             await asyncio.sleep(0.01)
 
+        burst = args.burst
+
         async def broadcast_once() -> None:
-            broadcast(connections, message)
+            for _ in range(burst):
+                broadcast(connections, message)
             await asyncio.sleep(0)
 
-        await measure(args, readline, broadcast_once)
+        if args.mode != "storm":
+            await measure(args, readline, broadcast_once)
+            return
+        step = 0
+
+        async def storm_once() -> None:
+            nonlocal step
+            step += 1
+            for text in storm_texts(step, burst // 2):
+                broadcast(connections, text)
+            await asyncio.sleep(0)
+
+        await measure(
+            args,
+            readline,
+            storm_once,
+            lambda: broadcast(connections, '{"type":"end","payload":"' + SENTINEL + '"}'),
+        )
+        turns = args.messages // burst
+        say("DELIVERIES", len(connections) * (turns * 2 * (burst // 2) + 1))
 
 
 # --------------------------------------------------------------------- socket.io
@@ -383,9 +464,10 @@ def main() -> None:
     parser.add_argument("system")
     parser.add_argument("--clients", type=int, default=0)
     parser.add_argument("--messages", type=int, default=0)
+    parser.add_argument("--burst", type=int, default=1, help="broadcasts per turn of the loop")
     parser.add_argument(
         "--mode",
-        choices=["fanout", "ops", "serve"],
+        choices=["fanout", "ops", "serve", "storm"],
         default="fanout",
         help="serve: accept connections until a line arrives (churn)",
     )

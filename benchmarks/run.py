@@ -40,6 +40,12 @@ FANOUT_SYSTEMS = (
     "bare-trio",
 )
 CHURN_SYSTEMS = ("megapresence-asyncio", "megapresence-trio", "websockets")
+#: Bursts (10 broadcasts per turn of the loop) and the presence storm: against websockets.
+BURST_SYSTEMS = ("megapresence-asyncio", "megapresence-uvloop", "megapresence-trio", "websockets")
+BURST = 10
+BURST_SIZES = (1000, 5000)
+#: Every watcher gets the snapshot of all N members first: N² bytes of setup.
+STORM_SIZES = (1000,)
 #: The encode-once ceiling each system is compared with, by event loop.
 CEILING = {
     "megapresence-asyncio": "bare-asyncio",
@@ -92,12 +98,18 @@ class Process:
                 stream.close()
 
 
-def fanout_once(system: str, clients: int, messages: int) -> dict[str, float]:
+def fanout_once(
+    system: str, clients: int, messages: int, burst: int = 1, storm: bool = False
+) -> dict[str, float]:
+    """One fan-out run: single broadcasts, bursts of ``burst`` per turn, or a storm."""
+    options = ["--burst", str(burst)] + (["--mode", "storm"] if storm else [])
     with Process(
-        "bench_server.py", system, "--clients", str(clients), "--messages", str(messages)
+        "bench_server.py", system, "--clients", str(clients), "--messages", str(messages), *options
     ) as server:
         port, base_rss = server.expect("READY")
         extra = {"socketio": ["--socketio"], "megapresence-tls": ["--tls"]}.get(system, [])
+        if storm:
+            extra = ["--sentinel", "END-OF-RUN"]
         with Process(
             "bench_client.py",
             "fanout",
@@ -110,14 +122,14 @@ def fanout_once(system: str, clients: int, messages: int) -> dict[str, float]:
             *extra,
         ) as client:
             client.expect("CONNECTED")
-            (rss,) = server.expect("CONNECTED")
+            (rss,) = server.expect("CONNECTED", timeout=600)
             time.sleep(0.5)  # let both sides go idle
             server.send("GO")
             (start,) = server.expect("START")
-            (done,) = client.expect("DONE")
+            (done,) = client.expect("DONE", timeout=600)
             server.send("STOP")
             (cpu,) = server.expect("CPU")
-    deliveries = clients * messages
+            deliveries = int(server.expect("DELIVERIES")[0]) if storm else clients * messages
     return {
         "deliveries_per_s": deliveries / (float(done) - float(start)),
         "cpu_us_per_delivery": float(cpu) / deliveries * 1e6,
@@ -258,6 +270,36 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(f"| {n} | failed | failed |")
         else:
             lines.append(f"| {n} | {fmt(stat['direct_us'], 2)} | {fmt(stat['except_us'], 0)} |")
+    for key, title in (
+        ("burst", f"### Bursts: {BURST} broadcasts of 100 bytes back to back, to N clients"),
+        (
+            "storm",
+            f"### Presence storm: N watchers of a channel, each turn {BURST // 2} presence diffs "
+            f"and {BURST // 2} channel messages",
+        ),
+    ):
+        lines += [
+            "",
+            title,
+            "",
+            "| N | system | deliveries/s | x websockets | server CPU µs/delivery |",
+            "|---:|---|---:|---:|---:|",
+        ]
+        for n, by_system in results.get(key, {}).items():
+            base = by_system.get("websockets")
+            for system, stat in by_system.items():
+                if stat is None:
+                    lines.append(f"| {n} | {system} | failed | | |")
+                    continue
+                ratio = (
+                    stat["deliveries_per_s"]["median"] / base["deliveries_per_s"]["median"]
+                    if base
+                    else float("nan")
+                )
+                lines.append(
+                    f"| {n} | {system} | {fmt(stat['deliveries_per_s'])} | {ratio:.2f} | "
+                    f"{fmt(stat['cpu_us_per_delivery'], 2)} |"
+                )
     lines += [
         "",
         "### Churn: connect, upgrade, join, close (32 lanes)",
@@ -355,6 +397,25 @@ def main() -> int:
             for system in FANOUT_SYSTEMS
         }
         results["ops"][n] = repeat(f"ops N={n}", args.runs, lambda n=n: ops_once(n))
+    for key, storm, burst_sizes in (
+        ("burst", False, BURST_SIZES),
+        ("storm", True, STORM_SIZES),
+    ):
+        results[key] = {}
+        for n in [n for n in burst_sizes if n in sizes] or sizes[-1:]:
+            messages = max(BURST, deliveries // n // BURST * BURST)
+            print(f"{key} N={n}, {messages} messages", flush=True)
+            results[key][n] = {
+                system: repeat(
+                    system,
+                    args.runs,
+                    lambda system=system, n=n, messages=messages, storm=storm: fanout_once(
+                        system, n, messages, BURST, storm
+                    ),
+                )
+                for system in BURST_SYSTEMS
+                if not (storm and system == "megapresence-uvloop")
+            }
     print("churn", flush=True)
     results["churn"] = {
         system: repeat(system, args.runs, lambda system=system: churn_once(system, 3.0))

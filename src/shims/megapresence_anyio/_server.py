@@ -95,7 +95,7 @@ from ._session import Session, WebSocketSession, text_frame
 from ._stats import Metric, Stats, counter, gauge, state_gauge
 from ._ticker import Ticker
 from ._tls import TlsServerStream
-from ._transport import SocketTransport, StreamTransport, Transport
+from ._transport import Coalescer, SocketTransport, StreamTransport, Transport
 
 __all__ = ["Client", "Identity", "PresenceServer", "Refusal"]
 
@@ -272,6 +272,8 @@ class PresenceServer:
         self._admission = Admission(limits, self._stats)
         self._background = Background(self._stats, self._group)
         self._task_group: anyio.abc.TaskGroup | None = None
+        #: Sends each socket's writes of one turn of the event loop in one ``send()``.
+        self._coalescer: Coalescer | None = None
         #: On asyncio, the connections' tasks (see _spawn_connection); None on trio.
         self._connection_tasks: set[asyncio.Task[Any]] | None = None
         self._hub = (
@@ -326,6 +328,7 @@ class PresenceServer:
                 raise
         if sniffio.current_async_library() == "asyncio":
             self._connection_tasks = set()
+        self._coalescer = Coalescer()
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
         self._background.service("ticker", self._ticker.run)
@@ -455,7 +458,10 @@ class PresenceServer:
 
     def _on_accept(self, sock: socket.socket, remote: tuple[str, int] | None) -> None:
         transport = SocketTransport(
-            sock, spawn=self._background.spawn, max_buffer=self._limits.max_send_buffer
+            sock,
+            spawn=self._background.spawn,
+            max_buffer=self._limits.max_send_buffer,
+            coalescer=self._coalescer,
         )
         guard: Guard[Transport] = Guard(transport, remote)
         self._spawn_connection(self._serve, guard, self._admission.begin(guard), self._handshake)
