@@ -6,10 +6,11 @@ a peer can send maps to a status here: h11's errors carry their own hint, a
 target h11 accepts but we cannot route (``GET //[x``, ``*``, ``host:443``) is
 400, and so is a header that must appear once and appears twice.
 
-megapresence does not offer permessage-deflate: wsproto would inflate a
-compressed message without any bound (a 200 KB frame became 200 MiB when this
-was measured), and presence traffic is small. A client that offers it simply
-gets an uncompressed connection.
+permessage-deflate is accepted only when ``SocketLimits.permessage_deflate``
+is on, and then with megapresence's own bounded inflate (``_deflate.py``):
+wsproto's extension inflates without any bound (a 200 KB frame became 200 MiB
+when this was measured). Otherwise a client that offers it simply gets an
+uncompressed connection.
 """
 
 from __future__ import annotations
@@ -25,13 +26,16 @@ from urllib.parse import parse_qsl, urlsplit
 import attrs
 import h11
 from wsproto.connection import Connection, ConnectionType
+from wsproto.extensions import Extension
 from wsproto.utilities import generate_accept_token
 
+from ._deflate import BoundedInflate, Deflate
 from ._transport import Outlet, Transport
 
 __all__ = [
     "HandshakeRequest",
     "RequestReader",
+    "extension_offers",
     "read_request",
     "reason_phrase",
     "respond",
@@ -268,17 +272,38 @@ def upgrade_refusal(request: HandshakeRequest) -> tuple[int, str] | None:
     return None
 
 
-def server_connection(trailing: bytes) -> Connection:
+def server_connection(trailing: bytes, inflate_limit: int | None = None) -> Connection:
     """The server side of a WebSocket whose request :func:`upgrade_refusal` passed.
-    Frames a client sent right behind its request belong to it."""
-    return Connection(ConnectionType.SERVER, trailing_data=trailing)
+    Frames a client sent right behind its request belong to it. With
+    ``inflate_limit`` (permessage-deflate was agreed), compressed messages are
+    inflated up to that many bytes each."""
+    extensions: list[Extension] | None = (
+        [BoundedInflate(inflate_limit)] if inflate_limit is not None else None
+    )
+    return Connection(ConnectionType.SERVER, extensions=extensions, trailing_data=trailing)
 
 
-def write_upgrade(transport: Outlet, request: HandshakeRequest) -> None:
+def extension_offers(request: HandshakeRequest) -> list[str]:
+    """Every ``Sec-WebSocket-Extensions`` value of the request, in order."""
+    return [value for name, value in request.headers if name == "sec-websocket-extensions"]
+
+
+def write_upgrade(
+    transport: Outlet, request: HandshakeRequest, deflate: Deflate | None = None
+) -> None:
     """Write the 101. The request was parsed once, by h11, to route and authenticate
     it; this answers it directly rather than have wsproto parse it again."""
     key = request.header("sec-websocket-key") or ""
+    extensions = (
+        b"Sec-WebSocket-Extensions: " + deflate.response.encode("latin-1") + b"\r\n"
+        if deflate is not None
+        else b""
+    )
     transport.write(
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        b"Sec-WebSocket-Accept: " + generate_accept_token(key.encode("latin-1")) + b"\r\n\r\n"
+        b"Sec-WebSocket-Accept: "
+        + generate_accept_token(key.encode("latin-1"))
+        + b"\r\n"
+        + extensions
+        + b"\r\n"
     )

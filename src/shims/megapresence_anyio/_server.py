@@ -77,8 +77,9 @@ from megapresence_core.lifecycle import ClusterLinkState, ConnectionState, HubLi
 
 from ._asgi import ASGIApp, FrameText, PresenceASGI, Receive, Scope, Send, serve_asgi
 from ._config import DEFAULT_SOCKET_LIMITS, SocketLimits
+from ._deflate import deflated_frame, negotiate
 from ._guard import Admission, Background, Guard, read_upgrade
-from ._http import HandshakeRequest, server_connection, write_upgrade
+from ._http import HandshakeRequest, extension_offers, server_connection, write_upgrade
 from ._hub_client import HubClient
 from ._listener import accept_forever, open_listener
 from ._logging import log_action
@@ -274,6 +275,8 @@ class PresenceServer:
         self._task_group: anyio.abc.TaskGroup | None = None
         #: Sends each socket's writes of one turn of the event loop in one ``send()``.
         self._coalescer: Coalescer | None = None
+        #: Some socket agreed to permessage-deflate: broadcasts look at each one's.
+        self._deflating = False
         #: On asyncio, the connections' tasks (see _spawn_connection); None on trio.
         self._connection_tasks: set[asyncio.Task[Any]] | None = None
         self._hub = (
@@ -547,11 +550,24 @@ class PresenceServer:
             return None
         request, trailing = read
         transport = guard.transport
+        limits = self._limits
+        deflate = negotiate(extension_offers(request)) if limits.permessage_deflate else None
 
         def session(now: float) -> Session:
-            return WebSocketSession(transport, server_connection(trailing), self._limits, now)
+            if deflate is None:
+                return WebSocketSession(transport, server_connection(trailing), limits, now)
+            self._deflating = True
+            return WebSocketSession(
+                transport,
+                server_connection(trailing, limits.max_message_bytes),
+                limits,
+                now,
+                deflate=deflate.server_bits,
+            )
 
-        return await self._admit(guard, request, session, lambda: write_upgrade(transport, request))
+        return await self._admit(
+            guard, request, session, lambda: write_upgrade(transport, request, deflate)
+        )
 
     async def _serve_connection(self, guard: Guard[Any], opening: Opening) -> None:
         """Serve a connection that arrived elsewhere (an ASGI server's)."""
@@ -686,12 +702,31 @@ class PresenceServer:
             self._hub.keepalive(now)
 
     def _deliver(self, action: Deliver) -> None:
-        frame = text_frame(action.text.encode("utf-8"))
+        payload = action.text.encode("utf-8")
+        frame = text_frame(payload)
         now = anyio.current_time()
         conns = action.conns
         self._stats.delivered(len(conns), len(frame))  # per delivery, not per socket
+        if self._deflating:
+            self._deliver_deflated(conns, payload, frame, now)
+            return
         for client in conns:
             client.session.send_frame(frame, now)  # type: ignore[attr-defined]
+
+    def _deliver_deflated(
+        self, conns: Iterable[Any], payload: bytes, frame: bytes, now: float
+    ) -> None:
+        """Compress the message once per window size (usually one), and only if
+        that makes it smaller; write that frame to every socket that agreed."""
+        frames: dict[int, bytes] = {0: frame}
+        for client in conns:
+            session = client.session
+            bits = session.deflate
+            chosen = frames.get(bits)
+            if chosen is None:
+                deflated = deflated_frame(payload, bits)
+                chosen = frames[bits] = deflated if len(deflated) < len(frame) else frame
+            session.send_frame(chosen, now)
 
     def _refused(self, action: RequestRefused) -> None:
         action.conn.send(action.text)  # type: ignore[attr-defined]
