@@ -4,6 +4,8 @@
         open N WebSockets, print CONNECTED, then count bytes until every client has
         all M broadcasts (or, with --sentinel, until every client's stream ends
         with TEXT and the frame's end); print DONE <monotonic time of the last byte>.
+        With --deflate it offers permessage-deflate and counts frames (compressed
+        ones differ in size), then prints BYTES <bytes received>.
     churn --port P --seconds S --concurrency C
         open, upgrade and close sockets in C parallel lanes for S seconds; print CYCLES <n>.
     hub --port P --token T --frames M
@@ -82,8 +84,12 @@ def read_frames(sock: socket.socket, buffer: bytearray, count: int) -> list[byte
     return out
 
 
+#: What Chrome and Firefox offer.
+DEFLATE_OFFER = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+
+
 def open_clients(
-    port: int, count: int, path: str, socketio: bool, tls: bool = False
+    port: int, count: int, path: str, socketio: bool, tls: bool = False, headers: str = ""
 ) -> list[socket.socket]:
     """Open and upgrade ``count`` sockets, in waves so the listen backlog never overflows."""
     clients: list[socket.socket] = []
@@ -94,7 +100,7 @@ def open_clients(
             sock = socket.create_connection(("127.0.0.1", port))
             if tls:
                 sock = TLS.wrap_socket(sock, server_hostname="127.0.0.1")
-            sock.sendall(upgrade_request(port, path))
+            sock.sendall(upgrade_request(port, path, headers))
             batch.append(sock)
         for sock in batch:
             buffer = bytearray()
@@ -120,7 +126,8 @@ def open_clients(
 
 def fanout(args: argparse.Namespace) -> None:
     path = "/socket.io/?EIO=4&transport=websocket" if args.socketio else "/ws/bench"
-    clients = open_clients(args.port, args.clients, path, args.socketio, args.tls)
+    headers = DEFLATE_OFFER if args.deflate else ""
+    clients = open_clients(args.port, args.clients, path, args.socketio, args.tls, headers)
     selector = selectors.DefaultSelector()
     for sock in clients:
         selector.register(sock, selectors.EVENT_READ)
@@ -131,6 +138,9 @@ def fanout(args: argparse.Namespace) -> None:
     deadline = time.monotonic() + args.timeout
     if args.sentinel:
         until_sentinel(selector, len(clients), args.sentinel.encode() + b'"}', deadline)
+        return
+    if args.deflate:
+        count_frames(selector, len(clients), args.messages, deadline)
         return
     while expected is None or received < expected:
         if time.monotonic() > deadline:
@@ -178,6 +188,42 @@ def until_sentinel(
                 done += 1
                 selector.unregister(sock)
     print("DONE", time.monotonic(), flush=True)
+
+
+def count_frames(
+    selector: selectors.BaseSelector, count: int, messages: int, deadline: float
+) -> None:
+    """Read every socket until it has ``messages`` frames, whatever their sizes."""
+    frames: dict[int, int] = {}
+    rests: dict[int, bytes] = {}
+    done = total = 0
+    while done < count:
+        if time.monotonic() > deadline:
+            print("PARTIAL", done, count, flush=True)
+            return
+        for key, _ in selector.select(timeout=1):
+            sock = key.fileobj
+            data = sock.recv(1 << 20)  # type: ignore[union-attr]
+            if not data:
+                print("CLOSED", flush=True)
+                return
+            total += len(data)
+            buffer = rests.pop(key.fd, b"") + data
+            seen, at = frames.get(key.fd, 0), 0
+            while True:
+                length = frame_length(buffer[at : at + 10])
+                if length is None or at + length > len(buffer):
+                    break
+                at += length
+                seen += 1
+            frames[key.fd] = seen
+            if at < len(buffer):
+                rests[key.fd] = buffer[at:]
+            if seen >= messages:
+                done += 1
+                selector.unregister(sock)
+    print("DONE", time.monotonic(), flush=True)
+    print("BYTES", total, flush=True)
 
 
 def churn(args: argparse.Namespace) -> None:
@@ -297,6 +343,7 @@ def main() -> None:
     parser.add_argument("--socketio", action="store_true")
     parser.add_argument("--tls", action="store_true")
     parser.add_argument("--sentinel", default="")
+    parser.add_argument("--deflate", action="store_true")
     parser.add_argument("--timeout", type=float, default=120)
     parser.add_argument("--seconds", type=float, default=3)
     parser.add_argument("--concurrency", type=int, default=32)

@@ -16,6 +16,12 @@ messages published to ``c``; websockets broadcasts the same kinds of JSON. A
 storm ends with a sentinel message (``SENTINEL``), and the server prints
 ``DELIVERIES <n>`` before ``CPU``.
 
+``--deflate`` (megapresence and websockets): permessage-deflate on, with each
+system's defaults (megapresence: no context takeover, a broadcast compressed
+once; websockets: context takeover, window 12 bits, compressed per
+connection), and the broadcasts are ``chat_texts``: varied chat-like JSON of
+about 300 bytes, the same for both.
+
 Systems: megapresence-asyncio, megapresence-uvloop, megapresence-trio,
 websockets (its broadcast()), socketio (python-socketio emit to a room, aiohttp),
 bare-asyncio and bare-trio (wsproto handshakes, then one frame written to each
@@ -30,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import random
 import resource
 import socket
@@ -97,6 +104,43 @@ def storm_texts(step: int, half: int) -> list[str]:
     return texts
 
 
+def chat_texts(count: int = 64) -> list[str]:
+    """Varied chat-like payloads (~300 bytes of JSON each), the same in every run."""
+    rng = random.Random(7)
+    words = [
+        "presence",
+        "online",
+        "away",
+        "typing",
+        "joined",
+        "left",
+        "room",
+        "lobby",
+        "meeting",
+        "call",
+        "status",
+        "busy",
+        "hello",
+        "thanks",
+        "see",
+        "you",
+        "soon",
+        "great",
+        "idea",
+        "let",
+        "us",
+        "ship",
+        "it",
+        "today",
+        "tomorrow",
+        "review",
+    ]
+    return [
+        " ".join(rng.choice(words) for _ in range(40)) + f" #{n} {rng.getrandbits(64):x}"
+        for n in range(count)
+    ]
+
+
 def text_of_size(prefix: str, suffix: str) -> str:
     """A payload making ``prefix + payload + suffix`` exactly PAYLOAD_BYTES long."""
     return "x" * (PAYLOAD_BYTES - len(prefix) - len(suffix))
@@ -114,7 +158,11 @@ async def megapresence(args: argparse.Namespace, readline: Callable[[], Awaitabl
 
     # Every client of the load process comes from 127.0.0.1: the per-address caps
     # (made for clients on their own addresses) would refuse most of them.
-    limits = SocketLimits(max_pending_per_address=512, max_connections_per_address=10_000)
+    limits = SocketLimits(
+        max_pending_per_address=512,
+        max_connections_per_address=10_000,
+        permessage_deflate=args.deflate,
+    )
 
     counter = iter(range(10**9))
 
@@ -145,11 +193,20 @@ async def megapresence(args: argparse.Namespace, readline: Callable[[], Awaitabl
             await operations(server, args)
             return
         burst = args.burst
+        texts = iter(chat_texts() * (args.messages // 64 + 1))
 
         async def broadcast_once() -> None:
             for _ in range(burst):
                 server.broadcast(PATH, "c", message)
             await anyio.sleep(0)
+
+        async def broadcast_chat() -> None:
+            server.broadcast(PATH, "c", Message(type="m", payload=next(texts)))
+            await anyio.sleep(0)
+
+        if args.deflate:
+            await measure(args, readline, broadcast_chat)
+            return
 
         if args.mode != "storm":
             await measure(args, readline, broadcast_once)
@@ -252,7 +309,14 @@ async def websockets_server(
             connections.discard(ws)
 
     message = text_of_size("", "")
-    async with serve(handler, "127.0.0.1", 0, ping_interval=None, max_queue=None) as server:
+    texts = iter(
+        json.dumps({"type": "m", "ns": PATH, "payload": text}, separators=(",", ":"))
+        for text in chat_texts() * (args.messages // 64 + 1)
+    )
+    compression = "deflate" if args.deflate else None
+    async with serve(
+        handler, "127.0.0.1", 0, ping_interval=None, max_queue=None, compression=compression
+    ) as server:
         port = next(iter(server.sockets)).getsockname()[1]
         say("READY", port, rss_kib())
         while len(connections) < args.clients:
@@ -265,6 +329,13 @@ async def websockets_server(
                 broadcast(connections, message)
             await asyncio.sleep(0)
 
+        async def broadcast_chat() -> None:
+            broadcast(connections, next(texts))
+            await asyncio.sleep(0)
+
+        if args.deflate:
+            await measure(args, readline, broadcast_chat)
+            return
         if args.mode != "storm":
             await measure(args, readline, broadcast_once)
             return
@@ -465,6 +536,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=0)
     parser.add_argument("--messages", type=int, default=0)
     parser.add_argument("--burst", type=int, default=1, help="broadcasts per turn of the loop")
+    parser.add_argument("--deflate", action="store_true", help="permessage-deflate on")
     parser.add_argument(
         "--mode",
         choices=["fanout", "ops", "serve", "storm"],

@@ -46,6 +46,8 @@ BURST = 10
 BURST_SIZES = (1000, 5000)
 #: Every watcher gets the snapshot of all N members first: N² bytes of setup.
 STORM_SIZES = (1000,)
+#: Compressed broadcasts (permessage-deflate, each system's defaults): against websockets.
+DEFLATE_SYSTEMS = ("megapresence-asyncio", "megapresence-trio", "websockets")
 #: The encode-once ceiling each system is compared with, by event loop.
 CEILING = {
     "megapresence-asyncio": "bare-asyncio",
@@ -99,10 +101,17 @@ class Process:
 
 
 def fanout_once(
-    system: str, clients: int, messages: int, burst: int = 1, storm: bool = False
+    system: str,
+    clients: int,
+    messages: int,
+    burst: int = 1,
+    storm: bool = False,
+    deflate: bool = False,
 ) -> dict[str, float]:
-    """One fan-out run: single broadcasts, bursts of ``burst`` per turn, or a storm."""
+    """One fan-out run: single broadcasts, bursts of ``burst`` per turn, a storm, or
+    compressed broadcasts."""
     options = ["--burst", str(burst)] + (["--mode", "storm"] if storm else [])
+    options += ["--deflate"] if deflate else []
     with Process(
         "bench_server.py", system, "--clients", str(clients), "--messages", str(messages), *options
     ) as server:
@@ -110,6 +119,8 @@ def fanout_once(
         extra = {"socketio": ["--socketio"], "megapresence-tls": ["--tls"]}.get(system, [])
         if storm:
             extra = ["--sentinel", "END-OF-RUN"]
+        if deflate:
+            extra = ["--deflate"]
         with Process(
             "bench_client.py",
             "fanout",
@@ -130,11 +141,15 @@ def fanout_once(
             server.send("STOP")
             (cpu,) = server.expect("CPU")
             deliveries = int(server.expect("DELIVERIES")[0]) if storm else clients * messages
-    return {
+            wire = int(client.expect("BYTES")[0]) / deliveries if deflate else 0.0
+    found = {
         "deliveries_per_s": deliveries / (float(done) - float(start)),
         "cpu_us_per_delivery": float(cpu) / deliveries * 1e6,
         "rss_kib_per_conn": (int(rss) - int(base_rss)) / clients,
     }
+    if deflate:
+        found["wire_bytes_per_delivery"] = wire
+    return found
 
 
 def ops_once(clients: int) -> dict[str, float]:
@@ -302,6 +317,33 @@ def markdown(results: dict[str, Any]) -> str:
                 )
     lines += [
         "",
+        "### Compressed broadcasts: permessage-deflate, varied chat messages of ~330 bytes",
+        "",
+        "| N | system | deliveries/s | x websockets | server CPU µs/delivery | "
+        "x websockets CPU | bytes on the wire per delivery |",
+        "|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for n, by_system in results.get("deflate", {}).items():
+        base = by_system.get("websockets")
+        for system, stat in by_system.items():
+            if stat is None:
+                lines.append(f"| {n} | {system} | failed | | | | |")
+                continue
+            ratio, cpu_ratio = (
+                (
+                    stat["deliveries_per_s"]["median"] / base["deliveries_per_s"]["median"],
+                    stat["cpu_us_per_delivery"]["median"] / base["cpu_us_per_delivery"]["median"],
+                )
+                if base
+                else (float("nan"), float("nan"))
+            )
+            lines.append(
+                f"| {n} | {system} | {fmt(stat['deliveries_per_s'])} | {ratio:.2f} | "
+                f"{fmt(stat['cpu_us_per_delivery'], 2)} | {cpu_ratio:.2f} | "
+                f"{stat['wire_bytes_per_delivery']['median']:.0f} |"
+            )
+    lines += [
+        "",
         "### Churn: connect, upgrade, join, close (32 lanes)",
         "",
         "| system | cycles/s |",
@@ -416,6 +458,20 @@ def main() -> int:
                 for system in BURST_SYSTEMS
                 if not (storm and system == "megapresence-uvloop")
             }
+    results["deflate"] = {}
+    for n in [n for n in BURST_SIZES if n in sizes] or sizes[-1:]:
+        messages = max(10, deliveries // n)
+        print(f"deflate N={n}, {messages} messages", flush=True)
+        results["deflate"][n] = {
+            system: repeat(
+                system,
+                args.runs,
+                lambda system=system, n=n, messages=messages: fanout_once(
+                    system, n, messages, deflate=True
+                ),
+            )
+            for system in DEFLATE_SYSTEMS
+        }
     print("churn", flush=True)
     results["churn"] = {
         system: repeat(system, args.runs, lambda system=system: churn_once(system, 3.0))
