@@ -69,6 +69,24 @@ _SINGLE_HEADERS: Final = frozenset(
 )
 
 
+#: Headers whose values most sockets of a server share: kept once, not once per socket.
+_SHARED_VALUES: Final = frozenset(
+    {
+        "host",
+        "upgrade",
+        "connection",
+        "origin",
+        "user-agent",
+        "sec-websocket-version",
+        "sec-websocket-extensions",
+        "accept-encoding",
+        "accept-language",
+        "cache-control",
+        "pragma",
+    }
+)
+
+
 #: RFC 3986 3.3: a path is segments of pchar (unreserved, sub-delims, ':', '@',
 #: percent-escapes). ``[``, ``]``, ``#``, ``%`` without two hex digits and the
 #: like are not a path; the query is left to the application's parser.
@@ -186,10 +204,15 @@ class RequestReader:
             path=path,
             query_string=query,
             # Interned: every open socket keeps its request, and the same dozen
-            # header names would otherwise be stored once per socket.
+            # header names (and the values most sockets share) would otherwise be
+            # stored once per socket.
             headers=tuple(
-                (sys.intern(name), value.decode("latin-1"))
+                (
+                    sys.intern(name),
+                    sys.intern(text) if name in _SHARED_VALUES else text,
+                )
                 for name, (_, value) in zip(names, event.headers, strict=True)
+                for text in (value.decode("latin-1"),)
             ),
             remote=self._remote,
             http_version=version,

@@ -246,6 +246,8 @@ class SocketTransport(_QueuedWriter):
                 try:
                     sent = sock.send(chunk)
                 except BlockingIOError:
+                    sent = -1
+                if sent < 0:  # waited for outside the handler, which would keep the exception
                     await anyio.wait_writable(sock)
                     continue
                 self._pending -= sent
@@ -269,11 +271,12 @@ class SocketTransport(_QueuedWriter):
             try:
                 return sock.recv(_RECV_BYTES)
             except BlockingIOError:
-                try:
-                    await anyio.wait_readable(sock)
-                except anyio.ClosedResourceError:
-                    return b""
+                pass  # wait outside the handler: an idle socket keeps no exception alive
             except OSError:
+                return b""
+            try:
+                await anyio.wait_readable(sock)
+            except anyio.ClosedResourceError:
                 return b""
         return b""
 
