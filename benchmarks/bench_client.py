@@ -22,6 +22,7 @@ import base64
 import contextlib
 import json
 import os
+import resource
 import selectors
 import socket
 import ssl
@@ -84,6 +85,10 @@ def read_frames(sock: socket.socket, buffer: bytearray, count: int) -> list[byte
     return out
 
 
+#: Loopback source addresses the clients are spread over: one address has ~28k
+#: ephemeral ports, fewer once earlier runs leave sockets in TIME_WAIT.
+SOURCES = tuple(f"127.0.0.{n}" for n in range(1, 9))
+
 #: What Chrome and Firefox offer.
 DEFLATE_OFFER = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
 
@@ -96,8 +101,9 @@ def open_clients(
     wave = 200
     for start in range(0, count, wave):
         batch = []
-        for _ in range(min(wave, count - start)):
-            sock = socket.create_connection(("127.0.0.1", port))
+        for index in range(start, min(start + wave, count)):
+            source = (SOURCES[index % len(SOURCES)], 0)
+            sock = socket.create_connection(("127.0.0.1", port), source_address=source)
             if tls:
                 sock = TLS.wrap_socket(sock, server_hostname="127.0.0.1")
             sock.sendall(upgrade_request(port, path, headers))
@@ -118,7 +124,7 @@ def open_clients(
                 sock.sendall(masked_text("40"))  # connect to the default namespace
                 read_frames(sock, leftover, 1)  # its answer
             if leftover:
-                raise ConnectionError("unexpected data before the benchmark started")
+                raise ConnectionError(f"unexpected data before the benchmark started: {bytes(leftover[:200])!r}")
             sock.setblocking(False)
             clients.append(sock)
     return clients
@@ -350,6 +356,8 @@ def main() -> None:
     parser.add_argument("--token", default="")
     parser.add_argument("--frames", type=int, default=20000)
     args = parser.parse_args()
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     {"fanout": fanout, "churn": churn, "hub": hub}[args.mode](args)
 
 

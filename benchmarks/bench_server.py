@@ -51,6 +51,13 @@ PATH = "/ws/bench"
 SENTINEL = "END-OF-RUN"
 
 
+def raise_file_limit() -> None:
+    """As many open files as this process may have (the scale runs hold N sockets)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def rss_kib() -> int:
     with open("/proc/self/status", encoding="ascii") as status:
         for line in status:
@@ -153,14 +160,16 @@ async def megapresence(args: argparse.Namespace, readline: Callable[[], Awaitabl
     import anyio
 
     from megapresence_anyio import Identity, PresenceServer, SocketLimits
-    from megapresence_core import Message, PresenceConfig
+    from megapresence_core import Limits, Message, PresenceConfig
+    from megapresence_core.config import DEFAULT_PRESENCE_WINDOW
     from megapresence_core.events import PublishRequested, Subscribe
 
     # Every client of the load process comes from 127.0.0.1: the per-address caps
     # (made for clients on their own addresses) would refuse most of them.
     limits = SocketLimits(
         max_pending_per_address=512,
-        max_connections_per_address=10_000,
+        max_connections_per_address=1_000_000,
+        max_connections=1_000_000,
         permessage_deflate=args.deflate,
     )
 
@@ -176,7 +185,11 @@ async def megapresence(args: argparse.Namespace, readline: Callable[[], Awaitabl
         from megapresence_anyio._stats import Stats
 
         Stats.delivered = lambda self, targets, size: None  # type: ignore[method-assign]
-    presence = PresenceConfig(presence_window=0) if args.mode == "storm" else None
+    # A channel of every client: past the default cap of members per channel at scale.
+    presence = PresenceConfig(
+        presence_window=0 if args.mode == "storm" else DEFAULT_PRESENCE_WINDOW,
+        limits=Limits(max_members_per_channel=1_000_000),
+    )
     async with PresenceServer(login, paths=None, limits=limits, presence=presence) as server:
         if args.system == "megapresence-asgi":
             port = await asgi_listen(server)
@@ -544,6 +557,7 @@ def main() -> None:
         help="serve: accept connections until a line arrives (churn)",
     )
     args = parser.parse_args()
+    raise_file_limit()
     system = args.system
     if system.startswith("megapresence"):
         import anyio

@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -46,6 +47,10 @@ BURST = 10
 BURST_SIZES = (1000, 5000)
 #: Every watcher gets the snapshot of all N members first: N² bytes of setup.
 STORM_SIZES = (1000,)
+#: One process, many sockets: the curve of deliveries/s and memory per N. The file
+#: limit bounds N (each side holds N sockets): 50,000 needs a hard limit above it.
+SCALE_SYSTEMS = ("megapresence-asyncio", "megapresence-trio", "websockets")
+SCALE_SIZES = (10_000, 20_000, 50_000)
 #: Compressed broadcasts (permessage-deflate, each system's defaults): against websockets.
 DEFLATE_SYSTEMS = ("megapresence-asyncio", "megapresence-trio", "websockets")
 #: The encode-once ceiling each system is compared with, by event loop.
@@ -342,6 +347,34 @@ def markdown(results: dict[str, Any]) -> str:
                 f"{fmt(stat['cpu_us_per_delivery'], 2)} | {cpu_ratio:.2f} | "
                 f"{stat['wire_bytes_per_delivery']['median']:.0f} |"
             )
+    if results.get("scale"):
+        lines += [
+            "",
+            "### Scale: one 100-byte broadcast to N sockets on one process",
+            "",
+            "| N | system | deliveries/s | x websockets | server CPU µs/delivery | "
+            "RSS KiB per idle socket |",
+            "|---:|---|---:|---:|---:|---:|",
+        ]
+        for n, by_system in results["scale"].items():
+            if by_system is None:
+                lines.append(f"| {n} | (all) | not run: over the open-file limit | | | |")
+                continue
+            base = by_system.get("websockets")
+            for system, stat in by_system.items():
+                if stat is None:
+                    lines.append(f"| {n} | {system} | failed | | | |")
+                    continue
+                ratio = (
+                    stat["deliveries_per_s"]["median"] / base["deliveries_per_s"]["median"]
+                    if base
+                    else float("nan")
+                )
+                lines.append(
+                    f"| {n} | {system} | {fmt(stat['deliveries_per_s'])} | {ratio:.2f} | "
+                    f"{fmt(stat['cpu_us_per_delivery'], 2)} | "
+                    f"{stat['rss_kib_per_conn']['median']:.1f} |"
+                )
     lines += [
         "",
         "### Churn: connect, upgrade, join, close (32 lanes)",
@@ -415,6 +448,9 @@ def main() -> int:
     )
     parser.add_argument("--quick", action="store_true", help="sizes 100,1000 and fewer messages")
     parser.add_argument("--no-readme", action="store_true", help="leave README.md as it is")
+    parser.add_argument(
+        "--scale", action="store_true", help="also fan out to 10,000-50,000 sockets (minutes)"
+    )
     args = parser.parse_args()
     sizes = [100, 1000] if args.quick else [int(n) for n in args.sizes.split(",")]
     deliveries = 30_000 if args.quick else args.deliveries
@@ -472,6 +508,24 @@ def main() -> int:
             )
             for system in DEFLATE_SYSTEMS
         }
+    if args.scale:
+        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        results["scale"] = {}
+        for n in SCALE_SIZES:
+            if n + 64 > hard:
+                print(f"scale N={n}: the open-file limit is {hard}: skipped", flush=True)
+                results["scale"][n] = None
+                continue
+            messages = max(10, deliveries // n)
+            print(f"scale N={n}, {messages} messages", flush=True)
+            results["scale"][n] = {
+                system: repeat(
+                    system,
+                    args.runs,
+                    lambda system=system, n=n, messages=messages: fanout_once(system, n, messages),
+                )
+                for system in SCALE_SYSTEMS
+            }
     print("churn", flush=True)
     results["churn"] = {
         system: repeat(system, args.runs, lambda system=system: churn_once(system, 3.0))
