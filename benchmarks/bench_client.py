@@ -124,7 +124,9 @@ def open_clients(
                 sock.sendall(masked_text("40"))  # connect to the default namespace
                 read_frames(sock, leftover, 1)  # its answer
             if leftover:
-                raise ConnectionError(f"unexpected data before the benchmark started: {bytes(leftover[:200])!r}")
+                raise ConnectionError(
+                    f"unexpected data before the benchmark started: {bytes(leftover[:200])!r}"
+                )
             sock.setblocking(False)
             clients.append(sock)
     return clients

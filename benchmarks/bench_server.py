@@ -498,6 +498,10 @@ async def bare_trio(args: argparse.Namespace, readline: Callable[[], Awaitable[s
                 continue
             accepted += 1
             conn.setblocking(False)
+            # As every other system here: asyncio sets it on every transport, and
+            # megapresence on every socket it accepts. Without it Nagle's algorithm
+            # would merge frames (and delay them), and the ceiling would measure that.
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             nursery.start_soon(handshake, conn)
         while len(sockets) < args.clients:
             await trio.sleep(0.01)
