@@ -28,6 +28,7 @@ import socket
 import ssl
 import sys
 import time
+from collections.abc import Callable
 
 #: --tls: the benchmark's server has a certificate made for the run; it is not checked.
 TLS = ssl.create_default_context()
@@ -174,28 +175,43 @@ def fanout(args: argparse.Namespace) -> None:
     print("DONE", time.monotonic(), flush=True)
 
 
-def until_sentinel(
-    selector: selectors.BaseSelector, count: int, ending: bytes, deadline: float
-) -> None:
-    """Read every socket until its stream ends with ``ending`` (frames vary in size)."""
-    tails: dict[int, bytes] = {}
+def read_until(
+    selector: selectors.BaseSelector,
+    count: int,
+    deadline: float,
+    finished: Callable[[int, bytes], bool],
+) -> bool:
+    """Read every ready socket, passing (its fd, the bytes) to ``finished``, until
+    ``count`` sockets are finished; False, after saying why, on a timeout or a close."""
     done = 0
     while done < count:
         if time.monotonic() > deadline:
             print("PARTIAL", done, count, flush=True)
-            return
+            return False
         for key, _ in selector.select(timeout=1):
             sock = key.fileobj
             data = sock.recv(1 << 20)  # type: ignore[union-attr]
             if not data:
                 print("CLOSED", flush=True)
-                return
-            tail = (tails.get(key.fd, b"") + data)[-len(ending) :]
-            tails[key.fd] = tail
-            if tail == ending:
+                return False
+            if finished(key.fd, data):
                 done += 1
                 selector.unregister(sock)
-    print("DONE", time.monotonic(), flush=True)
+    return True
+
+
+def until_sentinel(
+    selector: selectors.BaseSelector, count: int, ending: bytes, deadline: float
+) -> None:
+    """Read every socket until its stream ends with ``ending`` (frames vary in size)."""
+    tails: dict[int, bytes] = {}
+
+    def finished(fd: int, data: bytes) -> bool:
+        tail = tails[fd] = (tails.get(fd, b"") + data)[-len(ending) :]
+        return tail == ending
+
+    if read_until(selector, count, deadline, finished):
+        print("DONE", time.monotonic(), flush=True)
 
 
 def count_frames(
@@ -204,34 +220,27 @@ def count_frames(
     """Read every socket until it has ``messages`` frames, whatever their sizes."""
     frames: dict[int, int] = {}
     rests: dict[int, bytes] = {}
-    done = total = 0
-    while done < count:
-        if time.monotonic() > deadline:
-            print("PARTIAL", done, count, flush=True)
-            return
-        for key, _ in selector.select(timeout=1):
-            sock = key.fileobj
-            data = sock.recv(1 << 20)  # type: ignore[union-attr]
-            if not data:
-                print("CLOSED", flush=True)
-                return
-            total += len(data)
-            buffer = rests.pop(key.fd, b"") + data
-            seen, at = frames.get(key.fd, 0), 0
-            while True:
-                length = frame_length(buffer[at : at + 10])
-                if length is None or at + length > len(buffer):
-                    break
-                at += length
-                seen += 1
-            frames[key.fd] = seen
-            if at < len(buffer):
-                rests[key.fd] = buffer[at:]
-            if seen >= messages:
-                done += 1
-                selector.unregister(sock)
-    print("DONE", time.monotonic(), flush=True)
-    print("BYTES", total, flush=True)
+    total = 0
+
+    def finished(fd: int, data: bytes) -> bool:
+        nonlocal total
+        total += len(data)
+        buffer = rests.pop(fd, b"") + data
+        seen, at = frames.get(fd, 0), 0
+        while True:
+            length = frame_length(buffer[at : at + 10])
+            if length is None or at + length > len(buffer):
+                break
+            at += length
+            seen += 1
+        frames[fd] = seen
+        if at < len(buffer):
+            rests[fd] = buffer[at:]
+        return seen >= messages
+
+    if read_until(selector, count, deadline, finished):
+        print("DONE", time.monotonic(), flush=True)
+        print("BYTES", total, flush=True)
 
 
 def churn(args: argparse.Namespace) -> None:

@@ -97,6 +97,32 @@ async def measure(
     say("CPU", cpu_seconds() - cpu)
 
 
+async def measure_broadcasts(
+    args: argparse.Namespace,
+    readline: Callable[[], Awaitable[str]],
+    broadcast: Callable[[], None],
+    chat: Callable[[], None],
+    sleep: Callable[[float], Awaitable[None]],
+) -> bool:
+    """Measure single broadcasts, bursts (``--burst``) or compressed chat messages
+    (``--deflate``); False for a storm, which each system runs its own way."""
+    burst = args.burst
+
+    async def broadcast_once() -> None:
+        for _ in range(burst):
+            broadcast()
+        await sleep(0)
+
+    async def chat_once() -> None:
+        chat()
+        await sleep(0)
+
+    if args.mode == "storm":
+        return False
+    await measure(args, readline, chat_once if args.deflate else broadcast_once)
+    return True
+
+
 def storm_texts(step: int, half: int) -> list[str]:
     """What websockets broadcasts in a storm turn: the JSON a presence diff and a
     channel message of the same shapes as megapresence's, encoded per message."""
@@ -205,25 +231,16 @@ async def megapresence(args: argparse.Namespace, readline: Callable[[], Awaitabl
             await readline()
             await operations(server, args)
             return
-        burst = args.burst
         texts = iter(chat_texts() * (args.messages // 64 + 1))
-
-        async def broadcast_once() -> None:
-            for _ in range(burst):
-                server.broadcast(PATH, "c", message)
-            await anyio.sleep(0)
-
-        async def broadcast_chat() -> None:
-            server.broadcast(PATH, "c", Message(type="m", payload=next(texts)))
-            await anyio.sleep(0)
-
-        if args.deflate:
-            await measure(args, readline, broadcast_chat)
+        if await measure_broadcasts(
+            args,
+            readline,
+            lambda: server.broadcast(PATH, "c", message),
+            lambda: server.broadcast(PATH, "c", Message(type="m", payload=next(texts))),
+            anyio.sleep,
+        ):
             return
-
-        if args.mode != "storm":
-            await measure(args, readline, broadcast_once)
-            return
+        burst = args.burst
         clients = sorted(server.clients, key=lambda c: int(c.user_id[1:]))
         for client in clients:
             server.dispatch(Subscribe(conn=client, channel="c", mode="users", now=0.0))
@@ -335,23 +352,15 @@ async def websockets_server(
         while len(connections) < args.clients:
             await asyncio.sleep(0.01)
 
+        if await measure_broadcasts(
+            args,
+            readline,
+            lambda: broadcast(connections, message),
+            lambda: broadcast(connections, next(texts)),
+            asyncio.sleep,
+        ):
+            return
         burst = args.burst
-
-        async def broadcast_once() -> None:
-            for _ in range(burst):
-                broadcast(connections, message)
-            await asyncio.sleep(0)
-
-        async def broadcast_chat() -> None:
-            broadcast(connections, next(texts))
-            await asyncio.sleep(0)
-
-        if args.deflate:
-            await measure(args, readline, broadcast_chat)
-            return
-        if args.mode != "storm":
-            await measure(args, readline, broadcast_once)
-            return
         step = 0
 
         async def storm_once() -> None:

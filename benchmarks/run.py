@@ -157,6 +157,21 @@ def fanout_once(
     return found
 
 
+def fanouts(
+    clients: int, systems: Sequence[str], deliveries: int, runs: int
+) -> dict[str, dict[str, dict[str, float]] | None]:
+    """Single broadcasts to ``clients`` sockets, each system ``runs`` times."""
+    messages = max(10, deliveries // clients)
+    return {
+        system: repeat(
+            system,
+            runs,
+            lambda system=system: fanout_once(system, clients, messages),
+        )
+        for system in systems
+    }
+
+
 def ops_once(clients: int) -> dict[str, float]:
     with Process(
         "bench_server.py", "megapresence-asyncio", "--clients", str(clients), "--mode", "ops"
@@ -243,6 +258,34 @@ def fmt(stat: dict[str, float] | None, digits: int = 0) -> str:
     return f"{stat['median']:,.{digits}f} ({stat['min']:,.{digits}f}-{stat['max']:,.{digits}f})"
 
 
+def ratio(stat: dict[str, Any], base: dict[str, Any] | None, key: str) -> float:
+    """``stat``'s median of ``key`` over ``base``'s (NaN without a base)."""
+    return stat[key]["median"] / base[key]["median"] if base else float("nan")
+
+
+def versus_websockets(
+    n: int,
+    by_system: dict[str, Any],
+    extra: Callable[[dict[str, Any], dict[str, Any] | None], list[str]],
+) -> list[str]:
+    """Table rows at ``n``: deliveries/s, its ratio to websockets, CPU per delivery,
+    then the ``extra`` columns."""
+    base = by_system.get("websockets")
+    rows = []
+    for system, stat in by_system.items():
+        if stat is None:
+            rows.append(f"| {n} | {system} | failed |")
+            continue
+        cells = [
+            fmt(stat["deliveries_per_s"]),
+            f"{ratio(stat, base, 'deliveries_per_s'):.2f}",
+            fmt(stat["cpu_us_per_delivery"], 2),
+            *extra(stat, base),
+        ]
+        rows.append(f"| {n} | {system} | " + " | ".join(cells) + " |")
+    return rows
+
+
 def markdown(results: dict[str, Any]) -> str:
     lines = [
         f"Measured {results['when']} on {results['machine']}; "
@@ -306,20 +349,7 @@ def markdown(results: dict[str, Any]) -> str:
             "|---:|---|---:|---:|---:|",
         ]
         for n, by_system in results.get(key, {}).items():
-            base = by_system.get("websockets")
-            for system, stat in by_system.items():
-                if stat is None:
-                    lines.append(f"| {n} | {system} | failed | | |")
-                    continue
-                ratio = (
-                    stat["deliveries_per_s"]["median"] / base["deliveries_per_s"]["median"]
-                    if base
-                    else float("nan")
-                )
-                lines.append(
-                    f"| {n} | {system} | {fmt(stat['deliveries_per_s'])} | {ratio:.2f} | "
-                    f"{fmt(stat['cpu_us_per_delivery'], 2)} |"
-                )
+            lines += versus_websockets(n, by_system, lambda stat, base: [])
     lines += [
         "",
         "### Compressed broadcasts: permessage-deflate, varied chat messages of ~330 bytes",
@@ -329,24 +359,14 @@ def markdown(results: dict[str, Any]) -> str:
         "|---:|---|---:|---:|---:|---:|---:|",
     ]
     for n, by_system in results.get("deflate", {}).items():
-        base = by_system.get("websockets")
-        for system, stat in by_system.items():
-            if stat is None:
-                lines.append(f"| {n} | {system} | failed | | | | |")
-                continue
-            ratio, cpu_ratio = (
-                (
-                    stat["deliveries_per_s"]["median"] / base["deliveries_per_s"]["median"],
-                    stat["cpu_us_per_delivery"]["median"] / base["cpu_us_per_delivery"]["median"],
-                )
-                if base
-                else (float("nan"), float("nan"))
-            )
-            lines.append(
-                f"| {n} | {system} | {fmt(stat['deliveries_per_s'])} | {ratio:.2f} | "
-                f"{fmt(stat['cpu_us_per_delivery'], 2)} | {cpu_ratio:.2f} | "
-                f"{stat['wire_bytes_per_delivery']['median']:.0f} |"
-            )
+        lines += versus_websockets(
+            n,
+            by_system,
+            lambda stat, base: [
+                f"{ratio(stat, base, 'cpu_us_per_delivery'):.2f}",
+                f"{stat['wire_bytes_per_delivery']['median']:.0f}",
+            ],
+        )
     if results.get("scale"):
         lines += [
             "",
@@ -360,21 +380,9 @@ def markdown(results: dict[str, Any]) -> str:
             if by_system is None:
                 lines.append(f"| {n} | (all) | not run: over the open-file limit | | | |")
                 continue
-            base = by_system.get("websockets")
-            for system, stat in by_system.items():
-                if stat is None:
-                    lines.append(f"| {n} | {system} | failed | | | |")
-                    continue
-                ratio = (
-                    stat["deliveries_per_s"]["median"] / base["deliveries_per_s"]["median"]
-                    if base
-                    else float("nan")
-                )
-                lines.append(
-                    f"| {n} | {system} | {fmt(stat['deliveries_per_s'])} | {ratio:.2f} | "
-                    f"{fmt(stat['cpu_us_per_delivery'], 2)} | "
-                    f"{stat['rss_kib_per_conn']['median']:.1f} |"
-                )
+            lines += versus_websockets(
+                n, by_system, lambda stat, base: [f"{stat['rss_kib_per_conn']['median']:.1f}"]
+            )
     lines += [
         "",
         "### Churn: connect, upgrade, join, close (32 lanes)",
@@ -399,20 +407,14 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def chart(results: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    sizes = list(results["fanout"])
-    systems = [s for s in FANOUT_SYSTEMS if any(results["fanout"][n].get(s) for n in sizes)]
-    fig, ax = plt.subplots(figsize=(10, 5))
-    width = 0.8 / len(systems)
-    for index, system in enumerate(systems):
+def _bars(ax: Any, by_size: dict[Any, Any], systems: Sequence[str], title: str) -> None:
+    sizes = list(by_size)
+    shown = [s for s in systems if any((by_size[n] or {}).get(s) for n in sizes)]
+    width = 0.8 / max(1, len(shown))
+    for index, system in enumerate(shown):
         medians, lows, highs = [], [], []
         for n in sizes:
-            stat = results["fanout"][n].get(system)
+            stat = (by_size[n] or {}).get(system)
             value = stat["deliveries_per_s"] if stat else {"median": 0, "min": 0, "max": 0}
             medians.append(value["median"] / 1000)
             lows.append((value["median"] - value["min"]) / 1000)
@@ -421,8 +423,24 @@ def chart(results: dict[str, Any], path: Path) -> None:
         ax.bar(xs, medians, width, yerr=[lows, highs], capsize=2, label=system)
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(sizes))], [f"N = {n}" for n in sizes])
     ax.set_ylabel("thousand deliveries per second (median, min-max)")
-    ax.set_title("Fan-out of a 100-byte broadcast, same machine, same run")
+    ax.set_title(title)
     ax.legend(fontsize=8, ncols=2)
+
+
+def chart(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bursts = results.get("burst") or {}
+    fig, axes = plt.subplots(1, 2 if bursts else 1, figsize=(15 if bursts else 10, 5))
+    first = axes[0] if bursts else axes
+    _bars(
+        first, results["fanout"], FANOUT_SYSTEMS, "One 100-byte broadcast, same machine, same run"
+    )
+    if bursts:
+        _bars(axes[1], bursts, BURST_SYSTEMS, f"Bursts of {BURST} broadcasts per turn, same run")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -464,16 +482,8 @@ def main() -> int:
         "churn": {},
     }
     for n in sizes:
-        messages = max(10, deliveries // n)
-        print(f"fan-out N={n}, {messages} messages", flush=True)
-        results["fanout"][n] = {
-            system: repeat(
-                system,
-                args.runs,
-                lambda system=system, n=n, messages=messages: fanout_once(system, n, messages),
-            )
-            for system in FANOUT_SYSTEMS
-        }
+        print(f"fan-out N={n}", flush=True)
+        results["fanout"][n] = fanouts(n, FANOUT_SYSTEMS, deliveries, args.runs)
         results["ops"][n] = repeat(f"ops N={n}", args.runs, lambda n=n: ops_once(n))
     for key, storm, burst_sizes in (
         ("burst", False, BURST_SIZES),
@@ -509,23 +519,16 @@ def main() -> int:
             for system in DEFLATE_SYSTEMS
         }
     if args.scale:
-        hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+        # Each process holds N sockets and a few more files.
+        most = resource.getrlimit(resource.RLIMIT_NOFILE)[1] - 128
+        fits = [n for n in SCALE_SIZES if n <= most]
         results["scale"] = {}
-        for n in SCALE_SIZES:
-            if n + 64 > hard:
-                print(f"scale N={n}: the open-file limit is {hard}: skipped", flush=True)
-                results["scale"][n] = None
-                continue
-            messages = max(10, deliveries // n)
-            print(f"scale N={n}, {messages} messages", flush=True)
-            results["scale"][n] = {
-                system: repeat(
-                    system,
-                    args.runs,
-                    lambda system=system, n=n, messages=messages: fanout_once(system, n, messages),
-                )
-                for system in SCALE_SYSTEMS
-            }
+        for n in fits + ([most] if len(fits) < len(SCALE_SIZES) else []):
+            print(f"scale N={n}", flush=True)
+            results["scale"][n] = fanouts(n, SCALE_SYSTEMS, deliveries, args.runs)
+        for n in SCALE_SIZES[len(fits) :]:
+            print(f"scale N={n}: over the open-file limit, not run", flush=True)
+            results["scale"][n] = None
     print("churn", flush=True)
     results["churn"] = {
         system: repeat(system, args.runs, lambda system=system: churn_once(system, 3.0))

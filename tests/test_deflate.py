@@ -4,7 +4,6 @@ once; the socket tests on asyncio and trio."""
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import struct
@@ -123,31 +122,9 @@ def compress(data: bytes) -> bytes:
 
 async def raw_connect(port: int, path: str, offer: str | None) -> tuple[RawClient, bytes]:
     """A raw client and the head of the server's 101."""
-    stream = await anyio.connect_tcp("127.0.0.1", port)
-    client = RawClient(stream)
-    key = base64.b64encode(os.urandom(16)).decode()
     extension = f"Sec-WebSocket-Extensions: {offer}\r\n" if offer is not None else ""
-    await stream.send(
-        (
-            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            f"Sec-WebSocket-Version: 13\r\n{extension}\r\n"
-        ).encode()
-    )
-    head = await client.read_until(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 101"), head
-    return client, head
-
-
-async def raw_frame(client: RawClient) -> tuple[int, bytes]:
-    """The next server frame: (its first byte, its payload)."""
-    first, second = await client.read_exactly(2)
-    size = second & 0x7F
-    if size == 126:
-        (size,) = struct.unpack("!H", await client.read_exactly(2))
-    elif size == 127:
-        (size,) = struct.unpack("!Q", await client.read_exactly(8))
-    return first, await client.read_exactly(size)
+    client = await RawClient.connect(port, path, extension)
+    return client, client.head
 
 
 def echo(client: Any, text: str) -> None:
@@ -220,21 +197,21 @@ async def test_a_broadcast_is_compressed_once_for_everyone_that_agreed() -> None
         message = {"type": "m", "ns": "/ws", "payload": "abcdefgh" * 64}
         server.broadcast("/ws", "c", {"type": "m", "payload": message["payload"]})
         text = json.dumps(message, separators=(",", ":")).encode()
-        frames = [await raw_frame(client) for client, _ in deflating]
+        frames = [await client.raw_frame() for client, _ in deflating]
         assert len({payload for _, payload in frames}) == 1  # the same bytes for all
         for first, payload in frames:
             assert first == 0xC1
             assert len(payload) < len(text) // 4
             assert json.loads(inflate(payload)) == message
-        first, payload = await raw_frame(small)
+        first, payload = await small.raw_frame()
         assert first == 0xC1
         assert json.loads(inflate(payload, 9)) == message
-        first, payload = await raw_frame(plain)
+        first, payload = await plain.raw_frame()
         assert (first, json.loads(payload)) == (0x81, message)
         # A message that compression would not shrink goes out plain, to everyone.
         server.broadcast("/ws", "c", {"type": "n", "payload": 1})
         for client, _ in [*deflating, (small, b""), (plain, b"")]:
-            first, payload = await raw_frame(client)
+            first, payload = await client.raw_frame()
             assert (first, json.loads(payload)) == (0x81, {"type": "n", "ns": "/ws", "payload": 1})
         for client, _ in [*deflating, (small, b""), (plain, b"")]:
             await client.stream.aclose()
@@ -267,16 +244,16 @@ async def test_compressed_fragments_with_a_ping_between_them() -> None:
         for part in parts[1:-1]:
             await stream.send(masked(0x00, part))
         await stream.send(masked(0x80, parts[-1]))
-        assert await raw_frame(client) == (0x8A, b"mid")
-        assert (await raw_frame(client))[1].decode() == text_of(text)
+        assert await client.raw_frame() == (0x8A, b"mid")
+        assert (await client.raw_frame())[1].decode() == text_of(text)
         await stream.send(masked(0x81, b"plain on a deflate connection"))
-        assert (await raw_frame(client))[1].decode() == text_of(b"plain on a deflate connection")
+        assert (await client.raw_frame())[1].decode() == text_of(b"plain on a deflate connection")
         await stream.send(masked(0xC1, compress(b"")))  # an empty compressed message
-        assert (await raw_frame(client))[1].decode() == "0:"
+        assert (await client.raw_frame())[1].decode() == "0:"
         await stream.send(masked(0xC1, b"\x00"))  # the RFC's other empty form
-        assert (await raw_frame(client))[1].decode() == "0:"
+        assert (await client.raw_frame())[1].decode() == "0:"
         await stream.send(masked(0xC1, compress("é€😀".encode() * 10)))
-        assert (await raw_frame(client))[1].decode() == text_of("é€😀".encode() * 10)
+        assert (await client.raw_frame())[1].decode() == text_of("é€😀".encode() * 10)
         await stream.aclose()
 
 
@@ -318,12 +295,12 @@ async def test_the_inflate_limit_is_the_message_limit() -> None:
     async with running_server(limits=DEFLATE, on_message=echo) as (_server, url):
         client = await deflating_client(int(url.rsplit(":", 1)[1]))
         await client.stream.send(masked(0xC1, compress(b"a" * limit)))  # exactly the limit
-        assert (await raw_frame(client))[1].decode() == f"{limit}:" + "a" * 20
+        assert (await client.raw_frame())[1].decode() == f"{limit}:" + "a" * 20
         # One byte more, spread over fragments: 1009 with the limit's own reason.
         data = compress(b"a" * (limit + 1))
         await client.stream.send(masked(0x41, data[:10]) + masked(0x80, data[10:]))
         with anyio.fail_after(5):
-            first, payload = await raw_frame(client)
+            first, payload = await client.raw_frame()
         assert first == 0x88
         assert struct.unpack("!H", payload[:2])[0] == 1009
         assert payload[2:].decode() == f"message over {limit} bytes"

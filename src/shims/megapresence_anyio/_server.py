@@ -587,14 +587,13 @@ class PresenceServer:
         if refusal is not None:
             guard.refuse(refusal.status, refusal.reason)
             return None
-        outcome: object = None
-        with anyio.CancelScope(deadline=guard.deadline) as timer:
-            outcome = self._authenticate(request)
-            if inspect.isawaitable(outcome):
+        outcome: object = self._authenticate(request)
+        if inspect.isawaitable(outcome):  # only an await can take time: a timer for it alone
+            with anyio.CancelScope(deadline=guard.deadline) as timer:
                 outcome = await outcome
-        if timer.cancelled_caught:
-            guard.refuse(503, "authenticate did not answer within the handshake timeout")
-            return None
+            if timer.cancelled_caught:
+                guard.refuse(503, "authenticate did not answer within the handshake timeout")
+                return None
         if isinstance(outcome, Refusal):
             guard.refuse(outcome.status, outcome.reason)
             return None
