@@ -12,7 +12,7 @@ import anyio
 import pytest
 
 from megapresence_anyio import SocketLimits
-from megapresence_anyio._transport import BATCH_BYTES, Coalescer, SocketTransport
+from megapresence_anyio._transport import BATCH_BYTES, Coalescer, SocketTransport, StreamTransport
 
 from .socket_helpers import Client, running_server, wait_for
 
@@ -28,6 +28,13 @@ class CountingSocket(socket.socket):
         sent = super().send(data, flags)
         self.sends.append(sent)
         return sent
+
+
+class BrokenSocket(socket.socket):
+    """A socket whose ``send`` fails as no network error does (a bug)."""
+
+    def send(self, data: Any, flags: int = 0) -> int:
+        raise RuntimeError("a bug")
 
 
 @asynccontextmanager
@@ -163,3 +170,52 @@ async def test_a_burst_to_many_sockets_reaches_each_whole_and_in_order() -> None
         for client in clients:
             assert [(await client.recv_json())["payload"] for _ in range(50)] == list(range(50))
             await client.close()
+
+
+class RecordingStream:
+    """A byte stream that notes each ``send`` (what a TLS stream would make a record of)."""
+
+    def __init__(self) -> None:
+        self.sends: list[bytes] = []
+
+    async def send(self, item: bytes) -> None:
+        self.sends.append(item)
+        await anyio.sleep(0)
+
+
+async def test_a_stream_transport_sends_what_queued_meanwhile_together() -> None:
+    stream = RecordingStream()
+    async with anyio.create_task_group() as group:
+        transport = StreamTransport(stream, spawn=group.start_soon, max_buffer=1 << 20)  # type: ignore[arg-type]
+        for n in range(5):
+            transport.write(b"<%d>" % n)
+        await wait_for(lambda: transport.queued == 0)
+        transport.write(b"x" * BATCH_BYTES)
+        transport.write(b"after a full chunk")
+        await wait_for(lambda: transport.queued == 0)
+    assert stream.sends == [b"<0><1><2><3><4>", b"x" * BATCH_BYTES, b"after a full chunk"]
+
+
+async def test_a_write_that_fails_by_a_bug_ends_that_socket_alone(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    coalescer = Coalescer()
+    pairs = [socket.socketpair() for _ in range(3)]
+    async with anyio.create_task_group() as group:
+        transports = [
+            SocketTransport(ours, spawn=group.start_soon, max_buffer=1 << 20, coalescer=coalescer)
+            for ours, _ in pairs
+        ]
+        broken = transports[1]
+        broken._sock = BrokenSocket(fileno=pairs[1][0].detach())
+        for transport in transports:
+            transport.write(b"hello")
+        with anyio.fail_after(5):
+            for index in (0, 2):
+                pairs[index][1].setblocking(False)
+                assert await received(pairs[index][1], 5) == b"hello"
+        await wait_for(lambda: broken._closed)
+    assert "a coalesced write failed" in caplog.text
+    for ours, peer in pairs:
+        ours.close()
+        peer.close()
