@@ -196,7 +196,7 @@ async def megapresence(args: argparse.Namespace, readline: Callable[[], Awaitabl
         max_pending_per_address=512,
         max_connections_per_address=1_000_000,
         max_connections=1_000_000,
-        permessage_deflate=args.deflate,
+        **({"permessage_deflate": True} if args.deflate else {}),
     )
 
     counter = iter(range(10**9))
