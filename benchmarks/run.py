@@ -258,7 +258,7 @@ def fmt(stat: dict[str, float] | None, digits: int = 0) -> str:
     return f"{stat['median']:,.{digits}f} ({stat['min']:,.{digits}f}-{stat['max']:,.{digits}f})"
 
 
-def ratio(stat: dict[str, Any], base: dict[str, Any] | None, key: str) -> float:
+def median_ratio(stat: dict[str, Any], base: dict[str, Any] | None, key: str) -> float:
     """``stat``'s median of ``key`` over ``base``'s (NaN without a base)."""
     return stat[key]["median"] / base[key]["median"] if base else float("nan")
 
@@ -278,7 +278,7 @@ def versus_websockets(
             continue
         cells = [
             fmt(stat["deliveries_per_s"]),
-            f"{ratio(stat, base, 'deliveries_per_s'):.2f}",
+            f"{median_ratio(stat, base, 'deliveries_per_s'):.2f}",
             fmt(stat["cpu_us_per_delivery"], 2),
             *extra(stat, base),
         ]
@@ -363,7 +363,7 @@ def markdown(results: dict[str, Any]) -> str:
             n,
             by_system,
             lambda stat, base: [
-                f"{ratio(stat, base, 'cpu_us_per_delivery'):.2f}",
+                f"{median_ratio(stat, base, 'cpu_us_per_delivery'):.2f}",
                 f"{stat['wire_bytes_per_delivery']['median']:.0f}",
             ],
         )
