@@ -1,8 +1,11 @@
 """The load side of the benchmarks: raw sockets on one selector loop, the same for every system.
 
-    fanout --port P --clients N --messages M [--socketio]
+    fanout --port P --clients N --messages M [--socketio] [--sentinel TEXT]
         open N WebSockets, print CONNECTED, then count bytes until every client has
-        all M broadcasts; print DONE <monotonic time of the last byte>.
+        all M broadcasts (or, with --sentinel, until every client's stream ends
+        with TEXT and the frame's end); print DONE <monotonic time of the last byte>.
+        With --deflate it offers permessage-deflate and counts frames (compressed
+        ones differ in size), then prints BYTES <bytes received>.
     churn --port P --seconds S --concurrency C
         open, upgrade and close sockets in C parallel lanes for S seconds; print CYCLES <n>.
     hub --port P --token T --frames M [--batch]
@@ -20,11 +23,13 @@ import base64
 import contextlib
 import json
 import os
+import resource
 import selectors
 import socket
 import ssl
 import sys
 import time
+from collections.abc import Callable
 
 #: --tls: the benchmark's server has a certificate made for the run; it is not checked.
 TLS = ssl.create_default_context()
@@ -82,19 +87,28 @@ def read_frames(sock: socket.socket, buffer: bytearray, count: int) -> list[byte
     return out
 
 
+#: Loopback source addresses the clients are spread over: one address has ~28k
+#: ephemeral ports, fewer once earlier runs leave sockets in TIME_WAIT.
+SOURCES = tuple(f"127.0.0.{n}" for n in range(1, 9))
+
+#: What Chrome and Firefox offer.
+DEFLATE_OFFER = "Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n"
+
+
 def open_clients(
-    port: int, count: int, path: str, socketio: bool, tls: bool = False
+    port: int, count: int, path: str, socketio: bool, tls: bool = False, headers: str = ""
 ) -> list[socket.socket]:
     """Open and upgrade ``count`` sockets, in waves so the listen backlog never overflows."""
     clients: list[socket.socket] = []
     wave = 200
     for start in range(0, count, wave):
         batch = []
-        for _ in range(min(wave, count - start)):
-            sock = socket.create_connection(("127.0.0.1", port))
+        for index in range(start, min(start + wave, count)):
+            source = (SOURCES[index % len(SOURCES)], 0)
+            sock = socket.create_connection(("127.0.0.1", port), source_address=source)
             if tls:
                 sock = TLS.wrap_socket(sock, server_hostname="127.0.0.1")
-            sock.sendall(upgrade_request(port, path))
+            sock.sendall(upgrade_request(port, path, headers))
             batch.append(sock)
         for sock in batch:
             buffer = bytearray()
@@ -112,7 +126,9 @@ def open_clients(
                 sock.sendall(masked_text("40"))  # connect to the default namespace
                 read_frames(sock, leftover, 1)  # its answer
             if leftover:
-                raise ConnectionError("unexpected data before the benchmark started")
+                raise ConnectionError(
+                    f"unexpected data before the benchmark started: {bytes(leftover[:200])!r}"
+                )
             sock.setblocking(False)
             clients.append(sock)
     return clients
@@ -120,7 +136,8 @@ def open_clients(
 
 def fanout(args: argparse.Namespace) -> None:
     path = "/socket.io/?EIO=4&transport=websocket" if args.socketio else "/ws/bench"
-    clients = open_clients(args.port, args.clients, path, args.socketio, args.tls)
+    headers = DEFLATE_OFFER if args.deflate else ""
+    clients = open_clients(args.port, args.clients, path, args.socketio, args.tls, headers)
     selector = selectors.DefaultSelector()
     for sock in clients:
         selector.register(sock, selectors.EVENT_READ)
@@ -129,6 +146,12 @@ def fanout(args: argparse.Namespace) -> None:
     expected: int | None = None
     first = b""
     deadline = time.monotonic() + args.timeout
+    if args.sentinel:
+        until_sentinel(selector, len(clients), args.sentinel.encode() + b'"}', deadline)
+        return
+    if args.deflate:
+        count_frames(selector, len(clients), args.messages, deadline)
+        return
     while expected is None or received < expected:
         if time.monotonic() > deadline:
             print("PARTIAL", received, expected, flush=True)
@@ -151,6 +174,74 @@ def fanout(args: argparse.Namespace) -> None:
                 if length is not None:
                     expected = length * args.clients * args.messages
     print("DONE", time.monotonic(), flush=True)
+
+
+def read_until(
+    selector: selectors.BaseSelector,
+    count: int,
+    deadline: float,
+    finished: Callable[[int, bytes], bool],
+) -> bool:
+    """Read every ready socket, passing (its fd, the bytes) to ``finished``, until
+    ``count`` sockets are finished; False, after saying why, on a timeout or a close."""
+    done = 0
+    while done < count:
+        if time.monotonic() > deadline:
+            print("PARTIAL", done, count, flush=True)
+            return False
+        for key, _ in selector.select(timeout=1):
+            sock = key.fileobj
+            data = sock.recv(1 << 20)  # type: ignore[union-attr]
+            if not data:
+                print("CLOSED", flush=True)
+                return False
+            if finished(key.fd, data):
+                done += 1
+                selector.unregister(sock)
+    return True
+
+
+def until_sentinel(
+    selector: selectors.BaseSelector, count: int, ending: bytes, deadline: float
+) -> None:
+    """Read every socket until its stream ends with ``ending`` (frames vary in size)."""
+    tails: dict[int, bytes] = {}
+
+    def finished(fd: int, data: bytes) -> bool:
+        tail = tails[fd] = (tails.get(fd, b"") + data)[-len(ending) :]
+        return tail == ending
+
+    if read_until(selector, count, deadline, finished):
+        print("DONE", time.monotonic(), flush=True)
+
+
+def count_frames(
+    selector: selectors.BaseSelector, count: int, messages: int, deadline: float
+) -> None:
+    """Read every socket until it has ``messages`` frames, whatever their sizes."""
+    frames: dict[int, int] = {}
+    rests: dict[int, bytes] = {}
+    total = 0
+
+    def finished(fd: int, data: bytes) -> bool:
+        nonlocal total
+        total += len(data)
+        buffer = rests.pop(fd, b"") + data
+        seen, at = frames.get(fd, 0), 0
+        while True:
+            length = frame_length(buffer[at : at + 10])
+            if length is None or at + length > len(buffer):
+                break
+            at += length
+            seen += 1
+        frames[fd] = seen
+        if at < len(buffer):
+            rests[fd] = buffer[at:]
+        return seen >= messages
+
+    if read_until(selector, count, deadline, finished):
+        print("DONE", time.monotonic(), flush=True)
+        print("BYTES", total, flush=True)
 
 
 def churn(args: argparse.Namespace) -> None:
@@ -281,6 +372,8 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=0)
     parser.add_argument("--socketio", action="store_true")
     parser.add_argument("--tls", action="store_true")
+    parser.add_argument("--sentinel", default="")
+    parser.add_argument("--deflate", action="store_true")
     parser.add_argument("--timeout", type=float, default=120)
     parser.add_argument("--seconds", type=float, default=3)
     parser.add_argument("--concurrency", type=int, default=32)
@@ -288,6 +381,8 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=20000)
     parser.add_argument("--batch", action="store_true")
     args = parser.parse_args()
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     {"fanout": fanout, "churn": churn, "hub": hub}[args.mode](args)
 
 

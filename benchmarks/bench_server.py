@@ -8,6 +8,20 @@ of 100 bytes to all of them as fast as the system allows; on ``STOP`` it prints
 ``CPU <seconds of process CPU since GO>`` and exits. ``ops`` (megapresence
 only) times direct messages and broadcasts with an except list instead.
 
+``--burst K`` makes each turn of the event loop K broadcasts back to back (M
+in all). ``--mode storm`` (megapresence and websockets): every client watches
+channel ``c`` (mode users, window 0: every change is a diff at once), and each
+turn makes K/2 metadata updates (a diff to every watcher each) and K/2
+messages published to ``c``; websockets broadcasts the same kinds of JSON. A
+storm ends with a sentinel message (``SENTINEL``), and the server prints
+``DELIVERIES <n>`` before ``CPU``.
+
+``--deflate`` (megapresence and websockets): permessage-deflate on, with each
+system's defaults (megapresence: no context takeover, a broadcast compressed
+once; websockets: context takeover, window 12 bits, compressed per
+connection), and the broadcasts are ``chat_texts``: varied chat-like JSON of
+about 300 bytes, the same for both.
+
 Systems: megapresence-asyncio, megapresence-uvloop, megapresence-trio,
 websockets (its broadcast()), socketio (python-socketio emit to a room, aiohttp),
 bare-asyncio and bare-trio (wsproto handshakes, then one frame written to each
@@ -22,6 +36,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import random
 import resource
 import socket
@@ -32,6 +47,15 @@ from typing import Any
 
 PAYLOAD_BYTES = 100
 PATH = "/ws/bench"
+#: The last message of a storm: the load client stops when every socket has it.
+SENTINEL = "END-OF-RUN"
+
+
+def raise_file_limit() -> None:
+    """As many open files as this process may have (the scale runs hold N sockets)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def rss_kib() -> int:
@@ -55,18 +79,99 @@ async def measure(
     args: argparse.Namespace,
     readline: Callable[[], Awaitable[str]],
     broadcast_once: Callable[[], Awaitable[None]],
+    finish: Callable[[], None] | None = None,
 ) -> None:
-    """The protocol every system follows once its N clients are connected."""
+    """The protocol every system follows once its N clients are connected; ``finish``
+    sends a storm's sentinel."""
     say("CONNECTED", rss_kib())
     await readline()
     if args.mode == "serve":
         return
     cpu = cpu_seconds()
     say("START", time.monotonic())
-    for _ in range(args.messages):
+    for _ in range(args.messages // args.burst):
         await broadcast_once()
+    if finish is not None:
+        finish()
     await readline()
     say("CPU", cpu_seconds() - cpu)
+
+
+async def measure_broadcasts(
+    args: argparse.Namespace,
+    readline: Callable[[], Awaitable[str]],
+    broadcast: Callable[[], None],
+    chat: Callable[[], None],
+    sleep: Callable[[float], Awaitable[None]],
+) -> bool:
+    """Measure single broadcasts, bursts (``--burst``) or compressed chat messages
+    (``--deflate``); False for a storm, which each system runs its own way."""
+    burst = args.burst
+
+    async def broadcast_once() -> None:
+        for _ in range(burst):
+            broadcast()
+        await sleep(0)
+
+    async def chat_once() -> None:
+        chat()
+        await sleep(0)
+
+    if args.mode == "storm":
+        return False
+    await measure(args, readline, chat_once if args.deflate else broadcast_once)
+    return True
+
+
+def storm_texts(step: int, half: int) -> list[str]:
+    """What websockets broadcasts in a storm turn: the JSON a presence diff and a
+    channel message of the same shapes as megapresence's, encoded per message."""
+    import json
+
+    texts = []
+    for k in range(half):
+        member = {"sessionId": f"s{k}", "userId": f"u{k}", "metadata": {"n": step}}
+        diff = {"type": "presence_diff", "channel": "c", "version": step * half + k}
+        texts.append(json.dumps({**diff, "joins": [], "leaves": [], "updates": [member]}))
+        texts.append(json.dumps({"type": "m", "channel": "c", "payload": "x" * 60}))
+    return texts
+
+
+def chat_texts(count: int = 64) -> list[str]:
+    """Varied chat-like payloads (~300 bytes of JSON each), the same in every run."""
+    rng = random.Random(7)
+    words = [
+        "presence",
+        "online",
+        "away",
+        "typing",
+        "joined",
+        "left",
+        "room",
+        "lobby",
+        "meeting",
+        "call",
+        "status",
+        "busy",
+        "hello",
+        "thanks",
+        "see",
+        "you",
+        "soon",
+        "great",
+        "idea",
+        "let",
+        "us",
+        "ship",
+        "it",
+        "today",
+        "tomorrow",
+        "review",
+    ]
+    return [
+        " ".join(rng.choice(words) for _ in range(40)) + f" #{n} {rng.getrandbits(64):x}"
+        for n in range(count)
+    ]
 
 
 def text_of_size(prefix: str, suffix: str) -> str:
@@ -81,11 +186,18 @@ async def megapresence(args: argparse.Namespace, readline: Callable[[], Awaitabl
     import anyio
 
     from megapresence_anyio import Identity, PresenceServer, SocketLimits
-    from megapresence_core import Message
+    from megapresence_core import Limits, Message, PresenceConfig
+    from megapresence_core.config import DEFAULT_PRESENCE_WINDOW
+    from megapresence_core.events import PublishRequested, Subscribe
 
     # Every client of the load process comes from 127.0.0.1: the per-address caps
     # (made for clients on their own addresses) would refuse most of them.
-    limits = SocketLimits(max_pending_per_address=512, max_connections_per_address=10_000)
+    limits = SocketLimits(
+        max_pending_per_address=512,
+        max_connections_per_address=1_000_000,
+        max_connections=1_000_000,
+        **({"permessage_deflate": True} if args.deflate else {}),
+    )
 
     counter = iter(range(10**9))
 
@@ -99,7 +211,12 @@ async def megapresence(args: argparse.Namespace, readline: Callable[[], Awaitabl
         from megapresence_anyio._stats import Stats
 
         Stats.delivered = lambda self, targets, size: None  # type: ignore[method-assign]
-    async with PresenceServer(login, paths=None, limits=limits) as server:
+    # A channel of every client: past the default cap of members per channel at scale.
+    presence = PresenceConfig(
+        presence_window=0 if args.mode == "storm" else DEFAULT_PRESENCE_WINDOW,
+        limits=Limits(max_members_per_channel=1_000_000),
+    )
+    async with PresenceServer(login, paths=None, limits=limits, presence=presence) as server:
         if args.system == "megapresence-asgi":
             port = await asgi_listen(server)
         elif args.system == "megapresence-tls":
@@ -114,12 +231,41 @@ async def megapresence(args: argparse.Namespace, readline: Callable[[], Awaitabl
             await readline()
             await operations(server, args)
             return
+        texts = iter(chat_texts() * (args.messages // 64 + 1))
+        if await measure_broadcasts(
+            args,
+            readline,
+            lambda: server.broadcast(PATH, "c", message),
+            lambda: server.broadcast(PATH, "c", Message(type="m", payload=next(texts))),
+            anyio.sleep,
+        ):
+            return
+        burst = args.burst
+        clients = sorted(server.clients, key=lambda c: int(c.user_id[1:]))
+        for client in clients:
+            server.dispatch(Subscribe(conn=client, channel="c", mode="users", now=0.0))
+        while any(client.session.transport.queued for client in clients):  # the snapshots
+            await anyio.sleep(0.05)
+        await anyio.sleep(0.5)
+        delivered = server.stats.deliveries
+        half, step = burst // 2, 0
+        published = Message(type="m", payload="x" * 60)
 
-        async def broadcast_once() -> None:
-            server.broadcast(PATH, "c", message)
+        async def storm_once() -> None:
+            nonlocal step
+            step += 1
+            for k in range(half):
+                server.update_metadata(f"s{k}", {"n": step})
+                server.dispatch(PublishRequested(channel="c", message=published))
             await anyio.sleep(0)
 
-        await measure(args, readline, broadcast_once)
+        await measure(
+            args,
+            readline,
+            storm_once,
+            lambda: server.broadcast(PATH, "c", Message(type="end", payload=SENTINEL)),
+        )
+        say("DELIVERIES", server.stats.deliveries - delivered)
 
 
 async def asgi_listen(server: Any) -> int:
@@ -193,17 +339,45 @@ async def websockets_server(
             connections.discard(ws)
 
     message = text_of_size("", "")
-    async with serve(handler, "127.0.0.1", 0, ping_interval=None, max_queue=None) as server:
+    texts = iter(
+        json.dumps({"type": "m", "ns": PATH, "payload": text}, separators=(",", ":"))
+        for text in chat_texts() * (args.messages // 64 + 1)
+    )
+    compression = "deflate" if args.deflate else None
+    async with serve(
+        handler, "127.0.0.1", 0, ping_interval=None, max_queue=None, compression=compression
+    ) as server:
         port = next(iter(server.sockets)).getsockname()[1]
         say("READY", port, rss_kib())
         while len(connections) < args.clients:
             await asyncio.sleep(0.01)
 
-        async def broadcast_once() -> None:
-            broadcast(connections, message)
+        if await measure_broadcasts(
+            args,
+            readline,
+            lambda: broadcast(connections, message),
+            lambda: broadcast(connections, next(texts)),
+            asyncio.sleep,
+        ):
+            return
+        burst = args.burst
+        step = 0
+
+        async def storm_once() -> None:
+            nonlocal step
+            step += 1
+            for text in storm_texts(step, burst // 2):
+                broadcast(connections, text)
             await asyncio.sleep(0)
 
-        await measure(args, readline, broadcast_once)
+        await measure(
+            args,
+            readline,
+            storm_once,
+            lambda: broadcast(connections, '{"type":"end","payload":"' + SENTINEL + '"}'),
+        )
+        turns = args.messages // burst
+        say("DELIVERIES", len(connections) * (turns * 2 * (burst // 2) + 1))
 
 
 # --------------------------------------------------------------------- socket.io
@@ -333,6 +507,10 @@ async def bare_trio(args: argparse.Namespace, readline: Callable[[], Awaitable[s
                 continue
             accepted += 1
             conn.setblocking(False)
+            # As every other system here: asyncio sets it on every transport, and
+            # megapresence on every socket it accepts. Without it Nagle's algorithm
+            # would merge frames (and delay them), and the ceiling would measure that.
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             nursery.start_soon(handshake, conn)
         while len(sockets) < args.clients:
             await trio.sleep(0.01)
@@ -383,13 +561,16 @@ def main() -> None:
     parser.add_argument("system")
     parser.add_argument("--clients", type=int, default=0)
     parser.add_argument("--messages", type=int, default=0)
+    parser.add_argument("--burst", type=int, default=1, help="broadcasts per turn of the loop")
+    parser.add_argument("--deflate", action="store_true", help="permessage-deflate on")
     parser.add_argument(
         "--mode",
-        choices=["fanout", "ops", "serve"],
+        choices=["fanout", "ops", "serve", "storm"],
         default="fanout",
         help="serve: accept connections until a line arrives (churn)",
     )
     args = parser.parse_args()
+    raise_file_limit()
     system = args.system
     if system.startswith("megapresence"):
         import anyio

@@ -16,6 +16,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -40,6 +41,18 @@ FANOUT_SYSTEMS = (
     "bare-trio",
 )
 CHURN_SYSTEMS = ("megapresence-asyncio", "megapresence-trio", "websockets")
+#: Bursts (10 broadcasts per turn of the loop) and the presence storm: against websockets.
+BURST_SYSTEMS = ("megapresence-asyncio", "megapresence-uvloop", "megapresence-trio", "websockets")
+BURST = 10
+BURST_SIZES = (1000, 5000)
+#: Every watcher gets the snapshot of all N members first: N² bytes of setup.
+STORM_SIZES = (1000,)
+#: One process, many sockets: the curve of deliveries/s and memory per N. The file
+#: limit bounds N (each side holds N sockets): 50,000 needs a hard limit above it.
+SCALE_SYSTEMS = ("megapresence-asyncio", "megapresence-trio", "websockets")
+SCALE_SIZES = (10_000, 20_000, 50_000)
+#: Compressed broadcasts (permessage-deflate, each system's defaults): against websockets.
+DEFLATE_SYSTEMS = ("megapresence-asyncio", "megapresence-trio", "websockets")
 #: The encode-once ceiling each system is compared with, by event loop.
 CEILING = {
     "megapresence-asyncio": "bare-asyncio",
@@ -92,12 +105,27 @@ class Process:
                 stream.close()
 
 
-def fanout_once(system: str, clients: int, messages: int) -> dict[str, float]:
+def fanout_once(
+    system: str,
+    clients: int,
+    messages: int,
+    burst: int = 1,
+    storm: bool = False,
+    deflate: bool = False,
+) -> dict[str, float]:
+    """One fan-out run: single broadcasts, bursts of ``burst`` per turn, a storm, or
+    compressed broadcasts."""
+    options = ["--burst", str(burst)] + (["--mode", "storm"] if storm else [])
+    options += ["--deflate"] if deflate else []
     with Process(
-        "bench_server.py", system, "--clients", str(clients), "--messages", str(messages)
+        "bench_server.py", system, "--clients", str(clients), "--messages", str(messages), *options
     ) as server:
         port, base_rss = server.expect("READY")
         extra = {"socketio": ["--socketio"], "megapresence-tls": ["--tls"]}.get(system, [])
+        if storm:
+            extra = ["--sentinel", "END-OF-RUN"]
+        if deflate:
+            extra = ["--deflate"]
         with Process(
             "bench_client.py",
             "fanout",
@@ -110,18 +138,37 @@ def fanout_once(system: str, clients: int, messages: int) -> dict[str, float]:
             *extra,
         ) as client:
             client.expect("CONNECTED")
-            (rss,) = server.expect("CONNECTED")
+            (rss,) = server.expect("CONNECTED", timeout=600)
             time.sleep(0.5)  # let both sides go idle
             server.send("GO")
             (start,) = server.expect("START")
-            (done,) = client.expect("DONE")
+            (done,) = client.expect("DONE", timeout=600)
             server.send("STOP")
             (cpu,) = server.expect("CPU")
-    deliveries = clients * messages
-    return {
+            deliveries = int(server.expect("DELIVERIES")[0]) if storm else clients * messages
+            wire = int(client.expect("BYTES")[0]) / deliveries if deflate else 0.0
+    found = {
         "deliveries_per_s": deliveries / (float(done) - float(start)),
         "cpu_us_per_delivery": float(cpu) / deliveries * 1e6,
         "rss_kib_per_conn": (int(rss) - int(base_rss)) / clients,
+    }
+    if deflate:
+        found["wire_bytes_per_delivery"] = wire
+    return found
+
+
+def fanouts(
+    clients: int, systems: Sequence[str], deliveries: int, runs: int
+) -> dict[str, dict[str, dict[str, float]] | None]:
+    """Single broadcasts to ``clients`` sockets, each system ``runs`` times."""
+    messages = max(10, deliveries // clients)
+    return {
+        system: repeat(
+            system,
+            runs,
+            lambda system=system: fanout_once(system, clients, messages),
+        )
+        for system in systems
     }
 
 
@@ -219,6 +266,34 @@ def fmt(stat: dict[str, float] | None, digits: int = 0) -> str:
     return f"{stat['median']:,.{digits}f} ({stat['min']:,.{digits}f}-{stat['max']:,.{digits}f})"
 
 
+def median_ratio(stat: dict[str, Any], base: dict[str, Any] | None, key: str) -> float:
+    """``stat``'s median of ``key`` over ``base``'s (NaN without a base)."""
+    return stat[key]["median"] / base[key]["median"] if base else float("nan")
+
+
+def versus_websockets(
+    n: int,
+    by_system: dict[str, Any],
+    extra: Callable[[dict[str, Any], dict[str, Any] | None], list[str]],
+) -> list[str]:
+    """Table rows at ``n``: deliveries/s, its ratio to websockets, CPU per delivery,
+    then the ``extra`` columns."""
+    base = by_system.get("websockets")
+    rows = []
+    for system, stat in by_system.items():
+        if stat is None:
+            rows.append(f"| {n} | {system} | failed |")
+            continue
+        cells = [
+            fmt(stat["deliveries_per_s"]),
+            f"{median_ratio(stat, base, 'deliveries_per_s'):.2f}",
+            fmt(stat["cpu_us_per_delivery"], 2),
+            *extra(stat, base),
+        ]
+        rows.append(f"| {n} | {system} | " + " | ".join(cells) + " |")
+    return rows
+
+
 def markdown(results: dict[str, Any]) -> str:
     lines = [
         f"Measured {results['when']} on {results['machine']}; "
@@ -266,6 +341,56 @@ def markdown(results: dict[str, Any]) -> str:
             lines.append(f"| {n} | failed | failed |")
         else:
             lines.append(f"| {n} | {fmt(stat['direct_us'], 2)} | {fmt(stat['except_us'], 0)} |")
+    for key, title in (
+        ("burst", f"### Bursts: {BURST} broadcasts of 100 bytes back to back, to N clients"),
+        (
+            "storm",
+            f"### Presence storm: N watchers of a channel, each turn {BURST // 2} presence diffs "
+            f"and {BURST // 2} channel messages",
+        ),
+    ):
+        lines += [
+            "",
+            title,
+            "",
+            "| N | system | deliveries/s | x websockets | server CPU µs/delivery |",
+            "|---:|---|---:|---:|---:|",
+        ]
+        for n, by_system in results.get(key, {}).items():
+            lines += versus_websockets(n, by_system, lambda stat, base: [])
+    lines += [
+        "",
+        "### Compressed broadcasts: permessage-deflate, varied chat messages of ~330 bytes",
+        "",
+        "| N | system | deliveries/s | x websockets | server CPU µs/delivery | "
+        "x websockets CPU | bytes on the wire per delivery |",
+        "|---:|---|---:|---:|---:|---:|---:|",
+    ]
+    for n, by_system in results.get("deflate", {}).items():
+        lines += versus_websockets(
+            n,
+            by_system,
+            lambda stat, base: [
+                f"{median_ratio(stat, base, 'cpu_us_per_delivery'):.2f}",
+                f"{stat['wire_bytes_per_delivery']['median']:.0f}",
+            ],
+        )
+    if results.get("scale"):
+        lines += [
+            "",
+            "### Scale: one 100-byte broadcast to N sockets on one process",
+            "",
+            "| N | system | deliveries/s | x websockets | server CPU µs/delivery | "
+            "RSS KiB per idle socket |",
+            "|---:|---|---:|---:|---:|---:|",
+        ]
+        for n, by_system in results["scale"].items():
+            if by_system is None:
+                lines.append(f"| {n} | (all) | not run: over the open-file limit | | | |")
+                continue
+            lines += versus_websockets(
+                n, by_system, lambda stat, base: [f"{stat['rss_kib_per_conn']['median']:.1f}"]
+            )
     lines += [
         "",
         "### Churn: connect, upgrade, join, close (32 lanes)",
@@ -292,20 +417,14 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def chart(results: dict[str, Any], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    sizes = list(results["fanout"])
-    systems = [s for s in FANOUT_SYSTEMS if any(results["fanout"][n].get(s) for n in sizes)]
-    fig, ax = plt.subplots(figsize=(10, 5))
-    width = 0.8 / len(systems)
-    for index, system in enumerate(systems):
+def _bars(ax: Any, by_size: dict[Any, Any], systems: Sequence[str], title: str) -> None:
+    sizes = list(by_size)
+    shown = [s for s in systems if any((by_size[n] or {}).get(s) for n in sizes)]
+    width = 0.8 / max(1, len(shown))
+    for index, system in enumerate(shown):
         medians, lows, highs = [], [], []
         for n in sizes:
-            stat = results["fanout"][n].get(system)
+            stat = (by_size[n] or {}).get(system)
             value = stat["deliveries_per_s"] if stat else {"median": 0, "min": 0, "max": 0}
             medians.append(value["median"] / 1000)
             lows.append((value["median"] - value["min"]) / 1000)
@@ -314,8 +433,24 @@ def chart(results: dict[str, Any], path: Path) -> None:
         ax.bar(xs, medians, width, yerr=[lows, highs], capsize=2, label=system)
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(sizes))], [f"N = {n}" for n in sizes])
     ax.set_ylabel("thousand deliveries per second (median, min-max)")
-    ax.set_title("Fan-out of a 100-byte broadcast, same machine, same run")
+    ax.set_title(title)
     ax.legend(fontsize=8, ncols=2)
+
+
+def chart(results: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    bursts = results.get("burst") or {}
+    fig, axes = plt.subplots(1, 2 if bursts else 1, figsize=(15 if bursts else 10, 5))
+    first = axes[0] if bursts else axes
+    _bars(
+        first, results["fanout"], FANOUT_SYSTEMS, "One 100-byte broadcast, same machine, same run"
+    )
+    if bursts:
+        _bars(axes[1], bursts, BURST_SYSTEMS, f"Bursts of {BURST} broadcasts per turn, same run")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -341,6 +476,9 @@ def main() -> int:
     )
     parser.add_argument("--quick", action="store_true", help="sizes 100,1000 and fewer messages")
     parser.add_argument("--no-readme", action="store_true", help="leave README.md as it is")
+    parser.add_argument(
+        "--scale", action="store_true", help="also fan out to 10,000-50,000 sockets (minutes)"
+    )
     args = parser.parse_args()
     sizes = [100, 1000] if args.quick else [int(n) for n in args.sizes.split(",")]
     deliveries = 30_000 if args.quick else args.deliveries
@@ -354,17 +492,53 @@ def main() -> int:
         "churn": {},
     }
     for n in sizes:
+        print(f"fan-out N={n}", flush=True)
+        results["fanout"][n] = fanouts(n, FANOUT_SYSTEMS, deliveries, args.runs)
+        results["ops"][n] = repeat(f"ops N={n}", args.runs, lambda n=n: ops_once(n))
+    for key, storm, burst_sizes in (
+        ("burst", False, BURST_SIZES),
+        ("storm", True, STORM_SIZES),
+    ):
+        results[key] = {}
+        for n in [n for n in burst_sizes if n in sizes] or sizes[-1:]:
+            messages = max(BURST, deliveries // n // BURST * BURST)
+            print(f"{key} N={n}, {messages} messages", flush=True)
+            results[key][n] = {
+                system: repeat(
+                    system,
+                    args.runs,
+                    lambda system=system, n=n, messages=messages, storm=storm: fanout_once(
+                        system, n, messages, BURST, storm
+                    ),
+                )
+                for system in BURST_SYSTEMS
+                if not (storm and system == "megapresence-uvloop")
+            }
+    results["deflate"] = {}
+    for n in [n for n in BURST_SIZES if n in sizes] or sizes[-1:]:
         messages = max(10, deliveries // n)
-        print(f"fan-out N={n}, {messages} messages", flush=True)
-        results["fanout"][n] = {
+        print(f"deflate N={n}, {messages} messages", flush=True)
+        results["deflate"][n] = {
             system: repeat(
                 system,
                 args.runs,
-                lambda system=system, n=n, messages=messages: fanout_once(system, n, messages),
+                lambda system=system, n=n, messages=messages: fanout_once(
+                    system, n, messages, deflate=True
+                ),
             )
-            for system in FANOUT_SYSTEMS
+            for system in DEFLATE_SYSTEMS
         }
-        results["ops"][n] = repeat(f"ops N={n}", args.runs, lambda n=n: ops_once(n))
+    if args.scale:
+        # Each process holds N sockets and a few more files.
+        most = resource.getrlimit(resource.RLIMIT_NOFILE)[1] - 128
+        fits = [n for n in SCALE_SIZES if n <= most]
+        results["scale"] = {}
+        for n in fits + ([most] if len(fits) < len(SCALE_SIZES) else []):
+            print(f"scale N={n}", flush=True)
+            results["scale"][n] = fanouts(n, SCALE_SYSTEMS, deliveries, args.runs)
+        for n in SCALE_SIZES[len(fits) :]:
+            print(f"scale N={n}: over the open-file limit, not run", flush=True)
+            results["scale"][n] = None
     print("churn", flush=True)
     results["churn"] = {
         system: repeat(system, args.runs, lambda system=system: churn_once(system, 3.0))

@@ -25,6 +25,7 @@ TARGETS = (
     "hub",
     "http_request",
     "hub_upgrade",
+    "deflate",
 )
 
 

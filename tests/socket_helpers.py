@@ -110,6 +110,8 @@ class RawClient:
     def __init__(self, stream: anyio.abc.SocketStream) -> None:
         self.stream = stream
         self.buffer = b""
+        #: The server's answer to the upgrade (status line and headers).
+        self.head = b""
 
     @classmethod
     async def connect(cls, port: int, path: str = "/ws", headers: str = "") -> RawClient:
@@ -123,8 +125,8 @@ class RawClient:
                 f"Sec-WebSocket-Version: 13\r\n{headers}\r\n"
             ).encode()
         )
-        head = await client.read_until(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 101"), head
+        client.head = await client.read_until(b"\r\n\r\n")
+        assert client.head.startswith(b"HTTP/1.1 101"), client.head
         return client
 
     async def __aenter__(self) -> RawClient:
@@ -148,13 +150,18 @@ class RawClient:
 
     async def frame(self) -> tuple[int, bytes]:
         """The next (opcode, payload) from the server (server frames are unmasked)."""
+        first, payload = await self.raw_frame()
+        return first & 0x0F, payload
+
+    async def raw_frame(self) -> tuple[int, bytes]:
+        """The next server frame: its first byte (FIN, RSV bits, opcode) and its payload."""
         first, second = await self.read_exactly(2)
         size = second & 0x7F
         if size == 126:
             (size,) = struct.unpack("!H", await self.read_exactly(2))
         elif size == 127:
             (size,) = struct.unpack("!Q", await self.read_exactly(8))
-        return first & 0x0F, await self.read_exactly(size)
+        return first, await self.read_exactly(size)
 
     async def send_frame(self, first_byte: int, payload: bytes) -> None:
         mask = os.urandom(4)

@@ -42,7 +42,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 PACKAGES = {
     megapresence_core: (),
-    megapresence_anyio: ("metrics",),  # prometheus_client, imported when /metrics is asked
+    # prometheus_client, imported when /metrics is asked; trio, when running on trio.
+    megapresence_anyio: ("metrics", "trio"),
     megapresence_nats: ("nats",),
     megapresence_redis: ("redis",),
 }

@@ -19,6 +19,13 @@ def _positive(instance: object, attribute: attrs.Attribute[Any], value: Any) -> 
         )
 
 
+def _flag(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if not isinstance(value, bool):
+        raise LocalUsageError(
+            f"{type(instance).__name__}: {attribute.name} must be True or False, got {value!r}"
+        )
+
+
 def _origins(value: Any) -> frozenset[str] | None:
     if value is None:
         return None
@@ -90,6 +97,11 @@ class SocketLimits:
     #: under its client's address in the open-connection caps, is logged with
     #: it, and ``HandshakeRequest.remote`` is that client. Empty: believe no one.
     trusted_proxies: frozenset[Network] = attrs.field(default=frozenset(), converter=networks)
+    #: Accept permessage-deflate (RFC 7692) when a client offers it: broadcasts
+    #: are compressed once for every such client, and what a client sends is
+    #: inflated within ``max_message_bytes``. Off by default: on loopback it
+    #: costs CPU to save bytes (benchmarks/README.md measures both).
+    permessage_deflate: bool = attrs.field(default=False, validator=_flag)
 
     def origin_allowed(self, origin: str | None) -> bool:
         if self.allowed_origins is None:

@@ -6,10 +6,11 @@ a peer can send maps to a status here: h11's errors carry their own hint, a
 target h11 accepts but we cannot route (``GET //[x``, ``*``, ``host:443``) is
 400, and so is a header that must appear once and appears twice.
 
-megapresence does not offer permessage-deflate: wsproto would inflate a
-compressed message without any bound (a 200 KB frame became 200 MiB when this
-was measured), and presence traffic is small. A client that offers it simply
-gets an uncompressed connection.
+permessage-deflate is accepted only when ``SocketLimits.permessage_deflate``
+is on, and then with megapresence's own bounded inflate (``_deflate.py``):
+wsproto's extension inflates without any bound (a 200 KB frame became 200 MiB
+when this was measured). Otherwise a client that offers it simply gets an
+uncompressed connection.
 """
 
 from __future__ import annotations
@@ -25,13 +26,16 @@ from urllib.parse import parse_qsl, urlsplit
 import attrs
 import h11
 from wsproto.connection import Connection, ConnectionType
+from wsproto.extensions import Extension
 from wsproto.utilities import generate_accept_token
 
+from ._deflate import BoundedInflate, Deflate
 from ._transport import Outlet, Transport
 
 __all__ = [
     "HandshakeRequest",
     "RequestReader",
+    "extension_offers",
     "read_request",
     "reason_phrase",
     "respond",
@@ -62,6 +66,24 @@ _REASONS: Mapping[int, bytes] = {
 #: RFC 9110 say each of these appears once.
 _SINGLE_HEADERS: Final = frozenset(
     {"host", "upgrade", "origin", "authorization", "sec-websocket-key", "sec-websocket-version"}
+)
+
+
+#: Headers whose values most sockets of a server share: kept once, not once per socket.
+_SHARED_VALUES: Final = frozenset(
+    {
+        "host",
+        "upgrade",
+        "connection",
+        "origin",
+        "user-agent",
+        "sec-websocket-version",
+        "sec-websocket-extensions",
+        "accept-encoding",
+        "accept-language",
+        "cache-control",
+        "pragma",
+    }
 )
 
 
@@ -182,10 +204,15 @@ class RequestReader:
             path=path,
             query_string=query,
             # Interned: every open socket keeps its request, and the same dozen
-            # header names would otherwise be stored once per socket.
+            # header names (and the values most sockets share) would otherwise be
+            # stored once per socket.
             headers=tuple(
-                (sys.intern(name), value.decode("latin-1"))
+                (
+                    sys.intern(name),
+                    sys.intern(text) if name in _SHARED_VALUES else text,
+                )
                 for name, (_, value) in zip(names, event.headers, strict=True)
+                for text in (value.decode("latin-1"),)
             ),
             remote=self._remote,
             http_version=version,
@@ -268,17 +295,38 @@ def upgrade_refusal(request: HandshakeRequest) -> tuple[int, str] | None:
     return None
 
 
-def server_connection(trailing: bytes) -> Connection:
+def server_connection(trailing: bytes, inflate_limit: int | None = None) -> Connection:
     """The server side of a WebSocket whose request :func:`upgrade_refusal` passed.
-    Frames a client sent right behind its request belong to it."""
-    return Connection(ConnectionType.SERVER, trailing_data=trailing)
+    Frames a client sent right behind its request belong to it. With
+    ``inflate_limit`` (permessage-deflate was agreed), compressed messages are
+    inflated up to that many bytes each."""
+    extensions: list[Extension] | None = (
+        [BoundedInflate(inflate_limit)] if inflate_limit is not None else None
+    )
+    return Connection(ConnectionType.SERVER, extensions=extensions, trailing_data=trailing)
 
 
-def write_upgrade(transport: Outlet, request: HandshakeRequest) -> None:
+def extension_offers(request: HandshakeRequest) -> list[str]:
+    """Every ``Sec-WebSocket-Extensions`` value of the request, in order."""
+    return [value for name, value in request.headers if name == "sec-websocket-extensions"]
+
+
+def write_upgrade(
+    transport: Outlet, request: HandshakeRequest, deflate: Deflate | None = None
+) -> None:
     """Write the 101. The request was parsed once, by h11, to route and authenticate
     it; this answers it directly rather than have wsproto parse it again."""
     key = request.header("sec-websocket-key") or ""
+    extensions = (
+        b"Sec-WebSocket-Extensions: " + deflate.response.encode("latin-1") + b"\r\n"
+        if deflate is not None
+        else b""
+    )
     transport.write(
         b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-        b"Sec-WebSocket-Accept: " + generate_accept_token(key.encode("latin-1")) + b"\r\n\r\n"
+        b"Sec-WebSocket-Accept: "
+        + generate_accept_token(key.encode("latin-1"))
+        + b"\r\n"
+        + extensions
+        + b"\r\n"
     )

@@ -82,8 +82,9 @@ from megapresence_core.lifecycle import ClusterLinkState, ConnectionState, HubLi
 
 from ._asgi import ASGIApp, FrameText, PresenceASGI, Receive, Scope, Send, serve_asgi
 from ._config import DEFAULT_SOCKET_LIMITS, SocketLimits
+from ._deflate import deflated_frame, negotiate
 from ._guard import Admission, Background, Guard, read_upgrade
-from ._http import HandshakeRequest, server_connection, write_upgrade
+from ._http import HandshakeRequest, extension_offers, server_connection, write_upgrade
 from ._hub_client import HubClient
 from ._listener import accept_forever, open_listener
 from ._logging import log_action
@@ -101,7 +102,7 @@ from ._session import Session, WebSocketSession, text_frame
 from ._stats import Metric, Stats, counter, gauge, state_gauge
 from ._ticker import Ticker
 from ._tls import TlsServerStream
-from ._transport import SocketTransport, StreamTransport, Transport
+from ._transport import Coalescer, SocketTransport, StreamTransport, Transport
 
 __all__ = [
     "ChannelStats",
@@ -318,6 +319,10 @@ class PresenceServer:
         self._admission = Admission(limits, self._stats)
         self._background = Background(self._stats, self._group)
         self._task_group: anyio.abc.TaskGroup | None = None
+        #: Sends each socket's writes of one turn of the event loop in one ``send()``.
+        self._coalescer: Coalescer | None = None
+        #: Some socket agreed to permessage-deflate: broadcasts look at each one's.
+        self._deflating = False
         #: On asyncio, the connections' tasks (see _spawn_connection); None on trio.
         self._connection_tasks: set[asyncio.Task[Any]] | None = None
         self._hub = (
@@ -383,6 +388,7 @@ class PresenceServer:
                 raise
         if sniffio.current_async_library() == "asyncio":
             self._connection_tasks = set()
+        self._coalescer = Coalescer()
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
         self._background.service("ticker", self._ticker.run)
@@ -512,7 +518,10 @@ class PresenceServer:
 
     def _on_accept(self, sock: socket.socket, remote: tuple[str, int] | None) -> None:
         transport = SocketTransport(
-            sock, spawn=self._background.spawn, max_buffer=self._limits.max_send_buffer
+            sock,
+            spawn=self._background.spawn,
+            max_buffer=self._limits.max_send_buffer,
+            coalescer=self._coalescer,
         )
         guard: Guard[Transport] = Guard(transport, remote)
         self._spawn_connection(self._serve, guard, self._admission.begin(guard), self._handshake)
@@ -598,11 +607,24 @@ class PresenceServer:
             return None
         request, trailing = read
         transport = guard.transport
+        limits = self._limits
+        deflate = negotiate(extension_offers(request)) if limits.permessage_deflate else None
 
         def session(now: float) -> Session:
-            return WebSocketSession(transport, server_connection(trailing), self._limits, now)
+            if deflate is None:
+                return WebSocketSession(transport, server_connection(trailing), limits, now)
+            self._deflating = True
+            return WebSocketSession(
+                transport,
+                server_connection(trailing, limits.max_message_bytes),
+                limits,
+                now,
+                deflate=deflate.server_bits,
+            )
 
-        return await self._admit(guard, request, session, lambda: write_upgrade(transport, request))
+        return await self._admit(
+            guard, request, session, lambda: write_upgrade(transport, request, deflate)
+        )
 
     async def _serve_connection(self, guard: Guard[Any], opening: Opening) -> None:
         """Serve a connection that arrived elsewhere (an ASGI server's)."""
@@ -622,14 +644,13 @@ class PresenceServer:
         if refusal is not None:
             guard.refuse(refusal.status, refusal.reason)
             return None
-        outcome: object = None
-        with anyio.CancelScope(deadline=guard.deadline) as timer:
-            outcome = self._authenticate(request)
-            if inspect.isawaitable(outcome):
+        outcome: object = self._authenticate(request)
+        if inspect.isawaitable(outcome):  # only an await can take time: a timer for it alone
+            with anyio.CancelScope(deadline=guard.deadline) as timer:
                 outcome = await outcome
-        if timer.cancelled_caught:
-            guard.refuse(503, "authenticate did not answer within the handshake timeout")
-            return None
+            if timer.cancelled_caught:
+                guard.refuse(503, "authenticate did not answer within the handshake timeout")
+                return None
         if isinstance(outcome, Refusal):
             guard.refuse(outcome.status, outcome.reason)
             return None
@@ -744,12 +765,31 @@ class PresenceServer:
             self._hub.keepalive(now)
 
     def _deliver(self, action: Deliver) -> None:
-        frame = text_frame(action.text.encode("utf-8"))
+        payload = action.text.encode("utf-8")
+        frame = text_frame(payload)
         now = anyio.current_time()
         conns = action.conns
         self._stats.delivered(len(conns), len(frame))  # per delivery, not per socket
+        if self._deflating:
+            self._deliver_deflated(conns, payload, frame, now)
+            return
         for client in conns:
             client.session.send_frame(frame, now)  # type: ignore[attr-defined]
+
+    def _deliver_deflated(
+        self, conns: Iterable[Any], payload: bytes, frame: bytes, now: float
+    ) -> None:
+        """Compress the message once per window size (usually one), and only if
+        that makes it smaller; write that frame to every socket that agreed."""
+        frames: dict[int, bytes] = {0: frame}
+        for client in conns:
+            session = client.session
+            bits = session.deflate
+            chosen = frames.get(bits)
+            if chosen is None:
+                deflated = deflated_frame(payload, bits)
+                chosen = frames[bits] = deflated if len(deflated) < len(frame) else frame
+            session.send_frame(chosen, now)
 
     def _refused(self, action: RequestRefused) -> None:
         action.conn.send(action.text)  # type: ignore[attr-defined]

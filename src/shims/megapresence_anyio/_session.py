@@ -41,19 +41,24 @@ from megapresence_core.errors import CloseCode, truncate_reason
 from ._config import SocketLimits
 from ._transport import Outlet, Transport
 
-__all__ = ["Session", "SessionBase", "WebSocketSession", "text_frame"]
+__all__ = ["Session", "SessionBase", "WebSocketSession", "frame", "text_frame"]
 
 _FIN_TEXT = 0x81
 
 
-def text_frame(payload: bytes) -> bytes:
-    """One unmasked, final text frame carrying ``payload`` (UTF-8)."""
+def frame(first: int, payload: bytes) -> bytes:
+    """One unmasked frame: ``first`` is its first byte (FIN, RSV and opcode)."""
     size = len(payload)
     if size < 126:
-        return bytes((_FIN_TEXT, size)) + payload
+        return bytes((first, size)) + payload
     if size < 65536:
-        return struct.pack("!BBH", _FIN_TEXT, 126, size) + payload
-    return struct.pack("!BBQ", _FIN_TEXT, 127, size) + payload
+        return struct.pack("!BBH", first, 126, size) + payload
+    return struct.pack("!BBQ", first, 127, size) + payload
+
+
+def text_frame(payload: bytes) -> bytes:
+    """One unmasked, final text frame carrying ``payload`` (UTF-8)."""
+    return frame(_FIN_TEXT, payload)
 
 
 def utf8_len(text: str) -> int:
@@ -70,6 +75,9 @@ class Session(Protocol):
     closed_here: bool
     close_code: int | None
     close_reason: str
+    #: permessage-deflate: the window bits of what this server compresses for the
+    #: peer, 0 when it did not negotiate compression (``_deflate.py``).
+    deflate: int
 
     @property
     def is_open(self) -> bool: ...
@@ -99,6 +107,7 @@ class SessionBase(abc.ABC):
         "close_reason",
         "closed_here",
         "closing_since",
+        "deflate",
         "heard",
         "last_heard",
         "ping_sent_at",
@@ -117,6 +126,7 @@ class SessionBase(abc.ABC):
         #: The close code that ended the session: the peer's, ours, or 1006.
         self.close_code: int | None = None
         self.close_reason = ""
+        self.deflate = 0
 
     @property
     def transport(self) -> Outlet:
@@ -197,9 +207,16 @@ class WebSocketSession(SessionBase):
     __slots__ = ("_fragments", "_parts", "_size", "_transport", "_ws")
 
     def __init__(
-        self, transport: Transport, ws: Connection, limits: SocketLimits, now: float
+        self,
+        transport: Transport,
+        ws: Connection,
+        limits: SocketLimits,
+        now: float,
+        *,
+        deflate: int = 0,
     ) -> None:
         super().__init__(transport, limits, now)
+        self.deflate = deflate
         self._transport = transport
         self._ws = ws
         self._parts: list[str] = []
@@ -301,5 +318,9 @@ class WebSocketSession(SessionBase):
         # as a close event while the connection is still open. The stream cannot
         # be parsed any further, so this is a failure, not a handshake: send our
         # close frame and end without waiting for an answer we could not read.
-        self.close(event.code, event.reason or "", anyio.current_time())
+        # (A compressed message inflating past the limit is reported so: 1009.)
+        if event.code == CloseCode.MESSAGE_TOO_BIG:
+            self._too_big(self._limits.max_message_bytes + 1)
+        else:
+            self.close(event.code, event.reason or "", anyio.current_time())
         return True

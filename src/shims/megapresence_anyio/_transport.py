@@ -3,17 +3,26 @@
 The write path decides the speed of fan-out (DESIGN.md, measured on 2 cores:
 awaiting a send per connection reaches half of ``websockets.broadcast()``,
 writing in place reaches 1.5x of it). So :meth:`SocketTransport.write` is
-synchronous: it tries a non-blocking ``send()`` on the socket right away and
-queues only what the kernel did not take; a writer task is spawned for that
-connection only while something is queued, so order per connection is kept
-and an idle connection costs no task. The queue is bounded: when what waits
-behind the frame in flight would pass ``max_buffer`` bytes, ``write`` reports
-overflow and the caller closes the slow consumer (1013) without slowing anyone
-else. The frame in flight is not counted, so a single frame larger than the
-bound still reaches a peer that reads (frames are bounded by the message
-limits, so a peer costs at most one frame plus ``max_buffer``); and a close
-frame is written with ``force``, past the bound, so a slow consumer is told
-why it is dropped.
+synchronous: it sends with a non-blocking ``send()`` on the socket, no task
+and no await, and queues only what the kernel did not take; a writer task is
+spawned for that connection only while something is queued, so order per
+connection is kept and an idle connection costs no task. The queue is bounded:
+when what waits behind the chunk in flight would pass ``max_buffer`` bytes,
+``write`` reports overflow and the caller closes the slow consumer (1013)
+without slowing anyone else. The chunk in flight is not counted, so a single
+frame larger than the bound still reaches a peer that reads; and a close frame
+is written with ``force``, past the bound, so a slow consumer is told why it is
+dropped.
+
+One ``send()`` of a ~100-byte frame costs as much as writing ten in one, so a
+server's sockets write through a :class:`Coalescer`: the frames written to one
+socket in one turn of the event loop are kept in a list and leave together in
+one ``send()`` at the end of that turn (one ``call_soon`` per turn on asyncio,
+one ``run_sync_soon`` on trio, for all the sockets written). A burst of
+broadcasts costs one system call per socket, not one per message; a single
+broadcast costs what it did. A turn's batch is sent at once when it reaches
+``BATCH_BYTES``, so the chunk in flight is at most that plus one frame, and a
+slow consumer costs at most that plus ``max_buffer``.
 
 :class:`StreamTransport` gives the same interface over any anyio byte stream,
 for frameworks that accept connections themselves and for TLS; its writes
@@ -26,7 +35,9 @@ whose server reads the socket, is an outlet and not a transport.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import socket
 from collections import deque
 from collections.abc import Callable, Coroutine
@@ -34,13 +45,18 @@ from typing import Any, Protocol, final
 
 import anyio
 import anyio.abc
+import sniffio
 
-__all__ = ["Outlet", "SocketTransport", "Spawn", "StreamTransport", "Transport"]
+__all__ = ["Coalescer", "Outlet", "SocketTransport", "Spawn", "StreamTransport", "Transport"]
 
 #: Starts a background task; the server passes its task group's ``start_soon``.
 Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
 
+logger = logging.getLogger("megapresence")
+
 _RECV_BYTES = 65536
+#: A turn's batch for one socket is sent at once when it reaches this size.
+BATCH_BYTES = 65536
 
 
 class Outlet(Protocol):
@@ -101,48 +117,156 @@ class _QueuedWriter:
 
 
 @final
+class Coalescer:
+    """Sends, once at the end of a turn of the event loop, what each socket was
+    written in that turn: one ``send()`` per socket per turn. One per server,
+    made inside its event loop.
+
+    On asyncio the flush is one ``call_soon`` per turn. On trio it is a system
+    task parked until the first write of a turn reschedules it: it runs once the
+    tasks ready now have run, with no system call (``run_sync_soon`` would wake
+    the loop through its wakeup socket, about 10 µs per turn); before that task
+    starts and once it is gone, ``run_sync_soon`` serves."""
+
+    __slots__ = ("_parked", "_reschedule", "_task", "dirty", "schedule")
+
+    def __init__(self) -> None:
+        #: The sockets with a batch, in the order they were first written this turn.
+        self.dirty: list[SocketTransport] = []
+        #: Runs :meth:`_flush` once the tasks and callbacks ready now have run.
+        self.schedule: Callable[[], object]
+        self._task: Any = None  # trio's Task, while it is parked or flushing
+        self._parked = False
+        if sniffio.current_async_library() == "trio":
+            import trio
+
+            token = trio.lowlevel.current_trio_token()
+            self._reschedule = trio.lowlevel.reschedule
+
+            def schedule() -> None:
+                if self._parked:
+                    self._parked = False
+                    self._reschedule(self._task)
+                else:
+                    token.run_sync_soon(self._flush)
+
+            self.schedule = schedule
+            trio.lowlevel.spawn_system_task(self._flusher, name="megapresence write coalescer")
+        else:
+            loop = asyncio.get_running_loop()
+            self.schedule = lambda: loop.call_soon(self._flush)
+
+    async def _flusher(self) -> None:
+        import trio
+
+        def cancelled(_: object) -> trio.lowlevel.Abort:
+            self._parked = False
+            self._task = None
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        self._task = trio.lowlevel.current_task()
+        while True:
+            self._flush()
+            self._parked = True
+            await trio.lowlevel.wait_task_rescheduled(cancelled)
+
+    def _flush(self) -> None:
+        dirty, self.dirty = self.dirty, []
+        for transport in dirty:  # SocketTransport.flush, inlined: this is the hot loop
+            batch = transport._batch
+            if batch is not None:
+                transport._batch = None
+                if not transport._closed:
+                    try:
+                        transport._send(batch)
+                    except Exception as exc:  # a bug, not the network: that socket alone
+                        logger.error("a coalesced write failed: %r", exc, exc_info=exc)
+                        transport.abort()
+
+
+@final
 class SocketTransport(_QueuedWriter):
     """A connected non-blocking socket, owned by this object."""
 
-    __slots__ = ("_partial", "_queue", "_sock")
+    __slots__ = ("_batch", "_coalescer", "_partial", "_queue", "_sock")
 
-    def __init__(self, sock: socket.socket, *, spawn: Spawn, max_buffer: int) -> None:
+    def __init__(
+        self,
+        sock: socket.socket,
+        *,
+        spawn: Spawn,
+        max_buffer: int,
+        coalescer: Coalescer | None = None,
+    ) -> None:
         super().__init__(spawn, max_buffer)
         sock.setblocking(False)
         self._sock = sock
         #: Only while the kernel does not take everything: an idle socket holds no deque.
         self._queue: deque[memoryview] | None = None
         self._pending = 0
-        #: The head of the queue is the rest of a frame the kernel took in part.
+        #: The head of the queue is the rest of a chunk the kernel took in part.
         self._partial = False
+        #: Without one, every write is sent at once (a hub link, an ops socket).
+        self._coalescer = coalescer
+        #: What was written in this turn, sent at its end: the first frame as it is,
+        #: then a bytearray of them all; None while there is none.
+        self._batch: bytes | bytearray | None = None
 
     def write(self, data: bytes, *, force: bool = False) -> bool:
-        """Send ``data`` now as far as the kernel takes it; queue the rest.
+        """Send ``data`` at the end of this turn (or now, without a coalescer) as far
+        as the kernel takes it; queue the rest.
 
-        Returns False when ``data`` would not fit behind the frame in flight
+        Returns False when ``data`` would not fit behind the chunk in flight
         (the peer is not reading); it is then not queued, unless ``force``. A
-        frame the kernel took in part is always queued whole, so the stream
+        chunk the kernel took in part is always queued whole, so the stream
         stays well-formed.
         """
         if self._closed:
             return True
         queue = self._queue
         if not queue:
-            try:
-                sent = self._sock.send(data)
-            except BlockingIOError:
-                sent = 0
-            except OSError:
-                self.abort()  # the reader will see the end of the stream
+            batch = self._batch
+            if batch is None:
+                coalescer = self._coalescer
+                if coalescer is None:
+                    self._send(data)
+                    return True
+                self._batch = data  # the hot path: one frame per socket per turn
+                dirty = coalescer.dirty
+                if not dirty:
+                    coalescer.schedule()
+                dirty.append(self)
                 return True
-            if sent < len(data):  # the rest is the frame in flight, whatever its size
-                self._partial = sent > 0
-                self._enqueue(memoryview(data)[sent:])
+            if not isinstance(batch, bytearray):
+                batch = self._batch = bytearray(batch)
+            batch += data
+            if len(batch) >= BATCH_BYTES:
+                self.flush()
             return True
         if not (force or self._accepts(len(data), len(queue[0]))):
             return False
         self._enqueue(memoryview(data))
         return True
+
+    def flush(self) -> None:
+        """Send this turn's batch now (the coalescer calls this at the end of the turn)."""
+        batch = self._batch
+        if batch is not None:
+            self._batch = None
+            if not self._closed:
+                self._send(batch)
+
+    def _send(self, data: bytes | bytearray) -> None:
+        try:
+            sent = self._sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self.abort()  # the reader will see the end of the stream
+            return
+        if sent < len(data):  # the rest is the chunk in flight, whatever its size
+            self._partial = sent > 0
+            self._enqueue(memoryview(data)[sent:])
 
     def _enqueue(self, data: memoryview) -> None:
         if self._queue is None:
@@ -154,14 +278,15 @@ class SocketTransport(_QueuedWriter):
             self._spawn(self._flush)
 
     async def _flush(self) -> None:
-        sock, queue = self._sock, self._queue
-        assert queue is not None
+        sock, queue = self._sock, self._queue  # None if aborted before this task ran
         try:
             while queue and not self._closed:
                 chunk = queue[0]
                 try:
                     sent = sock.send(chunk)
                 except BlockingIOError:
+                    sent = -1
+                if sent < 0:  # waited for outside the handler, which would keep the exception
                     await anyio.wait_writable(sock)
                     continue
                 self._pending -= sent
@@ -185,11 +310,12 @@ class SocketTransport(_QueuedWriter):
             try:
                 return sock.recv(_RECV_BYTES)
             except BlockingIOError:
-                try:
-                    await anyio.wait_readable(sock)
-                except anyio.ClosedResourceError:
-                    return b""
+                pass  # wait outside the handler: an idle socket keeps no exception alive
             except OSError:
+                return b""
+            try:
+                await anyio.wait_readable(sock)
+            except anyio.ClosedResourceError:
                 return b""
         return b""
 
@@ -206,10 +332,17 @@ class SocketTransport(_QueuedWriter):
         self._pending = len(keep) if keep is not None else 0
 
     def abort(self) -> None:
-        """Close now, dropping anything queued; wakes a task blocked in ``receive``."""
+        """Close now, dropping anything queued; wakes a task blocked in ``receive``.
+        This turn's batch is offered to the kernel first, once, as a write in place
+        would have been (an HTTP answer written right before an abort)."""
         if self._closed:
             return
         self._closed = True
+        batch = self._batch
+        if batch is not None:  # then nothing is queued: the batch is next on the wire
+            self._batch = None
+            with contextlib.suppress(OSError):
+                self._sock.send(batch)
         self._queue = None
         self._pending = 0
         anyio.notify_closing(self._sock)
@@ -217,6 +350,7 @@ class SocketTransport(_QueuedWriter):
 
     async def drain_and_close(self, timeout: float) -> None:
         """Let queued bytes go out (within ``timeout``), then close."""
+        self.flush()
         await self._wait_flushed(timeout)
         if not self._closed:
             with contextlib.suppress(OSError):
@@ -226,7 +360,9 @@ class SocketTransport(_QueuedWriter):
 
 @final
 class StreamTransport(_QueuedWriter):
-    """Any anyio byte stream; every write is queued for one writer task."""
+    """Any anyio byte stream; every write is queued for one writer task, which sends
+    what has queued meanwhile together (up to ``BATCH_BYTES`` and a frame per send:
+    one TLS record for a burst, not one per message)."""
 
     __slots__ = ("_in_flight", "_queue", "_stream")
 
@@ -253,9 +389,16 @@ class StreamTransport(_QueuedWriter):
         return True
 
     async def _flush(self) -> None:
+        queue = self._queue
         try:
-            while self._queue and not self._closed:
-                chunk = self._queue.popleft()
+            while queue and not self._closed:
+                chunk = queue.popleft()
+                if queue and len(chunk) < BATCH_BYTES:  # what queued meanwhile: one send
+                    parts, size = [chunk], len(chunk)
+                    while queue and size < BATCH_BYTES:
+                        parts.append(queue.popleft())
+                        size += len(parts[-1])
+                    chunk = b"".join(parts)
                 self._in_flight = len(chunk)
                 await self._stream.send(chunk)
                 self._pending -= len(chunk)
