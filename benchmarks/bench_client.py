@@ -282,7 +282,7 @@ def churn(args: argparse.Namespace) -> None:
     print("CYCLES", cycles, flush=True)
 
 
-def count_frames(buffer: bytearray) -> int:
+def count_hub_frames(buffer: bytearray) -> int:
     """Hub frames in the whole server messages at the start of ``buffer`` (removed from
     it): one per message, plus one per line feed in a batch."""
     count = pos = 0
@@ -350,7 +350,7 @@ def hub(args: argparse.Namespace) -> None:
     b.setblocking(False)
     start = time.monotonic()
     buffer = rest_b
-    received = count_frames(buffer)
+    received = count_hub_frames(buffer)
     while received < args.frames:
         if pending:
             with contextlib.suppress(BlockingIOError):
@@ -360,7 +360,7 @@ def hub(args: argparse.Namespace) -> None:
         except BlockingIOError:
             continue
         buffer += data
-        received += count_frames(buffer)
+        received += count_hub_frames(buffer)
     print("RATE", args.frames / (time.monotonic() - start), flush=True)
 
 
