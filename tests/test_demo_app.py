@@ -29,7 +29,6 @@ async def demo() -> AsyncIterator[tuple[PresenceServer, str]]:
         app.authenticate,
         on_open=app.on_open,
         on_message=app.on_message,
-        on_close=app.on_close,
         pages=app.pages,
         presence=PresenceConfig(limits=Limits(max_metadata_bytes=64)),
     )

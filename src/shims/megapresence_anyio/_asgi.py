@@ -49,7 +49,7 @@ from megapresence_core.errors import truncate_reason
 
 from ._config import SocketLimits
 from ._guard import Guard
-from ._http import HandshakeRequest, reason_phrase
+from ._http import HandshakeRequest, default_body, reason_phrase
 from ._ops import Response
 from ._session import OnText, SessionBase, text_frame, utf8_len
 
@@ -65,6 +65,8 @@ AsgiMessage = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[AsgiMessage]]
 Send = Callable[[AsgiMessage], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_NO_STORE: Final = [(b"cache-control", b"no-store")]
 
 #: Close reasons on ``websocket.close`` came with ASGI spec 2.3.
 _REASONS_SINCE: Final = (2, 3)
@@ -491,21 +493,17 @@ class PresenceASGI:
 
 
 async def _respond(send: Send, request: HandshakeRequest, response: Response) -> None:
-    body = response.body or (
-        b"" if response.status == 200 else reason_phrase(response.status) + b"\n"
-    )
+    body = default_body(response.status, response.body)
+    own = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in response.headers]
     await send(
         {
             "type": "http.response.start",
             "status": response.status,
             "headers": [
                 (b"content-type", response.content_type.encode("latin-1")),
-                (b"content-length", str(len(body)).encode()),
-                (b"cache-control", b"no-store"),
-                *(
-                    (name.encode("latin-1"), value.encode("latin-1"))
-                    for name, value in response.headers
-                ),
+                *([] if response.status == 304 else [(b"content-length", str(len(body)).encode())]),
+                *([] if any(name == b"cache-control" for name, _ in own) else _NO_STORE),
+                *own,
             ],
         }
     )
