@@ -11,8 +11,6 @@ they must run.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,47 +19,16 @@ import pytest
 from websockets.sync.client import connect
 
 from .asgi_process import SERVERS, asgi_server
+from .browser_helpers import skip_without_chromium
 from .process_helpers import Command
 from .test_example_fastapi import log_in as example_log_in
 from .test_example_fastapi import socket as example_socket
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-DRIVER = shutil.which("chromedriver")
-
-if not (CHROMIUM and DRIVER) and not os.environ.get("CI"):
-    pytest.skip(
-        "needs Debian's chromium and chromium-driver (apt-get install chromium "
-        "chromium-driver); CI installs them",
-        allow_module_level=True,
-    )
+skip_without_chromium()
 
 from selenium import webdriver  # noqa: E402
-from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
-
-
-@pytest.fixture
-def browser() -> Iterator[webdriver.Chrome]:
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--disable-quic",
-    ):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(executable_path=str(DRIVER)), options=options)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 @contextmanager
