@@ -181,21 +181,32 @@ def test_the_fastapi_example_logs_in_with_its_form_and_chats(
     browser: webdriver.Chrome, tmp_path: Path
 ) -> None:
     with asgi_server("uvicorn", "examples.fastapi_chat:app", tmp_path) as (port, _):
-        wait = WebDriverWait(browser, 10)
+        wait = WebDriverWait(browser, 15)
         browser.get(f"http://127.0.0.1:{port}/")  # no cookie yet: to the login form
         wait.until(lambda d: d.current_url.endswith("/login"))
         browser.find_element(By.NAME, "user").send_keys("ann")
         browser.find_element(By.TAG_NAME, "button").click()
-        wait.until(lambda d: "ann (you)" in d.find_element(By.ID, "roster").text)
+        wait.until(lambda d: "ann (you)" in d.find_element(By.ID, "rosters").text)
         with example_socket(port, example_log_in(port, "bob", "lobby")) as bob:
-            wait.until(lambda d: "bob" in d.find_element(By.ID, "roster").text)
-            payload = {"from": "bob", "channel": "lobby", "text": "hello ann"}
-            bob.send(json.dumps({"op": "broadcast", "channel": "lobby", "payload": payload}))
+            wait.until(lambda d: "bob joined #lobby" in d.find_element(By.ID, "log").text)
+            assert "#lobby (2)" in browser.find_element(By.ID, "rosters").text
+            publish = {
+                "op": "publish",
+                "channel": "lobby",
+                "type": "chat",
+                "payload": {"text": "hello ann"},
+            }
+            bob.send(json.dumps(publish))
             wait.until(lambda d: "#lobby bob: hello ann" in d.find_element(By.ID, "log").text)
             browser.find_element(By.ID, "text").send_keys("hi bob")
             browser.find_element(By.CSS_SELECTOR, "#say button").click()
             while True:
                 message = json.loads(bob.recv(5))
-                if message["type"] == "chat" and message["payload"]["from"] == "ann":
+                if message["type"] == "chat" and message["from"]["userId"] == "ann":
                     break
-            assert message["payload"] == {"from": "ann", "channel": "lobby", "text": "hi bob"}
+            assert (message["channel"], message["payload"]) == ("lobby", {"text": "hi bob"})
+            browser.find_element(By.ID, "to").send_keys("zed")
+            browser.find_element(By.ID, "dmtext").send_keys("hello?")
+            browser.find_element(By.CSS_SELECTOR, "#dm button").click()
+            wait.until(lambda d: "zed is not online" in d.find_element(By.ID, "log").text)
+        wait.until(lambda d: "bob left #lobby" in d.find_element(By.ID, "log").text)
