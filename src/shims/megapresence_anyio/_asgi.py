@@ -165,14 +165,18 @@ class AsgiChannel:
 
     def write(self, data: bytes, *, force: bool = False) -> bool:
         """Queue one server frame; False if it would pass the bound behind the one in
-        flight (the first frame of an idle connection always fits). The head of the
-        queue counts as in flight: the writer takes it next, whole."""
+        flight. The head of the queue counts as in flight: the writer takes it next,
+        whole. A frame bigger than the bound fits when nothing else waits behind the
+        head (a large snapshot right after the ``subscribed`` reply, both queued in
+        one go before the writer runs), so one big frame is never taken for a slow
+        consumer; a peer still costs at most the head, plus the bound or one frame."""
         if self._closed:
             return True
         if not force and self._pending:
             queue = self._queue
             head = self._in_flight or (len(queue[0]) if queue and type(queue[0]) is bytes else 0)
-            if self._pending - head + len(data) > self._max_buffer:
+            behind = self._pending - head
+            if behind and behind + len(data) > self._max_buffer:
                 return False
         self._queue.append(data)
         self._pending += len(data)
