@@ -37,6 +37,7 @@ re-arm at ``now`` plus a positive interval, so a tick always ends.
 from __future__ import annotations
 
 import enum
+import heapq
 import random
 from collections.abc import Hashable, Mapping
 from typing import Any, Final, Generic, TypeVar, final
@@ -113,25 +114,50 @@ ALL: Final = _All.ALL
 
 @final
 class Timers:
-    """Deadlines by ``(kind, owner)``, in monotonic seconds."""
+    """Deadlines by ``(kind, owner)``, in monotonic seconds.
 
-    __slots__ = ("_deadlines",)
+    The servers ask for ``next_deadline()`` after every event, and a reconnect
+    storm arms a grace timer per session, so the earliest deadline comes from a
+    heap with lazy deletion: arming pushes an entry, cancelling only forgets the
+    key, and an entry whose key no longer holds its deadline is dropped when it
+    reaches the top. A key keeps its place in the order of ties (kind, then when
+    it was first armed) while it is moved; the heap is rebuilt when stale entries
+    outnumber live ones, so its size stays within twice the armed timers.
+    """
+
+    __slots__ = ("_deadlines", "_heap", "_serial")
 
     def __init__(self) -> None:
-        self._deadlines: dict[tuple[Timer, Hashable], float] = {}
+        #: (kind, owner) -> (deadline, serial: when the key was armed, for ties).
+        self._deadlines: dict[tuple[Timer, Hashable], tuple[float, int]] = {}
+        self._heap: list[tuple[float, int, int, tuple[Timer, Hashable]]] = []
+        self._serial = 0
 
     def arm(self, kind: Timer, at: float, owner: Hashable = None) -> None:
         """Set (or move) the deadline of ``(kind, owner)``."""
-        self._deadlines[(kind, owner)] = at
+        key = (kind, owner)
+        armed = self._deadlines.get(key)
+        if armed is None:
+            self._serial += 1
+            serial = self._serial
+        elif armed[0] == at:
+            return
+        else:
+            serial = armed[1]
+        self._deadlines[key] = (at, serial)
+        heapq.heappush(self._heap, (at, _ORDER[kind], serial, key))
+        if len(self._heap) > 2 * len(self._deadlines) + 64:
+            self._heap = [(at, _ORDER[k[0]], n, k) for k, (at, n) in self._deadlines.items()]
+            heapq.heapify(self._heap)
 
     def arm_unless_armed(self, kind: Timer, at: float, owner: Hashable = None) -> None:
-        self._deadlines.setdefault((kind, owner), at)
+        if (kind, owner) not in self._deadlines:
+            self.arm(kind, at, owner)
 
     def postpone(self, kind: Timer, at: float, owner: Hashable = None) -> None:
         """Move an armed timer to ``at``; a timer that is not armed stays so."""
-        key = (kind, owner)
-        if key in self._deadlines:
-            self._deadlines[key] = at
+        if (kind, owner) in self._deadlines:
+            self.arm(kind, at, owner)
 
     def cancel(self, kind: Timer, owner: Hashable = None) -> None:
         """Forget ``(kind, owner)``, or with ``owner=ALL`` every timer of ``kind``."""
@@ -141,20 +167,32 @@ class Timers:
         else:
             self._deadlines.pop((kind, owner), None)
 
+    def _top(self) -> tuple[float, int, int, tuple[Timer, Hashable]] | None:
+        """The earliest live entry, after dropping the stale ones above it."""
+        heap, deadlines = self._heap, self._deadlines
+        while heap:
+            at, _, serial, key = top = heap[0]
+            if deadlines.get(key) == (at, serial):
+                return top
+            heapq.heappop(heap)
+        return None
+
     def next_deadline(self) -> float | None:
         """The earliest deadline, or None when no timer is armed."""
-        return min(self._deadlines.values(), default=None)
+        top = self._top()
+        return None if top is None else top[0]
 
     def owners(self, kind: Timer) -> dict[Hashable, float]:
         """Every owner with a ``kind`` timer armed, and its deadline (for invariant checks)."""
-        return {key[1]: at for key, at in self._deadlines.items() if key[0] is kind}
+        return {key[1]: at for key, (at, _) in self._deadlines.items() if key[0] is kind}
 
     def pop_due(self, now: float) -> tuple[Timer, Hashable] | None:
         """Remove and return the earliest timer due at ``now``, or None."""
-        due = [(at, _ORDER[key[0]], key) for key, at in self._deadlines.items() if at <= now]
-        if not due:
+        top = self._top()
+        if top is None or top[0] > now:
             return None
-        key = min(due, key=lambda item: (item[0], item[1]))[2]
+        heapq.heappop(self._heap)
+        key = top[3]
         del self._deadlines[key]
         return key
 
