@@ -51,19 +51,19 @@ def chromium(width: int = 1100, height: int = 760) -> Any:
     return webdriver.Chrome(service=Service(executable_path=str(DRIVER)), options=options)
 
 
-@pytest.fixture
-def browser() -> Iterator[Any]:
+def _quit_after() -> Iterator[Any]:
     driver = chromium()
     try:
         yield driver
     finally:
         driver.quit()
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    yield from _quit_after()
 
 
 @pytest.fixture
 def second_browser() -> Iterator[Any]:
-    driver = chromium()
-    try:
-        yield driver
-    finally:
-        driver.quit()
+    yield from _quit_after()

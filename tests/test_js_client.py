@@ -9,44 +9,22 @@ import re
 from importlib.resources import files
 from typing import Any
 
-import anyio
 import pytest
 
 from megapresence_anyio import PresenceServer
 
-from .socket_helpers import query_login, running_server
+from .socket_helpers import http_exchange, query_login, running_server
 
 pytestmark = pytest.mark.anyio
 
 SOURCE = files("megapresence_anyio").joinpath("static/megapresence.js").read_bytes()
 
 
-async def raw_request(port: int, request: str) -> tuple[str, dict[str, str], bytes]:
-    """One request over a raw socket: (status line, headers, body) once the server closes."""
-    async with await anyio.connect_tcp("127.0.0.1", port) as stream:
-        await stream.send(request.encode())
-        data = b""
-        with anyio.fail_after(10):
-            try:
-                while True:
-                    data += await stream.receive()
-            except (anyio.EndOfStream, anyio.BrokenResourceError):
-                pass
-    head, _, body = data.partition(b"\r\n\r\n")
-    status, *lines = head.decode().split("\r\n")
-    headers: dict[str, str] = {}
-    for line in lines:
-        name, _, value = line.partition(":")
-        assert name.lower() not in headers, f"{name} twice"
-        headers[name.lower()] = value.strip()
-    return status, headers, body
-
-
 async def test_the_server_serves_the_client_with_an_etag_and_revalidation() -> None:
     async with running_server() as (server, _):
         assert server.port is not None
         get = "GET /megapresence.js HTTP/1.1\r\nHost: x\r\n"
-        status, headers, body = await raw_request(server.port, get + "\r\n")
+        status, headers, body = await http_exchange(server.port, get + "\r\n")
         assert status == "HTTP/1.1 200 OK"
         assert body == SOURCE
         assert headers["content-type"] == "text/javascript; charset=utf-8"
@@ -54,32 +32,32 @@ async def test_the_server_serves_the_client_with_an_etag_and_revalidation() -> N
         etag = headers["etag"]
         assert re.fullmatch(r'"[0-9a-f]{32}"', etag)
 
-        status, headers, body = await raw_request(
+        status, headers, body = await http_exchange(
             server.port, get + f"If-None-Match: {etag}\r\n\r\n"
         )
         assert (status, body) == ("HTTP/1.1 304 Not Modified", b"")
         assert headers["etag"] == etag
         assert "content-length" not in headers
 
-        status, _, body = await raw_request(
+        status, _, body = await http_exchange(
             server.port, get + 'If-None-Match: "other", W/' + etag + "\r\n\r\n"
         )
         assert (status, body) == ("HTTP/1.1 304 Not Modified", b"")
-        status, _, body = await raw_request(server.port, get + 'If-None-Match: "old"\r\n\r\n')
+        status, _, body = await http_exchange(server.port, get + 'If-None-Match: "old"\r\n\r\n')
         assert (status, body) == ("HTTP/1.1 200 OK", SOURCE)
 
         head = "HEAD /megapresence.js HTTP/1.1\r\nHost: x\r\n\r\n"
-        status, headers, body = await raw_request(server.port, head)
+        status, headers, body = await http_exchange(server.port, head)
         assert (status, body, headers["content-length"]) == (
             "HTTP/1.1 200 OK",
             b"",
             str(len(SOURCE)),
         )
         post = "POST /megapresence.js HTTP/1.1\r\nHost: x\r\ncontent-length: 0\r\n\r\n"
-        status, headers, _ = await raw_request(server.port, post)
+        status, headers, _ = await http_exchange(server.port, post)
         assert (status, headers["allow"]) == ("HTTP/1.1 405 Method Not Allowed", "GET, HEAD")
         # Other answers still say no-store, once.
-        status, headers, _ = await raw_request(
+        status, headers, _ = await http_exchange(
             server.port, "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
         )
         assert headers["cache-control"] == "no-store"
