@@ -2,14 +2,13 @@
 
 A plain-text message ``test:close CODE`` closes the sender's socket with that
 code (1013 and the like, which a well-behaved server sends only under load);
-``test:gap CHANNEL`` sends it a users-view diff of ``CHANNEL`` whose version
-cannot follow, as a client would see after a missed message. Everything else is
-the demo's protocol. Served by uvicorn (``asgi_process.asgi_server``).
+``test:send TEXT`` sends TEXT back as a server message (a diff whose version
+cannot follow, as a client would see after a missed message, or a snapshot
+taken mid-window). Everything else is the demo's protocol. Served by uvicorn
+(``asgi_process.asgi_server``).
 """
 
 from __future__ import annotations
-
-import json
 
 from starlette.applications import Starlette
 
@@ -22,10 +21,8 @@ class RulesApp(DemoApp):
         command, _, argument = text.partition(" ")
         if command == "test:close":
             client.close(int(argument), "test close")
-        elif command == "test:gap":
-            gap = {"channel": argument, "view": "users", "version": 10**6}
-            empty = {"joins": {}, "leaves": {}, "updates": {}}
-            client.send(json.dumps({"type": "presence.diff", **gap, **empty}))
+        elif command == "test:send":
+            client.send(argument)
         else:
             super().on_message(client, text)
 

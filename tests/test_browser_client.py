@@ -144,6 +144,11 @@ def states(events: list[Event]) -> list[tuple[Any, ...]]:
     return found
 
 
+def server_says(message: dict[str, Any]) -> str:
+    """A JavaScript string literal: the test command that has the server send ``message``."""
+    return json.dumps("test:send " + json.dumps(message))
+
+
 def admin_kick(port: int, session_id: str, *, requeue: bool) -> None:
     with connect(f"ws://127.0.0.1:{port}/ws/chat?user=root&channels=ops") as root:
         kick = {"op": "kick", "sessionId": session_id, "reason": "test kick", "requeue": requeue}
@@ -237,12 +242,16 @@ def test_a_version_gap_makes_the_client_ask_for_one_sync(browser: Any, rules_por
     )
     first = page.wait_for("cat", synced("gap", ["cat"]))
     # Two diffs that cannot follow version 0, back to back: one sync, one fresh snapshot.
-    page.run("clients.cat.socket.send('test:gap gap'); clients.cat.socket.send('test:gap gap')")
+    gap = server_says(
+        {"type": "presence.diff", "channel": "gap", "view": "users", "version": 10**6}
+        | {"joins": {}, "leaves": {}, "updates": {}}
+    )
+    page.run(f"clients.cat.socket.send({gap}); clients.cat.socket.send({gap})")
     resynced = page.wait_for("cat", synced("gap", ["cat"]), after=first + 1)
     sent = [e for e in page.events("cat")[first:resynced] if e[0] == "sent"]
     assert sent == [
-        ["sent", "test:gap gap"],
-        ["sent", "test:gap gap"],
+        ["sent", json.loads(gap)],
+        ["sent", json.loads(gap)],
         ["sent", {"op": "sync", "channel": "gap"}],
     ]
     assert page.run("return clients.cat.subscriptions.get('gap').map.inSync") is True
@@ -252,6 +261,43 @@ def test_a_version_gap_makes_the_client_ask_for_one_sync(browser: Any, rules_por
     )
     page.wait_for("cat", ["join", "gap", "dan"], after=resynced)
     page.run("clients.dan.close(); clients.cat.close()")
+
+
+def test_a_snapshot_s_missing_member_leaves_only_if_the_next_diff_does_not_bring_it_back(
+    browser: Any, rules_port: int
+) -> None:
+    page = Page(browser, rules_port)
+    page.run(
+        "makeClient('kim', '/ws/chat?user=kim&session=kim-1&channels=held');"
+        "watch('kim', 'held', 'users'); clients.kim.connect();"
+    )
+    start = page.wait_for("kim", synced("held", ["kim"]))
+    a, b, c = ({"userId": u, "sessions": []} for u in "abc")
+    b2 = {"userId": "b", "sessions": [{"sessionId": "b-2", "metadata": None}]}
+    view = {"type": "presence.state", "channel": "held", "view": "users"}
+    diff = {"type": "presence.diff", "channel": "held", "view": "users"}
+    steps = [
+        view | {"version": 0, "members": {"a": a, "b": b, "c": c}},
+        # A reconnect's snapshot, taken mid-window: b and c are missing from it ...
+        view | {"version": 0, "members": {"a": a}},
+        # ... and the window's diff brings b back (changed) but not c.
+        diff | {"version": 1, "joins": {"b": b2}, "leaves": {}, "updates": {}},
+    ]
+    for step in steps:
+        page.run(f"clients.kim.socket.send({server_says(step)})")
+    page.wait_for("kim", synced("held", ["a", "b"]), after=start + 1)
+    changes = [
+        e[:3] for e in page.events("kim")[start + 1 :] if e[0] in ("join", "leave", "update")
+    ]
+    assert changes == [
+        ["join", "held", "a"],
+        ["join", "held", "b"],
+        ["join", "held", "c"],
+        ["leave", "held", "kim"],  # lacking from the first crafted snapshot and not back
+        ["update", "held", "b"],  # back with another session: an update, no leave
+        ["leave", "held", "c"],  # not back: it left after all
+    ]
+    page.run("clients.kim.close()")
 
 
 def test_watchers_see_joins_updates_leaves_counts_and_messages(

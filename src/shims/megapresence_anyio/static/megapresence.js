@@ -28,7 +28,8 @@
 // - Subscriptions are the client's: after every (re)connect it sends each one's
 //   `subscribe` again, and the snapshot that answers it is compared with the map
 //   it had, so a reconnect calls onJoin/onLeave/onUpdate only for what really
-//   changed meanwhile.
+//   changed meanwhile (a leave seen that way waits for the next diff, which may
+//   bring the member back: a snapshot lacks the changes of the current window).
 // - A diff that does not follow the map's version, or does not fit it, puts the
 //   map out of sync; the client asks for a `sync` by itself (once) and ignores
 //   diffs until the fresh snapshot. PresenceMap is the same logic as the Python
@@ -135,6 +136,8 @@ export class Subscription {
     this.map = this._newMap();
     this.count = null;
     this._syncAsked = this.map !== null; // the subscribe brings a snapshot
+    this._held = null;
+    this._heldTimer = null;
   }
 
   /** The members by key (user id or session id); empty in modes "count" and "none". */
@@ -155,6 +158,7 @@ export class Subscription {
   _disconnected() {
     this._syncAsked = false;
     if (this.map) this.map.inSync = false;
+    this._releaseHeld();
   }
 
   _receive(message) {
@@ -193,24 +197,54 @@ export class Subscription {
     }
     if (message.type === "presence.state") {
       this._syncAsked = false;
+      this._releaseHeld();
       const after = map.members;
-      for (const [key, member] of before) {
-        if (!after.has(key)) call(h.onLeave, key, member, this);
-      }
+      const gone = new Map([...before].filter(([key]) => !after.has(key)));
       for (const [key, member] of after) {
         if (!before.has(key)) call(h.onJoin, key, member, this);
         else if (!sameJson(before.get(key), member)) {
           call(h.onUpdate, key, member, before.get(key), this);
         }
       }
+      this._hold(gone);
     } else {
+      const held = this._held ?? new Map();
+      this._held = null;
+      clearTimeout(this._heldTimer);
       for (const [key, member] of Object.entries(message.leaves)) call(h.onLeave, key, member, this);
       Object.entries(message.updates).forEach(([key, member], i) => {
         call(h.onUpdate, key, member, previous[i], this);
       });
-      for (const [key, member] of Object.entries(message.joins)) call(h.onJoin, key, member, this);
+      for (const [key, member] of Object.entries(message.joins)) {
+        if (!held.has(key)) call(h.onJoin, key, member, this);
+        else if (!sameJson(held.get(key), member)) call(h.onUpdate, key, member, held.get(key), this);
+        held.delete(key);
+      }
+      this._held = held;
+      this._releaseHeld();
     }
     call(h.onSync, map.members, this);
+  }
+
+  // A snapshot taken in the middle of a window lacks the window's changes (the
+  // diff that follows brings them), so a member it lacks, that the map had, may
+  // be one who just came back: its leave waits for that diff (or a second), and
+  // a member the diff brings back is no leave and join. Without this, a session
+  // resubscribing right after it (re)joined would see itself leave and join.
+  _hold(gone) {
+    if (gone.size === 0) return;
+    this._held = gone;
+    this._heldTimer = setTimeout(() => this._releaseHeld(), this.client.leaveHold);
+  }
+
+  _releaseHeld() {
+    const held = this._held;
+    this._held = null;
+    clearTimeout(this._heldTimer);
+    if (!held) return;
+    for (const [key, member] of held) {
+      if (!this.map.members.has(key)) call(this.handlers.onLeave, key, member, this);
+    }
   }
 
   _askSync() {
@@ -229,8 +263,9 @@ export class Subscription {
  * Options: onState(state), onMessage(message) (every message that is not a
  * subscription's: welcome, broadcasts, direct messages), onError(payload) (an
  * error the server sent), random (a function giving [0, 1), for the jitter),
- * baseDelay (ms, 1000), backOffFactor (4), maxDelay (ms, 30000), WebSocket (the
- * constructor to use).
+ * baseDelay (ms, 1000), backOffFactor (4), maxDelay (ms, 30000), leaveHold (ms,
+ * 1000: how long a leave seen only by comparing snapshots waits for the diff that
+ * may bring the member back), WebSocket (the constructor to use).
  */
 export class PresenceClient {
   constructor(url, options = {}) {
@@ -240,6 +275,7 @@ export class PresenceClient {
     this.baseDelay = options.baseDelay ?? 1000;
     this.backOffFactor = options.backOffFactor ?? 4;
     this.maxDelay = options.maxDelay ?? 30000;
+    this.leaveHold = options.leaveHold ?? 1000;
     this.WebSocket = options.WebSocket ?? globalThis.WebSocket;
     /** "idle", "connecting", "open", "reconnecting" or "closed". */
     this.state = "idle";
