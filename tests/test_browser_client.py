@@ -439,6 +439,8 @@ def sequences(seed: int, count: int) -> list[list[dict[str, Any]]]:
                 if key in members and roll < 0.25:
                     right = rng.random() < 0.85
                     leaves[key] = members[key] if right else {"v": 9}
+                elif key not in members and roll < 0.02:
+                    leaves[key] = None  # a leave of a member it lacks, said to be null
                 elif key in members and roll < 0.5:
                     updates[key] = {"v": rng.randint(0, 2)}
                 elif roll < 0.25 or (roll < 0.3 and key in members):
