@@ -234,6 +234,42 @@ def test_failed_attempts_double_the_delay_up_to_the_cap(browser: Any, rules_port
     assert page.run("return clients.lost.state") == "closed"
 
 
+def test_the_browser_s_online_event_cuts_a_prompt_wait_short(browser: Any, rules_port: int) -> None:
+    page = Page(browser, rules_port)
+    # A first delay of 30-60 s: only the online event can bring it back within the test.
+    page.run(
+        "makeClient('net', '/ws/chat?user=net&session=net-1&channels=net',"
+        " {baseDelay: 60000, maxDelay: 60000});"
+        "watch('net', 'net', 'users'); clients.net.connect();"
+    )
+    page.wait_for("net", synced("net", ["net"]))
+    # 1006 cannot be sent: uvicorn drops the connection instead, as a lost network would.
+    page.run("clients.net.socket.send('test:close 1006')")
+    page.wait_for(
+        "net",
+        [
+            "state",
+            {
+                "state": "reconnecting",
+                "attempt": 1,
+                "delay": 37500,
+                "code": 1006,
+                "reason": "",
+            },
+        ],
+    )
+    page.run("window.dispatchEvent(new Event('online'))")
+    page.wait(
+        "net",
+        lambda es: (
+            states(es)[-3:]
+            == [("reconnecting", 1006, 1, 37500), ("connecting", None), ("open", None)]
+        ),
+        "the online event did not reconnect",
+    )
+    page.run("clients.net.close()")
+
+
 def test_a_version_gap_makes_the_client_ask_for_one_sync(browser: Any, rules_port: int) -> None:
     page = Page(browser, rules_port)
     page.run(

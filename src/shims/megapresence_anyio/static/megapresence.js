@@ -286,6 +286,10 @@ export class PresenceClient {
     this._backingOff = false;
     this._timer = null;
     this._directs = [];
+    // The browser says the network is back: no reason to wait out the delay.
+    this._online = () => {
+      if (this.state === "reconnecting" && !this._backingOff) this.connect();
+    };
   }
 
   /** Open the connection (again, after a close for good). */
@@ -293,6 +297,7 @@ export class PresenceClient {
     if (this.state === "connecting" || this.state === "open") return this;
     clearTimeout(this._timer);
     this._timer = null;
+    globalThis.addEventListener?.("online", this._online);
     this._setState({ state: "connecting", attempt: this.attempt });
     let socket;
     try {
@@ -308,6 +313,7 @@ export class PresenceClient {
       this._backingOff = false;
       this._setState({ state: "open" });
       for (const subscription of this.subscriptions.values()) {
+        subscription.state = "pending"; // it may be refused this time (channel_full, say)
         subscription._syncAsked = subscription.map !== null; // the subscribe brings a snapshot
         this.send(subscription._command());
       }
@@ -460,6 +466,7 @@ export class PresenceClient {
   }
 
   _giveUp(code, reason) {
+    globalThis.removeEventListener?.("online", this._online);
     this.attempt = 0;
     this._backingOff = false;
     this._setState({ state: "closed", code, reason });
