@@ -143,6 +143,23 @@ def test_two_pages_watch_each_other_join_update_talk_leave_and_the_kick(
             wait_bob.until(lambda d: members(d, "dev") == ["bob (you) away"])
 
 
+def test_the_page_fits_a_390_px_wide_phone(browser: webdriver.Chrome, tmp_path: Path) -> None:
+    metrics = {"width": 390, "height": 760, "deviceScaleFactor": 2, "mobile": True}
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
+    with demo_server("asyncio", tmp_path) as port:
+        browser.get(f"http://127.0.0.1:{port}/?user=ann&channels=lobby,dev")
+        WebDriverWait(browser, 15).until(lambda d: members(d, "dev") == ["ann (you) online"])
+        # Nothing scrolls sideways, and every control is on the screen.
+        assert browser.execute_script("return document.documentElement.scrollWidth") <= 390
+        outside = browser.execute_script(
+            "return [...document.querySelectorAll('input, button, select')]"
+            ".filter((e) => { const r = e.getBoundingClientRect();"
+            " return r.left < 0 || r.right > 390 || r.width === 0; })"
+            ".map((e) => e.outerHTML)"
+        )
+        assert outside == []
+
+
 def test_the_page_reconnects_by_itself_after_the_server_restarts(
     browser: webdriver.Chrome, second_browser: webdriver.Chrome, tmp_path: Path
 ) -> None:
