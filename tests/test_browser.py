@@ -191,6 +191,16 @@ def test_the_page_reconnects_by_itself_after_the_server_restarts(
             log = log_text(ann).split("\n")
             assert log.count("connected") == 1 + restarts
             assert "ann left #lobby" not in log  # her own map came back without a false leave
+        # A reload comes back as the same session, within the leave grace: no leave and join.
+        before = log_text(ann).split("\n")
+        bob.refresh()
+        WebDriverWait(bob, 15).until(lambda d: state(d) == "open" and len(members(d, "lobby")) == 2)
+        with connect(f"ws://127.0.0.1:{port}/ws/chat?user=root&channels=ops") as root:
+            root.send('{"op":"subscribe","channel":"lobby","presence":"sessions"}')
+            while (snapshot := json.loads(root.recv(5)))["type"] != "presence.state":
+                pass
+        assert sorted(m["userId"] for m in snapshot["members"].values()) == ["ann", "bob"]
+        assert log_text(ann).split("\n")[len(before) :] == []
     finally:
         server.stop()
 
