@@ -247,6 +247,13 @@ export class Subscription {
     }
   }
 
+  /** Replaced or unsubscribed: its held leaves are nobody's business any more. */
+  _drop() {
+    this.state = "unsubscribed";
+    this._held = null;
+    clearTimeout(this._heldTimer);
+  }
+
   _askSync() {
     if (this._syncAsked) return;
     this._syncAsked = true;
@@ -354,6 +361,7 @@ export class PresenceClient {
    * sub), onError(payload, sub). Kept across reconnects until unsubscribe().
    */
   subscribe(channel, options = {}) {
+    this.subscriptions.get(channel)?._drop();
     const subscription = new Subscription(this, channel, options);
     this.subscriptions.set(channel, subscription);
     this.send(subscription._command());
@@ -363,7 +371,7 @@ export class PresenceClient {
   /** Leave `channel`: its members stop being watched and this session leaves it. */
   unsubscribe(channel) {
     const subscription = this.subscriptions.get(channel);
-    if (subscription) subscription.state = "unsubscribed";
+    if (subscription) subscription._drop();
     this.subscriptions.delete(channel);
     this.send({ op: "unsubscribe", channel });
   }
