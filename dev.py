@@ -29,7 +29,7 @@ BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
 PYTHON = BIN / ("python.exe" if os.name == "nt" else "python")
 STAMP = VENV / ".installed.json"
 
-CHECKED = ["src", "tests", "examples", "fuzz", "benchmarks", "dev.py"]
+CHECKED = ["src", "tests", "examples", "fuzz", "benchmarks", "docs", "dev.py"]
 TEST_STEPS = [
     ["ruff", "check", *CHECKED],
     ["ruff", "format", "--check", *CHECKED],

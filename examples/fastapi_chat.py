@@ -7,14 +7,21 @@ Identity comes from a cookie the app signed at login (HMAC-SHA256 with
 ``CHAT_SECRET``, random per start when unset), never from the query string.
 The WebSocket shares the page's origin, so the browser sends the cookie with
 the upgrade, and ``authenticate`` refuses an upgrade from another origin
-(cross-site WebSocket hijacking) before it reads the cookie. The page speaks
-the command protocol of ``megapresence serve``'s demo page
-(``megapresence_core.wire``): broadcast, direct, metadata, roster.
+(cross-site WebSocket hijacking) before it reads the cookie. The only thing the
+page chooses is its tab id (kept in ``sessionStorage``), which names the session
+within the user's own: a reload comes back as the same session within the
+server's leave grace, so nobody sees the user leave and join again.
+
+The page is built on the JavaScript client the server ships (``/megapresence.js``,
+routed to the server like ``/metrics``): it watches the channels of the login
+(``subscribe`` with ``presence: "users"``), lists their members live, publishes
+to a channel (the server signs each message with the sender's session) and tells
+when a direct message found nobody. Subscriptions are limited to ``CHANNELS``.
 
 The server runs for the app's lifetime (``lifespan=presence.lifespan``) and is
-mounted at ``/ws``; ``/metrics``, ``/healthz`` and ``/readyz`` are its own.
-Under Hypercorn, which never pings, pass ``heartbeat=`` to ``presence.asgi()``
-and have the page answer it, or set Hypercorn's ``websocket_ping_interval``.
+mounted at ``/ws``; ``/metrics``, ``/healthz``, ``/readyz`` and
+``/megapresence.js`` are its own. Under Hypercorn, which never pings, pass
+``heartbeat=`` to ``presence.asgi()`` or set Hypercorn's ``websocket_ping_interval``.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import html
 import json
 import os
 import secrets
@@ -35,6 +43,7 @@ from megapresence_anyio import (
     Client,
     HandshakeRequest,
     Identity,
+    PresenceMode,
     PresenceServer,
     Refusal,
     handle_command,
@@ -91,9 +100,12 @@ def authenticate(request: HandshakeRequest) -> Identity | Refusal:
     if found is None:
         return Refusal(status=401, reason="log in first")
     user, channels = found
+    tab = request.query.get("tab", "")
+    if not (tab.isalnum() and len(tab) <= 16):
+        tab = secrets.token_hex(4)
     return Identity(
         user_id=user,
-        session_id=f"{user}-{secrets.token_hex(4)}",
+        session_id=f"{user}-{tab}",  # a tab names a session of its own user only
         channels=channels,
         metadata={"status": "online"},
     )
@@ -102,23 +114,26 @@ def authenticate(request: HandshakeRequest) -> Identity | Refusal:
 def on_open(client: Client) -> None:
     welcome = {"userId": client.user_id, "sessionId": client.session_id, "admin": False}
     client.send(json.dumps({"type": "welcome", "payload": welcome}))
-    presence.broadcast(client.ns, "presence", {"type": "presence.changed"})
 
 
-def on_close(client: Client) -> None:
-    if presence.running:
-        presence.broadcast(client.ns, "presence", {"type": "presence.changed"})
+def may_subscribe(client: Client, channel: str, mode: PresenceMode) -> bool | Refusal:
+    """Only this app's channels: a browser cannot make up channels of its own."""
+    return channel in CHANNELS or Refusal(reason="no such channel here")
 
 
 presence = PresenceServer(
-    authenticate, paths=["/ws/"], on_open=on_open, on_message=handle_command, on_close=on_close
+    authenticate,
+    paths=["/ws/"],
+    on_open=on_open,
+    on_message=handle_command,  # the browser protocol the JavaScript client speaks
+    authorize_subscription=may_subscribe,
 )
 
 # ------------------------------------------------------------------ the app
 
 app = FastAPI(lifespan=presence.lifespan)
 app.mount("/ws", presence.asgi())
-for _path in ("/metrics", "/healthz", "/readyz"):
+for _path in ("/metrics", "/healthz", "/readyz", "/megapresence.js"):
     app.add_route(_path, presence.asgi())
 
 
@@ -161,22 +176,27 @@ async def page(request: Request) -> Response:
     found = verify(request.cookies.get(COOKIE))
     if found is None:
         return RedirectResponse("/login", status_code=303)
-    _, channels = found
-    options = "".join(f"<option>{c}</option>" for c in channels)
-    return HTMLResponse(PAGE.replace("{{options}}", options))
+    user, channels = found
+    options = "".join(f"<option>{html.escape(c)}</option>" for c in channels)
+    return HTMLResponse(PAGE.replace("{{options}}", options).replace("{{user}}", html.escape(user)))
 
 
 PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>chat</title>
+<meta name="viewport" content="width=device-width, initial-scale=1">
 <style>
  body { font: 15px/1.4 system-ui, sans-serif; margin: 0; display: grid;
         grid-template-columns: 16rem 1fr; height: 100vh; }
- aside { background: #f3f4f6; padding: 1rem; } main { padding: 1rem; display: flex;
-        flex-direction: column; } #log { flex: 1; overflow: auto; border: 1px solid #ddd; }
- form { display: flex; gap: .5rem; margin-top: .5rem; } input[type=text] { flex: 1; }
+ aside { background: #f3f4f6; padding: 1rem; overflow: auto; }
+ main { padding: 1rem; display: flex; flex-direction: column; min-width: 0; }
+ #log { flex: 1; overflow: auto; border: 1px solid #ddd; padding: .25rem; }
+ #state { font-size: 85%; color: #6b7280; }
+ form { display: flex; gap: .5rem; margin-top: .5rem; } input[type=text] { flex: 1; min-width: 0; }
+ @media (max-width: 640px) { body { grid-template-columns: 1fr; height: auto; }
+                             #log { min-height: 14rem; } }
 </style></head>
 <body>
-<aside><h2 id="who">connecting...</h2><h3>Online</h3><div id="roster"></div>
+<aside><h2 id="who">{{user}}</h2><div id="state">connecting</div><div id="rosters"></div>
 <form method="post" action="/logout"><button>log out</button></form></aside>
 <main><div id="log"></div>
 <form id="say"><select id="channel">{{options}}</select>
@@ -184,55 +204,56 @@ PAGE = """<!doctype html>
 <form id="dm"><input id="to" type="text" placeholder="user">
 <input id="dmtext" type="text" placeholder="direct message"><button>send</button></form>
 </main>
-<script>
-"use strict";
+<script type="module">
+import { PresenceClient } from "/megapresence.js";
 const $ = (id) => document.getElementById(id);
+const line = (text) => Object.assign(document.createElement("div"), {textContent: text});
+const log = (text) => $("log").append(line(text));
+// The tab's id survives a reload: the server keeps its session through the leave grace.
+const tab = sessionStorage.tab || (sessionStorage.tab = Math.random().toString(36).slice(2, 10));
 let me = null;
-const url = new URL("/ws/chat", location.href);
-url.protocol = location.protocol === "https:" ? "wss:" : "ws:";
-const ws = new WebSocket(url);  // the browser sends the session cookie with it
-const send = (command) => ws.readyState === 1 && ws.send(JSON.stringify(command));
-function log(text) {
-  const line = document.createElement("div");
-  line.textContent = text;
-  $("log").append(line);
+const client = new PresenceClient("/ws/chat?tab=" + tab, {  // the cookie goes with it
+  onState: (s) => {
+    $("state").textContent = s.state === "reconnecting" ? `reconnecting in ${s.delay / 1000} s`
+      : s.state === "closed" ? `closed (${s.code})` : s.state;
+    if (s.state === "closed") document.body.dataset.closeCode = String(s.code);
+  },
+  onMessage: (msg) => {
+    if (msg.type === "welcome") me = msg.payload;
+    else if (msg.type === "direct") log("(direct) " + JSON.stringify(msg.payload));
+  },
+  onError: (error) => log("error: " + error.message),
+});
+for (const channel of [...$("channel").options].map((o) => o.value)) {
+  const box = document.createElement("div");
+  $("rosters").append(box);
+  const sub = client.subscribe(channel, {
+    presence: "users",
+    onSync: (members) => {
+      box.replaceChildren(Object.assign(document.createElement("h3"),
+        {textContent: `#${channel} (${members.size})`}));
+      for (const user of [...members.keys()].sort()) {
+        box.append(Object.assign(document.createElement("div"), {className: "member",
+          textContent: user + (me && user === me.userId ? " (you)" : "")}));
+      }
+    },
+    onJoin: (user) => log(`${user} joined #${channel}`),
+    onLeave: (user) => log(`${user} left #${channel}`),
+    onMessage: (msg) => log(`#${channel} ${msg.from.userId}: ${msg.payload.text}`),
+  });
 }
-ws.onmessage = (event) => {
-  const msg = JSON.parse(event.data);
-  if (msg.type === "welcome") {
-    me = msg.payload;
-    $("who").textContent = me.userId;
-    send({op: "roster"});
-  } else if (msg.type === "presence.changed") send({op: "roster"});
-  else if (msg.type === "roster") {
-    $("roster").replaceChildren(...msg.payload.members.map((m) => {
-      const row = document.createElement("div");
-      row.className = "member";
-      row.textContent = m.userId + (m.sessionId === me.sessionId ? " (you)" : "");
-      return row;
-    }));
-  } else if (msg.type === "chat") {
-    log("#" + msg.payload.channel + " " + msg.payload.from + ": " + msg.payload.text);
-  }
-  else if (msg.type === "direct") log("(direct) " + msg.payload.from + ": " + msg.payload.text);
-  else if (msg.type === "error") log("error: " + msg.payload.message);
-};
-ws.onclose = (event) => {
-  document.body.dataset.closeCode = String(event.code);
-  log("closed: " + event.code);
-};
+client.connect();
 $("say").onsubmit = (e) => {
   e.preventDefault();
-  const channel = $("channel").value;
-  const payload = {from: me.userId, channel, text: $("text").value};
-  send({op: "broadcast", channel, type: "chat", payload});
+  client.publish($("channel").value, "chat", {text: $("text").value});
   $("text").value = "";
 };
-$("dm").onsubmit = (e) => {
+$("dm").onsubmit = async (e) => {
   e.preventDefault();
-  const payload = {from: me.userId, text: $("dmtext").value};
-  send({op: "direct", userId: $("to").value, type: "direct", payload});
+  const to = $("to").value, text = $("dmtext").value;
   $("dmtext").value = "";
+  const found = await client.direct(to, "direct", {text}).catch(() => false);
+  log(found ? `(to ${to}) ${text}` : `${to} is not online: not delivered`);
 };
 </script></body></html>
 """

@@ -117,7 +117,6 @@ demo_server = PresenceServer(
     demo.authenticate,
     on_open=demo.on_open,
     on_message=demo.on_message,
-    on_close=demo.on_close,
     pages=demo.pages,
 )
 demo.server = demo_server

@@ -189,6 +189,28 @@ async def http_status(port: int, request: bytes) -> bytes:
         return data.split(b"\r\n", 1)[0]
 
 
+async def http_exchange(port: int, request: str) -> tuple[str, dict[str, str], bytes]:
+    """One request over a raw socket: (status line, headers, body) once the server closes.
+    A header sent twice fails the test."""
+    async with await anyio.connect_tcp("127.0.0.1", port) as stream:
+        await stream.send(request.encode())
+        data = b""
+        with anyio.fail_after(10):
+            try:
+                while True:
+                    data += await stream.receive()
+            except (anyio.EndOfStream, anyio.BrokenResourceError):
+                pass
+    head, _, body = data.partition(b"\r\n\r\n")
+    status, *lines = head.decode().split("\r\n")
+    headers: dict[str, str] = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        assert name.lower() not in headers, f"{name} twice"
+        headers[name.lower()] = value.strip()
+    return status, headers, body
+
+
 UPGRADE = (
     "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
     "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{headers}\r\n"

@@ -29,7 +29,6 @@ async def demo() -> AsyncIterator[tuple[PresenceServer, str]]:
         app.authenticate,
         on_open=app.on_open,
         on_message=app.on_message,
-        on_close=app.on_close,
         pages=app.pages,
         presence=PresenceConfig(limits=Limits(max_metadata_bytes=64)),
     )
@@ -56,20 +55,24 @@ async def next_of(client: Client, kind: str, skipped: list[str] | None = None) -
             skipped.append(message["type"])
 
 
-async def test_welcome_roster_and_presence_notices() -> None:
+async def test_welcome_roster_and_watching_a_channel() -> None:
     async with demo() as (_, url):
         ann, me = await join(url, "ann")
         assert me["userId"] == "ann"
         assert me["admin"] is False
         assert me["sessionId"].startswith("ann-")
-        assert (await ann.recv_json())["type"] == "presence.changed"  # her own arrival
+        await ann.send('{"op":"subscribe","channel":"lobby","presence":"users"}')
+        state = await next_of(ann, "presence.state")
+        assert list(state["members"]) == ["ann"]
         bob, _ = await join(url, "bob")
-        assert (await ann.recv_json())["type"] == "presence.changed"
+        skipped: list[str] = []
+        diff = await next_of(ann, "presence.diff", skipped)
+        assert list(diff["joins"]) == ["bob"]
+        assert "presence.changed" not in skipped  # the page watches diffs: no bare notices
         await ann.send('{"op":"roster"}')
         roster = await next_of(ann, "roster")
         assert sorted(m["userId"] for m in roster["payload"]["members"]) == ["ann", "bob"]
         await bob.close()
-        assert (await ann.recv_json())["type"] == "presence.changed"
         await ann.close()
 
 
@@ -82,7 +85,17 @@ async def test_broadcast_excluding_self_direct_and_metadata() -> None:
         )
         assert (await next_of(bob, "chat"))["payload"] == {"text": "hi"}
         await ann.send('{"op":"direct","userId":"bob","payload":"psst"}')
-        assert (await next_of(bob, "direct"))["payload"] == "psst"
+        assert (await next_of(bob, "direct"))["payload"] == {"text": "psst", "from": "ann"}
+        # The sender is the session's user, whatever the page claims.
+        await ann.send('{"op":"direct","userId":"bob","payload":{"from":"root","text":"hi"}}')
+        assert (await next_of(bob, "direct"))["payload"] == {"from": "ann", "text": "hi"}
+        await ann.send('{"op":"direct","userId":"bob"}')
+        assert (await next_of(bob, "direct"))["payload"] == {"from": "ann"}
+        await ann.send('{"op":"direct","userId":"nobody","payload":"?"}')
+        results = [await next_of(ann, "direct.result") for _ in range(4)]
+        assert [(r["userId"], r["found"]) for r in results] == [("bob", True)] * 3 + [
+            ("nobody", False)
+        ]
         await ann.send('{"op":"metadata","metadata":{"status":"away"}}')
         await wait_for(
             lambda: any(m.metadata == {"status": "away"} for m in server.roster("/ws/chat"))

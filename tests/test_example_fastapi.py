@@ -46,10 +46,12 @@ def log_in(port: int, user: str, *channels: str) -> str:
     return cookie.split(";")[0]
 
 
-def socket(port: int, cookie: str | None, origin: str | None = None) -> ClientConnection:
+def socket(
+    port: int, cookie: str | None, origin: str | None = None, path: str = "/ws/chat"
+) -> ClientConnection:
     headers = {"Cookie": cookie} if cookie else {}
     return connect(
-        f"ws://127.0.0.1:{port}/ws/chat",
+        f"ws://127.0.0.1:{port}{path}",
         additional_headers=headers,
         origin=origin or f"http://127.0.0.1:{port}",  # type: ignore[arg-type]
     )
@@ -94,3 +96,27 @@ def test_the_example_logs_in_with_a_form_and_chats_over_the_mounted_server(
             assert recv_type(ann, "direct")["payload"] == {"text": "psst"}
             bob.send(json.dumps({"op": "kick", "sessionId": "x"}))
             assert recv_type(bob, "error")["payload"]["code"] == "forbidden"
+            bob.send(json.dumps({"op": "subscribe", "channel": "secret", "presence": "users"}))
+            error = recv_type(bob, "error")["payload"]
+            assert (error["code"], error["channel"]) == ("forbidden", "secret")
+            bob.send(json.dumps({"op": "subscribe", "channel": "random", "presence": "users"}))
+            assert list(recv_type(bob, "presence.state")["members"]) in ([], ["bob"])
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+        connection.request("GET", "/megapresence.js")
+        answer = connection.getresponse()
+        assert answer.status == 200
+        assert answer.getheader("content-type") == "text/javascript; charset=utf-8"
+        assert b"export class PresenceClient" in answer.read()
+        connection.close()
+
+
+def test_a_tab_names_a_session_of_its_own_user_only(tmp_path: Path) -> None:
+    with asgi_server("uvicorn", APP, tmp_path) as (port, _):
+        cookie = log_in(port, "ann", "lobby")
+        with socket(port, cookie, path="/ws/chat?tab=t1") as ann:
+            assert recv_type(ann, "welcome")["payload"]["sessionId"] == "ann-t1"
+        for tab in ("bob-t1", "x" * 17):  # not a tab id: a random one instead
+            with socket(port, cookie, path=f"/ws/chat?tab={tab}") as ann:
+                session = recv_type(ann, "welcome")["payload"]["sessionId"]
+                assert session.startswith("ann-")
+                assert session != f"ann-{tab}"

@@ -29,7 +29,7 @@ from megapresence_redis import RedisRoster
 
 from .process_helpers import TOKEN
 from .servers import Server
-from .socket_helpers import Client, query_login, upgrade_answer, wait_for
+from .socket_helpers import Client, http_exchange, query_login, upgrade_answer, wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -39,17 +39,8 @@ FAST = SocketLimits(ping_interval=0.2, ping_timeout=0.2, close_timeout=0.2)
 
 async def http_get(port: int, path: str, headers: str = "") -> tuple[int, str]:
     """One GET over a raw socket; (status, body) once the server closes."""
-    async with await anyio.connect_tcp("127.0.0.1", port) as stream:
-        await stream.send(f"GET {path} HTTP/1.1\r\nHost: x\r\n{headers}\r\n".encode())
-        data = b""
-        with anyio.fail_after(10):
-            try:
-                while True:
-                    data += await stream.receive()
-            except (anyio.EndOfStream, anyio.BrokenResourceError):
-                pass
-    head, _, body = data.partition(b"\r\n\r\n")
-    return int(head.split()[1]), body.decode()
+    status, _, body = await http_exchange(port, f"GET {path} HTTP/1.1\r\nHost: x\r\n{headers}\r\n")
+    return int(status.split()[1]), body.decode()
 
 
 def samples(text: str) -> dict[str, float]:

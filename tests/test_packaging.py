@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tarfile
 import tomllib
+import urllib.request
 import venv
 from collections.abc import Iterator
 from pathlib import Path
@@ -318,6 +319,11 @@ def test_the_wheel_without_extras_runs_serve_and_hub(
     client.send(json.dumps({"op": "roster"}))
     assert "ann" in json.dumps(client.recv_type("roster")["payload"])
     client.close()
+    # The page and the JavaScript client it imports are in the wheel, and served.
+    static = ROOT / "src" / "shims" / "megapresence_anyio" / "static"
+    for path, name in (("/", "index.html"), ("/megapresence.js", "megapresence.js")):
+        with urllib.request.urlopen(f"http://127.0.0.1:{serve.port}{path}", timeout=10) as page:
+            assert page.read() == (static / name).read_bytes()
 
     bridge = StdlibWebSocket(hub.port, "/", {"Authorization": f"Bearer {TOKEN}"})
     register = {"bridgeId": "stdlib", "instanceId": "i", "capabilities": [], "protocol": 1}

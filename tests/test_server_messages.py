@@ -163,6 +163,7 @@ def test_a_map_applies_a_snapshot_then_consecutive_diffs() -> None:
         diff(7, {"z": 1}),  # a version skipped
         diff(5, {"a": 1}),  # a join of a member it has
         diff(5, leaves={"z": 1}),  # a leave of a member it lacks
+        diff(5, leaves={"z": None}),  # ... even one said to be null
         diff(5, leaves={"a": 99}),  # a leave of another value than the one it has
         diff(5, updates={"z": 1}),  # an update of a member it lacks
     ],

@@ -284,7 +284,9 @@ class PresenceMap:
         fits = (
             self.in_sync
             and message.version == (self.version or 0) + 1
-            and all(members.get(key) == value for key, value in message.leaves.items())
+            and all(
+                key in members and members[key] == value for key, value in message.leaves.items()
+            )
             and all(key in members for key in message.updates)
             and not any(key in members for key in message.joins)
         )

@@ -49,7 +49,7 @@ from megapresence_core.errors import truncate_reason
 
 from ._config import SocketLimits
 from ._guard import Guard
-from ._http import HandshakeRequest, reason_phrase
+from ._http import HandshakeRequest, default_body, reason_phrase
 from ._ops import Response
 from ._session import OnText, SessionBase, text_frame, utf8_len
 
@@ -65,6 +65,8 @@ AsgiMessage = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[AsgiMessage]]
 Send = Callable[[AsgiMessage], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_NO_STORE: Final = [(b"cache-control", b"no-store")]
 
 #: Close reasons on ``websocket.close`` came with ASGI spec 2.3.
 _REASONS_SINCE: Final = (2, 3)
@@ -163,14 +165,18 @@ class AsgiChannel:
 
     def write(self, data: bytes, *, force: bool = False) -> bool:
         """Queue one server frame; False if it would pass the bound behind the one in
-        flight (the first frame of an idle connection always fits). The head of the
-        queue counts as in flight: the writer takes it next, whole."""
+        flight. The head of the queue counts as in flight: the writer takes it next,
+        whole. A frame bigger than the bound fits when nothing else waits behind the
+        head (a large snapshot right after the ``subscribed`` reply, both queued in
+        one go before the writer runs), so one big frame is never taken for a slow
+        consumer; a peer still costs at most the head, plus the bound or one frame."""
         if self._closed:
             return True
         if not force and self._pending:
             queue = self._queue
             head = self._in_flight or (len(queue[0]) if queue and type(queue[0]) is bytes else 0)
-            if self._pending - head + len(data) > self._max_buffer:
+            behind = self._pending - head
+            if behind and behind + len(data) > self._max_buffer:
                 return False
         self._queue.append(data)
         self._pending += len(data)
@@ -491,21 +497,17 @@ class PresenceASGI:
 
 
 async def _respond(send: Send, request: HandshakeRequest, response: Response) -> None:
-    body = response.body or (
-        b"" if response.status == 200 else reason_phrase(response.status) + b"\n"
-    )
+    body = default_body(response.status, response.body)
+    own = [(name.encode("latin-1"), value.encode("latin-1")) for name, value in response.headers]
     await send(
         {
             "type": "http.response.start",
             "status": response.status,
             "headers": [
                 (b"content-type", response.content_type.encode("latin-1")),
-                (b"content-length", str(len(body)).encode()),
-                (b"cache-control", b"no-store"),
-                *(
-                    (name.encode("latin-1"), value.encode("latin-1"))
-                    for name, value in response.headers
-                ),
+                *([] if response.status == 304 else [(b"content-length", str(len(body)).encode())]),
+                *([] if any(name == b"cache-control" for name, _ in own) else _NO_STORE),
+                *own,
             ],
         }
     )

@@ -527,7 +527,6 @@ async def _start_serve(args: argparse.Namespace, instance_id: str, stack: AsyncE
             paths=("/ws/",),
             on_open=app.on_open,
             on_message=app.on_message,
-            on_close=app.on_close,
             presence=PresenceConfig(
                 hub_link=hub_config,
                 cluster=backends.cluster_config,

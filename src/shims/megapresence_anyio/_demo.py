@@ -17,10 +17,15 @@ import secrets
 from collections.abc import Collection
 
 import anyio
+import attrs
 
 from megapresence_core import LocalUsageError, PeerError
 from megapresence_core.wire import (
+    ABSENT,
+    ClientCommand,
     CommandRefused,
+    DirectCommand,
+    JsonObject,
     RosterCommand,
     command_event,
     decode_client_command,
@@ -71,6 +76,19 @@ class DemoApp:
             metadata={"status": "online", "admin": user in self.admins},
         )
 
+    @staticmethod
+    def _signed(client: Client, command: ClientCommand) -> ClientCommand:
+        """A direct message names its sender, set here from the session, never by the page
+        (a message published to a channel carries the server's ``from`` already)."""
+        if not isinstance(command, DirectCommand):
+            return command
+        payload = command.payload
+        body: JsonObject = {} if payload is ABSENT else {"text": payload}
+        if isinstance(payload, dict):
+            body = dict(payload)
+        body["from"] = client.user_id
+        return attrs.evolve(command, payload=body)
+
     def _server(self) -> PresenceServer:
         assert self.server is not None, "set DemoApp.server before serving"
         return self.server
@@ -89,20 +107,12 @@ class DemoApp:
                 }
             )
         )
-        self._announce(client)
-
-    def on_close(self, client: Client) -> None:
-        if not self._server().presence.is_shut_down:
-            self._announce(client)
-
-    def _announce(self, client: Client) -> None:
-        self._server().broadcast(client.ns, "presence", {"type": "presence.changed"})
 
     def on_message(self, client: Client, text: str) -> None:
         server = self._server()
         try:
             outcome = command_event(
-                decode_client_command(text),
+                self._signed(client, decode_client_command(text)),
                 conn=client,
                 ns=client.ns,
                 session_id=client.session_id,

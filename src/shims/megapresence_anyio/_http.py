@@ -46,6 +46,7 @@ __all__ = [
 
 _REASONS: Mapping[int, bytes] = {
     200: b"OK",
+    304: b"Not Modified",
     400: b"Bad Request",
     401: b"Unauthorized",
     403: b"Forbidden",
@@ -232,6 +233,13 @@ def reason_phrase(status: int) -> bytes:
     return _REASONS.get(status, b"Error")
 
 
+def default_body(status: int, body: bytes) -> bytes:
+    """``body``, or for an error without one its reason phrase (a 304 has none)."""
+    if body or status in (200, 304):
+        return body
+    return reason_phrase(status) + b"\n"
+
+
 def respond(
     transport: Outlet,
     status: int,
@@ -241,15 +249,16 @@ def respond(
     head: bool = False,
     headers: tuple[tuple[str, str], ...] = (),
 ) -> None:
-    """Write a complete HTTP/1.1 response that closes the connection."""
-    if not body and status != 200:
-        body = reason_phrase(status) + b"\n"
+    """Write a complete HTTP/1.1 response that closes the connection (``no-store``
+    unless ``headers`` say how to cache it)."""
+    body = default_body(status, body)
+    cached = any(name == "cache-control" for name, _ in headers)
     head_lines = [
         f"HTTP/1.1 {status} {reason_phrase(status).decode()}",
         f"content-type: {content_type}",
-        f"content-length: {len(body)}",
+        *([] if status == 304 else [f"content-length: {len(body)}"]),
         "connection: close",
-        "cache-control: no-store",
+        *([] if cached else ["cache-control: no-store"]),
         *(f"{name}: {value}" for name, value in headers),
     ]
     data = ("\r\n".join(head_lines) + "\r\n\r\n").encode("latin-1")

@@ -99,6 +99,7 @@ from ._ops import (
 )
 from ._permissions import SubscriptionGate
 from ._session import Session, WebSocketSession, text_frame
+from ._static import CLIENT_PATH, static_answer
 from ._stats import Metric, Stats, counter, gauge, state_gauge
 from ._ticker import Ticker
 from ._tls import TlsServerStream
@@ -716,14 +717,15 @@ class PresenceServer:
         respond_with(guard, request, self.http_answer(request))
 
     def answers_http(self, path: str) -> bool:
-        """Whether a plain HTTP request for ``path`` is this server's (a page, or
-        ``/metrics``, ``/healthz``, ``/readyz``) rather than an app's it is mounted with."""
-        return path in self._pages or path in OpsEndpoints.PATHS
+        """Whether a plain HTTP request for ``path`` is this server's (a page, the JavaScript
+        client, or ``/metrics``, ``/healthz``, ``/readyz``) rather than an app's it is
+        mounted with."""
+        return path in self._pages or path in OpsEndpoints.PATHS or path == CLIENT_PATH
 
     def http_answer(self, request: HandshakeRequest) -> Response:
-        """The answer to a plain HTTP request: a page, ``/metrics``, ``/healthz``,
-        ``/readyz``, or the status saying there is nothing else here."""
-        answer = self._ops.answer(request)
+        """The answer to a plain HTTP request: a page, ``/megapresence.js``, ``/metrics``,
+        ``/healthz``, ``/readyz``, or the status saying there is nothing else here."""
+        answer = self._ops.answer(request) or static_answer(request)
         if answer is not None:
             return answer
         page = self._pages.get(request.path)
