@@ -17,6 +17,7 @@ import anyio
 
 from megapresence_core import PresenceError
 from megapresence_core.wire import (
+    ClientCommand,
     CommandRefused,
     RosterCommand,
     command_event,
@@ -31,12 +32,15 @@ if TYPE_CHECKING:
 __all__ = ["handle_command"]
 
 
-def handle_command(client: Client, text: str, *, is_admin: bool = False) -> None:
-    """Do what the browser command ``text`` from ``client`` asks, or tell it why not."""
+def handle_command(client: Client, text: str | ClientCommand, *, is_admin: bool = False) -> None:
+    """Do what the browser command ``text`` from ``client`` asks, or tell it why not.
+
+    ``text`` may also be a command already decoded (``decode_client_command``), for an
+    application that adds to it first, as the demo signs a direct message's sender."""
     server = client.server
     try:
         outcome = command_event(
-            decode_client_command(text),
+            decode_client_command(text) if isinstance(text, str) else text,
             conn=client,
             ns=client.ns,
             session_id=client.session_id,

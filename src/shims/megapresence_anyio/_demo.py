@@ -16,23 +16,19 @@ import logging
 import secrets
 from collections.abc import Collection
 
-import anyio
 import attrs
 
-from megapresence_core import LocalUsageError, PeerError
+from megapresence_core import PeerError
 from megapresence_core.wire import (
     ABSENT,
     ClientCommand,
-    CommandRefused,
     DirectCommand,
     JsonObject,
-    RosterCommand,
-    command_event,
     decode_client_command,
     error_reply,
-    roster_reply,
 )
 
+from ._commands import handle_command
 from ._http import HandshakeRequest
 from ._server import Client, Identity, PresenceServer, Refusal
 
@@ -109,25 +105,9 @@ class DemoApp:
         )
 
     def on_message(self, client: Client, text: str) -> None:
-        server = self._server()
         try:
-            outcome = command_event(
-                self._signed(client, decode_client_command(text)),
-                conn=client,
-                ns=client.ns,
-                session_id=client.session_id,
-                is_admin=client.user_id in self.admins,
-                now=anyio.current_time(),
-            )
-            if isinstance(outcome, CommandRefused):
-                client.send(error_reply(outcome.code, outcome.message))
-            elif isinstance(outcome, RosterCommand):
-                client.send(
-                    roster_reply(server.roster(client.ns), server.presence.local_store_entries())
-                )
-            else:
-                server.dispatch(outcome)
+            command = self._signed(client, decode_client_command(text))
         except PeerError as exc:
             client.send(error_reply(exc.code, str(exc)))
-        except LocalUsageError as exc:  # over a configured limit, say
-            client.send(error_reply(exc.code, str(exc)))
+            return
+        handle_command(client, command, is_admin=client.user_id in self.admins)
