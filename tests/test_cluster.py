@@ -24,6 +24,7 @@ from megapresence_core import (
     PresenceConfig,
     SessionJoined,
     ShutdownRequested,
+    Subscribe,
     Tick,
 )
 from megapresence_core.actions import (
@@ -284,6 +285,36 @@ def test_a_lost_add_is_healed_by_the_next_heartbeat() -> None:
     bus.advance(6)
     assert bus.roster("A", "/ws") == {("bob", "s-bob")}
     del a
+
+
+def test_lost_metadata_changes_that_look_alike_are_healed_too() -> None:
+    """Two sessions change ``{"s": 0}`` to ``{"s": 1}`` and both adds are lost: the
+    heartbeat digest still disagrees (a linear checksum such as a CRC would cancel the two
+    alike changes out), so A asks for a snapshot and its watcher gets the update."""
+    bus = Bus(presence_window=0.05)
+    a, b = bus.add("A"), bus.add("B")
+    watcher = bus.join("A", "/ws", "eve", "s-eve")
+    a.handle(Subscribe(conn=watcher, channel="room", mode="users", now=bus.now))
+    for user, session in (("ann", "s-ann"), ("bob", "s-bob")):
+        bus.join("B", "/ws", user, session, channels=("room",), metadata={"s": 0})
+    bus.advance(0.1)
+    bus.drop = lambda receiver, message: message["kind"] == "add"
+    for session in ("s-ann", "s-bob"):
+        b.handle(MetadataUpdated(session_id=session, metadata={"s": 1}, now=bus.now))
+    bus.run()
+    bus.drop = lambda receiver, message: False
+    bus.advance(6, step=0.05)  # a heartbeat: its digest disagrees, A asks B for a snapshot
+    assert {m.session_id: m.metadata for m in a.presence.roster("/ws")} == {
+        "s-eve": None,
+        "s-ann": {"s": 1},
+        "s-bob": {"s": 1},
+    }
+    watched = a.clients.maps[(watcher, "room", "users")]
+    assert watched.in_sync
+    assert {
+        user: [s["metadata"] for s in entry["sessions"]]  # type: ignore[index]
+        for user, entry in watched.members.items()
+    } == {"eve": [None], "ann": [{"s": 1}], "bob": [{"s": 1}]}
 
 
 def test_a_restart_with_a_new_epoch_purges_the_old_incarnation_at_once() -> None:

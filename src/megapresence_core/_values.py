@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import enum
 import functools
+import hashlib
 import json
 import math
 import re
-import zlib
 from collections.abc import Iterable, Mapping
 from typing import Any, Final, NoReturn, TypeAlias, final
 
@@ -356,9 +356,12 @@ class RemoteMember:
     """A member of another process (an instance of the cluster, or a bridge behind the hub),
     with the ns it joined on (empty when the hub, which does not say, told us) and its channels.
 
-    ``fingerprint`` is a CRC of everything a peer could disagree about (session, user,
-    channels in any order, metadata): the cluster's heartbeat digest XORs them, so a
-    lost subscribe or metadata change is noticed, not only a lost join.
+    ``fingerprint`` is a 64-bit BLAKE2b hash of everything a peer could disagree about
+    (session, user, channels in any order, metadata): the cluster's heartbeat digest XORs
+    them, so a lost subscribe or metadata change is noticed, not only a lost join. Not a
+    CRC: a CRC is linear, so the XOR of several members' CRCs cancels out alike changes
+    (two sessions whose ``{"s": 0}`` both became ``{"s": 1}``) and the lost changes would
+    never be noticed.
     """
 
     ns: str
@@ -377,7 +380,8 @@ class RemoteMember:
                 dumps(member.metadata),
             )
         )
-        return zlib.crc32(text.encode("utf-8", "surrogatepass"))
+        digest = hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest()
+        return int.from_bytes(digest, "big")
 
     def to_json(self) -> JsonObject:
         out: JsonObject = {"ns": self.ns, **self.member.to_json()}
