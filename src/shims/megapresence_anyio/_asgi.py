@@ -49,7 +49,7 @@ from megapresence_core.errors import truncate_reason
 
 from ._config import SocketLimits
 from ._guard import Guard
-from ._http import HandshakeRequest, default_body, reason_phrase
+from ._http import HandshakeRequest, default_body
 from ._ops import Response
 from ._session import OnText, SessionBase, text_frame, utf8_len
 
@@ -356,9 +356,7 @@ class AsgiGuard(Guard[AsgiChannel]):
         headers: tuple[tuple[str, str], ...],
     ) -> None:
         if self._extension:
-            self.transport.deny(
-                status, body or reason_phrase(status) + b"\n", content_type, headers
-            )
+            self.transport.deny(status, default_body(status, body), content_type, headers)
         else:  # the server turns a close before the accept into 403
             self.transport.post({"type": "websocket.close", "code": CloseCode.POLICY})
 
