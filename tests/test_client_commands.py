@@ -24,6 +24,9 @@ from megapresence_core.actions import (
 )
 from megapresence_core.events import PresenceSync
 from megapresence_core.wire import (
+    RESERVED_PREFIXES,
+    RESERVED_TYPES,
+    SERVER_MESSAGE_TYPES,
     BroadcastCommand,
     ClientCommand,
     CommandRefused,
@@ -112,21 +115,65 @@ def test_bad_commands_are_refused_with_a_reason(text: str, code: str, match: str
     assert info.value.code == code
 
 
+RESERVED_EXAMPLES = (
+    *sorted(RESERVED_TYPES),
+    *(prefix + "x" for prefix in RESERVED_PREFIXES),
+    "presence.diff",
+    "presence.state",
+    "session.detached",
+)
+
+
+@pytest.mark.parametrize("op", ["publish", "broadcast", "direct"])
+@pytest.mark.parametrize("kind", RESERVED_EXAMPLES)
+def test_no_client_may_send_a_message_of_a_server_type(op: str, kind: str) -> None:
+    command = {"op": op, "channel": "c", "userId": "u", "type": kind, "payload": {"x": 1}}
+    with pytest.raises(PeerError, match="reserved for the server") as info:
+        decode_client_command(json.dumps(command))
+    assert info.value.code == "bad_command"
+
+
+def test_the_reserved_types_are_the_servers() -> None:
+    assert {
+        "error",
+        "subscribed",
+        "unsubscribed",
+        "direct.result",
+        "roster",
+        "welcome",
+    } == RESERVED_TYPES
+    assert RESERVED_PREFIXES == ("presence.", "session.", "server.", "stream.")
+    # Every typed server message is covered, so a new one cannot be forgotten.
+    for kind in SERVER_MESSAGE_TYPES:
+        assert kind in RESERVED_TYPES or kind.startswith(RESERVED_PREFIXES)
+
+
+@pytest.mark.parametrize(
+    "kind", ["chat", "presence", "errors", "Error", "x.presence.y", "sessions"]
+)
+def test_types_that_only_look_like_the_servers_pass(kind: str) -> None:
+    text = json.dumps({"op": "publish", "channel": "c", "type": kind})
+    assert decode_client_command(text) == PublishCommand(channel="c", type=kind)
+
+
 def event_of(command: ClientCommand, session_id: str | None = "me", admin: bool = False) -> object:
     return command_event(command, conn=7, ns="/ws", session_id=session_id, is_admin=admin, now=3.0)
 
 
 def test_commands_become_core_events_for_this_connection() -> None:
     message = Message(type="chat", payload=1)
+    # What a client sends others is stamped with its session by the core (``conn``).
     assert event_of(
         BroadcastCommand(channel="c", payload=1, exclude_self=True)
-    ) == BroadcastRequested(ns="/ws", channel="c", message=message, except_session_ids=["me"])
-    assert event_of(
-        BroadcastCommand(channel="c", payload=1, exclude_self=True), session_id=None
-    ) == BroadcastRequested(ns="/ws", channel="c", message=message)
-    assert event_of(
-        DirectCommand(user_id="u", type="chat", payload=1), session_id=None
-    ) == DirectRequested(user_id="u", message=message, conn=7)
+    ) == BroadcastRequested(
+        ns="/ws", channel="c", message=message, except_session_ids=["me"], conn=7
+    )
+    assert event_of(BroadcastCommand(channel="c", payload=1)) == BroadcastRequested(
+        ns="/ws", channel="c", message=message, conn=7
+    )
+    assert event_of(DirectCommand(user_id="u", type="chat", payload=1)) == DirectRequested(
+        user_id="u", message=message, conn=7
+    )
     assert event_of(MetadataCommand(metadata={"a": 1})) == MetadataUpdated(
         session_id="me", metadata={"a": 1}, now=3.0
     )
@@ -155,6 +202,8 @@ def test_only_admins_kick_and_only_joined_connections_use_a_session() -> None:
         (UnsubscribeCommand(channel="c"), "unsubscribe"),
         (PublishCommand(channel="c", type="t"), "publish"),
         (SyncCommand(channel="c"), "sync"),
+        (BroadcastCommand(channel="c"), "broadcast"),
+        (DirectCommand(user_id="u"), "send a direct message"),
     ]:
         assert event_of(command, session_id=None, admin=True) == CommandRefused(
             code="not_joined", message=f"join a session to {what}"

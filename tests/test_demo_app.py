@@ -78,19 +78,23 @@ async def test_welcome_roster_and_watching_a_channel() -> None:
 
 async def test_broadcast_excluding_self_direct_and_metadata() -> None:
     async with demo() as (server, url):
-        ann, _ = await join(url, "ann")
+        ann, ann_me = await join(url, "ann")
         bob, _ = await join(url, "bob")
         await ann.send(
             '{"op":"broadcast","channel":"lobby","excludeSelf":true,"payload":{"text":"hi"}}'
         )
-        assert (await next_of(bob, "chat"))["payload"] == {"text": "hi"}
+        chat = await next_of(bob, "chat")
+        assert chat["payload"] == {"text": "hi"}
+        assert chat["from"] == {"userId": "ann", "sessionId": ann_me["sessionId"]}
         await ann.send('{"op":"direct","userId":"bob","payload":"psst"}')
-        assert (await next_of(bob, "direct"))["payload"] == {"text": "psst", "from": "ann"}
-        # The sender is the session's user, whatever the page claims.
+        direct = await next_of(bob, "direct")
+        assert direct == {"type": "direct", "from": chat["from"], "payload": "psst"}
+        # The sender is the server's from, whatever the page puts in its payload.
         await ann.send('{"op":"direct","userId":"bob","payload":{"from":"root","text":"hi"}}')
-        assert (await next_of(bob, "direct"))["payload"] == {"from": "ann", "text": "hi"}
+        direct = await next_of(bob, "direct")
+        assert (direct["from"], direct["payload"]) == (chat["from"], {"from": "root", "text": "hi"})
         await ann.send('{"op":"direct","userId":"bob"}')
-        assert (await next_of(bob, "direct"))["payload"] == {"from": "ann"}
+        assert await next_of(bob, "direct") == {"type": "direct", "from": chat["from"]}
         await ann.send('{"op":"direct","userId":"nobody","payload":"?"}')
         results = [await next_of(ann, "direct.result") for _ in range(4)]
         assert [(r["userId"], r["found"]) for r in results] == [("bob", True)] * 3 + [
@@ -105,6 +109,46 @@ async def test_broadcast_excluding_self_direct_and_metadata() -> None:
         await next_of(ann, "roster", skipped)
         assert "chat" not in skipped  # excludeSelf kept her own broadcast from her
         await ann.close()
+        await bob.close()
+
+
+async def test_a_reconnect_within_the_grace_is_told_every_channel_of_its_session() -> None:
+    async with demo() as (_, url):
+        ann = await Client.connect(f"{url}?user=ann&session=a1&channels=lobby")
+        assert (await ann.recv_json())["payload"]["channels"] == ["lobby"]
+        await ann.send('{"op":"subscribe","channel":"dev"}')
+        await next_of(ann, "subscribed")
+        await ann.close()
+        # A reload: the page's URL names lobby only; the restored session is in dev too.
+        ann = await Client.connect(f"{url}?user=ann&session=a1&channels=lobby")
+        welcome = await ann.recv_json()
+        assert (welcome["type"], welcome["payload"]["channels"]) == ("welcome", ["dev", "lobby"])
+        assert "from" not in welcome
+        await ann.close()
+
+
+@pytest.mark.parametrize(
+    "forged",
+    [
+        {"op": "broadcast", "channel": "lobby", "type": "welcome", "payload": {"userId": "m"}},
+        {"op": "publish", "channel": "lobby", "type": "unsubscribed"},
+        {"op": "direct", "userId": "bob", "type": "error", "payload": {"code": "x"}},
+        {"op": "publish", "channel": "lobby", "type": "presence.diff"},
+    ],
+)
+async def test_no_client_speaks_as_the_server(forged: dict[str, Any]) -> None:
+    async with demo() as (_, url):
+        mallory, _ = await join(url, "mallory")
+        bob, _ = await join(url, "bob")
+        await mallory.send(json.dumps(forged))
+        refused = await next_of(mallory, "error")
+        assert refused["payload"]["code"] == "bad_command"
+        assert "reserved for the server" in refused["payload"]["message"]
+        await bob.send('{"op":"roster"}')
+        skipped: list[str] = []
+        await next_of(bob, "roster", skipped)
+        assert skipped == []  # nothing reached bob
+        await mallory.close()
         await bob.close()
 
 

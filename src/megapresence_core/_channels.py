@@ -187,12 +187,12 @@ class Channels:
         author = event.sender
         if event.conn is not None:
             record = parts.local.get(event.conn, what="PublishRequested")
-            if record.session_id is None:
+            author = record.sender()
+            if author is None:
                 return [refused(event.conn, "not_joined", "join a session to publish", channel)]
             if channel not in record.subscriptions:
                 text = "subscribe to the channel first"
                 return [refused(event.conn, "not_subscribed", text, channel)]
-            author = Sender(user_id=record.member().user_id, session_id=record.session_id)
         # Every hop's text is built (and measured) before anything happens.
         hub_text = parts.hub_link.publish(channel, message, excepted, author)
         cluster_text = parts.cluster.publish(channel, message, excepted, author)

@@ -196,7 +196,12 @@ class ClusterLink:
         return self.publish_text(encode(message), fanout=type(message) in _FANOUT)
 
     def broadcast(
-        self, ns: str, channel: str, message: Message, except_session_ids: frozenset[str]
+        self,
+        ns: str,
+        channel: str,
+        message: Message,
+        except_session_ids: frozenset[str],
+        author: Sender | None,
     ) -> str:
         return self.encode(
             ClusterBroadcast(
@@ -205,6 +210,7 @@ class ClusterLink:
                 channel=channel,
                 message=message,
                 except_session_ids=tuple(sorted(except_session_ids)),
+                author=author,
             )
         )
 
@@ -225,8 +231,10 @@ class ClusterLink:
             )
         )
 
-    def direct(self, user_id: str, message: Message) -> str:
-        return self.encode(ClusterDirect(**self._header(), user_id=user_id, message=message))
+    def direct(self, user_id: str, message: Message, author: Sender | None) -> str:
+        return self.encode(
+            ClusterDirect(**self._header(), user_id=user_id, message=message, author=author)
+        )
 
     def kick(self, session_id: str, reason: str | None, requeue: bool) -> list[Action]:
         return self._publish(
@@ -466,7 +474,12 @@ class NoCluster:
         return []
 
     def broadcast(
-        self, ns: str, channel: str, message: Message, except_session_ids: frozenset[str]
+        self,
+        ns: str,
+        channel: str,
+        message: Message,
+        except_session_ids: frozenset[str],
+        author: Sender | None,
     ) -> str:
         return ""
 
@@ -479,7 +492,7 @@ class NoCluster:
     ) -> str:
         return ""
 
-    def direct(self, user_id: str, message: Message) -> str:
+    def direct(self, user_id: str, message: Message, author: Sender | None) -> str:
         return ""
 
     def kick(self, session_id: str, reason: str | None, requeue: bool) -> list[Action]:

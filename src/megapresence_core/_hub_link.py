@@ -263,12 +263,19 @@ class HubLink:
         return []
 
     def broadcast(
-        self, ns: str, channel: str, message: Message, except_session_ids: frozenset[str]
+        self,
+        ns: str,
+        channel: str,
+        message: Message,
+        except_session_ids: frozenset[str],
+        author: Sender | None,
     ) -> str:
         """The BROADCAST frame's text (measured: see :meth:`encode`)."""
         excepted = tuple(sorted(except_session_ids))
         return self.encode(
-            BroadcastFrame(ns=ns, channel=channel, message=message, except_session_ids=excepted)
+            BroadcastFrame(
+                ns=ns, channel=channel, message=message, except_session_ids=excepted, author=author
+            )
         )
 
     def publish(
@@ -286,8 +293,8 @@ class HubLink:
             )
         )
 
-    def direct(self, user_id: str, message: Message) -> str:
-        return self.encode(DirectFrame(user_id=user_id, message=message))
+    def direct(self, user_id: str, message: Message, author: Sender | None) -> str:
+        return self.encode(DirectFrame(user_id=user_id, message=message, author=author))
 
     def encode(self, frame: HubFrame) -> str:
         """The frame's text, or ``LocalUsageError`` if it would not fit the hub's frame limit."""
@@ -353,7 +360,12 @@ class NoHubLink:
         return []
 
     def broadcast(
-        self, ns: str, channel: str, message: Message, except_session_ids: frozenset[str]
+        self,
+        ns: str,
+        channel: str,
+        message: Message,
+        except_session_ids: frozenset[str],
+        author: Sender | None,
     ) -> str:
         return ""  # nothing travels, so nothing is too big
 
@@ -366,7 +378,7 @@ class NoHubLink:
     ) -> str:
         return ""
 
-    def direct(self, user_id: str, message: Message) -> str:
+    def direct(self, user_id: str, message: Message, author: Sender | None) -> str:
         return ""
 
     def send_text(self, text: str) -> list[Action]:

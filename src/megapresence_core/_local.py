@@ -25,7 +25,7 @@ from collections.abc import Callable, Hashable, Iterable, Iterator
 from itertools import chain
 from typing import Final, final
 
-from ._values import JsonObject, Member, PresenceMode, RemoteMember, StoreEntry
+from ._values import JsonObject, Member, PresenceMode, RemoteMember, Sender, StoreEntry
 from .actions import Action, StoreDelete, StorePut, StoreRefresh
 from .config import StoreConfig
 from .errors import LocalUsageError
@@ -75,6 +75,12 @@ class ConnectionRecord:
         assert self.user_id is not None
         assert self.session_id is not None
         return Member(session_id=self.session_id, user_id=self.user_id, metadata=self.metadata)
+
+    def sender(self) -> Sender | None:
+        """Who this connection is, as what it sends others is stamped (none: no session)."""
+        if self.session_id is None:
+            return None
+        return Sender(user_id=self.member().user_id, session_id=self.session_id)
 
     def remote(self) -> RemoteMember:
         """The session as another process holds it."""

@@ -48,14 +48,14 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any, Final, final
 
-from ._channels import Channels, Parts
+from ._channels import Channels, Parts, refused
 from ._cluster import ClusterLink, ClusterReceipt, NoCluster
 from ._feed import PresenceFeed
 from ._hub_link import HubLink, NoHubLink
 from ._hub_members import PRESENCE_FRAMES, HubMembers
 from ._local import ConnectionRecord, LocalIndexes, NoStore, SharedStore
 from ._rosters import LOCAL
-from ._values import Member, Message, PresenceMode, RemoteMember, StoreEntry
+from ._values import Member, Message, PresenceMode, RemoteMember, Sender, StoreEntry
 from .actions import Action, CloseConnection, Deliver, Log, LogLevel
 from .config import DuplicateSessionPolicy, PresenceConfig
 from .errors import CloseCode, LocalUsageError, truncate_reason
@@ -304,10 +304,15 @@ class Presence:
         limits.check_name("BroadcastRequested", "ns", ns)
         limits.check_name("BroadcastRequested", "channel", channel)
         limits.check_message("BroadcastRequested", message)
+        author = event.sender
+        if event.conn is not None:
+            author = self._local.get(event.conn, what="BroadcastRequested").sender()
+            if author is None:
+                return [refused(event.conn, "not_joined", "join a session to broadcast", channel)]
         # Every hop's text is built (and measured) before anything happens.
-        hub_text = self._hub_link.broadcast(ns, channel, message, excepted)
-        cluster_text = self._cluster.broadcast(ns, channel, message, excepted)
-        actions = self._deliver_broadcast(ns, message, excepted)
+        hub_text = self._hub_link.broadcast(ns, channel, message, excepted, author)
+        cluster_text = self._cluster.broadcast(ns, channel, message, excepted, author)
+        actions = self._deliver_broadcast(ns, message, excepted, author)
         return (
             actions + self._hub_link.send_text(hub_text) + self._cluster.publish_text(cluster_text)
         )
@@ -316,11 +321,15 @@ class Presence:
         user_id, message = event.user_id, event.message
         self._limits.check_name("DirectRequested", "user_id", user_id)
         self._limits.check_message("DirectRequested", message)
+        author = event.sender
         if event.conn is not None:
-            self._local.get(event.conn, what="DirectRequested")
-        hub_text = self._hub_link.direct(user_id, message)
-        cluster_text = self._cluster.direct(user_id, message)
-        actions = self._deliver_direct(user_id, message)
+            author = self._local.get(event.conn, what="DirectRequested").sender()
+            if author is None:
+                text = "join a session to send a direct message"
+                return [refused(event.conn, "not_joined", text, None)]
+        hub_text = self._hub_link.direct(user_id, message, author)
+        cluster_text = self._cluster.direct(user_id, message, author)
+        actions = self._deliver_direct(user_id, message, author)
         if event.conn is not None:
             found = self.knows_user(user_id)
             text = encode(DirectResult(user_id=user_id, found=found))
@@ -424,14 +433,14 @@ class Presence:
         message = receipt.fanout
         if isinstance(message, ClusterBroadcast):
             excepted = frozenset(message.except_session_ids)
-            return self._deliver_broadcast(message.ns, message.message, excepted)
+            return self._deliver_broadcast(message.ns, message.message, excepted, message.author)
         if isinstance(message, ClusterChannelPublish):
             excepted = frozenset(message.except_session_ids)
             return self._channels.deliver(
                 message.channel, message.message, excepted, message.author
             )
         if isinstance(message, ClusterDirect):
-            return self._deliver_direct(message.user_id, message.message)
+            return self._deliver_direct(message.user_id, message.message, message.author)
         if isinstance(message, ClusterKick):
             return self._kick_here(message.session_id, message.reason, message.requeue) or []
         return receipt.actions  # a member message
@@ -465,14 +474,15 @@ class Presence:
     # --------------------------------------------------------- hub frames in
 
     def _hub_broadcast(self, frame: BroadcastFrame) -> list[Action]:
-        return self._deliver_broadcast(frame.ns, frame.message, frozenset(frame.except_session_ids))
+        excepted = frozenset(frame.except_session_ids)
+        return self._deliver_broadcast(frame.ns, frame.message, excepted, frame.author)
 
     def _hub_publish(self, frame: PublishFrame) -> list[Action]:
         excepted = frozenset(frame.except_session_ids)
         return self._channels.deliver(frame.channel, frame.message, excepted, frame.author)
 
     def _hub_direct(self, frame: DirectFrame) -> list[Action]:
-        return self._deliver_direct(frame.user_id, frame.message)
+        return self._deliver_direct(frame.user_id, frame.message, frame.author)
 
     def _hub_disconnect(self, frame: DisconnectFrame) -> list[Action]:
         here = self._kick_here(frame.session_id, frame.reason, frame.requeue)
@@ -495,17 +505,21 @@ class Presence:
     # ------------------------------------------------------------- delivery
 
     def _deliver_broadcast(
-        self, ns: str, message: Message, except_session_ids: frozenset[str]
+        self, ns: str, message: Message, except_session_ids: frozenset[str], author: Sender | None
     ) -> list[Action]:
         local = self._local
         targets = local.targets(local.by_ns.get(ns), except_session_ids)
-        return [Deliver(conns=targets, text=broadcast_text(ns, message))] if targets else []
+        if not targets:
+            return []
+        return [Deliver(conns=targets, text=broadcast_text(ns, message, author))]
 
-    def _deliver_direct(self, user_id: str, message: Message) -> list[Action]:
+    def _deliver_direct(
+        self, user_id: str, message: Message, author: Sender | None
+    ) -> list[Action]:
         conns = self._local.by_user.get(user_id)
         if not conns:
             return []
-        return [Deliver(conns=tuple(conns), text=direct_text(message))]
+        return [Deliver(conns=tuple(conns), text=direct_text(message, author))]
 
     def _resync(self) -> list[Action]:
         """The hub lost our presence: JOIN every local session again, with its channels.

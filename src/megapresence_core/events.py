@@ -130,6 +130,14 @@ def _publish_except_ids(value: Any) -> frozenset[str]:
     return frozenset(str_tuple("PublishRequested", "except_session_ids", value))
 
 
+def _sender_or_conn(owner: str, sender: Sender | None, conn: Hashable | None) -> None:
+    if sender is not None and conn is not None:
+        raise LocalUsageError(
+            f"{owner}: give sender or conn, not both (with conn the sender is that "
+            "connection's session)"
+        )
+
+
 def _mode(value: Any) -> PresenceMode:
     return PresenceMode.coerce("Subscribe", value)
 
@@ -214,6 +222,11 @@ class BroadcastRequested:
     it does not filter local delivery, which reaches every connection of
     ``ns``, joined or not (the seed's rule: channel-scoped delivery is a
     separate request).
+
+    The message carries its sender as ``from`` when there is one: with ``conn``
+    (a client broadcast) the sender is that connection's session, and a
+    connection without one is told ``not_joined``; the embedding program may
+    instead name a ``sender`` itself, or none (a server message).
     """
 
     ns: str = attrs.field(validator=_name)
@@ -223,6 +236,11 @@ class BroadcastRequested:
         default=frozenset(),
         converter=_except_ids,
     )
+    sender: Sender | None = attrs.field(default=None, validator=_of_type(Sender, optional=True))
+    conn: Hashable | None = attrs.field(default=None, validator=optional_conn)
+
+    def __attrs_post_init__(self) -> None:
+        _sender_or_conn("BroadcastRequested", self.sender, self.conn)
 
 
 @final
@@ -232,12 +250,18 @@ class DirectRequested:
 
     ``conn``, when a client asked, gets a ``direct.result`` reply saying whether
     the user was found (as far as this process knows: its own sessions, the
-    channel rosters it holds, the cluster's roster).
+    channel rosters it holds, the cluster's roster). The message carries its
+    sender as ``from`` as a broadcast does: the session of ``conn``, or
+    ``sender``, or none.
     """
 
     user_id: str = attrs.field(validator=_name)
     message: Message = attrs.field(converter=_message)
     conn: Hashable | None = attrs.field(default=None, validator=optional_conn)
+    sender: Sender | None = attrs.field(default=None, validator=_of_type(Sender, optional=True))
+
+    def __attrs_post_init__(self) -> None:
+        _sender_or_conn("DirectRequested", self.sender, self.conn)
 
 
 @final
@@ -262,11 +286,7 @@ class PublishRequested:
     conn: Hashable | None = attrs.field(default=None, validator=optional_conn)
 
     def __attrs_post_init__(self) -> None:
-        if self.sender is not None and self.conn is not None:
-            raise LocalUsageError(
-                "PublishRequested: give sender or conn, not both (with conn the sender is "
-                "that connection's session)"
-            )
+        _sender_or_conn("PublishRequested", self.sender, self.conn)
 
 
 @final

@@ -50,7 +50,7 @@ from typing import Any, Final, final
 import attrs
 
 from ._hub_sessions import HubSession, HubSessions
-from ._values import JsonObject, Member, dumps, utf8_len
+from ._values import JsonObject, Member, Sender, dumps, utf8_len
 from .actions import (
     AcceptBridge,
     CloseBridge,
@@ -628,25 +628,38 @@ class Hub:
         bridges = self._sessions.bridges_in((frame.channel,), besides=record.bridge)
         return self._route(bridges, text, v2=True)
 
+    def _forged(self, record: Bridge, author: Sender | None) -> list[HubAction] | None:
+        """Why a message signed by ``author`` may not pass, if so: a session speaks only
+        from the bridge holding it, under its user (as SUBSCRIBE)."""
+        if author is None:
+            return None
+        session = self._owned(record, author.session_id)
+        if session is None:
+            return []  # not this bridge's session (or it just moved): not its to sign
+        if session.user_id != author.user_id:
+            return self._strike(
+                record, "session_taken", f"session {author.session_id[:40]!r} is another user's"
+            )
+        return None
+
     def _broadcast(self, record: Bridge, frame: BroadcastFrame, text: str) -> list[HubAction]:
+        forged = self._forged(record, frame.author)
+        if forged is not None:
+            return forged
         return self._route(self._sessions.bridges_in((frame.channel,), besides=record.bridge), text)
 
     def _publish(self, record: Bridge, frame: PublishFrame, text: str) -> list[HubAction]:
-        """Routed to the channel's bridges; a message signed by a session speaks for it
-        only from the bridge holding that session, under its user (as SUBSCRIBE)."""
-        author = frame.author
-        if author is not None:
-            session = self._owned(record, author.session_id)
-            if session is None:
-                return []  # not this bridge's session (or it just moved): not its to sign
-            if session.user_id != author.user_id:
-                return self._strike(
-                    record, "session_taken", f"session {author.session_id[:40]!r} is another user's"
-                )
+        """Routed to the channel's bridges, if its signature holds (see :meth:`_forged`)."""
+        forged = self._forged(record, frame.author)
+        if forged is not None:
+            return forged
         bridges = self._sessions.bridges_in((frame.channel,), besides=record.bridge)
         return self._route(bridges, text, v2=True)
 
     def _direct(self, record: Bridge, frame: DirectFrame, text: str) -> list[HubAction]:
+        forged = self._forged(record, frame.author)
+        if forged is not None:
+            return forged
         return self._route(
             self._sessions.bridges_of_user(frame.user_id, besides=record.bridge), text
         )

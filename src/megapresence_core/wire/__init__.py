@@ -21,6 +21,8 @@ from .._values import ABSENT, Json, JsonObject, RemoteMember, Sender, check_size
 from ._client import (
     COMMAND_OPS,
     MAX_CLIENT_COMMAND_BYTES,
+    RESERVED_PREFIXES,
+    RESERVED_TYPES,
     BroadcastCommand,
     ClientCommand,
     CommandRefused,
@@ -112,6 +114,8 @@ __all__ = [
     "MAX_HEARTBEAT_INTERVAL",
     "MAX_SERVER_MESSAGE_BYTES",
     "MIN_HEARTBEAT_INTERVAL",
+    "RESERVED_PREFIXES",
+    "RESERVED_TYPES",
     "SERVER_MESSAGE_TYPES",
     "SUPPORTED_HUB_PROTOCOLS",
     "BroadcastCommand",

@@ -4,8 +4,9 @@ Server to client, one JSON object per text message (presence and channel
 messages, replies and errors are in :mod:`._messages`):
 
 ======================  ====================================================
-broadcast               ``{"type", "ns", "payload"?}``: a message to a path
-direct                  ``{"type", "payload"?}``: a message to a user
+broadcast               ``{"type", "ns", "from"?, "payload"?}``: a message to
+                        a path (``from``: see below)
+direct                  ``{"type", "from"?, "payload"?}``: a message to a user
 ``roster``              ``{"type": "roster", "payload": {"members": [...],
                         "channels": {channel: [sessionId, ...]}}}``
 ======================  ====================================================
@@ -32,6 +33,14 @@ command:
 ``kick``                ``sessionId``, ``reason``, ``requeue``: admins only
 ======================  ====================================================
 
+A client may not ``publish``, ``broadcast`` or ``direct`` a message whose
+``type`` is one of the server's (:data:`RESERVED_TYPES`, or a type starting
+with one of :data:`RESERVED_PREFIXES`): it is refused with ``bad_command``, so
+a receiver can trust what looks like a server message. Every message a client
+sends to others reaches them stamped by the server with ``from: {userId,
+sessionId}``; the server's own messages carry no ``from``. ``broadcast`` and
+``direct`` therefore need a session, as ``publish`` does.
+
 A bad command is answered with an error message (``bad_json``, ``too_big``,
 ``unknown_op`` or ``bad_command``) and changes nothing. Who may do what is
 decided here, with the rest of the rules: :func:`command_event` turns a
@@ -55,6 +64,7 @@ from .._values import (
     Member,
     Message,
     PresenceMode,
+    Sender,
     StoreEntry,
     dumps,
 )
@@ -80,10 +90,13 @@ from ._codec import (
     register,
 )
 from ._codec import decode as _decode
+from ._messages import spliced
 
 __all__ = [
     "COMMAND_OPS",
     "MAX_CLIENT_COMMAND_BYTES",
+    "RESERVED_PREFIXES",
+    "RESERVED_TYPES",
     "BroadcastCommand",
     "ClientCommand",
     "CommandRefused",
@@ -105,21 +118,26 @@ __all__ = [
 #: A browser command is a chat line or a status; anything bigger is abuse.
 MAX_CLIENT_COMMAND_BYTES: Final = 16 * 1024
 
+#: The server's own message types: no client may send a message of one of these types.
+RESERVED_TYPES: Final = frozenset(
+    ("error", "subscribed", "unsubscribed", "direct.result", "roster", "welcome")
+)
+#: Type prefixes kept for the server's messages, now and in future versions.
+RESERVED_PREFIXES: Final = ("presence.", "session.", "server.", "stream.")
+
 
 # ------------------------------------------------------------- server -> client
 
 
-def broadcast_text(ns: str, message: Message) -> str:
-    """The client frame ``{"type", "ns", "payload"?}``, spliced around the encoded payload."""
-    head = f'{{"type":{dumps(message.type)},"ns":{dumps(ns)}'
-    if message.payload_json is None:
-        return head + "}"
-    return f'{head},"payload":{message.payload_json}}}'
+def broadcast_text(ns: str, message: Message, author: Sender | None) -> str:
+    """The client frame ``{"type", "ns", "from"?, "payload"?}``, spliced around the
+    encoded payload; ``from`` is the client that sent it (none: the server did)."""
+    return spliced(f'{{"type":{dumps(message.type)},"ns":{dumps(ns)}', message, author)
 
 
-def direct_text(message: Message) -> str:
-    """The client frame ``{"type", "payload"?}`` of a direct message: the message itself."""
-    return message.json
+def direct_text(message: Message, author: Sender | None) -> str:
+    """The client frame ``{"type", "from"?, "payload"?}`` of a direct message."""
+    return spliced(f'{{"type":{dumps(message.type)}', message, author)
 
 
 def roster_reply(members: Iterable[Member], entries: Iterable[StoreEntry] = ()) -> str:
@@ -232,13 +250,21 @@ def _presence_mode(value: object) -> PresenceMode:
     raise ValueError('must be "none", "users", "sessions" or "count"')
 
 
+def _peer_type(value: object) -> str:
+    """A message type a client may give what it sends: not one of the server's."""
+    name = check_name(value)
+    if name in RESERVED_TYPES or name.startswith(RESERVED_PREFIXES):
+        raise ValueError(f"must not be {name[:40]!r}: that type is reserved for the server")
+    return name
+
+
 _PAYLOAD = Field("payload", "payload", check_json, ABSENT)
 register(
     _C,
     "broadcast",
     BroadcastCommand,
     Field("channel", "channel", check_name),
-    Field("type", "type", check_name, "chat"),
+    Field("type", "type", _peer_type, "chat"),
     _PAYLOAD,
     Field("excludeSelf", "exclude_self", check_flag, False),
 )
@@ -255,7 +281,7 @@ register(
     "publish",
     PublishCommand,
     Field("channel", "channel", check_name),
-    Field("type", "type", check_name),
+    Field("type", "type", _peer_type),
     _PAYLOAD,
     Field("excludeSelf", "exclude_self", check_flag, False),
 )
@@ -265,7 +291,7 @@ register(
     "direct",
     DirectCommand,
     Field("userId", "user_id", check_name),
-    Field("type", "type", check_name, "direct"),
+    Field("type", "type", _peer_type, "direct"),
     _PAYLOAD,
 )
 register(_C, "metadata", MetadataCommand, Field("metadata", "metadata", check_object))
@@ -316,6 +342,8 @@ CommandEvent: TypeAlias = (
 
 #: Commands that need a session, with what to tell a connection that holds none.
 _NEEDS_SESSION: Final[dict[type[object], str]] = {
+    BroadcastCommand: "join a session to broadcast",
+    DirectCommand: "join a session to send a direct message",
     MetadataCommand: "join a session to set metadata",
     SubscribeCommand: "join a session to subscribe",
     UnsubscribeCommand: "join a session to unsubscribe",
@@ -338,14 +366,18 @@ def command_event(
     ``now`` is the shim's monotonic clock. A roster request is returned as is:
     answering it is a query, not an event. The events name ``conn``, so the
     core answers that connection (``subscribed``, a snapshot, ``direct.result``,
-    an error) and stamps a publish with its session.
+    an error) and stamps what it sends others with its session (``from``).
     """
     if session_id is None and type(command) in _NEEDS_SESSION:
         return CommandRefused(code="not_joined", message=_NEEDS_SESSION[type(command)])
     if isinstance(command, BroadcastCommand):
-        excluded = (session_id,) if command.exclude_self and session_id is not None else ()
+        assert session_id is not None
         return BroadcastRequested(
-            ns=ns, channel=command.channel, message=_message(command), except_session_ids=excluded
+            ns=ns,
+            channel=command.channel,
+            message=_message(command),
+            except_session_ids=(session_id,) if command.exclude_self else (),
+            conn=conn,
         )
     if isinstance(command, SubscribeCommand):
         return Subscribe(conn=conn, channel=command.channel, mode=command.presence, now=now)

@@ -20,10 +20,10 @@ restarted instance from its previous incarnation. Fan-out kinds travel on the
 app's ``fanout`` subject, member kinds on its ``members`` subject.
 
 ==============  =====================================================
-``broadcast``   ``ns``, ``channel``, ``message``, ``except?``
+``broadcast``   ``ns``, ``channel``, ``message``, ``except?``, ``by?``
 ``publish``     ``channel``, ``message``, ``except?``, ``by?: {userId, sessionId}``:
                 to the channel's subscribers on every instance
-``direct``      ``userId``, ``message``
+``direct``      ``userId``, ``message``, ``by?``
 ``kick``        ``sessionId``, ``reason?``, ``requeue?``
 ``add``         ``ns``, ``member: {sessionId, userId, metadata?}``, ``channels?``: the
                 member's whole state (a join, a metadata change, a subscribe or
@@ -178,6 +178,7 @@ class BroadcastFrame:
     channel: str
     message: Message
     except_session_ids: tuple[str, ...] = ()
+    author: Sender | None = None
 
 
 @final
@@ -185,6 +186,7 @@ class BroadcastFrame:
 class DirectFrame:
     user_id: str
     message: Message
+    author: Sender | None = None
 
 
 @final
@@ -376,8 +378,9 @@ register(
     _CHANNEL,
     _MESSAGE,
     Field("exceptSessionIds", "except_session_ids", check_names, ()),
+    _AUTHOR,
 )
-register(_H, "DIRECT", DirectFrame, _USER, _MESSAGE)
+register(_H, "DIRECT", DirectFrame, _USER, _MESSAGE, _AUTHOR)
 register(_H, "DISCONNECT", DisconnectFrame, _SESSION, _REASON, _REQUEUE)
 register(_H, "HEARTBEAT", HeartbeatFrame)
 register(
@@ -431,6 +434,7 @@ class ClusterBroadcast:
     channel: str
     message: Message
     except_session_ids: tuple[str, ...] = ()
+    author: Sender | None = None
 
 
 @final
@@ -452,6 +456,7 @@ class ClusterDirect:
     epoch: int
     user_id: str
     message: Message
+    author: Sender | None = None
 
 
 @final
@@ -556,6 +561,8 @@ CLUSTER_DIALECT: Final = Dialect(
     max_depth=MAX_JSON_DEPTH + ENVELOPE_DEPTH,
 )
 _K = CLUSTER_DIALECT
+#: Who sent a client's message (``from`` is the instance here).
+_BY = Field("by", "author", _sender, None)
 
 register(
     _K,
@@ -565,6 +572,7 @@ register(
     _CHANNEL,
     _MESSAGE,
     Field("except", "except_session_ids", check_names, ()),
+    _BY,
 )
 register(
     _K,
@@ -573,9 +581,9 @@ register(
     _CHANNEL,
     _MESSAGE,
     Field("except", "except_session_ids", check_names, ()),
-    Field("by", "author", _sender, None),
+    _BY,
 )
-register(_K, "direct", ClusterDirect, _USER, _MESSAGE)
+register(_K, "direct", ClusterDirect, _USER, _MESSAGE, _BY)
 register(_K, "kick", ClusterKick, _SESSION, _REASON, _REQUEUE)
 register(_K, "add", ClusterAdd, _NS, Field("member", "member", _member), _CHANNELS)
 register(_K, "remove", ClusterRemove, _SESSION)

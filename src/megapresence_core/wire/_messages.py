@@ -233,14 +233,19 @@ def user_json(user_id: str, members: Iterable[Member]) -> JsonObject:
     return {"userId": user_id, "sessions": sessions}
 
 
-def channel_text(channel: str, message: Message, author: Sender | None) -> str:
-    """``{"type", "channel", "from"?, "payload"?}``, spliced around the encoded payload."""
-    head = f'{{"type":{dumps(message.type)},"channel":{dumps(channel)}'
+def spliced(head: str, message: Message, author: Sender | None) -> str:
+    """``head`` (an open JSON object) with ``from`` (when a client sent it) and the
+    message's encoded payload, closed."""
     if author is not None:
         head += f',"from":{dumps(author.to_json())}'
     if message.payload_json is None:
         return head + "}"
     return f'{head},"payload":{message.payload_json}}}'
+
+
+def channel_text(channel: str, message: Message, author: Sender | None) -> str:
+    """``{"type", "channel", "from"?, "payload"?}``, spliced around the encoded payload."""
+    return spliced(f'{{"type":{dumps(message.type)},"channel":{dumps(channel)}', message, author)
 
 
 def error_reply(code: str, message: str, channel: str | None = None) -> str:

@@ -36,7 +36,7 @@ def handle_command(client: Client, text: str | ClientCommand, *, is_admin: bool 
     """Do what the browser command ``text`` from ``client`` asks, or tell it why not.
 
     ``text`` may also be a command already decoded (``decode_client_command``), for an
-    application that adds to it first, as the demo signs a direct message's sender."""
+    application that looks at it or changes it first."""
     server = client.server
     try:
         outcome = command_event(

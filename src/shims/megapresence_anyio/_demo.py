@@ -16,18 +16,6 @@ import logging
 import secrets
 from collections.abc import Collection
 
-import attrs
-
-from megapresence_core import PeerError
-from megapresence_core.wire import (
-    ABSENT,
-    ClientCommand,
-    DirectCommand,
-    JsonObject,
-    decode_client_command,
-    error_reply,
-)
-
 from ._commands import handle_command
 from ._http import HandshakeRequest
 from ._server import Client, Identity, PresenceServer, Refusal
@@ -72,24 +60,15 @@ class DemoApp:
             metadata={"status": "online", "admin": user in self.admins},
         )
 
-    @staticmethod
-    def _signed(client: Client, command: ClientCommand) -> ClientCommand:
-        """A direct message names its sender, set here from the session, never by the page
-        (a message published to a channel carries the server's ``from`` already)."""
-        if not isinstance(command, DirectCommand):
-            return command
-        payload = command.payload
-        body: JsonObject = {} if payload is ABSENT else {"text": payload}
-        if isinstance(payload, dict):
-            body = dict(payload)
-        body["from"] = client.user_id
-        return attrs.evolve(command, payload=body)
-
     def _server(self) -> PresenceServer:
         assert self.server is not None, "set DemoApp.server before serving"
         return self.server
 
     def on_open(self, client: Client) -> None:
+        """Tell the page who it is and every channel its session is in: the login's, and
+        those of a session restored within its grace (a reload), which the page's URL
+        may not name. A server message: it carries no ``from``."""
+        channels = self._server().presence.subscriptions(client)
         client.send(
             json.dumps(
                 {
@@ -99,15 +78,11 @@ class DemoApp:
                         "sessionId": client.session_id,
                         "ns": client.ns,
                         "admin": client.user_id in self.admins,
+                        "channels": sorted(channels),
                     },
                 }
             )
         )
 
     def on_message(self, client: Client, text: str) -> None:
-        try:
-            command = self._signed(client, decode_client_command(text))
-        except PeerError as exc:
-            client.send(error_reply(exc.code, str(exc)))
-            return
-        handle_command(client, command, is_admin=client.user_id in self.admins)
+        handle_command(client, text, is_admin=client.user_id in self.admins)

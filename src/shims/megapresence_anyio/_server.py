@@ -838,7 +838,9 @@ class PresenceServer:
         message: Message | Mapping[str, Any],
         except_session_ids: Iterable[str] = (),
     ) -> None:
-        """Deliver to every connection of ``ns`` here and on every peer, except those sessions."""
+        """Deliver to every connection of ``ns`` here and on every peer, except those sessions.
+        It arrives without ``from``: a message of the server's."""
+        self._group()
         self.dispatch(
             BroadcastRequested(
                 ns=ns, channel=channel, message=message, except_session_ids=except_session_ids
@@ -846,7 +848,9 @@ class PresenceServer:
         )
 
     def direct_to_user(self, user_id: str, message: Message | Mapping[str, Any]) -> None:
-        """Deliver to every connection of ``user_id``, here and on every peer."""
+        """Deliver to every connection of ``user_id``, here and on every peer (without
+        ``from``: a message of the server's)."""
+        self._group()
         self.dispatch(DirectRequested(user_id=user_id, message=message))
 
     def update_metadata(self, session_id: str, metadata: Mapping[str, Any]) -> None:

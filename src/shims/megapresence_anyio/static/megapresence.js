@@ -34,6 +34,14 @@
 //   map out of sync; the client asks for a `sync` by itself (once) and ignores
 //   diffs until the fresh snapshot. PresenceMap is the same logic as the Python
 //   reference model megapresence_core.wire.PresenceMap.
+// - Only the server controls the client: a message that carries `from` was sent
+//   by another client (the server stamps every one), whatever its type, so it
+//   only ever reaches an onMessage; errors, replies and presence are taken only
+//   from messages without `from`.
+// - Leaving the page leaves: on `pagehide` the client closes (1000), so the
+//   server sees the session leave after its grace even if the browser keeps the
+//   page in its back/forward cache; on a `pageshow` of that cached page it
+//   connects again (and resubscribes) as it would after any close.
 
 const STOP = new Set([1002, 1003, 1007, 1008]);
 const BACK_OFF = new Set([1013, 4503]);
@@ -163,6 +171,10 @@ export class Subscription {
 
   _receive(message) {
     const h = this.handlers;
+    if (Object.hasOwn(message, "from")) { // another client's message, whatever its type
+      call(h.onMessage, message, this);
+      return;
+    }
     switch (message.type) {
       case "subscribed":
         this.state = "subscribed";
@@ -268,8 +280,8 @@ export class Subscription {
  * server gave, say, so a reconnect within the leave grace keeps the session).
  *
  * Options: onState(state), onMessage(message) (every message that is not a
- * subscription's: welcome, broadcasts, direct messages), onError(payload) (an
- * error the server sent), random (a function giving [0, 1), for the jitter),
+ * subscription's: welcome, broadcasts, direct messages; one with `from` is
+ * another client's), onError(payload) (an error the server sent), random (a function giving [0, 1), for the jitter),
  * baseDelay (ms, 1000), backOffFactor (4), maxDelay (ms, 30000), leaveHold (ms,
  * 1000: how long a leave seen only by comparing snapshots waits for the diff that
  * may bring the member back), WebSocket (the constructor to use).
@@ -297,6 +309,19 @@ export class PresenceClient {
     this._online = () => {
       if (this.state === "reconnecting" && !this._backingOff) this.connect();
     };
+    // The page goes away (or into the back/forward cache): so does the session,
+    // after the server's grace; a cached page shown again connects again.
+    this._hidden = false;
+    this._pagehide = () => {
+      if (this.state === "idle" || this.state === "closed") return;
+      this._shut("page hidden");
+      this._hidden = true;
+    };
+    this._pageshow = (event) => {
+      if (!event.persisted || !this._hidden) return;
+      this._hidden = false;
+      this.connect();
+    };
   }
 
   /** Open the connection (again, after a close for good). */
@@ -304,7 +329,10 @@ export class PresenceClient {
     if (this.state === "connecting" || this.state === "open") return this;
     clearTimeout(this._timer);
     this._timer = null;
+    this._hidden = false;
     globalThis.addEventListener?.("online", this._online);
+    globalThis.addEventListener?.("pagehide", this._pagehide);
+    globalThis.addEventListener?.("pageshow", this._pageshow);
     this._setState({ state: "connecting", attempt: this.attempt });
     let socket;
     try {
@@ -336,6 +364,13 @@ export class PresenceClient {
 
   /** Close for good (code 1000); connect() starts again. */
   close(reason = "closed by the client") {
+    this._hidden = false;
+    globalThis.removeEventListener?.("pagehide", this._pagehide);
+    globalThis.removeEventListener?.("pageshow", this._pageshow);
+    this._shut(reason);
+  }
+
+  _shut(reason) {
     const socket = this.socket;
     this.socket = null;
     clearTimeout(this._timer);
@@ -423,7 +458,14 @@ export class PresenceClient {
     } catch {
       return; // not JSON: not from this protocol
     }
-    if (message === null || typeof message !== "object") return;
+    if (message === null || typeof message !== "object" || Array.isArray(message)) return;
+    if (Object.hasOwn(message, "from")) { // another client's: data, never control
+      const subscription = typeof message.channel === "string"
+        ? this.subscriptions.get(message.channel) : undefined;
+      if (subscription) subscription._receive(message);
+      else call(this.options.onMessage, message, this);
+      return;
+    }
     if (message.type === "error") {
       const payload = message.payload ?? {};
       const subscription = payload.channel && this.subscriptions.get(payload.channel);
