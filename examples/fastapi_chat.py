@@ -218,9 +218,9 @@ const client = new PresenceClient("/ws/chat?tab=" + tab, {  // the cookie goes w
       : s.state === "closed" ? `closed (${s.code})` : s.state;
     if (s.state === "closed") document.body.dataset.closeCode = String(s.code);
   },
-  onMessage: (msg) => {
-    if (msg.type === "welcome") me = msg.payload;
-    else if (msg.type === "direct") log("(direct) " + JSON.stringify(msg.payload));
+  onMessage: (msg) => {  // who sent it is the server's `from`; none: the server itself
+    if (msg.from) log(`(${msg.type}) ${msg.from.userId}: ${msg.payload?.text ?? ""}`);
+    else if (msg.type === "welcome") me = msg.payload;
   },
   onError: (error) => log("error: " + error.message),
 });
@@ -239,7 +239,7 @@ for (const channel of [...$("channel").options].map((o) => o.value)) {
     },
     onJoin: (user) => log(`${user} joined #${channel}`),
     onLeave: (user) => log(`${user} left #${channel}`),
-    onMessage: (msg) => log(`#${channel} ${msg.from.userId}: ${msg.payload.text}`),
+    onMessage: (msg) => log(`#${channel} ${msg.from?.userId ?? "server"}: ${msg.payload?.text}`),
   });
 }
 client.connect();

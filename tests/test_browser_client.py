@@ -91,10 +91,10 @@ def rules_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
 class Page:
     """A page of the server's origin with the client loaded."""
 
-    def __init__(self, driver: Any, port: int) -> None:
+    def __init__(self, driver: Any, port: int, path: str = "/") -> None:
         self.driver = driver
         self.port = port
-        driver.get(f"http://127.0.0.1:{port}/")
+        driver.get(f"http://127.0.0.1:{port}{path}")
         assert driver.execute_async_script(HARNESS) is True
 
     def run(self, script: str) -> Any:

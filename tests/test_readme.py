@@ -125,12 +125,13 @@ async def test_the_serving_example_authenticates_chats_and_moderates(
         assert (await http_status(server.port, request)).startswith(b"HTTP/1.1 401")
 
         ann = await Client.connect(
-            url(server, "/ws/chat"), additional_headers={"Cookie": "sid=6f1c"}
+            url(server, "/ws/chat?tab=1"), additional_headers={"Cookie": "sid=6f1c"}
         )
         bob = await Client.connect(
-            url(server, "/ws/chat"), additional_headers={"Cookie": "sid=9b2e"}
+            url(server, "/ws/chat?tab=1"), additional_headers={"Cookie": "sid=9b2e"}
         )
         await wait_for(lambda: len(server.roster("/ws/chat")) == 2)
+        assert sorted(m.session_id for m in server.roster("/ws/chat")) == ["ann-1", "bob-1"]
         await ann.send("hi")  # on_message returns None: no 1011, a chat to the lobby
         for client in (ann, bob):
             chat = await recv_type(client, "chat")
@@ -229,9 +230,17 @@ async def test_the_mount_example_runs_under_uvicorn() -> None:
         request += b"Sec-WebSocket-Version: 13\r\n\r\n"
         assert (await http_status(port, request)).startswith(b"HTTP/1.1 401")
         ann = await Client.connect(
-            f"ws://127.0.0.1:{port}/ws/chat", additional_headers={"Cookie": "sid=6f1c"}
+            f"ws://127.0.0.1:{port}/ws/chat?tab=1", additional_headers={"Cookie": "sid=6f1c"}
         )
         await wait_for(lambda: [m.user_id for m in presence.roster("/ws/chat")] == ["ann"])
+        # A second tab of the same login is a session of its own: neither goes deaf.
+        tab2 = await Client.connect(
+            f"ws://127.0.0.1:{port}/ws/chat?tab=2", additional_headers={"Cookie": "sid=6f1c"}
+        )
+        await wait_for(lambda: len(presence.roster("/ws/chat")) == 2)
+        assert sorted(m.session_id for m in presence.roster("/ws/chat")) == ["ann-1", "ann-2"]
+        javascript = b"GET /megapresence.js HTTP/1.1\r\nHost: x\r\n\r\n"
+        assert (await http_status(port, javascript)).startswith(b"HTTP/1.1 200")
 
         def post() -> bytes:
             url = f"http://127.0.0.1:{port}/announce?text=hi"
@@ -240,6 +249,8 @@ async def test_the_mount_example_runs_under_uvicorn() -> None:
 
         assert json.loads(await anyio.to_thread.run_sync(post)) == {"sent": "hi"}
         assert (await recv_type(ann, "notice"))["payload"] == "hi"
+        assert (await recv_type(tab2, "notice"))["payload"] == "hi"
+        await tab2.close()
         healthz = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
         assert (await http_status(port, healthz)).startswith(b"HTTP/1.1 200")
         await ann.close()

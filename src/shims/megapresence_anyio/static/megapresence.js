@@ -3,7 +3,10 @@
 // mounted in an ASGI app too) serves it at /megapresence.js.
 //
 //   import { PresenceClient } from "/megapresence.js";
-//   const client = new PresenceClient("/ws/chat", { onState: (s) => console.log(s) });
+//   const tab = sessionStorage.tab ||= Math.random().toString(36).slice(2, 10);
+//   const client = new PresenceClient(`/ws/chat?tab=${tab}`, {  // one session per tab
+//     onState: (s) => console.log(s),
+//   });
 //   client.subscribe("lobby", {
 //     presence: "users",                  // "users", "sessions", "count" or "none"
 //     onJoin: (key, member) => console.log("joined", key, member),
