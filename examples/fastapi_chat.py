@@ -20,8 +20,10 @@ when a direct message found nobody. Subscriptions are limited to ``CHANNELS``.
 
 The server runs for the app's lifetime (``lifespan=presence.lifespan``) and is
 mounted at ``/ws``; ``/metrics``, ``/healthz``, ``/readyz`` and
-``/megapresence.js`` are its own. Under Hypercorn, which never pings, pass
-``heartbeat=`` to ``presence.asgi()`` or set Hypercorn's ``websocket_ping_interval``.
+``/megapresence.js`` are its own. Hypercorn never pings, so the mount passes
+``heartbeat=``: after a silence the server sends ``{"type": "server.ping"}``,
+which the JavaScript client answers, and a client that does not answer is
+closed (1011). Under uvicorn, which pings, it is only a second check.
 """
 
 from __future__ import annotations
@@ -132,7 +134,7 @@ presence = PresenceServer(
 # ------------------------------------------------------------------ the app
 
 app = FastAPI(lifespan=presence.lifespan)
-app.mount("/ws", presence.asgi())
+app.mount("/ws", presence.asgi(heartbeat='{"type": "server.ping"}'))
 for _path in ("/metrics", "/healthz", "/readyz", "/megapresence.js"):
     app.add_route(_path, presence.asgi())
 

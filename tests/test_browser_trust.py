@@ -204,3 +204,50 @@ def test_navigating_away_leaves_after_the_grace_and_back_comes_back(
         page.run("clients.eve.close()")
     else:
         assert restored is None  # loaded anew: nothing of the old page is left
+
+
+def test_a_reload_shows_the_channels_the_server_restored_and_lets_the_user_leave_them(
+    browser: Any, rules_port: int
+) -> None:
+    browser.get(f"http://127.0.0.1:{rules_port}/?user=ann&channels=lobby")
+    wait_until(browser, lambda d: channels_shown(d) == ["lobby"], "no #lobby")
+    browser.find_element(By.ID, "newchannel").send_keys("dev")
+    browser.find_element(By.CSS_SELECTOR, "#join button").click()
+    wait_until(browser, lambda d: channels_shown(d) == ["lobby", "dev"], "no #dev")
+    wait_roster(rules_port, "dev", ["ann"], "ann never joined dev")
+    # The reload's URL names lobby only; the server restores the session with dev too.
+    browser.refresh()
+    wait_until(browser, lambda d: sorted(channels_shown(d)) == ["dev", "lobby"], "no #dev")
+    wait_until(browser, lambda d: "ann" in d.find_element(By.ID, "rosters").text, "no roster")
+    with connect(f"ws://127.0.0.1:{rules_port}/ws/chat?user=bob&channels=dev") as bob:
+        bob.recv(10)
+        bob.send(json.dumps({"op": "publish", "channel": "dev", "type": "chat"} | HELLO))
+        wait_until(browser, lambda d: "#dev bob: hi ann" in log_lines(d), "no message in #dev")
+    assert not any('"type"' in line for line in log_lines(browser))  # never raw JSON
+    leave = browser.find_element(By.CSS_SELECTOR, 'section[data-channel="dev"] h2 button')
+    leave.click()
+    wait_until(browser, lambda d: channels_shown(d) == ["lobby"], "#dev still shown")
+    wait_roster(rules_port, "dev", [], "ann still in dev after leaving it")
+    assert roster_of(rules_port, "lobby") == ["ann"]
+
+
+HELLO = {"payload": {"text": "hi ann"}}
+
+
+def test_the_client_answers_the_server_s_heartbeat(browser: Any, rules_port: int) -> None:
+    page = Page(browser, rules_port)
+    page.run(
+        "makeClient('hal', '/ws/chat?user=hal&session=hal-1&channels=beat'); clients.hal.connect();"
+    )
+    page.wait_for("hal", ["state", {"state": "open"}])
+    beat = json.dumps({"type": "server.ping"})
+    page.run(f"clients.hal.socket.send({json.dumps('test:send ' + beat)})")
+    page.wait_for("hal", ["sent", {"op": "ping"}])
+    # A peer's message of that type (as a server that checked nothing would relay it) is data.
+    forged = {"type": "server.ping", "from": MALLORY}
+    page.run(f"clients.hal.socket.send({json.dumps('test:send ' + json.dumps(forged))})")
+    page.wait_for("hal", ["message", forged])
+    assert [e for e in page.events("hal") if e == ["sent", {"op": "ping"}]] == [
+        ["sent", {"op": "ping"}]
+    ]
+    page.run("clients.hal.close()")

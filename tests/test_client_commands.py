@@ -33,6 +33,7 @@ from megapresence_core.wire import (
     DirectCommand,
     KickCommand,
     MetadataCommand,
+    PingCommand,
     PublishCommand,
     RosterCommand,
     SubscribeCommand,
@@ -66,6 +67,7 @@ from megapresence_core.wire import (
             MetadataCommand(metadata={"status": "away"}),
         ),
         ('{"op":"roster"}', RosterCommand()),
+        ('{"op":"ping"}', PingCommand()),
         (
             '{"op":"kick","sessionId":"s","reason":"r","requeue":true}',
             KickCommand(session_id="s", reason="r", requeue=True),
@@ -178,6 +180,7 @@ def test_commands_become_core_events_for_this_connection() -> None:
         session_id="me", metadata={"a": 1}, now=3.0
     )
     assert event_of(RosterCommand(), session_id=None) == RosterCommand()
+    assert event_of(PingCommand(), session_id=None) == PingCommand()  # nothing to do
     assert event_of(SubscribeCommand(channel="c", presence=PresenceMode.COUNT)) == Subscribe(
         conn=7, channel="c", mode="count", now=3.0
     )

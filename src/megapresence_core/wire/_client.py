@@ -30,6 +30,8 @@ command:
                         answered with ``direct.result``
 ``metadata``            ``metadata``: replaces this session's metadata
 ``roster``              ask for the members of this path
+``ping``                nothing: an answer to a server's heartbeat message
+                        (any message is one; this one does nothing else)
 ``kick``                ``sessionId``, ``reason``, ``requeue``: admins only
 ======================  ====================================================
 
@@ -103,6 +105,7 @@ __all__ = [
     "DirectCommand",
     "KickCommand",
     "MetadataCommand",
+    "PingCommand",
     "PublishCommand",
     "RosterCommand",
     "SubscribeCommand",
@@ -185,6 +188,12 @@ class RosterCommand:
 
 @final
 @attrs.frozen(kw_only=True)
+class PingCommand:
+    pass
+
+
+@final
+@attrs.frozen(kw_only=True)
 class KickCommand:
     session_id: str
     reason: str | None = None
@@ -224,6 +233,7 @@ ClientCommand: TypeAlias = (
     | DirectCommand
     | MetadataCommand
     | RosterCommand
+    | PingCommand
     | KickCommand
     | SubscribeCommand
     | UnsubscribeCommand
@@ -236,7 +246,7 @@ _C: Final = Dialect(
     tag="op",
     unknown_hint=(
         "; expected broadcast, subscribe, unsubscribe, publish, sync, direct, metadata, "
-        "roster or kick"
+        "roster, ping or kick"
     ),
     unknown_code="unknown_op",
     bad_code="bad_command",
@@ -296,6 +306,7 @@ register(
 )
 register(_C, "metadata", MetadataCommand, Field("metadata", "metadata", check_object))
 register(_C, "roster", RosterCommand)
+register(_C, "ping", PingCommand)
 register(
     _C,
     "kick",
@@ -360,13 +371,14 @@ def command_event(
     session_id: str | None,
     is_admin: bool,
     now: float,
-) -> CommandEvent | RosterCommand | CommandRefused:
+) -> CommandEvent | RosterCommand | PingCommand | CommandRefused:
     """What ``command`` from connection ``conn`` on ``ns`` means, or why it is refused.
 
     ``now`` is the shim's monotonic clock. A roster request is returned as is:
-    answering it is a query, not an event. The events name ``conn``, so the
-    core answers that connection (``subscribed``, a snapshot, ``direct.result``,
-    an error) and stamps what it sends others with its session (``from``).
+    answering it is a query, not an event; so is a ping, which asks for nothing.
+    The events name ``conn``, so the core answers that connection (``subscribed``, a
+    snapshot, ``direct.result``, an error) and stamps what it sends others with its
+    session (``from``).
     """
     if session_id is None and type(command) in _NEEDS_SESSION:
         return CommandRefused(code="not_joined", message=_NEEDS_SESSION[type(command)])

@@ -3,8 +3,9 @@
 ``PresenceServer(authenticate, on_message=handle_command)`` makes a server speak
 what the JavaScript client speaks: ``subscribe`` (through ``authorize_subscription``),
 ``unsubscribe``, ``publish``, ``sync``, ``broadcast``, ``direct``, ``metadata``,
-``roster`` and ``kick`` (admins only: wrap it, ``lambda client, text:
-handle_command(client, text, is_admin=client.user_id in ADMINS)``). The core
+``roster``, ``ping`` (the answer to a heartbeat) and ``kick`` (admins only: wrap
+it, ``lambda client, text: handle_command(client, text, is_admin=client.user_id in
+ADMINS)``). The core
 decides what each command means (``command_event``); a command that is wrong or
 refused is answered with an ``error`` message and changes nothing.
 """
@@ -19,6 +20,7 @@ from megapresence_core import PresenceError
 from megapresence_core.wire import (
     ClientCommand,
     CommandRefused,
+    PingCommand,
     RosterCommand,
     command_event,
     decode_client_command,
@@ -49,6 +51,8 @@ def handle_command(client: Client, text: str | ClientCommand, *, is_admin: bool 
         )
         if isinstance(outcome, CommandRefused):
             client.send(error_reply(outcome.code, outcome.message))
+        elif isinstance(outcome, PingCommand):
+            pass  # it has answered the heartbeat by arriving
         elif isinstance(outcome, RosterCommand):
             members = server.roster(client.ns)
             client.send(roster_reply(members, server.presence.local_store_entries()))

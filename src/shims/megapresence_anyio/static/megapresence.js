@@ -41,6 +41,8 @@
 //   by another client (the server stamps every one), whatever its type, so it
 //   only ever reaches an onMessage; errors, replies and presence are taken only
 //   from messages without `from`.
+// - Answers the server's heartbeat (`{"type": "server.ping"}`, what an app
+//   mounted behind an ASGI server that never pings sends) with `{"op": "ping"}`.
 // - Leaving the page leaves: on `pagehide` the client closes (1000), so the
 //   server sees the session leave after its grace even if the browser keeps the
 //   page in its back/forward cache; on a `pageshow` of that cached page it
@@ -478,6 +480,10 @@ export class PresenceClient {
       }
       if (subscription) call(subscription.handlers.onError, payload, subscription);
       call(this.options.onError, payload, this);
+      return;
+    }
+    if (message.type === "server.ping") { // the server's heartbeat: say something
+      this.send({ op: "ping" });
       return;
     }
     if (message.type === "direct.result") {
