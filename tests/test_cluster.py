@@ -68,6 +68,7 @@ MESSAGES = [
         channel="c",
         message=Message(type="t", payload=[1]),
         except_session_ids=("s1",),
+        author=Sender(user_id="u", session_id="s"),
     ),
     ClusterChannelPublish(
         sender="i1",
@@ -78,6 +79,13 @@ MESSAGES = [
         author=Sender(user_id="u", session_id="s"),
     ),
     ClusterDirect(sender="i1", epoch=7, user_id="u", message=Message(type="t")),
+    ClusterDirect(
+        sender="i1",
+        epoch=7,
+        user_id="u",
+        message=Message(type="t"),
+        author=Sender(user_id="u", session_id="s"),
+    ),
     ClusterKick(sender="i1", epoch=7, session_id="s", reason="r", requeue=True),
     ClusterAdd(sender="i1", epoch=7, ns="/ws", member=MEMBER, channels=("c", "d")),
     ClusterRemove(sender="i1", epoch=7, session_id="s"),

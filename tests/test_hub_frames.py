@@ -54,6 +54,7 @@ json_values = st.recursive(
 objects = st.dictionaries(st.text(max_size=4), json_values, max_size=3)
 messages = st.builds(Message, type=names) | st.builds(Message, type=names, payload=json_values)
 
+authors = st.none() | st.builds(Sender, user_id=names, session_id=names)
 frames: st.SearchStrategy[HubFrame] = st.one_of(
     st.builds(
         RegisterFrame,
@@ -75,9 +76,14 @@ frames: st.SearchStrategy[HubFrame] = st.one_of(
     st.builds(BulkLeaveFrame, bridge_id=names, session_ids=name_tuples),
     st.builds(MetadataFrame, session_id=names, metadata=objects),
     st.builds(
-        BroadcastFrame, ns=names, channel=names, message=messages, except_session_ids=name_tuples
+        BroadcastFrame,
+        ns=names,
+        channel=names,
+        message=messages,
+        except_session_ids=name_tuples,
+        author=authors,
     ),
-    st.builds(DirectFrame, user_id=names, message=messages),
+    st.builds(DirectFrame, user_id=names, message=messages, author=authors),
     st.builds(
         DisconnectFrame,
         session_id=names,
@@ -99,7 +105,7 @@ frames: st.SearchStrategy[HubFrame] = st.one_of(
         channel=names,
         message=messages,
         except_session_ids=name_tuples,
-        author=st.none() | st.builds(Sender, user_id=names, session_id=names),
+        author=authors,
     ),
     st.builds(
         MembersFrame,
