@@ -190,6 +190,11 @@ async def test_misuse_of_the_embedding_api_raises_at_once_saying_what_to_fix() -
         server.subscribe("a1", "room")
     with pytest.raises(LocalUsageError, match="inside 'async with server:'"):
         server.publish("room", {"type": "t"})
+    # A forgotten lifespan is no silent no-op for the others either.
+    with pytest.raises(LocalUsageError, match="inside 'async with server:'"):
+        server.broadcast("/ws", "room", {"type": "t"})
+    with pytest.raises(LocalUsageError, match="inside 'async with server:'"):
+        server.direct_to_user("ann", {"type": "t"})
     async with live_server() as (server, url):
         bob = await Client.connect(f"{url}/ws?user=bob&session=b1")
         anon = await Client.connect(f"{url}/ws")
