@@ -286,10 +286,11 @@ export class Subscription {
  *
  * Options: onState(state), onMessage(message) (every message that is not a
  * subscription's: welcome, broadcasts, direct messages; one with `from` is
- * another client's), onError(payload) (an error the server sent), random (a function giving [0, 1), for the jitter),
- * baseDelay (ms, 1000), backOffFactor (4), maxDelay (ms, 30000), leaveHold (ms,
- * 1000: how long a leave seen only by comparing snapshots waits for the diff that
- * may bring the member back), WebSocket (the constructor to use).
+ * another client's), onError(payload) (an error the server sent), random (a
+ * function giving [0, 1), for the jitter), baseDelay (ms, 1000), backOffFactor
+ * (4), maxDelay (ms, 30000), leaveHold (ms, 1000: how long a leave seen only by
+ * comparing snapshots waits for the diff that may bring the member back),
+ * WebSocket (the constructor to use).
  */
 export class PresenceClient {
   constructor(url, options = {}) {
