@@ -25,7 +25,7 @@ from megapresence_core import __version__
 from .process_helpers import Command
 from .servers import free_port
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+CLI_DOC = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
 
 
 def megapresence(
@@ -73,8 +73,8 @@ def test_help_lists_every_flag_and_the_exit_codes(command: str) -> None:
         assert re.search(rf"^\s+{int(code)}  ", result.stdout, re.MULTILINE), code
 
 
-def test_the_readme_documents_every_exit_code() -> None:
-    section = README.read_text().split("**Exit codes.**", 1)[1].split("\n## ", 1)[0]
+def test_the_docs_document_every_exit_code() -> None:
+    section = CLI_DOC.read_text().split("**Exit codes.**", 1)[1].split("\n## ", 1)[0]
     rows = dict(re.findall(r"^\| (\d+) \| (.+?) \|$", section, re.MULTILINE))
     assert {int(code) for code in rows} == {int(code) for code in ExitCode}
     assert set(EXIT_CODES) == set(ExitCode)
@@ -201,6 +201,11 @@ def closed_port() -> str:
             ["serve", "--host", "::", "--port", "0", "--admin", "ann"],
             ExitCode.CONFIG,
             "pass --auth jwt, or --demo",
+        ),
+        (
+            ["serve", "--port", "0", "--trusted-proxy", "127.0.0.1"],
+            ExitCode.CONFIG,
+            "serve --trusted-proxy would let anyone be anyone",
         ),
         (
             ["serve", "--port", "0", "--auth", "jwt"],

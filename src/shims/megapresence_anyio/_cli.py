@@ -572,14 +572,17 @@ def _is_loopback(host: str) -> bool:
 
 
 def _authenticator(args: argparse.Namespace, app: DemoApp) -> Authenticator:
-    """The identity the server believes: a signed token's, or (loopback, or --demo) the
-    demo's ``?user=``."""
-    if args.auth is None:
-        if not (args.demo or _is_loopback(args.host)):
+    """The identity the server believes: a signed token's, or the demo's ``?user=`` (on a
+    loopback address with no proxy in front, or with ``--demo``)."""
+    if args.auth is None and not args.demo:
+        # A named proxy means the clients come from elsewhere, whatever the address.
+        where = "--trusted-proxy" if args.trusted_proxy else f"--host {args.host}"
+        if args.trusted_proxy or not _is_loopback(args.host):
             raise LocalUsageError(
-                f"serve --host {args.host} would let anyone be anyone (the demo identity "
+                f"serve {where} would let anyone be anyone (the demo identity "
                 "trusts ?user=): pass --auth jwt, or --demo to serve the demo there anyway"
             )
+    if args.auth is None:
         app.warn_demo_identity()
         return app.authenticate
     if args.demo:
@@ -622,6 +625,12 @@ async def _start_serve(args: argparse.Namespace, instance_id: str, stack: AsyncE
             )
         epoch = time.time_ns() // 1_000_000  # a later boot of the same instance id is larger
         backends = _serve_backends(args, instance_id, epoch)
+        limits = SocketLimits(  # before the identity: a bad address is named first
+            allowed_origins=args.allowed_origin,
+            trusted_proxies=args.trusted_proxy,
+            max_connections=args.max_connections,
+            max_connections_per_address=args.max_connections_per_address,
+        )
         app = DemoApp(admins=args.admin, default_channels=args.channels)
         server = PresenceServer(
             _authenticator(args, app),
@@ -635,12 +644,7 @@ async def _start_serve(args: argparse.Namespace, instance_id: str, stack: AsyncE
                 presence_window=args.presence_window,
                 leave_grace=args.leave_grace,
             ),
-            limits=SocketLimits(
-                allowed_origins=args.allowed_origin,
-                trusted_proxies=args.trusted_proxy,
-                max_connections=args.max_connections,
-                max_connections_per_address=args.max_connections_per_address,
-            ),
+            limits=limits,
             hub_url=args.hub,
             hub_token=args.hub_token,
             cluster=backends.cluster,
