@@ -39,3 +39,11 @@ def test_relative_links_lead_somewhere(document: Path) -> None:
         if not where.exists() or (checked and anchor not in anchors(where)):
             broken.append(target)
     assert broken == []
+
+
+def test_the_readme_s_contents_list_every_section() -> None:
+    readme = (ROOT / "README.md").read_text()
+    contents = readme.split("## Contents\n", 1)[1].split("\n## ", 1)[0]
+    sections = [h for h in re.findall(r"^## (.+)$", readme, re.M) if h != "Contents"]
+    listed = re.findall(r"^- \[(.+?)\]\(#", contents, re.M)
+    assert listed == sections
