@@ -198,6 +198,11 @@ def closed_port() -> str:
             "serve --host 0.0.0.0 would let anyone be anyone",
         ),
         (
+            ["serve", "--host", "", "--port", "0"],
+            ExitCode.CONFIG,
+            "would let anyone be anyone",
+        ),
+        (
             ["serve", "--host", "::", "--port", "0", "--admin", "ann"],
             ExitCode.CONFIG,
             "pass --auth jwt, or --demo",

@@ -559,7 +559,10 @@ def _serve_backends(args: argparse.Namespace, instance_id: str, epoch: int) -> _
 
 def _is_loopback(host: str) -> bool:
     """Whether every address ``host`` names is a loopback one (a name that does not
-    resolve is left to the listener, which fails with its own exit code)."""
+    resolve is left to the listener, which fails with its own exit code). An empty
+    host names every interface."""
+    if not host:
+        return False
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
