@@ -121,6 +121,7 @@ def test_two_uvicorn_workers_with_a_hub_are_one_world(tmp_path: Path) -> None:
             finally:
                 for ws in (ann, bob, cat):
                     ws.close()
+        print(f"ann and bob on different workers in {split} of {ROUNDS} rounds")
         assert split > 0, "every round landed ann and bob on one worker: nothing was tested"
     finally:
         workers.send_signal(signal.SIGINT)
