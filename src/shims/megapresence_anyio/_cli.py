@@ -81,7 +81,7 @@ EXIT_CODES = {
     ExitCode.INTERNAL: "a bug: the traceback is in the log",
     ExitCode.USAGE: "an unknown flag or a bad value (a port past 65535, an unknown --log-level)",
     ExitCode.CONFIG: "flags that make no valid configuration (no hub token, a bad --hub URL, "
-    "the demo identity on an address other than loopback without --demo)",
+    "the demo identity past loopback or behind --trusted-proxy without --demo)",
     ExitCode.ADDRESS_IN_USE: "another process listens on --host:--port",
     ExitCode.CANNOT_LISTEN: "--host is not an address of this machine, or the port needs "
     "privileges",
@@ -264,7 +264,8 @@ def _parser() -> argparse.ArgumentParser:
     serve = command("serve", "a presence server, with a demo page at /")
     _listen_options(serve, port=8000)
     identity = serve.add_argument_group(
-        "identity (default: the demo's ?user=, which lets anyone be anyone: loopback only)"
+        "identity (default: the demo's ?user=, which lets anyone be anyone: loopback only, "
+        "with no --trusted-proxy)"
     )
     identity.add_argument(
         "--auth",
@@ -286,8 +287,8 @@ def _parser() -> argparse.ArgumentParser:
     identity.add_argument(
         "--jwt-key-file", metavar="PATH", help="read the secret or the public key (PEM) from here"
     )
-    identity.add_argument("--jwt-audience", help="require this aud claim")
-    identity.add_argument("--jwt-issuer", help="require this iss claim")
+    identity.add_argument("--jwt-audience", metavar="AUD", help="require this aud claim")
+    identity.add_argument("--jwt-issuer", metavar="ISS", help="require this iss claim")
     identity.add_argument(
         "--jwt-leeway",
         type=_seconds_or_zero,
