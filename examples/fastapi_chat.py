@@ -1,10 +1,19 @@
 """A FastAPI chat with presence: log in with a form, get a signed cookie, chat in channels.
 
-    pip install 'megapresence[metrics]' fastapi uvicorn
+    pip install '.[metrics]' fastapi uvicorn         # from the repository's root
+    export CHAT_SECRET=$(python3 -c 'import secrets; print(secrets.token_hex(32))')
     uvicorn examples.fastapi_chat:app                # then open http://127.0.0.1:8000/
 
 Identity comes from a cookie the app signed at login (HMAC-SHA256 with
-``CHAT_SECRET``, random per start when unset), never from the query string.
+``CHAT_SECRET``, read from the environment: every worker and every restart must
+sign with the same key, so the app does not start without one), never from the
+query string.
+
+Several workers (``uvicorn --workers 2``) are several presence servers: each
+worker sees only its own sockets unless they share a hub. With ``CHAT_HUB``
+(``ws://127.0.0.1:9000/``, a ``megapresence hub`` whose token is in
+``MEGAPRESENCE_HUB_TOKEN``) every worker joins it as a bridge of its own, and
+the workers are one world.
 The WebSocket shares the page's origin, so the browser sends the cookie with
 the upgrade, and ``authenticate`` refuses an upgrade from another origin
 (cross-site WebSocket hijacking) before it reads the cookie. The only thing the
@@ -35,6 +44,7 @@ import html
 import json
 import os
 import secrets
+import socket
 import time
 from urllib.parse import parse_qs
 
@@ -50,8 +60,15 @@ from megapresence_anyio import (
     Refusal,
     handle_command,
 )
+from megapresence_core import HubLinkConfig, PresenceConfig
 
-SECRET = (os.environ.get("CHAT_SECRET") or secrets.token_hex(32)).encode()
+SECRET = os.environ.get("CHAT_SECRET", "").encode()
+if len(SECRET) < 32:
+    raise SystemExit(
+        "set CHAT_SECRET to 32 random characters or more, the same for every worker: "
+        "export CHAT_SECRET=$(python3 -c 'import secrets; print(secrets.token_hex(32))')"
+    )
+HUB = os.environ.get("CHAT_HUB")  # e.g. ws://127.0.0.1:9000/: needed by several workers
 COOKIE = "chat_session"
 MAX_AGE = 8 * 3600
 CHANNELS = ("lobby", "dev", "random")
@@ -123,12 +140,24 @@ def may_subscribe(client: Client, channel: str, mode: PresenceMode) -> bool | Re
     return channel in CHANNELS or Refusal(reason="no such channel here")
 
 
+def hub_link() -> PresenceConfig:
+    """Each worker is a bridge of its own (its pid in its id) following every channel."""
+    if HUB is None:
+        return PresenceConfig()
+    worker = f"chat-{socket.gethostname()}-{os.getpid()}"
+    link = HubLinkConfig(bridge_id=worker, instance_id=secrets.token_hex(8), channels=CHANNELS)
+    return PresenceConfig(hub_link=link)
+
+
 presence = PresenceServer(
     authenticate,
     paths=["/ws/"],
     on_open=on_open,
     on_message=handle_command,  # the browser protocol the JavaScript client speaks
     authorize_subscription=may_subscribe,
+    presence=hub_link(),
+    hub_url=HUB,
+    hub_token=os.environ.get("MEGAPRESENCE_HUB_TOKEN"),
 )
 
 # ------------------------------------------------------------------ the app

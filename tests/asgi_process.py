@@ -14,6 +14,9 @@ from .servers import free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
+#: What ``examples/fastapi_chat.py`` reads from the environment: its cookie key.
+CHAT_ENV = {"CHAT_SECRET": "example-cookie-key-" + "k" * 32}
+
 #: The ASGI servers the adapter is tested on, each with the event loop it runs.
 SERVERS = {
     "uvicorn": lambda app, port: [

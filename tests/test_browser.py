@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from websockets.sync.client import connect
 
-from .asgi_process import SERVERS, asgi_server
+from .asgi_process import CHAT_ENV, SERVERS, asgi_server
 from .browser_helpers import skip_without_chromium
 from .process_helpers import Command
 from .test_example_fastapi import log_in as example_log_in
@@ -209,7 +209,7 @@ def test_the_page_reconnects_by_itself_after_the_server_restarts(
 def test_the_fastapi_example_logs_in_with_its_form_and_chats(
     browser: webdriver.Chrome, tmp_path: Path
 ) -> None:
-    with asgi_server("uvicorn", "examples.fastapi_chat:app", tmp_path) as (port, _):
+    with asgi_server("uvicorn", "examples.fastapi_chat:app", tmp_path, **CHAT_ENV) as (port, _):
         wait = WebDriverWait(browser, 15)
         browser.get(f"http://127.0.0.1:{port}/")  # no cookie yet: to the login form
         wait.until(lambda d: d.current_url.endswith("/login"))

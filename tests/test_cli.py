@@ -25,7 +25,7 @@ from megapresence_core import __version__
 from .process_helpers import Command
 from .servers import free_port
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+CLI_DOC = Path(__file__).resolve().parents[1] / "docs" / "cli.md"
 
 
 def megapresence(
@@ -73,8 +73,8 @@ def test_help_lists_every_flag_and_the_exit_codes(command: str) -> None:
         assert re.search(rf"^\s+{int(code)}  ", result.stdout, re.MULTILINE), code
 
 
-def test_the_readme_documents_every_exit_code() -> None:
-    section = README.read_text().split("**Exit codes.**", 1)[1].split("\n## ", 1)[0]
+def test_the_docs_document_every_exit_code() -> None:
+    section = CLI_DOC.read_text().split("**Exit codes.**", 1)[1].split("\n## ", 1)[0]
     rows = dict(re.findall(r"^\| (\d+) \| (.+?) \|$", section, re.MULTILINE))
     assert {int(code) for code in rows} == {int(code) for code in ExitCode}
     assert set(EXIT_CODES) == set(ExitCode)
@@ -192,6 +192,46 @@ def closed_port() -> str:
             "cannot load the CA file",
         ),
         (["serve", "--host", "no_such_host!"], ExitCode.UNKNOWN_HOST, "--host does not resolve"),
+        (
+            ["serve", "--host", "0.0.0.0", "--port", "0"],
+            ExitCode.CONFIG,
+            "serve --host 0.0.0.0 would let anyone be anyone",
+        ),
+        (
+            ["serve", "--host", "", "--port", "0"],
+            ExitCode.CONFIG,
+            "would let anyone be anyone",
+        ),
+        (
+            ["serve", "--host", "::", "--port", "0", "--admin", "ann"],
+            ExitCode.CONFIG,
+            "pass --auth jwt, or --demo",
+        ),
+        (
+            ["serve", "--port", "0", "--trusted-proxy", "127.0.0.1"],
+            ExitCode.CONFIG,
+            "serve --trusted-proxy would let anyone be anyone",
+        ),
+        (
+            ["serve", "--port", "0", "--auth", "jwt"],
+            ExitCode.CONFIG,
+            "--auth jwt with HS256 needs its shared key: set MEGAPRESENCE_JWT_SECRET",
+        ),
+        (
+            ["serve", "--port", "0", "--auth", "jwt", "--jwt-algorithm", "ES256"],
+            ExitCode.CONFIG,
+            "needs its public key (PEM): set MEGAPRESENCE_JWT_PUBLIC_KEY or pass --jwt-key-file",
+        ),
+        (
+            ["serve", "--port", "0", "--auth", "jwt", "--jwt-key-file", "/no/such/key"],
+            ExitCode.CONFIG,
+            "cannot read --jwt-key-file '/no/such/key'",
+        ),
+        (
+            ["serve", "--port", "0", "--auth", "jwt", "--demo"],
+            ExitCode.CONFIG,
+            "--demo and --auth jwt contradict each other",
+        ),
         (["hub", "--host", "192.0.2.1", "--token", "t"], ExitCode.CANNOT_LISTEN, "192.0.2.1"),
         (
             ["serve", "--port", "0", "--redis", "redis://127.0.0.1:{closed}/0"],
@@ -233,15 +273,32 @@ def test_a_port_in_use_is_its_own_failure(busy_port: int, command: str) -> None:
     assert f"cannot listen on 127.0.0.1:{busy_port}: another process is listening" in line
 
 
-@pytest.mark.parametrize(("flag", "module"), [("--nats", "nats"), ("--redis", "redis")])
-def test_a_missing_extra_names_the_package_to_install(flag: str, module: str) -> None:
+@pytest.mark.parametrize(
+    ("flags", "named", "module"),
+    [
+        (["--nats", "x://127.0.0.1"], "--nats", "nats"),
+        (["--redis", "x://127.0.0.1"], "--redis", "redis"),
+        (["--backend", "trio"], "--backend trio", "trio"),
+        (["--auth", "jwt"], "--auth jwt", "jwt"),
+    ],
+)
+def test_a_missing_extra_names_the_package_to_install(
+    flags: list[str], named: str, module: str
+) -> None:
     hidden = f"import sys; sys.modules[{module!r}] = None; "  # as if it were not installed
     result = megapresence(
-        "serve", "--port", "0", flag, "x://127.0.0.1", "--log-level", "error", prelude=hidden
+        "serve",
+        "--port",
+        "0",
+        *flags,
+        "--log-level",
+        "error",
+        prelude=hidden,
+        env={"MEGAPRESENCE_JWT_SECRET": "s" * 32},
     )
-    assert result.returncode == ExitCode.MISSING_EXTRA
-    (line,) = result.stderr.splitlines()
-    assert f"{flag} needs {module}" in line
+    assert result.returncode == ExitCode.MISSING_EXTRA, result.stderr
+    (line,) = result.stderr.splitlines()  # one line, no traceback
+    assert f"{named} needs {module}" in line
     assert f"pip install 'megapresence[{module}]'" in line
 
 
@@ -361,3 +418,47 @@ def test_metrics_on_a_port_of_their_own_with_a_token(tmp_path: Path) -> None:
             assert b"megapresence_connections 0.0" in response.read()
     finally:
         assert server.stop() == 0
+
+
+def test_demo_anywhere_caps_and_no_page_come_from_flags(tmp_path: Path) -> None:
+    # --demo serves the demo identity on every address: said, not assumed.
+    server = Command(
+        tmp_path,
+        "serve",
+        "serve",
+        "--host",
+        "0.0.0.0",
+        "--demo",
+        "--port",
+        "0",
+        "--max-connections-per-address",
+        "2",
+        "--no-page",
+    )
+    try:
+        with pytest.raises(urllib.error.HTTPError) as no_page:
+            urllib.request.urlopen(f"http://127.0.0.1:{server.port}/", timeout=10)
+        assert no_page.value.code == 404
+        no_page.value.close()
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.port}/megapresence.js") as js:
+            assert js.status == 200  # the client stays: pages of your own import it
+
+        def upgrade(user: str) -> socket.socket:
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            sock.sendall(
+                f"GET /ws/chat?user={user} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"
+                "Connection: Upgrade\r\nSec-WebSocket-Key: AAAAAAAAAAAAAAAAAAAAAA==\r\n"
+                "Sec-WebSocket-Version: 13\r\n\r\n".encode()
+            )
+            return sock
+
+        opened = [upgrade("ann"), upgrade("bob")]
+        for sock in opened:
+            assert sock.recv(64).startswith(b"HTTP/1.1 101")
+        third = upgrade("cat")
+        assert third.recv(64).startswith(b"HTTP/1.1 429")
+        for sock in (*opened, third):
+            sock.close()
+    finally:
+        assert server.stop() == 0
+    assert "demo authenticator" in server.log.read_text()

@@ -200,3 +200,30 @@ async def test_an_identity_the_core_refuses_gets_the_errors_status_before_the_up
         assert b"65 channels; the limit is 64" in refused.value.response.body
         ann, _ = await join(url, "ann")  # the server goes on
         await ann.close()
+
+
+def test_the_demo_identity_s_defaults_are_the_ones_the_protocol_states() -> None:
+    from megapresence_anyio import HandshakeRequest, Identity, Refusal
+
+    app = DemoApp(admins=["root"], default_channels=("lobby",))
+
+    def ask(query: str) -> Identity | Refusal:
+        return app.authenticate(
+            HandshakeRequest(method="GET", path="/ws/chat", query_string=query, headers=())
+        )
+
+    assert ask("") == Refusal(status=401, reason="demo: add ?user=NAME")
+    ann = ask("user=ann")
+    assert isinstance(ann, Identity)
+    assert ann.user_id == "ann"
+    assert ann.session_id.startswith("ann-")
+    assert len(ann.session_id) == len("ann-") + 8  # 8 random hex digits
+    assert ann.channels == ("lobby",)
+    assert ann.metadata == {"status": "online", "admin": False}
+    root = ask("user=root&session=r1&channels=dev,ops")
+    assert root == Identity(
+        user_id="root",
+        session_id="r1",
+        channels=("dev", "ops"),
+        metadata={"status": "online", "admin": True},
+    )

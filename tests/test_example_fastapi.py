@@ -6,21 +6,51 @@ Its page is driven in Chromium by ``test_browser.py``.
 from __future__ import annotations
 
 import http.client
+import importlib
 import json
+import subprocess
+import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
-from examples import fastapi_chat
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
-from .asgi_process import asgi_server
+from .asgi_process import CHAT_ENV, ROOT, asgi_server
 
 APP = "examples.fastapi_chat:app"
 
 
-def test_a_cookie_is_good_only_as_signed_and_only_until_it_expires() -> None:
+@pytest.fixture
+def fastapi_chat(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
+    for key, value in CHAT_ENV.items():
+        monkeypatch.setenv(key, value)
+    return importlib.import_module("examples.fastapi_chat")
+
+
+def test_the_example_does_not_start_without_its_cookie_key() -> None:
+    # A key drawn per process would differ per worker: a cookie signed by one is
+    # refused by the other, and page loads bounce to the login form.
+    result = subprocess.run(
+        [sys.executable, "-c", "import examples.fastapi_chat"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 1
+    assert result.stderr.splitlines() == [
+        "set CHAT_SECRET to 32 random characters or more, the same for every worker: "
+        "export CHAT_SECRET=$(python3 -c 'import secrets; print(secrets.token_hex(32))')"
+    ]
+
+
+def test_a_cookie_is_good_only_as_signed_and_only_until_it_expires(
+    fastapi_chat: ModuleType,
+) -> None:
     token = fastapi_chat.sign("ann", ["lobby"], now=1000)
     assert fastapi_chat.verify(token, now=1001) == ("ann", ["lobby"])
     signature = token.rpartition(".")[2]
@@ -67,7 +97,7 @@ def recv_type(ws: ClientConnection, kind: str) -> dict[str, Any]:
 def test_the_example_logs_in_with_a_form_and_chats_over_the_mounted_server(
     tmp_path: Path,
 ) -> None:
-    with asgi_server("uvicorn", APP, tmp_path) as (port, _):
+    with asgi_server("uvicorn", APP, tmp_path, **CHAT_ENV) as (port, _):
         with pytest.raises(InvalidStatus) as refused:
             socket(port, None)
         assert refused.value.response.status_code == 401
@@ -111,7 +141,7 @@ def test_the_example_logs_in_with_a_form_and_chats_over_the_mounted_server(
 
 
 def test_a_tab_names_a_session_of_its_own_user_only(tmp_path: Path) -> None:
-    with asgi_server("uvicorn", APP, tmp_path) as (port, _):
+    with asgi_server("uvicorn", APP, tmp_path, **CHAT_ENV) as (port, _):
         cookie = log_in(port, "ann", "lobby")
         with socket(port, cookie, path="/ws/chat?tab=t1") as ann:
             assert recv_type(ann, "welcome")["payload"]["sessionId"] == "ann-t1"

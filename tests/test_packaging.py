@@ -43,8 +43,9 @@ ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 PACKAGES = {
     megapresence_core: (),
-    # prometheus_client, imported when /metrics is asked; trio, when running on trio.
-    megapresence_anyio: ("metrics", "trio"),
+    # prometheus_client, imported when /metrics is asked; trio, when running on trio;
+    # jwt, by serve --auth jwt.
+    megapresence_anyio: ("metrics", "trio", "jwt"),
     megapresence_nats: ("nats",),
     megapresence_redis: ("redis",),
 }

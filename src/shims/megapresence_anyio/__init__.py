@@ -13,6 +13,7 @@ from ._commands import handle_command
 from ._config import DEFAULT_HUB_LIMITS, DEFAULT_SOCKET_LIMITS, SocketLimits
 from ._http import HandshakeRequest
 from ._hub_server import HubServer
+from ._jwt import JwtAuthenticator
 from ._ops import DEFAULT_METRICS_ACCESS, MetricsAccess
 from ._server import (
     ChannelStats,
@@ -34,6 +35,7 @@ __all__ = [
     "HandshakeRequest",
     "HubServer",
     "Identity",
+    "JwtAuthenticator",
     "MetricsAccess",
     "PresenceASGI",
     "PresenceMode",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import enum
 import errno
+import ipaddress
 import logging
 import math
 import os
@@ -44,12 +45,13 @@ from megapresence_core import (
 )
 from megapresence_core.config import DEFAULT_LEAVE_GRACE, DEFAULT_PRESENCE_WINDOW
 
-from ._config import DEFAULT_HUB_LIMITS, SocketLimits
+from ._config import DEFAULT_HUB_LIMITS, DEFAULT_SOCKET_LIMITS, SocketLimits
 from ._demo import DemoApp
 from ._hub_server import HubServer
+from ._jwt import JWT_ALGORITHMS, PUBLIC_KEY_ENV, SECRET_ENV, JwtAuthenticator, read_key
 from ._logging import FORMATTERS, configure_logging, log_event
 from ._ops import MetricsAccess
-from ._server import ClusterBackend, PresenceServer, RosterBackend
+from ._server import Authenticator, ClusterBackend, PresenceServer, RosterBackend
 from ._tls import client_context, server_context
 
 __all__ = ["ExitCode", "main"]
@@ -78,15 +80,16 @@ EXIT_CODES = {
     ExitCode.OK: "stopped by SIGTERM or SIGINT, after draining",
     ExitCode.INTERNAL: "a bug: the traceback is in the log",
     ExitCode.USAGE: "an unknown flag or a bad value (a port past 65535, an unknown --log-level)",
-    ExitCode.CONFIG: "flags that make no valid configuration (no hub token, a bad --hub URL)",
+    ExitCode.CONFIG: "flags that make no valid configuration (no hub token, a bad --hub URL, "
+    "the demo identity past loopback or behind --trusted-proxy without --demo)",
     ExitCode.ADDRESS_IN_USE: "another process listens on --host:--port",
     ExitCode.CANNOT_LISTEN: "--host is not an address of this machine, or the port needs "
     "privileges",
     ExitCode.UNKNOWN_HOST: "--host does not resolve",
     ExitCode.NATS_UNREACHABLE: "--nats: no NATS server answered in time",
     ExitCode.REDIS_UNREACHABLE: "--redis: no Redis server answered in time",
-    ExitCode.MISSING_EXTRA: "--nats or --redis without its extra: pip install "
-    "'megapresence[nats,redis]'",
+    ExitCode.MISSING_EXTRA: "--nats, --redis, --auth jwt or --backend trio without its extra: "
+    "pip install 'megapresence[nats,redis,jwt,trio]'",
     ExitCode.INTERRUPTED: "SIGINT before the signal handlers were installed",
 }
 
@@ -139,6 +142,16 @@ def _seconds(text: str, *, zero: bool = False) -> float:
 
 def _seconds_or_zero(text: str) -> float:
     return _seconds(text, zero=True)
+
+
+def _count(text: str) -> int:
+    try:
+        count = int(text)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number, 1 or more")
+    return count
 
 
 def _channels(text: str) -> tuple[str, ...]:
@@ -250,6 +263,42 @@ def _parser() -> argparse.ArgumentParser:
 
     serve = command("serve", "a presence server, with a demo page at /")
     _listen_options(serve, port=8000)
+    identity = serve.add_argument_group(
+        "identity (default: the demo's ?user=, which lets anyone be anyone: loopback only, "
+        "with no --trusted-proxy)"
+    )
+    identity.add_argument(
+        "--auth",
+        choices=("jwt",),
+        help="jwt: admit only connections with a valid signed token (docs/deploy.md)",
+    )
+    identity.add_argument(
+        "--demo",
+        action="store_true",
+        help="serve the demo identity (?user=) on an address other than loopback anyway",
+    )
+    identity.add_argument(
+        "--jwt-algorithm",
+        choices=JWT_ALGORITHMS,
+        default="HS256",
+        help=f"the tokens' algorithm (default HS256); the key is read from {SECRET_ENV} "
+        f"(HS*) or {PUBLIC_KEY_ENV} (PEM), or --jwt-key-file",
+    )
+    identity.add_argument(
+        "--jwt-key-file", metavar="PATH", help="read the secret or the public key (PEM) from here"
+    )
+    identity.add_argument("--jwt-audience", metavar="AUD", help="require this aud claim")
+    identity.add_argument("--jwt-issuer", metavar="ISS", help="require this iss claim")
+    identity.add_argument(
+        "--jwt-leeway",
+        type=_seconds_or_zero,
+        default=0.0,
+        metavar="S",
+        help="clock skew allowed on exp, nbf and iat (default 0)",
+    )
+    serve.add_argument(
+        "--no-page", action="store_true", help="serve no demo page at / (the JS client stays)"
+    )
     serve.add_argument(
         "--admin",
         action="append",
@@ -290,6 +339,18 @@ def _parser() -> argparse.ArgumentParser:
             default=default,
             metavar="S",
             help=f"{meaning} (default {default:g})",
+        )
+    caps = serve.add_argument_group("connection caps")
+    for flag, default, meaning in (
+        ("--max-connections", DEFAULT_SOCKET_LIMITS.max_connections, "open sockets in all; 503"),
+        (
+            "--max-connections-per-address",
+            DEFAULT_SOCKET_LIMITS.max_connections_per_address,
+            "open sockets from one client address; 429",
+        ),
+    ):
+        caps.add_argument(
+            flag, type=_count, default=default, metavar="N", help=f"{meaning} (default {default})"
         )
     hub_link = serve.add_argument_group("hub link")
     hub_link.add_argument("--hub", metavar="URL", help="join a hub, e.g. ws://127.0.0.1:9000/")
@@ -497,6 +558,53 @@ def _serve_backends(args: argparse.Namespace, instance_id: str, epoch: int) -> _
     return backends
 
 
+def _is_loopback(host: str) -> bool:
+    """Whether every address ``host`` names is a loopback one (a name that does not
+    resolve is left to the listener, which fails with its own exit code). An empty
+    host names every interface."""
+    if not host:
+        return False
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        found = socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError):
+        return True
+    return all(ipaddress.ip_address(str(info[4][0]).split("%")[0]).is_loopback for info in found)
+
+
+def _authenticator(args: argparse.Namespace, app: DemoApp) -> Authenticator:
+    """The identity the server believes: a signed token's, or the demo's ``?user=`` (on a
+    loopback address with no proxy in front, or with ``--demo``)."""
+    if args.auth is None and not args.demo:
+        # A named proxy means the clients come from elsewhere, whatever the address.
+        where = "--trusted-proxy" if args.trusted_proxy else f"--host {args.host}"
+        if args.trusted_proxy or not _is_loopback(args.host):
+            raise LocalUsageError(
+                f"serve {where} would let anyone be anyone (the demo identity "
+                "trusts ?user=): pass --auth jwt, or --demo to serve the demo there anyway"
+            )
+    if args.auth is None:
+        app.warn_demo_identity()
+        return app.authenticate
+    if args.demo:
+        raise LocalUsageError("--demo and --auth jwt contradict each other: choose one")
+    if args.admin:
+        raise LocalUsageError("--admin is the demo's: with --auth jwt, admin is a token claim")
+    key = read_key(args.jwt_algorithm, args.jwt_key_file, os.environ)
+    with _needs_extra("--auth jwt", "jwt"):
+        return JwtAuthenticator(
+            key=key,
+            algorithm=args.jwt_algorithm,
+            audience=args.jwt_audience,
+            issuer=args.jwt_issuer,
+            leeway=args.jwt_leeway,
+            default_channels=args.channels,
+        )
+
+
 async def _start_serve(args: argparse.Namespace, instance_id: str, stack: AsyncExitStack) -> str:
     with _config_errors():
         context = _tls(args)  # before anything is logged: a bad file is a one-line failure
@@ -521,9 +629,15 @@ async def _start_serve(args: argparse.Namespace, instance_id: str, stack: AsyncE
             )
         epoch = time.time_ns() // 1_000_000  # a later boot of the same instance id is larger
         backends = _serve_backends(args, instance_id, epoch)
+        limits = SocketLimits(  # before the identity: a bad address is named first
+            allowed_origins=args.allowed_origin,
+            trusted_proxies=args.trusted_proxy,
+            max_connections=args.max_connections,
+            max_connections_per_address=args.max_connections_per_address,
+        )
         app = DemoApp(admins=args.admin, default_channels=args.channels)
         server = PresenceServer(
-            app.authenticate,
+            _authenticator(args, app),
             paths=("/ws/",),
             on_open=app.on_open,
             on_message=app.on_message,
@@ -534,14 +648,12 @@ async def _start_serve(args: argparse.Namespace, instance_id: str, stack: AsyncE
                 presence_window=args.presence_window,
                 leave_grace=args.leave_grace,
             ),
-            limits=SocketLimits(
-                allowed_origins=args.allowed_origin, trusted_proxies=args.trusted_proxy
-            ),
+            limits=limits,
             hub_url=args.hub,
             hub_token=args.hub_token,
             cluster=backends.cluster,
             roster=backends.roster,
-            pages=app.pages,
+            pages={} if args.no_page else app.pages,
             hub_ssl_context=hub_tls,
             metrics_access=_metrics_access(args),
         )
@@ -653,6 +765,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     start: Start = _start_serve if args.command == "serve" else _start_hub
     try:
+        if args.backend == "trio":
+            with _needs_extra("--backend trio", "trio"):
+                import trio  # noqa: F401 - anyio would fail inside its run, with a traceback
         anyio.run(_run, start, args, instance, backend=args.backend)
     except KeyboardInterrupt:
         return _fail(

@@ -38,6 +38,10 @@ class DemoApp:
         self.admins = frozenset(admins)
         self.default_channels = default_channels
         self.server: PresenceServer | None = None
+
+    @staticmethod
+    def warn_demo_identity() -> None:
+        """Say in the log that ``authenticate`` below lets anyone be anyone."""
         logger.warning(
             "demo authenticator: the user name comes from the query string, so anyone can be "
             "anyone; pass your own authenticate() to PresenceServer for real use"
@@ -46,6 +50,13 @@ class DemoApp:
     @property
     def pages(self) -> dict[str, tuple[str, bytes]]:
         return {"/": ("text/html; charset=utf-8", _page())}
+
+    @staticmethod
+    def is_admin(client: Client) -> bool:
+        """Whether the client may kick: its identity says ``admin`` (the demo's from
+        ``admins``, a token's from its ``admin`` claim), never what it sent later."""
+        identity = client.identity
+        return identity is not None and (identity.metadata or {}).get("admin") is True
 
     def authenticate(self, request: HandshakeRequest) -> Identity | Refusal:
         user = request.query.get("user", "").strip()
@@ -77,7 +88,7 @@ class DemoApp:
                         "userId": client.user_id,
                         "sessionId": client.session_id,
                         "ns": client.ns,
-                        "admin": client.user_id in self.admins,
+                        "admin": self.is_admin(client),
                         "channels": sorted(channels),
                     },
                 }
@@ -85,4 +96,4 @@ class DemoApp:
         )
 
     def on_message(self, client: Client, text: str) -> None:
-        handle_command(client, text, is_admin=client.user_id in self.admins)
+        handle_command(client, text, is_admin=self.is_admin(client))
