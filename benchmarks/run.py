@@ -40,7 +40,13 @@ FANOUT_SYSTEMS = (
     "bare-asyncio",
     "bare-trio",
 )
-CHURN_SYSTEMS = ("megapresence-asyncio", "megapresence-trio", "websockets")
+CHURN_SYSTEMS = (
+    "megapresence-asyncio",
+    "megapresence-trio",
+    "websockets",
+    "bare-asyncio",
+    "bare-trio",
+)
 #: Bursts (10 broadcasts per turn of the loop) and the presence storm: against websockets.
 BURST_SYSTEMS = ("megapresence-asyncio", "megapresence-uvloop", "megapresence-trio", "websockets")
 BURST = 10
@@ -196,9 +202,17 @@ def ops_once(clients: int) -> dict[str, float]:
     return {"direct_us": float(direct) * 1e6, "except_us": float(excepting) * 1e6}
 
 
+def process_cpu(pid: int) -> float:
+    """User + system CPU seconds of a running process, from ``/proc``."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def churn_once(system: str, seconds: float) -> dict[str, float]:
     with Process("bench_server.py", system, "--clients", "0", "--mode", "serve") as server:
         (port, _) = server.expect("READY")
+        cpu = process_cpu(server.popen.pid)
         with Process(
             "bench_client.py",
             "churn",
@@ -210,7 +224,8 @@ def churn_once(system: str, seconds: float) -> dict[str, float]:
             "32",
         ) as client:
             (cycles,) = client.expect("CYCLES", timeout=seconds + 60)
-    return {"cycles_per_s": int(cycles) / seconds}
+        cpu = process_cpu(server.popen.pid) - cpu
+    return {"cycles_per_s": int(cycles) / seconds, "cpu_ms": cpu * 1000 / max(int(cycles), 1)}
 
 
 def hub_once(frames: int, *batch: str) -> dict[str, float]:

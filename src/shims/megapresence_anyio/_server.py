@@ -326,6 +326,8 @@ class PresenceServer:
         self._deflating = False
         #: On asyncio, the connections' tasks (see _spawn_connection); None on trio.
         self._connection_tasks: set[asyncio.Task[Any]] | None = None
+        #: On trio, the nursery of the connections' tasks (see _spawn_connection).
+        self._connection_nursery: Any = None
         self._hub = (
             HubClient(
                 hub_url,
@@ -387,12 +389,16 @@ class PresenceServer:
                 if self._roster is not None:
                     await self._roster.aclose()
                 raise
-        if sniffio.current_async_library() == "asyncio":
+        on_asyncio = sniffio.current_async_library() == "asyncio"
+        if on_asyncio:
             self._connection_tasks = set()
         self._coalescer = Coalescer()
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
+        if not on_asyncio:
+            self._connection_nursery = await self._task_group.start(_trio_nursery)
         self._background.service("ticker", self._ticker.run)
+        self._background.service("handshake timer", self._admission.expire_handshakes)
         if self._cluster is not None:
             self._background.service("cluster", self._cluster.run)
         if self._roster is not None:
@@ -419,6 +425,7 @@ class PresenceServer:
             return await task_group.__aexit__(*exc_info)  # type: ignore[arg-type]
         finally:
             self._task_group = None
+            self._connection_nursery = None
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: object = None) -> AsyncIterator[None]:
@@ -459,14 +466,18 @@ class PresenceServer:
     ) -> None:
         """Start a connection's task as cheaply as the backend allows.
 
-        anyio's ``start_soon`` gives each task a handle, an event and a cancel scope:
-        more than an idle WebSocket should cost on asyncio. There the task is a plain
-        ``asyncio.Task``, tracked here and cancelled when the server exits; on trio
-        the nursery's own tasks are already cheap.
+        anyio's ``start_soon`` gives each task a handle, an event and a cancel scope
+        (under connection churn on trio, making that cancel scope was a fifth of the
+        server's time): more than a connection should cost. On asyncio the task is a
+        plain ``asyncio.Task``, tracked here and cancelled when the server exits; on
+        trio it is a task of a plain trio nursery inside the server's task group.
         """
         if self._connection_tasks is None:
             # No boundary task around it: a connection's task has its own (_serve).
-            self._group().start_soon(function, *args)
+            nursery = self._connection_nursery
+            if nursery is None:
+                raise LocalUsageError("PresenceServer: use it inside 'async with server:'")
+            nursery.start_soon(function, *args)
             return
         task = asyncio.get_running_loop().create_task(function(*args))
         self._connection_tasks.add(task)
@@ -603,7 +614,7 @@ class PresenceServer:
 
     async def _handshake(self, guard: Guard[Transport]) -> Client | None:
         """Read the request; answer it over HTTP, refuse it, or upgrade it into a ``Client``."""
-        read = await read_upgrade(guard, self._limits, self._serve_page)
+        read = await read_upgrade(guard, self._limits, self._serve_page, swept=True)
         if read is None:
             return None
         request, trailing = read
@@ -1077,6 +1088,15 @@ class PresenceServer:
     @property
     def clients(self) -> frozenset[Client]:
         return frozenset(self._clients)
+
+
+async def _trio_nursery(*, task_status: anyio.abc.TaskStatus[Any]) -> None:
+    """A plain trio nursery for the connections' tasks, open while the server runs."""
+    import trio
+
+    async with trio.open_nursery() as nursery:
+        task_status.started(nursery)
+        await trio.sleep_forever()
 
 
 def _ignore(text: str) -> None:
