@@ -491,12 +491,16 @@ class PresenceServer:
         *,
         reuse_port: bool = False,
         ssl_context: ssl.SSLContext | None = None,
+        backlog: int = 4096,
     ) -> int:
         """Accept connections on ``host:port`` in the background; return the bound port.
         With ``ssl_context`` (a server context: ``megapresence_anyio.server_context``)
-        the port speaks TLS (``wss://`` and ``https://``)."""
+        the port speaks TLS (``wss://`` and ``https://``). ``backlog`` bounds the
+        connections the kernel holds before they are accepted (it is capped by
+        ``net.core.somaxconn``): in a reconnect storm a short queue drops SYNs, and
+        each dropped SYN costs its client a retransmission (1 s, then 2, 4...)."""
         self._group()
-        sock = open_listener(host, port, reuse_port=reuse_port)
+        sock = open_listener(host, port, reuse_port=reuse_port, backlog=backlog)
         self.port = sock.getsockname()[1]
         on_accept = (
             self._on_accept
