@@ -34,7 +34,6 @@ import argparse
 import errno
 import heapq
 import json
-import os
 import random
 import resource
 import selectors
@@ -328,6 +327,14 @@ class Storm:
         for n, conn in enumerate(self.conns):
             heapq.heappush(self.timers, (start + n / per_second, conn.index))
 
+    def close(self) -> None:
+        for conn in self.conns:
+            if conn.sock is not None:
+                self.selector.unregister(conn.sock)
+                conn.sock.close()
+                conn.sock = None
+        self.selector.close()
+
     def cut(self) -> None:
         for conn in self.conns:
             conn.attempt = 0
@@ -377,8 +384,8 @@ def storm_once(
     port = probe.getsockname()[1]
     probe.close()
     served = start_server(system, port, backlog)
+    storm = Storm(system, port, clients, watchers)
     try:
-        storm = Storm(system, port, clients, watchers)
         storm.start_all(per_second=2000)
         admitted, complete = storm.settle(time.monotonic() + 600)
         if admitted is None or (storm.presence and complete is None):
@@ -403,6 +410,7 @@ def storm_once(
             "syn_drops": listen_drops() - drops,
         }
     finally:
+        storm.close()
         served.kill()
         served.wait()
 
