@@ -267,6 +267,12 @@ class PresenceServer:
     Use as ``async with PresenceServer(...) as server: await server.listen(...)``
     (or ``await server.serve(host, port)``); a framework with its own listener
     hands accepted streams to :meth:`handle_stream` instead.
+
+    ``authenticate`` and ``on_open`` see the whole request; after ``on_open``
+    ``client.request`` keeps its method, path, query and address but not its
+    headers (the cookies and keys of every open socket are memory an idle socket
+    does not need), unless ``keep_headers=True`` (for hooks that read a header
+    later: ``on_message``, ``on_close``, ``authorize_subscription``).
     """
 
     def __init__(
@@ -288,6 +294,7 @@ class PresenceServer:
         metrics_access: MetricsAccess = DEFAULT_METRICS_ACCESS,
         on_link_state: OnLinkState | None = None,
         authorize_subscription: SubscriptionHook | None = None,
+        keep_headers: bool = False,
     ) -> None:
         config = presence if presence is not None else PresenceConfig()
         if (config.store is None) != (roster is None):
@@ -306,6 +313,8 @@ class PresenceServer:
                 "instance id, channels), or neither"
             )
         self._authenticate = authenticate
+        #: Whether ``Client.request`` keeps its headers once ``on_open`` has run.
+        self._keep_headers = keep_headers
         self._cluster = cluster
         self._roster = roster
         self._paths = paths
@@ -586,6 +595,8 @@ class PresenceServer:
                 client = await opening(guard)
                 if client is not None:
                     await _run_hook(self._on_open, client)
+                    if not self._keep_headers:
+                        client.request = attrs.evolve(client.request, headers=())
                     on_message = self._on_message
                     await client.session.run(
                         (lambda text: on_message(client, text))
