@@ -326,11 +326,14 @@ class Admission:
         "_pending",
         "_pending_by_address",
         "_stats",
+        "clock",
     )
 
     def __init__(self, limits: SocketLimits, stats: Stats) -> None:
         self._limits = limits
         self._stats = stats
+        #: The event loop's time; a server sets its loop's own clock, found once.
+        self.clock: Callable[[], float] = anyio.current_time
         #: In accept order (dicts keep it): the first is the oldest.
         self._pending: dict[Guard[Any], None] = {}
         self._pending_by_address: Counter[str | None] = Counter()
@@ -359,7 +362,7 @@ class Admission:
         a timer of its own (503) and is left to it."""
         timeout = self._limits.handshake_timeout
         while True:
-            now = anyio.current_time()
+            now = self.clock()
             due: list[Guard[Any]] = []
             waiting = False  # an expired socket in authenticate: its own timer ends it
             for guard in self._pending:
@@ -410,7 +413,7 @@ class Admission:
         self._pending[guard] = None
         self._pending_by_address[address] += 1
         guard.stage = Stage.PENDING
-        guard.deadline = anyio.current_time() + limits.handshake_timeout
+        guard.deadline = self.clock() + limits.handshake_timeout
         return None
 
     def refusal(self, guard: Guard[Any]) -> int | None:

@@ -337,6 +337,9 @@ class PresenceServer:
         self._connection_tasks: set[asyncio.Task[Any]] | None = None
         #: On trio, the nursery of the connections' tasks (see _spawn_connection).
         self._connection_nursery: Any = None
+        #: The event loop's clock, found once (``anyio.current_time`` looks the backend
+        #: up on every call): what the core is told the time is.
+        self._clock: Callable[[], float] = anyio.current_time
         self._hub = (
             HubClient(
                 hub_url,
@@ -401,6 +404,12 @@ class PresenceServer:
         on_asyncio = sniffio.current_async_library() == "asyncio"
         if on_asyncio:
             self._connection_tasks = set()
+            self._clock = asyncio.get_running_loop().time
+        else:
+            import trio
+
+            self._clock = trio.current_time
+        self._admission.clock = self._clock
         self._coalescer = Coalescer()
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
@@ -614,7 +623,7 @@ class PresenceServer:
         client = guard.conn
         if isinstance(client, Client):
             self._clients.discard(client)
-            self.dispatch(ConnectionClosed(conn=client, now=anyio.current_time()))
+            self.dispatch(ConnectionClosed(conn=client, now=self._clock()))
             if guard.session is not None:
                 try:
                     await _run_hook(self._on_close, client)
@@ -672,7 +681,9 @@ class PresenceServer:
             guard.refuse(refusal.status, refusal.reason)
             return None
         outcome: object = self._authenticate(request)
+        waited = False
         if inspect.isawaitable(outcome):  # only an await can take time: a timer for it alone
+            waited = True
             with anyio.CancelScope(deadline=guard.deadline) as timer:
                 outcome = await outcome
             if timer.cancelled_caught:
@@ -683,7 +694,7 @@ class PresenceServer:
             return None
         if outcome is not None and not isinstance(outcome, Identity):
             raise TypeError(f"authenticate returned {outcome!r}: an Identity, a Refusal or None")
-        return self._upgrade(guard, request, outcome, session, accept)
+        return self._upgrade(guard, request, outcome, session, accept, recheck=waited)
 
     def _check(self, guard: Guard[Any], request: HandshakeRequest) -> Refusal | None:
         """What refuses an upgrade before ``authenticate`` runs and again before the 101
@@ -706,16 +717,21 @@ class PresenceServer:
         identity: Identity | None,
         make_session: Callable[[float], Session],
         accept: Callable[[], None],
+        *,
+        recheck: bool,
     ) -> Client | None:
         """Join the core, then answer 101, in one step with no await: an identity the core
-        refuses gets an HTTP status (the boundary's 403), never a 101 and a close."""
-        if guard.answered is not None:
-            return None  # pushed out of the handshake caps while it authenticated
-        refusal = self._check(guard, request)
-        if refusal is not None:
-            guard.refuse(refusal.status, refusal.reason)
-            return None
-        now = anyio.current_time()
+        refuses gets an HTTP status (the boundary's 403), never a 101 and a close.
+        ``recheck``: ``authenticate`` awaited, so the world may have changed since
+        :meth:`_check` (without an await nothing else ran)."""
+        if recheck:
+            if guard.answered is not None:
+                return None  # pushed out of the handshake caps while it authenticated
+            refusal = self._check(guard, request)
+            if refusal is not None:
+                guard.refuse(refusal.status, refusal.reason)
+                return None
+        now = self._clock()
         session = make_session(now)
         client = Client(self, request, identity, session, guard)
         joined = None
@@ -945,7 +961,7 @@ class PresenceServer:
         return self._presence.channel_members(channel)
 
     def _now(self) -> float:
-        return anyio.current_time()
+        return self._clock()
 
     def _conn(self, what: str, session: Client | str) -> Client:
         self._group()
