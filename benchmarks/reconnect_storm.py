@@ -24,8 +24,9 @@ Reported per system and cut, from the moment of the cut: *all admitted* (every
 client upgraded, and joined for megapresence), *maps complete* (every watcher's
 map holds every client; megapresence only), the server's peak RSS, the refusals
 the clients received (HTTP answers other than 101), connection attempts refused
-or reset, and the kernel's SYN drops (``ListenDrops`` and ``ListenOverflows`` of
-``/proc/net/netstat``, system-wide: other work on the machine adds to them).
+or reset, and the kernel's SYN drops (``ListenDrops`` of ``/proc/net/netstat``, which
+counts a full accept queue's drops too; system-wide: other work on the machine adds
+to them).
 """
 
 from __future__ import annotations
@@ -342,9 +343,11 @@ class Storm:
 
 
 def listen_drops() -> int:
+    """The kernel's ``ListenDrops``: SYNs and handshakes a listening socket dropped, its
+    full accept queue (``ListenOverflows``, counted in both) among them."""
     lines = Path("/proc/net/netstat").read_text().splitlines()
     names, values = lines[0].split(), lines[1].split()
-    return sum(int(values[names.index(k)]) for k in ("ListenDrops", "ListenOverflows"))
+    return int(values[names.index("ListenDrops")])
 
 
 def peak_rss_mib(pid: int) -> float:

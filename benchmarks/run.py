@@ -410,11 +410,20 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         "### Churn: connect, upgrade, join, close (32 lanes)",
         "",
-        "| system | cycles/s |",
-        "|---|---:|",
+        "| system | cycles/s | x websockets | server CPU µs/cycle | x websockets CPU |",
+        "|---|---:|---:|---:|---:|",
     ]
+    base = results["churn"].get("websockets")
     for system, stat in results["churn"].items():
-        lines.append(f"| {system} | {fmt(stat['cycles_per_s']) if stat else 'failed'} |")
+        if stat is None:
+            lines.append(f"| {system} | failed | | | |")
+            continue
+        lines.append(
+            f"| {system} | {fmt(stat['cycles_per_s'])} "
+            f"| {median_ratio(stat, base, 'cycles_per_s'):.2f} "
+            f"| {stat['cpu_ms']['median'] * 1000:,.0f} "
+            f"| {median_ratio(stat, base, 'cpu_ms'):.2f} |"
+        )
     core = results["core"]
     lines += [
         "",
