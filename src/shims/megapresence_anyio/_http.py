@@ -150,9 +150,10 @@ def _split_target(target: str) -> tuple[str, str] | None:
 #: header lines of a token, a colon and a value of visible characters. Anything else
 #: (obs-fold, a bare LF, a stray CR, another version) is left to h11.
 _REQUEST_LINE: Final = re.compile(rb"([-!#$%&'*+.^_`|~0-9a-zA-Z]+) ([\x21-\x7e]+) HTTP/1\.1")
-_HEADER_LINE: Final = re.compile(
-    rb"([-!#$%&'*+.^_`|~0-9a-zA-Z]+):[ \t]*((?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*)?)[ \t]*"
-)
+#: A header's name; its value is h11's ``[^\x00\s]+`` runs with spaces and tabs
+#: between: once a head has no NUL, VT, FF, or CR and LF but in pairs, that is any
+#: value with its outer spaces and tabs stripped.
+_TOKEN: Final = re.compile(rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+")
 #: Headers h11 gives rules of their own (bodies): a head with one is left to it.
 _BODY_HEADERS: Final = frozenset({"content-length", "transfer-encoding"})
 
@@ -222,22 +223,32 @@ class RequestReader:
         end = data.find(b"\r\n\r\n")
         if end < 0:
             return None
-        lines = data[:end].split(b"\r\n")
+        head = data[:end]
+        crlf = head.count(b"\r\n")
+        if (
+            head.count(b"\r") != crlf
+            or head.count(b"\n") != crlf
+            or b"\x00" in head
+            or b"\x0b" in head
+            or b"\x0c" in head
+        ):
+            return None
+        lines = head.split(b"\r\n")
         line = _REQUEST_LINE.fullmatch(lines[0])
         if line is None:
             return None
         headers = []
         hosts = 0
-        match = _HEADER_LINE.fullmatch
+        token = _TOKEN.fullmatch
         for raw in lines[1:]:
-            header = match(raw)
-            if header is None:
+            raw_name, colon, value = raw.partition(b":")
+            if not colon or token(raw_name) is None:
                 return None
-            name = header[1].decode("latin-1").lower()
+            name = raw_name.decode("latin-1").lower()
             if name in _BODY_HEADERS:
                 return None
             hosts += name == "host"
-            headers.append((name, header[2]))
+            headers.append((name, value.strip(b" \t")))
         if hosts != 1:
             return None
         self._size = len(data)
