@@ -429,7 +429,7 @@ def _frame(text: str) -> bytes:
 
 async def bare_asyncio(args: argparse.Namespace, readline: Callable[[], Awaitable[str]]) -> None:
     from wsproto import ConnectionType, WSConnection
-    from wsproto.events import AcceptConnection, Request
+    from wsproto.events import AcceptConnection, CloseConnection, Request
 
     transports: list[asyncio.Transport] = []
 
@@ -437,17 +437,19 @@ async def bare_asyncio(args: argparse.Namespace, readline: Callable[[], Awaitabl
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
             self.transport = transport
             self.ws = WSConnection(ConnectionType.SERVER)
-            self.open = False
 
         def data_received(self, data: bytes) -> None:
-            if self.open:
-                return  # the clients send nothing after the handshake
+            # The fan-out clients send nothing after the handshake; the churn
+            # clients a close frame, answered before the socket is closed.
             self.ws.receive_data(data)
             for event in self.ws.events():
                 if isinstance(event, Request):
                     self.transport.write(self.ws.send(AcceptConnection()))  # type: ignore[attr-defined]
-                    self.open = True
-                    transports.append(self.transport)  # type: ignore[arg-type]
+                    if args.mode != "serve":
+                        transports.append(self.transport)  # type: ignore[arg-type]
+                elif isinstance(event, CloseConnection):
+                    self.transport.write(self.ws.send(event.response()))  # type: ignore[attr-defined]
+                    self.transport.close()
 
     loop = asyncio.get_running_loop()
     server = await loop.create_server(Protocol, "127.0.0.1", 0, backlog=4096)
@@ -467,21 +469,31 @@ async def bare_asyncio(args: argparse.Namespace, readline: Callable[[], Awaitabl
 async def bare_trio(args: argparse.Namespace, readline: Callable[[], Awaitable[str]]) -> None:
     import trio
     from wsproto import ConnectionType, WSConnection
-    from wsproto.events import AcceptConnection, Request
+    from wsproto.events import AcceptConnection, CloseConnection, Request
 
     sockets: list[socket.socket] = []
     backlog: dict[socket.socket, bytearray] = {}
 
     async def handshake(sock: socket.socket) -> None:
+        """The upgrade; in churn (``serve``) also the client's close, answered."""
         ws = WSConnection(ConnectionType.SERVER)
         while True:
             await trio.lowlevel.wait_readable(sock)
-            ws.receive_data(sock.recv(65536))
+            data = sock.recv(65536)
+            ws.receive_data(data or None)
             for event in ws.events():
                 if isinstance(event, Request):
                     sock.sendall(ws.send(AcceptConnection()))
-                    sockets.append(sock)
+                    if args.mode != "serve":
+                        sockets.append(sock)
+                        return
+                elif isinstance(event, CloseConnection):
+                    sock.sendall(ws.send(event.response()))
+                    sock.close()
                     return
+            if not data:
+                sock.close()
+                return
 
     async def flush(sock: socket.socket) -> None:
         pending = backlog[sock]
@@ -497,9 +509,10 @@ async def bare_trio(args: argparse.Namespace, readline: Callable[[], Awaitable[s
     listener.listen(4096)
     listener.setblocking(False)
     say("READY", listener.getsockname()[1], rss_kib())
-    async with trio.open_nursery() as nursery:
+
+    async def accept(limit: float) -> None:
         accepted = 0
-        while accepted < args.clients:
+        while accepted < limit:
             try:
                 conn, _ = listener.accept()
             except BlockingIOError:
@@ -512,6 +525,14 @@ async def bare_trio(args: argparse.Namespace, readline: Callable[[], Awaitable[s
             # would merge frames (and delay them), and the ceiling would measure that.
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             nursery.start_soon(handshake, conn)
+
+    async with trio.open_nursery() as nursery:
+        if args.mode == "serve":  # churn: accept until a line arrives
+            nursery.start_soon(accept, float("inf"))
+            await readline()
+            nursery.cancel_scope.cancel()
+            return
+        await accept(args.clients)
         while len(sockets) < args.clients:
             await trio.sleep(0.01)
         frame = _frame(text_of_size("", ""))

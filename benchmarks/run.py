@@ -40,7 +40,13 @@ FANOUT_SYSTEMS = (
     "bare-asyncio",
     "bare-trio",
 )
-CHURN_SYSTEMS = ("megapresence-asyncio", "megapresence-trio", "websockets")
+CHURN_SYSTEMS = (
+    "megapresence-asyncio",
+    "megapresence-trio",
+    "websockets",
+    "bare-asyncio",
+    "bare-trio",
+)
 #: Bursts (10 broadcasts per turn of the loop) and the presence storm: against websockets.
 BURST_SYSTEMS = ("megapresence-asyncio", "megapresence-uvloop", "megapresence-trio", "websockets")
 BURST = 10
@@ -196,9 +202,17 @@ def ops_once(clients: int) -> dict[str, float]:
     return {"direct_us": float(direct) * 1e6, "except_us": float(excepting) * 1e6}
 
 
+def process_cpu(pid: int) -> float:
+    """User + system CPU seconds of a running process, from ``/proc``."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def churn_once(system: str, seconds: float) -> dict[str, float]:
     with Process("bench_server.py", system, "--clients", "0", "--mode", "serve") as server:
         (port, _) = server.expect("READY")
+        cpu = process_cpu(server.popen.pid)
         with Process(
             "bench_client.py",
             "churn",
@@ -210,7 +224,8 @@ def churn_once(system: str, seconds: float) -> dict[str, float]:
             "32",
         ) as client:
             (cycles,) = client.expect("CYCLES", timeout=seconds + 60)
-    return {"cycles_per_s": int(cycles) / seconds}
+        cpu = process_cpu(server.popen.pid) - cpu
+    return {"cycles_per_s": int(cycles) / seconds, "cpu_ms": cpu * 1000 / max(int(cycles), 1)}
 
 
 def hub_once(frames: int, *batch: str) -> dict[str, float]:
@@ -395,11 +410,20 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         "### Churn: connect, upgrade, join, close (32 lanes)",
         "",
-        "| system | cycles/s |",
-        "|---|---:|",
+        "| system | cycles/s | x websockets | server CPU µs/cycle | x websockets CPU |",
+        "|---|---:|---:|---:|---:|",
     ]
+    base = results["churn"].get("websockets")
     for system, stat in results["churn"].items():
-        lines.append(f"| {system} | {fmt(stat['cycles_per_s']) if stat else 'failed'} |")
+        if stat is None:
+            lines.append(f"| {system} | failed | | | |")
+            continue
+        lines.append(
+            f"| {system} | {fmt(stat['cycles_per_s'])} "
+            f"| {median_ratio(stat, base, 'cycles_per_s'):.2f} "
+            f"| {stat['cpu_ms']['median'] * 1000:,.0f} "
+            f"| {median_ratio(stat, base, 'cpu_ms'):.2f} |"
+        )
     core = results["core"]
     lines += [
         "",

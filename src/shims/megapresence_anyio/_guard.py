@@ -214,6 +214,12 @@ class Guard(Generic[_O]):
         if session is not None and session.closed_here and session.close_code in _PEER_CLOSES:
             logger.info("%s closed with %d: %s", self, session.close_code, session.close_reason)
 
+    def expire(self, timeout: float) -> None:
+        """Its request was not whole by the handshake deadline: 408, and drop it (the
+        task reading it sees the end of the stream)."""
+        self.refuse(408, f"no complete request within {timeout:g}s")
+        self.transport.abort()
+
     def evict(self) -> None:
         """Pushed out of the handshake caps by a newer socket: 503, and drop it."""
         logger.debug("%s dropped in its handshake: too many pending handshakes", self)
@@ -320,11 +326,14 @@ class Admission:
         "_pending",
         "_pending_by_address",
         "_stats",
+        "clock",
     )
 
     def __init__(self, limits: SocketLimits, stats: Stats) -> None:
         self._limits = limits
         self._stats = stats
+        #: The event loop's time; a server sets its loop's own clock, found once.
+        self.clock: Callable[[], float] = anyio.current_time
         #: In accept order (dicts keep it): the first is the oldest.
         self._pending: dict[Guard[Any], None] = {}
         self._pending_by_address: Counter[str | None] = Counter()
@@ -341,6 +350,33 @@ class Admission:
     @property
     def pending(self) -> int:
         return len(self._pending)
+
+    async def expire_handshakes(self) -> None:
+        """Answer 408 to every socket whose request is not whole by its deadline: one
+        task for all of them, rather than a timer (a cancel scope) per connection
+        around its read (``read_upgrade(..., swept=True)``).
+
+        Every deadline is its accept time plus the one ``handshake_timeout``, so the
+        pending sockets (in accept order) are in deadline order: the sweep looks at the
+        oldest only. One that has read its request and waits for ``authenticate`` has
+        a timer of its own (503) and is left to it."""
+        timeout = self._limits.handshake_timeout
+        while True:
+            now = self.clock()
+            due: list[Guard[Any]] = []
+            waiting = False  # an expired socket in authenticate: its own timer ends it
+            for guard in self._pending:
+                if guard.deadline > now:
+                    break
+                if guard.path is None:
+                    due.append(guard)
+                else:
+                    waiting = True
+            for guard in due:
+                self.leave(guard)
+                guard.expire(timeout)
+            oldest = next((g.deadline for g in self._pending if g.deadline > now), now + timeout)
+            await anyio.sleep(min(oldest - now, 0.05) if waiting else oldest - now)
 
     @property
     def open(self) -> int:
@@ -377,7 +413,7 @@ class Admission:
         self._pending[guard] = None
         self._pending_by_address[address] += 1
         guard.stage = Stage.PENDING
-        guard.deadline = anyio.current_time() + limits.handshake_timeout
+        guard.deadline = self.clock() + limits.handshake_timeout
         return None
 
     def refusal(self, guard: Guard[Any]) -> int | None:
@@ -427,15 +463,24 @@ async def read_upgrade(
     guard: Guard[Transport],
     limits: SocketLimits,
     serve_http: Callable[[Guard[Transport], HandshakeRequest], None],
+    *,
+    swept: bool = False,
 ) -> tuple[HandshakeRequest, bytes] | None:
     """Read the request by the handshake deadline and answer it unless it is a valid
     upgrade: plain HTTP goes to ``serve_http``, the rest gets its status. Returns the
     upgrade request and the bytes read behind it, or None once answered. Behind a
-    trusted proxy, the request's ``remote`` is the client the proxy forwarded for."""
+    trusted proxy, the request's ``remote`` is the client the proxy forwarded for.
+    ``swept``: the admission's :meth:`~Admission.expire_handshakes` runs, and keeps
+    the deadline (no timer here)."""
     reader = RequestReader(limits.max_header_bytes, guard.remote)
     outcome: HandshakeRequest | int | None = None
-    with anyio.CancelScope(deadline=guard.deadline):
+    if swept:
         outcome = await read_request(guard.transport, reader)
+        if guard.answered is not None:
+            return None  # expired (408) or evicted (503) while it read
+    else:
+        with anyio.CancelScope(deadline=guard.deadline):
+            outcome = await read_request(guard.transport, reader)
     if outcome is None:
         guard.refuse(408, f"no complete request within {limits.handshake_timeout:g}s")
         return None

@@ -267,6 +267,12 @@ class PresenceServer:
     Use as ``async with PresenceServer(...) as server: await server.listen(...)``
     (or ``await server.serve(host, port)``); a framework with its own listener
     hands accepted streams to :meth:`handle_stream` instead.
+
+    ``authenticate`` and ``on_open`` see the whole request; after ``on_open``
+    ``client.request`` keeps its method, path, query and address but not its
+    headers (the cookies and keys of every open socket are memory an idle socket
+    does not need), unless ``keep_headers=True`` (for hooks that read a header
+    later: ``on_message``, ``on_close``, ``authorize_subscription``).
     """
 
     def __init__(
@@ -288,6 +294,7 @@ class PresenceServer:
         metrics_access: MetricsAccess = DEFAULT_METRICS_ACCESS,
         on_link_state: OnLinkState | None = None,
         authorize_subscription: SubscriptionHook | None = None,
+        keep_headers: bool = False,
     ) -> None:
         config = presence if presence is not None else PresenceConfig()
         if (config.store is None) != (roster is None):
@@ -306,6 +313,8 @@ class PresenceServer:
                 "instance id, channels), or neither"
             )
         self._authenticate = authenticate
+        #: Whether ``Client.request`` keeps its headers once ``on_open`` has run.
+        self._keep_headers = keep_headers
         self._cluster = cluster
         self._roster = roster
         self._paths = paths
@@ -326,6 +335,11 @@ class PresenceServer:
         self._deflating = False
         #: On asyncio, the connections' tasks (see _spawn_connection); None on trio.
         self._connection_tasks: set[asyncio.Task[Any]] | None = None
+        #: On trio, the nursery of the connections' tasks (see _spawn_connection).
+        self._connection_nursery: Any = None
+        #: The event loop's clock, found once (``anyio.current_time`` looks the backend
+        #: up on every call): what the core is told the time is.
+        self._clock: Callable[[], float] = anyio.current_time
         self._hub = (
             HubClient(
                 hub_url,
@@ -387,12 +401,22 @@ class PresenceServer:
                 if self._roster is not None:
                     await self._roster.aclose()
                 raise
-        if sniffio.current_async_library() == "asyncio":
+        on_asyncio = sniffio.current_async_library() == "asyncio"
+        if on_asyncio:
             self._connection_tasks = set()
+            self._clock = asyncio.get_running_loop().time
+        else:
+            import trio
+
+            self._clock = trio.current_time
+        self._admission.clock = self._clock
         self._coalescer = Coalescer()
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
+        if not on_asyncio:
+            self._connection_nursery = await self._task_group.start(_trio_nursery)
         self._background.service("ticker", self._ticker.run)
+        self._background.service("handshake timer", self._admission.expire_handshakes)
         if self._cluster is not None:
             self._background.service("cluster", self._cluster.run)
         if self._roster is not None:
@@ -419,6 +443,7 @@ class PresenceServer:
             return await task_group.__aexit__(*exc_info)  # type: ignore[arg-type]
         finally:
             self._task_group = None
+            self._connection_nursery = None
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: object = None) -> AsyncIterator[None]:
@@ -459,14 +484,18 @@ class PresenceServer:
     ) -> None:
         """Start a connection's task as cheaply as the backend allows.
 
-        anyio's ``start_soon`` gives each task a handle, an event and a cancel scope:
-        more than an idle WebSocket should cost on asyncio. There the task is a plain
-        ``asyncio.Task``, tracked here and cancelled when the server exits; on trio
-        the nursery's own tasks are already cheap.
+        anyio's ``start_soon`` gives each task a handle, an event and a cancel scope
+        (under connection churn on trio, making that cancel scope was a fifth of the
+        server's time): more than a connection should cost. On asyncio the task is a
+        plain ``asyncio.Task``, tracked here and cancelled when the server exits; on
+        trio it is a task of a plain trio nursery inside the server's task group.
         """
         if self._connection_tasks is None:
             # No boundary task around it: a connection's task has its own (_serve).
-            self._group().start_soon(function, *args)
+            nursery = self._connection_nursery
+            if nursery is None:
+                raise LocalUsageError("PresenceServer: use it inside 'async with server:'")
+            nursery.start_soon(function, *args)
             return
         task = asyncio.get_running_loop().create_task(function(*args))
         self._connection_tasks.add(task)
@@ -480,12 +509,16 @@ class PresenceServer:
         *,
         reuse_port: bool = False,
         ssl_context: ssl.SSLContext | None = None,
+        backlog: int = 4096,
     ) -> int:
         """Accept connections on ``host:port`` in the background; return the bound port.
         With ``ssl_context`` (a server context: ``megapresence_anyio.server_context``)
-        the port speaks TLS (``wss://`` and ``https://``)."""
+        the port speaks TLS (``wss://`` and ``https://``). ``backlog`` bounds the
+        connections the kernel holds before they are accepted (it is capped by
+        ``net.core.somaxconn``): in a reconnect storm a short queue drops SYNs, and
+        each dropped SYN costs its client a retransmission (1 s, then 2, 4...)."""
         self._group()
-        sock = open_listener(host, port, reuse_port=reuse_port)
+        sock = open_listener(host, port, reuse_port=reuse_port, backlog=backlog)
         self.port = sock.getsockname()[1]
         on_accept = (
             self._on_accept
@@ -571,6 +604,8 @@ class PresenceServer:
                 client = await opening(guard)
                 if client is not None:
                     await _run_hook(self._on_open, client)
+                    if not self._keep_headers:
+                        client.request = attrs.evolve(client.request, headers=())
                     on_message = self._on_message
                     await client.session.run(
                         (lambda text: on_message(client, text))
@@ -588,7 +623,7 @@ class PresenceServer:
         client = guard.conn
         if isinstance(client, Client):
             self._clients.discard(client)
-            self.dispatch(ConnectionClosed(conn=client, now=anyio.current_time()))
+            self.dispatch(ConnectionClosed(conn=client, now=self._clock()))
             if guard.session is not None:
                 try:
                     await _run_hook(self._on_close, client)
@@ -603,7 +638,7 @@ class PresenceServer:
 
     async def _handshake(self, guard: Guard[Transport]) -> Client | None:
         """Read the request; answer it over HTTP, refuse it, or upgrade it into a ``Client``."""
-        read = await read_upgrade(guard, self._limits, self._serve_page)
+        read = await read_upgrade(guard, self._limits, self._serve_page, swept=True)
         if read is None:
             return None
         request, trailing = read
@@ -646,7 +681,9 @@ class PresenceServer:
             guard.refuse(refusal.status, refusal.reason)
             return None
         outcome: object = self._authenticate(request)
+        waited = False
         if inspect.isawaitable(outcome):  # only an await can take time: a timer for it alone
+            waited = True
             with anyio.CancelScope(deadline=guard.deadline) as timer:
                 outcome = await outcome
             if timer.cancelled_caught:
@@ -657,7 +694,7 @@ class PresenceServer:
             return None
         if outcome is not None and not isinstance(outcome, Identity):
             raise TypeError(f"authenticate returned {outcome!r}: an Identity, a Refusal or None")
-        return self._upgrade(guard, request, outcome, session, accept)
+        return self._upgrade(guard, request, outcome, session, accept, recheck=waited)
 
     def _check(self, guard: Guard[Any], request: HandshakeRequest) -> Refusal | None:
         """What refuses an upgrade before ``authenticate`` runs and again before the 101
@@ -680,16 +717,21 @@ class PresenceServer:
         identity: Identity | None,
         make_session: Callable[[float], Session],
         accept: Callable[[], None],
+        *,
+        recheck: bool,
     ) -> Client | None:
         """Join the core, then answer 101, in one step with no await: an identity the core
-        refuses gets an HTTP status (the boundary's 403), never a 101 and a close."""
-        if guard.answered is not None:
-            return None  # pushed out of the handshake caps while it authenticated
-        refusal = self._check(guard, request)
-        if refusal is not None:
-            guard.refuse(refusal.status, refusal.reason)
-            return None
-        now = anyio.current_time()
+        refuses gets an HTTP status (the boundary's 403), never a 101 and a close.
+        ``recheck``: ``authenticate`` awaited, so the world may have changed since
+        :meth:`_check` (without an await nothing else ran)."""
+        if recheck:
+            if guard.answered is not None:
+                return None  # pushed out of the handshake caps while it authenticated
+            refusal = self._check(guard, request)
+            if refusal is not None:
+                guard.refuse(refusal.status, refusal.reason)
+                return None
+        now = self._clock()
         session = make_session(now)
         client = Client(self, request, identity, session, guard)
         joined = None
@@ -923,7 +965,7 @@ class PresenceServer:
         return self._presence.channel_members(channel)
 
     def _now(self) -> float:
-        return anyio.current_time()
+        return self._clock()
 
     def _conn(self, what: str, session: Client | str) -> Client:
         self._group()
@@ -1081,6 +1123,15 @@ class PresenceServer:
     @property
     def clients(self) -> frozenset[Client]:
         return frozenset(self._clients)
+
+
+async def _trio_nursery(*, task_status: anyio.abc.TaskStatus[Any]) -> None:
+    """A plain trio nursery for the connections' tasks, open while the server runs."""
+    import trio
+
+    async with trio.open_nursery() as nursery:
+        task_status.started(nursery)
+        await trio.sleep_forever()
 
 
 def _ignore(text: str) -> None:
