@@ -153,14 +153,22 @@ class HubServer:
             if ssl_context is None
             else lambda conn, remote: self._on_accept_tls(ssl_context, conn, remote)
         )
-        self._background.service("listener", accept_forever, sock, on_accept)
+        self._background.service(
+            "listener", accept_forever, sock, on_accept, self._stats.accept_failures
+        )
         return self.port
 
     async def listen_metrics(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """``/metrics``, ``/healthz`` and ``/readyz`` on a port of their own (plain HTTP)."""
         sock = open_listener(host, port)
         listener = OpsListener(self._ops, self._limits, self._background.spawn)
-        self._background.service("metrics listener", accept_forever, sock, listener.on_accept)
+        self._background.service(
+            "metrics listener",
+            accept_forever,
+            sock,
+            listener.on_accept,
+            self._stats.accept_failures,
+        )
         return int(sock.getsockname()[1])
 
     def _on_accept(self, sock: socket.socket, remote: tuple[str, int] | None) -> None:

@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol, final
 
 import anyio
+import anyio.lowlevel
 from wsproto.connection import Connection, ConnectionState
 from wsproto.events import (
     BytesMessage,
@@ -44,6 +45,11 @@ from ._transport import Outlet, Transport
 __all__ = ["Session", "SessionBase", "WebSocketSession", "frame", "text_frame"]
 
 _FIN_TEXT = 0x81
+
+#: Frames handled between two yields to the event loop, beside the one per chunk
+#: read (``Transport.receive``): a 64 KiB chunk of tiny commands or pings is
+#: thousands of them, and no other socket waits for all of them.
+YIELD_EVERY = 16
 
 
 def frame(first: int, payload: bytes) -> bytes:
@@ -248,9 +254,14 @@ class WebSocketSession(SessionBase):
         ``on_text`` raises propagates (the session is left open for the caller
         to close with the code it chooses)."""
         ws, transport = self._ws, self._transport
+        handled = 0
         while True:
             # Events first: the handshake may have left frames in wsproto's buffer.
             for event in ws.events():
+                handled += 1
+                if handled >= YIELD_EVERY:  # a chunk of tiny frames: share the loop
+                    handled = 0
+                    await anyio.lowlevel.checkpoint()
                 if isinstance(event, TextMessage):
                     text = self._collect(event)
                     if text is not None:

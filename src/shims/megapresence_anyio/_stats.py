@@ -59,7 +59,7 @@ _SLOW: Final = (int(CloseCode.TRY_AGAIN_LATER), "server")
 class Stats:
     """The counters of one server."""
 
-    __slots__ = ("closes", "delivered_bytes", "deliveries", "faults", "refusals")
+    __slots__ = ("accept_failures", "closes", "delivered_bytes", "deliveries", "faults", "refusals")
 
     def __init__(self) -> None:
         #: Messages handed to sockets: each ``Deliver`` adds its number of targets.
@@ -72,6 +72,8 @@ class Stats:
         self.closes: Counter[tuple[int, str]] = Counter()
         #: Faults caught by a background task's boundary, by task.
         self.faults: Counter[str] = Counter()
+        #: Accepts that failed (EMFILE: out of file descriptors), by errno name.
+        self.accept_failures: Counter[str] = Counter()
 
     def delivered(self, targets: int, size: int) -> None:
         self.deliveries += targets
@@ -129,6 +131,13 @@ class Stats:
                 "megapresence_send_queue_bytes",
                 "Bytes queued for sockets the kernel did not take at once, all sockets.",
                 queued,
+            ),
+            Metric(
+                "megapresence_accept_failures",
+                "counter",
+                "Accepts that failed, by errno (EMFILE: out of file descriptors).",
+                ("error",),
+                tuple(((name,), n) for name, n in sorted(self.accept_failures.items())),
             ),
             Metric(
                 "megapresence_background_faults",

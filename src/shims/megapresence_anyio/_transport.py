@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import socket
 from collections import deque
@@ -45,6 +46,7 @@ from typing import Any, Protocol, final
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import sniffio
 
 __all__ = ["Coalescer", "Outlet", "SocketTransport", "Spawn", "StreamTransport", "Transport"]
@@ -154,7 +156,13 @@ class Coalescer:
             trio.lowlevel.spawn_system_task(self._flusher, name="megapresence write coalescer")
         else:
             loop = asyncio.get_running_loop()
-            self.schedule = lambda: loop.call_soon(self._flush)
+            # A callback runs outside any task, where sniffio (and so anyio) cannot tell
+            # the loop unless it is told: the flush may start a writer task or close a
+            # socket, which must work whoever started the loop (asyncio.run, uvicorn),
+            # not only under anyio.run, which tells it for every callback.
+            context = contextvars.Context()
+            context.run(sniffio.current_async_library_cvar.set, "asyncio")
+            self.schedule = lambda: loop.call_soon(self._flush, context=context)
 
     async def _flusher(self) -> None:
         import trio
@@ -304,19 +312,29 @@ class SocketTransport(_QueuedWriter):
             self._flush_done()
 
     async def receive(self) -> bytes:
-        """The next bytes from the peer; ``b""`` at the end of the stream or once aborted."""
+        """The next bytes from the peer; ``b""`` at the end of the stream or once aborted.
+
+        Always a checkpoint: bytes the kernel had already are returned after one
+        yield to the loop, so a peer that writes as fast as the link allows gets
+        one turn per chunk like everyone else, not the loop to itself."""
         sock = self._sock
+        waited = False
         while not self._closed:
             try:
-                return sock.recv(_RECV_BYTES)
+                data = sock.recv(_RECV_BYTES)
             except BlockingIOError:
                 pass  # wait outside the handler: an idle socket keeps no exception alive
             except OSError:
                 return b""
+            else:
+                if not waited:
+                    await anyio.lowlevel.checkpoint()
+                return data
             try:
                 await anyio.wait_readable(sock)
             except anyio.ClosedResourceError:
                 return b""
+            waited = True
         return b""
 
     def truncate(self) -> None:
