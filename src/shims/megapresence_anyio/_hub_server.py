@@ -39,7 +39,7 @@ from ._ops import (
     respond_with,
 )
 from ._session import WebSocketSession, text_frame, utf8_len
-from ._stats import Metric, Stats, gauge
+from ._stats import Metric, Stats, gauge, held_bytes
 from ._ticker import Ticker
 from ._tls import TlsServerStream
 from ._transport import SocketTransport, Spawn, StreamTransport, Transport
@@ -330,10 +330,8 @@ class HubServer:
         metrics = self._stats.metrics(
             connections=self._admission.open,
             pending=self._admission.pending,
-            queued=sum(
-                bridge.session.transport.queued
-                for bridge in self._bridges
-                if bridge.session is not None
+            queued=held_bytes(
+                bridge.session.transport for bridge in self._bridges if bridge.session is not None
             ),
         )
         metrics += [

@@ -100,7 +100,7 @@ from ._ops import (
 from ._permissions import SubscriptionGate
 from ._session import Session, WebSocketSession, text_frame
 from ._static import CLIENT_PATH, static_answer
-from ._stats import Metric, Stats, counter, gauge, state_gauge
+from ._stats import Metric, Stats, counter, gauge, held_bytes, state_gauge
 from ._ticker import Ticker
 from ._tls import TlsServerStream
 from ._transport import Coalescer, SocketTransport, StreamTransport, Transport
@@ -1027,7 +1027,7 @@ class PresenceServer:
         metrics = self._stats.metrics(
             connections=self._admission.open,
             pending=self._admission.pending,
-            queued=sum(client.session.transport.queued for client in clients),
+            queued=held_bytes(client.session.transport for client in clients),
         )
         joined = sum(
             1

@@ -117,6 +117,8 @@ class SessionBase(abc.ABC):
         "heard",
         "last_heard",
         "ping_sent_at",
+        "stall_mark",
+        "stalled_since",
     )
 
     def __init__(self, outlet: Outlet, limits: SocketLimits, now: float) -> None:
@@ -133,6 +135,10 @@ class SessionBase(abc.ABC):
         self.close_code: int | None = None
         self.close_reason = ""
         self.deflate = 0
+        #: The outlet's ``drained`` count when it was last seen to move...
+        self.stall_mark = 0
+        #: ...and since when it has not, while bytes wait (None: nothing waits).
+        self.stalled_since: float | None = None
 
     @property
     def transport(self) -> Outlet:
@@ -181,6 +187,10 @@ class SessionBase(abc.ABC):
         if self.closing_since is not None:
             if now - self.closing_since >= limits.close_timeout:
                 self._outlet.abort()
+            return
+        if self._stalled(now):
+            self._outlet.truncate()
+            self.close(CloseCode.TRY_AGAIN_LATER, "slow consumer: send buffer not moving", now)
         elif not self._pingable():
             return
         elif self.ping_sent_at is not None:
@@ -189,6 +199,20 @@ class SessionBase(abc.ABC):
         elif now - self.last_heard >= limits.ping_interval:
             self.ping_sent_at = now
             self._ping(now)
+
+    def _stalled(self, now: float) -> bool:
+        """Bytes wait for the peer and none has left for ``send_stall_timeout``: a peer
+        that reads nothing holds what was queued for it (a snapshot, say) for as long as
+        it answers pings, unless this closes it."""
+        outlet = self._outlet
+        if not outlet.queued:
+            self.stalled_since = None
+            return False
+        drained = outlet.drained
+        if self.stalled_since is None or drained != self.stall_mark:
+            self.stall_mark, self.stalled_since = drained, now
+            return False
+        return now - self.stalled_since >= self._limits.send_stall_timeout
 
     def _too_big(self, size: int) -> bool:
         """Past ``max_message_bytes``: close with 1009 and say so."""

@@ -12,7 +12,7 @@ metrics; without ``prometheus_client`` they are still kept, for nothing.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sized
 from typing import Final, final
 
 import attrs
@@ -20,8 +20,9 @@ import attrs
 from megapresence_core import CloseCode
 
 from ._session import Session
+from ._transport import Outlet
 
-__all__ = ["Metric", "Stats"]
+__all__ = ["Metric", "Stats", "held_bytes"]
 
 
 @final
@@ -50,6 +51,14 @@ def state_gauge(name: str, help: str, states: Iterable[str], current: str | None
     return Metric(
         name, "gauge", help, ("state",), tuple(((s,), float(s == current)) for s in states)
     )
+
+
+def held_bytes(outlets: Iterable[Outlet]) -> int:
+    """The bytes send queues keep alive, each buffer once: the rest of a frame the
+    kernel took in part keeps the whole frame alive, and a broadcast frame queued
+    for many sockets is one buffer."""
+    buffers = {id(buffer): buffer for outlet in outlets for buffer in outlet.held()}
+    return sum(len(buffer) for buffer in buffers.values() if isinstance(buffer, Sized))
 
 
 _SLOW: Final = (int(CloseCode.TRY_AGAIN_LATER), "server")
@@ -129,7 +138,8 @@ class Stats:
             ),
             gauge(
                 "megapresence_send_queue_bytes",
-                "Bytes queued for sockets the kernel did not take at once, all sockets.",
+                "Bytes held for sockets the kernel did not take at once (whole buffers, each "
+                "once: the rest of a frame keeps all of it alive), all sockets.",
                 queued,
             ),
             Metric(

@@ -41,7 +41,7 @@ import contextvars
 import logging
 import socket
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, Protocol, final
 
 import anyio
@@ -75,6 +75,11 @@ class Outlet(Protocol):
     @property
     def queued(self) -> int: ...
 
+    @property
+    def drained(self) -> int: ...
+
+    def held(self) -> Iterator[object]: ...
+
 
 class Transport(Outlet, Protocol):
     """What a WebSocket session needs from the bytes underneath it."""
@@ -85,13 +90,16 @@ class Transport(Outlet, Protocol):
 class _QueuedWriter:
     """What both transports share: the bound on queued bytes and waiting for the flush."""
 
-    __slots__ = ("_closed", "_flushed", "_max_buffer", "_pending", "_spawn", "_writing")
+    __slots__ = ("_closed", "_drained", "_flushed", "_max_buffer", "_pending", "_spawn", "_writing")
 
     def __init__(self, spawn: Spawn, max_buffer: int) -> None:
         self._spawn = spawn
         self._max_buffer = max_buffer
         #: Bytes accepted by ``write`` but not yet taken by the kernel or the stream.
         self._pending = 0
+        #: Bytes that left the queue for the kernel or the stream, ever: a send queue
+        #: whose count stands still while it holds bytes is stalled.
+        self._drained = 0
         self._writing = False
         self._closed = False
         self._flushed: anyio.Event | None = None
@@ -100,6 +108,11 @@ class _QueuedWriter:
     def queued(self) -> int:
         """Bytes accepted by ``write`` and not yet written (the send queue's depth)."""
         return self._pending
+
+    @property
+    def drained(self) -> int:
+        """Bytes that have left the send queue so far."""
+        return self._drained
 
     def _flush_done(self) -> None:
         self._writing = False
@@ -298,6 +311,7 @@ class SocketTransport(_QueuedWriter):
                     await anyio.wait_writable(sock)
                     continue
                 self._pending -= sent
+                self._drained += sent
                 if sent == len(chunk):
                     queue.popleft()
                     self._partial = False
@@ -336,6 +350,12 @@ class SocketTransport(_QueuedWriter):
                 return b""
             waited = True
         return b""
+
+    def held(self) -> Iterator[object]:
+        """The buffers the queue keeps alive: the rest of a frame or of a turn's batch
+        is a view of it, which keeps all of it alive, not only what is left to send."""
+        for view in self._queue or ():
+            yield view.obj
 
     def truncate(self) -> None:
         """Drop every queued frame but the one the kernel has begun, so a close frame
@@ -420,6 +440,7 @@ class StreamTransport(_QueuedWriter):
                 self._in_flight = len(chunk)
                 await self._stream.send(chunk)
                 self._pending -= len(chunk)
+                self._drained += len(chunk)
                 self._in_flight = 0
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             self.abort()
@@ -433,6 +454,9 @@ class StreamTransport(_QueuedWriter):
             return await self._stream.receive()
         except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             return b""
+
+    def held(self) -> Iterator[object]:
+        return iter(self._queue)
 
     def truncate(self) -> None:
         """Drop every queued chunk; chunks go out whole, so no frame is cut."""
