@@ -12,6 +12,7 @@ import socket
 import sys
 import threading
 import time
+from contextlib import ExitStack, suppress
 from pathlib import Path
 
 import pytest
@@ -140,3 +141,84 @@ def _joins(port: int) -> bool:
             return json.loads(ws.recv(3))["type"] == "welcome"
     except (OSError, TimeoutError):
         return False
+
+
+def metric(port: int, line_start: str) -> float:
+    """The value of the first /metrics sample whose line starts with ``line_start``."""
+    for line in http_get(port, "/metrics").splitlines():
+        if line.startswith(line_start):
+            return float(line.split()[-1])
+    return 0.0
+
+
+def stuck_app(tmp_path: Path, backend: str) -> Command:
+    return Command(tmp_path, "stuck", backend, program=(sys.executable, "-m", "tests.stuck_app"))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_on_open_that_never_returns_does_not_keep_its_session(
+    backend: str, tmp_path: Path
+) -> None:
+    app = stuck_app(tmp_path, backend)
+    try:
+        url = f"ws://127.0.0.1:{app.port}/ws/"
+        with connect(f"{url}?user=ann&channels=lobby", open_timeout=10):
+            with connect(f"{url}?user=stuck&channels=lobby", open_timeout=10):
+                eventually(lambda: metric(app.port, "megapresence_sessions ") == 2, timeout=10)
+            # The client left while its on_open hung: hook_timeout (1 s) ends it.
+            eventually(
+                lambda: metric(app.port, "megapresence_connections ") == 1,
+                timeout=10,
+                what="the stuck connection gone",
+            )
+            assert metric(app.port, "megapresence_sessions ") == 1
+    finally:
+        app.stop()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_silent_reader_of_a_big_snapshot_is_closed(backend: str, tmp_path: Path) -> None:
+    app = stuck_app(tmp_path, backend)
+    members = ExitStack()
+    try:
+        url = f"ws://127.0.0.1:{app.port}/ws/"
+        # 16 members with 200 KB of metadata each: a 3 MB snapshot in mode users.
+        for n in range(16):
+            members.enter_context(
+                connect(f"{url}?user=m{n}&channels=big&pad=200000", open_timeout=10)
+            )
+        eve = _small_buffer_upgrade(app.port, "/ws/?user=eve")
+        subscribe = json.dumps({"op": "subscribe", "channel": "big", "presence": "users"})
+        eve.sendall(masked_text(subscribe.encode()))
+        pong = bytes((0x8A, 0x80)) + b"\x00\x00\x00\x00"
+        deadline = time.monotonic() + 15
+        closed = 0.0
+        while time.monotonic() < deadline and not closed:
+            with suppress(OSError):  # heard, so the keepalive never gives up on it
+                eve.sendall(pong)
+            time.sleep(0.3)
+            closed = metric(app.port, 'megapresence_closes_total{by="server",code="1013"}')
+        assert closed >= 1, "the silent reader was never closed"
+        eve.close()
+    finally:
+        members.close()
+        app.stop()
+
+
+def _small_buffer_upgrade(port: int, path: str) -> socket.socket:
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(
+        (
+            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
+            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
+            "Sec-WebSocket-Version: 13\r\n\r\n"
+        ).encode()
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return sock
