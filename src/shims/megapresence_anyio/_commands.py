@@ -5,8 +5,9 @@ what the JavaScript client speaks: ``subscribe`` (through ``authorize_subscripti
 ``unsubscribe``, ``publish``, ``sync``, ``broadcast``, ``direct``, ``metadata``,
 ``roster`` and ``kick`` (admins only: wrap it, ``lambda client, text:
 handle_command(client, text, is_admin=client.user_id in ADMINS)``). The core
-decides what each command means (``command_event``); a command that is wrong or
-refused is answered with an ``error`` message and changes nothing.
+decides what each command means (``command_event``) and how many a connection
+may send (``Limits.command_rate``); a command that is wrong, refused or over the
+rate is answered with an ``error`` message and changes nothing.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ def handle_command(client: Client, text: str | ClientCommand, *, is_admin: bool 
     ``text`` may also be a command already decoded (``decode_client_command``), for an
     application that adds to it first, as the demo signs a direct message's sender."""
     server = client.server
+    if not server.command_allowed(client):
+        return  # over the connection's command rate: told so (rate_limited), not done
     try:
         outcome = command_event(
             decode_client_command(text) if isinstance(text, str) else text,

@@ -77,7 +77,7 @@ from megapresence_core.actions import (
     StorePut,
     StoreRefresh,
 )
-from megapresence_core.events import HubLinkStarted
+from megapresence_core.events import CommandReceived, HubLinkStarted
 from megapresence_core.lifecycle import ClusterLinkState, ConnectionState, HubLinkState
 
 from ._asgi import ASGIApp, FrameText, PresenceASGI, Receive, Scope, Send, serve_asgi
@@ -762,6 +762,14 @@ class PresenceServer:
             self._gate.ask(event, event.conn)
             return
         self._handle(event)
+
+    def command_allowed(self, client: Client) -> bool:
+        """Count a command from ``client`` against its connection's rate (the core's
+        ``CommandReceived``); False when it is over it: the client has been told
+        (``rate_limited``) and the command must not be handled."""
+        actions = self._presence.handle(CommandReceived(conn=client, now=anyio.current_time()))
+        self._perform(actions)
+        return not actions
 
     def _handle(self, event: Event) -> None:
         self._perform(self._presence.handle(event))
