@@ -13,6 +13,11 @@ The session reads no clock: whoever acts passes ``now`` in, and the reader
 only notes that the peer spoke; :meth:`WebSocketSession.keepalive` turns that
 into time. So keepalive can be driven with any clock, real or fake.
 
+The keepalive also watches the send queue: bytes that wait and do not move for
+``send_stall_timeout`` close the peer with 1013, as a full queue does. The
+reader yields to the loop every ``YIELD_EVERY`` frames (and the transport once
+per chunk), so a peer writing at line rate gets its share of the loop, no more.
+
 What the peer sends that breaks a rule closes the session with the code for
 that rule, here. What the ``on_text`` hook raises is not caught here: it goes
 up to the connection's fault boundary (``_guard.py``), which picks the code.

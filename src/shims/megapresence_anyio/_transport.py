@@ -28,6 +28,15 @@ slow consumer costs at most that plus ``max_buffer``.
 for frameworks that accept connections themselves and for TLS; its writes
 always go through the queue (it cannot write in place).
 
+Every writer counts the bytes that left its queue (``drained``: the session's
+keepalive closes a peer whose queue holds bytes that do not move) and names the
+buffers its queue keeps alive (``held``: the rest of a frame is a view that
+keeps the whole frame alive; the send-queue metric counts those).
+
+The asyncio flush is a loop callback, outside any task; it runs in a context
+that tells sniffio the loop, so what it starts (a writer task) or ends (a
+socket) works whoever started the loop: ``anyio.run``, ``asyncio.run``, uvicorn.
+
 An :class:`Outlet` is the sending half alone: what a session writes through and
 what a connection's fault boundary ends. An ASGI connection (``_asgi.py``),
 whose server reads the socket, is an outlet and not a transport.
