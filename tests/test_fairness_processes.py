@@ -222,3 +222,39 @@ def _small_buffer_upgrade(port: int, path: str) -> socket.socket:
         head += sock.recv(1)
     assert head.startswith(b"HTTP/1.1 101"), head
     return sock
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sigterm_under_saturating_load_exits_promptly(backend: str, tmp_path: Path) -> None:
+    """A client that writes as fast as it can and reads everything it is sent (honest,
+    if greedy): SIGTERM still ends ``serve`` within seconds."""
+    server = Command(tmp_path, "serve", "--backend", backend, "serve", "--port", "0")
+    frame = masked_text(json.dumps({"op": "metadata", "metadata": {"x": 1}}).encode())
+    burst = frame * (65536 // len(frame))
+    greedy = upgrade(server.port, "/ws/?user=greedy&channels=solo")
+    stop = threading.Event()
+
+    def write() -> None:
+        with suppress(OSError):
+            while not stop.is_set():
+                greedy.sendall(burst)
+
+    def read() -> None:
+        with suppress(OSError):
+            while not stop.is_set() and greedy.recv(65536):
+                pass
+
+    threads = [threading.Thread(target=f, daemon=True) for f in (write, read)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(1.5)
+        start = time.monotonic()
+        server.stop()  # SIGTERM, and wait (at most 15 s)
+        took = time.monotonic() - start
+    finally:
+        stop.set()
+        greedy.close()
+        for thread in threads:
+            thread.join(5)
+    assert took < 8, f"serve took {took:.1f} s to exit after SIGTERM"
