@@ -279,7 +279,7 @@ async def test_a_fault_in_a_stream_s_background_close_is_logged_and_the_server_s
 async def test_a_listener_that_fails_makes_the_server_not_ready(
     anyio_backend: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async def broken_accept(sock: Any, on_accept: Any) -> None:
+    async def broken_accept(sock: Any, on_accept: Any, *rest: Any) -> None:
         sock.close()  # as accept_forever does on its way out
         raise OSError("injected fault in the accept loop")
 

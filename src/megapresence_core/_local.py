@@ -21,6 +21,7 @@ subscribes again, because it has seen no snapshot.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from itertools import chain
 from typing import Final, final
@@ -40,6 +41,8 @@ class ConnectionRecord:
 
     __slots__ = (
         "closed_at",
+        "command_at",
+        "command_tokens",
         "conn",
         "lifecycle",
         "metadata",
@@ -62,6 +65,10 @@ class ConnectionRecord:
         self.metadata: JsonObject | None = None
         #: When the socket closed (a lingering session's grace started).
         self.closed_at = 0.0
+        #: The command rate's bucket: what it held at the last command, and when.
+        #: Full at the first command (``Limits.command_burst``).
+        self.command_tokens = 0.0
+        self.command_at = -math.inf
 
     @property
     def state(self) -> ConnectionState:

@@ -64,6 +64,7 @@ from .events import (
     ClusterConnected,
     ClusterLost,
     ClusterMessageReceived,
+    CommandReceived,
     ConnectionClosed,
     ConnectionOpened,
     DirectRequested,
@@ -337,6 +338,25 @@ class Presence:
         return (
             actions + self._hub_link.send_text(hub_text) + self._cluster.publish_text(cluster_text)
         )
+
+    def _on_command(self, event: CommandReceived) -> list[Action]:
+        """A token bucket per connection: ``command_rate`` a second, ``command_burst`` deep."""
+        record = self._local.get(event.conn, what="CommandReceived")
+        limits = self._limits
+        elapsed = max(0.0, event.now - record.command_at)
+        tokens = min(
+            float(limits.command_burst), record.command_tokens + elapsed * limits.command_rate
+        )
+        record.command_at = max(record.command_at, event.now)  # a clock gone back refills nothing
+        if tokens < 1.0:
+            record.command_tokens = tokens
+            message = (
+                f"more than {limits.command_rate:g} commands a second on this connection "
+                "(Limits.command_rate): slow down"
+            )
+            return [refused(event.conn, "rate_limited", message, None)]
+        record.command_tokens = tokens - 1.0
+        return []
 
     def _on_metadata(self, event: MetadataUpdated) -> list[Action]:
         self._limits.check_metadata("MetadataUpdated", event.metadata_bytes)
@@ -705,6 +725,7 @@ _HANDLERS: Final[dict[type[Any], tuple[PresenceInput, Callable[[Presence, Any], 
     Subscribe: (_E, lambda p, e: p._channels.subscribe(e)),
     Unsubscribe: (_E, lambda p, e: p._channels.unsubscribe(e)),
     PresenceSync: (_E, lambda p, e: p._channels.sync(e)),
+    CommandReceived: (_E, Presence._on_command),
     BroadcastRequested: (_E, Presence._on_broadcast),
     PublishRequested: (_E, lambda p, e: p._channels.publish(e)),
     DirectRequested: (_E, Presence._on_direct),

@@ -48,6 +48,8 @@ DEFAULT_MAX_MESSAGE_BYTES: Final = 64 * 1024
 DEFAULT_MAX_METADATA_BYTES: Final = 4 * 1024
 #: Each channel costs an index entry here and on the hub for the session's life.
 DEFAULT_MAX_CHANNELS_PER_SESSION: Final = 64
+DEFAULT_COMMAND_RATE: Final = 100.0
+DEFAULT_COMMAND_BURST: Final = 200
 #: ns, channel, user and session ids travel in every frame: an id, not a text.
 DEFAULT_MAX_NAME_BYTES: Final = 256
 #: A hub frame carries one message plus routing: the message limit plus headroom.
@@ -142,6 +144,12 @@ class Limits:
     max_members_per_channel: int = attrs.field(
         default=DEFAULT_MAX_MEMBERS_PER_CHANNEL, validator=_positive
     )
+    #: Commands one client connection may send per second, on average
+    #: (``CommandReceived``); past it a command is refused with ``rate_limited``.
+    #: A command can cost far more than its bytes (``sync`` of a large channel).
+    command_rate: float = attrs.field(default=DEFAULT_COMMAND_RATE, validator=_positive)
+    #: ...and at once after a quiet while (a reconnect resubscribing everything).
+    command_burst: int = attrs.field(default=DEFAULT_COMMAND_BURST, validator=_positive)
 
     def __attrs_post_init__(self) -> None:
         needed = self.max_message_bytes + routing_bytes(self.max_name_bytes)

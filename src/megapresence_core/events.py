@@ -37,6 +37,7 @@ __all__ = [
     "ClusterConnected",
     "ClusterLost",
     "ClusterMessageReceived",
+    "CommandReceived",
     "ConnectionClosed",
     "ConnectionOpened",
     "DirectRequested",
@@ -330,6 +331,18 @@ class PresenceSync:
 
 @final
 @attrs.frozen(kw_only=True)
+class CommandReceived:
+    """A client connection sent a command: it counts against the connection's rate
+    (``Limits.command_rate`` and ``command_burst``). Answered with nothing when the
+    command may go on, or a ``RequestRefused`` (``rate_limited``) when it must not
+    be handled."""
+
+    conn: Hashable = attrs.field(validator=hashable_id)
+    now: float = attrs.field(validator=monotonic_seconds)
+
+
+@final
+@attrs.frozen(kw_only=True)
 class MetadataUpdated:
     """Replace the metadata of a local session (kept for resync, sent to peers)."""
 
@@ -437,6 +450,7 @@ Event: TypeAlias = (
     | Subscribe
     | Unsubscribe
     | PresenceSync
+    | CommandReceived
     | KickRequested
     | HubLinkStarted
     | HubConnected

@@ -39,7 +39,7 @@ import contextlib
 import logging
 import sys
 from collections import deque
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from typing import TYPE_CHECKING, Any, Final, final
 
 import anyio
@@ -133,6 +133,7 @@ class AsgiChannel:
 
     __slots__ = (
         "_closed",
+        "_drained",
         "_flushed",
         "_idle",
         "_in_flight",
@@ -151,6 +152,7 @@ class AsgiChannel:
         self._max_buffer = max_buffer
         self._queue: deque[bytes | AsgiMessage] = deque()
         self._pending = 0
+        self._drained = 0
         self._in_flight = 0
         self._closed = False
         self._idle = False
@@ -162,6 +164,14 @@ class AsgiChannel:
     @property
     def queued(self) -> int:
         return self._pending
+
+    @property
+    def drained(self) -> int:
+        """Bytes of frames the ASGI server has taken so far."""
+        return self._drained
+
+    def held(self) -> Iterator[object]:
+        return (item for item in self._queue if isinstance(item, bytes))
 
     def write(self, data: bytes, *, force: bool = False) -> bool:
         """Queue one server frame; False if it would pass the bound behind the one in
@@ -252,6 +262,7 @@ class AsgiChannel:
                         self._in_flight = len(item)
                         await send({"type": "websocket.send", "text": texts(item)})
                         self._pending -= self._in_flight
+                        self._drained += self._in_flight
                         self._in_flight = 0
                     else:
                         await send(item)

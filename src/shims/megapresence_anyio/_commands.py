@@ -5,9 +5,9 @@ what the JavaScript client speaks: ``subscribe`` (through ``authorize_subscripti
 ``unsubscribe``, ``publish``, ``sync``, ``broadcast``, ``direct``, ``metadata``,
 ``roster``, ``ping`` (the answer to a heartbeat) and ``kick`` (admins only: wrap
 it, ``lambda client, text: handle_command(client, text, is_admin=client.user_id in
-ADMINS)``). The core
-decides what each command means (``command_event``); a command that is wrong or
-refused is answered with an ``error`` message and changes nothing.
+ADMINS)``). The core decides what each command means (``command_event``) and how
+many a connection may send (``Limits.command_rate``); a command that is wrong,
+refused or over the rate is answered with an ``error`` message and changes nothing.
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ def handle_command(client: Client, text: str | ClientCommand, *, is_admin: bool 
     ``text`` may also be a command already decoded (``decode_client_command``), for an
     application that looks at it or changes it first."""
     server = client.server
+    if not server.command_allowed(client):
+        return  # over the connection's command rate: told so (rate_limited), not done
     try:
         outcome = command_event(
             decode_client_command(text) if isinstance(text, str) else text,

@@ -66,6 +66,19 @@ class SocketLimits:
     #: (slow consumer). The frame in flight does not count, so one frame larger
     #: than this still reaches a peer that reads.
     max_send_buffer: int = attrs.field(default=1024 * 1024, validator=_positive)
+    #: Queued bytes for a peer that the kernel has not taken any of for this long:
+    #: the peer reads nothing, so it is a slow consumer too (1013), however little
+    #: is queued. What was queued for it (a snapshot, say) is freed then, not when
+    #: the keepalive gives up on it, which a peer that answers pings never lets happen.
+    send_stall_timeout: float = attrs.field(default=30.0, validator=_positive)
+    #: How long an awaited ``on_open``, ``on_message`` or ``authorize_subscription``
+    #: may take: past it the hook is cancelled; ``on_open`` and ``on_message``
+    #: close the connection (1011), a subscription is refused (``forbidden``).
+    #: (``authenticate`` is bounded by ``handshake_timeout``.)
+    hook_timeout: float = attrs.field(default=10.0, validator=_positive)
+    #: ``authorize_subscription`` calls awaited at once for one connection; past
+    #: it a ``subscribe`` is refused with ``rate_limited`` without asking the hook.
+    max_pending_hooks: int = attrs.field(default=16, validator=_positive)
     #: Silence after which a Ping is sent...
     ping_interval: float = attrs.field(default=20.0, validator=_positive)
     #: ...and how long the Pong (or anything) may take before 1011.

@@ -93,7 +93,9 @@ def _offer(text: str) -> Deflate | None:
             if key == "server_max_window_bits":
                 return None  # the server's bits must have a value
             continue  # client_max_window_bits alone: the client can honour a limit
-        if not (value.isascii() and value.isdigit() and 8 <= int(value) <= 15):
+        # Bounded before int(): Python refuses to convert over 4,300 digits, and a
+        # 5,000-digit value is a declined offer, not a 500.
+        if not (value.isascii() and value.isdigit() and len(value) <= 2 and 8 <= int(value) <= 15):
             return None
         if key == "server_max_window_bits":
             server_bits = int(value)

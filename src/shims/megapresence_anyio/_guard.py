@@ -538,7 +538,9 @@ def _node(text: str) -> tuple[str, int] | None:
         address = ipaddress.ip_address(host)
     except ValueError:
         return None  # "unknown", an obfuscated "_name", or garbage
-    return str(address), int(port) if port.isdigit() and int(port) < 65536 else 0
+    # Bounded before int() (which refuses over 4,300 digits): a port that is no port is ignored.
+    valid = port.isascii() and port.isdigit() and len(port) <= 5 and int(port) < 65536
+    return str(address), int(port) if valid else 0
 
 
 def forwarded_for(

@@ -39,7 +39,7 @@ from ._ops import (
     respond_with,
 )
 from ._session import WebSocketSession, text_frame, utf8_len
-from ._stats import Metric, Stats, gauge
+from ._stats import Metric, Stats, gauge, held_bytes
 from ._ticker import Ticker
 from ._tls import TlsServerStream
 from ._transport import SocketTransport, Spawn, StreamTransport, Transport
@@ -153,14 +153,22 @@ class HubServer:
             if ssl_context is None
             else lambda conn, remote: self._on_accept_tls(ssl_context, conn, remote)
         )
-        self._background.service("listener", accept_forever, sock, on_accept)
+        self._background.service(
+            "listener", accept_forever, sock, on_accept, self._stats.accept_failures
+        )
         return self.port
 
     async def listen_metrics(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """``/metrics``, ``/healthz`` and ``/readyz`` on a port of their own (plain HTTP)."""
         sock = open_listener(host, port)
         listener = OpsListener(self._ops, self._limits, self._background.spawn)
-        self._background.service("metrics listener", accept_forever, sock, listener.on_accept)
+        self._background.service(
+            "metrics listener",
+            accept_forever,
+            sock,
+            listener.on_accept,
+            self._stats.accept_failures,
+        )
         return int(sock.getsockname()[1])
 
     def _on_accept(self, sock: socket.socket, remote: tuple[str, int] | None) -> None:
@@ -322,10 +330,8 @@ class HubServer:
         metrics = self._stats.metrics(
             connections=self._admission.open,
             pending=self._admission.pending,
-            queued=sum(
-                bridge.session.transport.queued
-                for bridge in self._bridges
-                if bridge.session is not None
+            queued=held_bytes(
+                bridge.session.transport for bridge in self._bridges if bridge.session is not None
             ),
         )
         metrics += [

@@ -16,7 +16,12 @@ is not asked: it decides for itself.
 
 A coroutine hook is awaited in a task of its own, so the connection reads on
 meanwhile: a client should wait for ``subscribed`` before it publishes to the
-channel (the JavaScript client does), as it must anyway for any refusal.
+channel (the JavaScript client does), as it must anyway for any refusal. That
+work is bounded per connection: at most ``SocketLimits.max_pending_hooks``
+calls await at once (past it a ``subscribe`` is answered ``rate_limited``
+without asking the hook), each for at most ``SocketLimits.hook_timeout`` (past
+it the call is cancelled and the subscription refused), and every call still
+awaited when the connection closes is cancelled (:meth:`SubscriptionGate.forget`).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import inspect
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, final
 
+import anyio
 import attrs
 
 from megapresence_core import PresenceError, Subscribe
@@ -37,6 +43,8 @@ __all__ = ["DEFAULT_DENIAL", "SubscriptionGate"]
 
 #: What a client refused by a plain ``False`` is told.
 DEFAULT_DENIAL = "the server does not allow this subscription"
+_LATE = "the server did not decide on this subscription within {:g} s"
+_BUSY = "more than {} subscriptions awaiting authorization: wait for their answers"
 
 
 def denial(verdict: object, refusal_type: type[Refusal]) -> str | None:
@@ -61,7 +69,16 @@ class SubscriptionGate:
     verdict that comes back after its socket closed is dropped).
     """
 
-    __slots__ = ("_handle", "_hook", "_is_open", "_refusal_type", "_spawn")
+    __slots__ = (
+        "_handle",
+        "_hook",
+        "_is_open",
+        "_max_pending",
+        "_pending",
+        "_refusal_type",
+        "_spawn",
+        "_timeout",
+    )
 
     def __init__(
         self,
@@ -71,29 +88,66 @@ class SubscriptionGate:
         handle: Callable[[Subscribe], None],
         spawn: Callable[..., None],
         is_open: Callable[[Client], bool],
+        timeout: float,
+        max_pending: int,
     ) -> None:
         self._hook = hook
         self._refusal_type = refusal_type
         self._handle = handle
         self._spawn = spawn
         self._is_open = is_open
+        self._timeout = timeout
+        self._max_pending = max_pending
+        #: The calls each connection awaits, as the scopes that cancel them.
+        self._pending: dict[Client, set[anyio.CancelScope]] = {}
 
     def ask(self, event: Subscribe, client: Client) -> None:
         """Ask about ``event`` (from ``client``); what the hook raises, this raises."""
+        pending = self._pending.get(client)
+        if pending is not None and len(pending) >= self._max_pending:
+            client.send(error_reply("rate_limited", _BUSY.format(self._max_pending), event.channel))
+            return
         verdict = self._hook(client, event.channel, event.mode)
         if inspect.isawaitable(verdict):
-            self._spawn(self._settle, event, client, verdict)
+            scope = anyio.CancelScope(deadline=anyio.current_time() + self._timeout)
+            self._pending.setdefault(client, set()).add(scope)
+            self._spawn(self._settle, event, client, verdict, scope)
             return
         self._handle(attrs.evolve(event, denied=denial(verdict, self._refusal_type)))
 
-    async def _settle(self, event: Subscribe, client: Client, pending: Awaitable[Verdict]) -> None:
+    def forget(self, client: Client) -> None:
+        """``client`` closed: cancel every call it still awaits."""
+        for scope in self._pending.pop(client, ()):
+            scope.cancel()
+
+    async def _settle(
+        self,
+        event: Subscribe,
+        client: Client,
+        pending: Awaitable[Verdict],
+        scope: anyio.CancelScope,
+    ) -> None:
         try:
-            denied = denial(await pending, self._refusal_type)
+            with scope:
+                verdict = await pending
         except Exception as exc:
             client.fault(exc)
             return
+        finally:
+            waiting = self._pending.get(client)
+            if waiting is not None:
+                waiting.discard(scope)
+                if not waiting:
+                    del self._pending[client]
         if not self._is_open(client):
-            return
+            return  # closed meanwhile (and so cancelled, maybe)
+        denied: str | None = _LATE.format(self._timeout)
+        if not scope.cancelled_caught:
+            try:
+                denied = denial(verdict, self._refusal_type)
+            except Exception as exc:
+                client.fault(exc)
+                return
         try:
             self._handle(attrs.evolve(event, denied=denied))
         except PresenceError as exc:  # a channel name over a limit, say: as if in its task

@@ -77,7 +77,7 @@ from megapresence_core.actions import (
     StorePut,
     StoreRefresh,
 )
-from megapresence_core.events import HubLinkStarted
+from megapresence_core.events import CommandReceived, HubLinkStarted
 from megapresence_core.lifecycle import ClusterLinkState, ConnectionState, HubLinkState
 
 from ._asgi import ASGIApp, FrameText, PresenceASGI, Receive, Scope, Send, serve_asgi
@@ -100,7 +100,7 @@ from ._ops import (
 from ._permissions import SubscriptionGate
 from ._session import Session, WebSocketSession, text_frame
 from ._static import CLIENT_PATH, static_answer
-from ._stats import Metric, Stats, counter, gauge, state_gauge
+from ._stats import Metric, Stats, counter, gauge, held_bytes, state_gauge
 from ._ticker import Ticker
 from ._tls import TlsServerStream
 from ._transport import Coalescer, SocketTransport, StreamTransport, Transport
@@ -367,6 +367,8 @@ class PresenceServer:
                 handle=self._handle,
                 spawn=self._background.spawn,
                 is_open=self._clients.__contains__,
+                timeout=limits.hook_timeout,
+                max_pending=limits.max_pending_hooks,
             )
             if authorize_subscription is not None
             else None
@@ -525,7 +527,9 @@ class PresenceServer:
             if ssl_context is None
             else lambda conn, remote: self._on_accept_tls(ssl_context, conn, remote)
         )
-        self._background.service("listener", accept_forever, sock, on_accept)
+        self._background.service(
+            "listener", accept_forever, sock, on_accept, self._stats.accept_failures
+        )
         return self.port
 
     async def listen_metrics(self, host: str = "127.0.0.1", port: int = 0) -> int:
@@ -533,7 +537,13 @@ class PresenceServer:
         own, in plain HTTP; return the bound port."""
         sock = open_listener(host, port)
         listener = OpsListener(self._ops, self._limits, self._background.spawn)
-        self._background.service("metrics listener", accept_forever, sock, listener.on_accept)
+        self._background.service(
+            "metrics listener",
+            accept_forever,
+            sock,
+            listener.on_accept,
+            self._stats.accept_failures,
+        )
         return int(sock.getsockname()[1])
 
     async def serve(
@@ -603,12 +613,15 @@ class PresenceServer:
             else:
                 client = await opening(guard)
                 if client is not None:
-                    await _run_hook(self._on_open, client)
+                    timeout = self._limits.hook_timeout
+                    opened = self._on_open(client) if self._on_open is not None else None
+                    if opened is not None:
+                        await _within(opened, "on_open", timeout)
                     if not self._keep_headers:
                         client.request = attrs.evolve(client.request, headers=())
                     on_message = self._on_message
                     await client.session.run(
-                        (lambda text: on_message(client, text))
+                        (lambda text: _bounded(on_message(client, text), "on_message", timeout))
                         if on_message is not None
                         else _ignore
                     )
@@ -623,10 +636,15 @@ class PresenceServer:
         client = guard.conn
         if isinstance(client, Client):
             self._clients.discard(client)
+            if self._gate is not None:
+                self._gate.forget(client)
             self.dispatch(ConnectionClosed(conn=client, now=self._clock()))
             if guard.session is not None:
                 try:
-                    await _run_hook(self._on_close, client)
+                    if self._on_close is not None:
+                        closing = self._on_close(client)
+                        if closing is not None:
+                            await _within(closing, "on_close", self._limits.hook_timeout)
                 except Exception as exc:
                     logger.error(
                         "%s: the on_close hook failed: %s: %s",
@@ -786,6 +804,14 @@ class PresenceServer:
             self._gate.ask(event, event.conn)
             return
         self._handle(event)
+
+    def command_allowed(self, client: Client) -> bool:
+        """Count a command from ``client`` against its connection's rate (the core's
+        ``CommandReceived``); False when it is over it: the client has been told
+        (``rate_limited``) and the command must not be handled."""
+        actions = self._presence.handle(CommandReceived(conn=client, now=self._clock()))
+        self._perform(actions)
+        return not actions
 
     def _handle(self, event: Event) -> None:
         self._perform(self._presence.handle(event))
@@ -1055,7 +1081,7 @@ class PresenceServer:
         metrics = self._stats.metrics(
             connections=self._admission.open,
             pending=self._admission.pending,
-            queued=sum(client.session.transport.queued for client in clients),
+            queued=held_bytes(client.session.transport for client in clients),
         )
         joined = sum(
             1
@@ -1138,9 +1164,20 @@ def _ignore(text: str) -> None:
     return None
 
 
-async def _run_hook(hook: OnClose | None, client: Client) -> None:
-    """Run an open or close hook, sync or async; what it raises is the boundary's."""
-    if hook is not None:
-        result = hook(client)
-        if result is not None:
-            await result
+class HookTimeoutError(Exception):
+    """An awaited hook did not return within ``SocketLimits.hook_timeout``: it was
+    cancelled, and its connection is closed (1011) by its fault boundary."""
+
+
+def _bounded(result: Awaitable[None] | None, what: str, timeout: float) -> Awaitable[None] | None:
+    """A hook's result: None (it was synchronous), or its awaitable bounded by ``timeout``."""
+    return None if result is None else _within(result, what, timeout)
+
+
+async def _within(result: Awaitable[None], what: str, timeout: float) -> None:
+    with anyio.move_on_after(timeout) as scope:
+        await result
+    if scope.cancelled_caught:
+        raise HookTimeoutError(
+            f"{what} did not return within {timeout:g} s (SocketLimits.hook_timeout)"
+        )

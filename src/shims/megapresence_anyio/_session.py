@@ -13,6 +13,11 @@ The session reads no clock: whoever acts passes ``now`` in, and the reader
 only notes that the peer spoke; :meth:`WebSocketSession.keepalive` turns that
 into time. So keepalive can be driven with any clock, real or fake.
 
+The keepalive also watches the send queue: bytes that wait and do not move for
+``send_stall_timeout`` close the peer with 1013, as a full queue does. The
+reader yields to the loop every ``YIELD_EVERY`` frames (and the transport once
+per chunk), so a peer writing at line rate gets its share of the loop, no more.
+
 What the peer sends that breaks a rule closes the session with the code for
 that rule, here. What the ``on_text`` hook raises is not caught here: it goes
 up to the connection's fault boundary (``_guard.py``), which picks the code.
@@ -26,6 +31,7 @@ from collections.abc import Awaitable, Callable
 from typing import Protocol, final
 
 import anyio
+import anyio.lowlevel
 from wsproto.connection import Connection, ConnectionState
 from wsproto.events import (
     BytesMessage,
@@ -44,6 +50,11 @@ from ._transport import Outlet, Transport
 __all__ = ["Session", "SessionBase", "WebSocketSession", "frame", "text_frame"]
 
 _FIN_TEXT = 0x81
+
+#: Frames handled between two yields to the event loop, beside the one per chunk
+#: read (``Transport.receive``): a 64 KiB chunk of tiny commands or pings is
+#: thousands of them, and no other socket waits for all of them.
+YIELD_EVERY = 16
 
 
 def frame(first: int, payload: bytes) -> bytes:
@@ -111,6 +122,8 @@ class SessionBase(abc.ABC):
         "heard",
         "last_heard",
         "ping_sent_at",
+        "stall_mark",
+        "stalled_since",
     )
 
     def __init__(self, outlet: Outlet, limits: SocketLimits, now: float) -> None:
@@ -127,6 +140,10 @@ class SessionBase(abc.ABC):
         self.close_code: int | None = None
         self.close_reason = ""
         self.deflate = 0
+        #: The outlet's ``drained`` count when it was last seen to move...
+        self.stall_mark = 0
+        #: ...and since when it has not, while bytes wait (None: nothing waits).
+        self.stalled_since: float | None = None
 
     @property
     def transport(self) -> Outlet:
@@ -175,6 +192,10 @@ class SessionBase(abc.ABC):
         if self.closing_since is not None:
             if now - self.closing_since >= limits.close_timeout:
                 self._outlet.abort()
+            return
+        if self._stalled(now):
+            self._outlet.truncate()
+            self.close(CloseCode.TRY_AGAIN_LATER, "slow consumer: send buffer not moving", now)
         elif not self._pingable():
             return
         elif self.ping_sent_at is not None:
@@ -183,6 +204,20 @@ class SessionBase(abc.ABC):
         elif now - self.last_heard >= limits.ping_interval:
             self.ping_sent_at = now
             self._ping(now)
+
+    def _stalled(self, now: float) -> bool:
+        """Bytes wait for the peer and none has left for ``send_stall_timeout``: a peer
+        that reads nothing holds what was queued for it (a snapshot, say) for as long as
+        it answers pings, unless this closes it."""
+        outlet = self._outlet
+        if not outlet.queued:
+            self.stalled_since = None
+            return False
+        drained = outlet.drained
+        if self.stalled_since is None or drained != self.stall_mark:
+            self.stall_mark, self.stalled_since = drained, now
+            return False
+        return now - self.stalled_since >= self._limits.send_stall_timeout
 
     def _too_big(self, size: int) -> bool:
         """Past ``max_message_bytes``: close with 1009 and say so."""
@@ -248,9 +283,14 @@ class WebSocketSession(SessionBase):
         ``on_text`` raises propagates (the session is left open for the caller
         to close with the code it chooses)."""
         ws, transport = self._ws, self._transport
+        handled = 0
         while True:
             # Events first: the handshake may have left frames in wsproto's buffer.
             for event in ws.events():
+                handled += 1
+                if handled >= YIELD_EVERY:  # a chunk of tiny frames: share the loop
+                    handled = 0
+                    await anyio.lowlevel.checkpoint()
                 if isinstance(event, TextMessage):
                     text = self._collect(event)
                     if text is not None:

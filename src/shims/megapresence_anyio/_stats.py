@@ -12,7 +12,7 @@ metrics; without ``prometheus_client`` they are still kept, for nothing.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sized
 from typing import Final, final
 
 import attrs
@@ -20,8 +20,9 @@ import attrs
 from megapresence_core import CloseCode
 
 from ._session import Session
+from ._transport import Outlet
 
-__all__ = ["Metric", "Stats"]
+__all__ = ["Metric", "Stats", "held_bytes"]
 
 
 @final
@@ -52,6 +53,14 @@ def state_gauge(name: str, help: str, states: Iterable[str], current: str | None
     )
 
 
+def held_bytes(outlets: Iterable[Outlet]) -> int:
+    """The bytes send queues keep alive, each buffer once: the rest of a frame the
+    kernel took in part keeps the whole frame alive, and a broadcast frame queued
+    for many sockets is one buffer."""
+    buffers = {id(buffer): buffer for outlet in outlets for buffer in outlet.held()}
+    return sum(len(buffer) for buffer in buffers.values() if isinstance(buffer, Sized))
+
+
 _SLOW: Final = (int(CloseCode.TRY_AGAIN_LATER), "server")
 
 
@@ -59,7 +68,7 @@ _SLOW: Final = (int(CloseCode.TRY_AGAIN_LATER), "server")
 class Stats:
     """The counters of one server."""
 
-    __slots__ = ("closes", "delivered_bytes", "deliveries", "faults", "refusals")
+    __slots__ = ("accept_failures", "closes", "delivered_bytes", "deliveries", "faults", "refusals")
 
     def __init__(self) -> None:
         #: Messages handed to sockets: each ``Deliver`` adds its number of targets.
@@ -72,6 +81,8 @@ class Stats:
         self.closes: Counter[tuple[int, str]] = Counter()
         #: Faults caught by a background task's boundary, by task.
         self.faults: Counter[str] = Counter()
+        #: Accepts that failed (EMFILE: out of file descriptors), by errno name.
+        self.accept_failures: Counter[str] = Counter()
 
     def delivered(self, targets: int, size: int) -> None:
         self.deliveries += targets
@@ -127,8 +138,16 @@ class Stats:
             ),
             gauge(
                 "megapresence_send_queue_bytes",
-                "Bytes queued for sockets the kernel did not take at once, all sockets.",
+                "Bytes held for sockets the kernel did not take at once (whole buffers, each "
+                "once: the rest of a frame keeps all of it alive), all sockets.",
                 queued,
+            ),
+            Metric(
+                "megapresence_accept_failures",
+                "counter",
+                "Accepts that failed, by errno (EMFILE: out of file descriptors).",
+                ("error",),
+                tuple(((name,), n) for name, n in sorted(self.accept_failures.items())),
             ),
             Metric(
                 "megapresence_background_faults",

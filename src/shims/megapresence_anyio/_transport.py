@@ -28,6 +28,15 @@ slow consumer costs at most that plus ``max_buffer``.
 for frameworks that accept connections themselves and for TLS; its writes
 always go through the queue (it cannot write in place).
 
+Every writer counts the bytes that left its queue (``drained``: the session's
+keepalive closes a peer whose queue holds bytes that do not move) and names the
+buffers its queue keeps alive (``held``: the rest of a frame is a view that
+keeps the whole frame alive; the send-queue metric counts those).
+
+The asyncio flush is a loop callback, outside any task; it runs in a context
+that tells sniffio the loop, so what it starts (a writer task) or ends (a
+socket) works whoever started the loop: ``anyio.run``, ``asyncio.run``, uvicorn.
+
 An :class:`Outlet` is the sending half alone: what a session writes through and
 what a connection's fault boundary ends. An ASGI connection (``_asgi.py``),
 whose server reads the socket, is an outlet and not a transport.
@@ -37,14 +46,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import socket
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterator
 from typing import Any, Protocol, final
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import sniffio
 
 __all__ = ["Coalescer", "Outlet", "SocketTransport", "Spawn", "StreamTransport", "Transport"]
@@ -73,6 +84,11 @@ class Outlet(Protocol):
     @property
     def queued(self) -> int: ...
 
+    @property
+    def drained(self) -> int: ...
+
+    def held(self) -> Iterator[object]: ...
+
 
 class Transport(Outlet, Protocol):
     """What a WebSocket session needs from the bytes underneath it."""
@@ -83,13 +99,16 @@ class Transport(Outlet, Protocol):
 class _QueuedWriter:
     """What both transports share: the bound on queued bytes and waiting for the flush."""
 
-    __slots__ = ("_closed", "_flushed", "_max_buffer", "_pending", "_spawn", "_writing")
+    __slots__ = ("_closed", "_drained", "_flushed", "_max_buffer", "_pending", "_spawn", "_writing")
 
     def __init__(self, spawn: Spawn, max_buffer: int) -> None:
         self._spawn = spawn
         self._max_buffer = max_buffer
         #: Bytes accepted by ``write`` but not yet taken by the kernel or the stream.
         self._pending = 0
+        #: Bytes that left the queue for the kernel or the stream, ever: a send queue
+        #: whose count stands still while it holds bytes is stalled.
+        self._drained = 0
         self._writing = False
         self._closed = False
         self._flushed: anyio.Event | None = None
@@ -98,6 +117,11 @@ class _QueuedWriter:
     def queued(self) -> int:
         """Bytes accepted by ``write`` and not yet written (the send queue's depth)."""
         return self._pending
+
+    @property
+    def drained(self) -> int:
+        """Bytes that have left the send queue so far."""
+        return self._drained
 
     def _flush_done(self) -> None:
         self._writing = False
@@ -154,7 +178,13 @@ class Coalescer:
             trio.lowlevel.spawn_system_task(self._flusher, name="megapresence write coalescer")
         else:
             loop = asyncio.get_running_loop()
-            self.schedule = lambda: loop.call_soon(self._flush)
+            # A callback runs outside any task, where sniffio (and so anyio) cannot tell
+            # the loop unless it is told: the flush may start a writer task or close a
+            # socket, which must work whoever started the loop (asyncio.run, uvicorn),
+            # not only under anyio.run, which tells it for every callback.
+            context = contextvars.Context()
+            context.run(sniffio.current_async_library_cvar.set, "asyncio")
+            self.schedule = lambda: loop.call_soon(self._flush, context=context)
 
     async def _flusher(self) -> None:
         import trio
@@ -290,6 +320,7 @@ class SocketTransport(_QueuedWriter):
                     await anyio.wait_writable(sock)
                     continue
                 self._pending -= sent
+                self._drained += sent
                 if sent == len(chunk):
                     queue.popleft()
                     self._partial = False
@@ -304,20 +335,36 @@ class SocketTransport(_QueuedWriter):
             self._flush_done()
 
     async def receive(self) -> bytes:
-        """The next bytes from the peer; ``b""`` at the end of the stream or once aborted."""
+        """The next bytes from the peer; ``b""`` at the end of the stream or once aborted.
+
+        Always a checkpoint: bytes the kernel had already are returned after one
+        yield to the loop, so a peer that writes as fast as the link allows gets
+        one turn per chunk like everyone else, not the loop to itself."""
         sock = self._sock
+        waited = False
         while not self._closed:
             try:
-                return sock.recv(_RECV_BYTES)
+                data = sock.recv(_RECV_BYTES)
             except BlockingIOError:
                 pass  # wait outside the handler: an idle socket keeps no exception alive
             except OSError:
                 return b""
+            else:
+                if not waited:
+                    await anyio.lowlevel.checkpoint()
+                return data
             try:
                 await anyio.wait_readable(sock)
             except anyio.ClosedResourceError:
                 return b""
+            waited = True
         return b""
+
+    def held(self) -> Iterator[object]:
+        """The buffers the queue keeps alive: the rest of a frame or of a turn's batch
+        is a view of it, which keeps all of it alive, not only what is left to send."""
+        for view in self._queue or ():
+            yield view.obj
 
     def truncate(self) -> None:
         """Drop every queued frame but the one the kernel has begun, so a close frame
@@ -402,6 +449,7 @@ class StreamTransport(_QueuedWriter):
                 self._in_flight = len(chunk)
                 await self._stream.send(chunk)
                 self._pending -= len(chunk)
+                self._drained += len(chunk)
                 self._in_flight = 0
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             self.abort()
@@ -415,6 +463,9 @@ class StreamTransport(_QueuedWriter):
             return await self._stream.receive()
         except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
             return b""
+
+    def held(self) -> Iterator[object]:
+        return iter(self._queue)
 
     def truncate(self) -> None:
         """Drop every queued chunk; chunks go out whole, so no frame is cut."""
