@@ -120,10 +120,12 @@ def test_commands_become_core_events_for_this_connection() -> None:
     message = Message(type="chat", payload=1)
     assert event_of(
         BroadcastCommand(channel="c", payload=1, exclude_self=True)
-    ) == BroadcastRequested(ns="/ws", channel="c", message=message, except_session_ids=["me"])
+    ) == BroadcastRequested(
+        ns="/ws", channel="c", message=message, except_session_ids=["me"], conn=7
+    )
     assert event_of(
         BroadcastCommand(channel="c", payload=1, exclude_self=True), session_id=None
-    ) == BroadcastRequested(ns="/ws", channel="c", message=message)
+    ) == BroadcastRequested(ns="/ws", channel="c", message=message, conn=7)
     assert event_of(
         DirectCommand(user_id="u", type="chat", payload=1), session_id=None
     ) == DirectRequested(user_id="u", message=message, conn=7)

@@ -48,7 +48,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any, Final, final
 
-from ._channels import Channels, Parts
+from ._channels import Channels, Parts, busy
 from ._cluster import ClusterLink, ClusterReceipt, NoCluster
 from ._feed import PresenceFeed
 from ._hub_link import HubLink, NoHubLink
@@ -105,6 +105,7 @@ from .wire import (
     DirectFrame,
     DirectResult,
     DisconnectFrame,
+    ErrorFrame,
     HeartbeatFrame,
     HubFrame,
     JoinFrame,
@@ -304,6 +305,11 @@ class Presence:
         limits.check_name("BroadcastRequested", "ns", ns)
         limits.check_name("BroadcastRequested", "channel", channel)
         limits.check_message("BroadcastRequested", message)
+        if event.conn is not None:
+            self._local.get(event.conn, what="BroadcastRequested")
+        refusal = busy(self._parts, event.conn, channel)
+        if refusal is not None:
+            return [refusal]
         # Every hop's text is built (and measured) before anything happens.
         hub_text = self._hub_link.broadcast(ns, channel, message, excepted)
         cluster_text = self._cluster.broadcast(ns, channel, message, excepted)
@@ -318,6 +324,9 @@ class Presence:
         self._limits.check_message("DirectRequested", message)
         if event.conn is not None:
             self._local.get(event.conn, what="DirectRequested")
+        refusal = busy(self._parts, event.conn, None)
+        if refusal is not None:
+            return [refusal]
         hub_text = self._hub_link.direct(user_id, message)
         cluster_text = self._cluster.direct(user_id, message)
         actions = self._deliver_direct(user_id, message)
@@ -340,6 +349,9 @@ class Presence:
                     fields={"session_id": event.session_id},
                 )
             ]
+        refusal = busy(self._parts, record.conn, None)
+        if refusal is not None:
+            return [refusal]
         record.metadata = event.metadata
         self._channels.show(record, record.subscriptions)
         frame = MetadataFrame(session_id=event.session_id, metadata=event.metadata)
@@ -399,7 +411,7 @@ class Presence:
     def _on_hub_lost(self, event: HubLost) -> list[Action]:
         # What the hub told us stays (stale, not gone) until the MEMBERS of the next
         # registration replace it, channel by channel.
-        return self._hub_link.lost(event.now, event.code, event.reason)
+        return self._hub_link.lost(event.now, event.code, event.reason, event.status)
 
     def _on_hub_frame(self, event: HubFrameReceived) -> list[Action]:
         link = self._hub_link
@@ -492,6 +504,14 @@ class Presence:
     def _hub_ignored(self, frame: HubFrame) -> list[Action]:
         return []
 
+    def _hub_session_refused(self, frame: ErrorFrame) -> list[Action]:
+        """The hub refused something of one session (``sessionId``): that session's client
+        is closed with 1008 (a limit the session broke), and it leaves; the link is not
+        at fault. A session not held here any more needs nothing."""
+        assert frame.session_id is not None
+        reason = f"refused by the hub: {frame.code}"
+        return self._kick_here(frame.session_id, reason, requeue=False) or []
+
     # ------------------------------------------------------------- delivery
 
     def _deliver_broadcast(
@@ -511,11 +531,14 @@ class Presence:
         """The hub lost our presence: JOIN every local session again, with its channels.
         (Our interest travelled in REGISTER; the hub answers both with MEMBERS.)"""
         link = self._hub_link
-        actions: list[Action] = []
+        assert isinstance(link, HubLink)  # only a link registers
         lingering = self._local.lingering
-        for record in self._local.members():
-            actions += link.send(_join_frame(record, lingering=record.session_id in lingering))
-        return actions
+        return link.resync(
+            [
+                _join_frame(record, lingering=record.session_id in lingering)
+                for record in self._local.members()
+            ]
+        )
 
     # --------------------------------------------------------------- queries
 
@@ -713,5 +736,6 @@ _HUB_FRAME_HANDLERS: Final[dict[type[Any], Callable[[Presence, Any], list[Action
     DirectFrame: Presence._hub_direct,
     DisconnectFrame: Presence._hub_disconnect,
     HeartbeatFrame: Presence._hub_ignored,
+    ErrorFrame: Presence._hub_session_refused,
     **dict.fromkeys(PRESENCE_FRAMES, Presence._hub_presence),
 }

@@ -213,7 +213,8 @@ class BroadcastRequested:
     the bridges with a member in the channel, the cluster to every instance);
     it does not filter local delivery, which reaches every connection of
     ``ns``, joined or not (the seed's rule: channel-scoped delivery is a
-    separate request).
+    separate request). ``conn``, when a client asked, is told if it is refused
+    (``busy``: the hub link holds too much to take it).
     """
 
     ns: str = attrs.field(validator=_name)
@@ -223,6 +224,7 @@ class BroadcastRequested:
         default=frozenset(),
         converter=_except_ids,
     )
+    conn: Hashable | None = attrs.field(default=None, validator=optional_conn)
 
 
 @final
@@ -360,11 +362,14 @@ class HubFrameReceived:
 @final
 @attrs.frozen(kw_only=True)
 class HubLost:
-    """The hub transport closed or could not be opened; ``code`` is None without a close frame."""
+    """The hub transport closed or could not be opened; ``code`` is None without a close
+    frame. ``status`` is the HTTP status of a refused upgrade: 401 (a bad token) is the
+    one refusal the link does not retry; after anything else it backs off and retries."""
 
     now: float = attrs.field(validator=monotonic_seconds)
     code: int | None = attrs.field(default=None, validator=_of_type(int, optional=True))
     reason: str = attrs.field(default="", validator=_of_type(str))
+    status: int | None = attrs.field(default=None, validator=_of_type(int, optional=True))
 
 
 @final

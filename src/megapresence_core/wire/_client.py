@@ -345,7 +345,11 @@ def command_event(
     if isinstance(command, BroadcastCommand):
         excluded = (session_id,) if command.exclude_self and session_id is not None else ()
         return BroadcastRequested(
-            ns=ns, channel=command.channel, message=_message(command), except_session_ids=excluded
+            ns=ns,
+            channel=command.channel,
+            message=_message(command),
+            except_session_ids=excluded,
+            conn=conn,
         )
     if isinstance(command, SubscribeCommand):
         return Subscribe(conn=conn, channel=command.channel, mode=command.presence, now=now)
