@@ -416,9 +416,8 @@ class HubLink:
         return self._hold(text, None, None)
 
     def resync(self, frames: Sequence[HubFrame]) -> list[Action]:
-        """The frames of a resync: sent first, within the rate, never refused."""
-        if self._lifecycle.fire(_I.SEND) != "send":
-            return []
+        """The frames of a resync (as REGISTERED arrives): sent first, within the rate,
+        never refused."""
         self._resync.extend(encode(frame) for frame in frames)
         return self._send_due()
 

@@ -636,6 +636,11 @@ class Presence:
         return self._hub_link.state
 
     @property
+    def hub_link_held(self) -> int:
+        """Frames the hub link holds for the hub's rate (0 without a hub)."""
+        return self._hub_link.held
+
+    @property
     def cluster_link_state(self) -> ClusterLinkState | None:
         """The cluster link's state; None without a cluster."""
         return self._cluster.state
