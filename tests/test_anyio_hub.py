@@ -155,7 +155,7 @@ async def test_the_hub_lists_its_presence_to_token_holders() -> None:
         await ann.close()
 
 
-async def test_a_bad_token_is_refused_with_401_and_the_link_stops() -> None:
+async def test_a_bad_token_is_refused_with_401_and_the_link_stops_for_good() -> None:
     async with HubServer(HubConfig(hub_id="h1", tokens=[TOKEN])) as hub:
         hub_port = await hub.listen()
         with pytest.raises(InvalidStatus) as refused:
@@ -164,7 +164,7 @@ async def test_a_bad_token_is_refused_with_401_and_the_link_stops() -> None:
             )
         assert refused.value.response.status_code == 401
         async with bridge(hub_port, "A", token="wrong") as server:
-            await wait_for(lambda: server.presence.hub_link_state is HubLinkState.CLOSED)
+            await wait_for(lambda: server.presence.hub_link_state is HubLinkState.REFUSED)
         assert hub.hub.members() == []
 
 
