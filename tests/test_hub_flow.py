@@ -173,7 +173,7 @@ def test_past_the_bound_a_clients_commands_are_refused_with_busy() -> None:
         PublishRequested(channel="c", message=MESSAGE, conn=1),
         BroadcastRequested(ns="/ws", channel="c", message=MESSAGE, conn=1),
         DirectRequested(user_id="v", message=MESSAGE, conn=1),
-        MetadataUpdated(session_id="s1", metadata={"v": 1}, now=0),
+        MetadataUpdated(session_id="s1", metadata={"v": 1}, now=0, conn=1),
         Unsubscribe(conn=1, channel="c", now=0),
     ]
     for command in commands:
@@ -187,11 +187,12 @@ def test_past_the_bound_a_clients_commands_are_refused_with_busy() -> None:
         PublishRequested(channel="c", message=MESSAGE),
         BroadcastRequested(ns="/ws", channel="c", message=MESSAGE),
         DirectRequested(user_id="v", message=MESSAGE),
+        MetadataUpdated(session_id="s1", metadata={"v": 0}, now=0),
     )
     assert refusals(actions) == []
     assert len([a for a in actions if isinstance(a, Deliver)]) == 3
     # Released, the link takes commands again.
-    assert len(sent_frames(release(presence, 0))) == 6
+    assert len(sent_frames(release(presence, 0))) == 7
     for command in commands:
         assert refusals(drive(presence, command)) == []
         release(presence, 0)
@@ -238,6 +239,17 @@ def test_a_smaller_frame_limit_stated_by_the_hub_is_kept() -> None:
     big = Message(type="chat", payload="x" * 300)
     with pytest.raises(LocalUsageError, match="the limit is 200"):
         drive(presence, PublishRequested(channel="c", message=big, conn=1))
+    # A hub that states none (or a larger one) after a reconnect: our own limit again.
+    drive(
+        presence,
+        HubLost(now=1, code=1006),
+        Tick(now=100),
+        HubConnected(now=100),
+        HubFrameReceived(data=limited(burst=100), now=100),
+    )
+    assert kinds(drive(presence, PublishRequested(channel="c", message=big, conn=1))) == [
+        "PUBLISH"
+    ]
 
 
 # ------------------------------------------------------- a refusal of one session

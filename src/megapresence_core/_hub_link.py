@@ -139,6 +139,7 @@ class HubLink:
         "_max_frame_bytes",
         "_rate",
         "_resync",
+        "_send_limit",
         "_seq",
         "_timers",
         "_tokens",
@@ -149,6 +150,8 @@ class HubLink:
         self._config = config
         self._timers = timers
         self._max_frame_bytes = max_frame_bytes
+        #: What a frame we send may weigh: ours, or the hub's stated limit if smaller.
+        self._send_limit = max_frame_bytes
         seed = config.jitter_seed
         if seed is None:
             seed = zlib.crc32(config.instance_id.encode("utf-8"))
@@ -271,8 +274,9 @@ class HubLink:
         self._burst = max(1.0, frame.frame_burst or DEFAULT_HUB_FRAME_BURST)
         # The hub's bucket was full at our upgrade and REGISTER took one token.
         self._tokens, self._tokens_at = self._burst - 1, now
-        if frame.max_frame_bytes is not None:
-            self._max_frame_bytes = min(self._max_frame_bytes, frame.max_frame_bytes)
+        self._send_limit = min(
+            self._max_frame_bytes, frame.max_frame_bytes or self._max_frame_bytes
+        )
         self._timers.arm(Timer.HEARTBEAT, now + frame.heartbeat_interval)
         self._timers.arm(Timer.SILENCE, now + self._silence())
         self._backoff.reset()
@@ -366,10 +370,10 @@ class HubLink:
         """The frame's text, or ``LocalUsageError`` if it would not fit the hub's frame limit."""
         text = encode(frame)
         size = len(text) if text.isascii() else len(text.encode("utf-8"))
-        if size > self._max_frame_bytes:
+        if size > self._send_limit:
             raise over_limit(
-                f"the hub frame would be {size} bytes; the limit is {self._max_frame_bytes} "
-                "(Limits.max_hub_frame_bytes)",
+                f"the hub frame would be {size} bytes; the limit is {self._send_limit} "
+                "(Limits.max_hub_frame_bytes, or the hub's maxFrameBytes)",
                 close_code=CloseCode.MESSAGE_TOO_BIG,
             )
         return text

@@ -349,7 +349,7 @@ class Presence:
                     fields={"session_id": event.session_id},
                 )
             ]
-        refusal = busy(self._parts, record.conn, None)
+        refusal = busy(self._parts, event.conn, None)
         if refusal is not None:
             return [refusal]
         record.metadata = event.metadata

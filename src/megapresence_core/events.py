@@ -313,11 +313,13 @@ class PresenceSync:
 @final
 @attrs.frozen(kw_only=True)
 class MetadataUpdated:
-    """Replace the metadata of a local session (kept for resync, sent to peers)."""
+    """Replace the metadata of a local session (kept for resync, sent to peers).
+    ``conn``, when a client asked, is told if it is refused (``busy``)."""
 
     session_id: str = attrs.field(validator=_name)
     metadata: JsonObject = attrs.field(hash=False, converter=_updated_metadata)
     now: float = attrs.field(validator=monotonic_seconds)
+    conn: Hashable | None = attrs.field(default=None, validator=optional_conn)
     metadata_bytes: int = attrs.field(init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
