@@ -247,9 +247,7 @@ def test_a_smaller_frame_limit_stated_by_the_hub_is_kept() -> None:
         HubConnected(now=100),
         HubFrameReceived(data=limited(burst=100), now=100),
     )
-    assert kinds(drive(presence, PublishRequested(channel="c", message=big, conn=1))) == [
-        "PUBLISH"
-    ]
+    assert kinds(drive(presence, PublishRequested(channel="c", message=big, conn=1))) == ["PUBLISH"]
 
 
 # ------------------------------------------------------- a refusal of one session
