@@ -143,6 +143,14 @@ def test_an_unsubscribe_cancels_the_held_subscribe() -> None:
     assert kinds(drive(presence, Tick(now=30))) == ["UNSUBSCRIBE"]
 
 
+def test_a_channel_named_like_a_key_is_not_coalesced_with_metadata() -> None:
+    presence = paced()
+    open_joined(presence, 1, "u", "s1")
+    drive(presence, Subscribe(conn=1, channel="metadata", now=0))
+    drive(presence, MetadataUpdated(session_id="s1", metadata={"v": 1}, now=0))
+    assert kinds(release(presence, 0)) == ["JOIN", "SUBSCRIBE", "METADATA"]
+
+
 def test_a_join_of_the_session_ends_the_coalescing_of_what_was_held_before_it() -> None:
     presence = paced()
     open_joined(presence, 1, "u", "s1")

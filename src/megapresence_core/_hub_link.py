@@ -96,6 +96,9 @@ _I = HubLinkInput
 #: The shortest wait between two releases of held frames: each release sends what
 #: the tokens allow, so at 2,000 frames/s one carries ~40 of them.
 _PACE_STEP: Final = 0.02
+#: The coalescing key of a session's held METADATA (a SUBSCRIBE's is its channel, a
+#: string, so the two never meet).
+_METADATA: Final = ("metadata",)
 
 #: Which input a valid frame is, by its exact type; any other frame is FRAME.
 _FRAME_INPUTS: Final[dict[type[object], HubLinkInput]] = {
@@ -403,11 +406,11 @@ class HubLink:
             return []
         text = encode(frame)
         if isinstance(frame, MetadataFrame):
-            held = self._coalesce.get(frame.session_id, {}).get("metadata")
+            held = self._coalesce.get(frame.session_id, {}).get(_METADATA)
             if held is not None:
-                self._held[held] = (text, frame.session_id, "metadata")
+                self._held[held] = (text, frame.session_id, _METADATA)
                 return []
-            return self._hold(text, frame.session_id, "metadata")
+            return self._hold(text, frame.session_id, _METADATA)
         if isinstance(frame, SubscribeFrame):
             return self._hold(text, frame.session_id, frame.channel)
         if isinstance(frame, UnsubscribeFrame):
