@@ -13,6 +13,7 @@ from megapresence_core import (
     ConnectionOpened,
     DirectRequested,
     HubLinkConfig,
+    KickRequested,
     LocalUsageError,
     Message,
     MetadataUpdated,
@@ -229,6 +230,30 @@ def test_the_resync_goes_first_and_is_never_refused() -> None:
     ]
     released = sent_frames(release(presence, 100))
     assert [f["type"] for f in released] == ["JOIN", "JOIN", "JOIN", "PUBLISH"]
+
+
+def test_the_resync_says_each_session_as_it_is_when_it_goes() -> None:
+    presence = paced()
+    for n in range(3):
+        open_joined(presence, n, f"u{n}", f"s{n}", channels=["c"])
+    release(presence, 0)
+    drive(
+        presence,
+        HubLost(now=11, code=1006),
+        Tick(now=100),
+        HubConnected(now=100),
+        HubFrameReceived(data=limited(burst=2), now=100),  # one JOIN now, two held
+    )
+    drive(presence, KickRequested(session_id="s1"), ConnectionClosed(conn=1, now=100))
+    drive(presence, MetadataUpdated(session_id="s2", metadata={"v": 1}, now=100))
+    released = sent_frames(release(presence, 100))
+    # s1 left before its JOIN went: none; s2's JOIN carries its metadata of now.
+    assert [(f["type"], f["payload"]["sessionId"]) for f in released] == [
+        ("JOIN", "s2"),
+        ("LEAVE", "s1"),
+        ("METADATA", "s2"),
+    ]
+    assert released[0]["payload"]["metadata"] == {"v": 1}
 
 
 def test_what_is_held_dies_with_the_link() -> None:

@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import zlib
 from collections import OrderedDict, deque
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Final, final
 
 import attrs
@@ -108,6 +108,10 @@ _FRAME_INPUTS: Final[dict[type[object], HubLinkInput]] = {
 }
 
 
+def _nothing(session_id: str) -> None:
+    """No resync is under way."""
+
+
 def _frame_warning(event: str, frame: HubFrame | PeerError) -> LinkReceipt:
     assert not isinstance(frame, PeerError)
     fields = {"type": wire_name(frame)}
@@ -142,6 +146,7 @@ class HubLink:
         "_max_frame_bytes",
         "_rate",
         "_resync",
+        "_resync_frame",
         "_send_limit",
         "_seq",
         "_timers",
@@ -177,8 +182,10 @@ class HubLink:
         self._burst = DEFAULT_HUB_FRAME_BURST
         self._tokens = 0.0
         self._tokens_at = 0.0
-        #: Held frames of the resync (sent first, never refused).
+        #: The sessions whose resync JOIN is held (sent first, never refused), and how
+        #: to build it when it goes (None: the session is gone meanwhile).
         self._resync: deque[str] = deque()
+        self._resync_frame: Callable[[str], HubFrame | None] = _nothing
         #: Every other held frame by a sequence number: (text, session, coalescing key).
         self._held: OrderedDict[int, tuple[str, str | None, Hashable]] = OrderedDict()
         #: session id -> coalescing key -> the sequence number of its held frame.
@@ -422,10 +429,15 @@ class HubLink:
             self._coalesce.pop(frame.session_id, None)
         return self._hold(text, None, None)
 
-    def resync(self, frames: Sequence[HubFrame]) -> list[Action]:
-        """The frames of a resync (as REGISTERED arrives): sent first, within the rate,
-        never refused."""
-        self._resync.extend(encode(frame) for frame in frames)
+    def resync(
+        self, session_ids: Iterable[str], frame_of: Callable[[str], HubFrame | None]
+    ) -> list[Action]:
+        """A resync of ``session_ids`` (as REGISTERED arrives): sent first, within the
+        rate, never refused. Each frame is built by ``frame_of`` when it goes, so it says
+        the session as it is then (and a session gone meanwhile is skipped): 100,000
+        sessions cost no more in this turn than the frames the rate lets out now."""
+        self._resync.extend(session_ids)
+        self._resync_frame = frame_of
         return self._send_due()
 
     def _hold(self, text: str, session_id: str | None, key: Hashable) -> list[Action]:
@@ -448,15 +460,18 @@ class HubLink:
         actions: list[Action] = []
         resync, held, batch = self._resync, self._held, self._batch
         while self._tokens >= 1 and (resync or held):
-            self._tokens -= 1
             if resync:
-                text = resync.popleft()
+                frame = self._resync_frame(resync.popleft())
+                if frame is None:
+                    continue
+                text = encode(frame)
             else:
                 seq, (text, session_id, key) = held.popitem(last=False)
                 if session_id is not None:
                     keys = self._coalesce[session_id]
                     if keys.get(key) == seq:
                         del keys[key]
+            self._tokens -= 1
             actions.append(SendHubFrame(data=text, batch=batch))
         return actions + self._arm_pace()
 

@@ -532,13 +532,15 @@ class Presence:
         (Our interest travelled in REGISTER; the hub answers both with MEMBERS.)"""
         link = self._hub_link
         assert isinstance(link, HubLink)  # only a link registers
-        lingering = self._local.lingering
-        return link.resync(
-            [
-                _join_frame(record, lingering=record.session_id in lingering)
-                for record in self._local.members()
-            ]
-        )
+        local = self._local
+        return link.resync([*local.by_session, *local.lingering], self._resync_frame)
+
+    def _resync_frame(self, session_id: str) -> JoinFrame | None:
+        """The resync JOIN of ``session_id`` as it is now; None if it has gone."""
+        record = self._local.session(session_id)
+        if record is None:
+            return None
+        return _join_frame(record, lingering=session_id in self._local.lingering)
 
     # --------------------------------------------------------------- queries
 
