@@ -2,8 +2,11 @@
 
 It accepts bridges on any path of its port. The upgrade's Authorization header
 goes to the core before anything else; a refusal is an HTTP response (401)
-and leaves no state behind. On shutdown the core drains every bridge with
-4503 and the server waits (bounded) for them to go. Like ``PresenceServer``, it
+and leaves no state behind. A bridge over the hub's frame rate is slowed, not
+refused: the core says until when (``PauseBridge``) and the bridge's read loop
+waits that long before it reads on, so TCP holds the bridge back. On shutdown
+the core drains every bridge with 4503 and the server waits (bounded) for them
+to go. Like ``PresenceServer``, it
 answers ``/metrics``, ``/healthz`` and ``/readyz`` (``_ops.py``), can listen with
 TLS, and runs its background tasks behind a boundary each.
 """
