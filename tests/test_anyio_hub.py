@@ -165,6 +165,11 @@ async def test_a_bad_token_is_refused_with_401_and_the_link_stops_for_good() -> 
         assert refused.value.response.status_code == 401
         async with bridge(hub_port, "A", token="wrong") as server:
             await wait_for(lambda: server.presence.hub_link_state is HubLinkState.REFUSED)
+            readiness = server.readiness()
+            assert not readiness.ready
+            assert readiness.checks["hub"] == "refused"
+            [state] = [m for m in server._metrics() if m.name == "megapresence_hub_link_state"]
+            assert (("refused",), 1.0) in state.samples
         assert hub.hub.members() == []
 
 
