@@ -155,7 +155,7 @@ async def test_the_hub_lists_its_presence_to_token_holders() -> None:
         await ann.close()
 
 
-async def test_a_bad_token_is_refused_with_401_and_the_link_stops() -> None:
+async def test_a_bad_token_is_refused_with_401_and_the_link_stops_for_good() -> None:
     async with HubServer(HubConfig(hub_id="h1", tokens=[TOKEN])) as hub:
         hub_port = await hub.listen()
         with pytest.raises(InvalidStatus) as refused:
@@ -164,8 +164,65 @@ async def test_a_bad_token_is_refused_with_401_and_the_link_stops() -> None:
             )
         assert refused.value.response.status_code == 401
         async with bridge(hub_port, "A", token="wrong") as server:
-            await wait_for(lambda: server.presence.hub_link_state is HubLinkState.CLOSED)
+            await wait_for(lambda: server.presence.hub_link_state is HubLinkState.REFUSED)
+            readiness = server.readiness()
+            assert not readiness.ready
+            assert readiness.checks["hub"] == "refused"
+            [state] = [m for m in server._metrics() if m.name == "megapresence_hub_link_state"]
+            assert (("refused",), 1.0) in state.samples
         assert hub.hub.members() == []
+
+
+async def test_an_old_bridge_over_the_rate_is_paused_not_struck() -> None:
+    """A version 1 bridge that knows nothing of REGISTERED's limits sends 2,000 JOINs as
+    fast as it can: the hub stops reading it for a while (TCP slows it down), never
+    strikes it, and lists every session."""
+    config = HubConfig(hub_id="h1", tokens=[TOKEN], max_frames_per_second=1_000, frame_burst=100)
+    async with HubServer(config) as hub:
+        hub_port = await hub.listen()
+        old = await Client.connect(
+            f"ws://127.0.0.1:{hub_port}/", additional_headers={"Authorization": f"Bearer {TOKEN}"}
+        )
+        register = {"bridgeId": "old", "instanceId": "i", "protocol": 1}
+        await old.send(json.dumps({"type": "REGISTER", "payload": register}))
+        registered = await old.recv_json()
+        assert registered["payload"]["maxFramesPerSecond"] == 1_000
+
+        def joins() -> None:
+            for n in range(2_000):
+                join = {"userId": "u", "sessionId": f"s{n}", "channels": ["lobby"]}
+                old.ws.send(json.dumps({"type": "JOIN", "payload": join}))
+
+        started = anyio.current_time()
+        await anyio.to_thread.run_sync(joins)
+        await wait_for(lambda: len(hub.hub.members()) == 2_000, timeout=20)
+        assert anyio.current_time() - started >= 1.5  # (2,000 - 100) frames at 1,000/s
+        assert hub._pauses > 0
+        assert await old.silent()  # no ERROR, no close
+        metrics = "\n".join(m.name for m in hub._metrics())
+        assert "megapresence_hub_bridge_pauses" in metrics
+        await old.close()
+
+
+async def test_a_refusal_of_one_session_closes_that_client_and_keeps_the_link() -> None:
+    """The hub allows one channel per session; a client joining two is refused by the
+    hub (an ERROR naming its session): its server closes it with 1008, and the link and
+    the other client go on."""
+    config = HubConfig(hub_id="h1", tokens=[TOKEN], max_channels_per_session=1, max_errors=1)
+    async with HubServer(config) as hub:
+        hub_port = await hub.listen()
+        async with bridge(hub_port, "A") as a:
+            a_url = f"ws://127.0.0.1:{await a.listen()}"
+            await wait_for(lambda: a.presence.hub_link_state is HubLinkState.REGISTERED)
+            bob = await Client.connect(f"{a_url}/ws?user=bob&channels=x")
+            await wait_for(lambda: len(hub.hub.members()) == 1)
+            for _ in range(3):  # more than max_errors: none of them is a strike
+                ann = await Client.connect(f"{a_url}/ws?user=ann&channels=x,y")
+                assert await ann.closed() == (1008, "refused by the hub: too_many_channels")
+            assert a.presence.hub_link_state is HubLinkState.REGISTERED
+            assert {m.session_id for m in hub.hub.members()} == {"bob-s"}
+            assert await bob.silent(0.05)
+            await bob.close()
 
 
 async def run_hub(

@@ -177,7 +177,7 @@ def test_commands_become_core_events_for_this_connection() -> None:
         user_id="u", message=message, conn=7
     )
     assert event_of(MetadataCommand(metadata={"a": 1})) == MetadataUpdated(
-        session_id="me", metadata={"a": 1}, now=3.0
+        session_id="me", metadata={"a": 1}, now=3.0, conn=7
     )
     assert event_of(RosterCommand(), session_id=None) == RosterCommand()
     assert event_of(PingCommand(), session_id=None) == PingCommand()  # nothing to do

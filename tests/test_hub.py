@@ -30,6 +30,7 @@ from megapresence_core import (
 from megapresence_core.actions import (
     AcceptBridge,
     CloseBridge,
+    PauseBridge,
     RefuseBridge,
     SendBridgeFrame,
     SendHubFrame,
@@ -158,7 +159,14 @@ def test_register_answers_registered_with_the_hub_epoch_and_interval() -> None:
         "A": [
             {
                 "type": "REGISTERED",
-                "payload": {"hubId": "hub-1", "heartbeatInterval": 7.0, "capabilities": ["batch"]},
+                "payload": {
+                    "hubId": "hub-1",
+                    "heartbeatInterval": 7.0,
+                    "capabilities": ["batch"],
+                    "maxFramesPerSecond": 2000.0,
+                    "frameBurst": 4000.0,
+                    "maxFrameBytes": 81920,
+                },
             }
         ]
     }
@@ -418,9 +426,9 @@ def test_frame_size_limit() -> None:
     assert strikes(actions) == ["too_big"]
 
 
-def test_channels_metadata_and_sessions_limits() -> None:
+def test_channels_metadata_and_sessions_limits_cost_the_session_not_the_link() -> None:
     hub = new_hub(
-        max_channels_per_session=2, max_metadata_bytes=10, max_sessions_per_bridge=2, max_errors=10
+        max_channels_per_session=2, max_metadata_bytes=10, max_sessions_per_bridge=2, max_errors=1
     )
     connect(hub, "A")
     assert strikes(join(hub, "A", "u", "s1", "a", "b", "c")) == ["too_many_channels"]
@@ -433,15 +441,45 @@ def test_channels_metadata_and_sessions_limits() -> None:
         "metadata_too_big"
     ]
     assert sorted(m.session_id for m in hub.members()) == ["s1", "s2"]
+    # Each refusal named its session; none was a strike (one would have closed the link).
+    assert hub.bridge_state("A") is BridgeState.REGISTERED
+    actions = join(hub, "A", "u", "s9", "a", "b", "c")
+    assert [f["payload"]["sessionId"] for f in frames_to(actions)["A"]] == ["s9"]
 
 
-def test_frames_per_second_limit_with_burst() -> None:
-    hub = new_hub(max_frames_per_second=10, frame_burst=3, max_errors=100)
-    connect(hub, "A")  # the REGISTER used one of the three
-    assert strikes(send(hub, "A", "HEARTBEAT", now=0)) == []
-    assert strikes(send(hub, "A", "HEARTBEAT", now=0)) == []
-    assert strikes(send(hub, "A", "HEARTBEAT", now=0)) == ["rate_limited"]
-    assert strikes(send(hub, "A", "HEARTBEAT", now=0.1)) == []  # one more token after 0.1 s
+def pauses(actions: list[Any]) -> list[float]:
+    return [a.until for a in actions if isinstance(a, PauseBridge)]
+
+
+def test_over_the_frame_rate_a_bridge_is_paused_not_refused() -> None:
+    hub = new_hub(max_frames_per_second=10, frame_burst=3, max_errors=1)
+    three = connect(hub, "A")  # the REGISTER used one of the three
+    assert pauses(three) == []
+    assert pauses(send(hub, "A", "HEARTBEAT", now=0)) == []
+    assert pauses(send(hub, "A", "HEARTBEAT", now=0)) == []
+    # Over the bucket: the frame is handled, and the shim reads nothing more from the
+    # bridge until its debt (one frame at 10 per second) is repaid. No ERROR, no strike.
+    actions = send(hub, "A", "HEARTBEAT", now=0)
+    assert strikes(actions) == []
+    assert pauses(actions) == [pytest.approx(0.1)]
+    actions = send(hub, "A", "HEARTBEAT", now=0.05)  # read anyway (already in a buffer)
+    assert pauses(actions) == [pytest.approx(0.2)]
+    assert pauses(send(hub, "A", "HEARTBEAT", now=10)) == []  # the bucket refilled
+    assert hub.bridge_state("A") is BridgeState.REGISTERED
+
+
+def test_strikes_decay_with_time() -> None:
+    hub = new_hub(max_errors=3, error_decay=10)
+    connect(hub, "A")
+    for now in (0, 10, 20, 30, 40):  # one bad frame every 10 s: each forgiven by the next
+        actions = hub.handle(BridgeFrameReceived(bridge="A", data="nope", now=now))
+        assert strikes(actions) == ["bad_json"]
+        assert not [a for a in actions if isinstance(a, CloseBridge)]
+    # Three at once still close it (1.5, 2.5, then 3.5 strikes: the last at 40 half gone).
+    for _ in range(2):
+        hub.handle(BridgeFrameReceived(bridge="A", data="nope", now=45))
+    actions = hub.handle(BridgeFrameReceived(bridge="A", data="nope", now=45))
+    assert CloseBridge(bridge="A", code=1008, reason="too many errors (last: bad_json)") in actions
 
 
 def test_handle_refuses_what_is_not_a_hub_event() -> None:
@@ -458,7 +496,10 @@ def test_a_session_held_by_another_user_cannot_be_joined_from_any_bridge() -> No
     for bridge in ("A", "B"):  # its own bridge or another
         actions = join(hub, bridge, "mallory", "a1", "room")
         assert strikes(actions) == ["session_taken"]
-        assert [a.event for a in actions if isinstance(a, Log)] == ["hub.frame.refused"]
+        # It belongs to the session: named in the ERROR, logged as such, not a strike.
+        [error] = frames_to(actions)[bridge]
+        assert error["payload"]["sessionId"] == "a1"
+        assert [a.event for a in actions if isinstance(a, Log)] == ["hub.session.refused"]
         assert not [a for a in actions if isinstance(a, SendBridgeFrame) and a.bridges != (bridge,)]
     assert hub.members() == before
     # The same user may still move the session to another bridge.

@@ -64,7 +64,14 @@ frames: st.SearchStrategy[HubFrame] = st.one_of(
         protocol=st.integers(1, 5),
         channels=name_tuples,
     ),
-    st.builds(RegisteredFrame, hub_id=names, heartbeat_interval=st.floats(0.05, 3600)),
+    st.builds(
+        RegisteredFrame,
+        hub_id=names,
+        heartbeat_interval=st.floats(0.05, 3600),
+        max_frames_per_second=st.none() | st.floats(0.001, 1e9),
+        frame_burst=st.none() | st.floats(1, 1e9),
+        max_frame_bytes=st.none() | st.integers(1, 1 << 30),
+    ),
     st.builds(
         JoinFrame,
         user_id=names,
@@ -91,7 +98,7 @@ frames: st.SearchStrategy[HubFrame] = st.one_of(
         requeue=st.booleans(),
     ),
     st.just(HeartbeatFrame()),
-    st.builds(ErrorFrame, code=names, message=st.text(max_size=10)),
+    st.builds(ErrorFrame, code=names, message=st.text(max_size=10), session_id=st.none() | names),
     st.builds(
         SubscribeFrame,
         session_id=names,
@@ -249,6 +256,30 @@ def test_duplicate_names_in_a_list_are_folded() -> None:
             "bad_frame",
             "protocol",
             "must be a positive integer",
+        ),
+        (
+            hub_frame("REGISTERED", hubId="h", heartbeatInterval=1, maxFramesPerSecond=0),
+            "bad_frame",
+            "maxFramesPerSecond",
+            "must be a positive number",
+        ),
+        (
+            hub_frame("REGISTERED", hubId="h", heartbeatInterval=1, frameBurst=True),
+            "bad_frame",
+            "frameBurst",
+            "must be a positive number",
+        ),
+        (
+            hub_frame("REGISTERED", hubId="h", heartbeatInterval=1, maxFrameBytes=1.5),
+            "bad_frame",
+            "maxFrameBytes",
+            "must be a positive integer",
+        ),
+        (
+            hub_frame("ERROR", code="too_many_channels", sessionId=""),
+            "bad_frame",
+            "sessionId",
+            "must be a non-empty string",
         ),
         (
             hub_frame("REGISTERED", hubId="h", heartbeatInterval=-1),

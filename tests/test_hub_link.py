@@ -70,7 +70,15 @@ def test_start_asks_the_shim_to_connect_then_registers() -> None:
     actions = drive(presence, HubFrameReceived(data=registered_frame("h-9"), now=0.3))
     assert presence.hub_link_state is HubLinkState.REGISTERED
     assert [(a.event, a.fields) for a in actions if isinstance(a, Log)] == [
-        ("hub.link.registered", {"hub_id": "h-9", "new_incarnation": True})
+        (
+            "hub.link.registered",
+            {
+                "hub_id": "h-9",
+                "new_incarnation": True,
+                "frames_per_second": 2000.0,
+                "frame_burst": 4000.0,
+            },
+        )
     ]
 
 
@@ -150,21 +158,45 @@ def test_the_reconnect_happens_on_the_first_tick_after_the_delay() -> None:
     assert presence.hub_link_state is HubLinkState.CONNECTING
 
 
-def test_drain_4503_reconnects_but_1008_stops_and_says_why() -> None:
+@pytest.mark.parametrize("code", [4503, 1008, 1011, 1001])
+def test_after_any_close_the_link_backs_off_and_registers_again(code: int) -> None:
     presence = registered()
-    drive(presence, HubLost(now=1, code=4503))
+    [lost] = drive(presence, HubLost(now=1, code=code, reason="policy"))
     assert presence.hub_link_state is HubLinkState.BACKING_OFF
-    presence = registered()
-    actions = drive(presence, HubLost(now=1, code=1008, reason="bad token"))
-    assert presence.hub_link_state is HubLinkState.CLOSED
+    assert lost.fields["state"] == "backing_off"
+    assert presence.next_deadline() is not None
+    drive(presence, Tick(now=100), HubConnected(now=100))
+    drive(presence, HubFrameReceived(data=registered_frame(), now=100))
+    assert presence.hub_link_state is HubLinkState.REGISTERED
+
+
+@pytest.mark.parametrize("status", [403, 500, 503])
+def test_an_upgrade_refused_with_another_status_is_retried(status: int) -> None:
+    presence = new_presence()
+    drive(presence, HubLinkStarted(now=0), HubLost(now=0, status=status))
+    assert presence.hub_link_state is HubLinkState.BACKING_OFF
+
+
+def test_only_a_bad_token_refuses_the_link_for_good_and_says_why() -> None:
+    presence = new_presence()
+    drive(presence, HubLinkStarted(now=0))
+    reason = "hub refused the upgrade: HTTP 401"
+    actions = drive(presence, HubLost(now=1, reason=reason, status=401))
+    assert presence.hub_link_state is HubLinkState.REFUSED
     assert actions == [
         Log(
             level=LogLevel.ERROR,
             event="hub.link.refused",
-            fields={"code": 1008, "reason": "bad token"},
+            fields={
+                "code": None,
+                "reason": reason,
+                "state": "refused",
+            },
         )
     ]
     assert presence.next_deadline() is None
+    drive(presence, ShutdownRequested())
+    assert presence.hub_link_state is HubLinkState.CLOSED
 
 
 def test_registering_ignores_other_frames_with_a_warning() -> None:

@@ -247,7 +247,8 @@ DRIVERS = [
             _S["hub link"]["closing"]: [START, CONNECTED, REGISTERED, Tick(now=1000)],
             _S["hub link"]["backing_off"]: [START, HubLost(now=0, code=1006)],
             _S["hub link"]["draining"]: [START, CONNECTED, REGISTERED, SHUTDOWN],
-            _S["hub link"]["closed"]: [START, HubLost(now=0, code=1008)],
+            _S["hub link"]["refused"]: [START, HubLost(now=0, status=401)],
+            _S["hub link"]["closed"]: [SHUTDOWN],
         },
         {
             _L.START: [HubLinkStarted(now=5000)],
@@ -260,7 +261,7 @@ DRIVERS = [
             _L.SEND: _open_join(1),
             _L.TIMEOUT: [LATE],
             _L.LOST: [HubLost(now=5000, code=1006)],
-            _L.REFUSED: [HubLost(now=5000, code=1008)],
+            _L.REFUSED: [HubLost(now=5000, status=401)],
             _L.RETRY_DUE: [LATE],
             _L.SHUTDOWN: [SHUTDOWN],
         },

@@ -19,7 +19,7 @@ one part replaced (by ``NoStore``) when the process shuts down.
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable
-from typing import final
+from typing import Final, final
 
 from ._cluster import ClusterLink, NoCluster
 from ._feed import PresenceFeed
@@ -93,6 +93,18 @@ def refused(conn: Hashable, code: str, message: str, channel: str | None) -> Req
     )
 
 
+#: Why a client's command is refused while the hub link holds too much (``busy``).
+BUSY_MESSAGE: Final = "the link to the other servers is saturated; retry later"
+
+
+def busy(parts: Parts, conn: Hashable | None, channel: str | None) -> RequestRefused | None:
+    """The refusal of a client's command that would send the hub one more frame while
+    the link holds ``max_queued_frames`` (the embedding program's own are never refused)."""
+    if conn is None or not parts.hub_link.full:
+        return None
+    return refused(conn, "busy", BUSY_MESSAGE, channel)
+
+
 @final
 class Channels:
     """Subscriptions of the local sessions, and channel-scoped delivery."""
@@ -117,7 +129,9 @@ class Channels:
         )
         old = record.subscriptions.get(channel)
         if old is None:
-            refusal = self.refusal(conn, channel, len(record.subscriptions))
+            refusal = self.refusal(conn, channel, len(record.subscriptions)) or busy(
+                parts, conn, channel
+            )
             if refusal is not None:
                 return [refusal]
         elif old is not _NONE:
@@ -153,6 +167,9 @@ class Channels:
         mode = record.subscriptions.get(channel)
         if mode is None:
             return actions  # idempotent: it is not subscribed, as asked
+        refusal = busy(parts, conn, channel)
+        if refusal is not None:
+            return [refusal]
         if mode is not _NONE:
             parts.feed.unwatch(conn, channel, mode)
         parts.local.unsubscribe(record, channel)
@@ -193,6 +210,9 @@ class Channels:
             if channel not in record.subscriptions:
                 text = "subscribe to the channel first"
                 return [refused(event.conn, "not_subscribed", text, channel)]
+        refusal = busy(parts, event.conn, channel)
+        if refusal is not None:
+            return [refusal]
         # Every hop's text is built (and measured) before anything happens.
         hub_text = parts.hub_link.publish(channel, message, excepted, author)
         cluster_text = parts.cluster.publish(channel, message, excepted, author)

@@ -10,8 +10,31 @@ unless the table lets ``SEND`` through (``"send"``, only while registered).
 
 Timers: ``CONNECT`` bounds an attempt from ``ConnectHub`` to REGISTERED,
 ``HEARTBEAT`` and ``SILENCE`` run while registered (any frame heard postpones
-``SILENCE``), ``RETRY`` ends the backoff delay. Entering a state cancels the
-timers it does not allow, so no timer needs to ask which state it is in.
+``SILENCE``), ``PACE`` releases held frames, ``RETRY`` ends the backoff delay.
+Entering a state cancels the timers it does not allow, so no timer needs to ask
+which state it is in.
+
+Only a bad token (HTTP 401 at the upgrade, ``HubLost.status``) refuses the link
+for good (``REFUSED``). After any other close, 1008 included (the hub closes a
+link that sends malformed frames, or one replaced by a newer connection), the
+link backs off with jitter and registers again.
+
+Pacing: REGISTERED states the hub's frame rate (``maxFramesPerSecond``,
+``frameBurst``; an older hub states none and the defaults of ``HubConfig``
+apply). The link keeps the same token bucket the hub does and sends a frame
+only within it; the rest it holds, in order, and the ``PACE`` timer releases
+them as tokens come. The resync after a registration is held first (never
+refused, however many sessions); then everything else, coalesced: a METADATA
+replaces the held METADATA of the same session, and an UNSUBSCRIBE cancels the
+held SUBSCRIBE of the same session and channel (a JOIN or LEAVE of the session
+ends both rules for what was held before it). Past ``max_queued_frames`` held,
+:attr:`HubLink.full` is true and ``Presence`` refuses a client's command that
+would send one more with ``busy`` (the command, never the link). What is held
+dies with the link: the next registration resyncs.
+
+Refusals that belong to one session: an ERROR naming a session (``sessionId``)
+is delivered to ``Presence``, which closes that session's client; it never
+counts against the link.
 
 Batching: when REGISTER and REGISTERED both name ``batch``, the frames after
 REGISTERED may share WebSocket messages both ways. :meth:`HubLink.split` cuts
@@ -26,7 +49,8 @@ no-op and the link's events are misuse.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Callable, Hashable, Sequence
+from collections import OrderedDict, deque
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Final, final
 
 import attrs
@@ -40,7 +64,7 @@ from .actions import (
     LogLevel,
     SendHubFrame,
 )
-from .config import HubLinkConfig
+from .config import DEFAULT_HUB_FRAME_BURST, DEFAULT_HUB_FRAMES_PER_SECOND, HubLinkConfig
 from .errors import CloseCode, LocalUsageError, PeerError, over_limit, truncate_reason
 from .lifecycle import HUB_LINK, Backoff, HubLinkInput, HubLinkState, Machine, Timer, Timers
 from .wire import (
@@ -51,9 +75,14 @@ from .wire import (
     ErrorFrame,
     HeartbeatFrame,
     HubFrame,
+    JoinFrame,
+    LeaveFrame,
+    MetadataFrame,
     PublishFrame,
     RegisteredFrame,
     RegisterFrame,
+    SubscribeFrame,
+    UnsubscribeFrame,
     decode_hub_frame,
     encode,
     split_hub_batch,
@@ -64,6 +93,12 @@ __all__ = ["HubLink", "LinkReceipt", "NoHubLink"]
 
 _HEARTBEAT_TEXT: Final = encode(HeartbeatFrame())
 _I = HubLinkInput
+#: The shortest wait between two releases of held frames: each release sends what
+#: the tokens allow, so at 2,000 frames/s one carries ~40 of them.
+_PACE_STEP: Final = 0.02
+#: The coalescing key of a session's held METADATA (a SUBSCRIBE's is its channel, a
+#: string, so the two never meet).
+_METADATA: Final = ("metadata",)
 
 #: Which input a valid frame is, by its exact type; any other frame is FRAME.
 _FRAME_INPUTS: Final[dict[type[object], HubLinkInput]] = {
@@ -71,6 +106,10 @@ _FRAME_INPUTS: Final[dict[type[object], HubLinkInput]] = {
     ErrorFrame: _I.ERROR,
     RegisterFrame: _I.UNEXPECTED,
 }
+
+
+def _nothing(session_id: str) -> None:
+    """No resync is under way."""
 
 
 def _frame_warning(event: str, frame: HubFrame | PeerError) -> LinkReceipt:
@@ -97,18 +136,30 @@ class HubLink:
         "_attempts",
         "_backoff",
         "_batch",
+        "_burst",
+        "_coalesce",
         "_config",
         "_heartbeat_interval",
+        "_held",
         "_hub_id",
         "_lifecycle",
         "_max_frame_bytes",
+        "_rate",
+        "_resync",
+        "_resync_frame",
+        "_send_limit",
+        "_seq",
         "_timers",
+        "_tokens",
+        "_tokens_at",
     )
 
     def __init__(self, config: HubLinkConfig, timers: Timers, *, max_frame_bytes: int) -> None:
         self._config = config
         self._timers = timers
         self._max_frame_bytes = max_frame_bytes
+        #: What a frame we send may weigh: ours, or the hub's stated limit if smaller.
+        self._send_limit = max_frame_bytes
         seed = config.jitter_seed
         if seed is None:
             seed = zlib.crc32(config.instance_id.encode("utf-8"))
@@ -126,6 +177,20 @@ class HubLink:
         self._attempts = 0
         #: Both ends named ``batch`` and REGISTERED has arrived on this link.
         self._batch = False
+        #: The hub's frame rate (from REGISTERED) and our token bucket within it.
+        self._rate = DEFAULT_HUB_FRAMES_PER_SECOND
+        self._burst = DEFAULT_HUB_FRAME_BURST
+        self._tokens = 0.0
+        self._tokens_at = 0.0
+        #: The sessions whose resync JOIN is held (sent first, never refused), and how
+        #: to build it when it goes (None: the session is gone meanwhile).
+        self._resync: deque[str] = deque()
+        self._resync_frame: Callable[[str], HubFrame | None] = _nothing
+        #: Every other held frame by a sequence number: (text, session, coalescing key).
+        self._held: OrderedDict[int, tuple[str, str | None, Hashable]] = OrderedDict()
+        #: session id -> coalescing key -> the sequence number of its held frame.
+        self._coalesce: dict[str, dict[Hashable, int]] = {}
+        self._seq = 0
 
     @property
     def state(self) -> HubLinkState:
@@ -194,9 +259,15 @@ class HubLink:
         return LinkReceipt([Log(level=LogLevel.WARNING, event="hub.frame.invalid", fields=fields)])
 
     def _hub_error(self, frame: HubFrame | PeerError, now: float) -> LinkReceipt:
+        """An ERROR: logged; one naming a session goes to ``Presence`` (it closes that
+        session's client). Nothing counts against the link."""
         assert isinstance(frame, ErrorFrame)
         fields = {"code": frame.code, "message": frame.message}
-        return LinkReceipt([Log(level=LogLevel.WARNING, event="hub.error", fields=fields)])
+        log = Log(level=LogLevel.WARNING, event="hub.error", fields=fields)
+        if frame.session_id is None:
+            return LinkReceipt([log])
+        fields["session_id"] = frame.session_id
+        return LinkReceipt([log], frame)
 
     def _too_early(self, frame: HubFrame | PeerError, now: float) -> LinkReceipt:
         return _frame_warning("hub.frame.before_registered", frame)
@@ -209,6 +280,13 @@ class HubLink:
         previous, self._hub_id = self._hub_id, frame.hub_id
         self._batch = HUB_BATCH in frame.capabilities and HUB_BATCH in self._config.capabilities
         self._heartbeat_interval = frame.heartbeat_interval
+        self._rate = frame.max_frames_per_second or DEFAULT_HUB_FRAMES_PER_SECOND
+        self._burst = max(1.0, frame.frame_burst or DEFAULT_HUB_FRAME_BURST)
+        # The hub's bucket was full at our upgrade and REGISTER took one token.
+        self._tokens, self._tokens_at = self._burst - 1, now
+        self._send_limit = min(
+            self._max_frame_bytes, frame.max_frame_bytes or self._max_frame_bytes
+        )
         self._timers.arm(Timer.HEARTBEAT, now + frame.heartbeat_interval)
         self._timers.arm(Timer.SILENCE, now + self._silence())
         self._backoff.reset()
@@ -216,14 +294,17 @@ class HubLink:
         fields: dict[str, object] = {
             "hub_id": frame.hub_id,
             "new_incarnation": previous != frame.hub_id,
+            "frames_per_second": self._rate,
+            "frame_burst": self._burst,
         }
         return LinkReceipt(
             [Log(level=LogLevel.INFO, event="hub.link.registered", fields=fields)], registered=True
         )
 
-    def lost(self, now: float, code: int | None, reason: str) -> list[Action]:
-        effect = self._lifecycle.fire(_I.REFUSED if code == CloseCode.POLICY else _I.LOST)
+    def lost(self, now: float, code: int | None, reason: str, status: int | None) -> list[Action]:
+        effect = self._lifecycle.fire(_I.REFUSED if status == 401 else _I.LOST)
         self._batch = False  # a new link starts unbatched
+        self._drop_held()
         fields: dict[str, object] = {"code": code, "reason": reason}
         if effect == "retry":
             # One warning per outage: the loss itself, then each failed retry at debug.
@@ -233,9 +314,11 @@ class HubLink:
             self._timers.arm(Timer.RETRY, now + delay)
             fields["retry_in"] = delay
             fields["attempt"] = self._attempts
+            fields["state"] = self.state.value
             # The retry is a timer: next_deadline() says when, no action needed.
             return [Log(level=level, event="hub.link.lost", fields=fields)]
         if effect == "refused":
+            fields["state"] = self.state.value
             return [Log(level=LogLevel.ERROR, event="hub.link.refused", fields=fields)]
         return [Log(level=LogLevel.INFO, event="hub.link.closed", fields=fields)]
 
@@ -246,18 +329,22 @@ class HubLink:
         if kind is Timer.RETRY:
             self._lifecycle.fire(_I.RETRY_DUE)
             return self._open_attempt(now)
+        if kind is Timer.PACE:
+            return self._release(now)
         if kind is Timer.SILENCE:
             return self._drop(f"hub silent for {self._silence():g}s", "hub.link.dead")
         return self._drop("no REGISTERED in time", "hub.link.timeout")  # Timer.CONNECT
 
     def _drop(self, reason: str, event: str) -> list[Action]:
         self._lifecycle.fire(_I.TIMEOUT)
+        self._drop_held()
         return [
             Log(level=LogLevel.WARNING, event=event, fields={"reason": reason}),
             CloseHubLink(code=CloseCode.NORMAL, reason=truncate_reason(reason)),
         ]
 
     def shutdown(self) -> list[Action]:
+        self._drop_held()
         if self._lifecycle.fire(_I.SHUTDOWN) == "close":
             return [CloseHubLink(code=CloseCode.GOING_AWAY, reason="bridge shutting down")]
         return []
@@ -300,22 +387,112 @@ class HubLink:
         """The frame's text, or ``LocalUsageError`` if it would not fit the hub's frame limit."""
         text = encode(frame)
         size = len(text) if text.isascii() else len(text.encode("utf-8"))
-        if size > self._max_frame_bytes:
+        if size > self._send_limit:
             raise over_limit(
-                f"the hub frame would be {size} bytes; the limit is {self._max_frame_bytes} "
-                "(Limits.max_hub_frame_bytes)",
+                f"the hub frame would be {size} bytes; the limit is {self._send_limit} "
+                "(Limits.max_hub_frame_bytes, or the hub's maxFrameBytes)",
                 close_code=CloseCode.MESSAGE_TOO_BIG,
             )
         return text
 
+    # ------------------------------------------------------------ pacing
+
+    @property
+    def full(self) -> bool:
+        """So many frames are held that a client's command must be refused (``busy``)."""
+        return len(self._held) >= self._config.max_queued_frames
+
+    @property
+    def held(self) -> int:
+        """Frames held for the hub's rate (the resync's included)."""
+        return len(self._resync) + len(self._held)
+
     def send_text(self, text: str) -> list[Action]:
-        """The frame as an action if the link is registered, else nothing."""
-        if self._lifecycle.fire(_I.SEND) == "send":
-            return [SendHubFrame(data=text, batch=self._batch)]
-        return []
+        """The frame as an action if the link is registered and within the hub's rate;
+        held for later if over it; nothing if the link is not registered."""
+        if self._lifecycle.fire(_I.SEND) != "send":
+            return []
+        return self._hold(text, None, None)
 
     def send(self, frame: HubFrame) -> list[Action]:
-        return self.send_text(encode(frame))
+        """As :meth:`send_text`, coalesced with what is held (see the module docstring)."""
+        if self._lifecycle.fire(_I.SEND) != "send":
+            return []
+        text = encode(frame)
+        if isinstance(frame, MetadataFrame):
+            held = self._coalesce.get(frame.session_id, {}).get(_METADATA)
+            if held is not None:
+                self._held[held] = (text, frame.session_id, _METADATA)
+                return []
+            return self._hold(text, frame.session_id, _METADATA)
+        if isinstance(frame, SubscribeFrame):
+            return self._hold(text, frame.session_id, frame.channel)
+        if isinstance(frame, UnsubscribeFrame):
+            held = self._coalesce.get(frame.session_id, {}).pop(frame.channel, None)
+            if held is not None:
+                del self._held[held]  # subscribed and unsubscribed before it went
+                return []
+        elif isinstance(frame, JoinFrame | LeaveFrame):
+            self._coalesce.pop(frame.session_id, None)
+        return self._hold(text, None, None)
+
+    def resync(
+        self, session_ids: Iterable[str], frame_of: Callable[[str], HubFrame | None]
+    ) -> list[Action]:
+        """A resync of ``session_ids`` (as REGISTERED arrives): sent first, within the
+        rate, never refused. Each frame is built by ``frame_of`` when it goes, so it says
+        the session as it is then (and a session gone meanwhile is skipped): 100,000
+        sessions cost no more in this turn than the frames the rate lets out now."""
+        self._resync.extend(session_ids)
+        self._resync_frame = frame_of
+        return self._send_due()
+
+    def _hold(self, text: str, session_id: str | None, key: Hashable) -> list[Action]:
+        if not self._resync and not self._held and self._tokens >= 1:
+            self._tokens -= 1
+            return [SendHubFrame(data=text, batch=self._batch)]
+        self._seq += 1
+        self._held[self._seq] = (text, session_id, key)
+        if session_id is not None:
+            self._coalesce.setdefault(session_id, {})[key] = self._seq
+        return self._arm_pace()
+
+    def _release(self, now: float) -> list[Action]:
+        self._tokens = min(self._burst, self._tokens + (now - self._tokens_at) * self._rate)
+        self._tokens_at = now
+        return self._send_due()
+
+    def _send_due(self) -> list[Action]:
+        """What the tokens allow of what is held, in order; the timer for the rest."""
+        actions: list[Action] = []
+        resync, held, batch = self._resync, self._held, self._batch
+        while self._tokens >= 1 and (resync or held):
+            if resync:
+                frame = self._resync_frame(resync.popleft())
+                if frame is None:
+                    continue
+                text = encode(frame)
+            else:
+                seq, (text, session_id, key) = held.popitem(last=False)
+                if session_id is not None:
+                    keys = self._coalesce[session_id]
+                    if keys.get(key) == seq:
+                        del keys[key]
+            self._tokens -= 1
+            actions.append(SendHubFrame(data=text, batch=batch))
+        return actions + self._arm_pace()
+
+    def _arm_pace(self) -> list[Action]:
+        """Release what is held when the next token comes (a timer: no action)."""
+        if self._resync or self._held:
+            wait = max(_PACE_STEP, (1 - self._tokens) / self._rate)
+            self._timers.arm_unless_armed(Timer.PACE, self._tokens_at + wait)
+        return []
+
+    def _drop_held(self) -> None:
+        self._resync.clear()
+        self._held.clear()
+        self._coalesce.clear()
 
 
 _RECEIVERS: Final[dict[str, Callable[[HubLink, HubFrame | PeerError, float], LinkReceipt]]] = {
@@ -337,6 +514,8 @@ class NoHubLink:
 
     state: Final = None
     channels: Final[tuple[str, ...]] = ()
+    full: Final = False
+    held: Final = 0
 
     def _misuse(self, what: str) -> LocalUsageError:
         return LocalUsageError(f"{what}: no hub is configured (PresenceConfig.hub_link is None)")
@@ -353,7 +532,7 @@ class NoHubLink:
     def receive(self, data: str | bytes, now: float) -> LinkReceipt:
         raise self._misuse("HubFrameReceived")
 
-    def lost(self, now: float, code: int | None, reason: str) -> list[Action]:
+    def lost(self, now: float, code: int | None, reason: str, status: int | None) -> list[Action]:
         raise self._misuse("HubLost")
 
     def shutdown(self) -> list[Action]:

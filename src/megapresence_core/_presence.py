@@ -48,7 +48,7 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any, Final, final
 
-from ._channels import Channels, Parts, refused
+from ._channels import Channels, Parts, busy, refused
 from ._cluster import ClusterLink, ClusterReceipt, NoCluster
 from ._feed import PresenceFeed
 from ._hub_link import HubLink, NoHubLink
@@ -106,6 +106,7 @@ from .wire import (
     DirectFrame,
     DirectResult,
     DisconnectFrame,
+    ErrorFrame,
     HeartbeatFrame,
     HubFrame,
     JoinFrame,
@@ -310,6 +311,9 @@ class Presence:
             author = self._local.get(event.conn, what="BroadcastRequested").sender()
             if author is None:
                 return [refused(event.conn, "not_joined", "join a session to broadcast", channel)]
+        refusal = busy(self._parts, event.conn, channel)
+        if refusal is not None:
+            return [refusal]
         # Every hop's text is built (and measured) before anything happens.
         hub_text = self._hub_link.broadcast(ns, channel, message, excepted, author)
         cluster_text = self._cluster.broadcast(ns, channel, message, excepted, author)
@@ -328,6 +332,9 @@ class Presence:
             if author is None:
                 text = "join a session to send a direct message"
                 return [refused(event.conn, "not_joined", text, None)]
+        refusal = busy(self._parts, event.conn, None)
+        if refusal is not None:
+            return [refusal]
         hub_text = self._hub_link.direct(user_id, message, author)
         cluster_text = self._cluster.direct(user_id, message, author)
         actions = self._deliver_direct(user_id, message, author)
@@ -369,6 +376,9 @@ class Presence:
                     fields={"session_id": event.session_id},
                 )
             ]
+        refusal = busy(self._parts, event.conn, None)
+        if refusal is not None:
+            return [refusal]
         record.metadata = event.metadata
         self._channels.show(record, record.subscriptions)
         frame = MetadataFrame(session_id=event.session_id, metadata=event.metadata)
@@ -428,7 +438,7 @@ class Presence:
     def _on_hub_lost(self, event: HubLost) -> list[Action]:
         # What the hub told us stays (stale, not gone) until the MEMBERS of the next
         # registration replace it, channel by channel.
-        return self._hub_link.lost(event.now, event.code, event.reason)
+        return self._hub_link.lost(event.now, event.code, event.reason, event.status)
 
     def _on_hub_frame(self, event: HubFrameReceived) -> list[Action]:
         link = self._hub_link
@@ -522,6 +532,14 @@ class Presence:
     def _hub_ignored(self, frame: HubFrame) -> list[Action]:
         return []
 
+    def _hub_session_refused(self, frame: ErrorFrame) -> list[Action]:
+        """The hub refused something of one session (``sessionId``): that session's client
+        is closed with 1008 (a limit the session broke), and it leaves; the link is not
+        at fault. A session not held here any more needs nothing."""
+        assert frame.session_id is not None
+        reason = f"refused by the hub: {frame.code}"
+        return self._kick_here(frame.session_id, reason, requeue=False) or []
+
     # ------------------------------------------------------------- delivery
 
     def _deliver_broadcast(
@@ -545,11 +563,16 @@ class Presence:
         """The hub lost our presence: JOIN every local session again, with its channels.
         (Our interest travelled in REGISTER; the hub answers both with MEMBERS.)"""
         link = self._hub_link
-        actions: list[Action] = []
-        lingering = self._local.lingering
-        for record in self._local.members():
-            actions += link.send(_join_frame(record, lingering=record.session_id in lingering))
-        return actions
+        assert isinstance(link, HubLink)  # only a link registers
+        local = self._local
+        return link.resync([*local.by_session, *local.lingering], self._resync_frame)
+
+    def _resync_frame(self, session_id: str) -> JoinFrame | None:
+        """The resync JOIN of ``session_id`` as it is now; None if it has gone."""
+        record = self._local.session(session_id)
+        if record is None:
+            return None
+        return _join_frame(record, lingering=session_id in self._local.lingering)
 
     # --------------------------------------------------------------- queries
 
@@ -645,6 +668,11 @@ class Presence:
     def hub_link_state(self) -> HubLinkState | None:
         """The hub link's state; None without a hub."""
         return self._hub_link.state
+
+    @property
+    def hub_link_held(self) -> int:
+        """Frames the hub link holds for the hub's rate (0 without a hub)."""
+        return self._hub_link.held
 
     @property
     def cluster_link_state(self) -> ClusterLinkState | None:
@@ -748,5 +776,6 @@ _HUB_FRAME_HANDLERS: Final[dict[type[Any], Callable[[Presence, Any], list[Action
     DirectFrame: Presence._hub_direct,
     DisconnectFrame: Presence._hub_disconnect,
     HeartbeatFrame: Presence._hub_ignored,
+    ErrorFrame: Presence._hub_session_refused,
     **dict.fromkeys(PRESENCE_FRAMES, Presence._hub_presence),
 }

@@ -26,6 +26,7 @@ __all__ = [
     "HubAction",
     "Log",
     "LogLevel",
+    "PauseBridge",
     "RefuseBridge",
     "RequestRefused",
     "SendBridgeFrame",
@@ -228,4 +229,17 @@ class CloseBridge:
     reason: str
 
 
-HubAction: TypeAlias = AcceptBridge | RefuseBridge | SendBridgeFrame | CloseBridge | Log
+@final
+@attrs.frozen(kw_only=True)
+class PauseBridge:
+    """Read nothing more from a bridge until ``until`` (monotonic seconds): it sent over
+    the hub's frame rate, and back-pressure (TCP's) slows it instead of a refusal.
+    Frames already read were handled; a later ``PauseBridge`` for it moves ``until``."""
+
+    bridge: Hashable
+    until: float
+
+
+HubAction: TypeAlias = (
+    AcceptBridge | RefuseBridge | SendBridgeFrame | CloseBridge | PauseBridge | Log
+)

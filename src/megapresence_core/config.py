@@ -57,6 +57,10 @@ DEFAULT_MAX_HUB_FRAME_BYTES: Final = DEFAULT_MAX_MESSAGE_BYTES + 16 * 1024
 #: A users or sessions snapshot of 10,000 members with small metadata is about
 #: 1 MB: as much as a browser should parse at once. Bigger channels want counts.
 DEFAULT_MAX_MEMBERS_PER_CHANNEL: Final = 10_000
+#: The hub's frame rate per bridge (sustained, and the burst above it): a hub states
+#: its own in REGISTERED; a bridge paces by these when an older hub states none.
+DEFAULT_HUB_FRAMES_PER_SECOND: Final = 2_000.0
+DEFAULT_HUB_FRAME_BURST: Final = 4_000.0
 #: Seconds of presence changes coalesced into one diff per watcher: below what a
 #: person notices (about 100 ms), long enough that a join storm costs each
 #: watcher 20 messages a second instead of one per join.
@@ -230,6 +234,11 @@ class HubLinkConfig:
     #: Seed of the jitter RNG; None derives one from instance_id, so replays of
     #: the same configuration draw the same delays.
     jitter_seed: int | None = None
+    #: Frames held for the hub's rate (REGISTERED's ``maxFramesPerSecond`` and
+    #: ``frameBurst``) past which a client's command that would send one more is
+    #: refused with ``busy``. What the link itself sends (a resync, leaves) is held
+    #: whatever the count.
+    max_queued_frames: int = attrs.field(default=10_000, validator=_positive)
 
     def __attrs_post_init__(self) -> None:
         if self.backoff_max < self.backoff_initial:
@@ -347,10 +356,17 @@ class HubConfig:
     )
     max_metadata_bytes: int = attrs.field(default=DEFAULT_MAX_METADATA_BYTES, validator=_positive)
     #: Sustained frames per second per bridge; bursts up to ``frame_burst``.
-    max_frames_per_second: float = attrs.field(default=2_000.0, validator=_positive)
-    frame_burst: float = attrs.field(default=4_000.0, validator=_positive)
-    #: Errors (bad or over-limit frames) a bridge may cause before it is closed.
+    max_frames_per_second: float = attrs.field(
+        default=DEFAULT_HUB_FRAMES_PER_SECOND, validator=_positive
+    )
+    frame_burst: float = attrs.field(default=DEFAULT_HUB_FRAME_BURST, validator=_positive)
+    #: Strikes (malformed or unexpected frames) a bridge may hold before it is closed
+    #: with 1008. Over-rate input is slowed (back-pressure), and a refusal that
+    #: belongs to one session costs that session: neither is a strike.
     max_errors: int = attrs.field(default=3, validator=_positive)
+    #: A strike decays over this many seconds (one strike forgiven per period), so
+    #: only errors that come faster than that add up to ``max_errors``.
+    error_decay: float = attrs.field(default=10.0, validator=_positive)
     #: Channels one bridge may track without a member (REGISTER ``channels``);
     #: each is an index entry and a MEMBERS reply.
     max_interest_channels: int = attrs.field(default=1_000, validator=_positive)

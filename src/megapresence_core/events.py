@@ -227,7 +227,8 @@ class BroadcastRequested:
     The message carries its sender as ``from`` when there is one: with ``conn``
     (a client broadcast) the sender is that connection's session, and a
     connection without one is told ``not_joined``; the embedding program may
-    instead name a ``sender`` itself, or none (a server message).
+    instead name a ``sender`` itself, or none (a server message). ``conn`` is
+    also told if it is refused (``busy``: the hub link holds too much to take it).
     """
 
     ns: str = attrs.field(validator=_name)
@@ -344,11 +345,13 @@ class CommandReceived:
 @final
 @attrs.frozen(kw_only=True)
 class MetadataUpdated:
-    """Replace the metadata of a local session (kept for resync, sent to peers)."""
+    """Replace the metadata of a local session (kept for resync, sent to peers).
+    ``conn``, when a client asked, is told if it is refused (``busy``)."""
 
     session_id: str = attrs.field(validator=_name)
     metadata: JsonObject = attrs.field(hash=False, converter=_updated_metadata)
     now: float = attrs.field(validator=monotonic_seconds)
+    conn: Hashable | None = attrs.field(default=None, validator=optional_conn)
     metadata_bytes: int = attrs.field(init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
@@ -393,11 +396,14 @@ class HubFrameReceived:
 @final
 @attrs.frozen(kw_only=True)
 class HubLost:
-    """The hub transport closed or could not be opened; ``code`` is None without a close frame."""
+    """The hub transport closed or could not be opened; ``code`` is None without a close
+    frame. ``status`` is the HTTP status of a refused upgrade: 401 (a bad token) is the
+    one refusal the link does not retry; after anything else it backs off and retries."""
 
     now: float = attrs.field(validator=monotonic_seconds)
     code: int | None = attrs.field(default=None, validator=_of_type(int, optional=True))
     reason: str = attrs.field(default="", validator=_of_type(str))
+    status: int | None = attrs.field(default=None, validator=_of_type(int, optional=True))
 
 
 @final

@@ -18,10 +18,22 @@ bridge. A bridge that goes (closed, silent, replaced by a newer incarnation,
 or closed for errors) loses its sessions at once, announced by one
 BULK_LEAVE to the bridges that tracked one of their channels.
 
-A bad frame from one bridge costs that bridge only: an ERROR frame and a
-strike; ``max_errors`` strikes, or one protocol violation, close it with 1008.
-A session moves between bridges only under its own user id: a JOIN for a
-session held under another user is refused (a strike) and changes nothing.
+Flow control: REGISTERED states the hub's limits (``maxFramesPerSecond``,
+``frameBurst``, ``maxFrameBytes``) and the bridge paces what it sends within
+them. Each bridge has a token bucket; a message read over it is still handled,
+and the hub answers with ``PauseBridge``: the shim reads nothing more from that
+bridge until the debt is repaid, so TCP slows the bridge down. Over-rate input
+is never refused and never struck.
+
+A refusal costs the smallest unit that caused it. One that belongs to one
+session (over the per-session channel cap, metadata too big, the bridge at its
+session cap, a session id held under another user) is an ERROR frame naming
+the session (``sessionId``): the bridge closes that client, the link is not
+struck, and nothing changes here. A malformed or unexpected frame is a strike
+on the link; strikes decay (one per ``error_decay`` seconds), and
+``max_errors`` of them at once, or one protocol violation, close it with 1008
+(after which a bridge registers again, with backoff). A session moves between
+bridges only under its own user id.
 
 Lifecycles: each bridge follows the ``BRIDGE`` table and the hub itself the
 ``HUB`` table (accepting, then draining); their rows name what each
@@ -57,6 +69,7 @@ from .actions import (
     HubAction,
     Log,
     LogLevel,
+    PauseBridge,
     RefuseBridge,
     SendBridgeFrame,
 )
@@ -139,6 +152,8 @@ class Bridge:
         "bridge",
         "bridge_id",
         "errors",
+        "errors_at",
+        "heard_at",
         "instance_id",
         "lifecycle",
         "protocol",
@@ -153,7 +168,12 @@ class Bridge:
         self.protocol = 1
         #: Both ends named ``batch``: frames from and to it may share a message.
         self.batch = False
-        self.errors = 0
+        #: Strikes, decaying with time: as of ``errors_at``.
+        self.errors = 0.0
+        self.errors_at = now
+        #: When its message being read arrived.
+        self.heard_at = now
+        #: Frames it may send now (below 0: its debt, repaid while it is paused).
         self.allowance = burst
         self.allowance_at = now
 
@@ -310,8 +330,9 @@ class Hub:
 
     def _on_frame(self, event: BridgeFrameReceived) -> list[HubAction]:
         record = self._get(event.bridge, "BridgeFrameReceived")
+        record.heard_at = event.now
         if not record.batch:
-            return self._read(record, event.data, event.now)
+            return self._read(record, event.data, event.now) + self._pace(record, 1, event.now)
         try:
             frames = split_hub_batch(event.data, max_bytes=self._config.max_frame_bytes)
         except PeerError as exc:
@@ -321,14 +342,12 @@ class Hub:
         actions: list[HubAction] = []
         for data in frames:
             actions += self._read(record, data, event.now)
-        return actions
+        return actions + self._pace(record, len(frames), event.now)
 
     def _read(self, record: Bridge, data: str | bytes, now: float) -> list[HubAction]:
         """One frame from ``record``, as if it had arrived alone."""
         if record.lifecycle.fire(_BI.ARRIVAL) == "ignore":
             return []  # it is on its way out; nothing it says counts any more
-        if not self._within_rate(record, now):
-            return self._strike(record, "rate_limited", "over the frames-per-second limit")
         self._timers.postpone(Timer.SILENCE, now + self._silence(), record.bridge)
         try:
             frame = decode_hub_frame(data, max_bytes=self._config.max_frame_bytes)
@@ -384,25 +403,47 @@ class Hub:
         text = unbroken_frame(data if isinstance(data, str) else data.decode("utf-8"))
         return _FRAME_HANDLERS[type(frame)](self, record, frame, text)
 
-    def _within_rate(self, record: Bridge, now: float) -> bool:
+    def _pace(self, record: Bridge, frames: int, now: float) -> list[HubAction]:
+        """Charge ``frames`` to the bridge's bucket; past it, pause reading the bridge
+        until its debt is repaid (back-pressure, not a refusal)."""
+        config = self._config
+        rate = config.max_frames_per_second
         elapsed = now - record.allowance_at
-        if elapsed > 0:  # the frames of one batch share their arrival: no refill between them
-            config = self._config
-            record.allowance = min(
-                config.frame_burst, record.allowance + elapsed * config.max_frames_per_second
-            )
+        if elapsed > 0:
+            record.allowance = min(config.frame_burst, record.allowance + elapsed * rate)
             record.allowance_at = now
-        if record.allowance < 1.0:
-            return False
-        record.allowance -= 1.0
-        return True
+        record.allowance -= frames
+        if record.allowance >= 0:
+            return []
+        return [PauseBridge(bridge=record.bridge, until=now - record.allowance / rate)]
 
-    def _error_frame(self, record: Bridge, code: str, message: str) -> SendBridgeFrame:
-        text = encode(ErrorFrame(code=code, message=message[:200]))
+    def _error_frame(
+        self, record: Bridge, code: str, message: str, session_id: str | None = None
+    ) -> SendBridgeFrame:
+        text = encode(ErrorFrame(code=code, message=message[:200], session_id=session_id))
         return _send(record, text)
 
+    def _refuse_session(
+        self, record: Bridge, session_id: str, code: str, message: str
+    ) -> list[HubAction]:
+        """A refusal that belongs to one session: an ERROR naming it (its bridge closes
+        that client), no strike; nothing changed here."""
+        fields = {
+            "bridge_id": record.bridge_id,
+            "session_id": session_id,
+            "code": code,
+            "error": message,
+        }
+        return [
+            Log(level=LogLevel.WARNING, event="hub.session.refused", fields=fields),
+            self._error_frame(record, code, message, session_id),
+        ]
+
     def _strike(self, record: Bridge, code: str, message: str) -> list[HubAction]:
-        record.errors += 1
+        now = record.heard_at
+        decayed = (now - record.errors_at) / self._config.error_decay
+        record.errors = max(0.0, record.errors - decayed) + 1
+        record.errors_at = now
         actions: list[HubAction] = [
             Log(
                 level=LogLevel.WARNING,
@@ -459,6 +500,9 @@ class Hub:
             hub_id=config.hub_id,
             heartbeat_interval=config.heartbeat_interval,
             capabilities=(HUB_BATCH,) if config.batch_frames else (),
+            max_frames_per_second=config.max_frames_per_second,
+            frame_burst=config.frame_burst,
+            max_frame_bytes=config.max_frame_bytes,
         )
         # REGISTERED travels alone: the bridge learns from it that the link batches.
         actions.append(_send(record, encode(registered)))
@@ -525,19 +569,24 @@ class Hub:
         if record.protocol == 1 and _subscriber_channel(record, frame) is not None:
             return self._v1_interest(record, frame)
         if len(frame.channels) > config.max_channels_per_session:
-            return self._strike(
+            return self._refuse_session(
                 record,
+                frame.session_id,
                 "too_many_channels",
                 f"{len(frame.channels)} channels; the limit is {config.max_channels_per_session}",
             )
         if self._metadata_too_big(frame.metadata):
-            return self._strike(
-                record, "metadata_too_big", f"metadata over {config.max_metadata_bytes} bytes"
+            return self._refuse_session(
+                record,
+                frame.session_id,
+                "metadata_too_big",
+                f"metadata over {config.max_metadata_bytes} bytes",
             )
         held = sessions.sessions.get(frame.session_id)
         if held is not None and held.user_id != frame.user_id:
-            return self._strike(
+            return self._refuse_session(
                 record,
+                frame.session_id,
                 "session_taken",
                 f"session {frame.session_id[:40]!r} is held by another user",
             )
@@ -548,8 +597,9 @@ class Hub:
         if self._owned(record, frame.session_id) is None and (
             sessions.session_count(record.bridge) >= config.max_sessions_per_bridge
         ):
-            return self._strike(
+            return self._refuse_session(
                 record,
+                frame.session_id,
                 "too_many_sessions",
                 f"the limit is {config.max_sessions_per_bridge} per bridge",
             )
@@ -597,8 +647,11 @@ class Hub:
         if session is None:
             return []
         if self._metadata_too_big(frame.metadata):
-            return self._strike(
-                record, "metadata_too_big", f"metadata over {self._config.max_metadata_bytes} bytes"
+            return self._refuse_session(
+                record,
+                frame.session_id,
+                "metadata_too_big",
+                f"metadata over {self._config.max_metadata_bytes} bytes",
             )
         session.metadata = frame.metadata
         return self._route(self._sessions.bridges_in(session.channels, besides=record.bridge), text)
@@ -609,12 +662,17 @@ class Hub:
         if session is None or channel in session.channels:
             return []
         if session.user_id != frame.user_id:
-            return self._strike(
-                record, "session_taken", f"session {frame.session_id[:40]!r} is another user's"
+            return self._refuse_session(
+                record,
+                frame.session_id,
+                "session_taken",
+                f"session {frame.session_id[:40]!r} is another user's",
             )
         limit = self._config.max_channels_per_session
         if len(session.channels) >= limit:
-            return self._strike(record, "too_many_channels", f"the limit is {limit} per session")
+            return self._refuse_session(
+                record, frame.session_id, "too_many_channels", f"the limit is {limit} per session"
+            )
         gained = not sessions.tracks(record.bridge, channel)
         sessions.subscribe(session, channel)
         actions = self._route(sessions.bridges_in((channel,), besides=record.bridge), text, v2=True)
@@ -637,8 +695,11 @@ class Hub:
         if session is None:
             return []  # not this bridge's session (or it just moved): not its to sign
         if session.user_id != author.user_id:
-            return self._strike(
-                record, "session_taken", f"session {author.session_id[:40]!r} is another user's"
+            return self._refuse_session(
+                record,
+                author.session_id,
+                "session_taken",
+                f"session {author.session_id[:40]!r} is another user's",
             )
         return None
 

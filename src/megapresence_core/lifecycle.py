@@ -93,6 +93,7 @@ class Timer(_Enum):
     SILENCE = "silence"  #: a link that heard nothing for too long is dead
     HEARTBEAT = "heartbeat"  #: time to tell the other end we are alive
     RETRY = "retry"  #: the hub link's backoff delay is over
+    PACE = "pace"  #: the hub link may send more of what it holds (its frame rate)
     REGISTER = "register"  #: the hub: a bridge must REGISTER this soon
     INSTANCE_TTL = "instance_ttl"  #: a silent instance of the cluster is swept
     CLUSTER_HEARTBEAT = "cluster_heartbeat"
@@ -457,9 +458,10 @@ class HubLinkState(_Enum):
     REGISTERING = "registering"  #: REGISTER sent, waiting for REGISTERED
     REGISTERED = "registered"  #: the only state in which presence reaches the hub
     CLOSING = "closing"  #: we dropped the link (timeout, dead hub); will reconnect
-    BACKING_OFF = "backing_off"  #: waiting for the reconnect delay
+    BACKING_OFF = "backing_off"  #: waiting for the reconnect delay (after any close or failure)
     DRAINING = "draining"  #: we are shutting down; the link will not come back
-    CLOSED = "closed"  #: stopped for good (shutdown, or refused with 1008)
+    REFUSED = "refused"  #: the hub refused our token (HTTP 401 at the upgrade): for good
+    CLOSED = "closed"  #: stopped for good (shutdown)
 
 
 class HubLinkInput(_Enum):
@@ -472,8 +474,8 @@ class HubLinkInput(_Enum):
     INVALID = "invalid"  #: bytes that are not a valid frame
     SEND = "send"  #: a frame of ours, to send if the link carries presence
     TIMEOUT = "timeout"  #: connect/register too slow, or the hub fell silent
-    LOST = "lost"  #: the transport closed; reconnect
-    REFUSED = "refused"  #: the transport closed with 1008: do not reconnect
+    LOST = "lost"  #: the transport closed (any close code) or failed; reconnect
+    REFUSED = "refused"  #: the upgrade was refused with 401 (a bad token): do not reconnect
     RETRY_DUE = "retry_due"
     SHUTDOWN = "shutdown"
 
@@ -491,7 +493,7 @@ def _link_rows() -> dict[
         (_L.CONNECTING, _LI.CONNECTED): (_L.REGISTERING, "register"),
         (_L.CONNECTING, _LI.TIMEOUT): _L.CLOSING,
         (_L.CONNECTING, _LI.LOST): (_L.BACKING_OFF, "retry"),
-        (_L.CONNECTING, _LI.REFUSED): (_L.CLOSED, "refused"),
+        (_L.CONNECTING, _LI.REFUSED): (_L.REFUSED, "refused"),
         (_L.CONNECTING, _LI.SHUTDOWN): (_L.DRAINING, "close"),
         (_L.REGISTERING, _LI.REGISTERED): (_L.REGISTERED, "registered"),
         (_L.REGISTERING, _LI.ERROR): (_L.REGISTERING, "hub_error"),
@@ -500,7 +502,6 @@ def _link_rows() -> dict[
         (_L.REGISTERING, _LI.INVALID): (_L.REGISTERING, "invalid"),
         (_L.REGISTERING, _LI.TIMEOUT): _L.CLOSING,
         (_L.REGISTERING, _LI.LOST): (_L.BACKING_OFF, "retry"),
-        (_L.REGISTERING, _LI.REFUSED): (_L.CLOSED, "refused"),
         (_L.REGISTERING, _LI.SHUTDOWN): (_L.DRAINING, "close"),
         (_L.REGISTERED, _LI.REGISTERED): (_L.REGISTERED, "unexpected"),
         (_L.REGISTERED, _LI.ERROR): (_L.REGISTERED, "hub_error"),
@@ -510,23 +511,21 @@ def _link_rows() -> dict[
         (_L.REGISTERED, _LI.SEND): (_L.REGISTERED, "send"),
         (_L.REGISTERED, _LI.TIMEOUT): _L.CLOSING,
         (_L.REGISTERED, _LI.LOST): (_L.BACKING_OFF, "retry"),
-        (_L.REGISTERED, _LI.REFUSED): (_L.CLOSED, "refused"),
         (_L.REGISTERED, _LI.SHUTDOWN): (_L.DRAINING, "close"),
         (_L.CLOSING, _LI.LOST): (_L.BACKING_OFF, "retry"),
-        (_L.CLOSING, _LI.REFUSED): (_L.BACKING_OFF, "retry"),  # we closed it; 1008 is our echo
         (_L.CLOSING, _LI.SHUTDOWN): _L.DRAINING,
         (_L.BACKING_OFF, _LI.RETRY_DUE): (_L.CONNECTING, "connect"),
         (_L.BACKING_OFF, _LI.SHUTDOWN): _L.CLOSED,
         (_L.DRAINING, _LI.LOST): (_L.CLOSED, "closed"),
         (_L.DRAINING, _LI.REFUSED): (_L.CLOSED, "closed"),
-        (_L.CLOSED, _LI.SHUTDOWN): _L.CLOSED,
+        (_L.REFUSED, _LI.SHUTDOWN): _L.CLOSED,
     }
     # A link being torn down ignores what still arrives: late frames mean nothing.
     for state in (_L.CLOSING, _L.DRAINING):
         rows.update({(state, frame): (state, "ignore") for frame in _FRAMES})
     # Presence reaches the hub only while registered; elsewhere a send is dropped.
-    # (A draining link sends nothing: after shutdown nothing is sent at all.)
-    for state in set(_L) - {_L.DRAINING}:
+    # (A draining or closed link sends nothing: after shutdown nothing is sent at all.)
+    for state in set(_L) - {_L.DRAINING, _L.CLOSED}:
         rows.setdefault((state, _LI.SEND), state)
     return rows
 
@@ -539,7 +538,7 @@ HUB_LINK: Final = Lifecycle(
     timers={
         _L.CONNECTING: frozenset({Timer.CONNECT}),
         _L.REGISTERING: frozenset({Timer.CONNECT}),
-        _L.REGISTERED: frozenset({Timer.SILENCE, Timer.HEARTBEAT}),
+        _L.REGISTERED: frozenset({Timer.SILENCE, Timer.HEARTBEAT, Timer.PACE}),
         _L.BACKING_OFF: frozenset({Timer.RETRY}),
     },
 )

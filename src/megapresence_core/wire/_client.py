@@ -409,7 +409,7 @@ def command_event(
         return DirectRequested(user_id=command.user_id, message=_message(command), conn=conn)
     if isinstance(command, MetadataCommand):
         assert session_id is not None
-        return MetadataUpdated(session_id=session_id, metadata=command.metadata, now=now)
+        return MetadataUpdated(session_id=session_id, metadata=command.metadata, now=now, conn=conn)
     if isinstance(command, KickCommand):
         if not is_admin:
             return CommandRefused(code="forbidden", message="only admins may kick")

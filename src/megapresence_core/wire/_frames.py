@@ -137,6 +137,12 @@ class RegisteredFrame:
     heartbeat_interval: float
     #: What the hub can do beyond its protocol (``batch``); old bridges ignore it.
     capabilities: tuple[str, ...] = ()
+    #: The hub's limits, for the bridge to pace what it sends (frames per second
+    #: sustained, the burst above it, bytes per frame). Optional: an older hub says
+    #: none, and an older bridge ignores them.
+    max_frames_per_second: float | None = None
+    frame_burst: float | None = None
+    max_frame_bytes: int | None = None
 
 
 @final
@@ -251,6 +257,9 @@ class HeartbeatFrame:
 class ErrorFrame:
     code: str
     message: str = ""
+    #: The session the refusal belongs to: it costs that session only (the bridge
+    #: closes its client), never the link.
+    session_id: str | None = None
 
 
 HubFrame: TypeAlias = (
@@ -277,7 +286,7 @@ MIN_HEARTBEAT_INTERVAL: Final = 0.05
 MAX_HEARTBEAT_INTERVAL: Final = 3600.0
 
 
-def _protocol(value: Any) -> int:
+def _positive_count(value: Any) -> int:
     if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
         return value
     raise ValueError("must be a positive integer")
@@ -293,6 +302,12 @@ def _interval(value: Any) -> float:
     raise ValueError(
         f"must be a number of seconds from {MIN_HEARTBEAT_INTERVAL:g} to {MAX_HEARTBEAT_INTERVAL:g}"
     )
+
+
+def _positive(value: Any) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool) and 0 < value < 1e12:
+        return float(value)
+    raise ValueError("must be a positive number")
 
 
 def _member(value: Any) -> Member:
@@ -340,7 +355,7 @@ register(
     Field("bridgeId", "bridge_id", check_name),
     Field("instanceId", "instance_id", check_name),
     Field("capabilities", "capabilities", check_names, ()),
-    Field("protocol", "protocol", _protocol),
+    Field("protocol", "protocol", _positive_count),
     _CHANNELS,
 )
 register(
@@ -350,6 +365,9 @@ register(
     Field("hubId", "hub_id", check_name),
     Field("heartbeatInterval", "heartbeat_interval", _interval),
     Field("capabilities", "capabilities", check_names, ()),
+    Field("maxFramesPerSecond", "max_frames_per_second", _positive, None),
+    Field("frameBurst", "frame_burst", _positive, None),
+    Field("maxFrameBytes", "max_frame_bytes", _positive_count, None),
 )
 register(
     _H,
@@ -389,6 +407,7 @@ register(
     ErrorFrame,
     Field("code", "code", check_name),
     Field("message", "message", check_text, ""),
+    Field("sessionId", "session_id", check_name, None),
 )
 register(
     _H,

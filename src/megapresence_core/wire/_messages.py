@@ -93,6 +93,7 @@ CLIENT_ERROR_CODES: Final[dict[str, str]] = {
     "channel_full": "the channel is at its member cap: try later, or watch counts elsewhere",
     "too_many_channels": "the session is at its channel cap: unsubscribe from one first",
     "rate_limited": "too many commands at once on this connection: slow down, then retry",
+    "busy": "the link to the other servers holds too much to take this: retry later",
 }
 
 #: What a client should accept: the largest snapshot a member cap allows, and more.

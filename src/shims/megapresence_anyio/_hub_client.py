@@ -2,8 +2,9 @@
 
 ``ConnectHub`` starts one attempt; whatever happens to it, exactly one
 ``HubLost`` follows (after a ``HubConnected`` if the upgrade succeeded), so the
-core's link state can never disagree with the socket. A refused upgrade
-(HTTP 401/403) is reported as close code 1008: the core then stops retrying.
+core's link state can never disagree with the socket. A refused upgrade is
+reported with its HTTP status (``HubLost.status``): the core stops retrying
+after 401 (a bad token) only, and backs off and retries after anything else.
 Anything else that goes wrong (an address that answers garbage or a bad 101,
 a hook or a bug raising) is one lost link: the core logs it and retries with
 backoff, and the process goes on.
@@ -222,6 +223,7 @@ class HubClient:
         """One attempt, behind the link's fault boundary: whatever it raises is one
         ``HubLost`` (and a retry, as the core decides), never the process."""
         code: int | None = None
+        status: int | None = None
         reason = "connection attempt abandoned"
         with anyio.CancelScope() as self._attempt:
             try:
@@ -230,7 +232,7 @@ class HubClient:
                 reason = f"connect failed: {exc}"
             else:
                 try:
-                    code, reason = await self._handshake_and_run(transport)
+                    code, reason, status = await self._handshake_and_run(transport)
                 except HandshakeError as exc:
                     reason = str(exc)
                 except Exception as exc:  # a bug: say so loudly, then retry as for a bad peer
@@ -254,7 +256,9 @@ class HubClient:
         self._session = self._batch = None
         with anyio.CancelScope(shield=True):
             try:
-                self._dispatch(HubLost(now=anyio.current_time(), code=code, reason=reason))
+                self._dispatch(
+                    HubLost(now=anyio.current_time(), code=code, reason=reason, status=status)
+                )
             except Exception as exc:
                 self.faulted = True
                 logger.error(
@@ -265,7 +269,8 @@ class HubClient:
                     exc_info=exc,
                 )
 
-    async def _handshake_and_run(self, transport: Transport) -> tuple[int | None, str]:
+    async def _handshake_and_run(self, transport: Transport) -> tuple[int | None, str, int | None]:
+        """The link's close code and reason, and the HTTP status of a refused upgrade."""
         reader = UpgradeReader(self._host, self._port, self._path, self._token)
         transport.write(reader.request)
         answer: Connection | int | None = None
@@ -273,11 +278,10 @@ class HubClient:
             while answer is None:
                 answer = reader.feed(await transport.receive())
         if answer is None:
-            return None, "hub upgrade timed out"
+            return None, "hub upgrade timed out", None
         if isinstance(answer, int):
-            code = CloseCode.POLICY if answer in (401, 403) else None
-            return code, f"hub refused the upgrade: HTTP {answer}"
-        return await self._run_session(transport, answer)
+            return None, f"hub refused the upgrade: HTTP {answer}", answer
+        return (*await self._run_session(transport, answer), None)
 
     async def _run_session(self, transport: Transport, ws: Connection) -> tuple[int | None, str]:
         session = WebSocketSession(transport, ws, self._limits, anyio.current_time())

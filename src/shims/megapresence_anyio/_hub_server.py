@@ -2,8 +2,11 @@
 
 It accepts bridges on any path of its port. The upgrade's Authorization header
 goes to the core before anything else; a refusal is an HTTP response (401)
-and leaves no state behind. On shutdown the core drains every bridge with
-4503 and the server waits (bounded) for them to go. Like ``PresenceServer``, it
+and leaves no state behind. A bridge over the hub's frame rate is slowed, not
+refused: the core says until when (``PauseBridge``) and the bridge's read loop
+waits that long before it reads on, so TCP holds the bridge back. On shutdown
+the core drains every bridge with 4503 and the server waits (bounded) for them
+to go. Like ``PresenceServer``, it
 answers ``/metrics``, ``/healthz`` and ``/readyz`` (``_ops.py``), can listen with
 TLS, and runs its background tasks behind a boundary each.
 """
@@ -13,7 +16,7 @@ from __future__ import annotations
 import json
 import socket
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, final
 
 import anyio
@@ -21,7 +24,13 @@ import anyio.abc
 import attrs
 
 from megapresence_core import Hub, HubConfig, Log, ShutdownRequested, Tick
-from megapresence_core.actions import AcceptBridge, CloseBridge, RefuseBridge, SendBridgeFrame
+from megapresence_core.actions import (
+    AcceptBridge,
+    CloseBridge,
+    PauseBridge,
+    RefuseBridge,
+    SendBridgeFrame,
+)
 from megapresence_core.events import BridgeClosed, BridgeConnecting, BridgeFrameReceived, HubEvent
 
 from ._config import DEFAULT_HUB_LIMITS, SocketLimits
@@ -39,7 +48,7 @@ from ._ops import (
     respond_with,
 )
 from ._session import WebSocketSession, text_frame, utf8_len
-from ._stats import Metric, Stats, gauge, held_bytes
+from ._stats import Metric, Stats, counter, gauge, held_bytes
 from ._ticker import Ticker
 from ._tls import TlsServerStream
 from ._transport import SocketTransport, Spawn, StreamTransport, Transport
@@ -51,9 +60,11 @@ __all__ = ["HubServer"]
 class _BridgeSocket:
     """One bridge connection: the core's id for it, and what the shim needs to answer."""
 
-    __slots__ = ("batch", "session", "verdict")
+    __slots__ = ("batch", "paused_until", "session", "verdict")
 
     def __init__(self) -> None:
+        #: The core's ``PauseBridge``: nothing more is read from it before this time.
+        self.paused_until = 0.0
         #: Set at the upgrade, in the same step as the core's AcceptBridge.
         self.session: WebSocketSession | None = None
         #: Frames marked ``batch`` for this bridge in this turn (set with the session).
@@ -67,6 +78,14 @@ class _BridgeSocket:
     def _send_batch(self, text: str) -> None:
         assert self.session is not None
         self.session.send_frame(text_frame(text.encode("utf-8")), anyio.current_time())
+
+    async def _wait(self, delay: float) -> None:
+        await anyio.sleep(delay)
+
+    def pause(self) -> Awaitable[None] | None:
+        """What the read loop awaits before it reads on: the core's pause, if any."""
+        delay = self.paused_until - anyio.current_time()
+        return self._wait(delay) if delay > 0 else None
 
 
 @final
@@ -106,9 +125,12 @@ class HubServer:
             RefuseBridge: self._verdict,
             SendBridgeFrame: self._send,
             CloseBridge: self._close,
+            PauseBridge: self._pause,
             Log: log_action,
         }
         self._draining = False
+        #: ``PauseBridge`` actions performed: how often a bridge was slowed down.
+        self._pauses = 0
         self.port: int | None = None
 
     @property
@@ -210,16 +232,17 @@ class HubServer:
             else:
                 bridge = await self._handshake(guard)
                 if bridge is not None and bridge.session is not None:
-                    await bridge.session.run(
-                        lambda text: self.dispatch(
-                            BridgeFrameReceived(bridge=bridge, data=text, now=anyio.current_time())
-                        )
-                    )
+                    await bridge.session.run(lambda text: self._received(bridge, text))
                     guard.ended()
         except Exception as exc:
             guard.fault(exc)
         finally:
             await self._admission.finish(guard, lambda: self._closed(guard))
+
+    def _received(self, bridge: _BridgeSocket, text: str) -> Awaitable[None] | None:
+        """A message from ``bridge``; the read loop then waits out any pause it caused."""
+        self.dispatch(BridgeFrameReceived(bridge=bridge, data=text, now=anyio.current_time()))
+        return bridge.pause()
 
     async def _closed(self, guard: Guard[Transport]) -> None:
         bridge = guard.conn
@@ -310,6 +333,11 @@ class HubServer:
                 bridge.batch.flush()  # what this turn held for it goes first
                 bridge.session.send_frame(frame, now)
 
+    def _pause(self, action: PauseBridge) -> None:
+        bridge: _BridgeSocket = action.bridge  # type: ignore[assignment]
+        bridge.paused_until = action.until
+        self._pauses += 1
+
     def _close(self, action: CloseBridge) -> None:
         bridge: _BridgeSocket = action.bridge  # type: ignore[assignment]
         if bridge.session is not None and bridge.batch is not None:
@@ -341,6 +369,11 @@ class HubServer:
                 len(self._hub.registered_bridges()),
             ),
             gauge("megapresence_hub_sessions", "Sessions the hub holds.", len(self._hub.members())),
+            counter(
+                "megapresence_hub_bridge_pauses",
+                "Times a bridge over the frame rate was paused (read no more for a while).",
+                self._pauses,
+            ),
         ]
         return metrics
 

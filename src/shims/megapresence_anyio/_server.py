@@ -1104,6 +1104,11 @@ class PresenceServer:
                     "Connection attempts to the hub (the first, then every reconnect).",
                     self._hub_attempts,
                 ),
+                gauge(
+                    "megapresence_hub_link_held_frames",
+                    "Frames the hub link holds to stay within the hub's frame rate.",
+                    presence.hub_link_held,
+                ),
             ]
         for name, backend, states in (
             ("cluster", self._cluster, [s.value for s in ClusterLinkState]),
