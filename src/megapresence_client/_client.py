@@ -527,6 +527,7 @@ class PresenceClient:
         self.backoff.reset()
         self._opened.set()
         self._emit(Connected(url, self.connections))
+        self._touch()
         try:
             await self._resend_state()
             while (text := await connection.receive()) is not None:

@@ -113,6 +113,8 @@ class Stream:
     since: bool = False
     #: False after a reconnect until a ``subscribed`` answered (the position is then stale).
     live: bool = False
+    #: The stream's end when ``subscribed`` answered: recovered messages up to it follow.
+    end: int = 0
     held: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     def expect(self, since: bool) -> None:
@@ -136,7 +138,7 @@ class Stream:
         if not keep or self.position is None or self.position.epoch != epoch:
             # Start from the stream's end: what was before it is not coming.
             self.position = Position(offset, epoch)
-        self.live = True
+        self.live, self.end = True, offset
         return self._release()
 
     def receive(self, message: dict[str, Any]) -> list[dict[str, Any]]:
@@ -156,7 +158,13 @@ class Stream:
 
     def gap(self) -> bool:
         """Whether messages are held behind a hole (re-subscribe with ``since``)."""
-        return self.live and not self.waiting and bool(self.held)
+        return (
+            self.live
+            and not self.waiting
+            and bool(self.held)
+            and self.position is not None
+            and self.position.offset >= self.end
+        )
 
     def _release(self) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
