@@ -222,6 +222,9 @@ class PresenceClient:
         self._changed = anyio.Event()
         self.subscriptions: dict[str, Subscription] = {}
         self._metadata: dict[str, Any] | None = None
+        self._left: set[str] = set()
+        #: The session id the server said this connection holds (a ``welcome``), if it did.
+        self.session_id: str | None = None
         self._connection: Connection | None = None
         self._directs: deque[_Waiter] = deque()
         self._rosters: deque[_Waiter] = deque()
@@ -229,6 +232,8 @@ class PresenceClient:
         self._closing = False
         self._finished = anyio.Event()
         self._opened = anyio.Event()
+        self._run_scope: anyio.CancelScope | None = None
+        self._last: tuple[int | None, str, int | None] = (None, "", None)
         #: The URL of the current (or last) connection.
         self.url: str | None = None
         #: How many times a connection opened.
@@ -242,6 +247,7 @@ class PresenceClient:
 
     async def __aenter__(self) -> PresenceClient:
         self._task_group = anyio.create_task_group()
+        self._run_scope = anyio.CancelScope()
         await self._task_group.__aenter__()
         self._task_group.start_soon(self._run)
         if self._wait_open:
@@ -259,7 +265,10 @@ class PresenceClient:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> bool | None:
-        await self.close()
+        # Shielded: a cancelled caller still closes (within the close timeout), and the
+        # task group is always exited, whatever happened in the block.
+        with anyio.CancelScope(shield=True):
+            await self.close()
         assert self._task_group is not None
         return await self._task_group.__aexit__(exc_type, exc, tb)
 
@@ -287,10 +296,11 @@ class PresenceClient:
         with anyio.move_on_after(timeout):
             await self._finished.wait()
         if not self._finished.is_set():
-            assert self._task_group is not None
-            self._task_group.cancel_scope.cancel()
+            assert self._run_scope is not None
+            self._run_scope.cancel()  # the loop only: the caller runs in the task group too
             if connection is not None:
                 await connection.abort()
+            await self._finished.wait()
 
     async def drop(self) -> None:
         """Cut the connection without a close frame (as a network blip would): it reconnects."""
@@ -362,6 +372,7 @@ class PresenceClient:
         if previous is not None:
             subscription.stream = previous.stream
         self.subscriptions[channel] = subscription
+        self._left.discard(channel)
         if self._connection is not None and self.detached is None:
             self._send_soon(subscription._command())
         return subscription
@@ -369,8 +380,11 @@ class PresenceClient:
     async def unsubscribe(self, channel: str) -> None:
         """Leave ``channel`` (and stop subscribing to it after reconnects)."""
         self.subscriptions.pop(channel, None)
-        if self._connection is not None:
-            await self._send({"op": "unsubscribe", "channel": channel})
+        if self._connection is None:
+            # A session restored within the grace keeps its channels: leave it on reconnect.
+            self._left.add(channel)
+            return
+        await self._send({"op": "unsubscribe", "channel": channel})
 
     async def publish(
         self, channel: str, type: str, payload: Any = None, *, exclude_self: bool = False
@@ -485,25 +499,29 @@ class PresenceClient:
         return random.choice(list(urls))
 
     async def _run(self) -> None:
-        code: int | None = None
-        reason, status = "", None
+        assert self._run_scope is not None
         try:
-            while not self._closing:
-                plan, code, reason, status = await self._attempt()
-                if self._closing or not self._reconnect or plan == "stop":
-                    break
-                if self.detached is not None:
-                    reason = "the session was taken by another connection"
-                    break
-                delay = self.backoff.delay(plan)
-                self._emit(Disconnected(code, reason, delay, status))
-                self._touch()
-                await self._sleep(delay)
+            with self._run_scope:
+                await self._loop()
         finally:
-            self.closed = Closed(code, reason, status)
+            self.closed = Closed(*self._last)
             self._emit(self.closed)
             self._finished.set()
             self._touch()
+
+    async def _loop(self) -> None:
+        while not self._closing:
+            plan, code, reason, status = await self._attempt()
+            self._last = (code, reason, status)
+            if self._closing or not self._reconnect or plan == "stop":
+                return
+            if self.detached is not None:
+                self._last = (code, "the session was taken by another connection", status)
+                return
+            delay = self.backoff.delay(plan)
+            self._emit(Disconnected(code, reason, delay, status))
+            self._touch()
+            await self._sleep(delay)
 
     async def _attempt(self) -> tuple[Plan, int | None, str, int | None]:
         url = self.url = self._pick_url()
@@ -546,6 +564,9 @@ class PresenceClient:
             return
         if self._metadata is not None:
             await self._send({"op": "metadata", "metadata": self._metadata})
+        for channel in sorted(self._left):
+            await self._send({"op": "unsubscribe", "channel": channel})
+        self._left.clear()
         for subscription in list(self.subscriptions.values()):
             await self._send(subscription._command())
 
@@ -706,6 +727,11 @@ class PresenceClient:
             del self.subscriptions[subscription.channel]
             subscription._answered.set()
 
+    def _on_welcome(self, message: dict[str, Any]) -> None:
+        payload = message.get("payload")
+        if isinstance(payload, dict) and isinstance(payload.get("sessionId"), str):
+            self.session_id = payload["sessionId"]
+
     def _on_detached(self, message: dict[str, Any]) -> None:
         session, reason = message.get("sessionId"), message.get("reason")
         self.detached = SessionDetached(
@@ -728,6 +754,7 @@ _HANDLERS: Final[dict[str, Callable[[PresenceClient, dict[str, Any]], None]]] = 
     "roster": PresenceClient._on_roster,
     "error": PresenceClient._on_error,
     "session.detached": PresenceClient._on_detached,
+    "welcome": PresenceClient._on_welcome,
 }
 
 
