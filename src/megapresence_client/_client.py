@@ -552,10 +552,12 @@ class PresenceClient:
                 self._handle(text)
                 self._touch()
         except ConnectionError:
-            await connection.abort()
+            pass  # the connection dropped under a send: reconnect
         finally:
             self._connection = None
             self._lost()
+            with anyio.CancelScope(shield=True):
+                await connection.abort()
         code = connection.close_code
         return plan_for_close(code), code, connection.close_reason, None
 

@@ -21,6 +21,7 @@ from wsproto.events import (
     Request,
     TextMessage,
 )
+from wsproto.utilities import RemoteProtocolError
 
 #: What the client accepts in one message (a snapshot of a channel at its member cap fits).
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -110,7 +111,12 @@ class Connection:
         status, body = 0, b""
         while True:
             data = await self._read()
-            self._ws.receive_data(data)
+            if data == b"":
+                raise OSError("the server closed the connection during the upgrade")
+            try:
+                self._ws.receive_data(data)
+            except RemoteProtocolError as exc:
+                raise OSError(f"not a WebSocket upgrade answer: {exc}") from None
             for event in self._ws.events():
                 if isinstance(event, AcceptConnection):
                     # Anything after the 101 in the same read is WebSocket data.
@@ -124,8 +130,6 @@ class Connection:
                     body += event.data
                     if event.body_finished:
                         raise HandshakeRefusedError(status, body)
-            if data == b"":
-                raise OSError("the server closed the connection during the upgrade")
 
     async def _read(self) -> bytes:
         try:
