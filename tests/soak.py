@@ -53,7 +53,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,6 +73,10 @@ DEMO_METADATA = {"status": "online", "admin": False}
 
 
 # ------------------------------------------------------------------ processes
+
+
+class StartError(Exception):
+    """A process did not listen on its port (another program took it, or it failed)."""
 
 
 @dataclass
@@ -96,7 +100,16 @@ class Proc:
                 self.argv, stdout=log, stderr=subprocess.STDOUT, env=env
             )
         self.starts += 1
-        wait_for_port(self.port, timeout=30)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                wait_for_port(self.port, timeout=0.5)
+                return
+            except OSError:
+                if self.process.poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    tail = self.log.read_text(errors="replace").strip().splitlines()[-1:]
+                    raise StartError(f"{self.name} did not start on {self.port}: {tail}") from None
 
     def stop(self, sig: int = signal.SIGKILL) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -200,11 +213,17 @@ class Actor:
     index: int
     deployment: Deployment
     user: str
-    session: str
     rng: random.Random
+    generation: int = 0
     client: PresenceClient | None = None
     sent: int = 0
     stats: Counter[str] = field(default_factory=Counter)
+    #: What it did lately (for the report of a session that diverged).
+    history: deque[str] = field(default_factory=lambda: deque(maxlen=40))
+
+    @property
+    def session(self) -> str:
+        return f"s{self.index}.{self.generation}"
 
     def truth(self) -> dict[str, Any] | None:
         """What every watcher should see of this session: channels and metadata
@@ -242,27 +261,57 @@ class Soak:
         self.rng = random.Random(args.seed)
         self.log_dir = log_dir
         self.deployments = deployments(log_dir, args.grace)
-        self.procs = [p for d in self.deployments for p in d.procs()]
         self.actors = [
             Actor(
                 i,
                 self.deployments[i % 2],
                 user=f"u{i // 3}",
-                session=f"s{i}",
                 rng=random.Random(self.rng.random()),
             )
             for i in range(args.clients)
         ]
-        self.watchers = [Watcher(s, d) for d in self.deployments for s in d.servers]
+        self.watchers: list[Watcher] = []
         self.churning = True
         self.chaos_log: list[str] = []
         self.started = time.monotonic()
 
     # -------------------------------------------------------------- run
 
+    @property
+    def procs(self) -> list[Proc]:
+        return [p for d in self.deployments for p in d.procs()]
+
+    async def start(self) -> None:
+        """Start every process; a free port taken meanwhile by another program means
+        new ports for everything (they are in each other's command lines)."""
+        for attempt in range(3):
+            try:
+                for proc in self.procs:
+                    await anyio.to_thread.run_sync(proc.start)
+                break
+            except StartError:
+                for proc in self.procs:
+                    proc.stop()
+                if attempt == 2:
+                    raise
+                self.deployments = deployments(self.log_dir, self.args.grace)
+        for actor in self.actors:
+            actor.deployment = self.deployments[actor.index % 2]
+        self.watchers = [Watcher(s, d) for d in self.deployments for s in d.servers]
+
+    async def restart(self, proc: Proc) -> None:
+        """Start ``proc`` again on its port (retrying while another program holds it)."""
+        for _ in range(10):
+            try:
+                await anyio.to_thread.run_sync(proc.start)
+                return
+            except StartError as exc:
+                self.chaos_log.append(f"{time.monotonic() - self.started:.1f}s {exc}")
+                await anyio.sleep(1.0)
+        raise StartError(f"{proc.name} could not start again on {proc.port}")
+
     async def run(self) -> dict[str, Any]:
-        for proc in self.procs:
-            await anyio.to_thread.run_sync(proc.start)
+        await self.start()
         # Let the servers link up before the clients come.
         await anyio.sleep(1.0)
         try:
@@ -283,10 +332,13 @@ class Soak:
 
     async def chaos(self) -> None:
         rng = self.rng
+        order: list[Proc] = []
         while True:
             await anyio.sleep(rng.uniform(self.args.chaos_min, self.args.chaos_max))
             await self.revive()
-            victim = rng.choice(self.procs)
+            if not order:  # every process in turn, in a new random order each round
+                order = rng.sample(self.procs, len(self.procs))
+            victim = order.pop()
             how = rng.choice(("kill", "kill", "term"))
             self.chaos_log.append(f"{time.monotonic() - self.started:.1f}s {how} {victim.name}")
             victim.kills += 1
@@ -294,7 +346,7 @@ class Soak:
                 victim.stop, signal.SIGKILL if how == "kill" else signal.SIGTERM
             )
             await anyio.sleep(rng.uniform(0.2, 2.0))
-            await anyio.to_thread.run_sync(victim.start)
+            await self.restart(victim)
 
     async def revive(self) -> None:
         """Start again any process that died on its own (counted as a crash)."""
@@ -302,7 +354,7 @@ class Soak:
             if not proc.alive():
                 proc.crashes += 1
                 self.chaos_log.append(f"{time.monotonic() - self.started:.1f}s CRASH {proc.name}")
-                await anyio.to_thread.run_sync(proc.start)
+                await self.restart(proc)
 
     def backoff(self, rng: random.Random) -> Backoff:
         return Backoff(first=0.5, first_back_off=2.0, cap=4.0, random=rng.random)
@@ -344,7 +396,11 @@ class Soak:
                 if not self.churning:
                     await anyio.sleep_forever()  # stay as it is for the checker
                 actor.stats["leaves"] += 1
+                actor.history.append(f"{time.monotonic() - self.started:.1f}s leaves")
             actor.client = None
+            # Come back as a new session: one that came back within the grace would be
+            # restored with the channels it had, which its new client does not know of.
+            actor.generation += 1
             await anyio.sleep(rng.uniform(0, 1.5))
 
     async def step(self, actor: Actor, client: PresenceClient, rng: random.Random) -> None:
@@ -353,13 +409,19 @@ class Soak:
             weights=(3, 2, 4, 2, 1),
         )[0]
         actor.stats[action] += 1
+        note = f"{time.monotonic() - self.started:.1f}s {actor.session} {action}"
+        up = client.url if client.connected else "down"
         try:
             if action == "subscribe":
-                client.subscribe(rng.choice(CHANNELS), rng.choice(MODES), recover=True)
+                channel, mode = rng.choice(CHANNELS), rng.choice(MODES)
+                note += f" {channel} {mode}"
+                client.subscribe(channel, mode, recover=True)
             elif action == "unsubscribe":
                 left = [c for c in client.subscriptions if c != "lobby"]
                 if left:
-                    await client.unsubscribe(rng.choice(left))
+                    channel = rng.choice(left)
+                    note += f" {channel}"
+                    await client.unsubscribe(channel)
             elif action == "publish":
                 channel = rng.choice(["lobby", *client.subscriptions])
                 actor.sent += 1
@@ -370,6 +432,8 @@ class Soak:
                 await client.drop()
         except ConnectionError:
             actor.stats["refused_while_down"] += 1
+            note += " (refused: not connected)"
+        actor.history.append(f"{note} [{up}]")
 
     # -------------------------------------------------------------- convergence
 
@@ -532,9 +596,7 @@ class Soak:
         totals: Counter[str] = Counter()
         for actor in self.actors:
             totals.update(actor.stats)
-        reconnects = sum(
-            max(0, (a.client.connections if a.client else 0) - 1) for a in self.actors
-        )
+        reconnects = sum(max(0, (a.client.connections if a.client else 0) - 1) for a in self.actors)
         refused_logs = {
             proc.name: proc.log.read_text(errors="replace").count("hub.link.refused")
             for proc in self.procs
@@ -547,6 +609,7 @@ class Soak:
             "clients": self.args.clients,
             "settle_s": round(settle, 1),
             "operations": dict(sorted(totals.items())),
+            "sessions_checked": {d.name: len(self.truth(d)) for d in self.deployments},
             "published": sum(a.sent for a in self.actors),
             "watcher_messages": sum(w.received for w in self.watchers),
             "reconnects_of_current_clients": reconnects,
@@ -555,6 +618,11 @@ class Soak:
             "hub_link_refused_log_lines": refused_logs,
             "chaos": self.chaos_log,
             "problems": problems,
+            "histories": {
+                a.session: list(a.history)
+                for a in self.actors
+                if any(f"'{a.session}'" in p or f"{a.session}:" in p for p in problems)
+            },
             "logs": str(self.log_dir),
         }
 

@@ -32,6 +32,7 @@ from megapresence_client import (
     plan_for_status,
 )
 from megapresence_client._plan import Position, Stream
+from megapresence_core import PresenceConfig
 
 from .process_helpers import Command
 from .socket_helpers import running_server as plain_server
@@ -476,3 +477,29 @@ def test_megapresence_serve_speaks_with_the_client(tmp_path: Path) -> None:
         anyio.run(main)
     finally:
         assert serve.stop() == 0
+
+
+@pytest.mark.anyio
+async def test_a_channel_left_while_down_is_left_after_the_reconnect() -> None:
+    # The server keeps a session for its grace, channels and all: the client that
+    # unsubscribed meanwhile says so again once it is back.
+    gate = anyio.Event()
+
+    async def held(delay: float) -> None:
+        await gate.wait()
+
+    async with (
+        running_server(presence=PresenceConfig(leave_grace=5)) as (_server, url),
+        client_of(url, "ann", sleep=held) as ann,
+        client_of(url, "bob") as bob,
+    ):
+        ann.subscribe("room")
+        room = bob.subscribe("room", "sessions")
+        await bob.wait_for(lambda: set(room.members) == {"ann1", "bob1"}, 5)
+        await ann.drop()
+        await next_of(ann, Disconnected)
+        await ann.unsubscribe("room")  # not connected: remembered
+        assert ann._left == {"room"}
+        gate.set()
+        await bob.wait_for(lambda: set(room.members) == {"bob1"}, 5)
+        await ann.wait_for(lambda: not ann._left, 5)  # the server confirmed

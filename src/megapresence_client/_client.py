@@ -380,11 +380,11 @@ class PresenceClient:
     async def unsubscribe(self, channel: str) -> None:
         """Leave ``channel`` (and stop subscribing to it after reconnects)."""
         self.subscriptions.pop(channel, None)
-        if self._connection is None:
-            # A session restored within the grace keeps its channels: leave it on reconnect.
-            self._left.add(channel)
-            return
-        await self._send({"op": "unsubscribe", "channel": channel})
+        # Until the server confirms, sent again after a reconnect: a session restored
+        # within the grace keeps its channels.
+        self._left.add(channel)
+        if self._connection is not None:
+            await self._send({"op": "unsubscribe", "channel": channel})
 
     async def publish(
         self, channel: str, type: str, payload: Any = None, *, exclude_self: bool = False
@@ -568,7 +568,6 @@ class PresenceClient:
             await self._send({"op": "metadata", "metadata": self._metadata})
         for channel in sorted(self._left):
             await self._send({"op": "unsubscribe", "channel": channel})
-        self._left.clear()
         for subscription in list(self.subscriptions.values()):
             await self._send(subscription._command())
 
@@ -673,7 +672,9 @@ class PresenceClient:
             self._deliver(subscription.channel, delivered)
 
     def _on_unsubscribed(self, message: dict[str, Any]) -> None:
-        self._emit(Unsubscribed(str(message.get("channel"))))
+        channel = str(message.get("channel"))
+        self._left.discard(channel)
+        self._emit(Unsubscribed(channel))
 
     def _on_channel_message(self, message: dict[str, Any]) -> None:
         channel: str = message["channel"]
