@@ -336,8 +336,10 @@ class Soak:
         while True:
             await anyio.sleep(rng.uniform(self.args.chaos_min, self.args.chaos_max))
             await self.revive()
-            if not order:  # every process in turn, in a new random order each round
-                order = rng.sample(self.procs, len(self.procs))
+            if not order:  # every process in turn, the hub and NATS first, then the servers
+                servers = [p for d in self.deployments for p in d.servers]
+                middles = [d.middle for d in self.deployments]
+                order = rng.sample(servers, len(servers)) + rng.sample(middles, len(middles))
             victim = order.pop()
             how = rng.choice(("kill", "kill", "term"))
             self.chaos_log.append(f"{time.monotonic() - self.started:.1f}s {how} {victim.name}")

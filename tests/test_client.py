@@ -26,6 +26,7 @@ from megapresence_client import (
     Sender,
     ServerError,
     SessionDetached,
+    StreamReset,
     Subscribed,
     is_reserved,
     plan_for_close,
@@ -117,59 +118,51 @@ def offsets(messages: list[dict[str, Any]]) -> list[int]:
     return [m["offset"] for m in messages]
 
 
-def test_stream_first_subscribe_starts_at_the_streams_end_and_delivers_in_order() -> None:
+def test_stream_delivers_once_in_order_and_offsets_may_skip() -> None:
     stream = Stream()
     stream.expect(since=False)
     assert stream.receive(message(7)) == []  # held while the subscribe is in flight
-    assert offsets(stream.answered(6, "e1", None)) == [7]
-    assert offsets(stream.receive(message(9))) == []  # a hole: held
-    assert stream.gap()
-    assert offsets(stream.receive(message(8))) == [8, 9]
-    assert not stream.gap()
-    assert stream.receive(message(8)) == []  # a duplicate
+    assert offsets(stream.answered(6, "e1", None)) == [7]  # not recovered: as it is
+    assert offsets(stream.receive(message(9))) == [9]  # an excludeSelf publication skipped 8
+    assert stream.receive(message(9)) == []  # a duplicate
+    assert stream.receive(message(8)) == []  # before the position
     assert stream.position == Position(9, "e1")
 
 
-def test_stream_recovery_delivers_the_missed_then_the_live_without_duplicates() -> None:
-    stream = Stream(position=Position(3, "e1"), live=True)
+def test_stream_recovery_drops_the_held_since_the_missed_ones_follow() -> None:
+    stream = Stream(position=Position(3, "e1"))
     stream.disconnected()
     stream.expect(since=True)
     assert stream.receive(message(6)) == []  # live, before the answer
     assert stream.answered(6, "e1", True) == []
+    assert stream.position == Position(3, "e1")  # moved by the missed messages only
     assert offsets(stream.receive(message(4))) == [4]
-    assert offsets(stream.receive(message(5))) == [5, 6]
+    assert offsets(stream.receive(message(5))) == [5]
+    assert offsets(stream.receive(message(6))) == [6]
     assert offsets(stream.receive(message(6))) == []
     assert offsets(stream.receive(message(7))) == [7]
 
 
 def test_stream_not_recovered_restarts_from_the_answer() -> None:
-    stream = Stream(position=Position(3, "e1"), live=True)
+    stream = Stream(position=Position(3, "e1"))
     stream.disconnected()
     stream.expect(since=True)
-    assert stream.answered(40, "e1", False) == []
-    assert stream.position == Position(40, "e1")
-    assert offsets(stream.receive(message(41))) == [41]
+    assert offsets(stream.answered(40, "e2", False)) == []
+    assert stream.position == Position(40, "e2")
+    assert offsets(stream.receive(message(41, "e2"))) == [41]
 
 
-def test_stream_new_epoch_starts_a_new_stream() -> None:
+def test_stream_reset_and_a_new_epoch_take_the_new_position() -> None:
     stream = Stream()
     stream.expect(since=False)
     stream.answered(5, "e1", None)
+    stream.reset(0, "e2")
+    assert stream.position == Position(0, "e2")
     assert offsets(stream.receive(message(1, "e2"))) == [1]
-    assert stream.position == Position(1, "e2")
-    stream.disconnected()
-    stream.expect(since=True)
-    assert stream.answered(9, "e3", True) == []  # recovered, but another epoch: not ours
-    assert stream.position == Position(9, "e3")
-
-
-def test_stream_mode_change_on_the_same_connection_keeps_its_position() -> None:
-    stream = Stream()
-    stream.expect(since=False)
-    stream.answered(2, "e1", None)
-    stream.expect(since=False)
-    assert stream.receive(message(3)) == []
-    assert offsets(stream.answered(3, "e1", None)) == [3]
+    assert offsets(stream.receive(message(1, "e3"))) == [1]  # unannounced: still delivered
+    assert stream.position == Position(1, "e3")
+    stream.reset(None, None)  # nonsense is ignored
+    assert stream.position == Position(1, "e3")
 
 
 def test_stream_without_offsets_passes_messages_through() -> None:
@@ -177,7 +170,7 @@ def test_stream_without_offsets_passes_messages_through() -> None:
     stream.expect(since=False)
     plain = {"type": "chat", "channel": "room"}
     assert stream.receive(plain) == [plain]
-    stream.held[1] = message(1)
+    stream.held.append(message(1))
     assert offsets(stream.answered(None, None, None)) == [1]
 
 
@@ -271,28 +264,18 @@ def test_session_detached_stops_the_session_and_is_told() -> None:
 
 def test_recovery_fields_reach_the_app() -> None:
     client = PresenceClient("ws://127.0.0.1:1/ws")
-    sent: list[dict[str, Any]] = []
-    client._send_soon = sent.append  # type: ignore[method-assign]
     sub = client.subscribe("room", recover=True)
-    sub.stream.position, sub.stream.live = Position(1, "e1"), True
+    sub.stream.position = Position(1, "e1")
     sub.stream.expect(since=True)
     answer = {"type": "subscribed", "channel": "room", "presence": "none", "offset": 3}
     answer |= {"epoch": "e1", "recovered": True}
-    events = fed(client, message(4), answer, message(2), message(3))
+    events = fed(client, message(3), answer, message(2), message(3), message(4))
     assert events[0] == Subscribed("room", "none", 3, "e1", True, None)
-    assert [e.offset for e in events[1:]] == [2, 3, 4]  # the live 4 waited for the missed
+    assert [e.offset for e in events[1:]] == [2, 3, 4]  # the held 3 came again, once
     assert all(isinstance(e, ChannelMessage) for e in events[1:])
-    assert sent == []
-    # A hole in the live stream: the client subscribes again from its position.
-    assert fed(client, message(6)) == []
-    assert sent == [
-        {
-            "op": "subscribe",
-            "channel": "room",
-            "presence": "none",
-            "since": {"offset": 4, "epoch": "e1"},
-        }
-    ]
+    reset = {"type": "stream.reset", "channel": "room", "offset": 0, "epoch": "e2"}
+    assert fed(client, reset) == [StreamReset("room", 0, "e2")]
+    assert sub.position == Position(0, "e2")
 
 
 # ------------------------------------------------------------------ real servers

@@ -11,8 +11,8 @@ from . import soak
 
 
 def test_a_short_chaos_soak_converges(tmp_path: Path) -> None:
-    # About a minute: every process (hub, both hub servers, NATS, both NATS servers)
-    # is killed or stopped at least once while 120 clients churn.
+    # About a minute and a half: the hub, NATS and then servers are killed or stopped in
+    # turn while 120 clients churn.
     args = soak.parse(
         [
             *("--duration", "40", "--clients", "120", "--chaos-min", "2", "--chaos-max", "4"),
@@ -21,7 +21,10 @@ def test_a_short_chaos_soak_converges(tmp_path: Path) -> None:
     )
     report = soak.run(args)
     assert report["converged"], json.dumps(report, indent=2)
-    assert all(kills >= 1 for kills in report["kills"].values()), report["kills"]
+    kills = report["kills"]
+    assert kills["hub"] >= 1, kills
+    assert kills["nats"] >= 1, kills
+    assert sum(kills.values()) >= 3, kills
     assert report["sessions_checked"]["hub"] > 0
     assert report["sessions_checked"]["nats"] > 0
 

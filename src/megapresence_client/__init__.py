@@ -33,6 +33,7 @@ from ._events import (
     Sender,
     ServerError,
     SessionDetached,
+    StreamReset,
     Subscribed,
     Unsubscribed,
 )
@@ -57,6 +58,7 @@ __all__ = [
     "Sender",
     "ServerError",
     "SessionDetached",
+    "StreamReset",
     "Subscribed",
     "Subscription",
     "SubscriptionRefusedError",

@@ -30,6 +30,7 @@ from ._events import (
     PresenceChanged,
     ServerError,
     SessionDetached,
+    StreamReset,
     Subscribed,
     Unsubscribed,
     sender_of,
@@ -684,9 +685,6 @@ class PresenceClient:
             return
         for delivered in subscription.stream.receive(message):
             self._deliver(channel, delivered)
-        if subscription.stream.gap() and subscription.recover:
-            # A hole in the stream: ask again from our position (recovery fills it).
-            self._send_soon(subscription._command())
 
     def _deliver(self, channel: str, message: dict[str, Any]) -> None:
         offset, epoch = message.get("offset"), message.get("epoch")
@@ -730,6 +728,20 @@ class PresenceClient:
             del self.subscriptions[subscription.channel]
             subscription._answered.set()
 
+    def _on_stream_reset(self, message: dict[str, Any]) -> None:
+        subscription = self.subscriptions.get(str(message.get("channel")))
+        if subscription is None:
+            return
+        offset, epoch = message.get("offset"), message.get("epoch")
+        subscription.stream.reset(offset, epoch)
+        self._emit(
+            StreamReset(
+                subscription.channel,
+                offset if isinstance(offset, int) else None,
+                epoch if isinstance(epoch, str) else None,
+            )
+        )
+
     def _on_welcome(self, message: dict[str, Any]) -> None:
         payload = message.get("payload")
         if isinstance(payload, dict) and isinstance(payload.get("sessionId"), str):
@@ -758,6 +770,7 @@ _HANDLERS: Final[dict[str, Callable[[PresenceClient, dict[str, Any]], None]]] = 
     "error": PresenceClient._on_error,
     "session.detached": PresenceClient._on_detached,
     "welcome": PresenceClient._on_welcome,
+    "stream.reset": PresenceClient._on_stream_reset,
 }
 
 

@@ -111,6 +111,17 @@ class Subscribed:
 
 
 @dataclass(frozen=True)
+class StreamReset:
+    """``stream.reset``: the server started the channel's stream again (its hub or
+    cluster link went down or came back); messages since the client's position may be
+    missing. Treat it as ``recovered: false`` (reload from the app's store)."""
+
+    channel: str
+    offset: int | None
+    epoch: str | None
+
+
+@dataclass(frozen=True)
 class Unsubscribed:
     channel: str
 
@@ -175,4 +186,5 @@ Event = (
     | CountChanged
     | ServerError
     | SessionDetached
+    | StreamReset
 )

@@ -97,81 +97,67 @@ class Position:
 
 @dataclass
 class Stream:
-    """Delivers one channel's messages exactly once, in offset order (issue 20's merge).
+    """Delivers one channel's messages once each, in order, across recoveries (issue 20).
 
-    While a ``subscribe`` is in flight (:meth:`expect`), every channel message is held;
-    ``subscribed`` (:meth:`answered`) says where the stream is; held and later messages
-    are then delivered in offset order from the client's position, de-duplicated.
-    A message whose offset leaves a hole is held too and :meth:`gap` says so: the
-    client then re-subscribes with ``since`` to get the missing ones (or hears
-    ``recovered: false``). Messages without an offset (a server without recovery)
-    pass straight through.
+    The client's position is the last channel message's ``(offset, epoch)``, or the
+    stream position ``subscribed`` or ``stream.reset`` gave. Offsets tell order, not
+    loss (a publication made with ``excludeSelf`` leaves its sender a gap of one): a
+    message at or before the position is a duplicate and dropped, any later one is
+    delivered. While a ``subscribe`` is in flight (:meth:`expect`) messages are held
+    (a session restored within the grace hears its channels before the answer); with
+    ``recovered: true`` the held ones are dropped, since the missed messages that
+    follow include them; otherwise they are delivered as they are. Messages without
+    an offset (a server without recovery) pass straight through.
     """
 
     position: Position | None = None
     waiting: bool = False
     since: bool = False
-    #: False after a reconnect until a ``subscribed`` answered (the position is then stale).
-    live: bool = False
-    #: The stream's end when ``subscribed`` answered: recovered messages up to it follow.
-    end: int = 0
-    held: dict[int, dict[str, Any]] = field(default_factory=dict)
+    held: list[dict[str, Any]] = field(default_factory=list)
 
     def expect(self, since: bool) -> None:
         """A ``subscribe`` was sent (with ``since`` or not): hold messages until its answer."""
         self.waiting, self.since = True, since
 
     def disconnected(self) -> None:
-        """The connection is gone: the position is only good for a ``since`` now."""
-        self.live, self.waiting = False, False
-        self.held = {}
+        """The connection is gone: what was held will come again (or be recovered)."""
+        self.waiting, self.held = False, []
 
     def answered(self, offset: Any, epoch: Any, recovered: Any) -> list[dict[str, Any]]:
         """``subscribed`` arrived with the stream's ``offset`` and ``epoch``; ``recovered``
-        is its ``recovered`` field. Returns what can be delivered now, in order."""
+        is its ``recovered`` field. Returns the held messages to deliver now."""
         self.waiting = False
+        held, self.held = self.held, []
         if not isinstance(offset, int) or not isinstance(epoch, str):
-            # A server without recovery: deliver what was held, in arrival order.
-            held, self.held, self.position = list(self.held.values()), {}, None
+            self.position = None  # a server without recovery
             return held
-        keep = recovered is True if self.since else self.live
-        if not keep or self.position is None or self.position.epoch != epoch:
-            # Start from the stream's end: what was before it is not coming.
-            self.position = Position(offset, epoch)
-        self.live, self.end = True, offset
-        return self._release()
-
-    def receive(self, message: dict[str, Any]) -> list[dict[str, Any]]:
-        """A channel message arrived; returns the messages deliverable now, in order."""
-        offset, epoch = message.get("offset"), message.get("epoch")
-        if not isinstance(offset, int):
-            return [message]
-        if self.waiting or self.position is None or not self.live:
-            self.held[offset] = message
-            return []
-        if isinstance(epoch, str) and epoch != self.position.epoch:
-            # The stream's history was lost: a new stream starts at this message.
-            self.position = Position(offset - 1, epoch)
-            self.held = {}
-        self.held[offset] = message
-        return self._release()
-
-    def gap(self) -> bool:
-        """Whether messages are held behind a hole (re-subscribe with ``since``)."""
-        return (
-            self.live
-            and not self.waiting
-            and bool(self.held)
-            and self.position is not None
-            and self.position.offset >= self.end
-        )
-
-    def _release(self) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
-        assert self.position is not None
-        for stale in [k for k in self.held if k <= self.position.offset]:
-            del self.held[stale]
-        while (following := self.held.pop(self.position.offset + 1, None)) is not None:
-            out.append(following)
-            self.position.offset += 1
+        if self.since and recovered is True:
+            return []  # the missed ones follow, the held ones among them
+        self.position = Position(offset, epoch)
+        out = []
+        for message in held:
+            out += self.receive(message, force=True)
         return out
+
+    def reset(self, offset: Any, epoch: Any) -> None:
+        """``stream.reset``: the server started the stream again at this position."""
+        if isinstance(offset, int) and isinstance(epoch, str):
+            self.position = Position(offset, epoch)
+
+    def receive(self, message: dict[str, Any], force: bool = False) -> list[dict[str, Any]]:
+        """A channel message arrived; returns it when it is to be delivered now.
+        (``force``: a held message delivered as it is, even at or before the position.)"""
+        offset, epoch = message.get("offset"), message.get("epoch")
+        if not isinstance(offset, int) or not isinstance(epoch, str):
+            return [message]
+        if self.waiting:
+            self.held.append(message)
+            return []
+        position = self.position
+        if position is not None and position.epoch == epoch:
+            if offset <= position.offset and not force:
+                return []  # a duplicate
+            position.offset = max(position.offset, offset)
+        else:
+            self.position = Position(offset, epoch)
+        return [message]
