@@ -344,11 +344,12 @@ class Soak:
             how = rng.choice(("kill", "kill", "term"))
             self.chaos_log.append(f"{time.monotonic() - self.started:.1f}s {how} {victim.name}")
             victim.kills += 1
-            await anyio.to_thread.run_sync(
-                victim.stop, signal.SIGKILL if how == "kill" else signal.SIGTERM
-            )
-            await anyio.sleep(rng.uniform(0.2, 2.0))
-            await self.restart(victim)
+            with anyio.CancelScope(shield=True):  # the end of the soak waits for the restart
+                await anyio.to_thread.run_sync(
+                    victim.stop, signal.SIGKILL if how == "kill" else signal.SIGTERM
+                )
+                await anyio.sleep(rng.uniform(0.2, 2.0))
+                await self.restart(victim)
 
     async def revive(self) -> None:
         """Start again any process that died on its own (counted as a crash)."""
