@@ -32,7 +32,8 @@ def test_a_short_chaos_soak_converges(tmp_path: Path) -> None:
 def test_the_checker_names_what_diverged(tmp_path: Path) -> None:
     args = soak.parse(["--clients", "2", "--log-dir", str(tmp_path)])
     checker = soak.Soak(args, tmp_path)
-    watcher = checker.watchers[0]
+    deployment = checker.deployments[0]
+    watcher = soak.Watcher(deployment.servers[0], deployment)
     client = PresenceClient("ws://127.0.0.1:1/ws")
     subscription = client.subscribe("c1", "sessions")
     assert subscription.map is not None

@@ -148,6 +148,8 @@ class Connection:
                     self._size += len(event.data)
                     if self._size > MAX_MESSAGE_BYTES:
                         await self.close(1009, "message too big")
+                        self.close_code, self.close_reason = 1009, "message too big"
+                        await anyio.aclose_forcefully(self._stream)
                         return None
                     if event.message_finished:
                         text = "".join(self._parts)
