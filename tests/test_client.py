@@ -3,6 +3,7 @@ of server messages, and the client against real servers on asyncio and trio and 
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -486,3 +487,33 @@ async def test_a_channel_left_while_down_is_left_after_the_reconnect() -> None:
         gate.set()
         await bob.wait_for(lambda: set(room.members) == {"bob1"}, 5)
         await ann.wait_for(lambda: not ann._left, 5)  # the server confirmed
+
+
+@pytest.mark.anyio
+async def test_a_ping_and_a_close_in_one_read_end_the_connection_cleanly() -> None:
+    # Found by the soak: a ping that came with the close was answered after the close,
+    # which wsproto refuses; the client must read it as the close it is.
+    from wsproto import ConnectionType, WSConnection
+    from wsproto.events import AcceptConnection, CloseConnection, Ping, Request
+
+    async def serve(stream: anyio.abc.SocketStream) -> None:
+        ws = WSConnection(ConnectionType.SERVER)
+        while True:
+            ws.receive_data(await stream.receive())
+            if any(isinstance(e, Request) for e in ws.events()):
+                break
+        await stream.send(ws.send(AcceptConnection()))
+        await stream.send(ws.send(Ping(b"x")) + ws.send(CloseConnection(code=1000)))
+        with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+            await stream.receive()
+        await stream.aclose()
+
+    async with await anyio.create_tcp_listener(local_host="127.0.0.1") as listener:
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        async with anyio.create_task_group() as group:
+            group.start_soon(listener.serve, serve)
+            async with PresenceClient(f"ws://127.0.0.1:{port}/ws") as client:
+                await client.wait_for(lambda: client.closed is not None, 5)
+                assert client.closed is not None
+                assert client.closed.code == 1000
+            group.cancel_scope.cancel()

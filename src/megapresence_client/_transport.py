@@ -21,7 +21,7 @@ from wsproto.events import (
     Request,
     TextMessage,
 )
-from wsproto.utilities import RemoteProtocolError
+from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 
 #: What the client accepts in one message (a snapshot of a channel at its member cap fits).
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -156,11 +156,12 @@ class Connection:
                         self._parts, self._size = [], 0
                         return text
                 elif isinstance(event, Ping):
-                    await self._write(self._ws.send(event.response()))
+                    if self._ws.state is ConnectionState.OPEN:  # not once a close came
+                        await self._write(self._encode(event.response()))
                 elif isinstance(event, CloseConnection):
                     self.close_code, self.close_reason = event.code, event.reason or ""
                     if self._ws.state is ConnectionState.REMOTE_CLOSING:
-                        await self._write(self._ws.send(event.response()))
+                        await self._write(self._encode(event.response()))
                     await anyio.aclose_forcefully(self._stream)
                     return None
                 elif isinstance(event, BytesMessage):
@@ -178,15 +179,21 @@ class Connection:
         """Send one text message; raises ``ConnectionError`` if the connection is gone."""
         if self._ws.state is not ConnectionState.OPEN:
             raise ConnectionError("the connection is not open")
-        await self._write(self._ws.send(TextMessage(data=text)))
+        await self._write(self._encode(TextMessage(data=text)))
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """Start the closing handshake (``receive`` then returns None when it ends)."""
         if self._ws.state is ConnectionState.OPEN:
-            await self._write(self._ws.send(CloseConnection(code=code, reason=reason)))
+            await self._write(self._encode(CloseConnection(code=code, reason=reason)))
 
     async def abort(self) -> None:
         await anyio.aclose_forcefully(self._stream)
+
+    def _encode(self, event: Event) -> bytes:
+        try:
+            return self._ws.send(event)
+        except LocalProtocolError as exc:  # the state moved (a close came) meanwhile
+            raise ConnectionError(str(exc)) from None
 
     async def _write(self, data: bytes) -> None:
         async with self._lock:
