@@ -438,6 +438,10 @@ async def test_a_client_keeps_trying_while_nothing_listens() -> None:
         await ann.wait_for(lambda: len(clock.delays) >= 3, 5)
         assert ann.connections == 0
         assert not ann.connected
+    # Waiting for the first open gives up after three open timeouts, and cleans up.
+    with pytest.raises(TimeoutError):
+        async with PresenceClient(f"ws://127.0.0.1:{port}/ws", open_timeout=0.1, sleep=clock.sleep):
+            pass  # pragma: no cover
 
 
 def test_megapresence_serve_speaks_with_the_client(tmp_path: Path) -> None:

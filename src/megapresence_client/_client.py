@@ -252,8 +252,12 @@ class PresenceClient:
         await self._task_group.__aenter__()
         self._task_group.start_soon(self._run)
         if self._wait_open:
-            with anyio.fail_after(self._open_timeout * 3):
-                await self._wait_opened_or_finished()
+            try:
+                with anyio.fail_after(self._open_timeout * 3):
+                    await self._wait_opened_or_finished()
+            except BaseException:
+                await self.__aexit__(None, None, None)
+                raise
             if not self._opened.is_set():
                 await self.__aexit__(None, None, None)
                 assert self.closed is not None
