@@ -33,6 +33,7 @@ from typing import Any
 import pytest
 
 import megapresence_anyio
+import megapresence_client
 import megapresence_core
 import megapresence_nats
 import megapresence_redis
@@ -48,6 +49,7 @@ PACKAGES = {
     megapresence_anyio: ("metrics", "trio", "jwt"),
     megapresence_nats: ("nats",),
     megapresence_redis: ("redis",),
+    megapresence_client: (),  # the Python client: the base dependencies only (wsproto, anyio)
 }
 
 
@@ -207,7 +209,7 @@ def bare_venv(dist: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_the_bare_install_has_no_extra(bare_venv: Path) -> None:
     probe = (
-        "import importlib.util as u, megapresence_anyio as m; "
+        "import importlib.util as u, megapresence_client, megapresence_anyio as m; "
         "print(m.__file__, [n for n in ('trio', 'nats', 'redis') if u.find_spec(n)])"
     )
     out = subprocess.run(
