@@ -72,7 +72,12 @@ def kinds(actions: list[Any]) -> list[str]:
 
 def test_a_closed_session_lingers_listed_and_counted_then_leaves() -> None:
     presence = watched()
-    assert drive(presence, ConnectionClosed(conn=2, now=2)) == []  # no diff, no LEAVE
+    actions = drive(presence, ConnectionClosed(conn=2, now=2))
+    assert presence_messages(actions, 1) == []  # no diff
+    # No LEAVE: the hub hears that the session lingers (a JOIN marked so).
+    assert [(f["type"], f["payload"].get("lingering")) for f in sent_frames(actions)] == [
+        ("JOIN", True)
+    ]
     assert presence.session_state("b1") is ConnectionState.LINGERING
     assert presence.connection_state(2) is ConnectionState.CLOSED  # the id may be reused
     assert presence.presence_stats("lobby") == (2, 2)
@@ -130,7 +135,7 @@ def test_a_kick_leaves_at_once_and_a_requeue_lingers() -> None:
     assert kinds(actions) == ["LEAVE", "remove", "StoreDelete"]
     presence = watched()
     drive(presence, KickRequested(session_id="b1", requeue=True))  # 4503: come back now
-    assert drive(presence, ConnectionClosed(conn=2, now=10)) == []
+    assert kinds(drive(presence, ConnectionClosed(conn=2, now=10))) == ["JOIN"]  # lingering
     assert presence.session_state("b1") is ConnectionState.LINGERING
 
 

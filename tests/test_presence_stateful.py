@@ -134,7 +134,10 @@ class PresenceMachine(RuleBasedStateMachine):
         self.channels[session] = channels
         self.metadata[session] = metadata
         joins = [f["payload"] for f in sent_frames(actions) if f["type"] == "JOIN"]
-        assert joins == ([self.expected_join(session)] if self.registered else [])
+        expected = self.expected_join(session)
+        if self.policy is DuplicateSessionPolicy.REFUSE_NEW:
+            expected["exclusive"] = True  # the hub refuses it while another bridge holds it
+        assert joins == ([expected] if self.registered else [])
 
     @precondition(lambda self: self.ns)
     @rule(data=st.data())

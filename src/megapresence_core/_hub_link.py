@@ -196,6 +196,12 @@ class HubLink:
     def _hub_error(self, frame: HubFrame | PeerError, now: float) -> LinkReceipt:
         assert isinstance(frame, ErrorFrame)
         fields = {"code": frame.code, "message": frame.message}
+        if frame.session_id is not None:
+            # A refusal of one session: ``Presence`` closes that session's client.
+            fields["session_id"] = frame.session_id
+            return LinkReceipt(
+                [Log(level=LogLevel.INFO, event="hub.session.refused", fields=fields)], frame
+            )
         return LinkReceipt([Log(level=LogLevel.WARNING, event="hub.error", fields=fields)])
 
     def _too_early(self, frame: HubFrame | PeerError, now: float) -> LinkReceipt:

@@ -41,6 +41,7 @@ class ConnectionRecord:
     __slots__ = (
         "closed_at",
         "conn",
+        "displaced",
         "lifecycle",
         "metadata",
         "ns",
@@ -62,6 +63,9 @@ class ConnectionRecord:
         self.metadata: JsonObject | None = None
         #: When the socket closed (a lingering session's grace started).
         self.closed_at = 0.0
+        #: What the hub said of the session before this connection joined it, put back
+        #: if the hub refuses the join (the session is open on another bridge).
+        self.displaced: RemoteMember | None = None
 
     @property
     def state(self) -> ConnectionState:

@@ -105,11 +105,14 @@ from .wire import (
     DirectFrame,
     DirectResult,
     DisconnectFrame,
+    ErrorFrame,
     HeartbeatFrame,
     HubFrame,
     JoinFrame,
     MetadataFrame,
     PublishFrame,
+    RestoredFrame,
+    SessionDetached,
     broadcast_text,
     direct_text,
     encode,
@@ -219,27 +222,28 @@ class Presence:
         held = local.by_session.get(event.session_id)
         lingering = local.lingering.get(event.session_id)
         prior = held or lingering
-        if prior is not None and (held is not None or prior.user_id != event.user_id):
+        # What another server holds of the session, as far as the hub or the cluster told us.
+        remote = self._remote_copy(event.session_id)
+        owner = prior.user_id if prior is not None else remote.member.user_id if remote else None
+        foreign = owner is not None and owner != event.user_id
+        if foreign or held is not None:
             # One connection at a time holds a session, and only its own user's.
-            foreign = prior.user_id != event.user_id
             policy = (
                 DuplicateSessionPolicy.REFUSE_NEW if foreign else self._config.duplicate_session
             )
-            actions.append(_duplicate_log(event, prior, policy, foreign))
+            actions.append(_duplicate_log(event, owner, policy, foreign))
             if policy is DuplicateSessionPolicy.REFUSE_NEW:
                 reason = FOREIGN_REASON if foreign else DUPLICATE_REASON
                 actions.append(
                     CloseConnection(conn=event.conn, code=CloseCode.POLICY, reason=reason)
                 )
                 return actions
-            if policy is DuplicateSessionPolicy.CLOSE_PRIOR:
-                actions.append(
-                    CloseConnection(conn=prior.conn, code=CloseCode.POLICY, reason=REPLACED_REASON)
-                )
-        inherited = prior.channels if prior is not None else ()
-        if held is not None:  # taken over: it stays open, without its session
-            self._channels.unwatch(held)
-            local.detach(held)
+        if prior is not None:
+            inherited = prior.channels
+        else:
+            inherited = remote.channels if remote is not None else ()
+        if held is not None:  # taken over: it stays open (or is closed), without its session
+            actions.append(self._yield(held, event.session_id))
         if lingering is not None:  # restored: no leave, no join
             local.end(lingering, ConnectionInput.RETURN)
         # The session keeps its subscriptions (as present-only: this connection has
@@ -255,11 +259,13 @@ class Presence:
                     refusals.append(refusal)
         local.join(record, event.user_id, event.session_id, subscriptions, event.metadata)
         # If the session was another bridge's, the hub now moves it here and will not echo
-        # that to us: what it told us of the session is stale.
+        # that to us: what it told us of the session is stale (unless the hub refuses).
+        record.displaced = self._hub_members.table.sessions.get(event.session_id)
         self._hub_members.table.remove(event.session_id)
         self._channels.show(record, subscriptions)
         actions += refusals
-        actions += self._hub_link.send(_join_frame(record))
+        exclusive = self._config.duplicate_session is DuplicateSessionPolicy.REFUSE_NEW
+        actions += self._hub_link.send(_join_frame(record, exclusive=exclusive))
         store = self._parts.store.put(record, subscriptions)
         return actions + self._cluster.add(record.remote()) + store
 
@@ -275,23 +281,55 @@ class Presence:
             self._local.end(record, ConnectionInput.EXPIRE)
             return self._channels.left(record)
         self._timers.arm(Timer.GRACE, event.now + grace, record)
-        return []
+        # The hub learns that the session has no socket now: a JOIN on another bridge
+        # restores it there, whatever that bridge's duplicate-session policy.
+        return self._hub_link.send(_join_frame(record, lingering=True))
 
     def _grace_over(self, kind: Timer, owner: Hashable, now: float) -> list[Action]:
         assert isinstance(owner, ConnectionRecord)
         self._local.end(owner, ConnectionInput.EXPIRE)
         return self._channels.left(owner)
 
-    def _arrived(self, session_id: str) -> list[Action]:
+    def _arrived(self, session_id: str, claimer: str | None) -> list[Action]:
         """Another process now holds ``session_id``: a lingering copy here is dropped, with
-        no leave (its new home announces it); the cluster and the store forget our copy."""
-        record = self._local.lingering.get(session_id)
-        if record is None:
-            return []
-        self._local.end(record, ConnectionInput.SUPERSEDE)
-        self._channels.hide(record, record.channels)
-        store = self._parts.store.delete(session_id, record.channels)
-        return self._cluster.remove(session_id) + store
+        no leave (its new home announces it); so is a joined one when the other process
+        claims it for the same user (a newer connection took it there: this one is
+        detached, or closed under ``CLOSE_PRIOR``). The cluster and the store forget our
+        copy."""
+        local = self._local
+        actions: list[Action] = []
+        record = local.lingering.get(session_id)
+        if record is not None:
+            channels = record.channels
+            local.end(record, ConnectionInput.SUPERSEDE)
+            self._channels.hide(record, channels)
+        else:
+            record = local.by_session.get(session_id)
+            if record is None or record.user_id != claimer:
+                return []
+            channels = record.channels
+            self._channels.hide(record, channels)
+            actions.append(self._yield(record, session_id))
+        store = self._parts.store.delete(session_id, channels)
+        return actions + self._cluster.remove(session_id) + store
+
+    def _yield(self, record: ConnectionRecord, session_id: str) -> Action:
+        """A newer connection (here or elsewhere) takes ``record``'s session: the record
+        loses it (no leave: the session stays present) and its client is told
+        (``session.detached``), or closed under ``CLOSE_PRIOR``."""
+        self._channels.unwatch(record)
+        self._local.detach(record)
+        if self._config.duplicate_session is DuplicateSessionPolicy.CLOSE_PRIOR:
+            return CloseConnection(conn=record.conn, code=CloseCode.POLICY, reason=REPLACED_REASON)
+        return Deliver(conns=(record.conn,), text=encode(SessionDetached(session_id=session_id)))
+
+    def _remote_copy(self, session_id: str) -> RemoteMember | None:
+        """The session as the hub or another instance says it holds it, if one does."""
+        for table in (self._hub_members.table, *self._cluster.tables()):
+            remote = table.sessions.get(session_id)
+            if remote is not None:
+                return remote
+        return None
 
     def _on_broadcast(self, event: BroadcastRequested) -> list[Action]:
         ns, channel, message, excepted = (
@@ -492,6 +530,33 @@ class Presence:
     def _hub_ignored(self, frame: HubFrame) -> list[Action]:
         return []
 
+    def _hub_refused(self, frame: ErrorFrame) -> list[Action]:
+        """The hub refused one session (another user's id, or open on another bridge under
+        ``REFUSE_NEW``): its client is closed (1008); the link is not at fault."""
+        assert frame.session_id is not None
+        record = self._local.by_session.get(frame.session_id)
+        if record is None:
+            return self._arrived(frame.session_id, None)  # a lingering copy is not ours
+        reason = FOREIGN_REASON if frame.code == "session_taken" else DUPLICATE_REASON
+        self._local.kick(record)
+        actions: list[Action] = [
+            CloseConnection(conn=record.conn, code=CloseCode.POLICY, reason=reason)
+        ]
+        if record.displaced is not None:  # the other bridge keeps it: so do its watchers here
+            actions += self._hub_members.table.put(record.displaced)
+        return actions
+
+    def _hub_restored(self, frame: RestoredFrame) -> list[Action]:
+        """The session moved here from another bridge and keeps its channels there."""
+        record = self._local.by_session.get(frame.session_id)
+        if record is None:
+            return []
+        gained = [c for c in frame.channels if c not in record.subscriptions]
+        for channel in gained:
+            self._local.subscribe(record, channel, _NONE)
+        self._channels.show(record, gained)
+        return self._cluster.add(record.remote()) + self._parts.store.put(record, gained)
+
     # ------------------------------------------------------------- delivery
 
     def _deliver_broadcast(
@@ -658,11 +723,11 @@ class Presence:
 
 
 def _duplicate_log(
-    event: SessionJoined, prior: ConnectionRecord, policy: DuplicateSessionPolicy, foreign: bool
+    event: SessionJoined, prior_user_id: str | None, policy: DuplicateSessionPolicy, foreign: bool
 ) -> Log:
     fields = {
         "session_id": event.session_id,
-        "prior_user_id": prior.user_id,
+        "prior_user_id": prior_user_id,
         "user_id": event.user_id,
         "policy": policy.value,
     }
@@ -670,7 +735,9 @@ def _duplicate_log(
     return Log(level=LogLevel.WARNING, event=name, fields=fields)
 
 
-def _join_frame(record: ConnectionRecord, *, lingering: bool = False) -> JoinFrame:
+def _join_frame(
+    record: ConnectionRecord, *, lingering: bool = False, exclusive: bool = False
+) -> JoinFrame:
     member = record.member()
     return JoinFrame(
         user_id=member.user_id,
@@ -678,6 +745,7 @@ def _join_frame(record: ConnectionRecord, *, lingering: bool = False) -> JoinFra
         channels=record.channels,
         metadata=record.metadata,
         lingering=lingering,
+        exclusive=exclusive,
     )
 
 
@@ -713,5 +781,7 @@ _HUB_FRAME_HANDLERS: Final[dict[type[Any], Callable[[Presence, Any], list[Action
     DirectFrame: Presence._hub_direct,
     DisconnectFrame: Presence._hub_disconnect,
     HeartbeatFrame: Presence._hub_ignored,
+    ErrorFrame: Presence._hub_refused,
+    RestoredFrame: Presence._hub_restored,
     **dict.fromkeys(PRESENCE_FRAMES, Presence._hub_presence),
 }

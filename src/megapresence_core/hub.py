@@ -99,6 +99,7 @@ from .wire import (
     PublishFrame,
     RegisteredFrame,
     RegisterFrame,
+    RestoredFrame,
     SubscribeFrame,
     UnsubscribeFrame,
     decode_hub_frame,
@@ -397,9 +398,22 @@ class Hub:
         record.allowance -= 1.0
         return True
 
-    def _error_frame(self, record: Bridge, code: str, message: str) -> SendBridgeFrame:
-        text = encode(ErrorFrame(code=code, message=message[:200]))
+    def _error_frame(
+        self, record: Bridge, code: str, message: str, session_id: str | None = None
+    ) -> SendBridgeFrame:
+        text = encode(ErrorFrame(code=code, message=message[:200], session_id=session_id))
         return _send(record, text)
+
+    def _refuse_session(
+        self, record: Bridge, code: str, message: str, session_id: str
+    ) -> list[HubAction]:
+        """Refuse a JOIN for one session: the ERROR names it, and the bridge closes that
+        session's client. It costs that session only: no strike against the link."""
+        fields = {"bridge_id": record.bridge_id, "code": code, "session_id": session_id}
+        return [
+            Log(level=LogLevel.INFO, event="hub.session.refused", fields=fields),
+            self._error_frame(record, code, message, session_id),
+        ]
 
     def _strike(self, record: Bridge, code: str, message: str) -> list[HubAction]:
         record.errors += 1
@@ -536,14 +550,31 @@ class Hub:
             )
         held = sessions.sessions.get(frame.session_id)
         if held is not None and held.user_id != frame.user_id:
-            return self._strike(
+            return self._refuse_session(
                 record,
                 "session_taken",
                 f"session {frame.session_id[:40]!r} is held by another user",
+                frame.session_id,
             )
-        if frame.lingering and held is not None and held.bridge != record.bridge:
+        elsewhere = held is not None and held.bridge != record.bridge
+        if frame.lingering and elsewhere:
             # A resync of a session that returned on another bridge meanwhile: the
             # other bridge holds it now, and this one will hear so and drop its copy.
+            return []
+        if held is not None and elsewhere and frame.exclusive and not held.lingering:
+            return self._refuse_session(
+                record,
+                "session_in_use",
+                f"session {frame.session_id[:40]!r} is open on another server",
+                frame.session_id,
+            )
+        if (
+            held is not None
+            and not elsewhere
+            and frame.lingering
+            and (held.channels, held.metadata) == (frame.channels, frame.metadata)
+        ):
+            held.lingering = True  # its socket closed: the bridge keeps it for the grace
             return []
         if self._owned(record, frame.session_id) is None and (
             sessions.session_count(record.bridge) >= config.max_sessions_per_bridge
@@ -553,25 +584,40 @@ class Hub:
                 "too_many_sessions",
                 f"the limit is {config.max_sessions_per_bridge} per bridge",
             )
+        # A session that moves here from another bridge (a return within its grace, or
+        # a take-over) keeps its channels, as it would on one bridge: the JOIN's are added.
+        channels, restored = frame.channels, []
+        if held is not None and elsewhere and record.protocol >= 2:
+            kept = dict.fromkeys((*held.channels, *frame.channels))
+            channels = tuple(kept)[: config.max_channels_per_session]
+            if channels != frame.channels:
+                text = encode(attrs.evolve(frame, channels=channels, exclusive=False))
+                restored = [
+                    _send(
+                        record,
+                        encode(RestoredFrame(session_id=frame.session_id, channels=channels)),
+                    )
+                ]
         # Whoever saw the session before (its old channels, the bridge it moved from)
         # and whoever sees it now hear the JOIN; the JOIN says its channels from now on.
         targets: dict[Hashable, None] = {}
         if held is not None:
             targets = sessions.bridges_in(held.channels, besides=record.bridge)
             targets[held.bridge] = None
-        gained = [c for c in frame.channels if not sessions.tracks(record.bridge, c)]
+        gained = [c for c in channels if not sessions.tracks(record.bridge, c)]
         sessions.put(
             HubSession(
                 frame.session_id,
                 frame.user_id,
                 record.bridge,
-                frame.channels,
+                channels,
                 frame.metadata,
+                lingering=frame.lingering,
             )
         )
-        targets.update(sessions.bridges_in(frame.channels, besides=record.bridge))
+        targets.update(sessions.bridges_in(channels, besides=record.bridge))
         targets.pop(record.bridge, None)
-        return self._route(targets, text) + self._members_for(record, gained)
+        return restored + self._route(targets, text) + self._members_for(record, gained)
 
     def _v1_interest(self, record: Bridge, frame: JoinFrame) -> list[HubAction]:
         """A version 1 bridge's subscriber session (``bridge:<id>#<channel>``): an interest
@@ -749,6 +795,7 @@ _FRAME_HANDLERS: Final[dict[type[Any], Callable[[Hub, Bridge, Any, str], list[Hu
     BulkLeaveFrame: Hub._unexpected,
     ErrorFrame: Hub._unexpected,
     MembersFrame: Hub._unexpected,
+    RestoredFrame: Hub._unexpected,
 }
 
 
