@@ -554,6 +554,9 @@ class Presence:
         gained = [c for c in frame.channels if c not in record.subscriptions]
         for channel in gained:
             self._local.subscribe(record, channel, _NONE)
+        # In the hub's order, so both say the same list from now on.
+        held = record.subscriptions
+        record.subscriptions = {c: held.pop(c) for c in frame.channels if c in held} | held
         self._channels.show(record, gained)
         return self._cluster.add(record.remote()) + self._parts.store.put(record, gained)
 
