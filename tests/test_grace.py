@@ -10,6 +10,9 @@ import pytest
 from megapresence_core import (
     ClusterConfig,
     ConnectionClosed,
+    ConnectionOpened,
+    DrainRequested,
+    DuplicateSessionPolicy,
     KickRequested,
     Log,
     Member,
@@ -72,12 +75,7 @@ def kinds(actions: list[Any]) -> list[str]:
 
 def test_a_closed_session_lingers_listed_and_counted_then_leaves() -> None:
     presence = watched()
-    actions = drive(presence, ConnectionClosed(conn=2, now=2))
-    assert presence_messages(actions, 1) == []  # no diff
-    # No LEAVE: the hub hears that the session lingers (a JOIN marked so).
-    assert [(f["type"], f["payload"].get("lingering")) for f in sent_frames(actions)] == [
-        ("JOIN", True)
-    ]
+    assert drive(presence, ConnectionClosed(conn=2, now=2)) == []  # no diff, no LEAVE
     assert presence.session_state("b1") is ConnectionState.LINGERING
     assert presence.connection_state(2) is ConnectionState.CLOSED  # the id may be reused
     assert presence.presence_stats("lobby") == (2, 2)
@@ -135,7 +133,7 @@ def test_a_kick_leaves_at_once_and_a_requeue_lingers() -> None:
     assert kinds(actions) == ["LEAVE", "remove", "StoreDelete"]
     presence = watched()
     drive(presence, KickRequested(session_id="b1", requeue=True))  # 4503: come back now
-    assert kinds(drive(presence, ConnectionClosed(conn=2, now=10))) == ["JOIN"]  # lingering
+    assert drive(presence, ConnectionClosed(conn=2, now=10)) == []
     assert presence.session_state("b1") is ConnectionState.LINGERING
 
 
@@ -225,3 +223,37 @@ def test_a_return_on_another_instance_drops_the_lingering_copy_without_a_leave()
     assert presence.session_state("b1") is ConnectionState.CLOSED
     assert presence.presence_stats("lobby") == (2, 2)
     assert refusals(actions) == []
+
+
+def test_a_drain_sends_every_client_away_with_4503_and_keeps_their_sessions() -> None:
+    presence = watched()
+    drive(presence, ConnectionOpened(conn=3, ns="/ws"))  # not joined: sent away too
+    actions = drive(presence, DrainRequested())
+    assert {(a.conn, a.code) for a in actions if isinstance(a, CloseConnection)} == {
+        (1, 4503),
+        (2, 4503),
+        (3, 4503),
+    }
+    assert kinds(actions) == []  # nothing leaves: the links stay, the sessions too
+    for conn in (1, 2, 3):
+        assert drive(presence, ConnectionClosed(conn=conn, now=1)) == []
+    assert presence.session_state("b1") is ConnectionState.LINGERING
+    assert not presence.drained
+    # A join meanwhile is sent away as well.
+    actions = open_joined(presence, 4, "cid", "c1", now=1)
+    assert [(a.conn, a.code) for a in actions if isinstance(a, CloseConnection)] == [(4, 4503)]
+    drive(presence, ConnectionClosed(conn=4, now=1))
+    # b1 comes back on another bridge: dropped without a leave; a1 never does: it leaves.
+    data = hub_frame("JOIN", userId="bob", sessionId="b1", channels=["lobby"], metadata={"s": 1})
+    drive(presence, HubFrameReceived(data=data, now=2))
+    assert presence.session_state("b1") is ConnectionState.CLOSED
+    assert kinds(drive(presence, Tick(now=1 + GRACE))) == ["LEAVE", "remove", "StoreDelete"]
+    assert presence.drained
+
+
+def test_under_refuse_new_the_hub_hears_that_a_session_lingers() -> None:
+    presence = watched(duplicate_session=DuplicateSessionPolicy.REFUSE_NEW)
+    actions = drive(presence, ConnectionClosed(conn=2, now=2))
+    assert [(f["type"], f["payload"].get("lingering")) for f in sent_frames(actions)] == [
+        ("JOIN", True)
+    ]

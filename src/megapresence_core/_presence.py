@@ -67,6 +67,7 @@ from .events import (
     ConnectionClosed,
     ConnectionOpened,
     DirectRequested,
+    DrainRequested,
     Event,
     HubConnected,
     HubFrameReceived,
@@ -126,6 +127,7 @@ DUPLICATE_REASON: Final = "session id already connected"
 FOREIGN_REASON: Final = "session id belongs to another user"
 REPLACED_REASON: Final = "session taken over by a new connection"
 SHUTDOWN_REASON: Final = "server shutting down"
+DRAIN_REASON: Final = "server draining: reconnect"
 
 _TimerHandler = Callable[[Timer, Hashable, float], list[Action]]
 _NONE = PresenceMode.NONE
@@ -184,6 +186,8 @@ class Presence:
             store=store,
         )
         self._channels = Channels(self._parts)
+        #: A drain started: every connection was sent away with 4503, and joins are.
+        self._draining = False
 
     @property
     def config(self) -> PresenceConfig:
@@ -218,6 +222,8 @@ class Presence:
         limits.check_name("SessionJoined", "session_id", event.session_id)
         limits.check_channels("SessionJoined", event.channels)
         limits.check_metadata("SessionJoined", event.metadata_bytes)
+        if self._draining:
+            return [CloseConnection(conn=event.conn, code=CloseCode.REQUEUE, reason=DRAIN_REASON)]
         actions: list[Action] = []
         held = local.by_session.get(event.session_id)
         lingering = local.lingering.get(event.session_id)
@@ -281,8 +287,10 @@ class Presence:
             self._local.end(record, ConnectionInput.EXPIRE)
             return self._channels.left(record)
         self._timers.arm(Timer.GRACE, event.now + grace, record)
+        if self._config.duplicate_session is not DuplicateSessionPolicy.REFUSE_NEW:
+            return []
         # The hub learns that the session has no socket now: a JOIN on another bridge
-        # restores it there, whatever that bridge's duplicate-session policy.
+        # restores it there, where an open one would be refused.
         return self._hub_link.send(_join_frame(record, lingering=True))
 
     def _grace_over(self, kind: Timer, owner: Hashable, now: float) -> list[Action]:
@@ -482,6 +490,13 @@ class Presence:
             kind, owner = due
             actions += self._on_timer[kind](kind, owner, now)
         return actions
+
+    def _on_drain(self, event: DrainRequested) -> list[Action]:
+        self._draining = True
+        return [
+            CloseConnection(conn=conn, code=CloseCode.REQUEUE, reason=DRAIN_REASON)
+            for conn in self._local.records
+        ]
 
     def _on_shutdown(self, event: ShutdownRequested) -> list[Action]:
         # The seed's order: hub link, cluster, store (while the indexes still say whose
@@ -690,6 +705,12 @@ class Presence:
         return self._lifecycle.state
 
     @property
+    def drained(self) -> bool:
+        """No connection is open and no session lingers: after ``DrainRequested``, every
+        session has moved to another server or left."""
+        return not self._local.records and not self._local.lingering
+
+    @property
     def is_shut_down(self) -> bool:
         return self._lifecycle.state is PresenceState.SHUT_DOWN
 
@@ -775,6 +796,7 @@ _HANDLERS: Final[dict[type[Any], tuple[PresenceInput, Callable[[Presence, Any], 
     ClusterLost: (_W, Presence._on_cluster_lost),
     ClusterMessageReceived: (_W, Presence._on_cluster_message),
     Tick: (_W, Presence._on_tick),
+    DrainRequested: (_E, Presence._on_drain),
     ShutdownRequested: (PresenceInput.SHUTDOWN, Presence._on_shutdown),
 }
 
