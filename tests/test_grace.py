@@ -11,7 +11,6 @@ from megapresence_core import (
     ClusterConfig,
     ConnectionClosed,
     ConnectionOpened,
-    DrainRequested,
     DuplicateSessionPolicy,
     KickRequested,
     Log,
@@ -27,7 +26,12 @@ from megapresence_core import (
 )
 from megapresence_core.actions import CloseConnection, ClusterPublish, StoreDelete
 from megapresence_core.config import DEFAULT_LEAVE_GRACE
-from megapresence_core.events import ClusterConnected, ClusterMessageReceived, HubFrameReceived
+from megapresence_core.events import (
+    ClusterConnected,
+    ClusterMessageReceived,
+    DrainRequested,
+    HubFrameReceived,
+)
 from megapresence_core.lifecycle import ConnectionState, Timer
 from megapresence_core.wire import ClusterAdd, ClusterKick, encode
 

@@ -48,7 +48,6 @@ from megapresence_core import (
     ConnectionOpened,
     Deliver,
     DirectRequested,
-    DrainRequested,
     Event,
     KickRequested,
     LocalUsageError,
@@ -78,7 +77,7 @@ from megapresence_core.actions import (
     StorePut,
     StoreRefresh,
 )
-from megapresence_core.events import HubLinkStarted
+from megapresence_core.events import DrainRequested, HubLinkStarted
 from megapresence_core.lifecycle import ClusterLinkState, ConnectionState, HubLinkState
 
 from ._asgi import ASGIApp, FrameText, PresenceASGI, Receive, Scope, Send, serve_asgi
