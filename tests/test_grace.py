@@ -255,6 +255,16 @@ def test_a_drain_sends_every_client_away_with_4503_and_keeps_their_sessions() ->
     assert presence.drained
 
 
+def test_without_a_hub_or_a_cluster_a_drain_does_not_wait_for_the_grace() -> None:
+    presence = Presence()
+    open_joined(presence, 1, "ann", "a1")
+    drive(presence, DrainRequested())
+    assert not presence.drained  # its socket is still open
+    drive(presence, ConnectionClosed(conn=1, now=1))
+    assert presence.session_state("a1") is ConnectionState.LINGERING
+    assert presence.drained  # no other server could take it over
+
+
 def test_under_refuse_new_the_hub_hears_that_a_session_lingers() -> None:
     presence = watched(duplicate_session=DuplicateSessionPolicy.REFUSE_NEW)
     actions = drive(presence, ConnectionClosed(conn=2, now=2))

@@ -706,9 +706,13 @@ class Presence:
 
     @property
     def drained(self) -> bool:
-        """No connection is open and no session lingers: after ``DrainRequested``, every
-        session has moved to another server or left."""
-        return not self._local.records and not self._local.lingering
+        """No connection is open and no session lingers (after ``DrainRequested``: every
+        session has moved to another server or left), or none could move: without a hub
+        or a cluster, no other server would take a lingering session over."""
+        if self._local.records:
+            return False
+        alone = self._hub_link.state is None and self._cluster.state is None
+        return alone or not self._local.lingering
 
     @property
     def is_shut_down(self) -> bool:
