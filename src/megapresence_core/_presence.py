@@ -40,7 +40,16 @@ A session whose socket closes lingers for ``leave_grace``: still listed,
 counted and announced as present; it leaves when the grace ends (timer
 ``GRACE``), or is restored if it joins again, here (the new connection takes
 it over, subscriptions and all) or elsewhere (the hub or the cluster tells
-us, and we drop our copy without a leave).
+us, and we drop our copy without a leave; the session's channels move with it).
+
+One session id has one holder in the deployment. A second connection for a
+joined session, here or on another server (the hub's JOIN, the cluster's
+``add``), takes it over under the default policy: the prior connection stays
+open without a session and is told (``session.detached``). Another user's
+session id is refused wherever it is known (here, or what the hub or the
+cluster told us; else the hub refuses it, naming the session). A drain
+(``DrainRequested``) sends every client away with 4503, so each session moves
+with its client to the server it reconnects to.
 """
 
 from __future__ import annotations

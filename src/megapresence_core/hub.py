@@ -20,8 +20,17 @@ BULK_LEAVE to the bridges that tracked one of their channels.
 
 A bad frame from one bridge costs that bridge only: an ERROR frame and a
 strike; ``max_errors`` strikes, or one protocol violation, close it with 1008.
-A session moves between bridges only under its own user id: a JOIN for a
-session held under another user is refused (a strike) and changes nothing.
+One session id has one owner in the deployment, decided here. A JOIN for a
+session held under another user is refused with an ERROR naming the session
+(``session_taken``; no strike: the bridge closes that client, and the link is
+not at fault) and changes nothing. A JOIN of the same user from another bridge
+moves the session there, whether its socket on the old bridge is open (a
+take-over: that bridge detaches or closes it) or closed (a return within the
+leave grace: that bridge drops its lingering copy); the session keeps its
+channels and gains the JOIN's, and the new bridge hears which in RESTORED. A
+bridge under ``REFUSE_NEW`` marks its JOINs ``exclusive`` (and its lingering
+sessions with a ``lingering`` JOIN): such a JOIN for a session open on another
+bridge is refused (``session_in_use``, naming the session) instead.
 
 Lifecycles: each bridge follows the ``BRIDGE`` table and the hub itself the
 ``HUB`` table (accepting, then draining); their rows name what each
