@@ -173,6 +173,18 @@ def test_another_users_session_id_is_refused_on_every_bridge_and_costs_only_that
     assert sorted(sim.links) == [1, 2, 3]  # no link was closed and opened again
 
 
+def test_the_hub_refuses_another_users_id_that_the_bridge_could_not_know() -> None:
+    sim = network()
+    sim.open("A", "/ws", "ann", "s1", ("misc",))  # a channel B does not track
+    sim.settle()
+    assert "s1" not in sim.bridges["B"].presence._hub_members.table.sessions
+    conn = sim.open("B", "/ws", "mallory", "s1", ("room",))
+    sim.settle()
+    assert sim.bridges["B"].closed == [(conn, 1008, FOREIGN)]
+    assert hub_owner(sim, "s1") == ("A", ("misc",))
+    assert sim.bridges["B"].presence.hub_link_state is HubLinkState.REGISTERED
+
+
 def test_a_refused_join_puts_back_what_the_hub_said_of_the_session() -> None:
     # B watches room: it knows ann's s1 on A. Under REFUSE_NEW its own join of s1 is
     # refused by the hub; B's watchers must still see s1 (held by A).
