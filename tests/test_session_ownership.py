@@ -14,7 +14,13 @@ from typing import Any
 
 import pytest
 
-from megapresence_core import DuplicateSessionPolicy, PresenceMode, Subscribe
+from megapresence_core import (
+    ConnectionOpened,
+    DuplicateSessionPolicy,
+    PresenceMode,
+    SessionJoined,
+    Subscribe,
+)
 from megapresence_core.events import HubFrameReceived
 from megapresence_core.lifecycle import BridgeState, ConnectionState, HubLinkState
 
@@ -143,6 +149,30 @@ def test_refuse_new_refuses_a_second_connection_on_another_bridge_but_restores()
     assert set(sim.bridges["B"].presence.subscriptions(back)) == {"room"}
     sim.advance(GRACE + 0.5)
     assert diffs(sim) == []
+
+
+def test_two_connections_that_cross_at_the_hub_leave_no_split_view() -> None:
+    # Two tabs at once: s1 opens on B and again on A, each before its bridge hears of the
+    # other; the hub serves B's JOIN, then A's, and each bridge gets the other's claim.
+    sim = network()
+    sim.open("A", "/ws", "ann", "s1", ("room",))
+    sim.settle()
+    for name in ("B", "A"):
+        conn = next(sim.conn_ids)
+        sim.open_conns[name][conn] = None
+        sim.bridges[name].handle(ConnectionOpened(conn=conn, ns="/ws"))
+        sim.bridges[name].handle(
+            SessionJoined(conn=conn, user_id="ann", session_id="s1", channels=("room",), now=0)
+        )
+    sim.settle()
+    sim.advance(GRACE + 1)
+    owner = hub_owner(sim, "s1")
+    if owner is None:  # both gave it up, and so did the hub: one view, everywhere
+        assert holders(sim, "s1") == {}
+        assert seen(sim, "s1") == set()
+    else:
+        assert holders(sim, "s1") == {owner[0]: ConnectionState.JOINED}
+        assert seen(sim, "s1") == {"A", "B", "C"}
 
 
 # ------------------------------------------------------ another user's session

@@ -39,6 +39,7 @@ class ConnectionRecord:
     """What the core knows of one connection, and of its session while that lingers."""
 
     __slots__ = (
+        "claim",
         "closed_at",
         "conn",
         "displaced",
@@ -66,6 +67,8 @@ class ConnectionRecord:
         #: What the hub said of the session before this connection joined it, put back
         #: if the hub refuses the join (the session is open on another bridge).
         self.displaced: RemoteMember | None = None
+        #: The number ``Presence`` gave its join: the JOIN's ``claim``.
+        self.claim = 0
 
     @property
     def state(self) -> ConnectionState:

@@ -197,6 +197,8 @@ class Presence:
         self._channels = Channels(self._parts)
         #: A drain started: every connection was sent away with 4503, and joins are.
         self._draining = False
+        #: The number of the last join here (JOIN ``claim``): which connection holds it.
+        self._claims = 0
 
     @property
     def config(self) -> PresenceConfig:
@@ -273,6 +275,8 @@ class Presence:
                 else:
                     refusals.append(refusal)
         local.join(record, event.user_id, event.session_id, subscriptions, event.metadata)
+        self._claims += 1
+        record.claim = self._claims
         # If the session was another bridge's, the hub now moves it here and will not echo
         # that to us: what it told us of the session is stale (unless the hub refuses).
         record.displaced = self._hub_members.table.sessions.get(event.session_id)
@@ -549,6 +553,12 @@ class Presence:
         return here
 
     def _hub_presence(self, frame: HubFrame) -> list[Action]:
+        if isinstance(frame, JoinFrame) and frame.supersedes:
+            record = self._local.by_session.get(frame.session_id)
+            if record is not None and record.claim != frame.supersedes:
+                # A move of the session from a connection it no longer holds: our newer
+                # JOIN crossed it, and the hub gives the session back to this one.
+                return []
         return self._hub_members.receive(frame)
 
     def _hub_ignored(self, frame: HubFrame) -> list[Action]:
@@ -783,6 +793,7 @@ def _join_frame(
         metadata=record.metadata,
         lingering=lingering,
         exclusive=exclusive,
+        claim=record.claim,
     )
 
 

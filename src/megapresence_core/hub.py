@@ -600,7 +600,7 @@ class Hub:
             kept = dict.fromkeys((*held.channels, *frame.channels))
             channels = tuple(kept)[: config.max_channels_per_session]
             if channels != frame.channels:
-                text = encode(attrs.evolve(frame, channels=channels, exclusive=False))
+                text = encode(attrs.evolve(frame, channels=channels))
                 restored = [
                     _send(
                         record,
@@ -610,9 +610,12 @@ class Hub:
         # Whoever saw the session before (its old channels, the bridge it moved from)
         # and whoever sees it now hear the JOIN; the JOIN says its channels from now on.
         targets: dict[Hashable, None] = {}
+        moved: list[HubAction] = []
         if held is not None:
             targets = sessions.bridges_in(held.channels, besides=record.bridge)
-            targets[held.bridge] = None
+            if elsewhere:  # the bridge it moves from hears which connection loses it
+                lost = attrs.evolve(frame, channels=channels, supersedes=held.claim)
+                moved = self._route((held.bridge,), encode(lost))
         gained = [c for c in channels if not sessions.tracks(record.bridge, c)]
         sessions.put(
             HubSession(
@@ -622,11 +625,15 @@ class Hub:
                 channels,
                 frame.metadata,
                 lingering=frame.lingering,
+                claim=frame.claim,
             )
         )
         targets.update(sessions.bridges_in(channels, besides=record.bridge))
         targets.pop(record.bridge, None)
-        return restored + self._route(targets, text) + self._members_for(record, gained)
+        if held is not None:
+            targets.pop(held.bridge, None)
+        routed = self._route(targets, text)
+        return restored + moved + routed + self._members_for(record, gained)
 
     def _v1_interest(self, record: Bridge, frame: JoinFrame) -> list[HubAction]:
         """A version 1 bridge's subscriber session (``bridge:<id>#<channel>``): an interest

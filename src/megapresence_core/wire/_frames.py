@@ -154,6 +154,13 @@ class JoinFrame:
     #: refuses this JOIN (ERROR ``session_in_use``) while another bridge holds the
     #: session with an open connection, instead of moving it here.
     exclusive: bool = False
+    #: Which of its bridge's connections holds the session (a number the bridge gives
+    #: each join), so the hub can say which one a move supersedes.
+    claim: int = 0
+    #: Hub to the bridge the session moves away from: the ``claim`` of its connection
+    #: that loses it. A bridge whose connection has a newer claim (its own JOIN crossed
+    #: this one) keeps it: the hub will give the session back to it.
+    supersedes: int = 0
 
 
 @final
@@ -377,6 +384,8 @@ register(
     Field("metadata", "metadata", check_object, None),
     Field("lingering", "lingering", check_flag, False),
     Field("exclusive", "exclusive", check_flag, False),
+    Field("claim", "claim", check_count, 0),
+    Field("supersedes", "supersedes", check_count, 0),
 )
 register(_H, "LEAVE", LeaveFrame, _SESSION)
 register(
