@@ -73,6 +73,8 @@ frames: st.SearchStrategy[HubFrame] = st.one_of(
         metadata=st.none() | objects,
         lingering=st.booleans(),
         exclusive=st.booleans(),
+        claim=st.integers(0, 2**53),
+        supersedes=st.integers(0, 2**53),
     ),
     st.builds(LeaveFrame, session_id=names),
     st.builds(BulkLeaveFrame, bridge_id=names, session_ids=name_tuples),

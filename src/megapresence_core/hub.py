@@ -27,7 +27,10 @@ not at fault) and changes nothing. A JOIN of the same user from another bridge
 moves the session there, whether its socket on the old bridge is open (a
 take-over: that bridge detaches or closes it) or closed (a return within the
 leave grace: that bridge drops its lingering copy); the session keeps its
-channels and gains the JOIN's, and the new bridge hears which in RESTORED. A
+channels and gains the JOIN's, and the new bridge hears which in RESTORED; the
+old bridge's copy of the JOIN names (``supersedes``) the ``claim`` of the
+connection that loses it, so a bridge whose own newer JOIN crossed it keeps its
+connection (the hub gives the session back to it next). A
 bridge under ``REFUSE_NEW`` marks its JOINs ``exclusive`` (and its lingering
 sessions with a ``lingering`` JOIN): such a JOIN for a session open on another
 bridge is refused (``session_in_use``, naming the session) instead.
