@@ -436,7 +436,7 @@ def test_a_client_whose_session_another_tab_took_stops_and_says_so(
     page.run("clients.second.close()")
 
 
-def test_a_restarted_serve_is_reconnected_to_after_1001_and_1006(
+def test_a_restarted_serve_is_reconnected_to_after_4503_and_1006(
     browser: Any, tmp_path: Path
 ) -> None:
     server = Command(tmp_path, "serve", "serve", "--port", "0")
@@ -448,9 +448,10 @@ def test_a_restarted_serve_is_reconnected_to_after_1001_and_1006(
             "watch('ivy', 'lobby', 'users'); clients.ivy.connect();"
         )
         page.wait_for("ivy", synced("lobby", ["ivy"]))
-        for sig, code in ((signal.SIGTERM, 1001), (signal.SIGKILL, 1006)):
+        # SIGTERM drains: 4503 (reconnect, the session is kept), with the back-off delay.
+        for sig, code, delay in ((signal.SIGTERM, 4503, 2500), (signal.SIGKILL, 1006, 625)):
             start = len(page.events("ivy"))
-            retry = ("reconnecting", code, 1, 625)
+            retry = ("reconnecting", code, 1, delay)
             server.stop(sig)
             page.wait("ivy", lambda es, s=start, r=retry: r in states(es[s:]), "no retry")
             server = Command(tmp_path, "serve", "serve", "--port", str(port))
