@@ -60,8 +60,8 @@ class Model:
     ) -> None:
         prior = self.sessions.get(sid)
         kept: set[str] = set()
-        if prior is not None and prior.home == home:
-            kept = prior.channels  # restored, or taken over on the same process
+        if prior is not None:
+            kept = prior.channels  # restored (on any process), or taken over
             if prior.conn is not None:
                 self.conns[prior.conn] = (home, None)  # detached: it stays open, watches nothing
                 self.modes.pop(prior.conn, None)

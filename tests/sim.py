@@ -34,6 +34,7 @@ from megapresence_core import (
     ConnectionClosed,
     ConnectionOpened,
     Deliver,
+    DuplicateSessionPolicy,
     Event,
     Hub,
     HubConfig,
@@ -197,6 +198,7 @@ class SimBridge:
                 hub_link=config,
                 leave_grace=self.network.leave_grace,
                 presence_window=self.network.presence_window,
+                duplicate_session=self.network.duplicate_session,
             )
         )
         self.handle(HubLinkStarted(now=self.network.now))
@@ -272,8 +274,10 @@ class HubNetwork:
         leave_grace: float = 0.0,
         presence_window: float = 0.0,
         unbatched: tuple[str, ...] = (),
+        duplicate_session: DuplicateSessionPolicy = DuplicateSessionPolicy.DETACH_PRIOR,
     ) -> None:
         self.unbatched = unbatched
+        self.duplicate_session = duplicate_session
         self.leave_grace = leave_grace
         self.presence_window = presence_window
         #: bridge -> its open client connections

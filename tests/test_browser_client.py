@@ -411,7 +411,32 @@ def test_a_reconnect_within_the_grace_resubscribes_without_false_leaves(
     page.run("clients.gus.close(); clients.hal.close()")
 
 
-def test_a_restarted_serve_is_reconnected_to_after_1001_and_1006(
+def test_a_client_whose_session_another_tab_took_stops_and_says_so(
+    browser: Any, rules_port: int
+) -> None:
+    page = Page(browser, rules_port)
+    url = "/ws/chat?user=ivy&session=ivy-tab&channels=tabs"
+    for name in ("first", "second"):
+        page.run(
+            f"makeClient('{name}', '{url}', {{onDetached: (m) => window.events.push("
+            f"['{name}', 'detached', m])}}); watch('{name}', 'tabs', 'users');"
+            f"clients.{name}.connect();"
+        )
+        page.wait_for(name, synced("tabs", ["ivy"]))
+    detached = {"type": "session.detached", "sessionId": "ivy-tab", "reason": "replaced"}
+    page.wait_for("first", ["detached", detached])
+    events = page.wait("first", lambda es: ("closed", 1000) in states(es), "no close")
+    # It stopped: no reconnect (which would take the session back from the second tab).
+    assert [s for s in states(events) if s[0] != "connecting"][-2:] == [
+        ("open", None),
+        ("closed", 1000),
+    ]
+    assert page.run("return [clients.first.state, clients.first._timer]") == ["closed", None]
+    assert page.run("return clients.second.state") == "open"
+    page.run("clients.second.close()")
+
+
+def test_a_restarted_serve_is_reconnected_to_after_4503_and_1006(
     browser: Any, tmp_path: Path
 ) -> None:
     server = Command(tmp_path, "serve", "serve", "--port", "0")
@@ -423,9 +448,10 @@ def test_a_restarted_serve_is_reconnected_to_after_1001_and_1006(
             "watch('ivy', 'lobby', 'users'); clients.ivy.connect();"
         )
         page.wait_for("ivy", synced("lobby", ["ivy"]))
-        for sig, code in ((signal.SIGTERM, 1001), (signal.SIGKILL, 1006)):
+        # SIGTERM drains: 4503 (reconnect, the session is kept), with the back-off delay.
+        for sig, code, delay in ((signal.SIGTERM, 4503, 2500), (signal.SIGKILL, 1006, 625)):
             start = len(page.events("ivy"))
-            retry = ("reconnecting", code, 1, 625)
+            retry = ("reconnecting", code, 1, delay)
             server.stop(sig)
             page.wait("ivy", lambda es, s=start, r=retry: r in states(es[s:]), "no retry")
             server = Command(tmp_path, "serve", "serve", "--port", str(port))

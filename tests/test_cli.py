@@ -316,7 +316,9 @@ def test_with_json_logs_a_failure_to_start_is_one_json_line(busy_port: int) -> N
 
 
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize(
+    "sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT], ids=["SIGTERM", "SIGHUP", "SIGINT"]
+)
 def test_a_signal_drains_and_exits_0_even_when_sent_twice(
     tmp_path: Path, backend: str, sig: signal.Signals
 ) -> None:

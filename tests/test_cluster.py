@@ -12,6 +12,7 @@ from megapresence_core import (
     BroadcastRequested,
     ClusterConfig,
     ConnectionOpened,
+    Deliver,
     DirectRequested,
     KickRequested,
     LocalUsageError,
@@ -521,4 +522,12 @@ def test_another_users_claim_on_a_local_session_is_logged_and_never_shown() -> N
     same_user = ClusterAdd(
         sender="B", epoch=1, ns="/ws", member=Member(session_id="s-ann", user_id="ann")
     )
-    assert a.presence.handle(ClusterMessageReceived(data=encode(same_user), now=bus.now)) == []
+    # The same user's claim is a take-over: the local connection gives the session up.
+    actions = a.presence.handle(ClusterMessageReceived(data=encode(same_user), now=bus.now))
+    assert [json.loads(x.text)["type"] for x in actions if isinstance(x, Deliver)] == [
+        "session.detached"
+    ]
+    assert [json.loads(x.data)["kind"] for x in actions if isinstance(x, ClusterPublish)] == [
+        "remove"
+    ]
+    assert a.presence.connection_of("s-ann") is None

@@ -28,7 +28,7 @@ SUBSCRIPTIONS = {"A": ("room",), "B": (), "C": ("room", "ops")}
 BRIDGES = st.sampled_from(sorted(SUBSCRIPTIONS))
 NAMESPACES = st.sampled_from(["/ws", "/admin"])
 USERS = st.sampled_from(["ann", "bob", "cid"])
-SLOTS = st.integers(0, 2)  # session ids are "<bridge>-<slot>": unique across bridges
+SLOTS = st.integers(0, 2)  # session ids are "s-<slot>": any bridge may be asked for any
 CHANNELS = st.lists(st.sampled_from(["room", "ops", "misc"]), max_size=2, unique=True)
 
 
@@ -93,20 +93,28 @@ class ClusterMachine(RuleBasedStateMachine):
         channels: list[str],
         status: str | None,
     ) -> None:
-        session = f"{bridge}-{slot}"
+        session = f"s-{slot}"
         metadata = None if status is None else {"status": status}
         if joins:
             prior = self.owner(session)
+            self.sim.clear_inboxes()
             conn = self.sim.open(bridge, ns, user, session, tuple(channels), metadata)
             if prior is not None and self.conns[prior]["user"] != user:
-                # Another user's session id: refused (closed 1008), the holder untouched.
+                # Another user's session id: refused (closed 1008) on whichever bridge,
+                # the holder untouched, and the link kept.
                 closed = (conn, 1008, "session id belongs to another user")
-                assert closed in self.sim.bridges[bridge].closed
+                assert self.sim.bridges[bridge].closed == [closed]
                 self.forget_closed()
                 self.sim.settle()
                 return
             if prior is not None:
-                # The session keeps its channels and gains the new join's.
+                # On any bridge the newer connection takes the session, which keeps its
+                # channels and gains the new join's; the prior one is told, and stays open.
+                self.sim.settle()
+                detached = {"type": "session.detached", "sessionId": session, "reason": "replaced"}
+                prior_bridge = self.sim.bridges[self.conns[prior]["bridge"]]
+                assert detached in prior_bridge.inbox.get(prior, [])
+                assert not any(b.closed for b in self.sim.bridges.values())
                 self.conns[prior]["detached"] = True
                 channels = list(dict.fromkeys([*self.conns[prior]["channels"], *channels]))
         else:
@@ -133,7 +141,7 @@ class ClusterMachine(RuleBasedStateMachine):
         bridge=BRIDGES,
         ns=NAMESPACES,
         channel=st.sampled_from(["room", "ops", "misc"]),
-        excepted=st.sets(st.sampled_from(["A-0", "B-0", "C-0", "C-1"]), max_size=2),
+        excepted=st.sets(st.sampled_from(["s-0", "s-1", "s-2"]), max_size=2),
     )
     def broadcast(self, bridge: str, ns: str, channel: str, excepted: set[str]) -> None:
         self.sim.clear_inboxes()
@@ -171,9 +179,9 @@ class ClusterMachine(RuleBasedStateMachine):
         assert set(got) == expected
         assert all(messages == [{"type": "d"}] for messages in got.values())
 
-    @rule(bridge=BRIDGES, owner_bridge=BRIDGES, slot=SLOTS, requeue=st.booleans())
-    def kick(self, bridge: str, owner_bridge: str, slot: int, requeue: bool) -> None:
-        session = f"{owner_bridge}-{slot}"
+    @rule(bridge=BRIDGES, slot=SLOTS, requeue=st.booleans())
+    def kick(self, bridge: str, slot: int, requeue: bool) -> None:
+        session = f"s-{slot}"
         owner = self.owner(session)
         self.sim.clear_inboxes()
         self.sim.act(bridge, KickRequested(session_id=session, requeue=requeue))
@@ -184,12 +192,12 @@ class ClusterMachine(RuleBasedStateMachine):
 
     @rule(bridge=BRIDGES, slot=SLOTS, status=st.sampled_from(["busy", "idle"]))
     def update_metadata(self, bridge: str, slot: int, status: str) -> None:
-        session = f"{bridge}-{slot}"
+        session = f"s-{slot}"
         self.sim.act(
             bridge, MetadataUpdated(session_id=session, metadata={"status": status}, now=0.0)
         )
         owner = self.owner(session)
-        if owner is not None:
+        if owner is not None and self.conns[owner]["bridge"] == bridge:
             self.conns[owner]["metadata"] = {"status": status}
         self.sim.settle()
 

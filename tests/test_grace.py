@@ -10,6 +10,8 @@ import pytest
 from megapresence_core import (
     ClusterConfig,
     ConnectionClosed,
+    ConnectionOpened,
+    DuplicateSessionPolicy,
     KickRequested,
     Log,
     Member,
@@ -24,7 +26,12 @@ from megapresence_core import (
 )
 from megapresence_core.actions import CloseConnection, ClusterPublish, StoreDelete
 from megapresence_core.config import DEFAULT_LEAVE_GRACE
-from megapresence_core.events import ClusterConnected, ClusterMessageReceived, HubFrameReceived
+from megapresence_core.events import (
+    ClusterConnected,
+    ClusterMessageReceived,
+    DrainRequested,
+    HubFrameReceived,
+)
 from megapresence_core.lifecycle import ConnectionState, Timer
 from megapresence_core.wire import ClusterAdd, ClusterKick, encode
 
@@ -220,3 +227,47 @@ def test_a_return_on_another_instance_drops_the_lingering_copy_without_a_leave()
     assert presence.session_state("b1") is ConnectionState.CLOSED
     assert presence.presence_stats("lobby") == (2, 2)
     assert refusals(actions) == []
+
+
+def test_a_drain_sends_every_client_away_with_4503_and_keeps_their_sessions() -> None:
+    presence = watched()
+    drive(presence, ConnectionOpened(conn=3, ns="/ws"))  # not joined: sent away too
+    actions = drive(presence, DrainRequested())
+    assert {(a.conn, a.code) for a in actions if isinstance(a, CloseConnection)} == {
+        (1, 4503),
+        (2, 4503),
+        (3, 4503),
+    }
+    assert kinds(actions) == []  # nothing leaves: the links stay, the sessions too
+    for conn in (1, 2, 3):
+        assert drive(presence, ConnectionClosed(conn=conn, now=1)) == []
+    assert presence.session_state("b1") is ConnectionState.LINGERING
+    assert not presence.drained
+    # A join meanwhile is sent away as well.
+    actions = open_joined(presence, 4, "cid", "c1", now=1)
+    assert [(a.conn, a.code) for a in actions if isinstance(a, CloseConnection)] == [(4, 4503)]
+    drive(presence, ConnectionClosed(conn=4, now=1))
+    # b1 comes back on another bridge: dropped without a leave; a1 never does: it leaves.
+    data = hub_frame("JOIN", userId="bob", sessionId="b1", channels=["lobby"], metadata={"s": 1})
+    drive(presence, HubFrameReceived(data=data, now=2))
+    assert presence.session_state("b1") is ConnectionState.CLOSED
+    assert kinds(drive(presence, Tick(now=1 + GRACE))) == ["LEAVE", "remove", "StoreDelete"]
+    assert presence.drained
+
+
+def test_without_a_hub_or_a_cluster_a_drain_does_not_wait_for_the_grace() -> None:
+    presence = Presence()
+    open_joined(presence, 1, "ann", "a1")
+    drive(presence, DrainRequested())
+    assert not presence.drained  # its socket is still open
+    drive(presence, ConnectionClosed(conn=1, now=1))
+    assert presence.session_state("a1") is ConnectionState.LINGERING
+    assert presence.drained  # no other server could take it over
+
+
+def test_under_refuse_new_the_hub_hears_that_a_session_lingers() -> None:
+    presence = watched(duplicate_session=DuplicateSessionPolicy.REFUSE_NEW)
+    actions = drive(presence, ConnectionClosed(conn=2, now=2))
+    assert [(f["type"], f["payload"].get("lingering")) for f in sent_frames(actions)] == [
+        ("JOIN", True)
+    ]

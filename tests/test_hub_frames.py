@@ -29,6 +29,7 @@ from megapresence_core.wire import (
     PublishFrame,
     RegisteredFrame,
     RegisterFrame,
+    RestoredFrame,
     Sender,
     SubscribeFrame,
     UnsubscribeFrame,
@@ -78,6 +79,10 @@ frames: st.SearchStrategy[HubFrame] = st.one_of(
         session_id=names,
         channels=name_tuples,
         metadata=st.none() | objects,
+        lingering=st.booleans(),
+        exclusive=st.booleans(),
+        claim=st.integers(0, 2**53),
+        supersedes=st.integers(0, 2**53),
     ),
     st.builds(LeaveFrame, session_id=names),
     st.builds(BulkLeaveFrame, bridge_id=names, session_ids=name_tuples),
@@ -99,6 +104,7 @@ frames: st.SearchStrategy[HubFrame] = st.one_of(
     ),
     st.just(HeartbeatFrame()),
     st.builds(ErrorFrame, code=names, message=st.text(max_size=10), session_id=st.none() | names),
+    st.builds(RestoredFrame, session_id=names, channels=name_tuples),
     st.builds(
         SubscribeFrame,
         session_id=names,
@@ -151,6 +157,7 @@ def test_every_frame_type_is_covered_by_the_strategy() -> None:
         "UNSUBSCRIBE",
         "PUBLISH",
         "MEMBERS",
+        "RESTORED",
     }
 
 

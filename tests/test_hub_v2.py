@@ -148,11 +148,19 @@ def test_a_join_that_moves_a_session_reaches_its_old_bridge_and_its_old_channels
     join(hub, "A", "ann", "a1", "old")
     join(hub, "C", "cid", "c1", "old")
     join(hub, "D", "dan", "d1", "new")
-    # a1 comes back on B, in "new" only: A drops its lingering copy, C learns it left "old".
+    # a1 comes back on B, in "new": A drops its lingering copy; the session keeps "old"
+    # (C sees no change) and gains "new" (D sees it join); B learns what it keeps.
     actions = join(hub, "B", "ann", "a1", "new")
-    assert types_to(actions) == {"C": ["JOIN"], "A": ["JOIN"], "D": ["JOIN"], "B": ["MEMBERS"]}
+    assert types_to(actions) == {
+        "B": ["RESTORED", "MEMBERS", "MEMBERS"],
+        "C": ["JOIN"],
+        "A": ["JOIN"],
+        "D": ["JOIN"],
+    }
+    assert frames_to(actions)["B"][0]["payload"] == {"sessionId": "a1", "channels": ["old", "new"]}
+    assert frames_to(actions)["A"][0]["payload"]["channels"] == ["old", "new"]
     [moved] = hub.members()[2:]
-    assert (moved.bridge_id, moved.channels) == ("B", ("new",))
+    assert (moved.bridge_id, moved.channels) == ("B", ("old", "new"))
     assert send(hub, "A", "LEAVE", sessionId="a1") == []  # a late LEAVE from A changes nothing
 
 

@@ -685,9 +685,15 @@ def test_registration_says_the_interest_then_resyncs_every_session_with_latest_m
     actions = drive(presence, HubFrameReceived(data=registered_frame(), now=0))
     # cid's socket closed, but its session lingers for the grace: still announced.
     assert [f["payload"] for f in sent_frames(actions) if f["type"] == "JOIN"] == [
-        {"userId": "ann", "sessionId": "s1", "channels": ["lobby"], "metadata": {"v": 2}},
-        {"userId": "bob", "sessionId": "s2", "channels": []},
-        {"userId": "cid", "sessionId": "s3", "channels": [], "lingering": True},
+        {
+            "userId": "ann",
+            "sessionId": "s1",
+            "channels": ["lobby"],
+            "metadata": {"v": 2},
+            "claim": 1,  # which join: the hub names it when another bridge takes the session
+        },
+        {"userId": "bob", "sessionId": "s2", "channels": [], "claim": 2},
+        {"userId": "cid", "sessionId": "s3", "channels": [], "lingering": True, "claim": 3},
     ]
 
 

@@ -54,6 +54,9 @@ class PresenceMachine(RuleBasedStateMachine):
         self.sessions: dict[str, Hashable] = {}  # session -> owning conn (dict order = join order)
         self.channels: dict[str, list[str]] = {}
         self.metadata: dict[str, Any] = {}
+        #: session -> the number of its join (JOIN ``claim``), counted as the core does
+        self.claims: dict[str, int] = {}
+        self.joins = 0
         self.registered = True
         self.conn_ids = itertools.count()
 
@@ -133,8 +136,13 @@ class PresenceMachine(RuleBasedStateMachine):
         self.sessions[session] = conn
         self.channels[session] = channels
         self.metadata[session] = metadata
+        self.joins += 1
+        self.claims[session] = self.joins
         joins = [f["payload"] for f in sent_frames(actions) if f["type"] == "JOIN"]
-        assert joins == ([self.expected_join(session)] if self.registered else [])
+        expected = self.expected_join(session)
+        if self.policy is DuplicateSessionPolicy.REFUSE_NEW:
+            expected["exclusive"] = True  # the hub refuses it while another bridge holds it
+        assert joins == ([expected] if self.registered else [])
 
     @precondition(lambda self: self.ns)
     @rule(data=st.data())
@@ -244,6 +252,7 @@ class PresenceMachine(RuleBasedStateMachine):
             "userId": self.identity[conn][0],
             "sessionId": session,
             "channels": self.channels[session],
+            "claim": self.claims[session],
         }
         if self.metadata[session] is not None:
             payload["metadata"] = self.metadata[session]

@@ -383,7 +383,9 @@ class ClusterLink:
 
     def _on_add(self, instance: _Instance, message: Any, now: float) -> list[Action]:
         remote = RemoteMember(ns=message.ns, member=message.member, channels=message.channels)
-        return self._conflicts((remote,), message.sender) + instance.table.put(remote)
+        # An add is the sender's claim: it holds the session now (a take-over, when it
+        # is held here too).
+        return self._conflicts((remote,), message.sender) + instance.table.put(remote, claim=True)
 
     def _on_remove(self, instance: _Instance, message: Any, now: float) -> list[Action]:
         instance.table.remove(message.session_id)

@@ -263,11 +263,13 @@ class HubLink:
         session's client). Nothing counts against the link."""
         assert isinstance(frame, ErrorFrame)
         fields = {"code": frame.code, "message": frame.message}
-        log = Log(level=LogLevel.WARNING, event="hub.error", fields=fields)
-        if frame.session_id is None:
-            return LinkReceipt([log])
-        fields["session_id"] = frame.session_id
-        return LinkReceipt([log], frame)
+        if frame.session_id is not None:
+            # A refusal of one session: ``Presence`` closes that session's client.
+            fields["session_id"] = frame.session_id
+            return LinkReceipt(
+                [Log(level=LogLevel.INFO, event="hub.session.refused", fields=fields)], frame
+            )
+        return LinkReceipt([Log(level=LogLevel.WARNING, event="hub.error", fields=fields)])
 
     def _too_early(self, frame: HubFrame | PeerError, now: float) -> LinkReceipt:
         return _frame_warning("hub.frame.before_registered", frame)

@@ -63,7 +63,8 @@ class HubMembers:
     def _join(self, frame: JoinFrame) -> list[Action]:
         member = Member(session_id=frame.session_id, user_id=frame.user_id, metadata=frame.metadata)
         channels = tuple(channel for channel in frame.channels if self.tracks(channel))
-        return self.table.put(RemoteMember(ns="", member=member, channels=channels))
+        # A JOIN of a session held here says another bridge's connection took it.
+        return self.table.put(RemoteMember(ns="", member=member, channels=channels), claim=True)
 
     def _leave(self, frame: LeaveFrame) -> list[Action]:
         self.table.remove(frame.session_id)

@@ -22,7 +22,7 @@ __all__ = ["HubSession", "HubSessions"]
 
 @final
 class HubSession:
-    __slots__ = ("bridge", "channels", "metadata", "session_id", "user_id")
+    __slots__ = ("bridge", "channels", "claim", "lingering", "metadata", "session_id", "user_id")
 
     def __init__(
         self,
@@ -31,12 +31,20 @@ class HubSession:
         bridge: Hashable,
         channels: tuple[str, ...],
         metadata: JsonObject | None,
+        *,
+        lingering: bool = False,
+        claim: int = 0,
     ) -> None:
         self.session_id = session_id
         self.user_id = user_id
         self.bridge = bridge
         self.channels = channels
         self.metadata = metadata
+        #: Its socket closed and its bridge keeps it for the leave grace: a JOIN from
+        #: another bridge restores it there, whatever that bridge's duplicate policy.
+        self.lingering = lingering
+        #: The JOIN's ``claim``: which of its bridge's connections holds it.
+        self.claim = claim
 
     def member(self) -> Member:
         return Member(session_id=self.session_id, user_id=self.user_id, metadata=self.metadata)

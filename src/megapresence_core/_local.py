@@ -40,10 +40,12 @@ class ConnectionRecord:
     """What the core knows of one connection, and of its session while that lingers."""
 
     __slots__ = (
+        "claim",
         "closed_at",
         "command_at",
         "command_tokens",
         "conn",
+        "displaced",
         "lifecycle",
         "metadata",
         "ns",
@@ -69,6 +71,11 @@ class ConnectionRecord:
         #: Full at the first command (``Limits.command_burst``).
         self.command_tokens = 0.0
         self.command_at = -math.inf
+        #: What the hub said of the session before this connection joined it, put back
+        #: if the hub refuses the join (the session is open on another bridge).
+        self.displaced: RemoteMember | None = None
+        #: The number ``Presence`` gave its join: the JOIN's ``claim``.
+        self.claim = 0
 
     @property
     def state(self) -> ConnectionState:

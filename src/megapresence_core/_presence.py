@@ -40,7 +40,16 @@ A session whose socket closes lingers for ``leave_grace``: still listed,
 counted and announced as present; it leaves when the grace ends (timer
 ``GRACE``), or is restored if it joins again, here (the new connection takes
 it over, subscriptions and all) or elsewhere (the hub or the cluster tells
-us, and we drop our copy without a leave).
+us, and we drop our copy without a leave; the session's channels move with it).
+
+One session id has one holder in the deployment. A second connection for a
+joined session, here or on another server (the hub's JOIN, the cluster's
+``add``), takes it over under the default policy: the prior connection stays
+open without a session and is told (``session.detached``). Another user's
+session id is refused wherever it is known (here, or what the hub or the
+cluster told us; else the hub refuses it, naming the session). A drain
+(``DrainRequested``) sends every client away with 4503, so each session moves
+with its client to the server it reconnects to.
 """
 
 from __future__ import annotations
@@ -68,6 +77,7 @@ from .events import (
     ConnectionClosed,
     ConnectionOpened,
     DirectRequested,
+    DrainRequested,
     Event,
     HubConnected,
     HubFrameReceived,
@@ -112,6 +122,8 @@ from .wire import (
     JoinFrame,
     MetadataFrame,
     PublishFrame,
+    RestoredFrame,
+    SessionDetached,
     broadcast_text,
     direct_text,
     encode,
@@ -125,6 +137,7 @@ DUPLICATE_REASON: Final = "session id already connected"
 FOREIGN_REASON: Final = "session id belongs to another user"
 REPLACED_REASON: Final = "session taken over by a new connection"
 SHUTDOWN_REASON: Final = "server shutting down"
+DRAIN_REASON: Final = "server draining: reconnect"
 
 _TimerHandler = Callable[[Timer, Hashable, float], list[Action]]
 _NONE = PresenceMode.NONE
@@ -183,6 +196,10 @@ class Presence:
             store=store,
         )
         self._channels = Channels(self._parts)
+        #: A drain started: every connection was sent away with 4503, and joins are.
+        self._draining = False
+        #: The number of the last join here (JOIN ``claim``): which connection holds it.
+        self._claims = 0
 
     @property
     def config(self) -> PresenceConfig:
@@ -217,31 +234,34 @@ class Presence:
         limits.check_name("SessionJoined", "session_id", event.session_id)
         limits.check_channels("SessionJoined", event.channels)
         limits.check_metadata("SessionJoined", event.metadata_bytes)
+        if self._draining:
+            return [CloseConnection(conn=event.conn, code=CloseCode.REQUEUE, reason=DRAIN_REASON)]
         actions: list[Action] = []
         held = local.by_session.get(event.session_id)
         lingering = local.lingering.get(event.session_id)
         prior = held or lingering
-        if prior is not None and (held is not None or prior.user_id != event.user_id):
+        # What another server holds of the session, as far as the hub or the cluster told us.
+        remote = self._remote_copy(event.session_id)
+        owner = prior.user_id if prior is not None else remote.member.user_id if remote else None
+        foreign = owner is not None and owner != event.user_id
+        if foreign or held is not None:
             # One connection at a time holds a session, and only its own user's.
-            foreign = prior.user_id != event.user_id
             policy = (
                 DuplicateSessionPolicy.REFUSE_NEW if foreign else self._config.duplicate_session
             )
-            actions.append(_duplicate_log(event, prior, policy, foreign))
+            actions.append(_duplicate_log(event, owner, policy, foreign))
             if policy is DuplicateSessionPolicy.REFUSE_NEW:
                 reason = FOREIGN_REASON if foreign else DUPLICATE_REASON
                 actions.append(
                     CloseConnection(conn=event.conn, code=CloseCode.POLICY, reason=reason)
                 )
                 return actions
-            if policy is DuplicateSessionPolicy.CLOSE_PRIOR:
-                actions.append(
-                    CloseConnection(conn=prior.conn, code=CloseCode.POLICY, reason=REPLACED_REASON)
-                )
-        inherited = prior.channels if prior is not None else ()
-        if held is not None:  # taken over: it stays open, without its session
-            self._channels.unwatch(held)
-            local.detach(held)
+        if prior is not None:
+            inherited = prior.channels
+        else:
+            inherited = remote.channels if remote is not None else ()
+        if held is not None:  # taken over: it stays open (or is closed), without its session
+            actions.append(self._yield(held, event.session_id))
         if lingering is not None:  # restored: no leave, no join
             local.end(lingering, ConnectionInput.RETURN)
         # The session keeps its subscriptions (as present-only: this connection has
@@ -256,12 +276,16 @@ class Presence:
                 else:
                     refusals.append(refusal)
         local.join(record, event.user_id, event.session_id, subscriptions, event.metadata)
+        self._claims += 1
+        record.claim = self._claims
         # If the session was another bridge's, the hub now moves it here and will not echo
-        # that to us: what it told us of the session is stale.
+        # that to us: what it told us of the session is stale (unless the hub refuses).
+        record.displaced = self._hub_members.table.sessions.get(event.session_id)
         self._hub_members.table.remove(event.session_id)
         self._channels.show(record, subscriptions)
         actions += refusals
-        actions += self._hub_link.send(_join_frame(record))
+        exclusive = self._config.duplicate_session is DuplicateSessionPolicy.REFUSE_NEW
+        actions += self._hub_link.send(_join_frame(record, exclusive=exclusive))
         store = self._parts.store.put(record, subscriptions)
         return actions + self._cluster.add(record.remote()) + store
 
@@ -277,23 +301,57 @@ class Presence:
             self._local.end(record, ConnectionInput.EXPIRE)
             return self._channels.left(record)
         self._timers.arm(Timer.GRACE, event.now + grace, record)
-        return []
+        if self._config.duplicate_session is not DuplicateSessionPolicy.REFUSE_NEW:
+            return []
+        # The hub learns that the session has no socket now: a JOIN on another bridge
+        # restores it there, where an open one would be refused.
+        return self._hub_link.send(_join_frame(record, lingering=True))
 
     def _grace_over(self, kind: Timer, owner: Hashable, now: float) -> list[Action]:
         assert isinstance(owner, ConnectionRecord)
         self._local.end(owner, ConnectionInput.EXPIRE)
         return self._channels.left(owner)
 
-    def _arrived(self, session_id: str) -> list[Action]:
+    def _arrived(self, session_id: str, claimer: str | None) -> list[Action]:
         """Another process now holds ``session_id``: a lingering copy here is dropped, with
-        no leave (its new home announces it); the cluster and the store forget our copy."""
-        record = self._local.lingering.get(session_id)
-        if record is None:
-            return []
-        self._local.end(record, ConnectionInput.SUPERSEDE)
-        self._channels.hide(record, record.channels)
-        store = self._parts.store.delete(session_id, record.channels)
-        return self._cluster.remove(session_id) + store
+        no leave (its new home announces it); so is a joined one when the other process
+        claims it for the same user (a newer connection took it there: this one is
+        detached, or closed under ``CLOSE_PRIOR``). The cluster and the store forget our
+        copy."""
+        local = self._local
+        actions: list[Action] = []
+        record = local.lingering.get(session_id)
+        if record is not None:
+            channels = record.channels
+            local.end(record, ConnectionInput.SUPERSEDE)
+            self._channels.hide(record, channels)
+        else:
+            record = local.by_session.get(session_id)
+            if record is None or record.user_id != claimer:
+                return []
+            channels = record.channels
+            self._channels.hide(record, channels)
+            actions.append(self._yield(record, session_id))
+        store = self._parts.store.delete(session_id, channels)
+        return actions + self._cluster.remove(session_id) + store
+
+    def _yield(self, record: ConnectionRecord, session_id: str) -> Action:
+        """A newer connection (here or elsewhere) takes ``record``'s session: the record
+        loses it (no leave: the session stays present) and its client is told
+        (``session.detached``), or closed under ``CLOSE_PRIOR``."""
+        self._channels.unwatch(record)
+        self._local.detach(record)
+        if self._config.duplicate_session is DuplicateSessionPolicy.CLOSE_PRIOR:
+            return CloseConnection(conn=record.conn, code=CloseCode.POLICY, reason=REPLACED_REASON)
+        return Deliver(conns=(record.conn,), text=encode(SessionDetached(session_id=session_id)))
+
+    def _remote_copy(self, session_id: str) -> RemoteMember | None:
+        """The session as the hub or another instance says it holds it, if one does."""
+        for table in (self._hub_members.table, *self._cluster.tables()):
+            remote = table.sessions.get(session_id)
+            if remote is not None:
+                return remote
+        return None
 
     def _on_broadcast(self, event: BroadcastRequested) -> list[Action]:
         ns, channel, message, excepted = (
@@ -484,6 +542,13 @@ class Presence:
             actions += self._on_timer[kind](kind, owner, now)
         return actions
 
+    def _on_drain(self, event: DrainRequested) -> list[Action]:
+        self._draining = True
+        return [
+            CloseConnection(conn=conn, code=CloseCode.REQUEUE, reason=DRAIN_REASON)
+            for conn in self._local.records
+        ]
+
     def _on_shutdown(self, event: ShutdownRequested) -> list[Action]:
         # The seed's order: hub link, cluster, store (while the indexes still say whose
         # members are ours), then the clients. Nobody watches any more, and what other
@@ -527,18 +592,51 @@ class Presence:
         return here
 
     def _hub_presence(self, frame: HubFrame) -> list[Action]:
+        if isinstance(frame, JoinFrame) and frame.supersedes:
+            record = self._local.by_session.get(frame.session_id)
+            if record is not None and record.claim != frame.supersedes:
+                # A move of the session from a connection it no longer holds: our newer
+                # JOIN crossed it, and the hub gives the session back to this one.
+                return []
         return self._hub_members.receive(frame)
 
     def _hub_ignored(self, frame: HubFrame) -> list[Action]:
         return []
 
-    def _hub_session_refused(self, frame: ErrorFrame) -> list[Action]:
-        """The hub refused something of one session (``sessionId``): that session's client
-        is closed with 1008 (a limit the session broke), and it leaves; the link is not
-        at fault. A session not held here any more needs nothing."""
+    def _hub_refused(self, frame: ErrorFrame) -> list[Action]:
+        """The hub refused one session (``sessionId``): its client is closed with 1008 and
+        the link is not at fault. Over a limit the session broke, it leaves; refused as
+        another user's id, or open on another bridge under ``REFUSE_NEW``, the holder the
+        hub knows stays what this bridge's watchers see."""
         assert frame.session_id is not None
-        reason = f"refused by the hub: {frame.code}"
-        return self._kick_here(frame.session_id, reason, requeue=False) or []
+        if frame.code not in _OWNERSHIP_REFUSALS:
+            reason = f"refused by the hub: {frame.code}"
+            return self._kick_here(frame.session_id, reason, requeue=False) or []
+        record = self._local.by_session.get(frame.session_id)
+        if record is None:
+            return self._arrived(frame.session_id, None)  # a lingering copy is not ours
+        reason = FOREIGN_REASON if frame.code == "session_taken" else DUPLICATE_REASON
+        self._local.kick(record)
+        actions: list[Action] = [
+            CloseConnection(conn=record.conn, code=CloseCode.POLICY, reason=reason)
+        ]
+        if record.displaced is not None:  # the other bridge keeps it: so do its watchers here
+            actions += self._hub_members.table.put(record.displaced)
+        return actions
+
+    def _hub_restored(self, frame: RestoredFrame) -> list[Action]:
+        """The session moved here from another bridge and keeps its channels there."""
+        record = self._local.by_session.get(frame.session_id)
+        if record is None:
+            return []
+        gained = [c for c in frame.channels if c not in record.subscriptions]
+        for channel in gained:
+            self._local.subscribe(record, channel, _NONE)
+        # In the hub's order, so both say the same list from now on.
+        held = record.subscriptions
+        record.subscriptions = {c: held.pop(c) for c in frame.channels if c in held} | held
+        self._channels.show(record, gained)
+        return self._cluster.add(record.remote()) + self._parts.store.put(record, gained)
 
     # ------------------------------------------------------------- delivery
 
@@ -684,6 +782,16 @@ class Presence:
         return self._lifecycle.state
 
     @property
+    def drained(self) -> bool:
+        """No connection is open and no session lingers (after ``DrainRequested``: every
+        session has moved to another server or left), or none could move: without a hub
+        or a cluster, no other server would take a lingering session over."""
+        if self._local.records:
+            return False
+        alone = self._hub_link.state is None and self._cluster.state is None
+        return alone or not self._local.lingering
+
+    @property
     def is_shut_down(self) -> bool:
         return self._lifecycle.state is PresenceState.SHUT_DOWN
 
@@ -720,11 +828,11 @@ class Presence:
 
 
 def _duplicate_log(
-    event: SessionJoined, prior: ConnectionRecord, policy: DuplicateSessionPolicy, foreign: bool
+    event: SessionJoined, prior_user_id: str | None, policy: DuplicateSessionPolicy, foreign: bool
 ) -> Log:
     fields = {
         "session_id": event.session_id,
-        "prior_user_id": prior.user_id,
+        "prior_user_id": prior_user_id,
         "user_id": event.user_id,
         "policy": policy.value,
     }
@@ -732,7 +840,9 @@ def _duplicate_log(
     return Log(level=LogLevel.WARNING, event=name, fields=fields)
 
 
-def _join_frame(record: ConnectionRecord, *, lingering: bool = False) -> JoinFrame:
+def _join_frame(
+    record: ConnectionRecord, *, lingering: bool = False, exclusive: bool = False
+) -> JoinFrame:
     member = record.member()
     return JoinFrame(
         user_id=member.user_id,
@@ -740,6 +850,8 @@ def _join_frame(record: ConnectionRecord, *, lingering: bool = False) -> JoinFra
         channels=record.channels,
         metadata=record.metadata,
         lingering=lingering,
+        exclusive=exclusive,
+        claim=record.claim,
     )
 
 
@@ -767,8 +879,12 @@ _HANDLERS: Final[dict[type[Any], tuple[PresenceInput, Callable[[Presence, Any], 
     ClusterLost: (_W, Presence._on_cluster_lost),
     ClusterMessageReceived: (_W, Presence._on_cluster_message),
     Tick: (_W, Presence._on_tick),
+    DrainRequested: (_E, Presence._on_drain),
     ShutdownRequested: (PresenceInput.SHUTDOWN, Presence._on_shutdown),
 }
+
+#: The hub's refusals of a session's ownership (not of something the session sent).
+_OWNERSHIP_REFUSALS: Final = frozenset({"session_taken", "session_in_use"})
 
 _HUB_FRAME_HANDLERS: Final[dict[type[Any], Callable[[Presence, Any], list[Action]]]] = {
     BroadcastFrame: Presence._hub_broadcast,
@@ -776,6 +892,7 @@ _HUB_FRAME_HANDLERS: Final[dict[type[Any], Callable[[Presence, Any], list[Action
     DirectFrame: Presence._hub_direct,
     DisconnectFrame: Presence._hub_disconnect,
     HeartbeatFrame: Presence._hub_ignored,
-    ErrorFrame: Presence._hub_session_refused,
+    ErrorFrame: Presence._hub_refused,
+    RestoredFrame: Presence._hub_restored,
     **dict.fromkeys(PRESENCE_FRAMES, Presence._hub_presence),
 }

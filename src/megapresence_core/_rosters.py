@@ -179,9 +179,11 @@ class Rosters:
                 raise AssertionError(f"roster of {channel!r} disagrees with its holders")
 
 
-#: Told a session id a remote source now holds; returns what that means here
-#: (a lingering local copy of it is dropped: the session returned elsewhere).
-Arrival = Callable[[str], list[Action]]
+#: Told a session id a remote source now holds and, when the source claims it (a
+#: connection just took it there), the claiming user; returns what that means here (a
+#: lingering local copy is dropped: the session returned elsewhere; a joined one claimed
+#: by its own user is given up).
+Arrival = Callable[[str, "str | None"], list[Action]]
 
 
 @final
@@ -201,11 +203,13 @@ class SourceTable:
         #: user id -> how many of the source's sessions are that user's
         self.users: dict[str, int] = {}
 
-    def put(self, remote: RemoteMember) -> list[Action]:
-        """The source holds ``remote`` (new, or its whole new state)."""
+    def put(self, remote: RemoteMember, *, claim: bool = False) -> list[Action]:
+        """The source holds ``remote`` (new, or its whole new state); ``claim``: a
+        connection just took the session there."""
+        claimer = remote.member.user_id if claim else None
         if not remote.channels and not self._keep_channelless:
             self.remove(remote.member.session_id)
-            return self._arrived(remote.member.session_id)
+            return self._arrived(remote.member.session_id, claimer)
         member = remote.member
         old = self.sessions.get(member.session_id)
         self.sessions[member.session_id] = remote
@@ -219,7 +223,7 @@ class SourceTable:
                 rosters.remove(channel, source, member.session_id)
         for channel in remote.channels:
             rosters.put(channel, source, member)
-        return self._arrived(member.session_id)
+        return self._arrived(member.session_id, claimer)
 
     def remove(self, session_id: str) -> None:
         old = self.sessions.pop(session_id, None)

@@ -41,6 +41,7 @@ __all__ = [
     "ConnectionClosed",
     "ConnectionOpened",
     "DirectRequested",
+    "DrainRequested",
     "Event",
     "HubConnected",
     "HubEvent",
@@ -441,6 +442,16 @@ class Tick:
 
 @final
 @attrs.frozen(kw_only=True)
+class DrainRequested:
+    """Hand every client to another server before a shutdown: each connection is closed
+    with 4503 (reconnect now), so each session lingers for its leave grace and moves with
+    its client to the server it reconnects to; a join from now on is closed with 4503 too.
+    The hub and cluster links stay up; ``Presence.drained`` says when every session has
+    moved or left. Then ``ShutdownRequested``."""
+
+
+@final
+@attrs.frozen(kw_only=True)
 class ShutdownRequested:
     """Stop in order: hub link, cluster, roster, then the client connections (1001)."""
 
@@ -466,6 +477,7 @@ Event: TypeAlias = (
     | ClusterLost
     | ClusterMessageReceived
     | Tick
+    | DrainRequested
     | ShutdownRequested
 )
 

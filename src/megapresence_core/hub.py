@@ -35,6 +35,21 @@ on the link; strikes decay (one per ``error_decay`` seconds), and
 (after which a bridge registers again, with backoff). A session moves between
 bridges only under its own user id.
 
+One session id has one owner in the deployment, decided here. A JOIN for a
+session held under another user is refused with an ERROR naming the session
+(``session_taken``; no strike: the bridge closes that client, and the link is
+not at fault) and changes nothing. A JOIN of the same user from another bridge
+moves the session there, whether its socket on the old bridge is open (a
+take-over: that bridge detaches or closes it) or closed (a return within the
+leave grace: that bridge drops its lingering copy); the session keeps its
+channels and gains the JOIN's, and the new bridge hears which in RESTORED; the
+old bridge's copy of the JOIN names (``supersedes``) the ``claim`` of the
+connection that loses it, so a bridge whose own newer JOIN crossed it keeps its
+connection (the hub gives the session back to it next). A
+bridge under ``REFUSE_NEW`` marks its JOINs ``exclusive`` (and its lingering
+sessions with a ``lingering`` JOIN): such a JOIN for a session open on another
+bridge is refused (``session_in_use``, naming the session) instead.
+
 Lifecycles: each bridge follows the ``BRIDGE`` table and the hub itself the
 ``HUB`` table (accepting, then draining); their rows name what each
 transition does (``"forget"`` a registered bridge's sessions, ``"ignore"``
@@ -112,6 +127,7 @@ from .wire import (
     PublishFrame,
     RegisteredFrame,
     RegisterFrame,
+    RestoredFrame,
     SubscribeFrame,
     UnsubscribeFrame,
     decode_hub_frame,
@@ -590,9 +606,25 @@ class Hub:
                 "session_taken",
                 f"session {frame.session_id[:40]!r} is held by another user",
             )
-        if frame.lingering and held is not None and held.bridge != record.bridge:
+        elsewhere = held is not None and held.bridge != record.bridge
+        if frame.lingering and elsewhere:
             # A resync of a session that returned on another bridge meanwhile: the
             # other bridge holds it now, and this one will hear so and drop its copy.
+            return []
+        if held is not None and elsewhere and frame.exclusive and not held.lingering:
+            return self._refuse_session(
+                record,
+                frame.session_id,
+                "session_in_use",
+                f"session {frame.session_id[:40]!r} is open on another server",
+            )
+        if (
+            held is not None
+            and not elsewhere
+            and frame.lingering
+            and (held.channels, held.metadata) == (frame.channels, frame.metadata)
+        ):
+            held.lingering = True  # its socket closed: the bridge keeps it for the grace
             return []
         if self._owned(record, frame.session_id) is None and (
             sessions.session_count(record.bridge) >= config.max_sessions_per_bridge
@@ -603,25 +635,47 @@ class Hub:
                 "too_many_sessions",
                 f"the limit is {config.max_sessions_per_bridge} per bridge",
             )
+        # A session that moves here from another bridge (a return within its grace, or
+        # a take-over) keeps its channels, as it would on one bridge: the JOIN's are added.
+        channels, restored = frame.channels, []
+        if held is not None and elsewhere and record.protocol >= 2:
+            kept = dict.fromkeys((*held.channels, *frame.channels))
+            channels = tuple(kept)[: config.max_channels_per_session]
+            if channels != frame.channels:
+                text = encode(attrs.evolve(frame, channels=channels))
+                restored = [
+                    _send(
+                        record,
+                        encode(RestoredFrame(session_id=frame.session_id, channels=channels)),
+                    )
+                ]
         # Whoever saw the session before (its old channels, the bridge it moved from)
         # and whoever sees it now hear the JOIN; the JOIN says its channels from now on.
         targets: dict[Hashable, None] = {}
+        moved: list[HubAction] = []
         if held is not None:
             targets = sessions.bridges_in(held.channels, besides=record.bridge)
-            targets[held.bridge] = None
-        gained = [c for c in frame.channels if not sessions.tracks(record.bridge, c)]
+            if elsewhere:  # the bridge it moves from hears which connection loses it
+                lost = attrs.evolve(frame, channels=channels, supersedes=held.claim)
+                moved = self._route((held.bridge,), encode(lost))
+        gained = [c for c in channels if not sessions.tracks(record.bridge, c)]
         sessions.put(
             HubSession(
                 frame.session_id,
                 frame.user_id,
                 record.bridge,
-                frame.channels,
+                channels,
                 frame.metadata,
+                lingering=frame.lingering,
+                claim=frame.claim,
             )
         )
-        targets.update(sessions.bridges_in(frame.channels, besides=record.bridge))
+        targets.update(sessions.bridges_in(channels, besides=record.bridge))
         targets.pop(record.bridge, None)
-        return self._route(targets, text) + self._members_for(record, gained)
+        if held is not None:
+            targets.pop(held.bridge, None)
+        routed = self._route(targets, text)
+        return restored + moved + routed + self._members_for(record, gained)
 
     def _v1_interest(self, record: Bridge, frame: JoinFrame) -> list[HubAction]:
         """A version 1 bridge's subscriber session (``bridge:<id>#<channel>``): an interest
@@ -823,6 +877,7 @@ _FRAME_HANDLERS: Final[dict[type[Any], Callable[[Hub, Bridge, Any, str], list[Hu
     BulkLeaveFrame: Hub._unexpected,
     ErrorFrame: Hub._unexpected,
     MembersFrame: Hub._unexpected,
+    RestoredFrame: Hub._unexpected,
 }
 
 

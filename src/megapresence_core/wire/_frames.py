@@ -102,6 +102,7 @@ __all__ = [
     "PublishFrame",
     "RegisterFrame",
     "RegisteredFrame",
+    "RestoredFrame",
     "SubscribeFrame",
     "UnsubscribeFrame",
 ]
@@ -155,6 +156,17 @@ class JoinFrame:
     #: Version 2, on a resync: the session's socket closed and the bridge holds it for
     #: its leave grace; it never takes the session from a bridge that holds it now.
     lingering: bool = False
+    #: The bridge refuses a second connection for a session (``REFUSE_NEW``): the hub
+    #: refuses this JOIN (ERROR ``session_in_use``) while another bridge holds the
+    #: session with an open connection, instead of moving it here.
+    exclusive: bool = False
+    #: Which of its bridge's connections holds the session (a number the bridge gives
+    #: each join), so the hub can say which one a move supersedes.
+    claim: int = 0
+    #: Hub to the bridge the session moves away from: the ``claim`` of its connection
+    #: that loses it. A bridge whose connection has a newer claim (its own JOIN crossed
+    #: this one) keeps it: the hub will give the session back to it.
+    supersedes: int = 0
 
 
 @final
@@ -257,9 +269,18 @@ class HeartbeatFrame:
 class ErrorFrame:
     code: str
     message: str = ""
-    #: The session the refusal belongs to: it costs that session only (the bridge
-    #: closes its client), never the link.
+    #: The session the refusal belongs to: it costs that session, never the link.
     session_id: str | None = None
+
+
+@final
+@attrs.frozen(kw_only=True)
+class RestoredFrame:
+    """Hub to the bridge a session just moved to (a return within the grace, or a
+    take-over): the channels the session keeps, its prior ones first."""
+
+    session_id: str
+    channels: tuple[str, ...]
 
 
 HubFrame: TypeAlias = (
@@ -278,6 +299,7 @@ HubFrame: TypeAlias = (
     | UnsubscribeFrame
     | PublishFrame
     | MembersFrame
+    | RestoredFrame
 )
 #: Bounds of REGISTERED's ``heartbeatInterval`` (seconds): a hub asking for
 #: beats faster than 50 ms would flood every bridge, one slower than an hour
@@ -378,6 +400,9 @@ register(
     Field("channels", "channels", check_names),
     Field("metadata", "metadata", check_object, None),
     Field("lingering", "lingering", check_flag, False),
+    Field("exclusive", "exclusive", check_flag, False),
+    Field("claim", "claim", check_count, 0),
+    Field("supersedes", "supersedes", check_count, 0),
 )
 register(_H, "LEAVE", LeaveFrame, _SESSION)
 register(
@@ -409,6 +434,7 @@ register(
     Field("message", "message", check_text, ""),
     Field("sessionId", "session_id", check_name, None),
 )
+register(_H, "RESTORED", RestoredFrame, _SESSION, Field("channels", "channels", check_names))
 register(
     _H,
     "SUBSCRIBE",

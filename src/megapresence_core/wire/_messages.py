@@ -70,6 +70,7 @@ __all__ = [
     "PresenceMap",
     "PresenceState",
     "ServerMessage",
+    "SessionDetached",
     "Subscribed",
     "Unsubscribed",
     "channel_text",
@@ -156,8 +157,24 @@ class DirectResult:
     found: bool
 
 
+@final
+@attrs.frozen(kw_only=True)
+class SessionDetached:
+    """A newer connection took this connection's session (here or on another server);
+    this one stays open without a session."""
+
+    session_id: str
+    reason: str = "replaced"
+
+
 ServerMessage: TypeAlias = (
-    PresenceState | PresenceDiff | PresenceCount | Subscribed | Unsubscribed | DirectResult
+    PresenceState
+    | PresenceDiff
+    | PresenceCount
+    | Subscribed
+    | Unsubscribed
+    | DirectResult
+    | SessionDetached
 )
 
 #: A snapshot wraps each member's metadata in the message, members, member,
@@ -208,6 +225,13 @@ register(
     DirectResult,
     Field("userId", "user_id", check_name),
     Field("found", "found", check_flag),
+)
+register(
+    _S,
+    "session.detached",
+    SessionDetached,
+    Field("sessionId", "session_id", check_name),
+    Field("reason", "reason", check_name),
 )
 
 

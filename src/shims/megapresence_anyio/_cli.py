@@ -7,7 +7,8 @@ environment: ``MEGAPRESENCE_HUB_TOKENS`` (comma-separated) for ``hub``, and
 
 A process that cannot start says why in one line on stderr (one JSON object with
 ``--log-format json``) and exits with a code of its own (``ExitCode``, listed by
-``--help``); SIGTERM or SIGINT drains it and it exits 0. The listening options of
+``--help``); SIGTERM, SIGHUP or SIGINT drains it and it exits 0 (``serve`` first
+hands its clients to the other servers: 4503, within ``--drain-timeout``). The listening options of
 both commands live in ``_listen_options`` and their failures in ``_cannot_listen``.
 """
 
@@ -28,7 +29,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import AsyncExitStack, contextmanager
-from typing import NamedTuple, NoReturn
+from typing import Any, NamedTuple, NoReturn
 
 import anyio
 import attrs
@@ -75,9 +76,13 @@ class ExitCode(enum.IntEnum):
     INTERRUPTED = 130
 
 
+#: How long ``serve`` waits, on SIGTERM or SIGHUP, for its clients' sessions to move to
+#: the servers they reconnect to (a grace of 5 s, and time to spare), before it stops.
+DEFAULT_DRAIN_TIMEOUT = 10.0
+
 #: What each exit code means: printed by ``--help``, and the README's table.
 EXIT_CODES = {
-    ExitCode.OK: "stopped by SIGTERM or SIGINT, after draining",
+    ExitCode.OK: "stopped by SIGTERM, SIGHUP or SIGINT, after draining",
     ExitCode.INTERNAL: "a bug: the traceback is in the log",
     ExitCode.USAGE: "an unknown flag or a bad value (a port past 65535, an unknown --log-level)",
     ExitCode.CONFIG: "flags that make no valid configuration (no hub token, a bad --hub URL, "
@@ -340,6 +345,15 @@ def _parser() -> argparse.ArgumentParser:
             metavar="S",
             help=f"{meaning} (default {default:g})",
         )
+    live.add_argument(
+        "--drain-timeout",
+        type=_seconds_or_zero,
+        default=DEFAULT_DRAIN_TIMEOUT,
+        metavar="S",
+        help="on SIGTERM or SIGHUP, clients are closed with 4503 and their sessions move to "
+        "the servers they reconnect to; wait at most this long for that, then stop "
+        f"(default {DEFAULT_DRAIN_TIMEOUT:g})",
+    )
     caps = serve.add_argument_group("connection caps")
     for flag, default, meaning in (
         ("--max-connections", DEFAULT_SOCKET_LIMITS.max_connections, "open sockets in all; 503"),
@@ -661,6 +675,8 @@ async def _start_serve(args: argparse.Namespace, instance_id: str, stack: AsyncE
     try:
         with _config_errors():  # a backend that cannot run on this event loop
             await stack.enter_async_context(server)  # connects to NATS and Redis first
+            # On the way out, first hand the clients to the other servers (4503).
+            stack.push_async_callback(server.drain, args.drain_timeout)
     except Exception as exc:
         for kind, code in backends.unreachable:
             if isinstance(exc, kind):
@@ -713,21 +729,38 @@ async def _start_hub(args: argparse.Namespace, hub_id: str, stack: AsyncExitStac
 Start = Callable[[argparse.Namespace, str, AsyncExitStack], Awaitable[str]]
 
 
+def _ignore_stop_signals() -> dict[int, Any]:
+    """Ignore SIGTERM and SIGHUP; return the handlers they had."""
+    return {
+        number: signal.signal(number, signal.SIG_IGN) for number in (signal.SIGTERM, signal.SIGHUP)
+    }
+
+
 async def _run(start: Start, args: argparse.Namespace, instance: str) -> None:
-    """Start, print the banner (stdout), run until SIGTERM or SIGINT, then drain.
+    """Start, print the banner (stdout), run until SIGTERM, SIGHUP or SIGINT, then drain.
 
     Signals are watched from the first moment: one that arrives while the server is
-    starting stops it as soon as it is up, and one during the drain changes nothing.
+    starting stops it as soon as it is up, and one during the drain changes nothing
+    (SIGTERM and SIGHUP are ignored outside the receiver: trio hands a signal still
+    pending when the receiver closes to the handler it found, and asyncio's receiver
+    leaves the default handler behind; either would end the process with the signal).
     """
-    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async with AsyncExitStack() as stack:  # leaving it drains the server
-            banner = await start(args, instance, stack)
-            print(banner, flush=True)
-            async for received in signals:
-                name = signal.Signals(received).name
-                log_event(logger, LogLevel.INFO, "shutdown.started", {"signal": name})
-                break
-        log_event(logger, LogLevel.INFO, "shutdown.done", {})
+    found = _ignore_stop_signals()
+    try:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGHUP, signal.SIGINT) as signals:
+            async with AsyncExitStack() as stack:  # leaving it drains the server
+                banner = await start(args, instance, stack)
+                print(banner, flush=True)
+                async for received in signals:
+                    name = signal.Signals(received).name
+                    log_event(logger, LogLevel.INFO, "shutdown.started", {"signal": name})
+                    break
+            log_event(logger, LogLevel.INFO, "shutdown.done", {})
+    except BaseException:
+        for number, handler in found.items():  # it did not start: as it was
+            signal.signal(number, handler)
+        raise
+    _ignore_stop_signals()  # asyncio's receiver leaves the default handler behind
 
 
 def _startup_error(exc: BaseException) -> StartupError | None:

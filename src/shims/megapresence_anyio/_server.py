@@ -77,7 +77,7 @@ from megapresence_core.actions import (
     StorePut,
     StoreRefresh,
 )
-from megapresence_core.events import CommandReceived, HubLinkStarted
+from megapresence_core.events import CommandReceived, DrainRequested, HubLinkStarted
 from megapresence_core.lifecycle import ClusterLinkState, ConnectionState, HubLinkState
 
 from ._asgi import ASGIApp, FrameText, PresenceASGI, Receive, Scope, Send, serve_asgi
@@ -466,6 +466,19 @@ class PresenceServer:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def drain(self, timeout: float) -> None:
+        """Hand every client to another server before shutting down: each is closed with
+        4503 (reconnect now) and its session lingers for the leave grace, so it moves with
+        its client; the hub and cluster links stay up meanwhile. Returns once every
+        session has moved or left, or after ``timeout`` seconds; leaving ``async with``
+        then shuts down as usual."""
+        if self._presence.is_shut_down:
+            return
+        self.dispatch(DrainRequested())
+        with anyio.move_on_after(timeout):
+            while not self._presence.drained:
+                await anyio.sleep(0.02)
 
     async def shutdown(self) -> None:
         """Hub link, then roster, then every client closed with 1001; wait for the sockets."""

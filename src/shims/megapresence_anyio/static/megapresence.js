@@ -28,6 +28,10 @@
 //   a failed attempt) reconnects promptly: 0.5-1 s, then doubling, capped at
 //   30 s. Every delay is "equal jitter": a uniform draw in [d/2, d), from the
 //   `random` option (Math.random by default). A successful open resets it.
+// - `session.detached`: a newer connection (another tab, another device) took
+//   this client's session. The client stops being it: `onDetached(message)`,
+//   then it closes for good (1000), so two tabs never take the session from
+//   each other in a loop; connect() takes it back, if the app wants that.
 // - Subscriptions are the client's: after every (re)connect it sends each one's
 //   `subscribe` again, and the snapshot that answers it is compared with the map
 //   it had, so a reconnect calls onJoin/onLeave/onUpdate only for what really
@@ -286,11 +290,12 @@ export class Subscription {
  *
  * Options: onState(state), onMessage(message) (every message that is not a
  * subscription's: welcome, broadcasts, direct messages; one with `from` is
- * another client's), onError(payload) (an error the server sent), random (a
- * function giving [0, 1), for the jitter), baseDelay (ms, 1000), backOffFactor
- * (4), maxDelay (ms, 30000), leaveHold (ms, 1000: how long a leave seen only by
- * comparing snapshots waits for the diff that may bring the member back),
- * WebSocket (the constructor to use).
+ * another client's), onError(payload) (an error the server sent),
+ * onDetached(message) (a newer connection took this session; the client has
+ * closed for good), random (a function giving [0, 1), for the jitter), baseDelay
+ * (ms, 1000), backOffFactor (4), maxDelay (ms, 30000), leaveHold (ms, 1000: how
+ * long a leave seen only by comparing snapshots waits for the diff that may bring
+ * the member back), WebSocket (the constructor to use).
  */
 export class PresenceClient {
   constructor(url, options = {}) {
@@ -485,6 +490,11 @@ export class PresenceClient {
     }
     if (message.type === "server.ping") { // the server's heartbeat: say something
       this.send({ op: "ping" });
+      return;
+    }
+    if (message.type === "session.detached") {
+      call(this.options.onDetached, message, this);
+      this.close("session taken over by a newer connection");
       return;
     }
     if (message.type === "direct.result") {

@@ -1,0 +1,348 @@
+"""One session across the deployment: the hub (or the cluster) decides who holds a session id.
+
+Each rule runs on the simulated hub network (``sim.HubNetwork``) and, where the
+cluster has the same rule, on the simulated NATS bus (``cluster_sim.Bus``): a
+second connection for a live session behaves the same on every bridge under each
+duplicate-session policy, another user's session id is refused everywhere at the
+cost of that connection only, and a return within the leave grace to any bridge
+is a restore (channels kept, watchers see nothing).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from megapresence_core import (
+    ConnectionOpened,
+    DuplicateSessionPolicy,
+    PresenceMode,
+    SessionJoined,
+    Subscribe,
+)
+from megapresence_core.events import HubFrameReceived
+from megapresence_core.lifecycle import BridgeState, ConnectionState, HubLinkState
+
+from .cluster_sim import Bus
+from .helpers import hub_frame
+from .sim import HubNetwork
+
+GRACE = 5.0
+DETACHED = {"type": "session.detached", "sessionId": "s1", "reason": "replaced"}
+FOREIGN = "session id belongs to another user"
+DUPLICATE = "session id already connected"
+REPLACED = "session taken over by a new connection"
+
+
+def network(policy: DuplicateSessionPolicy = DuplicateSessionPolicy.DETACH_PRIOR) -> HubNetwork:
+    """Bridges A and B (no interest of their own) and C (interested in ``room``), each with
+    a watcher of ``room`` (users view): what they see is asserted to be nothing."""
+    sim = HubNetwork(
+        {"A": (), "B": (), "C": ("room",)}, leave_grace=GRACE, duplicate_session=policy
+    )
+    sim.settle()
+    watch(sim)
+    return sim
+
+
+def watch(sim: HubNetwork) -> None:
+    for name in sim.bridges:
+        conn = sim.open(name, "/ws", f"watcher-{name}", f"w-{name}", ("room",))
+        sim.act(name, Subscribe(conn=conn, channel="room", mode="users", now=sim.now))
+    sim.settle()
+    sim.clear_inboxes()
+
+
+def diffs(sim: HubNetwork) -> list[dict[str, Any]]:
+    """Every presence message any client received (since the inboxes were cleared)."""
+    return [
+        message
+        for bridge in sim.bridges.values()
+        for messages in bridge.inbox.values()
+        for message in messages
+        if message["type"].startswith("presence.")
+    ]
+
+
+def holders(sim: HubNetwork, session: str) -> dict[str, ConnectionState]:
+    """bridge -> the state of ``session`` there, for the bridges that hold it."""
+    states = {name: b.presence.session_state(session) for name, b in sim.bridges.items()}
+    return {name: state for name, state in states.items() if state is not ConnectionState.CLOSED}
+
+
+def hub_owner(sim: HubNetwork, session: str) -> tuple[str, tuple[str, ...]] | None:
+    assert sim.hub is not None
+    for member in sim.hub.members():
+        if member.session_id == session:
+            return member.bridge_id, member.channels
+    return None
+
+
+def seen(sim: HubNetwork, session: str) -> set[str]:
+    """The bridges whose ``room`` roster lists ``session``."""
+    return {
+        name
+        for name, b in sim.bridges.items()
+        if session in {m.session_id for m in b.presence.channel_members("room")}
+    }
+
+
+# ----------------------------------------------------- a second live connection
+
+
+@pytest.mark.parametrize("second", ["A", "B"])
+def test_the_newer_connection_takes_the_session_on_any_bridge(second: str) -> None:
+    sim = network()
+    first = sim.open("A", "/ws", "ann", "s1", ("room",), {"v": 1})
+    sim.settle()
+    sim.clear_inboxes()
+    newer = sim.open(second, "/ws", "ann", "s1", ("misc",), {"v": 1})
+    sim.settle()
+    # The prior connection is told, stays open, and holds nothing.
+    assert sim.bridges["A"].inbox[first] == [DETACHED]
+    assert not any(b.closed for b in sim.bridges.values())
+    assert sim.bridges["A"].presence.connection_state(first) is ConnectionState.DETACHED
+    assert holders(sim, "s1") == {second: ConnectionState.JOINED}
+    assert sim.bridges[second].presence.connection_of("s1") == newer
+    # The session keeps its channels (and gains the new join's), one view everywhere.
+    assert hub_owner(sim, "s1") == (second, ("room", "misc"))
+    assert set(sim.bridges[second].presence.subscriptions(newer)) == {"room", "misc"}
+    assert seen(sim, "s1") == {"A", "B", "C"}
+    assert diffs(sim) == []  # the watchers saw nothing: it never left
+    # When the newer one closes, every bridge agrees that the session leaves (no split).
+    sim.close(second, newer)
+    sim.advance(GRACE + 0.5)
+    assert seen(sim, "s1") == set()
+    assert hub_owner(sim, "s1") is None
+
+
+def test_close_prior_closes_the_prior_connection_on_the_other_bridge() -> None:
+    sim = network(DuplicateSessionPolicy.CLOSE_PRIOR)
+    first = sim.open("A", "/ws", "ann", "s1", ("room",))
+    sim.clear_inboxes()
+    sim.open("B", "/ws", "ann", "s1")
+    sim.settle()
+    assert sim.bridges["A"].closed == [(first, 1008, REPLACED)]
+    assert holders(sim, "s1") == {"B": ConnectionState.JOINED}
+    assert diffs(sim) == []
+
+
+def test_refuse_new_refuses_a_second_connection_on_another_bridge_but_restores() -> None:
+    sim = network(DuplicateSessionPolicy.REFUSE_NEW)
+    first = sim.open("A", "/ws", "ann", "s1", ("room",))
+    sim.clear_inboxes()
+    second = sim.open("B", "/ws", "ann", "s1")
+    sim.settle()
+    assert sim.bridges["B"].closed == [(second, 1008, DUPLICATE)]
+    assert holders(sim, "s1") == {"A": ConnectionState.JOINED}
+    assert hub_owner(sim, "s1") == ("A", ("room",))
+    assert seen(sim, "s1") == {"A", "B", "C"}  # B's watcher still sees it (on A)
+    assert diffs(sim) == []
+    # Once its socket closed, a return on B within the grace is a restore.
+    sim.close("A", first)
+    sim.clear_inboxes()
+    back = sim.open("B", "/ws", "ann", "s1")
+    sim.settle()
+    assert sim.bridges["B"].closed == []
+    assert holders(sim, "s1") == {"B": ConnectionState.JOINED}
+    assert set(sim.bridges["B"].presence.subscriptions(back)) == {"room"}
+    sim.advance(GRACE + 0.5)
+    assert diffs(sim) == []
+
+
+def test_two_connections_that_cross_at_the_hub_leave_no_split_view() -> None:
+    # Two tabs at once: s1 opens on B and again on A, each before its bridge hears of the
+    # other; the hub serves B's JOIN, then A's, and each bridge gets the other's claim.
+    sim = network()
+    sim.open("A", "/ws", "ann", "s1", ("room",))
+    sim.settle()
+    for name in ("B", "A"):
+        conn = next(sim.conn_ids)
+        sim.open_conns[name][conn] = None
+        sim.bridges[name].handle(ConnectionOpened(conn=conn, ns="/ws"))
+        sim.bridges[name].handle(
+            SessionJoined(conn=conn, user_id="ann", session_id="s1", channels=("room",), now=0)
+        )
+    sim.settle()
+    sim.advance(GRACE + 1)
+    owner = hub_owner(sim, "s1")
+    if owner is None:  # both gave it up, and so did the hub: one view, everywhere
+        assert holders(sim, "s1") == {}
+        assert seen(sim, "s1") == set()
+    else:
+        assert holders(sim, "s1") == {owner[0]: ConnectionState.JOINED}
+        assert seen(sim, "s1") == {"A", "B", "C"}
+
+
+# ------------------------------------------------------ another user's session
+
+
+@pytest.mark.parametrize("where", ["A", "B", "C"])
+def test_another_users_session_id_is_refused_on_every_bridge_and_costs_only_that(
+    where: str,
+) -> None:
+    sim = network()
+    sim.open("A", "/ws", "ann", "s1", ("room",))
+    sim.settle()
+    sim.clear_inboxes()
+    for _ in range(5):  # far past the hub's strikes: the link never pays
+        conn = sim.open(where, "/ws", "mallory", "s1", ("room",))
+        sim.settle()
+        assert sim.bridges[where].closed == [(conn, 1008, FOREIGN)]
+        sim.clear_inboxes()
+    assert holders(sim, "s1") == {"A": ConnectionState.JOINED}
+    assert hub_owner(sim, "s1") == ("A", ("room",))
+    assert seen(sim, "s1") == {"A", "B", "C"}
+    assert all(b.presence.hub_link_state is HubLinkState.REGISTERED for b in sim.bridges.values())
+    assert sim.hub is not None
+    assert all(
+        sim.hub.bridge_state(link) is BridgeState.REGISTERED
+        for link in sim.hub.registered_bridges().values()
+    )
+    assert sorted(sim.links) == [1, 2, 3]  # no link was closed and opened again
+
+
+def test_the_hub_refuses_another_users_id_that_the_bridge_could_not_know() -> None:
+    sim = network()
+    sim.open("A", "/ws", "ann", "s1", ("misc",))  # a channel B does not track
+    sim.settle()
+    assert "s1" not in sim.bridges["B"].presence._hub_members.table.sessions
+    conn = sim.open("B", "/ws", "mallory", "s1", ("room",))
+    sim.settle()
+    assert sim.bridges["B"].closed == [(conn, 1008, FOREIGN)]
+    assert hub_owner(sim, "s1") == ("A", ("misc",))
+    assert sim.bridges["B"].presence.hub_link_state is HubLinkState.REGISTERED
+
+
+def test_a_refused_join_puts_back_what_the_hub_said_of_the_session() -> None:
+    # B watches room: it knows ann's s1 on A. Under REFUSE_NEW its own join of s1 is
+    # refused by the hub; B's watchers must still see s1 (held by A).
+    sim = network(DuplicateSessionPolicy.REFUSE_NEW)
+    sim.open("A", "/ws", "ann", "s1", ("room",), {"v": 1})
+    sim.settle()
+    sim.clear_inboxes()
+    sim.open("B", "/ws", "ann", "s1", (), {"v": 1})
+    sim.settle()
+    assert seen(sim, "s1") == {"A", "B", "C"}
+    users = [m for m in sim.bridges["B"].presence.channel_members("room") if m.session_id == "s1"]
+    assert [m.user_id for m in users] == ["ann"]
+
+
+def test_a_hub_error_naming_an_unknown_session_changes_nothing() -> None:
+    sim = network()
+    bridge = sim.bridges["A"]
+    data = hub_frame("ERROR", code="session_taken", message="x", sessionId="nobody")
+    actions = bridge.presence.handle(HubFrameReceived(data=data, now=sim.now))
+    assert [a.event for a in actions if hasattr(a, "event")] == ["hub.session.refused"]
+
+
+# --------------------------------------------------------- restore across bridges
+
+
+@pytest.mark.parametrize("back_on", ["A", "B", "C"])
+def test_a_return_within_the_grace_to_any_bridge_is_a_restore(back_on: str) -> None:
+    sim = network()
+    first = sim.open("A", "/ws", "ann", "s1", ("room", "misc"), {"v": 1})
+    sim.settle()
+    sim.close("A", first)
+    sim.advance(1.0)
+    sim.clear_inboxes()
+    back = sim.open(back_on, "/ws", "ann", "s1", (), {"v": 1})
+    sim.settle()
+    sim.advance(GRACE + 1.0)  # long past the grace that started on A
+    assert diffs(sim) == []  # no leave, no join, on any bridge
+    assert holders(sim, "s1") == {back_on: ConnectionState.JOINED}
+    assert sim.bridges[back_on].presence.subscriptions(back) == {
+        "room": PresenceMode.NONE,
+        "misc": PresenceMode.NONE,
+    }
+    assert hub_owner(sim, "s1") == (back_on, ("room", "misc"))
+    assert seen(sim, "s1") == {"A", "B", "C"}
+
+
+def test_a_lingering_copy_never_takes_a_session_back_on_a_resync() -> None:
+    sim = network()
+    first = sim.open("A", "/ws", "ann", "s1", ("room",))
+    sim.settle()
+    sim.close("A", first)
+    sim.open("B", "/ws", "ann", "s1")
+    sim.kill_hub()
+    sim.start_hub()
+    sim.settle()
+    assert hub_owner(sim, "s1") == ("B", ("room",))
+    assert holders(sim, "s1") == {"B": ConnectionState.JOINED}
+
+
+# ------------------------------------------------------------------- the cluster
+
+
+def bus() -> Bus:
+    sim = Bus(leave_grace=GRACE)
+    for name in ("A", "B"):
+        sim.add(name)
+    for name in ("A", "B"):
+        conn = sim.join(name, "/ws", f"watcher-{name}", f"w-{name}", ("room",))
+        sim.act(name, Subscribe(conn=conn, channel="room", mode="users", now=sim.now))
+    clear(sim)
+    return sim
+
+
+def clear(sim: Bus) -> None:
+    for instance in sim.instances.values():
+        instance.inbox.clear()
+
+
+def cluster_diffs(sim: Bus) -> list[dict[str, Any]]:
+    return [
+        m
+        for instance in sim.instances.values()
+        for messages in instance.inbox.values()
+        for m in messages
+        if m["type"].startswith("presence.")
+    ]
+
+
+def test_over_the_cluster_the_newer_connection_takes_the_session() -> None:
+    sim = bus()
+    first = sim.join("A", "/ws", "ann", "s1", ("room",))
+    clear(sim)
+    newer = sim.join("B", "/ws", "ann", "s1")
+    assert sim.instances["A"].inbox[first] == [DETACHED]
+    assert sim.instances["B"].presence.subscriptions(newer) == {"room": PresenceMode.NONE}
+    assert sim.instances["A"].presence.session_state("s1") is ConnectionState.CLOSED
+    assert cluster_diffs(sim) == []
+    sim.close(newer)
+    sim.advance(GRACE + 1)
+    for name in ("A", "B"):
+        assert "s1" not in {m.session_id for m in sim.instances[name].presence.roster("/ws")}
+
+
+def test_over_the_cluster_a_return_within_the_grace_is_a_restore() -> None:
+    sim = bus()
+    first = sim.join("A", "/ws", "ann", "s1", ("room",), {"v": 1})
+    sim.close(first)
+    sim.advance(1)
+    clear(sim)
+    back = sim.join("B", "/ws", "ann", "s1", (), {"v": 1})
+    sim.advance(GRACE + 1)
+    assert cluster_diffs(sim) == []
+    assert sim.instances["B"].presence.subscriptions(back) == {"room": PresenceMode.NONE}
+    assert {m.session_id for m in sim.instances["A"].presence.roster("/ws")} >= {"s1"}
+
+
+def test_over_the_cluster_another_users_session_id_is_refused() -> None:
+    sim = bus()
+    sim.join("A", "/ws", "ann", "s1", ("room",))
+    clear(sim)
+    conn = sim.join("B", "/ws", "mallory", "s1")
+    assert sim.instances["B"].closed == [(conn, 1008, FOREIGN)]
+    assert sim.instances["A"].presence.session_state("s1") is ConnectionState.JOINED
+    assert cluster_diffs(sim) == []
+
+
+def test_restored_for_a_session_not_held_here_changes_nothing() -> None:
+    sim = network()
+    bridge = sim.bridges["A"]
+    data = hub_frame("RESTORED", sessionId="gone", channels=["room"])
+    assert bridge.presence.handle(HubFrameReceived(data=data, now=sim.now)) == []
