@@ -27,7 +27,8 @@ from ._hub_link import HubLink, NoHubLink
 from ._hub_members import HubMembers
 from ._local import ConnectionRecord, LocalIndexes, NoStore, SharedStore
 from ._rosters import LOCAL, Rosters
-from ._values import Message, PresenceMode, Sender
+from ._streams import NoStreams, Streams
+from ._values import Message, PresenceMode, Sender, StreamPosition
 from .actions import Action, Deliver, RequestRefused
 from .config import Limits
 from .events import PresenceSync, PublishRequested, Subscribe, Unsubscribe
@@ -60,6 +61,7 @@ class Parts:
         "local",
         "rosters",
         "store",
+        "streams",
     )
 
     def __init__(
@@ -72,6 +74,7 @@ class Parts:
         hub_link: HubLink | NoHubLink,
         cluster: ClusterLink | NoCluster,
         store: SharedStore | NoStore,
+        streams: Streams | NoStreams,
     ) -> None:
         self.local = local
         self.feed = feed
@@ -81,6 +84,7 @@ class Parts:
         self.hub_link = hub_link
         self.cluster = cluster
         self.store = store
+        self.streams = streams
 
 
 def refused(conn: Hashable, code: str, message: str, channel: str | None) -> RequestRefused:
@@ -112,9 +116,6 @@ class Channels:
             return [refused(conn, "not_joined", "join a session to subscribe", channel)]
         if event.denied is not None:
             return [refused(conn, "forbidden", event.denied, channel)]
-        reply = Deliver(
-            conns=(conn,), text=encode(Subscribed(channel=channel, presence=mode.value))
-        )
         old = record.subscriptions.get(channel)
         if old is None:
             refusal = self.refusal(conn, channel, len(record.subscriptions))
@@ -123,10 +124,13 @@ class Channels:
         elif old is not _NONE:
             parts.feed.unwatch(conn, channel, old)
         parts.local.subscribe(record, channel, mode)
+        parts.streams.hold(channel, record.session_id)
+        # What it missed comes right after the answer, before any live publication.
+        reply = self.subscribed(conn, channel, mode, event.since, record.session_id)
         # The snapshot comes first: a new member then sees itself join, in the next diff.
         snapshot = parts.feed.watch(conn, channel, mode) if mode is not _NONE else []
         if old is not None:
-            return [reply, *snapshot]
+            return [*reply, *snapshot]
         self.show(record, (channel,))
         frame = SubscribeFrame(
             session_id=record.session_id,
@@ -135,12 +139,42 @@ class Channels:
             metadata=record.metadata,
         )
         return [
-            reply,
+            *reply,
             *snapshot,
             *parts.hub_link.send(frame),
             *parts.cluster.add(record.remote()),
             *parts.store.put(record, (channel,)),
         ]
+
+    def subscribed(
+        self,
+        conn: Hashable,
+        channel: str,
+        mode: PresenceMode,
+        since: StreamPosition | None,
+        session_id: str,
+    ) -> list[Action]:
+        """``subscribed`` with the stream's position and, after a ``since``, whether it
+        recovered; then the recovered publications, oldest first."""
+        streams = self._parts.streams
+        recovered: bool | None = None
+        reason: str | None = None
+        texts: list[str] = []
+        if since is None:
+            position = streams.position(channel)
+        else:
+            recovery = streams.recover(channel, since, session_id)
+            position, texts, reason = recovery.position, recovery.texts, recovery.reason
+            recovered = reason is None
+        reply = Subscribed(
+            channel=channel,
+            presence=mode.value,
+            offset=position.offset if position is not None else None,
+            epoch=position.epoch if position is not None else None,
+            recovered=recovered,
+            reason=reason,
+        )
+        return [Deliver(conns=(conn,), text=text) for text in (encode(reply), *texts)]
 
     def unsubscribe(self, event: Unsubscribe) -> list[Action]:
         parts, channel, conn = self._parts, event.channel, event.conn
@@ -209,12 +243,18 @@ class Channels:
         except_session_ids: frozenset[str],
         author: Sender | None,
     ) -> list[Action]:
-        """A channel message to this process's subscribers of ``channel``."""
+        """A channel message to this process's subscribers of ``channel``, at the next offset
+        of its stream (kept for recovery, also when only lingering sessions hold it)."""
         local = self._parts.local
+        text = self._parts.streams.append(
+            channel,
+            except_session_ids,
+            lambda position: channel_text(channel, message, author, position),
+        )
         targets = local.targets(local.by_channel.get(channel), except_session_ids)
         if not targets:
             return []
-        return [Deliver(conns=targets, text=channel_text(channel, message, author))]
+        return [Deliver(conns=targets, text=text)]
 
     def refusal(self, conn: Hashable, channel: str, held: int) -> RequestRefused | None:
         """Why a session holding ``held`` channels may not subscribe to ``channel``, if so."""
@@ -242,19 +282,25 @@ class Channels:
 
     def show(self, record: ConnectionRecord, channels: Iterable[str]) -> None:
         """``record``'s session, as it is now, is in ``channels`` (for the rosters)."""
-        member, rosters = record.member(), self._parts.rosters
+        member, rosters, streams = record.member(), self._parts.rosters, self._parts.streams
         for channel in channels:
             rosters.put(channel, LOCAL, member)
+            streams.hold(channel, member.session_id)
 
     def hide(self, record: ConnectionRecord, channels: Iterable[str]) -> None:
         """``record``'s session is no longer in ``channels`` here (a channel the bridge then
         stops tracking is forgotten: see ``HubMembers``)."""
         session_id = record.session_id
         assert session_id is not None
-        rosters, hub_members = self._parts.rosters, self._parts.hub_members
+        rosters, hub_members, streams = (
+            self._parts.rosters,
+            self._parts.hub_members,
+            self._parts.streams,
+        )
         for channel in channels:
             rosters.remove(channel, LOCAL, session_id)
             hub_members.untrack(channel)
+            streams.release(channel, session_id)
 
     def left(self, record: ConnectionRecord) -> list[Action]:
         """``record``'s session has left for good: tell everyone."""

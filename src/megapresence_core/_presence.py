@@ -55,7 +55,8 @@ from ._hub_link import HubLink, NoHubLink
 from ._hub_members import PRESENCE_FRAMES, HubMembers
 from ._local import ConnectionRecord, LocalIndexes, NoStore, SharedStore
 from ._rosters import LOCAL
-from ._values import Member, Message, PresenceMode, RemoteMember, StoreEntry
+from ._streams import NoStreams, Streams
+from ._values import Member, Message, PresenceMode, RemoteMember, StoreEntry, StreamPosition
 from .actions import Action, CloseConnection, Deliver, Log, LogLevel
 from .config import DuplicateSessionPolicy, PresenceConfig
 from .errors import CloseCode, LocalUsageError, truncate_reason
@@ -110,6 +111,7 @@ from .wire import (
     JoinFrame,
     MetadataFrame,
     PublishFrame,
+    StreamReset,
     broadcast_text,
     direct_text,
     encode,
@@ -179,6 +181,7 @@ class Presence:
             hub_link=self._hub_link,
             cluster=self._cluster,
             store=store,
+            streams=Streams(config.history) if config.history is not None else NoStreams(),
         )
         self._channels = Channels(self._parts)
 
@@ -196,8 +199,10 @@ class Presence:
         kind, handler = entry
         if self._lifecycle.fire(kind) != "handle":
             return []
-        actions = handler(self, event)
         now = getattr(event, "now", None)
+        if now is not None:
+            self._parts.streams.clock(now)
+        actions = handler(self, event)
         if now is not None:
             actions += self._feed.settle(now)
         return actions
@@ -399,7 +404,7 @@ class Presence:
     def _on_hub_lost(self, event: HubLost) -> list[Action]:
         # What the hub told us stays (stale, not gone) until the MEMBERS of the next
         # registration replace it, channel by channel.
-        return self._hub_link.lost(event.now, event.code, event.reason)
+        return self._hub_link.lost(event.now, event.code, event.reason) + self._reset_streams()
 
     def _on_hub_frame(self, event: HubFrameReceived) -> list[Action]:
         link = self._hub_link
@@ -408,16 +413,28 @@ class Presence:
             receipt = link.receive(data, event.now)
             actions += receipt.actions
             if receipt.registered:
-                actions += self._resync()
+                actions += self._resync() + self._reset_streams()
             if receipt.frame is not None:
                 actions += _HUB_FRAME_HANDLERS[type(receipt.frame)](self, receipt.frame)
         return actions
 
     def _on_cluster_connected(self, event: ClusterConnected) -> list[Action]:
-        return self._cluster.connected(event.now)
+        return self._cluster.connected(event.now) + self._reset_streams()
 
     def _on_cluster_lost(self, event: ClusterLost) -> list[Action]:
-        return self._cluster.lost(event.now)
+        return self._cluster.lost(event.now) + self._reset_streams()
+
+    def _reset_streams(self) -> list[Action]:
+        """Publications may have been missed (a link went down or came back): every stream
+        starts again under a new epoch, and its subscribers here are told so."""
+        by_channel = self._local.by_channel
+        actions: list[Action] = []
+        for channel, position in self._parts.streams.reset():
+            conns = by_channel.get(channel)
+            if conns:
+                reset = StreamReset(channel=channel, offset=position.offset, epoch=position.epoch)
+                actions.append(Deliver(conns=tuple(conns), text=encode(reset)))
+        return actions
 
     def _on_cluster_message(self, event: ClusterMessageReceived) -> list[Action]:
         receipt: ClusterReceipt = self._cluster.receive(event.data, event.now)
@@ -603,6 +620,17 @@ class Presence:
         return record.state if record is not None else ConnectionState.CLOSED
 
     @property
+    def history_bytes(self) -> int:
+        """What the channels' recovery history holds: its texts in UTF-8 bytes plus a fixed
+        cost per kept publication (0 without ``PresenceConfig.history``)."""
+        return self._parts.streams.bytes
+
+    def stream_position(self, channel: str) -> StreamPosition | None:
+        """Where ``channel``'s stream is on this process (None: no stream here)."""
+        stream = self._parts.streams.streams().get(channel)
+        return Streams.position_of(stream) if stream is not None else None
+
+    @property
     def cluster_subjects(self) -> tuple[str, ...]:
         """The subjects a cluster shim subscribes to (none without a cluster)."""
         return self._cluster.subjects
@@ -653,6 +681,15 @@ class Presence:
                 if mode is not _NONE:
                     watchers.setdefault(channel, {}).setdefault(mode, set()).add(record.conn)
         self._feed.check(watchers)
+        streams = self._parts.streams
+        streams.check()
+        holders: dict[str, set[str]] = {}
+        for record in local.members():
+            for channel in record.subscriptions:
+                holders.setdefault(channel, set()).add(record.member().session_id)
+        held = {channel: stream.holders for channel, stream in streams.streams().items()}
+        if isinstance(streams, Streams) and held != holders:
+            raise AssertionError("the streams' holders disagree with the subscriptions")
         if set(self._timers.owners(Timer.GRACE)) != set(local.lingering.values()):
             raise AssertionError("the grace timers disagree with the lingering sessions")
 

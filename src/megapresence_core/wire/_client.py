@@ -19,7 +19,8 @@ command:
                         of this path, on every server
 ``subscribe``           ``channel``, ``presence`` ("none", the default,
                         "users", "sessions" or "count"); again on a channel
-                        already subscribed changes the mode
+                        already subscribed changes the mode; ``since``
+                        (``{offset, epoch}``): recover what was missed
 ``unsubscribe``         ``channel``
 ``publish``             ``channel``, ``type``, ``payload``, ``excludeSelf``
                         (default false): to the channel's subscribers, on
@@ -56,6 +57,7 @@ from .._values import (
     Message,
     PresenceMode,
     StoreEntry,
+    StreamPosition,
     dumps,
 )
 from ..events import (
@@ -104,6 +106,8 @@ __all__ = [
 
 #: A browser command is a chat line or a status; anything bigger is abuse.
 MAX_CLIENT_COMMAND_BYTES: Final = 16 * 1024
+#: An epoch is a boot id (at most 64 characters), a dot and a count.
+MAX_EPOCH_CHARS: Final = 96
 
 
 # ------------------------------------------------------------- server -> client
@@ -178,6 +182,7 @@ class KickCommand:
 class SubscribeCommand:
     channel: str
     presence: PresenceMode = PresenceMode.NONE
+    since: StreamPosition | None = None
 
 
 @final
@@ -232,6 +237,23 @@ def _presence_mode(value: object) -> PresenceMode:
     raise ValueError('must be "none", "users", "sessions" or "count"')
 
 
+def _since(value: object) -> StreamPosition:
+    if isinstance(value, dict):
+        offset, epoch = value.get("offset"), value.get("epoch")
+        if (
+            isinstance(offset, int)
+            and not isinstance(offset, bool)
+            and offset >= 0
+            and isinstance(epoch, str)
+            and 0 < len(epoch) <= MAX_EPOCH_CHARS
+        ):
+            return StreamPosition(offset=offset, epoch=epoch)
+    raise ValueError(
+        "must be {offset, epoch}: a non-negative integer and a non-empty string "
+        f"of at most {MAX_EPOCH_CHARS} characters"
+    )
+
+
 _PAYLOAD = Field("payload", "payload", check_json, ABSENT)
 register(
     _C,
@@ -248,6 +270,7 @@ register(
     SubscribeCommand,
     Field("channel", "channel", check_name),
     Field("presence", "presence", _presence_mode, PresenceMode.NONE),
+    Field("since", "since", _since, None),
 )
 register(_C, "unsubscribe", UnsubscribeCommand, Field("channel", "channel", check_name))
 register(
@@ -348,7 +371,9 @@ def command_event(
             ns=ns, channel=command.channel, message=_message(command), except_session_ids=excluded
         )
     if isinstance(command, SubscribeCommand):
-        return Subscribe(conn=conn, channel=command.channel, mode=command.presence, now=now)
+        return Subscribe(
+            conn=conn, channel=command.channel, mode=command.presence, now=now, since=command.since
+        )
     if isinstance(command, UnsubscribeCommand):
         return Unsubscribe(conn=conn, channel=command.channel, now=now)
     if isinstance(command, PublishCommand):
