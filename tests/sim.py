@@ -56,7 +56,7 @@ from megapresence_core.actions import (
     SendBridgeFrame,
     SendHubFrame,
 )
-from megapresence_core.config import DEFAULT_MAX_HUB_FRAME_BYTES
+from megapresence_core.config import DEFAULT_MAX_HUB_FRAME_BYTES, HistoryConfig
 from megapresence_core.events import (
     BridgeClosed,
     BridgeConnecting,
@@ -197,6 +197,7 @@ class SimBridge:
                 hub_link=config,
                 leave_grace=self.network.leave_grace,
                 presence_window=self.network.presence_window,
+                history=HistoryConfig(boot_id=f"{self.bridge_id}-boot{self.boot}"),
             )
         )
         self.handle(HubLinkStarted(now=self.network.now))

@@ -627,8 +627,7 @@ class Presence:
 
     def stream_position(self, channel: str) -> StreamPosition | None:
         """Where ``channel``'s stream is on this process (None: no stream here)."""
-        stream = self._parts.streams.streams().get(channel)
-        return Streams.position_of(stream) if stream is not None else None
+        return self._parts.streams.position(channel)
 
     @property
     def cluster_subjects(self) -> tuple[str, ...]:

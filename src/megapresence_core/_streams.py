@@ -179,8 +179,9 @@ class Streams:
         return StreamPosition(offset=stream.top, epoch=stream.epoch)
 
     def position(self, channel: str) -> StreamPosition | None:
-        """Where ``channel``'s stream is (it must be held)."""
-        return self.position_of(self._streams[channel])
+        """Where ``channel``'s stream is; None when it has none."""
+        stream = self._streams.get(channel)
+        return self.position_of(stream) if stream is not None else None
 
     def recover(self, channel: str, since: StreamPosition, session_id: str) -> Recovery:
         """What ``session_id`` missed of ``channel`` (held) after ``since``, or why not."""
