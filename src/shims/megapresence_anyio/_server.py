@@ -24,6 +24,7 @@ import inspect
 import logging
 import socket
 import ssl
+import uuid
 from collections.abc import (
     AsyncIterator,
     Awaitable,
@@ -77,6 +78,7 @@ from megapresence_core.actions import (
     StorePut,
     StoreRefresh,
 )
+from megapresence_core.config import HistoryConfig
 from megapresence_core.events import HubLinkStarted
 from megapresence_core.lifecycle import ClusterLinkState, ConnectionState, HubLinkState
 
@@ -267,6 +269,10 @@ class PresenceServer:
     Use as ``async with PresenceServer(...) as server: await server.listen(...)``
     (or ``await server.serve(host, port)``); a framework with its own listener
     hands accepted streams to :meth:`handle_stream` instead.
+
+    Channel messages carry stream offsets and a client may recover what it
+    missed (``PresenceConfig.history``); without one given, the server keeps
+    the default history under a boot id drawn at random at every start.
     """
 
     def __init__(
@@ -290,6 +296,9 @@ class PresenceServer:
         authorize_subscription: SubscriptionHook | None = None,
     ) -> None:
         config = presence if presence is not None else PresenceConfig()
+        if config.history is None:
+            # A new boot id at every start: a stream's epoch never repeats after a restart.
+            config = attrs.evolve(config, history=HistoryConfig(boot_id=uuid.uuid4().hex))
         if (config.store is None) != (roster is None):
             raise LocalUsageError(
                 "PresenceServer: give a roster backend (megapresence_redis.RedisRoster) together "
@@ -1018,6 +1027,13 @@ class PresenceServer:
             and presence.connection_state(client) is ConnectionState.JOINED
         )
         metrics.append(gauge("megapresence_sessions", "Sessions joined on this process.", joined))
+        metrics.append(
+            gauge(
+                "megapresence_history_bytes",
+                "Bytes of channel history kept for recovery (texts plus a fixed cost each).",
+                presence.history_bytes,
+            )
+        )
         links = self.link_states()
         if "hub" in links:
             metrics += [
