@@ -11,6 +11,7 @@
 //     onUpdate: (key, member, before) => console.log("changed", key, member),
 //     onSync: (members) => render(members), // after every snapshot and diff
 //     onMessage: (message) => console.log(message.from, message.payload),
+//     onRecover: (r) => r.recovered || reload(), // after a reconnect: missed anything?
 //   });
 //   client.connect();
 //
@@ -30,6 +31,13 @@
 //   it had, so a reconnect calls onJoin/onLeave/onUpdate only for what really
 //   changed meanwhile (a leave seen that way waits for the next diff, which may
 //   bring the member back: a snapshot lacks the changes of the current window).
+// - Recovery: each subscription remembers its channel's stream position (offset
+//   and epoch, from `subscribed`, `stream.reset` and each channel message) and
+//   resubscribes after a reconnect with `since`; the messages it missed then
+//   arrive through onMessage, in order, before any live one. onRecover hears
+//   {recovered, reason, offset, epoch} once per resubscribe, and {recovered:
+//   false, reason: "epoch", ...} on a `stream.reset`: when `recovered` is false,
+//   something may be missing and the app reloads from its own store.
 // - A diff that does not follow the map's version, or does not fit it, puts the
 //   map out of sync; the client asks for a `sync` by itself (once) and ignores
 //   diffs until the fresh snapshot. PresenceMap is the same logic as the Python
@@ -39,6 +47,7 @@ const STOP = new Set([1002, 1003, 1007, 1008]);
 const BACK_OFF = new Set([1013, 4503]);
 const PRESENCE_TYPES = new Set([
   "presence.state", "presence.diff", "presence.count", "subscribed", "unsubscribed",
+  "stream.reset",
 ]);
 
 /** What a close with `code` means for the client: "stop", "back-off" or "prompt". */
@@ -138,6 +147,10 @@ export class Subscription {
     this._syncAsked = this.map !== null; // the subscribe brings a snapshot
     this._held = null;
     this._heldTimer = null;
+    /** The channel's stream position this subscription holds: {offset, epoch}, or null. */
+    this.position = null;
+    /** After a resubscribe: whether what was missed came back (null before any). */
+    this.recovered = null;
   }
 
   /** The members by key (user id or session id); empty in modes "count" and "none". */
@@ -153,7 +166,20 @@ export class Subscription {
       ? new PresenceMap(this.channel, this.presence) : null;
   }
 
-  _command() { return { op: "subscribe", channel: this.channel, presence: this.presence }; }
+  _command() {
+    const command = { op: "subscribe", channel: this.channel, presence: this.presence };
+    if (this.position) command.since = this.position;
+    return command;
+  }
+
+  // Where the stream is, and (after a `since`, or a reset) whether nothing was lost.
+  _position(message, result) {
+    if (typeof message.offset !== "number" || typeof message.epoch !== "string") return;
+    this.position = { offset: message.offset, epoch: message.epoch };
+    if (!result) return;
+    this.recovered = result.recovered;
+    call(this.handlers.onRecover, { ...result, ...this.position }, this);
+  }
 
   _disconnected() {
     this._syncAsked = false;
@@ -166,6 +192,11 @@ export class Subscription {
     switch (message.type) {
       case "subscribed":
         this.state = "subscribed";
+        this._position(message, typeof message.recovered === "boolean"
+          ? { recovered: message.recovered, reason: message.reason ?? null } : null);
+        return;
+      case "stream.reset":
+        this._position(message, { recovered: false, reason: "epoch" });
         return;
       case "unsubscribed":
         this.state = "unsubscribed";
@@ -180,6 +211,7 @@ export class Subscription {
         this._presence(message);
         return;
       default:
+        this._position(message, null);
         call(h.onMessage, message, this);
     }
   }
