@@ -34,7 +34,12 @@
 // - Recovery: each subscription remembers its channel's stream position (offset
 //   and epoch, from `subscribed`, `stream.reset` and each channel message) and
 //   resubscribes after a reconnect with `since`; the messages it missed then
-//   arrive through onMessage, in order, before any live one. onRecover hears
+//   arrive through onMessage, in order, before any live one. Live messages that
+//   come before the answer (the session rejoined its channels with the socket)
+//   are held: when it recovered they come again among the missed ones, in
+//   order, so each message is seen once; when it did not, they are passed on
+//   as they are. The position moves only with the messages applied, so a drop in
+//   the middle of a recovery asks again from the last one seen. onRecover hears
 //   {recovered, reason, offset, epoch} once per resubscribe, and {recovered:
 //   false, reason: "epoch", ...} on a `stream.reset`: when `recovered` is false,
 //   something may be missing and the app reloads from its own store.
@@ -151,6 +156,7 @@ export class Subscription {
     this.position = null;
     /** After a resubscribe: whether what was missed came back (null before any). */
     this.recovered = null;
+    this._recovering = null; // channel messages held while a `since` is unanswered
   }
 
   /** The members by key (user id or session id); empty in modes "count" and "none". */
@@ -168,20 +174,44 @@ export class Subscription {
 
   _command() {
     const command = { op: "subscribe", channel: this.channel, presence: this.presence };
-    if (this.position) command.since = this.position;
+    if (this.position) {
+      command.since = this.position;
+      this._recovering = [];
+    }
     return command;
   }
 
   // Where the stream is, and (after a `since`, or a reset) whether nothing was lost.
-  _position(message, result) {
+  _position(message) {
     if (typeof message.offset !== "number" || typeof message.epoch !== "string") return;
     this.position = { offset: message.offset, epoch: message.epoch };
-    if (!result) return;
-    this.recovered = result.recovered;
-    call(this.handlers.onRecover, { ...result, ...this.position }, this);
+  }
+
+  _recover(message, recovered, reason) {
+    this.recovered = recovered;
+    const result = { recovered, reason, offset: message.offset, epoch: message.epoch };
+    call(this.handlers.onRecover, result, this);
+  }
+
+  _subscribed(message) {
+    const held = this._recovering ?? [];
+    this._recovering = null;
+    if (message.recovered === true) { // the held ones come again, among the missed ones
+      this._recover(message, true, null);
+      return;
+    }
+    for (const live of held) this._channelMessage(live);
+    this._position(message);
+    if (message.recovered === false) this._recover(message, false, message.reason ?? null);
+  }
+
+  _channelMessage(message) {
+    this._position(message);
+    call(this.handlers.onMessage, message, this);
   }
 
   _disconnected() {
+    this._recovering = null; // unanswered: the next subscribe asks from the same place
     this._syncAsked = false;
     if (this.map) this.map.inSync = false;
     this._releaseHeld();
@@ -192,11 +222,11 @@ export class Subscription {
     switch (message.type) {
       case "subscribed":
         this.state = "subscribed";
-        this._position(message, typeof message.recovered === "boolean"
-          ? { recovered: message.recovered, reason: message.reason ?? null } : null);
+        this._subscribed(message);
         return;
       case "stream.reset":
-        this._position(message, { recovered: false, reason: "epoch" });
+        this._position(message);
+        this._recover(message, false, "epoch");
         return;
       case "unsubscribed":
         this.state = "unsubscribed";
@@ -211,8 +241,8 @@ export class Subscription {
         this._presence(message);
         return;
       default:
-        this._position(message, null);
-        call(h.onMessage, message, this);
+        if (this._recovering) this._recovering.push(message);
+        else this._channelMessage(message);
     }
   }
 
