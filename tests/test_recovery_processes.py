@@ -4,8 +4,11 @@ restart. At the end every subscriber holds every number at most once, in order, 
 number it lacks lies in a stretch it was told about (``recovered: false`` or
 ``stream.reset``): zero silent gaps, zero duplicates.
 
-One process (``serve``, restarted on its port) and a hub with two servers (a server and the
-hub restarted). The figures of each run are printed (``-s`` shows them).
+One process (``serve``, restarted on its port), a hub with two servers (a server and the hub
+restarted) and two instances over NATS (an instance and NATS restarted). Across servers each
+server keeps its own streams, so a reconnect to another server is told ``recovered: false``
+(reason ``epoch``); a server whose link to the hub or to NATS went down or came back tells its
+subscribers ``stream.reset``. The figures of each run are printed (``-s`` shows them).
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from websockets.sync.client import ClientConnection, connect
 
 from .process_helpers import Command, bridge_command
+from .servers import Server
+from .test_cluster_processes import serve
 
 CHANNEL = "seq"
 #: Within the servers' leave grace (5 s): a subscriber that comes back is the same member.
@@ -293,5 +298,29 @@ def test_a_hub_with_two_servers_recovers_or_tells_across_servers_and_restarts(
 
     with _running(commands):
         figures = run_sequence(lambda: ports, [restart_server, restart_hub])
+    assert figures["recovered"] > 0
+    assert sum(figures["not_recovered"].values()) > 0
+
+
+def test_two_instances_over_nats_recover_or_tell_across_instances_and_restarts(
+    tmp_path: Path, nats_server: Server, redis_server: Server
+) -> None:
+    a = serve(tmp_path, "A", nats_server, redis_server, *GRACE)
+    b = serve(tmp_path, "B", nats_server, redis_server, *GRACE)
+    commands = [a, b]
+    ports = [a.port, b.port]
+
+    def restart_instance() -> None:
+        commands[0].stop()
+        commands[0] = serve(
+            tmp_path, "A", nats_server, redis_server, *GRACE, "--port", str(ports[0])
+        )
+
+    def restart_nats() -> None:
+        nats_server.kill()
+        nats_server.start()
+
+    with _running(commands):
+        figures = run_sequence(lambda: ports, [restart_instance, restart_nats])
     assert figures["recovered"] > 0
     assert sum(figures["not_recovered"].values()) > 0
