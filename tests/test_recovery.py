@@ -379,6 +379,14 @@ def test_without_history_nothing_carries_a_position_and_since_is_not_recovered()
 # ------------------------------------------------------------ the wire
 
 
+def test_a_subscribe_command_with_since_encodes_and_decodes_back() -> None:
+    command = SubscribeCommand(channel="room", since=StreamPosition(offset=7, epoch="e.2"))
+    assert encode(command) == (
+        '{"op":"subscribe","channel":"room","since":{"offset":7,"epoch":"e.2"}}'
+    )
+    assert decode_client_command(encode(command)) == command
+
+
 def test_since_is_read_from_a_subscribe_command() -> None:
     command = decode_client_command(
         '{"op":"subscribe","channel":"room","since":{"offset":4,"epoch":"e.1"}}'
