@@ -485,6 +485,10 @@ def test_a_restarted_serve_is_reconnected_to_after_1001_and_1006(
             )
             assert states(page.events("ivy")[start:])[0] == retry
             assert states(page.events("ivy"))[-1] == ("open", None)
+            # A new process is a new stream: the app is told nothing was recovered.
+            told = page.wait_for("ivy", lambda e: e[0] == "recover", start)
+            result = page.events("ivy")[told][2]
+            assert (result["recovered"], result["reason"], result["offset"]) == (False, "epoch", 0)
     finally:
         server.stop()
 
