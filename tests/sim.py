@@ -358,6 +358,7 @@ class HubNetwork:
                 tokens=[TOKEN],
                 heartbeat_interval=10.0,
                 dead_after_intervals=3.0,
+                history=HistoryConfig(boot_id=f"hub-boot-{self.hub_epoch}"),
             )
         )
 

@@ -26,6 +26,7 @@ from ._feed import PresenceFeed
 from ._hub_link import HubLink, NoHubLink
 from ._hub_members import HubMembers
 from ._local import ConnectionRecord, LocalIndexes, NoStore, SharedStore
+from ._recoveries import PendingRecovery, Recoveries
 from ._rosters import LOCAL, Rosters
 from ._streams import NoStreams, Streams
 from ._values import Message, PresenceMode, Sender, StreamPosition
@@ -59,6 +60,7 @@ class Parts:
         "hub_members",
         "limits",
         "local",
+        "recoveries",
         "rosters",
         "store",
         "streams",
@@ -85,6 +87,8 @@ class Parts:
         self.cluster = cluster
         self.store = store
         self.streams = streams
+        #: Subscribes waiting for the hub's RECOVERED (with a hub that numbers streams).
+        self.recoveries = Recoveries()
 
 
 def refused(conn: Hashable, code: str, message: str, channel: str | None) -> RequestRefused:
@@ -123,16 +127,24 @@ class Channels:
                 return [refusal]
         elif old is not _NONE:
             parts.feed.unwatch(conn, channel, old)
-        parts.local.subscribe(record, channel, mode)
         parts.streams.hold(channel, record.session_id)
-        # What it missed comes right after the answer, before any live publication.
-        reply = self.subscribed(conn, channel, mode, event.since, record.session_id)
-        # The snapshot comes first: a new member then sees itself join, in the next diff.
-        snapshot = parts.feed.watch(conn, channel, mode) if mode is not _NONE else []
+        recover: list[Action] = []
+        if parts.hub_link.streaming:
+            # The hub holds the stream: answered when RECOVERED comes, after the
+            # SUBSCRIBE that routes the channel here; present-only until then.
+            parts.local.subscribe(record, channel, _NONE)
+            frame = parts.recoveries.ask(conn, channel, mode, event.since, record.session_id)
+            reply, recover = [], parts.hub_link.send_text(encode(frame))
+        else:
+            parts.local.subscribe(record, channel, mode)
+            # What it missed comes right after the answer, before any live publication.
+            reply = self.subscribed(conn, channel, mode, event.since, record.session_id)
+            # The snapshot comes first: a new member then sees itself join, in the next diff.
+            reply += parts.feed.watch(conn, channel, mode) if mode is not _NONE else []
         if old is not None:
-            return [*reply, *snapshot]
+            return reply + recover
         self.show(record, (channel,))
-        frame = SubscribeFrame(
+        subscribe = SubscribeFrame(
             session_id=record.session_id,
             user_id=record.member().user_id,
             channel=channel,
@@ -140,8 +152,8 @@ class Channels:
         )
         return [
             *reply,
-            *snapshot,
-            *parts.hub_link.send(frame),
+            *parts.hub_link.send(subscribe),
+            *recover,  # after the SUBSCRIBE, never before
             *parts.cluster.add(record.remote()),
             *parts.store.put(record, (channel,)),
         ]
@@ -175,6 +187,36 @@ class Channels:
             reason=reason,
         )
         return [Deliver(conns=(conn,), text=text) for text in (encode(reply), *texts)]
+
+    def answer(self, pending: PendingRecovery, reply: list[Action]) -> list[Action]:
+        """A waiting subscribe's ``reply`` (``subscribed`` and the recovered messages), then
+        its mode takes effect: its snapshot follows. Nothing if the connection or its
+        subscription went meanwhile."""
+        local, feed = self._parts.local, self._parts.feed
+        record = local.records.get(pending.conn)
+        channel, mode = pending.channel, pending.mode
+        if record is None or record.session_id is None or channel not in record.subscriptions:
+            return []
+        old = record.subscriptions[channel]
+        if old is not _NONE:
+            feed.unwatch(pending.conn, channel, old)
+        local.subscribe(record, channel, mode)
+        snapshot = feed.watch(pending.conn, channel, mode) if mode is not _NONE else []
+        return reply + snapshot
+
+    def answer_here(self, pending: PendingRecovery) -> list[Action]:
+        """A waiting subscribe answered from this process's own streams (the hub is gone)."""
+        record = self._parts.local.records.get(pending.conn)
+        if (
+            record is None
+            or record.session_id is None
+            or pending.channel not in record.subscriptions
+        ):
+            return []
+        reply = self.subscribed(
+            pending.conn, pending.channel, pending.mode, pending.since, record.session_id
+        )
+        return self.answer(pending, reply)
 
     def unsubscribe(self, event: Unsubscribe) -> list[Action]:
         parts, channel, conn = self._parts, event.channel, event.conn
@@ -230,11 +272,9 @@ class Channels:
         # Every hop's text is built (and measured) before anything happens.
         hub_text = parts.hub_link.publish(channel, message, excepted, author)
         cluster_text = parts.cluster.publish(channel, message, excepted, author)
-        return (
-            self.deliver(channel, message, excepted, author)
-            + parts.hub_link.send_text(hub_text)
-            + parts.cluster.publish_text(cluster_text)
-        )
+        # A hub that numbers streams sends it back numbered (STREAM): delivered then.
+        here = [] if parts.hub_link.streaming else self.deliver(channel, message, excepted, author)
+        return here + parts.hub_link.send_text(hub_text) + parts.cluster.publish_text(cluster_text)
 
     def deliver(
         self,
@@ -242,15 +282,20 @@ class Channels:
         message: Message,
         except_session_ids: frozenset[str],
         author: Sender | None,
+        position: StreamPosition | None = None,
     ) -> list[Action]:
-        """A channel message to this process's subscribers of ``channel``, at the next offset
-        of its stream (kept for recovery, also when only lingering sessions hold it)."""
+        """A channel message to this process's subscribers of ``channel``: at ``position``
+        (the hub numbered it), or at the next offset of this process's stream (kept for
+        recovery, also when only lingering sessions hold it)."""
         local = self._parts.local
-        text = self._parts.streams.append(
-            channel,
-            except_session_ids,
-            lambda position: channel_text(channel, message, author, position),
-        )
+        if position is not None:
+            text = channel_text(channel, message, author, position)
+        else:
+            text = self._parts.streams.append(
+                channel,
+                except_session_ids,
+                lambda at: channel_text(channel, message, author, at),
+            )
         targets = local.targets(local.by_channel.get(channel), except_session_ids)
         if not targets:
             return []

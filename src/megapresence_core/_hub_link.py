@@ -46,6 +46,7 @@ from .lifecycle import HUB_LINK, Backoff, HubLinkInput, HubLinkState, Machine, T
 from .wire import (
     HUB_BATCH,
     HUB_PROTOCOL_VERSION,
+    HUB_STREAM,
     BroadcastFrame,
     DirectFrame,
     ErrorFrame,
@@ -102,6 +103,7 @@ class HubLink:
         "_hub_id",
         "_lifecycle",
         "_max_frame_bytes",
+        "_stream",
         "_timers",
     )
 
@@ -126,6 +128,8 @@ class HubLink:
         self._attempts = 0
         #: Both ends named ``batch`` and REGISTERED has arrived on this link.
         self._batch = False
+        #: Both ends named ``stream``: the hub numbers channel streams (see ``streaming``).
+        self._stream = False
 
     @property
     def state(self) -> HubLinkState:
@@ -134,6 +138,13 @@ class HubLink:
     @property
     def channels(self) -> tuple[str, ...]:
         return self._config.channels
+
+    @property
+    def streaming(self) -> bool:
+        """Registered with a hub that numbers channel streams (both named ``stream``):
+        publishes are delivered here when they come back as STREAM, and a subscribe is
+        answered when RECOVERED comes."""
+        return self._stream
 
     def _silence(self) -> float:
         return self._heartbeat_interval * self._config.dead_after_intervals
@@ -208,6 +219,7 @@ class HubLink:
         assert isinstance(frame, RegisteredFrame)
         previous, self._hub_id = self._hub_id, frame.hub_id
         self._batch = HUB_BATCH in frame.capabilities and HUB_BATCH in self._config.capabilities
+        self._stream = HUB_STREAM in frame.capabilities and HUB_STREAM in self._config.capabilities
         self._heartbeat_interval = frame.heartbeat_interval
         self._timers.arm(Timer.HEARTBEAT, now + frame.heartbeat_interval)
         self._timers.arm(Timer.SILENCE, now + self._silence())
@@ -224,6 +236,7 @@ class HubLink:
     def lost(self, now: float, code: int | None, reason: str) -> list[Action]:
         effect = self._lifecycle.fire(_I.REFUSED if code == CloseCode.POLICY else _I.LOST)
         self._batch = False  # a new link starts unbatched
+        self._stream = False  # and numbers nothing until it registers again
         fields: dict[str, object] = {"code": code, "reason": reason}
         if effect == "retry":
             # One warning per outage: the loss itself, then each failed retry at debug.
@@ -330,6 +343,7 @@ class NoHubLink:
 
     state: Final = None
     channels: Final[tuple[str, ...]] = ()
+    streaming: Final = False
 
     def _misuse(self, what: str) -> LocalUsageError:
         return LocalUsageError(f"{what}: no hub is configured (PresenceConfig.hub_link is None)")

@@ -48,6 +48,8 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any, Final, final
 
+import attrs
+
 from ._channels import Channels, Parts
 from ._cluster import ClusterLink, ClusterReceipt, NoCluster
 from ._feed import PresenceFeed
@@ -98,6 +100,7 @@ from .lifecycle import (
     Timers,
 )
 from .wire import (
+    HUB_STREAM,
     BroadcastFrame,
     ClusterBroadcast,
     ClusterChannelPublish,
@@ -111,8 +114,13 @@ from .wire import (
     JoinFrame,
     MetadataFrame,
     PublishFrame,
+    RecoveredFrame,
+    RecoverFrame,
+    StreamFrame,
     StreamReset,
+    Subscribed,
     broadcast_text,
+    channel_text,
     direct_text,
     encode,
 )
@@ -150,9 +158,12 @@ class Presence:
         self._cluster: ClusterLink | NoCluster = NoCluster()
         store: SharedStore | NoStore = NoStore()
         if config.hub_link is not None:
-            link = HubLink(
-                config.hub_link, timers, max_frame_bytes=self._limits.max_hub_frame_bytes
-            )
+            link_config = config.hub_link
+            if config.history is not None and HUB_STREAM not in link_config.capabilities:
+                # With history, a hub that numbers channel streams holds ours.
+                capabilities = (*link_config.capabilities, HUB_STREAM)
+                link_config = attrs.evolve(link_config, capabilities=capabilities)
+            link = HubLink(link_config, timers, max_frame_bytes=self._limits.max_hub_frame_bytes)
             self._hub_link = link
             self._on_timer.update(dict.fromkeys(HUB_LINK.timer_kinds, link.on_timer))
         self._hub_members = HubMembers(
@@ -403,8 +414,12 @@ class Presence:
 
     def _on_hub_lost(self, event: HubLost) -> list[Action]:
         # What the hub told us stays (stale, not gone) until the MEMBERS of the next
-        # registration replace it, channel by channel.
-        return self._hub_link.lost(event.now, event.code, event.reason) + self._reset_streams()
+        # registration replace it, channel by channel. Subscribes waiting for the hub's
+        # RECOVERED are answered from this process's (new) streams.
+        actions = self._hub_link.lost(event.now, event.code, event.reason) + self._reset_streams()
+        for pending in self._parts.recoveries.abandon():
+            actions += self._channels.answer_here(pending)
+        return actions
 
     def _on_hub_frame(self, event: HubFrameReceived) -> list[Action]:
         link = self._hub_link
@@ -487,6 +502,30 @@ class Presence:
     def _hub_publish(self, frame: PublishFrame) -> list[Action]:
         excepted = frozenset(frame.except_session_ids)
         return self._channels.deliver(frame.channel, frame.message, excepted, frame.author)
+
+    def _hub_stream(self, frame: StreamFrame) -> list[Action]:
+        excepted = frozenset(frame.except_session_ids)
+        return self._channels.deliver(
+            frame.channel, frame.message, excepted, frame.author, frame.position
+        )
+
+    def _hub_recovered(self, frame: RecoveredFrame) -> list[Action]:
+        pending = self._parts.recoveries.answered(frame.request)
+        if pending is None:  # answered already (the link went down meanwhile), or not ours
+            return []
+        reply = Subscribed(
+            channel=pending.channel,
+            presence=pending.mode.value,
+            offset=frame.offset,
+            epoch=frame.epoch,
+            recovered=frame.recovered,
+            reason=frame.reason,
+        )
+        texts = [encode(reply)] + [
+            channel_text(p.channel, p.message, p.author, p.position) for p in frame.publications
+        ]
+        deliveries: list[Action] = [Deliver(conns=(pending.conn,), text=text) for text in texts]
+        return self._channels.answer(pending, deliveries)
 
     def _hub_direct(self, frame: DirectFrame) -> list[Action]:
         return self._deliver_direct(frame.user_id, frame.message)
@@ -746,6 +785,9 @@ _HANDLERS: Final[dict[type[Any], tuple[PresenceInput, Callable[[Presence, Any], 
 _HUB_FRAME_HANDLERS: Final[dict[type[Any], Callable[[Presence, Any], list[Action]]]] = {
     BroadcastFrame: Presence._hub_broadcast,
     PublishFrame: Presence._hub_publish,
+    StreamFrame: Presence._hub_stream,
+    RecoveredFrame: Presence._hub_recovered,
+    RecoverFrame: Presence._hub_ignored,
     DirectFrame: Presence._hub_direct,
     DisconnectFrame: Presence._hub_disconnect,
     HeartbeatFrame: Presence._hub_ignored,

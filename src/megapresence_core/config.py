@@ -398,6 +398,10 @@ class HubConfig:
     #: Offer ``batch`` in REGISTERED: with a bridge that offers it too, several frames
     #: travel in one WebSocket message each way (at most ``max_frame_bytes`` in all).
     batch_frames: bool = True
+    #: Channel streams kept by the hub (capability ``stream``): the hub numbers every
+    #: channel's publications and answers recoveries, so a client recovers on any bridge.
+    #: Its ``boot_id`` must be new at every hub start (``HubServer`` draws one).
+    history: HistoryConfig | None = None
 
     def __attrs_post_init__(self) -> None:
         if not self.tokens:
