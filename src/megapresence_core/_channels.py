@@ -30,7 +30,7 @@ from ._recoveries import PendingRecovery, Recoveries
 from ._rosters import LOCAL, Rosters
 from ._streams import NoStreams, Streams
 from ._values import Message, PresenceMode, Sender, StreamPosition
-from .actions import Action, Deliver, RequestRefused
+from .actions import Action, Deliver, Log, LogLevel, RequestRefused
 from .config import Limits
 from .events import PresenceSync, PublishRequested, Subscribe, Unsubscribe
 from .wire import (
@@ -269,6 +269,16 @@ class Channels:
                 text = "subscribe to the channel first"
                 return [refused(event.conn, "not_subscribed", text, channel)]
             author = Sender(user_id=record.member().user_id, session_id=record.session_id)
+        if parts.streams.keeps and not (parts.hub_link.reachable and parts.cluster.reachable):
+            # Delivered here only, it would be missing from the other servers' streams
+            # with nobody told: a publication reaches the whole deployment or nobody.
+            if event.conn is not None:
+                text = "the link to the other servers is down: publish again later"
+                return [refused(event.conn, "unavailable", text, channel)]
+            fields = {"channel": channel}
+            return [
+                Log(level=LogLevel.WARNING, event="presence.publish.unavailable", fields=fields)
+            ]
         # Every hop's text is built (and measured) before anything happens.
         hub_text = parts.hub_link.publish(channel, message, excepted, author)
         cluster_text = parts.cluster.publish(channel, message, excepted, author)

@@ -140,6 +140,11 @@ class HubLink:
         return self._config.channels
 
     @property
+    def reachable(self) -> bool:
+        """Registered: what is sent now reaches the hub (and the other bridges)."""
+        return self._lifecycle.state is HubLinkState.REGISTERED
+
+    @property
     def streaming(self) -> bool:
         """Registered with a hub that numbers channel streams (both named ``stream``):
         publishes are delivered here when they come back as STREAM, and a subscribe is
@@ -344,6 +349,7 @@ class NoHubLink:
     state: Final = None
     channels: Final[tuple[str, ...]] = ()
     streaming: Final = False
+    reachable: Final = True  # nothing to reach
 
     def _misuse(self, what: str) -> LocalUsageError:
         return LocalUsageError(f"{what}: no hub is configured (PresenceConfig.hub_link is None)")

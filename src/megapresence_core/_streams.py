@@ -90,6 +90,10 @@ class Streams:
 
     __slots__ = ("_config", "_started", "_streams", "bytes", "now")
 
+    #: Positions are promised: a publication that might not reach the whole deployment
+    #: is refused rather than delivered here only.
+    keeps: Final = True
+
     def __init__(self, config: HistoryConfig) -> None:
         self._config = config
         self._streams: dict[str, Stream] = {}
@@ -226,6 +230,7 @@ class NoStreams:
     __slots__ = ()
 
     bytes: Final = 0
+    keeps: Final = False
 
     def clock(self, now: float) -> None:
         pass

@@ -99,6 +99,7 @@ CLIENT_ERROR_CODES: Final[dict[str, str]] = {
     "forbidden": "the server does not allow this (a kick by a non-admin, a refused channel)",
     "channel_full": "the channel is at its member cap: try later, or watch counts elsewhere",
     "too_many_channels": "the session is at its channel cap: unsubscribe from one first",
+    "unavailable": "the server cannot reach the other servers now: publish again later",
 }
 
 #: What a client should accept: the largest snapshot a member cap allows, and more.
