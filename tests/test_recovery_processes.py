@@ -13,9 +13,7 @@ subscribers ``stream.reset``. The figures of each run are printed (``-s`` shows 
 
 from __future__ import annotations
 
-import itertools
 import json
-import math
 import random
 import threading
 import time
@@ -29,6 +27,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake
 from websockets.sync.client import ClientConnection, connect
 
 from .process_helpers import Command, bridge_command
+from .recovery_client import StreamReader, check
 from .servers import Server
 from .test_cluster_processes import serve
 
@@ -50,62 +49,12 @@ class Subscriber(threading.Thread):
         super().__init__(name=name, daemon=True)
         self.ports = ports
         self.rng = random.Random(seed)
-        self.numbers: list[int] = []
-        #: (last number held, first number after): a stretch it was told may be missing.
-        self.stretches: list[tuple[int, float]] = []
-        self.recovered = 0
-        self.not_recovered: dict[str, int] = {}
-        self.subscribed = threading.Event()
+        self.reader = StreamReader()
         self.settle = threading.Event()
         self.done = threading.Event()
-        self._position: dict[str, Any] | None = None
-        self._told = False
-        #: Channel messages that came while a subscribe with ``since`` was unanswered.
-        self._held: list[dict[str, Any]] | None = None
-
-    def _last(self) -> int:
-        return self.numbers[-1] if self.numbers else 0
-
-    def _tell(self, reason: str) -> None:
-        self.not_recovered[reason] = self.not_recovered.get(reason, 0) + 1
-        if not self._told:
-            self._told = True
-            self.stretches.append((self._last(), math.inf))
-
-    def _receive(self, message: dict[str, Any]) -> None:
-        # The client's side of the merge of live and history: the session rejoined its
-        # channels with the connection, so live messages may come before the answer to
-        # the subscribe with ``since``; they are held, and when it recovered they come
-        # again, in order, among the missed ones (what the JavaScript client does too).
-        kind = message["type"]
-        if kind == "subscribed":
-            held, self._held = self._held or [], None
-            if message.get("recovered") is True:
-                self.recovered += 1  # the position stays: the missed ones advance it
-            else:
-                if "recovered" in message:
-                    self._tell(message["reason"])
-                for live in held:
-                    self._apply(live)
-                self._position = {"offset": message["offset"], "epoch": message["epoch"]}
-            self.subscribed.set()
-        elif kind == "stream.reset":
-            self._tell("reset")
-            self._position = {"offset": message["offset"], "epoch": message["epoch"]}
-        elif kind == "n":
-            if self._held is not None:
-                self._held.append(message)
-            else:
-                self._apply(message)
-
-    def _apply(self, message: dict[str, Any]) -> None:
-        if self._told:
-            self._told = False
-            self.stretches[-1] = (self.stretches[-1][0], message["payload"])
-        self.numbers.append(message["payload"])
-        self._position = {"offset": message["offset"], "epoch": message["epoch"]}
 
     def run(self) -> None:
+        reader = self.reader
         while not self.done.is_set():
             try:
                 ws = _open(self.rng.choice(self.ports()), self.name)
@@ -113,22 +62,18 @@ class Subscriber(threading.Thread):
                 time.sleep(0.1)
                 continue
             try:
-                command: dict[str, Any] = {"op": "subscribe", "channel": CHANNEL}
-                if self._position is not None:
-                    command["since"] = self._position
-                    self._held = []
-                ws.send(json.dumps(command))
+                ws.send(json.dumps(reader.subscribe()))
                 until = time.monotonic() + self.rng.uniform(0.2, 1.2)
                 while not self.done.is_set() and (self.settle.is_set() or time.monotonic() < until):
                     try:
-                        self._receive(json.loads(ws.recv(0.05)))
+                        reader.receive(json.loads(ws.recv(0.05)))
                     except TimeoutError:
                         continue
             except _DROPPED:
                 pass  # the server went away: come back
             finally:
                 ws.close()
-                self._held = None  # unanswered: the next subscribe asks from the same place
+                reader.dropped()
             time.sleep(self.rng.uniform(0, 0.5))
 
 
@@ -170,40 +115,6 @@ class Publisher(threading.Thread):
                 ws.close()
 
 
-def check(subscribers: list[Subscriber], publisher: Publisher) -> dict[str, Any]:
-    """Zero silent gaps and zero duplicates, per subscriber; the figures of the run."""
-    uncertain = set(publisher.uncertain)
-    figures: dict[str, Any] = {
-        "published": len(publisher.confirmed),
-        "uncertain": len(uncertain),
-        "silent_gaps": 0,
-        "duplicates": 0,
-        "out_of_order": 0,
-        "told_missing": 0,
-        "held": 0,
-        "recovered": 0,
-        "not_recovered": {},
-    }
-    for subscriber in subscribers:
-        held = subscriber.numbers
-        figures["held"] += len(held)
-        figures["duplicates"] += len(held) - len(set(held))
-        figures["out_of_order"] += sum(1 for a, b in itertools.pairwise(held) if b <= a)
-        figures["recovered"] += subscriber.recovered
-        for reason, count in subscriber.not_recovered.items():
-            figures["not_recovered"][reason] = figures["not_recovered"].get(reason, 0) + count
-        have = set(held)
-        for n in publisher.confirmed:
-            if n in have:
-                continue
-            if any(low < n < high for low, high in subscriber.stretches):
-                figures["told_missing"] += 1
-            else:
-                figures["silent_gaps"] += 1
-        assert have <= set(publisher.confirmed) | uncertain  # nothing made up
-    return figures
-
-
 def run_sequence(
     ports: Callable[[], list[int]],
     restarts: list[Callable[[], None]],
@@ -215,8 +126,10 @@ def run_sequence(
     subs = [Subscriber(f"sub{i}", ports, seed + i) for i in range(subscribers)]
     for sub in subs:
         sub.start()
-    for sub in subs:
-        assert sub.subscribed.wait(15), f"{sub.name} never subscribed"
+    deadline = time.monotonic() + 15
+    while not all(sub.reader.subscribed for sub in subs):
+        assert time.monotonic() < deadline, "a subscriber never subscribed"
+        time.sleep(0.02)
     publisher = Publisher(ports, count, seed)
     publisher.start()
     for restart in restarts:
@@ -231,19 +144,19 @@ def run_sequence(
     deadline = time.monotonic() + 20
     last = publisher.confirmed[-1]
     while time.monotonic() < deadline and not all(
-        (sub.numbers and sub.numbers[-1] >= last) or sub.stretches[-1:] == [(sub._last(), math.inf)]
-        for sub in subs
+        sub.reader.last() >= last or sub.reader.open_stretch() for sub in subs
     ):
         time.sleep(0.05)
     time.sleep(0.5)
     for sub in subs:
         sub.done.set()
         sub.join(10)
-    figures = check(subs, publisher)
+    figures = check([sub.reader for sub in subs], publisher.confirmed, publisher.uncertain)
     print(f"\nrecovery run: {figures}")
     assert figures["silent_gaps"] == 0
     assert figures["duplicates"] == 0
     assert figures["out_of_order"] == 0
+    assert figures["made_up"] == 0
     return figures
 
 

@@ -18,7 +18,7 @@ one part replaced (by ``NoStore``) when the process shuts down.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from typing import final
 
 from ._cluster import ClusterLink, NoCluster
@@ -77,6 +77,7 @@ class Parts:
         cluster: ClusterLink | NoCluster,
         store: SharedStore | NoStore,
         streams: Streams | NoStreams,
+        recoveries: Recoveries,
     ) -> None:
         self.local = local
         self.feed = feed
@@ -88,7 +89,7 @@ class Parts:
         self.store = store
         self.streams = streams
         #: Subscribes waiting for the hub's RECOVERED (with a hub that numbers streams).
-        self.recoveries = Recoveries()
+        self.recoveries = recoveries
 
 
 def refused(conn: Hashable, code: str, message: str, channel: str | None) -> RequestRefused:
@@ -125,38 +126,41 @@ class Channels:
             refusal = self.refusal(conn, channel, len(record.subscriptions))
             if refusal is not None:
                 return [refusal]
-        elif old is not _NONE:
+        if parts.hub_link.streaming:
+            # The hub holds the stream: the SUBSCRIBE routes the channel here, and the
+            # subscription takes effect here when RECOVERED comes back (see ``answer``).
+            subscribe = [] if old is not None else parts.hub_link.send(self._frame(record, channel))
+            recover = parts.recoveries.ask(
+                conn, channel, mode, event.since, record.session_id, fresh=old is None
+            )
+            return subscribe + parts.hub_link.send_text(encode(recover))
+        if old is not None and old is not _NONE:
             parts.feed.unwatch(conn, channel, old)
         parts.streams.hold(channel, record.session_id)
-        recover: list[Action] = []
-        if parts.hub_link.streaming:
-            # The hub holds the stream: answered when RECOVERED comes, after the
-            # SUBSCRIBE that routes the channel here; present-only until then.
-            parts.local.subscribe(record, channel, _NONE)
-            frame = parts.recoveries.ask(conn, channel, mode, event.since, record.session_id)
-            reply, recover = [], parts.hub_link.send_text(encode(frame))
-        else:
-            parts.local.subscribe(record, channel, mode)
-            # What it missed comes right after the answer, before any live publication.
-            reply = self.subscribed(conn, channel, mode, event.since, record.session_id)
-            # The snapshot comes first: a new member then sees itself join, in the next diff.
-            reply += parts.feed.watch(conn, channel, mode) if mode is not _NONE else []
+        parts.local.subscribe(record, channel, mode)
+        # What it missed comes right after the answer, before any live publication.
+        reply = self.subscribed(conn, channel, mode, event.since, record.session_id)
+        # The snapshot comes first: a new member then sees itself join, in the next diff.
+        reply += parts.feed.watch(conn, channel, mode) if mode is not _NONE else []
         if old is not None:
-            return reply + recover
+            return reply
         self.show(record, (channel,))
-        subscribe = SubscribeFrame(
+        return [
+            *reply,
+            *parts.hub_link.send(self._frame(record, channel)),
+            *parts.cluster.add(record.remote()),
+            *parts.store.put(record, (channel,)),
+        ]
+
+    @staticmethod
+    def _frame(record: ConnectionRecord, channel: str) -> SubscribeFrame:
+        assert record.session_id is not None
+        return SubscribeFrame(
             session_id=record.session_id,
             user_id=record.member().user_id,
             channel=channel,
             metadata=record.metadata,
         )
-        return [
-            *reply,
-            *parts.hub_link.send(subscribe),
-            *recover,  # after the SUBSCRIBE, never before
-            *parts.cluster.add(record.remote()),
-            *parts.store.put(record, (channel,)),
-        ]
 
     def subscribed(
         self,
@@ -188,35 +192,51 @@ class Channels:
         )
         return [Deliver(conns=(conn,), text=text) for text in (encode(reply), *texts)]
 
-    def answer(self, pending: PendingRecovery, reply: list[Action]) -> list[Action]:
-        """A waiting subscribe's ``reply`` (``subscribed`` and the recovered messages), then
-        its mode takes effect: its snapshot follows. Nothing if the connection or its
-        subscription went meanwhile."""
-        local, feed = self._parts.local, self._parts.feed
-        record = local.records.get(pending.conn)
-        channel, mode = pending.channel, pending.mode
-        if record is None or record.session_id is None or channel not in record.subscriptions:
+    def answer(
+        self, pending: PendingRecovery, reply: Callable[[str], list[Action]]
+    ) -> list[Action]:
+        """A subscribe that waited for the hub takes effect: ``reply(session_id)`` (its
+        ``subscribed`` and recovered messages), then its snapshot; a new subscription joins
+        the channel here now, as on a single server. Nothing if the connection lost its
+        session, or the subscription it changed is gone."""
+        parts = self._parts
+        local, feed, conn, channel, mode = (
+            parts.local,
+            parts.feed,
+            pending.conn,
+            pending.channel,
+            pending.mode,
+        )
+        record = local.records.get(conn)
+        if record is None or record.session_id is None:
+            parts.hub_members.untrack(channel)
             return []
-        old = record.subscriptions[channel]
-        if old is not _NONE:
-            feed.unwatch(pending.conn, channel, old)
+        old = record.subscriptions.get(channel)
+        if old is None:
+            if not pending.fresh:
+                return []  # unsubscribed meanwhile
+            refusal = self.refusal(conn, channel, len(record.subscriptions))
+            if refusal is not None:  # the channel filled up meanwhile
+                parts.hub_members.untrack(channel)
+                frame = UnsubscribeFrame(session_id=record.session_id, channel=channel)
+                return [refusal, *parts.hub_link.send(frame)]
+        elif old is not _NONE:
+            feed.unwatch(conn, channel, old)
+        parts.streams.hold(channel, record.session_id)
         local.subscribe(record, channel, mode)
-        snapshot = feed.watch(pending.conn, channel, mode) if mode is not _NONE else []
-        return reply + snapshot
+        actions = reply(record.session_id)
+        actions += feed.watch(conn, channel, mode) if mode is not _NONE else []
+        if old is not None:
+            return actions
+        self.show(record, (channel,))
+        return actions + parts.cluster.add(record.remote()) + parts.store.put(record, (channel,))
 
     def answer_here(self, pending: PendingRecovery) -> list[Action]:
         """A waiting subscribe answered from this process's own streams (the hub is gone)."""
-        record = self._parts.local.records.get(pending.conn)
-        if (
-            record is None
-            or record.session_id is None
-            or pending.channel not in record.subscriptions
-        ):
-            return []
-        reply = self.subscribed(
-            pending.conn, pending.channel, pending.mode, pending.since, record.session_id
+        conn, channel, mode, since = pending.conn, pending.channel, pending.mode, pending.since
+        return self.answer(
+            pending, lambda session_id: self.subscribed(conn, channel, mode, since, session_id)
         )
-        return self.answer(pending, reply)
 
     def unsubscribe(self, event: Unsubscribe) -> list[Action]:
         parts, channel, conn = self._parts, event.channel, event.conn
@@ -228,6 +248,11 @@ class Channels:
         actions: list[Action] = [Deliver(conns=(conn,), text=encode(Unsubscribed(channel=channel)))]
         mode = record.subscriptions.get(channel)
         if mode is None:
+            if parts.recoveries.cancel(conn, channel):  # a subscribe still waiting for the hub
+                parts.hub_members.untrack(channel)
+                return actions + parts.hub_link.send(
+                    UnsubscribeFrame(session_id=session_id, channel=channel)
+                )
             return actions  # idempotent: it is not subscribed, as asked
         if mode is not _NONE:
             parts.feed.unwatch(conn, channel, mode)

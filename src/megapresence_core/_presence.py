@@ -56,6 +56,7 @@ from ._feed import PresenceFeed
 from ._hub_link import HubLink, NoHubLink
 from ._hub_members import PRESENCE_FRAMES, HubMembers
 from ._local import ConnectionRecord, LocalIndexes, NoStore, SharedStore
+from ._recoveries import Recoveries
 from ._rosters import LOCAL
 from ._streams import NoStreams, Streams
 from ._values import Member, Message, PresenceMode, RemoteMember, StoreEntry, StreamPosition
@@ -166,8 +167,9 @@ class Presence:
             link = HubLink(link_config, timers, max_frame_bytes=self._limits.max_hub_frame_bytes)
             self._hub_link = link
             self._on_timer.update(dict.fromkeys(HUB_LINK.timer_kinds, link.on_timer))
+        recoveries = Recoveries()
         self._hub_members = HubMembers(
-            self._rosters, self._arrived, frozenset(self._hub_link.channels)
+            self._rosters, self._arrived, frozenset(self._hub_link.channels), recoveries.awaits
         )
         if config.cluster is not None:
             cluster = ClusterLink(
@@ -193,6 +195,7 @@ class Presence:
             cluster=self._cluster,
             store=store,
             streams=Streams(config.history) if config.history is not None else NoStreams(),
+            recoveries=recoveries,
         )
         self._channels = Channels(self._parts)
 
@@ -524,8 +527,10 @@ class Presence:
         texts = [encode(reply)] + [
             channel_text(p.channel, p.message, p.author, p.position) for p in frame.publications
         ]
-        deliveries: list[Action] = [Deliver(conns=(pending.conn,), text=text) for text in texts]
-        return self._channels.answer(pending, deliveries)
+        conns = (pending.conn,)
+        return self._channels.answer(
+            pending, lambda session_id: [Deliver(conns=conns, text=text) for text in texts]
+        )
 
     def _hub_direct(self, frame: DirectFrame) -> list[Action]:
         return self._deliver_direct(frame.user_id, frame.message)

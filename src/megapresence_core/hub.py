@@ -477,7 +477,8 @@ class Hub:
             self._sessions.add_interest(record.bridge, channel)
         self._timers.arm(Timer.HEARTBEAT, now + config.heartbeat_interval, record.bridge)
         self._timers.arm(Timer.SILENCE, now + self._silence(), record.bridge)
-        streams = self._streams is not None
+        # ``stream`` answers a bridge that named it (an older one never hears of it).
+        streams = self._streams is not None and HUB_STREAM in frame.capabilities
         registered = RegisteredFrame(
             hub_id=config.hub_id,
             heartbeat_interval=config.heartbeat_interval,
@@ -489,7 +490,7 @@ class Hub:
         # REGISTERED travels alone: the bridge learns from it that the link batches.
         actions.append(_send(record, encode(registered)))
         record.batch = config.batch_frames and HUB_BATCH in frame.capabilities
-        record.stream = streams and HUB_STREAM in frame.capabilities
+        record.stream = streams
         return actions + self._members_for(record, frame.channels)
 
     def _route(
