@@ -900,7 +900,9 @@ class PresenceServer:
     ) -> None:
         """Deliver ``message`` (``{"type", "payload"?}``) to exactly the subscribers of
         ``channel``, here and on every bridge and instance, except those sessions. With
-        ``sender`` (a joined ``Client`` or a ``Sender``) it arrives ``from`` that session."""
+        ``sender`` (a joined ``Client`` or a ``Sender``) it arrives ``from`` that session.
+        While this server's link to the hub or the cluster is down it is delivered nowhere
+        (a warning is logged): the other servers' channel streams would miss it."""
         self._group()
         if isinstance(sender, Client):
             if sender.identity is None:
