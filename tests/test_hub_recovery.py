@@ -8,20 +8,36 @@ import json
 from collections.abc import Hashable
 from typing import Any
 
+import pytest
+
 from megapresence_core import (
     Hub,
     HubConfig,
+    HubLinkConfig,
+    Limits,
     Message,
+    Presence,
+    PresenceConfig,
+    PresenceMode,
     PublishRequested,
     Sender,
     Subscribe,
+    Unsubscribe,
 )
 from megapresence_core.actions import SendBridgeFrame, SendHubFrame
 from megapresence_core.config import HistoryConfig
-from megapresence_core.events import BridgeConnecting, BridgeFrameReceived, StreamPosition, Tick
-from megapresence_core.wire import encode
+from megapresence_core.events import (
+    BridgeConnecting,
+    BridgeFrameReceived,
+    HubConnected,
+    HubFrameReceived,
+    HubLinkStarted,
+    StreamPosition,
+    Tick,
+)
+from megapresence_core.wire import RecoveredFrame, RegisteredFrame, encode
 
-from .helpers import hub_frame
+from .helpers import deliveries, drive, hub_frame, open_joined, refusals, sent_frames
 from .sim import HubNetwork
 
 TOKEN = "secret-token"
@@ -392,3 +408,98 @@ def test_stream_frames_round_trip_through_the_codec() -> None:
     ]
     for frame in frames:
         assert decode_hub_frame(encode(frame), max_bytes=10_000) == frame
+
+
+# ------------------------------------------- a bridge's waiting subscribes
+
+
+def streaming_bridge(**config: Any) -> Presence:
+    """A bridge registered with a hub that numbers streams (frames driven by hand)."""
+    link = HubLinkConfig(bridge_id="b1", instance_id="b1-i1")
+    presence = Presence(
+        PresenceConfig(
+            hub_link=link, history=HistoryConfig(boot_id="b1"), presence_window=0, **config
+        )
+    )
+    registered = RegisteredFrame(hub_id="h", heartbeat_interval=5.0, capabilities=("stream",))
+    drive(
+        presence,
+        HubLinkStarted(now=0.0),
+        HubConnected(now=0.0),
+        HubFrameReceived(data=encode(registered), now=0.0),
+    )
+    return presence
+
+
+def recovered(request: int, offset: int = 0) -> HubFrameReceived:
+    frame = RecoveredFrame(request=request, channel="room", offset=offset, epoch="h.1")
+    return HubFrameReceived(data=encode(frame), now=1.0)
+
+
+def test_an_unsubscribe_cancels_a_subscribe_waiting_for_the_hub() -> None:
+    presence = streaming_bridge()
+    open_joined(presence, 1, "ann", "a1")
+    sent = sent_frames(drive(presence, Subscribe(conn=1, channel="room", now=1)))
+    assert [f["type"] for f in sent] == ["SUBSCRIBE", "RECOVER"]
+    actions = drive(presence, Unsubscribe(conn=1, channel="room", now=1))
+    assert [f["type"] for f in sent_frames(actions)] == ["UNSUBSCRIBE"]
+    assert deliveries(actions)[1] == [{"type": "unsubscribed", "channel": "room"}]
+    assert drive(presence, recovered(1)) == []  # the answer finds nobody waiting
+
+
+def test_a_change_of_mode_unsubscribed_meanwhile_is_not_answered() -> None:
+    presence = streaming_bridge()
+    open_joined(presence, 1, "ann", "a1", channels=["room"])
+    sent = sent_frames(drive(presence, Subscribe(conn=1, channel="room", mode="users", now=1)))
+    assert [f["type"] for f in sent] == ["RECOVER"]  # already in the channel: no SUBSCRIBE
+    drive(presence, Unsubscribe(conn=1, channel="room", now=1))
+    assert drive(presence, recovered(1)) == []
+    assert presence.subscriptions(1) == {}
+
+
+def test_two_subscribes_waiting_together_are_answered_in_turn() -> None:
+    presence = streaming_bridge()
+    open_joined(presence, 1, "ann", "a1")
+    drive(presence, Subscribe(conn=1, channel="room", now=1))
+    drive(presence, Subscribe(conn=1, channel="room", mode="count", now=1))
+    first = deliveries(drive(presence, recovered(1)))[1]
+    assert [m["type"] for m in first] == ["subscribed"]
+    second = deliveries(drive(presence, recovered(2, offset=3)))[1]
+    assert [(m["type"], m.get("presence")) for m in second] == [
+        ("subscribed", "count"),
+        ("presence.count", None),
+    ]
+    assert presence.subscriptions(1) == {"room": PresenceMode.COUNT}
+
+
+def test_a_channel_that_filled_up_meanwhile_refuses_the_waiting_subscribe() -> None:
+    presence = streaming_bridge(limits=Limits(max_members_per_channel=1))
+    open_joined(presence, 1, "ann", "a1")
+    drive(presence, Subscribe(conn=1, channel="room", now=1))
+    open_joined(presence, 2, "bob", "b1", channels=["room"])  # took the last place
+    actions = drive(presence, recovered(1))
+    assert refusals(actions) == [(1, "channel_full", "room")]
+    assert [f["type"] for f in sent_frames(actions)] == ["UNSUBSCRIBE"]
+    assert presence.subscriptions(1) == {}
+
+
+def test_recovered_needs_a_list_of_publications() -> None:
+    from megapresence_core import PeerError
+    from megapresence_core.wire import decode_hub_frame
+
+    bad = hub_frame("RECOVERED", request=1, channel="c", offset=0, epoch="e", publications={})
+    with pytest.raises(PeerError, match="publications"):
+        decode_hub_frame(bad, max_bytes=1000)
+
+
+def test_a_publish_while_the_cluster_is_down_is_refused() -> None:
+    from megapresence_core import ClusterConfig
+    from megapresence_core.events import ClusterConnected, ClusterLost
+
+    cluster = ClusterConfig(app="app", instance_id="i1", epoch=1)
+    presence = Presence(PresenceConfig(cluster=cluster, history=HistoryConfig(boot_id="b")))
+    drive(presence, ClusterConnected(now=0))
+    open_joined(presence, 1, "ann", "a1", channels=["room"])
+    drive(presence, ClusterLost(now=1))
+    actions = drive(presence, PublishRequested(channel="room", message=Message(type="n"), conn=1))
+    assert refusals(actions) == [(1, "unavailable", "room")]
