@@ -316,17 +316,15 @@ def test_recover_answers_the_position_the_missed_ones_or_why_not() -> None:
         assert frame["type"] == "RECOVERED"
         return dict(frame["payload"])
 
-    assert recover() == {
-        "request": 9,
-        "channel": "room",
-        "offset": 7,
-        "epoch": "hb.1",
-        "publications": [],
-    }
+    assert recover() == {"request": 9, "channel": "room", "offset": 7, "epoch": "hb.1"}
     got = recover({"offset": 4, "epoch": "hb.1"})
-    assert (got["recovered"], [p["offset"] for p in got["publications"]]) == (True, [5, 6])
+    # The channel messages as clients receive them, each a JSON string the bridge relays.
+    assert got["recovered"] is True
+    assert [json.loads(text) for text in got["publications"]] == [
+        {"type": "n", "channel": "room", "offset": n, "epoch": "hb.1", "payload": n} for n in (5, 6)
+    ]
     got = recover({"offset": 1, "epoch": "hb.1"})  # 6 missed; one recovery returns 5
-    assert (got["recovered"], got["reason"], got["publications"]) == (False, "too_many", [])
+    assert (got["recovered"], got["reason"], "publications" in got) == (False, "too_many", False)
     got = recover({"offset": 3, "epoch": "old.1"})
     assert (got["recovered"], got["reason"]) == (False, "epoch")
 
@@ -403,7 +401,12 @@ def test_stream_frames_round_trip_through_the_codec() -> None:
             request=3, session_id="s", channel="c", since=StreamPosition(offset=1, epoch="e")
         ),
         RecoveredFrame(
-            request=3, channel="c", offset=2, epoch="e.1", recovered=True, publications=(stream,)
+            request=3,
+            channel="c",
+            offset=2,
+            epoch="e.1",
+            recovered=True,
+            publications=('{"type":"n","channel":"c","offset":2,"epoch":"e.1"}',),
         ),
     ]
     for frame in frames:
@@ -483,13 +486,16 @@ def test_a_channel_that_filled_up_meanwhile_refuses_the_waiting_subscribe() -> N
     assert presence.subscriptions(1) == {}
 
 
-def test_recovered_needs_a_list_of_publications() -> None:
+def test_recovered_needs_a_list_of_channel_messages_in_strings() -> None:
     from megapresence_core import PeerError
     from megapresence_core.wire import decode_hub_frame
 
-    bad = hub_frame("RECOVERED", request=1, channel="c", offset=0, epoch="e", publications={})
-    with pytest.raises(PeerError, match="publications"):
-        decode_hub_frame(bad, max_bytes=1000)
+    for publications in ({}, [{"type": "n"}], ["not an object"]):
+        bad = hub_frame(
+            "RECOVERED", request=1, channel="c", offset=0, epoch="e", publications=publications
+        )
+        with pytest.raises(PeerError, match="publications"):
+            decode_hub_frame(bad, max_bytes=1000)
 
 
 def test_a_publish_while_the_cluster_is_down_is_refused() -> None:

@@ -1,12 +1,13 @@
 """The hub's channel streams: one place numbers every channel's publications.
 
 Theory of operation. With ``HubConfig.history``, every PUBLISH the hub accepts
-gets its channel's next offset here and becomes a STREAM frame, kept (the
-exact text that was routed) for recovery and routed to every bridge tracking
-the channel that speaks ``stream``, its origin included. A RECOVER is answered
-with RECOVERED from the same stream: the position, and after ``since`` the
-missed STREAM payloads spliced into one frame, or the reason they cannot come
-(``too_many`` also when they would not fit in one frame). The history's rules
+gets its channel's next offset here and becomes a STREAM frame routed to every
+bridge tracking the channel that speaks ``stream``, its origin included; what
+is kept for recovery is the channel message as a client receives it. A RECOVER
+is answered with RECOVERED from the same stream: the position, and after
+``since`` the missed channel messages as JSON strings (a bridge relays them
+without decoding them), or the reason they cannot come (``too_many`` also when
+they would not fit in one frame). The history's rules
 (size, TTL, epochs) are ``_streams.Streams``'s; the epochs come from the
 history's boot id, new at every hub start. A stream lives while some bridge
 tracks its channel (swept on ticks); one forgotten starts again under a new
@@ -22,7 +23,14 @@ from typing import final
 from ._streams import Streams
 from ._values import StreamPosition, utf8_len
 from .config import HistoryConfig
-from .wire import PublishFrame, RecoverFrame, StreamFrame, encode, recovered_text
+from .wire import (
+    PublishFrame,
+    RecoverFrame,
+    StreamFrame,
+    channel_text,
+    encode,
+    recovered_text,
+)
 
 __all__ = ["HubStreams"]
 
@@ -45,24 +53,29 @@ class HubStreams:
         return utf8_len(publish_text) + STREAM_OVERHEAD <= self._max_frame_bytes
 
     def publish(self, frame: PublishFrame) -> str:
-        """The STREAM frame of ``frame``, at its channel's next offset (and kept)."""
+        """The STREAM frame of ``frame``, at its channel's next offset; what is kept is the
+        channel message as clients receive it, for RECOVERED to carry as it is."""
         channel = frame.channel
+        kept: list[StreamPosition] = []
 
-        def stream_text(position: StreamPosition | None) -> str:
+        def client_text(position: StreamPosition | None) -> str:
             assert position is not None  # the stream is held just below
-            return encode(
-                StreamFrame(
-                    channel=channel,
-                    offset=position.offset,
-                    epoch=position.epoch,
-                    message=frame.message,
-                    except_session_ids=frame.except_session_ids,
-                    author=frame.author,
-                )
-            )
+            kept.append(position)
+            return channel_text(channel, frame.message, frame.author, position)
 
         self.streams.hold(channel, "hub")
-        return self.streams.append(channel, frozenset(frame.except_session_ids), stream_text)
+        self.streams.append(channel, frozenset(frame.except_session_ids), client_text)
+        [position] = kept
+        return encode(
+            StreamFrame(
+                channel=channel,
+                offset=position.offset,
+                epoch=position.epoch,
+                message=frame.message,
+                except_session_ids=frame.except_session_ids,
+                author=frame.author,
+            )
+        )
 
     def recover(self, frame: RecoverFrame) -> str:
         """RECOVERED for ``frame``: the position, and the missed publications or why not."""

@@ -121,7 +121,6 @@ from .wire import (
     StreamReset,
     Subscribed,
     broadcast_text,
-    channel_text,
     direct_text,
     encode,
 )
@@ -524,9 +523,7 @@ class Presence:
             recovered=frame.recovered,
             reason=frame.reason,
         )
-        texts = [encode(reply)] + [
-            channel_text(p.channel, p.message, p.author, p.position) for p in frame.publications
-        ]
+        texts = [encode(reply), *frame.publications]  # relayed as the hub kept them
         conns = (pending.conn,)
         return self._channels.answer(
             pending, lambda session_id: [Deliver(conns=conns, text=text) for text in texts]

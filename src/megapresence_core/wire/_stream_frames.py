@@ -13,9 +13,11 @@ recovers on any bridge (capability ``stream``, named by both ends at registratio
 ``RECOVERED``   hub→bridge  ``request``, ``channel``, ``offset``, ``epoch``,
                             ``recovered?``, ``reason?``, ``publications``: the
                             stream's position and, after ``since``, the missed
-                            publications (STREAM payloads, oldest first) or why
-                            not; answered in order on the link, after every
-                            STREAM of the channel up to ``offset``
+                            publications (each the client's channel message, as a
+                            JSON string: relayed as it is, never re-encoded;
+                            oldest first) or why not; answered in order on the
+                            link, after every STREAM of the channel up to
+                            ``offset``
 ==============  ==========  ===================================================
 
 The hub's streams start with epochs made from its hub id, new at every hub
@@ -26,23 +28,22 @@ in one frame is ``too_many``.
 
 from __future__ import annotations
 
+from json.encoder import encode_basestring
 from typing import Any, Final, TypeAlias, final
 
 import attrs
 
-from .._values import Message, Sender, StreamPosition, dumps
+from .._values import Message, Sender, StreamPosition
 from ._codec import (
-    _BY_TYPE,
     _VALUE_ENCODERS,
     Field,
-    _encode_fields,
     check_count,
     check_flag,
     check_message,
     check_name,
     check_names,
     check_object,
-    decode_fields,
+    encode,
     register,
 )
 from ._frames import HUB_DIALECT, _sender
@@ -55,7 +56,6 @@ __all__ = [
     "StreamFrame",
     "StreamHubFrame",
     "recovered_text",
-    "stream_payload",
 ]
 
 #: The capability both ends name in REGISTER / REGISTERED for hub-numbered streams.
@@ -102,7 +102,8 @@ class RecoveredFrame:
     epoch: str
     recovered: bool | None = None
     reason: str | None = None
-    publications: tuple[StreamFrame, ...] = ()
+    #: The missed channel messages, as the client receives them (JSON texts).
+    publications: tuple[str, ...] = ()
 
 
 StreamHubFrame: TypeAlias = StreamFrame | RecoverFrame | RecoveredFrame
@@ -124,22 +125,20 @@ _STREAM_FIELDS: Final = (
 )
 
 
-def _publications(value: Any) -> tuple[StreamFrame, ...]:
-    if not isinstance(value, list):
-        raise ValueError("must be a list of STREAM payloads")
-    return tuple(
-        StreamFrame(**decode_fields(_STREAM_FIELDS, check_object(item), "STREAM", "bad_frame"))
-        for item in value
-    )
+def _publications(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(
+        isinstance(text, str) and text.startswith("{") for text in value
+    ):
+        raise ValueError("must be a list of channel messages, each a JSON object in a string")
+    return tuple(value)
 
 
-def stream_payload(frame: StreamFrame) -> str:
-    """The payload object of a STREAM frame, as it travels inside RECOVERED."""
-    return _encode_fields(_BY_TYPE[StreamFrame], frame, [])
+def _encode_texts(texts: tuple[str, ...]) -> str:
+    return "[" + ",".join(map(encode_basestring, texts)) + "]"
 
 
 # Before RECOVERED is registered: its schema reads how to write each field then.
-_VALUE_ENCODERS[_publications] = lambda frames: "[" + ",".join(map(stream_payload, frames)) + "]"
+_VALUE_ENCODERS[_publications] = _encode_texts
 
 register(HUB_DIALECT, "STREAM", StreamFrame, *_STREAM_FIELDS)
 register(
@@ -168,8 +167,6 @@ register(
 #: The stream frames' type names (the hub protocol's others are ``FRAME_TYPES``).
 STREAM_FRAME_TYPES: Final = ("STREAM", "RECOVER", "RECOVERED")
 
-_STREAM_HEAD: Final = '{"type":"STREAM","payload":'
-
 
 def recovered_text(
     request: int,
@@ -177,16 +174,16 @@ def recovered_text(
     position: StreamPosition,
     recovered: bool | None,
     reason: str | None,
-    streams: list[str],
+    texts: list[str],
 ) -> str:
-    """RECOVERED, spliced around the STREAM frames' texts the hub keeps (never re-encoded)."""
-    head = (
-        f'{{"type":"RECOVERED","payload":{{"request":{request},"channel":{dumps(channel)},'
-        f'"offset":{position.offset},"epoch":{dumps(position.epoch)}'
+    """RECOVERED, with the kept channel messages' texts spliced in as JSON strings."""
+    frame = RecoveredFrame(
+        request=request,
+        channel=channel,
+        offset=position.offset,
+        epoch=position.epoch,
+        recovered=recovered,
+        reason=reason,
+        publications=tuple(texts),
     )
-    if recovered is not None:
-        head += f',"recovered":{"true" if recovered else "false"}'
-    if reason is not None:
-        head += f',"reason":{dumps(reason)}'
-    payloads = ",".join(text[len(_STREAM_HEAD) : -1] for text in streams)
-    return f'{head},"publications":[{payloads}]}}}}'
+    return encode(frame)
