@@ -47,6 +47,8 @@ class StreamModel(RuleBasedStateMachine):
         self.epoch: dict[str, str] = {}
         self.holders: dict[str, set[str]] = {}
         self.seen_epochs: set[str] = set()
+        #: Channels whose position was sent since their last reset (or start).
+        self.shown: set[str] = set()
         #: Every position a client could hold: (channel, offset, epoch).
         self.positions: list[tuple[str, int, str]] = [("a", 0, "elsewhere.1")]
 
@@ -79,15 +81,25 @@ class StreamModel(RuleBasedStateMachine):
         if not holders:  # forgotten: its history is lost
             self.holders.pop(channel, None)
             self.epoch.pop(channel, None)
+            self.shown.discard(channel)
             assert self.streams.position(channel) is None
+
+    @rule(channel=st.sampled_from(CHANNELS))
+    def tell(self, channel: str) -> None:
+        if channel in self.holders:
+            assert self.streams.tell(channel) == self.streams.position(channel)
+            self.shown.add(channel)
 
     @rule()
     def reset(self) -> None:
-        changed = dict(self.streams.reset())
-        assert set(changed) == set(self.holders)
-        for channel in changed:
+        told = dict(self.streams.reset())
+        assert set(told) == self.shown  # only a position someone may hold needs telling
+        for channel in self.holders:  # but every stream starts again
             self.epoch.pop(channel)
             self._observe(channel)
+            assert told.get(channel, self.streams.position(channel)) == (
+                self.streams.position(channel)
+            )
 
     @rule(step=st.sampled_from([0.0, 0.5, 1.0, 3.0, 20.0]))
     def tick(self, step: float) -> None:
@@ -110,6 +122,7 @@ class StreamModel(RuleBasedStateMachine):
         offset = len(history) + 1  # contiguous
         assert text == f"{offset}@{self.epoch[channel]}"
         history.append((offset, self.now, text, excluded))
+        self.shown.add(channel)
         self.positions.append((channel, offset, self.epoch[channel]))
 
     @precondition(lambda self: self.holders)
@@ -118,6 +131,7 @@ class StreamModel(RuleBasedStateMachine):
         channel = data.draw(st.sampled_from(sorted(self.holders)))
         _, offset, epoch = data.draw(st.sampled_from(self.positions))
         got = self.streams.recover(channel, StreamPosition(offset=offset, epoch=epoch), session)
+        self.shown.add(channel)
         history, config = self.published[channel], self.config
         top = len(history)
         assert got.position == StreamPosition(offset=top, epoch=self.epoch[channel])

@@ -177,7 +177,7 @@ class Channels:
         reason: str | None = None
         texts: list[str] = []
         if since is None:
-            position = streams.position(channel)
+            position = streams.tell(channel)
         else:
             recovery = streams.recover(channel, since, session_id)
             position, texts, reason = recovery.position, recovery.texts, recovery.reason
@@ -223,6 +223,7 @@ class Channels:
         elif old is not _NONE:
             feed.unwatch(conn, channel, old)
         parts.streams.hold(channel, record.session_id)
+        parts.streams.show(channel)
         local.subscribe(record, channel, mode)
         actions = reply(record.session_id)
         actions += feed.watch(conn, channel, mode) if mode is not _NONE else []
@@ -324,6 +325,7 @@ class Channels:
         recovery, also when only lingering sessions hold it)."""
         local = self._parts.local
         if position is not None:
+            self._parts.streams.show(channel)
             text = channel_text(channel, message, author, position)
         else:
             text = self._parts.streams.append(

@@ -82,8 +82,7 @@ class HubStreams:
         streams, channel = self.streams, frame.channel
         streams.hold(channel, "hub")
         if frame.since is None:
-            position = streams.position(channel)
-            assert position is not None
+            position = streams.tell(channel)
             return recovered_text(frame.request, channel, position, None, None, [])
         found = streams.recover(channel, frame.since, frame.session_id)
         assert found.position is not None

@@ -57,7 +57,7 @@ ENTRY_OVERHEAD: Final = 120
 class Stream:
     """One channel's stream: its epoch, its last offset and its recent publications."""
 
-    __slots__ = ("entries", "epoch", "expired", "holders", "top", "trimmed")
+    __slots__ = ("entries", "epoch", "expired", "holders", "shown", "top", "trimmed")
 
     def __init__(self, epoch: str) -> None:
         self.epoch = epoch
@@ -68,6 +68,9 @@ class Stream:
         self.trimmed = 0
         self.expired = 0
         self.holders: set[str] = set()
+        #: A client may hold a position of this epoch: one was sent (``subscribed``, a
+        #: recovery, a publication). Only then does a reset need telling.
+        self.shown = False
 
 
 @final
@@ -129,11 +132,15 @@ class Streams:
 
     def reset(self) -> list[tuple[str, StreamPosition]]:
         """Every stream starts again under a new epoch (this process may have missed
-        publications); returns each channel with its new position."""
-        for stream in self._streams.values():
+        publications); returns the channels whose old position a client may hold (one was
+        sent), with their new positions: those subscribers must be told."""
+        told = []
+        for channel, stream in self._streams.items():
             self._drop(stream, len(stream.entries))
             stream.epoch, stream.top, stream.trimmed, stream.expired = self._new_epoch(), 0, 0, 0
-        return [(channel, self.position_of(stream)) for channel, stream in self._streams.items()]
+            if stream.shown:  # and still shown: the telling carries the new position
+                told.append((channel, self.position_of(stream)))
+        return told
 
     def _drop(self, stream: Stream, count: int) -> int:
         """Forget the ``count`` oldest entries; returns the last offset dropped."""
@@ -167,6 +174,7 @@ class Streams:
         if stream is None:
             return text_at(None)
         stream.top += 1
+        stream.shown = True
         text = text_at(StreamPosition(offset=stream.top, epoch=stream.epoch))
         stream.entries.append((stream.top, self.now, text, except_session_ids))
         self.bytes += utf8_len(text) + ENTRY_OVERHEAD
@@ -187,10 +195,24 @@ class Streams:
         stream = self._streams.get(channel)
         return self.position_of(stream) if stream is not None else None
 
+    def show(self, channel: str) -> None:
+        """A client of ``channel`` was sent a position this process did not number (the
+        hub's): a reset must tell it too."""
+        stream = self._streams.get(channel)
+        if stream is not None:
+            stream.shown = True
+
+    def tell(self, channel: str) -> StreamPosition:
+        """Where ``channel``'s stream (held) is, to send to a client."""
+        stream = self._streams[channel]
+        stream.shown = True
+        return self.position_of(stream)
+
     def recover(self, channel: str, since: StreamPosition, session_id: str) -> Recovery:
         """What ``session_id`` missed of ``channel`` (held) after ``since``, or why not."""
         stream = self._streams[channel]
         self._expire(stream)
+        stream.shown = True
         position = self.position_of(stream)
         if since.epoch != stream.epoch or since.offset > stream.top:
             return Recovery(position, [], "epoch")
@@ -254,6 +276,12 @@ class NoStreams:
 
     def position(self, channel: str) -> StreamPosition | None:
         return None
+
+    def tell(self, channel: str) -> StreamPosition | None:
+        return None
+
+    def show(self, channel: str) -> None:
+        pass
 
     def recover(self, channel: str, since: StreamPosition, session_id: str) -> Recovery:
         return Recovery(None, [], "epoch")
