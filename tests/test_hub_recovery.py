@@ -35,9 +35,17 @@ from megapresence_core.events import (
     StreamPosition,
     Tick,
 )
-from megapresence_core.wire import RecoveredFrame, RegisteredFrame, encode
+from megapresence_core.wire import RecoveredFrame, RegisteredFrame, StreamFrame, encode
 
-from .helpers import deliveries, drive, hub_frame, open_joined, refusals, sent_frames
+from .helpers import (
+    deliveries,
+    drive,
+    hub_frame,
+    hub_presence,
+    open_joined,
+    refusals,
+    sent_frames,
+)
 from .sim import HubNetwork
 
 TOKEN = "secret-token"
@@ -509,3 +517,19 @@ def test_a_publish_while_the_cluster_is_down_is_refused() -> None:
     drive(presence, ClusterLost(now=1))
     actions = drive(presence, PublishRequested(channel="room", message=Message(type="n"), conn=1))
     assert refusals(actions) == [(1, "unavailable", "room")]
+
+
+def test_a_stream_frame_for_a_channel_nobody_holds_here_reaches_nobody() -> None:
+    presence = streaming_bridge()
+    stream = StreamFrame(channel="room", offset=4, epoch="h.1", message=Message(type="n"))
+    assert drive(presence, HubFrameReceived(data=encode(stream), now=1)) == []
+
+
+def test_a_bridge_without_history_relays_a_stream_frame_as_numbered() -> None:
+    # A hub should not send it one (the bridge did not name ``stream``); if it does, the
+    # message still reaches the channel's subscribers, at the hub's position.
+    presence = hub_presence(presence_window=0)
+    open_joined(presence, 1, "ann", "a1", channels=["room"])
+    stream = StreamFrame(channel="room", offset=4, epoch="h.1", message=Message(type="n"))
+    got = deliveries(drive(presence, HubFrameReceived(data=encode(stream), now=1)))
+    assert got[1] == [{"type": "n", "channel": "room", "offset": 4, "epoch": "h.1"}]
