@@ -57,7 +57,7 @@ from megapresence_core.actions import (
     SendBridgeFrame,
     SendHubFrame,
 )
-from megapresence_core.config import DEFAULT_MAX_HUB_FRAME_BYTES
+from megapresence_core.config import DEFAULT_MAX_HUB_FRAME_BYTES, HistoryConfig
 from megapresence_core.events import (
     BridgeClosed,
     BridgeConnecting,
@@ -199,6 +199,7 @@ class SimBridge:
                 leave_grace=self.network.leave_grace,
                 presence_window=self.network.presence_window,
                 duplicate_session=self.network.duplicate_session,
+                history=HistoryConfig(boot_id=f"{self.bridge_id}-boot{self.boot}"),
             )
         )
         self.handle(HubLinkStarted(now=self.network.now))
@@ -361,6 +362,7 @@ class HubNetwork:
                 tokens=[TOKEN],
                 heartbeat_interval=10.0,
                 dead_after_intervals=3.0,
+                history=HistoryConfig(boot_id=f"hub-boot-{self.hub_epoch}"),
             )
         )
 

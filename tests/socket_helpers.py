@@ -21,6 +21,10 @@ from websockets.sync.client import ClientConnection, connect
 
 from megapresence_anyio import HandshakeRequest, Identity, PresenceServer, Refusal
 from megapresence_core import PresenceConfig
+from megapresence_core.config import HistoryConfig
+
+#: The tests' channel streams: epochs ``boot.1``, ``boot.2``... in the order channels start.
+HISTORY = HistoryConfig(boot_id="boot")
 
 
 def query_login(request: HandshakeRequest) -> Identity | Refusal | None:
@@ -41,7 +45,7 @@ async def running_server(**options: Any) -> AsyncIterator[tuple[PresenceServer, 
     options.setdefault("paths", None)
     # These tests watch sockets, deliveries and closes: a closed session leaves at once
     # here (the core's tests cover the leave grace).
-    options.setdefault("presence", PresenceConfig(leave_grace=0))
+    options.setdefault("presence", PresenceConfig(leave_grace=0, history=HISTORY))
     async with PresenceServer(options.pop("authenticate", query_login), **options) as server:
         port = await server.listen()
         yield server, f"ws://127.0.0.1:{port}"

@@ -70,6 +70,7 @@ import("/megapresence.js").then((mp) => {
         log("sync", channel, [...members.keys()].sort(), sub.map.version),
       onCount: (count) => log("count", channel, count),
       onMessage: (message) => log("channel", channel, message),
+      onRecover: (result) => log("recover", channel, result),
     });
   };
   done(true);
@@ -193,11 +194,18 @@ def test_close_codes_back_off_reconnect_promptly_or_stop(browser: Any, rules_por
             ("connecting", None),
             ("open", None),
         ]
-        # After each open the client subscribed again, and the snapshot came.
-        subscribe = ["sent", {"op": "subscribe", "channel": "codes", "presence": "users"}]
-        assert events.index(subscribe) < next(
-            i for i, e in enumerate(events) if synced("codes", ["ann"])(e)
+        # After each open the client subscribed again (from its stream position), and the
+        # snapshot came.
+        subscribe = {"op": "subscribe", "channel": "codes", "presence": "users"}
+        resubscribed = next(
+            i
+            for i, e in enumerate(events)
+            if e[0] == "sent"
+            and isinstance(e[1], dict)
+            and e[1] == {**subscribe, "since": e[1].get("since")}
         )
+        assert events[resubscribed][1]["since"]["offset"] == 0  # nothing was published
+        assert resubscribed < next(i for i, e in enumerate(events) if synced("codes", ["ann"])(e))
 
     before = len(page.events("ann"))
     admin_kick(rules_port, "ann-rules", requeue=False)
@@ -372,7 +380,16 @@ def test_watchers_see_joins_updates_leaves_counts_and_messages(
         "from": {"userId": "fay", "sessionId": "fay-1"},
         "payload": {"text": "hi"},
     }
-    page.wait_for("eve", ["channel", "room", message])
+    position = {"offset": int, "epoch": str}  # its place in the channel's stream
+
+    def is_the_message(event: Event) -> bool:
+        if event[:2] != ["channel", "room"]:
+            return False
+        got = dict(event[2])
+        kinds = {key: type(got.pop(key, None)) for key in position}
+        return got == message and kinds == position
+
+    page.wait_for("eve", is_the_message)
 
     found = page.driver.execute_async_script(
         "const done = arguments[arguments.length - 1];"
@@ -436,6 +453,38 @@ def test_a_client_whose_session_another_tab_took_stops_and_says_so(
     page.run("clients.second.close()")
 
 
+def test_a_reconnect_recovers_the_channel_messages_missed_meanwhile(
+    browser: Any, rules_port: int
+) -> None:
+    page = Page(browser, rules_port)
+    for name in ("ida", "jon"):
+        page.run(
+            f"makeClient('{name}', '/ws/chat?user={name}&session={name}-1&channels=news');"
+            f"watch('{name}', 'news', 'count'); clients.{name}.connect();"
+        )
+    page.wait_for("ida", ["count", "news", {"sessions": 2, "users": 2}])
+    page.run("clients.jon.publish('news', 'n', 1)")
+    page.wait_for("ida", lambda e: e[:2] == ["channel", "news"] and e[2]["payload"] == 1)
+    admin_kick(rules_port, "ida-1", requeue=True)  # 4503: back in 2.5 s, within the grace
+    page.run("for (const n of [2, 3, 4]) clients.jon.publish('news', 'n', n)")
+    recovered = page.wait_for("ida", lambda e: e[0] == "recover")
+    page.run("clients.jon.publish('news', 'n', 5)")
+    ida = page.wait(
+        "ida",
+        lambda es: any(e[:2] == ["channel", "news"] and e[2]["payload"] == 5 for e in es),
+        "no 5",
+    )
+    result = ida[recovered][2]
+    assert (result["recovered"], result["reason"]) == (True, None)
+    got = [(e[2]["payload"], e[2]["offset"]) for e in ida if e[:2] == ["channel", "news"]]
+    assert [n for n, _ in got] == [1, 2, 3, 4, 5]  # each exactly once, in order
+    assert [o - got[0][1] for _, o in got] == [0, 1, 2, 3, 4]  # consecutive offsets
+    sent = [e[1] for e in ida if e[0] == "sent" and e[1].get("op") == "subscribe"]
+    assert "since" not in sent[0]
+    assert sent[-1]["since"]["offset"] >= got[0][1]
+    page.run("clients.ida.close(); clients.jon.close()")
+
+
 def test_a_restarted_serve_is_reconnected_to_after_4503_and_1006(
     browser: Any, tmp_path: Path
 ) -> None:
@@ -462,6 +511,10 @@ def test_a_restarted_serve_is_reconnected_to_after_4503_and_1006(
             )
             assert states(page.events("ivy")[start:])[0] == retry
             assert states(page.events("ivy"))[-1] == ("open", None)
+            # A new process is a new stream: the app is told nothing was recovered.
+            told = page.wait_for("ivy", lambda e: e[0] == "recover", start)
+            result = page.events("ivy")[told][2]
+            assert (result["recovered"], result["reason"], result["offset"]) == (False, "epoch", 0)
     finally:
         server.stop()
 

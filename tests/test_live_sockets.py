@@ -104,7 +104,13 @@ async def test_a_watcher_sees_snapshot_join_update_and_leave_in_consecutive_vers
     async with live_server() as (server, url):
         ann = await Watcher.connect(f"{url}/ws?user=ann&session=a1")
         await ann.command(op="subscribe", channel="room", presence="users")
-        assert await ann.next() == {"type": "subscribed", "channel": "room", "presence": "users"}
+        assert await ann.next() == {
+            "type": "subscribed",
+            "channel": "room",
+            "presence": "users",
+            "offset": 0,
+            "epoch": "boot.1",
+        }
         assert (await ann.next())["type"] == "presence.state"
         await ann.diff()  # ann sees herself join
         assert ann.members("room") == roster_view(server, "room")
@@ -142,19 +148,33 @@ async def test_the_embedding_api_subscribes_publishes_and_unsubscribes() -> None
 
         assert server.subscribe(ann_client, "room", mode="count") is None
         assert server.subscribe("b1", "room") is None
-        assert await ann.next() == {"type": "subscribed", "channel": "room", "presence": "count"}
-        assert await bob.next() == {"type": "subscribed", "channel": "room", "presence": "none"}
+        position = {"offset": 0, "epoch": "boot.1"}
+        subscribed = {"type": "subscribed", "channel": "room", **position}
+        assert await ann.next() == {**subscribed, "presence": "count"}
+        assert await bob.next() == {**subscribed, "presence": "none"}
         count = await ann.until(lambda m: m == {**m, "type": "presence.count", "sessions": 2})
         assert count == {"type": "presence.count", "channel": "room", "sessions": 2, "users": 2}
 
         # Channel-scoped: the subscribers only, the sender stamped by the server.
         server.publish("room", {"type": "note", "payload": 1}, sender=ann_client)
         sent_from = {"userId": "ann", "sessionId": "a1"}
-        expected = {"type": "note", "channel": "room", "from": sent_from, "payload": 1}
+        expected = {
+            "type": "note",
+            "channel": "room",
+            "from": sent_from,
+            "offset": 1,
+            "epoch": "boot.1",
+            "payload": 1,
+        }
         assert await ann.next() == expected
         assert await bob.next() == expected
         server.publish("room", {"type": "note"}, except_session_ids=["a1"])
-        assert await bob.next() == {"type": "note", "channel": "room"}
+        assert await bob.next() == {
+            "type": "note",
+            "channel": "room",
+            "offset": 2,
+            "epoch": "boot.1",
+        }
         await bob.command(op="publish", channel="room", type="chat", payload="hi")
         got = await ann.until(lambda m: m["type"] == "chat")
         assert got["from"] == {"userId": "bob", "sessionId": "b1"}  # never the browser's word
@@ -333,6 +353,8 @@ async def test_a_publish_carries_a_given_sender() -> None:
             "type": "t",
             "channel": "room",
             "from": {"userId": "ops", "sessionId": "bot"},
+            "offset": 1,
+            "epoch": "boot.1",
         }
         await ann.close()
 

@@ -28,6 +28,7 @@ from megapresence_core import (
     SessionJoined,
     Tick,
 )
+from megapresence_core.config import HistoryConfig
 from megapresence_core.events import (
     HubConnected,
     HubFrameReceived,
@@ -67,7 +68,12 @@ class PresenceMachine(RuleBasedStateMachine):
         # No leave grace: this model announces a closed session's LEAVE at once (the grace
         # has its own tests, and the live presence model below covers it across processes).
         self.presence = Presence(
-            PresenceConfig(hub_link=link, duplicate_session=policy, leave_grace=0)
+            PresenceConfig(
+                hub_link=link,
+                duplicate_session=policy,
+                leave_grace=0,
+                history=HistoryConfig(boot_id="boot", size=3),
+            )
         )
         for event in (HubLinkStarted(now=0), HubConnected(now=0)):
             self.presence.handle(event)

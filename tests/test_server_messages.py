@@ -116,7 +116,7 @@ def test_presence_modes_have_short_reprs() -> None:
     from megapresence_core import PresenceMode, Subscribe
 
     assert repr(Subscribe(conn=1, channel="c", mode="users", now=0)) == (
-        "Subscribe(conn=1, channel='c', mode=PresenceMode.USERS, now=0, denied=None)"
+        "Subscribe(conn=1, channel='c', mode=PresenceMode.USERS, now=0, denied=None, since=None)"
     )
     assert PresenceMode.coerce("x", PresenceMode.COUNT) is PresenceMode.COUNT
 

@@ -63,7 +63,12 @@ instance
     One server process in a cluster.
 epoch
     An incarnation: an instance's boot epoch, a hub's id. A newer epoch means
-    the old incarnation's state is gone.
+    the old incarnation's state is gone. A channel stream's epoch names one life
+    of its history: a new one means publications before it may be lost.
+stream, offset
+    A channel's publications in order on this process, each with its offset
+    (1, 2, 3...); its recent ones are kept as history, so a client that comes
+    back with ``since: {offset, epoch}`` recovers what it missed.
 frame, message, command, client frame
     What travels: a hub protocol frame; a cluster message (and, inside both,
     an application ``Message``); a browser's command to its server; a

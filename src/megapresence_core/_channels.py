@@ -18,7 +18,7 @@ one part replaced (by ``NoStore``) when the process shuts down.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from typing import Final, final
 
 from ._cluster import ClusterLink, NoCluster
@@ -26,9 +26,11 @@ from ._feed import PresenceFeed
 from ._hub_link import HubLink, NoHubLink
 from ._hub_members import HubMembers
 from ._local import ConnectionRecord, LocalIndexes, NoStore, SharedStore
+from ._recoveries import PendingRecovery, Recoveries
 from ._rosters import LOCAL, Rosters
-from ._values import Message, PresenceMode, Sender
-from .actions import Action, Deliver, RequestRefused
+from ._streams import NoStreams, Streams
+from ._values import Message, PresenceMode, Sender, StreamPosition
+from .actions import Action, Deliver, Log, LogLevel, RequestRefused
 from .config import Limits
 from .events import PresenceSync, PublishRequested, Subscribe, Unsubscribe
 from .wire import (
@@ -58,8 +60,10 @@ class Parts:
         "hub_members",
         "limits",
         "local",
+        "recoveries",
         "rosters",
         "store",
+        "streams",
     )
 
     def __init__(
@@ -72,6 +76,8 @@ class Parts:
         hub_link: HubLink | NoHubLink,
         cluster: ClusterLink | NoCluster,
         store: SharedStore | NoStore,
+        streams: Streams | NoStreams,
+        recoveries: Recoveries,
     ) -> None:
         self.local = local
         self.feed = feed
@@ -81,6 +87,9 @@ class Parts:
         self.hub_link = hub_link
         self.cluster = cluster
         self.store = store
+        self.streams = streams
+        #: Subscribes waiting for the hub's RECOVERED (with a hub that numbers streams).
+        self.recoveries = recoveries
 
 
 def refused(conn: Hashable, code: str, message: str, channel: str | None) -> RequestRefused:
@@ -124,9 +133,6 @@ class Channels:
             return [refused(conn, "not_joined", "join a session to subscribe", channel)]
         if event.denied is not None:
             return [refused(conn, "forbidden", event.denied, channel)]
-        reply = Deliver(
-            conns=(conn,), text=encode(Subscribed(channel=channel, presence=mode.value))
-        )
         old = record.subscriptions.get(channel)
         if old is None:
             refusal = self.refusal(conn, channel, len(record.subscriptions)) or busy(
@@ -134,27 +140,118 @@ class Channels:
             )
             if refusal is not None:
                 return [refusal]
-        elif old is not _NONE:
+        if parts.hub_link.streaming:
+            # The hub holds the stream: the SUBSCRIBE routes the channel here, and the
+            # subscription takes effect here when RECOVERED comes back (see ``answer``).
+            subscribe = [] if old is not None else parts.hub_link.send(self._frame(record, channel))
+            recover = parts.recoveries.ask(
+                conn, channel, mode, event.since, record.session_id, fresh=old is None
+            )
+            return subscribe + parts.hub_link.send_text(encode(recover))
+        if old is not None and old is not _NONE:
             parts.feed.unwatch(conn, channel, old)
+        parts.streams.hold(channel, record.session_id)
         parts.local.subscribe(record, channel, mode)
+        # What it missed comes right after the answer, before any live publication.
+        reply = self.subscribed(conn, channel, mode, event.since, record.session_id)
         # The snapshot comes first: a new member then sees itself join, in the next diff.
-        snapshot = parts.feed.watch(conn, channel, mode) if mode is not _NONE else []
+        reply += parts.feed.watch(conn, channel, mode) if mode is not _NONE else []
         if old is not None:
-            return [reply, *snapshot]
+            return reply
         self.show(record, (channel,))
-        frame = SubscribeFrame(
+        return [
+            *reply,
+            *parts.hub_link.send(self._frame(record, channel)),
+            *parts.cluster.add(record.remote()),
+            *parts.store.put(record, (channel,)),
+        ]
+
+    @staticmethod
+    def _frame(record: ConnectionRecord, channel: str) -> SubscribeFrame:
+        assert record.session_id is not None
+        return SubscribeFrame(
             session_id=record.session_id,
             user_id=record.member().user_id,
             channel=channel,
             metadata=record.metadata,
         )
-        return [
-            reply,
-            *snapshot,
-            *parts.hub_link.send(frame),
-            *parts.cluster.add(record.remote()),
-            *parts.store.put(record, (channel,)),
-        ]
+
+    def subscribed(
+        self,
+        conn: Hashable,
+        channel: str,
+        mode: PresenceMode,
+        since: StreamPosition | None,
+        session_id: str,
+    ) -> list[Action]:
+        """``subscribed`` with the stream's position and, after a ``since``, whether it
+        recovered; then the recovered publications, oldest first."""
+        streams = self._parts.streams
+        recovered: bool | None = None
+        reason: str | None = None
+        texts: list[str] = []
+        if since is None:
+            position = streams.tell(channel)
+        else:
+            recovery = streams.recover(channel, since, session_id)
+            position, texts, reason = recovery.position, recovery.texts, recovery.reason
+            recovered = reason is None
+        reply = Subscribed(
+            channel=channel,
+            presence=mode.value,
+            offset=position.offset if position is not None else None,
+            epoch=position.epoch if position is not None else None,
+            recovered=recovered,
+            reason=reason,
+        )
+        return [Deliver(conns=(conn,), text=text) for text in (encode(reply), *texts)]
+
+    def answer(
+        self, pending: PendingRecovery, reply: Callable[[str], list[Action]]
+    ) -> list[Action]:
+        """A subscribe that waited for the hub takes effect: ``reply(session_id)`` (its
+        ``subscribed`` and recovered messages), then its snapshot; a new subscription joins
+        the channel here now, as on a single server. Nothing if the connection lost its
+        session, or the subscription it changed is gone."""
+        parts = self._parts
+        local, feed, conn, channel, mode = (
+            parts.local,
+            parts.feed,
+            pending.conn,
+            pending.channel,
+            pending.mode,
+        )
+        record = local.records.get(conn)
+        if record is None or record.session_id is None:
+            parts.hub_members.untrack(channel)
+            return []
+        old = record.subscriptions.get(channel)
+        if old is None:
+            if not pending.fresh:
+                return []  # unsubscribed meanwhile
+            refusal = self.refusal(conn, channel, len(record.subscriptions))
+            if refusal is not None:  # the channel filled up meanwhile
+                parts.hub_members.untrack(channel)
+                frame = UnsubscribeFrame(session_id=record.session_id, channel=channel)
+                return [refusal, *parts.hub_link.send(frame)]
+        elif old is not _NONE:
+            feed.unwatch(conn, channel, old)
+        parts.streams.hold(channel, record.session_id)
+        parts.streams.show(channel)
+        local.subscribe(record, channel, mode)
+        actions = reply(record.session_id)
+        actions += feed.watch(conn, channel, mode) if mode is not _NONE else []
+        if old is not None:
+            return actions
+        self.show(record, (channel,))
+        return actions + parts.cluster.add(record.remote()) + parts.store.put(record, (channel,))
+
+    def answer_here(self, pending: PendingRecovery) -> list[Action]:
+        """A waiting subscribe answered from this process's own streams (the hub is gone)."""
+        conn, channel, mode, since = pending.conn, pending.channel, pending.mode, pending.since
+        return self.answer(
+            pending, lambda session_id: self.subscribed(conn, channel, mode, since, session_id)
+        )
 
     def unsubscribe(self, event: Unsubscribe) -> list[Action]:
         parts, channel, conn = self._parts, event.channel, event.conn
@@ -166,6 +263,11 @@ class Channels:
         actions: list[Action] = [Deliver(conns=(conn,), text=encode(Unsubscribed(channel=channel)))]
         mode = record.subscriptions.get(channel)
         if mode is None:
+            if parts.recoveries.cancel(conn, channel):  # a subscribe still waiting for the hub
+                parts.hub_members.untrack(channel)
+                return actions + parts.hub_link.send(
+                    UnsubscribeFrame(session_id=session_id, channel=channel)
+                )
             return actions  # idempotent: it is not subscribed, as asked
         refusal = busy(parts, conn, channel)
         if refusal is not None:
@@ -210,17 +312,25 @@ class Channels:
             if channel not in record.subscriptions:
                 text = "subscribe to the channel first"
                 return [refused(event.conn, "not_subscribed", text, channel)]
+        if parts.streams.keeps and not (parts.hub_link.reachable and parts.cluster.reachable):
+            # Delivered here only, it would be missing from the other servers' streams
+            # with nobody told: a publication reaches the whole deployment or nobody.
+            if event.conn is not None:
+                text = "the link to the other servers is down: publish again later"
+                return [refused(event.conn, "unavailable", text, channel)]
+            fields = {"channel": channel}
+            return [
+                Log(level=LogLevel.WARNING, event="presence.publish.unavailable", fields=fields)
+            ]
         refusal = busy(parts, event.conn, channel)
         if refusal is not None:
             return [refusal]
         # Every hop's text is built (and measured) before anything happens.
         hub_text = parts.hub_link.publish(channel, message, excepted, author)
         cluster_text = parts.cluster.publish(channel, message, excepted, author)
-        return (
-            self.deliver(channel, message, excepted, author)
-            + parts.hub_link.send_text(hub_text)
-            + parts.cluster.publish_text(cluster_text)
-        )
+        # A hub that numbers streams sends it back numbered (STREAM): delivered then.
+        here = [] if parts.hub_link.streaming else self.deliver(channel, message, excepted, author)
+        return here + parts.hub_link.send_text(hub_text) + parts.cluster.publish_text(cluster_text)
 
     def deliver(
         self,
@@ -228,13 +338,25 @@ class Channels:
         message: Message,
         except_session_ids: frozenset[str],
         author: Sender | None,
+        position: StreamPosition | None = None,
     ) -> list[Action]:
-        """A channel message to this process's subscribers of ``channel``."""
+        """A channel message to this process's subscribers of ``channel``: at ``position``
+        (the hub numbered it), or at the next offset of this process's stream (kept for
+        recovery, also when only lingering sessions hold it)."""
         local = self._parts.local
+        if position is not None:
+            self._parts.streams.show(channel)
+            text = channel_text(channel, message, author, position)
+        else:
+            text = self._parts.streams.append(
+                channel,
+                except_session_ids,
+                lambda at: channel_text(channel, message, author, at),
+            )
         targets = local.targets(local.by_channel.get(channel), except_session_ids)
         if not targets:
             return []
-        return [Deliver(conns=targets, text=channel_text(channel, message, author))]
+        return [Deliver(conns=targets, text=text)]
 
     def refusal(self, conn: Hashable, channel: str, held: int) -> RequestRefused | None:
         """Why a session holding ``held`` channels may not subscribe to ``channel``, if so."""
@@ -262,19 +384,25 @@ class Channels:
 
     def show(self, record: ConnectionRecord, channels: Iterable[str]) -> None:
         """``record``'s session, as it is now, is in ``channels`` (for the rosters)."""
-        member, rosters = record.member(), self._parts.rosters
+        member, rosters, streams = record.member(), self._parts.rosters, self._parts.streams
         for channel in channels:
             rosters.put(channel, LOCAL, member)
+            streams.hold(channel, member.session_id)
 
     def hide(self, record: ConnectionRecord, channels: Iterable[str]) -> None:
         """``record``'s session is no longer in ``channels`` here (a channel the bridge then
         stops tracking is forgotten: see ``HubMembers``)."""
         session_id = record.session_id
         assert session_id is not None
-        rosters, hub_members = self._parts.rosters, self._parts.hub_members
+        rosters, hub_members, streams = (
+            self._parts.rosters,
+            self._parts.hub_members,
+            self._parts.streams,
+        )
         for channel in channels:
             rosters.remove(channel, LOCAL, session_id)
             hub_members.untrack(channel)
+            streams.release(channel, session_id)
 
     def left(self, record: ConnectionRecord) -> list[Action]:
         """``record``'s session has left for good: tell everyone."""

@@ -155,6 +155,11 @@ class ClusterLink:
         self._snap = 0
 
     @property
+    def reachable(self) -> bool:
+        """Connected: what is published now reaches the other instances."""
+        return self._lifecycle.state is ClusterLinkState.CONNECTED
+
+    @property
     def state(self) -> ClusterLinkState:
         return self._lifecycle.state
 
@@ -455,6 +460,7 @@ class NoCluster:
     __slots__ = ()
 
     state: Final = None
+    reachable: Final = True  # nothing to reach
     subjects: Final[tuple[str, ...]] = ()
 
     def _misuse(self, what: str) -> LocalUsageError:

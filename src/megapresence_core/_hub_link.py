@@ -70,6 +70,7 @@ from .lifecycle import HUB_LINK, Backoff, HubLinkInput, HubLinkState, Machine, T
 from .wire import (
     HUB_BATCH,
     HUB_PROTOCOL_VERSION,
+    HUB_STREAM,
     BroadcastFrame,
     DirectFrame,
     ErrorFrame,
@@ -149,6 +150,7 @@ class HubLink:
         "_resync_frame",
         "_send_limit",
         "_seq",
+        "_stream",
         "_timers",
         "_tokens",
         "_tokens_at",
@@ -191,6 +193,8 @@ class HubLink:
         #: session id -> coalescing key -> the sequence number of its held frame.
         self._coalesce: dict[str, dict[Hashable, int]] = {}
         self._seq = 0
+        #: Both ends named ``stream``: the hub numbers channel streams (see ``streaming``).
+        self._stream = False
 
     @property
     def state(self) -> HubLinkState:
@@ -199,6 +203,18 @@ class HubLink:
     @property
     def channels(self) -> tuple[str, ...]:
         return self._config.channels
+
+    @property
+    def reachable(self) -> bool:
+        """Registered: what is sent now reaches the hub (and the other bridges)."""
+        return self._lifecycle.state is HubLinkState.REGISTERED
+
+    @property
+    def streaming(self) -> bool:
+        """Registered with a hub that numbers channel streams (both named ``stream``):
+        publishes are delivered here when they come back as STREAM, and a subscribe is
+        answered when RECOVERED comes."""
+        return self._stream
 
     def _silence(self) -> float:
         return self._heartbeat_interval * self._config.dead_after_intervals
@@ -281,6 +297,7 @@ class HubLink:
         assert isinstance(frame, RegisteredFrame)
         previous, self._hub_id = self._hub_id, frame.hub_id
         self._batch = HUB_BATCH in frame.capabilities and HUB_BATCH in self._config.capabilities
+        self._stream = HUB_STREAM in frame.capabilities and HUB_STREAM in self._config.capabilities
         self._heartbeat_interval = frame.heartbeat_interval
         self._rate = frame.max_frames_per_second or DEFAULT_HUB_FRAMES_PER_SECOND
         self._burst = max(1.0, frame.frame_burst or DEFAULT_HUB_FRAME_BURST)
@@ -307,6 +324,7 @@ class HubLink:
         effect = self._lifecycle.fire(_I.REFUSED if status == 401 else _I.LOST)
         self._batch = False  # a new link starts unbatched
         self._drop_held()
+        self._stream = False  # and numbers nothing until it registers again
         fields: dict[str, object] = {"code": code, "reason": reason}
         if effect == "retry":
             # One warning per outage: the loss itself, then each failed retry at debug.
@@ -518,6 +536,8 @@ class NoHubLink:
     channels: Final[tuple[str, ...]] = ()
     full: Final = False
     held: Final = 0
+    streaming: Final = False
+    reachable: Final = True  # nothing to reach
 
     def _misuse(self, what: str) -> LocalUsageError:
         return LocalUsageError(f"{what}: no hub is configured (PresenceConfig.hub_link is None)")

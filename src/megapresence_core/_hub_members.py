@@ -42,15 +42,27 @@ __all__ = ["PRESENCE_FRAMES", "HubMembers"]
 class HubMembers:
     """The hub's source table, filtered to the channels this bridge tracks."""
 
-    __slots__ = ("_interest", "_rosters", "table")
+    __slots__ = ("_awaited", "_interest", "_rosters", "table")
 
-    def __init__(self, rosters: Rosters, arrived: Arrival, interest: frozenset[str]) -> None:
+    def __init__(
+        self,
+        rosters: Rosters,
+        arrived: Arrival,
+        interest: frozenset[str],
+        awaited: Callable[[str], bool] = lambda channel: False,
+    ) -> None:
         self._rosters = rosters
         self._interest = interest
+        #: A session here is joining the channel through the hub (``_recoveries``).
+        self._awaited = awaited
         self.table = SourceTable(HUB, rosters, arrived, keep_channelless=False)
 
     def tracks(self, channel: str) -> bool:
-        return channel in self._interest or self._rosters.tracked_locally(channel)
+        return (
+            channel in self._interest
+            or self._rosters.tracked_locally(channel)
+            or self._awaited(channel)
+        )
 
     def untrack(self, channel: str) -> None:
         """A local member left ``channel``: forget it if the bridge no longer tracks it."""

@@ -57,14 +57,26 @@ from __future__ import annotations
 from collections.abc import Callable, Hashable, Iterable
 from typing import Any, Final, final
 
+import attrs
+
 from ._channels import Channels, Parts, busy, refused
 from ._cluster import ClusterLink, ClusterReceipt, NoCluster
 from ._feed import PresenceFeed
 from ._hub_link import HubLink, NoHubLink
 from ._hub_members import PRESENCE_FRAMES, HubMembers
 from ._local import ConnectionRecord, LocalIndexes, NoStore, SharedStore
+from ._recoveries import Recoveries
 from ._rosters import LOCAL
-from ._values import Member, Message, PresenceMode, RemoteMember, Sender, StoreEntry
+from ._streams import NoStreams, Streams
+from ._values import (
+    Member,
+    Message,
+    PresenceMode,
+    RemoteMember,
+    Sender,
+    StoreEntry,
+    StreamPosition,
+)
 from .actions import Action, CloseConnection, Deliver, Log, LogLevel
 from .config import DuplicateSessionPolicy, PresenceConfig
 from .errors import CloseCode, LocalUsageError, truncate_reason
@@ -108,6 +120,7 @@ from .lifecycle import (
     Timers,
 )
 from .wire import (
+    HUB_STREAM,
     BroadcastFrame,
     ClusterBroadcast,
     ClusterChannelPublish,
@@ -122,8 +135,13 @@ from .wire import (
     JoinFrame,
     MetadataFrame,
     PublishFrame,
+    RecoveredFrame,
+    RecoverFrame,
     RestoredFrame,
     SessionDetached,
+    StreamFrame,
+    StreamReset,
+    Subscribed,
     broadcast_text,
     direct_text,
     encode,
@@ -163,13 +181,17 @@ class Presence:
         self._cluster: ClusterLink | NoCluster = NoCluster()
         store: SharedStore | NoStore = NoStore()
         if config.hub_link is not None:
-            link = HubLink(
-                config.hub_link, timers, max_frame_bytes=self._limits.max_hub_frame_bytes
-            )
+            link_config = config.hub_link
+            if config.history is not None and HUB_STREAM not in link_config.capabilities:
+                # With history, a hub that numbers channel streams holds ours.
+                capabilities = (*link_config.capabilities, HUB_STREAM)
+                link_config = attrs.evolve(link_config, capabilities=capabilities)
+            link = HubLink(link_config, timers, max_frame_bytes=self._limits.max_hub_frame_bytes)
             self._hub_link = link
             self._on_timer.update(dict.fromkeys(HUB_LINK.timer_kinds, link.on_timer))
+        recoveries = Recoveries()
         self._hub_members = HubMembers(
-            self._rosters, self._arrived, frozenset(self._hub_link.channels)
+            self._rosters, self._arrived, frozenset(self._hub_link.channels), recoveries.awaits
         )
         if config.cluster is not None:
             cluster = ClusterLink(
@@ -194,6 +216,8 @@ class Presence:
             hub_link=self._hub_link,
             cluster=self._cluster,
             store=store,
+            streams=Streams(config.history) if config.history is not None else NoStreams(),
+            recoveries=recoveries,
         )
         self._channels = Channels(self._parts)
         #: A drain started: every connection was sent away with 4503, and joins are.
@@ -215,8 +239,10 @@ class Presence:
         kind, handler = entry
         if self._lifecycle.fire(kind) != "handle":
             return []
-        actions = handler(self, event)
         now = getattr(event, "now", None)
+        if now is not None:
+            self._parts.streams.clock(now)
+        actions = handler(self, event)
         if now is not None:
             actions += self._feed.settle(now)
         return actions
@@ -495,8 +521,15 @@ class Presence:
 
     def _on_hub_lost(self, event: HubLost) -> list[Action]:
         # What the hub told us stays (stale, not gone) until the MEMBERS of the next
-        # registration replace it, channel by channel.
-        return self._hub_link.lost(event.now, event.code, event.reason, event.status)
+        # registration replace it, channel by channel. Subscribes waiting for the hub's
+        # RECOVERED are answered from this process's (new) streams.
+        actions = (
+            self._hub_link.lost(event.now, event.code, event.reason, event.status)
+            + self._reset_streams()
+        )
+        for pending in self._parts.recoveries.abandon():
+            actions += self._channels.answer_here(pending)
+        return actions
 
     def _on_hub_frame(self, event: HubFrameReceived) -> list[Action]:
         link = self._hub_link
@@ -505,16 +538,28 @@ class Presence:
             receipt = link.receive(data, event.now)
             actions += receipt.actions
             if receipt.registered:
-                actions += self._resync()
+                actions += self._resync() + self._reset_streams()
             if receipt.frame is not None:
                 actions += _HUB_FRAME_HANDLERS[type(receipt.frame)](self, receipt.frame)
         return actions
 
     def _on_cluster_connected(self, event: ClusterConnected) -> list[Action]:
-        return self._cluster.connected(event.now)
+        return self._cluster.connected(event.now) + self._reset_streams()
 
     def _on_cluster_lost(self, event: ClusterLost) -> list[Action]:
-        return self._cluster.lost(event.now)
+        return self._cluster.lost(event.now) + self._reset_streams()
+
+    def _reset_streams(self) -> list[Action]:
+        """Publications may have been missed (a link went down or came back): every stream
+        starts again under a new epoch, and its subscribers here are told so."""
+        by_channel = self._local.by_channel
+        actions: list[Action] = []
+        for channel, position in self._parts.streams.reset():
+            conns = by_channel.get(channel)
+            if conns:
+                reset = StreamReset(channel=channel, offset=position.offset, epoch=position.epoch)
+                actions.append(Deliver(conns=tuple(conns), text=encode(reset)))
+        return actions
 
     def _on_cluster_message(self, event: ClusterMessageReceived) -> list[Action]:
         receipt: ClusterReceipt = self._cluster.receive(event.data, event.now)
@@ -575,6 +620,30 @@ class Presence:
     def _hub_publish(self, frame: PublishFrame) -> list[Action]:
         excepted = frozenset(frame.except_session_ids)
         return self._channels.deliver(frame.channel, frame.message, excepted, frame.author)
+
+    def _hub_stream(self, frame: StreamFrame) -> list[Action]:
+        excepted = frozenset(frame.except_session_ids)
+        return self._channels.deliver(
+            frame.channel, frame.message, excepted, frame.author, frame.position
+        )
+
+    def _hub_recovered(self, frame: RecoveredFrame) -> list[Action]:
+        pending = self._parts.recoveries.answered(frame.request)
+        if pending is None:  # answered already (the link went down meanwhile), or not ours
+            return []
+        reply = Subscribed(
+            channel=pending.channel,
+            presence=pending.mode.value,
+            offset=frame.offset,
+            epoch=frame.epoch,
+            recovered=frame.recovered,
+            reason=frame.reason,
+        )
+        texts = [encode(reply), *frame.publications]  # relayed as the hub kept them
+        conns = (pending.conn,)
+        return self._channels.answer(
+            pending, lambda session_id: [Deliver(conns=conns, text=text) for text in texts]
+        )
 
     def _hub_direct(self, frame: DirectFrame) -> list[Action]:
         return self._deliver_direct(frame.user_id, frame.message, frame.author)
@@ -758,6 +827,16 @@ class Presence:
         return record.state if record is not None else ConnectionState.CLOSED
 
     @property
+    def history_bytes(self) -> int:
+        """What the channels' recovery history holds: its texts in UTF-8 bytes plus a fixed
+        cost per kept publication (0 without ``PresenceConfig.history``)."""
+        return self._parts.streams.bytes
+
+    def stream_position(self, channel: str) -> StreamPosition | None:
+        """Where ``channel``'s stream is on this process (None: no stream here)."""
+        return self._parts.streams.position(channel)
+
+    @property
     def cluster_subjects(self) -> tuple[str, ...]:
         """The subjects a cluster shim subscribes to (none without a cluster)."""
         return self._cluster.subjects
@@ -823,6 +902,15 @@ class Presence:
                 if mode is not _NONE:
                     watchers.setdefault(channel, {}).setdefault(mode, set()).add(record.conn)
         self._feed.check(watchers)
+        streams = self._parts.streams
+        streams.check()
+        holders: dict[str, set[str]] = {}
+        for record in local.members():
+            for channel in record.subscriptions:
+                holders.setdefault(channel, set()).add(record.member().session_id)
+        held = {channel: stream.holders for channel, stream in streams.streams().items()}
+        if isinstance(streams, Streams) and held != holders:
+            raise AssertionError("the streams' holders disagree with the subscriptions")
         if set(self._timers.owners(Timer.GRACE)) != set(local.lingering.values()):
             raise AssertionError("the grace timers disagree with the lingering sessions")
 
@@ -889,6 +977,9 @@ _OWNERSHIP_REFUSALS: Final = frozenset({"session_taken", "session_in_use"})
 _HUB_FRAME_HANDLERS: Final[dict[type[Any], Callable[[Presence, Any], list[Action]]]] = {
     BroadcastFrame: Presence._hub_broadcast,
     PublishFrame: Presence._hub_publish,
+    StreamFrame: Presence._hub_stream,
+    RecoveredFrame: Presence._hub_recovered,
+    RecoverFrame: Presence._hub_ignored,
     DirectFrame: Presence._hub_direct,
     DisconnectFrame: Presence._hub_disconnect,
     HeartbeatFrame: Presence._hub_ignored,

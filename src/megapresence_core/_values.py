@@ -431,3 +431,19 @@ class Sender:
 
     def to_json(self) -> JsonObject:
         return {"userId": self.user_id, "sessionId": self.session_id}
+
+
+@final
+@attrs.frozen(kw_only=True)
+class StreamPosition:
+    """A place in a channel's stream: the last ``offset`` a client holds, of stream ``epoch``.
+
+    Offsets count a stream's publications from 1 (0: before the first); the
+    epoch names the stream, and a new one means its history was lost.
+    """
+
+    offset: int
+    epoch: str
+
+    def to_json(self) -> JsonObject:
+        return {"offset": self.offset, "epoch": self.epoch}

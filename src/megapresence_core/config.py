@@ -23,6 +23,8 @@ from .errors import CloseCode, LocalUsageError, over_limit
 from .wire import MAX_HEARTBEAT_INTERVAL, MIN_HEARTBEAT_INTERVAL
 
 __all__ = [
+    "DEFAULT_HISTORY_SIZE",
+    "DEFAULT_HISTORY_TTL",
     "DEFAULT_LEAVE_GRACE",
     "DEFAULT_MAX_CHANNELS_PER_SESSION",
     "DEFAULT_MAX_HUB_FRAME_BYTES",
@@ -30,9 +32,11 @@ __all__ = [
     "DEFAULT_MAX_MESSAGE_BYTES",
     "DEFAULT_MAX_METADATA_BYTES",
     "DEFAULT_MAX_NAME_BYTES",
+    "DEFAULT_MAX_RECOVERY",
     "DEFAULT_PRESENCE_WINDOW",
     "ClusterConfig",
     "DuplicateSessionPolicy",
+    "HistoryConfig",
     "HubConfig",
     "HubLinkConfig",
     "Limits",
@@ -69,6 +73,15 @@ DEFAULT_PRESENCE_WINDOW: Final = 0.05
 #: reconnects in 1-3 s and the JS client's first retry waits 0.5-1 s, so 5 s
 #: covers a reload plus one retry, while a real departure shows within seconds.
 DEFAULT_LEAVE_GRACE: Final = 5.0
+#: Publications a channel's history keeps: a blip of a few seconds on a busy
+#: chat channel, at most this many messages of ``max_message_bytes`` in memory.
+DEFAULT_HISTORY_SIZE: Final = 300
+#: Seconds a publication stays recoverable: a network change, a laptop lid, a
+#: server restart plus the reconnect backoff (Socket.IO and Ably keep two minutes).
+DEFAULT_HISTORY_TTL: Final = 120.0
+#: Publications one recovery returns at most (Centrifugo's default): past it the
+#: client reloads from the application's own store, which is cheaper than a replay.
+DEFAULT_MAX_RECOVERY: Final = 300
 
 
 def routing_bytes(max_name_bytes: int) -> int:
@@ -307,6 +320,39 @@ class StoreConfig:
             raise LocalUsageError("StoreConfig: refresh_interval must be shorter than ttl")
 
 
+def _boot_id(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    non_empty_str("HistoryConfig", "boot_id", value)
+    if len(value) > 64:
+        raise LocalUsageError(f"HistoryConfig: boot_id is over 64 characters: {value[:70]!r}")
+
+
+@final
+@attrs.frozen(kw_only=True)
+class HistoryConfig:
+    """Channel streams: offsets, epochs and a bounded history for recovery after a blip.
+
+    A channel has a stream while a session of this process is subscribed to it
+    (lingering ones included): every publication gets the stream's next offset,
+    and the last ``size`` publications of the last ``ttl`` seconds are kept, so a
+    client that comes back with ``since`` gets what it missed. History costs at
+    most ``size`` channel messages (each within ``Limits.max_message_bytes`` plus
+    its envelope) per channel; :attr:`Presence.history_bytes` counts it.
+    """
+
+    #: New at every start of the process (a random id): the streams' epochs are
+    #: made from it, so an epoch never repeats after a restart, when history is lost.
+    boot_id: str = attrs.field(validator=_boot_id)
+    size: int = attrs.field(default=DEFAULT_HISTORY_SIZE, validator=_positive)
+    ttl: float = attrs.field(default=DEFAULT_HISTORY_TTL, validator=_positive)
+    #: Publications one recovery returns at most; more missed is ``too_many``.
+    max_recovery: int = attrs.field(default=DEFAULT_MAX_RECOVERY, validator=_positive)
+
+    def __attrs_post_init__(self) -> None:
+        for name in ("size", "max_recovery"):
+            if not isinstance(getattr(self, name), int):
+                raise LocalUsageError(f"HistoryConfig: {name} must be an int")
+
+
 @final
 @attrs.frozen(kw_only=True)
 class PresenceConfig:
@@ -323,6 +369,9 @@ class PresenceConfig:
     #: A session whose socket closed (not a kick, an unsubscribe or a shutdown)
     #: stays listed this long and is restored if it joins again; 0 disables it.
     leave_grace: float = attrs.field(default=DEFAULT_LEAVE_GRACE, validator=_not_negative)
+    #: Offsets, epochs and history of channel messages; None: channel messages carry
+    #: no position and a ``since`` is answered ``recovered: false`` (reason ``epoch``).
+    history: HistoryConfig | None = None
 
     def __attrs_post_init__(self) -> None:
         # A cluster message carries what a hub frame carries, with a shorter envelope.
@@ -373,6 +422,10 @@ class HubConfig:
     #: Offer ``batch`` in REGISTERED: with a bridge that offers it too, several frames
     #: travel in one WebSocket message each way (at most ``max_frame_bytes`` in all).
     batch_frames: bool = True
+    #: Channel streams kept by the hub (capability ``stream``): the hub numbers every
+    #: channel's publications and answers recoveries, so a client recovers on any bridge.
+    #: Its ``boot_id`` must be new at every hub start (``HubServer`` draws one).
+    history: HistoryConfig | None = None
 
     def __attrs_post_init__(self) -> None:
         if not self.tokens:

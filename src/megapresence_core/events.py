@@ -21,6 +21,7 @@ from ._values import (
     Message,
     PresenceMode,
     Sender,
+    StreamPosition,
     dumps,
     freeze_json,
     non_empty_str,
@@ -54,6 +55,7 @@ __all__ = [
     "PublishRequested",
     "SessionJoined",
     "ShutdownRequested",
+    "StreamPosition",
     "Subscribe",
     "Tick",
     "Unsubscribe",
@@ -310,6 +312,11 @@ class Subscribe:
     mode: PresenceMode = attrs.field(default=PresenceMode.NONE, converter=_mode)
     now: float = attrs.field(validator=monotonic_seconds)
     denied: str | None = attrs.field(default=None, validator=_of_type(str, optional=True))
+    #: The last position the client holds (``subscribe``'s ``since``): answer whether
+    #: the publications after it can be recovered, and send them.
+    since: StreamPosition | None = attrs.field(
+        default=None, validator=_of_type(StreamPosition, optional=True)
+    )
 
 
 @final

@@ -66,6 +66,12 @@ limit is refused whole, with one strike.
 
 The session table (:class:`HubSessions`, in ``_hub_sessions``) keeps the
 indexes routing asks about.
+
+Streams: with ``HubConfig.history``, the hub numbers every channel's
+publications (``_hub_streams``): a PUBLISH becomes a STREAM frame for the
+bridges that named ``stream`` (its origin included: such a bridge delivers its
+own publishes when they come back numbered) and stays a PUBLISH for the
+others; RECOVER is answered with RECOVERED from the same stream.
 """
 
 from __future__ import annotations
@@ -77,6 +83,7 @@ from typing import Any, Final, final
 import attrs
 
 from ._hub_sessions import HubSession, HubSessions
+from ._hub_streams import HubStreams
 from ._values import JsonObject, Member, Sender, dumps, utf8_len
 from .actions import (
     AcceptBridge,
@@ -112,6 +119,7 @@ from .lifecycle import (
 from .wire import (
     HUB_BATCH,
     HUB_PROTOCOL_VERSION,
+    HUB_STREAM,
     SUPPORTED_HUB_PROTOCOLS,
     BroadcastFrame,
     BulkLeaveFrame,
@@ -125,9 +133,12 @@ from .wire import (
     MembersFrame,
     MetadataFrame,
     PublishFrame,
+    RecoveredFrame,
+    RecoverFrame,
     RegisteredFrame,
     RegisterFrame,
     RestoredFrame,
+    StreamFrame,
     SubscribeFrame,
     UnsubscribeFrame,
     decode_hub_frame,
@@ -173,6 +184,7 @@ class Bridge:
         "instance_id",
         "lifecycle",
         "protocol",
+        "stream",
     )
 
     def __init__(self, bridge: Hashable, now: float, burst: float, timers: Timers) -> None:
@@ -184,6 +196,8 @@ class Bridge:
         self.protocol = 1
         #: Both ends named ``batch``: frames from and to it may share a message.
         self.batch = False
+        #: Both ends named ``stream``: it gets STREAM frames and may RECOVER.
+        self.stream = False
         #: Strikes, decaying with time: as of ``errors_at``.
         self.errors = 0.0
         self.errors_at = now
@@ -219,6 +233,8 @@ class Hub:
         self._sessions = HubSessions()
         self._timers = Timers()
         self._lifecycle: Machine[HubState, HubInput] = Machine(HUB)
+        history = config.history
+        self._streams = HubStreams(history, config.max_frame_bytes) if history is not None else None
 
     @property
     def hub_id(self) -> str:
@@ -229,6 +245,9 @@ class Hub:
         handler = _HANDLERS.get(type(event))
         if handler is None:
             raise LocalUsageError(f"Hub.handle: not a hub event: {event!r}")
+        now = getattr(event, "now", None)
+        if now is not None and self._streams is not None:
+            self._streams.streams.clock(now)
         return handler(self, event)
 
     # ------------------------------------------------------------ lifecycle
@@ -329,6 +348,9 @@ class Hub:
                 actions += self._close(record, CloseCode.GOING_AWAY, "bridge silent")
             else:  # Timer.REGISTER
                 actions += self._close(record, CloseCode.POLICY, "no REGISTER in time")
+        if self._streams is not None:
+            sessions = self._sessions
+            self._streams.sweep(lambda channel: bool(sessions.bridges_in((channel,), besides=None)))
         return actions + self._route(beats, _HEARTBEAT_TEXT)
 
     def _silence(self) -> float:
@@ -512,10 +534,15 @@ class Hub:
             self._sessions.add_interest(record.bridge, channel)
         self._timers.arm(Timer.HEARTBEAT, now + config.heartbeat_interval, record.bridge)
         self._timers.arm(Timer.SILENCE, now + self._silence(), record.bridge)
+        # ``stream`` answers a bridge that named it (an older one never hears of it).
+        streams = self._streams is not None and HUB_STREAM in frame.capabilities
         registered = RegisteredFrame(
             hub_id=config.hub_id,
             heartbeat_interval=config.heartbeat_interval,
-            capabilities=(HUB_BATCH,) if config.batch_frames else (),
+            capabilities=(
+                *((HUB_BATCH,) if config.batch_frames else ()),
+                *((HUB_STREAM,) if streams else ()),
+            ),
             max_frames_per_second=config.max_frames_per_second,
             frame_burst=config.frame_burst,
             max_frame_bytes=config.max_frame_bytes,
@@ -523,6 +550,7 @@ class Hub:
         # REGISTERED travels alone: the bridge learns from it that the link batches.
         actions.append(_send(record, encode(registered)))
         record.batch = config.batch_frames and HUB_BATCH in frame.capabilities
+        record.stream = streams
         return actions + self._members_for(record, frame.channels)
 
     def _route(
@@ -769,7 +797,34 @@ class Hub:
         if forged is not None:
             return forged
         bridges = self._sessions.bridges_in((frame.channel,), besides=record.bridge)
-        return self._route(bridges, text, v2=True)
+        if self._streams is None:
+            return self._route(bridges, text, v2=True)
+        return self._stream_publish(record, frame, text, bridges)
+
+    def _stream_publish(
+        self, record: Bridge, frame: PublishFrame, text: str, others: dict[Hashable, None]
+    ) -> list[HubAction]:
+        """Number the publication; STREAM to the bridges tracking the channel that speak
+        ``stream`` (the origin too), the PUBLISH as it came to the others (not the origin)."""
+        streams = self._streams
+        assert streams is not None
+        if not streams.fits(text):
+            message = "a PUBLISH this close to the frame limit has no room for its offset"
+            return [self._error_frame(record, "too_big", message)]
+        stream_text = streams.publish(frame)
+        known = self._bridges
+        numbered = [b for b in (*others, record.bridge) if known[b].stream]
+        if record.stream and record.bridge not in self._sessions.bridges_in(
+            (frame.channel,), besides=None
+        ):
+            numbered.remove(record.bridge)  # the origin has nobody there to deliver to
+        legacy = [b for b in others if not known[b].stream]
+        return self._route(numbered, stream_text) + self._route(legacy, text, v2=True)
+
+    def _recover(self, record: Bridge, frame: RecoverFrame, text: str) -> list[HubAction]:
+        if self._streams is None or not record.stream:
+            return self._strike(record, "unexpected_type", "RECOVER needs the stream capability")
+        return [_send(record, self._streams.recover(frame))]
 
     def _direct(self, record: Bridge, frame: DirectFrame, text: str) -> list[HubAction]:
         forged = self._forged(record, frame.author)
@@ -832,9 +887,16 @@ class Hub:
         """When the shim should send the next ``Tick``, or None with no timer running."""
         return self._timers.next_deadline()
 
+    @property
+    def history_bytes(self) -> int:
+        """What the channels' streams keep for recovery (0 without ``HubConfig.history``)."""
+        return self._streams.streams.bytes if self._streams is not None else 0
+
     def check_invariants(self) -> None:
         """Raise ``AssertionError`` if presence or registrations are inconsistent."""
         self._sessions.check()
+        if self._streams is not None:
+            self._streams.streams.check()
         for bridge in (*self._sessions.by_bridge, *self._sessions.interests):
             record = self._bridges.get(bridge)
             if record is None or record.state is not BridgeState.REGISTERED:
@@ -873,6 +935,9 @@ _FRAME_HANDLERS: Final[dict[type[Any], Callable[[Hub, Bridge, Any, str], list[Hu
     SubscribeFrame: Hub._subscribe,
     UnsubscribeFrame: Hub._unsubscribe,
     PublishFrame: Hub._publish,
+    RecoverFrame: Hub._recover,
+    StreamFrame: Hub._unexpected,
+    RecoveredFrame: Hub._unexpected,
     RegisteredFrame: Hub._unexpected,
     BulkLeaveFrame: Hub._unexpected,
     ErrorFrame: Hub._unexpected,

@@ -20,7 +20,8 @@ command:
                         of this path, on every server
 ``subscribe``           ``channel``, ``presence`` ("none", the default,
                         "users", "sessions" or "count"); again on a channel
-                        already subscribed changes the mode
+                        already subscribed changes the mode; ``since``
+                        (``{offset, epoch}``): recover what was missed
 ``unsubscribe``         ``channel``
 ``publish``             ``channel``, ``type``, ``payload``, ``excludeSelf``
                         (default false): to the channel's subscribers, on
@@ -68,6 +69,7 @@ from .._values import (
     PresenceMode,
     Sender,
     StoreEntry,
+    StreamPosition,
     dumps,
 )
 from ..events import (
@@ -120,6 +122,8 @@ __all__ = [
 
 #: A browser command is a chat line or a status; anything bigger is abuse.
 MAX_CLIENT_COMMAND_BYTES: Final = 16 * 1024
+#: An epoch is a boot id (at most 64 characters), a dot and a count.
+MAX_EPOCH_CHARS: Final = 96
 
 #: The server's own message types: no client may send a message of one of these types.
 RESERVED_TYPES: Final = frozenset(
@@ -205,6 +209,7 @@ class KickCommand:
 class SubscribeCommand:
     channel: str
     presence: PresenceMode = PresenceMode.NONE
+    since: StreamPosition | None = None
 
 
 @final
@@ -268,6 +273,23 @@ def _peer_type(value: object) -> str:
     return name
 
 
+def _since(value: object) -> StreamPosition:
+    if isinstance(value, dict):
+        offset, epoch = value.get("offset"), value.get("epoch")
+        if (
+            isinstance(offset, int)
+            and not isinstance(offset, bool)
+            and offset >= 0
+            and isinstance(epoch, str)
+            and 0 < len(epoch) <= MAX_EPOCH_CHARS
+        ):
+            return StreamPosition(offset=offset, epoch=epoch)
+    raise ValueError(
+        "must be {offset, epoch}: a non-negative integer and a non-empty string "
+        f"of at most {MAX_EPOCH_CHARS} characters"
+    )
+
+
 _PAYLOAD = Field("payload", "payload", check_json, ABSENT)
 register(
     _C,
@@ -284,6 +306,7 @@ register(
     SubscribeCommand,
     Field("channel", "channel", check_name),
     Field("presence", "presence", _presence_mode, PresenceMode.NONE),
+    Field("since", "since", _since, None),
 )
 register(_C, "unsubscribe", UnsubscribeCommand, Field("channel", "channel", check_name))
 register(
@@ -392,7 +415,9 @@ def command_event(
             conn=conn,
         )
     if isinstance(command, SubscribeCommand):
-        return Subscribe(conn=conn, channel=command.channel, mode=command.presence, now=now)
+        return Subscribe(
+            conn=conn, channel=command.channel, mode=command.presence, now=now, since=command.since
+        )
     if isinstance(command, UnsubscribeCommand):
         return Unsubscribe(conn=conn, channel=command.channel, now=now)
     if isinstance(command, PublishCommand):

@@ -35,6 +35,7 @@ from .._values import (
     PresenceMode,
     RemoteMember,
     Sender,
+    StreamPosition,
     decode_object,
     dumps,
 )
@@ -203,7 +204,7 @@ def names(dialect: Dialect) -> tuple[str, ...]:
 def _encode_value(value: Any) -> str:
     if isinstance(value, tuple):
         return "[" + ",".join(map(_encode_value, value)) + "]"
-    if isinstance(value, Member | RemoteMember | Sender):
+    if isinstance(value, Member | RemoteMember | Sender | StreamPosition):
         return dumps(value.to_json())
     if isinstance(value, PresenceMode):
         return dumps(value.value)

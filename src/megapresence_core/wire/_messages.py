@@ -8,11 +8,16 @@ Server to client, one JSON object per text message:
 ``presence.diff``     ``channel``, ``view``, ``version``, ``joins``, ``leaves``,
                       ``updates``: each ``{key: member}``, full member values
 ``presence.count``    ``channel``, ``sessions``, ``users``
-``subscribed``        ``channel``, ``presence`` (the subscription's mode)
+``subscribed``        ``channel``, ``presence`` (the subscription's mode),
+                      ``offset`` and ``epoch`` (the stream's position, with
+                      history), ``recovered`` and ``reason`` (after ``since``)
+``stream.reset``      ``channel``, ``offset``, ``epoch``: the stream started
+                      again; what came before may be missing (reason ``epoch``)
 ``unsubscribed``      ``channel``
 ``direct.result``     ``userId``, ``found``: whether the server knew the user
 channel message       ``{"type": T, "channel", "from"?: {userId, sessionId},
-                      "payload"?}``: a message published to a channel
+                      "offset"?, "epoch"?, "payload"?}``: a message published
+                      to a channel, at its place in the channel's stream
 ``error``             ``{"type": "error", "payload": {"code", "message",
                       "channel"?}}`` (codes in :data:`CLIENT_ERROR_CODES`)
 ====================  ======================================================
@@ -45,6 +50,7 @@ from .._values import (
     Member,
     Message,
     Sender,
+    StreamPosition,
     dumps,
 )
 from ..errors import PeerError
@@ -71,6 +77,7 @@ __all__ = [
     "PresenceState",
     "ServerMessage",
     "SessionDetached",
+    "StreamReset",
     "Subscribed",
     "Unsubscribed",
     "channel_text",
@@ -95,6 +102,7 @@ CLIENT_ERROR_CODES: Final[dict[str, str]] = {
     "too_many_channels": "the session is at its channel cap: unsubscribe from one first",
     "rate_limited": "too many commands at once on this connection: slow down, then retry",
     "busy": "the link to the other servers holds too much to take this: retry later",
+    "unavailable": "the server cannot reach the other servers now: publish again later",
 }
 
 #: What a client should accept: the largest snapshot a member cap allows, and more.
@@ -142,6 +150,25 @@ class PresenceCount:
 class Subscribed:
     channel: str
     presence: str
+    #: The stream's position (with history): its last offset (0: nothing yet) and epoch.
+    offset: int | None = None
+    epoch: str | None = None
+    #: Only after a ``since``: whether the missed publications follow, and if not why
+    #: (``too_many``, ``expired`` or ``epoch``).
+    recovered: bool | None = None
+    reason: str | None = None
+
+
+@final
+@attrs.frozen(kw_only=True)
+class StreamReset:
+    """The channel's stream on this server started again at ``epoch``: publications
+    between the subscriber's last offset and this may be missing (as ``recovered:
+    false``, reason ``epoch``)."""
+
+    channel: str
+    offset: int
+    epoch: str
 
 
 @final
@@ -172,6 +199,7 @@ ServerMessage: TypeAlias = (
     | PresenceDiff
     | PresenceCount
     | Subscribed
+    | StreamReset
     | Unsubscribed
     | DirectResult
     | SessionDetached
@@ -211,13 +239,20 @@ register(
     Field("sessions", "sessions", check_count),
     Field("users", "users", check_count),
 )
+_OFFSET = Field("offset", "offset", check_count)
+_EPOCH = Field("epoch", "epoch", check_name)
 register(
     _S,
     "subscribed",
     Subscribed,
     _CHANNEL,
     Field("presence", "presence", check_name),
+    Field("offset", "offset", check_count, None),
+    Field("epoch", "epoch", check_name, None),
+    Field("recovered", "recovered", check_flag, None),
+    Field("reason", "reason", check_name, None),
 )
+register(_S, "stream.reset", StreamReset, _CHANNEL, _OFFSET, _EPOCH)
 register(_S, "unsubscribed", Unsubscribed, _CHANNEL)
 register(
     _S,
@@ -259,19 +294,30 @@ def user_json(user_id: str, members: Iterable[Member]) -> JsonObject:
     return {"userId": user_id, "sessions": sessions}
 
 
-def spliced(head: str, message: Message, author: Sender | None) -> str:
-    """``head`` (an open JSON object) with ``from`` (when a client sent it) and the
-    message's encoded payload, closed."""
+def spliced(
+    head: str, message: Message, author: Sender | None, position: StreamPosition | None = None
+) -> str:
+    """``head`` (an open JSON object) with ``from`` (when a client sent it), the stream
+    position (a channel message of a stream) and the message's encoded payload, closed."""
     if author is not None:
         head += f',"from":{dumps(author.to_json())}'
+    if position is not None:
+        head += f',"offset":{position.offset},"epoch":{dumps(position.epoch)}'
     if message.payload_json is None:
         return head + "}"
     return f'{head},"payload":{message.payload_json}}}'
 
 
-def channel_text(channel: str, message: Message, author: Sender | None) -> str:
-    """``{"type", "channel", "from"?, "payload"?}``, spliced around the encoded payload."""
-    return spliced(f'{{"type":{dumps(message.type)},"channel":{dumps(channel)}', message, author)
+def channel_text(
+    channel: str,
+    message: Message,
+    author: Sender | None,
+    position: StreamPosition | None = None,
+) -> str:
+    """``{"type", "channel", "from"?, "offset"?, "epoch"?, "payload"?}``, spliced around the
+    encoded payload."""
+    head = f'{{"type":{dumps(message.type)},"channel":{dumps(channel)}'
+    return spliced(head, message, author, position)
 
 
 def error_reply(code: str, message: str, channel: str | None = None) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import socket
 import ssl
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, final
 
@@ -31,6 +32,7 @@ from megapresence_core.actions import (
     RefuseBridge,
     SendBridgeFrame,
 )
+from megapresence_core.config import HistoryConfig
 from megapresence_core.events import BridgeClosed, BridgeConnecting, BridgeFrameReceived, HubEvent
 
 from ._config import DEFAULT_HUB_LIMITS, SocketLimits
@@ -105,6 +107,10 @@ class HubServer:
         limits: SocketLimits = DEFAULT_HUB_LIMITS,
         metrics_access: MetricsAccess = DEFAULT_METRICS_ACCESS,
     ) -> None:
+        if config.history is None:
+            # The hub numbers channel streams; a new boot id at every start, so an epoch
+            # never repeats after a restart (even under a fixed hub id).
+            config = attrs.evolve(config, history=HistoryConfig(boot_id=uuid.uuid4().hex))
         self._hub = Hub(config)
         self._limits = limits
         self._bridge_limits = attrs.evolve(limits, max_message_bytes=config.max_frame_bytes)
@@ -373,6 +379,11 @@ class HubServer:
                 "megapresence_hub_bridge_pauses",
                 "Times a bridge over the frame rate was paused (read no more for a while).",
                 self._pauses,
+            ),
+            gauge(
+                "megapresence_hub_history_bytes",
+                "Bytes of channel history the hub keeps for recovery.",
+                self._hub.history_bytes,
             ),
         ]
         return metrics

@@ -24,6 +24,7 @@ import inspect
 import logging
 import socket
 import ssl
+import uuid
 from collections.abc import (
     AsyncIterator,
     Awaitable,
@@ -77,6 +78,7 @@ from megapresence_core.actions import (
     StorePut,
     StoreRefresh,
 )
+from megapresence_core.config import HistoryConfig
 from megapresence_core.events import CommandReceived, DrainRequested, HubLinkStarted
 from megapresence_core.lifecycle import ClusterLinkState, ConnectionState, HubLinkState
 
@@ -273,6 +275,10 @@ class PresenceServer:
     headers (the cookies and keys of every open socket are memory an idle socket
     does not need), unless ``keep_headers=True`` (for hooks that read a header
     later: ``on_message``, ``on_close``, ``authorize_subscription``).
+
+    Channel messages carry stream offsets and a client may recover what it
+    missed (``PresenceConfig.history``); without one given, the server keeps
+    the default history under a boot id drawn at random at every start.
     """
 
     def __init__(
@@ -297,6 +303,9 @@ class PresenceServer:
         keep_headers: bool = False,
     ) -> None:
         config = presence if presence is not None else PresenceConfig()
+        if config.history is None:
+            # A new boot id at every start: a stream's epoch never repeats after a restart.
+            config = attrs.evolve(config, history=HistoryConfig(boot_id=uuid.uuid4().hex))
         if (config.store is None) != (roster is None):
             raise LocalUsageError(
                 "PresenceServer: give a roster backend (megapresence_redis.RedisRoster) together "
@@ -976,7 +985,9 @@ class PresenceServer:
     ) -> None:
         """Deliver ``message`` (``{"type", "payload"?}``) to exactly the subscribers of
         ``channel``, here and on every bridge and instance, except those sessions. With
-        ``sender`` (a joined ``Client`` or a ``Sender``) it arrives ``from`` that session."""
+        ``sender`` (a joined ``Client`` or a ``Sender``) it arrives ``from`` that session.
+        While this server's link to the hub or the cluster is down it is delivered nowhere
+        (a warning is logged): the other servers' channel streams would miss it."""
         self._group()
         if isinstance(sender, Client):
             if sender.identity is None:
@@ -1103,6 +1114,13 @@ class PresenceServer:
             and presence.connection_state(client) is ConnectionState.JOINED
         )
         metrics.append(gauge("megapresence_sessions", "Sessions joined on this process.", joined))
+        metrics.append(
+            gauge(
+                "megapresence_history_bytes",
+                "Bytes of channel history kept for recovery (texts plus a fixed cost each).",
+                presence.history_bytes,
+            )
+        )
         links = self.link_states()
         if "hub" in links:
             metrics += [

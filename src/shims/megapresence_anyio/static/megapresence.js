@@ -14,6 +14,7 @@
 //     onUpdate: (key, member, before) => console.log("changed", key, member),
 //     onSync: (members) => render(members), // after every snapshot and diff
 //     onMessage: (message) => console.log(message.from, message.payload),
+//     onRecover: (r) => r.recovered || reload(), // after a reconnect: missed anything?
 //   });
 //   client.connect();
 //
@@ -37,6 +38,18 @@
 //   it had, so a reconnect calls onJoin/onLeave/onUpdate only for what really
 //   changed meanwhile (a leave seen that way waits for the next diff, which may
 //   bring the member back: a snapshot lacks the changes of the current window).
+// - Recovery: each subscription remembers its channel's stream position (offset
+//   and epoch, from `subscribed`, `stream.reset` and each channel message) and
+//   resubscribes after a reconnect with `since`; the messages it missed then
+//   arrive through onMessage, in order, before any live one. Live messages that
+//   come before the answer (the session rejoined its channels with the socket)
+//   are held: when it recovered they come again among the missed ones, in
+//   order, so each message is seen once; when it did not, they are passed on
+//   as they are. The position moves only with the messages applied, so a drop in
+//   the middle of a recovery asks again from the last one seen. onRecover hears
+//   {recovered, reason, offset, epoch} once per resubscribe, and {recovered:
+//   false, reason: "epoch", ...} on a `stream.reset`: when `recovered` is false,
+//   something may be missing and the app reloads from its own store.
 // - A diff that does not follow the map's version, or does not fit it, puts the
 //   map out of sync; the client asks for a `sync` by itself (once) and ignores
 //   diffs until the fresh snapshot. PresenceMap is the same logic as the Python
@@ -56,6 +69,7 @@ const STOP = new Set([1002, 1003, 1007, 1008]);
 const BACK_OFF = new Set([1013, 4503]);
 const PRESENCE_TYPES = new Set([
   "presence.state", "presence.diff", "presence.count", "subscribed", "unsubscribed",
+  "stream.reset",
 ]);
 
 /** What a close with `code` means for the client: "stop", "back-off" or "prompt". */
@@ -155,6 +169,11 @@ export class Subscription {
     this._syncAsked = this.map !== null; // the subscribe brings a snapshot
     this._held = null;
     this._heldTimer = null;
+    /** The channel's stream position this subscription holds: {offset, epoch}, or null. */
+    this.position = null;
+    /** After a resubscribe: whether what was missed came back (null before any). */
+    this.recovered = null;
+    this._recovering = null; // channel messages held while a `since` is unanswered
   }
 
   /** The members by key (user id or session id); empty in modes "count" and "none". */
@@ -170,9 +189,46 @@ export class Subscription {
       ? new PresenceMap(this.channel, this.presence) : null;
   }
 
-  _command() { return { op: "subscribe", channel: this.channel, presence: this.presence }; }
+  _command() {
+    const command = { op: "subscribe", channel: this.channel, presence: this.presence };
+    if (this.position) {
+      command.since = this.position;
+      this._recovering = [];
+    }
+    return command;
+  }
+
+  // Where the stream is, and (after a `since`, or a reset) whether nothing was lost.
+  _position(message) {
+    if (typeof message.offset !== "number" || typeof message.epoch !== "string") return;
+    this.position = { offset: message.offset, epoch: message.epoch };
+  }
+
+  _recover(message, recovered, reason) {
+    this.recovered = recovered;
+    const result = { recovered, reason, offset: message.offset, epoch: message.epoch };
+    call(this.handlers.onRecover, result, this);
+  }
+
+  _subscribed(message) {
+    const held = this._recovering ?? [];
+    this._recovering = null;
+    if (message.recovered === true) { // the held ones come again, among the missed ones
+      this._recover(message, true, null);
+      return;
+    }
+    for (const live of held) this._channelMessage(live);
+    this._position(message);
+    if (message.recovered === false) this._recover(message, false, message.reason ?? null);
+  }
+
+  _channelMessage(message) {
+    this._position(message);
+    call(this.handlers.onMessage, message, this);
+  }
 
   _disconnected() {
+    this._recovering = null; // unanswered: the next subscribe asks from the same place
     this._syncAsked = false;
     if (this.map) this.map.inSync = false;
     this._releaseHeld();
@@ -187,6 +243,11 @@ export class Subscription {
     switch (message.type) {
       case "subscribed":
         this.state = "subscribed";
+        this._subscribed(message);
+        return;
+      case "stream.reset":
+        this._position(message);
+        this._recover(message, false, "epoch");
         return;
       case "unsubscribed":
         this.state = "unsubscribed";
@@ -201,7 +262,8 @@ export class Subscription {
         this._presence(message);
         return;
       default:
-        call(h.onMessage, message, this);
+        if (this._recovering) this._recovering.push(message);
+        else this._channelMessage(message);
     }
   }
 

@@ -1,0 +1,103 @@
+"""Subscribes waiting for the hub's RECOVERED (a hub that numbers channel streams).
+
+Theory of operation. When the hub link is ``streaming``, the hub holds every
+channel's stream, so a ``subscribe`` is answered with the hub's position (and,
+after ``since``, the missed publications): the bridge sends RECOVER after the
+SUBSCRIBE that makes the hub route the channel here, and answers the client when
+RECOVERED comes back, in order after every STREAM of the channel up to that
+position. Only then does the subscription take effect here (a new one joins the
+channel, a mode changes): ``subscribed``, the recovered messages and the snapshot
+come in that order, and the live ones after, as on a single server. If the link goes down
+first, the waiting subscribes are answered from this process's own streams
+(not recovered: reason ``epoch``, the hub's stream is out of reach).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from typing import final
+
+from ._values import PresenceMode, StreamPosition
+from .wire import RecoverFrame
+
+__all__ = ["PendingRecovery", "Recoveries"]
+
+
+@final
+class PendingRecovery:
+    """A subscribe sent on as RECOVER: whom to answer, and the mode it asked for."""
+
+    __slots__ = ("channel", "conn", "fresh", "mode", "since")
+
+    def __init__(
+        self,
+        conn: Hashable,
+        channel: str,
+        mode: PresenceMode,
+        since: StreamPosition | None,
+        *,
+        fresh: bool,
+    ) -> None:
+        self.conn = conn
+        self.channel = channel
+        self.mode = mode
+        self.since = since
+        #: The session was not in the channel: it joins it here when the answer comes.
+        self.fresh = fresh
+
+
+@final
+class Recoveries:
+    __slots__ = ("_awaited", "_last", "pending")
+
+    def __init__(self) -> None:
+        self._last = 0
+        self.pending: dict[int, PendingRecovery] = {}
+        #: channel -> waiting subscribes that would join it: the hub routes it here already.
+        self._awaited: dict[str, int] = {}
+
+    def awaits(self, channel: str) -> bool:
+        """A session here is joining ``channel`` (its SUBSCRIBE is at the hub): the bridge
+        tracks it, so what the hub says of its members is kept."""
+        return channel in self._awaited
+
+    def _take(self, request: int) -> PendingRecovery:
+        pending = self.pending.pop(request)
+        if pending.fresh:
+            left = self._awaited[pending.channel] - 1
+            if left:
+                self._awaited[pending.channel] = left
+            else:
+                del self._awaited[pending.channel]
+        return pending
+
+    def ask(
+        self,
+        conn: Hashable,
+        channel: str,
+        mode: PresenceMode,
+        since: StreamPosition | None,
+        session_id: str,
+        *,
+        fresh: bool,
+    ) -> RecoverFrame:
+        self._last += 1
+        self.pending[self._last] = PendingRecovery(conn, channel, mode, since, fresh=fresh)
+        if fresh:
+            self._awaited[channel] = self._awaited.get(channel, 0) + 1
+        return RecoverFrame(request=self._last, session_id=session_id, channel=channel, since=since)
+
+    def answered(self, request: int) -> PendingRecovery | None:
+        return self._take(request) if request in self.pending else None
+
+    def cancel(self, conn: Hashable, channel: str) -> bool:
+        """Forget the waiting subscribes of ``conn`` to ``channel`` (it unsubscribed);
+        whether there was one."""
+        found = [r for r, p in self.pending.items() if p.conn == conn and p.channel == channel]
+        for request in found:
+            self._take(request)
+        return bool(found)
+
+    def abandon(self) -> list[PendingRecovery]:
+        """Every waiting subscribe, oldest first (the link went down: no answer will come)."""
+        return [self._take(request) for request in list(self.pending)]
