@@ -36,7 +36,10 @@ def test_hub_presence_is_registered_and_open_joined_maps_the_session() -> None:
     assert presence.hub_link_state is HubLinkState.REGISTERED
     actions = open_joined(presence, "c1", "ann", "s1", channels=["room"])
     assert sent_frames(actions) == [
-        {"type": "JOIN", "payload": {"userId": "ann", "sessionId": "s1", "channels": ["room"]}}
+        {
+            "type": "JOIN",
+            "payload": {"userId": "ann", "sessionId": "s1", "channels": ["room"], "claim": 1},
+        }
     ]
     assert [m.session_id for m in presence.roster("/ws")] == ["s1"]
 

@@ -317,5 +317,6 @@ def test_an_error_naming_a_lingering_session_ends_its_grace() -> None:
 def test_an_error_naming_an_unknown_session_changes_nothing() -> None:
     presence = paced(limited(burst=100))
     actions = drive(presence, session_error("ghost", "session_taken"))
-    assert [a.event for a in actions] == ["hub.error"]  # type: ignore[attr-defined]
+    # Logged as a refusal of that session; there is no such session here to close.
+    assert [a.event for a in actions] == ["hub.session.refused"]  # type: ignore[attr-defined]
     assert presence.hub_link_state is HubLinkState.REGISTERED
