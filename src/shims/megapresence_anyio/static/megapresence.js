@@ -236,8 +236,8 @@ export class Subscription {
 
   _receive(message) {
     const h = this.handlers;
-    if (Object.hasOwn(message, "from")) { // another client's message, whatever its type
-      call(h.onMessage, message, this);
+    if (Object.hasOwn(message, "from")) { // another client's message, whatever its type:
+      this._data(message); // data with a stream position, never control
       return;
     }
     switch (message.type) {
@@ -262,9 +262,14 @@ export class Subscription {
         this._presence(message);
         return;
       default:
-        if (this._recovering) this._recovering.push(message);
-        else this._channelMessage(message);
+        this._data(message);
     }
+  }
+
+  // A channel message: held while a recovery is unanswered, else applied.
+  _data(message) {
+    if (this._recovering) this._recovering.push(message);
+    else this._channelMessage(message);
   }
 
   _presence(message) {
