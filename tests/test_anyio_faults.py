@@ -130,8 +130,20 @@ async def test_authenticate_that_hangs_gets_503_at_the_handshake_timeout() -> No
         ),
         (Identity(user_id="", session_id="a"), "user_id", 500),  # authenticate's own bug
         (Identity(user_id="ann", session_id="a", metadata={"f": float("nan")}), "metadata", 500),
+        # A peer's value (a token's claim) that no frame could carry: never a 101.
+        (Identity(user_id="\ud800", session_id="a"), "user_id holds a lone surrogate", 400),
+        (Identity(user_id="ann", session_id="a\udfff"), "session_id holds a lone", 400),
+        (Identity(user_id="ann", session_id="a", channels=["\udc80"]), "channels holds", 400),
     ],
-    ids=["65-channels", "metadata-over-4KiB", "empty-user", "nan-metadata"],
+    ids=[
+        "65-channels",
+        "metadata-over-4KiB",
+        "empty-user",
+        "nan-metadata",
+        "surrogate-user",
+        "surrogate-session",
+        "surrogate-channel",
+    ],
 )
 async def test_an_identity_the_core_refuses_gets_the_errors_status_before_the_upgrade(
     identity: Identity, limit: str, status: int, caplog: pytest.LogCaptureFixture

@@ -196,6 +196,10 @@ async def test_serve_with_jwt_admits_only_valid_tokens_and_takes_admin_from_the_
             with pytest.raises(InvalidStatus) as refused:
                 await Client.connect(url + forged)
             assert refused.value.response.status_code == 401
+        # A user id UTF-8 cannot carry: refused before the upgrade, never a 101 then 1011.
+        with pytest.raises(InvalidStatus) as refused:
+            await Client.connect(f"{url}?token={token(sub=chr(0xD800))}")
+        assert refused.value.response.status_code == 400
         root = await Client.connect(
             url, additional_headers={"Authorization": f"Bearer {token(sub='root', admin=True)}"}
         )
@@ -212,4 +216,7 @@ async def test_serve_with_jwt_admits_only_valid_tokens_and_takes_admin_from_the_
         await root.close()
     finally:
         assert server.stop() == 0
-    assert "demo authenticator" not in server.log.read_text()
+    log = server.log.read_text()
+    assert "demo authenticator" not in log
+    assert "Traceback" not in log
+    assert "tick failed" not in log
