@@ -19,7 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from websockets.exceptions import InvalidStatus
 
 from megapresence_anyio import HandshakeRequest, Identity, Refusal
-from megapresence_anyio._jwt import JwtAuthenticator, read_key
+from megapresence_anyio._jwt import MAX_TOKEN_TIME, JwtAuthenticator, read_key
 from megapresence_core import LocalUsageError
 
 from .process_helpers import Command
@@ -85,6 +85,15 @@ def test_without_sid_the_tab_s_session_is_kept_else_a_new_one_is_made() -> None:
         (token(channels=[""]), "invalid token"),
         (token(admin="yes"), "invalid token"),
         (token(nbf=int(time.time()) + DAY), "invalid token"),
+        # Times are JSON numbers (PyJWT alone takes a numeric string) of a sane size.
+        (token(exp="9999999999"), "invalid token"),
+        (token(exp=" 9999999999 "), "invalid token"),
+        (token(exp=10**30), "invalid token"),
+        (token(exp=1e300), "invalid token"),
+        (token(exp=MAX_TOKEN_TIME + 1), "invalid token"),
+        (token(nbf=str(int(time.time()))), "invalid token"),
+        (token(iat=str(int(time.time()))), "invalid token"),
+        (token(iat=True), "invalid token"),
         (token(key=b"x" * 64, algorithm="HS512"), "invalid token"),  # not the server's algorithm
         (jwt.encode({"sub": "ann", "exp": time.time() + DAY}, None, algorithm="none"), "invalid"),
         ("not.a.token", "invalid token"),
@@ -96,6 +105,12 @@ def test_anything_but_a_valid_token_is_refused_with_401(signed: str | None, reas
     assert isinstance(refusal, Refusal)
     assert refusal.status == 401
     assert reason in refusal.reason
+
+
+def test_times_up_to_the_year_9999_are_taken_as_numbers() -> None:
+    now = int(time.time())
+    for claims in ({"exp": MAX_TOKEN_TIME}, {"exp": now + 60.5, "nbf": now - 1.5, "iat": now}):
+        assert isinstance(HS256(request(f"token={token(**claims)}")), Identity)
 
 
 def test_audience_and_issuer_are_required_when_the_server_names_them() -> None:
