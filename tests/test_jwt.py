@@ -8,6 +8,7 @@ command started with its secret in the environment, spoken to over real sockets.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -111,6 +112,19 @@ def test_times_up_to_the_year_9999_are_taken_as_numbers() -> None:
     now = int(time.time())
     for claims in ({"exp": MAX_TOKEN_TIME}, {"exp": now + 60.5, "nbf": now - 1.5, "iat": now}):
         assert isinstance(HS256(request(f"token={token(**claims)}")), Identity)
+
+
+def test_a_refusal_logs_only_so_much_of_the_path(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="megapresence.jwt")
+    long = HandshakeRequest(
+        method="GET", path="/ws/" + "p" * 15_000, query_string="token=x.y.z", headers=()
+    )
+    refusal = HS256(long)
+    assert isinstance(refusal, Refusal)
+    assert refusal.status == 401
+    [line] = [r.getMessage() for r in caplog.records if r.name == "megapresence.jwt"]
+    assert "jwt.refused" in line
+    assert len(line) < 1000
 
 
 def test_audience_and_issuer_are_required_when_the_server_names_them() -> None:

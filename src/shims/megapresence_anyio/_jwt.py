@@ -36,7 +36,7 @@ import attrs
 from megapresence_core import LocalUsageError
 
 from ._http import HandshakeRequest
-from ._logging import log_event
+from ._logging import bounded, log_event
 from ._server import Identity, Refusal
 
 __all__ = [
@@ -206,7 +206,8 @@ class JwtAuthenticator:
         except self._jwt.ExpiredSignatureError:
             return Refusal(status=401, reason="token expired")
         except (self._jwt.InvalidTokenError, ValueError) as exc:
-            log_event(logger, logging.INFO, "jwt.refused", {"path": request.path, "why": str(exc)})
+            fields = {"path": bounded(request.path), "why": bounded(str(exc))}
+            log_event(logger, logging.INFO, "jwt.refused", fields)
             return Refusal(status=401, reason="invalid token")
 
 
