@@ -130,8 +130,20 @@ async def test_authenticate_that_hangs_gets_503_at_the_handshake_timeout() -> No
         ),
         (Identity(user_id="", session_id="a"), "user_id", 500),  # authenticate's own bug
         (Identity(user_id="ann", session_id="a", metadata={"f": float("nan")}), "metadata", 500),
+        # A peer's value (a token's claim) that no frame could carry: never a 101.
+        (Identity(user_id="\ud800", session_id="a"), "user_id holds a lone surrogate", 400),
+        (Identity(user_id="ann", session_id="a\udfff"), "session_id holds a lone", 400),
+        (Identity(user_id="ann", session_id="a", channels=["\udc80"]), "channels holds", 400),
     ],
-    ids=["65-channels", "metadata-over-4KiB", "empty-user", "nan-metadata"],
+    ids=[
+        "65-channels",
+        "metadata-over-4KiB",
+        "empty-user",
+        "nan-metadata",
+        "surrogate-user",
+        "surrogate-session",
+        "surrogate-channel",
+    ],
 )
 async def test_an_identity_the_core_refuses_gets_the_errors_status_before_the_upgrade(
     identity: Identity, limit: str, status: int, caplog: pytest.LogCaptureFixture
@@ -244,3 +256,21 @@ def test_identity_channels_given_as_one_string_are_misuse(channels: object) -> N
     ):
         Identity(user_id="u", session_id="s", channels=channels)  # type: ignore[arg-type]
     assert Identity(user_id="u", session_id="s", channels={"lobby"}).channels == ("lobby",)
+
+
+async def test_an_over_long_user_id_is_refused_with_a_bounded_log_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """What a peer chose (here a 15,000-character ``?user=``) is logged cut short: a
+    flood of such requests cannot add a line of that size to the log each."""
+    caplog.set_level(logging.INFO, logger="megapresence")
+    async with with_bystander() as (_, url, _):
+        for _ in range(3):
+            assert await upgrade_status(f"{url}/ws/{'p' * 240}?user={'u' * 15000}") == 400
+    lines = logged_about(caplog, "HTTP 400", "user_id is 15000 bytes")
+    assert len(lines) == 3
+    for line in lines:
+        assert len(line) < 1000, len(line)
+        assert "'uuuu" in line
+        assert "...[14802 more characters]" in line  # the repr's quotes count: 15,002
+        assert "...[44 more characters]" in line  # the path (an ns within its limit)

@@ -3,7 +3,9 @@
 Each connection has a token bucket of ``Limits.command_burst`` commands that
 refills at ``Limits.command_rate`` a second; a ``CommandReceived`` past it is
 answered with a ``rate_limited`` refusal and the shim does not handle the
-command. On a real socket the flood is answered, and others are not slowed.
+command. A snapshot a connection is sent (``sync``, ``subscribe``) takes one command
+more per ``SNAPSHOT_CHARS_PER_COMMAND`` of it, so large snapshots come slower. On a
+real socket the flood is answered, and others are not slowed.
 """
 
 from __future__ import annotations
@@ -14,13 +16,20 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from megapresence_anyio import handle_command
+from megapresence_anyio import HandshakeRequest, Identity, Refusal, handle_command
 from megapresence_core import Limits, LocalUsageError, Presence, PresenceConfig
-from megapresence_core.actions import RequestRefused
-from megapresence_core.events import CommandReceived, ConnectionOpened
+from megapresence_core.actions import Deliver, RequestRefused
+from megapresence_core.config import SNAPSHOT_CHARS_PER_COMMAND
+from megapresence_core.events import (
+    CommandReceived,
+    ConnectionOpened,
+    PresenceSync,
+    SessionJoined,
+    Subscribe,
+)
 
 from .helpers import drive
-from .socket_helpers import Client, running_server
+from .socket_helpers import Client, query_login, running_server
 
 
 def machine(rate: float = 10.0, burst: int = 3) -> Presence:
@@ -85,6 +94,82 @@ def test_never_more_than_the_burst_plus_the_rate_over_time(gaps: list[float]) ->
     assert passed <= 3 + 10.0 * (now - 1.0) + 1e-9
 
 
+def crowded(rate: float, burst: int, members: int = 20) -> Presence:
+    """``machine`` whose connection "c" watches (mode sessions) a channel of ``members``
+    sessions with 4 KB metadata each: a snapshot of several times 16 KiB."""
+    presence = machine(rate=rate, burst=burst)
+    drive(presence, SessionJoined(conn="c", user_id="c", session_id="c", now=0.0))
+    for n in range(members):
+        conn = f"m{n}"
+        metadata = {"bio": "x" * 4000}
+        drive(
+            presence,
+            ConnectionOpened(conn=conn, ns="/ws"),
+            SessionJoined(conn=conn, user_id=conn, session_id=conn, metadata=metadata, now=0.0),
+            Subscribe(conn=conn, channel="room", now=0.0),
+        )
+    drive(presence, Subscribe(conn="c", channel="room", mode="sessions", now=0.0))
+    return presence
+
+
+def synced(presence: Presence, now: float) -> int:
+    """Send "c" a ``sync`` (as the shim does: a command, then the event); the
+    snapshot's cost in commands beyond the first, or -1 when it was refused."""
+    if not allowed(presence, now):
+        return -1
+    (snapshot,) = drive(presence, PresenceSync(conn="c", channel="room"))
+    assert isinstance(snapshot, Deliver)
+    assert json.loads(snapshot.text)["type"] == "presence.state"
+    return len(snapshot.text) // SNAPSHOT_CHARS_PER_COMMAND
+
+
+def test_a_sync_costs_one_command_more_per_16_kib_of_its_snapshot() -> None:
+    presence = crowded(rate=1.0, burst=40)
+    cost = synced(presence, 10.0)
+    assert cost >= 4
+    passed = 0
+    while allowed(presence, 10.0):
+        passed += 1
+    assert passed == 40 - 1 - cost  # what the same connection could still send at once
+
+
+def test_a_subscribe_with_a_snapshot_costs_it_and_one_without_does_not() -> None:
+    presence = crowded(rate=1.0, burst=40)
+    assert allowed(presence, 10.0)
+    actions = drive(presence, Subscribe(conn="c", channel="room", mode="users", now=10.0))
+    (state,) = [a for a in actions if isinstance(a, Deliver) and "presence.state" in a.text]
+    cost = len(state.text) // SNAPSHOT_CHARS_PER_COMMAND
+    assert cost >= 4
+    for mode in ("count", "none"):  # small answers: the command's own token only
+        assert allowed(presence, 10.0)
+        drive(presence, Subscribe(conn="c", channel="room", mode=mode, now=10.0))
+    passed = 0
+    while allowed(presence, 10.0):
+        passed += 1
+    assert passed == 40 - 3 - cost
+
+
+def test_the_debt_of_a_snapshot_is_at_most_one_burst() -> None:
+    presence = crowded(rate=4.0, burst=2)
+    assert synced(presence, 10.0) > 2  # it costs more than a burst: still served once
+    assert synced(presence, 10.0) == -1
+    assert synced(presence, 10.5) == -1  # at -2 + 2 tokens, not yet one
+    assert synced(presence, 10.75) > 2  # -2 + 3: the debt is paid
+
+
+def test_the_rate_of_syncs_falls_with_the_size_of_their_snapshot() -> None:
+    small, large = crowded(rate=20.0, burst=20, members=2), crowded(rate=20.0, burst=20)
+    served = {}
+    for name, presence in (("small", small), ("large", large)):
+        costs = [synced(presence, 10.0 + tick / 100) for tick in range(1000)]  # 100/s, 10 s
+        served[name] = sum(cost >= 0 for cost in costs)
+        cost = max(costs)
+        # The burst, then the rate: each served sync took 1 + cost of them.
+        assert served[name] <= (20 + 20.0 * 10) / (1 + cost) + 1
+    assert served["small"] >= 200  # 8 KB of 2 members: one command each
+    assert served["large"] <= 60
+
+
 @pytest.mark.anyio
 async def test_a_flood_of_commands_is_answered_rate_limited() -> None:
     presence = PresenceConfig(leave_grace=0, limits=Limits(command_rate=5.0, command_burst=5))
@@ -95,3 +180,37 @@ async def test_a_flood_of_commands_is_answered_rate_limited() -> None:
         codes = [(await ann.recv_json())["payload"]["code"] for _ in range(8)]
         assert codes == ["not_subscribed"] * 5 + ["rate_limited"] * 3
         await ann.close()
+
+
+@pytest.mark.anyio
+async def test_syncs_of_a_large_channel_are_rate_limited_sooner_on_a_socket() -> None:
+    def authenticate(request: HandshakeRequest) -> Identity | Refusal | None:
+        user = request.query.get("user")
+        if user is not None and user.startswith("m"):  # 20 members of 4 KB each
+            metadata = {"bio": "x" * 4000}
+            return Identity(user_id=user, session_id=user, channels=("room",), metadata=metadata)
+        return query_login(request)
+
+    limits = Limits(command_rate=0.5, command_burst=20)
+    presence = PresenceConfig(leave_grace=0, limits=limits)
+    options = {"on_message": handle_command, "presence": presence, "authenticate": authenticate}
+    async with running_server(**options) as (_server, url):
+        members = [await Client.connect(f"{url}/ws?user=m{n}") for n in range(20)]
+        ann = await Client.connect(f"{url}/ws?user=ann")
+        await ann.send(json.dumps({"op": "subscribe", "channel": "room", "presence": "sessions"}))
+        for _ in range(10):
+            await ann.send(json.dumps({"op": "sync", "channel": "room"}))
+        answers: list[str] = []
+        while len(answers) < 11:  # the subscribe's snapshot, then one per sync
+            message = await ann.recv_json()
+            if message["type"] == "presence.state":
+                answers.append(f"state of {len(json.dumps(message)) // 1024} KiB")
+            elif message["type"] == "error":
+                answers.append(message["payload"]["code"])
+        # 20 commands at once, and each ~80 KiB snapshot costs 5 more: the subscribe's
+        # and two or three syncs', not ten.
+        states = [a for a in answers if a.startswith("state")]
+        assert 3 <= len(states) <= 4, answers
+        assert answers[len(states) :] == ["rate_limited"] * (11 - len(states)), answers
+        for client in (ann, *members):
+            await client.close()

@@ -8,6 +8,7 @@ command started with its secret in the environment, spoken to over real sockets.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from websockets.exceptions import InvalidStatus
 
 from megapresence_anyio import HandshakeRequest, Identity, Refusal
-from megapresence_anyio._jwt import JwtAuthenticator, read_key
+from megapresence_anyio._jwt import MAX_TOKEN_TIME, JwtAuthenticator, read_key
 from megapresence_core import LocalUsageError
 
 from .process_helpers import Command
@@ -85,6 +86,15 @@ def test_without_sid_the_tab_s_session_is_kept_else_a_new_one_is_made() -> None:
         (token(channels=[""]), "invalid token"),
         (token(admin="yes"), "invalid token"),
         (token(nbf=int(time.time()) + DAY), "invalid token"),
+        # Times are JSON numbers (PyJWT alone takes a numeric string) of a sane size.
+        (token(exp="9999999999"), "invalid token"),
+        (token(exp=" 9999999999 "), "invalid token"),
+        (token(exp=10**30), "invalid token"),
+        (token(exp=1e300), "invalid token"),
+        (token(exp=MAX_TOKEN_TIME + 1), "invalid token"),
+        (token(nbf=str(int(time.time()))), "invalid token"),
+        (token(iat=str(int(time.time()))), "invalid token"),
+        (token(iat=True), "invalid token"),
         (token(key=b"x" * 64, algorithm="HS512"), "invalid token"),  # not the server's algorithm
         (jwt.encode({"sub": "ann", "exp": time.time() + DAY}, None, algorithm="none"), "invalid"),
         ("not.a.token", "invalid token"),
@@ -96,6 +106,25 @@ def test_anything_but_a_valid_token_is_refused_with_401(signed: str | None, reas
     assert isinstance(refusal, Refusal)
     assert refusal.status == 401
     assert reason in refusal.reason
+
+
+def test_times_up_to_the_year_9999_are_taken_as_numbers() -> None:
+    now = int(time.time())
+    for claims in ({"exp": MAX_TOKEN_TIME}, {"exp": now + 60.5, "nbf": now - 1.5, "iat": now}):
+        assert isinstance(HS256(request(f"token={token(**claims)}")), Identity)
+
+
+def test_a_refusal_logs_only_so_much_of_the_path(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="megapresence.jwt")
+    long = HandshakeRequest(
+        method="GET", path="/ws/" + "p" * 15_000, query_string="token=x.y.z", headers=()
+    )
+    refusal = HS256(long)
+    assert isinstance(refusal, Refusal)
+    assert refusal.status == 401
+    [line] = [r.getMessage() for r in caplog.records if r.name == "megapresence.jwt"]
+    assert "jwt.refused" in line
+    assert len(line) < 1000
 
 
 def test_audience_and_issuer_are_required_when_the_server_names_them() -> None:
@@ -196,6 +225,10 @@ async def test_serve_with_jwt_admits_only_valid_tokens_and_takes_admin_from_the_
             with pytest.raises(InvalidStatus) as refused:
                 await Client.connect(url + forged)
             assert refused.value.response.status_code == 401
+        # A user id UTF-8 cannot carry: refused before the upgrade, never a 101 then 1011.
+        with pytest.raises(InvalidStatus) as refused:
+            await Client.connect(f"{url}?token={token(sub=chr(0xD800))}")
+        assert refused.value.response.status_code == 400
         root = await Client.connect(
             url, additional_headers={"Authorization": f"Bearer {token(sub='root', admin=True)}"}
         )
@@ -212,4 +245,7 @@ async def test_serve_with_jwt_admits_only_valid_tokens_and_takes_admin_from_the_
         await root.close()
     finally:
         assert server.stop() == 0
-    assert "demo authenticator" not in server.log.read_text()
+    log = server.log.read_text()
+    assert "demo authenticator" not in log
+    assert "Traceback" not in log
+    assert "tick failed" not in log

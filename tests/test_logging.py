@@ -13,9 +13,11 @@ from pathlib import Path
 import pytest
 
 from megapresence_anyio._logging import (
+    MAX_LOGGED_CHARS,
     ContextFilter,
     JsonFormatter,
     TextFormatter,
+    bounded,
     configure_logging,
     log_action,
     log_event,
@@ -71,6 +73,14 @@ def test_values_are_made_plain() -> None:
     assert plain(frozenset({"b", "a"})) == ["a", "b"]
     assert plain(b"\xffok") == "\\xffok"
     assert plain(Path("a/b")) == "a/b"  # anything else: its str
+
+
+def test_what_a_peer_chose_is_logged_cut_short_with_a_marker() -> None:
+    assert bounded("short") == "short"
+    assert bounded("x" * MAX_LOGGED_CHARS) == "x" * MAX_LOGGED_CHARS
+    cut = bounded("y" * 15_000)
+    assert cut == "y" * MAX_LOGGED_CHARS + "...[14800 more characters]"
+    assert bounded("abcdef", limit=2) == "ab...[4 more characters]"
 
 
 def test_a_core_log_becomes_one_record_with_its_fields_as_attributes(

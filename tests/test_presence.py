@@ -142,6 +142,32 @@ def test_join_validates_its_arguments_when_built(field: str, value: object, matc
         SessionJoined(**arguments)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("user_id", "\ud800"),
+        ("session_id", "s\udfff"),
+        ("channels", ["ok", "\udc80room"]),
+    ],
+)
+def test_a_name_utf8_cannot_carry_is_refused_when_built_as_the_peers_doing(
+    field: str, value: object
+) -> None:
+    """A lone surrogate (a JWT claim may hold one) never reaches a frame: refused when the
+    join is built, with the hints of a peer's bad value (400 before an upgrade)."""
+    arguments: dict[str, object] = {"conn": 1, "user_id": "u", "session_id": "s", "now": 0.0}
+    arguments[field] = value
+    with pytest.raises(LocalUsageError, match="lone surrogate, which UTF-8 cannot carry") as info:
+        SessionJoined(**arguments)  # type: ignore[arg-type]
+    assert (info.value.http_status, info.value.close_code) == (400, 1008)
+    assert "\\u" not in str(info.value)  # the value is not repeated
+
+
+def test_names_utf8_can_carry_are_kept() -> None:
+    joined = SessionJoined(conn=1, user_id="\U0001f600", session_id="\u00e9t\u00e9", now=0.0)
+    assert (joined.user_id, joined.session_id) == ("\U0001f600", "\u00e9t\u00e9")
+
+
 def test_local_usage_error_is_a_value_error() -> None:
     assert issubclass(LocalUsageError, ValueError)
 

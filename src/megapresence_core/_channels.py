@@ -31,7 +31,7 @@ from ._rosters import LOCAL, Rosters
 from ._streams import NoStreams, Streams
 from ._values import Message, PresenceMode, Sender, StreamPosition
 from .actions import Action, Deliver, Log, LogLevel, RequestRefused
-from .config import Limits
+from .config import SNAPSHOT_CHARS_PER_COMMAND, Limits
 from .events import PresenceSync, PublishRequested, Subscribe, Unsubscribe
 from .wire import (
     LeaveFrame,
@@ -155,7 +155,7 @@ class Channels:
         # What it missed comes right after the answer, before any live publication.
         reply = self.subscribed(conn, channel, mode, event.since, record.session_id)
         # The snapshot comes first: a new member then sees itself join, in the next diff.
-        reply += parts.feed.watch(conn, channel, mode) if mode is not _NONE else []
+        reply += self._watch(record, channel, mode)
         if old is not None:
             return reply
         self.show(record, (channel,))
@@ -240,7 +240,7 @@ class Channels:
         parts.streams.show(channel)
         local.subscribe(record, channel, mode)
         actions = reply(record.session_id)
-        actions += feed.watch(conn, channel, mode) if mode is not _NONE else []
+        actions += self._watch(record, channel, mode)
         if old is not None:
             return actions
         self.show(record, (channel,))
@@ -296,7 +296,22 @@ class Channels:
         if mode is _NONE:
             message = "the subscription has no presence mode"
             return [refused(conn, "not_watching", message, channel)]
-        return [parts.feed.snapshot(conn, channel, mode)]
+        return [self._charged(record, parts.feed.snapshot(conn, channel, mode))]
+
+    def _watch(self, record: ConnectionRecord, channel: str, mode: PresenceMode) -> list[Action]:
+        """``record``'s connection watches ``channel`` in ``mode`` from now: its snapshot."""
+        if mode is _NONE:
+            return []
+        return [self._charged(record, self._parts.feed.watch(record.conn, channel, mode))]
+
+    def _charged(self, record: ConnectionRecord, snapshot: Deliver) -> Deliver:
+        """``snapshot``, paid for from its connection's command bucket: one command more per
+        ``SNAPSHOT_CHARS_PER_COMMAND`` of it (the next commands are ``rate_limited`` until
+        the rate has paid it back), so a large channel's snapshots come slower."""
+        record.charge(
+            len(snapshot.text) // SNAPSHOT_CHARS_PER_COMMAND, self._parts.limits.command_burst
+        )
+        return snapshot
 
     def publish(self, event: PublishRequested) -> list[Action]:
         parts, channel, message = self._parts, event.channel, event.message

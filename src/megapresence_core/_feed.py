@@ -252,14 +252,14 @@ class PresenceFeed:
 
     # ----------------------------------------------------------- watchers
 
-    def watch(self, conn: Hashable, channel: str, view: PresenceMode) -> list[Action]:
+    def watch(self, conn: Hashable, channel: str, view: PresenceMode) -> Deliver:
         """``conn`` watches ``view`` of ``channel`` from now: here is its snapshot (or count)."""
         feed = self.channels.get(channel)
         if feed is None:
             feed = self.channels[channel] = ChannelFeed()
         feed.watchers[view][conn] = None
         feed.changed(view)
-        return [self.snapshot(conn, channel, view)]
+        return self.snapshot(conn, channel, view)
 
     def unwatch(self, conn: Hashable, channel: str, view: PresenceMode) -> None:
         feed = self.channels[channel]

@@ -81,6 +81,12 @@ class ConnectionRecord:
     def state(self) -> ConnectionState:
         return self.lifecycle.state
 
+    def charge(self, commands: int, burst: int) -> None:
+        """Take ``commands`` more from the command bucket (what a snapshot cost): it may go
+        below empty, by at most one ``burst``, and the connection's next commands are then
+        refused until the rate has filled it again."""
+        self.command_tokens = max(-float(burst), self.command_tokens - commands)
+
     @property
     def channels(self) -> tuple[str, ...]:
         return tuple(self.subscriptions)

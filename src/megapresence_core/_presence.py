@@ -431,7 +431,9 @@ class Presence:
         )
 
     def _on_command(self, event: CommandReceived) -> list[Action]:
-        """A token bucket per connection: ``command_rate`` a second, ``command_burst`` deep."""
+        """A token bucket per connection: ``command_rate`` a second, ``command_burst`` deep;
+        a snapshot sent takes more from it (``Channels`` charges it: see
+        ``SNAPSHOT_CHARS_PER_COMMAND``)."""
         record = self._local.get(event.conn, what="CommandReceived")
         limits = self._limits
         elapsed = max(0.0, event.now - record.command_at)
@@ -443,7 +445,7 @@ class Presence:
             record.command_tokens = tokens
             message = (
                 f"more than {limits.command_rate:g} commands a second on this connection "
-                "(Limits.command_rate): slow down"
+                "(Limits.command_rate; a snapshot counts one more per 16 KiB): slow down"
             )
             return [refused(event.conn, "rate_limited", message, None)]
         record.command_tokens = tokens - 1.0

@@ -221,9 +221,22 @@ ABSENT: Final = Absent.ABSENT
 
 
 def non_empty_str(owner: str, name: str, value: object) -> str:
-    """Return ``value`` if it is a non-empty string, else raise ``LocalUsageError``."""
+    """Return ``value`` if it is a non-empty string UTF-8 can carry, else raise
+    ``LocalUsageError``: of the program's own making (500) when it is no string or
+    empty; with a lone surrogate, 400, since such text comes from a peer (a token's
+    claim, say) that no wire here could carry."""
     if not isinstance(value, str) or not value:
         raise LocalUsageError(f"{owner}: {name} must be a non-empty string, got {value!r}")
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise LocalUsageError(
+                f"{owner}: {name} holds a lone surrogate, which UTF-8 cannot carry",
+                code="bad_command",
+                close_code=CloseCode.POLICY,
+                http_status=400,
+            ) from None
     return value
 
 

@@ -54,6 +54,11 @@ DEFAULT_MAX_METADATA_BYTES: Final = 4 * 1024
 DEFAULT_MAX_CHANNELS_PER_SESSION: Final = 64
 DEFAULT_COMMAND_RATE: Final = 100.0
 DEFAULT_COMMAND_BURST: Final = 200
+#: A command that brings a snapshot (``sync``, a ``subscribe`` in mode users or
+#: sessions) costs its connection one more command per this many characters of the
+#: snapshot's text: building and sending 1 MB is not the cost of a ``ping``, so the rate
+#: of snapshots falls with their size (64 more commands for a 1 MiB ``presence.state``).
+SNAPSHOT_CHARS_PER_COMMAND: Final = 16 * 1024
 #: ns, channel, user and session ids travel in every frame: an id, not a text.
 DEFAULT_MAX_NAME_BYTES: Final = 256
 #: A hub frame carries one message plus routing: the message limit plus headroom.
@@ -163,7 +168,8 @@ class Limits:
     )
     #: Commands one client connection may send per second, on average
     #: (``CommandReceived``); past it a command is refused with ``rate_limited``.
-    #: A command can cost far more than its bytes (``sync`` of a large channel).
+    #: A command that brings a snapshot costs one more per 16 KiB of it
+    #: (``SNAPSHOT_CHARS_PER_COMMAND``): ``sync`` of a large channel is many commands.
     command_rate: float = attrs.field(default=DEFAULT_COMMAND_RATE, validator=_positive)
     #: ...and at once after a quiet while (a reconnect resubscribing everything).
     command_burst: int = attrs.field(default=DEFAULT_COMMAND_BURST, validator=_positive)

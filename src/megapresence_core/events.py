@@ -344,7 +344,8 @@ class CommandReceived:
     """A client connection sent a command: it counts against the connection's rate
     (``Limits.command_rate`` and ``command_burst``). Answered with nothing when the
     command may go on, or a ``RequestRefused`` (``rate_limited``) when it must not
-    be handled."""
+    be handled. A snapshot the connection is then sent (``sync``, ``subscribe``) costs
+    one command more per ``config.SNAPSHOT_CHARS_PER_COMMAND`` characters of it."""
 
     conn: Hashable = attrs.field(validator=hashable_id)
     now: float = attrs.field(validator=monotonic_seconds)

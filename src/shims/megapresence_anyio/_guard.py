@@ -36,6 +36,7 @@ from megapresence_core import CloseCode, PresenceError
 
 from ._config import SocketLimits
 from ._http import HandshakeRequest, RequestReader, read_request, respond, upgrade_refusal
+from ._logging import bounded
 from ._session import Session
 from ._stats import Stats
 from ._transport import Outlet, Transport
@@ -134,8 +135,9 @@ class Guard(Generic[_O]):
         where = f"{self.remote[0]}:{self.remote[1]}" if self.remote is not None else "stream"
         if self.client is not None:
             where = f"{self.client[0]}:{self.client[1]} via {where}"
-        path = f" {self.path}" if self.path is not None else ""
-        user = f" user={self.user!r}" if self.user is not None else ""
+        # The path and the user id are the peer's choice: only so much of them is logged.
+        path = f" {bounded(self.path)}" if self.path is not None else ""
+        user = f" user={bounded(repr(self.user))}" if self.user is not None else ""
         return f"peer {where}{path}{user}"
 
     def respond(
@@ -174,7 +176,7 @@ class Guard(Generic[_O]):
     ) -> None:
         """Refuse before the upgrade, with one log line (unless it was answered already)."""
         if self.answered is None:
-            logger.log(level, "%s refused with HTTP %d: %s", self, status, why)
+            logger.log(level, "%s refused with HTTP %d: %s", self, status, bounded(why))
             self.respond(status, (why + "\n").encode(), headers=headers)
 
     def fault(self, exc: Exception) -> None:
@@ -189,7 +191,7 @@ class Guard(Generic[_O]):
                 self,
                 status,
                 type(exc).__name__,
-                exc,
+                bounded(str(exc)),
                 exc_info=exc if status >= 500 else None,
             )
             # A refusal the client caused may say why; a 500 says nothing of our insides.
@@ -203,7 +205,7 @@ class Guard(Generic[_O]):
             self,
             code,
             type(exc).__name__,
-            exc,
+            bounded(str(exc)),
             exc_info=exc if code == CloseCode.INTERNAL_ERROR else None,
         )
         session.close(code, _REASONS.get(code, "internal error"), anyio.current_time())

@@ -7,7 +7,9 @@ cannot set headers on a WebSocket, from a query parameter (``?token=``). PyJWT
 Claims (docs/deploy.md has the table):
 
 - ``sub`` (required): the user id;
-- ``exp`` (required): checked, with ``leeway`` seconds of clock skew;
+- ``exp`` (required): checked, with ``leeway`` seconds of clock skew; like ``nbf``
+  and ``iat``, a JSON number (not a numeric string, which PyJWT would take) and
+  at most ``MAX_TOKEN_TIME`` (the last second of the year 9999);
 - ``sid``: the session id; without it the client's ``?session=`` is used (the
   per-tab id the JavaScript client sends back, so a reload keeps its session;
   the core never lets one user take over another user's session), else a new one;
@@ -34,12 +36,13 @@ import attrs
 from megapresence_core import LocalUsageError
 
 from ._http import HandshakeRequest
-from ._logging import log_event
+from ._logging import bounded, log_event
 from ._server import Identity, Refusal
 
 __all__ = [
     "HMAC_ALGORITHMS",
     "JWT_ALGORITHMS",
+    "MAX_TOKEN_TIME",
     "PUBLIC_KEY_ENV",
     "SECRET_ENV",
     "JwtAuthenticator",
@@ -77,6 +80,24 @@ def _bearer(request: HandshakeRequest, query_parameter: str) -> str | None:
         if scheme.lower() == "bearer" and token.strip():
             return token.strip()
     return request.query.get(query_parameter) or None
+
+
+#: The latest time a token may name (``exp``, ``nbf``, ``iat``): 9999-12-31T23:59:59Z.
+#: Past it a date is no date, and a token that never expires is no token.
+MAX_TOKEN_TIME: Final = 253_402_300_799
+
+
+def _check_times(claims: Mapping[str, object]) -> None:
+    """Refuse an ``exp``, ``nbf`` or ``iat`` that is not a JSON number (PyJWT takes
+    ``"9999999999"``, even with spaces) or names a time past ``MAX_TOKEN_TIME``."""
+    for claim in ("exp", "nbf", "iat"):
+        if claim not in claims:
+            continue
+        value = claims[claim]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"claim {claim!r} must be a number of seconds since the epoch")
+        if not value <= MAX_TOKEN_TIME:
+            raise ValueError(f"claim {claim!r} is past the year 9999")
 
 
 def _names(value: object, claim: str) -> tuple[str, ...]:
@@ -133,7 +154,8 @@ class JwtAuthenticator:
         object.__setattr__(self, "_key", key)
 
     def claims(self, token: str) -> dict[str, Any]:
-        """The verified claims of ``token``; raises ``jwt.InvalidTokenError`` otherwise."""
+        """The verified claims of ``token``; raises ``jwt.InvalidTokenError`` otherwise, or
+        ``ValueError`` for a time that is no JSON number or past ``MAX_TOKEN_TIME``."""
         required = ["exp", "sub"]
         if self.audience is not None:
             required.append("aud")
@@ -148,6 +170,7 @@ class JwtAuthenticator:
             leeway=self.leeway,
             options={"require": required},
         )
+        _check_times(claims)
         return claims
 
     def identity(self, claims: dict[str, Any], request: HandshakeRequest) -> Identity:
@@ -183,7 +206,8 @@ class JwtAuthenticator:
         except self._jwt.ExpiredSignatureError:
             return Refusal(status=401, reason="token expired")
         except (self._jwt.InvalidTokenError, ValueError) as exc:
-            log_event(logger, logging.INFO, "jwt.refused", {"path": request.path, "why": str(exc)})
+            fields = {"path": bounded(request.path), "why": bounded(str(exc))}
+            log_event(logger, logging.INFO, "jwt.refused", fields)
             return Refusal(status=401, reason="invalid token")
 
 

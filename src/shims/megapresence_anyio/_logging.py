@@ -34,9 +34,11 @@ from megapresence_core import Log
 
 __all__ = [
     "FORMATTERS",
+    "MAX_LOGGED_CHARS",
     "ContextFilter",
     "JsonFormatter",
     "TextFormatter",
+    "bounded",
     "configure_logging",
     "log_action",
     "log_event",
@@ -54,6 +56,17 @@ _OWN: Final = frozenset({"event", *_CONTEXT})
 
 #: Durations and rates are rounded to this many decimals (a millisecond for seconds).
 _DECIMALS: Final = 3
+
+#: What a log line shows of a value a peer chose (a path, a user id, a reason that
+#: quotes one): enough to recognise it, so that long requests cannot fill the log.
+MAX_LOGGED_CHARS: Final = 200
+
+
+def bounded(text: str, limit: int = MAX_LOGGED_CHARS) -> str:
+    """``text`` cut to ``limit`` characters, saying how many more there were."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}...[{len(text) - limit} more characters]"
 
 
 def plain(value: object) -> object:
