@@ -40,6 +40,7 @@ from ._transport import Connection, HandshakeRefusedError, Target
 
 log = logging.getLogger("megapresence_client")
 
+#: How a subscription hears presence: not at all, the users, the sessions, or a count.
 PresenceMode = Literal["none", "users", "sessions", "count"]
 PRESENCE_MODES: Final = ("none", "users", "sessions", "count")
 

@@ -173,6 +173,7 @@ class SessionDetached:
     reason: str | None
 
 
+#: What iterating a ``PresenceClient`` (or its ``recv()``) gives: one of the events above.
 Event = (
     Connected
     | Disconnected

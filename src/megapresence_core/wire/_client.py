@@ -193,7 +193,8 @@ class RosterCommand:
 @final
 @attrs.frozen(kw_only=True)
 class PingCommand:
-    pass
+    """``{"op": "ping"}``: the client is alive. It asks for nothing and gets no reply;
+    like any command, it answers the server's heartbeat message."""
 
 
 @final

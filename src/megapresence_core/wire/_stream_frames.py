@@ -106,6 +106,7 @@ class RecoveredFrame:
     publications: tuple[str, ...] = ()
 
 
+#: The hub frames of channel streams and recovery (STREAM, RECOVER, RECOVERED).
 StreamHubFrame: TypeAlias = StreamFrame | RecoverFrame | RecoveredFrame
 
 
