@@ -46,6 +46,7 @@ class ConnectionRecord:
         "command_tokens",
         "conn",
         "displaced",
+        "left",
         "lifecycle",
         "metadata",
         "ns",
@@ -76,6 +77,11 @@ class ConnectionRecord:
         self.displaced: RemoteMember | None = None
         #: The number ``Presence`` gave its join: the JOIN's ``claim``.
         self.claim = 0
+        #: With a hub, the channels the session left here since its last JOIN: a RESTORED
+        #: (the hub's answer to that JOIN, sent before it heard the UNSUBSCRIBE) does not
+        #: take them back. Emptied by the RESTORED or the next JOIN (a resync); a channel
+        #: subscribed again leaves it.
+        self.left: set[str] = set()
 
     @property
     def state(self) -> ConnectionState:
@@ -163,6 +169,7 @@ class LocalIndexes:
         if channel not in record.subscriptions:
             _add(self.by_channel, channel, record.conn)
         record.subscriptions[channel] = mode
+        record.left.discard(channel)
 
     def unsubscribe(self, record: ConnectionRecord, channel: str) -> None:
         del record.subscriptions[channel]

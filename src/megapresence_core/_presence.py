@@ -694,11 +694,14 @@ class Presence:
         return actions
 
     def _hub_restored(self, frame: RestoredFrame) -> list[Action]:
-        """The session moved here from another bridge and keeps its channels there."""
+        """The session moved here from another bridge and keeps its channels there, but
+        for those it left here after its JOIN: the hub heard that UNSUBSCRIBE after it sent
+        this, and holds what this bridge holds once it has."""
         record = self._local.by_session.get(frame.session_id)
         if record is None:
             return []
-        gained = [c for c in frame.channels if c not in record.subscriptions]
+        left, record.left = record.left, set()
+        gained = [c for c in frame.channels if c not in record.subscriptions and c not in left]
         for channel in gained:
             self._local.subscribe(record, channel, _NONE)
         # In the hub's order, so both say the same list from now on.
@@ -739,6 +742,7 @@ class Presence:
         record = self._local.session(session_id)
         if record is None:
             return None
+        record.left.clear()  # a RESTORED from now on answers this JOIN
         return _join_frame(record, lingering=session_id in self._local.lingering)
 
     # --------------------------------------------------------------- queries
