@@ -79,8 +79,7 @@ class ConnectionRecord:
         self.claim = 0
         #: With a hub, the channels the session left here since its last JOIN: a RESTORED
         #: (the hub's answer to that JOIN, sent before it heard the UNSUBSCRIBE) does not
-        #: take them back. Emptied by the RESTORED or the next JOIN (a resync); a channel
-        #: subscribed again leaves it.
+        #: take them back. Emptied by the RESTORED or the next JOIN (a resync).
         self.left: set[str] = set()
 
     @property
@@ -169,7 +168,6 @@ class LocalIndexes:
         if channel not in record.subscriptions:
             _add(self.by_channel, channel, record.conn)
         record.subscriptions[channel] = mode
-        record.left.discard(channel)
 
     def unsubscribe(self, record: ConnectionRecord, channel: str) -> None:
         del record.subscriptions[channel]

@@ -704,9 +704,11 @@ class Presence:
         gained = [c for c in frame.channels if c not in record.subscriptions and c not in left]
         for channel in gained:
             self._local.subscribe(record, channel, _NONE)
-        # In the hub's order, so both say the same list from now on.
+        # In the hub's order, so both say the same list from now on: its channels first,
+        # then those subscribed here since the JOIN (after leaving, if so), in turn.
         held = record.subscriptions
-        record.subscriptions = {c: held.pop(c) for c in frame.channels if c in held} | held
+        first = [c for c in frame.channels if c in held and c not in left]
+        record.subscriptions = {c: held.pop(c) for c in first} | held
         self._channels.show(record, gained)
         return self._cluster.add(record.remote()) + self._parts.store.put(record, gained)
 
