@@ -20,6 +20,7 @@ from megapresence_core import (
     PresenceMode,
     SessionJoined,
     Subscribe,
+    Unsubscribe,
 )
 from megapresence_core.events import HubFrameReceived
 from megapresence_core.lifecycle import BridgeState, ConnectionState, HubLinkState
@@ -259,6 +260,47 @@ def test_a_return_within_the_grace_to_any_bridge_is_a_restore(back_on: str) -> N
     }
     assert hub_owner(sim, "s1") == (back_on, ("room", "misc"))
     assert seen(sim, "s1") == {"A", "B", "C"}
+
+
+@pytest.mark.parametrize(
+    ("joined", "ops", "kept"),
+    [
+        ((), [(Unsubscribe, "room")], ("misc",)),
+        ((), [(Unsubscribe, "room"), (Subscribe, "room")], ("misc", "room")),
+        ((), [(Subscribe, "other")], ("room", "misc", "other")),
+        ((), [(Subscribe, "other"), (Unsubscribe, "other")], ("room", "misc")),
+        ((), [(Subscribe, "misc"), (Unsubscribe, "misc")], ("room",)),
+        (("extra",), [(Unsubscribe, "extra")], ("room", "misc")),
+        (("extra",), [(Unsubscribe, "extra"), (Unsubscribe, "room")], ("misc",)),
+    ],
+)
+def test_restored_never_undoes_what_the_session_did_after_its_join(
+    joined: tuple[str, ...],
+    ops: list[tuple[type[Subscribe | Unsubscribe], str]],
+    kept: tuple[str, ...],
+) -> None:
+    """A session that returns on B (JOIN with ``joined``) and subscribes or unsubscribes at
+    once (``ops`` reach the hub behind its JOIN, before the RESTORED that answers the JOIN
+    comes back) keeps its channels from A, less those it left on B and plus those it
+    joined there: B, the watchers and the hub agree."""
+    sim = network()
+    first = sim.open("A", "/ws", "ann", "s1", ("room", "misc"))
+    sim.settle()
+    sim.close("A", first)
+    bridge = sim.bridges["B"]
+    back = next(sim.conn_ids)
+    sim.open_conns["B"][back] = None
+    bridge.handle(ConnectionOpened(conn=back, ns="/ws"))
+    bridge.handle(
+        SessionJoined(conn=back, user_id="ann", session_id="s1", channels=joined, now=sim.now)
+    )
+    for op, channel in ops:
+        bridge.handle(op(conn=back, channel=channel, now=sim.now))
+    sim.settle()
+    assert tuple(bridge.presence.subscriptions(back)) == kept
+    assert hub_owner(sim, "s1") == ("B", kept)
+    assert seen(sim, "s1") == ({"A", "B", "C"} if "room" in kept else set())
+    assert sim.hub_members() == sim.expected_hub_members()
 
 
 def test_a_lingering_copy_never_takes_a_session_back_on_a_resync() -> None:

@@ -265,6 +265,7 @@ class Channels:
         if mode is None:
             if parts.recoveries.cancel(conn, channel):  # a subscribe still waiting for the hub
                 parts.hub_members.untrack(channel)
+                record.left.add(channel)  # a RESTORED still on its way does not take it back
                 return actions + parts.hub_link.send(
                     UnsubscribeFrame(session_id=session_id, channel=channel)
                 )
@@ -275,6 +276,8 @@ class Channels:
         if mode is not _NONE:
             parts.feed.unwatch(conn, channel, mode)
         parts.local.unsubscribe(record, channel)
+        if isinstance(parts.hub_link, HubLink):  # a RESTORED on its way does not take it back
+            record.left.add(channel)
         self.hide(record, (channel,))
         frame = UnsubscribeFrame(session_id=session_id, channel=channel)
         return (

@@ -46,6 +46,7 @@ class ConnectionRecord:
         "command_tokens",
         "conn",
         "displaced",
+        "left",
         "lifecycle",
         "metadata",
         "ns",
@@ -76,6 +77,10 @@ class ConnectionRecord:
         self.displaced: RemoteMember | None = None
         #: The number ``Presence`` gave its join: the JOIN's ``claim``.
         self.claim = 0
+        #: With a hub, the channels the session left here since its last JOIN: a RESTORED
+        #: (the hub's answer to that JOIN, sent before it heard the UNSUBSCRIBE) does not
+        #: take them back. Emptied by the RESTORED or the next JOIN (a resync).
+        self.left: set[str] = set()
 
     @property
     def state(self) -> ConnectionState:

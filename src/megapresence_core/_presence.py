@@ -696,16 +696,21 @@ class Presence:
         return actions
 
     def _hub_restored(self, frame: RestoredFrame) -> list[Action]:
-        """The session moved here from another bridge and keeps its channels there."""
+        """The session moved here from another bridge and keeps its channels there, but
+        for those it left here after its JOIN: the hub heard that UNSUBSCRIBE after it sent
+        this, and holds what this bridge holds once it has."""
         record = self._local.by_session.get(frame.session_id)
         if record is None:
             return []
-        gained = [c for c in frame.channels if c not in record.subscriptions]
+        left, record.left = record.left, set()
+        gained = [c for c in frame.channels if c not in record.subscriptions and c not in left]
         for channel in gained:
             self._local.subscribe(record, channel, _NONE)
-        # In the hub's order, so both say the same list from now on.
+        # In the hub's order, so both say the same list from now on: its channels first,
+        # then those subscribed here since the JOIN (after leaving, if so), in turn.
         held = record.subscriptions
-        record.subscriptions = {c: held.pop(c) for c in frame.channels if c in held} | held
+        first = [c for c in frame.channels if c in held and c not in left]
+        record.subscriptions = {c: held.pop(c) for c in first} | held
         self._channels.show(record, gained)
         return self._cluster.add(record.remote()) + self._parts.store.put(record, gained)
 
@@ -741,6 +746,7 @@ class Presence:
         record = self._local.session(session_id)
         if record is None:
             return None
+        record.left.clear()  # a RESTORED from now on answers this JOIN
         return _join_frame(record, lingering=session_id in self._local.lingering)
 
     # --------------------------------------------------------------- queries
