@@ -303,6 +303,24 @@ def test_restored_never_undoes_what_the_session_did_after_its_join(
     assert sim.hub_members() == sim.expected_hub_members()
 
 
+def test_what_a_session_that_never_moves_remembers_of_the_channels_it_left_is_bounded() -> None:
+    """Only a RESTORED (or a resync) empties what a session left since its JOIN; one that
+    never moves and keeps leaving channels holds at most the channel cap of them."""
+    sim = network()
+    conn = sim.open("A", "/ws", "ann", "s1", ())
+    sim.settle()
+    bridge = sim.bridges["A"]
+    cap = bridge.presence.config.limits.max_channels_per_session
+    for n in range(3 * cap):
+        bridge.handle(Subscribe(conn=conn, channel=f"c{n}", mode="none", now=sim.now))
+        bridge.handle(Unsubscribe(conn=conn, channel=f"c{n}", now=sim.now))
+        sim.settle()
+    record = bridge.presence._local.get(conn, what="test")  # the bound is internal
+    assert 0 < len(record.left) <= cap
+    assert tuple(bridge.presence.subscriptions(conn)) == ()
+    assert sim.hub_members() == sim.expected_hub_members()
+
+
 def test_a_lingering_copy_never_takes_a_session_back_on_a_resync() -> None:
     sim = network()
     first = sim.open("A", "/ws", "ann", "s1", ("room",))

@@ -265,7 +265,8 @@ class Channels:
         if mode is None:
             if parts.recoveries.cancel(conn, channel):  # a subscribe still waiting for the hub
                 parts.hub_members.untrack(channel)
-                record.left.add(channel)  # a RESTORED still on its way does not take it back
+                # A RESTORED still on its way does not take it back.
+                record.note_left(channel, parts.limits.max_channels_per_session)
                 return actions + parts.hub_link.send(
                     UnsubscribeFrame(session_id=session_id, channel=channel)
                 )
@@ -277,7 +278,7 @@ class Channels:
             parts.feed.unwatch(conn, channel, mode)
         parts.local.unsubscribe(record, channel)
         if isinstance(parts.hub_link, HubLink):  # a RESTORED on its way does not take it back
-            record.left.add(channel)
+            record.note_left(channel, parts.limits.max_channels_per_session)
         self.hide(record, (channel,))
         frame = UnsubscribeFrame(session_id=session_id, channel=channel)
         return (

@@ -79,8 +79,17 @@ class ConnectionRecord:
         self.claim = 0
         #: With a hub, the channels the session left here since its last JOIN: a RESTORED
         #: (the hub's answer to that JOIN, sent before it heard the UNSUBSCRIBE) does not
-        #: take them back. Emptied by the RESTORED or the next JOIN (a resync).
+        #: take them back. Emptied by the RESTORED or the next JOIN (a resync); bounded by
+        #: :meth:`note_left`.
         self.left: set[str] = set()
+
+    def note_left(self, channel: str, cap: int) -> None:
+        """Remember that the session left ``channel`` here since its JOIN. A session that
+        never moves gets no RESTORED to empty this, so it holds at most ``cap`` channels
+        (the channel cap): past it, it starts again (a RESTORED that late is long gone)."""
+        if len(self.left) >= cap:
+            self.left.clear()
+        self.left.add(channel)
 
     @property
     def state(self) -> ConnectionState:
