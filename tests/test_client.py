@@ -97,6 +97,12 @@ def test_backoff_doubles_with_equal_jitter_up_to_its_cap_and_resets() -> None:
     assert backoff.delay("prompt") == 0.5
 
 
+def test_backoff_stays_at_its_cap_however_long_a_client_tries() -> None:
+    backoff = Backoff(first=1.0, cap=30.0, random=lambda: 0.5)
+    delays = [backoff.delay("prompt") for _ in range(5_000)]  # 2 ** 4999 is no float
+    assert delays[-1] == 22.5  # in [15, 30)
+
+
 def test_backoff_plans_differ_in_their_first_delay() -> None:
     backoff = Backoff(first=1.0, first_back_off=4.0, now_jitter=0.25, random=lambda: 1.0)
     assert backoff.delay("now") == 0.25  # 4503: at once, a little jitter

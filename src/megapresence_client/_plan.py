@@ -77,7 +77,9 @@ class Backoff:
         if plan == "now" and self.attempt == 1:
             return float(self.now_jitter * self.random())
         base = self.first_back_off if plan == "back-off" else self.first
-        ceiling = min(self.cap, base * 2 ** (self.attempt - 1))
+        # The doubling stops at the cap: past 64 doublings any base is over any cap (and a
+        # client that has tried for long enough would overflow a float).
+        ceiling = min(self.cap, base * 2 ** min(self.attempt - 1, 64))
         return float(ceiling / 2 + ceiling / 2 * self.random())
 
     def reset(self) -> None:
