@@ -93,6 +93,7 @@ UNDOCUMENTED = frozenset(
                 "ClusterHeartbeat",
                 "ClusterKick",
                 "ClusterRemove",
+                "ClusterRestored",
                 "ClusterResync",
                 "ClusterSnapshot",
                 "DirectCommand",

@@ -49,6 +49,7 @@ class ConnectionRecord:
         "lifecycle",
         "metadata",
         "ns",
+        "restorable",
         "session_id",
         "subscriptions",
         "user_id",
@@ -76,6 +77,9 @@ class ConnectionRecord:
         self.displaced: RemoteMember | None = None
         #: The number ``Presence`` gave its join: the JOIN's ``claim``.
         self.claim = 0
+        #: Its join took the session from no connection here: the first cluster
+        #: ``restored`` for it brings the channels it keeps.
+        self.restorable = False
 
     @property
     def state(self) -> ConnectionState:
