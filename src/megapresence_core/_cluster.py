@@ -33,7 +33,9 @@ them (it restarted, or our announcements were lost). A lost ``restored`` is sent
 again at each of the new holder's heartbeats, up to ``HANDOVER_RETRIES`` times,
 until the new holder announces the session with those channels (or without the
 session); the new holder applies the first one only, and only to a join that
-knew nothing of the session (``Presence``).
+took the session from no connection of its own (``Presence``). Until the new
+holder announces them, we hold its copy with those channels (our watchers see
+the session stay); the other instances learn them from its announcement.
 
 A session id held here by one user and announced by another instance under a
 different user is a conflict: it is logged, kept in that instance's table
@@ -474,15 +476,11 @@ class ClusterLink:
         return actions
 
     def _on_restored(self, instance: _Instance, message: Any, now: float) -> list[Action]:
-        target = message.target
-        if target == self._config.instance_id:
-            return self._restore(message.session_id, message.channels)
-        holder = self._instances.get(target)
-        held = holder.members.get(message.session_id) if holder is not None else None
-        if holder is None or held is None:
+        # Only the target applies it: a copy sent again must not change what others hold
+        # of the target, when the target did not take it (its own announcements say).
+        if message.target != self._config.instance_id:
             return []
-        # What the target will hold once it has this: our watchers see the session stay.
-        return holder.table.put(_restored(held, message.channels))
+        return self._restore(message.session_id, message.channels)
 
     def _on_snapshot(self, instance: _Instance, message: Any, now: float) -> list[Action]:
         snap, part, parts = message.snap, message.part, message.parts
