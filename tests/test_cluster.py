@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from hypothesis import strategies as st
@@ -28,6 +29,7 @@ from megapresence_core import (
     Subscribe,
     Tick,
 )
+from megapresence_core._cluster import HANDOVER_RETRIES
 from megapresence_core.actions import (
     ClusterPublish,
 )
@@ -46,6 +48,7 @@ from megapresence_core.wire import (
     ClusterKick,
     ClusterMessage,
     ClusterRemove,
+    ClusterRestored,
     ClusterResync,
     ClusterSnapshot,
     RemoteMember,
@@ -103,6 +106,7 @@ MESSAGES = [
         ),
     ),
     ClusterResync(sender="i1", epoch=7, target="*"),
+    ClusterRestored(sender="i1", epoch=7, target="i2", session_id="s", channels=("c",)),
     ClusterBye(sender="i1", epoch=7),
 ]
 
@@ -128,6 +132,7 @@ def test_the_kinds_are_all_covered() -> None:
             "heartbeat",
             "snapshot",
             "resync",
+            "restored",
             "bye",
         }
     )
@@ -531,3 +536,44 @@ def test_another_users_claim_on_a_local_session_is_logged_and_never_shown() -> N
         "remove"
     ]
     assert a.presence.connection_of("s-ann") is None
+
+
+def test_a_hand_over_is_sent_again_at_heartbeats_while_unheard_then_given_up() -> None:
+    """A lingering session taken over by an instance that never heard of it: the old home
+    tells it the channels (``restored``), and again at each heartbeat of the new holder
+    that shows it has not, at most ``HANDOVER_RETRIES`` times."""
+    bus = Bus(leave_grace=30.0)
+    for name in "ABC":
+        bus.add(name)
+    first = bus.join("A", "/ws", "ann", "s1", ("room",))
+    bus.close(first)
+    lost: list[str] = []
+
+    def drop(receiver: Any, message: dict[str, Any]) -> bool:
+        if receiver.instance_id != "B" or message["kind"] not in ("snapshot", "restored"):
+            return False
+        lost.append(message["kind"])
+        return True
+
+    bus.drop = drop
+    bus.instances["B"].alive = False
+    bus.add("B", epoch=2)
+    back = bus.join("B", "/ws", "ann", "s1")
+    assert lost.count("restored") == 1
+    bus.advance(TTL * 2)
+    assert lost.count("restored") == 1 + HANDOVER_RETRIES
+    assert bus.instances["B"].presence.subscriptions(back) == {}
+
+
+def test_a_restored_message_changes_only_a_join_that_took_the_session_from_elsewhere() -> None:
+    bus = Bus(leave_grace=30.0)
+    b = bus.add("B")
+    bus.add("A")
+    bus.join("B", "/ws", "ann", "s1")  # a session B holds...
+    taken = bus.join("B", "/ws", "ann", "s1")  # ...taken over by a connection here
+    for target, session_id in (("B", "s1"), ("B", "gone"), ("Z", "s1"), ("A", "gone")):
+        restored = ClusterRestored(
+            sender="A", epoch=1, target=target, session_id=session_id, channels=("room",)
+        )
+        assert b.presence.handle(ClusterMessageReceived(data=encode(restored), now=bus.now)) == []
+    assert b.presence.subscriptions(taken) == {}

@@ -45,8 +45,9 @@ CAPS = {
     # RESERVED_TYPES and RESERVED_PREFIXES (types only the server sends) and PingCommand;
     # SessionDetached and RestoredFrame (one session across the deployment); the stream
     # and recovery names: StreamFrame, RecoverFrame, RecoveredFrame, StreamHubFrame,
-    # StreamReset, HUB_STREAM, STREAM_FRAME_TYPES, recovered_text.
-    "megapresence_core.wire": 94,
+    # StreamReset, HUB_STREAM, STREAM_FRAME_TYPES, recovered_text; ClusterRestored (a
+    # session restored on another NATS instance keeps its channels).
+    "megapresence_core.wire": 95,
     # JwtAuthenticator: the HS256 authenticator behind serve --auth jwt.
     "megapresence_anyio": 21,
     "megapresence_nats": 2,
@@ -54,7 +55,7 @@ CAPS = {
     # The Python client: the client, its events, its reconnect plan and its errors.
     "megapresence_client": 27,
 }
-TOTAL_CAP = 288
+TOTAL_CAP = 289
 
 #: Exported and not yet documented (a docstring, or a ``#:`` comment by a constant).
 #: Do not add to it: document the new name instead. The wire's frame and message
@@ -110,6 +111,7 @@ UNDOCUMENTED = frozenset(
                 "ClusterHeartbeat",
                 "ClusterKick",
                 "ClusterRemove",
+                "ClusterRestored",
                 "ClusterResync",
                 "ClusterSnapshot",
                 "DirectCommand",

@@ -25,7 +25,7 @@ from megapresence_core import (
 from megapresence_core.events import HubFrameReceived
 from megapresence_core.lifecycle import BridgeState, ConnectionState, HubLinkState
 
-from .cluster_sim import Bus
+from .cluster_sim import HEARTBEAT, Bus
 from .helpers import hub_frame
 from .sim import HubNetwork
 
@@ -406,3 +406,32 @@ def test_restored_for_a_session_not_held_here_changes_nothing() -> None:
     bridge = sim.bridges["A"]
     data = hub_frame("RESTORED", sessionId="gone", channels=["room"])
     assert bridge.presence.handle(HubFrameReceived(data=data, now=sim.now)) == []
+
+
+@pytest.mark.parametrize("lost", ["snapshots", "restored"])
+def test_over_the_cluster_a_restore_on_an_instance_that_never_heard_of_it(lost: str) -> None:
+    """A restarted instance (or one that lost the announcements) restores a lingering
+    session it knows nothing of: the instance that held it in its grace tells it the
+    channels, and again at its next heartbeat if that message is lost."""
+    sim = bus()
+    first = sim.join("A", "/ws", "ann", "s1", ("room",), {"v": 1})
+    sim.close(first)
+    sim.advance(1)
+    # B restarts and hears none of A's members before the join (and A's first hand-over
+    # is lost too).
+    drops = iter([lost == "restored"])
+    sim.drop = lambda receiver, message: (
+        message["kind"] == "snapshot" or (message["kind"] == "restored" and next(drops, False))
+    )
+    sim.instances["B"].alive = False
+    sim.add("B", epoch=2)
+    back = sim.join("B", "/ws", "ann", "s1", (), {"v": 1})
+    sim.drop = lambda receiver, message: False
+    sim.advance(HEARTBEAT + 1)
+    assert sim.instances["B"].presence.subscriptions(back) == {"room": PresenceMode.NONE}
+    sim.advance(GRACE)  # A's grace would be over: the session stays, at B
+    assert sim.instances["A"].presence.session_state("s1") is ConnectionState.CLOSED
+    assert sim.instances["B"].presence.subscriptions(back) == {"room": PresenceMode.NONE}
+    for name in ("A", "B"):
+        members = sim.instances[name].presence.channel_members("room")
+        assert "s1" in {m.session_id for m in members}, name

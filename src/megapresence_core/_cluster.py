@@ -25,6 +25,18 @@ instance knows every channel's roster. What we hold of each instance is a
 which keeps the channel rosters in step; the heartbeat digest covers channels
 and metadata, so a lost ``add`` of either kind is noticed and healed too.
 
+A session that lingers here in its leave grace and is taken over by another
+instance (its ``add`` claims it, or its snapshot lists it) is handed over: our
+copy is dropped without a leave, and we tell the new holder the channels the
+session keeps (``restored``, the hub's RESTORED), since it may not have heard
+them (it restarted, or our announcements were lost). A lost ``restored`` is sent
+again at each of the new holder's heartbeats, up to ``HANDOVER_RETRIES`` times,
+until the new holder announces the session with those channels (or without the
+session); the new holder applies the first one only, and only to a join that
+took the session from no connection of its own (``Presence``). Until the new
+holder announces them, we hold its copy with those channels (our watchers see
+the session stay); the other instances learn them from its announcement.
+
 A session id held here by one user and announced by another instance under a
 different user is a conflict: it is logged, kept in that instance's table
 (so heartbeat digests still agree and no resync loop starts), and never
@@ -56,6 +68,7 @@ from .wire import (
     ClusterKick,
     ClusterMessage,
     ClusterRemove,
+    ClusterRestored,
     ClusterResync,
     ClusterSnapshot,
     decode_cluster_message,
@@ -67,16 +80,26 @@ __all__ = ["ClusterLink", "ClusterReceipt", "LocalMembers", "NoCluster"]
 #: This instance's members, asked for only when a snapshot or a heartbeat needs
 #: them: receiving a broadcast or ticking must not cost a walk over every session.
 LocalMembers = Callable[[], list[RemoteMember]]
-#: The user holding a session id here, or None.
-LocalUser = Callable[[str], str | None]
+#: The session held here (joined or lingering), or None.
+LocalSession = Callable[[str], RemoteMember | None]
+#: Told that another instance handed a session over here: (session id, its channels).
+Restore = Callable[[str, tuple[str, ...]], list[Action]]
 
 #: Members per snapshot part: about 100 bytes each keeps a part far below
 #: NATS's default 1 MiB payload limit.
 SNAPSHOT_PART_MEMBERS: Final = 500
+#: How many heartbeats of the new holder a hand-over is sent again at, unacknowledged.
+HANDOVER_RETRIES: Final = 3
 
 _FANOUT: Final = frozenset({ClusterBroadcast, ClusterChannelPublish, ClusterDirect, ClusterKick})
 _I = ClusterLinkInput
 Fanout = ClusterBroadcast | ClusterChannelPublish | ClusterDirect | ClusterKick
+
+
+def _restored(held: RemoteMember, channels: tuple[str, ...]) -> RemoteMember:
+    """``held`` once a hand-over of ``channels`` reached it (in ``Presence``'s order)."""
+    rest = tuple(c for c in held.channels if c not in channels)
+    return RemoteMember(ns=held.ns, member=held.member, channels=(*channels, *rest))
 
 
 def digest(members: Iterable[RemoteMember]) -> int:
@@ -101,10 +124,12 @@ class ClusterReceipt:
 class _Instance:
     """Another instance of the cluster, as we know it."""
 
-    __slots__ = ("epoch", "last_resync", "snapshot", "table")
+    __slots__ = ("epoch", "handovers", "last_resync", "snapshot", "table")
 
     def __init__(self, epoch: int, table: SourceTable) -> None:
         self.epoch = epoch
+        #: session id -> (the channels we told it the session keeps, retries left)
+        self.handovers: dict[str, tuple[tuple[str, ...], int]] = {}
         self.last_resync: float | None = None
         #: Its members, mirrored into the channel rosters.
         self.table = table
@@ -124,7 +149,8 @@ class ClusterLink:
         "_instances",
         "_lifecycle",
         "_local",
-        "_local_user",
+        "_local_session",
+        "_restore",
         "_rosters",
         "_snap",
         "_subjects",
@@ -136,14 +162,16 @@ class ClusterLink:
         config: ClusterConfig,
         timers: Timers,
         local: LocalMembers,
-        local_user: LocalUser,
+        local_session: LocalSession,
         rosters: Rosters,
         arrived: Arrival,
+        restore: Restore,
     ) -> None:
         self._config = config
         self._timers = timers
         self._local = local
-        self._local_user = local_user
+        self._local_session = local_session
+        self._restore = restore
         self._rosters = rosters
         self._arrived = arrived
         prefix = f"megapresence.{config.app}"
@@ -363,17 +391,41 @@ class ClusterLink:
                     )
                 )
                 instance.table.clear()
-            table = SourceTable(sender, self._rosters, self._arrived, keep_channelless=True)
+            table = SourceTable(sender, self._rosters, self._arrival(sender), keep_channelless=True)
             instance = self._instances[sender] = _Instance(message.epoch, table)
             actions += self._snapshot()  # introduce ourselves to the newcomer
         if self._lifecycle.fire(_I.HEARD) == "arm":
             self._timers.arm(Timer.INSTANCE_TTL, now + self._config.ttl, sender)
         return actions + _MEMBER_HANDLERS[type(message)](self, instance, message, now)
 
+    def _arrival(self, sender: str) -> Arrival:
+        """What ``sender`` holding a session means here, and the hand-over of our copy."""
+
+        def arrived(session_id: str, claimer: str | None) -> list[Action]:
+            ours = self._local_session(session_id)
+            actions = self._arrived(session_id, claimer)
+            if ours is None or not ours.channels or self._local_session(session_id) is not None:
+                return actions  # not ours, nothing to keep, or still ours
+            instance = self._instances[sender]
+            instance.handovers[session_id] = (ours.channels, HANDOVER_RETRIES)
+            # What it will hold: our watchers see the session stay.
+            instance.table.put(_restored(instance.members[session_id], ours.channels))
+            return self._hand_over(session_id, ours.channels, sender) + actions
+
+        return arrived
+
+    def _hand_over(self, session_id: str, channels: tuple[str, ...], target: str) -> list[Action]:
+        return self._publish(
+            ClusterRestored(
+                **self._header(), target=target, session_id=session_id, channels=channels
+            )
+        )
+
     def _conflicts(self, members: Iterable[RemoteMember], sender: str) -> list[Action]:
         actions: list[Action] = []
         for remote in members:
-            local_user = self._local_user(remote.member.session_id)
+            local = self._local_session(remote.member.session_id)
+            local_user = local.member.user_id if local is not None else None
             if local_user is not None and local_user != remote.member.user_id:
                 fields = {
                     "session_id": remote.member.session_id,
@@ -398,13 +450,37 @@ class ClusterLink:
 
     def _on_heartbeat(self, instance: _Instance, message: Any, now: float) -> list[Action]:
         held = (len(instance.members), digest(instance.members.values()))
-        if (message.count, message.digest) == held or (
+        heard = (message.count, message.digest) == held
+        actions = self._handovers_again(instance, message.sender, heard=heard)
+        if heard or (
             instance.last_resync is not None
             and now - instance.last_resync < self._config.heartbeat_interval
         ):
-            return []
+            return actions
         instance.last_resync = now
-        return self._publish(ClusterResync(**self._header(), target=message.sender))
+        return actions + self._publish(ClusterResync(**self._header(), target=message.sender))
+
+    def _handovers_again(self, instance: _Instance, sender: str, *, heard: bool) -> list[Action]:
+        """Send again each hand-over ``instance`` may not have had (its heartbeat disagrees
+        with what we hold of it, or that shows the session without the channels), while
+        retries are left (a second copy changes nothing there)."""
+        actions: list[Action] = []
+        for session_id, (channels, retries) in list(instance.handovers.items()):
+            held = instance.members.get(session_id)
+            arrived = held is None or set(channels).issubset(held.channels)
+            if (heard and arrived) or not retries:
+                del instance.handovers[session_id]
+                continue
+            instance.handovers[session_id] = (channels, retries - 1)
+            actions += self._hand_over(session_id, channels, sender)
+        return actions
+
+    def _on_restored(self, instance: _Instance, message: Any, now: float) -> list[Action]:
+        # Only the target applies it: a copy sent again must not change what others hold
+        # of the target, when the target did not take it (its own announcements say).
+        if message.target != self._config.instance_id:
+            return []
+        return self._restore(message.session_id, message.channels)
 
     def _on_snapshot(self, instance: _Instance, message: Any, now: float) -> list[Action]:
         snap, part, parts = message.snap, message.part, message.parts
@@ -450,6 +526,7 @@ _MEMBER_HANDLERS: Final[
     ClusterHeartbeat: ClusterLink._on_heartbeat,
     ClusterSnapshot: ClusterLink._on_snapshot,
     ClusterResync: ClusterLink._on_resync,
+    ClusterRestored: ClusterLink._on_restored,
 }
 
 

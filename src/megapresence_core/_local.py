@@ -50,6 +50,7 @@ class ConnectionRecord:
         "lifecycle",
         "metadata",
         "ns",
+        "restorable",
         "session_id",
         "subscriptions",
         "user_id",
@@ -77,6 +78,9 @@ class ConnectionRecord:
         self.displaced: RemoteMember | None = None
         #: The number ``Presence`` gave its join: the JOIN's ``claim``.
         self.claim = 0
+        #: Its join took the session from no connection here: the first cluster
+        #: ``restored`` for it brings the channels it keeps.
+        self.restorable = False
         #: With a hub, the channels the session left here since its last JOIN: a RESTORED
         #: (the hub's answer to that JOIN, sent before it heard the UNSUBSCRIBE) does not
         #: take them back. Emptied by the RESTORED or the next JOIN (a resync); bounded by

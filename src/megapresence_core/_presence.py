@@ -198,9 +198,10 @@ class Presence:
                 config.cluster,
                 timers,
                 self._local_members,
-                self._user_of,
+                self._local_session,
                 self._rosters,
                 self._arrived,
+                self._cluster_restored,
             )
             self._cluster = cluster
             self._on_timer.update(dict.fromkeys(CLUSTER_LINK.timer_kinds, cluster.on_timer))
@@ -282,10 +283,14 @@ class Presence:
                     CloseConnection(conn=event.conn, code=CloseCode.POLICY, reason=reason)
                 )
                 return actions
+        # A session from another bridge keeps what the hub says of it (RESTORED corrects
+        # that); one from another instance gains what that instance hands over (its copy
+        # here may be stale: that instance may have died with it).
+        hub_copy = self._hub_members.table.sessions.get(event.session_id)
         if prior is not None:
             inherited = prior.channels
         else:
-            inherited = remote.channels if remote is not None else ()
+            inherited = hub_copy.channels if hub_copy is not None else ()
         if held is not None:  # taken over: it stays open (or is closed), without its session
             actions.append(self._yield(held, event.session_id))
         if lingering is not None:  # restored: no leave, no join
@@ -304,9 +309,10 @@ class Presence:
         local.join(record, event.user_id, event.session_id, subscriptions, event.metadata)
         self._claims += 1
         record.claim = self._claims
+        record.restorable = prior is None
         # If the session was another bridge's, the hub now moves it here and will not echo
         # that to us: what it told us of the session is stale (unless the hub refuses).
-        record.displaced = self._hub_members.table.sessions.get(event.session_id)
+        record.displaced = hub_copy
         self._hub_members.table.remove(event.session_id)
         self._channels.show(record, subscriptions)
         actions += refusals
@@ -702,14 +708,30 @@ class Presence:
         record = self._local.by_session.get(frame.session_id)
         if record is None:
             return []
+        return self._restore(record, frame.channels)
+
+    def _cluster_restored(self, session_id: str, channels: tuple[str, ...]) -> list[Action]:
+        """Another instance handed over the session it held in its grace: a join here that
+        took it from elsewhere gains its channels (once: a copy sent again changes
+        nothing, nor does one for a join that took it from a connection here)."""
+        record = self._local.by_session.get(session_id)
+        if record is None or not record.restorable:
+            return []
+        record.restorable = False
+        return self._restore(record, channels)
+
+    def _restore(self, record: ConnectionRecord, channels: tuple[str, ...]) -> list[Action]:
+        """``record``'s session keeps ``channels`` (its prior home's, in that order), less
+        those it left here since its JOIN (a hub's RESTORED was sent before the hub heard
+        that UNSUBSCRIBE)."""
         left, record.left = record.left, set()
-        gained = [c for c in frame.channels if c not in record.subscriptions and c not in left]
+        gained = [c for c in channels if c not in record.subscriptions and c not in left]
         for channel in gained:
             self._local.subscribe(record, channel, _NONE)
         # In the hub's order, so both say the same list from now on: its channels first,
         # then those subscribed here since the JOIN (after leaving, if so), in turn.
         held = record.subscriptions
-        first = [c for c in frame.channels if c in held and c not in left]
+        first = [c for c in channels if c in held and c not in left]
         record.subscriptions = {c: held.pop(c) for c in first} | held
         self._channels.show(record, gained)
         return self._cluster.add(record.remote()) + self._parts.store.put(record, gained)
@@ -754,9 +776,9 @@ class Presence:
     def _local_members(self) -> list[RemoteMember]:
         return [record.remote() for record in self._local.members()]
 
-    def _user_of(self, session_id: str) -> str | None:
+    def _local_session(self, session_id: str) -> RemoteMember | None:
         record = self._local.session(session_id)
-        return record.user_id if record is not None else None
+        return record.remote() if record is not None else None
 
     def roster(self, ns: str) -> list[Member]:
         """The sessions on ``ns`` (lingering ones included): this process's first, then (when

@@ -88,6 +88,7 @@ __all__ = [
     "ClusterKick",
     "ClusterMessage",
     "ClusterRemove",
+    "ClusterRestored",
     "ClusterResync",
     "ClusterSnapshot",
     "DirectFrame",
@@ -564,6 +565,19 @@ class ClusterResync:
 
 @final
 @attrs.frozen(kw_only=True)
+class ClusterRestored:
+    """The sender held ``session_id`` in its leave grace and ``target`` took it over: the
+    channels the session keeps (the cluster's RESTORED, for a target that had not heard)."""
+
+    sender: str
+    epoch: int
+    target: str
+    session_id: str
+    channels: tuple[str, ...] = ()
+
+
+@final
+@attrs.frozen(kw_only=True)
 class ClusterBye:
     sender: str
     epoch: int
@@ -579,6 +593,7 @@ ClusterMessage: TypeAlias = (
     | ClusterHeartbeat
     | ClusterSnapshot
     | ClusterResync
+    | ClusterRestored
     | ClusterBye
 )
 
@@ -649,6 +664,9 @@ register(
     Field("members", "members", _members),
 )
 register(_K, "resync", ClusterResync, Field("target", "target", check_name))
+register(
+    _K, "restored", ClusterRestored, Field("target", "target", check_name), _SESSION, _CHANNELS
+)
 register(_K, "bye", ClusterBye)
 
 #: The kinds, for fuzz dictionaries and tests.
