@@ -222,6 +222,7 @@ def test_a_return_on_another_instance_drops_the_lingering_copy_without_a_leave()
     assert presence_messages(actions, 1) == []  # the same member, from its new home
     assert [json.loads(a.data)["kind"] for a in actions if isinstance(a, ClusterPublish)] == [
         "snapshot",  # introducing ourselves to an instance we had not heard of
+        "restored",  # handing the session's channels over to its new home
         "remove",
     ]
     assert presence.session_state("b1") is ConnectionState.CLOSED
