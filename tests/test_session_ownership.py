@@ -408,6 +408,27 @@ def test_restored_for_a_session_not_held_here_changes_nothing() -> None:
     assert bridge.presence.handle(HubFrameReceived(data=data, now=sim.now)) == []
 
 
+def test_over_the_cluster_a_channel_left_before_the_hand_over_stays_left() -> None:
+    """A session back on B leaves a channel before A's hand-over (restored) reaches B,
+    subscribed there or not yet: the hand-over does not bring it back, on any instance."""
+    sim = bus()
+    first = sim.join("A", "/ws", "ann", "s1", ("room", "dev"), {"v": 1})
+    sim.close(first)
+    sim.advance(1)
+    sim.drop = lambda receiver, message: message["kind"] == "restored"  # held back a while
+    back = sim.join("B", "/ws", "ann", "s1", ("dev",), {"v": 1})
+    for channel in ("room", "dev"):  # room: only A knew it; dev: B's own
+        sim.instances["B"].handle(Unsubscribe(conn=back, channel=channel, now=sim.now))
+    sim.drop = lambda receiver, message: False
+    sim.advance(HEARTBEAT + 1)  # the hand-over is sent again and arrives
+    assert sim.instances["B"].presence.subscriptions(back) == {}
+    sim.advance(GRACE + HEARTBEAT + 1)
+    for name in ("A", "B"):
+        for channel in ("room", "dev"):
+            members = sim.instances[name].presence.channel_members(channel)
+            assert "s1" not in {m.session_id for m in members}, (name, channel)
+
+
 @pytest.mark.parametrize("lost", ["snapshots", "restored"])
 def test_over_the_cluster_a_restore_on_an_instance_that_never_heard_of_it(lost: str) -> None:
     """A restarted instance (or one that lost the announcements) restores a lingering

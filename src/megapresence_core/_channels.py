@@ -270,6 +270,10 @@ class Channels:
                 return actions + parts.hub_link.send(
                     UnsubscribeFrame(session_id=session_id, channel=channel)
                 )
+            if isinstance(parts.cluster, ClusterLink):
+                # Not subscribed here, but maybe at the session's prior home: its hand-over
+                # (restored) does not bring the channel back.
+                record.note_left(channel, parts.limits.max_channels_per_session)
             return actions  # idempotent: it is not subscribed, as asked
         refusal = busy(parts, conn, channel)
         if refusal is not None:
@@ -277,7 +281,8 @@ class Channels:
         if mode is not _NONE:
             parts.feed.unwatch(conn, channel, mode)
         parts.local.unsubscribe(record, channel)
-        if isinstance(parts.hub_link, HubLink):  # a RESTORED on its way does not take it back
+        if isinstance(parts.hub_link, HubLink) or isinstance(parts.cluster, ClusterLink):
+            # A RESTORED (hub) or restored (cluster) on its way does not take it back.
             record.note_left(channel, parts.limits.max_channels_per_session)
         self.hide(record, (channel,))
         frame = UnsubscribeFrame(session_id=session_id, channel=channel)

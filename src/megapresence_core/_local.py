@@ -81,9 +81,10 @@ class ConnectionRecord:
         #: Its join took the session from no connection here: the first cluster
         #: ``restored`` for it brings the channels it keeps.
         self.restorable = False
-        #: With a hub, the channels the session left here since its last JOIN: a RESTORED
-        #: (the hub's answer to that JOIN, sent before it heard the UNSUBSCRIBE) does not
-        #: take them back. Emptied by the RESTORED or the next JOIN (a resync); bounded by
+        #: With a hub or a cluster, the channels the session left here since its last JOIN:
+        #: a RESTORED (the hub's answer to that JOIN, sent before it heard the UNSUBSCRIBE)
+        #: or a cluster's restored (the hand-over from its prior home) does not take them
+        #: back. Emptied by the RESTORED or the next JOIN (a resync); bounded by
         #: :meth:`note_left`.
         self.left: set[str] = set()
 
