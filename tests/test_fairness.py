@@ -108,6 +108,9 @@ async def test_a_socket_writing_at_line_rate_does_not_delay_another(frame: bytes
         async with flooding(port, "/ws?user=mallory", frame):
             await wait_for(lambda: len(server.clients) == 2)
             worst = await worst_round_trip(bystander, 2.0)
-        # Generous for a shared 2-core machine: without the yields, as long as the flood.
-        assert worst < 0.5, f"a round trip took {worst:.3f} s beside the flood"
+        # Generous: the flood's writer thread, this probe and the server share one process
+        # (and its GIL) on a 2-core machine; a round trip of 0.5 s was seen under CI. Without
+        # the yields no ping is answered while the flood lasts (30 s, then the wait fails).
+        # The process test (test_fairness_processes.py) holds the server alone to 0.5 s.
+        assert worst < 2.0, f"a round trip took {worst:.3f} s beside the flood"
         await bystander.close()
