@@ -16,7 +16,7 @@ import socketserver
 import struct
 import threading
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import NamedTuple
 
 KEY = "dGhlIHNhbXBsZSBub25jZQ=="
@@ -43,6 +43,54 @@ def masked(first: int, payload: bytes, length: bytes | None = None) -> bytes:
     body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
     size = length if length is not None else bytes((0x80 | len(payload),))
     return bytes((first,)) + size + mask + body
+
+
+def upgraded(port: int, path: str, *, receive_buffer: int | None = None) -> socket.socket:
+    """A blocking socket past its upgrade to ``path``, nothing read after the 101
+    (``receive_buffer``: a small one, for a reader that falls behind at once)."""
+    sock = socket.socket()
+    if receive_buffer is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(upgrade(path))
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    return sock
+
+
+@contextmanager
+def flooding(sock: socket.socket, frame: bytes, *, read: bool = False) -> Iterator[None]:
+    """A thread writing ``frame`` on ``sock`` over and over, as fast as the link takes it
+    (with ``read``, another reading all it is sent: greedy, but honest) until the block
+    ends, then ``sock`` closed. The server closing the socket ends the flood."""
+    burst = frame * (65536 // len(frame))
+    stop = threading.Event()
+
+    def write() -> None:
+        with suppress(OSError):
+            while not stop.is_set():
+                sock.sendall(burst)
+
+    def drain() -> None:
+        with suppress(OSError):
+            while not stop.is_set() and sock.recv(65536):
+                pass
+
+    threads = [threading.Thread(target=job, daemon=True) for job in (write, drain)[: 1 + read]]
+    for thread in threads:
+        thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        with suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)  # wakes a write the server does not read
+        sock.close()
+        for thread in threads:
+            thread.join(5)
 
 
 def corpus(path: str, auth: str = "") -> list[Hostile]:

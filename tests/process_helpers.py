@@ -11,6 +11,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from websockets.sync.client import ClientConnection
+
 TOKEN = "process-test-token"
 
 
@@ -76,3 +78,15 @@ def eventually(check: Callable[[], bool], timeout: float = 15, what: str = "") -
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what or check}")
         time.sleep(0.05)
+
+
+def worst_round_trip(ws: ClientConnection, seconds: float) -> float:
+    """The slowest of the pings ``ws`` gets answered in ``seconds``, one after another."""
+    worst = 0.0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        start = time.monotonic()
+        assert ws.ping().wait(30), "no pong within 30 s"
+        worst = max(worst, time.monotonic() - start)
+        time.sleep(0.01)
+    return worst

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import socket
 import sys
-import threading
 import time
 from contextlib import ExitStack, suppress
 from pathlib import Path
@@ -18,26 +17,12 @@ from pathlib import Path
 import pytest
 from websockets.sync.client import connect
 
-from .process_helpers import Command, eventually
-from .test_fairness import masked_text
+from .hostile import flooding, masked, upgraded
+from .process_helpers import Command, eventually, worst_round_trip
 
 BACKENDS = ["asyncio", "trio"]
-
-
-def upgrade(port: int, path: str) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
-    sock.sendall(
-        (
-            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n"
-        ).encode()
-    )
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += sock.recv(1)
-    assert head.startswith(b"HTTP/1.1 101"), head
-    return sock
+#: A small valid command, which the server must read and answer.
+METADATA = masked(0x81, json.dumps({"op": "metadata", "metadata": {"x": 1}}).encode())
 
 
 def http_get(port: int, path: str) -> str:
@@ -55,32 +40,13 @@ def http_get(port: int, path: str) -> str:
 def test_a_line_rate_writer_does_not_stall_serve(backend: str, tmp_path: Path) -> None:
     server = Command(tmp_path, "serve", "--backend", backend, "serve", "--port", "0")
     try:
-        frame = masked_text(json.dumps({"op": "metadata", "metadata": {"x": 1}}).encode())
-        burst = frame * (65536 // len(frame))
-        attacker = upgrade(server.port, "/ws/?user=mallory&channels=solo")
-        stop = threading.Event()
-
-        def flood() -> None:
-            try:
-                while not stop.is_set():
-                    attacker.sendall(burst)
-            except OSError:
-                pass
-
-        thread = threading.Thread(target=flood, daemon=True)
-        with connect(f"ws://127.0.0.1:{server.port}/ws/?user=bob", open_timeout=10) as bob:
-            thread.start()
+        attacker = upgraded(server.port, "/ws/?user=mallory&channels=solo")
+        with (
+            connect(f"ws://127.0.0.1:{server.port}/ws/?user=bob", open_timeout=10) as bob,
+            flooding(attacker, METADATA),
+        ):
             time.sleep(0.5)  # the flood is on
-            worst = 0.0
-            deadline = time.monotonic() + 3
-            while time.monotonic() < deadline:
-                start = time.monotonic()
-                assert bob.ping().wait(30), "no pong within 30 s"
-                worst = max(worst, time.monotonic() - start)
-                time.sleep(0.02)
-        stop.set()
-        attacker.close()
-        thread.join(10)
+            worst = worst_round_trip(bob, 3)
         assert worst < 0.5, f"a round trip took {worst:.3f} s beside the flood"
     finally:
         server.stop()
@@ -187,9 +153,9 @@ def test_a_silent_reader_of_a_big_snapshot_is_closed(backend: str, tmp_path: Pat
             members.enter_context(
                 connect(f"{url}?user=m{n}&channels=big&pad=200000", open_timeout=10)
             )
-        eve = _small_buffer_upgrade(app.port, "/ws/?user=eve")
+        eve = upgraded(app.port, "/ws/?user=eve", receive_buffer=4096)
         subscribe = json.dumps({"op": "subscribe", "channel": "big", "presence": "users"})
-        eve.sendall(masked_text(subscribe.encode()))
+        eve.sendall(masked(0x81, subscribe.encode()))
         pong = bytes((0x8A, 0x80)) + b"\x00\x00\x00\x00"
         deadline = time.monotonic() + 15
         closed = 0.0
@@ -205,56 +171,15 @@ def test_a_silent_reader_of_a_big_snapshot_is_closed(backend: str, tmp_path: Pat
         app.stop()
 
 
-def _small_buffer_upgrade(port: int, path: str) -> socket.socket:
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.settimeout(10)
-    sock.connect(("127.0.0.1", port))
-    sock.sendall(
-        (
-            f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-            "Sec-WebSocket-Version: 13\r\n\r\n"
-        ).encode()
-    )
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += sock.recv(1)
-    assert head.startswith(b"HTTP/1.1 101"), head
-    return sock
-
-
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_sigterm_under_saturating_load_exits_promptly(backend: str, tmp_path: Path) -> None:
     """A client that writes as fast as it can and reads everything it is sent (honest,
     if greedy): SIGTERM still ends ``serve`` within seconds."""
     server = Command(tmp_path, "serve", "--backend", backend, "serve", "--port", "0")
-    frame = masked_text(json.dumps({"op": "metadata", "metadata": {"x": 1}}).encode())
-    burst = frame * (65536 // len(frame))
-    greedy = upgrade(server.port, "/ws/?user=greedy&channels=solo")
-    stop = threading.Event()
-
-    def write() -> None:
-        with suppress(OSError):
-            while not stop.is_set():
-                greedy.sendall(burst)
-
-    def read() -> None:
-        with suppress(OSError):
-            while not stop.is_set() and greedy.recv(65536):
-                pass
-
-    threads = [threading.Thread(target=f, daemon=True) for f in (write, read)]
-    for thread in threads:
-        thread.start()
-    try:
+    greedy = upgraded(server.port, "/ws/?user=greedy&channels=solo")
+    with flooding(greedy, METADATA, read=True):
         time.sleep(1.5)
         start = time.monotonic()
         server.stop()  # SIGTERM, and wait (at most 15 s)
         took = time.monotonic() - start
-    finally:
-        stop.set()
-        greedy.close()
-        for thread in threads:
-            thread.join(5)
     assert took < 8, f"serve took {took:.1f} s to exit after SIGTERM"

@@ -19,6 +19,7 @@ import pytest
 from megapresence_anyio import PresenceServer, SocketLimits
 from megapresence_core import PresenceConfig
 
+from .hostile import upgraded
 from .socket_helpers import query_login
 
 LIMITS = SocketLimits(max_send_buffer=32 * 1024, close_timeout=0.5, ping_interval=60)
@@ -26,19 +27,7 @@ LIMITS = SocketLimits(max_send_buffer=32 * 1024, close_timeout=0.5, ping_interva
 
 def silent_client(port: int) -> socket.socket:
     """A blocking socket past its upgrade that will never read: a small receive buffer."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect(("127.0.0.1", port))
-    sock.sendall(
-        b"GET /ws?user=slow HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\n"
-        b"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-        b"Sec-WebSocket-Version: 13\r\n\r\n"
-    )
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += sock.recv(1)
-    assert head.startswith(b"HTTP/1.1 101"), head
-    return sock
+    return upgraded(port, "/ws?user=slow", receive_buffer=4096)
 
 
 async def slow_consumer_is_closed(server: PresenceServer) -> float:
