@@ -30,6 +30,7 @@ import ssl
 import sys
 import time
 from collections.abc import Callable
+from typing import Any
 
 #: --tls: the benchmark's server has a certificate made for the run; it is not checked.
 TLS = ssl.create_default_context()
@@ -69,6 +70,28 @@ def frame_length(buffer: bytes) -> int | None:
     if size == 127:
         return None if len(buffer) < 10 else 10 + int.from_bytes(buffer[2:10], "big")
     return 2 + size
+
+
+def take_frame(buffer: bytearray) -> tuple[int, bytes, int] | None:
+    """Take the first whole server frame off ``buffer``: its opcode, payload and length
+    (header and payload); None while it is incomplete."""
+    length = frame_length(bytes(buffer[:10]))
+    if length is None or len(buffer) < length:
+        return None
+    size = buffer[1] & 0x7F
+    header = 2 if size < 126 else (4 if size == 126 else 10)
+    opcode, payload = buffer[0] & 0x0F, bytes(buffer[header:length])
+    del buffer[:length]
+    return opcode, payload, length
+
+
+def apply_diff(members: dict[str, Any], diff: dict[str, Any]) -> None:
+    """A decoded ``presence.diff`` applied to a map of members by key, as docs/protocol.md
+    says: leaves, then updates, then joins."""
+    for key in diff["leaves"]:
+        members.pop(key, None)
+    members.update(diff["updates"])
+    members.update(diff["joins"])
 
 
 def read_frames(sock: socket.socket, buffer: bytearray, count: int) -> list[bytes]:

@@ -58,6 +58,24 @@ def raise_file_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+def watching_hooks(channel: str) -> tuple[Callable[[Any], Any], Callable[[Any], None]]:
+    """``login`` and ``on_open`` of the storms (``live_storm.py``, ``reconnect_storm.py``):
+    a client with ``?watch`` joins nothing and watches ``channel`` in mode users; any other
+    joins ``channel`` as its ``?user``, one session each."""
+    from megapresence_anyio import Client, HandshakeRequest, Identity
+
+    def login(request: HandshakeRequest) -> Identity:
+        user = request.query["user"]
+        channels = () if "watch" in request.query else (channel,)
+        return Identity(user_id=user, session_id=user, channels=channels)
+
+    def on_open(client: Client) -> None:
+        if "watch" in client.request.query:
+            client.server.subscribe(client, channel, "users")
+
+    return login, on_open
+
+
 def rss_kib() -> int:
     with open("/proc/self/status", encoding="ascii") as status:
         for line in status:

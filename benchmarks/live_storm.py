@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_client import frame_length, upgrade_request
+from bench_client import apply_diff, take_frame, upgrade_request
+from bench_server import watching_hooks
 
 CHANNEL = "room"
 
@@ -40,7 +41,7 @@ CHANNEL = "room"
 def server(args: argparse.Namespace) -> None:
     import anyio
 
-    from megapresence_anyio import Client, HandshakeRequest, Identity, PresenceServer, SocketLimits
+    from megapresence_anyio import PresenceServer, SocketLimits
     from megapresence_core import Limits, PresenceConfig
 
     # Every client comes from 127.0.0.1; the channel holds the watchers and the joiners;
@@ -55,14 +56,7 @@ def server(args: argparse.Namespace) -> None:
         presence_window=args.window, limits=Limits(max_members_per_channel=50_000)
     )
 
-    def login(request: HandshakeRequest) -> Identity:
-        user = request.query["user"]
-        channels = () if "watch" in request.query else (CHANNEL,)
-        return Identity(user_id=user, session_id=user, channels=channels)
-
-    def on_open(client: Client) -> None:
-        if "watch" in client.request.query:
-            client.server.subscribe(client, CHANNEL, "users")
+    login, on_open = watching_hooks(CHANNEL)
 
     async def main() -> None:
         async with PresenceServer(
@@ -120,13 +114,8 @@ class Watcher:
     def feed(self, data: bytes, now: float, wanted: int) -> None:
         buffer = self.buffer
         buffer += data
-        while True:
-            length = frame_length(bytes(buffer[:10]))
-            if length is None or len(buffer) < length:
-                return
-            header = 2 if buffer[1] & 0x7F < 126 else (4 if buffer[1] & 0x7F == 126 else 10)
-            opcode, payload = buffer[0] & 0x0F, bytes(buffer[header:length])
-            del buffer[:length]
+        while frame := take_frame(buffer):
+            opcode, payload, length = frame
             if opcode == 9:  # a keepalive ping: answer it (masked with zeros)
                 self.sock.sendall(bytes((0x8A, 0x80 | len(payload))) + b"\0\0\0\0" + payload)
                 continue
@@ -142,10 +131,7 @@ class Watcher:
                 self.count += payload.count(b'"userId"')
                 if self.full:
                     message = json.loads(payload)
-                    for key in message["leaves"]:
-                        del self.members[key]
-                    self.members.update(message["updates"])
-                    self.members.update(message["joins"])
+                    apply_diff(self.members, message)
                     assert (len(self.members), message["leaves"]) == (self.count, {})
             if self.complete_at is None and self.count >= wanted:
                 self.complete_at = now

@@ -50,11 +50,10 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_client import frame_length, masked_text, upgrade_request  # noqa: E402
+from bench_client import SOURCES, apply_diff, masked_text, take_frame, upgrade_request  # noqa: E402
+from bench_server import raise_file_limit, watching_hooks  # noqa: E402
 
 SYSTEMS = ("megapresence-asyncio", "megapresence-trio", "websockets", "socketio")
-#: The clients are spread over these source addresses so ephemeral ports do not run out.
-SOURCES = tuple(f"127.0.0.{n}" for n in range(1, 9))
 CHANNEL = "c"
 #: megapresence.js: baseDelay 1 s (the first delay is drawn in [0.5, 1)), maxDelay 30 s.
 BASE_DELAY, MAX_DELAY = 1.0, 30.0
@@ -63,16 +62,10 @@ BASE_DELAY, MAX_DELAY = 1.0, 30.0
 # ------------------------------------------------------------------- servers
 
 
-def raise_file_limit() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
 def megapresence_server(args: argparse.Namespace) -> None:
     import anyio
 
-    from megapresence_anyio import Client, HandshakeRequest, Identity, PresenceServer, SocketLimits
+    from megapresence_anyio import PresenceServer, SocketLimits
     from megapresence_core import Limits, PresenceConfig
 
     # Every client comes from 127.0.0.1-8: the per-address caps would refuse most of them.
@@ -85,14 +78,7 @@ def megapresence_server(args: argparse.Namespace) -> None:
     )
     config = PresenceConfig(limits=Limits(max_members_per_channel=1_000_000))
 
-    def login(request: HandshakeRequest) -> Identity:
-        user = request.query["user"]
-        channels = () if "watch" in request.query else (CHANNEL,)
-        return Identity(user_id=user, session_id=user, channels=channels)
-
-    def on_open(client: Client) -> None:
-        if "watch" in client.request.query:
-            client.server.subscribe(client, CHANNEL, "users")
+    login, on_open = watching_hooks(CHANNEL)
 
     async def main() -> None:
         async with PresenceServer(
@@ -271,15 +257,8 @@ class Storm:
         self.frames(conn)
 
     def frames(self, conn: Conn) -> None:
-        buffer = conn.buffer
-        while True:
-            length = frame_length(bytes(buffer[:10]))
-            if length is None or len(buffer) < length:
-                return
-            size = buffer[1] & 0x7F
-            header = 2 if size < 126 else (4 if size == 126 else 10)
-            payload = bytes(buffer[header:length])
-            del buffer[:length]
+        while frame := take_frame(conn.buffer):
+            _, payload, _ = frame
             if conn.state == "namespace" and payload.startswith(b"40"):
                 self.opened(conn)
             elif conn.watcher:
@@ -289,11 +268,7 @@ class Storm:
         if payload.startswith(b'{"type":"presence.state"'):
             conn.members = dict(json.loads(payload)["members"])
         elif payload.startswith(b'{"type":"presence.diff"') and conn.members is not None:
-            message = json.loads(payload)
-            for key in message["leaves"]:
-                conn.members.pop(key, None)
-            conn.members.update(message["updates"])
-            conn.members.update(message["joins"])
+            apply_diff(conn.members, json.loads(payload))
 
     def complete(self) -> bool:
         return all(
