@@ -63,6 +63,24 @@ def is_reserved(message_type: str) -> bool:
     return message_type in RESERVED_TYPES or message_type.startswith(RESERVED_PREFIXES)
 
 
+def _check_type(message_type: str) -> None:
+    if is_reserved(message_type):
+        raise ValueError(f"{message_type!r} is a server message type; choose another")
+
+
+def _channel_message(
+    op: str, channel: str, message_type: str, payload: Any, exclude_self: bool
+) -> dict[str, Any]:
+    """A ``publish`` or ``broadcast`` command."""
+    _check_type(message_type)
+    command: dict[str, Any] = {"op": op, "channel": channel, "type": message_type}
+    if payload is not None:
+        command["payload"] = payload
+    if exclude_self:
+        command["excludeSelf"] = True
+    return command
+
+
 class ClientClosedError(ConnectionError):
     """The client is not connected (or stopped for good): the command was not sent."""
 
@@ -396,31 +414,19 @@ class PresenceClient:
         self, channel: str, type: str, payload: Any = None, *, exclude_self: bool = False
     ) -> None:
         """Publish a message to ``channel``'s subscribers (this client must be one)."""
-        self._check_type(type)
-        command: dict[str, Any] = {"op": "publish", "channel": channel, "type": type}
-        if payload is not None:
-            command["payload"] = payload
-        if exclude_self:
-            command["excludeSelf"] = True
-        await self._send(command)
+        await self._send(_channel_message("publish", channel, type, payload, exclude_self))
 
     async def broadcast(
         self, channel: str, payload: Any = None, *, type: str = "chat", exclude_self: bool = False
     ) -> None:
         """Send a message to every connection of this path (``channel`` routes it)."""
-        self._check_type(type)
-        command: dict[str, Any] = {"op": "broadcast", "channel": channel, "type": type}
-        if payload is not None:
-            command["payload"] = payload
-        if exclude_self:
-            command["excludeSelf"] = True
-        await self._send(command)
+        await self._send(_channel_message("broadcast", channel, type, payload, exclude_self))
 
     async def direct(
         self, user_id: str, payload: Any = None, *, type: str = "direct", timeout: float = 10.0
     ) -> bool:
         """Send a message to every connection of ``user_id``; returns the server's ``found``."""
-        self._check_type(type)
+        _check_type(type)
         command: dict[str, Any] = {"op": "direct", "userId": user_id, "type": type}
         if payload is not None:
             command["payload"] = payload
@@ -457,11 +463,6 @@ class PresenceClient:
     async def send_raw(self, command: Mapping[str, Any]) -> None:
         """Send any command as is (for commands newer than this client)."""
         await self._send(dict(command))
-
-    @staticmethod
-    def _check_type(message_type: str) -> None:
-        if is_reserved(message_type):
-            raise ValueError(f"{message_type!r} is a server message type; choose another")
 
     async def _ask(
         self, command: dict[str, Any], waiter: _Waiter, queue: deque[_Waiter], timeout: float

@@ -477,6 +477,11 @@ class Hub:
             self._error_frame(record, code, message, session_id),
         ]
 
+    def _refuse_taken(self, record: Bridge, session_id: str) -> list[HubAction]:
+        """``session_id`` is another user's: refused to this one, whatever it asked."""
+        message = f"session {session_id[:40]!r} is held by another user"
+        return self._refuse_session(record, session_id, "session_taken", message)
+
     def _strike(self, record: Bridge, code: str, message: str) -> list[HubAction]:
         now = record.heard_at
         decayed = (now - record.errors_at) / self._config.error_decay
@@ -628,12 +633,7 @@ class Hub:
             )
         held = sessions.sessions.get(frame.session_id)
         if held is not None and held.user_id != frame.user_id:
-            return self._refuse_session(
-                record,
-                frame.session_id,
-                "session_taken",
-                f"session {frame.session_id[:40]!r} is held by another user",
-            )
+            return self._refuse_taken(record, frame.session_id)
         elsewhere = held is not None and held.bridge != record.bridge
         if frame.lingering and elsewhere:
             # A resync of a session that returned on another bridge meanwhile: the
@@ -744,12 +744,7 @@ class Hub:
         if session is None or channel in session.channels:
             return []
         if session.user_id != frame.user_id:
-            return self._refuse_session(
-                record,
-                frame.session_id,
-                "session_taken",
-                f"session {frame.session_id[:40]!r} is another user's",
-            )
+            return self._refuse_taken(record, frame.session_id)
         limit = self._config.max_channels_per_session
         if len(session.channels) >= limit:
             return self._refuse_session(
@@ -777,12 +772,7 @@ class Hub:
         if session is None:
             return []  # not this bridge's session (or it just moved): not its to sign
         if session.user_id != author.user_id:
-            return self._refuse_session(
-                record,
-                author.session_id,
-                "session_taken",
-                f"session {author.session_id[:40]!r} is another user's",
-            )
+            return self._refuse_taken(record, author.session_id)
         return None
 
     def _broadcast(self, record: Bridge, frame: BroadcastFrame, text: str) -> list[HubAction]:
