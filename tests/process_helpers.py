@@ -8,7 +8,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from websockets.sync.client import ClientConnection
@@ -78,6 +79,32 @@ def eventually(check: Callable[[], bool], timeout: float = 15, what: str = "") -
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what or check}")
         time.sleep(0.05)
+
+
+@contextmanager
+def running(*commands: Command) -> Iterator[None]:
+    """Stop ``commands`` when the block ends, the last one first."""
+    try:
+        yield
+    finally:
+        for command in reversed(commands):
+            command.stop()
+
+
+@contextmanager
+def hub_pair(log_dir: Path, backends: tuple[str, str], *extra: str) -> Iterator[tuple[int, int]]:
+    """A hub and two ``serve`` bridged to it, ``A`` on ``backends[0]`` and ``B`` on
+    ``backends[1]`` (``extra``: more flags of both): the two servers' ports."""
+    with ExitStack() as stack:
+        hub = Command(log_dir, "hub", "hub", "--port", "0")
+        stack.callback(hub.stop)
+        hub_url = f"ws://127.0.0.1:{hub.port}/"
+        ports = []
+        for name, backend in zip("AB", backends, strict=True):
+            bridge = bridge_command(log_dir, name, backend, hub_url, *extra)
+            stack.callback(bridge.stop)
+            ports.append(bridge.port)
+        yield ports[0], ports[1]
 
 
 def worst_round_trip(ws: ClientConnection, seconds: float) -> float:

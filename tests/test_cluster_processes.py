@@ -6,6 +6,7 @@ import json
 import signal
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,7 @@ import pytest
 import redis
 from websockets.sync.client import ClientConnection, connect
 
-from .process_helpers import Command, eventually
+from .process_helpers import Command, eventually, running
 from .servers import Server, free_port
 
 CLUSTER_FLAGS = (
@@ -46,6 +47,18 @@ def serve(tmp_path: Path, name: str, nats: Server, redis_: Server, *extra: str) 
         *CLUSTER_FLAGS,
         *extra,
     )
+
+
+@contextmanager
+def nats_pair(
+    log_dir: Path, nats: Server, redis_: Server, *extra: str
+) -> Iterator[tuple[int, int]]:
+    """Two ``serve`` over ``nats`` and ``redis_``, ``A`` and ``B``: their ports."""
+    a = serve(log_dir, "A", nats, redis_, *extra)
+    with running(a):
+        b = serve(log_dir, "B", nats, redis_, *extra)
+        with running(b):
+            yield a.port, b.port
 
 
 class Page:

@@ -5,8 +5,7 @@ leave, and count watchers on both servers agree (with NATS, Redis holds the list
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +13,9 @@ from websockets.sync.client import ClientConnection, connect
 
 from megapresence_core.wire import PresenceDiff, PresenceMap, PresenceState, decode_server_message
 
-from .process_helpers import Command, bridge_command
+from .process_helpers import hub_pair
 from .servers import Server
-from .test_cluster_processes import serve
+from .test_cluster_processes import nats_pair
 
 _GRACE = ("--leave-grace", "0.3")
 
@@ -99,31 +98,13 @@ def _check_live(a: int, b: int) -> None:
             assert counter.counts["room"] == (3, 3)
 
 
-@contextmanager
-def _commands(*commands: Command) -> Iterator[None]:
-    try:
-        yield
-    finally:
-        for command in reversed(commands):
-            command.stop()
-
-
 def test_a_watcher_sees_a_member_of_another_bridge_through_the_hub(tmp_path: Path) -> None:
-    hub = Command(tmp_path, "hub", "hub", "--port", "0")
-    with _commands(hub):
-        hub_url = f"ws://127.0.0.1:{hub.port}/"
-        a = bridge_command(tmp_path, "A", "asyncio", hub_url, *_GRACE)
-        with _commands(a):
-            b = bridge_command(tmp_path, "B", "trio", hub_url, *_GRACE)
-            with _commands(b):
-                _check_live(a.port, b.port)
+    with hub_pair(tmp_path, ("asyncio", "trio"), *_GRACE) as (a, b):
+        _check_live(a, b)
 
 
 def test_a_watcher_sees_a_member_of_another_instance_through_nats(
     tmp_path: Path, nats_server: Server, redis_server: Server
 ) -> None:
-    a = serve(tmp_path, "A", nats_server, redis_server, *_GRACE)
-    with _commands(a):
-        b = serve(tmp_path, "B", nats_server, redis_server, *_GRACE)
-        with _commands(b):
-            _check_live(a.port, b.port)
+    with nats_pair(tmp_path, nats_server, redis_server, *_GRACE) as (a, b):
+        _check_live(a, b)

@@ -11,8 +11,8 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +22,9 @@ from websockets.sync.client import ClientConnection, connect
 
 from megapresence_core.wire import PresenceDiff, PresenceMap, PresenceState, decode_server_message
 
-from .process_helpers import Command, bridge_command
+from .process_helpers import Command, bridge_command, hub_pair, running
 from .servers import Server
-from .test_cluster_processes import serve
+from .test_cluster_processes import nats_pair, serve
 
 GRACE = 3.0
 FLAGS = ("--leave-grace", str(GRACE), "--drain-timeout", "10")
@@ -95,25 +95,15 @@ def moves(diffs: list[dict[str, Any]], session: str) -> list[str]:
     return found
 
 
-@contextmanager
-def running(*commands: Command) -> Iterator[None]:
-    try:
-        yield
-    finally:
-        for command in reversed(commands):
-            command.stop()
-
-
-@contextmanager
-def hub_pair(tmp_path: Path, backends: tuple[str, str]) -> Iterator[tuple[int, int]]:
-    hub = Command(tmp_path, "hub", "hub", "--port", "0")
-    with running(hub):
-        hub_url = f"ws://127.0.0.1:{hub.port}/"
-        a = bridge_command(tmp_path, "A", backends[0], hub_url, *FLAGS)
-        with running(a):
-            b = bridge_command(tmp_path, "B", backends[1], hub_url, *FLAGS)
-            with running(b):
-                yield a.port, b.port
+def watchers(stack: ExitStack, a: int, b: int) -> list[Peer]:
+    """A watcher of ``room`` on each server, each seeing itself listed."""
+    found = []
+    for port, name in ((a, "wa"), (b, "wb")):
+        watcher = Peer(port, name, f"{name}-1")
+        stack.callback(watcher.close)
+        watcher.watch({f"{name}-1"})
+        found.append(watcher)
+    return found
 
 
 # ------------------------------------------------------- collisions across servers
@@ -121,17 +111,12 @@ def hub_pair(tmp_path: Path, backends: tuple[str, str]) -> Iterator[tuple[int, i
 
 def _collisions(a: int, b: int) -> None:
     with ExitStack() as stack:
-        watchers = []
-        for port, name in ((a, "wa"), (b, "wb")):
-            watcher = Peer(port, name, f"{name}-1")
-            stack.callback(watcher.close)
-            watcher.watch({f"{name}-1"})
-            watchers.append(watcher)
+        both = watchers(stack, a, b)
         for first, second in ((a, b), (b, a)):  # in both orders
             sid = f"ann-{first}"
             ann = Peer(first, "ann", sid)
             stack.callback(ann.close)
-            for watcher in watchers:
+            for watcher in both:
                 watcher.until(lambda m, w=watcher, sid=sid: sid in w.map.members)
             # The same user on the other server: the newer connection takes the session;
             # the prior one is told, and stays open.
@@ -155,15 +140,15 @@ def _collisions(a: int, b: int) -> None:
                 assert closed.value.rcvd.reason == "session id belongs to another user"
             # One view everywhere: both watchers list the session (ann's), nobody saw it
             # leave or join again; a message to room reaches the newer connection only.
-            for watcher in watchers:
+            for watcher in both:
                 watcher.drain_for(0.5)
                 assert watcher.map.members[sid]["userId"] == "ann"
                 assert moves(watcher.diffs, sid) == ["join"]
-            watchers[0].send(op="publish", channel="room", type="hello", payload=sid)
+            both[0].send(op="publish", channel="room", type="hello", payload=sid)
             again.until(lambda m, sid=sid: m["type"] == "hello" and m["payload"] == sid)
             # When the newer one closes, every server agrees that the session leaves.
             again.close()
-            for watcher in watchers:
+            for watcher in both:
                 watcher.until(
                     lambda m, w=watcher, sid=sid: sid not in w.map.members, timeout=GRACE + 10
                 )
@@ -174,18 +159,15 @@ def _collisions(a: int, b: int) -> None:
 def test_session_id_collisions_across_servers_behind_a_hub(
     tmp_path: Path, backends: tuple[str, str]
 ) -> None:
-    with hub_pair(tmp_path, backends) as (a, b):
+    with hub_pair(tmp_path, backends, *FLAGS) as (a, b):
         _collisions(a, b)
 
 
 def test_session_id_collisions_across_servers_over_nats(
     tmp_path: Path, nats_server: Server, redis_server: Server
 ) -> None:
-    a = serve(tmp_path, "A", nats_server, redis_server, *FLAGS)
-    with running(a):
-        b = serve(tmp_path, "B", nats_server, redis_server, *FLAGS)
-        with running(b):
-            _collisions(a.port, b.port)
+    with nats_pair(tmp_path, nats_server, redis_server, *FLAGS) as (a, b):
+        _collisions(a, b)
 
 
 # --------------------------------------------------- a return to the other server
@@ -193,24 +175,19 @@ def test_session_id_collisions_across_servers_over_nats(
 
 def _return_elsewhere(a: int, b: int) -> None:
     with ExitStack() as stack:
-        watchers = []
-        for port, name in ((a, "wa"), (b, "wb")):
-            watcher = Peer(port, name, f"{name}-1")
-            stack.callback(watcher.close)
-            watcher.watch({f"{name}-1"})
-            watchers.append(watcher)
+        both = watchers(stack, a, b)
         bob = Peer(a, "bob", "bob-1", "room,side")
-        for watcher in watchers:
+        for watcher in both:
             watcher.until(lambda m, w=watcher: "bob-1" in w.map.members)
         bob.close()
         back = Peer(b, "bob", "bob-1", "lobby")  # within the grace, to the other server
         stack.callback(back.close)
-        for watcher in watchers:
+        for watcher in both:
             watcher.drain_for(GRACE + 1.5)  # past the grace that started on the first one
             assert moves(watcher.diffs, "bob-1") == ["join"]  # no leave, no second join
             assert "bob-1" in watcher.map.members
         # The session kept its channels: a message to room reaches it, unasked.
-        watchers[0].send(op="publish", channel="room", type="hello", payload="again")
+        both[0].send(op="publish", channel="room", type="hello", payload="again")
         back.until(lambda m: m["type"] == "hello")
 
 
@@ -218,18 +195,15 @@ def _return_elsewhere(a: int, b: int) -> None:
 def test_a_reconnect_to_the_other_server_within_the_grace_is_a_restore(
     tmp_path: Path, backends: tuple[str, str]
 ) -> None:
-    with hub_pair(tmp_path, backends) as (a, b):
+    with hub_pair(tmp_path, backends, *FLAGS) as (a, b):
         _return_elsewhere(a, b)
 
 
 def test_a_reconnect_to_the_other_instance_within_the_grace_is_a_restore(
     tmp_path: Path, nats_server: Server, redis_server: Server
 ) -> None:
-    a = serve(tmp_path, "A", nats_server, redis_server, *FLAGS)
-    with running(a):
-        b = serve(tmp_path, "B", nats_server, redis_server, *FLAGS)
-        with running(b):
-            _return_elsewhere(a.port, b.port)
+    with nats_pair(tmp_path, nats_server, redis_server, *FLAGS) as (a, b):
+        _return_elsewhere(a, b)
 
 
 # ------------------------------------------------------------ a rolling restart
