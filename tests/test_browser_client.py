@@ -307,6 +307,36 @@ def test_a_version_gap_makes_the_client_ask_for_one_sync(browser: Any, rules_por
     page.run("clients.dan.close(); clients.cat.close()")
 
 
+def test_a_sync_refused_with_rate_limited_is_asked_again_after_a_backoff(
+    browser: Any, rules_port: int
+) -> None:
+    page = Page(browser, rules_port)
+    page.run(
+        "makeClient('eli', '/ws/chat?user=eli&session=eli-rate&channels=rate');"
+        "watch('eli', 'rate', 'users'); clients.eli.connect();"
+    )
+    first = page.wait_for("eli", synced("rate", ["eli"]))
+    # A diff that cannot follow, then more commands than the connection's burst (200): the
+    # sync the diff makes the client send comes after them, and is refused.
+    gap = server_says(
+        {"type": "presence.diff", "channel": "rate", "view": "users", "version": 10**6}
+        | {"joins": {}, "leaves": {}, "updates": {}}
+    )
+    page.run(
+        f"const socket = clients.eli.socket; socket.send({gap});"
+        "for (let i = 0; i < 300; i++) socket.send(JSON.stringify({op: 'ping'}));"
+    )
+    resynced = page.wait_for("eli", synced("rate", ["eli"]), after=first + 1)
+    events = page.events("eli")[first:resynced]
+    syncs = [i for i, e in enumerate(events) if e == ["sent", {"op": "sync", "channel": "rate"}]]
+    assert len(syncs) == 2, events[-20:]
+    refused = [e for e in events[syncs[0] : syncs[1]] if e[0] == "error"]
+    assert refused, "no refusal between the two syncs"
+    assert {e[1]["code"] for e in refused} == {"rate_limited"}
+    assert page.run("return clients.eli.subscriptions.get('rate').map.inSync") is True
+    page.run("clients.eli.close()")
+
+
 def test_a_snapshot_s_missing_member_leaves_only_if_the_next_diff_does_not_bring_it_back(
     browser: Any, rules_port: int
 ) -> None:

@@ -52,8 +52,11 @@
 //   something may be missing and the app reloads from its own store.
 // - A diff that does not follow the map's version, or does not fit it, puts the
 //   map out of sync; the client asks for a `sync` by itself (once) and ignores
-//   diffs until the fresh snapshot. PresenceMap is the same logic as the Python
-//   reference model megapresence_core.wire.PresenceMap.
+//   diffs until the fresh snapshot. A `rate_limited` error names no command, so
+//   while a sync is unanswered it may be the one refused: the client asks again
+//   after a backoff (the reconnect's prompt delays: 0.5-1 s, doubling per
+//   refusal, capped), unless the snapshot came meanwhile. PresenceMap is the
+//   same logic as the Python reference model megapresence_core.wire.PresenceMap.
 // - Only the server controls the client: a message that carries `from` was sent
 //   by another client (the server stamps every one), whatever its type, so it
 //   only ever reaches an onMessage; errors, replies and presence are taken only
@@ -167,6 +170,9 @@ export class Subscription {
     this.map = this._newMap();
     this.count = null;
     this._syncAsked = this.map !== null; // the subscribe brings a snapshot
+    this._syncSent = false; // a `sync` command is out, its snapshot not yet here
+    this._syncRefusals = 0; // `rate_limited` errors since it went out
+    this._syncTimer = null;
     this._held = null;
     this._heldTimer = null;
     /** The channel's stream position this subscription holds: {offset, epoch}, or null. */
@@ -230,6 +236,7 @@ export class Subscription {
   _disconnected() {
     this._recovering = null; // unanswered: the next subscribe asks from the same place
     this._syncAsked = false;
+    this._syncAnswered(); // the resubscribe brings a snapshot
     if (this.map) this.map.inSync = false;
     this._releaseHeld();
   }
@@ -285,6 +292,7 @@ export class Subscription {
     }
     if (message.type === "presence.state") {
       this._syncAsked = false;
+      this._syncAnswered();
       this._releaseHeld();
       const after = map.members;
       const gone = new Map([...before].filter(([key]) => !after.has(key)));
@@ -340,12 +348,37 @@ export class Subscription {
     this.state = "unsubscribed";
     this._held = null;
     clearTimeout(this._heldTimer);
+    this._syncAnswered();
   }
 
   _askSync() {
     if (this._syncAsked) return;
     this._syncAsked = true;
+    this._sendSync();
+  }
+
+  _sendSync() {
+    this._syncSent = true;
     this.client.send({ op: "sync", channel: this.channel });
+  }
+
+  _syncAnswered() {
+    this._syncSent = false;
+    this._syncRefusals = 0;
+    clearTimeout(this._syncTimer);
+    this._syncTimer = null;
+  }
+
+  // The server refused a command with `rate_limited` (which one, it does not say): an
+  // unanswered sync is asked again after a backoff, if its snapshot has not come by then.
+  _rateLimited() {
+    if (!this._syncSent || this._syncTimer !== null) return;
+    this._syncRefusals += 1;
+    const delay = this.client.delayFor(this._syncRefusals, false);
+    this._syncTimer = setTimeout(() => {
+      this._syncTimer = null;
+      if (this._syncSent) this._sendSync();
+    }, delay);
   }
 }
 
@@ -552,6 +585,9 @@ export class PresenceClient {
         this.subscriptions.delete(payload.channel);
       }
       if (subscription) call(subscription.handlers.onError, payload, subscription);
+      if (payload.code === "rate_limited") {
+        for (const each of this.subscriptions.values()) each._rateLimited();
+      }
       call(this.options.onError, payload, this);
       return;
     }
