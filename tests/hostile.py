@@ -159,6 +159,10 @@ def corpus(path: str, auth: str = "") -> list[Hostile]:
             ok + masked(0x81, b"", b"\xff" + struct.pack("!Q", 1 << 63)),
             1002,
         ),
+        # A message announced over every limit (1 TiB): refused at its header.
+        Hostile(
+            "announced-too-big", ok + masked(0x81, b"x", b"\xff" + struct.pack("!Q", 1 << 40)), 1009
+        ),
         Hostile("invalid-utf8", ok + masked(0x81, b"\xff\xfe"), 1007),
         Hostile("binary-message", ok + masked(0x82, b"\x00\x01"), 1003),
     ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import struct
 
 import anyio
 import pytest
@@ -11,12 +12,14 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from megapresence_anyio import PresenceServer, SocketLimits
 from megapresence_core import Limits, Member, PresenceConfig
 
+from .hostile import Hostile, answer, masked, upgrade
 from .socket_helpers import (
     Client,
     RawClient,
     http_status,
     query_login,
     running_server,
+    upgrade_answer,
     wait_for,
 )
 
@@ -73,6 +76,22 @@ async def test_kick_closes_with_its_code_and_reason(requeue: bool, code: int) ->
         await wait_for(lambda: not server.roster("/ws"))
 
 
+@pytest.mark.parametrize("paths", [("/ws/",), None], ids=["under-ws", "any"])
+async def test_a_path_with_a_dot_segment_is_no_websocket_path(
+    paths: tuple[str, ...] | None,
+) -> None:
+    """``/ws/../x`` is ``/x`` once resolved (as a browser would before sending): not under
+    ``/ws/``, and not one ns under two names."""
+    async with running_server(paths=paths) as (server, _):
+        assert server.port is not None
+        for path in ("/ws/../x", "/ws/./chat", "/ws/%2E%2e/x", "/ws/.%2e", "/ws/chat/.."):
+            status = await upgrade_answer(server.port, path=path)
+            assert status == b"HTTP/1.1 404 Not Found", path
+            assert not server.serves_path(path)  # the ASGI route asks this
+        for path in ("/ws/..x", "/ws/x..", "/ws/.well"):  # a segment with more than dots
+            assert (await upgrade_answer(server.port, path=path)).startswith(b"HTTP/1.1 101")
+
+
 async def test_refused_and_unknown_paths_get_http_errors() -> None:
     async with running_server(paths=("/ws/",)) as (server, url):
         with pytest.raises(InvalidStatus) as refused:
@@ -120,6 +139,27 @@ async def test_oversized_fragmented_message_is_closed_before_it_is_whole() -> No
         with contextlib.suppress(ConnectionClosed):  # the close may cut the send short
             await client.send(["x" * 400] * 3)  # 1200 bytes in three fragments
         assert (await client.closed())[0] == 1009
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        # One frame announcing 1001 bytes, of which 10 are sent.
+        masked(0x81, b"x" * 10, b"\xfe" + struct.pack("!H", 1001)),
+        # A whole first fragment of 600, then a continuation announcing 600 more.
+        masked(0x01, b"x" * 600, b"\xfe" + struct.pack("!H", 600))
+        + masked(0x80, b"x" * 10, b"\xfe" + struct.pack("!H", 600)),
+    ],
+    ids=["one-frame", "fragments"],
+)
+async def test_a_message_is_closed_with_1009_when_its_headers_announce_too_much(
+    frames: bytes,
+) -> None:
+    """Without waiting for the rest: the peer may never send it, or send a gigabyte."""
+    async with running_server(limits=SocketLimits(max_message_bytes=1000)) as (server, _):
+        assert server.port is not None
+        case = Hostile("announced-over-limit", upgrade("/ws") + frames, 1009)
+        assert await anyio.to_thread.run_sync(answer, server.port, case, 5) == 1009
 
 
 async def test_too_many_fragments_is_closed_with_1008() -> None:
@@ -263,7 +303,12 @@ async def test_bad_origin_is_refused_with_403_before_the_upgrade() -> None:
         assert refused.value.response.status_code == 403
         with pytest.raises(InvalidStatus):
             await Client.connect(f"{url}/ws")  # no Origin at all
-        good = await Client.connect(f"{url}/ws", origin="http://GOOD.example/")
+        # An origin is scheme://host[:port]: with a path, even "/", it is another string.
+        for other in ("http://good.example/", "http://good.example/x", "http://good.example:80"):
+            with pytest.raises(InvalidStatus) as refused:
+                await Client.connect(f"{url}/ws", origin=other)
+            assert refused.value.response.status_code == 403, other
+        good = await Client.connect(f"{url}/ws", origin="http://GOOD.example")  # hosts: any case
         await good.close()
 
 

@@ -102,8 +102,9 @@ class SocketLimits:
     max_connections: int = attrs.field(default=10_000, validator=_positive)
     #: Open sockets from one address; more get HTTP 429.
     max_connections_per_address: int = attrs.field(default=1_000, validator=_positive)
-    #: Origins allowed to open a socket (HTTP 403 otherwise); None allows any,
-    #: which suits non-browser clients only.
+    #: Origins allowed to open a socket (HTTP 403 otherwise), each written
+    #: ``scheme://host[:port]`` (a trailing ``/`` here is dropped); None allows
+    #: any, which suits non-browser clients only.
     allowed_origins: frozenset[str] | None = attrs.field(default=None, converter=_origins)
     #: Reverse proxies (addresses or CIDR ranges) whose ``Forwarded`` or
     #: ``X-Forwarded-For`` header is believed: a socket from one of them counts
@@ -117,9 +118,11 @@ class SocketLimits:
     permessage_deflate: bool = attrs.field(default=False, validator=_flag)
 
     def origin_allowed(self, origin: str | None) -> bool:
+        """A browser sends its serialized origin (RFC 6454: ``scheme://host[:port]``,
+        no path, not even ``/``), so only that is compared; case aside, exactly."""
         if self.allowed_origins is None:
             return True
-        return origin is not None and origin.rstrip("/").lower() in self.allowed_origins
+        return origin is not None and origin.lower() in self.allowed_origins
 
 
 DEFAULT_SOCKET_LIMITS: Final = SocketLimits()

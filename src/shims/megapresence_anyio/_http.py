@@ -28,6 +28,7 @@ import h11
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import Event
 from wsproto.extensions import Extension
+from wsproto.frame_protocol import CloseReason, FrameDecoder, Opcode, ParseFailed, RsvBits
 from wsproto.utilities import generate_accept_token
 
 from ._deflate import BoundedInflate, Deflate
@@ -37,6 +38,7 @@ __all__ = [
     "HandshakeRequest",
     "RequestReader",
     "extension_offers",
+    "has_dot_segment",
     "read_request",
     "reason_phrase",
     "respond",
@@ -93,6 +95,17 @@ _SHARED_VALUES: Final = frozenset(
 #: percent-escapes). ``[``, ``]``, ``#``, ``%`` without two hex digits and the
 #: like are not a path; the query is left to the application's parser.
 _PATH: Final = re.compile(r"(?:/(?:[A-Za-z0-9\-._~!$&'()*+,;=:@]|%[0-9A-Fa-f]{2})*)+")
+
+
+#: A ``.`` or ``..`` segment, plain or percent-escaped: RFC 3986 5.2.4 removes them, and
+#: a browser does before it sends, so ``/ws/../x`` names ``/x``, which no path prefix
+#: may be taken to hold.
+_DOT_SEGMENT: Final = re.compile(r"/(?:\.|%2e){1,2}(?=/|$)", re.IGNORECASE)
+
+
+def has_dot_segment(path: str) -> bool:
+    """Whether ``path`` has a ``.`` or ``..`` segment (it is then no WebSocket path)."""
+    return _DOT_SEGMENT.search(path) is not None
 
 
 @final
@@ -396,16 +409,43 @@ class _Pending(list[Event]):
         return self.pop(0)
 
 
-def server_connection(trailing: bytes, inflate_limit: int | None = None) -> Connection:
-    """The server side of a WebSocket whose request :func:`upgrade_refusal` passed.
-    Frames a client sent right behind its request belong to it. With
-    ``inflate_limit`` (permessage-deflate was agreed), compressed messages are
-    inflated up to that many bytes each."""
-    extensions: list[Extension] | None = (
-        [BoundedInflate(inflate_limit)] if inflate_limit is not None else None
-    )
-    connection = Connection(ConnectionType.SERVER, extensions=extensions, trailing_data=trailing)
+@final
+class _BoundedDecoder(FrameDecoder):
+    """wsproto's frame decoder, refusing (1009) a message whose frame headers announce
+    more than ``limit`` bytes before any of that payload is read: a peer announcing a
+    gigabyte is closed at once, not once ``limit`` bytes of it came. A compressed
+    message is bounded by what it inflates to instead (``BoundedInflate``)."""
+
+    __slots__ = ("compressed", "limit", "size")
+
+    def __init__(self, extensions: list[Extension], limit: int) -> None:
+        super().__init__(client=False, extensions=extensions)
+        self.limit = limit
+        self.compressed = False  # the message arriving: its first frame said so
+        self.size = 0  # the message's payload announced so far
+
+    def extension_processing(self, opcode: Opcode, rsv: RsvBits, payload_len: int) -> None:
+        if opcode is Opcode.CONTINUATION:
+            self.size += payload_len
+        elif opcode < Opcode.CLOSE:  # text or binary: a message starts (control frames: 8-15)
+            self.compressed, self.size = rsv.rsv1, payload_len
+        if self.size > self.limit and not self.compressed:
+            raise ParseFailed(f"message over {self.limit} bytes", CloseReason.MESSAGE_TOO_BIG)
+        FrameDecoder.extension_processing(self, opcode, rsv, payload_len)
+
+
+def server_connection(trailing: bytes, limit: int, *, deflate: bool = False) -> Connection:
+    """The server side of a WebSocket whose request :func:`upgrade_refusal` passed, for
+    messages of at most ``limit`` bytes. Frames a client sent right behind its request
+    belong to it. With ``deflate`` (permessage-deflate was agreed), compressed messages
+    are inflated up to ``limit`` bytes each."""
+    extensions: list[Extension] = [BoundedInflate(limit)] if deflate else []
+    connection = Connection(ConnectionType.SERVER, extensions=extensions)
+    proto = connection._proto
+    proto._frame_decoder = _BoundedDecoder(proto.extensions, limit)
     connection._events = _Pending(connection._events)  # type: ignore[assignment]
+    if trailing:
+        connection.receive_data(trailing)
     return connection
 
 

@@ -283,10 +283,12 @@ class HubServer:
         self._bridges.add(bridge)
         self._admission.upgrade(guard)
         write_upgrade(guard.transport, request)
+        limits = self._bridge_limits
+        connection = server_connection(trailing, limits.max_message_bytes)
         guard.session = session = WebSocketSession(
-            guard.transport, server_connection(trailing), self._bridge_limits, anyio.current_time()
+            guard.transport, connection, limits, anyio.current_time()
         )
-        bridge.open(session, self._bridge_limits.max_message_bytes, self._background.spawn)
+        bridge.open(session, limits.max_message_bytes, self._background.spawn)
         return bridge
 
     def _answer_http(self, guard: Guard[Transport], request: HandshakeRequest) -> None:

@@ -86,7 +86,13 @@ from ._asgi import ASGIApp, FrameText, PresenceASGI, Receive, Scope, Send, serve
 from ._config import DEFAULT_SOCKET_LIMITS, SocketLimits
 from ._deflate import deflated_frame, negotiate
 from ._guard import Admission, Background, Guard, read_upgrade
-from ._http import HandshakeRequest, extension_offers, server_connection, write_upgrade
+from ._http import (
+    HandshakeRequest,
+    extension_offers,
+    has_dot_segment,
+    server_connection,
+    write_upgrade,
+)
 from ._hub_client import HubClient
 from ._listener import accept_forever, open_listener
 from ._logging import log_action
@@ -257,6 +263,8 @@ Opening = Callable[[Any], Awaitable["Client | None"]]
 
 
 def _matches(path: str, paths: Collection[str] | None) -> bool:
+    if has_dot_segment(path):
+        return False
     if paths is None:
         return True
     return any(path == p or (p.endswith("/") and path.startswith(p)) for p in paths)
@@ -688,11 +696,12 @@ class PresenceServer:
 
         def session(now: float) -> Session:
             if deflate is None:
-                return WebSocketSession(transport, server_connection(trailing), limits, now)
+                connection = server_connection(trailing, limits.max_message_bytes)
+                return WebSocketSession(transport, connection, limits, now)
             self._deflating = True
             return WebSocketSession(
                 transport,
-                server_connection(trailing, limits.max_message_bytes),
+                server_connection(trailing, limits.max_message_bytes, deflate=True),
                 limits,
                 now,
                 deflate=deflate.server_bits,
