@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from .process_helpers import stop_process
 from .servers import free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -64,10 +65,4 @@ def asgi_server(
             raise AssertionError(f"{server} did not start: {log.read_text()}") from None
         yield port, process
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+        stop_process(process, signal.SIGINT, 15)

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
+from typing import Any
 
 from websockets.sync.client import ClientConnection
 
@@ -50,6 +51,17 @@ class Command:
         assert self.process.stdout is not None
         self.process.stdout.close()
         return code
+
+
+def stop_process(process: subprocess.Popen[Any], sig: int, timeout: float) -> None:
+    """Send ``sig`` to ``process`` if it still runs; past ``timeout`` seconds, kill it."""
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def bridge_command(log_dir: Path, name: str, backend: str, hub_url: str, *extra: str) -> Command:

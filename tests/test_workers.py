@@ -22,7 +22,7 @@ from typing import Any
 from websockets.sync.client import ClientConnection, connect
 
 from .asgi_process import CHAT_ENV, ROOT
-from .process_helpers import TOKEN, Command, eventually
+from .process_helpers import TOKEN, Command, eventually, stop_process
 from .servers import free_port, wait_for_port
 from .test_example_fastapi import log_in
 
@@ -124,10 +124,5 @@ def test_two_uvicorn_workers_with_a_hub_are_one_world(tmp_path: Path) -> None:
         print(f"ann and bob on different workers in {split} of {ROUNDS} rounds")
         assert split > 0, "every round landed ann and bob on one worker: nothing was tested"
     finally:
-        workers.send_signal(signal.SIGINT)
-        try:
-            workers.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            workers.kill()
-            workers.wait()
+        stop_process(workers, signal.SIGINT, 20)
         hub.stop()
