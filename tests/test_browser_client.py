@@ -150,6 +150,15 @@ def server_says(message: dict[str, Any]) -> str:
     return json.dumps("test:send " + json.dumps(message))
 
 
+def gap_diff(channel: str) -> str:
+    """The test command that has the server send a diff of ``channel`` (view users) that
+    cannot follow any map: the client must ask for a ``sync``."""
+    return server_says(
+        {"type": "presence.diff", "channel": channel, "view": "users", "version": 10**6}
+        | {"joins": {}, "leaves": {}, "updates": {}}
+    )
+
+
 def admin_kick(port: int, session_id: str, *, requeue: bool) -> None:
     with connect(f"ws://127.0.0.1:{port}/ws/chat?user=root&channels=ops") as root:
         kick = {"op": "kick", "sessionId": session_id, "reason": "test kick", "requeue": requeue}
@@ -286,10 +295,7 @@ def test_a_version_gap_makes_the_client_ask_for_one_sync(browser: Any, rules_por
     )
     first = page.wait_for("cat", synced("gap", ["cat"]))
     # Two diffs that cannot follow version 0, back to back: one sync, one fresh snapshot.
-    gap = server_says(
-        {"type": "presence.diff", "channel": "gap", "view": "users", "version": 10**6}
-        | {"joins": {}, "leaves": {}, "updates": {}}
-    )
+    gap = gap_diff("gap")
     page.run(f"clients.cat.socket.send({gap}); clients.cat.socket.send({gap})")
     resynced = page.wait_for("cat", synced("gap", ["cat"]), after=first + 1)
     sent = [e for e in page.events("cat")[first:resynced] if e[0] == "sent"]
@@ -318,10 +324,7 @@ def test_a_sync_refused_with_rate_limited_is_asked_again_after_a_backoff(
     first = page.wait_for("eli", synced("rate", ["eli"]))
     # A diff that cannot follow, then more commands than the connection's burst (200): the
     # sync the diff makes the client send comes after them, and is refused.
-    gap = server_says(
-        {"type": "presence.diff", "channel": "rate", "view": "users", "version": 10**6}
-        | {"joins": {}, "leaves": {}, "updates": {}}
-    )
+    gap = gap_diff("rate")
     page.run(
         f"const socket = clients.eli.socket; socket.send({gap});"
         "for (let i = 0; i < 300; i++) socket.send(JSON.stringify({op: 'ping'}));"
