@@ -34,7 +34,7 @@ from megapresence_client import (
     plan_for_status,
 )
 from megapresence_client._plan import Position, Stream
-from megapresence_core import PresenceConfig
+from megapresence_core import Limits, PresenceConfig
 
 from .process_helpers import Command
 from .socket_helpers import running_server as plain_server
@@ -380,6 +380,35 @@ async def test_a_refused_upgrade_stops_with_its_status() -> None:
             async with client_of(url, "refused"):
                 pass  # pragma: no cover
         assert refused.value.status == 401
+
+
+@pytest.mark.anyio
+async def test_a_sync_refused_with_rate_limited_is_asked_again_after_a_backoff() -> None:
+    delays: list[float] = []
+
+    async def sleep(delay: float) -> None:  # for real: the connection's bucket refills
+        delays.append(delay)
+        await anyio.sleep(delay)
+
+    config = PresenceConfig(leave_grace=0, limits=Limits(command_rate=2, command_burst=3))
+    async with (
+        running_server(presence=config) as (server, url),
+        client_of(url, "ann", sleep=sleep) as ann,
+    ):
+        room = ann.subscribe("room", "users")
+        await ann.wait_for(lambda: room.in_sync, 5)
+        for _ in range(3):  # with the subscribe, one over the burst: the bucket is empty
+            await ann.send_raw({"op": "ping"})
+        (peer,) = server.clients
+        gap = {"type": "presence.diff", "channel": "room", "view": "users", "version": 10**6}
+        peer.send(json.dumps(gap | {"joins": {}, "leaves": {}, "updates": {}}))
+        # The sync the gap makes the client send comes within 0.5 s: refused, then asked
+        # again after the prompt plan's first delay (0.75 s with random 0.5).
+        refused = await next_of(ann, ServerError)
+        assert refused.code == "rate_limited"
+        await ann.wait_for(lambda: room.in_sync, 10)
+        assert delays[:1] == [0.75]
+        assert set(room.members) == {"ann"}
 
 
 @pytest.mark.anyio

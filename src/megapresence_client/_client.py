@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import random
@@ -125,7 +126,9 @@ class Subscription:
         self.refused: str | None = None
         self.stream = Stream()
         self._answered = anyio.Event()
-        self._sync_asked = False
+        self._sync_asked = False  # a `sync` is out and its snapshot not yet here
+        self._sync_refusals = 0  # `rate_limited` errors since it went out
+        self._sync_retry: anyio.CancelScope | None = None  # the wait before asking again
 
     @property
     def members(self) -> dict[str, Any]:
@@ -149,6 +152,14 @@ class Subscription:
             raise SubscriptionRefusedError(self.channel, self.refused, "")
         assert self.answer is not None
         return self.answer
+
+    def _sync_answered(self) -> None:
+        """A snapshot came (or the connection went): no sync is out any more."""
+        self._sync_asked = False
+        self._sync_refusals = 0
+        if self._sync_retry is not None:
+            self._sync_retry.cancel()
+            self._sync_retry = None
 
     def _command(self) -> dict[str, Any]:
         command: dict[str, Any] = {
@@ -584,7 +595,7 @@ class PresenceClient:
                 queue.popleft().settle(None, failed=True)
         for subscription in self.subscriptions.values():
             subscription.stream.disconnected()
-            subscription._sync_asked = False
+            subscription._sync_answered()
             if subscription.map is not None:
                 subscription.map.in_sync = False
 
@@ -633,7 +644,7 @@ class PresenceClient:
                 subscription._sync_asked = True
                 self._send_soon({"op": "sync", "channel": subscription.channel})
             return
-        subscription._sync_asked = False
+        subscription._sync_answered()
         snapshot = isinstance(decoded, PresenceState)
         self._emit(
             PresenceChanged(
@@ -722,6 +733,8 @@ class PresenceClient:
             str(code), str(text or ""), channel if isinstance(channel, str) else None
         )
         self._emit(error)
+        if error.code == "rate_limited":
+            self._on_rate_limited()
         subscription = self.subscriptions.get(error.channel) if error.channel else None
         if (
             subscription is not None
@@ -733,6 +746,28 @@ class PresenceClient:
             subscription.stream.waiting = False
             del self.subscriptions[subscription.channel]
             subscription._answered.set()
+
+    def _on_rate_limited(self) -> None:
+        """``rate_limited`` names no command: a sync still unanswered may be the one
+        refused, so each is asked again after a backoff, unless its snapshot comes first."""
+        for subscription in self.subscriptions.values():
+            if subscription._sync_asked and subscription._sync_retry is None:
+                subscription._sync_refusals += 1
+                retry = dataclasses.replace(self.backoff, attempt=subscription._sync_refusals - 1)
+                subscription._sync_retry = scope = anyio.CancelScope()
+                assert self._task_group is not None
+                self._task_group.start_soon(
+                    self._sync_again, subscription, scope, retry.delay("prompt")
+                )
+
+    async def _sync_again(
+        self, subscription: Subscription, scope: anyio.CancelScope, delay: float
+    ) -> None:
+        with scope:
+            await self._sleep(delay)
+            subscription._sync_retry = None
+            if self.subscriptions.get(subscription.channel) is subscription:
+                await self._send_quietly({"op": "sync", "channel": subscription.channel})
 
     def _on_stream_reset(self, message: dict[str, Any]) -> None:
         subscription = self.subscriptions.get(str(message.get("channel")))
