@@ -104,7 +104,7 @@ from ._session import Session, WebSocketSession, text_frame
 from ._static import CLIENT_PATH, static_answer
 from ._stats import Metric, Stats, counter, gauge, held_bytes, state_gauge
 from ._ticker import Ticker
-from ._tls import TlsServerStream
+from ._tls import TlsTransport
 from ._transport import Coalescer, SocketTransport, StreamTransport, Transport
 
 __all__ = [
@@ -595,10 +595,12 @@ class PresenceServer:
     def _on_accept_tls(
         self, context: ssl.SSLContext, sock: socket.socket, remote: tuple[str, int] | None
     ) -> None:
-        transport = StreamTransport(
-            TlsServerStream(sock, context),
+        transport = TlsTransport(
+            sock,
+            context,
             spawn=self._background.spawn,
             max_buffer=self._limits.max_send_buffer,
+            coalescer=self._coalescer,
         )
         guard: Guard[Transport] = Guard(transport, remote)
         self._spawn_connection(self._serve, guard, self._admission.begin(guard), self._handshake)

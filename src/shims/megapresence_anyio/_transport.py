@@ -25,8 +25,8 @@ broadcast costs what it did. A turn's batch is sent at once when it reaches
 slow consumer costs at most that plus ``max_buffer``.
 
 :class:`StreamTransport` gives the same interface over any anyio byte stream,
-for frameworks that accept connections themselves and for TLS; its writes
-always go through the queue (it cannot write in place).
+for frameworks that accept connections themselves and for a ``wss://`` hub
+link; its writes always go through the queue (it cannot write in place).
 
 Every writer counts the bytes that left its queue (``drained``: the session's
 keepalive closes a peer whose queue holds bytes that do not move) and names the
@@ -214,9 +214,9 @@ class Coalescer:
                         transport.abort()
 
 
-@final
 class SocketTransport(_QueuedWriter):
-    """A connected non-blocking socket, owned by this object."""
+    """A connected non-blocking socket, owned by this object. ``TlsTransport``
+    (``_tls.py``) is the same writer with a record layer between it and the socket."""
 
     __slots__ = ("_batch", "_coalescer", "_partial", "_queue", "_sock")
 
@@ -311,7 +311,7 @@ class SocketTransport(_QueuedWriter):
         sock, queue = self._sock, self._queue  # None if aborted before this task ran
         try:
             while queue and not self._closed:
-                chunk = queue[0]
+                chunk = queue[0] if self._partial else self._head(queue)
                 try:
                     sent = sock.send(chunk)
                 except BlockingIOError:
@@ -333,6 +333,10 @@ class SocketTransport(_QueuedWriter):
             if not queue:
                 self._queue = None
             self._flush_done()
+
+    def _head(self, queue: deque[memoryview]) -> memoryview:
+        """The head of the queue as it goes on the wire, once the one before it is sent."""
+        return queue[0]
 
     async def receive(self) -> bytes:
         """The next bytes from the peer; ``b""`` at the end of the stream or once aborted.
