@@ -34,7 +34,7 @@ SYSTEMS = ("websockets", "megapresence-asyncio", "megapresence-trio")
 
 
 def rows(
-    runs: int, trees: dict[str, str], deliveries: int, big: int, tls_n: int
+    runs: int, trees: dict[str, str], deliveries: int, big: int, tls_n: int, only: set[str]
 ) -> dict[str, dict[str, Any]]:
     """Every (row, system, tree) measured ``runs`` times, interleaved."""
     jobs: list[tuple[str, str, Callable[[], dict[str, float]]]] = []
@@ -45,6 +45,7 @@ def rows(
         jobs.append(("fanout", system, lambda s=system: fanout_once(s, big, deliveries // big)))
         jobs.append(("burst", system, lambda s=system: fanout_once(s, big, messages, BURST)))
         jobs.append(("churn", system, lambda s=system: churn_once(s, 3.0)))
+    jobs = [job for job in jobs if job[0] in only]
     found: dict[tuple[str, str, str], list[dict[str, float]]] = {}
     for attempt in range(runs):
         for row, system, once in jobs:
@@ -92,12 +93,15 @@ def main() -> None:
     parser.add_argument("--deliveries", type=int, default=150_000)
     parser.add_argument("--tls-clients", type=int, default=1000)
     parser.add_argument("--clients", type=int, default=5000)
+    parser.add_argument("--rows", default="tls,fanout,burst,churn", help="which rows to run")
     args = parser.parse_args()
     trees = dict(tree.split("=", 1) for tree in args.tree) or {
         "": str(Path(__file__).resolve().parent.parent / "src")
     }
     trees = {name: str(Path(src).resolve()) for name, src in trees.items()}
-    table = rows(args.runs, trees, args.deliveries, args.clients, args.tls_clients)
+    table = rows(
+        args.runs, trees, args.deliveries, args.clients, args.tls_clients, set(args.rows.split(","))
+    )
     print(markdown(table, args.tls_clients, args.clients))
 
 

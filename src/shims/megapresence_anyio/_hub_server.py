@@ -49,7 +49,8 @@ from ._ops import (
     Readiness,
     respond_with,
 )
-from ._session import WebSocketSession, text_frame, utf8_len
+from ._outgoing import text_frame, utf8_len
+from ._session import WebSocketSession
 from ._stats import Metric, Stats, counter, gauge, held_bytes
 from ._ticker import Ticker
 from ._tls import TlsTransport

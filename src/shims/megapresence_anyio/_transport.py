@@ -51,14 +51,22 @@ import logging
 import socket
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterator
-from typing import Any, Protocol, final
+from typing import Any, Protocol, TypeVar, final
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
 import sniffio
 
-__all__ = ["Coalescer", "Outlet", "SocketTransport", "Spawn", "StreamTransport", "Transport"]
+__all__ = [
+    "Coalescer",
+    "Outlet",
+    "SendBuffer",
+    "SocketTransport",
+    "Spawn",
+    "StreamTransport",
+    "Transport",
+]
 
 #: Starts a background task; the server passes its task group's ``start_soon``.
 Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
@@ -70,10 +78,14 @@ _RECV_BYTES = 65536
 BATCH_BYTES = 65536
 
 
-class Outlet(Protocol):
-    """The sending half of a connection."""
+_D_contra = TypeVar("_D_contra", contravariant=True)
 
-    def write(self, data: bytes, *, force: bool = False) -> bool: ...
+
+class Outlet(Protocol[_D_contra]):
+    """The sending half of a connection: it writes frames (``bytes``) to a socket, or
+    messages (an ASGI connection)."""
+
+    def write(self, data: _D_contra, *, force: bool = False) -> bool: ...
 
     def abort(self) -> None: ...
 
@@ -90,28 +102,28 @@ class Outlet(Protocol):
     def held(self) -> Iterator[object]: ...
 
 
-class Transport(Outlet, Protocol):
+class Transport(Outlet[bytes], Protocol):
     """What a WebSocket session needs from the bytes underneath it."""
 
     async def receive(self) -> bytes: ...
 
 
-class _QueuedWriter:
-    """What both transports share: the bound on queued bytes and waiting for the flush."""
+class SendBuffer:
+    """The send-buffer rule of every writer (a socket, a TLS socket, a stream, an ASGI
+    connection), and the counts that the keepalive's stall rule and the send-queue
+    metric read. What a peer that breaks it gets (1013) is the session's to say
+    (``SessionBase``)."""
 
-    __slots__ = ("_closed", "_drained", "_flushed", "_max_buffer", "_pending", "_spawn", "_writing")
+    __slots__ = ("_closed", "_drained", "_max_buffer", "_pending")
 
-    def __init__(self, spawn: Spawn, max_buffer: int) -> None:
-        self._spawn = spawn
+    def __init__(self, max_buffer: int) -> None:
         self._max_buffer = max_buffer
         #: Bytes accepted by ``write`` but not yet taken by the kernel or the stream.
         self._pending = 0
         #: Bytes that left the queue for the kernel or the stream, ever: a send queue
         #: whose count stands still while it holds bytes is stalled.
         self._drained = 0
-        self._writing = False
         self._closed = False
-        self._flushed: anyio.Event | None = None
 
     @property
     def queued(self) -> int:
@@ -123,14 +135,31 @@ class _QueuedWriter:
         """Bytes that have left the send queue so far."""
         return self._drained
 
+    def _accepts(self, size: int, head: int) -> bool:
+        """Whether ``size`` more bytes may wait behind ``head``, the chunk in flight (or
+        next to go, whole): what waits behind it stays within ``max_buffer``, except
+        that one message alone behind it always fits, so a single message larger than
+        the bound (a big snapshot) still reaches a peer that reads. A peer costs at most
+        the head, plus the bound or one message."""
+        behind = self._pending - head
+        return not behind or behind + size <= self._max_buffer
+
+
+class _QueuedWriter(SendBuffer):
+    """What both transports share beside the rule: waiting for the writer task."""
+
+    __slots__ = ("_flushed", "_spawn", "_writing")
+
+    def __init__(self, spawn: Spawn, max_buffer: int) -> None:
+        super().__init__(max_buffer)
+        self._spawn = spawn
+        self._writing = False
+        self._flushed: anyio.Event | None = None
+
     def _flush_done(self) -> None:
         self._writing = False
         if self._flushed is not None:
             self._flushed.set()
-
-    def _accepts(self, size: int, in_flight: int) -> bool:
-        """Whether ``size`` more bytes fit behind the frame in flight."""
-        return self._pending - in_flight + size <= self._max_buffer
 
     async def _wait_flushed(self, timeout: float) -> None:
         """Let the writer task finish what is queued, for at most ``timeout`` seconds."""
