@@ -6,13 +6,14 @@ writing in place reaches 1.5x of it). So :meth:`SocketTransport.write` is
 synchronous: it sends with a non-blocking ``send()`` on the socket, no task
 and no await, and queues only what the kernel did not take; a writer task is
 spawned for that connection only while something is queued, so order per
-connection is kept and an idle connection costs no task. The queue is bounded:
+connection is kept and an idle connection costs no task. The queue is bounded
+by the rule of every writer (:class:`SendBuffer`, the ASGI connection's too):
 when what waits behind the chunk in flight would pass ``max_buffer`` bytes,
 ``write`` reports overflow and the caller closes the slow consumer (1013)
-without slowing anyone else. The chunk in flight is not counted, so a single
-frame larger than the bound still reaches a peer that reads; and a close frame
-is written with ``force``, past the bound, so a slow consumer is told why it is
-dropped.
+without slowing anyone else. The chunk in flight is not counted, and one frame
+alone behind it always fits, so a single frame larger than the bound still
+reaches a peer that reads; and a close frame is written with ``force``, past
+the bound, so a slow consumer is told why it is dropped.
 
 One ``send()`` of a ~100-byte frame costs as much as writing ten in one, so a
 server's sockets write through a :class:`Coalescer`: the frames written to one
