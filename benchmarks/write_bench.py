@@ -70,7 +70,9 @@ def markdown(table: dict[str, dict[str, Any]], tls_n: int, big: int) -> str:
     lines = []
     for row, key, title in (
         ("tls", "deliveries_per_s", f"TLS fan-out, N = {tls_n}: deliveries/s"),
+        ("tls", "cpu_us_per_delivery", f"TLS fan-out, N = {tls_n}: server CPU µs per delivery"),
         ("fanout", "deliveries_per_s", f"Fan-out, N = {big}: deliveries/s"),
+        ("fanout", "cpu_us_per_delivery", f"Fan-out, N = {big}: server CPU µs per delivery"),
         ("fanout", "rss_kib_per_conn", f"RSS KiB per idle socket, N = {big}"),
         ("burst", "deliveries_per_s", f"Bursts of {BURST}, N = {big}: deliveries/s"),
         ("churn", "cycles_per_s", "Churn, 32 lanes: cycles/s"),
