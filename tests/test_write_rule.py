@@ -7,6 +7,7 @@ outgoing message object (``Outgoing``), whose forms are built once.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import ssl
 from pathlib import Path
@@ -202,3 +203,44 @@ def test_an_outgoing_message_builds_each_form_once() -> None:
     assert Outgoing("x" * 200).frame_size == len(Outgoing("x" * 200).frame)
     assert Outgoing("x" * 70_000).frame_size == len(Outgoing("x" * 70_000).frame)
     assert repr(Outgoing("y" * 100)) == f"Outgoing({'y' * 37 + '...'!r})"
+
+
+async def test_a_tls_peer_that_breaks_its_records_while_its_queue_waits_is_dropped(
+    anyio_backend: str, certificate: tuple[ssl.SSLContext, ssl.SSLContext]
+) -> None:
+    """The alert the record layer writes goes after the sealed chunk in flight."""
+    limits = SocketLimits(max_message_bytes=BIG, close_timeout=0.5)
+    async with PresenceServer(query_login, paths=None, limits=limits) as server:
+        port = await server.listen(HOST, 0, ssl_context=certificate[0])
+        sock = await anyio.to_thread.run_sync(silent_peer, port, certificate[1])
+        try:
+            await wait_for(lambda: len(server.clients) == 1)
+            (client,) = server.clients
+            client.send("x" * BIG)
+            await wait_for(lambda: client.session.transport.queued > 0)
+            os.write(sock.fileno(), b"\x17\x03\x03\x00\x10" + b"not a record....")
+            await wait_for(lambda: not server.clients, timeout=5)
+            assert client.session.close_code == 1006
+        finally:
+            sock.close()
+
+
+async def test_an_http_answer_over_tls_is_sealed_before_the_socket_ends(
+    anyio_backend: str, certificate: tuple[ssl.SSLContext, ssl.SSLContext]
+) -> None:
+    async with PresenceServer(query_login, paths=None) as server:
+        port = await server.listen(HOST, 0, ssl_context=certificate[0])
+
+        def get() -> bytes:
+            with (
+                socket.create_connection((HOST, port)) as raw,
+                certificate[1].wrap_socket(raw, server_hostname=HOST) as sock,
+            ):
+                sock.sendall(b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n")
+                answer = b""
+                while chunk := sock.recv(65536):
+                    answer += chunk
+                return answer
+
+        answer = await anyio.to_thread.run_sync(get)
+        assert answer.startswith(b"HTTP/1.1 426 Upgrade Required"), answer

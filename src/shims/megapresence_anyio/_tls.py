@@ -141,7 +141,8 @@ class TlsTransport(SocketTransport):
     def _emit(self) -> None:
         """Put on the wire what the record layer wrote by itself (handshake messages,
         alerts, a key update's answer), in its place: after the sealed head, before
-        the frames still in the clear."""
+        the frames still in the clear. (A queue's head is sealed whenever this can
+        run: the writer task seals it before it waits.)"""
         data = self._outgoing.read()
         if not data or self._closed:
             return
@@ -150,13 +151,9 @@ class TlsTransport(SocketTransport):
             super()._send(data)
             if self._queue:
                 self._partial = True
-        elif self._partial:
+        else:
             queue[0] = memoryview(bytes(queue[0]) + data)
             self._pending += len(data)
-        else:
-            queue.appendleft(memoryview(data))
-            self._pending += len(data)
-            self._partial = True
 
     async def _read_records(self) -> bool:
         """Feed the record layer the next bytes from the socket; False at its end."""
