@@ -83,9 +83,10 @@ class TlsTransport(SocketTransport):
 
     The handshake is done by the first read, so it runs inside the connection's
     handshake deadline; before it is done nothing is written (a peer that never
-    finishes it gets no answer). Once it is done a write needs no read: TLS 1.3
-    has no renegotiation, and a TLS 1.2 peer that asks for one mid-stream is
-    dropped, as is a peer whose records do not decrypt."""
+    finishes it gets no answer). Once it is done a write needs no read (TLS 1.3
+    has no renegotiation); should the record layer refuse one anyway (a TLS 1.2
+    renegotiation under way, a session that failed), the socket is dropped, as is
+    a peer whose records do not decrypt."""
 
     __slots__ = ("_incoming", "_outgoing", "_ready", "_tls")
 
