@@ -27,9 +27,10 @@ websockets (its broadcast()), socketio (python-socketio emit to a room, aiohttp)
 bare-asyncio and bare-trio (wsproto handshakes, then one frame written to each
 socket in place: the ceiling a Python server can reach). For the deployment
 figures (``deploy_bench.py``): megapresence-asgi (the same server mounted as an
-ASGI app under uvicorn), megapresence-tls (its own listener with TLS: the
-queued writer over anyio's TLS stream) and megapresence-uncounted (the counters
-of ``/metrics`` switched off, to show what counting costs).
+ASGI app under uvicorn), megapresence-tls and megapresence-tls-trio (its own
+listener with TLS, on asyncio and on trio), websockets-tls (websockets serving
+over TLS) and megapresence-uncounted (the counters of ``/metrics`` switched off,
+to show what counting costs).
 """
 
 from __future__ import annotations
@@ -237,7 +238,7 @@ async def megapresence(args: argparse.Namespace, readline: Callable[[], Awaitabl
     async with PresenceServer(login, paths=None, limits=limits, presence=presence) as server:
         if args.system == "megapresence-asgi":
             port = await asgi_listen(server)
-        elif args.system == "megapresence-tls":
+        elif args.system.startswith("megapresence-tls"):
             port = await server.listen(port=0, ssl_context=tls_context())
         else:
             port = await server.listen(port=0)
@@ -362,8 +363,15 @@ async def websockets_server(
         for text in chat_texts() * (args.messages // 64 + 1)
     )
     compression = "deflate" if args.deflate else None
+    tls = tls_context() if args.system == "websockets-tls" else None
     async with serve(
-        handler, "127.0.0.1", 0, ping_interval=None, max_queue=None, compression=compression
+        handler,
+        "127.0.0.1",
+        0,
+        ping_interval=None,
+        max_queue=None,
+        compression=compression,
+        ssl=tls,
     ) as server:
         port = next(iter(server.sockets)).getsockname()[1]
         say("READY", port, rss_kib())
@@ -590,6 +598,7 @@ async def hub_server(args: argparse.Namespace, readline: Callable[[], Awaitable[
 
 ASYNCIO_SYSTEMS: dict[str, Callable[..., Awaitable[None]]] = {
     "websockets": websockets_server,
+    "websockets-tls": websockets_server,
     "socketio": socketio_server,
     "bare-asyncio": bare_asyncio,
 }

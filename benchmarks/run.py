@@ -127,7 +127,7 @@ def fanout_once(
         "bench_server.py", system, "--clients", str(clients), "--messages", str(messages), *options
     ) as server:
         port, base_rss = server.expect("READY")
-        extra = {"socketio": ["--socketio"], "megapresence-tls": ["--tls"]}.get(system, [])
+        extra = ["--socketio"] if system == "socketio" else ["--tls"] if "-tls" in system else []
         if storm:
             extra = ["--sentinel", "END-OF-RUN"]
         if deflate:

@@ -16,7 +16,8 @@ import pytest
 from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
 
 from megapresence_anyio import SocketLimits
-from megapresence_anyio._deflate import Deflate, deflated_frame, negotiate
+from megapresence_anyio._deflate import Deflate, negotiate
+from megapresence_anyio._outgoing import deflated_frame
 from megapresence_core import LocalUsageError
 
 from .socket_helpers import Client, RawClient, running_server, wait_for

@@ -18,8 +18,9 @@ control of pings, buffers or frames):
 - **The send queue.** ``websocket.send`` has no flow control, so each
   connection has its own bounded queue and one writer task: a message that
   would pass ``max_send_buffer`` behind the one in flight closes the slow
-  consumer with 1013, as on the server's own sockets. Broadcast frames are
-  turned back into text once per broadcast, not once per socket.
+  consumer with 1013, as on the server's own sockets (one rule for every
+  writer: ``SendBuffer``). A broadcast's text is queued as it is: no frame is
+  built for ASGI connections.
 - **Keepalive.** uvicorn pings every 20 s by default and reports a dead peer as
   a disconnect; Hypercorn never pings unless its ``websocket_ping_interval``
   is set. An app cannot send a WebSocket ping through ASGI, so for a server
@@ -51,7 +52,9 @@ from ._config import SocketLimits
 from ._guard import Guard
 from ._http import HandshakeRequest, default_body
 from ._ops import Response
-from ._session import OnText, SessionBase, text_frame, utf8_len
+from ._outgoing import Outgoing, utf8_len
+from ._session import OnText, SessionBase
+from ._transport import SendBuffer
 
 if TYPE_CHECKING:
     from ._server import Client, PresenceServer
@@ -104,92 +107,47 @@ def request_of(scope: Scope) -> HandshakeRequest:
 
 
 @final
-class FrameText:
-    """A server frame's text, decoded once for all the sockets one broadcast reaches."""
-
-    __slots__ = ("_frame", "_text")
-
-    def __init__(self) -> None:
-        self._frame = b""
-        self._text = ""
-
-    def __call__(self, frame: bytes) -> str:
-        if frame is not self._frame:
-            size = frame[1] & 0x7F
-            start = 2 if size < 126 else 4 if size == 126 else 10
-            self._text = str(memoryview(frame)[start:], "utf-8")
-            self._frame = frame  # held, so its id cannot be reused by another frame
-        return self._text
-
-
-@final
-class AsgiChannel:
+class AsgiChannel(SendBuffer):
     """The sending half of one ASGI WebSocket: a bounded queue and its writer task.
 
-    The queue holds server frames (``write``; sent as text messages, counted
-    against ``max_buffer``) and control messages (``post``: the accept, a
-    refusal, the close; never counted, never dropped by :meth:`truncate`).
+    The queue holds text messages (``write``; sent as ``websocket.send``, their
+    UTF-8 size counted against ``max_buffer`` by the rule of every writer) and
+    control messages (``post``: the accept, a refusal, the close; never counted,
+    never dropped by :meth:`truncate`).
     """
 
-    __slots__ = (
-        "_closed",
-        "_drained",
-        "_flushed",
-        "_idle",
-        "_in_flight",
-        "_max_buffer",
-        "_pending",
-        "_queue",
-        "_send",
-        "_texts",
-        "_wake",
-        "on_abort",
-    )
+    __slots__ = ("_flushed", "_idle", "_in_flight", "_queue", "_send", "_wake", "on_abort")
 
-    def __init__(self, send: Send, texts: FrameText, max_buffer: int) -> None:
+    def __init__(self, send: Send, max_buffer: int) -> None:
+        super().__init__(max_buffer)
         self._send = send
-        self._texts = texts
-        self._max_buffer = max_buffer
-        self._queue: deque[bytes | AsgiMessage] = deque()
-        self._pending = 0
-        self._drained = 0
+        self._queue: deque[Outgoing | AsgiMessage] = deque()
         self._in_flight = 0
-        self._closed = False
         self._idle = False
         self._wake = anyio.Event()
         self._flushed: anyio.Event | None = None
         #: Called by :meth:`abort`: the session stops reading.
         self.on_abort: Callable[[], None] | None = None
 
-    @property
-    def queued(self) -> int:
-        return self._pending
-
-    @property
-    def drained(self) -> int:
-        """Bytes of frames the ASGI server has taken so far."""
-        return self._drained
-
     def held(self) -> Iterator[object]:
-        return (item for item in self._queue if isinstance(item, bytes))
+        return (item.text for item in self._queue if isinstance(item, Outgoing))
 
-    def write(self, data: bytes, *, force: bool = False) -> bool:
-        """Queue one server frame; False if it would pass the bound behind the one in
-        flight. The head of the queue counts as in flight: the writer takes it next,
-        whole. A frame bigger than the bound fits when nothing else waits behind the
-        head (a large snapshot right after the ``subscribed`` reply, both queued in
-        one go before the writer runs), so one big frame is never taken for a slow
-        consumer; a peer still costs at most the head, plus the bound or one frame."""
+    def write(self, data: Outgoing, *, force: bool = False) -> bool:
+        """Queue one text message; False if it would break the send-buffer rule. The
+        head of the queue counts as in flight: the writer takes it next, whole (a big
+        snapshot right after the ``subscribed`` reply, both queued in one go before the
+        writer runs, is not taken for a slow consumer)."""
         if self._closed:
             return True
         if not force and self._pending:
             queue = self._queue
-            head = self._in_flight or (len(queue[0]) if queue and type(queue[0]) is bytes else 0)
-            behind = self._pending - head
-            if behind and behind + len(data) > self._max_buffer:
+            head = self._in_flight or (
+                queue[0].size if queue and isinstance(queue[0], Outgoing) else 0
+            )
+            if not self._accepts(data.size, head):
                 return False
         self._queue.append(data)
-        self._pending += len(data)
+        self._pending += data.size
         self._wake_writer()
         return True
 
@@ -225,7 +183,7 @@ class AsgiChannel:
     def truncate(self) -> None:
         """Drop every queued frame (the one in flight is the ASGI server's already);
         control messages stay."""
-        self._queue = deque(item for item in self._queue if not isinstance(item, bytes))
+        self._queue = deque(item for item in self._queue if not isinstance(item, Outgoing))
         self._pending = self._in_flight
 
     def abort(self) -> None:
@@ -252,15 +210,15 @@ class AsgiChannel:
     async def run_writer(self) -> None:
         """Send what is queued, in order, until closed. A send the ASGI server refuses
         means the client is gone: the channel stops."""
-        send, queue, texts = self._send, self._queue, self._texts
+        send, queue = self._send, self._queue
         try:
             while True:
                 while self._queue:
                     queue = self._queue  # truncate() may have replaced it
                     item = queue.popleft()
-                    if isinstance(item, bytes):
-                        self._in_flight = len(item)
-                        await send({"type": "websocket.send", "text": texts(item)})
+                    if isinstance(item, Outgoing):
+                        self._in_flight = item.size
+                        await send({"type": "websocket.send", "text": item.text})
                         self._pending -= self._in_flight
                         self._drained += self._in_flight
                         self._in_flight = 0
@@ -293,7 +251,7 @@ class AsgiSession(SessionBase):
         now: float,
         *,
         reasons: bool,
-        heartbeat: bytes | None,
+        heartbeat: Outgoing | None,
     ) -> None:
         super().__init__(channel, limits, now)
         self._channel = channel
@@ -309,12 +267,17 @@ class AsgiSession(SessionBase):
             message["reason"] = truncate_reason(reason)
         self._channel.post(message)
 
+    def send(self, message: Outgoing, now: float) -> None:
+        """Queue the message's text."""
+        if self.closing_since is None and not self._channel.write(message):
+            self._overflow(now)
+
     def _pingable(self) -> bool:
         return self._heartbeat is not None
 
     def _ping(self, now: float) -> None:
         assert self._heartbeat is not None
-        self.send_frame(self._heartbeat, now)
+        self.send(self._heartbeat, now)
 
     def _stop(self) -> None:
         if self._reading is not None:
@@ -392,12 +355,12 @@ async def serve_asgi(
         raise LocalUsageError(f"serve_asgi serves WebSocket scopes, not {scope['type']!r}")
     if (await receive())["type"] != "websocket.connect":
         return  # gone before it asked
-    channel = AsgiChannel(send, server._texts, server.limits.max_send_buffer)
+    channel = AsgiChannel(send, server.limits.max_send_buffer)
     guard = AsgiGuard(channel, scope)
     request = request_of(scope)
     guard.path = request.path
     reasons = _spec_version(scope) >= _REASONS_SINCE
-    beat = text_frame(heartbeat.encode("utf-8")) if heartbeat is not None else None
+    beat = Outgoing(heartbeat) if heartbeat is not None else None
 
     def session(now: float) -> AsgiSession:
         return AsgiSession(channel, receive, server.limits, now, reasons=reasons, heartbeat=beat)

@@ -7,7 +7,7 @@ both directions. So:
 
 - a broadcast is compressed **once** per message (and per window size a
   client asked for, usually one), and that one frame is written to every
-  connection that negotiated the extension (``deflated_frame``);
+  connection that negotiated the extension (``Outgoing.deflated``, ``_outgoing.py``);
 - an idle connection holds no compressor and no inflater: a message's
   inflater lives while that message arrives, and is dropped at its end;
 - inflating is bounded by ``max_message_bytes``: zlib is asked for at most one
@@ -35,18 +35,11 @@ import attrs
 from wsproto.extensions import Extension
 from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol, Opcode, RsvBits
 
-from ._session import frame
-
-__all__ = ["BoundedInflate", "Deflate", "deflated_frame", "negotiate"]
+__all__ = ["BoundedInflate", "Deflate", "negotiate"]
 
 NAME: Final = "permessage-deflate"
-_FIN_TEXT_DEFLATED = 0xC1
 #: What a message compressed with a sync flush ends with; RFC 7692 7.2.1 drops it.
 _TAIL: Final = b"\x00\x00\xff\xff"
-#: Compression level and zlib memory level: memLevel 5 makes a compressor in a
-#: fifth of the time of the default 8, for messages of a few kilobytes at most.
-_LEVEL = 6
-_MEM_LEVEL = 5
 _NO_VALUE: Final = frozenset({"server_no_context_takeover", "client_no_context_takeover"})
 _BITS: Final = frozenset({"server_max_window_bits", "client_max_window_bits"})
 
@@ -115,18 +108,11 @@ def negotiate(header_values: Iterable[str]) -> Deflate | None:
     return None
 
 
-def deflated_frame(payload: bytes, bits: int) -> bytes:
-    """One final text frame carrying ``payload`` compressed on its own (RSV1 set)."""
-    compressor = zlib.compressobj(_LEVEL, zlib.DEFLATED, -bits, _MEM_LEVEL)
-    data = compressor.compress(payload) + compressor.flush(zlib.Z_SYNC_FLUSH)
-    return frame(_FIN_TEXT_DEFLATED, data[:-4])
-
-
 @final
 class BoundedInflate(Extension):
     """The inbound half of permessage-deflate for wsproto, inflating at most
     ``limit`` bytes per message (1009 past it). Outbound frames pass unchanged:
-    the server frames its compressed messages itself (:func:`deflated_frame`)."""
+    the server frames its compressed messages itself (``Outgoing.deflated``)."""
 
     name = NAME
 

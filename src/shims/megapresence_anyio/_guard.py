@@ -83,7 +83,7 @@ class Stage(enum.Enum):
     DONE = "done"  #: counted nowhere
 
 
-_O = TypeVar("_O", bound=Outlet)
+_O = TypeVar("_O", bound=Outlet[Any])
 
 
 class Guard(Generic[_O]):

@@ -335,7 +335,7 @@ def default_body(status: int, body: bytes) -> bytes:
 
 
 def respond(
-    transport: Outlet,
+    transport: Outlet[bytes],
     status: int,
     body: bytes = b"",
     content_type: str = "text/plain",
@@ -455,7 +455,7 @@ def extension_offers(request: HandshakeRequest) -> list[str]:
 
 
 def write_upgrade(
-    transport: Outlet, request: HandshakeRequest, deflate: Deflate | None = None
+    transport: Outlet[bytes], request: HandshakeRequest, deflate: Deflate | None = None
 ) -> None:
     """Write the 101. The request was parsed once, by h11, to route and authenticate
     it; this answers it directly rather than have wsproto parse it again."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import final
 
-from ._session import utf8_len
+from ._outgoing import utf8_len
 from ._transport import Spawn
 
 __all__ = ["FrameBatch"]

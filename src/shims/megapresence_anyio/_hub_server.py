@@ -49,11 +49,12 @@ from ._ops import (
     Readiness,
     respond_with,
 )
-from ._session import WebSocketSession, text_frame, utf8_len
+from ._outgoing import text_frame, utf8_len
+from ._session import WebSocketSession
 from ._stats import Metric, Stats, counter, gauge, held_bytes
 from ._ticker import Ticker
-from ._tls import TlsServerStream
-from ._transport import SocketTransport, Spawn, StreamTransport, Transport
+from ._tls import TlsTransport
+from ._transport import SocketTransport, Spawn, Transport
 
 __all__ = ["HubServer"]
 
@@ -208,9 +209,8 @@ class HubServer:
     def _on_accept_tls(
         self, context: ssl.SSLContext, sock: socket.socket, remote: tuple[str, int] | None
     ) -> None:
-        stream = TlsServerStream(sock, context)
-        transport = StreamTransport(
-            stream, spawn=self._background.spawn, max_buffer=self._limits.max_send_buffer
+        transport = TlsTransport(
+            sock, context, spawn=self._background.spawn, max_buffer=self._limits.max_send_buffer
         )
         self._accepted(transport, remote)
 

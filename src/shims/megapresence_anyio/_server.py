@@ -82,9 +82,9 @@ from megapresence_core.config import HistoryConfig
 from megapresence_core.events import CommandReceived, DrainRequested, HubLinkStarted
 from megapresence_core.lifecycle import ClusterLinkState, ConnectionState, HubLinkState
 
-from ._asgi import ASGIApp, FrameText, PresenceASGI, Receive, Scope, Send, serve_asgi
+from ._asgi import ASGIApp, PresenceASGI, Receive, Scope, Send, serve_asgi
 from ._config import DEFAULT_SOCKET_LIMITS, SocketLimits
-from ._deflate import deflated_frame, negotiate
+from ._deflate import negotiate
 from ._guard import Admission, Background, Guard, read_upgrade
 from ._http import (
     HandshakeRequest,
@@ -105,12 +105,13 @@ from ._ops import (
     Response,
     respond_with,
 )
+from ._outgoing import Outgoing
 from ._permissions import SubscriptionGate
-from ._session import Session, WebSocketSession, text_frame
+from ._session import Session, WebSocketSession
 from ._static import CLIENT_PATH, static_answer
 from ._stats import Metric, Stats, counter, gauge, held_bytes, state_gauge
 from ._ticker import Ticker
-from ._tls import TlsServerStream
+from ._tls import TlsTransport
 from ._transport import Coalescer, SocketTransport, StreamTransport, Transport
 
 __all__ = [
@@ -198,7 +199,7 @@ class Client:
 
     def send(self, text: str) -> None:
         """Send one text message to this socket only (a reply, not presence traffic)."""
-        self.session.send_frame(text_frame(text.encode("utf-8")), anyio.current_time())
+        self.session.send(Outgoing(text), anyio.current_time())
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         self.session.close(code, reason, anyio.current_time())
@@ -348,8 +349,6 @@ class PresenceServer:
         self._task_group: anyio.abc.TaskGroup | None = None
         #: Sends each socket's writes of one turn of the event loop in one ``send()``.
         self._coalescer: Coalescer | None = None
-        #: Some socket agreed to permessage-deflate: broadcasts look at each one's.
-        self._deflating = False
         #: On asyncio, the connections' tasks (see _spawn_connection); None on trio.
         self._connection_tasks: set[asyncio.Task[Any]] | None = None
         #: On trio, the nursery of the connections' tasks (see _spawn_connection).
@@ -373,8 +372,6 @@ class PresenceServer:
         period = max(0.05, min(limits.ping_interval, limits.ping_timeout, limits.close_timeout) / 4)
         self._ticker = Ticker(self._presence.next_deadline, self._on_tick, period, self._stats)
         self._ops = OpsEndpoints(metrics_access, self._metrics, self.readiness)
-        #: ASGI connections send text: a broadcast's frame is decoded once for all of them.
-        self._texts = FrameText()
         self._on_link_state = on_link_state
         self._links: dict[str, str] = {}
         self._gate = (
@@ -603,10 +600,12 @@ class PresenceServer:
     def _on_accept_tls(
         self, context: ssl.SSLContext, sock: socket.socket, remote: tuple[str, int] | None
     ) -> None:
-        transport = StreamTransport(
-            TlsServerStream(sock, context),
+        transport = TlsTransport(
+            sock,
+            context,
             spawn=self._background.spawn,
             max_buffer=self._limits.max_send_buffer,
+            coalescer=self._coalescer,
         )
         guard: Guard[Transport] = Guard(transport, remote)
         self._spawn_connection(self._serve, guard, self._admission.begin(guard), self._handshake)
@@ -698,7 +697,6 @@ class PresenceServer:
             if deflate is None:
                 connection = server_connection(trailing, limits.max_message_bytes)
                 return WebSocketSession(transport, connection, limits, now)
-            self._deflating = True
             return WebSocketSession(
                 transport,
                 server_connection(trailing, limits.max_message_bytes, deflate=True),
@@ -866,31 +864,13 @@ class PresenceServer:
             self._hub.keepalive(now)
 
     def _deliver(self, action: Deliver) -> None:
-        payload = action.text.encode("utf-8")
-        frame = text_frame(payload)
+        """One message to many sockets: encoded, framed and compressed once for all."""
+        message = Outgoing(action.text, compress=True)
         now = anyio.current_time()
         conns = action.conns
-        self._stats.delivered(len(conns), len(frame))  # per delivery, not per socket
-        if self._deflating:
-            self._deliver_deflated(conns, payload, frame, now)
-            return
+        self._stats.delivered(len(conns), message.frame_size)  # per delivery, not per socket
         for client in conns:
-            client.session.send_frame(frame, now)  # type: ignore[attr-defined]
-
-    def _deliver_deflated(
-        self, conns: Iterable[Any], payload: bytes, frame: bytes, now: float
-    ) -> None:
-        """Compress the message once per window size (usually one), and only if
-        that makes it smaller; write that frame to every socket that agreed."""
-        frames: dict[int, bytes] = {0: frame}
-        for client in conns:
-            session = client.session
-            bits = session.deflate
-            chosen = frames.get(bits)
-            if chosen is None:
-                deflated = deflated_frame(payload, bits)
-                chosen = frames[bits] = deflated if len(deflated) < len(frame) else frame
-            session.send_frame(chosen, now)
+            client.session.send(message, now)  # type: ignore[attr-defined]
 
     def _refused(self, action: RequestRefused) -> None:
         action.conn.send(action.text)  # type: ignore[attr-defined]

@@ -5,9 +5,10 @@ the hub link. :class:`Session` is what the servers drive of any open WebSocket;
 :class:`SessionBase` holds what every kind shares (the send-buffer rule and the
 keepalive clock), and an ASGI connection (``_asgi.py``) is the other kind.
 
-Outgoing text is framed by the caller when one frame serves many sockets
-(:func:`text_frame`, server frames are never masked); a client-side session
-frames through wsproto, which masks.
+A server's messages arrive as :class:`~._outgoing.Outgoing` (``send``): each
+kind of session writes the form its outlet takes (a socket's frame, compressed
+or not; an ASGI connection's text), built once for all the sockets of a
+broadcast. A client-side session frames through wsproto, which masks.
 
 The session reads no clock: whoever acts passes ``now`` in, and the reader
 only notes that the peer spoke; :meth:`WebSocketSession.keepalive` turns that
@@ -26,9 +27,8 @@ up to the connection's fault boundary (``_guard.py``), which picks the code.
 from __future__ import annotations
 
 import abc
-import struct
 from collections.abc import Awaitable, Callable
-from typing import Protocol, final
+from typing import Any, Protocol, final
 
 import anyio
 import anyio.lowlevel
@@ -45,36 +45,15 @@ from wsproto.events import (
 from megapresence_core.errors import CloseCode, truncate_reason
 
 from ._config import SocketLimits
+from ._outgoing import Outgoing, utf8_len
 from ._transport import Outlet, Transport
 
-__all__ = ["Session", "SessionBase", "WebSocketSession", "frame", "text_frame"]
-
-_FIN_TEXT = 0x81
+__all__ = ["Session", "SessionBase", "WebSocketSession"]
 
 #: Frames handled between two yields to the event loop, beside the one per chunk
 #: read (``Transport.receive``): a 64 KiB chunk of tiny commands or pings is
 #: thousands of them, and no other socket waits for all of them.
 YIELD_EVERY = 16
-
-
-def frame(first: int, payload: bytes) -> bytes:
-    """One unmasked frame: ``first`` is its first byte (FIN, RSV and opcode)."""
-    size = len(payload)
-    if size < 126:
-        return bytes((first, size)) + payload
-    if size < 65536:
-        return struct.pack("!BBH", first, 126, size) + payload
-    return struct.pack("!BBQ", first, 127, size) + payload
-
-
-def text_frame(payload: bytes) -> bytes:
-    """One unmasked, final text frame carrying ``payload`` (UTF-8)."""
-    return frame(_FIN_TEXT, payload)
-
-
-def utf8_len(text: str) -> int:
-    # str.isascii() is O(1) in CPython: most messages are measured for free.
-    return len(text) if text.isascii() else len(text.encode("utf-8"))
 
 
 OnText = Callable[[str], Awaitable[None] | None]
@@ -94,9 +73,9 @@ class Session(Protocol):
     def is_open(self) -> bool: ...
 
     @property
-    def transport(self) -> Outlet: ...
+    def transport(self) -> Outlet[Any]: ...
 
-    def send_frame(self, frame: bytes, now: float) -> None: ...
+    def send(self, message: Outgoing, now: float) -> None: ...
 
     def close(self, code: int, reason: str, now: float) -> None: ...
 
@@ -106,10 +85,12 @@ class Session(Protocol):
 
 
 class SessionBase(abc.ABC):
-    """What every session shares: the send-buffer rule and the keepalive clock.
+    """What every session shares: what breaking the send-buffer rule costs a peer
+    (1013, whether its buffer is full or does not move) and the keepalive clock.
 
-    A subclass says how a ping goes out (``_ping``), whether one may now
-    (``_pingable``), and how its close frame or message is written (``close``)."""
+    A subclass says how a message goes out (``send``), how a ping does (``_ping``),
+    whether one may now (``_pingable``), and how its close frame or message is
+    written (``close``)."""
 
     __slots__ = (
         "_limits",
@@ -126,7 +107,7 @@ class SessionBase(abc.ABC):
         "stalled_since",
     )
 
-    def __init__(self, outlet: Outlet, limits: SocketLimits, now: float) -> None:
+    def __init__(self, outlet: Outlet[Any], limits: SocketLimits, now: float) -> None:
         self._outlet = outlet
         self._limits = limits
         self.last_heard = now
@@ -146,7 +127,7 @@ class SessionBase(abc.ABC):
         self.stalled_since: float | None = None
 
     @property
-    def transport(self) -> Outlet:
+    def transport(self) -> Outlet[Any]:
         return self._outlet
 
     @property
@@ -154,11 +135,14 @@ class SessionBase(abc.ABC):
         """Neither side has started closing (the fan-out path checks only this)."""
         return self.closing_since is None
 
-    def send_frame(self, frame: bytes, now: float) -> None:
-        """Write an already framed message; a peer that cannot keep up is closed with 1013."""
-        if self.closing_since is None and not self._outlet.write(frame):  # the hot path
-            self._outlet.truncate()
-            self.close(CloseCode.TRY_AGAIN_LATER, "slow consumer: send buffer full", now)
+    @abc.abstractmethod
+    def send(self, message: Outgoing, now: float) -> None:
+        """Write one message; a peer that cannot keep up is closed (``_overflow``)."""
+
+    def _overflow(self, now: float) -> None:
+        """The outlet refused a write: drop what waits and close with 1013."""
+        self._outlet.truncate()
+        self.close(CloseCode.TRY_AGAIN_LATER, "slow consumer: send buffer full", now)
 
     def close(self, code: int, reason: str, now: float) -> None:
         """Start the close handshake; the peer has ``close_timeout`` to answer."""
@@ -257,6 +241,19 @@ class WebSocketSession(SessionBase):
         self._parts: list[str] = []
         self._size = 0
         self._fragments = 0
+
+    def send(self, message: Outgoing, now: float) -> None:
+        """Write the message's frame (compressed if the peer agreed, the message is worth
+        it and that makes it smaller)."""
+        bits = self.deflate
+        data = message.deflated(bits) if bits and message.compress else message.frame
+        if self.closing_since is None and not self._transport.write(data):  # the hot path
+            self._overflow(now)
+
+    def send_frame(self, frame: bytes, now: float) -> None:
+        """Write an already framed message (a ping, a pong, the hub's frame for many)."""
+        if self.closing_since is None and not self._transport.write(frame):
+            self._overflow(now)
 
     def send_text(self, text: str, now: float) -> None:
         """Frame and write one text message (masked if this is the client side)."""

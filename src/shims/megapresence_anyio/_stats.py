@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable, Sized
-from typing import Final, final
+from typing import Any, Final, final
 
 import attrs
 
@@ -53,7 +53,7 @@ def state_gauge(name: str, help: str, states: Iterable[str], current: str | None
     )
 
 
-def held_bytes(outlets: Iterable[Outlet]) -> int:
+def held_bytes(outlets: Iterable[Outlet[Any]]) -> int:
     """The bytes send queues keep alive, each buffer once: the rest of a frame the
     kernel took in part keeps the whole frame alive, and a broadcast frame queued
     for many sockets is one buffer."""

@@ -6,13 +6,14 @@ writing in place reaches 1.5x of it). So :meth:`SocketTransport.write` is
 synchronous: it sends with a non-blocking ``send()`` on the socket, no task
 and no await, and queues only what the kernel did not take; a writer task is
 spawned for that connection only while something is queued, so order per
-connection is kept and an idle connection costs no task. The queue is bounded:
+connection is kept and an idle connection costs no task. The queue is bounded
+by the rule of every writer (:class:`SendBuffer`, the ASGI connection's too):
 when what waits behind the chunk in flight would pass ``max_buffer`` bytes,
 ``write`` reports overflow and the caller closes the slow consumer (1013)
-without slowing anyone else. The chunk in flight is not counted, so a single
-frame larger than the bound still reaches a peer that reads; and a close frame
-is written with ``force``, past the bound, so a slow consumer is told why it is
-dropped.
+without slowing anyone else. The chunk in flight is not counted, and one frame
+alone behind it always fits, so a single frame larger than the bound still
+reaches a peer that reads; and a close frame is written with ``force``, past
+the bound, so a slow consumer is told why it is dropped.
 
 One ``send()`` of a ~100-byte frame costs as much as writing ten in one, so a
 server's sockets write through a :class:`Coalescer`: the frames written to one
@@ -25,8 +26,8 @@ broadcast costs what it did. A turn's batch is sent at once when it reaches
 slow consumer costs at most that plus ``max_buffer``.
 
 :class:`StreamTransport` gives the same interface over any anyio byte stream,
-for frameworks that accept connections themselves and for TLS; its writes
-always go through the queue (it cannot write in place).
+for frameworks that accept connections themselves and for a ``wss://`` hub
+link; its writes always go through the queue (it cannot write in place).
 
 Every writer counts the bytes that left its queue (``drained``: the session's
 keepalive closes a peer whose queue holds bytes that do not move) and names the
@@ -51,14 +52,22 @@ import logging
 import socket
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterator
-from typing import Any, Protocol, final
+from typing import Any, Protocol, TypeVar, final
 
 import anyio
 import anyio.abc
 import anyio.lowlevel
 import sniffio
 
-__all__ = ["Coalescer", "Outlet", "SocketTransport", "Spawn", "StreamTransport", "Transport"]
+__all__ = [
+    "Coalescer",
+    "Outlet",
+    "SendBuffer",
+    "SocketTransport",
+    "Spawn",
+    "StreamTransport",
+    "Transport",
+]
 
 #: Starts a background task; the server passes its task group's ``start_soon``.
 Spawn = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
@@ -70,10 +79,14 @@ _RECV_BYTES = 65536
 BATCH_BYTES = 65536
 
 
-class Outlet(Protocol):
-    """The sending half of a connection."""
+_D_contra = TypeVar("_D_contra", contravariant=True)
 
-    def write(self, data: bytes, *, force: bool = False) -> bool: ...
+
+class Outlet(Protocol[_D_contra]):
+    """The sending half of a connection: it writes frames (``bytes``) to a socket, or
+    messages (an ASGI connection)."""
+
+    def write(self, data: _D_contra, *, force: bool = False) -> bool: ...
 
     def abort(self) -> None: ...
 
@@ -90,28 +103,28 @@ class Outlet(Protocol):
     def held(self) -> Iterator[object]: ...
 
 
-class Transport(Outlet, Protocol):
+class Transport(Outlet[bytes], Protocol):
     """What a WebSocket session needs from the bytes underneath it."""
 
     async def receive(self) -> bytes: ...
 
 
-class _QueuedWriter:
-    """What both transports share: the bound on queued bytes and waiting for the flush."""
+class SendBuffer:
+    """The send-buffer rule of every writer (a socket, a TLS socket, a stream, an ASGI
+    connection), and the counts that the keepalive's stall rule and the send-queue
+    metric read. What a peer that breaks it gets (1013) is the session's to say
+    (``SessionBase``)."""
 
-    __slots__ = ("_closed", "_drained", "_flushed", "_max_buffer", "_pending", "_spawn", "_writing")
+    __slots__ = ("_closed", "_drained", "_max_buffer", "_pending")
 
-    def __init__(self, spawn: Spawn, max_buffer: int) -> None:
-        self._spawn = spawn
+    def __init__(self, max_buffer: int) -> None:
         self._max_buffer = max_buffer
         #: Bytes accepted by ``write`` but not yet taken by the kernel or the stream.
         self._pending = 0
         #: Bytes that left the queue for the kernel or the stream, ever: a send queue
         #: whose count stands still while it holds bytes is stalled.
         self._drained = 0
-        self._writing = False
         self._closed = False
-        self._flushed: anyio.Event | None = None
 
     @property
     def queued(self) -> int:
@@ -123,14 +136,31 @@ class _QueuedWriter:
         """Bytes that have left the send queue so far."""
         return self._drained
 
+    def _accepts(self, size: int, head: int) -> bool:
+        """Whether ``size`` more bytes may wait behind ``head``, the chunk in flight (or
+        next to go, whole): what waits behind it stays within ``max_buffer``, except
+        that one message alone behind it always fits, so a single message larger than
+        the bound (a big snapshot) still reaches a peer that reads. A peer costs at most
+        the head, plus the bound or one message."""
+        behind = self._pending - head
+        return not behind or behind + size <= self._max_buffer
+
+
+class _QueuedWriter(SendBuffer):
+    """What both transports share beside the rule: waiting for the writer task."""
+
+    __slots__ = ("_flushed", "_spawn", "_writing")
+
+    def __init__(self, spawn: Spawn, max_buffer: int) -> None:
+        super().__init__(max_buffer)
+        self._spawn = spawn
+        self._writing = False
+        self._flushed: anyio.Event | None = None
+
     def _flush_done(self) -> None:
         self._writing = False
         if self._flushed is not None:
             self._flushed.set()
-
-    def _accepts(self, size: int, in_flight: int) -> bool:
-        """Whether ``size`` more bytes fit behind the frame in flight."""
-        return self._pending - in_flight + size <= self._max_buffer
 
     async def _wait_flushed(self, timeout: float) -> None:
         """Let the writer task finish what is queued, for at most ``timeout`` seconds."""
@@ -214,9 +244,9 @@ class Coalescer:
                         transport.abort()
 
 
-@final
 class SocketTransport(_QueuedWriter):
-    """A connected non-blocking socket, owned by this object."""
+    """A connected non-blocking socket, owned by this object. ``TlsTransport``
+    (``_tls.py``) is the same writer with a record layer between it and the socket."""
 
     __slots__ = ("_batch", "_coalescer", "_partial", "_queue", "_sock")
 
@@ -311,7 +341,7 @@ class SocketTransport(_QueuedWriter):
         sock, queue = self._sock, self._queue  # None if aborted before this task ran
         try:
             while queue and not self._closed:
-                chunk = queue[0]
+                chunk = queue[0] if self._partial else self._head(queue)
                 try:
                     sent = sock.send(chunk)
                 except BlockingIOError:
@@ -333,6 +363,10 @@ class SocketTransport(_QueuedWriter):
             if not queue:
                 self._queue = None
             self._flush_done()
+
+    def _head(self, queue: deque[memoryview]) -> memoryview:
+        """The head of the queue as it goes on the wire, once the one before it is sent."""
+        return queue[0]
 
     async def receive(self) -> bytes:
         """The next bytes from the peer; ``b""`` at the end of the stream or once aborted.
