@@ -32,9 +32,10 @@ from ._streams import NoStreams, Streams
 from ._values import Message, PresenceMode, Sender, StreamPosition
 from .actions import Action, Deliver, Log, LogLevel, RequestRefused
 from .config import SNAPSHOT_CHARS_PER_COMMAND, Limits
-from .events import PresenceSync, PublishRequested, Subscribe, Unsubscribe
+from .events import PositionCheck, PresenceSync, PublishRequested, Subscribe, Unsubscribe
 from .wire import (
     LeaveFrame,
+    StreamMissed,
     Subscribed,
     SubscribeFrame,
     Unsubscribed,
@@ -237,7 +238,6 @@ class Channels:
         elif old is not _NONE:
             feed.unwatch(conn, channel, old)
         parts.streams.hold(channel, record.session_id)
-        parts.streams.show(channel)
         local.subscribe(record, channel, mode)
         actions = reply(record.session_id)
         actions += self._watch(record, channel, mode)
@@ -307,6 +307,23 @@ class Channels:
             return [refused(conn, "not_watching", message, channel)]
         return [self._charged(record, parts.feed.snapshot(conn, channel, mode))]
 
+    def check(self, event: PositionCheck) -> list[Action]:
+        """``stream.missed`` when the client's position is not one the stream here has
+        reached (another epoch, or a later offset); nothing when it is (an earlier offset:
+        what follows is on its way, or was not for this session)."""
+        parts, channel, conn, claimed = self._parts, event.channel, event.conn, event.position
+        record = parts.local.get(conn, what="PositionCheck")
+        parts.limits.check_name("PositionCheck", "channel", channel)
+        if record.session_id is None:
+            return [refused(conn, "not_joined", "join a session to check a position", channel)]
+        if channel not in record.subscriptions:
+            return [refused(conn, "not_subscribed", "subscribe to the channel first", channel)]
+        here = parts.streams.reached(channel)
+        if here is None or (claimed.epoch == here.epoch and claimed.offset <= here.offset):
+            return []
+        missed = StreamMissed(channel=channel, offset=here.offset, epoch=here.epoch)
+        return [Deliver(conns=(conn,), text=encode(missed))]
+
     def _watch(self, record: ConnectionRecord, channel: str, mode: PresenceMode) -> list[Action]:
         """``record``'s connection watches ``channel`` in ``mode`` from now: its snapshot."""
         if mode is _NONE:
@@ -369,7 +386,7 @@ class Channels:
         recovery, also when only lingering sessions hold it)."""
         local = self._parts.local
         if position is not None:
-            self._parts.streams.show(channel)
+            self._parts.streams.saw(channel, position)
             text = channel_text(channel, message, author, position)
         else:
             text = self._parts.streams.append(

@@ -57,7 +57,7 @@ ENTRY_OVERHEAD: Final = 120
 class Stream:
     """One channel's stream: its epoch, its last offset and its recent publications."""
 
-    __slots__ = ("entries", "epoch", "expired", "holders", "shown", "top", "trimmed")
+    __slots__ = ("entries", "epoch", "expired", "holders", "seen", "shown", "top", "trimmed")
 
     def __init__(self, epoch: str) -> None:
         self.epoch = epoch
@@ -71,6 +71,9 @@ class Stream:
         #: A client may hold a position of this epoch: one was sent (``subscribed``, a
         #: recovery, a publication). Only then does a reset need telling.
         self.shown = False
+        #: The last position of this channel sent to clients that the hub numbered (None:
+        #: this process numbers it): where an in-step client is at most.
+        self.seen: StreamPosition | None = None
 
 
 @final
@@ -138,6 +141,7 @@ class Streams:
         for channel, stream in self._streams.items():
             self._drop(stream, len(stream.entries))
             stream.epoch, stream.top, stream.trimmed, stream.expired = self._new_epoch(), 0, 0, 0
+            stream.seen = None
             if stream.shown:  # and still shown: the telling carries the new position
                 told.append((channel, self.position_of(stream)))
         return told
@@ -195,12 +199,21 @@ class Streams:
         stream = self._streams.get(channel)
         return self.position_of(stream) if stream is not None else None
 
-    def show(self, channel: str) -> None:
-        """A client of ``channel`` was sent a position this process did not number (the
-        hub's): a reset must tell it too."""
+    def saw(self, channel: str, position: StreamPosition) -> None:
+        """Clients of ``channel`` were sent ``position``, which this process did not number
+        (the hub's): a reset must tell them too, and a check compares with it."""
         stream = self._streams.get(channel)
         if stream is not None:
             stream.shown = True
+            stream.seen = position
+
+    def reached(self, channel: str) -> StreamPosition | None:
+        """The last position sent to ``channel``'s clients (None: no stream): an in-step
+        client holds one of its epoch, at most its offset."""
+        stream = self._streams.get(channel)
+        if stream is None:
+            return None
+        return stream.seen if stream.seen is not None else self.position_of(stream)
 
     def tell(self, channel: str) -> StreamPosition:
         """Where ``channel``'s stream (held) is, to send to a client."""
@@ -280,8 +293,11 @@ class NoStreams:
     def tell(self, channel: str) -> StreamPosition | None:
         return None
 
-    def show(self, channel: str) -> None:
+    def saw(self, channel: str, position: StreamPosition) -> None:
         pass
+
+    def reached(self, channel: str) -> StreamPosition | None:
+        return None
 
     def recover(self, channel: str, since: StreamPosition, session_id: str) -> Recovery:
         return Recovery(None, [], "epoch")
