@@ -55,9 +55,9 @@ CAPS = {
     "megapresence_nats": 2,
     "megapresence_redis": 2,
     # The Python client: the client, its events, its reconnect plan and its errors.
-    "megapresence_client": 27,
+    "megapresence_client": 28,
 }
-TOTAL_CAP = 292
+TOTAL_CAP = 293
 
 #: Exported and not yet documented (a docstring, or a ``#:`` comment by a constant).
 #: Do not add to it: document the new name instead. The wire's frame and message

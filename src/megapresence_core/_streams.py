@@ -207,12 +207,10 @@ class Streams:
             stream.shown = True
             stream.seen = position
 
-    def reached(self, channel: str) -> StreamPosition | None:
-        """The last position sent to ``channel``'s clients (None: no stream): an in-step
-        client holds one of its epoch, at most its offset."""
-        stream = self._streams.get(channel)
-        if stream is None:
-            return None
+    def reached(self, channel: str) -> StreamPosition:
+        """The last position sent to the clients of ``channel`` (held): an in-step client
+        holds one of its epoch, at most its offset."""
+        stream = self._streams[channel]
         return stream.seen if stream.seen is not None else self.position_of(stream)
 
     def tell(self, channel: str) -> StreamPosition:
