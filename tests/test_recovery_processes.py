@@ -8,15 +8,14 @@ One process (``serve``, restarted on its port), a hub with two servers (a server
 restarted) and two instances over NATS (an instance and NATS restarted). Across servers each
 server keeps its own streams, so a reconnect to another server is told ``recovered: false``
 (reason ``epoch``); a server whose link to the hub or to NATS went down or came back tells its
-subscribers ``stream.reset``. The subscribers are the project's Python client
-(``megapresence_client``: its reconnects, ``since``, merge and position checks are what is
-tested); the publisher confirms each number by its echo. The figures of each run are
+subscribers ``stream.reset``. The subscribers and the publisher (which confirms each number
+by its echo) are the project's Python client, ``megapresence_client``: its reconnects,
+``since``, merge and position checks are what is tested. The figures of each run are
 printed (``-s`` shows them).
 """
 
 from __future__ import annotations
 
-import json
 import random
 import threading
 import time
@@ -27,10 +26,15 @@ from typing import Any
 
 import anyio
 import pytest
-from websockets.exceptions import ConnectionClosed, InvalidHandshake
-from websockets.sync.client import ClientConnection, connect
 
-from megapresence_client import Backoff, PresenceClient
+from megapresence_client import (
+    Backoff,
+    ChannelMessage,
+    ClientClosedError,
+    Disconnected,
+    PresenceClient,
+    ServerError,
+)
 
 from .process_helpers import Command, bridge_command
 from .recovery_client import EventReader, check
@@ -40,12 +44,19 @@ from .test_cluster_processes import serve
 CHANNEL = "seq"
 #: Within the servers' leave grace (5 s): a subscriber that comes back is the same member.
 GRACE = ("--leave-grace", "5")
-_DROPPED = (OSError, ConnectionClosed, InvalidHandshake, TimeoutError)
 
 
-def _open(port: int, user: str) -> ClientConnection:
-    url = f"ws://127.0.0.1:{port}/ws/chat?user={user}&session={user}-1&channels={CHANNEL}"
-    return connect(url, open_timeout=3, close_timeout=1).__enter__()
+def client_of(
+    ports: Callable[[], list[int]], rng: random.Random, user: str, **options: Any
+) -> PresenceClient:
+    """A client of the channel that connects (again) to a server picked at random."""
+    return PresenceClient(
+        lambda: f"ws://127.0.0.1:{rng.choice(ports())}/ws/chat",
+        query={"user": user, "session": f"{user}-1", "channels": CHANNEL},
+        backoff=Backoff(first=0.2, first_back_off=0.5, cap=1.0),
+        open_timeout=3,
+        **options,
+    )
 
 
 class Subscribers(threading.Thread):
@@ -72,14 +83,7 @@ class Subscribers(threading.Thread):
 
     async def _one(self, index: int, reader: EventReader) -> None:
         rng = random.Random(self.seed + index)
-        user = f"sub{index}"
-        async with PresenceClient(
-            lambda: f"ws://127.0.0.1:{rng.choice(self.ports())}/ws/chat",
-            query={"user": user, "session": f"{user}-1", "channels": CHANNEL},
-            backoff=Backoff(first=0.2, first_back_off=0.5, cap=1.0),
-            open_timeout=3,
-            position_check=0.5,
-        ) as client:
+        async with client_of(self.ports, rng, f"sub{index}", position_check=0.5) as client:
             client.subscribe(CHANNEL, recover=True)
             async with anyio.create_task_group() as group:
                 group.start_soon(self._read, client, reader)
@@ -98,8 +102,9 @@ class Subscribers(threading.Thread):
 
 
 class Publisher(threading.Thread):
-    """Publishes 1..count, each confirmed by its own echo; a number whose echo was lost with
-    the connection is uncertain (published or not) and is not sent again."""
+    """Publishes 1..count on the Python client, each confirmed by its own echo. A number
+    refused (``unavailable`` while the server's link is down, say) is sent again; one whose
+    echo was lost with the connection is uncertain (published or not) and is not."""
 
     def __init__(self, ports: Callable[[], list[int]], count: int, seed: int) -> None:
         super().__init__(name="publisher", daemon=True)
@@ -110,29 +115,36 @@ class Publisher(threading.Thread):
         self.uncertain: list[int] = []
 
     def run(self) -> None:
-        n = 1
-        while n <= self.count:
-            try:
-                ws = _open(self.rng.choice(self.ports()), "publisher")
-            except _DROPPED:
-                time.sleep(0.1)
-                continue
-            try:
-                while n <= self.count:
-                    command = {"op": "publish", "channel": CHANNEL, "type": "n", "payload": n}
-                    ws.send(json.dumps(command))
-                    while True:
-                        message = json.loads(ws.recv(5))
-                        if message["type"] == "n" and message["payload"] == n:
-                            break
-                    self.confirmed.append(n)
-                    n += 1
-                    time.sleep(0.004)
-            except _DROPPED:
-                self.uncertain.append(n)
+        anyio.run(self._publish)
+
+    async def _publish(self) -> None:
+        async with client_of(self.ports, self.rng, "publisher", position_check=0) as client:
+            n = 1
+            while n <= self.count:
+                try:
+                    await client.publish(CHANNEL, "n", n)
+                except ClientClosedError:
+                    await anyio.sleep(0.05)  # not sent: send it once connected
+                    continue
+                outcome = await self._echo(client, n)
+                if outcome == "refused":
+                    await anyio.sleep(0.1)
+                    continue
+                (self.confirmed if outcome == "confirmed" else self.uncertain).append(n)
                 n += 1
-            finally:
-                ws.close()
+                await anyio.sleep(0.004)
+
+    @staticmethod
+    async def _echo(client: PresenceClient, n: int) -> str:
+        with anyio.move_on_after(5):
+            async for event in client:
+                if isinstance(event, ChannelMessage) and event.payload == n:
+                    return "confirmed"
+                if isinstance(event, ServerError):
+                    return "refused"
+                if isinstance(event, Disconnected):
+                    break
+        return "lost"
 
 
 def run_sequence(
