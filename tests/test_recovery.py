@@ -6,6 +6,7 @@ The stream's rules one at a time; ``test_streams_stateful`` checks them against 
 from __future__ import annotations
 
 import json
+import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
@@ -307,6 +308,20 @@ def test_the_history_memory_is_counted_and_freed() -> None:
     assert presence.history_bytes == 2 * one
     drive(presence, ShutdownRequested())
     assert presence.history_bytes == 0
+
+
+def test_the_counted_history_bytes_are_what_the_history_holds() -> None:
+    presence = server(size=500)
+    message = Message(type="chat", payload={"text": "x" * 60})
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(500):
+            presence.handle(PublishRequested(channel="room", message=message))
+        allocated = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert 0.85 < presence.history_bytes / allocated < 1.15
 
 
 # ------------------------------------------------------- links and resets
