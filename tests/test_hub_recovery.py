@@ -555,6 +555,31 @@ def test_a_stream_frame_for_a_channel_nobody_holds_here_reaches_nobody() -> None
     assert drive(presence, HubFrameReceived(data=encode(stream), now=1)) == []
 
 
+def test_a_skip_in_the_hub_s_numbering_is_told_and_a_repeat_is_dropped() -> None:
+    presence = streaming_bridge()
+    open_joined(presence, 1, "ann", "a1")
+    drive(presence, Subscribe(conn=1, channel="room", now=0))
+    drive(presence, recovered(1, offset=3))
+
+    def stream(offset: int, epoch: str = "h.1") -> list[dict[str, Any]]:
+        message = Message(type="n", payload=offset)
+        frame = StreamFrame(channel="room", offset=offset, epoch=epoch, message=message)
+        return deliveries(drive(presence, HubFrameReceived(data=encode(frame), now=1))).get(1, [])
+
+    def missed(offset: int, epoch: str = "h.1") -> dict[str, Any]:
+        return {"type": "stream.missed", "channel": "room", "offset": offset, "epoch": epoch}
+
+    assert [m["payload"] for m in stream(4)] == [4]
+    assert stream(4) == []  # sent already: never twice
+    got = stream(7)  # 5 and 6 never came: the subscriber is told, then gets 7
+    assert got[0] == missed(7)
+    assert [m["payload"] for m in got[1:]] == [7]
+    got = stream(1, "h.2")  # a new epoch nobody announced: what came before may be lost
+    assert got[0] == missed(1, "h.2")
+    assert [m["payload"] for m in got[1:]] == [1]
+    assert [m["payload"] for m in stream(2, "h.2")] == [2]
+
+
 def test_a_bridge_without_history_relays_a_stream_frame_as_numbered() -> None:
     # A hub should not send it one (the bridge did not name ``stream``); if it does, the
     # message still reaches the channel's subscribers, at the hub's position.

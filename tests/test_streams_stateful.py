@@ -11,7 +11,8 @@ moves and recoveries from any position ever seen:
   reason that holds (another epoch, too many missed, or the missed ones expired);
 - the counted history bytes equal what is kept;
 - a position check compares with the last position sent to clients: the hub's when the
-  hub numbered one since the stream's last loss, else the stream's own.
+  hub numbered one since the stream's last loss, else the stream's own; a hub position is
+  "again" at or before the last one of its epoch, a "gap" after a skip or a new epoch.
 """
 
 from __future__ import annotations
@@ -107,13 +108,25 @@ class StreamModel(RuleBasedStateMachine):
                 self.streams.position(channel)
             )
 
-    @rule(channel=st.sampled_from(CHANNELS), offset=st.integers(0, 9))
-    def saw(self, channel: str, offset: int) -> None:
-        position = StreamPosition(offset=offset, epoch="hub.1")
-        self.streams.saw(channel, position)
-        if channel in self.holders:
-            self.seen[channel] = position
-            self.shown.add(channel)
+    @rule(
+        channel=st.sampled_from(CHANNELS),
+        offset=st.integers(0, 9),
+        epoch=st.sampled_from(["hub.1", "hub.2"]),
+    )
+    def saw(self, channel: str, offset: int, epoch: str) -> None:
+        position = StreamPosition(offset=offset, epoch=epoch)
+        seen = self.streams.saw(channel, position)
+        if channel not in self.holders:
+            assert seen == "next"  # nobody here to tell
+            return
+        self.shown.add(channel)
+        last = self.seen.get(channel)
+        if last is not None and last.epoch == epoch and offset <= last.offset:
+            assert seen == "again"  # sent already: the last one stays
+            return
+        follows = last is None or (last.epoch == epoch and offset == last.offset + 1)
+        assert seen == ("next" if follows else "gap")
+        self.seen[channel] = position
 
     @rule(channel=st.sampled_from(CHANNELS))
     def reached(self, channel: str) -> None:

@@ -383,10 +383,19 @@ class Channels:
     ) -> list[Action]:
         """A channel message to this process's subscribers of ``channel``: at ``position``
         (the hub numbered it), or at the next offset of this process's stream (kept for
-        recovery, also when only lingering sessions hold it)."""
+        recovery, also when only lingering sessions hold it). A numbered one sent already is
+        dropped; one that does not follow the last is told first (``stream.missed``: this
+        server missed some, so did its subscribers, who then recover them)."""
         local = self._parts.local
+        told: list[Action] = []
         if position is not None:
-            self._parts.streams.saw(channel, position)
+            seen = self._parts.streams.saw(channel, position)
+            if seen == "again":
+                return []
+            subscribers = local.by_channel.get(channel)
+            if seen == "gap" and subscribers:
+                missed = StreamMissed(channel=channel, offset=position.offset, epoch=position.epoch)
+                told.append(Deliver(conns=tuple(subscribers), text=encode(missed)))
             text = channel_text(channel, message, author, position)
         else:
             text = self._parts.streams.append(
@@ -396,8 +405,8 @@ class Channels:
             )
         targets = local.targets(local.by_channel.get(channel), except_session_ids)
         if not targets:
-            return []
-        return [Deliver(conns=targets, text=text)]
+            return told
+        return [*told, Deliver(conns=targets, text=text)]
 
     def refusal(self, conn: Hashable, channel: str, held: int) -> RequestRefused | None:
         """Why a session holding ``held`` channels may not subscribe to ``channel``, if so."""

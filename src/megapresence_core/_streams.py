@@ -35,12 +35,15 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from itertools import islice
-from typing import Final, final
+from typing import Final, Literal, TypeAlias, final
 
 from ._values import StreamPosition, utf8_len
 from .config import HistoryConfig
 
-__all__ = ["RECOVERY_REASONS", "NoStreams", "Recovery", "Stream", "Streams"]
+__all__ = ["RECOVERY_REASONS", "NoStreams", "Recovery", "Seen", "Stream", "Streams"]
+
+#: How a position numbered elsewhere follows the last one sent (``Streams.saw``).
+Seen: TypeAlias = Literal["next", "again", "gap"]
 
 #: Why a recovery failed; the client then reloads what it shows from its own store.
 RECOVERY_REASONS: Final[dict[str, str]] = {
@@ -204,13 +207,21 @@ class Streams:
         stream = self._streams.get(channel)
         return self.position_of(stream) if stream is not None else None
 
-    def saw(self, channel: str, position: StreamPosition) -> None:
-        """Clients of ``channel`` were sent ``position``, which this process did not number
-        (the hub's): a reset must tell them too, and a check compares with it."""
+    def saw(self, channel: str, position: StreamPosition) -> Seen:
+        """Clients of ``channel`` are sent ``position``, which this process did not number
+        (the hub's): a reset must tell them too, and a check compares with it. Whether it
+        follows the last one sent: ``"next"``; ``"again"`` (sent already: not to send);
+        ``"gap"`` (publications between, or a new epoch unannounced: they missed some)."""
         stream = self._streams.get(channel)
-        if stream is not None:
-            stream.shown = True
-            stream.seen = position
+        if stream is None:
+            return "next"
+        last, stream.shown = stream.seen, True
+        if last is not None and last.epoch == position.epoch and position.offset <= last.offset:
+            return "again"
+        stream.seen = position
+        if last is None or (last.epoch == position.epoch and position.offset == last.offset + 1):
+            return "next"
+        return "gap"
 
     def reached(self, channel: str) -> StreamPosition:
         """The last position sent to the clients of ``channel`` (held): an in-step client
@@ -296,8 +307,8 @@ class NoStreams:
     def tell(self, channel: str) -> StreamPosition | None:
         return None
 
-    def saw(self, channel: str, position: StreamPosition) -> None:
-        pass
+    def saw(self, channel: str, position: StreamPosition) -> Seen:
+        return "next"
 
     def reached(self, channel: str) -> StreamPosition | None:
         return None
