@@ -1,5 +1,6 @@
-"""A session's channels: subscribe, unsubscribe, sync and publish, and what every change of a
-local session's membership tells the rosters, the watchers, the hub, the cluster and the store.
+"""A session's channels: subscribe, unsubscribe, sync, publish and position checks, and what
+every change of a local session's membership tells the rosters, the watchers, the hub, the
+cluster and the store.
 
 Theory of operation. A local session's channels are its subscriptions (channel
 -> presence mode). Every change goes through the helpers here, so the rosters
@@ -11,6 +12,11 @@ channels, the connection holds no session) are ``RequestRefused`` actions and
 change nothing; misuse raises before anything changes. A subscriber first
 gets ``subscribed``, then its snapshot, and then, like every watcher, sees
 itself join in the next diff.
+
+A client is out of step in a channel when it holds a position the stream here never
+reached (another epoch, a later offset), or when this server relays a numbering that
+skips (it missed publications, so did they): either way it is sent ``stream.missed`` and
+recovers with ``since`` (docs/protocol.md).
 
 :class:`Parts` is what ``Presence`` and this module share; the store is the
 one part replaced (by ``NoStore``) when the process shuts down.

@@ -12,7 +12,7 @@ calls :meth:`Presence.handle`, which returns the actions to perform, in order.
   source tables (the hub's in ``_hub_members.HubMembers``, each instance's in
   the cluster link);
 - the channels (``_channels.Channels``): subscribe, unsubscribe, sync, publish,
-  and the one way a local session's membership changes reach every part;
+  position checks, and the one way a local session's membership changes reach every part;
 - the presence feed (``_feed.PresenceFeed``): snapshots and coalesced diffs
   and counts for the watchers of each channel;
 - the hub link (``_hub_link.HubLink``), the cluster link
