@@ -541,6 +541,13 @@ def test_a_position_check_out_of_step_resubscribes_with_since(
     kai = page.events("kai")[start:]
     got = [e[2]["payload"] for e in kai if e[:2] == ["channel", "news"]]
     assert got == ["next", "last"]
+    # While a subscribe is unanswered (its answer brings the position), nothing is asked.
+    start = len(page.events("kai"))
+    pending = "clients.kai.subscriptions.get('news').state = 'pending';"
+    page.run(pending + says(missed) + says(channel(at + 3, "after")))
+    page.wait_for("kai", lambda e: e[:2] == ["channel", "news"] and e[2]["payload"] == "after")
+    sent = [e[1] for e in page.events("kai")[start:] if e[0] == "sent"]
+    assert [op_of(command) for command in sent] == [None, None]  # the two test commands
     page.run("clients.kai.close()")
 
 

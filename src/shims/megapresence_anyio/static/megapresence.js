@@ -238,12 +238,12 @@ export class Subscription {
   }
 
   // The server's stream never reached this position: ask again from it, unless a
-  // reset (or a recovery) crossed the check and the position is now the stream's.
+  // subscribe is unanswered (its answer brings the position) or a reset (or a
+  // recovery) crossed the check and the position is now the stream's.
   _missed(message) {
     const at = this.position;
-    if (this._recovering || (at && at.epoch === message.epoch && at.offset >= message.offset)) {
-      return;
-    }
+    if (this.state !== "subscribed" || this._recovering) return;
+    if (at && at.epoch === message.epoch && at.offset >= message.offset) return;
     if (this.map) this._syncAsked = true; // the subscribe brings a snapshot
     this.client.send(this._command());
   }
