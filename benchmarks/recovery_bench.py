@@ -4,7 +4,8 @@ M publications go by while they linger, and all come back with ``since``.
 Then the same storm through a hub that keeps the stream (RECOVER, RECOVERED). Prints the
 time the core takes to answer every recovering ``subscribe`` (``subscribed``, then
 the M missed messages, ready to write), per recovery and in all, the time of one recovery of
-a full history, and what a channel's history costs in memory. Seeded, single-threaded, no
+a full history, and what a channel's history costs in memory: as counted
+(``megapresence_history_bytes``) and as allocated (``tracemalloc``). Seeded, single-threaded, no
 I/O: the core's share of a reconnect storm; the sockets' share is the fan-out benchmark's.
 
     python benchmarks/recovery_bench.py [--subscribers 10000] [--missed 100]
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+import tracemalloc
 
 from megapresence_core import (
     ConnectionClosed,
@@ -113,6 +115,27 @@ def full_history(size: int = 300, runs: int = 200) -> None:
     )
 
 
+def history_memory(size: int = 300) -> None:
+    """A full history of one channel: the bytes the server counts, and those allocated."""
+    presence = Presence(
+        PresenceConfig(presence_window=0, history=HistoryConfig(boot_id="bench", size=size))
+    )
+    presence.handle(ConnectionOpened(conn=0, ns="/ws"))
+    presence.handle(SessionJoined(conn=0, user_id="u", session_id="s", channels=("c",), now=0))
+    message = Message(type="chat", payload=PAYLOAD)
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for _ in range(size):
+        presence.handle(PublishRequested(channel="c", message=message))
+    allocated = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    print(
+        f"history of 1 channel, {size} messages of ~100 bytes: counted "
+        f"{presence.history_bytes / 1024:.1f} KiB, allocated {allocated / 1024:.1f} KiB "
+        f"({allocated // size} B each, tracemalloc)"
+    )
+
+
 def through_the_hub(subscribers: int, missed: int) -> None:
     """The same storm where the hub keeps the stream: each recovering subscribe is a RECOVER
     to the hub, answered with RECOVERED (``missed`` publications spliced into one frame),
@@ -190,6 +213,7 @@ def main() -> None:
     args = parser.parse_args()
     storm(args.subscribers, args.missed)
     full_history()
+    history_memory()
     through_the_hub(args.subscribers, args.missed)
 
 

@@ -27,6 +27,7 @@ from megapresence_client import (
     Sender,
     ServerError,
     SessionDetached,
+    StreamMissed,
     StreamReset,
     Subscribed,
     is_reserved,
@@ -181,6 +182,24 @@ def test_stream_without_offsets_passes_messages_through() -> None:
     assert offsets(stream.answered(None, None, None)) == [1]
 
 
+def test_stream_missed_asks_again_unless_caught_up_or_waiting() -> None:
+    stream = Stream(position=Position(4, "e1"))
+    assert stream.missed(2, "e2")  # another epoch
+    assert stream.missed(6, "e1")  # the server's stream is ahead of what it holds?
+    assert not stream.missed(4, "e1")  # a reset or a recovery crossed the check
+    stream.expect(since=True)
+    assert not stream.missed(2, "e2")  # its subscribe will answer
+
+
+def test_a_refused_resubscribe_delivers_the_held_messages_once() -> None:
+    stream = Stream(position=Position(4, "e1"))
+    stream.expect(since=True)
+    assert stream.receive(message(4)) == []
+    assert stream.receive(message(5)) == []
+    assert offsets(stream.refused()) == [5]
+    assert not stream.waiting
+
+
 def test_reserved_types_are_the_shared_list() -> None:
     for reserved in ("error", "subscribed", "unsubscribed", "direct.result", "roster", "welcome"):
         assert is_reserved(reserved)
@@ -285,6 +304,27 @@ def test_recovery_fields_reach_the_app() -> None:
     assert sub.position == Position(0, "e2")
 
 
+def test_stream_missed_subscribes_again_with_since() -> None:
+    client = PresenceClient("ws://127.0.0.1:1/ws")
+    sub = client.subscribe("room", recover=True)
+    sub.stream.waiting = False
+    sub.stream.position = Position(3, "e1")
+    sent: list[dict[str, Any]] = []
+    client._send_soon = sent.append  # type: ignore[method-assign]
+    missed = {"type": "stream.missed", "channel": "room", "offset": 5, "epoch": "e2"}
+    assert fed(client, missed) == [StreamMissed("room", 5, "e2")]
+    assert sent == [
+        {"op": "subscribe", "channel": "room", "presence": "none"}
+        | {"since": {"offset": 3, "epoch": "e1"}}
+    ]
+    assert fed(client, missed) == []  # its subscribe is in flight
+    refused = {"type": "error", "payload": {"code": "rate_limited", "message": "slow"}}
+    refused["payload"]["channel"] = "room"
+    fed(client, message(4), refused)
+    assert not sub.stream.waiting
+    assert sub.position == Position(4, "e1")
+
+
 # ------------------------------------------------------------------ real servers
 
 
@@ -356,6 +396,29 @@ async def test_two_clients_see_each_other_and_talk() -> None:
 
         await bob.unsubscribe("room")
         await ann.wait_for(lambda: set(room.members) == {"ann"}, 5)
+
+
+@pytest.mark.anyio
+async def test_a_client_out_of_step_is_told_by_its_position_check_and_resubscribes() -> None:
+    async with (
+        running_server() as (_server, url),
+        client_of(url, "ann", position_check=0.05) as ann,
+    ):
+        room = ann.subscribe("room", recover=True)
+        first = await room.wait_subscribed()
+        await ann.publish("room", "n", 1)
+        assert (await next_of(ann, ChannelMessage)).offset == 1
+        assert room.position == Position(1, first.epoch or "")
+        # As if a stream.reset never reached it: a position of a stream gone.
+        room.stream.position = Position(1, "gone.1")
+        missed = await next_of(ann, StreamMissed)
+        assert (missed.offset, missed.epoch) == (1, first.epoch)
+        answer = await next_of(ann, Subscribed)
+        assert (answer.recovered, answer.reason) == (False, "epoch")
+        assert room.position == Position(1, first.epoch or "")
+        with anyio.move_on_after(0.3):  # in step again: the checks are answered by nothing
+            event = await next_of(ann, StreamMissed)
+            raise AssertionError(f"still out of step: {event}")
 
 
 @pytest.mark.anyio

@@ -38,24 +38,26 @@ CAPS = {
     "megapresence_core.config": 20,
     "megapresence_core.errors": 6,
     # CommandReceived (the command rate), DrainRequested (drain on SIGTERM/SIGHUP),
-    # StreamPosition (a channel's offset and epoch, for recovery).
-    "megapresence_core.events": 28,
+    # StreamPosition (a channel's offset and epoch, for recovery), PositionCheck (a
+    # client's periodic check of its position).
+    "megapresence_core.events": 29,
     "megapresence_core.hub": 6,
     "megapresence_core.lifecycle": 26,
     # RESERVED_TYPES and RESERVED_PREFIXES (types only the server sends) and PingCommand;
     # SessionDetached and RestoredFrame (one session across the deployment); the stream
     # and recovery names: StreamFrame, RecoverFrame, RecoveredFrame, StreamHubFrame,
     # StreamReset, HUB_STREAM, STREAM_FRAME_TYPES, recovered_text; ClusterRestored (a
-    # session restored on another NATS instance keeps its channels).
-    "megapresence_core.wire": 95,
+    # session restored on another NATS instance keeps its channels); PositionCommand and
+    # StreamMissed (a client's position check and its answer).
+    "megapresence_core.wire": 97,
     # JwtAuthenticator: the HS256 authenticator behind serve --auth jwt.
     "megapresence_anyio": 21,
     "megapresence_nats": 2,
     "megapresence_redis": 2,
     # The Python client: the client, its events, its reconnect plan and its errors.
-    "megapresence_client": 27,
+    "megapresence_client": 28,
 }
-TOTAL_CAP = 289
+TOTAL_CAP = 293
 
 #: Exported and not yet documented (a docstring, or a ``#:`` comment by a constant).
 #: Do not add to it: document the new name instead. The wire's frame and message

@@ -32,6 +32,7 @@ from megapresence_core.events import (
     HubConnected,
     HubFrameReceived,
     HubLinkStarted,
+    PositionCheck,
     StreamPosition,
     Tick,
 )
@@ -142,6 +143,35 @@ def test_a_client_that_drops_on_one_bridge_recovers_on_another() -> None:
     assert [(m["payload"], m["offset"]) for m in got[1:]] == [(2, 2), (3, 3), (4, 4)]
     publish(sim, "A", ann, 5)
     assert numbers(sim, "C", back)[-1] == (5, 5, hub_epoch(sim))
+
+
+def test_a_check_through_the_hub_compares_with_the_hub_s_position() -> None:
+    sim = network()
+    ann = sim.open("A", "/ws", "ann", "a1", ("room",))
+    bob = sim.open("B", "/ws", "bob", "b1", ("room",))
+    publish(sim, "A", ann, 1)
+    publish(sim, "A", ann, 2)
+
+    def check(offset: int, epoch: str) -> list[dict[str, Any]]:
+        before = len(sim.bridges["B"].inbox[bob])
+        position = StreamPosition(offset=offset, epoch=epoch)
+        sim.act("B", PositionCheck(conn=bob, channel="room", position=position))
+        return sim.bridges["B"].inbox[bob][before:]
+
+    assert check(2, hub_epoch(sim)) == []
+    assert check(3, hub_epoch(sim)) == [
+        {"type": "stream.missed", "channel": "room", "offset": 2, "epoch": hub_epoch(sim)}
+    ]
+    # B numbers nothing itself: its own stream's position is not the one clients hold.
+    assert check(0, "B-boot1.1")[0]["type"] == "stream.missed"
+    # A subscriber answered by the hub's RECOVERED holds the hub's position too.
+    carl = sim.open("C", "/ws", "carl", "c1")
+    got = subscribe(sim, "C", carl, StreamPosition(offset=1, epoch=hub_epoch(sim)))
+    assert got[0]["recovered"] is True
+    before = len(sim.bridges["C"].inbox[carl])
+    position = StreamPosition(offset=2, epoch=hub_epoch(sim))
+    sim.act("C", PositionCheck(conn=carl, channel="room", position=position))
+    assert sim.bridges["C"].inbox[carl][before:] == []
 
 
 def test_a_hub_restart_is_a_new_epoch_and_the_subscribers_are_told() -> None:
@@ -523,6 +553,31 @@ def test_a_stream_frame_for_a_channel_nobody_holds_here_reaches_nobody() -> None
     presence = streaming_bridge()
     stream = StreamFrame(channel="room", offset=4, epoch="h.1", message=Message(type="n"))
     assert drive(presence, HubFrameReceived(data=encode(stream), now=1)) == []
+
+
+def test_a_skip_in_the_hub_s_numbering_is_told_and_a_repeat_is_dropped() -> None:
+    presence = streaming_bridge()
+    open_joined(presence, 1, "ann", "a1")
+    drive(presence, Subscribe(conn=1, channel="room", now=0))
+    drive(presence, recovered(1, offset=3))
+
+    def stream(offset: int, epoch: str = "h.1") -> list[dict[str, Any]]:
+        message = Message(type="n", payload=offset)
+        frame = StreamFrame(channel="room", offset=offset, epoch=epoch, message=message)
+        return deliveries(drive(presence, HubFrameReceived(data=encode(frame), now=1))).get(1, [])
+
+    def missed(offset: int, epoch: str = "h.1") -> dict[str, Any]:
+        return {"type": "stream.missed", "channel": "room", "offset": offset, "epoch": epoch}
+
+    assert [m["payload"] for m in stream(4)] == [4]
+    assert stream(4) == []  # sent already: never twice
+    got = stream(7)  # 5 and 6 never came: the subscriber is told, then gets 7
+    assert got[0] == missed(7)
+    assert [m["payload"] for m in got[1:]] == [7]
+    got = stream(1, "h.2")  # a new epoch nobody announced: what came before may be lost
+    assert got[0] == missed(1, "h.2")
+    assert [m["payload"] for m in got[1:]] == [1]
+    assert [m["payload"] for m in stream(2, "h.2")] == [2]
 
 
 def test_a_bridge_without_history_relays_a_stream_frame_as_numbered() -> None:

@@ -6,6 +6,7 @@ The stream's rules one at a time; ``test_streams_stateful`` checks them against 
 from __future__ import annotations
 
 import json
+import tracemalloc
 from collections.abc import Callable
 from typing import Any
 
@@ -35,10 +36,13 @@ from megapresence_core.events import (
     HubConnected,
     HubFrameReceived,
     HubLost,
+    PositionCheck,
     StreamPosition,
 )
 from megapresence_core.wire import (
+    PositionCommand,
     PublishFrame,
+    StreamMissed,
     StreamReset,
     Subscribed,
     decode_client_command,
@@ -47,7 +51,7 @@ from megapresence_core.wire import (
 )
 from megapresence_core.wire._client import SubscribeCommand, command_event
 
-from .helpers import deliveries, drive, hub_presence, open_joined, registered_frame
+from .helpers import deliveries, drive, hub_presence, open_joined, refusals, registered_frame
 
 BOOT = "boot-a"
 
@@ -306,6 +310,20 @@ def test_the_history_memory_is_counted_and_freed() -> None:
     assert presence.history_bytes == 0
 
 
+def test_the_counted_history_bytes_are_what_the_history_holds() -> None:
+    presence = server(size=500)
+    message = Message(type="chat", payload={"text": "x" * 60})
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(500):
+            presence.handle(PublishRequested(channel="room", message=message))
+        allocated = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    assert 0.85 < presence.history_bytes / allocated < 1.15
+
+
 # ------------------------------------------------------- links and resets
 
 
@@ -380,7 +398,88 @@ def test_without_history_nothing_carries_a_position_and_since_is_not_recovered()
     assert presence.stream_position("room") is None
 
 
+# ------------------------------------------------------- position checks
+
+
+def check(presence: Presence, conn: int, offset: int, epoch: str) -> list[dict[str, Any]]:
+    position = StreamPosition(offset=offset, epoch=epoch)
+    actions = drive(presence, PositionCheck(conn=conn, channel="room", position=position))
+    return deliveries(actions).get(conn, [])
+
+
+def test_a_position_the_stream_has_reached_is_in_step_and_answered_with_nothing() -> None:
+    presence = server()
+    for n in (1, 2, 3):
+        publish(presence, n)
+    epoch = f"{BOOT}.1"
+    # At the top, or behind it: what follows is on its way to the client.
+    assert check(presence, 2, 3, epoch) == []
+    assert check(presence, 2, 1, epoch) == []
+    assert check(presence, 2, 0, epoch) == []
+
+
+@pytest.mark.parametrize(("offset", "epoch"), [(1, "gone.7"), (4, f"{BOOT}.1")])
+def test_another_epoch_or_a_later_offset_is_told_stream_missed(offset: int, epoch: str) -> None:
+    presence = server()
+    publish(presence, 1)
+    assert check(presence, 2, offset, epoch) == [
+        {"type": "stream.missed", "channel": "room", "offset": 1, "epoch": f"{BOOT}.1"}
+    ]
+
+
+def test_a_position_from_before_a_reset_is_out_of_step() -> None:
+    presence = hub_presence(history=history(), presence_window=0)
+    open_joined(presence, 1, "ann", "a1", channels=["room"])
+    subscribe(presence, 1, None)
+    drive(presence, HubLost(now=2))  # the reset is sent; a check crossed it
+    assert check(presence, 1, 0, f"{BOOT}.1") == [
+        {"type": "stream.missed", "channel": "room", "offset": 0, "epoch": f"{BOOT}.2"}
+    ]
+
+
+def test_a_check_needs_a_session_subscribed_to_the_channel() -> None:
+    presence = server()
+    drive(presence, ConnectionOpened(conn=9, ns="/ws"))
+    position = StreamPosition(offset=0, epoch="e")
+    for conn, code in ((9, "not_joined"), (3, "not_subscribed")):
+        actions = drive(presence, PositionCheck(conn=conn, channel="room", position=position))
+        assert refusals(actions) == [(conn, code, "room")]
+
+
+def test_without_history_a_check_is_answered_with_nothing() -> None:
+    presence = Presence(PresenceConfig(presence_window=0))
+    open_joined(presence, 1, "ann", "a1", channels=["room"])
+    assert check(presence, 1, 5, "x.1") == []
+
+
 # ------------------------------------------------------------ the wire
+
+
+def test_a_position_command_becomes_a_check_and_stream_missed_decodes() -> None:
+    text = '{"op":"position","channel":"room","offset":4,"epoch":"e.1"}'
+    command = decode_client_command(text)
+    assert command == PositionCommand(channel="room", offset=4, epoch="e.1")
+    assert encode(command) == text
+    event = command_event(command, conn=1, ns="/ws", session_id="a1", is_admin=False, now=3.0)
+    assert event == PositionCheck(
+        conn=1, channel="room", position=StreamPosition(offset=4, epoch="e.1")
+    )
+    refused = command_event(command, conn=1, ns="/ws", session_id=None, is_admin=False, now=3.0)
+    assert getattr(refused, "code", None) == "not_joined"
+    assert decode_server_message(
+        '{"type":"stream.missed","channel":"c","offset":2,"epoch":"e.2"}'
+    ) == StreamMissed(channel="c", offset=2, epoch="e.2")
+
+
+@pytest.mark.parametrize(
+    "fields", [{"offset": -1, "epoch": "e"}, {"offset": 1, "epoch": ""}, {"offset": 1}]
+)
+def test_a_bad_position_is_bad_command(fields: dict[str, Any]) -> None:
+    from megapresence_core import PeerError
+
+    with pytest.raises(PeerError) as caught:
+        decode_client_command(json.dumps({"op": "position", "channel": "room", **fields}))
+    assert caught.value.code == "bad_command"
 
 
 def test_a_subscribe_command_with_since_encodes_and_decodes_back() -> None:

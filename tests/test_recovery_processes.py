@@ -8,12 +8,14 @@ One process (``serve``, restarted on its port), a hub with two servers (a server
 restarted) and two instances over NATS (an instance and NATS restarted). Across servers each
 server keeps its own streams, so a reconnect to another server is told ``recovered: false``
 (reason ``epoch``); a server whose link to the hub or to NATS went down or came back tells its
-subscribers ``stream.reset``. The figures of each run are printed (``-s`` shows them).
+subscribers ``stream.reset``. The subscribers and the publisher (which confirms each number
+by its echo) are the project's Python client, ``megapresence_client``: its reconnects,
+``since``, merge and position checks are what is tested. The figures of each run are
+printed (``-s`` shows them).
 """
 
 from __future__ import annotations
 
-import json
 import random
 import threading
 import time
@@ -22,64 +24,87 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import anyio
 import pytest
-from websockets.exceptions import ConnectionClosed, InvalidHandshake
-from websockets.sync.client import ClientConnection, connect
+
+from megapresence_client import (
+    Backoff,
+    ChannelMessage,
+    ClientClosedError,
+    Disconnected,
+    PresenceClient,
+    ServerError,
+)
 
 from .process_helpers import Command, bridge_command
-from .recovery_client import StreamReader, check
+from .recovery_client import EventReader, check
 from .servers import Server
 from .test_cluster_processes import serve
 
 CHANNEL = "seq"
 #: Within the servers' leave grace (5 s): a subscriber that comes back is the same member.
 GRACE = ("--leave-grace", "5")
-_DROPPED = (OSError, ConnectionClosed, InvalidHandshake, TimeoutError)
 
 
-def _open(port: int, user: str) -> ClientConnection:
-    url = f"ws://127.0.0.1:{port}/ws/chat?user={user}&session={user}-1&channels={CHANNEL}"
-    return connect(url, open_timeout=3, close_timeout=1).__enter__()
+def client_of(
+    ports: Callable[[], list[int]], rng: random.Random, user: str, **options: Any
+) -> PresenceClient:
+    """A client of the channel that connects (again) to a server picked at random."""
+    return PresenceClient(
+        lambda: f"ws://127.0.0.1:{rng.choice(ports())}/ws/chat",
+        query={"user": user, "session": f"{user}-1", "channels": CHANNEL},
+        backoff=Backoff(first=0.2, first_back_off=0.5, cap=1.0),
+        open_timeout=3,
+        **options,
+    )
 
 
-class Subscriber(threading.Thread):
-    """Holds the channel's numbers; drops and comes back with ``since`` until told to settle."""
+class Subscribers(threading.Thread):
+    """Subscribers on the Python client (``megapresence_client``), in one event loop of their
+    own: each drops its connection every 0.2-1.2 s (no close frame, as a blip) and the
+    client comes back to a server picked at random, recovering with ``since``, until told
+    to settle; it also checks its position every 0.5 s."""
 
-    def __init__(self, name: str, ports: Callable[[], list[int]], seed: int) -> None:
-        super().__init__(name=name, daemon=True)
+    def __init__(self, count: int, ports: Callable[[], list[int]], seed: int) -> None:
+        super().__init__(name="subscribers", daemon=True)
         self.ports = ports
-        self.rng = random.Random(seed)
-        self.reader = StreamReader()
+        self.seed = seed
+        self.readers = [EventReader() for _ in range(count)]
         self.settle = threading.Event()
         self.done = threading.Event()
 
     def run(self) -> None:
-        reader = self.reader
-        while not self.done.is_set():
-            try:
-                ws = _open(self.rng.choice(self.ports()), self.name)
-            except _DROPPED:
-                time.sleep(0.1)
-                continue
-            try:
-                ws.send(json.dumps(reader.subscribe()))
-                until = time.monotonic() + self.rng.uniform(0.2, 1.2)
-                while not self.done.is_set() and (self.settle.is_set() or time.monotonic() < until):
-                    try:
-                        reader.receive(json.loads(ws.recv(0.05)))
-                    except TimeoutError:
-                        continue
-            except _DROPPED:
-                pass  # the server went away: come back
-            finally:
-                ws.close()
-                reader.dropped()
-            time.sleep(self.rng.uniform(0, 0.5))
+        anyio.run(self._all)
+
+    async def _all(self) -> None:
+        async with anyio.create_task_group() as group:
+            for index, reader in enumerate(self.readers):
+                group.start_soon(self._one, index, reader)
+
+    async def _one(self, index: int, reader: EventReader) -> None:
+        rng = random.Random(self.seed + index)
+        async with client_of(self.ports, rng, f"sub{index}", position_check=0.5) as client:
+            client.subscribe(CHANNEL, recover=True)
+            async with anyio.create_task_group() as group:
+                group.start_soon(self._read, client, reader)
+                while not self.settle.is_set():
+                    await anyio.sleep(rng.uniform(0.2, 1.2))
+                    if not self.settle.is_set():
+                        await client.drop()
+                while not self.done.is_set():
+                    await anyio.sleep(0.05)
+                group.cancel_scope.cancel()
+
+    @staticmethod
+    async def _read(client: PresenceClient, reader: EventReader) -> None:
+        async for event in client:
+            reader.event(event)
 
 
 class Publisher(threading.Thread):
-    """Publishes 1..count, each confirmed by its own echo; a number whose echo was lost with
-    the connection is uncertain (published or not) and is not sent again."""
+    """Publishes 1..count on the Python client, each confirmed by its own echo. A number
+    refused (``unavailable`` while the server's link is down, say) is sent again; one whose
+    echo was lost with the connection is uncertain (published or not) and is not."""
 
     def __init__(self, ports: Callable[[], list[int]], count: int, seed: int) -> None:
         super().__init__(name="publisher", daemon=True)
@@ -90,29 +115,36 @@ class Publisher(threading.Thread):
         self.uncertain: list[int] = []
 
     def run(self) -> None:
-        n = 1
-        while n <= self.count:
-            try:
-                ws = _open(self.rng.choice(self.ports()), "publisher")
-            except _DROPPED:
-                time.sleep(0.1)
-                continue
-            try:
-                while n <= self.count:
-                    command = {"op": "publish", "channel": CHANNEL, "type": "n", "payload": n}
-                    ws.send(json.dumps(command))
-                    while True:
-                        message = json.loads(ws.recv(5))
-                        if message["type"] == "n" and message["payload"] == n:
-                            break
-                    self.confirmed.append(n)
-                    n += 1
-                    time.sleep(0.004)
-            except _DROPPED:
-                self.uncertain.append(n)
+        anyio.run(self._publish)
+
+    async def _publish(self) -> None:
+        async with client_of(self.ports, self.rng, "publisher", position_check=0) as client:
+            n = 1
+            while n <= self.count:
+                try:
+                    await client.publish(CHANNEL, "n", n)
+                except ClientClosedError:
+                    await anyio.sleep(0.05)  # not sent: send it once connected
+                    continue
+                outcome = await self._echo(client, n)
+                if outcome == "refused":
+                    await anyio.sleep(0.1)
+                    continue
+                (self.confirmed if outcome == "confirmed" else self.uncertain).append(n)
                 n += 1
-            finally:
-                ws.close()
+                await anyio.sleep(0.004)
+
+    @staticmethod
+    async def _echo(client: PresenceClient, n: int) -> str:
+        with anyio.move_on_after(5):
+            async for event in client:
+                if isinstance(event, ChannelMessage) and event.payload == n:
+                    return "confirmed"
+                if isinstance(event, ServerError):
+                    return "refused"
+                if isinstance(event, Disconnected):
+                    break
+        return "lost"
 
 
 def run_sequence(
@@ -123,11 +155,10 @@ def run_sequence(
     subscribers: int = 4,
     seed: int = 20,
 ) -> dict[str, Any]:
-    subs = [Subscriber(f"sub{i}", ports, seed + i) for i in range(subscribers)]
-    for sub in subs:
-        sub.start()
+    subs = Subscribers(subscribers, ports, seed)
+    subs.start()
     deadline = time.monotonic() + 15
-    while not all(sub.reader.subscribed for sub in subs):
+    while not all(reader.subscribed for reader in subs.readers):
         assert time.monotonic() < deadline, "a subscriber never subscribed"
         time.sleep(0.02)
     publisher = Publisher(ports, count, seed)
@@ -139,19 +170,17 @@ def run_sequence(
         time.sleep(1.0)
     publisher.join(120)
     assert not publisher.is_alive(), "the publisher did not finish"
-    for sub in subs:
-        sub.settle.set()  # stay connected now: recover the rest, or be told
+    subs.settle.set()  # stay connected now: recover the rest, or be told
     deadline = time.monotonic() + 20
     last = publisher.confirmed[-1]
     while time.monotonic() < deadline and not all(
-        sub.reader.last() >= last or sub.reader.open_stretch() for sub in subs
+        reader.last() >= last or reader.open_stretch() for reader in subs.readers
     ):
         time.sleep(0.05)
     time.sleep(0.5)
-    for sub in subs:
-        sub.done.set()
-        sub.join(10)
-    figures = check([sub.reader for sub in subs], publisher.confirmed, publisher.uncertain)
+    subs.done.set()
+    subs.join(10)
+    figures = check(subs.readers, publisher.confirmed, publisher.uncertain)
     print(f"\nrecovery run: {figures}")
     assert figures["silent_gaps"] == 0
     assert figures["duplicates"] == 0

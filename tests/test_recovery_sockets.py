@@ -95,3 +95,33 @@ async def test_a_bad_since_is_refused_and_the_connection_stays(anyio_backend: st
         assert (error["type"], error["payload"]["code"]) == ("error", "bad_command")
         assert (await subscribe(bob))["offset"] == 0
         await bob.close()
+
+
+async def test_a_position_check_is_silent_in_step_and_tells_stream_missed_out_of_step(
+    anyio_backend: str,
+) -> None:
+    async with running_server(on_message=handle_command, presence=config("c")) as (_, url):
+        ann = await Client.connect(f"{url}/ws?user=ann&session=a1&channels=room")
+        bob = await Client.connect(f"{url}/ws?user=bob&session=b1&channels=room")
+        epoch = (await subscribe(bob))["epoch"]
+        await publish(ann, 1)
+        await publish(ann, 2)
+        assert await numbers(bob, 2) == [(1, 1), (2, 2)]
+
+        async def check(offset: int, epoch: str) -> None:
+            command = {"op": "position", "channel": "room", "offset": offset, "epoch": epoch}
+            await bob.send(json.dumps(command))
+
+        await check(2, epoch)
+        await check(1, epoch)  # behind: the rest was on its way
+        assert await bob.silent(0.2)
+        await check(1, "c.9")  # a stream it never had here: out of step
+        missed = await bob.recv_json()
+        assert missed == {"type": "stream.missed", "channel": "room", "offset": 2, "epoch": epoch}
+        # What the client then does: subscribe again with its position.
+        reply = await subscribe(bob, {"offset": 1, "epoch": "c.9"})
+        assert (reply["recovered"], reply["reason"], reply["offset"]) == (False, "epoch", 2)
+        await check(2, epoch)
+        assert await bob.silent(0.2)
+        await ann.close()
+        await bob.close()

@@ -9,7 +9,10 @@ moves and recoveries from any position ever seen:
 - a recovery returns exactly the publications after the position (without those
   the session was excluded from), in order, or says it cannot, and then with a
   reason that holds (another epoch, too many missed, or the missed ones expired);
-- the counted history bytes equal what is kept.
+- the counted history bytes equal what is kept;
+- a position check compares with the last position sent to clients: the hub's when the
+  hub numbered one since the stream's last loss, else the stream's own; a hub position is
+  "again" at or before the last one of its epoch, a "gap" after a skip or a new epoch.
 """
 
 from __future__ import annotations
@@ -51,6 +54,8 @@ class StreamModel(RuleBasedStateMachine):
         self.shown: set[str] = set()
         #: Every position a client could hold: (channel, offset, epoch).
         self.positions: list[tuple[str, int, str]] = [("a", 0, "elsewhere.1")]
+        #: channel -> the last hub position its clients were sent (since its last loss).
+        self.seen: dict[str, StreamPosition] = {}
 
     def _observe(self, channel: str) -> None:
         """The stream exists: its epoch is the one we know, or new (and then never seen)."""
@@ -82,6 +87,7 @@ class StreamModel(RuleBasedStateMachine):
             self.holders.pop(channel, None)
             self.epoch.pop(channel, None)
             self.shown.discard(channel)
+            self.seen.pop(channel, None)
             assert self.streams.position(channel) is None
 
     @rule(channel=st.sampled_from(CHANNELS))
@@ -94,12 +100,39 @@ class StreamModel(RuleBasedStateMachine):
     def reset(self) -> None:
         told = dict(self.streams.reset())
         assert set(told) == self.shown  # only a position someone may hold needs telling
+        self.seen.clear()
         for channel in self.holders:  # but every stream starts again
             self.epoch.pop(channel)
             self._observe(channel)
             assert told.get(channel, self.streams.position(channel)) == (
                 self.streams.position(channel)
             )
+
+    @rule(
+        channel=st.sampled_from(CHANNELS),
+        offset=st.integers(0, 9),
+        epoch=st.sampled_from(["hub.1", "hub.2"]),
+    )
+    def saw(self, channel: str, offset: int, epoch: str) -> None:
+        position = StreamPosition(offset=offset, epoch=epoch)
+        seen = self.streams.saw(channel, position)
+        if channel not in self.holders:
+            assert seen == "next"  # nobody here to tell
+            return
+        self.shown.add(channel)
+        last = self.seen.get(channel)
+        if last is not None and last.epoch == epoch and offset <= last.offset:
+            assert seen == "again"  # sent already: the last one stays
+            return
+        follows = last is None or (last.epoch == epoch and offset == last.offset + 1)
+        assert seen == ("next" if follows else "gap")
+        self.seen[channel] = position
+
+    @rule(channel=st.sampled_from(CHANNELS))
+    def reached(self, channel: str) -> None:
+        if channel in self.holders:
+            own = StreamPosition(offset=len(self.published[channel]), epoch=self.epoch[channel])
+            assert self.streams.reached(channel) == self.seen.get(channel, own)
 
     @rule(step=st.sampled_from([0.0, 0.5, 1.0, 3.0, 20.0]))
     def tick(self, step: float) -> None:

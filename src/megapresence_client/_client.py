@@ -31,6 +31,7 @@ from ._events import (
     PresenceChanged,
     ServerError,
     SessionDetached,
+    StreamMissed,
     StreamReset,
     Subscribed,
     Unsubscribed,
@@ -217,6 +218,11 @@ class PresenceClient:
     stops on other statuses. After each reconnect it sends its metadata (if it set
     any) and every subscription again, each with ``since`` when it recovers.
 
+    Every ``position_check`` seconds (40; 0: never) it sends the server the position
+    it holds in each channel (``position``); a ``stream.missed`` (the server's stream
+    never reached it) is a :class:`StreamMissed` event, and the channel is subscribed
+    again with ``since``.
+
     Events queue up to ``max_events`` (the oldest are dropped beyond, counted in
     ``dropped_events``); the maps (``Subscription.members``) are kept whether or
     not the events are read.
@@ -236,6 +242,7 @@ class PresenceClient:
         max_events: int = 10_000,
         wait_open: bool = True,
         sleep: Callable[[float], Awaitable[None]] = anyio.sleep,
+        position_check: float = 40.0,
     ) -> None:
         self._urls = url
         self._credentials = (_pairs(headers), _pairs(query), _pairs(cookies))
@@ -245,6 +252,7 @@ class PresenceClient:
         self._ssl_context = ssl_context
         self._wait_open = wait_open
         self._sleep = sleep
+        self.position_check = position_check
         self._events: deque[Event] = deque(maxlen=max_events)
         self._max_events = max_events
         #: Events dropped because the queue was full (nobody read them).
@@ -564,6 +572,10 @@ class PresenceClient:
         self._opened.set()
         self._emit(Connected(url, self.connections))
         self._touch()
+        checks = anyio.CancelScope()
+        if self.position_check > 0:
+            assert self._task_group is not None
+            self._task_group.start_soon(self._check_positions, checks)
         try:
             await self._resend_state()
             while (text := await connection.receive()) is not None:
@@ -572,12 +584,26 @@ class PresenceClient:
         except ConnectionError:
             pass  # the connection dropped under a send: reconnect
         finally:
+            checks.cancel()
             self._connection = None
             self._lost()
             with anyio.CancelScope(shield=True):
                 await connection.abort()
         code = connection.close_code
         return plan_for_close(code), code, connection.close_reason, None
+
+    async def _check_positions(self, scope: anyio.CancelScope) -> None:
+        """The position of each subscription that holds one and waits for no answer,
+        every ``position_check`` seconds while this connection lasts."""
+        with scope:
+            while True:
+                await anyio.sleep(self.position_check)
+                for subscription in list(self.subscriptions.values()):
+                    stream = subscription.stream
+                    if stream.position is None or stream.waiting:
+                        continue
+                    command = {"op": "position", "channel": subscription.channel}
+                    await self._send_quietly(command | stream.position.to_json())
 
     async def _resend_state(self) -> None:
         if self.detached is not None:
@@ -746,6 +772,32 @@ class PresenceClient:
             subscription.stream.waiting = False
             del self.subscriptions[subscription.channel]
             subscription._answered.set()
+        elif (
+            subscription is not None
+            and subscription.stream.waiting
+            and error.code
+            in (
+                "rate_limited",
+                "busy",
+            )
+        ):
+            # Its subscribe was refused for now: the next check (or reconnect) asks again.
+            for delivered in subscription.stream.refused():
+                self._deliver(subscription.channel, delivered)
+
+    def _on_stream_missed(self, message: dict[str, Any]) -> None:
+        subscription = self.subscriptions.get(str(message.get("channel")))
+        offset, epoch = message.get("offset"), message.get("epoch")
+        if subscription is None or not subscription.stream.missed(offset, epoch):
+            return
+        self._emit(
+            StreamMissed(
+                subscription.channel,
+                offset if isinstance(offset, int) else None,
+                epoch if isinstance(epoch, str) else None,
+            )
+        )
+        self._send_soon(subscription._command())
 
     def _on_rate_limited(self) -> None:
         """``rate_limited`` names no command: a sync still unanswered may be the one
@@ -812,6 +864,7 @@ _HANDLERS: Final[dict[str, Callable[[PresenceClient, dict[str, Any]], None]]] = 
     "session.detached": PresenceClient._on_detached,
     "welcome": PresenceClient._on_welcome,
     "stream.reset": PresenceClient._on_stream_reset,
+    "stream.missed": PresenceClient._on_stream_missed,
 }
 
 

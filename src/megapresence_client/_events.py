@@ -122,6 +122,17 @@ class StreamReset:
 
 
 @dataclass(frozen=True)
+class StreamMissed:
+    """``stream.missed``: a position check found the client out of step (the server's
+    stream never reached its position). The client subscribes again with ``since``; the
+    ``Subscribed`` that answers says whether it recovered."""
+
+    channel: str
+    offset: int | None
+    epoch: str | None
+
+
+@dataclass(frozen=True)
 class Unsubscribed:
     channel: str
 
@@ -188,4 +199,5 @@ Event = (
     | ServerError
     | SessionDetached
     | StreamReset
+    | StreamMissed
 )

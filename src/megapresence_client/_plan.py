@@ -146,6 +146,25 @@ class Stream:
         if isinstance(offset, int) and isinstance(epoch, str):
             self.position = Position(offset, epoch)
 
+    def missed(self, offset: Any, epoch: Any) -> bool:
+        """``stream.missed``: whether to subscribe again with ``since`` (not when a
+        ``subscribe`` is in flight, or the position reached the stream's meanwhile)."""
+        position = self.position
+        caught_up = (
+            position is not None
+            and position.epoch == epoch
+            and isinstance(offset, int)
+            and position.offset >= offset
+        )
+        return not (self.waiting or caught_up)
+
+    def refused(self) -> list[dict[str, Any]]:
+        """The ``subscribe`` in flight was refused for now (``rate_limited``): the held
+        messages are delivered, those at or before the position once only."""
+        self.waiting = False
+        held, self.held = self.held, []
+        return [out for message in held for out in self.receive(message)]
+
     def receive(self, message: dict[str, Any], force: bool = False) -> list[dict[str, Any]]:
         """A channel message arrived; returns it when it is to be delivered now.
         (``force``: a held message delivered as it is, even at or before the position.)"""

@@ -1,5 +1,6 @@
-"""A session's channels: subscribe, unsubscribe, sync and publish, and what every change of a
-local session's membership tells the rosters, the watchers, the hub, the cluster and the store.
+"""A session's channels: subscribe, unsubscribe, sync, publish and position checks, and what
+every change of a local session's membership tells the rosters, the watchers, the hub, the
+cluster and the store.
 
 Theory of operation. A local session's channels are its subscriptions (channel
 -> presence mode). Every change goes through the helpers here, so the rosters
@@ -11,6 +12,11 @@ channels, the connection holds no session) are ``RequestRefused`` actions and
 change nothing; misuse raises before anything changes. A subscriber first
 gets ``subscribed``, then its snapshot, and then, like every watcher, sees
 itself join in the next diff.
+
+A client is out of step in a channel when it holds a position the stream here never
+reached (another epoch, a later offset), or when this server relays a numbering that
+skips (it missed publications, so did they): either way it is sent ``stream.missed`` and
+recovers with ``since`` (docs/protocol.md).
 
 :class:`Parts` is what ``Presence`` and this module share; the store is the
 one part replaced (by ``NoStore``) when the process shuts down.
@@ -32,9 +38,10 @@ from ._streams import NoStreams, Streams
 from ._values import Message, PresenceMode, Sender, StreamPosition
 from .actions import Action, Deliver, Log, LogLevel, RequestRefused
 from .config import SNAPSHOT_CHARS_PER_COMMAND, Limits
-from .events import PresenceSync, PublishRequested, Subscribe, Unsubscribe
+from .events import PositionCheck, PresenceSync, PublishRequested, Subscribe, Unsubscribe
 from .wire import (
     LeaveFrame,
+    StreamMissed,
     Subscribed,
     SubscribeFrame,
     Unsubscribed,
@@ -237,7 +244,6 @@ class Channels:
         elif old is not _NONE:
             feed.unwatch(conn, channel, old)
         parts.streams.hold(channel, record.session_id)
-        parts.streams.show(channel)
         local.subscribe(record, channel, mode)
         actions = reply(record.session_id)
         actions += self._watch(record, channel, mode)
@@ -307,6 +313,23 @@ class Channels:
             return [refused(conn, "not_watching", message, channel)]
         return [self._charged(record, parts.feed.snapshot(conn, channel, mode))]
 
+    def check(self, event: PositionCheck) -> list[Action]:
+        """``stream.missed`` when the client's position is not one the stream here has
+        reached (another epoch, or a later offset); nothing when it is (an earlier offset:
+        what follows is on its way, or was not for this session)."""
+        parts, channel, conn, claimed = self._parts, event.channel, event.conn, event.position
+        record = parts.local.get(conn, what="PositionCheck")
+        parts.limits.check_name("PositionCheck", "channel", channel)
+        if record.session_id is None:
+            return [refused(conn, "not_joined", "join a session to check a position", channel)]
+        if channel not in record.subscriptions:
+            return [refused(conn, "not_subscribed", "subscribe to the channel first", channel)]
+        here = parts.streams.reached(channel)
+        if here is None or (claimed.epoch == here.epoch and claimed.offset <= here.offset):
+            return []
+        missed = StreamMissed(channel=channel, offset=here.offset, epoch=here.epoch)
+        return [Deliver(conns=(conn,), text=encode(missed))]
+
     def _watch(self, record: ConnectionRecord, channel: str, mode: PresenceMode) -> list[Action]:
         """``record``'s connection watches ``channel`` in ``mode`` from now: its snapshot."""
         if mode is _NONE:
@@ -366,10 +389,19 @@ class Channels:
     ) -> list[Action]:
         """A channel message to this process's subscribers of ``channel``: at ``position``
         (the hub numbered it), or at the next offset of this process's stream (kept for
-        recovery, also when only lingering sessions hold it)."""
+        recovery, also when only lingering sessions hold it). A numbered one sent already is
+        dropped; one that does not follow the last is told first (``stream.missed``: this
+        server missed some, so did its subscribers, who then recover them)."""
         local = self._parts.local
+        told: list[Action] = []
         if position is not None:
-            self._parts.streams.show(channel)
+            seen = self._parts.streams.saw(channel, position)
+            if seen == "again":
+                return []
+            subscribers = local.by_channel.get(channel)
+            if seen == "gap" and subscribers:
+                missed = StreamMissed(channel=channel, offset=position.offset, epoch=position.epoch)
+                told.append(Deliver(conns=tuple(subscribers), text=encode(missed)))
             text = channel_text(channel, message, author, position)
         else:
             text = self._parts.streams.append(
@@ -379,8 +411,8 @@ class Channels:
             )
         targets = local.targets(local.by_channel.get(channel), except_session_ids)
         if not targets:
-            return []
-        return [Deliver(conns=targets, text=text)]
+            return told
+        return [*told, Deliver(conns=targets, text=text)]
 
     def refusal(self, conn: Hashable, channel: str, held: int) -> RequestRefused | None:
         """Why a session holding ``held`` channels may not subscribe to ``channel``, if so."""

@@ -12,7 +12,7 @@ calls :meth:`Presence.handle`, which returns the actions to perform, in order.
   source tables (the hub's in ``_hub_members.HubMembers``, each instance's in
   the cluster link);
 - the channels (``_channels.Channels``): subscribe, unsubscribe, sync, publish,
-  and the one way a local session's membership changes reach every part;
+  position checks, and the one way a local session's membership changes reach every part;
 - the presence feed (``_feed.PresenceFeed``): snapshots and coalesced diffs
   and counts for the watchers of each channel;
 - the hub link (``_hub_link.HubLink``), the cluster link
@@ -97,6 +97,7 @@ from .events import (
     HubLost,
     KickRequested,
     MetadataUpdated,
+    PositionCheck,
     PresenceSync,
     PublishRequested,
     SessionJoined,
@@ -649,9 +650,13 @@ class Presence:
         )
         texts = [encode(reply), *frame.publications]  # relayed as the hub kept them
         conns = (pending.conn,)
-        return self._channels.answer(
+        actions = self._channels.answer(
             pending, lambda session_id: [Deliver(conns=conns, text=text) for text in texts]
         )
+        self._parts.streams.saw(
+            frame.channel, StreamPosition(offset=frame.offset, epoch=frame.epoch)
+        )
+        return actions
 
     def _hub_direct(self, frame: DirectFrame) -> list[Action]:
         return self._deliver_direct(frame.user_id, frame.message, frame.author)
@@ -983,6 +988,7 @@ _HANDLERS: Final[dict[type[Any], tuple[PresenceInput, Callable[[Presence, Any], 
     Subscribe: (_E, lambda p, e: p._channels.subscribe(e)),
     Unsubscribe: (_E, lambda p, e: p._channels.unsubscribe(e)),
     PresenceSync: (_E, lambda p, e: p._channels.sync(e)),
+    PositionCheck: (_E, lambda p, e: p._channels.check(e)),
     CommandReceived: (_E, Presence._on_command),
     BroadcastRequested: (_E, Presence._on_broadcast),
     PublishRequested: (_E, lambda p, e: p._channels.publish(e)),

@@ -35,12 +35,15 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable
 from itertools import islice
-from typing import Final, final
+from typing import Final, Literal, TypeAlias, final
 
 from ._values import StreamPosition, utf8_len
 from .config import HistoryConfig
 
-__all__ = ["RECOVERY_REASONS", "NoStreams", "Recovery", "Stream", "Streams"]
+__all__ = ["RECOVERY_REASONS", "NoStreams", "Recovery", "Seen", "Stream", "Streams"]
+
+#: How a position numbered elsewhere follows the last one sent (``Streams.saw``).
+Seen: TypeAlias = Literal["next", "again", "gap"]
 
 #: Why a recovery failed; the client then reloads what it shows from its own store.
 RECOVERY_REASONS: Final[dict[str, str]] = {
@@ -49,15 +52,20 @@ RECOVERY_REASONS: Final[dict[str, str]] = {
     "epoch": "the stream's history was lost (a restart, a reset, or nobody subscribed here)",
 }
 
-#: The bytes an entry costs beside its text: a tuple, a float, an int, a frozenset.
-ENTRY_OVERHEAD: Final = 120
+#: The bytes an entry costs beside its text's UTF-8 (measured, CPython 3.11): the str's
+#: header (49), a tuple of four (72), its offset (28 past 256), the deque's slot (8); its
+#: time is mostly shared (one float per event, whatever it publishes).
+ENTRY_OVERHEAD: Final = 160
+#: The sessions a publication for everyone was not for: one set shared by every such
+#: entry (an empty frozenset of its own costs 216 bytes, more than the tuple around it).
+_NOBODY: Final[frozenset[str]] = frozenset()
 
 
 @final
 class Stream:
     """One channel's stream: its epoch, its last offset and its recent publications."""
 
-    __slots__ = ("entries", "epoch", "expired", "holders", "shown", "top", "trimmed")
+    __slots__ = ("entries", "epoch", "expired", "holders", "seen", "shown", "top", "trimmed")
 
     def __init__(self, epoch: str) -> None:
         self.epoch = epoch
@@ -71,6 +79,9 @@ class Stream:
         #: A client may hold a position of this epoch: one was sent (``subscribed``, a
         #: recovery, a publication). Only then does a reset need telling.
         self.shown = False
+        #: The last position of this channel sent to clients that the hub numbered (None:
+        #: this process numbers it): where an in-step client is at most.
+        self.seen: StreamPosition | None = None
 
 
 @final
@@ -138,6 +149,7 @@ class Streams:
         for channel, stream in self._streams.items():
             self._drop(stream, len(stream.entries))
             stream.epoch, stream.top, stream.trimmed, stream.expired = self._new_epoch(), 0, 0, 0
+            stream.seen = None
             if stream.shown:  # and still shown: the telling carries the new position
                 told.append((channel, self.position_of(stream)))
         return told
@@ -176,7 +188,7 @@ class Streams:
         stream.top += 1
         stream.shown = True
         text = text_at(StreamPosition(offset=stream.top, epoch=stream.epoch))
-        stream.entries.append((stream.top, self.now, text, except_session_ids))
+        stream.entries.append((stream.top, self.now, text, except_session_ids or _NOBODY))
         self.bytes += utf8_len(text) + ENTRY_OVERHEAD
         over = len(stream.entries) - self._config.size
         if over > 0:
@@ -195,12 +207,27 @@ class Streams:
         stream = self._streams.get(channel)
         return self.position_of(stream) if stream is not None else None
 
-    def show(self, channel: str) -> None:
-        """A client of ``channel`` was sent a position this process did not number (the
-        hub's): a reset must tell it too."""
+    def saw(self, channel: str, position: StreamPosition) -> Seen:
+        """Clients of ``channel`` are sent ``position``, which this process did not number
+        (the hub's): a reset must tell them too, and a check compares with it. Whether it
+        follows the last one sent: ``"next"``; ``"again"`` (sent already: not to send);
+        ``"gap"`` (publications between, or a new epoch unannounced: they missed some)."""
         stream = self._streams.get(channel)
-        if stream is not None:
-            stream.shown = True
+        if stream is None:
+            return "next"
+        last, stream.shown = stream.seen, True
+        if last is not None and last.epoch == position.epoch and position.offset <= last.offset:
+            return "again"
+        stream.seen = position
+        if last is None or (last.epoch == position.epoch and position.offset == last.offset + 1):
+            return "next"
+        return "gap"
+
+    def reached(self, channel: str) -> StreamPosition:
+        """The last position sent to the clients of ``channel`` (held): an in-step client
+        holds one of its epoch, at most its offset."""
+        stream = self._streams[channel]
+        return stream.seen if stream.seen is not None else self.position_of(stream)
 
     def tell(self, channel: str) -> StreamPosition:
         """Where ``channel``'s stream (held) is, to send to a client."""
@@ -280,8 +307,11 @@ class NoStreams:
     def tell(self, channel: str) -> StreamPosition | None:
         return None
 
-    def show(self, channel: str) -> None:
-        pass
+    def saw(self, channel: str, position: StreamPosition) -> Seen:
+        return "next"
+
+    def reached(self, channel: str) -> StreamPosition | None:
+        return None
 
     def recover(self, channel: str, since: StreamPosition, session_id: str) -> Recovery:
         return Recovery(None, [], "epoch")

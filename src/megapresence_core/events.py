@@ -51,6 +51,7 @@ __all__ = [
     "HubLost",
     "KickRequested",
     "MetadataUpdated",
+    "PositionCheck",
     "PresenceSync",
     "PublishRequested",
     "SessionJoined",
@@ -340,6 +341,19 @@ class PresenceSync:
 
 @final
 @attrs.frozen(kw_only=True)
+class PositionCheck:
+    """A client confirms the ``position`` it holds in ``channel`` (its periodic check,
+    which catches a loss nothing else showed). Nothing is sent when the stream here
+    has reached it under the same epoch (what lies between is on its way, or was not
+    for this session); else the connection is sent ``stream.missed``."""
+
+    conn: Hashable = attrs.field(validator=hashable_id)
+    channel: str = attrs.field(validator=_name)
+    position: StreamPosition = attrs.field(validator=_of_type(StreamPosition))
+
+
+@final
+@attrs.frozen(kw_only=True)
 class CommandReceived:
     """A client connection sent a command: it counts against the connection's rate
     (``Limits.command_rate`` and ``command_burst``). Answered with nothing when the
@@ -475,6 +489,7 @@ Event: TypeAlias = (
     | Subscribe
     | Unsubscribe
     | PresenceSync
+    | PositionCheck
     | CommandReceived
     | KickRequested
     | HubLinkStarted

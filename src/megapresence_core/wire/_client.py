@@ -27,6 +27,9 @@ command:
                         (default false): to the channel's subscribers, on
                         every server, stamped with the sender
 ``sync``                ``channel``: a fresh snapshot (or count), after a gap
+``position``            ``channel``, ``offset``, ``epoch``: the position the
+                        client holds, checked against the stream's (answered
+                        ``stream.missed`` only when it is out of step)
 ``direct``              ``userId``, ``payload``, ``type`` (default "direct");
                         answered with ``direct.result``
 ``metadata``            ``metadata``: replaces this session's metadata
@@ -77,6 +80,7 @@ from ..events import (
     DirectRequested,
     KickRequested,
     MetadataUpdated,
+    PositionCheck,
     PresenceSync,
     PublishRequested,
     Subscribe,
@@ -85,6 +89,7 @@ from ..events import (
 from ._codec import (
     Dialect,
     Field,
+    check_count,
     check_flag,
     check_json,
     check_name,
@@ -108,6 +113,7 @@ __all__ = [
     "KickCommand",
     "MetadataCommand",
     "PingCommand",
+    "PositionCommand",
     "PublishCommand",
     "RosterCommand",
     "SubscribeCommand",
@@ -234,6 +240,17 @@ class SyncCommand:
     channel: str
 
 
+@final
+@attrs.frozen(kw_only=True)
+class PositionCommand:
+    """``{"op": "position", "channel", "offset", "epoch"}``: the position the client holds,
+    sent every so often so that a loss nothing else showed is caught."""
+
+    channel: str
+    offset: int
+    epoch: str
+
+
 ClientCommand: TypeAlias = (
     BroadcastCommand
     | DirectCommand
@@ -245,14 +262,15 @@ ClientCommand: TypeAlias = (
     | UnsubscribeCommand
     | PublishCommand
     | SyncCommand
+    | PositionCommand
 )
 
 _C: Final = Dialect(
     what="command",
     tag="op",
     unknown_hint=(
-        "; expected broadcast, subscribe, unsubscribe, publish, sync, direct, metadata, "
-        "roster, ping or kick"
+        "; expected broadcast, subscribe, unsubscribe, publish, sync, position, direct, "
+        "metadata, roster, ping or kick"
     ),
     unknown_code="unknown_op",
     bad_code="bad_command",
@@ -274,17 +292,20 @@ def _peer_type(value: object) -> str:
     return name
 
 
+def _epoch(value: object) -> str:
+    if isinstance(value, str) and 0 < len(value) <= MAX_EPOCH_CHARS:
+        return value
+    raise ValueError(f"must be a non-empty string of at most {MAX_EPOCH_CHARS} characters")
+
+
 def _since(value: object) -> StreamPosition:
     if isinstance(value, dict):
-        offset, epoch = value.get("offset"), value.get("epoch")
-        if (
-            isinstance(offset, int)
-            and not isinstance(offset, bool)
-            and offset >= 0
-            and isinstance(epoch, str)
-            and 0 < len(epoch) <= MAX_EPOCH_CHARS
-        ):
-            return StreamPosition(offset=offset, epoch=epoch)
+        try:
+            return StreamPosition(
+                offset=check_count(value.get("offset")), epoch=_epoch(value.get("epoch"))
+            )
+        except ValueError:
+            pass
     raise ValueError(
         "must be {offset, epoch}: a non-negative integer and a non-empty string "
         f"of at most {MAX_EPOCH_CHARS} characters"
@@ -320,6 +341,14 @@ register(
     Field("excludeSelf", "exclude_self", check_flag, False),
 )
 register(_C, "sync", SyncCommand, Field("channel", "channel", check_name))
+register(
+    _C,
+    "position",
+    PositionCommand,
+    Field("channel", "channel", check_name),
+    Field("offset", "offset", check_count),
+    Field("epoch", "epoch", _epoch),
+)
 register(
     _C,
     "direct",
@@ -373,6 +402,7 @@ CommandEvent: TypeAlias = (
     | Unsubscribe
     | PublishRequested
     | PresenceSync
+    | PositionCheck
 )
 
 #: Commands that need a session, with what to tell a connection that holds none.
@@ -384,6 +414,7 @@ _NEEDS_SESSION: Final[dict[type[object], str]] = {
     UnsubscribeCommand: "join a session to unsubscribe",
     PublishCommand: "join a session to publish",
     SyncCommand: "join a session to sync",
+    PositionCommand: "join a session to check a position",
 }
 
 
@@ -431,6 +462,9 @@ def command_event(
         )
     if isinstance(command, SyncCommand):
         return PresenceSync(conn=conn, channel=command.channel)
+    if isinstance(command, PositionCommand):
+        position = StreamPosition(offset=command.offset, epoch=command.epoch)
+        return PositionCheck(conn=conn, channel=command.channel, position=position)
     if isinstance(command, DirectCommand):
         return DirectRequested(user_id=command.user_id, message=_message(command), conn=conn)
     if isinstance(command, MetadataCommand):

@@ -13,6 +13,8 @@ Server to client, one JSON object per text message:
                       history), ``recovered`` and ``reason`` (after ``since``)
 ``stream.reset``      ``channel``, ``offset``, ``epoch``: the stream started
                       again; what came before may be missing (reason ``epoch``)
+``stream.missed``     ``channel``, ``offset``, ``epoch``: the answer to a
+                      ``position`` out of step; recover with ``since``
 ``unsubscribed``      ``channel``
 ``direct.result``     ``userId``, ``found``: whether the server knew the user
 channel message       ``{"type": T, "channel", "from"?: {userId, sessionId},
@@ -77,6 +79,7 @@ __all__ = [
     "PresenceState",
     "ServerMessage",
     "SessionDetached",
+    "StreamMissed",
     "StreamReset",
     "Subscribed",
     "Unsubscribed",
@@ -173,6 +176,20 @@ class StreamReset:
 
 @final
 @attrs.frozen(kw_only=True)
+class StreamMissed:
+    """A ``position`` the client sent is not one of the stream's here (another epoch, or
+    beyond its last offset): the client missed something. It subscribes again with its
+    ``since`` (recovering, or told why not); ``offset`` and ``epoch`` are where the stream
+    is, so a client whose position caught up meanwhile (a ``stream.reset`` crossed the
+    check) knows it is in step."""
+
+    channel: str
+    offset: int
+    epoch: str
+
+
+@final
+@attrs.frozen(kw_only=True)
 class Unsubscribed:
     channel: str
 
@@ -200,6 +217,7 @@ ServerMessage: TypeAlias = (
     | PresenceCount
     | Subscribed
     | StreamReset
+    | StreamMissed
     | Unsubscribed
     | DirectResult
     | SessionDetached
@@ -253,6 +271,7 @@ register(
     Field("reason", "reason", check_name, None),
 )
 register(_S, "stream.reset", StreamReset, _CHANNEL, _OFFSET, _EPOCH)
+register(_S, "stream.missed", StreamMissed, _CHANNEL, _OFFSET, _EPOCH)
 register(_S, "unsubscribed", Unsubscribed, _CHANNEL)
 register(
     _S,

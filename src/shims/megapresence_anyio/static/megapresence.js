@@ -50,6 +50,13 @@
 //   {recovered, reason, offset, epoch} once per resubscribe, and {recovered:
 //   false, reason: "epoch", ...} on a `stream.reset`: when `recovered` is false,
 //   something may be missing and the app reloads from its own store.
+// - Position checks: every `positionCheck` ms (40 s) the client sends the
+//   position it holds in each settled subscription (`position`); a
+//   `stream.missed` (the server's stream never reached it: the client is out
+//   of step) makes it resubscribe with `since`, so it recovers, or onRecover
+//   hears {recovered: false} and the app reloads. A `stream.missed` whose
+//   position the subscription has reached meanwhile (a `stream.reset` crossed
+//   the check) is ignored.
 // - A diff that does not follow the map's version, or does not fit it, puts the
 //   map out of sync; the client asks for a `sync` by itself (once) and ignores
 //   diffs until the fresh snapshot. A `rate_limited` error names no command, so
@@ -72,7 +79,7 @@ const STOP = new Set([1002, 1003, 1007, 1008]);
 const BACK_OFF = new Set([1013, 4503]);
 const PRESENCE_TYPES = new Set([
   "presence.state", "presence.diff", "presence.count", "subscribed", "unsubscribed",
-  "stream.reset",
+  "stream.reset", "stream.missed",
 ]);
 
 /** What a close with `code` means for the client: "stop", "back-off" or "prompt". */
@@ -229,8 +236,30 @@ export class Subscription {
   }
 
   _channelMessage(message) {
+    const at = this.position;
+    // One applied already (a refusal crossed a recovery's answer): never twice.
+    if (at && message.epoch === at.epoch && message.offset <= at.offset) return;
     this._position(message);
     call(this.handlers.onMessage, message, this);
+  }
+
+  // The server's stream never reached this position: ask again from it, unless a
+  // subscribe is unanswered (its answer brings the position) or a reset (or a
+  // recovery) crossed the check and the position is now the stream's.
+  _missed(message) {
+    const at = this.position;
+    if (this.state !== "subscribed" || this._recovering) return;
+    if (at && at.epoch === message.epoch && at.offset >= message.offset) return;
+    if (this.map) this._syncAsked = true; // the subscribe brings a snapshot
+    this.client.send(this._command());
+  }
+
+  // A resubscribe was refused (rate_limited, say): the held messages are applied,
+  // and the next check asks again.
+  _refused() {
+    const held = this._recovering ?? [];
+    this._recovering = null;
+    for (const live of held) this._channelMessage(live);
   }
 
   _disconnected() {
@@ -255,6 +284,9 @@ export class Subscription {
       case "stream.reset":
         this._position(message);
         this._recover(message, false, "epoch");
+        return;
+      case "stream.missed":
+        this._missed(message);
         return;
       case "unsubscribed":
         this.state = "unsubscribed";
@@ -395,7 +427,8 @@ export class Subscription {
  * closed for good), random (a function giving [0, 1), for the jitter), baseDelay
  * (ms, 1000), backOffFactor (4), maxDelay (ms, 30000), leaveHold (ms, 1000: how
  * long a leave seen only by comparing snapshots waits for the diff that may bring
- * the member back), WebSocket (the constructor to use).
+ * the member back), positionCheck (ms, 40000: how often the position held in each
+ * channel is checked with the server; 0: never), WebSocket (the constructor to use).
  */
 export class PresenceClient {
   constructor(url, options = {}) {
@@ -406,6 +439,8 @@ export class PresenceClient {
     this.backOffFactor = options.backOffFactor ?? 4;
     this.maxDelay = options.maxDelay ?? 30000;
     this.leaveHold = options.leaveHold ?? 1000;
+    this.positionCheck = options.positionCheck ?? 40000;
+    this._checkTimer = null;
     this.WebSocket = options.WebSocket ?? globalThis.WebSocket;
     /** "idle", "connecting", "open", "reconnecting" or "closed". */
     this.state = "idle";
@@ -462,6 +497,9 @@ export class PresenceClient {
         subscription.state = "pending"; // it may be refused this time (channel_full, say)
         subscription._syncAsked = subscription.map !== null; // the subscribe brings a snapshot
         this.send(subscription._command());
+      }
+      if (this.positionCheck > 0) {
+        this._checkTimer = setInterval(() => this._checkPositions(), this.positionCheck);
       }
     };
     socket.onmessage = (event) => {
@@ -583,7 +621,7 @@ export class PresenceClient {
       if (subscription && subscription.state === "pending") {
         subscription.state = "refused";
         this.subscriptions.delete(payload.channel);
-      }
+      } else if (subscription) subscription._refused();
       if (subscription) call(subscription.handlers.onError, payload, subscription);
       if (payload.code === "rate_limited") {
         for (const each of this.subscriptions.values()) each._rateLimited();
@@ -615,7 +653,17 @@ export class PresenceClient {
     }
   }
 
+  // Each settled subscription's position, for the server to compare with its stream.
+  _checkPositions() {
+    for (const sub of this.subscriptions.values()) {
+      if (sub.state !== "subscribed" || !sub.position || sub._recovering) continue;
+      this.send({ op: "position", channel: sub.channel, ...sub.position });
+    }
+  }
+
   _disconnected() {
+    clearInterval(this._checkTimer);
+    this._checkTimer = null;
     for (const subscription of this.subscriptions.values()) subscription._disconnected();
     for (const pending of this._directs.splice(0)) pending.reject(new Error("connection closed"));
   }
