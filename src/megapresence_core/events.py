@@ -455,7 +455,9 @@ class DrainRequested:
     with 4503 (reconnect now), so each session lingers for its leave grace and moves with
     its client to the server it reconnects to; a join from now on is closed with 4503 too.
     The hub and cluster links stay up; ``Presence.drained`` says when every session has
-    moved or left. Then ``ShutdownRequested``."""
+    moved or left. Without a hub or a cluster no other server could take a session, so
+    the closes are 1001 (going away) and ``drained`` waits for the sockets only. Then
+    ``ShutdownRequested``."""
 
 
 @final
