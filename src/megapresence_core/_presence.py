@@ -460,6 +460,14 @@ class Presence:
 
     def _on_metadata(self, event: MetadataUpdated) -> list[Action]:
         self._limits.check_metadata("MetadataUpdated", event.metadata_bytes)
+        conn = event.conn
+        # A client's own command: the session must still be that connection's (a detached
+        # one names the session a newer connection took).
+        if (
+            conn is not None
+            and self._local.get(conn, what="MetadataUpdated").session_id != event.session_id
+        ):
+            return [refused(conn, "not_joined", "join a session to set metadata", None)]
         record = self._local.by_session.get(event.session_id)
         if record is None:
             return [

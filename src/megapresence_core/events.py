@@ -355,7 +355,8 @@ class CommandReceived:
 @attrs.frozen(kw_only=True)
 class MetadataUpdated:
     """Replace the metadata of a local session (kept for resync, sent to peers).
-    ``conn``, when a client asked, is told if it is refused (``busy``)."""
+    ``conn``, when a client asked, is told if it is refused: ``busy``, or ``not_joined``
+    when it does not hold the session (a newer connection took it)."""
 
     session_id: str = attrs.field(validator=_name)
     metadata: JsonObject = attrs.field(hash=False, converter=_updated_metadata)
