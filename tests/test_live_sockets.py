@@ -465,3 +465,22 @@ async def test_a_detached_connection_hears_nothing_and_every_command_is_answered
         assert await tab1.silent()
         for client in (tab1, bob):
             await client.close()
+
+
+async def test_an_error_names_the_channel_the_command_named() -> None:
+    async with live_server() as (_, url):
+        ann = await Client.connect(f"{url}/ws?user=ann&session=a1")
+        anon = await Client.connect(f"{url}/ws")
+        long = "c" * 300  # over Limits.max_name_bytes
+        for client, command, code, channel in (
+            (ann, {"op": "subscribe", "channel": long}, "over_limit", long),
+            (ann, {"op": "publish", "channel": "room", "type": "error"}, "bad_command", "room"),
+            (ann, {"op": "subscribe", "channel": "room", "since": {}}, "bad_command", "room"),
+            (anon, {"op": "subscribe", "channel": "room"}, "not_joined", "room"),
+            (ann, {"op": "direct", "userId": "bob", "type": "error"}, "bad_command", None),
+        ):
+            await client.send(json.dumps(command))
+            payload = (await client.recv_json())["payload"]
+            assert (payload["code"], payload.get("channel")) == (code, channel), command
+        for client in (ann, anon):
+            await client.close()
