@@ -340,6 +340,32 @@ def test_a_sync_refused_with_rate_limited_is_asked_again_after_a_backoff(
     page.run("clients.eli.close()")
 
 
+def test_an_error_naming_a_channel_refuses_its_pending_subscribe_only_if_it_answers_one(
+    browser: Any, rules_port: int
+) -> None:
+    # An error names its command's channel, not its command: a publish's not_subscribed
+    # that arrives while the channel's subscribe is unanswered is not that subscribe's.
+    page = Page(browser, rules_port)
+    page.run(
+        "makeClient('fay', '/ws/chat?user=fay&session=fay-pend&channels=lobby');"
+        "watch('fay', 'lobby', 'none'); clients.fay.connect();"
+    )
+    page.wait("fay", lambda es: ("open", None) in states(es), "never opened")
+    error = {"code": "not_subscribed", "message": "subscribe to the channel first"}
+    said = server_says({"type": "error", "payload": error | {"channel": "pend"}})
+    page.run(f"clients.fay.socket.send({said}); watch('fay', 'pend', 'users');")
+    page.wait_for("fay", synced("pend", []))
+    assert page.run("return clients.fay.subscriptions.get('pend').state") == "subscribed"
+    # One that answers a subscribe does refuse it.
+    said = server_says({"type": "error", "payload": {"code": "forbidden", "channel": "shut"}})
+    page.run(f"clients.fay.socket.send({said}); watch('fay', 'shut', 'users');")
+    page.wait(
+        "fay", lambda es: ["error", {"code": "forbidden", "channel": "shut"}] in es, "no error"
+    )
+    assert page.run("return clients.fay.subscriptions.has('shut')") is False
+    page.run("clients.fay.close()")
+
+
 def test_a_snapshot_s_missing_member_leaves_only_if_the_next_diff_does_not_bring_it_back(
     browser: Any, rules_port: int
 ) -> None:
