@@ -76,6 +76,17 @@ async def test_kick_closes_with_its_code_and_reason(requeue: bool, code: int) ->
         await wait_for(lambda: not server.roster("/ws"))
 
 
+async def test_a_drain_without_a_hub_or_cluster_closes_with_1001_and_returns_at_once() -> None:
+    """No other server could take the sessions over: the clients are told the server
+    goes (1001, reconnect with backoff), not 4503, and the drain does not wait."""
+    async with running_server() as (server, url):
+        ann = await Client.connect(f"{url}/ws?user=ann")
+        await wait_for(lambda: bool(server.roster("/ws")))
+        await server.drain(timeout=30)
+        assert server.presence.drained  # it returned for that, not for its timeout
+        assert await ann.closed() == (1001, "server shutting down")
+
+
 @pytest.mark.parametrize("paths", [("/ws/",), None], ids=["under-ws", "any"])
 async def test_a_path_with_a_dot_segment_is_no_websocket_path(
     paths: tuple[str, ...] | None,

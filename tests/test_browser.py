@@ -171,7 +171,7 @@ def test_the_page_reconnects_by_itself_after_the_server_restarts(
             driver.get(f"http://127.0.0.1:{port}/?user={user}&channels=lobby")
         for driver in (ann, bob):
             WebDriverWait(driver, 15).until(lambda d: len(members(d, "lobby")) == 2)
-        for restarts, (sig, code) in enumerate(((signal.SIGTERM, 4503), (signal.SIGKILL, 1006)), 1):
+        for restarts, (sig, code) in enumerate(((signal.SIGTERM, 1001), (signal.SIGKILL, 1006)), 1):
             server.stop(sig)
             for driver in (ann, bob):
                 WebDriverWait(driver, 15).until(

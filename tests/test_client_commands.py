@@ -22,6 +22,7 @@ from megapresence_core import (
 from megapresence_core.actions import (
     StoreEntry,
 )
+from megapresence_core.errors import over_limit
 from megapresence_core.events import PresenceSync
 from megapresence_core.wire import (
     RESERVED_PREFIXES,
@@ -199,18 +200,68 @@ def test_only_admins_kick_and_only_joined_connections_use_a_session() -> None:
     kick = KickCommand(session_id="s", reason="r")
     assert event_of(kick) == CommandRefused(code="forbidden", message="only admins may kick")
     assert event_of(kick, admin=True) == KickRequested(session_id="s", reason="r")
-    for command, what in [
-        (MetadataCommand(metadata={}), "set metadata"),
-        (SubscribeCommand(channel="c"), "subscribe"),
-        (UnsubscribeCommand(channel="c"), "unsubscribe"),
-        (PublishCommand(channel="c", type="t"), "publish"),
-        (SyncCommand(channel="c"), "sync"),
-        (BroadcastCommand(channel="c"), "broadcast"),
-        (DirectCommand(user_id="u"), "send a direct message"),
+    for command, what, channel in [
+        (MetadataCommand(metadata={}), "set metadata", None),
+        (SubscribeCommand(channel="c"), "subscribe", "c"),
+        (UnsubscribeCommand(channel="c"), "unsubscribe", "c"),
+        (PublishCommand(channel="c", type="t"), "publish", "c"),
+        (SyncCommand(channel="c"), "sync", "c"),
+        (BroadcastCommand(channel="c"), "broadcast", "c"),
+        (DirectCommand(user_id="u"), "send a direct message", None),
     ]:
-        assert event_of(command, session_id=None, admin=True) == CommandRefused(
-            code="not_joined", message=f"join a session to {what}"
+        refused = event_of(command, session_id=None, admin=True)
+        assert refused == CommandRefused(
+            code="not_joined", message=f"join a session to {what}", channel=channel
         )
+        assert isinstance(refused, CommandRefused)
+        assert json.loads(refused.text)["payload"] == {
+            "code": "not_joined",
+            "message": f"join a session to {what}",
+            **({"channel": channel} if channel else {}),
+        }
+
+
+@pytest.mark.parametrize(
+    ("text", "channel"),
+    [
+        ('{"op":"publish","channel":"c","type":"error"}', "c"),  # reserved type
+        ('{"op":"broadcast","channel":"c","type":"presence.x"}', "c"),
+        ('{"op":"subscribe","channel":"c","since":{"offset":-1,"epoch":"e"}}', "c"),
+        ('{"op":"subscribe","channel":"c","presence":"all"}', "c"),
+        ('{"op":"publish","channel":"c"}', "c"),  # a field missing after the channel
+        ('{"op":"publish","channel":"","type":"t"}', None),  # no channel it could read
+        ('{"op":"sync","channel":5}', None),
+        ('{"op":"direct","userId":"u","type":"error"}', None),  # names no channel
+        ('{"op":"dance","channel":"c"}', None),  # not a command it knows
+        ('{"channel":"c"}', None),
+        ("nope", None),
+    ],
+)
+def test_an_error_names_the_channel_whenever_the_command_named_one_it_read(
+    text: str, channel: str | None
+) -> None:
+    with pytest.raises(PeerError) as info:
+        decode_client_command(text)
+    payload = json.loads(CommandRefused.from_error(info.value).text)["payload"]
+    assert payload.get("channel") == channel
+    assert payload["code"] == info.value.code
+
+
+def test_an_error_after_decoding_names_the_decoded_command_s_channel() -> None:
+    over = over_limit("channel is 300 bytes")
+    assert json.loads(CommandRefused.from_error(over, SubscribeCommand(channel="c")).text)[
+        "payload"
+    ] == {
+        "code": "over_limit",
+        "message": "channel is 300 bytes",
+        "channel": "c",
+    }
+    assert (
+        "channel"
+        not in json.loads(CommandRefused.from_error(over, MetadataCommand(metadata={})).text)[
+            "payload"
+        ]
+    )
 
 
 def test_replies() -> None:

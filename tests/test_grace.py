@@ -256,11 +256,17 @@ def test_a_drain_sends_every_client_away_with_4503_and_keeps_their_sessions() ->
     assert presence.drained
 
 
-def test_without_a_hub_or_a_cluster_a_drain_does_not_wait_for_the_grace() -> None:
+def test_without_a_hub_or_a_cluster_a_drain_sends_clients_away_with_1001_at_once() -> None:
+    # No other server could take a session over, and a new process is a new boot: a
+    # 4503 ("reconnect now, the session is kept") would be a promise nobody keeps.
     presence = Presence()
     open_joined(presence, 1, "ann", "a1")
-    drive(presence, DrainRequested())
+    actions = drive(presence, DrainRequested())
+    assert [(a.conn, a.code) for a in actions if isinstance(a, CloseConnection)] == [(1, 1001)]
     assert not presence.drained  # its socket is still open
+    actions = open_joined(presence, 2, "bob", "b1", now=1)  # a join meanwhile: sent away too
+    assert [(a.conn, a.code) for a in actions if isinstance(a, CloseConnection)] == [(2, 1001)]
+    drive(presence, ConnectionClosed(conn=2, now=1))
     drive(presence, ConnectionClosed(conn=1, now=1))
     assert presence.session_state("a1") is ConnectionState.LINGERING
     assert presence.drained  # no other server could take it over

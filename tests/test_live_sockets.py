@@ -428,3 +428,59 @@ async def test_handle_command_answers_bad_commands_rosters_and_admin_kicks() -> 
         assert await ann.closed() == (1008, "bye")
         await root.close()
         assert server.presence_stats("lobby") == (0, 0)
+
+
+async def test_a_detached_connection_hears_nothing_and_every_command_is_answered() -> None:
+    async with live_server() as (server, url):
+        tab1 = await Client.connect(f"{url}/ws?user=ann&session=a1&channels=lobby")
+        bob = await Client.connect(f"{url}/ws?user=bob&session=b1&channels=lobby")
+        tab2 = await Client.connect(f"{url}/ws?user=ann&session=a1&channels=lobby")
+        detached = {"type": "session.detached", "sessionId": "a1", "reason": "replaced"}
+        assert await tab1.recv_json() == detached
+        for command, code in (
+            ({"op": "metadata", "metadata": {"x": 1}}, "not_joined"),
+            ({"op": "subscribe", "channel": "lobby"}, "not_joined"),
+            ({"op": "unsubscribe", "channel": "lobby"}, "not_joined"),
+            ({"op": "publish", "channel": "lobby", "type": "t"}, "not_joined"),
+            ({"op": "sync", "channel": "lobby"}, "not_joined"),
+            ({"op": "broadcast", "channel": "lobby"}, "not_joined"),
+            ({"op": "direct", "userId": "bob"}, "not_joined"),
+            ({"op": "kick", "sessionId": "b1"}, "forbidden"),
+        ):
+            await tab1.send(json.dumps(command))
+            assert (await tab1.recv_json())["payload"]["code"] == code, command
+        assert [m.metadata for m in server.channel_members("lobby")] == [None, None]
+        await tab1.send(json.dumps({"op": "roster"}))
+        assert (await tab1.recv_json())["type"] == "roster"
+        # Out of every index: no broadcast (the program's or a client's), no direct.
+        server.broadcast("/ws", "lobby", {"type": "news"})
+        await bob.send(json.dumps({"op": "broadcast", "channel": "lobby"}))
+        await bob.send(json.dumps({"op": "direct", "userId": "ann"}))
+        assert (await tab2.recv_json())["type"] == "news"
+        assert (await bob.recv_json())["type"] == "news"
+        assert (await tab2.recv_json())["type"] == "chat"
+        await tab2.close()  # nor once the newer connection has gone
+        await bob.send(json.dumps({"op": "direct", "userId": "ann"}))
+        server.broadcast("/ws", "lobby", {"type": "news"})
+        assert await tab1.silent()
+        for client in (tab1, bob):
+            await client.close()
+
+
+async def test_an_error_names_the_channel_the_command_named() -> None:
+    async with live_server() as (_, url):
+        ann = await Client.connect(f"{url}/ws?user=ann&session=a1")
+        anon = await Client.connect(f"{url}/ws")
+        long = "c" * 300  # over Limits.max_name_bytes
+        for client, command, code, channel in (
+            (ann, {"op": "subscribe", "channel": long}, "over_limit", long),
+            (ann, {"op": "publish", "channel": "room", "type": "error"}, "bad_command", "room"),
+            (ann, {"op": "subscribe", "channel": "room", "since": {}}, "bad_command", "room"),
+            (anon, {"op": "subscribe", "channel": "room"}, "not_joined", "room"),
+            (ann, {"op": "direct", "userId": "bob", "type": "error"}, "bad_command", None),
+        ):
+            await client.send(json.dumps(command))
+            payload = (await client.recv_json())["payload"]
+            assert (payload["code"], payload.get("channel")) == (code, channel), command
+        for client in (ann, anon):
+            await client.close()

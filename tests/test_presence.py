@@ -59,6 +59,7 @@ from .helpers import (
     hub_frame,
     hub_presence,
     open_joined,
+    refusals,
     registered_frame,
     sent_frames,
 )
@@ -214,6 +215,19 @@ def test_duplicate_session_detaches_the_prior_connection_without_closing_it() ->
         DirectRequested(user_id="ann", message={"type": "d"}),
     )
     assert set(deliveries(actions)) == {2}
+
+
+def test_a_detached_connection_cannot_set_the_metadata_of_the_session_it_lost() -> None:
+    presence = hub_presence()
+    open_joined(presence, 1, "ann", "s1", channels=["c"])
+    open_joined(presence, 2, "ann", "s1")
+    # The shim still knows connection 1 by the identity it joined with.
+    metadata = MetadataUpdated(session_id="s1", metadata={"x": 1}, now=0.0, conn=1)
+    actions = drive(presence, metadata)
+    assert refusals(actions) == [(1, "not_joined", None)]  # answered, and nothing changed
+    assert sent_frames(actions) == []
+    assert presence.roster("/ws") == [Member(session_id="s1", user_id="ann")]
+    assert [m.metadata for m in presence.channel_members("c")] == [None]
 
 
 def test_closing_the_detached_connection_neither_unmaps_nor_leaves_the_new_owner() -> None:

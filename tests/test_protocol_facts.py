@@ -39,20 +39,35 @@ def joined(presence: Presence, conn: int, user: str, channels: list[str], now: f
     )
 
 
-def test_a_subscribe_starts_versions_at_0_and_a_sync_goes_on_from_the_current_one() -> None:
+def test_a_snapshot_carries_the_view_s_current_version_and_diffs_go_on_from_it() -> None:
+    # Versions belong to the (channel, view) on this server, shared by its watchers: a
+    # snapshot (subscribe or sync) carries the current one, the next diff is one more.
     presence = Presence(PresenceConfig())
     joined(presence, 1, "ann", ["lobby"], 0.0)
     [_, state] = sent(drive(presence, Subscribe(conn=1, channel="lobby", mode="users", now=0.0)))
-    assert (state["type"], state["version"]) == ("presence.state", 0)
+    assert (state["type"], state["version"]) == ("presence.state", 0)  # the first watcher
     joined(presence, 2, "bob", ["lobby"], 0.0)
     [diff] = sent(drive(presence, Tick(now=1.0)))
     assert (diff["type"], diff["version"]) == ("presence.diff", 1)
     [state] = sent(drive(presence, PresenceSync(conn=1, channel="lobby")))
     assert (state["type"], state["version"]) == ("presence.state", 1)  # not restarted
+    # A new connection's first subscribe: the current version, not 0.
+    [_, state] = sent(drive(presence, Subscribe(conn=2, channel="lobby", mode="users", now=1.0)), 2)
+    assert state["version"] == 1
     joined(presence, 3, "cat", ["lobby"], 1.0)
-    [diff] = sent(drive(presence, Tick(now=2.0)))
+    [diff] = sent(drive(presence, Tick(now=2.0)), 2)
     assert diff["version"] == 2
-    # Every subscribe starts over, even one that changes nothing.
+    # A subscribe that changes nothing answers the current version too, while others watch.
+    [_, state] = sent(drive(presence, Subscribe(conn=1, channel="lobby", mode="users", now=2.0)))
+    assert state["version"] == 2
+    # Another view of the channel counts on its own.
+    [_, state] = sent(
+        drive(presence, Subscribe(conn=3, channel="lobby", mode="sessions", now=2.0)), 3
+    )
+    assert (state["view"], state["version"]) == ("sessions", 0)
+    # Once nobody watches the channel, its versions start over.
+    for conn in (1, 2, 3):
+        drive(presence, Subscribe(conn=conn, channel="lobby", mode="none", now=2.0))
     [_, state] = sent(drive(presence, Subscribe(conn=1, channel="lobby", mode="users", now=2.0)))
     assert state["version"] == 0
 

@@ -49,7 +49,8 @@ open without a session and is told (``session.detached``). Another user's
 session id is refused wherever it is known (here, or what the hub or the
 cluster told us; else the hub refuses it, naming the session). A drain
 (``DrainRequested``) sends every client away with 4503, so each session moves
-with its client to the server it reconnects to.
+with its client to the server it reconnects to; without a hub or a cluster, where
+no server could take it, with 1001.
 """
 
 from __future__ import annotations
@@ -263,7 +264,7 @@ class Presence:
         limits.check_channels("SessionJoined", event.channels)
         limits.check_metadata("SessionJoined", event.metadata_bytes)
         if self._draining:
-            return [CloseConnection(conn=event.conn, code=CloseCode.REQUEUE, reason=DRAIN_REASON)]
+            return [self._sent_away(event.conn)]
         actions: list[Action] = []
         held = local.by_session.get(event.session_id)
         lingering = local.lingering.get(event.session_id)
@@ -460,6 +461,14 @@ class Presence:
 
     def _on_metadata(self, event: MetadataUpdated) -> list[Action]:
         self._limits.check_metadata("MetadataUpdated", event.metadata_bytes)
+        conn = event.conn
+        # A client's own command: the session must still be that connection's (a detached
+        # one names the session a newer connection took).
+        if (
+            conn is not None
+            and self._local.get(conn, what="MetadataUpdated").session_id != event.session_id
+        ):
+            return [refused(conn, "not_joined", "join a session to set metadata", None)]
         record = self._local.by_session.get(event.session_id)
         if record is None:
             return [
@@ -598,10 +607,15 @@ class Presence:
 
     def _on_drain(self, event: DrainRequested) -> list[Action]:
         self._draining = True
-        return [
-            CloseConnection(conn=conn, code=CloseCode.REQUEUE, reason=DRAIN_REASON)
-            for conn in self._local.records
-        ]
+        return [self._sent_away(conn) for conn in self._local.records]
+
+    def _sent_away(self, conn: Hashable) -> CloseConnection:
+        """A client of a draining server: told to reconnect now (4503), its session kept for
+        the server it reconnects to; or, without a hub or a cluster, where no server could
+        take the session over (a new process is a new boot), told the server goes (1001)."""
+        if self._alone:
+            return CloseConnection(conn=conn, code=CloseCode.GOING_AWAY, reason=SHUTDOWN_REASON)
+        return CloseConnection(conn=conn, code=CloseCode.REQUEUE, reason=DRAIN_REASON)
 
     def _on_shutdown(self, event: ShutdownRequested) -> list[Action]:
         # The seed's order: hub link, cluster, store (while the indexes still say whose
@@ -900,10 +914,12 @@ class Presence:
         """No connection is open and no session lingers (after ``DrainRequested``: every
         session has moved to another server or left), or none could move: without a hub
         or a cluster, no other server would take a lingering session over."""
-        if self._local.records:
-            return False
-        alone = self._hub_link.state is None and self._cluster.state is None
-        return alone or not self._local.lingering
+        return not self._local.records and (self._alone or not self._local.lingering)
+
+    @property
+    def _alone(self) -> bool:
+        """No hub and no cluster: no other server could take a session over."""
+        return self._hub_link.state is None and self._cluster.state is None
 
     @property
     def is_shut_down(self) -> bool:

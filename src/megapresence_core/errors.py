@@ -114,7 +114,8 @@ def over_limit(message: str, *, close_code: int = CloseCode.POLICY) -> LocalUsag
 class PeerError(PresenceError):
     """A frame, message or command from the network is malformed or over a limit.
 
-    ``field`` names the offending wire field when there is one.
+    ``field`` names the offending wire field when there is one; ``channel`` the channel
+    the object named, when it was read before the fault (a client's error names it).
     """
 
     def __init__(
@@ -123,8 +124,10 @@ class PeerError(PresenceError):
         *,
         code: str = "bad_frame",
         field: str | None = None,
+        channel: str | None = None,
         close_code: int = CloseCode.POLICY,
         http_status: int = 400,
     ) -> None:
         super().__init__(message, code=code, close_code=close_code, http_status=http_status)
         self.field = field
+        self.channel = channel

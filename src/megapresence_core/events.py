@@ -369,7 +369,8 @@ class CommandReceived:
 @attrs.frozen(kw_only=True)
 class MetadataUpdated:
     """Replace the metadata of a local session (kept for resync, sent to peers).
-    ``conn``, when a client asked, is told if it is refused (``busy``)."""
+    ``conn``, when a client asked, is told if it is refused: ``busy``, or ``not_joined``
+    when it does not hold the session (a newer connection took it)."""
 
     session_id: str = attrs.field(validator=_name)
     metadata: JsonObject = attrs.field(hash=False, converter=_updated_metadata)
@@ -469,7 +470,9 @@ class DrainRequested:
     with 4503 (reconnect now), so each session lingers for its leave grace and moves with
     its client to the server it reconnects to; a join from now on is closed with 4503 too.
     The hub and cluster links stay up; ``Presence.drained`` says when every session has
-    moved or left. Then ``ShutdownRequested``."""
+    moved or left. Without a hub or a cluster no other server could take a session, so
+    the closes are 1001 (going away) and ``drained`` waits for the sockets only. Then
+    ``ShutdownRequested``."""
 
 
 @final

@@ -75,6 +75,7 @@ from .._values import (
     StreamPosition,
     dumps,
 )
+from ..errors import PeerError, PresenceError
 from ..events import (
     BroadcastRequested,
     DirectRequested,
@@ -99,7 +100,7 @@ from ._codec import (
     register,
 )
 from ._codec import decode as _decode
-from ._messages import spliced
+from ._messages import error_reply, spliced
 
 __all__ = [
     "COMMAND_OPS",
@@ -380,13 +381,45 @@ def decode_client_command(data: str | bytes) -> ClientCommand:
     return command
 
 
+#: The commands that name a channel: an error answering one names it too.
+_CHANNEL_COMMANDS: Final = (
+    BroadcastCommand,
+    SubscribeCommand,
+    UnsubscribeCommand,
+    PublishCommand,
+    SyncCommand,
+)
+
+
+def _channel(command: ClientCommand) -> str | None:
+    return command.channel if isinstance(command, _CHANNEL_COMMANDS) else None
+
+
 @final
 @attrs.frozen(kw_only=True)
 class CommandRefused:
-    """The command is well-formed but not allowed from this connection."""
+    """A command not done: not allowed from this connection (from :func:`command_event`),
+    or wrong (:meth:`from_error`). ``channel`` is the command's, named in the error."""
 
     code: str
     message: str
+    channel: str | None = None
+
+    @classmethod
+    def from_error(cls, exc: PresenceError, command: ClientCommand | None = None) -> CommandRefused:
+        """The refusal of a command that raised ``exc`` (a field, a limit), given the
+        command when it was decoded: it names the command's channel whenever one was
+        read, also when a later field was wrong."""
+        if command is not None:
+            channel = _channel(command)
+        else:
+            channel = exc.channel if isinstance(exc, PeerError) else None
+        return cls(code=exc.code, message=str(exc), channel=channel)
+
+    @property
+    def text(self) -> str:
+        """The ``error`` message that answers the command."""
+        return error_reply(self.code, self.message, self.channel)
 
 
 def _message(command: BroadcastCommand | DirectCommand | PublishCommand) -> Message:
@@ -436,7 +469,9 @@ def command_event(
     session (``from``).
     """
     if session_id is None and type(command) in _NEEDS_SESSION:
-        return CommandRefused(code="not_joined", message=_NEEDS_SESSION[type(command)])
+        return CommandRefused(
+            code="not_joined", message=_NEEDS_SESSION[type(command)], channel=_channel(command)
+        )
     if isinstance(command, BroadcastCommand):
         assert session_id is not None
         return BroadcastRequested(

@@ -263,14 +263,22 @@ def decode_fields(
     for field in fields:
         if field.wire not in source:
             if field.default is REQUIRED:
-                raise PeerError(f"{name} is missing {field.wire}", code=code, field=field.wire)
+                raise PeerError(
+                    f"{name} is missing {field.wire}",
+                    code=code,
+                    field=field.wire,
+                    channel=values.get("channel"),
+                )
             values[field.attr] = field.default
             continue
         try:
             values[field.attr] = field.check(source[field.wire])
         except ValueError as exc:
             raise PeerError(
-                f"{name} field {field.wire} {exc}", code=code, field=field.wire
+                f"{name} field {field.wire} {exc}",
+                code=code,
+                field=field.wire,
+                channel=values.get("channel"),
             ) from None
     return values
 

@@ -8,8 +8,9 @@ environment: ``MEGAPRESENCE_HUB_TOKENS`` (comma-separated) for ``hub``, and
 A process that cannot start says why in one line on stderr (one JSON object with
 ``--log-format json``) and exits with a code of its own (``ExitCode``, listed by
 ``--help``); SIGTERM, SIGHUP or SIGINT drains it and it exits 0 (``serve`` first
-hands its clients to the other servers: 4503, within ``--drain-timeout``). The listening options of
-both commands live in ``_listen_options`` and their failures in ``_cannot_listen``.
+hands its clients to the other servers: 4503, within ``--drain-timeout``; alone, 1001).
+The listening options of both commands live in ``_listen_options`` and their failures
+in ``_cannot_listen``.
 """
 
 from __future__ import annotations
@@ -351,8 +352,8 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_DRAIN_TIMEOUT,
         metavar="S",
         help="on SIGTERM or SIGHUP, clients are closed with 4503 and their sessions move to "
-        "the servers they reconnect to; wait at most this long for that, then stop "
-        f"(default {DEFAULT_DRAIN_TIMEOUT:g})",
+        "the servers they reconnect to (without --hub or --nats: 1001, nowhere to move); "
+        f"wait at most this long for that, then stop (default {DEFAULT_DRAIN_TIMEOUT:g})",
     )
     caps = serve.add_argument_group("connection caps")
     for flag, default, meaning in (

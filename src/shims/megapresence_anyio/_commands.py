@@ -24,7 +24,6 @@ from megapresence_core.wire import (
     RosterCommand,
     command_event,
     decode_client_command,
-    error_reply,
     roster_reply,
 )
 
@@ -41,10 +40,12 @@ def handle_command(client: Client, text: str | ClientCommand, *, is_admin: bool 
     application that looks at it or changes it first."""
     server = client.server
     if not server.command_allowed(client):
-        return  # over the connection's command rate: told so (rate_limited), not done
+        return  # over the connection's command rate: told so (rate_limited), not even read
+    command = None
     try:
+        command = decode_client_command(text) if isinstance(text, str) else text
         outcome = command_event(
-            decode_client_command(text) if isinstance(text, str) else text,
+            command,
             conn=client,
             ns=client.ns,
             session_id=client.session_id,
@@ -52,7 +53,7 @@ def handle_command(client: Client, text: str | ClientCommand, *, is_admin: bool 
             now=anyio.current_time(),
         )
         if isinstance(outcome, CommandRefused):
-            client.send(error_reply(outcome.code, outcome.message))
+            client.send(outcome.text)
         elif isinstance(outcome, PingCommand):
             pass  # it has answered the heartbeat by arriving
         elif isinstance(outcome, RosterCommand):
@@ -61,4 +62,4 @@ def handle_command(client: Client, text: str | ClientCommand, *, is_admin: bool 
         else:
             server.dispatch(outcome)
     except PresenceError as exc:  # bad JSON, a field, a limit: the code says which
-        client.send(error_reply(exc.code, str(exc)))
+        client.send(CommandRefused.from_error(exc, command).text)

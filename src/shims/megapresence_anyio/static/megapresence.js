@@ -77,6 +77,13 @@
 
 const STOP = new Set([1002, 1003, 1007, 1008]);
 const BACK_OFF = new Set([1013, 4503]);
+// The errors that can answer a `subscribe` (docs/protocol.md): an error names its
+// command's channel, not its command, so another code (a publish's `not_subscribed`)
+// that arrives while the channel's subscribe is unanswered is not that subscribe's.
+const SUBSCRIBE_REFUSALS = new Set([
+  "forbidden", "channel_full", "too_many_channels", "over_limit", "rate_limited", "busy",
+  "not_joined", "bad_command",
+]);
 const PRESENCE_TYPES = new Set([
   "presence.state", "presence.diff", "presence.count", "subscribed", "unsubscribed",
   "stream.reset", "stream.missed",
@@ -618,7 +625,9 @@ export class PresenceClient {
     if (message.type === "error") {
       const payload = message.payload ?? {};
       const subscription = payload.channel && this.subscriptions.get(payload.channel);
-      if (subscription && subscription.state === "pending") {
+      if (
+        subscription && subscription.state === "pending" && SUBSCRIBE_REFUSALS.has(payload.code)
+      ) {
         subscription.state = "refused";
         this.subscriptions.delete(payload.channel);
       } else if (subscription) subscription._refused();
