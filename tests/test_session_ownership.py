@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from megapresence_core import (
+    ConnectionClosed,
     ConnectionOpened,
     DuplicateSessionPolicy,
     PresenceMode,
@@ -304,6 +305,35 @@ def test_restored_never_undoes_what_the_session_did_after_its_join(
     assert hub_owner(sim, "s1") == ("B", kept)
     assert seen(sim, "s1") == ({"A", "B", "C"} if "room" in kept else set())
     assert sim.hub_members() == sim.expected_hub_members()
+
+
+@pytest.mark.parametrize("late", ["SUBSCRIBE", "MEMBERS"])
+def test_what_the_hub_says_of_a_session_held_here_is_never_kept(late: str) -> None:
+    """The hub routes A's SUBSCRIBE of s1 to B before it hears B's JOIN of s1 (the client
+    moved meanwhile), or lists s1 in B's MEMBERS: B holds s1, so that is stale, and once s1
+    leaves B's watchers must not list it (the soak's ghost on one hub-linked server)."""
+    sim = network()
+    first = sim.open("A", "/ws", "ann", "s1", ())
+    sim.settle()
+    a, b = sim.bridges["A"], sim.bridges["B"]
+    back = next(sim.conn_ids)
+    if late == "SUBSCRIBE":
+        a.handle(Subscribe(conn=first, channel="room", mode="none", now=sim.now))  # on its way
+        del sim.open_conns["A"][first]
+        a.handle(ConnectionClosed(conn=first, now=sim.now))  # the client moves to B
+    sim.open_conns["B"][back] = None
+    b.handle(ConnectionOpened(conn=back, ns="/ws"))
+    b.handle(SessionJoined(conn=back, user_id="ann", session_id="s1", channels=(), now=sim.now))
+    if late == "MEMBERS":
+        member = {"sessionId": "s1", "userId": "ann"}
+        data = hub_frame("MEMBERS", channel="room", part=0, parts=1, members=[member])
+        b.handle(HubFrameReceived(data=data, now=sim.now))
+    sim.settle()
+    assert holders(sim, "s1") == {"B": ConnectionState.JOINED}
+    sim.close("B", back)
+    sim.advance(GRACE + 1.0)
+    assert hub_owner(sim, "s1") is None
+    assert seen(sim, "s1") == set()
 
 
 def test_what_a_session_that_never_moves_remembers_of_the_channels_it_left_is_bounded() -> None:

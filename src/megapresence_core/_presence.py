@@ -191,7 +191,11 @@ class Presence:
             self._on_timer.update(dict.fromkeys(HUB_LINK.timer_kinds, link.on_timer))
         recoveries = Recoveries()
         self._hub_members = HubMembers(
-            self._rosters, self._arrived, frozenset(self._hub_link.channels), recoveries.awaits
+            self._rosters,
+            self._arrived,
+            frozenset(self._hub_link.channels),
+            recoveries.awaits,
+            lambda session_id: self._local.session(session_id) is not None,
         )
         if config.cluster is not None:
             cluster = ClusterLink(
