@@ -573,9 +573,10 @@ class Soak:
         await anyio.sleep(2.0)  # every snapshot asked for has come
         notes = []
         for watcher, channel, subscription, expected in looks:
+            where = f"{watcher.session} {channel}"
             again = self.compare_map(watcher, channel, subscription, expected)
-            verdict = "; ".join(again) if again else "equals the truth (the diffs were wrong)"
-            notes.append(f"{watcher.session} {channel}: a fresh snapshot {verdict}")
+            verdict = again[0].removeprefix(f"{where}: ") if again else "equals the truth"
+            notes.append(f"{where}: a fresh snapshot: {verdict}")
         return notes
 
     def compare_map(

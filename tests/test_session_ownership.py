@@ -489,3 +489,26 @@ def test_over_the_cluster_a_restore_on_an_instance_that_never_heard_of_it(lost: 
     for name in ("A", "B"):
         members = sim.instances[name].presence.channel_members("room")
         assert "s1" in {m.session_id for m in members}, name
+
+
+def test_over_the_cluster_a_hand_over_never_reaches_a_later_join() -> None:
+    """B took s1 from A (its hand-over: room and dev) and left dev before it came, so A
+    sends it again at B's heartbeats; s1 then left B and came back there as a new join:
+    that join gets no hand-over of A's (the soak saw a channel its client had left)."""
+    sim = Bus(leave_grace=1.0)
+    for name in ("A", "B"):
+        sim.add(name)
+    first = sim.join("A", "/ws", "ann", "s1", ("room", "dev"))
+    sim.close(first)
+    sim.drop = lambda receiver, message: message["kind"] == "restored"  # held back a while
+    back = sim.join("B", "/ws", "ann", "s1", ("room",))
+    sim.instances["B"].handle(Unsubscribe(conn=back, channel="dev", now=sim.now))
+    sim.drop = lambda receiver, message: False
+    sim.close(back)
+    sim.advance(1.5, step=0.25)  # its grace ends on B: it leaves
+    again = sim.join("B", "/ws", "ann", "s1", ("room",))
+    sim.advance(2 * HEARTBEAT + 1)
+    assert sim.instances["B"].presence.subscriptions(again) == {"room": PresenceMode.NONE}
+    for name in ("A", "B"):
+        members = sim.instances[name].presence.channel_members("dev")
+        assert "s1" not in {m.session_id for m in members}, name
