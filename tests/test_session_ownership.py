@@ -512,3 +512,23 @@ def test_over_the_cluster_a_hand_over_never_reaches_a_later_join() -> None:
     for name in ("A", "B"):
         members = sim.instances[name].presence.channel_members("dev")
         assert "s1" not in {m.session_id for m in members}, name
+
+
+def test_a_session_that_moves_while_the_hub_is_out_of_reach_keeps_only_what_it_holds() -> None:
+    """B's copy of s1 is stale while B's link is down (s1 left room on A meanwhile): s1
+    returning on B then does not take room from it; the resync gets s1's channels from A."""
+    sim = HubNetwork({"A": (), "B": (), "C": ("room",)}, leave_grace=60.0)  # B is back within
+    sim.settle()
+    watch(sim)
+    first = sim.open("A", "/ws", "ann", "s1", ("room", "misc"))
+    sim.settle()
+    sim.drop_link("B")  # B backs off: what it holds of s1 is stale from now on
+    sim.act("A", Unsubscribe(conn=first, channel="room", now=sim.now))
+    sim.close("A", first)
+    back = sim.open("B", "/ws", "ann", "s1")
+    assert sim.bridges["B"].presence.hub_link_state is not HubLinkState.REGISTERED
+    sim.settle()
+    assert holders(sim, "s1") == {"B": ConnectionState.JOINED}
+    assert sim.bridges["B"].presence.subscriptions(back) == {"misc": PresenceMode.NONE}
+    assert hub_owner(sim, "s1") == ("B", ("misc",))
+    assert seen(sim, "s1") == set()

@@ -287,14 +287,18 @@ class Presence:
                     CloseConnection(conn=event.conn, code=CloseCode.POLICY, reason=reason)
                 )
                 return actions
-        # A session from another bridge keeps what the hub says of it (RESTORED corrects
-        # that); one from another instance gains what that instance hands over (its copy
-        # here may be stale: that instance may have died with it).
+        # A session from another bridge keeps what the hub says of it (RESTORED adds what
+        # it missed), unless the link is down: that copy may be stale, and the resync's
+        # RESTORED brings what the session holds. One from another instance gains what
+        # that instance hands over (its copy here may be stale: that instance may have
+        # died with it).
         hub_copy = self._hub_members.table.sessions.get(event.session_id)
         if prior is not None:
             inherited = prior.channels
+        elif hub_copy is not None and self._hub_link.reachable:
+            inherited = hub_copy.channels
         else:
-            inherited = hub_copy.channels if hub_copy is not None else ()
+            inherited = ()
         if held is not None:  # taken over: it stays open (or is closed), without its session
             actions.append(self._yield(held, event.session_id))
         if lingering is not None:  # restored: no leave, no join
