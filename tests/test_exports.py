@@ -51,11 +51,12 @@ CAPS = {
     # JwtAuthenticator: the HS256 authenticator behind serve --auth jwt.
     "megapresence_anyio": 21,
     "megapresence_nats": 2,
-    "megapresence_redis": 2,
+    # RedisStreams: channel streams in Redis Streams (serve --redis).
+    "megapresence_redis": 3,
     # The Python client: the client, its events, its reconnect plan and its errors.
     "megapresence_client": 27,
 }
-TOTAL_CAP = 289
+TOTAL_CAP = 290
 
 #: Exported and not yet documented (a docstring, or a ``#:`` comment by a constant).
 #: Do not add to it: document the new name instead. The wire's frame and message

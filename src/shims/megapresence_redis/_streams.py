@@ -1,0 +1,461 @@
+"""``RedisStreams``: channel streams kept in Redis Streams, numbered by one atomic script.
+
+Layout, per app and channel (one Redis Cluster slot per channel, by hash tag):
+
+- ``megapresence:stream:{<app>:<channel>}``: a STREAM whose entry ids are the
+  offsets (``<offset>-0``), each with ``t`` (Redis's clock, ms), ``x`` (the
+  sessions it is not for, a JSON array, or empty) and ``d`` (the data);
+- ``megapresence:stream:{<app>:<channel>}:meta``: a HASH with ``e`` (the epoch),
+  ``s`` (the top offset) and ``r`` (the ``run_id`` of the Redis process that
+  started the epoch).
+
+The append script gives a publication the channel's next offset, adds it with
+``MAXLEN`` = size, drops what is older than the TTL, and PUBLISHes it with its
+offset and epoch on the app's pub/sub channel, in one atomic call: history and
+live delivery cannot disagree, and as Redis runs scripts one at a time, every
+instance receives a channel's publications in offset order on its one pub/sub
+connection, whoever published them.
+
+The epoch changes exactly when history may have been lost: the meta key is
+missing (expired after ``meta_ttl`` idle, flushed, evicted, a Redis restarted
+without persistence) or was written by another Redis process (``run_id``: a
+restart that reloaded an older snapshot, or a replica promoted, may have lost
+the last publications while keeping the counter, so the old epoch would number
+new publications at offsets a client already holds). Then the stream starts
+again, empty, under a new random epoch; a recovery from any old position says
+``epoch``. A Redis restarted with a complete copy (AOF ``always``) is therefore
+also a new epoch: never a wrong recovery, sometimes an unneeded refusal.
+
+A recovery is a script too: it reads the position (starting the epoch if there
+is none, so a position given to a subscriber stays valid), drops expired
+entries, and PUBLISHes its answer on this instance's own answer channel, read on
+the same pub/sub connection as the publications. So an answer arrives after
+every publication of the channel up to its offset and before every later one,
+as the hub's RECOVERED does: live and recovered publications cannot overlap or
+leave a hole. The answer is ``epoch`` (another epoch, or an offset beyond the
+top), ``too_many`` (more missed than ``max_recovery`` or than ``size`` keeps),
+``expired`` (some missed ones are gone) or the missed data, oldest first,
+without those the session was excluded from.
+
+The reader reports the link ``up`` once subscribed and ``down`` when the
+connection fails or was silently re-established (redis-py resubscribes by
+itself; publications may have been missed meanwhile): then nothing answers the
+recoveries in flight, and the caller resets what it numbered.
+
+Works on Redis >= 6 and Valkey (XADD with an explicit id and MAXLEN, XTRIM
+MINID, INFO inside scripts, cjson, effects replication).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from collections import deque
+from collections.abc import Callable, Collection
+from typing import Any, Final, final
+
+import anyio
+import redis.asyncio as aioredis
+import sniffio
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from megapresence_core import LocalUsageError
+from megapresence_core._values import StreamPosition
+from megapresence_core.config import redact_url
+
+from ._roster import RosterUnavailableError, _describe
+
+__all__ = ["RedisStreams", "StreamAnswer", "StreamPublication"]
+
+logger = logging.getLogger("megapresence.redis")
+
+# KEYS: stream, meta. ARGV[1..3]: a new epoch, ttl (ms), meta ttl (ms). Returns the
+# epoch, the top offset and Redis's clock (ms), the history lost or expired dropped.
+_HEAD: Final = """
+local function head()
+  local t = redis.call('TIME')
+  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local run = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)')
+  local meta = redis.call('HMGET', KEYS[2], 'e', 's', 'r')
+  local epoch, top = meta[1], tonumber(meta[2])
+  if not epoch or meta[3] ~= run then
+    epoch, top = ARGV[1], 0
+    redis.call('DEL', KEYS[1])
+    redis.call('HSET', KEYS[2], 'e', epoch, 's', 0, 'r', run)
+  end
+  redis.call('PEXPIRE', KEYS[2], ARGV[3])
+  local horizon = now - tonumber(ARGV[2])
+  while true do
+    local batch = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 100)
+    if #batch == 0 then break end
+    local kept = nil
+    for _, entry in ipairs(batch) do
+      if tonumber(entry[2][2]) > horizon then kept = entry[1] break end
+    end
+    if kept then
+      redis.call('XTRIM', KEYS[1], 'MINID', kept)
+      break
+    end
+    local last = tonumber(string.match(batch[#batch][1], '^(%d+)'))
+    redis.call('XTRIM', KEYS[1], 'MINID', last + 1)
+  end
+  return epoch, top, now
+end
+"""
+
+# ARGV[4..8]: size, pub/sub channel, channel, sessions excluded (JSON or ''), data.
+# Published as "<offset>:<epoch>:<len(channel)>:<len(excluded)>:<channel><excluded><data>".
+_APPEND: Final = (
+    _HEAD
+    + """
+local epoch, top, now = head()
+top = top + 1
+redis.call('HSET', KEYS[2], 's', top)
+redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[4], top, 't', now, 'x', ARGV[7], 'd', ARGV[8])
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+redis.call('PUBLISH', ARGV[5], top .. ':' .. epoch .. ':' .. #ARGV[6] .. ':' .. #ARGV[7] .. ':'
+  .. ARGV[6] .. ARGV[7] .. ARGV[8])
+return top
+"""
+)
+
+# ARGV[4..11]: size, answer channel, request, channel, max recovery, session id,
+# since offset ('' for none), since epoch. Publishes the answer as JSON.
+_RECOVER: Final = (
+    _HEAD
+    + """
+local epoch, top = head()
+local answer = {request = tonumber(ARGV[6]), channel = ARGV[7], offset = top, epoch = epoch}
+if ARGV[10] ~= '' then
+  local since = tonumber(ARGV[10])
+  local missed = top - since
+  if ARGV[11] ~= epoch or missed < 0 then
+    answer.reason = 'epoch'
+  elseif missed > tonumber(ARGV[8]) or missed > tonumber(ARGV[4]) then
+    answer.reason = 'too_many'
+  else
+    local entries = {}
+    if missed > 0 then entries = redis.call('XRANGE', KEYS[1], since + 1, top) end
+    if #entries < missed then
+      answer.reason = 'expired'
+    else
+      local data = {}
+      for _, entry in ipairs(entries) do
+        local fields, mine = entry[2], true
+        if fields[4] ~= '' then
+          for _, session in ipairs(cjson.decode(fields[4])) do
+            if session == ARGV[9] then mine = false end
+          end
+        end
+        if mine then data[#data + 1] = fields[6] end
+      end
+      answer.publications = data
+    end
+  end
+end
+redis.call('PUBLISH', ARGV[5], cjson.encode(answer))
+return top
+"""
+)
+
+#: Metadata outlives the history by far: a position stays answerable (``expired``
+#: rather than ``epoch``) for a day after the channel's last publication.
+DEFAULT_META_TTL: Final = 86_400.0
+
+
+@final
+class StreamPublication:
+    """A publication as every instance receives it: numbered, in offset order."""
+
+    __slots__ = ("channel", "data", "except_session_ids", "position")
+
+    def __init__(
+        self,
+        channel: str,
+        position: StreamPosition,
+        except_session_ids: frozenset[str],
+        data: str,
+    ) -> None:
+        self.channel = channel
+        self.position = position
+        self.except_session_ids = except_session_ids
+        self.data = data
+
+
+@final
+class StreamAnswer:
+    """The answer to :meth:`RedisStreams.recover`: the position, and after a ``since``
+    the missed data (``reason`` None) or why not."""
+
+    __slots__ = ("channel", "position", "publications", "reason", "request")
+
+    def __init__(
+        self,
+        request: int,
+        channel: str,
+        position: StreamPosition,
+        reason: str | None,
+        publications: list[str],
+    ) -> None:
+        self.request = request
+        self.channel = channel
+        self.position = position
+        self.reason = reason
+        self.publications = publications
+
+
+class _ResubscribedError(ConnectionError):
+    """redis-py re-established the pub/sub connection by itself: a gap."""
+
+
+#: What the reader hands on, in Redis's order.
+Received = Callable[[StreamPublication | StreamAnswer], None]
+
+
+@final
+class RedisStreams:
+    """One instance's link to the channel streams of an app in Redis."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        app: str,
+        size: int,
+        ttl: float,
+        max_recovery: int,
+        meta_ttl: float = DEFAULT_META_TTL,
+        timeout: float = 5.0,
+    ) -> None:
+        self._url = url
+        self._app = app
+        self._size = size
+        self._ttl_ms = max(1, int(ttl * 1000))
+        self._meta_ttl_ms = max(self._ttl_ms, int(meta_ttl * 1000))
+        self._max_recovery = max_recovery
+        self._timeout = timeout
+        self._publications = f"megapresence:streams:{{{app}}}"
+        #: Ours alone, new per object: an earlier incarnation's answers never reach us.
+        self._answers = f"{self._publications}:answers:{secrets.token_hex(8)}"
+        self._redis: aioredis.Redis | None = None
+        self._received: Received | None = None
+        self._on_state: Callable[[bool], None] | None = None
+        self._queue: deque[tuple[str, tuple[Any, ...]]] = deque()
+        self._wake = anyio.Event()
+        #: The reader is subscribed and nothing failed since.
+        self._up = False
+        self._restart: anyio.CancelScope | None = None
+        #: Failed writes and reader restarts since start: a metric.
+        self.errors = 0
+
+    @property
+    def url(self) -> str:
+        return redact_url(self._url)
+
+    @property
+    def up(self) -> bool:
+        return self._up
+
+    @property
+    def queued(self) -> int:
+        """Publications and recoveries waiting for the writer task: a metric."""
+        return len(self._queue)
+
+    def _keys(self, channel: str) -> list[str]:
+        base = f"megapresence:stream:{{{self._app}:{channel}}}"
+        return [base, base + ":meta"]
+
+    def _head(self) -> list[Any]:
+        return [secrets.token_hex(8), self._ttl_ms, self._meta_ttl_ms, self._size]
+
+    async def start(self, received: Received, on_state: Callable[[bool], None]) -> None:
+        """Connect and check the server (or raise ``RosterUnavailableError`` with the cause).
+        ``received`` gets the publications and answers in order; ``on_state`` the link's
+        ups and downs, from :meth:`run`."""
+        if sniffio.current_async_library() != "asyncio":
+            raise LocalUsageError(
+                "megapresence_redis needs the asyncio backend (redis-py's "
+                "asyncio client); run the server with anyio's asyncio backend"
+            )
+        # No retries: a script whose reply was lost may have run, and a second run would
+        # publish the same message again under the next offset.
+        client = aioredis.from_url(
+            self._url,
+            socket_timeout=self._timeout,
+            socket_connect_timeout=self._timeout,
+            retry=Retry(NoBackoff(), 0),
+        )
+        self._scripts = {
+            "append": client.register_script(_APPEND),
+            "recover": client.register_script(_RECOVER),
+        }
+        try:
+            with anyio.fail_after(self._timeout):
+                await client.ping()
+        except (RedisError, OSError, TimeoutError) as exc:
+            await client.aclose()
+            raise RosterUnavailableError(
+                f"cannot reach Redis at {self.url}: {_describe(exc)}"
+            ) from None
+        self._redis, self._received, self._on_state = client, received, on_state
+        logger.info("streams connected to %s", self.url)
+
+    # ------------------------------------------------------------- writes
+
+    def publish(self, channel: str, data: str, except_session_ids: Collection[str] = ()) -> None:
+        """Number ``data`` as ``channel``'s next publication, keep it and send it to every
+        instance (this one included): it comes back through ``received``."""
+        excluded = json.dumps(sorted(except_session_ids)) if except_session_ids else ""
+        self._enqueue("append", (channel, excluded, data))
+
+    def recover(
+        self, request: int, channel: str, since: StreamPosition | None, session_id: str
+    ) -> None:
+        """Ask for ``channel``'s position and, after ``since``, what ``session_id`` missed:
+        a :class:`StreamAnswer` comes through ``received`` in order (unless the link goes
+        down first)."""
+        offset, epoch = ("", "") if since is None else (str(since.offset), since.epoch)
+        self._enqueue("recover", (request, channel, session_id, offset, epoch))
+
+    def _enqueue(self, op: str, args: tuple[Any, ...]) -> None:
+        self._queue.append((op, args))
+        self._wake.set()
+
+    async def _flush(self) -> None:
+        """Run what is queued, in order, pipelined; a failure takes the link down (the
+        answers of the recoveries in flight may never come)."""
+        assert self._redis is not None
+        scripts = self._scripts
+        while self._queue:
+            batch = [self._queue.popleft() for _ in range(min(len(self._queue), 500))]
+            try:
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for op, args in batch:
+                        if op == "append":
+                            channel, excluded, data = args
+                            argv = [*self._head(), self._publications, channel, excluded, data]
+                        else:
+                            request, channel, session_id, offset, epoch = args
+                            argv = [
+                                *self._head(),
+                                self._answers,
+                                request,
+                                channel,
+                                self._max_recovery,
+                                session_id,
+                                offset,
+                                epoch,
+                            ]
+                        await scripts[op](keys=self._keys(channel), args=argv, client=pipe)
+                    await pipe.execute()
+            except (RedisError, OSError) as exc:
+                self.errors += 1
+                lost = sum(op == "append" for op, _ in batch)
+                logger.warning(
+                    "streams: writes failing at %s: %s (%d publications lost)",
+                    self.url,
+                    _describe(exc),
+                    lost,
+                )
+                self._down()
+
+    async def write(self) -> None:
+        """The writer task: runs queued publications and recoveries in order, until
+        cancelled."""
+        while True:
+            await self._wake.wait()
+            self._wake = anyio.Event()
+            await self._flush()
+
+    # -------------------------------------------------------------- reads
+
+    def _down(self) -> None:
+        """The link is down: said once, and the reader starts again (subscribing anew)."""
+        if self._restart is not None:
+            self._restart.cancel()
+        if self._up:
+            self._up = False
+            assert self._on_state is not None
+            self._on_state(False)
+
+    async def run(self) -> None:
+        """The reader task: subscribes, hands on what arrives, and starts again after a
+        failure (backing off up to ``timeout``), until cancelled."""
+        delay = 0.05
+        while True:
+            with anyio.CancelScope() as self._restart:
+                try:
+                    await self._read()
+                except (RedisError, OSError, TimeoutError) as exc:
+                    self.errors += 1
+                    if self._up:
+                        logger.warning("streams: lost %s: %s", self.url, _describe(exc))
+            self._restart = None
+            self._down()
+            await anyio.sleep(delay)
+            delay = min(delay * 2, self._timeout)
+
+    async def _read(self) -> None:
+        assert self._redis is not None
+        assert self._received is not None
+        assert self._on_state is not None
+        pubsub = self._redis.pubsub()
+        try:
+            await pubsub.subscribe(self._publications, self._answers)
+            confirmed, quiet = 0, 0.0
+            while True:
+                message = await pubsub.get_message(timeout=1.0)
+                if message is None:
+                    quiet += 1.0
+                    if quiet > 2 * self._timeout:
+                        raise TimeoutError("no answer to pings")
+                    if quiet >= self._timeout:
+                        await pubsub.ping()
+                    continue
+                quiet = 0.0
+                kind = message["type"]
+                if kind == "subscribe":
+                    confirmed += 1
+                    if confirmed > 2:
+                        raise _ResubscribedError("the pub/sub connection was re-established")
+                    if confirmed == 2:
+                        self._up = True
+                        logger.info("streams: reading %s", self.url)
+                        self._on_state(True)
+                elif kind == "message":
+                    self._received(self._parse(message["channel"], message["data"]))
+        finally:
+            with anyio.CancelScope(shield=True):
+                await pubsub.aclose()
+
+    def _parse(self, source: bytes, data: bytes) -> StreamPublication | StreamAnswer:
+        if source.decode() == self._answers:
+            answer = json.loads(data)
+            position = StreamPosition(offset=answer["offset"], epoch=answer["epoch"])
+            # cjson writes an empty array as {}.
+            publications = answer.get("publications") or []
+            return StreamAnswer(
+                answer["request"], answer["channel"], position, answer.get("reason"), publications
+            )
+        offset, epoch, channel_len, excluded_len, rest = data.split(b":", 4)
+        channel_end = int(channel_len)
+        excluded_end = channel_end + int(excluded_len)
+        excluded = rest[channel_end:excluded_end]
+        return StreamPublication(
+            rest[:channel_end].decode(),
+            StreamPosition(offset=int(offset), epoch=epoch.decode()),
+            frozenset(json.loads(excluded)) if excluded else frozenset(),
+            rest[excluded_end:].decode(),
+        )
+
+    async def aclose(self) -> None:
+        """Run what is queued (publications accepted before shutdown), then disconnect."""
+        if self._redis is None:
+            return
+        with anyio.move_on_after(self._timeout):
+            await self._flush()
+        await self._redis.aclose()
+        self._redis = None
