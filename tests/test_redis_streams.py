@@ -43,12 +43,12 @@ class Instance:
     def answers(self) -> list[StreamAnswer]:
         return [item for item in self.received if isinstance(item, StreamAnswer)]
 
-    async def recover(
-        self, channel: str, since: StreamPosition | None = None, session_id: str = "s1"
+    async def read(
+        self, channel: str, since: StreamPosition | None = None, limit: int = 300
     ) -> StreamAnswer:
         self._request += 1
         request = self._request
-        self.streams.recover(request, channel, since, session_id)
+        self.streams.read(request, channel, since, limit)
 
         def answered() -> StreamAnswer | None:
             return next((a for a in self.answers() if a.request == request), None)
@@ -60,16 +60,9 @@ class Instance:
 
 
 @contextlib.asynccontextmanager
-async def instance(
-    server: Server, *, size: int = 300, ttl: float = 120, max_recovery: int = 300
-) -> AsyncIterator[Instance]:
+async def instance(server: Server, *, size: int = 300, ttl: float = 120) -> AsyncIterator[Instance]:
     streams = RedisStreams(
-        f"redis://127.0.0.1:{server.port}/0",
-        app="app",
-        size=size,
-        ttl=ttl,
-        max_recovery=max_recovery,
-        timeout=2,
+        f"redis://127.0.0.1:{server.port}/0", app="app", size=size, ttl=ttl, timeout=2
     )
     found = Instance(streams)
     await streams.start(found.received.append, found.states.append)
@@ -86,12 +79,16 @@ def offsets(items: list[StreamPublication]) -> list[int]:
     return [item.position.offset for item in items]
 
 
+def at(offset: int, epoch: str) -> StreamPosition:
+    return StreamPosition(offset=offset, epoch=epoch)
+
+
 async def test_every_instance_receives_each_channel_in_offset_order(redis_server: Server) -> None:
     async with instance(redis_server) as a, instance(redis_server) as b:
         for n in range(50):  # both publish to one channel at once
-            a.streams.publish("room", f"a{n}")
-            b.streams.publish("room", f"b{n}")
-            b.streams.publish("other", f"o{n}")
+            a.streams.append("room", f"a{n}")
+            b.streams.append("room", f"b{n}")
+            b.streams.append("other", f"o{n}")
         await wait_for(lambda: len(a.publications("room")) == 100)
         await wait_for(lambda: len(b.publications("other")) == 50)
         for receiver in (a, b):
@@ -106,100 +103,78 @@ async def test_every_instance_receives_each_channel_in_offset_order(redis_server
         assert [i.data for i in a.publications("room")] == [i.data for i in b.publications("room")]
 
 
-async def test_a_recovery_returns_exactly_the_missed_publications(redis_server: Server) -> None:
-    async with instance(redis_server) as a:
-        first = await a.recover("room")  # a subscriber's position before any publication
-        assert (first.position.offset, first.reason, first.publications) == (0, None, [])
-        for n in range(1, 11):
-            a.streams.publish("room", f"m{n}", except_session_ids={"s2"} if n == 5 else ())
-        await wait_for(lambda: len(a.publications("room")) == 10)
-        epoch = first.position.epoch
-        assert {item.position.epoch for item in a.publications("room")} == {epoch}
-        assert a.publications("room")[4].except_session_ids == frozenset({"s2"})
-
-        answer = await a.recover("room", StreamPosition(offset=3, epoch=epoch))
-        assert answer.reason is None
-        assert answer.position == StreamPosition(offset=10, epoch=epoch)
-        assert answer.publications == [f"m{n}" for n in range(4, 11)]
-        # Without those the session was excluded from.
-        other = await a.recover("room", StreamPosition(offset=3, epoch=epoch), "s2")
-        assert other.publications == [f"m{n}" for n in range(4, 11) if n != 5]
-        caught_up = await a.recover("room", StreamPosition(offset=10, epoch=epoch))
-        assert (caught_up.reason, caught_up.publications) == (None, [])
-
-        for since, reason in [
-            (StreamPosition(offset=3, epoch="another"), "epoch"),
-            (StreamPosition(offset=11, epoch=epoch), "epoch"),
-        ]:
-            refused = await a.recover("room", since)
-            assert (refused.reason, refused.publications) == (reason, [])
-            assert refused.position == StreamPosition(offset=10, epoch=epoch)
-
-
-@pytest.mark.parametrize(
-    ("size", "max_recovery", "since", "reason"),
-    [
-        (300, 4, 5, None),  # 4 missed, 4 allowed
-        (300, 4, 4, "too_many"),  # more than one recovery returns
-        (4, 300, 4, "too_many"),  # more than the history keeps
-        (4, 300, 5, None),
-    ],
-)
-async def test_too_many_missed(
-    redis_server: Server, size: int, max_recovery: int, since: int, reason: str | None
+async def test_a_read_returns_the_position_and_the_entries_after_since(
+    redis_server: Server,
 ) -> None:
-    async with instance(redis_server, size=size, max_recovery=max_recovery) as a:
+    async with instance(redis_server) as a:
+        first = await a.read("room")  # a subscriber's position before any publication
+        assert first.position is not None
+        epoch = first.position.epoch
+        assert (first.position.offset, first.entries) == (0, ())
+        assert (await a.read("room")).position == first.position  # kept in Redis
+        for n in range(1, 11):
+            a.streams.append("room", f"m{n}")
+        await wait_for(lambda: len(a.publications("room")) == 10)
+        assert {item.position for item in a.publications("room")} == {
+            at(n, epoch) for n in range(1, 11)
+        }
+        answer = await a.read("room", at(3, epoch))
+        assert answer.position == at(10, epoch)
+        assert answer.entries == tuple((n, f"m{n}") for n in range(4, 11))
+        assert (await a.read("room", at(10, epoch))).entries == ()
+        # Not of this epoch, beyond the top, or further behind than the limit: no entries.
+        for since, limit in [(at(3, "another"), 300), (at(11, epoch), 300), (at(3, epoch), 6)]:
+            refused = await a.read("room", since, limit)
+            assert (refused.position, refused.entries) == (at(10, epoch), ())
+        assert len((await a.read("room", at(3, epoch), 7)).entries) == 7
+
+
+async def test_the_size_trims_exactly(redis_server: Server) -> None:
+    async with instance(redis_server, size=4) as a:
         for n in range(1, 10):
-            a.streams.publish("room", f"m{n}")
+            a.streams.append("room", f"m{n}")
         await wait_for(lambda: len(a.publications("room")) == 9)
         epoch = a.publications("room")[0].position.epoch
-        answer = await a.recover("room", StreamPosition(offset=since, epoch=epoch))
-        assert answer.reason == reason
-        assert answer.publications == ([] if reason else [f"m{n}" for n in range(since + 1, 10)])
+        answer = await a.read("room", at(2, epoch))
+        assert answer.entries == tuple((n, f"m{n}") for n in range(6, 10))
         client = aioredis.Redis(port=redis_server.port)
-        kept = await client.xlen("megapresence:stream:{app:room}")
+        assert await client.xlen("megapresence:stream:{app:room}") == 4
         await client.aclose()
-        assert kept == min(size, 9)  # MAXLEN exact
 
 
-async def test_expired_publications_are_dropped_and_said_so(redis_server: Server) -> None:
+async def test_expired_publications_are_dropped_and_the_epoch_stays(redis_server: Server) -> None:
     async with instance(redis_server, ttl=0.3) as a:
-        a.streams.publish("room", "old")
+        a.streams.append("room", "old")
         await wait_for(lambda: len(a.publications("room")) == 1)
         await anyio.sleep(0.5)
-        a.streams.publish("room", "new")
+        a.streams.append("room", "new")
         await wait_for(lambda: len(a.publications("room")) == 2)
         epoch = a.publications("room")[0].position.epoch
-        expired = await a.recover("room", StreamPosition(offset=0, epoch=epoch))
-        assert (expired.reason, expired.position.epoch) == ("expired", epoch)
-        fresh = await a.recover("room", StreamPosition(offset=1, epoch=epoch))
-        assert fresh.publications == ["new"]
+        assert (await a.read("room", at(0, epoch))).entries == ((2, "new"),)
         await anyio.sleep(0.5)  # all expired: the stream key goes, the position stays
-        gone = await a.recover("room", StreamPosition(offset=1, epoch=epoch))
-        assert gone.reason == "expired"
-        assert gone.position == StreamPosition(offset=2, epoch=epoch)
-        current = await a.recover("room", StreamPosition(offset=2, epoch=epoch))
-        assert current.reason is None
+        gone = await a.read("room", at(1, epoch))
+        assert (gone.position, gone.entries) == (at(2, epoch), ())
         client = aioredis.Redis(port=redis_server.port)
         assert not await client.exists("megapresence:stream:{app:room}")
         await client.aclose()
+        a.streams.append("room", "later")
+        await wait_for(lambda: len(a.publications("room")) == 3)
+        assert a.publications("room")[2].position == at(3, epoch)
 
 
 async def test_lost_history_is_a_new_epoch(redis_server: Server) -> None:
     async with instance(redis_server) as a:
-        a.streams.publish("room", "m1")
+        a.streams.append("room", "m1")
         await wait_for(lambda: len(a.publications("room")) == 1)
         before = a.publications("room")[0].position
         client = aioredis.Redis(port=redis_server.port)
         await client.flushall()
         await client.aclose()
-        a.streams.publish("room", "m2")
+        a.streams.append("room", "m2")
         await wait_for(lambda: len(a.publications("room")) == 2)
         after = a.publications("room")[1].position
         assert after.offset == 1
         assert after.epoch != before.epoch
-        answer = await a.recover("room", before)
-        assert answer.reason == "epoch"
 
 
 async def _restart(redis_server: Server, *, saved: bool) -> None:
@@ -217,18 +192,18 @@ async def test_a_redis_restart_is_a_new_epoch_and_the_link_says_so(
 ) -> None:
     async with instance(redis_server) as a:
         for n in range(3):
-            a.streams.publish("room", f"m{n}")
+            a.streams.append("room", f"m{n}")
         await wait_for(lambda: len(a.publications("room")) == 3)
         held = a.publications("room")[1].position
         await _restart(redis_server, saved=saved)
         await wait_for(lambda: a.states[-2:] == [False, True], timeout=10)
-        answer = await a.recover("room", held)
-        assert answer.reason == "epoch"
-        a.streams.publish("room", "after")
+        answer = await a.read("room", held)
+        assert answer.position is not None
+        assert (answer.position.offset, answer.entries) == (0, ())
+        assert answer.position.epoch != held.epoch
+        a.streams.append("room", "after")
         await wait_for(lambda: len(a.publications("room")) == 4)
-        assert a.publications("room")[3].position == StreamPosition(
-            offset=1, epoch=answer.position.epoch
-        )
+        assert a.publications("room")[3].position == at(1, answer.position.epoch)
 
 
 async def test_an_answer_comes_between_the_publications_it_covers_and_the_later_ones(
@@ -241,29 +216,41 @@ async def test_an_answer_comes_between_the_publications_it_covers_and_the_later_
             n = 0
             while not done:
                 n += 1
-                publisher.streams.publish("room", f"m{n}")
+                publisher.streams.append("room", f"m{n}")
                 await anyio.sleep(0)
 
         async with anyio.create_task_group() as tg:
             tg.start_soon(publish)
             await wait_for(lambda: len(reader.publications("room")) > 0)
             for _ in range(20):
-                await reader.recover("room")
+                await reader.read("room")
                 await anyio.sleep(0.005)
             done = True
-        seen = 0
+        seen, between = 0, 0
         for item in reader.received:
             if isinstance(item, StreamPublication):
                 assert item.position.offset == seen + 1
                 seen = item.position.offset
             else:
-                assert item.position.offset == seen  # after everything up to it, nothing more
+                assert item.position is not None
+                assert item.position.offset == seen  # after all up to it, before the rest
+                between += seen < len(reader.publications("room"))
+        assert between > 0  # answers did fall among the publications
+
+
+async def test_a_failed_write_answers_its_reads_without_a_position(redis_server: Server) -> None:
+    async with instance(redis_server) as a:
+        redis_server.kill()
+        a.streams.read(7, "room", None, 300)
+        await wait_for(lambda: bool(a.answers()))
+        assert (a.answers()[0].request, a.answers()[0].position) == (7, None)
+        await wait_for(lambda: a.states[-1:] == [False])
+        redis_server.start()
+        await wait_for(lambda: a.states[-1:] == [True], timeout=10)
 
 
 async def test_an_unreachable_redis_fails_the_start(redis_server: Server) -> None:
     redis_server.kill()
-    streams = RedisStreams(
-        f"redis://127.0.0.1:{redis_server.port}/0", app="app", size=3, ttl=1, max_recovery=3
-    )
+    streams = RedisStreams(f"redis://127.0.0.1:{redis_server.port}/0", app="app", size=3, ttl=1)
     with pytest.raises(RosterUnavailableError, match="cannot reach Redis"):
         await streams.start(lambda item: None, lambda up: None)

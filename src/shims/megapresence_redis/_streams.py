@@ -3,8 +3,8 @@
 Layout, per app and channel (one Redis Cluster slot per channel, by hash tag):
 
 - ``megapresence:stream:{<app>:<channel>}``: a STREAM whose entry ids are the
-  offsets (``<offset>-0``), each with ``t`` (Redis's clock, ms), ``x`` (the
-  sessions it is not for, a JSON array, or empty) and ``d`` (the data);
+  offsets (``<offset>-0``), each with ``t`` (Redis's clock, ms) and ``d`` (the
+  publication, as the core gave it);
 - ``megapresence:stream:{<app>:<channel>}:meta``: a HASH with ``e`` (the epoch),
   ``s`` (the top offset) and ``r`` (the ``run_id`` of the Redis process that
   started the epoch).
@@ -22,25 +22,24 @@ without persistence) or was written by another Redis process (``run_id``: a
 restart that reloaded an older snapshot, or a replica promoted, may have lost
 the last publications while keeping the counter, so the old epoch would number
 new publications at offsets a client already holds). Then the stream starts
-again, empty, under a new random epoch; a recovery from any old position says
-``epoch``. A Redis restarted with a complete copy (AOF ``always``) is therefore
-also a new epoch: never a wrong recovery, sometimes an unneeded refusal.
+again, empty, under a new random epoch. A Redis restarted with a complete copy
+(AOF ``always``) is therefore also a new epoch: never a wrong recovery, sometimes
+an unneeded refusal. Entries that expired or were trimmed leave the epoch and the
+top as they are (the core then says ``expired`` or ``too_many``, not ``epoch``).
 
-A recovery is a script too: it reads the position (starting the epoch if there
-is none, so a position given to a subscriber stays valid), drops expired
-entries, and PUBLISHes its answer on this instance's own answer channel, read on
-the same pub/sub connection as the publications. So an answer arrives after
-every publication of the channel up to its offset and before every later one,
-as the hub's RECOVERED does: live and recovered publications cannot overlap or
-leave a hole. The answer is ``epoch`` (another epoch, or an offset beyond the
-top), ``too_many`` (more missed than ``max_recovery`` or than ``size`` keeps),
-``expired`` (some missed ones are gone) or the missed data, oldest first,
-without those the session was excluded from.
+A read is a script too: it reads the position (starting an epoch if there is
+none, so a position given to a subscriber stays valid), drops expired entries,
+and PUBLISHes its answer (the position, and the entries after ``since`` when it
+is of that epoch and at most ``limit`` behind) on this instance's own answer
+channel, read on the same pub/sub connection as the publications. So an answer
+arrives after every publication of the channel up to its offset and before any
+later one, as the hub's RECOVERED does: what a recovery returns and what is
+delivered live neither overlap nor leave a hole. The core judges the answer.
 
-The reader reports the link ``up`` once subscribed and ``down`` when the
-connection fails or was silently re-established (redis-py resubscribes by
-itself; publications may have been missed meanwhile): then nothing answers the
-recoveries in flight, and the caller resets what it numbered.
+The reader says ``READY`` once subscribed and ``DOWN`` when the connection fails
+or was silently re-established (redis-py resubscribes by itself; publications
+may have been missed meanwhile); a write that fails answers its reads with no
+position and takes the link down too.
 
 Works on Redis >= 6 and Valkey (XADD with an explicit id and MAXLEN, XTRIM
 MINID, INFO inside scripts, cjson, effects replication).
@@ -52,7 +51,7 @@ import json
 import logging
 import secrets
 from collections import deque
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from typing import Any, Final, final
 
 import anyio
@@ -106,56 +105,38 @@ local function head()
 end
 """
 
-# ARGV[4..8]: size, pub/sub channel, channel, sessions excluded (JSON or ''), data.
-# Published as "<offset>:<epoch>:<len(channel)>:<len(excluded)>:<channel><excluded><data>".
+# ARGV[4..7]: size, pub/sub channel, channel, data.
+# Published as "<offset>:<epoch>:<len(channel)>:<channel><data>".
 _APPEND: Final = (
     _HEAD
     + """
 local epoch, top, now = head()
 top = top + 1
 redis.call('HSET', KEYS[2], 's', top)
-redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[4], top, 't', now, 'x', ARGV[7], 'd', ARGV[8])
+redis.call('XADD', KEYS[1], 'MAXLEN', ARGV[4], top, 't', now, 'd', ARGV[7])
 redis.call('PEXPIRE', KEYS[1], ARGV[2])
-redis.call('PUBLISH', ARGV[5], top .. ':' .. epoch .. ':' .. #ARGV[6] .. ':' .. #ARGV[7] .. ':'
-  .. ARGV[6] .. ARGV[7] .. ARGV[8])
+redis.call('PUBLISH', ARGV[5], top .. ':' .. epoch .. ':' .. #ARGV[6] .. ':' .. ARGV[6] .. ARGV[7])
 return top
 """
 )
 
-# ARGV[4..11]: size, answer channel, request, channel, max recovery, session id,
-# since offset ('' for none), since epoch. Publishes the answer as JSON.
-_RECOVER: Final = (
+# ARGV[4..9]: size, answer channel, request, limit, since offset ('' for none), since
+# epoch. Publishes the answer as JSON: the position and, when the since is of this
+# epoch and at most limit behind, the entries after it that are kept.
+_READ: Final = (
     _HEAD
     + """
 local epoch, top = head()
-local answer = {request = tonumber(ARGV[6]), channel = ARGV[7], offset = top, epoch = epoch}
-if ARGV[10] ~= '' then
-  local since = tonumber(ARGV[10])
-  local missed = top - since
-  if ARGV[11] ~= epoch or missed < 0 then
-    answer.reason = 'epoch'
-  elseif missed > tonumber(ARGV[8]) or missed > tonumber(ARGV[4]) then
-    answer.reason = 'too_many'
-  else
-    local entries = {}
-    if missed > 0 then entries = redis.call('XRANGE', KEYS[1], since + 1, top) end
-    if #entries < missed then
-      answer.reason = 'expired'
-    else
-      local data = {}
-      for _, entry in ipairs(entries) do
-        local fields, mine = entry[2], true
-        if fields[4] ~= '' then
-          for _, session in ipairs(cjson.decode(fields[4])) do
-            if session == ARGV[9] then mine = false end
-          end
-        end
-        if mine then data[#data + 1] = fields[6] end
-      end
-      answer.publications = data
+local entries = {}
+if ARGV[8] ~= '' and ARGV[9] == epoch then
+  local since = tonumber(ARGV[8])
+  if since < top and top - since <= tonumber(ARGV[7]) then
+    for _, entry in ipairs(redis.call('XRANGE', KEYS[1], since + 1, top)) do
+      entries[#entries + 1] = {tonumber(string.match(entry[1], '^(%d+)')), entry[2][4]}
     end
   end
 end
+local answer = {request = tonumber(ARGV[6]), offset = top, epoch = epoch, entries = entries}
 redis.call('PUBLISH', ARGV[5], cjson.encode(answer))
 return top
 """
@@ -170,41 +151,27 @@ DEFAULT_META_TTL: Final = 86_400.0
 class StreamPublication:
     """A publication as every instance receives it: numbered, in offset order."""
 
-    __slots__ = ("channel", "data", "except_session_ids", "position")
+    __slots__ = ("channel", "data", "position")
 
-    def __init__(
-        self,
-        channel: str,
-        position: StreamPosition,
-        except_session_ids: frozenset[str],
-        data: str,
-    ) -> None:
+    def __init__(self, channel: str, position: StreamPosition, data: str) -> None:
         self.channel = channel
         self.position = position
-        self.except_session_ids = except_session_ids
         self.data = data
 
 
 @final
 class StreamAnswer:
-    """The answer to :meth:`RedisStreams.recover`: the position, and after a ``since``
-    the missed data (``reason`` None) or why not."""
+    """The answer to :meth:`RedisStreams.read`: the position (None: Redis failed) and
+    the entries (offset, data) after the read's ``since`` that are kept."""
 
-    __slots__ = ("channel", "position", "publications", "reason", "request")
+    __slots__ = ("entries", "position", "request")
 
     def __init__(
-        self,
-        request: int,
-        channel: str,
-        position: StreamPosition,
-        reason: str | None,
-        publications: list[str],
+        self, request: int, position: StreamPosition | None, entries: tuple[tuple[int, str], ...]
     ) -> None:
         self.request = request
-        self.channel = channel
         self.position = position
-        self.reason = reason
-        self.publications = publications
+        self.entries = entries
 
 
 class _ResubscribedError(ConnectionError):
@@ -226,7 +193,6 @@ class RedisStreams:
         app: str,
         size: int,
         ttl: float,
-        max_recovery: int,
         meta_ttl: float = DEFAULT_META_TTL,
         timeout: float = 5.0,
     ) -> None:
@@ -235,7 +201,6 @@ class RedisStreams:
         self._size = size
         self._ttl_ms = max(1, int(ttl * 1000))
         self._meta_ttl_ms = max(self._ttl_ms, int(meta_ttl * 1000))
-        self._max_recovery = max_recovery
         self._timeout = timeout
         self._publications = f"megapresence:streams:{{{app}}}"
         #: Ours alone, new per object: an earlier incarnation's answers never reach us.
@@ -261,15 +226,12 @@ class RedisStreams:
 
     @property
     def queued(self) -> int:
-        """Publications and recoveries waiting for the writer task: a metric."""
+        """Appends and reads waiting for the writer task: a metric."""
         return len(self._queue)
 
     def _keys(self, channel: str) -> list[str]:
         base = f"megapresence:stream:{{{self._app}:{channel}}}"
         return [base, base + ":meta"]
-
-    def _head(self) -> list[Any]:
-        return [secrets.token_hex(8), self._ttl_ms, self._meta_ttl_ms, self._size]
 
     async def start(self, received: Received, on_state: Callable[[bool], None]) -> None:
         """Connect and check the server (or raise ``RosterUnavailableError`` with the cause).
@@ -290,7 +252,7 @@ class RedisStreams:
         )
         self._scripts = {
             "append": client.register_script(_APPEND),
-            "recover": client.register_script(_RECOVER),
+            "read": client.register_script(_READ),
         }
         try:
             with anyio.fail_after(self._timeout):
@@ -305,66 +267,57 @@ class RedisStreams:
 
     # ------------------------------------------------------------- writes
 
-    def publish(self, channel: str, data: str, except_session_ids: Collection[str] = ()) -> None:
+    def append(self, channel: str, data: str) -> None:
         """Number ``data`` as ``channel``'s next publication, keep it and send it to every
         instance (this one included): it comes back through ``received``."""
-        excluded = json.dumps(sorted(except_session_ids)) if except_session_ids else ""
-        self._enqueue("append", (channel, excluded, data))
+        self._enqueue("append", (channel, data))
 
-    def recover(
-        self, request: int, channel: str, since: StreamPosition | None, session_id: str
-    ) -> None:
-        """Ask for ``channel``'s position and, after ``since``, what ``session_id`` missed:
-        a :class:`StreamAnswer` comes through ``received`` in order (unless the link goes
-        down first)."""
+    def read(self, request: int, channel: str, since: StreamPosition | None, limit: int) -> None:
+        """Ask for ``channel``'s position and the entries after ``since`` (when of that
+        epoch and at most ``limit`` behind): a :class:`StreamAnswer` comes through
+        ``received``, in order."""
         offset, epoch = ("", "") if since is None else (str(since.offset), since.epoch)
-        self._enqueue("recover", (request, channel, session_id, offset, epoch))
+        self._enqueue("read", (channel, request, limit, offset, epoch))
 
     def _enqueue(self, op: str, args: tuple[Any, ...]) -> None:
         self._queue.append((op, args))
         self._wake.set()
 
+    def _argv(self, op: str, args: tuple[Any, ...]) -> list[Any]:
+        head = [secrets.token_hex(8), self._ttl_ms, self._meta_ttl_ms, self._size]
+        if op == "append":
+            return [*head, self._publications, *args]
+        return [*head, self._answers, *args[1:]]
+
     async def _flush(self) -> None:
-        """Run what is queued, in order, pipelined; a failure takes the link down (the
-        answers of the recoveries in flight may never come)."""
+        """Run what is queued, in order, pipelined. A failure answers its reads with no
+        position and takes the link down (publications may be lost, or were kept)."""
         assert self._redis is not None
+        assert self._received is not None
         scripts = self._scripts
         while self._queue:
             batch = [self._queue.popleft() for _ in range(min(len(self._queue), 500))]
             try:
                 async with self._redis.pipeline(transaction=False) as pipe:
                     for op, args in batch:
-                        if op == "append":
-                            channel, excluded, data = args
-                            argv = [*self._head(), self._publications, channel, excluded, data]
-                        else:
-                            request, channel, session_id, offset, epoch = args
-                            argv = [
-                                *self._head(),
-                                self._answers,
-                                request,
-                                channel,
-                                self._max_recovery,
-                                session_id,
-                                offset,
-                                epoch,
-                            ]
-                        await scripts[op](keys=self._keys(channel), args=argv, client=pipe)
+                        keys = self._keys(args[0])
+                        await scripts[op](keys=keys, args=self._argv(op, args), client=pipe)
                     await pipe.execute()
             except (RedisError, OSError) as exc:
                 self.errors += 1
-                lost = sum(op == "append" for op, _ in batch)
                 logger.warning(
-                    "streams: writes failing at %s: %s (%d publications lost)",
+                    "streams: writes failing at %s: %s (%d publications may be lost)",
                     self.url,
                     _describe(exc),
-                    lost,
+                    sum(op == "append" for op, _ in batch),
                 )
+                for op, args in batch:
+                    if op == "read":
+                        self._received(StreamAnswer(args[1], None, ()))
                 self._down()
 
     async def write(self) -> None:
-        """The writer task: runs queued publications and recoveries in order, until
-        cancelled."""
+        """The writer task: runs queued appends and reads in order, until cancelled."""
         while True:
             await self._wake.wait()
             self._wake = anyio.Event()
@@ -436,19 +389,14 @@ class RedisStreams:
             answer = json.loads(data)
             position = StreamPosition(offset=answer["offset"], epoch=answer["epoch"])
             # cjson writes an empty array as {}.
-            publications = answer.get("publications") or []
-            return StreamAnswer(
-                answer["request"], answer["channel"], position, answer.get("reason"), publications
-            )
-        offset, epoch, channel_len, excluded_len, rest = data.split(b":", 4)
+            entries = tuple((offset, text) for offset, text in answer["entries"] or ())
+            return StreamAnswer(answer["request"], position, entries)
+        offset, epoch, channel_len, rest = data.split(b":", 3)
         channel_end = int(channel_len)
-        excluded_end = channel_end + int(excluded_len)
-        excluded = rest[channel_end:excluded_end]
         return StreamPublication(
             rest[:channel_end].decode(),
             StreamPosition(offset=int(offset), epoch=epoch.decode()),
-            frozenset(json.loads(excluded)) if excluded else frozenset(),
-            rest[excluded_end:].decode(),
+            rest[channel_end:].decode(),
         )
 
     async def aclose(self) -> None:
