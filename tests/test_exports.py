@@ -32,14 +32,16 @@ PACKAGES = (
 #: machines for those who drive the core themselves.
 CAPS = {
     "megapresence_core": 36,
-    # PauseBridge: the hub pauses an over-rate bridge (hub link flow control).
-    "megapresence_core.actions": 20,
+    # PauseBridge: the hub pauses an over-rate bridge (hub link flow control);
+    # StreamAppend, StreamRead: what a shim's stream store (JetStream, Redis Streams) does.
+    "megapresence_core.actions": 22,
     # HistoryConfig and its three defaults: bounded channel history for recovery.
     "megapresence_core.config": 20,
     "megapresence_core.errors": 6,
     # CommandReceived (the command rate), DrainRequested (drain on SIGTERM/SIGHUP),
-    # StreamPosition (a channel's offset and epoch, for recovery).
-    "megapresence_core.events": 28,
+    # StreamPosition (a channel's offset and epoch, for recovery); StreamStoreChanged,
+    # StreamStoreState, StreamPublished, StreamReadDone: what a stream store reports.
+    "megapresence_core.events": 32,
     "megapresence_core.hub": 6,
     "megapresence_core.lifecycle": 26,
     # RESERVED_TYPES and RESERVED_PREFIXES (types only the server sends) and PingCommand;
@@ -56,7 +58,7 @@ CAPS = {
     # The Python client: the client, its events, its reconnect plan and its errors.
     "megapresence_client": 27,
 }
-TOTAL_CAP = 290
+TOTAL_CAP = 296
 
 #: Exported and not yet documented (a docstring, or a ``#:`` comment by a constant).
 #: Do not add to it: document the new name instead. The wire's frame and message
