@@ -9,14 +9,23 @@ import anyio
 import pytest
 import redis.asyncio as aioredis
 
-from megapresence_core._values import StreamPosition
+from megapresence_core import Event
+from megapresence_core.config import HistoryConfig
+from megapresence_core.events import (
+    StreamPosition,
+    StreamPublished,
+    StreamReadDone,
+    StreamStoreChanged,
+    StreamStoreState,
+)
 from megapresence_redis import RedisStreams, RosterUnavailableError
-from megapresence_redis._streams import StreamAnswer, StreamPublication
 
 from .servers import Server
 from .socket_helpers import wait_for
 
 pytestmark = pytest.mark.anyio
+
+READY, DOWN = StreamStoreState.READY, StreamStoreState.DOWN
 
 
 @pytest.fixture
@@ -25,32 +34,31 @@ def anyio_backend() -> str:
 
 
 class Instance:
-    """One instance's streams, and everything they handed on, in order."""
+    """One instance's streams, and everything they dispatched, in order."""
 
     def __init__(self, streams: RedisStreams) -> None:
         self.streams = streams
-        self.received: list[StreamPublication | StreamAnswer] = []
-        self.states: list[bool] = []
+        self.events: list[Event] = []
         self._request = 0
 
-    def publications(self, channel: str) -> list[StreamPublication]:
-        return [
-            item
-            for item in self.received
-            if isinstance(item, StreamPublication) and item.channel == channel
-        ]
+    @property
+    def states(self) -> list[StreamStoreState]:
+        return [e.state for e in self.events if isinstance(e, StreamStoreChanged)]
 
-    def answers(self) -> list[StreamAnswer]:
-        return [item for item in self.received if isinstance(item, StreamAnswer)]
+    def publications(self, channel: str) -> list[StreamPublished]:
+        return [e for e in self.events if isinstance(e, StreamPublished) and e.channel == channel]
+
+    def answers(self) -> list[StreamReadDone]:
+        return [e for e in self.events if isinstance(e, StreamReadDone)]
 
     async def read(
         self, channel: str, since: StreamPosition | None = None, limit: int = 300
-    ) -> StreamAnswer:
+    ) -> StreamReadDone:
         self._request += 1
         request = self._request
         self.streams.read(request, channel, since, limit)
 
-        def answered() -> StreamAnswer | None:
+        def answered() -> StreamReadDone | None:
             return next((a for a in self.answers() if a.request == request), None)
 
         await wait_for(lambda: answered() is not None)
@@ -61,22 +69,29 @@ class Instance:
 
 @contextlib.asynccontextmanager
 async def instance(server: Server, *, size: int = 300, ttl: float = 120) -> AsyncIterator[Instance]:
-    streams = RedisStreams(
-        f"redis://127.0.0.1:{server.port}/0", app="app", size=size, ttl=ttl, timeout=2
-    )
+    streams = RedisStreams(f"redis://127.0.0.1:{server.port}/0", app="app", timeout=2)
     found = Instance(streams)
-    await streams.start(found.received.append, found.states.append)
+    await streams.start(found.events.append, HistoryConfig(boot_id="b", size=size, ttl=ttl))
+    assert found.states == [DOWN]  # not reading yet: nothing is numbered here alone
     async with anyio.create_task_group() as tg:
         tg.start_soon(streams.run)
-        tg.start_soon(streams.write)
-        await wait_for(lambda: streams.up)
+        await wait_for(lambda: streams.healthy)
+        assert found.states == [DOWN, READY]
         yield found
         await streams.aclose()
         tg.cancel_scope.cancel()
 
 
-def offsets(items: list[StreamPublication]) -> list[int]:
-    return [item.position.offset for item in items]
+def text(event: StreamPublished) -> str:
+    return event.data.decode() if isinstance(event.data, bytes) else event.data
+
+
+def position(event: StreamPublished) -> StreamPosition:
+    return StreamPosition(offset=event.offset, epoch=event.epoch)
+
+
+def offsets(items: list[StreamPublished]) -> list[int]:
+    return [item.offset for item in items]
 
 
 def at(offset: int, epoch: str) -> StreamPosition:
@@ -94,13 +109,15 @@ async def test_every_instance_receives_each_channel_in_offset_order(redis_server
         for receiver in (a, b):
             room = receiver.publications("room")
             assert offsets(room) == list(range(1, 101))
-            assert len({item.position.epoch for item in room}) == 1
+            assert len({item.epoch for item in room}) == 1
             # Each publisher's own messages keep the order it sent them in.
             for who in "ab":
-                mine = [item.data for item in room if item.data.startswith(who)]
+                mine = [text(item) for item in room if text(item).startswith(who)]
                 assert mine == [f"{who}{n}" for n in range(50)]
             assert offsets(receiver.publications("other")) == list(range(1, 51))
-        assert [i.data for i in a.publications("room")] == [i.data for i in b.publications("room")]
+        assert [text(i) for i in a.publications("room")] == [
+            text(i) for i in b.publications("room")
+        ]
 
 
 async def test_a_read_returns_the_position_and_the_entries_after_since(
@@ -115,7 +132,7 @@ async def test_a_read_returns_the_position_and_the_entries_after_since(
         for n in range(1, 11):
             a.streams.append("room", f"m{n}")
         await wait_for(lambda: len(a.publications("room")) == 10)
-        assert {item.position for item in a.publications("room")} == {
+        assert {position(item) for item in a.publications("room")} == {
             at(n, epoch) for n in range(1, 11)
         }
         answer = await a.read("room", at(3, epoch))
@@ -134,7 +151,7 @@ async def test_the_size_trims_exactly(redis_server: Server) -> None:
         for n in range(1, 10):
             a.streams.append("room", f"m{n}")
         await wait_for(lambda: len(a.publications("room")) == 9)
-        epoch = a.publications("room")[0].position.epoch
+        epoch = a.publications("room")[0].epoch
         answer = await a.read("room", at(2, epoch))
         assert answer.entries == tuple((n, f"m{n}") for n in range(6, 10))
         client = aioredis.Redis(port=redis_server.port)
@@ -149,7 +166,7 @@ async def test_expired_publications_are_dropped_and_the_epoch_stays(redis_server
         await anyio.sleep(0.5)
         a.streams.append("room", "new")
         await wait_for(lambda: len(a.publications("room")) == 2)
-        epoch = a.publications("room")[0].position.epoch
+        epoch = a.publications("room")[0].epoch
         assert (await a.read("room", at(0, epoch))).entries == ((2, "new"),)
         await anyio.sleep(0.5)  # all expired: the stream key goes, the position stays
         gone = await a.read("room", at(1, epoch))
@@ -159,20 +176,20 @@ async def test_expired_publications_are_dropped_and_the_epoch_stays(redis_server
         await client.aclose()
         a.streams.append("room", "later")
         await wait_for(lambda: len(a.publications("room")) == 3)
-        assert a.publications("room")[2].position == at(3, epoch)
+        assert position(a.publications("room")[2]) == at(3, epoch)
 
 
 async def test_lost_history_is_a_new_epoch(redis_server: Server) -> None:
     async with instance(redis_server) as a:
         a.streams.append("room", "m1")
         await wait_for(lambda: len(a.publications("room")) == 1)
-        before = a.publications("room")[0].position
+        before = position(a.publications("room")[0])
         client = aioredis.Redis(port=redis_server.port)
         await client.flushall()
         await client.aclose()
         a.streams.append("room", "m2")
         await wait_for(lambda: len(a.publications("room")) == 2)
-        after = a.publications("room")[1].position
+        after = position(a.publications("room")[1])
         assert after.offset == 1
         assert after.epoch != before.epoch
 
@@ -194,16 +211,16 @@ async def test_a_redis_restart_is_a_new_epoch_and_the_link_says_so(
         for n in range(3):
             a.streams.append("room", f"m{n}")
         await wait_for(lambda: len(a.publications("room")) == 3)
-        held = a.publications("room")[1].position
+        held = position(a.publications("room")[1])
         await _restart(redis_server, saved=saved)
-        await wait_for(lambda: a.states[-2:] == [False, True], timeout=10)
+        await wait_for(lambda: a.states == [DOWN, READY, DOWN, READY], timeout=10)
         answer = await a.read("room", held)
         assert answer.position is not None
         assert (answer.position.offset, answer.entries) == (0, ())
         assert answer.position.epoch != held.epoch
         a.streams.append("room", "after")
         await wait_for(lambda: len(a.publications("room")) == 4)
-        assert a.publications("room")[3].position == at(1, answer.position.epoch)
+        assert position(a.publications("room")[3]) == at(1, answer.position.epoch)
 
 
 async def test_an_answer_comes_between_the_publications_it_covers_and_the_later_ones(
@@ -227,11 +244,11 @@ async def test_an_answer_comes_between_the_publications_it_covers_and_the_later_
                 await anyio.sleep(0.005)
             done = True
         seen, between = 0, 0
-        for item in reader.received:
-            if isinstance(item, StreamPublication):
-                assert item.position.offset == seen + 1
-                seen = item.position.offset
-            else:
+        for item in reader.events:
+            if isinstance(item, StreamPublished):
+                assert item.offset == seen + 1
+                seen = item.offset
+            elif isinstance(item, StreamReadDone):
                 assert item.position is not None
                 assert item.position.offset == seen  # after all up to it, before the rest
                 between += seen < len(reader.publications("room"))
@@ -244,13 +261,13 @@ async def test_a_failed_write_answers_its_reads_without_a_position(redis_server:
         a.streams.read(7, "room", None, 300)
         await wait_for(lambda: bool(a.answers()))
         assert (a.answers()[0].request, a.answers()[0].position) == (7, None)
-        await wait_for(lambda: a.states[-1:] == [False])
+        await wait_for(lambda: a.states[-1:] == [DOWN])
         redis_server.start()
-        await wait_for(lambda: a.states[-1:] == [True], timeout=10)
+        await wait_for(lambda: a.states[-1:] == [READY], timeout=10)
 
 
 async def test_an_unreachable_redis_fails_the_start(redis_server: Server) -> None:
     redis_server.kill()
-    streams = RedisStreams(f"redis://127.0.0.1:{redis_server.port}/0", app="app", size=3, ttl=1)
+    streams = RedisStreams(f"redis://127.0.0.1:{redis_server.port}/0", app="app")
     with pytest.raises(RosterUnavailableError, match="cannot reach Redis"):
-        await streams.start(lambda item: None, lambda up: None)
+        await streams.start(lambda event: None, HistoryConfig(boot_id="b"))

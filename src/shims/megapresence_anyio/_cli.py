@@ -52,7 +52,13 @@ from ._hub_server import HubServer
 from ._jwt import JWT_ALGORITHMS, PUBLIC_KEY_ENV, SECRET_ENV, JwtAuthenticator, read_key
 from ._logging import FORMATTERS, configure_logging, log_event
 from ._ops import MetricsAccess
-from ._server import Authenticator, ClusterBackend, PresenceServer, RosterBackend
+from ._server import (
+    Authenticator,
+    ClusterBackend,
+    PresenceServer,
+    RosterBackend,
+    StreamStoreBackend,
+)
 from ._tls import client_context, server_context
 
 __all__ = ["ExitCode", "main"]
@@ -391,7 +397,10 @@ def _parser() -> argparse.ArgumentParser:
         help="fan-out and cluster roster over NATS, e.g. nats://127.0.0.1:4222",
     )
     cluster.add_argument(
-        "--redis", metavar="URL", help="per-channel roster in Redis, e.g. redis://127.0.0.1:6379/0"
+        "--redis",
+        metavar="URL",
+        help="per-channel roster and channel streams (history, publications) in Redis, "
+        "e.g. redis://127.0.0.1:6379/0",
     )
     cluster.add_argument("--instance-id", help="this instance's id (default: random per boot)")
     cluster.add_argument(
@@ -536,6 +545,8 @@ class _Backends(NamedTuple):
     cluster: ClusterBackend | None = None
     roster_config: StoreConfig | None = None
     roster: RosterBackend | None = None
+    #: Who numbers the channel streams for every instance (with --redis: Redis Streams).
+    stream_store: StreamStoreBackend | None = None
     #: The error each backend raises when its server cannot be reached at start.
     unreachable: tuple[tuple[type[Exception], ExitCode], ...] = ()
 
@@ -560,10 +571,11 @@ def _serve_backends(args: argparse.Namespace, instance_id: str, epoch: int) -> _
         )
     if args.redis:
         with _needs_extra("--redis", "redis"):
-            from megapresence_redis import RedisRoster, RosterUnavailableError
+            from megapresence_redis import RedisRoster, RedisStreams, RosterUnavailableError
         backends = backends._replace(
             roster_config=StoreConfig(ttl=args.roster_ttl, refresh_interval=args.roster_refresh),
             roster=RedisRoster(args.redis, app=args.app, instance_id=instance_id, epoch=epoch),
+            stream_store=RedisStreams(args.redis, app=args.app),
             unreachable=(
                 *backends.unreachable,
                 (RosterUnavailableError, ExitCode.REDIS_UNREACHABLE),
@@ -667,6 +679,7 @@ async def _start_serve(args: argparse.Namespace, instance_id: str, stack: AsyncE
             hub_token=args.hub_token,
             cluster=backends.cluster,
             roster=backends.roster,
+            stream_store=backends.stream_store,
             pages={} if args.no_page else app.pages,
             hub_ssl_context=hub_tls,
             metrics_access=_metrics_access(args),

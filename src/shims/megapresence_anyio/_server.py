@@ -77,9 +77,16 @@ from megapresence_core.actions import (
     StoreEntry,
     StorePut,
     StoreRefresh,
+    StreamAppend,
+    StreamRead,
 )
 from megapresence_core.config import HistoryConfig
-from megapresence_core.events import CommandReceived, DrainRequested, HubLinkStarted
+from megapresence_core.events import (
+    CommandReceived,
+    DrainRequested,
+    HubLinkStarted,
+    StreamPosition,
+)
 from megapresence_core.lifecycle import ClusterLinkState, ConnectionState, HubLinkState
 
 from ._asgi import ASGIApp, FrameText, PresenceASGI, Receive, Scope, Send, serve_asgi
@@ -237,6 +244,23 @@ class RosterBackend(Protocol):
     async def aclose(self) -> None: ...
 
 
+class StreamStoreBackend(Protocol):
+    """What the server needs from a stream store (``megapresence_redis.RedisStreams``): it
+    numbers the channel streams for every server (see ``megapresence_core._stream_store``)."""
+
+    async def start(self, dispatch: Callable[[Event], None], history: HistoryConfig) -> None: ...
+
+    async def run(self) -> None: ...
+
+    def append(self, channel: str, data: str) -> None: ...
+
+    def read(
+        self, request: int, channel: str, since: StreamPosition | None, limit: int
+    ) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
 #: ``authorize_subscription(client, channel, mode)``, sync or async (see ``_permissions.py``).
 SubscriptionHook = Callable[[Client, str, PresenceMode], Verdict | Awaitable[Verdict]]
 
@@ -295,6 +319,7 @@ class PresenceServer:
         hub_token: str | None = None,
         cluster: ClusterBackend | None = None,
         roster: RosterBackend | None = None,
+        stream_store: StreamStoreBackend | None = None,
         pages: Mapping[str, tuple[str, bytes]] | None = None,
         hub_ssl_context: ssl.SSLContext | None = None,
         metrics_access: MetricsAccess = DEFAULT_METRICS_ACCESS,
@@ -326,6 +351,7 @@ class PresenceServer:
         self._keep_headers = keep_headers
         self._cluster = cluster
         self._roster = roster
+        self._stream_store = stream_store
         self._paths = paths
         self._on_open = on_open
         self._on_message = on_message
@@ -393,6 +419,8 @@ class PresenceServer:
             StorePut: self._roster_put,
             StoreRefresh: self._roster_refresh,
             StoreDelete: self._roster_delete,
+            StreamAppend: self._stream_append,
+            StreamRead: self._stream_read,
             Log: log_action,
         }
         self.port: int | None = None
@@ -405,13 +433,19 @@ class PresenceServer:
         # Shared backends first, so a wrong URL fails the start, not the first join.
         if self._roster is not None:
             await self._roster.start()
-        if self._cluster is not None:
-            try:
+        try:
+            if self._cluster is not None:
                 await self._cluster.start(self._dispatch_link, self._presence.cluster_subjects)
-            except BaseException:
-                if self._roster is not None:
-                    await self._roster.aclose()
-                raise
+            if self._stream_store is not None:
+                history = self._presence.config.history
+                assert history is not None  # the server always keeps one
+                await self._stream_store.start(self._dispatch_link, history)
+        except BaseException:
+            if self._cluster is not None:
+                await self._cluster.aclose()
+            if self._roster is not None:
+                await self._roster.aclose()
+            raise
         on_asyncio = sniffio.current_async_library() == "asyncio"
         if on_asyncio:
             self._connection_tasks = set()
@@ -432,6 +466,8 @@ class PresenceServer:
             self._background.service("cluster", self._cluster.run)
         if self._roster is not None:
             self._background.service("roster", self._roster.run)
+        if self._stream_store is not None:
+            self._background.service("streams", self._stream_store.run)
         if self._hub is not None:
             self._dispatch_link(HubLinkStarted(now=anyio.current_time()))
         self._check_links()
@@ -449,6 +485,8 @@ class PresenceServer:
                 await self._cluster.aclose()
             if self._roster is not None:
                 await self._roster.aclose()
+            if self._stream_store is not None:
+                await self._stream_store.aclose()
         task_group.cancel_scope.cancel()
         try:
             return await task_group.__aexit__(*exc_info)  # type: ignore[arg-type]
@@ -919,6 +957,14 @@ class PresenceServer:
         assert self._roster is not None
         self._roster.delete(action.channel, action.session_id)
 
+    def _stream_append(self, action: StreamAppend) -> None:
+        assert self._stream_store is not None
+        self._stream_store.append(action.channel, action.data)
+
+    def _stream_read(self, action: StreamRead) -> None:
+        assert self._stream_store is not None
+        self._stream_store.read(action.request, action.channel, action.since, action.limit)
+
     # ------------------------------------------------------- embedding API
 
     def broadcast(
@@ -1051,7 +1097,7 @@ class PresenceServer:
 
     def link_states(self) -> dict[str, str]:
         """The state of each link this server has: ``hub`` (the core's hub link state),
-        ``cluster`` (NATS) and ``roster`` (Redis: ``ok`` or ``failing``)."""
+        ``cluster`` (NATS), ``roster`` and ``streams`` (Redis: ``ok`` or ``failing``)."""
         links: dict[str, str] = {}
         hub_state = self._presence.hub_link_state
         if hub_state is not None:
@@ -1062,6 +1108,9 @@ class PresenceServer:
             links["cluster"] = cluster_state.value
         if self._roster is not None:
             links["roster"] = "ok" if getattr(self._roster, "healthy", True) else "failing"
+        if self._stream_store is not None:
+            healthy = getattr(self._stream_store, "healthy", True)
+            links["streams"] = "ok" if healthy else "failing"
         return links
 
     def _check_links(self) -> None:
@@ -1092,6 +1141,7 @@ class PresenceServer:
             "hub": HubLinkState.REGISTERED.value,
             "cluster": ClusterLinkState.CONNECTED.value,
             "roster": "ok",
+            "streams": "ok",
         }
         for name, state in self.link_states().items():
             checks[name] = state
@@ -1144,6 +1194,7 @@ class PresenceServer:
         for name, backend, states in (
             ("cluster", self._cluster, [s.value for s in ClusterLinkState]),
             ("roster", self._roster, ["ok", "failing"]),
+            ("streams", self._stream_store, ["ok", "failing"]),
         ):
             if name not in links:
                 continue

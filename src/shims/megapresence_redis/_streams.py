@@ -61,13 +61,19 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from megapresence_core import LocalUsageError
-from megapresence_core._values import StreamPosition
-from megapresence_core.config import redact_url
+from megapresence_core import Event, LocalUsageError
+from megapresence_core.config import HistoryConfig, redact_url
+from megapresence_core.events import (
+    StreamPosition,
+    StreamPublished,
+    StreamReadDone,
+    StreamStoreChanged,
+    StreamStoreState,
+)
 
 from ._roster import RosterUnavailableError, _describe
 
-__all__ = ["RedisStreams", "StreamAnswer", "StreamPublication"]
+__all__ = ["RedisStreams"]
 
 logger = logging.getLogger("megapresence.redis")
 
@@ -147,73 +153,38 @@ return top
 DEFAULT_META_TTL: Final = 86_400.0
 
 
-@final
-class StreamPublication:
-    """A publication as every instance receives it: numbered, in offset order."""
-
-    __slots__ = ("channel", "data", "position")
-
-    def __init__(self, channel: str, position: StreamPosition, data: str) -> None:
-        self.channel = channel
-        self.position = position
-        self.data = data
-
-
-@final
-class StreamAnswer:
-    """The answer to :meth:`RedisStreams.read`: the position (None: Redis failed) and
-    the entries (offset, data) after the read's ``since`` that are kept."""
-
-    __slots__ = ("entries", "position", "request")
-
-    def __init__(
-        self, request: int, position: StreamPosition | None, entries: tuple[tuple[int, str], ...]
-    ) -> None:
-        self.request = request
-        self.position = position
-        self.entries = entries
-
-
 class _ResubscribedError(ConnectionError):
     """redis-py re-established the pub/sub connection by itself: a gap."""
 
 
-#: What the reader hands on, in Redis's order.
-Received = Callable[[StreamPublication | StreamAnswer], None]
-
-
 @final
 class RedisStreams:
-    """One instance's link to the channel streams of an app in Redis."""
+    """One instance's stream store: the channel streams of an app in Redis.
+
+    The server drives it (``PresenceServer(stream_store=...)``): it performs the
+    core's ``StreamAppend`` and ``StreamRead`` and dispatches ``StreamStoreChanged``,
+    ``StreamPublished`` and ``StreamReadDone``, in Redis's order.
+    """
 
     def __init__(
-        self,
-        url: str,
-        *,
-        app: str,
-        size: int,
-        ttl: float,
-        meta_ttl: float = DEFAULT_META_TTL,
-        timeout: float = 5.0,
+        self, url: str, *, app: str, meta_ttl: float = DEFAULT_META_TTL, timeout: float = 5.0
     ) -> None:
         self._url = url
         self._app = app
-        self._size = size
-        self._ttl_ms = max(1, int(ttl * 1000))
-        self._meta_ttl_ms = max(self._ttl_ms, int(meta_ttl * 1000))
+        self._meta_ttl = meta_ttl
         self._timeout = timeout
         self._publications = f"megapresence:streams:{{{app}}}"
         #: Ours alone, new per object: an earlier incarnation's answers never reach us.
         self._answers = f"{self._publications}:answers:{secrets.token_hex(8)}"
         self._redis: aioredis.Redis | None = None
-        self._received: Received | None = None
-        self._on_state: Callable[[bool], None] | None = None
+        self._dispatch: Callable[[Event], None] | None = None
+        self._head: list[Any] = []
         self._queue: deque[tuple[str, tuple[Any, ...]]] = deque()
         self._wake = anyio.Event()
         #: The reader is subscribed and nothing failed since.
         self._up = False
         self._restart: anyio.CancelScope | None = None
-        #: Failed writes and reader restarts since start: a metric.
+        #: Failed writes, reader restarts and malformed messages since start: a metric.
         self.errors = 0
 
     @property
@@ -221,7 +192,8 @@ class RedisStreams:
         return redact_url(self._url)
 
     @property
-    def up(self) -> bool:
+    def healthy(self) -> bool:
+        """Reading, and no write failed since (``/readyz`` reads it)."""
         return self._up
 
     @property
@@ -233,15 +205,17 @@ class RedisStreams:
         base = f"megapresence:stream:{{{self._app}:{channel}}}"
         return [base, base + ":meta"]
 
-    async def start(self, received: Received, on_state: Callable[[bool], None]) -> None:
-        """Connect and check the server (or raise ``RosterUnavailableError`` with the cause).
-        ``received`` gets the publications and answers in order; ``on_state`` the link's
-        ups and downs, from :meth:`run`."""
+    async def start(self, dispatch: Callable[[Event], None], history: HistoryConfig) -> None:
+        """Connect and check the server (or raise ``RosterUnavailableError`` with the cause);
+        the streams keep ``history.size`` publications of the last ``history.ttl`` seconds."""
         if sniffio.current_async_library() != "asyncio":
             raise LocalUsageError(
                 "megapresence_redis needs the asyncio backend (redis-py's "
                 "asyncio client); run the server with anyio's asyncio backend"
             )
+        ttl_ms = max(1, int(history.ttl * 1000))
+        # ARGV[2..4] of every script (ARGV[1], a new epoch, is drawn per call).
+        self._head = [ttl_ms, max(ttl_ms, int(self._meta_ttl * 1000)), history.size]
         # No retries: a script whose reply was lost may have run, and a second run would
         # publish the same message again under the next offset.
         client = aioredis.from_url(
@@ -262,20 +236,27 @@ class RedisStreams:
             raise RosterUnavailableError(
                 f"cannot reach Redis at {self.url}: {_describe(exc)}"
             ) from None
-        self._redis, self._received, self._on_state = client, received, on_state
+        self._redis, self._dispatch = client, dispatch
         logger.info("streams connected to %s", self.url)
+        # Configured, not yet reading: a publish is refused, not numbered here alone.
+        self._state(StreamStoreState.DOWN)
+
+    async def run(self) -> None:
+        """The reader and the writer, until cancelled."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._write)
+            tg.start_soon(self._subscribe)
 
     # ------------------------------------------------------------- writes
 
     def append(self, channel: str, data: str) -> None:
         """Number ``data`` as ``channel``'s next publication, keep it and send it to every
-        instance (this one included): it comes back through ``received``."""
+        instance (this one included), as ``StreamPublished``."""
         self._enqueue("append", (channel, data))
 
     def read(self, request: int, channel: str, since: StreamPosition | None, limit: int) -> None:
         """Ask for ``channel``'s position and the entries after ``since`` (when of that
-        epoch and at most ``limit`` behind): a :class:`StreamAnswer` comes through
-        ``received``, in order."""
+        epoch and at most ``limit`` behind): ``StreamReadDone`` comes in order."""
         offset, epoch = ("", "") if since is None else (str(since.offset), since.epoch)
         self._enqueue("read", (channel, request, limit, offset, epoch))
 
@@ -284,16 +265,16 @@ class RedisStreams:
         self._wake.set()
 
     def _argv(self, op: str, args: tuple[Any, ...]) -> list[Any]:
-        head = [secrets.token_hex(8), self._ttl_ms, self._meta_ttl_ms, self._size]
+        head = [secrets.token_hex(8), *self._head]
         if op == "append":
             return [*head, self._publications, *args]
         return [*head, self._answers, *args[1:]]
 
     async def _flush(self) -> None:
         """Run what is queued, in order, pipelined. A failure answers its reads with no
-        position and takes the link down (publications may be lost, or were kept)."""
+        position and takes the link down (its publications may be lost, or kept)."""
         assert self._redis is not None
-        assert self._received is not None
+        assert self._dispatch is not None
         scripts = self._scripts
         while self._queue:
             batch = [self._queue.popleft() for _ in range(min(len(self._queue), 500))]
@@ -311,13 +292,13 @@ class RedisStreams:
                     _describe(exc),
                     sum(op == "append" for op, _ in batch),
                 )
+                now = anyio.current_time()
                 for op, args in batch:
                     if op == "read":
-                        self._received(StreamAnswer(args[1], None, ()))
+                        self._dispatch(StreamReadDone(request=args[1], position=None, now=now))
                 self._down()
 
-    async def write(self) -> None:
-        """The writer task: runs queued appends and reads in order, until cancelled."""
+    async def _write(self) -> None:
         while True:
             await self._wake.wait()
             self._wake = anyio.Event()
@@ -325,18 +306,21 @@ class RedisStreams:
 
     # -------------------------------------------------------------- reads
 
+    def _state(self, state: StreamStoreState) -> None:
+        assert self._dispatch is not None
+        self._dispatch(StreamStoreChanged(state=state, now=anyio.current_time()))
+
     def _down(self) -> None:
         """The link is down: said once, and the reader starts again (subscribing anew)."""
         if self._restart is not None:
             self._restart.cancel()
         if self._up:
             self._up = False
-            assert self._on_state is not None
-            self._on_state(False)
+            self._state(StreamStoreState.DOWN)
 
-    async def run(self) -> None:
-        """The reader task: subscribes, hands on what arrives, and starts again after a
-        failure (backing off up to ``timeout``), until cancelled."""
+    async def _subscribe(self) -> None:
+        """Subscribe, hand on what arrives, and start again after a failure (backing off
+        up to ``timeout``)."""
         delay = 0.05
         while True:
             with anyio.CancelScope() as self._restart:
@@ -353,8 +337,6 @@ class RedisStreams:
 
     async def _read(self) -> None:
         assert self._redis is not None
-        assert self._received is not None
-        assert self._on_state is not None
         pubsub = self._redis.pubsub()
         try:
             await pubsub.subscribe(self._publications, self._answers)
@@ -377,26 +359,40 @@ class RedisStreams:
                     if confirmed == 2:
                         self._up = True
                         logger.info("streams: reading %s", self.url)
-                        self._on_state(True)
+                        self._state(StreamStoreState.READY)
                 elif kind == "message":
-                    self._received(self._parse(message["channel"], message["data"]))
+                    self._receive(message["channel"], message["data"])
         finally:
             with anyio.CancelScope(shield=True):
                 await pubsub.aclose()
 
-    def _parse(self, source: bytes, data: bytes) -> StreamPublication | StreamAnswer:
+    def _receive(self, source: bytes, data: bytes) -> None:
+        assert self._dispatch is not None
+        try:
+            event = self._parse(source, data, anyio.current_time())
+        except (ValueError, KeyError, TypeError) as exc:  # not written by our scripts
+            self.errors += 1
+            logger.warning("streams: skipping a malformed message: %s", _describe(exc))
+            return
+        self._dispatch(event)
+
+    def _parse(self, source: bytes, data: bytes, now: float) -> Event:
         if source.decode() == self._answers:
             answer = json.loads(data)
             position = StreamPosition(offset=answer["offset"], epoch=answer["epoch"])
             # cjson writes an empty array as {}.
             entries = tuple((offset, text) for offset, text in answer["entries"] or ())
-            return StreamAnswer(answer["request"], position, entries)
+            return StreamReadDone(
+                request=answer["request"], position=position, entries=entries, now=now
+            )
         offset, epoch, channel_len, rest = data.split(b":", 3)
         channel_end = int(channel_len)
-        return StreamPublication(
-            rest[:channel_end].decode(),
-            StreamPosition(offset=int(offset), epoch=epoch.decode()),
-            rest[channel_end:].decode(),
+        return StreamPublished(
+            channel=rest[:channel_end].decode(),
+            offset=int(offset),
+            epoch=epoch.decode(),
+            data=rest[channel_end:],
+            now=now,
         )
 
     async def aclose(self) -> None:
