@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import json
 from collections.abc import AsyncIterator
 
 import anyio
 import pytest
 import redis.asyncio as aioredis
 
+from megapresence_anyio import handle_command
 from megapresence_core import Event
 from megapresence_core.config import HistoryConfig
 from megapresence_core.events import (
@@ -21,7 +23,7 @@ from megapresence_core.events import (
 from megapresence_redis import RedisStreams, RosterUnavailableError
 
 from .servers import Server
-from .socket_helpers import wait_for
+from .socket_helpers import Client, running_server, wait_for
 
 pytestmark = pytest.mark.anyio
 
@@ -271,3 +273,30 @@ async def test_an_unreachable_redis_fails_the_start(redis_server: Server) -> Non
     streams = RedisStreams(f"redis://127.0.0.1:{redis_server.port}/0", app="app")
     with pytest.raises(RosterUnavailableError, match="cannot reach Redis"):
         await streams.start(lambda event: None, HistoryConfig(boot_id="b"))
+
+
+async def test_a_server_refuses_publishes_while_redis_is_out_of_reach(redis_server: Server) -> None:
+    states: list[tuple[str, str]] = []
+    async with running_server(
+        stream_store=RedisStreams(f"redis://127.0.0.1:{redis_server.port}/0", app="s", timeout=1),
+        on_message=handle_command,
+        on_link_state=lambda link, state: states.append((link, state)),
+    ) as (server, url):
+        await wait_for(lambda: server.link_states() == {"streams": "ok"})
+        ann = await Client.connect(f"{url}/ws?user=ann&session=a1")
+        await ann.send(json.dumps({"op": "subscribe", "channel": "room"}))
+        assert (await ann.recv_json())["type"] == "subscribed"
+        await ann.send(json.dumps({"op": "publish", "channel": "room", "type": "note"}))
+        assert (await ann.recv_json())["offset"] == 1  # numbered by Redis, delivered back
+        redis_server.kill()
+        await wait_for(lambda: server.link_states() == {"streams": "failing"})
+        assert not server.readiness().ready
+        reset = await ann.recv_json()
+        assert reset["type"] == "stream.reset"
+        await ann.send(json.dumps({"op": "publish", "channel": "room", "type": "note"}))
+        assert (await ann.recv_json())["payload"]["code"] == "unavailable"
+        redis_server.start()
+        await wait_for(lambda: server.link_states() == {"streams": "ok"}, timeout=10)
+        assert ("streams", "failing") in states
+        assert states[-1] == ("streams", "ok")
+        await ann.close()

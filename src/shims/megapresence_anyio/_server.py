@@ -226,6 +226,24 @@ class ClusterBackend(Protocol):
     async def aclose(self) -> None: ...
 
 
+class StreamStoreBackend(Protocol):
+    """What the server needs from a stream store (``megapresence_nats.JetStreamHistory``):
+    it performs ``StreamAppend`` and ``StreamRead`` and reports as ``megapresence_core``'s
+    ``_stream_store`` says."""
+
+    async def start(self, dispatch: Callable[[Event], None], history: HistoryConfig) -> None: ...
+
+    async def run(self) -> None: ...
+
+    def append(self, channel: str, data: str) -> None: ...
+
+    def read(
+        self, request: int, channel: str, since: StreamPosition | None, limit: int
+    ) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
 class RosterBackend(Protocol):
     """What the server needs from a shared roster (``megapresence_redis.RedisRoster``)."""
 
@@ -244,23 +262,6 @@ class RosterBackend(Protocol):
     async def aclose(self) -> None: ...
 
 
-class StreamStoreBackend(Protocol):
-    """What the server needs from a stream store (``megapresence_redis.RedisStreams``): it
-    numbers the channel streams for every server (see ``megapresence_core._stream_store``)."""
-
-    async def start(self, dispatch: Callable[[Event], None], history: HistoryConfig) -> None: ...
-
-    async def run(self) -> None: ...
-
-    def append(self, channel: str, data: str) -> None: ...
-
-    def read(
-        self, request: int, channel: str, since: StreamPosition | None, limit: int
-    ) -> None: ...
-
-    async def aclose(self) -> None: ...
-
-
 #: ``authorize_subscription(client, channel, mode)``, sync or async (see ``_permissions.py``).
 SubscriptionHook = Callable[[Client, str, PresenceMode], Verdict | Awaitable[Verdict]]
 
@@ -274,7 +275,7 @@ class ChannelStats(NamedTuple):
 
 OnMessage = Callable[[Client, str], Awaitable[None] | None]
 OnClose = Callable[[Client], Awaitable[None] | None]
-#: ``on_link_state(link, state)``: "hub", "cluster" or "roster", and its new state.
+#: ``on_link_state(link, state)``: "hub", "cluster", "roster" or "streams", and its new state.
 OnLinkState = Callable[[str, str], None]
 #: Opens a connection whose request is known: reads it, checks it, upgrades it.
 Opening = Callable[[Any], Awaitable["Client | None"]]
@@ -416,11 +417,11 @@ class PresenceServer:
             SendHubFrame: self._send_hub_frame,
             CloseHubLink: self._close_hub_link,
             ClusterPublish: self._publish,
+            StreamAppend: self._stream_append,
+            StreamRead: self._stream_read,
             StorePut: self._roster_put,
             StoreRefresh: self._roster_refresh,
             StoreDelete: self._roster_delete,
-            StreamAppend: self._stream_append,
-            StreamRead: self._stream_read,
             Log: log_action,
         }
         self.port: int | None = None
@@ -433,19 +434,23 @@ class PresenceServer:
         # Shared backends first, so a wrong URL fails the start, not the first join.
         if self._roster is not None:
             await self._roster.start()
-        try:
-            if self._cluster is not None:
+        if self._cluster is not None:
+            try:
                 await self._cluster.start(self._dispatch_link, self._presence.cluster_subjects)
-            if self._stream_store is not None:
-                history = self._presence.config.history
-                assert history is not None  # the server always keeps one
+            except BaseException:
+                if self._roster is not None:
+                    await self._roster.aclose()
+                raise
+        if self._stream_store is not None:
+            history = self._presence.config.history
+            assert history is not None  # the server always keeps history
+            try:
                 await self._stream_store.start(self._dispatch_link, history)
-        except BaseException:
-            if self._cluster is not None:
-                await self._cluster.aclose()
-            if self._roster is not None:
-                await self._roster.aclose()
-            raise
+            except BaseException:
+                for backend in (self._cluster, self._roster):
+                    if backend is not None:
+                        await backend.aclose()
+                raise
         on_asyncio = sniffio.current_async_library() == "asyncio"
         if on_asyncio:
             self._connection_tasks = set()
@@ -467,7 +472,7 @@ class PresenceServer:
         if self._roster is not None:
             self._background.service("roster", self._roster.run)
         if self._stream_store is not None:
-            self._background.service("streams", self._stream_store.run)
+            self._background.service("stream store", self._stream_store.run)
         if self._hub is not None:
             self._dispatch_link(HubLinkStarted(now=anyio.current_time()))
         self._check_links()
@@ -945,6 +950,14 @@ class PresenceServer:
         assert self._cluster is not None
         self._cluster.publish(action.subject, action.data)
 
+    def _stream_append(self, action: StreamAppend) -> None:
+        assert self._stream_store is not None
+        self._stream_store.append(action.channel, action.data)
+
+    def _stream_read(self, action: StreamRead) -> None:
+        assert self._stream_store is not None
+        self._stream_store.read(action.request, action.channel, action.since, action.limit)
+
     def _roster_put(self, action: StorePut) -> None:
         assert self._roster is not None
         self._roster.put(action.channel, action.session_id, action.member, action.ttl)
@@ -956,14 +969,6 @@ class PresenceServer:
     def _roster_delete(self, action: StoreDelete) -> None:
         assert self._roster is not None
         self._roster.delete(action.channel, action.session_id)
-
-    def _stream_append(self, action: StreamAppend) -> None:
-        assert self._stream_store is not None
-        self._stream_store.append(action.channel, action.data)
-
-    def _stream_read(self, action: StreamRead) -> None:
-        assert self._stream_store is not None
-        self._stream_store.read(action.request, action.channel, action.since, action.limit)
 
     # ------------------------------------------------------- embedding API
 
@@ -1097,7 +1102,8 @@ class PresenceServer:
 
     def link_states(self) -> dict[str, str]:
         """The state of each link this server has: ``hub`` (the core's hub link state),
-        ``cluster`` (NATS), ``roster`` and ``streams`` (Redis: ``ok`` or ``failing``)."""
+        ``cluster`` (NATS), ``roster`` (Redis: ``ok`` or ``failing``) and ``streams`` (a
+        stream store: ``ok`` while it numbers the streams, else ``failing``)."""
         links: dict[str, str] = {}
         hub_state = self._presence.hub_link_state
         if hub_state is not None:
