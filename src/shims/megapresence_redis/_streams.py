@@ -93,9 +93,9 @@ local function head()
   end
   redis.call('PEXPIRE', KEYS[2], ARGV[3])
   local horizon = now - tonumber(ARGV[2])
-  while true do
+  local oldest = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
+  while #oldest > 0 and tonumber(oldest[1][2][2]) <= horizon do
     local batch = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 100)
-    if #batch == 0 then break end
     local kept = nil
     for _, entry in ipairs(batch) do
       if tonumber(entry[2][2]) > horizon then kept = entry[1] break end
@@ -106,6 +106,7 @@ local function head()
     end
     local last = tonumber(string.match(batch[#batch][1], '^(%d+)'))
     redis.call('XTRIM', KEYS[1], 'MINID', last + 1)
+    oldest = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)
   end
   return epoch, top, now
 end
