@@ -166,3 +166,37 @@ async def test_a_redis_restart_is_not_recovered_never_a_silent_gap(
     tail = subscriber.numbers[10:]
     assert tail
     assert tail == echo.numbers[len(echo.numbers) - len(tail) :]
+
+
+async def test_two_instances_publishing_at_once_deliver_one_order_everywhere(
+    pair: tuple[Command, Command],
+) -> None:
+    a, b = pair
+    offsets: dict[str, list[int]] = {"A": [], "B": []}
+    texts: dict[str, list[str]] = {"A": [], "B": []}
+
+    async def watch(name: str, client: PresenceClient) -> None:
+        async for event in client:
+            if isinstance(event, ChannelMessage):
+                assert event.offset is not None
+                offsets[name].append(event.offset)
+                texts[name].append(f"{event.sender and event.sender.user_id}{event.payload['n']}")
+
+    async with (
+        PresenceClient(url(a, "ann")) as ann,
+        PresenceClient(url(b, "bob")) as bob,
+        anyio.create_task_group() as tg,
+    ):
+        for name, client in (("A", ann), ("B", bob)):
+            await client.subscribe("room").wait_subscribed()
+            tg.start_soon(watch, name, client)
+        async with anyio.create_task_group() as publishers:
+            publishers.start_soon(publish, ann, range(1, 101))
+            publishers.start_soon(publish, bob, range(1, 101))
+        await until(lambda: len(texts["A"]) == len(texts["B"]) == 200)
+        tg.cancel_scope.cancel()
+    first = offsets["A"][0]
+    assert offsets["A"] == offsets["B"] == list(range(first, first + 200))
+    assert texts["A"] == texts["B"]  # one order, Redis's, on both instances
+    for who in ("ann", "bob"):
+        assert [t for t in texts["A"] if t.startswith(who)] == [f"{who}{n}" for n in range(1, 101)]
