@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 from collections.abc import AsyncIterator
 
 import anyio
@@ -300,3 +301,49 @@ async def test_a_server_refuses_publishes_while_redis_is_out_of_reach(redis_serv
         assert ("streams", "failing") in states
         assert states[-1] == ("streams", "ok")
         await ann.close()
+
+
+async def test_a_cut_pubsub_connection_takes_the_link_down_and_up(redis_server: Server) -> None:
+    async with instance(redis_server) as a:
+        client = aioredis.Redis(port=redis_server.port)
+        assert await client.client_kill_filter(_type="pubsub") == 1
+        await client.aclose()
+        await wait_for(lambda: a.states == [DOWN, READY, DOWN, READY])
+        a.streams.append("room", "after")
+        await wait_for(lambda: len(a.publications("room")) == 1)
+
+
+async def test_a_redis_that_stops_answering_takes_the_link_down(redis_server: Server) -> None:
+    streams = RedisStreams(f"redis://127.0.0.1:{redis_server.port}/0", app="app", timeout=1)
+    events: list[Event] = []
+    await streams.start(events.append, HistoryConfig(boot_id="b"))
+    process = redis_server.process
+    assert process is not None
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(streams.run)
+        await wait_for(lambda: streams.healthy)
+        await anyio.sleep(1.5)  # idle past the timeout: a ping is answered, it stays up
+        assert streams.healthy
+        process.send_signal(signal.SIGSTOP)  # a Redis that neither answers nor closes
+        try:
+            await wait_for(lambda: not streams.healthy, timeout=10)
+        finally:
+            process.send_signal(signal.SIGCONT)
+        await wait_for(lambda: streams.healthy, timeout=10)
+        states = [e.state for e in events if isinstance(e, StreamStoreChanged)]
+        assert states == [DOWN, READY, DOWN, READY]
+        tg.cancel_scope.cancel()
+    await streams.aclose()
+
+
+async def test_a_message_not_from_our_scripts_is_skipped(
+    redis_server: Server, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with instance(redis_server) as a:
+        client = aioredis.Redis(port=redis_server.port)
+        await client.publish("megapresence:streams:{app}", "not a publication")
+        await client.aclose()
+        a.streams.append("room", "next")
+        await wait_for(lambda: len(a.publications("room")) == 1)
+        assert a.streams.errors == 1
+        assert "skipping a malformed message" in caplog.text

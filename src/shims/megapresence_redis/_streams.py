@@ -36,10 +36,11 @@ arrives after every publication of the channel up to its offset and before any
 later one, as the hub's RECOVERED does: what a recovery returns and what is
 delivered live neither overlap nor leave a hole. The core judges the answer.
 
-The reader says ``READY`` once subscribed and ``DOWN`` when the connection fails
-or was silently re-established (redis-py resubscribes by itself; publications
-may have been missed meanwhile); a write that fails answers its reads with no
-position and takes the link down too.
+The reader says ``READY`` once subscribed and ``DOWN`` when its connection fails
+(publications may have been missed meanwhile), then subscribes on a new one:
+redis-py is told never to retry, so it never reconnects a pub/sub connection
+behind our back and no gap goes unseen. A write that fails answers its reads
+with no position and takes the link down too.
 
 Works on Redis >= 6 and Valkey (XADD with an explicit id and MAXLEN, XTRIM
 MINID, INFO inside scripts, cjson, effects replication).
@@ -152,10 +153,6 @@ return top
 #: Metadata outlives the history by far: a position stays answerable (``expired``
 #: rather than ``epoch``) for a day after the channel's last publication.
 DEFAULT_META_TTL: Final = 86_400.0
-
-
-class _ResubscribedError(ConnectionError):
-    """redis-py re-established the pub/sub connection by itself: a gap."""
 
 
 @final
@@ -355,8 +352,6 @@ class RedisStreams:
                 kind = message["type"]
                 if kind == "subscribe":
                     confirmed += 1
-                    if confirmed > 2:
-                        raise _ResubscribedError("the pub/sub connection was re-established")
                     if confirmed == 2:
                         self._up = True
                         logger.info("streams: reading %s", self.url)
