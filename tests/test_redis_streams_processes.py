@@ -5,6 +5,7 @@ client that drops recovers on the other instance, every message once; a Redis re
 from __future__ import annotations
 
 import itertools
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -61,13 +62,14 @@ def url(command: Command, user: str) -> str:
 
 
 class Subscriber:
-    """A client that drops and comes back on the other instance each time, recovering."""
+    """A recovering client that connects where ``urls`` says (a list: each in turn)."""
 
-    def __init__(self, urls: list[str]) -> None:
-        turns = itertools.cycle(urls)
-        self.client = PresenceClient(
-            lambda: next(turns), backoff=Backoff(first=0.05, first_back_off=0.2, cap=0.2)
-        )
+    def __init__(self, urls: list[str] | Callable[[], str]) -> None:
+        if isinstance(urls, list):
+            turns = itertools.cycle(urls)
+            urls = lambda: next(turns)  # noqa: E731
+        backoff = Backoff(first=0.05, first_back_off=0.2, cap=0.2)
+        self.client = PresenceClient(urls, backoff=backoff)
         self.numbers: list[int] = []
         self.answers: list[Subscribed] = []
         self.resets: list[StreamReset] = []
@@ -200,3 +202,31 @@ async def test_two_instances_publishing_at_once_deliver_one_order_everywhere(
     assert texts["A"] == texts["B"]  # one order, Redis's, on both instances
     for who in ("ann", "bob"):
         assert [t for t in texts["A"] if t.startswith(who)] == [f"{who}{n}" for n in range(1, 101)]
+
+
+async def test_an_instance_killed_and_started_again_loses_nothing(
+    tmp_path: Path, pair: tuple[Command, Command], redis_server: Server
+) -> None:
+    a, b = pair
+    current = [url(b, "sub")]
+    subscriber = Subscriber(lambda: current[0])
+    async with (
+        PresenceClient(url(a, "pub")) as publisher,
+        subscriber.client,
+        anyio.create_task_group() as tg,
+    ):
+        tg.start_soon(subscriber.read)
+        await publisher.subscribe("room").wait_subscribed()
+        await subscriber.client.subscribe("room", recover=True).wait_subscribed()
+        tg.start_soon(publish, publisher, range(1, 101))
+        await until(lambda: len(subscriber.numbers) >= 20)
+        b.stop(signal.SIGKILL)  # its history was never its own: Redis keeps it
+        restarted = serve(tmp_path, "B", redis_server)
+        current[0] = url(restarted, "sub")
+        try:
+            await until(lambda: len(subscriber.numbers) >= 100)
+        finally:
+            restarted.stop()
+        tg.cancel_scope.cancel()
+    assert subscriber.numbers == list(range(1, 101))
+    assert [answer.recovered for answer in subscriber.answers] == [None, True]
