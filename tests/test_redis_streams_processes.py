@@ -31,7 +31,7 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def serve(tmp_path: Path, name: str, redis_: Server) -> Command:
+def serve(tmp_path: Path, name: str, redis_: Server, *extra: str) -> Command:
     return Command(
         tmp_path,
         name,
@@ -46,12 +46,21 @@ def serve(tmp_path: Path, name: str, redis_: Server) -> Command:
         "streams",
         "--log-level",
         "warning",
+        *extra,
     )
 
 
-@pytest.fixture
-def pair(tmp_path: Path, redis_server: Server) -> Iterator[tuple[Command, Command]]:
-    a, b = serve(tmp_path, "A", redis_server), serve(tmp_path, "B", redis_server)
+@pytest.fixture(params=["redis", "redis+nats"])
+def pair(
+    request: pytest.FixtureRequest, tmp_path: Path, redis_server: Server
+) -> Iterator[tuple[Command, Command]]:
+    """Two instances sharing Redis; with NATS too, which then carries presence, broadcasts
+    and directs, while channel messages still go through Redis (it numbers them)."""
+    extra: tuple[str, ...] = ()
+    if request.param == "redis+nats":
+        nats: Server = request.getfixturevalue("nats_server")
+        extra = ("--nats", f"nats://127.0.0.1:{nats.port}")
+    a, b = serve(tmp_path, "A", redis_server, *extra), serve(tmp_path, "B", redis_server, *extra)
     yield a, b
     for command in (a, b):
         command.stop()
@@ -129,6 +138,7 @@ async def test_a_subscriber_recovers_every_number_on_the_other_instance(
     assert subscriber.resets == []
 
 
+@pytest.mark.parametrize("pair", ["redis"], indirect=True)  # the same with NATS
 async def test_a_redis_restart_is_not_recovered_never_a_silent_gap(
     pair: tuple[Command, Command], redis_server: Server
 ) -> None:
@@ -204,6 +214,7 @@ async def test_two_instances_publishing_at_once_deliver_one_order_everywhere(
         assert [t for t in texts["A"] if t.startswith(who)] == [f"{who}{n}" for n in range(1, 101)]
 
 
+@pytest.mark.parametrize("pair", ["redis"], indirect=True)  # the same with NATS
 async def test_an_instance_killed_and_started_again_loses_nothing(
     tmp_path: Path, pair: tuple[Command, Command], redis_server: Server
 ) -> None:
