@@ -10,7 +10,9 @@ Prints, each the median of ``--runs`` runs:
   append script's rate against the same script without it;
 - the time from ``read`` to its ``StreamReadDone`` for a recovery of a full history
   (``--missed`` entries of ~100 bytes), and what such a history costs in Redis
-  (``MEMORY USAGE`` of the stream and its meta key).
+  (``MEMORY USAGE`` of the stream and its meta key);
+- a reconnect storm's reads: ``--readers`` recoveries of ``--storm-missed`` publications
+  each, asked at once through one instance: the time to the last answer and Redis's CPU.
 
     python benchmarks/redis_streams_bench.py [--publications 20000] [--missed 300]
 
@@ -132,6 +134,48 @@ async def recovery(url: str, missed: int) -> tuple[float, int]:
     return elapsed, size
 
 
+async def storm(url: str, readers: int, missed: int) -> tuple[float, float]:
+    """A reconnect storm's reads: ``readers`` recoveries of ``missed`` publications each,
+    asked at once; seconds until the last answer, and Redis's CPU seconds meanwhile."""
+    streams = RedisStreams(url, app=f"bench{time.monotonic_ns()}")
+    answers, epoch = 0, ""
+
+    def dispatch(event: Event) -> None:
+        nonlocal answers, epoch
+        if isinstance(event, StreamReadDone):
+            answers += 1
+        elif isinstance(event, StreamPublished):
+            epoch = event.epoch
+
+    await streams.start(dispatch, HistoryConfig(boot_id="bench"))
+    client = aioredis.from_url(url)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(streams.run)
+        while not streams.healthy:
+            await anyio.sleep(0.01)
+        for _ in range(missed):
+            streams.append("room", DATA)
+        while not epoch:
+            await anyio.sleep(0.01)
+        cpu = await redis_cpu(client)
+        start = time.perf_counter()
+        for request in range(readers):
+            streams.read(request, "room", StreamPosition(offset=0, epoch=epoch), missed)
+        while answers < readers:
+            await anyio.sleep(0.005)
+        elapsed = time.perf_counter() - start
+        cpu = await redis_cpu(client) - cpu
+        tg.cancel_scope.cancel()
+    await client.aclose()
+    await streams.aclose()
+    return elapsed, cpu
+
+
+async def redis_cpu(client: aioredis.Redis) -> float:
+    info = await client.info("cpu")
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 def median(runs: int, measure: Callable[[], Awaitable[Any]]) -> Any:
     results = [anyio.run(measure) for _ in range(runs)]
     if isinstance(results[0], tuple):
@@ -144,6 +188,8 @@ def main() -> None:
     parser.add_argument("--publications", type=int, default=20_000)
     parser.add_argument("--missed", type=int, default=300)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--readers", type=int, default=10_000)
+    parser.add_argument("--storm-missed", type=int, default=100)
     args = parser.parse_args()
     binary = shutil.which("redis-server") or "/usr/bin/redis-server"
     port = free_port()
@@ -160,6 +206,9 @@ def main() -> None:
             unchecked = median(args.runs, lambda: appends_per_second(url, n, check_restart=False))
             puts = median(args.runs, lambda: puts_per_second(url, n))
             seconds, size = median(args.runs, lambda: recovery(url, args.missed))
+            storm_seconds, storm_cpu = median(
+                args.runs, lambda: storm(url, args.readers, args.storm_missed)
+            )
         finally:
             server.kill()
             server.wait()
@@ -170,6 +219,10 @@ def main() -> None:
     print(f"the restart check's share of an append:          {1 - appends / unchecked:.0%}")
     print(f"recovery of {args.missed} entries, read to answer: {seconds * 1000:.1f} ms")
     print(f"Redis memory for {args.missed} entries of history: {size / 1024:.0f} KiB")
+    print(
+        f"a storm of {args.readers:,} recoveries of {args.storm_missed} each: "
+        f"{storm_seconds:.2f} s to the last answer, Redis CPU {storm_cpu:.2f} s"
+    )
 
 
 if __name__ == "__main__":

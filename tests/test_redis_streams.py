@@ -140,7 +140,7 @@ async def test_a_read_returns_the_position_and_the_entries_after_since(
         }
         answer = await a.read("room", at(3, epoch))
         assert answer.position == at(10, epoch)
-        assert answer.entries == tuple((n, f"m{n}") for n in range(4, 11))
+        assert answer.entries == tuple((n, f"m{n}".encode()) for n in range(4, 11))
         assert (await a.read("room", at(10, epoch))).entries == ()
         # Not of this epoch, beyond the top, or further behind than the limit: no entries.
         for since, limit in [(at(3, "another"), 300), (at(11, epoch), 300), (at(3, epoch), 6)]:
@@ -156,7 +156,7 @@ async def test_the_size_trims_exactly(redis_server: Server) -> None:
         await wait_for(lambda: len(a.publications("room")) == 9)
         epoch = a.publications("room")[0].epoch
         answer = await a.read("room", at(2, epoch))
-        assert answer.entries == tuple((n, f"m{n}") for n in range(6, 10))
+        assert answer.entries == tuple((n, f"m{n}".encode()) for n in range(6, 10))
         client = aioredis.Redis(port=redis_server.port)
         assert await client.xlen("megapresence:stream:{app:room}") == 4
         await client.aclose()
@@ -170,7 +170,7 @@ async def test_expired_publications_are_dropped_and_the_epoch_stays(redis_server
         a.streams.append("room", "new")
         await wait_for(lambda: len(a.publications("room")) == 2)
         epoch = a.publications("room")[0].epoch
-        assert (await a.read("room", at(0, epoch))).entries == ((2, "new"),)
+        assert (await a.read("room", at(0, epoch))).entries == ((2, b"new"),)
         await anyio.sleep(0.5)  # all expired: the stream key goes, the position stays
         gone = await a.read("room", at(1, epoch))
         assert (gone.position, gone.entries) == (at(2, epoch), ())
@@ -347,3 +347,20 @@ async def test_a_message_not_from_our_scripts_is_skipped(
         await wait_for(lambda: len(a.publications("room")) == 1)
         assert a.streams.errors == 1
         assert "skipping a malformed message" in caplog.text
+
+
+async def test_a_storm_of_recoveries_stays_within_the_pubsub_buffer(redis_server: Server) -> None:
+    client = aioredis.Redis(port=redis_server.port)
+    # A pub/sub reader holding more than 64 KiB is disconnected at once.
+    await client.config_set("client-output-buffer-limit", "pubsub 65536 65536 0")
+    await client.aclose()
+    async with instance(redis_server) as a:
+        for n in range(100):
+            a.streams.append("room", f"{n:04}" + "x" * 1000)
+        await wait_for(lambda: len(a.publications("room")) == 100)
+        epoch = a.publications("room")[0].epoch
+        for request in range(1, 201):  # 200 answers of 100 KB: through pub/sub, 20 MB
+            a.streams.read(request, "room", at(0, epoch), 300)
+        await wait_for(lambda: len(a.answers()) == 200, timeout=30)
+        assert {len(answer.entries) for answer in a.answers()} == {100}
+        assert a.states == [DOWN, READY]

@@ -29,12 +29,16 @@ top as they are (the core then says ``expired`` or ``too_many``, not ``epoch``).
 
 A read is a script too: it reads the position (starting an epoch if there is
 none, so a position given to a subscriber stays valid), drops expired entries,
-and PUBLISHes its answer (the position, and the entries after ``since`` when it
-is of that epoch and at most ``limit`` behind) on this instance's own answer
-channel, read on the same pub/sub connection as the publications. So an answer
-arrives after every publication of the channel up to its offset and before any
-later one, as the hub's RECOVERED does: what a recovery returns and what is
-delivered live neither overlap nor leave a hole. The core judges the answer.
+returns the position and the entries after ``since`` (when it is of that epoch
+and at most ``limit`` behind), and PUBLISHes the read's request number as a
+*fence* on this instance's own answer channel, read on the same pub/sub
+connection as the publications. The reader hands the answer on where the fence
+is (waiting for the script's reply if the fence came first): after every
+publication of the channel up to its offset and before any later one, as the
+hub's RECOVERED comes: what a recovery returns and what is delivered live neither
+overlap nor leave a hole. The entries themselves never go through pub/sub, whose
+buffers Redis caps (a storm of recoveries would have the reader disconnected).
+The core judges the answer.
 
 The reader says ``READY`` once subscribed and ``DOWN`` when its connection fails
 (publications may have been missed meanwhile), then subscribes on a new one:
@@ -48,7 +52,6 @@ MINID, INFO inside scripts, cjson, effects replication).
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 from collections import deque
@@ -129,8 +132,8 @@ return top
 )
 
 # ARGV[4..9]: size, answer channel, request, limit, since offset ('' for none), since
-# epoch. Publishes the answer as JSON: the position and, when the since is of this
-# epoch and at most limit behind, the entries after it that are kept.
+# epoch. Returns the position and, when the since is of this epoch and at most limit
+# behind, the entries after it that are kept; publishes the request as a fence.
 _READ: Final = (
     _HEAD
     + """
@@ -144,9 +147,8 @@ if ARGV[8] ~= '' and ARGV[9] == epoch then
     end
   end
 end
-local answer = {request = tonumber(ARGV[6]), offset = top, epoch = epoch, entries = entries}
-redis.call('PUBLISH', ARGV[5], cjson.encode(answer))
-return top
+redis.call('PUBLISH', ARGV[5], ARGV[6])
+return {top, epoch, entries}
 """
 )
 
@@ -182,6 +184,13 @@ class RedisStreams:
         #: The reader is subscribed and nothing failed since.
         self._up = False
         self._restart: anyio.CancelScope | None = None
+        #: The reads' answers by request, from the writer, until their fence comes (None:
+        #: the write failed, the answer was handed on already); set at every new one.
+        self._replies: dict[int, tuple[StreamPosition, tuple[tuple[int, bytes], ...]] | None] = {}
+        self._replied = anyio.Event()
+        #: Counts the reader's connections: a reply whose fence went to an earlier one is
+        #: dropped (the core answered its read here when the link went down).
+        self._connection = 0
         #: Failed writes, reader restarts and malformed messages since start: a metric.
         self.errors = 0
 
@@ -276,12 +285,18 @@ class RedisStreams:
         scripts = self._scripts
         while self._queue:
             batch = [self._queue.popleft() for _ in range(min(len(self._queue), 500))]
+            connection = self._connection
             try:
                 async with self._redis.pipeline(transaction=False) as pipe:
                     for op, args in batch:
                         keys = self._keys(args[0])
                         await scripts[op](keys=keys, args=self._argv(op, args), client=pipe)
-                    await pipe.execute()
+                    results = await pipe.execute()
+                for (op, args), result in zip(batch, results, strict=True):
+                    if op == "read" and connection == self._connection:
+                        top, epoch, entries = result
+                        position = StreamPosition(offset=top, epoch=epoch.decode())
+                        self._replies[args[1]] = (position, tuple(map(tuple, entries)))
             except (RedisError, OSError) as exc:
                 self.errors += 1
                 logger.warning(
@@ -293,8 +308,12 @@ class RedisStreams:
                 now = anyio.current_time()
                 for op, args in batch:
                     if op == "read":
+                        self._replies[args[1]] = None  # its fence, if any, is passed over
                         self._dispatch(StreamReadDone(request=args[1], position=None, now=now))
                 self._down()
+            finally:
+                replied, self._replied = self._replied, anyio.Event()
+                replied.set()
 
     async def _write(self) -> None:
         while True:
@@ -312,6 +331,8 @@ class RedisStreams:
         """The link is down: said once, and the reader starts again (subscribing anew)."""
         if self._restart is not None:
             self._restart.cancel()
+        self._connection += 1
+        self._replies.clear()  # their fences will not come: the core answers them here
         if self._up:
             self._up = False
             self._state(StreamStoreState.DOWN)
@@ -336,6 +357,7 @@ class RedisStreams:
     async def _read(self) -> None:
         assert self._redis is not None
         pubsub = self._redis.pubsub()
+        answers = self._answers.encode()
         try:
             await pubsub.subscribe(self._publications, self._answers)
             confirmed, quiet = 0, 0.0
@@ -356,40 +378,45 @@ class RedisStreams:
                         self._up = True
                         logger.info("streams: reading %s", self.url)
                         self._state(StreamStoreState.READY)
+                elif kind == "message" and message["channel"] == answers:
+                    await self._answer(int(message["data"]))
                 elif kind == "message":
-                    self._receive(message["channel"], message["data"])
+                    self._receive(message["data"])
         finally:
             with anyio.CancelScope(shield=True):
                 await pubsub.aclose()
 
-    def _receive(self, source: bytes, data: bytes) -> None:
+    async def _answer(self, request: int) -> None:
+        """A read's fence: its answer goes here, in order (the writer may still be reading
+        the script's reply; it comes, or the write fails, within the timeout)."""
+        assert self._dispatch is not None
+        while request not in self._replies:
+            await self._replied.wait()
+        reply = self._replies.pop(request)
+        if reply is not None:
+            position, entries = reply
+            now = anyio.current_time()
+            self._dispatch(
+                StreamReadDone(request=request, position=position, entries=entries, now=now)
+            )
+
+    def _receive(self, data: bytes) -> None:
         assert self._dispatch is not None
         try:
-            event = self._parse(source, data, anyio.current_time())
-        except (ValueError, KeyError, TypeError) as exc:  # not written by our scripts
+            offset, epoch, channel_len, rest = data.split(b":", 3)
+            channel_end = int(channel_len)
+            event = StreamPublished(
+                channel=rest[:channel_end].decode(),
+                offset=int(offset),
+                epoch=epoch.decode(),
+                data=rest[channel_end:],
+                now=anyio.current_time(),
+            )
+        except ValueError as exc:  # not written by our scripts
             self.errors += 1
             logger.warning("streams: skipping a malformed message: %s", _describe(exc))
             return
         self._dispatch(event)
-
-    def _parse(self, source: bytes, data: bytes, now: float) -> Event:
-        if source.decode() == self._answers:
-            answer = json.loads(data)
-            position = StreamPosition(offset=answer["offset"], epoch=answer["epoch"])
-            # cjson writes an empty array as {}.
-            entries = tuple((offset, text) for offset, text in answer["entries"] or ())
-            return StreamReadDone(
-                request=answer["request"], position=position, entries=entries, now=now
-            )
-        offset, epoch, channel_len, rest = data.split(b":", 3)
-        channel_end = int(channel_len)
-        return StreamPublished(
-            channel=rest[:channel_end].decode(),
-            offset=int(offset),
-            epoch=epoch.decode(),
-            data=rest[channel_end:],
-            now=now,
-        )
 
     async def aclose(self) -> None:
         """Run what is queued (publications accepted before shutdown), then disconnect."""
