@@ -133,7 +133,9 @@ return top
 
 # ARGV[4..9]: size, answer channel, request, limit, since offset ('' for none), since
 # epoch. Returns the position and, when the since is of this epoch and at most limit
-# behind, the entries after it that are kept; publishes the request as a fence.
+# behind, the entries after it that are kept, as one string "<offset>:<len>:<data>..."
+# (one bulk reply parses far faster than an array per entry); publishes the request as a
+# fence.
 _READ: Final = (
     _HEAD
     + """
@@ -143,12 +145,13 @@ if ARGV[8] ~= '' and ARGV[9] == epoch then
   local since = tonumber(ARGV[8])
   if since < top and top - since <= tonumber(ARGV[7]) then
     for _, entry in ipairs(redis.call('XRANGE', KEYS[1], since + 1, top)) do
-      entries[#entries + 1] = {tonumber(string.match(entry[1], '^(%d+)')), entry[2][4]}
+      local data = entry[2][4]
+      entries[#entries + 1] = string.match(entry[1], '^(%d+)') .. ':' .. #data .. ':' .. data
     end
   end
 end
 redis.call('PUBLISH', ARGV[5], ARGV[6])
-return {top, epoch, entries}
+return {top, epoch, table.concat(entries)}
 """
 )
 
@@ -296,7 +299,7 @@ class RedisStreams:
                     if op == "read" and connection == self._connection:
                         top, epoch, entries = result
                         position = StreamPosition(offset=top, epoch=epoch.decode())
-                        self._replies[args[1]] = (position, tuple(map(tuple, entries)))
+                        self._replies[args[1]] = (position, _split(entries))
             except (RedisError, OSError) as exc:
                 self.errors += 1
                 logger.warning(
@@ -426,3 +429,15 @@ class RedisStreams:
             await self._flush()
         await self._redis.aclose()
         self._redis = None
+
+
+def _split(entries: bytes) -> tuple[tuple[int, bytes], ...]:
+    """The read script's entries, "<offset>:<len>:<data>" after one another."""
+    found, at = [], 0
+    while at < len(entries):
+        first = entries.index(b":", at)
+        second = entries.index(b":", first + 1)
+        end = second + 1 + int(entries[first + 1 : second])
+        found.append((int(entries[at:first]), entries[second + 1 : end]))
+        at = end
+    return tuple(found)
