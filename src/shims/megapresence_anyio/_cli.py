@@ -52,7 +52,13 @@ from ._hub_server import HubServer
 from ._jwt import JWT_ALGORITHMS, PUBLIC_KEY_ENV, SECRET_ENV, JwtAuthenticator, read_key
 from ._logging import FORMATTERS, configure_logging, log_event
 from ._ops import MetricsAccess
-from ._server import Authenticator, ClusterBackend, PresenceServer, RosterBackend
+from ._server import (
+    Authenticator,
+    ClusterBackend,
+    PresenceServer,
+    RosterBackend,
+    StreamStoreBackend,
+)
 from ._tls import client_context, server_context
 
 __all__ = ["ExitCode", "main"]
@@ -402,6 +408,14 @@ def _parser() -> argparse.ArgumentParser:
     cluster.add_argument(
         "--fanout-only", action="store_true", help="NATS fan-out without a cluster roster"
     )
+    cluster.add_argument(
+        "--history",
+        choices=("jetstream", "local"),
+        default="jetstream",
+        help="with --nats, where channel history lives: jetstream (default; a client "
+        "recovers on any instance; local if the server has no JetStream) or local "
+        "(each instance its own)",
+    )
     for flag, default, meaning in (
         ("--cluster-heartbeat", 5.0, "seconds between cluster heartbeats"),
         ("--cluster-ttl", 15.0, "a silent instance's members go after this many seconds"),
@@ -536,6 +550,7 @@ class _Backends(NamedTuple):
     cluster: ClusterBackend | None = None
     roster_config: StoreConfig | None = None
     roster: RosterBackend | None = None
+    stream_store: StreamStoreBackend | None = None
     #: The error each backend raises when its server cannot be reached at start.
     unreachable: tuple[tuple[type[Exception], ExitCode], ...] = ()
 
@@ -544,7 +559,7 @@ def _serve_backends(args: argparse.Namespace, instance_id: str, epoch: int) -> _
     backends = _Backends()
     if args.nats:
         with _needs_extra("--nats", "nats"):
-            from megapresence_nats import ClusterUnavailableError, NatsCluster
+            from megapresence_nats import ClusterUnavailableError, JetStreamHistory, NatsCluster
         cluster_config = ClusterConfig(
             app=args.app,
             instance_id=instance_id,
@@ -558,6 +573,10 @@ def _serve_backends(args: argparse.Namespace, instance_id: str, epoch: int) -> _
             cluster=NatsCluster(args.nats, name=f"megapresence-{args.app}-{instance_id}"),
             unreachable=((ClusterUnavailableError, ExitCode.NATS_UNREACHABLE),),
         )
+        if args.history == "jetstream":
+            name = f"megapresence-{args.app}-{instance_id}-history"
+            history = JetStreamHistory(args.nats, app=args.app, name=name)
+            backends = backends._replace(stream_store=history)
     if args.redis:
         with _needs_extra("--redis", "redis"):
             from megapresence_redis import RedisRoster, RosterUnavailableError
@@ -667,6 +686,7 @@ async def _start_serve(args: argparse.Namespace, instance_id: str, stack: AsyncE
             hub_token=args.hub_token,
             cluster=backends.cluster,
             roster=backends.roster,
+            stream_store=backends.stream_store,
             pages={} if args.no_page else app.pages,
             hub_ssl_context=hub_tls,
             metrics_access=_metrics_access(args),
