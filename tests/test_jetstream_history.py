@@ -8,9 +8,11 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from types import SimpleNamespace
 from typing import Any
 
 import anyio
+import nats
 import pytest
 
 from megapresence_anyio import PresenceServer, handle_command
@@ -23,6 +25,7 @@ from megapresence_client import (
     Subscribed,
 )
 from megapresence_core import ClusterConfig, PresenceConfig
+from megapresence_core.events import StreamPosition, StreamReadDone
 from megapresence_nats import JetStreamHistory, NatsCluster
 
 from .servers import Server
@@ -224,3 +227,103 @@ async def test_without_jetstream_each_instance_numbers_its_own(
     assert reader.numbers[0] == 1
     assert reader.recoveries() == [(False, "epoch")]  # the other instance's own stream
     assert sum("has no JetStream" in r.message for r in caplog.records) == 2  # once each
+
+
+async def test_a_purged_history_is_a_new_epoch_never_a_wrong_recovery(nats_server: Server) -> None:
+    reader = Reader()
+    async with (
+        instance(nats_server.port, "A") as port_a,
+        instance(nats_server.port, "B") as port_b,
+        client(port_a, "pub") as publisher,
+        PresenceClient(urls(port_a, port_b), backoff=QUICK) as sub,
+    ):
+        await publisher.subscribe(CHANNEL).wait_subscribed()
+        await sub.subscribe(CHANNEL, recover=True).wait_subscribed()
+        for n in range(1, 4):
+            await publish(publisher, n)
+        await reader.read(sub, 0.3)
+        await sub.drop()
+        nc = await nats.connect(f"nats://127.0.0.1:{nats_server.port}")
+        await nc.jetstream().purge_stream("MEGAPRESENCE_t")
+        await nc.close()
+        for n in range(4, 7):  # offsets 1, 2, 3 again, under a new epoch
+            await publish(publisher, n)
+        await reader.come_back(sub)
+        await publish(publisher, 7)
+        await reader.read(sub, 0.3)
+    assert reader.recoveries() == [(False, "epoch")]
+    assert reader.numbers == [1, 2, 3, 7]  # told that 4 to 6 are missing
+
+
+# ------------------------------------------- the answer's order with the live consumer
+
+
+class FakeJetStream:
+    """The entries of one subject, by stream sequence; a read can be held half-way."""
+
+    def __init__(self, history: JetStreamHistory) -> None:
+        self.history = history
+        self.entries: dict[int, SimpleNamespace] = {}
+        self.gate = anyio.Event()
+
+    def put(self, seq: int, offset: int, prev: int) -> SimpleNamespace:
+        headers = {"Mp-Offset": str(offset), "Mp-Epoch": "E", "Mp-Prev": str(prev)}
+        entry = SimpleNamespace(
+            seq=seq,
+            headers=headers,
+            data=f'{{"type":"PUBLISH","payload":{{"channel":"room","message":{{"type":"n","payload":{offset}}}}}}}'.encode(),
+            subject=self.history._subject("room"),
+            metadata=SimpleNamespace(sequence=SimpleNamespace(stream=seq)),
+        )
+        self.entries[seq] = entry
+        return entry
+
+    async def get_last_msg(self, stream: str, subject: str, direct: bool) -> SimpleNamespace:
+        await self.gate.wait()
+        return self.entries[max(self.entries)]
+
+    async def get_msg(self, stream: str, seq: int, direct: bool) -> SimpleNamespace:
+        return self.entries[seq]
+
+
+async def ordered(arrivals: list[str]) -> list[Any]:
+    """Events as the core gets them, for entries 1..3 (sequences 11..13) read since
+    offset 0 while the consumer delivers them at the points ``arrivals`` names."""
+    got: list[Any] = []
+    history = JetStreamHistory("nats://unused", app="t")
+    history._dispatch = got.append
+    fake = FakeJetStream(history)
+    history._js = fake  # type: ignore[assignment]
+    history._consumed = 10
+    entries = [fake.put(11, 1, 0), fake.put(12, 2, 11)]
+    later = fake.put(13, 3, 12)
+    del fake.entries[13]  # stored after the read
+    async with anyio.create_task_group() as group:
+        history._reading["room"] = 1
+        group.start_soon(history._read, 1, "room", StreamPosition(offset=0, epoch="E"), 10)
+        for step in arrivals:
+            if step == "read":
+                fake.gate.set()
+                await anyio.sleep(0.01)
+            else:
+                await history._on_live(entries[int(step) - 1] if step != "3" else later)
+    return [
+        ("answer", [o for o, _ in e.entries]) if isinstance(e, StreamReadDone) else e.offset
+        for e in got
+    ]
+
+
+@pytest.mark.parametrize(
+    ("arrivals", "expected"),
+    [
+        # The consumer lags: the answer waits until it has passed the read's last entry.
+        (["read", "1", "2", "3"], [1, 2, ("answer", [1, 2]), 3]),
+        # A live entry after the read's last, while the read is out: held until the answer.
+        (["1", "2", "3", "read"], [1, 2, ("answer", [1, 2]), 3]),
+        (["1", "read", "2", "3"], [1, 2, ("answer", [1, 2]), 3]),
+    ],
+)
+async def test_an_answer_comes_after_the_live_entries_it_covers_and_before_the_rest(
+    arrivals: list[str], expected: list[Any]
+) -> None:
+    assert await ordered(arrivals) == expected
