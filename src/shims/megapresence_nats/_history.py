@@ -164,9 +164,11 @@ class JetStreamHistory:
                     reconnected_cb=self._on_reconnected,
                     error_cb=self._on_error,
                 )
+            await self._set_up()
         except (TimeoutError, OSError, nats.errors.Error) as exc:
+            if self._nc is not None:
+                await self.aclose()
             raise ClusterUnavailableError(f"cannot reach NATS at {self.url}: {exc!r}") from None
-        await self._set_up()
 
     async def _set_up(self) -> None:
         """Make sure of the stream and start the live consumer after its last entry; say
@@ -352,7 +354,9 @@ class JetStreamHistory:
 
     async def _on_live(self, msg: Msg) -> None:
         seq = msg.metadata.sequence.stream
-        self._consumed = max(self._consumed, seq)
+        if seq <= self._consumed:
+            return  # delivered already (a consumer replaced after a reconnect)
+        self._consumed = seq
         headers = msg.headers or {}
         offset = int(headers.get(OFFSET, "0"))
         if offset > 0 and headers.get(EPOCH):
