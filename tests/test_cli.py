@@ -464,3 +464,15 @@ def test_demo_anywhere_caps_and_no_page_come_from_flags(tmp_path: Path) -> None:
     finally:
         assert server.stop() == 0
     assert "demo authenticator" in server.log.read_text()
+
+
+@pytest.mark.parametrize(("flags", "jetstream"), [((), True), (("--history", "local"), False)])
+def test_serve_over_nats_keeps_history_in_jetstream_unless_told_local(
+    flags: tuple[str, ...], jetstream: bool
+) -> None:
+    from megapresence_anyio._cli import _parser, _serve_backends
+    from megapresence_nats import JetStreamHistory
+
+    args = _parser().parse_args(["serve", "--nats", "nats://127.0.0.1:1", *flags])
+    backends = _serve_backends(args, "instance", 1)
+    assert isinstance(backends.stream_store, JetStreamHistory) is jetstream
