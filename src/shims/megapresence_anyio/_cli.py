@@ -411,6 +411,13 @@ def _parser() -> argparse.ArgumentParser:
     cluster.add_argument(
         "--fanout-only", action="store_true", help="NATS fan-out without a cluster roster"
     )
+    cluster.add_argument(
+        "--history",
+        choices=("redis", "jetstream", "local"),
+        help="where channel history lives: redis (the default with --redis; a client "
+        "recovers on any instance), jetstream (the default with --nats alone; local if "
+        "the server has no JetStream) or local (each instance its own)",
+    )
     for flag, default, meaning in (
         ("--cluster-heartbeat", 5.0, "seconds between cluster heartbeats"),
         ("--cluster-ttl", 15.0, "a silent instance's members go after this many seconds"),
@@ -545,7 +552,7 @@ class _Backends(NamedTuple):
     cluster: ClusterBackend | None = None
     roster_config: StoreConfig | None = None
     roster: RosterBackend | None = None
-    #: Who numbers the channel streams for every instance (with --redis: Redis Streams).
+    #: Who numbers the channel streams for every instance (--history).
     stream_store: StreamStoreBackend | None = None
     #: The error each backend raises when its server cannot be reached at start.
     unreachable: tuple[tuple[type[Exception], ExitCode], ...] = ()
@@ -555,7 +562,7 @@ def _serve_backends(args: argparse.Namespace, instance_id: str, epoch: int) -> _
     backends = _Backends()
     if args.nats:
         with _needs_extra("--nats", "nats"):
-            from megapresence_nats import ClusterUnavailableError, NatsCluster
+            from megapresence_nats import ClusterUnavailableError, JetStreamHistory, NatsCluster
         cluster_config = ClusterConfig(
             app=args.app,
             instance_id=instance_id,
@@ -569,19 +576,33 @@ def _serve_backends(args: argparse.Namespace, instance_id: str, epoch: int) -> _
             cluster=NatsCluster(args.nats, name=f"megapresence-{args.app}-{instance_id}"),
             unreachable=((ClusterUnavailableError, ExitCode.NATS_UNREACHABLE),),
         )
+        if _history(args) == "jetstream":
+            name = f"megapresence-{args.app}-{instance_id}-history"
+            history = JetStreamHistory(args.nats, app=args.app, name=name)
+            backends = backends._replace(stream_store=history)
     if args.redis:
         with _needs_extra("--redis", "redis"):
             from megapresence_redis import RedisRoster, RedisStreams, RosterUnavailableError
         backends = backends._replace(
             roster_config=StoreConfig(ttl=args.roster_ttl, refresh_interval=args.roster_refresh),
             roster=RedisRoster(args.redis, app=args.app, instance_id=instance_id, epoch=epoch),
-            stream_store=RedisStreams(args.redis, app=args.app),
             unreachable=(
                 *backends.unreachable,
                 (RosterUnavailableError, ExitCode.REDIS_UNREACHABLE),
             ),
         )
+        if _history(args) == "redis":
+            backends = backends._replace(stream_store=RedisStreams(args.redis, app=args.app))
     return backends
+
+
+def _history(args: argparse.Namespace) -> str:
+    """Where channel history lives: as ``--history`` says, else in Redis with ``--redis``
+    (it numbers and carries the channel messages), else in JetStream (used with
+    ``--nats`` only)."""
+    if args.history is not None:
+        return str(args.history)
+    return "redis" if args.redis else "jetstream"
 
 
 def _is_loopback(host: str) -> bool:
