@@ -187,13 +187,13 @@ class RedisStreams:
         #: The reader is subscribed and nothing failed since.
         self._up = False
         self._restart: anyio.CancelScope | None = None
-        #: The reads' answers by request, from the writer, until their fence comes (None:
-        #: the write failed, the answer was handed on already); set at every new one.
+        #: The reads' answers by request, from the writer, until their fence comes; None when
+        #: the link went down meanwhile (the core answered the read here: its fence, if it
+        #: comes, is passed over). ``_replied`` is set at every batch.
         self._replies: dict[int, tuple[StreamPosition, tuple[tuple[int, bytes], ...]] | None] = {}
         self._replied = anyio.Event()
-        #: Counts the reader's connections: a reply whose fence went to an earlier one is
-        #: dropped (the core answered its read here when the link went down).
-        self._connection = 0
+        #: Counts the link's downs: a batch that saw one answers its reads None.
+        self._downs = 0
         #: Failed writes, reader restarts and malformed messages since start: a metric.
         self.errors = 0
 
@@ -288,7 +288,7 @@ class RedisStreams:
         scripts = self._scripts
         while self._queue:
             batch = [self._queue.popleft() for _ in range(min(len(self._queue), 500))]
-            connection = self._connection
+            downs = self._downs
             try:
                 async with self._redis.pipeline(transaction=False) as pipe:
                     for op, args in batch:
@@ -296,10 +296,11 @@ class RedisStreams:
                         await scripts[op](keys=keys, args=self._argv(op, args), client=pipe)
                     results = await pipe.execute()
                 for (op, args), result in zip(batch, results, strict=True):
-                    if op == "read" and connection == self._connection:
+                    if op == "read":
                         top, epoch, entries = result
                         position = StreamPosition(offset=top, epoch=epoch.decode())
-                        self._replies[args[1]] = (position, _split(entries))
+                        fresh = downs == self._downs
+                        self._replies[args[1]] = (position, _split(entries)) if fresh else None
             except (RedisError, OSError) as exc:
                 self.errors += 1
                 logger.warning(
@@ -308,12 +309,12 @@ class RedisStreams:
                     _describe(exc),
                     sum(op == "append" for op, _ in batch),
                 )
+                self._down()
                 now = anyio.current_time()
                 for op, args in batch:
                     if op == "read":
-                        self._replies[args[1]] = None  # its fence, if any, is passed over
+                        self._replies[args[1]] = None
                         self._dispatch(StreamReadDone(request=args[1], position=None, now=now))
-                self._down()
             finally:
                 replied, self._replied = self._replied, anyio.Event()
                 replied.set()
@@ -334,8 +335,8 @@ class RedisStreams:
         """The link is down: said once, and the reader starts again (subscribing anew)."""
         if self._restart is not None:
             self._restart.cancel()
-        self._connection += 1
-        self._replies.clear()  # their fences will not come: the core answers them here
+        self._downs += 1
+        self._replies.clear()  # the core answers their reads here
         if self._up:
             self._up = False
             self._state(StreamStoreState.DOWN)
