@@ -328,3 +328,30 @@ async def test_an_answer_comes_after_the_live_entries_it_covers_and_before_the_r
     covered = list(range(1, visible + 1))
     expected = [*covered, ("answer", covered), *range(visible + 1, 4)]
     assert await ordered(visible, arrivals) == expected
+
+
+async def test_a_burst_keeps_its_order_per_channel_while_channels_go_side_by_side(
+    nats_server: Server,
+) -> None:
+    async with (
+        instance(nats_server.port, "A") as port_a,
+        instance(nats_server.port, "B") as port_b,
+        client(port_a, "pub") as publisher,
+        client(port_b, "sub") as sub,
+    ):
+        for channel in (CHANNEL, "other"):
+            await publisher.subscribe(channel).wait_subscribed()
+            await sub.subscribe(channel).wait_subscribed()
+        for n in range(1, 31):  # no waiting for the echoes
+            await publisher.publish(CHANNEL, "n", n)
+            await publisher.publish("other", "n", -n)
+        got: dict[str, list[tuple[int, int]]] = {CHANNEL: [], "other": []}
+        with anyio.fail_after(10):
+            async for event in sub:
+                if isinstance(event, ChannelMessage):
+                    assert event.offset is not None
+                    got[event.channel].append((event.offset, event.payload))
+                    if all(len(numbers) == 30 for numbers in got.values()):
+                        break
+    assert got[CHANNEL] == [(n, n) for n in range(1, 31)]
+    assert got["other"] == [(n, -n) for n in range(1, 31)]
