@@ -286,18 +286,21 @@ class FakeJetStream:
         return self.entries[seq]
 
 
-async def ordered(arrivals: list[str]) -> list[Any]:
-    """Events as the core gets them, for entries 1..3 (sequences 11..13) read since
-    offset 0 while the consumer delivers them at the points ``arrivals`` names."""
+async def ordered(visible: int, arrivals: list[str]) -> list[Any]:
+    """Events as the core gets them, for entries 1..3 (sequences 11..13) of which the read
+    sees the first ``visible``, read since offset 0 while the consumer delivers them at the
+    points ``arrivals`` names."""
     got: list[Any] = []
     history = JetStreamHistory("nats://unused", app="t")
     history._dispatch = got.append
     fake = FakeJetStream(history)
     history._js = fake  # type: ignore[assignment]
     history._consumed = 10
-    entries = [fake.put(11, 1, 0), fake.put(12, 2, 11)]
-    later = fake.put(13, 3, 12)
-    del fake.entries[13]  # stored after the read
+    entries = [
+        fake.put(10 + offset, offset, 9 + offset if offset > 1 else 0) for offset in (1, 2, 3)
+    ]
+    for entry in entries[visible:]:
+        del fake.entries[entry.seq]  # stored after the read
     async with anyio.create_task_group() as group:
         history._reading["room"] = 1
         group.start_soon(history._read, 1, "room", StreamPosition(offset=0, epoch="E"), 10)
@@ -306,24 +309,49 @@ async def ordered(arrivals: list[str]) -> list[Any]:
                 fake.gate.set()
                 await anyio.sleep(0.01)
             else:
-                await history._on_live(entries[int(step) - 1] if step != "3" else later)
+                await history._on_live(entries[int(step) - 1])
     return [
         ("answer", [o for o, _ in e.entries]) if isinstance(e, StreamReadDone) else e.offset
         for e in got
     ]
 
 
-@pytest.mark.parametrize(
-    ("arrivals", "expected"),
-    [
-        # The consumer lags: the answer waits until it has passed the read's last entry.
-        (["read", "1", "2", "3"], [1, 2, ("answer", [1, 2]), 3]),
-        # A live entry after the read's last, while the read is out: held until the answer.
-        (["1", "2", "3", "read"], [1, 2, ("answer", [1, 2]), 3]),
-        (["1", "read", "2", "3"], [1, 2, ("answer", [1, 2]), 3]),
-    ],
-)
+@pytest.mark.parametrize("visible", [2, 3])
+@pytest.mark.parametrize("read_at", [0, 1, 2, 3])
 async def test_an_answer_comes_after_the_live_entries_it_covers_and_before_the_rest(
-    arrivals: list[str], expected: list[Any]
+    visible: int, read_at: int
 ) -> None:
-    assert await ordered(arrivals) == expected
+    """Whether the consumer lags behind the read or runs ahead of it: the live entries the
+    read covers come first, then the answer, then the rest (held meanwhile)."""
+    arrivals = ["1", "2", "3"]
+    arrivals.insert(read_at, "read")
+    covered = list(range(1, visible + 1))
+    expected = [*covered, ("answer", covered), *range(visible + 1, 4)]
+    assert await ordered(visible, arrivals) == expected
+
+
+async def test_a_burst_keeps_its_order_per_channel_while_channels_go_side_by_side(
+    nats_server: Server,
+) -> None:
+    async with (
+        instance(nats_server.port, "A") as port_a,
+        instance(nats_server.port, "B") as port_b,
+        client(port_a, "pub") as publisher,
+        client(port_b, "sub") as sub,
+    ):
+        for channel in (CHANNEL, "other"):
+            await publisher.subscribe(channel).wait_subscribed()
+            await sub.subscribe(channel).wait_subscribed()
+        for n in range(1, 31):  # no waiting for the echoes
+            await publisher.publish(CHANNEL, "n", n)
+            await publisher.publish("other", "n", -n)
+        got: dict[str, list[tuple[int, int]]] = {CHANNEL: [], "other": []}
+        with anyio.fail_after(10):
+            async for event in sub:
+                if isinstance(event, ChannelMessage):
+                    assert event.offset is not None
+                    got[event.channel].append((event.offset, event.payload))
+                    if all(len(numbers) == 30 for numbers in got.values()):
+                        break
+    assert got[CHANNEL] == [(n, n) for n in range(1, 31)]
+    assert got["other"] == [(n, -n) for n in range(1, 31)]

@@ -112,10 +112,11 @@ class JetStreamHistory:
         self._dispatch: Callable[[Event], None] | None = None
         self._state = StreamStoreState.ABSENT
         self._told_absent = False
-        #: Appends in order (one process's publications keep their order); reads.
+        #: Appends and reads, in the order the core asked for them.
         self._queue: deque[tuple[str, tuple[Any, ...]]] = deque()
         self._wake = anyio.Event()
-        self._task_group: anyio.abc.TaskGroup | None = None
+        #: channel -> its appends not made yet, in order (channels go side by side).
+        self._appends: dict[str, deque[bytes]] = {}
         #: The last stream sequence the live consumer delivered.
         self._consumed = 0
         #: channel -> reads out; channel -> live entries held while it has reads or answers.
@@ -132,7 +133,7 @@ class JetStreamHistory:
 
     @property
     def queued(self) -> int:
-        return len(self._queue)
+        return len(self._queue) + sum(len(pending) for pending in self._appends.values())
 
     def _subject(self, channel: str) -> str:
         token = base64.urlsafe_b64encode(channel.encode("utf-8")).rstrip(b"=").decode("ascii")
@@ -224,16 +225,20 @@ class JetStreamHistory:
         self._tell(StreamStoreState.READY)
 
     async def run(self) -> None:
-        """Appends in order, reads side by side, until cancelled."""
+        """A channel's appends in order, channels and reads side by side, until cancelled."""
         async with anyio.create_task_group() as task_group:
-            self._task_group = task_group
             while True:
                 await self._wake.wait()
                 self._wake = anyio.Event()
                 while self._queue:
                     op, args = self._queue.popleft()
                     if op == "append":
-                        await self._append(*args)
+                        channel, data = args
+                        pending = self._appends.get(channel)
+                        if pending is None:
+                            pending = self._appends[channel] = deque()
+                            task_group.start_soon(self._appender, channel, pending)
+                        pending.append(data)
                     else:
                         self._reading[args[1]] = self._reading.get(args[1], 0) + 1
                         task_group.start_soon(self._read, *args)
@@ -279,6 +284,16 @@ class JetStreamHistory:
                 return None
             raise
         return ack.seq, offset, epoch
+
+    async def _appender(self, channel: str, pending: deque[bytes]) -> None:
+        """``channel``'s appends, one after the other (a process's publications keep their
+        order); gone when none is left."""
+        try:
+            while pending:
+                await self._append(channel, pending[0])
+                pending.popleft()
+        finally:
+            del self._appends[channel]
 
     async def _append(self, channel: str, data: bytes) -> None:
         subject = self._subject(channel)
