@@ -19,4 +19,4 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
 # Real servers, started per test on free loopback ports (see servers.py).
 # Headless Chromium for the page and the JavaScript client (see browser_helpers.py).
 from .browser_helpers import browser, second_browser  # noqa: E402, F401
-from .servers import nats_server, redis_server  # noqa: E402, F401
+from .servers import nats_server, plain_nats_server, redis_server  # noqa: E402, F401

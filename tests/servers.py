@@ -94,11 +94,23 @@ def redis_server(tmp_path: Path) -> Iterator[Server]:
     server.stop()
 
 
+def _nats(tmp_path: Path, *options: str) -> Server:
+    binary, port = find_binary("nats-server"), free_port()
+    command = [binary, "-a", "127.0.0.1", "-p", str(port), *options]
+    return Server("nats", command, port, tmp_path / "nats.log")
+
+
 @pytest.fixture
 def nats_server(tmp_path: Path) -> Iterator[Server]:
-    binary, port = find_binary("nats-server"), free_port()
-    server = Server(
-        "nats", [binary, "-a", "127.0.0.1", "-p", str(port)], port, tmp_path / "nats.log"
-    )
+    """NATS with JetStream, its store in ``tmp_path`` (kept across a kill and a start)."""
+    server = _nats(tmp_path, "-js", "-sd", str(tmp_path / "jetstream"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def plain_nats_server(tmp_path: Path) -> Iterator[Server]:
+    """NATS without JetStream."""
+    server = _nats(tmp_path)
     yield server
     server.stop()

@@ -464,3 +464,38 @@ def test_demo_anywhere_caps_and_no_page_come_from_flags(tmp_path: Path) -> None:
     finally:
         assert server.stop() == 0
     assert "demo authenticator" in server.log.read_text()
+
+
+@pytest.mark.parametrize(("flags", "jetstream"), [((), True), (("--history", "local"), False)])
+def test_serve_over_nats_keeps_history_in_jetstream_unless_told_local(
+    flags: tuple[str, ...], jetstream: bool
+) -> None:
+    from megapresence_anyio._cli import _parser, _serve_backends
+    from megapresence_nats import JetStreamHistory
+
+    args = _parser().parse_args(["serve", "--nats", "nats://127.0.0.1:1", *flags])
+    backends = _serve_backends(args, "instance", 1)
+    assert isinstance(backends.stream_store, JetStreamHistory) is jetstream
+
+
+_REDIS = ("--redis", "redis://127.0.0.1:1")
+_NATS = ("--nats", "nats://127.0.0.1:1")
+
+
+@pytest.mark.parametrize(
+    ("flags", "store"),
+    [
+        ((), "RedisStreams"),
+        (_NATS, "RedisStreams"),
+        ((*_NATS, "--history", "jetstream"), "JetStreamHistory"),
+        (("--history", "local"), "NoneType"),
+    ],
+)
+def test_serve_with_redis_keeps_history_in_redis_unless_told_otherwise(
+    flags: tuple[str, ...], store: str
+) -> None:
+    from megapresence_anyio._cli import _parser, _serve_backends
+
+    args = _parser().parse_args(["serve", *_REDIS, *flags])
+    backends = _serve_backends(args, "instance", 1)
+    assert type(backends.stream_store).__name__ == store

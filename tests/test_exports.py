@@ -32,15 +32,17 @@ PACKAGES = (
 #: machines for those who drive the core themselves.
 CAPS = {
     "megapresence_core": 36,
-    # PauseBridge: the hub pauses an over-rate bridge (hub link flow control).
-    "megapresence_core.actions": 20,
+    # PauseBridge: the hub pauses an over-rate bridge (hub link flow control);
+    # StreamAppend, StreamRead: what a shim's stream store (JetStream, Redis Streams) does.
+    "megapresence_core.actions": 22,
     # HistoryConfig and its three defaults: bounded channel history for recovery.
     "megapresence_core.config": 20,
     "megapresence_core.errors": 6,
     # CommandReceived (the command rate), DrainRequested (drain on SIGTERM/SIGHUP),
     # StreamPosition (a channel's offset and epoch, for recovery), PositionCheck (a
-    # client's periodic check of its position).
-    "megapresence_core.events": 29,
+    # client's periodic check of its position); StreamStoreChanged, StreamStoreState,
+    # StreamPublished, StreamReadDone: what a stream store reports.
+    "megapresence_core.events": 33,
     "megapresence_core.hub": 6,
     "megapresence_core.lifecycle": 26,
     # RESERVED_TYPES and RESERVED_PREFIXES (types only the server sends) and PingCommand;
@@ -52,12 +54,14 @@ CAPS = {
     "megapresence_core.wire": 97,
     # JwtAuthenticator: the HS256 authenticator behind serve --auth jwt.
     "megapresence_anyio": 21,
-    "megapresence_nats": 2,
-    "megapresence_redis": 2,
+    # JetStreamHistory: channel history in JetStream, so recovery works on any instance.
+    "megapresence_nats": 3,
+    # RedisStreams: channel streams in Redis Streams (serve --redis).
+    "megapresence_redis": 3,
     # The Python client: the client, its events, its reconnect plan and its errors.
     "megapresence_client": 28,
 }
-TOTAL_CAP = 293
+TOTAL_CAP = 301
 
 #: Exported and not yet documented (a docstring, or a ``#:`` comment by a constant).
 #: Do not add to it: document the new name instead. The wire's frame and message

@@ -190,6 +190,11 @@ async def test_the_cluster_example_runs_against_real_nats_and_redis(
         assert users(await b.presence_list(["lobby"])) == {"ann", "bob"}
         a.broadcast("/ws/chat", "lobby", {"type": "hello", "payload": 1})
         assert (await recv_type(bob, "hello"))["payload"] == 1
+        # Redis numbers the channel messages (its streams), for every server.
+        a.publish("lobby", {"type": "note"})
+        note = await recv_type(bob, "note")
+        assert note["offset"] == 1
+        assert isinstance(note["epoch"], str)
         for client in (ann, bob):
             await client.close()
         # Let the removals reach Redis before the servers stop: the roster's writer

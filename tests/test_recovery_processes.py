@@ -5,13 +5,13 @@ number it lacks lies in a stretch it was told about (``recovered: false`` or
 ``stream.reset``): zero silent gaps, zero duplicates.
 
 One process (``serve``, restarted on its port), a hub with two servers (a server and the hub
-restarted) and two instances over NATS (an instance and NATS restarted). Across servers each
-server keeps its own streams, so a reconnect to another server is told ``recovered: false``
-(reason ``epoch``); a server whose link to the hub or to NATS went down or came back tells its
-subscribers ``stream.reset``. The subscribers and the publisher (which confirms each number
-by its echo) are the project's Python client, ``megapresence_client``: its reconnects,
-``since``, merge and position checks are what is tested. The figures of each run are
-printed (``-s`` shows them).
+restarted) and two instances over NATS (an instance and NATS restarted). The hub, and over
+NATS JetStream, keeps the streams, so a reconnect to another server recovers; a server whose
+link to the hub or to NATS went down or came back tells its subscribers ``stream.reset``.
+The subscribers and the publisher (which confirms each number by its echo) are the
+project's Python client, ``megapresence_client``: its reconnects, ``since``, merge and
+position checks are what is tested. The figures of each run are printed (``-s`` shows
+them).
 """
 
 from __future__ import annotations

@@ -69,6 +69,11 @@ stream, offset
     A channel's publications in order on this process, each with its offset
     (1, 2, 3...); its recent ones are kept as history, so a client that comes
     back with ``since: {offset, epoch}`` recovers what it missed.
+stream owner, stream store
+    Who numbers the streams when this process does not: the hub (a streaming hub
+    link) or a stream store, an engine all processes share (JetStream, Redis
+    Streams) that the shim drives with ``StreamAppend``/``StreamRead`` and
+    reports through ``StreamPublished``/``StreamReadDone``.
 frame, message, command, client frame
     What travels: a hub protocol frame; a cluster message (and, inside both,
     an application ``Message``); a browser's command to its server; a

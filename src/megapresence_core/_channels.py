@@ -34,6 +34,7 @@ from ._hub_members import HubMembers
 from ._local import ConnectionRecord, LocalIndexes, NoStore, SharedStore
 from ._recoveries import PendingRecovery, Recoveries
 from ._rosters import LOCAL, Rosters
+from ._stream_store import StreamStore
 from ._streams import NoStreams, Streams
 from ._values import Message, PresenceMode, Sender, StreamPosition
 from .actions import Action, Deliver, Log, LogLevel, RequestRefused
@@ -70,6 +71,7 @@ class Parts:
         "recoveries",
         "rosters",
         "store",
+        "stream_store",
         "streams",
     )
 
@@ -84,6 +86,7 @@ class Parts:
         cluster: ClusterLink | NoCluster,
         store: SharedStore | NoStore,
         streams: Streams | NoStreams,
+        stream_store: StreamStore,
         recoveries: Recoveries,
     ) -> None:
         self.local = local
@@ -95,8 +98,16 @@ class Parts:
         self.cluster = cluster
         self.store = store
         self.streams = streams
-        #: Subscribes waiting for the hub's RECOVERED (with a hub that numbers streams).
+        self.stream_store = stream_store
+        #: Subscribes waiting for the stream owner's answer (RECOVERED, ``StreamReadDone``).
         self.recoveries = recoveries
+
+    def owner(self) -> HubLink | StreamStore | None:
+        """Who numbers the channel streams if this process does not (see ``_stream_store``):
+        a streaming hub link, else a ready stream store."""
+        if isinstance(self.hub_link, HubLink) and self.hub_link.streaming:
+            return self.hub_link
+        return self.stream_store if self.stream_store.streaming else None
 
 
 def refused(conn: Hashable, code: str, message: str, channel: str | None) -> RequestRefused:
@@ -147,14 +158,15 @@ class Channels:
             )
             if refusal is not None:
                 return [refusal]
-        if parts.hub_link.streaming:
-            # The hub holds the stream: the SUBSCRIBE routes the channel here, and the
-            # subscription takes effect here when RECOVERED comes back (see ``answer``).
+        owner = parts.owner()
+        if owner is not None:
+            # The owner holds the stream: a hub's SUBSCRIBE routes the channel here, and the
+            # subscription takes effect here when the owner answers (see ``answer``).
             subscribe = [] if old is not None else parts.hub_link.send(self._frame(record, channel))
             recover = parts.recoveries.ask(
                 conn, channel, mode, event.since, record.session_id, fresh=old is None
             )
-            return subscribe + parts.hub_link.send_text(encode(recover))
+            return subscribe + owner.recover(recover)
         if old is not None and old is not _NONE:
             parts.feed.unwatch(conn, channel, old)
         parts.streams.hold(channel, record.session_id)
@@ -216,7 +228,7 @@ class Channels:
     def answer(
         self, pending: PendingRecovery, reply: Callable[[str], list[Action]]
     ) -> list[Action]:
-        """A subscribe that waited for the hub takes effect: ``reply(session_id)`` (its
+        """A subscribe that waited for the stream owner takes effect: ``reply(session_id)`` (its
         ``subscribed`` and recovered messages), then its snapshot; a new subscription joins
         the channel here now, as on a single server. Nothing if the connection lost its
         session, or the subscription it changed is gone."""
@@ -253,7 +265,7 @@ class Channels:
         return actions + parts.cluster.add(record.remote()) + parts.store.put(record, (channel,))
 
     def answer_here(self, pending: PendingRecovery) -> list[Action]:
-        """A waiting subscribe answered from this process's own streams (the hub is gone)."""
+        """A waiting subscribe answered from this process's own streams (the owner is gone)."""
         conn, channel, mode, since = pending.conn, pending.channel, pending.mode, pending.since
         return self.answer(
             pending, lambda session_id: self.subscribed(conn, channel, mode, since, session_id)
@@ -360,7 +372,10 @@ class Channels:
             if channel not in record.subscriptions:
                 text = "subscribe to the channel first"
                 return [refused(event.conn, "not_subscribed", text, channel)]
-        if parts.streams.keeps and not (parts.hub_link.reachable and parts.cluster.reachable):
+        reachable = (
+            parts.hub_link.reachable and parts.cluster.reachable and parts.stream_store.reachable
+        )
+        if parts.streams.keeps and not reachable:
             # Delivered here only, it would be missing from the other servers' streams
             # with nobody told: a publication reaches the whole deployment or nobody.
             if event.conn is not None:
@@ -376,8 +391,12 @@ class Channels:
         # Every hop's text is built (and measured) before anything happens.
         hub_text = parts.hub_link.publish(channel, message, excepted, author)
         cluster_text = parts.cluster.publish(channel, message, excepted, author)
+        owner = parts.owner()
+        if owner is parts.stream_store:
+            # It reaches every process (this one too) as ``StreamPublished``, numbered.
+            return parts.stream_store.append(channel, message, excepted, author)
         # A hub that numbers streams sends it back numbered (STREAM): delivered then.
-        here = [] if parts.hub_link.streaming else self.deliver(channel, message, excepted, author)
+        here = [] if owner is not None else self.deliver(channel, message, excepted, author)
         return here + parts.hub_link.send_text(hub_text) + parts.cluster.publish_text(cluster_text)
 
     def deliver(
@@ -389,10 +408,11 @@ class Channels:
         position: StreamPosition | None = None,
     ) -> list[Action]:
         """A channel message to this process's subscribers of ``channel``: at ``position``
-        (the hub numbered it), or at the next offset of this process's stream (kept for
-        recovery, also when only lingering sessions hold it). A numbered one sent already is
-        dropped; one that does not follow the last is told first (``stream.missed``: this
-        server missed some, so did its subscribers, who then recover them)."""
+        (the stream owner numbered it: the hub or the stream store), or at the next offset of
+        this process's stream (kept for recovery, also when only lingering sessions hold it). A
+        numbered one sent already is dropped; one that does not follow the last is told first
+        (``stream.missed``: this server missed some, so did its subscribers, who then recover
+        them)."""
         local = self._parts.local
         told: list[Action] = []
         if position is not None:

@@ -80,6 +80,7 @@ from .wire import (
     LeaveFrame,
     MetadataFrame,
     PublishFrame,
+    RecoverFrame,
     RegisteredFrame,
     RegisterFrame,
     SubscribeFrame,
@@ -402,6 +403,10 @@ class HubLink:
 
     def direct(self, user_id: str, message: Message, author: Sender | None) -> str:
         return self.encode(DirectFrame(user_id=user_id, message=message, author=author))
+
+    def recover(self, frame: RecoverFrame) -> list[Action]:
+        """Ask the hub, as the stream owner, for a subscribe's position (RECOVERED answers)."""
+        return self.send_text(encode(frame))
 
     def encode(self, frame: HubFrame) -> str:
         """The frame's text, or ``LocalUsageError`` if it would not fit the hub's frame limit."""

@@ -66,9 +66,10 @@ from ._feed import PresenceFeed
 from ._hub_link import HubLink, NoHubLink
 from ._hub_members import PRESENCE_FRAMES, HubMembers
 from ._local import ConnectionRecord, LocalIndexes, NoStore, SharedStore
-from ._recoveries import Recoveries
+from ._recoveries import PendingRecovery, Recoveries
 from ._rosters import LOCAL
-from ._streams import NoStreams, Streams
+from ._stream_store import StreamStore
+from ._streams import NoStreams, Recovery, Streams
 from ._values import (
     Member,
     Message,
@@ -103,6 +104,9 @@ from .events import (
     PublishRequested,
     SessionJoined,
     ShutdownRequested,
+    StreamPublished,
+    StreamReadDone,
+    StreamStoreChanged,
     Subscribe,
     Tick,
     Unsubscribe,
@@ -224,6 +228,7 @@ class Presence:
             cluster=self._cluster,
             store=store,
             streams=Streams(config.history) if config.history is not None else NoStreams(),
+            stream_store=StreamStore(config.history, max_bytes=self._limits.max_hub_frame_bytes),
             recoveries=recoveries,
         )
         self._channels = Channels(self._parts)
@@ -575,6 +580,74 @@ class Presence:
     def _on_cluster_lost(self, event: ClusterLost) -> list[Action]:
         return self._cluster.lost(event.now) + self._reset_streams()
 
+    def _on_stream_store(self, event: StreamStoreChanged) -> list[Action]:
+        """The stream store came, went or is out of reach: publications may have been
+        missed, so every stream starts again; subscribes waiting for the store's answer
+        are answered from this process's own streams."""
+        parts = self._parts
+        owned = parts.owner() is parts.stream_store
+        if not parts.stream_store.change(event.state):
+            return []
+        actions = self._reset_streams()
+        if owned:
+            for pending in parts.recoveries.abandon():
+                actions += self._channels.answer_here(pending)
+        return actions
+
+    def _on_stream_published(self, event: StreamPublished) -> list[Action]:
+        store = self._parts.stream_store
+        if self._parts.owner() is not store:
+            return []  # late: the store stopped numbering (its change reset the streams)
+        frame = store.decode(event.data)
+        if isinstance(frame, Log):
+            return [frame]
+        position = StreamPosition(offset=event.offset, epoch=event.epoch)
+        excepted = frozenset(frame.except_session_ids)
+        return self._channels.deliver(
+            event.channel, frame.message, excepted, frame.author, position
+        )
+
+    def _on_stream_read(self, event: StreamReadDone) -> list[Action]:
+        parts = self._parts
+        pending = parts.recoveries.answered(event.request)
+        if pending is None:  # answered already (the store went away meanwhile)
+            return []
+        if event.position is None:  # the store could not be read
+            return self._channels.answer_here(pending)
+        position, since = event.position, pending.since
+        logs: list[Log] = []
+
+        def reply(session_id: str) -> list[Action]:
+            recovery, warnings = parts.stream_store.recovery(
+                pending.channel, since, position, event.entries, session_id
+            )
+            logs.extend(warnings)
+            recovered = None if since is None else recovery.reason is None
+            return self._recovered(pending, recovery, recovered)
+
+        actions = self._channels.answer(pending, reply) + logs
+        parts.streams.saw(pending.channel, position)
+        return actions
+
+    @staticmethod
+    def _recovered(
+        pending: PendingRecovery, recovery: Recovery, recovered: bool | None
+    ) -> list[Action]:
+        """The owner's answer to a waiting subscribe, for its connection: ``subscribed``
+        (``recovered`` None when it asked no ``since``), then the recovered messages."""
+        position = recovery.position
+        assert position is not None
+        reply = Subscribed(
+            channel=pending.channel,
+            presence=pending.mode.value,
+            offset=position.offset,
+            epoch=position.epoch,
+            recovered=recovered,
+            reason=recovery.reason,
+        )
+        texts = [encode(reply), *recovery.texts]
+        return [Deliver(conns=(pending.conn,), text=text) for text in texts]
+
     def _reset_streams(self) -> list[Action]:
         """Publications may have been missed (a link went down or came back): every stream
         starts again under a new epoch, and its subscribers here are told so."""
@@ -662,22 +735,14 @@ class Presence:
         pending = self._parts.recoveries.answered(frame.request)
         if pending is None:  # answered already (the link went down meanwhile), or not ours
             return []
-        reply = Subscribed(
-            channel=pending.channel,
-            presence=pending.mode.value,
-            offset=frame.offset,
-            epoch=frame.epoch,
-            recovered=frame.recovered,
-            reason=frame.reason,
-        )
-        texts = [encode(reply), *frame.publications]  # relayed as the hub kept them
-        conns = (pending.conn,)
+        position = StreamPosition(offset=frame.offset, epoch=frame.epoch)
+        # The publications are relayed as the hub kept them.
+        recovery = Recovery(position, list(frame.publications), frame.reason)
         actions = self._channels.answer(
-            pending, lambda session_id: [Deliver(conns=conns, text=text) for text in texts]
+            pending,
+            lambda session_id: self._recovered(pending, recovery, frame.recovered),
         )
-        self._parts.streams.saw(
-            frame.channel, StreamPosition(offset=frame.offset, epoch=frame.epoch)
-        )
+        self._parts.streams.saw(frame.channel, position)
         return actions
 
     def _hub_direct(self, frame: DirectFrame) -> list[Action]:
@@ -1026,6 +1091,9 @@ _HANDLERS: Final[dict[type[Any], tuple[PresenceInput, Callable[[Presence, Any], 
     ClusterConnected: (_E, Presence._on_cluster_connected),
     ClusterLost: (_W, Presence._on_cluster_lost),
     ClusterMessageReceived: (_W, Presence._on_cluster_message),
+    StreamStoreChanged: (_W, Presence._on_stream_store),
+    StreamPublished: (_W, Presence._on_stream_published),
+    StreamReadDone: (_W, Presence._on_stream_read),
     Tick: (_W, Presence._on_tick),
     DrainRequested: (_E, Presence._on_drain),
     ShutdownRequested: (PresenceInput.SHUTDOWN, Presence._on_shutdown),

@@ -1,15 +1,17 @@
-"""Subscribes waiting for the hub's RECOVERED (a hub that numbers channel streams).
+"""Subscribes waiting for the stream owner's answer (the hub's RECOVERED, a store's read).
 
-Theory of operation. When the hub link is ``streaming``, the hub holds every
-channel's stream, so a ``subscribe`` is answered with the hub's position (and,
-after ``since``, the missed publications): the bridge sends RECOVER after the
-SUBSCRIBE that makes the hub route the channel here, and answers the client when
-RECOVERED comes back, in order after every STREAM of the channel up to that
-position. Only then does the subscription take effect here (a new one joins the
-channel, a mode changes): ``subscribed``, the recovered messages and the snapshot
-come in that order, and the live ones after, as on a single server. If the link goes down
-first, the waiting subscribes are answered from this process's own streams
-(not recovered: reason ``epoch``, the hub's stream is out of reach).
+Theory of operation. When a stream owner numbers the channel streams (a
+streaming hub link, or a ready stream store: see ``_stream_store``), a
+``subscribe`` is answered with the owner's position (and, after ``since``, the
+missed publications): the bridge asks (RECOVER after the SUBSCRIBE that makes
+the hub route the channel here, or ``StreamRead``) and answers the client when
+the answer comes back, in order after every publication of the channel up to
+that position. Only then does the subscription take effect here (a new one
+joins the channel, a mode changes): ``subscribed``, the recovered messages and
+the snapshot come in that order, and the live ones after, as on a single
+server. If the owner goes first (the link down, the store down), the waiting
+subscribes are answered from this process's own streams (not recovered: reason
+``epoch``, the owner's stream is out of reach).
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from typing import TypeAlias, final
 
 import attrs
 
-from ._values import Member, StoreEntry
+from ._values import Member, StoreEntry, StreamPosition
 
 __all__ = [
     "AcceptBridge",
@@ -35,6 +35,8 @@ __all__ = [
     "StoreEntry",
     "StorePut",
     "StoreRefresh",
+    "StreamAppend",
+    "StreamRead",
 ]
 
 
@@ -129,6 +131,30 @@ class ClusterPublish:
 
 @final
 @attrs.frozen(kw_only=True)
+class StreamAppend:
+    """Append a publication to ``channel``'s stream in the stream store: it takes the
+    stream's next offset (1 under a new epoch if the stream has none) and reaches every
+    process as ``StreamPublished`` with ``data`` as it is here (see ``_stream_store``)."""
+
+    channel: str
+    data: str = attrs.field(repr=short_text)
+
+
+@final
+@attrs.frozen(kw_only=True)
+class StreamRead:
+    """Read ``channel``'s stream in the stream store: answer ``StreamReadDone`` with its
+    position (a stream with none gets an epoch now, at offset 0) and, when ``since`` is of
+    that epoch and at most ``limit`` behind, the entries after it that are kept."""
+
+    request: int
+    channel: str
+    since: StreamPosition | None
+    limit: int
+
+
+@final
+@attrs.frozen(kw_only=True)
 class StorePut:
     """Add or refresh a member of a channel in the shared store for ``ttl`` seconds."""
 
@@ -183,6 +209,8 @@ Action: TypeAlias = (
     | SendHubFrame
     | CloseHubLink
     | ClusterPublish
+    | StreamAppend
+    | StreamRead
     | StorePut
     | StoreRefresh
     | StoreDelete

@@ -10,6 +10,7 @@ shim: a finite number. Bytes from the network (``data``) must be ``str`` or
 
 from __future__ import annotations
 
+import enum
 import math
 from collections.abc import Callable, Hashable, Mapping
 from typing import Any, Final, TypeAlias, final
@@ -57,6 +58,10 @@ __all__ = [
     "SessionJoined",
     "ShutdownRequested",
     "StreamPosition",
+    "StreamPublished",
+    "StreamReadDone",
+    "StreamStoreChanged",
+    "StreamStoreState",
     "Subscribe",
     "Tick",
     "Unsubscribe",
@@ -446,6 +451,76 @@ class ClusterLost:
     now: float = attrs.field(validator=monotonic_seconds)
 
 
+class StreamStoreState(enum.Enum):
+    """Where a shim's stream store (JetStream, Redis Streams) stands (see ``_stream_store``)."""
+
+    #: It numbers every channel's stream for the whole deployment.
+    READY = "ready"
+    #: It is configured but out of reach: a publish is ``unavailable`` meanwhile.
+    DOWN = "down"
+    #: There is none (or the server lacks it): each process numbers its own streams.
+    ABSENT = "absent"
+
+
+def _offset(instance: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise LocalUsageError(
+            f"{type(instance).__name__}: {attribute.name} must be an int >= 0, got {value!r}"
+        )
+
+
+def _entries(value: Any) -> tuple[tuple[int, str | bytes], ...]:
+    entries = tuple(value)
+    for entry in entries:
+        if (
+            not isinstance(entry, tuple)
+            or len(entry) != 2
+            or isinstance(entry[0], bool)
+            or not isinstance(entry[0], int)
+            or not isinstance(entry[1], (str, bytes))
+        ):
+            raise LocalUsageError(
+                f"StreamReadDone: entries must be (offset, data) pairs, got {entry!r}"
+            )
+    return entries
+
+
+@final
+@attrs.frozen(kw_only=True)
+class StreamStoreChanged:
+    """The shim's stream store became ``state`` (at start, and at every change): while
+    ``READY`` it numbers the channel streams, so publications and recoveries go to it."""
+
+    state: StreamStoreState = attrs.field(validator=_of_type(StreamStoreState))
+    now: float = attrs.field(validator=monotonic_seconds)
+
+
+@final
+@attrs.frozen(kw_only=True)
+class StreamPublished:
+    """The stream store numbered a publication (a ``StreamAppend``'s ``data``, from any
+    process): ``channel``'s publications arrive in offset order, each once."""
+
+    channel: str = attrs.field(validator=_name)
+    offset: int = attrs.field(validator=_offset)
+    epoch: str = attrs.field(validator=_name)
+    data: str | bytes = attrs.field(repr=_data_repr, validator=received_data)
+    now: float = attrs.field(validator=monotonic_seconds)
+
+
+@final
+@attrs.frozen(kw_only=True)
+class StreamReadDone:
+    """The stream store's answer to ``StreamRead`` ``request``: the stream's position and
+    the ``entries`` (offset, data) after the read's ``since`` it still keeps, oldest first;
+    ``position`` None when the store could not be read (answered from this process)."""
+
+    request: int = attrs.field(validator=_offset)
+    position: StreamPosition | None = attrs.field(validator=_of_type(StreamPosition, optional=True))
+    entries: tuple[tuple[int, str | bytes], ...] = attrs.field(default=(), converter=_entries)
+    now: float = attrs.field(validator=monotonic_seconds)
+
+
 @final
 @attrs.frozen(kw_only=True)
 class ClusterMessageReceived:
@@ -502,6 +577,9 @@ Event: TypeAlias = (
     | ClusterConnected
     | ClusterLost
     | ClusterMessageReceived
+    | StreamStoreChanged
+    | StreamPublished
+    | StreamReadDone
     | Tick
     | DrainRequested
     | ShutdownRequested

@@ -53,7 +53,13 @@ from ._hub_server import HubServer
 from ._jwt import JWT_ALGORITHMS, PUBLIC_KEY_ENV, SECRET_ENV, JwtAuthenticator, read_key
 from ._logging import FORMATTERS, configure_logging, log_event
 from ._ops import MetricsAccess
-from ._server import Authenticator, ClusterBackend, PresenceServer, RosterBackend
+from ._server import (
+    Authenticator,
+    ClusterBackend,
+    PresenceServer,
+    RosterBackend,
+    StreamStoreBackend,
+)
 from ._tls import client_context, server_context
 
 __all__ = ["ExitCode", "main"]
@@ -392,7 +398,10 @@ def _parser() -> argparse.ArgumentParser:
         help="fan-out and cluster roster over NATS, e.g. nats://127.0.0.1:4222",
     )
     cluster.add_argument(
-        "--redis", metavar="URL", help="per-channel roster in Redis, e.g. redis://127.0.0.1:6379/0"
+        "--redis",
+        metavar="URL",
+        help="per-channel roster and channel streams (history, publications) in Redis, "
+        "e.g. redis://127.0.0.1:6379/0",
     )
     cluster.add_argument("--instance-id", help="this instance's id (default: random per boot)")
     cluster.add_argument(
@@ -402,6 +411,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     cluster.add_argument(
         "--fanout-only", action="store_true", help="NATS fan-out without a cluster roster"
+    )
+    cluster.add_argument(
+        "--history",
+        choices=("redis", "jetstream", "local"),
+        help="where channel history lives: redis (the default with --redis; a client "
+        "recovers on any instance), jetstream (the default with --nats alone; local if "
+        "the server has no JetStream) or local (each instance its own)",
     )
     for flag, default, meaning in (
         ("--cluster-heartbeat", 5.0, "seconds between cluster heartbeats"),
@@ -537,6 +553,8 @@ class _Backends(NamedTuple):
     cluster: ClusterBackend | None = None
     roster_config: StoreConfig | None = None
     roster: RosterBackend | None = None
+    #: Who numbers the channel streams for every instance (--history).
+    stream_store: StreamStoreBackend | None = None
     #: The error each backend raises when its server cannot be reached at start.
     unreachable: tuple[tuple[type[Exception], ExitCode], ...] = ()
 
@@ -545,7 +563,7 @@ def _serve_backends(args: argparse.Namespace, instance_id: str, epoch: int) -> _
     backends = _Backends()
     if args.nats:
         with _needs_extra("--nats", "nats"):
-            from megapresence_nats import ClusterUnavailableError, NatsCluster
+            from megapresence_nats import ClusterUnavailableError, JetStreamHistory, NatsCluster
         cluster_config = ClusterConfig(
             app=args.app,
             instance_id=instance_id,
@@ -559,9 +577,13 @@ def _serve_backends(args: argparse.Namespace, instance_id: str, epoch: int) -> _
             cluster=NatsCluster(args.nats, name=f"megapresence-{args.app}-{instance_id}"),
             unreachable=((ClusterUnavailableError, ExitCode.NATS_UNREACHABLE),),
         )
+        if _history(args) == "jetstream":
+            name = f"megapresence-{args.app}-{instance_id}-history"
+            history = JetStreamHistory(args.nats, app=args.app, name=name)
+            backends = backends._replace(stream_store=history)
     if args.redis:
         with _needs_extra("--redis", "redis"):
-            from megapresence_redis import RedisRoster, RosterUnavailableError
+            from megapresence_redis import RedisRoster, RedisStreams, RosterUnavailableError
         backends = backends._replace(
             roster_config=StoreConfig(ttl=args.roster_ttl, refresh_interval=args.roster_refresh),
             roster=RedisRoster(args.redis, app=args.app, instance_id=instance_id, epoch=epoch),
@@ -570,7 +592,18 @@ def _serve_backends(args: argparse.Namespace, instance_id: str, epoch: int) -> _
                 (RosterUnavailableError, ExitCode.REDIS_UNREACHABLE),
             ),
         )
+        if _history(args) == "redis":
+            backends = backends._replace(stream_store=RedisStreams(args.redis, app=args.app))
     return backends
+
+
+def _history(args: argparse.Namespace) -> str:
+    """Where channel history lives: as ``--history`` says, else in Redis with ``--redis``
+    (it numbers and carries the channel messages), else in JetStream (used with
+    ``--nats`` only)."""
+    if args.history is not None:
+        return str(args.history)
+    return "redis" if args.redis else "jetstream"
 
 
 def _is_loopback(host: str) -> bool:
@@ -668,6 +701,7 @@ async def _start_serve(args: argparse.Namespace, instance_id: str, stack: AsyncE
             hub_token=args.hub_token,
             cluster=backends.cluster,
             roster=backends.roster,
+            stream_store=backends.stream_store,
             pages={} if args.no_page else app.pages,
             hub_ssl_context=hub_tls,
             metrics_access=_metrics_access(args),

@@ -77,9 +77,16 @@ from megapresence_core.actions import (
     StoreEntry,
     StorePut,
     StoreRefresh,
+    StreamAppend,
+    StreamRead,
 )
 from megapresence_core.config import HistoryConfig
-from megapresence_core.events import CommandReceived, DrainRequested, HubLinkStarted
+from megapresence_core.events import (
+    CommandReceived,
+    DrainRequested,
+    HubLinkStarted,
+    StreamPosition,
+)
 from megapresence_core.lifecycle import ClusterLinkState, ConnectionState, HubLinkState
 
 from ._asgi import ASGIApp, PresenceASGI, Receive, Scope, Send, serve_asgi
@@ -226,6 +233,24 @@ class ClusterBackend(Protocol):
     async def aclose(self) -> None: ...
 
 
+class StreamStoreBackend(Protocol):
+    """What the server needs from a stream store (``megapresence_nats.JetStreamHistory``):
+    it performs ``StreamAppend`` and ``StreamRead`` and reports as ``megapresence_core``'s
+    ``_stream_store`` says."""
+
+    async def start(self, dispatch: Callable[[Event], None], history: HistoryConfig) -> None: ...
+
+    async def run(self) -> None: ...
+
+    def append(self, channel: str, data: str) -> None: ...
+
+    def read(
+        self, request: int, channel: str, since: StreamPosition | None, limit: int
+    ) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
 class RosterBackend(Protocol):
     """What the server needs from a shared roster (``megapresence_redis.RedisRoster``)."""
 
@@ -257,7 +282,7 @@ class ChannelStats(NamedTuple):
 
 OnMessage = Callable[[Client, str], Awaitable[None] | None]
 OnClose = Callable[[Client], Awaitable[None] | None]
-#: ``on_link_state(link, state)``: "hub", "cluster" or "roster", and its new state.
+#: ``on_link_state(link, state)``: "hub", "cluster", "roster" or "streams", and its new state.
 OnLinkState = Callable[[str, str], None]
 #: Opens a connection whose request is known: reads it, checks it, upgrades it.
 Opening = Callable[[Any], Awaitable["Client | None"]]
@@ -304,6 +329,7 @@ class PresenceServer:
         hub_token: str | None = None,
         cluster: ClusterBackend | None = None,
         roster: RosterBackend | None = None,
+        stream_store: StreamStoreBackend | None = None,
         pages: Mapping[str, tuple[str, bytes]] | None = None,
         hub_ssl_context: ssl.SSLContext | None = None,
         metrics_access: MetricsAccess = DEFAULT_METRICS_ACCESS,
@@ -335,6 +361,7 @@ class PresenceServer:
         self._keep_headers = keep_headers
         self._cluster = cluster
         self._roster = roster
+        self._stream_store = stream_store
         self._paths = paths
         self._on_open = on_open
         self._on_message = on_message
@@ -395,6 +422,8 @@ class PresenceServer:
             SendHubFrame: self._send_hub_frame,
             CloseHubLink: self._close_hub_link,
             ClusterPublish: self._publish,
+            StreamAppend: self._stream_append,
+            StreamRead: self._stream_read,
             StorePut: self._roster_put,
             StoreRefresh: self._roster_refresh,
             StoreDelete: self._roster_delete,
@@ -417,6 +446,16 @@ class PresenceServer:
                 if self._roster is not None:
                     await self._roster.aclose()
                 raise
+        if self._stream_store is not None:
+            history = self._presence.config.history
+            assert history is not None  # the server always keeps history
+            try:
+                await self._stream_store.start(self._dispatch_link, history)
+            except BaseException:
+                for backend in (self._cluster, self._roster):
+                    if backend is not None:
+                        await backend.aclose()
+                raise
         on_asyncio = sniffio.current_async_library() == "asyncio"
         if on_asyncio:
             self._connection_tasks = set()
@@ -437,6 +476,8 @@ class PresenceServer:
             self._background.service("cluster", self._cluster.run)
         if self._roster is not None:
             self._background.service("roster", self._roster.run)
+        if self._stream_store is not None:
+            self._background.service("stream store", self._stream_store.run)
         if self._hub is not None:
             self._dispatch_link(HubLinkStarted(now=anyio.current_time()))
         self._check_links()
@@ -454,6 +495,8 @@ class PresenceServer:
                 await self._cluster.aclose()
             if self._roster is not None:
                 await self._roster.aclose()
+            if self._stream_store is not None:
+                await self._stream_store.aclose()
         task_group.cancel_scope.cancel()
         try:
             return await task_group.__aexit__(*exc_info)  # type: ignore[arg-type]
@@ -896,6 +939,14 @@ class PresenceServer:
         assert self._cluster is not None
         self._cluster.publish(action.subject, action.data)
 
+    def _stream_append(self, action: StreamAppend) -> None:
+        assert self._stream_store is not None
+        self._stream_store.append(action.channel, action.data)
+
+    def _stream_read(self, action: StreamRead) -> None:
+        assert self._stream_store is not None
+        self._stream_store.read(action.request, action.channel, action.since, action.limit)
+
     def _roster_put(self, action: StorePut) -> None:
         assert self._roster is not None
         self._roster.put(action.channel, action.session_id, action.member, action.ttl)
@@ -1040,7 +1091,8 @@ class PresenceServer:
 
     def link_states(self) -> dict[str, str]:
         """The state of each link this server has: ``hub`` (the core's hub link state),
-        ``cluster`` (NATS) and ``roster`` (Redis: ``ok`` or ``failing``)."""
+        ``cluster`` (NATS), ``roster`` (Redis: ``ok`` or ``failing``) and ``streams`` (a
+        stream store: ``ok`` while it numbers the streams, else ``failing``)."""
         links: dict[str, str] = {}
         hub_state = self._presence.hub_link_state
         if hub_state is not None:
@@ -1051,6 +1103,9 @@ class PresenceServer:
             links["cluster"] = cluster_state.value
         if self._roster is not None:
             links["roster"] = "ok" if getattr(self._roster, "healthy", True) else "failing"
+        if self._stream_store is not None:
+            healthy = getattr(self._stream_store, "healthy", True)
+            links["streams"] = "ok" if healthy else "failing"
         return links
 
     def _check_links(self) -> None:
@@ -1081,6 +1136,7 @@ class PresenceServer:
             "hub": HubLinkState.REGISTERED.value,
             "cluster": ClusterLinkState.CONNECTED.value,
             "roster": "ok",
+            "streams": "ok",
         }
         for name, state in self.link_states().items():
             checks[name] = state
@@ -1133,6 +1189,7 @@ class PresenceServer:
         for name, backend, states in (
             ("cluster", self._cluster, [s.value for s in ClusterLinkState]),
             ("roster", self._roster, ["ok", "failing"]),
+            ("streams", self._stream_store, ["ok", "failing"]),
         ):
             if name not in links:
                 continue

@@ -1,4 +1,5 @@
-"""megapresence_nats: fan-out and a cluster-wide roster between instances, over NATS.
+"""megapresence_nats: fan-out, a cluster-wide roster and channel history (JetStream) between
+instances, over NATS.
 
 Requires the asyncio backend (nats-py is asyncio only).
 """
@@ -6,5 +7,6 @@ Requires the asyncio backend (nats-py is asyncio only).
 from megapresence_core import __version__ as __version__
 
 from ._cluster import ClusterUnavailableError, NatsCluster
+from ._history import JetStreamHistory
 
-__all__ = ["ClusterUnavailableError", "NatsCluster"]
+__all__ = ["ClusterUnavailableError", "JetStreamHistory", "NatsCluster"]
