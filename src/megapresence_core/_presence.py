@@ -68,6 +68,7 @@ from ._local import ConnectionRecord, LocalIndexes, NoStore, SharedStore
 from ._recoveries import Recoveries
 from ._rosters import LOCAL
 from ._streams import NoStreams, Streams
+from ._timers import Timer, Timers
 from ._values import (
     Member,
     Message,
@@ -110,14 +111,14 @@ from .lifecycle import (
     HUB_LINK,
     PRESENCE,
     ClusterLinkState,
+    ConnectionEffect,
     ConnectionInput,
     ConnectionState,
     HubLinkState,
     Machine,
+    PresenceEffect,
     PresenceInput,
     PresenceState,
-    Timer,
-    Timers,
 )
 from .wire import (
     HUB_STREAM,
@@ -168,7 +169,7 @@ class Presence:
     def __init__(self, config: PresenceConfig | None = None) -> None:
         self._config = config = config if config is not None else PresenceConfig()
         self._limits = config.limits
-        self._lifecycle: Machine[PresenceState, PresenceInput] = Machine(PRESENCE)
+        self._lifecycle = Machine(PRESENCE)
         self._timers = timers = Timers()
         self._local = LocalIndexes(timers)
         self._feed = PresenceFeed(timers, config.presence_window)
@@ -238,7 +239,7 @@ class Presence:
         if entry is None:
             raise LocalUsageError(f"Presence.handle: not an event: {event!r}")
         kind, handler = entry
-        if self._lifecycle.fire(kind) != "handle":
+        if self._lifecycle.fire(kind) is not PresenceEffect.HANDLE:
             return []
         now = getattr(event, "now", None)
         if now is not None:
@@ -324,9 +325,10 @@ class Presence:
     def _on_close(self, event: ConnectionClosed) -> list[Action]:
         record, effect = self._local.close(event.conn, event.now)
         self._channels.unwatch(record)
-        if effect == "leave":  # it was kicked: no grace
+        if effect is ConnectionEffect.LEAVE:  # it was kicked: no grace
             return self._channels.left(record)
-        if effect != "linger":  # it held no session (or lost it, or the server shut down)
+        if effect is not ConnectionEffect.LINGER:
+            # it held no session (or lost it, or the server shut down)
             return []
         grace = self._config.leave_grace
         if not grace:
