@@ -50,14 +50,15 @@ CAPS = {
     # StreamReset, HUB_STREAM, STREAM_FRAME_TYPES, recovered_text; ClusterRestored (a
     # session restored on another NATS instance keeps its channels).
     "megapresence_core.wire": 95,
-    # JwtAuthenticator: the HS256 authenticator behind serve --auth jwt.
-    "megapresence_anyio": 21,
+    # JwtAuthenticator: the HS256 authenticator behind serve --auth jwt. ClusterBackend
+    # and RosterBackend: what a backend must offer, health included (issue 19).
+    "megapresence_anyio": 23,
     "megapresence_nats": 2,
     "megapresence_redis": 2,
     # The Python client: the client, its events, its reconnect plan and its errors.
     "megapresence_client": 27,
 }
-TOTAL_CAP = 284
+TOTAL_CAP = 286
 
 #: Exported and not yet documented (a docstring, or a ``#:`` comment by a constant).
 #: Do not add to it: document the new name instead. The wire's frame and message

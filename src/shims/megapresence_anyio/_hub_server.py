@@ -35,8 +35,10 @@ from megapresence_core.actions import (
 from megapresence_core.config import HistoryConfig
 from megapresence_core.events import BridgeClosed, BridgeConnecting, BridgeFrameReceived, HubEvent
 
+from ._admission import Admission
+from ._background import Background
 from ._config import DEFAULT_HUB_LIMITS, SocketLimits
-from ._guard import Admission, Background, Guard, read_upgrade
+from ._guard import Guard
 from ._http import HandshakeRequest, server_connection, write_upgrade
 from ._hub_batch import FrameBatch
 from ._listener import accept_forever, open_listener
@@ -54,6 +56,7 @@ from ._stats import Metric, Stats, counter, gauge, held_bytes
 from ._ticker import Ticker
 from ._tls import TlsServerStream
 from ._transport import SocketTransport, Spawn, StreamTransport, Transport
+from ._upgrade import read_upgrade
 
 __all__ = ["HubServer"]
 

@@ -34,7 +34,7 @@ from collections.abc import (
     Iterable,
     Mapping,
 )
-from typing import Any, NamedTuple, Protocol, final
+from typing import Any, final
 
 import anyio
 import anyio.abc
@@ -74,7 +74,6 @@ from megapresence_core.actions import (
     RequestRefused,
     SendHubFrame,
     StoreDelete,
-    StoreEntry,
     StorePut,
     StoreRefresh,
 )
@@ -82,10 +81,12 @@ from megapresence_core.config import HistoryConfig
 from megapresence_core.events import CommandReceived, DrainRequested, HubLinkStarted
 from megapresence_core.lifecycle import ClusterLinkState, ConnectionState, HubLinkState
 
+from ._admission import Admission
 from ._asgi import ASGIApp, FrameText, PresenceASGI, Receive, Scope, Send, serve_asgi
+from ._background import Background
 from ._config import DEFAULT_SOCKET_LIMITS, SocketLimits
 from ._deflate import deflated_frame, negotiate
-from ._guard import Admission, Background, Guard, read_upgrade
+from ._guard import Guard
 from ._http import HandshakeRequest, extension_offers, server_connection, write_upgrade
 from ._hub_client import HubClient
 from ._listener import accept_forever, open_listener
@@ -106,54 +107,20 @@ from ._stats import Metric, Stats, counter, gauge, held_bytes, state_gauge
 from ._ticker import Ticker
 from ._tls import TlsServerStream
 from ._transport import Coalescer, SocketTransport, StreamTransport, Transport
+from ._types import (
+    Authenticator,
+    ChannelStats,
+    ClusterBackend,
+    Identity,
+    Refusal,
+    RosterBackend,
+    Verdict,
+)
+from ._upgrade import read_upgrade
 
-__all__ = [
-    "ChannelStats",
-    "Client",
-    "Identity",
-    "PresenceServer",
-    "Refusal",
-    "SubscriptionHook",
-    "Verdict",
-]
+__all__ = ["Client", "PresenceServer", "SubscriptionHook"]
 
 logger = logging.getLogger("megapresence")
-
-
-def _str_tuple(value: Iterable[str]) -> tuple[str, ...]:
-    if isinstance(value, (str, bytes)):  # would become one channel per character
-        raise LocalUsageError(
-            f"Identity: channels must be a list of channel names, not {type(value).__name__} "
-            f"{value!r}; write [{value!r}]"
-        )
-    return tuple(value)
-
-
-@final
-@attrs.frozen(kw_only=True)
-class Identity:
-    """Who an authenticated connection is; becomes the core's ``SessionJoined``."""
-
-    user_id: str
-    session_id: str
-    channels: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
-    metadata: Mapping[str, Any] | None = attrs.field(default=None, hash=False)
-
-
-@final
-@attrs.frozen(kw_only=True)
-class Refusal:
-    """Refuse the upgrade with an HTTP status (401, 403, ...) and a short body; from
-    ``authorize_subscription``, refuse a subscription with ``reason`` (the status is unused)."""
-
-    status: int = 403
-    reason: str = "forbidden"
-
-
-#: What ``authorize_subscription`` answers: allow, refuse, or refuse saying why.
-Verdict = bool | Refusal
-AuthResult = Identity | Refusal | None
-Authenticator = Callable[[HandshakeRequest], AuthResult | Awaitable[AuthResult]]
 
 
 @final
@@ -207,45 +174,8 @@ class Client:
         return f"<Client {self.ns}{who} at {id(self):#x}>"
 
 
-class ClusterBackend(Protocol):
-    """What the server needs from a cluster transport (``megapresence_nats.NatsCluster``)."""
-
-    async def start(self, dispatch: Callable[[Event], None], subjects: tuple[str, ...]) -> None: ...
-
-    async def run(self) -> None: ...
-
-    def publish(self, subject: str, data: str) -> None: ...
-
-    async def aclose(self) -> None: ...
-
-
-class RosterBackend(Protocol):
-    """What the server needs from a shared roster (``megapresence_redis.RedisRoster``)."""
-
-    async def start(self) -> None: ...
-
-    async def run(self) -> None: ...
-
-    def put(self, channel: str, session_id: str, member: Member, ttl: float) -> None: ...
-
-    def refresh(self, entries: Iterable[StoreEntry], ttl: float) -> None: ...
-
-    def delete(self, channel: str, session_id: str) -> None: ...
-
-    async def members(self, channels: Iterable[str]) -> list[Member]: ...
-
-    async def aclose(self) -> None: ...
-
-
 #: ``authorize_subscription(client, channel, mode)``, sync or async (see ``_permissions.py``).
 SubscriptionHook = Callable[[Client, str, PresenceMode], Verdict | Awaitable[Verdict]]
-
-
-class ChannelStats(NamedTuple):
-    """``presence_stats(channel)``: sessions and distinct users in the channel."""
-
-    sessions: int
-    users: int
 
 
 OnMessage = Callable[[Client, str], Awaitable[None] | None]
@@ -372,7 +302,6 @@ class PresenceServer:
         self._gate = (
             SubscriptionGate(
                 authorize_subscription,
-                refusal_type=Refusal,
                 handle=self._handle,
                 spawn=self._background.spawn,
                 is_open=self._clients.__contains__,
@@ -1061,7 +990,7 @@ class PresenceServer:
         if cluster_state is not None:
             links["cluster"] = cluster_state.value
         if self._roster is not None:
-            links["roster"] = "ok" if getattr(self._roster, "healthy", True) else "failing"
+            links["roster"] = "ok" if self._roster.healthy else "failing"
         return links
 
     def _check_links(self) -> None:
@@ -1141,31 +1070,30 @@ class PresenceServer:
                     presence.hub_link_held,
                 ),
             ]
-        for name, backend, states in (
-            ("cluster", self._cluster, [s.value for s in ClusterLinkState]),
-            ("roster", self._roster, ["ok", "failing"]),
-        ):
-            if name not in links:
-                continue
-            metrics.append(
+        backends: list[tuple[str, ClusterBackend | RosterBackend, list[str]]] = []
+        if self._cluster is not None:
+            backends.append(("cluster", self._cluster, [s.value for s in ClusterLinkState]))
+        if self._roster is not None:
+            backends.append(("roster", self._roster, ["ok", "failing"]))
+        for name, backend, states in backends:
+            metrics += [
                 state_gauge(
                     f"megapresence_{name}_link_state",
                     f"The {name} link's state (1 for the current one).",
                     states,
                     links[name],
-                )
-            )
-            for attribute, kind, help_text in (
-                ("errors", "counter", f"Errors the {name} backend met (connects, writes, reads)."),
-                ("queued", "gauge", f"Writes queued for the {name} backend."),
-            ):
-                value = getattr(backend, attribute, None)
-                if isinstance(value, int):
-                    metrics.append(
-                        Metric(
-                            f"megapresence_{name}_{attribute}", kind, help_text, (), (((), value),)
-                        )
-                    )
+                ),
+                counter(
+                    f"megapresence_{name}_errors",
+                    f"Errors the {name} backend met (connects, writes, reads).",
+                    backend.errors,
+                ),
+                gauge(
+                    f"megapresence_{name}_queued",
+                    f"Writes queued for the {name} backend.",
+                    backend.queued,
+                ),
+            ]
         return metrics
 
     @property
