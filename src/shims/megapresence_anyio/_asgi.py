@@ -1,7 +1,7 @@
 """Mount a ``PresenceServer`` in an ASGI app (Starlette, FastAPI, ...) on uvicorn or Hypercorn.
 
 An ASGI connection is one more kind of connection for the server: it goes
-through the same path as a socket of its own listener (``PresenceServer._serve``:
+through the same path as a socket of its own listener (``ConnectionHost``:
 the caps, the path and origin checks, ``authenticate``, the core, the fault
 boundary) with an :class:`AsgiChannel` for its sending half and an
 :class:`AsgiSession` for its life after the upgrade. What the ASGI server keeps
@@ -411,7 +411,7 @@ async def serve_asgi(
     async with anyio.create_task_group() as writer:
         writer.start_soon(channel.run_writer)
         if running:
-            await server._serve_connection(guard, opening)  # drains the channel at its end
+            await server._host.serve(guard, opening)  # drains the channel at its end
         else:
             guard.respond(503, b"megapresence is not running\n")
             await channel.drain_and_close(server.limits.close_timeout)

@@ -9,20 +9,18 @@ called from any task on the server's event loop: writes happen in place.
 A connection reaches the server from its own listener (:meth:`PresenceServer.listen`,
 plain or TLS), as an anyio stream (:meth:`~PresenceServer.handle_stream`), or from an
 ASGI server (:meth:`~PresenceServer.asgi`, ``_asgi.py``). All three go through one
-path, ``_serve``: the same caps, checks, ``authenticate`` hook, core events and
-fault boundary; only how the request is read and how the upgrade is answered
-differ. Every background task has a boundary of its own (``Background``): a
+host, ``ConnectionHost`` (``_host.py``): the same caps, checks, ``authenticate``
+hook, core events and fault boundary; only how the request is read and how the
+upgrade is answered differ. Every background task has a boundary of its own (``Background``): a
 fault there is logged with its traceback and the process serves on, and
 ``/readyz`` says not ready when the task was one the server cannot do without.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import inspect
 import logging
-import socket
 import ssl
 import uuid
 from collections.abc import (
@@ -30,7 +28,6 @@ from collections.abc import (
     Awaitable,
     Callable,
     Collection,
-    Coroutine,
     Iterable,
     Mapping,
 )
@@ -39,7 +36,6 @@ from typing import Any, final
 import anyio
 import anyio.abc
 import attrs
-import sniffio
 
 from megapresence_core import (
     Action,
@@ -81,12 +77,12 @@ from megapresence_core.config import HistoryConfig
 from megapresence_core.events import CommandReceived, DrainRequested, HubLinkStarted
 from megapresence_core.lifecycle import ClusterLinkState, ConnectionState, HubLinkState
 
-from ._admission import Admission
 from ._asgi import ASGIApp, FrameText, PresenceASGI, Receive, Scope, Send, serve_asgi
 from ._background import Background
 from ._config import DEFAULT_SOCKET_LIMITS, SocketLimits
 from ._deflate import deflated_frame, negotiate
 from ._guard import Guard
+from ._host import ConnectionHost
 from ._http import HandshakeRequest, extension_offers, server_connection, write_upgrade
 from ._hub_client import HubClient
 from ._listener import accept_forever, open_listener
@@ -105,8 +101,7 @@ from ._session import Session, WebSocketSession, text_frame
 from ._static import CLIENT_PATH, static_answer
 from ._stats import Metric, Stats, counter, gauge, held_bytes, state_gauge
 from ._ticker import Ticker
-from ._tls import TlsServerStream
-from ._transport import Coalescer, SocketTransport, StreamTransport, Transport
+from ._transport import Transport
 from ._types import (
     Authenticator,
     ChannelStats,
@@ -182,8 +177,6 @@ OnMessage = Callable[[Client, str], Awaitable[None] | None]
 OnClose = Callable[[Client], Awaitable[None] | None]
 #: ``on_link_state(link, state)``: "hub", "cluster" or "roster", and its new state.
 OnLinkState = Callable[[str, str], None]
-#: Opens a connection whose request is known: reads it, checks it, upgrades it.
-Opening = Callable[[Any], Awaitable["Client | None"]]
 
 
 def _matches(path: str, paths: Collection[str] | None) -> bool:
@@ -265,20 +258,21 @@ class PresenceServer:
         self._presence = Presence(config)
         self._clients: set[Client] = set()
         self._stats = Stats()
-        self._admission = Admission(limits, self._stats)
         self._background = Background(self._stats, self._group)
+        self._host: ConnectionHost[Client] = ConnectionHost(
+            open=self._handshake,
+            opened=self._opened,
+            run=self._run,
+            closed=self._closed,
+            limits=limits,
+            stats=self._stats,
+            background=self._background,
+            coalesce=True,
+        )
+        self._admission = self._host.admission
         self._task_group: anyio.abc.TaskGroup | None = None
-        #: Sends each socket's writes of one turn of the event loop in one ``send()``.
-        self._coalescer: Coalescer | None = None
         #: Some socket agreed to permessage-deflate: broadcasts look at each one's.
         self._deflating = False
-        #: On asyncio, the connections' tasks (see _spawn_connection); None on trio.
-        self._connection_tasks: set[asyncio.Task[Any]] | None = None
-        #: On trio, the nursery of the connections' tasks (see _spawn_connection).
-        self._connection_nursery: Any = None
-        #: The event loop's clock, found once (``anyio.current_time`` looks the backend
-        #: up on every call): what the core is told the time is.
-        self._clock: Callable[[], float] = anyio.current_time
         self._hub = (
             HubClient(
                 hub_url,
@@ -341,22 +335,10 @@ class PresenceServer:
                 if self._roster is not None:
                     await self._roster.aclose()
                 raise
-        on_asyncio = sniffio.current_async_library() == "asyncio"
-        if on_asyncio:
-            self._connection_tasks = set()
-            self._clock = asyncio.get_running_loop().time
-        else:
-            import trio
-
-            self._clock = trio.current_time
-        self._admission.clock = self._clock
-        self._coalescer = Coalescer()
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
-        if not on_asyncio:
-            self._connection_nursery = await self._task_group.start(_trio_nursery)
+        await self._host.start(self._task_group)
         self._background.service("ticker", self._ticker.run)
-        self._background.service("handshake timer", self._admission.expire_handshakes)
         if self._cluster is not None:
             self._background.service("cluster", self._cluster.run)
         if self._roster is not None:
@@ -371,7 +353,7 @@ class PresenceServer:
         assert task_group is not None
         with anyio.CancelScope(shield=True):
             await self.shutdown()
-            await self._stop_connection_tasks()
+            await self._host.stop()
             # In the core's order: the hub link is closed, the cluster has said
             # goodbye, the roster removals are queued; now let them out.
             if self._cluster is not None:
@@ -383,7 +365,6 @@ class PresenceServer:
             return await task_group.__aexit__(*exc_info)  # type: ignore[arg-type]
         finally:
             self._task_group = None
-            self._connection_nursery = None
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: object = None) -> AsyncIterator[None]:
@@ -397,13 +378,6 @@ class PresenceServer:
     def running(self) -> bool:
         """Entered (``async with server``) and not shut down."""
         return self._task_group is not None and not self._presence.is_shut_down
-
-    async def _stop_connection_tasks(self) -> None:
-        tasks = self._connection_tasks
-        if tasks:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def drain(self, timeout: float) -> None:
         """Hand every client to another server before shutting down: each is closed with
@@ -432,29 +406,6 @@ class PresenceServer:
             raise LocalUsageError("PresenceServer: use it inside 'async with server:'")
         return self._task_group
 
-    def _spawn_connection(
-        self, function: Callable[..., Coroutine[Any, Any, Any]], *args: Any
-    ) -> None:
-        """Start a connection's task as cheaply as the backend allows.
-
-        anyio's ``start_soon`` gives each task a handle, an event and a cancel scope
-        (under connection churn on trio, making that cancel scope was a fifth of the
-        server's time): more than a connection should cost. On asyncio the task is a
-        plain ``asyncio.Task``, tracked here and cancelled when the server exits; on
-        trio it is a task of a plain trio nursery inside the server's task group.
-        """
-        if self._connection_tasks is None:
-            # No boundary task around it: a connection's task has its own (_serve).
-            nursery = self._connection_nursery
-            if nursery is None:
-                raise LocalUsageError("PresenceServer: use it inside 'async with server:'")
-            nursery.start_soon(function, *args)
-            return
-        task = asyncio.get_running_loop().create_task(function(*args))
-        self._connection_tasks.add(task)
-        # Nothing but cancellation leaves _serve: its boundary catches the rest.
-        task.add_done_callback(self._connection_tasks.discard)
-
     async def listen(
         self,
         host: str = "127.0.0.1",
@@ -474,9 +425,9 @@ class PresenceServer:
         sock = open_listener(host, port, reuse_port=reuse_port, backlog=backlog)
         self.port = sock.getsockname()[1]
         on_accept = (
-            self._on_accept
+            self._host.accept
             if ssl_context is None
-            else lambda conn, remote: self._on_accept_tls(ssl_context, conn, remote)
+            else lambda conn, remote: self._host.accept_tls(ssl_context, conn, remote)
         )
         self._background.service(
             "listener", accept_forever, sock, on_accept, self._stats.accept_failures
@@ -511,34 +462,9 @@ class PresenceServer:
 
     # ----------------------------------------------------------- connections
 
-    def _on_accept(self, sock: socket.socket, remote: tuple[str, int] | None) -> None:
-        transport = SocketTransport(
-            sock,
-            spawn=self._background.spawn,
-            max_buffer=self._limits.max_send_buffer,
-            coalescer=self._coalescer,
-        )
-        guard: Guard[Transport] = Guard(transport, remote)
-        self._spawn_connection(self._serve, guard, self._admission.begin(guard), self._handshake)
-
-    def _on_accept_tls(
-        self, context: ssl.SSLContext, sock: socket.socket, remote: tuple[str, int] | None
-    ) -> None:
-        transport = StreamTransport(
-            TlsServerStream(sock, context),
-            spawn=self._background.spawn,
-            max_buffer=self._limits.max_send_buffer,
-        )
-        guard: Guard[Transport] = Guard(transport, remote)
-        self._spawn_connection(self._serve, guard, self._admission.begin(guard), self._handshake)
-
     async def handle_stream(self, stream: anyio.abc.ByteStream) -> None:
         """Serve one connection accepted elsewhere (it is written through a queue)."""
-        transport = StreamTransport(
-            stream, spawn=self._background.spawn, max_buffer=self._limits.max_send_buffer
-        )
-        guard: Guard[Transport] = Guard(transport, None)
-        await self._serve(guard, self._admission.begin(guard), self._handshake)
+        await self._host.handle_stream(stream)
 
     def asgi(self, other_app: ASGIApp | None = None, **options: Any) -> PresenceASGI:
         """This server as an ASGI app (``megapresence_anyio.PresenceASGI``): give it to
@@ -553,34 +479,23 @@ class PresenceServer:
         """Whether ``path`` is one of this server's WebSocket paths."""
         return _matches(path, self._paths)
 
-    async def _serve(self, guard: Guard[Any], refused: int | None, opening: Opening) -> None:
-        """One connection, from its request to its close, behind its fault boundary:
-        nothing it raises reaches the server (see ``_guard.py`` for what it becomes).
-        While the socket is open this is the only frame above the session's, so an
-        idle connection costs little memory."""
-        try:
-            if refused is not None:
-                guard.respond(refused)  # over a handshake cap (logged by the admission)
-            else:
-                client = await opening(guard)
-                if client is not None:
-                    timeout = self._limits.hook_timeout
-                    opened = self._on_open(client) if self._on_open is not None else None
-                    if opened is not None:
-                        await _within(opened, "on_open", timeout)
-                    if not self._keep_headers:
-                        client.request = attrs.evolve(client.request, headers=())
-                    on_message = self._on_message
-                    await client.session.run(
-                        (lambda text: _bounded(on_message(client, text), "on_message", timeout))
-                        if on_message is not None
-                        else _ignore
-                    )
-                    guard.ended()
-        except Exception as exc:
-            guard.fault(exc)
-        finally:
-            await self._admission.finish(guard, lambda: self._closed(guard))
+    async def _opened(self, client: Client) -> None:
+        """``on_open`` (bounded); then the request's headers go, unless they are kept."""
+        if self._on_open is not None:
+            opened = self._on_open(client)
+            if opened is not None:
+                await _within(opened, "on_open", self._limits.hook_timeout)
+        if not self._keep_headers:
+            client.request = attrs.evolve(client.request, headers=())
+
+    def _run(self, client: Client) -> Awaitable[None]:
+        """The client's read loop, each message through ``on_message`` (bounded)."""
+        on_message, timeout = self._on_message, self._limits.hook_timeout
+        return client.session.run(
+            (lambda text: _bounded(on_message(client, text), "on_message", timeout))
+            if on_message is not None
+            else _ignore
+        )
 
     async def _closed(self, guard: Guard[Any]) -> None:
         """Out of the core, then through ``on_close`` if it was open."""
@@ -589,7 +504,7 @@ class PresenceServer:
             self._clients.discard(client)
             if self._gate is not None:
                 self._gate.forget(client)
-            self.dispatch(ConnectionClosed(conn=client, now=self._clock()))
+            self.dispatch(ConnectionClosed(conn=client, now=self._host.clock()))
             if guard.session is not None:
                 try:
                     if self._on_close is not None:
@@ -630,10 +545,6 @@ class PresenceServer:
         return await self._admit(
             guard, request, session, lambda: write_upgrade(transport, request, deflate)
         )
-
-    async def _serve_connection(self, guard: Guard[Any], opening: Opening) -> None:
-        """Serve a connection that arrived elsewhere (an ASGI server's)."""
-        await self._serve(guard, self._admission.begin(guard), opening)
 
     async def _admit(
         self,
@@ -700,7 +611,7 @@ class PresenceServer:
             if refusal is not None:
                 guard.refuse(refusal.status, refusal.reason)
                 return None
-        now = self._clock()
+        now = self._host.clock()
         session = make_session(now)
         client = Client(self, request, identity, session, guard)
         joined = None
@@ -760,7 +671,7 @@ class PresenceServer:
         """Count a command from ``client`` against its connection's rate (the core's
         ``CommandReceived``); False when it is over it: the client has been told
         (``rate_limited``) and the command must not be handled."""
-        actions = self._presence.handle(CommandReceived(conn=client, now=self._clock()))
+        actions = self._presence.handle(CommandReceived(conn=client, now=self._host.clock()))
         self._perform(actions)
         return not actions
 
@@ -944,7 +855,7 @@ class PresenceServer:
         return self._presence.channel_members(channel)
 
     def _now(self) -> float:
-        return self._clock()
+        return self._host.clock()
 
     def _conn(self, what: str, session: Client | str) -> Client:
         self._group()
@@ -1113,15 +1024,6 @@ class PresenceServer:
     @property
     def clients(self) -> frozenset[Client]:
         return frozenset(self._clients)
-
-
-async def _trio_nursery(*, task_status: anyio.abc.TaskStatus[Any]) -> None:
-    """A plain trio nursery for the connections' tasks, open while the server runs."""
-    import trio
-
-    async with trio.open_nursery() as nursery:
-        task_status.started(nursery)
-        await trio.sleep_forever()
 
 
 def _ignore(text: str) -> None:
