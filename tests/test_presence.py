@@ -496,6 +496,31 @@ def test_metadata_update_must_be_a_mapping_within_the_limit() -> None:
     assert presence.roster("/ws")[0].metadata is None
 
 
+def test_metadata_is_encoded_once_per_event(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The size an event reports is that of the one encoding its copy is made from."""
+    import megapresence_core._values as values
+    import megapresence_core.events as events
+
+    encodings: list[object] = []
+    real = values.dumps
+
+    def counting(value: object) -> str:
+        encodings.append(value)
+        return real(value)
+
+    monkeypatch.setattr(values, "dumps", counting)
+    monkeypatch.setattr(events, "dumps", counting, raising=False)
+    given = {"name": "Ann é"}
+    joined = SessionJoined(conn=1, user_id="u", session_id="s", metadata=given, now=0.0)
+    updated = MetadataUpdated(session_id="s", metadata=given, now=0.0)
+    assert len(encodings) == 2
+    for event in (joined, updated):
+        assert event.metadata == given
+        assert event.metadata is not given
+        assert event.metadata_bytes == len('{"name":"Ann é"}'.encode())
+    assert SessionJoined(conn=1, user_id="u", session_id="s", now=0.0).metadata_bytes == 0
+
+
 # ------------------------------------------------------------------- kick
 
 
