@@ -239,7 +239,8 @@ DRIVERS = [
         lambda p: p.state,
         {_S["presence"]["running"]: [], _S["presence"]["shut_down"]: [SHUTDOWN]},
         {
-            _P.EVENT: [ConnectionOpened(conn=9, ns="/ws")],
+            _P.OPEN: [ConnectionOpened(conn=9, ns="/ws")],
+            _P.EVENT: [KickRequested(session_id="nobody")],
             _P.WIND_DOWN: [Tick(now=1)],
             _P.SHUTDOWN: [SHUTDOWN],
         },

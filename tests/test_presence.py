@@ -873,8 +873,14 @@ def test_after_shutdown_only_due_closes_hub_drain_and_ticks_are_accepted() -> No
     assert presence.next_deadline() is None
     with pytest.raises(LocalUsageError, match="unknown connection 1"):
         presence.handle(ConnectionClosed(conn=1, now=0.0))
+    # A socket that opens now is closed at once as every other was (a shim refuses its
+    # upgrade with 503), as the hub refuses a bridge once it drains; nothing is opened.
+    assert presence.handle(ConnectionOpened(conn=5, ns="/ws")) == [
+        CloseConnection(conn=5, code=CloseCode.GOING_AWAY, reason="server shutting down")
+    ]
+    assert presence.connection_state(5) is ConnectionState.CLOSED
     with pytest.raises(LocalUsageError, match="shut down"):
-        presence.handle(ConnectionOpened(conn=5, ns="/ws"))
+        presence.handle(SessionJoined(conn=5, user_id="u", session_id="s", now=0.0))
 
 
 def test_handle_refuses_what_is_not_an_event() -> None:

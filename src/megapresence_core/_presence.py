@@ -239,7 +239,15 @@ class Presence:
         if entry is None:
             raise LocalUsageError(f"Presence.handle: not an event: {event!r}")
         kind, handler = entry
-        if self._lifecycle.fire(kind) is not PresenceEffect.HANDLE:
+        effect = self._lifecycle.fire(kind)
+        if effect is not PresenceEffect.HANDLE:
+            if effect is PresenceEffect.REFUSE:  # opened after shutdown: as the others were
+                assert isinstance(event, ConnectionOpened)  # the only OPEN
+                return [
+                    CloseConnection(
+                        conn=event.conn, code=CloseCode.GOING_AWAY, reason=SHUTDOWN_REASON
+                    )
+                ]
             return []
         now = getattr(event, "now", None)
         if now is not None:
@@ -979,7 +987,7 @@ _E, _W = PresenceInput.EVENT, PresenceInput.WIND_DOWN
 
 #: event type -> (its input to the PRESENCE lifecycle, its handler)
 _HANDLERS: Final[dict[type[Any], tuple[PresenceInput, Callable[[Presence, Any], list[Action]]]]] = {
-    ConnectionOpened: (_E, Presence._on_open),
+    ConnectionOpened: (PresenceInput.OPEN, Presence._on_open),
     SessionJoined: (_E, Presence._on_join),
     ConnectionClosed: (_W, Presence._on_close),
     Subscribe: (_E, lambda p, e: p._channels.subscribe(e)),

@@ -270,7 +270,8 @@ class PresenceState(_Enum):
 
 
 class PresenceInput(_Enum):
-    EVENT = "event"  #: opens, joins, sends, kicks, link starts: refused after shutdown
+    OPEN = "open"  #: a connection opens: closed at once after shutdown (503 before its upgrade)
+    EVENT = "event"  #: joins, sends, kicks, link starts: refused after shutdown
     WIND_DOWN = "wind_down"  #: closes, link losses, frames, messages and ticks
     SHUTDOWN = "shutdown"
 
@@ -279,6 +280,7 @@ class PresenceEffect(_Enum):
     """Whether the process handles an event."""
 
     HANDLE = "handle"  #: the event is handled (else: ignored, the process is shut down)
+    REFUSE = "refuse"  #: a connection opened after shutdown: closed as the others were
 
 
 _P, _PI, _PE = PresenceState, PresenceInput, PresenceEffect
@@ -289,9 +291,11 @@ PRESENCE: Final = Lifecycle(
     PresenceInput,
     PresenceEffect,
     {
+        (_P.RUNNING, _PI.OPEN): (_P.RUNNING, _PE.HANDLE),
         (_P.RUNNING, _PI.EVENT): (_P.RUNNING, _PE.HANDLE),
         (_P.RUNNING, _PI.WIND_DOWN): (_P.RUNNING, _PE.HANDLE),
         (_P.RUNNING, _PI.SHUTDOWN): (_P.SHUT_DOWN, _PE.HANDLE),
+        (_P.SHUT_DOWN, _PI.OPEN): (_P.SHUT_DOWN, _PE.REFUSE),
         (_P.SHUT_DOWN, _PI.WIND_DOWN): (_P.SHUT_DOWN, _PE.HANDLE),
         (_P.SHUT_DOWN, _PI.SHUTDOWN): _P.SHUT_DOWN,  # idempotent, like closing a socket twice
     },

@@ -578,13 +578,12 @@ class PresenceServer:
 
     def _check(self, guard: Guard[Any], request: HandshakeRequest) -> Refusal | None:
         """What refuses an upgrade before ``authenticate`` runs and again before the 101
-        (``authenticate`` may take a while): path, origin, shutdown, connection caps."""
+        (``authenticate`` may take a while): path, origin, connection caps. Whether the
+        server still opens connections is the core's word, at :meth:`_upgrade`."""
         if not _matches(request.path, self._paths):
             return Refusal(status=404, reason="no WebSocket at this path")
         if not self._limits.origin_allowed(request.header("origin")):
             return Refusal(status=403, reason="origin not allowed")
-        if self._presence.is_shut_down:
-            return Refusal(status=503, reason="server shutting down")
         status = self._admission.refusal(guard)
         if status is not None:
             return Refusal(status=status, reason="too many connections")
@@ -625,7 +624,11 @@ class PresenceServer:
                 metadata=identity.metadata,
                 now=now,
             )
-        self.dispatch(ConnectionOpened(conn=client, ns=client.ns))
+        closed = self._presence.handle(ConnectionOpened(conn=client, ns=client.ns))
+        if closed:  # the core closes it at once (the server shut down): no 101
+            assert isinstance(closed[0], CloseConnection)
+            guard.refuse(503, closed[0].reason)
+            return None
         guard.conn = client
         self._clients.add(client)
         actions = self._presence.handle(joined) if joined is not None else []
