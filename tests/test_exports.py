@@ -38,8 +38,9 @@ CAPS = {
     "megapresence_core.config": 20,
     "megapresence_core.errors": 6,
     # CommandReceived (the command rate), DrainRequested (drain on SIGTERM/SIGHUP),
-    # StreamPosition (a channel's offset and epoch, for recovery).
-    "megapresence_core.events": 28,
+    # StreamPosition (a channel's offset and epoch, for recovery), RosterRequested (the
+    # roster command, answered by the core).
+    "megapresence_core.events": 29,
     "megapresence_core.hub": 6,
     # States, inputs and tables only: Machine, Row, the effects, Timers and Backoff
     # are the machines' internals.
@@ -58,7 +59,7 @@ CAPS = {
     # The Python client: the client, its events, its reconnect plan and its errors.
     "megapresence_client": 27,
 }
-TOTAL_CAP = 286
+TOTAL_CAP = 287
 
 #: Exported and not yet documented (a docstring, or a ``#:`` comment by a constant).
 #: Do not add to it: document the new name instead. The wire's frame and message

@@ -100,6 +100,7 @@ from .events import (
     MetadataUpdated,
     PresenceSync,
     PublishRequested,
+    RosterRequested,
     SessionJoined,
     ShutdownRequested,
     Subscribe,
@@ -146,6 +147,7 @@ from .wire import (
     broadcast_text,
     direct_text,
     encode,
+    roster_reply,
 )
 
 __all__ = ["Presence"]
@@ -445,6 +447,12 @@ class Presence:
         return (
             actions + self._hub_link.send_text(hub_text) + self._cluster.publish_text(cluster_text)
         )
+
+    def _on_roster(self, event: RosterRequested) -> list[Action]:
+        """The ``roster`` command: ``conn`` is sent its path's members and channels."""
+        self._local.get(event.conn, what="RosterRequested")
+        text = roster_reply(self.roster(event.ns), self.local_store_entries())
+        return [Deliver(conns=(event.conn,), text=text)]
 
     def _on_command(self, event: CommandReceived) -> list[Action]:
         """A token bucket per connection: ``command_rate`` a second, ``command_burst`` deep;
@@ -993,6 +1001,7 @@ _HANDLERS: Final[dict[type[Any], tuple[PresenceInput, Callable[[Presence, Any], 
     Subscribe: (_E, lambda p, e: p._channels.subscribe(e)),
     Unsubscribe: (_E, lambda p, e: p._channels.unsubscribe(e)),
     PresenceSync: (_E, lambda p, e: p._channels.sync(e)),
+    RosterRequested: (_E, Presence._on_roster),
     CommandReceived: (_E, Presence._on_command),
     BroadcastRequested: (_E, Presence._on_broadcast),
     PublishRequested: (_E, lambda p, e: p._channels.publish(e)),

@@ -52,6 +52,7 @@ __all__ = [
     "MetadataUpdated",
     "PresenceSync",
     "PublishRequested",
+    "RosterRequested",
     "SessionJoined",
     "ShutdownRequested",
     "StreamPosition",
@@ -339,6 +340,16 @@ class PresenceSync:
 
 @final
 @attrs.frozen(kw_only=True)
+class RosterRequested:
+    """A client asked for the roster of ``ns`` (its ``roster`` command): the core answers
+    ``conn`` with the members and which of them is in each channel."""
+
+    conn: Hashable = attrs.field(validator=hashable_id)
+    ns: str = attrs.field(validator=_name)
+
+
+@final
+@attrs.frozen(kw_only=True)
 class CommandReceived:
     """A client connection sent a command: it counts against the connection's rate
     (``Limits.command_rate`` and ``command_burst``). Answered with nothing when the
@@ -474,6 +485,7 @@ Event: TypeAlias = (
     | Subscribe
     | Unsubscribe
     | PresenceSync
+    | RosterRequested
     | CommandReceived
     | KickRequested
     | HubLinkStarted

@@ -79,6 +79,7 @@ from ..events import (
     MetadataUpdated,
     PresenceSync,
     PublishRequested,
+    RosterRequested,
     Subscribe,
     Unsubscribe,
 )
@@ -373,6 +374,7 @@ CommandEvent: TypeAlias = (
     | Unsubscribe
     | PublishRequested
     | PresenceSync
+    | RosterRequested
 )
 
 #: Commands that need a session, with what to tell a connection that holds none.
@@ -395,11 +397,11 @@ def command_event(
     session_id: str | None,
     is_admin: bool,
     now: float,
-) -> CommandEvent | RosterCommand | PingCommand | CommandRefused:
+) -> CommandEvent | PingCommand | CommandRefused:
     """What ``command`` from connection ``conn`` on ``ns`` means, or why it is refused.
 
-    ``now`` is the shim's monotonic clock. A roster request is returned as is:
-    answering it is a query, not an event; so is a ping, which asks for nothing.
+    ``now`` is the shim's monotonic clock. A ping is returned as is: it asks for
+    nothing. A roster request becomes ``RosterRequested``, which the core answers.
     The events name ``conn``, so the core answers that connection (``subscribed``, a
     snapshot, ``direct.result``, an error) and stamps what it sends others with its
     session (``from``).
@@ -431,6 +433,8 @@ def command_event(
         )
     if isinstance(command, SyncCommand):
         return PresenceSync(conn=conn, channel=command.channel)
+    if isinstance(command, RosterCommand):
+        return RosterRequested(conn=conn, ns=ns)
     if isinstance(command, DirectCommand):
         return DirectRequested(user_id=command.user_id, message=_message(command), conn=conn)
     if isinstance(command, MetadataCommand):

@@ -21,11 +21,9 @@ from megapresence_core.wire import (
     ClientCommand,
     CommandRefused,
     PingCommand,
-    RosterCommand,
     command_event,
     decode_client_command,
     error_reply,
-    roster_reply,
 )
 
 if TYPE_CHECKING:
@@ -55,9 +53,6 @@ def handle_command(client: Client, text: str | ClientCommand, *, is_admin: bool 
             client.send(error_reply(outcome.code, outcome.message))
         elif isinstance(outcome, PingCommand):
             pass  # it has answered the heartbeat by arriving
-        elif isinstance(outcome, RosterCommand):
-            members = server.roster(client.ns)
-            client.send(roster_reply(members, server.presence.local_store_entries()))
         else:
             server.dispatch(outcome)
     except PresenceError as exc:  # bad JSON, a field, a limit: the code says which
