@@ -12,8 +12,6 @@ refused or over the rate is answered with an ``error`` message and changes nothi
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import anyio
 
 from megapresence_core import PresenceError
@@ -26,8 +24,7 @@ from megapresence_core.wire import (
     error_reply,
 )
 
-if TYPE_CHECKING:
-    from ._server import Client
+from ._server import Client
 
 __all__ = ["handle_command"]
 
