@@ -40,7 +40,7 @@ import logging
 import sys
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
-from typing import TYPE_CHECKING, Any, Final, final
+from typing import Any, Final, Protocol, final
 
 import anyio
 
@@ -49,14 +49,12 @@ from megapresence_core.errors import truncate_reason
 
 from ._config import SocketLimits
 from ._guard import Guard
+from ._host import ConnectionHost
 from ._http import HandshakeRequest, default_body
 from ._ops import Response
-from ._session import OnText, SessionBase, text_frame, utf8_len
+from ._session import OnText, Session, SessionBase, text_frame, utf8_len
 
-if TYPE_CHECKING:
-    from ._server import Client, PresenceServer
-
-__all__ = ["ASGIApp", "AsgiChannel", "AsgiSession", "PresenceASGI", "serve_asgi"]
+__all__ = ["ASGIApp", "AsgiChannel", "AsgiHost", "AsgiSession", "PresenceASGI", "serve_asgi"]
 
 logger = logging.getLogger("megapresence")
 
@@ -372,6 +370,40 @@ class AsgiGuard(Guard[AsgiChannel]):
             self.transport.post({"type": "websocket.close", "code": CloseCode.POLICY})
 
 
+class AsgiHost(Protocol):
+    """What the ASGI path needs of its server. ``PresenceServer`` is the one; it is
+    named here rather than imported, since ``_server.py`` builds on this module."""
+
+    #: A broadcast's frame, decoded once for every ASGI connection.
+    _texts: FrameText
+    #: The path every connection takes (caps, task, fault boundary).
+    _host: ConnectionHost[Any]
+
+    @property
+    def limits(self) -> SocketLimits: ...
+
+    @property
+    def running(self) -> bool: ...
+
+    def _admit(
+        self,
+        guard: Guard[Any],
+        request: HandshakeRequest,
+        session: Callable[[float], Session],
+        accept: Callable[[], None],
+    ) -> Awaitable[object | None]: ...
+
+    def serves_path(self, path: str) -> bool: ...
+
+    def answers_http(self, path: str) -> bool: ...
+
+    def http_answer(self, request: HandshakeRequest) -> Response: ...
+
+    async def __aenter__(self) -> object: ...
+
+    async def __aexit__(self, *exc_info: object) -> bool | None: ...
+
+
 NOT_RUNNING: Final = (
     "PresenceServer is not running: run it for the app's lifetime with "
     "server.asgi(app) given to the ASGI server, FastAPI(lifespan=server.lifespan), or "
@@ -380,7 +412,7 @@ NOT_RUNNING: Final = (
 
 
 async def serve_asgi(
-    server: PresenceServer,
+    server: AsgiHost,
     scope: Scope,
     receive: Receive,
     send: Send,
@@ -402,7 +434,7 @@ async def serve_asgi(
     def session(now: float) -> AsgiSession:
         return AsgiSession(channel, receive, server.limits, now, reasons=reasons, heartbeat=beat)
 
-    async def opening(guard: AsgiGuard) -> Client | None:
+    async def opening(guard: AsgiGuard) -> object | None:
         return await server._admit(
             guard, request, session, lambda: channel.post({"type": "websocket.accept"})
         )
@@ -447,7 +479,7 @@ class PresenceASGI:
 
     def __init__(
         self,
-        server: PresenceServer,
+        server: AsgiHost,
         other_app: ASGIApp | None = None,
         *,
         heartbeat: str | None = None,
