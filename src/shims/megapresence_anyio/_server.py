@@ -75,13 +75,13 @@ from megapresence_core.actions import (
 )
 from megapresence_core.config import HistoryConfig
 from megapresence_core.events import CommandReceived, DrainRequested, HubLinkStarted
-from megapresence_core.lifecycle import ClusterLinkState, ConnectionState, HubLinkState
 
 from ._asgi import ASGIApp, FrameText, PresenceASGI, Receive, Scope, Send, serve_asgi
 from ._background import Background
 from ._config import DEFAULT_SOCKET_LIMITS, SocketLimits
 from ._deflate import deflated_frame, negotiate
 from ._guard import Guard
+from ._health import Health
 from ._host import ConnectionHost
 from ._http import HandshakeRequest, extension_offers, server_connection, write_upgrade
 from ._hub_client import HubClient
@@ -99,7 +99,7 @@ from ._ops import (
 from ._permissions import SubscriptionGate
 from ._session import Session, WebSocketSession, text_frame
 from ._static import CLIENT_PATH, static_answer
-from ._stats import Metric, Stats, counter, gauge, held_bytes, state_gauge
+from ._stats import Stats
 from ._ticker import Ticker
 from ._transport import Transport
 from ._types import (
@@ -285,14 +285,23 @@ class PresenceServer:
             if hub_url is not None
             else None
         )
-        self._hub_attempts = 0
         period = max(0.05, min(limits.ping_interval, limits.ping_timeout, limits.close_timeout) / 4)
         self._ticker = Ticker(self._presence.next_deadline, self._on_tick, period, self._stats)
-        self._ops = OpsEndpoints(metrics_access, self._metrics, self.readiness)
+        self._health = Health(
+            self._presence,
+            hub=self._hub,
+            cluster=cluster,
+            roster=roster,
+            clients=self._clients,
+            stats=self._stats,
+            admission=self._admission,
+            background=self._background,
+            ticker=self._ticker,
+            on_link_state=on_link_state,
+        )
+        self._ops = OpsEndpoints(metrics_access, self._health.metrics, self.readiness)
         #: ASGI connections send text: a broadcast's frame is decoded once for all of them.
         self._texts = FrameText()
-        self._on_link_state = on_link_state
-        self._links: dict[str, str] = {}
         self._gate = (
             SubscriptionGate(
                 authorize_subscription,
@@ -345,7 +354,7 @@ class PresenceServer:
             self._background.service("roster", self._roster.run)
         if self._hub is not None:
             self._dispatch_link(HubLinkStarted(now=anyio.current_time()))
-        self._check_links()
+        self._health.check_links()
         return self
 
     async def __aexit__(self, *exc_info: object) -> bool | None:
@@ -690,7 +699,7 @@ class PresenceServer:
     def _dispatch_link(self, event: Event) -> None:
         """An event from the hub link or the cluster: it may change a link's state."""
         self.dispatch(event)
-        self._check_links()
+        self._health.check_links()
 
     def _on_tick(self, now: float) -> None:
         self._dispatch_link(Tick(now=now))
@@ -735,7 +744,7 @@ class PresenceServer:
 
     def _connect_hub(self, action: ConnectHub) -> None:
         assert self._hub is not None
-        self._hub_attempts += 1
+        self._health.hub_attempts += 1
         self._hub.connect()
 
     def _send_hub_frame(self, action: SendHubFrame) -> None:
@@ -895,120 +904,13 @@ class PresenceServer:
     def link_states(self) -> dict[str, str]:
         """The state of each link this server has: ``hub`` (the core's hub link state),
         ``cluster`` (NATS) and ``roster`` (Redis: ``ok`` or ``failing``)."""
-        links: dict[str, str] = {}
-        hub_state = self._presence.hub_link_state
-        if hub_state is not None:
-            faulted = self._hub is not None and self._hub.faulted
-            links["hub"] = "faulted" if faulted else hub_state.value
-        cluster_state = self._presence.cluster_link_state
-        if cluster_state is not None:
-            links["cluster"] = cluster_state.value
-        if self._roster is not None:
-            links["roster"] = "ok" if self._roster.healthy else "failing"
-        return links
-
-    def _check_links(self) -> None:
-        """Tell ``on_link_state`` of every link whose state changed since last asked."""
-        links = self.link_states()
-        if links == self._links:
-            return
-        changed = [(name, state) for name, state in links.items() if self._links.get(name) != state]
-        self._links = links
-        if self._on_link_state is None:
-            return
-        for name, state in changed:
-            try:
-                self._on_link_state(name, state)
-            except Exception as exc:
-                logger.error(
-                    "the on_link_state hook failed: %s: %s", type(exc).__name__, exc, exc_info=exc
-                )
+        return self._health.link_states()
 
     def readiness(self) -> Readiness:
         """Whether to send this server traffic: running, its hub link registered (or no
         hub), NATS connected and Redis answering (when used), no essential task failed."""
-        checks: dict[str, str] = {
-            "server": "running" if self.running else ("stopping" if self._task_group else "stopped")
-        }
-        ready = self.running
-        wanted = {
-            "hub": HubLinkState.REGISTERED.value,
-            "cluster": ClusterLinkState.CONNECTED.value,
-            "roster": "ok",
-        }
-        for name, state in self.link_states().items():
-            checks[name] = state
-            ready = ready and state == wanted[name]
-        tasks_well = self._background.check(checks, ticker_failing=self._ticker.failing)
-        return Readiness(ready and tasks_well, checks)
-
-    def _metrics(self) -> list[Metric]:
-        clients = list(self._clients)
-        presence = self._presence
-        metrics = self._stats.metrics(
-            connections=self._admission.open,
-            pending=self._admission.pending,
-            queued=held_bytes(client.session.transport for client in clients),
-        )
-        joined = sum(
-            1
-            for client in clients
-            if client.identity is not None
-            and presence.connection_state(client) is ConnectionState.JOINED
-        )
-        metrics.append(gauge("megapresence_sessions", "Sessions joined on this process.", joined))
-        metrics.append(
-            gauge(
-                "megapresence_history_bytes",
-                "Bytes of channel history kept for recovery (texts plus a fixed cost each).",
-                presence.history_bytes,
-            )
-        )
-        links = self.link_states()
-        if "hub" in links:
-            metrics += [
-                state_gauge(
-                    "megapresence_hub_link_state",
-                    "The hub link's state (1 for the current one).",
-                    [*(s.value for s in HubLinkState), "faulted"],
-                    links["hub"],
-                ),
-                counter(
-                    "megapresence_hub_link_connects",
-                    "Connection attempts to the hub (the first, then every reconnect).",
-                    self._hub_attempts,
-                ),
-                gauge(
-                    "megapresence_hub_link_held_frames",
-                    "Frames the hub link holds to stay within the hub's frame rate.",
-                    presence.hub_link_held,
-                ),
-            ]
-        backends: list[tuple[str, ClusterBackend | RosterBackend, list[str]]] = []
-        if self._cluster is not None:
-            backends.append(("cluster", self._cluster, [s.value for s in ClusterLinkState]))
-        if self._roster is not None:
-            backends.append(("roster", self._roster, ["ok", "failing"]))
-        for name, backend, states in backends:
-            metrics += [
-                state_gauge(
-                    f"megapresence_{name}_link_state",
-                    f"The {name} link's state (1 for the current one).",
-                    states,
-                    links[name],
-                ),
-                counter(
-                    f"megapresence_{name}_errors",
-                    f"Errors the {name} backend met (connects, writes, reads).",
-                    backend.errors,
-                ),
-                gauge(
-                    f"megapresence_{name}_queued",
-                    f"Writes queued for the {name} backend.",
-                    backend.queued,
-                ),
-            ]
-        return metrics
+        server = "running" if self.running else ("stopping" if self._task_group else "stopped")
+        return self._health.readiness(server)
 
     @property
     def stats(self) -> Stats:
