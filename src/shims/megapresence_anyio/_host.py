@@ -27,6 +27,7 @@ import asyncio
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any, Generic, TypeVar, final
 
 import anyio
@@ -39,6 +40,8 @@ from ._admission import Admission
 from ._background import Background
 from ._config import SocketLimits
 from ._guard import Guard
+from ._listener import accept_forever, open_listener
+from ._ops import OpsEndpoints, OpsListener
 from ._stats import Stats
 from ._tls import TlsServerStream
 from ._transport import Coalescer, SocketTransport, StreamTransport, Transport
@@ -66,6 +69,7 @@ class ConnectionHost(Generic[C]):
         "_open",
         "_opened",
         "_run",
+        "_stats",
         "_tasks",
         "admission",
         "clock",
@@ -93,6 +97,7 @@ class ConnectionHost(Generic[C]):
         self._run = run
         self._closed = closed
         self._limits = limits
+        self._stats = stats
         self._background = background
         self.admission = Admission(limits, stats)
         #: Whether plain sockets send each turn's writes in one ``send()`` (``Coalescer``).
@@ -132,6 +137,34 @@ class ConnectionHost(Generic[C]):
         self._nursery = None
 
     # ------------------------------------------------------------- arrivals
+
+    def listen(
+        self,
+        host: str,
+        port: int,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        reuse_port: bool = False,
+        backlog: int = 4096,
+    ) -> int:
+        """Accept connections on ``host:port`` in the background (TLS with
+        ``ssl_context``); return the bound port. ``PresenceServer.listen`` says why the
+        ``backlog`` is long."""
+        sock = open_listener(host, port, reuse_port=reuse_port, backlog=backlog)
+        on_accept = self.accept if ssl_context is None else partial(self.accept_tls, ssl_context)
+        self._background.service(
+            "listener", accept_forever, sock, on_accept, self._stats.accept_failures
+        )
+        return int(sock.getsockname()[1])
+
+    def listen_ops(self, ops: OpsEndpoints, host: str, port: int) -> int:
+        """Answer ``/metrics``, ``/healthz`` and ``/readyz`` (nothing else) on a port of
+        their own, in plain HTTP; return the bound port."""
+        sock = open_listener(host, port)
+        on_accept = OpsListener(ops, self._limits, self._background.spawn).on_accept
+        failures = self._stats.accept_failures
+        self._background.service("metrics listener", accept_forever, sock, on_accept, failures)
+        return int(sock.getsockname()[1])
 
     def accept(self, sock: socket.socket, remote: tuple[str, int] | None) -> None:
         """A socket of the server's own plain listener."""

@@ -41,13 +41,11 @@ from ._guard import Guard
 from ._host import ConnectionHost
 from ._http import HandshakeRequest, server_connection, write_upgrade
 from ._hub_batch import FrameBatch
-from ._listener import accept_forever, open_listener
 from ._logging import log_action
 from ._ops import (
     DEFAULT_METRICS_ACCESS,
     MetricsAccess,
     OpsEndpoints,
-    OpsListener,
     Readiness,
     respond_with,
 )
@@ -186,30 +184,12 @@ class HubServer:
         self, host: str = "127.0.0.1", port: int = 0, *, ssl_context: ssl.SSLContext | None = None
     ) -> int:
         """Accept bridges on ``host:port`` (TLS with ``ssl_context``); return the port."""
-        sock = open_listener(host, port)
-        self.port = sock.getsockname()[1]
-        on_accept = (
-            self._host.accept
-            if ssl_context is None
-            else lambda conn, remote: self._host.accept_tls(ssl_context, conn, remote)
-        )
-        self._background.service(
-            "listener", accept_forever, sock, on_accept, self._stats.accept_failures
-        )
+        self.port = self._host.listen(host, port, ssl_context=ssl_context)
         return self.port
 
     async def listen_metrics(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """``/metrics``, ``/healthz`` and ``/readyz`` on a port of their own (plain HTTP)."""
-        sock = open_listener(host, port)
-        listener = OpsListener(self._ops, self._limits, self._background.spawn)
-        self._background.service(
-            "metrics listener",
-            accept_forever,
-            sock,
-            listener.on_accept,
-            self._stats.accept_failures,
-        )
-        return int(sock.getsockname()[1])
+        return self._host.listen_ops(self._ops, host, port)
 
     def dispatch(self, event: HubEvent) -> None:
         for action in self._hub.handle(event):

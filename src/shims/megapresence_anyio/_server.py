@@ -85,13 +85,11 @@ from ._health import Health
 from ._host import ConnectionHost
 from ._http import HandshakeRequest, extension_offers, server_connection, write_upgrade
 from ._hub_client import HubClient
-from ._listener import accept_forever, open_listener
 from ._logging import log_action
 from ._ops import (
     DEFAULT_METRICS_ACCESS,
     MetricsAccess,
     OpsEndpoints,
-    OpsListener,
     Readiness,
     Response,
     respond_with,
@@ -431,31 +429,15 @@ class PresenceServer:
         ``net.core.somaxconn``): in a reconnect storm a short queue drops SYNs, and
         each dropped SYN costs its client a retransmission (1 s, then 2, 4...)."""
         self._group()
-        sock = open_listener(host, port, reuse_port=reuse_port, backlog=backlog)
-        self.port = sock.getsockname()[1]
-        on_accept = (
-            self._host.accept
-            if ssl_context is None
-            else lambda conn, remote: self._host.accept_tls(ssl_context, conn, remote)
-        )
-        self._background.service(
-            "listener", accept_forever, sock, on_accept, self._stats.accept_failures
+        self.port = self._host.listen(
+            host, port, ssl_context=ssl_context, reuse_port=reuse_port, backlog=backlog
         )
         return self.port
 
     async def listen_metrics(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """Answer ``/metrics``, ``/healthz`` and ``/readyz`` (nothing else) on a port of their
         own, in plain HTTP; return the bound port."""
-        sock = open_listener(host, port)
-        listener = OpsListener(self._ops, self._limits, self._background.spawn)
-        self._background.service(
-            "metrics listener",
-            accept_forever,
-            sock,
-            listener.on_accept,
-            self._stats.accept_failures,
-        )
-        return int(sock.getsockname()[1])
+        return self._host.listen_ops(self._ops, host, port)
 
     async def serve(
         self,
