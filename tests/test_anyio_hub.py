@@ -168,7 +168,8 @@ async def test_a_bad_token_is_refused_with_401_and_the_link_stops_for_good() -> 
             readiness = server.readiness()
             assert not readiness.ready
             assert readiness.checks["hub"] == "refused"
-            [state] = [m for m in server._metrics() if m.name == "megapresence_hub_link_state"]
+            metrics = server._health.metrics()
+            [state] = [m for m in metrics if m.name == "megapresence_hub_link_state"]
             assert (("refused",), 1.0) in state.samples
         assert hub.hub.members() == []
 

@@ -393,6 +393,12 @@ async def test_shutdown_closes_clients_with_1001() -> None:
             tg.start_soon(server.shutdown)
             assert (await client.closed())[0] == 1001
         assert server.presence.is_shut_down
+        # A socket that arrives now is refused before its upgrade: the core closes it at
+        # once, as it closed the others.
+        with pytest.raises(InvalidStatus) as refused:
+            await Client.connect(f"{url}/ws?user=bob")
+        assert refused.value.response.status_code == 503
+        assert not server.clients
 
 
 async def test_a_failing_hook_closes_that_socket_with_1011_and_the_server_goes_on(

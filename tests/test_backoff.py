@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from megapresence_core import HubLinkConfig, Log, Presence, PresenceConfig, Tick
+from megapresence_core._timers import Backoff
 from megapresence_core.actions import ConnectHub
 from megapresence_core.events import (
     HubConnected,
@@ -12,7 +13,6 @@ from megapresence_core.events import (
     HubLinkStarted,
     HubLost,
 )
-from megapresence_core.lifecycle import Backoff
 
 from .helpers import registered_frame
 

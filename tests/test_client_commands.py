@@ -8,14 +8,19 @@ import pytest
 
 from megapresence_core import (
     BroadcastRequested,
+    ConnectionOpened,
+    Deliver,
     DirectRequested,
     KickRequested,
+    LocalUsageError,
     Member,
     Message,
     MetadataUpdated,
     PeerError,
+    Presence,
     PresenceMode,
     PublishRequested,
+    SessionJoined,
     Subscribe,
     Unsubscribe,
 )
@@ -23,7 +28,7 @@ from megapresence_core.actions import (
     StoreEntry,
 )
 from megapresence_core.errors import over_limit
-from megapresence_core.events import PresenceSync
+from megapresence_core.events import PresenceSync, RosterRequested
 from megapresence_core.wire import (
     RESERVED_PREFIXES,
     RESERVED_TYPES,
@@ -180,7 +185,9 @@ def test_commands_become_core_events_for_this_connection() -> None:
     assert event_of(MetadataCommand(metadata={"a": 1})) == MetadataUpdated(
         session_id="me", metadata={"a": 1}, now=3.0, conn=7
     )
-    assert event_of(RosterCommand(), session_id=None) == RosterCommand()
+    # Any connection may ask for its path's roster; the core answers it (a query of the
+    # core's, as an event naming the connection).
+    assert event_of(RosterCommand(), session_id=None) == RosterRequested(conn=7, ns="/ws")
     assert event_of(PingCommand(), session_id=None) == PingCommand()  # nothing to do
     assert event_of(SubscribeCommand(channel="c", presence=PresenceMode.COUNT)) == Subscribe(
         conn=7, channel="c", mode="count", now=3.0
@@ -194,6 +201,21 @@ def test_commands_become_core_events_for_this_connection() -> None:
     assert event_of(PublishCommand(channel="c", type="chat", payload=1)) == PublishRequested(
         channel="c", message=message, conn=7
     )
+
+
+def test_the_core_answers_the_roster_command_with_the_path_s_members_and_channels() -> None:
+    presence = Presence()
+    for conn, user, session, channels in ((1, "ann", "s1", ["a"]), (2, "bob", "s2", [])):
+        presence.handle(ConnectionOpened(conn=conn, ns="/ws"))
+        presence.handle(
+            SessionJoined(conn=conn, user_id=user, session_id=session, channels=channels, now=0)
+        )
+    presence.handle(ConnectionOpened(conn=3, ns="/other"))
+    text = roster_reply(presence.roster("/ws"), presence.local_store_entries())
+    assert presence.handle(RosterRequested(conn=3, ns="/ws")) == [Deliver(conns=(3,), text=text)]
+    assert json.loads(text)["payload"]["channels"] == {"a": ["s1"]}
+    with pytest.raises(LocalUsageError, match="unknown connection 9"):
+        presence.handle(RosterRequested(conn=9, ns="/ws"))
 
 
 def test_only_admins_kick_and_only_joined_connections_use_a_session() -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from megapresence_anyio import SocketLimits
 from megapresence_anyio._deflate import negotiate
-from megapresence_anyio._guard import forwarded_for
+from megapresence_anyio._forwarded import forwarded_for
 from megapresence_anyio._http import HandshakeRequest
 
 from .socket_helpers import RawClient, running_server, wait_for

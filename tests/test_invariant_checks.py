@@ -19,13 +19,14 @@ from megapresence_core import (
     Tick,
 )
 from megapresence_core._local import ConnectionRecord, LocalIndexes
+from megapresence_core._timers import Timers
 from megapresence_core.events import (
     BridgeClosed,
     BridgeConnecting,
     BridgeFrameReceived,
 )
 from megapresence_core.hub import Bridge, HubSession, HubSessions
-from megapresence_core.lifecycle import BridgeState, ConnectionState, Timers
+from megapresence_core.lifecycle import BridgeState, ConnectionState
 from megapresence_core.wire import (
     ABSENT,
 )

@@ -11,6 +11,7 @@ outside the table.
 
 from __future__ import annotations
 
+import enum
 import itertools
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -36,6 +37,7 @@ from megapresence_core import (
     ShutdownRequested,
     Tick,
 )
+from megapresence_core._timers import Timers
 from megapresence_core.events import (
     BridgeClosed,
     BridgeConnecting,
@@ -66,7 +68,6 @@ from megapresence_core.lifecycle import (
     Machine,
     PresenceInput,
     Timer,
-    Timers,
 )
 from megapresence_core.wire import ClusterAdd, ClusterResync, encode
 
@@ -79,15 +80,15 @@ ALL_PAIRS = [
 ]
 
 
-def _pair_id(pair: tuple[Lifecycle[Any, Any], Any, Any]) -> str:
+def _pair_id(pair: tuple[Lifecycle[Any, Any, Any], Any, Any]) -> str:
     spec, state, event = pair
     return f"{spec.what}:{state.value}:{event.value}"
 
 
 @pytest.mark.parametrize("pair", ALL_PAIRS, ids=_pair_id)
-def test_every_pair_is_a_row_or_our_error(pair: tuple[Lifecycle[Any, Any], Any, Any]) -> None:
+def test_every_pair_is_a_row_or_our_error(pair: tuple[Lifecycle[Any, Any, Any], Any, Any]) -> None:
     spec, state, event = pair
-    machine: Machine[Any, Any] = Machine(spec)
+    machine: Machine[Any, Any, Any] = Machine(spec)
     machine._state = state  # placed directly: the pair is what is under test
     row = spec.rows.get((state, event))
     if row is None:
@@ -101,10 +102,10 @@ def test_every_pair_is_a_row_or_our_error(pair: tuple[Lifecycle[Any, Any], Any, 
 
 @given(st.sampled_from(ALL_PAIRS))
 def test_check_agrees_with_fire_and_changes_nothing(
-    pair: tuple[Lifecycle[Any, Any], Any, Any],
+    pair: tuple[Lifecycle[Any, Any, Any], Any, Any],
 ) -> None:
     spec, state, event = pair
-    machine: Machine[Any, Any] = Machine(spec)
+    machine: Machine[Any, Any, Any] = Machine(spec)
     machine._state = state
     if (state, event) in spec.rows:
         assert machine.check(event) == spec.rows[(state, event)].effect
@@ -114,8 +115,16 @@ def test_check_agrees_with_fire_and_changes_nothing(
     assert machine.state is state
 
 
+def test_every_effect_is_named_by_a_row_and_none_is_a_string() -> None:
+    """An effect no row names is dead; the owners compare members, never names."""
+    for spec in LIFECYCLES:
+        named = {row.effect for row in spec.rows.values()} - {None}
+        assert named == set(spec.effects), spec.what
+        assert all(isinstance(effect, enum.Enum) for effect in named), spec.what
+
+
 def test_refusals_explain_the_common_mistakes() -> None:
-    machine: Machine[Any, Any] = Machine(CONNECTION)
+    machine: Machine[Any, Any, Any] = Machine(CONNECTION)
     machine._state = ConnectionState.JOINED
     with pytest.raises(LocalUsageError, match="already joined a session"):
         machine.fire(ConnectionInput.JOIN)
@@ -130,7 +139,7 @@ def test_terminal_states_have_no_way_out() -> None:
 
 def test_entering_a_state_cancels_the_timers_it_does_not_allow() -> None:
     timers = Timers()
-    machine: Machine[Any, Any] = Machine(HUB_LINK, timers)
+    machine: Machine[Any, Any, Any] = Machine(HUB_LINK, timers)
     machine.fire(HubLinkInput.START)
     for kind in HUB_LINK.timer_kinds:
         timers.arm(kind, 10.0)
@@ -145,7 +154,7 @@ def test_entering_a_state_cancels_the_timers_it_does_not_allow() -> None:
 class Driver:
     """How to put a real machine into each state of one table and send it each input."""
 
-    spec: Lifecycle[Any, Any]
+    spec: Lifecycle[Any, Any, Any]
     make: Callable[[], Any]
     state_of: Callable[[Any], Any]
     setups: dict[Any, list[Any]]
@@ -230,7 +239,8 @@ DRIVERS = [
         lambda p: p.state,
         {_S["presence"]["running"]: [], _S["presence"]["shut_down"]: [SHUTDOWN]},
         {
-            _P.EVENT: [ConnectionOpened(conn=9, ns="/ws")],
+            _P.OPEN: [ConnectionOpened(conn=9, ns="/ws")],
+            _P.EVENT: [KickRequested(session_id="nobody")],
             _P.WIND_DOWN: [Tick(now=1)],
             _P.SHUTDOWN: [SHUTDOWN],
         },
@@ -354,7 +364,7 @@ def test_every_row_is_live_on_the_real_machine(
     fired: list[tuple[Any, Any, Any, Any]] = []
     real_fire = Machine.fire
 
-    def recording_fire(self: Machine[Any, Any], event: Any) -> str:
+    def recording_fire(self: Machine[Any, Any, Any], event: Any) -> Any:
         before = self.state
         effect = real_fire(self, event)
         fired.append((self._spec, before, event, self.state))

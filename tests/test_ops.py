@@ -12,7 +12,7 @@ import anyio
 import anyio.abc
 import pytest
 
-import megapresence_anyio._server as server_module
+import megapresence_anyio._host as host_module
 from megapresence_anyio import HubServer, MetricsAccess, PresenceServer, SocketLimits
 from megapresence_anyio._transport import StreamTransport
 from megapresence_core import (
@@ -285,7 +285,7 @@ async def test_a_listener_that_fails_makes_the_server_not_ready(
 
     async with PresenceServer(query_login) as server:
         port = await server.listen_metrics()
-        monkeypatch.setattr(server_module, "accept_forever", broken_accept)
+        monkeypatch.setattr(host_module, "accept_forever", broken_accept)
         await server.listen()
         await wait_for(lambda: "listener" in server.readiness().checks)
         with caplog.at_level(logging.ERROR):

@@ -510,6 +510,31 @@ def test_metadata_update_must_be_a_mapping_within_the_limit() -> None:
     assert presence.roster("/ws")[0].metadata is None
 
 
+def test_metadata_is_encoded_once_per_event(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The size an event reports is that of the one encoding its copy is made from."""
+    import megapresence_core._values as values
+    import megapresence_core.events as events
+
+    encodings: list[object] = []
+    real = values.dumps
+
+    def counting(value: object) -> str:
+        encodings.append(value)
+        return real(value)
+
+    monkeypatch.setattr(values, "dumps", counting)
+    monkeypatch.setattr(events, "dumps", counting, raising=False)
+    given = {"name": "Ann é"}
+    joined = SessionJoined(conn=1, user_id="u", session_id="s", metadata=given, now=0.0)
+    updated = MetadataUpdated(session_id="s", metadata=given, now=0.0)
+    assert len(encodings) == 2
+    for event in (joined, updated):
+        assert event.metadata == given
+        assert event.metadata is not given
+        assert event.metadata_bytes == len('{"name":"Ann é"}'.encode())
+    assert SessionJoined(conn=1, user_id="u", session_id="s", now=0.0).metadata_bytes == 0
+
+
 # ------------------------------------------------------------------- kick
 
 
@@ -862,8 +887,14 @@ def test_after_shutdown_only_due_closes_hub_drain_and_ticks_are_accepted() -> No
     assert presence.next_deadline() is None
     with pytest.raises(LocalUsageError, match="unknown connection 1"):
         presence.handle(ConnectionClosed(conn=1, now=0.0))
+    # A socket that opens now is closed at once as every other was (a shim refuses its
+    # upgrade with 503), as the hub refuses a bridge once it drains; nothing is opened.
+    assert presence.handle(ConnectionOpened(conn=5, ns="/ws")) == [
+        CloseConnection(conn=5, code=CloseCode.GOING_AWAY, reason="server shutting down")
+    ]
+    assert presence.connection_state(5) is ConnectionState.CLOSED
     with pytest.raises(LocalUsageError, match="shut down"):
-        presence.handle(ConnectionOpened(conn=5, ns="/ws"))
+        presence.handle(SessionJoined(conn=5, user_id="u", session_id="s", now=0.0))
 
 
 def test_handle_refuses_what_is_not_an_event() -> None:

@@ -7,7 +7,7 @@ import ipaddress
 import pytest
 
 from megapresence_anyio import HandshakeRequest, Identity, PresenceServer, SocketLimits
-from megapresence_anyio._guard import forwarded_for
+from megapresence_anyio._forwarded import forwarded_for
 from megapresence_core import LocalUsageError
 
 from .socket_helpers import RawClient, upgrade_answer, wait_for

@@ -7,7 +7,7 @@ from collections.abc import Hashable
 from hypothesis import given
 from hypothesis import strategies as st
 
-from megapresence_core.lifecycle import _ORDER, ALL, Timer, Timers
+from megapresence_core._timers import _ORDER, ALL, Timer, Timers
 
 _KINDS = st.sampled_from([Timer.GRACE, Timer.FLUSH, Timer.HEARTBEAT])
 _OWNERS = st.sampled_from([None, 1, 2, 3, "x"])

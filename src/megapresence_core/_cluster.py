@@ -54,11 +54,12 @@ from typing import Any, Final, final
 import attrs
 
 from ._rosters import Arrival, Rosters, SourceTable
+from ._timers import ALL, Timer, Timers
 from ._values import Member, Message, RemoteMember, Sender
 from .actions import Action, ClusterPublish, Log, LogLevel
 from .config import ClusterConfig
 from .errors import CloseCode, LocalUsageError, PeerError, over_limit
-from .lifecycle import ALL, CLUSTER_LINK, ClusterLinkInput, ClusterLinkState, Machine, Timer, Timers
+from .lifecycle import CLUSTER_LINK, ClusterLinkEffect, ClusterLinkInput, ClusterLinkState, Machine
 from .wire import (
     ClusterAdd,
     ClusterBroadcast,
@@ -178,7 +179,7 @@ class ClusterLink:
         prefix = f"megapresence.{config.app}"
         self._subjects = (f"{prefix}.fanout", f"{prefix}.members")
         self._instances: dict[str, _Instance] = {}
-        self._lifecycle: Machine[ClusterLinkState, ClusterLinkInput] = Machine(
+        self._lifecycle: Machine[ClusterLinkState, ClusterLinkInput, ClusterLinkEffect] = Machine(
             CLUSTER_LINK, timers, owner=ALL
         )
         self._snap = 0
@@ -222,7 +223,7 @@ class ClusterLink:
             subject = self._subjects[1]
         else:
             return []
-        if self._lifecycle.fire(_I.PUBLISH) == "send":
+        if self._lifecycle.fire(_I.PUBLISH) is ClusterLinkEffect.SEND:
             return [ClusterPublish(subject=subject, data=text)]
         return []
 
@@ -395,7 +396,7 @@ class ClusterLink:
             table = SourceTable(sender, self._rosters, self._arrival(sender), keep_channelless=True)
             instance = self._instances[sender] = _Instance(message.epoch, table)
             actions += self._snapshot()  # introduce ourselves to the newcomer
-        if self._lifecycle.fire(_I.HEARD) == "arm":
+        if self._lifecycle.fire(_I.HEARD) is ClusterLinkEffect.ARM:
             self._timers.arm(Timer.INSTANCE_TTL, now + self._config.ttl, sender)
         return actions + _MEMBER_HANDLERS[type(message)](self, instance, message, now)
 

@@ -37,9 +37,9 @@ from collections.abc import Hashable, Iterable, Mapping
 from typing import Final, final
 
 from ._rosters import ChannelRoster, Rosters
+from ._timers import ALL, Timer, Timers
 from ._values import JsonObject, Member, PresenceMode
 from .actions import Action, Deliver
-from .lifecycle import ALL, Timer, Timers
 from .wire import (
     PresenceCount,
     PresenceDiff,

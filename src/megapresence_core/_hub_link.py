@@ -55,6 +55,7 @@ from typing import Final, final
 
 import attrs
 
+from ._timers import Backoff, Timer, Timers
 from ._values import Message, Sender
 from .actions import (
     Action,
@@ -66,7 +67,7 @@ from .actions import (
 )
 from .config import DEFAULT_HUB_FRAME_BURST, DEFAULT_HUB_FRAMES_PER_SECOND, HubLinkConfig
 from .errors import CloseCode, LocalUsageError, PeerError, over_limit, truncate_reason
-from .lifecycle import HUB_LINK, Backoff, HubLinkInput, HubLinkState, Machine, Timer, Timers
+from .lifecycle import HUB_LINK, HubLinkEffect, HubLinkInput, HubLinkState, Machine
 from .wire import (
     HUB_BATCH,
     HUB_PROTOCOL_VERSION,
@@ -172,7 +173,7 @@ class HubLink:
             multiplier=config.backoff_multiplier,
             seed=seed,
         )
-        self._lifecycle: Machine[HubLinkState, HubLinkInput] = Machine(HUB_LINK, timers)
+        self._lifecycle = Machine(HUB_LINK, timers)
         #: The epoch of the hub we last registered with (new at every hub start).
         self._hub_id: str | None = None
         self._heartbeat_interval = config.heartbeat_interval
@@ -327,7 +328,7 @@ class HubLink:
         self._drop_held()
         self._stream = False  # and numbers nothing until it registers again
         fields: dict[str, object] = {"code": code, "reason": reason}
-        if effect == "retry":
+        if effect is HubLinkEffect.RETRY:
             # One warning per outage: the loss itself, then each failed retry at debug.
             level = LogLevel.WARNING if self._attempts == 0 else LogLevel.DEBUG
             self._attempts += 1
@@ -338,7 +339,7 @@ class HubLink:
             fields["state"] = self.state.value
             # The retry is a timer: next_deadline() says when, no action needed.
             return [Log(level=level, event="hub.link.lost", fields=fields)]
-        if effect == "refused":
+        if effect is HubLinkEffect.REFUSED:
             fields["state"] = self.state.value
             return [Log(level=LogLevel.ERROR, event="hub.link.refused", fields=fields)]
         return [Log(level=LogLevel.INFO, event="hub.link.closed", fields=fields)]
@@ -366,7 +367,7 @@ class HubLink:
 
     def shutdown(self) -> list[Action]:
         self._drop_held()
-        if self._lifecycle.fire(_I.SHUTDOWN) == "close":
+        if self._lifecycle.fire(_I.SHUTDOWN) is HubLinkEffect.CLOSE:
             return [CloseHubLink(code=CloseCode.GOING_AWAY, reason="bridge shutting down")]
         return []
 
@@ -435,13 +436,13 @@ class HubLink:
     def send_text(self, text: str) -> list[Action]:
         """The frame as an action if the link is registered and within the hub's rate;
         held for later if over it; nothing if the link is not registered."""
-        if self._lifecycle.fire(_I.SEND) != "send":
+        if self._lifecycle.fire(_I.SEND) is not HubLinkEffect.SEND:
             return []
         return self._hold(text, None, None)
 
     def send(self, frame: HubFrame) -> list[Action]:
         """As :meth:`send_text`, coalesced with what is held (see the module docstring)."""
-        if self._lifecycle.fire(_I.SEND) != "send":
+        if self._lifecycle.fire(_I.SEND) is not HubLinkEffect.SEND:
             return []
         text = encode(frame)
         if isinstance(frame, MetadataFrame):
@@ -520,14 +521,16 @@ class HubLink:
         self._coalesce.clear()
 
 
-_RECEIVERS: Final[dict[str, Callable[[HubLink, HubFrame | PeerError, float], LinkReceipt]]] = {
-    "deliver": HubLink._deliver,
-    "ignore": HubLink._ignore,
-    "invalid": HubLink._invalid,
-    "hub_error": HubLink._hub_error,
-    "too_early": HubLink._too_early,
-    "unexpected": HubLink._unexpected,
-    "registered": HubLink._registered,
+_RECEIVERS: Final[
+    dict[HubLinkEffect | None, Callable[[HubLink, HubFrame | PeerError, float], LinkReceipt]]
+] = {
+    HubLinkEffect.DELIVER: HubLink._deliver,
+    HubLinkEffect.IGNORE: HubLink._ignore,
+    HubLinkEffect.INVALID: HubLink._invalid,
+    HubLinkEffect.HUB_ERROR: HubLink._hub_error,
+    HubLinkEffect.TOO_EARLY: HubLink._too_early,
+    HubLinkEffect.UNEXPECTED: HubLink._unexpected,
+    HubLinkEffect.REGISTERED: HubLink._registered,
 }
 
 

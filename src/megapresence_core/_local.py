@@ -26,11 +26,12 @@ from collections.abc import Callable, Hashable, Iterable, Iterator
 from itertools import chain
 from typing import Final, final
 
+from ._timers import Timer, Timers
 from ._values import JsonObject, Member, PresenceMode, RemoteMember, Sender, StoreEntry
 from .actions import Action, StoreDelete, StorePut, StoreRefresh
 from .config import StoreConfig
 from .errors import LocalUsageError
-from .lifecycle import CONNECTION, ConnectionInput, ConnectionState, Machine, Timer, Timers
+from .lifecycle import CONNECTION, ConnectionEffect, ConnectionInput, ConnectionState, Machine
 
 __all__ = ["ConnectionRecord", "LocalIndexes", "NoStore", "SharedStore"]
 
@@ -59,9 +60,7 @@ class ConnectionRecord:
     def __init__(self, conn: Hashable, ns: str, timers: Timers) -> None:
         self.conn = conn
         self.ns = ns
-        self.lifecycle: Machine[ConnectionState, ConnectionInput] = Machine(
-            CONNECTION, timers, owner=self
-        )
+        self.lifecycle = Machine(CONNECTION, timers, owner=self)
         self.user_id: str | None = None
         self.session_id: str | None = None
         #: channel -> presence mode, in subscription order
@@ -197,13 +196,13 @@ class LocalIndexes:
         """Strip ``record`` of its session and take it out of every index; it stays open."""
         self._effects[record.lifecycle.fire(ConnectionInput.DETACH)](self, record)
 
-    def kick(self, record: ConnectionRecord) -> str:
+    def kick(self, record: ConnectionRecord) -> None:
         """Mark ``record`` kicked: its session will leave at once when it closes."""
-        return record.lifecycle.fire(ConnectionInput.KICK)
+        record.lifecycle.fire(ConnectionInput.KICK)
 
-    def close(self, conn: Hashable, now: float) -> tuple[ConnectionRecord, str]:
-        """Forget ``conn``; return its record and the effect: ``"linger"`` (its session
-        stays listed), ``"leave"`` (its session has left), or another (it held none)."""
+    def close(self, conn: Hashable, now: float) -> tuple[ConnectionRecord, ConnectionEffect | None]:
+        """Forget ``conn``; return its record and the effect: ``LINGER`` (its session
+        stays listed), ``LEAVE`` (its session has left), or another (it held none)."""
         record = self.get(conn, what="ConnectionClosed")
         effect = record.lifecycle.fire(ConnectionInput.CLOSE)
         del self.records[conn]
@@ -211,12 +210,11 @@ class LocalIndexes:
         self._effects[effect](self, record)
         return record, effect
 
-    def end(self, record: ConnectionRecord, event: ConnectionInput) -> str:
+    def end(self, record: ConnectionRecord, event: ConnectionInput) -> None:
         """End a lingering session (returned, superseded, expired, shut down)."""
-        effect = record.lifecycle.fire(event)
+        record.lifecycle.fire(event)
         assert record.session_id is not None
         del self.lingering[record.session_id]
-        return effect
 
     def shut_down(self) -> list[ConnectionRecord]:
         """Take every connection out of every index and forget every lingering session;
@@ -255,12 +253,14 @@ class LocalIndexes:
     def _nothing(self, record: ConnectionRecord) -> None:
         pass
 
-    _effects: Final[dict[str, Callable[[LocalIndexes, ConnectionRecord], None]]] = {
-        "": _nothing,
-        "unindex": _unindex,
-        "unmap": _unmap,
-        "leave": _leave,
-        "linger": _linger,
+    _effects: Final[
+        dict[ConnectionEffect | None, Callable[[LocalIndexes, ConnectionRecord], None]]
+    ] = {
+        None: _nothing,
+        ConnectionEffect.UNINDEX: _unindex,
+        ConnectionEffect.UNMAP: _unmap,
+        ConnectionEffect.LEAVE: _leave,
+        ConnectionEffect.LINGER: _linger,
     }
 
     def targets(

@@ -70,6 +70,7 @@ from ._recoveries import PendingRecovery, Recoveries
 from ._rosters import LOCAL
 from ._stream_store import StreamStore
 from ._streams import NoStreams, Recovery, Streams
+from ._timers import Timer, Timers
 from ._values import (
     Member,
     Message,
@@ -102,6 +103,7 @@ from .events import (
     PositionCheck,
     PresenceSync,
     PublishRequested,
+    RosterRequested,
     SessionJoined,
     ShutdownRequested,
     StreamPublished,
@@ -116,14 +118,14 @@ from .lifecycle import (
     HUB_LINK,
     PRESENCE,
     ClusterLinkState,
+    ConnectionEffect,
     ConnectionInput,
     ConnectionState,
     HubLinkState,
     Machine,
+    PresenceEffect,
     PresenceInput,
     PresenceState,
-    Timer,
-    Timers,
 )
 from .wire import (
     HUB_STREAM,
@@ -151,6 +153,7 @@ from .wire import (
     broadcast_text,
     direct_text,
     encode,
+    roster_reply,
 )
 
 __all__ = ["Presence"]
@@ -174,7 +177,7 @@ class Presence:
     def __init__(self, config: PresenceConfig | None = None) -> None:
         self._config = config = config if config is not None else PresenceConfig()
         self._limits = config.limits
-        self._lifecycle: Machine[PresenceState, PresenceInput] = Machine(PRESENCE)
+        self._lifecycle = Machine(PRESENCE)
         self._timers = timers = Timers()
         self._local = LocalIndexes(timers)
         self._feed = PresenceFeed(timers, config.presence_window)
@@ -249,7 +252,15 @@ class Presence:
         if entry is None:
             raise LocalUsageError(f"Presence.handle: not an event: {event!r}")
         kind, handler = entry
-        if self._lifecycle.fire(kind) != "handle":
+        effect = self._lifecycle.fire(kind)
+        if effect is not PresenceEffect.HANDLE:
+            if effect is PresenceEffect.REFUSE:  # opened after shutdown: as the others were
+                assert isinstance(event, ConnectionOpened)  # the only OPEN
+                return [
+                    CloseConnection(
+                        conn=event.conn, code=CloseCode.GOING_AWAY, reason=SHUTDOWN_REASON
+                    )
+                ]
             return []
         now = getattr(event, "now", None)
         if now is not None:
@@ -339,9 +350,10 @@ class Presence:
     def _on_close(self, event: ConnectionClosed) -> list[Action]:
         record, effect = self._local.close(event.conn, event.now)
         self._channels.unwatch(record)
-        if effect == "leave":  # it was kicked: no grace
+        if effect is ConnectionEffect.LEAVE:  # it was kicked: no grace
             return self._channels.left(record)
-        if effect != "linger":  # it held no session (or lost it, or the server shut down)
+        if effect is not ConnectionEffect.LINGER:
+            # it held no session (or lost it, or the server shut down)
             return []
         grace = self._config.leave_grace
         if not grace:
@@ -450,6 +462,12 @@ class Presence:
         return (
             actions + self._hub_link.send_text(hub_text) + self._cluster.publish_text(cluster_text)
         )
+
+    def _on_roster(self, event: RosterRequested) -> list[Action]:
+        """The ``roster`` command: ``conn`` is sent its path's members and channels."""
+        self._local.get(event.conn, what="RosterRequested")
+        text = roster_reply(self.roster(event.ns), self.local_store_entries())
+        return [Deliver(conns=(event.conn,), text=text)]
 
     def _on_command(self, event: CommandReceived) -> list[Action]:
         """A token bucket per connection: ``command_rate`` a second, ``command_burst`` deep;
@@ -1071,13 +1089,14 @@ _E, _W = PresenceInput.EVENT, PresenceInput.WIND_DOWN
 
 #: event type -> (its input to the PRESENCE lifecycle, its handler)
 _HANDLERS: Final[dict[type[Any], tuple[PresenceInput, Callable[[Presence, Any], list[Action]]]]] = {
-    ConnectionOpened: (_E, Presence._on_open),
+    ConnectionOpened: (PresenceInput.OPEN, Presence._on_open),
     SessionJoined: (_E, Presence._on_join),
     ConnectionClosed: (_W, Presence._on_close),
     Subscribe: (_E, lambda p, e: p._channels.subscribe(e)),
     Unsubscribe: (_E, lambda p, e: p._channels.unsubscribe(e)),
     PresenceSync: (_E, lambda p, e: p._channels.sync(e)),
     PositionCheck: (_E, lambda p, e: p._channels.check(e)),
+    RosterRequested: (_E, Presence._on_roster),
     CommandReceived: (_E, Presence._on_command),
     BroadcastRequested: (_E, Presence._on_broadcast),
     PublishRequested: (_E, lambda p, e: p._channels.publish(e)),

@@ -23,7 +23,6 @@ from ._values import (
     PresenceMode,
     Sender,
     StreamPosition,
-    dumps,
     freeze_json,
     non_empty_str,
     str_tuple,
@@ -55,6 +54,7 @@ __all__ = [
     "PositionCheck",
     "PresenceSync",
     "PublishRequested",
+    "RosterRequested",
     "SessionJoined",
     "ShutdownRequested",
     "StreamPosition",
@@ -152,31 +152,31 @@ def _mode(value: Any) -> PresenceMode:
     return PresenceMode.coerce("Subscribe", value)
 
 
-def _freeze_metadata(owner: str, value: object) -> JsonObject | None:
-    if value is None:
-        return None
-    if not isinstance(value, Mapping):
-        raise LocalUsageError(f"{owner}: metadata must be a mapping, not {type(value).__name__}")
-    frozen, _ = freeze_json(
-        dict(value), what=f"{owner}: metadata", max_bytes=_ABSOLUTE_MAX_JSON_BYTES
-    )
-    return frozen  # type: ignore[no-any-return]
+def _freeze_metadata(event: Any, owner: str, *, required: bool) -> None:
+    """Replace ``event.metadata`` by a private copy and set ``metadata_bytes``, from one
+    encoding of it: the copy is parsed back from the text whose size is counted."""
+    value = event.metadata
+    frozen: JsonObject | None = None
+    size = 0
+    if value is not None:
+        if not isinstance(value, Mapping):
+            raise LocalUsageError(
+                f"{owner}: metadata must be a mapping, not {type(value).__name__}"
+            )
+        frozen, text = freeze_json(
+            dict(value), what=f"{owner}: metadata", max_bytes=_ABSOLUTE_MAX_JSON_BYTES
+        )
+        size = utf8_len(text)
+    elif required:
+        raise LocalUsageError(f"{owner}: metadata must be a mapping, not None")
+    object.__setattr__(event, "metadata", frozen)
+    object.__setattr__(event, "metadata_bytes", size)
 
 
-def _joined_metadata(value: Mapping[str, Any] | None) -> JsonObject | None:
-    return _freeze_metadata("SessionJoined", value)
-
-
-def _updated_metadata(value: Mapping[str, Any]) -> JsonObject:
-    if value is None:
-        raise LocalUsageError("MetadataUpdated: metadata must be a mapping, not None")
-    frozen = _freeze_metadata("MetadataUpdated", value)
-    assert frozen is not None
-    return frozen
-
-
-def _json_bytes(value: JsonObject | None) -> int:
-    return 0 if value is None else utf8_len(dumps(value))
+def _any_metadata(value: Mapping[str, Any] | None) -> Any:
+    """The metadata as given (frozen once the event is built: :func:`_freeze_metadata`);
+    typed as the embedding program may give it."""
+    return value
 
 
 @final
@@ -197,12 +197,12 @@ class SessionJoined:
     user_id: str = attrs.field(validator=_name)
     session_id: str = attrs.field(validator=_name)
     channels: tuple[str, ...] = attrs.field(default=(), converter=_channels)
-    metadata: JsonObject | None = attrs.field(default=None, hash=False, converter=_joined_metadata)
+    metadata: JsonObject | None = attrs.field(default=None, hash=False, converter=_any_metadata)
     now: float = attrs.field(validator=monotonic_seconds)
     metadata_bytes: int = attrs.field(init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
-        object.__setattr__(self, "metadata_bytes", _json_bytes(self.metadata))
+        _freeze_metadata(self, "SessionJoined", required=False)
 
 
 @final
@@ -359,6 +359,16 @@ class PositionCheck:
 
 @final
 @attrs.frozen(kw_only=True)
+class RosterRequested:
+    """A client asked for the roster of ``ns`` (its ``roster`` command): the core answers
+    ``conn`` with the members and which of them is in each channel."""
+
+    conn: Hashable = attrs.field(validator=hashable_id)
+    ns: str = attrs.field(validator=_name)
+
+
+@final
+@attrs.frozen(kw_only=True)
 class CommandReceived:
     """A client connection sent a command: it counts against the connection's rate
     (``Limits.command_rate`` and ``command_burst``). Answered with nothing when the
@@ -378,13 +388,13 @@ class MetadataUpdated:
     when it does not hold the session (a newer connection took it)."""
 
     session_id: str = attrs.field(validator=_name)
-    metadata: JsonObject = attrs.field(hash=False, converter=_updated_metadata)
+    metadata: JsonObject = attrs.field(hash=False, converter=_any_metadata)
     now: float = attrs.field(validator=monotonic_seconds)
     conn: Hashable | None = attrs.field(default=None, validator=optional_conn)
     metadata_bytes: int = attrs.field(init=False, repr=False, eq=False)
 
     def __attrs_post_init__(self) -> None:
-        object.__setattr__(self, "metadata_bytes", _json_bytes(self.metadata))
+        _freeze_metadata(self, "MetadataUpdated", required=True)
 
 
 @final
@@ -568,6 +578,7 @@ Event: TypeAlias = (
     | Unsubscribe
     | PresenceSync
     | PositionCheck
+    | RosterRequested
     | CommandReceived
     | KickRequested
     | HubLinkStarted

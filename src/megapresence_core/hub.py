@@ -84,6 +84,7 @@ import attrs
 
 from ._hub_sessions import HubSession, HubSessions
 from ._hub_streams import HubStreams
+from ._timers import Timer, Timers
 from ._values import JsonObject, Member, Sender, dumps, utf8_len
 from .actions import (
     AcceptBridge,
@@ -108,13 +109,13 @@ from .events import (
 from .lifecycle import (
     BRIDGE,
     HUB,
+    BridgeEffect,
     BridgeInput,
     BridgeState,
+    HubEffect,
     HubInput,
     HubState,
     Machine,
-    Timer,
-    Timers,
 )
 from .wire import (
     HUB_BATCH,
@@ -189,7 +190,7 @@ class Bridge:
 
     def __init__(self, bridge: Hashable, now: float, burst: float, timers: Timers) -> None:
         self.bridge = bridge
-        self.lifecycle: Machine[BridgeState, BridgeInput] = Machine(BRIDGE, timers, owner=bridge)
+        self.lifecycle = Machine(BRIDGE, timers, owner=bridge)
         self.bridge_id: str | None = None
         self.instance_id: str | None = None
         #: The hub protocol it registered with.
@@ -232,7 +233,7 @@ class Hub:
         self._by_bridge_id: dict[str, Bridge] = {}
         self._sessions = HubSessions()
         self._timers = Timers()
-        self._lifecycle: Machine[HubState, HubInput] = Machine(HUB)
+        self._lifecycle = Machine(HUB)
         history = config.history
         self._streams = HubStreams(history, config.max_frame_bytes) if history is not None else None
 
@@ -265,7 +266,7 @@ class Hub:
     def _on_connecting(self, event: BridgeConnecting) -> list[HubAction]:
         if event.bridge in self._bridges:
             raise LocalUsageError(f"BridgeConnecting: bridge {event.bridge!r} is already connected")
-        if self._lifecycle.fire(HubInput.CONNECT) == "refuse":
+        if self._lifecycle.fire(HubInput.CONNECT) is HubEffect.REFUSE:
             return [RefuseBridge(bridge=event.bridge, status=503, reason="hub is draining")]
         if not self.authorized(event.authorization):
             return [
@@ -289,7 +290,7 @@ class Hub:
         record = self._get(event.bridge, "BridgeClosed")
         effect = record.lifecycle.fire(_BI.CLOSED)
         del self._bridges[event.bridge]
-        if effect != "gone":
+        if effect is not BridgeEffect.GONE:
             return []
         return [
             Log(
@@ -318,13 +319,13 @@ class Hub:
         self, record: Bridge, code: int, reason: str, *, event: BridgeInput = _BI.CLOSE
     ) -> list[HubAction]:
         effect = record.lifecycle.fire(event)
-        if not effect:
+        if effect is None:
             return []  # already closing
         actions: list[HubAction] = [
             CloseBridge(bridge=record.bridge, code=code, reason=truncate_reason(reason))
         ]
-        if effect != "close":
-            actions += self._forget(record, notify=effect == "forget")
+        if effect is not BridgeEffect.CLOSE:
+            actions += self._forget(record, notify=effect is BridgeEffect.FORGET)
         return actions
 
     def _on_tick(self, event: Tick) -> list[HubAction]:
@@ -357,7 +358,7 @@ class Hub:
         return self._config.heartbeat_interval * self._config.dead_after_intervals
 
     def _on_shutdown(self, event: ShutdownRequested) -> list[HubAction]:
-        if not self._lifecycle.fire(HubInput.SHUTDOWN):
+        if self._lifecycle.fire(HubInput.SHUTDOWN) is not HubEffect.DRAIN:
             return []  # already draining
         actions: list[HubAction] = []
         for record in list(self._bridges.values()):
@@ -374,7 +375,7 @@ class Hub:
         try:
             frames = split_hub_batch(event.data, max_bytes=self._config.max_frame_bytes)
         except PeerError as exc:
-            if record.lifecycle.fire(_BI.ARRIVAL) == "ignore":
+            if record.lifecycle.fire(_BI.ARRIVAL) is BridgeEffect.IGNORE:
                 return []
             return self._strike(record, exc.code, str(exc))
         actions: list[HubAction] = []
@@ -384,7 +385,7 @@ class Hub:
 
     def _read(self, record: Bridge, data: str | bytes, now: float) -> list[HubAction]:
         """One frame from ``record``, as if it had arrived alone."""
-        if record.lifecycle.fire(_BI.ARRIVAL) == "ignore":
+        if record.lifecycle.fire(_BI.ARRIVAL) is BridgeEffect.IGNORE:
             return []  # it is on its way out; nothing it says counts any more
         self._timers.postpone(Timer.SILENCE, now + self._silence(), record.bridge)
         try:
@@ -905,13 +906,16 @@ _HANDLERS: Final[dict[type[Any], Callable[[Hub, Any], list[HubAction]]]] = {
 }
 
 _FRAME_EFFECTS: Final[
-    dict[str, Callable[[Hub, Bridge, HubFrame, str | bytes, float], list[HubAction]]]
+    dict[
+        BridgeEffect | None,
+        Callable[[Hub, Bridge, HubFrame, str | bytes, float], list[HubAction]],
+    ]
 ] = {
-    "registered": Hub._register,
-    "refuse_register": Hub._refuse_register,
-    "not_registered": Hub._not_registered,
-    "second_register": Hub._second_register,
-    "route": Hub._dispatch,
+    BridgeEffect.REGISTERED: Hub._register,
+    BridgeEffect.REFUSE_REGISTER: Hub._refuse_register,
+    BridgeEffect.NOT_REGISTERED: Hub._not_registered,
+    BridgeEffect.SECOND_REGISTER: Hub._second_register,
+    BridgeEffect.ROUTE: Hub._dispatch,
 }
 
 _FRAME_HANDLERS: Final[dict[type[Any], Callable[[Hub, Bridge, Any, str], list[HubAction]]]] = {

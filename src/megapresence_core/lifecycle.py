@@ -8,9 +8,11 @@ timers that may run in each state, and reasons for the common mistakes.
 
 A machine holds a :class:`Machine` and calls :meth:`Machine.fire` with an
 input; ``fire`` is the only code in the package that assigns a state. It
-returns the row's ``effect``: a short name of what the owner must do for this
-transition (``"retry"``, ``"forget"``, ``"ignore"``...). Owners act on the
-effect, never on the state, so no ``if state is ...`` decides anything outside
+returns the row's ``effect``: a member of the lifecycle's own effect enum
+naming what the owner must do for this transition (``HubLinkEffect.RETRY``,
+``BridgeEffect.IGNORE``...), or None where the owner does nothing more than the
+move; only effects an owner reads are named. Owners act on the effect, never
+on the state, so no ``if state is ...`` decides anything outside
 this module; where the same input means different things in different states,
 the table says which by naming different effects. Entering a state cancels
 the owner's timers that the state does not allow (``timers``), so a timer can
@@ -21,33 +23,24 @@ A pair missing from a table is misuse by the shim or the embedding program:
 generic one) and changes nothing. The tests walk every pair of every table
 and drive the real machines through every row: no row is dead, none missing.
 
-Timers as data: a machine keeps every deadline it has in one
-:class:`Timers`, keyed by ``(kind, owner)`` (the owner tells apart, say, the
-heartbeats of two bridges). Both questions a shim asks are derived from that
-one structure: :meth:`Timers.next_deadline` (when to send the next ``Tick``)
-and :meth:`Timers.pop_due` (what is due on this tick). There is no second
-copy of a timer's rule to drift from the first.
-
-A tick pops due timers one at a time, earliest first (ties in the order of
-:class:`Timer`), so a timer whose handler changes state can cancel the others
-before they fire: a link found silent is not also sent a heartbeat. Handlers
-re-arm at ``now`` plus a positive interval, so a tick always ends.
+Timers and the backoff are data too, kept in ``_timers``: a machine's owner
+hands it the :class:`Timers` it shares with the others of its ``Presence`` or
+``Hub``.
 """
 
 from __future__ import annotations
 
 import enum
-import heapq
-import random
 from collections.abc import Hashable, Mapping
 from typing import Any, Final, Generic, TypeVar, final
 
 import attrs
 
+from ._timers import IdentityEnum as _Enum
+from ._timers import Timer, Timers
 from .errors import LocalUsageError
 
 __all__ = [
-    "ALL",
     "BRIDGE",
     "CLUSTER_LINK",
     "CONNECTION",
@@ -55,7 +48,6 @@ __all__ = [
     "HUB_LINK",
     "LIFECYCLES",
     "PRESENCE",
-    "Backoff",
     "BridgeInput",
     "BridgeState",
     "ClusterLinkInput",
@@ -67,195 +59,50 @@ __all__ = [
     "HubLinkState",
     "HubState",
     "Lifecycle",
-    "Machine",
     "PresenceInput",
     "PresenceState",
-    "Row",
     "Timer",
-    "Timers",
 ]
-
-# ------------------------------------------------------------------- timers
-
-
-class _Enum(enum.Enum):
-    """An enum hashed by identity (members are singletons, equality is identity):
-    every transition looks up a ``(state, input)`` pair, and ``Enum.__hash__``
-    (a Python-level hash of the name) was the largest cost of a table lookup."""
-
-    __hash__ = object.__hash__
-
-
-class Timer(_Enum):
-    """Every kind of timer; on a tie, the earlier member fires first."""
-
-    CONNECT = "connect"  #: the hub link: from ConnectHub to REGISTERED
-    SILENCE = "silence"  #: a link that heard nothing for too long is dead
-    HEARTBEAT = "heartbeat"  #: time to tell the other end we are alive
-    RETRY = "retry"  #: the hub link's backoff delay is over
-    PACE = "pace"  #: the hub link may send more of what it holds (its frame rate)
-    REGISTER = "register"  #: the hub: a bridge must REGISTER this soon
-    INSTANCE_TTL = "instance_ttl"  #: a silent instance of the cluster is swept
-    CLUSTER_HEARTBEAT = "cluster_heartbeat"
-    STORE_REFRESH = "store_refresh"  #: re-put this process's members in the shared store
-    GRACE = "grace"  #: a lingering session's leave grace is over
-    FLUSH = "flush"  #: a channel's presence window is over: send its diffs
-
-
-_ORDER: Final = {kind: index for index, kind in enumerate(Timer)}
-
-
-class _All(enum.Enum):
-    ALL = "ALL"
-
-
-#: As an owner: every timer of a kind, whoever owns it.
-ALL: Final = _All.ALL
-
-
-@final
-class Timers:
-    """Deadlines by ``(kind, owner)``, in monotonic seconds.
-
-    ``_deadlines`` is the truth; ``_heap`` orders it, with lazy deletion: an entry
-    whose key is no longer armed at that time (cancelled, moved or popped) is
-    stale and dropped when it reaches the top, and the heap is rebuilt when stale
-    entries outnumber live ones. So arming, cancelling, ``next_deadline`` and
-    ``pop_due`` cost O(log n), and a storm of n grace timers costs O(n log n).
-    Ties go by the order of :class:`Timer`, then the order of arming.
-    """
-
-    __slots__ = ("_armed", "_deadlines", "_heap")
-
-    def __init__(self) -> None:
-        self._deadlines: dict[tuple[Timer, Hashable], float] = {}
-        self._heap: list[tuple[float, int, int, tuple[Timer, Hashable]]] = []
-        #: How many times a timer was armed: the last tie-break, never equal twice.
-        self._armed = 0
-
-    def arm(self, kind: Timer, at: float, owner: Hashable = None) -> None:
-        """Set (or move) the deadline of ``(kind, owner)``."""
-        key = (kind, owner)
-        self._deadlines[key] = at
-        self._armed += 1
-        heapq.heappush(self._heap, (at, _ORDER[kind], self._armed, key))
-        if len(self._heap) > 2 * len(self._deadlines) + 16:
-            self._rebuild()
-
-    def arm_unless_armed(self, kind: Timer, at: float, owner: Hashable = None) -> None:
-        if (kind, owner) not in self._deadlines:
-            self.arm(kind, at, owner)
-
-    def postpone(self, kind: Timer, at: float, owner: Hashable = None) -> None:
-        """Move an armed timer to ``at``; a timer that is not armed stays so."""
-        if (kind, owner) in self._deadlines:
-            self.arm(kind, at, owner)
-
-    def cancel(self, kind: Timer, owner: Hashable = None) -> None:
-        """Forget ``(kind, owner)``, or with ``owner=ALL`` every timer of ``kind``."""
-        if owner is ALL:
-            for key in [key for key in self._deadlines if key[0] is kind]:
-                del self._deadlines[key]
-        else:
-            self._deadlines.pop((kind, owner), None)
-
-    def next_deadline(self) -> float | None:
-        """The earliest deadline, or None when no timer is armed."""
-        heap = self._top()
-        return heap[0][0] if heap else None
-
-    def owners(self, kind: Timer) -> dict[Hashable, float]:
-        """Every owner with a ``kind`` timer armed, and its deadline (for invariant checks)."""
-        return {key[1]: at for key, at in self._deadlines.items() if key[0] is kind}
-
-    def pop_due(self, now: float) -> tuple[Timer, Hashable] | None:
-        """Remove and return the earliest timer due at ``now``, or None."""
-        heap = self._top()
-        if not heap or heap[0][0] > now:
-            return None
-        key = heapq.heappop(heap)[3]
-        del self._deadlines[key]
-        return key
-
-    def _top(self) -> list[tuple[float, int, int, tuple[Timer, Hashable]]]:
-        """The heap, its stale top entries dropped: its first entry is the earliest."""
-        heap, deadlines = self._heap, self._deadlines
-        while heap and deadlines.get(heap[0][3]) != heap[0][0]:
-            heapq.heappop(heap)
-        return heap
-
-    def _rebuild(self) -> None:
-        """One live entry per armed timer (its earliest), stale ones dropped. A sorted
-        list is a heap, and the dict keeps the sorted order."""
-        deadlines = self._deadlines
-        live: dict[tuple[Timer, Hashable], tuple[float, int, int, tuple[Timer, Hashable]]] = {}
-        for entry in sorted(self._heap):
-            if deadlines.get(entry[3]) == entry[0]:
-                live.setdefault(entry[3], entry)
-        self._heap = list(live.values())
-
-
-@final
-class Backoff:
-    """Exponential backoff with full jitter, drawn from a seeded RNG.
-
-    Full jitter (a uniform draw in ``[0, ceiling]``) spreads a herd of bridges
-    reconnecting to a restarted hub over the whole window instead of at its
-    edge. The RNG is seeded and owned here, so a replay draws the same delays.
-    """
-
-    __slots__ = ("_attempt", "_initial", "_maximum", "_multiplier", "_rng")
-
-    def __init__(self, *, initial: float, maximum: float, multiplier: float, seed: int) -> None:
-        self._initial = initial
-        self._maximum = maximum
-        self._multiplier = multiplier
-        self._rng = random.Random(seed)
-        self._attempt = 0
-
-    @property
-    def ceiling(self) -> float:
-        """The largest delay the next draw can give."""
-        return min(self._maximum, self._initial * self._multiplier**self._attempt)
-
-    def next_delay(self) -> float:
-        ceiling = self.ceiling
-        if ceiling < self._maximum:  # past the cap the exponent no longer matters
-            self._attempt += 1
-        return self._rng.uniform(0.0, ceiling)
-
-    def reset(self) -> None:
-        """Start again from the initial ceiling, after a link that worked."""
-        self._attempt = 0
-
 
 # ----------------------------------------------------------------- lifecycles
 
 S = TypeVar("S", bound=enum.Enum)
 I = TypeVar("I", bound=enum.Enum)  # noqa: E741 - the input of a table
+E = TypeVar("E", bound=enum.Enum)  #: the effects of a table
 
 
 @final
 @attrs.frozen
-class Row(Generic[S]):
-    """One transition: the state after it, and what the owner does for it."""
+class Row(Generic[S, E]):
+    """One transition: the state after it, and what the owner does for it (None: nothing)."""
 
     target: S
-    effect: str = ""
+    effect: E | None = None
 
 
 @final
-class Lifecycle(Generic[S, I]):
+class Lifecycle(Generic[S, I, E]):
     """The table of one kind of machine; data only, shared by every instance."""
 
-    __slots__ = ("initial", "inputs", "refusals", "rows", "states", "timer_kinds", "timers", "what")
+    __slots__ = (
+        "effects",
+        "initial",
+        "inputs",
+        "refusals",
+        "rows",
+        "states",
+        "timer_kinds",
+        "timers",
+        "what",
+    )
 
     def __init__(
         self,
         what: str,
         initial: S,
         inputs: type[I],
-        rows: Mapping[tuple[S, I], Row[S]],
+        effects: type[E],
+        rows: Mapping[tuple[S, I], S | tuple[S, E]],
         *,
         refusals: Mapping[tuple[S, I], str] | None = None,
         timers: Mapping[S, frozenset[Timer]] | None = None,
@@ -264,12 +111,17 @@ class Lifecycle(Generic[S, I]):
         self.initial = initial
         self.states: tuple[S, ...] = tuple(type(initial))
         self.inputs: tuple[I, ...] = tuple(inputs)
-        self.rows = rows
+        self.effects: tuple[E, ...] = tuple(effects)
+        #: A target alone is a row without an effect.
+        self.rows: Mapping[tuple[S, I], Row[S, E]] = {
+            pair: Row(*value) if isinstance(value, tuple) else Row(value)
+            for pair, value in rows.items()
+        }
         self.refusals = refusals or {}
         self.timers = timers or {}
         self.timer_kinds: frozenset[Timer] = frozenset().union(*self.timers.values())
 
-    def row(self, state: S, event: I) -> Row[S]:
+    def row(self, state: S, event: I) -> Row[S, E]:
         """The row for ``(state, event)``, or ``LocalUsageError`` if there is none."""
         found = self.rows.get((state, event))
         if found is None:
@@ -284,7 +136,7 @@ class Lifecycle(Generic[S, I]):
 
 
 @final
-class Machine(Generic[S, I]):
+class Machine(Generic[S, I, E]):
     """One live lifecycle: its state, changed only by :meth:`fire`.
 
     With ``timers``, entering a state cancels this owner's timers (keys
@@ -296,7 +148,7 @@ class Machine(Generic[S, I]):
 
     def __init__(
         self,
-        spec: Lifecycle[S, I],
+        spec: Lifecycle[S, I, E],
         timers: Timers | None = None,
         owner: Hashable = None,
     ) -> None:
@@ -309,11 +161,11 @@ class Machine(Generic[S, I]):
     def state(self) -> S:
         return self._state
 
-    def check(self, event: I) -> str:
+    def check(self, event: I) -> E | None:
         """The effect ``event`` would have, or ``LocalUsageError``; changes nothing."""
         return self._spec.row(self._state, event).effect
 
-    def fire(self, event: I) -> str:
+    def fire(self, event: I) -> E | None:
         """Apply ``event``: assign the row's target and return its effect."""
         row = self._spec.rows.get((self._state, event))
         if row is None:
@@ -325,13 +177,6 @@ class Machine(Generic[S, I]):
                 for kind in spec.timer_kinds - spec.allowed_timers(row.target):
                     self._timers.cancel(kind, self._owner)
         return row.effect
-
-
-def _rows(table: Mapping[tuple[S, I], S | tuple[S, str]]) -> Mapping[tuple[S, I], Row[S]]:
-    return {
-        pair: Row(*value) if isinstance(value, tuple) else Row(value)
-        for pair, value in table.items()
-    }
 
 
 # ------------------------------------------------------------ a connection
@@ -362,41 +207,45 @@ class ConnectionInput(_Enum):
     EXPIRE = "expire"  #: the leave grace is over
 
 
-_C, _CI = ConnectionState, ConnectionInput
+class ConnectionEffect(_Enum):
+    """What the local indexes do for a connection's transition."""
 
-#: Effects: "unindex" (leave the ns index), "unmap" (leave every index and lose
-#: the session), "linger" (leave every index, keep the session listed for the
-#: grace), "leave" (the session has left: announce it), "hasten" (end a
-#: grace at the next tick), "restore" (hand the session to the connection that
-#: joined it again), "drop" (forget the session without announcing a leave:
-#: its new home does), "forget" (shutdown: nothing is announced any more).
+    UNINDEX = "unindex"  #: leave the ns index
+    UNMAP = "unmap"  #: leave every index and lose the session
+    LINGER = "linger"  #: leave every index, keep the session listed for the grace
+    LEAVE = "leave"  #: leave every index: the session has left, announce it
+
+
+_C, _CI, _CE = ConnectionState, ConnectionInput, ConnectionEffect
+
+#: A connection's table; its effects are what the local indexes do for a transition.
 CONNECTION: Final = Lifecycle(
     "connection",
     _C.OPENED,
     ConnectionInput,
-    _rows(
-        {
-            (_C.OPENED, _CI.JOIN): _C.JOINED,
-            (_C.OPENED, _CI.SHUTDOWN): (_C.CLOSING, "unindex"),
-            (_C.OPENED, _CI.CLOSE): (_C.CLOSED, "unindex"),
-            (_C.JOINED, _CI.DETACH): (_C.DETACHED, "unmap"),
-            (_C.JOINED, _CI.KICK): _C.KICKED,
-            (_C.JOINED, _CI.SHUTDOWN): (_C.CLOSING, "unmap"),
-            (_C.JOINED, _CI.CLOSE): (_C.LINGERING, "linger"),
-            (_C.KICKED, _CI.DETACH): (_C.DETACHED, "unmap"),
-            (_C.KICKED, _CI.KICK): _C.KICKED,
-            (_C.KICKED, _CI.SHUTDOWN): (_C.CLOSING, "unmap"),
-            (_C.KICKED, _CI.CLOSE): (_C.CLOSED, "leave"),
-            (_C.DETACHED, _CI.SHUTDOWN): _C.CLOSING,
-            (_C.DETACHED, _CI.CLOSE): _C.CLOSED,
-            (_C.CLOSING, _CI.CLOSE): _C.CLOSED,
-            (_C.LINGERING, _CI.KICK): (_C.LINGERING, "hasten"),
-            (_C.LINGERING, _CI.RETURN): (_C.CLOSED, "restore"),
-            (_C.LINGERING, _CI.SUPERSEDE): (_C.CLOSED, "drop"),
-            (_C.LINGERING, _CI.EXPIRE): (_C.CLOSED, "leave"),
-            (_C.LINGERING, _CI.SHUTDOWN): (_C.CLOSED, "forget"),
-        }
-    ),
+    ConnectionEffect,
+    {
+        (_C.OPENED, _CI.JOIN): _C.JOINED,
+        (_C.OPENED, _CI.SHUTDOWN): (_C.CLOSING, _CE.UNINDEX),
+        (_C.OPENED, _CI.CLOSE): (_C.CLOSED, _CE.UNINDEX),
+        (_C.JOINED, _CI.DETACH): (_C.DETACHED, _CE.UNMAP),
+        (_C.JOINED, _CI.KICK): _C.KICKED,
+        (_C.JOINED, _CI.SHUTDOWN): (_C.CLOSING, _CE.UNMAP),
+        (_C.JOINED, _CI.CLOSE): (_C.LINGERING, _CE.LINGER),
+        (_C.KICKED, _CI.DETACH): (_C.DETACHED, _CE.UNMAP),
+        (_C.KICKED, _CI.KICK): _C.KICKED,
+        (_C.KICKED, _CI.SHUTDOWN): (_C.CLOSING, _CE.UNMAP),
+        (_C.KICKED, _CI.CLOSE): (_C.CLOSED, _CE.LEAVE),
+        (_C.DETACHED, _CI.SHUTDOWN): _C.CLOSING,
+        (_C.DETACHED, _CI.CLOSE): _C.CLOSED,
+        (_C.CLOSING, _CI.CLOSE): _C.CLOSED,
+        # A kick ends the grace at the next tick (its owner re-arms the timer).
+        (_C.LINGERING, _CI.KICK): _C.LINGERING,
+        (_C.LINGERING, _CI.RETURN): _C.CLOSED,  # restored: the new connection has it
+        (_C.LINGERING, _CI.SUPERSEDE): _C.CLOSED,  # its new home announces it
+        (_C.LINGERING, _CI.EXPIRE): _C.CLOSED,
+        (_C.LINGERING, _CI.SHUTDOWN): _C.CLOSED,  # nothing is announced any more
+    },
     refusals={
         (_C.JOINED, _CI.JOIN): (
             "connection has already joined a session; close it and join on a new connection"
@@ -421,26 +270,35 @@ class PresenceState(_Enum):
 
 
 class PresenceInput(_Enum):
-    EVENT = "event"  #: opens, joins, sends, kicks, link starts: refused after shutdown
+    OPEN = "open"  #: a connection opens: closed at once after shutdown (503 before its upgrade)
+    EVENT = "event"  #: joins, sends, kicks, link starts: refused after shutdown
     WIND_DOWN = "wind_down"  #: closes, link losses, frames, messages and ticks
     SHUTDOWN = "shutdown"
 
 
-_P, _PI = PresenceState, PresenceInput
+class PresenceEffect(_Enum):
+    """Whether the process handles an event."""
+
+    HANDLE = "handle"  #: the event is handled (else: ignored, the process is shut down)
+    REFUSE = "refuse"  #: a connection opened after shutdown: closed as the others were
+
+
+_P, _PI, _PE = PresenceState, PresenceInput, PresenceEffect
 
 PRESENCE: Final = Lifecycle(
     "presence",
     _P.RUNNING,
     PresenceInput,
-    _rows(
-        {
-            (_P.RUNNING, _PI.EVENT): (_P.RUNNING, "handle"),
-            (_P.RUNNING, _PI.WIND_DOWN): (_P.RUNNING, "handle"),
-            (_P.RUNNING, _PI.SHUTDOWN): (_P.SHUT_DOWN, "handle"),
-            (_P.SHUT_DOWN, _PI.WIND_DOWN): (_P.SHUT_DOWN, "handle"),
-            (_P.SHUT_DOWN, _PI.SHUTDOWN): _P.SHUT_DOWN,  # idempotent, like closing a socket twice
-        }
-    ),
+    PresenceEffect,
+    {
+        (_P.RUNNING, _PI.OPEN): (_P.RUNNING, _PE.HANDLE),
+        (_P.RUNNING, _PI.EVENT): (_P.RUNNING, _PE.HANDLE),
+        (_P.RUNNING, _PI.WIND_DOWN): (_P.RUNNING, _PE.HANDLE),
+        (_P.RUNNING, _PI.SHUTDOWN): (_P.SHUT_DOWN, _PE.HANDLE),
+        (_P.SHUT_DOWN, _PI.OPEN): (_P.SHUT_DOWN, _PE.REFUSE),
+        (_P.SHUT_DOWN, _PI.WIND_DOWN): (_P.SHUT_DOWN, _PE.HANDLE),
+        (_P.SHUT_DOWN, _PI.SHUTDOWN): _P.SHUT_DOWN,  # idempotent, like closing a socket twice
+    },
     refusals={
         (_P.SHUT_DOWN, _PI.EVENT): "shut down; it accepts closes, link events and ticks only"
     },
@@ -480,49 +338,67 @@ class HubLinkInput(_Enum):
     SHUTDOWN = "shutdown"
 
 
-_L, _LI = HubLinkState, HubLinkInput
+class HubLinkEffect(_Enum):
+    """What the hub link does for a transition."""
+
+    RETRY = "retry"  #: lost: back off, then connect again
+    REFUSED = "refused"  #: refused for good (a bad token)
+    CLOSE = "close"  #: shut down while open: close the transport
+    SEND = "send"  #: send our frame (within the hub's rate)
+    # What a received frame means, in this state:
+    REGISTERED = "registered"  #: the hub accepted us: resync
+    DELIVER = "deliver"  #: hand the frame to ``Presence``
+    HUB_ERROR = "hub_error"  #: the hub's ERROR: logged, or a session's client closed
+    TOO_EARLY = "too_early"  #: a frame before REGISTERED
+    UNEXPECTED = "unexpected"  #: a frame the hub never sends here
+    INVALID = "invalid"  #: bytes that are no frame: logged
+    IGNORE = "ignore"  #: the link is being torn down: late frames mean nothing
+
+
+_L, _LI, _LE = HubLinkState, HubLinkInput, HubLinkEffect
 _FRAMES = (_LI.REGISTERED, _LI.ERROR, _LI.UNEXPECTED, _LI.FRAME, _LI.INVALID)
+_LinkRows = dict[
+    tuple[HubLinkState, HubLinkInput], HubLinkState | tuple[HubLinkState, HubLinkEffect]
+]
 
 
-def _link_rows() -> dict[
-    tuple[HubLinkState, HubLinkInput], HubLinkState | tuple[HubLinkState, str]
-]:
-    rows: dict[tuple[HubLinkState, HubLinkInput], HubLinkState | tuple[HubLinkState, str]] = {
-        (_L.IDLE, _LI.START): (_L.CONNECTING, "connect"),
+def _link_rows() -> _LinkRows:
+    rows: _LinkRows = {
+        (_L.IDLE, _LI.START): _L.CONNECTING,
         (_L.IDLE, _LI.SHUTDOWN): _L.CLOSED,
-        (_L.CONNECTING, _LI.CONNECTED): (_L.REGISTERING, "register"),
+        (_L.CONNECTING, _LI.CONNECTED): _L.REGISTERING,
         (_L.CONNECTING, _LI.TIMEOUT): _L.CLOSING,
-        (_L.CONNECTING, _LI.LOST): (_L.BACKING_OFF, "retry"),
-        (_L.CONNECTING, _LI.REFUSED): (_L.REFUSED, "refused"),
-        (_L.CONNECTING, _LI.SHUTDOWN): (_L.DRAINING, "close"),
-        (_L.REGISTERING, _LI.REGISTERED): (_L.REGISTERED, "registered"),
-        (_L.REGISTERING, _LI.ERROR): (_L.REGISTERING, "hub_error"),
-        (_L.REGISTERING, _LI.UNEXPECTED): (_L.REGISTERING, "too_early"),
-        (_L.REGISTERING, _LI.FRAME): (_L.REGISTERING, "too_early"),
-        (_L.REGISTERING, _LI.INVALID): (_L.REGISTERING, "invalid"),
+        (_L.CONNECTING, _LI.LOST): (_L.BACKING_OFF, _LE.RETRY),
+        (_L.CONNECTING, _LI.REFUSED): (_L.REFUSED, _LE.REFUSED),
+        (_L.CONNECTING, _LI.SHUTDOWN): (_L.DRAINING, _LE.CLOSE),
+        (_L.REGISTERING, _LI.REGISTERED): (_L.REGISTERED, _LE.REGISTERED),
+        (_L.REGISTERING, _LI.ERROR): (_L.REGISTERING, _LE.HUB_ERROR),
+        (_L.REGISTERING, _LI.UNEXPECTED): (_L.REGISTERING, _LE.TOO_EARLY),
+        (_L.REGISTERING, _LI.FRAME): (_L.REGISTERING, _LE.TOO_EARLY),
+        (_L.REGISTERING, _LI.INVALID): (_L.REGISTERING, _LE.INVALID),
         (_L.REGISTERING, _LI.TIMEOUT): _L.CLOSING,
-        (_L.REGISTERING, _LI.LOST): (_L.BACKING_OFF, "retry"),
-        (_L.REGISTERING, _LI.SHUTDOWN): (_L.DRAINING, "close"),
-        (_L.REGISTERED, _LI.REGISTERED): (_L.REGISTERED, "unexpected"),
-        (_L.REGISTERED, _LI.ERROR): (_L.REGISTERED, "hub_error"),
-        (_L.REGISTERED, _LI.UNEXPECTED): (_L.REGISTERED, "unexpected"),
-        (_L.REGISTERED, _LI.FRAME): (_L.REGISTERED, "deliver"),
-        (_L.REGISTERED, _LI.INVALID): (_L.REGISTERED, "invalid"),
-        (_L.REGISTERED, _LI.SEND): (_L.REGISTERED, "send"),
+        (_L.REGISTERING, _LI.LOST): (_L.BACKING_OFF, _LE.RETRY),
+        (_L.REGISTERING, _LI.SHUTDOWN): (_L.DRAINING, _LE.CLOSE),
+        (_L.REGISTERED, _LI.REGISTERED): (_L.REGISTERED, _LE.UNEXPECTED),
+        (_L.REGISTERED, _LI.ERROR): (_L.REGISTERED, _LE.HUB_ERROR),
+        (_L.REGISTERED, _LI.UNEXPECTED): (_L.REGISTERED, _LE.UNEXPECTED),
+        (_L.REGISTERED, _LI.FRAME): (_L.REGISTERED, _LE.DELIVER),
+        (_L.REGISTERED, _LI.INVALID): (_L.REGISTERED, _LE.INVALID),
+        (_L.REGISTERED, _LI.SEND): (_L.REGISTERED, _LE.SEND),
         (_L.REGISTERED, _LI.TIMEOUT): _L.CLOSING,
-        (_L.REGISTERED, _LI.LOST): (_L.BACKING_OFF, "retry"),
-        (_L.REGISTERED, _LI.SHUTDOWN): (_L.DRAINING, "close"),
-        (_L.CLOSING, _LI.LOST): (_L.BACKING_OFF, "retry"),
+        (_L.REGISTERED, _LI.LOST): (_L.BACKING_OFF, _LE.RETRY),
+        (_L.REGISTERED, _LI.SHUTDOWN): (_L.DRAINING, _LE.CLOSE),
+        (_L.CLOSING, _LI.LOST): (_L.BACKING_OFF, _LE.RETRY),
         (_L.CLOSING, _LI.SHUTDOWN): _L.DRAINING,
-        (_L.BACKING_OFF, _LI.RETRY_DUE): (_L.CONNECTING, "connect"),
+        (_L.BACKING_OFF, _LI.RETRY_DUE): _L.CONNECTING,
         (_L.BACKING_OFF, _LI.SHUTDOWN): _L.CLOSED,
-        (_L.DRAINING, _LI.LOST): (_L.CLOSED, "closed"),
-        (_L.DRAINING, _LI.REFUSED): (_L.CLOSED, "closed"),
+        (_L.DRAINING, _LI.LOST): _L.CLOSED,
+        (_L.DRAINING, _LI.REFUSED): _L.CLOSED,
         (_L.REFUSED, _LI.SHUTDOWN): _L.CLOSED,
     }
     # A link being torn down ignores what still arrives: late frames mean nothing.
     for state in (_L.CLOSING, _L.DRAINING):
-        rows.update({(state, frame): (state, "ignore") for frame in _FRAMES})
+        rows.update({(state, frame): (state, _LE.IGNORE) for frame in _FRAMES})
     # Presence reaches the hub only while registered; elsewhere a send is dropped.
     # (A draining or closed link sends nothing: after shutdown nothing is sent at all.)
     for state in set(_L) - {_L.DRAINING, _L.CLOSED}:
@@ -534,7 +410,8 @@ HUB_LINK: Final = Lifecycle(
     "hub link",
     _L.IDLE,
     HubLinkInput,
-    _rows(_link_rows()),
+    HubLinkEffect,
+    _link_rows(),
     timers={
         _L.CONNECTING: frozenset({Timer.CONNECT}),
         _L.REGISTERING: frozenset({Timer.CONNECT}),
@@ -563,29 +440,35 @@ class ClusterLinkInput(_Enum):
     STOP = "stop"
 
 
-_K, _KI = ClusterLinkState, ClusterLinkInput
+class ClusterLinkEffect(_Enum):
+    """What the cluster link does for a transition."""
+
+    SEND = "send"  #: publish (only while connected)
+    ARM = "arm"  #: restart the sender's TTL (only while we can hear)
+
+
+_K, _KI, _KE = ClusterLinkState, ClusterLinkInput, ClusterLinkEffect
 
 CLUSTER_LINK: Final = Lifecycle(
     "cluster link",
     _K.DISCONNECTED,
     ClusterLinkInput,
-    _rows(
-        {
-            (_K.DISCONNECTED, _KI.CONNECTED): (_K.CONNECTED, "connected"),
-            (_K.CONNECTED, _KI.CONNECTED): (_K.CONNECTED, "connected"),  # a gap we did not see
-            (_K.DISCONNECTED, _KI.LOST): (_K.DISCONNECTED, "lost"),
-            (_K.CONNECTED, _KI.LOST): (_K.DISCONNECTED, "lost"),
-            (_K.STOPPED, _KI.LOST): (_K.STOPPED, "lost"),
-            (_K.CONNECTED, _KI.PUBLISH): (_K.CONNECTED, "send"),
-            (_K.DISCONNECTED, _KI.PUBLISH): _K.DISCONNECTED,
-            (_K.STOPPED, _KI.PUBLISH): _K.STOPPED,
-            (_K.CONNECTED, _KI.HEARD): (_K.CONNECTED, "arm"),
-            (_K.DISCONNECTED, _KI.HEARD): _K.DISCONNECTED,
-            (_K.STOPPED, _KI.HEARD): _K.STOPPED,
-            (_K.CONNECTED, _KI.STOP): (_K.STOPPED, "bye"),
-            (_K.DISCONNECTED, _KI.STOP): _K.STOPPED,
-        }
-    ),
+    ClusterLinkEffect,
+    {
+        (_K.DISCONNECTED, _KI.CONNECTED): _K.CONNECTED,
+        (_K.CONNECTED, _KI.CONNECTED): _K.CONNECTED,  # a gap we did not see
+        (_K.DISCONNECTED, _KI.LOST): _K.DISCONNECTED,
+        (_K.CONNECTED, _KI.LOST): _K.DISCONNECTED,
+        (_K.STOPPED, _KI.LOST): _K.STOPPED,
+        (_K.CONNECTED, _KI.PUBLISH): (_K.CONNECTED, _KE.SEND),
+        (_K.DISCONNECTED, _KI.PUBLISH): _K.DISCONNECTED,
+        (_K.STOPPED, _KI.PUBLISH): _K.STOPPED,
+        (_K.CONNECTED, _KI.HEARD): (_K.CONNECTED, _KE.ARM),
+        (_K.DISCONNECTED, _KI.HEARD): _K.DISCONNECTED,
+        (_K.STOPPED, _KI.HEARD): _K.STOPPED,
+        (_K.CONNECTED, _KI.STOP): _K.STOPPED,
+        (_K.DISCONNECTED, _KI.STOP): _K.STOPPED,
+    },
     timers={_K.CONNECTED: frozenset({Timer.CLUSTER_HEARTBEAT, Timer.INSTANCE_TTL})},
 )
 
@@ -613,34 +496,50 @@ class BridgeInput(_Enum):
     CLOSED = "closed"  #: the transport is gone
 
 
-_B, _BI = BridgeState, BridgeInput
+class BridgeEffect(_Enum):
+    """What the hub does for a bridge's transition."""
+
+    IGNORE = "ignore"  #: a frame from a closing bridge: nothing it says counts
+    # What a frame means, in this state:
+    REGISTERED = "registered"  #: accept its REGISTER
+    REFUSE_REGISTER = "refuse_register"  #: refuse its REGISTER, say why
+    NOT_REGISTERED = "not_registered"  #: a frame before REGISTER: fatal
+    SECOND_REGISTER = "second_register"  #: REGISTER twice: fatal
+    ROUTE = "route"  #: route the frame
+    # Closing it:
+    CLOSE = "close"  #: close it (it held no sessions)
+    FORGET = "forget"  #: close it, drop its sessions, tell the bridges tracking them
+    CLOSE_QUIETLY = "close_quietly"  #: close it, drop its sessions, tell nobody
+    GONE = "gone"  #: its transport is gone: drop its sessions, tell the bridges
+
+
+_B, _BI, _BE = BridgeState, BridgeInput, BridgeEffect
 
 BRIDGE: Final = Lifecycle(
     "bridge",
     _B.AWAITING_REGISTER,
     BridgeInput,
-    _rows(
-        {
-            (_B.AWAITING_REGISTER, _BI.ARRIVAL): (_B.AWAITING_REGISTER, "read"),
-            (_B.AWAITING_REGISTER, _BI.REGISTER): (_B.REGISTERED, "registered"),
-            (_B.AWAITING_REGISTER, _BI.BAD_REGISTER): (_B.AWAITING_REGISTER, "refuse_register"),
-            (_B.AWAITING_REGISTER, _BI.FRAME): (_B.AWAITING_REGISTER, "not_registered"),
-            (_B.AWAITING_REGISTER, _BI.CLOSE): (_B.CLOSING, "close"),
-            (_B.AWAITING_REGISTER, _BI.DRAIN): (_B.CLOSING, "close"),
-            (_B.AWAITING_REGISTER, _BI.CLOSED): _B.GONE,
-            (_B.REGISTERED, _BI.ARRIVAL): (_B.REGISTERED, "read"),
-            (_B.REGISTERED, _BI.REGISTER): (_B.REGISTERED, "second_register"),
-            (_B.REGISTERED, _BI.BAD_REGISTER): (_B.REGISTERED, "second_register"),
-            (_B.REGISTERED, _BI.FRAME): (_B.REGISTERED, "route"),
-            (_B.REGISTERED, _BI.CLOSE): (_B.CLOSING, "forget"),
-            # Every bridge is leaving: no BULK_LEAVE to bridges that are all going.
-            (_B.REGISTERED, _BI.DRAIN): (_B.CLOSING, "close_quietly"),
-            (_B.REGISTERED, _BI.CLOSED): (_B.GONE, "gone"),
-            (_B.CLOSING, _BI.ARRIVAL): (_B.CLOSING, "ignore"),
-            (_B.CLOSING, _BI.DRAIN): _B.CLOSING,  # already on its way out
-            (_B.CLOSING, _BI.CLOSED): _B.GONE,
-        }
-    ),
+    BridgeEffect,
+    {
+        (_B.AWAITING_REGISTER, _BI.ARRIVAL): _B.AWAITING_REGISTER,
+        (_B.AWAITING_REGISTER, _BI.REGISTER): (_B.REGISTERED, _BE.REGISTERED),
+        (_B.AWAITING_REGISTER, _BI.BAD_REGISTER): (_B.AWAITING_REGISTER, _BE.REFUSE_REGISTER),
+        (_B.AWAITING_REGISTER, _BI.FRAME): (_B.AWAITING_REGISTER, _BE.NOT_REGISTERED),
+        (_B.AWAITING_REGISTER, _BI.CLOSE): (_B.CLOSING, _BE.CLOSE),
+        (_B.AWAITING_REGISTER, _BI.DRAIN): (_B.CLOSING, _BE.CLOSE),
+        (_B.AWAITING_REGISTER, _BI.CLOSED): _B.GONE,
+        (_B.REGISTERED, _BI.ARRIVAL): _B.REGISTERED,
+        (_B.REGISTERED, _BI.REGISTER): (_B.REGISTERED, _BE.SECOND_REGISTER),
+        (_B.REGISTERED, _BI.BAD_REGISTER): (_B.REGISTERED, _BE.SECOND_REGISTER),
+        (_B.REGISTERED, _BI.FRAME): (_B.REGISTERED, _BE.ROUTE),
+        (_B.REGISTERED, _BI.CLOSE): (_B.CLOSING, _BE.FORGET),
+        # Every bridge is leaving: no BULK_LEAVE to bridges that are all going.
+        (_B.REGISTERED, _BI.DRAIN): (_B.CLOSING, _BE.CLOSE_QUIETLY),
+        (_B.REGISTERED, _BI.CLOSED): (_B.GONE, _BE.GONE),
+        (_B.CLOSING, _BI.ARRIVAL): (_B.CLOSING, _BE.IGNORE),
+        (_B.CLOSING, _BI.DRAIN): _B.CLOSING,  # already on its way out
+        (_B.CLOSING, _BI.CLOSED): _B.GONE,
+    },
     timers={
         _B.AWAITING_REGISTER: frozenset({Timer.REGISTER}),
         _B.REGISTERED: frozenset({Timer.SILENCE, Timer.HEARTBEAT}),
@@ -661,24 +560,30 @@ class HubInput(_Enum):
     SHUTDOWN = "shutdown"
 
 
-_H, _HI = HubState, HubInput
+class HubEffect(_Enum):
+    """What the hub does for its own transition."""
+
+    REFUSE = "refuse"  #: a newcomer while draining: 503
+    DRAIN = "drain"  #: close every bridge with 4503
+
+
+_H, _HI, _HE = HubState, HubInput, HubEffect
 
 HUB: Final = Lifecycle(
     "hub",
     _H.ACCEPTING,
     HubInput,
-    _rows(
-        {
-            (_H.ACCEPTING, _HI.CONNECT): (_H.ACCEPTING, "authenticate"),
-            (_H.DRAINING, _HI.CONNECT): (_H.DRAINING, "refuse"),
-            (_H.ACCEPTING, _HI.SHUTDOWN): (_H.DRAINING, "drain"),
-            (_H.DRAINING, _HI.SHUTDOWN): _H.DRAINING,
-        }
-    ),
+    HubEffect,
+    {
+        (_H.ACCEPTING, _HI.CONNECT): _H.ACCEPTING,
+        (_H.DRAINING, _HI.CONNECT): (_H.DRAINING, _HE.REFUSE),
+        (_H.ACCEPTING, _HI.SHUTDOWN): (_H.DRAINING, _HE.DRAIN),
+        (_H.DRAINING, _HI.SHUTDOWN): _H.DRAINING,
+    },
 )
 
 #: Every table, for the tests that walk them all.
-LIFECYCLES: Final[tuple[Lifecycle[Any, Any], ...]] = (
+LIFECYCLES: Final[tuple[Lifecycle[Any, Any, Any], ...]] = (
     CONNECTION,
     PRESENCE,
     HUB_LINK,

@@ -84,6 +84,7 @@ from ..events import (
     PositionCheck,
     PresenceSync,
     PublishRequested,
+    RosterRequested,
     Subscribe,
     Unsubscribe,
 )
@@ -436,6 +437,7 @@ CommandEvent: TypeAlias = (
     | PublishRequested
     | PresenceSync
     | PositionCheck
+    | RosterRequested
 )
 
 #: Commands that need a session, with what to tell a connection that holds none.
@@ -459,11 +461,11 @@ def command_event(
     session_id: str | None,
     is_admin: bool,
     now: float,
-) -> CommandEvent | RosterCommand | PingCommand | CommandRefused:
+) -> CommandEvent | PingCommand | CommandRefused:
     """What ``command`` from connection ``conn`` on ``ns`` means, or why it is refused.
 
-    ``now`` is the shim's monotonic clock. A roster request is returned as is:
-    answering it is a query, not an event; so is a ping, which asks for nothing.
+    ``now`` is the shim's monotonic clock. A ping is returned as is: it asks for
+    nothing. A roster request becomes ``RosterRequested``, which the core answers.
     The events name ``conn``, so the core answers that connection (``subscribed``, a
     snapshot, ``direct.result``, an error) and stamps what it sends others with its
     session (``from``).
@@ -500,6 +502,8 @@ def command_event(
     if isinstance(command, PositionCommand):
         position = StreamPosition(offset=command.offset, epoch=command.epoch)
         return PositionCheck(conn=conn, channel=command.channel, position=position)
+    if isinstance(command, RosterCommand):
+        return RosterRequested(conn=conn, ns=ns)
     if isinstance(command, DirectCommand):
         return DirectRequested(user_id=command.user_id, message=_message(command), conn=conn)
     if isinstance(command, MetadataCommand):

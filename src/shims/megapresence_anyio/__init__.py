@@ -15,16 +15,17 @@ from ._http import HandshakeRequest
 from ._hub_server import HubServer
 from ._jwt import JwtAuthenticator
 from ._ops import DEFAULT_METRICS_ACCESS, MetricsAccess
-from ._server import (
+from ._server import Client, PresenceServer, SubscriptionHook
+from ._tls import client_context, server_context
+from ._types import (
     ChannelStats,
-    Client,
+    ClusterBackend,
     Identity,
-    PresenceServer,
     Refusal,
-    SubscriptionHook,
+    RosterBackend,
+    StreamStoreBackend,
     Verdict,
 )
-from ._tls import client_context, server_context
 
 __all__ = [
     "DEFAULT_HUB_LIMITS",
@@ -32,6 +33,7 @@ __all__ = [
     "DEFAULT_SOCKET_LIMITS",
     "ChannelStats",
     "Client",
+    "ClusterBackend",
     "HandshakeRequest",
     "HubServer",
     "Identity",
@@ -41,8 +43,10 @@ __all__ = [
     "PresenceMode",
     "PresenceServer",
     "Refusal",
+    "RosterBackend",
     "Sender",
     "SocketLimits",
+    "StreamStoreBackend",
     "SubscriptionHook",
     "Verdict",
     "client_context",

@@ -1,7 +1,7 @@
 """Mount a ``PresenceServer`` in an ASGI app (Starlette, FastAPI, ...) on uvicorn or Hypercorn.
 
 An ASGI connection is one more kind of connection for the server: it goes
-through the same path as a socket of its own listener (``PresenceServer._serve``:
+through the same path as a socket of its own listener (``ConnectionHost``:
 the caps, the path and origin checks, ``authenticate``, the core, the fault
 boundary) with an :class:`AsgiChannel` for its sending half and an
 :class:`AsgiSession` for its life after the upgrade. What the ASGI server keeps
@@ -41,7 +41,7 @@ import logging
 import sys
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterator, MutableMapping
-from typing import TYPE_CHECKING, Any, Final, final
+from typing import Any, Final, Protocol, final
 
 import anyio
 
@@ -50,16 +50,14 @@ from megapresence_core.errors import truncate_reason
 
 from ._config import SocketLimits
 from ._guard import Guard
+from ._host import ConnectionHost
 from ._http import HandshakeRequest, default_body
 from ._ops import Response
 from ._outgoing import Outgoing, utf8_len
-from ._session import OnText, SessionBase
+from ._session import OnText, Session, SessionBase
 from ._transport import SendBuffer
 
-if TYPE_CHECKING:
-    from ._server import Client, PresenceServer
-
-__all__ = ["ASGIApp", "AsgiChannel", "AsgiSession", "PresenceASGI", "serve_asgi"]
+__all__ = ["ASGIApp", "AsgiChannel", "AsgiHost", "AsgiSession", "PresenceASGI", "serve_asgi"]
 
 logger = logging.getLogger("megapresence")
 
@@ -335,6 +333,38 @@ class AsgiGuard(Guard[AsgiChannel]):
             self.transport.post({"type": "websocket.close", "code": CloseCode.POLICY})
 
 
+class AsgiHost(Protocol):
+    """What the ASGI path needs of its server. ``PresenceServer`` is the one; it is
+    named here rather than imported, since ``_server.py`` builds on this module."""
+
+    #: The path every connection takes (caps, task, fault boundary).
+    _host: ConnectionHost[Any]
+
+    @property
+    def limits(self) -> SocketLimits: ...
+
+    @property
+    def running(self) -> bool: ...
+
+    def _admit(
+        self,
+        guard: Guard[Any],
+        request: HandshakeRequest,
+        session: Callable[[float], Session],
+        accept: Callable[[], None],
+    ) -> Awaitable[object | None]: ...
+
+    def serves_path(self, path: str) -> bool: ...
+
+    def answers_http(self, path: str) -> bool: ...
+
+    def http_answer(self, request: HandshakeRequest) -> Response: ...
+
+    async def __aenter__(self) -> object: ...
+
+    async def __aexit__(self, *exc_info: object) -> bool | None: ...
+
+
 NOT_RUNNING: Final = (
     "PresenceServer is not running: run it for the app's lifetime with "
     "server.asgi(app) given to the ASGI server, FastAPI(lifespan=server.lifespan), or "
@@ -343,7 +373,7 @@ NOT_RUNNING: Final = (
 
 
 async def serve_asgi(
-    server: PresenceServer,
+    server: AsgiHost,
     scope: Scope,
     receive: Receive,
     send: Send,
@@ -365,7 +395,7 @@ async def serve_asgi(
     def session(now: float) -> AsgiSession:
         return AsgiSession(channel, receive, server.limits, now, reasons=reasons, heartbeat=beat)
 
-    async def opening(guard: AsgiGuard) -> Client | None:
+    async def opening(guard: AsgiGuard) -> object | None:
         return await server._admit(
             guard, request, session, lambda: channel.post({"type": "websocket.accept"})
         )
@@ -374,7 +404,7 @@ async def serve_asgi(
     async with anyio.create_task_group() as writer:
         writer.start_soon(channel.run_writer)
         if running:
-            await server._serve_connection(guard, opening)  # drains the channel at its end
+            await server._host.serve(guard, opening)  # drains the channel at its end
         else:
             guard.respond(503, b"megapresence is not running\n")
             await channel.drain_and_close(server.limits.close_timeout)
@@ -410,7 +440,7 @@ class PresenceASGI:
 
     def __init__(
         self,
-        server: PresenceServer,
+        server: AsgiHost,
         other_app: ASGIApp | None = None,
         *,
         heartbeat: str | None = None,

@@ -53,14 +53,9 @@ from ._hub_server import HubServer
 from ._jwt import JWT_ALGORITHMS, PUBLIC_KEY_ENV, SECRET_ENV, JwtAuthenticator, read_key
 from ._logging import FORMATTERS, configure_logging, log_event
 from ._ops import MetricsAccess
-from ._server import (
-    Authenticator,
-    ClusterBackend,
-    PresenceServer,
-    RosterBackend,
-    StreamStoreBackend,
-)
+from ._server import PresenceServer
 from ._tls import client_context, server_context
+from ._types import Authenticator, ClusterBackend, RosterBackend, StreamStoreBackend
 
 __all__ = ["ExitCode", "main"]
 

@@ -12,8 +12,6 @@ refused or over the rate is answered with an ``error`` message and changes nothi
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import anyio
 
 from megapresence_core import PresenceError
@@ -21,14 +19,11 @@ from megapresence_core.wire import (
     ClientCommand,
     CommandRefused,
     PingCommand,
-    RosterCommand,
     command_event,
     decode_client_command,
-    roster_reply,
 )
 
-if TYPE_CHECKING:
-    from ._server import Client
+from ._server import Client
 
 __all__ = ["handle_command"]
 
@@ -56,9 +51,6 @@ def handle_command(client: Client, text: str | ClientCommand, *, is_admin: bool 
             client.send(outcome.text)
         elif isinstance(outcome, PingCommand):
             pass  # it has answered the heartbeat by arriving
-        elif isinstance(outcome, RosterCommand):
-            members = server.roster(client.ns)
-            client.send(roster_reply(members, server.presence.local_store_entries()))
         else:
             server.dispatch(outcome)
     except PresenceError as exc:  # bad JSON, a field, a limit: the code says which

@@ -18,7 +18,8 @@ from collections.abc import Collection
 
 from ._commands import handle_command
 from ._http import HandshakeRequest
-from ._server import Client, Identity, PresenceServer, Refusal
+from ._server import Client, PresenceServer
+from ._types import Identity, Refusal
 
 __all__ = ["DemoApp"]
 

@@ -6,15 +6,15 @@ and leaves no state behind. A bridge over the hub's frame rate is slowed, not
 refused: the core says until when (``PauseBridge``) and the bridge's read loop
 waits that long before it reads on, so TCP holds the bridge back. On shutdown
 the core drains every bridge with 4503 and the server waits (bounded) for them
-to go. Like ``PresenceServer``, it
-answers ``/metrics``, ``/healthz`` and ``/readyz`` (``_ops.py``), can listen with
-TLS, and runs its background tasks behind a boundary each.
+to go. Like ``PresenceServer``, it hosts its sockets through a ``ConnectionHost``
+(``_host.py``: caps, handshake deadlines, fault boundaries), answers ``/metrics``,
+``/healthz`` and ``/readyz`` (``_ops.py``), can listen with TLS, and runs its
+background tasks behind a boundary each.
 """
 
 from __future__ import annotations
 
 import json
-import socket
 import ssl
 import uuid
 from collections.abc import Awaitable, Callable
@@ -35,17 +35,17 @@ from megapresence_core.actions import (
 from megapresence_core.config import HistoryConfig
 from megapresence_core.events import BridgeClosed, BridgeConnecting, BridgeFrameReceived, HubEvent
 
+from ._background import Background
 from ._config import DEFAULT_HUB_LIMITS, SocketLimits
-from ._guard import Admission, Background, Guard, read_upgrade
+from ._guard import Guard
+from ._host import ConnectionHost
 from ._http import HandshakeRequest, server_connection, write_upgrade
 from ._hub_batch import FrameBatch
-from ._listener import accept_forever, open_listener
 from ._logging import log_action
 from ._ops import (
     DEFAULT_METRICS_ACCESS,
     MetricsAccess,
     OpsEndpoints,
-    OpsListener,
     Readiness,
     respond_with,
 )
@@ -53,8 +53,8 @@ from ._outgoing import text_frame, utf8_len
 from ._session import WebSocketSession
 from ._stats import Metric, Stats, counter, gauge, held_bytes
 from ._ticker import Ticker
-from ._tls import TlsTransport
-from ._transport import SocketTransport, Spawn, Transport
+from ._transport import Spawn, Transport
+from ._upgrade import read_upgrade
 
 __all__ = ["HubServer"]
 
@@ -116,8 +116,16 @@ class HubServer:
         self._limits = limits
         self._bridge_limits = attrs.evolve(limits, max_message_bytes=config.max_frame_bytes)
         self._stats = Stats()
-        self._admission = Admission(limits, self._stats)
         self._background = Background(self._stats, self._group)
+        self._host: ConnectionHost[_BridgeSocket] = ConnectionHost(
+            open=self._handshake,
+            run=self._run,
+            closed=self._closed,
+            limits=limits,
+            stats=self._stats,
+            background=self._background,
+        )
+        self._admission = self._host.admission
         self._bridges: set[_BridgeSocket] = set()
         self._task_group: anyio.abc.TaskGroup | None = None
         self._ticker = Ticker(
@@ -147,6 +155,7 @@ class HubServer:
     async def __aenter__(self) -> HubServer:
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
+        await self._host.start(self._task_group)
         self._background.service("ticker", self._ticker.run)
         return self
 
@@ -155,6 +164,7 @@ class HubServer:
         assert task_group is not None
         with anyio.CancelScope(shield=True):
             await self.drain()
+            await self._host.stop()
         task_group.cancel_scope.cancel()
         return await task_group.__aexit__(*exc_info)  # type: ignore[arg-type]
 
@@ -175,49 +185,12 @@ class HubServer:
         self, host: str = "127.0.0.1", port: int = 0, *, ssl_context: ssl.SSLContext | None = None
     ) -> int:
         """Accept bridges on ``host:port`` (TLS with ``ssl_context``); return the port."""
-        sock = open_listener(host, port)
-        self.port = sock.getsockname()[1]
-        on_accept = (
-            self._on_accept
-            if ssl_context is None
-            else lambda conn, remote: self._on_accept_tls(ssl_context, conn, remote)
-        )
-        self._background.service(
-            "listener", accept_forever, sock, on_accept, self._stats.accept_failures
-        )
+        self.port = self._host.listen(host, port, ssl_context=ssl_context)
         return self.port
 
     async def listen_metrics(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """``/metrics``, ``/healthz`` and ``/readyz`` on a port of their own (plain HTTP)."""
-        sock = open_listener(host, port)
-        listener = OpsListener(self._ops, self._limits, self._background.spawn)
-        self._background.service(
-            "metrics listener",
-            accept_forever,
-            sock,
-            listener.on_accept,
-            self._stats.accept_failures,
-        )
-        return int(sock.getsockname()[1])
-
-    def _on_accept(self, sock: socket.socket, remote: tuple[str, int] | None) -> None:
-        transport = SocketTransport(
-            sock, spawn=self._background.spawn, max_buffer=self._limits.max_send_buffer
-        )
-        self._accepted(transport, remote)
-
-    def _on_accept_tls(
-        self, context: ssl.SSLContext, sock: socket.socket, remote: tuple[str, int] | None
-    ) -> None:
-        transport = TlsTransport(
-            sock, context, spawn=self._background.spawn, max_buffer=self._limits.max_send_buffer
-        )
-        self._accepted(transport, remote)
-
-    def _accepted(self, transport: Transport, remote: tuple[str, int] | None) -> None:
-        guard: Guard[Transport] = Guard(transport, remote)
-        # No boundary task around it: the connection's task has its own (_serve).
-        self._group().start_soon(self._serve, guard, self._admission.begin(guard))
+        return self._host.listen_ops(self._ops, host, port)
 
     def dispatch(self, event: HubEvent) -> None:
         for action in self._hub.handle(event):
@@ -230,35 +203,24 @@ class HubServer:
             if bridge.session is not None:
                 bridge.session.keepalive(now)
 
-    async def _serve(self, guard: Guard[Transport], refused: int | None) -> None:
-        """One bridge link behind its fault boundary: nothing it raises reaches the hub."""
-        try:
-            if refused is not None:
-                guard.respond(refused)  # over a handshake cap (logged by the admission)
-            else:
-                bridge = await self._handshake(guard)
-                if bridge is not None and bridge.session is not None:
-                    await bridge.session.run(lambda text: self._received(bridge, text))
-                    guard.ended()
-        except Exception as exc:
-            guard.fault(exc)
-        finally:
-            await self._admission.finish(guard, lambda: self._closed(guard))
+    def _run(self, bridge: _BridgeSocket) -> Awaitable[None]:
+        assert bridge.session is not None  # opened by the handshake
+        return bridge.session.run(lambda text: self._received(bridge, text))
 
     def _received(self, bridge: _BridgeSocket, text: str) -> Awaitable[None] | None:
         """A message from ``bridge``; the read loop then waits out any pause it caused."""
-        self.dispatch(BridgeFrameReceived(bridge=bridge, data=text, now=anyio.current_time()))
+        self.dispatch(BridgeFrameReceived(bridge=bridge, data=text, now=self._host.clock()))
         return bridge.pause()
 
     async def _closed(self, guard: Guard[Transport]) -> None:
         bridge = guard.conn
         if isinstance(bridge, _BridgeSocket):
             self._bridges.discard(bridge)
-            self.dispatch(BridgeClosed(bridge=bridge, now=anyio.current_time()))
+            self.dispatch(BridgeClosed(bridge=bridge, now=self._host.clock()))
 
     async def _handshake(self, guard: Guard[Transport]) -> _BridgeSocket | None:
         """Read the request; answer it over HTTP, refuse it, or accept the bridge."""
-        read = await read_upgrade(guard, self._limits, self._answer_http)
+        read = await read_upgrade(guard, self._limits, self._answer_http, swept=True)
         if read is None:
             return None
         request, trailing = read
@@ -272,7 +234,7 @@ class HubServer:
             BridgeConnecting(
                 bridge=bridge,
                 authorization=request.header("authorization"),
-                now=anyio.current_time(),
+                now=self._host.clock(),
             )
         )
         verdict = bridge.verdict
@@ -286,7 +248,7 @@ class HubServer:
         limits = self._bridge_limits
         connection = server_connection(trailing, limits.max_message_bytes)
         guard.session = session = WebSocketSession(
-            guard.transport, connection, limits, anyio.current_time()
+            guard.transport, connection, limits, self._host.clock()
         )
         bridge.open(session, limits.max_message_bytes, self._background.spawn)
         return bridge

@@ -37,7 +37,7 @@ from megapresence_core import LocalUsageError
 
 from ._http import HandshakeRequest
 from ._logging import bounded, log_event
-from ._server import Identity, Refusal
+from ._types import Identity, Refusal
 
 __all__ = [
     "HMAC_ALGORITHMS",

@@ -22,11 +22,13 @@ from typing import Any, Final, NamedTuple, final
 import anyio.lowlevel
 import attrs
 
+from ._admission import Admission
 from ._config import Network, SocketLimits, networks
-from ._guard import Admission, Guard, read_upgrade
+from ._guard import Guard
 from ._http import HandshakeRequest
 from ._stats import Metric, Stats
 from ._transport import SocketTransport, Transport
+from ._upgrade import read_upgrade
 
 __all__ = [
     "DEFAULT_METRICS_ACCESS",

@@ -27,17 +27,16 @@ awaited when the connection closes is cancelled (:meth:`SubscriptionGate.forget`
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, final
+from collections.abc import Awaitable, Callable, Hashable
+from typing import Generic, Protocol, TypeVar, final
 
 import anyio
 import attrs
 
-from megapresence_core import PresenceError, Subscribe
+from megapresence_core import PresenceError, PresenceMode, Subscribe
 from megapresence_core.wire import error_reply
 
-if TYPE_CHECKING:
-    from ._server import Client, Refusal, SubscriptionHook, Verdict
+from ._types import Refusal, Verdict
 
 __all__ = ["DEFAULT_DENIAL", "SubscriptionGate"]
 
@@ -47,13 +46,24 @@ _LATE = "the server did not decide on this subscription within {:g} s"
 _BUSY = "more than {} subscriptions awaiting authorization: wait for their answers"
 
 
-def denial(verdict: object, refusal_type: type[Refusal]) -> str | None:
+class Asker(Hashable, Protocol):
+    """What the gate needs of a client (``Client``): a reply, and a fault of its own."""
+
+    def send(self, text: str) -> None: ...
+
+    def fault(self, exc: Exception) -> None: ...
+
+
+C = TypeVar("C", bound=Asker)
+
+
+def denial(verdict: object) -> str | None:
     """The reason a verdict refuses with, or None when it allows."""
     if verdict is True:
         return None
     if verdict is False:
         return DEFAULT_DENIAL
-    if isinstance(verdict, refusal_type):
+    if isinstance(verdict, Refusal):
         return verdict.reason
     raise TypeError(
         f"authorize_subscription returned {verdict!r}: True, False or a Refusal(reason=...)"
@@ -61,7 +71,7 @@ def denial(verdict: object, refusal_type: type[Refusal]) -> str | None:
 
 
 @final
-class SubscriptionGate:
+class SubscriptionGate(Generic[C]):
     """Asks the hook about a client's ``Subscribe``, then hands the event on with its verdict.
 
     ``handle`` feeds the core and performs its actions; ``spawn`` starts a task in
@@ -75,33 +85,30 @@ class SubscriptionGate:
         "_is_open",
         "_max_pending",
         "_pending",
-        "_refusal_type",
         "_spawn",
         "_timeout",
     )
 
     def __init__(
         self,
-        hook: SubscriptionHook,
+        hook: Callable[[C, str, PresenceMode], Verdict | Awaitable[Verdict]],
         *,
-        refusal_type: type[Refusal],
         handle: Callable[[Subscribe], None],
         spawn: Callable[..., None],
-        is_open: Callable[[Client], bool],
+        is_open: Callable[[C], bool],
         timeout: float,
         max_pending: int,
     ) -> None:
         self._hook = hook
-        self._refusal_type = refusal_type
         self._handle = handle
         self._spawn = spawn
         self._is_open = is_open
         self._timeout = timeout
         self._max_pending = max_pending
         #: The calls each connection awaits, as the scopes that cancel them.
-        self._pending: dict[Client, set[anyio.CancelScope]] = {}
+        self._pending: dict[C, set[anyio.CancelScope]] = {}
 
-    def ask(self, event: Subscribe, client: Client) -> None:
+    def ask(self, event: Subscribe, client: C) -> None:
         """Ask about ``event`` (from ``client``); what the hook raises, this raises."""
         pending = self._pending.get(client)
         if pending is not None and len(pending) >= self._max_pending:
@@ -113,9 +120,9 @@ class SubscriptionGate:
             self._pending.setdefault(client, set()).add(scope)
             self._spawn(self._settle, event, client, verdict, scope)
             return
-        self._handle(attrs.evolve(event, denied=denial(verdict, self._refusal_type)))
+        self._handle(attrs.evolve(event, denied=denial(verdict)))
 
-    def forget(self, client: Client) -> None:
+    def forget(self, client: C) -> None:
         """``client`` closed: cancel every call it still awaits."""
         for scope in self._pending.pop(client, ()):
             scope.cancel()
@@ -123,7 +130,7 @@ class SubscriptionGate:
     async def _settle(
         self,
         event: Subscribe,
-        client: Client,
+        client: C,
         pending: Awaitable[Verdict],
         scope: anyio.CancelScope,
     ) -> None:
@@ -144,7 +151,7 @@ class SubscriptionGate:
         denied: str | None = _LATE.format(self._timeout)
         if not scope.cancelled_caught:
             try:
-                denied = denial(verdict, self._refusal_type)
+                denied = denial(verdict)
             except Exception as exc:
                 client.fault(exc)
                 return

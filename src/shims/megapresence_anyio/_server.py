@@ -9,20 +9,18 @@ called from any task on the server's event loop: writes happen in place.
 A connection reaches the server from its own listener (:meth:`PresenceServer.listen`,
 plain or TLS), as an anyio stream (:meth:`~PresenceServer.handle_stream`), or from an
 ASGI server (:meth:`~PresenceServer.asgi`, ``_asgi.py``). All three go through one
-path, ``_serve``: the same caps, checks, ``authenticate`` hook, core events and
-fault boundary; only how the request is read and how the upgrade is answered
-differ. Every background task has a boundary of its own (``Background``): a
+host, ``ConnectionHost`` (``_host.py``): the same caps, checks, ``authenticate``
+hook, core events and fault boundary; only how the request is read and how the
+upgrade is answered differ. Every background task has a boundary of its own (``Background``): a
 fault there is logged with its traceback and the process serves on, and
 ``/readyz`` says not ready when the task was one the server cannot do without.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import inspect
 import logging
-import socket
 import ssl
 import uuid
 from collections.abc import (
@@ -30,16 +28,14 @@ from collections.abc import (
     Awaitable,
     Callable,
     Collection,
-    Coroutine,
     Iterable,
     Mapping,
 )
-from typing import Any, NamedTuple, Protocol, final
+from typing import Any, final
 
 import anyio
 import anyio.abc
 import attrs
-import sniffio
 
 from megapresence_core import (
     Action,
@@ -74,7 +70,6 @@ from megapresence_core.actions import (
     RequestRefused,
     SendHubFrame,
     StoreDelete,
-    StoreEntry,
     StorePut,
     StoreRefresh,
     StreamAppend,
@@ -85,14 +80,15 @@ from megapresence_core.events import (
     CommandReceived,
     DrainRequested,
     HubLinkStarted,
-    StreamPosition,
 )
-from megapresence_core.lifecycle import ClusterLinkState, ConnectionState, HubLinkState
 
 from ._asgi import ASGIApp, PresenceASGI, Receive, Scope, Send, serve_asgi
+from ._background import Background
 from ._config import DEFAULT_SOCKET_LIMITS, SocketLimits
 from ._deflate import negotiate
-from ._guard import Admission, Background, Guard, read_upgrade
+from ._guard import Guard
+from ._health import Health
+from ._host import ConnectionHost
 from ._http import (
     HandshakeRequest,
     extension_offers,
@@ -101,13 +97,11 @@ from ._http import (
     write_upgrade,
 )
 from ._hub_client import HubClient
-from ._listener import accept_forever, open_listener
 from ._logging import log_action
 from ._ops import (
     DEFAULT_METRICS_ACCESS,
     MetricsAccess,
     OpsEndpoints,
-    OpsListener,
     Readiness,
     Response,
     respond_with,
@@ -116,58 +110,24 @@ from ._outgoing import Outgoing
 from ._permissions import SubscriptionGate
 from ._session import Session, WebSocketSession
 from ._static import CLIENT_PATH, static_answer
-from ._stats import Metric, Stats, counter, gauge, held_bytes, state_gauge
+from ._stats import Stats
 from ._ticker import Ticker
-from ._tls import TlsTransport
-from ._transport import Coalescer, SocketTransport, StreamTransport, Transport
+from ._transport import Transport
+from ._types import (
+    Authenticator,
+    ChannelStats,
+    ClusterBackend,
+    Identity,
+    Refusal,
+    RosterBackend,
+    StreamStoreBackend,
+    Verdict,
+)
+from ._upgrade import read_upgrade
 
-__all__ = [
-    "ChannelStats",
-    "Client",
-    "Identity",
-    "PresenceServer",
-    "Refusal",
-    "SubscriptionHook",
-    "Verdict",
-]
+__all__ = ["Client", "PresenceServer", "SubscriptionHook"]
 
 logger = logging.getLogger("megapresence")
-
-
-def _str_tuple(value: Iterable[str]) -> tuple[str, ...]:
-    if isinstance(value, (str, bytes)):  # would become one channel per character
-        raise LocalUsageError(
-            f"Identity: channels must be a list of channel names, not {type(value).__name__} "
-            f"{value!r}; write [{value!r}]"
-        )
-    return tuple(value)
-
-
-@final
-@attrs.frozen(kw_only=True)
-class Identity:
-    """Who an authenticated connection is; becomes the core's ``SessionJoined``."""
-
-    user_id: str
-    session_id: str
-    channels: tuple[str, ...] = attrs.field(default=(), converter=_str_tuple)
-    metadata: Mapping[str, Any] | None = attrs.field(default=None, hash=False)
-
-
-@final
-@attrs.frozen(kw_only=True)
-class Refusal:
-    """Refuse the upgrade with an HTTP status (401, 403, ...) and a short body; from
-    ``authorize_subscription``, refuse a subscription with ``reason`` (the status is unused)."""
-
-    status: int = 403
-    reason: str = "forbidden"
-
-
-#: What ``authorize_subscription`` answers: allow, refuse, or refuse saying why.
-Verdict = bool | Refusal
-AuthResult = Identity | Refusal | None
-Authenticator = Callable[[HandshakeRequest], AuthResult | Awaitable[AuthResult]]
 
 
 @final
@@ -221,71 +181,14 @@ class Client:
         return f"<Client {self.ns}{who} at {id(self):#x}>"
 
 
-class ClusterBackend(Protocol):
-    """What the server needs from a cluster transport (``megapresence_nats.NatsCluster``)."""
-
-    async def start(self, dispatch: Callable[[Event], None], subjects: tuple[str, ...]) -> None: ...
-
-    async def run(self) -> None: ...
-
-    def publish(self, subject: str, data: str) -> None: ...
-
-    async def aclose(self) -> None: ...
-
-
-class StreamStoreBackend(Protocol):
-    """What the server needs from a stream store (``megapresence_nats.JetStreamHistory``):
-    it performs ``StreamAppend`` and ``StreamRead`` and reports as ``megapresence_core``'s
-    ``_stream_store`` says."""
-
-    async def start(self, dispatch: Callable[[Event], None], history: HistoryConfig) -> None: ...
-
-    async def run(self) -> None: ...
-
-    def append(self, channel: str, data: str) -> None: ...
-
-    def read(
-        self, request: int, channel: str, since: StreamPosition | None, limit: int
-    ) -> None: ...
-
-    async def aclose(self) -> None: ...
-
-
-class RosterBackend(Protocol):
-    """What the server needs from a shared roster (``megapresence_redis.RedisRoster``)."""
-
-    async def start(self) -> None: ...
-
-    async def run(self) -> None: ...
-
-    def put(self, channel: str, session_id: str, member: Member, ttl: float) -> None: ...
-
-    def refresh(self, entries: Iterable[StoreEntry], ttl: float) -> None: ...
-
-    def delete(self, channel: str, session_id: str) -> None: ...
-
-    async def members(self, channels: Iterable[str]) -> list[Member]: ...
-
-    async def aclose(self) -> None: ...
-
-
 #: ``authorize_subscription(client, channel, mode)``, sync or async (see ``_permissions.py``).
 SubscriptionHook = Callable[[Client, str, PresenceMode], Verdict | Awaitable[Verdict]]
-
-
-class ChannelStats(NamedTuple):
-    """``presence_stats(channel)``: sessions and distinct users in the channel."""
-
-    sessions: int
-    users: int
 
 
 OnMessage = Callable[[Client, str], Awaitable[None] | None]
 OnClose = Callable[[Client], Awaitable[None] | None]
 #: ``on_link_state(link, state)``: "hub", "cluster", "roster" or "streams", and its new state.
 OnLinkState = Callable[[str, str], None]
-#: Opens a connection whose request is known: reads it, checks it, upgrades it.
-Opening = Callable[[Any], Awaitable["Client | None"]]
 
 
 def _matches(path: str, paths: Collection[str] | None) -> bool:
@@ -371,18 +274,19 @@ class PresenceServer:
         self._presence = Presence(config)
         self._clients: set[Client] = set()
         self._stats = Stats()
-        self._admission = Admission(limits, self._stats)
         self._background = Background(self._stats, self._group)
+        self._host: ConnectionHost[Client] = ConnectionHost(
+            open=self._handshake,
+            opened=self._opened,
+            run=self._run,
+            closed=self._closed,
+            limits=limits,
+            stats=self._stats,
+            background=self._background,
+            coalesce=True,
+        )
+        self._admission = self._host.admission
         self._task_group: anyio.abc.TaskGroup | None = None
-        #: Sends each socket's writes of one turn of the event loop in one ``send()``.
-        self._coalescer: Coalescer | None = None
-        #: On asyncio, the connections' tasks (see _spawn_connection); None on trio.
-        self._connection_tasks: set[asyncio.Task[Any]] | None = None
-        #: On trio, the nursery of the connections' tasks (see _spawn_connection).
-        self._connection_nursery: Any = None
-        #: The event loop's clock, found once (``anyio.current_time`` looks the backend
-        #: up on every call): what the core is told the time is.
-        self._clock: Callable[[], float] = anyio.current_time
         self._hub = (
             HubClient(
                 hub_url,
@@ -395,16 +299,25 @@ class PresenceServer:
             if hub_url is not None
             else None
         )
-        self._hub_attempts = 0
         period = max(0.05, min(limits.ping_interval, limits.ping_timeout, limits.close_timeout) / 4)
         self._ticker = Ticker(self._presence.next_deadline, self._on_tick, period, self._stats)
-        self._ops = OpsEndpoints(metrics_access, self._metrics, self.readiness)
-        self._on_link_state = on_link_state
-        self._links: dict[str, str] = {}
+        self._health = Health(
+            self._presence,
+            hub=self._hub,
+            cluster=cluster,
+            roster=roster,
+            stream_store=stream_store,
+            clients=self._clients,
+            stats=self._stats,
+            admission=self._admission,
+            background=self._background,
+            ticker=self._ticker,
+            on_link_state=on_link_state,
+        )
+        self._ops = OpsEndpoints(metrics_access, self._health.metrics, self.readiness)
         self._gate = (
             SubscriptionGate(
                 authorize_subscription,
-                refusal_type=Refusal,
                 handle=self._handle,
                 spawn=self._background.spawn,
                 is_open=self._clients.__contains__,
@@ -456,22 +369,10 @@ class PresenceServer:
                     if backend is not None:
                         await backend.aclose()
                 raise
-        on_asyncio = sniffio.current_async_library() == "asyncio"
-        if on_asyncio:
-            self._connection_tasks = set()
-            self._clock = asyncio.get_running_loop().time
-        else:
-            import trio
-
-            self._clock = trio.current_time
-        self._admission.clock = self._clock
-        self._coalescer = Coalescer()
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
-        if not on_asyncio:
-            self._connection_nursery = await self._task_group.start(_trio_nursery)
+        await self._host.start(self._task_group)
         self._background.service("ticker", self._ticker.run)
-        self._background.service("handshake timer", self._admission.expire_handshakes)
         if self._cluster is not None:
             self._background.service("cluster", self._cluster.run)
         if self._roster is not None:
@@ -480,7 +381,7 @@ class PresenceServer:
             self._background.service("stream store", self._stream_store.run)
         if self._hub is not None:
             self._dispatch_link(HubLinkStarted(now=anyio.current_time()))
-        self._check_links()
+        self._health.check_links()
         return self
 
     async def __aexit__(self, *exc_info: object) -> bool | None:
@@ -488,7 +389,7 @@ class PresenceServer:
         assert task_group is not None
         with anyio.CancelScope(shield=True):
             await self.shutdown()
-            await self._stop_connection_tasks()
+            await self._host.stop()
             # In the core's order: the hub link is closed, the cluster has said
             # goodbye, the roster removals are queued; now let them out.
             if self._cluster is not None:
@@ -502,7 +403,6 @@ class PresenceServer:
             return await task_group.__aexit__(*exc_info)  # type: ignore[arg-type]
         finally:
             self._task_group = None
-            self._connection_nursery = None
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: object = None) -> AsyncIterator[None]:
@@ -516,13 +416,6 @@ class PresenceServer:
     def running(self) -> bool:
         """Entered (``async with server``) and not shut down."""
         return self._task_group is not None and not self._presence.is_shut_down
-
-    async def _stop_connection_tasks(self) -> None:
-        tasks = self._connection_tasks
-        if tasks:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def drain(self, timeout: float) -> None:
         """Hand every client to another server before shutting down: each is closed with
@@ -551,29 +444,6 @@ class PresenceServer:
             raise LocalUsageError("PresenceServer: use it inside 'async with server:'")
         return self._task_group
 
-    def _spawn_connection(
-        self, function: Callable[..., Coroutine[Any, Any, Any]], *args: Any
-    ) -> None:
-        """Start a connection's task as cheaply as the backend allows.
-
-        anyio's ``start_soon`` gives each task a handle, an event and a cancel scope
-        (under connection churn on trio, making that cancel scope was a fifth of the
-        server's time): more than a connection should cost. On asyncio the task is a
-        plain ``asyncio.Task``, tracked here and cancelled when the server exits; on
-        trio it is a task of a plain trio nursery inside the server's task group.
-        """
-        if self._connection_tasks is None:
-            # No boundary task around it: a connection's task has its own (_serve).
-            nursery = self._connection_nursery
-            if nursery is None:
-                raise LocalUsageError("PresenceServer: use it inside 'async with server:'")
-            nursery.start_soon(function, *args)
-            return
-        task = asyncio.get_running_loop().create_task(function(*args))
-        self._connection_tasks.add(task)
-        # Nothing but cancellation leaves _serve: its boundary catches the rest.
-        task.add_done_callback(self._connection_tasks.discard)
-
     async def listen(
         self,
         host: str = "127.0.0.1",
@@ -590,31 +460,15 @@ class PresenceServer:
         ``net.core.somaxconn``): in a reconnect storm a short queue drops SYNs, and
         each dropped SYN costs its client a retransmission (1 s, then 2, 4...)."""
         self._group()
-        sock = open_listener(host, port, reuse_port=reuse_port, backlog=backlog)
-        self.port = sock.getsockname()[1]
-        on_accept = (
-            self._on_accept
-            if ssl_context is None
-            else lambda conn, remote: self._on_accept_tls(ssl_context, conn, remote)
-        )
-        self._background.service(
-            "listener", accept_forever, sock, on_accept, self._stats.accept_failures
+        self.port = self._host.listen(
+            host, port, ssl_context=ssl_context, reuse_port=reuse_port, backlog=backlog
         )
         return self.port
 
     async def listen_metrics(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """Answer ``/metrics``, ``/healthz`` and ``/readyz`` (nothing else) on a port of their
         own, in plain HTTP; return the bound port."""
-        sock = open_listener(host, port)
-        listener = OpsListener(self._ops, self._limits, self._background.spawn)
-        self._background.service(
-            "metrics listener",
-            accept_forever,
-            sock,
-            listener.on_accept,
-            self._stats.accept_failures,
-        )
-        return int(sock.getsockname()[1])
+        return self._host.listen_ops(self._ops, host, port)
 
     async def serve(
         self,
@@ -630,36 +484,9 @@ class PresenceServer:
 
     # ----------------------------------------------------------- connections
 
-    def _on_accept(self, sock: socket.socket, remote: tuple[str, int] | None) -> None:
-        transport = SocketTransport(
-            sock,
-            spawn=self._background.spawn,
-            max_buffer=self._limits.max_send_buffer,
-            coalescer=self._coalescer,
-        )
-        guard: Guard[Transport] = Guard(transport, remote)
-        self._spawn_connection(self._serve, guard, self._admission.begin(guard), self._handshake)
-
-    def _on_accept_tls(
-        self, context: ssl.SSLContext, sock: socket.socket, remote: tuple[str, int] | None
-    ) -> None:
-        transport = TlsTransport(
-            sock,
-            context,
-            spawn=self._background.spawn,
-            max_buffer=self._limits.max_send_buffer,
-            coalescer=self._coalescer,
-        )
-        guard: Guard[Transport] = Guard(transport, remote)
-        self._spawn_connection(self._serve, guard, self._admission.begin(guard), self._handshake)
-
     async def handle_stream(self, stream: anyio.abc.ByteStream) -> None:
         """Serve one connection accepted elsewhere (it is written through a queue)."""
-        transport = StreamTransport(
-            stream, spawn=self._background.spawn, max_buffer=self._limits.max_send_buffer
-        )
-        guard: Guard[Transport] = Guard(transport, None)
-        await self._serve(guard, self._admission.begin(guard), self._handshake)
+        await self._host.handle_stream(stream)
 
     def asgi(self, other_app: ASGIApp | None = None, **options: Any) -> PresenceASGI:
         """This server as an ASGI app (``megapresence_anyio.PresenceASGI``): give it to
@@ -674,34 +501,23 @@ class PresenceServer:
         """Whether ``path`` is one of this server's WebSocket paths."""
         return _matches(path, self._paths)
 
-    async def _serve(self, guard: Guard[Any], refused: int | None, opening: Opening) -> None:
-        """One connection, from its request to its close, behind its fault boundary:
-        nothing it raises reaches the server (see ``_guard.py`` for what it becomes).
-        While the socket is open this is the only frame above the session's, so an
-        idle connection costs little memory."""
-        try:
-            if refused is not None:
-                guard.respond(refused)  # over a handshake cap (logged by the admission)
-            else:
-                client = await opening(guard)
-                if client is not None:
-                    timeout = self._limits.hook_timeout
-                    opened = self._on_open(client) if self._on_open is not None else None
-                    if opened is not None:
-                        await _within(opened, "on_open", timeout)
-                    if not self._keep_headers:
-                        client.request = attrs.evolve(client.request, headers=())
-                    on_message = self._on_message
-                    await client.session.run(
-                        (lambda text: _bounded(on_message(client, text), "on_message", timeout))
-                        if on_message is not None
-                        else _ignore
-                    )
-                    guard.ended()
-        except Exception as exc:
-            guard.fault(exc)
-        finally:
-            await self._admission.finish(guard, lambda: self._closed(guard))
+    async def _opened(self, client: Client) -> None:
+        """``on_open`` (bounded); then the request's headers go, unless they are kept."""
+        if self._on_open is not None:
+            opened = self._on_open(client)
+            if opened is not None:
+                await _within(opened, "on_open", self._limits.hook_timeout)
+        if not self._keep_headers:
+            client.request = attrs.evolve(client.request, headers=())
+
+    def _run(self, client: Client) -> Awaitable[None]:
+        """The client's read loop, each message through ``on_message`` (bounded)."""
+        on_message, timeout = self._on_message, self._limits.hook_timeout
+        return client.session.run(
+            (lambda text: _bounded(on_message(client, text), "on_message", timeout))
+            if on_message is not None
+            else _ignore
+        )
 
     async def _closed(self, guard: Guard[Any]) -> None:
         """Out of the core, then through ``on_close`` if it was open."""
@@ -710,7 +526,7 @@ class PresenceServer:
             self._clients.discard(client)
             if self._gate is not None:
                 self._gate.forget(client)
-            self.dispatch(ConnectionClosed(conn=client, now=self._clock()))
+            self.dispatch(ConnectionClosed(conn=client, now=self._host.clock()))
             if guard.session is not None:
                 try:
                     if self._on_close is not None:
@@ -752,10 +568,6 @@ class PresenceServer:
             guard, request, session, lambda: write_upgrade(transport, request, deflate)
         )
 
-    async def _serve_connection(self, guard: Guard[Any], opening: Opening) -> None:
-        """Serve a connection that arrived elsewhere (an ASGI server's)."""
-        await self._serve(guard, self._admission.begin(guard), opening)
-
     async def _admit(
         self,
         guard: Guard[Any],
@@ -788,13 +600,12 @@ class PresenceServer:
 
     def _check(self, guard: Guard[Any], request: HandshakeRequest) -> Refusal | None:
         """What refuses an upgrade before ``authenticate`` runs and again before the 101
-        (``authenticate`` may take a while): path, origin, shutdown, connection caps."""
+        (``authenticate`` may take a while): path, origin, connection caps. Whether the
+        server still opens connections is the core's word, at :meth:`_upgrade`."""
         if not _matches(request.path, self._paths):
             return Refusal(status=404, reason="no WebSocket at this path")
         if not self._limits.origin_allowed(request.header("origin")):
             return Refusal(status=403, reason="origin not allowed")
-        if self._presence.is_shut_down:
-            return Refusal(status=503, reason="server shutting down")
         status = self._admission.refusal(guard)
         if status is not None:
             return Refusal(status=status, reason="too many connections")
@@ -821,7 +632,7 @@ class PresenceServer:
             if refusal is not None:
                 guard.refuse(refusal.status, refusal.reason)
                 return None
-        now = self._clock()
+        now = self._host.clock()
         session = make_session(now)
         client = Client(self, request, identity, session, guard)
         joined = None
@@ -835,7 +646,11 @@ class PresenceServer:
                 metadata=identity.metadata,
                 now=now,
             )
-        self.dispatch(ConnectionOpened(conn=client, ns=client.ns))
+        closed = self._presence.handle(ConnectionOpened(conn=client, ns=client.ns))
+        if closed:  # the core closes it at once (the server shut down): no 101
+            assert isinstance(closed[0], CloseConnection)
+            guard.refuse(503, closed[0].reason)
+            return None
         guard.conn = client
         self._clients.add(client)
         actions = self._presence.handle(joined) if joined is not None else []
@@ -881,7 +696,7 @@ class PresenceServer:
         """Count a command from ``client`` against its connection's rate (the core's
         ``CommandReceived``); False when it is over it: the client has been told
         (``rate_limited``) and the command must not be handled."""
-        actions = self._presence.handle(CommandReceived(conn=client, now=self._clock()))
+        actions = self._presence.handle(CommandReceived(conn=client, now=self._host.clock()))
         self._perform(actions)
         return not actions
 
@@ -897,7 +712,7 @@ class PresenceServer:
     def _dispatch_link(self, event: Event) -> None:
         """An event from the hub link or the cluster: it may change a link's state."""
         self.dispatch(event)
-        self._check_links()
+        self._health.check_links()
 
     def _on_tick(self, now: float) -> None:
         self._dispatch_link(Tick(now=now))
@@ -924,7 +739,7 @@ class PresenceServer:
 
     def _connect_hub(self, action: ConnectHub) -> None:
         assert self._hub is not None
-        self._hub_attempts += 1
+        self._health.hub_attempts += 1
         self._hub.connect()
 
     def _send_hub_frame(self, action: SendHubFrame) -> None:
@@ -1055,7 +870,7 @@ class PresenceServer:
         return self._presence.channel_members(channel)
 
     def _now(self) -> float:
-        return self._clock()
+        return self._host.clock()
 
     def _conn(self, what: str, session: Client | str) -> Client:
         self._group()
@@ -1091,128 +906,14 @@ class PresenceServer:
 
     def link_states(self) -> dict[str, str]:
         """The state of each link this server has: ``hub`` (the core's hub link state),
-        ``cluster`` (NATS), ``roster`` (Redis: ``ok`` or ``failing``) and ``streams`` (a
-        stream store: ``ok`` while it numbers the streams, else ``failing``)."""
-        links: dict[str, str] = {}
-        hub_state = self._presence.hub_link_state
-        if hub_state is not None:
-            faulted = self._hub is not None and self._hub.faulted
-            links["hub"] = "faulted" if faulted else hub_state.value
-        cluster_state = self._presence.cluster_link_state
-        if cluster_state is not None:
-            links["cluster"] = cluster_state.value
-        if self._roster is not None:
-            links["roster"] = "ok" if getattr(self._roster, "healthy", True) else "failing"
-        if self._stream_store is not None:
-            healthy = getattr(self._stream_store, "healthy", True)
-            links["streams"] = "ok" if healthy else "failing"
-        return links
-
-    def _check_links(self) -> None:
-        """Tell ``on_link_state`` of every link whose state changed since last asked."""
-        links = self.link_states()
-        if links == self._links:
-            return
-        changed = [(name, state) for name, state in links.items() if self._links.get(name) != state]
-        self._links = links
-        if self._on_link_state is None:
-            return
-        for name, state in changed:
-            try:
-                self._on_link_state(name, state)
-            except Exception as exc:
-                logger.error(
-                    "the on_link_state hook failed: %s: %s", type(exc).__name__, exc, exc_info=exc
-                )
+        ``cluster`` (NATS) and ``roster`` (Redis: ``ok`` or ``failing``)."""
+        return self._health.link_states()
 
     def readiness(self) -> Readiness:
         """Whether to send this server traffic: running, its hub link registered (or no
         hub), NATS connected and Redis answering (when used), no essential task failed."""
-        checks: dict[str, str] = {
-            "server": "running" if self.running else ("stopping" if self._task_group else "stopped")
-        }
-        ready = self.running
-        wanted = {
-            "hub": HubLinkState.REGISTERED.value,
-            "cluster": ClusterLinkState.CONNECTED.value,
-            "roster": "ok",
-            "streams": "ok",
-        }
-        for name, state in self.link_states().items():
-            checks[name] = state
-            ready = ready and state == wanted[name]
-        tasks_well = self._background.check(checks, ticker_failing=self._ticker.failing)
-        return Readiness(ready and tasks_well, checks)
-
-    def _metrics(self) -> list[Metric]:
-        clients = list(self._clients)
-        presence = self._presence
-        metrics = self._stats.metrics(
-            connections=self._admission.open,
-            pending=self._admission.pending,
-            queued=held_bytes(client.session.transport for client in clients),
-        )
-        joined = sum(
-            1
-            for client in clients
-            if client.identity is not None
-            and presence.connection_state(client) is ConnectionState.JOINED
-        )
-        metrics.append(gauge("megapresence_sessions", "Sessions joined on this process.", joined))
-        metrics.append(
-            gauge(
-                "megapresence_history_bytes",
-                "Bytes of channel history kept for recovery (texts plus a fixed cost each).",
-                presence.history_bytes,
-            )
-        )
-        links = self.link_states()
-        if "hub" in links:
-            metrics += [
-                state_gauge(
-                    "megapresence_hub_link_state",
-                    "The hub link's state (1 for the current one).",
-                    [*(s.value for s in HubLinkState), "faulted"],
-                    links["hub"],
-                ),
-                counter(
-                    "megapresence_hub_link_connects",
-                    "Connection attempts to the hub (the first, then every reconnect).",
-                    self._hub_attempts,
-                ),
-                gauge(
-                    "megapresence_hub_link_held_frames",
-                    "Frames the hub link holds to stay within the hub's frame rate.",
-                    presence.hub_link_held,
-                ),
-            ]
-        for name, backend, states in (
-            ("cluster", self._cluster, [s.value for s in ClusterLinkState]),
-            ("roster", self._roster, ["ok", "failing"]),
-            ("streams", self._stream_store, ["ok", "failing"]),
-        ):
-            if name not in links:
-                continue
-            metrics.append(
-                state_gauge(
-                    f"megapresence_{name}_link_state",
-                    f"The {name} link's state (1 for the current one).",
-                    states,
-                    links[name],
-                )
-            )
-            for attribute, kind, help_text in (
-                ("errors", "counter", f"Errors the {name} backend met (connects, writes, reads)."),
-                ("queued", "gauge", f"Writes queued for the {name} backend."),
-            ):
-                value = getattr(backend, attribute, None)
-                if isinstance(value, int):
-                    metrics.append(
-                        Metric(
-                            f"megapresence_{name}_{attribute}", kind, help_text, (), (((), value),)
-                        )
-                    )
-        return metrics
+        server = "running" if self.running else ("stopping" if self._task_group else "stopped")
+        return self._health.readiness(server)
 
     @property
     def stats(self) -> Stats:
@@ -1231,15 +932,6 @@ class PresenceServer:
     @property
     def clients(self) -> frozenset[Client]:
         return frozenset(self._clients)
-
-
-async def _trio_nursery(*, task_status: anyio.abc.TaskStatus[Any]) -> None:
-    """A plain trio nursery for the connections' tasks, open while the server runs."""
-    import trio
-
-    async with trio.open_nursery() as nursery:
-        task_status.started(nursery)
-        await trio.sleep_forever()
 
 
 def _ignore(text: str) -> None:

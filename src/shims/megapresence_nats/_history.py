@@ -132,6 +132,12 @@ class JetStreamHistory:
         return redact_url(self._url)
 
     @property
+    def healthy(self) -> bool:
+        """Not out of reach (``/readyz``): JetStream numbers the streams, or the server
+        has none and each instance numbers its own."""
+        return self._state is not StreamStoreState.DOWN
+
+    @property
     def queued(self) -> int:
         return len(self._queue) + sum(len(pending) for pending in self._appends.values())
 
