@@ -6,6 +6,7 @@ JetStream falls back to each instance numbering its own streams."""
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from types import SimpleNamespace
@@ -27,6 +28,7 @@ from megapresence_client import (
 from megapresence_core import ClusterConfig, PresenceConfig
 from megapresence_core.events import StreamPosition, StreamReadDone
 from megapresence_nats import JetStreamHistory, NatsCluster
+from megapresence_nats._history import _Read
 
 from .servers import Server
 from .socket_helpers import query_login
@@ -302,8 +304,9 @@ async def ordered(visible: int, arrivals: list[str]) -> list[Any]:
     for entry in entries[visible:]:
         del fake.entries[entry.seq]  # stored after the read
     async with anyio.create_task_group() as group:
-        history._reading["room"] = 1
-        group.start_soon(history._read, 1, "room", StreamPosition(offset=0, epoch="E"), 10)
+        read = _Read()
+        history._reads["room"] = deque([read])
+        group.start_soon(history._read, read, 1, "room", StreamPosition(offset=0, epoch="E"), 10)
         for step in arrivals:
             if step == "read":
                 fake.gate.set()
@@ -355,3 +358,42 @@ async def test_a_burst_keeps_its_order_per_channel_while_channels_go_side_by_sid
                         break
     assert got[CHANNEL] == [(n, n) for n in range(1, 31)]
     assert got["other"] == [(n, -n) for n in range(1, 31)]
+
+
+async def test_answers_go_in_the_order_their_reads_started_whatever_order_they_end_in() -> None:
+    """Read 1 sees entry 1 only, read 2 (started later) entries 1 and 2; read 2 ends first.
+    Entry 2 must not reach the core before read 1's answer: its subscriber would take it
+    for one of the missed ones and drop it (the gap the process test found)."""
+    got: list[Any] = []
+    history = JetStreamHistory("nats://unused", app="t")
+    history._dispatch = got.append
+    fake = FakeJetStream(history)
+    history._js = fake  # type: ignore[assignment]
+    history._consumed = 10
+    first, second = fake.put(11, 1, 0), fake.put(12, 2, 11)
+    gates = [anyio.Event(), anyio.Event()]
+    tops = [first, second]
+
+    async def get_last_msg(stream: str, subject: str, direct: bool) -> SimpleNamespace:
+        gate, top = gates.pop(0), tops.pop(0)
+        await gate.wait()
+        return top
+
+    fake.get_last_msg = get_last_msg  # type: ignore[method-assign]
+    since = StreamPosition(offset=0, epoch="E")
+    read_1, read_2 = _Read(), _Read()
+    history._reads["room"] = deque([read_1, read_2])
+    release_1, release_2 = gates
+    async with anyio.create_task_group() as group:
+        group.start_soon(history._read, read_1, 1, "room", since, 10)
+        group.start_soon(history._read, read_2, 2, "room", since, 10)
+        await anyio.sleep(0.01)
+        await history._on_live(first)
+        await history._on_live(second)
+        release_2.set()
+        await anyio.sleep(0.01)
+        release_1.set()
+    assert [
+        (e.request, [o for o, _ in e.entries]) if isinstance(e, StreamReadDone) else e.offset
+        for e in got
+    ] == [1, (1, [1]), 2, (2, [1, 2])]

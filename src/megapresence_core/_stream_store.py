@@ -41,7 +41,6 @@ the publication as the hub would be sent it.
 
 from __future__ import annotations
 
-from collections.abc import Hashable
 from typing import final
 
 from ._streams import Recovery
@@ -130,7 +129,7 @@ class StreamStore:
         since: StreamPosition | None,
         position: StreamPosition,
         entries: tuple[tuple[int, str | bytes], ...],
-        session_id: Hashable,
+        session_id: str,
     ) -> tuple[Recovery, list[Log]]:
         """What ``session_id`` gets for ``since`` from a read of the store (judged as
         ``Streams.recover`` judges), and the warnings for entries that were not publications."""

@@ -20,7 +20,8 @@ appends and reads, the core judges. The layout:
 - every process delivers from one ordered push consumer on the whole stream,
   so a channel's publications come in offset order on every process, its own
   included. A read's answer is held until that consumer has passed the
-  read's last entry, and the channel's live entries are held meanwhile: what a
+  read's last entry, and behind the answers of the channel's reads started
+  before it; the channel's live entries are held while it has reads out: what a
   recovery returns and what is delivered live neither overlap nor leave a gap.
 
 JetStream not enabled on the server: logged once, and the core numbers each
@@ -79,6 +80,17 @@ MAX_TRIES: Final = 20
 _Top = tuple[int, int, str]  # stream sequence, offset, epoch
 
 
+@final
+class _Read:
+    """A read out: the stream sequence of the last entry it saw, and its answer once done."""
+
+    __slots__ = ("answer", "last_seq")
+
+    def __init__(self) -> None:
+        self.last_seq = 0
+        self.answer: StreamReadDone | None = None
+
+
 def _new_epoch() -> str:
     return uuid.uuid4().hex[:16]
 
@@ -119,11 +131,11 @@ class JetStreamHistory:
         self._appends: dict[str, deque[bytes]] = {}
         #: The last stream sequence the live consumer delivered.
         self._consumed = 0
-        #: channel -> reads out; channel -> live entries held while it has reads or answers.
-        self._reading: dict[str, int] = {}
-        self._held: dict[str, list[tuple[int, Event]]] = {}
-        #: Answers waiting for the consumer: (the read's last sequence, channel, answer).
-        self._answers: list[tuple[int, str, StreamReadDone]] = []
+        #: channel -> its reads not answered yet, in the order they started (a later read
+        #: sees no less of the stream, so their answers go in that order).
+        self._reads: dict[str, deque[_Read]] = {}
+        #: channel -> live entries held while it has reads out.
+        self._held: dict[str, deque[tuple[int, Event]]] = {}
         #: Errors met since start (failed appends and reads): a metric.
         self.errors = 0
 
@@ -246,8 +258,9 @@ class JetStreamHistory:
                             task_group.start_soon(self._appender, channel, pending)
                         pending.append(data)
                     else:
-                        self._reading[args[1]] = self._reading.get(args[1], 0) + 1
-                        task_group.start_soon(self._read, *args)
+                        read = _Read()
+                        self._reads.setdefault(args[1], deque()).append(read)
+                        task_group.start_soon(self._read, read, *args)
 
     async def aclose(self) -> None:
         nc, self._nc = self._nc, None
@@ -320,7 +333,7 @@ class JetStreamHistory:
     # -------------------------------------------------------------- reading
 
     async def _read(
-        self, request: int, channel: str, since: StreamPosition | None, limit: int
+        self, read: _Read, request: int, channel: str, since: StreamPosition | None, limit: int
     ) -> None:
         subject, last_seq = self._subject(channel), 0
         try:
@@ -340,12 +353,10 @@ class JetStreamHistory:
             self.errors += 1
             logger.warning("channel history read of %r failed: %r", channel, exc)
             position, entries, last_seq = None, (), 0
-        answer = StreamReadDone(
+        read.last_seq = last_seq
+        read.answer = StreamReadDone(
             request=request, position=position, entries=entries, now=anyio.current_time()
         )
-        self._reading[channel] -= 1
-        self._answers.append((last_seq, channel, answer))
-        self._answers.sort(key=lambda item: item[0])
         self._release()
 
     async def _entries(self, subject: str, top: _Top, since: int) -> tuple[tuple[int, bytes], ...]:
@@ -389,8 +400,8 @@ class JetStreamHistory:
                 data=msg.data,
                 now=anyio.current_time(),
             )
-            if self._reading.get(channel) or channel in self._held:
-                self._held.setdefault(channel, []).append((seq, event))
+            if channel in self._reads:
+                self._held.setdefault(channel, deque()).append((seq, event))
             else:
                 self._send(event)
         self._release()
@@ -400,18 +411,22 @@ class JetStreamHistory:
         self._dispatch(event)
 
     def _release(self) -> None:
-        """The answers whose reads the consumer has passed, each after the channel's live
-        entries up to its last sequence; then what nothing holds any more."""
-        while self._answers and self._answers[0][0] <= self._consumed:
-            last_seq, channel, answer = self._answers.pop(0)
-            held = self._held.get(channel, [])
-            while held and held[0][0] <= last_seq:
-                self._send(held.pop(0)[1])
-            self._send(answer)
-        waiting = {channel for _seq, channel, _answer in self._answers}
-        for channel in [c for c in self._held if not self._reading.get(c) and c not in waiting]:
-            for _seq, event in self._held.pop(channel):
-                self._send(event)
+        """Each channel's answers in the order its reads started, each once the consumer has
+        passed the read's last entry and after the channel's live entries up to it; a
+        channel's live entries wait until none of its reads is out."""
+        for channel in list(self._reads):
+            reads, held = self._reads[channel], self._held.get(channel, deque())
+            while reads and reads[0].answer is not None and reads[0].last_seq <= self._consumed:
+                read = reads.popleft()
+                while held and held[0][0] <= read.last_seq:
+                    self._send(held.popleft()[1])
+                assert read.answer is not None
+                self._send(read.answer)
+            if not reads:
+                del self._reads[channel]
+                self._held.pop(channel, None)
+                while held:
+                    self._send(held.popleft()[1])
 
     # --------------------------------------------------------- nats-py hooks
 
@@ -422,7 +437,7 @@ class JetStreamHistory:
         if self._nc is None or self._state is not StreamStoreState.READY:
             return
         # Nothing waiting will be answered in order now: the core answers it (DOWN).
-        self._answers.clear()
+        self._reads.clear()
         self._held.clear()
         self._tell(StreamStoreState.DOWN)
 
