@@ -7,7 +7,7 @@ import anyio
 import pytest
 from wsproto.events import CloseConnection
 
-from megapresence_anyio import Client, SocketLimits
+from megapresence_anyio import DEFAULT_SOCKET_LIMITS, Client, SocketLimits
 from megapresence_anyio._http import _Pending, server_connection
 
 from .socket_helpers import RawClient, http_status, running_server, wait_for
@@ -60,7 +60,7 @@ async def test_one_task_answers_408_to_every_silent_socket_at_its_deadline() -> 
 
 
 def test_wsproto_keeps_a_list_not_a_deque_and_still_reports_a_lost_peer() -> None:
-    ws = server_connection(b"")
+    ws = server_connection(b"", DEFAULT_SOCKET_LIMITS.max_message_bytes)
     assert isinstance(ws._events, _Pending)
     ws.receive_data(None)
     assert [type(event) for event in ws.events()] == [CloseConnection]
