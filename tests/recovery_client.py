@@ -77,6 +77,8 @@ class StreamReader(Told):
         self.position: dict[str, Any] | None = None
         #: Channel messages that came while a subscribe with ``since`` was unanswered.
         self._held: list[dict[str, Any]] | None = None
+        #: A ``stream.missed`` asked it to subscribe again with ``since`` (not yet sent).
+        self.resubscribe = False
 
     def subscribe(self) -> dict[str, Any]:
         """The subscribe command to send now (with ``since`` once there is a position)."""
@@ -106,6 +108,16 @@ class StreamReader(Told):
         elif kind == "stream.reset":
             self._tell("reset")
             self.position = {"offset": message["offset"], "epoch": message["epoch"]}
+        elif kind == "stream.missed":
+            self.missed += 1
+            here = self.position
+            caught_up = (
+                here is not None
+                and here["epoch"] == message["epoch"]
+                and here["offset"] >= message["offset"]
+            )
+            # Asked nothing while a subscribe is unanswered: its answer brings the position.
+            self.resubscribe = self.resubscribe or (self._held is None and not caught_up)
         elif kind == "n":
             if self._held is not None:
                 self._held.append(message)

@@ -181,15 +181,50 @@ def test_a_hub_restart_is_a_new_epoch_and_the_subscribers_are_told() -> None:
     publish(sim, "A", ann, 1)
     old = StreamPosition(offset=1, epoch=hub_epoch(sim))
     sim.kill_hub()
-    resets = [m for m in sim.bridges["B"].inbox[bob] if m["type"] == "stream.reset"]
-    assert resets  # the link went down: this server may miss publications
+    # Down, nothing is said: only the hub knows where its streams are, once it is back.
+    told = [m for m in sim.bridges["B"].inbox[bob] if m["type"].startswith("stream.")]
+    assert told == []
     sim.start_hub()
     sim.settle()
+    # Back, the bridge asks; the new hub's stream is not where bob was: he is told.
+    [missed] = [m for m in sim.bridges["B"].inbox[bob] if m["type"].startswith("stream.")]
+    assert missed == {
+        "type": "stream.missed",
+        "channel": "room",
+        "offset": 0,
+        "epoch": hub_epoch(sim),
+    }
     publish(sim, "A", ann, 2)
     assert numbers(sim, "B", bob)[-1] == (2, 1, hub_epoch(sim))
     got = subscribe(sim, "B", bob, old)
     assert (got[0]["recovered"], got[0]["reason"], got[0]["offset"]) == (False, "epoch", 1)
     assert got[0]["epoch"] == hub_epoch(sim) != old.epoch
+
+
+def test_a_link_that_comes_back_tells_what_was_missed_meanwhile_and_it_is_recovered() -> None:
+    sim = network()
+    ann = sim.open("A", "/ws", "ann", "a1", ("room",))
+    bob = sim.open("B", "/ws", "bob", "b1", ("room",))
+    cid = sim.open("B", "/ws", "cid", "c1", ("lobby",))
+    publish(sim, "A", ann, 1)
+    held = StreamPosition(offset=1, epoch=hub_epoch(sim))
+    sim.drop_link("B")
+    publish(sim, "A", ann, 2)  # B is away: bob does not get it
+    publish(sim, "A", ann, 3)
+    sim.settle()
+    inbox = sim.bridges["B"].inbox
+    told = [m for m in inbox[bob] if m["type"].startswith("stream.")]
+    assert told == [
+        {"type": "stream.missed", "channel": "room", "offset": 3, "epoch": hub_epoch(sim)}
+    ]
+    assert [m for m in inbox.get(cid, []) if m["type"].startswith("stream.")] == []
+    got = subscribe(sim, "B", bob, held)
+    assert (got[0]["recovered"], got[0]["offset"]) == (True, 3)
+    assert [m["payload"] for m in got[1:] if m["type"] == "n"] == [2, 3]
+    # Asked again, nothing new: a link that comes back with nothing missed says nothing.
+    sim.drop_link("B")
+    sim.settle()
+    assert [m for m in inbox[bob] if m["type"].startswith("stream.")] == told
 
 
 def test_a_subscribe_waiting_for_the_hub_is_answered_here_if_the_link_goes() -> None:

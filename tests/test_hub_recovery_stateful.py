@@ -58,15 +58,25 @@ class RecoveryThroughTheHub(RuleBasedStateMachine):
         for message in inbox[member.read :]:
             member.reader.receive(message)
         member.read = len(inbox)
+        if member.reader.resubscribe:  # told stream.missed: recover with since, as documented
+            member.reader.resubscribe = False
+            self._subscribe(member)
 
     def _connect(self, member: Member, bridge: str) -> None:
         sim = self.sim
         member.bridge, member.read = bridge, 0
         member.conn = sim.open(bridge, "/ws", member.session, member.session, ("seq",))
+        self._subscribe(member)
+
+    def _subscribe(self, member: Member) -> None:
+        assert member.bridge is not None
         command = member.reader.subscribe()
         since = command.get("since")
         position = StreamPosition(**since) if since is not None else None
-        sim.act(bridge, Subscribe(conn=member.conn, channel="seq", now=sim.now, since=position))
+        self.sim.act(
+            member.bridge,
+            Subscribe(conn=member.conn, channel="seq", now=self.sim.now, since=position),
+        )
         self._read(member)
 
     def _drop(self, member: Member) -> None:

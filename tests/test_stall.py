@@ -57,7 +57,7 @@ async def test_a_silent_reader_of_a_big_message_is_closed_and_its_memory_counted
         assert (
             next(
                 value
-                for metric in server._metrics()
+                for metric in server._health.metrics()
                 if metric.name == "megapresence_send_queue_bytes"
                 for _, value in metric.samples
             )

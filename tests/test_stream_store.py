@@ -285,9 +285,7 @@ def test_the_store_down_refuses_publishes_and_answers_waiting_subscribes_here(
     actions = drive(a, StreamStoreChanged(state=DOWN, now=0.0))
     got = deliveries(actions)
     assert got["cat"][0]["type"] == "subscribed"  # answered from this process
-    assert got["ann"] == [
-        {"type": "stream.reset", "channel": "room", "offset": 0, "epoch": "boot-A.2"}
-    ]
+    assert "ann" not in got  # ann holds the store's position: told when the store is back
     assert read_done(a, read, 0, ()) == []
     message = Message(type="n", payload=2)
     refused = drive(a, PublishRequested(channel="room", message=message, conn="ann"))
@@ -296,6 +294,33 @@ def test_the_store_down_refuses_publishes_and_answers_waiting_subscribes_here(
     late = StreamPublished(channel="room", offset=2, epoch="e", data=stored(2), now=0.0)
     assert drive(a, late) == []
     assert drive(a, StreamStoreChanged(state=DOWN, now=0.0)) == []  # no change
+
+
+def test_a_store_back_is_asked_where_each_stream_is_and_a_subscriber_behind_is_told(
+    pair: tuple[ModelStore, Presence, Presence],
+) -> None:
+    store, a, b = pair
+    publish(store, a, "ann", 1)
+    epoch = store.streams["room"][0]
+    assert drive(a, StreamStoreChanged(state=DOWN, now=0.0)) == []
+    publish(store, b, "bob", 2)  # A is away: ann does not get it
+    (probe,) = reads(drive(a, StreamStoreChanged(state=READY, now=0.0)))
+    assert (probe.channel, probe.since) == ("room", None)
+    got = deliveries(store.read(a, probe))
+    assert got == {
+        "ann": [{"type": "stream.missed", "channel": "room", "offset": 2, "epoch": epoch}]
+    }
+    recovered = subscribe(store, a, "ann", StreamPosition(offset=1, epoch=epoch))
+    assert (recovered[0]["recovered"], recovered[1]["payload"]) == (True, 2)
+    # Back again with nothing missed meanwhile: asked, and nothing to tell.
+    drive(a, StreamStoreChanged(state=DOWN, now=0.0))
+    (probe,) = reads(drive(a, StreamStoreChanged(state=READY, now=0.0)))
+    assert store.read(a, probe) == []
+    # An answer the store could not read says nothing either.
+    drive(a, StreamStoreChanged(state=DOWN, now=0.0))
+    (probe,) = reads(drive(a, StreamStoreChanged(state=READY, now=0.0)))
+    done = StreamReadDone(request=probe.request, position=None, entries=(), now=0.0)
+    assert drive(a, done) == []
 
 
 def test_without_a_store_each_process_numbers_its_own_streams() -> None:

@@ -148,6 +148,7 @@ from .wire import (
     RestoredFrame,
     SessionDetached,
     StreamFrame,
+    StreamMissed,
     StreamReset,
     Subscribed,
     broadcast_text,
@@ -572,10 +573,9 @@ class Presence:
         # What the hub told us stays (stale, not gone) until the MEMBERS of the next
         # registration replace it, channel by channel. Subscribes waiting for the hub's
         # RECOVERED are answered from this process's (new) streams.
-        actions = (
-            self._hub_link.lost(event.now, event.code, event.reason, event.status)
-            + self._reset_streams()
-        )
+        owned = self._parts.owner() is not None
+        actions = self._hub_link.lost(event.now, event.code, event.reason, event.status)
+        actions += self._reset_streams(owned=owned)
         for pending in self._parts.recoveries.abandon():
             actions += self._channels.answer_here(pending)
         return actions
@@ -584,29 +584,36 @@ class Presence:
         link = self._hub_link
         actions, frames = link.split(event.data, event.now)
         for data in frames:
+            owned = self._parts.owner() is not None
             receipt = link.receive(data, event.now)
             actions += receipt.actions
             if receipt.registered:
-                actions += self._resync() + self._reset_streams()
+                actions += self._resync() + self._reset_streams(owned=owned)
             if receipt.frame is not None:
                 actions += _HUB_FRAME_HANDLERS[type(receipt.frame)](self, receipt.frame)
         return actions
 
     def _on_cluster_connected(self, event: ClusterConnected) -> list[Action]:
-        return self._cluster.connected(event.now) + self._reset_streams()
+        return self._cluster.connected(event.now) + self._cluster_reset()
 
     def _on_cluster_lost(self, event: ClusterLost) -> list[Action]:
-        return self._cluster.lost(event.now) + self._reset_streams()
+        return self._cluster.lost(event.now) + self._cluster_reset()
+
+    def _cluster_reset(self) -> list[Action]:
+        """The cluster link went down or came back: publications of other instances may
+        have been missed, unless a stream owner (a store) numbers and carries them."""
+        return [] if self._parts.owner() is not None else self._reset_streams(owned=False)
 
     def _on_stream_store(self, event: StreamStoreChanged) -> list[Action]:
         """The stream store came, went or is out of reach: publications may have been
         missed, so every stream starts again; subscribes waiting for the store's answer
         are answered from this process's own streams."""
         parts = self._parts
-        owned = parts.owner() is parts.stream_store
+        owner = parts.owner()
+        owned = owner is parts.stream_store
         if not parts.stream_store.change(event.state):
             return []
-        actions = self._reset_streams()
+        actions = self._reset_streams(owned=owner is not None)
         if owned:
             for pending in parts.recoveries.abandon():
                 actions += self._channels.answer_here(pending)
@@ -627,6 +634,9 @@ class Presence:
 
     def _on_stream_read(self, event: StreamReadDone) -> list[Action]:
         parts = self._parts
+        probed = parts.recoveries.probed(event.request)
+        if probed is not None:
+            return self._probed(probed, event.position)
         pending = parts.recoveries.answered(event.request)
         if pending is None:  # answered already (the store went away meanwhile)
             return []
@@ -666,17 +676,43 @@ class Presence:
         texts = [encode(reply), *recovery.texts]
         return [Deliver(conns=(pending.conn,), text=text) for text in texts]
 
-    def _reset_streams(self) -> list[Action]:
-        """Publications may have been missed (a link went down or came back): every stream
-        starts again under a new epoch, and its subscribers here are told so."""
+    def _reset_streams(self, *, owned: bool) -> list[Action]:
+        """Publications may have been missed (a link went down or came back): this
+        process's streams start again under a new epoch. ``owned``: the streams had an
+        owner (the hub, a store), whose positions the subscribers hold; else they hold
+        this process's, and are told ``stream.reset`` with the new ones. Whenever an
+        owner numbers the streams now, it is asked where each channel's is (a probe,
+        see ``_recoveries``): only it knows what its subscribers here missed."""
+        parts = self._parts
+        owner = parts.owner()
         by_channel = self._local.by_channel
         actions: list[Action] = []
-        for channel, position in self._parts.streams.reset():
-            conns = by_channel.get(channel)
-            if conns:
-                reset = StreamReset(channel=channel, offset=position.offset, epoch=position.epoch)
-                actions.append(Deliver(conns=tuple(conns), text=encode(reset)))
+        told = parts.streams.reset(owned=owned or owner is not None)
+        if owner is None and not owned:
+            for channel, position in told:
+                conns = by_channel.get(channel)
+                if conns:
+                    reset = StreamReset(
+                        channel=channel, offset=position.offset, epoch=position.epoch
+                    )
+                    actions.append(Deliver(conns=tuple(conns), text=encode(reset)))
+        if owner is not None:
+            records = self._local.records
+            for channel, conns in by_channel.items():
+                session_id = records[next(iter(conns))].session_id
+                assert session_id is not None  # a subscriber is a joined session
+                actions += owner.recover(parts.recoveries.probe(channel, session_id))
         return actions
+
+    def _probed(self, channel: str, position: StreamPosition | None) -> list[Action]:
+        """The owner says where ``channel``'s stream is: if this process's subscribers
+        were sent another position, they are told ``stream.missed`` (and recover with
+        ``since``); None (the store could not be read): nothing to say."""
+        conns = self._local.by_channel.get(channel)
+        if position is None or not conns or not self._parts.streams.moved(channel, position):
+            return []
+        missed = StreamMissed(channel=channel, offset=position.offset, epoch=position.epoch)
+        return [Deliver(conns=tuple(conns), text=encode(missed))]
 
     def _on_cluster_message(self, event: ClusterMessageReceived) -> list[Action]:
         receipt: ClusterReceipt = self._cluster.receive(event.data, event.now)
@@ -750,7 +786,11 @@ class Presence:
         )
 
     def _hub_recovered(self, frame: RecoveredFrame) -> list[Action]:
-        pending = self._parts.recoveries.answered(frame.request)
+        recoveries = self._parts.recoveries
+        probed = recoveries.probed(frame.request)
+        if probed is not None:
+            return self._probed(probed, StreamPosition(offset=frame.offset, epoch=frame.epoch))
+        pending = recoveries.answered(frame.request)
         if pending is None:  # answered already (the link went down meanwhile), or not ours
             return []
         position = StreamPosition(offset=frame.offset, epoch=frame.epoch)

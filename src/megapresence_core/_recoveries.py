@@ -12,6 +12,13 @@ the snapshot come in that order, and the live ones after, as on a single
 server. If the owner goes first (the link down, the store down), the waiting
 subscribes are answered from this process's own streams (not recovered: reason
 ``epoch``, the owner's stream is out of reach).
+
+When the owner comes back (the link registers again, the store is ready), the
+bridge *probes* each channel its clients are subscribed to: a read without
+``since`` whose answer is only the owner's position. Publications may have been
+numbered meanwhile that nobody here delivered; if the position is past the last
+one its clients were sent, they are told ``stream.missed`` and recover them
+from the owner with ``since``, exactly.
 """
 
 from __future__ import annotations
@@ -50,11 +57,13 @@ class PendingRecovery:
 
 @final
 class Recoveries:
-    __slots__ = ("_awaited", "_last", "pending")
+    __slots__ = ("_awaited", "_last", "pending", "probes")
 
     def __init__(self) -> None:
         self._last = 0
         self.pending: dict[int, PendingRecovery] = {}
+        #: request -> channel: the owner's position asked after it came back.
+        self.probes: dict[int, str] = {}
         #: channel -> waiting subscribes that would join it: the hub routes it here already.
         self._awaited: dict[str, int] = {}
 
@@ -89,6 +98,17 @@ class Recoveries:
             self._awaited[channel] = self._awaited.get(channel, 0) + 1
         return RecoverFrame(request=self._last, session_id=session_id, channel=channel, since=since)
 
+    def probe(self, channel: str, session_id: str) -> RecoverFrame:
+        """Ask the owner where ``channel``'s stream is (``session_id``: one of its
+        subscribers here, as the frame must name a session)."""
+        self._last += 1
+        self.probes[self._last] = channel
+        return RecoverFrame(request=self._last, session_id=session_id, channel=channel, since=None)
+
+    def probed(self, request: int) -> str | None:
+        """The channel a probe's answer is for, or None if ``request`` is no probe."""
+        return self.probes.pop(request, None)
+
     def answered(self, request: int) -> PendingRecovery | None:
         return self._take(request) if request in self.pending else None
 
@@ -101,5 +121,7 @@ class Recoveries:
         return bool(found)
 
     def abandon(self) -> list[PendingRecovery]:
-        """Every waiting subscribe, oldest first (the link went down: no answer will come)."""
+        """Every waiting subscribe, oldest first (the link went down: no answer will come);
+        the probes are forgotten."""
+        self.probes.clear()
         return [self._take(request) for request in list(self.pending)]

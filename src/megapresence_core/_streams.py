@@ -141,15 +141,18 @@ class Streams:
             self._drop(stream, len(stream.entries))
             del self._streams[channel]
 
-    def reset(self) -> list[tuple[str, StreamPosition]]:
+    def reset(self, *, owned: bool = False) -> list[tuple[str, StreamPosition]]:
         """Every stream starts again under a new epoch (this process may have missed
         publications); returns the channels whose old position a client may hold (one was
-        sent), with their new positions: those subscribers must be told."""
+        sent), with their new positions: those subscribers must be told. ``owned``: the
+        clients hold the owner's positions (the hub's, a store's), and the last one sent
+        is kept, so the owner's next says whether they missed some (``saw``)."""
         told = []
         for channel, stream in self._streams.items():
             self._drop(stream, len(stream.entries))
             stream.epoch, stream.top, stream.trimmed, stream.expired = self._new_epoch(), 0, 0, 0
-            stream.seen = None
+            if not owned:
+                stream.seen = None
             if stream.shown:  # and still shown: the telling carries the new position
                 told.append((channel, self.position_of(stream)))
         return told
@@ -223,6 +226,18 @@ class Streams:
             return "next"
         return "gap"
 
+    def moved(self, channel: str, position: StreamPosition) -> bool:
+        """The owner says its stream of ``channel`` is at ``position`` (its link came
+        back): whether clients here were sent a position of it and this one is not the
+        last they were sent (they may have missed some). It is taken as sent (``saw``)."""
+        stream = self._streams.get(channel)
+        if stream is None:
+            return False
+        shown = stream.shown
+        seen = self.saw(channel, position)
+        stream.shown = shown
+        return shown and seen != "again"
+
     def reached(self, channel: str) -> StreamPosition:
         """The last position sent to the clients of ``channel`` (held): an in-step client
         holds one of its epoch, at most its offset."""
@@ -290,7 +305,7 @@ class NoStreams:
     def release(self, channel: str, session_id: str) -> None:
         pass
 
-    def reset(self) -> list[tuple[str, StreamPosition]]:
+    def reset(self, *, owned: bool = False) -> list[tuple[str, StreamPosition]]:
         return []
 
     def append(
@@ -309,6 +324,9 @@ class NoStreams:
 
     def saw(self, channel: str, position: StreamPosition) -> Seen:
         return "next"
+
+    def moved(self, channel: str, position: StreamPosition) -> bool:
+        return False
 
     def reached(self, channel: str) -> StreamPosition | None:
         return None
