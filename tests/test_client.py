@@ -275,6 +275,15 @@ def test_a_diff_that_does_not_follow_asks_for_a_sync_once() -> None:
     assert sub.members == {}
 
 
+def test_the_heartbeat_is_answered_unless_a_peer_sent_it() -> None:
+    client = PresenceClient("ws://127.0.0.1:1/ws")
+    sent: list[dict[str, Any]] = []
+    client._send_soon = sent.append  # type: ignore[method-assign]
+    beat = {"type": "server.ping"}
+    assert fed(client, beat, beat | {"from": {"userId": "eve", "sessionId": "e1"}}) == []
+    assert sent == [{"op": "ping"}]
+
+
 def test_session_detached_stops_the_session_and_is_told() -> None:
     client = PresenceClient("ws://127.0.0.1:1/ws")
     client.subscribe("room", "users")

@@ -850,6 +850,11 @@ class PresenceClient:
         if isinstance(payload, dict) and isinstance(payload.get("sessionId"), str):
             self.session_id = payload["sessionId"]
 
+    def _on_heartbeat(self, message: dict[str, Any]) -> None:
+        """The recommended heartbeat (``server.ping``, from an app mounted behind an ASGI
+        server that never pings): answered, or the server closes an idle client (1011)."""
+        self._send_soon({"op": "ping"})
+
     def _on_detached(self, message: dict[str, Any]) -> None:
         session, reason = message.get("sessionId"), message.get("reason")
         self.detached = SessionDetached(
@@ -873,6 +878,7 @@ _HANDLERS: Final[dict[str, Callable[[PresenceClient, dict[str, Any]], None]]] = 
     "error": PresenceClient._on_error,
     "session.detached": PresenceClient._on_detached,
     "welcome": PresenceClient._on_welcome,
+    "server.ping": PresenceClient._on_heartbeat,
     "stream.reset": PresenceClient._on_stream_reset,
     "stream.missed": PresenceClient._on_stream_missed,
 }
