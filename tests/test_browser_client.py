@@ -553,6 +553,41 @@ def test_a_reconnect_within_the_grace_resubscribes_without_false_leaves(
     page.run("clients.gus.close(); clients.hal.close()")
 
 
+def test_metadata_and_unsubscribes_outlive_a_reconnect(browser: Any, rules_port: int) -> None:
+    # A restored session takes the new identity's metadata and channels: the client sends
+    # its own metadata again, and an unsubscribe made while it was away.
+    page = Page(browser, rules_port)
+    page.run(
+        "makeClient('max', '/ws/chat?user=max&session=max-1&channels=meta,gone');"
+        "watch('max', 'meta', 'users'); clients.max.connect();"
+    )
+    page.wait_for("max", synced("meta", ["max"]))
+    page.run("clients.max.setMetadata({status: 'away'})")
+    page.wait_for("max", lambda e: e[:3] == ["update", "meta", "max"])
+    start = len(page.events("max"))
+    page.run("clients.max.socket.send('test:close 1011')")
+    page.wait_for("max", lambda e: e[0] == "state" and e[1]["state"] == "reconnecting", start)
+    page.run("clients.max.unsubscribe('gone')")
+    reopened = page.wait_for("max", ["state", {"state": "open"}], start)
+    page.wait_for("max", synced("meta", ["max"]), reopened)
+    sent = [e[1] for e in page.events("max")[reopened:] if e[0] == "sent"]
+    assert sent[:2] == [
+        {"op": "metadata", "metadata": {"status": "away"}},
+        {"op": "unsubscribe", "channel": "gone"},
+    ]
+    status = "return clients.max.subscriptions.get('meta').members.get('max').sessions[0]"
+    page.wait("max", lambda _: page.run(status + ".metadata.status") == "away", "not away")
+    assert page.run("return clients.max._left.size") == 0  # the server confirmed it
+    with connect(f"ws://127.0.0.1:{rules_port}/ws/chat?user=root&channels=ops") as root:
+        root.recv(10)
+        root.send('{"op":"roster"}')
+        while (roster := json.loads(root.recv(10)))["type"] != "roster":
+            pass
+        assert "max-1" not in roster["payload"]["channels"].get("gone", [])
+        assert "max-1" in roster["payload"]["channels"]["meta"]
+    page.run("clients.max.close()")
+
+
 def test_a_client_whose_session_another_tab_took_stops_and_says_so(
     browser: Any, rules_port: int
 ) -> None:

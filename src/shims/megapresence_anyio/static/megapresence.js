@@ -35,8 +35,10 @@
 //   this client's session. The client stops being it: `onDetached(message)`,
 //   then it closes for good (1000), so two tabs never take the session from
 //   each other in a loop; connect() takes it back, if the app wants that.
-// - Subscriptions are the client's: after every (re)connect it sends each one's
-//   `subscribe` again, and the snapshot that answers it is compared with the map
+// - Subscriptions are the client's: after every (re)connect it sends its
+//   metadata (if setMetadata set any: a restored session takes the new
+//   connection's identity's), the unsubscribes the server has not confirmed (a
+//   restored session keeps its channels) and each subscription's `subscribe` again, and the snapshot that answers it is compared with the map
 //   it had, so a reconnect calls onJoin/onLeave/onUpdate only for what really
 //   changed meanwhile (a leave seen that way waits for the next diff, which may
 //   bring the member back: a snapshot lacks the changes of the current window).
@@ -475,6 +477,8 @@ export class PresenceClient {
     this._backingOff = false;
     this._timer = null;
     this._directs = [];
+    this._metadata = undefined; // set by setMetadata: sent again after every reconnect
+    this._left = new Set(); // unsubscribed channels the server has not confirmed
     // The browser says the network is back: no reason to wait out the delay.
     this._online = () => {
       if (this.state === "reconnecting" && !this._backingOff) this.connect();
@@ -517,6 +521,8 @@ export class PresenceClient {
       this.attempt = 0;
       this._backingOff = false;
       this._setState({ state: "open" });
+      if (this._metadata !== undefined) this.send({ op: "metadata", metadata: this._metadata });
+      for (const channel of this._left) this.send({ op: "unsubscribe", channel });
       for (const subscription of this.subscriptions.values()) {
         subscription.state = "pending"; // it may be refused this time (channel_full, say)
         subscription._syncAsked = subscription.map !== null; // the subscribe brings a snapshot
@@ -572,6 +578,7 @@ export class PresenceClient {
     this.subscriptions.get(channel)?._drop();
     const subscription = new Subscription(this, channel, options);
     this.subscriptions.set(channel, subscription);
+    this._left.delete(channel);
     this.send(subscription._command());
     return subscription;
   }
@@ -581,6 +588,7 @@ export class PresenceClient {
     const subscription = this.subscriptions.get(channel);
     if (subscription) subscription._drop();
     this.subscriptions.delete(channel);
+    this._left.add(channel); // until the server confirms: sent again after a reconnect
     this.send({ op: "unsubscribe", channel });
   }
 
@@ -599,8 +607,11 @@ export class PresenceClient {
     return new Promise((resolve, reject) => this._directs.push({ userId, resolve, reject }));
   }
 
-  /** Replace this session's metadata; watchers see an update. */
-  setMetadata(metadata) { return this.send({ op: "metadata", metadata }); }
+  /** Replace this session's metadata (now, and after every reconnect); watchers see an update. */
+  setMetadata(metadata) {
+    this._metadata = metadata;
+    return this.send({ op: "metadata", metadata });
+  }
 
   /** The delay (ms) before reconnect attempt `attempt` (from 1), with jitter. */
   delayFor(attempt, backingOff) {
@@ -669,6 +680,7 @@ export class PresenceClient {
       if (index >= 0) this._directs.splice(index, 1)[0].resolve(Boolean(message.found));
       return;
     }
+    if (message.type === "unsubscribed") this._left.delete(message.channel);
     const subscription = typeof message.channel === "string"
       ? this.subscriptions.get(message.channel) : undefined;
     if (subscription) {
