@@ -164,11 +164,12 @@ class Subscription:
     def _settled(self) -> None:
         """An answer came (or the connection went): no retry is due unless a command of
         it is still unanswered."""
-        if self._retry is not None and not self._unanswered:
+        if self._unanswered:
+            return
+        self._refusals = 0
+        if self._retry is not None:
             self._retry.cancel()
             self._retry = None
-        if not self._unanswered:
-            self._refusals = 0
 
     def _command(self) -> dict[str, Any]:
         command: dict[str, Any] = {
