@@ -556,6 +556,38 @@ async def test_a_resubscribe_with_since_refused_for_now_is_sent_again(refusal: s
 
 
 @pytest.mark.anyio
+async def test_a_wait_for_a_subscribe_the_connection_dropped_ends_with_the_resubscribe() -> None:
+    calls: list[str] = []
+    hold = anyio.Event()
+
+    async def authorize(client: Any, channel: str, mode: Any) -> bool:
+        calls.append(channel)
+        if len(calls) == 1:  # the first subscribe is never answered
+            await hold.wait()
+        return True
+
+    clock = FakeClock()
+    async with (
+        running_server(authorize_subscription=authorize) as (_server, url),
+        client_of(url, "ann", sleep=clock.sleep) as ann,
+    ):
+        room = ann.subscribe("room", "users")
+        answers: list[Subscribed] = []
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as group:
+
+                async def wait() -> None:
+                    answers.append(await room.wait_subscribed())
+
+                group.start_soon(wait)
+                while not calls:
+                    await anyio.sleep(0.01)
+                await ann.drop()  # the resubscribe after the reconnect is answered
+        assert [a.channel for a in answers] == ["room"]
+        hold.set()
+
+
+@pytest.mark.anyio
 async def test_a_dropped_connection_reconnects_and_resubscribes() -> None:
     clock = FakeClock()
     async with (
