@@ -65,10 +65,10 @@
 //   map out of sync; the client asks for a `sync` by itself (once) and ignores
 //   diffs until the fresh snapshot. PresenceMap is the same logic as the Python
 //   reference model megapresence_core.wire.PresenceMap.
-// - Refused for now: a `subscribe` (with `since` or not) or a `sync` refused
-//   with `rate_limited` or `busy` is sent again after a backoff (the reconnect's
-//   prompt delays: 0.5-1 s, doubling per refusal, capped), unless its answer
-//   came meanwhile. The command rate's `rate_limited` names no command, so while
+// - Refused for now: a `subscribe` (with `since` or not) refused with
+//   `rate_limited` or `busy`, or a `sync` with `rate_limited`, is sent again
+//   after a backoff (the reconnect's prompt delays: 0.5-1 s, doubling per
+//   refusal, capped), unless its answer came meanwhile. The command rate's `rate_limited` names no command, so while
 //   any subscribe or sync is unanswered it may be the one refused: each is asked
 //   again. A resubscribe's held channel messages stay held until its answer.
 // - Only the server controls the client: a message that carries `from` was sent
