@@ -110,6 +110,10 @@ def test_backoff_plans_differ_in_their_first_delay() -> None:
     assert backoff.delay("now") == 2.0  # ... then as a failed attempt
     backoff.reset()
     assert backoff.delay("back-off") == 4.0
+    # The attempts after a 1013 keep backing off, whatever closed them, until an open.
+    assert backoff.delay("prompt") == 8.0
+    backoff.reset()
+    assert backoff.delay("prompt") == 1.0
     with pytest.raises(ValueError, match="stops"):
         backoff.delay("stop")
     with pytest.raises(ValueError, match="cap"):
@@ -189,15 +193,6 @@ def test_stream_missed_asks_again_unless_caught_up_or_waiting() -> None:
     assert not stream.missed(4, "e1")  # a reset or a recovery crossed the check
     stream.expect(since=True)
     assert not stream.missed(2, "e2")  # its subscribe will answer
-
-
-def test_a_refused_resubscribe_delivers_the_held_messages_once() -> None:
-    stream = Stream(position=Position(4, "e1"))
-    stream.expect(since=True)
-    assert stream.receive(message(4)) == []
-    assert stream.receive(message(5)) == []
-    assert offsets(stream.refused()) == [5]
-    assert not stream.waiting
 
 
 def test_reserved_types_are_the_shared_list() -> None:
@@ -280,6 +275,15 @@ def test_a_diff_that_does_not_follow_asks_for_a_sync_once() -> None:
     assert sub.members == {}
 
 
+def test_the_heartbeat_is_answered_unless_a_peer_sent_it() -> None:
+    client = PresenceClient("ws://127.0.0.1:1/ws")
+    sent: list[dict[str, Any]] = []
+    client._send_soon = sent.append  # type: ignore[method-assign]
+    beat = {"type": "server.ping"}
+    assert fed(client, beat, beat | {"from": {"userId": "eve", "sessionId": "e1"}}) == []
+    assert sent == [{"op": "ping"}]
+
+
 def test_session_detached_stops_the_session_and_is_told() -> None:
     client = PresenceClient("ws://127.0.0.1:1/ws")
     client.subscribe("room", "users")
@@ -318,11 +322,12 @@ def test_stream_missed_subscribes_again_with_since() -> None:
         | {"since": {"offset": 3, "epoch": "e1"}}
     ]
     assert fed(client, missed) == []  # its subscribe is in flight
-    refused = {"type": "error", "payload": {"code": "rate_limited", "message": "slow"}}
-    refused["payload"]["channel"] = "room"
-    fed(client, message(4), refused)
-    assert not sub.stream.waiting
-    assert sub.position == Position(4, "e1")
+    # An error naming the channel that cannot answer a subscribe (a publish's) changes
+    # nothing: the messages stay held until the answer.
+    other = {"type": "error", "payload": {"code": "not_subscribed", "channel": "room"}}
+    assert fed(client, message(5), other) == [ServerError("not_subscribed", "", "room")]
+    assert sub.stream.waiting
+    assert sub.position == Position(3, "e1")
 
 
 # ------------------------------------------------------------------ real servers
@@ -472,6 +477,114 @@ async def test_a_sync_refused_with_rate_limited_is_asked_again_after_a_backoff()
         await ann.wait_for(lambda: room.in_sync, 10)
         assert delays[:1] == [0.75]
         assert set(room.members) == {"ann"}
+
+
+@pytest.mark.anyio
+async def test_a_subscribe_refused_with_rate_limited_is_sent_again_after_a_backoff() -> None:
+    delays: list[float] = []
+
+    async def sleep(delay: float) -> None:  # for real: the connection's bucket refills
+        delays.append(delay)
+        await anyio.sleep(delay)
+
+    config = PresenceConfig(limits=Limits(command_rate=2, command_burst=3))
+    async with (
+        running_server(presence=config) as (_server, url),
+        client_of(url, "ann", sleep=sleep) as ann,
+    ):
+        for _ in range(3):  # the bucket is empty
+            await ann.send_raw({"op": "ping"})
+        room = ann.subscribe("room", "users")
+        refused = await next_of(ann, ServerError)
+        assert (refused.code, refused.channel) == ("rate_limited", None)
+        with anyio.fail_after(10):
+            answer = await room.wait_subscribed()
+        assert answer.channel == "room"
+        assert delays[:1] == [0.75]  # the prompt plan's first delay, random 0.5
+        await ann.wait_for(lambda: set(room.members) == {"ann"}, 5)
+
+
+@pytest.mark.parametrize("refusal", ["rate_limited", "busy"])
+@pytest.mark.anyio
+async def test_a_resubscribe_with_since_refused_for_now_is_sent_again(refusal: str) -> None:
+    """A subscribe refused for now (``rate_limited`` naming no channel, or ``busy``, which
+    names it) is sent again after a backoff, with the same ``since``; the channel messages
+    that come meanwhile stay held, and come once each."""
+    calls: list[str] = []
+    hold = anyio.Event()
+
+    async def authorize(client: Any, channel: str, mode: Any) -> bool:
+        if client.user_id != "ann":
+            return True
+        calls.append(channel)
+        if len(calls) == 2:  # the resubscribe after the reconnect: never answered
+            await hold.wait()
+        return True
+
+    clock = FakeClock()
+    async with (
+        running_server(authorize_subscription=authorize) as (server, url),
+        client_of(url, "ann", sleep=clock.sleep) as ann,
+        client_of(url, "bob") as bob,
+    ):
+        room = ann.subscribe("room", recover=True)
+        await room.wait_subscribed()
+        await bob.subscribe("room").wait_subscribed()
+        await bob.publish("room", "n", 1)
+        await ann.wait_for(lambda: room.position is not None and room.position.offset == 1, 5)
+        await ann.drop()
+        with anyio.fail_after(5):
+            while len(calls) < 2:
+                await anyio.sleep(0.01)
+        await bob.publish("room", "n", 2)  # held: the resubscribe is unanswered
+        (peer,) = [c for c in server.clients if c.user_id == "ann"]
+        error: dict[str, Any] = {"code": refusal, "message": "later"}
+        if refusal == "busy":
+            error["channel"] = "room"
+        peer.send(json.dumps({"type": "error", "payload": error}))
+        with anyio.fail_after(5):
+            answer = await room.wait_subscribed()
+        assert (answer.recovered, len(calls)) == (True, 3)
+        assert clock.delays[-1] == 0.75  # the prompt plan's first delay, random 0.5
+        events = []
+        await ann.wait_for(lambda: room.position is not None and room.position.offset == 2, 5)
+        while ann._events:
+            events.append(await ann.recv())
+        got = [e.payload for e in events if isinstance(e, ChannelMessage)]
+        assert got == [1, 2]
+        hold.set()
+
+
+@pytest.mark.anyio
+async def test_a_wait_for_a_subscribe_the_connection_dropped_ends_with_the_resubscribe() -> None:
+    calls: list[str] = []
+    hold = anyio.Event()
+
+    async def authorize(client: Any, channel: str, mode: Any) -> bool:
+        calls.append(channel)
+        if len(calls) == 1:  # the first subscribe is never answered
+            await hold.wait()
+        return True
+
+    clock = FakeClock()
+    async with (
+        running_server(authorize_subscription=authorize) as (_server, url),
+        client_of(url, "ann", sleep=clock.sleep) as ann,
+    ):
+        room = ann.subscribe("room", "users")
+        answers: list[Subscribed] = []
+        with anyio.fail_after(5):
+            async with anyio.create_task_group() as group:
+
+                async def wait() -> None:
+                    answers.append(await room.wait_subscribed())
+
+                group.start_soon(wait)
+                while not calls:
+                    await anyio.sleep(0.01)
+                await ann.drop()  # the resubscribe after the reconnect is answered
+        assert [a.channel for a in answers] == ["room"]
+        hold.set()
 
 
 @pytest.mark.anyio

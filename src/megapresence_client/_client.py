@@ -56,6 +56,8 @@ RESERVED_PREFIXES: Final = ("presence.", "session.", "server.", "stream.")
 SUBSCRIBE_REFUSALS: Final = frozenset(
     {"forbidden", "channel_full", "too_many_channels", "over_limit", "not_joined", "bad_command"}
 )
+#: Errors that refuse a ``subscribe`` for now: it is sent again after a backoff.
+SUBSCRIBE_RETRIES: Final = frozenset({"rate_limited", "busy"})
 
 UrlChoice = str | Sequence[str] | Callable[[], str]
 
@@ -128,8 +130,8 @@ class Subscription:
         self.stream = Stream()
         self._answered = anyio.Event()
         self._sync_asked = False  # a `sync` is out and its snapshot not yet here
-        self._sync_refusals = 0  # `rate_limited` errors since it went out
-        self._sync_retry: anyio.CancelScope | None = None  # the wait before asking again
+        self._refusals = 0  # refusals for now (`rate_limited`, `busy`) since it went out
+        self._retry: anyio.CancelScope | None = None  # the wait before asking again
 
     @property
     def members(self) -> dict[str, Any]:
@@ -154,13 +156,20 @@ class Subscription:
         assert self.answer is not None
         return self.answer
 
-    def _sync_answered(self) -> None:
-        """A snapshot came (or the connection went): no sync is out any more."""
-        self._sync_asked = False
-        self._sync_refusals = 0
-        if self._sync_retry is not None:
-            self._sync_retry.cancel()
-            self._sync_retry = None
+    @property
+    def _unanswered(self) -> bool:
+        """Whether its ``subscribe`` or its ``sync`` waits for an answer."""
+        return self.stream.waiting or self._sync_asked
+
+    def _settled(self) -> None:
+        """An answer came (or the connection went): no retry is due unless a command of
+        it is still unanswered."""
+        if self._unanswered:
+            return
+        self._refusals = 0
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
 
     def _command(self) -> dict[str, Any]:
         command: dict[str, Any] = {
@@ -174,7 +183,8 @@ class Subscription:
             assert position is not None
             command["since"] = position.to_json()
         self.stream.expect(since)
-        self._answered = anyio.Event()
+        if self._answered.is_set():  # else someone may be waiting for it
+            self._answered = anyio.Event()
         self.answer = None
         return command
 
@@ -626,7 +636,8 @@ class PresenceClient:
                 queue.popleft().settle(None, failed=True)
         for subscription in self.subscriptions.values():
             subscription.stream.disconnected()
-            subscription._sync_answered()
+            subscription._sync_asked = False
+            subscription._settled()
             if subscription.map is not None:
                 subscription.map.in_sync = False
 
@@ -675,7 +686,9 @@ class PresenceClient:
                 subscription._sync_asked = True
                 self._send_soon({"op": "sync", "channel": subscription.channel})
             return
-        subscription._sync_answered()
+        if not subscription.stream.waiting:
+            subscription._sync_asked = False
+            subscription._settled()
         snapshot = isinstance(decoded, PresenceState)
         self._emit(
             PresenceChanged(
@@ -716,6 +729,7 @@ class PresenceClient:
         subscription.answer = answer
         subscription.refused = None
         subscription._answered.set()
+        subscription._settled()
         self._emit(answer)
         for delivered in subscription.stream.answered(offset, epoch, recovered):
             self._deliver(subscription.channel, delivered)
@@ -764,31 +778,23 @@ class PresenceClient:
             str(code), str(text or ""), channel if isinstance(channel, str) else None
         )
         self._emit(error)
-        if error.code == "rate_limited":
-            self._on_rate_limited()
         subscription = self.subscriptions.get(error.channel) if error.channel else None
-        if (
-            subscription is not None
-            and subscription.stream.waiting
-            and error.code in SUBSCRIBE_REFUSALS
-        ):
+        if error.code == "rate_limited" and error.channel is None:
+            # Decided before the command was read, so it names none: any subscribe or
+            # sync still unanswered may be the one refused.
+            for each in self.subscriptions.values():
+                if each._unanswered:
+                    self._retry_later(each)
+        elif subscription is None or not subscription.stream.waiting:
+            pass  # not the answer to a subscribe (a publish's not_subscribed, say)
+        elif error.code in SUBSCRIBE_REFUSALS:
             # The answer to its subscribe: dropped, not resent after a reconnect.
             subscription.refused = error.code
             subscription.stream.waiting = False
             del self.subscriptions[subscription.channel]
             subscription._answered.set()
-        elif (
-            subscription is not None
-            and subscription.stream.waiting
-            and error.code
-            in (
-                "rate_limited",
-                "busy",
-            )
-        ):
-            # Its subscribe was refused for now: the next check (or reconnect) asks again.
-            for delivered in subscription.stream.refused():
-                self._deliver(subscription.channel, delivered)
+        elif error.code in SUBSCRIBE_RETRIES:
+            self._retry_later(subscription)
 
     def _on_stream_missed(self, message: dict[str, Any]) -> None:
         subscription = self.subscriptions.get(str(message.get("channel")))
@@ -804,26 +810,31 @@ class PresenceClient:
         )
         self._send_soon(subscription._command())
 
-    def _on_rate_limited(self) -> None:
-        """``rate_limited`` names no command: a sync still unanswered may be the one
-        refused, so each is asked again after a backoff, unless its snapshot comes first."""
-        for subscription in self.subscriptions.values():
-            if subscription._sync_asked and subscription._sync_retry is None:
-                subscription._sync_refusals += 1
-                retry = dataclasses.replace(self.backoff, attempt=subscription._sync_refusals - 1)
-                subscription._sync_retry = scope = anyio.CancelScope()
-                assert self._task_group is not None
-                self._task_group.start_soon(
-                    self._sync_again, subscription, scope, retry.delay("prompt")
-                )
+    def _retry_later(self, subscription: Subscription) -> None:
+        """Its subscribe (or sync) was refused for now: asked again after a backoff (the
+        prompt plan's delays, doubling per refusal), unless the answer comes first. The
+        channel messages a subscribe holds stay held until its answer."""
+        if subscription._retry is not None:
+            return
+        subscription._refusals += 1
+        retry = dataclasses.replace(
+            self.backoff, attempt=subscription._refusals - 1, backing_off=False
+        )
+        subscription._retry = scope = anyio.CancelScope()
+        assert self._task_group is not None
+        self._task_group.start_soon(self._ask_again, subscription, scope, retry.delay("prompt"))
 
-    async def _sync_again(
+    async def _ask_again(
         self, subscription: Subscription, scope: anyio.CancelScope, delay: float
     ) -> None:
         with scope:
             await self._sleep(delay)
-            subscription._sync_retry = None
-            if self.subscriptions.get(subscription.channel) is subscription:
+            subscription._retry = None
+            if self.subscriptions.get(subscription.channel) is not subscription:
+                return
+            if subscription.stream.waiting:
+                await self._send_quietly(subscription._command())
+            elif subscription._sync_asked:
                 await self._send_quietly({"op": "sync", "channel": subscription.channel})
 
     def _on_stream_reset(self, message: dict[str, Any]) -> None:
@@ -844,6 +855,11 @@ class PresenceClient:
         payload = message.get("payload")
         if isinstance(payload, dict) and isinstance(payload.get("sessionId"), str):
             self.session_id = payload["sessionId"]
+
+    def _on_heartbeat(self, message: dict[str, Any]) -> None:
+        """The recommended heartbeat (``server.ping``, from an app mounted behind an ASGI
+        server that never pings): answered, or the server closes an idle client (1011)."""
+        self._send_soon({"op": "ping"})
 
     def _on_detached(self, message: dict[str, Any]) -> None:
         session, reason = message.get("sessionId"), message.get("reason")
@@ -868,6 +884,7 @@ _HANDLERS: Final[dict[str, Callable[[PresenceClient, dict[str, Any]], None]]] = 
     "error": PresenceClient._on_error,
     "session.detached": PresenceClient._on_detached,
     "welcome": PresenceClient._on_welcome,
+    "server.ping": PresenceClient._on_heartbeat,
     "stream.reset": PresenceClient._on_stream_reset,
     "stream.missed": PresenceClient._on_stream_missed,
 }

@@ -52,8 +52,9 @@ class Backoff:
     """Jittered exponential backoff ("equal jitter": a uniform draw in ``[d/2, d)``).
 
     ``first`` is the prompt plan's first delay (seconds), doubled per failed attempt
-    up to ``cap``; the back-off plan starts at ``first_back_off``; the "now" plan
-    waits at most ``now_jitter``. A successful open resets the attempt count.
+    up to ``cap``; the back-off plan starts at ``first_back_off``, and the attempts
+    after it keep backing off (2-4 s, 4-8 s, ...: docs/protocol.md's close codes); the
+    "now" plan waits at most ``now_jitter``. A successful open resets both.
     """
 
     first: float = 1.0
@@ -62,6 +63,7 @@ class Backoff:
     now_jitter: float = 0.25
     random: Callable[[], float] = field(default=_random.random)
     attempt: int = 0
+    backing_off: bool = False
 
     def __post_init__(self) -> None:
         if not 0 < self.first <= self.cap or not 0 < self.first_back_off <= self.cap:
@@ -76,14 +78,15 @@ class Backoff:
         self.attempt += 1
         if plan == "now" and self.attempt == 1:
             return float(self.now_jitter * self.random())
-        base = self.first_back_off if plan == "back-off" else self.first
+        self.backing_off = self.backing_off or plan == "back-off"
+        base = self.first_back_off if self.backing_off else self.first
         # The doubling stops at the cap: past 64 doublings any base is over any cap (and a
         # client that has tried for long enough would overflow a float).
         ceiling = min(self.cap, base * 2 ** min(self.attempt - 1, 64))
         return float(ceiling / 2 + ceiling / 2 * self.random())
 
     def reset(self) -> None:
-        self.attempt = 0
+        self.attempt, self.backing_off = 0, False
 
 
 @dataclass
@@ -157,13 +160,6 @@ class Stream:
             and position.offset >= offset
         )
         return not (self.waiting or caught_up)
-
-    def refused(self) -> list[dict[str, Any]]:
-        """The ``subscribe`` in flight was refused for now (``rate_limited``): the held
-        messages are delivered, those at or before the position once only."""
-        self.waiting = False
-        held, self.held = self.held, []
-        return [out for message in held for out in self.receive(message)]
 
     def receive(self, message: dict[str, Any], force: bool = False) -> list[dict[str, Any]]:
         """A channel message arrived; returns it when it is to be delivered now.

@@ -22,19 +22,23 @@
 // - Connection: one WebSocket; `onState` hears {state: "connecting", attempt},
 //   {state: "open"}, {state: "reconnecting", attempt, delay, code, reason} (delay
 //   in ms) and {state: "closed", code, reason} when it gives up for good.
-// - Reconnect by the close code: 1008 (kicked, refused) and 1002/1003/1007 (the
-//   client broke the protocol) stop for good; 1013 (too slow) and 4503 (requeue:
-//   drain, rebalancing) back off, starting at 2-4 s, which stays within the
-//   server's 5 s leave grace; anything else (1001 going away, 1006 lost, 1011,
-//   a failed attempt) reconnects promptly: 0.5-1 s, then doubling, capped at
-//   30 s. Every delay is "equal jitter": a uniform draw in [d/2, d), from the
-//   `random` option (Math.random by default). A successful open resets it.
+// - Reconnect by the close code (docs/protocol.md's table): 1000 (a normal
+//   close), 1008 (kicked, refused) and 1002/1003/1007 (the client broke the
+//   protocol) stop for good; 4503 (requeue: a drain, the session kept for its
+//   grace) reconnects now, within `nowJitter` (0-250 ms); 1013 (too slow) backs
+//   off, starting at 2-4 s, and so do the attempts after it; anything else (1001
+//   going away, 1006 lost, 1011, a failed attempt) reconnects promptly: 0.5-1 s,
+//   then doubling, capped at 30 s. Every delay but the "now" is "equal jitter": a
+//   uniform draw in [d/2, d), from the `random` option (Math.random by default).
+//   A successful open resets it.
 // - `session.detached`: a newer connection (another tab, another device) took
 //   this client's session. The client stops being it: `onDetached(message)`,
 //   then it closes for good (1000), so two tabs never take the session from
 //   each other in a loop; connect() takes it back, if the app wants that.
-// - Subscriptions are the client's: after every (re)connect it sends each one's
-//   `subscribe` again, and the snapshot that answers it is compared with the map
+// - Subscriptions are the client's: after every (re)connect it sends its
+//   metadata (if setMetadata set any: a restored session takes the new
+//   connection's identity's), the unsubscribes the server has not confirmed (a
+//   restored session keeps its channels) and each subscription's `subscribe` again, and the snapshot that answers it is compared with the map
 //   it had, so a reconnect calls onJoin/onLeave/onUpdate only for what really
 //   changed meanwhile (a leave seen that way waits for the next diff, which may
 //   bring the member back: a snapshot lacks the changes of the current window).
@@ -59,11 +63,14 @@
 //   the check) is ignored.
 // - A diff that does not follow the map's version, or does not fit it, puts the
 //   map out of sync; the client asks for a `sync` by itself (once) and ignores
-//   diffs until the fresh snapshot. A `rate_limited` error names no command, so
-//   while a sync is unanswered it may be the one refused: the client asks again
+//   diffs until the fresh snapshot. PresenceMap is the same logic as the Python
+//   reference model megapresence_core.wire.PresenceMap.
+// - Refused for now: a `subscribe` (with `since` or not) refused with
+//   `rate_limited` or `busy`, or a `sync` with `rate_limited`, is sent again
 //   after a backoff (the reconnect's prompt delays: 0.5-1 s, doubling per
-//   refusal, capped), unless the snapshot came meanwhile. PresenceMap is the
-//   same logic as the Python reference model megapresence_core.wire.PresenceMap.
+//   refusal, capped), unless its answer came meanwhile. The command rate's `rate_limited` names no command, so while
+//   any subscribe or sync is unanswered it may be the one refused: each is asked
+//   again. A resubscribe's held channel messages stay held until its answer.
 // - Only the server controls the client: a message that carries `from` was sent
 //   by another client (the server stamps every one), whatever its type, so it
 //   only ever reaches an onMessage; errors, replies and presence are taken only
@@ -75,23 +82,26 @@
 //   page in its back/forward cache; on a `pageshow` of that cached page it
 //   connects again (and resubscribes) as it would after any close.
 
-const STOP = new Set([1002, 1003, 1007, 1008]);
-const BACK_OFF = new Set([1013, 4503]);
-// The errors that can answer a `subscribe` (docs/protocol.md): an error names its
+const STOP = new Set([1000, 1002, 1003, 1007, 1008]);
+const NOW = new Set([4503]);
+const BACK_OFF = new Set([1013]);
+// The errors that refuse a `subscribe` (docs/protocol.md): an error names its
 // command's channel, not its command, so another code (a publish's `not_subscribed`)
 // that arrives while the channel's subscribe is unanswered is not that subscribe's.
 const SUBSCRIBE_REFUSALS = new Set([
-  "forbidden", "channel_full", "too_many_channels", "over_limit", "rate_limited", "busy",
-  "not_joined", "bad_command",
+  "forbidden", "channel_full", "too_many_channels", "over_limit", "not_joined", "bad_command",
 ]);
+// The errors that refuse a `subscribe` for now: it is sent again after a backoff.
+const SUBSCRIBE_RETRIES = new Set(["rate_limited", "busy"]);
 const PRESENCE_TYPES = new Set([
   "presence.state", "presence.diff", "presence.count", "subscribed", "unsubscribed",
   "stream.reset", "stream.missed",
 ]);
 
-/** What a close with `code` means for the client: "stop", "back-off" or "prompt". */
+/** What a close with `code` means for the client: "stop", "now", "back-off" or "prompt". */
 export function reconnectPlan(code) {
   if (STOP.has(code)) return "stop";
+  if (NOW.has(code)) return "now";
   if (BACK_OFF.has(code)) return "back-off";
   return "prompt";
 }
@@ -185,8 +195,8 @@ export class Subscription {
     this.count = null;
     this._syncAsked = this.map !== null; // the subscribe brings a snapshot
     this._syncSent = false; // a `sync` command is out, its snapshot not yet here
-    this._syncRefusals = 0; // `rate_limited` errors since it went out
-    this._syncTimer = null;
+    this._refusals = 0; // refusals for now (`rate_limited`, `busy`) since it went out
+    this._retryTimer = null;
     this._held = null;
     this._heldTimer = null;
     /** The channel's stream position this subscription holds: {offset, epoch}, or null. */
@@ -213,7 +223,7 @@ export class Subscription {
     const command = { op: "subscribe", channel: this.channel, presence: this.presence };
     if (this.position) {
       command.since = this.position;
-      this._recovering = [];
+      this._recovering ??= []; // a retry keeps what the refused one held
     }
     return command;
   }
@@ -258,21 +268,15 @@ export class Subscription {
     if (this.state !== "subscribed" || this._recovering) return;
     if (at && at.epoch === message.epoch && at.offset >= message.offset) return;
     if (this.map) this._syncAsked = true; // the subscribe brings a snapshot
+    this.state = "pending";
     this.client.send(this._command());
-  }
-
-  // A resubscribe was refused (rate_limited, say): the held messages are applied,
-  // and the next check asks again.
-  _refused() {
-    const held = this._recovering ?? [];
-    this._recovering = null;
-    for (const live of held) this._channelMessage(live);
   }
 
   _disconnected() {
     this._recovering = null; // unanswered: the next subscribe asks from the same place
     this._syncAsked = false;
-    this._syncAnswered(); // the resubscribe brings a snapshot
+    this._syncSent = false;
+    this._stopRetry(); // the resubscribe brings a snapshot
     if (this.map) this.map.inSync = false;
     this._releaseHeld();
   }
@@ -286,6 +290,7 @@ export class Subscription {
     switch (message.type) {
       case "subscribed":
         this.state = "subscribed";
+        this._answered();
         this._subscribed(message);
         return;
       case "stream.reset":
@@ -387,7 +392,7 @@ export class Subscription {
     this.state = "unsubscribed";
     this._held = null;
     clearTimeout(this._heldTimer);
-    this._syncAnswered();
+    this._stopRetry();
   }
 
   _askSync() {
@@ -403,21 +408,33 @@ export class Subscription {
 
   _syncAnswered() {
     this._syncSent = false;
-    this._syncRefusals = 0;
-    clearTimeout(this._syncTimer);
-    this._syncTimer = null;
+    this._answered();
   }
 
-  // The server refused a command with `rate_limited` (which one, it does not say): an
-  // unanswered sync is asked again after a backoff, if its snapshot has not come by then.
-  _rateLimited() {
-    if (!this._syncSent || this._syncTimer !== null) return;
-    this._syncRefusals += 1;
-    const delay = this.client.delayFor(this._syncRefusals, false);
-    this._syncTimer = setTimeout(() => {
-      this._syncTimer = null;
-      if (this._syncSent) this._sendSync();
-    }, delay);
+  /** Whether its `subscribe` or its `sync` waits for an answer. */
+  get _unanswered() { return this.state === "pending" || this._syncSent; }
+
+  // An answer came: no retry is due unless a command of it is still unanswered.
+  _answered() {
+    if (!this._unanswered) this._stopRetry();
+  }
+
+  _stopRetry() {
+    this._refusals = 0;
+    clearTimeout(this._retryTimer);
+    this._retryTimer = null;
+  }
+
+  // Its subscribe or sync was refused for now (`rate_limited`, `busy`): asked again
+  // after a backoff, unless the answer has come by then.
+  _retryLater() {
+    if (this._retryTimer !== null) return;
+    this._refusals += 1;
+    this._retryTimer = setTimeout(() => {
+      this._retryTimer = null;
+      if (this.state === "pending") this.client.send(this._command());
+      else if (this._syncSent) this._sendSync();
+    }, this.client.delayFor(this._refusals, false));
   }
 }
 
@@ -432,7 +449,8 @@ export class Subscription {
  * another client's), onError(payload) (an error the server sent),
  * onDetached(message) (a newer connection took this session; the client has
  * closed for good), random (a function giving [0, 1), for the jitter), baseDelay
- * (ms, 1000), backOffFactor (4), maxDelay (ms, 30000), leaveHold (ms, 1000: how
+ * (ms, 1000), backOffFactor (4), maxDelay (ms, 30000), nowJitter (ms, 250: the
+ * most a reconnect "now", after 4503, waits), leaveHold (ms, 1000: how
  * long a leave seen only by comparing snapshots waits for the diff that may bring
  * the member back), positionCheck (ms, 40000: how often the position held in each
  * channel is checked with the server; 0: never), WebSocket (the constructor to use).
@@ -445,6 +463,7 @@ export class PresenceClient {
     this.baseDelay = options.baseDelay ?? 1000;
     this.backOffFactor = options.backOffFactor ?? 4;
     this.maxDelay = options.maxDelay ?? 30000;
+    this.nowJitter = options.nowJitter ?? 250;
     this.leaveHold = options.leaveHold ?? 1000;
     this.positionCheck = options.positionCheck ?? 40000;
     this._checkTimer = null;
@@ -458,6 +477,8 @@ export class PresenceClient {
     this._backingOff = false;
     this._timer = null;
     this._directs = [];
+    this._metadata = undefined; // set by setMetadata: sent again after every reconnect
+    this._left = new Set(); // unsubscribed channels the server has not confirmed
     // The browser says the network is back: no reason to wait out the delay.
     this._online = () => {
       if (this.state === "reconnecting" && !this._backingOff) this.connect();
@@ -500,6 +521,8 @@ export class PresenceClient {
       this.attempt = 0;
       this._backingOff = false;
       this._setState({ state: "open" });
+      if (this._metadata !== undefined) this.send({ op: "metadata", metadata: this._metadata });
+      for (const channel of this._left) this.send({ op: "unsubscribe", channel });
       for (const subscription of this.subscriptions.values()) {
         subscription.state = "pending"; // it may be refused this time (channel_full, say)
         subscription._syncAsked = subscription.map !== null; // the subscribe brings a snapshot
@@ -555,6 +578,7 @@ export class PresenceClient {
     this.subscriptions.get(channel)?._drop();
     const subscription = new Subscription(this, channel, options);
     this.subscriptions.set(channel, subscription);
+    this._left.delete(channel);
     this.send(subscription._command());
     return subscription;
   }
@@ -564,6 +588,7 @@ export class PresenceClient {
     const subscription = this.subscriptions.get(channel);
     if (subscription) subscription._drop();
     this.subscriptions.delete(channel);
+    this._left.add(channel); // until the server confirms: sent again after a reconnect
     this.send({ op: "unsubscribe", channel });
   }
 
@@ -582,8 +607,11 @@ export class PresenceClient {
     return new Promise((resolve, reject) => this._directs.push({ userId, resolve, reject }));
   }
 
-  /** Replace this session's metadata; watchers see an update. */
-  setMetadata(metadata) { return this.send({ op: "metadata", metadata }); }
+  /** Replace this session's metadata (now, and after every reconnect); watchers see an update. */
+  setMetadata(metadata) {
+    this._metadata = metadata;
+    return this.send({ op: "metadata", metadata });
+  }
 
   /** The delay (ms) before reconnect attempt `attempt` (from 1), with jitter. */
   delayFor(attempt, backingOff) {
@@ -625,16 +653,16 @@ export class PresenceClient {
     if (message.type === "error") {
       const payload = message.payload ?? {};
       const subscription = payload.channel && this.subscriptions.get(payload.channel);
-      if (
-        subscription && subscription.state === "pending" && SUBSCRIBE_REFUSALS.has(payload.code)
-      ) {
-        subscription.state = "refused";
-        this.subscriptions.delete(payload.channel);
-      } else if (subscription) subscription._refused();
-      if (subscription) call(subscription.handlers.onError, payload, subscription);
-      if (payload.code === "rate_limited") {
-        for (const each of this.subscriptions.values()) each._rateLimited();
+      if (payload.code === "rate_limited" && !payload.channel) { // the command rate's
+        for (const each of this.subscriptions.values()) if (each._unanswered) each._retryLater();
+      } else if (subscription && subscription.state === "pending") {
+        if (SUBSCRIBE_REFUSALS.has(payload.code)) {
+          subscription.state = "refused";
+          this.subscriptions.delete(payload.channel);
+          subscription._stopRetry();
+        } else if (SUBSCRIBE_RETRIES.has(payload.code)) subscription._retryLater();
       }
+      if (subscription) call(subscription.handlers.onError, payload, subscription);
       call(this.options.onError, payload, this);
       return;
     }
@@ -652,6 +680,7 @@ export class PresenceClient {
       if (index >= 0) this._directs.splice(index, 1)[0].resolve(Boolean(message.found));
       return;
     }
+    if (message.type === "unsubscribed") this._left.delete(message.channel);
     const subscription = typeof message.channel === "string"
       ? this.subscriptions.get(message.channel) : undefined;
     if (subscription) {
@@ -687,7 +716,8 @@ export class PresenceClient {
     }
     this._backingOff = this._backingOff || plan === "back-off";
     this.attempt += 1;
-    const delay = this.delayFor(this.attempt, this._backingOff);
+    const delay = plan === "now" && this.attempt === 1
+      ? this.random() * this.nowJitter : this.delayFor(this.attempt, this._backingOff);
     this._setState({ state: "reconnecting", attempt: this.attempt, delay, code, reason });
     this._timer = setTimeout(() => {
       this._timer = null;
