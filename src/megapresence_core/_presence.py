@@ -193,8 +193,14 @@ class Presence:
             self._on_timer.update(dict.fromkeys(HUB_LINK.timer_kinds, link.on_timer))
         recoveries = Recoveries()
         self._hub_members = HubMembers(
-            self._rosters, self._arrived, frozenset(self._hub_link.channels), recoveries.awaits
+            self._rosters,
+            self._arrived,
+            frozenset(self._hub_link.channels),
+            recoveries.awaits,
+            timers=timers,
+            grace=config.leave_grace,
         )
+        self._on_timer[Timer.STALE] = self._hub_members.on_timer
         if config.cluster is not None:
             cluster = ClusterLink(
                 config.cluster,
@@ -539,8 +545,8 @@ class Presence:
 
     def _on_hub_lost(self, event: HubLost) -> list[Action]:
         # What the hub told us stays (stale, not gone) until the MEMBERS of the next
-        # registration replace it, channel by channel. Subscribes waiting for the hub's
-        # RECOVERED are answered from this process's (new) streams.
+        # registration confirm it, or the grace ends (``_hub_members``). Subscribes
+        # waiting for the hub's RECOVERED are answered from this process's (new) streams.
         actions = (
             self._hub_link.lost(event.now, event.code, event.reason, event.status)
             + self._reset_streams()
@@ -551,6 +557,7 @@ class Presence:
 
     def _on_hub_frame(self, event: HubFrameReceived) -> list[Action]:
         link = self._hub_link
+        self._hub_members.now = event.now
         actions, frames = link.split(event.data, event.now)
         for data in frames:
             receipt = link.receive(data, event.now)
@@ -627,7 +634,7 @@ class Presence:
         self._feed.shutdown()
         for record in list(self._local.members()):
             self._channels.hide(record, record.channels)
-        self._hub_members.table.clear()
+        self._hub_members.clear()
         actions += [
             CloseConnection(conn=record.conn, code=CloseCode.GOING_AWAY, reason=SHUTDOWN_REASON)
             for record in self._local.shut_down()
