@@ -246,7 +246,8 @@ class SimBridge:
         network = self.network
         if not self.alive or self.presence.hub_link_state is not HubLinkState.CONNECTING:
             return
-        if network.hub is None:
+        admitted = network.admitting is None or self.bridge_id in network.admitting
+        if network.hub is None or not admitted:
             self.handle(HubLost(now=network.now, code=None, reason="connection refused"))
             return
         link = Link(next(network.link_ids), self)
@@ -291,6 +292,8 @@ class HubNetwork:
         self.hub: Hub | None = None
         self.hub_logs: list[Log] = []
         self.conn_ids = itertools.count(1)
+        #: The bridges whose connections the hub accepts (None: all), to order registrations.
+        self.admitting: set[str] | None = None
         self.start_hub()
         self.bridges = {name: SimBridge(self, name, channels) for name, channels in bridges.items()}
 
@@ -381,6 +384,25 @@ class HubNetwork:
         self.run()
         self.kill_hub()
         self.start_hub()
+
+    def settle_bridges(self, *names: str) -> None:
+        """Tick in small steps until the bridges ``names`` are registered."""
+        for name in names:
+            bridge = self.bridges[name]
+            while bridge.presence.hub_link_state is not HubLinkState.REGISTERED:
+                self.tick(0.05)
+
+    def restart_hub_in_order(self, order: tuple[str, ...]) -> None:
+        """The hub dies and restarts empty; the bridges register with it one after the
+        other in ``order`` (each as soon as its backoff lets it), then ``settle``."""
+        self.kill_hub()
+        self.start_hub()
+        self.admitting = set()
+        for name in order:
+            self.admitting.add(name)
+            self.settle_bridges(name)
+        self.admitting = None
+        self.settle()
 
     def drop_link(self, name: str) -> None:
         bridge = self.bridges[name]

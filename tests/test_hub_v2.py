@@ -16,6 +16,7 @@ from megapresence_core import (
     ConnectionClosed,
     Hub,
     HubConfig,
+    ShutdownRequested,
     Subscribe,
     Unsubscribe,
 )
@@ -244,20 +245,30 @@ def test_a_bridge_that_goes_loses_its_interests_and_those_tracking_its_channels_
 # ------------------------------------------------------------ a bridge's side
 
 
-def tracked() -> Any:
-    """A registered bridge with a watcher (conn 1, sessions view) of ``room``."""
-    presence = hub_presence(presence_window=0)
+def tracked(**config: Any) -> Any:
+    """A registered bridge with a watcher (conn 1, sessions view) of ``room``; the leave
+    grace is the default 5 s unless ``config`` says otherwise."""
+    presence = hub_presence(presence_window=0, **config)
     open_joined(presence, 1, "ann", "a1", channels=["room"])
     drive(presence, Subscribe(conn=1, channel="room", mode="sessions", now=0))
     return presence
 
 
-def hub_says(presence: Any, kind: str, **payload: Any) -> dict[str, Any]:
+def hub_says(presence: Any, kind: str, now: float = 1, **payload: Any) -> dict[str, Any]:
     """What watcher 1 is told when the hub sends this frame (its one diff, or {})."""
-    actions = drive(presence, HubFrameReceived(data=hub_frame(kind, **payload), now=1))
+    actions = drive(presence, HubFrameReceived(data=hub_frame(kind, **payload), now=now))
+    return one_diff(actions)
+
+
+def one_diff(actions: list[Any]) -> dict[str, Any]:
     messages = presence_messages(actions, 1)
     assert len(messages) <= 1
     return messages[0] if messages else {}
+
+
+def later(presence: Any, now: float) -> dict[str, Any]:
+    """What watcher 1 is told when time reaches ``now`` (its one diff, or {})."""
+    return one_diff(drive(presence, Tick(now=now)))
 
 
 def test_other_bridges_members_reach_the_watchers_for_tracked_channels_only() -> None:
@@ -276,48 +287,110 @@ def test_other_bridges_members_reach_the_watchers_for_tracked_channels_only() ->
     assert list(diff["leaves"]) == ["c1"]
     diff = hub_says(presence, "LEAVE", sessionId="b1")
     assert list(diff["leaves"]) == ["b1"]
-    hub_says(presence, "JOIN", userId="bob", sessionId="b2", channels=["room"])
-    hub_says(presence, "JOIN", userId="bob", sessionId="b3", channels=["room"])
-    diff = hub_says(presence, "BULK_LEAVE", bridgeId="B", sessionIds=["b2", "b3", "zz"])
-    assert sorted(diff["leaves"]) == ["b2", "b3"]
     assert hub_says(presence, "HEARTBEAT") == {}
 
 
-def test_members_replace_what_the_bridge_held_of_the_channel() -> None:
+def test_a_bulk_leave_is_a_link_that_went_its_members_leave_after_the_grace() -> None:
+    presence = tracked()
+    hub_says(presence, "JOIN", userId="bob", sessionId="b2", channels=["room"])
+    hub_says(presence, "JOIN", userId="bob", sessionId="b3", channels=["room"])
+    assert hub_says(presence, "BULK_LEAVE", bridgeId="B", sessionIds=["b2", "b3", "zz"]) == {}
+    assert presence.presence_stats("room") == (3, 2)  # kept: B's link may come back
+    assert later(presence, 5.9) == {}
+    # B registers again and resyncs b2: confirmed, never seen leaving; b3 never comes.
+    assert hub_says(presence, "JOIN", now=3, userId="bob", sessionId="b2", channels=["room"]) == {}
+    assert list(later(presence, 6)["leaves"]) == ["b3"]
+    assert later(presence, 60) == {}
+    assert presence.presence_stats("room") == (2, 2)
+
+
+def test_without_a_leave_grace_a_bulk_leave_and_members_act_at_once() -> None:
+    presence = tracked(leave_grace=0)
+    hub_says(presence, "JOIN", userId="bob", sessionId="b1", channels=["room"])
+    hub_says(presence, "JOIN", userId="cid", sessionId="c1", channels=["room"])
+    diff = hub_says(presence, "BULK_LEAVE", bridgeId="B", sessionIds=["b1"])
+    assert list(diff["leaves"]) == ["b1"]
+    diff = hub_says(presence, "MEMBERS", channel="room", part=0, parts=1, members=[])
+    assert list(diff["leaves"]) == ["c1"]
+
+
+def test_members_confirm_those_they_list_and_the_others_leave_after_the_grace() -> None:
     presence = tracked()
     hub_says(presence, "JOIN", userId="bob", sessionId="b1", channels=["room"])
     hub_says(presence, "JOIN", userId="cid", sessionId="c1", channels=["room"])
+    hub_says(presence, "JOIN", userId="eve", sessionId="e1", channels=["room"])
     one = {"sessionId": "c1", "userId": "cid", "metadata": {"s": 9}}
     diff = hub_says(presence, "MEMBERS", channel="room", part=0, parts=2, members=[one])
-    assert (list(diff["leaves"]), list(diff["updates"])) == (["b1"], ["c1"])
+    assert (list(diff.get("leaves", [])), list(diff["updates"])) == ([], ["c1"])
     two = {"sessionId": "d1", "userId": "dan"}
     diff = hub_says(presence, "MEMBERS", channel="room", part=1, parts=2, members=[two])
     assert list(diff["joins"]) == ["d1"]
     assert hub_says(presence, "MEMBERS", channel="other", part=0, parts=1, members=[two]) == {}
+    # b1 and e1 were not listed: kept for the grace; e1 subscribes again meanwhile.
+    diff = hub_says(presence, "SUBSCRIBE", now=2, sessionId="e1", userId="eve", channel="room")
+    assert diff == {}
+    assert list(later(presence, 6)["leaves"]) == ["b1"]
+    assert presence.presence_stats("room") == (4, 4)
+
+
+def test_a_stale_member_that_leaves_meanwhile_leaves_once() -> None:
+    presence = tracked()
+    hub_says(presence, "JOIN", userId="bob", sessionId="b1", channels=["room"])
+    hub_says(presence, "MEMBERS", channel="room", part=0, parts=1, members=[])
+    assert list(hub_says(presence, "LEAVE", now=2, sessionId="b1")["leaves"]) == ["b1"]
+    assert later(presence, 10) == {}  # its grace ends with nothing left to remove
+    # A part that comes without its first (a link lost mid-way) only adds.
+    two = {"sessionId": "d1", "userId": "dan"}
+    diff = hub_says(presence, "MEMBERS", channel="room", part=1, parts=2, members=[two])
+    assert list(diff["joins"]) == ["d1"]
 
 
 def test_a_bridge_forgets_what_it_no_longer_tracks_and_keeps_what_is_stale() -> None:
     presence = tracked()
     hub_says(presence, "JOIN", userId="bob", sessionId="b1", channels=["room"])
-    # The link drops: what the hub told us stays (stale, not gone).
+    hub_says(presence, "MEMBERS", channel="room", part=0, parts=2, members=[])
+    # The link drops (its MEMBERS half read): what the hub told us stays (stale, not gone).
     actions = drive(presence, HubLost(now=2, code=1006))
     assert presence_messages(actions, 1) == []
     assert presence.presence_stats("room") == (2, 2)
-    # The last local member leaves room: the hub no longer routes it to us, so it goes.
+    # The last local member leaves room: the hub no longer routes it to us, so it goes,
+    # and so does the MEMBERS under way.
     drive(presence, Unsubscribe(conn=1, channel="room", now=3))
     assert presence.presence_stats("room") == (0, 0)
     assert presence.channel_members("room") == []
+    presence.check_invariants()
 
 
-def test_after_a_reconnect_the_hub_s_members_replace_the_stale_roster() -> None:
+@pytest.mark.parametrize("confirmed", [True, False])
+def test_after_a_new_hub_registers_a_member_not_yet_resynced_is_kept_for_the_grace(
+    confirmed: bool,
+) -> None:
     presence = tracked()
     hub_says(presence, "JOIN", userId="bob", sessionId="b1", channels=["room"])
     drive(presence, HubLost(now=2, code=1006), Tick(now=100), _HubConnected(now=100))
     actions = drive(presence, HubFrameReceived(data=registered_frame("hub-2"), now=100))
     assert [json.loads(a.data)["type"] for a in actions if hasattr(a, "data")] == ["JOIN"]
-    # The new hub says who is in room now: bob is gone.
-    diff = hub_says(presence, "MEMBERS", channel="room", part=0, parts=1, members=[])
-    assert list(diff["leaves"]) == ["b1"]
+    # We registered first: the new hub knows nobody else in room yet.
+    assert hub_says(presence, "MEMBERS", now=100, channel="room", part=0, parts=1, members=[]) == {}
+    if confirmed:  # bob's bridge registers 3 s later and resyncs him: nothing to see
+        joined = hub_says(
+            presence, "JOIN", now=103, userId="bob", sessionId="b1", channels=["room"]
+        )
+        assert joined == {}
+        assert later(presence, 200) == {}
+        assert presence.presence_stats("room") == (2, 2)
+    else:  # bob is gone for good: he leaves once, when the grace ends
+        assert later(presence, 104.9) == {}
+        assert list(later(presence, 105)["leaves"]) == ["b1"]
+
+
+def test_shutdown_forgets_the_stale_members_and_their_timers() -> None:
+    presence = tracked()
+    hub_says(presence, "JOIN", userId="bob", sessionId="b1", channels=["room"])
+    hub_says(presence, "BULK_LEAVE", bridgeId="B", sessionIds=["b1"])
+    drive(presence, ShutdownRequested())
+    assert presence.next_deadline() is None
+    presence.check_invariants()
 
 
 def test_interest_channels_are_tracked_without_a_member() -> None:

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import itertools
+from typing import Any
+
+import pytest
+
 from megapresence_core import (
     BroadcastRequested,
     DirectRequested,
     KickRequested,
+    Subscribe,
 )
 from megapresence_core.lifecycle import (
     HubLinkState,
@@ -124,3 +130,65 @@ def test_batching_links_carry_several_frames_per_message_and_unbatched_ones_neve
     assert (links["B"].down.messages, links["B"].down.batches) == (1, 1)
     assert links["C"].down.messages == 5
     assert links["C"].up.batches == links["C"].down.batches == 0
+
+
+def watched_network() -> tuple[HubNetwork, dict[str, int]]:
+    """A hub, 30 sessions on A and a watcher of ``room`` on B (users) and C (count),
+    with the default 5 s leave grace; each watcher's inbox emptied."""
+    sim = HubNetwork({"A": (), "B": (), "C": ()}, leave_grace=5.0)
+    sim.settle()
+    for n in range(30):
+        sim.open("A", "/ws", f"u{n}", f"s{n}", ("room",))
+    watchers = {"B": sim.open("B", "/ws", "wb", "wb"), "C": sim.open("C", "/ws", "wc", "wc")}
+    sim.act("B", Subscribe(conn=watchers["B"], channel="room", mode="users", now=sim.now))
+    sim.act("C", Subscribe(conn=watchers["C"], channel="room", mode="count", now=sim.now))
+    sim.clear_inboxes()
+    return sim, watchers
+
+
+def presence_seen(sim: HubNetwork, watchers: dict[str, int]) -> list[dict[str, Any]]:
+    return [
+        message
+        for name, conn in watchers.items()
+        for message in sim.bridges[name].inbox.get(conn, [])
+        if message["type"].startswith("presence.")
+    ]
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations("ABC")))
+def test_a_hub_restart_in_any_registration_order_shows_watchers_nothing(
+    order: tuple[str, ...],
+) -> None:
+    sim, watchers = watched_network()
+    sim.restart_hub_in_order(order)
+    sim.advance(10.0)  # past every grace
+    assert presence_seen(sim, watchers) == []
+    assert sim.hub_members() == sim.expected_hub_members()
+
+
+def test_a_link_blip_of_the_members_bridge_shows_watchers_nothing() -> None:
+    sim, watchers = watched_network()
+    sim.drop_link("A")  # the hub stays up and tells B and C that A's sessions went
+    sim.settle_bridges("A")  # A is back after its backoff (under a second)
+    sim.advance(10.0)
+    assert presence_seen(sim, watchers) == []
+
+
+def test_a_member_gone_while_the_hub_was_down_leaves_once_after_the_grace() -> None:
+    sim, watchers = watched_network()
+    sim.kill_hub()
+    sim.start_hub()
+    sim.admitting = {"B", "C"}  # A stays away for now
+    conn = next(iter(sim.open_conns["A"]))
+    sim.close("A", conn)  # s0's socket closes; its grace ends while A is cut off
+    sim.settle_bridges("B", "C")
+    sim.advance(2.0)
+    assert presence_seen(sim, watchers) == []
+    sim.admitting = None
+    sim.settle_bridges("A")  # within the grace of B's and C's registrations
+    sim.advance(10.0)
+    seen = presence_seen(sim, watchers)
+    assert [m["leaves"] for m in seen if m["type"] == "presence.diff"] == [
+        {"u0": {"userId": "u0", "sessions": [{"sessionId": "s0", "metadata": None}]}}
+    ]
+    assert [m["sessions"] for m in seen if m["type"] == "presence.count"] == [31]  # 30 + 2 - 1

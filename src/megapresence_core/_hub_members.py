@@ -5,10 +5,19 @@ lingering) or an interest in it (``HubLinkConfig.channels``): exactly while
 the hub routes the channel's JOIN, LEAVE, METADATA, SUBSCRIBE, UNSUBSCRIBE and
 PUBLISH to it. So only tracked channels are kept, and a channel that stops
 being tracked is forgotten at once: nothing would keep it up to date. When a
-bridge starts to track a channel the hub sends its MEMBERS, whose first part
-replaces whatever the bridge held of it (perhaps stale, from before a
-reconnect or from a dead hub incarnation). While the link is down, what the
-hub said stays (stale, not gone) until then.
+bridge starts to track a channel the hub sends its MEMBERS, which say who is in
+it now. While the link is down, what the hub said stays (stale, not gone).
+
+Stale, not gone. A member the hub stops vouching for without a LEAVE is kept
+for the leave grace, as a session whose socket closed is, and goes only if
+nothing confirms it meanwhile (timer ``STALE``, per session and channel): one
+the channel's MEMBERS do not list (the hub restarted empty, and the bridge
+holding the member has not registered with it yet), or one of a BULK_LEAVE (its
+bridge's link went, and may come back). Its bridge's resync JOIN, a SUBSCRIBE
+or a later MEMBERS listing it confirm it, so a hub restart or a link blip shows
+watchers nothing, in whatever order the bridges register; a member truly gone
+leaves once, when the grace ends. A LEAVE or UNSUBSCRIBE is a departure and
+goes at once.
 
 A JOIN is a session's whole channel list, so it also says which tracked
 channels the session left. The hub never echoes a bridge's own frames, so
@@ -22,10 +31,11 @@ is heard.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any, Final, final
 
 from ._rosters import HUB, Arrival, Rosters, SourceTable
+from ._timers import ALL, Timer, Timers
 from ._values import Member, RemoteMember
 from .actions import Action
 from .wire import (
@@ -46,7 +56,17 @@ __all__ = ["PRESENCE_FRAMES", "HubMembers"]
 class HubMembers:
     """The hub's source table, filtered to the channels this bridge tracks."""
 
-    __slots__ = ("_awaited", "_held", "_interest", "_rosters", "table")
+    __slots__ = (
+        "_awaited",
+        "_grace",
+        "_held",
+        "_interest",
+        "_listing",
+        "_rosters",
+        "_timers",
+        "now",
+        "table",
+    )
 
     def __init__(
         self,
@@ -55,6 +75,9 @@ class HubMembers:
         interest: frozenset[str],
         awaited: Callable[[str], bool],
         held: Callable[[str], bool],
+        *,
+        timers: Timers,
+        grace: float,
     ) -> None:
         self._rosters = rosters
         self._interest = interest
@@ -62,6 +85,13 @@ class HubMembers:
         self._awaited = awaited
         #: The session is held here, joined or lingering (``Presence``).
         self._held = held
+        self._timers = timers
+        #: How long an unconfirmed member is kept (the leave grace; 0: it goes at once).
+        self._grace = grace
+        #: channel -> the sessions held in it that its MEMBERS under way have not listed.
+        self._listing: dict[str, dict[str, None]] = {}
+        #: When the frame being handled arrived (set by ``Presence``).
+        self.now = 0.0
         self.table = SourceTable(HUB, rosters, arrived, keep_channelless=False)
 
     def tracks(self, channel: str) -> bool:
@@ -75,13 +105,41 @@ class HubMembers:
         """A local member left ``channel``: forget it if the bridge no longer tracks it."""
         if not self.tracks(channel):
             self.table.drop_channel(channel)
+            self._listing.pop(channel, None)
 
     def receive(self, frame: HubFrame) -> list[Action]:
         return _FRAMES[type(frame)](self, frame)
 
+    def clear(self) -> None:
+        """Forget every member (shutdown: nobody watches any more)."""
+        self.table.clear()
+        self._listing.clear()
+        self._timers.cancel(Timer.STALE, ALL)
+
+    def _unconfirmed(self, session_id: str, channel: str) -> None:
+        """The hub no longer vouches for ``session_id`` in ``channel``: it goes when the
+        grace ends unless confirmed (an earlier deadline stands)."""
+        if self._grace:
+            deadline = self.now + self._grace
+            self._timers.arm_unless_armed(Timer.STALE, deadline, (session_id, channel))
+        else:
+            self.table.without_channel(session_id, channel)
+
+    def _confirmed(self, session_id: str, channels: tuple[str, ...]) -> None:
+        for channel in channels:
+            self._timers.cancel(Timer.STALE, (session_id, channel))
+
+    def on_timer(self, kind: Timer, owner: Hashable, now: float) -> list[Action]:
+        """Nothing confirmed the member in time: it leaves that channel (if still held)."""
+        assert isinstance(owner, tuple)
+        session_id, channel = owner
+        self.table.without_channel(session_id, channel)
+        return []
+
     def _join(self, frame: JoinFrame) -> list[Action]:
         member = Member(session_id=frame.session_id, user_id=frame.user_id, metadata=frame.metadata)
         channels = tuple(channel for channel in frame.channels if self.tracks(channel))
+        self._confirmed(frame.session_id, channels)
         # A JOIN of a session held here says another bridge's connection took it.
         return self.table.put(RemoteMember(ns="", member=member, channels=channels), claim=True)
 
@@ -90,8 +148,12 @@ class HubMembers:
         return []
 
     def _bulk_leave(self, frame: BulkLeaveFrame) -> list[Action]:
+        """A bridge's link went: its sessions may come back with it (see the module)."""
+        sessions = self.table.sessions
         for session_id in frame.session_ids:
-            self.table.remove(session_id)
+            held = sessions.get(session_id)
+            for channel in held.channels if held is not None else ():
+                self._unconfirmed(session_id, channel)
         return []
 
     def _metadata(self, frame: MetadataFrame) -> list[Action]:
@@ -107,6 +169,7 @@ class HubMembers:
         if not self.tracks(frame.channel) or self._held(frame.session_id):
             return []
         member = Member(session_id=frame.session_id, user_id=frame.user_id, metadata=frame.metadata)
+        self._confirmed(frame.session_id, (frame.channel,))
         return self.table.with_channel(frame.session_id, frame.channel, member=member)
 
     def _unsubscribe(self, frame: UnsubscribeFrame) -> list[Action]:
@@ -114,16 +177,26 @@ class HubMembers:
         return []
 
     def _members(self, frame: MembersFrame) -> list[Action]:
-        """The first part replaces what we held of the channel; the others add to it."""
+        """Who is in the channel now: each listed member is confirmed, and those we held
+        that no part lists are unconfirmed once the last part has come."""
         channel, table = frame.channel, self.table
         if not self.tracks(channel):
             return []
         if frame.part == 0:
-            table.drop_channel(channel)
+            roster = self._rosters.get(channel)
+            holders = roster.holders.items() if roster is not None else ()
+            self._listing[channel] = {sid: None for sid, held in holders if HUB in held}
+        unlisted = self._listing.get(channel, {})
         actions: list[Action] = []
         for member in frame.members:
+            unlisted.pop(member.session_id, None)
             if not self._held(member.session_id):
+                self._confirmed(member.session_id, (channel,))
                 actions += table.with_channel(member.session_id, channel, member=member)
+        if frame.part == frame.parts - 1:
+            self._listing.pop(channel, None)
+            for session_id in unlisted:
+                self._unconfirmed(session_id, channel)
         return actions
 
     def check(self) -> None:

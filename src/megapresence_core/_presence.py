@@ -206,7 +206,10 @@ class Presence:
             frozenset(self._hub_link.channels),
             recoveries.awaits,
             lambda session_id: self._local.session(session_id) is not None,
+            timers=timers,
+            grace=config.leave_grace,
         )
+        self._on_timer[Timer.STALE] = self._hub_members.on_timer
         if config.cluster is not None:
             cluster = ClusterLink(
                 config.cluster,
@@ -571,8 +574,8 @@ class Presence:
 
     def _on_hub_lost(self, event: HubLost) -> list[Action]:
         # What the hub told us stays (stale, not gone) until the MEMBERS of the next
-        # registration replace it, channel by channel. Subscribes waiting for the hub's
-        # RECOVERED are answered from this process's (new) streams.
+        # registration confirm it, or the grace ends (``_hub_members``). Subscribes
+        # waiting for the hub's RECOVERED are answered from this process's (new) streams.
         owned = self._parts.owner() is not None
         actions = self._hub_link.lost(event.now, event.code, event.reason, event.status)
         actions += self._reset_streams(owned=owned)
@@ -582,6 +585,7 @@ class Presence:
 
     def _on_hub_frame(self, event: HubFrameReceived) -> list[Action]:
         link = self._hub_link
+        self._hub_members.now = event.now
         actions, frames = link.split(event.data, event.now)
         for data in frames:
             owned = self._parts.owner() is not None
@@ -762,7 +766,7 @@ class Presence:
         self._feed.shutdown()
         for record in list(self._local.members()):
             self._channels.hide(record, record.channels)
-        self._hub_members.table.clear()
+        self._hub_members.clear()
         actions += [
             CloseConnection(conn=record.conn, code=CloseCode.GOING_AWAY, reason=SHUTDOWN_REASON)
             for record in self._local.shut_down()

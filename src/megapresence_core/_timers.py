@@ -47,6 +47,7 @@ class Timer(IdentityEnum):
     STORE_REFRESH = "store_refresh"  #: re-put this process's members in the shared store
     GRACE = "grace"  #: a lingering session's leave grace is over
     FLUSH = "flush"  #: a channel's presence window is over: send its diffs
+    STALE = "stale"  #: a remote member the hub no longer vouched for is not confirmed in time
 
 
 _ORDER: Final = {kind: index for index, kind in enumerate(Timer)}
