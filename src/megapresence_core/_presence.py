@@ -147,6 +147,7 @@ from .wire import (
     broadcast_text,
     direct_text,
     encode,
+    roster_reply,
 )
 
 __all__ = ["Presence"]
@@ -440,8 +441,7 @@ class Presence:
 
     def _on_command(self, event: CommandReceived) -> list[Action]:
         """A token bucket per connection: ``command_rate`` a second, ``command_burst`` deep;
-        a snapshot sent takes more from it (``Channels`` charges it: see
-        ``SNAPSHOT_CHARS_PER_COMMAND``)."""
+        a snapshot or roster sent takes more from it (``ConnectionRecord.charge``)."""
         record = self._local.get(event.conn, what="CommandReceived")
         limits = self._limits
         elapsed = max(0.0, event.now - record.command_at)
@@ -453,7 +453,7 @@ class Presence:
             record.command_tokens = tokens
             message = (
                 f"more than {limits.command_rate:g} commands a second on this connection "
-                "(Limits.command_rate; a snapshot counts one more per 16 KiB): slow down"
+                "(Limits.command_rate; a snapshot or roster counts one more per 16 KiB): slow down"
             )
             return [refused(event.conn, "rate_limited", message, None)]
         record.command_tokens = tokens - 1.0
@@ -806,6 +806,15 @@ class Presence:
         for member in self._cluster.remote_members(ns):
             found.setdefault(member.session_id, member)
         return list(found.values())
+
+    def answer_roster(self, conn: Hashable) -> str:
+        """The ``roster`` command's answer to ``conn`` (its path's members, and which of them
+        is in each channel), paid for from its command bucket as a snapshot is: one command
+        more per ``SNAPSHOT_CHARS_PER_COMMAND`` of it, so a large path's rosters come slower."""
+        record = self._local.get(conn, what="answer_roster")
+        text = roster_reply(self.roster(record.ns), self.local_store_entries())
+        record.charge(text, self._limits.command_burst)
+        return text
 
     def presence_list(
         self, channels: Iterable[str], remote_members: Iterable[Member] = ()

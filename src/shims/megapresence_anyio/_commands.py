@@ -24,7 +24,6 @@ from megapresence_core.wire import (
     RosterCommand,
     command_event,
     decode_client_command,
-    roster_reply,
 )
 
 if TYPE_CHECKING:
@@ -57,8 +56,7 @@ def handle_command(client: Client, text: str | ClientCommand, *, is_admin: bool 
         elif isinstance(outcome, PingCommand):
             pass  # it has answered the heartbeat by arriving
         elif isinstance(outcome, RosterCommand):
-            members = server.roster(client.ns)
-            client.send(roster_reply(members, server.presence.local_store_entries()))
+            client.send(server.presence.answer_roster(client))
         else:
             server.dispatch(outcome)
     except PresenceError as exc:  # bad JSON, a field, a limit: the code says which
