@@ -20,7 +20,7 @@ import json
 import math
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any, Final, NoReturn, TypeAlias, final
+from typing import Any, Final, NoReturn, TypeAlias, TypeVar, final
 
 import attrs
 
@@ -49,6 +49,7 @@ __all__ = [
 
 Json: TypeAlias = "bool | int | float | str | list[Json] | dict[str, Json] | None"
 JsonObject: TypeAlias = "dict[str, Json]"
+E = TypeVar("E", bound=enum.Enum)
 
 _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
@@ -218,6 +219,19 @@ class Absent(enum.Enum):
 
 
 ABSENT: Final = Absent.ABSENT
+
+
+def enum_member(kind: type[E], owner: str, name: str, value: object) -> E:
+    """``value`` if it is a member of ``kind``, the member it spells (its documented
+    string), else ``LocalUsageError`` listing the spellings: a wrong one is the
+    program's own mistake, caught where it is made rather than at first use."""
+    if isinstance(value, kind):
+        return value
+    for member in kind:
+        if member.value == value:
+            return member
+    names = ", ".join(str(member.value) for member in kind)
+    raise LocalUsageError(f"{owner}: {name} must be one of {names}, not {value!r}")
 
 
 def non_empty_str(owner: str, name: str, value: object) -> str:
@@ -425,13 +439,7 @@ class PresenceMode(enum.Enum):
     @classmethod
     def coerce(cls, owner: str, value: object) -> PresenceMode:
         """A ``PresenceMode`` or its wire name, else ``LocalUsageError`` naming ``owner``."""
-        if isinstance(value, PresenceMode):
-            return value
-        try:
-            return cls(value)
-        except ValueError:
-            names = ", ".join(mode.value for mode in cls)
-            raise LocalUsageError(f"{owner}: mode must be one of {names}, not {value!r}") from None
+        return enum_member(cls, owner, "mode", value)
 
 
 @final
