@@ -142,6 +142,8 @@ def test_message_coerce_accepts_a_message_as_is() -> None:
             "duplicate_session must be one of",
         ),
         (lambda: PresenceConfig(duplicate_session=None), "duplicate_session must be one of"),
+        (lambda: Message(type="presence.state"), "'presence.state' is reserved for the server"),
+        (lambda: Message(type="welcome"), "'welcome' is reserved for the server"),
         (lambda: Limits(max_members_per_channel=0), "max_members_per_channel must be a positive"),
         (lambda: HubConfig(hub_id="h", tokens=[]), "at least one token"),
         (lambda: HubConfig(hub_id="h", tokens=[""]), "each token must be a non-empty string"),

@@ -30,6 +30,8 @@ __all__ = [
     "ABSENT",
     "ENVELOPE_DEPTH",
     "MAX_JSON_DEPTH",
+    "RESERVED_PREFIXES",
+    "RESERVED_TYPES",
     "Absent",
     "Json",
     "JsonObject",
@@ -43,6 +45,7 @@ __all__ = [
     "dumps",
     "freeze_json",
     "non_empty_str",
+    "reserved_type",
     "str_tuple",
     "utf8_len",
 ]
@@ -270,6 +273,22 @@ def _short(text: str, limit: int = 40) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+#: The server's own message types: no client may send a message of one of these types,
+#: nor may the program (``Message``) or a peer server (a hub or cluster frame's message).
+RESERVED_TYPES: Final = frozenset(
+    ("error", "subscribed", "unsubscribed", "direct.result", "roster", "welcome")
+)
+#: Type prefixes kept for the server's messages, now and in future versions.
+RESERVED_PREFIXES: Final = ("presence.", "session.", "server.", "stream.")
+
+
+def reserved_type(kind: str) -> bool:
+    """Whether ``kind`` is a server message's type, which an application message (one
+    a client, the program or another server sends) must not have: a client would take
+    it for the server's."""
+    return kind in RESERVED_TYPES or kind.startswith(RESERVED_PREFIXES)
+
+
 @final
 @attrs.frozen(kw_only=True, repr=False)
 class Message:
@@ -292,6 +311,12 @@ class Message:
 
     def __attrs_post_init__(self) -> None:
         non_empty_str("Message", "type", self.type)
+        if reserved_type(self.type):
+            raise LocalUsageError(
+                f"Message: type {self.type[:40]!r} is reserved for the server's own messages "
+                "(RESERVED_TYPES, RESERVED_PREFIXES): give the application's message a type "
+                "of its own"
+            )
         try:
             # A lone surrogate cannot travel in UTF-8: measuring says so.
             self.size  # noqa: B018 - encodes now, so misuse fails here
