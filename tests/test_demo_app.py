@@ -227,3 +227,35 @@ def test_the_demo_identity_s_defaults_are_the_ones_the_protocol_states() -> None
         channels=("dev", "ops"),
         metadata={"status": "online", "admin": True},
     )
+
+
+@pytest.mark.parametrize(
+    ("query", "reason"),
+    [
+        ("user=%ED%A0%80", b"lone surrogate"),  # percent-escaped bytes that are not UTF-8
+        ("user=ann&session=%FF", b"lone surrogate"),
+        ("user=ann&channels=lobby,%C0", b"lone surrogate"),
+        ("user=a%00b", b"control character"),
+        ("user=ann&session=s%0A1", b"control character"),
+        ("user=ann&channels=lo%7Fbby", b"control character"),
+    ],
+)
+async def test_a_demo_name_utf_8_cannot_carry_or_with_a_control_character_is_400(
+    query: str, reason: bytes
+) -> None:
+    async with demo() as (_, url):
+        with pytest.raises(InvalidStatus) as refused:
+            await Client.connect(f"{url}?{query}")
+        assert refused.value.response.status_code == 400
+        assert reason in refused.value.response.body
+
+
+def test_distinct_raw_query_values_stay_distinct() -> None:
+    from megapresence_anyio import HandshakeRequest
+
+    def user(query: str) -> str:
+        request = HandshakeRequest(method="GET", path="/ws", query_string=query, headers=())
+        return request.query["user"]
+
+    assert user("user=%ED%A0%80") != user("user=%ED%A0%81")
+    assert user("user=%C3%A9") == "\u00e9"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.resources
 import json
 import logging
+import re
 import secrets
 from collections.abc import Collection
 
@@ -23,6 +24,9 @@ from ._server import Client, Identity, PresenceServer, Refusal
 __all__ = ["DemoApp"]
 
 logger = logging.getLogger("megapresence.demo")
+
+#: What a name typed in a URL never means to hold (a NUL, a newline, ...).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _page() -> bytes:
@@ -64,6 +68,8 @@ class DemoApp:
             return Refusal(status=401, reason="demo: add ?user=NAME")
         channels = tuple(ch for ch in request.query.get("channels", "").split(",") if ch)
         session = request.query.get("session") or f"{user}-{secrets.token_hex(4)}"
+        if any(_CONTROL.search(name) for name in (user, session, *channels)):
+            return Refusal(status=400, reason="demo: a name may not hold a control character")
         return Identity(
             user_id=user,
             session_id=session,
