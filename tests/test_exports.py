@@ -32,8 +32,9 @@ PACKAGES = (
 #: machines for those who drive the core themselves.
 CAPS = {
     "megapresence_core": 36,
-    # PauseBridge: the hub pauses an over-rate bridge (hub link flow control).
-    "megapresence_core.actions": 20,
+    # PauseBridge: the hub pauses an over-rate bridge (hub link flow control);
+    # ChannelsRestored: a session taken over from another server learns its kept channels.
+    "megapresence_core.actions": 21,
     # HistoryConfig and its three defaults: bounded channel history for recovery.
     "megapresence_core.config": 20,
     "megapresence_core.errors": 6,
@@ -57,7 +58,7 @@ CAPS = {
     # The Python client: the client, its events, its reconnect plan and its errors.
     "megapresence_client": 28,
 }
-TOTAL_CAP = 293
+TOTAL_CAP = 294
 
 #: Exported and not yet documented (a docstring, or a ``#:`` comment by a constant).
 #: Do not add to it: document the new name instead. The wire's frame and message

@@ -78,7 +78,7 @@ from ._values import (
     StoreEntry,
     StreamPosition,
 )
-from .actions import Action, CloseConnection, Deliver, Log, LogLevel
+from .actions import Action, ChannelsRestored, CloseConnection, Deliver, Log, LogLevel
 from .config import DuplicateSessionPolicy, PresenceConfig
 from .errors import CloseCode, LocalUsageError, truncate_reason
 from .events import (
@@ -753,7 +753,10 @@ class Presence:
         first = [c for c in channels if c in held and c not in left]
         record.subscriptions = {c: held.pop(c) for c in first} | held
         self._channels.show(record, gained)
-        return self._cluster.add(record.remote()) + self._parts.store.put(record, gained)
+        actions = self._cluster.add(record.remote()) + self._parts.store.put(record, gained)
+        if gained:  # its connection's application was told of the others at its join
+            actions.append(ChannelsRestored(conn=record.conn, channels=tuple(gained)))
+        return actions
 
     # ------------------------------------------------------------- delivery
 

@@ -655,6 +655,7 @@ async def _start_serve(args: argparse.Namespace, instance_id: str, stack: AsyncE
             _authenticator(args, app),
             paths=("/ws/",),
             on_open=app.on_open,
+            on_restored=app.on_open,
             on_message=app.on_message,
             presence=PresenceConfig(
                 hub_link=hub_config,

@@ -84,7 +84,9 @@ class DemoApp:
     def on_open(self, client: Client) -> None:
         """Tell the page who it is and every channel its session is in: the login's, and
         those of a session restored within its grace (a reload), which the page's URL
-        may not name. A server message: it carries no ``from``."""
+        may not name. Sent again when a session taken over from another server turns out
+        to have kept channels there (``on_restored``). A server message: it carries no
+        ``from``."""
         channels = self._server().presence.subscriptions(client)
         client.send(
             json.dumps(
