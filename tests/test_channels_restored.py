@@ -27,13 +27,13 @@ def test_through_a_hub_the_kept_channels_are_told_once_they_arrive() -> None:
 
 
 def test_a_take_over_that_keeps_nothing_new_is_not_told() -> None:
-    sim = HubNetwork({"A": (), "B": ()}, leave_grace=GRACE)
-    sim.settle()
-    sim.close("A", sim.open("A", "/ws", "ann", "s1", ("lobby",)))
-    sim.settle()
-    sim.open("B", "/ws", "ann", "s1", ("lobby",))
-    sim.settle()
-    assert sim.bridges["B"].restored == []
+    sim = Bus(leave_grace=GRACE)
+    for name in ("A", "B"):
+        sim.add(name)
+    sim.close(sim.join("A", "/ws", "ann", "s1", ("lobby",)))
+    back = sim.join("B", "/ws", "ann", "s1", ("lobby", "room"))
+    assert sim.instances["B"].restored == []
+    assert list(sim.instances["B"].presence.subscriptions(back)) == ["lobby", "room"]
 
 
 def test_over_a_cluster_the_hand_over_s_channels_are_told() -> None:
