@@ -24,6 +24,7 @@ from megapresence_core import (
     Tick,
 )
 from megapresence_core.actions import (
+    ChannelsRestored,
     CloseConnection,
     ClusterPublish,
     RequestRefused,
@@ -62,6 +63,8 @@ class Instance:
         self.alive = True
         self.clients = Clients()
         self.closed: list[tuple[Hashable, int, str]] = []
+        #: The channels each connection was told it kept, taken over from elsewhere.
+        self.restored: list[ChannelsRestored] = []
 
     @property
     def inbox(self) -> dict[Hashable, list[dict[str, Any]]]:
@@ -81,6 +84,8 @@ class Instance:
             elif isinstance(action, CloseConnection):
                 self.closed.append((action.conn, action.code, action.reason))
                 self.bus.queue.append(lambda conn=action.conn: self.bus.close(conn))
+            elif isinstance(action, ChannelsRestored):
+                self.restored.append(action)
         self.presence.check_invariants()
 
     def connect(self) -> None:

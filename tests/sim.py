@@ -49,6 +49,7 @@ from megapresence_core import (
 )
 from megapresence_core.actions import (
     AcceptBridge,
+    ChannelsRestored,
     CloseBridge,
     CloseHubLink,
     ConnectHub,
@@ -175,6 +176,8 @@ class SimBridge:
         self.clients = Clients()
         self.closed: list[tuple[Hashable, int, str]] = []
         self.logs: list[Log] = []
+        #: The channels each connection was told it kept, taken over from elsewhere.
+        self.restored: list[ChannelsRestored] = []
         self.start()
 
     @property
@@ -233,6 +236,8 @@ class SimBridge:
             self.close_link(link, action.code, action.reason)
         elif isinstance(action, Log):
             self.logs.append(action)
+        elif isinstance(action, ChannelsRestored):
+            self.restored.append(action)
         # The reconnect is a timer: settle() ticks every STEP seconds.
 
     def close(self, conn: Hashable) -> None:

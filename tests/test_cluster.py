@@ -169,6 +169,12 @@ def test_defaults_are_left_out_on_the_wire() -> None:
             "bad_frame",
             "member must be a non-empty string",
         ),
+        (
+            '{"v":1,"kind":"publish","from":"i","epoch":1,"channel":"c",'
+            '"message":{"type":"presence.state"}}',
+            "bad_frame",
+            "reserved for the server",
+        ),
         ("[]", "bad_json", "JSON object"),
     ],
 )

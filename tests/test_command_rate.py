@@ -3,9 +3,9 @@
 Each connection has a token bucket of ``Limits.command_burst`` commands that
 refills at ``Limits.command_rate`` a second; a ``CommandReceived`` past it is
 answered with a ``rate_limited`` refusal and the shim does not handle the
-command. A snapshot a connection is sent (``sync``, ``subscribe``) takes one command
-more per ``SNAPSHOT_CHARS_PER_COMMAND`` of it, so large snapshots come slower. On a
-real socket the flood is answered, and others are not slowed.
+command. A snapshot a connection is sent (``sync``, ``subscribe``) or a ``roster``
+answer takes one command more per ``SNAPSHOT_CHARS_PER_COMMAND`` of it, so large
+answers come slower. On a real socket the flood is answered, and others are not slowed.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from megapresence_core.events import (
     CommandReceived,
     ConnectionOpened,
     PresenceSync,
+    RosterRequested,
     SessionJoined,
     Subscribe,
 )
@@ -147,6 +148,26 @@ def test_a_subscribe_with_a_snapshot_costs_it_and_one_without_does_not() -> None
     while allowed(presence, 10.0):
         passed += 1
     assert passed == 40 - 3 - cost
+
+
+def test_a_roster_costs_one_command_more_per_16_kib_of_it() -> None:
+    presence = crowded(rate=1.0, burst=40)
+    assert allowed(presence, 10.0)
+    (answer,) = drive(presence, RosterRequested(conn="c", ns="/ws"))
+    assert isinstance(answer, Deliver)
+    roster = answer.text
+    assert len(json.loads(roster)["payload"]["members"]) == 21
+    cost = len(roster) // SNAPSHOT_CHARS_PER_COMMAND
+    assert cost >= 4
+    passed = 0
+    while allowed(presence, 10.0):
+        passed += 1
+    assert passed == 40 - 1 - cost
+
+
+def test_a_roster_for_an_unknown_connection_is_a_usage_error() -> None:
+    with pytest.raises(LocalUsageError, match="unknown connection"):
+        drive(machine(), RosterRequested(conn="nobody", ns="/ws"))
 
 
 def test_the_debt_of_a_snapshot_is_at_most_one_burst() -> None:

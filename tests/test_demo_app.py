@@ -227,3 +227,79 @@ def test_the_demo_identity_s_defaults_are_the_ones_the_protocol_states() -> None
         channels=("dev", "ops"),
         metadata={"status": "online", "admin": True},
     )
+
+
+@pytest.mark.parametrize(
+    ("query", "reason"),
+    [
+        ("user=%ED%A0%80", b"lone surrogate"),  # percent-escaped bytes that are not UTF-8
+        ("user=ann&session=%FF", b"lone surrogate"),
+        ("user=ann&channels=lobby,%C0", b"lone surrogate"),
+        ("user=a%00b", b"control character"),
+        ("user=ann&session=s%0A1", b"control character"),
+        ("user=ann&channels=lo%7Fbby", b"control character"),
+    ],
+)
+async def test_a_demo_name_utf_8_cannot_carry_or_with_a_control_character_is_400(
+    query: str, reason: bytes
+) -> None:
+    async with demo() as (_, url):
+        with pytest.raises(InvalidStatus) as refused:
+            await Client.connect(f"{url}?{query}")
+        assert refused.value.response.status_code == 400
+        assert reason in refused.value.response.body
+
+
+def test_distinct_raw_query_values_stay_distinct() -> None:
+    from megapresence_anyio import HandshakeRequest
+
+    def user(query: str) -> str:
+        request = HandshakeRequest(method="GET", path="/ws", query_string=query, headers=())
+        return request.query["user"]
+
+    assert user("user=%ED%A0%80") != user("user=%ED%A0%81")
+    assert user("user=%C3%A9") == "\u00e9"
+
+
+async def test_a_session_taken_over_through_a_hub_is_welcomed_again_with_its_kept_channels() -> (
+    None
+):
+    from contextlib import AsyncExitStack
+
+    from megapresence_anyio import HubServer
+    from megapresence_core import HubConfig, HubLinkConfig
+    from megapresence_core.lifecycle import HubLinkState
+
+    async with AsyncExitStack() as stack:
+        hub = await stack.enter_async_context(HubServer(HubConfig(hub_id="h", tokens=["t"])))
+        hub_port = await hub.listen()
+        servers, urls = [], []
+        for name in ("A", "B"):
+            app = DemoApp()
+            link = HubLinkConfig(bridge_id=name, instance_id=name, backoff_initial=0.05)
+            server = PresenceServer(
+                app.authenticate,
+                on_open=app.on_open,
+                on_restored=app.on_open,
+                on_message=app.on_message,
+                presence=PresenceConfig(hub_link=link, leave_grace=30),
+                hub_url=f"ws://127.0.0.1:{hub_port}/",
+                hub_token="t",
+            )
+            app.server = server
+            servers.append(await stack.enter_async_context(server))
+            urls.append(f"ws://127.0.0.1:{await server.listen()}/ws/chat")
+        await wait_for(
+            lambda: all(s.presence.hub_link_state is HubLinkState.REGISTERED for s in servers)
+        )
+        first = await Client.connect(f"{urls[0]}?user=ann&session=s1&channels=lobby,room")
+        assert (await next_of(first, "welcome"))["payload"]["channels"] == ["lobby", "room"]
+        await wait_for(lambda: [m.session_id for m in hub.hub.members()] == ["s1"])
+        await first.close()
+        back = await Client.connect(f"{urls[1]}?user=ann&session=s1&channels=lobby")
+        # Told at its join what B knew then; told again once A's channels reached B.
+        assert (await next_of(back, "welcome"))["payload"]["channels"] == ["lobby"]
+        again = await next_of(back, "welcome")
+        assert again["payload"]["channels"] == ["lobby", "room"]
+        assert again["payload"]["sessionId"] == "s1"
+        await back.close()

@@ -33,8 +33,9 @@ PACKAGES = (
 CAPS = {
     "megapresence_core": 36,
     # PauseBridge: the hub pauses an over-rate bridge (hub link flow control);
-    # StreamAppend, StreamRead: what a shim's stream store (JetStream, Redis Streams) does.
-    "megapresence_core.actions": 22,
+    # StreamAppend, StreamRead: what a shim's stream store (JetStream, Redis Streams) does;
+    # ChannelsRestored: a session taken over from another server learns its kept channels.
+    "megapresence_core.actions": 23,
     # HistoryConfig and its three defaults: bounded channel history for recovery.
     "megapresence_core.config": 20,
     "megapresence_core.errors": 6,
@@ -65,7 +66,7 @@ CAPS = {
     # The Python client: the client, its events, its reconnect plan and its errors.
     "megapresence_client": 28,
 }
-TOTAL_CAP = 300
+TOTAL_CAP = 301
 
 #: Exported and not yet documented (a docstring, or a ``#:`` comment by a constant).
 #: Do not add to it: document the new name instead. The wire's frame and message

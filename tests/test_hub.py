@@ -475,11 +475,30 @@ def test_strikes_decay_with_time() -> None:
         actions = hub.handle(BridgeFrameReceived(bridge="A", data="nope", now=now))
         assert strikes(actions) == ["bad_json"]
         assert not [a for a in actions if isinstance(a, CloseBridge)]
-    # Three at once still close it (1.5, 2.5, then 3.5 strikes: the last at 40 half gone).
-    for _ in range(2):
-        hub.handle(BridgeFrameReceived(bridge="A", data="nope", now=45))
+    # The one at 40 is not forgiven before 50: with two more at 45, three close it.
+    hub.handle(BridgeFrameReceived(bridge="A", data="nope", now=45))
     actions = hub.handle(BridgeFrameReceived(bridge="A", data="nope", now=45))
     assert CloseBridge(bridge="A", code=1008, reason="too many errors (last: bad_json)") in actions
+
+
+def closes(hub: Hub, now: float) -> bool:
+    """Send "A" a bad frame at ``now``: whether that closed its link."""
+    actions = hub.handle(BridgeFrameReceived(bridge="A", data="nope", now=now))
+    assert strikes(actions) == ["bad_json"]
+    return any(isinstance(a, CloseBridge) for a in actions)
+
+
+def test_the_third_strike_in_a_decay_period_closes_however_they_are_spread() -> None:
+    hub = new_hub(max_errors=3, error_decay=10)
+    connect(hub, "A")
+    assert [closes(hub, now) for now in (0.0, 0.1, 0.2)] == [False, False, True]
+
+
+def test_a_strike_is_forgiven_per_whole_decay_period() -> None:
+    hub = new_hub(max_errors=3, error_decay=10)
+    connect(hub, "A")
+    assert [closes(hub, now) for now in (0.0, 1.0, 10.5)] == [False, False, False]  # 2 - 1 + 1
+    assert closes(hub, 19.9)  # the next is forgiven at 20 (10 after the first): 3
 
 
 def test_handle_refuses_what_is_not_a_hub_event() -> None:

@@ -7,12 +7,16 @@ import json
 import pytest
 
 from megapresence_core import (
+    ConnectionOpened,
+    Deliver,
     HubLinkConfig,
     Log,
     LogLevel,
     Presence,
     PresenceConfig,
+    SessionJoined,
     ShutdownRequested,
+    Subscribe,
     Tick,
 )
 from megapresence_core.actions import (
@@ -283,3 +287,22 @@ def test_a_registered_frame_with_an_unusable_heartbeat_interval_is_refused(inter
     assert presence.next_deadline() == 5.0
     drive(presence, Tick(now=5.0))
     assert presence.hub_link_state is HubLinkState.CLOSING
+
+
+def test_a_frame_from_the_hub_with_a_server_s_message_type_is_refused() -> None:
+    presence = registered()
+    drive(presence, ConnectionOpened(conn="c", ns="/ws"))
+    drive(presence, SessionJoined(conn="c", user_id="u", session_id="s", now=0))
+    drive(presence, Subscribe(conn="c", channel="lobby", now=0))
+    message = {"type": "presence.state", "payload": "unsigned"}
+    for kind, fields in (
+        ("PUBLISH", {"channel": "lobby"}),
+        ("BROADCAST", {"ns": "/ws", "channel": "lobby"}),
+    ):
+        actions = drive(
+            presence, HubFrameReceived(data=hub_frame(kind, **fields, message=message), now=1)
+        )
+        assert not [a for a in actions if isinstance(a, Deliver)]
+        assert [(a.event, a.fields["code"]) for a in actions if isinstance(a, Log)] == [
+            ("hub.frame.invalid", "bad_frame")
+        ]

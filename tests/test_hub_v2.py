@@ -131,6 +131,25 @@ def test_a_publish_speaks_for_a_session_only_from_its_bridge_under_its_user() ->
     assert types_to(send(hub, "C", "PUBLISH", **signed)) == {"A": ["PUBLISH"], "B": ["PUBLISH"]}
 
 
+@pytest.mark.parametrize("kind", ["presence.state", "welcome", "error", "server.notice"])
+def test_a_message_of_a_server_type_is_refused_with_a_strike_and_not_routed(kind: str) -> None:
+    hub = new_hub()
+    for bridge in ("A", "B"):
+        register(hub, bridge)
+    join(hub, "B", "bob", "b1", "room")
+    message = {"type": kind, "payload": "unsigned"}
+    for frame, fields in (
+        ("PUBLISH", {"channel": "room"}),
+        ("BROADCAST", {"ns": "/ws", "channel": "room"}),
+        ("DIRECT", {"userId": "bob"}),
+    ):
+        actions = send(hub, "A", frame, **fields, message=message)
+        assert list(frames_to(actions)) == ["A"]  # nothing reaches B
+        (error,) = frames_to(actions)["A"]
+        assert error["payload"]["code"] == "bad_frame"
+        assert "reserved for the server" in error["payload"]["message"]
+
+
 def test_a_subscribe_under_another_user_or_past_the_channel_limit_is_a_strike() -> None:
     hub = new_hub(max_channels_per_session=1)
     register(hub, "A")

@@ -11,6 +11,7 @@ from megapresence_core import (
     CloseConnection,
     ConnectionOpened,
     Deliver,
+    DuplicateSessionPolicy,
     HubConfig,
     HubLinkConfig,
     KickRequested,
@@ -132,6 +133,17 @@ def test_message_coerce_accepts_a_message_as_is() -> None:
             "leave_grace must be a number of seconds",
         ),
         (lambda: PresenceConfig(leave_grace=True), "leave_grace must be a number of seconds"),
+        (
+            lambda: PresenceConfig(duplicate_session="bogus"),
+            "duplicate_session must be one of detach_prior, close_prior, refuse_new, not 'bogus'",
+        ),
+        (
+            lambda: PresenceConfig(duplicate_session="REFUSE_NEW"),
+            "duplicate_session must be one of",
+        ),
+        (lambda: PresenceConfig(duplicate_session=None), "duplicate_session must be one of"),
+        (lambda: Message(type="presence.state"), "'presence.state' is reserved for the server"),
+        (lambda: Message(type="welcome"), "'welcome' is reserved for the server"),
         (lambda: Limits(max_members_per_channel=0), "max_members_per_channel must be a positive"),
         (lambda: HubConfig(hub_id="h", tokens=[]), "at least one token"),
         (lambda: HubConfig(hub_id="h", tokens=[""]), "each token must be a non-empty string"),
@@ -150,6 +162,14 @@ def test_message_coerce_accepts_a_message_as_is() -> None:
 def test_bad_configuration_and_events_fail_when_built(build: object, match: str) -> None:
     with pytest.raises(LocalUsageError, match=match):
         build()  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("policy", list(DuplicateSessionPolicy))
+def test_a_duplicate_session_policy_may_be_given_as_its_documented_name(
+    policy: DuplicateSessionPolicy,
+) -> None:
+    assert PresenceConfig(duplicate_session=policy.value).duplicate_session is policy
+    assert PresenceConfig(duplicate_session=policy).duplicate_session is policy
 
 
 def test_reprs_are_short_and_readable() -> None:

@@ -38,7 +38,7 @@ from ._stream_store import StreamStore
 from ._streams import NoStreams, Streams
 from ._values import Message, PresenceMode, Sender, StreamPosition
 from .actions import Action, Deliver, Log, LogLevel, RequestRefused
-from .config import SNAPSHOT_CHARS_PER_COMMAND, Limits
+from .config import Limits
 from .events import PositionCheck, PresenceSync, PublishRequested, Subscribe, Unsubscribe
 from .wire import (
     LeaveFrame,
@@ -353,9 +353,7 @@ class Channels:
         """``snapshot``, paid for from its connection's command bucket: one command more per
         ``SNAPSHOT_CHARS_PER_COMMAND`` of it (the next commands are ``rate_limited`` until
         the rate has paid it back), so a large channel's snapshots come slower."""
-        record.charge(
-            len(snapshot.text) // SNAPSHOT_CHARS_PER_COMMAND, self._parts.limits.command_burst
-        )
+        record.charge(snapshot.text, self._parts.limits.command_burst)
         return snapshot
 
     def publish(self, event: PublishRequested) -> list[Action]:

@@ -29,7 +29,7 @@ from typing import Final, final
 from ._timers import Timer, Timers
 from ._values import JsonObject, Member, PresenceMode, RemoteMember, Sender, StoreEntry
 from .actions import Action, StoreDelete, StorePut, StoreRefresh
-from .config import StoreConfig
+from .config import SNAPSHOT_CHARS_PER_COMMAND, StoreConfig
 from .errors import LocalUsageError
 from .lifecycle import CONNECTION, ConnectionEffect, ConnectionInput, ConnectionState, Machine
 
@@ -99,10 +99,12 @@ class ConnectionRecord:
     def state(self) -> ConnectionState:
         return self.lifecycle.state
 
-    def charge(self, commands: int, burst: int) -> None:
-        """Take ``commands`` more from the command bucket (what a snapshot cost): it may go
-        below empty, by at most one ``burst``, and the connection's next commands are then
+    def charge(self, answer: str, burst: int) -> None:
+        """Take one command more from the command bucket per ``SNAPSHOT_CHARS_PER_COMMAND``
+        of ``answer`` (a snapshot or a roster sent it), so large answers come slower: it may
+        go below empty, by at most one ``burst``, and the connection's next commands are then
         refused until the rate has filled it again."""
+        commands = len(answer) // SNAPSHOT_CHARS_PER_COMMAND
         self.command_tokens = max(-float(burst), self.command_tokens - commands)
 
     @property

@@ -80,7 +80,7 @@ from ._values import (
     StoreEntry,
     StreamPosition,
 )
-from .actions import Action, CloseConnection, Deliver, Log, LogLevel
+from .actions import Action, ChannelsRestored, CloseConnection, Deliver, Log, LogLevel
 from .config import DuplicateSessionPolicy, PresenceConfig
 from .errors import CloseCode, LocalUsageError, truncate_reason
 from .events import (
@@ -468,15 +468,17 @@ class Presence:
         )
 
     def _on_roster(self, event: RosterRequested) -> list[Action]:
-        """The ``roster`` command: ``conn`` is sent its path's members and channels."""
-        self._local.get(event.conn, what="RosterRequested")
+        """The ``roster`` command: ``conn`` is sent its path's members and channels, paid
+        for from its command bucket as a snapshot is: one command more per
+        ``SNAPSHOT_CHARS_PER_COMMAND`` of it, so a large path's rosters come slower."""
+        record = self._local.get(event.conn, what="RosterRequested")
         text = roster_reply(self.roster(event.ns), self.local_store_entries())
+        record.charge(text, self._limits.command_burst)
         return [Deliver(conns=(event.conn,), text=text)]
 
     def _on_command(self, event: CommandReceived) -> list[Action]:
         """A token bucket per connection: ``command_rate`` a second, ``command_burst`` deep;
-        a snapshot sent takes more from it (``Channels`` charges it: see
-        ``SNAPSHOT_CHARS_PER_COMMAND``)."""
+        a snapshot or roster sent takes more from it (``ConnectionRecord.charge``)."""
         record = self._local.get(event.conn, what="CommandReceived")
         limits = self._limits
         elapsed = max(0.0, event.now - record.command_at)
@@ -488,7 +490,7 @@ class Presence:
             record.command_tokens = tokens
             message = (
                 f"more than {limits.command_rate:g} commands a second on this connection "
-                "(Limits.command_rate; a snapshot counts one more per 16 KiB): slow down"
+                "(Limits.command_rate; a snapshot or roster counts one more per 16 KiB): slow down"
             )
             return [refused(event.conn, "rate_limited", message, None)]
         record.command_tokens = tokens - 1.0
@@ -888,7 +890,10 @@ class Presence:
         first = [c for c in channels if c in held and c not in left]
         record.subscriptions = {c: held.pop(c) for c in first} | held
         self._channels.show(record, gained)
-        return self._cluster.add(record.remote()) + self._parts.store.put(record, gained)
+        actions = self._cluster.add(record.remote()) + self._parts.store.put(record, gained)
+        if gained:  # its connection's application was told of the others at its join
+            actions.append(ChannelsRestored(conn=record.conn, channels=tuple(gained)))
+        return actions
 
     # ------------------------------------------------------------- delivery
 

@@ -20,7 +20,7 @@ import json
 import math
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any, Final, NoReturn, TypeAlias, final
+from typing import Any, Final, NoReturn, TypeAlias, TypeVar, final
 
 import attrs
 
@@ -30,6 +30,8 @@ __all__ = [
     "ABSENT",
     "ENVELOPE_DEPTH",
     "MAX_JSON_DEPTH",
+    "RESERVED_PREFIXES",
+    "RESERVED_TYPES",
     "Absent",
     "Json",
     "JsonObject",
@@ -43,12 +45,14 @@ __all__ = [
     "dumps",
     "freeze_json",
     "non_empty_str",
+    "reserved_type",
     "str_tuple",
     "utf8_len",
 ]
 
 Json: TypeAlias = "bool | int | float | str | list[Json] | dict[str, Json] | None"
 JsonObject: TypeAlias = "dict[str, Json]"
+E = TypeVar("E", bound=enum.Enum)
 
 _encoder = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"))
 
@@ -220,6 +224,19 @@ class Absent(enum.Enum):
 ABSENT: Final = Absent.ABSENT
 
 
+def enum_member(kind: type[E], owner: str, name: str, value: object) -> E:
+    """``value`` if it is a member of ``kind``, the member it spells (its documented
+    string), else ``LocalUsageError`` listing the spellings: a wrong one is the
+    program's own mistake, caught where it is made rather than at first use."""
+    if isinstance(value, kind):
+        return value
+    for member in kind:
+        if member.value == value:
+            return member
+    names = ", ".join(str(member.value) for member in kind)
+    raise LocalUsageError(f"{owner}: {name} must be one of {names}, not {value!r}")
+
+
 def non_empty_str(owner: str, name: str, value: object) -> str:
     """Return ``value`` if it is a non-empty string UTF-8 can carry, else raise
     ``LocalUsageError``: of the program's own making (500) when it is no string or
@@ -256,6 +273,22 @@ def _short(text: str, limit: int = 40) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+#: The server's own message types: no client may send a message of one of these types,
+#: nor may the program (``Message``) or a peer server (a hub or cluster frame's message).
+RESERVED_TYPES: Final = frozenset(
+    ("error", "subscribed", "unsubscribed", "direct.result", "roster", "welcome")
+)
+#: Type prefixes kept for the server's messages, now and in future versions.
+RESERVED_PREFIXES: Final = ("presence.", "session.", "server.", "stream.")
+
+
+def reserved_type(kind: str) -> bool:
+    """Whether ``kind`` is a server message's type, which an application message (one
+    a client, the program or another server sends) must not have: a client would take
+    it for the server's."""
+    return kind in RESERVED_TYPES or kind.startswith(RESERVED_PREFIXES)
+
+
 @final
 @attrs.frozen(kw_only=True, repr=False)
 class Message:
@@ -278,6 +311,12 @@ class Message:
 
     def __attrs_post_init__(self) -> None:
         non_empty_str("Message", "type", self.type)
+        if reserved_type(self.type):
+            raise LocalUsageError(
+                f"Message: type {self.type[:40]!r} is reserved for the server's own messages "
+                "(RESERVED_TYPES, RESERVED_PREFIXES): give the application's message a type "
+                "of its own"
+            )
         try:
             # A lone surrogate cannot travel in UTF-8: measuring says so.
             self.size  # noqa: B018 - encodes now, so misuse fails here
@@ -425,13 +464,7 @@ class PresenceMode(enum.Enum):
     @classmethod
     def coerce(cls, owner: str, value: object) -> PresenceMode:
         """A ``PresenceMode`` or its wire name, else ``LocalUsageError`` naming ``owner``."""
-        if isinstance(value, PresenceMode):
-            return value
-        try:
-            return cls(value)
-        except ValueError:
-            names = ", ".join(mode.value for mode in cls)
-            raise LocalUsageError(f"{owner}: mode must be one of {names}, not {value!r}") from None
+        return enum_member(cls, owner, "mode", value)
 
 
 @final

@@ -17,6 +17,7 @@ from ._values import Member, StoreEntry, StreamPosition
 __all__ = [
     "AcceptBridge",
     "Action",
+    "ChannelsRestored",
     "CloseBridge",
     "CloseConnection",
     "CloseHubLink",
@@ -90,6 +91,18 @@ class RequestRefused:
     message: str
     channel: str | None = None
     text: str = attrs.field(repr=False)
+
+
+@final
+@attrs.frozen(kw_only=True)
+class ChannelsRestored:
+    """``conn``'s session, taken over from another server after its join, kept its
+    ``channels`` there and is in them here now (mode ``none``): what its connection was
+    told when it opened did not list them, so a shim tells its application (the demo's
+    ``welcome`` is sent again)."""
+
+    conn: Hashable
+    channels: tuple[str, ...]
 
 
 @final
@@ -205,6 +218,7 @@ Action: TypeAlias = (
     Deliver
     | RequestRefused
     | CloseConnection
+    | ChannelsRestored
     | ConnectHub
     | SendHubFrame
     | CloseHubLink

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import attrs
 
-from ._values import Message, non_empty_str, str_tuple, utf8_len
+from ._values import Message, enum_member, non_empty_str, str_tuple, utf8_len
 from .errors import CloseCode, LocalUsageError, over_limit
 from .wire import MAX_HEARTBEAT_INTERVAL, MIN_HEARTBEAT_INTERVAL
 
@@ -359,6 +359,10 @@ class HistoryConfig:
                 raise LocalUsageError(f"HistoryConfig: {name} must be an int")
 
 
+def _duplicate_session(value: object) -> DuplicateSessionPolicy:
+    return enum_member(DuplicateSessionPolicy, "PresenceConfig", "duplicate_session", value)
+
+
 @final
 @attrs.frozen(kw_only=True)
 class PresenceConfig:
@@ -367,7 +371,10 @@ class PresenceConfig:
     hub_link: HubLinkConfig | None = None
     cluster: ClusterConfig | None = None
     store: StoreConfig | None = None
-    duplicate_session: DuplicateSessionPolicy = DuplicateSessionPolicy.DETACH_PRIOR
+    #: A ``DuplicateSessionPolicy`` or its name as docs/protocol.md spells it ("refuse_new").
+    duplicate_session: DuplicateSessionPolicy = attrs.field(
+        default=DuplicateSessionPolicy.DETACH_PRIOR, converter=_duplicate_session
+    )
     limits: Limits = Limits()
     #: Presence changes to a channel are sent to its watchers at most once per
     #: window (seconds); 0 sends them at the end of the event that made them.

@@ -199,8 +199,9 @@ class Bridge:
         self.batch = False
         #: Both ends named ``stream``: it gets STREAM frames and may RECOVER.
         self.stream = False
-        #: Strikes, decaying with time: as of ``errors_at``.
-        self.errors = 0.0
+        #: Strikes not yet forgiven; one is forgiven per ``error_decay`` seconds from
+        #: ``errors_at``, so whole strikes count and the ``max_errors``-th at once closes.
+        self.errors = 0
         self.errors_at = now
         #: When its message being read arrived.
         self.heard_at = now
@@ -484,10 +485,14 @@ class Hub:
         return self._refuse_session(record, session_id, "session_taken", message)
 
     def _strike(self, record: Bridge, code: str, message: str) -> list[HubAction]:
-        now = record.heard_at
-        decayed = (now - record.errors_at) / self._config.error_decay
-        record.errors = max(0.0, record.errors - decayed) + 1
-        record.errors_at = now
+        now, decay = record.heard_at, self._config.error_decay
+        forgiven = max(0, int((now - record.errors_at) // decay))  # whole periods gone by
+        if forgiven >= record.errors:
+            record.errors, record.errors_at = 0, now
+        else:
+            record.errors -= forgiven
+            record.errors_at += forgiven * decay
+        record.errors += 1
         actions: list[HubAction] = [
             Log(
                 level=LogLevel.WARNING,

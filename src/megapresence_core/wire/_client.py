@@ -64,6 +64,8 @@ import attrs
 
 from .._values import (
     ABSENT,
+    RESERVED_PREFIXES,
+    RESERVED_TYPES,
     Absent,
     Json,
     JsonObject,
@@ -74,6 +76,7 @@ from .._values import (
     StoreEntry,
     StreamPosition,
     dumps,
+    reserved_type,
 )
 from ..errors import PeerError, PresenceError
 from ..events import (
@@ -132,13 +135,6 @@ __all__ = [
 MAX_CLIENT_COMMAND_BYTES: Final = 16 * 1024
 #: An epoch is a boot id (at most 64 characters), a dot and a count.
 MAX_EPOCH_CHARS: Final = 96
-
-#: The server's own message types: no client may send a message of one of these types.
-RESERVED_TYPES: Final = frozenset(
-    ("error", "subscribed", "unsubscribed", "direct.result", "roster", "welcome")
-)
-#: Type prefixes kept for the server's messages, now and in future versions.
-RESERVED_PREFIXES: Final = ("presence.", "session.", "server.", "stream.")
 
 
 # ------------------------------------------------------------- server -> client
@@ -289,7 +285,7 @@ def _presence_mode(value: object) -> PresenceMode:
 def _peer_type(value: object) -> str:
     """A message type a client may give what it sends: not one of the server's."""
     name = check_name(value)
-    if name in RESERVED_TYPES or name.startswith(RESERVED_PREFIXES):
+    if reserved_type(name):
         raise ValueError(f"must not be {name[:40]!r}: that type is reserved for the server")
     return name
 

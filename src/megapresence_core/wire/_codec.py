@@ -38,6 +38,7 @@ from .._values import (
     StreamPosition,
     decode_object,
     dumps,
+    reserved_type,
 )
 from ..errors import PeerError
 
@@ -111,6 +112,8 @@ def check_message(value: Any) -> Message:
     kind = value.get("type")
     if not isinstance(kind, str) or not kind:
         raise ValueError("must have a non-empty string 'type'")
+    if reserved_type(kind):  # a server's message: no peer may send one as its own
+        raise ValueError(f"must not have the type {kind[:40]!r}: it is reserved for the server")
     # Decoded JSON always re-encodes (the decoder refuses what UTF-8 cannot carry).
     return Message.decoded(kind, value.get("payload", ABSENT))
 

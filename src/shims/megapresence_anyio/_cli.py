@@ -78,7 +78,7 @@ class ExitCode(enum.IntEnum):
     INTERRUPTED = 130
 
 
-#: How long ``serve`` waits, on SIGTERM or SIGHUP, for its clients' sessions to move to
+#: How long ``serve`` waits, on SIGTERM, SIGHUP or SIGINT, for its clients' sessions to move to
 #: the servers they reconnect to (a grace of 5 s, and time to spare), before it stops.
 DEFAULT_DRAIN_TIMEOUT = 10.0
 
@@ -352,8 +352,8 @@ def _parser() -> argparse.ArgumentParser:
         type=_seconds_or_zero,
         default=DEFAULT_DRAIN_TIMEOUT,
         metavar="S",
-        help="on SIGTERM or SIGHUP, clients are closed with 4503 and their sessions move to "
-        "the servers they reconnect to (without --hub or --nats: 1001, nowhere to move); "
+        help="on SIGTERM, SIGHUP or SIGINT, clients are closed with 4503 and their sessions "
+        "move to the servers they reconnect to (without --hub or --nats: 1001, nowhere to move); "
         f"wait at most this long for that, then stop (default {DEFAULT_DRAIN_TIMEOUT:g})",
     )
     caps = serve.add_argument_group("connection caps")
@@ -683,6 +683,7 @@ async def _start_serve(args: argparse.Namespace, instance_id: str, stack: AsyncE
             _authenticator(args, app),
             paths=("/ws/",),
             on_open=app.on_open,
+            on_restored=app.on_open,
             on_message=app.on_message,
             presence=PresenceConfig(
                 hub_link=hub_config,

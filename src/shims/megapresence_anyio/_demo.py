@@ -13,6 +13,7 @@ from __future__ import annotations
 import importlib.resources
 import json
 import logging
+import re
 import secrets
 from collections.abc import Collection
 
@@ -24,6 +25,9 @@ from ._types import Identity, Refusal
 __all__ = ["DemoApp"]
 
 logger = logging.getLogger("megapresence.demo")
+
+#: What a name typed in a URL never means to hold (a NUL, a newline, ...).
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 def _page() -> bytes:
@@ -65,6 +69,8 @@ class DemoApp:
             return Refusal(status=401, reason="demo: add ?user=NAME")
         channels = tuple(ch for ch in request.query.get("channels", "").split(",") if ch)
         session = request.query.get("session") or f"{user}-{secrets.token_hex(4)}"
+        if any(_CONTROL.search(name) for name in (user, session, *channels)):
+            return Refusal(status=400, reason="demo: a name may not hold a control character")
         return Identity(
             user_id=user,
             session_id=session,
@@ -79,7 +85,9 @@ class DemoApp:
     def on_open(self, client: Client) -> None:
         """Tell the page who it is and every channel its session is in: the login's, and
         those of a session restored within its grace (a reload), which the page's URL
-        may not name. A server message: it carries no ``from``."""
+        may not name. Sent again when a session taken over from another server turns out
+        to have kept channels there (``on_restored``). A server message: it carries no
+        ``from``."""
         channels = self._server().presence.subscriptions(client)
         client.send(
             json.dumps(

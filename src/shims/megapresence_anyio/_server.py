@@ -64,6 +64,7 @@ from megapresence_core import (
     Unsubscribe,
 )
 from megapresence_core.actions import (
+    ChannelsRestored,
     CloseHubLink,
     ClusterPublish,
     ConnectHub,
@@ -213,6 +214,11 @@ class PresenceServer:
     does not need), unless ``keep_headers=True`` (for hooks that read a header
     later: ``on_message``, ``on_close``, ``authorize_subscription``).
 
+    ``on_restored(client)`` (synchronous) is called when the client's session, taken over
+    from another server (through a hub or a cluster), turns out after ``on_open`` to have
+    kept channels there: ``presence.subscriptions(client)`` lists them from then on (the
+    demo sends its ``welcome`` again).
+
     Channel messages carry stream offsets and a client may recover what it
     missed (``PresenceConfig.history``); without one given, the server keeps
     the default history under a boot id drawn at random at every start.
@@ -226,6 +232,7 @@ class PresenceServer:
         on_open: OnClose | None = None,
         on_message: OnMessage | None = None,
         on_close: OnClose | None = None,
+        on_restored: Callable[[Client], None] | None = None,
         presence: PresenceConfig | None = None,
         limits: SocketLimits = DEFAULT_SOCKET_LIMITS,
         hub_url: str | None = None,
@@ -269,6 +276,7 @@ class PresenceServer:
         self._on_open = on_open
         self._on_message = on_message
         self._on_close = on_close
+        self._on_restored = on_restored
         self._limits = limits
         self._pages = dict(pages or {})
         self._presence = Presence(config)
@@ -331,6 +339,7 @@ class PresenceServer:
             Deliver: self._deliver,
             RequestRefused: self._refused,
             CloseConnection: self._close_connection,
+            ChannelsRestored: self._channels_restored,
             ConnectHub: self._connect_hub,
             SendHubFrame: self._send_hub_frame,
             CloseHubLink: self._close_hub_link,
@@ -732,6 +741,16 @@ class PresenceServer:
 
     def _refused(self, action: RequestRefused) -> None:
         action.conn.send(action.text)  # type: ignore[attr-defined]
+
+    def _channels_restored(self, action: ChannelsRestored) -> None:
+        if self._on_restored is None:
+            return
+        try:
+            self._on_restored(action.conn)  # type: ignore[arg-type]
+        except Exception as exc:  # the application's: logged, the presence goes on
+            logger.error(
+                "the on_restored hook failed: %s: %s", type(exc).__name__, exc, exc_info=exc
+            )
 
     def _close_connection(self, action: CloseConnection) -> None:
         session = action.conn.session  # type: ignore[attr-defined]
