@@ -43,9 +43,11 @@ diverged). Run it from the repository (``nats-server`` on the PATH or in /usr/sb
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -142,8 +144,8 @@ class Deployment:
         return [self.middle, *self.servers]
 
 
-def deployments(log_dir: Path, grace: float) -> list[Deployment]:
-    common = ("--leave-grace", str(grace), "--channels", "lobby", "--log-level", "warning")
+def deployments(log_dir: Path, grace: float, log_level: str) -> list[Deployment]:
+    common = ("--leave-grace", str(grace), "--channels", "lobby", "--log-level", log_level)
     hub_port = free_port()
     hub = Proc("hub", megapresence("hub", "--port", str(hub_port)), hub_port, log_dir / "hub.log")
     hub_servers = []
@@ -260,7 +262,7 @@ class Soak:
         self.args = args
         self.rng = random.Random(args.seed)
         self.log_dir = log_dir
-        self.deployments = deployments(log_dir, args.grace)
+        self.deployments = deployments(log_dir, args.grace, args.log_level)
         self.actors = [
             Actor(
                 i,
@@ -294,7 +296,7 @@ class Soak:
                     proc.stop()
                 if attempt == 2:
                     raise
-                self.deployments = deployments(self.log_dir, self.args.grace)
+                self.deployments = deployments(self.log_dir, self.args.grace, self.args.log_level)
         for actor in self.actors:
             actor.deployment = self.deployments[actor.index % 2]
         self.watchers = [Watcher(s, d) for d in self.deployments for s in d.servers]
@@ -451,7 +453,10 @@ class Soak:
             if not problems or time.monotonic() > deadline:
                 break
             await anyio.sleep(1.0)
-        return self.report(problems, time.monotonic() - quiet_at)
+        settle = time.monotonic() - quiet_at
+        if problems:
+            problems += await self.second_look()
+        return self.report(problems, settle)
 
     def truth(self, deployment: Deployment) -> dict[str, dict[str, Any]]:
         found: dict[str, dict[str, Any]] = {}
@@ -512,11 +517,7 @@ class Soak:
                 continue
             for channel in CHANNELS:
                 subscription = client.subscriptions.get(channel)
-                expected = {
-                    s: {"sessionId": s, "userId": t["user"], "metadata": t["metadata"]}
-                    for s, t in truth.items()
-                    if channel in t["channels"]
-                }
+                expected = self.expected(truth, channel)
                 problems += self.compare_map(watcher, channel, subscription, expected)
             try:
                 roster = await client.roster(timeout=5)
@@ -544,6 +545,39 @@ class Soak:
         if deployment.name == "hub":
             problems += await self.check_hub(deployment, truth)
         return problems
+
+    @staticmethod
+    def expected(truth: dict[str, dict[str, Any]], channel: str) -> dict[str, Any]:
+        """A sessions view of ``channel`` as the truth says it."""
+        return {
+            s: {"sessionId": s, "userId": t["user"], "metadata": t["metadata"]}
+            for s, t in truth.items()
+            if channel in t["channels"]
+        }
+
+    async def second_look(self) -> list[str]:
+        """After a divergence, each diverging map's fresh snapshot (``sync``): whether the
+        server's state is wrong, or only the diffs its watcher was sent."""
+        looks: list[tuple[Watcher, str, Subscription, dict[str, Any]]] = []
+        for watcher in self.watchers:
+            client = watcher.client
+            if client is None or not client.connected:
+                continue
+            truth = self.truth(watcher.deployment)
+            for channel, subscription in client.subscriptions.items():
+                expected = self.expected(truth, channel)
+                if self.compare_map(watcher, channel, subscription, expected):
+                    with contextlib.suppress(ConnectionError):
+                        await client.sync(channel)
+                        looks.append((watcher, channel, subscription, expected))
+        await anyio.sleep(2.0)  # every snapshot asked for has come
+        notes = []
+        for watcher, channel, subscription, expected in looks:
+            where = f"{watcher.session} {channel}"
+            again = self.compare_map(watcher, channel, subscription, expected)
+            verdict = again[0].removeprefix(f"{where}: ") if again else "equals the truth"
+            notes.append(f"{where}: a fresh snapshot: {verdict}")
+        return notes
 
     def compare_map(
         self,
@@ -621,10 +655,11 @@ class Soak:
             "hub_link_refused_log_lines": refused_logs,
             "chaos": self.chaos_log,
             "problems": problems,
+            # Every generation of a client that diverged (a ghost is often an earlier one).
             "histories": {
                 a.session: list(a.history)
                 for a in self.actors
-                if any(f"'{a.session}'" in p or f"{a.session}:" in p for p in problems)
+                if any(re.search(rf"\bs{a.index}\.\d+\b", p) for p in problems)
             },
             "logs": str(self.log_dir),
         }
@@ -641,6 +676,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--chaos-min", type=float, default=3.0, help="shortest calm, s")
     parser.add_argument("--chaos-max", type=float, default=8.0, help="longest calm, s")
     parser.add_argument("--log-dir", type=Path, default=None, help="keep the process logs here")
+    parser.add_argument("--log-level", default="warning", help="the servers' log level")
     return parser.parse_args(argv)
 
 

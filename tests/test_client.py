@@ -619,3 +619,32 @@ async def test_a_ping_and_a_close_in_one_read_end_the_connection_cleanly() -> No
                 assert client.closed is not None
                 assert client.closed.code == 1000
             group.cancel_scope.cancel()
+
+
+@pytest.mark.anyio
+async def test_a_channel_left_while_the_reconnect_resends_stays_left(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Found by the soak: what a reconnect sends again was listed before its sends went,
+    # so a channel left meanwhile was subscribed again after its unsubscribe.
+    resending, gate = anyio.Event(), anyio.Event()
+    async with running_server() as (server, url), client_of(url, "ann") as ann:
+        ann.subscribe("a")
+        room = ann.subscribe("room")
+        await room.wait_subscribed()
+        send = ann._send
+
+        async def held(command: dict[str, Any]) -> None:
+            if command == {"op": "subscribe", "channel": "a", "presence": "none"}:
+                resending.set()
+                await gate.wait()
+            await send(command)
+
+        monkeypatch.setattr(ann, "_send", held)
+        await ann.drop()
+        await resending.wait()
+        await ann.unsubscribe("room")
+        gate.set()
+        await ann.roster(timeout=5)  # every command before it is applied
+        assert [m.session_id for m in server.presence.channel_members("room")] == []
+        assert [m.session_id for m in server.presence.channel_members("a")] == ["ann1"]

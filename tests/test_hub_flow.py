@@ -184,6 +184,7 @@ def test_past_the_bound_a_clients_commands_are_refused_with_busy() -> None:
         DirectRequested(user_id="v", message=MESSAGE, conn=1),
         MetadataUpdated(session_id="s1", metadata={"v": 1}, now=0, conn=1),
         Unsubscribe(conn=1, channel="c", now=0),
+        Unsubscribe(conn=1, channel="e", now=0),  # not here, but the hub may hold it
     ]
     for command in commands:
         actions = drive(presence, command)

@@ -100,10 +100,6 @@ class LiveMachine(RuleBasedStateMachine):
                 self.model.sessions[f"w{home}"].channels.add(channel)
                 self.model.modes[conn][channel] = mode
 
-    def may_move(self) -> bool:
-        """Whether a session may return on another process now (a restore elsewhere)."""
-        return True
-
     def open_conns(self) -> list[Hashable]:
         return sorted(c for c, (_, sid) in self.model.conns.items() if sid is not None)
 
@@ -113,8 +109,6 @@ class LiveMachine(RuleBasedStateMachine):
         session = self.model.sessions.get(sid)
         if session is not None and session.conn is not None and session.home != home:
             return  # one session open on two processes at once is a broken contract
-        if session is not None and session.home != home and not self.may_move():
-            return  # see ClusterLive.may_move
         conn = self.open_conn(home)
         self.act(home, ConnectionOpened(conn=conn, ns="/ws"))
         self.act(
@@ -316,13 +310,6 @@ class ClusterLive(LiveMachine):
         drop, self.bus.drop = self.bus.drop, lambda receiver, message: False
         action()
         self.bus.drop = drop
-
-    def may_move(self) -> bool:
-        """Over NATS a restore on another instance rests on the instance that held the
-        session handing its channels over (at most once, sent again at heartbeats): it is
-        checked while the bus delivers, not yet while it loses messages or heals from a
-        crash or blip (a known gap: there the restored session's channels may differ)."""
-        return self.healing == 0
 
     @rule(lossy=st.booleans())
     def lose_messages(self, lossy: bool) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from megapresence_core import (
+    ConnectionClosed,
     ConnectionOpened,
     DuplicateSessionPolicy,
     PresenceMode,
@@ -266,6 +267,9 @@ def test_a_return_within_the_grace_to_any_bridge_is_a_restore(back_on: str) -> N
     ("joined", "ops", "kept"),
     [
         ((), [(Unsubscribe, "room")], ("misc",)),
+        # misc is not tracked on B, so B's JOIN did not carry it: left before the RESTORED
+        ((), [(Unsubscribe, "misc")], ("room",)),
+        ((), [(Unsubscribe, "misc"), (Unsubscribe, "room")], ()),
         ((), [(Unsubscribe, "room"), (Subscribe, "room")], ("misc", "room")),
         ((), [(Subscribe, "other")], ("room", "misc", "other")),
         ((), [(Subscribe, "other"), (Unsubscribe, "other")], ("room", "misc")),
@@ -301,6 +305,35 @@ def test_restored_never_undoes_what_the_session_did_after_its_join(
     assert hub_owner(sim, "s1") == ("B", kept)
     assert seen(sim, "s1") == ({"A", "B", "C"} if "room" in kept else set())
     assert sim.hub_members() == sim.expected_hub_members()
+
+
+@pytest.mark.parametrize("late", ["SUBSCRIBE", "MEMBERS"])
+def test_what_the_hub_says_of_a_session_held_here_is_never_kept(late: str) -> None:
+    """The hub routes A's SUBSCRIBE of s1 to B before it hears B's JOIN of s1 (the client
+    moved meanwhile), or lists s1 in B's MEMBERS: B holds s1, so that is stale, and once s1
+    leaves B's watchers must not list it (the soak's ghost on one hub-linked server)."""
+    sim = network()
+    first = sim.open("A", "/ws", "ann", "s1", ())
+    sim.settle()
+    a, b = sim.bridges["A"], sim.bridges["B"]
+    back = next(sim.conn_ids)
+    if late == "SUBSCRIBE":
+        a.handle(Subscribe(conn=first, channel="room", mode="none", now=sim.now))  # on its way
+        del sim.open_conns["A"][first]
+        a.handle(ConnectionClosed(conn=first, now=sim.now))  # the client moves to B
+    sim.open_conns["B"][back] = None
+    b.handle(ConnectionOpened(conn=back, ns="/ws"))
+    b.handle(SessionJoined(conn=back, user_id="ann", session_id="s1", channels=(), now=sim.now))
+    if late == "MEMBERS":
+        member = {"sessionId": "s1", "userId": "ann"}
+        data = hub_frame("MEMBERS", channel="room", part=0, parts=1, members=[member])
+        b.handle(HubFrameReceived(data=data, now=sim.now))
+    sim.settle()
+    assert holders(sim, "s1") == {"B": ConnectionState.JOINED}
+    sim.close("B", back)
+    sim.advance(GRACE + 1.0)
+    assert hub_owner(sim, "s1") is None
+    assert seen(sim, "s1") == set()
 
 
 def test_what_a_session_that_never_moves_remembers_of_the_channels_it_left_is_bounded() -> None:
@@ -456,3 +489,46 @@ def test_over_the_cluster_a_restore_on_an_instance_that_never_heard_of_it(lost: 
     for name in ("A", "B"):
         members = sim.instances[name].presence.channel_members("room")
         assert "s1" in {m.session_id for m in members}, name
+
+
+def test_over_the_cluster_a_hand_over_never_reaches_a_later_join() -> None:
+    """B took s1 from A (its hand-over: room and dev) and left dev before it came, so A
+    sends it again at B's heartbeats; s1 then left B and came back there as a new join:
+    that join gets no hand-over of A's (the soak saw a channel its client had left)."""
+    sim = Bus(leave_grace=1.0)
+    for name in ("A", "B"):
+        sim.add(name)
+    first = sim.join("A", "/ws", "ann", "s1", ("room", "dev"))
+    sim.close(first)
+    sim.drop = lambda receiver, message: message["kind"] == "restored"  # held back a while
+    back = sim.join("B", "/ws", "ann", "s1", ("room",))
+    sim.instances["B"].handle(Unsubscribe(conn=back, channel="dev", now=sim.now))
+    sim.drop = lambda receiver, message: False
+    sim.close(back)
+    sim.advance(1.5, step=0.25)  # its grace ends on B: it leaves
+    again = sim.join("B", "/ws", "ann", "s1", ("room",))
+    sim.advance(2 * HEARTBEAT + 1)
+    assert sim.instances["B"].presence.subscriptions(again) == {"room": PresenceMode.NONE}
+    for name in ("A", "B"):
+        members = sim.instances[name].presence.channel_members("dev")
+        assert "s1" not in {m.session_id for m in members}, name
+
+
+def test_a_session_that_moves_while_the_hub_is_out_of_reach_keeps_only_what_it_holds() -> None:
+    """B's copy of s1 is stale while B's link is down (s1 left room on A meanwhile): s1
+    returning on B then does not take room from it; the resync gets s1's channels from A."""
+    sim = HubNetwork({"A": (), "B": (), "C": ("room",)}, leave_grace=60.0)  # B is back within
+    sim.settle()
+    watch(sim)
+    first = sim.open("A", "/ws", "ann", "s1", ("room", "misc"))
+    sim.settle()
+    sim.drop_link("B")  # B backs off: what it holds of s1 is stale from now on
+    sim.act("A", Unsubscribe(conn=first, channel="room", now=sim.now))
+    sim.close("A", first)
+    back = sim.open("B", "/ws", "ann", "s1")
+    assert sim.bridges["B"].presence.hub_link_state is not HubLinkState.REGISTERED
+    sim.settle()
+    assert holders(sim, "s1") == {"B": ConnectionState.JOINED}
+    assert sim.bridges["B"].presence.subscriptions(back) == {"misc": PresenceMode.NONE}
+    assert hub_owner(sim, "s1") == ("B", ("misc",))
+    assert seen(sim, "s1") == set()

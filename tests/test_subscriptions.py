@@ -29,7 +29,7 @@ from megapresence_core import (
     Subscribe,
     Unsubscribe,
 )
-from megapresence_core.actions import ClusterPublish, StoreDelete, StorePut
+from megapresence_core.actions import ClusterPublish, SendHubFrame, StoreDelete, StorePut
 from megapresence_core.events import (
     ClusterConnected,
     ClusterMessageReceived,
@@ -165,9 +165,16 @@ def test_unsubscribing_from_a_channel_not_subscribed_is_answered_and_changes_not
     presence = hub_presence()
     open_joined(presence, 1, "ann", "a1")
     actions = drive(presence, Unsubscribe(conn=1, channel="nope", now=1))
+    # The hub hears it too: it may hold the channel, kept from the bridge the session
+    # moved from (it ignores it otherwise).
     assert actions == [
         Deliver(conns=(1,), text='{"type":"unsubscribed","channel":"nope"}'),
+        SendHubFrame(data='{"type":"UNSUBSCRIBE","payload":{"sessionId":"a1","channel":"nope"}}'),
     ]
+    assert presence.subscriptions(1) == {}
+    alone = Presence()
+    open_joined(alone, 1, "ann", "a1")
+    assert drive(alone, Unsubscribe(conn=1, channel="nope", now=1)) == actions[:1]
 
 
 def test_an_unsubscribe_is_a_leave_for_the_watchers_at_once() -> None:

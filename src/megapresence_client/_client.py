@@ -610,10 +610,15 @@ class PresenceClient:
             return
         if self._metadata is not None:
             await self._send({"op": "metadata", "metadata": self._metadata})
+        # Each command says the state as it is when it goes: the app may subscribe or
+        # leave between two sends, and its own command went out already.
         for channel in sorted(self._left):
-            await self._send({"op": "unsubscribe", "channel": channel})
-        for subscription in list(self.subscriptions.values()):
-            await self._send(subscription._command())
+            if channel in self._left:
+                await self._send({"op": "unsubscribe", "channel": channel})
+        for channel in list(self.subscriptions):
+            subscription = self.subscriptions.get(channel)
+            if subscription is not None:
+                await self._send(subscription._command())
 
     def _lost(self) -> None:
         for queue in (self._directs, self._rosters):

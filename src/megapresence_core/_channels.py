@@ -269,18 +269,19 @@ class Channels:
         actions: list[Action] = [Deliver(conns=(conn,), text=encode(Unsubscribed(channel=channel)))]
         mode = record.subscriptions.get(channel)
         if mode is None:
+            # Not subscribed here, as asked; but maybe still waiting for the hub, or held at
+            # the session's prior home, which the hub keeps when it moves the session here:
+            # the hub hears that it left, and a hand-over on its way (RESTORED, restored)
+            # does not bring it back.
             if parts.recoveries.cancel(conn, channel):  # a subscribe still waiting for the hub
                 parts.hub_members.untrack(channel)
-                # A RESTORED still on its way does not take it back.
+            elif (refusal := busy(parts, conn, channel)) is not None:
+                return [refusal]
+            if isinstance(parts.hub_link, HubLink) or isinstance(parts.cluster, ClusterLink):
                 record.note_left(channel, parts.limits.max_channels_per_session)
-                return actions + parts.hub_link.send(
-                    UnsubscribeFrame(session_id=session_id, channel=channel)
-                )
-            if isinstance(parts.cluster, ClusterLink):
-                # Not subscribed here, but maybe at the session's prior home: its hand-over
-                # (restored) does not bring the channel back.
-                record.note_left(channel, parts.limits.max_channels_per_session)
-            return actions  # idempotent: it is not subscribed, as asked
+            return actions + parts.hub_link.send(
+                UnsubscribeFrame(session_id=session_id, channel=channel)
+            )
         refusal = busy(parts, conn, channel)
         if refusal is not None:
             return [refusal]

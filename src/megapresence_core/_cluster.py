@@ -32,6 +32,7 @@ session keeps (``restored``, the hub's RESTORED), since it may not have heard
 them (it restarted, or our announcements were lost). A lost ``restored`` is sent
 again at each of the new holder's heartbeats, up to ``HANDOVER_RETRIES`` times,
 until the new holder announces the session with those channels (or without the
+session), and never once it removes the session (a later join there is a new
 session); the new holder applies the first one only, and only to a join that
 took the session from no connection of its own (``Presence``). Until the new
 holder announces them, we hold its copy with those channels (our watchers see
@@ -446,6 +447,9 @@ class ClusterLink:
 
     def _on_remove(self, instance: _Instance, message: Any, now: float) -> list[Action]:
         instance.table.remove(message.session_id)
+        # It no longer holds the session: a hand-over sent again would reach its next
+        # join of it (a new session there, which keeps no channel of ours).
+        instance.handovers.pop(message.session_id, None)
         return []
 
     def _on_heartbeat(self, instance: _Instance, message: Any, now: float) -> list[Action]:

@@ -13,7 +13,11 @@ hub said stays (stale, not gone) until then.
 A JOIN is a session's whole channel list, so it also says which tracked
 channels the session left. The hub never echoes a bridge's own frames, so
 when a session joins here, whatever the hub said of it is dropped (it moved
-here).
+here). For the same reason, while a session is held here (joined or
+lingering), what the hub says of it (a SUBSCRIBE or MEMBERS the hub sent
+before it heard our JOIN) is stale and never kept: nothing would remove it
+once the session leaves here. Only a JOIN (another bridge took the session)
+is heard.
 """
 
 from __future__ import annotations
@@ -42,19 +46,22 @@ __all__ = ["PRESENCE_FRAMES", "HubMembers"]
 class HubMembers:
     """The hub's source table, filtered to the channels this bridge tracks."""
 
-    __slots__ = ("_awaited", "_interest", "_rosters", "table")
+    __slots__ = ("_awaited", "_held", "_interest", "_rosters", "table")
 
     def __init__(
         self,
         rosters: Rosters,
         arrived: Arrival,
         interest: frozenset[str],
-        awaited: Callable[[str], bool] = lambda channel: False,
+        awaited: Callable[[str], bool],
+        held: Callable[[str], bool],
     ) -> None:
         self._rosters = rosters
         self._interest = interest
         #: A session here is joining the channel through the hub (``_recoveries``).
         self._awaited = awaited
+        #: The session is held here, joined or lingering (``Presence``).
+        self._held = held
         self.table = SourceTable(HUB, rosters, arrived, keep_channelless=False)
 
     def tracks(self, channel: str) -> bool:
@@ -97,7 +104,7 @@ class HubMembers:
         return self.table.put(RemoteMember(ns="", member=member, channels=held.channels))
 
     def _subscribe(self, frame: SubscribeFrame) -> list[Action]:
-        if not self.tracks(frame.channel):
+        if not self.tracks(frame.channel) or self._held(frame.session_id):
             return []
         member = Member(session_id=frame.session_id, user_id=frame.user_id, metadata=frame.metadata)
         return self.table.with_channel(frame.session_id, frame.channel, member=member)
@@ -115,7 +122,8 @@ class HubMembers:
             table.drop_channel(channel)
         actions: list[Action] = []
         for member in frame.members:
-            actions += table.with_channel(member.session_id, channel, member=member)
+            if not self._held(member.session_id):
+                actions += table.with_channel(member.session_id, channel, member=member)
         return actions
 
     def check(self) -> None:

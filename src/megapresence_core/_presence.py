@@ -193,7 +193,11 @@ class Presence:
             self._on_timer.update(dict.fromkeys(HUB_LINK.timer_kinds, link.on_timer))
         recoveries = Recoveries()
         self._hub_members = HubMembers(
-            self._rosters, self._arrived, frozenset(self._hub_link.channels), recoveries.awaits
+            self._rosters,
+            self._arrived,
+            frozenset(self._hub_link.channels),
+            recoveries.awaits,
+            lambda session_id: self._local.session(session_id) is not None,
         )
         if config.cluster is not None:
             cluster = ClusterLink(
@@ -285,14 +289,18 @@ class Presence:
                     CloseConnection(conn=event.conn, code=CloseCode.POLICY, reason=reason)
                 )
                 return actions
-        # A session from another bridge keeps what the hub says of it (RESTORED corrects
-        # that); one from another instance gains what that instance hands over (its copy
-        # here may be stale: that instance may have died with it).
+        # A session from another bridge keeps what the hub says of it (RESTORED adds what
+        # it missed), unless the link is down: that copy may be stale, and the resync's
+        # RESTORED brings what the session holds. One from another instance gains what
+        # that instance hands over (its copy here may be stale: that instance may have
+        # died with it).
         hub_copy = self._hub_members.table.sessions.get(event.session_id)
         if prior is not None:
             inherited = prior.channels
+        elif hub_copy is not None and self._hub_link.reachable:
+            inherited = hub_copy.channels
         else:
-            inherited = hub_copy.channels if hub_copy is not None else ()
+            inherited = ()
         if held is not None:  # taken over: it stays open (or is closed), without its session
             actions.append(self._yield(held, event.session_id))
         if lingering is not None:  # restored: no leave, no join
