@@ -168,13 +168,10 @@ def test_two_connections_that_cross_at_the_hub_leave_no_split_view() -> None:
         )
     sim.settle()
     sim.advance(GRACE + 1)
-    owner = hub_owner(sim, "s1")
-    if owner is None:  # both gave it up, and so did the hub: one view, everywhere
-        assert holders(sim, "s1") == {}
-        assert seen(sim, "s1") == set()
-    else:
-        assert holders(sim, "s1") == {owner[0]: ConnectionState.JOINED}
-        assert seen(sim, "s1") == {"A", "B", "C"}
+    # A's newer JOIN, the later at the hub, takes it back: B's connection is detached.
+    assert hub_owner(sim, "s1") == ("A", ("room",))
+    assert holders(sim, "s1") == {"A": ConnectionState.JOINED}
+    assert seen(sim, "s1") == {"A", "B", "C"}
 
 
 # ------------------------------------------------------ another user's session
@@ -531,4 +528,82 @@ def test_a_session_that_moves_while_the_hub_is_out_of_reach_keeps_only_what_it_h
     assert holders(sim, "s1") == {"B": ConnectionState.JOINED}
     assert sim.bridges["B"].presence.subscriptions(back) == {"misc": PresenceMode.NONE}
     assert hub_owner(sim, "s1") == ("B", ("misc",))
+    assert seen(sim, "s1") == set()
+
+
+def join_at_once(sim: HubNetwork, *names: str) -> dict[str, int]:
+    """``ann`` joins s1 on each of ``names`` before any bridge hears of another's join: the
+    hub reads their JOINs in that order."""
+    conns = {}
+    for name in names:
+        conn = conns[name] = next(sim.conn_ids)
+        sim.open_conns[name][conn] = None
+        sim.bridges[name].handle(ConnectionOpened(conn=conn, ns="/ws"))
+        sim.bridges[name].handle(
+            SessionJoined(conn=conn, user_id="ann", session_id="s1", channels=("room",), now=0)
+        )
+    sim.settle()
+    return conns
+
+
+@pytest.mark.parametrize("policy", list(DuplicateSessionPolicy))
+@pytest.mark.parametrize("order", [("A", "B"), ("B", "A")])
+def test_two_joins_that_race_to_the_hub_leave_one_holder_and_no_ghost(
+    policy: DuplicateSessionPolicy, order: tuple[str, str]
+) -> None:
+    """Racing joins on two bridges: the hub's order decides (the later JOIN takes the
+    session, or is refused under REFUSE_NEW); the loser is told exactly once; once both
+    sockets closed and the grace passed, no bridge and not the hub lists the session."""
+    sim = network(policy)
+    first, second = order
+    conns = join_at_once(sim, first, second)
+    winner, loser = (first, second) if policy is DuplicateSessionPolicy.REFUSE_NEW else order[::-1]
+    assert holders(sim, "s1") == {winner: ConnectionState.JOINED}
+    assert hub_owner(sim, "s1") == (winner, ("room",))
+    assert sim.bridges[winner].inbox.get(conns[winner], []) == []
+    assert sim.bridges[winner].closed == []
+    told = {
+        DuplicateSessionPolicy.DETACH_PRIOR: ([DETACHED], []),
+        DuplicateSessionPolicy.CLOSE_PRIOR: ([], [(conns[loser], 1008, REPLACED)]),
+        DuplicateSessionPolicy.REFUSE_NEW: ([], [(conns[loser], 1008, DUPLICATE)]),
+    }[policy]
+    assert (sim.bridges[loser].inbox.get(conns[loser], []), sim.bridges[loser].closed) == told
+    assert seen(sim, "s1") == {"A", "B", "C"}
+    for name, conn in conns.items():
+        sim.close(name, conn)
+    sim.advance(GRACE + 0.5)
+    assert holders(sim, "s1") == {}
+    assert hub_owner(sim, "s1") is None
+    assert seen(sim, "s1") == set()
+
+
+@pytest.mark.parametrize("kill", ["hub", "link"])
+def test_a_session_on_two_bridges_while_the_hub_is_away_is_reconciled(kill: str) -> None:
+    """s1 stays on A; while the hub is down (or B's link is), s1 joins B too. When the
+    links return, the hub reads both JOINs again: the later holds it, the other connection
+    is detached once, and once both closed and the grace passed every bridge agrees."""
+    sim = network()
+    conns = {"A": sim.open("A", "/ws", "ann", "s1", ("room",))}
+    sim.settle()
+    if kill == "hub":
+        sim.kill_hub()
+    else:
+        sim.drop_link("B")
+    conns["B"] = sim.open("B", "/ws", "ann", "s1", ("room",))
+    if kill == "hub":
+        sim.start_hub()
+    sim.settle()
+    (winner,) = holders(sim, "s1")
+    loser = "A" if winner == "B" else "B"
+    assert kill == "hub" or winner == "B"
+    assert holders(sim, "s1") == {winner: ConnectionState.JOINED}
+    assert hub_owner(sim, "s1") == (winner, ("room",))
+    assert sim.bridges[loser].inbox.get(conns[loser], []).count(DETACHED) == 1
+    assert DETACHED not in sim.bridges[winner].inbox.get(conns[winner], [])
+    assert seen(sim, "s1") == {"A", "B", "C"}
+    for name, conn in conns.items():
+        sim.close(name, conn)
+    sim.advance(GRACE + 0.5)
+    assert holders(sim, "s1") == {}
+    assert hub_owner(sim, "s1") is None
     assert seen(sim, "s1") == set()

@@ -79,11 +79,15 @@ class HubMembers:
     def receive(self, frame: HubFrame) -> list[Action]:
         return _FRAMES[type(frame)](self, frame)
 
-    def _join(self, frame: JoinFrame) -> list[Action]:
+    def copy(self, frame: JoinFrame) -> RemoteMember:
+        """The session as ``frame`` says another bridge holds it, in the channels tracked here."""
         member = Member(session_id=frame.session_id, user_id=frame.user_id, metadata=frame.metadata)
         channels = tuple(channel for channel in frame.channels if self.tracks(channel))
+        return RemoteMember(ns="", member=member, channels=channels)
+
+    def _join(self, frame: JoinFrame) -> list[Action]:
         # A JOIN of a session held here says another bridge's connection took it.
-        return self.table.put(RemoteMember(ns="", member=member, channels=channels), claim=True)
+        return self.table.put(self.copy(frame), claim=True)
 
     def _leave(self, frame: LeaveFrame) -> list[Action]:
         self.table.remove(frame.session_id)

@@ -696,11 +696,14 @@ class Presence:
         return here
 
     def _hub_presence(self, frame: HubFrame) -> list[Action]:
-        if isinstance(frame, JoinFrame) and frame.supersedes:
+        if isinstance(frame, JoinFrame):
             record = self._local.by_session.get(frame.session_id)
             if record is not None and record.claim != frame.supersedes:
-                # A move of the session from a connection it no longer holds: our newer
-                # JOIN crossed it, and the hub gives the session back to this one.
+                # Not a move from the connection holding it here (a plain JOIN, or one
+                # superseding an older claim): our JOIN crossed it, and the hub, which
+                # reads JOINs in one order, gives the session to the later one, ours, or
+                # refuses ours (REFUSE_NEW), and then this copy is what watchers see.
+                record.displaced = self._hub_members.copy(frame)
                 return []
         return self._hub_members.receive(frame)
 
