@@ -367,8 +367,8 @@ def test_a_lingering_copy_never_takes_a_session_back_on_a_resync() -> None:
 # ------------------------------------------------------------------- the cluster
 
 
-def bus() -> Bus:
-    sim = Bus(leave_grace=GRACE)
+def bus(policy: DuplicateSessionPolicy = DuplicateSessionPolicy.DETACH_PRIOR) -> Bus:
+    sim = Bus(leave_grace=GRACE, duplicate_session=policy)
     for name in ("A", "B"):
         sim.add(name)
     for name in ("A", "B"):
@@ -607,3 +607,73 @@ def test_a_session_on_two_bridges_while_the_hub_is_away_is_reconciled(kill: str)
     assert holders(sim, "s1") == {}
     assert hub_owner(sim, "s1") is None
     assert seen(sim, "s1") == set()
+
+
+def cluster_holders(sim: Bus, session: str) -> dict[str, ConnectionState]:
+    states = {name: i.presence.session_state(session) for name, i in sim.instances.items()}
+    return {name: state for name, state in states.items() if state is not ConnectionState.CLOSED}
+
+
+def cluster_seen(sim: Bus, session: str) -> set[str]:
+    return {
+        name
+        for name, i in sim.instances.items()
+        if session in {m.session_id for m in i.presence.channel_members("room")}
+    }
+
+
+def told(sim: Bus, name: str, conn: int, policy: DuplicateSessionPolicy) -> object:
+    """What the connection that lost s1 heard: once, as its policy says."""
+    return {
+        DuplicateSessionPolicy.DETACH_PRIOR: ([DETACHED], []),
+        DuplicateSessionPolicy.CLOSE_PRIOR: ([], [(conn, 1008, REPLACED)]),
+        DuplicateSessionPolicy.REFUSE_NEW: ([], [(conn, 1008, DUPLICATE)]),
+    }[policy] == (sim.instances[name].inbox.get(conn, []), sim.instances[name].closed)
+
+
+@pytest.mark.parametrize("policy", list(DuplicateSessionPolicy))
+@pytest.mark.parametrize("partition", [False, True])
+def test_over_the_cluster_a_session_on_two_instances_at_once_converges(
+    policy: DuplicateSessionPolicy, partition: bool
+) -> None:
+    """s1 joins A and B at once (each add crosses the other), or on each side of a NATS
+    outage: the higher (claim, instance id) keeps it, the other connection is told once
+    (detached, or closed under the other policies), every instance shows it, and once both
+    sockets closed and the grace passed, no instance lists it."""
+    sim = bus(policy)
+    conns: dict[str, int] = {}
+    if partition:
+        conns["A"] = sim.join("A", "/ws", "ann", "s1", ("room",))
+        for instance in sim.instances.values():
+            instance.disconnect()
+        conns["B"] = sim.join("B", "/ws", "ann", "s1", ("room",))
+        for instance in sim.instances.values():
+            instance.connect()
+    else:
+        for name in ("A", "B"):
+            conns[name] = next(sim.conns)
+            instance = sim.instances[name]
+            instance.handle(ConnectionOpened(conn=conns[name], ns="/ws"))
+            sim.sessions[conns[name]] = (name, "/ws", "ann", "s1")
+            instance.handle(
+                SessionJoined(
+                    conn=conns[name],
+                    user_id="ann",
+                    session_id="s1",
+                    channels=("room",),
+                    now=sim.now,
+                )
+            )
+    sim.run()
+    sim.advance(HEARTBEAT)
+    (winner,) = cluster_holders(sim, "s1")
+    loser = "A" if winner == "B" else "B"
+    assert cluster_holders(sim, "s1") == {winner: ConnectionState.JOINED}
+    assert told(sim, loser, conns[loser], policy)
+    assert sim.instances[winner].inbox.get(conns[winner], []) == []
+    assert cluster_seen(sim, "s1") == {"A", "B"}
+    for conn in conns.values():
+        sim.close(conn)
+    sim.advance(GRACE + HEARTBEAT)
+    assert cluster_holders(sim, "s1") == {}
+    assert cluster_seen(sim, "s1") == set()

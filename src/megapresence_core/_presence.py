@@ -317,7 +317,7 @@ class Presence:
                 else:
                     refusals.append(refusal)
         local.join(record, event.user_id, event.session_id, subscriptions, event.metadata)
-        self._claims += 1
+        self._claims = max(self._claims, self._cluster.heard_claim) + 1
         record.claim = self._claims
         record.restorable = prior is None
         # If the session was another bridge's, the hub now moves it here and will not echo
@@ -380,11 +380,16 @@ class Presence:
     def _yield(self, record: ConnectionRecord, session_id: str) -> Action:
         """A newer connection (here or elsewhere) takes ``record``'s session: the record
         loses it (no leave: the session stays present) and its client is told
-        (``session.detached``), or closed under ``CLOSE_PRIOR``."""
+        (``session.detached``), or closed under ``CLOSE_PRIOR``; under ``REFUSE_NEW`` only a
+        cluster instance whose claim outranks ours takes it (joins that crossed, or a
+        split after an outage), and ours is closed as the duplicate."""
         self._channels.unwatch(record)
         self._local.detach(record)
-        if self._config.duplicate_session is DuplicateSessionPolicy.CLOSE_PRIOR:
+        policy = self._config.duplicate_session
+        if policy is DuplicateSessionPolicy.CLOSE_PRIOR:
             return CloseConnection(conn=record.conn, code=CloseCode.POLICY, reason=REPLACED_REASON)
+        if policy is DuplicateSessionPolicy.REFUSE_NEW:
+            return CloseConnection(conn=record.conn, code=CloseCode.POLICY, reason=DUPLICATE_REASON)
         return Deliver(conns=(record.conn,), text=encode(SessionDetached(session_id=session_id)))
 
     def _remote_copy(self, session_id: str) -> RemoteMember | None:
