@@ -17,7 +17,9 @@ here). For the same reason, while a session is held here (joined or
 lingering), what the hub says of it (a SUBSCRIBE or MEMBERS the hub sent
 before it heard our JOIN) is stale and never kept: nothing would remove it
 once the session leaves here. Only a JOIN (another bridge took the session)
-is heard.
+is heard, and of a joined session only one superseding the claim of the
+connection holding it (``Presence`` keeps any other as the copy to show if the
+hub refuses our JOIN, which it crossed).
 """
 
 from __future__ import annotations
