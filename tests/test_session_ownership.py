@@ -677,3 +677,26 @@ def test_over_the_cluster_a_session_on_two_instances_at_once_converges(
     sim.advance(GRACE + HEARTBEAT)
     assert cluster_holders(sim, "s1") == {}
     assert cluster_seen(sim, "s1") == set()
+
+
+def test_a_lingering_copy_hears_who_holds_the_session_when_it_registers_last() -> None:
+    """s1's socket on A closed while the hub was down, and s1 joined B: B reaches the new
+    hub first, so A never hears B's JOIN; A's resync of its lingering copy is answered
+    with the holder's JOIN, so A drops its copy and its watchers see s1 on B."""
+    sim = HubNetwork({"A": (), "B": (), "C": ("room",)}, leave_grace=60.0)
+    sim.settle()
+    watch(sim)
+    first = sim.open("A", "/ws", "ann", "s1", ("room",))
+    sim.settle()
+    sim.kill_hub()
+    sim.close("A", first)
+    sim.open("B", "/ws", "ann", "s1", ("room",))
+    sim.bridges["A"].alive = False  # slow to come back
+    sim.start_hub()
+    while sim.bridges["B"].presence.hub_link_state is not HubLinkState.REGISTERED:
+        sim.tick(0.5)
+    sim.bridges["A"].alive = True
+    sim.settle()
+    assert holders(sim, "s1") == {"B": ConnectionState.JOINED}
+    assert hub_owner(sim, "s1") == ("B", ("room",))
+    assert seen(sim, "s1") == {"A", "B", "C"}
