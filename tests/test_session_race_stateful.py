@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, rule
 
 from megapresence_core import ConnectionOpened, DuplicateSessionPolicy, SessionJoined, Subscribe
-from megapresence_core.lifecycle import ConnectionState
+from megapresence_core.lifecycle import ConnectionState, HubLinkState
 
 from .cluster_sim import HEARTBEAT, Bus
 from .sim import HubNetwork
@@ -47,17 +47,32 @@ class RacingJoinsThroughTheHub(RuleBasedStateMachine):
         #: the model: bridge -> the connections that joined s1 there and are open
         self.open: dict[int, str] = {}
         self.joined: dict[int, str] = {}
+        #: the bridge that registers last after a hub restart, if any
+        self.slow: str | None = None
 
-    @rule(bridges=JOINS, cut=st.sampled_from([None, "A", "B", "hub"]), at=st.integers(0, 2))
-    def join(self, bridges: list[str], cut: str | None, at: int) -> None:
+    @rule(
+        bridges=JOINS,
+        cut=st.sampled_from([None, "A", "B", "hub"]),
+        at=st.integers(0, 2),
+        close=st.booleans(),
+        slow=st.sampled_from([None, *BRIDGES]),
+    )
+    def join(
+        self, bridges: list[str], cut: str | None, at: int, close: bool, slow: str | None
+    ) -> None:
         """A connection joins s1 on each of ``bridges`` before the hub hears of another;
-        ``cut`` (B's link, or the hub) goes down before join number ``at``."""
+        ``cut`` (a link, or the hub) goes down before join number ``at``, and then maybe the
+        oldest open connection closes; ``slow`` registers after the others."""
         sim = self.sim
+        self.slow = slow
         for index, bridge in enumerate(bridges):
             if index == at and cut == "hub":
                 sim.kill_hub()
             elif index == at and cut is not None:
                 sim.drop_link(cut)
+            if index == at and cut is not None and close and self.open:
+                conn = min(self.open)
+                sim.close(self.open.pop(conn), conn)
             conn = next(sim.conn_ids)
             sim.open_conns[bridge][conn] = None
             sim.bridges[bridge].handle(ConnectionOpened(conn=conn, ns="/ws"))
@@ -83,6 +98,14 @@ class RacingJoinsThroughTheHub(RuleBasedStateMachine):
         sim = self.sim
         if sim.hub is None:
             sim.start_hub()
+            if self.slow is not None:
+                fast = sim.bridges["B" if self.slow == "A" else "A"]
+                sim.bridges[self.slow].alive = False
+                for _ in range(20):
+                    if fast.presence.hub_link_state is HubLinkState.REGISTERED:
+                        break
+                    sim.tick(0.5)
+                sim.bridges[self.slow].alive = True
         sim.settle()
         for bridge in sim.bridges.values():  # the connections the servers closed
             for conn, _, _ in bridge.closed:
