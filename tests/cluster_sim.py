@@ -17,6 +17,7 @@ from megapresence_core import (
     ConnectionClosed,
     ConnectionOpened,
     Deliver,
+    DuplicateSessionPolicy,
     Event,
     Presence,
     PresenceConfig,
@@ -57,6 +58,7 @@ class Instance:
                 cluster=config,
                 leave_grace=bus.leave_grace,
                 presence_window=bus.presence_window,
+                duplicate_session=bus.duplicate_session,
             )
         )
         self.connected = False
@@ -98,8 +100,15 @@ class Instance:
 
 
 class Bus:
-    def __init__(self, *, leave_grace: float = 0.0, presence_window: float = 0.0) -> None:
+    def __init__(
+        self,
+        *,
+        leave_grace: float = 0.0,
+        presence_window: float = 0.0,
+        duplicate_session: DuplicateSessionPolicy = DuplicateSessionPolicy.DETACH_PRIOR,
+    ) -> None:
         self.leave_grace = leave_grace
+        self.duplicate_session = duplicate_session
         self.presence_window = presence_window
         self.now = 0.0
         self.instances: dict[str, Instance] = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import attrs
 import pytest
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -533,7 +534,12 @@ def test_another_users_claim_on_a_local_session_is_logged_and_never_shown() -> N
     same_user = ClusterAdd(
         sender="B", epoch=1, ns="/ws", member=Member(session_id="s-ann", user_id="ann")
     )
-    # The same user's claim is a take-over: the local connection gives the session up.
+    # The same user's claim below ours (none: its socket closed there) changes nothing.
+    assert a.presence.handle(ClusterMessageReceived(data=encode(same_user), now=bus.now)) == []
+    assert a.presence.connection_of("s-ann") is not None
+    # One that outranks ours (the same claim, and "B" > "A") is a take-over: the local
+    # connection gives the session up.
+    same_user = attrs.evolve(same_user, claim=1)
     actions = a.presence.handle(ClusterMessageReceived(data=encode(same_user), now=bus.now))
     assert [json.loads(x.text)["type"] for x in actions if isinstance(x, Deliver)] == [
         "session.detached"

@@ -431,8 +431,24 @@ def test_a_lingering_resync_never_takes_a_session_from_the_bridge_holding_it() -
     hub = new_hub()
     register(hub, "A")
     register(hub, "B")
-    join(hub, "B", "ann", "a1", "room")  # it came back on B while A's link was down
-    assert join(hub, "A", "ann", "a1", "room", lingering=True) == []
+    join(hub, "B", "ann", "a1", "room", claim=4)  # it came back on B while A's link was down
+    # A hears who holds it (as for a move: its lingering claim is superseded), since it
+    # may have registered after B's JOIN was routed.
+    actions = join(hub, "A", "ann", "a1", "room", lingering=True, claim=7)
+    assert frames_to(actions) == {
+        "A": [
+            {
+                "type": "JOIN",
+                "payload": {
+                    "userId": "ann",
+                    "sessionId": "a1",
+                    "channels": ["room"],
+                    "claim": 4,
+                    "supersedes": 7,
+                },
+            }
+        ]
+    }
     [held] = hub.members()
     assert held.bridge_id == "B"
     # A's other sessions resync as usual, and A learns from MEMBERS where a1 is.

@@ -168,13 +168,10 @@ def test_two_connections_that_cross_at_the_hub_leave_no_split_view() -> None:
         )
     sim.settle()
     sim.advance(GRACE + 1)
-    owner = hub_owner(sim, "s1")
-    if owner is None:  # both gave it up, and so did the hub: one view, everywhere
-        assert holders(sim, "s1") == {}
-        assert seen(sim, "s1") == set()
-    else:
-        assert holders(sim, "s1") == {owner[0]: ConnectionState.JOINED}
-        assert seen(sim, "s1") == {"A", "B", "C"}
+    # A's newer JOIN, the later at the hub, takes it back: B's connection is detached.
+    assert hub_owner(sim, "s1") == ("A", ("room",))
+    assert holders(sim, "s1") == {"A": ConnectionState.JOINED}
+    assert seen(sim, "s1") == {"A", "B", "C"}
 
 
 # ------------------------------------------------------ another user's session
@@ -370,8 +367,8 @@ def test_a_lingering_copy_never_takes_a_session_back_on_a_resync() -> None:
 # ------------------------------------------------------------------- the cluster
 
 
-def bus() -> Bus:
-    sim = Bus(leave_grace=GRACE)
+def bus(policy: DuplicateSessionPolicy = DuplicateSessionPolicy.DETACH_PRIOR) -> Bus:
+    sim = Bus(leave_grace=GRACE, duplicate_session=policy)
     for name in ("A", "B"):
         sim.add(name)
     for name in ("A", "B"):
@@ -532,3 +529,174 @@ def test_a_session_that_moves_while_the_hub_is_out_of_reach_keeps_only_what_it_h
     assert sim.bridges["B"].presence.subscriptions(back) == {"misc": PresenceMode.NONE}
     assert hub_owner(sim, "s1") == ("B", ("misc",))
     assert seen(sim, "s1") == set()
+
+
+def join_at_once(sim: HubNetwork, *names: str) -> dict[str, int]:
+    """``ann`` joins s1 on each of ``names`` before any bridge hears of another's join: the
+    hub reads their JOINs in that order."""
+    conns = {}
+    for name in names:
+        conn = conns[name] = next(sim.conn_ids)
+        sim.open_conns[name][conn] = None
+        sim.bridges[name].handle(ConnectionOpened(conn=conn, ns="/ws"))
+        sim.bridges[name].handle(
+            SessionJoined(conn=conn, user_id="ann", session_id="s1", channels=("room",), now=0)
+        )
+    sim.settle()
+    return conns
+
+
+@pytest.mark.parametrize("policy", list(DuplicateSessionPolicy))
+@pytest.mark.parametrize("order", [("A", "B"), ("B", "A")])
+def test_two_joins_that_race_to_the_hub_leave_one_holder_and_no_ghost(
+    policy: DuplicateSessionPolicy, order: tuple[str, str]
+) -> None:
+    """Racing joins on two bridges: the hub's order decides (the later JOIN takes the
+    session, or is refused under REFUSE_NEW); the loser is told exactly once; once both
+    sockets closed and the grace passed, no bridge and not the hub lists the session."""
+    sim = network(policy)
+    first, second = order
+    conns = join_at_once(sim, first, second)
+    winner, loser = (first, second) if policy is DuplicateSessionPolicy.REFUSE_NEW else order[::-1]
+    assert holders(sim, "s1") == {winner: ConnectionState.JOINED}
+    assert hub_owner(sim, "s1") == (winner, ("room",))
+    assert sim.bridges[winner].inbox.get(conns[winner], []) == []
+    assert sim.bridges[winner].closed == []
+    told = {
+        DuplicateSessionPolicy.DETACH_PRIOR: ([DETACHED], []),
+        DuplicateSessionPolicy.CLOSE_PRIOR: ([], [(conns[loser], 1008, REPLACED)]),
+        DuplicateSessionPolicy.REFUSE_NEW: ([], [(conns[loser], 1008, DUPLICATE)]),
+    }[policy]
+    assert (sim.bridges[loser].inbox.get(conns[loser], []), sim.bridges[loser].closed) == told
+    assert seen(sim, "s1") == {"A", "B", "C"}
+    for name, conn in conns.items():
+        sim.close(name, conn)
+    sim.advance(GRACE + 0.5)
+    assert holders(sim, "s1") == {}
+    assert hub_owner(sim, "s1") is None
+    assert seen(sim, "s1") == set()
+
+
+@pytest.mark.parametrize("kill", ["hub", "link"])
+def test_a_session_on_two_bridges_while_the_hub_is_away_is_reconciled(kill: str) -> None:
+    """s1 stays on A; while the hub is down (or B's link is), s1 joins B too. When the
+    links return, the hub reads both JOINs again: the later holds it, the other connection
+    is detached once, and once both closed and the grace passed every bridge agrees."""
+    sim = network()
+    conns = {"A": sim.open("A", "/ws", "ann", "s1", ("room",))}
+    sim.settle()
+    if kill == "hub":
+        sim.kill_hub()
+    else:
+        sim.drop_link("B")
+    conns["B"] = sim.open("B", "/ws", "ann", "s1", ("room",))
+    if kill == "hub":
+        sim.start_hub()
+    sim.settle()
+    (winner,) = holders(sim, "s1")
+    loser = "A" if winner == "B" else "B"
+    assert kill == "hub" or winner == "B"
+    assert holders(sim, "s1") == {winner: ConnectionState.JOINED}
+    assert hub_owner(sim, "s1") == (winner, ("room",))
+    assert sim.bridges[loser].inbox.get(conns[loser], []).count(DETACHED) == 1
+    assert DETACHED not in sim.bridges[winner].inbox.get(conns[winner], [])
+    assert seen(sim, "s1") == {"A", "B", "C"}
+    for name, conn in conns.items():
+        sim.close(name, conn)
+    sim.advance(GRACE + 0.5)
+    assert holders(sim, "s1") == {}
+    assert hub_owner(sim, "s1") is None
+    assert seen(sim, "s1") == set()
+
+
+def cluster_holders(sim: Bus, session: str) -> dict[str, ConnectionState]:
+    states = {name: i.presence.session_state(session) for name, i in sim.instances.items()}
+    return {name: state for name, state in states.items() if state is not ConnectionState.CLOSED}
+
+
+def cluster_seen(sim: Bus, session: str) -> set[str]:
+    return {
+        name
+        for name, i in sim.instances.items()
+        if session in {m.session_id for m in i.presence.channel_members("room")}
+    }
+
+
+def told(sim: Bus, name: str, conn: int, policy: DuplicateSessionPolicy) -> object:
+    """What the connection that lost s1 heard: once, as its policy says."""
+    return {
+        DuplicateSessionPolicy.DETACH_PRIOR: ([DETACHED], []),
+        DuplicateSessionPolicy.CLOSE_PRIOR: ([], [(conn, 1008, REPLACED)]),
+        DuplicateSessionPolicy.REFUSE_NEW: ([], [(conn, 1008, DUPLICATE)]),
+    }[policy] == (sim.instances[name].inbox.get(conn, []), sim.instances[name].closed)
+
+
+@pytest.mark.parametrize("policy", list(DuplicateSessionPolicy))
+@pytest.mark.parametrize("partition", [False, True])
+def test_over_the_cluster_a_session_on_two_instances_at_once_converges(
+    policy: DuplicateSessionPolicy, partition: bool
+) -> None:
+    """s1 joins A and B at once (each add crosses the other), or on each side of a NATS
+    outage: the higher (claim, instance id) keeps it, the other connection is told once
+    (detached, or closed under the other policies), every instance shows it, and once both
+    sockets closed and the grace passed, no instance lists it."""
+    sim = bus(policy)
+    conns: dict[str, int] = {}
+    if partition:
+        conns["A"] = sim.join("A", "/ws", "ann", "s1", ("room",))
+        for instance in sim.instances.values():
+            instance.disconnect()
+        conns["B"] = sim.join("B", "/ws", "ann", "s1", ("room",))
+        for instance in sim.instances.values():
+            instance.connect()
+    else:
+        for name in ("A", "B"):
+            conns[name] = next(sim.conns)
+            instance = sim.instances[name]
+            instance.handle(ConnectionOpened(conn=conns[name], ns="/ws"))
+            sim.sessions[conns[name]] = (name, "/ws", "ann", "s1")
+            instance.handle(
+                SessionJoined(
+                    conn=conns[name],
+                    user_id="ann",
+                    session_id="s1",
+                    channels=("room",),
+                    now=sim.now,
+                )
+            )
+    sim.run()
+    sim.advance(HEARTBEAT)
+    (winner,) = cluster_holders(sim, "s1")
+    loser = "A" if winner == "B" else "B"
+    assert cluster_holders(sim, "s1") == {winner: ConnectionState.JOINED}
+    assert told(sim, loser, conns[loser], policy)
+    assert sim.instances[winner].inbox.get(conns[winner], []) == []
+    assert cluster_seen(sim, "s1") == {"A", "B"}
+    for conn in conns.values():
+        sim.close(conn)
+    sim.advance(GRACE + HEARTBEAT)
+    assert cluster_holders(sim, "s1") == {}
+    assert cluster_seen(sim, "s1") == set()
+
+
+def test_a_lingering_copy_hears_who_holds_the_session_when_it_registers_last() -> None:
+    """s1's socket on A closed while the hub was down, and s1 joined B: B reaches the new
+    hub first, so A never hears B's JOIN; A's resync of its lingering copy is answered
+    with the holder's JOIN, so A drops its copy and its watchers see s1 on B."""
+    sim = HubNetwork({"A": (), "B": (), "C": ("room",)}, leave_grace=60.0)
+    sim.settle()
+    watch(sim)
+    first = sim.open("A", "/ws", "ann", "s1", ("room",))
+    sim.settle()
+    sim.kill_hub()
+    sim.close("A", first)
+    sim.open("B", "/ws", "ann", "s1", ("room",))
+    sim.bridges["A"].alive = False  # slow to come back
+    sim.start_hub()
+    while sim.bridges["B"].presence.hub_link_state is not HubLinkState.REGISTERED:
+        sim.tick(0.5)
+    sim.bridges["A"].alive = True
+    sim.settle()
+    assert holders(sim, "s1") == {"B": ConnectionState.JOINED}
+    assert hub_owner(sim, "s1") == ("B", ("room",))
+    assert seen(sim, "s1") == {"A", "B", "C"}

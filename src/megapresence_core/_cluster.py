@@ -157,6 +157,7 @@ class ClusterLink:
         "_snap",
         "_subjects",
         "_timers",
+        "heard_claim",
     )
 
     def __init__(
@@ -183,6 +184,9 @@ class ClusterLink:
             CLUSTER_LINK, timers, owner=ALL
         )
         self._snap = 0
+        #: The highest claim another instance announced: a join here claims above it, so
+        #: a connection that came after another instance's takes the session from it.
+        self.heard_claim = 0
 
     @property
     def reachable(self) -> bool:
@@ -280,7 +284,11 @@ class ClusterLink:
         """A local member's whole state: it joined, changed metadata, or (un)subscribed."""
         return self._publish(
             ClusterAdd(
-                **self._header(), ns=remote.ns, member=remote.member, channels=remote.channels
+                **self._header(),
+                ns=remote.ns,
+                member=remote.member,
+                channels=remote.channels,
+                claim=remote.claim,
             )
         )
 
@@ -405,6 +413,12 @@ class ClusterLink:
 
         def arrived(session_id: str, claimer: str | None) -> list[Action]:
             ours = self._local_session(session_id)
+            theirs = self._instances[sender].members[session_id]
+            # A joined session here whose claim outranks the sender's stays (the sender
+            # gives it up when it hears ours); a lingering one (claim 0) always goes.
+            rank = (ours.claim, self._config.instance_id) if ours is not None else (0, "")
+            if rank[0] and rank > (theirs.claim, sender):
+                return []
             actions = self._arrived(session_id, claimer)
             if ours is None or not ours.channels or self._local_session(session_id) is not None:
                 return actions  # not ours, nothing to keep, or still ours
@@ -441,9 +455,12 @@ class ClusterLink:
         return actions
 
     def _on_add(self, instance: _Instance, message: Any, now: float) -> list[Action]:
-        remote = RemoteMember(ns=message.ns, member=message.member, channels=message.channels)
+        remote = RemoteMember(
+            ns=message.ns, member=message.member, channels=message.channels, claim=message.claim
+        )
+        self.heard_claim = max(self.heard_claim, message.claim)
         # An add is the sender's claim: it holds the session now (a take-over, when it
-        # is held here too).
+        # is held here too, unless our claim outranks it).
         return self._conflicts((remote,), message.sender) + instance.table.put(remote, claim=True)
 
     def _on_remove(self, instance: _Instance, message: Any, now: float) -> list[Action]:
@@ -499,6 +516,9 @@ class ClusterLink:
             return []
         members = [m for index in range(parts) for m in received[index]]
         instance.snapshot = None
+        self.heard_claim = max((self.heard_claim, *(m.claim for m in members)))
+        # Every member is a claim: after a partition, a session held here and there at
+        # once stays with the higher (claim, instance id), as for a crossing add.
         return self._conflicts(members, message.sender) + instance.table.replace(members)
 
     def _on_resync(self, instance: _Instance, message: Any, now: float) -> list[Action]:
@@ -543,6 +563,7 @@ class NoCluster:
 
     state: Final = None
     reachable: Final = True  # nothing to reach
+    heard_claim: Final = 0
     subjects: Final[tuple[str, ...]] = ()
 
     def _misuse(self, what: str) -> LocalUsageError:

@@ -26,7 +26,9 @@ here). For the same reason, while a session is held here (joined or
 lingering), what the hub says of it (a SUBSCRIBE or MEMBERS the hub sent
 before it heard our JOIN) is stale and never kept: nothing would remove it
 once the session leaves here. Only a JOIN (another bridge took the session)
-is heard.
+is heard, and of a joined session only one superseding the claim of the
+connection holding it (``Presence`` keeps any other as the copy to show if the
+hub refuses our JOIN, which it crossed).
 """
 
 from __future__ import annotations
@@ -136,12 +138,17 @@ class HubMembers:
         self.table.without_channel(session_id, channel)
         return []
 
-    def _join(self, frame: JoinFrame) -> list[Action]:
+    def copy(self, frame: JoinFrame) -> RemoteMember:
+        """The session as ``frame`` says another bridge holds it, in the channels tracked here."""
         member = Member(session_id=frame.session_id, user_id=frame.user_id, metadata=frame.metadata)
         channels = tuple(channel for channel in frame.channels if self.tracks(channel))
-        self._confirmed(frame.session_id, channels)
+        return RemoteMember(ns="", member=member, channels=channels)
+
+    def _join(self, frame: JoinFrame) -> list[Action]:
+        copy = self.copy(frame)
+        self._confirmed(frame.session_id, copy.channels)
         # A JOIN of a session held here says another bridge's connection took it.
-        return self.table.put(RemoteMember(ns="", member=member, channels=channels), claim=True)
+        return self.table.put(copy, claim=True)
 
     def _leave(self, frame: LeaveFrame) -> list[Action]:
         self.table.remove(frame.session_id)

@@ -123,8 +123,9 @@ class ConnectionRecord:
         return Sender(user_id=self.member().user_id, session_id=self.session_id)
 
     def remote(self) -> RemoteMember:
-        """The session as another process holds it."""
-        return RemoteMember(ns=self.ns, member=self.member(), channels=self.channels)
+        """The session as another process holds it (claimed while its socket is open)."""
+        claim = self.claim if self.state is not ConnectionState.LINGERING else 0
+        return RemoteMember(ns=self.ns, member=self.member(), channels=self.channels, claim=claim)
 
     def __repr__(self) -> str:
         who = f" {self.user_id}/{self.session_id}" if self.session_id else ""

@@ -337,7 +337,7 @@ class Presence:
                 else:
                     refusals.append(refusal)
         local.join(record, event.user_id, event.session_id, subscriptions, event.metadata)
-        self._claims += 1
+        self._claims = max(self._claims, self._cluster.heard_claim) + 1
         record.claim = self._claims
         record.restorable = prior is None
         # If the session was another bridge's, the hub now moves it here and will not echo
@@ -401,11 +401,16 @@ class Presence:
     def _yield(self, record: ConnectionRecord, session_id: str) -> Action:
         """A newer connection (here or elsewhere) takes ``record``'s session: the record
         loses it (no leave: the session stays present) and its client is told
-        (``session.detached``), or closed under ``CLOSE_PRIOR``."""
+        (``session.detached``), or closed under ``CLOSE_PRIOR``; under ``REFUSE_NEW`` only a
+        cluster instance whose claim outranks ours takes it (joins that crossed, or a
+        split after an outage), and ours is closed as the duplicate."""
         self._channels.unwatch(record)
         self._local.detach(record)
-        if self._config.duplicate_session is DuplicateSessionPolicy.CLOSE_PRIOR:
+        policy = self._config.duplicate_session
+        if policy is DuplicateSessionPolicy.CLOSE_PRIOR:
             return CloseConnection(conn=record.conn, code=CloseCode.POLICY, reason=REPLACED_REASON)
+        if policy is DuplicateSessionPolicy.REFUSE_NEW:
+            return CloseConnection(conn=record.conn, code=CloseCode.POLICY, reason=DUPLICATE_REASON)
         return Deliver(conns=(record.conn,), text=encode(SessionDetached(session_id=session_id)))
 
     def _remote_copy(self, session_id: str) -> RemoteMember | None:
@@ -825,11 +830,14 @@ class Presence:
         return here
 
     def _hub_presence(self, frame: HubFrame) -> list[Action]:
-        if isinstance(frame, JoinFrame) and frame.supersedes:
+        if isinstance(frame, JoinFrame):
             record = self._local.by_session.get(frame.session_id)
             if record is not None and record.claim != frame.supersedes:
-                # A move of the session from a connection it no longer holds: our newer
-                # JOIN crossed it, and the hub gives the session back to this one.
+                # Not a move from the connection holding it here (a plain JOIN, or one
+                # superseding an older claim): our JOIN crossed it, and the hub, which
+                # reads JOINs in one order, gives the session to the later one, ours, or
+                # refuses ours (REFUSE_NEW), and then this copy is what watchers see.
+                record.displaced = self._hub_members.copy(frame)
                 return []
         return self._hub_members.receive(frame)
 

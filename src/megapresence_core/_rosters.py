@@ -234,13 +234,13 @@ class SourceTable:
             self._rosters.remove(channel, self.source, session_id)
 
     def replace(self, members: Iterable[RemoteMember]) -> list[Action]:
-        """The source holds exactly ``members`` now (a snapshot)."""
+        """The source holds exactly ``members`` now (a snapshot), each a claim (``put``)."""
         fresh = {remote.member.session_id: remote for remote in members}
         for session_id in [sid for sid in self.sessions if sid not in fresh]:
             self.remove(session_id)
         actions: list[Action] = []
         for remote in fresh.values():
-            actions += self.put(remote)
+            actions += self.put(remote, claim=True)
         return actions
 
     def clear(self) -> None:

@@ -419,6 +419,10 @@ class RemoteMember:
     ns: str
     member: Member
     channels: tuple[str, ...] = ()
+    #: The cluster claim of the connection holding it (0: none, its socket closed): of two
+    #: instances holding the session at once, the one with the higher (claim, instance id)
+    #: keeps it. Not in ``fingerprint``: a claim is not a state peers must agree on.
+    claim: int = 0
 
     @functools.cached_property
     def fingerprint(self) -> int:
@@ -439,6 +443,8 @@ class RemoteMember:
         out: JsonObject = {"ns": self.ns, **self.member.to_json()}
         if self.channels:
             out["channels"] = list(self.channels)
+        if self.claim:
+            out["claim"] = self.claim
         return out
 
 

@@ -641,10 +641,19 @@ class Hub:
         if held is not None and held.user_id != frame.user_id:
             return self._refuse_taken(record, frame.session_id)
         elsewhere = held is not None and held.bridge != record.bridge
-        if frame.lingering and elsewhere:
-            # A resync of a session that returned on another bridge meanwhile: the
-            # other bridge holds it now, and this one will hear so and drop its copy.
-            return []
+        if held is not None and frame.lingering and elsewhere:
+            # A resync of a session that returned on another bridge meanwhile: the other
+            # bridge holds it now. This one hears so (it may have registered after that
+            # JOIN was routed) and drops its copy, as for a move.
+            now = JoinFrame(
+                session_id=held.session_id,
+                user_id=held.user_id,
+                channels=held.channels,
+                metadata=held.metadata,
+                claim=held.claim,
+                supersedes=frame.claim,
+            )
+            return self._route((record.bridge,), encode(now))
         if held is not None and elsewhere and frame.exclusive and not held.lingering:
             return self._refuse_session(
                 record,

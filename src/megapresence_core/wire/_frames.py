@@ -25,14 +25,15 @@ app's ``fanout`` subject, member kinds on its ``members`` subject.
                 to the channel's subscribers on every instance
 ``direct``      ``userId``, ``message``, ``by?``
 ``kick``        ``sessionId``, ``reason?``, ``requeue?``
-``add``         ``ns``, ``member: {sessionId, userId, metadata?}``, ``channels?``: the
-                member's whole state (a join, a metadata change, a subscribe or
-                an unsubscribe), so a lost one is healed by the next
+``add``         ``ns``, ``member: {sessionId, userId, metadata?}``, ``channels?``,
+                ``claim?``: the member's whole state (a join, a metadata change, a
+                subscribe or an unsubscribe), so a lost one is healed by the next;
+                ``claim`` ranks the sender's hold on the session against another's
 ``remove``      ``sessionId``
 ``heartbeat``   ``count``, ``digest``: what the sender holds (sessions, their channels
                 and metadata), to spot a gap
 ``snapshot``    ``snap``, ``part``, ``parts``, ``members: [{ns, sessionId, userId,
-                metadata?, channels?}]``: every member of the sender, in parts
+                metadata?, channels?, claim?}]``: every member of the sender, in parts
 ``resync``      ``target``: an instance id, or ``"*"``: please send a snapshot
 ``bye``         the sender is stopping: forget its members now
 ==============  =====================================================
@@ -525,6 +526,8 @@ class ClusterAdd:
     ns: str
     member: Member
     channels: tuple[str, ...] = ()
+    #: The sender's claim of the session (``RemoteMember.claim``).
+    claim: int = 0
 
 
 @final
@@ -604,6 +607,7 @@ def _remote_member(value: Any) -> RemoteMember:
         ns=check_name(obj.get("ns")),
         member=_member(obj),
         channels=check_names(obj.get("channels", [])),
+        claim=check_count(obj.get("claim", 0)),
     )
 
 
@@ -645,7 +649,15 @@ register(
 )
 register(_K, "direct", ClusterDirect, _USER, _MESSAGE, _BY)
 register(_K, "kick", ClusterKick, _SESSION, _REASON, _REQUEUE)
-register(_K, "add", ClusterAdd, _NS, Field("member", "member", _member), _CHANNELS)
+register(
+    _K,
+    "add",
+    ClusterAdd,
+    _NS,
+    Field("member", "member", _member),
+    _CHANNELS,
+    Field("claim", "claim", check_count, 0),
+)
 register(_K, "remove", ClusterRemove, _SESSION)
 register(
     _K,
