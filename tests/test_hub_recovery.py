@@ -227,6 +227,28 @@ def test_a_link_that_comes_back_tells_what_was_missed_meanwhile_and_it_is_recove
     assert [m for m in inbox[bob] if m["type"].startswith("stream.")] == told
 
 
+def test_retries_while_the_hub_is_away_say_nothing_and_a_local_answer_is_told_when_it_is_back() -> (
+    None
+):
+    sim = network()
+    ann = sim.open("A", "/ws", "ann", "a1", ("room",))
+    bob = sim.open("B", "/ws", "bob", "b1", ("room",))
+    cid = sim.open("B", "/ws", "cid", "c1", ("room",))
+    publish(sim, "A", ann, 1)
+    held = StreamPosition(offset=1, epoch=hub_epoch(sim))
+    sim.kill_hub()
+    sim.advance(20.0)  # the bridges try again and again meanwhile, and fail
+    inbox = sim.bridges["B"].inbox
+    assert [m for m in inbox[bob] + inbox[cid] if m["type"].startswith("stream.")] == []
+    got = subscribe(sim, "B", cid, held)  # answered here: cid now holds B's own position
+    assert (got[0]["recovered"], got[0]["reason"]) == (False, "epoch")
+    sim.start_hub()
+    sim.settle()
+    for conn in (bob, cid):  # both are behind the new hub's stream, whatever they hold
+        told = [m for m in inbox[conn] if m["type"].startswith("stream.")]
+        assert [(m["type"], m["epoch"]) for m in told] == [("stream.missed", hub_epoch(sim))]
+
+
 def test_a_subscribe_waiting_for_the_hub_is_answered_here_if_the_link_goes() -> None:
     sim = network()
     ann = sim.open("A", "/ws", "ann", "a1", ("room",))

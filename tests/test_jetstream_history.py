@@ -178,8 +178,9 @@ async def test_an_instance_restart_recovers_exactly(nats_server: Server) -> None
 
 
 async def test_a_nats_restart_recovers_exactly_or_says_so(nats_server: Server) -> None:
-    """The store is kept on disk: after NATS restarts every instance tells its subscribers
-    ``stream.reset`` (live messages may have been missed); nothing is silently wrong."""
+    """The store is kept on disk: after NATS restarts every instance asks JetStream where
+    each stream is, and tells a subscriber ``stream.missed`` if it is behind (never a
+    ``stream.reset`` naming the instance's own epoch); nothing is silently wrong."""
     reader = Reader()
     async with (
         instance(nats_server.port, "A") as port_a,
@@ -202,11 +203,12 @@ async def test_a_nats_restart_recovers_exactly_or_says_so(nats_server: Server) -
         for n in range(7, 10):
             await publish(publisher, n)
         await reader.read(sub, 1.5)
-    assert reader.resets >= 1
+    assert reader.resets == 0
     assert reader.numbers == sorted(set(reader.numbers))  # in order, none twice
     assert reader.numbers[:3] == [1, 2, 3]
     assert reader.numbers[-3:] == [7, 8, 9]
-    assert reader.recoveries() in ([(True, None)], [(False, "epoch")])
+    assert reader.recoveries()  # the resubscribe after the drop, at least
+    assert set(reader.recoveries()) <= {(True, None), (False, "epoch")}
 
 
 async def test_without_jetstream_each_instance_numbers_its_own(

@@ -28,7 +28,7 @@ from megapresence_core import (
     Tick,
     Unsubscribe,
 )
-from megapresence_core._streams import Streams
+from megapresence_core._streams import NoStreams, Streams
 from megapresence_core.config import HistoryConfig
 from megapresence_core.events import (
     ClusterConnected,
@@ -100,6 +100,11 @@ def rejoin(presence: Presence, conn: int, user: str, session: str, now: float) -
 
 
 # -------------------------------------------------------------- offsets
+
+
+def test_without_history_no_stream_ever_moved() -> None:
+    # A probe's answer needs an owner, and an owner needs history: nothing to tell.
+    assert NoStreams().moved("room", StreamPosition(offset=3, epoch="hub.1")) is False
 
 
 def test_every_publication_carries_the_next_offset_and_the_epoch() -> None:

@@ -288,18 +288,22 @@ async def test_a_server_refuses_publishes_while_redis_is_out_of_reach(redis_serv
         await ann.send(json.dumps({"op": "subscribe", "channel": "room"}))
         assert (await ann.recv_json())["type"] == "subscribed"
         await ann.send(json.dumps({"op": "publish", "channel": "room", "type": "note"}))
-        assert (await ann.recv_json())["offset"] == 1  # numbered by Redis, delivered back
+        first = await ann.recv_json()
+        assert first["offset"] == 1  # numbered by Redis, delivered back
         redis_server.kill()
         await wait_for(lambda: server.link_states() == {"streams": "failing"})
         assert not server.readiness().ready
-        reset = await ann.recv_json()
-        assert reset["type"] == "stream.reset"
         await ann.send(json.dumps({"op": "publish", "channel": "room", "type": "note"}))
+        # Refused, and nothing said before it: ann holds Redis's position, not this server's.
         assert (await ann.recv_json())["payload"]["code"] == "unavailable"
         redis_server.start()
         await wait_for(lambda: server.link_states() == {"streams": "ok"}, timeout=10)
         assert ("streams", "failing") in states
         assert states[-1] == ("streams", "ok")
+        # Redis came back empty: the server asked where the stream is, and ann is told.
+        missed = await ann.recv_json()
+        assert missed["type"] == "stream.missed"
+        assert missed["epoch"] != first["epoch"]
         await ann.close()
 
 

@@ -95,12 +95,14 @@ class StreamModel(RuleBasedStateMachine):
         if channel in self.holders:
             assert self.streams.tell(channel) == self.streams.position(channel)
             self.shown.add(channel)
+            self.seen.pop(channel, None)  # the client holds this process's position now
 
     @rule()
     def reset(self) -> None:
         told = dict(self.streams.reset())
-        assert set(told) == self.shown  # only a position someone may hold needs telling
-        self.seen.clear()
+        # Only a position of this process's that someone may hold needs telling; an
+        # owner's (seen) is kept: the owner's next one says what was missed.
+        assert set(told) == self.shown - set(self.seen)
         for channel in self.holders:  # but every stream starts again
             self.epoch.pop(channel)
             self._observe(channel)
@@ -119,14 +121,33 @@ class StreamModel(RuleBasedStateMachine):
         if channel not in self.holders:
             assert seen == "next"  # nobody here to tell
             return
+        shown = channel in self.shown
         self.shown.add(channel)
         last = self.seen.get(channel)
         if last is not None and last.epoch == epoch and offset <= last.offset:
             assert seen == "again"  # sent already: the last one stays
             return
-        follows = last is None or (last.epoch == epoch and offset == last.offset + 1)
+        # With none seen, they hold this process's position, if one was sent.
+        follows = not shown if last is None else last.epoch == epoch and offset == last.offset + 1
         assert seen == ("next" if follows else "gap")
         self.seen[channel] = position
+
+    @rule(
+        channel=st.sampled_from(CHANNELS),
+        offset=st.integers(0, 9),
+        epoch=st.sampled_from(["hub.1", "hub.2"]),
+    )
+    def moved(self, channel: str, offset: int, epoch: str) -> None:
+        position = StreamPosition(offset=offset, epoch=epoch)
+        moved = self.streams.moved(channel, position)
+        if channel not in self.holders:
+            assert moved is False  # nobody here to tell
+            return
+        last = self.seen.get(channel)
+        again = last is not None and last.epoch == epoch and offset <= last.offset
+        assert moved == (channel in self.shown and not again)
+        if not again:
+            self.seen[channel] = position
 
     @rule(channel=st.sampled_from(CHANNELS))
     def reached(self, channel: str) -> None:
@@ -165,6 +186,7 @@ class StreamModel(RuleBasedStateMachine):
         _, offset, epoch = data.draw(st.sampled_from(self.positions))
         got = self.streams.recover(channel, StreamPosition(offset=offset, epoch=epoch), session)
         self.shown.add(channel)
+        self.seen.pop(channel, None)  # the client holds this process's position now
         history, config = self.published[channel], self.config
         top = len(history)
         assert got.position == StreamPosition(offset=top, epoch=self.epoch[channel])

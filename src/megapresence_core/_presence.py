@@ -583,9 +583,10 @@ class Presence:
         # What the hub told us stays (stale, not gone) until the MEMBERS of the next
         # registration confirm it, or the grace ends (``_hub_members``). Subscribes
         # waiting for the hub's RECOVERED are answered from this process's (new) streams.
-        owned = self._parts.owner() is not None
-        actions = self._hub_link.lost(event.now, event.code, event.reason, event.status)
-        actions += self._reset_streams(owned=owned)
+        actions = (
+            self._hub_link.lost(event.now, event.code, event.reason, event.status)
+            + self._reset_streams()
+        )
         for pending in self._parts.recoveries.abandon():
             actions += self._channels.answer_here(pending)
         return actions
@@ -595,11 +596,10 @@ class Presence:
         self._hub_members.now = event.now
         actions, frames = link.split(event.data, event.now)
         for data in frames:
-            owned = self._parts.owner() is not None
             receipt = link.receive(data, event.now)
             actions += receipt.actions
             if receipt.registered:
-                actions += self._resync() + self._reset_streams(owned=owned)
+                actions += self._resync() + self._reset_streams()
             if receipt.frame is not None:
                 actions += _HUB_FRAME_HANDLERS[type(receipt.frame)](self, receipt.frame)
         return actions
@@ -613,18 +613,17 @@ class Presence:
     def _cluster_reset(self) -> list[Action]:
         """The cluster link went down or came back: publications of other instances may
         have been missed, unless a stream owner (a store) numbers and carries them."""
-        return [] if self._parts.owner() is not None else self._reset_streams(owned=False)
+        return [] if self._parts.owner() is not None else self._reset_streams()
 
     def _on_stream_store(self, event: StreamStoreChanged) -> list[Action]:
         """The stream store came, went or is out of reach: publications may have been
         missed, so every stream starts again; subscribes waiting for the store's answer
         are answered from this process's own streams."""
         parts = self._parts
-        owner = parts.owner()
-        owned = owner is parts.stream_store
+        owned = parts.owner() is parts.stream_store
         if not parts.stream_store.change(event.state):
             return []
-        actions = self._reset_streams(owned=owner is not None)
+        actions = self._reset_streams()
         if owned:
             for pending in parts.recoveries.abandon():
                 actions += self._channels.answer_here(pending)
@@ -687,19 +686,19 @@ class Presence:
         texts = [encode(reply), *recovery.texts]
         return [Deliver(conns=(pending.conn,), text=text) for text in texts]
 
-    def _reset_streams(self, *, owned: bool) -> list[Action]:
+    def _reset_streams(self) -> list[Action]:
         """Publications may have been missed (a link went down or came back): this
-        process's streams start again under a new epoch. ``owned``: the streams had an
-        owner (the hub, a store), whose positions the subscribers hold; else they hold
-        this process's, and are told ``stream.reset`` with the new ones. Whenever an
-        owner numbers the streams now, it is asked where each channel's is (a probe,
-        see ``_recoveries``): only it knows what its subscribers here missed."""
+        process's streams start again under a new epoch, and subscribers who hold its
+        positions are told ``stream.reset`` with the new ones, unless an owner (the hub,
+        a store) numbers the streams now. Whenever one does, it is asked where each
+        channel's stream is (a probe, see ``_recoveries``): only it knows what the
+        subscribers here missed, whoever's positions they hold."""
         parts = self._parts
         owner = parts.owner()
         by_channel = self._local.by_channel
         actions: list[Action] = []
-        told = parts.streams.reset(owned=owned or owner is not None)
-        if owner is None and not owned:
+        told = parts.streams.reset()
+        if owner is None:
             for channel, position in told:
                 conns = by_channel.get(channel)
                 if conns:
@@ -707,12 +706,12 @@ class Presence:
                         channel=channel, offset=position.offset, epoch=position.epoch
                     )
                     actions.append(Deliver(conns=tuple(conns), text=encode(reset)))
-        if owner is not None:
-            records = self._local.records
-            for channel, conns in by_channel.items():
-                session_id = records[next(iter(conns))].session_id
-                assert session_id is not None  # a subscriber is a joined session
-                actions += owner.recover(parts.recoveries.probe(channel, session_id))
+            return actions
+        records = self._local.records
+        for channel, conns in by_channel.items():
+            session_id = records[next(iter(conns))].session_id
+            assert session_id is not None  # a subscriber is a joined session
+            actions += owner.recover(parts.recoveries.probe(channel, session_id))
         return actions
 
     def _probed(self, channel: str, position: StreamPosition | None) -> list[Action]:

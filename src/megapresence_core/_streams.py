@@ -141,18 +141,18 @@ class Streams:
             self._drop(stream, len(stream.entries))
             del self._streams[channel]
 
-    def reset(self, *, owned: bool = False) -> list[tuple[str, StreamPosition]]:
+    def reset(self) -> list[tuple[str, StreamPosition]]:
         """Every stream starts again under a new epoch (this process may have missed
-        publications); returns the channels whose old position a client may hold (one was
-        sent), with their new positions: those subscribers must be told. ``owned``: the
-        clients hold the owner's positions (the hub's, a store's), and the last one sent
-        is kept, so the owner's next says whether they missed some (``saw``)."""
+        publications); returns the channels whose clients hold a position of this
+        process's (one was sent), with their new positions: those subscribers must be told.
+        Where they hold the owner's (the hub's, a store's: ``seen``), it is kept, and the
+        owner's next position says whether they missed some (``saw``, ``moved``)."""
         told = []
         for channel, stream in self._streams.items():
             self._drop(stream, len(stream.entries))
             stream.epoch, stream.top, stream.trimmed, stream.expired = self._new_epoch(), 0, 0, 0
-            if not owned:
-                stream.seen = None
+            if stream.seen is not None:
+                continue
             if stream.shown:  # and still shown: the telling carries the new position
                 told.append((channel, self.position_of(stream)))
         return told
@@ -218,11 +218,13 @@ class Streams:
         stream = self._streams.get(channel)
         if stream is None:
             return "next"
-        last, stream.shown = stream.seen, True
+        last, shown, stream.shown = stream.seen, stream.shown, True
         if last is not None and last.epoch == position.epoch and position.offset <= last.offset:
             return "again"
         stream.seen = position
-        if last is None or (last.epoch == position.epoch and position.offset == last.offset + 1):
+        if last is None:  # they hold this process's positions, if any was sent
+            return "gap" if shown else "next"
+        if last.epoch == position.epoch and position.offset == last.offset + 1:
             return "next"
         return "gap"
 
@@ -245,16 +247,17 @@ class Streams:
         return stream.seen if stream.seen is not None else self.position_of(stream)
 
     def tell(self, channel: str) -> StreamPosition:
-        """Where ``channel``'s stream (held) is, to send to a client."""
+        """Where ``channel``'s stream (held) is, to send to a client (who then holds a
+        position of this process's, not the owner's)."""
         stream = self._streams[channel]
-        stream.shown = True
+        stream.shown, stream.seen = True, None
         return self.position_of(stream)
 
     def recover(self, channel: str, since: StreamPosition, session_id: str) -> Recovery:
         """What ``session_id`` missed of ``channel`` (held) after ``since``, or why not."""
         stream = self._streams[channel]
         self._expire(stream)
-        stream.shown = True
+        stream.shown, stream.seen = True, None
         position = self.position_of(stream)
         if since.epoch != stream.epoch or since.offset > stream.top:
             return Recovery(position, [], "epoch")
@@ -305,7 +308,7 @@ class NoStreams:
     def release(self, channel: str, session_id: str) -> None:
         pass
 
-    def reset(self, *, owned: bool = False) -> list[tuple[str, StreamPosition]]:
+    def reset(self) -> list[tuple[str, StreamPosition]]:
         return []
 
     def append(
