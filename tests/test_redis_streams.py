@@ -12,7 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from megapresence_anyio import handle_command
-from megapresence_core import Event
+from megapresence_core import Event, LocalUsageError
 from megapresence_core.config import HistoryConfig
 from megapresence_core.events import (
     StreamPosition,
@@ -21,7 +21,7 @@ from megapresence_core.events import (
     StreamStoreChanged,
     StreamStoreState,
 )
-from megapresence_redis import RedisStreams, RosterUnavailableError
+from megapresence_redis import RedisRoster, RedisStreams, RosterUnavailableError
 
 from .servers import Server
 from .socket_helpers import Client, running_server, wait_for
@@ -368,3 +368,12 @@ async def test_a_storm_of_recoveries_stays_within_the_pubsub_buffer(redis_server
         await wait_for(lambda: len(a.answers()) == 200, timeout=30)
         assert {len(answer.entries) for answer in a.answers()} == {100}
         assert a.states == [DOWN, READY]
+
+
+@pytest.mark.parametrize("app", ["h3:x", "a{b}", "", "x y"])
+def test_an_app_name_that_could_share_keys_with_another_is_refused(app: str) -> None:
+    # App "h3:x", channel "y" and app "h3", channel "x:y" would be one Redis stream.
+    with pytest.raises(LocalUsageError, match="app must be letters, digits"):
+        RedisStreams("redis://127.0.0.1:1/0", app=app)
+    with pytest.raises(LocalUsageError, match="app must be letters, digits"):
+        RedisRoster("redis://127.0.0.1:1/0", app=app, instance_id="i", epoch=1)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections import deque
 from collections.abc import Iterable
 from typing import Any, Final, final
@@ -132,6 +133,18 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
+_APP: Final = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def app_name(app: str, what: str) -> str:
+    """``app`` as a part of Redis keys, or ``LocalUsageError``: with a ``:`` or a brace in
+    it, one app's keys could be another's (app ``a:b`` channel ``c`` is app ``a`` channel
+    ``b:c``), so the names a cluster's NATS subjects allow are the only ones allowed."""
+    if not isinstance(app, str) or not _APP.fullmatch(app):
+        raise LocalUsageError(f"{what}: app must be letters, digits, '_' or '-', got {app!r}")
+    return app
+
+
 @final
 class RedisRoster:
     """One Redis client applying one instance's roster actions, in order."""
@@ -140,7 +153,7 @@ class RedisRoster:
         self, url: str, *, app: str, instance_id: str, epoch: int, timeout: float = 5.0
     ) -> None:
         self._url = url
-        self._app = app
+        self._app = app_name(app, "RedisRoster")
         self._instance_id = instance_id
         self._epoch = epoch
         self._timeout = timeout

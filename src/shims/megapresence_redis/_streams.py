@@ -75,7 +75,7 @@ from megapresence_core.events import (
     StreamStoreState,
 )
 
-from ._roster import RosterUnavailableError, _describe
+from ._roster import RosterUnavailableError, _describe, app_name
 
 __all__ = ["RedisStreams"]
 
@@ -173,7 +173,7 @@ class RedisStreams:
         self, url: str, *, app: str, meta_ttl: float = DEFAULT_META_TTL, timeout: float = 5.0
     ) -> None:
         self._url = url
-        self._app = app
+        self._app = app_name(app, "RedisStreams")
         self._meta_ttl = meta_ttl
         self._timeout = timeout
         self._publications = f"megapresence:streams:{{{app}}}"
