@@ -122,15 +122,25 @@ def urls(*ports: int) -> Any:
     return lambda: choices[next(turn) % len(choices)]
 
 
-async def test_a_subscriber_recovers_exactly_on_the_other_instance(nats_server: Server) -> None:
-    reader = Reader()
+@asynccontextmanager
+async def pair(
+    nats_port: int, publisher_on: str
+) -> AsyncIterator[tuple[PresenceClient, PresenceClient]]:
+    """Instances A and B; a publisher on ``publisher_on``, subscribed, and a subscriber whose
+    every (re)connection goes to the next instance in turn (not yet subscribed)."""
     async with (
-        instance(nats_server.port, "A") as port_a,
-        instance(nats_server.port, "B") as port_b,
-        client(port_a, "pub") as publisher,
+        instance(nats_port, "A") as port_a,
+        instance(nats_port, "B") as port_b,
+        client({"A": port_a, "B": port_b}[publisher_on], "pub") as publisher,
         PresenceClient(urls(port_a, port_b), backoff=QUICK) as sub,
     ):
         await publisher.subscribe(CHANNEL).wait_subscribed()
+        yield publisher, sub
+
+
+async def test_a_subscriber_recovers_exactly_on_the_other_instance(nats_server: Server) -> None:
+    reader = Reader()
+    async with pair(nats_server.port, "A") as (publisher, sub):
         first = await sub.subscribe(CHANNEL, recover=True).wait_subscribed()
         assert (first.offset, first.recovered) == (0, None)
         n = 0
@@ -182,13 +192,7 @@ async def test_a_nats_restart_recovers_exactly_or_says_so(nats_server: Server) -
     each stream is, and tells a subscriber ``stream.missed`` if it is behind (never a
     ``stream.reset`` naming the instance's own epoch); nothing is silently wrong."""
     reader = Reader()
-    async with (
-        instance(nats_server.port, "A") as port_a,
-        instance(nats_server.port, "B") as port_b,
-        client(port_b, "pub") as publisher,
-        PresenceClient(urls(port_a, port_b), backoff=QUICK) as sub,
-    ):
-        await publisher.subscribe(CHANNEL).wait_subscribed()
+    async with pair(nats_server.port, "B") as (publisher, sub):
         await sub.subscribe(CHANNEL, recover=True).wait_subscribed()
         for n in range(1, 4):
             await publish(publisher, n)
@@ -215,13 +219,7 @@ async def test_without_jetstream_each_instance_numbers_its_own(
     plain_nats_server: Server, caplog: pytest.LogCaptureFixture
 ) -> None:
     reader = Reader()
-    async with (
-        instance(plain_nats_server.port, "A") as port_a,
-        instance(plain_nats_server.port, "B") as port_b,
-        client(port_a, "pub") as publisher,
-        PresenceClient(urls(port_a, port_b), backoff=QUICK) as sub,
-    ):
-        await publisher.subscribe(CHANNEL).wait_subscribed()
+    async with pair(plain_nats_server.port, "A") as (publisher, sub):
         await sub.subscribe(CHANNEL, recover=True).wait_subscribed()
         await publish(publisher, 1)
         await reader.read(sub, 0.3)
@@ -235,13 +233,7 @@ async def test_without_jetstream_each_instance_numbers_its_own(
 
 async def test_a_purged_history_is_a_new_epoch_never_a_wrong_recovery(nats_server: Server) -> None:
     reader = Reader()
-    async with (
-        instance(nats_server.port, "A") as port_a,
-        instance(nats_server.port, "B") as port_b,
-        client(port_a, "pub") as publisher,
-        PresenceClient(urls(port_a, port_b), backoff=QUICK) as sub,
-    ):
-        await publisher.subscribe(CHANNEL).wait_subscribed()
+    async with pair(nats_server.port, "A") as (publisher, sub):
         await sub.subscribe(CHANNEL, recover=True).wait_subscribed()
         for n in range(1, 4):
             await publish(publisher, n)
