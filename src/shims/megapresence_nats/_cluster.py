@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections import deque
 from collections.abc import Callable
-from typing import Any, final
+from typing import Any, Protocol, final
 
 import anyio
 import nats
@@ -31,6 +31,35 @@ logger = logging.getLogger("megapresence.nats")
 
 class ClusterUnavailableError(ConnectionError):
     """NATS could not be reached when the server started."""
+
+
+class _Connecting(Protocol):
+    """What a NATS shim gives ``connect``: its settings and nats-py's callbacks."""
+
+    _url: str
+    _name: str | None
+    _connect_timeout: float
+    _reconnect_wait: float
+
+    async def _on_error(self, error: Any) -> None: ...
+    async def _on_disconnected(self) -> None: ...
+    async def _on_reconnected(self) -> None: ...
+
+
+async def connect(owner: _Connecting) -> NatsClient:
+    """A nats-py client for ``owner`` that reconnects for ever, or ``TimeoutError``,
+    ``OSError`` or ``nats.errors.Error`` within its connect timeout."""
+    with anyio.fail_after(owner._connect_timeout):
+        return await nats.connect(
+            owner._url,
+            name=owner._name,
+            connect_timeout=max(1, int(owner._connect_timeout)),
+            reconnect_time_wait=owner._reconnect_wait,
+            max_reconnect_attempts=-1,
+            error_cb=owner._on_error,
+            disconnected_cb=owner._on_disconnected,
+            reconnected_cb=owner._on_reconnected,
+        )
 
 
 @final
@@ -78,17 +107,7 @@ class NatsCluster:
             )
         self._dispatch = dispatch
         try:
-            with anyio.fail_after(self._connect_timeout):
-                self._nc = await nats.connect(
-                    self._url,
-                    name=self._name,
-                    connect_timeout=max(1, int(self._connect_timeout)),
-                    reconnect_time_wait=self._reconnect_wait,
-                    max_reconnect_attempts=-1,
-                    error_cb=self._on_error,
-                    disconnected_cb=self._on_disconnected,
-                    reconnected_cb=self._on_reconnected,
-                )
+            self._nc = await connect(self)
         except (TimeoutError, OSError, nats.errors.Error) as exc:
             cause = self._last_error or exc
             raise ClusterUnavailableError(f"cannot reach NATS at {self.url}: {cause!r}") from None

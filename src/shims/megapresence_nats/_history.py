@@ -60,7 +60,7 @@ from megapresence_core.events import (
     StreamStoreState,
 )
 
-from ._cluster import ClusterUnavailableError
+from ._cluster import ClusterUnavailableError, connect
 
 __all__ = ["JetStreamHistory"]
 
@@ -172,17 +172,7 @@ class JetStreamHistory:
         """Connect and set up the stream, or raise ``ClusterUnavailableError`` in time."""
         self._dispatch, self._config = dispatch, history
         try:
-            with anyio.fail_after(self._connect_timeout):
-                self._nc = await nats.connect(
-                    self._url,
-                    name=self._name,
-                    connect_timeout=max(1, int(self._connect_timeout)),
-                    reconnect_time_wait=self._reconnect_wait,
-                    max_reconnect_attempts=-1,
-                    disconnected_cb=self._on_disconnected,
-                    reconnected_cb=self._on_reconnected,
-                    error_cb=self._on_error,
-                )
+            self._nc = await connect(self)
             await self._set_up()
         except (TimeoutError, OSError, nats.errors.Error) as exc:
             if self._nc is not None:
