@@ -546,6 +546,17 @@ def join_at_once(sim: HubNetwork, *names: str) -> dict[str, int]:
     return conns
 
 
+def close_all_and_expect_gone(sim: HubNetwork, conns: dict[str, int]) -> None:
+    """Once s1's connections closed and the grace passed, every bridge and the hub agree
+    that it left."""
+    for name, conn in conns.items():
+        sim.close(name, conn)
+    sim.advance(GRACE + 0.5)
+    assert holders(sim, "s1") == {}
+    assert hub_owner(sim, "s1") is None
+    assert seen(sim, "s1") == set()
+
+
 @pytest.mark.parametrize("policy", list(DuplicateSessionPolicy))
 @pytest.mark.parametrize("order", [("A", "B"), ("B", "A")])
 def test_two_joins_that_race_to_the_hub_leave_one_holder_and_no_ghost(
@@ -569,12 +580,7 @@ def test_two_joins_that_race_to_the_hub_leave_one_holder_and_no_ghost(
     }[policy]
     assert (sim.bridges[loser].inbox.get(conns[loser], []), sim.bridges[loser].closed) == told
     assert seen(sim, "s1") == {"A", "B", "C"}
-    for name, conn in conns.items():
-        sim.close(name, conn)
-    sim.advance(GRACE + 0.5)
-    assert holders(sim, "s1") == {}
-    assert hub_owner(sim, "s1") is None
-    assert seen(sim, "s1") == set()
+    close_all_and_expect_gone(sim, conns)
 
 
 @pytest.mark.parametrize("kill", ["hub", "link"])
@@ -601,12 +607,7 @@ def test_a_session_on_two_bridges_while_the_hub_is_away_is_reconciled(kill: str)
     assert sim.bridges[loser].inbox.get(conns[loser], []).count(DETACHED) == 1
     assert DETACHED not in sim.bridges[winner].inbox.get(conns[winner], [])
     assert seen(sim, "s1") == {"A", "B", "C"}
-    for name, conn in conns.items():
-        sim.close(name, conn)
-    sim.advance(GRACE + 0.5)
-    assert holders(sim, "s1") == {}
-    assert hub_owner(sim, "s1") is None
-    assert seen(sim, "s1") == set()
+    close_all_and_expect_gone(sim, conns)
 
 
 def cluster_holders(sim: Bus, session: str) -> dict[str, ConnectionState]:
