@@ -8,6 +8,7 @@ closed and the grace passed, no process lists it (no ghost)."""
 
 from __future__ import annotations
 
+from collections.abc import Container, Mapping
 from typing import Any
 
 from hypothesis import settings
@@ -31,6 +32,32 @@ def told(messages: list[dict[str, Any]], closed: list[tuple[Any, int, str]], con
     """How many times ``conn`` was told it lost the session (detached, or closed 1008)."""
     detached = sum(m["type"] == "session.detached" for m in messages)
     return detached + sum(c == conn and code == 1008 for c, code, _ in closed)
+
+
+def one_holder(
+    places: Mapping[str, Any], joined: dict[int, str], open_: Container[int]
+) -> list[str]:
+    """At a quiet point: s1 is held in one of ``places`` (bridges or instances) at most,
+    each shows it in the room exactly while it is held, and of the connections ``joined``
+    the holder (open) was never told it lost the session, any other at most once. Returns
+    the holders."""
+    states = {name: p.presence.session_state("s1") for name, p in places.items()}
+    held = [name for name, state in states.items() if state is not ConnectionState.CLOSED]
+    assert len(held) <= 1, states
+    shows = {
+        name
+        for name, p in places.items()
+        if "s1" in {m.session_id for m in p.presence.channel_members("room")}
+    }
+    assert shows == (set(places) if held else set()), (shows, states)
+    for conn, name in joined.items():
+        place = places[name]
+        count = told(place.inbox.get(conn, []), place.closed, conn)
+        assert count <= 1, (conn, count)
+        if place.presence.connection_of("s1") == conn:
+            assert conn in open_
+            assert count == 0
+    return held
 
 
 class RacingJoinsThroughTheHub(RuleBasedStateMachine):
@@ -110,25 +137,10 @@ class RacingJoinsThroughTheHub(RuleBasedStateMachine):
         for bridge in sim.bridges.values():  # the connections the servers closed
             for conn, _, _ in bridge.closed:
                 self.open.pop(conn, None)
-        states = {name: b.presence.session_state("s1") for name, b in sim.bridges.items()}
-        held = [name for name, state in states.items() if state is not ConnectionState.CLOSED]
-        assert len(held) <= 1, states
+        held = one_holder(sim.bridges, self.joined, self.open)
         assert sim.hub is not None
         owner = [m.bridge_id for m in sim.hub.members() if m.session_id == "s1"]
-        assert owner == held, (owner, states)
-        shows = {
-            name
-            for name, b in sim.bridges.items()
-            if "s1" in {m.session_id for m in b.presence.channel_members("room")}
-        }
-        assert shows == (set(sim.bridges) if held else set()), (shows, states)
-        for conn, name in self.joined.items():
-            bridge = sim.bridges[name]
-            count = told(bridge.inbox.get(conn, []), bridge.closed, conn)
-            assert count <= 1, (conn, count)
-            if bridge.presence.connection_of("s1") == conn:
-                assert conn in self.open
-                assert count == 0
+        assert owner == held, owner
         if not self.open:
             sim.advance(GRACE + 0.5)
             for bridge in sim.bridges.values():
@@ -192,22 +204,7 @@ class RacingJoinsOverTheCluster(RuleBasedStateMachine):
             if not instance.connected:
                 instance.connect()
         sim.advance(2 * HEARTBEAT, step=0.5)  # snapshots, heartbeats: a quiet point
-        states = {name: i.presence.session_state("s1") for name, i in sim.instances.items()}
-        held = [name for name, state in states.items() if state is not ConnectionState.CLOSED]
-        assert len(held) <= 1, states
-        shows = {
-            name
-            for name, i in sim.instances.items()
-            if "s1" in {m.session_id for m in i.presence.channel_members("room")}
-        }
-        assert shows == (set(sim.instances) if held else set()), (shows, states)
-        for conn, name in self.joined.items():
-            instance = sim.instances[name]
-            count = told(instance.inbox.get(conn, []), instance.closed, conn)
-            assert count <= 1, (conn, count)
-            if instance.presence.connection_of("s1") == conn:
-                assert conn in sim.sessions
-                assert count == 0
+        one_holder(sim.instances, self.joined, sim.sessions)
         if not any(conn in sim.sessions for conn in self.joined):
             sim.advance(GRACE + HEARTBEAT, step=0.5)
             for instance in sim.instances.values():
