@@ -77,6 +77,23 @@ def watching_hooks(channel: str) -> tuple[Callable[[Any], Any], Callable[[Any], 
     return login, on_open
 
 
+def storm_settings() -> tuple[Any, Any]:
+    """The ``SocketLimits`` and ``PresenceConfig`` of a storm's server (``reconnect_storm.py``,
+    ``recovery_storm.py``): every client comes from 127.0.0.1-8, so the per-address caps
+    would refuse most of them, and one channel holds them all."""
+    from megapresence_anyio import SocketLimits
+    from megapresence_core import Limits, PresenceConfig
+
+    limits = SocketLimits(
+        max_pending_per_address=1_000_000,
+        max_pending_handshakes=1_000_000,
+        max_connections=1_000_000,
+        max_connections_per_address=1_000_000,
+        ping_interval=3600,
+    )
+    return limits, PresenceConfig(limits=Limits(max_members_per_channel=1_000_000))
+
+
 def rss_kib() -> int:
     with open("/proc/self/status", encoding="ascii") as status:
         for line in status:

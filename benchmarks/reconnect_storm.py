@@ -51,7 +51,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from bench_client import SOURCES, apply_diff, masked_text, take_frame, upgrade_request  # noqa: E402
-from bench_server import raise_file_limit, watching_hooks  # noqa: E402
+from bench_server import raise_file_limit, storm_settings, watching_hooks  # noqa: E402
 
 SYSTEMS = ("megapresence-asyncio", "megapresence-trio", "websockets", "socketio")
 CHANNEL = "c"
@@ -65,18 +65,9 @@ BASE_DELAY, MAX_DELAY = 1.0, 30.0
 def megapresence_server(args: argparse.Namespace) -> None:
     import anyio
 
-    from megapresence_anyio import PresenceServer, SocketLimits
-    from megapresence_core import Limits, PresenceConfig
+    from megapresence_anyio import PresenceServer
 
-    # Every client comes from 127.0.0.1-8: the per-address caps would refuse most of them.
-    limits = SocketLimits(
-        max_pending_per_address=1_000_000,
-        max_pending_handshakes=1_000_000,
-        max_connections=1_000_000,
-        max_connections_per_address=1_000_000,
-        ping_interval=3600,
-    )
-    config = PresenceConfig(limits=Limits(max_members_per_channel=1_000_000))
+    limits, config = storm_settings()
 
     login, on_open = watching_hooks(CHANNEL)
 

@@ -48,6 +48,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from bench_client import frame_length, masked_text, upgrade_request  # noqa: E402
+from bench_server import storm_settings  # noqa: E402
 from reconnect_storm import SOURCES, peak_rss_mib, raise_file_limit  # noqa: E402
 
 BACKENDS = ("asyncio", "trio")
@@ -61,24 +62,9 @@ def serve(args: argparse.Namespace) -> None:
     raise_file_limit()
     import anyio
 
-    from megapresence_anyio import (
-        HandshakeRequest,
-        Identity,
-        PresenceServer,
-        SocketLimits,
-        handle_command,
-    )
-    from megapresence_core import Limits, PresenceConfig
+    from megapresence_anyio import HandshakeRequest, Identity, PresenceServer, handle_command
 
-    # Every client comes from 127.0.0.1-8: the per-address caps would refuse most of them.
-    limits = SocketLimits(
-        max_pending_per_address=1_000_000,
-        max_pending_handshakes=1_000_000,
-        max_connections=1_000_000,
-        max_connections_per_address=1_000_000,
-        ping_interval=3600,
-    )
-    config = PresenceConfig(limits=Limits(max_members_per_channel=1_000_000))
+    limits, config = storm_settings()
 
     def login(request: HandshakeRequest) -> Identity:
         user = request.query["user"]
