@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import itertools
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
@@ -106,21 +107,30 @@ async def publish(publisher: PresenceClient, numbers: range) -> None:
         await anyio.sleep(0.02)
 
 
-async def test_a_subscriber_recovers_every_number_on_the_other_instance(
-    pair: tuple[Command, Command],
-) -> None:
-    a, b = pair
-    subscriber = Subscriber([url(a, "sub"), url(b, "sub")])
+@asynccontextmanager
+async def flowing(subscriber: Subscriber, at: Command, numbers: range) -> AsyncIterator[None]:
+    """``subscriber`` in "room" (recovering, read in the background) while a publisher on
+    ``at`` publishes ``numbers`` there; both stop when the block ends."""
     async with (
-        PresenceClient(url(a, "pub")) as publisher,
+        PresenceClient(url(at, "pub")) as publisher,
         subscriber.client,
         anyio.create_task_group() as tg,
     ):
         tg.start_soon(subscriber.read)
         await publisher.subscribe("room").wait_subscribed()
         await subscriber.client.subscribe("room", recover=True).wait_subscribed()
-        total = 300
-        tg.start_soon(publish, publisher, range(1, total + 1))
+        tg.start_soon(publish, publisher, numbers)
+        yield
+        tg.cancel_scope.cancel()
+
+
+async def test_a_subscriber_recovers_every_number_on_the_other_instance(
+    pair: tuple[Command, Command],
+) -> None:
+    a, b = pair
+    subscriber = Subscriber([url(a, "sub"), url(b, "sub")])
+    total = 300
+    async with flowing(subscriber, a, range(1, total + 1)):
         for _ in range(6):  # drops while the numbers flow: A, B, A, ...
             await anyio.sleep(0.5)
             connections = subscriber.client.connections + 1
@@ -131,7 +141,6 @@ async def test_a_subscriber_recovers_every_number_on_the_other_instance(
                 )
         await until(lambda: len(subscriber.numbers) >= total)
         await anyio.sleep(0.2)
-        tg.cancel_scope.cancel()
     assert subscriber.numbers == list(range(1, total + 1))  # every number, once, in order
     recovered = [answer.recovered for answer in subscriber.answers]
     assert recovered == [None] + [True] * 6
@@ -221,15 +230,7 @@ async def test_an_instance_killed_and_started_again_loses_nothing(
     a, b = pair
     current = [url(b, "sub")]
     subscriber = Subscriber(lambda: current[0])
-    async with (
-        PresenceClient(url(a, "pub")) as publisher,
-        subscriber.client,
-        anyio.create_task_group() as tg,
-    ):
-        tg.start_soon(subscriber.read)
-        await publisher.subscribe("room").wait_subscribed()
-        await subscriber.client.subscribe("room", recover=True).wait_subscribed()
-        tg.start_soon(publish, publisher, range(1, 101))
+    async with flowing(subscriber, a, range(1, 101)):
         await until(lambda: len(subscriber.numbers) >= 20)
         b.stop(signal.SIGKILL)  # its history was never its own: Redis keeps it
         restarted = serve(tmp_path, "B", redis_server)
@@ -238,6 +239,5 @@ async def test_an_instance_killed_and_started_again_loses_nothing(
             await until(lambda: len(subscriber.numbers) >= 100)
         finally:
             restarted.stop()
-        tg.cancel_scope.cancel()
     assert subscriber.numbers == list(range(1, 101))
     assert [answer.recovered for answer in subscriber.answers] == [None, True]
