@@ -10,12 +10,15 @@ import json
 import os
 import socket
 import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import anyio
 import pytest
 import trustme
 
+from megapresence_anyio import Client as ServerClient
 from megapresence_anyio import PresenceServer, SocketLimits, server_context
 from megapresence_anyio._outgoing import Outgoing, text_frame
 from megapresence_anyio._tls import TlsTransport
@@ -74,6 +77,21 @@ async def serving(
     return port, certificate[1] if tls else None
 
 
+@asynccontextmanager
+async def silent_client(
+    server: PresenceServer, port: int, tls: ssl.SSLContext | None
+) -> AsyncIterator[tuple[ServerClient, socket.socket]]:
+    """A ``silent_peer`` of ``server`` (its only client): the server's client for it and
+    its socket, closed at the end."""
+    sock = await anyio.to_thread.run_sync(silent_peer, port, tls)
+    try:
+        await wait_for(lambda: len(server.clients) == 1)
+        (client,) = server.clients
+        yield client, sock
+    finally:
+        sock.close()
+
+
 @pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
 async def test_a_peer_whose_buffer_does_not_move_is_closed_1013(
     anyio_backend: str, tls: bool, certificate: tuple[ssl.SSLContext, ssl.SSLContext]
@@ -81,10 +99,7 @@ async def test_a_peer_whose_buffer_does_not_move_is_closed_1013(
     limits = SocketLimits(send_stall_timeout=0.5, close_timeout=0.5, max_message_bytes=BIG)
     async with PresenceServer(query_login, paths=None, limits=limits) as server:
         port, context = await serving(server, tls, certificate)
-        sock = await anyio.to_thread.run_sync(silent_peer, port, context)
-        try:
-            await wait_for(lambda: len(server.clients) == 1)
-            (client,) = server.clients
+        async with silent_client(server, port, context) as (client, _sock):
             transport = client.session.transport
             assert type(transport) is (TlsTransport if tls else SocketTransport)
             client.send("x" * BIG)  # far more than the kernel takes: it waits, and stays
@@ -95,8 +110,6 @@ async def test_a_peer_whose_buffer_does_not_move_is_closed_1013(
             assert client.session.close_code == 1013
             assert client.session.close_reason == "slow consumer: send buffer not moving"
             await wait_for(lambda: not server.clients, timeout=5)
-        finally:
-            sock.close()
 
 
 @pytest.mark.parametrize("tls", [False, True], ids=["plain", "tls"])
@@ -106,10 +119,7 @@ async def test_a_peer_whose_buffer_is_full_is_closed_1013(
     limits = SocketLimits(max_send_buffer=64 * 1024, close_timeout=0.5)
     async with PresenceServer(query_login, paths=None, limits=limits) as server:
         port, context = await serving(server, tls, certificate)
-        sock = await anyio.to_thread.run_sync(silent_peer, port, context)
-        try:
-            await wait_for(lambda: len(server.clients) == 1)
-            (client,) = server.clients
+        async with silent_client(server, port, context) as (client, _sock):
             sent = 0
             while client.session.is_open:  # a message per turn: each leaves, or waits
                 client.send("y" * 10_000)
@@ -119,8 +129,6 @@ async def test_a_peer_whose_buffer_is_full_is_closed_1013(
             assert client.session.close_code == 1013
             assert client.session.close_reason == "slow consumer: send buffer full"
             await wait_for(lambda: not server.clients, timeout=5)
-        finally:
-            sock.close()
 
 
 async def test_an_asgi_peer_whose_buffer_does_not_move_is_closed_1013(anyio_backend: str) -> None:
@@ -212,17 +220,12 @@ async def test_a_tls_peer_that_breaks_its_records_while_its_queue_waits_is_dropp
     limits = SocketLimits(max_message_bytes=BIG, close_timeout=0.5)
     async with PresenceServer(query_login, paths=None, limits=limits) as server:
         port = await server.listen(HOST, 0, ssl_context=certificate[0])
-        sock = await anyio.to_thread.run_sync(silent_peer, port, certificate[1])
-        try:
-            await wait_for(lambda: len(server.clients) == 1)
-            (client,) = server.clients
+        async with silent_client(server, port, certificate[1]) as (client, sock):
             client.send("x" * BIG)
             await wait_for(lambda: client.session.transport.queued > 0)
             os.write(sock.fileno(), b"\x17\x03\x03\x00\x10" + b"not a record....")
             await wait_for(lambda: not server.clients, timeout=5)
             assert client.session.close_code == 1006
-        finally:
-            sock.close()
 
 
 async def test_an_http_answer_over_tls_is_sealed_before_the_socket_ends(
