@@ -103,6 +103,15 @@ async def puts_per_second(url: str, count: int) -> float:
     return count / elapsed
 
 
+async def fill(streams: RedisStreams, tg: anyio.abc.TaskGroup, count: int) -> None:
+    """Run ``streams`` in ``tg`` and, once it reads, append ``count`` entries to "room"."""
+    tg.start_soon(streams.run)
+    while not streams.healthy:
+        await anyio.sleep(0.01)
+    for _ in range(count):
+        streams.append("room", DATA)
+
+
 async def recovery(url: str, missed: int) -> tuple[float, int]:
     """Seconds from ``read`` to its answer for ``missed`` entries; bytes the history costs."""
     app = f"bench{time.monotonic_ns()}"
@@ -110,11 +119,7 @@ async def recovery(url: str, missed: int) -> tuple[float, int]:
     seen: list[Event] = []
     await streams.start(seen.append, HistoryConfig(boot_id="bench", size=missed))
     async with anyio.create_task_group() as tg:
-        tg.start_soon(streams.run)
-        while not streams.healthy:
-            await anyio.sleep(0.01)
-        for _ in range(missed):
-            streams.append("room", DATA)
+        await fill(streams, tg, missed)
         while sum(isinstance(e, StreamPublished) for e in seen) < missed:
             await anyio.sleep(0.001)
         first = next(e for e in seen if isinstance(e, StreamPublished))
@@ -150,11 +155,7 @@ async def storm(url: str, readers: int, missed: int) -> tuple[float, float]:
     await streams.start(dispatch, HistoryConfig(boot_id="bench"))
     client = aioredis.from_url(url)
     async with anyio.create_task_group() as tg:
-        tg.start_soon(streams.run)
-        while not streams.healthy:
-            await anyio.sleep(0.01)
-        for _ in range(missed):
-            streams.append("room", DATA)
+        await fill(streams, tg, missed)
         while not epoch:
             await anyio.sleep(0.01)
         cpu = await redis_cpu(client)
