@@ -334,14 +334,16 @@ def test_stream_missed_subscribes_again_with_since() -> None:
 
 
 class FakeClock:
-    """The client's ``sleep``: records each reconnect delay and waits for none of it."""
+    """The client's ``sleep``: records each reconnect delay and waits for none of it (all
+    of it if ``real``: the connection's rate bucket must refill meanwhile)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, real: bool = False) -> None:
         self.delays: list[float] = []
+        self.real = real
 
     async def sleep(self, delay: float) -> None:
         self.delays.append(delay)
-        await anyio.sleep(0)
+        await anyio.sleep(delay if self.real else 0)
 
 
 @asynccontextmanager
@@ -452,16 +454,11 @@ async def test_a_refused_upgrade_stops_with_its_status() -> None:
 
 @pytest.mark.anyio
 async def test_a_sync_refused_with_rate_limited_is_asked_again_after_a_backoff() -> None:
-    delays: list[float] = []
-
-    async def sleep(delay: float) -> None:  # for real: the connection's bucket refills
-        delays.append(delay)
-        await anyio.sleep(delay)
-
+    clock = FakeClock(real=True)
     config = PresenceConfig(leave_grace=0, limits=Limits(command_rate=2, command_burst=3))
     async with (
         running_server(presence=config) as (server, url),
-        client_of(url, "ann", sleep=sleep) as ann,
+        client_of(url, "ann", sleep=clock.sleep) as ann,
     ):
         room = ann.subscribe("room", "users")
         await ann.wait_for(lambda: room.in_sync, 5)
@@ -475,22 +472,17 @@ async def test_a_sync_refused_with_rate_limited_is_asked_again_after_a_backoff()
         refused = await next_of(ann, ServerError)
         assert refused.code == "rate_limited"
         await ann.wait_for(lambda: room.in_sync, 10)
-        assert delays[:1] == [0.75]
+        assert clock.delays[:1] == [0.75]
         assert set(room.members) == {"ann"}
 
 
 @pytest.mark.anyio
 async def test_a_subscribe_refused_with_rate_limited_is_sent_again_after_a_backoff() -> None:
-    delays: list[float] = []
-
-    async def sleep(delay: float) -> None:  # for real: the connection's bucket refills
-        delays.append(delay)
-        await anyio.sleep(delay)
-
+    clock = FakeClock(real=True)
     config = PresenceConfig(limits=Limits(command_rate=2, command_burst=3))
     async with (
         running_server(presence=config) as (_server, url),
-        client_of(url, "ann", sleep=sleep) as ann,
+        client_of(url, "ann", sleep=clock.sleep) as ann,
     ):
         for _ in range(3):  # the bucket is empty
             await ann.send_raw({"op": "ping"})
@@ -500,7 +492,7 @@ async def test_a_subscribe_refused_with_rate_limited_is_sent_again_after_a_backo
         with anyio.fail_after(10):
             answer = await room.wait_subscribed()
         assert answer.channel == "room"
-        assert delays[:1] == [0.75]  # the prompt plan's first delay, random 0.5
+        assert clock.delays[:1] == [0.75]  # the prompt plan's first delay, random 0.5
         await ann.wait_for(lambda: set(room.members) == {"ann"}, 5)
 
 
