@@ -5,7 +5,6 @@ JetStream falls back to each instance numbering its own streams."""
 
 from __future__ import annotations
 
-import time
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -25,13 +24,14 @@ from megapresence_client import (
     StreamReset,
     Subscribed,
 )
-from megapresence_core import ClusterConfig, PresenceConfig
+from megapresence_core import PresenceConfig
 from megapresence_core.events import StreamPosition, StreamReadDone
 from megapresence_nats import JetStreamHistory, NatsCluster
 from megapresence_nats._history import _Read
 
 from .servers import Server
 from .socket_helpers import query_login
+from .test_nats_cluster import quick_cluster
 
 pytestmark = pytest.mark.anyio
 
@@ -48,13 +48,7 @@ def anyio_backend() -> str:
 @asynccontextmanager
 async def instance(port: int, name: str) -> AsyncIterator[int]:
     url = f"nats://127.0.0.1:{port}"
-    config = ClusterConfig(
-        app="t",
-        instance_id=name,
-        epoch=time.time_ns() // 1_000_000,
-        heartbeat_interval=0.3,
-        ttl=1.0,
-    )
+    config = quick_cluster(name)
     server = PresenceServer(
         query_login,
         paths=None,

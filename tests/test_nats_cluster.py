@@ -28,14 +28,19 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-def instance(port: int, name: str) -> PresenceServer:
-    config = ClusterConfig(
+def quick_cluster(name: str) -> ClusterConfig:
+    """Instance ``name`` of app "t", with a new epoch, that a peer misses within a second."""
+    return ClusterConfig(
         app="t",
         instance_id=name,
         epoch=time.time_ns() // 1_000_000,
         heartbeat_interval=0.3,
         ttl=1.0,
     )
+
+
+def instance(port: int, name: str) -> PresenceServer:
+    config = quick_cluster(name)
     cluster = NatsCluster(f"nats://127.0.0.1:{port}", reconnect_wait=0.1)
     # A kicked or closed session leaves at once (the core's tests cover the grace).
     presence = PresenceConfig(cluster=config, leave_grace=0)
