@@ -372,6 +372,16 @@ def test_a_cluster_link_going_down_or_up_resets_the_streams() -> None:
     assert [m["epoch"] for m in resets] == [f"{BOOT}.4", f"{BOOT}.5"]
 
 
+def test_a_reset_of_a_stream_whose_only_holder_lingers_tells_nobody_though_it_was_told() -> None:
+    presence = hub_presence(history=history(), presence_window=0)
+    open_joined(presence, 1, "ann", "a1", channels=["room"])
+    frame = PublishFrame(channel="room", message=Message(type="n", payload=1))
+    drive(presence, HubFrameReceived(data=encode(frame), now=1))  # ann holds (1, epoch 1)
+    drive(presence, ConnectionClosed(conn=1, now=1))  # her grace runs: no socket to tell
+    assert not [a for a in drive(presence, HubLost(now=2)) if isinstance(a, Deliver)]
+    assert presence.stream_position("room") == StreamPosition(offset=0, epoch=f"{BOOT}.2")
+
+
 def test_a_reset_of_a_stream_held_only_by_a_lingering_session_tells_nobody() -> None:
     presence = hub_presence(history=history(), presence_window=0)
     open_joined(presence, 1, "ann", "a1", channels=["room"])
