@@ -120,6 +120,13 @@ def refused(conn: Hashable, code: str, message: str, channel: str | None) -> Req
     )
 
 
+def missed(conns: Iterable[Hashable], channel: str, position: StreamPosition) -> Deliver:
+    """``stream.missed`` at ``position`` for ``conns``: they missed publications to
+    ``channel`` (and recover them with ``since``)."""
+    text = encode(StreamMissed(channel=channel, offset=position.offset, epoch=position.epoch))
+    return Deliver(conns=tuple(conns), text=text)
+
+
 #: Why a client's command is refused while the hub link holds too much (``busy``).
 BUSY_MESSAGE: Final = "the link to the other servers is saturated; retry later"
 
@@ -340,8 +347,7 @@ class Channels:
         here = parts.streams.reached(channel)
         if here is None or (claimed.epoch == here.epoch and claimed.offset <= here.offset):
             return []
-        missed = StreamMissed(channel=channel, offset=here.offset, epoch=here.epoch)
-        return [Deliver(conns=(conn,), text=encode(missed))]
+        return [missed((conn,), channel, here)]
 
     def _watch(self, record: ConnectionRecord, channel: str, mode: PresenceMode) -> list[Action]:
         """``record``'s connection watches ``channel`` in ``mode`` from now: its snapshot."""
@@ -419,8 +425,7 @@ class Channels:
                 return []
             subscribers = local.by_channel.get(channel)
             if seen == "gap" and subscribers:
-                missed = StreamMissed(channel=channel, offset=position.offset, epoch=position.epoch)
-                told.append(Deliver(conns=tuple(subscribers), text=encode(missed)))
+                told.append(missed(subscribers, channel, position))
             text = channel_text(channel, message, author, position)
         else:
             text = self._parts.streams.append(

@@ -60,7 +60,7 @@ from typing import Any, Final, final
 
 import attrs
 
-from ._channels import Channels, Parts, busy, refused
+from ._channels import Channels, Parts, busy, missed, refused
 from ._cluster import ClusterLink, ClusterReceipt, NoCluster
 from ._feed import PresenceFeed
 from ._hub_link import HubLink, NoHubLink
@@ -148,7 +148,6 @@ from .wire import (
     RestoredFrame,
     SessionDetached,
     StreamFrame,
-    StreamMissed,
     StreamReset,
     Subscribed,
     broadcast_text,
@@ -644,12 +643,9 @@ class Presence:
 
     def _on_stream_read(self, event: StreamReadDone) -> list[Action]:
         parts = self._parts
-        probed = parts.recoveries.probed(event.request)
-        if probed is not None:
-            return self._probed(probed, event.position)
-        pending = parts.recoveries.answered(event.request)
-        if pending is None:  # answered already (the store went away meanwhile)
-            return []
+        pending = self._answer_to(event.request, event.position)
+        if isinstance(pending, list):
+            return pending
         if event.position is None:  # the store could not be read
             return self._channels.answer_here(pending)
         position, since = event.position, pending.since
@@ -714,6 +710,20 @@ class Presence:
             actions += owner.recover(parts.recoveries.probe(channel, session_id))
         return actions
 
+    def _answer_to(
+        self, request: int, position: StreamPosition | None
+    ) -> PendingRecovery | list[Action]:
+        """The waiting subscribe the owner's answer to ``request`` (at ``position``; None:
+        the store could not be read) is for; or, when it is for none, what to do: a probe's
+        answer (``_probed``), or nothing (answered already: the link or the store went away
+        meanwhile; or not ours)."""
+        recoveries = self._parts.recoveries
+        probed = recoveries.probed(request)
+        if probed is not None:
+            return self._probed(probed, position)
+        pending = recoveries.answered(request)
+        return [] if pending is None else pending
+
     def _probed(self, channel: str, position: StreamPosition | None) -> list[Action]:
         """The owner says where ``channel``'s stream is: if this process's subscribers
         were sent another position, they are told ``stream.missed`` (and recover with
@@ -721,8 +731,7 @@ class Presence:
         conns = self._local.by_channel.get(channel)
         if position is None or not conns or not self._parts.streams.moved(channel, position):
             return []
-        missed = StreamMissed(channel=channel, offset=position.offset, epoch=position.epoch)
-        return [Deliver(conns=tuple(conns), text=encode(missed))]
+        return [missed(conns, channel, position)]
 
     def _on_cluster_message(self, event: ClusterMessageReceived) -> list[Action]:
         receipt: ClusterReceipt = self._cluster.receive(event.data, event.now)
@@ -796,14 +805,10 @@ class Presence:
         )
 
     def _hub_recovered(self, frame: RecoveredFrame) -> list[Action]:
-        recoveries = self._parts.recoveries
-        probed = recoveries.probed(frame.request)
-        if probed is not None:
-            return self._probed(probed, StreamPosition(offset=frame.offset, epoch=frame.epoch))
-        pending = recoveries.answered(frame.request)
-        if pending is None:  # answered already (the link went down meanwhile), or not ours
-            return []
         position = StreamPosition(offset=frame.offset, epoch=frame.epoch)
+        pending = self._answer_to(frame.request, position)
+        if isinstance(pending, list):
+            return pending
         # The publications are relayed as the hub kept them.
         recovery = Recovery(position, list(frame.publications), frame.reason)
         actions = self._channels.answer(

@@ -92,18 +92,23 @@ class Recoveries:
         *,
         fresh: bool,
     ) -> RecoverFrame:
-        self._last += 1
-        self.pending[self._last] = PendingRecovery(conn, channel, mode, since, fresh=fresh)
+        frame = self._frame(channel, since, session_id)
+        self.pending[frame.request] = PendingRecovery(conn, channel, mode, since, fresh=fresh)
         if fresh:
             self._awaited[channel] = self._awaited.get(channel, 0) + 1
-        return RecoverFrame(request=self._last, session_id=session_id, channel=channel, since=since)
+        return frame
 
     def probe(self, channel: str, session_id: str) -> RecoverFrame:
         """Ask the owner where ``channel``'s stream is (``session_id``: one of its
         subscribers here, as the frame must name a session)."""
+        frame = self._frame(channel, None, session_id)
+        self.probes[frame.request] = channel
+        return frame
+
+    def _frame(self, channel: str, since: StreamPosition | None, session_id: str) -> RecoverFrame:
+        """A RECOVER frame under the next request number (asks and probes share them)."""
         self._last += 1
-        self.probes[self._last] = channel
-        return RecoverFrame(request=self._last, session_id=session_id, channel=channel, since=None)
+        return RecoverFrame(request=self._last, session_id=session_id, channel=channel, since=since)
 
     def probed(self, request: int) -> str | None:
         """The channel a probe's answer is for, or None if ``request`` is no probe."""

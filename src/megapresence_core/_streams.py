@@ -218,7 +218,14 @@ class Streams:
         stream = self._streams.get(channel)
         if stream is None:
             return "next"
-        last, shown, stream.shown = stream.seen, stream.shown, True
+        shown, stream.shown = stream.shown, True
+        return self._seen(stream, position, shown)
+
+    @staticmethod
+    def _seen(stream: Stream, position: StreamPosition, shown: bool) -> Seen:
+        """``saw`` of ``stream``, whose clients were sent a position of it if ``shown``
+        (left as it is: the caller says whether ``position`` counts as shown)."""
+        last = stream.seen
         if last is not None and last.epoch == position.epoch and position.offset <= last.offset:
             return "again"
         stream.seen = position
@@ -235,10 +242,8 @@ class Streams:
         stream = self._streams.get(channel)
         if stream is None:
             return False
-        shown = stream.shown
-        seen = self.saw(channel, position)
-        stream.shown = shown
-        return shown and seen != "again"
+        seen = self._seen(stream, position, stream.shown)
+        return stream.shown and seen != "again"
 
     def reached(self, channel: str) -> StreamPosition:
         """The last position sent to the clients of ``channel`` (held): an in-step client
