@@ -261,6 +261,15 @@ def test_distinct_raw_query_values_stay_distinct() -> None:
     assert user("user=%C3%A9") == "\u00e9"
 
 
+def test_a_repeated_query_parameter_gives_its_first_value() -> None:
+    from megapresence_anyio import HandshakeRequest
+
+    request = HandshakeRequest(
+        method="GET", path="/ws", query_string="user=ann&tab=1&user=bob&tab=2", headers=()
+    )
+    assert request.query == {"user": "ann", "tab": "1"}
+
+
 async def test_a_session_taken_over_through_a_hub_is_welcomed_again_with_its_kept_channels() -> (
     None
 ):

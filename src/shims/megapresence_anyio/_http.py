@@ -125,10 +125,14 @@ class HandshakeRequest:
 
     @property
     def query(self) -> Mapping[str, str]:
-        """The query parameters, first value of each. Percent-escaped bytes that are not
+        """The query parameters, first value of each (``?user=a&user=b`` is ``a``, as
+        ``header`` gives a header's first). Percent-escaped bytes that are not
         UTF-8 are kept as lone surrogates (``surrogateescape``), not replaced: two raw
         values stay distinct, and an identity made of one is refused (400)."""
-        return dict(parse_qsl(self.query_string, errors="surrogateescape"))
+        query: dict[str, str] = {}
+        for name, value in parse_qsl(self.query_string, errors="surrogateescape"):
+            query.setdefault(name, value)
+        return query
 
     def header(self, name: str) -> str | None:
         """The first value of header ``name`` (any case), or None."""
