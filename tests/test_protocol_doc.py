@@ -47,3 +47,39 @@ def test_every_error_code_has_a_row(code: str) -> None:
 @pytest.mark.parametrize("code", [int(code) for code in CloseCode])
 def test_every_close_code_has_a_row(code: int) -> None:
     assert re.search(rf"^\| {code} \|", DOC, re.M), f"close code {code} has no row"
+
+
+def _reserved_in_doc() -> tuple[frozenset[str], tuple[str, ...]]:
+    """The types and type prefixes docs/protocol.md's **Reserved types.** keeps for the
+    server."""
+    match = re.search(r"^\*\*Reserved types\.\*\*(.*?)\n\n", DOC, re.M | re.S)
+    assert match, "docs/protocol.md has no **Reserved types.** paragraph"
+    _, _, listed = match.group(1).partition("one of the server's:")
+    types, _, prefixes = listed.partition(" (kept")[0].partition("or any type starting with")
+    return frozenset(re.findall(r"`([^`]+)`", types)), tuple(re.findall(r"`([^`]+)`", prefixes))
+
+
+def test_the_reserved_types_are_the_docs_in_the_core_and_the_python_client() -> None:
+    import megapresence_client._client as client
+    from megapresence_core.wire import RESERVED_PREFIXES, RESERVED_TYPES
+
+    assert _reserved_in_doc() == (RESERVED_TYPES, RESERVED_PREFIXES)
+    assert _reserved_in_doc() == (client.RESERVED_TYPES, client.RESERVED_PREFIXES)
+    # What the Python client takes as the server's is reserved: no peer can fake it.
+    assert all(client.is_reserved(kind) for kind in client._HANDLERS)
+
+
+def test_what_the_javascript_client_takes_from_the_server_is_reserved() -> None:
+    from importlib.resources import files
+
+    source = files("megapresence_anyio").joinpath("static/megapresence.js").read_text()
+    presence_types = re.search(r"const PRESENCE_TYPES = new Set\(\[(.*?)\]\)", source, re.S)
+    assert presence_types
+    taken = {
+        *re.findall(r'message\.type === "([^"]+)"', source),
+        *re.findall(r'^\s*case "([^"]+)":', source, re.M),
+        *re.findall(r'"([^"]+)"', presence_types.group(1)),
+    }
+    types, prefixes = _reserved_in_doc()
+    assert len(taken) > 8  # the patterns still find them
+    assert {kind for kind in taken if kind not in types and not kind.startswith(prefixes)} == set()

@@ -17,7 +17,14 @@ import anyio
 import anyio.abc
 
 from megapresence_core.errors import PeerError
-from megapresence_core.wire import PresenceDiff, PresenceMap, PresenceState, decode_server_message
+from megapresence_core.wire import (
+    RESERVED_PREFIXES,
+    RESERVED_TYPES,
+    PresenceDiff,
+    PresenceMap,
+    PresenceState,
+    decode_server_message,
+)
 
 from ._events import (
     Broadcast,
@@ -46,12 +53,6 @@ log = logging.getLogger("megapresence_client")
 PresenceMode = Literal["none", "users", "sessions", "count"]
 PRESENCE_MODES: Final = ("none", "users", "sessions", "count")
 
-#: Message types only the server sends (shared rule: a peer's message of such a type is forged).
-RESERVED_TYPES: Final = frozenset(
-    {"error", "subscribed", "unsubscribed", "direct.result", "roster", "welcome"}
-)
-RESERVED_PREFIXES: Final = ("presence.", "session.", "server.", "stream.")
-
 #: Errors that answer ``subscribe``: the subscription is dropped (not resent on reconnect).
 SUBSCRIBE_REFUSALS: Final = frozenset(
     {"forbidden", "channel_full", "too_many_channels", "over_limit", "not_joined", "bad_command"}
@@ -63,7 +64,8 @@ UrlChoice = str | Sequence[str] | Callable[[], str]
 
 
 def is_reserved(message_type: str) -> bool:
-    """Whether ``message_type`` is one only the server may send."""
+    """Whether ``message_type`` is one only the server may send (the core's rule: a
+    peer's message of such a type is forged)."""
     return message_type in RESERVED_TYPES or message_type.startswith(RESERVED_PREFIXES)
 
 
