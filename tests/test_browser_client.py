@@ -377,12 +377,12 @@ def test_a_subscribe_refused_by_the_command_rate_is_sent_again_after_a_backoff(
     page.run("clients.gil.close()")
 
 
-@pytest.mark.parametrize("code", ["rate_limited", "busy"])
+@pytest.mark.parametrize("code", ["rate_limited", "busy", "channel_full"])
 def test_a_resubscribe_refused_for_now_is_sent_again_with_its_since(
     browser: Any, rules_port: int, code: str
 ) -> None:
-    # busy names its channel; the command rate's rate_limited names none, and any
-    # unanswered subscribe may be the one it refused.
+    # busy and channel_full name their channel; the command rate's rate_limited names
+    # none, and any unanswered subscribe may be the one it refused.
     page = Page(browser, rules_port)
     page.run(
         "makeClient('hoy', '/ws/chat?user=hoy&session=hoy-1&channels=lobby',"
@@ -391,7 +391,7 @@ def test_a_resubscribe_refused_for_now_is_sent_again_with_its_since(
     page.wait_for("hoy", lambda e: e[0] == "sent" and op_of(e[1]) == "position")  # subscribed
     position = page.run("return clients.hoy.subscriptions.get('busy').position")
     error: dict[str, Any] = {"code": code, "message": "later"}
-    if code == "busy":
+    if code != "rate_limited":
         error["channel"] = "busy"
     start = len(page.events("hoy"))
     page.run(  # as if its resubscribe (after a reconnect, say) were still unanswered

@@ -496,12 +496,12 @@ async def test_a_subscribe_refused_with_rate_limited_is_sent_again_after_a_backo
         await ann.wait_for(lambda: set(room.members) == {"ann"}, 5)
 
 
-@pytest.mark.parametrize("refusal", ["rate_limited", "busy"])
+@pytest.mark.parametrize("refusal", ["rate_limited", "busy", "channel_full"])
 @pytest.mark.anyio
 async def test_a_resubscribe_with_since_refused_for_now_is_sent_again(refusal: str) -> None:
-    """A subscribe refused for now (``rate_limited`` naming no channel, or ``busy``, which
-    names it) is sent again after a backoff, with the same ``since``; the channel messages
-    that come meanwhile stay held, and come once each."""
+    """A subscribe refused for now (``rate_limited`` naming no channel, or ``busy`` or
+    ``channel_full``, which name it) is sent again after a backoff, with the same
+    ``since``; the channel messages that come meanwhile stay held, and come once each."""
     calls: list[str] = []
     hold = anyio.Event()
 
@@ -531,7 +531,7 @@ async def test_a_resubscribe_with_since_refused_for_now_is_sent_again(refusal: s
         await bob.publish("room", "n", 2)  # held: the resubscribe is unanswered
         (peer,) = [c for c in server.clients if c.user_id == "ann"]
         error: dict[str, Any] = {"code": refusal, "message": "later"}
-        if refusal == "busy":
+        if refusal != "rate_limited":
             error["channel"] = "room"
         peer.send(json.dumps({"type": "error", "payload": error}))
         with anyio.fail_after(5):

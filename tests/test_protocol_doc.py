@@ -83,3 +83,23 @@ def test_what_the_javascript_client_takes_from_the_server_is_reserved() -> None:
     types, prefixes = _reserved_in_doc()
     assert len(taken) > 8  # the patterns still find them
     assert {kind for kind in taken if kind not in types and not kind.startswith(prefixes)} == set()
+
+
+def test_both_clients_ask_again_after_the_refusals_the_doc_says_are_for_now() -> None:
+    from importlib.resources import files
+
+    import megapresence_client._client as client
+
+    source = files("megapresence_anyio").joinpath("static/megapresence.js").read_text()
+
+    def js_set(name: str) -> set[str]:
+        found = re.search(rf"const {name} = new Set\(\[(.*?)\]\)", source, re.S)
+        assert found, name
+        return set(re.findall(r'"([^"]+)"', found.group(1)))
+
+    listed = re.search(r"((?:`\w+`(?:, | and ))+`\w+`) refuse it for now", DOC)
+    assert listed, "docs/protocol.md's subscribe says no refusal is for now"
+    for_now = set(re.findall(r"`(\w+)`", listed.group(1)))
+    assert js_set("SUBSCRIBE_RETRIES") == set(client.SUBSCRIBE_RETRIES) == for_now
+    assert js_set("SUBSCRIBE_REFUSALS") == set(client.SUBSCRIBE_REFUSALS)
+    assert not for_now & client.SUBSCRIBE_REFUSALS

@@ -55,10 +55,11 @@ PRESENCE_MODES: Final = ("none", "users", "sessions", "count")
 
 #: Errors that answer ``subscribe``: the subscription is dropped (not resent on reconnect).
 SUBSCRIBE_REFUSALS: Final = frozenset(
-    {"forbidden", "channel_full", "too_many_channels", "over_limit", "not_joined", "bad_command"}
+    {"forbidden", "too_many_channels", "over_limit", "not_joined", "bad_command"}
 )
-#: Errors that refuse a ``subscribe`` for now: it is sent again after a backoff.
-SUBSCRIBE_RETRIES: Final = frozenset({"rate_limited", "busy"})
+#: Errors that refuse a ``subscribe`` for now: it is sent again after a backoff (a full
+#: channel has room again once a member leaves).
+SUBSCRIBE_RETRIES: Final = frozenset({"rate_limited", "busy", "channel_full"})
 
 UrlChoice = str | Sequence[str] | Callable[[], str]
 
@@ -100,7 +101,7 @@ class ConnectFailedError(ConnectionError):
 
 
 class SubscriptionRefusedError(Exception):
-    """The server refused a ``subscribe`` (``code``: ``forbidden``, ``channel_full`` ...)."""
+    """The server refused a ``subscribe`` (``code``: ``forbidden``, ``too_many_channels`` ...)."""
 
     def __init__(self, channel: str, code: str, message: str) -> None:
         super().__init__(f"subscribe to {channel!r} refused: {code}: {message}")

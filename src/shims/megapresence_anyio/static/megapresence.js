@@ -66,11 +66,11 @@
 //   diffs until the fresh snapshot. PresenceMap is the same logic as the Python
 //   reference model megapresence_core.wire.PresenceMap.
 // - Refused for now: a `subscribe` (with `since` or not) refused with
-//   `rate_limited` or `busy`, or a `sync` with `rate_limited`, is sent again
-//   after a backoff (the reconnect's prompt delays: 0.5-1 s, doubling per
-//   refusal, capped), unless its answer came meanwhile. The command rate's `rate_limited` names no command, so while
-//   any subscribe or sync is unanswered it may be the one refused: each is asked
-//   again. A resubscribe's held channel messages stay held until its answer.
+//   `rate_limited`, `busy` or `channel_full`, or a `sync` with `rate_limited`, is
+//   sent again after a backoff (the reconnect's prompt delays: 0.5-1 s, doubling per
+//   refusal, capped), unless its answer came meanwhile. The command rate's
+//   `rate_limited` names no command, so while any subscribe or sync is unanswered
+//   it may be the one refused: each is asked again. A resubscribe's held channel messages stay held until its answer.
 // - Only the server controls the client: a message that carries `from` was sent
 //   by another client (the server stamps every one), whatever its type, so it
 //   only ever reaches an onMessage; errors, replies and presence are taken only
@@ -89,10 +89,11 @@ const BACK_OFF = new Set([1013]);
 // command's channel, not its command, so another code (a publish's `not_subscribed`)
 // that arrives while the channel's subscribe is unanswered is not that subscribe's.
 const SUBSCRIBE_REFUSALS = new Set([
-  "forbidden", "channel_full", "too_many_channels", "over_limit", "not_joined", "bad_command",
+  "forbidden", "too_many_channels", "over_limit", "not_joined", "bad_command",
 ]);
-// The errors that refuse a `subscribe` for now: it is sent again after a backoff.
-const SUBSCRIBE_RETRIES = new Set(["rate_limited", "busy"]);
+// The errors that refuse a `subscribe` for now: it is sent again after a backoff (a full
+// channel has room again once a member leaves).
+const SUBSCRIBE_RETRIES = new Set(["rate_limited", "busy", "channel_full"]);
 const PRESENCE_TYPES = new Set([
   "presence.state", "presence.diff", "presence.count", "subscribed", "unsubscribed",
   "stream.reset", "stream.missed",
@@ -195,7 +196,7 @@ export class Subscription {
     this.count = null;
     this._syncAsked = this.map !== null; // the subscribe brings a snapshot
     this._syncSent = false; // a `sync` command is out, its snapshot not yet here
-    this._refusals = 0; // refusals for now (`rate_limited`, `busy`) since it went out
+    this._refusals = 0; // refusals for now (`rate_limited`, ...) since it went out
     this._retryTimer = null;
     this._held = null;
     this._heldTimer = null;
@@ -425,8 +426,8 @@ export class Subscription {
     this._retryTimer = null;
   }
 
-  // Its subscribe or sync was refused for now (`rate_limited`, `busy`): asked again
-  // after a backoff, unless the answer has come by then.
+  // Its subscribe (`rate_limited`, `busy`, `channel_full`) or sync (`rate_limited`) was
+  // refused for now: asked again after a backoff, unless the answer has come by then.
   _retryLater() {
     if (this._retryTimer !== null) return;
     this._refusals += 1;
@@ -524,7 +525,7 @@ export class PresenceClient {
       if (this._metadata !== undefined) this.send({ op: "metadata", metadata: this._metadata });
       for (const channel of this._left) this.send({ op: "unsubscribe", channel });
       for (const subscription of this.subscriptions.values()) {
-        subscription.state = "pending"; // it may be refused this time (channel_full, say)
+        subscription.state = "pending"; // it may be refused this time (forbidden, say)
         subscription._syncAsked = subscription.map !== null; // the subscribe brings a snapshot
         this.send(subscription._command());
       }
