@@ -1,9 +1,9 @@
 """Mount a ``PresenceServer`` in an ASGI app (Starlette, FastAPI, ...) on uvicorn or Hypercorn.
 
 An ASGI connection is one more kind of connection for the server: it goes
-through the same path as a socket of its own listener (``ConnectionHost``:
-the caps, the path and origin checks, ``authenticate``, the core, the fault
-boundary) with an :class:`AsgiChannel` for its sending half and an
+through the same path as a socket of its own listener (``ClientOpening.serve``
+on its ``ConnectionHost``: the caps, the path and origin checks, ``authenticate``,
+the core, the fault boundary) with an :class:`AsgiChannel` for its sending half and an
 :class:`AsgiSession` for its life after the upgrade. What the ASGI server keeps
 to itself is rebuilt here, at the message level (the ASGI spec gives an app no
 control of pings, buffers or frames):

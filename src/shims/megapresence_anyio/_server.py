@@ -68,6 +68,7 @@ from megapresence_core.events import (
 )
 
 from ._asgi import ASGIApp, PresenceASGI, Receive, Scope, Send, serve_asgi
+from ._backends import Backends
 from ._background import Background
 from ._config import DEFAULT_SOCKET_LIMITS, SocketLimits
 from ._guard import Guard
@@ -213,24 +214,9 @@ class PresenceServer:
         if config.history is None:
             # A new boot id at every start: a stream's epoch never repeats after a restart.
             config = attrs.evolve(config, history=HistoryConfig(boot_id=uuid.uuid4().hex))
-        if (config.store is None) != (roster is None):
-            raise LocalUsageError(
-                "PresenceServer: give a roster backend (megapresence_redis.RedisRoster) together "
-                "with PresenceConfig.store, or neither"
-            )
-        if (config.cluster is None) != (cluster is None):
-            raise LocalUsageError(
-                "PresenceServer: give a cluster backend (megapresence_nats.NatsCluster) together "
-                "with PresenceConfig.cluster, or neither"
-            )
-        if (config.hub_link is None) != (hub_url is None):
-            raise LocalUsageError(
-                "PresenceServer: give hub_url together with PresenceConfig.hub_link (bridge id, "
-                "instance id, channels), or neither"
-            )
-        self._cluster = cluster
-        self._roster = roster
-        self._stream_store = stream_store
+        self._backends = Backends(
+            config, cluster=cluster, roster=roster, stream_store=stream_store, hub_url=hub_url
+        )
         self._limits = limits
         self._presence = Presence(config)
         self._clients: set[Client] = set()
@@ -316,36 +302,12 @@ class PresenceServer:
     async def __aenter__(self) -> PresenceServer:
         if self._task_group is not None:
             raise LocalUsageError("PresenceServer: already running; enter it once")
-        # Shared backends first, so a wrong URL fails the start, not the first join.
-        if self._roster is not None:
-            await self._roster.start()
-        if self._cluster is not None:
-            try:
-                await self._cluster.start(self._dispatch_link, self._presence.cluster_subjects)
-            except BaseException:
-                if self._roster is not None:
-                    await self._roster.aclose()
-                raise
-        if self._stream_store is not None:
-            history = self._presence.config.history
-            assert history is not None  # the server always keeps history
-            try:
-                await self._stream_store.start(self._dispatch_link, history)
-            except BaseException:
-                for backend in (self._cluster, self._roster):
-                    if backend is not None:
-                        await backend.aclose()
-                raise
+        await self._backends.start(self._presence, self._dispatch_link)
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
         await self._host.start(self._task_group)
         self._background.service("ticker", self._ticker.run)
-        if self._cluster is not None:
-            self._background.service("cluster", self._cluster.run)
-        if self._roster is not None:
-            self._background.service("roster", self._roster.run)
-        if self._stream_store is not None:
-            self._background.service("stream store", self._stream_store.run)
+        self._backends.run(self._background)
         if self._hub is not None:
             self._dispatch_link(HubLinkStarted(now=anyio.current_time()))
         self._health.check_links()
@@ -357,14 +319,7 @@ class PresenceServer:
         with anyio.CancelScope(shield=True):
             await self.shutdown()
             await self._host.stop()
-            # In the core's order: the hub link is closed, the cluster has said
-            # goodbye, the roster removals are queued; now let them out.
-            if self._cluster is not None:
-                await self._cluster.aclose()
-            if self._roster is not None:
-                await self._roster.aclose()
-            if self._stream_store is not None:
-                await self._stream_store.aclose()
+            await self._backends.aclose()  # after the core has said its goodbyes
         task_group.cancel_scope.cancel()
         try:
             return await task_group.__aexit__(*exc_info)  # type: ignore[arg-type]
@@ -646,7 +601,8 @@ class PresenceServer:
         roster's, read concurrently. With a roster backend that is down this raises its
         error (``RosterUnavailableError``) rather than answer with local members only."""
         wanted = tuple(channels)
-        remote = await self._roster.members(wanted) if self._roster is not None else []
+        roster = self._backends.roster
+        remote = await roster.members(wanted) if roster is not None else []
         return self._presence.presence_list(wanted, remote)
 
     # ------------------------------------------------------ links and health
