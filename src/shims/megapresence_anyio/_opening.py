@@ -57,7 +57,15 @@ from ._transport import Transport
 from ._types import Authenticator, Identity, Refusal
 from ._upgrade import read_upgrade
 
-__all__ = ["ClientOpening", "HookTimeoutError", "Opened", "matches"]
+__all__ = [
+    "ClientFactory",
+    "ClientOpening",
+    "Hook",
+    "HookTimeoutError",
+    "MessageHook",
+    "Opened",
+    "matches",
+]
 
 logger = logging.getLogger("megapresence")
 

@@ -75,7 +75,7 @@ from ._guard import Guard
 from ._health import Health
 from ._http import HandshakeRequest
 from ._hub_client import HubClient
-from ._opening import ClientOpening
+from ._opening import ClientOpening, Hook, MessageHook
 from ._ops import (
     DEFAULT_METRICS_ACCESS,
     MetricsAccess,
@@ -157,8 +157,8 @@ class Client:
 SubscriptionHook = Callable[[Client, str, PresenceMode], Verdict | Awaitable[Verdict]]
 
 
-OnMessage = Callable[[Client, str], Awaitable[None] | None]
-OnClose = Callable[[Client], Awaitable[None] | None]
+OnMessage = MessageHook[Client]
+OnClose = Hook[Client]
 #: ``on_link_state(link, state)``: "hub", "cluster", "roster" or "streams", and its new state.
 OnLinkState = Callable[[str, str], None]
 
