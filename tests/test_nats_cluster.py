@@ -102,7 +102,7 @@ async def test_a_silent_instance_is_swept_within_the_ttl(nats_server: Server) ->
         url_b = f"ws://127.0.0.1:{await b.listen()}"
         bob = await Client.connect(f"{url_b}/ws?user=bob")
         await wait_for(lambda: names(a) == {"bob"})
-        cluster = b._cluster
+        cluster = b._backends.cluster
         assert cluster is not None
         cluster.publish = lambda subject, data: None  # type: ignore[method-assign]
         # Swept by the real NATS path (the TTL's exact bound, "after the TTL and not

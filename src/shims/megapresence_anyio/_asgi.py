@@ -1,9 +1,9 @@
 """Mount a ``PresenceServer`` in an ASGI app (Starlette, FastAPI, ...) on uvicorn or Hypercorn.
 
 An ASGI connection is one more kind of connection for the server: it goes
-through the same path as a socket of its own listener (``ConnectionHost``:
-the caps, the path and origin checks, ``authenticate``, the core, the fault
-boundary) with an :class:`AsgiChannel` for its sending half and an
+through the same path as a socket of its own listener (``ClientOpening.serve``
+on its ``ConnectionHost``: the caps, the path and origin checks, ``authenticate``,
+the core, the fault boundary) with an :class:`AsgiChannel` for its sending half and an
 :class:`AsgiSession` for its life after the upgrade. What the ASGI server keeps
 to itself is rebuilt here, at the message level (the ASGI spec gives an app no
 control of pings, buffers or frames):
@@ -50,14 +50,21 @@ from megapresence_core.errors import truncate_reason
 
 from ._config import SocketLimits
 from ._guard import Guard
-from ._host import ConnectionHost
 from ._http import HandshakeRequest, default_body
 from ._ops import Response
 from ._outgoing import Outgoing, utf8_len
 from ._session import OnText, Session, SessionBase
 from ._transport import SendBuffer
 
-__all__ = ["ASGIApp", "AsgiChannel", "AsgiHost", "AsgiSession", "PresenceASGI", "serve_asgi"]
+__all__ = [
+    "ASGIApp",
+    "AsgiChannel",
+    "AsgiHost",
+    "AsgiOpening",
+    "AsgiSession",
+    "PresenceASGI",
+    "serve_asgi",
+]
 
 logger = logging.getLogger("megapresence")
 
@@ -333,12 +340,22 @@ class AsgiGuard(Guard[AsgiChannel]):
             self.transport.post({"type": "websocket.close", "code": CloseCode.POLICY})
 
 
+class AsgiOpening(Protocol):
+    """How the server opens a connection whose request was read here
+    (``ClientOpening.serve``: the caps, the checks, ``authenticate``, the core)."""
+
+    def serve(
+        self,
+        guard: Guard[Any],
+        request: HandshakeRequest,
+        session: Callable[[float], Session],
+        accept: Callable[[], None],
+    ) -> Awaitable[None]: ...
+
+
 class AsgiHost(Protocol):
     """What the ASGI path needs of its server. ``PresenceServer`` is the one; it is
     named here rather than imported, since ``_server.py`` builds on this module."""
-
-    #: The path every connection takes (caps, task, fault boundary).
-    _host: ConnectionHost[Any]
 
     @property
     def limits(self) -> SocketLimits: ...
@@ -346,13 +363,8 @@ class AsgiHost(Protocol):
     @property
     def running(self) -> bool: ...
 
-    def _admit(
-        self,
-        guard: Guard[Any],
-        request: HandshakeRequest,
-        session: Callable[[float], Session],
-        accept: Callable[[], None],
-    ) -> Awaitable[object | None]: ...
+    @property
+    def opening(self) -> AsgiOpening: ...
 
     def serves_path(self, path: str) -> bool: ...
 
@@ -395,16 +407,15 @@ async def serve_asgi(
     def session(now: float) -> AsgiSession:
         return AsgiSession(channel, receive, server.limits, now, reasons=reasons, heartbeat=beat)
 
-    async def opening(guard: AsgiGuard) -> object | None:
-        return await server._admit(
-            guard, request, session, lambda: channel.post({"type": "websocket.accept"})
-        )
+    def accept() -> None:
+        channel.post({"type": "websocket.accept"})
 
     running = server.running
     async with anyio.create_task_group() as writer:
         writer.start_soon(channel.run_writer)
         if running:
-            await server._host.serve(guard, opening)  # drains the channel at its end
+            # The host drains the channel at its end.
+            await server.opening.serve(guard, request, session, accept)
         else:
             guard.respond(503, b"megapresence is not running\n")
             await channel.drain_and_close(server.limits.close_timeout)

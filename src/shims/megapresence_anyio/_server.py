@@ -9,18 +9,19 @@ called from any task on the server's event loop: writes happen in place.
 A connection reaches the server from its own listener (:meth:`PresenceServer.listen`,
 plain or TLS), as an anyio stream (:meth:`~PresenceServer.handle_stream`), or from an
 ASGI server (:meth:`~PresenceServer.asgi`, ``_asgi.py``). All three go through one
-host, ``ConnectionHost`` (``_host.py``): the same caps, checks, ``authenticate``
-hook, core events and fault boundary; only how the request is read and how the
-upgrade is answered differ. Every background task has a boundary of its own (``Background``): a
-fault there is logged with its traceback and the process serves on, and
-``/readyz`` says not ready when the task was one the server cannot do without.
+host, ``ConnectionHost`` (``_host.py``), and one opening, ``ClientOpening``
+(``_opening.py``): the same caps, checks, ``authenticate`` hook, core events and
+fault boundary; only how the request is read and how the upgrade is answered
+differ. The core's actions are performed through one table (``_performers.py``).
+This module is the rest: the lifecycle, the embedding API and the feeding of the
+core. Every background task has a boundary of its own (``Background``): a fault
+there is logged with its traceback and the process serves on, and ``/readyz``
+says not ready when the task was one the server cannot do without.
 """
 
 from __future__ import annotations
 
 import contextlib
-import inspect
-import logging
 import ssl
 import uuid
 from collections.abc import (
@@ -31,6 +32,7 @@ from collections.abc import (
     Iterable,
     Mapping,
 )
+from functools import partial
 from typing import Any, final
 
 import anyio
@@ -40,15 +42,10 @@ import attrs
 from megapresence_core import (
     Action,
     BroadcastRequested,
-    CloseConnection,
-    ConnectionClosed,
-    ConnectionOpened,
-    Deliver,
     DirectRequested,
     Event,
     KickRequested,
     LocalUsageError,
-    Log,
     Member,
     Message,
     MetadataUpdated,
@@ -57,25 +54,12 @@ from megapresence_core import (
     PresenceMode,
     PublishRequested,
     Sender,
-    SessionJoined,
     ShutdownRequested,
     Subscribe,
     Tick,
     Unsubscribe,
 )
-from megapresence_core.actions import (
-    ChannelsRestored,
-    CloseHubLink,
-    ClusterPublish,
-    ConnectHub,
-    RequestRefused,
-    SendHubFrame,
-    StoreDelete,
-    StorePut,
-    StoreRefresh,
-    StreamAppend,
-    StreamRead,
-)
+from megapresence_core.actions import RequestRefused
 from megapresence_core.config import HistoryConfig
 from megapresence_core.events import (
     CommandReceived,
@@ -84,51 +68,38 @@ from megapresence_core.events import (
 )
 
 from ._asgi import ASGIApp, PresenceASGI, Receive, Scope, Send, serve_asgi
+from ._backends import Backends
 from ._background import Background
 from ._config import DEFAULT_SOCKET_LIMITS, SocketLimits
-from ._deflate import negotiate
 from ._guard import Guard
 from ._health import Health
-from ._host import ConnectionHost
-from ._http import (
-    HandshakeRequest,
-    extension_offers,
-    has_dot_segment,
-    server_connection,
-    write_upgrade,
-)
+from ._http import HandshakeRequest
 from ._hub_client import HubClient
-from ._logging import log_action
+from ._opening import ClientOpening, Hook, MessageHook
 from ._ops import (
     DEFAULT_METRICS_ACCESS,
     MetricsAccess,
     OpsEndpoints,
     Readiness,
     Response,
-    respond_with,
 )
 from ._outgoing import Outgoing
+from ._performers import Performers
 from ._permissions import SubscriptionGate
-from ._session import Session, WebSocketSession
-from ._static import CLIENT_PATH, static_answer
+from ._session import Session
 from ._stats import Stats
 from ._ticker import Ticker
-from ._transport import Transport
 from ._types import (
     Authenticator,
     ChannelStats,
     ClusterBackend,
     Identity,
-    Refusal,
     RosterBackend,
     StreamStoreBackend,
     Verdict,
 )
-from ._upgrade import read_upgrade
 
 __all__ = ["Client", "PresenceServer", "SubscriptionHook"]
-
-logger = logging.getLogger("megapresence")
 
 
 @final
@@ -186,18 +157,10 @@ class Client:
 SubscriptionHook = Callable[[Client, str, PresenceMode], Verdict | Awaitable[Verdict]]
 
 
-OnMessage = Callable[[Client, str], Awaitable[None] | None]
-OnClose = Callable[[Client], Awaitable[None] | None]
+OnMessage = MessageHook[Client]
+OnClose = Hook[Client]
 #: ``on_link_state(link, state)``: "hub", "cluster", "roster" or "streams", and its new state.
 OnLinkState = Callable[[str, str], None]
-
-
-def _matches(path: str, paths: Collection[str] | None) -> bool:
-    if has_dot_segment(path):
-        return False
-    if paths is None:
-        return True
-    return any(path == p or (p.endswith("/") and path.startswith(p)) for p in paths)
 
 
 @final
@@ -251,48 +214,48 @@ class PresenceServer:
         if config.history is None:
             # A new boot id at every start: a stream's epoch never repeats after a restart.
             config = attrs.evolve(config, history=HistoryConfig(boot_id=uuid.uuid4().hex))
-        if (config.store is None) != (roster is None):
-            raise LocalUsageError(
-                "PresenceServer: give a roster backend (megapresence_redis.RedisRoster) together "
-                "with PresenceConfig.store, or neither"
-            )
-        if (config.cluster is None) != (cluster is None):
-            raise LocalUsageError(
-                "PresenceServer: give a cluster backend (megapresence_nats.NatsCluster) together "
-                "with PresenceConfig.cluster, or neither"
-            )
-        if (config.hub_link is None) != (hub_url is None):
-            raise LocalUsageError(
-                "PresenceServer: give hub_url together with PresenceConfig.hub_link (bridge id, "
-                "instance id, channels), or neither"
-            )
-        self._authenticate = authenticate
-        #: Whether ``Client.request`` keeps its headers once ``on_open`` has run.
-        self._keep_headers = keep_headers
-        self._cluster = cluster
-        self._roster = roster
-        self._stream_store = stream_store
-        self._paths = paths
-        self._on_open = on_open
-        self._on_message = on_message
-        self._on_close = on_close
-        self._on_restored = on_restored
+        self._backends = Backends(
+            config, cluster=cluster, roster=roster, stream_store=stream_store, hub_url=hub_url
+        )
         self._limits = limits
-        self._pages = dict(pages or {})
         self._presence = Presence(config)
         self._clients: set[Client] = set()
         self._stats = Stats()
         self._background = Background(self._stats, self._group)
-        self._host: ConnectionHost[Client] = ConnectionHost(
-            open=self._handshake,
-            opened=self._opened,
-            run=self._run,
-            closed=self._closed,
+        self._gate = (
+            SubscriptionGate(
+                authorize_subscription,
+                handle=self._handle,
+                spawn=self._background.spawn,
+                is_open=self._clients.__contains__,
+                timeout=limits.hook_timeout,
+                max_pending=limits.max_pending_hooks,
+            )
+            if authorize_subscription is not None
+            else None
+        )
+        # The metrics are the health's, which counts the opening's connections: asked late.
+        self._ops = OpsEndpoints(metrics_access, lambda: self._health.metrics(), self.readiness)
+        self._opening: ClientOpening[Client] = ClientOpening(
+            authenticate,
+            client=partial(Client, self),
+            presence=self._presence,
+            clients=self._clients,
+            perform=self._perform,
+            dispatch=self.dispatch,
+            forget=self._gate.forget if self._gate is not None else None,
+            paths=paths,
+            on_open=on_open,
+            on_message=on_message,
+            on_close=on_close,
+            keep_headers=keep_headers,
+            pages=dict(pages or {}),
+            ops=self._ops,
             limits=limits,
             stats=self._stats,
             background=self._background,
-            coalesce=True,
         )
+        self._host = self._opening.host
         self._admission = self._host.admission
         self._task_group: anyio.abc.TaskGroup | None = None
         self._hub = (
@@ -322,35 +285,16 @@ class PresenceServer:
             ticker=self._ticker,
             on_link_state=on_link_state,
         )
-        self._ops = OpsEndpoints(metrics_access, self._health.metrics, self.readiness)
-        self._gate = (
-            SubscriptionGate(
-                authorize_subscription,
-                handle=self._handle,
-                spawn=self._background.spawn,
-                is_open=self._clients.__contains__,
-                timeout=limits.hook_timeout,
-                max_pending=limits.max_pending_hooks,
-            )
-            if authorize_subscription is not None
-            else None
+        self._performers = Performers(
+            stats=self._stats,
+            health=self._health,
+            ticker=self._ticker,
+            hub=self._hub,
+            cluster=cluster,
+            roster=roster,
+            stream_store=stream_store,
+            on_restored=on_restored,
         )
-        self._performers: dict[type[Any], Callable[[Any], None]] = {
-            Deliver: self._deliver,
-            RequestRefused: self._refused,
-            CloseConnection: self._close_connection,
-            ChannelsRestored: self._channels_restored,
-            ConnectHub: self._connect_hub,
-            SendHubFrame: self._send_hub_frame,
-            CloseHubLink: self._close_hub_link,
-            ClusterPublish: self._publish,
-            StreamAppend: self._stream_append,
-            StreamRead: self._stream_read,
-            StorePut: self._roster_put,
-            StoreRefresh: self._roster_refresh,
-            StoreDelete: self._roster_delete,
-            Log: log_action,
-        }
         self.port: int | None = None
 
     # ------------------------------------------------------------- lifecycle
@@ -358,36 +302,12 @@ class PresenceServer:
     async def __aenter__(self) -> PresenceServer:
         if self._task_group is not None:
             raise LocalUsageError("PresenceServer: already running; enter it once")
-        # Shared backends first, so a wrong URL fails the start, not the first join.
-        if self._roster is not None:
-            await self._roster.start()
-        if self._cluster is not None:
-            try:
-                await self._cluster.start(self._dispatch_link, self._presence.cluster_subjects)
-            except BaseException:
-                if self._roster is not None:
-                    await self._roster.aclose()
-                raise
-        if self._stream_store is not None:
-            history = self._presence.config.history
-            assert history is not None  # the server always keeps history
-            try:
-                await self._stream_store.start(self._dispatch_link, history)
-            except BaseException:
-                for backend in (self._cluster, self._roster):
-                    if backend is not None:
-                        await backend.aclose()
-                raise
+        await self._backends.start(self._presence, self._dispatch_link)
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
         await self._host.start(self._task_group)
         self._background.service("ticker", self._ticker.run)
-        if self._cluster is not None:
-            self._background.service("cluster", self._cluster.run)
-        if self._roster is not None:
-            self._background.service("roster", self._roster.run)
-        if self._stream_store is not None:
-            self._background.service("stream store", self._stream_store.run)
+        self._backends.run(self._background)
         if self._hub is not None:
             self._dispatch_link(HubLinkStarted(now=anyio.current_time()))
         self._health.check_links()
@@ -399,14 +319,7 @@ class PresenceServer:
         with anyio.CancelScope(shield=True):
             await self.shutdown()
             await self._host.stop()
-            # In the core's order: the hub link is closed, the cluster has said
-            # goodbye, the roster removals are queued; now let them out.
-            if self._cluster is not None:
-                await self._cluster.aclose()
-            if self._roster is not None:
-                await self._roster.aclose()
-            if self._stream_store is not None:
-                await self._stream_store.aclose()
+            await self._backends.aclose()  # after the core has said its goodbyes
         task_group.cancel_scope.cancel()
         try:
             return await task_group.__aexit__(*exc_info)  # type: ignore[arg-type]
@@ -508,188 +421,24 @@ class PresenceServer:
 
     def serves_path(self, path: str) -> bool:
         """Whether ``path`` is one of this server's WebSocket paths."""
-        return _matches(path, self._paths)
-
-    async def _opened(self, client: Client) -> None:
-        """``on_open`` (bounded); then the request's headers go, unless they are kept."""
-        if self._on_open is not None:
-            opened = self._on_open(client)
-            if opened is not None:
-                await _within(opened, "on_open", self._limits.hook_timeout)
-        if not self._keep_headers:
-            client.request = attrs.evolve(client.request, headers=())
-
-    def _run(self, client: Client) -> Awaitable[None]:
-        """The client's read loop, each message through ``on_message`` (bounded)."""
-        on_message, timeout = self._on_message, self._limits.hook_timeout
-        return client.session.run(
-            (lambda text: _bounded(on_message(client, text), "on_message", timeout))
-            if on_message is not None
-            else _ignore
-        )
-
-    async def _closed(self, guard: Guard[Any]) -> None:
-        """Out of the core, then through ``on_close`` if it was open."""
-        client = guard.conn
-        if isinstance(client, Client):
-            self._clients.discard(client)
-            if self._gate is not None:
-                self._gate.forget(client)
-            self.dispatch(ConnectionClosed(conn=client, now=self._host.clock()))
-            if guard.session is not None:
-                try:
-                    if self._on_close is not None:
-                        closing = self._on_close(client)
-                        if closing is not None:
-                            await _within(closing, "on_close", self._limits.hook_timeout)
-                except Exception as exc:
-                    logger.error(
-                        "%s: the on_close hook failed: %s: %s",
-                        guard,
-                        type(exc).__name__,
-                        exc,
-                        exc_info=exc,
-                    )
-
-    async def _handshake(self, guard: Guard[Transport]) -> Client | None:
-        """Read the request; answer it over HTTP, refuse it, or upgrade it into a ``Client``."""
-        read = await read_upgrade(guard, self._limits, self._serve_page, swept=True)
-        if read is None:
-            return None
-        request, trailing = read
-        transport = guard.transport
-        limits = self._limits
-        deflate = negotiate(extension_offers(request)) if limits.permessage_deflate else None
-
-        def session(now: float) -> Session:
-            if deflate is None:
-                connection = server_connection(trailing, limits.max_message_bytes)
-                return WebSocketSession(transport, connection, limits, now)
-            return WebSocketSession(
-                transport,
-                server_connection(trailing, limits.max_message_bytes, deflate=True),
-                limits,
-                now,
-                deflate=deflate.server_bits,
-            )
-
-        return await self._admit(
-            guard, request, session, lambda: write_upgrade(transport, request, deflate)
-        )
-
-    async def _admit(
-        self,
-        guard: Guard[Any],
-        request: HandshakeRequest,
-        session: Callable[[float], Session],
-        accept: Callable[[], None],
-    ) -> Client | None:
-        """Check, authenticate and upgrade a request that has been read: the one path of
-        every kind of connection. ``session(now)`` makes its session and ``accept()``
-        answers the upgrade (a 101, an ASGI accept)."""
-        refusal = self._check(guard, request)
-        if refusal is not None:
-            guard.refuse(refusal.status, refusal.reason)
-            return None
-        outcome: object = self._authenticate(request)
-        waited = False
-        if inspect.isawaitable(outcome):  # only an await can take time: a timer for it alone
-            waited = True
-            with anyio.CancelScope(deadline=guard.deadline) as timer:
-                outcome = await outcome
-            if timer.cancelled_caught:
-                guard.refuse(503, "authenticate did not answer within the handshake timeout")
-                return None
-        if isinstance(outcome, Refusal):
-            guard.refuse(outcome.status, outcome.reason)
-            return None
-        if outcome is not None and not isinstance(outcome, Identity):
-            raise TypeError(f"authenticate returned {outcome!r}: an Identity, a Refusal or None")
-        return self._upgrade(guard, request, outcome, session, accept, recheck=waited)
-
-    def _check(self, guard: Guard[Any], request: HandshakeRequest) -> Refusal | None:
-        """What refuses an upgrade before ``authenticate`` runs and again before the 101
-        (``authenticate`` may take a while): path, origin, connection caps. Whether the
-        server still opens connections is the core's word, at :meth:`_upgrade`."""
-        if not _matches(request.path, self._paths):
-            return Refusal(status=404, reason="no WebSocket at this path")
-        if not self._limits.origin_allowed(request.header("origin")):
-            return Refusal(status=403, reason="origin not allowed")
-        status = self._admission.refusal(guard)
-        if status is not None:
-            return Refusal(status=status, reason="too many connections")
-        return None
-
-    def _upgrade(
-        self,
-        guard: Guard[Any],
-        request: HandshakeRequest,
-        identity: Identity | None,
-        make_session: Callable[[float], Session],
-        accept: Callable[[], None],
-        *,
-        recheck: bool,
-    ) -> Client | None:
-        """Join the core, then answer 101, in one step with no await: an identity the core
-        refuses gets an HTTP status (the boundary's 403), never a 101 and a close.
-        ``recheck``: ``authenticate`` awaited, so the world may have changed since
-        :meth:`_check` (without an await nothing else ran)."""
-        if recheck:
-            if guard.answered is not None:
-                return None  # pushed out of the handshake caps while it authenticated
-            refusal = self._check(guard, request)
-            if refusal is not None:
-                guard.refuse(refusal.status, refusal.reason)
-                return None
-        now = self._host.clock()
-        session = make_session(now)
-        client = Client(self, request, identity, session, guard)
-        joined = None
-        if identity is not None:
-            guard.user = identity.user_id
-            joined = SessionJoined(
-                conn=client,
-                user_id=identity.user_id,
-                session_id=identity.session_id,
-                channels=identity.channels,
-                metadata=identity.metadata,
-                now=now,
-            )
-        closed = self._presence.handle(ConnectionOpened(conn=client, ns=client.ns))
-        if closed:  # the core closes it at once (the server shut down): no 101
-            assert isinstance(closed[0], CloseConnection)
-            guard.refuse(503, closed[0].reason)
-            return None
-        guard.conn = client
-        self._clients.add(client)
-        actions = self._presence.handle(joined) if joined is not None else []
-        self._admission.upgrade(guard)
-        accept()
-        guard.session = session
-        self._perform(actions)
-        return client
-
-    def _serve_page(self, guard: Guard[Transport], request: HandshakeRequest) -> None:
-        respond_with(guard, request, self.http_answer(request))
+        return self._opening.serves_path(path)
 
     def answers_http(self, path: str) -> bool:
         """Whether a plain HTTP request for ``path`` is this server's (a page, the JavaScript
         client, or ``/metrics``, ``/healthz``, ``/readyz``) rather than an app's it is
         mounted with."""
-        return path in self._pages or path in OpsEndpoints.PATHS or path == CLIENT_PATH
+        return self._opening.answers_http(path)
 
     def http_answer(self, request: HandshakeRequest) -> Response:
         """The answer to a plain HTTP request: a page, ``/megapresence.js``, ``/metrics``,
         ``/healthz``, ``/readyz``, or the status saying there is nothing else here."""
-        answer = self._ops.answer(request) or static_answer(request)
-        if answer is not None:
-            return answer
-        page = self._pages.get(request.path)
-        if request.method not in ("GET", "HEAD"):
-            return Response(405, b"")
-        if page is None:
-            return Response(426 if _matches(request.path, self._paths) else 404, b"")
-        return Response(200, page[1], page[0])
+        return self._opening.http_answer(request)
+
+    @property
+    def opening(self) -> ClientOpening[Client]:
+        """How this server's client connections open, run and close (``_opening.py``):
+        what the ASGI path hands its connections to."""
+        return self._opening
 
     # ---------------------------------------------------------- core driving
 
@@ -713,10 +462,7 @@ class PresenceServer:
         self._perform(self._presence.handle(event))
 
     def _perform(self, actions: list[Action]) -> None:
-        performers = self._performers
-        for action in actions:
-            performers[type(action)](action)
-        self._ticker.reschedule()
+        self._performers.perform(actions)
 
     def _dispatch_link(self, event: Event) -> None:
         """An event from the hub link or the cluster: it may change a link's state."""
@@ -729,69 +475,6 @@ class PresenceServer:
             client.session.keepalive(now)
         if self._hub is not None:
             self._hub.keepalive(now)
-
-    def _deliver(self, action: Deliver) -> None:
-        """One message to many sockets: encoded, framed and compressed once for all."""
-        message = Outgoing(action.text, compress=True)
-        now = anyio.current_time()
-        conns = action.conns
-        self._stats.delivered(len(conns), message.frame_size)  # per delivery, not per socket
-        for client in conns:
-            client.session.send(message, now)  # type: ignore[attr-defined]
-
-    def _refused(self, action: RequestRefused) -> None:
-        action.conn.send(action.text)  # type: ignore[attr-defined]
-
-    def _channels_restored(self, action: ChannelsRestored) -> None:
-        if self._on_restored is None:
-            return
-        try:
-            self._on_restored(action.conn)  # type: ignore[arg-type]
-        except Exception as exc:  # the application's: logged, the presence goes on
-            logger.error(
-                "the on_restored hook failed: %s: %s", type(exc).__name__, exc, exc_info=exc
-            )
-
-    def _close_connection(self, action: CloseConnection) -> None:
-        session = action.conn.session  # type: ignore[attr-defined]
-        session.close(action.code, action.reason, anyio.current_time())
-
-    def _connect_hub(self, action: ConnectHub) -> None:
-        assert self._hub is not None
-        self._health.hub_attempts += 1
-        self._hub.connect()
-
-    def _send_hub_frame(self, action: SendHubFrame) -> None:
-        assert self._hub is not None
-        self._hub.send(action.data, batch=action.batch)
-
-    def _close_hub_link(self, action: CloseHubLink) -> None:
-        assert self._hub is not None
-        self._hub.close(action.code, action.reason)
-
-    def _publish(self, action: ClusterPublish) -> None:
-        assert self._cluster is not None
-        self._cluster.publish(action.subject, action.data)
-
-    def _stream_append(self, action: StreamAppend) -> None:
-        assert self._stream_store is not None
-        self._stream_store.append(action.channel, action.data)
-
-    def _stream_read(self, action: StreamRead) -> None:
-        assert self._stream_store is not None
-        self._stream_store.read(action.request, action.channel, action.since, action.limit)
-
-    def _roster_put(self, action: StorePut) -> None:
-        assert self._roster is not None
-        self._roster.put(action.channel, action.session_id, action.member, action.ttl)
-
-    def _roster_refresh(self, action: StoreRefresh) -> None:
-        assert self._roster is not None
-        self._roster.refresh(action.entries, action.ttl)
-
-    def _roster_delete(self, action: StoreDelete) -> None:
-        assert self._roster is not None
-        self._roster.delete(action.channel, action.session_id)
 
     # ------------------------------------------------------- embedding API
 
@@ -918,7 +601,8 @@ class PresenceServer:
         roster's, read concurrently. With a roster backend that is down this raises its
         error (``RosterUnavailableError``) rather than answer with local members only."""
         wanted = tuple(channels)
-        remote = await self._roster.members(wanted) if self._roster is not None else []
+        roster = self._backends.roster
+        remote = await roster.members(wanted) if roster is not None else []
         return self._presence.presence_list(wanted, remote)
 
     # ------------------------------------------------------ links and health
@@ -951,26 +635,3 @@ class PresenceServer:
     @property
     def clients(self) -> frozenset[Client]:
         return frozenset(self._clients)
-
-
-def _ignore(text: str) -> None:
-    return None
-
-
-class HookTimeoutError(Exception):
-    """An awaited hook did not return within ``SocketLimits.hook_timeout``: it was
-    cancelled, and its connection is closed (1011) by its fault boundary."""
-
-
-def _bounded(result: Awaitable[None] | None, what: str, timeout: float) -> Awaitable[None] | None:
-    """A hook's result: None (it was synchronous), or its awaitable bounded by ``timeout``."""
-    return None if result is None else _within(result, what, timeout)
-
-
-async def _within(result: Awaitable[None], what: str, timeout: float) -> None:
-    with anyio.move_on_after(timeout) as scope:
-        await result
-    if scope.cancelled_caught:
-        raise HookTimeoutError(
-            f"{what} did not return within {timeout:g} s (SocketLimits.hook_timeout)"
-        )

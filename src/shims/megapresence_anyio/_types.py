@@ -6,7 +6,8 @@ answer; ``ClusterBackend``, ``RosterBackend`` and ``StreamStoreBackend`` are wha
 health included (``/readyz`` and
 ``/metrics`` read ``healthy``, ``errors`` and ``queued``). They live apart from
 ``_server.py`` so that the modules ``PresenceServer`` is built from (the
-permission gate, the JWT authenticator, the CLI) need not import it back.
+permission gate, the opening, the backends, the JWT authenticator, the CLI) need not
+import it back.
 """
 
 from __future__ import annotations
