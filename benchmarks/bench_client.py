@@ -3,7 +3,9 @@
     fanout --port P --clients N --messages M [--socketio] [--sentinel TEXT]
         open N WebSockets, print CONNECTED, then count bytes until every client has
         all M broadcasts (or, with --sentinel, until every client's stream ends
-        with TEXT and the frame's end); print DONE <monotonic time of the last byte>.
+        with TEXT and the frame's end); print DONE <monotonic time of the last byte>
+        <this process's CPU seconds since CONNECTED>. run.py may split N over several
+        such processes (--client-procs), each with its share of the clients.
         With --deflate it offers permessage-deflate and counts frames (compressed
         ones differ in size), then prints BYTES <bytes received>.
     churn --port P --seconds S --concurrency C
@@ -157,6 +159,21 @@ def open_clients(
     return clients
 
 
+#: This process's CPU seconds when its clients were connected (a run's start).
+CONNECTED_CPU = 0.0
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def done() -> None:
+    """The last byte's time and the CPU this process spent receiving: whether the load
+    side, not the server, bounded the run shows in run.py's *client cores*."""
+    print("DONE", time.monotonic(), cpu_seconds() - CONNECTED_CPU, flush=True)
+
+
 def fanout(args: argparse.Namespace) -> None:
     path = "/socket.io/?EIO=4&transport=websocket" if args.socketio else "/ws/bench"
     headers = DEFLATE_OFFER if args.deflate else ""
@@ -165,6 +182,8 @@ def fanout(args: argparse.Namespace) -> None:
     for sock in clients:
         selector.register(sock, selectors.EVENT_READ)
     print("CONNECTED", flush=True)
+    global CONNECTED_CPU
+    CONNECTED_CPU = cpu_seconds()
     received = 0
     expected: int | None = None
     first = b""
@@ -196,7 +215,7 @@ def fanout(args: argparse.Namespace) -> None:
                 length = frame_length(first)
                 if length is not None:
                     expected = length * args.clients * args.messages
-    print("DONE", time.monotonic(), flush=True)
+    done()
 
 
 def read_until(
@@ -235,7 +254,7 @@ def until_sentinel(
         return tail == ending
 
     if read_until(selector, count, deadline, finished):
-        print("DONE", time.monotonic(), flush=True)
+        done()
 
 
 def count_frames(
@@ -263,7 +282,7 @@ def count_frames(
         return seen >= messages
 
     if read_until(selector, count, deadline, finished):
-        print("DONE", time.monotonic(), flush=True)
+        done()
         print("BYTES", total, flush=True)
 
 

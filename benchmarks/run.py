@@ -13,6 +13,7 @@ bench_client.py); the core figures run in this process (core_bench.py).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -111,6 +112,18 @@ class Process:
                 stream.close()
 
 
+#: Load processes of a fan-out, each with its share of the N clients: on 2 cores two
+#: keep the load side from bounding a TLS run (one process decrypting every record
+#: with ``ssl`` did); more cores, more of them, leaving one core to the server.
+CLIENT_PROCS = max(2, min(4, (os.cpu_count() or 2) - 1))
+
+
+def set_client_procs(procs: int) -> None:
+    """Every later fan-out's load processes (0 leaves the default)."""
+    global CLIENT_PROCS
+    CLIENT_PROCS = procs or CLIENT_PROCS
+
+
 def fanout_once(
     system: str,
     clients: int,
@@ -118,45 +131,73 @@ def fanout_once(
     burst: int = 1,
     storm: bool = False,
     deflate: bool = False,
+    client_procs: int | None = None,
 ) -> dict[str, float]:
     """One fan-out run: single broadcasts, bursts of ``burst`` per turn, a storm, or
-    compressed broadcasts."""
+    compressed broadcasts, received by ``client_procs`` load processes (``CLIENT_PROCS`` if None).
+
+    Beside deliveries/s: *server_bound_per_s*, the deliveries one second of server
+    CPU makes (what the server would do with a core of its own, whatever bounded the
+    run), and the cores the server and the load processes were busy over the run:
+    a server near 1.0 bounded it, load processes near their share of the machine
+    did."""
     options = ["--burst", str(burst)] + (["--mode", "storm"] if storm else [])
     options += ["--deflate"] if deflate else []
-    with Process(
-        "bench_server.py", system, "--clients", str(clients), "--messages", str(messages), *options
-    ) as server:
+    extra = ["--socketio"] if system == "socketio" else ["--tls"] if "-tls" in system else []
+    if storm:
+        extra = ["--sentinel", "END-OF-RUN"]
+    if deflate:
+        extra = ["--deflate"]
+    procs = max(1, min(client_procs or CLIENT_PROCS, clients))
+    shares = [clients // procs + (k < clients % procs) for k in range(procs)]
+    with contextlib.ExitStack() as stack:
+        server = stack.enter_context(
+            Process(
+                "bench_server.py",
+                system,
+                "--clients",
+                str(clients),
+                "--messages",
+                str(messages),
+                *options,
+            )
+        )
         port, base_rss = server.expect("READY")
-        extra = ["--socketio"] if system == "socketio" else ["--tls"] if "-tls" in system else []
-        if storm:
-            extra = ["--sentinel", "END-OF-RUN"]
-        if deflate:
-            extra = ["--deflate"]
-        with Process(
-            "bench_client.py",
-            "fanout",
-            "--port",
-            port,
-            "--clients",
-            str(clients),
-            "--messages",
-            str(messages),
-            *extra,
-        ) as client:
-            client.expect("CONNECTED")
-            (rss,) = server.expect("CONNECTED", timeout=600)
-            time.sleep(0.5)  # let both sides go idle
-            server.send("GO")
-            (start,) = server.expect("START")
-            (done,) = client.expect("DONE", timeout=600)
-            server.send("STOP")
-            (cpu,) = server.expect("CPU")
-            deliveries = int(server.expect("DELIVERIES")[0]) if storm else clients * messages
-            wire = int(client.expect("BYTES")[0]) / deliveries if deflate else 0.0
+        loads = [
+            stack.enter_context(
+                Process(
+                    "bench_client.py",
+                    "fanout",
+                    "--port",
+                    port,
+                    "--clients",
+                    str(share),
+                    "--messages",
+                    str(messages),
+                    *extra,
+                )
+            )
+            for share in shares
+        ]
+        for load in loads:
+            load.expect("CONNECTED", timeout=600)
+        (rss,) = server.expect("CONNECTED", timeout=600)
+        time.sleep(0.5)  # let both sides go idle
+        server.send("GO")
+        (start,) = server.expect("START")
+        ends = [load.expect("DONE", timeout=600) for load in loads]
+        server.send("STOP")
+        (cpu,) = server.expect("CPU")
+        deliveries = int(server.expect("DELIVERIES")[0]) if storm else clients * messages
+        wire = sum(int(load.expect("BYTES")[0]) for load in loads) / deliveries if deflate else 0
+    span = max(float(end) for end, _ in ends) - float(start)
     found = {
-        "deliveries_per_s": deliveries / (float(done) - float(start)),
+        "deliveries_per_s": deliveries / span,
         "cpu_us_per_delivery": float(cpu) / deliveries * 1e6,
         "rss_kib_per_conn": (int(rss) - int(base_rss)) / clients,
+        "server_bound_per_s": deliveries / float(cpu),
+        "server_cores": float(cpu) / span,
+        "client_cores": sum(float(used) for _, used in ends) / span,
     }
     if deflate:
         found["wire_bytes_per_delivery"] = wire
@@ -503,7 +544,14 @@ def main() -> int:
     parser.add_argument(
         "--scale", action="store_true", help="also fan out to 10,000-50,000 sockets (minutes)"
     )
+    parser.add_argument(
+        "--client-procs",
+        type=int,
+        default=0,
+        help="load processes per fan-out (default: run.CLIENT_PROCS, 2 on 2 cores)",
+    )
     args = parser.parse_args()
+    set_client_procs(args.client_procs)
     sizes = [100, 1000] if args.quick else [int(n) for n in args.sizes.split(",")]
     deliveries = 30_000 if args.quick else args.deliveries
     results: dict[str, Any] = {
