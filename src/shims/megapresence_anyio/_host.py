@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from functools import partial
 from typing import Any, Generic, TypeVar, final
 
@@ -42,6 +42,8 @@ from ._config import SocketLimits
 from ._guard import Guard
 from ._listener import accept_forever, open_listener
 from ._ops import OpsEndpoints, OpsListener
+from ._reader import CallbackReader
+from ._session import ReadLoop
 from ._stats import Stats
 from ._tls import TlsTransport
 from ._transport import Coalescer, SocketTransport, StreamTransport, Transport
@@ -61,9 +63,11 @@ class ConnectionHost(Generic[C]):
 
     __slots__ = (
         "_background",
+        "_callbacks",
         "_closed",
         "_coalesce",
         "_coalescer",
+        "_finishing",
         "_limits",
         "_nursery",
         "_open",
@@ -73,6 +77,8 @@ class ConnectionHost(Generic[C]):
         "_tasks",
         "admission",
         "clock",
+        "loop",
+        "readers",
     )
 
     def __init__(
@@ -86,12 +92,15 @@ class ConnectionHost(Generic[C]):
         stats: Stats,
         background: Background,
         coalesce: bool = False,
+        callbacks: bool = True,
     ) -> None:
         """``open(guard)``: a socket's handshake, the upgraded connection or None once
         answered; ``opened(conn)``: upgraded, nothing read yet (``on_open``);
         ``run(conn)``: its read loop, returned and not awaited by the server, so an idle
-        socket keeps no frame of the server's; ``closed(guard)``: over, or never opened
-        (out of the core, through the close hook)."""
+        socket keeps no frame of the server's (a session's ``ReadLoop``: on asyncio, a
+        plain socket of the listener is then read from a loop callback, unless
+        ``callbacks`` is False); ``closed(guard)``: over, or never opened (out of the
+        core, through the close hook)."""
         self._open = open
         self._opened = opened
         self._run = run
@@ -103,10 +112,17 @@ class ConnectionHost(Generic[C]):
         #: Whether plain sockets send each turn's writes in one ``send()`` (``Coalescer``).
         self._coalesce = coalesce
         self._coalescer: Coalescer | None = None
+        self._callbacks = callbacks
         #: On asyncio, the connections' tasks; None on trio.
         self._tasks: set[asyncio.Task[Any]] | None = None
         #: On trio, the nursery of the connections' tasks, while the server runs.
         self._nursery: Any = None
+        #: On asyncio, the connections read from the loop's reader callback, with no
+        #: task (``_reader.py``), and the tasks that close them.
+        self.readers: set[CallbackReader] = set()
+        self._finishing: set[asyncio.Task[Any]] = set()
+        #: On asyncio, the event loop, from :meth:`start`.
+        self.loop: asyncio.AbstractEventLoop
         #: The event loop's clock, found once (``anyio.current_time`` looks the backend
         #: up on every call).
         self.clock: Callable[[], float] = anyio.current_time
@@ -115,11 +131,13 @@ class ConnectionHost(Generic[C]):
         """Find the backend once, and start the one task of every handshake deadline."""
         if sniffio.current_async_library() == "asyncio":
             self._tasks = set()
-            self.clock = asyncio.get_running_loop().time
+            self.loop = asyncio.get_running_loop()
+            self.clock = self.loop.time
         else:
             import trio
 
             self.clock = trio.current_time
+            self._callbacks = False
             self._nursery = await group.start(_trio_nursery)
         self.admission.clock = self.clock
         if self._coalesce:
@@ -128,13 +146,36 @@ class ConnectionHost(Generic[C]):
 
     async def stop(self) -> None:
         """Cancel every connection's task and wait for them (on trio the server's task
-        group does, with the nursery)."""
+        group does, with the nursery); end every connection read from a callback, and
+        wait for them to close."""
         tasks = self._tasks
         if tasks:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+        for reader in list(self.readers):
+            reader.stop()
+        if self._finishing:
+            await asyncio.gather(*self._finishing, return_exceptions=True)
         self._nursery = None
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """A connection's task on asyncio (a reader's hook), cancelled at :meth:`stop`."""
+        assert self._tasks is not None
+        task = self.loop.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def finish(self, guard: Guard[Any]) -> None:
+        """Close a connection read from a callback, in a short task of its own (which
+        :meth:`stop` waits for and does not cancel)."""
+        task = self.loop.create_task(self._finish(guard))
+        self._finishing.add(task)
+        task.add_done_callback(self._finishing.discard)
+
+    async def _finish(self, guard: Guard[Any]) -> None:
+        closed = self._closed
+        await self.admission.finish(guard, lambda: closed(guard))
 
     # ------------------------------------------------------------- arrivals
 
@@ -212,16 +253,16 @@ class ConnectionHost(Generic[C]):
                 raise LocalUsageError("a server takes connections inside 'async with server:'")
             nursery.start_soon(self._serve, guard, refused, self._open)
             return
-        task = asyncio.get_running_loop().create_task(self._serve(guard, refused, self._open))
-        tasks.add(task)
         # Nothing but cancellation leaves _serve: its boundary catches the rest.
-        task.add_done_callback(tasks.discard)
+        self.spawn(self._serve(guard, refused, self._open))
 
     async def _serve(self, guard: Guard[Any], refused: int | None, opening: Opening[C]) -> None:
         """One connection, from its request to its close, behind its fault boundary:
         nothing it raises reaches the server (see ``_guard.py`` for what it becomes).
         While the socket is open this is the only frame above the session's, so an
-        idle connection costs little memory."""
+        idle connection costs little memory; on asyncio a plain socket of the listener
+        is handed to a :class:`CallbackReader` once open, and this task ends."""
+        handed = False
         try:
             if refused is not None:
                 guard.respond(refused)  # over a handshake cap (logged by the admission)
@@ -230,13 +271,21 @@ class ConnectionHost(Generic[C]):
                 if conn is not None:
                     if self._opened is not None:
                         await self._opened(conn)
-                    await self._run(conn)
+                    reading = self._run(conn)
+                    if isinstance(reading, ReadLoop):
+                        if self._callbacks and type(guard.transport) is SocketTransport:
+                            handed = True  # the reader ends it from now on
+                            CallbackReader(self, guard, reading.session, reading.on_text).start()
+                            return
+                        reading = reading.read()  # awaited as it is: no wrapper while idle
+                    await reading
                     guard.ended()
         except Exception as exc:
             guard.fault(exc)
         finally:
-            closed = self._closed
-            await self.admission.finish(guard, lambda: closed(guard))
+            if not handed:
+                closed = self._closed
+                await self.admission.finish(guard, lambda: closed(guard))
 
 
 async def _trio_nursery(*, task_status: anyio.abc.TaskStatus[Any]) -> None:

@@ -67,6 +67,7 @@ __all__ = [
     "Spawn",
     "StreamTransport",
     "Transport",
+    "Watcher",
 ]
 
 #: Starts a background task; the server passes its task group's ``start_soon``.
@@ -103,6 +104,12 @@ class Outlet(Protocol[_D_contra]):
     def held(self) -> Iterator[object]: ...
 
 
+class Watcher(Protocol):
+    """Whoever reads a socket without a task (``_reader.py``): told before it closes."""
+
+    def closing(self) -> None: ...
+
+
 class Transport(Outlet[bytes], Protocol):
     """What a WebSocket session needs from the bytes underneath it."""
 
@@ -125,6 +132,11 @@ class SendBuffer:
         #: whose count stands still while it holds bytes is stalled.
         self._drained = 0
         self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        """Aborted or closed: nothing more is written or read."""
+        return self._closed
 
     @property
     def queued(self) -> int:
@@ -248,7 +260,7 @@ class SocketTransport(_QueuedWriter):
     """A connected non-blocking socket, owned by this object. ``TlsTransport``
     (``_tls.py``) is the same writer with a record layer between it and the socket."""
 
-    __slots__ = ("_batch", "_coalescer", "_partial", "_queue", "_sock")
+    __slots__ = ("_batch", "_coalescer", "_partial", "_queue", "_sock", "watcher")
 
     def __init__(
         self,
@@ -271,6 +283,9 @@ class SocketTransport(_QueuedWriter):
         #: What was written in this turn, sent at its end: the first frame as it is,
         #: then a bytearray of them all; None while there is none.
         self._batch: bytes | bytearray | None = None
+        #: Who reads this socket from the loop's reader callback (``_reader.py``), told
+        #: before the socket is closed; None while a task reads it.
+        self.watcher: Watcher | None = None
 
     def write(self, data: bytes, *, force: bool = False) -> bool:
         """Send ``data`` at the end of this turn (or now, without a coalescer) as far
@@ -368,6 +383,21 @@ class SocketTransport(_QueuedWriter):
         """The head of the queue as it goes on the wire, once the one before it is sent."""
         return queue[0]
 
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def read_now(self) -> bytes | None:
+        """One ``recv``, without waiting: the bytes, ``b""`` at the end of the stream or
+        once aborted, None if the kernel has none yet."""
+        if self._closed:
+            return b""
+        try:
+            return self._sock.recv(_RECV_BYTES)
+        except BlockingIOError:
+            return None
+        except OSError:
+            return b""
+
     async def receive(self) -> bytes:
         """The next bytes from the peer; ``b""`` at the end of the stream or once aborted.
 
@@ -426,6 +456,8 @@ class SocketTransport(_QueuedWriter):
                 self._sock.send(batch)
         self._queue = None
         self._pending = 0
+        if self.watcher is not None:
+            self.watcher.closing()
         anyio.notify_closing(self._sock)
         self._sock.close()
 
