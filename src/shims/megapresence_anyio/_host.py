@@ -32,6 +32,7 @@ from typing import Any, Generic, TypeVar, final
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import sniffio
 
 from megapresence_core import LocalUsageError
@@ -43,10 +44,10 @@ from ._guard import Guard
 from ._listener import accept_forever, open_listener
 from ._ops import OpsEndpoints, OpsListener
 from ._reader import CallbackReader
-from ._session import ReadLoop
+from ._session import AGAIN, OVER, ReadLoop
 from ._stats import Stats
 from ._tls import TlsTransport
-from ._transport import Coalescer, SocketTransport, StreamTransport, Transport
+from ._transport import Coalescer, SocketTransport, StreamTransport, Transport, readable_wait
 
 __all__ = ["ConnectionHost", "Opening"]
 
@@ -73,6 +74,7 @@ class ConnectionHost(Generic[C]):
         "_open",
         "_opened",
         "_run",
+        "_spawn_writer",
         "_stats",
         "_tasks",
         "admission",
@@ -108,6 +110,8 @@ class ConnectionHost(Generic[C]):
         self._limits = limits
         self._stats = stats
         self._background = background
+        #: One bound method for every transport, rather than one each.
+        self._spawn_writer = background.spawn
         self.admission = Admission(limits, stats)
         #: Whether plain sockets send each turn's writes in one ``send()`` (``Coalescer``).
         self._coalesce = coalesce
@@ -211,7 +215,7 @@ class ConnectionHost(Generic[C]):
         """A socket of the server's own plain listener."""
         transport = SocketTransport(
             sock,
-            spawn=self._background.spawn,
+            spawn=self._spawn_writer,
             max_buffer=self._limits.max_send_buffer,
             coalescer=self._coalescer,
         )
@@ -224,7 +228,7 @@ class ConnectionHost(Generic[C]):
         transport = TlsTransport(
             sock,
             context,
-            spawn=self._background.spawn,
+            spawn=self._spawn_writer,
             max_buffer=self._limits.max_send_buffer,
             coalescer=self._coalescer,
         )
@@ -233,7 +237,7 @@ class ConnectionHost(Generic[C]):
     async def handle_stream(self, stream: anyio.abc.ByteStream) -> None:
         """A connection accepted elsewhere, as an anyio stream (written through a queue)."""
         transport = StreamTransport(
-            stream, spawn=self._background.spawn, max_buffer=self._limits.max_send_buffer
+            stream, spawn=self._spawn_writer, max_buffer=self._limits.max_send_buffer
         )
         guard: Guard[Transport] = Guard(transport, None)
         await self._serve(guard, self.admission.begin(guard), self._open)
@@ -251,7 +255,8 @@ class ConnectionHost(Generic[C]):
             nursery = self._nursery
             if nursery is None:
                 raise LocalUsageError("a server takes connections inside 'async with server:'")
-            nursery.start_soon(self._serve, guard, refused, self._open)
+            # Named: else trio makes the same name anew for every connection.
+            nursery.start_soon(self._serve, guard, refused, self._open, name=_TASK_NAME)
             return
         # Nothing but cancellation leaves _serve: its boundary catches the rest.
         self.spawn(self._serve(guard, refused, self._open))
@@ -272,13 +277,43 @@ class ConnectionHost(Generic[C]):
                     if self._opened is not None:
                         await self._opened(conn)
                     reading = self._run(conn)
-                    if isinstance(reading, ReadLoop):
-                        if self._callbacks and type(guard.transport) is SocketTransport:
-                            handed = True  # the reader ends it from now on
-                            CallbackReader(self, guard, reading.session, reading.on_text).start()
-                            return
-                        reading = reading.read()  # awaited as it is: no wrapper while idle
-                    await reading
+                    sock = guard.transport
+                    if not isinstance(reading, ReadLoop):
+                        await reading
+                    elif type(sock) is not SocketTransport:
+                        await reading.read()  # awaited as it is: no wrapper while idle
+                    elif self._callbacks:
+                        handed = True  # the reader ends it from now on
+                        CallbackReader(self, guard, reading.session, reading.on_text).start()
+                        return
+                    else:
+                        # The session's read loop, inlined, with the backend's own wait
+                        # (trio's): while idle this frame waits, not three more of ours.
+                        session, on_text = reading.session, reading.on_text
+                        del reading
+                        wait, gone = readable_wait()
+                        while True:
+                            outcome = session.step(on_text)
+                            if not isinstance(outcome, str):
+                                await outcome
+                                continue
+                            if outcome is AGAIN:
+                                await anyio.lowlevel.checkpoint()
+                                continue
+                            if outcome is OVER:
+                                break
+                            data = sock.read_now()
+                            if data is not None:  # there already: one turn per chunk
+                                await anyio.lowlevel.checkpoint()
+                            while data is None:
+                                try:
+                                    await wait(sock)
+                                except gone:  # aborted while waiting
+                                    data = b""
+                                else:
+                                    data = sock.read_now()
+                            if not session.received(data):
+                                break
                     guard.ended()
         except Exception as exc:
             guard.fault(exc)
@@ -286,6 +321,10 @@ class ConnectionHost(Generic[C]):
             if not handed:
                 closed = self._closed
                 await self.admission.finish(guard, lambda: closed(guard))
+
+
+#: The name of every connection's task on trio.
+_TASK_NAME = "megapresence connection"
 
 
 async def _trio_nursery(*, task_status: anyio.abc.TaskStatus[Any]) -> None:

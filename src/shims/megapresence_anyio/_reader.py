@@ -81,7 +81,9 @@ class CallbackReader:
         The callbacks and the hooks' tasks run in a copy of this task's context: what
         ``on_open`` set there is seen by ``on_message`` as before, and sniffio (so
         anyio) knows the loop outside any task."""
-        sniffio.current_async_library_cvar.set("asyncio")
+        cvar = sniffio.current_async_library_cvar
+        if cvar.get(None) != "asyncio":  # anyio.run has set it; asyncio.run, uvicorn not
+            cvar.set("asyncio")
         self._host.readers.add(self)
         self._guard.transport.watcher = self
         self._step(None)

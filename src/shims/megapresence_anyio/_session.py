@@ -299,7 +299,8 @@ class WebSocketSession(SessionBase):
         return ReadLoop(self, on_text)
 
     async def read(self, on_text: OnText) -> None:
-        """The read loop as a task runs it (:meth:`run`): :meth:`step` between reads."""
+        """The read loop as a task runs it (:meth:`run`): :meth:`step` between reads.
+        (``ConnectionHost`` inlines it for a plain socket on trio.)"""
         transport = self._transport
         while True:
             # Events first: the handshake may have left frames in wsproto's buffer.

@@ -51,7 +51,7 @@ import contextvars
 import logging
 import socket
 from collections import deque
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any, Protocol, TypeVar, final
 
 import anyio
@@ -68,6 +68,7 @@ __all__ = [
     "StreamTransport",
     "Transport",
     "Watcher",
+    "readable_wait",
 ]
 
 #: Starts a background task; the server passes its task group's ``start_soon``.
@@ -114,6 +115,17 @@ class Transport(Outlet[bytes], Protocol):
     """What a WebSocket session needs from the bytes underneath it."""
 
     async def receive(self) -> bytes: ...
+
+
+def readable_wait() -> tuple[Callable[[Any], Awaitable[None]], type[Exception]]:
+    """The running backend's own wait for a readable socket, and what it raises once the
+    socket is closed meanwhile: trio's itself (anyio's adds a frame and a translation of
+    its errors to every idle socket), anyio's on asyncio."""
+    if sniffio.current_async_library() == "trio":
+        import trio
+
+        return trio.lowlevel.wait_readable, trio.ClosedResourceError
+    return anyio.wait_readable, anyio.ClosedResourceError
 
 
 class SendBuffer:
