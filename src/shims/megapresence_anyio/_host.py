@@ -19,6 +19,13 @@ a fifth of the server's time): more than a connection should cost. On asyncio a
 connection's task is a plain ``asyncio.Task``, tracked here and cancelled at
 :meth:`~ConnectionHost.stop`; on trio it is a task of a plain trio nursery
 inside the server's task group.
+
+An idle socket should cost no more than it must. On asyncio a plain socket of
+the listener is read, once open, from the loop's reader callback
+(``_reader.py``), and its task ends; elsewhere (trio, TLS, a stream, an ASGI
+connection, the hub's bridges) the task reads it, and on trio for a plain socket
+the session's read loop is inlined here with trio's own wait, so one frame of the
+shim's waits while the socket is idle.
 """
 
 from __future__ import annotations
@@ -137,6 +144,9 @@ class ConnectionHost(Generic[C]):
             self._tasks = set()
             self.loop = asyncio.get_running_loop()
             self.clock = self.loop.time
+            proactor = getattr(asyncio, "ProactorEventLoop", None)  # Windows: no add_reader
+            if proactor is not None and isinstance(self.loop, proactor):
+                self._callbacks = False
         else:
             import trio
 

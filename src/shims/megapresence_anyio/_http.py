@@ -304,8 +304,9 @@ class RequestReader:
         if repeated:
             return self._refuse(400, f"repeated header {repeated[0]!r}")
         path, query = split
+        text = method.decode("latin-1")
         return HandshakeRequest(
-            method=method.decode("latin-1"),
+            method=_WORDS.get(text, text),
             path=path,
             query_string=query,
             # Interned: every open socket keeps its request, and the same dozen
@@ -320,7 +321,7 @@ class RequestReader:
                 for text in (value.decode("latin-1"),)
             ),
             remote=self._remote,
-            http_version=version,
+            http_version=_WORDS.get(version, version),
         )
 
 
@@ -418,6 +419,10 @@ class _Pending(list[Event]):
     def popleft(self) -> Event:
         return self.pop(0)
 
+
+#: The method and version of (almost) every request, kept by every open socket: these
+#: strings, not a copy each.
+_WORDS: Final = {word: word for word in ("GET", "1.1")}
 
 #: The extensions of every socket that agreed none: one empty list, not one each.
 _NO_EXTENSIONS: Final[list[Extension]] = []

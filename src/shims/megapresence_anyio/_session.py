@@ -254,7 +254,9 @@ class WebSocketSession(SessionBase):
         self.deflate = deflate
         self._transport = transport
         self._ws = ws
-        self._parts: list[str] = []
+        #: The frames of a fragmented message so far; None between messages (an idle
+        #: socket holds no empty list).
+        self._parts: list[str] | None = None
         self._size = 0
         self._fragments = 0
 
@@ -363,13 +365,19 @@ class WebSocketSession(SessionBase):
         limits = self._limits
         self._size += utf8_len(event.data)
         if self._too_big(self._size):
-            self._parts.clear()
+            self._parts = None
             return None
-        self._parts.append(event.data)
+        parts = self._parts
+        if event.message_finished and parts is None:  # a message in one frame: most are
+            self._size = 0
+            return event.data
+        if parts is None:
+            parts = self._parts = []
+        parts.append(event.data)
         if event.frame_finished and not event.message_finished:
             self._fragments += 1
             if self._fragments >= limits.max_fragments:
-                self._parts.clear()
+                self._parts = None
                 self.close(
                     CloseCode.POLICY,
                     f"more than {limits.max_fragments} fragments",
@@ -378,10 +386,9 @@ class WebSocketSession(SessionBase):
                 return None
         if not event.message_finished:
             return None
-        text = self._parts[0] if len(self._parts) == 1 else "".join(self._parts)
-        self._parts.clear()
+        self._parts = None
         self._size = self._fragments = 0
-        return text
+        return parts[0] if len(parts) == 1 else "".join(parts)
 
     def _on_close_frame(self, event: CloseConnection) -> bool:
         """Answer a close frame; True once the handshake is complete."""
