@@ -169,6 +169,10 @@ class ConnectionHost(Generic[C]):
             await asyncio.gather(*tasks, return_exceptions=True)
         for reader in list(self.readers):
             reader.stop()
+        if tasks:  # a hook's task that a reader started meanwhile
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
         if self._finishing:
             await asyncio.gather(*self._finishing, return_exceptions=True)
         self._nursery = None
