@@ -20,17 +20,18 @@ connection's task is a plain ``asyncio.Task``, tracked here and cancelled at
 :meth:`~ConnectionHost.stop`; on trio it is a task of a plain trio nursery
 inside the server's task group.
 
-An idle socket should cost no more than it must. On asyncio a plain socket of
-the listener is read, once open, from the loop's reader callback
-(``_reader.py``), and its task ends; elsewhere (trio, TLS, a stream, an ASGI
-connection, the hub's bridges) the task reads it, and on trio for a plain socket
-the session's read loop is inlined here with trio's own wait, so one frame of the
-shim's waits while the socket is idle.
+An idle socket should cost no more than it must. A plain socket of the listener
+is read, once open, from a reader callback (``_reader.py``: asyncio's, or on trio
+under Linux an epoll of the server's own), and its task ends; elsewhere (TLS, a
+stream, an ASGI connection, the hub's bridges, trio off Linux) the task reads it,
+and for a plain socket the session's read loop is inlined here with the backend's
+own wait, so one frame of the shim's waits while the socket is idle.
 """
 
 from __future__ import annotations
 
 import asyncio
+import select
 import socket
 import ssl
 from collections.abc import Awaitable, Callable, Coroutine
@@ -50,7 +51,7 @@ from ._config import SocketLimits
 from ._guard import Guard
 from ._listener import accept_forever, open_listener
 from ._ops import OpsEndpoints, OpsListener
-from ._reader import CallbackReader
+from ._reader import CallbackReader, EpollLoop, ReaderLoop
 from ._session import AGAIN, OVER, ReadLoop
 from ._stats import Stats
 from ._tls import TlsTransport
@@ -132,8 +133,9 @@ class ConnectionHost(Generic[C]):
         #: task (``_reader.py``), and the tasks that close them.
         self.readers: set[CallbackReader] = set()
         self._finishing: set[asyncio.Task[Any]] = set()
-        #: On asyncio, the event loop, from :meth:`start`.
-        self.loop: asyncio.AbstractEventLoop
+        #: What reads the idle sockets, from :meth:`start`: asyncio's event loop, or on
+        #: trio (Linux) an epoll of the server's own.
+        self.loop: ReaderLoop
         #: The event loop's clock, found once (``anyio.current_time`` looks the backend
         #: up on every call).
         self.clock: Callable[[], float] = anyio.current_time
@@ -142,17 +144,22 @@ class ConnectionHost(Generic[C]):
         """Find the backend once, and start the one task of every handshake deadline."""
         if sniffio.current_async_library() == "asyncio":
             self._tasks = set()
-            self.loop = asyncio.get_running_loop()
-            self.clock = self.loop.time
+            loop = self.loop = asyncio.get_running_loop()
+            self.clock = loop.time
             proactor = getattr(asyncio, "ProactorEventLoop", None)  # Windows: no add_reader
-            if proactor is not None and isinstance(self.loop, proactor):
+            if proactor is not None and isinstance(loop, proactor):
                 self._callbacks = False
         else:
             import trio
 
             self.clock = trio.current_time
-            self._callbacks = False
             self._nursery = await group.start(_trio_nursery)
+            if self._callbacks and hasattr(select, "epoll"):
+                epoll = EpollLoop()
+                self.loop = epoll
+                self._background.service("socket reader", epoll.run)
+            else:
+                self._callbacks = False
         self.admission.clock = self.clock
         if self._coalesce:
             self._coalescer = Coalescer()
@@ -178,16 +185,23 @@ class ConnectionHost(Generic[C]):
         self._nursery = None
 
     def spawn(self, work: Coroutine[Any, Any, None]) -> None:
-        """A connection's task on asyncio (a reader's hook), cancelled at :meth:`stop`."""
-        assert self._tasks is not None
-        task = self.loop.create_task(work)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        """A connection's task (a reader's hook), cancelled at :meth:`stop`."""
+        tasks = self._tasks
+        if tasks is None:
+            self._nursery.start_soon(_awaited, work, name=_TASK_NAME)
+            return
+        task = asyncio.get_running_loop().create_task(work)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
 
     def finish(self, guard: Guard[Any]) -> None:
         """Close a connection read from a callback, in a short task of its own (which
-        :meth:`stop` waits for and does not cancel)."""
-        task = self.loop.create_task(self._finish(guard))
+        :meth:`stop` waits for and does not cancel, on asyncio; on trio the server's task
+        group waits for it)."""
+        if self._tasks is None:
+            self._nursery.start_soon(self._finish, guard, name=_TASK_NAME)
+            return
+        task = asyncio.get_running_loop().create_task(self._finish(guard))
         self._finishing.add(task)
         task.add_done_callback(self._finishing.discard)
 
@@ -339,6 +353,10 @@ class ConnectionHost(Generic[C]):
 
 #: The name of every connection's task on trio.
 _TASK_NAME = "megapresence connection"
+
+
+async def _awaited(work: Coroutine[Any, Any, None]) -> None:
+    await work
 
 
 async def _trio_nursery(*, task_status: anyio.abc.TaskStatus[Any]) -> None:

@@ -27,14 +27,21 @@ short task. A transport that is aborted (keepalive, a write that failed, the
 server's shutdown) tells its reader first (:meth:`CallbackReader.closing`), so
 the socket is unregistered before it is closed.
 
-trio has no reader callbacks: there a connection keeps its task.
+trio has no reader callbacks; on Linux the host makes them (:class:`EpollLoop`):
+the idle sockets are registered with an epoll of the server's own, whose
+descriptor one task waits for with trio's ``wait_readable``, calling the
+callbacks of the sockets that are ready, one ``recv`` each per turn. There the
+hooks run in that task's context, not in their connection's. Elsewhere (macOS,
+Windows) a connection keeps its task on trio.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Awaitable
-from typing import TYPE_CHECKING, Any, Final, final
+import select
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Final, Protocol, final
 
 import sniffio
 
@@ -45,9 +52,68 @@ if TYPE_CHECKING:
     from ._host import ConnectionHost
     from ._transport import SocketTransport
 
-__all__ = ["CallbackReader"]
+__all__ = ["CallbackReader", "EpollLoop", "ReaderLoop"]
 
 logger = logging.getLogger("megapresence")
+
+
+class ReaderLoop(Protocol):
+    """What a :class:`CallbackReader` needs of its loop: asyncio's, or an :class:`EpollLoop`."""
+
+    def add_reader(self, fd: int, callback: Callable[[], object]) -> None: ...
+
+    def remove_reader(self, fd: int) -> bool: ...
+
+    def call_soon(self, callback: Callable[[bytes | None], object], data: bytes | None) -> Any: ...
+
+
+@final
+class EpollLoop:
+    """Reader callbacks on trio (Linux): the sockets are registered with an epoll of the
+    server's own, and one task (:meth:`run`) waits for its descriptor with trio's
+    ``wait_readable`` and calls the callbacks of the sockets that are ready."""
+
+    __slots__ = ("_callbacks", "_epoll", "_token")
+
+    def __init__(self) -> None:
+        import trio
+
+        self._epoll = select.epoll()
+        self._callbacks: dict[int, Callable[[], object]] = {}
+        self._token = trio.lowlevel.current_trio_token()
+
+    def add_reader(self, fd: int, callback: Callable[[], object]) -> None:
+        self._epoll.register(fd, select.EPOLLIN)
+        self._callbacks[fd] = callback
+
+    def remove_reader(self, fd: int) -> bool:
+        if self._callbacks.pop(fd, None) is None:
+            return False
+        self._epoll.unregister(fd)
+        return True
+
+    def call_soon(self, callback: Callable[[bytes | None], object], data: bytes | None) -> None:
+        self._token.run_sync_soon(callback, data)
+
+    async def run(self) -> None:
+        """Call the callbacks of the ready sockets, one turn of trio's loop per round."""
+        import trio
+
+        epoll, callbacks = self._epoll, self._callbacks
+        try:
+            while True:
+                await trio.lowlevel.wait_readable(epoll.fileno())
+                for fd, _ in epoll.poll(0):
+                    callback = callbacks.get(fd)
+                    if callback is None:  # removed by a callback of this round
+                        continue
+                    try:
+                        callback()
+                    except Exception as exc:  # a bug: that socket's, not every socket's
+                        logger.error("a reader callback failed: %r", exc, exc_info=exc)
+        finally:
+            epoll.close()
+
 
 #: :attr:`CallbackReader._state` flags.
 _REGISTERED: Final = 1  #: the socket is registered with the loop's selector
@@ -82,8 +148,8 @@ class CallbackReader:
         ``on_open`` set there is seen by ``on_message`` as before, and sniffio (so
         anyio) knows the loop outside any task."""
         cvar = sniffio.current_async_library_cvar
-        if cvar.get(None) != "asyncio":  # anyio.run has set it; asyncio.run, uvicorn not
-            cvar.set("asyncio")
+        if isinstance(self._host.loop, asyncio.AbstractEventLoop) and cvar.get(None) != "asyncio":
+            cvar.set("asyncio")  # anyio.run has set it; asyncio.run, uvicorn not
         self._host.readers.add(self)
         self._guard.transport.watcher = self
         self._step(None)
