@@ -1,5 +1,5 @@
-"""Reading an open socket from the event loop's reader callback, on asyncio: an idle
-socket holds no task.
+"""Reading an open socket from a reader callback (asyncio's, or on trio an epoll of the
+server's own): an idle socket holds no task.
 
 A connection's task, waiting in its read loop, is most of what an idle socket
 costs: the task, its coroutine frames (the host's, the session's, the
@@ -93,7 +93,7 @@ class EpollLoop:
         return True
 
     def call_soon(self, callback: Callable[[bytes | None], object], data: bytes | None) -> None:
-        self._token.run_sync_soon(callback, data)
+        self._token.run_sync_soon(_guarded, callback, data)
 
     async def run(self) -> None:
         """Call the callbacks of the ready sockets, one turn of trio's loop per round."""
@@ -107,12 +107,18 @@ class EpollLoop:
                     callback = callbacks.get(fd)
                     if callback is None:  # removed by a callback of this round
                         continue
-                    try:
-                        callback()
-                    except Exception as exc:  # a bug: that socket's, not every socket's
-                        logger.error("a reader callback failed: %r", exc, exc_info=exc)
+                    _guarded(callback)
         finally:
             epoll.close()
+
+
+def _guarded(callback: Callable[..., object], *args: Any) -> None:
+    """A reader's callback on trio: what it raises is a bug, that socket's alone (trio
+    would end the whole run for what escapes a ``run_sync_soon`` callback)."""
+    try:
+        callback(*args)
+    except Exception as exc:
+        logger.error("a reader callback failed: %r", exc, exc_info=exc)
 
 
 #: :attr:`CallbackReader._state` flags.
