@@ -99,6 +99,7 @@ async def cluster(
         await wait_for(
             lambda: all(s.presence.hub_link_state is HubLinkState.REGISTERED for s, _ in servers)
         )
+        assert not hub._host.readers  # the hub's bridges keep their tasks (paused by flow)
         yield hub, servers
 
 

@@ -73,6 +73,7 @@ async def test_a_tls_listener_serves_wss_and_drops_a_plain_peer(
         ann = await Client.connect(f"wss://{HOST}:{port}/ws/chat?user=ann", ssl=ssl_context)
         bob = await Client.connect(f"wss://{HOST}:{port}/ws/chat?user=bob", ssl=ssl_context)
         await wait_for(lambda: len(server.roster("/ws/chat")) == 2)
+        assert not server._host.readers  # a TLS socket keeps its task
         server.broadcast("/ws/chat", "lobby", {"type": "hello", "payload": "x" * 60_000})
         for client in (ann, bob):
             assert json.loads(await client.recv())["payload"] == "x" * 60_000

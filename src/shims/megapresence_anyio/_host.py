@@ -19,19 +19,28 @@ a fifth of the server's time): more than a connection should cost. On asyncio a
 connection's task is a plain ``asyncio.Task``, tracked here and cancelled at
 :meth:`~ConnectionHost.stop`; on trio it is a task of a plain trio nursery
 inside the server's task group.
+
+An idle socket should cost no more than it must. A plain socket of the listener
+is read, once open, from a reader callback (``_reader.py``: asyncio's, or on trio
+under Linux an epoll of the server's own), and its task ends; elsewhere (TLS, a
+stream, an ASGI connection, the hub's bridges, trio off Linux) the task reads it,
+and for a plain socket the session's read loop is inlined here with the backend's
+own wait, so one frame of the shim's waits while the socket is idle.
 """
 
 from __future__ import annotations
 
 import asyncio
+import select
 import socket
 import ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from functools import partial
 from typing import Any, Generic, TypeVar, final
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import sniffio
 
 from megapresence_core import LocalUsageError
@@ -42,9 +51,11 @@ from ._config import SocketLimits
 from ._guard import Guard
 from ._listener import accept_forever, open_listener
 from ._ops import OpsEndpoints, OpsListener
+from ._reader import CallbackReader, EpollLoop, ReaderLoop
+from ._session import AGAIN, OVER, ReadLoop
 from ._stats import Stats
 from ._tls import TlsTransport
-from ._transport import Coalescer, SocketTransport, StreamTransport, Transport
+from ._transport import Coalescer, SocketTransport, StreamTransport, Transport, readable_wait
 
 __all__ = ["ConnectionHost", "Opening"]
 
@@ -61,18 +72,23 @@ class ConnectionHost(Generic[C]):
 
     __slots__ = (
         "_background",
+        "_callbacks",
         "_closed",
         "_coalesce",
         "_coalescer",
+        "_finishing",
         "_limits",
         "_nursery",
         "_open",
         "_opened",
         "_run",
+        "_spawn_writer",
         "_stats",
         "_tasks",
         "admission",
         "clock",
+        "loop",
+        "readers",
     )
 
     def __init__(
@@ -86,12 +102,15 @@ class ConnectionHost(Generic[C]):
         stats: Stats,
         background: Background,
         coalesce: bool = False,
+        callbacks: bool = True,
     ) -> None:
         """``open(guard)``: a socket's handshake, the upgraded connection or None once
         answered; ``opened(conn)``: upgraded, nothing read yet (``on_open``);
         ``run(conn)``: its read loop, returned and not awaited by the server, so an idle
-        socket keeps no frame of the server's; ``closed(guard)``: over, or never opened
-        (out of the core, through the close hook)."""
+        socket keeps no frame of the server's (a session's ``ReadLoop``: on asyncio, a
+        plain socket of the listener is then read from a loop callback, unless
+        ``callbacks`` is False); ``closed(guard)``: over, or never opened (out of the
+        core, through the close hook)."""
         self._open = open
         self._opened = opened
         self._run = run
@@ -99,14 +118,24 @@ class ConnectionHost(Generic[C]):
         self._limits = limits
         self._stats = stats
         self._background = background
+        #: One bound method for every transport, rather than one each.
+        self._spawn_writer = background.spawn
         self.admission = Admission(limits, stats)
         #: Whether plain sockets send each turn's writes in one ``send()`` (``Coalescer``).
         self._coalesce = coalesce
         self._coalescer: Coalescer | None = None
+        self._callbacks = callbacks
         #: On asyncio, the connections' tasks; None on trio.
         self._tasks: set[asyncio.Task[Any]] | None = None
         #: On trio, the nursery of the connections' tasks, while the server runs.
         self._nursery: Any = None
+        #: On asyncio, the connections read from the loop's reader callback, with no
+        #: task (``_reader.py``), and the tasks that close them.
+        self.readers: set[CallbackReader] = set()
+        self._finishing: set[asyncio.Task[Any]] = set()
+        #: What reads the idle sockets, from :meth:`start`: asyncio's event loop, or on
+        #: trio (Linux) an epoll of the server's own.
+        self.loop: ReaderLoop
         #: The event loop's clock, found once (``anyio.current_time`` looks the backend
         #: up on every call).
         self.clock: Callable[[], float] = anyio.current_time
@@ -115,12 +144,22 @@ class ConnectionHost(Generic[C]):
         """Find the backend once, and start the one task of every handshake deadline."""
         if sniffio.current_async_library() == "asyncio":
             self._tasks = set()
-            self.clock = asyncio.get_running_loop().time
+            loop = self.loop = asyncio.get_running_loop()
+            self.clock = loop.time
+            proactor = getattr(asyncio, "ProactorEventLoop", None)  # Windows: no add_reader
+            if proactor is not None and isinstance(loop, proactor):
+                self._callbacks = False
         else:
             import trio
 
             self.clock = trio.current_time
             self._nursery = await group.start(_trio_nursery)
+            if self._callbacks and hasattr(select, "epoll"):
+                epoll = EpollLoop()
+                self.loop = epoll
+                self._background.service("socket reader", epoll.run)
+            else:
+                self._callbacks = False
         self.admission.clock = self.clock
         if self._coalesce:
             self._coalescer = Coalescer()
@@ -128,13 +167,47 @@ class ConnectionHost(Generic[C]):
 
     async def stop(self) -> None:
         """Cancel every connection's task and wait for them (on trio the server's task
-        group does, with the nursery)."""
+        group does, with the nursery); end every connection read from a callback, and
+        wait for them to close."""
         tasks = self._tasks
         if tasks:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+        for reader in list(self.readers):
+            reader.stop()
+        if tasks:  # a hook's task that a reader started meanwhile
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        if self._finishing:
+            await asyncio.gather(*self._finishing, return_exceptions=True)
         self._nursery = None
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """A connection's task (a reader's hook), cancelled at :meth:`stop`."""
+        tasks = self._tasks
+        if tasks is None:
+            self._nursery.start_soon(_awaited, work, name=_TASK_NAME)
+            return
+        task = asyncio.get_running_loop().create_task(work)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    def finish(self, guard: Guard[Any]) -> None:
+        """Close a connection read from a callback, in a short task of its own (which
+        :meth:`stop` waits for and does not cancel, on asyncio; on trio the server's task
+        group waits for it)."""
+        if self._tasks is None:
+            self._nursery.start_soon(self._finish, guard, name=_TASK_NAME)
+            return
+        task = asyncio.get_running_loop().create_task(self._finish(guard))
+        self._finishing.add(task)
+        task.add_done_callback(self._finishing.discard)
+
+    async def _finish(self, guard: Guard[Any]) -> None:
+        closed = self._closed
+        await self.admission.finish(guard, lambda: closed(guard))
 
     # ------------------------------------------------------------- arrivals
 
@@ -170,7 +243,7 @@ class ConnectionHost(Generic[C]):
         """A socket of the server's own plain listener."""
         transport = SocketTransport(
             sock,
-            spawn=self._background.spawn,
+            spawn=self._spawn_writer,
             max_buffer=self._limits.max_send_buffer,
             coalescer=self._coalescer,
         )
@@ -183,7 +256,7 @@ class ConnectionHost(Generic[C]):
         transport = TlsTransport(
             sock,
             context,
-            spawn=self._background.spawn,
+            spawn=self._spawn_writer,
             max_buffer=self._limits.max_send_buffer,
             coalescer=self._coalescer,
         )
@@ -192,7 +265,7 @@ class ConnectionHost(Generic[C]):
     async def handle_stream(self, stream: anyio.abc.ByteStream) -> None:
         """A connection accepted elsewhere, as an anyio stream (written through a queue)."""
         transport = StreamTransport(
-            stream, spawn=self._background.spawn, max_buffer=self._limits.max_send_buffer
+            stream, spawn=self._spawn_writer, max_buffer=self._limits.max_send_buffer
         )
         guard: Guard[Transport] = Guard(transport, None)
         await self._serve(guard, self.admission.begin(guard), self._open)
@@ -210,18 +283,19 @@ class ConnectionHost(Generic[C]):
             nursery = self._nursery
             if nursery is None:
                 raise LocalUsageError("a server takes connections inside 'async with server:'")
-            nursery.start_soon(self._serve, guard, refused, self._open)
+            # Named: else trio makes the same name anew for every connection.
+            nursery.start_soon(self._serve, guard, refused, self._open, name=_TASK_NAME)
             return
-        task = asyncio.get_running_loop().create_task(self._serve(guard, refused, self._open))
-        tasks.add(task)
         # Nothing but cancellation leaves _serve: its boundary catches the rest.
-        task.add_done_callback(tasks.discard)
+        self.spawn(self._serve(guard, refused, self._open))
 
     async def _serve(self, guard: Guard[Any], refused: int | None, opening: Opening[C]) -> None:
         """One connection, from its request to its close, behind its fault boundary:
         nothing it raises reaches the server (see ``_guard.py`` for what it becomes).
         While the socket is open this is the only frame above the session's, so an
-        idle connection costs little memory."""
+        idle connection costs little memory; on asyncio a plain socket of the listener
+        is handed to a :class:`CallbackReader` once open, and this task ends."""
+        handed = False
         try:
             if refused is not None:
                 guard.respond(refused)  # over a handshake cap (logged by the admission)
@@ -230,13 +304,59 @@ class ConnectionHost(Generic[C]):
                 if conn is not None:
                     if self._opened is not None:
                         await self._opened(conn)
-                    await self._run(conn)
+                    reading = self._run(conn)
+                    sock = guard.transport
+                    if not isinstance(reading, ReadLoop):
+                        await reading
+                    elif type(sock) is not SocketTransport:
+                        await reading.read()  # awaited as it is: no wrapper while idle
+                    elif self._callbacks:
+                        handed = True  # the reader ends it from now on
+                        CallbackReader(self, guard, reading.session, reading.on_text).start()
+                        return
+                    else:
+                        # The session's read loop, inlined, with the backend's own wait
+                        # (trio's): while idle this frame waits, not three more of ours.
+                        session, on_text = reading.session, reading.on_text
+                        del reading
+                        wait, gone = readable_wait()
+                        while True:
+                            outcome = session.step(on_text)
+                            if not isinstance(outcome, str):
+                                await outcome
+                                continue
+                            if outcome is AGAIN:
+                                await anyio.lowlevel.checkpoint()
+                                continue
+                            if outcome is OVER:
+                                break
+                            data = sock.read_now()
+                            if data is not None:  # there already: one turn per chunk
+                                await anyio.lowlevel.checkpoint()
+                            while data is None:
+                                try:
+                                    await wait(sock)
+                                except gone:  # aborted while waiting
+                                    data = b""
+                                else:
+                                    data = sock.read_now()
+                            if not session.received(data):
+                                break
                     guard.ended()
         except Exception as exc:
             guard.fault(exc)
         finally:
-            closed = self._closed
-            await self.admission.finish(guard, lambda: closed(guard))
+            if not handed:
+                closed = self._closed
+                await self.admission.finish(guard, lambda: closed(guard))
+
+
+#: The name of every connection's task on trio.
+_TASK_NAME = "megapresence connection"
+
+
+async def _awaited(work: Coroutine[Any, Any, None]) -> None:
+    await work
 
 
 async def _trio_nursery(*, task_status: anyio.abc.TaskStatus[Any]) -> None:

@@ -28,7 +28,15 @@ import h11
 from wsproto.connection import Connection, ConnectionType
 from wsproto.events import Event
 from wsproto.extensions import Extension
-from wsproto.frame_protocol import CloseReason, FrameDecoder, Opcode, ParseFailed, RsvBits
+from wsproto.frame_protocol import (
+    CloseReason,
+    Frame,
+    FrameDecoder,
+    FrameProtocol,
+    Opcode,
+    ParseFailed,
+    RsvBits,
+)
 from wsproto.utilities import generate_accept_token
 
 from ._deflate import BoundedInflate, Deflate
@@ -300,8 +308,9 @@ class RequestReader:
         if repeated:
             return self._refuse(400, f"repeated header {repeated[0]!r}")
         path, query = split
+        text = method.decode("latin-1")
         return HandshakeRequest(
-            method=method.decode("latin-1"),
+            method=_WORDS.get(text, text),
             path=path,
             query_string=query,
             # Interned: every open socket keeps its request, and the same dozen
@@ -316,7 +325,7 @@ class RequestReader:
                 for text in (value.decode("latin-1"),)
             ),
             remote=self._remote,
-            http_version=version,
+            http_version=_WORDS.get(version, version),
         )
 
 
@@ -415,6 +424,45 @@ class _Pending(list[Event]):
         return self.pop(0)
 
 
+#: The method and version of (almost) every request, kept by every open socket: these
+#: strings, not a copy each.
+_WORDS: Final = {word: word for word in ("GET", "1.1")}
+
+#: The extensions of every socket that agreed none: one empty list, not one each.
+_NO_EXTENSIONS: Final[list[Extension]] = []
+
+
+@final
+class _Frames:
+    """wsproto's parser (``FrameProtocol._parse_more``) as an iterator of two slots: its
+    generator holds a suspended frame, 216 bytes on every open socket, and makes a copy
+    of the extensions' list on its first frame. The same steps: a frame from the
+    buffer, a message's frame through the message decoder, a close through its check;
+    None when more bytes are needed; nothing after the close."""
+
+    __slots__ = ("_closed", "_proto")
+
+    def __init__(self, proto: FrameProtocol) -> None:
+        self._proto = proto
+        self._closed = False
+
+    def __iter__(self) -> _Frames:
+        return self
+
+    def __next__(self) -> Frame | None:
+        if self._closed:
+            raise StopIteration
+        proto = self._proto
+        frame = proto._frame_decoder.process_buffer()
+        if frame is not None:
+            if not frame.opcode.iscontrol():
+                frame = proto._message_decoder.process_frame(frame)
+            elif frame.opcode == Opcode.CLOSE:
+                frame = proto._process_close(frame)
+                self._closed = True
+        return frame
+
+
 @final
 class _BoundedDecoder(FrameDecoder):
     """wsproto's frame decoder, refusing (1009) a message whose frame headers announce
@@ -426,6 +474,7 @@ class _BoundedDecoder(FrameDecoder):
 
     def __init__(self, extensions: list[Extension], limit: int) -> None:
         super().__init__(client=False, extensions=extensions)
+        self.extensions = extensions  # not a new empty list when there is none
         self.limit = limit
         self.compressed = False  # the message arriving: its first frame said so
         self.size = 0  # the message's payload announced so far
@@ -448,7 +497,10 @@ def server_connection(trailing: bytes, limit: int, *, deflate: bool = False) -> 
     extensions: list[Extension] = [BoundedInflate(limit)] if deflate else []
     connection = Connection(ConnectionType.SERVER, extensions=extensions)
     proto = connection._proto
+    if not proto.extensions:  # none agreed, or none enabled
+        proto.extensions = _NO_EXTENSIONS
     proto._frame_decoder = _BoundedDecoder(proto.extensions, limit)
+    proto._parse_more = _Frames(proto)  # type: ignore[assignment]
     connection._events = _Pending(connection._events)  # type: ignore[assignment]
     if trailing:
         connection.receive_data(trailing)

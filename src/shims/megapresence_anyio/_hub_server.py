@@ -124,6 +124,8 @@ class HubServer:
             limits=limits,
             stats=self._stats,
             background=self._background,
+            # A few links, each paused by the hub's flow control: a task each is simpler.
+            callbacks=False,
         )
         self._admission = self._host.admission
         self._bridges: set[_BridgeSocket] = set()

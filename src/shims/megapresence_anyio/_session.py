@@ -27,8 +27,8 @@ up to the connection's fault boundary (``_guard.py``), which picks the code.
 from __future__ import annotations
 
 import abc
-from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, final
+from collections.abc import Awaitable, Callable, Coroutine, Generator
+from typing import Any, Final, Protocol, final
 
 import anyio
 import anyio.lowlevel
@@ -48,7 +48,16 @@ from ._config import SocketLimits
 from ._outgoing import Outgoing, utf8_len
 from ._transport import Outlet, Transport
 
-__all__ = ["Session", "SessionBase", "WebSocketSession"]
+__all__ = [
+    "AGAIN",
+    "OVER",
+    "READ",
+    "ReadLoop",
+    "Session",
+    "SessionBase",
+    "Step",
+    "WebSocketSession",
+]
 
 #: Frames handled between two yields to the event loop, beside the one per chunk
 #: read (``Transport.receive``): a 64 KiB chunk of tiny commands or pings is
@@ -57,6 +66,13 @@ YIELD_EVERY = 16
 
 
 OnText = Callable[[str], Awaitable[None] | None]
+
+#: What :meth:`WebSocketSession.step` asks of its reader next, beside an awaitable
+#: (``on_text``'s, to wait for before the next step).
+READ: Final = "read"  #: everything parsed is handled: read more
+AGAIN: Final = "again"  #: ``YIELD_EVERY`` events handled: let the loop run others, then step
+OVER: Final = "over"  #: the session has ended: read no more
+Step = Awaitable[None] | str
 
 
 class Session(Protocol):
@@ -81,7 +97,7 @@ class Session(Protocol):
 
     def keepalive(self, now: float) -> None: ...
 
-    async def run(self, on_text: OnText) -> None: ...
+    def run(self, on_text: OnText) -> Awaitable[None]: ...
 
 
 class SessionBase(abc.ABC):
@@ -238,7 +254,9 @@ class WebSocketSession(SessionBase):
         self.deflate = deflate
         self._transport = transport
         self._ws = ws
-        self._parts: list[str] = []
+        #: The frames of a fragmented message so far; None between messages (an idle
+        #: socket holds no empty list).
+        self._parts: list[str] | None = None
         self._size = 0
         self._fragments = 0
 
@@ -273,48 +291,73 @@ class WebSocketSession(SessionBase):
     def _ping(self, now: float) -> None:
         self.send_frame(bytes(self._ws.send(Ping())), now)
 
-    async def run(self, on_text: OnText) -> None:
+    def run(self, on_text: OnText) -> ReadLoop:
         """Read until the session ends, passing each complete text message to ``on_text``.
 
-        Returns when the close handshake is over or the stream ends; what
-        ``on_text`` raises propagates (the session is left open for the caller
-        to close with the code it chooses)."""
-        ws, transport = self._ws, self._transport
-        handled = 0
+        Awaited, the loop returns when the close handshake is over or the stream
+        ends; what ``on_text`` raises propagates (the session is left open for the
+        caller to close with the code it chooses). A connection host may drive it
+        from the event loop's reader callback instead (``_reader.py``)."""
+        return ReadLoop(self, on_text)
+
+    async def read(self, on_text: OnText) -> None:
+        """The read loop as a task runs it (:meth:`run`): :meth:`step` between reads.
+        (``ConnectionHost`` inlines it for a plain socket on trio.)"""
+        transport = self._transport
         while True:
             # Events first: the handshake may have left frames in wsproto's buffer.
-            for event in ws.events():
-                handled += 1
-                if handled >= YIELD_EVERY:  # a chunk of tiny frames: share the loop
-                    handled = 0
-                    await anyio.lowlevel.checkpoint()
-                if isinstance(event, TextMessage):
-                    text = self._collect(event)
-                    if text is not None:
-                        result = on_text(text)
-                        if result is not None:
-                            await result
-                elif isinstance(event, Ping):
-                    if ws.state is ConnectionState.OPEN:
-                        self.send_frame(bytes(ws.send(event.response())), anyio.current_time())
-                elif isinstance(event, CloseConnection):
-                    if self._on_close_frame(event):
-                        return
-                elif isinstance(event, BytesMessage):
-                    self.close(
-                        CloseCode.UNSUPPORTED_DATA,
-                        "binary messages are not accepted",
-                        anyio.current_time(),
-                    )
-                elif not isinstance(event, Pong):  # pragma: no cover - wsproto has no other
-                    raise AssertionError(f"unexpected wsproto event {event!r}")
-            data = await transport.receive()
-            if not data:
-                ws.receive_data(None)  # wsproto's state becomes CLOSED: nothing more is sent
-                self._ended(1006, "")
+            outcome = self.step(on_text)
+            if not isinstance(outcome, str):
+                await outcome
+            elif outcome is READ:
+                if not self.received(await transport.receive()):
+                    return
+            elif outcome is AGAIN:
+                await anyio.lowlevel.checkpoint()
+            else:
                 return
-            self.heard = True
-            ws.receive_data(data)
+
+    def received(self, data: bytes) -> bool:
+        """Give wsproto bytes from the peer; False at the end of the stream (``b""``)."""
+        if not data:
+            self._ws.receive_data(None)  # wsproto's state becomes CLOSED: nothing more is sent
+            self._ended(1006, "")
+            return False
+        self.heard = True
+        self._ws.receive_data(data)
+        return True
+
+    def step(self, on_text: OnText) -> Step:
+        """Handle what wsproto has parsed, at most ``YIELD_EVERY`` events, and say what
+        the reader does next: :data:`READ` (all handled), :data:`AGAIN` (more may wait:
+        let the loop run others first), :data:`OVER` (the session has ended), or an
+        awaitable (``on_text``'s: wait for it, then step again). Synchronous, so a task
+        and a loop callback read the same way; what ``on_text`` raises propagates."""
+        ws = self._ws
+        for handled, event in enumerate(ws.events(), 1):
+            if isinstance(event, TextMessage):
+                text = self._collect(event)
+                if text is not None:
+                    result = on_text(text)
+                    if result is not None:
+                        return result
+            elif isinstance(event, Ping):
+                if ws.state is ConnectionState.OPEN:
+                    self.send_frame(bytes(ws.send(event.response())), anyio.current_time())
+            elif isinstance(event, CloseConnection):
+                if self._on_close_frame(event):
+                    return OVER
+            elif isinstance(event, BytesMessage):
+                self.close(
+                    CloseCode.UNSUPPORTED_DATA,
+                    "binary messages are not accepted",
+                    anyio.current_time(),
+                )
+            elif not isinstance(event, Pong):  # pragma: no cover - wsproto has no other
+                raise AssertionError(f"unexpected wsproto event {event!r}")
+            if handled >= YIELD_EVERY:  # a chunk of tiny frames: share the loop
+                return AGAIN
+        return READ
 
     def _collect(self, event: TextMessage) -> str | None:
         if self.closing_since is not None:
@@ -322,13 +365,19 @@ class WebSocketSession(SessionBase):
         limits = self._limits
         self._size += utf8_len(event.data)
         if self._too_big(self._size):
-            self._parts.clear()
+            self._parts = None
             return None
-        self._parts.append(event.data)
+        parts = self._parts
+        if event.message_finished and parts is None:  # a message in one frame: most are
+            self._size = 0
+            return event.data
+        if parts is None:
+            parts = self._parts = []
+        parts.append(event.data)
         if event.frame_finished and not event.message_finished:
             self._fragments += 1
             if self._fragments >= limits.max_fragments:
-                self._parts.clear()
+                self._parts = None
                 self.close(
                     CloseCode.POLICY,
                     f"more than {limits.max_fragments} fragments",
@@ -337,10 +386,9 @@ class WebSocketSession(SessionBase):
                 return None
         if not event.message_finished:
             return None
-        text = self._parts[0] if len(self._parts) == 1 else "".join(self._parts)
-        self._parts.clear()
+        self._parts = None
         self._size = self._fragments = 0
-        return text
+        return parts[0] if len(parts) == 1 else "".join(parts)
 
     def _on_close_frame(self, event: CloseConnection) -> bool:
         """Answer a close frame; True once the handshake is complete."""
@@ -361,3 +409,23 @@ class WebSocketSession(SessionBase):
         else:
             self.close(event.code, event.reason or "", anyio.current_time())
         return True
+
+
+@final
+class ReadLoop:
+    """A session's read loop, not started (:meth:`WebSocketSession.run`): awaited, it
+    reads in the awaiting task; a connection host on asyncio may take the session
+    and ``on_text`` from it and read from a loop callback instead, with no task."""
+
+    __slots__ = ("on_text", "session")
+
+    def __init__(self, session: WebSocketSession, on_text: OnText) -> None:
+        self.session = session
+        self.on_text = on_text
+
+    def read(self) -> Coroutine[Any, Any, None]:
+        """The loop as a coroutine, to await with no wrapper in between."""
+        return self.session.read(self.on_text)
+
+    def __await__(self) -> Generator[Any, None, None]:
+        return self.read().__await__()

@@ -51,7 +51,7 @@ import contextvars
 import logging
 import socket
 from collections import deque
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from typing import Any, Protocol, TypeVar, final
 
 import anyio
@@ -67,6 +67,8 @@ __all__ = [
     "Spawn",
     "StreamTransport",
     "Transport",
+    "Watcher",
+    "readable_wait",
 ]
 
 #: Starts a background task; the server passes its task group's ``start_soon``.
@@ -103,10 +105,27 @@ class Outlet(Protocol[_D_contra]):
     def held(self) -> Iterator[object]: ...
 
 
+class Watcher(Protocol):
+    """Whoever reads a socket without a task (``_reader.py``): told before it closes."""
+
+    def closing(self) -> None: ...
+
+
 class Transport(Outlet[bytes], Protocol):
     """What a WebSocket session needs from the bytes underneath it."""
 
     async def receive(self) -> bytes: ...
+
+
+def readable_wait() -> tuple[Callable[[Any], Awaitable[None]], type[Exception]]:
+    """The running backend's own wait for a readable socket, and what it raises once the
+    socket is closed meanwhile: trio's itself (anyio's adds a frame and a translation of
+    its errors to every idle socket), anyio's on asyncio."""
+    if sniffio.current_async_library() == "trio":
+        import trio
+
+        return trio.lowlevel.wait_readable, trio.ClosedResourceError
+    return anyio.wait_readable, anyio.ClosedResourceError
 
 
 class SendBuffer:
@@ -125,6 +144,11 @@ class SendBuffer:
         #: whose count stands still while it holds bytes is stalled.
         self._drained = 0
         self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        """Aborted or closed: nothing more is written or read."""
+        return self._closed
 
     @property
     def queued(self) -> int:
@@ -248,7 +272,7 @@ class SocketTransport(_QueuedWriter):
     """A connected non-blocking socket, owned by this object. ``TlsTransport``
     (``_tls.py``) is the same writer with a record layer between it and the socket."""
 
-    __slots__ = ("_batch", "_coalescer", "_partial", "_queue", "_sock")
+    __slots__ = ("_batch", "_coalescer", "_partial", "_queue", "_sock", "watcher")
 
     def __init__(
         self,
@@ -271,6 +295,9 @@ class SocketTransport(_QueuedWriter):
         #: What was written in this turn, sent at its end: the first frame as it is,
         #: then a bytearray of them all; None while there is none.
         self._batch: bytes | bytearray | None = None
+        #: Who reads this socket from the loop's reader callback (``_reader.py``), told
+        #: before the socket is closed; None while a task reads it.
+        self.watcher: Watcher | None = None
 
     def write(self, data: bytes, *, force: bool = False) -> bool:
         """Send ``data`` at the end of this turn (or now, without a coalescer) as far
@@ -368,6 +395,21 @@ class SocketTransport(_QueuedWriter):
         """The head of the queue as it goes on the wire, once the one before it is sent."""
         return queue[0]
 
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+    def read_now(self) -> bytes | None:
+        """One ``recv``, without waiting: the bytes, ``b""`` at the end of the stream or
+        once aborted, None if the kernel has none yet."""
+        if self._closed:
+            return b""
+        try:
+            return self._sock.recv(_RECV_BYTES)
+        except BlockingIOError:
+            return None
+        except OSError:
+            return b""
+
     async def receive(self) -> bytes:
         """The next bytes from the peer; ``b""`` at the end of the stream or once aborted.
 
@@ -426,6 +468,8 @@ class SocketTransport(_QueuedWriter):
                 self._sock.send(batch)
         self._queue = None
         self._pending = 0
+        if self.watcher is not None:
+            self.watcher.closing()
         anyio.notify_closing(self._sock)
         self._sock.close()
 
