@@ -40,19 +40,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import select
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, Final, Protocol, final
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, Final, Protocol, final
 
 import sniffio
 
+from ._guard import Guard
 from ._session import AGAIN, OVER, READ, OnText, WebSocketSession
+from ._transport import SocketTransport
 
-if TYPE_CHECKING:
-    from ._guard import Guard
-    from ._host import ConnectionHost
-    from ._transport import SocketTransport
-
-__all__ = ["CallbackReader", "EpollLoop", "ReaderLoop"]
+__all__ = ["CallbackReader", "EpollLoop", "ReaderHost", "ReaderLoop"]
 
 logger = logging.getLogger("megapresence")
 
@@ -65,6 +62,22 @@ class ReaderLoop(Protocol):
     def remove_reader(self, fd: int) -> bool: ...
 
     def call_soon(self, callback: Callable[[bytes | None], object], data: bytes | None) -> Any: ...
+
+
+class ReaderHost(Protocol):
+    """What a :class:`CallbackReader` needs of its connection host (``_host.py``, which
+    imports this module): the loop, the set of readers, and where a hook's task and a
+    close go."""
+
+    @property
+    def loop(self) -> ReaderLoop: ...
+
+    @property
+    def readers(self) -> set[CallbackReader]: ...
+
+    def spawn(self, work: Coroutine[Any, Any, None]) -> None: ...
+
+    def finish(self, guard: Guard[Any]) -> None: ...
 
 
 @final
@@ -135,7 +148,7 @@ class CallbackReader:
 
     def __init__(
         self,
-        host: ConnectionHost[Any],
+        host: ReaderHost,
         guard: Guard[SocketTransport],
         session: WebSocketSession,
         on_text: OnText,
