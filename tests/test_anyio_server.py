@@ -87,6 +87,25 @@ async def test_a_drain_without_a_hub_or_cluster_closes_with_1001_and_returns_at_
         assert await ann.closed() == (1001, "server shutting down")
 
 
+async def test_a_drain_timeout_bounds_the_shutdown_after_it_past_an_unanswered_close() -> None:
+    """A client that never answers the close frame holds its socket for ``close_timeout``
+    (5 s) at most; after a drain of 0.5 s the shutdown waits for it no longer than the
+    drain's timeout: the socket is aborted then."""
+    with anyio.fail_after(15):
+        async with running_server() as (server, _):
+            assert server.port is not None
+            deaf = await RawClient.connect(server.port, "/ws?user=deaf")
+            await wait_for(lambda: bool(server.roster("/ws")))
+            started = anyio.current_time()
+            await server.drain(timeout=0.5)
+        took = anyio.current_time() - started
+        assert took < 2.5, took  # the close timeout would be 5 s
+        async with deaf:
+            assert await deaf.close_code() == 1001
+            with pytest.raises((anyio.EndOfStream, anyio.BrokenResourceError)):
+                await deaf.stream.receive()  # aborted, not left open
+
+
 @pytest.mark.parametrize("paths", [("/ws/",), None], ids=["under-ws", "any"])
 async def test_a_path_with_a_dot_segment_is_no_websocket_path(
     paths: tuple[str, ...] | None,

@@ -220,6 +220,9 @@ class PresenceServer:
         self._limits = limits
         self._presence = Presence(config)
         self._clients: set[Client] = set()
+        #: When a drain's timeout is over (``anyio.current_time``): the shutdown after it
+        #: waits for no socket past then.
+        self._drain_deadline: float | None = None
         self._stats = Stats()
         self._background = Background(self._stats, self._group)
         self._gate = (
@@ -344,20 +347,29 @@ class PresenceServer:
         4503 (reconnect now) and its session lingers for the leave grace, so it moves with
         its client; the hub and cluster links stay up meanwhile. Returns once every
         session has moved or left, or after ``timeout`` seconds; leaving ``async with``
-        then shuts down as usual."""
+        then shuts down as usual, within the same ``timeout``: a socket still open when it
+        is over (a client that never answers the close) is aborted, not waited for."""
         if self._presence.is_shut_down:
             return
+        deadline = anyio.current_time() + timeout
+        if self._drain_deadline is None or deadline < self._drain_deadline:
+            self._drain_deadline = deadline
         self.dispatch(DrainRequested())
         with anyio.move_on_after(timeout):
             while not self._presence.drained:
                 await anyio.sleep(0.02)
 
     async def shutdown(self) -> None:
-        """Hub link, then roster, then every client closed with 1001; wait for the sockets."""
+        """Hub link, then roster, then every client closed with 1001; wait for the sockets
+        (each has ``close_timeout`` to answer; after a :meth:`drain`, only until the
+        drain's timeout is over; leaving ``async with`` then aborts what is still open)."""
         if self._presence.is_shut_down:
             return
         self.dispatch(ShutdownRequested())
-        with anyio.move_on_after(self._limits.close_timeout + 0.5):
+        wait = self._limits.close_timeout + 0.5
+        if self._drain_deadline is not None:
+            wait = max(0.0, min(wait, self._drain_deadline - anyio.current_time()))
+        with anyio.move_on_after(wait):
             while self._clients or (self._hub is not None and self._hub.active):
                 await anyio.sleep(0.02)
 
