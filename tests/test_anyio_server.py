@@ -106,6 +106,24 @@ async def test_a_drain_timeout_bounds_the_shutdown_after_it_past_an_unanswered_c
                 await deaf.stream.receive()  # aborted, not left open
 
 
+async def test_a_bad_percent_escape_in_the_query_is_400_and_a_repeated_name_keeps_its_first() -> (
+    None
+):
+    """docs/limits.md: a bad ``%`` escape in the request target is 400, in the query as
+    in the path (``%zz`` reached ``authenticate`` as the user id ``%zz``)."""
+    async with running_server() as (server, _):
+        assert server.port is not None
+        for query in ("user=%zz&session=p1", "user=a%", "user=a%4", "user=ann&x=%G1"):
+            status = await upgrade_answer(server.port, path=f"/ws/chat?{query}")
+            assert status == b"HTTP/1.1 400 Bad Request", query
+            get = f"GET /?{query} HTTP/1.1\r\nHost: x\r\n\r\n".encode()
+            assert await http_status(server.port, get) == b"HTTP/1.1 400 Bad Request", query
+        assert not server.roster("/ws/chat")
+        async with await RawClient.connect(server.port, "/ws/chat?user=%41nn&user=bob&x=%25"):
+            await wait_for(lambda: bool(server.roster("/ws/chat")))
+            assert [m.user_id for m in server.roster("/ws/chat")] == ["Ann"]
+
+
 @pytest.mark.parametrize("paths", [("/ws/",), None], ids=["under-ws", "any"])
 async def test_a_path_with_a_dot_segment_is_no_websocket_path(
     paths: tuple[str, ...] | None,

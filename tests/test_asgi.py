@@ -111,6 +111,27 @@ async def test_a_refusal_is_its_http_status_with_the_extension_and_403_without(
         await wait_for(lambda: server.stats.refusals == {401: 2, 404: 1})
 
 
+async def test_a_bad_percent_escape_in_the_query_is_refused_with_400(anyio_backend: str) -> None:
+    """An ASGI server hands the query string on as it came: ``%zz`` is refused as the
+    own listener refuses it (docs/limits.md), before ``authenticate`` sees it."""
+    seen: list[str] = []
+
+    def login(request: HandshakeRequest) -> Identity:
+        seen.append(request.query_string)
+        return Identity(user_id=request.query.get("user", "x"), session_id="s")
+
+    async with mounted(authenticate=login) as (server, app, group):
+        for query in ("user=%zz&session=p1", "user=a%"):
+            async with asgi_connection(group, app, websocket_scope(query=query)) as conn:
+                start = await conn.wait_type("websocket.http.response.start")
+                assert start["status"] == 400, query
+                assert not conn.of_type("websocket.accept")
+        async with asgi_connection(group, app, websocket_scope(query="user=a%41")) as conn:
+            await accepted(conn)
+            assert [m.user_id for m in server.roster("/ws/chat")] == ["aA"]
+        assert seen == ["user=a%41"]
+
+
 async def test_close_reasons_go_only_to_a_server_of_spec_2_3_or_later(anyio_backend: str) -> None:
     async with (
         mounted() as (server, app, group),
@@ -331,7 +352,15 @@ async def test_plain_http_goes_to_the_other_app_except_the_server_s_own_paths(
         async def receive() -> dict[str, Any]:
             return {"type": "http.request", "body": b""}
 
-        scope = {"type": "http", "method": "GET", "path": path, "headers": [], "client": None}
+        path, _, query = path.partition("?")
+        scope = {
+            "type": "http",
+            "method": "GET",
+            "path": path,
+            "query_string": query.encode(),
+            "headers": [],
+            "client": None,
+        }
         await app(scope, receive, send)
         return sent[0]["status"], sent[1]["body"]
 
@@ -345,6 +374,7 @@ async def test_plain_http_goes_to_the_other_app_except_the_server_s_own_paths(
         assert (status, json.loads(body)["ready"]) == (200, True)
         assert (await get(server.asgi(), "/nothing"))[0] == 404
         assert (await get(server.asgi(), "/ws/chat"))[0] == 426
+        assert (await get(app, "/healthz?x=%zz"))[0] == 400  # a bad escape, as over listen
 
 
 async def test_a_route_of_the_app_can_hand_its_socket_over(anyio_backend: str) -> None:

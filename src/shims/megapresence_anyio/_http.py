@@ -101,8 +101,17 @@ _SHARED_VALUES: Final = frozenset(
 
 #: RFC 3986 3.3: a path is segments of pchar (unreserved, sub-delims, ':', '@',
 #: percent-escapes). ``[``, ``]``, ``#``, ``%`` without two hex digits and the
-#: like are not a path; the query is left to the application's parser.
+#: like are not a path; of the query only the escapes are checked (``bad_escape``).
 _PATH: Final = re.compile(r"(?:/(?:[A-Za-z0-9\-._~!$&'()*+,;=:@]|%[0-9A-Fa-f]{2})*)+")
+
+#: A ``%`` not followed by two hex digits (RFC 3986 2.1).
+_BAD_ESCAPE: Final = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+def bad_escape(query: str) -> bool:
+    """Whether a query string holds a ``%`` that escapes no byte (``%zz``, a trailing
+    ``%``): a malformed request target (400), not a value to hand on as it is."""
+    return "%" in query and _BAD_ESCAPE.search(query) is not None
 
 
 #: A ``.`` or ``..`` segment, plain or percent-escaped: RFC 3986 5.2.4 removes them, and
@@ -303,6 +312,8 @@ class RequestReader:
         split = _split_target(target)
         if split is None:
             return self._refuse(400, f"no path in the request target {target[:64]!r}")
+        if bad_escape(split[1]):
+            return self._refuse(400, f"a bad % escape in the query {target[:64]!r}")
         names = [name for name, _ in raw]
         repeated = sorted(n for n in _SINGLE_HEADERS.intersection(names) if names.count(n) > 1)
         if repeated:

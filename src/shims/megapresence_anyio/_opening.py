@@ -44,6 +44,7 @@ from ._guard import Guard
 from ._host import ConnectionHost
 from ._http import (
     HandshakeRequest,
+    bad_escape,
     extension_offers,
     has_dot_segment,
     server_connection,
@@ -166,6 +167,8 @@ class ClientOpening(Generic[C]):
 
     def http_answer(self, request: HandshakeRequest) -> Response:
         """The answer to a plain HTTP request (see ``PresenceServer.http_answer``)."""
+        if bad_escape(request.query_string):  # over ASGI; the own listener refused it
+            return Response(400, b"")
         answer = self._ops.answer(request) or static_answer(request)
         if answer is not None:
             return answer
@@ -255,7 +258,11 @@ class ClientOpening(Generic[C]):
     def _check(self, guard: Guard[Any], request: HandshakeRequest) -> Refusal | None:
         """What refuses an upgrade before ``authenticate`` runs and again before the 101
         (``authenticate`` may take a while): path, origin, connection caps. Whether the
-        server still opens connections is the core's word, at :meth:`_upgrade`."""
+        server still opens connections is the core's word, at :meth:`_upgrade`. A bad
+        ``%`` escape in the query is refused here for the ASGI path (an ASGI server hands
+        the query string on as it came); the own listener refused it on reading."""
+        if bad_escape(request.query_string):
+            return Refusal(status=400, reason="a bad % escape in the query")
         if not self.serves_path(request.path):
             return Refusal(status=404, reason="no WebSocket at this path")
         if not self._limits.origin_allowed(request.header("origin")):
