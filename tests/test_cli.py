@@ -418,6 +418,11 @@ def test_metrics_on_a_port_of_their_own_with_a_token(tmp_path: Path) -> None:
         )
         with urllib.request.urlopen(request, timeout=5) as response:
             assert b"megapresence_connections 0.0" in response.read()
+        for path in ("/metrics", "/healthz", "/readyz"):  # "instead of the main one"
+            with pytest.raises(urllib.error.HTTPError) as missing:
+                urllib.request.urlopen(f"http://127.0.0.1:{server.port}{path}", timeout=5)
+            assert missing.value.code == 404, path
+            missing.value.close()
     finally:
         assert server.stop() == 0
 

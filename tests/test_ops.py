@@ -110,13 +110,32 @@ async def test_metrics_are_for_the_allowed_addresses_or_the_token(anyio_backend:
 
 async def test_a_metrics_port_answers_the_three_paths_and_nothing_else(anyio_backend: str) -> None:
     async with PresenceServer(query_login) as server:
-        await server.listen()
+        main = await server.listen()
+        assert (await http_get(main, "/healthz")) == (200, "ok\n")  # on the main port until
         port = await server.listen_metrics()
         assert (await http_get(port, "/metrics"))[0] == 200
         assert (await http_get(port, "/healthz")) == (200, "ok\n")
         status, body = await http_get(port, "/readyz")
         assert (status, json.loads(body)) == (200, {"ready": True, "checks": {"server": "running"}})
         assert (await upgrade_answer(port, path="/ws/chat?user=ann")).startswith(b"HTTP/1.1 404")
+        # "instead of the main one" (serve --help): the main port answers them no more,
+        # nor does the ASGI app, which leaves them to the app it wraps.
+        for path in ("/metrics", "/healthz", "/readyz"):
+            assert (await http_get(main, path))[0] == 404, path
+            assert not server.answers_http(path)
+        assert server.answers_http("/megapresence.js")
+
+
+async def test_a_hub_s_metrics_port_takes_the_three_paths_off_its_main_port(
+    anyio_backend: str,
+) -> None:
+    async with HubServer(HubConfig(hub_id="h", tokens=[TOKEN])) as hub:
+        main = await hub.listen()
+        assert (await http_get(main, "/healthz")) == (200, "ok\n")
+        port = await hub.listen_metrics()
+        for path in ("/metrics", "/healthz", "/readyz"):
+            assert (await http_get(port, path))[0] == 200, path
+            assert (await http_get(main, path))[0] == 404, path
 
 
 async def test_without_prometheus_client_metrics_say_what_to_install(

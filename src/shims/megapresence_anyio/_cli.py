@@ -223,7 +223,8 @@ def _listen_options(parser: argparse.ArgumentParser, *, port: int) -> None:
     ops.add_argument(
         "--metrics-port",
         type=_port,
-        help="answer them on this port (plain HTTP) instead of the main one",
+        help="answer them on this port (plain HTTP) instead of the main one (which then "
+        "answers them 404)",
     )
     ops.add_argument(
         "--metrics-token",

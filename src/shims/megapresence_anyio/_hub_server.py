@@ -191,7 +191,8 @@ class HubServer:
         return self.port
 
     async def listen_metrics(self, host: str = "127.0.0.1", port: int = 0) -> int:
-        """``/metrics``, ``/healthz`` and ``/readyz`` on a port of their own (plain HTTP)."""
+        """``/metrics``, ``/healthz`` and ``/readyz`` on a port of their own (plain HTTP),
+        and there only: the main port answers them as any other path from then on."""
         return self._host.listen_ops(self._ops, host, port)
 
     def dispatch(self, event: HubEvent) -> None:
@@ -258,10 +259,13 @@ class HubServer:
     def _answer_http(self, guard: Guard[Transport], request: HandshakeRequest) -> None:
         """``GET /presence`` (with a hub token) lists every session the hub holds and each
         bridge's interests (channels it tracks without a member), as JSON;
-        ``/metrics``, ``/healthz`` and ``/readyz`` answer as on a presence server."""
+        ``/metrics``, ``/healthz`` and ``/readyz`` answer as on a presence server (unless
+        they have a port of their own)."""
         ops = self._ops.answer(request)
         if ops is not None:
             respond_with(guard, request, ops)
+        elif request.path in OpsEndpoints.PATHS:  # answered on the metrics port
+            guard.respond(404)
         elif request.path != "/presence":
             guard.respond(426, b"this is a megapresence hub: connect with WebSocket\n")
         elif not self._hub.authorized(request.header("authorization")):

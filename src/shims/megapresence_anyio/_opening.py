@@ -163,7 +163,7 @@ class ClientOpening(Generic[C]):
     def answers_http(self, path: str) -> bool:
         """Whether a plain HTTP request for ``path`` is the server's (see
         ``PresenceServer.answers_http``)."""
-        return path in self._pages or path in OpsEndpoints.PATHS or path == CLIENT_PATH
+        return path in self._pages or self._ops.answers(path) or path == CLIENT_PATH
 
     def http_answer(self, request: HandshakeRequest) -> Response:
         """The answer to a plain HTTP request (see ``PresenceServer.http_answer``)."""

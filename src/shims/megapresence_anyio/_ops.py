@@ -1,10 +1,11 @@
 """``/metrics``, ``/healthz`` and ``/readyz``: what an operator asks a running server.
 
 Both servers answer them on their main port (and the ASGI adapter on its app),
-or on a port of their own (:class:`OpsListener`). ``/healthz`` says the process
-answers (200 while it serves); ``/readyz`` says whether it should be sent
-traffic (200, or 503 with the check that fails), as JSON. Neither needs a
-password: a load balancer asks them. ``/metrics`` is Prometheus' text format,
+or, once given a port of their own (:class:`OpsListener`), there only: the main
+port then answers them 404 (and the ASGI adapter leaves them to the other app).
+``/healthz`` says the process answers (200 while it serves); ``/readyz`` says
+whether it should be sent traffic (200, or 503 with the check that fails), as
+JSON. Neither needs a password: a load balancer asks them. ``/metrics`` is Prometheus' text format,
 behind :class:`MetricsAccess` (loopback only unless told otherwise), and needs
 ``prometheus_client`` (the ``metrics`` extra): without it the server serves
 on and ``/metrics`` answers 501 saying what to install.
@@ -129,11 +130,19 @@ class OpsEndpoints:
         self._access = access
         self._metrics = metrics
         self._readiness = readiness
+        #: Answered on a port of their own (an :class:`OpsListener`), not the main one.
+        self.own_port = False
 
-    def answer(self, request: HandshakeRequest) -> Response | None:
-        """The response to ``request``, or None if its path is none of the three."""
+    def answers(self, path: str) -> bool:
+        """Whether the main port (or the ASGI app) answers ``path``: one of the three,
+        and no port of their own."""
+        return path in self.PATHS and not self.own_port
+
+    def answer(self, request: HandshakeRequest, *, own_port: bool = False) -> Response | None:
+        """The response to ``request`` on the main port (``own_port``: on theirs), or
+        None if its path is none of the three or they are answered on the other port."""
         path = request.path
-        if path not in self.PATHS:
+        if path not in self.PATHS or own_port != self.own_port:
             return None
         if request.method not in ("GET", "HEAD"):
             return Response(405, b"")
@@ -173,6 +182,7 @@ class OpsListener:
         limits: SocketLimits,
         spawn: Spawn,
     ) -> None:
+        endpoints.own_port = True  # the main port answers them no more
         self._endpoints = endpoints
         self._limits = limits
         self._admission = Admission(limits, Stats())
@@ -197,7 +207,8 @@ class OpsListener:
             await self._admission.finish(guard, anyio.lowlevel.checkpoint)
 
     def _answer(self, guard: Guard[Transport], request: HandshakeRequest) -> None:
-        respond_with(guard, request, self._endpoints.answer(request) or Response(404, b""))
+        answer = self._endpoints.answer(request, own_port=True)
+        respond_with(guard, request, answer or Response(404, b""))
 
 
 def respond_with(guard: Guard[Any], request: HandshakeRequest, response: Response) -> None:

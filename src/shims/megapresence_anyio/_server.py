@@ -401,7 +401,9 @@ class PresenceServer:
 
     async def listen_metrics(self, host: str = "127.0.0.1", port: int = 0) -> int:
         """Answer ``/metrics``, ``/healthz`` and ``/readyz`` (nothing else) on a port of their
-        own, in plain HTTP; return the bound port."""
+        own, in plain HTTP; return the bound port. From then on they are answered there
+        only: the main port answers them 404, and the ASGI app hands them to the other
+        app (404 without one)."""
         return self._host.listen_ops(self._ops, host, port)
 
     async def serve(
@@ -437,8 +439,8 @@ class PresenceServer:
 
     def answers_http(self, path: str) -> bool:
         """Whether a plain HTTP request for ``path`` is this server's (a page, the JavaScript
-        client, or ``/metrics``, ``/healthz``, ``/readyz``) rather than an app's it is
-        mounted with."""
+        client, or ``/metrics``, ``/healthz``, ``/readyz`` unless :meth:`listen_metrics`
+        moved them) rather than an app's it is mounted with."""
         return self._opening.answers_http(path)
 
     def http_answer(self, request: HandshakeRequest) -> Response:
