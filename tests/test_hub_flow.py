@@ -87,7 +87,8 @@ def refusals(actions: list[Any]) -> list[str]:
 
 
 def test_frames_over_the_stated_rate_are_held_and_released_as_tokens_come() -> None:
-    presence = paced(limited(rate=10, burst=3))  # two tokens left after REGISTER
+    # Two tokens left after REGISTER: a burst of five, two kept in reserve (0.2 s).
+    presence = paced(limited(rate=10, burst=5))
     actions: list[Any] = []
     for n in range(5):
         actions += open_joined(presence, n, f"u{n}", f"s{n}")
@@ -103,14 +104,15 @@ def test_frames_over_the_stated_rate_are_held_and_released_as_tokens_come() -> N
 
 def test_a_hub_that_states_no_limits_is_paced_by_the_default_ones() -> None:
     assert Presence().hub_link_held == 0  # no hub, nothing held
-    presence = paced(registered_frame())  # an older hub: 2,000/s, a burst of 4,000
+    # An older hub: 2,000/s, a burst of 4,000, of which 400 (0.2 s) are kept in reserve.
+    presence = paced(registered_frame())
     actions: list[Any] = []
-    for n in range(4_000):
+    for n in range(3_600):
         actions += presence.handle(ConnectionOpened(conn=n, ns="/ws"))
         actions += presence.handle(
             SessionJoined(conn=n, user_id="u", session_id=f"s{n}", channels=(), now=0)
         )
-    assert len(sent_frames(actions)) == 3_999  # the REGISTER took one token
+    assert len(sent_frames(actions)) == 3_599  # the REGISTER took one token
     assert len(sent_frames(drive(presence, Tick(now=1)))) == 1
 
 
@@ -124,9 +126,10 @@ def test_a_metadata_replaces_the_held_one_of_its_session() -> None:
         ("JOIN", None),
         ("METADATA", {"v": 4}),
     ]
-    # Once sent, the next METADATA is a frame of its own again.
-    drive(presence, MetadataUpdated(session_id="s1", metadata={"v": 5}, now=10))
-    assert kinds(release(presence, 20)) == ["METADATA"]
+    # Once sent, the next METADATA is a frame of its own again (and the bucket has
+    # filled meanwhile: it goes at once).
+    actions = drive(presence, MetadataUpdated(session_id="s1", metadata={"v": 5}, now=10))
+    assert kinds(actions) == ["METADATA"]
 
 
 def test_an_unsubscribe_cancels_the_held_subscribe() -> None:
@@ -208,6 +211,87 @@ def test_past_the_bound_a_clients_commands_are_refused_with_busy() -> None:
         release(presence, 0)
 
 
+def publishes(presence: Presence, conn: int, count: int) -> list[str]:
+    """What became of ``count`` publishes by ``conn``: ``ok`` or the refusal's code."""
+    codes: list[str] = []
+    for _ in range(count):
+        actions = drive(presence, PublishRequested(channel="c", message=MESSAGE, conn=conn))
+        codes += refusals(actions) or ["ok"]
+    return codes
+
+
+@pytest.mark.parametrize(
+    ("rate", "delay", "capacity"),
+    [(1_000.0, 0.05, 50), (1_000.0, 0.1, 100), (2_000.0, 0.05, 100), (10.0, 0.05, 1)],
+)
+def test_the_backlog_is_bounded_by_seconds_of_the_hubs_rate(
+    rate: float, delay: float, capacity: int
+) -> None:
+    presence = paced(limited(rate=rate, burst=1), max_queue_delay=delay)
+    open_joined(presence, 1, "u", "s1", channels=["c"])  # its JOIN is held, charged to nobody
+    # Alone, a connection's fair share is the whole capacity: it is refused once it holds
+    # more than that (at least one frame), so what waits leaves within about ``delay``.
+    assert publishes(presence, 1, capacity + 5) == ["ok"] * (capacity + 1) + ["busy"] * 4
+    assert presence.hub_link_held == capacity + 2
+    # The embedding program's own requests are held whatever the count.
+    drive(presence, PublishRequested(channel="c", message=MESSAGE))
+    assert presence.hub_link_held == capacity + 3
+    release(presence, 0)
+    assert publishes(presence, 1, 1) == ["ok"]
+
+
+def test_the_connection_that_floods_is_refused_and_the_one_that_sends_little_is_not() -> None:
+    # Holds 50 frames (0.05 s) at most; a burst of 100, 50 of it in reserve.
+    presence = paced(limited(rate=1_000, burst=100))
+    open_joined(presence, 1, "f", "s1", channels=["c"])
+    open_joined(presence, 2, "m", "s2", channels=["c"])
+    release(presence, 0)
+    flood: list[str] = []
+    modest: list[str] = []
+    most = 0
+    # For a second the flooder asks 3,000 frames a second, the other 50, of 1,000.
+    for ms in range(1, 1_001):
+        drive(presence, Tick(now=ms / 1_000))
+        flood += publishes(presence, 1, 3)
+        if ms % 20 == 0:
+            modest += publishes(presence, 2, 1)
+        most = max(most, presence.hub_link_held)
+    assert modest == ["ok"] * 50
+    assert flood.count("busy") > 1_900  # the excess is refused to whom it belongs ...
+    assert flood.count("ok") > 900  # ... and the rest of the rate is its to use
+    assert most <= 52  # within the capacity, plus one frame a connection
+
+
+def test_past_its_share_a_connection_is_refused_only_if_it_holds_half_the_most() -> None:
+    presence = paced(limited(rate=1_000, burst=1))  # holds 50 frames (0.05 s); none leaves
+    for conn in range(3):
+        open_joined(presence, conn, f"u{conn}", f"s{conn}", channels=["c"])
+    release(presence, 0)
+    assert publishes(presence, 0, 60).count("ok") == 51  # alone: its share is all 50
+    assert publishes(presence, 1, 1) == ["ok"]  # it holds nothing: never refused
+    assert publishes(presence, 2, 1) == ["ok"]
+    # Three connections hold frames: a fair share is 16.7 of the 50, but connection 1
+    # holds less than half what connection 0 does (51): it may hold one more, up to 26.
+    assert publishes(presence, 1, 30) == ["ok"] * 25 + ["busy"] * 5
+    assert publishes(presence, 0, 1) == ["busy"]
+    assert publishes(presence, 2, 1) == ["ok"]
+    # What is held leaves: the counts fall with it.
+    assert presence.hub_link_held == 51 + 26 + 2
+    release(presence, 0)
+    assert [publishes(presence, conn, 1) for conn in range(3)] == [["ok"]] * 3
+
+
+def test_what_goes_at_once_is_charged_to_the_bucket_as_it_is_then() -> None:
+    # Rate 10 and a burst of 5, 2 of it in reserve: 3 frames at once at most.
+    presence = paced(limited(rate=10, burst=5))
+    actions = drive(presence, Tick(now=20))  # 20 s on: the hub's bucket is full, no fuller
+    for _ in range(6):
+        actions += drive(presence, PublishRequested(channel="c", message=MESSAGE))
+    actions += drive(presence, Tick(now=20))
+    assert kinds(actions) == ["PUBLISH"] * 3
+    assert presence.next_deadline() == pytest.approx(20.1)  # the rest as tokens come
+
+
 def test_the_resync_goes_first_and_is_never_refused() -> None:
     presence = paced(max_queued_frames=1)
     for n in range(5):
@@ -219,7 +303,7 @@ def test_the_resync_goes_first_and_is_never_refused() -> None:
         HubLost(now=11, code=1006),
         Tick(now=100),
         HubConnected(now=100),
-        HubFrameReceived(data=limited(rate=10, burst=3), now=100),
+        HubFrameReceived(data=limited(rate=10, burst=5), now=100),
     )
     assert kinds(actions) == ["REGISTER", "JOIN", "JOIN"]
     assert presence.hub_link_held == 3
@@ -243,7 +327,7 @@ def test_the_resync_says_each_session_as_it_is_when_it_goes() -> None:
         HubLost(now=11, code=1006),
         Tick(now=100),
         HubConnected(now=100),
-        HubFrameReceived(data=limited(burst=2), now=100),  # one JOIN now, two held
+        HubFrameReceived(data=limited(burst=4), now=100),  # one JOIN now, two held
     )
     drive(presence, KickRequested(session_id="s1"), ConnectionClosed(conn=1, now=100))
     drive(presence, MetadataUpdated(session_id="s2", metadata={"v": 1}, now=100))

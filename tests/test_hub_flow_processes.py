@@ -9,20 +9,22 @@ close but a bad token the bridge backs off and registers again.
 from __future__ import annotations
 
 import json
+import select
 import signal
 import socket
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 import pytest
 from websockets.sync.client import ClientConnection, connect
 
-from .hostile import masked
+from .hostile import masked, upgraded
 from .process_helpers import Command, bridge_command, eventually
 from .test_processes import hub_sessions, recv_type
 
@@ -269,3 +271,113 @@ def test_a_1008_close_of_the_link_is_followed_by_a_reconnect(backend: str, tmp_p
         log = a.log.read_text()
         assert "hub.link.refused" not in log
         assert "state=backing_off" in log
+
+
+# ------------------------------------------------- flooders share the link, others do not wait
+
+#: Connections on one server, each publishing to a channel of its own at 90 a second (under
+#: the command rate of 100): 2,700 frames a second for a hub that takes 2,000 per bridge.
+FLOODERS = 30
+
+
+@contextmanager
+def flooding_at_90_a_second(port: int) -> Iterator[list[int]]:
+    """``FLOODERS`` connections publishing 9 commands each 0.1 s (150 at once first, within
+    the command burst) until the block ends; the list counts the ``busy`` they were told."""
+    sockets = [upgraded(port, f"/ws/chat?user=f{n}&channels=own{n}") for n in range(FLOODERS)]
+    frames = [
+        masked(
+            0x81,
+            json.dumps(
+                {
+                    "op": "publish",
+                    "channel": f"own{n}",
+                    "type": "x",
+                    "payload": n,
+                    "excludeSelf": True,
+                }
+            ).encode(),
+        )
+        for n in range(FLOODERS)
+    ]
+    busy = [0]
+    stop = threading.Event()
+
+    def write() -> None:
+        with suppress(OSError):
+            for sock, frame in zip(sockets, frames, strict=True):
+                sock.sendall(frame * 150)
+            while not stop.wait(0.1):
+                for sock, frame in zip(sockets, frames, strict=True):
+                    sock.sendall(frame * 9)
+
+    def read() -> None:
+        with suppress(OSError, ValueError):
+            while not stop.is_set():
+                for sock in select.select(sockets, [], [], 0.1)[0]:
+                    busy[0] += sock.recv(65536).count(b'"busy"')
+
+    threads = [threading.Thread(target=write), threading.Thread(target=read)]
+    for thread in threads:
+        thread.start()
+    try:
+        yield busy
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+        for sock in sockets:
+            sock.close()
+
+
+def test_flooders_are_refused_busy_and_another_clients_publish_is_not_delayed(
+    tmp_path: Path,
+) -> None:
+    with (
+        hub_and_servers(tmp_path, "asyncio", "A", "B") as (hub, a, b),
+        connect(f"ws://127.0.0.1:{a.port}/ws/chat?user=ann&channels=probe") as ann,
+        connect(f"ws://127.0.0.1:{b.port}/ws/chat?user=bob&channels=probe") as bob,
+    ):
+        ann_id = recv_type(ann, "welcome")["payload"]["sessionId"]
+        bob_id = recv_type(bob, "welcome")["payload"]["sessionId"]
+        both = {("A", ann_id), ("B", bob_id)}
+        eventually(lambda: hub_sessions(hub.port) == both, what="the hub to see both")
+        with flooding_at_90_a_second(a.port) as busy:
+            time.sleep(1.0)  # past the hub's burst: the link is at the hub's rate
+            # Ann publishes 20 times a second, across the hub to bob on B.
+            delays: list[float] = []
+
+            def hear() -> None:
+                with suppress(TimeoutError):
+                    while True:
+                        message = json.loads(bob.recv(2.0))
+                        if message["type"] == "t":
+                            delays.append(time.time() - message["payload"])
+
+            listener = threading.Thread(target=hear)
+            listener.start()
+            sent = 0
+            start = time.monotonic()
+            while time.monotonic() < start + 4.0:
+                publish = {
+                    "op": "publish",
+                    "channel": "probe",
+                    "type": "t",
+                    "payload": time.time(),
+                    "excludeSelf": True,
+                }
+                ann.send(json.dumps(publish))
+                sent += 1
+                time.sleep(0.05)
+            listener.join()
+            refused = busy[0]
+        replies = drain_replies(ann, quiet=0.5)
+    delays.sort()
+    # Everything ann sent arrived, soon: the flood waits, not her. (Before flooders were
+    # refused, the link's backlog grew to seconds, and everyone waited in it.)
+    assert [r for r in replies if r["type"] == "error"] == []
+    assert len(delays) == sent, (len(delays), sent)
+    assert delays[len(delays) // 2] < 0.1, delays
+    assert delays[-1] < 0.5, delays
+    assert refused > 0  # the excess is the flooders', refused to them one command at a time
+    assert refused_anywhere(hub, a, b) == []

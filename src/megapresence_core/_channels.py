@@ -133,8 +133,10 @@ BUSY_MESSAGE: Final = "the link to the other servers is saturated; retry later"
 
 def busy(parts: Parts, conn: Hashable | None, channel: str | None) -> RequestRefused | None:
     """The refusal of a client's command that would send the hub one more frame while
-    the link holds ``max_queued_frames`` (the embedding program's own are never refused)."""
-    if conn is None or not parts.hub_link.full:
+    the link holds more than it lets out within ``max_queue_delay`` and the connection
+    its fair share of that (``HubLink.admits``); the embedding program's own requests
+    are never refused."""
+    if conn is None or parts.hub_link.admits(conn):
         return None
     return refused(conn, "busy", BUSY_MESSAGE, channel)
 
@@ -169,7 +171,9 @@ class Channels:
         if owner is not None:
             # The owner holds the stream: a hub's SUBSCRIBE routes the channel here, and the
             # subscription takes effect here when the owner answers (see ``answer``).
-            subscribe = [] if old is not None else parts.hub_link.send(self._frame(record, channel))
+            subscribe = (
+                [] if old is not None else parts.hub_link.send(self._frame(record, channel), conn)
+            )
             recover = parts.recoveries.ask(
                 conn, channel, mode, event.since, record.session_id, fresh=old is None
             )
@@ -187,7 +191,7 @@ class Channels:
         self.show(record, (channel,))
         return [
             *reply,
-            *parts.hub_link.send(self._frame(record, channel)),
+            *parts.hub_link.send(self._frame(record, channel), conn),
             *parts.cluster.add(record.remote()),
             *parts.store.put(record, (channel,)),
         ]
@@ -299,7 +303,7 @@ class Channels:
             if isinstance(parts.hub_link, HubLink) or isinstance(parts.cluster, ClusterLink):
                 record.note_left(channel, parts.limits.max_channels_per_session)
             return actions + parts.hub_link.send(
-                UnsubscribeFrame(session_id=session_id, channel=channel)
+                UnsubscribeFrame(session_id=session_id, channel=channel), conn
             )
         refusal = busy(parts, conn, channel)
         if refusal is not None:
@@ -314,7 +318,7 @@ class Channels:
         frame = UnsubscribeFrame(session_id=session_id, channel=channel)
         return (
             actions
-            + parts.hub_link.send(frame)
+            + parts.hub_link.send(frame, conn)
             + parts.cluster.add(record.remote())
             + parts.store.delete(session_id, (channel,))
         )
@@ -401,7 +405,11 @@ class Channels:
             return parts.stream_store.append(channel, message, excepted, author)
         # A hub that numbers streams sends it back numbered (STREAM): delivered then.
         here = [] if owner is not None else self.deliver(channel, message, excepted, author)
-        return here + parts.hub_link.send_text(hub_text) + parts.cluster.publish_text(cluster_text)
+        return (
+            here
+            + parts.hub_link.send_text(hub_text, event.conn)
+            + parts.cluster.publish_text(cluster_text)
+        )
 
     def deliver(
         self,

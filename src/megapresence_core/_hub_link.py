@@ -21,16 +21,31 @@ link backs off with jitter and registers again.
 
 Pacing: REGISTERED states the hub's frame rate (``maxFramesPerSecond``,
 ``frameBurst``; an older hub states none and the defaults of ``HubConfig``
-apply). The link keeps the same token bucket the hub does and sends a frame
-only within it; the rest it holds, in order, and the ``PACE`` timer releases
-them as tokens come. The resync after a registration is held first (never
+apply). The link keeps the same token bucket the hub does, but for a reserve of
+the burst (``_JITTER`` seconds of the rate, at most half of it: what arrives
+bunched must not pause the link), filled at the time of each event (``clock``),
+and sends a frame only within it; the rest it holds, in order, and the ``PACE``
+timer releases them as tokens come. The resync after a registration is held first (never
 refused, however many sessions); then everything else, coalesced: a METADATA
 replaces the held METADATA of the same session, and an UNSUBSCRIBE cancels the
 held SUBSCRIBE of the same session and channel (a JOIN or LEAVE of the session
-ends both rules for what was held before it). Past ``max_queued_frames`` held,
-:attr:`HubLink.full` is true and ``Presence`` refuses a client's command that
-would send one more with ``busy`` (the command, never the link). What is held
-dies with the link: the next registration resyncs.
+ends both rules for what was held before it). What is held dies with the link:
+the next registration resyncs.
+
+Busy: what is held waits its turn, so it is kept within ``max_queue_delay``
+seconds of the hub's rate (the *capacity*, at least one frame), and each held
+frame a client's command caused is charged to its connection. ``Presence`` asks
+:meth:`HubLink.admits` before a client's command that would send one more frame,
+and refuses it with ``busy`` (the command, never the link or the connection)
+when the held frames (the resync's aside) are at the capacity and the connection
+holds more than its fair share of it (the capacity divided by the connections
+holding any, itself included) and at least half as many as the connection
+holding the most. So the connections that load the link are refused, and one that
+sends less than half as fast as they do is not (what is held waits in order, so
+a connection holds in proportion to its rate); the backlog stays within the
+capacity plus about one frame per connection, and past ``max_queued_frames``
+every client's command is refused. The link's own frames (resync, leaves) and the
+embedding program's requests are never refused and charged to nobody.
 
 Refusals that belong to one session: an ERROR naming a session (``sessionId``)
 is delivered to ``Presence``, which closes that session's client; it never
@@ -99,6 +114,11 @@ _I = HubLinkInput
 #: The shortest wait between two releases of held frames: each release sends what
 #: the tokens allow, so at 2,000 frames/s one carries ~40 of them.
 _PACE_STEP: Final = 0.02
+#: Seconds of the hub's rate kept in reserve of its burst (at most half of it): frames
+#: sent evenly can reach the hub bunched (the network, both event loops), and the hub's
+#: bucket, exactly as full as ours, would then pause the link with the bunch in its
+#: socket; the delay would stay while the bridge keeps sending at the hub's rate.
+_JITTER: Final = 0.2
 #: The coalescing key of a session's held METADATA (a SUBSCRIBE's is its channel, a
 #: string, so the two never meet).
 _METADATA: Final = ("metadata",)
@@ -147,12 +167,16 @@ class HubLink:
         "_hub_id",
         "_lifecycle",
         "_max_frame_bytes",
+        "_most",
+        "_now",
+        "_owners",
         "_rate",
         "_resync",
         "_resync_frame",
         "_send_limit",
         "_seq",
         "_stream",
+        "_tally",
         "_timers",
         "_tokens",
         "_tokens_at",
@@ -186,12 +210,22 @@ class HubLink:
         self._burst = DEFAULT_HUB_FRAME_BURST
         self._tokens = 0.0
         self._tokens_at = 0.0
+        #: The latest time ``Presence`` has seen (``clock``): when a frame sent at once goes.
+        self._now = 0.0
         #: The sessions whose resync JOIN is held (sent first, never refused), and how
         #: to build it when it goes (None: the session is gone meanwhile).
         self._resync: deque[str] = deque()
         self._resync_frame: Callable[[str], HubFrame | None] = _nothing
-        #: Every other held frame by a sequence number: (text, session, coalescing key).
-        self._held: OrderedDict[int, tuple[str, str | None, Hashable]] = OrderedDict()
+        #: Every other held frame by a sequence number: (text, session, coalescing key,
+        #: the connection it is charged to or None).
+        self._held: OrderedDict[int, tuple[str, str | None, Hashable, Hashable | None]] = (
+            OrderedDict()
+        )
+        #: connection -> how many held frames are charged to it (only while some are);
+        #: how many connections hold each count; the largest count.
+        self._owners: dict[Hashable, int] = {}
+        self._tally: dict[int, int] = {}
+        self._most = 0
         #: session id -> coalescing key -> the sequence number of its held frame.
         self._coalesce: dict[str, dict[Hashable, int]] = {}
         self._seq = 0
@@ -302,7 +336,8 @@ class HubLink:
         self._stream = HUB_STREAM in frame.capabilities and HUB_STREAM in self._config.capabilities
         self._heartbeat_interval = frame.heartbeat_interval
         self._rate = frame.max_frames_per_second or DEFAULT_HUB_FRAMES_PER_SECOND
-        self._burst = max(1.0, frame.frame_burst or DEFAULT_HUB_FRAME_BURST)
+        burst = max(1.0, frame.frame_burst or DEFAULT_HUB_FRAME_BURST)
+        self._burst = max(1.0, burst - min(burst / 2, self._rate * _JITTER))
         # The hub's bucket was full at our upgrade and REGISTER took one token.
         self._tokens, self._tokens_at = self._burst - 1, now
         self._send_limit = min(
@@ -316,7 +351,7 @@ class HubLink:
             "hub_id": frame.hub_id,
             "new_incarnation": previous != frame.hub_id,
             "frames_per_second": self._rate,
-            "frame_burst": self._burst,
+            "frame_burst": burst,
         }
         return LinkReceipt(
             [Log(level=LogLevel.INFO, event="hub.link.registered", fields=fields)], registered=True
@@ -424,23 +459,43 @@ class HubLink:
     # ------------------------------------------------------------ pacing
 
     @property
-    def full(self) -> bool:
-        """So many frames are held that a client's command must be refused (``busy``)."""
-        return len(self._held) >= self._config.max_queued_frames
+    def capacity(self) -> int:
+        """The held frames (the resync's aside) the hub's rate lets out within
+        ``max_queue_delay``: past them clients share what is held (see :meth:`admits`)."""
+        config = self._config
+        return max(1, min(config.max_queued_frames, int(self._rate * config.max_queue_delay)))
+
+    def admits(self, conn: Hashable) -> bool:
+        """Whether a command of ``conn`` may have the link hold one more frame: yes below
+        the capacity; at or past it, unless ``conn`` holds more than its fair share (the
+        capacity divided by the connections holding any, ``conn`` included) and at least
+        half as many as the connection holding the most; never past ``max_queued_frames``.
+        """
+        held = len(self._held)
+        if held >= self._config.max_queued_frames:
+            return False
+        capacity = self.capacity
+        if held < capacity:
+            return True
+        owners = self._owners
+        mine = owners.get(conn, 0)
+        holders = len(owners) + (0 if mine else 1)
+        return mine * holders <= capacity or 2 * mine < self._most
 
     @property
     def held(self) -> int:
         """Frames held for the hub's rate (the resync's included)."""
         return len(self._resync) + len(self._held)
 
-    def send_text(self, text: str) -> list[Action]:
+    def send_text(self, text: str, conn: Hashable | None = None) -> list[Action]:
         """The frame as an action if the link is registered and within the hub's rate;
-        held for later if over it; nothing if the link is not registered."""
+        held for later if over it (charged to ``conn``, the client whose command sends
+        it, if any); nothing if the link is not registered."""
         if self._lifecycle.fire(_I.SEND) is not HubLinkEffect.SEND:
             return []
-        return self._hold(text, None, None)
+        return self._hold(text, None, None, conn)
 
-    def send(self, frame: HubFrame) -> list[Action]:
+    def send(self, frame: HubFrame, conn: Hashable | None = None) -> list[Action]:
         """As :meth:`send_text`, coalesced with what is held (see the module docstring)."""
         if self._lifecycle.fire(_I.SEND) is not HubLinkEffect.SEND:
             return []
@@ -448,19 +503,21 @@ class HubLink:
         if isinstance(frame, MetadataFrame):
             held = self._coalesce.get(frame.session_id, {}).get(_METADATA)
             if held is not None:
-                self._held[held] = (text, frame.session_id, _METADATA)
+                # It takes the held one's place, and stays charged as that one was.
+                self._held[held] = (text, frame.session_id, _METADATA, self._held[held][3])
                 return []
-            return self._hold(text, frame.session_id, _METADATA)
+            return self._hold(text, frame.session_id, _METADATA, conn)
         if isinstance(frame, SubscribeFrame):
-            return self._hold(text, frame.session_id, frame.channel)
+            return self._hold(text, frame.session_id, frame.channel, conn)
         if isinstance(frame, UnsubscribeFrame):
             held = self._coalesce.get(frame.session_id, {}).pop(frame.channel, None)
             if held is not None:
-                del self._held[held]  # subscribed and unsubscribed before it went
+                # Subscribed and unsubscribed before it went.
+                self._discharge(self._held.pop(held)[3])
                 return []
         elif isinstance(frame, JoinFrame | LeaveFrame):
             self._coalesce.pop(frame.session_id, None)
-        return self._hold(text, None, None)
+        return self._hold(text, None, None, conn)
 
     def resync(
         self, session_ids: Iterable[str], frame_of: Callable[[str], HubFrame | None]
@@ -473,19 +530,64 @@ class HubLink:
         self._resync_frame = frame_of
         return self._send_due()
 
-    def _hold(self, text: str, session_id: str | None, key: Hashable) -> list[Action]:
-        if not self._resync and not self._held and self._tokens >= 1:
-            self._tokens -= 1
-            return [SendHubFrame(data=text, batch=self._batch)]
+    def _hold(
+        self, text: str, session_id: str | None, key: Hashable, conn: Hashable | None
+    ) -> list[Action]:
+        if not self._resync and not self._held:
+            self._refill(self._now)
+            if self._tokens >= 1:
+                self._tokens -= 1
+                return [SendHubFrame(data=text, batch=self._batch)]
         self._seq += 1
-        self._held[self._seq] = (text, session_id, key)
+        self._held[self._seq] = (text, session_id, key, conn)
         if session_id is not None:
             self._coalesce.setdefault(session_id, {})[key] = self._seq
+        if conn is not None:
+            count = self._owners.get(conn, 0) + 1
+            self._owners[conn] = count
+            if count > 1:
+                self._untally(count - 1)
+            self._tally[count] = self._tally.get(count, 0) + 1
+            self._most = max(self._most, count)
         return self._arm_pace()
 
+    def _discharge(self, conn: Hashable | None) -> None:
+        """A held frame charged to ``conn`` (if any) left or was cancelled."""
+        if conn is not None:
+            count = self._owners[conn]
+            self._untally(count)
+            if count > 1:
+                self._owners[conn] = count - 1
+                self._tally[count - 1] = self._tally.get(count - 1, 0) + 1
+            else:
+                del self._owners[conn]
+
+    def _untally(self, count: int) -> None:
+        """One connection holds ``count`` no longer (it holds one more, or one fewer)."""
+        left = self._tally[count] - 1
+        if left:
+            self._tally[count] = left
+        else:
+            del self._tally[count]
+            if count == self._most:
+                self._most = count - 1  # the one that held it holds one more or one fewer
+
+    def clock(self, now: float) -> None:
+        """The time of the event being handled: a frame sent at once in it is charged to
+        the bucket as it is then. A frame goes no earlier than that and the hub's bucket
+        stops filling at its burst, so filling ours only when we send (and at most up to
+        the burst each time) keeps it within the hub's: an idle hour does not let one
+        burst out twice."""
+        if now > self._now:
+            self._now = now
+
+    def _refill(self, now: float) -> None:
+        if now > self._tokens_at:
+            self._tokens = min(self._burst, self._tokens + (now - self._tokens_at) * self._rate)
+            self._tokens_at = now
+
     def _release(self, now: float) -> list[Action]:
-        self._tokens = min(self._burst, self._tokens + (now - self._tokens_at) * self._rate)
-        self._tokens_at = now
+        self._refill(now)
         return self._send_due()
 
     def _send_due(self) -> list[Action]:
@@ -499,11 +601,12 @@ class HubLink:
                     continue
                 text = encode(frame)
             else:
-                seq, (text, session_id, key) = held.popitem(last=False)
+                seq, (text, session_id, key, conn) = held.popitem(last=False)
                 if session_id is not None:
                     keys = self._coalesce[session_id]
                     if keys.get(key) == seq:
                         del keys[key]
+                self._discharge(conn)
             self._tokens -= 1
             actions.append(SendHubFrame(data=text, batch=batch))
         return actions + self._arm_pace()
@@ -519,6 +622,9 @@ class HubLink:
         self._resync.clear()
         self._held.clear()
         self._coalesce.clear()
+        self._owners.clear()
+        self._tally.clear()
+        self._most = 0
 
 
 _RECEIVERS: Final[
@@ -542,7 +648,6 @@ class NoHubLink:
 
     state: Final = None
     channels: Final[tuple[str, ...]] = ()
-    full: Final = False
     held: Final = 0
     streaming: Final = False
     reachable: Final = True  # nothing to reach
@@ -590,8 +695,14 @@ class NoHubLink:
     def direct(self, user_id: str, message: Message, author: Sender | None) -> str:
         return ""
 
-    def send_text(self, text: str) -> list[Action]:
+    def admits(self, conn: Hashable) -> bool:
+        return True  # nothing is held
+
+    def clock(self, now: float) -> None:
+        pass  # no bucket to fill
+
+    def send_text(self, text: str, conn: Hashable | None = None) -> list[Action]:
         return []
 
-    def send(self, frame: HubFrame) -> list[Action]:
+    def send(self, frame: HubFrame, conn: Hashable | None = None) -> list[Action]:
         return []

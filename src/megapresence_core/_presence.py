@@ -268,6 +268,7 @@ class Presence:
         now = getattr(event, "now", None)
         if now is not None:
             self._parts.streams.clock(now)
+            self._hub_link.clock(now)
         actions = handler(self, event)
         if now is not None:
             actions += self._feed.settle(now)
@@ -444,7 +445,9 @@ class Presence:
         cluster_text = self._cluster.broadcast(ns, channel, message, excepted, author)
         actions = self._deliver_broadcast(ns, message, excepted, author)
         return (
-            actions + self._hub_link.send_text(hub_text) + self._cluster.publish_text(cluster_text)
+            actions
+            + self._hub_link.send_text(hub_text, event.conn)
+            + self._cluster.publish_text(cluster_text)
         )
 
     def _on_direct(self, event: DirectRequested) -> list[Action]:
@@ -468,7 +471,9 @@ class Presence:
             text = encode(DirectResult(user_id=user_id, found=found))
             actions.append(Deliver(conns=(event.conn,), text=text))
         return (
-            actions + self._hub_link.send_text(hub_text) + self._cluster.publish_text(cluster_text)
+            actions
+            + self._hub_link.send_text(hub_text, event.conn)
+            + self._cluster.publish_text(cluster_text)
         )
 
     def _on_roster(self, event: RosterRequested) -> list[Action]:
@@ -526,7 +531,7 @@ class Presence:
         self._channels.show(record, record.subscriptions)
         frame = MetadataFrame(session_id=event.session_id, metadata=event.metadata)
         return (
-            self._hub_link.send(frame)
+            self._hub_link.send(frame, conn)
             + self._cluster.add(record.remote())
             + self._parts.store.put(record, record.subscriptions)
         )

@@ -253,10 +253,18 @@ class HubLinkConfig:
     #: Seed of the jitter RNG; None derives one from instance_id, so replays of
     #: the same configuration draw the same delays.
     jitter_seed: int | None = None
-    #: Frames held for the hub's rate (REGISTERED's ``maxFramesPerSecond`` and
-    #: ``frameBurst``) past which a client's command that would send one more is
-    #: refused with ``busy``. What the link itself sends (a resync, leaves) is held
-    #: whatever the count.
+    #: Seconds of the hub's rate (REGISTERED's ``maxFramesPerSecond``) that the frames
+    #: held for it may take to leave before clients share what is left: past
+    #: ``rate * max_queue_delay`` held frames (at least one), a client's command that
+    #: would send one more is refused with ``busy`` if its connection holds more than its
+    #: fair share of them (that many divided by the connections holding any, itself
+    #: included), so a flood is refused and a connection sending little is not. One
+    #: presence window: a change still reaches the other servers within about one.
+    max_queue_delay: float = attrs.field(default=DEFAULT_PRESENCE_WINDOW, validator=_positive)
+    #: Frames held past which every client's command that would send one more is
+    #: refused with ``busy``, whatever its share (many connections with one frame each).
+    #: What the link itself sends (a resync, leaves) and what the embedding program
+    #: asks are held whatever the count.
     max_queued_frames: int = attrs.field(default=10_000, validator=_positive)
 
     def __attrs_post_init__(self) -> None:
