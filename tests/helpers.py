@@ -6,6 +6,8 @@ import json
 from collections.abc import Hashable, Iterable
 from typing import Any
 
+from hypothesis import settings
+
 from megapresence_core import (
     Action,
     ConnectionOpened,
@@ -29,6 +31,14 @@ from megapresence_core.wire import (
     RegisteredFrame,
     encode,
 )
+
+
+def scaled(examples: int) -> settings:
+    """``examples`` per 200 of the profile's: the CI count of a property whose examples
+    cost much more than most (the long profile runs five times as many, dev fewer)."""
+    profile = settings.default
+    assert profile is not None  # conftest loaded one
+    return settings(max_examples=max(1, examples * profile.max_examples // 200))
 
 
 def drive(machine: Presence, *events: Event) -> list[Action]:

@@ -32,6 +32,7 @@ from megapresence_core import (
 )
 
 from .cluster_sim import HEARTBEAT, Bus
+from .helpers import scaled
 from .live_model import CHANNELS, MODES, SESSIONS, Model
 from .sim import Clients, HubNetwork
 
@@ -366,5 +367,8 @@ class ClusterLive(LiveMachine):
         self.healing = max(self.healing, 1)
 
 
+# An example is hundreds of ticks of simulated time across four machines, checked
+# throughout: 100 examples in CI (200 took two of its minutes); the long profile runs 500.
+HubLive.TestCase.settings = ClusterLive.TestCase.settings = scaled(100)
 TestHubLive = HubLive.TestCase
 TestClusterLive = ClusterLive.TestCase
