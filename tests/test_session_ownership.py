@@ -531,16 +531,17 @@ def test_a_session_that_moves_while_the_hub_is_out_of_reach_keeps_only_what_it_h
     assert seen(sim, "s1") == set()
 
 
-def join_at_once(sim: HubNetwork, *names: str) -> dict[str, int]:
-    """``ann`` joins s1 on each of ``names`` before any bridge hears of another's join: the
-    hub reads their JOINs in that order."""
+def join_at_once(sim: HubNetwork, *names: str, users: tuple[str, ...] = ()) -> dict[str, int]:
+    """``ann`` (or ``users[i]``) joins s1 on each of ``names`` before any bridge hears of
+    another's join: the hub reads their JOINs in that order."""
     conns = {}
-    for name in names:
+    for index, name in enumerate(names):
         conn = conns[name] = next(sim.conn_ids)
+        user = users[index] if users else "ann"
         sim.open_conns[name][conn] = None
         sim.bridges[name].handle(ConnectionOpened(conn=conn, ns="/ws"))
         sim.bridges[name].handle(
-            SessionJoined(conn=conn, user_id="ann", session_id="s1", channels=("room",), now=0)
+            SessionJoined(conn=conn, user_id=user, session_id="s1", channels=("room",), now=0)
         )
     sim.settle()
     return conns
@@ -581,6 +582,46 @@ def test_two_joins_that_race_to_the_hub_leave_one_holder_and_no_ghost(
     assert (sim.bridges[loser].inbox.get(conns[loser], []), sim.bridges[loser].closed) == told
     assert seen(sim, "s1") == {"A", "B", "C"}
     close_all_and_expect_gone(sim, conns)
+
+
+@pytest.mark.parametrize("policy", list(DuplicateSessionPolicy))
+@pytest.mark.parametrize("order", [("A", "B"), ("B", "A")])
+def test_two_users_joins_that_race_to_the_hub_leave_the_first_holder(
+    policy: DuplicateSessionPolicy, order: tuple[str, str]
+) -> None:
+    """eve and bob join s1 on two bridges at once: the hub refuses the JOIN it reads second,
+    whose bridge closes that connection (1008, another user's) once, under every policy,
+    though it heard the first JOIN before the refusal; every bridge shows s1 as eve's."""
+    sim = network(policy)
+    first, second = order
+    conns = join_at_once(sim, first, second, users=("eve", "bob"))
+    assert holders(sim, "s1") == {first: ConnectionState.JOINED}
+    assert hub_owner(sim, "s1") == (first, ("room",))
+    assert sim.bridges[first].closed == []
+    assert sim.bridges[second].closed == [(conns[second], 1008, FOREIGN)]
+    assert sim.bridges[second].inbox.get(conns[second], []) == []
+    for bridge in sim.bridges.values():
+        members = bridge.presence.channel_members("room")
+        assert {m.user_id for m in members if m.session_id == "s1"} == {"eve"}
+    close_all_and_expect_gone(sim, conns)
+
+
+def test_another_users_join_while_a_link_is_down_is_refused_when_it_returns() -> None:
+    """ann joins s1 on A while A's link is down, eve joins s1 on B: when A registers again,
+    it hears eve's s1 (the hub's members of room) before the hub's answer to its own JOIN,
+    which refuses it: ann is closed once (1008, another user's), and every bridge shows s1
+    as eve's."""
+    sim = network()
+    sim.drop_link("A")
+    ann = sim.open("A", "/ws", "ann", "s1", ("room",))
+    sim.open("B", "/ws", "eve", "s1", ("room",))
+    sim.settle()
+    assert sim.bridges["A"].closed == [(ann, 1008, FOREIGN)]
+    assert holders(sim, "s1") == {"B": ConnectionState.JOINED}
+    assert hub_owner(sim, "s1") == ("B", ("room",))
+    for bridge in sim.bridges.values():
+        members = bridge.presence.channel_members("room")
+        assert {m.user_id for m in members if m.session_id == "s1"} == {"eve"}
 
 
 @pytest.mark.parametrize("kill", ["hub", "link"])
@@ -678,6 +719,124 @@ def test_over_the_cluster_a_session_on_two_instances_at_once_converges(
     sim.advance(GRACE + HEARTBEAT)
     assert cluster_holders(sim, "s1") == {}
     assert cluster_seen(sim, "s1") == set()
+
+
+def cross_joins(sim: Bus, users: dict[str, str]) -> dict[str, int]:
+    """Each instance of ``users`` joins s1 (room) for its user before any hears of another's
+    join: their adds cross. Returns instance -> connection."""
+    conns: dict[str, int] = {}
+    for name, user in users.items():
+        conn = conns[name] = next(sim.conns)
+        instance = sim.instances[name]
+        instance.handle(ConnectionOpened(conn=conn, ns="/ws"))
+        sim.sessions[conn] = (name, "/ws", user, "s1")
+        instance.handle(
+            SessionJoined(conn=conn, user_id=user, session_id="s1", channels=("room",), now=sim.now)
+        )
+    return conns
+
+
+def claim_ahead(sim: Bus, name: str) -> None:
+    """``name`` joins another session, and no other instance hears of it yet: its next
+    join outranks theirs (a higher claim)."""
+    sim.drop = lambda receiver, message: receiver.instance_id != name
+    sim.join(name, "/ws", "zed", f"other-{name}")
+    sim.drop = lambda receiver, message: False
+
+
+def shown_as(sim: Bus, session: str) -> dict[str, set[str]]:
+    """instance -> the users its room roster lists ``session`` as."""
+    return {
+        name: {m.user_id for m in i.presence.channel_members("room") if m.session_id == session}
+        for name, i in sim.instances.items()
+    }
+
+
+@pytest.mark.parametrize("policy", list(DuplicateSessionPolicy))
+@pytest.mark.parametrize("outage", [False, True])
+@pytest.mark.parametrize("ahead", ["A", "B"])
+@pytest.mark.parametrize("eve_on", ["A", "B"])
+def test_over_the_cluster_two_users_joining_one_id_at_once_leave_one_holder(
+    policy: DuplicateSessionPolicy, outage: bool, ahead: str, eve_on: str
+) -> None:
+    """eve and bob join s1 on A and B at once (their adds cross), or on each side of a NATS
+    outage (the snapshots cross): nothing refused either join, so the higher (claim,
+    instance id) keeps it, under every policy, as for one user; the other connection is
+    closed once (1008, another user's), every instance and watcher lists s1 as the
+    holder's user, and once the holder closed and the grace passed, no instance lists it."""
+    sim = bus(policy)
+    if outage:
+        for instance in sim.instances.values():
+            instance.disconnect()
+    claim_ahead(sim, ahead)
+    users = {eve_on: "eve", "B" if eve_on == "A" else "A": "bob"}
+    conns = cross_joins(sim, users)
+    if outage:
+        for instance in sim.instances.values():
+            instance.connect()
+    sim.run()
+    sim.advance(HEARTBEAT)
+    winner, loser = ahead, "B" if ahead == "A" else "A"
+    assert cluster_holders(sim, "s1") == {winner: ConnectionState.JOINED}
+    assert sim.instances[loser].closed == [(conns[loser], 1008, FOREIGN)]
+    assert sim.instances[winner].closed == []
+    assert DETACHED not in sim.instances[winner].inbox.get(conns[winner], [])
+    assert shown_as(sim, "s1") == {"A": {users[winner]}, "B": {users[winner]}}
+    for instance in sim.instances.values():  # what each watcher was told
+        (watched,) = instance.clients.maps.values()
+        assert users[winner] in watched.members
+        assert users[loser] not in watched.members
+    sim.close(conns[winner])
+    sim.advance(GRACE + HEARTBEAT)
+    assert cluster_holders(sim, "s1") == {}
+    assert cluster_seen(sim, "s1") == set()
+
+
+@pytest.mark.parametrize("outage", [False, True])
+def test_over_the_cluster_a_join_of_another_user_after_the_holders_add_is_refused(
+    outage: bool,
+) -> None:
+    """The reverse timing: B heard eve's add before bob joins there (then NATS went away,
+    maybe: B keeps what it heard): bob is refused at once and eve keeps s1, unbothered."""
+    sim = bus()
+    eve = sim.join("A", "/ws", "eve", "s1", ("room",))
+    if outage:
+        for instance in sim.instances.values():
+            instance.disconnect()
+    bob = sim.join("B", "/ws", "bob", "s1", ("room",))
+    for instance in sim.instances.values():
+        instance.connect()
+    sim.run()
+    sim.advance(2 * HEARTBEAT)
+    assert sim.instances["B"].closed == [(bob, 1008, FOREIGN)]
+    assert sim.instances["A"].closed == []
+    assert sim.instances["A"].inbox.get(eve, []) == []
+    assert cluster_holders(sim, "s1") == {"A": ConnectionState.JOINED}
+    assert shown_as(sim, "s1") == {"A": {"eve"}, "B": {"eve"}}
+
+
+def test_over_the_cluster_a_lingering_copy_of_another_user_is_dropped_not_handed_over() -> None:
+    """eve's s1 lingers on A in its grace when bob's join of s1 on B (made during an outage)
+    is heard: a lingering copy never outranks a connection, so A drops eve's copy, and
+    hands none of eve's channels to bob's session; every instance lists s1 as bob's."""
+    sim = bus()
+    for instance in sim.instances.values():
+        instance.disconnect()
+    eve = sim.join("A", "/ws", "eve", "s1", ("room", "dev"))
+    sim.close(eve)
+    bob = sim.join("B", "/ws", "bob", "s1", ("room",))
+    for instance in sim.instances.values():
+        instance.connect()
+    sim.run()
+    sim.advance(2 * HEARTBEAT)
+    assert [c for i in sim.instances.values() for c in i.closed] == []
+    assert sim.instances["B"].restored == []
+    assert sim.instances["B"].presence.subscriptions(bob) == {"room": PresenceMode.NONE}
+    assert cluster_holders(sim, "s1") == {"B": ConnectionState.JOINED}
+    assert shown_as(sim, "s1") == {"A": {"bob"}, "B": {"bob"}}
+    for name in ("A", "B"):
+        members = sim.instances[name].presence.channel_members("dev")
+        assert "s1" not in {m.session_id for m in members}, name
 
 
 def test_a_lingering_copy_hears_who_holds_the_session_when_it_registers_last() -> None:

@@ -12,6 +12,7 @@ import json
 import random
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -168,6 +169,52 @@ def test_session_id_collisions_across_servers_over_nats(
 ) -> None:
     with nats_pair(tmp_path, nats_server, redis_server, *FLAGS) as (a, b):
         _collisions(a, b)
+
+
+def outcome(peer: Peer, seconds: float) -> tuple[int, str] | None:
+    """Read ``peer`` for ``seconds``: how the server closed it, if it did."""
+    try:
+        peer.drain_for(seconds)
+    except websockets.ConnectionClosed as closed:
+        frame = closed.rcvd
+    else:
+        return None
+    assert frame is not None
+    return frame.code, frame.reason
+
+
+def test_two_users_joining_one_session_id_at_once_over_nats(
+    tmp_path: Path, nats_server: Server, redis_server: Server
+) -> None:
+    """eve on one server and bob on the other join one fresh session id at the same moment,
+    neither server having heard of the other's, in both placements: one keeps it, the other
+    is closed once (1008, another user's), both watchers list it as the holder's, and once
+    the holder closed, both see it leave."""
+    with nats_pair(tmp_path, nats_server, redis_server, *FLAGS) as (a, b), ExitStack() as stack:
+        both = watchers(stack, a, b)
+        pool = stack.enter_context(ThreadPoolExecutor(2))
+        held: dict[str, tuple[Peer, str]] = {}
+        for trial in range(4):
+            sid = f"race-{trial}-{random.getrandbits(32):x}"
+            users = {a: "eve", b: "bob"} if trial % 2 else {b: "eve", a: "bob"}
+            ports = list(users)
+            peers = list(pool.map(Peer, ports, [users[port] for port in ports], [sid, sid]))
+            for peer in peers:
+                stack.callback(peer.close)
+            ends = list(pool.map(lambda peer: outcome(peer, 1.0), peers))
+            closed = [end for end in ends if end is not None]
+            assert closed == [(1008, "session id belongs to another user")], (trial, ends)
+            held[sid] = peers[ends.index(None)], users[ports[ends.index(None)]]
+        for sid, (winner, holder) in held.items():
+            assert not any(m["type"] == "session.detached" for m in winner.seen)
+            for watcher in both:
+                watcher.drain_for(0.1)
+                assert watcher.map.members[sid]["userId"] == holder
+            winner.close()
+        for watcher in both:
+            deadline = time.monotonic() + GRACE + 10
+            while set(held) & set(watcher.map.members):
+                watcher.read(deadline - time.monotonic())
 
 
 # --------------------------------------------------- a return to the other server

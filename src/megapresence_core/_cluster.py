@@ -39,9 +39,15 @@ holder announces them, we hold its copy with those channels (our watchers see
 the session stay); the other instances learn them from its announcement.
 
 A session id held here by one user and announced by another instance under a
-different user is a conflict: it is logged, kept in that instance's table
-(so heartbeat digests still agree and no resync loop starts), and never
-shown in place of the local member (``roster`` lists local members first).
+different user is a conflict (two joins that crossed, or made on each side of
+an outage): it is logged, and decided as a take-over is, by the higher (claim,
+instance id). If the other instance's claim outranks ours (or our copy only
+lingers), our connection is closed (1008, another user's session id) and our
+copy dropped, with no hand-over of its channels to another user; otherwise we
+keep it and the other instance closes its own when it hears ours. Until then
+the other copy is kept in that instance's table (so heartbeat digests still
+agree and no resync loop starts), and never shown in place of the local
+member (``roster`` lists local members first).
 
 Without a configured cluster, ``Presence`` holds :class:`NoCluster`.
 """
@@ -414,14 +420,20 @@ class ClusterLink:
         def arrived(session_id: str, claimer: str | None) -> list[Action]:
             ours = self._local_session(session_id)
             theirs = self._instances[sender].members[session_id]
-            # A joined session here whose claim outranks the sender's stays (the sender
-            # gives it up when it hears ours); a lingering one (claim 0) always goes.
+            # A joined session here whose claim outranks the sender's stays, whoever's
+            # user claims it (the sender gives it up, or closes its connection as another
+            # user's, when it hears ours); a lingering one (claim 0) always goes.
             rank = (ours.claim, self._config.instance_id) if ours is not None else (0, "")
             if rank[0] and rank > (theirs.claim, sender):
                 return []
             actions = self._arrived(session_id, claimer)
-            if ours is None or not ours.channels or self._local_session(session_id) is not None:
-                return actions  # not ours, nothing to keep, or still ours
+            if (
+                ours is None
+                or not ours.channels
+                or ours.member.user_id != theirs.member.user_id
+                or self._local_session(session_id) is not None
+            ):
+                return actions  # not ours, nothing to keep, another user's, or still ours
             instance = self._instances[sender]
             instance.handovers[session_id] = (ours.channels, HANDOVER_RETRIES)
             # What it will hold: our watchers see the session stay.

@@ -27,8 +27,8 @@ lingering), what the hub says of it (a SUBSCRIBE or MEMBERS the hub sent
 before it heard our JOIN) is stale and never kept: nothing would remove it
 once the session leaves here. Only a JOIN (another bridge took the session)
 is heard, and of a joined session only one superseding the claim of the
-connection holding it (``Presence`` keeps any other as the copy to show if the
-hub refuses our JOIN, which it crossed).
+connection holding it (``Presence`` keeps any other, and what a MEMBERS says
+of it, as the copy to show if the hub refuses our JOIN, which they crossed).
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ class HubMembers:
         "_interest",
         "_listing",
         "_rosters",
+        "_shadow",
         "_timers",
         "now",
         "table",
@@ -77,6 +78,7 @@ class HubMembers:
         interest: frozenset[str],
         awaited: Callable[[str], bool],
         held: Callable[[str], bool],
+        shadow: Callable[[Member, str], None],
         *,
         timers: Timers,
         grace: float,
@@ -87,6 +89,9 @@ class HubMembers:
         self._awaited = awaited
         #: The session is held here, joined or lingering (``Presence``).
         self._held = held
+        #: Told what a MEMBERS says of a session held here (``Presence`` keeps it as the
+        #: copy to show if the hub refuses our JOIN, which the MEMBERS crossed).
+        self._shadow = shadow
         self._timers = timers
         #: How long an unconfirmed member is kept (the leave grace; 0: it goes at once).
         self._grace = grace
@@ -197,7 +202,9 @@ class HubMembers:
         actions: list[Action] = []
         for member in frame.members:
             unlisted.pop(member.session_id, None)
-            if not self._held(member.session_id):
+            if self._held(member.session_id):
+                self._shadow(member, channel)
+            else:
                 self._confirmed(member.session_id, (channel,))
                 actions += table.with_channel(member.session_id, channel, member=member)
         if frame.part == frame.parts - 1:

@@ -205,6 +205,7 @@ class Presence:
             frozenset(self._hub_link.channels),
             recoveries.awaits,
             lambda session_id: self._local.session(session_id) is not None,
+            self._hub_shadow,
             timers=timers,
             grace=config.leave_grace,
         )
@@ -379,8 +380,12 @@ class Presence:
         """Another process now holds ``session_id``: a lingering copy here is dropped, with
         no leave (its new home announces it); so is a joined one when the other process
         claims it for the same user (a newer connection took it there: this one is
-        detached, or closed under ``CLOSE_PRIOR``). The cluster and the store forget our
-        copy."""
+        detached, or closed under ``CLOSE_PRIOR``) or for another user (this one is closed
+        as the foreign one). Only a cluster instance whose claim outranks ours claims a
+        session held here for another user (two joins that crossed, or made on each side
+        of an outage); the hub refuses the second of two users' JOINs instead, and no JOIN
+        of it reaches this bridge as a claim (``_hub_presence``). The cluster and the store
+        forget our copy."""
         local = self._local
         actions: list[Action] = []
         record = local.lingering.get(session_id)
@@ -390,23 +395,27 @@ class Presence:
             self._channels.hide(record, channels)
         else:
             record = local.by_session.get(session_id)
-            if record is None or record.user_id != claimer:
+            if record is None or claimer is None:
                 return []
             channels = record.channels
             self._channels.hide(record, channels)
-            actions.append(self._yield(record, session_id))
+            actions.append(self._yield(record, session_id, foreign=record.user_id != claimer))
         store = self._parts.store.delete(session_id, channels)
         return actions + self._cluster.remove(session_id) + store
 
-    def _yield(self, record: ConnectionRecord, session_id: str) -> Action:
+    def _yield(self, record: ConnectionRecord, session_id: str, *, foreign: bool = False) -> Action:
         """A newer connection (here or elsewhere) takes ``record``'s session: the record
         loses it (no leave: the session stays present) and its client is told
         (``session.detached``), or closed under ``CLOSE_PRIOR``; under ``REFUSE_NEW`` only a
         cluster instance whose claim outranks ours takes it (joins that crossed, or a
-        split after an outage), and ours is closed as the duplicate."""
+        split after an outage), and ours is closed as the duplicate. A cluster instance
+        whose claim outranks ours for another user (``foreign``) takes it under every
+        policy, and ours is closed as the foreign one (1008, ``FOREIGN_REASON``)."""
         self._channels.unwatch(record)
         self._local.detach(record)
         policy = self._config.duplicate_session
+        if foreign:
+            return CloseConnection(conn=record.conn, code=CloseCode.POLICY, reason=FOREIGN_REASON)
         if policy is DuplicateSessionPolicy.CLOSE_PRIOR:
             return CloseConnection(conn=record.conn, code=CloseCode.POLICY, reason=REPLACED_REASON)
         if policy is DuplicateSessionPolicy.REFUSE_NEW:
@@ -849,6 +858,17 @@ class Presence:
                 record.displaced = self._hub_members.copy(frame)
                 return []
         return self._hub_members.receive(frame)
+
+    def _hub_shadow(self, member: Member, channel: str) -> None:
+        """The hub lists another bridge's ``member`` in ``channel`` while its session id is
+        held here (a MEMBERS that crossed our JOIN, made while the link was down, say):
+        kept as the copy to show if the hub refuses our JOIN (another user's session)."""
+        record = self._local.session(member.session_id)
+        assert record is not None  # ``HubMembers`` asks only for a session held here
+        old = record.displaced
+        channels = old.channels if old is not None and old.member == member else ()
+        channels = tuple(dict.fromkeys((*channels, channel)))
+        record.displaced = RemoteMember(ns="", member=member, channels=channels)
 
     def _hub_ignored(self, frame: HubFrame) -> list[Action]:
         return []

@@ -182,7 +182,8 @@ class Rosters:
 #: Told a session id a remote source now holds and, when the source claims it (a
 #: connection just took it there), the claiming user; returns what that means here (a
 #: lingering local copy is dropped: the session returned elsewhere; a joined one claimed
-#: by its own user is given up).
+#: by its own user is given up, and one a cluster instance claims for another user is
+#: closed).
 Arrival = Callable[[str, "str | None"], list[Action]]
 
 
