@@ -49,6 +49,7 @@ from megapresence_core.config import DEFAULT_LEAVE_GRACE, DEFAULT_PRESENCE_WINDO
 
 from ._config import DEFAULT_HUB_LIMITS, DEFAULT_SOCKET_LIMITS, SocketLimits
 from ._demo import DemoApp
+from ._hub_server import HubServer
 from ._jwt import JWT_ALGORITHMS, PUBLIC_KEY_ENV, SECRET_ENV, JwtAuthenticator, read_key
 from ._logging import FORMATTERS, configure_logging, log_event
 from ._ops import MetricsAccess
@@ -733,8 +734,6 @@ async def _start_hub(args: argparse.Namespace, hub_id: str, stack: AsyncExitStac
         if not tokens:
             raise LocalUsageError("hub needs at least one --token or MEGAPRESENCE_HUB_TOKENS")
         config = HubConfig(hub_id=hub_id, tokens=tokens, heartbeat_interval=args.heartbeat)
-        from ._hub_server import HubServer  # here: ``serve`` boots without it
-
         context = _tls(args)
         server = HubServer(
             config,
