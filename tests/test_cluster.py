@@ -30,7 +30,7 @@ from megapresence_core import (
     Subscribe,
     Tick,
 )
-from megapresence_core._cluster import HANDOVER_RETRIES
+from megapresence_core._cluster import CLAIMS_PER_MS, HANDOVER_RETRIES
 from megapresence_core.actions import (
     ClusterPublish,
 )
@@ -545,9 +545,9 @@ def test_another_users_claim_on_a_local_session_is_logged_and_never_shown() -> N
     # The same user's claim below ours (none: its socket closed there) changes nothing.
     assert a.presence.handle(ClusterMessageReceived(data=encode(same_user), now=bus.now)) == []
     assert a.presence.connection_of("s-ann") is not None
-    # One that outranks ours (the same claim, and "B" > "A") is a take-over: the local
-    # connection gives the session up.
-    same_user = attrs.evolve(same_user, claim=1)
+    # One that outranks ours (the same claim: the first above A's boot, and "B" > "A") is
+    # a take-over: the local connection gives the session up.
+    same_user = attrs.evolve(same_user, claim=CLAIMS_PER_MS + 1)
     actions = a.presence.handle(ClusterMessageReceived(data=encode(same_user), now=bus.now))
     assert [json.loads(x.text)["type"] for x in actions if isinstance(x, Deliver)] == [
         "session.detached"

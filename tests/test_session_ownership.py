@@ -10,6 +10,7 @@ is a restore (channels kept, watchers see nothing).
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -23,7 +24,7 @@ from megapresence_core import (
     Subscribe,
     Unsubscribe,
 )
-from megapresence_core.events import HubFrameReceived
+from megapresence_core.events import ClusterMessageReceived, HubFrameReceived
 from megapresence_core.lifecycle import BridgeState, ConnectionState, HubLinkState
 
 from .cluster_sim import HEARTBEAT, Bus
@@ -671,6 +672,51 @@ def told(sim: Bus, name: str, conn: int, policy: DuplicateSessionPolicy) -> obje
         DuplicateSessionPolicy.CLOSE_PRIOR: ([], [(conn, 1008, REPLACED)]),
         DuplicateSessionPolicy.REFUSE_NEW: ([], [(conn, 1008, DUPLICATE)]),
     }[policy] == (sim.instances[name].inbox.get(conn, []), sim.instances[name].closed)
+
+
+def test_a_snapshot_sent_before_the_session_moved_never_takes_it_from_a_new_instance() -> None:
+    """A rolling restart: s1 is open on B when A (re)starts; B introduces itself to A
+    with a snapshot listing s1, which reaches A only after s1's client was sent away
+    from B and joined A. A booted after B's claim of s1 was made, so its join outranks
+    it: A keeps s1, B hands it over, and a watcher on C sees nothing (A used to give
+    s1 up to that stale claim while B gave up its lingering copy: s1 held nowhere)."""
+    sim = Bus(leave_grace=GRACE)
+    for name in ("B", "C"):
+        sim.add(name)
+    watcher = sim.join("C", "/ws", "watcher", "w-C", ("room",))
+    sim.act("C", Subscribe(conn=watcher, channel="room", mode="sessions", now=sim.now))
+    for other in ("s0", "s2"):  # B's claims count up past the first ones of a new boot
+        sim.join("B", "/ws", "bob", other, ("room",))
+    first = sim.join("B", "/ws", "ann", "s1", ("room",))
+    held: list[str] = []
+
+    def hold(receiver: Any, message: dict[str, Any]) -> bool:
+        if (receiver.instance_id, message["from"], message["kind"]) != ("A", "B", "snapshot"):
+            return False
+        held.append(json.dumps(message))
+        return True
+
+    sim.drop = hold
+    a = sim.add("A", epoch=2)
+    sim.drop = lambda receiver, message: False
+    assert held
+    sim.close(first)  # sent away: s1 lingers on B
+    clear(sim)
+    back = next(sim.conns)
+    sim.sessions[back] = ("A", "/ws", "ann", "s1")
+    a.handle(ConnectionOpened(conn=back, ns="/ws"))
+    a.handle(
+        SessionJoined(conn=back, user_id="ann", session_id="s1", channels=("room",), now=sim.now)
+    )
+    for data in held:  # B's snapshot, from before the move, after A's join
+        a.handle(ClusterMessageReceived(data=data, now=sim.now))
+    sim.run()
+    sim.advance(GRACE + HEARTBEAT + 1)
+    assert a.inbox.get(back, []) == []
+    assert cluster_holders(sim, "s1") == {"A": ConnectionState.JOINED}
+    assert a.presence.subscriptions(back) == {"room": PresenceMode.NONE}
+    assert cluster_seen(sim, "s1") == {"A", "B", "C"}
+    assert cluster_diffs(sim) == []
 
 
 @pytest.mark.parametrize("policy", list(DuplicateSessionPolicy))

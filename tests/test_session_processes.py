@@ -263,13 +263,15 @@ CLIENTS = 200
 
 class Fleet:
     """Clients that each hold one session and, when their server closes them with 4503,
-    reconnect at once to another live server with the same session id."""
+    reconnect at once to another live server with the same session id. None is ever
+    told that its session was taken (``session.detached``): no other connection has it."""
 
     def __init__(self, ports: dict[str, int]) -> None:
         self.ports = ports  # server name -> port, of the servers that take clients
         self.where: dict[str, str] = {}  # session -> the server it is connected to
         self.codes: list[int] = []
         self.refused: list[str] = []
+        self.detached: list[str] = []
         self.gate = asyncio.Semaphore(16)
 
     async def client(self, index: int, home: str, stop: asyncio.Event) -> None:
@@ -293,7 +295,8 @@ class Fleet:
                             recv.cancel()
                             return
                         halt.cancel()
-                        recv.result()
+                        if json.loads(recv.result())["type"] == "session.detached":
+                            self.detached.append(f"{session} on {server}")
             except websockets.ConnectionClosed as closed:
                 code = closed.rcvd.code if closed.rcvd is not None else 1006
                 self.codes.append(code)
@@ -355,8 +358,10 @@ def _rolling_restart(
 
         asyncio.run(run())
         assert fleet.refused == []
+        assert fleet.detached == []
         assert fleet.codes.count(4503) >= CLIENTS  # every client was moved at least once
-        assert {f"c{i}" for i in range(CLIENTS)} <= set(watcher.map.members)
+        missing = sorted({f"c{i}" for i in range(CLIENTS)} - set(watcher.map.members))
+        assert missing == [], f"the watcher does not list {missing}"
         seen = [
             (sid, kind)
             for diff in watcher.diffs

@@ -98,6 +98,10 @@ Restore = Callable[[str, tuple[str, ...]], list[Action]]
 SNAPSHOT_PART_MEMBERS: Final = 500
 #: How many heartbeats of the new holder a hand-over is sent again at, unacknowledged.
 HANDOVER_RETRIES: Final = 3
+#: Claims an instance's boot epoch (milliseconds) is worth: the claims start there, so
+#: an instance that boots later claims above every claim counted up from an earlier
+#: boot, unless joins came faster than one per microsecond meanwhile.
+CLAIMS_PER_MS: Final = 1000
 
 _FANOUT: Final = frozenset({ClusterBroadcast, ClusterChannelPublish, ClusterDirect, ClusterKick})
 _I = ClusterLinkInput
@@ -190,9 +194,13 @@ class ClusterLink:
             CLUSTER_LINK, timers, owner=ALL
         )
         self._snap = 0
-        #: The highest claim another instance announced: a join here claims above it, so
-        #: a connection that came after another instance's takes the session from it.
-        self.heard_claim = 0
+        #: The highest claim another instance announced, and at least this boot's epoch in
+        #: microseconds: a join here claims above it, so a connection that came after
+        #: another instance's takes the session from it, also when this instance started
+        #: since and has not heard that claim yet (a snapshot sent before that connection
+        #: closed reaches us after our join: its claim, counted up from an earlier boot,
+        #: ranks below ours).
+        self.heard_claim = config.epoch * CLAIMS_PER_MS
 
     @property
     def reachable(self) -> bool:

@@ -298,8 +298,9 @@ class ClusterConfig:
     #: Names the subjects: ``megapresence.<app>.fanout`` and ``.members``.
     app: str = attrs.field(validator=_app_name)
     instance_id: str = attrs.field(validator=_non_empty)
-    #: The boot of this instance (milliseconds since the epoch is a good choice):
-    #: a larger epoch under the same instance id means a restart.
+    #: The boot of this instance, in milliseconds since the Unix epoch: a larger epoch
+    #: under the same instance id means a restart, and this instance's session claims
+    #: start at it (times 1000), so its joins outrank claims made before it booted.
     epoch: int = attrs.field(validator=_epoch)
     #: Share members with the other instances (a cluster-wide roster); False
     #: fans out messages only and each instance lists its own members.
