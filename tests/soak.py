@@ -57,12 +57,19 @@ import urllib.error
 import urllib.request
 from collections import Counter, deque
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import anyio
 
-from megapresence_client import Backoff, ChannelMessage, PresenceClient, Subscription
+from megapresence_client import (
+    Backoff,
+    ChannelMessage,
+    PresenceClient,
+    ServerError,
+    Subscription,
+)
 
 from .servers import find_binary, free_port, wait_for_port
 
@@ -220,8 +227,9 @@ class Actor:
     client: PresenceClient | None = None
     sent: int = 0
     stats: Counter[str] = field(default_factory=Counter)
-    #: What it did lately (for the report of a session that diverged).
-    history: deque[str] = field(default_factory=lambda: deque(maxlen=40))
+    #: What it did lately, and the errors its servers answered (for the report of a
+    #: session that diverged).
+    history: deque[str] = field(default_factory=lambda: deque(maxlen=60))
 
     @property
     def session(self) -> str:
@@ -276,6 +284,8 @@ class Soak:
         self.churning = True
         self.chaos_log: list[str] = []
         self.started = time.monotonic()
+        #: The wall-clock time of ``started``: the processes' logs say wall-clock times.
+        self.started_utc = datetime.now(UTC).isoformat(timespec="milliseconds")
 
     # -------------------------------------------------------------- run
 
@@ -385,14 +395,18 @@ class Soak:
         while True:
             urls = actor.deployment.urls()
             query = {"user": actor.user, "session": actor.session}
-            async with PresenceClient(
-                lambda urls=urls, rng=rng: rng.choice(urls),
-                query=query,
-                wait_open=False,
-                backoff=self.backoff(rng),
-            ) as client:
+            async with (
+                PresenceClient(
+                    lambda urls=urls, rng=rng: rng.choice(urls),
+                    query=query,
+                    wait_open=False,
+                    backoff=self.backoff(rng),
+                ) as client,
+                anyio.create_task_group() as reader,
+            ):
                 actor.client = client
                 actor.stats["sessions"] += 1
+                reader.start_soon(self.record_errors, actor, client)
                 steps = rng.randint(5, 40)
                 while self.churning and steps > 0:
                     steps -= 1
@@ -400,6 +414,7 @@ class Soak:
                     await anyio.sleep(rng.uniform(0.1, self.args.pause))
                 if not self.churning:
                     await anyio.sleep_forever()  # stay as it is for the checker
+                reader.cancel_scope.cancel()
                 actor.stats["leaves"] += 1
                 actor.history.append(f"{time.monotonic() - self.started:.1f}s leaves")
             actor.client = None
@@ -407,6 +422,19 @@ class Soak:
             # restored with the channels it had, which its new client does not know of.
             actor.generation += 1
             await anyio.sleep(rng.uniform(0, 1.5))
+
+    async def record_errors(self, actor: Actor, client: PresenceClient) -> None:
+        """Each ``error`` a server answers ``actor``'s client goes into its history (a
+        refused command changed nothing there: a ``busy`` unsubscribe, say)."""
+        async for event in client:
+            if isinstance(event, ServerError):
+                actor.stats[f"error {event.code}"] += 1
+                channel = f" {event.channel}" if event.channel else ""
+                up = client.url if client.connected else "down"
+                actor.history.append(
+                    f"{time.monotonic() - self.started:.1f}s {actor.session}"
+                    f" error {event.code}{channel} [{up}]"
+                )
 
     async def step(self, actor: Actor, client: PresenceClient, rng: random.Random) -> None:
         action = rng.choices(
@@ -642,6 +670,7 @@ class Soak:
         return {
             "converged": not problems,
             "seed": self.args.seed,
+            "started_utc": self.started_utc,
             "duration_s": self.args.duration,
             "clients": self.args.clients,
             "settle_s": round(settle, 1),

@@ -696,6 +696,59 @@ async def test_a_channel_left_while_down_is_left_after_the_reconnect() -> None:
         await ann.wait_for(lambda: not ann._left, 5)  # the server confirmed
 
 
+@pytest.mark.parametrize("refusal", ["busy", "rate_limited"])
+@pytest.mark.parametrize("meanwhile", ["nothing", "subscribes again"])
+@pytest.mark.anyio
+async def test_an_unsubscribe_refused_for_now_is_sent_again_after_a_backoff(
+    monkeypatch: pytest.MonkeyPatch, refusal: str, meanwhile: str
+) -> None:
+    """The server refuses an unsubscribe for now (``busy`` naming its channel: the hub link
+    is saturated; or ``rate_limited``, naming none) and keeps the channel: the client sends
+    it again after a backoff, not only after the next reconnect (found by the soak: a
+    session its client had left stayed in the channel on every server); unless the channel
+    is subscribed again meanwhile."""
+    waiting, gate = anyio.Event(), anyio.Event()
+    delays: list[float] = []
+
+    async def sleep(delay: float) -> None:
+        delays.append(delay)
+        waiting.set()
+        await gate.wait()
+
+    async with running_server() as (server, url), client_of(url, "ann", sleep=sleep) as ann:
+        await ann.subscribe("room").wait_subscribed()
+        send = ann._send
+
+        async def refused_once(command: dict[str, Any]) -> None:
+            if command == {"op": "unsubscribe", "channel": "room"} and not delays:
+                # The server refuses it (below) and keeps the channel.
+                (peer,) = [c for c in server.clients if c.user_id == "ann"]
+                error = {"code": refusal, "message": "later"}
+                if refusal == "busy":
+                    error["channel"] = "room"
+                peer.send(json.dumps({"type": "error", "payload": error}))
+                return
+            await send(command)
+
+        monkeypatch.setattr(ann, "_send", refused_once)
+        await ann.unsubscribe("room")
+        with anyio.fail_after(5):
+            await waiting.wait()
+        assert delays == [0.75]  # the prompt plan's first delay, random 0.5
+        if meanwhile == "subscribes again":
+            ann.subscribe("room")
+        gate.set()
+        await ann.roster(timeout=5)  # every command before it is applied
+        if meanwhile == "subscribes again":
+            assert ann._left == set()
+            expected = ["ann1"]
+        else:
+            await ann.wait_for(lambda: not ann._left, 5)  # the server confirmed
+            expected = []
+        assert [m.session_id for m in server.presence.channel_members("room")] == expected
+        assert (ann._left_retries, ann._left_refusals) == ({}, {})
+
+
 @pytest.mark.anyio
 async def test_a_ping_and_a_close_in_one_read_end_the_connection_cleanly() -> None:
     # Found by the soak: a ping that came with the close was answered after the close,

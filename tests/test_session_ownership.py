@@ -335,8 +335,8 @@ def test_what_the_hub_says_of_a_session_held_here_is_never_kept(late: str) -> No
 
 
 def test_what_a_session_that_never_moves_remembers_of_the_channels_it_left_is_bounded() -> None:
-    """Only a RESTORED (or a resync) empties what a session left since its JOIN; one that
-    never moves and keeps leaving channels holds at most the channel cap of them."""
+    """Only a RESTORED empties what a session left since it joined; one that never moves
+    and keeps leaving channels holds at most the channel cap of them."""
     sim = network()
     conn = sim.open("A", "/ws", "ann", "s1", ())
     sim.settle()
@@ -883,6 +883,89 @@ def test_over_the_cluster_a_lingering_copy_of_another_user_is_dropped_not_handed
     for name in ("A", "B"):
         members = sim.instances[name].presence.channel_members("dev")
         assert "s1" not in {m.session_id for m in members}, name
+
+
+@pytest.mark.parametrize(
+    ("first", "then"),
+    [
+        ("A", "nothing"),
+        ("B", "nothing"),
+        ("A", "subscribes again"),
+        ("B", "subscribes again"),
+        ("A", "subscribes as it is restored"),  # B registering first gets no RESTORED
+    ],
+)
+def test_a_channel_left_while_the_hub_was_down_stays_left_whoever_registers_first(
+    first: str, then: str
+) -> None:
+    """While the hub is down, s1 subscribes to room on A and its socket closes there (A keeps
+    it for the grace); it joins B, subscribes to room and leaves it. When A registers with
+    the new hub first, the hub holds A's lingering copy (room) when B's resync JOIN takes the
+    session, and answers with a RESTORED listing room: B must not take it back, and the hub
+    hears that s1 left it (the soak's ghost member on every server of a hub). Unless s1
+    subscribed to room again: before the resync, or as the RESTORED comes (its SUBSCRIBE
+    reaches the hub after the JOIN, and the subscribe waits for the hub's answer)."""
+    sim = HubNetwork({"A": (), "B": (), "C": ("room",)}, leave_grace=60.0)
+    sim.settle()
+    watch(sim)
+    on_a = sim.open("A", "/ws", "ann", "s1", ())
+    sim.settle()
+    sim.kill_hub()
+    sim.act("A", Subscribe(conn=on_a, channel="room", mode="none", now=sim.now))
+    sim.close("A", on_a)
+    bridge = sim.bridges["B"]
+    back = sim.open("B", "/ws", "ann", "s1", ())
+    sim.act("B", Subscribe(conn=back, channel="room", mode="none", now=sim.now))
+    sim.act("B", Unsubscribe(conn=back, channel="room", now=sim.now))
+    if then == "subscribes again":
+        sim.act("B", Subscribe(conn=back, channel="room", mode="none", now=sim.now))
+    elif then == "subscribes as it is restored":
+        handle = bridge.handle
+
+        def subscribe_first(event: Any) -> None:
+            if isinstance(event, HubFrameReceived) and "RESTORED" in str(event.data):
+                handle(Subscribe(conn=back, channel="room", mode="none", now=sim.now))
+            handle(event)
+
+        bridge.handle = subscribe_first  # type: ignore[method-assign]
+    sim.start_hub()
+    sim.admitting = set()
+    for name in (first, "C", "A" if first == "B" else "B"):
+        sim.admitting.add(name)
+        sim.settle_bridges(name)
+    sim.admitting = None
+    sim.settle()
+    kept = () if then == "nothing" else ("room",)
+    assert holders(sim, "s1") == {"B": ConnectionState.JOINED}
+    assert tuple(bridge.presence.subscriptions(back)) == kept
+    assert hub_owner(sim, "s1") == ("B", kept)
+    assert seen(sim, "s1") == (set() if then == "nothing" else {"A", "B", "C"})
+    assert sim.hub_members() == sim.expected_hub_members()
+
+
+def test_a_session_that_moves_after_a_hub_restart_keeps_no_channel_it_left_meanwhile() -> None:
+    """s1 leaves room on B while the hub is down, and its socket closes. A registers with the
+    new hub first, whose MEMBERS of room do not list s1: A's copy of s1 in room is stale (kept
+    for the grace only). s1 then joins A: it must not keep room from that copy, which its
+    JOIN would tell the hub (the soak's ghost member on every server of a hub)."""
+    sim = network()
+    on_b = sim.open("B", "/ws", "ann", "s1", ("room",))
+    sim.settle()
+    assert "A" in seen(sim, "s1")
+    sim.kill_hub()
+    sim.act("B", Unsubscribe(conn=on_b, channel="room", now=sim.now))
+    sim.close("B", on_b)
+    sim.start_hub()
+    sim.admitting = {"A", "C"}
+    sim.settle_bridges("A", "C")
+    on_a = sim.open("A", "/ws", "ann", "s1", ())
+    sim.admitting = None
+    sim.settle()
+    assert holders(sim, "s1") == {"A": ConnectionState.JOINED}
+    assert sim.bridges["A"].presence.subscriptions(on_a) == {}
+    assert hub_owner(sim, "s1") == ("A", ())
+    assert seen(sim, "s1") == set()
+    assert sim.hub_members() == sim.expected_hub_members()
 
 
 def test_a_lingering_copy_hears_who_holds_the_session_when_it_registers_last() -> None:

@@ -60,6 +60,9 @@ SUBSCRIBE_REFUSALS: Final = frozenset(
 #: Errors that refuse a ``subscribe`` for now: it is sent again after a backoff (a full
 #: channel has room again once a member leaves).
 SUBSCRIBE_RETRIES: Final = frozenset({"rate_limited", "busy", "channel_full"})
+#: Errors that refuse an ``unsubscribe`` for now (the server keeps the channel): it is
+#: sent again after a backoff.
+UNSUBSCRIBE_RETRIES: Final = frozenset({"rate_limited", "busy"})
 
 UrlChoice = str | Sequence[str] | Callable[[], str]
 
@@ -275,6 +278,10 @@ class PresenceClient:
         self.subscriptions: dict[str, Subscription] = {}
         self._metadata: dict[str, Any] | None = None
         self._left: set[str] = set()
+        #: Per channel left: its unsubscribe's refusals for now since it went out, and the
+        #: wait before sending it again.
+        self._left_refusals: dict[str, int] = {}
+        self._left_retries: dict[str, anyio.CancelScope] = {}
         #: The session id the server said this connection holds (a ``welcome``), if it did.
         self.session_id: str | None = None
         self._connection: Connection | None = None
@@ -429,6 +436,7 @@ class PresenceClient:
             subscription.stream = previous.stream
         self.subscriptions[channel] = subscription
         self._left.discard(channel)
+        self._left_settled(channel)
         if self._connection is not None and self.detached is None:
             self._send_soon(subscription._command())
         return subscription
@@ -634,6 +642,9 @@ class PresenceClient:
                 await self._send(subscription._command())
 
     def _lost(self) -> None:
+        for scope in self._left_retries.values():  # the reconnect sends them again
+            scope.cancel()
+        self._left_retries.clear()
         for queue in (self._directs, self._rosters):
             while queue:
                 queue.popleft().settle(None, failed=True)
@@ -740,6 +751,7 @@ class PresenceClient:
     def _on_unsubscribed(self, message: dict[str, Any]) -> None:
         channel = str(message.get("channel"))
         self._left.discard(channel)
+        self._left_settled(channel)
         self._emit(Unsubscribed(channel))
 
     def _on_channel_message(self, message: dict[str, Any]) -> None:
@@ -781,6 +793,14 @@ class PresenceClient:
             str(code), str(text or ""), channel if isinstance(channel, str) else None
         )
         self._emit(error)
+        if error.code in UNSUBSCRIBE_RETRIES:
+            # An unsubscribe refused for now (the server keeps the channel): the one that
+            # names its channel, or, for a `rate_limited` naming none, any unconfirmed.
+            if error.channel is None and error.code == "rate_limited":
+                for channel in sorted(self._left):
+                    self._unsubscribe_later(channel)
+            elif error.channel in self._left:
+                self._unsubscribe_later(error.channel)
         subscription = self.subscriptions.get(error.channel) if error.channel else None
         if error.code == "rate_limited" and error.channel is None:
             # Decided before the command was read, so it names none: any subscribe or
@@ -798,6 +818,37 @@ class PresenceClient:
             subscription._answered.set()
         elif error.code in SUBSCRIBE_RETRIES:
             self._retry_later(subscription)
+
+    def _unsubscribe_later(self, channel: str) -> None:
+        """The unsubscribe of ``channel`` was refused for now: sent again after a backoff
+        (the prompt plan's delays, doubling per refusal), unless the server confirms it,
+        the channel is subscribed again or the connection goes first (the reconnect sends
+        it again)."""
+        if channel in self._left_retries:
+            return
+        refusals = self._left_refusals[channel] = self._left_refusals.get(channel, 0) + 1
+        retry = dataclasses.replace(self.backoff, attempt=refusals - 1, backing_off=False)
+        self._left_retries[channel] = scope = anyio.CancelScope()
+        assert self._task_group is not None
+        self._task_group.start_soon(self._unsubscribe_again, channel, scope, retry.delay("prompt"))
+
+    async def _unsubscribe_again(
+        self, channel: str, scope: anyio.CancelScope, delay: float
+    ) -> None:
+        with scope:
+            await self._sleep(delay)
+            if self._left_retries.get(channel) is not scope:
+                return  # settled meanwhile
+            del self._left_retries[channel]  # still in ``_left``: else settled
+            await self._send_quietly({"op": "unsubscribe", "channel": channel})
+
+    def _left_settled(self, channel: str) -> None:
+        """The unsubscribe of ``channel`` was confirmed, or the channel subscribed again:
+        no retry is due."""
+        self._left_refusals.pop(channel, None)
+        scope = self._left_retries.pop(channel, None)
+        if scope is not None:
+            scope.cancel()
 
     def _on_stream_missed(self, message: dict[str, Any]) -> None:
         subscription = self.subscriptions.get(str(message.get("channel")))

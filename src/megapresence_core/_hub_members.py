@@ -143,6 +143,16 @@ class HubMembers:
         self.table.without_channel(session_id, channel)
         return []
 
+    def vouched(self, copy: RemoteMember) -> tuple[str, ...]:
+        """The channels of ``copy`` (a session in the table) that the hub vouches for: not
+        those whose member stays only for the grace, unconfirmed (a MEMBERS did not list
+        it: the hub restarted, and its bridge has not registered with it yet, or its
+        bridge's link went), as what the session did meanwhile reached no hub."""
+        session_id = copy.member.session_id
+        return tuple(
+            c for c in copy.channels if not self._timers.armed(Timer.STALE, (session_id, c))
+        )
+
     def copy(self, frame: JoinFrame) -> RemoteMember:
         """The session as ``frame`` says another bridge holds it, in the channels tracked here."""
         member = Member(session_id=frame.session_id, user_id=frame.user_id, metadata=frame.metadata)

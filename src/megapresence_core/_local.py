@@ -36,6 +36,14 @@ from .lifecycle import CONNECTION, ConnectionEffect, ConnectionInput, Connection
 __all__ = ["ConnectionRecord", "LocalIndexes", "NoStore", "SharedStore"]
 
 
+def _note(channels: set[str], channel: str, cap: int) -> None:
+    """Add ``channel`` to ``channels``, which hold at most ``cap`` (past it, they start
+    again)."""
+    if len(channels) >= cap:
+        channels.clear()
+    channels.add(channel)
+
+
 @final
 class ConnectionRecord:
     """What the core knows of one connection, and of its session while that lingers."""
@@ -54,6 +62,7 @@ class ConnectionRecord:
         "restorable",
         "session_id",
         "subscriptions",
+        "unheard",
         "user_id",
     )
 
@@ -86,14 +95,29 @@ class ConnectionRecord:
         #: back. Emptied by the RESTORED or the next JOIN (a resync); bounded by
         #: :meth:`note_left`.
         self.left: set[str] = set()
+        #: With a hub, the channels the session left here before its last JOIN (a resync)
+        #: and did not hold when it went: the hub never heard that UNSUBSCRIBE (the link
+        #: was down, or the hub restarted since), so a RESTORED answering that JOIN may list
+        #: them, from a copy older than our join (one that lingered on a bridge that
+        #: registered first). Not taken back, and the hub hears again that the session left
+        #: them. Emptied by the RESTORED; bounded as ``left``.
+        self.unheard: set[str] = set()
 
     def note_left(self, channel: str, cap: int) -> None:
         """Remember that the session left ``channel`` here since its JOIN. A session that
         never moves gets no RESTORED to empty this, so it holds at most ``cap`` channels
         (the channel cap): past it, it starts again (a RESTORED that late is long gone)."""
-        if len(self.left) >= cap:
-            self.left.clear()
-        self.left.add(channel)
+        _note(self.left, channel, cap)
+
+    def rejoined(self, cap: int) -> None:
+        """Its resync JOIN goes (its channels as they are now): what it left since its last
+        JOIN and does not hold now is unheard from now on (see ``unheard``); what it holds
+        now is not."""
+        for channel in self.left:
+            if channel not in self.subscriptions:
+                _note(self.unheard, channel, cap)
+        self.unheard.difference_update(self.subscriptions)
+        self.left.clear()
 
     @property
     def state(self) -> ConnectionState:

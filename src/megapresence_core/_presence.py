@@ -150,6 +150,7 @@ from .wire import (
     StreamFrame,
     StreamReset,
     Subscribed,
+    UnsubscribeFrame,
     broadcast_text,
     direct_text,
     encode,
@@ -312,14 +313,16 @@ class Presence:
                 return actions
         # A session from another bridge keeps what the hub says of it (RESTORED adds what
         # it missed), unless the link is down: that copy may be stale, and the resync's
-        # RESTORED brings what the session holds. One from another instance gains what
-        # that instance hands over (its copy here may be stale: that instance may have
-        # died with it).
+        # RESTORED brings what the session holds; nor the channels the hub stopped vouching
+        # for (a restarted hub's MEMBERS did not list it there: what it did while the hub
+        # was away reached no hub, and our JOIN would tell the hub it holds them). One from
+        # another instance gains what that instance hands over (its copy here may be
+        # stale: that instance may have died with it).
         hub_copy = self._hub_members.table.sessions.get(event.session_id)
         if prior is not None:
             inherited = prior.channels
         elif hub_copy is not None and self._hub_link.reachable:
-            inherited = hub_copy.channels
+            inherited = self._hub_members.vouched(hub_copy)
         else:
             inherited = ()
         if held is not None:  # taken over: it stays open (or is closed), without its session
@@ -896,8 +899,9 @@ class Presence:
 
     def _hub_restored(self, frame: RestoredFrame) -> list[Action]:
         """The session moved here from another bridge and keeps its channels there, but
-        for those it left here after its JOIN: the hub heard that UNSUBSCRIBE after it sent
-        this, and holds what this bridge holds once it has."""
+        for those it left here: after its JOIN (the hub heard that UNSUBSCRIBE after it
+        sent this), or before a resync JOIN (the hub never heard it, and hears it now);
+        it holds what this bridge holds once it has."""
         record = self._local.by_session.get(frame.session_id)
         if record is None:
             return []
@@ -916,9 +920,20 @@ class Presence:
     def _restore(self, record: ConnectionRecord, channels: tuple[str, ...]) -> list[Action]:
         """``record``'s session keeps ``channels`` (its prior home's, in that order), less
         those it left here since its JOIN (a hub's RESTORED was sent before the hub heard
-        that UNSUBSCRIBE)."""
+        that UNSUBSCRIBE) and those it left before a resync JOIN (``unheard``: the hub
+        added them from an older copy, and hears now that the session left them; unless a
+        subscribe to one waits for the hub, whose SUBSCRIBE it read after that JOIN)."""
+        assert record.session_id is not None  # restored: it holds its session
         left, record.left = record.left, set()
-        gained = [c for c in channels if c not in record.subscriptions and c not in left]
+        unheard, record.unheard = record.unheard, set()
+        conn, subscriptions = record.conn, record.subscriptions
+        waits = self._parts.recoveries.waits
+        gone = {c for c in unheard if c not in left and not waits(conn, c)}
+        offered = [c for c in channels if c not in subscriptions and c not in left]
+        gained = [c for c in offered if c not in gone]
+        again = [
+            UnsubscribeFrame(session_id=record.session_id, channel=c) for c in offered if c in gone
+        ]
         for channel in gained:
             self._local.subscribe(record, channel, _NONE)
         # In the hub's order, so both say the same list from now on: its channels first,
@@ -927,7 +942,8 @@ class Presence:
         first = [c for c in channels if c in held and c not in left]
         record.subscriptions = {c: held.pop(c) for c in first} | held
         self._channels.show(record, gained)
-        actions = self._cluster.add(record.remote()) + self._parts.store.put(record, gained)
+        actions = [action for frame in again for action in self._hub_link.send(frame)]
+        actions += self._cluster.add(record.remote()) + self._parts.store.put(record, gained)
         if gained:  # its connection's application was told of the others at its join
             actions.append(ChannelsRestored(conn=record.conn, channels=tuple(gained)))
         return actions
@@ -964,7 +980,9 @@ class Presence:
         record = self._local.session(session_id)
         if record is None:
             return None
-        record.left.clear()  # a RESTORED from now on answers this JOIN
+        # A RESTORED from now on answers this JOIN; it may list what the session left
+        # before (``unheard``).
+        record.rejoined(self._limits.max_channels_per_session)
         return _join_frame(record, lingering=session_id in self._local.lingering)
 
     # --------------------------------------------------------------- queries

@@ -117,6 +117,13 @@ class Recoveries:
     def answered(self, request: int) -> PendingRecovery | None:
         return self._take(request) if request in self.pending else None
 
+    def waits(self, conn: Hashable, channel: str) -> bool:
+        """Whether a subscribe of ``conn`` that would join ``channel`` waits for the owner
+        (its SUBSCRIBE went to the hub)."""
+        return any(
+            p.conn == conn and p.channel == channel and p.fresh for p in self.pending.values()
+        )
+
     def cancel(self, conn: Hashable, channel: str) -> bool:
         """Forget the waiting subscribes of ``conn`` to ``channel`` (it unsubscribed);
         whether there was one."""

@@ -90,6 +90,9 @@ class Timers:
         if len(self._heap) > 2 * len(self._deadlines) + 16:
             self._rebuild()
 
+    def armed(self, kind: Timer, owner: Hashable = None) -> bool:
+        return (kind, owner) in self._deadlines
+
     def arm_unless_armed(self, kind: Timer, at: float, owner: Hashable = None) -> None:
         if (kind, owner) not in self._deadlines:
             self.arm(kind, at, owner)
